@@ -1,0 +1,66 @@
+# fleetpatch: `make demo` runs the main job, `make test` runs every check.
+# Both set up everything on a fresh Debian/Ubuntu machine: the Debian
+# packages the tests need (as root), a .venv, the project and its dev tools.
+
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-stamp
+PROTOS := $(wildcard proto/fleetpatch/v1/*.proto)
+# Debian packages the test suites use: dpkg-dev (dpkg-scanpackages for the
+# local apt repositories), iproute2 (network namespaces), util-linux
+# (unshare), systemd (systemd-analyze for the unit files).
+DEB_PACKAGES := dpkg-dev iproute2 util-linux
+
+export PYTHONDONTWRITEBYTECODE := 1
+
+.PHONY: all test demo lint typecheck unit proto deps debian-deps clean
+
+all: test
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $@
+
+deps: $(STAMP) debian-deps
+
+# Installs what is missing, only when we are root (CI and a fresh machine);
+# otherwise says what is missing and goes on (those tests skip with a reason).
+debian-deps:
+	@missing=""; for p in $(DEB_PACKAGES); do \
+	  dpkg-query -W -f='$${db:Status-Abbrev}' $$p 2>/dev/null | grep -q '^ii' || missing="$$missing $$p"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    echo "installing Debian packages:$$missing"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+	  else echo "not root: cannot install$$missing (tests that need them will skip)"; fi; \
+	fi
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+typecheck: $(STAMP)
+	$(VENV)/bin/mypy
+
+unit: $(STAMP)
+	$(VENV)/bin/pytest tests/unit -q
+
+test: deps lint typecheck
+	$(VENV)/bin/pytest -q
+
+# Regenerate the wire code from proto/; a test fails when it is stale.
+proto: $(STAMP)
+	cd proto && PATH="$(abspath $(VENV))/bin:$$PATH" ../$(PY) -m grpc_tools.protoc -I. \
+	  --python_out=. --grpc_python_out=. --mypy_out=. --mypy_grpc_out=. \
+	  $(patsubst proto/%,%,$(PROTOS))
+
+demo: deps
+	$(PY) examples/demo.py
+
+clean:
+	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache

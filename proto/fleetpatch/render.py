@@ -1,0 +1,48 @@
+"""Plain-text output shared by the two CLIs: aligned tables, ages, sizes."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any, TextIO
+
+
+def table(
+    headers: Sequence[str], rows: Sequence[Sequence[object]], out: TextIO = sys.stdout
+) -> None:
+    """Print rows under headers, columns aligned, two spaces apart."""
+    cells = [[str(c) for c in row] for row in rows]
+    widths = [len(h) for h in headers]
+    for row in cells:
+        widths = [max(w, len(c)) for w, c in zip(widths, row, strict=True)]
+    for row in [list(headers), *cells]:
+        out.write("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() + "\n")
+
+
+def ago(when: datetime | None, now: datetime) -> str:
+    """``12s ago``, ``5m ago``, ``3h ago``, ``2d ago``; ``never`` for None."""
+    if when is None:
+        return "never"
+    seconds = int((now - when).total_seconds())
+    if seconds < 0:
+        return "in the future"
+    for size, unit in ((86400, "d"), (3600, "h"), (60, "m")):
+        if seconds >= size:
+            return f"{seconds // size}{unit} ago"
+    return f"{seconds}s ago"
+
+
+def size(n: int) -> str:
+    value = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if value < 1024 or unit == "TiB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    raise AssertionError("unreachable")
+
+
+def print_json(doc: Any, out: TextIO = sys.stdout) -> None:
+    json.dump(doc, out, indent=2, sort_keys=True, default=str)
+    out.write("\n")
