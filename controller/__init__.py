@@ -1,0 +1,1 @@
+"""The fleetpatch controller and its admin CLI."""

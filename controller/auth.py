@@ -1,0 +1,31 @@
+"""Who is calling: the identity in the verified peer certificate.
+
+The mTLS listener only completes a handshake with a certificate our CA
+signed, so a certificate present in the auth context is already verified;
+here it is only read. The enrollment listener requests no certificate, so a
+call arriving there carries no identity and only Enroll is served.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+import grpc
+from cryptography import x509
+from fleetpatch.identity import Identity, identity_from_certificate
+
+
+@lru_cache(maxsize=65536)
+def _identity_of(pem: bytes) -> Identity | None:
+    try:
+        return identity_from_certificate(x509.load_pem_x509_certificate(pem))
+    except ValueError:
+        return None
+
+
+def peer_identity(context: grpc.aio.ServicerContext[object, object]) -> Identity | None:
+    """The verified identity of the caller, or None on the enrollment port."""
+    certs = list(context.auth_context().get("x509_pem_cert", ()))
+    if not certs:
+        return None
+    return _identity_of(bytes(certs[0]))

@@ -1,0 +1,89 @@
+"""Protobuf <-> the controller's plain data. Only servicers and the admin
+client touch protobuf classes; everything else speaks model dataclasses."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from fleetpatch.v1 import admin_pb2, types_pb2
+from google.protobuf import json_format
+from google.protobuf.duration_pb2 import Duration
+from google.protobuf.message import Message
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from .model import Host, HostStatus, Package
+from .tokens import Token
+
+_STATUS = {
+    HostStatus.ACTIVE: admin_pb2.HOST_STATUS_ACTIVE,
+    HostStatus.REVOKED: admin_pb2.HOST_STATUS_REVOKED,
+}
+
+
+def to_json(message: Message) -> dict[str, Any]:
+    return json_format.MessageToDict(message, preserving_proto_field_name=True)
+
+
+def timestamp(value: datetime | None) -> Timestamp | None:
+    if value is None:
+        return None
+    ts = Timestamp()
+    ts.FromDatetime(value)
+    return ts
+
+
+def from_timestamp(ts: Timestamp) -> datetime:
+    return ts.ToDatetime(tzinfo=UTC)
+
+
+def duration(value: timedelta) -> Duration:
+    d = Duration()
+    d.FromTimedelta(value)
+    return d
+
+
+def token_to_pb(token: Token) -> admin_pb2.Token:
+    return admin_pb2.Token(
+        token_id=token.token_id,
+        region=token.region,
+        ring=token.ring,
+        labels=token.labels,
+        uses_allowed=token.uses_allowed,
+        uses=token.uses,
+        created_at=timestamp(token.created_at),
+        expires_at=timestamp(token.expires_at),
+        revoked=token.revoked,
+    )
+
+
+def host_to_pb(host: Host) -> admin_pb2.Host:
+    pb = admin_pb2.Host(
+        host_id=host.host_id,
+        region=host.region,
+        ring=host.ring,
+        labels=dict(host.labels),
+        status=_STATUS[host.status],
+        enrolled_at=timestamp(host.enrolled_at),
+        last_seen=timestamp(host.last_seen),
+        inventory_hash=host.inventory_hash,
+        package_count=host.package_count,
+        certificate_serial=host.certificate_serial,
+        certificate_expires_at=timestamp(host.certificate_expires_at),
+        inventory_updates=host.inventory_updates,
+        checkins=host.checkins,
+    )
+    json_format.ParseDict(dict(host.facts), pb.facts, ignore_unknown_fields=True)
+    json_format.ParseDict(dict(host.health), pb.health, ignore_unknown_fields=True)
+    return pb
+
+
+def packages_from_pb(inventory: types_pb2.Inventory) -> list[Package]:
+    return [(p.name, p.version, p.arch) for p in inventory.packages]
+
+
+def packages_to_pb(packages: Sequence[Package]) -> types_pb2.Inventory:
+    return types_pb2.Inventory(
+        packages=[types_pb2.Package(name=n, version=v, arch=a) for n, v, a in packages]
+    )

@@ -1,0 +1,196 @@
+"""The controller's data directory: what `controller init` writes and where.
+
+    DIR/controller.toml   settings (documented in the file and the README)
+    DIR/ca.pem ca.key     the fleet's certificate authority
+    DIR/server.pem .key   the controller's TLS certificate
+    DIR/admin.pem .key    the admin CLI's client certificate
+    DIR/signing.key       Ed25519 key that signs work orders
+    DIR/controller.db     SQLite (WAL)
+    DIR/endpoints.json    written by `serve`: the addresses it listens on
+
+Every key is mode 0600 and the directory 0700.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tomllib
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+
+from fleetpatch.atomicfile import write_atomic
+from fleetpatch.durations import parse_duration
+
+from .errors import DataDirError, UsageError
+
+DEFAULT_DATA_DIR = Path("/var/lib/fleetpatch/controller")
+DEFAULT_PORT = 7443
+
+
+@dataclass(frozen=True)
+class Settings:
+    listen: str
+    enroll_listen: str
+    advertise: str
+    checkin_interval: timedelta
+    checkin_jitter: float
+
+
+def default_enroll_address(address: str) -> str:
+    """The enrollment listener sits on the port after the mTLS one."""
+    host, port = split_address(address)
+    return join_address(host, port + 1 if port else 0)
+
+
+def split_address(address: str) -> tuple[str, int]:
+    """Split ``host:port`` (``[v6]:port`` too); raises UsageError."""
+    host, sep, port = address.rpartition(":")
+    if not sep or not host or not port.isdigit() or int(port) > 65535:
+        raise UsageError(f"{address!r} is not an address (use HOST:PORT)")
+    return host.strip("[]"), int(port)
+
+
+def join_address(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+@dataclass(frozen=True)
+class DataDir:
+    path: Path
+
+    @property
+    def ca_cert(self) -> Path:
+        return self.path / "ca.pem"
+
+    @property
+    def ca_key(self) -> Path:
+        return self.path / "ca.key"
+
+    @property
+    def server_cert(self) -> Path:
+        return self.path / "server.pem"
+
+    @property
+    def server_key(self) -> Path:
+        return self.path / "server.key"
+
+    @property
+    def admin_cert(self) -> Path:
+        return self.path / "admin.pem"
+
+    @property
+    def admin_key(self) -> Path:
+        return self.path / "admin.key"
+
+    @property
+    def signing_key(self) -> Path:
+        return self.path / "signing.key"
+
+    @property
+    def config(self) -> Path:
+        return self.path / "controller.toml"
+
+    @property
+    def database(self) -> Path:
+        return self.path / "controller.db"
+
+    @property
+    def endpoints(self) -> Path:
+        return self.path / "endpoints.json"
+
+    def require_initialised(self) -> None:
+        """Raise DataDirError unless `controller init` has run here."""
+        if not self.path.is_dir():
+            raise DataDirError(
+                f"data dir {self.path} does not exist "
+                "(run 'fleetpatch controller init --data-dir DIR', or pass --data-dir)"
+            )
+        missing = [p.name for p in (self.config, self.ca_cert) if not p.is_file()]
+        if missing:
+            raise DataDirError(
+                f"data dir {self.path} is not initialised (no {', '.join(missing)}; "
+                "run 'fleetpatch controller init')"
+            )
+
+    def read(self, path: Path) -> bytes:
+        try:
+            return path.read_bytes()
+        except OSError as exc:
+            raise DataDirError(f"cannot read {path}: {exc.strerror}") from None
+
+    def write_private(self, path: Path, data: bytes) -> None:
+        write_atomic(path, data, mode=0o600)
+
+    def write_public(self, path: Path, data: bytes) -> None:
+        write_atomic(path, data, mode=0o644)
+
+    def settings(self) -> Settings:
+        """Read controller.toml; raises UsageError naming the bad field."""
+        try:
+            doc = tomllib.loads(self.read(self.config).decode())
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+            raise UsageError(f"{self.config}: {exc}") from None
+        unknown = set(doc) - {"server", "checkin"}
+        if unknown:
+            raise UsageError(f"{self.config}: unknown table [{sorted(unknown)[0]}]")
+        server = _table(doc, "server", {"listen", "enroll_listen", "advertise"}, self.config)
+        checkin = _table(doc, "checkin", {"interval", "jitter"}, self.config)
+        listen = str(server.get("listen", f"0.0.0.0:{DEFAULT_PORT}"))
+        split_address(listen)
+        enroll = str(server.get("enroll_listen", "")) or default_enroll_address(listen)
+        advertise = str(server.get("advertise", listen))
+        try:
+            interval = parse_duration(str(checkin.get("interval", "5m")))
+        except ValueError as exc:
+            raise UsageError(f"{self.config}: checkin.interval: {exc}") from None
+        jitter = checkin.get("jitter", 0.2)
+        if not isinstance(jitter, int | float) or not 0 <= jitter < 1:
+            raise UsageError(f"{self.config}: checkin.jitter must be a number in [0, 1)")
+        return Settings(listen, enroll, advertise, interval, float(jitter))
+
+    def write_endpoints(self, address: str, enroll_address: str) -> None:
+        doc = {"address": address, "enroll_address": enroll_address, "pid": os.getpid()}
+        self.write_public(self.endpoints, json.dumps(doc).encode() + b"\n")
+
+    def client_address(self) -> str:
+        """Where the admin CLI should connect: the running server's address
+        when it wrote one, else the advertised address from the config."""
+        try:
+            doc = json.loads(self.endpoints.read_text())
+            return str(doc["address"])
+        except (OSError, ValueError, KeyError):
+            return self.settings().advertise
+
+
+def _table(doc: dict[str, object], name: str, keys: set[str], path: Path) -> dict[str, object]:
+    table = doc.get(name, {})
+    if not isinstance(table, dict):
+        raise UsageError(f"{path}: [{name}] must be a table")
+    unknown = set(table) - keys
+    if unknown:
+        raise UsageError(f"{path}: unknown key {name}.{sorted(unknown)[0]}")
+    return table
+
+
+CONFIG_TEMPLATE = """\
+# fleetpatch controller settings, written by `fleetpatch controller init`.
+# Durations: 30s, 5m, 2h, 7d. Addresses: HOST:PORT.
+
+[server]
+# Mutual-TLS listener: agent check-ins, progress reports, the admin CLI.
+listen = "{listen}"
+# Enrollment listener (server-authenticated TLS plus a token). Empty: the
+# port after `listen`, which is where agents look for it by default.
+enroll_listen = ""
+# The address agents and the admin CLI use to reach this controller; it must
+# be a name or address in the server certificate.
+advertise = "{advertise}"
+
+[checkin]
+# How often agents check in. Each answer is jittered by +/- `jitter` (a
+# fraction) so that a fleet never checks in at once.
+interval = "{interval}"
+jitter = 0.2
+"""

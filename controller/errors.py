@@ -1,0 +1,48 @@
+"""Errors of the controller and the admin CLI.
+
+    FleetpatchError                 exit 1; the message is for a person
+    ├── UsageError                  exit 2; bad input on the command line or in a file
+    │   └── DataDirError            the data dir is missing, not initialised, or unreadable
+    ├── ControllerUnavailable       exit 3; transient: the controller cannot be reached
+    ├── Refused                     exit 4; authentication or permission refused
+    │   └── TokenRefused            an enrollment token that is unknown, expired, used up, revoked
+    ├── NotFound                    exit 5; no such host, token, campaign
+    └── Conflict                    exit 6; the request contradicts the current state
+
+Lower-layer errors (grpc.RpcError, sqlite3.Error, OSError) are translated at
+exactly one boundary each: `admin_client` for the CLI, `servicers` for RPCs.
+"""
+
+from __future__ import annotations
+
+
+class FleetpatchError(Exception):
+    exit_code = 1
+
+
+class UsageError(FleetpatchError):
+    exit_code = 2
+
+
+class DataDirError(UsageError):
+    pass
+
+
+class ControllerUnavailable(FleetpatchError):
+    exit_code = 3
+
+
+class Refused(FleetpatchError):
+    exit_code = 4
+
+
+class TokenRefused(Refused):
+    pass
+
+
+class NotFound(FleetpatchError):
+    exit_code = 5
+
+
+class Conflict(FleetpatchError):
+    exit_code = 6

@@ -1,0 +1,59 @@
+"""Plain data the controller's core speaks: protobuf stays at the edges."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
+JSON = Mapping[str, Any]
+
+
+class HostStatus(StrEnum):
+    """Stored in hosts.status; values never change once released."""
+
+    ACTIVE = "active"
+    REVOKED = "revoked"
+
+
+@dataclass(frozen=True)
+class Host:
+    host_id: str
+    region: str
+    ring: int
+    status: HostStatus
+    enrolled_at: datetime
+    labels: Mapping[str, str] = field(default_factory=dict)
+    last_seen: datetime | None = None
+    facts: JSON = field(default_factory=dict)  # HostFacts as JSON
+    health: JSON = field(default_factory=dict)  # HealthSummary as JSON
+    inventory_hash: str = ""
+    package_count: int = 0
+    certificate_serial: str = ""
+    certificate_expires_at: datetime | None = None
+    inventory_updates: int = 0
+    checkins: int = 0
+
+
+Package = tuple[str, str, str]  # name, version, arch
+
+
+@dataclass(frozen=True)
+class CheckIn:
+    """One check-in as it is persisted."""
+
+    host_id: str
+    at: datetime
+    facts: JSON
+    health: JSON
+    inventory_hash: str
+    packages: Sequence[Package] | None  # None: only the hash was sent
+
+
+@dataclass(frozen=True)
+class CheckInOutcome:
+    known: bool  # the host is enrolled
+    revoked: bool
+    inventory_hash: str  # what the controller holds after this check-in

@@ -1,0 +1,131 @@
+"""Assemble and run the controller's gRPC server.
+
+One grpc.aio server, two listeners: the mutual-TLS port (every RPC but
+Enroll needs a client certificate our CA signed) and the enrollment port
+(server-authenticated TLS; only Enroll is served there, on the strength of
+a token). grpcio cannot ask for an *optional* client certificate, hence two
+ports rather than one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+
+import grpc
+from fleetpatch.v1 import admin_pb2_grpc, agent_pb2_grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+
+from .datadir import DataDir, join_address, split_address
+from .errors import UsageError
+from .pki import CertificateAuthority
+from .servicers import AdminService, AgentService, Revocations
+from .signing import load_signing_key, published_keys
+from .store import Store
+from .storethread import CheckInBatcher, StoreThread
+
+log = logging.getLogger(__name__)
+
+SERVICES = ("fleetpatch.v1.AgentService", "fleetpatch.v1.AdminService")
+SHUTDOWN_GRACE_SECONDS = 10.0
+_OPTIONS = [
+    ("grpc.max_receive_message_length", 32 * 1024 * 1024),
+    ("grpc.keepalive_time_ms", 60_000),
+    ("grpc.http2.min_ping_interval_without_data_ms", 30_000),
+    ("grpc.so_reuseport", 0),
+]
+
+
+def _bind(server: grpc.aio.Server, address: str, creds: grpc.ServerCredentials) -> str:
+    host, _ = split_address(address)
+    try:
+        port = server.add_secure_port(address, creds)
+    except RuntimeError as exc:
+        raise UsageError(f"cannot listen on {address}: {exc}") from None
+    if port == 0:
+        raise UsageError(f"cannot listen on {address} (in use, or not an address of this host)")
+    return join_address(host, port)
+
+
+async def serve(
+    data_dir: DataDir,
+    listen: str | None = None,
+    enroll_listen: str | None = None,
+    stop: asyncio.Event | None = None,
+) -> None:
+    """Serve until ``stop`` is set, or SIGTERM/SIGINT; then shut down
+    gracefully: stop accepting, finish in-flight calls, flush check-ins."""
+    data_dir.require_initialised()
+    settings = data_dir.settings()
+    listen = listen or settings.listen
+    if enroll_listen is None:
+        host, port = split_address(listen)
+        enroll_listen = join_address(host, port + 1) if port else join_address(host, 0)
+    ca = CertificateAuthority.load(data_dir.read(data_dir.ca_key), data_dir.read(data_dir.ca_cert))
+    server_key = data_dir.read(data_dir.server_key)
+    server_cert = data_dir.read(data_dir.server_cert)
+    signing = published_keys(load_signing_key(data_dir.read(data_dir.signing_key)))
+
+    store = Store.open(data_dir.database)
+    db = StoreThread(store)
+    revoked = Revocations(await db.call(lambda s: s.revoked_host_ids()))
+    batcher = CheckInBatcher(db)
+    server = grpc.aio.server(options=_OPTIONS)
+    agent_pb2_grpc.add_AgentServiceServicer_to_server(
+        AgentService(db, batcher, ca, signing, settings, revoked), server
+    )
+    admin_pb2_grpc.add_AdminServiceServicer_to_server(AdminService(db, revoked), server)
+    # grpc-stubs predates the asyncio health servicer that grpcio-health-checking ships.
+    health_servicer = health.aio.HealthServicer()  # type: ignore[attr-defined]
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+
+    try:
+        mtls = grpc.ssl_server_credentials(
+            [(server_key, server_cert)], root_certificates=ca.cert_pem, require_client_auth=True
+        )
+        bound = _bind(server, listen, mtls)
+        enroll_creds = grpc.ssl_server_credentials(
+            [(server_key, server_cert)], root_certificates=None, require_client_auth=False
+        )
+        enroll_bound = _bind(server, enroll_listen, enroll_creds)
+    except BaseException:
+        db.close()
+        raise
+
+    stop = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, stop.set)
+
+    await server.start()
+    batcher.start()
+    for name in ("", *SERVICES):
+        await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    data_dir.write_endpoints(
+        _advertised(bound, settings.advertise), _advertised(enroll_bound, settings.advertise)
+    )
+    log.info("controller serving on %s (enrollment on %s)", bound, enroll_bound)
+    try:
+        await stop.wait()
+    finally:
+        log.info("shutting down: finishing in-flight calls (up to %.0fs)", SHUTDOWN_GRACE_SECONDS)
+        await health_servicer.enter_graceful_shutdown()
+        await server.stop(SHUTDOWN_GRACE_SECONDS)
+        await batcher.close()
+        db.close()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                loop.remove_signal_handler(sig)
+        log.info("controller stopped")
+
+
+def _advertised(bound: str, advertise: str) -> str:
+    """The address clients should use for a bound listener: a wildcard bind
+    is reached through the advertised host name."""
+    host, port = split_address(bound)
+    if host in ("0.0.0.0", "::", ""):  # noqa: S104 - comparing, not binding
+        host, _ = split_address(advertise)
+    return join_address(host, port)

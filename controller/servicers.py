@@ -1,0 +1,301 @@
+"""gRPC servicers: thin shells that check who calls, convert protobuf to
+plain data, call the core, and convert back. Domain errors become gRPC
+status codes here and nowhere else."""
+
+from __future__ import annotations
+
+import logging
+import random
+import secrets
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from functools import wraps
+from typing import Any, TypeVar
+
+import grpc
+from cryptography.hazmat.primitives import serialization
+from fleetpatch import labels as labelspec
+from fleetpatch.identity import Identity, Role
+from fleetpatch.inventory import inventory_hash
+from fleetpatch.v1 import admin_pb2, admin_pb2_grpc, agent_pb2, agent_pb2_grpc, types_pb2
+
+from . import convert, tokens
+from .auth import peer_identity
+from .checkin import next_checkin
+from .datadir import Settings
+from .errors import (
+    Conflict,
+    FleetpatchError,
+    NotFound,
+    Refused,
+    TokenRefused,
+    UsageError,
+)
+from .model import CheckIn, Host, HostStatus
+from .pki import CertificateAuthority
+from .storethread import CheckInBatcher, StoreThread
+
+log = logging.getLogger(__name__)
+
+Context = grpc.aio.ServicerContext[Any, Any]
+_Req = TypeVar("_Req")
+_Resp = TypeVar("_Resp")
+
+_STATUS_OF: list[tuple[type[FleetpatchError], grpc.StatusCode]] = [
+    (TokenRefused, grpc.StatusCode.UNAUTHENTICATED),
+    (Refused, grpc.StatusCode.PERMISSION_DENIED),
+    (NotFound, grpc.StatusCode.NOT_FOUND),
+    (UsageError, grpc.StatusCode.INVALID_ARGUMENT),
+    (Conflict, grpc.StatusCode.FAILED_PRECONDITION),
+]
+
+
+def status_for(error: FleetpatchError) -> grpc.StatusCode:
+    for kind, code in _STATUS_OF:
+        if isinstance(error, kind):
+            return code
+    return grpc.StatusCode.INTERNAL
+
+
+def rpc(
+    method: Callable[[Any, _Req, Context], Awaitable[_Resp]],
+) -> Callable[[Any, _Req, Context], Awaitable[_Resp]]:
+    """Translate domain errors raised by a servicer method to gRPC status."""
+
+    @wraps(method)
+    async def wrapper(self: Any, request: _Req, context: Context) -> _Resp:
+        try:
+            return await method(self, request, context)
+        except FleetpatchError as exc:
+            log.info("%s refused for %s: %s", method.__name__, context.peer(), exc)
+            await context.abort(status_for(exc), str(exc))
+            raise  # unreachable: abort raises
+
+    return wrapper
+
+
+class Revocations:
+    """Revoked host ids, kept in memory so every RPC can refuse them cheaply."""
+
+    def __init__(self, revoked: set[str]) -> None:
+        self._revoked = revoked
+
+    def add(self, host_id: str) -> None:
+        self._revoked.add(host_id)
+
+    def __contains__(self, host_id: str) -> bool:
+        return host_id in self._revoked
+
+
+def require(context: Context, role: Role, revoked: Revocations) -> Identity:
+    identity = peer_identity(context)
+    if identity is None:
+        raise Refused("this call needs a client certificate (use the mutual-TLS port)")
+    if identity.role is not role:
+        raise Refused(f"a {identity.role} certificate may not make this call")
+    if role is Role.HOST and identity.name in revoked:
+        raise Refused(f"host {identity.name} has been revoked")
+    return identity
+
+
+class AgentService(agent_pb2_grpc.AgentServiceServicer):
+    def __init__(
+        self,
+        db: StoreThread,
+        batcher: CheckInBatcher,
+        ca: CertificateAuthority,
+        signing_keys: list[types_pb2.SigningKey],
+        settings: Settings,
+        revoked: Revocations,
+        rng: random.Random | None = None,
+    ) -> None:
+        self._db = db
+        self._batcher = batcher
+        self._ca = ca
+        self._signing_keys = signing_keys
+        self._settings = settings
+        self._revoked = revoked
+        self._rng = rng or random.Random()
+
+    @rpc
+    async def Enroll(
+        self, request: agent_pb2.EnrollRequest, context: Context
+    ) -> agent_pb2.EnrollResponse:
+        now = datetime.now(UTC)
+        token_id, secret = tokens.parse(request.token)
+        token = tokens.check(await self._db.call(lambda s: s.get_token(token_id)), secret, now)
+        try:
+            host_labels = {
+                **token.labels,
+                **labelspec.parse_labels(f"{k}={v}" for k, v in sorted(request.labels.items())),
+            }
+        except ValueError as exc:
+            raise UsageError(str(exc)) from None
+        host_id = "h-" + secrets.token_hex(8)
+        cert = self._ca.sign_csr(request.csr_pem, Identity(Role.HOST, host_id))
+        host = Host(
+            host_id=host_id,
+            region=token.region,
+            ring=token.ring,
+            status=HostStatus.ACTIVE,
+            enrolled_at=now,
+            labels=host_labels,
+            facts=convert.to_json(request.facts),
+            certificate_serial=format(cert.serial_number, "x"),
+            certificate_expires_at=cert.not_valid_after_utc,
+        )
+        await self._db.call(lambda s: s.enroll_host(host, token_id, now))
+        log.info(
+            "enrolled host %s (%s) in %s ring %d with token %s",
+            host_id,
+            request.facts.hostname or "?",
+            token.region,
+            token.ring,
+            token_id,
+        )
+        return agent_pb2.EnrollResponse(
+            host_id=host_id,
+            certificate_pem=cert.public_bytes(serialization.Encoding.PEM),
+            ca_pem=self._ca.cert_pem,
+            signing_keys=self._signing_keys,
+            region=token.region,
+            ring=token.ring,
+        )
+
+    @rpc
+    async def CheckIn(
+        self, request: agent_pb2.CheckInRequest, context: Context
+    ) -> agent_pb2.CheckInResponse:
+        host_id = require(context, Role.HOST, self._revoked).name
+        packages = None
+        if request.HasField("inventory"):
+            packages = convert.packages_from_pb(request.inventory)
+            if inventory_hash(packages) != request.inventory_hash:
+                raise UsageError("the inventory does not match its hash")
+        outcome = await self._batcher.submit(
+            CheckIn(
+                host_id=host_id,
+                at=datetime.now(UTC),
+                facts=convert.to_json(request.facts),
+                health=convert.to_json(request.health),
+                inventory_hash=request.inventory_hash,
+                packages=packages,
+            )
+        )
+        if outcome.revoked:
+            self._revoked.add(host_id)
+            raise Refused(f"host {host_id} has been revoked")
+        if not outcome.known:
+            raise Refused(f"host {host_id} is not enrolled with this controller")
+        return agent_pb2.CheckInResponse(
+            next_checkin=convert.duration(
+                next_checkin(
+                    self._settings.checkin_interval, self._settings.checkin_jitter, self._rng
+                )
+            ),
+            known_inventory_hash=outcome.inventory_hash,
+            inventory_required=outcome.inventory_hash != request.inventory_hash,
+        )
+
+    @rpc
+    async def ReportProgress(
+        self, request: agent_pb2.ReportProgressRequest, context: Context
+    ) -> agent_pb2.ReportProgressResponse:
+        require(context, Role.HOST, self._revoked)
+        await context.abort(
+            grpc.StatusCode.UNIMPLEMENTED, "this controller hands out no work orders yet"
+        )
+        raise AssertionError("unreachable")
+
+
+class AdminService(admin_pb2_grpc.AdminServiceServicer):
+    def __init__(self, db: StoreThread, revoked: Revocations) -> None:
+        self._db = db
+        self._revoked = revoked
+
+    def _admin(self, context: Context) -> Identity:
+        return require(context, Role.ADMIN, self._revoked)
+
+    @rpc
+    async def CreateToken(
+        self, request: admin_pb2.CreateTokenRequest, context: Context
+    ) -> admin_pb2.CreateTokenResponse:
+        admin = self._admin(context)
+        try:
+            labelspec.check_region(request.region)
+            labelspec.check_ring(request.ring)
+            token_labels = labelspec.parse_labels(f"{k}={v}" for k, v in request.labels.items())
+            token, secret = tokens.new_token(
+                request.region,
+                request.ring,
+                request.uses,
+                request.ttl.ToTimedelta(),
+                token_labels,
+                datetime.now(UTC),
+            )
+        except ValueError as exc:
+            raise UsageError(str(exc)) from None
+        await self._db.call(lambda s: s.create_token(token))
+        log.info(
+            "admin %s created token %s for %s ring %d (%d uses)",
+            admin.name,
+            token.token_id,
+            token.region,
+            token.ring,
+            token.uses_allowed,
+        )
+        return admin_pb2.CreateTokenResponse(token=convert.token_to_pb(token), secret=secret)
+
+    @rpc
+    async def ListTokens(
+        self, request: admin_pb2.ListTokensRequest, context: Context
+    ) -> admin_pb2.ListTokensResponse:
+        self._admin(context)
+        found = await self._db.call(lambda s: s.list_tokens())
+        return admin_pb2.ListTokensResponse(tokens=[convert.token_to_pb(t) for t in found])
+
+    @rpc
+    async def RevokeToken(
+        self, request: admin_pb2.RevokeTokenRequest, context: Context
+    ) -> admin_pb2.RevokeTokenResponse:
+        admin = self._admin(context)
+        token = await self._db.call(lambda s: s.revoke_token(request.token_id))
+        log.info("admin %s revoked token %s", admin.name, token.token_id)
+        return admin_pb2.RevokeTokenResponse(token=convert.token_to_pb(token))
+
+    @rpc
+    async def ListHosts(
+        self, request: admin_pb2.ListHostsRequest, context: Context
+    ) -> admin_pb2.ListHostsResponse:
+        self._admin(context)
+        limit = min(request.page_size or 500, 5000)
+        ring = request.ring if request.HasField("ring") else None
+        found = await self._db.call(
+            lambda s: s.list_hosts(request.region, ring, request.page_token, limit)
+        )
+        return admin_pb2.ListHostsResponse(
+            hosts=[convert.host_to_pb(h) for h in found],
+            next_page_token=found[-1].host_id if len(found) == limit else "",
+        )
+
+    @rpc
+    async def GetHost(
+        self, request: admin_pb2.GetHostRequest, context: Context
+    ) -> admin_pb2.GetHostResponse:
+        self._admin(context)
+        host, packages = await self._db.call(
+            lambda s: (s.get_host(request.host_id), s.get_inventory(request.host_id))
+        )
+        return admin_pb2.GetHostResponse(
+            host=convert.host_to_pb(host), inventory=convert.packages_to_pb(packages)
+        )
+
+    @rpc
+    async def RevokeHost(
+        self, request: admin_pb2.RevokeHostRequest, context: Context
+    ) -> admin_pb2.RevokeHostResponse:
+        admin = self._admin(context)
+        host = await self._db.call(lambda s: s.revoke_host(request.host_id, datetime.now(UTC)))
+        self._revoked.add(host.host_id)
+        log.warning("admin %s revoked host %s", admin.name, host.host_id)
+        return admin_pb2.RevokeHostResponse(host=convert.host_to_pb(host))

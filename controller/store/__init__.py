@@ -1,0 +1,303 @@
+"""All of the controller's SQL. Nothing else in the controller knows SQLite.
+
+The store is synchronous and not thread-safe: the server calls it from one
+dedicated thread (see ``server.StoreThread``). A PostgreSQL store for
+several controller replicas would implement the same methods.
+
+Durability: WAL with ``synchronous=NORMAL``. A crash of the controller
+process never loses a committed transaction; a power loss may lose the
+last few, never corrupt the file.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import zlib
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from sqlite_utils import Database
+
+from controller.errors import NotFound, TokenRefused
+from controller.model import CheckIn, CheckInOutcome, Host, HostStatus, Package
+from controller.tokens import Token
+
+from .migrations import migrations
+
+__all__ = ["Store"]
+
+
+def _ts(value: datetime | None) -> float | None:
+    return None if value is None else value.timestamp()
+
+
+def _dt(value: float | None) -> datetime | None:
+    return None if value is None else datetime.fromtimestamp(value, UTC)
+
+
+def _must_dt(value: float) -> datetime:
+    return datetime.fromtimestamp(value, UTC)
+
+
+class Store:
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self._conn = conn
+        self._db = Database(conn)
+
+    @classmethod
+    def open(cls, path: Path) -> Store:
+        """Open (creating if needed) and migrate the database at ``path``."""
+        conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        return cls._prepare(conn)
+
+    @classmethod
+    def memory(cls) -> Store:
+        return cls._prepare(sqlite3.connect(":memory:", isolation_level=None))
+
+    @classmethod
+    def _prepare(cls, conn: sqlite3.Connection) -> Store:
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=NORMAL")
+        conn.execute("PRAGMA busy_timeout=5000")
+        conn.execute("PRAGMA foreign_keys=ON")
+        store = cls(conn)
+        migrations.apply(store._db)
+        return store
+
+    def close(self) -> None:
+        self._conn.close()
+
+    @contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        with self._db.atomic():
+            yield self._conn
+
+    def applied_migrations(self) -> list[str]:
+        return [m.name for m in migrations.applied(self._db)]
+
+    # -- tokens ---------------------------------------------------------------
+
+    def create_token(self, token: Token) -> None:
+        self._conn.execute(
+            "INSERT INTO tokens (token_id, secret_hash, region, ring, labels, uses_allowed,"
+            " uses, created_at, expires_at, revoked) VALUES (?,?,?,?,?,?,?,?,?,?)",
+            (
+                token.token_id,
+                token.secret_hash,
+                token.region,
+                token.ring,
+                json.dumps(token.labels, sort_keys=True),
+                token.uses_allowed,
+                token.uses,
+                _ts(token.created_at),
+                _ts(token.expires_at),
+                int(token.revoked),
+            ),
+        )
+
+    def get_token(self, token_id: str) -> Token | None:
+        row = self._conn.execute("SELECT * FROM tokens WHERE token_id = ?", (token_id,))
+        found = _rows(row)
+        return _token(found[0]) if found else None
+
+    def list_tokens(self) -> list[Token]:
+        cur = self._conn.execute("SELECT * FROM tokens ORDER BY created_at, token_id")
+        return [_token(r) for r in _rows(cur)]
+
+    def revoke_token(self, token_id: str) -> Token:
+        with self._transaction() as conn:
+            if (
+                conn.execute(
+                    "UPDATE tokens SET revoked = 1 WHERE token_id = ?", (token_id,)
+                ).rowcount
+                == 0
+            ):
+                raise NotFound(f"no enrollment token {token_id!r}")
+        token = self.get_token(token_id)
+        assert token is not None  # noqa: S101 - updated just above
+        return token
+
+    # -- hosts ----------------------------------------------------------------
+
+    def enroll_host(self, host: Host, token_id: str, now: datetime) -> None:
+        """Spend one use of the token and record the host, atomically.
+
+        Raises TokenRefused when the token was revoked, expired or used up
+        since it was checked (another agent may have spent the last use).
+        """
+        with self._transaction() as conn:
+            spent = conn.execute(
+                "UPDATE tokens SET uses = uses + 1 WHERE token_id = ? AND revoked = 0"
+                " AND uses < uses_allowed AND expires_at > ?",
+                (token_id, _ts(now)),
+            ).rowcount
+            if spent == 0:
+                raise TokenRefused(f"enrollment token {token_id} can no longer be used")
+            conn.execute(
+                "INSERT INTO hosts (host_id, region, ring, labels, status, token_id,"
+                " enrolled_at, facts, cert_serial, cert_expires_at)"
+                " VALUES (?,?,?,?,?,?,?,?,?,?)",
+                (
+                    host.host_id,
+                    host.region,
+                    host.ring,
+                    json.dumps(dict(host.labels), sort_keys=True),
+                    host.status.value,
+                    token_id,
+                    _ts(host.enrolled_at),
+                    json.dumps(dict(host.facts)),
+                    host.certificate_serial,
+                    _ts(host.certificate_expires_at),
+                ),
+            )
+
+    def get_host(self, host_id: str) -> Host:
+        """Raises NotFound."""
+        found = _rows(self._conn.execute("SELECT * FROM hosts WHERE host_id = ?", (host_id,)))
+        if not found:
+            raise NotFound(f"no host {host_id!r}")
+        return _host(found[0])
+
+    def list_hosts(
+        self, region: str = "", ring: int | None = None, after: str = "", limit: int = 500
+    ) -> list[Host]:
+        """Hosts ordered by id, after the id ``after`` (keyset pagination)."""
+        where, args = ["host_id > ?"], [after]
+        if region:
+            where.append("region = ?")
+            args.append(region)
+        if ring is not None:
+            where.append("ring = ?")
+            args.append(str(ring))
+        cur = self._conn.execute(
+            f"SELECT * FROM hosts WHERE {' AND '.join(where)} ORDER BY host_id LIMIT ?",  # noqa: S608 - fixed fragments
+            (*args, limit),
+        )
+        return [_host(r) for r in _rows(cur)]
+
+    def revoke_host(self, host_id: str, now: datetime) -> Host:
+        with self._transaction() as conn:
+            if (
+                conn.execute(
+                    "UPDATE hosts SET status = ?, revoked_at = COALESCE(revoked_at, ?)"
+                    " WHERE host_id = ?",
+                    (HostStatus.REVOKED.value, _ts(now), host_id),
+                ).rowcount
+                == 0
+            ):
+                raise NotFound(f"no host {host_id!r}")
+        return self.get_host(host_id)
+
+    def revoked_host_ids(self) -> set[str]:
+        cur = self._conn.execute(
+            "SELECT host_id FROM hosts WHERE status = ?", (HostStatus.REVOKED.value,)
+        )
+        return {row[0] for row in cur}
+
+    def get_inventory(self, host_id: str) -> list[Package]:
+        row = self._conn.execute(
+            "SELECT packages FROM inventories WHERE host_id = ?", (host_id,)
+        ).fetchone()
+        if row is None:
+            return []
+        return [(n, v, a) for n, v, a in json.loads(zlib.decompress(row[0]))]
+
+    # -- the check-in hot path ------------------------------------------------
+
+    def record_checkins(self, batch: Sequence[CheckIn]) -> list[CheckInOutcome]:
+        """Persist a batch of check-ins in one transaction (group commit).
+
+        Returns, for each, whether the host is known and active and the
+        inventory hash the controller holds afterwards. Raw ``executemany``
+        here: this runs thousands of times a second at fleet scale.
+        """
+        outcomes: list[CheckInOutcome] = []
+        updates: list[tuple[Any, ...]] = []
+        with self._transaction() as conn:
+            for checkin in batch:
+                row = conn.execute(
+                    "SELECT status, inventory_hash FROM hosts WHERE host_id = ?",
+                    (checkin.host_id,),
+                ).fetchone()
+                if row is None or row[0] != HostStatus.ACTIVE.value:
+                    outcomes.append(CheckInOutcome(row is not None, row is not None, ""))
+                    continue
+                known_hash, new_inventory, count = row[1], 0, None
+                if checkin.packages is not None:
+                    blob = zlib.compress(json.dumps([list(p) for p in checkin.packages]).encode())
+                    conn.execute(
+                        "INSERT INTO inventories (host_id, hash, packages, updated_at)"
+                        " VALUES (?,?,?,?) ON CONFLICT (host_id) DO UPDATE SET"
+                        " hash = excluded.hash, packages = excluded.packages,"
+                        " updated_at = excluded.updated_at",
+                        (checkin.host_id, checkin.inventory_hash, blob, _ts(checkin.at)),
+                    )
+                    known_hash, new_inventory, count = (
+                        checkin.inventory_hash,
+                        1,
+                        len(checkin.packages),
+                    )
+                updates.append(
+                    (
+                        _ts(checkin.at),
+                        json.dumps(dict(checkin.facts)),
+                        json.dumps(dict(checkin.health)),
+                        known_hash,
+                        count,
+                        new_inventory,
+                        checkin.host_id,
+                    )
+                )
+                outcomes.append(CheckInOutcome(True, False, known_hash))
+            conn.executemany(
+                "UPDATE hosts SET last_seen = ?, facts = ?, health = ?, inventory_hash = ?,"
+                " package_count = COALESCE(?, package_count),"
+                " inventory_updates = inventory_updates + ?, checkins = checkins + 1"
+                " WHERE host_id = ?",
+                updates,
+            )
+        return outcomes
+
+
+def _rows(cursor: sqlite3.Cursor) -> list[dict[str, Any]]:
+    names = [d[0] for d in cursor.description]
+    return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
+
+
+def _token(row: Mapping[str, Any]) -> Token:
+    return Token(
+        token_id=row["token_id"],
+        secret_hash=row["secret_hash"],
+        region=row["region"],
+        ring=row["ring"],
+        uses_allowed=row["uses_allowed"],
+        uses=row["uses"],
+        created_at=_must_dt(row["created_at"]),
+        expires_at=_must_dt(row["expires_at"]),
+        revoked=bool(row["revoked"]),
+        labels=json.loads(row["labels"]),
+    )
+
+
+def _host(row: Mapping[str, Any]) -> Host:
+    return Host(
+        host_id=row["host_id"],
+        region=row["region"],
+        ring=row["ring"],
+        status=HostStatus(row["status"]),
+        enrolled_at=_must_dt(row["enrolled_at"]),
+        labels=json.loads(row["labels"]),
+        last_seen=_dt(row["last_seen"]),
+        facts=json.loads(row["facts"]),
+        health=json.loads(row["health"]),
+        inventory_hash=row["inventory_hash"],
+        package_count=row["package_count"],
+        certificate_serial=row["cert_serial"],
+        certificate_expires_at=_dt(row["cert_expires_at"]),
+        inventory_updates=row["inventory_updates"],
+        checkins=row["checkins"],
+    )

@@ -1,0 +1,57 @@
+"""Schema migrations, applied in order by sqlite-utils, each recorded with
+its name in the same transaction as its changes. Never edit a released
+migration: add a new one."""
+
+from __future__ import annotations
+
+from sqlite_utils import Database
+from sqlite_utils.migrations import Migrations
+
+migrations = Migrations("fleetpatch.controller")
+
+_STATEMENTS_0001 = [
+    """CREATE TABLE tokens (
+        token_id      TEXT PRIMARY KEY,
+        secret_hash   TEXT NOT NULL,
+        region        TEXT NOT NULL,
+        ring          INTEGER NOT NULL,
+        labels        TEXT NOT NULL DEFAULT '{}',
+        uses_allowed  INTEGER NOT NULL,
+        uses          INTEGER NOT NULL DEFAULT 0,
+        created_at    REAL NOT NULL,
+        expires_at    REAL NOT NULL,
+        revoked       INTEGER NOT NULL DEFAULT 0
+    )""",
+    """CREATE TABLE hosts (
+        host_id            TEXT PRIMARY KEY,
+        region             TEXT NOT NULL,
+        ring               INTEGER NOT NULL,
+        labels             TEXT NOT NULL DEFAULT '{}',
+        status             TEXT NOT NULL,
+        token_id           TEXT NOT NULL,
+        enrolled_at        REAL NOT NULL,
+        last_seen          REAL,
+        facts              TEXT NOT NULL DEFAULT '{}',
+        health             TEXT NOT NULL DEFAULT '{}',
+        inventory_hash     TEXT NOT NULL DEFAULT '',
+        package_count      INTEGER NOT NULL DEFAULT 0,
+        inventory_updates  INTEGER NOT NULL DEFAULT 0,
+        checkins           INTEGER NOT NULL DEFAULT 0,
+        cert_serial        TEXT NOT NULL,
+        cert_expires_at    REAL NOT NULL,
+        revoked_at         REAL
+    )""",
+    "CREATE INDEX hosts_region_ring ON hosts (region, ring, host_id)",
+    """CREATE TABLE inventories (
+        host_id     TEXT PRIMARY KEY REFERENCES hosts (host_id),
+        hash        TEXT NOT NULL,
+        packages    BLOB NOT NULL,  -- zlib(JSON [[name, version, arch], ...])
+        updated_at  REAL NOT NULL
+    )""",
+]
+
+
+@migrations(name="0001_initial")
+def _initial(db: Database) -> None:
+    for statement in _STATEMENTS_0001:
+        db.execute(statement)
