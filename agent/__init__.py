@@ -1,0 +1,1 @@
+"""The fleetpatch host agent."""

@@ -1,0 +1,36 @@
+"""The agent's plain data <-> protobuf; nothing else touches protobuf."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+
+from fleetpatch.v1 import types_pb2
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from .facts import HostFacts
+from .health import HealthSummary
+from .packages import Package
+
+
+def facts_to_pb(facts: HostFacts) -> types_pb2.HostFacts:
+    return types_pb2.HostFacts(**dataclasses.asdict(facts))
+
+
+def inventory_to_pb(packages: Sequence[Package]) -> types_pb2.Inventory:
+    return types_pb2.Inventory(
+        packages=[types_pb2.Package(name=n, version=v, arch=a) for n, v, a in packages]
+    )
+
+
+def health_to_pb(summary: HealthSummary) -> types_pb2.HealthSummary:
+    observed = Timestamp()
+    observed.FromDatetime(summary.observed_at)
+    return types_pb2.HealthSummary(
+        healthy=summary.healthy,
+        observed_at=observed,
+        checks=[
+            types_pb2.CheckResult(name=c.name, kind=c.kind, ok=c.ok, detail=c.detail)
+            for c in summary.checks
+        ],
+    )

@@ -1,0 +1,66 @@
+"""The installed package list, asked of the real package manager."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+from . import subp
+from .errors import ConfigError
+
+Package = tuple[str, str, str]  # name, version, arch
+Runner = Callable[[Sequence[str]], subp.Result]
+
+DPKG_QUERY = [
+    "dpkg-query",
+    "--show",
+    "--showformat",
+    "${db:Status-Abbrev}\t${Package}\t${Version}\t${Architecture}\n",
+]
+RPM_QUERY = [
+    "rpm",
+    "--query",
+    "--all",
+    "--queryformat",
+    "%{NAME}\t%{EPOCHNUM}:%{VERSION}-%{RELEASE}\t%{ARCH}\n",
+]
+
+
+def parse_dpkg(output: str) -> list[Package]:
+    """Installed packages from DPKG_QUERY output.
+
+    Only fully installed ones (status ``ii``) count: a package left
+    half-configured or only with its config files is not installed.
+    """
+    found = []
+    for line in output.splitlines():
+        parts = line.split("\t")
+        if len(parts) != 4 or not parts[0].startswith("ii"):
+            continue
+        _, name, version, arch = parts
+        found.append((name, version, arch))
+    return sorted(found)
+
+
+def parse_rpm(output: str) -> list[Package]:
+    """Installed packages from RPM_QUERY output; a zero epoch is dropped,
+    as rpm and dnf print versions."""
+    found = []
+    for line in output.splitlines():
+        parts = line.split("\t")
+        if len(parts) != 3:
+            continue
+        name, version, arch = parts
+        found.append((name, version.removeprefix("0:"), arch))
+    return sorted(found)
+
+
+def installed(manager: str, run: Runner = subp.run) -> list[Package]:
+    """The installed packages, sorted; raises ConfigError for an unknown
+    package manager and CommandFailed when the query fails."""
+    if manager == "apt":
+        return parse_dpkg(run(DPKG_QUERY).stdout)
+    if manager == "dnf":
+        return parse_rpm(run(RPM_QUERY).stdout)
+    if manager == "":
+        return []
+    raise ConfigError(f"unknown package manager {manager!r}")

@@ -1,0 +1,164 @@
+"""The agent's state dir and its config file.
+
+STATE/agent.toml          settings (written by enroll; yours to edit)
+STATE/key.pem             the host's private key (0600; never leaves)
+STATE/cert.pem            the host's certificate, naming its host id
+STATE/ca.pem              the controller CA pinned at enrollment
+STATE/trusted_keys.json   work-order signing keys pinned at enrollment
+STATE/journal.db          SQLite journal: check-ins, orders, reports
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from cryptography import x509
+from fleetpatch.atomicfile import write_atomic
+from fleetpatch.identity import Identity, Role, identity_from_certificate
+
+from .errors import ConfigError, NotEnrolled
+from .health import ResourceLimits
+
+DEFAULT_STATE_DIR = Path("/var/lib/fleetpatch/agent")
+
+
+@dataclass(frozen=True)
+class AgentConfig:
+    controller: str
+    enroll_address: str
+    health: ResourceLimits = field(default_factory=ResourceLimits)
+
+
+CONFIG_TEMPLATE = """\
+# fleetpatch agent settings, written by `fleetpatch-agent enroll`.
+
+[controller]
+# Mutual-TLS address of the controller (check-ins, reports).
+address = "{address}"
+# Enrollment address; only used by `enroll`.
+enroll_address = "{enroll_address}"
+
+[health]
+# Resource checks reported with every check-in; 0 switches one off.
+max_load_per_cpu = 4.0        # 1-minute load average divided by CPUs
+max_memory_used_ratio = 0.97  # share of memory not available
+max_disk_used_ratio = 0.97    # share of / in use
+"""
+
+
+@dataclass(frozen=True)
+class StateDir:
+    path: Path
+
+    @property
+    def config_file(self) -> Path:
+        return self.path / "agent.toml"
+
+    @property
+    def key(self) -> Path:
+        return self.path / "key.pem"
+
+    @property
+    def cert(self) -> Path:
+        return self.path / "cert.pem"
+
+    @property
+    def ca(self) -> Path:
+        return self.path / "ca.pem"
+
+    @property
+    def trusted_keys(self) -> Path:
+        return self.path / "trusted_keys.json"
+
+    @property
+    def journal(self) -> Path:
+        return self.path / "journal.db"
+
+    def create(self) -> None:
+        try:
+            self.path.mkdir(mode=0o700, parents=True, exist_ok=True)
+            os.chmod(self.path, 0o700)
+        except OSError as exc:
+            raise ConfigError(f"cannot create state dir {self.path}: {exc.strerror}") from None
+
+    def is_enrolled(self) -> bool:
+        return self.cert.is_file()
+
+    def require_enrolled(self) -> None:
+        if not self.path.is_dir():
+            raise NotEnrolled(
+                f"state dir {self.path} does not exist (enroll first: fleetpatch-agent enroll)"
+            )
+        if not self.is_enrolled() or not self.config_file.is_file():
+            raise NotEnrolled(
+                f"{self.path} holds no enrollment "
+                f"(run: fleetpatch-agent enroll --state-dir {self.path})"
+            )
+
+    def read(self, path: Path) -> bytes:
+        try:
+            return path.read_bytes()
+        except OSError as exc:
+            raise ConfigError(f"cannot read {path}: {exc.strerror}") from None
+
+    def identity(self) -> Identity:
+        cert = x509.load_pem_x509_certificate(self.read(self.cert))
+        identity = identity_from_certificate(cert)
+        if identity is None or identity.role is not Role.HOST:
+            raise ConfigError(f"{self.cert} names no host")
+        return identity
+
+    def host_id(self) -> str:
+        return self.identity().name
+
+    def write_config(self, address: str, enroll_address: str) -> None:
+        text = CONFIG_TEMPLATE.format(address=address, enroll_address=enroll_address)
+        write_atomic(self.config_file, text.encode(), mode=0o644)
+
+    def config(self) -> AgentConfig:
+        """Read agent.toml; raises ConfigError naming the bad field."""
+        try:
+            doc = tomllib.loads(self.read(self.config_file).decode())
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"{self.config_file}: {exc}") from None
+        where = str(self.config_file)
+        _only(doc, {"controller", "health"}, where, "")
+        ctl = _section(doc, "controller", where)
+        _only(ctl, {"address", "enroll_address"}, where, "controller.")
+        health = _section(doc, "health", where)
+        _only(health, set(ResourceLimits.__dataclass_fields__), where, "health.")
+        address = ctl.get("address")
+        if not isinstance(address, str) or not address:
+            raise ConfigError(f"{where}: controller.address is missing")
+        limits: dict[str, float] = {}
+        for key, value in health.items():
+            if not isinstance(value, int | float) or value < 0:
+                raise ConfigError(f"{where}: health.{key} must be a number >= 0")
+            limits[key] = float(value)
+        return AgentConfig(address, str(ctl.get("enroll_address", "")), ResourceLimits(**limits))
+
+    def trusted_signing_keys(self) -> dict[str, bytes]:
+        doc = json.loads(self.read(self.trusted_keys))
+        return {k: bytes.fromhex(v) for k, v in doc.items()}
+
+    def write_trusted_signing_keys(self, keys: dict[str, bytes]) -> None:
+        doc = {k: v.hex() for k, v in sorted(keys.items())}
+        write_atomic(self.trusted_keys, json.dumps(doc, indent=2).encode() + b"\n", mode=0o644)
+
+
+def _section(doc: dict[str, Any], name: str, where: str) -> dict[str, Any]:
+    section = doc.get(name, {})
+    if not isinstance(section, dict):
+        raise ConfigError(f"{where}: [{name}] must be a table")
+    return section
+
+
+def _only(table: dict[str, Any], keys: set[str], where: str, prefix: str) -> None:
+    unknown = sorted(set(table) - keys)
+    if unknown:
+        raise ConfigError(f"{where}: unknown key {prefix}{unknown[0]}")
