@@ -9,6 +9,7 @@ from typing import Any
 
 from fleetpatch.v1 import admin_pb2, types_pb2
 from google.protobuf import json_format
+from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.duration_pb2 import Duration
 from google.protobuf.message import Message
 from google.protobuf.timestamp_pb2 import Timestamp
@@ -22,8 +23,42 @@ _STATUS = {
 }
 
 
+_INT64 = {
+    FieldDescriptor.TYPE_INT64,
+    FieldDescriptor.TYPE_UINT64,
+    FieldDescriptor.TYPE_SINT64,
+    FieldDescriptor.TYPE_FIXED64,
+    FieldDescriptor.TYPE_SFIXED64,
+}
+
+
 def to_json(message: Message) -> dict[str, Any]:
-    return json_format.MessageToDict(message, preserving_proto_field_name=True)
+    """A message as JSON a person (or jq) can use: every field present,
+    zero values included, and 64-bit integers as numbers rather than the
+    strings the protobuf JSON mapping uses."""
+    doc = json_format.MessageToDict(
+        message, preserving_proto_field_name=True, always_print_fields_with_no_presence=True
+    )
+    _int64_as_numbers(message, doc)
+    return doc
+
+
+def _int64_as_numbers(message: Message, doc: dict[str, Any]) -> None:
+    for field in message.DESCRIPTOR.fields:
+        if field.name not in doc:
+            continue
+        if field.type in _INT64:
+            value = doc[field.name]
+            doc[field.name] = [int(v) for v in value] if isinstance(value, list) else int(value)
+        elif field.message_type is not None and not field.message_type.GetOptions().map_entry:
+            if field.message_type.full_name.startswith("google.protobuf."):
+                continue  # well-known types have their own JSON form
+            nested = getattr(message, field.name)
+            if isinstance(doc[field.name], list):
+                for item, sub in zip(nested, doc[field.name], strict=True):
+                    _int64_as_numbers(item, sub)
+            else:
+                _int64_as_numbers(nested, doc[field.name])
 
 
 def timestamp(value: datetime | None) -> Timestamp | None:

@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import logging
 import signal
+import socket
 
 import grpc
 from fleetpatch.v1 import admin_pb2_grpc, agent_pb2_grpc
@@ -38,8 +39,29 @@ _OPTIONS = [
 ]
 
 
+def _check_bindable(host: str, port: int) -> None:
+    """Try the address first, so a busy port is one clear line rather than
+    gRPC core's log noise followed by a vaguer error."""
+    if port == 0:
+        return
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except socket.gaierror as exc:
+        raise UsageError(f"cannot listen on {join_address(host, port)}: {exc.strerror}") from None
+    family, kind, proto, _, sockaddr = infos[0]
+    with socket.socket(family, kind, proto) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(sockaddr)
+        except OSError as exc:
+            raise UsageError(
+                f"cannot listen on {join_address(host, port)}: {exc.strerror}"
+            ) from None
+
+
 def _bind(server: grpc.aio.Server, address: str, creds: grpc.ServerCredentials) -> str:
-    host, _ = split_address(address)
+    host, port = split_address(address)
+    _check_bindable(host, port)
     try:
         port = server.add_secure_port(address, creds)
     except RuntimeError as exc:
