@@ -1,0 +1,155 @@
+"""A real controller process and the real CLIs, for integration tests.
+
+Everything runs as the user would run it: the console scripts of the
+project's venv, a controller listening on loopback with real TLS, a real
+SQLite file.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+BIN = Path(sys.executable).parent
+
+
+def free_port() -> int:
+    """A port nobody listens on now, with the next one free too (for the
+    enrollment listener)."""
+    for _ in range(50):
+        with socket.socket() as first:
+            first.bind(("127.0.0.1", 0))
+            port = int(first.getsockname()[1])
+            with socket.socket() as second:
+                try:
+                    second.bind(("127.0.0.1", port + 1))
+                except OSError:
+                    continue
+            return port
+    raise RuntimeError("no pair of free ports on loopback")
+
+
+@dataclass
+class Result:
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+def cli(*args: str | Path, env: dict[str, str] | None = None, timeout: float = 60) -> Result:
+    """Run `fleetpatch` or `fleetpatch-agent` (the first arg) from the venv."""
+    argv = [str(BIN / str(args[0])), *(str(a) for a in args[1:])]
+    done = subprocess.run(
+        argv,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        stdin=subprocess.DEVNULL,
+        env={**os.environ, **(env or {})},
+        check=False,
+    )
+    return Result(done.returncode, done.stdout, done.stderr)
+
+
+def ok(*args: str | Path) -> Result:
+    """Run a CLI that must succeed; fail the test with its output if not."""
+    result = cli(*args)
+    if result.returncode != 0:
+        raise AssertionError(
+            f"{args} exited {result.returncode}\nstdout: {result.stdout}\nstderr: {result.stderr}"
+        )
+    return result
+
+
+class Controller:
+    """`fleetpatch controller serve` on loopback, with a data dir of its own."""
+
+    def __init__(self, data_dir: Path, port: int | None = None) -> None:
+        self.data_dir = data_dir
+        self.port = port or free_port()
+        self.proc: subprocess.Popen[str] | None = None
+        self.log = data_dir.parent / f"{data_dir.name}-serve.log"
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    @property
+    def enroll_address(self) -> str:
+        return f"127.0.0.1:{self.port + 1}"
+
+    def init(self, interval: str = "30s") -> None:
+        ok(
+            "fleetpatch", "controller", "init", "--data-dir", self.data_dir,
+            "--hostname", "localhost", "--listen", self.address, "--checkin-interval", interval,
+        )  # fmt: skip
+
+    def start(self) -> None:
+        with self.log.open("a") as log:
+            self.proc = subprocess.Popen(
+                [str(BIN / "fleetpatch"), "controller", "serve", "--data-dir", str(self.data_dir),
+                 "--listen", self.address],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                text=True,
+            )  # fmt: skip
+        deadline = time.monotonic() + 20
+        endpoints = self.data_dir / "endpoints.json"
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"controller exited early:\n{self.log.read_text()}")
+            try:
+                if json.loads(endpoints.read_text())["pid"] == self.proc.pid:
+                    return
+            except (OSError, ValueError, KeyError):
+                pass
+            time.sleep(0.05)
+        raise AssertionError(f"controller did not start:\n{self.log.read_text()}")
+
+    def stop(self) -> int:
+        """SIGTERM, as systemd would; returns the exit code."""
+        if self.proc is None:
+            return 0
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            code = self.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            code = self.proc.wait()
+        self.proc = None
+        return code
+
+    def admin(self, *args: str | Path) -> Result:
+        return ok("fleetpatch", *args, "--data-dir", self.data_dir)
+
+    def admin_json(self, *args: str | Path) -> object:
+        return json.loads(self.admin(*args, "--json").stdout)
+
+    def token(self, region: str = "eu-west", ring: int = 1, uses: int = 5, ttl: str = "1h") -> str:
+        out = self.admin(
+            "token", "create", "--region", region, "--ring", str(ring), "--uses", str(uses),
+            "--ttl", ttl,
+        )  # fmt: skip
+        return out.stdout.strip().splitlines()[-1]
+
+    def enroll(self, state_dir: Path, token: str, *labels: str) -> Result:
+        label_args: list[str] = []
+        for label in labels:
+            label_args += ["--label", label]
+        return cli(
+            "fleetpatch-agent", "enroll", "--controller", self.address, "--token", token,
+            "--ca-cert", self.data_dir / "ca.pem", "--state-dir", state_dir, *label_args,
+        )  # fmt: skip
+
+    def host(self, host_id: str) -> dict[str, object]:
+        doc = self.admin_json("hosts", "show", host_id)
+        assert isinstance(doc, dict)
+        return doc

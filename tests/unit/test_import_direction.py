@@ -1,0 +1,40 @@
+"""The dependency direction of DESIGN.md: agent and controller never import
+each other; nothing imports the simulator; the wire package imports
+neither."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+FORBIDDEN = {
+    "agent": {"controller", "simulator"},
+    "controller": {"agent", "simulator"},
+    "proto/fleetpatch": {"agent", "controller", "simulator"},
+}
+
+
+def _imports(path: Path) -> set[str]:
+    tree = ast.parse(path.read_text(), filename=str(path))
+    found = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found |= {alias.name.split(".")[0] for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            found.add(node.module.split(".")[0])
+    return found
+
+
+@pytest.mark.parametrize("package", sorted(FORBIDDEN))
+def test_package_imports_nothing_it_must_not(package):
+    files = sorted((ROOT / package).rglob("*.py"))
+    assert files
+    bad = {
+        str(f.relative_to(ROOT)): sorted(_imports(f) & FORBIDDEN[package])
+        for f in files
+        if _imports(f) & FORBIDDEN[package]
+    }
+    assert not bad, f"forbidden imports: {bad}"
