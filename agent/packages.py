@@ -25,16 +25,22 @@ RPM_QUERY = [
 ]
 
 
+def is_installed(status_abbrev: str) -> bool:
+    """Whether a dpkg ``${db:Status-Abbrev}`` says the package is installed."""
+    return status_abbrev[1:2] == "i"
+
+
 def parse_dpkg(output: str) -> list[Package]:
     """Installed packages from DPKG_QUERY output.
 
-    Only fully installed ones (status ``ii``) count: a package left
-    half-configured or only with its config files is not installed.
+    Only fully installed ones count (the second letter of the status is
+    ``i``: ``ii``, or ``hi`` on hold, ``ri`` marked for removal); a package
+    left half-configured or only with its config files is not installed.
     """
     found = []
     for line in output.splitlines():
         parts = line.split("\t")
-        if len(parts) != 4 or not parts[0].startswith("ii"):
+        if len(parts) != 4 or not is_installed(parts[0]):
             continue
         _, name, version, arch = parts
         found.append((name, version, arch))

@@ -41,15 +41,25 @@ class Settings:
 def default_enroll_address(address: str) -> str:
     """The enrollment listener sits on the port after the mTLS one."""
     host, port = split_address(address)
+    if port == 65535:
+        raise UsageError(f"{address!r} leaves no port above it for enrollment; set enroll_listen")
     return join_address(host, port + 1 if port else 0)
 
 
 def split_address(address: str) -> tuple[str, int]:
-    """Split ``host:port`` (``[v6]:port`` too); raises UsageError."""
+    """Split ``host:port`` (``[v6]:port`` for IPv6); raises UsageError."""
     host, sep, port = address.rpartition(":")
-    if not sep or not host or not port.isdigit() or int(port) > 65535:
+    bracketed = host.startswith("[") and host.endswith("]") and len(host) > 2
+    if (
+        not sep
+        or not host
+        or not port.isascii()
+        or not port.isdigit()
+        or int(port) > 65535
+        or (":" in host and not bracketed)
+    ):
         raise UsageError(f"{address!r} is not an address (use HOST:PORT)")
-    return host.strip("[]"), int(port)
+    return host[1:-1] if bracketed else host, int(port)
 
 
 def join_address(host: str, port: int) -> str:
@@ -137,16 +147,21 @@ class DataDir:
             raise UsageError(f"{self.config}: unknown table [{sorted(unknown)[0]}]")
         server = _table(doc, "server", {"listen", "enroll_listen", "advertise"}, self.config)
         checkin = _table(doc, "checkin", {"interval", "jitter"}, self.config)
-        listen = str(server.get("listen", f"0.0.0.0:{DEFAULT_PORT}"))
-        split_address(listen)
-        enroll = str(server.get("enroll_listen", "")) or default_enroll_address(listen)
-        advertise = str(server.get("advertise", listen))
+        listen = _address(server, "listen", f"0.0.0.0:{DEFAULT_PORT}", self.config)
+        enroll = _address(server, "enroll_listen", "", self.config)
+        try:
+            enroll = enroll or default_enroll_address(listen)
+        except UsageError as exc:
+            raise UsageError(f"{self.config}: server.listen: {exc}") from None
+        advertise = _address(server, "advertise", listen, self.config)
         try:
             interval = parse_duration(str(checkin.get("interval", "5m")))
         except ValueError as exc:
             raise UsageError(f"{self.config}: checkin.interval: {exc}") from None
+        if interval < timedelta(seconds=1):
+            raise UsageError(f"{self.config}: checkin.interval must be at least 1s")
         jitter = checkin.get("jitter", 0.2)
-        if not isinstance(jitter, int | float) or not 0 <= jitter < 1:
+        if isinstance(jitter, bool) or not isinstance(jitter, int | float) or not 0 <= jitter < 1:
             raise UsageError(f"{self.config}: checkin.jitter must be a number in [0, 1)")
         return Settings(listen, enroll, advertise, interval, float(jitter))
 
@@ -162,6 +177,18 @@ class DataDir:
             return str(doc["address"])
         except (OSError, ValueError, KeyError):
             return self.settings().advertise
+
+
+def _address(table: dict[str, object], key: str, default: str, path: Path) -> str:
+    value = table.get(key, default)
+    if not isinstance(value, str):
+        raise UsageError(f"{path}: server.{key} must be a string HOST:PORT")
+    if value:
+        try:
+            split_address(value)
+        except UsageError as exc:
+            raise UsageError(f"{path}: server.{key}: {exc}") from None
+    return value
 
 
 def _table(doc: dict[str, object], name: str, keys: set[str], path: Path) -> dict[str, object]:

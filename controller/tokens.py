@@ -49,7 +49,7 @@ def new_token(
     """A new token and the string to hand to agents (shown once)."""
     if uses < 1:
         raise ValueError("a token must allow at least one use")
-    if not timedelta(0) < ttl <= MAX_TTL:
+    if not timedelta(seconds=1) <= ttl <= MAX_TTL:
         raise ValueError("a token's ttl must be between 1s and 30d")
     token_id = secrets.token_hex(6)
     secret = secrets.token_urlsafe(24)

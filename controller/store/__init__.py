@@ -217,12 +217,18 @@ class Store:
         """
         outcomes: list[CheckInOutcome] = []
         updates: list[tuple[Any, ...]] = []
+        # A host may appear twice in one batch (a quick retry): later entries
+        # must see what earlier ones wrote, which the deferred UPDATE has not.
+        seen: dict[str, tuple[str, str]] = {}
         with self._transaction() as conn:
             for checkin in batch:
-                row = conn.execute(
-                    "SELECT status, inventory_hash FROM hosts WHERE host_id = ?",
-                    (checkin.host_id,),
-                ).fetchone()
+                row = (
+                    seen.get(checkin.host_id)
+                    or conn.execute(
+                        "SELECT status, inventory_hash FROM hosts WHERE host_id = ?",
+                        (checkin.host_id,),
+                    ).fetchone()
+                )
                 if row is None or row[0] != HostStatus.ACTIVE.value:
                     outcomes.append(CheckInOutcome(row is not None, row is not None, ""))
                     continue
@@ -252,6 +258,7 @@ class Store:
                         checkin.host_id,
                     )
                 )
+                seen[checkin.host_id] = (row[0], known_hash)
                 outcomes.append(CheckInOutcome(True, False, known_hash))
             conn.executemany(
                 "UPDATE hosts SET last_seen = ?, facts = ?, health = ?, inventory_hash = ?,"

@@ -9,7 +9,9 @@ import re
 from datetime import timedelta
 
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
-_PART = re.compile(r"(\d+)([smhdw])")
+_PART = re.compile(r"([0-9]+)([smhdw])")
+_SECONDS = re.compile(r"[0-9]+")
+MAX_SECONDS = 100 * 365 * 86400  # anything longer is a typo
 
 
 def parse_duration(text: str) -> timedelta:
@@ -18,12 +20,16 @@ def parse_duration(text: str) -> timedelta:
     Raises ValueError with a message fit to show a person.
     """
     spelled = text.strip().lower()
-    if spelled.isdigit():
-        return timedelta(seconds=int(spelled))
-    parts = _PART.findall(spelled)
-    if not spelled or "".join(n + u for n, u in parts) != spelled:
-        raise ValueError(f"{text!r} is not a duration (use e.g. 90, 30s, 5m, 2h, 7d, 1h30m)")
-    return timedelta(seconds=sum(int(n) * _UNITS[u] for n, u in parts))
+    if _SECONDS.fullmatch(spelled):
+        seconds = int(spelled)
+    else:
+        parts = _PART.findall(spelled)
+        if not spelled or "".join(n + u for n, u in parts) != spelled:
+            raise ValueError(f"{text!r} is not a duration (use e.g. 90, 30s, 5m, 2h, 7d, 1h30m)")
+        seconds = sum(int(n) * _UNITS[u] for n, u in parts)
+    if seconds > MAX_SECONDS:
+        raise ValueError(f"{text!r} is too long (more than 100 years)")
+    return timedelta(seconds=seconds)
 
 
 def format_duration(delta: timedelta) -> str:

@@ -44,7 +44,7 @@ def identity_from_certificate(cert: x509.Certificate) -> Identity | None:
     found = [
         m
         for m in (
-            _URI.match(u) for u in san.value.get_values_for_type(x509.UniformResourceIdentifier)
+            _URI.fullmatch(u) for u in san.value.get_values_for_type(x509.UniformResourceIdentifier)
         )
         if m
     ]

@@ -30,12 +30,12 @@ def parse_labels(items: Iterable[str]) -> dict[str, str]:
 
 
 def check_label(key: str, value: str) -> None:
-    if not _KEY.match(key):
+    if not _KEY.fullmatch(key):
         raise ValueError(
             f"label key {key!r} must be lowercase letters, digits, '.', '_', '-', '/' "
             "(1-63 characters, starting and ending with a letter or digit)"
         )
-    if not _VALUE.match(value):
+    if not _VALUE.fullmatch(value):
         raise ValueError(
             f"label value {value!r} for {key!r} must be letters, digits, '.', '_', '-' "
             "(at most 63 characters)"
@@ -43,7 +43,7 @@ def check_label(key: str, value: str) -> None:
 
 
 def check_region(region: str) -> str:
-    if not _REGION.match(region):
+    if not _REGION.fullmatch(region):
         raise ValueError(
             f"region {region!r} must be lowercase letters, digits and '-' (1-63 characters)"
         )

@@ -10,9 +10,11 @@ from typing import Any, TextIO
 
 
 def table(
-    headers: Sequence[str], rows: Sequence[Sequence[object]], out: TextIO = sys.stdout
+    headers: Sequence[str], rows: Sequence[Sequence[object]], out: TextIO | None = None
 ) -> None:
     """Print rows under headers, columns aligned, two spaces apart."""
+    out = out or sys.stdout
+    out = out or sys.stdout
     cells = [[str(c) for c in row] for row in rows]
     widths = [len(h) for h in headers]
     for row in cells:
@@ -43,6 +45,7 @@ def size(n: int) -> str:
     raise AssertionError("unreachable")
 
 
-def print_json(doc: Any, out: TextIO = sys.stdout) -> None:
+def print_json(doc: Any, out: TextIO | None = None) -> None:
+    out = out or sys.stdout
     json.dump(doc, out, indent=2, sort_keys=True, default=str)
     out.write("\n")

@@ -1,0 +1,73 @@
+"""agent.backoff: exponential backoff with full jitter."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from agent.backoff import backoff_delay
+
+
+class Ceiling(random.Random):
+    """Always draws the top of the range, to read the ceiling exactly."""
+
+    def uniform(self, a: float, b: float) -> float:
+        return b
+
+
+class Floor(random.Random):
+    def uniform(self, a: float, b: float) -> float:
+        return a
+
+
+@pytest.mark.parametrize(
+    ("attempt", "ceiling"),
+    [(1, 1), (2, 2), (3, 4), (4, 8), (8, 128), (9, 256), (10, 300), (50, 300), (10**6, 300)],
+)
+def test_ceiling_doubles_up_to_the_cap(attempt, ceiling):
+    assert backoff_delay(attempt, Ceiling()) == ceiling
+
+
+def test_floor_is_zero():
+    assert backoff_delay(7, Floor()) == 0
+
+
+def test_base_and_cap():
+    assert backoff_delay(3, Ceiling(), base=0.5, cap=10) == 2.0
+    assert backoff_delay(6, Ceiling(), base=0.5, cap=10) == 10
+
+
+@given(
+    st.integers(min_value=1, max_value=10_000),
+    st.floats(min_value=0.01, max_value=60),
+    st.floats(min_value=0.1, max_value=3600),
+    st.integers(min_value=0, max_value=2**32),
+)
+def test_delay_within_zero_and_the_ceiling(attempt, base, cap, seed):
+    delay = backoff_delay(attempt, random.Random(seed), base=base, cap=cap)
+    # beyond 2**40 the cap always wins here; keeps the float product finite
+    ceiling = min(cap, base * 2 ** min(attempt - 1, 40))
+    assert 0 <= delay <= ceiling * (1 + 1e-12)
+
+
+def test_delays_grow_with_attempts():
+    rng = random.Random(1234)
+
+    def mean(attempt: int) -> float:
+        return sum(backoff_delay(attempt, rng) for _ in range(400)) / 400
+
+    means = [mean(a) for a in range(1, 10)]
+    assert means == sorted(means)
+    assert means[0] < 1 <= means[-1]
+    assert 120 < mean(20) < 180  # capped at 300: mean of uniform(0, 300)
+
+
+def test_full_jitter_spreads_a_fleet():
+    rng = random.Random(5)
+    delays = [backoff_delay(6, rng) for _ in range(1000)]
+    assert len(set(delays)) == 1000
+    assert min(delays) < 2
+    assert max(delays) > 30

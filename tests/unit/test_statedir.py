@@ -1,0 +1,157 @@
+"""agent.statedir: the agent's state dir and agent.toml."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from cryptography.hazmat.primitives import serialization
+from fleetpatch.identity import Identity, Role
+
+from agent.errors import ConfigError, NotEnrolled
+from agent.health import ResourceLimits
+from agent.statedir import AgentConfig, StateDir
+from controller.pki import CertificateAuthority, new_key
+
+HOST = "h-0123456789abcdef"
+
+
+def _state(tmp_path: Path, text: str | None) -> StateDir:
+    state = StateDir(tmp_path)
+    if text is not None:
+        state.config_file.write_text(text)
+    return state
+
+
+# -- config ---------------------------------------------------------------------
+
+
+def test_config_written_by_enroll_reads_back(tmp_path):
+    state = StateDir(tmp_path)
+    state.write_config("ctl.example:7443", "ctl.example:7444")
+    assert state.config() == AgentConfig(
+        "ctl.example:7443", "ctl.example:7444", ResourceLimits(4.0, 0.97, 0.97)
+    )
+    assert state.config_file.stat().st_mode & 0o777 == 0o644
+
+
+def test_config_minimal(tmp_path):
+    config = _state(tmp_path, '[controller]\naddress = "ctl:7443"\n').config()
+    assert config == AgentConfig("ctl:7443", "", ResourceLimits())
+
+
+def test_config_health_values(tmp_path):
+    text = (
+        '[controller]\naddress = "ctl:7443"\n'
+        "[health]\nmax_load_per_cpu = 8\nmax_memory_used_ratio = 0\n"
+    )
+    limits = _state(tmp_path, text).config().health
+    assert limits == ResourceLimits(max_load_per_cpu=8.0, max_memory_used_ratio=0.0)
+    assert isinstance(limits.max_load_per_cpu, float)
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ('[controller]\naddress = "c:1"\n[extra]\n', "unknown key extra"),
+        ('[controller]\naddress = "c:1"\nport = 1\n', "unknown key controller.port"),
+        ('[controller]\naddress = "c:1"\n[health]\nmax_cpu = 1\n', "unknown key health.max_cpu"),
+        ("", "controller.address is missing"),
+        ("[controller]\n", "controller.address is missing"),
+        ('[controller]\naddress = ""\n', "controller.address is missing"),
+        ("[controller]\naddress = 7443\n", "controller.address is missing"),
+        ('controller = "c:1"\n', r"\[controller\] must be a table"),
+        ('[controller]\naddress = "c:1"\n[health]\nmax_load_per_cpu = -1\n', "health.max_load"),
+        (
+            '[controller]\naddress = "c:1"\n[health]\nmax_disk_used_ratio = "high"\n',
+            "health.max_disk_used_ratio must be a number >= 0",
+        ),
+        ('[controller\naddress = "c:1"\n', "agent.toml"),
+    ],
+)
+def test_config_rejects_naming_the_field(tmp_path, text, message):
+    with pytest.raises(ConfigError, match=message) as caught:
+        _state(tmp_path, text).config()
+    assert str(tmp_path / "agent.toml") in str(caught.value)
+
+
+def test_config_missing_file(tmp_path):
+    with pytest.raises(ConfigError, match=r"cannot read .*agent\.toml: No such file"):
+        StateDir(tmp_path).config()
+
+
+def test_config_not_utf8(tmp_path):
+    (tmp_path / "agent.toml").write_bytes(b'[controller]\naddress = "\xff"\n')
+    with pytest.raises(ConfigError, match=r"agent\.toml"):
+        StateDir(tmp_path).config()
+
+
+def test_config_rejects_a_boolean_threshold(tmp_path):
+    text = '[controller]\naddress = "c:1"\n[health]\nmax_load_per_cpu = true\n'
+    with pytest.raises(ConfigError, match=r"health\.max_load_per_cpu must be a number"):
+        _state(tmp_path, text).config()
+
+
+# -- enrollment state -----------------------------------------------------------
+
+
+def test_require_enrolled_missing_dir(tmp_path):
+    state = StateDir(tmp_path / "nope")
+    with pytest.raises(NotEnrolled, match="does not exist") as caught:
+        state.require_enrolled()
+    assert "fleetpatch-agent enroll" in str(caught.value)
+    assert str(tmp_path / "nope") in str(caught.value)
+
+
+def test_require_enrolled_empty_dir(tmp_path):
+    with pytest.raises(NotEnrolled, match="holds no enrollment") as caught:
+        StateDir(tmp_path).require_enrolled()
+    assert f"fleetpatch-agent enroll --state-dir {tmp_path}" in str(caught.value)
+
+
+def test_require_enrolled_needs_the_config_too(tmp_path):
+    state = StateDir(tmp_path)
+    state.cert.write_text("")
+    assert state.is_enrolled()
+    with pytest.raises(NotEnrolled, match="holds no enrollment"):
+        state.require_enrolled()
+    state.write_config("c:1", "c:2")
+    state.require_enrolled()
+
+
+def test_not_enrolled_is_a_config_error():
+    assert issubclass(NotEnrolled, ConfigError)
+    assert NotEnrolled.exit_code == 2
+
+
+def test_create_makes_a_private_dir(tmp_path):
+    state = StateDir(tmp_path / "a" / "b")
+    state.create()
+    assert state.path.is_dir()
+    assert state.path.stat().st_mode & 0o777 == 0o700
+
+
+# -- identity and trust ---------------------------------------------------------
+
+
+def test_identity_from_the_host_certificate(tmp_path):
+    ca = CertificateAuthority.create()
+    cert = ca.issue_client(Identity(Role.HOST, HOST), new_key().public_key())
+    state = StateDir(tmp_path)
+    state.cert.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    assert state.identity() == Identity(Role.HOST, HOST)
+    assert state.host_id() == HOST
+
+
+def test_identity_refuses_an_admin_certificate(tmp_path):
+    state = StateDir(tmp_path)
+    state.cert.write_bytes(CertificateAuthority.create().issue_admin().cert_pem)
+    with pytest.raises(ConfigError, match=r"cert\.pem names no host"):
+        state.identity()
+
+
+def test_trusted_signing_keys_round_trip(tmp_path):
+    state = StateDir(tmp_path)
+    keys = {"b" * 16: bytes(range(32)), "a" * 16: bytes(32)}
+    state.write_trusted_signing_keys(keys)
+    assert state.trusted_signing_keys() == keys

@@ -1,0 +1,429 @@
+"""controller.store: every SQL statement of the controller, on a real SQLite."""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from controller.errors import NotFound, TokenRefused
+from controller.model import CheckIn, CheckInOutcome, Host, HostStatus, Package
+from controller.store import Store
+from controller.tokens import Token, new_token
+
+NOW = datetime(2025, 3, 1, 12, 0, tzinfo=UTC)
+PACKAGES: list[Package] = [("bash", "5.2-1", "amd64"), ("zlib1g", "1:1.3", "amd64")]
+
+
+@pytest.fixture
+def store() -> Iterator[Store]:
+    store = Store.memory()
+    yield store
+    store.close()
+
+
+def _token(
+    uses: int = 10, ttl: timedelta = timedelta(hours=1), now: datetime = NOW, region: str = "eu"
+) -> Token:
+    token, _ = new_token(region, 1, uses, ttl, {"role": "web"}, now)
+    return token
+
+
+def _host(n: int, region: str = "eu", ring: int = 0) -> Host:
+    return Host(
+        host_id=f"h-{n:016x}",
+        region=region,
+        ring=ring,
+        status=HostStatus.ACTIVE,
+        enrolled_at=NOW,
+        labels={"role": "web"},
+        facts={"os": "debian", "kernel": "6.1"},
+        certificate_serial=str(1000 + n),
+        certificate_expires_at=NOW + timedelta(days=365),
+    )
+
+
+def _enrolled(store: Store, *hosts: Host) -> Token:
+    token = _token(uses=max(1, len(hosts)))
+    store.create_token(token)
+    for host in hosts:
+        store.enroll_host(host, token.token_id, NOW)
+    return token
+
+
+def _checkin(
+    host_id: str,
+    packages: list[Package] | None,
+    inventory_hash: str = "sha256:abc",
+    at: datetime = NOW,
+) -> CheckIn:
+    return CheckIn(host_id, at, {"os": "debian"}, {"healthy": True}, inventory_hash, packages)
+
+
+# -- schema ---------------------------------------------------------------------
+
+
+def test_migrations_are_recorded_by_name(store):
+    assert store.applied_migrations() == ["0001_initial"]
+
+
+def test_reopening_does_not_reapply_migrations(tmp_path):
+    path = tmp_path / "controller.db"
+    Store.open(path).close()
+    store = Store.open(path)
+    try:
+        assert store.applied_migrations() == ["0001_initial"]
+    finally:
+        store.close()
+
+
+def test_file_database_uses_wal(tmp_path):
+    path = tmp_path / "controller.db"
+    Store.open(path).close()
+    conn = sqlite3.connect(path)
+    try:
+        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    finally:
+        conn.close()
+
+
+# -- tokens ---------------------------------------------------------------------
+
+
+def test_create_and_get_token(store):
+    token = _token()
+    store.create_token(token)
+    assert store.get_token(token.token_id) == token
+
+
+def test_get_unknown_token(store):
+    assert store.get_token("0" * 12) is None
+
+
+def test_list_tokens_oldest_first(store):
+    later = _token(now=NOW + timedelta(minutes=1))
+    earlier = _token(now=NOW)
+    store.create_token(later)
+    store.create_token(earlier)
+    assert store.list_tokens() == [earlier, later]
+
+
+def test_list_tokens_empty(store):
+    assert store.list_tokens() == []
+
+
+def test_revoke_token(store):
+    token = _token()
+    store.create_token(token)
+    revoked = store.revoke_token(token.token_id)
+    assert revoked.revoked
+    assert revoked.token_id == token.token_id
+    assert store.get_token(token.token_id) == revoked
+
+
+def test_revoke_unknown_token(store):
+    with pytest.raises(NotFound, match="no enrollment token 'deadbeef0000'"):
+        store.revoke_token("deadbeef0000")
+
+
+# -- enrollment -----------------------------------------------------------------
+
+
+def test_enroll_records_the_host_and_spends_one_use(store):
+    token = _token(uses=3)
+    store.create_token(token)
+    host = _host(1)
+    store.enroll_host(host, token.token_id, NOW)
+    assert store.get_host(host.host_id) == host
+    stored = store.get_token(token.token_id)
+    assert stored is not None
+    assert stored.uses == 1
+
+
+def test_enroll_refuses_when_used_up(store):
+    token = _token(uses=1)
+    store.create_token(token)
+    store.enroll_host(_host(1), token.token_id, NOW)
+    with pytest.raises(TokenRefused, match=f"enrollment token {token.token_id} can no longer"):
+        store.enroll_host(_host(2), token.token_id, NOW)
+    with pytest.raises(NotFound):
+        store.get_host(_host(2).host_id)
+    stored = store.get_token(token.token_id)
+    assert stored is not None
+    assert stored.uses == 1
+
+
+def test_enroll_refuses_a_revoked_token(store):
+    token = _token()
+    store.create_token(token)
+    store.revoke_token(token.token_id)
+    with pytest.raises(TokenRefused, match="can no longer be used"):
+        store.enroll_host(_host(1), token.token_id, NOW)
+    assert store.list_hosts() == []
+
+
+def test_enroll_refuses_an_expired_token(store):
+    token = _token(ttl=timedelta(hours=1))
+    store.create_token(token)
+    with pytest.raises(TokenRefused, match="can no longer be used"):
+        store.enroll_host(_host(1), token.token_id, token.expires_at)
+    store.enroll_host(_host(2), token.token_id, token.expires_at - timedelta(seconds=1))
+    assert [h.host_id for h in store.list_hosts()] == [_host(2).host_id]
+
+
+def test_enroll_refuses_an_unknown_token(store):
+    with pytest.raises(TokenRefused):
+        store.enroll_host(_host(1), "0" * 12, NOW)
+
+
+def test_enroll_is_atomic(store):
+    """When recording the host fails, the token use is not spent."""
+    token = _token(uses=5)
+    store.create_token(token)
+    store.enroll_host(_host(1), token.token_id, NOW)
+    with pytest.raises(sqlite3.IntegrityError):
+        store.enroll_host(_host(1), token.token_id, NOW)  # same host id again
+    stored = store.get_token(token.token_id)
+    assert stored is not None
+    assert stored.uses == 1
+
+
+def test_enroll_spends_exactly_the_uses_allowed(store):
+    token = _token(uses=3)
+    store.create_token(token)
+    enrolled = 0
+    for n in range(10):
+        try:
+            store.enroll_host(_host(n), token.token_id, NOW)
+            enrolled += 1
+        except TokenRefused:
+            pass
+    assert enrolled == 3
+    assert len(store.list_hosts()) == 3
+
+
+# -- hosts ----------------------------------------------------------------------
+
+
+def test_get_unknown_host(store):
+    with pytest.raises(NotFound, match="no host 'h-nope'"):
+        store.get_host("h-nope")
+
+
+def test_list_hosts_filters_by_region_and_ring(store):
+    hosts = [
+        _host(1, "eu", 0),
+        _host(2, "eu", 1),
+        _host(3, "us", 0),
+        _host(4, "us", 1),
+        _host(5, "eu", 0),
+    ]
+    _enrolled(store, *hosts)
+
+    def ids(found: list[Host]) -> list[int]:
+        return [int(h.host_id[2:], 16) for h in found]
+
+    assert ids(store.list_hosts()) == [1, 2, 3, 4, 5]
+    assert ids(store.list_hosts(region="eu")) == [1, 2, 5]
+    assert ids(store.list_hosts(ring=0)) == [1, 3, 5]
+    assert ids(store.list_hosts(ring=1)) == [2, 4]
+    assert ids(store.list_hosts(region="us", ring=1)) == [4]
+    assert ids(store.list_hosts(region="ap")) == []
+
+
+def test_list_hosts_paginates_with_after(store):
+    hosts = [_host(n) for n in (7, 3, 9, 1, 5, 2, 8)]
+    _enrolled(store, *hosts)
+    pages: list[list[str]] = []
+    after = ""
+    while True:
+        page = store.list_hosts(after=after, limit=3)
+        if not page:
+            break
+        pages.append([h.host_id for h in page])
+        after = page[-1].host_id
+    assert [len(p) for p in pages] == [3, 3, 1]
+    assert [i for p in pages for i in p] == sorted(h.host_id for h in hosts)
+
+
+def test_list_hosts_pagination_with_a_filter(store):
+    _enrolled(store, *[_host(n, "eu" if n % 2 else "us") for n in range(1, 9)])
+    first = store.list_hosts(region="eu", limit=2)
+    second = store.list_hosts(region="eu", after=first[-1].host_id, limit=2)
+    assert [int(h.host_id[2:], 16) for h in first + second] == [1, 3, 5, 7]
+
+
+def test_revoke_host(store):
+    host = _host(1)
+    _enrolled(store, host, _host(2))
+    revoked = store.revoke_host(host.host_id, NOW)
+    assert revoked.status is HostStatus.REVOKED
+    assert store.get_host(host.host_id).status is HostStatus.REVOKED
+    assert store.revoked_host_ids() == {host.host_id}
+    assert store.revoke_host(host.host_id, NOW + timedelta(hours=1)).status is HostStatus.REVOKED
+
+
+def test_revoke_unknown_host(store):
+    with pytest.raises(NotFound, match="no host 'h-nope'"):
+        store.revoke_host("h-nope", NOW)
+
+
+# -- check-ins ------------------------------------------------------------------
+
+
+def test_checkin_of_an_unknown_host(store):
+    assert store.record_checkins([_checkin("h-nope", PACKAGES)]) == [
+        CheckInOutcome(known=False, revoked=False, inventory_hash="")
+    ]
+
+
+def test_checkin_of_a_revoked_host_is_not_recorded(store):
+    host = _host(1)
+    _enrolled(store, host)
+    store.revoke_host(host.host_id, NOW)
+    outcome = store.record_checkins([_checkin(host.host_id, PACKAGES)])
+    assert outcome == [CheckInOutcome(known=True, revoked=True, inventory_hash="")]
+    stored = store.get_host(host.host_id)
+    assert stored.checkins == 0
+    assert stored.last_seen is None
+    assert store.get_inventory(host.host_id) == []
+
+
+def test_checkin_with_inventory(store):
+    host = _host(1)
+    _enrolled(store, host)
+    at = NOW + timedelta(minutes=5)
+    outcome = store.record_checkins([_checkin(host.host_id, PACKAGES, "sha256:one", at)])
+    assert outcome == [CheckInOutcome(known=True, revoked=False, inventory_hash="sha256:one")]
+    stored = store.get_host(host.host_id)
+    assert stored.inventory_hash == "sha256:one"
+    assert stored.package_count == 2
+    assert stored.inventory_updates == 1
+    assert stored.checkins == 1
+    assert stored.last_seen == at
+    assert stored.facts == {"os": "debian"}
+    assert stored.health == {"healthy": True}
+    assert store.get_inventory(host.host_id) == PACKAGES
+
+
+def test_checkin_with_only_the_hash_keeps_the_inventory(store):
+    host = _host(1)
+    _enrolled(store, host)
+    store.record_checkins([_checkin(host.host_id, PACKAGES, "sha256:one")])
+    outcome = store.record_checkins(
+        [_checkin(host.host_id, None, "sha256:whatever", NOW + timedelta(minutes=5))]
+    )
+    # the controller answers with the hash it holds, so a host that differs resends
+    assert outcome == [CheckInOutcome(known=True, revoked=False, inventory_hash="sha256:one")]
+    stored = store.get_host(host.host_id)
+    assert stored.inventory_hash == "sha256:one"
+    assert stored.package_count == 2
+    assert stored.inventory_updates == 1
+    assert stored.checkins == 2
+    assert stored.last_seen == NOW + timedelta(minutes=5)
+    assert store.get_inventory(host.host_id) == PACKAGES
+
+
+def test_first_checkin_without_inventory_reports_no_hash(store):
+    host = _host(1)
+    _enrolled(store, host)
+    assert store.record_checkins([_checkin(host.host_id, None)]) == [
+        CheckInOutcome(known=True, revoked=False, inventory_hash="")
+    ]
+
+
+def test_new_inventory_replaces_the_old(store):
+    host = _host(1)
+    _enrolled(store, host)
+    store.record_checkins([_checkin(host.host_id, PACKAGES, "sha256:one")])
+    newer = [("bash", "5.2-2", "amd64")]
+    outcome = store.record_checkins([_checkin(host.host_id, newer, "sha256:two")])
+    assert outcome[0].inventory_hash == "sha256:two"
+    stored = store.get_host(host.host_id)
+    assert (stored.inventory_hash, stored.package_count, stored.inventory_updates) == (
+        "sha256:two",
+        1,
+        2,
+    )
+    assert store.get_inventory(host.host_id) == newer
+
+
+def test_empty_inventory_is_an_inventory(store):
+    host = _host(1)
+    _enrolled(store, host)
+    store.record_checkins([_checkin(host.host_id, PACKAGES, "sha256:one")])
+    store.record_checkins([_checkin(host.host_id, [], "sha256:empty")])
+    stored = store.get_host(host.host_id)
+    assert (stored.inventory_hash, stored.package_count) == ("sha256:empty", 0)
+    assert store.get_inventory(host.host_id) == []
+
+
+def test_a_batch_answers_each_checkin_in_order(store):
+    hosts = [_host(n) for n in range(1, 4)]
+    _enrolled(store, *hosts)
+    store.revoke_host(hosts[1].host_id, NOW)
+    outcomes = store.record_checkins(
+        [
+            _checkin(hosts[0].host_id, PACKAGES, "sha256:a"),
+            _checkin("h-unknown", None),
+            _checkin(hosts[1].host_id, PACKAGES),
+            _checkin(hosts[2].host_id, None),
+        ]
+    )
+    assert outcomes == [
+        CheckInOutcome(True, False, "sha256:a"),
+        CheckInOutcome(False, False, ""),
+        CheckInOutcome(True, True, ""),
+        CheckInOutcome(True, False, ""),
+    ]
+    assert [store.get_host(h.host_id).checkins for h in hosts] == [1, 0, 1]
+
+
+def test_empty_batch(store):
+    assert store.record_checkins([]) == []
+
+
+def test_same_host_twice_in_one_batch(store):
+    host = _host(1)
+    _enrolled(store, host)
+    outcomes = store.record_checkins(
+        [
+            _checkin(host.host_id, PACKAGES, "sha256:new"),
+            _checkin(host.host_id, None, "sha256:new", NOW + timedelta(seconds=1)),
+        ]
+    )
+    assert [o.inventory_hash for o in outcomes] == ["sha256:new", "sha256:new"]
+    assert store.get_host(host.host_id).inventory_hash == "sha256:new"
+
+
+# -- durability -----------------------------------------------------------------
+
+
+def test_reopening_a_file_keeps_everything(tmp_path: Path):
+    path = tmp_path / "controller.db"
+    store = Store.open(path)
+    token = _token(uses=2)
+    store.create_token(token)
+    host = _host(1)
+    store.enroll_host(host, token.token_id, NOW)
+    store.record_checkins([_checkin(host.host_id, PACKAGES, "sha256:one")])
+    store.close()
+
+    reopened = Store.open(path)
+    try:
+        stored_token = reopened.get_token(token.token_id)
+        assert stored_token is not None
+        assert stored_token.uses == 1
+        stored = reopened.get_host(host.host_id)
+        assert (stored.region, stored.labels, stored.inventory_hash, stored.checkins) == (
+            "eu",
+            {"role": "web"},
+            "sha256:one",
+            1,
+        )
+        assert reopened.get_inventory(host.host_id) == PACKAGES
+    finally:
+        reopened.close()
