@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 from fleetpatch.inventory import inventory_hash
-from fleetpatch.v1 import agent_pb2
+from fleetpatch.v1 import agent_pb2, types_pb2
 
 from . import convert, packages
 from . import facts as hostfacts
@@ -32,6 +32,7 @@ class CheckInReport:
     package_count: int
     healthy: bool
     next_in: timedelta
+    work_order: types_pb2.SignedEnvelope | None = None
 
 
 class CheckIns:
@@ -43,6 +44,8 @@ class CheckIns:
         collect_facts: Callable[[], hostfacts.HostFacts] = hostfacts.collect,
         list_packages: Callable[[str], list[packages.Package]] = packages.installed,
         rng: random.Random | None = None,
+        on_order: Callable[[types_pb2.SignedEnvelope], object] | None = None,
+        between: Callable[[], object] | None = None,
     ) -> None:
         self._config = config
         self._journal = journal
@@ -50,6 +53,8 @@ class CheckIns:
         self._collect_facts = collect_facts
         self._list_packages = list_packages
         self._rng = rng or random.Random()
+        self._on_order = on_order
+        self._between = between
 
     def once(self) -> CheckInReport:
         """One check-in. Raises TransientError (worth retrying), Refused."""
@@ -61,6 +66,7 @@ class CheckIns:
             facts=convert.facts_to_pb(facts),
             inventory_hash=current,
             health=convert.health_to_pb(health),
+            highest_sequence=self._journal.highest_sequence(),
         )
         send_full = current != self._journal.checkin_state().acked_inventory_hash
         if send_full:
@@ -75,13 +81,16 @@ class CheckIns:
             response = self._client.check_in(request)
         next_in = response.next_checkin.ToTimedelta()
         self._journal.record_checkin(response.known_inventory_hash, datetime.now(UTC) + next_in)
-        return CheckInReport(send_full, len(installed), health.healthy, next_in)
+        order = response.work_order if response.HasField("work_order") else None
+        return CheckInReport(send_full, len(installed), health.healthy, next_in, order)
 
     def run(self, stop: threading.Event) -> None:
         """Check in until ``stop`` is set. Network and package-manager
         trouble is retried with backoff; a refusal (revoked, say) raises."""
         failures = 0
         while not stop.is_set():
+            if self._between is not None:
+                self._between()
             try:
                 report = self.once()
             except (TransientError, CommandFailed) as exc:
@@ -98,4 +107,7 @@ class CheckIns:
                     "healthy" if report.healthy else "UNHEALTHY",
                     delay,
                 )
+                if report.work_order is not None and self._on_order is not None:
+                    self._on_order(report.work_order)
+                    continue  # check in again at once: report the outcome, get the next
             stop.wait(delay)

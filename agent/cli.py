@@ -21,16 +21,21 @@ import typer
 from fleetpatch import labels as labelspec
 from fleetpatch import render
 from fleetpatch.inventory import inventory_hash
+from fleetpatch.v1 import types_pb2
+from google.protobuf import json_format
+from google.protobuf.message import DecodeError
 
 from . import facts as hostfacts
 from . import packages
 from .checkin import CheckIns
-from .client import ControllerClient
+from .checks import Prober
 from .enrollment import enroll as do_enroll
 from .errors import AgentError, ConfigError
 from .health import ResourceLimits, resource_checks, summarize
 from .journal import Journal
+from .service import Agent
 from .statedir import DEFAULT_STATE_DIR, StateDir
+from .states import State
 
 app = typer.Typer(
     help="fleetpatch agent: enrolls this host, reports inventory and health, "
@@ -88,17 +93,8 @@ def enroll(
     print(f"enrolled as {done.host_id} (region {done.region}, ring {done.ring})")
 
 
-def _open(state_dir: Path) -> tuple[StateDir, Journal]:
-    state = StateDir(state_dir)
-    state.require_enrolled()
-    return state, Journal.open(state.journal)
-
-
-def _client(state: StateDir) -> ControllerClient:
-    config = state.config()
-    return ControllerClient(
-        config.controller, state.read(state.ca), state.read(state.key), state.read(state.cert)
-    )
+def _agent(state_dir: Path, online: bool = True) -> Agent:
+    return Agent.open(StateDir(state_dir), online=online)
 
 
 @app.command()
@@ -109,66 +105,180 @@ def run(
     ] = False,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")] = False,
 ) -> None:
-    """Check in with the controller: once, or until SIGTERM (as the service does)."""
+    """Check in with the controller and carry out the work orders it hands
+    out: once, or until SIGTERM (as the service does). Orders interrupted by
+    a crash or reboot are finished first, offline if need be."""
     _setup_logging(verbose)
-    state, journal = _open(state_dir)
-    client = _client(state)
-    checkins = CheckIns(state.config(), journal, client)
+    agent = _agent(state_dir)
+    assert agent.client is not None  # noqa: S101 - opened online
+    checkins = CheckIns(
+        agent.config, agent.journal, agent.client, on_order=agent.handle, between=agent.report
+    )
     try:
+        agent.resume()
         if once:
             report = checkins.once()
             print(
-                f"checked in as {state.host_id()}: "
+                f"checked in as {agent.host_id}: "
                 f"{'inventory sent' if report.inventory_sent else 'inventory unchanged'} "
                 f"({report.package_count} packages), "
                 f"{'healthy' if report.healthy else 'UNHEALTHY'}, "
                 f"next check-in in {report.next_in.total_seconds():.0f}s"
             )
+            if report.work_order is not None:
+                final = agent.handle(report.work_order)
+                print(f"work order: {final or 'refused'}")
+            agent.report()
             return
         stop = threading.Event()
 
         def on_signal(signum: int, _frame: FrameType | None) -> None:
-            log.info("received %s; stopping", signal.Signals(signum).name)
+            log.info("received %s; stopping after the current step", signal.Signals(signum).name)
             stop.set()
 
         signal.signal(signal.SIGTERM, on_signal)
         signal.signal(signal.SIGINT, on_signal)
-        log.info("agent %s running; controller %s", state.host_id(), client.address)
+        log.info("agent %s running; controller %s", agent.host_id, agent.client.address)
         checkins.run(stop)
     finally:
-        client.close()
-        journal.close()
+        agent.close()
 
 
 @app.command()
-def status(state_dir: StateDirOption = DEFAULT_STATE_DIR, json_out: JsonOption = False) -> None:
-    """Show this host's enrollment and its last check-in."""
-    state, journal = _open(state_dir)
+def apply(
+    order_file: Annotated[
+        Path, typer.Argument(help="A signed work order (binary or JSON SignedEnvelope).")
+    ],
+    state_dir: StateDirOption = DEFAULT_STATE_DIR,
+    offline: Annotated[
+        bool, typer.Option("--offline", help="Do not contact the controller at all.")
+    ] = False,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")] = False,
+) -> None:
+    """Carry out a signed work order from a file (air-gapped hosts), with the
+    same checks as one received over the network. Exit 0 when it succeeded,
+    1 when it failed or was reverted, 4 when it was refused."""
+    _setup_logging(verbose)
+    envelope = _read_envelope(order_file)
+    agent = _agent(state_dir, online=not offline)
+    try:
+        agent.resume()
+        final = agent.handle(envelope)
+    finally:
+        agent.close()
+    if final is None:
+        raise AgentRefusedOrder("the work order was refused (see `fleetpatch-agent status`)")
+    print(f"work order finished: {final}")
+    if final is not State.SUCCEEDED:
+        raise typer.Exit(1)
+
+
+class AgentRefusedOrder(AgentError):
+    exit_code = 4
+
+
+def _read_envelope(path: Path) -> types_pb2.SignedEnvelope:
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"cannot read {path}: {exc.strerror}") from None
+    envelope = types_pb2.SignedEnvelope()
+    try:
+        if data.lstrip().startswith(b"{"):
+            json_format.Parse(data.decode(), envelope)
+        else:
+            envelope.ParseFromString(data)
+    except (json_format.ParseError, DecodeError, UnicodeDecodeError):
+        raise ConfigError(f"{path} is not a signed work order") from None
+    if not envelope.payload:
+        raise ConfigError(f"{path} is not a signed work order")
+    return envelope
+
+
+@app.command()
+def status(
+    state_dir: StateDirOption = DEFAULT_STATE_DIR,
+    json_out: JsonOption = False,
+    limit: Annotated[int, typer.Option(help="How many past orders to show.")] = 10,
+) -> None:
+    """This host's enrollment, last check-in, the current work order and the
+    history of past ones: each step, what changed, why a revert happened."""
+    state = StateDir(state_dir)
+    state.require_enrolled()
+    journal = Journal.open(state.journal)
     try:
         checkin = journal.checkin_state()
+        orders = journal.orders(limit)
+        steps = {o.order_id: journal.steps(o.order_id) for o in orders}
+        refusals = journal.refusals(limit)
+        queued = len(journal.pending_reports(1000))
     finally:
         journal.close()
     config = state.config()
     doc = {
         "host_id": state.host_id(),
         "controller": config.controller,
-        "last_checkin": checkin.last_success.isoformat() if checkin.last_success else None,
-        "last_attempt": checkin.last_attempt.isoformat() if checkin.last_attempt else None,
+        "last_checkin": _iso(checkin.last_success),
+        "last_attempt": _iso(checkin.last_attempt),
         "last_error": checkin.last_error or None,
-        "next_checkin": checkin.next_checkin.isoformat() if checkin.next_checkin else None,
+        "next_checkin": _iso(checkin.next_checkin),
         "acknowledged_inventory": checkin.acked_inventory_hash or None,
+        "reports_queued": queued,
+        "orders": [
+            {
+                "order_id": o.order_id,
+                "campaign_id": o.campaign_id,
+                "sequence": o.sequence,
+                "state": o.state,
+                "detail": o.detail,
+                "received_at": o.received_at.isoformat(),
+                "changes": o.changes,
+                "steps": [
+                    {"state": st.state, "at": st.entered_at.isoformat(), "detail": st.detail}
+                    for st in steps[o.order_id]
+                ],
+            }
+            for o in orders
+        ],
+        "refusals": [
+            {"at": r.at.isoformat(), "order_id": r.order_id, "reason": r.reason, "detail": r.detail}
+            for r in refusals
+        ],
     }
     if json_out:
         render.print_json(doc)
         return
     now = datetime.now(UTC)
-    print(f"host          {doc['host_id']}")
-    print(f"controller    {config.controller}")
-    print(f"last check-in {render.ago(checkin.last_success, now)}")
+    print(f"host           {doc['host_id']}")
+    print(f"controller     {config.controller}")
+    print(f"last check-in  {render.ago(checkin.last_success, now)}")
     if checkin.last_error:
-        print(f"last error    {checkin.last_error} ({render.ago(checkin.last_attempt, now)})")
+        print(f"last error     {checkin.last_error} ({render.ago(checkin.last_attempt, now)})")
     if checkin.next_checkin:
-        print(f"next check-in {checkin.next_checkin:%Y-%m-%d %H:%M:%SZ}")
+        print(f"next check-in  {checkin.next_checkin:%Y-%m-%d %H:%M:%SZ}")
+    if queued:
+        print(f"reports queued {queued} (not yet acknowledged by the controller)")
+    for o in orders:
+        print(
+            f"\norder {o.order_id} (campaign {o.campaign_id or '-'}, "
+            f"sequence {o.sequence}): {o.state}"
+        )
+        for change in o.changes:
+            print(
+                f"  changed {change['name']}: "
+                f"{change['old'] or '(new)'} -> {change['new'] or '(removed)'}"
+            )
+        for st in steps[o.order_id]:
+            print(f"  {st.entered_at:%Y-%m-%d %H:%M:%S}  {st.state:<13} {st.detail}")
+    for r in refusals:
+        print(
+            f"\nrefused {r.order_id or '(unreadable order)'} "
+            f"at {r.at:%Y-%m-%d %H:%M:%S}: {r.detail}"
+        )
+
+
+def _iso(when: datetime | None) -> str | None:
+    return when.isoformat() if when else None
 
 
 @app.command()
@@ -192,10 +302,13 @@ def inventory(json_out: JsonOption = False) -> None:
 
 @app.command()
 def check(state_dir: StateDirOption = DEFAULT_STATE_DIR, json_out: JsonOption = False) -> None:
-    """Run this host's health checks once; exit 1 when any fails."""
+    """Run this host's health checks (resources and agent.toml [[checks]])
+    once; exit 1 when any fails."""
     state = StateDir(state_dir)
-    limits = state.config().health if state.config_file.is_file() else ResourceLimits()
-    summary = summarize(resource_checks(limits))
+    config = state.config() if state.config_file.is_file() else None
+    limits = config.health if config else ResourceLimits()
+    results = resource_checks(limits) + Prober().run_all(config.checks if config else ())
+    summary = summarize(results)
     if json_out:
         render.print_json(
             {

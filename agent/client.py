@@ -60,3 +60,10 @@ class ControllerClient:
 
     def check_in(self, request: agent_pb2.CheckInRequest) -> agent_pb2.CheckInResponse:
         return _call(self.address, lambda: self._stub.CheckIn(request, timeout=TIMEOUT_SECONDS))
+
+    def report_progress(
+        self, request: agent_pb2.ReportProgressRequest
+    ) -> agent_pb2.ReportProgressResponse:
+        return _call(
+            self.address, lambda: self._stub.ReportProgress(request, timeout=TIMEOUT_SECONDS)
+        )

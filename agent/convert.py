@@ -8,8 +8,9 @@ from collections.abc import Sequence
 from fleetpatch.v1 import types_pb2
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from .backend import Change
 from .facts import HostFacts
-from .health import HealthSummary
+from .health import CheckResult, HealthSummary
 from .packages import Package
 
 
@@ -34,3 +35,39 @@ def health_to_pb(summary: HealthSummary) -> types_pb2.HealthSummary:
             for c in summary.checks
         ],
     )
+
+
+def progress_report(
+    key: str,
+    order_id: str,
+    step: str,
+    detail: str,
+    *,
+    final: bool = False,
+    sequence: int = 0,
+    campaign_id: str = "",
+    changes: Sequence[Change] = (),
+    checks: Sequence[CheckResult] = (),
+) -> bytes:
+    """A serialized ProgressReport, as queued in the journal."""
+    at = Timestamp()
+    at.GetCurrentTime()
+    return types_pb2.ProgressReport(
+        idempotency_key=key,
+        order_id=order_id,
+        step=step,
+        final=final,
+        outcome=step if final else "",
+        detail=detail,
+        at=at,
+        sequence=sequence,
+        campaign_id=campaign_id,
+        changes=[
+            types_pb2.PackageChange(name=c.name, from_version=c.old, to_version=c.new)
+            for c in changes
+        ],
+        checks=[
+            types_pb2.CheckResult(name=c.name, kind=c.kind, ok=c.ok, detail=c.detail)
+            for c in checks
+        ],
+    ).SerializeToString()

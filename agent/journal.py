@@ -1,17 +1,27 @@
-"""The agent's local SQLite journal.
+"""The agent's local SQLite journal: the host's memory of what it did.
 
-For now it remembers the check-in state (the inventory hash the controller
-acknowledged, when the last check-in succeeded or why it failed). Work
-orders, their steps and the queue of progress reports join it as new
-migrations; released table and state names never change.
+Every work-order state is written here *before* its side effect runs
+(write-ahead intent), together with the progress report that tells the
+controller, in one transaction. After a crash the journal says where each
+order stood; the report queue says what the controller has not yet
+acknowledged. Released table, column and state names never change.
+
+    meta       check-in state, highest accepted order sequence
+    orders     one row per accepted order: its envelope, state, plan, snapshot
+    steps      every state entered, when, and why
+    reports    progress reports, queued until the controller acknowledges them
+    refusals   orders refused before they ran, and why
 """
 
 from __future__ import annotations
 
+import json
 import sqlite3
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from sqlite_utils import Database
 from sqlite_utils.migrations import Migrations
@@ -22,6 +32,54 @@ migrations = Migrations("fleetpatch.agent")
 @migrations(name="0001_meta")
 def _meta(db: Database) -> None:
     db.execute("CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
+
+
+@migrations(name="0002_orders")
+def _orders(db: Database) -> None:
+    db.execute(
+        """CREATE TABLE orders (
+            order_id     TEXT PRIMARY KEY,
+            sequence     INTEGER NOT NULL,
+            campaign_id  TEXT NOT NULL,
+            envelope     BLOB NOT NULL,
+            state        TEXT NOT NULL,
+            received_at  TEXT NOT NULL,
+            updated_at   TEXT NOT NULL,
+            detail       TEXT NOT NULL DEFAULT '',
+            plan         TEXT,
+            snapshot     TEXT,
+            changes      TEXT NOT NULL DEFAULT '[]',
+            checks       TEXT NOT NULL DEFAULT '[]'
+        )"""
+    )
+    db.execute(
+        """CREATE TABLE steps (
+            id          INTEGER PRIMARY KEY AUTOINCREMENT,
+            order_id    TEXT NOT NULL REFERENCES orders (order_id),
+            state       TEXT NOT NULL,
+            entered_at  TEXT NOT NULL,
+            detail      TEXT NOT NULL DEFAULT ''
+        )"""
+    )
+    db.execute("CREATE INDEX steps_order ON steps (order_id, id)")
+    db.execute(
+        """CREATE TABLE reports (
+            key         TEXT PRIMARY KEY,
+            order_id    TEXT NOT NULL,
+            payload     BLOB NOT NULL,
+            created_at  TEXT NOT NULL,
+            acked_at    TEXT
+        )"""
+    )
+    db.execute(
+        """CREATE TABLE refusals (
+            id        INTEGER PRIMARY KEY AUTOINCREMENT,
+            at        TEXT NOT NULL,
+            order_id  TEXT NOT NULL,
+            reason    TEXT NOT NULL,
+            detail    TEXT NOT NULL
+        )"""
+    )
 
 
 @dataclass(frozen=True)
@@ -37,6 +95,63 @@ def _dt(text: str | None) -> datetime | None:
     return datetime.fromisoformat(text) if text else None
 
 
+Json = Any
+MakeReport = Callable[[str], bytes]  # idempotency key -> serialized ProgressReport
+
+
+@dataclass(frozen=True)
+class OrderRecord:
+    order_id: str
+    sequence: int
+    campaign_id: str
+    envelope: bytes
+    state: str
+    received_at: datetime
+    updated_at: datetime
+    detail: str
+    plan: Json
+    snapshot: Json
+    changes: Json
+    checks: Json
+
+
+@dataclass(frozen=True)
+class Step:
+    order_id: str
+    state: str
+    entered_at: datetime
+    detail: str
+
+
+@dataclass(frozen=True)
+class Refusal:
+    at: datetime
+    order_id: str
+    reason: str
+    detail: str
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat()
+
+
+def _order(row: sqlite3.Row) -> OrderRecord:
+    return OrderRecord(
+        order_id=row["order_id"],
+        sequence=row["sequence"],
+        campaign_id=row["campaign_id"],
+        envelope=bytes(row["envelope"]),
+        state=row["state"],
+        received_at=datetime.fromisoformat(row["received_at"]),
+        updated_at=datetime.fromisoformat(row["updated_at"]),
+        detail=row["detail"],
+        plan=json.loads(row["plan"]) if row["plan"] else None,
+        snapshot=json.loads(row["snapshot"]) if row["snapshot"] else None,
+        changes=json.loads(row["changes"]),
+        checks=json.loads(row["checks"]),
+    )
+
+
 class Journal:
     def __init__(self, conn: sqlite3.Connection) -> None:
         self._conn = conn
@@ -44,7 +159,11 @@ class Journal:
 
     @classmethod
     def open(cls, path: Path) -> Journal:
+        """Open (creating, mode 0600) and migrate the journal."""
+        if not path.exists():
+            path.touch(mode=0o600)
         conn = sqlite3.connect(path, isolation_level=None)
+        conn.row_factory = sqlite3.Row
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute("PRAGMA synchronous=FULL")  # the journal is the host's memory
         conn.execute("PRAGMA busy_timeout=5000")
@@ -93,3 +212,141 @@ class Journal:
             last_checkin_attempt=(now or datetime.now(UTC)).isoformat(),
             last_checkin_error=error,
         )
+
+    # -- work orders ----------------------------------------------------------
+
+    def highest_sequence(self) -> int:
+        return int(self._get("highest_sequence") or 0)
+
+    def accept(
+        self,
+        order_id: str,
+        sequence: int,
+        campaign_id: str,
+        envelope: bytes,
+        make_report: MakeReport,
+    ) -> None:
+        """Record a verified order as RECEIVED and raise the sequence floor,
+        atomically: a replay of it is refused from now on, crash or not."""
+        now = _now()
+        with self._db.atomic():
+            if sequence <= self.highest_sequence():
+                raise ValueError(f"sequence {sequence} is not above the highest accepted")
+            self._conn.execute(
+                "INSERT INTO orders (order_id, sequence, campaign_id, envelope, state,"
+                " received_at, updated_at) VALUES (?,?,?,?,?,?,?)",
+                (order_id, sequence, campaign_id, envelope, "RECEIVED", now, now),
+            )
+            self._conn.execute(
+                "INSERT INTO meta (key, value) VALUES ('highest_sequence', ?)"
+                " ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                (str(sequence),),
+            )
+            self._step(order_id, "RECEIVED", "", now, make_report)
+
+    def _step(
+        self, order_id: str, state: str, detail: str, now: str, make_report: MakeReport
+    ) -> None:
+        cur = self._conn.execute(
+            "INSERT INTO steps (order_id, state, entered_at, detail) VALUES (?,?,?,?)",
+            (order_id, state, now, detail),
+        )
+        key = f"{order_id}/{cur.lastrowid}/{state}"
+        self._conn.execute(
+            "INSERT INTO reports (key, order_id, payload, created_at) VALUES (?,?,?,?)",
+            (key, order_id, make_report(key), now),
+        )
+
+    def enter(
+        self,
+        order_id: str,
+        state: str,
+        detail: str,
+        make_report: MakeReport,
+        **columns: Json,
+    ) -> None:
+        """Move an order to ``state`` (before that state's side effect runs),
+        updating any of plan, snapshot, changes, checks, and queue its report."""
+        now = _now()
+        allowed = {"plan", "snapshot", "changes", "checks"}
+        if set(columns) - allowed:
+            raise ValueError(f"unknown order columns {sorted(set(columns) - allowed)}")
+        sets = "".join(f", {name} = ?" for name in columns)
+        with self._db.atomic():
+            self._conn.execute(
+                f"UPDATE orders SET state = ?, detail = ?, updated_at = ?{sets}"  # noqa: S608
+                " WHERE order_id = ?",
+                (state, detail, now, *(json.dumps(v) for v in columns.values()), order_id),
+            )
+            self._step(order_id, state, detail, now, make_report)
+
+    def entries(self, order_id: str, state: str) -> int:
+        row = self._conn.execute(
+            "SELECT count(*) FROM steps WHERE order_id = ? AND state = ?", (order_id, state)
+        ).fetchone()
+        return int(row[0])
+
+    def order(self, order_id: str) -> OrderRecord | None:
+        row = self._conn.execute("SELECT * FROM orders WHERE order_id = ?", (order_id,)).fetchone()
+        return None if row is None else _order(row)
+
+    def orders(self, limit: int = 20) -> list[OrderRecord]:
+        """The newest orders first."""
+        rows = self._conn.execute(
+            "SELECT * FROM orders ORDER BY sequence DESC LIMIT ?", (limit,)
+        ).fetchall()
+        return [_order(r) for r in rows]
+
+    def unfinished(self, terminal: frozenset[str]) -> list[OrderRecord]:
+        marks = ",".join("?" * len(terminal))
+        rows = self._conn.execute(
+            f"SELECT * FROM orders WHERE state NOT IN ({marks}) ORDER BY sequence",  # noqa: S608
+            tuple(terminal),
+        ).fetchall()
+        return [_order(r) for r in rows]
+
+    def steps(self, order_id: str) -> list[Step]:
+        rows = self._conn.execute(
+            "SELECT * FROM steps WHERE order_id = ? ORDER BY id", (order_id,)
+        ).fetchall()
+        return [
+            Step(r["order_id"], r["state"], datetime.fromisoformat(r["entered_at"]), r["detail"])
+            for r in rows
+        ]
+
+    def refuse(self, order_id: str, reason: str, detail: str, make_report: MakeReport) -> None:
+        now = _now()
+        with self._db.atomic():
+            cur = self._conn.execute(
+                "INSERT INTO refusals (at, order_id, reason, detail) VALUES (?,?,?,?)",
+                (now, order_id, reason, detail),
+            )
+            key = f"refusal/{cur.lastrowid}/{order_id}"
+            self._conn.execute(
+                "INSERT INTO reports (key, order_id, payload, created_at) VALUES (?,?,?,?)",
+                (key, order_id, make_report(key), now),
+            )
+
+    def refusals(self, limit: int = 20) -> list[Refusal]:
+        rows = self._conn.execute(
+            "SELECT * FROM refusals ORDER BY id DESC LIMIT ?", (limit,)
+        ).fetchall()
+        return [
+            Refusal(datetime.fromisoformat(r["at"]), r["order_id"], r["reason"], r["detail"])
+            for r in rows
+        ]
+
+    def pending_reports(self, limit: int = 100) -> list[tuple[str, bytes]]:
+        rows = self._conn.execute(
+            "SELECT key, payload FROM reports WHERE acked_at IS NULL ORDER BY rowid LIMIT ?",
+            (limit,),
+        ).fetchall()
+        return [(r["key"], bytes(r["payload"])) for r in rows]
+
+    def ack_reports(self, keys: list[str]) -> None:
+        now = _now()
+        with self._db.atomic():
+            self._conn.executemany(
+                "UPDATE reports SET acked_at = ? WHERE key = ? AND acked_at IS NULL",
+                [(now, k) for k in keys],
+            )

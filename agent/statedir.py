@@ -21,8 +21,10 @@ from cryptography import x509
 from fleetpatch.atomicfile import write_atomic
 from fleetpatch.identity import Identity, Role, identity_from_certificate
 
+from .checks import CheckSpec, check_from_config
 from .errors import ConfigError, NotEnrolled
 from .health import ResourceLimits
+from .policy import Policy, policy_from_config
 
 DEFAULT_STATE_DIR = Path("/var/lib/fleetpatch/agent")
 
@@ -32,6 +34,8 @@ class AgentConfig:
     controller: str
     enroll_address: str
     health: ResourceLimits = field(default_factory=ResourceLimits)
+    policy: Policy = field(default_factory=Policy)
+    checks: tuple[CheckSpec, ...] = ()
 
 
 CONFIG_TEMPLATE = """\
@@ -48,6 +52,23 @@ enroll_address = "{enroll_address}"
 max_load_per_cpu = 4.0        # 1-minute load average divided by CPUs
 max_memory_used_ratio = 0.97  # share of memory not available
 max_disk_used_ratio = 0.97    # share of / in use
+
+[policy]
+# What any work order may do on this host. The controller cannot change it.
+allow_reboot = true
+allow_order_commands = false  # may orders name `command` health checks?
+never_touch = []              # package names or glob patterns never changed
+allowed_sources = []          # apt origins (as apt-get -s prints them) allowed; [] = any
+max_packages = 200            # refuse a transaction touching more packages
+
+# Health checks run before patching (the baseline) and after (verification),
+# besides those the work order names. Kinds: systemd, tcp, http, command,
+# process, resource. For example:
+# [[checks]]
+# name = "web"
+# kind = "http"
+# url = "http://127.0.0.1:8080/healthz"
+# expect_status = 200
 """
 
 
@@ -78,6 +99,10 @@ class StateDir:
     @property
     def journal(self) -> Path:
         return self.path / "journal.db"
+
+    @property
+    def cache(self) -> Path:
+        return self.path / "cache"
 
     def create(self) -> None:
         try:
@@ -127,7 +152,7 @@ class StateDir:
         except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
             raise ConfigError(f"{self.config_file}: {exc}") from None
         where = str(self.config_file)
-        _only(doc, {"controller", "health"}, where, "")
+        _only(doc, {"controller", "health", "policy", "checks"}, where, "")
         ctl = _section(doc, "controller", where)
         _only(ctl, {"address", "enroll_address"}, where, "controller.")
         health = _section(doc, "health", where)
@@ -137,10 +162,22 @@ class StateDir:
             raise ConfigError(f"{where}: controller.address is missing")
         limits: dict[str, float] = {}
         for key, value in health.items():
-            if not isinstance(value, int | float) or value < 0:
+            if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
                 raise ConfigError(f"{where}: health.{key} must be a number >= 0")
             limits[key] = float(value)
-        return AgentConfig(address, str(ctl.get("enroll_address", "")), ResourceLimits(**limits))
+        checks = doc.get("checks", [])
+        if not isinstance(checks, list):
+            raise ConfigError(f"{where}: checks must be an array of tables ([[checks]])")
+        try:
+            policy = policy_from_config(_section(doc, "policy", where), where)
+            specs = tuple(
+                check_from_config(c, f"{where}: checks[{i}]") for i, c in enumerate(checks)
+            )
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
+        return AgentConfig(
+            address, str(ctl.get("enroll_address", "")), ResourceLimits(**limits), policy, specs
+        )
 
     def trusted_signing_keys(self) -> dict[str, bytes]:
         doc = json.loads(self.read(self.trusted_keys))

@@ -4,6 +4,7 @@ exception type on failure carrying what a person needs."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -31,6 +32,7 @@ def run(
     env: Mapping[str, str] | None = None,
     timeout: float = 120.0,
     check: bool = True,
+    cwd: str | None = None,
 ) -> Result:
     """Run ``argv`` and return its result.
 
@@ -48,9 +50,16 @@ def run(
             env={**BASE_ENV, **(env or {})},
             timeout=timeout,
             check=False,
+            cwd=cwd,
         )
     except FileNotFoundError:
+        if cwd is not None and not os.path.isdir(cwd):
+            raise CommandFailed(
+                args, None, "", "", reason=f"cannot run in {cwd}: no such directory"
+            ) from None
         raise CommandFailed(args, None, "", "", reason="is not installed") from None
+    except OSError as exc:
+        raise CommandFailed(args, None, "", "", reason=f"cannot be run: {exc.strerror}") from None
     except subprocess.TimeoutExpired as exc:
         raise CommandFailed(
             args,

@@ -1,0 +1,96 @@
+"""The agent put together: journal, runner, check-ins and reports, built
+from a state dir. The CLI is a thin shell over this."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from fleetpatch.v1 import types_pb2
+
+from . import reporting
+from .apt import Apt
+from .backend import PackageBackend
+from .checks import Prober
+from .client import ControllerClient
+from .errors import ConfigError
+from .facts import package_manager
+from .journal import Journal
+from .orders import OrderRefused
+from .runner import Runner
+from .statedir import AgentConfig, StateDir
+from .states import State
+
+log = logging.getLogger(__name__)
+
+
+def backend_for(manager: str) -> PackageBackend:
+    if manager == "apt":
+        return Apt()
+    raise ConfigError(f"no package backend for {manager or 'this host'} (supported: apt)")
+
+
+@dataclass
+class Agent:
+    state: StateDir
+    config: AgentConfig
+    journal: Journal
+    runner: Runner
+    host_id: str
+    client: ControllerClient | None = None
+
+    @classmethod
+    def open(
+        cls,
+        state: StateDir,
+        online: bool = True,
+        backend_factory: Callable[[str], PackageBackend] = backend_for,
+    ) -> Agent:
+        state.require_enrolled()
+        config = state.config()
+        journal = Journal.open(state.journal)
+        runner = Runner(
+            journal,
+            backend_factory(package_manager()),
+            Prober(),
+            config.policy,
+            config.checks,
+            state.cache,
+        )
+        client = None
+        if online:
+            client = ControllerClient(
+                config.controller, state.read(state.ca), state.read(state.key),
+                state.read(state.cert),
+            )  # fmt: skip
+        agent = cls(state, config, journal, runner, state.host_id(), client)
+        runner.set_notify(agent.report)
+        return agent
+
+    def close(self) -> None:
+        if self.client is not None:
+            self.client.close()
+        self.journal.close()
+
+    def resume(self) -> None:
+        for order_id, final in self.runner.resume():
+            log.info("order %s finished after resuming: %s", order_id, final)
+        self.report()
+
+    def handle(self, envelope: types_pb2.SignedEnvelope) -> State | None:
+        """Verify and carry out one order; None when it was refused."""
+        try:
+            order = self.runner.receive(envelope, self.state.trusted_signing_keys(), self.host_id)
+        except OrderRefused:
+            self.report()
+            return None
+        self.report()
+        final = self.runner.run(order.order_id)
+        self.report()
+        return final
+
+    def report(self) -> int:
+        if self.client is None:
+            return 0
+        return reporting.flush(self.journal, self.client)
