@@ -20,7 +20,7 @@ import urllib.request
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any
+from typing import Any, Protocol
 
 import psutil
 from fleetpatch.v1 import types_pb2
@@ -127,6 +127,12 @@ def check_from_config(table: Mapping[str, Any], where: str) -> CheckSpec:
 
 
 Runner = Callable[..., subp.Result]
+
+
+class Probes(Protocol):
+    """What the work-order runner needs of health checks."""
+
+    def run_all(self, specs: Sequence[CheckSpec]) -> list[CheckResult]: ...
 
 
 class Prober:

@@ -21,7 +21,7 @@ from fleetpatch.v1 import types_pb2
 
 from . import convert, faults
 from .backend import Busy, Change, PackageBackend, Plan, PlanError, Snapshot
-from .checks import CheckSpec, Prober
+from .checks import CheckSpec, Probes
 from .errors import CommandFailed
 from .health import CheckResult
 from .journal import Journal, OrderRecord
@@ -55,7 +55,7 @@ class Runner:
         self,
         journal: Journal,
         backend: PackageBackend,
-        prober: Prober,
+        prober: Probes,
         policy: Policy,
         host_checks: Sequence[CheckSpec],
         cache: Path,

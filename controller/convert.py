@@ -14,7 +14,7 @@ from google.protobuf.duration_pb2 import Duration
 from google.protobuf.message import Message
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from .model import Host, HostStatus, Package
+from .model import Host, HostStatus, Package, ProgressReport
 from .tokens import Token
 
 _STATUS = {
@@ -112,6 +112,20 @@ def host_to_pb(host: Host) -> admin_pb2.Host:
     json_format.ParseDict(dict(host.facts), pb.facts, ignore_unknown_fields=True)
     json_format.ParseDict(dict(host.health), pb.health, ignore_unknown_fields=True)
     return pb
+
+
+def report_from_pb(host_id: str, pb: types_pb2.ProgressReport) -> ProgressReport:
+    return ProgressReport(
+        idempotency_key=pb.idempotency_key,
+        host_id=host_id,
+        order_id=pb.order_id,
+        step=pb.step,
+        final=pb.final,
+        outcome=pb.outcome,
+        detail=pb.detail,
+        at=from_timestamp(pb.at) if pb.HasField("at") else datetime.now(UTC),
+        payload=pb.SerializeToString(),
+    )
 
 
 def packages_from_pb(inventory: types_pb2.Inventory) -> list[Package]:

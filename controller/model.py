@@ -53,6 +53,21 @@ class CheckIn:
 
 
 @dataclass(frozen=True)
+class ProgressReport:
+    """One step of one work order, as an agent reported it."""
+
+    idempotency_key: str
+    host_id: str
+    order_id: str
+    step: str
+    final: bool
+    outcome: str
+    detail: str
+    at: datetime
+    payload: bytes
+
+
+@dataclass(frozen=True)
 class CheckInOutcome:
     known: bool  # the host is enrolled
     revoked: bool

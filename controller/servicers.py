@@ -38,6 +38,7 @@ from .storethread import CheckInBatcher, StoreThread
 log = logging.getLogger(__name__)
 
 Context = grpc.aio.ServicerContext[Any, Any]
+MAX_REPORTS_PER_CALL = 500
 _Req = TypeVar("_Req")
 _Resp = TypeVar("_Resp")
 
@@ -201,11 +202,22 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
     async def ReportProgress(
         self, request: agent_pb2.ReportProgressRequest, context: Context
     ) -> agent_pb2.ReportProgressResponse:
-        require(context, Role.HOST, self._revoked)
-        await context.abort(
-            grpc.StatusCode.UNIMPLEMENTED, "this controller hands out no work orders yet"
+        host_id = require(context, Role.HOST, self._revoked).name
+        if len(request.reports) > MAX_REPORTS_PER_CALL:
+            raise UsageError(f"at most {MAX_REPORTS_PER_CALL} reports per call")
+        reports = [convert.report_from_pb(host_id, r) for r in request.reports]
+        for report in reports:
+            if not report.idempotency_key or not report.order_id or not report.step:
+                raise UsageError("a progress report lacks its idempotency key, order or step")
+        new = await self._db.call(lambda s: s.record_reports(reports, datetime.now(UTC)))
+        for report in reports:
+            if report.final:
+                log.info("host %s: order %s finished %s: %s",
+                         host_id, report.order_id, report.outcome, report.detail)  # fmt: skip
+        log.debug("host %s: %d report(s), %d new", host_id, len(reports), new)
+        return agent_pb2.ReportProgressResponse(
+            acknowledged_keys=[r.idempotency_key for r in reports]
         )
-        raise AssertionError("unreachable")
 
 
 class AdminService(admin_pb2_grpc.AdminServiceServicer):

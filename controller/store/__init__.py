@@ -23,7 +23,14 @@ from typing import Any
 from sqlite_utils import Database
 
 from controller.errors import NotFound, TokenRefused
-from controller.model import CheckIn, CheckInOutcome, Host, HostStatus, Package
+from controller.model import (
+    CheckIn,
+    CheckInOutcome,
+    Host,
+    HostStatus,
+    Package,
+    ProgressReport,
+)
 from controller.tokens import Token
 
 from .migrations import migrations
@@ -205,6 +212,56 @@ class Store:
         if row is None:
             return []
         return [(n, v, a) for n, v, a in json.loads(zlib.decompress(row[0]))]
+
+    # -- progress reports -----------------------------------------------------
+
+    def record_reports(self, reports: Sequence[ProgressReport], now: datetime) -> int:
+        """Store reports, each (host, idempotency key) once; returns how many
+        were new. A report sent again is simply acknowledged again."""
+        with self._transaction() as conn:
+            before = conn.total_changes
+            conn.executemany(
+                "INSERT OR IGNORE INTO progress_reports (idempotency_key, host_id, order_id,"
+                " step, final, outcome, detail, at, received_at, payload)"
+                " VALUES (?,?,?,?,?,?,?,?,?,?)",
+                [
+                    (
+                        r.idempotency_key,
+                        r.host_id,
+                        r.order_id,
+                        r.step,
+                        int(r.final),
+                        r.outcome,
+                        r.detail,
+                        _ts(r.at),
+                        _ts(now),
+                        r.payload,
+                    )
+                    for r in reports
+                ],
+            )
+            return conn.total_changes - before
+
+    def reports_for_host(self, host_id: str, limit: int = 50) -> list[ProgressReport]:
+        """The host's newest reports first."""
+        cur = self._conn.execute(
+            "SELECT * FROM progress_reports WHERE host_id = ? ORDER BY at DESC, rowid DESC LIMIT ?",
+            (host_id, limit),
+        )
+        return [
+            ProgressReport(
+                r["idempotency_key"],
+                r["host_id"],
+                r["order_id"],
+                r["step"],
+                bool(r["final"]),
+                r["outcome"],
+                r["detail"],
+                _must_dt(r["at"]),
+                bytes(r["payload"]),
+            )
+            for r in _rows(cur)
+        ]
 
     # -- the check-in hot path ------------------------------------------------
 

@@ -55,3 +55,23 @@ _STATEMENTS_0001 = [
 def _initial(db: Database) -> None:
     for statement in _STATEMENTS_0001:
         db.execute(statement)
+
+
+@migrations(name="0002_progress_reports")
+def _progress_reports(db: Database) -> None:
+    db.execute(
+        """CREATE TABLE progress_reports (
+            idempotency_key  TEXT NOT NULL,
+            host_id          TEXT NOT NULL REFERENCES hosts (host_id),
+            order_id         TEXT NOT NULL,
+            step             TEXT NOT NULL,
+            final            INTEGER NOT NULL,
+            outcome          TEXT NOT NULL,
+            detail           TEXT NOT NULL,
+            at               REAL NOT NULL,
+            received_at      REAL NOT NULL,
+            payload          BLOB NOT NULL,  -- the ProgressReport as the agent sent it
+            PRIMARY KEY (host_id, idempotency_key)
+        )"""
+    )
+    db.execute("CREATE INDEX progress_reports_order ON progress_reports (order_id, at)")

@@ -1,0 +1,97 @@
+"""Campaigns: the campaign file and the pure scheduling core.
+
+    spec        parse_campaign(text, source) -> CampaignSpec; CampaignError
+    windows     weekly maintenance windows evaluated at an instant
+    tallies     the counts the scheduler decides from
+    gates       ring gates, region order, halts
+    scheduler   decide(campaign, host, tallies, now) -> Assign | Wait | Skip
+
+No I/O and no clock in any of them: the controller and the simulator pass
+``now`` and the data.
+"""
+
+from .checks import CheckKind, VerifyCheck
+from .errors import CampaignError
+from .gates import GateStatus, HaltKind, HaltReason, evaluate_halt, gate_status, ring_done
+from .quota import Quota
+from .scheduler import (
+    Assign,
+    Decision,
+    HostFacts,
+    Skip,
+    SkipReason,
+    Wait,
+    WaitReason,
+    decide,
+    is_complete,
+    is_silent,
+    is_targeted,
+    is_timed_out,
+    targeting_mismatch,
+)
+from .spec import (
+    HOST_LOCAL,
+    CampaignSpec,
+    Gate,
+    LivepatchPolicy,
+    PackageTarget,
+    PatchSpec,
+    RebootPolicy,
+    RegionOrder,
+    RingStage,
+    RolloutSpec,
+    TargetSpec,
+    VerifySpec,
+    WindowPolicy,
+    parse_campaign,
+)
+from .tallies import CampaignState, CellTally, Tallies
+from .windows import WeeklyWindow, WindowClosed, WindowOpen, evaluate_windows, parse_weekly
+
+__all__ = [
+    "HOST_LOCAL",
+    "Assign",
+    "CampaignError",
+    "CampaignSpec",
+    "CampaignState",
+    "CellTally",
+    "CheckKind",
+    "Decision",
+    "Gate",
+    "GateStatus",
+    "HaltKind",
+    "HaltReason",
+    "HostFacts",
+    "LivepatchPolicy",
+    "PackageTarget",
+    "PatchSpec",
+    "Quota",
+    "RebootPolicy",
+    "RegionOrder",
+    "RingStage",
+    "RolloutSpec",
+    "Skip",
+    "SkipReason",
+    "Tallies",
+    "TargetSpec",
+    "VerifyCheck",
+    "VerifySpec",
+    "Wait",
+    "WaitReason",
+    "WeeklyWindow",
+    "WindowClosed",
+    "WindowOpen",
+    "WindowPolicy",
+    "decide",
+    "evaluate_halt",
+    "evaluate_windows",
+    "gate_status",
+    "is_complete",
+    "is_silent",
+    "is_targeted",
+    "is_timed_out",
+    "parse_campaign",
+    "parse_weekly",
+    "ring_done",
+    "targeting_mismatch",
+]

@@ -1,0 +1,406 @@
+"""A campaign file: what to patch, on which hosts, and how to roll it out.
+
+`parse_campaign` reads the TOML text into a frozen `CampaignSpec` and raises
+`CampaignError` naming the field (``rollout.rings[1].gate.min_success: must
+be between 0 and 1``). Unknown keys and tables are errors everywhere: a typo
+must never leave a default in force silently. The tables:
+
+    [campaign]          name, description, emergency, deadline
+    [patch]             packages, all_security_updates, exclude, reboot, livepatch
+    [verify]            timeout, [[verify.checks]]
+    [targets]           regions, labels, os
+    [rollout]           region_order, concurrency, region_concurrency,
+                        silent_after, silent_threshold, report_timeout,
+                        [rollout.gate] (defaults), [[rollout.rings]] (in order)
+    [windows]           timezone, weekly, blackout, cutoff (absent: always open)
+
+examples/campaigns/openssl.toml documents every field. What the rollout
+fields mean when the scheduler applies them is in `scheduler`.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+import tomllib
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta
+from enum import StrEnum
+from fractions import Fraction
+
+from fleetpatch.durations import format_duration
+from fleetpatch.labels import check_label, check_region, check_ring
+
+from .checks import VerifyCheck, parse_check
+from .errors import CampaignError
+from .quota import Quota, count, parse_quota, percent
+from .table import Table, toml_type
+from .windows import WeeklyWindow, load_zone, parse_weekly
+
+HOST_LOCAL = "host-local"
+_NAME = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
+_PACKAGE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9+._-]*$")
+_PATTERN = re.compile(r"^[A-Za-z0-9+._*?\[\]-]+$")
+_VERSION = re.compile(r"^[A-Za-z0-9.+~:_^-]+$")
+_OS_ID = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
+
+# Defaults are strict: a file that says nothing about a safety limit gets
+# the safest one (no failure tolerated, every host must succeed).
+DEFAULT_CONCURRENCY = percent(10)
+DEFAULT_SILENT_THRESHOLD = percent(10)
+DEFAULT_GATE_MIN_SUCCESS = Fraction(1)
+DEFAULT_FAILURE_BUDGET = count(0)
+DEFAULT_VERIFY_TIMEOUT = timedelta(minutes=5)  # the agent's own default
+DEFAULT_SILENT_AFTER = timedelta(minutes=30)
+REPORT_TIMEOUT_MARGIN = timedelta(minutes=30)  # default report_timeout: verify.timeout + this
+
+
+class RebootPolicy(StrEnum):
+    """Spelled as the agent spells it; values never change once released."""
+
+    NEVER = "never"
+    IF_REQUIRED = "if-required"
+    ALWAYS = "always"
+
+
+class LivepatchPolicy(StrEnum):
+    NEVER = "never"
+    PREFER = "prefer"
+    ONLY = "only"
+
+
+class RegionOrder(StrEnum):
+    SEQUENTIAL = "sequential"  # within a ring, one region at a time, smallest first
+    PARALLEL = "parallel"  # within a ring, every region at once
+
+
+@dataclass(frozen=True)
+class PackageTarget:
+    name: str
+    min_version: str = ""  # empty: the newest available
+
+
+@dataclass(frozen=True)
+class PatchSpec:
+    packages: tuple[PackageTarget, ...]
+    all_security_updates: bool
+    exclude: tuple[str, ...]  # names or glob patterns never to touch
+    reboot: RebootPolicy
+    livepatch: LivepatchPolicy
+
+
+@dataclass(frozen=True)
+class VerifySpec:
+    timeout: timedelta  # how long the agent retries its checks after patching
+    checks: tuple[VerifyCheck, ...]
+
+
+@dataclass(frozen=True)
+class TargetSpec:
+    """Which hosts: every given criterion must match; an empty one matches all."""
+
+    regions: frozenset[str]
+    labels: tuple[tuple[str, frozenset[str]], ...]  # key -> any of these values
+    os_ids: frozenset[str]
+
+
+@dataclass(frozen=True)
+class Gate:
+    """What a ring must meet before the next ring opens."""
+
+    min_success: Fraction  # succeeded / finished, 0..1
+    bake: timedelta  # after the ring finished
+    failure_budget: Quota  # of the ring's eligible hosts; exceeding it halts
+
+
+@dataclass(frozen=True)
+class RingStage:
+    ring: int
+    concurrency: Quota  # hosts in flight in the whole ring
+    region_concurrency: Quota | None  # hosts in flight per region of the ring
+    gate: Gate
+
+
+@dataclass(frozen=True)
+class RolloutSpec:
+    rings: tuple[RingStage, ...]  # in the order they open
+    region_order: RegionOrder
+    silent_after: timedelta  # not seen this long: silent (or unreachable)
+    silent_threshold: Quota  # of a ring's eligible hosts; exceeding it halts
+    report_timeout: timedelta  # in flight without a report this long: timed out
+
+    @functools.cached_property
+    def positions(self) -> dict[int, int]:
+        """Ring number -> its place in the order."""
+        return {stage.ring: index for index, stage in enumerate(self.rings)}
+
+
+@dataclass(frozen=True)
+class WindowPolicy:
+    timezone: str  # an IANA name, or HOST_LOCAL
+    weekly: tuple[WeeklyWindow, ...]
+    blackout: frozenset[date]  # local days in `timezone` with no patching
+    cutoff: timedelta  # no patch starts this close to a window's end
+
+
+@dataclass(frozen=True)
+class CampaignSpec:
+    name: str
+    description: str
+    emergency: bool  # overrides windows, never concurrency, gates or halts
+    deadline: datetime | None  # UTC; no new assignment at or after it
+    patch: PatchSpec
+    verify: VerifySpec
+    targets: TargetSpec
+    rollout: RolloutSpec
+    windows: WindowPolicy | None  # None: always open
+    source: str = ""
+
+
+def parse_campaign(text: str, source: str) -> CampaignSpec:
+    """Parse a campaign file; raises CampaignError naming ``source`` and the field."""
+    try:
+        doc = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise CampaignError("", f"not valid TOML: {exc}", source) from None
+    root = Table(doc, "", source)
+    head = root.table("campaign")
+    verify = _verify(root.table("verify"))
+    windows = root.table("windows")
+    spec = CampaignSpec(
+        name=_name(head),
+        description=head.get("description", str, ""),
+        emergency=head.get("emergency", bool, False),
+        deadline=_deadline(head),
+        patch=_patch(root.table("patch")),
+        verify=verify,
+        targets=_targets(root.table("targets")),
+        rollout=_rollout(root.table("rollout"), verify.timeout),
+        windows=_windows(windows) if root.has("windows") else None,
+        source=source,
+    )
+    head.finish()
+    root.finish()
+    return spec
+
+
+def _name(t: Table) -> str:
+    name = t.maybe("name", str)
+    if name is None:
+        raise t.error("name", "is required (lowercase letters, digits and '-')")
+    if not _NAME.match(name):
+        raise t.error("name", f"{name!r} must be lowercase letters, digits and '-' (1-63)")
+    return name
+
+
+def _deadline(t: Table) -> datetime | None:
+    value = t.maybe("deadline", object)
+    if value is None:
+        return None
+    if isinstance(value, str):
+        try:
+            value = datetime.fromisoformat(value)
+        except ValueError:
+            raise t.error("deadline", f"{value!r} is not a date-time") from None
+    if not isinstance(value, datetime):
+        raise t.error("deadline", f"must be a date-time, not {toml_type(value)}")
+    if value.tzinfo is None:
+        raise t.error(
+            "deadline", "must include a UTC offset (e.g. 2025-02-01T00:00:00Z or ...+01:00)"
+        )
+    return value.astimezone(UTC)
+
+
+def _quota(t: Table, key: str, *, minimum: int) -> Quota | None:
+    value = t.maybe(key, object)
+    if value is None:
+        return None
+    try:
+        return parse_quota(value, minimum)
+    except ValueError as exc:
+        raise t.error(key, str(exc)) from None
+
+
+def _patch(t: Table) -> PatchSpec:
+    packages: list[PackageTarget] = []
+    for where, item in t.items("packages", object):
+        package = _package(t, where, item)
+        if any(p.name == package.name for p in packages):
+            raise t.at(where, f"package {package.name!r} is listed twice")
+        packages.append(package)
+    security = t.get("all_security_updates", bool, False)
+    if not packages and not security:
+        raise t.error(
+            "packages", "names no package and all_security_updates is false: nothing to patch"
+        )
+    exclude = t.strings("exclude")
+    for index, pattern in enumerate(exclude):
+        if not _PATTERN.match(pattern):
+            raise t.at(f"{t.field('exclude')}[{index}]", f"{pattern!r} is not a name or glob")
+    reboot = t.choice("reboot", RebootPolicy, RebootPolicy.IF_REQUIRED)
+    livepatch = t.choice("livepatch", LivepatchPolicy, LivepatchPolicy.NEVER)
+    if livepatch is LivepatchPolicy.ONLY and reboot is RebootPolicy.ALWAYS:
+        raise t.error("livepatch", "'only' (never reboot) contradicts reboot = 'always'")
+    t.finish()
+    return PatchSpec(tuple(packages), security, exclude, reboot, livepatch)
+
+
+def _package(t: Table, where: str, item: object) -> PackageTarget:
+    if isinstance(item, str):
+        item = {"name": item}
+    if not isinstance(item, dict):
+        raise t.at(where, f"must be a package name or a table, not {toml_type(item)}")
+    entry = t.child(item, where)
+    name = entry.require("name", str)
+    if not _PACKAGE.match(name):
+        raise entry.error("name", f"{name!r} is not a package name")
+    version = entry.get("min_version", str, "")
+    if version and not _VERSION.match(version):
+        raise entry.error("min_version", f"{version!r} is not a package version")
+    entry.finish()
+    return PackageTarget(name, version)
+
+
+def _verify(t: Table) -> VerifySpec:
+    timeout = t.duration("timeout", DEFAULT_VERIFY_TIMEOUT, positive=True)
+    checks = tuple(parse_check(entry) for entry in t.tables("checks"))
+    for index, check in enumerate(checks):
+        if any(other.name == check.name for other in checks[:index]):
+            raise t.at(f"{t.field('checks')}[{index}].name", f"{check.name!r} is used twice")
+    t.finish()
+    return VerifySpec(timeout, checks)
+
+
+def _targets(t: Table) -> TargetSpec:
+    regions = t.strings("regions")
+    for index, region in enumerate(regions):
+        try:
+            check_region(region)
+        except ValueError as exc:
+            raise t.at(f"{t.field('regions')}[{index}]", str(exc)) from None
+    labels = t.table("labels")
+    selectors: list[tuple[str, frozenset[str]]] = []
+    for key in sorted(labels.keys()):
+        value = labels.maybe(key, object)
+        if isinstance(value, str):
+            values: tuple[str, ...] = (value,)
+        elif isinstance(value, list) and value:
+            values = labels.strings(key)
+        else:
+            raise labels.error(key, "must be a value or a non-empty array of values")
+        try:
+            for one in values:
+                check_label(key, one)
+        except ValueError as exc:
+            raise labels.error(key, str(exc)) from None
+        selectors.append((key, frozenset(values)))
+    labels.finish()
+    os_ids = t.strings("os")
+    for index, os_id in enumerate(os_ids):
+        if not _OS_ID.match(os_id):
+            raise t.at(f"{t.field('os')}[{index}]", f"{os_id!r} is not an os id (e.g. 'debian')")
+    t.finish()
+    return TargetSpec(frozenset(regions), tuple(selectors), frozenset(os_ids))
+
+
+def _rollout(t: Table, verify_timeout: timedelta) -> RolloutSpec:
+    order = t.choice("region_order", RegionOrder, RegionOrder.SEQUENTIAL)
+    concurrency = _quota(t, "concurrency", minimum=1) or DEFAULT_CONCURRENCY
+    region_concurrency = _quota(t, "region_concurrency", minimum=1)
+    default_gate = _gate(t.table("gate"), None)
+    stages: list[RingStage] = []
+    for entry in t.tables("rings"):
+        ring = entry.require("ring", int)
+        try:
+            check_ring(ring)
+        except ValueError as exc:
+            raise entry.error("ring", str(exc)) from None
+        if any(stage.ring == ring for stage in stages):
+            raise entry.error("ring", f"ring {ring} is listed twice")
+        stages.append(
+            RingStage(
+                ring=ring,
+                concurrency=_quota(entry, "concurrency", minimum=1) or concurrency,
+                region_concurrency=(
+                    _quota(entry, "region_concurrency", minimum=1) or region_concurrency
+                ),
+                gate=_gate(entry.table("gate"), default_gate),
+            )
+        )
+        entry.finish()
+    if not stages:
+        raise t.error("rings", "is required: at least one [[rollout.rings]] entry, in order")
+    report_default = verify_timeout + REPORT_TIMEOUT_MARGIN
+    report_timeout = t.duration("report_timeout", report_default, positive=True)
+    if report_timeout <= verify_timeout:
+        raise t.error(
+            "report_timeout",
+            f"must be longer than verify.timeout ({format_duration(verify_timeout)}), "
+            "or hosts still verifying would count as timed out",
+        )
+    spec = RolloutSpec(
+        rings=tuple(stages),
+        region_order=order,
+        silent_after=t.duration("silent_after", DEFAULT_SILENT_AFTER, positive=True),
+        silent_threshold=_quota(t, "silent_threshold", minimum=0) or DEFAULT_SILENT_THRESHOLD,
+        report_timeout=report_timeout,
+    )
+    t.finish()
+    return spec
+
+
+def _gate(t: Table, default: Gate | None) -> Gate:
+    base = default or Gate(DEFAULT_GATE_MIN_SUCCESS, timedelta(0), DEFAULT_FAILURE_BUDGET)
+    min_success = base.min_success
+    value = t.maybe("min_success", float)
+    if value is not None:
+        if not 0 <= value <= 1:
+            raise t.error("min_success", f"must be between 0 and 1, not {value}")
+        min_success = Fraction(repr(value))  # the decimal as written: 0.95, not 0.9499...
+    gate = Gate(
+        min_success=min_success,
+        bake=t.duration("bake", base.bake),
+        failure_budget=_quota(t, "failure_budget", minimum=0) or base.failure_budget,
+    )
+    t.finish()
+    return gate
+
+
+def _windows(t: Table) -> WindowPolicy:
+    timezone = t.require("timezone", str)
+    if timezone != HOST_LOCAL and load_zone(timezone) is None:
+        raise t.error(
+            "timezone",
+            f"unknown time zone {timezone!r} (use an IANA name such as 'Europe/Berlin', "
+            f"or {HOST_LOCAL!r})",
+        )
+    weekly: list[WeeklyWindow] = []
+    for where, spelled in t.items("weekly", str):
+        try:
+            weekly.append(parse_weekly(spelled))
+        except ValueError as exc:
+            raise t.at(where, str(exc)) from None
+    if not weekly:
+        raise t.error("weekly", "needs at least one window, e.g. ['Sat,Sun 02:00-05:00']")
+    blackout = frozenset(_date(t, where, value) for where, value in t.items("blackout", object))
+    cutoff = t.duration("cutoff", timedelta(0))
+    for window in weekly:
+        if cutoff >= window.length:
+            raise t.error(
+                "cutoff",
+                f"{format_duration(cutoff)} is not shorter than the window {window.text!r} "
+                f"({format_duration(window.length)}), which could then never be used",
+            )
+    t.finish()
+    return WindowPolicy(timezone, tuple(weekly), blackout, cutoff)
+
+
+def _date(t: Table, where: str, value: object) -> date:
+    if isinstance(value, str):
+        try:
+            return date.fromisoformat(value)
+        except ValueError:
+            raise t.at(where, f"{value!r} is not a date (write 2025-12-24)") from None
+    if isinstance(value, date) and not isinstance(value, datetime):
+        return value
+    raise t.at(where, f"must be a date such as 2025-12-24, not {toml_type(value)}")

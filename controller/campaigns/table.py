@@ -1,0 +1,180 @@
+"""Typed reading of one TOML table, with the path of every value kept for
+error messages and every key accounted for.
+
+A campaign file is a safety document: a misspelt key (``failure_buget``)
+that is silently ignored would leave a default in force that the author
+believed they had changed. So every key read is recorded, and `Table.finish`
+rejects whatever is left, suggesting the nearest known name.
+"""
+
+from __future__ import annotations
+
+import difflib
+from datetime import date, datetime, time, timedelta
+from enum import StrEnum
+from typing import Any, TypeVar
+
+from fleetpatch.durations import parse_duration
+
+from .errors import CampaignError
+
+T = TypeVar("T")
+E = TypeVar("E", bound=StrEnum)
+
+# TOML's own names for the types, so messages speak the file's language.
+_TOML_TYPES: tuple[tuple[type, str], ...] = (
+    (bool, "a boolean"),  # before int: bool is an int in Python
+    (int, "an integer"),
+    (float, "a float"),
+    (str, "a string"),
+    (list, "an array"),
+    (dict, "a table"),
+    (datetime, "a date-time"),  # before date: datetime is a date in Python
+    (date, "a date"),
+    (time, "a time"),
+)
+
+
+def toml_type(value: object) -> str:
+    """The TOML name of a parsed value's type (``an integer``, ``a table``)."""
+    for kind, name in _TOML_TYPES:
+        if isinstance(value, kind):
+            return name
+    return type(value).__name__
+
+
+def _type_name(kind: type) -> str:
+    if kind is float:
+        return "a number"  # integers are accepted where floats are
+    return dict(_TOML_TYPES).get(kind, kind.__name__)
+
+
+def _is(value: object, kind: type) -> bool:
+    if kind is object:
+        return True
+    if isinstance(value, bool) and kind is not bool:
+        return False
+    if kind is float:
+        return isinstance(value, int | float)
+    if kind is date and isinstance(value, datetime):
+        return False
+    return isinstance(value, kind)
+
+
+class Table:
+    """One TOML table under a dotted path; raises CampaignError naming fields."""
+
+    def __init__(self, data: dict[str, Any], path: str, source: str) -> None:
+        self._data = data
+        self._path = path
+        self._source = source
+        self._read: set[str] = set()
+
+    def field(self, key: str) -> str:
+        """The dotted path of ``key`` in this table."""
+        return f"{self._path}.{key}" if self._path else key
+
+    def error(self, key: str, problem: str) -> CampaignError:
+        """An error about ``key`` of this table (``key`` empty: the table)."""
+        return CampaignError(self.field(key) if key else self._path, problem, self._source)
+
+    def at(self, field: str, problem: str) -> CampaignError:
+        """An error about a field path built by the caller (array items)."""
+        return CampaignError(field, problem, self._source)
+
+    def has(self, key: str) -> bool:
+        return key in self._data
+
+    def keys(self) -> list[str]:
+        return list(self._data)
+
+    def child(self, data: dict[str, Any], path: str) -> Table:
+        """A table found inside this one (an array item) at ``path``."""
+        return Table(data, path, self._source)
+
+    def maybe(self, key: str, kind: type[T]) -> T | None:
+        """The value of ``key`` when present, checked to be of ``kind``."""
+        self._read.add(key)
+        if key not in self._data:
+            return None
+        value = self._data[key]
+        if not _is(value, kind):
+            raise self.error(key, f"must be {_type_name(kind)}, not {toml_type(value)}")
+        out: T = value
+        return out
+
+    def get(self, key: str, kind: type[T], default: T) -> T:
+        """The value of ``key``, or ``default`` when the key is absent."""
+        value = self.maybe(key, kind)
+        return default if value is None else value
+
+    def require(self, key: str, kind: type[T]) -> T:
+        """The value of ``key``; a missing key is an error."""
+        value = self.maybe(key, kind)
+        if value is None:
+            raise self.error(key, f"is required ({_type_name(kind)})")
+        return value
+
+    def items(self, key: str, kind: type[T]) -> list[tuple[str, T]]:
+        """The elements of the array ``key`` (absent: none), each with its path."""
+        values = self.maybe(key, list) or []
+        out: list[tuple[str, T]] = []
+        for index, value in enumerate(values):
+            where = f"{self.field(key)}[{index}]"
+            if not _is(value, kind):
+                raise self.at(where, f"must be {_type_name(kind)}, not {toml_type(value)}")
+            out.append((where, value))
+        return out
+
+    def strings(self, key: str) -> tuple[str, ...]:
+        """The array of strings ``key`` (absent: empty); duplicates are errors."""
+        out: list[str] = []
+        for where, value in self.items(key, str):
+            if value in out:
+                raise self.at(where, f"{value!r} is listed twice")
+            out.append(value)
+        return tuple(out)
+
+    def table(self, key: str) -> Table:
+        """The sub-table ``key``; an absent one reads as empty."""
+        data = self.get(key, dict, {})
+        return Table(data, self.field(key), self._source)
+
+    def tables(self, key: str) -> list[Table]:
+        """The array of tables ``key`` (``[[key]]``); absent reads as empty."""
+        return [Table(data, where, self._source) for where, data in self.items(key, dict)]
+
+    def duration(self, key: str, default: timedelta, *, positive: bool = False) -> timedelta:
+        """The duration ``key`` (``"30m"``, ``"2h"``, ``"7d"``), or ``default``."""
+        spelled = self.maybe(key, object)
+        if spelled is None:
+            return default
+        if not isinstance(spelled, str):
+            raise self.error(key, f"must be a duration such as '30m', not {toml_type(spelled)}")
+        try:
+            value = parse_duration(spelled)
+        except ValueError as exc:
+            raise self.error(key, str(exc)) from None
+        if positive and value <= timedelta(0):
+            raise self.error(key, "must be longer than 0s")
+        return value
+
+    def choice(self, key: str, kind: type[E], default: E) -> E:
+        """One of the values of the StrEnum ``kind``, or ``default``."""
+        spelled = self.get(key, str, default.value)
+        try:
+            return kind(spelled)
+        except ValueError:
+            allowed = ", ".join(repr(k.value) for k in kind)
+            raise self.error(key, f"{spelled!r} is not one of {allowed}") from None
+
+    def finish(self) -> None:
+        """Reject every key of this table that no reader asked for."""
+        for key in self._data:
+            if key in self._read:
+                continue
+            what = "table" if isinstance(self._data[key], dict) else "key"
+            close = difflib.get_close_matches(key, sorted(self._read), n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            known = ", ".join(sorted(self._read)) or "none"
+            raise self.error(key, f"unknown {what}{hint}; known here: {known}")
