@@ -25,9 +25,9 @@ from .states import State
 log = logging.getLogger(__name__)
 
 
-def backend_for(manager: str) -> PackageBackend:
+def backend_for(manager: str, config: AgentConfig) -> PackageBackend:
     if manager == "apt":
-        return Apt()
+        return Apt(lock_timeout=int(config.timing.lock_timeout.total_seconds()))
     raise ConfigError(f"no package backend for {manager or 'this host'} (supported: apt)")
 
 
@@ -45,18 +45,20 @@ class Agent:
         cls,
         state: StateDir,
         online: bool = True,
-        backend_factory: Callable[[str], PackageBackend] = backend_for,
+        backend_factory: Callable[[str, AgentConfig], PackageBackend] = backend_for,
     ) -> Agent:
         state.require_enrolled()
         config = state.config()
         journal = Journal.open(state.journal)
         runner = Runner(
             journal,
-            backend_factory(package_manager()),
+            backend_factory(package_manager(), config),
             Prober(),
             config.policy,
             config.checks,
             state.cache,
+            busy_timeout=config.timing.busy_timeout,
+            retry_interval=config.timing.retry_interval.total_seconds(),
         )
         client = None
         if online:

@@ -14,11 +14,13 @@ import json
 import os
 import tomllib
 from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 from cryptography import x509
 from fleetpatch.atomicfile import write_atomic
+from fleetpatch.durations import parse_duration
 from fleetpatch.identity import Identity, Role, identity_from_certificate
 
 from .checks import CheckSpec, check_from_config
@@ -30,12 +32,22 @@ DEFAULT_STATE_DIR = Path("/var/lib/fleetpatch/agent")
 
 
 @dataclass(frozen=True)
+class Timing:
+    """[agent] of agent.toml: how patiently the agent works."""
+
+    lock_timeout: timedelta = timedelta(seconds=60)
+    busy_timeout: timedelta = timedelta(minutes=10)
+    retry_interval: timedelta = timedelta(seconds=5)
+
+
+@dataclass(frozen=True)
 class AgentConfig:
     controller: str
     enroll_address: str
     health: ResourceLimits = field(default_factory=ResourceLimits)
     policy: Policy = field(default_factory=Policy)
     checks: tuple[CheckSpec, ...] = ()
+    timing: Timing = field(default_factory=Timing)
 
 
 CONFIG_TEMPLATE = """\
@@ -46,6 +58,15 @@ CONFIG_TEMPLATE = """\
 address = "{address}"
 # Enrollment address; only used by `enroll`.
 enroll_address = "{enroll_address}"
+
+[agent]
+# How long apt waits for the dpkg lock before the step reports "busy".
+lock_timeout = "60s"
+# How long a step keeps retrying a busy package manager before giving up
+# (nothing has changed then: the order fails and says so).
+busy_timeout = "10m"
+# Pause between retries, and between health-check attempts while verifying.
+retry_interval = "5s"
 
 [health]
 # Resource checks reported with every check-in; 0 switches one off.
@@ -152,7 +173,7 @@ class StateDir:
         except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
             raise ConfigError(f"{self.config_file}: {exc}") from None
         where = str(self.config_file)
-        _only(doc, {"controller", "health", "policy", "checks"}, where, "")
+        _only(doc, {"agent", "controller", "health", "policy", "checks"}, where, "")
         ctl = _section(doc, "controller", where)
         _only(ctl, {"address", "enroll_address"}, where, "controller.")
         health = _section(doc, "health", where)
@@ -176,8 +197,9 @@ class StateDir:
         except ValueError as exc:
             raise ConfigError(str(exc)) from None
         return AgentConfig(
-            address, str(ctl.get("enroll_address", "")), ResourceLimits(**limits), policy, specs
-        )
+            address, str(ctl.get("enroll_address", "")), ResourceLimits(**limits), policy, specs,
+            _timing(_section(doc, "agent", where), where),
+        )  # fmt: skip
 
     def trusted_signing_keys(self) -> dict[str, bytes]:
         doc = json.loads(self.read(self.trusted_keys))
@@ -186,6 +208,19 @@ class StateDir:
     def write_trusted_signing_keys(self, keys: dict[str, bytes]) -> None:
         doc = {k: v.hex() for k, v in sorted(keys.items())}
         write_atomic(self.trusted_keys, json.dumps(doc, indent=2).encode() + b"\n", mode=0o644)
+
+
+def _timing(table: dict[str, Any], where: str) -> Timing:
+    _only(table, set(Timing.__dataclass_fields__), where, "agent.")
+    values: dict[str, timedelta] = {}
+    for key, value in table.items():
+        try:
+            values[key] = parse_duration(str(value))
+        except ValueError as exc:
+            raise ConfigError(f"{where}: agent.{key}: {exc}") from None
+        if values[key] <= timedelta(0):
+            raise ConfigError(f"{where}: agent.{key} must be longer than 0s")
+    return Timing(**values)
 
 
 def _section(doc: dict[str, Any], name: str, where: str) -> dict[str, Any]:

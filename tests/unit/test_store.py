@@ -67,7 +67,7 @@ def _checkin(
 
 
 def test_migrations_are_recorded_by_name(store):
-    assert store.applied_migrations() == ["0001_initial"]
+    assert store.applied_migrations() == ["0001_initial", "0002_progress_reports"]
 
 
 def test_reopening_does_not_reapply_migrations(tmp_path):
@@ -75,7 +75,7 @@ def test_reopening_does_not_reapply_migrations(tmp_path):
     Store.open(path).close()
     store = Store.open(path)
     try:
-        assert store.applied_migrations() == ["0001_initial"]
+        assert store.applied_migrations() == ["0001_initial", "0002_progress_reports"]
     finally:
         store.close()
 
