@@ -8,10 +8,11 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 PROTOS := $(wildcard proto/fleetpatch/v1/*.proto)
-# Debian packages the test suites use: dpkg-dev (dpkg-scanpackages for the
+# Debian packages the test suites use: dpkg-repack (the agent keeps a copy of
+# what it replaces with it), dpkg-dev (dpkg-scanpackages for the
 # local apt repositories), iproute2 (network namespaces), util-linux
 # (unshare), systemd (systemd-analyze for the unit files).
-DEB_PACKAGES := dpkg-dev iproute2 util-linux
+DEB_PACKAGES := dpkg-dev dpkg-repack iproute2 util-linux
 
 export PYTHONDONTWRITEBYTECODE := 1
 

@@ -15,7 +15,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import fnmatch
+import logging
 import re
 import shutil
 from collections.abc import Callable, Sequence
@@ -35,6 +37,7 @@ _LOCK = re.compile(
     r"(Could not get lock|dpkg frontend lock was locked|dpkg status database is locked)"
 )
 ARCHIVES = Path("/var/cache/apt/archives")
+log = logging.getLogger(__name__)
 
 ENV = {
     "DEBIAN_FRONTEND": "noninteractive",
@@ -217,6 +220,19 @@ class Apt:
         return self._diff(before)
 
     def revert(self, snapshot: Snapshot) -> list[Change]:
+        """Install the kept versions over whatever is there now, even a
+        half-configured package whose postinst keeps failing (that is why we
+        do not start with `dpkg --configure -a`, which would rerun it). Only
+        when that fails is dpkg repaired and the revert tried once more."""
+        try:
+            return self._revert_once(snapshot)
+        except CommandFailed as exc:
+            log.info("revert failed (%s); repairing dpkg and trying once more", exc)
+        with contextlib.suppress(CommandFailed):
+            self.recover()
+        return self._revert_once(snapshot)
+
+    def _revert_once(self, snapshot: Snapshot) -> list[Change]:
         names = [s.name for s in snapshot.saved] + list(snapshot.new)
         before = self.versions(names)
         current = {s.name: s for s in snapshot.saved if before.get(s.name) != s.version}

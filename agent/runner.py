@@ -318,7 +318,6 @@ class Runner:
             return Outcome(Event.FAIL, f"no snapshot to revert to ({why})")
         snapshot = Snapshot.from_json(record.snapshot)
         try:
-            self._until_not_busy(self._backend.recover)
             changes = self._until_not_busy(lambda: self._backend.revert(snapshot))
         except (Busy, CommandFailed) as exc:
             return Outcome(Event.FAIL, f"revert failed: {exc} (reverting because: {why})")
