@@ -109,6 +109,7 @@ class Runner:
             self._reporter(order, State.RECEIVED, f"{order.action} order accepted"),
         )  # fmt: skip
         log.info("order %s (sequence %d) received", order.order_id, order.sequence)
+        faults.hit("enter", State.RECEIVED)
         return order
 
     # -- driving ---------------------------------------------------------------
@@ -141,14 +142,18 @@ class Runner:
         return finished
 
     def _recover_then_decide(self, order: WorkOrder, record: OrderRecord) -> State:
-        """Interrupted in APPLY: repair dpkg, then verify if the plan landed
-        in full, else revert to the snapshot."""
+        """Interrupted in APPLY: repair dpkg, then look at what landed. All
+        of the plan: verify. None of it: apply again (the loop guard bounds
+        this). Part of it: revert to the snapshot."""
         self._until_not_busy(self._backend.recover)
         plan = Plan.from_json(record.plan or [])
         now = self._backend.versions([c.name for c in plan.changes])
-        landed = all(now.get(c.name, "") == c.new for c in plan.changes)
-        target = State.VERIFY if landed else State.REVERT
-        why = "the update landed in full" if landed else "the update did not land in full"
+        if all(now.get(c.name, "") == c.new for c in plan.changes):
+            target, why = State.VERIFY, "the update landed in full"
+        elif all(now.get(c.name, "") == c.old for c in plan.changes):
+            target, why = State.APPLY, "nothing had changed yet; applying again"
+        else:
+            target, why = State.REVERT, "the update landed only in part"
         return self._enter(
             order, target, Outcome(Event.OK, f"resumed after a crash in APPLY: {why}")
         )

@@ -233,8 +233,9 @@ def test_a_failed_transaction_is_reverted(journal, key):
     assert "postinst failed" in states_of_detail(journal, order.order_id, "REVERT")
 
 
-def states_of_detail(journal, order_id, state):
-    return next(s.detail for s in journal.steps(order_id) if s.state == state)
+def states_of_detail(journal, order_id, state, last=False):
+    details = [s.detail for s in journal.steps(order_id) if s.state == state]
+    return details[-1] if last else details[0]
 
 
 def test_a_held_lock_is_waited_for(journal, key):
@@ -368,21 +369,23 @@ def test_refuses_a_payload_that_does_not_parse(journal, key):
 # -- crashes: resume and the loop guard ------------------------------------------
 
 
-def _receive_and_stop_in(journal, backend, key, state, clock=None):
+def _receive_and_stop_in(journal, backend, key, state, clock=None, two_packages=False):
     """Drive an order into ``state`` as if the process died right after
     journaling it (the state's side effect never ran)."""
     order = work_order(HOST, 1, now=(clock or Clock()).now)
     runner = make_runner(journal, backend, clock=clock)
     runner.receive(sign(order, key), trusted(key), HOST)
     for step in ("PRECHECK", "SNAPSHOT", "APPLY", "VERIFY"):
-        plan = Plan((Change("fp-demo", "all", "1.0", "1.1", "local"),))
+        changes = [Change("fp-demo", "all", "1.0", "1.1", "local")]
+        if two_packages:
+            changes.append(Change("libfp", "all", "1.0", "1.1", "local"))
+        plan = Plan(tuple(changes))
         columns: dict[str, object] = {}
         if step == "SNAPSHOT":
             columns["plan"] = plan.to_json()
         if step == "APPLY":
-            columns["snapshot"] = Snapshot(
-                (Saved("fp-demo", "all", "1.0", "/c/fp-demo.deb"),), ()
-            ).to_json()
+            saved = tuple(Saved(c.name, "all", "1.0", f"/c/{c.name}.deb") for c in plan.changes)
+            columns["snapshot"] = Snapshot(saved, ()).to_json()
         journal.enter(order.order_id, step, "", lambda k: b"", **columns)
         if step == state:
             break
@@ -398,11 +401,24 @@ def test_resume_after_a_crash_in_apply_verifies_a_landed_update(journal, key):
     assert "the update landed in full" in states_of_detail(journal, order.order_id, "VERIFY")
 
 
-def test_resume_after_a_crash_in_apply_reverts_a_partial_update(journal, key):
+def test_resume_after_a_crash_before_apply_ran_applies_again(journal, key):
     backend = demo_backend()
     order = _receive_and_stop_in(journal, backend, key, "APPLY")
+    assert make_runner(journal, backend).resume() == [(order.order_id, State.SUCCEEDED)]
+    assert backend.calls[0] == "recover"
+    assert "nothing had changed yet" in states_of_detail(
+        journal, order.order_id, "APPLY", last=True
+    )
+
+
+def test_resume_after_a_crash_in_apply_reverts_a_partial_update(journal, key):
+    backend = FakeBackend({"fp-demo": "1.0", "libfp": "1.0"}, {})
+    order = _receive_and_stop_in(journal, backend, key, "APPLY", two_packages=True)
+    backend.installed["fp-demo"] = "1.1"  # dpkg died between the two packages
     assert make_runner(journal, backend).resume() == [(order.order_id, State.REVERTED)]
     assert backend.calls[0] == "recover"
+    assert backend.installed == {"fp-demo": "1.0", "libfp": "1.0"}
+    assert "landed only in part" in states_of_detail(journal, order.order_id, "REVERT")
 
 
 def test_resume_reruns_an_idempotent_state(journal, key):

@@ -1,0 +1,76 @@
+"""Fixtures for integration tests that need a real host: a throwaway
+copy-on-write sandbox of this machine, and a local apt repository.
+
+Tests using them skip, with the reason, where sandboxes cannot work (not
+root, no namespaces, overlay refused) or dpkg-dev is missing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.support.apthost import AptHost
+from tests.support.debrepo import LocalAptRepo, debrepo_available, use_repo
+from tests.support.sandbox import HostSandbox, sandbox_available
+
+
+def _require_sandbox() -> None:
+    reason = sandbox_available()
+    if reason is not None:
+        pytest.skip(reason)
+
+
+@pytest.fixture
+def host_sandbox() -> Iterator[HostSandbox]:
+    """A started HostSandbox with default options, stopped after the test."""
+    _require_sandbox()
+    with HostSandbox() as sandbox:
+        yield sandbox
+
+
+@pytest.fixture
+def make_sandbox() -> Iterator[Callable[..., HostSandbox]]:
+    """Start sandboxes with options (HostSandbox keyword arguments), several
+    per test if needed; all are stopped after the test."""
+    _require_sandbox()
+    started: list[HostSandbox] = []
+
+    def make(**options: Any) -> HostSandbox:
+        sandbox = HostSandbox(**options).start()
+        started.append(sandbox)
+        return sandbox
+
+    yield make
+    errors: list[Exception] = []
+    for sandbox in reversed(started):
+        try:
+            sandbox.stop()
+        except Exception as exc:  # stop them all, then report
+            errors.append(exc)
+    if errors:
+        raise errors[0]
+
+
+@pytest.fixture
+def deb_repo(tmp_path: Path) -> LocalAptRepo:
+    """An empty local flat apt repository; `repo.add(DebSpec(...))` fills it,
+    `debrepo.use_repo(sandbox, repo)` makes it a sandbox's only source."""
+    reason = debrepo_available()
+    if reason is not None:
+        pytest.skip(reason)
+    return LocalAptRepo(tmp_path / "apt-repo")
+
+
+@pytest.fixture
+def apt_host(controller, make_sandbox, deb_repo) -> AptHost:
+    """A sandboxed host whose apt sees only `deb_repo`, with the real agent
+    enrolled with the real `controller` (see tests.support.apthost)."""
+    sandbox = make_sandbox()
+    use_repo(sandbox, deb_repo, update=False)
+    host = AptHost(sandbox, controller, deb_repo)
+    host.enroll()
+    return host

@@ -1,0 +1,192 @@
+"""The agent against real apt and dpkg, in a throwaway copy of this host.
+
+Each test gets a HostSandbox (mount namespace, overlay of /, chroot), a
+local apt repository built with dpkg-deb and dpkg-scanpackages, a real
+controller on loopback, and the real `fleetpatch-agent` enrolled inside the
+sandbox. Work orders are signed with the controller's own signing key. The
+machine running the tests is never modified.
+"""
+
+from __future__ import annotations
+
+import re
+import sqlite3
+import subprocess
+from typing import Any
+
+import pytest
+
+from tests.support.apthost import AGENT, STATE, AptHost, demo
+from tests.support.debrepo import dpkg_status
+from tests.support.orders import sign, work_order
+from tests.support.sandbox import HostSandbox
+
+pytestmark = pytest.mark.root
+
+
+def _final(host: AptHost, order_id: str) -> dict[str, Any]:
+    return next(o for o in host.status()["orders"] if o["order_id"] == order_id)
+
+
+def test_upgrade_succeeds_and_the_machine_is_untouched(apt_host, deb_repo):
+    deb_repo.add(demo("1.0"), demo("1.1"))
+    apt_host.sandbox.run(["apt-get", "update", "-q"])
+    apt_host.sandbox.run(["apt-get", "install", "-y", "-q", "fp-demo=1.0"])
+
+    order = apt_host.order()
+    done = apt_host.apply(order)
+    assert done.returncode == 0, done.stderr
+    assert "work order finished: SUCCEEDED" in done.stdout
+    assert apt_host.installed() == ("ii", "1.1")
+    assert dpkg_status("fp-demo") is None  # the real machine never saw it
+
+    final = _final(apt_host, order.order_id)
+    assert final["state"] == "SUCCEEDED"
+    assert [s["state"] for s in final["steps"]] == [
+        "RECEIVED", "PRECHECK", "SNAPSHOT", "APPLY", "VERIFY", "SUCCEEDED",
+    ]  # fmt: skip
+    assert final["changes"] == [
+        {"name": "fp-demo", "arch": "", "old": "1.0", "new": "1.1", "origin": ""}
+    ]
+    # The version it replaced is kept, so a revert would need no repository.
+    kept = list(apt_host.sandbox.path(f"{STATE}/cache/{order.order_id}").glob("fp-demo_1.0_*.deb"))
+    assert kept
+
+
+def test_a_broken_update_is_reverted_with_no_repository_holding_the_old_version(
+    apt_host, deb_repo, tmp_path
+):
+    apt_host.install_from_file(demo("1.0"), tmp_path)  # 1.0 exists nowhere but on the host
+    deb_repo.add(demo("1.1", healthy=False))
+    order = apt_host.order()
+    done = apt_host.apply(order)
+    assert done.returncode == 1, done.stderr
+    assert "work order finished: REVERTED" in done.stdout
+    assert apt_host.installed() == ("ii", "1.0")
+    final = _final(apt_host, order.order_id)
+    assert [s["state"] for s in final["steps"]][-3:] == ["VERIFY", "REVERT", "REVERTED"]
+    revert = next(s for s in final["steps"] if s["state"] == "REVERT")
+    assert "fp-demo: config broken" in revert["detail"] or "fp-demo exited 1" in revert["detail"]
+    assert "after revert the host is healthy" in final["detail"]
+    assert apt_host.sandbox.run(["/usr/bin/fp-demo", "--check"], check=False).returncode == 0
+
+
+def test_no_revertable_copy_means_no_patch(apt_host, deb_repo, tmp_path):
+    apt_host.install_from_file(demo("1.0"), tmp_path)
+    deb_repo.add(demo("1.1"))
+    apt_host.sandbox.run(["rm", "/usr/bin/dpkg-repack"])  # only inside the sandbox
+    order = apt_host.order()
+    done = apt_host.apply(order)
+    assert "work order finished: FAILED" in done.stdout
+    assert "cannot keep a copy of fp-demo 1.0" in _final(apt_host, order.order_id)["detail"]
+    assert apt_host.installed() == ("ii", "1.0")
+
+
+def test_a_failing_postinst_is_reverted(apt_host, deb_repo):
+    deb_repo.add(demo("1.0"), demo("1.1", postinst_fails=True))
+    apt_host.sandbox.run(["apt-get", "update", "-q"])
+    apt_host.sandbox.run(["apt-get", "install", "-y", "-q", "fp-demo=1.0"])
+    order = apt_host.order()
+    done = apt_host.apply(order)
+    assert "work order finished: REVERTED" in done.stdout, done.stderr
+    assert apt_host.installed() == ("ii", "1.0")
+    assert apt_host.sandbox.run(["dpkg", "--audit"]).stdout.strip() == ""
+
+
+def test_a_held_dpkg_lock_is_waited_for_then_the_update_runs(apt_host, deb_repo):
+    deb_repo.add(demo("1.0"), demo("1.1"))
+    apt_host.sandbox.run(["apt-get", "update", "-q"])
+    apt_host.sandbox.run(["apt-get", "install", "-y", "-q", "fp-demo=1.0"])
+    holder = _hold_dpkg_lock(apt_host.sandbox, seconds=4)
+    try:
+        done = apt_host.apply(apt_host.order())
+    finally:
+        holder.wait(timeout=30)
+    assert done.returncode == 0, done.stderr
+    assert re.search(r"locked by another process.*retrying", done.stderr)
+    assert apt_host.installed() == ("ii", "1.1")
+    assert apt_host.sandbox.run(["dpkg", "--audit"]).stdout.strip() == ""
+
+
+def test_a_dpkg_lock_held_too_long_fails_and_changes_nothing(apt_host, deb_repo):
+    deb_repo.add(demo("1.0"), demo("1.1"))
+    apt_host.sandbox.run(["apt-get", "update", "-q"])
+    apt_host.sandbox.run(["apt-get", "install", "-y", "-q", "fp-demo=1.0"])
+    holder = _hold_dpkg_lock(apt_host.sandbox, seconds=25)
+    try:
+        order = apt_host.order()
+        done = apt_host.apply(order)
+    finally:
+        holder.kill()
+        holder.wait(timeout=30)
+    assert done.returncode == 1
+    assert "work order finished: FAILED" in done.stdout
+    assert "locked by another process" in _final(apt_host, order.order_id)["detail"]
+    assert apt_host.installed() == ("ii", "1.0")
+
+
+def _hold_dpkg_lock(sandbox: HostSandbox, seconds: int):
+    """Another process takes dpkg's frontend lock (as apt does) for a while."""
+    code = (
+        "import fcntl, sys, time\n"
+        "f = open('/var/lib/dpkg/lock-frontend', 'w')\n"
+        "fcntl.lockf(f, fcntl.LOCK_EX)\n"
+        "print('locked', flush=True)\n"
+        f"time.sleep({seconds})\n"
+    )
+    proc = sandbox.spawn(["python3", "-c", code], stdout=subprocess.PIPE)
+    assert proc.stdout is not None
+    assert proc.stdout.readline().strip() == b"locked"
+    return proc
+
+
+def test_refused_orders_change_nothing_on_a_real_host(apt_host, deb_repo):
+    deb_repo.add(demo("1.0"), demo("1.1"))
+    apt_host.sandbox.run(["apt-get", "update", "-q"])
+    apt_host.sandbox.run(["apt-get", "install", "-y", "-q", "fp-demo=1.0"])
+    before = set(apt_host.sandbox.upper_changes())
+
+    tampered = apt_host.order()
+    envelope = sign(tampered, apt_host.key)
+    envelope.payload = envelope.payload.replace(b"fp-demo", b"fp-dem0")
+    apt_host.sandbox.path("/root/tampered.order").write_bytes(envelope.SerializeToString())
+    done = apt_host.sandbox.run(
+        [AGENT, "apply", "/root/tampered.order", "--state-dir", STATE], check=False
+    )
+    assert done.returncode == 4
+    assert "refused" in done.stderr
+
+    other = work_order("h-0000000000000000", 99, (("fp-demo", ""),))
+    assert apt_host.apply(other).returncode == 4
+
+    assert apt_host.installed() == ("ii", "1.0")
+    changed = set(apt_host.sandbox.upper_changes()) - before
+    assert all(path.startswith(STATE) or path.startswith("/root/") for path in changed), changed
+    refusals = apt_host.status()["refusals"]
+    assert [r["reason"] for r in refusals] == ["wrong-host", "bad-signature"]
+
+
+def test_progress_reaches_the_controller_once(apt_host, deb_repo, controller):
+    deb_repo.add(demo("1.0"), demo("1.1"))
+    apt_host.sandbox.run(["apt-get", "update", "-q"])
+    apt_host.sandbox.run(["apt-get", "install", "-y", "-q", "fp-demo=1.0"])
+    order = apt_host.order()
+    assert apt_host.apply(order).returncode == 0
+    # A later run sends nothing again: every report was acknowledged.
+    apt_host.sandbox.run([AGENT, "run", "--once", "--state-dir", STATE])
+    assert apt_host.status()["reports_queued"] == 0
+    db = sqlite3.connect(controller.data_dir / "controller.db")
+    rows = db.execute(
+        "SELECT step, final FROM progress_reports WHERE order_id = ? ORDER BY at, rowid",
+        (order.order_id,),
+    ).fetchall()
+    db.close()
+    assert [r[0] for r in rows] == [
+        "RECEIVED",
+        "PRECHECK",
+        "SNAPSHOT",
+        "APPLY",
+        "VERIFY",
+        "SUCCEEDED",
+    ]
+    assert sum(r[1] for r in rows) == 1
