@@ -90,6 +90,16 @@ _FIELDS: dict[Kind, set[str]] = {
 }
 
 
+_REQUIRED: dict[Kind, set[str]] = {
+    Kind.SYSTEMD: {"unit"},
+    Kind.TCP: {"port"},
+    Kind.HTTP: {"url"},
+    Kind.COMMAND: {"argv"},
+    Kind.PROCESS: {"process"},
+    Kind.RESOURCE: set(),
+}
+
+
 def check_from_config(table: Mapping[str, Any], where: str) -> CheckSpec:
     """A ``[[checks]]`` entry of agent.toml; raises ValueError naming the field."""
     name = table.get("name")
@@ -104,6 +114,9 @@ def check_from_config(table: Mapping[str, Any], where: str) -> CheckSpec:
     unknown = sorted(set(table) - {"name", "kind"} - _FIELDS[kind])
     if unknown:
         raise ValueError(f"{where}: unknown key {unknown[0]!r} for a {kind} check")
+    missing = sorted(_REQUIRED[kind] - set(table))
+    if missing:
+        raise ValueError(f"{where}.{missing[0]} is missing")
     spec: dict[str, Any] = {}
     for key, value in table.items():
         if key in ("name", "kind"):

@@ -1,0 +1,148 @@
+"""Health checks against real sockets, a real HTTP server and processes."""
+
+from __future__ import annotations
+
+import http.server
+import os
+import socket
+import threading
+
+import psutil
+import pytest
+from fleetpatch.v1 import types_pb2
+
+from agent import subp
+from agent.checks import CheckSpec, Kind, Prober, check_from_config, check_from_pb
+from agent.health import ResourceLimits
+
+
+@pytest.fixture
+def http_server():
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(200 if self.path == "/healthz" else 503)
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield server.server_address[1]
+    server.shutdown()
+    server.server_close()
+
+
+def one(spec: CheckSpec):
+    (result,) = Prober(timeout=2).run(spec)
+    return result
+
+
+def test_tcp_check_sees_a_listening_port_and_a_closed_one():
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        port = listener.getsockname()[1]
+        assert one(CheckSpec("svc", Kind.TCP, port=port)).ok
+    closed = one(CheckSpec("svc", Kind.TCP, port=port))
+    assert not closed.ok
+    assert f"127.0.0.1:{port}" in closed.detail
+
+
+def test_http_check_compares_the_status(http_server):
+    good = one(CheckSpec("web", Kind.HTTP, url=f"http://127.0.0.1:{http_server}/healthz"))
+    assert good.ok
+    bad = one(CheckSpec("web", Kind.HTTP, url=f"http://127.0.0.1:{http_server}/other"))
+    assert not bad.ok
+    assert "-> 503 (want 200)" in bad.detail
+    expected = one(
+        CheckSpec("web", Kind.HTTP, url=f"http://127.0.0.1:{http_server}/other", expect_status=503)
+    )
+    assert expected.ok
+
+
+def test_http_check_of_nothing_listening_fails_with_the_reason():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    result = one(CheckSpec("web", Kind.HTTP, url=f"http://127.0.0.1:{port}/"))
+    assert not result.ok
+    assert "refused" in result.detail.lower()
+
+
+def test_command_check_runs_an_argv_and_reports_its_exit():
+    assert one(CheckSpec("t", Kind.COMMAND, argv=("true",))).ok
+    failed = one(CheckSpec("f", Kind.COMMAND, argv=("sh", "-c", "echo broken >&2; exit 3")))
+    assert not failed.ok
+    assert "exited 3" in failed.detail
+    assert "broken" in failed.detail
+    missing = one(CheckSpec("m", Kind.COMMAND, argv=("/nonexistent/check",)))
+    assert not missing.ok
+    assert "is not installed" in missing.detail
+
+
+def test_process_check_finds_this_process_by_name():
+    name = psutil.Process(os.getpid()).name()
+    assert one(CheckSpec("me", Kind.PROCESS, process=name)).ok
+    assert not one(CheckSpec("ghost", Kind.PROCESS, process="no-such-process-xyz")).ok
+
+
+def test_systemd_check_speaks_systemctl_is_active():
+    seen = []
+
+    def fake_systemctl(argv, **kwargs):
+        seen.append(argv)
+        active = argv[-1] == "good.service"
+        return subp.Result(list(argv), 0 if active else 3, "active\n" if active else "failed\n", "")
+
+    prober = Prober(run=fake_systemctl)
+    (good,) = prober.run(CheckSpec("g", Kind.SYSTEMD, unit="good.service"))
+    (bad,) = prober.run(CheckSpec("b", Kind.SYSTEMD, unit="bad.service"))
+    assert good.ok
+    assert not bad.ok
+    assert bad.detail == "unit bad.service is failed"
+    assert seen[0] == ["systemctl", "is-active", "good.service"]
+
+
+def test_resource_check_expands_to_one_result_per_resource():
+    results = Prober().run(CheckSpec("res", Kind.RESOURCE, limits=ResourceLimits(1000, 1, 1)))
+    assert [r.name for r in results] == ["res.load", "res.memory", "res.disk"]
+    assert all(r.ok for r in results)
+    tight = Prober().run(CheckSpec("res", Kind.RESOURCE, limits=ResourceLimits(0, 0, 1e-9)))
+    assert [r.ok for r in tight] == [False]
+
+
+def test_checks_from_orders_are_marked_and_validated():
+    spec = check_from_pb(types_pb2.HealthCheckSpec(name="db", tcp=types_pb2.TcpCheck(port=5432)))
+    assert spec == CheckSpec("db", Kind.TCP, host="127.0.0.1", port=5432, from_order=True)
+    for bad in (
+        types_pb2.HealthCheckSpec(name="x"),
+        types_pb2.HealthCheckSpec(name="x", tcp=types_pb2.TcpCheck(port=0)),
+        types_pb2.HealthCheckSpec(name="x", http=types_pb2.HttpCheck(url="file:///etc/shadow")),
+        types_pb2.HealthCheckSpec(name="x", command=types_pb2.CommandCheck()),
+    ):
+        with pytest.raises(ValueError, match="incomplete or of an unknown kind"):
+            check_from_pb(bad)
+
+
+@pytest.mark.parametrize(
+    ("table", "message"),
+    [
+        ({"kind": "tcp", "port": 1}, "checks[0].name is missing"),
+        ({"name": "a", "kind": "ping"}, "checks[0].kind must be one of"),
+        ({"name": "a", "kind": "tcp", "url": "x"}, "unknown key 'url' for a tcp check"),
+        ({"name": "a", "kind": "command", "argv": "true"}, "argv must be a non-empty list"),
+        ({"name": "a", "kind": "systemd"}, "checks[0].unit is missing"),
+    ],
+)
+def test_host_check_config_errors_name_the_field(table, message):
+    with pytest.raises(ValueError, match=message.replace("[", r"\[").replace("]", r"\]")):
+        check_from_config(table, "agent.toml: checks[0]")
+
+
+def test_host_check_config_good():
+    spec = check_from_config(
+        {"name": "web", "kind": "http", "url": "http://x/", "expect_status": 204}, "w"
+    )
+    assert spec == CheckSpec("web", Kind.HTTP, url="http://x/", expect_status=204)

@@ -1,0 +1,79 @@
+"""Local policy: what the host's owner allows any order to do."""
+
+from __future__ import annotations
+
+import pytest
+
+from agent.backend import Change, Plan
+from agent.policy import Policy, plan_violation, policy_from_config
+
+
+def test_defaults_are_safe():
+    policy = policy_from_config({}, "agent.toml")
+    assert policy == Policy()
+    assert policy.allow_order_commands is False
+
+
+def test_config_is_read():
+    policy = policy_from_config(
+        {
+            "allow_reboot": False,
+            "allow_order_commands": True,
+            "never_touch": ["linux-image-*", "openssh-server"],
+            "allowed_sources": ["Debian*"],
+            "max_packages": 10,
+        },
+        "agent.toml",
+    )
+    assert policy == Policy(False, True, ("linux-image-*", "openssh-server"), ("Debian*",), 10)
+
+
+@pytest.mark.parametrize(
+    ("table", "message"),
+    [
+        ({"allow_reboots": True}, "unknown key policy.allow_reboots"),
+        ({"allow_reboot": "yes"}, "policy.allow_reboot must be true or false"),
+        ({"never_touch": "linux-*"}, "policy.never_touch must be a list of patterns"),
+        ({"never_touch": [""]}, "policy.never_touch must be a list of patterns"),
+        ({"max_packages": 0}, "policy.max_packages must be a whole number >= 1"),
+        ({"max_packages": True}, "policy.max_packages must be a whole number >= 1"),
+    ],
+)
+def test_bad_config_names_the_field(table, message):
+    with pytest.raises(ValueError, match=message):
+        policy_from_config(table, "agent.toml")
+
+
+def plan(*changes: Change) -> Plan:
+    return Plan(changes)
+
+
+def test_a_plan_within_policy_passes():
+    assert (
+        plan_violation(plan(Change("openssl", "amd64", "3.0.1", "3.0.2", "Debian:12")), Policy())
+        is None
+    )
+
+
+def test_a_dependency_on_a_protected_package_is_caught():
+    found = plan_violation(
+        plan(Change("openssl", "", "1", "2"), Change("linux-image-6.1", "", "1", "2")),
+        Policy(never_touch=("linux-image-*",)),
+    )
+    assert found == "the update touches protected package linux-image-6.1 ('linux-image-*')"
+
+
+def test_an_untrusted_source_is_caught_but_removals_have_no_source():
+    policy = Policy(allowed_sources=("Debian:*",))
+    assert plan_violation(plan(Change("a", "", "1", "2", "Debian:12.5/stable")), policy) is None
+    found = plan_violation(plan(Change("a", "", "1", "2", "evil-repo")), policy)
+    assert found is not None
+    assert "'evil-repo'" in found
+    assert plan_violation(plan(Change("a", "", "1", "")), policy) is None
+
+
+def test_too_many_packages_is_caught():
+    changes = [Change(f"p{i}", "", "1", "2") for i in range(3)]
+    found = plan_violation(plan(*changes), Policy(max_packages=2))
+    assert found is not None
+    assert "touches 3 packages" in found
