@@ -12,7 +12,15 @@ No I/O and no clock in any of them: the controller and the simulator pass
 
 from .checks import CheckKind, VerifyCheck
 from .errors import CampaignError
-from .gates import GateStatus, HaltKind, HaltReason, evaluate_halt, gate_status, ring_done
+from .gates import (
+    GateStatus,
+    HaltKind,
+    HaltReason,
+    evaluate_halt,
+    gate_status,
+    ring_done,
+    ring_open,
+)
 from .quota import Quota
 from .scheduler import (
     Assign,
@@ -93,5 +101,6 @@ __all__ = [
     "parse_campaign",
     "parse_weekly",
     "ring_done",
+    "ring_open",
     "targeting_mismatch",
 ]

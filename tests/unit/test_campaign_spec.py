@@ -1,0 +1,502 @@
+"""Campaign files: the example parses, defaults are strict, and every kind of
+mistake gets its own message naming the field."""
+
+from __future__ import annotations
+
+from datetime import UTC, date, datetime, timedelta
+from fractions import Fraction
+from pathlib import Path
+
+import pytest
+
+from controller.campaigns import (
+    CampaignError,
+    CheckKind,
+    LivepatchPolicy,
+    RebootPolicy,
+    RegionOrder,
+    parse_campaign,
+)
+from controller.campaigns.quota import count, percent
+
+EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "campaigns" / "openssl.toml"
+
+MINIMAL = """
+[campaign]
+name = "minimal"
+
+[patch]
+packages = ["openssl"]
+
+[[rollout.rings]]
+ring = 0
+"""
+
+
+def parse(text: str):
+    return parse_campaign(text, "test.toml")
+
+
+def error_of(text: str) -> CampaignError:
+    with pytest.raises(CampaignError) as caught:
+        parse(text)
+    return caught.value
+
+
+def test_example_parses_with_every_field() -> None:
+    spec = parse_campaign(EXAMPLE.read_text(), str(EXAMPLE))
+    assert spec.name == "openssl-2025-01"
+    assert spec.deadline == datetime(2025, 2, 15, tzinfo=UTC)
+    assert [p.name for p in spec.patch.packages] == ["openssl", "libssl3", "ca-certificates"]
+    assert spec.patch.packages[0].min_version == "3.0.15-1~deb12u1"
+    assert spec.patch.reboot is RebootPolicy.IF_REQUIRED
+    assert spec.patch.livepatch is LivepatchPolicy.PREFER
+    assert {c.kind for c in spec.verify.checks} == set(CheckKind)
+    assert spec.verify.timeout == timedelta(minutes=10)
+    assert dict(spec.targets.labels) == {"env": {"prod"}, "role": {"web", "edge"}}
+    assert [s.ring for s in spec.rollout.rings] == [0, 1, 2]
+    canary, middle, rest = spec.rollout.rings
+    assert canary.concurrency == count(1)
+    assert canary.gate.failure_budget == count(0)
+    # Ring 1 overrides bake only; the rest comes from [rollout.gate].
+    assert middle.gate.bake == timedelta(hours=12)
+    assert middle.gate.min_success == Fraction(98, 100)
+    assert middle.gate.failure_budget == percent(2)
+    assert rest.concurrency == percent(10)
+    assert rest.region_concurrency == percent(5)
+    assert spec.rollout.region_order is RegionOrder.SEQUENTIAL
+    assert spec.windows is not None
+    assert spec.windows.timezone == "host-local"
+    assert spec.windows.blackout == {date(2025, 1, 1), date(2025, 2, 3)}
+    assert spec.windows.cutoff == timedelta(minutes=45)
+
+
+def test_minimal_file_gets_strict_defaults() -> None:
+    spec = parse(MINIMAL)
+    stage = spec.rollout.rings[0]
+    assert stage.gate.min_success == 1
+    assert stage.gate.failure_budget == count(0)
+    assert stage.gate.bake == timedelta(0)
+    assert stage.concurrency == percent(10)
+    assert stage.region_concurrency is None
+    assert spec.windows is None
+    assert spec.emergency is False
+    assert spec.deadline is None
+    assert spec.verify.timeout == timedelta(minutes=5)
+    assert spec.rollout.report_timeout == timedelta(minutes=35)
+    assert spec.patch.reboot is RebootPolicy.IF_REQUIRED
+
+
+def test_deadline_as_string_with_offset_is_utc() -> None:
+    spec = parse(
+        MINIMAL.replace('name = "minimal"', 'name = "m"\ndeadline = "2025-03-01T10:00+02:00"')
+    )
+    assert spec.deadline == datetime(2025, 3, 1, 8, tzinfo=UTC)
+
+
+def test_min_success_is_exact_decimal() -> None:
+    spec = parse(MINIMAL + "gate = { min_success = 0.95 }\n")
+    assert spec.rollout.rings[0].gate.min_success == Fraction(19, 20)
+
+
+WINDOWS = """
+[windows]
+timezone = "Europe/Berlin"
+weekly = ["Sat,Sun 02:00-05:00"]
+"""
+
+# (case id, text, field the message must name, words it must contain)
+ERRORS = [
+    ("toml-syntax", "[campaign\nname = 'x'", "", "not valid TOML"),
+    (
+        "unknown-table",
+        MINIMAL + "[rollouts]\nx = 1\n",
+        "rollouts",
+        "unknown table (did you mean 'rollout'?)",
+    ),
+    (
+        "unknown-top-key",
+        MINIMAL.replace("[campaign]", "name = 'x'\n[campaign]"),
+        "name",
+        "unknown key",
+    ),
+    (
+        "unknown-nested-key",
+        MINIMAL + "gate = { min_sucess = 0.9 }\n",
+        "rollout.rings[0].gate.min_sucess",
+        "did you mean 'min_success'?",
+    ),
+    (
+        "unknown-campaign-key",
+        MINIMAL.replace('name = "minimal"', 'name = "m"\nemergancy = true'),
+        "campaign.emergancy",
+        "did you mean 'emergency'?",
+    ),
+    (
+        "wrong-type",
+        MINIMAL.replace('name = "minimal"', 'name = "m"\nemergency = "yes"'),
+        "campaign.emergency",
+        "must be a boolean, not a string",
+    ),
+    ("name-missing", MINIMAL.replace('name = "minimal"', ""), "campaign.name", "is required"),
+    ("name-bad", MINIMAL.replace('"minimal"', '"Open SSL"'), "campaign.name", "lowercase letters"),
+    (
+        "deadline-naive",
+        MINIMAL.replace('name = "minimal"', 'name = "m"\ndeadline = 2025-02-01T00:00:00'),
+        "campaign.deadline",
+        "must include a UTC offset",
+    ),
+    (
+        "deadline-type",
+        MINIMAL.replace('name = "minimal"', 'name = "m"\ndeadline = 5'),
+        "campaign.deadline",
+        "must be a date-time, not an integer",
+    ),
+    (
+        "deadline-text",
+        MINIMAL.replace('name = "minimal"', 'name = "m"\ndeadline = "soon"'),
+        "campaign.deadline",
+        "is not a date-time",
+    ),
+    (
+        "nothing-to-patch",
+        MINIMAL.replace('packages = ["openssl"]', ""),
+        "patch.packages",
+        "nothing to patch",
+    ),
+    (
+        "package-twice",
+        MINIMAL.replace('["openssl"]', '["openssl", { name = "openssl" }]'),
+        "patch.packages[1]",
+        "listed twice",
+    ),
+    (
+        "package-name",
+        MINIMAL.replace('["openssl"]', '["open ssl"]'),
+        "patch.packages[0].name",
+        "is not a package name",
+    ),
+    (
+        "package-type",
+        MINIMAL.replace('["openssl"]', "[3]"),
+        "patch.packages[0]",
+        "must be a package name or a table, not an integer",
+    ),
+    (
+        "package-version",
+        MINIMAL.replace('["openssl"]', '[{ name = "openssl", min_version = "1 2" }]'),
+        "patch.packages[0].min_version",
+        "is not a package version",
+    ),
+    (
+        "package-unknown-key",
+        MINIMAL.replace('["openssl"]', '[{ name = "openssl", version = "1" }]'),
+        "patch.packages[0].version",
+        "unknown key",
+    ),
+    (
+        "exclude-pattern",
+        MINIMAL.replace('["openssl"]', '["openssl"]\nexclude = ["a b"]'),
+        "patch.exclude[0]",
+        "is not a name or glob",
+    ),
+    (
+        "reboot-choice",
+        MINIMAL.replace('["openssl"]', '["openssl"]\nreboot = "sometimes"'),
+        "patch.reboot",
+        "is not one of 'never', 'if-required', 'always'",
+    ),
+    (
+        "livepatch-contradiction",
+        MINIMAL.replace('["openssl"]', '["openssl"]\nreboot = "always"\nlivepatch = "only"'),
+        "patch.livepatch",
+        "contradicts",
+    ),
+    (
+        "duration-spelling",
+        MINIMAL + '[verify]\ntimeout = "10 minutes"\n',
+        "verify.timeout",
+        "is not a duration",
+    ),
+    (
+        "duration-zero",
+        MINIMAL + '[verify]\ntimeout = "0s"\n',
+        "verify.timeout",
+        "must be longer than 0s",
+    ),
+    (
+        "duration-type",
+        MINIMAL + "gate = { bake = 3600 }\n",
+        "rollout.rings[0].gate.bake",
+        "must be a duration such as '30m', not an integer",
+    ),
+    (
+        "check-kind",
+        MINIMAL + '[[verify.checks]]\nname = "x"\nkind = "ping"\n',
+        "verify.checks[0].kind",
+        "is not a check kind",
+    ),
+    (
+        "check-foreign-field",
+        MINIMAL + '[[verify.checks]]\nname = "x"\nkind = "systemd"\nunit = "a"\nurl = "http://x"\n',
+        "verify.checks[0].url",
+        "does not apply to a systemd check",
+    ),
+    (
+        "check-port",
+        MINIMAL + '[[verify.checks]]\nname = "x"\nkind = "tcp"\nport = 70000\n',
+        "verify.checks[0].port",
+        "is not a TCP port",
+    ),
+    (
+        "check-url",
+        MINIMAL + '[[verify.checks]]\nname = "x"\nkind = "http"\nurl = "ftp://x"\n',
+        "verify.checks[0].url",
+        "must start with http://",
+    ),
+    (
+        "check-argv",
+        MINIMAL + '[[verify.checks]]\nname = "x"\nkind = "command"\nargv = []\n',
+        "verify.checks[0].argv",
+        "non-empty array",
+    ),
+    (
+        "check-resource-empty",
+        MINIMAL + '[[verify.checks]]\nname = "x"\nkind = "resource"\n',
+        "verify.checks[0]",
+        "at least one threshold",
+    ),
+    (
+        "check-ratio",
+        MINIMAL + '[[verify.checks]]\nname = "x"\nkind = "resource"\nmax_disk_used_ratio = 2\n',
+        "verify.checks[0].max_disk_used_ratio",
+        "between 0 and 1",
+    ),
+    (
+        "check-name-twice",
+        MINIMAL + 2 * '[[verify.checks]]\nname = "x"\nkind = "process"\nprocess = "a"\n',
+        "verify.checks[1].name",
+        "is used twice",
+    ),
+    (
+        "region-bad",
+        MINIMAL + '[targets]\nregions = ["EU West"]\n',
+        "targets.regions[0]",
+        "must be lowercase",
+    ),
+    (
+        "region-twice",
+        MINIMAL + '[targets]\nregions = ["eu", "eu"]\n',
+        "targets.regions[1]",
+        "listed twice",
+    ),
+    (
+        "region-type",
+        MINIMAL + "[targets]\nregions = [1]\n",
+        "targets.regions[0]",
+        "must be a string, not an integer",
+    ),
+    (
+        "label-value",
+        MINIMAL + '[targets]\nlabels = { role = "web server" }\n',
+        "targets.labels.role",
+        "label value",
+    ),
+    (
+        "label-type",
+        MINIMAL + "[targets]\nlabels = { role = 3 }\n",
+        "targets.labels.role",
+        "a value or a non-empty array",
+    ),
+    ("os-id", MINIMAL + '[targets]\nos = ["Debian 12"]\n', "targets.os[0]", "is not an os id"),
+    (
+        "no-rings",
+        MINIMAL.replace("[[rollout.rings]]\nring = 0\n", ""),
+        "rollout.rings",
+        "is required",
+    ),
+    (
+        "ring-twice",
+        MINIMAL + "[[rollout.rings]]\nring = 0\n",
+        "rollout.rings[1].ring",
+        "listed twice",
+    ),
+    (
+        "ring-range",
+        MINIMAL.replace("ring = 0", "ring = 100"),
+        "rollout.rings[0].ring",
+        "out of range",
+    ),
+    (
+        "ring-missing",
+        MINIMAL.replace("ring = 0", "concurrency = 1"),
+        "rollout.rings[0].ring",
+        "is required",
+    ),
+    (
+        "concurrency-zero",
+        MINIMAL + "concurrency = 0\n",
+        "rollout.rings[0].concurrency",
+        "must be at least 1",
+    ),
+    (
+        "concurrency-zero-percent",
+        MINIMAL + 'concurrency = "0%"\n',
+        "rollout.rings[0].concurrency",
+        "must be above 0%",
+    ),
+    (
+        "concurrency-words",
+        MINIMAL + 'concurrency = "ten"\n',
+        "rollout.rings[0].concurrency",
+        "neither a count",
+    ),
+    (
+        "concurrency-bool",
+        MINIMAL + "concurrency = true\n",
+        "rollout.rings[0].concurrency",
+        "a boolean is neither a count",
+    ),
+    (
+        "budget-over-100",
+        MINIMAL + 'gate = { failure_budget = "150%" }\n',
+        "rollout.rings[0].gate.failure_budget",
+        "at most 100%",
+    ),
+    (
+        "budget-negative",
+        MINIMAL + "gate = { failure_budget = -1 }\n",
+        "rollout.rings[0].gate.failure_budget",
+        "must be at least 0",
+    ),
+    (
+        "min-success-range",
+        MINIMAL + "[[rollout.rings]]\nring = 1\ngate = { min_success = 1.5 }\n",
+        "rollout.rings[1].gate.min_success",
+        "must be between 0 and 1",
+    ),
+    (
+        "region-order",
+        MINIMAL + '[rollout]\nregion_order = "random"\n',
+        "rollout.region_order",
+        "is not one of 'sequential', 'parallel'",
+    ),
+    (
+        "report-timeout",
+        MINIMAL + '[verify]\ntimeout = "1h"\n[rollout]\nreport_timeout = "30m"\n',
+        "rollout.report_timeout",
+        "must be longer than verify.timeout (1h)",
+    ),
+    (
+        "silent-threshold",
+        MINIMAL + '[rollout]\nsilent_threshold = "x%"\n',
+        "rollout.silent_threshold",
+        "neither a count",
+    ),
+    (
+        "timezone-unknown",
+        MINIMAL + WINDOWS.replace("Europe/Berlin", "Europe/Berln"),
+        "windows.timezone",
+        "unknown time zone 'Europe/Berln'",
+    ),
+    (
+        "timezone-missing",
+        MINIMAL + WINDOWS.replace('timezone = "Europe/Berlin"', ""),
+        "windows.timezone",
+        "is required",
+    ),
+    (
+        "window-syntax",
+        MINIMAL + WINDOWS.replace("Sat,Sun 02:00-05:00", "Sat 2am-5am"),
+        "windows.weekly[0]",
+        "is not a window",
+    ),
+    (
+        "window-day",
+        MINIMAL + WINDOWS.replace("Sat,Sun", "Sa,Su"),
+        "windows.weekly[0]",
+        "'Sa' is not a day",
+    ),
+    (
+        "window-time",
+        MINIMAL + WINDOWS.replace("05:00", "25:00"),
+        "windows.weekly[0]",
+        "is not a time of day",
+    ),
+    (
+        "window-empty",
+        MINIMAL + WINDOWS.replace("05:00", "02:00"),
+        "windows.weekly[0]",
+        "the window is empty",
+    ),
+    (
+        "window-start-24",
+        MINIMAL + WINDOWS.replace("02:00-05:00", "24:00-05:00"),
+        "windows.weekly[0]",
+        "cannot start at 24:00",
+    ),
+    (
+        "windows-none",
+        MINIMAL + WINDOWS.replace('["Sat,Sun 02:00-05:00"]', "[]"),
+        "windows.weekly",
+        "at least one window",
+    ),
+    (
+        "cutoff-too-long",
+        MINIMAL + WINDOWS + 'cutoff = "3h"\n',
+        "windows.cutoff",
+        "is not shorter than the window 'Sat,Sun 02:00-05:00' (3h)",
+    ),
+    (
+        "blackout-date",
+        MINIMAL + WINDOWS + 'blackout = ["2025-13-01"]\n',
+        "windows.blackout[0]",
+        "is not a date",
+    ),
+    (
+        "blackout-type",
+        MINIMAL + WINDOWS + "blackout = [20251224]\n",
+        "windows.blackout[0]",
+        "must be a date such as 2025-12-24, not an integer",
+    ),
+    (
+        "blackout-datetime",
+        MINIMAL + WINDOWS + "blackout = [2025-12-24T00:00:00Z]\n",
+        "windows.blackout[0]",
+        "not a date-time",
+    ),
+    (
+        "windows-unknown-key",
+        MINIMAL + WINDOWS + 'blackouts = ["2025-12-24"]\n',
+        "windows.blackouts",
+        "did you mean 'blackout'?",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("text", "field", "words"),
+    [pytest.param(text, field, words, id=case) for case, text, field, words in ERRORS],
+)
+def test_each_mistake_names_its_field(text: str, field: str, words: str) -> None:
+    err = error_of(text)
+    assert err.field == field
+    assert words in err.problem
+    assert str(err).startswith(f"test.toml: {field}: " if field else "test.toml: ")
+
+
+def test_error_kinds_are_distinct() -> None:
+    # One message per kind of mistake: no two cases share (field, words).
+    keys = [(field, words) for _, _, field, words in ERRORS]
+    assert len(keys) == len(set(keys))
+
+
+def test_campaign_error_is_a_value_error() -> None:
+    err = error_of(MINIMAL.replace('"minimal"', '"X"'))
+    assert isinstance(err, ValueError)
+    assert err.source == "test.toml"
+
+
+def test_syntax_error_message_gives_the_line() -> None:
+    err = error_of("[campaign]\nname = \n")
+    assert "line 2" in str(err)
