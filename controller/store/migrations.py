@@ -75,3 +75,59 @@ def _progress_reports(db: Database) -> None:
         )"""
     )
     db.execute("CREATE INDEX progress_reports_order ON progress_reports (order_id, at)")
+
+
+@migrations(name="0003_campaigns_and_audit")
+def _campaigns(db: Database) -> None:
+    db.execute(
+        """CREATE TABLE campaigns (
+            campaign_id        TEXT PRIMARY KEY,
+            name               TEXT NOT NULL,
+            spec               TEXT NOT NULL,   -- the campaign file, as given
+            state              TEXT NOT NULL,
+            created_at         REAL NOT NULL,
+            created_by         TEXT NOT NULL,
+            approved_at        REAL,
+            updated_at         REAL NOT NULL,
+            halt_kind          TEXT NOT NULL DEFAULT '',
+            halt_reason        TEXT NOT NULL DEFAULT '',
+            accepted_failures  TEXT NOT NULL DEFAULT '{}',  -- ring -> failures a person accepted
+            accepted_silent    TEXT NOT NULL DEFAULT '{}',
+            revert_requested   INTEGER NOT NULL DEFAULT 0
+        )"""
+    )
+    db.execute(
+        """CREATE TABLE assignments (
+            order_id        TEXT PRIMARY KEY,
+            campaign_id     TEXT NOT NULL REFERENCES campaigns (campaign_id),
+            host_id         TEXT NOT NULL REFERENCES hosts (host_id),
+            kind            TEXT NOT NULL,   -- patch | revert
+            ring            INTEGER NOT NULL,
+            region          TEXT NOT NULL,
+            sequence        INTEGER NOT NULL,
+            envelope        BLOB NOT NULL,
+            status          TEXT NOT NULL,
+            step            TEXT NOT NULL DEFAULT '',
+            detail          TEXT NOT NULL DEFAULT '',
+            assigned_at     REAL NOT NULL,
+            last_report_at  REAL,
+            finished_at     REAL,
+            UNIQUE (campaign_id, host_id, kind)
+        )"""
+    )
+    db.execute("CREATE INDEX assignments_campaign ON assignments (campaign_id, status)")
+    db.execute("CREATE INDEX assignments_host ON assignments (host_id, status)")
+    db.execute("ALTER TABLE hosts ADD COLUMN order_sequence INTEGER NOT NULL DEFAULT 0")
+    db.execute(
+        """CREATE TABLE audit (
+            seq        INTEGER PRIMARY KEY,
+            at         TEXT NOT NULL,
+            actor      TEXT NOT NULL,
+            action     TEXT NOT NULL,
+            target     TEXT NOT NULL,
+            outcome    TEXT NOT NULL,
+            detail     TEXT NOT NULL,
+            prev_hash  TEXT NOT NULL,
+            hash       TEXT NOT NULL
+        )"""
+    )
