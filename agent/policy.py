@@ -66,7 +66,7 @@ def check_order(order: WorkOrder, policy: Policy) -> None:
             order.order_id,
         )  # fmt: skip
 
-    if order.action is not Action.PATCH:
+    if order.action is Action.AGENT_UPDATE:
         raise refuse(f"this agent does not carry out {order.action} orders")
     commands = [c.name for c in order.checks if c.kind is Kind.COMMAND]
     if commands and not policy.allow_order_commands:

@@ -25,7 +25,7 @@ from .checks import CheckSpec, Probes
 from .errors import CommandFailed
 from .health import CheckResult
 from .journal import Journal, OrderRecord
-from .orders import OrderRefused, WorkOrder, from_pb, verify
+from .orders import Action, OrderRefused, WorkOrder, from_pb, verify
 from .policy import Policy, check_order, plan_violation
 from .states import MAX_ENTRIES, RESUME, TERMINAL, Event, Resume, State, next_state
 
@@ -229,7 +229,19 @@ class Runner:
         return steps[state](order, record)
 
     def _received(self, order: WorkOrder, record: OrderRecord) -> Outcome:
-        return Outcome(Event.OK, "checking the host before patching")
+        if order.action is not Action.REVERT:
+            return Outcome(Event.OK, "checking the host before patching")
+        earlier = self._journal.order(order.revert_order_id)
+        if earlier is None or earlier.snapshot is None:
+            return Outcome(
+                Event.FAIL,
+                f"nothing to revert: this host kept no snapshot of {order.revert_order_id}",
+            )
+        return Outcome(
+            Event.REVERT_ORDERED,
+            f"the controller ordered order {order.revert_order_id} reverted",
+            columns={"snapshot": earlier.snapshot},
+        )
 
     def _precheck(self, order: WorkOrder, record: OrderRecord) -> Outcome:
         try:

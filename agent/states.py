@@ -4,6 +4,7 @@ State and event names are stored in the journal and sent to the
 controller: once released they never change (add, never rename).
 
     RECEIVED -> PRECHECK -> SNAPSHOT -> APPLY -> VERIFY -> SUCCEEDED
+    RECEIVED -> REVERT (a revert order: undo an earlier order from its snapshot)
                                           |         \\-> REVERT -> REVERTED | REVERT_FAILED
                                           \\-> REVERT (the transaction failed midway)
     PRECHECK/SNAPSHOT -> FAILED (nothing changed: unhealthy host, policy, no revertable copy)
@@ -41,6 +42,7 @@ class Event(StrEnum):
     ABORT = "abort"  # the step gave up before changing anything
     NOTHING_TO_DO = "nothing-to-do"
     LOOP = "loop"  # the state was re-entered too often (crash loop)
+    REVERT_ORDERED = "revert-ordered"  # a revert order: undo an earlier order
 
 
 TERMINAL = frozenset(
@@ -50,6 +52,8 @@ TERMINAL = frozenset(
 TRANSITIONS: dict[tuple[State, Event], State] = {
     (State.RECEIVED, Event.OK): State.PRECHECK,
     (State.RECEIVED, Event.LOOP): State.FAILED,
+    (State.RECEIVED, Event.FAIL): State.FAILED,
+    (State.RECEIVED, Event.REVERT_ORDERED): State.REVERT,
     (State.PRECHECK, Event.OK): State.SNAPSHOT,
     (State.PRECHECK, Event.NOTHING_TO_DO): State.SUCCEEDED,
     (State.PRECHECK, Event.FAIL): State.FAILED,

@@ -8,6 +8,7 @@ from typing import TypeVar
 
 import grpc
 from fleetpatch.v1 import admin_pb2, admin_pb2_grpc
+from google.protobuf.timestamp_pb2 import Timestamp
 
 from .datadir import DataDir
 from .errors import (
@@ -94,3 +95,43 @@ class AdminClient:
     def revoke_host(self, host_id: str) -> admin_pb2.Host:
         request = admin_pb2.RevokeHostRequest(host_id=host_id)
         return self._call(lambda: self._stub.RevokeHost(request, timeout=TIMEOUT_SECONDS)).host
+
+    def create_campaign(self, spec: str, source: str) -> admin_pb2.Campaign:
+        request = admin_pb2.CreateCampaignRequest(spec=spec, source=source)
+        return self._call(
+            lambda: self._stub.CreateCampaign(request, timeout=TIMEOUT_SECONDS)
+        ).campaign
+
+    def campaign_action(
+        self, action: str, campaign_id: str, revert: bool = False
+    ) -> admin_pb2.Campaign:
+        """approve, pause, resume, abort or get one campaign."""
+        if action == "abort":
+            abort = admin_pb2.AbortCampaignRequest(campaign_id=campaign_id, revert=revert)
+            return self._call(
+                lambda: self._stub.AbortCampaign(abort, timeout=TIMEOUT_SECONDS)
+            ).campaign
+        request = admin_pb2.CampaignRequest(campaign_id=campaign_id)
+        method = {
+            "approve": self._stub.ApproveCampaign,
+            "pause": self._stub.PauseCampaign,
+            "resume": self._stub.ResumeCampaign,
+            "get": self._stub.GetCampaign,
+        }[action]
+        return self._call(lambda: method(request, timeout=TIMEOUT_SECONDS)).campaign
+
+    def list_campaigns(self) -> list[admin_pb2.Campaign]:
+        request = admin_pb2.ListCampaignsRequest()
+        return list(
+            self._call(lambda: self._stub.ListCampaigns(request, timeout=TIMEOUT_SECONDS)).campaigns
+        )
+
+    def verify_audit(self) -> admin_pb2.VerifyAuditResponse:
+        request = admin_pb2.VerifyAuditRequest()
+        return self._call(lambda: self._stub.VerifyAudit(request, timeout=TIMEOUT_SECONDS))
+
+    def export_audit(self, since: Timestamp | None) -> list[admin_pb2.AuditRecord]:
+        request = admin_pb2.ExportAuditRequest(since=since)
+        return list(
+            self._call(lambda: self._stub.ExportAudit(request, timeout=TIMEOUT_SECONDS)).records
+        )

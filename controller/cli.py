@@ -11,7 +11,6 @@ import logging
 import socket
 import sys
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -21,8 +20,9 @@ from fleetpatch.durations import format_duration, parse_duration
 from fleetpatch.v1 import admin_pb2
 
 from . import convert
-from .admin_client import AdminClient
 from .bootstrap import init_data_dir
+from .cli_campaigns import audit_app, campaign_app
+from .cli_common import ControllerOption, DataDirOption, JsonOption, client
 from .datadir import DEFAULT_DATA_DIR, DEFAULT_PORT, DataDir
 from .errors import FleetpatchError, UsageError
 
@@ -40,30 +40,8 @@ hosts_app = typer.Typer(help="Enrolled hosts: inventory, health, revocation.", n
 app.add_typer(controller_app, name="controller")
 app.add_typer(token_app, name="token")
 app.add_typer(hosts_app, name="hosts")
-
-DataDirOption = Annotated[
-    Path,
-    typer.Option(
-        "--data-dir",
-        envvar="FLEETPATCH_DATA_DIR",
-        help="Controller data dir (CA, keys, database, settings).",
-        show_default=True,
-    ),
-]
-ControllerOption = Annotated[
-    str | None,
-    typer.Option(
-        "--controller",
-        metavar="HOST:PORT",
-        help="Controller address; default: the one recorded in the data dir.",
-    ),
-]
-JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
-
-
-def _client(data_dir: Path, controller: str | None) -> AdminClient:
-    return AdminClient(DataDir(data_dir), controller)
-
+app.add_typer(campaign_app, name="campaign")
+app.add_typer(audit_app, name="audit")
 
 # -- controller ------------------------------------------------------------------
 
@@ -156,8 +134,8 @@ def token_create(
         )
     except ValueError as exc:
         raise UsageError(str(exc)) from None
-    with _client(data_dir, controller) as client:
-        made = client.create_token(request)
+    with client(data_dir, controller) as admin:
+        made = admin.create_token(request)
     if json_out:
         render.print_json({**convert.to_json(made.token), "token": made.secret})
         return
@@ -177,8 +155,8 @@ def token_list(
     json_out: JsonOption = False,
 ) -> None:
     """List enrollment tokens (never their secrets)."""
-    with _client(data_dir, controller) as client:
-        found = client.list_tokens()
+    with client(data_dir, controller) as admin:
+        found = admin.list_tokens()
     if json_out:
         render.print_json([convert.to_json(t) for t in found])
         return
@@ -216,8 +194,8 @@ def token_revoke(
     controller: ControllerOption = None,
 ) -> None:
     """Revoke an enrollment token; hosts already enrolled with it stay."""
-    with _client(data_dir, controller) as client:
-        token = client.revoke_token(token_id)
+    with client(data_dir, controller) as admin:
+        token = admin.revoke_token(token_id)
     print(f"revoked token {token.token_id}")
 
 
@@ -233,8 +211,8 @@ def hosts_list(
     json_out: JsonOption = False,
 ) -> None:
     """List enrolled hosts."""
-    with _client(data_dir, controller) as client:
-        found = list(client.iter_hosts(region, ring))
+    with client(data_dir, controller) as admin:
+        found = list(admin.iter_hosts(region, ring))
     if json_out:
         render.print_json([convert.to_json(h) for h in found])
         return
@@ -285,8 +263,8 @@ def hosts_show(
     json_out: JsonOption = False,
 ) -> None:
     """Show one host: facts, health, labels and its installed packages."""
-    with _client(data_dir, controller) as client:
-        got = client.get_host(host_id)
+    with client(data_dir, controller) as admin:
+        got = admin.get_host(host_id)
     if json_out:
         render.print_json(
             {
@@ -344,8 +322,8 @@ def hosts_revoke(
     controller: ControllerOption = None,
 ) -> None:
     """Revoke a host: its certificate is refused from now on."""
-    with _client(data_dir, controller) as client:
-        host = client.revoke_host(host_id)
+    with client(data_dir, controller) as admin:
+        host = admin.revoke_host(host_id)
     print(f"revoked host {host.host_id} ({host.facts.hostname or 'unknown hostname'})")
 
 

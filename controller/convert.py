@@ -5,16 +5,20 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fleetpatch.v1 import admin_pb2, types_pb2
+
+if TYPE_CHECKING:
+    from .engine import CellView
 from google.protobuf import json_format
 from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.duration_pb2 import Duration
 from google.protobuf.message import Message
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from .model import Host, HostStatus, Package, ProgressReport
+from .audit import AuditRecord
+from .model import CampaignRecord, Host, HostStatus, Package, ProgressReport
 from .tokens import Token
 
 _STATUS = {
@@ -136,3 +140,38 @@ def packages_to_pb(packages: Sequence[Package]) -> types_pb2.Inventory:
     return types_pb2.Inventory(
         packages=[types_pb2.Package(name=n, version=v, arch=a) for n, v, a in packages]
     )
+
+
+def campaign_to_pb(record: CampaignRecord, cells: Sequence[CellView]) -> admin_pb2.Campaign:
+    pb = admin_pb2.Campaign(
+        campaign_id=record.campaign_id,
+        name=record.name,
+        state=record.state,
+        spec=record.spec,
+        created_by=record.created_by,
+        created_at=timestamp(record.created_at),
+        approved_at=timestamp(record.approved_at),
+        updated_at=timestamp(record.updated_at),
+        halt_kind=record.halt_kind,
+        halt_reason=record.halt_reason,
+        revert_requested=record.revert_requested,
+    )
+    for cell in cells:
+        pb.cells.append(
+            admin_pb2.CampaignCell(
+                ring=cell.ring,
+                region=cell.region,
+                waiting_reasons=cell.waiting_reasons,
+                next_change=cell.next_change.isoformat() if cell.next_change else "",
+                **cell.counts,
+            )
+        )
+    return pb
+
+
+def audit_to_pb(record: AuditRecord) -> admin_pb2.AuditRecord:
+    e = record.entry
+    return admin_pb2.AuditRecord(
+        seq=record.seq, at=timestamp(e.at), actor=e.actor, action=e.action, target=e.target,
+        outcome=e.outcome, detail=e.detail, prev_hash=record.prev_hash, hash=record.hash,
+    )  # fmt: skip

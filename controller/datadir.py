@@ -36,6 +36,7 @@ class Settings:
     advertise: str
     checkin_interval: timedelta
     checkin_jitter: float
+    campaign_tick: timedelta = timedelta(seconds=10)
 
 
 def default_enroll_address(address: str) -> str:
@@ -142,7 +143,7 @@ class DataDir:
             doc = tomllib.loads(self.read(self.config).decode())
         except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
             raise UsageError(f"{self.config}: {exc}") from None
-        unknown = set(doc) - {"server", "checkin"}
+        unknown = set(doc) - {"server", "checkin", "campaigns"}
         if unknown:
             raise UsageError(f"{self.config}: unknown table [{sorted(unknown)[0]}]")
         server = _table(doc, "server", {"listen", "enroll_listen", "advertise"}, self.config)
@@ -163,7 +164,14 @@ class DataDir:
         jitter = checkin.get("jitter", 0.2)
         if isinstance(jitter, bool) or not isinstance(jitter, int | float) or not 0 <= jitter < 1:
             raise UsageError(f"{self.config}: checkin.jitter must be a number in [0, 1)")
-        return Settings(listen, enroll, advertise, interval, float(jitter))
+        campaigns = _table(doc, "campaigns", {"tick"}, self.config)
+        try:
+            tick = parse_duration(str(campaigns.get("tick", "10s")))
+        except ValueError as exc:
+            raise UsageError(f"{self.config}: campaigns.tick: {exc}") from None
+        if tick < timedelta(seconds=1):
+            raise UsageError(f"{self.config}: campaigns.tick must be at least 1s")
+        return Settings(listen, enroll, advertise, interval, float(jitter), tick)
 
     def write_endpoints(self, address: str, enroll_address: str) -> None:
         doc = {"address": address, "enroll_address": enroll_address, "pid": os.getpid()}
@@ -220,4 +228,9 @@ advertise = "{advertise}"
 # fraction) so that a fleet never checks in at once.
 interval = "{interval}"
 jitter = 0.2
+
+[campaigns]
+# How often the controller times out silent orders, halts campaigns whose
+# budgets are breached, and completes finished ones.
+tick = "10s"
 """

@@ -72,3 +72,61 @@ class CheckInOutcome:
     known: bool  # the host is enrolled
     revoked: bool
     inventory_hash: str  # what the controller holds after this check-in
+
+
+class AssignmentStatus(StrEnum):
+    """Stored in assignments.status; values never change once released."""
+
+    IN_FLIGHT = "in_flight"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    REVERTED = "reverted"
+    REVERT_FAILED = "revert_failed"
+    TIMED_OUT = "timed_out"
+    PENDING_REBOOT = "pending_reboot"
+
+
+# The agent's final outcome -> the assignment's status.
+OUTCOME_STATUS = {
+    "SUCCEEDED": AssignmentStatus.SUCCEEDED,
+    "PENDING_REBOOT": AssignmentStatus.PENDING_REBOOT,
+    "FAILED": AssignmentStatus.FAILED,
+    "REFUSED": AssignmentStatus.FAILED,
+    "REVERTED": AssignmentStatus.REVERTED,
+    "REVERT_FAILED": AssignmentStatus.REVERT_FAILED,
+}
+
+
+@dataclass(frozen=True)
+class CampaignRecord:
+    campaign_id: str
+    name: str
+    spec: str
+    state: str
+    created_at: datetime
+    created_by: str
+    updated_at: datetime
+    approved_at: datetime | None = None
+    halt_kind: str = ""
+    halt_reason: str = ""
+    accepted_failures: Mapping[int, int] = field(default_factory=dict)
+    accepted_silent: Mapping[int, int] = field(default_factory=dict)
+    revert_requested: bool = False
+
+
+@dataclass(frozen=True)
+class Assignment:
+    order_id: str
+    campaign_id: str
+    host_id: str
+    kind: str  # "patch" or "revert"
+    ring: int
+    region: str
+    sequence: int
+    envelope: bytes
+    status: AssignmentStatus
+    assigned_at: datetime
+    step: str = ""
+    detail: str = ""
+    last_report_at: datetime | None = None
+    finished_at: datetime | None = None

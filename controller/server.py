@@ -20,6 +20,7 @@ from fleetpatch.v1 import admin_pb2_grpc, agent_pb2_grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from .datadir import DataDir, join_address, split_address
+from .engine import CampaignEngine
 from .errors import UsageError
 from .pki import CertificateAuthority
 from .servicers import AdminService, AgentService, Revocations
@@ -81,37 +82,32 @@ async def serve(
     gracefully: stop accepting, finish in-flight calls, flush check-ins."""
     data_dir.require_initialised()
     settings = data_dir.settings()
-    listen = listen or settings.listen
     if enroll_listen is None:
-        host, port = split_address(listen)
-        enroll_listen = join_address(host, port + 1) if port else join_address(host, 0)
+        enroll_listen = _next_port(listen) if listen else settings.enroll_listen
+    listen = listen or settings.listen
     ca = CertificateAuthority.load(data_dir.read(data_dir.ca_key), data_dir.read(data_dir.ca_cert))
     server_key = data_dir.read(data_dir.server_key)
     server_cert = data_dir.read(data_dir.server_cert)
-    signing = published_keys(load_signing_key(data_dir.read(data_dir.signing_key)))
+    signing_key = load_signing_key(data_dir.read(data_dir.signing_key))
+    signing = published_keys(signing_key)
 
     store = Store.open(data_dir.database)
     db = StoreThread(store)
     revoked = Revocations(await db.call(lambda s: s.revoked_host_ids()))
     batcher = CheckInBatcher(db)
+    engine = CampaignEngine(db, signing_key)
+    await engine.start()
     server = grpc.aio.server(options=_OPTIONS)
     agent_pb2_grpc.add_AgentServiceServicer_to_server(
-        AgentService(db, batcher, ca, signing, settings, revoked), server
+        AgentService(db, batcher, ca, signing, settings, revoked, engine), server
     )
-    admin_pb2_grpc.add_AdminServiceServicer_to_server(AdminService(db, revoked), server)
+    admin_pb2_grpc.add_AdminServiceServicer_to_server(AdminService(db, revoked, engine), server)
     # grpc-stubs predates the asyncio health servicer that grpcio-health-checking ships.
     health_servicer = health.aio.HealthServicer()  # type: ignore[attr-defined]
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
 
     try:
-        mtls = grpc.ssl_server_credentials(
-            [(server_key, server_cert)], root_certificates=ca.cert_pem, require_client_auth=True
-        )
-        bound = _bind(server, listen, mtls)
-        enroll_creds = grpc.ssl_server_credentials(
-            [(server_key, server_cert)], root_certificates=None, require_client_auth=False
-        )
-        enroll_bound = _bind(server, enroll_listen, enroll_creds)
+        bound, enroll_bound = _listen(server, ca, (server_key, server_cert), listen, enroll_listen)
     except BaseException:
         db.close()
         raise
@@ -124,6 +120,7 @@ async def serve(
 
     await server.start()
     batcher.start()
+    ticks = asyncio.create_task(engine.run_ticks(settings.campaign_tick.total_seconds(), stop))
     for name in ("", *SERVICES):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     data_dir.write_endpoints(
@@ -136,12 +133,33 @@ async def serve(
         log.info("shutting down: finishing in-flight calls (up to %.0fs)", SHUTDOWN_GRACE_SECONDS)
         await health_servicer.enter_graceful_shutdown()
         await server.stop(SHUTDOWN_GRACE_SECONDS)
+        await ticks
         await batcher.close()
         db.close()
         for sig in (signal.SIGTERM, signal.SIGINT):
             with contextlib.suppress(NotImplementedError, RuntimeError):
                 loop.remove_signal_handler(sig)
         log.info("controller stopped")
+
+
+def _next_port(address: str) -> str:
+    host, port = split_address(address)
+    return join_address(host, port + 1 if port else 0)
+
+
+def _listen(
+    server: grpc.aio.Server,
+    ca: CertificateAuthority,
+    pair: tuple[bytes, bytes],
+    listen: str,
+    enroll_listen: str,
+) -> tuple[str, str]:
+    """Bind the mutual-TLS and the enrollment listeners; their addresses."""
+    mtls = grpc.ssl_server_credentials(
+        [pair], root_certificates=ca.cert_pem, require_client_auth=True
+    )
+    enroll = grpc.ssl_server_credentials([pair], root_certificates=None, require_client_auth=False)
+    return _bind(server, listen, mtls), _bind(server, enroll_listen, enroll)
 
 
 def _advertised(bound: str, advertise: str) -> str:

@@ -19,10 +19,12 @@ from fleetpatch.identity import Identity, Role
 from fleetpatch.inventory import inventory_hash
 from fleetpatch.v1 import admin_pb2, admin_pb2_grpc, agent_pb2, agent_pb2_grpc, types_pb2
 
-from . import convert, tokens
+from . import audit, convert, tokens
+from .audit import AuditEntry
 from .auth import peer_identity
 from .checkin import next_checkin
 from .datadir import Settings
+from .engine import CampaignEngine
 from .errors import (
     Conflict,
     FleetpatchError,
@@ -33,6 +35,7 @@ from .errors import (
 )
 from .model import CheckIn, Host, HostStatus
 from .pki import CertificateAuthority
+from .store import Store
 from .storethread import CheckInBatcher, StoreThread
 
 log = logging.getLogger(__name__)
@@ -75,6 +78,17 @@ def rpc(
     return wrapper
 
 
+def audited(action: Callable[[Store], _Resp], entry: AuditEntry) -> Callable[[Store], _Resp]:
+    """``action``, then its audit record, on the store thread."""
+
+    def run(store: Store) -> _Resp:
+        result = action(store)
+        store.append_audit(entry)
+        return result
+
+    return run
+
+
 class Revocations:
     """Revoked host ids, kept in memory so every RPC can refuse them cheaply."""
 
@@ -108,6 +122,7 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
         signing_keys: list[types_pb2.SigningKey],
         settings: Settings,
         revoked: Revocations,
+        engine: CampaignEngine,
         rng: random.Random | None = None,
     ) -> None:
         self._db = db
@@ -116,6 +131,7 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
         self._signing_keys = signing_keys
         self._settings = settings
         self._revoked = revoked
+        self._engine = engine
         self._rng = rng or random.Random()
 
     @rpc
@@ -145,7 +161,11 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
             certificate_serial=format(cert.serial_number, "x"),
             certificate_expires_at=cert.not_valid_after_utc,
         )
-        await self._db.call(lambda s: s.enroll_host(host, token_id, now))
+        entry = AuditEntry(
+            now, f"host:{host_id}", "host.enroll", host_id, "ok",
+            f"token {token_id}, region {token.region}, ring {token.ring}",
+        )  # fmt: skip
+        await self._db.call(audited(lambda s: s.enroll_host(host, token_id, now), entry))
         log.info(
             "enrolled host %s (%s) in %s ring %d with token %s",
             host_id,
@@ -188,7 +208,12 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
             raise Refused(f"host {host_id} has been revoked")
         if not outcome.known:
             raise Refused(f"host {host_id} is not enrolled with this controller")
+        order = None
+        if self._engine.busy:
+            host = await self._db.call(lambda s: s.get_host(host_id))
+            order = await self._engine.order_for(host, request.highest_sequence)
         return agent_pb2.CheckInResponse(
+            work_order=order,
             next_checkin=convert.duration(
                 next_checkin(
                     self._settings.checkin_interval, self._settings.checkin_jitter, self._rng
@@ -210,6 +235,17 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
             if not report.idempotency_key or not report.order_id or not report.step:
                 raise UsageError("a progress report lacks its idempotency key, order or step")
         new = await self._db.call(lambda s: s.record_reports(reports, datetime.now(UTC)))
+        await self._engine.on_results(
+            host_id,
+            [(r.order_id, r.step, r.outcome if r.final else "", r.detail, r.at) for r in reports],
+        )
+        refusals = [
+            AuditEntry(report.at, f"host:{host_id}", "order.refused", report.order_id or "-",
+                       "refused", report.detail)
+            for report in reports if report.step == "REFUSED"
+        ]  # fmt: skip
+        if refusals and new:
+            await self._db.call(lambda s: s.append_audits(refusals))
         for report in reports:
             if report.final:
                 log.info("host %s: order %s finished %s: %s",
@@ -221,9 +257,10 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
 
 
 class AdminService(admin_pb2_grpc.AdminServiceServicer):
-    def __init__(self, db: StoreThread, revoked: Revocations) -> None:
+    def __init__(self, db: StoreThread, revoked: Revocations, engine: CampaignEngine) -> None:
         self._db = db
         self._revoked = revoked
+        self._engine = engine
 
     def _admin(self, context: Context) -> Identity:
         return require(context, Role.ADMIN, self._revoked)
@@ -247,7 +284,11 @@ class AdminService(admin_pb2_grpc.AdminServiceServicer):
             )
         except ValueError as exc:
             raise UsageError(str(exc)) from None
-        await self._db.call(lambda s: s.create_token(token))
+        entry = AuditEntry(
+            datetime.now(UTC), f"admin:{admin.name}", "token.create", token.token_id, "ok",
+            f"region {token.region} ring {token.ring} uses {token.uses_allowed}",
+        )  # fmt: skip
+        await self._db.call(audited(lambda s: s.create_token(token), entry))
         log.info(
             "admin %s created token %s for %s ring %d (%d uses)",
             admin.name,
@@ -271,7 +312,10 @@ class AdminService(admin_pb2_grpc.AdminServiceServicer):
         self, request: admin_pb2.RevokeTokenRequest, context: Context
     ) -> admin_pb2.RevokeTokenResponse:
         admin = self._admin(context)
-        token = await self._db.call(lambda s: s.revoke_token(request.token_id))
+        entry = AuditEntry(
+            datetime.now(UTC), f"admin:{admin.name}", "token.revoke", request.token_id, "ok"
+        )
+        token = await self._db.call(audited(lambda s: s.revoke_token(request.token_id), entry))
         log.info("admin %s revoked token %s", admin.name, token.token_id)
         return admin_pb2.RevokeTokenResponse(token=convert.token_to_pb(token))
 
@@ -307,7 +351,98 @@ class AdminService(admin_pb2_grpc.AdminServiceServicer):
         self, request: admin_pb2.RevokeHostRequest, context: Context
     ) -> admin_pb2.RevokeHostResponse:
         admin = self._admin(context)
-        host = await self._db.call(lambda s: s.revoke_host(request.host_id, datetime.now(UTC)))
+        now = datetime.now(UTC)
+        entry = AuditEntry(now, f"admin:{admin.name}", "host.revoke", request.host_id, "ok")
+        host = await self._db.call(audited(lambda s: s.revoke_host(request.host_id, now), entry))
         self._revoked.add(host.host_id)
         log.warning("admin %s revoked host %s", admin.name, host.host_id)
         return admin_pb2.RevokeHostResponse(host=convert.host_to_pb(host))
+
+    # -- campaigns -------------------------------------------------------------
+
+    async def _campaign(self, campaign_id: str) -> admin_pb2.CampaignResponse:
+        record, cells = await self._engine.view(campaign_id)
+        return admin_pb2.CampaignResponse(campaign=convert.campaign_to_pb(record, cells))
+
+    @rpc
+    async def CreateCampaign(
+        self, request: admin_pb2.CreateCampaignRequest, context: Context
+    ) -> admin_pb2.CampaignResponse:
+        admin = self._admin(context)
+        record = await self._engine.create(request.spec, request.source, f"admin:{admin.name}")
+        return await self._campaign(record.campaign_id)
+
+    @rpc
+    async def ApproveCampaign(
+        self, request: admin_pb2.CampaignRequest, context: Context
+    ) -> admin_pb2.CampaignResponse:
+        admin = self._admin(context)
+        await self._engine.approve(request.campaign_id, f"admin:{admin.name}")
+        return await self._campaign(request.campaign_id)
+
+    @rpc
+    async def PauseCampaign(
+        self, request: admin_pb2.CampaignRequest, context: Context
+    ) -> admin_pb2.CampaignResponse:
+        admin = self._admin(context)
+        await self._engine.pause(request.campaign_id, f"admin:{admin.name}")
+        return await self._campaign(request.campaign_id)
+
+    @rpc
+    async def ResumeCampaign(
+        self, request: admin_pb2.CampaignRequest, context: Context
+    ) -> admin_pb2.CampaignResponse:
+        admin = self._admin(context)
+        await self._engine.resume(request.campaign_id, f"admin:{admin.name}")
+        return await self._campaign(request.campaign_id)
+
+    @rpc
+    async def AbortCampaign(
+        self, request: admin_pb2.AbortCampaignRequest, context: Context
+    ) -> admin_pb2.CampaignResponse:
+        admin = self._admin(context)
+        await self._engine.abort(request.campaign_id, f"admin:{admin.name}", request.revert)
+        return await self._campaign(request.campaign_id)
+
+    @rpc
+    async def GetCampaign(
+        self, request: admin_pb2.CampaignRequest, context: Context
+    ) -> admin_pb2.CampaignResponse:
+        self._admin(context)
+        return await self._campaign(request.campaign_id)
+
+    @rpc
+    async def ListCampaigns(
+        self, request: admin_pb2.ListCampaignsRequest, context: Context
+    ) -> admin_pb2.ListCampaignsResponse:
+        self._admin(context)
+        records = await self._db.call(lambda s: s.list_campaigns())
+        campaigns = []
+        for record in records:
+            _, cells = await self._engine.view(record.campaign_id)
+            campaigns.append(convert.campaign_to_pb(record, cells))
+        return admin_pb2.ListCampaignsResponse(campaigns=campaigns)
+
+    # -- audit -----------------------------------------------------------------
+
+    @rpc
+    async def VerifyAudit(
+        self, request: admin_pb2.VerifyAuditRequest, context: Context
+    ) -> admin_pb2.VerifyAuditResponse:
+        self._admin(context)
+        verdict = await self._db.call(lambda s: audit.verify(s.audit_records()))
+        return admin_pb2.VerifyAuditResponse(
+            ok=verdict.ok,
+            records=verdict.records,
+            first_broken_seq=verdict.first_broken or 0,
+            problem=verdict.problem,
+        )
+
+    @rpc
+    async def ExportAudit(
+        self, request: admin_pb2.ExportAuditRequest, context: Context
+    ) -> admin_pb2.ExportAuditResponse:
+        self._admin(context)
+        since = convert.from_timestamp(request.since) if request.HasField("since") else None
+        records = await self._db.call(lambda s: s.audit_records(since))
+        return admin_pb2.ExportAuditResponse(records=[convert.audit_to_pb(r) for r in records])

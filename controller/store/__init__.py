@@ -33,6 +33,7 @@ from controller.model import (
 )
 from controller.tokens import Token
 
+from .campaigns import CampaignStore
 from .migrations import migrations
 
 __all__ = ["Store"]
@@ -50,7 +51,7 @@ def _must_dt(value: float) -> datetime:
     return datetime.fromtimestamp(value, UTC)
 
 
-class Store:
+class Store(CampaignStore):
     def __init__(self, conn: sqlite3.Connection) -> None:
         self._conn = conn
         self._db = Database(conn)

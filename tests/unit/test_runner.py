@@ -4,7 +4,6 @@ exercised in tests/integration/test_apt_*.py inside a host sandbox."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -12,97 +11,17 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from fleetpatch.v1 import types_pb2
 
-from agent.backend import Busy, Change, Plan, PlanError, Saved, Snapshot
+from agent.backend import Change, Plan, Saved, Snapshot
 from agent.checks import CheckSpec, Kind
-from agent.errors import CommandFailed
-from agent.health import CheckResult
 from agent.journal import Journal
-from agent.orders import OrderRefused, RefusalReason, Target
+from agent.orders import OrderRefused, RefusalReason
 from agent.policy import Policy
 from agent.runner import Runner
 from agent.states import State
+from tests.support.fakes import FakeBackend, FakeProber
 from tests.support.orders import command_check, sign, trusted, work_order
 
 HOST = "h-00000000000000aa"
-
-
-class FakeBackend:
-    """An in-memory package manager with the backend interface."""
-
-    name = "fake"
-
-    def __init__(self, installed: dict[str, str], available: dict[str, str]) -> None:
-        self.installed = dict(installed)
-        self.available = dict(available)
-        self.calls: list[str] = []
-        self.busy_for = 0  # how many calls answer Busy first
-        self.fail_apply = False
-        self.fail_revert = False
-
-    def _maybe_busy(self) -> None:
-        if self.busy_for:
-            self.busy_for -= 1
-            raise Busy("locked by pid 42")
-
-    def recover(self) -> None:
-        self.calls.append("recover")
-
-    def refresh(self) -> None:
-        self.calls.append("refresh")
-
-    def plan(self, targets: Sequence[Target], all_security: bool, exclude: Sequence[str]) -> Plan:
-        self.calls.append("plan")
-        changes = []
-        for t in targets:
-            if t.name not in self.installed:
-                raise PlanError(f"{t.name} is not installed")
-            new = self.available.get(t.name, self.installed[t.name])
-            if new != self.installed[t.name]:
-                changes.append(Change(t.name, "all", self.installed[t.name], new, "local"))
-        return Plan(tuple(changes))
-
-    def snapshot(self, plan: Plan, cache: Path) -> Snapshot:
-        self.calls.append("snapshot")
-        return Snapshot(
-            tuple(Saved(c.name, c.arch, c.old, f"{cache}/{c.name}.deb") for c in plan.changes), ()
-        )
-
-    def apply(self, plan: Plan) -> list[Change]:
-        self.calls.append("apply")
-        self._maybe_busy()
-        if self.fail_apply:
-            raise CommandFailed(["apt-get"], 100, "", "E: postinst failed")
-        for c in plan.changes:
-            self.installed[c.name] = c.new
-        return list(plan.changes)
-
-    def revert(self, snapshot: Snapshot) -> list[Change]:
-        self.calls.append("revert")
-        if self.fail_revert:
-            raise CommandFailed(["apt-get"], 100, "", "E: cannot downgrade")
-        changes = []
-        for saved in snapshot.saved:
-            changes.append(
-                Change(saved.name, saved.arch, self.installed[saved.name], saved.version)
-            )
-            self.installed[saved.name] = saved.version
-        return changes
-
-    def versions(self, names: Sequence[str]) -> dict[str, str]:
-        return {n: self.installed.get(n, "") for n in names}
-
-
-class FakeProber:
-    """Health checks whose answers the test scripts: a list of booleans per call."""
-
-    def __init__(self, answers: Sequence[bool] = (True,)) -> None:
-        self.answers = list(answers)
-        self.calls = 0
-
-    def run_all(self, specs: Sequence[CheckSpec]) -> list[CheckResult]:
-        ok = self.answers[min(self.calls, len(self.answers) - 1)]
-        self.calls += 1
-        return [CheckResult("service", "tcp", ok, "up" if ok else "connection refused")]
 
 
 class Clock:
@@ -465,3 +384,25 @@ def test_host_checks_from_config_run_with_the_orders(journal, key):
         name="order-db", tcp=types_pb2.TcpCheck(port=5432))])  # fmt: skip
     assert run_order(runner, key, order) is State.SUCCEEDED
     assert seen[0] == ["host-web", "order-db"]
+
+
+def test_a_revert_order_undoes_an_earlier_order_from_its_snapshot(journal, key):
+    backend = demo_backend()
+    first = work_order(HOST, 1, now=Clock().now)
+    assert run_order(make_runner(journal, backend), key, first) is State.SUCCEEDED
+    assert backend.installed["fp-demo"] == "1.1"
+    undo = work_order(HOST, 2, now=Clock().now, action=types_pb2.WORK_ORDER_ACTION_REVERT)
+    undo.revert_order_id = first.order_id
+    assert run_order(make_runner(journal, backend), key, undo) is State.REVERTED
+    assert backend.installed["fp-demo"] == "1.0"
+    assert states_of(journal, undo.order_id) == ["RECEIVED", "REVERT", "REVERTED"]
+    assert "apply" not in backend.calls[backend.calls.index("revert") :]
+
+
+def test_a_revert_order_for_an_unknown_order_fails_without_touching_anything(journal, key):
+    backend = demo_backend()
+    undo = work_order(HOST, 1, now=Clock().now, action=types_pb2.WORK_ORDER_ACTION_REVERT)
+    undo.revert_order_id = "o-never-seen"
+    assert run_order(make_runner(journal, backend), key, undo) is State.FAILED
+    assert backend.calls == []
+    assert "kept no snapshot of o-never-seen" in journal.order(undo.order_id).detail

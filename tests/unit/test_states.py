@@ -21,7 +21,9 @@ def test_stored_state_names_never_change():
         "RECEIVED", "PRECHECK", "SNAPSHOT", "APPLY", "LIVEPATCH", "REBOOT", "REBOOTED",
         "VERIFY", "REVERT", "SUCCEEDED", "PENDING_REBOOT", "REVERTED", "REVERT_FAILED", "FAILED",
     ]  # fmt: skip
-    assert [e.value for e in Event] == ["ok", "fail", "abort", "nothing-to-do", "loop"]
+    assert [e.value for e in Event] == [
+        "ok", "fail", "abort", "nothing-to-do", "loop", "revert-ordered",
+    ]  # fmt: skip
 
 
 def test_every_active_state_has_a_resume_rule():

@@ -64,6 +64,51 @@ class AdminServiceStub:
                 request_serializer=fleetpatch_dot_v1_dot_admin__pb2.RevokeHostRequest.SerializeToString,
                 response_deserializer=fleetpatch_dot_v1_dot_admin__pb2.RevokeHostResponse.FromString,
                 _registered_method=True)
+        self.CreateCampaign = channel.unary_unary(
+                '/fleetpatch.v1.AdminService/CreateCampaign',
+                request_serializer=fleetpatch_dot_v1_dot_admin__pb2.CreateCampaignRequest.SerializeToString,
+                response_deserializer=fleetpatch_dot_v1_dot_admin__pb2.CampaignResponse.FromString,
+                _registered_method=True)
+        self.ApproveCampaign = channel.unary_unary(
+                '/fleetpatch.v1.AdminService/ApproveCampaign',
+                request_serializer=fleetpatch_dot_v1_dot_admin__pb2.CampaignRequest.SerializeToString,
+                response_deserializer=fleetpatch_dot_v1_dot_admin__pb2.CampaignResponse.FromString,
+                _registered_method=True)
+        self.PauseCampaign = channel.unary_unary(
+                '/fleetpatch.v1.AdminService/PauseCampaign',
+                request_serializer=fleetpatch_dot_v1_dot_admin__pb2.CampaignRequest.SerializeToString,
+                response_deserializer=fleetpatch_dot_v1_dot_admin__pb2.CampaignResponse.FromString,
+                _registered_method=True)
+        self.ResumeCampaign = channel.unary_unary(
+                '/fleetpatch.v1.AdminService/ResumeCampaign',
+                request_serializer=fleetpatch_dot_v1_dot_admin__pb2.CampaignRequest.SerializeToString,
+                response_deserializer=fleetpatch_dot_v1_dot_admin__pb2.CampaignResponse.FromString,
+                _registered_method=True)
+        self.AbortCampaign = channel.unary_unary(
+                '/fleetpatch.v1.AdminService/AbortCampaign',
+                request_serializer=fleetpatch_dot_v1_dot_admin__pb2.AbortCampaignRequest.SerializeToString,
+                response_deserializer=fleetpatch_dot_v1_dot_admin__pb2.CampaignResponse.FromString,
+                _registered_method=True)
+        self.GetCampaign = channel.unary_unary(
+                '/fleetpatch.v1.AdminService/GetCampaign',
+                request_serializer=fleetpatch_dot_v1_dot_admin__pb2.CampaignRequest.SerializeToString,
+                response_deserializer=fleetpatch_dot_v1_dot_admin__pb2.CampaignResponse.FromString,
+                _registered_method=True)
+        self.ListCampaigns = channel.unary_unary(
+                '/fleetpatch.v1.AdminService/ListCampaigns',
+                request_serializer=fleetpatch_dot_v1_dot_admin__pb2.ListCampaignsRequest.SerializeToString,
+                response_deserializer=fleetpatch_dot_v1_dot_admin__pb2.ListCampaignsResponse.FromString,
+                _registered_method=True)
+        self.VerifyAudit = channel.unary_unary(
+                '/fleetpatch.v1.AdminService/VerifyAudit',
+                request_serializer=fleetpatch_dot_v1_dot_admin__pb2.VerifyAuditRequest.SerializeToString,
+                response_deserializer=fleetpatch_dot_v1_dot_admin__pb2.VerifyAuditResponse.FromString,
+                _registered_method=True)
+        self.ExportAudit = channel.unary_unary(
+                '/fleetpatch.v1.AdminService/ExportAudit',
+                request_serializer=fleetpatch_dot_v1_dot_admin__pb2.ExportAuditRequest.SerializeToString,
+                response_deserializer=fleetpatch_dot_v1_dot_admin__pb2.ExportAuditResponse.FromString,
+                _registered_method=True)
 
 
 class AdminServiceServicer:
@@ -105,6 +150,60 @@ class AdminServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CreateCampaign(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ApproveCampaign(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PauseCampaign(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ResumeCampaign(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def AbortCampaign(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetCampaign(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListCampaigns(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def VerifyAudit(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ExportAudit(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -137,6 +236,51 @@ def add_AdminServiceServicer_to_server(servicer, server):
                     servicer.RevokeHost,
                     request_deserializer=fleetpatch_dot_v1_dot_admin__pb2.RevokeHostRequest.FromString,
                     response_serializer=fleetpatch_dot_v1_dot_admin__pb2.RevokeHostResponse.SerializeToString,
+            ),
+            'CreateCampaign': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateCampaign,
+                    request_deserializer=fleetpatch_dot_v1_dot_admin__pb2.CreateCampaignRequest.FromString,
+                    response_serializer=fleetpatch_dot_v1_dot_admin__pb2.CampaignResponse.SerializeToString,
+            ),
+            'ApproveCampaign': grpc.unary_unary_rpc_method_handler(
+                    servicer.ApproveCampaign,
+                    request_deserializer=fleetpatch_dot_v1_dot_admin__pb2.CampaignRequest.FromString,
+                    response_serializer=fleetpatch_dot_v1_dot_admin__pb2.CampaignResponse.SerializeToString,
+            ),
+            'PauseCampaign': grpc.unary_unary_rpc_method_handler(
+                    servicer.PauseCampaign,
+                    request_deserializer=fleetpatch_dot_v1_dot_admin__pb2.CampaignRequest.FromString,
+                    response_serializer=fleetpatch_dot_v1_dot_admin__pb2.CampaignResponse.SerializeToString,
+            ),
+            'ResumeCampaign': grpc.unary_unary_rpc_method_handler(
+                    servicer.ResumeCampaign,
+                    request_deserializer=fleetpatch_dot_v1_dot_admin__pb2.CampaignRequest.FromString,
+                    response_serializer=fleetpatch_dot_v1_dot_admin__pb2.CampaignResponse.SerializeToString,
+            ),
+            'AbortCampaign': grpc.unary_unary_rpc_method_handler(
+                    servicer.AbortCampaign,
+                    request_deserializer=fleetpatch_dot_v1_dot_admin__pb2.AbortCampaignRequest.FromString,
+                    response_serializer=fleetpatch_dot_v1_dot_admin__pb2.CampaignResponse.SerializeToString,
+            ),
+            'GetCampaign': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetCampaign,
+                    request_deserializer=fleetpatch_dot_v1_dot_admin__pb2.CampaignRequest.FromString,
+                    response_serializer=fleetpatch_dot_v1_dot_admin__pb2.CampaignResponse.SerializeToString,
+            ),
+            'ListCampaigns': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListCampaigns,
+                    request_deserializer=fleetpatch_dot_v1_dot_admin__pb2.ListCampaignsRequest.FromString,
+                    response_serializer=fleetpatch_dot_v1_dot_admin__pb2.ListCampaignsResponse.SerializeToString,
+            ),
+            'VerifyAudit': grpc.unary_unary_rpc_method_handler(
+                    servicer.VerifyAudit,
+                    request_deserializer=fleetpatch_dot_v1_dot_admin__pb2.VerifyAuditRequest.FromString,
+                    response_serializer=fleetpatch_dot_v1_dot_admin__pb2.VerifyAuditResponse.SerializeToString,
+            ),
+            'ExportAudit': grpc.unary_unary_rpc_method_handler(
+                    servicer.ExportAudit,
+                    request_deserializer=fleetpatch_dot_v1_dot_admin__pb2.ExportAuditRequest.FromString,
+                    response_serializer=fleetpatch_dot_v1_dot_admin__pb2.ExportAuditResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -301,6 +445,249 @@ class AdminService:
             '/fleetpatch.v1.AdminService/RevokeHost',
             fleetpatch_dot_v1_dot_admin__pb2.RevokeHostRequest.SerializeToString,
             fleetpatch_dot_v1_dot_admin__pb2.RevokeHostResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateCampaign(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fleetpatch.v1.AdminService/CreateCampaign',
+            fleetpatch_dot_v1_dot_admin__pb2.CreateCampaignRequest.SerializeToString,
+            fleetpatch_dot_v1_dot_admin__pb2.CampaignResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ApproveCampaign(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fleetpatch.v1.AdminService/ApproveCampaign',
+            fleetpatch_dot_v1_dot_admin__pb2.CampaignRequest.SerializeToString,
+            fleetpatch_dot_v1_dot_admin__pb2.CampaignResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PauseCampaign(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fleetpatch.v1.AdminService/PauseCampaign',
+            fleetpatch_dot_v1_dot_admin__pb2.CampaignRequest.SerializeToString,
+            fleetpatch_dot_v1_dot_admin__pb2.CampaignResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ResumeCampaign(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fleetpatch.v1.AdminService/ResumeCampaign',
+            fleetpatch_dot_v1_dot_admin__pb2.CampaignRequest.SerializeToString,
+            fleetpatch_dot_v1_dot_admin__pb2.CampaignResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AbortCampaign(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fleetpatch.v1.AdminService/AbortCampaign',
+            fleetpatch_dot_v1_dot_admin__pb2.AbortCampaignRequest.SerializeToString,
+            fleetpatch_dot_v1_dot_admin__pb2.CampaignResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetCampaign(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fleetpatch.v1.AdminService/GetCampaign',
+            fleetpatch_dot_v1_dot_admin__pb2.CampaignRequest.SerializeToString,
+            fleetpatch_dot_v1_dot_admin__pb2.CampaignResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListCampaigns(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fleetpatch.v1.AdminService/ListCampaigns',
+            fleetpatch_dot_v1_dot_admin__pb2.ListCampaignsRequest.SerializeToString,
+            fleetpatch_dot_v1_dot_admin__pb2.ListCampaignsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def VerifyAudit(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fleetpatch.v1.AdminService/VerifyAudit',
+            fleetpatch_dot_v1_dot_admin__pb2.VerifyAuditRequest.SerializeToString,
+            fleetpatch_dot_v1_dot_admin__pb2.VerifyAuditResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ExportAudit(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fleetpatch.v1.AdminService/ExportAudit',
+            fleetpatch_dot_v1_dot_admin__pb2.ExportAuditRequest.SerializeToString,
+            fleetpatch_dot_v1_dot_admin__pb2.ExportAuditResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -39,6 +39,15 @@ class AdminServiceStub:
     ListHosts: _grpc.UnaryUnaryMultiCallable[_admin_pb2.ListHostsRequest, _admin_pb2.ListHostsResponse]
     GetHost: _grpc.UnaryUnaryMultiCallable[_admin_pb2.GetHostRequest, _admin_pb2.GetHostResponse]
     RevokeHost: _grpc.UnaryUnaryMultiCallable[_admin_pb2.RevokeHostRequest, _admin_pb2.RevokeHostResponse]
+    CreateCampaign: _grpc.UnaryUnaryMultiCallable[_admin_pb2.CreateCampaignRequest, _admin_pb2.CampaignResponse]
+    ApproveCampaign: _grpc.UnaryUnaryMultiCallable[_admin_pb2.CampaignRequest, _admin_pb2.CampaignResponse]
+    PauseCampaign: _grpc.UnaryUnaryMultiCallable[_admin_pb2.CampaignRequest, _admin_pb2.CampaignResponse]
+    ResumeCampaign: _grpc.UnaryUnaryMultiCallable[_admin_pb2.CampaignRequest, _admin_pb2.CampaignResponse]
+    AbortCampaign: _grpc.UnaryUnaryMultiCallable[_admin_pb2.AbortCampaignRequest, _admin_pb2.CampaignResponse]
+    GetCampaign: _grpc.UnaryUnaryMultiCallable[_admin_pb2.CampaignRequest, _admin_pb2.CampaignResponse]
+    ListCampaigns: _grpc.UnaryUnaryMultiCallable[_admin_pb2.ListCampaignsRequest, _admin_pb2.ListCampaignsResponse]
+    VerifyAudit: _grpc.UnaryUnaryMultiCallable[_admin_pb2.VerifyAuditRequest, _admin_pb2.VerifyAuditResponse]
+    ExportAudit: _grpc.UnaryUnaryMultiCallable[_admin_pb2.ExportAuditRequest, _admin_pb2.ExportAuditResponse]
 
 @_typing.type_check_only
 class AdminServiceAsyncStub(AdminServiceStub):
@@ -49,6 +58,15 @@ class AdminServiceAsyncStub(AdminServiceStub):
     ListHosts: _aio.UnaryUnaryMultiCallable[_admin_pb2.ListHostsRequest, _admin_pb2.ListHostsResponse]  # type: ignore[assignment]
     GetHost: _aio.UnaryUnaryMultiCallable[_admin_pb2.GetHostRequest, _admin_pb2.GetHostResponse]  # type: ignore[assignment]
     RevokeHost: _aio.UnaryUnaryMultiCallable[_admin_pb2.RevokeHostRequest, _admin_pb2.RevokeHostResponse]  # type: ignore[assignment]
+    CreateCampaign: _aio.UnaryUnaryMultiCallable[_admin_pb2.CreateCampaignRequest, _admin_pb2.CampaignResponse]  # type: ignore[assignment]
+    ApproveCampaign: _aio.UnaryUnaryMultiCallable[_admin_pb2.CampaignRequest, _admin_pb2.CampaignResponse]  # type: ignore[assignment]
+    PauseCampaign: _aio.UnaryUnaryMultiCallable[_admin_pb2.CampaignRequest, _admin_pb2.CampaignResponse]  # type: ignore[assignment]
+    ResumeCampaign: _aio.UnaryUnaryMultiCallable[_admin_pb2.CampaignRequest, _admin_pb2.CampaignResponse]  # type: ignore[assignment]
+    AbortCampaign: _aio.UnaryUnaryMultiCallable[_admin_pb2.AbortCampaignRequest, _admin_pb2.CampaignResponse]  # type: ignore[assignment]
+    GetCampaign: _aio.UnaryUnaryMultiCallable[_admin_pb2.CampaignRequest, _admin_pb2.CampaignResponse]  # type: ignore[assignment]
+    ListCampaigns: _aio.UnaryUnaryMultiCallable[_admin_pb2.ListCampaignsRequest, _admin_pb2.ListCampaignsResponse]  # type: ignore[assignment]
+    VerifyAudit: _aio.UnaryUnaryMultiCallable[_admin_pb2.VerifyAuditRequest, _admin_pb2.VerifyAuditResponse]  # type: ignore[assignment]
+    ExportAudit: _aio.UnaryUnaryMultiCallable[_admin_pb2.ExportAuditRequest, _admin_pb2.ExportAuditResponse]  # type: ignore[assignment]
 
 class AdminServiceServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -92,5 +110,68 @@ class AdminServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _admin_pb2.RevokeHostRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_admin_pb2.RevokeHostResponse, _abc.Awaitable[_admin_pb2.RevokeHostResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def CreateCampaign(
+        self,
+        request: _admin_pb2.CreateCampaignRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.CampaignResponse, _abc.Awaitable[_admin_pb2.CampaignResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def ApproveCampaign(
+        self,
+        request: _admin_pb2.CampaignRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.CampaignResponse, _abc.Awaitable[_admin_pb2.CampaignResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def PauseCampaign(
+        self,
+        request: _admin_pb2.CampaignRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.CampaignResponse, _abc.Awaitable[_admin_pb2.CampaignResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def ResumeCampaign(
+        self,
+        request: _admin_pb2.CampaignRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.CampaignResponse, _abc.Awaitable[_admin_pb2.CampaignResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def AbortCampaign(
+        self,
+        request: _admin_pb2.AbortCampaignRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.CampaignResponse, _abc.Awaitable[_admin_pb2.CampaignResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def GetCampaign(
+        self,
+        request: _admin_pb2.CampaignRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.CampaignResponse, _abc.Awaitable[_admin_pb2.CampaignResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def ListCampaigns(
+        self,
+        request: _admin_pb2.ListCampaignsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.ListCampaignsResponse, _abc.Awaitable[_admin_pb2.ListCampaignsResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def VerifyAudit(
+        self,
+        request: _admin_pb2.VerifyAuditRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.VerifyAuditResponse, _abc.Awaitable[_admin_pb2.VerifyAuditResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def ExportAudit(
+        self,
+        request: _admin_pb2.ExportAuditRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.ExportAuditResponse, _abc.Awaitable[_admin_pb2.ExportAuditResponse]]: ...
 
 def add_AdminServiceServicer_to_server(servicer: AdminServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

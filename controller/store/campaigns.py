@@ -1,0 +1,256 @@
+"""Campaigns, their assignments (one work order per host and kind), and
+the per-host order sequence. Each change is audited in its own
+transaction."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Callable, Iterable, Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+from controller.audit import AuditEntry, AuditRecord
+from controller.errors import Conflict, NotFound
+from controller.model import OUTCOME_STATUS, Assignment, AssignmentStatus, CampaignRecord
+
+from . import audit
+
+_CAMPAIGN_COLUMNS = {
+    "state", "updated_at", "approved_at", "halt_kind", "halt_reason", "accepted_failures",
+    "accepted_silent", "revert_requested",
+}  # fmt: skip
+
+
+def _ts(value: datetime | None) -> float | None:
+    return None if value is None else value.timestamp()
+
+
+def _dt(value: float | None) -> datetime | None:
+    return None if value is None else datetime.fromtimestamp(value, UTC)
+
+
+def _campaign(row: sqlite3.Row | tuple[Any, ...], names: list[str]) -> CampaignRecord:
+    r = dict(zip(names, row, strict=True))
+    return CampaignRecord(
+        campaign_id=r["campaign_id"],
+        name=r["name"],
+        spec=r["spec"],
+        state=r["state"],
+        created_at=datetime.fromtimestamp(r["created_at"], UTC),
+        created_by=r["created_by"],
+        updated_at=datetime.fromtimestamp(r["updated_at"], UTC),
+        approved_at=_dt(r["approved_at"]),
+        halt_kind=r["halt_kind"],
+        halt_reason=r["halt_reason"],
+        accepted_failures={int(k): v for k, v in json.loads(r["accepted_failures"]).items()},
+        accepted_silent={int(k): v for k, v in json.loads(r["accepted_silent"]).items()},
+        revert_requested=bool(r["revert_requested"]),
+    )
+
+
+def _assignment(row: tuple[Any, ...], names: list[str]) -> Assignment:
+    r = dict(zip(names, row, strict=True))
+    return Assignment(
+        order_id=r["order_id"],
+        campaign_id=r["campaign_id"],
+        host_id=r["host_id"],
+        kind=r["kind"],
+        ring=r["ring"],
+        region=r["region"],
+        sequence=r["sequence"],
+        envelope=bytes(r["envelope"]),
+        status=AssignmentStatus(r["status"]),
+        assigned_at=datetime.fromtimestamp(r["assigned_at"], UTC),
+        step=r["step"],
+        detail=r["detail"],
+        last_report_at=_dt(r["last_report_at"]),
+        finished_at=_dt(r["finished_at"]),
+    )
+
+
+class CampaignStore:
+    """Mixed into Store; ``_conn`` and ``_transaction`` come from there."""
+
+    _conn: sqlite3.Connection
+    _transaction: Callable[[], Any]
+
+    def _select(self, sql: str, args: Iterable[Any] = ()) -> tuple[list[str], list[Any]]:
+        cur = self._conn.execute(sql, tuple(args))
+        return [d[0] for d in cur.description], cur.fetchall()
+
+    def create_campaign(self, record: CampaignRecord, entry: AuditEntry) -> None:
+        with self._transaction() as conn:
+            conn.execute(
+                "INSERT INTO campaigns (campaign_id, name, spec, state, created_at, created_by,"
+                " updated_at) VALUES (?,?,?,?,?,?,?)",
+                (
+                    record.campaign_id, record.name, record.spec, record.state,
+                    _ts(record.created_at), record.created_by, _ts(record.updated_at),
+                ),
+            )  # fmt: skip
+            audit.append(conn, entry)
+
+    def get_campaign(self, campaign_id: str) -> CampaignRecord:
+        names, rows = self._select("SELECT * FROM campaigns WHERE campaign_id = ?", (campaign_id,))
+        if not rows:
+            raise NotFound(f"no campaign {campaign_id!r}")
+        return _campaign(rows[0], names)
+
+    def list_campaigns(self) -> list[CampaignRecord]:
+        names, rows = self._select("SELECT * FROM campaigns ORDER BY created_at, campaign_id")
+        return [_campaign(r, names) for r in rows]
+
+    def update_campaign(
+        self,
+        campaign_id: str,
+        expect_states: Iterable[str],
+        entry: AuditEntry,
+        **changes: Any,
+    ) -> CampaignRecord:
+        """Change a campaign that is in one of ``expect_states`` (else
+        Conflict), and audit it, atomically."""
+        unknown = set(changes) - _CAMPAIGN_COLUMNS
+        if unknown:
+            raise ValueError(f"unknown campaign columns {sorted(unknown)}")
+        values = {
+            k: json.dumps({str(r): n for r, n in v.items()}) if isinstance(v, Mapping)
+            else _ts(v) if isinstance(v, datetime) else v
+            for k, v in changes.items()
+        }  # fmt: skip
+        states = list(expect_states)
+        with self._transaction() as conn:
+            row = conn.execute(
+                "SELECT state FROM campaigns WHERE campaign_id = ?", (campaign_id,)
+            ).fetchone()
+            if row is None:
+                raise NotFound(f"no campaign {campaign_id!r}")
+            if row[0] not in states:
+                raise Conflict(
+                    f"campaign {campaign_id} is {row[0]}; this needs it {' or '.join(states)}"
+                )
+            sets = ", ".join(f"{k} = ?" for k in values)
+            conn.execute(
+                f"UPDATE campaigns SET {sets} WHERE campaign_id = ?",  # noqa: S608 - checked names
+                (*values.values(), campaign_id),
+            )
+            audit.append(conn, entry)
+        return self.get_campaign(campaign_id)
+
+    def assignments(self, campaign_id: str) -> list[Assignment]:
+        names, rows = self._select(
+            "SELECT * FROM assignments WHERE campaign_id = ? ORDER BY assigned_at", (campaign_id,)
+        )
+        return [_assignment(r, names) for r in rows]
+
+    def in_flight_for_host(self, host_id: str) -> Assignment | None:
+        names, rows = self._select(
+            "SELECT * FROM assignments WHERE host_id = ? AND status = ? ORDER BY sequence DESC",
+            (host_id, AssignmentStatus.IN_FLIGHT.value),
+        )
+        return _assignment(rows[0], names) if rows else None
+
+    def next_sequence(self, host_id: str) -> int:
+        row = self._conn.execute(
+            "SELECT order_sequence FROM hosts WHERE host_id = ?", (host_id,)
+        ).fetchone()
+        if row is None:
+            raise NotFound(f"no host {host_id!r}")
+        return int(row[0]) + 1
+
+    def assign(self, assignment: Assignment, entry: AuditEntry) -> None:
+        """Record a work order for a host, atomically with the host's order
+        sequence (which must still be one below the order's) and the audit.
+        Raises Conflict when the host already has this campaign's order of
+        this kind, or its sequence moved: a host is never assigned twice."""
+        a = assignment
+        with self._transaction() as conn:
+            bumped = conn.execute(
+                "UPDATE hosts SET order_sequence = ? WHERE host_id = ? AND order_sequence = ?",
+                (a.sequence, a.host_id, a.sequence - 1),
+            ).rowcount
+            if bumped != 1:
+                raise Conflict(f"host {a.host_id}'s order sequence moved; not assigning")
+            try:
+                conn.execute(
+                    "INSERT INTO assignments (order_id, campaign_id, host_id, kind, ring, region,"
+                    " sequence, envelope, status, assigned_at, last_report_at)"
+                    " VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+                    (
+                        a.order_id, a.campaign_id, a.host_id, a.kind, a.ring, a.region,
+                        a.sequence, a.envelope, a.status.value, _ts(a.assigned_at),
+                        _ts(a.assigned_at),
+                    ),
+                )  # fmt: skip
+            except sqlite3.IntegrityError:
+                raise Conflict(
+                    f"host {a.host_id} already has a {a.kind} order of campaign {a.campaign_id}"
+                ) from None
+            audit.append(conn, entry)
+
+    def apply_results(
+        self, host_id: str, results: Iterable[tuple[str, str, str, str, datetime]]
+    ) -> set[str]:
+        """Apply progress to assignments: (order id, step, final outcome or
+        "", detail, at). Only in-flight orders of this host change; a late
+        result for a timed-out order is kept in the report table only.
+        Returns the campaigns that changed."""
+        changed: set[str] = set()
+        with self._transaction() as conn:
+            for order_id, step, outcome, detail, at in results:
+                row = conn.execute(
+                    "SELECT campaign_id FROM assignments WHERE order_id = ? AND host_id = ?"
+                    " AND status = ?",
+                    (order_id, host_id, AssignmentStatus.IN_FLIGHT.value),
+                ).fetchone()
+                if row is None:
+                    continue
+                changed.add(row[0])
+                status = OUTCOME_STATUS.get(outcome) if outcome else None
+                conn.execute(
+                    "UPDATE assignments SET step = ?, detail = ?, last_report_at = ?,"
+                    " status = COALESCE(?, status), finished_at = COALESCE(?, finished_at)"
+                    " WHERE order_id = ?",
+                    (
+                        step, detail, _ts(at), status.value if status else None,
+                        _ts(at) if status else None, order_id,
+                    ),
+                )  # fmt: skip
+                if status is not None:
+                    audit.append(
+                        conn,
+                        AuditEntry(at, f"host:{host_id}", "order.result", order_id, status.value,
+                                   detail),
+                    )  # fmt: skip
+        return changed
+
+    def time_out(self, order_ids: Iterable[str], now: datetime) -> int:
+        """Mark in-flight orders as timed out (final for the budget)."""
+        count = 0
+        with self._transaction() as conn:
+            for order_id in order_ids:
+                if conn.execute(
+                    "UPDATE assignments SET status = ?, finished_at = ?, detail = ?"
+                    " WHERE order_id = ? AND status = ?",
+                    (
+                        AssignmentStatus.TIMED_OUT.value, _ts(now),
+                        "no report within the campaign's report timeout", order_id,
+                        AssignmentStatus.IN_FLIGHT.value,
+                    ),
+                ).rowcount:  # fmt: skip
+                    count += 1
+                    audit.append(
+                        conn, AuditEntry(now, "controller", "order.timeout", order_id, "timed_out")
+                    )
+        return count
+
+    def append_audit(self, entry: AuditEntry) -> None:
+        self.append_audits([entry])
+
+    def append_audits(self, entries: Iterable[AuditEntry]) -> None:
+        with self._transaction() as conn:
+            for entry in entries:
+                audit.append(conn, entry)
+
+    def audit_records(self, since: datetime | None = None) -> list[AuditRecord]:
+        return list(audit.records(self._conn, since))

@@ -1,0 +1,203 @@
+"""A whole campaign against a real controller: two regions, three rings,
+a failing canary in ring 1 that halts it, a person resuming it, ring 2
+patched, the audit trail intact. Agents run in-process over real mTLS."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from agent.states import State
+from tests.support.controller import Controller, cli
+from tests.support.fakes import FakeBackend, FakeProber
+from tests.support.inprocess import InProcessAgent
+
+CAMPAIGN = """
+[campaign]
+name = "demo-1-1"
+
+[patch]
+packages = [{ name = "fp-demo", min_version = "1.1" }]
+
+[verify]
+timeout = "1s"
+
+[rollout]
+rings = [
+  { ring = 0, concurrency = "100%", gate = { min_success = 1.0, failure_budget = 0 } },
+  { ring = 1, concurrency = 2, gate = { min_success = 0.5, failure_budget = 0 } },
+  { ring = 2, concurrency = "50%" },
+]
+region_order = "parallel"
+"""
+
+LAYOUT = [  # (region, ring, healthy after the update)
+    ("eu", 0, True), ("us", 0, True),
+    ("eu", 1, True), ("eu", 1, False), ("us", 1, True), ("us", 1, True),
+    ("eu", 2, True), ("eu", 2, True), ("eu", 2, True), ("us", 2, True), ("us", 2, True),
+    ("us", 2, True),
+]  # fmt: skip
+
+
+@pytest.fixture
+def fleet(tmp_path: Path) -> Iterator[tuple[Controller, list[InProcessAgent]]]:
+    ctl = Controller(tmp_path / "ctl")
+    ctl.init()
+    config = ctl.data_dir / "controller.toml"
+    config.write_text(config.read_text().replace('tick = "10s"', 'tick = "1s"'))
+    ctl.start()
+    agents = []
+    try:
+        for i, (region, ring, healthy) in enumerate(LAYOUT):
+            backend = FakeBackend({"fp-demo": "1.0", "libc6": "2.36"}, {"fp-demo": "1.1"})
+            prober = FakeProber([True] if healthy else [True, False])
+            agents.append(
+                InProcessAgent(ctl, tmp_path / f"agent-{i}", region, ring, backend, prober)
+            )
+        yield ctl, agents
+    finally:
+        for agent in agents:
+            agent.close()
+        ctl.stop()
+
+
+def _rounds(agents: list[InProcessAgent], ctl: Controller, campaign_id: str, n: int) -> str:
+    state = ""
+    for _ in range(n):
+        for agent in agents:
+            agent.round()
+        state = str(_show(ctl, campaign_id)["state"])
+        if state in ("halted", "completed"):
+            return state
+    return state
+
+
+def _show(ctl: Controller, campaign_id: str) -> dict:  # type: ignore[type-arg]
+    doc = ctl.admin_json("campaign", "show", campaign_id)
+    assert isinstance(doc, dict)
+    return doc
+
+
+def test_campaign_halts_on_a_failing_ring_and_completes_after_resume(fleet, tmp_path):
+    ctl, agents = fleet
+    spec = tmp_path / "demo.toml"
+    spec.write_text(CAMPAIGN)
+    campaign_id = ctl.admin("campaign", "create", spec).stdout.strip().splitlines()[-1]
+
+    # Nothing is assigned before approval.
+    for agent in agents:
+        assert agent.round() is None
+    assert _show(ctl, campaign_id)["state"] == "draft"
+
+    ctl.admin("campaign", "approve", campaign_id)
+    assert _rounds(agents, ctl, campaign_id, 10) == "halted"
+    shown = _show(ctl, campaign_id)
+    assert shown["halt_kind"] == "failure_budget"
+    assert "ring 1" in shown["halt_reason"]
+    by_ring: dict[int, list[State]] = {a.ring: [] for a in agents}
+    for agent in agents:
+        by_ring[agent.ring] += agent.outcomes
+    assert by_ring[0] == [State.SUCCEEDED, State.SUCCEEDED]
+    # Ring 1 runs two at a time: the first pair holds the broken host, whose
+    # revert exceeds the budget of 0 and halts before the second pair.
+    assert sorted(by_ring[1]) == sorted([State.SUCCEEDED, State.REVERTED])
+    assert by_ring[2] == []  # ring 2 never opened
+    broken = next(a for a in agents if a.ring == 1 and a.outcomes == [State.REVERTED])
+    assert broken.backend.installed["fp-demo"] == "1.0"
+
+    # A halted campaign assigns nothing until a person resumes it.
+    assert _rounds(agents, ctl, campaign_id, 2) == "halted"
+    assert all(a.outcomes == [] for a in agents if a.ring == 2)
+
+    ctl.admin("campaign", "resume", campaign_id)
+    assert _rounds(agents, ctl, campaign_id, 10) == "completed"
+    for agent in agents:
+        if agent is not broken:
+            assert agent.outcomes == [State.SUCCEEDED]
+            assert agent.backend.installed["fp-demo"] == "1.1"
+    table = ctl.admin("campaign", "show", campaign_id).stdout
+    assert "COMPLETED" in table
+    assert ctl.admin("audit", "verify").stdout.startswith("audit trail intact")
+
+    # Every assignment, result, the halt and the resume are in the audit
+    # trail, and no ring opened before the one before it was done.
+    records = ctl.admin_json("audit", "export")
+    assert isinstance(records, list)
+    actions = [r["action"] for r in records]
+    for action in ("campaign.create", "campaign.approve", "campaign.halt", "campaign.resume",
+                   "campaign.complete"):  # fmt: skip
+        assert action in actions
+    assert actions.count("order.assign.patch") == len(agents)
+    ring_of = {a.host_id: a.ring for a in agents}
+    assigned_rings = [
+        ring_of[r["detail"].split("host ")[1].split()[0]]
+        for r in records if r["action"] == "order.assign.patch"
+    ]  # fmt: skip
+    assert assigned_rings == sorted(assigned_rings)
+    assert all(r["outcome"] != "timed_out" for r in records)
+
+
+def test_concurrency_limits_hosts_in_flight(fleet, tmp_path):
+    """Ring 1 allows 2 hosts at once, ring 2 50% of its 6: with agents that
+    keep each order in flight for a whole round, the limits are reached and
+    never exceeded."""
+    ctl, agents = fleet
+    for agent in agents:
+        agent.defer = True
+    spec = tmp_path / "demo.toml"
+    spec.write_text(
+        CAMPAIGN.replace(
+            "failure_budget = 0 } },\n  { ring = 2", "failure_budget = 5 } },\n  { ring = 2"
+        )
+    )
+    campaign_id = ctl.admin("campaign", "create", spec).stdout.strip().splitlines()[-1]
+    ctl.admin("campaign", "approve", campaign_id)
+    db = ctl.data_dir / "controller.db"
+    peak: dict[int, int] = {}
+    for _ in range(12):
+        for agent in agents:
+            agent.round()
+            conn = sqlite3.connect(db)
+            for ring, n in conn.execute(
+                "SELECT ring, count(*) FROM assignments WHERE status = 'in_flight' GROUP BY ring"
+            ):
+                peak[ring] = max(peak.get(ring, 0), n)
+            conn.close()
+    assert peak[0] == 2
+    assert peak[1] == 2
+    assert peak[2] == 3  # 50% of 6
+    assert _show(ctl, campaign_id)["state"] == "completed"
+
+
+def test_bad_campaign_files_are_refused_with_the_field(fleet, tmp_path):
+    ctl, _ = fleet
+    spec = tmp_path / "bad.toml"
+    spec.write_text(CAMPAIGN.replace("[verify]", "[verfy]"))
+    result = cli("fleetpatch", "campaign", "create", spec, "--data-dir", ctl.data_dir)
+    assert result.returncode == 2
+    assert "verfy" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert json.loads(ctl.admin("campaign", "list", "--json").stdout) == []
+
+
+def test_abort_with_revert_orders_patched_hosts_back(fleet, tmp_path):
+    ctl, agents = fleet
+    spec = tmp_path / "demo.toml"
+    spec.write_text(CAMPAIGN)
+    campaign_id = ctl.admin("campaign", "create", spec).stdout.strip().splitlines()[-1]
+    ctl.admin("campaign", "approve", campaign_id)
+    ring0 = [a for a in agents if a.ring == 0]
+    for agent in ring0:
+        assert agent.round() is State.SUCCEEDED
+    ctl.admin("campaign", "abort", campaign_id, "--revert")
+    for agent in ring0:
+        assert agent.round() is State.REVERTED
+        assert agent.backend.installed["fp-demo"] == "1.0"
+    for agent in agents:
+        if agent.ring:
+            assert agent.round() is None
+    assert _show(ctl, campaign_id)["state"] == "aborted"

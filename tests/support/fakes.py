@@ -1,0 +1,95 @@
+"""Stand-ins for what the agent drives, behind the same interfaces as the
+real ones: a package manager in memory and scripted health checks. Used
+where the real thing would only slow a test that is about something else
+(the state machine, the controller's campaign logic); the real apt backend
+has its own tests in a host sandbox."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+from agent.backend import Busy, Change, Plan, PlanError, Saved, Snapshot
+from agent.checks import CheckSpec
+from agent.errors import CommandFailed
+from agent.health import CheckResult
+from agent.orders import Target
+
+
+class FakeBackend:
+    """An in-memory package manager with the backend interface."""
+
+    name = "fake"
+
+    def __init__(self, installed: dict[str, str], available: dict[str, str]) -> None:
+        self.installed = dict(installed)
+        self.available = dict(available)
+        self.calls: list[str] = []
+        self.busy_for = 0  # how many calls answer Busy first
+        self.fail_apply = False
+        self.fail_revert = False
+
+    def _maybe_busy(self) -> None:
+        if self.busy_for:
+            self.busy_for -= 1
+            raise Busy("locked by pid 42")
+
+    def recover(self) -> None:
+        self.calls.append("recover")
+
+    def refresh(self) -> None:
+        self.calls.append("refresh")
+
+    def plan(self, targets: Sequence[Target], all_security: bool, exclude: Sequence[str]) -> Plan:
+        self.calls.append("plan")
+        changes = []
+        for t in targets:
+            if t.name not in self.installed:
+                raise PlanError(f"{t.name} is not installed")
+            new = self.available.get(t.name, self.installed[t.name])
+            if new != self.installed[t.name]:
+                changes.append(Change(t.name, "all", self.installed[t.name], new, "local"))
+        return Plan(tuple(changes))
+
+    def snapshot(self, plan: Plan, cache: Path) -> Snapshot:
+        self.calls.append("snapshot")
+        return Snapshot(
+            tuple(Saved(c.name, c.arch, c.old, f"{cache}/{c.name}.deb") for c in plan.changes), ()
+        )
+
+    def apply(self, plan: Plan) -> list[Change]:
+        self.calls.append("apply")
+        self._maybe_busy()
+        if self.fail_apply:
+            raise CommandFailed(["apt-get"], 100, "", "E: postinst failed")
+        for c in plan.changes:
+            self.installed[c.name] = c.new
+        return list(plan.changes)
+
+    def revert(self, snapshot: Snapshot) -> list[Change]:
+        self.calls.append("revert")
+        if self.fail_revert:
+            raise CommandFailed(["apt-get"], 100, "", "E: cannot downgrade")
+        changes = []
+        for saved in snapshot.saved:
+            changes.append(
+                Change(saved.name, saved.arch, self.installed[saved.name], saved.version)
+            )
+            self.installed[saved.name] = saved.version
+        return changes
+
+    def versions(self, names: Sequence[str]) -> dict[str, str]:
+        return {n: self.installed.get(n, "") for n in names}
+
+
+class FakeProber:
+    """Health checks whose answers the test scripts: a list of booleans per call."""
+
+    def __init__(self, answers: Sequence[bool] = (True,)) -> None:
+        self.answers = list(answers)
+        self.calls = 0
+
+    def run_all(self, specs: Sequence[CheckSpec]) -> list[CheckResult]:
+        ok = self.answers[min(self.calls, len(self.answers) - 1)]
+        self.calls += 1
+        return [CheckResult("service", "tcp", ok, "up" if ok else "connection refused")]

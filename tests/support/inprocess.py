@@ -1,0 +1,86 @@
+"""Agents driven in-process against a real controller over real mTLS: real
+enrollment, journal, runner, check-ins and reports; only the package
+manager and health checks are stand-ins (tests.support.fakes). Many of them
+fit in one test process, to run whole campaigns quickly."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from agent import reporting
+from agent.checkin import CheckIns
+from agent.client import ControllerClient
+from agent.enrollment import enroll
+from agent.journal import Journal
+from agent.runner import Runner
+from agent.statedir import StateDir
+from agent.states import State
+from tests.support.controller import Controller
+from tests.support.fakes import FakeBackend, FakeProber
+
+
+class InProcessAgent:
+    def __init__(
+        self,
+        controller: Controller,
+        state_dir: Path,
+        region: str,
+        ring: int,
+        backend: FakeBackend,
+        prober: FakeProber,
+        labels: dict[str, str] | None = None,
+        defer: bool = False,
+    ) -> None:
+        """``defer``: carry out an order at the next round rather than at
+        once, so that it stays in flight on the controller meanwhile."""
+        token = controller.token(region=region, ring=ring, uses=1)
+        self.state = StateDir(state_dir)
+        done = enroll(self.state, controller.address, token, controller.data_dir / "ca.pem",
+                      labels or {})  # fmt: skip
+        self.host_id = done.host_id
+        self.region, self.ring = region, ring
+        self.backend = backend
+        config = self.state.config()
+        self.journal = Journal.open(self.state.journal)
+        self.client = ControllerClient(
+            config.controller, self.state.read(self.state.ca), self.state.read(self.state.key),
+            self.state.read(self.state.cert),
+        )  # fmt: skip
+        self.runner = Runner(
+            self.journal, backend, prober, config.policy, [], self.state.cache,
+            retry_interval=0.05,
+        )  # fmt: skip
+        self.checkins = CheckIns(
+            config, self.journal, self.client,
+            list_packages=lambda _: sorted((n, v, "all") for n, v in backend.installed.items()),
+        )  # fmt: skip
+        self.outcomes: list[State] = []
+        self.defer = defer
+        self._pending: str | None = None
+
+    def _run(self, order_id: str) -> State:
+        final = self.runner.run(order_id)
+        self.outcomes.append(final)
+        return final
+
+    def round(self) -> State | None:
+        """One check-in; carry out the order it brings (or the one deferred
+        from the last round), and report. Returns the outcome, if any."""
+        final = None
+        if self._pending is not None:
+            final, self._pending = self._run(self._pending), None
+        report = self.checkins.once()
+        if report.work_order is not None:
+            order = self.runner.receive(
+                report.work_order, self.state.trusted_signing_keys(), self.host_id
+            )
+            if self.defer:
+                self._pending = order.order_id
+            else:
+                final = self._run(order.order_id)
+        reporting.flush(self.journal, self.client)
+        return final
+
+    def close(self) -> None:
+        self.client.close()
+        self.journal.close()
