@@ -7,7 +7,7 @@ from __future__ import annotations
 import logging
 import random
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
@@ -46,6 +46,7 @@ class CheckIns:
         rng: random.Random | None = None,
         on_order: Callable[[types_pb2.SignedEnvelope], object] | None = None,
         between: Callable[[], object] | None = None,
+        on_keys: Callable[[Sequence[types_pb2.SigningKey]], object] | None = None,
     ) -> None:
         self._config = config
         self._journal = journal
@@ -55,6 +56,7 @@ class CheckIns:
         self._rng = rng or random.Random()
         self._on_order = on_order
         self._between = between
+        self._on_keys = on_keys
 
     def once(self) -> CheckInReport:
         """One check-in. Raises TransientError (worth retrying), Refused."""
@@ -79,6 +81,8 @@ class CheckIns:
             request.inventory.CopyFrom(convert.inventory_to_pb(installed))
             send_full = True
             response = self._client.check_in(request)
+        if response.signing_keys and self._on_keys is not None:
+            self._on_keys(response.signing_keys)
         next_in = response.next_checkin.ToTimedelta()
         self._journal.record_checkin(response.known_inventory_hash, datetime.now(UTC) + next_in)
         order = response.work_order if response.HasField("work_order") else None

@@ -33,6 +33,7 @@ from .enrollment import enroll as do_enroll
 from .errors import AgentError, ConfigError
 from .health import ResourceLimits, resource_checks, summarize
 from .journal import Journal
+from .keys import learn as learn_keys
 from .service import Agent
 from .statedir import DEFAULT_STATE_DIR, StateDir
 from .states import State
@@ -112,8 +113,9 @@ def run(
     agent = _agent(state_dir)
     assert agent.client is not None  # noqa: S101 - opened online
     checkins = CheckIns(
-        agent.config, agent.journal, agent.client, on_order=agent.handle, between=agent.report
-    )
+        agent.config, agent.journal, agent.client, on_order=agent.handle, between=agent.report,
+        on_keys=lambda keys: learn_keys(agent.state, keys),
+    )  # fmt: skip
     try:
         agent.resume()
         if once:

@@ -25,6 +25,7 @@ from .cli_campaigns import audit_app, campaign_app
 from .cli_common import ControllerOption, DataDirOption, JsonOption, client
 from .datadir import DEFAULT_DATA_DIR, DEFAULT_PORT, DataDir
 from .errors import FleetpatchError, UsageError
+from .signing import rotate
 
 app = typer.Typer(
     help="fleetpatch controller and admin CLI: campaigns that patch Linux fleets safely.",
@@ -94,6 +95,15 @@ def controller_serve(
 
     _setup_logging(log_level)
     asyncio.run(serve(DataDir(data_dir), listen, enroll_listen))
+
+
+@controller_app.command("rotate-key")
+def controller_rotate_key(data_dir: DataDirOption = DEFAULT_DATA_DIR) -> None:
+    """Make a new work-order signing key, endorsed by the current one. Restart
+    `serve` to sign with it; agents learn it at their next check-in."""
+    old, new = rotate(DataDir(data_dir))
+    print(f"signing key {old} retired; new key {new}, endorsed by {old}")
+    print("restart `fleetpatch controller serve` to sign orders with it")
 
 
 def _setup_logging(level: str) -> None:

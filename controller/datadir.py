@@ -5,6 +5,8 @@
     DIR/server.pem .key   the controller's TLS certificate
     DIR/admin.pem .key    the admin CLI's client certificate
     DIR/signing.key       Ed25519 key that signs work orders
+    DIR/signing-keys.json rotations: each new key endorsed by the one before
+    DIR/signing.key.ID    retired signing keys, kept for the record
     DIR/controller.db     SQLite (WAL)
     DIR/endpoints.json    written by `serve`: the addresses it listens on
 
@@ -98,6 +100,10 @@ class DataDir:
     @property
     def signing_key(self) -> Path:
         return self.path / "signing.key"
+
+    @property
+    def signing_rotations(self) -> Path:
+        return self.path / "signing-keys.json"
 
     @property
     def config(self) -> Path:

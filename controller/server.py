@@ -24,7 +24,7 @@ from .engine import CampaignEngine
 from .errors import UsageError
 from .pki import CertificateAuthority
 from .servicers import AdminService, AgentService, Revocations
-from .signing import load_signing_key, published_keys
+from .signing import load_signing_key, published_keys, rotation_chain
 from .store import Store
 from .storethread import CheckInBatcher, StoreThread
 
@@ -89,7 +89,7 @@ async def serve(
     server_key = data_dir.read(data_dir.server_key)
     server_cert = data_dir.read(data_dir.server_cert)
     signing_key = load_signing_key(data_dir.read(data_dir.signing_key))
-    signing = published_keys(signing_key)
+    signing, chain = published_keys(signing_key), rotation_chain(data_dir)
 
     store = Store.open(data_dir.database)
     db = StoreThread(store)
@@ -99,7 +99,7 @@ async def serve(
     await engine.start()
     server = grpc.aio.server(options=_OPTIONS)
     agent_pb2_grpc.add_AgentServiceServicer_to_server(
-        AgentService(db, batcher, ca, signing, settings, revoked, engine), server
+        AgentService(db, batcher, ca, signing, settings, revoked, engine, chain), server
     )
     admin_pb2_grpc.add_AdminServiceServicer_to_server(AdminService(db, revoked, engine), server)
     # grpc-stubs predates the asyncio health servicer that grpcio-health-checking ships.

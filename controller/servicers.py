@@ -123,6 +123,7 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
         settings: Settings,
         revoked: Revocations,
         engine: CampaignEngine,
+        rotations: list[types_pb2.SigningKey] | None = None,
         rng: random.Random | None = None,
     ) -> None:
         self._db = db
@@ -132,6 +133,7 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
         self._settings = settings
         self._revoked = revoked
         self._engine = engine
+        self._rotations = rotations or []
         self._rng = rng or random.Random()
 
     @rpc
@@ -214,6 +216,7 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
             order = await self._engine.order_for(host, request.highest_sequence)
         return agent_pb2.CheckInResponse(
             work_order=order,
+            signing_keys=self._rotations,
             next_checkin=convert.duration(
                 next_checkin(
                     self._settings.checkin_interval, self._settings.checkin_jitter, self._rng

@@ -3,11 +3,14 @@ enrollment, used to sign every work order."""
 
 from __future__ import annotations
 
+import json
+
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from fleetpatch.envelope import key_id, raw_public_key
+from fleetpatch.envelope import endorse, key_id, raw_public_key
 from fleetpatch.v1 import types_pb2
 
+from .datadir import DataDir
 from .errors import DataDirError
 
 
@@ -34,6 +37,62 @@ def load_signing_key(pem: bytes) -> Ed25519PrivateKey:
 
 
 def published_keys(key: Ed25519PrivateKey) -> list[types_pb2.SigningKey]:
-    """The public keys agents should trust, as sent at enrollment."""
+    """The public key agents pin at enrollment."""
     public = raw_public_key(key.public_key())
     return [types_pb2.SigningKey(key_id=key_id(public), public_key=public)]
+
+
+def rotations(data: bytes) -> list[types_pb2.SigningKey]:
+    """The endorsement chain from signing-keys.json, oldest first: each key
+    signed by the one before, so an agent that pinned any earlier key can
+    walk to the current one."""
+    try:
+        doc = json.loads(data)
+        return [
+            types_pb2.SigningKey(
+                key_id=k["key_id"],
+                public_key=bytes.fromhex(k["public_key"]),
+                endorsed_by_key_id=k["endorsed_by_key_id"],
+                endorsement=bytes.fromhex(k["endorsement"]),
+            )
+            for k in doc
+        ]
+    except (ValueError, KeyError, TypeError):
+        raise DataDirError("signing-keys.json is damaged") from None
+
+
+def rotation_chain(data_dir: DataDir) -> list[types_pb2.SigningKey]:
+    """The endorsement chain of this data dir; empty before any rotation."""
+    if not data_dir.signing_rotations.exists():
+        return []
+    return rotations(data_dir.read(data_dir.signing_rotations))
+
+
+def rotations_to_json(chain: list[types_pb2.SigningKey]) -> bytes:
+    doc = [
+        {
+            "key_id": k.key_id,
+            "public_key": k.public_key.hex(),
+            "endorsed_by_key_id": k.endorsed_by_key_id,
+            "endorsement": k.endorsement.hex(),
+        }
+        for k in chain
+    ]
+    return json.dumps(doc, indent=2).encode() + b"\n"
+
+
+def rotate(data_dir: DataDir) -> tuple[str, str]:
+    """Make a new signing key endorsed by the current one; the current one
+    is retired to signing.key.ID. Returns (old id, new id). The controller
+    signs with the new key from its next start; agents learn it at their
+    next check-in."""
+    data_dir.require_initialised()
+    old = load_signing_key(data_dir.read(data_dir.signing_key))
+    old_id = key_id(raw_public_key(old.public_key()))
+    chain = rotation_chain(data_dir)
+    new = new_signing_key()
+    announced = endorse(raw_public_key(new.public_key()), old)
+    data_dir.write_private(data_dir.path / f"signing.key.{old_id}", signing_key_to_pem(old))
+    data_dir.write_public(data_dir.signing_rotations, rotations_to_json([*chain, announced]))
+    data_dir.write_private(data_dir.signing_key, signing_key_to_pem(new))
+    return old_id, announced.key_id

@@ -201,3 +201,39 @@ def test_abort_with_revert_orders_patched_hosts_back(fleet, tmp_path):
         if agent.ring:
             assert agent.round() is None
     assert _show(ctl, campaign_id)["state"] == "aborted"
+
+
+def test_a_controller_restart_mid_campaign_loses_nothing_and_assigns_nobody_twice(fleet, tmp_path):
+    ctl, agents = fleet
+    for agent in agents:
+        agent.defer = True  # orders stay in flight across the restart
+    spec = tmp_path / "demo.toml"
+    spec.write_text(
+        CAMPAIGN.replace(
+            "min_success = 0.5, failure_budget = 0", "min_success = 0.5, failure_budget = 5"
+        )
+    )
+    campaign_id = ctl.admin("campaign", "create", spec).stdout.strip().splitlines()[-1]
+    ctl.admin("campaign", "approve", campaign_id)
+    for _ in range(3):
+        for agent in agents:
+            agent.round()
+    before = _show(ctl, campaign_id)
+    assert sum(c["in_flight"] for c in before["cells"]) > 0
+
+    assert ctl.stop() == 0
+    ctl.start()
+    assert _rounds(agents, ctl, campaign_id, 12) == "completed"
+
+    conn = sqlite3.connect(ctl.data_dir / "controller.db")
+    per_host = conn.execute(
+        "SELECT host_id, count(*) FROM assignments WHERE kind = 'patch' GROUP BY host_id"
+    ).fetchall()
+    reports = conn.execute(
+        "SELECT count(*), count(DISTINCT idempotency_key) FROM progress_reports"
+    ).fetchone()
+    conn.close()
+    assert sorted(n for _, n in per_host) == [1] * len(agents)
+    assert reports[0] == reports[1]
+    assert all(len(a.outcomes) == 1 for a in agents)
+    assert ctl.admin("audit", "verify").stdout.startswith("audit trail intact")

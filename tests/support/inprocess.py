@@ -12,6 +12,7 @@ from agent.checkin import CheckIns
 from agent.client import ControllerClient
 from agent.enrollment import enroll
 from agent.journal import Journal
+from agent.keys import learn as learn_keys
 from agent.runner import Runner
 from agent.statedir import StateDir
 from agent.states import State
@@ -53,6 +54,7 @@ class InProcessAgent:
         self.checkins = CheckIns(
             config, self.journal, self.client,
             list_packages=lambda _: sorted((n, v, "all") for n, v in backend.installed.items()),
+            on_keys=lambda keys: learn_keys(self.state, keys),
         )  # fmt: skip
         self.outcomes: list[State] = []
         self.defer = defer
