@@ -220,37 +220,51 @@ class Apt:
         return self._diff(before)
 
     def revert(self, snapshot: Snapshot) -> list[Change]:
-        """Install the kept versions over whatever is there now, even a
-        half-configured package whose postinst keeps failing (that is why we
-        do not start with `dpkg --configure -a`, which would rerun it). Only
-        when that fails is dpkg repaired and the revert tried once more."""
+        """Install the kept versions over whatever is there now.
+
+        First with apt, which also removes what the update newly installed.
+        It does not start with `dpkg --configure -a`, which would rerun the
+        failing postinst of a half-configured new version. If apt refuses
+        (another, unrelated package broken on the host is enough), dpkg is
+        repaired as far as it goes and the kept .debs are installed with
+        dpkg itself, which looks at nothing but them.
+        """
         try:
-            return self._revert_once(snapshot)
+            return self._revert_with(snapshot, self._revert_apt)
         except CommandFailed as exc:
-            log.info("revert failed (%s); repairing dpkg and trying once more", exc)
+            log.info("revert with apt failed (%s); using dpkg on the kept packages", exc)
         with contextlib.suppress(CommandFailed):
             self.recover()
-        return self._revert_once(snapshot)
+        return self._revert_with(snapshot, self._revert_dpkg)
 
-    def _revert_once(self, snapshot: Snapshot) -> list[Change]:
+    def _revert_apt(self, restore: list[Saved], remove: list[str]) -> None:
+        self._apt_get(
+            "install", "--allow-downgrades", "--no-install-recommends",
+            *[s.path for s in restore], *[f"{n}-" for n in remove],
+        )  # fmt: skip
+
+    def _revert_dpkg(self, restore: list[Saved], remove: list[str]) -> None:
+        options = ["--force-confdef", "--force-confold", "--force-downgrade"]
+        if restore:
+            self._checked(["dpkg", *options, "--install", *[s.path for s in restore]], 1800)
+        if remove:
+            self._checked(["dpkg", "--remove", *remove], 1800)
+
+    def _revert_with(
+        self, snapshot: Snapshot, method: Callable[[list[Saved], list[str]], None]
+    ) -> list[Change]:
         names = [s.name for s in snapshot.saved] + list(snapshot.new)
         before = self.versions(names)
-        current = {s.name: s for s in snapshot.saved if before.get(s.name) != s.version}
+        restore = [s for s in snapshot.saved if before.get(s.name) != s.version]
         remove = [n for n in snapshot.new if before.get(n)]
-        if current or remove:
-            self._apt_get(
-                "install", "--allow-downgrades", "--no-install-recommends",
-                *[s.path for s in current.values()], *[f"{n}-" for n in remove],
-            )  # fmt: skip
+        if restore or remove:
+            method(restore, remove)
         after = self.versions(names)
         wrong = [s.name for s in snapshot.saved if after.get(s.name) != s.version]
         wrong += [n for n in snapshot.new if after.get(n)]
         if wrong:
             raise CommandFailed(
-                ["apt-get", "install"],
-                0,
-                "",
-                f"revert left {', '.join(wrong)} at the wrong version",
+                ["revert"], 0, "", f"revert left {', '.join(wrong)} at the wrong version"
             )
         return self._diff(before)
 
