@@ -6,13 +6,14 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from agent.states import State
-from tests.support.controller import Controller, cli
+from tests.support.controller import BIN, Controller, cli
 from tests.support.fakes import FakeBackend, FakeProber
 from tests.support.inprocess import InProcessAgent
 
@@ -237,3 +238,30 @@ def test_a_controller_restart_mid_campaign_loses_nothing_and_assigns_nobody_twic
     assert reports[0] == reports[1]
     assert all(len(a.outcomes) == 1 for a in agents)
     assert ctl.admin("audit", "verify").stdout.startswith("audit trail intact")
+
+
+def test_watch_follows_a_campaign_until_it_completes(fleet, tmp_path):
+    ctl, agents = fleet
+    spec = tmp_path / "demo.toml"
+    spec.write_text(
+        CAMPAIGN.replace(
+            "min_success = 0.5, failure_budget = 0", "min_success = 0.5, failure_budget = 5"
+        )
+    )
+    campaign_id = ctl.admin("campaign", "create", spec).stdout.strip().splitlines()[-1]
+    ctl.admin("campaign", "approve", campaign_id)
+    watcher = subprocess.Popen(
+        [str(BIN / "fleetpatch"), "campaign", "watch", campaign_id, "--interval", "0.2",
+         "--data-dir", str(ctl.data_dir)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        assert _rounds(agents, ctl, campaign_id, 12) == "completed"
+        out, err = watcher.communicate(timeout=30)
+    finally:
+        watcher.kill()
+    assert watcher.returncode == 0, err
+    lines = out.splitlines()
+    assert any("running" in line for line in lines)
+    assert "COMPLETED" in out
+    assert lines[-1].startswith("2 ")  # the final table's last row: ring 2
