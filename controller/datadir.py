@@ -39,6 +39,7 @@ class Settings:
     checkin_interval: timedelta
     checkin_jitter: float
     campaign_tick: timedelta = timedelta(seconds=10)
+    checkin_max_batch: int = 1000
 
 
 def default_enroll_address(address: str) -> str:
@@ -153,7 +154,7 @@ class DataDir:
         if unknown:
             raise UsageError(f"{self.config}: unknown table [{sorted(unknown)[0]}]")
         server = _table(doc, "server", {"listen", "enroll_listen", "advertise"}, self.config)
-        checkin = _table(doc, "checkin", {"interval", "jitter"}, self.config)
+        checkin = _table(doc, "checkin", {"interval", "jitter", "max_batch"}, self.config)
         listen = _address(server, "listen", f"0.0.0.0:{DEFAULT_PORT}", self.config)
         enroll = _address(server, "enroll_listen", "", self.config)
         try:
@@ -177,7 +178,10 @@ class DataDir:
             raise UsageError(f"{self.config}: campaigns.tick: {exc}") from None
         if tick < timedelta(seconds=1):
             raise UsageError(f"{self.config}: campaigns.tick must be at least 1s")
-        return Settings(listen, enroll, advertise, interval, float(jitter), tick)
+        max_batch = checkin.get("max_batch", 1000)
+        if isinstance(max_batch, bool) or not isinstance(max_batch, int) or max_batch < 1:
+            raise UsageError(f"{self.config}: checkin.max_batch must be a whole number >= 1")
+        return Settings(listen, enroll, advertise, interval, float(jitter), tick, max_batch)
 
     def write_endpoints(self, address: str, enroll_address: str) -> None:
         doc = {"address": address, "enroll_address": enroll_address, "pid": os.getpid()}
@@ -234,6 +238,9 @@ advertise = "{advertise}"
 # fraction) so that a fleet never checks in at once.
 interval = "{interval}"
 jitter = 0.2
+# Check-ins arriving while a batch is being written join the next one (group
+# commit); at most this many per transaction.
+max_batch = 1000
 
 [campaigns]
 # How often the controller times out silent orders, halts campaigns whose

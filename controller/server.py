@@ -94,7 +94,7 @@ async def serve(
     store = Store.open(data_dir.database)
     db = StoreThread(store)
     revoked = Revocations(await db.call(lambda s: s.revoked_host_ids()))
-    batcher = CheckInBatcher(db)
+    batcher = CheckInBatcher(db, settings.checkin_max_batch)
     engine = CampaignEngine(db, signing_key)
     await engine.start()
     server = grpc.aio.server(options=_OPTIONS)

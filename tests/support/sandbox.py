@@ -53,6 +53,9 @@ Fallbacks and limits
   changes live in RAM and vanish with the sandbox). An overlay as *lower*
   dir works. `volatile` (no fsync on the upper layer; dpkg fsyncs a lot) is
   used when the kernel knows it.
+- A project checkout or venv under /tmp or /run (hidden by the private
+  tmpfs there) is bound in read-only at the same path, so the agent under
+  test runs from a CI clone anywhere.
 - The lower layer is one filesystem: mounts under `/` on the machine (other
   than those recreated above) are not visible in the sandbox, they show as
   their empty mount points. On a machine where /work or /home is a separate
@@ -85,6 +88,7 @@ from types import TracebackType
 from typing import IO, Any, Literal
 
 INIT_SCRIPT = Path(__file__).with_name("_sandbox_init.py")
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
 
 #: The environment every command in the sandbox starts from: not the test
 #: process's (no VIRTUAL_ENV, PYTEST_*, or the developer's locale).
@@ -224,6 +228,7 @@ class HostSandbox:
             self._start_init()
             self._mount_root()
             self._mount_system()
+            self._bind_project()
             if self.machine_id is not None:
                 self.path("/etc/machine-id").write_text(self.machine_id.strip() + "\n")
         except BaseException:
@@ -550,6 +555,15 @@ class HostSandbox:
                 sysrq = f"{r}/proc/sysrq-trigger"
                 self._ns_run(["mount", "--bind", "-o", "ro", sysrq, sysrq])
         self._ns_run(["mkdir", "-m", "1777", f"{r}/run/lock"])
+
+    def _bind_project(self) -> None:
+        """Keep the project and its Python visible inside: a checkout or venv
+        under /tmp or /run (a CI clone, say) would otherwise be hidden by the
+        sandbox's private tmpfs there. Read-only; nothing writes to them."""
+        needed = {PROJECT_ROOT, Path(sys.prefix).resolve(), Path(sys.base_prefix).resolve()}
+        for path in sorted(needed):
+            if any(path.is_relative_to(d) for d in ("/tmp", "/run")):
+                self.bind(path, str(path))
 
     def _upper_view(self) -> Path:
         if self.upper_on_tmpfs:
