@@ -130,7 +130,7 @@ async def load(
 
     await asyncio.gather(*(worker(k) for k in range(concurrency)))
     for channel in channels:
-        await channel.close()
+        await channel.close(None)
     return done, latencies
 
 
