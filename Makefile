@@ -11,8 +11,9 @@ PROTOS := $(wildcard proto/fleetpatch/v1/*.proto)
 # Debian packages the test suites use: dpkg-repack (the agent keeps a copy of
 # what it replaces with it), dpkg-dev (dpkg-scanpackages for the
 # local apt repositories), iproute2 (network namespaces), util-linux
-# (unshare), systemd (systemd-analyze for the unit files).
-DEB_PACKAGES := dpkg-dev dpkg-repack iproute2 util-linux
+# (unshare), rpm, createrepo-c, dnf, dnf-plugins-core (the dnf backend, tested
+# against real dnf in a sandbox).
+DEB_PACKAGES := dpkg-dev dpkg-repack iproute2 util-linux rpm createrepo-c dnf dnf-plugins-core
 
 export PYTHONDONTWRITEBYTECODE := 1
 

@@ -158,8 +158,9 @@ def apply(
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")] = False,
 ) -> None:
     """Carry out a signed work order from a file (air-gapped hosts), with the
-    same checks as one received over the network. Exit 0 when it succeeded,
-    1 when it failed or was reverted, 4 when it was refused."""
+    same checks as one received over the network. Exit 0 when it succeeded
+    (or is applied and waits for a reboot the policy defers), 1 when it
+    failed or was reverted, 4 when it was refused."""
     _setup_logging(verbose)
     envelope = _read_envelope(order_file)
     agent = _agent(state_dir, online=not offline)
@@ -171,7 +172,7 @@ def apply(
     if final is None:
         raise AgentRefusedOrder("the work order was refused (see `fleetpatch-agent status`)")
     print(f"work order finished: {final}")
-    if final is not State.SUCCEEDED:
+    if final not in (State.SUCCEEDED, State.PENDING_REBOOT):
         raise typer.Exit(1)
 
 

@@ -3,8 +3,14 @@ in `states`, persisted in the journal before every side effect.
 
 Each step is a method that runs one state's side effect and returns an
 event; the table says where that event leads. Backends (package manager,
-health probes, clock, sleep) are passed in, so the simulator and the tests
-run this same code with stand-ins.
+health probes, clock, sleep, and for kernels and reboots: the boot id, the
+running kernel, reboot signals, live-patch providers, the rebooter, the
+boot loader) are passed in, so the simulator and the tests run this same
+code with stand-ins. The kernel and reboot steps live in `bootsteps`.
+
+Defaults are safe for library use: no reboot signals, no live-patch
+provider and no rebooter (a needed reboot ends PENDING_REBOOT). The agent
+service (`service.Agent.open`) passes the host's real ones.
 """
 
 from __future__ import annotations
@@ -12,7 +18,6 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -21,25 +26,25 @@ from fleetpatch.v1 import types_pb2
 
 from . import convert, faults
 from .backend import Busy, Change, PackageBackend, Plan, PlanError, Snapshot
+from .bootloader import Bootloader
+from .bootloader import detect as detect_bootloader
+from .bootsteps import BootSteps
 from .checks import CheckSpec, Probes
+from .decide import Reason
 from .errors import CommandFailed
 from .health import CheckResult
 from .journal import Journal, OrderRecord
+from .livepatch import Provider
+from .needs import installed_kernels
 from .orders import Action, OrderRefused, WorkOrder, from_pb, verify
+from .outcome import Outcome
 from .policy import Policy, check_order, plan_violation
+from .reboot import BOOT_ID_FILE, KERNEL_RELEASE_FILE, FileValue, Rebooter
 from .states import MAX_ENTRIES, RESUME, TERMINAL, Event, Resume, State, next_state
 
 log = logging.getLogger(__name__)
 Clock = Callable[[], datetime]
-
-
-@dataclass(frozen=True)
-class Outcome:
-    event: Event
-    detail: str = ""
-    columns: Mapping[str, Any] = field(default_factory=dict)
-    changes: Sequence[Change] = ()
-    checks: Sequence[CheckResult] = ()
+__all__ = ["Outcome", "Runner"]
 
 
 def _describe(changes: Sequence[Change]) -> str:
@@ -64,7 +69,19 @@ class Runner:
         busy_timeout: timedelta = timedelta(minutes=10),
         retry_interval: float = 5.0,
         notify: Callable[[], object] = lambda: None,
+        *,
+        boot_id: Callable[[], str] | None = None,
+        kernel: Callable[[], str] | None = None,
+        reboot_signals: Callable[[], Sequence[Reason]] = list,
+        livepatch: Sequence[Provider] = (),
+        rebooter: Rebooter | None = None,
+        bootloader: Callable[[], Bootloader] = detect_bootloader,
+        kernels: Callable[[], Sequence[str]] = installed_kernels,
+        reboot_timeout: timedelta = timedelta(minutes=10),
     ) -> None:
+        """``boot_id``/``kernel``: this boot's id and the running kernel
+        (default: read from /proc at each call); ``rebooter`` None means
+        this runner never reboots the host (see the module docstring)."""
         self._journal = journal
         self._backend = backend
         self._prober = prober
@@ -76,6 +93,11 @@ class Runner:
         self._busy_timeout = busy_timeout
         self._retry_interval = retry_interval
         self._notify = notify
+        self._boot = BootSteps(
+            journal, policy, clock, boot_id or FileValue(BOOT_ID_FILE),
+            kernel or FileValue(KERNEL_RELEASE_FILE), reboot_signals, kernels, livepatch,
+            rebooter, bootloader, reboot_timeout,
+        )  # fmt: skip
 
     def set_notify(self, notify: Callable[[], object]) -> None:
         """Called after every state entry: the agent sends reports there."""
@@ -133,6 +155,9 @@ class Runner:
             state = State(record.state)
             if RESUME[state] is Resume.RECOVER:
                 state = self._recover_then_decide(order, record)
+            elif RESUME[state] is Resume.BOOT:
+                target, outcome = self._boot.resume(record)
+                state = self._enter(order, target, outcome)
             else:
                 state = self._enter(order, state, Outcome(Event.OK, f"resumed in {state}"))
             log.info("order %s resumed in %s", order.order_id, state)
@@ -148,15 +173,16 @@ class Runner:
         self._until_not_busy(self._backend.recover)
         plan = Plan.from_json(record.plan or [])
         now = self._backend.versions([c.name for c in plan.changes])
+        why = "resumed after a crash in APPLY"
         if all(now.get(c.name, "") == c.new for c in plan.changes):
-            target, why = State.VERIFY, "the update landed in full"
-        elif all(now.get(c.name, "") == c.old for c in plan.changes):
-            target, why = State.APPLY, "nothing had changed yet; applying again"
+            outcome = self._boot.after_update(order, record, f"{why}: the update landed in full",
+                                              {})  # fmt: skip
+            return self._enter(order, next_state(State.APPLY, outcome.event), outcome)
+        if all(now.get(c.name, "") == c.old for c in plan.changes):
+            target, why = State.APPLY, f"{why}: nothing had changed yet; applying again"
         else:
-            target, why = State.REVERT, "the update landed only in part"
-        return self._enter(
-            order, target, Outcome(Event.OK, f"resumed after a crash in APPLY: {why}")
-        )
+            target, why = State.REVERT, f"{why}: the update landed only in part"
+        return self._enter(order, target, Outcome(Event.OK, why))
 
     def _enter(self, order: WorkOrder, state: State, outcome: Outcome) -> State:
         """Journal the entry into ``state`` (with its report) before anything
@@ -223,6 +249,9 @@ class Runner:
             State.PRECHECK: self._precheck,
             State.SNAPSHOT: self._snapshot,
             State.APPLY: self._apply,
+            State.LIVEPATCH: self._boot.livepatch,
+            State.REBOOT: self._boot.reboot,
+            State.REBOOTED: self._boot.rebooted,
             State.VERIFY: self._verify,
             State.REVERT: self._revert,
         }
@@ -286,9 +315,11 @@ class Runner:
         except (PlanError, CommandFailed) as exc:
             return Outcome(Event.FAIL, f"no revertable copy, not patching: {exc}")
         kept = ", ".join(f"{s.name} {s.version}" for s in snapshot.saved) or "nothing to keep"
+        boot = self._boot.snapshot_doc()  # running kernel and boot, for a kernel revert
         return Outcome(
-            Event.OK, f"kept for revert: {kept}", columns={"snapshot": snapshot.to_json()}
-        )
+            Event.OK, f"kept for revert: {kept}; running kernel {boot.kernel or 'unknown'}",
+            columns={"snapshot": boot.into(snapshot.to_json())},
+        )  # fmt: skip
 
     def _apply(self, order: WorkOrder, record: OrderRecord) -> Outcome:
         if order.window_closes_at is not None and self._clock() >= order.window_closes_at:
@@ -302,10 +333,11 @@ class Runner:
             return Outcome(Event.ABORT, f"gave up waiting for the package manager: {exc}")
         except CommandFailed as exc:
             return Outcome(Event.FAIL, f"the update failed: {exc}")
-        return Outcome(
-            Event.OK, f"applied: {_describe(changes) or 'no change'}",
-            columns={"changes": [vars(c) for c in changes]}, changes=changes,
+        outcome = self._boot.after_update(
+            order, record, f"applied: {_describe(changes) or 'no change'}",
+            {"changes": [vars(c) for c in changes]},
         )  # fmt: skip
+        return Outcome(outcome.event, outcome.detail, outcome.columns, changes=changes)
 
     def _verify(self, order: WorkOrder, record: OrderRecord) -> Outcome:
         plan = Plan.from_json(record.plan or [])
@@ -319,7 +351,8 @@ class Runner:
                     Event.FAIL, f"not at the planned version: {', '.join(wrong)}", checks=results
                 )
             if all(r.ok for r in results):
-                return Outcome(Event.OK, "healthy after the update", checks=results)
+                event, detail = self._boot.verified(record, "healthy after the update")
+                return Outcome(event, detail, checks=results)
             if self._clock() >= deadline:
                 return Outcome(
                     Event.FAIL,
@@ -330,7 +363,12 @@ class Runner:
             self._sleep(self._retry_interval)
 
     def _revert(self, order: WorkOrder, record: OrderRecord) -> Outcome:
-        why = record.detail
+        # Why the revert began: a revert interrupted by its own reboot comes
+        # back here with REBOOTED's detail as the record's.
+        why = next(
+            (s.detail for s in self._journal.steps(order.order_id) if s.state == State.REVERT),
+            record.detail,
+        )
         if record.snapshot is None:
             return Outcome(Event.FAIL, f"no snapshot to revert to ({why})")
         snapshot = Snapshot.from_json(record.snapshot)
@@ -338,11 +376,18 @@ class Runner:
             changes = self._until_not_busy(lambda: self._backend.revert(snapshot))
         except (Busy, CommandFailed) as exc:
             return Outcome(Event.FAIL, f"revert failed: {exc} (reverting because: {why})")
+        # A rerun after the revert's own reboot changes nothing: keep the
+        # changes the first run journaled.
+        columns = {"changes": [vars(c) for c in changes]} if changes else {}
+        ended, notes = self._boot.revert(order, record, f"packages reverted because {why}")
+        if ended is not None:
+            return Outcome(ended.event, ended.detail, {**ended.columns, **columns}, changes)
         results = self._prober.run_all(self._checks(order))
         health = (
             "healthy" if all(r.ok for r in results) else f"still unhealthy: {_failing(results)}"
         )
+        notes = f"; {notes}" if notes else ""
         return Outcome(
-            Event.OK, f"reverted because {why}; after revert the host is {health}",
-            columns={"changes": [vars(c) for c in changes]}, changes=changes, checks=results,
+            Event.OK, f"reverted because {why}{notes}; after revert the host is {health}",
+            columns=columns, changes=changes, checks=results,
         )  # fmt: skip

@@ -14,10 +14,15 @@ from .apt import Apt
 from .backend import PackageBackend
 from .checks import Prober
 from .client import ControllerClient
+from .decide import Reason
+from .dnf import Dnf
 from .errors import ConfigError
 from .facts import package_manager
 from .journal import Journal
+from .livepatch import CanonicalLivepatch, Kpatch
+from .needs import RebootSignals
 from .orders import OrderRefused
+from .reboot import CommandRebooter, FileValue, Inhibitor
 from .runner import Runner
 from .statedir import AgentConfig, StateDir
 from .states import State
@@ -26,9 +31,14 @@ log = logging.getLogger(__name__)
 
 
 def backend_for(manager: str, config: AgentConfig) -> PackageBackend:
+    """The package backend for the host's package manager, its mutating
+    commands run under a shutdown inhibitor lock. Raises ConfigError."""
+    run = Inhibitor(why="fleetpatch is installing updates")
     if manager == "apt":
-        return Apt(lock_timeout=int(config.timing.lock_timeout.total_seconds()))
-    raise ConfigError(f"no package backend for {manager or 'this host'} (supported: apt)")
+        return Apt(run=run, lock_timeout=int(config.timing.lock_timeout.total_seconds()))
+    if manager == "dnf":
+        return Dnf(run=run)
+    raise ConfigError(f"no package backend for {manager or 'this host'} (supported: apt, dnf)")
 
 
 @dataclass
@@ -50,15 +60,26 @@ class Agent:
         state.require_enrolled()
         config = state.config()
         journal = Journal.open(state.journal)
+        backend = backend_factory(package_manager(), config)
+        kernel = FileValue(config.reboot.kernel_release_file)
+        # A backend may know more about reboots (dnf needs-restarting).
+        extra: Callable[[], list[Reason]] | None = getattr(backend, "reboot_reasons", None)
+        signals = RebootSignals(kernel, extra=[extra] if extra is not None else [])
         runner = Runner(
             journal,
-            backend_factory(package_manager(), config),
+            backend,
             Prober(),
             config.policy,
             config.checks,
             state.cache,
             busy_timeout=config.timing.busy_timeout,
             retry_interval=config.timing.retry_interval.total_seconds(),
+            boot_id=FileValue(config.reboot.boot_id_file),
+            kernel=kernel,
+            reboot_signals=signals.collect,
+            livepatch=(Kpatch(), CanonicalLivepatch()),
+            rebooter=CommandRebooter(config.reboot.command),
+            reboot_timeout=config.timing.reboot_timeout,
         )
         client = None
         if online:

@@ -38,6 +38,20 @@ class Timing:
     lock_timeout: timedelta = timedelta(seconds=60)
     busy_timeout: timedelta = timedelta(minutes=10)
     retry_interval: timedelta = timedelta(seconds=5)
+    reboot_timeout: timedelta = timedelta(minutes=10)
+
+
+@dataclass(frozen=True)
+class RebootSettings:
+    """[agent] of agent.toml: how the agent reboots the host and tells,
+    after a restart, whether it did (a new boot id) and into what kernel."""
+
+    command: tuple[str, ...] = ("systemctl", "reboot")
+    boot_id_file: Path = Path("/proc/sys/kernel/random/boot_id")
+    kernel_release_file: Path = Path("/proc/sys/kernel/osrelease")
+
+
+_REBOOT_KEYS = {"reboot_command", "boot_id_file", "kernel_release_file"}
 
 
 @dataclass(frozen=True)
@@ -48,6 +62,7 @@ class AgentConfig:
     policy: Policy = field(default_factory=Policy)
     checks: tuple[CheckSpec, ...] = ()
     timing: Timing = field(default_factory=Timing)
+    reboot: RebootSettings = field(default_factory=RebootSettings)
 
 
 CONFIG_TEMPLATE = """\
@@ -67,6 +82,16 @@ lock_timeout = "60s"
 busy_timeout = "10m"
 # Pause between retries, and between health-check attempts while verifying.
 retry_interval = "5s"
+# How the agent reboots the host when an update needs it and the order and
+# [policy] allow it (inside the order's maintenance window only).
+reboot_command = ["systemctl", "reboot"]
+# A reboot not done this long after it was asked for is reported failed
+# (the update is then reverted).
+reboot_timeout = "10m"
+# Where this boot's id and the running kernel are read (a new boot id after
+# a restart is how the agent knows the host rebooted).
+# boot_id_file = "/proc/sys/kernel/random/boot_id"
+# kernel_release_file = "/proc/sys/kernel/osrelease"
 
 [health]
 # Resource checks reported with every check-in; 0 switches one off.
@@ -196,9 +221,11 @@ class StateDir:
             )
         except ValueError as exc:
             raise ConfigError(str(exc)) from None
+        agent = _section(doc, "agent", where)
         return AgentConfig(
             address, str(ctl.get("enroll_address", "")), ResourceLimits(**limits), policy, specs,
-            _timing(_section(doc, "agent", where), where),
+            _timing({k: v for k, v in agent.items() if k not in _REBOOT_KEYS}, where),
+            _reboot({k: v for k, v in agent.items() if k in _REBOOT_KEYS}, where),
         )  # fmt: skip
 
     def trusted_signing_keys(self) -> dict[str, bytes]:
@@ -221,6 +248,26 @@ def _timing(table: dict[str, Any], where: str) -> Timing:
         if values[key] <= timedelta(0):
             raise ConfigError(f"{where}: agent.{key} must be longer than 0s")
     return Timing(**values)
+
+
+def _reboot(table: dict[str, Any], where: str) -> RebootSettings:
+    values: dict[str, Any] = {}
+    command = table.get("reboot_command")
+    if command is not None:
+        if (
+            not isinstance(command, list)
+            or not command
+            or not all(isinstance(a, str) and a for a in command)
+        ):
+            raise ConfigError(f"{where}: agent.reboot_command must be a list of strings")
+        values["command"] = tuple(command)
+    for key in ("boot_id_file", "kernel_release_file"):
+        if key in table:
+            value = table[key]
+            if not isinstance(value, str) or not value.startswith("/"):
+                raise ConfigError(f"{where}: agent.{key} must be an absolute path")
+            values[key] = Path(value)
+    return RebootSettings(**values)
 
 
 def _section(doc: dict[str, Any], name: str, where: str) -> dict[str, Any]:

@@ -8,6 +8,7 @@ from agent.states import (
     TERMINAL,
     TRANSITIONS,
     Event,
+    Resume,
     State,
     next_state,
 )
@@ -23,6 +24,7 @@ def test_stored_state_names_never_change():
     ]  # fmt: skip
     assert [e.value for e in Event] == [
         "ok", "fail", "abort", "nothing-to-do", "loop", "revert-ordered",
+        "livepatch", "reboot", "defer", "pending-reboot", "reverting",
     ]  # fmt: skip
 
 
@@ -52,7 +54,7 @@ def test_every_state_but_the_reserved_ones_is_reachable():
 
 
 def test_a_host_that_may_have_changed_always_goes_through_revert():
-    for state in (State.APPLY, State.VERIFY):
+    for state in (State.APPLY, State.LIVEPATCH, State.REBOOT, State.REBOOTED, State.VERIFY):
         assert next_state(state, Event.FAIL) is State.REVERT
         assert next_state(state, Event.LOOP) is State.REVERT
     # Only a step that gave up before touching anything may end in FAILED.
@@ -69,3 +71,43 @@ def test_revert_ends_reverted_or_says_it_failed():
     assert next_state(State.REVERT, Event.OK) is State.REVERTED
     assert next_state(State.REVERT, Event.FAIL) is State.REVERT_FAILED
     assert next_state(State.REVERT, Event.LOOP) is State.REVERT_FAILED
+
+
+def test_no_state_is_reserved_any_more():
+    assert not RESERVED
+
+
+def test_the_decision_after_apply_leads_to_verify_livepatch_or_reboot():
+    assert next_state(State.APPLY, Event.OK) is State.VERIFY
+    assert next_state(State.APPLY, Event.LIVEPATCH) is State.LIVEPATCH
+    assert next_state(State.APPLY, Event.REBOOT) is State.REBOOT
+    assert next_state(State.LIVEPATCH, Event.OK) is State.VERIFY
+    assert next_state(State.LIVEPATCH, Event.REBOOT) is State.REBOOT
+
+
+def test_a_reboot_comes_back_to_verify_or_reverts():
+    assert next_state(State.REBOOT, Event.OK) is State.REBOOTED
+    assert next_state(State.REBOOTED, Event.OK) is State.VERIFY
+    assert next_state(State.REBOOT, Event.FAIL) is State.REVERT  # it never happened
+    assert next_state(State.REBOOTED, Event.FAIL) is State.REVERT  # the wrong kernel
+
+
+def test_a_reboot_that_may_not_happen_now_ends_pending_after_verification():
+    # Never silently: the update is verified, then the order says so.
+    assert next_state(State.REBOOT, Event.DEFER) is State.VERIFY
+    assert next_state(State.LIVEPATCH, Event.DEFER) is State.VERIFY
+    assert next_state(State.VERIFY, Event.PENDING) is State.PENDING_REBOOT
+    assert State.PENDING_REBOOT in TERMINAL
+
+
+def test_a_kernel_revert_reboots_once_and_comes_back_to_revert():
+    assert next_state(State.REVERT, Event.REBOOT) is State.REBOOT
+    assert next_state(State.REBOOTED, Event.REVERTING) is State.REVERT
+    assert next_state(State.REVERT, Event.DEFER) is State.PENDING_REBOOT
+
+
+def test_reboot_resumes_by_boot_id_and_the_rest_rerun():
+    assert RESUME[State.REBOOT] is Resume.BOOT
+    assert RESUME[State.REBOOTED] is Resume.RERUN
+    assert RESUME[State.LIVEPATCH] is Resume.RERUN
+    assert RESUME[State.APPLY] is Resume.RECOVER
