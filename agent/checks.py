@@ -19,24 +19,17 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from enum import StrEnum
 from typing import Any, Protocol
 
 import psutil
+from fleetpatch.checkspec import FIELDS, REQUIRED, CheckKind
 from fleetpatch.v1 import types_pb2
 
 from . import subp
 from .errors import CommandFailed
 from .health import CheckResult, ResourceLimits, resource_checks
 
-
-class Kind(StrEnum):
-    SYSTEMD = "systemd"
-    TCP = "tcp"
-    HTTP = "http"
-    COMMAND = "command"
-    PROCESS = "process"
-    RESOURCE = "resource"
+Kind = CheckKind  # the agent's short name for it
 
 
 @dataclass(frozen=True)
@@ -80,26 +73,6 @@ def check_from_pb(pb: types_pb2.HealthCheckSpec) -> CheckSpec:
     raise ValueError(f"health check {name!r} is incomplete or of an unknown kind")
 
 
-_FIELDS: dict[Kind, set[str]] = {
-    Kind.SYSTEMD: {"unit"},
-    Kind.TCP: {"host", "port"},
-    Kind.HTTP: {"url", "expect_status"},
-    Kind.COMMAND: {"argv"},
-    Kind.PROCESS: {"process"},
-    Kind.RESOURCE: {"max_load_per_cpu", "max_memory_used_ratio", "max_disk_used_ratio"},
-}
-
-
-_REQUIRED: dict[Kind, set[str]] = {
-    Kind.SYSTEMD: {"unit"},
-    Kind.TCP: {"port"},
-    Kind.HTTP: {"url"},
-    Kind.COMMAND: {"argv"},
-    Kind.PROCESS: {"process"},
-    Kind.RESOURCE: set(),
-}
-
-
 def check_from_config(table: Mapping[str, Any], where: str) -> CheckSpec:
     """A ``[[checks]]`` entry of agent.toml; raises ValueError naming the field."""
     name = table.get("name")
@@ -111,10 +84,10 @@ def check_from_config(table: Mapping[str, Any], where: str) -> CheckSpec:
         raise ValueError(
             f"{where}.kind must be one of {', '.join(k.value for k in Kind)}"
         ) from None
-    unknown = sorted(set(table) - {"name", "kind"} - _FIELDS[kind])
+    unknown = sorted(set(table) - {"name", "kind"} - set(FIELDS[kind]))
     if unknown:
         raise ValueError(f"{where}: unknown key {unknown[0]!r} for a {kind} check")
-    missing = sorted(_REQUIRED[kind] - set(table))
+    missing = sorted(set(REQUIRED[kind]) - set(table))
     if missing:
         raise ValueError(f"{where}.{missing[0]} is missing")
     spec: dict[str, Any] = {}

@@ -15,30 +15,12 @@ They are spelled like the agent's own ``[[checks]]`` in agent.toml (``name``,
 from __future__ import annotations
 
 from dataclasses import dataclass
-from enum import StrEnum
+
+from fleetpatch.checkspec import FIELDS, CheckKind
 
 from .table import Table
 
-
-class CheckKind(StrEnum):
-    """Stored and sent names; values never change once released."""
-
-    SYSTEMD = "systemd"
-    TCP = "tcp"
-    HTTP = "http"
-    COMMAND = "command"
-    PROCESS = "process"
-    RESOURCE = "resource"
-
-
-_FIELDS: dict[CheckKind, tuple[str, ...]] = {
-    CheckKind.SYSTEMD: ("unit",),
-    CheckKind.TCP: ("host", "port"),
-    CheckKind.HTTP: ("url", "expect_status"),
-    CheckKind.COMMAND: ("argv",),
-    CheckKind.PROCESS: ("process",),
-    CheckKind.RESOURCE: ("max_load_per_cpu", "max_memory_used_ratio", "max_disk_used_ratio"),
-}
+__all__ = ["CheckKind", "VerifyCheck"]
 
 
 @dataclass(frozen=True)
@@ -70,7 +52,7 @@ def parse_check(t: Table) -> VerifyCheck:
     except ValueError:
         kinds = ", ".join(k.value for k in CheckKind)
         raise t.error("kind", f"{spelled!r} is not a check kind (use one of {kinds})") from None
-    foreign = {key for fields in _FIELDS.values() for key in fields} - set(_FIELDS[kind])
+    foreign = {key for fields in FIELDS.values() for key in fields} - set(FIELDS[kind])
     for key in sorted(foreign):
         if t.has(key):
             raise t.error(key, f"does not apply to a {kind} check")
