@@ -1,10 +1,292 @@
-"""`fleetpatch-sim`: rehearse campaigns on a simulated fleet (in progress)."""
+"""`fleetpatch-sim`: rehearse a campaign on a simulated fleet, in virtual time.
+
+    fleetpatch-sim run SCENARIO.toml [--seed N] [--hosts N] [--json] [--report FILE.html] [--check]
+    fleetpatch-sim rehearse CAMPAIGN.toml --data-dir DIR [--controller ADDR]
+                   [--failure-model FILE] [--seed N] [--json] [--report FILE.html]
+
+`rehearse` is what `fleetpatch campaign rehearse` runs: the fleet is the
+controller's real inventory. Exit codes: 0 done (and, with --check, the
+expected outcome met), 1 error or an expectation not met, 2 bad input, 3
+controller unreachable, 4 refused. Progress goes to stderr on long runs.
+"""
 
 from __future__ import annotations
 
+import random
 import sys
+import time
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from fleetpatch import render
+from fleetpatch.atomicfile import write_atomic
+from fleetpatch.durations import parse_duration
+
+from .engine import Progress, Settings, Simulation
+from .errors import ScenarioError, SimError
+from .expect import check
+from .failures import NO_FAILURES, FailureModel
+from .outcome import Outcome
+from .report import print_text, span, to_json
+from .scenario import Operator
+
+app = typer.Typer(
+    help="Rehearse a patch campaign on a simulated fleet, in virtual time, with the "
+    "controller's real scheduler and the agent's real state machine.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+
+JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON instead of the table.")]
+ReportOption = Annotated[
+    Path | None,
+    typer.Option("--report", metavar="FILE.html", help="Also write a self-contained HTML report."),
+]
+QuietOption = Annotated[bool, typer.Option("--quiet", "-q", help="No progress on stderr.")]
+
+
+class ProgressLine:
+    """Progress on stderr once a run has taken a second, then at most once a
+    second (a TTY line is redrawn in place)."""
+
+    def __init__(self, enabled: bool) -> None:
+        self._enabled = enabled
+        self._began = time.monotonic()
+        self._last = self._began
+        self._shown = False
+        self._tty = sys.stderr.isatty()
+
+    def __call__(self, p: Progress) -> None:
+        now = time.monotonic()
+        if not self._enabled or now - self._last < (1.0 if self._tty else 5.0):
+            return
+        self._last = now
+        self._shown = True
+        line = (
+            f"simulated +{span(p.now)} of {span(p.horizon)}: {p.assigned:,}/{p.targeted:,} hosts "
+            f"assigned, {p.finished:,} finished ({p.events:,} events, {now - self._began:.0f}s)"
+        )
+        sys.stderr.write(f"\r{line}\033[K" if self._tty else f"{line}\n")
+        sys.stderr.flush()
+
+    def done(self) -> None:
+        if self._shown and self._tty:
+            sys.stderr.write("\n")
+
+
+def _emit(
+    outcome: Outcome, misses: list[str] | None, summary: str, as_json: bool, report: Path | None
+) -> None:
+    if as_json:
+        render.print_json(to_json(outcome, misses, summary))
+    else:
+        print_text(outcome, misses, summary, sys.stdout)
+    if report is not None:
+        from .html import render_html
+
+        try:
+            write_atomic(report, render_html(outcome, misses, summary).encode())
+        except OSError as exc:
+            raise SimError(f"cannot write the report {report}: {exc.strerror}") from None
+        if not as_json:
+            print(f"\nreport: {report}")
+
+
+@app.command("run")
+def run(
+    scenario: Annotated[
+        Path,
+        typer.Argument(metavar="SCENARIO.toml", help="A scenario file (see examples/scenarios)."),
+    ],
+    seed: Annotated[int | None, typer.Option(help="Random seed; default: the scenario's.")] = None,
+    hosts: Annotated[
+        int | None, typer.Option(help="Fleet size, overriding the scenario's.", min=1)
+    ] = None,
+    as_json: JsonOption = False,
+    report: ReportOption = None,
+    check_expected: Annotated[
+        bool,
+        typer.Option(
+            "--check",
+            help="Exit 1 unless the scenario's expected outcome (its expect table) is met.",
+        ),
+    ] = False,
+    quiet: QuietOption = False,
+) -> None:
+    """Rehearse a scenario: a generated fleet, a campaign file and a failure model."""
+    from .fleet import generate
+    from .scenario import load_scenario
+
+    sc = load_scenario(scenario)
+    fleet_spec = sc.fleet if hosts is None else replace(sc.fleet, hosts=hosts)
+    seed = sc.seed if seed is None else seed
+    fleet = generate(fleet_spec, random.Random(seed), sc.start)
+    settings = Settings(
+        name=sc.name,
+        start=sc.start,
+        duration=sc.duration,
+        horizon=sc.horizon,
+        checkin_interval=fleet_spec.checkin_interval,
+        campaign_tick=fleet_spec.campaign_tick,
+        seed=seed,
+        operator=sc.operator,
+    )
+    progress = ProgressLine(not quiet)
+    try:
+        outcome = Simulation(sc.campaign, fleet, sc.failures, settings, progress).run()
+    finally:
+        progress.done()
+    misses = check(sc.expect, outcome) if not sc.expect.empty else None
+    _emit(outcome, misses, sc.expect.summary, as_json, report)
+    if check_expected and misses:
+        sys.exit(1)
+
+
+def _failure_model(path: Path | None) -> FailureModel:
+    if path is None:
+        return NO_FAILURES
+    import tomllib
+
+    from controller.campaigns.errors import CampaignError
+    from controller.campaigns.table import Table
+
+    from .failures import parse_failures
+
+    try:
+        doc = tomllib.loads(path.read_text())
+    except OSError as exc:
+        raise ScenarioError("", f"cannot read it: {exc.strerror}", str(path)) from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ScenarioError("", f"not valid TOML: {exc}", str(path)) from None
+    try:
+        root = Table(doc, "", str(path))
+        model = parse_failures(root.table("failures"))
+        root.finish()
+    except CampaignError as exc:
+        raise ScenarioError(exc.field, exc.problem, str(path)) from None
+    return model
+
+
+def _duration(option: str, spelled: str) -> timedelta:
+    try:
+        value = parse_duration(spelled)
+    except ValueError as exc:
+        raise ScenarioError(option, str(exc)) from None
+    if value <= timedelta(0):
+        raise ScenarioError(option, "must be longer than 0s")
+    return value
+
+
+@app.command("rehearse")
+def rehearse(
+    campaign_file: Annotated[
+        Path, typer.Argument(metavar="CAMPAIGN.toml", help="The campaign file you would create.")
+    ],
+    data_dir: Annotated[
+        Path,
+        typer.Option(
+            "--data-dir",
+            envvar="FLEETPATCH_DATA_DIR",
+            help="Controller data dir (admin credentials, settings).",
+        ),
+    ] = Path("/var/lib/fleetpatch/controller"),
+    controller: Annotated[
+        str | None,
+        typer.Option(
+            "--controller",
+            metavar="HOST:PORT",
+            help="Controller address; default: the one recorded in the data dir.",
+        ),
+    ] = None,
+    failure_model: Annotated[
+        Path | None,
+        typer.Option(
+            "--failure-model",
+            metavar="FILE",
+            help="A TOML file with a failures table, as in a scenario; default: nothing fails.",
+        ),
+    ] = None,
+    seed: Annotated[int, typer.Option(help="Random seed.")] = 1,
+    duration: Annotated[str, typer.Option(help="Time the campaign has (e.g. 7d).")] = "7d",
+    horizon: Annotated[
+        str | None, typer.Option(help="Simulate this long at most; default: the duration.")
+    ] = None,
+    start: Annotated[
+        str | None,
+        typer.Option(help="Virtual start, ISO 8601 with offset; default: now, to the minute."),
+    ] = None,
+    as_json: JsonOption = False,
+    report: ReportOption = None,
+    quiet: QuietOption = False,
+) -> None:
+    """Rehearse a campaign file on the controller's real fleet, before creating it."""
+    from controller.campaigns import parse_campaign
+
+    from .inventory import load_real_fleet
+
+    try:
+        text = campaign_file.read_text()
+    except OSError as exc:
+        raise ScenarioError("", f"cannot read it: {exc.strerror}", str(campaign_file)) from None
+    spec = parse_campaign(text, str(campaign_file))
+    model = _failure_model(failure_model)
+    length = _duration("--duration", duration)
+    reach = _duration("--horizon", horizon) if horizon is not None else length
+    if reach < length:
+        raise ScenarioError("--horizon", "must not be shorter than --duration")
+    begin = _start(start)
+    real = load_real_fleet(data_dir, controller, begin)
+    settings = Settings(
+        name=f"rehearse {campaign_file.name} on {real.address}",
+        start=begin,
+        duration=length,
+        horizon=reach,
+        checkin_interval=real.checkin_interval,
+        campaign_tick=real.campaign_tick,
+        seed=seed,
+        operator=Operator(),
+    )
+    progress = ProgressLine(not quiet)
+    try:
+        outcome = Simulation(spec, real.hosts, model, settings, progress).run()
+    finally:
+        progress.done()
+    _emit(outcome, None, "", as_json, report)
+
+
+def _start(spelled: str | None) -> datetime:
+    if spelled is None:
+        return datetime.now(UTC).replace(second=0, microsecond=0)
+    try:
+        value = datetime.fromisoformat(spelled)
+    except ValueError:
+        raise ScenarioError("--start", f"{spelled!r} is not an ISO 8601 date-time") from None
+    if value.tzinfo is None:
+        raise ScenarioError("--start", "must include a UTC offset (e.g. 2026-12-05T00:00:00Z)")
+    return value.astimezone(UTC)
 
 
 def main() -> None:
-    print("fleetpatch-sim: not built yet", file=sys.stderr)
-    sys.exit(1)
+    """Console entry point: one clear line and an exit code for every error."""
+    from controller.campaigns.errors import CampaignError
+    from controller.errors import FleetpatchError
+
+    try:
+        app()
+    except SimError as exc:
+        _fail(str(exc), exc.exit_code)
+    except CampaignError as exc:
+        _fail(str(exc), 2)
+    except FleetpatchError as exc:
+        _fail(str(exc), exc.exit_code)
+    except KeyboardInterrupt:
+        _fail("interrupted", 130)
+
+
+def _fail(message: str, code: int) -> None:
+    print(f"fleetpatch-sim: error: {message}", file=sys.stderr)
+    sys.exit(code)

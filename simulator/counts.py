@@ -1,0 +1,125 @@
+"""The campaign's counts, kept up to date event by event and handed to the
+scheduler as the controller's own `Tallies`.
+
+The controller counts from its rows (`controller.tally.count`); the
+simulator cannot rescan 100,000 hosts per decision, so it adds and removes
+as hosts move, and builds a snapshot only when something changed. What each
+count means is `controller.campaigns.tallies`; a unit test rebuilds the
+rows from a simulated fleet and checks that `count` agrees.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Iterable
+from dataclasses import fields
+from datetime import datetime
+
+from controller.campaigns import CampaignState, CellTally, Tallies
+from controller.model import AssignmentStatus
+
+Cell = tuple[int, str]
+FIELDS = tuple(f.name for f in fields(CellTally))
+INDEX = {name: i for i, name in enumerate(FIELDS)}
+ELIGIBLE, IN_FLIGHT, UNREACHABLE, SILENT = (
+    INDEX["eligible"], INDEX["in_flight"], INDEX["unreachable"], INDEX["silent"],
+)  # fmt: skip
+
+# How the controller counts an assignment's status (controller/tally.py).
+COUNTED: dict[AssignmentStatus, int] = {
+    AssignmentStatus.IN_FLIGHT: INDEX["in_flight"],
+    AssignmentStatus.SUCCEEDED: INDEX["succeeded"],
+    AssignmentStatus.PENDING_REBOOT: INDEX["succeeded"],
+    AssignmentStatus.FAILED: INDEX["failed"],
+    AssignmentStatus.REVERTED: INDEX["reverted"],
+    AssignmentStatus.REVERT_FAILED: INDEX["revert_failed"],
+    AssignmentStatus.TIMED_OUT: INDEX["timed_out"],
+}
+
+
+class Counts:
+    """Per (ring, region) counts, the campaign state, and what a person accepted."""
+
+    def __init__(self, cells: Iterable[Cell], to_datetime: Callable[[int], datetime]) -> None:
+        self._cells: dict[Cell, list[int]] = {cell: [0] * len(FIELDS) for cell in cells}
+        self._to_datetime = to_datetime
+        self._cache: dict[Cell, CellTally] = {}
+        self._ring_cells: dict[int, list[Cell]] = {}
+        for cell in sorted(self._cells):
+            self._ring_cells.setdefault(cell[0], []).append(cell)
+        self._ring_sums: dict[int, CellTally] = {}
+        self._dirty: set[Cell] = set(self._cells)
+        self._last_finished: dict[int, int] = {}
+        self._finished_at: dict[int, datetime] = {}
+        self.state = CampaignState.RUNNING
+        self.accepted_failures: dict[int, int] = {}
+        self.accepted_silent: dict[int, int] = {}
+        self.version = 0
+        self._snapshot: Tallies | None = None
+
+    def add(self, cell: Cell, index: int, delta: int) -> None:
+        self._cells[cell][index] += delta
+        self._dirty.add(cell)
+        self._changed()
+
+    def move(self, cell: Cell, old: int, new: int) -> None:
+        """One host leaves count ``old`` for count ``new``."""
+        counts = self._cells[cell]
+        counts[old] -= 1
+        counts[new] += 1
+        self._dirty.add(cell)
+        self._changed()
+
+    def finished(self, ring: int, at: int) -> None:
+        """An assignment of ``ring`` got its final status at ``at`` (µs)."""
+        if at > self._last_finished.get(ring, -(2**62)):
+            self._last_finished[ring] = at
+            self._finished_at[ring] = self._to_datetime(at)
+            self._changed()
+
+    def set_state(self, state: CampaignState) -> None:
+        self.state = state
+        self._changed()
+
+    def _changed(self) -> None:
+        self.version += 1
+        self._snapshot = None
+
+    def value(self, cell: Cell, index: int) -> int:
+        return self._cells[cell][index]
+
+    def snapshot(self) -> Tallies:
+        """The counts as the controller's `Tallies`, as `controller.tally.count`
+        builds them: ring_finished_at only for rings that are done."""
+        if self._snapshot is not None:
+            return self._snapshot
+        rings = set()
+        for cell in self._dirty:
+            self._cache[cell] = CellTally(*self._cells[cell])
+            rings.add(cell[0])
+        self._dirty.clear()
+        for ring in rings:
+            members = [self._cells[cell] for cell in self._ring_cells[ring]]
+            self._ring_sums[ring] = CellTally(
+                *(sum(column) for column in zip(*members, strict=True))
+            )
+        finished_at = {
+            ring: at for ring, at in self._finished_at.items() if self._ring_sums[ring].done
+        }
+        tallies = Tallies(
+            self.state,
+            dict(self._cache),
+            finished_at,
+            dict(self.accepted_failures),
+            dict(self.accepted_silent),
+        )
+        if _RING_SUMS_CACHED:
+            # Tallies sums its cells per ring on first use, once per snapshot;
+            # the sums kept here are the same numbers, already added up.
+            tallies.__dict__["_rings"] = dict(self._ring_sums)
+        self._snapshot = tallies
+        return tallies
+
+
+# Whether Tallies keeps its per-ring sums in a cached_property we may fill in.
+_RING_SUMS_CACHED = isinstance(Tallies.__dict__.get("_rings"), functools.cached_property)

@@ -1,0 +1,40 @@
+"""Errors of the simulator.
+
+    SimError                  exit 1; the message is for a person
+    ├── ScenarioError         exit 2; a scenario or failure-model file is invalid:
+    │                         names the file, the field and what is wrong
+    └── ModelGap              exit 1; the agent's state machine has a state the
+                              simulator has no model for (add one, see agentmodel)
+
+Campaign files are checked by the controller's own parser; its CampaignError
+is shown as is (exit 2). Errors of the controller's admin client (rehearse on
+the real fleet) keep their own exit codes. The CLI maps all of them in one
+place, `cli.main`.
+"""
+
+from __future__ import annotations
+
+
+class SimError(Exception):
+    exit_code = 1
+
+
+class ScenarioError(SimError):
+    """A scenario or failure-model file is invalid.
+
+    ``field`` is the dotted path of the offending value
+    (``fleet.regions[1].timezone``; empty when the file is not TOML at all).
+    """
+
+    exit_code = 2
+
+    def __init__(self, field: str, problem: str, source: str = "") -> None:
+        self.field = field
+        self.problem = problem
+        self.source = source
+        where = ": ".join(part for part in (source, field) if part)
+        super().__init__(f"{where}: {problem}" if where else problem)
+
+
+class ModelGap(SimError):
+    """The agent entered a state the simulator cannot drive."""

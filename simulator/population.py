@@ -1,0 +1,79 @@
+"""The simulated hosts of a run: the targeted hosts of a fleet, each with
+its fate and check-in phase, sorted into waiting rooms (see `waiting`).
+
+Hosts the campaign does not target are left out: the controller counts
+only targeted hosts, and nothing a rehearsal does can involve the others.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from agent.backoff import backoff_delay
+from controller.campaigns import CampaignSpec, HostFacts, is_targeted
+
+from .agentmodel import US, draw_fate
+from .counts import Cell
+from .failures import FailureModel
+from .fleet import FleetHost
+from .hosts import SimHost
+from .waiting import WaitingRoom
+
+# Everything of HostFacts that `decide` reads: hosts alike in all of it share a room.
+RoomKey = tuple[int, str, str, str, tuple[tuple[str, str], ...]]
+
+
+@dataclass(frozen=True)
+class Population:
+    hosts: list[SimHost]  # targeted hosts, by index
+    rooms: dict[RoomKey, WaitingRoom]
+    cells: list[Cell]  # (ring, region) with targeted hosts
+    by_ring: dict[int, list[WaitingRoom]]
+    later: dict[int, list[WaitingRoom]]  # a ring's rooms and those of the rings after it
+    offline: list[tuple[SimHost, FleetHost]]  # offline throughout the run
+    fleet_size: int
+
+
+def populate(
+    campaign: CampaignSpec,
+    fleet: Sequence[FleetHost],
+    failures: FailureModel,
+    rng: random.Random,
+    interval: int,
+) -> Population:
+    """The run's hosts, in fleet order. Draws from ``rng`` in that order: each
+    host's fate, its reconnect delay after an outage (the agent's own
+    backoff, at its cap), and its check-in phase within ``interval`` (µs)."""
+    packages = frozenset(p.name for p in campaign.patch.packages)
+    hosts: list[SimHost] = []
+    rooms: dict[RoomKey, WaitingRoom] = {}
+    offline: list[tuple[SimHost, FleetHost]] = []
+    cells: set[Cell] = set()
+    for fh in fleet:
+        facts = HostFacts(fh.host_id, fh.region, fh.ring, fh.labels, fh.os_id, fh.timezone)
+        if not is_targeted(campaign, facts):
+            continue
+        cells.add((fh.ring, fh.region))
+        key = (fh.ring, fh.region, fh.timezone, fh.os_id, tuple(sorted(fh.labels.items())))
+        room = rooms.get(key)
+        if room is None:
+            room = rooms[key] = WaitingRoom(key, interval)
+        odds = failures.odds_for(fh.host_id, fh.ring, fh.region, fh.os_id, packages)
+        fate = draw_fate(rng, odds, failures.durations)
+        reconnect = int(backoff_delay(64, rng) * US)
+        host = SimHost(len(hosts), facts, room, fate, reconnect)
+        host.anchor = int(rng.random() * interval) - interval  # its last check-in before the start
+        hosts.append(host)
+        if not fh.online:
+            offline.append((host, fh))
+    by_ring: dict[int, list[WaitingRoom]] = {}
+    for key in sorted(rooms):
+        by_ring.setdefault(key[0], []).append(rooms[key])
+    order = [stage.ring for stage in campaign.rollout.rings]
+    later = {
+        ring: [room for after in order[i:] for room in by_ring.get(after, [])]
+        for i, ring in enumerate(order)
+    }
+    return Population(hosts, rooms, sorted(cells), by_ring, later, offline, len(fleet))
