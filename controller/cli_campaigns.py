@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import subprocess
 import sys
 import time
 from datetime import UTC, datetime
@@ -176,6 +177,38 @@ def show(
         render.print_json(_doc(campaign))
         return
     _print_campaign(campaign)
+
+
+@campaign_app.command("rehearse")
+def rehearse(
+    file: Annotated[Path, typer.Argument(help="Campaign file (TOML), as `campaign create` takes.")],
+    failure_model: Annotated[
+        Path | None, typer.Option(help="Scenario-style [failures] file for the rehearsal.")
+    ] = None,
+    seed: Annotated[
+        int | None, typer.Option(help="Random seed (results are deterministic).")
+    ] = None,
+    json_out: JsonOption = False,
+    report: Annotated[Path | None, typer.Option(help="Write an HTML report here.")] = None,
+    data_dir: DataDirOption = DEFAULT_DATA_DIR,
+    controller: ControllerOption = None,
+) -> None:
+    """Rehearse a campaign on this controller's real fleet, in virtual time,
+    before running it: when each ring would finish, what would halt it.
+    Runs `fleetpatch-sim rehearse` (the simulator) with the same options."""
+    sim = Path(sys.executable).parent / "fleetpatch-sim"
+    argv = [str(sim), "rehearse", str(file), "--data-dir", str(data_dir)]
+    if controller:
+        argv += ["--controller", controller]
+    if failure_model:
+        argv += ["--failure-model", str(failure_model)]
+    if seed is not None:
+        argv += ["--seed", str(seed)]
+    if json_out:
+        argv.append("--json")
+    if report:
+        argv += ["--report", str(report)]
+    raise typer.Exit(subprocess.run(argv, check=False).returncode)
 
 
 @campaign_app.command("watch")

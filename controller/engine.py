@@ -66,6 +66,9 @@ class CampaignEngine:
         self._lock = asyncio.Lock()
         self._specs: dict[str, CampaignSpec] = {}
         self._live: list[CampaignRecord] = []
+        # Silence and report time-outs run from here at the earliest: while
+        # the controller was down, nobody could report to it.
+        self._watching_since = self._clock()
 
     async def start(self) -> None:
         await self._refresh_live()
@@ -173,7 +176,7 @@ class CampaignEngine:
         hosts, assignments = await self._db.call(
             lambda s: (s.list_hosts(limit=10_000_000), s.assignments(record.campaign_id))
         )
-        return count(spec, record, hosts, assignments, now)
+        return count(spec, record, hosts, assignments, now, self._watching_since)
 
     async def view(self, campaign_id: str) -> tuple[CampaignRecord, list[CellView]]:
         """The campaign and, per ring x region, its counts and why hosts wait."""
@@ -254,7 +257,7 @@ class CampaignEngine:
         if "patch" in mine:
             return None
         hosts = await self._db.call(lambda s: s.list_hosts(limit=10_000_000))
-        tallies = count(spec, record, hosts, assignments, now).tallies
+        tallies = count(spec, record, hosts, assignments, now, self._watching_since).tallies
         decision = decide(spec, facts, tallies, now)
         if not isinstance(decision, Assign):
             return None
@@ -318,7 +321,9 @@ class CampaignEngine:
         late = [
             a.order_id for a in assignments
             if a.status is AssignmentStatus.IN_FLIGHT
-            and is_timed_out(spec, a.last_report_at or a.assigned_at, now)
+            and is_timed_out(
+                spec, max(a.last_report_at or a.assigned_at, self._watching_since), now
+            )
         ]  # fmt: skip
         if late:
             timed_out = await self._db.call(lambda s: s.time_out(late, now))

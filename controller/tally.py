@@ -55,7 +55,12 @@ def count(
     hosts: Iterable[Host],
     assignments: Sequence[Assignment],
     now: datetime,
+    watching_since: datetime | None = None,
 ) -> Count:
+    """Count the campaign's hosts. ``watching_since`` is when this controller
+    started: a host cannot have been seen while the controller was down, so
+    silence is measured from then at the earliest (otherwise every restart
+    after an outage would halt campaigns for "silent" hosts)."""
     patch = {a.host_id: a for a in assignments if a.kind == "patch"}
     cells: dict[tuple[int, str], Counter[str]] = {}
     eligible, unassigned = [], []
@@ -68,7 +73,10 @@ def count(
         eligible.append(facts)
         counter = cells.setdefault((host.ring, host.region), Counter())
         counter["eligible"] += 1
-        silent = is_silent(spec, host.last_seen, now)
+        seen = host.last_seen
+        if watching_since is not None and (seen is None or seen < watching_since):
+            seen = watching_since
+        silent = is_silent(spec, seen, now)
         order = patch.get(host.host_id)
         if order is None:
             unassigned.append(facts)

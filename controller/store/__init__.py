@@ -241,7 +241,15 @@ class Store(CampaignStore):
                     for r in reports
                 ],
             )
-            return conn.total_changes - before
+            new = conn.total_changes - before
+            # A host that reports is alive, even while it is too busy
+            # patching to check in.
+            hosts = {r.host_id for r in reports}
+            conn.executemany(
+                "UPDATE hosts SET last_seen = MAX(COALESCE(last_seen, 0), ?) WHERE host_id = ?",
+                [(_ts(now), h) for h in hosts],
+            )
+            return new
 
     def reports_for_host(self, host_id: str, limit: int = 50) -> list[ProgressReport]:
         """The host's newest reports first."""
