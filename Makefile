@@ -12,12 +12,15 @@ PROTOS := $(wildcard proto/fleetpatch/v1/*.proto)
 # what it replaces with it), dpkg-dev (dpkg-scanpackages for the
 # local apt repositories), iproute2 (network namespaces), util-linux
 # (unshare), rpm, createrepo-c, dnf, dnf-plugins-core (the dnf backend, tested
-# against real dnf in a sandbox).
-DEB_PACKAGES := dpkg-dev dpkg-repack iproute2 util-linux rpm createrepo-c dnf dnf-plugins-core
+# against real dnf in a sandbox), systemd (systemd-analyze verify/security of the
+# unit files), systemd-container (systemd-nspawn boots the packaged services
+# under a real systemd), shellcheck (lints the maintainer scripts).
+DEB_PACKAGES := dpkg-dev dpkg-repack iproute2 util-linux rpm createrepo-c dnf dnf-plugins-core \
+	systemd systemd-container shellcheck
 
 export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: all test demo lint typecheck unit proto deps debian-deps clean
+.PHONY: all test demo lint typecheck unit proto deps debian-deps clean packages
 
 all: test
 
@@ -63,6 +66,12 @@ proto: $(STAMP)
 
 demo: deps
 	$(PY) examples/demo.py
+
+# Debian packages of the agent and the controller into dist/ (packaging/README.md).
+# Signed when FLEETPATCH_RELEASE_KEY names a release private key (`fleetpatch release
+# keygen`). Keep that key outside the tree and never in dist/, which is what gets published.
+packages: $(STAMP)
+	$(PY) packaging/build_debs.py --out dist $(if $(FLEETPATCH_RELEASE_KEY),--key "$(FLEETPATCH_RELEASE_KEY)")
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache

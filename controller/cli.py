@@ -25,6 +25,7 @@ from .cli_campaigns import audit_app, campaign_app
 from .cli_common import ControllerOption, DataDirOption, JsonOption, client
 from .datadir import DEFAULT_DATA_DIR, DEFAULT_PORT, DataDir
 from .errors import FleetpatchError, UsageError
+from .release import release_app
 from .signing import rotate
 
 app = typer.Typer(
@@ -43,6 +44,7 @@ app.add_typer(token_app, name="token")
 app.add_typer(hosts_app, name="hosts")
 app.add_typer(campaign_app, name="campaign")
 app.add_typer(audit_app, name="audit")
+app.add_typer(release_app, name="release")
 
 # -- controller ------------------------------------------------------------------
 

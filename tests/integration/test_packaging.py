@@ -1,0 +1,419 @@
+"""The .deb packages, built by packaging/build_debs.py and installed for real.
+
+Built once per session at two versions (the project's, and the next one
+through the build script's --version override). What is in a package is
+checked on the .deb itself; installing, upgrading, removing and purging
+happen with dpkg inside a HostSandbox (a copy-on-write copy of this
+machine), where systemd is not running: the maintainer scripts must cope,
+and the enablement symlinks must still appear (deb-systemd-helper).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path, PurePosixPath
+
+import pytest
+
+from controller import release
+from tests.support.controller import free_port
+from tests.support.packages import (
+    DEB_MOUNT,
+    SYSTEMD_DIR,
+    BuiltDebs,
+    Dpkg,
+    build_script,
+    built_debs,
+    next_version,
+    packaging_available,
+    session_debs_root,
+)
+from tests.support.sandbox import HostSandbox, sandbox_available
+
+WANTS = "/etc/systemd/system/multi-user.target.wants"
+#: What may differ from the machine after a purge: dpkg's own records, and
+#: the `fleetpatch` system user (kept on purge, as Debian packages do).
+PURGE_LEFTOVERS = (
+    "/var/lib/dpkg/", "/var/log/dpkg.log", "/etc/.pwd.lock", "/etc/passwd", "/etc/group",
+    "/etc/shadow", "/etc/gshadow",
+)  # fmt: skip
+
+
+@pytest.fixture(scope="session")
+def sandboxes() -> None:
+    """Skip before building anything when sandboxes cannot run here."""
+    reason = sandbox_available()
+    if reason is not None:
+        pytest.skip(reason)
+
+
+@pytest.fixture(scope="session")
+def built() -> BuiltDebs:
+    reason = packaging_available()
+    if reason is not None:
+        pytest.skip(reason)
+    return built_debs()
+
+
+@pytest.fixture(scope="session")
+def built_v2(built: BuiltDebs) -> BuiltDebs:
+    return built_debs(next_version(built.version))
+
+
+@pytest.fixture
+def dpkg(make_sandbox) -> Dpkg:
+    sandbox: HostSandbox = make_sandbox()
+    sandbox.bind(session_debs_root(), DEB_MOUNT)
+    return Dpkg(sandbox)
+
+
+def deb_field(deb: Path, name: str) -> str:
+    done = subprocess.run(
+        ["dpkg-deb", "-f", str(deb), name], capture_output=True, text=True, check=True
+    )
+    return done.stdout.strip()
+
+
+def package_version(dpkg: Dpkg, venv: str) -> str:
+    """fleetpatch.__version__ as the package's own interpreter imports it."""
+    argv = [f"{venv}/bin/python", "-c", "import fleetpatch; print(fleetpatch.__version__)"]
+    return dpkg.sandbox.run(argv).stdout.strip()
+
+
+def assert_only_leftovers(sandbox: HostSandbox) -> None:
+    changed = [p for p in sandbox.upper_changes() if not p.startswith(PURGE_LEFTOVERS)]
+    assert changed == [], "left behind after purge"
+
+
+# -- versions --------------------------------------------------------------------------
+
+
+def test_debian_versions_sort_like_pep440():
+    ordered = [
+        "1.0.dev1", "1.0a1", "1.0a2.dev1", "1.0a2", "1.0b1", "1.0rc1.dev2", "1.0rc1", "1.0",
+        "1.0.post1.dev1", "1.0.post1", "1.0.1", "1.1", "10.0",
+    ]  # fmt: skip
+    debian = [build_script().debian_version(v) for v in ordered]
+    for lower, higher in itertools.pairwise(debian):
+        done = subprocess.run(["dpkg", "--compare-versions", lower, "lt", higher], check=False)
+        assert done.returncode == 0, f"{lower} should sort before {higher}"
+
+
+@pytest.mark.parametrize("version", ["1.0-1", "v1.0", "1.0.0+local", "1.0alpha", ""])
+def test_build_refuses_a_version_it_cannot_package(version):
+    with pytest.raises(build_script().BuildError, match="is not a release"):
+        build_script().debian_version(version)
+
+
+def test_build_script_refuses_a_bad_version_in_one_line_before_any_work(tmp_path):
+    done = subprocess.run(
+        [str(Path(__import__("sys").executable)), str(build_script().__file__),
+         "--out", str(tmp_path), "--version", "1.0-foo"],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert done.returncode == 1
+    assert done.stderr.strip().splitlines() == [
+        "build_debs: error: version '1.0-foo' is not a release, pre-, post- or dev-release "
+        "we can package (e.g. 1.2.0, 1.2.0rc1, 1.2.0.post1, 1.2.0.dev3)"
+    ]
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_relocation_rewrites_every_place_a_venv_names_itself(tmp_path):
+    stage = tmp_path / "fleetpatch-debs-x" / "root"
+    venv = stage / "opt/fleetpatch/agent"
+    (venv / "bin").mkdir(parents=True)
+    info = venv / "lib/python3.11/site-packages/fleetpatch-1.dist-info"
+    info.mkdir(parents=True)
+    (info / "direct_url.json").write_text(f'{{"url": "file://{tmp_path}/w.whl"}}')
+    short = venv / "bin/fleetpatch-agent"
+    short.write_text(f"#!{venv}/bin/python\nimport sys\n")
+    short.chmod(0o755)
+    # pip's form when the interpreter path is too long for a #! line.
+    wrapper = venv / "bin/long"
+    wrapper.write_text("#!/bin/sh\n'''exec' " + f'"{venv}/bin/python" "$0" "$@"' + "\n' '''\n")
+    (venv / "pyvenv.cfg").write_text(f"home = /usr/bin\ncommand = python3 -m venv {venv}\n")
+    (venv / "bin/python3").symlink_to("/usr/bin/python3")
+    (venv / "lib64").symlink_to("lib")
+
+    script = build_script()
+    script.relocate(venv, PurePosixPath("/opt/fleetpatch/agent"))
+
+    assert short.read_text() == "#!/opt/fleetpatch/agent/bin/python\nimport sys\n"
+    assert short.stat().st_mode & 0o777 == 0o755
+    assert '"/opt/fleetpatch/agent/bin/python" "$0"' in wrapper.read_text()
+    assert "venv /opt/fleetpatch/agent" in (venv / "pyvenv.cfg").read_text()
+    assert not (info / "direct_url.json").exists()
+    assert script.files_containing(stage, str(tmp_path).encode()) == []
+    (venv / "bin/bad").symlink_to(venv / "lib")  # a symlink into the staging dir
+    assert script.files_containing(stage, str(tmp_path).encode()) == [venv / "bin/bad"]
+
+
+# -- what is in the packages -----------------------------------------------------------
+
+
+def test_build_signs_what_it_built(built):
+    assert built.public_key is not None
+    done = release.verify(built.directory, built.public_key)
+    assert done.artifacts == (built.agent, built.controller)
+
+
+def test_control_fields(built):
+    arch = subprocess.run(
+        ["dpkg", "--print-architecture"], capture_output=True, text=True, check=True
+    ).stdout.strip()
+    for deb, extra in ((built.agent, "dpkg-repack"), (built.controller, "adduser")):
+        assert deb_field(deb, "Version") == built.deb_version
+        assert deb_field(deb, "Architecture") == arch
+        depends = [d.strip() for d in deb_field(deb, "Depends").split(",")]
+        assert "python3 (>= 3.11)" in depends
+        assert "python3 (<< 3.12)" in depends
+        assert extra in depends
+        assert any(d.startswith("libc6 (>= 2.") for d in depends)
+    assert deb_field(built.agent, "Package") == "fleetpatch-agent"
+    assert deb_field(built.controller, "Package") == "fleetpatch-controller"
+
+
+@pytest.fixture(scope="session")
+def unpacked(built: BuiltDebs, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Each package's files and DEBIAN/, unpacked once: short name -> root."""
+    roots = {}
+    for deb, short in ((built.agent, "agent"), (built.controller, "controller")):
+        root = tmp_path_factory.mktemp(short)
+        subprocess.run(["dpkg-deb", "-R", str(deb), str(root)], check=True)
+        roots[short] = root
+    return roots
+
+
+def test_packages_hold_unit_links_and_conffile(unpacked):
+    for short, commands in (
+        ("agent", ["fleetpatch-agent"]),
+        ("controller", ["fleetpatch", "fleetpatch-sim"]),
+    ):
+        root = unpacked[short]
+        unit = f"fleetpatch-{short}.service"
+        assert (root / "lib/systemd/system" / unit).read_bytes() == (
+            SYSTEMD_DIR / unit
+        ).read_bytes()
+        for command in commands:
+            link = root / "usr/bin" / command
+            assert str(link.readlink()) == f"/opt/fleetpatch/{short}/bin/{command}"
+        assert (root / "DEBIAN/conffiles").read_text() == f"/etc/fleetpatch/{short}.env\n"
+        assert (root / f"usr/share/doc/fleetpatch-{short}/copyright").is_file()
+
+
+def test_venvs_name_their_final_path_and_never_the_build_directory(unpacked):
+    for short, root in unpacked.items():
+        venv = root / "opt/fleetpatch" / short
+        scripts = [p for p in (venv / "bin").iterdir() if p.is_file() and not p.is_symlink()]
+        for script in scripts:
+            head = script.read_bytes()[:200]
+            if head.startswith(b"#!") and b"python" in head.split(b"\n")[0]:
+                assert head.startswith(f"#!/opt/fleetpatch/{short}/bin/python\n".encode()), script
+        assert f"/opt/fleetpatch/{short}" in (venv / "pyvenv.cfg").read_text()
+        assert (venv / "bin/python3").readlink() == Path("/usr/bin/python3")
+        leaks = build_script().files_containing(root, b"fleetpatch-debs-")
+        assert leaks == []
+        assert list(venv.glob("lib/python3*/site-packages/*.dist-info/direct_url.json")) == []
+        compiled = list(venv.glob("lib/python3*/site-packages/agent/__pycache__/*.pyc"))
+        assert compiled, "bytecode is compiled at build time"
+
+
+# -- installed, upgraded, removed, purged ----------------------------------------------
+
+
+def test_agent_package_install_upgrade_remove_purge(sandboxes, built, built_v2, dpkg):
+    sandbox = dpkg.sandbox
+    dpkg.install(built.agent)
+    assert dpkg.state("fleetpatch-agent") == ("ii", built.deb_version)
+
+    # Unit and enablement (deb-systemd-helper, systemd not running here).
+    unit = "/lib/systemd/system/fleetpatch-agent.service"
+    assert (
+        sandbox.path(unit).read_bytes() == (SYSTEMD_DIR / "fleetpatch-agent.service").read_bytes()
+    )
+    assert dpkg.readlink(f"{WANTS}/fleetpatch-agent.service") == unit
+    sandbox.run(
+        ["deb-systemd-helper", "is-enabled", "fleetpatch-agent.service"],
+        env={"DPKG_MAINTSCRIPT_PACKAGE": "fleetpatch-agent"},  # it refuses to run otherwise
+    )
+    verified = sandbox.run(["systemd-analyze", "verify", unit], check=False)
+    assert (verified.returncode, verified.stdout + verified.stderr) == (0, "")
+
+    # The console script, from the package's own venv, not the host's Python.
+    assert (
+        dpkg.readlink("/usr/bin/fleetpatch-agent") == "/opt/fleetpatch/agent/bin/fleetpatch-agent"
+    )
+    assert "enroll" in sandbox.run(["fleetpatch-agent", "--help"]).stdout
+    facts = json.loads(sandbox.run(["fleetpatch-agent", "inventory", "--json"]).stdout)["facts"]
+    assert facts["agent_version"] == built.version
+    path = sandbox.run(["/opt/fleetpatch/agent/bin/python", "-c", "import sys; print(sys.path)"])
+    assert "dist-packages" not in path.stdout
+    assert "/work/" not in path.stdout
+    assert dpkg.mode_owner("/var/lib/fleetpatch/agent") == "700 root:root"
+    # Bytecode shipped complete and valid: running it (as root) wrote no .pyc
+    # of its own (a new one shows here, a rewritten one in dpkg --verify).
+    on_disk = sandbox.run(["find", "/opt/fleetpatch/agent", "-type", "f"]).stdout.split()
+    owned = set(sandbox.run(["dpkg", "-L", "fleetpatch-agent"]).stdout.split())
+    assert [f for f in on_disk if f not in owned] == []
+    assert sandbox.run(["dpkg", "--verify", "fleetpatch-agent"]).stdout == ""
+
+    # What an enrolled host has, and a local setting.
+    sandbox.path("/var/lib/fleetpatch/agent/agent.toml").write_text("# enrolled\n")
+    env_file = sandbox.path("/etc/fleetpatch/agent.env")
+    env_file.write_text(env_file.read_text() + "FLEETPATCH_AGENT_ARGS=--verbose\n")
+
+    dpkg.install(built_v2.agent)
+    assert dpkg.state("fleetpatch-agent") == ("ii", built_v2.deb_version)
+    assert package_version(dpkg, "/opt/fleetpatch/agent") == built_v2.version
+    assert sandbox.path("/var/lib/fleetpatch/agent/agent.toml").read_text() == "# enrolled\n"
+    assert env_file.read_text().endswith("FLEETPATCH_AGENT_ARGS=--verbose\n")
+    # Every file as shipped, but the setting we changed.
+    verify = sandbox.run(["dpkg", "--verify", "fleetpatch-agent"], check=False).stdout
+    assert verify == "??5?????? c /etc/fleetpatch/agent.env\n"
+    assert dpkg.readlink(f"{WANTS}/fleetpatch-agent.service") == unit
+
+    dpkg.remove("fleetpatch-agent")
+    assert dpkg.state("fleetpatch-agent") == ("rc", built_v2.deb_version)
+    for gone in ("/opt/fleetpatch", "/usr/bin/fleetpatch-agent", unit):
+        assert not dpkg.exists(gone), gone
+    assert sandbox.path("/var/lib/fleetpatch/agent/agent.toml").is_file(), "enrollment kept"
+    assert env_file.is_file(), "settings kept"
+
+    dpkg.purge("fleetpatch-agent")
+    assert dpkg.state("fleetpatch-agent") == ("", "")
+    for gone in ("/var/lib/fleetpatch", "/etc/fleetpatch", f"{WANTS}/fleetpatch-agent.service"):
+        assert not dpkg.exists(gone), gone
+    assert_only_leftovers(sandbox)
+
+
+def test_controller_package_install_upgrade_remove_purge(sandboxes, built, built_v2, dpkg):
+    sandbox = dpkg.sandbox
+    dpkg.install(built.controller)
+    assert dpkg.state("fleetpatch-controller") == ("ii", built.deb_version)
+
+    user = sandbox.run(["getent", "passwd", "fleetpatch"]).stdout.strip().split(":")
+    assert user[5:] == ["/var/lib/fleetpatch/controller", "/usr/sbin/nologin"]
+    assert int(user[2]) < 1000, "a system user"
+    data = "/var/lib/fleetpatch/controller"
+    assert dpkg.mode_owner(data) == "700 fleetpatch:fleetpatch"
+    unit = "/lib/systemd/system/fleetpatch-controller.service"
+    assert dpkg.readlink(f"{WANTS}/fleetpatch-controller.service") == unit
+    verified = sandbox.run(["systemd-analyze", "verify", unit], check=False)
+    assert (verified.returncode, verified.stdout + verified.stderr) == (0, "")
+
+    assert "controller" in sandbox.run(["fleetpatch", "--help"]).stdout
+    assert "run" in sandbox.run(["fleetpatch-sim", "--help"]).stdout
+    sandbox.run(["fleetpatch", "controller", "init", "--data-dir", "/tmp/ctl", "--hostname", "t"])
+    assert sandbox.path("/tmp/ctl/controller.toml").is_file()
+    # The documented first step: init as the service user, in the default dir.
+    sandbox.run(["runuser", "-u", "fleetpatch", "--", "fleetpatch", "controller", "init",
+                 "--hostname", "ctl.example.net"])  # fmt: skip
+    assert dpkg.mode_owner(f"{data}/ca.key") == "600 fleetpatch:fleetpatch"
+    ca = hashlib.sha256(sandbox.path(f"{data}/ca.pem").read_bytes()).hexdigest()
+
+    dpkg.install(built_v2.controller)
+    assert dpkg.state("fleetpatch-controller") == ("ii", built_v2.deb_version)
+    assert package_version(dpkg, "/opt/fleetpatch/controller") == built_v2.version
+    assert hashlib.sha256(sandbox.path(f"{data}/ca.pem").read_bytes()).hexdigest() == ca
+    assert sandbox.run(["dpkg", "--verify", "fleetpatch-controller"]).stdout == ""
+
+    dpkg.remove("fleetpatch-controller")
+    assert dpkg.state("fleetpatch-controller") == ("rc", built_v2.deb_version)
+    assert not dpkg.exists("/opt/fleetpatch")
+    assert not dpkg.exists("/usr/bin/fleetpatch")
+    assert sandbox.path(f"{data}/ca.key").is_file(), "the fleet's CA survives a remove"
+    assert sandbox.path("/etc/fleetpatch/controller.env").is_file()
+
+    dpkg.purge("fleetpatch-controller")
+    assert dpkg.state("fleetpatch-controller") == ("", "")
+    for gone in (
+        "/var/lib/fleetpatch",
+        "/etc/fleetpatch",
+        f"{WANTS}/fleetpatch-controller.service",
+    ):
+        assert not dpkg.exists(gone), gone
+    assert sandbox.run(["getent", "passwd", "fleetpatch"]).returncode == 0, "user kept"
+    assert_only_leftovers(sandbox)
+
+
+def _exec_start(sandbox: HostSandbox, unit: str) -> list[str]:
+    """ExecStart= of the installed unit, without its $VARIABLES (empty)."""
+    text = sandbox.path(f"/lib/systemd/system/{unit}").read_text()
+    (line,) = [x for x in text.splitlines() if x.startswith("ExecStart=")]
+    return [word for word in line.removeprefix("ExecStart=").split() if not word.startswith("$")]
+
+
+def test_packaged_agent_enrolls_with_packaged_controller(sandboxes, built, dpkg, tmp_path):
+    """Both packages on one host, run as their units run them (ExecStart,
+    User=, Environment=): the README's install steps, end to end."""
+    sandbox = dpkg.sandbox
+    dpkg.install(built.agent, built.controller)
+    port = free_port()
+    sandbox.run(["runuser", "-u", "fleetpatch", "--", "fleetpatch", "controller", "init",
+                 "--hostname", "localhost", "--listen", f"127.0.0.1:{port}"])  # fmt: skip
+    as_service_user = ["setpriv", "--reuid=fleetpatch", "--regid=fleetpatch", "--init-groups", "--"]
+    log = (tmp_path / "controller.log").open("wb")
+    controller = sandbox.spawn(
+        [*as_service_user, *_exec_start(sandbox, "fleetpatch-controller.service")],
+        env={"FLEETPATCH_DATA_DIR": "/var/lib/fleetpatch/controller"},
+        stdout=log, stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    endpoints = sandbox.path("/var/lib/fleetpatch/controller/endpoints.json")
+    _wait(endpoints.is_file, controller, tmp_path / "controller.log")
+
+    token = sandbox.run(["fleetpatch", "token", "create", "--region", "eu-west", "--ring", "0"])
+    sandbox.run(["fleetpatch-agent", "enroll", "--controller", f"127.0.0.1:{port}",
+                 "--token", token.stdout.strip().splitlines()[-1],
+                 "--ca-cert", "/var/lib/fleetpatch/controller/ca.pem"])  # fmt: skip
+    assert sandbox.path("/var/lib/fleetpatch/agent/agent.toml").is_file()  # the unit's condition
+    agent = sandbox.spawn(
+        _exec_start(sandbox, "fleetpatch-agent.service"),
+        env={"FLEETPATCH_AGENT_STATE_DIR": "/var/lib/fleetpatch/agent"},
+        stdout=log, stderr=subprocess.STDOUT,
+    )  # fmt: skip
+
+    def checked_in() -> bool:
+        hosts = json.loads(sandbox.run(["fleetpatch", "hosts", "list", "--json"]).stdout)
+        return len(hosts) == 1 and bool(hosts[0].get("last_seen"))
+
+    _wait(checked_in, agent, tmp_path / "controller.log")
+    (host,) = json.loads(sandbox.run(["fleetpatch", "hosts", "list", "--json"]).stdout)
+    assert host["facts"]["agent_version"] == built.version
+
+    # SIGTERM to the main process alone (KillMode=process, as systemd stops
+    # the agent): both stop gracefully and exit 0, which nsenter reports.
+    for proc, program in ((agent, b"fleetpatch-agent"), (controller, b"fleetpatch")):
+        _signal_inside(sandbox, program, signal.SIGTERM)
+        assert proc.wait(timeout=40) == 0, (tmp_path / "controller.log").read_text()
+    log.close()
+
+
+def _signal_inside(sandbox: HostSandbox, program: bytes, sig: int) -> None:
+    """Signal the sandbox process whose argv[1] (the script run by python)
+    ends with program: the service's main process, not nsenter."""
+    for pid in sandbox.pids():
+        try:
+            argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if len(argv) > 1 and argv[1].endswith(b"/bin/" + program):
+            os.kill(pid, sig)
+            return
+    raise AssertionError(f"no {program!r} process in the sandbox")
+
+
+def _wait(ready, proc: subprocess.Popen[bytes], log: Path, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while not ready():
+        if proc.poll() is not None:
+            raise AssertionError(f"exited {proc.returncode}:\n{log.read_text()}")
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not ready after {timeout}s:\n{log.read_text()}")
+        time.sleep(0.2)

@@ -1,0 +1,160 @@
+"""Both packages under a real systemd: the units start, run under their
+sandboxing, stop, upgrade and refuse to restart as they claim.
+
+systemd is booted as PID 1 of a container (systemd-nspawn --boot) on a
+HostSandbox's copy-on-write root (tests.support.packages.SystemdContainer),
+so the maintainer scripts see a running systemd here, unlike in
+test_packaging.py, and `systemctl` does what it does on a real host.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+import uuid
+from collections.abc import Callable, Iterator
+
+import pytest
+
+from tests.support.controller import free_port
+from tests.support.packages import (
+    DEB_MOUNT,
+    BuiltDebs,
+    SystemdContainer,
+    built_debs,
+    next_version,
+    packaging_available,
+    session_debs_root,
+    systemd_container_available,
+)
+from tests.support.sandbox import HostSandbox
+
+AGENT = "fleetpatch-agent.service"
+CONTROLLER = "fleetpatch-controller.service"
+
+
+@pytest.fixture
+def container(make_sandbox, tmp_path) -> Iterator[SystemdContainer]:
+    reason = systemd_container_available() or packaging_available()
+    if reason is not None:
+        pytest.skip(reason)
+    sandbox: HostSandbox = make_sandbox(machine_id=uuid.uuid4().hex)
+    sandbox.bind(session_debs_root(), DEB_MOUNT)
+    built_debs()  # before the boot: building is the slow part
+    built_debs(next_version(built_debs().version))
+    try:
+        booted = SystemdContainer(sandbox, tmp_path / "console.log")
+    except RuntimeError as exc:
+        pytest.skip(f"cannot boot systemd in a container here: {exc}")
+    yield booted
+    booted.stop()
+
+
+def _deb(built: BuiltDebs, name: str) -> str:
+    deb = built.agent if name == "agent" else built.controller
+    return f"{DEB_MOUNT}/{deb.parent.name}/{deb.name}"
+
+
+def _until(what: str, check: Callable[[], bool], timeout: float = 40) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting until {what}")
+        time.sleep(0.3)
+
+
+def _hosts(c: SystemdContainer) -> list[dict[str, object]]:
+    found: list[dict[str, object]] = json.loads(
+        c.run(["fleetpatch", "hosts", "list", "--json"]).stdout
+    )
+    return found
+
+
+def _agent_version(c: SystemdContainer) -> object:
+    """The version the (only) host reported at its last check-in."""
+    listed = _hosts(c)
+    if not listed or not listed[0].get("last_seen"):
+        return None
+    facts = listed[0]["facts"]
+    assert isinstance(facts, dict)
+    return facts["agent_version"]
+
+
+def _restarted(c: SystemdContainer, unit: str, old_pid: str) -> bool:
+    return c.show(unit, "MainPID")["MainPID"] not in ("0", old_pid)
+
+
+def test_units_under_systemd(container):
+    c, v1 = container, built_debs()
+    v2 = built_debs(next_version(v1.version))
+
+    # A policy-rc.d that forbids starting services in package scripts (as in
+    # container images, this machine's among them) is honoured by the
+    # maintainer scripts; a real host has none.
+    c.run(["rm", "-f", "/usr/sbin/policy-rc.d"])
+
+    # Installed with systemd running: enabled, started, and skipped because
+    # neither is set up yet (ConditionPathExists), not failed.
+    c.run(["dpkg", "-i", _deb(v1, "agent"), _deb(v1, "controller")])
+    for unit in (AGENT, CONTROLLER):
+        assert c.run(["systemctl", "is-enabled", unit]).stdout.strip() == "enabled"
+        shown = c.show(unit, "ActiveState", "ConditionResult")
+        assert shown == {"ActiveState": "inactive", "ConditionResult": "no"}, unit
+
+    # The controller, as the `fleetpatch` user under its full sandboxing.
+    port = free_port()
+    c.run(["runuser", "-u", "fleetpatch", "--", "fleetpatch", "controller", "init",
+           "--hostname", "localhost", "--listen", f"127.0.0.1:{port}",
+           "--checkin-interval", "2s"])  # fmt: skip
+    c.run(["systemctl", "start", CONTROLLER])
+    serving = ["fleetpatch", "hosts", "list"]
+    _until("the controller serves", lambda: c.run(serving, check=False).returncode == 0)
+    shown = c.show(CONTROLLER, "ActiveState", "MainPID")
+    assert shown["ActiveState"] == "active"
+    user = c.run(["ps", "-o", "user=", "-p", shown["MainPID"]]).stdout.strip()
+    assert user == "fleetpatch"
+    security = c.run(["systemd-analyze", "security", "--no-pager", CONTROLLER]).stdout
+    found = re.search(r"Overall exposure level for \S+: ([0-9.]+) OK", security)
+    assert found is not None, security
+    assert float(found.group(1)) <= 2.5
+
+    # An agent enrolls and the service takes over.
+    token = c.run(["fleetpatch", "token", "create", "--region", "eu-west", "--ring", "0"])
+    c.run(["fleetpatch-agent", "enroll", "--controller", f"127.0.0.1:{port}",
+           "--token", token.stdout.strip().splitlines()[-1],
+           "--ca-cert", "/var/lib/fleetpatch/controller/ca.pem"])  # fmt: skip
+    c.run(["systemctl", "start", AGENT])
+
+    _until("the agent checks in", lambda: _agent_version(c) == v1.version)
+    (host,) = _hosts(c)
+
+    # A stop is a clean exit (SIGTERM to the agent; it finishes its step).
+    c.run(["systemctl", "stop", AGENT])
+    shown = c.show(AGENT, "ActiveState", "Result", "ExecMainStatus")
+    assert shown == {"ActiveState": "inactive", "Result": "success", "ExecMainStatus": "0"}
+    c.run(["systemctl", "start", AGENT])
+
+    # Upgrades with systemd running: both are restarted on the new version.
+    controller_pid = c.show(CONTROLLER, "MainPID")["MainPID"]
+    agent_pid = c.show(AGENT, "MainPID")["MainPID"]
+    c.run(["dpkg", "-i", _deb(v2, "controller"), _deb(v2, "agent")])
+
+    _until("the controller restarts", lambda: _restarted(c, CONTROLLER, controller_pid))
+    _until("the agent restarts", lambda: _restarted(c, AGENT, agent_pid))
+    _until("the upgraded agent reports its version", lambda: _agent_version(c) == v2.version)
+
+    # Revoked: the agent exits 4 and systemd does not restart it.
+    c.run(["fleetpatch", "hosts", "revoke", str(host["host_id"])])
+    _until("the agent gives up", lambda: c.show(AGENT, "ActiveState")["ActiveState"] == "failed")
+    shown = c.show(AGENT, "ActiveState", "SubState", "ExecMainStatus", "NRestarts")
+    assert shown == {
+        "ActiveState": "failed", "SubState": "failed", "ExecMainStatus": "4", "NRestarts": "0",
+    }  # fmt: skip
+
+    # Removal stops the controller; purge forgets everything.
+    c.run(["dpkg", "--remove", "fleetpatch-controller"])
+    assert c.show(CONTROLLER, "ActiveState")["ActiveState"] == "inactive"
+    c.run(["dpkg", "--purge", "fleetpatch-controller", "fleetpatch-agent"])
+    leftovers = c.run(["ls", "/var/lib/fleetpatch", "/opt/fleetpatch"], check=False)
+    assert leftovers.returncode != 0, leftovers.stdout
