@@ -24,7 +24,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from . import subp
-from .backend import Busy, Change, Plan, PlanError, Saved, Snapshot
+from .backend import Busy, Change, Plan, PlanError, Saved, Snapshot, check_minimums
 from .errors import CommandFailed
 from .orders import Target
 from .packages import is_installed
@@ -137,22 +137,8 @@ class Apt:
         touched = [c.name for c in changes if _excluded(c.name, exclude)]
         if touched:
             raise PlanError(f"the update would touch excluded package(s) {', '.join(touched)}")
-        self._check_minimums(targets, changes)
+        check_minimums(targets, changes, self.versions, lambda a, b: self.compare(a, "ge", b))
         return Plan(tuple(sorted(changes, key=lambda c: c.name)))
-
-    def _check_minimums(self, targets: Sequence[Target], changes: Sequence[Change]) -> None:
-        planned = {c.name: c.new for c in changes}
-        wanted = [t for t in targets if t.min_version]
-        installed = self.versions([t.name for t in wanted])
-        for target in wanted:
-            result = planned.get(target.name) or installed.get(target.name, "")
-            if not result:
-                raise PlanError(f"{target.name} is not installed on this host")
-            if not self.compare(result, "ge", target.min_version):
-                raise PlanError(
-                    f"{target.name}: the repositories offer {result}, "
-                    f"below the required {target.min_version}"
-                )
 
     def compare(self, a: str, op: str, b: str) -> bool:
         done = self._run(["dpkg", "--compare-versions", a, op, b], check=False, timeout=30)

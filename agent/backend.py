@@ -7,7 +7,7 @@ needs no repository; and applies exactly the plan, nothing more.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -74,6 +74,29 @@ class Snapshot:
     @classmethod
     def from_json(cls, doc: dict[str, Any]) -> Snapshot:
         return cls(tuple(Saved(**s) for s in doc["saved"]), tuple(doc["new"]))
+
+
+def check_minimums(
+    targets: Sequence[Target],
+    changes: Sequence[Change],
+    versions: Callable[[Sequence[str]], dict[str, str]],
+    at_least: Callable[[str, str], bool],
+) -> None:
+    """Raise PlanError unless every target with a minimum version ends at or
+    above it: at its planned version, or, when not in the plan, as installed.
+    ``at_least(version, minimum)`` is the package manager's own comparison."""
+    planned = {c.name: c.new for c in changes}
+    wanted = [t for t in targets if t.min_version]
+    installed = versions([t.name for t in wanted])
+    for target in wanted:
+        result = planned.get(target.name) or installed.get(target.name, "")
+        if not result:
+            raise PlanError(f"{target.name} is not installed on this host")
+        if not at_least(result, target.min_version):
+            raise PlanError(
+                f"{target.name}: the repositories offer {result}, "
+                f"below the required {target.min_version}"
+            )
 
 
 class PackageBackend(Protocol):

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import subp
-from .backend import Busy, Change, Plan, PlanError, Saved, Snapshot
+from .backend import Busy, Change, Plan, PlanError, Saved, Snapshot, check_minimums
 from .decide import Reason
 from .errors import CommandFailed
 from .needs import KERNEL_PACKAGE
@@ -213,24 +213,11 @@ class Dnf:
         old = self.versions([c.name for c in changes if c.new])
         changes = [Change(c.name, c.arch, old.get(c.name, ""), c.new, c.origin) if c.new else c
                    for c in changes]  # fmt: skip
-        self._check_minimums(targets, changes)
-        return Plan(tuple(sorted(changes, key=lambda c: c.name)))
-
-    def _check_minimums(self, targets: Sequence[Target], changes: Sequence[Change]) -> None:
-        planned = {c.name: c.new for c in changes}
-        wanted = [t for t in targets if t.min_version]
-        installed = self.versions([t.name for t in wanted])
-        for target in wanted:
-            if not EVR.match(target.min_version):
+        for target in targets:
+            if target.min_version and not EVR.match(target.min_version):
                 raise PlanError(f"{target.min_version!r} is not an RPM version")
-            result = planned.get(target.name) or installed.get(target.name, "")
-            if not result:
-                raise PlanError(f"{target.name} is not installed on this host")
-            if self.compare(result, target.min_version) < 0:
-                raise PlanError(
-                    f"{target.name}: the repositories offer {result}, "
-                    f"below the required {target.min_version}"
-                )
+        check_minimums(targets, changes, self.versions, lambda a, b: self.compare(a, b) >= 0)
+        return Plan(tuple(sorted(changes, key=lambda c: c.name)))
 
     def compare(self, a: str, b: str) -> int:
         """rpm's own version comparison: -1, 0 or 1."""
