@@ -108,9 +108,10 @@ def test_an_agent_killed_during_apply_and_restarted_ends_consistent(e2e: E2EFlee
     assert e2e.wait_for(campaign_id, ("completed", "halted"))["state"] == "completed"
     order = _orders(host)[0]
     assert order["state"] == "SUCCEEDED"
-    assert "resumed after a crash in APPLY: the update landed in full" in [
-        s["detail"] for s in order["steps"]
-    ]
+    assert any(
+        "resumed after a crash in APPLY: the update landed in full" in s["detail"]
+        for s in order["steps"]
+    )
     assert host.installed() == "1.1"
     assert host.sandbox.run(["dpkg", "--audit"]).stdout.strip() == ""
     assert _final_reports(e2e, order["order_id"]) == ["SUCCEEDED"]
