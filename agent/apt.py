@@ -34,7 +34,11 @@ VERSION = re.compile(r"^[A-Za-z0-9.+~:-]+$")
 _INST = re.compile(r"^Inst (\S+) (?:\[(\S+)\] )?\((\S+) (.*?)\s*\[(\S+)\]\)")
 _REMV = re.compile(r"^Remv (\S+) \[(\S+)\]")
 _LOCK = re.compile(
-    r"(Could not get lock|dpkg frontend lock was locked|dpkg status database is locked)"
+    # What apt and dpkg print when someone else holds a lock; apt prints the
+    # second line alone when the holder let go between its two attempts.
+    r"(Could not get lock|Unable to acquire the dpkg (frontend )?lock"
+    r"|Unable to lock the administration directory|dpkg frontend lock was locked"
+    r"|dpkg status database is locked)"
 )
 ARCHIVES = Path("/var/cache/apt/archives")
 log = logging.getLogger(__name__)

@@ -42,3 +42,18 @@ def test_revert_falls_back_to_dpkg_when_apt_refuses():
     assert dpkg[-1] == "/cache/fp-demo_1.0_all.deb"
     assert "--force-downgrade" in dpkg
     assert any(c[0] == "apt-get" for c in host.calls)  # apt was tried first
+
+
+def test_every_lock_message_apt_prints_means_busy():
+    from agent.apt import _LOCK
+
+    for line in (
+        "E: Could not get lock /var/lib/dpkg/lock-frontend. It is held by process 42 (apt-get)",
+        "E: Unable to acquire the dpkg frontend lock (/var/lib/dpkg/lock-frontend), "
+        "is another process using it?",
+        "E: Unable to lock the administration directory (/var/lib/dpkg/), "
+        "is another process using it?",
+        "dpkg: error: dpkg frontend lock was locked by another process with pid 42",
+    ):
+        assert _LOCK.search(line), line
+    assert not _LOCK.search("E: Unable to locate package fp-demo")
