@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import logging
 import secrets
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -28,6 +29,7 @@ from .campaigns import (
     CampaignError,
     CampaignSpec,
     CampaignState,
+    Tallies,
     Wait,
     decide,
     evaluate_halt,
@@ -44,6 +46,7 @@ from .tally import Count, count, host_facts
 log = logging.getLogger(__name__)
 Clock = Callable[[], datetime]
 LIVE = (CampaignState.RUNNING.value,)
+TALLY_MAX_AGE = 1.0  # seconds
 OPEN = (CampaignState.RUNNING.value, CampaignState.PAUSED.value, CampaignState.HALTED.value)
 
 
@@ -69,6 +72,12 @@ class CampaignEngine:
         # Silence and report time-outs run from here at the earliest: while
         # the controller was down, nobody could report to it.
         self._watching_since = self._clock()
+        # Counting a campaign reads every host: at each check-in that would
+        # be O(fleet). Counts are cached until anything they depend on
+        # changes (an assignment, a result, a time-out, a state change bumps
+        # the version) or TALLY_MAX_AGE passes (silence depends on time).
+        self._version = 0
+        self._tallies: dict[str, tuple[int, float, Tallies, list[Assignment]]] = {}
 
     async def start(self) -> None:
         await self._refresh_live()
@@ -125,6 +134,7 @@ class CampaignEngine:
                 )
             )
             await self._refresh_live()
+            self._changed()
         log.info("campaign %s: %s by %s -> %s %s", campaign_id, action, actor, new, detail)
         return record
 
@@ -241,7 +251,7 @@ class CampaignEngine:
         facts = host_facts(host)
         if not is_targeted(spec, facts):
             return None
-        assignments = await self._db.call(lambda s: s.assignments(record.campaign_id))
+        tallies, assignments = await self._snapshot(record)
         mine = {a.kind: a for a in assignments if a.host_id == host.host_id}
         now = self._clock()
         if record.state == CampaignState.ABORTED.value:
@@ -256,12 +266,32 @@ class CampaignEngine:
             return await self._assign(record, host, "revert", now, None, patched.order_id)
         if "patch" in mine:
             return None
-        hosts = await self._db.call(lambda s: s.list_hosts(limit=10_000_000))
-        tallies = count(spec, record, hosts, assignments, now, self._watching_since).tallies
         decision = decide(spec, facts, tallies, now)
         if not isinstance(decision, Assign):
             return None
         return await self._assign(record, host, "patch", now, decision.window_closes_at, "")
+
+    async def _snapshot(self, record: CampaignRecord) -> tuple[Tallies, list[Assignment]]:
+        """The campaign's tallies and assignments, from the cache when fresh."""
+        cached = self._tallies.get(record.campaign_id)
+        if (
+            cached is not None
+            and cached[0] == self._version
+            and time.monotonic() - cached[1] < TALLY_MAX_AGE
+        ):
+            return cached[2], cached[3]
+        version, started = self._version, time.monotonic()
+        hosts, assignments = await self._db.call(
+            lambda s: (s.list_hosts(limit=10_000_000), s.assignments(record.campaign_id))
+        )
+        tallies = count(
+            self.spec(record), record, hosts, assignments, self._clock(), self._watching_since
+        ).tallies
+        self._tallies[record.campaign_id] = (version, started, tallies, assignments)
+        return tallies, assignments
+
+    def _changed(self) -> None:
+        self._version += 1
 
     async def _assign(
         self, record: CampaignRecord, host: Host, kind: str, now: datetime,
@@ -291,6 +321,7 @@ class CampaignEngine:
             f"region {host.region} sequence {sequence}",
         )  # fmt: skip
         await self._db.call(lambda s: s.assign(assignment, entry))
+        self._changed()
         log.info("campaign %s: %s order %s to host %s", record.campaign_id, kind, order_id,
                  host.host_id)  # fmt: skip
         return envelope
@@ -303,6 +334,8 @@ class CampaignEngine:
         if not results:
             return
         changed = await self._db.call(lambda s: s.apply_results(host_id, results))
+        if changed:
+            self._changed()
         for campaign_id in changed:
             await self._evaluate(campaign_id)
 
@@ -327,6 +360,7 @@ class CampaignEngine:
         ]  # fmt: skip
         if late:
             timed_out = await self._db.call(lambda s: s.time_out(late, now))
+            self._changed()
             log.warning("campaign %s: %d order(s) timed out", record.campaign_id, timed_out)
 
     async def _evaluate(self, campaign_id: str) -> None:
