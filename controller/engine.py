@@ -29,7 +29,6 @@ from .campaigns import (
     CampaignError,
     CampaignSpec,
     CampaignState,
-    Tallies,
     Wait,
     decide,
     evaluate_halt,
@@ -77,7 +76,7 @@ class CampaignEngine:
         # changes (an assignment, a result, a time-out, a state change bumps
         # the version) or TALLY_MAX_AGE passes (silence depends on time).
         self._version = 0
-        self._tallies: dict[str, tuple[int, float, Tallies, list[Assignment]]] = {}
+        self._tallies: dict[str, tuple[int, float, Count, list[Assignment]]] = {}
 
     async def start(self) -> None:
         await self._refresh_live()
@@ -181,12 +180,7 @@ class CampaignEngine:
         )  # fmt: skip
 
     async def _count(self, record: CampaignRecord) -> Count:
-        spec = self.spec(record)
-        now = self._clock()
-        hosts, assignments = await self._db.call(
-            lambda s: (s.list_hosts(limit=10_000_000), s.assignments(record.campaign_id))
-        )
-        return count(spec, record, hosts, assignments, now, self._watching_since)
+        return (await self._snapshot(record))[0]
 
     async def view(self, campaign_id: str) -> tuple[CampaignRecord, list[CellView]]:
         """The campaign and, per ring x region, its counts and why hosts wait."""
@@ -251,7 +245,8 @@ class CampaignEngine:
         facts = host_facts(host)
         if not is_targeted(spec, facts):
             return None
-        tallies, assignments = await self._snapshot(record)
+        counted, assignments = await self._snapshot(record)
+        tallies = counted.tallies
         mine = {a.kind: a for a in assignments if a.host_id == host.host_id}
         now = self._clock()
         if record.state == CampaignState.ABORTED.value:
@@ -271,8 +266,8 @@ class CampaignEngine:
             return None
         return await self._assign(record, host, "patch", now, decision.window_closes_at, "")
 
-    async def _snapshot(self, record: CampaignRecord) -> tuple[Tallies, list[Assignment]]:
-        """The campaign's tallies and assignments, from the cache when fresh."""
+    async def _snapshot(self, record: CampaignRecord) -> tuple[Count, list[Assignment]]:
+        """The campaign's counts and assignments, from the cache when fresh."""
         cached = self._tallies.get(record.campaign_id)
         if (
             cached is not None
@@ -284,11 +279,11 @@ class CampaignEngine:
         hosts, assignments = await self._db.call(
             lambda s: (s.list_hosts(limit=10_000_000), s.assignments(record.campaign_id))
         )
-        tallies = count(
+        counted = count(
             self.spec(record), record, hosts, assignments, self._clock(), self._watching_since
-        ).tallies
-        self._tallies[record.campaign_id] = (version, started, tallies, assignments)
-        return tallies, assignments
+        )
+        self._tallies[record.campaign_id] = (version, started, counted, assignments)
+        return counted, assignments
 
     def _changed(self) -> None:
         self._version += 1
