@@ -86,6 +86,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
+from fleetpatch import debversion
+
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGING = ROOT / "packaging"
 #: What the wheel is built from (the rest of the tree is not needed).
@@ -107,13 +109,6 @@ BASE_ENV = {
     "PIP_DISABLE_PIP_VERSION_CHECK": "1",
     "PIP_NO_INPUT": "1",
 }
-PEP440 = re.compile(
-    r"^(?P<release>[0-9]+(?:\.[0-9]+)*)"
-    r"(?:(?P<pre>a|b|rc)(?P<pre_n>[0-9]+))?"
-    r"(?:\.post(?P<post>[0-9]+))?"
-    r"(?:\.dev(?P<dev>[0-9]+))?$"
-)
-
 
 #: Signs the built packages with a release key (see controller.release).
 Sign = Callable[[list[Path], Path], None]
@@ -213,26 +208,13 @@ def project_version(root: Path = ROOT) -> str:
 
 
 def debian_version(version: str) -> str:
-    """The Debian version of a PEP 440 version, sorting the same way.
-
-    1.2.0 -> 1.2.0; 1.2.0rc1 -> 1.2.0~rc1; 1.2.0.dev3 -> 1.2.0~~dev3
-    (before every pre-release, as in PEP 440); 1.2.0rc1.dev3 -> 1.2.0~rc1~dev3;
-    1.2.0.post1 -> 1.2.0+post1. Raises BuildError for other spellings.
-    """
-    match = PEP440.match(version)
-    if match is None:
-        raise BuildError(
-            f"version {version!r} is not a release, pre-, post- or dev-release "
-            "we can package (e.g. 1.2.0, 1.2.0rc1, 1.2.0.post1, 1.2.0.dev3)"
-        )
-    out = match["release"]
-    if match["pre"]:
-        out += f"~{match['pre']}{match['pre_n']}"
-    if match["post"]:
-        out += f"+post{match['post']}"
-    if match["dev"]:
-        out += ("~" if match["pre"] or match["post"] else "~~") + f"dev{match['dev']}"
-    return out
+    """The Debian version of a PEP 440 version, sorting the same way
+    (fleetpatch.debversion, which agents use to check what they install).
+    Raises BuildError for a version we cannot package."""
+    try:
+        return debversion.debian_version(version)
+    except ValueError as exc:
+        raise BuildError(str(exc)) from None
 
 
 # -- running tools -------------------------------------------------------------

@@ -99,6 +99,16 @@ class AdminServiceStub:
                 request_serializer=fleetpatch_dot_v1_dot_admin__pb2.ListCampaignsRequest.SerializeToString,
                 response_deserializer=fleetpatch_dot_v1_dot_admin__pb2.ListCampaignsResponse.FromString,
                 _registered_method=True)
+        self.PublishAgentRelease = channel.stream_unary(
+                '/fleetpatch.v1.AdminService/PublishAgentRelease',
+                request_serializer=fleetpatch_dot_v1_dot_admin__pb2.PublishAgentReleaseRequest.SerializeToString,
+                response_deserializer=fleetpatch_dot_v1_dot_admin__pb2.PublishAgentReleaseResponse.FromString,
+                _registered_method=True)
+        self.ListAgentReleases = channel.unary_unary(
+                '/fleetpatch.v1.AdminService/ListAgentReleases',
+                request_serializer=fleetpatch_dot_v1_dot_admin__pb2.ListAgentReleasesRequest.SerializeToString,
+                response_deserializer=fleetpatch_dot_v1_dot_admin__pb2.ListAgentReleasesResponse.FromString,
+                _registered_method=True)
         self.VerifyAudit = channel.unary_unary(
                 '/fleetpatch.v1.AdminService/VerifyAudit',
                 request_serializer=fleetpatch_dot_v1_dot_admin__pb2.VerifyAuditRequest.SerializeToString,
@@ -192,6 +202,20 @@ class AdminServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def PublishAgentRelease(self, request_iterator, context):
+        """Agent packages that agent-update campaigns hand out (fleetpatch release
+        publish): the first message is the header, the rest the .deb's bytes.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListAgentReleases(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def VerifyAudit(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -271,6 +295,16 @@ def add_AdminServiceServicer_to_server(servicer, server):
                     servicer.ListCampaigns,
                     request_deserializer=fleetpatch_dot_v1_dot_admin__pb2.ListCampaignsRequest.FromString,
                     response_serializer=fleetpatch_dot_v1_dot_admin__pb2.ListCampaignsResponse.SerializeToString,
+            ),
+            'PublishAgentRelease': grpc.stream_unary_rpc_method_handler(
+                    servicer.PublishAgentRelease,
+                    request_deserializer=fleetpatch_dot_v1_dot_admin__pb2.PublishAgentReleaseRequest.FromString,
+                    response_serializer=fleetpatch_dot_v1_dot_admin__pb2.PublishAgentReleaseResponse.SerializeToString,
+            ),
+            'ListAgentReleases': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListAgentReleases,
+                    request_deserializer=fleetpatch_dot_v1_dot_admin__pb2.ListAgentReleasesRequest.FromString,
+                    response_serializer=fleetpatch_dot_v1_dot_admin__pb2.ListAgentReleasesResponse.SerializeToString,
             ),
             'VerifyAudit': grpc.unary_unary_rpc_method_handler(
                     servicer.VerifyAudit,
@@ -634,6 +668,60 @@ class AdminService:
             '/fleetpatch.v1.AdminService/ListCampaigns',
             fleetpatch_dot_v1_dot_admin__pb2.ListCampaignsRequest.SerializeToString,
             fleetpatch_dot_v1_dot_admin__pb2.ListCampaignsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PublishAgentRelease(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_unary(
+            request_iterator,
+            target,
+            '/fleetpatch.v1.AdminService/PublishAgentRelease',
+            fleetpatch_dot_v1_dot_admin__pb2.PublishAgentReleaseRequest.SerializeToString,
+            fleetpatch_dot_v1_dot_admin__pb2.PublishAgentReleaseResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListAgentReleases(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fleetpatch.v1.AdminService/ListAgentReleases',
+            fleetpatch_dot_v1_dot_admin__pb2.ListAgentReleasesRequest.SerializeToString,
+            fleetpatch_dot_v1_dot_admin__pb2.ListAgentReleasesResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -46,6 +46,11 @@ class AdminServiceStub:
     AbortCampaign: _grpc.UnaryUnaryMultiCallable[_admin_pb2.AbortCampaignRequest, _admin_pb2.CampaignResponse]
     GetCampaign: _grpc.UnaryUnaryMultiCallable[_admin_pb2.CampaignRequest, _admin_pb2.CampaignResponse]
     ListCampaigns: _grpc.UnaryUnaryMultiCallable[_admin_pb2.ListCampaignsRequest, _admin_pb2.ListCampaignsResponse]
+    PublishAgentRelease: _grpc.StreamUnaryMultiCallable[_admin_pb2.PublishAgentReleaseRequest, _admin_pb2.PublishAgentReleaseResponse]
+    """Agent packages that agent-update campaigns hand out (fleetpatch release
+    publish): the first message is the header, the rest the .deb's bytes.
+    """
+    ListAgentReleases: _grpc.UnaryUnaryMultiCallable[_admin_pb2.ListAgentReleasesRequest, _admin_pb2.ListAgentReleasesResponse]
     VerifyAudit: _grpc.UnaryUnaryMultiCallable[_admin_pb2.VerifyAuditRequest, _admin_pb2.VerifyAuditResponse]
     ExportAudit: _grpc.UnaryUnaryMultiCallable[_admin_pb2.ExportAuditRequest, _admin_pb2.ExportAuditResponse]
 
@@ -65,6 +70,11 @@ class AdminServiceAsyncStub(AdminServiceStub):
     AbortCampaign: _aio.UnaryUnaryMultiCallable[_admin_pb2.AbortCampaignRequest, _admin_pb2.CampaignResponse]  # type: ignore[assignment]
     GetCampaign: _aio.UnaryUnaryMultiCallable[_admin_pb2.CampaignRequest, _admin_pb2.CampaignResponse]  # type: ignore[assignment]
     ListCampaigns: _aio.UnaryUnaryMultiCallable[_admin_pb2.ListCampaignsRequest, _admin_pb2.ListCampaignsResponse]  # type: ignore[assignment]
+    PublishAgentRelease: _aio.StreamUnaryMultiCallable[_admin_pb2.PublishAgentReleaseRequest, _admin_pb2.PublishAgentReleaseResponse]  # type: ignore[assignment]
+    """Agent packages that agent-update campaigns hand out (fleetpatch release
+    publish): the first message is the header, the rest the .deb's bytes.
+    """
+    ListAgentReleases: _aio.UnaryUnaryMultiCallable[_admin_pb2.ListAgentReleasesRequest, _admin_pb2.ListAgentReleasesResponse]  # type: ignore[assignment]
     VerifyAudit: _aio.UnaryUnaryMultiCallable[_admin_pb2.VerifyAuditRequest, _admin_pb2.VerifyAuditResponse]  # type: ignore[assignment]
     ExportAudit: _aio.UnaryUnaryMultiCallable[_admin_pb2.ExportAuditRequest, _admin_pb2.ExportAuditResponse]  # type: ignore[assignment]
 
@@ -159,6 +169,23 @@ class AdminServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _admin_pb2.ListCampaignsRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_admin_pb2.ListCampaignsResponse, _abc.Awaitable[_admin_pb2.ListCampaignsResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def PublishAgentRelease(
+        self,
+        request_iterator: _MaybeAsyncIterator[_admin_pb2.PublishAgentReleaseRequest],
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.PublishAgentReleaseResponse, _abc.Awaitable[_admin_pb2.PublishAgentReleaseResponse]]:
+        """Agent packages that agent-update campaigns hand out (fleetpatch release
+        publish): the first message is the header, the rest the .deb's bytes.
+        """
+
+    @_abc_1.abstractmethod
+    def ListAgentReleases(
+        self,
+        request: _admin_pb2.ListAgentReleasesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.ListAgentReleasesResponse, _abc.Awaitable[_admin_pb2.ListAgentReleasesResponse]]: ...
 
     @_abc_1.abstractmethod
     def VerifyAudit(

@@ -49,6 +49,11 @@ class AgentServiceStub:
                 request_serializer=fleetpatch_dot_v1_dot_agent__pb2.ReportProgressRequest.SerializeToString,
                 response_deserializer=fleetpatch_dot_v1_dot_agent__pb2.ReportProgressResponse.FromString,
                 _registered_method=True)
+        self.FetchArtifact = channel.unary_stream(
+                '/fleetpatch.v1.AgentService/FetchArtifact',
+                request_serializer=fleetpatch_dot_v1_dot_agent__pb2.FetchArtifactRequest.SerializeToString,
+                response_deserializer=fleetpatch_dot_v1_dot_agent__pb2.ArtifactChunk.FromString,
+                _registered_method=True)
 
 
 class AgentServiceServicer:
@@ -67,8 +72,13 @@ class AgentServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ReportProgress(self, request, context):
-        """Reserved for a later version: rpc FetchArtifact(FetchArtifactRequest)
-        returns (stream ArtifactChunk), for agent packages and cached .debs.
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def FetchArtifact(self, request, context):
+        """A published artifact (an agent package), by its SHA-256, in chunks.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -91,6 +101,11 @@ def add_AgentServiceServicer_to_server(servicer, server):
                     servicer.ReportProgress,
                     request_deserializer=fleetpatch_dot_v1_dot_agent__pb2.ReportProgressRequest.FromString,
                     response_serializer=fleetpatch_dot_v1_dot_agent__pb2.ReportProgressResponse.SerializeToString,
+            ),
+            'FetchArtifact': grpc.unary_stream_rpc_method_handler(
+                    servicer.FetchArtifact,
+                    request_deserializer=fleetpatch_dot_v1_dot_agent__pb2.FetchArtifactRequest.FromString,
+                    response_serializer=fleetpatch_dot_v1_dot_agent__pb2.ArtifactChunk.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -174,6 +189,33 @@ class AgentService:
             '/fleetpatch.v1.AgentService/ReportProgress',
             fleetpatch_dot_v1_dot_agent__pb2.ReportProgressRequest.SerializeToString,
             fleetpatch_dot_v1_dot_agent__pb2.ReportProgressResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def FetchArtifact(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/fleetpatch.v1.AgentService/FetchArtifact',
+            fleetpatch_dot_v1_dot_agent__pb2.FetchArtifactRequest.SerializeToString,
+            fleetpatch_dot_v1_dot_agent__pb2.ArtifactChunk.FromString,
             options,
             channel_credentials,
             insecure,

@@ -38,9 +38,8 @@ class AgentServiceStub:
     Enroll: _grpc.UnaryUnaryMultiCallable[_agent_pb2.EnrollRequest, _agent_pb2.EnrollResponse]
     CheckIn: _grpc.UnaryUnaryMultiCallable[_agent_pb2.CheckInRequest, _agent_pb2.CheckInResponse]
     ReportProgress: _grpc.UnaryUnaryMultiCallable[_agent_pb2.ReportProgressRequest, _agent_pb2.ReportProgressResponse]
-    """Reserved for a later version: rpc FetchArtifact(FetchArtifactRequest)
-    returns (stream ArtifactChunk), for agent packages and cached .debs.
-    """
+    FetchArtifact: _grpc.UnaryStreamMultiCallable[_agent_pb2.FetchArtifactRequest, _agent_pb2.ArtifactChunk]
+    """A published artifact (an agent package), by its SHA-256, in chunks."""
 
 @_typing.type_check_only
 class AgentServiceAsyncStub(AgentServiceStub):
@@ -48,9 +47,8 @@ class AgentServiceAsyncStub(AgentServiceStub):
     Enroll: _aio.UnaryUnaryMultiCallable[_agent_pb2.EnrollRequest, _agent_pb2.EnrollResponse]  # type: ignore[assignment]
     CheckIn: _aio.UnaryUnaryMultiCallable[_agent_pb2.CheckInRequest, _agent_pb2.CheckInResponse]  # type: ignore[assignment]
     ReportProgress: _aio.UnaryUnaryMultiCallable[_agent_pb2.ReportProgressRequest, _agent_pb2.ReportProgressResponse]  # type: ignore[assignment]
-    """Reserved for a later version: rpc FetchArtifact(FetchArtifactRequest)
-    returns (stream ArtifactChunk), for agent packages and cached .debs.
-    """
+    FetchArtifact: _aio.UnaryStreamMultiCallable[_agent_pb2.FetchArtifactRequest, _agent_pb2.ArtifactChunk]  # type: ignore[assignment]
+    """A published artifact (an agent package), by its SHA-256, in chunks."""
 
 class AgentServiceServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -72,9 +70,14 @@ class AgentServiceServicer(metaclass=_abc_1.ABCMeta):
         self,
         request: _agent_pb2.ReportProgressRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_agent_pb2.ReportProgressResponse, _abc.Awaitable[_agent_pb2.ReportProgressResponse]]:
-        """Reserved for a later version: rpc FetchArtifact(FetchArtifactRequest)
-        returns (stream ArtifactChunk), for agent packages and cached .debs.
-        """
+    ) -> _typing.Union[_agent_pb2.ReportProgressResponse, _abc.Awaitable[_agent_pb2.ReportProgressResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def FetchArtifact(
+        self,
+        request: _agent_pb2.FetchArtifactRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_agent_pb2.ArtifactChunk], _abc.AsyncIterator[_agent_pb2.ArtifactChunk]]:
+        """A published artifact (an agent package), by its SHA-256, in chunks."""
 
 def add_AgentServiceServicer_to_server(servicer: AgentServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -585,7 +585,11 @@ Global___HealthCheckSpec: _TypeAlias = HealthCheckSpec  # noqa: Y015
 
 @_typing.final
 class AgentUpdate(_message.Message):
-    """An agent package to install, for WORK_ORDER_ACTION_AGENT_UPDATE."""
+    """An agent package to install, for WORK_ORDER_ACTION_AGENT_UPDATE. The
+    agent checks it against the release key pinned on the host, never a key
+    the controller hands out: a controller can choose which signed release a
+    host runs, not make one up.
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -593,12 +597,27 @@ class AgentUpdate(_message.Message):
     ARTIFACT_FIELD_NUMBER: _builtins.int
     SHA256_FIELD_NUMBER: _builtins.int
     RELEASE_SIGNATURE_FIELD_NUMBER: _builtins.int
+    RELEASE_MANIFEST_FIELD_NUMBER: _builtins.int
+    SIZE_FIELD_NUMBER: _builtins.int
+    ROLLBACK_AFTER_FIELD_NUMBER: _builtins.int
     version: _builtins.str
+    """PEP 440, as fleetpatch.__version__ reports it"""
     artifact: _builtins.str
-    """name to fetch with FetchArtifact"""
+    """the .deb's file name in the release"""
     sha256: _builtins.bytes
+    """of the .deb: what FetchArtifact is asked for"""
     release_signature: _builtins.bytes
-    """by the pinned release key"""
+    """Ed25519 by the release key over release_manifest"""
+    release_manifest: _builtins.bytes
+    """the release's SHA256SUMS, byte for byte as signed"""
+    size: _builtins.int
+    """of the .deb, to check free space before fetching"""
+    @_builtins.property
+    def rollback_after(self) -> _duration_pb2.Duration:
+        """How long the new agent has to start, check in and pass its checks
+        before a watchdog outside the agent reinstalls the version it replaced.
+        """
+
     def __init__(
         self,
         *,
@@ -606,10 +625,13 @@ class AgentUpdate(_message.Message):
         artifact: _builtins.str = ...,
         sha256: _builtins.bytes = ...,
         release_signature: _builtins.bytes = ...,
+        release_manifest: _builtins.bytes = ...,
+        size: _builtins.int = ...,
+        rollback_after: _duration_pb2.Duration | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["rollback_after", b"rollback_after"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["artifact", b"artifact", "release_signature", b"release_signature", "sha256", b"sha256", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["artifact", b"artifact", "release_manifest", b"release_manifest", "release_signature", b"release_signature", "rollback_after", b"rollback_after", "sha256", b"sha256", "size", b"size", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

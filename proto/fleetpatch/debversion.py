@@ -1,0 +1,66 @@
+"""PEP 440 versions (what ``fleetpatch.__version__`` says) and the Debian
+versions of the packages that carry them, both ways.
+
+The packages are built with `debian_version`; an agent updating itself
+checks the package it was handed with it, and the controller names a
+published package's release with `pep440_version`. Only the spellings we
+package are accepted: releases, pre-, post- and dev-releases, sorting in
+Debian exactly as in PEP 440:
+
+    1.2.0 -> 1.2.0; 1.2.0rc1 -> 1.2.0~rc1; 1.2.0.dev3 -> 1.2.0~~dev3
+    (before every pre-release); 1.2.0rc1.dev3 -> 1.2.0~rc1~dev3;
+    1.2.0.post1 -> 1.2.0+post1; 1.2.0.post1.dev2 -> 1.2.0+post1~dev2.
+"""
+
+from __future__ import annotations
+
+import re
+
+PEP440 = re.compile(
+    r"^(?P<release>[0-9]+(?:\.[0-9]+)*)"
+    r"(?:(?P<pre>a|b|rc)(?P<pre_n>[0-9]+))?"
+    r"(?:\.post(?P<post>[0-9]+))?"
+    r"(?:\.dev(?P<dev>[0-9]+))?$"
+)
+DEBIAN = re.compile(
+    r"^(?P<release>[0-9]+(?:\.[0-9]+)*)"
+    r"(?:~(?P<pre>a|b|rc)(?P<pre_n>[0-9]+))?"
+    r"(?:\+post(?P<post>[0-9]+))?"
+    r"(?:~~?dev(?P<dev>[0-9]+))?$"
+)
+
+
+def debian_version(version: str) -> str:
+    """The Debian version of a PEP 440 version; ValueError for other spellings."""
+    match = PEP440.match(version)
+    if match is None:
+        raise ValueError(
+            f"version {version!r} is not a release, pre-, post- or dev-release "
+            "we can package (e.g. 1.2.0, 1.2.0rc1, 1.2.0.post1, 1.2.0.dev3)"
+        )
+    out = match["release"]
+    if match["pre"]:
+        out += f"~{match['pre']}{match['pre_n']}"
+    if match["post"]:
+        out += f"+post{match['post']}"
+    if match["dev"]:
+        out += ("~" if match["pre"] or match["post"] else "~~") + f"dev{match['dev']}"
+    return out
+
+
+def pep440_version(debian: str) -> str:
+    """The PEP 440 version a `debian_version` came from; ValueError for a
+    Debian version it cannot have made."""
+    match = DEBIAN.match(debian)
+    if match is None:
+        raise ValueError(f"{debian!r} is not the Debian version of a fleetpatch release")
+    out = match["release"]
+    if match["pre"]:
+        out += f"{match['pre']}{match['pre_n']}"
+    if match["post"]:
+        out += f".post{match['post']}"
+    if match["dev"]:
+        out += f".dev{match['dev']}"
+    if debian_version(out) != debian:  # e.g. "~dev" where "~~dev" belongs
+        raise ValueError(f"{debian!r} is not the Debian version of a fleetpatch release")
+    return out
