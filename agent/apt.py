@@ -209,6 +209,18 @@ class Apt:
         self._apt_get("install", "--no-install-recommends", *args)
         return self._diff(before)
 
+    def install_files(self, paths: Sequence[Path]) -> list[Change]:
+        """Install .deb files (an agent update), with their dependencies
+        from the repositories, downgrades allowed (the caller has checked)."""
+        names = [
+            self._run(["dpkg-deb", "--field", str(p), "Package"]).stdout.strip() for p in paths
+        ]
+        before = self.versions(names)
+        self._apt_get(
+            "install", "--allow-downgrades", "--no-install-recommends", *[str(p) for p in paths]
+        )
+        return self._diff(before)
+
     def revert(self, snapshot: Snapshot) -> list[Change]:
         """Install the kept versions over whatever is there now.
 

@@ -34,6 +34,7 @@ from .errors import AgentError, ConfigError
 from .health import ResourceLimits, resource_checks, summarize
 from .journal import Journal
 from .keys import learn as learn_keys
+from .selfupdate import HandOver
 from .service import Agent
 from .statedir import DEFAULT_STATE_DIR, StateDir
 from .states import State
@@ -333,3 +334,8 @@ def main() -> None:
     except AgentError as exc:
         print(f"fleetpatch-agent: error: {exc}", file=sys.stderr)
         sys.exit(exc.exit_code)
+    except HandOver as exc:
+        # Not an error: a new version of the agent is installed and carries
+        # on (systemd starts it: the package's restart, or Restart=always).
+        print(f"fleetpatch-agent: {exc}", file=sys.stderr)
+        sys.exit(0)

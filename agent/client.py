@@ -3,7 +3,10 @@ errors here and nowhere else."""
 
 from __future__ import annotations
 
+import hashlib
+import os
 from collections.abc import Callable
+from pathlib import Path
 from typing import TypeVar
 
 import grpc
@@ -13,6 +16,7 @@ from .errors import AgentError, ControllerUnavailable, Refused
 
 _T = TypeVar("_T")
 TIMEOUT_SECONDS = 30.0
+FETCH_TIMEOUT_SECONDS = 600.0  # a whole agent package, on a slow link
 _OPTIONS = [
     ("grpc.keepalive_time_ms", 120_000),
     ("grpc.enable_retries", 0),  # the agent retries with its own backoff
@@ -67,3 +71,42 @@ class ControllerClient:
         return _call(
             self.address, lambda: self._stub.ReportProgress(request, timeout=TIMEOUT_SECONDS)
         )
+
+    def reach(self) -> None:
+        """One authenticated round trip (an empty report): proves this agent
+        can load its key, complete mutual TLS and be accepted as its host."""
+        self.report_progress(agent_pb2.ReportProgressRequest())
+
+    def fetch_artifact(self, sha256: bytes, dest: Path, max_size: int) -> None:
+        """Stream the artifact with this digest into ``dest`` (created 0600),
+        hashing as it comes; raises AgentError and removes ``dest`` when it is
+        larger than ``max_size`` or not what was asked for."""
+
+        def fetch() -> None:
+            digest, size = hashlib.sha256(), 0
+            stream = self._stub.FetchArtifact(
+                agent_pb2.FetchArtifactRequest(sha256=sha256), timeout=FETCH_TIMEOUT_SECONDS
+            )
+            fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "wb") as out:
+                for chunk in stream:
+                    size += len(chunk.data)
+                    if size > max_size:
+                        stream.cancel()  # type: ignore[no-untyped-call]
+                        raise AgentError(
+                            f"the artifact is larger than the {max_size} bytes announced"
+                        )
+                    digest.update(chunk.data)
+                    out.write(chunk.data)
+                out.flush()
+                os.fsync(out.fileno())
+            if digest.digest() != sha256:
+                raise AgentError(
+                    f"the controller sent an artifact whose SHA-256 is {digest.hexdigest()}"
+                )
+
+        try:
+            _call(self.address, fetch)
+        except BaseException:
+            dest.unlink(missing_ok=True)
+            raise

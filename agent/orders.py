@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 
+from fleetpatch.debversion import debian_version
 from fleetpatch.envelope import WORK_ORDER_TYPE, EnvelopeError, open_envelope
 from fleetpatch.v1 import types_pb2
 from google.protobuf.message import DecodeError
@@ -75,12 +76,31 @@ _LIVEPATCH = {
     types_pb2.LIVEPATCH_POLICY_ONLY: Livepatch.ONLY,
 }
 DEFAULT_VERIFY_TIMEOUT = timedelta(minutes=5)
+DEFAULT_ROLLBACK_AFTER = timedelta(minutes=10)
 
 
 @dataclass(frozen=True)
 class Target:
     name: str
     min_version: str = ""
+
+
+@dataclass(frozen=True)
+class AgentUpdate:
+    """The agent package an agent-update order hands over: checked against
+    the release key pinned on this host (`selfupdate`) before it is used."""
+
+    version: str  # PEP 440
+    artifact: str  # the .deb's file name in the release
+    sha256: bytes
+    release_signature: bytes
+    release_manifest: bytes
+    size: int
+    rollback_after: timedelta = DEFAULT_ROLLBACK_AFTER
+
+    @property
+    def debian_version(self) -> str:
+        return debian_version(self.version)
 
 
 @dataclass(frozen=True)
@@ -101,6 +121,7 @@ class WorkOrder:
     verify_timeout: timedelta = DEFAULT_VERIFY_TIMEOUT
     window_closes_at: datetime | None = None
     revert_order_id: str = ""
+    agent_update: AgentUpdate | None = None  # set for Action.AGENT_UPDATE, only then
 
 
 def _time(ts: object) -> datetime:
@@ -180,6 +201,9 @@ def from_pb(pb: types_pb2.WorkOrder) -> WorkOrder:
         raise OrderRefused(
             RefusalReason.MALFORMED, f"work order refused: {exc}", pb.order_id
         ) from None
+    agent_update = None
+    if _ACTIONS[pb.action] is Action.AGENT_UPDATE:
+        agent_update = _agent_update(pb)
     return WorkOrder(
         order_id=pb.order_id,
         host_id=pb.host_id,
@@ -201,4 +225,41 @@ def from_pb(pb: types_pb2.WorkOrder) -> WorkOrder:
         ),
         window_closes_at=_time(pb.window_closes_at) if pb.HasField("window_closes_at") else None,
         revert_order_id=pb.revert_order_id,
+        agent_update=agent_update,
+    )
+
+
+def _agent_update(pb: types_pb2.WorkOrder) -> AgentUpdate:
+    def malformed(why: str) -> OrderRefused:
+        return OrderRefused(
+            RefusalReason.MALFORMED, f"work order refused: its agent update {why}", pb.order_id
+        )
+
+    update = pb.agent_update
+    try:
+        debian_version(update.version)
+    except ValueError as exc:
+        raise malformed(f"names no version we package ({exc})") from None
+    name = update.artifact
+    if not name.endswith(".deb") or "/" in name or name.startswith("."):
+        raise malformed(f"names no .deb file ({name!r})")
+    if len(update.sha256) != 32 or len(update.release_signature) != 64:
+        raise malformed("lacks a SHA-256 digest or an Ed25519 release signature")
+    if not update.release_manifest or update.size <= 0:
+        raise malformed("lacks the release manifest or the package size")
+    rollback_after = (
+        update.rollback_after.ToTimedelta()
+        if update.HasField("rollback_after")
+        else DEFAULT_ROLLBACK_AFTER
+    )
+    if rollback_after <= timedelta(0):
+        raise malformed("has no time to roll back after")
+    return AgentUpdate(
+        version=update.version,
+        artifact=name,
+        sha256=update.sha256,
+        release_signature=update.release_signature,
+        release_manifest=update.release_manifest,
+        size=update.size,
+        rollback_after=rollback_after,
     )

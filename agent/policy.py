@@ -12,11 +12,15 @@ from __future__ import annotations
 import fnmatch
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from .backend import Plan
 from .checks import Kind
 from .orders import Action, OrderRefused, Reboot, RefusalReason, WorkOrder
+
+#: The package an agent-update order installs.
+AGENT_PACKAGE = "fleetpatch-agent"
 
 
 @dataclass(frozen=True)
@@ -26,6 +30,11 @@ class Policy:
     never_touch: tuple[str, ...] = ()
     allowed_sources: tuple[str, ...] = ()
     max_packages: int = 200
+    # Agent self-update: whether orders may update this agent, to which
+    # versions, and the release key (pinned here, never sent) they must carry.
+    allow_agent_update: bool = True
+    allow_agent_downgrade: bool = False
+    release_key: Path = Path("/etc/fleetpatch/release.pub")
 
 
 def policy_from_config(table: Mapping[str, Any], where: str) -> Policy:
@@ -34,7 +43,8 @@ def policy_from_config(table: Mapping[str, Any], where: str) -> Policy:
     if unknown:
         raise ValueError(f"{where}: unknown key policy.{unknown[0]}")
     values: dict[str, Any] = {}
-    for key in ("allow_reboot", "allow_order_commands"):
+    for key in ("allow_reboot", "allow_order_commands", "allow_agent_update",
+                "allow_agent_downgrade"):  # fmt: skip
         if key in table:
             if not isinstance(table[key], bool):
                 raise ValueError(f"{where}: policy.{key} must be true or false")
@@ -50,6 +60,11 @@ def policy_from_config(table: Mapping[str, Any], where: str) -> Policy:
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
             raise ValueError(f"{where}: policy.max_packages must be a whole number >= 1")
         values["max_packages"] = value
+    if "release_key" in table:
+        value = table["release_key"]
+        if not isinstance(value, str) or not value.startswith("/"):
+            raise ValueError(f"{where}: policy.release_key must be an absolute path")
+        values["release_key"] = Path(value)
     return Policy(**values)
 
 
@@ -67,7 +82,11 @@ def check_order(order: WorkOrder, policy: Policy) -> None:
         )  # fmt: skip
 
     if order.action is Action.AGENT_UPDATE:
-        raise refuse(f"this agent does not carry out {order.action} orders")
+        if not policy.allow_agent_update:
+            raise refuse("it updates the agent and policy.allow_agent_update is false")
+        pattern = _matches(AGENT_PACKAGE, policy.never_touch)
+        if pattern:
+            raise refuse(f"package {AGENT_PACKAGE} is protected (policy.never_touch {pattern!r})")
     commands = [c.name for c in order.checks if c.kind is Kind.COMMAND]
     if commands and not policy.allow_order_commands:
         raise refuse(

@@ -40,10 +40,13 @@ from .orders import Action, OrderRefused, WorkOrder, from_pb, verify
 from .outcome import Outcome
 from .policy import Policy, check_order, plan_violation
 from .reboot import BOOT_ID_FILE, KERNEL_RELEASE_FILE, FileValue, Rebooter
+from .selfupdate import Fetcher, Reach, UpdateSteps, Watchdog
 from .states import MAX_ENTRIES, RESUME, TERMINAL, Event, Resume, State, next_state
 
 log = logging.getLogger(__name__)
 Clock = Callable[[], datetime]
+# The states whose step an agent-update order runs differently (`selfupdate`).
+_UPDATE_STATES = frozenset({State.PRECHECK, State.APPLY, State.VERIFY})
 __all__ = ["Outcome", "Runner"]
 
 
@@ -78,10 +81,16 @@ class Runner:
         bootloader: Callable[[], Bootloader] = detect_bootloader,
         kernels: Callable[[], Sequence[str]] = installed_kernels,
         reboot_timeout: timedelta = timedelta(minutes=10),
+        fetch: Fetcher | None = None,
+        reach: Reach | None = None,
+        watchdog: Watchdog | None = None,
+        running_version: str | None = None,
     ) -> None:
         """``boot_id``/``kernel``: this boot's id and the running kernel
         (default: read from /proc at each call); ``rebooter`` None means
-        this runner never reboots the host (see the module docstring)."""
+        this runner never reboots the host (see the module docstring).
+        ``fetch``, ``reach`` and ``watchdog`` are what agent-update orders
+        need (`selfupdate`); without them such orders fail in PRECHECK."""
         self._journal = journal
         self._backend = backend
         self._prober = prober
@@ -98,6 +107,15 @@ class Runner:
             kernel or FileValue(KERNEL_RELEASE_FILE), reboot_signals, kernels, livepatch,
             rebooter, bootloader, reboot_timeout,
         )  # fmt: skip
+        self._update = UpdateSteps(
+            backend, prober, policy, cache, clock, sleep, retry_interval, self._checks,
+            fetch=fetch, reach=reach, watchdog=watchdog, running_version=running_version,
+        )  # fmt: skip
+
+    def handover_due(self) -> str | None:
+        """Why this process must give way to the agent version now
+        installed (after an agent update or its revert), or None."""
+        return self._update.handover_due()
 
     def set_notify(self, notify: Callable[[], object]) -> None:
         """Called after every state entry: the agent sends reports there."""
@@ -174,7 +192,10 @@ class Runner:
         plan = Plan.from_json(record.plan or [])
         now = self._backend.versions([c.name for c in plan.changes])
         why = "resumed after a crash in APPLY"
-        if all(now.get(c.name, "") == c.new for c in plan.changes):
+        landed = all(now.get(c.name, "") == c.new for c in plan.changes)
+        if landed and order.action is Action.AGENT_UPDATE:
+            return self._enter(order, State.VERIFY, Outcome(Event.OK, f"{why}: installed"))
+        if landed:
             outcome = self._boot.after_update(order, record, f"{why}: the update landed in full",
                                               {})  # fmt: skip
             return self._enter(order, next_state(State.APPLY, outcome.event), outcome)
@@ -244,6 +265,8 @@ class Runner:
     # -- steps -----------------------------------------------------------------
 
     def _step(self, state: State, order: WorkOrder, record: OrderRecord) -> Outcome:
+        if order.action is Action.AGENT_UPDATE and state in _UPDATE_STATES:
+            return getattr(self._update, state.lower())(order, record)  # type: ignore[no-any-return]
         steps = {
             State.RECEIVED: self._received,
             State.PRECHECK: self._precheck,
@@ -258,6 +281,8 @@ class Runner:
         return steps[state](order, record)
 
     def _received(self, order: WorkOrder, record: OrderRecord) -> Outcome:
+        if order.action is Action.AGENT_UPDATE:
+            return Outcome(Event.OK, "checking the host and the release before updating the agent")
         if order.action is not Action.REVERT:
             return Outcome(Event.OK, "checking the host before patching")
         earlier = self._journal.order(order.revert_order_id)
@@ -376,6 +401,8 @@ class Runner:
             changes = self._until_not_busy(lambda: self._backend.revert(snapshot))
         except (Busy, CommandFailed) as exc:
             return Outcome(Event.FAIL, f"revert failed: {exc} (reverting because: {why})")
+        if order.action is Action.AGENT_UPDATE:
+            self._update.after_revert(order)
         # A rerun after the revert's own reboot changes nothing: keep the
         # changes the first run journaled.
         columns = {"changes": [vars(c) for c in changes]} if changes else {}

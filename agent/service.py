@@ -24,6 +24,7 @@ from .needs import RebootSignals
 from .orders import OrderRefused
 from .reboot import CommandRebooter, FileValue, Inhibitor
 from .runner import Runner
+from .selfupdate import HandOver, SystemdWatchdog
 from .statedir import AgentConfig, StateDir
 from .states import State
 
@@ -65,6 +66,12 @@ class Agent:
         # A backend may know more about reboots (dnf needs-restarting).
         extra: Callable[[], list[Reason]] | None = getattr(backend, "reboot_reasons", None)
         signals = RebootSignals(kernel, extra=[extra] if extra is not None else [])
+        client = None
+        if online:
+            client = ControllerClient(
+                config.controller, state.read(state.ca), state.read(state.key),
+                state.read(state.cert),
+            )  # fmt: skip
         runner = Runner(
             journal,
             backend,
@@ -80,13 +87,10 @@ class Agent:
             livepatch=(Kpatch(), CanonicalLivepatch()),
             rebooter=CommandRebooter(config.reboot.command),
             reboot_timeout=config.timing.reboot_timeout,
+            fetch=client.fetch_artifact if client is not None else None,
+            reach=client.reach if client is not None else None,
+            watchdog=SystemdWatchdog(),
         )
-        client = None
-        if online:
-            client = ControllerClient(
-                config.controller, state.read(state.ca), state.read(state.key),
-                state.read(state.cert),
-            )  # fmt: skip
         agent = cls(state, config, journal, runner, state.host_id(), client)
         runner.set_notify(agent.report)
         return agent
@@ -100,6 +104,15 @@ class Agent:
         for order_id, final in self.runner.resume():
             log.info("order %s finished after resuming: %s", order_id, final)
         self.report()
+        self._hand_over_if_due()
+
+    def _hand_over_if_due(self) -> None:
+        """Exit (HandOver) when another version of the agent is installed
+        than the one running: after an agent update reverted by this
+        process, say, when systemd did not restart it."""
+        due = self.runner.handover_due()
+        if due is not None:
+            raise HandOver(due)
 
     def handle(self, envelope: types_pb2.SignedEnvelope) -> State | None:
         """Verify and carry out one order; None when it was refused."""
@@ -109,8 +122,11 @@ class Agent:
             self.report()
             return None
         self.report()
-        final = self.runner.run(order.order_id)
-        self.report()
+        try:
+            final = self.runner.run(order.order_id)
+        finally:
+            self.report()
+        self._hand_over_if_due()
         return final
 
     def report(self) -> int:

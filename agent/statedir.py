@@ -106,6 +106,11 @@ allow_order_commands = false  # may orders name `command` health checks?
 never_touch = []              # package names or glob patterns never changed
 allowed_sources = []          # apt origins (as apt-get -s prints them) allowed; [] = any
 max_packages = 200            # refuse a transaction touching more packages
+# Agent self-update (agent-update campaigns): the package must be signed by
+# the release key pinned in this file; the controller cannot send a key.
+allow_agent_update = true
+allow_agent_downgrade = false
+release_key = "/etc/fleetpatch/release.pub"
 
 # Health checks run before patching (the baseline) and after (verification),
 # besides those the work order names. Kinds: systemd, tcp, http, command,

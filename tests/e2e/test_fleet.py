@@ -170,6 +170,9 @@ class _Impostor(agent_pb2_grpc.AgentServiceServicer):
     def Enroll(self, request, context):
         context.abort(grpc.StatusCode.UNIMPLEMENTED, "an impostor enrolls nobody")
 
+    def FetchArtifact(self, request, context):
+        context.abort(grpc.StatusCode.NOT_FOUND, "an impostor serves no artifacts")
+
     def ReportProgress(self, request, context):
         self.reports.append(request)
         return agent_pb2.ReportProgressResponse(

@@ -1,0 +1,83 @@
+"""Signed agent releases and agent-update orders for tests.
+
+`signed_release` signs .deb files with `fleetpatch release sign`'s own code
+(controller.release); `agent_update_order` builds the order a controller
+hands out for one of them, from the files as released.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from datetime import timedelta
+from pathlib import Path
+
+from fleetpatch import releasefmt
+from fleetpatch.debversion import pep440_version
+from fleetpatch.v1 import types_pb2
+from google.protobuf.duration_pb2 import Duration
+
+from controller.release import keygen, sign_artifacts
+from tests.support.debrepo import DebFile, DebSpec, build_deb
+from tests.support.orders import work_order
+
+
+def release_key(directory: Path, name: str = "release") -> Path:
+    """A new release key pair in ``directory``: NAME.key (0600), NAME.pub."""
+    directory.mkdir(parents=True, exist_ok=True)
+    key = directory / f"{name}.key"
+    keygen(key)
+    return key
+
+
+def agent_deb(out: Path, debian_version: str, name: str = "fleetpatch-agent") -> Path:
+    """A small stand-in agent package: right name and version, one file."""
+    spec = DebSpec(
+        name=name,
+        version=debian_version,
+        files={"/opt/fleetpatch-test/VERSION": DebFile(f"{debian_version}\n")},
+        architecture="all",
+    )
+    return build_deb(spec, out)
+
+
+def signed_release(debs: list[Path], key: Path) -> Path:
+    """Sign the debs (one directory); returns that directory."""
+    sign_artifacts(debs, key)
+    return debs[0].parent
+
+
+def agent_update_order(
+    host_id: str,
+    sequence: int,
+    deb: Path,
+    *,
+    version: str | None = None,
+    rollback_after: timedelta = timedelta(minutes=10),
+    verify_timeout: timedelta = timedelta(seconds=30),
+    order_id: str | None = None,
+) -> types_pb2.WorkOrder:
+    """The agent-update order for a released .deb (SHA256SUMS beside it)."""
+    release = deb.parent
+    debian_version = deb.name.split("_")[1]
+    order = work_order(
+        host_id,
+        sequence,
+        (),
+        action=types_pb2.WORK_ORDER_ACTION_AGENT_UPDATE,
+        verify_timeout=verify_timeout,
+        order_id=order_id,
+    )
+    rollback = Duration()
+    rollback.FromTimedelta(rollback_after)
+    order.agent_update.CopyFrom(
+        types_pb2.AgentUpdate(
+            version=version or pep440_version(debian_version),
+            artifact=deb.name,
+            sha256=hashlib.sha256(deb.read_bytes()).digest(),
+            release_signature=(release / releasefmt.SIGNATURE).read_bytes(),
+            release_manifest=(release / releasefmt.MANIFEST).read_bytes(),
+            size=deb.stat().st_size,
+            rollback_after=rollback,
+        )
+    )
+    return order
