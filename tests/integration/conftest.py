@@ -7,6 +7,7 @@ root, no namespaces, overlay refused) or dpkg-dev is missing.
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,15 @@ import pytest
 
 from tests.support.apthost import AptHost
 from tests.support.debrepo import LocalAptRepo, debrepo_available, use_repo
+from tests.support.packages import (
+    DEB_MOUNT,
+    SystemdContainer,
+    built_debs,
+    next_version,
+    packaging_available,
+    session_debs_root,
+    systemd_container_available,
+)
 from tests.support.sandbox import HostSandbox, sandbox_available
 
 
@@ -74,3 +84,22 @@ def apt_host(controller, make_sandbox, deb_repo) -> AptHost:
     host = AptHost(sandbox, controller, deb_repo)
     host.enroll()
     return host
+
+
+@pytest.fixture
+def container(make_sandbox, tmp_path) -> Iterator[SystemdContainer]:
+    """systemd booted on a sandbox's root, the session's packages (this
+    version and the next, built before the boot: the slow part) bound at
+    DEB_MOUNT with the release key that signed them."""
+    reason = systemd_container_available() or packaging_available()
+    if reason is not None:
+        pytest.skip(reason)
+    sandbox: HostSandbox = make_sandbox(machine_id=uuid.uuid4().hex)
+    sandbox.bind(session_debs_root(), DEB_MOUNT)
+    built_debs(next_version(built_debs().version))
+    try:
+        booted = SystemdContainer(sandbox, tmp_path / "console.log")
+    except RuntimeError as exc:
+        pytest.skip(f"cannot boot systemd in a container here: {exc}")
+    yield booted
+    booted.stop()

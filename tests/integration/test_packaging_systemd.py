@@ -11,11 +11,6 @@ from __future__ import annotations
 
 import json
 import re
-import time
-import uuid
-from collections.abc import Callable, Iterator
-
-import pytest
 
 from tests.support.controller import free_port
 from tests.support.packages import (
@@ -24,44 +19,16 @@ from tests.support.packages import (
     SystemdContainer,
     built_debs,
     next_version,
-    packaging_available,
-    session_debs_root,
-    systemd_container_available,
+    wait_until,
 )
-from tests.support.sandbox import HostSandbox
 
 AGENT = "fleetpatch-agent.service"
 CONTROLLER = "fleetpatch-controller.service"
 
 
-@pytest.fixture
-def container(make_sandbox, tmp_path) -> Iterator[SystemdContainer]:
-    reason = systemd_container_available() or packaging_available()
-    if reason is not None:
-        pytest.skip(reason)
-    sandbox: HostSandbox = make_sandbox(machine_id=uuid.uuid4().hex)
-    sandbox.bind(session_debs_root(), DEB_MOUNT)
-    built_debs()  # before the boot: building is the slow part
-    built_debs(next_version(built_debs().version))
-    try:
-        booted = SystemdContainer(sandbox, tmp_path / "console.log")
-    except RuntimeError as exc:
-        pytest.skip(f"cannot boot systemd in a container here: {exc}")
-    yield booted
-    booted.stop()
-
-
 def _deb(built: BuiltDebs, name: str) -> str:
     deb = built.agent if name == "agent" else built.controller
     return f"{DEB_MOUNT}/{deb.parent.name}/{deb.name}"
-
-
-def _until(what: str, check: Callable[[], bool], timeout: float = 40) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting until {what}")
-        time.sleep(0.3)
 
 
 def _hosts(c: SystemdContainer) -> list[dict[str, object]]:
@@ -109,7 +76,7 @@ def test_units_under_systemd(container):
            "--checkin-interval", "2s"])  # fmt: skip
     c.run(["systemctl", "start", CONTROLLER])
     serving = ["fleetpatch", "hosts", "list"]
-    _until("the controller serves", lambda: c.run(serving, check=False).returncode == 0)
+    wait_until("the controller serves", lambda: c.run(serving, check=False).returncode == 0)
     shown = c.show(CONTROLLER, "ActiveState", "MainPID")
     assert shown["ActiveState"] == "active"
     user = c.run(["ps", "-o", "user=", "-p", shown["MainPID"]]).stdout.strip()
@@ -126,7 +93,7 @@ def test_units_under_systemd(container):
            "--ca-cert", "/var/lib/fleetpatch/controller/ca.pem"])  # fmt: skip
     c.run(["systemctl", "start", AGENT])
 
-    _until("the agent checks in", lambda: _agent_version(c) == v1.version)
+    wait_until("the agent checks in", lambda: _agent_version(c) == v1.version)
     (host,) = _hosts(c)
 
     # A stop is a clean exit (SIGTERM to the agent; it finishes its step).
@@ -140,13 +107,15 @@ def test_units_under_systemd(container):
     agent_pid = c.show(AGENT, "MainPID")["MainPID"]
     c.run(["dpkg", "-i", _deb(v2, "controller"), _deb(v2, "agent")])
 
-    _until("the controller restarts", lambda: _restarted(c, CONTROLLER, controller_pid))
-    _until("the agent restarts", lambda: _restarted(c, AGENT, agent_pid))
-    _until("the upgraded agent reports its version", lambda: _agent_version(c) == v2.version)
+    wait_until("the controller restarts", lambda: _restarted(c, CONTROLLER, controller_pid))
+    wait_until("the agent restarts", lambda: _restarted(c, AGENT, agent_pid))
+    wait_until("the upgraded agent reports its version", lambda: _agent_version(c) == v2.version)
 
     # Revoked: the agent exits 4 and systemd does not restart it.
     c.run(["fleetpatch", "hosts", "revoke", str(host["host_id"])])
-    _until("the agent gives up", lambda: c.show(AGENT, "ActiveState")["ActiveState"] == "failed")
+    wait_until(
+        "the agent gives up", lambda: c.show(AGENT, "ActiveState")["ActiveState"] == "failed"
+    )
     shown = c.show(AGENT, "ActiveState", "SubState", "ExecMainStatus", "NRestarts")
     assert shown == {
         "ActiveState": "failed", "SubState": "failed", "ExecMainStatus": "4", "NRestarts": "0",

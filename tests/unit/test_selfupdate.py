@@ -51,8 +51,8 @@ class DebBackend(FakeBackend):
         changes = []
         for path in paths:
             fields = _fields(path)
-            changes.append(Change(fields["Package"], "all", self.installed.get(fields["Package"], ""),
-                                  fields["Version"]))  # fmt: skip
+            name = fields["Package"]
+            changes.append(Change(name, "all", self.installed.get(name, ""), fields["Version"]))
             self.installed[fields["Package"]] = fields["Version"]
         self.calls.append("install_files")
         return changes
@@ -166,7 +166,7 @@ def test_the_old_agent_installs_and_hands_over_and_the_new_one_finishes(env):
         old, agent_update_order(HOST, 1, deb, rollback_after=timedelta(minutes=7))
     )
 
-    with pytest.raises(HandOver, match="fleetpatch-agent 0.2.0 is installed"):
+    with pytest.raises(HandOver, match=r"fleetpatch-agent 0\.2\.0 is installed"):
         old.run(order_id)
     assert env.journal.order(order_id).state == State.VERIFY
     assert env.backend.installed[AGENT] == "0.2.0"
@@ -176,6 +176,8 @@ def test_the_old_agent_installs_and_hands_over_and_the_new_one_finishes(env):
     assert env.backend.calls.index("snapshot") < env.backend.calls.index("install_files")
     assert _fields(restore) == {"Package": AGENT, "Version": "0.1.0", "Architecture": "all"}
     assert after == timedelta(minutes=7)
+    assert marker == env.tmp / "cache" / order_id / "taken-over"
+    assert not marker.exists()
     assert env.watchdog.disarmed == []
 
     new = env.runner("0.2.0")
