@@ -3,7 +3,7 @@ certificate from the data dir). gRPC errors become CLI errors here."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import TypeVar
 
 import grpc
@@ -22,6 +22,7 @@ from .errors import (
 
 _T = TypeVar("_T")
 TIMEOUT_SECONDS = 15.0
+PUBLISH_TIMEOUT_SECONDS = 900.0  # up to 256 MiB over a slow link
 
 _ERROR_OF: dict[grpc.StatusCode, type[FleetpatchError]] = {
     grpc.StatusCode.UNAVAILABLE: ControllerUnavailable,
@@ -31,6 +32,7 @@ _ERROR_OF: dict[grpc.StatusCode, type[FleetpatchError]] = {
     grpc.StatusCode.NOT_FOUND: NotFound,
     grpc.StatusCode.INVALID_ARGUMENT: UsageError,
     grpc.StatusCode.FAILED_PRECONDITION: Conflict,
+    grpc.StatusCode.ALREADY_EXISTS: Conflict,
 }
 
 
@@ -124,6 +126,28 @@ class AdminClient:
         request = admin_pb2.ListCampaignsRequest()
         return list(
             self._call(lambda: self._stub.ListCampaigns(request, timeout=TIMEOUT_SECONDS)).campaigns
+        )
+
+    def publish_release(
+        self, header: admin_pb2.PublishAgentReleaseHeader, chunks: Iterable[bytes]
+    ) -> admin_pb2.AgentRelease:
+        """Stream an agent package: the header, then its bytes."""
+
+        def requests() -> Iterator[admin_pb2.PublishAgentReleaseRequest]:
+            yield admin_pb2.PublishAgentReleaseRequest(header=header)
+            for chunk in chunks:
+                yield admin_pb2.PublishAgentReleaseRequest(data=chunk)
+
+        return self._call(
+            lambda: self._stub.PublishAgentRelease(requests(), timeout=PUBLISH_TIMEOUT_SECONDS)
+        ).release
+
+    def list_releases(self) -> list[admin_pb2.AgentRelease]:
+        request = admin_pb2.ListAgentReleasesRequest()
+        return list(
+            self._call(
+                lambda: self._stub.ListAgentReleases(request, timeout=TIMEOUT_SECONDS)
+            ).releases
         )
 
     def verify_audit(self) -> admin_pb2.VerifyAuditResponse:

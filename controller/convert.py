@@ -18,7 +18,7 @@ from google.protobuf.message import Message
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from .audit import AuditRecord
-from .model import CampaignRecord, Host, HostStatus, Package, ProgressReport
+from .model import AgentRelease, CampaignRecord, Host, HostStatus, Package, ProgressReport
 from .tokens import Token
 
 _STATUS = {
@@ -175,3 +175,15 @@ def audit_to_pb(record: AuditRecord) -> admin_pb2.AuditRecord:
         seq=record.seq, at=timestamp(e.at), actor=e.actor, action=e.action, target=e.target,
         outcome=e.outcome, detail=e.detail, prev_hash=record.prev_hash, hash=record.hash,
     )  # fmt: skip
+
+
+def release_to_pb(release: AgentRelease) -> admin_pb2.AgentRelease:
+    return admin_pb2.AgentRelease(
+        version=release.version,
+        artifact=release.artifact,
+        sha256=bytes.fromhex(release.sha256),
+        size=release.size,
+        key_fingerprint=release.key_fingerprint,
+        published_at=timestamp(release.published_at),
+        published_by=release.published_by,
+    )

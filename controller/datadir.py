@@ -9,6 +9,7 @@
     DIR/signing.key.ID    retired signing keys, kept for the record
     DIR/controller.db     SQLite (WAL)
     DIR/endpoints.json    written by `serve`: the addresses it listens on
+    DIR/artifacts/SHA256  published agent packages, named by their digest (0644)
 
 Every key is mode 0600 and the directory 0700.
 """
@@ -40,6 +41,9 @@ class Settings:
     checkin_jitter: float
     campaign_tick: timedelta = timedelta(seconds=10)
     checkin_max_batch: int = 1000
+    # [releases] public_key: agent packages must be signed with this release
+    # key to be published; None: any signed release is taken as it is.
+    release_public_key: Path | None = None
 
 
 def default_enroll_address(address: str) -> str:
@@ -118,6 +122,10 @@ class DataDir:
     def endpoints(self) -> Path:
         return self.path / "endpoints.json"
 
+    @property
+    def artifacts(self) -> Path:
+        return self.path / "artifacts"
+
     def require_initialised(self) -> None:
         """Raise DataDirError unless `controller init` has run here."""
         if not self.path.is_dir():
@@ -150,7 +158,7 @@ class DataDir:
             doc = tomllib.loads(self.read(self.config).decode())
         except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
             raise UsageError(f"{self.config}: {exc}") from None
-        unknown = set(doc) - {"server", "checkin", "campaigns"}
+        unknown = set(doc) - {"server", "checkin", "campaigns", "releases"}
         if unknown:
             raise UsageError(f"{self.config}: unknown table [{sorted(unknown)[0]}]")
         server = _table(doc, "server", {"listen", "enroll_listen", "advertise"}, self.config)
@@ -181,7 +189,14 @@ class DataDir:
         max_batch = checkin.get("max_batch", 1000)
         if isinstance(max_batch, bool) or not isinstance(max_batch, int) or max_batch < 1:
             raise UsageError(f"{self.config}: checkin.max_batch must be a whole number >= 1")
-        return Settings(listen, enroll, advertise, interval, float(jitter), tick, max_batch)
+        releases = _table(doc, "releases", {"public_key"}, self.config)
+        public_key = releases.get("public_key", "")
+        if not isinstance(public_key, str):
+            raise UsageError(f"{self.config}: releases.public_key must be a path (a string)")
+        return Settings(
+            listen, enroll, advertise, interval, float(jitter), tick, max_batch,
+            self.path / public_key if public_key else None,
+        )  # fmt: skip
 
     def write_endpoints(self, address: str, enroll_address: str) -> None:
         doc = {"address": address, "enroll_address": enroll_address, "pid": os.getpid()}
@@ -246,4 +261,12 @@ max_batch = 1000
 # How often the controller times out silent orders, halts campaigns whose
 # budgets are breached, and completes finished ones.
 tick = "10s"
+
+[releases]
+# Optional: the release public key (the .pub of `fleetpatch release keygen`)
+# every agent package must be signed with to be published (`fleetpatch
+# release publish`); a path, relative to this directory unless absolute.
+# Unset: the controller takes any signed release as it is, and each host
+# still checks it against the release key pinned there.
+# public_key = "/etc/fleetpatch/release.pub"
 """

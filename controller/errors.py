@@ -8,6 +8,7 @@
     │   └── TokenRefused            an enrollment token that is unknown, expired, used up, revoked
     ├── NotFound                    exit 5; no such host, token, campaign
     └── Conflict                    exit 6; the request contradicts the current state
+        └── AlreadyExists           something of that name exists and differs (gRPC ALREADY_EXISTS)
 
 Lower-layer errors (grpc.RpcError, sqlite3.Error, OSError) are translated at
 exactly one boundary each: `admin_client` for the CLI, `servicers` for RPCs.
@@ -46,3 +47,7 @@ class NotFound(FleetpatchError):
 
 class Conflict(FleetpatchError):
     exit_code = 6
+
+
+class AlreadyExists(Conflict):
+    pass

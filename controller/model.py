@@ -119,7 +119,7 @@ class Assignment:
     order_id: str
     campaign_id: str
     host_id: str
-    kind: str  # "patch" or "revert"
+    kind: str  # "patch" (the campaign's own order, an agent update too) or "revert"
     ring: int
     region: str
     sequence: int
@@ -130,3 +130,21 @@ class Assignment:
     detail: str = ""
     last_report_at: datetime | None = None
     finished_at: datetime | None = None
+
+
+@dataclass(frozen=True)
+class AgentRelease:
+    """A published agent package: what agent-update campaigns hand out.
+    ``manifest`` and ``signature`` are the release's SHA256SUMS and
+    SHA256SUMS.sig, byte for byte: hosts check them against their own
+    pinned release key."""
+
+    version: str  # PEP 440
+    artifact: str  # fleetpatch-agent_<debian version>_<arch>.deb
+    sha256: str  # hex, of the artifact
+    size: int
+    key_fingerprint: str  # the release key it was checked against; "" when none
+    published_at: datetime
+    published_by: str
+    manifest: bytes
+    signature: bytes

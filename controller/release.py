@@ -3,6 +3,8 @@
     fleetpatch release keygen KEY [--public-key PUB]
     fleetpatch release sign ARTIFACT... --key KEY
     fleetpatch release verify DIR|ARTIFACT --public-key PUB
+    fleetpatch release publish DEB [--public-key PUB]   (to the controller, for agent updates)
+    fleetpatch release list [--json]                    (the agent releases published there)
 
 Formats (chosen so that a host can check a release with coreutils and
 OpenSSL alone, without fleetpatch installed):
@@ -25,7 +27,7 @@ manifest are the same refusal: "not signed by this key".
 
 Errors are controller.errors types: UsageError (exit 2) for bad input,
 Refused (exit 4) for anything verification refuses, Conflict (exit 6)
-when keygen would overwrite a key.
+when keygen would overwrite a key or a published version differs.
 """
 
 from __future__ import annotations
@@ -43,8 +45,13 @@ import typer
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from fleetpatch import render
 from fleetpatch.atomicfile import write_atomic
+from fleetpatch.v1 import admin_pb2
 
+from . import convert
+from .cli_common import ControllerOption, DataDirOption, JsonOption, client
+from .datadir import DEFAULT_DATA_DIR
 from .errors import Conflict, FleetpatchError, Refused, UsageError
 
 MANIFEST = "SHA256SUMS"
@@ -241,6 +248,15 @@ def sign_artifacts(artifacts: Sequence[Path], key_path: Path) -> Signed:
     return Signed(manifest, signature, entries, fingerprint(key.public_key()))
 
 
+def is_signed_by(manifest: bytes, signature: bytes, public_key: Ed25519PublicKey) -> bool:
+    """Whether ``signature`` is the key's signature of exactly ``manifest``."""
+    try:
+        public_key.verify(signature, manifest)
+    except InvalidSignature:
+        return False
+    return True
+
+
 def verify(target: Path, public_key_path: Path) -> Verified:
     """Check a release directory (every file in it) or one artifact against
     the signed SHA256SUMS beside it.
@@ -257,6 +273,59 @@ def verify(target: Path, public_key_path: Path) -> Verified:
         directory, wanted = target.parent, target.name
     else:
         raise UsageError(f"{target} does not exist")
+    signed = _signed_manifest(directory, key)
+    names = _names_to_check(directory, wanted, signed.entries)
+    for name in names:
+        _check_digest(directory / name, signed.entries[name])
+    return Verified(signed.path, tuple(directory / n for n in names), fingerprint(key))
+
+
+@dataclass(frozen=True)
+class Publishable:
+    """An agent package ready to publish: the release's SHA256SUMS and
+    SHA256SUMS.sig as they are, and what was checked locally."""
+
+    artifact: Path
+    manifest: bytes
+    signature: bytes
+    sha256: str  # hex, of the artifact, as its manifest line gives it
+    size: int
+    fingerprint: str  # the key the signature was checked with; "" when none
+
+
+def prepare_publish(artifact: Path, public_key_path: Path | None) -> Publishable:
+    """Read a release around one artifact and check what can be checked
+    here: the artifact matches its line of SHA256SUMS, and, with a public
+    key, SHA256SUMS is signed by it. Raises what `verify` raises."""
+    key = load_public_key(public_key_path) if public_key_path is not None else None
+    if not artifact.is_file():
+        raise UsageError(f"{artifact} does not exist" if not artifact.exists()
+                         else f"{artifact} is not a file")  # fmt: skip
+    directory = artifact.parent
+    signed = _signed_manifest(directory, key)
+    (name,) = _names_to_check(directory, artifact.name, signed.entries)
+    _check_digest(artifact, signed.entries[name])
+    try:
+        size = artifact.stat().st_size
+    except OSError as exc:
+        raise UsageError(f"cannot read {artifact}: {exc.strerror}") from None
+    return Publishable(
+        artifact, signed.manifest, signed.signature, signed.entries[name], size,
+        fingerprint(key) if key is not None else "",
+    )  # fmt: skip
+
+
+@dataclass(frozen=True)
+class _Signed:
+    path: Path
+    manifest: bytes
+    signature: bytes
+    entries: dict[str, str]
+
+
+def _signed_manifest(directory: Path, key: Ed25519PublicKey | None) -> _Signed:
+    """SHA256SUMS and SHA256SUMS.sig of a release directory, parsed; the
+    signature checked when ``key`` is given (else only required)."""
     manifest_path, signature_path = directory / MANIFEST, directory / SIGNATURE
     if not manifest_path.is_file():
         raise Refused(f"no {MANIFEST} in {directory}: the release is not signed")
@@ -264,28 +333,25 @@ def verify(target: Path, public_key_path: Path) -> Verified:
         raise Refused(f"no signature: {signature_path} is missing")
     manifest = _read(manifest_path, "manifest")
     signature = _read(signature_path, "signature")
-    key_name = fingerprint(key)
-    try:
-        key.verify(signature, manifest)
-    except InvalidSignature:
+    if key is not None and not is_signed_by(manifest, signature, key):
         raise Refused(
-            f"{manifest_path} is not signed by release key {key_name} "
+            f"{manifest_path} is not signed by release key {fingerprint(key)} "
             "(signed by another key, or the manifest or signature was changed)"
-        ) from None
+        )
     try:
         entries = parse_manifest(manifest.decode(), manifest_path)
     except UnicodeDecodeError:
         raise Refused(f"{manifest_path} is not text") from None
-    names = _names_to_check(directory, wanted, entries)
-    for name in names:
-        path = directory / name
-        actual = sha256_file(path)
-        if actual != entries[name]:
-            raise Refused(
-                f"{path} does not match the signed manifest "
-                f"(sha256 {actual[:16]}..., signed {entries[name][:16]}...): it was modified"
-            )
-    return Verified(manifest_path, tuple(directory / n for n in names), key_name)
+    return _Signed(manifest_path, manifest, signature, entries)
+
+
+def _check_digest(path: Path, expected: str) -> None:
+    actual = sha256_file(path)
+    if actual != expected:
+        raise Refused(
+            f"{path} does not match the signed manifest "
+            f"(sha256 {actual[:16]}..., signed {expected[:16]}...): it was modified"
+        )
 
 
 def _names_to_check(directory: Path, wanted: str | None, entries: dict[str, str]) -> list[str]:
@@ -380,6 +446,86 @@ def verify_command(
     for artifact in done.artifacts:
         print(f"ok  {artifact}")
     print(f"verified {len(done.artifacts)} artifact(s) signed by {done.fingerprint}")
+
+
+@release_app.command("publish")
+def publish_command(
+    deb: Annotated[
+        Path,
+        typer.Argument(
+            help="The agent package (fleetpatch-agent_<version>_<arch>.deb), with the "
+            "release's SHA256SUMS and SHA256SUMS.sig beside it."
+        ),
+    ],
+    public_key: Annotated[
+        Path | None,
+        typer.Option(help="Check the release's signature with this public key before sending."),
+    ] = None,
+    data_dir: DataDirOption = DEFAULT_DATA_DIR,
+    controller: ControllerOption = None,
+) -> None:
+    """Publish an agent package to the controller, for agent-update campaigns.
+
+    The package must match its line of SHA256SUMS (checked here, and again
+    by the controller on the bytes it receives); with --public-key the
+    signature is checked here too. Publishing a version again with the same
+    package changes nothing; with another package it is refused (exit 6).
+    """
+    from .agentreleases import version_of
+
+    version_of(deb.name)  # a wrong name fails here, before any bytes travel
+    ready = prepare_publish(deb, public_key)
+    header = admin_pb2.PublishAgentReleaseHeader(
+        artifact=deb.name, manifest=ready.manifest, signature=ready.signature, size=ready.size
+    )
+    try:
+        handle = deb.open("rb")
+    except OSError as exc:
+        raise UsageError(f"cannot read {deb}: {exc.strerror}") from None
+    with handle, client(data_dir, controller) as admin:
+        published = admin.publish_release(header, iter(lambda: handle.read(_CHUNK), b""))
+    print(f"published agent release {published.version}: {published.artifact}, "
+          f"{render.size(published.size)}, sha256 {published.sha256.hex()}")  # fmt: skip
+    if published.key_fingerprint:
+        print(f"  the controller checked its signature with release key "
+              f"{published.key_fingerprint}")  # fmt: skip
+    elif ready.fingerprint:
+        print(f"  signature checked here with release key {ready.fingerprint}")
+    print(f'  campaigns may now name it: [agent_update] version = "{published.version}"')
+
+
+def release_doc(published: admin_pb2.AgentRelease) -> dict[str, object]:
+    """An agent release as JSON, its digest in hex (as sha256sum writes it)."""
+    doc = convert.to_json(published)
+    doc["sha256"] = published.sha256.hex()
+    return doc
+
+
+@release_app.command("list")
+def list_command(
+    data_dir: DataDirOption = DEFAULT_DATA_DIR,
+    controller: ControllerOption = None,
+    json_out: JsonOption = False,
+) -> None:
+    """List the agent releases published to the controller, oldest first."""
+    with client(data_dir, controller) as admin:
+        found = admin.list_releases()
+    if json_out:
+        render.print_json([release_doc(r) for r in found])
+        return
+    render.table(
+        ["VERSION", "ARTIFACT", "SIZE", "SHA256", "RELEASE KEY", "PUBLISHED", "BY"],
+        [
+            (
+                r.version, r.artifact, render.size(r.size), r.sha256.hex()[:16],
+                r.key_fingerprint or "-",
+                f"{convert.from_timestamp(r.published_at):%Y-%m-%d %H:%M}Z", r.published_by,
+            )
+            for r in found
+        ],
+    )  # fmt: skip
+    if not found:
+        print("no agent releases published (fleetpatch release publish DEB)", file=sys.stderr)
 
 
 def main() -> None:

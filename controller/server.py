@@ -14,11 +14,15 @@ import contextlib
 import logging
 import signal
 import socket
+from collections.abc import Callable
 
 import grpc
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from fleetpatch.v1 import admin_pb2_grpc, agent_pb2_grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
+from .agentreleases import Releases, load_release_key
+from .artifacts import ArtifactStore
 from .datadir import DataDir, join_address, split_address
 from .engine import CampaignEngine
 from .errors import UsageError
@@ -90,6 +94,7 @@ async def serve(
     server_cert = data_dir.read(data_dir.server_cert)
     signing_key = load_signing_key(data_dir.read(data_dir.signing_key))
     signing, chain = published_keys(signing_key), rotation_chain(data_dir)
+    release_key = load_release_key(data_dir, settings.release_public_key)
 
     store = Store.open(data_dir.database)
     db = StoreThread(store)
@@ -97,11 +102,14 @@ async def serve(
     batcher = CheckInBatcher(db, settings.checkin_max_batch)
     engine = CampaignEngine(db, signing_key)
     await engine.start()
+    releases = _releases(data_dir, db, release_key)
     server = grpc.aio.server(options=_OPTIONS)
     agent_pb2_grpc.add_AgentServiceServicer_to_server(
-        AgentService(db, batcher, ca, signing, settings, revoked, engine, chain), server
+        AgentService(db, batcher, ca, signing, settings, revoked, engine, releases, chain), server
     )
-    admin_pb2_grpc.add_AdminServiceServicer_to_server(AdminService(db, revoked, engine), server)
+    admin_pb2_grpc.add_AdminServiceServicer_to_server(
+        AdminService(db, revoked, engine, releases), server
+    )
     # grpc-stubs predates the asyncio health servicer that grpcio-health-checking ships.
     health_servicer = health.aio.HealthServicer()  # type: ignore[attr-defined]
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
@@ -114,9 +122,7 @@ async def serve(
 
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        with contextlib.suppress(NotImplementedError, RuntimeError):
-            loop.add_signal_handler(sig, stop.set)
+    _handle_signals(loop, stop.set)
 
     await server.start()
     batcher.start()
@@ -136,10 +142,24 @@ async def serve(
         await ticks
         await batcher.close()
         db.close()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            with contextlib.suppress(NotImplementedError, RuntimeError):
-                loop.remove_signal_handler(sig)
+        _handle_signals(loop, None)
         log.info("controller stopped")
+
+
+def _handle_signals(loop: asyncio.AbstractEventLoop, handler: Callable[[], None] | None) -> None:
+    """SIGTERM and SIGINT call ``handler``; None: back to the defaults."""
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            if handler is None:
+                loop.remove_signal_handler(sig)
+            else:
+                loop.add_signal_handler(sig, handler)
+
+
+def _releases(data_dir: DataDir, db: StoreThread, key: Ed25519PublicKey | None) -> Releases:
+    artifacts = ArtifactStore(data_dir.artifacts)
+    artifacts.sweep()  # uploads a crash broke off
+    return Releases(db, artifacts, key)
 
 
 def _next_port(address: str) -> str:

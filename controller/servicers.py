@@ -4,10 +4,11 @@ status codes here and nowhere else."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import random
 import secrets
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime
 from functools import wraps
 from typing import Any, TypeVar
@@ -20,12 +21,14 @@ from fleetpatch.inventory import inventory_hash
 from fleetpatch.v1 import admin_pb2, admin_pb2_grpc, agent_pb2, agent_pb2_grpc, types_pb2
 
 from . import audit, convert, tokens
+from .agentreleases import Header, Releases
 from .audit import AuditEntry
 from .auth import peer_identity
 from .checkin import next_checkin
 from .datadir import Settings
 from .engine import CampaignEngine
 from .errors import (
+    AlreadyExists,
     Conflict,
     FleetpatchError,
     NotFound,
@@ -50,6 +53,7 @@ _STATUS_OF: list[tuple[type[FleetpatchError], grpc.StatusCode]] = [
     (Refused, grpc.StatusCode.PERMISSION_DENIED),
     (NotFound, grpc.StatusCode.NOT_FOUND),
     (UsageError, grpc.StatusCode.INVALID_ARGUMENT),
+    (AlreadyExists, grpc.StatusCode.ALREADY_EXISTS),
     (Conflict, grpc.StatusCode.FAILED_PRECONDITION),
 ]
 
@@ -74,6 +78,23 @@ def rpc(
             log.info("%s refused for %s: %s", method.__name__, context.peer(), exc)
             await context.abort(status_for(exc), str(exc))
             raise  # unreachable: abort raises
+
+    return wrapper
+
+
+def rpc_stream(
+    method: Callable[[Any, _Req, Context], AsyncIterator[_Resp]],
+) -> Callable[[Any, _Req, Context], AsyncIterator[_Resp]]:
+    """`rpc` for methods that stream their response (async generators)."""
+
+    @wraps(method)
+    async def wrapper(self: Any, request: _Req, context: Context) -> AsyncIterator[_Resp]:
+        try:
+            async for item in method(self, request, context):
+                yield item
+        except FleetpatchError as exc:
+            log.info("%s refused for %s: %s", method.__name__, context.peer(), exc)
+            await context.abort(status_for(exc), str(exc))
 
     return wrapper
 
@@ -123,10 +144,12 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
         settings: Settings,
         revoked: Revocations,
         engine: CampaignEngine,
+        releases: Releases,
         rotations: list[types_pb2.SigningKey] | None = None,
         rng: random.Random | None = None,
     ) -> None:
         self._db = db
+        self._releases = releases
         self._batcher = batcher
         self._ca = ca
         self._signing_keys = signing_keys
@@ -258,12 +281,29 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
             acknowledged_keys=[r.idempotency_key for r in reports]
         )
 
+    @rpc_stream
+    async def FetchArtifact(
+        self, request: agent_pb2.FetchArtifactRequest, context: Context
+    ) -> AsyncIterator[agent_pb2.ArtifactChunk]:
+        host_id = require(context, Role.HOST, self._revoked).name
+        published = await self._releases.find(request.sha256)
+        log.info("host %s fetches agent release %s (%s)", host_id, published.version,
+                 published.artifact)  # fmt: skip
+        first = True
+        async with contextlib.aclosing(self._releases.read(published)) as chunks:
+            async for data in chunks:
+                yield agent_pb2.ArtifactChunk(data=data, size=published.size if first else 0)
+                first = False
+
 
 class AdminService(admin_pb2_grpc.AdminServiceServicer):
-    def __init__(self, db: StoreThread, revoked: Revocations, engine: CampaignEngine) -> None:
+    def __init__(
+        self, db: StoreThread, revoked: Revocations, engine: CampaignEngine, releases: Releases
+    ) -> None:
         self._db = db
         self._revoked = revoked
         self._engine = engine
+        self._releases = releases
 
     def _admin(self, context: Context) -> Identity:
         return require(context, Role.ADMIN, self._revoked)
@@ -425,6 +465,43 @@ class AdminService(admin_pb2_grpc.AdminServiceServicer):
             _, cells = await self._engine.view(record.campaign_id)
             campaigns.append(convert.campaign_to_pb(record, cells))
         return admin_pb2.ListCampaignsResponse(campaigns=campaigns)
+
+    # -- agent releases ----------------------------------------------------------
+
+    @rpc
+    async def PublishAgentRelease(
+        self,
+        request_iterator: AsyncIterator[admin_pb2.PublishAgentReleaseRequest],
+        context: Context,
+    ) -> admin_pb2.PublishAgentReleaseResponse:
+        admin = self._admin(context)
+        first = await anext(aiter(request_iterator), None)
+        if first is None or first.WhichOneof("part") != "header":
+            raise UsageError(
+                "the first message must be the release header (artifact, manifest, signature, "
+                "size), then the package's bytes"
+            )
+        h = first.header
+        header = Header(h.artifact, h.manifest, h.signature, h.size)
+
+        async def data() -> AsyncIterator[bytes]:
+            async for message in request_iterator:
+                if message.WhichOneof("part") != "data":
+                    raise UsageError("only the first message may be a header; then data only")
+                yield message.data
+
+        published = await self._releases.publish(header, data(), f"admin:{admin.name}")
+        return admin_pb2.PublishAgentReleaseResponse(release=convert.release_to_pb(published))
+
+    @rpc
+    async def ListAgentReleases(
+        self, request: admin_pb2.ListAgentReleasesRequest, context: Context
+    ) -> admin_pb2.ListAgentReleasesResponse:
+        self._admin(context)
+        found = await self._releases.list()
+        return admin_pb2.ListAgentReleasesResponse(
+            releases=[convert.release_to_pb(r) for r in found]
+        )
 
     # -- audit -----------------------------------------------------------------
 

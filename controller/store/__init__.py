@@ -35,6 +35,7 @@ from controller.tokens import Token
 
 from .campaigns import CampaignStore
 from .migrations import migrations
+from .releases import ReleaseStore
 
 __all__ = ["Store"]
 
@@ -51,7 +52,7 @@ def _must_dt(value: float) -> datetime:
     return datetime.fromtimestamp(value, UTC)
 
 
-class Store(CampaignStore):
+class Store(CampaignStore, ReleaseStore):
     def __init__(self, conn: sqlite3.Connection) -> None:
         self._conn = conn
         self._db = Database(conn)

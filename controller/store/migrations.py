@@ -131,3 +131,21 @@ def _campaigns(db: Database) -> None:
             hash       TEXT NOT NULL
         )"""
     )
+
+
+@migrations(name="0004_agent_releases")
+def _agent_releases(db: Database) -> None:
+    db.execute(
+        """CREATE TABLE agent_releases (
+            version          TEXT PRIMARY KEY,   -- PEP 440
+            artifact         TEXT NOT NULL,      -- fleetpatch-agent_<debian version>_<arch>.deb
+            sha256           TEXT NOT NULL,      -- hex; the file is DATA_DIR/artifacts/<sha256>
+            size             INTEGER NOT NULL,
+            key_fingerprint  TEXT NOT NULL,      -- the release key it was checked against, or ''
+            manifest         BLOB NOT NULL,      -- SHA256SUMS, byte for byte as signed
+            signature        BLOB NOT NULL,      -- SHA256SUMS.sig
+            published_at     REAL NOT NULL,
+            published_by     TEXT NOT NULL
+        )"""
+    )
+    db.execute("CREATE INDEX agent_releases_sha256 ON agent_releases (sha256)")

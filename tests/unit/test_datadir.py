@@ -147,6 +147,15 @@ jitter = 0
     )
 
 
+def test_settings_release_public_key_is_relative_to_the_data_dir(tmp_path):
+    relative = _datadir(tmp_path, "[releases]\npublic_key = 'keys/release.pub'\n").settings()
+    assert relative.release_public_key == tmp_path / "keys" / "release.pub"
+    absolute = _datadir(tmp_path, "[releases]\npublic_key = '/etc/r.pub'\n").settings()
+    assert absolute.release_public_key == Path("/etc/r.pub")
+    assert _datadir(tmp_path, "[releases]\npublic_key = ''\n").settings().release_public_key is None
+    assert DataDir(tmp_path).artifacts == tmp_path / "artifacts"
+
+
 def test_settings_interval_as_plain_seconds(tmp_path):
     settings = _datadir(tmp_path, "[checkin]\ninterval = 90\n").settings()
     assert settings.checkin_interval == timedelta(seconds=90)
@@ -164,6 +173,8 @@ def test_settings_interval_as_plain_seconds(tmp_path):
         ("[checkin]\njitter = 1\n", r"checkin.jitter must be a number in \[0, 1\)"),
         ("[checkin]\njitter = -0.1\n", r"checkin.jitter must be a number in \[0, 1\)"),
         ("[checkin]\njitter = '0.2'\n", r"checkin.jitter must be a number in \[0, 1\)"),
+        ("[releases]\npublic_key = 1\n", "releases.public_key must be a path"),
+        ("[releases]\nkey = 'x'\n", "unknown key releases.key"),
         ("[checkin\n", "controller.toml"),  # not TOML at all
     ],
 )

@@ -69,6 +69,7 @@ def _checkin(
 def test_migrations_are_recorded_by_name(store):
     assert store.applied_migrations() == [
         "0001_initial", "0002_progress_reports", "0003_campaigns_and_audit",
+        "0004_agent_releases",
     ]  # fmt: skip
 
 
@@ -79,6 +80,7 @@ def test_reopening_does_not_reapply_migrations(tmp_path):
     try:
         assert store.applied_migrations() == [
         "0001_initial", "0002_progress_reports", "0003_campaigns_and_audit",
+        "0004_agent_releases",
     ]  # fmt: skip
     finally:
         store.close()

@@ -1,0 +1,104 @@
+"""Published agent releases: one row per version, its artifact stored by
+digest beside the database (controller.artifacts). A version is published
+once; the same artifact again is a no-op, another artifact a conflict."""
+
+from __future__ import annotations
+
+import dataclasses
+import sqlite3
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
+
+from controller.audit import AuditEntry
+from controller.errors import AlreadyExists
+from controller.model import AgentRelease
+
+from . import audit
+
+_COLUMNS = (
+    "version, artifact, sha256, size, key_fingerprint, manifest, signature, published_at,"
+    " published_by"
+)
+
+
+def _release(row: tuple[Any, ...]) -> AgentRelease:
+    version, artifact, sha256, size, key, manifest, signature, at, by = row
+    return AgentRelease(
+        version=version,
+        artifact=artifact,
+        sha256=sha256,
+        size=size,
+        key_fingerprint=key,
+        published_at=datetime.fromtimestamp(at, UTC),
+        published_by=by,
+        manifest=bytes(manifest),
+        signature=bytes(signature),
+    )
+
+
+def conflict(version: str, stored: str, offered: str) -> AlreadyExists:
+    """Publishing ``version`` again with another package (digests in hex)."""
+    return AlreadyExists(
+        f"agent release {version} is already published with another package "
+        f"(sha256 {stored[:16]}..., this one {offered[:16]}...); a published version "
+        "never changes: release a new version"
+    )
+
+
+class ReleaseStore:
+    """Mixed into Store; ``_conn`` and ``_transaction`` come from there."""
+
+    _conn: sqlite3.Connection
+    _transaction: Callable[[], Any]
+
+    def publish_release(
+        self, release: AgentRelease, entry: AuditEntry
+    ) -> tuple[AgentRelease, bool]:
+        """Record a release and its audit record atomically. Returns the
+        release as stored and whether it is new. Publishing a version again
+        with the same artifact changes nothing (and is audited as such);
+        with another artifact it raises AlreadyExists."""
+        r = release
+        with self._transaction() as conn:
+            row = conn.execute(
+                f"SELECT {_COLUMNS} FROM agent_releases WHERE version = ?",  # noqa: S608 - constant
+                (r.version,),
+            ).fetchone()
+            if row is not None:
+                stored = _release(row)
+                if stored.sha256 != r.sha256:
+                    raise conflict(r.version, stored.sha256, r.sha256)
+                audit.append(conn, dataclasses.replace(entry, outcome="unchanged"))
+                return stored, False
+            conn.execute(
+                f"INSERT INTO agent_releases ({_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?)",  # noqa: S608 - constant
+                (
+                    r.version, r.artifact, r.sha256, r.size, r.key_fingerprint, r.manifest,
+                    r.signature, r.published_at.timestamp(), r.published_by,
+                ),
+            )  # fmt: skip
+            audit.append(conn, entry)
+        return release, True
+
+    def get_release(self, version: str) -> AgentRelease | None:
+        row = self._conn.execute(
+            f"SELECT {_COLUMNS} FROM agent_releases WHERE version = ?",  # noqa: S608 - constant
+            (version,),
+        ).fetchone()
+        return None if row is None else _release(row)
+
+    def release_by_digest(self, sha256: str) -> AgentRelease | None:
+        """The release whose artifact has this digest (hex), if any."""
+        row = self._conn.execute(
+            f"SELECT {_COLUMNS} FROM agent_releases WHERE sha256 = ? ORDER BY published_at"  # noqa: S608 - constant
+            " LIMIT 1",
+            (sha256,),
+        ).fetchone()
+        return None if row is None else _release(row)
+
+    def list_releases(self) -> list[AgentRelease]:
+        cur = self._conn.execute(
+            f"SELECT {_COLUMNS} FROM agent_releases ORDER BY published_at, version"  # noqa: S608 - constant
+        )
+        return [_release(row) for row in cur.fetchall()]

@@ -1,0 +1,259 @@
+"""Agent releases against a real controller: `fleetpatch release publish`
+and `list`, every refusal as one line and an exit code, FetchArtifact over
+real mutual TLS. The .deb is any bytes with the right name, signed with
+controller.release's own code: the controller never opens a package."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+from fleetpatch.v1 import admin_pb2, admin_pb2_grpc, agent_pb2, agent_pb2_grpc
+
+from agent.enrollment import enroll
+from agent.statedir import StateDir
+from controller.release import keygen, sign_artifacts
+from tests.support.controller import Controller, Result, cli
+
+MiB = 1024 * 1024
+VERSION = "0.2.0"
+DEB = "fleetpatch-agent_0.2.0_all.deb"
+
+
+def _one_line(result: Result, code: int, *needles: str) -> None:
+    assert result.returncode == code, (result.returncode, result.stdout, result.stderr)
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert "Traceback" not in result.stderr
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+
+
+def _key(directory: Path, name: str = "release") -> Path:
+    directory.mkdir(parents=True, exist_ok=True)
+    keygen(directory / f"{name}.key")
+    return directory / f"{name}.key"
+
+
+def _release(directory: Path, key: Path, data: bytes, name: str = DEB) -> Path:
+    """``data`` as a package named ``name``, with SHA256SUMS(.sig) beside it."""
+    directory.mkdir(parents=True, exist_ok=True)
+    deb = directory / name
+    deb.write_bytes(data)
+    sign_artifacts([deb], key)
+    return deb
+
+
+def _publish(ctl: Controller, deb: Path, *options: str | Path) -> Result:
+    return cli("fleetpatch", "release", "publish", deb, *options, "--data-dir", ctl.data_dir)
+
+
+def _releases(ctl: Controller) -> list[dict[str, object]]:
+    doc = ctl.admin_json("release", "list")
+    assert isinstance(doc, list)
+    return doc
+
+
+def _admin_stub(ctl: Controller) -> Iterator[admin_pb2_grpc.AdminServiceStub]:
+    d = ctl.data_dir
+    creds = grpc.ssl_channel_credentials(
+        (d / "ca.pem").read_bytes(), (d / "admin.key").read_bytes(), (d / "admin.pem").read_bytes()
+    )
+    with grpc.secure_channel(ctl.address, creds) as channel:
+        yield admin_pb2_grpc.AdminServiceStub(channel)
+
+
+@pytest.fixture
+def admin(controller: Controller) -> Iterator[admin_pb2_grpc.AdminServiceStub]:
+    yield from _admin_stub(controller)
+
+
+@pytest.fixture
+def keys(tmp_path: Path) -> Path:
+    return _key(tmp_path / "keys")
+
+
+class Host:
+    """An enrolled host speaking raw gRPC with its own certificate."""
+
+    def __init__(self, ctl: Controller, state_dir: Path) -> None:
+        self.state = StateDir(state_dir)
+        done = enroll(self.state, ctl.address, ctl.token(), ctl.data_dir / "ca.pem", {})
+        self.host_id = done.host_id
+        s = self.state
+        creds = grpc.ssl_channel_credentials(s.read(s.ca), s.read(s.key), s.read(s.cert))
+        self.channel = grpc.secure_channel(ctl.address, creds)
+        self.stub = agent_pb2_grpc.AgentServiceStub(self.channel)
+
+    def fetch(self, sha256: bytes) -> list[agent_pb2.ArtifactChunk]:
+        request = agent_pb2.FetchArtifactRequest(sha256=sha256)
+        return list(self.stub.FetchArtifact(request, timeout=30))
+
+
+@pytest.fixture
+def host(controller: Controller, tmp_path: Path) -> Iterator[Host]:
+    h = Host(controller, tmp_path / "host")
+    yield h
+    h.channel.close()
+
+
+# -- publish and list ----------------------------------------------------------------
+
+
+def test_publish_list_republish_and_a_conflicting_package(controller, keys, tmp_path):
+    data = os.urandom(200_000)
+    deb = _release(tmp_path / "dist", keys, data)
+    published = _publish(controller, deb, "--public-key", keys.with_suffix(".pub"))
+    assert published.returncode == 0, published.stderr
+    digest = hashlib.sha256(data).hexdigest()
+    assert f"published agent release {VERSION}: {DEB}" in published.stdout
+    assert digest in published.stdout
+
+    (listed,) = _releases(controller)
+    assert listed["version"] == VERSION
+    assert listed["artifact"] == DEB
+    assert listed["sha256"] == digest
+    assert listed["size"] == len(data)
+    assert listed["key_fingerprint"] == ""  # no [releases] public_key on this controller
+    assert listed["published_by"] == "admin:admin"
+    assert (controller.data_dir / "artifacts" / digest).read_bytes() == data
+    assert VERSION in controller.admin("release", "list").stdout
+
+    # Again, the same package: nothing changes.
+    assert _publish(controller, deb).returncode == 0
+    assert _releases(controller) == [listed]
+
+    # The same version with other bytes, properly signed: a conflict.
+    other = _release(tmp_path / "other", keys, os.urandom(1000))
+    _one_line(_publish(controller, other), 6, f"agent release {VERSION} is already published")
+    assert _releases(controller) == [listed]
+    assert sorted(p.name for p in (controller.data_dir / "artifacts").iterdir()) == [digest]
+
+    audit = controller.admin_json("audit", "export")
+    assert isinstance(audit, list)
+    publishes = [(r["action"], r["outcome"]) for r in audit if r["action"] == "release.publish"]
+    assert publishes == [("release.publish", "ok"), ("release.publish", "unchanged")]
+    assert "intact" in controller.admin("audit", "verify").stdout
+
+
+def test_refusals_before_anything_is_sent_are_one_line(controller, keys, tmp_path):
+    deb = _release(tmp_path / "dist", keys, b"package")
+    pub = keys.with_suffix(".pub")
+
+    deb.write_bytes(b"tampered")
+    _one_line(_publish(controller, deb), 4, "does not match the signed manifest")
+
+    wrong = _key(tmp_path / "wrong")
+    deb = _release(tmp_path / "signed-by-another", wrong, b"package")
+    _one_line(_publish(controller, deb, "--public-key", pub), 4, "is not signed by release key")
+
+    unsigned = _release(tmp_path / "unsigned", keys, b"package")
+    (unsigned.parent / "SHA256SUMS.sig").unlink()
+    _one_line(_publish(controller, unsigned), 4, "no signature")
+
+    misnamed = _release(tmp_path / "misnamed", keys, b"package", "agent.deb")
+    _one_line(_publish(controller, misnamed), 2, "is not an agent package name")
+
+    _one_line(_publish(controller, tmp_path / "nope" / DEB), 2, "does not exist")
+    assert _releases(controller) == []
+
+
+def test_the_controller_checks_what_the_cli_cannot_be_trusted_to(controller, keys, admin, tmp_path):
+    deb = _release(tmp_path / "dist", keys, b"package")
+    manifest = (deb.parent / "SHA256SUMS").read_bytes()
+    signature = (deb.parent / "SHA256SUMS.sig").read_bytes()
+
+    def send(*messages: admin_pb2.PublishAgentReleaseRequest) -> grpc.RpcError:
+        with pytest.raises(grpc.RpcError) as caught:
+            admin.PublishAgentRelease(iter(messages), timeout=30)
+        return caught.value
+
+    def header(size: int = 7, artifact: str = DEB) -> admin_pb2.PublishAgentReleaseRequest:
+        return admin_pb2.PublishAgentReleaseRequest(
+            header=admin_pb2.PublishAgentReleaseHeader(
+                artifact=artifact, manifest=manifest, signature=signature, size=size
+            )
+        )
+
+    def data(payload: bytes) -> admin_pb2.PublishAgentReleaseRequest:
+        return admin_pb2.PublishAgentReleaseRequest(data=payload)
+
+    cases = [
+        ((data(b"package"),), "the first message must be the release header"),
+        ((header(), data(b"PACKAGE")), "do not match the release's SHA256SUMS"),
+        ((header(), data(b"pack")), "4 bytes received, 7 announced"),
+        ((header(), data(b"package"), header()), "only the first message may be a header"),
+        ((header(size=2**28 + 1),), "more than the 256 MiB"),
+        ((header(artifact="fleetpatch-agent_0.3.0_all.deb"),), "has no line for"),
+    ]
+    for messages, words in cases:
+        error = send(*messages)
+        assert error.code() == grpc.StatusCode.INVALID_ARGUMENT, (words, error)
+        assert words in (error.details() or ""), (words, error.details())
+    assert _releases(controller) == []
+    assert list((controller.data_dir / "artifacts").iterdir()) == []  # no upload left behind
+
+
+def test_a_configured_release_key_refuses_other_signers(controller, keys, tmp_path):
+    controller.stop()
+    config = controller.data_dir / "controller.toml"
+    config.write_text(config.read_text() + f'public_key = "{keys.with_suffix(".pub")}"\n')
+    controller.start()
+
+    wrong = _key(tmp_path / "wrong")
+    other = _release(tmp_path / "other", wrong, b"package")
+    _one_line(_publish(controller, other), 4, "is not signed by release key")
+
+    deb = _release(tmp_path / "dist", keys, b"package")
+    assert _publish(controller, deb).returncode == 0
+    (listed,) = _releases(controller)
+    assert str(listed["key_fingerprint"]).startswith("SHA256:")
+
+    controller.stop()
+    config.write_text(config.read_text().replace(".pub", ".missing"))
+    serve = cli("fleetpatch", "controller", "serve", "--data-dir", controller.data_dir)
+    _one_line(serve, 2, "releases.public_key", "does not exist")
+
+
+# -- FetchArtifact ------------------------------------------------------------------
+
+
+def test_fetch_artifact_streams_the_exact_bytes_in_chunks(controller, keys, host, tmp_path):
+    data = os.urandom(2 * MiB + 12345)
+    deb = _release(tmp_path / "dist", keys, data)
+    assert _publish(controller, deb).returncode == 0
+
+    chunks = host.fetch(hashlib.sha256(data).digest())
+    assert b"".join(c.data for c in chunks) == data
+    assert all(len(c.data) <= MiB for c in chunks)
+    assert len(chunks) == 3
+    assert chunks[0].size == len(data)
+
+    with pytest.raises(grpc.RpcError) as caught:
+        host.fetch(hashlib.sha256(b"never published").digest())
+    assert caught.value.code() == grpc.StatusCode.NOT_FOUND
+
+    controller.admin("hosts", "revoke", host.host_id)
+    with pytest.raises(grpc.RpcError) as caught:
+        host.fetch(hashlib.sha256(data).digest())
+    assert caught.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    assert "revoked" in (caught.value.details() or "")
+
+
+def test_fetch_artifact_needs_a_host_certificate(controller, keys, tmp_path):
+    data = b"package"
+    assert _publish(controller, _release(tmp_path / "dist", keys, data)).returncode == 0
+    d = controller.data_dir
+    creds = grpc.ssl_channel_credentials(
+        (d / "ca.pem").read_bytes(), (d / "admin.key").read_bytes(), (d / "admin.pem").read_bytes()
+    )
+    with grpc.secure_channel(controller.address, creds) as channel:
+        stub = agent_pb2_grpc.AgentServiceStub(channel)
+        request = agent_pb2.FetchArtifactRequest(sha256=hashlib.sha256(data).digest())
+        with pytest.raises(grpc.RpcError) as caught:
+            list(stub.FetchArtifact(request, timeout=30))
+    assert caught.value.code() == grpc.StatusCode.PERMISSION_DENIED
