@@ -11,11 +11,12 @@ from typing import Annotated
 
 import typer
 from fleetpatch import render
+from fleetpatch.durations import format_duration
 from fleetpatch.v1 import admin_pb2
 
 from . import convert
 from .admin_client import AdminClient
-from .campaigns import CampaignError, parse_campaign
+from .campaigns import CampaignError, CampaignSpec, parse_campaign
 from .cli_common import ControllerOption, DataDirOption, JsonOption, client
 from .datadir import DEFAULT_DATA_DIR
 from .errors import FleetpatchError, UsageError
@@ -33,6 +34,19 @@ COUNTS = ["eligible", "waiting", "in_flight", "succeeded", "failed", "reverted",
 
 def _totals(campaign: admin_pb2.Campaign) -> dict[str, int]:
     return {k: sum(getattr(c, k) for c in campaign.cells) for k in COUNTS}
+
+
+def _spec(campaign: admin_pb2.Campaign) -> CampaignSpec | None:
+    try:
+        return parse_campaign(campaign.spec, campaign.campaign_id)
+    except CampaignError:
+        return None  # stored by a controller whose rules differ from this CLI's
+
+
+def _kind(campaign: admin_pb2.Campaign) -> str:
+    """ "patch" or "agent-update 0.2.0", from the campaign file it was created with."""
+    spec = _spec(campaign)
+    return spec.kind if spec is not None else "?"
 
 
 @campaign_app.command("create")
@@ -130,9 +144,9 @@ def list_(
         t = _totals(c)
         failed = t["failed"] + t["reverted"] + t["revert_failed"] + t["timed_out"]
         done = t["succeeded"] + failed
-        rows.append((c.campaign_id, c.name, c.state, f"{done}/{t['eligible']}", t["in_flight"],
-                     failed))  # fmt: skip
-    render.table(["CAMPAIGN", "NAME", "STATE", "DONE", "IN FLIGHT", "FAILED"], rows)
+        rows.append((c.campaign_id, c.name, _kind(c), c.state, f"{done}/{t['eligible']}",
+                     t["in_flight"], failed))  # fmt: skip
+    render.table(["CAMPAIGN", "NAME", "KIND", "STATE", "DONE", "IN FLIGHT", "FAILED"], rows)
     if not campaigns:
         print("no campaigns yet (fleetpatch campaign create FILE)", file=sys.stderr)
 
@@ -140,12 +154,25 @@ def list_(
 def _doc(campaign: admin_pb2.Campaign) -> dict[str, object]:
     doc = convert.to_json(campaign)
     doc.pop("spec", None)
+    spec = _spec(campaign)
+    doc["kind"] = spec.kind if spec is not None else "?"
+    update = spec.agent_update if spec is not None else None
+    doc["agent_update"] = (
+        None if update is None
+        else {"version": update.version,
+              "rollback_after": format_duration(update.rollback_after)}
+    )  # fmt: skip
     doc["totals"] = _totals(campaign)
     return doc
 
 
 def _print_campaign(campaign: admin_pb2.Campaign) -> None:
     print(f"campaign {campaign.campaign_id} {campaign.name!r}: {campaign.state.upper()}")
+    spec = _spec(campaign)
+    kind = spec.kind if spec is not None else "?"
+    if spec is not None and spec.agent_update is not None:
+        kind += f" (rollback after {format_duration(spec.agent_update.rollback_after)})"
+    print(f"  kind: {kind}")
     if campaign.halt_reason:
         print(f"  halted: {campaign.halt_reason}")
     if campaign.revert_requested:

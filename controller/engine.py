@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from fleetpatch.debversion import debian_version
 from fleetpatch.v1 import types_pb2
 
 from . import workorders
@@ -37,8 +38,8 @@ from .campaigns import (
     is_timed_out,
     parse_campaign,
 )
-from .errors import Conflict, UsageError
-from .model import Assignment, AssignmentStatus, CampaignRecord, Host
+from .errors import Conflict, NotFound, UsageError
+from .model import AgentRelease, Assignment, AssignmentStatus, CampaignRecord, Host
 from .storethread import StoreThread
 from .tally import Count, count, host_facts
 
@@ -77,6 +78,7 @@ class CampaignEngine:
         # the version) or TALLY_MAX_AGE passes (silence depends on time).
         self._version = 0
         self._tallies: dict[str, tuple[int, float, Count, list[Assignment]]] = {}
+        self._releases: dict[str, AgentRelease] = {}  # published versions never change
 
     async def start(self) -> None:
         await self._refresh_live()
@@ -106,6 +108,8 @@ class CampaignEngine:
             spec = parse_campaign(text, source or "campaign")
         except CampaignError as exc:
             raise UsageError(str(exc)) from None
+        if spec.agent_update is not None:
+            await self._release(spec.agent_update.version)
         now = self._clock()
         record = CampaignRecord(
             campaign_id="c-" + secrets.token_hex(6),
@@ -119,6 +123,19 @@ class CampaignEngine:
         entry = AuditEntry(now, actor, "campaign.create", record.campaign_id, "draft", spec.name)
         await self._db.call(lambda s: s.create_campaign(record, entry))
         return record
+
+    async def _release(self, version: str) -> AgentRelease:
+        """A published agent release; NotFound naming how to publish it."""
+        found = self._releases.get(version)
+        if found is None:
+            found = await self._db.call(lambda s: s.get_release(version))
+            if found is None:
+                raise NotFound(
+                    f"agent release {version} is not published (fleetpatch release publish "
+                    f"fleetpatch-agent_{debian_version(version)}_<arch>.deb)"
+                )
+            self._releases[version] = found
+        return found
 
     async def _transition(
         self, campaign_id: str, expect: Sequence[str], actor: str, action: str, new: str,
@@ -172,6 +189,14 @@ class CampaignEngine:
         )  # fmt: skip
 
     async def abort(self, campaign_id: str, actor: str, revert: bool) -> CampaignRecord:
+        if revert:
+            record = await self._db.call(lambda s: s.get_campaign(campaign_id))
+            if self.spec(record).agent_update is not None:
+                raise UsageError(
+                    f"campaign {campaign_id} updates the agent, which --revert cannot undo: abort "
+                    "it without --revert (hosts whose new agent fails its checks go back by "
+                    "themselves)"
+                )
         return await self._transition(
             campaign_id,
             [CampaignState.DRAFT.value, *OPEN, CampaignState.APPROVED.value],
@@ -295,10 +320,17 @@ class CampaignEngine:
         spec = self.spec(record)
         sequence = await self._db.call(lambda s: s.next_sequence(host.host_id))
         order_id = "o-" + secrets.token_hex(8)
+        action = kind
         if kind == "revert":
             order = workorders.revert_order(
                 record.campaign_id, order_id, host.host_id, sequence, now, reverts
             )
+        elif spec.agent_update is not None:
+            action = "agent-update"
+            order = workorders.agent_update_order(
+                spec, await self._release(spec.agent_update.version), record.campaign_id,
+                order_id, host.host_id, sequence, now, window_closes_at,
+            )  # fmt: skip
         else:
             order = workorders.patch_order(
                 spec, record.campaign_id, order_id, host.host_id, sequence, now, window_closes_at
@@ -311,13 +343,13 @@ class CampaignEngine:
             assigned_at=now,
         )  # fmt: skip
         entry = AuditEntry(
-            now, "controller", f"order.assign.{kind}", order_id, "assigned",
+            now, "controller", f"order.assign.{action}", order_id, "assigned",
             f"campaign {record.campaign_id} host {host.host_id} ring {host.ring} "
             f"region {host.region} sequence {sequence}",
         )  # fmt: skip
         await self._db.call(lambda s: s.assign(assignment, entry))
         self._changed()
-        log.info("campaign %s: %s order %s to host %s", record.campaign_id, kind, order_id,
+        log.info("campaign %s: %s order %s to host %s", record.campaign_id, action, order_id,
                  host.host_id)  # fmt: skip
         return envelope
 

@@ -10,6 +10,7 @@ from fleetpatch.v1 import types_pb2
 
 from . import convert
 from .campaigns import CampaignSpec, CheckKind, LivepatchPolicy, RebootPolicy, VerifyCheck
+from .model import AgentRelease
 
 # An order without a window (an emergency, or a campaign with no windows)
 # must still not start long after it was issued.
@@ -59,6 +60,34 @@ def expiry(spec: CampaignSpec, now: datetime, window_closes_at: datetime | None)
     return expires
 
 
+def _order(
+    spec: CampaignSpec,
+    action: types_pb2.WorkOrderAction.ValueType,
+    campaign_id: str,
+    order_id: str,
+    host_id: str,
+    sequence: int,
+    now: datetime,
+    window_closes_at: datetime | None,
+) -> types_pb2.WorkOrder:
+    """What every order of a campaign carries: who, when, until when, and
+    the campaign's checks."""
+    order = types_pb2.WorkOrder(
+        order_id=order_id,
+        host_id=host_id,
+        campaign_id=campaign_id,
+        sequence=sequence,
+        issued_at=convert.timestamp(now),
+        expires_at=convert.timestamp(expiry(spec, now, window_closes_at)),
+        action=action,
+        checks=[check_to_pb(c) for c in spec.verify.checks],
+        verify_timeout=convert.duration(spec.verify.timeout),
+    )
+    if window_closes_at is not None and not spec.emergency:
+        order.window_closes_at.FromDatetime(window_closes_at)
+    return order
+
+
 def patch_order(
     spec: CampaignSpec,
     campaign_id: str,
@@ -68,29 +97,60 @@ def patch_order(
     now: datetime,
     window_closes_at: datetime | None,
 ) -> types_pb2.WorkOrder:
-    order = types_pb2.WorkOrder(
-        order_id=order_id,
-        host_id=host_id,
-        campaign_id=campaign_id,
-        sequence=sequence,
-        issued_at=convert.timestamp(now),
-        expires_at=convert.timestamp(expiry(spec, now, window_closes_at)),
-        action=types_pb2.WORK_ORDER_ACTION_PATCH,
-        patch=types_pb2.PatchSpec(
+    if spec.patch is None:
+        raise ValueError(f"campaign {campaign_id} has no [patch]")
+    order = _order(
+        spec, types_pb2.WORK_ORDER_ACTION_PATCH, campaign_id, order_id, host_id, sequence, now,
+        window_closes_at,
+    )  # fmt: skip
+    order.patch.CopyFrom(
+        types_pb2.PatchSpec(
             packages=[
                 types_pb2.PackageTarget(name=p.name, min_version=p.min_version)
                 for p in spec.patch.packages
             ],
             all_security_updates=spec.patch.all_security_updates,
             exclude=list(spec.patch.exclude),
-        ),
-        reboot=_REBOOT[spec.patch.reboot],
-        livepatch=_LIVEPATCH[spec.patch.livepatch],
-        checks=[check_to_pb(c) for c in spec.verify.checks],
-        verify_timeout=convert.duration(spec.verify.timeout),
+        )
     )
-    if window_closes_at is not None and not spec.emergency:
-        order.window_closes_at.FromDatetime(window_closes_at)
+    order.reboot = _REBOOT[spec.patch.reboot]
+    order.livepatch = _LIVEPATCH[spec.patch.livepatch]
+    return order
+
+
+def agent_update_order(
+    spec: CampaignSpec,
+    release: AgentRelease,
+    campaign_id: str,
+    order_id: str,
+    host_id: str,
+    sequence: int,
+    now: datetime,
+    window_closes_at: datetime | None,
+) -> types_pb2.WorkOrder:
+    """Install a published agent release. The host checks the package
+    against its own pinned release key: the order carries the release's
+    signed manifest and signature as published, never a key. An agent
+    update never reboots the host."""
+    update = spec.agent_update
+    if update is None or update.version != release.version:
+        raise ValueError(f"campaign {campaign_id} does not update the agent to {release.version}")
+    order = _order(
+        spec, types_pb2.WORK_ORDER_ACTION_AGENT_UPDATE, campaign_id, order_id, host_id, sequence,
+        now, window_closes_at,
+    )  # fmt: skip
+    order.reboot = types_pb2.REBOOT_POLICY_NEVER
+    order.agent_update.CopyFrom(
+        types_pb2.AgentUpdate(
+            version=release.version,
+            artifact=release.artifact,
+            sha256=bytes.fromhex(release.sha256),
+            release_signature=release.signature,
+            release_manifest=release.manifest,
+            size=release.size,
+            rollback_after=convert.duration(update.rollback_after),
+        )
+    )
     return order
 
 

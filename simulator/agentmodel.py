@@ -27,6 +27,11 @@ policies on the same seed break the same hosts. Each step mirrors what
 
 A state without a model here raises ModelGap: when the agent grows a
 state, the simulator must learn it too rather than guess.
+
+An agent-update campaign is rehearsed as a patch of the agent's package
+(`rehearsed_patch`): the same states, with the failure model's odds for
+the package ``fleetpatch-agent``; the host never needs a reboot or a live
+patch for it (``agent_update``), as the agent never asks for one.
 """
 
 from __future__ import annotations
@@ -41,13 +46,29 @@ from agent.needs import KERNEL_PACKAGE
 from agent.orders import Livepatch, Reboot
 from agent.policy import Policy
 from agent.states import Event, State
-from controller.campaigns import PatchSpec
+from controller.campaigns import (
+    CampaignSpec,
+    LivepatchPolicy,
+    PackageTarget,
+    PatchSpec,
+    RebootPolicy,
+)
 
 from .errors import ModelGap
 from .failures import Odds, Span, StepDurations
 
 US = 1_000_000
 _HOST_POLICY = Policy()  # a host's own agent.toml [policy]: the defaults
+AGENT_PACKAGE = "fleetpatch-agent"
+_AGENT_UPDATE = PatchSpec(
+    (PackageTarget(AGENT_PACKAGE),), False, (), RebootPolicy.NEVER, LivepatchPolicy.NEVER
+)
+
+
+def rehearsed_patch(campaign: CampaignSpec) -> PatchSpec:
+    """What a host of the rehearsal installs: the campaign's [patch], or for
+    an agent update, the agent's package, never rebooting for it."""
+    return campaign.patch if campaign.patch is not None else _AGENT_UPDATE
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,8 +139,13 @@ class Agent:
     """How the steps of one campaign's orders end, for any host."""
 
     def __init__(
-        self, patch: PatchSpec, verify_timeout: int, to_datetime: Callable[[int], datetime]
+        self,
+        patch: PatchSpec,
+        verify_timeout: int,
+        to_datetime: Callable[[int], datetime],
+        agent_update: bool = False,
     ) -> None:
+        self._agent_update = agent_update
         self._order_policy = OrderPolicy(
             Reboot(patch.reboot.value), Livepatch(patch.livepatch.value)
         )
@@ -164,8 +190,11 @@ class Agent:
         if fate.apply_fails:
             return Event.FAIL, fate.apply
         done = now + fate.apply
-        offer = LiveOffer("simulated", "sim-1") if fate.livepatch else None
-        signals = Signals(self._reasons if fate.needs_reboot else (), offer)
+        if self._agent_update:  # an agent update needs neither
+            signals = Signals((), None)
+        else:
+            offer = LiveOffer("simulated", "sim-1") if fate.livepatch else None
+            signals = Signals(self._reasons if fate.needs_reboot else (), offer)
         closes = None if order.closes is None else self._to_datetime(order.closes)
         policy = OrderPolicy(self._order_policy.reboot, self._order_policy.livepatch, closes)
         decision = decide(signals, policy, _HOST_POLICY, self._to_datetime(done))

@@ -57,7 +57,7 @@ from controller.campaigns import (
 )
 from controller.model import OUTCOME_STATUS, AssignmentStatus
 
-from .agentmodel import US, Agent, Order
+from .agentmodel import US, Agent, Order, rehearsed_patch
 from .counts import COUNTED, ELIGIBLE, IN_FLIGHT, SILENT, UNREACHABLE, Counts
 from .errors import ModelGap, SimError
 from .failures import FailureModel
@@ -146,7 +146,10 @@ class Simulation:
         self._heap: list[tuple[int, int, int, object]] = []
         self._seq = 0
         self.now = 0
-        self._agent = Agent(campaign.patch, self._verify_timeout, self.to_datetime)
+        self._agent = Agent(
+            rehearsed_patch(campaign), self._verify_timeout, self.to_datetime,
+            agent_update=campaign.agent_update is not None,
+        )  # fmt: skip
         self._memo = WindowMemo()
         self._halts = HaltMemo()
         people = populate(campaign, fleet, failures, self._rng, self._interval)

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from agent.backoff import backoff_delay
 from controller.campaigns import CampaignSpec, HostFacts, is_targeted
 
-from .agentmodel import US, draw_fate
+from .agentmodel import US, draw_fate, rehearsed_patch
 from .counts import Cell
 from .failures import FailureModel
 from .fleet import FleetHost
@@ -46,7 +46,7 @@ def populate(
     """The run's hosts, in fleet order. Draws from ``rng`` in that order: each
     host's fate, its reconnect delay after an outage (the agent's own
     backoff, at its cap), and its check-in phase within ``interval`` (µs)."""
-    packages = frozenset(p.name for p in campaign.patch.packages)
+    packages = frozenset(p.name for p in rehearsed_patch(campaign).packages)
     hosts: list[SimHost] = []
     rooms: dict[RoomKey, WaitingRoom] = {}
     offline: list[tuple[SimHost, FleetHost]] = []

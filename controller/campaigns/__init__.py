@@ -39,6 +39,7 @@ from .scheduler import (
 )
 from .spec import (
     HOST_LOCAL,
+    AgentUpdateSpec,
     CampaignSpec,
     Gate,
     LivepatchPolicy,
@@ -58,6 +59,7 @@ from .windows import WeeklyWindow, WindowClosed, WindowOpen, evaluate_windows, p
 
 __all__ = [
     "HOST_LOCAL",
+    "AgentUpdateSpec",
     "Assign",
     "CampaignError",
     "CampaignSpec",

@@ -7,6 +7,7 @@ must never leave a default in force silently. The tables:
 
     [campaign]          name, description, emergency, deadline
     [patch]             packages, all_security_updates, exclude, reboot, livepatch
+    [agent_update]      version, rollback_after (instead of [patch]: a new agent)
     [verify]            timeout, [[verify.checks]]
     [targets]           regions, labels, os
     [rollout]           region_order, concurrency, region_concurrency,
@@ -14,8 +15,10 @@ must never leave a default in force silently. The tables:
                         [rollout.gate] (defaults), [[rollout.rings]] (in order)
     [windows]           timezone, weekly, blackout, cutoff (absent: always open)
 
-examples/campaigns/openssl.toml documents every field. What the rollout
-fields mean when the scheduler applies them is in `scheduler`.
+A campaign has exactly one of [patch] and [agent_update]; everything else
+means the same for both. examples/campaigns/openssl.toml documents every
+field, examples/campaigns/agent-update.toml the agent update. What the
+rollout fields mean when the scheduler applies them is in `scheduler`.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from datetime import UTC, date, datetime, timedelta
 from enum import StrEnum
 from fractions import Fraction
 
+from fleetpatch.debversion import debian_version
 from fleetpatch.durations import format_duration
 from fleetpatch.labels import check_label, check_region, check_ring
 
@@ -53,6 +57,7 @@ DEFAULT_FAILURE_BUDGET = count(0)
 DEFAULT_VERIFY_TIMEOUT = timedelta(minutes=5)  # the agent's own default
 DEFAULT_SILENT_AFTER = timedelta(minutes=30)
 REPORT_TIMEOUT_MARGIN = timedelta(minutes=30)  # default report_timeout: verify.timeout + this
+DEFAULT_ROLLBACK_AFTER = timedelta(minutes=10)  # agent updates: the watchdog's delay
 
 
 class RebootPolicy(StrEnum):
@@ -87,6 +92,16 @@ class PatchSpec:
     exclude: tuple[str, ...]  # names or glob patterns never to touch
     reboot: RebootPolicy
     livepatch: LivepatchPolicy
+
+
+@dataclass(frozen=True)
+class AgentUpdateSpec:
+    """Install a published agent release (`fleetpatch release publish`)."""
+
+    version: str  # PEP 440, as the release was published
+    # How long the new agent has to start, check in and pass its checks
+    # before a watchdog on the host reinstalls the version it replaced.
+    rollback_after: timedelta
 
 
 @dataclass(frozen=True)
@@ -149,12 +164,20 @@ class CampaignSpec:
     description: str
     emergency: bool  # overrides windows, never concurrency, gates or halts
     deadline: datetime | None  # UTC; no new assignment at or after it
-    patch: PatchSpec
+    patch: PatchSpec | None  # exactly one of patch and agent_update is set
     verify: VerifySpec
     targets: TargetSpec
     rollout: RolloutSpec
     windows: WindowPolicy | None  # None: always open
     source: str = ""
+    agent_update: AgentUpdateSpec | None = None
+
+    @property
+    def kind(self) -> str:
+        """What the campaign does, for people: "patch" or "agent-update 0.2.0"."""
+        if self.agent_update is not None:
+            return f"agent-update {self.agent_update.version}"
+        return "patch"
 
 
 def parse_campaign(text: str, source: str) -> CampaignSpec:
@@ -167,12 +190,15 @@ def parse_campaign(text: str, source: str) -> CampaignSpec:
     head = root.table("campaign")
     verify = _verify(root.table("verify"))
     windows = root.table("windows")
+    patch, update = root.table("patch"), root.table("agent_update")
+    kinds = [name for name in ("patch", "agent_update") if root.has(name)]
     spec = CampaignSpec(
         name=_name(head),
         description=head.get("description", str, ""),
         emergency=head.get("emergency", bool, False),
         deadline=_deadline(head),
-        patch=_patch(root.table("patch")),
+        patch=_patch(patch) if kinds == ["patch"] else None,
+        agent_update=_agent_update(update, verify.timeout) if kinds == ["agent_update"] else None,
         verify=verify,
         targets=_targets(root.table("targets")),
         rollout=_rollout(root.table("rollout"), verify.timeout),
@@ -180,7 +206,13 @@ def parse_campaign(text: str, source: str) -> CampaignSpec:
         source=source,
     )
     head.finish()
-    root.finish()
+    root.finish()  # first: a misspelt [agent_update] is named, with its likely spelling
+    if len(kinds) != 1:
+        raise root.error(
+            "agent_update" if kinds else "",
+            "a campaign has exactly one of [patch] (packages to update) and [agent_update] "
+            f"(a new agent version); this one has {'both' if kinds else 'neither'}",
+        )
     return spec
 
 
@@ -243,6 +275,26 @@ def _patch(t: Table) -> PatchSpec:
         raise t.error("livepatch", "'only' (never reboot) contradicts reboot = 'always'")
     t.finish()
     return PatchSpec(tuple(packages), security, exclude, reboot, livepatch)
+
+
+def _agent_update(t: Table, verify_timeout: timedelta) -> AgentUpdateSpec:
+    version = t.require("version", str)
+    try:
+        debian_version(version)
+    except ValueError as exc:
+        raise t.error("version", str(exc)) from None
+    given = t.has("rollback_after")
+    rollback_after = t.duration("rollback_after", DEFAULT_ROLLBACK_AFTER, positive=True)
+    if rollback_after <= verify_timeout:
+        raise t.error(
+            "rollback_after",
+            f"{format_duration(rollback_after)}{'' if given else ' (the default)'} must be "
+            f"longer than verify.timeout "
+            f"({format_duration(verify_timeout)}), or the watchdog would put the old agent "
+            "back while the new one may still be passing its checks",
+        )
+    t.finish()
+    return AgentUpdateSpec(version, rollback_after)
 
 
 def _package(t: Table, where: str, item: object) -> PackageTarget:

@@ -1,6 +1,7 @@
 """Agent releases against a real controller: `fleetpatch release publish`
 and `list`, every refusal as one line and an exit code, FetchArtifact over
-real mutual TLS. The .deb is any bytes with the right name, signed with
+real mutual TLS, and agent-update campaigns handing out orders that carry
+the release. The .deb is any bytes with the right name, signed with
 controller.release's own code: the controller never opens a package."""
 
 from __future__ import annotations
@@ -12,7 +13,8 @@ from pathlib import Path
 
 import grpc
 import pytest
-from fleetpatch.v1 import admin_pb2, admin_pb2_grpc, agent_pb2, agent_pb2_grpc
+from fleetpatch.envelope import WORK_ORDER_TYPE, open_envelope
+from fleetpatch.v1 import admin_pb2, admin_pb2_grpc, agent_pb2, agent_pb2_grpc, types_pb2
 
 from agent.enrollment import enroll
 from agent.statedir import StateDir
@@ -22,6 +24,26 @@ from tests.support.controller import Controller, Result, cli
 MiB = 1024 * 1024
 VERSION = "0.2.0"
 DEB = "fleetpatch-agent_0.2.0_all.deb"
+
+CAMPAIGN = """
+[campaign]
+name = "agent-0-2-0"
+
+[agent_update]
+version = "{version}"
+rollback_after = "3m"
+
+[verify]
+timeout = "1m"
+
+[[verify.checks]]
+name = "sshd"
+kind = "process"
+process = "sshd"
+
+[rollout]
+rings = [{{ ring = 1, concurrency = "100%" }}]
+"""
 
 
 def _one_line(result: Result, code: int, *needles: str) -> None:
@@ -92,6 +114,13 @@ class Host:
     def fetch(self, sha256: bytes) -> list[agent_pb2.ArtifactChunk]:
         request = agent_pb2.FetchArtifactRequest(sha256=sha256)
         return list(self.stub.FetchArtifact(request, timeout=30))
+
+    def check_in(self) -> agent_pb2.CheckInResponse:
+        facts = types_pb2.HostFacts(hostname="h1", os_id="debian", timezone="UTC")
+        response: agent_pb2.CheckInResponse = self.stub.CheckIn(
+            agent_pb2.CheckInRequest(facts=facts), timeout=30
+        )
+        return response
 
 
 @pytest.fixture
@@ -257,3 +286,72 @@ def test_fetch_artifact_needs_a_host_certificate(controller, keys, tmp_path):
         with pytest.raises(grpc.RpcError) as caught:
             list(stub.FetchArtifact(request, timeout=30))
     assert caught.value.code() == grpc.StatusCode.PERMISSION_DENIED
+
+
+# -- agent-update campaigns -------------------------------------------------------------
+
+
+def test_an_agent_update_campaign_hands_out_the_published_release(controller, keys, host, tmp_path):
+    spec = tmp_path / "agent-update.toml"
+    spec.write_text(CAMPAIGN.format(version=VERSION))
+    _one_line(
+        cli("fleetpatch", "campaign", "create", spec, "--data-dir", controller.data_dir),
+        5, f"agent release {VERSION} is not published", "fleetpatch release publish",
+    )  # fmt: skip
+
+    data = os.urandom(50_000)
+    deb = _release(tmp_path / "dist", keys, data)
+    assert _publish(controller, deb).returncode == 0
+    campaign_id = controller.admin("campaign", "create", spec).stdout.strip().splitlines()[-1]
+    assert f"agent-update {VERSION}" in controller.admin("campaign", "list").stdout
+    shown = controller.admin_json("campaign", "show", campaign_id)
+    assert isinstance(shown, dict)
+    assert shown["kind"] == f"agent-update {VERSION}"
+    assert shown["agent_update"] == {"version": VERSION, "rollback_after": "3m"}
+    controller.admin("campaign", "approve", campaign_id)
+
+    envelope = host.check_in().work_order
+    order = types_pb2.WorkOrder.FromString(
+        open_envelope(envelope, WORK_ORDER_TYPE, host.state.trusted_signing_keys())
+    )
+    assert order.action == types_pb2.WORK_ORDER_ACTION_AGENT_UPDATE
+    assert (order.host_id, order.campaign_id, order.sequence) == (host.host_id, campaign_id, 1)
+    assert order.reboot == types_pb2.REBOOT_POLICY_NEVER
+    assert not order.HasField("patch")
+    assert [c.name for c in order.checks] == ["sshd"]
+    assert order.verify_timeout.ToSeconds() == 60
+    assert order.expires_at.ToSeconds() > order.issued_at.ToSeconds()
+    update = order.agent_update
+    assert update.version == VERSION
+    assert update.artifact == DEB
+    assert update.sha256 == hashlib.sha256(data).digest()
+    assert update.size == len(data)
+    assert update.release_manifest == (deb.parent / "SHA256SUMS").read_bytes()
+    assert update.release_signature == (deb.parent / "SHA256SUMS.sig").read_bytes()
+    assert update.rollback_after.ToSeconds() == 180
+    # What the order names is what FetchArtifact serves.
+    assert b"".join(c.data for c in host.fetch(update.sha256)) == data
+
+    # The result is counted as a patch order's would be.
+    report = types_pb2.ProgressReport(
+        idempotency_key="k1", order_id=order.order_id, step="SUCCEEDED", final=True,
+        outcome="SUCCEEDED", detail="now 0.2.0", sequence=1, campaign_id=campaign_id,
+    )  # fmt: skip
+    host.stub.ReportProgress(agent_pb2.ReportProgressRequest(reports=[report]), timeout=30)
+    shown = controller.admin_json("campaign", "show", campaign_id)
+    assert isinstance(shown, dict)
+    assert shown["totals"]["succeeded"] == 1
+    assert shown["state"] == "completed"
+
+    audit = controller.admin_json("audit", "export")
+    assert isinstance(audit, list)
+    assert [r["action"] for r in audit].count("order.assign.agent-update") == 1
+    assert (
+        "kind: agent-update 0.2.0 (rollback after 3m)"
+        in controller.admin("campaign", "show", campaign_id).stdout
+    )
+    _one_line(
+        cli("fleetpatch", "campaign", "abort", campaign_id, "--revert",
+            "--data-dir", controller.data_dir),
+        2, "--revert cannot undo",
+    )  # fmt: skip

@@ -46,6 +46,9 @@ def error_of(text: str) -> CampaignError:
 def test_example_parses_with_every_field() -> None:
     spec = parse_campaign(EXAMPLE.read_text(), str(EXAMPLE))
     assert spec.name == "openssl-2025-01"
+    assert spec.patch is not None
+    assert spec.agent_update is None
+    assert spec.kind == "patch"
     assert spec.deadline == datetime(2025, 2, 15, tzinfo=UTC)
     assert [p.name for p in spec.patch.packages] == ["openssl", "libssl3", "ca-certificates"]
     assert spec.patch.packages[0].min_version == "3.0.15-1~deb12u1"
@@ -84,6 +87,7 @@ def test_minimal_file_gets_strict_defaults() -> None:
     assert spec.deadline is None
     assert spec.verify.timeout == timedelta(minutes=5)
     assert spec.rollout.report_timeout == timedelta(minutes=35)
+    assert spec.patch is not None
     assert spec.patch.reboot is RebootPolicy.IF_REQUIRED
 
 
@@ -500,3 +504,118 @@ def test_campaign_error_is_a_value_error() -> None:
 def test_syntax_error_message_gives_the_line() -> None:
     err = error_of("[campaign]\nname = \n")
     assert "line 2" in str(err)
+
+
+# -- agent updates --------------------------------------------------------------
+
+AGENT_UPDATE = """
+[campaign]
+name = "agent-0-2-0"
+
+[agent_update]
+version = "0.2.0"
+
+[[rollout.rings]]
+ring = 0
+"""
+
+
+def test_agent_update_campaign_with_defaults() -> None:
+    spec = parse(AGENT_UPDATE)
+    assert spec.patch is None
+    assert spec.agent_update is not None
+    assert spec.agent_update.version == "0.2.0"
+    assert spec.agent_update.rollback_after == timedelta(minutes=10)
+    assert spec.kind == "agent-update 0.2.0"
+    # Everything else reads as for a patch campaign.
+    assert spec.verify.timeout == timedelta(minutes=5)
+    assert [s.ring for s in spec.rollout.rings] == [0]
+
+
+def test_agent_update_with_every_field_and_the_rest_of_a_campaign() -> None:
+    text = AGENT_UPDATE.replace('version = "0.2.0"', 'version = "1.2.0rc1"\nrollback_after = "1h"')
+    text += '[verify]\ntimeout = "20m"\n[[verify.checks]]\nname = "ssh"\nkind = "tcp"\nport = 22\n'
+    spec = parse(text + WINDOWS)
+    assert spec.agent_update is not None
+    assert spec.agent_update.version == "1.2.0rc1"
+    assert spec.agent_update.rollback_after == timedelta(hours=1)
+    assert [c.name for c in spec.verify.checks] == ["ssh"]
+    assert spec.windows is not None
+
+
+def test_the_agent_update_example_parses() -> None:
+    path = EXAMPLE.with_name("agent-update.toml")
+    spec = parse_campaign(path.read_text(), str(path))
+    assert spec.agent_update is not None
+    assert spec.patch is None
+    assert spec.agent_update.rollback_after > spec.verify.timeout
+
+
+AGENT_UPDATE_ERRORS = [
+    (
+        "both",
+        MINIMAL + '[agent_update]\nversion = "0.2.0"\n',
+        "agent_update",
+        "exactly one of [patch] (packages to update) and [agent_update]",
+        "this one has both",
+    ),
+    (
+        "neither",
+        MINIMAL.replace('[patch]\npackages = ["openssl"]\n', ""),
+        "",
+        "exactly one of [patch] (packages to update) and [agent_update]",
+        "this one has neither",
+    ),
+    (
+        "misspelt",
+        AGENT_UPDATE.replace("[agent_update]", "[agent_updat]"),
+        "agent_updat",
+        "unknown table (did you mean 'agent_update'?)",
+        "",
+    ),
+    ("version-missing", AGENT_UPDATE.replace('version = "0.2.0"', ""), "agent_update.version",
+     "is required", ""),
+    ("version-type", AGENT_UPDATE.replace('"0.2.0"', "0.2"), "agent_update.version",
+     "must be a string, not a float", ""),
+    ("version-bad", AGENT_UPDATE.replace('"0.2.0"', '"v0.2"'), "agent_update.version",
+     "is not a release, pre-, post- or dev-release", ""),
+    ("version-local", AGENT_UPDATE.replace('"0.2.0"', '"0.2.0+local"'), "agent_update.version",
+     "is not a release", ""),
+    (
+        "rollback-not-longer",
+        AGENT_UPDATE.replace('"0.2.0"', '"0.2.0"\nrollback_after = "5m"'),
+        "agent_update.rollback_after",
+        "5m must be longer than verify.timeout (5m)",
+        "",
+    ),
+    (
+        "rollback-default-too-short",
+        AGENT_UPDATE + '[verify]\ntimeout = "15m"\n',
+        "agent_update.rollback_after",
+        "10m (the default) must be longer than verify.timeout (15m)",
+        "",
+    ),
+    ("rollback-zero", AGENT_UPDATE.replace('"0.2.0"', '"0.2.0"\nrollback_after = "0s"'),
+     "agent_update.rollback_after", "must be longer than 0s", ""),
+    (
+        "unknown-key",
+        AGENT_UPDATE.replace('"0.2.0"', '"0.2.0"\nrollback = "1h"'),
+        "agent_update.rollback",
+        "did you mean 'rollback_after'?",
+        "",
+    ),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("text", "field", "words", "more"),
+    [pytest.param(t, f, w, m, id=case) for case, t, f, w, m in AGENT_UPDATE_ERRORS],
+)
+def test_agent_update_mistakes_name_their_field(
+    text: str, field: str, words: str, more: str
+) -> None:
+    err = error_of(text)
+    assert err.field == field
+    assert words in err.problem
+    assert more in err.problem
+    assert str(err).startswith(f"test.toml: {field}: " if field else "test.toml: ")

@@ -16,7 +16,7 @@ from controller.campaigns import CampaignSpec, CampaignState, GateStatus, parse_
 from controller.model import Assignment, AssignmentStatus, CampaignRecord, Host, HostStatus
 from controller.tally import count
 from simulator.engine import Settings, Simulation
-from simulator.failures import FailureModel, Odds, Outage, Selector, When
+from simulator.failures import FailureModel, Odds, Outage, Rule, Selector, When
 from simulator.fleet import FleetHost, FleetSpec, RegionSpec, generate
 from simulator.report import to_json
 from simulator.scenario import Operator
@@ -302,12 +302,12 @@ def test_the_agent_goes_through_the_agents_own_transitions(packages, patch):
 
 def test_an_agent_state_without_a_model_is_reported_not_guessed():
     from agent.states import State
-    from simulator.agentmodel import Agent, Order, draw_fate
+    from simulator.agentmodel import Agent, Order, draw_fate, rehearsed_patch
     from simulator.errors import ModelGap
     from simulator.failures import StepDurations
 
     fate = draw_fate(random.Random(1), Odds(), StepDurations())
-    agent = Agent(campaign().patch, 1, lambda t: START)
+    agent = Agent(rehearsed_patch(campaign()), 1, lambda t: START)
     with pytest.raises(ModelGap, match="PENDING_REBOOT"):
         agent.step(State.PENDING_REBOOT, fate, Order(None), 0)
 
@@ -385,3 +385,20 @@ def test_the_real_fleet_is_read_from_the_admin_api():
     assert hosts[1].last_seen == START - timedelta(hours=2)
     assert not hosts[2].online
     assert hosts[2].last_seen is None
+
+
+def test_an_agent_update_campaign_rehearses_as_a_patch_that_never_reboots():
+    text = CAMPAIGN.format(order="parallel", windows="").replace(
+        '[patch]\npackages = ["openssl"]', '[agent_update]\nversion = "0.2.0"'
+    )
+    spec = parse_campaign(text, "agent-update.toml")
+    assert spec.agent_update is not None
+    out = Simulation(spec, fleet(), FailureModel(base=Odds(reboot_required=1.0)), settings()).run()
+    assert out.state == "completed"
+    assert out.total.succeeded == out.targeted == 600
+    assert out.total.pending_reboot == 0  # an agent update never needs a reboot
+    # The failure model's odds for the agent's package apply.
+    selector = Selector(packages=frozenset({"fleetpatch-agent"}))
+    broken = FailureModel(rules=(Rule(selector, (("regress", 1.0),)),))
+    halted = Simulation(spec, fleet(), broken, settings()).run()
+    assert halted.state == CampaignState.HALTED.value
