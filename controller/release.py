@@ -42,10 +42,9 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
-from fleetpatch import render
+from fleetpatch import releasefmt, render
 from fleetpatch.atomicfile import write_atomic
 from fleetpatch.v1 import admin_pb2
 
@@ -54,9 +53,11 @@ from .cli_common import ControllerOption, DataDirOption, JsonOption, client
 from .datadir import DEFAULT_DATA_DIR
 from .errors import Conflict, FleetpatchError, Refused, UsageError
 
-MANIFEST = "SHA256SUMS"
-SIGNATURE = "SHA256SUMS.sig"
-_LINE = re.compile(r"^([0-9a-f]{64})  ([^/\\\n]+)$")
+# The format is shared with the agents that check it: fleetpatch.releasefmt.
+MANIFEST = releasefmt.MANIFEST
+SIGNATURE = releasefmt.SIGNATURE
+fingerprint = releasefmt.fingerprint
+is_signed_by = releasefmt.is_signed_by
 _CHUNK = 1024 * 1024
 
 
@@ -80,12 +81,6 @@ class Verified:
 
 
 # -- keys ----------------------------------------------------------------------
-
-
-def fingerprint(public_key: Ed25519PublicKey) -> str:
-    """``SHA256:`` + 32 hex digits: a short, stable name for a release key."""
-    raw = public_key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
-    return "SHA256:" + hashlib.sha256(raw).hexdigest()[:32]
 
 
 def keygen(private_path: Path, public_path: Path | None = None) -> tuple[Path, str]:
@@ -163,14 +158,10 @@ def load_private_key(path: Path) -> Ed25519PrivateKey:
 
 def load_public_key(path: Path) -> Ed25519PublicKey:
     """Read a release public key (PEM SubjectPublicKeyInfo)."""
-    data = _read(path, "public key")
     try:
-        key = serialization.load_pem_public_key(data)
-    except (ValueError, TypeError):
-        raise UsageError(f"{path} is not a PEM public key") from None
-    if not isinstance(key, Ed25519PublicKey):
-        raise UsageError(f"{path} is not an Ed25519 public key")
-    return key
+        return releasefmt.load_public_key(_read(path, "public key"), str(path))
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
 
 
 # -- manifest ------------------------------------------------------------------
@@ -196,15 +187,10 @@ def manifest_text(entries: dict[str, str]) -> str:
 
 def parse_manifest(text: str, where: Path) -> dict[str, str]:
     """{base name: sha256 hex}; raises Refused on anything we do not write."""
-    if not text.endswith("\n"):
-        raise Refused(f"{where} is not a SHA256SUMS file (it does not end with a newline)")
-    entries: dict[str, str] = {}
-    for number, line in enumerate(text[:-1].split("\n"), 1):
-        found = _LINE.match(line)
-        if found is None or found[2] in entries:
-            raise Refused(f"{where} line {number} is not a SHA256SUMS line")
-        entries[found[2]] = found[1]
-    return entries
+    try:
+        return releasefmt.parse_manifest(text, str(where))
+    except ValueError as exc:
+        raise Refused(str(exc)) from None
 
 
 def _check_name(name: str) -> None:
@@ -246,15 +232,6 @@ def sign_artifacts(artifacts: Sequence[Path], key_path: Path) -> Signed:
     except OSError as exc:
         raise UsageError(f"cannot write in {directory}: {exc.strerror}") from None
     return Signed(manifest, signature, entries, fingerprint(key.public_key()))
-
-
-def is_signed_by(manifest: bytes, signature: bytes, public_key: Ed25519PublicKey) -> bool:
-    """Whether ``signature`` is the key's signature of exactly ``manifest``."""
-    try:
-        public_key.verify(signature, manifest)
-    except InvalidSignature:
-        return False
-    return True
 
 
 def verify(target: Path, public_key_path: Path) -> Verified:
