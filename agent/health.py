@@ -35,6 +35,11 @@ class ResourceLimits:
     max_disk_used_ratio: float = 0.97
 
 
+def failing(results: Sequence[CheckResult]) -> str:
+    """The failed checks of ``results`` and why, on one line."""
+    return "; ".join(f"{r.name}: {r.detail}" for r in results if not r.ok)
+
+
 def resource_checks(limits: ResourceLimits) -> list[CheckResult]:
     results = []
     if limits.max_load_per_cpu:

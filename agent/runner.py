@@ -32,7 +32,7 @@ from .bootsteps import BootSteps
 from .checks import CheckSpec, Probes
 from .decide import Reason
 from .errors import CommandFailed
-from .health import CheckResult
+from .health import CheckResult, failing
 from .journal import Journal, OrderRecord
 from .livepatch import Provider
 from .needs import installed_kernels
@@ -52,10 +52,6 @@ __all__ = ["Outcome", "Runner"]
 
 def _describe(changes: Sequence[Change]) -> str:
     return ", ".join(f"{c.name} {c.old or '(new)'} -> {c.new or '(removed)'}" for c in changes)
-
-
-def _failing(results: Sequence[CheckResult]) -> str:
-    return "; ".join(f"{r.name}: {r.detail}" for r in results if not r.ok)
 
 
 class Runner:
@@ -311,7 +307,7 @@ class Runner:
         if not all(r.ok for r in baseline):
             return Outcome(
                 Event.FAIL,
-                f"host unhealthy before patching, not touching it: {_failing(baseline)}",
+                f"host unhealthy before patching, not touching it: {failing(baseline)}",
                 checks=baseline,
             )  # fmt: skip
         try:
@@ -382,7 +378,7 @@ class Runner:
                 return Outcome(
                     Event.FAIL,
                     f"unhealthy after the update (verify timeout "
-                    f"{order.verify_timeout.total_seconds():.0f}s): {_failing(results)}",
+                    f"{order.verify_timeout.total_seconds():.0f}s): {failing(results)}",
                     checks=results,
                 )
             self._sleep(self._retry_interval)
@@ -410,9 +406,7 @@ class Runner:
         if ended is not None:
             return Outcome(ended.event, ended.detail, {**ended.columns, **columns}, changes)
         results = self._prober.run_all(self._checks(order))
-        health = (
-            "healthy" if all(r.ok for r in results) else f"still unhealthy: {_failing(results)}"
-        )
+        health = "healthy" if all(r.ok for r in results) else f"still unhealthy: {failing(results)}"
         notes = f"; {notes}" if notes else ""
         return Outcome(
             Event.OK, f"reverted because {why}{notes}; after revert the host is {health}",

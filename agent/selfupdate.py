@@ -52,7 +52,7 @@ from . import subp
 from .backend import Busy, Change, PackageBackend, Plan, Snapshot
 from .checks import CheckSpec, Probes
 from .errors import AgentError, CommandFailed
-from .health import CheckResult
+from .health import failing
 from .journal import OrderRecord
 from .orders import AgentUpdate, WorkOrder
 from .outcome import Outcome
@@ -264,7 +264,7 @@ class UpdateSteps:
         if not all(r.ok for r in baseline):
             return Outcome(
                 Event.FAIL,
-                f"host unhealthy before the update, not touching it: {_failing(baseline)}",
+                f"host unhealthy before the update, not touching it: {failing(baseline)}",
                 checks=baseline,
             )
         problem = self._fetch_checked(order, update, update.sha256.hex())
@@ -398,15 +398,13 @@ class UpdateSteps:
             if unreachable is None and all(r.ok for r in results):
                 break
             if self._clock() >= deadline:
-                failing = "; ".join(
-                    x
-                    for x in (unreachable and f"controller: {unreachable}", _failing(results))
-                    if x
+                why = "; ".join(
+                    x for x in (unreachable and f"controller: {unreachable}", failing(results)) if x
                 )
                 return Outcome(
                     Event.FAIL,
                     f"the new agent {update.version} failed its checks within "
-                    f"{order.verify_timeout.total_seconds():.0f}s: {failing}",
+                    f"{order.verify_timeout.total_seconds():.0f}s: {why}",
                     checks=results,
                 )
             self._sleep(self._retry_interval)
@@ -446,7 +444,3 @@ class UpdateSteps:
         if installed and installed != running:
             return f"{AGENT_PACKAGE} {installed} is installed; this agent ({running}) exits"
         return None
-
-
-def _failing(results: Sequence[CheckResult]) -> str:
-    return "; ".join(f"{r.name}: {r.detail}" for r in results if not r.ok)
