@@ -17,9 +17,10 @@ from pathlib import Path
 from types import FrameType
 from typing import Annotated
 
+import fleetpatch
 import typer
 from fleetpatch import labels as labelspec
-from fleetpatch import render
+from fleetpatch import releasefmt, render
 from fleetpatch.inventory import inventory_hash
 from fleetpatch.v1 import types_pb2
 from google.protobuf import json_format
@@ -34,7 +35,7 @@ from .errors import AgentError, ConfigError
 from .health import ResourceLimits, resource_checks, summarize
 from .journal import Journal
 from .keys import learn as learn_keys
-from .selfupdate import HandOver
+from .selfupdate import HandOver, release_key
 from .service import Agent
 from .statedir import DEFAULT_STATE_DIR, StateDir
 from .states import State
@@ -219,9 +220,15 @@ def status(
     finally:
         journal.close()
     config = state.config()
+    try:
+        pinned: str | None = releasefmt.fingerprint(release_key(config.policy))
+    except ValueError:
+        pinned = None
     doc = {
         "host_id": state.host_id(),
         "controller": config.controller,
+        "agent_version": fleetpatch.__version__,
+        "release_key": {"path": str(config.policy.release_key), "fingerprint": pinned},
         "last_checkin": _iso(checkin.last_success),
         "last_attempt": _iso(checkin.last_attempt),
         "last_error": checkin.last_error or None,
@@ -255,6 +262,8 @@ def status(
     now = datetime.now(UTC)
     print(f"host           {doc['host_id']}")
     print(f"controller     {config.controller}")
+    print(f"agent          {fleetpatch.__version__}")
+    print(f"release key    {pinned or 'none pinned'} ({config.policy.release_key})")
     print(f"last check-in  {render.ago(checkin.last_success, now)}")
     if checkin.last_error:
         print(f"last error     {checkin.last_error} ({render.ago(checkin.last_attempt, now)})")

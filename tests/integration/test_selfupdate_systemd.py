@@ -24,6 +24,7 @@ from pathlib import Path
 
 from fleetpatch.debversion import debian_version
 
+from controller import release
 from controller.release import sign_artifacts
 from tests.support.controller import free_port
 from tests.support.packages import (
@@ -160,6 +161,9 @@ def test_agents_update_themselves_and_a_release_that_cannot_start_is_rolled_back
            "--ca-cert", "/var/lib/fleetpatch/controller/ca.pem"])  # fmt: skip
     c.run(["systemctl", "start", AGENT])
     wait_until("the agent checks in", lambda: _reported_version(c) == v1.version)
+    status = json.loads(c.run(["fleetpatch-agent", "status", "--json"]).stdout)
+    pinned = release.fingerprint(release.load_public_key(v1.public_key))
+    assert status["release_key"] == {"path": "/etc/fleetpatch/release.pub", "fingerprint": pinned}
 
     # 1. This version -> the next, through a campaign.
     c.run(["fleetpatch", "release", "publish", _inside(v2.agent)])
