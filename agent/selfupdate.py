@@ -68,6 +68,9 @@ Reach = Callable[[], None]
 #: Room needed beyond the package itself: the kept copy of the old version
 #: and dpkg's unpacking, both about its size.
 SPACE_FACTOR = 3
+#: How often, and how far apart, the watchdog tries its restore.
+RESTORE_ATTEMPTS = 10
+RESTORE_RETRY_SECONDS = 20
 
 
 class HandOver(Exception):
@@ -104,8 +107,9 @@ def unit_name(order_id: str) -> str:
 
 class SystemdWatchdog:
     """A transient timer (`systemd-run --on-active`) whose oneshot service
-    runs `dpkg -i` of the kept package. RemainAfterExit keeps the service
-    loaded after it ran, so `disarm` can tell whether it did."""
+    runs `dpkg -i` of the kept package, retried on failure (a held dpkg
+    lock). RemainAfterExit keeps the service loaded after it ran, so
+    `disarm` can tell whether it did."""
 
     def __init__(self, run: Callable[..., subp.Result] = subp.run, dpkg: str = "/usr/bin/dpkg"):
         self._run = run
@@ -128,6 +132,11 @@ class SystemdWatchdog:
             f"--on-active={seconds}s", "--timer-property=AccuracySec=1s",
             "--property=Type=oneshot", "--property=RemainAfterExit=yes",
             f"--property=ConditionPathExists=!{marker}",
+            # dpkg does not wait for its lock: a restore that finds it held
+            # (or fails otherwise) is tried again, a bounded number of times.
+            "--property=Restart=on-failure", f"--property=RestartSec={RESTORE_RETRY_SECONDS}s",
+            "--property=StartLimitIntervalSec=1h",
+            f"--property=StartLimitBurst={RESTORE_ATTEMPTS}",
             "--", self._dpkg, "--force-confdef", "--force-confold", "--install", str(restore),
         ]  # fmt: skip
         self._run(argv, timeout=60)

@@ -56,6 +56,15 @@ rings = [{{ ring = 0, concurrency = "100%", gate = {{ min_success = 1.0, failure
 """
 
 
+# Holds a dpkg lock file as dpkg does (an fcntl write lock) for some seconds.
+LOCK_HOLDER = """\
+import fcntl, sys, time
+with open(sys.argv[1], "w") as lock:
+    fcntl.lockf(lock, fcntl.LOCK_EX)
+    time.sleep(float(sys.argv[2]))
+"""
+
+
 def _inside(path: Path) -> str:
     """Where a file under session_debs_root() is seen in the container."""
     return f"{DEB_MOUNT}/{path.relative_to(session_debs_root())}"
@@ -134,14 +143,10 @@ def _last_order(c: SystemdContainer) -> dict[str, object]:
     return order
 
 
-def test_agents_update_themselves_and_a_release_that_cannot_start_is_rolled_back(container):
-    c = container
-    v1 = built_debs()
-    v2 = built_debs(next_version(v1.version))
-    v3 = next_version(v2.version)
-    broken = broken_release(v2, v3)
+def _install_and_enroll(c: SystemdContainer, v1: BuiltDebs) -> None:
+    """Both packages at v1, the release key pinned, the controller serving,
+    the agent enrolled and checked in with the key reported pinned."""
     assert v1.public_key is not None
-
     c.run(["rm", "-f", "/usr/sbin/policy-rc.d"])  # a real host has none
     c.run(["dpkg", "-i", _inside(v1.agent), _inside(v1.controller)])
     c.run(["install", "-m", "0644", _inside(v1.public_key), "/etc/fleetpatch/release.pub"])
@@ -165,6 +170,16 @@ def test_agents_update_themselves_and_a_release_that_cannot_start_is_rolled_back
     pinned = release.fingerprint(release.load_public_key(v1.public_key))
     assert status["release_key"] == {"path": "/etc/fleetpatch/release.pub", "fingerprint": pinned}
 
+
+def test_agents_update_themselves_and_a_release_that_cannot_start_is_rolled_back(container):
+    c = container
+    v1 = built_debs()
+    v2 = built_debs(next_version(v1.version))
+    v3 = next_version(v2.version)
+    broken = broken_release(v2, v3)
+
+    _install_and_enroll(c, v1)
+
     # 1. This version -> the next, through a campaign.
     c.run(["fleetpatch", "release", "publish", _inside(v2.agent)])
     first = _campaign(c, "agents-first", v2.version, rollback_after="3m")
@@ -179,11 +194,18 @@ def test_agents_update_themselves_and_a_release_that_cannot_start_is_rolled_back
     assert _watchdogs(c) == "", "the watchdog is disarmed and cleared"
     assert c.show(AGENT, "ActiveState")["ActiveState"] == "active"
 
-    # 2. A signed release that cannot start: restored by the watchdog.
+    # 2. A signed release that cannot start: restored by the watchdog, which
+    # waits out a dpkg lock held by someone else when it fires (it retries).
     c.run(["fleetpatch", "release", "publish", _inside(broken)])
     second = _campaign(c, "agents-broken", v3, rollback_after="40s")
+    wait_until("the broken release is installed",
+               lambda: _installed(c) == debian_version(v3), timeout=120)  # fmt: skip
+    c.run(["systemd-run", "--unit=fp-test-dpkg-lock", "--", "/usr/bin/python3", "-c",
+           LOCK_HOLDER, "/var/lib/dpkg/lock-frontend", "60"])  # fmt: skip
     wait_until("the broken update is reverted", lambda: _count(c, second, "reverted") == 1,
-               timeout=240)  # fmt: skip
+               timeout=300)  # fmt: skip
+    restores = c.run(["journalctl", "--no-pager", "-o", "cat", "-u", "fleetpatch-agent-rollback-*"])
+    assert "frontend lock" in restores.stdout, f"the first restore met the lock:{restores.stdout}"
     assert _installed(c) == v2.deb_version
     wait_until("the restored agent checks in", lambda: _reported_version(c) == v2.version)
     order = _last_order(c)

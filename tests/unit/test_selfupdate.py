@@ -429,6 +429,7 @@ def test_the_watchdog_is_a_timer_that_reinstalls_the_kept_copy_unless_the_marker
     assert "--on-active=600s" in armed
     assert f"--property=ConditionPathExists=!{tmp_path / 'taken-over'}" in armed
     assert "--property=RemainAfterExit=yes" in armed
+    assert "--property=Restart=on-failure" in armed  # a held dpkg lock is waited out
     assert armed[armed.index("--") + 1 :] == [
         "/usr/bin/dpkg", "--force-confdef", "--force-confold", "--install",
         "/var/kept/a_0.1.0_all.deb",
