@@ -109,6 +109,10 @@ def plan_violation(plan: Plan, policy: Policy) -> str | None:
             f"more than policy.max_packages ({policy.max_packages})"
         )
     for change in plan.changes:
+        if change.name == AGENT_PACKAGE and not change.new:
+            # Its removal would stop this agent and wait for it, while it
+            # waits for the removal: never as a side effect of a patch.
+            return f"the update would remove {AGENT_PACKAGE}, this agent itself"
         pattern = _matches(change.name, policy.never_touch)
         if pattern:
             return f"the update touches protected package {change.name} ({pattern!r})"

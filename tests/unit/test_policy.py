@@ -77,3 +77,26 @@ def test_too_many_packages_is_caught():
     found = plan_violation(plan(*changes), Policy(max_packages=2))
     assert found is not None
     assert "touches 3 packages" in found
+
+
+def test_agent_update_settings_are_read_and_checked():
+    policy = policy_from_config(
+        {"allow_agent_update": False, "allow_agent_downgrade": True,
+         "release_key": "/etc/pki/fleetpatch-release.pub"},
+        "agent.toml",
+    )  # fmt: skip
+    assert (policy.allow_agent_update, policy.allow_agent_downgrade) == (False, True)
+    assert str(policy.release_key) == "/etc/pki/fleetpatch-release.pub"
+    with pytest.raises(ValueError, match=r"policy\.release_key must be an absolute path"):
+        policy_from_config({"release_key": "release.pub"}, "agent.toml")
+    with pytest.raises(ValueError, match=r"policy\.allow_agent_update must be true or false"):
+        policy_from_config({"allow_agent_update": "yes"}, "agent.toml")
+
+
+def test_a_patch_never_removes_the_agent_itself():
+    removal = plan(Change("fleetpatch-agent", "amd64", "0.1.0", ""), Change("b", "", "1", "2"))
+    assert plan_violation(removal, Policy()) == (
+        "the update would remove fleetpatch-agent, this agent itself"
+    )
+    upgrade = plan(Change("fleetpatch-agent", "amd64", "0.1.0", "0.1.1", "Debian:12"))
+    assert plan_violation(upgrade, Policy()) is None
