@@ -39,6 +39,7 @@ def host_facts(host: Host) -> HostFacts:
         os_id=str(host.facts.get("os_id", "")),
         timezone=str(host.facts.get("timezone", "")),
         last_seen=host.last_seen,
+        agent_version=str(host.facts.get("agent_version", "")),
     )
 
 

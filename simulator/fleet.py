@@ -14,6 +14,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
+from fleetpatch import __version__
+
 
 @dataclass(frozen=True)
 class RegionSpec:
@@ -46,6 +48,7 @@ class FleetHost:
     labels: Mapping[str, str]
     online: bool = True  # checks in during the simulation
     last_seen: datetime | None = None  # when offline: the last check-in before the start
+    agent_version: str = __version__  # synthetic fleets run this agent
 
 
 def apportion(total: int, weights: Sequence[float]) -> list[int]:

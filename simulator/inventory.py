@@ -51,6 +51,7 @@ def from_pb(
                 labels=dict(pb.labels),
                 online=online,
                 last_seen=None if online else seen,
+                agent_version=pb.facts.agent_version,
             )
         )
     out.sort(key=lambda h: h.host_id)  # the same fleet gives the same run

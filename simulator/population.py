@@ -22,7 +22,7 @@ from .hosts import SimHost
 from .waiting import WaitingRoom
 
 # Everything of HostFacts that `decide` reads: hosts alike in all of it share a room.
-RoomKey = tuple[int, str, str, str, tuple[tuple[str, str], ...]]
+RoomKey = tuple[int, str, str, str, tuple[tuple[str, str], ...], str]
 
 
 @dataclass(frozen=True)
@@ -52,11 +52,15 @@ def populate(
     offline: list[tuple[SimHost, FleetHost]] = []
     cells: set[Cell] = set()
     for fh in fleet:
-        facts = HostFacts(fh.host_id, fh.region, fh.ring, fh.labels, fh.os_id, fh.timezone)
+        facts = HostFacts(
+            fh.host_id, fh.region, fh.ring, fh.labels, fh.os_id, fh.timezone,
+            agent_version=fh.agent_version,
+        )  # fmt: skip
         if not is_targeted(campaign, facts):
             continue
         cells.add((fh.ring, fh.region))
-        key = (fh.ring, fh.region, fh.timezone, fh.os_id, tuple(sorted(fh.labels.items())))
+        key = (fh.ring, fh.region, fh.timezone, fh.os_id, tuple(sorted(fh.labels.items())),
+               fh.agent_version)  # fmt: skip
         room = rooms.get(key)
         if room is None:
             room = rooms[key] = WaitingRoom(key, interval)

@@ -76,6 +76,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
 
+from fleetpatch.debversion import version_key
+
 from .gates import evaluate_halt, region_waits_for, ring_open
 from .spec import HOST_LOCAL, CampaignSpec, WindowPolicy
 from .tallies import CampaignState, Tallies
@@ -93,6 +95,7 @@ class HostFacts:
     os_id: str
     timezone: str = ""  # IANA name reported by the host; for host-local windows
     last_seen: datetime | None = None  # for `is_silent`; decide does not read it
+    agent_version: str = ""  # as the host's agent reports it; for rollout.min_agent_version
 
 
 class WaitReason(StrEnum):
@@ -106,6 +109,7 @@ class WaitReason(StrEnum):
     WINDOW_CLOSED = "window_closed"
     TIMEZONE_UNKNOWN = "timezone_unknown"  # host-local windows, host reports no zone
     BUDGET_FULL = "budget_full"  # concurrency: the ring or region has enough in flight
+    AGENT_OUTDATED = "agent_outdated"  # rollout.min_agent_version: update the agent first
 
 
 class SkipReason(StrEnum):
@@ -154,7 +158,7 @@ def decide(campaign: CampaignSpec, host: HostFacts, tallies: Tallies, now: datet
     """
     if now.tzinfo is None or now.utcoffset() is None:
         raise ValueError("now must be timezone-aware")
-    for check in (_targeting, _campaign_state, _rollout_position):
+    for check in (_targeting, _campaign_state, _rollout_position, _agent_current):
         decision = check(campaign, host, tallies, now)
         if decision is not None:
             return decision
@@ -208,6 +212,27 @@ def _rollout_position(
     if first is not None:
         return Wait(WaitReason.REGION_ORDER, None, f"ring {host.ring}: region {first} goes first")
     return None
+
+
+def _agent_current(
+    campaign: CampaignSpec, host: HostFacts, tallies: Tallies, now: datetime
+) -> Decision | None:
+    """The seed's "patch the agents first": a host whose agent is older than
+    the campaign requires waits (and holds its ring's gate) until an
+    agent-update campaign has updated it. An unknown version is older."""
+    wanted = campaign.rollout.min_agent_version
+    if not wanted:
+        return None
+    try:
+        current = version_key(host.agent_version) >= version_key(wanted)
+    except ValueError:
+        current = False
+    if current:
+        return None
+    return Wait(
+        WaitReason.AGENT_OUTDATED, None,
+        f"its agent is {host.agent_version or 'of unknown version'}, older than {wanted}",
+    )  # fmt: skip
 
 
 def _window(

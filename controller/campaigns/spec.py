@@ -12,6 +12,7 @@ must never leave a default in force silently. The tables:
     [targets]           regions, labels, os
     [rollout]           region_order, concurrency, region_concurrency,
                         silent_after, silent_threshold, report_timeout,
+                        min_agent_version,
                         [rollout.gate] (defaults), [[rollout.rings]] (in order)
     [windows]           timezone, weekly, blackout, cutoff (absent: always open)
 
@@ -31,7 +32,7 @@ from datetime import UTC, date, datetime, timedelta
 from enum import StrEnum
 from fractions import Fraction
 
-from fleetpatch.debversion import debian_version
+from fleetpatch.debversion import debian_version, version_key
 from fleetpatch.durations import format_duration
 from fleetpatch.labels import check_label, check_region, check_ring
 
@@ -143,6 +144,7 @@ class RolloutSpec:
     silent_after: timedelta  # not seen this long: silent (or unreachable)
     silent_threshold: Quota  # of a ring's eligible hosts; exceeding it halts
     report_timeout: timedelta  # in flight without a report this long: timed out
+    min_agent_version: str = ""  # hosts with an older agent wait (agent_outdated)
 
     @functools.cached_property
     def positions(self) -> dict[int, int]:
@@ -396,9 +398,21 @@ def _rollout(t: Table, verify_timeout: timedelta) -> RolloutSpec:
         silent_after=t.duration("silent_after", DEFAULT_SILENT_AFTER, positive=True),
         silent_threshold=_quota(t, "silent_threshold", minimum=0) or DEFAULT_SILENT_THRESHOLD,
         report_timeout=report_timeout,
+        min_agent_version=_min_agent_version(t),
     )
     t.finish()
     return spec
+
+
+def _min_agent_version(t: Table) -> str:
+    value = t.get("min_agent_version", str, "")
+    if not value:
+        return ""
+    try:
+        version_key(value)
+    except ValueError as exc:
+        raise t.error("min_agent_version", str(exc)) from None
+    return value
 
 
 def _gate(t: Table, default: Gate | None) -> Gate:

@@ -48,6 +48,28 @@ def debian_version(version: str) -> str:
     return out
 
 
+def version_key(version: str) -> tuple[object, ...]:
+    """A sort key ordering our PEP 440 versions as PEP 440 does (1.0.dev1 <
+    1.0a1 < 1.0rc1 < 1.0 == 1.0.0 < 1.0.post1 < 1.0.1); ValueError for
+    other spellings."""
+    match = PEP440.match(version)
+    if match is None:
+        raise ValueError(f"{version!r} is not a version (e.g. 1.2.0, 1.2.0rc1, 1.2.0.post1)")
+    release = [int(part) for part in match["release"].split(".")]
+    while len(release) > 1 and release[-1] == 0:
+        release.pop()
+    ranks = {"a": 0, "b": 1, "rc": 2}
+    if match["pre"]:
+        pre: tuple[int, ...] = (0, ranks[match["pre"]], int(match["pre_n"]))
+    elif match["dev"] and not match["post"]:
+        pre = (-1,)  # 1.0.dev1 comes before 1.0a1
+    else:
+        pre = (1,)
+    post = (0, int(match["post"])) if match["post"] else (-1,)
+    dev = (0, int(match["dev"])) if match["dev"] else (1,)
+    return (tuple(release), pre, post, dev)
+
+
 def pep440_version(debian: str) -> str:
     """The PEP 440 version a `debian_version` came from; ValueError for a
     Debian version it cannot have made."""

@@ -292,3 +292,57 @@ def test_a_controller_outage_does_not_make_the_fleet_look_silent(fleet, tmp_path
     for agent in ring0:
         assert agent.round() is State.SUCCEEDED
     assert _show(ctl, campaign_id)["state"] == "running"
+
+
+AGENTS_FIRST = """
+[campaign]
+name = "after-the-agents"
+
+[patch]
+packages = ["fp-demo"]
+
+[verify]
+timeout = "1s"
+
+[rollout]
+min_agent_version = "9.0.0"
+rings = [{ ring = 0, concurrency = "100%" }]
+"""
+
+
+def test_hosts_with_an_outdated_agent_wait_until_it_is_updated(tmp_path):
+    """rollout.min_agent_version: the seed's "patch the agents first" (F3),
+    with the host's version as its agent reports it at check-in."""
+    ctl = Controller(tmp_path / "ctl")
+    ctl.init()
+    ctl.start()
+    agents = [
+        InProcessAgent(
+            ctl,
+            tmp_path / f"agent-{i}",
+            "eu",
+            0,
+            FakeBackend({"fp-demo": "1.0"}, {"fp-demo": "1.1"}),
+            FakeProber(),
+            agent_version=version,
+        )
+        for i, version in enumerate(("9.0.0", "8.9.1"))
+    ]
+    try:
+        spec = tmp_path / "c.toml"
+        spec.write_text(AGENTS_FIRST)
+        campaign_id = ctl.admin("campaign", "create", spec).stdout.strip().splitlines()[-1]
+        ctl.admin("campaign", "approve", campaign_id)
+        assert _rounds(agents, ctl, campaign_id, 3) == "running"
+        current, outdated = agents
+        assert (current.outcomes, outdated.outcomes) == ([State.SUCCEEDED], [])
+        (cell,) = _show(ctl, campaign_id)["cells"]
+        assert cell["waiting_reasons"] == {"agent_outdated": 1}
+
+        outdated.agent_version = "9.0.0"  # an agent-update campaign did its work
+        assert _rounds(agents, ctl, campaign_id, 5) == "completed"
+        assert outdated.outcomes == [State.SUCCEEDED]
+    finally:
+        for agent in agents:
+            agent.close()
+        ctl.stop()

@@ -5,8 +5,10 @@ fit in one test process, to run whole campaigns quickly."""
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
+from agent import facts as hostfacts
 from agent import reporting
 from agent.checkin import CheckIns
 from agent.client import ControllerClient
@@ -31,9 +33,12 @@ class InProcessAgent:
         prober: FakeProber,
         labels: dict[str, str] | None = None,
         defer: bool = False,
+        agent_version: str | None = None,
     ) -> None:
         """``defer``: carry out an order at the next round rather than at
-        once, so that it stays in flight on the controller meanwhile."""
+        once, so that it stays in flight on the controller meanwhile.
+        ``agent_version``: what the agent reports (default: this one's);
+        settable between rounds."""
         token = controller.token(region=region, ring=ring, uses=1)
         self.state = StateDir(state_dir)
         done = enroll(self.state, controller.address, token, controller.data_dir / "ca.pem",
@@ -51,14 +56,21 @@ class InProcessAgent:
             self.journal, backend, prober, config.policy, [], self.state.cache,
             retry_interval=0.05,
         )  # fmt: skip
+        self.agent_version = agent_version
         self.checkins = CheckIns(
-            config, self.journal, self.client,
+            config, self.journal, self.client, collect_facts=self._facts,
             list_packages=lambda _: sorted((n, v, "all") for n, v in backend.installed.items()),
             on_keys=lambda keys: learn_keys(self.state, keys),
         )  # fmt: skip
         self.outcomes: list[State] = []
         self.defer = defer
         self._pending: str | None = None
+
+    def _facts(self) -> hostfacts.HostFacts:
+        facts = hostfacts.collect()
+        if self.agent_version is None:
+            return facts
+        return dataclasses.replace(facts, agent_version=self.agent_version)
 
     def _run(self, order_id: str) -> State:
         final = self.runner.run(order_id)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from fleetpatch.debversion import debian_version, pep440_version
+from fleetpatch.debversion import debian_version, pep440_version, version_key
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -53,3 +53,16 @@ versions = st.builds(
 @given(versions)
 def test_round_trip(version):
     assert pep440_version(debian_version(version)) == version
+
+
+ORDERED = [
+    "1.0.dev1", "1.0a1", "1.0a2.dev1", "1.0a2", "1.0b1", "1.0rc1.dev2", "1.0rc1", "1.0",
+    "1.0.post1.dev1", "1.0.post1", "1.0.1", "1.1", "10.0",
+]  # fmt: skip
+
+
+def test_version_key_orders_as_pep440():
+    assert sorted(ORDERED[::-1], key=version_key) == ORDERED
+    assert version_key("1.0") == version_key("1.0.0")
+    with pytest.raises(ValueError, match="is not a version"):
+        version_key("latest")

@@ -29,6 +29,7 @@ from controller.campaigns import (
     parse_campaign,
     ring_done,
 )
+from controller.campaigns.errors import CampaignError
 from controller.campaigns.quota import Quota, count, percent
 
 NOW = datetime(2025, 1, 8, 12, tzinfo=UTC)  # a Wednesday
@@ -372,6 +373,31 @@ CASES = [
         cells=cells(r0_eu=CellTally(eligible=9, reverted=2)),
         head="emergency = true",
     ),
+    # Agents first: rollout.min_agent_version.
+    *(
+        Case(
+            f"agent-{version or 'unknown'}-min-0.2.0",
+            expect,
+            host={"agent_version": version},
+            rollout="region_order = 'parallel'\nmin_agent_version = '0.2.0'",
+        )
+        for version, expect in (
+            ("0.1.9", ("wait", "agent_outdated", None)),
+            ("0.2.0rc1", ("wait", "agent_outdated", None)),
+            ("", ("wait", "agent_outdated", None)),
+            ("dev-build", ("wait", "agent_outdated", None)),
+            ("0.2.0", ("assign", None)),
+            ("0.2.0.post1", ("assign", None)),
+            ("0.10.0", ("assign", None)),
+        )
+    ),
+    Case("no-min-agent-version", ("assign", None), host={"agent_version": ""}),
+    Case(
+        "agent-outdated-after-targeting",
+        ("skip", "not_targeted"),
+        host={"agent_version": "0.1.0", "region": "sa"},
+        rollout="region_order = 'parallel'\nmin_agent_version = '0.2.0'",
+    ),
 ]
 
 
@@ -573,3 +599,8 @@ def test_quota_rounding(quota: Quota, total: int, ceil: int, floor: int) -> None
 def test_negative_tally_is_refused() -> None:
     with pytest.raises(ValueError, match="failed is negative"):
         CellTally(eligible=1, failed=-1)
+
+
+def test_min_agent_version_must_be_a_version() -> None:
+    with pytest.raises(CampaignError, match=r"rollout\.min_agent_version: 'latest' is not a"):
+        campaign(rollout="min_agent_version = 'latest'")
