@@ -188,13 +188,8 @@ class Apt:
     def _is_deb(self, path: Path, name: str, version: str) -> bool:
         if not path.is_file():
             return False
-        done = self._run(["dpkg-deb", "--field", str(path), "Package", "Version"], check=False)
-        fields = dict(line.split(": ", 1) for line in done.stdout.splitlines() if ": " in line)
-        return (
-            done.returncode == 0
-            and fields.get("Package") == name
-            and fields.get("Version") == version
-        )
+        fields = deb_fields(path, self._run)
+        return fields.get("Package") == name and fields.get("Version") == version
 
     def _arch(self, name: str) -> str:
         done = self._run(["dpkg-query", "-W", "-f", "${Architecture}", name], check=False)
@@ -212,9 +207,7 @@ class Apt:
     def install_files(self, paths: Sequence[Path]) -> list[Change]:
         """Install .deb files (an agent update), with their dependencies
         from the repositories, downgrades allowed (the caller has checked)."""
-        names = [
-            self._run(["dpkg-deb", "--field", str(p), "Package"]).stdout.strip() for p in paths
-        ]
+        names = [deb_fields(p, self._run).get("Package", "") for p in paths]
         before = self.versions(names)
         self._apt_get(
             "install", "--allow-downgrades", "--no-install-recommends", *[str(p) for p in paths]
@@ -291,6 +284,17 @@ class Apt:
             if len(parts) == 3 and is_installed(parts[2]) and parts[0] in found:
                 found[parts[0]] = parts[1]
         return found
+
+
+def deb_fields(path: Path, run: Runner = subp.run) -> dict[str, str]:
+    """Package, Version and Architecture of a .deb file; empty when it is
+    not one dpkg-deb can read."""
+    done = run(
+        ["dpkg-deb", "--field", str(path), "Package", "Version", "Architecture"], check=False
+    )
+    if done.returncode != 0:
+        return {}
+    return dict(line.split(": ", 1) for line in done.stdout.splitlines() if ": " in line)
 
 
 def _excluded(name: str, patterns: Sequence[str]) -> bool:

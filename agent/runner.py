@@ -45,8 +45,6 @@ from .states import MAX_ENTRIES, RESUME, TERMINAL, Event, Resume, State, next_st
 
 log = logging.getLogger(__name__)
 Clock = Callable[[], datetime]
-# The states whose step an agent-update order runs differently (`selfupdate`).
-_UPDATE_STATES = frozenset({State.PRECHECK, State.APPLY, State.VERIFY})
 __all__ = ["Outcome", "Runner"]
 
 
@@ -261,8 +259,14 @@ class Runner:
     # -- steps -----------------------------------------------------------------
 
     def _step(self, state: State, order: WorkOrder, record: OrderRecord) -> Outcome:
-        if order.action is Action.AGENT_UPDATE and state in _UPDATE_STATES:
-            return getattr(self._update, state.lower())(order, record)  # type: ignore[no-any-return]
+        if order.action is Action.AGENT_UPDATE:
+            update_steps = {
+                State.PRECHECK: self._update.precheck,
+                State.APPLY: self._update.apply,
+                State.VERIFY: self._update.verify,
+            }
+            if state in update_steps:
+                return update_steps[state](order, record)
         steps = {
             State.RECEIVED: self._received,
             State.PRECHECK: self._precheck,

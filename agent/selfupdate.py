@@ -49,6 +49,7 @@ from fleetpatch import releasefmt
 from fleetpatch.debversion import debian_version
 
 from . import subp
+from .apt import deb_fields
 from .backend import Busy, Change, PackageBackend, Plan, Snapshot
 from .checks import CheckSpec, Probes
 from .errors import AgentError, CommandFailed
@@ -184,10 +185,9 @@ def release_key(policy: Policy) -> Ed25519PublicKey:
     return releasefmt.load_public_key(pem, str(policy.release_key))
 
 
-def signed_digest(update: AgentUpdate, policy: Policy) -> str:
-    """The digest the pinned key signed for the order's artifact, checked
+def signed_digest(update: AgentUpdate, key: Ed25519PublicKey) -> str:
+    """The digest the release key signed for the order's artifact, checked
     against the order's own; ValueError otherwise."""
-    key = release_key(policy)
     digest = releasefmt.signed_digest(
         update.release_manifest, update.release_signature, key, update.artifact
     )
@@ -202,11 +202,6 @@ def sha256_file(path: Path) -> str:
         while chunk := handle.read(1 << 20):
             digest.update(chunk)
     return digest.hexdigest()
-
-
-def deb_fields(path: Path, run: Callable[..., subp.Result] = subp.run) -> dict[str, str]:
-    done = run(["dpkg-deb", "--field", str(path), "Package", "Version", "Architecture"])
-    return dict(line.split(": ", 1) for line in done.stdout.splitlines() if ": " in line)
 
 
 class UpdateSteps:
@@ -266,9 +261,14 @@ class UpdateSteps:
         installed = self._installed()
         if installed and installed == update.debian_version:
             return Outcome(Event.NOTHING_TO_DO, f"{AGENT_PACKAGE} {installed} is already installed")
-        problem = self._cannot_update(installed) or self._refusal(update, installed)
+        problem = self._cannot_update(installed) or self._downgrade_refused(update, installed)
         if problem:
             return Outcome(Event.FAIL, problem)
+        try:
+            key = release_key(self._policy)
+            signed_digest(update, key)
+        except ValueError as exc:
+            return Outcome(Event.FAIL, f"refused: {exc}")
         baseline = self._prober.run_all(self._checks(order))
         if not all(r.ok for r in baseline):
             return Outcome(
@@ -276,17 +276,17 @@ class UpdateSteps:
                 f"host unhealthy before the update, not touching it: {failing(baseline)}",
                 checks=baseline,
             )
-        problem = self._fetch_checked(order, update, update.sha256.hex())
-        if problem:
-            return Outcome(Event.FAIL, problem, checks=baseline)
-        arch = deb_fields(self._package(order), self._run).get("Architecture", "")
+        try:
+            arch = self._fetch_checked(order, update)
+        except ValueError as exc:
+            return Outcome(Event.FAIL, str(exc), checks=baseline)
         change = Change(
             AGENT_PACKAGE, arch, installed, update.debian_version, f"release {update.artifact}"
         )
         return Outcome(
             Event.OK,
             f"plan: {AGENT_PACKAGE} {installed} -> {update.debian_version}, signed by release "
-            f"key {releasefmt.fingerprint(release_key(self._policy))}",
+            f"key {releasefmt.fingerprint(key)}",
             columns={"plan": Plan((change,)).to_json()},
             checks=baseline,
             changes=(change,),
@@ -309,8 +309,7 @@ class UpdateSteps:
             why = self._watchdog.unavailable()
         return f"cannot update the agent here: {why}" if why else None
 
-    def _refusal(self, update: AgentUpdate, installed: str) -> str | None:
-        """Why the pinned key and local policy refuse this update, or None."""
+    def _downgrade_refused(self, update: AgentUpdate, installed: str) -> str | None:
         target = update.debian_version
         older = self._run(["dpkg", "--compare-versions", target, "lt", installed], check=False)
         if older.returncode == 0 and not self._policy.allow_agent_downgrade:
@@ -318,38 +317,36 @@ class UpdateSteps:
                 f"refused by local policy: {target} is older than the installed {installed} "
                 "and policy.allow_agent_downgrade is false"
             )
-        try:
-            signed_digest(update, self._policy)
-        except ValueError as exc:
-            return f"refused: {exc}"
         return None
 
-    def _fetch_checked(self, order: WorkOrder, update: AgentUpdate, digest: str) -> str | None:
-        """Fetch the package and check it; None when it is the signed one."""
+    def _fetch_checked(self, order: WorkOrder, update: AgentUpdate) -> str:
+        """Fetch the package (unless the signed one is here already) and
+        check it is what the order says; returns its architecture. Raises
+        ValueError saying what is wrong."""
         assert self._fetch is not None  # noqa: S101 - _cannot_update said so
         path = self._package(order)
         path.parent.mkdir(parents=True, exist_ok=True)
-        if not (path.is_file() and sha256_file(path) == digest):
+        if not (path.is_file() and sha256_file(path) == update.sha256.hex()):
             free = shutil.disk_usage(path.parent).free
             if free < SPACE_FACTOR * update.size:
-                return (
+                raise ValueError(
                     f"not enough disk space for the update: {free // 2**20} MiB free in "
                     f"{path.parent}, {SPACE_FACTOR * update.size // 2**20 + 1} MiB needed"
                 )
             try:
                 self._fetch(update.sha256, path, update.size)
             except AgentError as exc:
-                return f"cannot fetch {update.artifact}: {exc}"
+                raise ValueError(f"cannot fetch {update.artifact}: {exc}") from None
         fields = deb_fields(path, self._run)
         wanted = {"Package": AGENT_PACKAGE, "Version": update.debian_version}
         wrong = {k: fields.get(k, "") for k, v in wanted.items() if fields.get(k) != v}
         if wrong:
             path.unlink(missing_ok=True)
-            return (
+            raise ValueError(
                 f"refused: {update.artifact} is signed but is not {AGENT_PACKAGE} "
                 f"{update.debian_version} (it says {wrong})"
             )
-        return None
+        return fields.get("Architecture", "")
 
     def apply(self, order: WorkOrder, record: OrderRecord) -> Outcome:
         update = order.agent_update

@@ -11,6 +11,7 @@ the same journal and package manager.
 
 from __future__ import annotations
 
+import hashlib
 import shutil
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -19,6 +20,7 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from agent.apt import deb_fields
 from agent.backend import Change, Plan, Saved, Snapshot
 from agent.errors import AgentError, ControllerUnavailable
 from agent.journal import Journal
@@ -26,7 +28,7 @@ from agent.orders import OrderRefused, RefusalReason
 from agent.policy import Policy
 from agent.runner import Runner
 from agent.selfupdate import HandOver, SystemdWatchdog, unit_name
-from agent.states import State
+from agent.states import State, next_state
 from agent.subp import Result
 from tests.support.fakes import FakeBackend, FakeProber
 from tests.support.orders import sign, trusted
@@ -50,7 +52,7 @@ class DebBackend(FakeBackend):
     def install_files(self, paths):
         changes = []
         for path in paths:
-            fields = _fields(path)
+            fields = deb_fields(path)
             name = fields["Package"]
             changes.append(Change(name, "all", self.installed.get(name, ""), fields["Version"]))
             self.installed[fields["Package"]] = fields["Version"]
@@ -65,12 +67,6 @@ class DebBackend(FakeBackend):
             kept = agent_deb(cache, c.old)
             saved.append(Saved(c.name, c.arch, c.old, str(kept)))
         return Snapshot(tuple(saved), ())
-
-
-def _fields(path: Path) -> dict[str, str]:
-    from agent.selfupdate import deb_fields
-
-    return deb_fields(path)
 
 
 @dataclass
@@ -130,8 +126,6 @@ class Env:
         out = self.tmp / f"release-{name}-{debian_version}"
         deb = agent_deb(out, debian_version, name)
         signed_release([deb], key or self.tmp / "keys" / "release.key")
-        import hashlib
-
         self.served[hashlib.sha256(deb.read_bytes()).digest()] = deb
         return deb
 
@@ -174,7 +168,7 @@ def test_the_old_agent_installs_and_hands_over_and_the_new_one_finishes(env):
     ((name, (restore, marker, after)),) = env.watchdog.armed.items()
     assert name == unit_name(order_id)
     assert env.backend.calls.index("snapshot") < env.backend.calls.index("install_files")
-    assert _fields(restore) == {"Package": AGENT, "Version": "0.1.0", "Architecture": "all"}
+    assert deb_fields(restore) == {"Package": AGENT, "Version": "0.1.0", "Architecture": "all"}
     assert after == timedelta(minutes=7)
     assert marker == env.tmp / "cache" / order_id / "taken-over"
     assert not marker.exists()
@@ -262,8 +256,6 @@ def test_a_crash_during_the_install_resumes_into_verify(env):
     for _ in ("RECEIVED", "PRECHECK", "SNAPSHOT"):
         record = env.journal.order(order_id)
         outcome = runner._step(State(record.state), runner._order(record), record)
-        from agent.states import next_state
-
         runner._enter(
             runner._order(record), next_state(State(record.state), outcome.event), outcome
         )
@@ -325,6 +317,16 @@ def test_a_signed_package_that_is_not_the_agent_is_refused(env):
     order = agent_update_order(HOST, 1, deb)
     _fails_untouched(env, order, "is signed but is not fleetpatch-agent 0.2.0")
     assert not (env.tmp / "cache" / order.order_id / "release" / deb.name).exists()
+
+
+def test_signed_bytes_that_are_no_package_are_refused(env):
+    out = env.tmp / "release-garbage"
+    out.mkdir()
+    deb = out / "fleetpatch-agent_0.2.0_all.deb"
+    deb.write_bytes(b"not an ar archive\n")
+    signed_release([deb], env.tmp / "keys" / "release.key")
+    env.served[hashlib.sha256(deb.read_bytes()).digest()] = deb
+    _fails_untouched(env, agent_update_order(HOST, 1, deb), "is signed but is not fleetpatch-agent")
 
 
 def test_a_version_other_than_the_packages_is_refused(env):
