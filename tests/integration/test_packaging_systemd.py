@@ -9,43 +9,19 @@ test_packaging.py, and `systemctl` does what it does on a real host.
 
 from __future__ import annotations
 
-import json
 import re
 
 from tests.support.controller import free_port
 from tests.support.packages import (
-    DEB_MOUNT,
-    BuiltDebs,
     SystemdContainer,
     built_debs,
+    inside,
     next_version,
     wait_until,
 )
 
 AGENT = "fleetpatch-agent.service"
 CONTROLLER = "fleetpatch-controller.service"
-
-
-def _deb(built: BuiltDebs, name: str) -> str:
-    deb = built.agent if name == "agent" else built.controller
-    return f"{DEB_MOUNT}/{deb.parent.name}/{deb.name}"
-
-
-def _hosts(c: SystemdContainer) -> list[dict[str, object]]:
-    found: list[dict[str, object]] = json.loads(
-        c.run(["fleetpatch", "hosts", "list", "--json"]).stdout
-    )
-    return found
-
-
-def _agent_version(c: SystemdContainer) -> object:
-    """The version the (only) host reported at its last check-in."""
-    listed = _hosts(c)
-    if not listed or not listed[0].get("last_seen"):
-        return None
-    facts = listed[0]["facts"]
-    assert isinstance(facts, dict)
-    return facts["agent_version"]
 
 
 def _restarted(c: SystemdContainer, unit: str, old_pid: str) -> bool:
@@ -63,7 +39,7 @@ def test_units_under_systemd(container):
 
     # Installed with systemd running: enabled, started, and skipped because
     # neither is set up yet (ConditionPathExists), not failed.
-    c.run(["dpkg", "-i", _deb(v1, "agent"), _deb(v1, "controller")])
+    c.run(["dpkg", "-i", inside(v1.agent), inside(v1.controller)])
     for unit in (AGENT, CONTROLLER):
         assert c.run(["systemctl", "is-enabled", unit]).stdout.strip() == "enabled"
         shown = c.show(unit, "ActiveState", "ConditionResult")
@@ -93,8 +69,8 @@ def test_units_under_systemd(container):
            "--ca-cert", "/var/lib/fleetpatch/controller/ca.pem"])  # fmt: skip
     c.run(["systemctl", "start", AGENT])
 
-    wait_until("the agent checks in", lambda: _agent_version(c) == v1.version)
-    (host,) = _hosts(c)
+    wait_until("the agent checks in", lambda: c.reported_agent_version() == v1.version)
+    (host,) = c.hosts()
 
     # A stop is a clean exit (SIGTERM to the agent; it finishes its step).
     c.run(["systemctl", "stop", AGENT])
@@ -105,11 +81,13 @@ def test_units_under_systemd(container):
     # Upgrades with systemd running: both are restarted on the new version.
     controller_pid = c.show(CONTROLLER, "MainPID")["MainPID"]
     agent_pid = c.show(AGENT, "MainPID")["MainPID"]
-    c.run(["dpkg", "-i", _deb(v2, "controller"), _deb(v2, "agent")])
+    c.run(["dpkg", "-i", inside(v2.controller), inside(v2.agent)])
 
     wait_until("the controller restarts", lambda: _restarted(c, CONTROLLER, controller_pid))
     wait_until("the agent restarts", lambda: _restarted(c, AGENT, agent_pid))
-    wait_until("the upgraded agent reports its version", lambda: _agent_version(c) == v2.version)
+    wait_until(
+        "the upgraded agent reports its version", lambda: c.reported_agent_version() == v2.version
+    )
 
     # Revoked: the agent exits 4 and systemd does not restart it.
     c.run(["fleetpatch", "hosts", "revoke", str(host["host_id"])])

@@ -28,10 +28,10 @@ from controller import release
 from controller.release import sign_artifacts
 from tests.support.controller import free_port
 from tests.support.packages import (
-    DEB_MOUNT,
     BuiltDebs,
     SystemdContainer,
     built_debs,
+    inside,
     next_version,
     session_debs_root,
     session_release_key,
@@ -63,11 +63,6 @@ with open(sys.argv[1], "w") as lock:
     fcntl.lockf(lock, fcntl.LOCK_EX)
     time.sleep(float(sys.argv[2]))
 """
-
-
-def _inside(path: Path) -> str:
-    """Where a file under session_debs_root() is seen in the container."""
-    return f"{DEB_MOUNT}/{path.relative_to(session_debs_root())}"
 
 
 def broken_release(base: BuiltDebs, version: str) -> Path:
@@ -103,7 +98,7 @@ def broken_release(base: BuiltDebs, version: str) -> Path:
 def _campaign(c: SystemdContainer, name: str, version: str, rollback_after: str) -> str:
     spec = session_debs_root() / f"campaign-{uuid.uuid4().hex}.toml"
     spec.write_text(CAMPAIGN.format(name=name, version=version, rollback_after=rollback_after))
-    created = c.run(["fleetpatch", "campaign", "create", _inside(spec)])
+    created = c.run(["fleetpatch", "campaign", "create", inside(spec)])
     campaign_id = created.stdout.strip().splitlines()[-1]
     c.run(["fleetpatch", "campaign", "approve", campaign_id])
     return campaign_id
@@ -126,11 +121,6 @@ def _installed(c: SystemdContainer) -> str:
     return c.run(["dpkg-query", "-W", "-f", "${Version}", "fleetpatch-agent"]).stdout
 
 
-def _reported_version(c: SystemdContainer) -> object:
-    (host,) = json.loads(c.run(["fleetpatch", "hosts", "list", "--json"]).stdout)
-    return host["facts"].get("agent_version") if host.get("last_seen") else None
-
-
 def _watchdogs(c: SystemdContainer) -> str:
     listed = c.run(["systemctl", "list-units", "--all", "--no-legend", "--plain",
                     "fleetpatch-agent-rollback-*"])  # fmt: skip
@@ -148,8 +138,8 @@ def _install_and_enroll(c: SystemdContainer, v1: BuiltDebs) -> None:
     the agent enrolled and checked in with the key reported pinned."""
     assert v1.public_key is not None
     c.run(["rm", "-f", "/usr/sbin/policy-rc.d"])  # a real host has none
-    c.run(["dpkg", "-i", _inside(v1.agent), _inside(v1.controller)])
-    c.run(["install", "-m", "0644", _inside(v1.public_key), "/etc/fleetpatch/release.pub"])
+    c.run(["dpkg", "-i", inside(v1.agent), inside(v1.controller)])
+    c.run(["install", "-m", "0644", inside(v1.public_key), "/etc/fleetpatch/release.pub"])
 
     port = free_port()
     c.run(["runuser", "-u", "fleetpatch", "--", "fleetpatch", "controller", "init",
@@ -165,7 +155,7 @@ def _install_and_enroll(c: SystemdContainer, v1: BuiltDebs) -> None:
            "--token", token.stdout.strip().splitlines()[-1],
            "--ca-cert", "/var/lib/fleetpatch/controller/ca.pem"])  # fmt: skip
     c.run(["systemctl", "start", AGENT])
-    wait_until("the agent checks in", lambda: _reported_version(c) == v1.version)
+    wait_until("the agent checks in", lambda: c.reported_agent_version() == v1.version)
     status = json.loads(c.run(["fleetpatch-agent", "status", "--json"]).stdout)
     pinned = release.fingerprint(release.load_public_key(v1.public_key))
     assert status["release_key"] == {"path": "/etc/fleetpatch/release.pub", "fingerprint": pinned}
@@ -181,11 +171,11 @@ def test_agents_update_themselves_and_a_release_that_cannot_start_is_rolled_back
     _install_and_enroll(c, v1)
 
     # 1. This version -> the next, through a campaign.
-    c.run(["fleetpatch", "release", "publish", _inside(v2.agent)])
+    c.run(["fleetpatch", "release", "publish", inside(v2.agent)])
     first = _campaign(c, "agents-first", v2.version, rollback_after="3m")
     wait_until("the update succeeds", lambda: _count(c, first, "succeeded") == 1, timeout=180)
     assert _installed(c) == v2.deb_version
-    wait_until("the new agent checks in", lambda: _reported_version(c) == v2.version)
+    wait_until("the new agent checks in", lambda: c.reported_agent_version() == v2.version)
     order = _last_order(c)
     assert order["state"] == "SUCCEEDED"
     assert f"running fleetpatch-agent {v2.version}" in str(order["detail"])
@@ -196,7 +186,7 @@ def test_agents_update_themselves_and_a_release_that_cannot_start_is_rolled_back
 
     # 2. A signed release that cannot start: restored by the watchdog, which
     # waits out a dpkg lock held by someone else when it fires (it retries).
-    c.run(["fleetpatch", "release", "publish", _inside(broken)])
+    c.run(["fleetpatch", "release", "publish", inside(broken)])
     second = _campaign(c, "agents-broken", v3, rollback_after="40s")
     wait_until("the broken release is installed",
                lambda: _installed(c) == debian_version(v3), timeout=120)  # fmt: skip
@@ -207,7 +197,7 @@ def test_agents_update_themselves_and_a_release_that_cannot_start_is_rolled_back
     restores = c.run(["journalctl", "--no-pager", "-o", "cat", "-u", "fleetpatch-agent-rollback-*"])
     assert "frontend lock" in restores.stdout, f"the first restore met the lock:{restores.stdout}"
     assert _installed(c) == v2.deb_version
-    wait_until("the restored agent checks in", lambda: _reported_version(c) == v2.version)
+    wait_until("the restored agent checks in", lambda: c.reported_agent_version() == v2.version)
     order = _last_order(c)
     assert order["state"] == "REVERTED"
     assert f"fleetpatch-agent {debian_version(v3)} did not take over" in json.dumps(order)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import atexit
 import importlib.util
+import json
 import os
 import re
 import shutil
@@ -89,6 +90,12 @@ def next_version(version: str) -> str:
     parts = release.group(0).split(".")
     parts[-1] = str(int(parts[-1]) + 1)
     return ".".join(parts)
+
+
+def inside(path: Path) -> str:
+    """Where a file under session_debs_root() is seen in a sandbox that
+    binds it at DEB_MOUNT."""
+    return f"{DEB_MOUNT}/{path.relative_to(session_debs_root())}"
 
 
 def build_debs(
@@ -291,6 +298,22 @@ class SystemdContainer:
         """`systemctl show` properties of a unit."""
         out = self.run(["systemctl", "show", unit, *(f"--property={p}" for p in properties)])
         return dict(line.split("=", 1) for line in out.stdout.splitlines() if "=" in line)
+
+    def hosts(self) -> list[dict[str, object]]:
+        """The controller's hosts (`fleetpatch hosts list --json`, run inside)."""
+        found: list[dict[str, object]] = json.loads(
+            self.run(["fleetpatch", "hosts", "list", "--json"]).stdout
+        )
+        return found
+
+    def reported_agent_version(self) -> object:
+        """The version the (only) host reported at its last check-in, if any."""
+        listed = self.hosts()
+        if not listed or not listed[0].get("last_seen"):
+            return None
+        facts = listed[0]["facts"]
+        assert isinstance(facts, dict)
+        return facts["agent_version"]
 
     def stop(self) -> None:
         """Power the container off (SIGTERM to nspawn), kill it if it hangs."""
