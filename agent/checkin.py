@@ -99,7 +99,9 @@ class CheckIns:
                 report = self.once()
             except (TransientError, CommandFailed) as exc:
                 failures += 1
-                delay = backoff_delay(failures, self._rng)
+                delay = backoff_delay(
+                    failures, self._rng, cap=self._config.timing.max_retry_delay.total_seconds()
+                )
                 self._journal.record_checkin_failure(str(exc))
                 log.warning("check-in failed (%s); retrying in %.0fs", exc, delay)
             else:

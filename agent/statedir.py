@@ -39,6 +39,7 @@ class Timing:
     busy_timeout: timedelta = timedelta(minutes=10)
     retry_interval: timedelta = timedelta(seconds=5)
     reboot_timeout: timedelta = timedelta(minutes=10)
+    max_retry_delay: timedelta = timedelta(minutes=5)
 
 
 @dataclass(frozen=True)
@@ -82,6 +83,9 @@ lock_timeout = "60s"
 busy_timeout = "10m"
 # Pause between retries, and between health-check attempts while verifying.
 retry_interval = "5s"
+# While the controller cannot be reached, check-ins are retried with
+# exponential back-off and full jitter, never waiting longer than this.
+max_retry_delay = "5m"
 # How the agent reboots the host when an update needs it and the order and
 # [policy] allow it (inside the order's maintenance window only).
 reboot_command = ["systemctl", "reboot"]

@@ -3,12 +3,19 @@
 from __future__ import annotations
 
 import random
+import threading
+from datetime import timedelta
+from pathlib import Path
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from agent.backoff import backoff_delay
+from agent.checkin import CheckIns
+from agent.errors import ControllerUnavailable
+from agent.journal import Journal
+from agent.statedir import AgentConfig, Timing
 
 
 class Ceiling(random.Random):
@@ -71,3 +78,44 @@ def test_full_jitter_spreads_a_fleet():
     assert len(set(delays)) == 1000
     assert min(delays) < 2
     assert max(delays) > 30
+
+
+class _Down:
+    """A controller client whose controller is down."""
+
+    def check_in(self, request: object) -> object:
+        raise ControllerUnavailable("cannot reach the controller at c:1")
+
+
+class _Stopper(threading.Event):
+    """Records every wait instead of waiting; stops the loop after ``n``."""
+
+    def __init__(self, n: int) -> None:
+        super().__init__()
+        self.waits: list[float] = []
+        self.n = n
+
+    def wait(self, timeout: float | None = None) -> bool:
+        assert timeout is not None
+        self.waits.append(timeout)
+        if len(self.waits) >= self.n:
+            self.set()
+        return self.is_set()
+
+
+def _checkins(tmp_path: Path, max_retry_delay: timedelta) -> CheckIns:
+    config = AgentConfig("c:1", "c:2", timing=Timing(max_retry_delay=max_retry_delay))
+    return CheckIns(
+        config,
+        Journal.open(tmp_path / "journal.db"),
+        _Down(),  # type: ignore[arg-type]
+        list_packages=lambda manager: [],
+        rng=Ceiling(),
+    )
+
+
+@pytest.mark.parametrize(("cap", "expected"), [(3, [1, 2, 3, 3, 3]), (300, [1, 2, 4, 8, 16])])
+def test_check_in_retries_back_off_up_to_max_retry_delay(tmp_path, cap, expected):
+    stop = _Stopper(5)
+    _checkins(tmp_path, timedelta(seconds=cap)).run(stop)
+    assert stop.waits == expected
