@@ -1,13 +1,48 @@
-"""Fixtures shared by every suite."""
+"""Fixtures and checks shared by every suite."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from tests.support.controller import Controller
+
+# `make test` sets this: run as root (as CI is), every suite can run here, so
+# a skip means a suite silently did not (a sandbox that would not start, a
+# container that did not boot). That fails the run instead of hiding it.
+STRICT_SKIPS_ENV = "FLEETPATCH_STRICT_SKIPS"
+
+_SKIPPED: list[str] = []  # "nodeid: reason" of every skip this session
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    if report.skipped and not hasattr(report, "wasxfail"):
+        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+        _SKIPPED.append(f"{report.nodeid}: {reason}")
+
+
+def _strict() -> bool:
+    return os.environ.get(STRICT_SKIPS_ENV) == "1" and os.geteuid() == 0
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    if _strict() and _SKIPPED and exitstatus == pytest.ExitCode.OK:
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    skipped = _SKIPPED
+    if _strict() and skipped:
+        terminalreporter.section("skips are failures here", sep="=", red=True, bold=True)
+        terminalreporter.write_line(
+            f"{STRICT_SKIPS_ENV}=1 as root: every suite can run on this machine, "
+            f"so these {len(skipped)} skips fail the run:"
+        )
+        for line in skipped:
+            terminalreporter.write_line(f"  {line}")
 
 
 @pytest.fixture

@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import signal
 import subprocess
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -24,6 +23,7 @@ from typing import IO, Any
 from tests.support.controller import BIN, Controller
 from tests.support.debrepo import DebFile, DebSpec, LocalAptRepo, dpkg_status, use_repo
 from tests.support.sandbox import HostSandbox, SandboxProcess
+from tests.support.waiting import wait_for
 
 from .relay import Relay
 
@@ -217,14 +217,13 @@ class E2EFleet:
     def wait_for(
         self, campaign_id: str, states: tuple[str, ...], timeout: float = 180
     ) -> dict[str, Any]:
-        deadline = time.monotonic() + timeout
-        while True:
-            doc = self.campaign(campaign_id)
-            if doc["state"] in states:
-                return doc
-            if time.monotonic() > deadline:
-                raise AssertionError(f"campaign still {doc['state']} after {timeout:.0f}s: {doc}")
-            time.sleep(0.5)
+        return wait_for(
+            f"campaign {campaign_id} is {' or '.join(states)}",
+            lambda: self.campaign(campaign_id),
+            lambda doc: doc["state"] in states,
+            timeout=timeout,
+            interval=0.5,
+        )
 
     def close(self) -> None:
         errors: list[BaseException] = []

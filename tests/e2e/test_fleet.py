@@ -15,6 +15,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from fleetpatch.v1 import agent_pb2, agent_pb2_grpc
 
 from tests.support.orders import sign, work_order
+from tests.support.waiting import wait_for
 
 from .harness import E2EFleet, E2EHost, campaign_text
 
@@ -69,25 +70,27 @@ def test_a_partitioned_host_finishes_offline_and_reports_when_the_link_returns(e
     host.start_agent()
     campaign_id = e2e.create_campaign(campaign_text(verify="6s"))
     e2e.controller.admin("campaign", "approve", campaign_id)
-    deadline = time.monotonic() + 60
-    while not _orders(host):
-        assert time.monotonic() < deadline, host.log()
-        time.sleep(0.1)
+    wait_for("the host has an order", lambda: _orders(host), interval=0.1, explain=host.log)
     host.relay.cut()  # the order is running; the controller is gone for this host
-    while _orders(host)[0]["state"] not in ("REVERTED", "REVERT_FAILED", "SUCCEEDED", "FAILED"):
-        assert time.monotonic() < deadline, host.log()
-        time.sleep(0.2)
-    order = _orders(host)[0]
+    order = wait_for(
+        "the order ends",
+        lambda: _orders(host)[0],
+        lambda order: order["state"] in ("REVERTED", "REVERT_FAILED", "SUCCEEDED", "FAILED"),
+        explain=host.log,
+    )
     assert order["state"] == "REVERTED"  # reverted by itself, offline
     assert host.installed() == "1.0"
     assert host.status()["reports_queued"] > 0
     assert _final_reports(e2e, order["order_id"]) == []
 
     host.relay.heal()
-    deadline = time.monotonic() + 60
-    while host.status()["reports_queued"]:
-        assert time.monotonic() < deadline, host.log()
-        time.sleep(0.5)
+    wait_for(
+        "the queued reports are delivered",
+        lambda: host.status()["reports_queued"],
+        lambda queued: queued == 0,
+        interval=0.5,
+        explain=host.log,
+    )
     assert _final_reports(e2e, order["order_id"]) == ["REVERTED"]
     assert e2e.wait_for(campaign_id, ("halted",))["halt_kind"] == "failure_budget"
 
@@ -124,10 +127,7 @@ def test_the_controller_killed_mid_campaign_loses_nothing_and_assigns_nobody_twi
     e2e.start_agents()
     campaign_id = e2e.create_campaign(campaign_text())
     e2e.controller.admin("campaign", "approve", campaign_id)
-    deadline = time.monotonic() + 60
-    while not any(_orders(h) for h in hosts):
-        assert time.monotonic() < deadline
-        time.sleep(0.1)
+    wait_for("a host has an order", lambda: any(_orders(h) for h in hosts), interval=0.1)
     proc = e2e.controller.proc
     assert proc is not None
     proc.kill()  # no graceful shutdown
@@ -208,10 +208,12 @@ def test_tampered_and_forged_orders_are_refused_and_the_host_is_untouched(e2e: E
         host.relay.target = ("127.0.0.1", port)
         before = set(host.sandbox.upper_changes())
         host.start_agent()
-        deadline = time.monotonic() + 60
-        while len(host.status()["refusals"]) < 2:
-            assert time.monotonic() < deadline, host.log()
-            time.sleep(0.3)
+        wait_for(
+            "the agent has refused both orders",
+            lambda: host.status()["refusals"],
+            lambda refusals: len(refusals) >= 2,
+            explain=host.log,
+        )
         host.stop_agent()
     finally:
         server.stop(0)

@@ -13,6 +13,7 @@ import subprocess
 import time
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -29,6 +30,7 @@ from agent.packages import installed
 from agent.statedir import StateDir
 from controller.pki import CertificateAuthority, new_key
 from tests.support.controller import BIN, Controller, cli, ok
+from tests.support.waiting import scaled, wait_for
 
 
 def _enroll(ctl: Controller, state: Path, *labels: str, token: str | None = None) -> str:
@@ -291,6 +293,13 @@ def test_agent_loop_survives_a_controller_that_is_down(tmp_path):
     ctl.start()
     state = tmp_path / "a1"
     host_id = _enroll(ctl, state)
+    # A short back-off cap, so the agent's delay after the outage is bounded
+    # by the setting and not by how long the outage happened to last.
+    config = state / "agent.toml"
+    config.write_text(
+        config.read_text().replace('max_retry_delay = "5m"', 'max_retry_delay = "1s"')
+    )
+    before = _checkins(ctl, host_id)
     ctl.stop()
 
     once = cli("fleetpatch-agent", "run", "--state-dir", state, "--once")
@@ -305,23 +314,41 @@ def test_agent_loop_survives_a_controller_that_is_down(tmp_path):
         text=True,
     )
     try:
-        time.sleep(2)  # a few failed attempts, backing off
+        attempts: set[str] = set()
+
+        def failed_attempts() -> int:
+            status = _agent_status(state)
+            if status["last_error"]:
+                attempts.add(status["last_attempt"])
+            return len(attempts)
+
+        wait_for("the agent has failed to check in twice", failed_attempts, lambda n: n >= 2)
         assert agent.poll() is None, "the agent must not exit on network errors"
         ctl.start()
-        deadline = time.monotonic() + 40
-        while time.monotonic() < deadline:
-            if ctl.host(host_id)["checkins"] == 2:
-                break
-            time.sleep(0.5)
-        else:
-            raise AssertionError("the agent never checked in after the controller came back")
+        wait_for(
+            "the agent checks in after the controller came back",
+            lambda: _checkins(ctl, host_id),
+            lambda n: n > before,
+        )
     finally:
         agent.terminate()
-        _, err = agent.communicate(timeout=20)
+        _, err = agent.communicate(timeout=scaled(30))
         ctl.stop()
     assert agent.returncode == 0
     assert "check-in failed" in err
     assert "Traceback" not in err
+
+
+def _checkins(ctl: Controller, host_id: str) -> int:
+    count = ctl.host(host_id)["checkins"]
+    assert isinstance(count, int)
+    return count
+
+
+def _agent_status(state: Path) -> dict[str, Any]:
+    doc = json.loads(ok("fleetpatch-agent", "status", "--state-dir", state, "--json").stdout)
+    assert isinstance(doc, dict)
+    return doc
 
 
 def test_standard_health_service_reports_serving(controller):

@@ -35,6 +35,7 @@ from tests.support.packages import (
     session_debs_root,
 )
 from tests.support.sandbox import HostSandbox, sandbox_available
+from tests.support.waiting import scaled
 
 WANTS = "/etc/systemd/system/multi-user.target.wants"
 #: What may differ from the machine after a purge: dpkg's own records, and
@@ -409,7 +410,8 @@ def _signal_inside(sandbox: HostSandbox, program: bytes, sig: int) -> None:
     raise AssertionError(f"no {program!r} process in the sandbox")
 
 
-def _wait(ready, proc: subprocess.Popen[bytes], log: Path, timeout: float = 30) -> None:
+def _wait(ready, proc: subprocess.Popen[bytes], log: Path, timeout: float = 60) -> None:
+    timeout = scaled(timeout)
     deadline = time.monotonic() + timeout
     while not ready():
         if proc.poll() is not None:

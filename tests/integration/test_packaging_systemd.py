@@ -17,8 +17,8 @@ from tests.support.packages import (
     built_debs,
     inside,
     next_version,
-    wait_until,
 )
+from tests.support.waiting import wait_until
 
 AGENT = "fleetpatch-agent.service"
 CONTROLLER = "fleetpatch-controller.service"

@@ -25,6 +25,7 @@ from tests.support.debrepo import (
     exit_script,
     use_repo,
 )
+from tests.support.waiting import scaled
 
 pytestmark = pytest.mark.root
 
@@ -40,8 +41,8 @@ def _demo(version: str) -> DebSpec:
     )
 
 
-def _wait_for(predicate, timeout=10.0):
-    deadline = time.monotonic() + timeout
+def _wait_for(predicate, timeout=30.0):
+    deadline = time.monotonic() + scaled(timeout)
     while not predicate():
         assert time.monotonic() < deadline, "condition not met in time"
         time.sleep(0.02)

@@ -35,8 +35,8 @@ from tests.support.packages import (
     next_version,
     session_debs_root,
     session_release_key,
-    wait_until,
 )
+from tests.support.waiting import wait_until
 
 AGENT = "fleetpatch-agent.service"
 CONTROLLER = "fleetpatch-controller.service"

@@ -17,6 +17,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from tests.support.waiting import scaled
+
 BIN = Path(sys.executable).parent
 
 
@@ -43,14 +45,14 @@ class Result:
     stderr: str
 
 
-def cli(*args: str | Path, env: dict[str, str] | None = None, timeout: float = 60) -> Result:
+def cli(*args: str | Path, env: dict[str, str] | None = None, timeout: float = 120) -> Result:
     """Run `fleetpatch` or `fleetpatch-agent` (the first arg) from the venv."""
     argv = [str(BIN / str(args[0])), *(str(a) for a in args[1:])]
     done = subprocess.run(
         argv,
         capture_output=True,
         text=True,
-        timeout=timeout,
+        timeout=scaled(timeout),
         stdin=subprocess.DEVNULL,
         env={**os.environ, **(env or {})},
         check=False,
@@ -101,7 +103,7 @@ class Controller:
                 stdin=subprocess.DEVNULL,
                 text=True,
             )  # fmt: skip
-        deadline = time.monotonic() + 20
+        deadline = time.monotonic() + scaled(60)
         endpoints = self.data_dir / "endpoints.json"
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -120,7 +122,7 @@ class Controller:
             return 0
         self.proc.send_signal(signal.SIGTERM)
         try:
-            code = self.proc.wait(timeout=30)
+            code = self.proc.wait(timeout=scaled(30))
         except subprocess.TimeoutExpired:
             self.proc.kill()
             code = self.proc.wait()

@@ -26,13 +26,14 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 from types import ModuleType
 
 from tests.support.sandbox import DEFAULT_ENV, HostSandbox
+from tests.support.waiting import scaled
 
 ROOT = Path(__file__).resolve().parents[2]
 BUILD_SCRIPT = ROOT / "packaging" / "build_debs.py"
@@ -214,7 +215,7 @@ class SystemdContainer:
     files. Commands run in the container's namespaces with `nsenter --all`.
     """
 
-    def __init__(self, sandbox: HostSandbox, log: Path, boot_timeout: float = 90) -> None:
+    def __init__(self, sandbox: HostSandbox, log: Path, boot_timeout: float = 180) -> None:
         self.sandbox = sandbox
         self.log = log
         enter = ["nsenter", f"--target={sandbox.pid}", "--mount", "--"]
@@ -236,6 +237,7 @@ class SystemdContainer:
                 stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
                 start_new_session=True,
             )  # fmt: skip
+        boot_timeout = scaled(boot_timeout)
         try:
             self.pid = self._find_init(boot_timeout)
             self._wait_booted(boot_timeout)
@@ -264,16 +266,27 @@ class SystemdContainer:
         raise RuntimeError(f"no init in the container after {timeout:.0f}s: {self._tail()}")
 
     def _wait_booted(self, timeout: float) -> None:
+        # systemctl prints "offline" until PID 1 has made /run/systemd/system
+        # and cannot connect until it has made its private socket: both only
+        # mean "not yet" (seen on a busy machine, where they last seconds).
+        # Then --wait waits for the boot to finish, up to the same deadline.
         deadline = time.monotonic() + timeout
         while True:
-            # Until systemd has made its private socket, systemctl cannot
-            # connect; after that, --wait waits for the boot to finish.
-            booted = ["systemctl", "is-system-running", "--wait"]
-            state = self.run(booted, check=False, timeout=timeout)
-            if state.stdout.strip() in ("running", "degraded"):
+            left = max(1.0, deadline - time.monotonic())
+            state = self.run(
+                ["systemctl", "is-system-running", "--wait"], check=False, timeout=left
+            )
+            said = state.stdout.strip()
+            if said in ("running", "degraded"):
                 return
-            if "Failed to connect to bus" not in state.stderr or time.monotonic() > deadline:
-                raise RuntimeError(f"systemd did not boot: {state.stdout}{state.stderr}")
+            not_yet = said in ("offline", "initializing", "starting", "") or (
+                "Failed to connect to bus" in state.stderr
+            )
+            if not not_yet or time.monotonic() > deadline:
+                raise RuntimeError(
+                    f"systemd did not boot in {timeout:.0f}s (is-system-running: "
+                    f"{said or '-'} {state.stderr.strip()}): {self._tail()}"
+                )
             time.sleep(0.2)
 
     def _tail(self) -> str:
@@ -324,15 +337,6 @@ class SystemdContainer:
             except subprocess.TimeoutExpired:
                 os.killpg(self.proc.pid, signal.SIGKILL)
                 self.proc.wait(timeout=30)
-
-
-def wait_until(what: str, check: Callable[[], bool], timeout: float = 40) -> None:
-    """Poll ``check`` until it is true; fail the test naming ``what`` after ``timeout``."""
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting until {what}")
-        time.sleep(0.3)
 
 
 def _descendants(pid: int) -> list[int]:

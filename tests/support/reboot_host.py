@@ -21,6 +21,7 @@ from pathlib import Path
 
 from tests.support.apthost import STATE, AptHost
 from tests.support.debrepo import DebFile, DebSpec
+from tests.support.waiting import scaled
 
 TEST_DIR = "/var/lib/fp-test"
 BOOT_ID = f"{TEST_DIR}/boot_id"
@@ -110,9 +111,9 @@ class RebootHost:
         path = self.host.sandbox.path(REBOOTS)
         return path.read_text().splitlines() if path.exists() else []
 
-    def wait_booted(self, count: int, timeout: float = 30) -> None:
+    def wait_booted(self, count: int, timeout: float = 60) -> None:
         """Until the machine has come back from ``count`` reboots."""
-        deadline = time.monotonic() + timeout
+        deadline = time.monotonic() + scaled(timeout)
         while sum(line.startswith("booted") for line in self.reboots()) < count:
             if time.monotonic() > deadline:
                 raise TimeoutError(f"no reboot number {count}: {self.reboots()}")

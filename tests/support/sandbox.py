@@ -87,6 +87,8 @@ from pathlib import Path, PurePosixPath
 from types import TracebackType
 from typing import IO, Any, Literal
 
+from tests.support.waiting import scaled
+
 INIT_SCRIPT = Path(__file__).with_name("_sandbox_init.py")
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 
@@ -401,7 +403,7 @@ class HostSandbox:
     def kill_all(self, timeout: float = 10.0) -> None:
         """SIGKILL every process in the sandbox except PID 1 and wait until
         they are gone; the sandbox stays usable."""
-        deadline = time.monotonic() + timeout
+        deadline = time.monotonic() + scaled(timeout)
         while pids := self.pids():
             for pid in pids:
                 with contextlib.suppress(ProcessLookupError):
