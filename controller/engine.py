@@ -32,11 +32,15 @@ from .campaigns import (
     CampaignState,
     Wait,
     decide,
-    evaluate_halt,
-    is_complete,
     is_targeted,
-    is_timed_out,
     parse_campaign,
+)
+from .campaigns.lifecycle import (
+    Halt,
+    accepted_on_resume,
+    order_timed_out,
+    revert_due,
+    verdict,
 )
 from .errors import Conflict, NotFound, UsageError
 from .model import AgentRelease, Assignment, AssignmentStatus, CampaignRecord, Host
@@ -173,14 +177,9 @@ class CampaignEngine:
         changes: dict[str, object] = {}
         detail = ""
         if record.state == CampaignState.HALTED.value:
-            now_count = await self._count(record)
-            spec = self.spec(record)
-            changes["accepted_failures"] = {
-                st.ring: now_count.tallies.ring(st.ring).failures for st in spec.rollout.rings
-            }
-            changes["accepted_silent"] = {
-                st.ring: now_count.tallies.ring(st.ring).silent for st in spec.rollout.rings
-            }
+            accepted = accepted_on_resume(self.spec(record), (await self._count(record)).tallies)
+            changes["accepted_failures"] = dict(accepted.failures)
+            changes["accepted_silent"] = dict(accepted.silent)
             changes["halt_kind"], changes["halt_reason"] = "", ""
             detail = f"accepting what halted it: {record.halt_reason}"
         return await self._transition(
@@ -276,11 +275,9 @@ class CampaignEngine:
         now = self._clock()
         if record.state == CampaignState.ABORTED.value:
             patched = mine.get("patch")
-            if (
-                patched is None
-                or "revert" in mine
-                or patched.status
-                not in (AssignmentStatus.SUCCEEDED, AssignmentStatus.PENDING_REBOOT)
+            if patched is None or not revert_due(
+                patched.status in (AssignmentStatus.SUCCEEDED, AssignmentStatus.PENDING_REBOOT),
+                "revert" in mine,
             ):
                 return None
             return await self._assign(record, host, "revert", now, None, patched.order_id)
@@ -381,9 +378,7 @@ class CampaignEngine:
         late = [
             a.order_id for a in assignments
             if a.status is AssignmentStatus.IN_FLIGHT
-            and is_timed_out(
-                spec, max(a.last_report_at or a.assigned_at, self._watching_since), now
-            )
+            and order_timed_out(spec, a.last_report_at or a.assigned_at, self._watching_since, now)
         ]  # fmt: skip
         if late:
             timed_out = await self._db.call(lambda s: s.time_out(late, now))
@@ -395,16 +390,16 @@ class CampaignEngine:
         if record.state != CampaignState.RUNNING.value:
             return
         counted = await self._count(record)
-        spec = self.spec(record)
-        halt = evaluate_halt(spec, counted.tallies)
+        outcome = verdict(self.spec(record), counted.tallies, self._clock())
         try:
-            if halt is not None:
+            if isinstance(outcome, Halt):
+                halt = outcome.reason
                 await self._transition(
                     campaign_id, [CampaignState.RUNNING.value], "controller", "campaign.halt",
                     CampaignState.HALTED.value, halt.message,
                     halt_kind=halt.kind.value, halt_reason=halt.message,
                 )  # fmt: skip
-            elif is_complete(spec, counted.tallies, self._clock()):
+            elif outcome is not None:
                 await self._transition(
                     campaign_id, [CampaignState.RUNNING.value], "controller", "campaign.complete",
                     CampaignState.COMPLETED.value,

@@ -14,9 +14,9 @@ from .campaigns import (
     CellTally,
     HostFacts,
     Tallies,
-    is_silent,
     is_targeted,
 )
+from .campaigns.lifecycle import host_silent
 from .model import Assignment, AssignmentStatus, CampaignRecord, Host, HostStatus
 
 _COUNTED = {
@@ -59,9 +59,8 @@ def count(
     watching_since: datetime | None = None,
 ) -> Count:
     """Count the campaign's hosts. ``watching_since`` is when this controller
-    started: a host cannot have been seen while the controller was down, so
-    silence is measured from then at the earliest (otherwise every restart
-    after an outage would halt campaigns for "silent" hosts)."""
+    started (silence is measured from then at the earliest: see
+    `campaigns.lifecycle`)."""
     patch = {a.host_id: a for a in assignments if a.kind == "patch"}
     cells: dict[tuple[int, str], Counter[str]] = {}
     eligible, unassigned = [], []
@@ -74,10 +73,7 @@ def count(
         eligible.append(facts)
         counter = cells.setdefault((host.ring, host.region), Counter())
         counter["eligible"] += 1
-        seen = host.last_seen
-        if watching_since is not None and (seen is None or seen < watching_since):
-            seen = watching_since
-        silent = is_silent(spec, seen, now)
+        silent = host_silent(spec, host.last_seen, watching_since, now)
         order = patch.get(host.host_id)
         if order is None:
             unassigned.append(facts)

@@ -9,12 +9,15 @@ pure functions:
                   campaign is running, as the engine's live list does)
     result        a report updates the assignment (only while in flight: a
                   late result after a time-out does not count), then the
-                  campaign is evaluated: `evaluate_halt`, else `is_complete`
-    tick          every ``campaign_tick``: in-flight orders silent for
-                  ``report_timeout`` are timed out (`is_timed_out`), then the
-                  campaign is evaluated; ticks stop while the controller is down
-    resume        what a person does (scenario [operator]): the counts that
-                  halted it are accepted, as `CampaignEngine.resume` records them
+                  campaign is evaluated (`lifecycle.verdict`)
+    tick          every ``campaign_tick``: in-flight orders past
+                  `lifecycle.report_due_by` are timed out, then the campaign
+                  is evaluated; ticks stop while the controller is down
+    silence       a host turns silent at `lifecycle.silent_after`; both it
+                  and the time-outs count from the controller's restart at
+                  the earliest, as the engine's ``watching_since`` does
+    resume        what a person does (scenario [operator]): what halted it
+                  is accepted (`lifecycle.accepted_on_resume`)
 
 Events grow with decisions, not with check-ins: hosts that `decide`
 cannot tell apart wait in one room (`waiting`), and one of them asks for
@@ -51,13 +54,18 @@ from controller.campaigns import (
     Wait,
     WaitReason,
     decide,
-    is_complete,
-    is_silent,
-    is_timed_out,
+)
+from controller.campaigns.lifecycle import (
+    Halt,
+    accepted_on_resume,
+    order_timed_out,
+    report_due_by,
+    silent_after,
+    verdict,
 )
 from controller.model import OUTCOME_STATUS, AssignmentStatus
 
-from .agentmodel import US, Agent, Order, rehearsed_patch
+from .agentmodel import Agent, Order, rehearsed_patch
 from .counts import COUNTED, ELIGIBLE, IN_FLIGHT, SILENT, UNREACHABLE, Counts
 from .errors import ModelGap, SimError
 from .failures import FailureModel
@@ -151,7 +159,6 @@ class Simulation:
             agent_update=campaign.agent_update is not None,
         )  # fmt: skip
         self._memo = WindowMemo()
-        self._halts = HaltMemo()
         people = populate(campaign, fleet, failures, self._rng, self._interval)
         self.hosts = people.hosts
         self.fleet_size = people.fleet_size
@@ -165,6 +172,9 @@ class Simulation:
         self._resumes_left = settings.operator.resumes
         self._resume_due = False
         self._ctl_down = False
+        # When the controller last started watching (`campaigns.lifecycle`):
+        # it has always been, until a simulated outage of it ends.
+        self._watching_since: datetime | None = None
         self._seeded = False
         self.in_flight = 0
         self.events = 0
@@ -237,7 +247,7 @@ class Simulation:
         return self.run(stop_at)
 
     def _loop(self) -> Outcome:
-        with installed(self._memo, self._halts):
+        with installed(self._memo, HaltMemo()):
             heap = self._heap
             pop = heapq.heappop
             every = 200_000
@@ -542,25 +552,22 @@ class Simulation:
             self._push(self.time.up_again(self.now), TIMEOUT, host)
             return
         last = self.to_datetime(host.last_report_at)
-        if is_timed_out(self.spec, last, self.to_datetime(self.now)):
+        if order_timed_out(self.spec, last, self._watching_since, self.to_datetime(self.now)):
             self._finish(host, AssignmentStatus.TIMED_OUT, self.now)
             self._push(self.now, EVALUATE, None)  # this tick's evaluation
         else:
-            self._push(
-                self.time.tick_after(host.last_report_at + self._report_timeout), TIMEOUT, host
-            )
+            due = self.time.at(report_due_by(self.spec, last, self._watching_since))
+            self._push(self.time.tick_after(due), TIMEOUT, host)
 
     def _evaluate(self) -> None:
-        """`CampaignEngine._evaluate`: halt when a limit is exceeded, else
-        complete when `is_complete`."""
+        """`CampaignEngine._evaluate`: act on `lifecycle.verdict`."""
         self._evaluated = self.counts.version
         if self.counts.state is not CampaignState.RUNNING:
             return
-        tallies = self.counts.snapshot()
-        halt = self._halts(self.spec, tallies)
-        if halt is not None:
-            self._halt(halt)
-        elif is_complete(self.spec, tallies, self.to_datetime(self.now)):
+        outcome = verdict(self.spec, self.counts.snapshot(), self.to_datetime(self.now))
+        if isinstance(outcome, Halt):
+            self._halt(outcome.reason)
+        elif outcome is not None:
             self.counts.set_state(CampaignState.COMPLETED)
             self.rec.completed_at = self.now
         self._evaluated = self.counts.version
@@ -577,10 +584,9 @@ class Simulation:
         """`CampaignEngine.resume`: accept the failures and silent hosts that
         halted it; the limits apply to what comes on top."""
         self._resume_due = False
-        tallies = self.counts.snapshot()
-        rings = [stage.ring for stage in self.spec.rollout.rings]
-        self.counts.accepted_failures = {r: tallies.ring(r).failures for r in rings}
-        self.counts.accepted_silent = {r: tallies.ring(r).silent for r in rings}
+        accepted = accepted_on_resume(self.spec, self.counts.snapshot())
+        self.counts.accepted_failures = dict(accepted.failures)
+        self.counts.accepted_silent = dict(accepted.silent)
         self.counts.set_state(CampaignState.RUNNING)
         self.rec.resumes.append(self.now)
         for room in self._rooms.values():
@@ -588,21 +594,32 @@ class Simulation:
 
     # -- silence, outages, the controller ---------------------------------------
 
+    def _turns_silent_at(self, host: SimHost) -> int | None:
+        """When ``host`` turns silent unless it checks in (`lifecycle.silent_after`)."""
+        seen = None if host.last_seen is None else self.to_datetime(host.last_seen)
+        after = silent_after(self.spec, seen, self._watching_since)
+        return None if after is None else self.time.at(after)
+
     def _silence_from(self, host: SimHost, last_seen: int | None) -> None:
         """The host stopped checking in after ``last_seen``: silent once
         ``silent_after`` has passed (now, if it already has)."""
-        if last_seen is None or last_seen + self._silent_after < self.now:
+        host.last_seen = last_seen
+        after = self._turns_silent_at(host)
+        if after is None or after < self.now:
             self._on_silence((host, host.stamp))
         else:
-            self._push(last_seen + self._silent_after + 1, SILENCE, (host, host.stamp))
+            self._push(after + 1, SILENCE, (host, host.stamp))
 
     def _on_silence(self, payload: tuple[SimHost, int]) -> None:
         host, stamp = payload
         if host.stamp != stamp or host.silent:
             return
-        seen = None if host.last_seen is None else self.to_datetime(host.last_seen)
-        if not is_silent(self.spec, seen, self.to_datetime(self.now)):
-            self._push(self.now + US, SILENCE, payload)
+        if self._ctl_down:  # nobody counts while the controller is down
+            self._push(self.time.up_again(self.now), SILENCE, payload)
+            return
+        after = self._turns_silent_at(host)
+        if after is not None and self.now <= after:
+            self._push(after + 1, SILENCE, payload)
             return
         host.silent = True
         assigned = host.ctl is not None
@@ -652,7 +669,14 @@ class Simulation:
             for host in self.hosts:
                 self._lose(host)
         else:
+            # A restarted controller counts silence and report time-outs from
+            # now at the earliest (`lifecycle`): nobody could reach it.
             self._ctl_down = False
+            self._watching_since = self.to_datetime(self.now)
             for host in self.hosts:
+                if host.silent:
+                    self._unsilence(host)
+                    host.stamp += 1  # its old silence timer is void
+                    self._silence_from(host, host.last_seen)
                 self._regain(host)
             self._push(self.now, EVALUATE, None)  # the first tick after a start

@@ -389,8 +389,8 @@ def _notes(sim: Simulation, total: Row) -> list[str]:
     for t, down in rec.controller:
         if not down:
             notes.append(
-                f"the controller came back at +{_span(timedelta(microseconds=t))}: hosts not "
-                f"seen for {_span(silent_after)} counted as silent until they checked in again"
+                f"the controller came back at +{_span(timedelta(microseconds=t))}: silence "
+                f"({_span(silent_after)}) and report time-outs counted from then"
             )
     if rec.anomalies:
         notes.append(f"the scheduler gave {rec.anomalies} wait(s) ending in the past")

@@ -5,6 +5,8 @@
     tallies     the counts the scheduler decides from
     gates       ring gates, region order, halts
     scheduler   decide(campaign, host, tallies, now) -> Assign | Wait | Skip
+    lifecycle   silence, report time-outs, halt or complete, resume, revert:
+                what the controller's engine and the simulator both apply
 
 No I/O and no clock in any of them: the controller and the simulator pass
 ``now`` and the data.

@@ -402,3 +402,29 @@ def test_an_agent_update_campaign_rehearses_as_a_patch_that_never_reboots():
     broken = FailureModel(rules=(Rule(selector, (("regress", 1.0),)),))
     halted = Simulation(spec, fleet(), broken, settings()).run()
     assert halted.state == CampaignState.HALTED.value
+
+
+def test_a_controller_outage_halts_nothing_and_times_nothing_out():
+    """As on the real controller (`campaigns.lifecycle`): silence and report
+    time-outs are counted from the restart, so an outage longer than both
+    silent_after and report_timeout changes when things happen, not how the
+    campaign ends."""
+    from simulator.failures import ControllerMode, ControllerTrouble
+
+    spec = campaign(windows=False)
+    down = FailureModel(
+        controller=(
+            ControllerTrouble(When(timedelta(hours=1)), When(timedelta(hours=3)),
+                              ControllerMode.DOWN, timedelta(0)),
+        )
+    )  # fmt: skip
+    calm = Simulation(spec, fleet(), FailureModel(), settings()).run()
+    outage = Simulation(spec, fleet(), down, settings()).run()
+    assert calm.state == outage.state == CampaignState.COMPLETED.value
+    assert outage.halts == ()
+    assert outage.total.timed_out == 0
+    assert outage.total.succeeded == calm.total.succeeded == 600
+    assert outage.slis.hosts_reporting == 1.0
+    assert outage.completed_after is not None
+    assert calm.completed_after is not None
+    assert outage.completed_after > calm.completed_after  # two hours without a controller
