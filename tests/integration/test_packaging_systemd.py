@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import re
 
+import pytest
+
 from tests.support.controller import free_port
 from tests.support.packages import (
     SystemdContainer,
@@ -18,7 +20,11 @@ from tests.support.packages import (
     inside,
     next_version,
 )
-from tests.support.waiting import wait_until
+from tests.support.waiting import scaled, wait_until
+
+# A whole fleet's life under a real systemd: minutes on an idle machine, more
+# on a busy one; the suite's default per-test limit (300 s) is too short.
+pytestmark = pytest.mark.timeout(scaled(1200))
 
 AGENT = "fleetpatch-agent.service"
 CONTROLLER = "fleetpatch-controller.service"

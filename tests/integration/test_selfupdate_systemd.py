@@ -22,6 +22,7 @@ import subprocess
 import uuid
 from pathlib import Path
 
+import pytest
 from fleetpatch.debversion import debian_version
 
 from controller import release
@@ -36,7 +37,11 @@ from tests.support.packages import (
     session_debs_root,
     session_release_key,
 )
-from tests.support.waiting import wait_until
+from tests.support.waiting import scaled, wait_until
+
+# A whole fleet's life under a real systemd: minutes on an idle machine, more
+# on a busy one; the suite's default per-test limit (300 s) is too short.
+pytestmark = pytest.mark.timeout(scaled(1200))
 
 AGENT = "fleetpatch-agent.service"
 CONTROLLER = "fleetpatch-controller.service"
