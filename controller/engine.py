@@ -3,9 +3,16 @@
 At each check-in the engine asks `decide` whether this host's turn has
 come and, if so, signs and records its work order; progress reports update
 the assignments; a periodic tick times out silent orders, halts campaigns
-whose budgets are breached and completes finished ones. Decisions and
+whose budgets are breached and completes finished ones (the rules are
+`campaigns.lifecycle`, shared with the simulator). Decisions and
 assignments are serialized by one lock, so two check-ins can never both
 take the last slot of a concurrency budget.
+
+Counts are kept, not recounted: each open campaign has a `LiveCount`, read
+from the store once when the engine starts or the campaign opens, then
+told of every check-in, enrollment, revocation, assignment, result and
+time-out. A check-in costs the same whether the fleet has a thousand hosts
+or a hundred thousand. `check_counts` compares them with a full recount.
 """
 
 from __future__ import annotations
@@ -30,9 +37,11 @@ from .campaigns import (
     CampaignError,
     CampaignSpec,
     CampaignState,
+    Decision,
+    HostFacts,
+    Tallies,
     Wait,
     decide,
-    is_targeted,
     parse_campaign,
 )
 from .campaigns.lifecycle import (
@@ -42,16 +51,27 @@ from .campaigns.lifecycle import (
     revert_due,
     verdict,
 )
+from .campaigns.live import PATCH, REVERT, Counted, LiveCount, Order
+from .campaigns.scheduler import DecisionKey, decision_key
 from .errors import Conflict, NotFound, UsageError
-from .model import AgentRelease, Assignment, AssignmentStatus, CampaignRecord, Host
+from .model import AgentRelease, Assignment, AssignmentStatus, CampaignRecord, Host, HostStatus
 from .storethread import StoreThread
-from .tally import Count, count, host_facts
+from .tally import count, host_facts
 
 log = logging.getLogger(__name__)
 Clock = Callable[[], datetime]
 LIVE = (CampaignState.RUNNING.value,)
-TALLY_MAX_AGE = 1.0  # seconds
 OPEN = (CampaignState.RUNNING.value, CampaignState.PAUSED.value, CampaignState.HALTED.value)
+# A Wait answer holds until its `until` or until the counts change (the
+# scheduler's contract, property-tested); hosts that `decide` cannot tell
+# apart share it. Kept at most this long all the same, as a safety net.
+DECISION_MAX_AGE = 30.0  # seconds
+# How long the counts of a draft or approved campaign are kept for `campaign
+# show` before they are counted again (a finished one's are kept: its orders
+# no longer change).
+CLOSED_VIEW_MAX_AGE = 30.0  # seconds
+FINISHED = (CampaignState.COMPLETED.value, CampaignState.ABORTED.value)
+PATCHED = (AssignmentStatus.SUCCEEDED, AssignmentStatus.PENDING_REBOOT)
 
 
 @dataclass(frozen=True)
@@ -76,27 +96,53 @@ class CampaignEngine:
         # Silence and report time-outs run from here at the earliest: while
         # the controller was down, nobody could report to it.
         self._watching_since = self._clock()
-        # Counting a campaign reads every host: at each check-in that would
-        # be O(fleet). Counts are cached until anything they depend on
-        # changes (an assignment, a result, a time-out, a state change bumps
-        # the version) or TALLY_MAX_AGE passes (silence depends on time).
-        self._version = 0
-        self._tallies: dict[str, tuple[int, float, Count, list[Assignment]]] = {}
+        self._counts: dict[str, LiveCount] = {}  # the open campaigns'
+        self._closed: dict[str, tuple[tuple[str, datetime], float, Counted]] = {}
+        self._waits: dict[tuple[str, DecisionKey], tuple[int, float, Wait]] = {}
         self._releases: dict[str, AgentRelease] = {}  # published versions never change
+        # Every order in flight, of any campaign, by host (one at most: a
+        # host with one gets no other): read at start, then kept.
+        self._in_flight: dict[str, Assignment] = {}
 
     async def start(self) -> None:
+        in_flight = await self._db.call(lambda s: s.in_flight())
+        self._in_flight = {a.host_id: a for a in in_flight}
         await self._refresh_live()
 
     async def _refresh_live(self) -> None:
+        """Re-read the campaigns: which hand out work, which are counted."""
         records = await self._db.call(lambda s: s.list_campaigns())
         self._live = sorted(
-            (
-                r
-                for r in records
-                if r.state in LIVE or (r.revert_requested and r.state == "aborted")
-            ),
+            (r for r in records if r.state in LIVE or _reverting(r)),
             key=lambda r: r.approved_at or r.created_at,
         )
+        counted = {r.campaign_id: r for r in records if r.state in OPEN or _reverting(r)}
+        for campaign_id in set(self._counts) - set(counted):
+            del self._counts[campaign_id]
+        missing = [r for r in counted.values() if r.campaign_id not in self._counts]
+        if missing:
+            self._counts.update(await self._build(missing))
+        for record in counted.values():
+            self._counts[record.campaign_id].set_state(
+                CampaignState(record.state), record.accepted_failures, record.accepted_silent
+            )
+
+    async def _build(self, records: Sequence[CampaignRecord]) -> dict[str, LiveCount]:
+        """Count these campaigns from the store: the one full read of the fleet."""
+        ids = [r.campaign_id for r in records]
+        hosts, orders = await self._db.call(
+            lambda s: (s.list_hosts(limit=10_000_000), {i: s.assignments(i) for i in ids})
+        )
+        active = [host_facts(h) for h in hosts if h.status is HostStatus.ACTIVE]
+        now = self._clock()
+        built = {}
+        for record in records:
+            built[record.campaign_id] = LiveCount.build(
+                self.spec(record), CampaignState(record.state), record.accepted_failures,
+                record.accepted_silent, active, [_order(a) for a in orders[record.campaign_id]],
+                self._watching_since, now,
+            )  # fmt: skip
+        return built
 
     def spec(self, record: CampaignRecord) -> CampaignSpec:
         spec = self._specs.get(record.campaign_id)
@@ -154,7 +200,6 @@ class CampaignEngine:
                 )
             )
             await self._refresh_live()
-            self._changed()
         log.info("campaign %s: %s by %s -> %s %s", campaign_id, action, actor, new, detail)
         return record
 
@@ -177,7 +222,7 @@ class CampaignEngine:
         changes: dict[str, object] = {}
         detail = ""
         if record.state == CampaignState.HALTED.value:
-            accepted = accepted_on_resume(self.spec(record), (await self._count(record)).tallies)
+            accepted = accepted_on_resume(self.spec(record), await self._tallies(record))
             changes["accepted_failures"] = dict(accepted.failures)
             changes["accepted_silent"] = dict(accepted.silent)
             changes["halt_kind"], changes["halt_reason"] = "", ""
@@ -203,27 +248,69 @@ class CampaignEngine:
             "and revert patched hosts" if revert else "", revert_requested=int(revert),
         )  # fmt: skip
 
-    async def _count(self, record: CampaignRecord) -> Count:
-        return (await self._snapshot(record))[0]
+    async def _counted(self, record: CampaignRecord) -> Counted:
+        return (await self._counted_all([record]))[record.campaign_id]
+
+    async def _counted_all(self, records: Sequence[CampaignRecord]) -> dict[str, Counted]:
+        """The campaigns' counts: kept ones for open campaigns; the others
+        are counted from the store, all in one read, and kept until they
+        change (a draft's for CLOSED_VIEW_MAX_AGE: hosts come and go)."""
+        found: dict[str, Counted] = {}
+        missing = []
+        now = time.monotonic()
+        for record in records:
+            live = self._counts.get(record.campaign_id)
+            cached = self._closed.get(record.campaign_id)
+            if live is not None:
+                found[record.campaign_id] = live.counted(self._clock())
+            elif (
+                cached is not None
+                and cached[0] == _version(record)
+                and (record.state in FINISHED or now - cached[1] < CLOSED_VIEW_MAX_AGE)
+            ):
+                found[record.campaign_id] = cached[2]
+            else:
+                missing.append(record)
+        if missing:
+            built = await self._build(missing)
+            for record in missing:
+                counted = built[record.campaign_id].counted(self._clock())
+                self._closed[record.campaign_id] = (_version(record), now, counted)
+                found[record.campaign_id] = counted
+        return found
+
+    async def _tallies(self, record: CampaignRecord) -> Tallies:
+        live = self._counts.get(record.campaign_id)
+        if live is not None:
+            return live.tallies(self._clock())
+        return (await self._counted(record)).tallies
 
     async def view(self, campaign_id: str) -> tuple[CampaignRecord, list[CellView]]:
         """The campaign and, per ring x region, its counts and why hosts wait."""
         record = await self._db.call(lambda s: s.get_campaign(campaign_id))
+        return record, self._cells(record, await self._counted(record))
+
+    async def views(self) -> list[tuple[CampaignRecord, list[CellView]]]:
+        """`view` of every campaign (counting the fleet once at most)."""
+        records = await self._db.call(lambda s: s.list_campaigns())
+        counted = await self._counted_all(records)
+        return [(r, self._cells(r, counted[r.campaign_id])) for r in records]
+
+    def _cells(self, record: CampaignRecord, counted: Counted) -> list[CellView]:
         spec = self.spec(record)
-        counted = await self._count(record)
         now = self._clock()
+        tallies = counted.tallies
         reasons: dict[tuple[int, str], dict[str, int]] = {}
         soonest: dict[tuple[int, str], datetime] = {}
-        for facts in counted.unassigned:
-            key = (facts.ring, facts.region)
-            decision = decide(spec, facts, counted.tallies, now)
+        for facts, cell, hosts in counted.waiting:
+            decision = decide(spec, facts, tallies, now)
             label = "ready" if isinstance(decision, Assign) else decision.reason.value
-            reasons.setdefault(key, {})
-            reasons[key][label] = reasons[key].get(label, 0) + 1
+            reasons.setdefault(cell, {})
+            reasons[cell][label] = reasons[cell].get(label, 0) + hosts
             if isinstance(decision, Wait) and decision.until is not None:
-                soonest[key] = min(soonest.get(key, decision.until), decision.until)
+                soonest[cell] = min(soonest.get(cell, decision.until), decision.until)
         cells = []
-        for (ring, region), tally in sorted(counted.tallies.cells.items()):
+        for (ring, region), tally in sorted(tallies.cells.items()):
             counts = {
                 "eligible": tally.eligible, "waiting": tally.outstanding + tally.unreachable,
                 "in_flight": tally.in_flight, "succeeded": tally.succeeded, "failed": tally.failed,
@@ -235,90 +322,117 @@ class CampaignEngine:
                 CellView(ring, region, counts, reasons.get((ring, region), {}),
                          soonest.get((ring, region)))
             )  # fmt: skip
-        return record, cells
+        return cells
 
     # -- the check-in path -----------------------------------------------------
 
     @property
     def busy(self) -> bool:
-        """Whether any campaign could hand out work (else check-ins skip us)."""
-        return bool(self._live)
+        """Whether any campaign is counted (else check-ins skip the engine)."""
+        return bool(self._counts)
 
-    async def order_for(self, host: Host, highest_sequence: int) -> types_pb2.SignedEnvelope | None:
-        """The work order this host should carry out now, if any.
+    def joined(self, host: Host) -> None:
+        """A host enrolled: the open campaigns that target it count it."""
+        now = self._clock()
+        for live in self._counts.values():
+            live.join(host_facts(host), now)
+
+    def left(self, host_id: str) -> None:
+        """A host was revoked: no campaign counts it any more."""
+        for live in self._counts.values():
+            live.leave(host_id)
+
+    async def order_for(
+        self, host: HostFacts, highest_sequence: int
+    ) -> types_pb2.SignedEnvelope | None:
+        """Count the host's check-in; the work order it should carry out
+        now, if any.
 
         A host with an order in flight gets it again only if it never
         received it (its highest accepted sequence is below the order's).
         """
         async with self._lock:
-            current = await self._db.call(lambda s: s.in_flight_for_host(host.host_id))
+            now = self._clock()
+            for live in self._counts.values():
+                live.seen(host, now)
+            if not self._live:
+                return None
+            current = self._in_flight.get(host.host_id)
             if current is not None:
                 if highest_sequence < current.sequence:
                     return types_pb2.SignedEnvelope.FromString(current.envelope)
                 return None
             for record in self._live:
-                envelope = await self._consider(record, host)
+                envelope = await self._consider(record, host, now)
                 if envelope is not None:
                     return envelope
         return None
 
     async def _consider(
-        self, record: CampaignRecord, host: Host
+        self, record: CampaignRecord, host: HostFacts, now: datetime
     ) -> types_pb2.SignedEnvelope | None:
-        spec = self.spec(record)
-        facts = host_facts(host)
-        if not is_targeted(spec, facts):
-            return None
-        counted, assignments = await self._snapshot(record)
-        tallies = counted.tallies
-        mine = {a.kind: a for a in assignments if a.host_id == host.host_id}
-        now = self._clock()
+        live = self._counts.get(record.campaign_id)
+        if live is None or host.host_id not in live.members:
+            return None  # not targeted (the members are the targeted, active hosts)
+        patch = live.status_of(host.host_id)
         if record.state == CampaignState.ABORTED.value:
-            patched = mine.get("patch")
-            if patched is None or not revert_due(
-                patched.status in (AssignmentStatus.SUCCEEDED, AssignmentStatus.PENDING_REBOOT),
-                "revert" in mine,
+            if patch is None or not revert_due(
+                patch.status in PATCHED, host.host_id in live.reverting
             ):
                 return None
-            return await self._assign(record, host, "revert", now, None, patched.order_id)
-        if "patch" in mine:
+            return await self._assign(record, host, REVERT, now, None, patch.order_id)
+        if patch is not None:
             return None
-        decision = decide(spec, facts, tallies, now)
+        decision = self._decide(record, live, host, now)
         if not isinstance(decision, Assign):
             return None
-        return await self._assign(record, host, "patch", now, decision.window_closes_at, "")
+        return await self._assign(record, host, PATCH, now, decision.window_closes_at, "")
 
-    async def _snapshot(self, record: CampaignRecord) -> tuple[Count, list[Assignment]]:
-        """The campaign's counts and assignments, from the cache when fresh."""
-        cached = self._tallies.get(record.campaign_id)
-        if (
-            cached is not None
-            and cached[0] == self._version
-            and time.monotonic() - cached[1] < TALLY_MAX_AGE
-        ):
-            return cached[2], cached[3]
-        version, started = self._version, time.monotonic()
-        hosts, assignments = await self._db.call(
-            lambda s: (s.list_hosts(limit=10_000_000), s.assignments(record.campaign_id))
-        )
-        counted = count(
-            self.spec(record), record, hosts, assignments, self._clock(), self._watching_since
-        )
-        self._tallies[record.campaign_id] = (version, started, counted, assignments)
-        return counted, assignments
+    def _decide(
+        self, record: CampaignRecord, live: LiveCount, facts: HostFacts, now: datetime
+    ) -> Decision:
+        """`decide`, answered from the last Wait of a host alike while it holds."""
+        key = (record.campaign_id, decision_key(facts))
+        cached = self._waits.get(key)
+        tallies = live.tallies(now)
+        if cached is not None:
+            version, asked, wait = cached
+            fresh = version == live.version and time.monotonic() - asked < DECISION_MAX_AGE
+            if fresh and (wait.until is None or now < wait.until):
+                return wait
+        decision = decide(self.spec(record), facts, tallies, now)
+        if isinstance(decision, Wait):
+            self._waits[key] = (live.version, time.monotonic(), decision)
+        else:
+            self._waits.pop(key, None)
+        return decision
 
-    def _changed(self) -> None:
-        self._version += 1
+    async def check_counts(self, campaign_id: str) -> list[str]:
+        """Differences between the kept counts of an open campaign and a full
+        recount from the store ([] when they agree): the consistency check."""
+        live = self._counts.get(campaign_id)
+        if live is None:
+            return []
+        record, hosts, assignments = await self._db.call(
+            lambda s: (
+                s.get_campaign(campaign_id), s.list_hosts(limit=10_000_000),
+                s.assignments(campaign_id),
+            )
+        )  # fmt: skip
+        now = self._clock()
+        kept = live.tallies(now)
+        full = count(self.spec(record), record, hosts, assignments, now, self._watching_since)
+        return _differences(kept, full.tallies)
 
     async def _assign(
-        self, record: CampaignRecord, host: Host, kind: str, now: datetime,
+        self, record: CampaignRecord, host: HostFacts, kind: str, now: datetime,
         window_closes_at: datetime | None, reverts: str,
     ) -> types_pb2.SignedEnvelope:  # fmt: skip
         spec = self.spec(record)
         sequence = await self._db.call(lambda s: s.next_sequence(host.host_id))
         order_id = "o-" + secrets.token_hex(8)
         action = kind
-        if kind == "revert":
+        if kind == REVERT:
             order = workorders.revert_order(
                 record.campaign_id, order_id, host.host_id, sequence, now, reverts
             )
@@ -345,7 +459,8 @@ class CampaignEngine:
             f"region {host.region} sequence {sequence}",
         )  # fmt: skip
         await self._db.call(lambda s: s.assign(assignment, entry))
-        self._changed()
+        self._in_flight[host.host_id] = assignment
+        self._counts[record.campaign_id].assigned(host.host_id, order_id, kind, host.ring, now)
         log.info("campaign %s: %s order %s to host %s", record.campaign_id, action, order_id,
                  host.host_id)  # fmt: skip
         return envelope
@@ -357,9 +472,19 @@ class CampaignEngine:
     ) -> None:
         if not results:
             return
-        changed = await self._db.call(lambda s: s.apply_results(host_id, results))
-        if changed:
-            self._changed()
+        applied = await self._db.call(lambda s: s.apply_results(host_id, results))
+        changed: dict[str, None] = {}
+        for change in applied:
+            current = self._in_flight.get(host_id)
+            if change.status is not None and current and current.order_id == change.order_id:
+                del self._in_flight[host_id]
+            live = self._counts.get(change.campaign_id)
+            if live is not None:
+                if change.status is None:
+                    live.reported(change.order_id, change.at)
+                else:
+                    live.finished(change.order_id, change.status, change.at)
+            changed[change.campaign_id] = None
         for campaign_id in changed:
             await self._evaluate(campaign_id)
 
@@ -373,24 +498,28 @@ class CampaignEngine:
                 await self._evaluate(record.campaign_id)
 
     async def _time_out_late(self, record: CampaignRecord, now: datetime) -> None:
+        live = self._counts.get(record.campaign_id)
+        if live is None:
+            return
         spec = self.spec(record)
-        assignments = await self._db.call(lambda s: s.assignments(record.campaign_id))
         late = [
-            a.order_id for a in assignments
-            if a.status is AssignmentStatus.IN_FLIGHT
-            and order_timed_out(spec, a.last_report_at or a.assigned_at, self._watching_since, now)
+            order_id for order_id, flight in live.in_flight.items()
+            if order_timed_out(spec, flight.last_report_at, self._watching_since, now)
         ]  # fmt: skip
         if late:
             timed_out = await self._db.call(lambda s: s.time_out(late, now))
-            self._changed()
-            log.warning("campaign %s: %d order(s) timed out", record.campaign_id, timed_out)
+            for order_id in timed_out:
+                flight = live.in_flight.get(order_id)
+                if flight is not None:
+                    self._in_flight.pop(flight.host_id, None)
+                live.finished(order_id, AssignmentStatus.TIMED_OUT, now)
+            log.warning("campaign %s: %d order(s) timed out", record.campaign_id, len(timed_out))
 
     async def _evaluate(self, campaign_id: str) -> None:
         record = await self._db.call(lambda s: s.get_campaign(campaign_id))
         if record.state != CampaignState.RUNNING.value:
             return
-        counted = await self._count(record)
-        outcome = verdict(self.spec(record), counted.tallies, self._clock())
+        outcome = verdict(self.spec(record), await self._tallies(record), self._clock())
         try:
             if isinstance(outcome, Halt):
                 halt = outcome.reason
@@ -415,3 +544,33 @@ class CampaignEngine:
                 log.exception("campaign tick failed")
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), interval)
+
+
+def _reverting(record: CampaignRecord) -> bool:
+    """Aborted with --revert: it still hands out reverts."""
+    return record.state == CampaignState.ABORTED.value and record.revert_requested
+
+
+def _order(a: Assignment) -> Order:
+    return Order(
+        a.order_id, a.host_id, a.kind, a.ring, a.status, a.last_report_at or a.assigned_at,
+        a.finished_at,
+    )  # fmt: skip
+
+
+def _differences(kept: Tallies, full: Tallies) -> list[str]:
+    found = [
+        f"ring {ring} region {region}: kept {kept.cell(ring, region)}, "
+        f"counted {full.cell(ring, region)}"
+        for ring, region in sorted(set(kept.cells) | set(full.cells))
+        if kept.cell(ring, region) != full.cell(ring, region)
+    ]
+    if dict(kept.ring_finished_at) != dict(full.ring_finished_at):
+        found.append(f"rings finished: kept {dict(kept.ring_finished_at)}, "
+                     f"counted {dict(full.ring_finished_at)}")  # fmt: skip
+    return found
+
+
+def _version(record: CampaignRecord) -> tuple[str, datetime]:
+    """Changes whenever the campaign does."""
+    return record.state, record.updated_at

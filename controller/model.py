@@ -72,6 +72,10 @@ class CheckInOutcome:
     known: bool  # the host is enrolled
     revoked: bool
     inventory_hash: str  # what the controller holds after this check-in
+    # Where the host was enrolled, for the campaign engine (known, active hosts).
+    region: str = ""
+    ring: int = 0
+    labels: Mapping[str, str] = field(default_factory=dict)
 
 
 class AssignmentStatus(StrEnum):
@@ -130,6 +134,16 @@ class Assignment:
     detail: str = ""
     last_report_at: datetime | None = None
     finished_at: datetime | None = None
+
+
+@dataclass(frozen=True)
+class Applied:
+    """A progress report applied to an order in flight (`apply_results`)."""
+
+    campaign_id: str
+    order_id: str
+    status: AssignmentStatus | None  # its final status; None: progress only
+    at: datetime
 
 
 @dataclass(frozen=True)

@@ -40,6 +40,7 @@ from .model import CheckIn, Host, HostStatus
 from .pki import CertificateAuthority
 from .store import Store
 from .storethread import CheckInBatcher, StoreThread
+from .tally import facts_of
 
 log = logging.getLogger(__name__)
 
@@ -191,6 +192,7 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
             f"token {token_id}, region {token.region}, ring {token.ring}",
         )  # fmt: skip
         await self._db.call(audited(lambda s: s.enroll_host(host, token_id, now), entry))
+        self._engine.joined(host)
         log.info(
             "enrolled host %s (%s) in %s ring %d with token %s",
             host_id,
@@ -218,11 +220,13 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
             packages = convert.packages_from_pb(request.inventory)
             if inventory_hash(packages) != request.inventory_hash:
                 raise UsageError("the inventory does not match its hash")
+        reported = convert.to_json(request.facts)
+        at = datetime.now(UTC)
         outcome = await self._batcher.submit(
             CheckIn(
                 host_id=host_id,
-                at=datetime.now(UTC),
-                facts=convert.to_json(request.facts),
+                at=at,
+                facts=reported,
                 health=convert.to_json(request.health),
                 inventory_hash=request.inventory_hash,
                 packages=packages,
@@ -235,8 +239,8 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
             raise Refused(f"host {host_id} is not enrolled with this controller")
         order = None
         if self._engine.busy:
-            host = await self._db.call(lambda s: s.get_host(host_id))
-            order = await self._engine.order_for(host, request.highest_sequence)
+            facts = facts_of(host_id, outcome.region, outcome.ring, outcome.labels, reported, at)
+            order = await self._engine.order_for(facts, request.highest_sequence)
         return agent_pb2.CheckInResponse(
             work_order=order,
             signing_keys=self._rotations,
@@ -398,6 +402,7 @@ class AdminService(admin_pb2_grpc.AdminServiceServicer):
         entry = AuditEntry(now, f"admin:{admin.name}", "host.revoke", request.host_id, "ok")
         host = await self._db.call(audited(lambda s: s.revoke_host(request.host_id, now), entry))
         self._revoked.add(host.host_id)
+        self._engine.left(host.host_id)
         log.warning("admin %s revoked host %s", admin.name, host.host_id)
         return admin_pb2.RevokeHostResponse(host=convert.host_to_pb(host))
 
@@ -459,11 +464,7 @@ class AdminService(admin_pb2_grpc.AdminServiceServicer):
         self, request: admin_pb2.ListCampaignsRequest, context: Context
     ) -> admin_pb2.ListCampaignsResponse:
         self._admin(context)
-        records = await self._db.call(lambda s: s.list_campaigns())
-        campaigns = []
-        for record in records:
-            _, cells = await self._engine.view(record.campaign_id)
-            campaigns.append(convert.campaign_to_pb(record, cells))
+        campaigns = [convert.campaign_to_pb(r, cells) for r, cells in await self._engine.views()]
         return admin_pb2.ListCampaignsResponse(campaigns=campaigns)
 
     # -- agent releases ----------------------------------------------------------

@@ -4,7 +4,7 @@ reads them (see campaigns/tallies.py for what each count means)."""
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -31,15 +31,29 @@ _COUNTED = {
 
 
 def host_facts(host: Host) -> HostFacts:
+    """What the campaign rules know of a host, from its row."""
+    return facts_of(host.host_id, host.region, host.ring, host.labels, host.facts, host.last_seen)
+
+
+def facts_of(
+    host_id: str,
+    region: str,
+    ring: int,
+    labels: Mapping[str, str],
+    reported: Mapping[str, object],
+    last_seen: datetime | None,
+) -> HostFacts:
+    """What the campaign rules know of a host: where it was enrolled and
+    what it reports of itself (``reported``: its HostFacts as JSON)."""
     return HostFacts(
-        host_id=host.host_id,
-        region=host.region,
-        ring=host.ring,
-        labels=dict(host.labels),
-        os_id=str(host.facts.get("os_id", "")),
-        timezone=str(host.facts.get("timezone", "")),
-        last_seen=host.last_seen,
-        agent_version=str(host.facts.get("agent_version", "")),
+        host_id=host_id,
+        region=region,
+        ring=ring,
+        labels=dict(labels),
+        os_id=str(reported.get("os_id", "")),
+        timezone=str(reported.get("timezone", "")),
+        last_seen=last_seen,
+        agent_version=str(reported.get("agent_version", "")),
     )
 
 

@@ -55,6 +55,7 @@ from controller.campaigns import (
     WaitReason,
     decide,
 )
+from controller.campaigns.counts import COUNTED, ELIGIBLE, IN_FLIGHT, SILENT, UNREACHABLE, Counts
 from controller.campaigns.lifecycle import (
     Halt,
     accepted_on_resume,
@@ -66,7 +67,6 @@ from controller.campaigns.lifecycle import (
 from controller.model import OUTCOME_STATUS, AssignmentStatus
 
 from .agentmodel import Agent, Order, rehearsed_patch
-from .counts import COUNTED, ELIGIBLE, IN_FLIGHT, SILENT, UNREACHABLE, Counts
 from .errors import ModelGap, SimError
 from .failures import FailureModel
 from .fleet import FleetHost
@@ -164,7 +164,7 @@ class Simulation:
         self.fleet_size = people.fleet_size
         self._rooms, self._by_ring, self._later = people.rooms, people.by_ring, people.later
         self._offline = people.offline
-        self.counts = Counts(people.cells, self.to_datetime)
+        self.counts = Counts(people.cells)
         for host in self.hosts:
             self.counts.add(host.cell, ELIGIBLE, 1)
         self._ring_done: dict[int, bool] = {}
@@ -536,7 +536,7 @@ class Simulation:
 
     def _finish(self, host: SimHost, status: AssignmentStatus, at: int) -> None:
         self.counts.move(host.cell, IN_FLIGHT, COUNTED[status])
-        self.counts.finished(host.ring, at)
+        self.counts.finished(host.ring, self.to_datetime(at))
         self.in_flight -= 1
         self.rec.finished += 1
         host.ctl = status

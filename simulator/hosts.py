@@ -10,10 +10,10 @@ from __future__ import annotations
 
 from agent.states import Event, State
 from controller.campaigns import HostFacts, SkipReason, WaitReason
+from controller.campaigns.counts import Cell
 from controller.model import AssignmentStatus
 
 from .agentmodel import Fate, Order
-from .counts import Cell
 from .waiting import WaitingRoom
 
 

@@ -17,9 +17,9 @@ from typing import TYPE_CHECKING
 
 from agent.states import State
 from controller.campaigns import Assign, CampaignState, HaltReason, decide
+from controller.campaigns.counts import Cell
 from controller.model import AssignmentStatus
 
-from .counts import Cell
 from .hosts import SimHost
 
 if TYPE_CHECKING:

@@ -13,16 +13,17 @@ from dataclasses import dataclass
 
 from agent.backoff import backoff_delay
 from controller.campaigns import CampaignSpec, HostFacts, is_targeted
+from controller.campaigns.counts import Cell
+from controller.campaigns.scheduler import DecisionKey, decision_key
 
 from .agentmodel import US, draw_fate, rehearsed_patch
-from .counts import Cell
 from .failures import FailureModel
 from .fleet import FleetHost
 from .hosts import SimHost
 from .waiting import WaitingRoom
 
-# Everything of HostFacts that `decide` reads: hosts alike in all of it share a room.
-RoomKey = tuple[int, str, str, str, tuple[tuple[str, str], ...], str]
+# Hosts alike in everything `decide` reads share a room.
+RoomKey = DecisionKey
 
 
 @dataclass(frozen=True)
@@ -59,8 +60,7 @@ def populate(
         if not is_targeted(campaign, facts):
             continue
         cells.add((fh.ring, fh.region))
-        key = (fh.ring, fh.region, fh.timezone, fh.os_id, tuple(sorted(fh.labels.items())),
-               fh.agent_version)  # fmt: skip
+        key = decision_key(facts)
         room = rooms.get(key)
         if room is None:
             room = rooms[key] = WaitingRoom(key, interval)

@@ -98,6 +98,17 @@ class HostFacts:
     agent_version: str = ""  # as the host's agent reports it; for rollout.min_agent_version
 
 
+# Everything of HostFacts that `decide` reads: hosts alike in all of it get
+# the same answer at the same instant with the same tallies.
+DecisionKey = tuple[int, str, str, str, tuple[tuple[str, str], ...], str]
+
+
+def decision_key(host: HostFacts) -> DecisionKey:
+    """What `decide` reads of ``host`` (so hosts can be grouped by it)."""
+    labels = tuple(sorted(host.labels.items()))
+    return (host.ring, host.region, host.timezone, host.os_id, labels, host.agent_version)
+
+
 class WaitReason(StrEnum):
     """Stored and shown; values never change once released."""
 

@@ -286,13 +286,14 @@ class Store(CampaignStore, ReleaseStore):
         updates: list[tuple[Any, ...]] = []
         # A host may appear twice in one batch (a quick retry): later entries
         # must see what earlier ones wrote, which the deferred UPDATE has not.
-        seen: dict[str, tuple[str, str]] = {}
+        seen: dict[str, tuple[str, str, str, int, str]] = {}
         with self._transaction() as conn:
             for checkin in batch:
                 row = (
                     seen.get(checkin.host_id)
                     or conn.execute(
-                        "SELECT status, inventory_hash FROM hosts WHERE host_id = ?",
+                        "SELECT status, inventory_hash, region, ring, labels FROM hosts"
+                        " WHERE host_id = ?",
                         (checkin.host_id,),
                     ).fetchone()
                 )
@@ -325,8 +326,10 @@ class Store(CampaignStore, ReleaseStore):
                         checkin.host_id,
                     )
                 )
-                seen[checkin.host_id] = (row[0], known_hash)
-                outcomes.append(CheckInOutcome(True, False, known_hash))
+                seen[checkin.host_id] = (row[0], known_hash, row[2], row[3], row[4])
+                outcomes.append(
+                    CheckInOutcome(True, False, known_hash, row[2], row[3], json.loads(row[4]))
+                )
             conn.executemany(
                 "UPDATE hosts SET last_seen = ?, facts = ?, health = ?, inventory_hash = ?,"
                 " package_count = COALESCE(?, package_count),"

@@ -12,7 +12,13 @@ from typing import Any
 
 from controller.audit import AuditEntry, AuditRecord
 from controller.errors import Conflict, NotFound
-from controller.model import OUTCOME_STATUS, Assignment, AssignmentStatus, CampaignRecord
+from controller.model import (
+    OUTCOME_STATUS,
+    Applied,
+    Assignment,
+    AssignmentStatus,
+    CampaignRecord,
+)
 
 from . import audit
 
@@ -143,6 +149,13 @@ class CampaignStore:
         )
         return [_assignment(r, names) for r in rows]
 
+    def in_flight(self) -> list[Assignment]:
+        """Every order in flight, of any campaign."""
+        names, rows = self._select(
+            "SELECT * FROM assignments WHERE status = ?", (AssignmentStatus.IN_FLIGHT.value,)
+        )
+        return [_assignment(row, names) for row in rows]
+
     def in_flight_for_host(self, host_id: str) -> Assignment | None:
         names, rows = self._select(
             "SELECT * FROM assignments WHERE host_id = ? AND status = ? ORDER BY sequence DESC",
@@ -190,12 +203,12 @@ class CampaignStore:
 
     def apply_results(
         self, host_id: str, results: Iterable[tuple[str, str, str, str, datetime]]
-    ) -> set[str]:
+    ) -> list[Applied]:
         """Apply progress to assignments: (order id, step, final outcome or
         "", detail, at). Only in-flight orders of this host change; a late
         result for a timed-out order is kept in the report table only.
-        Returns the campaigns that changed."""
-        changed: set[str] = set()
+        Returns what changed, in order."""
+        changed: list[Applied] = []
         with self._transaction() as conn:
             for order_id, step, outcome, detail, at in results:
                 row = conn.execute(
@@ -205,8 +218,8 @@ class CampaignStore:
                 ).fetchone()
                 if row is None:
                     continue
-                changed.add(row[0])
                 status = OUTCOME_STATUS.get(outcome) if outcome else None
+                changed.append(Applied(row[0], order_id, status, at))
                 conn.execute(
                     "UPDATE assignments SET step = ?, detail = ?, last_report_at = ?,"
                     " status = COALESCE(?, status), finished_at = COALESCE(?, finished_at)"
@@ -224,9 +237,10 @@ class CampaignStore:
                     )  # fmt: skip
         return changed
 
-    def time_out(self, order_ids: Iterable[str], now: datetime) -> int:
-        """Mark in-flight orders as timed out (final for the budget)."""
-        count = 0
+    def time_out(self, order_ids: Iterable[str], now: datetime) -> list[str]:
+        """Mark in-flight orders as timed out (final for the budget); returns
+        those that were still in flight."""
+        timed_out: list[str] = []
         with self._transaction() as conn:
             for order_id in order_ids:
                 if conn.execute(
@@ -238,11 +252,11 @@ class CampaignStore:
                         AssignmentStatus.IN_FLIGHT.value,
                     ),
                 ).rowcount:  # fmt: skip
-                    count += 1
+                    timed_out.append(order_id)
                     audit.append(
                         conn, AuditEntry(now, "controller", "order.timeout", order_id, "timed_out")
                     )
-        return count
+        return timed_out
 
     def append_audit(self, entry: AuditEntry) -> None:
         self.append_audits([entry])

@@ -303,7 +303,7 @@ def test_checkin_with_inventory(store):
     _enrolled(store, host)
     at = NOW + timedelta(minutes=5)
     outcome = store.record_checkins([_checkin(host.host_id, PACKAGES, "sha256:one", at)])
-    assert outcome == [CheckInOutcome(known=True, revoked=False, inventory_hash="sha256:one")]
+    assert outcome == [CheckInOutcome(True, False, "sha256:one", "eu", 0, {"role": "web"})]
     stored = store.get_host(host.host_id)
     assert stored.inventory_hash == "sha256:one"
     assert stored.package_count == 2
@@ -323,7 +323,7 @@ def test_checkin_with_only_the_hash_keeps_the_inventory(store):
         [_checkin(host.host_id, None, "sha256:whatever", NOW + timedelta(minutes=5))]
     )
     # the controller answers with the hash it holds, so a host that differs resends
-    assert outcome == [CheckInOutcome(known=True, revoked=False, inventory_hash="sha256:one")]
+    assert outcome == [CheckInOutcome(True, False, "sha256:one", "eu", 0, {"role": "web"})]
     stored = store.get_host(host.host_id)
     assert stored.inventory_hash == "sha256:one"
     assert stored.package_count == 2
@@ -337,7 +337,7 @@ def test_first_checkin_without_inventory_reports_no_hash(store):
     host = _host(1)
     _enrolled(store, host)
     assert store.record_checkins([_checkin(host.host_id, None)]) == [
-        CheckInOutcome(known=True, revoked=False, inventory_hash="")
+        CheckInOutcome(True, False, "", "eu", 0, {"role": "web"})
     ]
 
 
@@ -380,10 +380,10 @@ def test_a_batch_answers_each_checkin_in_order(store):
         ]
     )
     assert outcomes == [
-        CheckInOutcome(True, False, "sha256:a"),
+        CheckInOutcome(True, False, "sha256:a", "eu", 0, {"role": "web"}),
         CheckInOutcome(False, False, ""),
         CheckInOutcome(True, True, ""),
-        CheckInOutcome(True, False, ""),
+        CheckInOutcome(True, False, "", hosts[2].region, hosts[2].ring, {"role": "web"}),
     ]
     assert [store.get_host(h.host_id).checkins for h in hosts] == [1, 0, 1]
 

@@ -1,22 +1,24 @@
-"""The campaign's counts, kept up to date event by event and handed to the
-scheduler as the controller's own `Tallies`.
+"""A campaign's counts, kept up to date change by change and handed to the
+scheduler as `Tallies`.
 
-The controller counts from its rows (`controller.tally.count`); the
-simulator cannot rescan 100,000 hosts per decision, so it adds and removes
-as hosts move, and builds a snapshot only when something changed. What each
-count means is `controller.campaigns.tallies`; a unit test rebuilds the
-rows from a simulated fleet and checks that `count` agrees.
+Neither the controller nor the simulator can recount 100,000 hosts per
+decision: both add and remove as hosts move (`live.LiveCount` for the
+controller, the simulator's engine for itself) and build a snapshot only
+when something changed. What each count means is `tallies`; the full
+recount (`controller.tally.count`) is the consistency check both are
+tested against.
 """
 
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import fields
 from datetime import datetime
 
-from controller.campaigns import CampaignState, CellTally, Tallies
 from controller.model import AssignmentStatus
+
+from .tallies import CampaignState, CellTally, Tallies
 
 Cell = tuple[int, str]
 FIELDS = tuple(f.name for f in fields(CellTally))
@@ -25,7 +27,7 @@ ELIGIBLE, IN_FLIGHT, UNREACHABLE, SILENT = (
     INDEX["eligible"], INDEX["in_flight"], INDEX["unreachable"], INDEX["silent"],
 )  # fmt: skip
 
-# How the controller counts an assignment's status (controller/tally.py).
+# Which count an assignment of each status is in.
 COUNTED: dict[AssignmentStatus, int] = {
     AssignmentStatus.IN_FLIGHT: INDEX["in_flight"],
     AssignmentStatus.SUCCEEDED: INDEX["succeeded"],
@@ -40,16 +42,14 @@ COUNTED: dict[AssignmentStatus, int] = {
 class Counts:
     """Per (ring, region) counts, the campaign state, and what a person accepted."""
 
-    def __init__(self, cells: Iterable[Cell], to_datetime: Callable[[int], datetime]) -> None:
+    def __init__(self, cells: Iterable[Cell] = ()) -> None:
         self._cells: dict[Cell, list[int]] = {cell: [0] * len(FIELDS) for cell in cells}
-        self._to_datetime = to_datetime
         self._cache: dict[Cell, CellTally] = {}
         self._ring_cells: dict[int, list[Cell]] = {}
         for cell in sorted(self._cells):
             self._ring_cells.setdefault(cell[0], []).append(cell)
         self._ring_sums: dict[int, CellTally] = {}
         self._dirty: set[Cell] = set(self._cells)
-        self._last_finished: dict[int, int] = {}
         self._finished_at: dict[int, datetime] = {}
         self.state = CampaignState.RUNNING
         self.accepted_failures: dict[int, int] = {}
@@ -58,9 +58,20 @@ class Counts:
         self._snapshot: Tallies | None = None
 
     def add(self, cell: Cell, index: int, delta: int) -> None:
-        self._cells[cell][index] += delta
+        counts = self._cells.get(cell)
+        if counts is None:
+            counts = self._new_cell(cell)
+        counts[index] += delta
         self._dirty.add(cell)
         self._changed()
+
+    def _new_cell(self, cell: Cell) -> list[int]:
+        """A cell first seen after the start (a host of a new region, say)."""
+        counts = self._cells[cell] = [0] * len(FIELDS)
+        ring = self._ring_cells.setdefault(cell[0], [])
+        ring.append(cell)
+        ring.sort()
+        return counts
 
     def move(self, cell: Cell, old: int, new: int) -> None:
         """One host leaves count ``old`` for count ``new``."""
@@ -70,11 +81,11 @@ class Counts:
         self._dirty.add(cell)
         self._changed()
 
-    def finished(self, ring: int, at: int) -> None:
-        """An assignment of ``ring`` got its final status at ``at`` (µs)."""
-        if at > self._last_finished.get(ring, -(2**62)):
-            self._last_finished[ring] = at
-            self._finished_at[ring] = self._to_datetime(at)
+    def finished(self, ring: int, at: datetime) -> None:
+        """An assignment of ``ring`` got its final status at ``at``."""
+        last = self._finished_at.get(ring)
+        if last is None or at > last:
+            self._finished_at[ring] = at
             self._changed()
 
     def set_state(self, state: CampaignState) -> None:
@@ -104,11 +115,13 @@ class Counts:
                 *(sum(column) for column in zip(*members, strict=True))
             )
         finished_at = {
-            ring: at for ring, at in self._finished_at.items() if self._ring_sums[ring].done
+            ring: at
+            for ring, at in self._finished_at.items()
+            if self._ring_sums.get(ring, _EMPTY).done
         }
         tallies = Tallies(
             self.state,
-            dict(self._cache),
+            {cell: tally for cell, tally in self._cache.items() if tally != _EMPTY},
             finished_at,
             dict(self.accepted_failures),
             dict(self.accepted_silent),
@@ -123,3 +136,4 @@ class Counts:
 
 # Whether Tallies keeps its per-ring sums in a cached_property we may fill in.
 _RING_SUMS_CACHED = isinstance(Tallies.__dict__.get("_rings"), functools.cached_property)
+_EMPTY = CellTally()
