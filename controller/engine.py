@@ -53,6 +53,7 @@ from .campaigns.lifecycle import (
 )
 from .campaigns.live import PATCH, REVERT, Counted, LiveCount, Order
 from .campaigns.scheduler import DecisionKey, decision_key
+from .campaigns.windows import WindowCache
 from .errors import Conflict, NotFound, UsageError
 from .model import AgentRelease, Assignment, AssignmentStatus, CampaignRecord, Host, HostStatus
 from .storethread import StoreThread
@@ -99,6 +100,7 @@ class CampaignEngine:
         self._counts: dict[str, LiveCount] = {}  # the open campaigns'
         self._closed: dict[str, tuple[tuple[str, datetime], float, Counted]] = {}
         self._waits: dict[tuple[str, DecisionKey], tuple[int, float, Wait]] = {}
+        self._windows = WindowCache()
         self._releases: dict[str, AgentRelease] = {}  # published versions never change
         # Every order in flight, of any campaign, by host (one at most: a
         # host with one gets no other): read at start, then kept.
@@ -303,7 +305,7 @@ class CampaignEngine:
         reasons: dict[tuple[int, str], dict[str, int]] = {}
         soonest: dict[tuple[int, str], datetime] = {}
         for facts, cell, hosts in counted.waiting:
-            decision = decide(spec, facts, tallies, now)
+            decision = decide(spec, facts, tallies, now, self._windows)
             label = "ready" if isinstance(decision, Assign) else decision.reason.value
             reasons.setdefault(cell, {})
             reasons[cell][label] = reasons[cell].get(label, 0) + hosts
@@ -400,7 +402,7 @@ class CampaignEngine:
             fresh = version == live.version and time.monotonic() - asked < DECISION_MAX_AGE
             if fresh and (wait.until is None or now < wait.until):
                 return wait
-        decision = decide(self.spec(record), facts, tallies, now)
+        decision = decide(self.spec(record), facts, tallies, now, self._windows)
         if isinstance(decision, Wait):
             self._waits[key] = (live.version, time.monotonic(), decision)
         else:

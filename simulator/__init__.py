@@ -32,9 +32,8 @@ Modules, one job each:
     failures     the failure model ([failures]); also a file of its own
     fleet        generating a fleet;  inventory: the real fleet, for `rehearse`
     agentmodel   how a simulated host's order steps end and how long they take
-    counts       the campaign's counts, kept incrementally, as `Tallies`
+    (the counts, kept incrementally, are controller.campaigns.counts: shared)
     waiting      hosts waiting for the counts to change, in check-in order
-    speedups     exact memos of the scheduler's pure functions
     engine       the discrete-event loop
     outcome      what a run found;  expect: checking it against [expect]
     report       text and JSON;  html: the HTML page

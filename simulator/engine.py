@@ -64,6 +64,7 @@ from controller.campaigns.lifecycle import (
     silent_after,
     verdict,
 )
+from controller.campaigns.windows import WindowCache
 from controller.model import OUTCOME_STATUS, AssignmentStatus
 
 from .agentmodel import Agent, Order, rehearsed_patch
@@ -74,7 +75,6 @@ from .hosts import SimHost
 from .outcome import Outcome, Recorder, build_outcome
 from .population import populate
 from .scenario import Operator
-from .speedups import HaltMemo, WindowMemo, installed
 from .timeline import Timeline, micros
 from .waiting import MAX_HOSTS, WaitingRoom
 
@@ -158,7 +158,7 @@ class Simulation:
             rehearsed_patch(campaign), self._verify_timeout, self.to_datetime,
             agent_update=campaign.agent_update is not None,
         )  # fmt: skip
-        self._memo = WindowMemo()
+        self._windows = WindowCache()
         people = populate(campaign, fleet, failures, self._rng, self._interval)
         self.hosts = people.hosts
         self.fleet_size = people.fleet_size
@@ -247,29 +247,28 @@ class Simulation:
         return self.run(stop_at)
 
     def _loop(self) -> Outcome:
-        with installed(self._memo, HaltMemo()):
-            heap = self._heap
-            pop = heapq.heappop
-            every = 200_000
-            while heap and not self._halted_for_good():
-                if heap[0][0] > self._end:
-                    self.now = max(self.now, self._end)
-                    break
-                t, kind, seq, payload = pop(heap)
-                self.now = t
-                self.events += 1
-                if kind == STEP:
-                    self._step(cast(SimHost, payload))
-                elif kind == CHECK_IN:
-                    self._on_check_in(cast(SimHost, payload), seq)
-                elif kind == SILENCE:
-                    self._on_silence(cast(tuple[SimHost, int], payload))
-                elif kind == TIMEOUT:
-                    self._on_timeout(cast(SimHost, payload))
-                else:
-                    self._rare(kind, payload)
-                if self._progress is not None and self.events % every == 0:
-                    self._progress(self._progress_now())
+        heap = self._heap
+        pop = heapq.heappop
+        every = 200_000
+        while heap and not self._halted_for_good():
+            if heap[0][0] > self._end:
+                self.now = max(self.now, self._end)
+                break
+            t, kind, seq, payload = pop(heap)
+            self.now = t
+            self.events += 1
+            if kind == STEP:
+                self._step(cast(SimHost, payload))
+            elif kind == CHECK_IN:
+                self._on_check_in(cast(SimHost, payload), seq)
+            elif kind == SILENCE:
+                self._on_silence(cast(tuple[SimHost, int], payload))
+            elif kind == TIMEOUT:
+                self._on_timeout(cast(SimHost, payload))
+            else:
+                self._rare(kind, payload)
+            if self._progress is not None and self.events % every == 0:
+                self._progress(self._progress_now())
         if self._progress is not None:
             self._progress(self._progress_now())
         return build_outcome(self)
@@ -387,7 +386,8 @@ class Simulation:
             return _DONE, 0
         if self.counts.state is not CampaignState.RUNNING:
             return _BLOCKED, 0  # the controller considers running campaigns only
-        decision = decide(self.spec, host.facts, self.counts.snapshot(), self.to_datetime(now))
+        snapshot = self.counts.snapshot()
+        decision = decide(self.spec, host.facts, snapshot, self.to_datetime(now), self._windows)
         self.decisions += 1
         if isinstance(decision, Assign):
             self._assign(host, decision)

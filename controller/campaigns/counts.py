@@ -121,7 +121,8 @@ class Counts:
         }
         tallies = Tallies(
             self.state,
-            {cell: tally for cell, tally in self._cache.items() if tally != _EMPTY},
+            # A cell every host has left counts nothing, as in a recount.
+            {cell: tally for cell, tally in self._cache.items() if tally.eligible},
             finished_at,
             dict(self.accepted_failures),
             dict(self.accepted_silent),

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
 from fractions import Fraction
+from typing import cast
 
 from .spec import CampaignSpec, RegionOrder, RingStage
 from .tallies import CellTally, Tallies
@@ -55,6 +56,16 @@ def evaluate_halt(campaign: CampaignSpec, tallies: Tallies) -> HaltReason | None
     """The first ring (in rollout order) whose failures or silent hosts
     exceed their limit, or None. Exceed means strictly more than the limit:
     a budget of 2 tolerates 2 failures and halts on the third."""
+    key = ("halt", id(campaign))
+    kept = tallies.derived.get(key)
+    if isinstance(kept, tuple) and kept[0] is campaign:
+        return cast(HaltReason | None, kept[1])
+    answer = _first_halt(campaign, tallies)
+    tallies.derived[key] = (campaign, answer)  # holds campaign: its id stays its own
+    return answer
+
+
+def _first_halt(campaign: CampaignSpec, tallies: Tallies) -> HaltReason | None:
     for stage in campaign.rollout.rings:
         ring = tallies.ring(stage.ring)
         failures = ring.failures - tallies.accepted_failures.get(stage.ring, 0)

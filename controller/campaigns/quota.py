@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import re
 from dataclasses import dataclass
 from fractions import Fraction
@@ -27,13 +26,16 @@ class Quota:
         """For concurrency: a percentage rounds up and is at least 1."""
         if not self.percent:
             return int(self.amount)
-        return max(1, math.ceil(self.amount * total / 100))
+        # Integer arithmetic on the exact fraction: Fraction's own is slow,
+        # and every decision asks for a share.
+        above, below = self.amount.numerator * total, self.amount.denominator * 100
+        return max(1, -(-above // below))
 
     def floor_of(self, total: int) -> int:
         """For budgets and thresholds: a percentage rounds down (may be 0)."""
         if not self.percent:
             return int(self.amount)
-        return math.floor(self.amount * total / 100)
+        return self.amount.numerator * total // (self.amount.denominator * 100)
 
     def __str__(self) -> str:
         if not self.percent:

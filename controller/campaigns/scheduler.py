@@ -71,7 +71,7 @@ again when the tallies or the campaign's state change.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
@@ -81,7 +81,7 @@ from fleetpatch.debversion import version_key
 from .gates import evaluate_halt, region_waits_for, ring_open
 from .spec import HOST_LOCAL, CampaignSpec, WindowPolicy
 from .tallies import CampaignState, Tallies
-from .windows import WindowOpen, evaluate_windows, load_zone
+from .windows import WindowCache, WindowOpen, WindowState, evaluate_windows, load_zone
 
 
 @dataclass(frozen=True)
@@ -161,11 +161,19 @@ class Skip:
 Decision = Assign | Wait | Skip
 
 
-def decide(campaign: CampaignSpec, host: HostFacts, tallies: Tallies, now: datetime) -> Decision:
+def decide(
+    campaign: CampaignSpec,
+    host: HostFacts,
+    tallies: Tallies,
+    now: datetime,
+    windows: WindowCache | None = None,
+) -> Decision:
     """Whether ``host`` (not yet assigned by this campaign) may start now.
 
-    Raises ValueError when ``now`` is not timezone-aware. See the module
-    docstring for the semantics and the order of the checks.
+    ``windows`` answers the maintenance windows (`evaluate_windows` when
+    None); a caller deciding for many hosts passes one. Raises ValueError
+    when ``now`` is not timezone-aware. See the module docstring for the
+    semantics and the order of the checks.
     """
     if now.tzinfo is None or now.utcoffset() is None:
         raise ValueError("now must be timezone-aware")
@@ -175,7 +183,7 @@ def decide(campaign: CampaignSpec, host: HostFacts, tallies: Tallies, now: datet
             return decision
     closes_at: datetime | None = None
     if campaign.windows is not None and not campaign.emergency:
-        window = _window(campaign, campaign.windows, host, now)
+        window = _window(campaign, campaign.windows, host, now, windows or evaluate_windows)
         if not isinstance(window, WindowOpen):
             return window
         closes_at = window.closes_at
@@ -247,7 +255,11 @@ def _agent_current(
 
 
 def _window(
-    campaign: CampaignSpec, policy: WindowPolicy, host: HostFacts, now: datetime
+    campaign: CampaignSpec,
+    policy: WindowPolicy,
+    host: HostFacts,
+    now: datetime,
+    evaluate: Callable[..., WindowState],
 ) -> WindowOpen | Decision:
     zone = load_zone(host.timezone if policy.timezone == HOST_LOCAL else policy.timezone)
     if zone is None:
@@ -256,7 +268,7 @@ def _window(
             None,
             f"windows are host-local and the host reports no known time zone ({host.timezone!r})",
         )
-    window = evaluate_windows(policy.weekly, zone, policy.blackout, policy.cutoff, now)
+    window = evaluate(policy.weekly, zone, policy.blackout, policy.cutoff, now)
     if isinstance(window, WindowOpen):
         return window
     if window.opens_at is None:

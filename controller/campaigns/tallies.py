@@ -59,9 +59,10 @@ class CellTally:
     silent: int = 0
 
     def __post_init__(self) -> None:
-        for f in fields(self):
-            if getattr(self, f.name) < 0:
-                raise ValueError(f"tally {f.name} is negative: {getattr(self, f.name)}")
+        if min(astuple_fast(self)) < 0:
+            for f in fields(self):
+                if getattr(self, f.name) < 0:
+                    raise ValueError(f"tally {f.name} is negative: {getattr(self, f.name)}")
 
     @property
     def failures(self) -> int:
@@ -122,6 +123,13 @@ class Tallies:
         """The cells of ``ring`` by region."""
         return self._regions.get(ring, {})
 
+    @functools.cached_property
+    def derived(self) -> dict[object, object]:
+        """Answers derived from this snapshot (it never changes), kept by the
+        pure functions that compute them (`gates.evaluate_halt`): thousands
+        of decisions read one snapshot."""
+        return {}
+
     # Cached: the simulator asks thousands of hosts against one snapshot.
     @functools.cached_property
     def _rings(self) -> dict[int, CellTally]:
@@ -136,6 +144,14 @@ class Tallies:
         for (ring, region), tally in self.cells.items():
             out.setdefault(ring, {})[region] = tally
         return out
+
+
+def astuple_fast(tally: CellTally) -> tuple[int, ...]:
+    """The counts in field order (dataclasses.astuple deep-copies: slow)."""
+    return (
+        tally.eligible, tally.in_flight, tally.succeeded, tally.failed, tally.reverted,
+        tally.revert_failed, tally.timed_out, tally.unreachable, tally.silent,
+    )  # fmt: skip
 
 
 _EMPTY = CellTally()

@@ -287,3 +287,48 @@ def _jump(before: datetime, after: datetime, tz: tzinfo) -> datetime:
         else:
             before = middle
     return after
+
+
+class WindowCache:
+    """Call like `evaluate_windows`; the same answers, computed once per span.
+
+    The answer is a step function of time and says how long it holds:
+    ``WindowOpen(closes_at)``: every later instant before ``closes_at``
+    lies in the same span; ``WindowClosed(opens_at)``: no usable span
+    starts or is open before ``opens_at``; both provided the local date in
+    the zone does not change (the search starts from it). So an answer is
+    reused for ``[now, min(its change, next local midnight))`` and never
+    outside it. Pass one to `scheduler.decide`: the controller and the
+    simulator ask it for thousands of hosts at the same instants.
+    """
+
+    def __init__(self) -> None:
+        self._last: dict[
+            tuple[int, tzinfo, int, timedelta], tuple[datetime, datetime, WindowState, object]
+        ] = {}
+        self.calls = 0
+        self.misses = 0
+
+    def __call__(
+        self,
+        weekly: Sequence[WeeklyWindow],
+        tz: tzinfo,
+        blackout: Collection[date],
+        cutoff: timedelta,
+        now: datetime,
+    ) -> WindowState:
+        self.calls += 1
+        key = (id(weekly), tz, id(blackout), cutoff)
+        hit = self._last.get(key)
+        if hit is not None and hit[0] <= now < hit[1]:
+            return hit[2]
+        self.misses += 1
+        answer = evaluate_windows(weekly, tz, blackout, cutoff, now)
+        local_day = now.astimezone(tz).date()
+        until = resolve_local(local_day + timedelta(days=1), 0, tz)
+        change = answer.closes_at if isinstance(answer, WindowOpen) else answer.opens_at
+        if change is not None:
+            until = min(until, change)
+        # The entry keeps weekly and blackout alive, so their ids stay theirs.
+        self._last[key] = (now.astimezone(UTC), until, answer, (weekly, blackout))
+        return answer

@@ -1,4 +1,6 @@
-"""The simulator's memos give exactly what the scheduler's functions give."""
+"""The campaign rules' caches give exactly what they cache: the window
+cache what `evaluate_windows` gives, shares what exact arithmetic gives, a
+snapshot's kept halt what a fresh evaluation gives."""
 
 from __future__ import annotations
 
@@ -8,10 +10,9 @@ from zoneinfo import ZoneInfo
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from controller.campaigns import gates, scheduler
-from controller.campaigns.quota import Quota, count, percent
-from controller.campaigns.windows import evaluate_windows, load_zone, parse_weekly
-from simulator.speedups import HaltMemo, WindowMemo, installed
+from controller.campaigns import CampaignState, CellTally, Tallies, gates, parse_campaign
+from controller.campaigns.quota import count, percent
+from controller.campaigns.windows import WindowCache, evaluate_windows, load_zone, parse_weekly
 
 ZONES = ["Europe/Berlin", "America/New_York", "Australia/Lord_Howe", "Asia/Kolkata", "UTC"]
 DAYS = ["Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun", "Mon-Fri", "Sat,Sun", "Fri-Mon"]
@@ -41,9 +42,9 @@ def windows(draw: st.DrawFn) -> tuple[tuple[object, ...], object, frozenset[date
 
 @settings(max_examples=60, deadline=None)
 @given(policy=windows(), steps=st.lists(st.integers(1, 6 * 3600), min_size=1, max_size=40))
-def test_the_window_memo_answers_what_evaluate_windows_answers(policy, steps):
+def test_the_window_cache_answers_what_evaluate_windows_answers(policy, steps):
     weekly, zone, blackout, cutoff = policy
-    memo = WindowMemo()
+    memo = WindowCache()
     now = BASE
     for seconds in steps:
         now += timedelta(seconds=seconds)
@@ -53,10 +54,10 @@ def test_the_window_memo_answers_what_evaluate_windows_answers(policy, steps):
     assert memo.misses <= memo.calls
 
 
-def test_the_window_memo_saves_most_evaluations():
+def test_the_window_cache_saves_most_evaluations():
     weekly = (parse_weekly("Mon-Fri 22:00-04:00"),)
     zone = ZoneInfo("Europe/Berlin")
-    memo = WindowMemo()
+    memo = WindowCache()
     blackout: frozenset[date] = frozenset()
     for minute in range(0, 7 * 24 * 60, 5):
         memo(weekly, zone, blackout, timedelta(0), BASE + timedelta(minutes=minute))
@@ -65,33 +66,32 @@ def test_the_window_memo_saves_most_evaluations():
 
 
 @given(total=st.integers(0, 10**6), amount=st.integers(0, 100))
-def test_quota_memos_agree(total, amount):
-    quotas = [count(amount), percent(amount)]
-    expected = [(q.ceil_of(total), q.floor_of(total)) for q in quotas]
-    with installed(WindowMemo(), HaltMemo()):
-        assert [(q.ceil_of(total), q.floor_of(total)) for q in quotas] == expected
-        assert [(q.ceil_of(total), q.floor_of(total)) for q in quotas] == expected
+def test_shares_are_exact(total, amount):
+    assert count(amount).ceil_of(total) == count(amount).floor_of(total) == amount
+    exact = amount * total
+    assert percent(amount).floor_of(total) == exact // 100
+    assert percent(amount).ceil_of(total) == max(1, -(-exact // 100))
 
 
-def test_installed_puts_the_originals_back():
-    names = ("evaluate_windows", "evaluate_halt")
-    originals = [getattr(scheduler, n) for n in names] + [Quota.ceil_of, Quota.floor_of]
-    with installed(WindowMemo(), HaltMemo()):
-        assert all(getattr(scheduler, n) is not o for n, o in zip(names, originals, strict=False))
-    after = [getattr(scheduler, n) for n in names] + [Quota.ceil_of, Quota.floor_of]
-    assert after == originals
+SPEC = parse_campaign(
+    '[campaign]\nname = "h"\n[patch]\npackages = ["openssl"]\n'
+    "[rollout]\nrings = [{ ring = 0, gate = { failure_budget = 1 } }]\n",
+    "h.toml",
+)
 
 
-def test_the_halt_memo_recomputes_for_a_new_snapshot(monkeypatch):
-    calls = []
-
-    def fake(campaign, tallies):
-        calls.append(tallies)
-
-    monkeypatch.setattr(gates, "evaluate_halt", fake)
-    memo = HaltMemo()
-    campaign, first, second = object(), object(), object()
-    memo(campaign, first)  # type: ignore[arg-type]
-    memo(campaign, first)  # type: ignore[arg-type]
-    memo(campaign, second)  # type: ignore[arg-type]
-    assert calls == [first, second]
+def test_a_snapshot_keeps_its_halt_and_a_new_snapshot_gets_its_own():
+    fine = Tallies(CampaignState.RUNNING, {(0, "eu"): CellTally(eligible=10, reverted=1)})
+    assert gates.evaluate_halt(SPEC, fine) is None
+    assert gates.evaluate_halt(SPEC, fine) is None  # kept
+    broken = Tallies(CampaignState.RUNNING, {(0, "eu"): CellTally(eligible=10, reverted=2)})
+    halt = gates.evaluate_halt(SPEC, broken)
+    assert halt is not None
+    assert halt.count == 2
+    assert gates.evaluate_halt(SPEC, broken) is halt
+    other = parse_campaign(
+        '[campaign]\nname = "h"\n[patch]\npackages = ["openssl"]\n'
+        "[rollout]\nrings = [{ ring = 0, gate = { failure_budget = 5 } }]\n",
+        "h.toml",
+    )
+    assert gates.evaluate_halt(other, broken) is None  # another campaign, its own answer
