@@ -22,7 +22,8 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 import psutil
-from fleetpatch.checkspec import FIELDS, REQUIRED, CheckKind
+from fleetpatch.checkspec import CheckKind, parse_check
+from fleetpatch.tomltable import Table, TableError
 from fleetpatch.v1 import types_pb2
 
 from . import subp
@@ -73,43 +74,23 @@ def check_from_pb(pb: types_pb2.HealthCheckSpec) -> CheckSpec:
     raise ValueError(f"health check {name!r} is incomplete or of an unknown kind")
 
 
-def check_from_config(table: Mapping[str, Any], where: str) -> CheckSpec:
-    """A ``[[checks]]`` entry of agent.toml; raises ValueError naming the field."""
-    name = table.get("name")
-    if not isinstance(name, str) or not name:
-        raise ValueError(f"{where}.name is missing")
-    try:
-        kind = Kind(table.get("kind", ""))
-    except ValueError:
-        raise ValueError(
-            f"{where}.kind must be one of {', '.join(k.value for k in Kind)}"
-        ) from None
-    unknown = sorted(set(table) - {"name", "kind"} - set(FIELDS[kind]))
-    if unknown:
-        raise ValueError(f"{where}: unknown key {unknown[0]!r} for a {kind} check")
-    missing = sorted(set(REQUIRED[kind]) - set(table))
-    if missing:
-        raise ValueError(f"{where}.{missing[0]} is missing")
-    spec: dict[str, Any] = {}
-    for key, value in table.items():
-        if key in ("name", "kind"):
-            continue
-        spec[key] = value
-    try:
-        if kind is Kind.RESOURCE:
-            return CheckSpec(name, kind, limits=ResourceLimits(**spec))
-        if kind is Kind.COMMAND:
-            argv = spec["argv"]
-            if not isinstance(argv, list) or not argv or not all(isinstance(a, str) for a in argv):
-                raise ValueError(f"{where}.argv must be a non-empty list of strings")
-            return CheckSpec(name, kind, argv=tuple(argv))
-        if kind is Kind.PROCESS:
-            return CheckSpec(name, kind, process=str(spec["process"]))
-        return CheckSpec(name, kind, **spec)
-    except KeyError as exc:
-        raise ValueError(f"{where}.{exc.args[0]} is missing") from None
-    except TypeError as exc:
-        raise ValueError(f"{where}: {exc}") from None
+def check_from_config(table: Mapping[str, Any], source: str, path: str) -> CheckSpec:
+    """A ``[[checks]]`` entry of agent.toml (``source``), at ``path`` in it
+    (``checks[0]``): validated by the same reader as a campaign's verify
+    checks. Raises TableError (a ValueError) naming the field."""
+    if not isinstance(table, Mapping):
+        raise TableError(path, "must be a table ([[checks]])", source)
+    check = parse_check(Table(dict(table), path, source))
+    if check.kind is Kind.RESOURCE:
+        limits = ResourceLimits(
+            check.max_load_per_cpu, check.max_memory_used_ratio, check.max_disk_used_ratio
+        )
+        return CheckSpec(check.name, check.kind, limits=limits)
+    return CheckSpec(
+        check.name, check.kind, unit=check.unit, host=check.host or "127.0.0.1",
+        port=check.port, url=check.url, expect_status=check.expect_status or 200,
+        argv=check.argv, process=check.process,
+    )  # fmt: skip
 
 
 Runner = Callable[..., subp.Result]

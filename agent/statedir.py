@@ -225,9 +225,7 @@ class StateDir:
             raise ConfigError(f"{where}: checks must be an array of tables ([[checks]])")
         try:
             policy = policy_from_config(_section(doc, "policy", where), where)
-            specs = tuple(
-                check_from_config(c, f"{where}: checks[{i}]") for i, c in enumerate(checks)
-            )
+            specs = tuple(check_from_config(c, where, f"checks[{i}]") for i, c in enumerate(checks))
         except ValueError as exc:
             raise ConfigError(str(exc)) from None
         agent = _section(doc, "agent", where)

@@ -151,8 +151,9 @@ def _failure_model(path: Path | None) -> FailureModel:
         return NO_FAILURES
     import tomllib
 
+    from fleetpatch.tomltable import Table
+
     from controller.campaigns.errors import CampaignError
-    from controller.campaigns.table import Table
 
     from .failures import parse_failures
 
@@ -163,7 +164,7 @@ def _failure_model(path: Path | None) -> FailureModel:
     except tomllib.TOMLDecodeError as exc:
         raise ScenarioError("", f"not valid TOML: {exc}", str(path)) from None
     try:
-        root = Table(doc, "", str(path))
+        root = Table(doc, "", str(path), CampaignError)
         model = parse_failures(root.table("failures"))
         root.finish()
     except CampaignError as exc:

@@ -26,9 +26,9 @@ from dataclasses import dataclass
 from datetime import timedelta
 
 from fleetpatch.durations import format_duration
+from fleetpatch.tomltable import Table
 
 from controller.campaigns import CampaignState, HaltKind
-from controller.campaigns.table import Table
 
 from .outcome import Outcome
 

@@ -59,8 +59,7 @@ from enum import StrEnum
 from typing import TypeVar
 
 from fleetpatch.durations import parse_duration
-
-from controller.campaigns.table import Table, toml_type
+from fleetpatch.tomltable import Table, toml_type
 
 PROBABILITIES = (
     "precheck",

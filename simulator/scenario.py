@@ -47,10 +47,10 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from fleetpatch.labels import check_label, check_region
+from fleetpatch.tomltable import Table, toml_type
 
 from controller.campaigns import CampaignSpec, parse_campaign
 from controller.campaigns.errors import CampaignError
-from controller.campaigns.table import Table, toml_type
 from controller.campaigns.windows import load_zone
 
 from .errors import ScenarioError
@@ -105,7 +105,7 @@ def parse_scenario(text: str, source: str, base: Path) -> Scenario:
     except tomllib.TOMLDecodeError as exc:
         raise ScenarioError("", f"not valid TOML: {exc}", source) from None
     try:
-        return _scenario(Table(doc, "", source), source, base)
+        return _scenario(Table(doc, "", source, CampaignError), source, base)
     except CampaignError as exc:
         if exc.source != source:
             raise  # from the campaign file: its own message

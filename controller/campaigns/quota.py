@@ -6,7 +6,7 @@ import re
 from dataclasses import dataclass
 from fractions import Fraction
 
-from .table import toml_type
+from fleetpatch.tomltable import toml_type
 
 _PERCENT = re.compile(r"^(\d+(\.\d+)?)%$")
 

@@ -35,11 +35,11 @@ from fractions import Fraction
 from fleetpatch.debversion import debian_version, version_key
 from fleetpatch.durations import format_duration
 from fleetpatch.labels import check_label, check_region, check_ring
+from fleetpatch.tomltable import Table, toml_type
 
 from .checks import VerifyCheck, parse_check
 from .errors import CampaignError
 from .quota import Quota, count, parse_quota, percent
-from .table import Table, toml_type
 from .windows import WeeklyWindow, load_zone, parse_weekly
 
 HOST_LOCAL = "host-local"
@@ -188,7 +188,7 @@ def parse_campaign(text: str, source: str) -> CampaignSpec:
         doc = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise CampaignError("", f"not valid TOML: {exc}", source) from None
-    root = Table(doc, "", source)
+    root = Table(doc, "", source, CampaignError)
     head = root.table("campaign")
     verify = _verify(root.table("verify"))
     windows = root.table("windows")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import http.server
 import os
+import re
 import socket
 import threading
 
@@ -14,6 +15,7 @@ from fleetpatch.v1 import types_pb2
 from agent import subp
 from agent.checks import CheckSpec, Kind, Prober, check_from_config, check_from_pb
 from agent.health import ResourceLimits
+from controller.campaigns import parse_campaign
 
 
 @pytest.fixture
@@ -129,20 +131,45 @@ def test_checks_from_orders_are_marked_and_validated():
 @pytest.mark.parametrize(
     ("table", "message"),
     [
-        ({"kind": "tcp", "port": 1}, "checks[0].name is missing"),
-        ({"name": "a", "kind": "ping"}, "checks[0].kind must be one of"),
-        ({"name": "a", "kind": "tcp", "url": "x"}, "unknown key 'url' for a tcp check"),
-        ({"name": "a", "kind": "command", "argv": "true"}, "argv must be a non-empty list"),
-        ({"name": "a", "kind": "systemd"}, "checks[0].unit is missing"),
+        ({"kind": "tcp", "port": 1}, "checks[0].name: is required"),
+        ({"name": "a", "kind": "ping"}, "checks[0].kind: 'ping' is not a check kind"),
+        ({"name": "a", "kind": "tcp", "port": 1, "url": "x"}, "url: does not apply to a tcp"),
+        ({"name": "a", "kind": "command", "argv": "true"}, "argv: must be an array"),
+        ({"name": "a", "kind": "systemd"}, "checks[0].unit: is required"),
+        # What the controller refuses in a campaign, the agent refuses too.
+        ({"name": "a", "kind": "tcp", "port": "80"}, "port: must be an integer, not a string"),
+        ({"name": "a", "kind": "tcp", "port": 99999}, "99999 is not a TCP port"),
+        ({"name": "a", "kind": "http", "url": "ftp://x"}, "must start with http:// or https://"),
+        ({"name": "a", "kind": "http", "url": "http://x", "expect_status": "ok"},
+         "expect_status: must be an integer"),
+        ({"name": "a", "kind": "http", "url": "http://x", "timeout": 3}, "timeout: unknown key"),
+        ("web", "checks[0]: must be a table"),
     ],
-)
+)  # fmt: skip
 def test_host_check_config_errors_name_the_field(table, message):
-    with pytest.raises(ValueError, match=message.replace("[", r"\[").replace("]", r"\]")):
-        check_from_config(table, "agent.toml: checks[0]")
+    with pytest.raises(ValueError, match=re.escape(message)) as caught:
+        check_from_config(table, "agent.toml", "checks[0]")
+    assert str(caught.value).startswith("agent.toml: checks[0]")
+
+
+def test_the_agent_and_a_campaign_accept_the_same_checks():
+    """One validator: a check a campaign file accepts reads the same on a
+    host, field for field."""
+    campaign = parse_campaign(
+        '[campaign]\nname = "c"\n[patch]\npackages = ["openssl"]\n'
+        "[rollout]\nrings = [{ ring = 0 }]\n"
+        '[[verify.checks]]\nname = "web"\nkind = "tcp"\nport = 8443\n',
+        "c.toml",
+    )
+    (verify,) = campaign.verify.checks
+    spec = check_from_config({"name": "web", "kind": "tcp", "port": 8443}, "agent.toml", "c")
+    assert (spec.name, spec.kind, spec.host, spec.port) == (
+        verify.name, verify.kind, verify.host, verify.port,
+    )  # fmt: skip
 
 
 def test_host_check_config_good():
     spec = check_from_config(
-        {"name": "web", "kind": "http", "url": "http://x/", "expect_status": 204}, "w"
+        {"name": "web", "kind": "http", "url": "http://x/", "expect_status": 204}, "w", "c"
     )
     assert spec == CheckSpec("web", Kind.HTTP, url="http://x/", expect_status=204)

@@ -1,10 +1,12 @@
 """Typed reading of one TOML table, with the path of every value kept for
 error messages and every key accounted for.
 
-A campaign file is a safety document: a misspelt key (``failure_buget``)
-that is silently ignored would leave a default in force that the author
-believed they had changed. So every key read is recorded, and `Table.finish`
-rejects whatever is left, suggesting the nearest known name.
+A campaign file and an agent's settings are safety documents: a misspelt
+key (``failure_buget``, ``allow_reboots``) that is silently ignored would
+leave a default in force that the author believed they had changed. So
+every key read is recorded, and `Table.finish` rejects whatever is left,
+suggesting the nearest known name. The controller's campaign files and
+the agent's agent.toml are read with it, so both speak the same way.
 """
 
 from __future__ import annotations
@@ -14,9 +16,7 @@ from datetime import date, datetime, time, timedelta
 from enum import StrEnum
 from typing import Any, TypeVar
 
-from fleetpatch.durations import parse_duration
-
-from .errors import CampaignError
+from .durations import parse_duration
 
 T = TypeVar("T")
 E = TypeVar("E", bound=StrEnum)
@@ -61,26 +61,47 @@ def _is(value: object, kind: type) -> bool:
     return isinstance(value, kind)
 
 
-class Table:
-    """One TOML table under a dotted path; raises CampaignError naming fields."""
+class TableError(ValueError):
+    """A value of a TOML document is missing, of the wrong type or breaks a rule.
 
-    def __init__(self, data: dict[str, Any], path: str, source: str) -> None:
+    ``field`` is the dotted path of the offending value, as a person would
+    find it in the file (``rollout.rings[1].gate.min_success``; empty when
+    the file is not TOML at all); ``problem`` says what is wrong with it;
+    ``source`` names the file.
+    """
+
+    def __init__(self, field: str, problem: str, source: str = "") -> None:
+        self.field = field
+        self.problem = problem
+        self.source = source
+        where = ": ".join(part for part in (source, field) if part)
+        super().__init__(f"{where}: {problem}" if where else problem)
+
+
+class Table:
+    """One TOML table under a dotted path; raises ``error`` (a TableError
+    class) naming fields."""
+
+    def __init__(
+        self, data: dict[str, Any], path: str, source: str, error: type[TableError] = TableError
+    ) -> None:
         self._data = data
         self._path = path
         self._source = source
+        self._error = error
         self._read: set[str] = set()
 
     def field(self, key: str) -> str:
         """The dotted path of ``key`` in this table."""
         return f"{self._path}.{key}" if self._path else key
 
-    def error(self, key: str, problem: str) -> CampaignError:
+    def error(self, key: str, problem: str) -> TableError:
         """An error about ``key`` of this table (``key`` empty: the table)."""
-        return CampaignError(self.field(key) if key else self._path, problem, self._source)
+        return self._error(self.field(key) if key else self._path, problem, self._source)
 
-    def at(self, field: str, problem: str) -> CampaignError:
+    def at(self, field: str, problem: str) -> TableError:
         """An error about a field path built by the caller (array items)."""
-        return CampaignError(field, problem, self._source)
+        return self._error(field, problem, self._source)
 
     def has(self, key: str) -> bool:
         return key in self._data
@@ -90,7 +111,7 @@ class Table:
 
     def child(self, data: dict[str, Any], path: str) -> Table:
         """A table found inside this one (an array item) at ``path``."""
-        return Table(data, path, self._source)
+        return Table(data, path, self._source, self._error)
 
     def maybe(self, key: str, kind: type[T]) -> T | None:
         """The value of ``key`` when present, checked to be of ``kind``."""
@@ -138,11 +159,13 @@ class Table:
     def table(self, key: str) -> Table:
         """The sub-table ``key``; an absent one reads as empty."""
         data = self.get(key, dict, {})
-        return Table(data, self.field(key), self._source)
+        return Table(data, self.field(key), self._source, self._error)
 
     def tables(self, key: str) -> list[Table]:
         """The array of tables ``key`` (``[[key]]``); absent reads as empty."""
-        return [Table(data, where, self._source) for where, data in self.items(key, dict)]
+        return [
+            Table(data, where, self._source, self._error) for where, data in self.items(key, dict)
+        ]
 
     def duration(self, key: str, default: timedelta, *, positive: bool = False) -> timedelta:
         """The duration ``key`` (``"30m"``, ``"2h"``, ``"7d"``), or ``default``."""
