@@ -26,19 +26,19 @@ from fleetpatch.v1 import types_pb2
 from google.protobuf import json_format
 from google.protobuf.message import DecodeError
 
-from . import facts as hostfacts
-from . import packages
-from .checkin import CheckIns
-from .checks import Prober
-from .enrollment import enroll as do_enroll
-from .errors import AgentError, ConfigError
-from .health import ResourceLimits, resource_checks, summarize
-from .journal import Journal
-from .keys import learn as learn_keys
-from .selfupdate import HandOver, release_key
-from .service import Agent
-from .statedir import DEFAULT_STATE_DIR, StateDir
-from .states import State
+from agent.backends import packages
+from agent.errors import AgentError, ConfigError
+from agent.host import facts as hostfacts
+from agent.host.checks import Prober
+from agent.host.health import ResourceLimits, resource_checks, summarize
+from agent.link.checkin import CheckIns
+from agent.link.enrollment import enroll as do_enroll
+from agent.link.keys import learn as learn_keys
+from agent.orders.journal import Journal
+from agent.orders.selfupdate import HandOver, release_key
+from agent.orders.states import State
+from agent.service import Agent
+from agent.statedir import DEFAULT_STATE_DIR, StateDir
 
 app = typer.Typer(
     help="fleetpatch agent: enrolls this host, reports inventory and health, "

@@ -9,24 +9,24 @@ from dataclasses import dataclass
 
 from fleetpatch.v1 import types_pb2
 
-from . import reporting
-from .apt import Apt
-from .backend import PackageBackend
-from .checks import Prober
-from .client import ControllerClient
-from .decide import Reason
-from .dnf import Dnf
-from .errors import ConfigError
-from .facts import package_manager
-from .journal import Journal
-from .livepatch import CanonicalLivepatch, Kpatch
-from .needs import RebootSignals
-from .orders import OrderRefused
-from .reboot import CommandRebooter, FileValue, Inhibitor
-from .runner import Runner
-from .selfupdate import HandOver, SystemdWatchdog
-from .statedir import AgentConfig, StateDir
-from .states import State
+from agent.backends.apt import Apt
+from agent.backends.base import PackageBackend
+from agent.backends.dnf import Dnf
+from agent.boot.decide import Reason
+from agent.boot.livepatch import CanonicalLivepatch, Kpatch
+from agent.boot.reboot import CommandRebooter, FileValue, Inhibitor
+from agent.errors import ConfigError
+from agent.host.checks import Prober
+from agent.host.facts import package_manager
+from agent.host.needs import RebootSignals
+from agent.link import reporting
+from agent.link.client import ControllerClient
+from agent.orders.journal import Journal
+from agent.orders.runner import Runner
+from agent.orders.selfupdate import HandOver, SystemdWatchdog
+from agent.orders.states import State
+from agent.orders.workorder import OrderRefused
+from agent.statedir import AgentConfig, StateDir
 
 log = logging.getLogger(__name__)
 

@@ -23,10 +23,10 @@ from fleetpatch.atomicfile import write_atomic
 from fleetpatch.durations import parse_duration
 from fleetpatch.identity import Identity, Role, identity_from_certificate
 
-from .checks import CheckSpec, check_from_config
-from .errors import ConfigError, NotEnrolled
-from .health import ResourceLimits
-from .policy import Policy, policy_from_config
+from agent.errors import ConfigError, NotEnrolled
+from agent.host.checks import CheckSpec, check_from_config
+from agent.host.health import ResourceLimits
+from agent.orders.policy import Policy, policy_from_config
 
 DEFAULT_STATE_DIR = Path("/var/lib/fleetpatch/agent")
 

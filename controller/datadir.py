@@ -26,7 +26,7 @@ from pathlib import Path
 from fleetpatch.atomicfile import write_atomic
 from fleetpatch.durations import parse_duration
 
-from .errors import DataDirError, UsageError
+from controller.errors import DataDirError, UsageError
 
 DEFAULT_DATA_DIR = Path("/var/lib/fleetpatch/controller")
 DEFAULT_PORT = 7443

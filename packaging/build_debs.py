@@ -59,7 +59,7 @@ minor version, hence `Architecture: amd64` (dpkg's) and
 `Depends: python3 (>= 3.11), python3 (<< 3.12)`, and libc6 at least the
 newest manylinux glibc among the wheels.
 
-`--key KEY` signs what was built (controller.release: SHA256SUMS and
+`--key KEY` signs what was built (controller.releases.signed: SHA256SUMS and
 SHA256SUMS.sig in the output directory). A build removes older
 fleetpatch-agent/-controller .debs and a stale SHA256SUMS(.sig) from the
 output directory first, so that it holds one consistent release.
@@ -110,7 +110,7 @@ BASE_ENV = {
     "PIP_NO_INPUT": "1",
 }
 
-#: Signs the built packages with a release key (see controller.release).
+#: Signs the built packages with a release key (see controller.releases.signed).
 Sign = Callable[[list[Path], Path], None]
 
 
@@ -614,7 +614,7 @@ def _signer(key: Path) -> Sign:
     build before any work, not after it."""
     try:
         from controller.errors import FleetpatchError
-        from controller.release import load_private_key, sign_artifacts
+        from controller.releases.signed import load_private_key, sign_artifacts
     except ImportError as exc:
         raise BuildError(
             f"--key needs the project importable ({exc}); run with .venv/bin/python"

@@ -41,11 +41,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from agent.decide import Action, LiveOffer, OrderPolicy, Reason, Signals, decide
-from agent.needs import KERNEL_PACKAGE
-from agent.orders import Livepatch, Reboot
-from agent.policy import Policy
-from agent.states import Event, State
+from agent.boot.decide import Action, LiveOffer, OrderPolicy, Reason, Signals, decide
+from agent.host.needs import KERNEL_PACKAGE
+from agent.orders.policy import Policy
+from agent.orders.states import Event, State
+from agent.orders.workorder import Livepatch, Reboot
 from controller.campaigns import (
     CampaignSpec,
     LivepatchPolicy,

@@ -43,7 +43,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import cast
 
-from agent.states import TERMINAL, Event, State, next_state
+from agent.orders.states import TERMINAL, Event, State, next_state
 from controller.campaigns import (
     Assign,
     CampaignSpec,
@@ -499,7 +499,7 @@ class Simulation:
         except KeyError:
             raise ModelGap(
                 f"the agent's transitions have no ({host.agent_state}, {host.event}) any more "
-                "(simulator/agentmodel.py must follow agent/states.py)"
+                "(simulator/agentmodel.py must follow agent/orders/states.py)"
             ) from None
         self._enter(host, state)
 

@@ -8,7 +8,7 @@ since the simulation's start, so that instants the scheduler returns
 
 from __future__ import annotations
 
-from agent.states import Event, State
+from agent.orders.states import Event, State
 from controller.campaigns import HostFacts, SkipReason, WaitReason
 from controller.campaigns.counts import Cell
 from controller.model import AssignmentStatus

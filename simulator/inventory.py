@@ -17,7 +17,7 @@ from pathlib import Path
 
 from fleetpatch.v1 import admin_pb2
 
-from controller.admin_client import AdminClient
+from controller.cli.admin_client import AdminClient
 from controller.datadir import DataDir
 
 from .fleet import FleetHost

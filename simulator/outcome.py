@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 
-from agent.states import State
+from agent.orders.states import State
 from controller.campaigns import Assign, CampaignState, HaltReason, decide
 from controller.campaigns.counts import Cell
 from controller.model import AssignmentStatus

@@ -11,7 +11,7 @@ import random
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from agent.backoff import backoff_delay
+from agent.link.backoff import backoff_delay
 from controller.campaigns import CampaignSpec, HostFacts, is_targeted
 from controller.campaigns.counts import Cell
 from controller.campaigns.scheduler import DecisionKey, decision_key

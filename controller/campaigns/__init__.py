@@ -12,9 +12,9 @@ No I/O and no clock in any of them: the controller and the simulator pass
 ``now`` and the data.
 """
 
-from .checks import CheckKind, VerifyCheck
-from .errors import CampaignError
-from .gates import (
+from controller.campaigns.checks import CheckKind, VerifyCheck
+from controller.campaigns.errors import CampaignError
+from controller.campaigns.gates import (
     GateStatus,
     HaltKind,
     HaltReason,
@@ -23,8 +23,8 @@ from .gates import (
     ring_done,
     ring_open,
 )
-from .quota import Quota
-from .scheduler import (
+from controller.campaigns.quota import Quota
+from controller.campaigns.scheduler import (
     Assign,
     Decision,
     HostFacts,
@@ -39,7 +39,7 @@ from .scheduler import (
     is_timed_out,
     targeting_mismatch,
 )
-from .spec import (
+from controller.campaigns.spec import (
     HOST_LOCAL,
     AgentUpdateSpec,
     CampaignSpec,
@@ -56,8 +56,14 @@ from .spec import (
     WindowPolicy,
     parse_campaign,
 )
-from .tallies import CampaignState, CellTally, Tallies
-from .windows import WeeklyWindow, WindowClosed, WindowOpen, evaluate_windows, parse_weekly
+from controller.campaigns.tallies import CampaignState, CellTally, Tallies
+from controller.campaigns.windows import (
+    WeeklyWindow,
+    WindowClosed,
+    WindowOpen,
+    evaluate_windows,
+    parse_weekly,
+)
 
 __all__ = [
     "HOST_LOCAL",

@@ -16,9 +16,8 @@ from collections.abc import Iterable
 from dataclasses import fields
 from datetime import datetime
 
+from controller.campaigns.tallies import CampaignState, CellTally, Tallies
 from controller.model import AssignmentStatus
-
-from .tallies import CampaignState, CellTally, Tallies
 
 Cell = tuple[int, str]
 FIELDS = tuple(f.name for f in fields(CellTally))

@@ -14,8 +14,8 @@ from enum import StrEnum
 from fractions import Fraction
 from typing import cast
 
-from .spec import CampaignSpec, RegionOrder, RingStage
-from .tallies import CellTally, Tallies
+from controller.campaigns.spec import CampaignSpec, RegionOrder, RingStage
+from controller.campaigns.tallies import CellTally, Tallies
 
 
 class HaltKind(StrEnum):

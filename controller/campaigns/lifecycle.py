@@ -27,10 +27,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 
-from .gates import HaltReason, evaluate_halt
-from .scheduler import is_complete
-from .spec import CampaignSpec
-from .tallies import Tallies
+from controller.campaigns.gates import HaltReason, evaluate_halt
+from controller.campaigns.scheduler import is_complete
+from controller.campaigns.spec import CampaignSpec
+from controller.campaigns.tallies import Tallies
 
 
 def silence_counts_from(

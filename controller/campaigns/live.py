@@ -23,13 +23,12 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 
+from controller.campaigns.counts import COUNTED, ELIGIBLE, SILENT, UNREACHABLE, Cell, Counts
+from controller.campaigns.lifecycle import host_silent, silent_after
+from controller.campaigns.scheduler import DecisionKey, HostFacts, decision_key, is_targeted
+from controller.campaigns.spec import CampaignSpec
+from controller.campaigns.tallies import CampaignState, Tallies
 from controller.model import AssignmentStatus
-
-from .counts import COUNTED, ELIGIBLE, SILENT, UNREACHABLE, Cell, Counts
-from .lifecycle import host_silent, silent_after
-from .scheduler import DecisionKey, HostFacts, decision_key, is_targeted
-from .spec import CampaignSpec
-from .tallies import CampaignState, Tallies
 
 PATCH, REVERT = "patch", "revert"
 

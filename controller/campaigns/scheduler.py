@@ -78,10 +78,16 @@ from enum import StrEnum
 
 from fleetpatch.debversion import version_key
 
-from .gates import evaluate_halt, region_waits_for, ring_open
-from .spec import HOST_LOCAL, CampaignSpec, WindowPolicy
-from .tallies import CampaignState, Tallies
-from .windows import WindowCache, WindowOpen, WindowState, evaluate_windows, load_zone
+from controller.campaigns.gates import evaluate_halt, region_waits_for, ring_open
+from controller.campaigns.spec import HOST_LOCAL, CampaignSpec, WindowPolicy
+from controller.campaigns.tallies import CampaignState, Tallies
+from controller.campaigns.windows import (
+    WindowCache,
+    WindowOpen,
+    WindowState,
+    evaluate_windows,
+    load_zone,
+)
 
 
 @dataclass(frozen=True)

@@ -37,10 +37,10 @@ from fleetpatch.durations import format_duration
 from fleetpatch.labels import check_label, check_region, check_ring
 from fleetpatch.tomltable import Table, toml_type
 
-from .checks import VerifyCheck, parse_check
-from .errors import CampaignError
-from .quota import Quota, count, parse_quota, percent
-from .windows import WeeklyWindow, load_zone, parse_weekly
+from controller.campaigns.checks import VerifyCheck, parse_check
+from controller.campaigns.errors import CampaignError
+from controller.campaigns.quota import Quota, count, parse_quota, percent
+from controller.campaigns.windows import WeeklyWindow, load_zone, parse_weekly
 
 HOST_LOCAL = "host-local"
 _NAME = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")

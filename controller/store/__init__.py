@@ -23,6 +23,7 @@ from typing import Any
 from sqlite_utils import Database
 
 from controller.errors import NotFound, TokenRefused
+from controller.fleet.tokens import Token
 from controller.model import (
     CheckIn,
     CheckInOutcome,
@@ -31,11 +32,9 @@ from controller.model import (
     Package,
     ProgressReport,
 )
-from controller.tokens import Token
-
-from .campaigns import CampaignStore
-from .migrations import migrations
-from .releases import ReleaseStore
+from controller.store.campaigns import CampaignStore
+from controller.store.migrations import migrations
+from controller.store.releases import ReleaseStore
 
 __all__ = ["Store"]
 

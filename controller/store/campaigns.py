@@ -19,8 +19,7 @@ from controller.model import (
     AssignmentStatus,
     CampaignRecord,
 )
-
-from . import audit
+from controller.store import audit
 
 _CAMPAIGN_COLUMNS = {
     "state", "updated_at", "approved_at", "halt_kind", "halt_reason", "accepted_failures",

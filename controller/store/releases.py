@@ -13,8 +13,7 @@ from typing import Any
 from controller.audit import AuditEntry
 from controller.errors import AlreadyExists
 from controller.model import AgentRelease
-
-from . import audit
+from controller.store import audit
 
 _COLUMNS = (
     "version, artifact, sha256, size, key_fingerprint, manifest, signature, published_at,"

@@ -1,8 +1,8 @@
 """The signed-release format, as both its writer and its readers see it.
 
-`fleetpatch release sign` writes it (controller.release); an agent that is
+`fleetpatch release sign` writes it (controller.releases.signed); an agent that is
 handed a new version of itself checks it, against the release public key
-pinned on its host. The format is documented in controller.release:
+pinned on its host. The format is documented in controller.releases.signed:
 SHA256SUMS as `sha256sum` writes it, and SHA256SUMS.sig, the raw Ed25519
 signature of those exact bytes.
 

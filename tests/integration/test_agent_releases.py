@@ -2,7 +2,7 @@
 and `list`, every refusal as one line and an exit code, FetchArtifact over
 real mutual TLS, and agent-update campaigns handing out orders that carry
 the release. The .deb is any bytes with the right name, signed with
-controller.release's own code: the controller never opens a package."""
+controller.releases.signed's own code: the controller never opens a package."""
 
 from __future__ import annotations
 
@@ -16,9 +16,9 @@ import pytest
 from fleetpatch.envelope import WORK_ORDER_TYPE, open_envelope
 from fleetpatch.v1 import admin_pb2, admin_pb2_grpc, agent_pb2, agent_pb2_grpc, types_pb2
 
-from agent.enrollment import enroll
+from agent.link.enrollment import enroll
 from agent.statedir import StateDir
-from controller.release import keygen, sign_artifacts
+from controller.releases.signed import keygen, sign_artifacts
 from tests.support.controller import Controller, Result, cli
 
 MiB = 1024 * 1024

@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from agent.backend import Busy, PlanError
-from agent.dnf import Dnf
+from agent.backends.base import Busy, PlanError
+from agent.backends.dnf import Dnf
 from agent.errors import CommandFailed
-from agent.orders import Target
+from agent.orders.workorder import Target
 from tests.support.dnfrepo import (
     LocalRpmRepo,
     RpmSpec,

@@ -22,13 +22,13 @@ from fleetpatch.identity import Identity, Role
 from fleetpatch.v1 import admin_pb2, admin_pb2_grpc, agent_pb2, agent_pb2_grpc, types_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from agent.checkin import CheckIns
-from agent.client import ControllerClient
+from agent.backends.packages import installed
 from agent.errors import Refused
-from agent.journal import Journal
-from agent.packages import installed
+from agent.link.checkin import CheckIns
+from agent.link.client import ControllerClient
+from agent.orders.journal import Journal
 from agent.statedir import StateDir
-from controller.pki import CertificateAuthority, new_key
+from controller.fleet.pki import CertificateAuthority, new_key
 from tests.support.controller import BIN, Controller, cli, ok
 from tests.support.waiting import scaled, wait_for
 

@@ -11,8 +11,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from fleetpatch.envelope import endorse, key_id, raw_public_key
 
-from agent.keys import learn
-from agent.orders import OrderRefused, verify
+from agent.link.keys import learn
+from agent.orders.workorder import OrderRefused, verify
 from agent.statedir import StateDir
 from tests.support.controller import ok
 from tests.support.orders import sign, work_order

@@ -21,7 +21,7 @@ from pathlib import Path, PurePosixPath
 
 import pytest
 
-from controller import release
+from controller.releases import signed as release
 from tests.support.controller import free_port
 from tests.support.packages import (
     DEB_MOUNT,

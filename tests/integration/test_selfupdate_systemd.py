@@ -25,8 +25,8 @@ from pathlib import Path
 import pytest
 from fleetpatch.debversion import debian_version
 
-from controller import release
-from controller.release import sign_artifacts
+from controller.releases import signed as release
+from controller.releases.signed import sign_artifacts
 from tests.support.controller import free_port
 from tests.support.packages import (
     BuiltDebs,

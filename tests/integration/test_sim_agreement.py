@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.states import State
+from agent.orders.states import State
 from tests.support.controller import Controller, cli
 from tests.support.fakes import FakeBackend, FakeProber
 from tests.support.inprocess import InProcessAgent

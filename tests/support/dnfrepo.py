@@ -27,7 +27,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from agent import subp
+from agent.backends import subp
 from agent.errors import CommandFailed
 from tests.support.sandbox import HostSandbox
 

@@ -9,11 +9,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-from agent.backend import Busy, Change, Plan, PlanError, Saved, Snapshot
-from agent.checks import CheckSpec
+from agent.backends.base import Busy, Change, Plan, PlanError, Saved, Snapshot
 from agent.errors import CommandFailed
-from agent.health import CheckResult
-from agent.orders import Target
+from agent.host.checks import CheckSpec
+from agent.host.health import CheckResult
+from agent.orders.workorder import Target
 
 
 class FakeBackend:

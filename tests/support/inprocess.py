@@ -8,16 +8,16 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-from agent import facts as hostfacts
-from agent import reporting
-from agent.checkin import CheckIns
-from agent.client import ControllerClient
-from agent.enrollment import enroll
-from agent.journal import Journal
-from agent.keys import learn as learn_keys
-from agent.runner import Runner
+from agent.host import facts as hostfacts
+from agent.link import reporting
+from agent.link.checkin import CheckIns
+from agent.link.client import ControllerClient
+from agent.link.enrollment import enroll
+from agent.link.keys import learn as learn_keys
+from agent.orders.journal import Journal
+from agent.orders.runner import Runner
+from agent.orders.states import State
 from agent.statedir import StateDir
-from agent.states import State
 from tests.support.controller import Controller
 from tests.support.fakes import FakeBackend, FakeProber
 

@@ -193,7 +193,7 @@ def built_debs(version: str | None = None) -> BuiltDebs:
 @cache
 def session_release_key() -> Path:
     """A release key pair for this test session: release.key, release.pub."""
-    from controller.release import keygen
+    from controller.releases.signed import keygen
 
     key = session_debs_root() / "release.key"
     keygen(key)

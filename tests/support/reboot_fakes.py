@@ -12,10 +12,10 @@ import itertools
 from dataclasses import dataclass, field
 from datetime import timedelta
 
-from agent.bootloader import BootloaderError
-from agent.decide import LiveOffer, Reason
+from agent.boot.bootloader import BootloaderError
+from agent.boot.decide import LiveOffer, Reason
+from agent.boot.livepatch import Applied, LivepatchError
 from agent.errors import CommandFailed
-from agent.livepatch import Applied, LivepatchError
 
 _ids = itertools.count(1)
 

@@ -1,7 +1,7 @@
 """Signed agent releases and agent-update orders for tests.
 
 `signed_release` signs .deb files with `fleetpatch release sign`'s own code
-(controller.release); `agent_update_order` builds the order a controller
+(controller.releases.signed); `agent_update_order` builds the order a controller
 hands out for one of them, from the files as released.
 """
 
@@ -16,7 +16,7 @@ from fleetpatch.debversion import pep440_version
 from fleetpatch.v1 import types_pb2
 from google.protobuf.duration_pb2 import Duration
 
-from controller.release import keygen, sign_artifacts
+from controller.releases.signed import keygen, sign_artifacts
 from tests.support.debrepo import DebFile, DebSpec, build_deb
 from tests.support.orders import work_order
 

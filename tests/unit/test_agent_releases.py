@@ -18,8 +18,11 @@ from typing import Any
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from controller import audit, release
-from controller.agentreleases import (
+from controller import audit
+from controller.errors import AlreadyExists, FleetpatchError, NotFound, Refused, UsageError
+from controller.releases import signed as release
+from controller.releases.artifacts import ArtifactStore
+from controller.releases.publishing import (
     CHUNK,
     MAX_SIZE,
     Header,
@@ -27,10 +30,8 @@ from controller.agentreleases import (
     check_header,
     version_of,
 )
-from controller.artifacts import ArtifactStore
-from controller.errors import AlreadyExists, FleetpatchError, NotFound, Refused, UsageError
 from controller.store import Store
-from controller.storethread import StoreThread
+from controller.store.thread import StoreThread
 
 NOW = datetime(2025, 3, 1, 12, 0, tzinfo=UTC)
 DEB = "fleetpatch-agent_0.2.0_amd64.deb"

@@ -5,9 +5,9 @@ command runner; the real path is exercised in the sandbox tests."""
 
 from __future__ import annotations
 
-from agent import subp
-from agent.apt import Apt
-from agent.backend import Saved, Snapshot
+from agent.backends import subp
+from agent.backends.apt import Apt
+from agent.backends.base import Saved, Snapshot
 
 
 class Host:
@@ -45,7 +45,7 @@ def test_revert_falls_back_to_dpkg_when_apt_refuses():
 
 
 def test_every_lock_message_apt_prints_means_busy():
-    from agent.apt import _LOCK
+    from agent.backends.apt import _LOCK
 
     for line in (
         "E: Could not get lock /var/lib/dpkg/lock-frontend. It is held by process 42 (apt-get)",

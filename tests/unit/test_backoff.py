@@ -11,10 +11,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from agent.backoff import backoff_delay
-from agent.checkin import CheckIns
 from agent.errors import ControllerUnavailable
-from agent.journal import Journal
+from agent.link.backoff import backoff_delay
+from agent.link.checkin import CheckIns
+from agent.orders.journal import Journal
 from agent.statedir import AgentConfig, Timing
 
 

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from controller.checkin import next_checkin
+from controller.api.checkin import next_checkin
 
 
 @given(

@@ -12,9 +12,9 @@ import psutil
 import pytest
 from fleetpatch.v1 import types_pb2
 
-from agent import subp
-from agent.checks import CheckSpec, Kind, Prober, check_from_config, check_from_pb
-from agent.health import ResourceLimits
+from agent.backends import subp
+from agent.host.checks import CheckSpec, Kind, Prober, check_from_config, check_from_pb
+from agent.host.health import ResourceLimits
 from controller.campaigns import parse_campaign
 
 

@@ -10,17 +10,9 @@ from datetime import UTC, date, datetime, timedelta
 import pytest
 from fleetpatch.v1 import types_pb2
 
-from agent.decide import (
-    Action,
-    Decision,
-    LiveOffer,
-    OrderPolicy,
-    Reason,
-    Signals,
-    decide,
-)
-from agent.orders import Livepatch, Reboot, from_pb
-from agent.policy import Policy
+from agent.boot.decide import Action, Decision, LiveOffer, OrderPolicy, Reason, Signals, decide
+from agent.orders.policy import Policy
+from agent.orders.workorder import Livepatch, Reboot, from_pb
 from tests.support.orders import work_order
 
 NOW = datetime(2026, 11, 28, 3, 0, tzinfo=UTC)

@@ -10,7 +10,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.x509.oid import NameOID
 from fleetpatch.identity import HOST_ID, Identity, Role, identity_from_certificate
 
-from controller.pki import CertificateAuthority, new_key, server_names
+from controller.fleet.pki import CertificateAuthority, new_key, server_names
 
 HOST = "h-0123456789abcdef"
 

@@ -5,6 +5,8 @@ neither."""
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -38,3 +40,15 @@ def test_package_imports_nothing_it_must_not(package):
         if _imports(f) & FORBIDDEN[package]
     }
     assert not bad, f"forbidden imports: {bad}"
+
+
+def test_the_controller_server_loads_no_cli():
+    """The server process must not pay for (or depend on) the admin CLI.
+    (click is not checked: sqlite-utils loads it for its own CLI's plugins.)"""
+    loaded = subprocess.run(
+        [sys.executable, "-c",
+         "import sys, controller.api.server; print(' '.join(sorted(m for m in sys.modules "
+         "if m.split('.')[0] in ('typer', 'rich') or m.startswith('controller.cli'))))"],
+        capture_output=True, text=True, check=True, timeout=60,
+    )  # fmt: skip
+    assert loaded.stdout.strip() == ""

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.journal import CheckInState, Journal
+from agent.orders.journal import CheckInState, Journal
 
 NOW = datetime(2025, 3, 1, 12, 0, 0, 123456, tzinfo=UTC)
 

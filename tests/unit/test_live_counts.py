@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from controller.campaigns import CampaignState, parse_campaign
 from controller.campaigns.live import PATCH, REVERT, LiveCount, Order
 from controller.model import Assignment, AssignmentStatus, CampaignRecord, Host, HostStatus
-from controller.tally import count, host_facts
+from controller.rollout.tally import count, host_facts
 
 T0 = datetime(2026, 12, 1, 12, tzinfo=UTC)
 SPEC = parse_campaign(

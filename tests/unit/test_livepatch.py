@@ -13,8 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from agent.decide import LiveOffer
-from agent.livepatch import (
+from agent.backends.subp import BASE_ENV
+from agent.boot.decide import LiveOffer
+from agent.boot.livepatch import (
     CanonicalLivepatch,
     Kpatch,
     LivepatchError,
@@ -22,7 +23,6 @@ from agent.livepatch import (
     find_offer,
     parse_kpatch_list,
 )
-from agent.subp import BASE_ENV
 
 KERNEL = "5.14.0-284.11.1.el9_2.x86_64"
 OLDER = "kpatch_5_14_0_284_11_1_1_1"

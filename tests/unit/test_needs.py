@@ -6,8 +6,9 @@ apt hook would restart services during the apt tests)."""
 
 from __future__ import annotations
 
-from agent.decide import Reason
-from agent.needs import (
+from agent.backends.subp import BASE_ENV, run
+from agent.boot.decide import Reason
+from agent.host.needs import (
     RebootSignals,
     installed_kernels,
     kernel_reasons,
@@ -15,7 +16,6 @@ from agent.needs import (
     reboot_required_reasons,
     version_key,
 )
-from agent.subp import BASE_ENV, run
 
 # `needrestart -b` on a Debian 12 host after a kernel and a microcode update.
 NEEDRESTART_KERNEL = """\

@@ -6,9 +6,9 @@ from collections.abc import Sequence
 
 import pytest
 
+from agent.backends.packages import DPKG_QUERY, RPM_QUERY, installed, parse_dpkg, parse_rpm
+from agent.backends.subp import Result
 from agent.errors import CommandFailed, ConfigError
-from agent.packages import DPKG_QUERY, RPM_QUERY, installed, parse_dpkg, parse_rpm
-from agent.subp import Result
 
 DPKG_OUTPUT = (
     "ii \tzlib1g\t1:1.2.13.dfsg-1\tamd64\n"

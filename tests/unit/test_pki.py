@@ -14,7 +14,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from fleetpatch.identity import Identity, Role, identity_from_certificate
 
 from controller.errors import UsageError
-from controller.pki import (
+from controller.fleet.pki import (
     CLIENT_LIFETIME,
     CertificateAuthority,
     key_to_pem,

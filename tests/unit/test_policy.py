@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from agent.backend import Change, Plan
-from agent.policy import Policy, plan_violation, policy_from_config
+from agent.backends.base import Change, Plan
+from agent.orders.policy import Policy, plan_violation, policy_from_config
 
 
 def test_defaults_are_safe():

@@ -12,11 +12,11 @@ from pathlib import Path
 
 import pytest
 
-from agent import subp
-from agent.apt import Apt
-from agent.dnf import Dnf
+from agent.backends import subp
+from agent.backends.apt import Apt
+from agent.backends.dnf import Dnf
+from agent.boot.reboot import CommandRebooter, FileValue, Inhibitor, mutating
 from agent.errors import CommandFailed, ConfigError
-from agent.reboot import CommandRebooter, FileValue, Inhibitor, mutating
 from agent.service import backend_for
 from agent.statedir import AgentConfig, RebootSettings, StateDir
 

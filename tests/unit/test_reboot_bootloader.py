@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from agent import subp
-from agent.bootloader import (
+from agent.backends import subp
+from agent.boot.bootloader import (
     BootloaderError,
     Grub,
     Grubby,

@@ -12,11 +12,11 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from fleetpatch.v1 import types_pb2
 
-from agent.backend import Change, Plan, Snapshot
-from agent.journal import Journal
-from agent.policy import Policy
-from agent.runner import Runner
-from agent.states import State
+from agent.backends.base import Change, Plan, Snapshot
+from agent.orders.journal import Journal
+from agent.orders.policy import Policy
+from agent.orders.runner import Runner
+from agent.orders.states import State
 from tests.support.fakes import FakeBackend, FakeProber
 from tests.support.orders import sign, trusted, work_order
 from tests.support.reboot_fakes import FakeBootloader, FakeMachine, FakeProvider, FakeRebooter

@@ -16,8 +16,9 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from controller import release
+from controller.cli import release as release_cli
 from controller.errors import Conflict, FleetpatchError, Refused, UsageError
+from controller.releases import signed as release
 
 
 @dataclass
@@ -49,12 +50,12 @@ def signed(tmp_path: Path, keys: tuple[Path, Path]) -> Release:
 
 
 def run_cli(*args: str | Path, capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
-    """release.main() in-process, as `fleetpatch release ...` runs it."""
+    """release_cli.main() in-process, as `fleetpatch release ...` runs it."""
     old = sys.argv
     sys.argv = ["fleetpatch-release", *(str(a) for a in args)]
     try:
         with pytest.raises(SystemExit) as exited:
-            release.main()
+            release_cli.main()
     finally:
         sys.argv = old
     out, err = capsys.readouterr()
@@ -340,7 +341,7 @@ def test_errors_are_fleetpatch_errors():
 def test_python_m_entry_point_prints_one_line_not_a_traceback(signed):
     (signed.dir / "SHA256SUMS.sig").unlink()
     done = subprocess.run(
-        [sys.executable, "-m", "controller.release", "verify", str(signed.dir),
+        [sys.executable, "-m", "controller.cli.release", "verify", str(signed.dir),
          "--public-key", str(signed.pub)],
         capture_output=True, text=True, check=False, timeout=60,
     )  # fmt: skip

@@ -11,13 +11,13 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from fleetpatch.v1 import types_pb2
 
-from agent.backend import Change, Plan, Saved, Snapshot
-from agent.checks import CheckSpec, Kind
-from agent.journal import Journal
-from agent.orders import OrderRefused, RefusalReason
-from agent.policy import Policy
-from agent.runner import Runner
-from agent.states import State
+from agent.backends.base import Change, Plan, Saved, Snapshot
+from agent.host.checks import CheckSpec, Kind
+from agent.orders.journal import Journal
+from agent.orders.policy import Policy
+from agent.orders.runner import Runner
+from agent.orders.states import State
+from agent.orders.workorder import OrderRefused, RefusalReason
 from tests.support.fakes import FakeBackend, FakeProber
 from tests.support.orders import command_check, sign, trusted, work_order
 

@@ -20,16 +20,16 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from agent.apt import deb_fields
-from agent.backend import Change, Plan, Saved, Snapshot
+from agent.backends.apt import deb_fields
+from agent.backends.base import Change, Plan, Saved, Snapshot
+from agent.backends.subp import Result
 from agent.errors import AgentError, ControllerUnavailable
-from agent.journal import Journal
-from agent.orders import OrderRefused, RefusalReason
-from agent.policy import Policy
-from agent.runner import Runner
-from agent.selfupdate import HandOver, SystemdWatchdog, unit_name
-from agent.states import State, next_state
-from agent.subp import Result
+from agent.orders.journal import Journal
+from agent.orders.policy import Policy
+from agent.orders.runner import Runner
+from agent.orders.selfupdate import HandOver, SystemdWatchdog, unit_name
+from agent.orders.states import State, next_state
+from agent.orders.workorder import OrderRefused, RefusalReason
 from tests.support.fakes import FakeBackend, FakeProber
 from tests.support.orders import sign, trusted
 from tests.support.releases import agent_deb, agent_update_order, release_key, signed_release

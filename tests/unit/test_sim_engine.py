@@ -14,7 +14,7 @@ import pytest
 
 from controller.campaigns import CampaignSpec, CampaignState, GateStatus, parse_campaign, scheduler
 from controller.model import Assignment, AssignmentStatus, CampaignRecord, Host, HostStatus
-from controller.tally import count
+from controller.rollout.tally import count
 from simulator.engine import Settings, Simulation
 from simulator.failures import FailureModel, Odds, Outage, Rule, Selector, When
 from simulator.fleet import FleetHost, FleetSpec, RegionSpec, generate
@@ -253,7 +253,7 @@ REBOOTS = FailureModel(
     ids=["reboot", "livepatch", "never-reboot"],
 )
 def test_the_agent_goes_through_the_agents_own_transitions(packages, patch):
-    from agent.states import TERMINAL, TRANSITIONS, State
+    from agent.orders.states import TERMINAL, TRANSITIONS, State
 
     text = (
         CAMPAIGN.format(order="parallel", windows=WINDOWS)
@@ -301,7 +301,7 @@ def test_the_agent_goes_through_the_agents_own_transitions(packages, patch):
 
 
 def test_an_agent_state_without_a_model_is_reported_not_guessed():
-    from agent.states import State
+    from agent.orders.states import State
     from simulator.agentmodel import Agent, Order, draw_fate, rehearsed_patch
     from simulator.errors import ModelGap
     from simulator.failures import StepDurations

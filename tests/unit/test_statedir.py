@@ -9,9 +9,9 @@ from cryptography.hazmat.primitives import serialization
 from fleetpatch.identity import Identity, Role
 
 from agent.errors import ConfigError, NotEnrolled
-from agent.health import ResourceLimits
+from agent.host.health import ResourceLimits
 from agent.statedir import AgentConfig, StateDir
-from controller.pki import CertificateAuthority, new_key
+from controller.fleet.pki import CertificateAuthority, new_key
 
 HOST = "h-0123456789abcdef"
 

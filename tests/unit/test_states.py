@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from agent.states import (
+from agent.orders.states import (
     RESERVED,
     RESUME,
     TERMINAL,

@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 
 from controller.errors import NotFound, TokenRefused
+from controller.fleet.tokens import Token, new_token
 from controller.model import CheckIn, CheckInOutcome, Host, HostStatus, Package
 from controller.store import Store
-from controller.tokens import Token, new_token
 
 NOW = datetime(2025, 3, 1, 12, 0, tzinfo=UTC)
 PACKAGES: list[Package] = [("bash", "5.2-1", "amd64"), ("zlib1g", "1:1.3", "amd64")]

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from agent.backends.subp import BASE_ENV, Result, run
 from agent.errors import AgentError, CommandFailed
-from agent.subp import BASE_ENV, Result, run
 
 
 def test_argv_is_passed_as_is_without_a_shell():

@@ -9,7 +9,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from controller.errors import Refused, TokenRefused
-from controller.tokens import MAX_TTL, Token, check, new_token, parse
+from controller.fleet.tokens import MAX_TTL, Token, check, new_token, parse
 
 NOW = datetime(2025, 3, 1, 12, 0, tzinfo=UTC)
 

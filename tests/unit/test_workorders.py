@@ -11,9 +11,10 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from fleetpatch.envelope import WORK_ORDER_TYPE, key_id, open_envelope, raw_public_key
 from fleetpatch.v1 import types_pb2
 
-from controller import convert, workorders
+from controller.api import convert
 from controller.campaigns import parse_campaign
 from controller.model import AgentRelease
+from controller.rollout import workorders
 
 NOW = datetime(2025, 3, 1, 12, 0, tzinfo=UTC)
 CLOSES = NOW + timedelta(hours=2)

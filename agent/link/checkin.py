@@ -1,0 +1,120 @@
+"""Check-ins: tell the controller who we are, what is installed and how we
+are, and learn when to come back. The full inventory travels only when its
+hash differs from the one the controller last acknowledged."""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+from fleetpatch.inventory import inventory_hash
+from fleetpatch.v1 import agent_pb2, types_pb2
+
+from agent.backends import packages
+from agent.errors import CommandFailed, TransientError
+from agent.host import facts as hostfacts
+from agent.host.health import resource_checks, summarize
+from agent.link import convert
+from agent.link.backoff import backoff_delay
+from agent.link.client import ControllerClient
+from agent.orders.journal import Journal
+from agent.statedir import AgentConfig
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class CheckInReport:
+    inventory_sent: bool
+    package_count: int
+    healthy: bool
+    next_in: timedelta
+    work_order: types_pb2.SignedEnvelope | None = None
+
+
+class CheckIns:
+    def __init__(
+        self,
+        config: AgentConfig,
+        journal: Journal,
+        client: ControllerClient,
+        collect_facts: Callable[[], hostfacts.HostFacts] = hostfacts.collect,
+        list_packages: Callable[[str], list[packages.Package]] = packages.installed,
+        rng: random.Random | None = None,
+        on_order: Callable[[types_pb2.SignedEnvelope], object] | None = None,
+        between: Callable[[], object] | None = None,
+        on_keys: Callable[[Sequence[types_pb2.SigningKey]], object] | None = None,
+    ) -> None:
+        self._config = config
+        self._journal = journal
+        self._client = client
+        self._collect_facts = collect_facts
+        self._list_packages = list_packages
+        self._rng = rng or random.Random()
+        self._on_order = on_order
+        self._between = between
+        self._on_keys = on_keys
+
+    def once(self) -> CheckInReport:
+        """One check-in. Raises TransientError (worth retrying), Refused."""
+        facts = self._collect_facts()
+        installed = self._list_packages(facts.package_manager)
+        current = inventory_hash(installed)
+        health = summarize(resource_checks(self._config.health))
+        request = agent_pb2.CheckInRequest(
+            facts=convert.facts_to_pb(facts),
+            inventory_hash=current,
+            health=convert.health_to_pb(health),
+            highest_sequence=self._journal.highest_sequence(),
+        )
+        send_full = current != self._journal.checkin_state().acked_inventory_hash
+        if send_full:
+            request.inventory.CopyFrom(convert.inventory_to_pb(installed))
+        response = self._client.check_in(request)
+        if response.inventory_required and not send_full:
+            # The controller lost or never had our inventory (a restored
+            # database, say): send it in full at once.
+            log.info("controller asked for the full inventory")
+            request.inventory.CopyFrom(convert.inventory_to_pb(installed))
+            send_full = True
+            response = self._client.check_in(request)
+        if response.signing_keys and self._on_keys is not None:
+            self._on_keys(response.signing_keys)
+        next_in = response.next_checkin.ToTimedelta()
+        self._journal.record_checkin(response.known_inventory_hash, datetime.now(UTC) + next_in)
+        order = response.work_order if response.HasField("work_order") else None
+        return CheckInReport(send_full, len(installed), health.healthy, next_in, order)
+
+    def run(self, stop: threading.Event) -> None:
+        """Check in until ``stop`` is set. Network and package-manager
+        trouble is retried with backoff; a refusal (revoked, say) raises."""
+        failures = 0
+        while not stop.is_set():
+            if self._between is not None:
+                self._between()
+            try:
+                report = self.once()
+            except (TransientError, CommandFailed) as exc:
+                failures += 1
+                delay = backoff_delay(
+                    failures, self._rng, cap=self._config.timing.max_retry_delay.total_seconds()
+                )
+                self._journal.record_checkin_failure(str(exc))
+                log.warning("check-in failed (%s); retrying in %.0fs", exc, delay)
+            else:
+                failures = 0
+                delay = report.next_in.total_seconds()
+                log.info(
+                    "checked in (%s, %s); next in %.0fs",
+                    "inventory sent" if report.inventory_sent else "inventory unchanged",
+                    "healthy" if report.healthy else "UNHEALTHY",
+                    delay,
+                )
+                if report.work_order is not None and self._on_order is not None:
+                    self._on_order(report.work_order)
+                    continue  # check in again at once: report the outcome, get the next
+            stop.wait(delay)

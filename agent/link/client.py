@@ -1,0 +1,112 @@
+"""The agent's gRPC connection to the controller. gRPC errors become agent
+errors here and nowhere else."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import TypeVar
+
+import grpc
+from fleetpatch.v1 import agent_pb2, agent_pb2_grpc
+
+from agent.errors import AgentError, ControllerUnavailable, Refused
+
+_T = TypeVar("_T")
+TIMEOUT_SECONDS = 30.0
+FETCH_TIMEOUT_SECONDS = 600.0  # a whole agent package, on a slow link
+_OPTIONS = [
+    ("grpc.keepalive_time_ms", 120_000),
+    ("grpc.enable_retries", 0),  # the agent retries with its own backoff
+]
+
+
+def _call(address: str, fn: Callable[[], _T]) -> _T:
+    try:
+        return fn()
+    except grpc.RpcError as exc:
+        code: grpc.StatusCode = exc.code()
+        details: str = exc.details() or code.name
+        if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+            raise ControllerUnavailable(
+                f"cannot reach the controller at {address}: {details}"
+            ) from None
+        if code in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED):
+            raise Refused(f"the controller refused: {details}") from None
+        raise AgentError(f"the controller answered {code.name}: {details}") from None
+
+
+def enroll_call(
+    address: str, ca_pem: bytes, request: agent_pb2.EnrollRequest
+) -> agent_pb2.EnrollResponse:
+    """Enroll over server-authenticated TLS (we have no certificate yet)."""
+    creds = grpc.ssl_channel_credentials(root_certificates=ca_pem)
+    with grpc.secure_channel(address, creds, options=_OPTIONS) as channel:
+        stub = agent_pb2_grpc.AgentServiceStub(channel)
+        return _call(address, lambda: stub.Enroll(request, timeout=TIMEOUT_SECONDS))
+
+
+class ControllerClient:
+    """Mutual-TLS calls as this host."""
+
+    def __init__(self, address: str, ca_pem: bytes, key_pem: bytes, cert_pem: bytes) -> None:
+        self.address = address
+        creds = grpc.ssl_channel_credentials(
+            root_certificates=ca_pem, private_key=key_pem, certificate_chain=cert_pem
+        )
+        self._channel = grpc.secure_channel(address, creds, options=_OPTIONS)
+        self._stub = agent_pb2_grpc.AgentServiceStub(self._channel)
+
+    def close(self) -> None:
+        self._channel.close()
+
+    def check_in(self, request: agent_pb2.CheckInRequest) -> agent_pb2.CheckInResponse:
+        return _call(self.address, lambda: self._stub.CheckIn(request, timeout=TIMEOUT_SECONDS))
+
+    def report_progress(
+        self, request: agent_pb2.ReportProgressRequest
+    ) -> agent_pb2.ReportProgressResponse:
+        return _call(
+            self.address, lambda: self._stub.ReportProgress(request, timeout=TIMEOUT_SECONDS)
+        )
+
+    def reach(self) -> None:
+        """One authenticated round trip (an empty report): proves this agent
+        can load its key, complete mutual TLS and be accepted as its host."""
+        self.report_progress(agent_pb2.ReportProgressRequest())
+
+    def fetch_artifact(self, sha256: bytes, dest: Path, max_size: int) -> None:
+        """Stream the artifact with this digest into ``dest`` (created 0600),
+        hashing as it comes; raises AgentError and removes ``dest`` when it is
+        larger than ``max_size`` or not what was asked for."""
+
+        def fetch() -> None:
+            digest, size = hashlib.sha256(), 0
+            stream = self._stub.FetchArtifact(
+                agent_pb2.FetchArtifactRequest(sha256=sha256), timeout=FETCH_TIMEOUT_SECONDS
+            )
+            fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "wb") as out:
+                for chunk in stream:
+                    size += len(chunk.data)
+                    if size > max_size:
+                        stream.cancel()  # type: ignore[no-untyped-call]
+                        raise AgentError(
+                            f"the artifact is larger than the {max_size} bytes announced"
+                        )
+                    digest.update(chunk.data)
+                    out.write(chunk.data)
+                out.flush()
+                os.fsync(out.fileno())
+            if digest.digest() != sha256:
+                raise AgentError(
+                    f"the controller sent an artifact whose SHA-256 is {digest.hexdigest()}"
+                )
+
+        try:
+            _call(self.address, fetch)
+        except BaseException:
+            dest.unlink(missing_ok=True)
+            raise

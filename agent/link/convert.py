@@ -1,0 +1,73 @@
+"""The agent's plain data <-> protobuf; nothing else touches protobuf."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+
+from fleetpatch.v1 import types_pb2
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from agent.backends.base import Change
+from agent.backends.packages import Package
+from agent.host.facts import HostFacts
+from agent.host.health import CheckResult, HealthSummary
+
+
+def facts_to_pb(facts: HostFacts) -> types_pb2.HostFacts:
+    return types_pb2.HostFacts(**dataclasses.asdict(facts))
+
+
+def inventory_to_pb(packages: Sequence[Package]) -> types_pb2.Inventory:
+    return types_pb2.Inventory(
+        packages=[types_pb2.Package(name=n, version=v, arch=a) for n, v, a in packages]
+    )
+
+
+def health_to_pb(summary: HealthSummary) -> types_pb2.HealthSummary:
+    observed = Timestamp()
+    observed.FromDatetime(summary.observed_at)
+    return types_pb2.HealthSummary(
+        healthy=summary.healthy,
+        observed_at=observed,
+        checks=[
+            types_pb2.CheckResult(name=c.name, kind=c.kind, ok=c.ok, detail=c.detail)
+            for c in summary.checks
+        ],
+    )
+
+
+def progress_report(
+    key: str,
+    order_id: str,
+    step: str,
+    detail: str,
+    *,
+    final: bool = False,
+    sequence: int = 0,
+    campaign_id: str = "",
+    changes: Sequence[Change] = (),
+    checks: Sequence[CheckResult] = (),
+) -> bytes:
+    """A serialized ProgressReport, as queued in the journal."""
+    at = Timestamp()
+    at.GetCurrentTime()
+    return types_pb2.ProgressReport(
+        idempotency_key=key,
+        order_id=order_id,
+        step=step,
+        final=final,
+        outcome=step if final else "",
+        detail=detail,
+        at=at,
+        sequence=sequence,
+        campaign_id=campaign_id,
+        changes=[
+            types_pb2.PackageChange(name=c.name, from_version=c.old, to_version=c.new)
+            for c in changes
+        ],
+        checks=[
+            types_pb2.CheckResult(name=c.name, kind=c.kind, ok=c.ok, detail=c.detail)
+            for c in checks
+        ],
+    ).SerializeToString()

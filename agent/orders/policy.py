@@ -1,0 +1,128 @@
+"""Local policy: what this host allows any work order to do.
+
+The host's owner writes it in agent.toml ``[policy]``; the controller
+cannot change it. A compromised controller can therefore ask for no more
+than the policy allows: no commands unless the host opts in, no packages
+the host protects, no sources it does not trust, no reboots if it says so.
+An order or plan outside policy is refused before anything changes.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from agent.backends.base import Plan
+from agent.host.checks import Kind
+from agent.orders.workorder import Action, OrderRefused, Reboot, RefusalReason, WorkOrder
+
+#: The package an agent-update order installs.
+AGENT_PACKAGE = "fleetpatch-agent"
+
+
+@dataclass(frozen=True)
+class Policy:
+    allow_reboot: bool = True
+    allow_order_commands: bool = False
+    never_touch: tuple[str, ...] = ()
+    allowed_sources: tuple[str, ...] = ()
+    max_packages: int = 200
+    # Agent self-update: whether orders may update this agent, to which
+    # versions, and the release key (pinned here, never sent) they must carry.
+    allow_agent_update: bool = True
+    allow_agent_downgrade: bool = False
+    release_key: Path = Path("/etc/fleetpatch/release.pub")
+
+
+def policy_from_config(table: Mapping[str, Any], where: str) -> Policy:
+    """``[policy]`` of agent.toml; raises ValueError naming the bad field."""
+    unknown = sorted(set(table) - set(Policy.__dataclass_fields__))
+    if unknown:
+        raise ValueError(f"{where}: unknown key policy.{unknown[0]}")
+    values: dict[str, Any] = {}
+    for key in ("allow_reboot", "allow_order_commands", "allow_agent_update",
+                "allow_agent_downgrade"):  # fmt: skip
+        if key in table:
+            if not isinstance(table[key], bool):
+                raise ValueError(f"{where}: policy.{key} must be true or false")
+            values[key] = table[key]
+    for key in ("never_touch", "allowed_sources"):
+        if key in table:
+            value = table[key]
+            if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+                raise ValueError(f"{where}: policy.{key} must be a list of patterns")
+            values[key] = tuple(value)
+    if "max_packages" in table:
+        value = table["max_packages"]
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise ValueError(f"{where}: policy.max_packages must be a whole number >= 1")
+        values["max_packages"] = value
+    if "release_key" in table:
+        value = table["release_key"]
+        if not isinstance(value, str) or not value.startswith("/"):
+            raise ValueError(f"{where}: policy.release_key must be an absolute path")
+        values["release_key"] = Path(value)
+    return Policy(**values)
+
+
+def _matches(name: str, patterns: tuple[str, ...]) -> str | None:
+    return next((p for p in patterns if fnmatch.fnmatchcase(name, p)), None)
+
+
+def check_order(order: WorkOrder, policy: Policy) -> None:
+    """Refuse an order this host does not allow (OrderRefused, POLICY)."""
+
+    def refuse(why: str) -> OrderRefused:
+        return OrderRefused(
+            RefusalReason.POLICY, f"work order {order.order_id} refused by local policy: {why}",
+            order.order_id,
+        )  # fmt: skip
+
+    if order.action is Action.AGENT_UPDATE:
+        if not policy.allow_agent_update:
+            raise refuse("it updates the agent and policy.allow_agent_update is false")
+        pattern = _matches(AGENT_PACKAGE, policy.never_touch)
+        if pattern:
+            raise refuse(f"package {AGENT_PACKAGE} is protected (policy.never_touch {pattern!r})")
+    commands = [c.name for c in order.checks if c.kind is Kind.COMMAND]
+    if commands and not policy.allow_order_commands:
+        raise refuse(
+            f"it asks to run command check(s) {', '.join(commands)} "
+            "and policy.allow_order_commands is false"
+        )
+    if order.reboot is Reboot.ALWAYS and not policy.allow_reboot:
+        raise refuse("it demands a reboot and policy.allow_reboot is false")
+    for target in order.targets:
+        pattern = _matches(target.name, policy.never_touch)
+        if pattern:
+            raise refuse(f"package {target.name} is protected (policy.never_touch {pattern!r})")
+
+
+def plan_violation(plan: Plan, policy: Policy) -> str | None:
+    """Why a plan is outside policy, or None when it is within it."""
+    if len(plan.changes) > policy.max_packages:
+        return (
+            f"the update touches {len(plan.changes)} packages, "
+            f"more than policy.max_packages ({policy.max_packages})"
+        )
+    for change in plan.changes:
+        if change.name == AGENT_PACKAGE and not change.new:
+            # Its removal would stop this agent and wait for it, while it
+            # waits for the removal: never as a side effect of a patch.
+            return f"the update would remove {AGENT_PACKAGE}, this agent itself"
+        pattern = _matches(change.name, policy.never_touch)
+        if pattern:
+            return f"the update touches protected package {change.name} ({pattern!r})"
+        if (
+            change.new
+            and policy.allowed_sources
+            and not _matches(change.origin, policy.allowed_sources)
+        ):
+            return (
+                f"{change.name} {change.new} comes from {change.origin!r}, "
+                "which policy.allowed_sources does not list"
+            )
+    return None

@@ -1,0 +1,189 @@
+"""Protobuf <-> the controller's plain data. Only servicers and the admin
+client touch protobuf classes; everything else speaks model dataclasses."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Any
+
+from fleetpatch.v1 import admin_pb2, types_pb2
+
+if TYPE_CHECKING:
+    from controller.rollout.engine import CellView
+from google.protobuf import json_format
+from google.protobuf.descriptor import FieldDescriptor
+from google.protobuf.duration_pb2 import Duration
+from google.protobuf.message import Message
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from controller.audit import AuditRecord
+from controller.fleet.tokens import Token
+from controller.model import AgentRelease, CampaignRecord, Host, HostStatus, Package, ProgressReport
+
+_STATUS = {
+    HostStatus.ACTIVE: admin_pb2.HOST_STATUS_ACTIVE,
+    HostStatus.REVOKED: admin_pb2.HOST_STATUS_REVOKED,
+}
+
+
+_INT64 = {
+    FieldDescriptor.TYPE_INT64,
+    FieldDescriptor.TYPE_UINT64,
+    FieldDescriptor.TYPE_SINT64,
+    FieldDescriptor.TYPE_FIXED64,
+    FieldDescriptor.TYPE_SFIXED64,
+}
+
+
+def to_json(message: Message) -> dict[str, Any]:
+    """A message as JSON a person (or jq) can use: every field present,
+    zero values included, and 64-bit integers as numbers rather than the
+    strings the protobuf JSON mapping uses."""
+    doc = json_format.MessageToDict(
+        message, preserving_proto_field_name=True, always_print_fields_with_no_presence=True
+    )
+    _int64_as_numbers(message, doc)
+    return doc
+
+
+def _int64_as_numbers(message: Message, doc: dict[str, Any]) -> None:
+    for field in message.DESCRIPTOR.fields:
+        if field.name not in doc:
+            continue
+        if field.type in _INT64:
+            value = doc[field.name]
+            doc[field.name] = [int(v) for v in value] if isinstance(value, list) else int(value)
+        elif field.message_type is not None and not field.message_type.GetOptions().map_entry:
+            if field.message_type.full_name.startswith("google.protobuf."):
+                continue  # well-known types have their own JSON form
+            nested = getattr(message, field.name)
+            if isinstance(doc[field.name], list):
+                for item, sub in zip(nested, doc[field.name], strict=True):
+                    _int64_as_numbers(item, sub)
+            else:
+                _int64_as_numbers(nested, doc[field.name])
+
+
+def timestamp(value: datetime | None) -> Timestamp | None:
+    if value is None:
+        return None
+    ts = Timestamp()
+    ts.FromDatetime(value)
+    return ts
+
+
+def from_timestamp(ts: Timestamp) -> datetime:
+    return ts.ToDatetime(tzinfo=UTC)
+
+
+def duration(value: timedelta) -> Duration:
+    d = Duration()
+    d.FromTimedelta(value)
+    return d
+
+
+def token_to_pb(token: Token) -> admin_pb2.Token:
+    return admin_pb2.Token(
+        token_id=token.token_id,
+        region=token.region,
+        ring=token.ring,
+        labels=token.labels,
+        uses_allowed=token.uses_allowed,
+        uses=token.uses,
+        created_at=timestamp(token.created_at),
+        expires_at=timestamp(token.expires_at),
+        revoked=token.revoked,
+    )
+
+
+def host_to_pb(host: Host) -> admin_pb2.Host:
+    pb = admin_pb2.Host(
+        host_id=host.host_id,
+        region=host.region,
+        ring=host.ring,
+        labels=dict(host.labels),
+        status=_STATUS[host.status],
+        enrolled_at=timestamp(host.enrolled_at),
+        last_seen=timestamp(host.last_seen),
+        inventory_hash=host.inventory_hash,
+        package_count=host.package_count,
+        certificate_serial=host.certificate_serial,
+        certificate_expires_at=timestamp(host.certificate_expires_at),
+        inventory_updates=host.inventory_updates,
+        checkins=host.checkins,
+    )
+    json_format.ParseDict(dict(host.facts), pb.facts, ignore_unknown_fields=True)
+    json_format.ParseDict(dict(host.health), pb.health, ignore_unknown_fields=True)
+    return pb
+
+
+def report_from_pb(host_id: str, pb: types_pb2.ProgressReport) -> ProgressReport:
+    return ProgressReport(
+        idempotency_key=pb.idempotency_key,
+        host_id=host_id,
+        order_id=pb.order_id,
+        step=pb.step,
+        final=pb.final,
+        outcome=pb.outcome,
+        detail=pb.detail,
+        at=from_timestamp(pb.at) if pb.HasField("at") else datetime.now(UTC),
+        payload=pb.SerializeToString(),
+    )
+
+
+def packages_from_pb(inventory: types_pb2.Inventory) -> list[Package]:
+    return [(p.name, p.version, p.arch) for p in inventory.packages]
+
+
+def packages_to_pb(packages: Sequence[Package]) -> types_pb2.Inventory:
+    return types_pb2.Inventory(
+        packages=[types_pb2.Package(name=n, version=v, arch=a) for n, v, a in packages]
+    )
+
+
+def campaign_to_pb(record: CampaignRecord, cells: Sequence[CellView]) -> admin_pb2.Campaign:
+    pb = admin_pb2.Campaign(
+        campaign_id=record.campaign_id,
+        name=record.name,
+        state=record.state,
+        spec=record.spec,
+        created_by=record.created_by,
+        created_at=timestamp(record.created_at),
+        approved_at=timestamp(record.approved_at),
+        updated_at=timestamp(record.updated_at),
+        halt_kind=record.halt_kind,
+        halt_reason=record.halt_reason,
+        revert_requested=record.revert_requested,
+    )
+    for cell in cells:
+        pb.cells.append(
+            admin_pb2.CampaignCell(
+                ring=cell.ring,
+                region=cell.region,
+                waiting_reasons=cell.waiting_reasons,
+                next_change=cell.next_change.isoformat() if cell.next_change else "",
+                **cell.counts,
+            )
+        )
+    return pb
+
+
+def audit_to_pb(record: AuditRecord) -> admin_pb2.AuditRecord:
+    e = record.entry
+    return admin_pb2.AuditRecord(
+        seq=record.seq, at=timestamp(e.at), actor=e.actor, action=e.action, target=e.target,
+        outcome=e.outcome, detail=e.detail, prev_hash=record.prev_hash, hash=record.hash,
+    )  # fmt: skip
+
+
+def release_to_pb(release: AgentRelease) -> admin_pb2.AgentRelease:
+    return admin_pb2.AgentRelease(
+        version=release.version,
+        artifact=release.artifact,
+        sha256=bytes.fromhex(release.sha256),
+        size=release.size,
+        key_fingerprint=release.key_fingerprint,
+        published_at=timestamp(release.published_at),
+        published_by=release.published_by,
+    )

@@ -1,0 +1,531 @@
+"""gRPC servicers: thin shells that check who calls, convert protobuf to
+plain data, call the core, and convert back. Domain errors become gRPC
+status codes here and nowhere else."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import random
+import secrets
+from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import UTC, datetime
+from functools import wraps
+from typing import Any, TypeVar
+
+import grpc
+from cryptography.hazmat.primitives import serialization
+from fleetpatch import labels as labelspec
+from fleetpatch.identity import Identity, Role
+from fleetpatch.inventory import inventory_hash
+from fleetpatch.v1 import admin_pb2, admin_pb2_grpc, agent_pb2, agent_pb2_grpc, types_pb2
+
+from controller import audit
+from controller.api import convert
+from controller.api.auth import peer_identity
+from controller.api.checkin import next_checkin
+from controller.audit import AuditEntry
+from controller.datadir import Settings
+from controller.errors import (
+    AlreadyExists,
+    Conflict,
+    FleetpatchError,
+    NotFound,
+    Refused,
+    TokenRefused,
+    UsageError,
+)
+from controller.fleet import tokens
+from controller.fleet.pki import CertificateAuthority
+from controller.model import CheckIn, Host, HostStatus
+from controller.releases.publishing import Header, Releases
+from controller.rollout.engine import CampaignEngine
+from controller.rollout.tally import facts_of
+from controller.store import Store
+from controller.store.thread import CheckInBatcher, StoreThread
+
+log = logging.getLogger(__name__)
+
+Context = grpc.aio.ServicerContext[Any, Any]
+MAX_REPORTS_PER_CALL = 500
+_Req = TypeVar("_Req")
+_Resp = TypeVar("_Resp")
+
+_STATUS_OF: list[tuple[type[FleetpatchError], grpc.StatusCode]] = [
+    (TokenRefused, grpc.StatusCode.UNAUTHENTICATED),
+    (Refused, grpc.StatusCode.PERMISSION_DENIED),
+    (NotFound, grpc.StatusCode.NOT_FOUND),
+    (UsageError, grpc.StatusCode.INVALID_ARGUMENT),
+    (AlreadyExists, grpc.StatusCode.ALREADY_EXISTS),
+    (Conflict, grpc.StatusCode.FAILED_PRECONDITION),
+]
+
+
+def status_for(error: FleetpatchError) -> grpc.StatusCode:
+    for kind, code in _STATUS_OF:
+        if isinstance(error, kind):
+            return code
+    return grpc.StatusCode.INTERNAL
+
+
+def rpc(
+    method: Callable[[Any, _Req, Context], Awaitable[_Resp]],
+) -> Callable[[Any, _Req, Context], Awaitable[_Resp]]:
+    """Translate domain errors raised by a servicer method to gRPC status."""
+
+    @wraps(method)
+    async def wrapper(self: Any, request: _Req, context: Context) -> _Resp:
+        try:
+            return await method(self, request, context)
+        except FleetpatchError as exc:
+            log.info("%s refused for %s: %s", method.__name__, context.peer(), exc)
+            await context.abort(status_for(exc), str(exc))
+            raise  # unreachable: abort raises
+
+    return wrapper
+
+
+def rpc_stream(
+    method: Callable[[Any, _Req, Context], AsyncIterator[_Resp]],
+) -> Callable[[Any, _Req, Context], AsyncIterator[_Resp]]:
+    """`rpc` for methods that stream their response (async generators)."""
+
+    @wraps(method)
+    async def wrapper(self: Any, request: _Req, context: Context) -> AsyncIterator[_Resp]:
+        try:
+            async for item in method(self, request, context):
+                yield item
+        except FleetpatchError as exc:
+            log.info("%s refused for %s: %s", method.__name__, context.peer(), exc)
+            await context.abort(status_for(exc), str(exc))
+
+    return wrapper
+
+
+def audited(action: Callable[[Store], _Resp], entry: AuditEntry) -> Callable[[Store], _Resp]:
+    """``action``, then its audit record, on the store thread."""
+
+    def run(store: Store) -> _Resp:
+        result = action(store)
+        store.append_audit(entry)
+        return result
+
+    return run
+
+
+class Revocations:
+    """Revoked host ids, kept in memory so every RPC can refuse them cheaply."""
+
+    def __init__(self, revoked: set[str]) -> None:
+        self._revoked = revoked
+
+    def add(self, host_id: str) -> None:
+        self._revoked.add(host_id)
+
+    def __contains__(self, host_id: str) -> bool:
+        return host_id in self._revoked
+
+
+def require(context: Context, role: Role, revoked: Revocations) -> Identity:
+    identity = peer_identity(context)
+    if identity is None:
+        raise Refused("this call needs a client certificate (use the mutual-TLS port)")
+    if identity.role is not role:
+        raise Refused(f"a {identity.role} certificate may not make this call")
+    if role is Role.HOST and identity.name in revoked:
+        raise Refused(f"host {identity.name} has been revoked")
+    return identity
+
+
+class AgentService(agent_pb2_grpc.AgentServiceServicer):
+    def __init__(
+        self,
+        db: StoreThread,
+        batcher: CheckInBatcher,
+        ca: CertificateAuthority,
+        signing_keys: list[types_pb2.SigningKey],
+        settings: Settings,
+        revoked: Revocations,
+        engine: CampaignEngine,
+        releases: Releases,
+        rotations: list[types_pb2.SigningKey] | None = None,
+        rng: random.Random | None = None,
+    ) -> None:
+        self._db = db
+        self._releases = releases
+        self._batcher = batcher
+        self._ca = ca
+        self._signing_keys = signing_keys
+        self._settings = settings
+        self._revoked = revoked
+        self._engine = engine
+        self._rotations = rotations or []
+        self._rng = rng or random.Random()
+
+    @rpc
+    async def Enroll(
+        self, request: agent_pb2.EnrollRequest, context: Context
+    ) -> agent_pb2.EnrollResponse:
+        now = datetime.now(UTC)
+        token_id, secret = tokens.parse(request.token)
+        token = tokens.check(await self._db.call(lambda s: s.get_token(token_id)), secret, now)
+        try:
+            host_labels = {
+                **token.labels,
+                **labelspec.parse_labels(f"{k}={v}" for k, v in sorted(request.labels.items())),
+            }
+        except ValueError as exc:
+            raise UsageError(str(exc)) from None
+        host_id = "h-" + secrets.token_hex(8)
+        cert = self._ca.sign_csr(request.csr_pem, Identity(Role.HOST, host_id))
+        host = Host(
+            host_id=host_id,
+            region=token.region,
+            ring=token.ring,
+            status=HostStatus.ACTIVE,
+            enrolled_at=now,
+            labels=host_labels,
+            facts=convert.to_json(request.facts),
+            certificate_serial=format(cert.serial_number, "x"),
+            certificate_expires_at=cert.not_valid_after_utc,
+        )
+        entry = AuditEntry(
+            now, f"host:{host_id}", "host.enroll", host_id, "ok",
+            f"token {token_id}, region {token.region}, ring {token.ring}",
+        )  # fmt: skip
+        await self._db.call(audited(lambda s: s.enroll_host(host, token_id, now), entry))
+        self._engine.joined(host)
+        log.info(
+            "enrolled host %s (%s) in %s ring %d with token %s",
+            host_id,
+            request.facts.hostname or "?",
+            token.region,
+            token.ring,
+            token_id,
+        )
+        return agent_pb2.EnrollResponse(
+            host_id=host_id,
+            certificate_pem=cert.public_bytes(serialization.Encoding.PEM),
+            ca_pem=self._ca.cert_pem,
+            signing_keys=self._signing_keys,
+            region=token.region,
+            ring=token.ring,
+        )
+
+    @rpc
+    async def CheckIn(
+        self, request: agent_pb2.CheckInRequest, context: Context
+    ) -> agent_pb2.CheckInResponse:
+        host_id = require(context, Role.HOST, self._revoked).name
+        packages = None
+        if request.HasField("inventory"):
+            packages = convert.packages_from_pb(request.inventory)
+            if inventory_hash(packages) != request.inventory_hash:
+                raise UsageError("the inventory does not match its hash")
+        reported = convert.to_json(request.facts)
+        at = datetime.now(UTC)
+        outcome = await self._batcher.submit(
+            CheckIn(
+                host_id=host_id,
+                at=at,
+                facts=reported,
+                health=convert.to_json(request.health),
+                inventory_hash=request.inventory_hash,
+                packages=packages,
+            )
+        )
+        if outcome.revoked:
+            self._revoked.add(host_id)
+            raise Refused(f"host {host_id} has been revoked")
+        if not outcome.known:
+            raise Refused(f"host {host_id} is not enrolled with this controller")
+        order = None
+        if self._engine.busy:
+            facts = facts_of(host_id, outcome.region, outcome.ring, outcome.labels, reported, at)
+            order = await self._engine.order_for(facts, request.highest_sequence)
+        return agent_pb2.CheckInResponse(
+            work_order=order,
+            signing_keys=self._rotations,
+            next_checkin=convert.duration(
+                next_checkin(
+                    self._settings.checkin_interval, self._settings.checkin_jitter, self._rng
+                )
+            ),
+            known_inventory_hash=outcome.inventory_hash,
+            inventory_required=outcome.inventory_hash != request.inventory_hash,
+        )
+
+    @rpc
+    async def ReportProgress(
+        self, request: agent_pb2.ReportProgressRequest, context: Context
+    ) -> agent_pb2.ReportProgressResponse:
+        host_id = require(context, Role.HOST, self._revoked).name
+        if len(request.reports) > MAX_REPORTS_PER_CALL:
+            raise UsageError(f"at most {MAX_REPORTS_PER_CALL} reports per call")
+        reports = [convert.report_from_pb(host_id, r) for r in request.reports]
+        for report in reports:
+            if not report.idempotency_key or not report.order_id or not report.step:
+                raise UsageError("a progress report lacks its idempotency key, order or step")
+        new = await self._db.call(lambda s: s.record_reports(reports, datetime.now(UTC)))
+        await self._engine.on_results(
+            host_id,
+            [(r.order_id, r.step, r.outcome if r.final else "", r.detail, r.at) for r in reports],
+        )
+        refusals = [
+            AuditEntry(report.at, f"host:{host_id}", "order.refused", report.order_id or "-",
+                       "refused", report.detail)
+            for report in reports if report.step == "REFUSED"
+        ]  # fmt: skip
+        if refusals and new:
+            await self._db.call(lambda s: s.append_audits(refusals))
+        for report in reports:
+            if report.final:
+                log.info("host %s: order %s finished %s: %s",
+                         host_id, report.order_id, report.outcome, report.detail)  # fmt: skip
+        log.debug("host %s: %d report(s), %d new", host_id, len(reports), new)
+        return agent_pb2.ReportProgressResponse(
+            acknowledged_keys=[r.idempotency_key for r in reports]
+        )
+
+    @rpc_stream
+    async def FetchArtifact(
+        self, request: agent_pb2.FetchArtifactRequest, context: Context
+    ) -> AsyncIterator[agent_pb2.ArtifactChunk]:
+        host_id = require(context, Role.HOST, self._revoked).name
+        published = await self._releases.find(request.sha256)
+        log.info("host %s fetches agent release %s (%s)", host_id, published.version,
+                 published.artifact)  # fmt: skip
+        first = True
+        async with contextlib.aclosing(self._releases.read(published)) as chunks:
+            async for data in chunks:
+                yield agent_pb2.ArtifactChunk(data=data, size=published.size if first else 0)
+                first = False
+
+
+class AdminService(admin_pb2_grpc.AdminServiceServicer):
+    def __init__(
+        self, db: StoreThread, revoked: Revocations, engine: CampaignEngine, releases: Releases
+    ) -> None:
+        self._db = db
+        self._revoked = revoked
+        self._engine = engine
+        self._releases = releases
+
+    def _admin(self, context: Context) -> Identity:
+        return require(context, Role.ADMIN, self._revoked)
+
+    @rpc
+    async def CreateToken(
+        self, request: admin_pb2.CreateTokenRequest, context: Context
+    ) -> admin_pb2.CreateTokenResponse:
+        admin = self._admin(context)
+        try:
+            labelspec.check_region(request.region)
+            labelspec.check_ring(request.ring)
+            token_labels = labelspec.parse_labels(f"{k}={v}" for k, v in request.labels.items())
+            token, secret = tokens.new_token(
+                request.region,
+                request.ring,
+                request.uses,
+                request.ttl.ToTimedelta(),
+                token_labels,
+                datetime.now(UTC),
+            )
+        except ValueError as exc:
+            raise UsageError(str(exc)) from None
+        entry = AuditEntry(
+            datetime.now(UTC), f"admin:{admin.name}", "token.create", token.token_id, "ok",
+            f"region {token.region} ring {token.ring} uses {token.uses_allowed}",
+        )  # fmt: skip
+        await self._db.call(audited(lambda s: s.create_token(token), entry))
+        log.info(
+            "admin %s created token %s for %s ring %d (%d uses)",
+            admin.name,
+            token.token_id,
+            token.region,
+            token.ring,
+            token.uses_allowed,
+        )
+        return admin_pb2.CreateTokenResponse(token=convert.token_to_pb(token), secret=secret)
+
+    @rpc
+    async def ListTokens(
+        self, request: admin_pb2.ListTokensRequest, context: Context
+    ) -> admin_pb2.ListTokensResponse:
+        self._admin(context)
+        found = await self._db.call(lambda s: s.list_tokens())
+        return admin_pb2.ListTokensResponse(tokens=[convert.token_to_pb(t) for t in found])
+
+    @rpc
+    async def RevokeToken(
+        self, request: admin_pb2.RevokeTokenRequest, context: Context
+    ) -> admin_pb2.RevokeTokenResponse:
+        admin = self._admin(context)
+        entry = AuditEntry(
+            datetime.now(UTC), f"admin:{admin.name}", "token.revoke", request.token_id, "ok"
+        )
+        token = await self._db.call(audited(lambda s: s.revoke_token(request.token_id), entry))
+        log.info("admin %s revoked token %s", admin.name, token.token_id)
+        return admin_pb2.RevokeTokenResponse(token=convert.token_to_pb(token))
+
+    @rpc
+    async def ListHosts(
+        self, request: admin_pb2.ListHostsRequest, context: Context
+    ) -> admin_pb2.ListHostsResponse:
+        self._admin(context)
+        limit = min(request.page_size or 500, 5000)
+        ring = request.ring if request.HasField("ring") else None
+        found = await self._db.call(
+            lambda s: s.list_hosts(request.region, ring, request.page_token, limit)
+        )
+        return admin_pb2.ListHostsResponse(
+            hosts=[convert.host_to_pb(h) for h in found],
+            next_page_token=found[-1].host_id if len(found) == limit else "",
+        )
+
+    @rpc
+    async def GetHost(
+        self, request: admin_pb2.GetHostRequest, context: Context
+    ) -> admin_pb2.GetHostResponse:
+        self._admin(context)
+        host, packages = await self._db.call(
+            lambda s: (s.get_host(request.host_id), s.get_inventory(request.host_id))
+        )
+        return admin_pb2.GetHostResponse(
+            host=convert.host_to_pb(host), inventory=convert.packages_to_pb(packages)
+        )
+
+    @rpc
+    async def RevokeHost(
+        self, request: admin_pb2.RevokeHostRequest, context: Context
+    ) -> admin_pb2.RevokeHostResponse:
+        admin = self._admin(context)
+        now = datetime.now(UTC)
+        entry = AuditEntry(now, f"admin:{admin.name}", "host.revoke", request.host_id, "ok")
+        host = await self._db.call(audited(lambda s: s.revoke_host(request.host_id, now), entry))
+        self._revoked.add(host.host_id)
+        self._engine.left(host.host_id)
+        log.warning("admin %s revoked host %s", admin.name, host.host_id)
+        return admin_pb2.RevokeHostResponse(host=convert.host_to_pb(host))
+
+    # -- campaigns -------------------------------------------------------------
+
+    async def _campaign(self, campaign_id: str) -> admin_pb2.CampaignResponse:
+        record, cells = await self._engine.view(campaign_id)
+        return admin_pb2.CampaignResponse(campaign=convert.campaign_to_pb(record, cells))
+
+    @rpc
+    async def CreateCampaign(
+        self, request: admin_pb2.CreateCampaignRequest, context: Context
+    ) -> admin_pb2.CampaignResponse:
+        admin = self._admin(context)
+        record = await self._engine.create(request.spec, request.source, f"admin:{admin.name}")
+        return await self._campaign(record.campaign_id)
+
+    @rpc
+    async def ApproveCampaign(
+        self, request: admin_pb2.CampaignRequest, context: Context
+    ) -> admin_pb2.CampaignResponse:
+        admin = self._admin(context)
+        await self._engine.approve(request.campaign_id, f"admin:{admin.name}")
+        return await self._campaign(request.campaign_id)
+
+    @rpc
+    async def PauseCampaign(
+        self, request: admin_pb2.CampaignRequest, context: Context
+    ) -> admin_pb2.CampaignResponse:
+        admin = self._admin(context)
+        await self._engine.pause(request.campaign_id, f"admin:{admin.name}")
+        return await self._campaign(request.campaign_id)
+
+    @rpc
+    async def ResumeCampaign(
+        self, request: admin_pb2.CampaignRequest, context: Context
+    ) -> admin_pb2.CampaignResponse:
+        admin = self._admin(context)
+        await self._engine.resume(request.campaign_id, f"admin:{admin.name}")
+        return await self._campaign(request.campaign_id)
+
+    @rpc
+    async def AbortCampaign(
+        self, request: admin_pb2.AbortCampaignRequest, context: Context
+    ) -> admin_pb2.CampaignResponse:
+        admin = self._admin(context)
+        await self._engine.abort(request.campaign_id, f"admin:{admin.name}", request.revert)
+        return await self._campaign(request.campaign_id)
+
+    @rpc
+    async def GetCampaign(
+        self, request: admin_pb2.CampaignRequest, context: Context
+    ) -> admin_pb2.CampaignResponse:
+        self._admin(context)
+        return await self._campaign(request.campaign_id)
+
+    @rpc
+    async def ListCampaigns(
+        self, request: admin_pb2.ListCampaignsRequest, context: Context
+    ) -> admin_pb2.ListCampaignsResponse:
+        self._admin(context)
+        campaigns = [convert.campaign_to_pb(r, cells) for r, cells in await self._engine.views()]
+        return admin_pb2.ListCampaignsResponse(campaigns=campaigns)
+
+    # -- agent releases ----------------------------------------------------------
+
+    @rpc
+    async def PublishAgentRelease(
+        self,
+        request_iterator: AsyncIterator[admin_pb2.PublishAgentReleaseRequest],
+        context: Context,
+    ) -> admin_pb2.PublishAgentReleaseResponse:
+        admin = self._admin(context)
+        first = await anext(aiter(request_iterator), None)
+        if first is None or first.WhichOneof("part") != "header":
+            raise UsageError(
+                "the first message must be the release header (artifact, manifest, signature, "
+                "size), then the package's bytes"
+            )
+        h = first.header
+        header = Header(h.artifact, h.manifest, h.signature, h.size)
+
+        async def data() -> AsyncIterator[bytes]:
+            async for message in request_iterator:
+                if message.WhichOneof("part") != "data":
+                    raise UsageError("only the first message may be a header; then data only")
+                yield message.data
+
+        published = await self._releases.publish(header, data(), f"admin:{admin.name}")
+        return admin_pb2.PublishAgentReleaseResponse(release=convert.release_to_pb(published))
+
+    @rpc
+    async def ListAgentReleases(
+        self, request: admin_pb2.ListAgentReleasesRequest, context: Context
+    ) -> admin_pb2.ListAgentReleasesResponse:
+        self._admin(context)
+        found = await self._releases.list()
+        return admin_pb2.ListAgentReleasesResponse(
+            releases=[convert.release_to_pb(r) for r in found]
+        )
+
+    # -- audit -----------------------------------------------------------------
+
+    @rpc
+    async def VerifyAudit(
+        self, request: admin_pb2.VerifyAuditRequest, context: Context
+    ) -> admin_pb2.VerifyAuditResponse:
+        self._admin(context)
+        verdict = await self._db.call(lambda s: audit.verify(s.audit_records()))
+        return admin_pb2.VerifyAuditResponse(
+            ok=verdict.ok,
+            records=verdict.records,
+            first_broken_seq=verdict.first_broken or 0,
+            problem=verdict.problem,
+        )
+
+    @rpc
+    async def ExportAudit(
+        self, request: admin_pb2.ExportAuditRequest, context: Context
+    ) -> admin_pb2.ExportAuditResponse:
+        self._admin(context)
+        since = convert.from_timestamp(request.since) if request.HasField("since") else None
+        records = await self._db.call(lambda s: s.audit_records(since))
+        return admin_pb2.ExportAuditResponse(records=[convert.audit_to_pb(r) for r in records])

@@ -1,0 +1,3 @@
+"""The admin CLI (`fleetpatch`): its commands, the campaign commands, shared
+options and output, and the admin gRPC client.
+"""

@@ -1,0 +1,161 @@
+"""The admin CLI's connection to the controller (mutual TLS with the admin
+certificate from the data dir). gRPC errors become CLI errors here."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator
+from typing import TypeVar
+
+import grpc
+from fleetpatch.v1 import admin_pb2, admin_pb2_grpc
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from controller.datadir import DataDir
+from controller.errors import (
+    Conflict,
+    ControllerUnavailable,
+    FleetpatchError,
+    NotFound,
+    Refused,
+    UsageError,
+)
+
+_T = TypeVar("_T")
+TIMEOUT_SECONDS = 15.0
+PUBLISH_TIMEOUT_SECONDS = 900.0  # up to 256 MiB over a slow link
+
+_ERROR_OF: dict[grpc.StatusCode, type[FleetpatchError]] = {
+    grpc.StatusCode.UNAVAILABLE: ControllerUnavailable,
+    grpc.StatusCode.DEADLINE_EXCEEDED: ControllerUnavailable,
+    grpc.StatusCode.UNAUTHENTICATED: Refused,
+    grpc.StatusCode.PERMISSION_DENIED: Refused,
+    grpc.StatusCode.NOT_FOUND: NotFound,
+    grpc.StatusCode.INVALID_ARGUMENT: UsageError,
+    grpc.StatusCode.FAILED_PRECONDITION: Conflict,
+    grpc.StatusCode.ALREADY_EXISTS: Conflict,
+}
+
+
+class AdminClient:
+    def __init__(self, data_dir: DataDir, address: str | None = None) -> None:
+        data_dir.require_initialised()
+        self.address = address or data_dir.client_address()
+        creds = grpc.ssl_channel_credentials(
+            root_certificates=data_dir.read(data_dir.ca_cert),
+            private_key=data_dir.read(data_dir.admin_key),
+            certificate_chain=data_dir.read(data_dir.admin_cert),
+        )
+        self._channel = grpc.secure_channel(self.address, creds)
+        self._stub = admin_pb2_grpc.AdminServiceStub(self._channel)
+
+    def close(self) -> None:
+        self._channel.close()
+
+    def __enter__(self) -> AdminClient:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
+
+    def _call(self, fn: Callable[[], _T]) -> _T:
+        try:
+            return fn()
+        except grpc.RpcError as exc:
+            code: grpc.StatusCode = exc.code()
+            details: str = exc.details() or code.name
+            if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+                details = f"cannot reach the controller at {self.address}: {details}"
+            raise _ERROR_OF.get(code, FleetpatchError)(details) from None
+
+    def create_token(self, request: admin_pb2.CreateTokenRequest) -> admin_pb2.CreateTokenResponse:
+        return self._call(lambda: self._stub.CreateToken(request, timeout=TIMEOUT_SECONDS))
+
+    def list_tokens(self) -> list[admin_pb2.Token]:
+        response = self._call(
+            lambda: self._stub.ListTokens(admin_pb2.ListTokensRequest(), timeout=TIMEOUT_SECONDS)
+        )
+        return list(response.tokens)
+
+    def revoke_token(self, token_id: str) -> admin_pb2.Token:
+        request = admin_pb2.RevokeTokenRequest(token_id=token_id)
+        return self._call(lambda: self._stub.RevokeToken(request, timeout=TIMEOUT_SECONDS)).token
+
+    def iter_hosts(self, region: str = "", ring: int | None = None) -> Iterator[admin_pb2.Host]:
+        """Every matching host, fetched page by page."""
+        request = admin_pb2.ListHostsRequest(region=region, ring=ring, page_size=1000)
+        while True:
+            page = self._call(lambda: self._stub.ListHosts(request, timeout=TIMEOUT_SECONDS))
+            yield from page.hosts
+            if not page.next_page_token:
+                return
+            request.page_token = page.next_page_token
+
+    def get_host(self, host_id: str) -> admin_pb2.GetHostResponse:
+        request = admin_pb2.GetHostRequest(host_id=host_id)
+        return self._call(lambda: self._stub.GetHost(request, timeout=TIMEOUT_SECONDS))
+
+    def revoke_host(self, host_id: str) -> admin_pb2.Host:
+        request = admin_pb2.RevokeHostRequest(host_id=host_id)
+        return self._call(lambda: self._stub.RevokeHost(request, timeout=TIMEOUT_SECONDS)).host
+
+    def create_campaign(self, spec: str, source: str) -> admin_pb2.Campaign:
+        request = admin_pb2.CreateCampaignRequest(spec=spec, source=source)
+        return self._call(
+            lambda: self._stub.CreateCampaign(request, timeout=TIMEOUT_SECONDS)
+        ).campaign
+
+    def campaign_action(
+        self, action: str, campaign_id: str, revert: bool = False
+    ) -> admin_pb2.Campaign:
+        """approve, pause, resume, abort or get one campaign."""
+        if action == "abort":
+            abort = admin_pb2.AbortCampaignRequest(campaign_id=campaign_id, revert=revert)
+            return self._call(
+                lambda: self._stub.AbortCampaign(abort, timeout=TIMEOUT_SECONDS)
+            ).campaign
+        request = admin_pb2.CampaignRequest(campaign_id=campaign_id)
+        method = {
+            "approve": self._stub.ApproveCampaign,
+            "pause": self._stub.PauseCampaign,
+            "resume": self._stub.ResumeCampaign,
+            "get": self._stub.GetCampaign,
+        }[action]
+        return self._call(lambda: method(request, timeout=TIMEOUT_SECONDS)).campaign
+
+    def list_campaigns(self) -> list[admin_pb2.Campaign]:
+        request = admin_pb2.ListCampaignsRequest()
+        return list(
+            self._call(lambda: self._stub.ListCampaigns(request, timeout=TIMEOUT_SECONDS)).campaigns
+        )
+
+    def publish_release(
+        self, header: admin_pb2.PublishAgentReleaseHeader, chunks: Iterable[bytes]
+    ) -> admin_pb2.AgentRelease:
+        """Stream an agent package: the header, then its bytes."""
+
+        def requests() -> Iterator[admin_pb2.PublishAgentReleaseRequest]:
+            yield admin_pb2.PublishAgentReleaseRequest(header=header)
+            for chunk in chunks:
+                yield admin_pb2.PublishAgentReleaseRequest(data=chunk)
+
+        return self._call(
+            lambda: self._stub.PublishAgentRelease(requests(), timeout=PUBLISH_TIMEOUT_SECONDS)
+        ).release
+
+    def list_releases(self) -> list[admin_pb2.AgentRelease]:
+        request = admin_pb2.ListAgentReleasesRequest()
+        return list(
+            self._call(
+                lambda: self._stub.ListAgentReleases(request, timeout=TIMEOUT_SECONDS)
+            ).releases
+        )
+
+    def verify_audit(self) -> admin_pb2.VerifyAuditResponse:
+        request = admin_pb2.VerifyAuditRequest()
+        return self._call(lambda: self._stub.VerifyAudit(request, timeout=TIMEOUT_SECONDS))
+
+    def export_audit(self, since: Timestamp | None) -> list[admin_pb2.AuditRecord]:
+        request = admin_pb2.ExportAuditRequest(since=since)
+        return list(
+            self._call(lambda: self._stub.ExportAudit(request, timeout=TIMEOUT_SECONDS)).records
+        )

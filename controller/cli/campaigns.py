@@ -1,0 +1,317 @@
+"""`fleetpatch campaign ...` and `fleetpatch audit ...`."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from fleetpatch import render
+from fleetpatch.durations import format_duration
+from fleetpatch.v1 import admin_pb2
+
+from controller.api import convert
+from controller.campaigns import CampaignError, CampaignSpec, parse_campaign
+from controller.cli.admin_client import AdminClient
+from controller.cli.common import ControllerOption, DataDirOption, JsonOption, client
+from controller.datadir import DEFAULT_DATA_DIR
+from controller.errors import FleetpatchError, UsageError
+
+campaign_app = typer.Typer(
+    help="Patch campaigns: what to patch, where, and how fast.", no_args_is_help=True
+)
+audit_app = typer.Typer(help="The hash-chained audit trail.", no_args_is_help=True)
+
+FINAL = ("completed", "aborted")
+CampaignId = Annotated[str, typer.Argument(help="Campaign id, as `campaign list` shows it.")]
+COUNTS = ["eligible", "waiting", "in_flight", "succeeded", "failed", "reverted", "revert_failed",
+          "timed_out"]  # fmt: skip
+
+
+def _totals(campaign: admin_pb2.Campaign) -> dict[str, int]:
+    return {k: sum(getattr(c, k) for c in campaign.cells) for k in COUNTS}
+
+
+def _spec(campaign: admin_pb2.Campaign) -> CampaignSpec | None:
+    try:
+        return parse_campaign(campaign.spec, campaign.campaign_id)
+    except CampaignError:
+        return None  # stored by a controller whose rules differ from this CLI's
+
+
+def _kind(campaign: admin_pb2.Campaign) -> str:
+    """ "patch" or "agent-update 0.2.0", from the campaign file it was created with."""
+    spec = _spec(campaign)
+    return spec.kind if spec is not None else "?"
+
+
+@campaign_app.command("create")
+def create(
+    file: Annotated[Path, typer.Argument(help="Campaign file (TOML); see examples/campaigns/.")],
+    data_dir: DataDirOption = DEFAULT_DATA_DIR,
+    controller: ControllerOption = None,
+) -> None:
+    """Validate a campaign file and store it as a draft; prints its id last.
+    Nothing is assigned before `campaign approve`."""
+    try:
+        text = file.read_text()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UsageError(f"cannot read {file}: {getattr(exc, 'strerror', None) or exc}") from None
+    try:
+        spec = parse_campaign(text, str(file))  # fail fast, before any network
+    except CampaignError as exc:
+        raise UsageError(str(exc)) from None
+    with client(data_dir, controller) as admin:
+        campaign = admin.create_campaign(text, str(file))
+    targeted = _totals(campaign)["eligible"]
+    print(
+        f"campaign {spec.name!r} stored as a draft ({targeted} host(s) targeted now); "
+        f"approve it with: fleetpatch campaign approve {campaign.campaign_id}",
+        file=sys.stderr,
+    )
+    print(campaign.campaign_id)
+
+
+def _action(action: str, campaign_id: str, data_dir: Path, controller: str | None,
+            revert: bool = False) -> admin_pb2.Campaign:  # fmt: skip
+    with client(data_dir, controller) as admin:
+        return admin.campaign_action(action, campaign_id, revert)
+
+
+@campaign_app.command("approve")
+def approve(
+    campaign_id: CampaignId, data_dir: DataDirOption = DEFAULT_DATA_DIR,
+    controller: ControllerOption = None,
+) -> None:  # fmt: skip
+    """Approve a draft: hosts are assigned from their next check-in on."""
+    campaign = _action("approve", campaign_id, data_dir, controller)
+    print(f"campaign {campaign.campaign_id} approved: {campaign.state}")
+
+
+@campaign_app.command("pause")
+def pause(
+    campaign_id: CampaignId, data_dir: DataDirOption = DEFAULT_DATA_DIR,
+    controller: ControllerOption = None,
+) -> None:  # fmt: skip
+    """Stop assigning; hosts already patching finish."""
+    campaign = _action("pause", campaign_id, data_dir, controller)
+    print(f"campaign {campaign.campaign_id}: {campaign.state}")
+
+
+@campaign_app.command("resume")
+def resume(
+    campaign_id: CampaignId, data_dir: DataDirOption = DEFAULT_DATA_DIR,
+    controller: ControllerOption = None,
+) -> None:  # fmt: skip
+    """Resume a paused or halted campaign. For a halted one, the failures that
+    halted it are accepted: budgets count what comes after."""
+    campaign = _action("resume", campaign_id, data_dir, controller)
+    print(f"campaign {campaign.campaign_id}: {campaign.state}")
+
+
+@campaign_app.command("abort")
+def abort(
+    campaign_id: CampaignId,
+    revert: Annotated[bool, typer.Option("--revert", help="Order patched hosts back.")] = False,
+    data_dir: DataDirOption = DEFAULT_DATA_DIR,
+    controller: ControllerOption = None,
+) -> None:
+    """Stop the campaign for good; with --revert, patched hosts are ordered to
+    revert at their next check-in."""
+    campaign = _action("abort", campaign_id, data_dir, controller, revert)
+    print(f"campaign {campaign.campaign_id}: {campaign.state}"
+          + (" (patched hosts will revert)" if revert else ""))  # fmt: skip
+
+
+@campaign_app.command("list")
+def list_(
+    data_dir: DataDirOption = DEFAULT_DATA_DIR,
+    controller: ControllerOption = None,
+    json_out: JsonOption = False,
+) -> None:
+    """List campaigns with their state and progress."""
+    with client(data_dir, controller) as admin:
+        campaigns = admin.list_campaigns()
+    if json_out:
+        render.print_json([_doc(c) for c in campaigns])
+        return
+    rows = []
+    for c in campaigns:
+        t = _totals(c)
+        failed = t["failed"] + t["reverted"] + t["revert_failed"] + t["timed_out"]
+        done = t["succeeded"] + failed
+        rows.append((c.campaign_id, c.name, _kind(c), c.state, f"{done}/{t['eligible']}",
+                     t["in_flight"], failed))  # fmt: skip
+    render.table(["CAMPAIGN", "NAME", "KIND", "STATE", "DONE", "IN FLIGHT", "FAILED"], rows)
+    if not campaigns:
+        print("no campaigns yet (fleetpatch campaign create FILE)", file=sys.stderr)
+
+
+def _doc(campaign: admin_pb2.Campaign) -> dict[str, object]:
+    doc = convert.to_json(campaign)
+    doc.pop("spec", None)
+    spec = _spec(campaign)
+    doc["kind"] = spec.kind if spec is not None else "?"
+    update = spec.agent_update if spec is not None else None
+    doc["agent_update"] = (
+        None if update is None
+        else {"version": update.version,
+              "rollback_after": format_duration(update.rollback_after)}
+    )  # fmt: skip
+    doc["totals"] = _totals(campaign)
+    return doc
+
+
+def _print_campaign(campaign: admin_pb2.Campaign) -> None:
+    print(f"campaign {campaign.campaign_id} {campaign.name!r}: {campaign.state.upper()}")
+    spec = _spec(campaign)
+    kind = spec.kind if spec is not None else "?"
+    if spec is not None and spec.agent_update is not None:
+        kind += f" (rollback after {format_duration(spec.agent_update.rollback_after)})"
+    print(f"  kind: {kind}")
+    if campaign.halt_reason:
+        print(f"  halted: {campaign.halt_reason}")
+    if campaign.revert_requested:
+        print("  aborted with --revert: patched hosts revert at their next check-in")
+    rows = []
+    for c in campaign.cells:
+        why = ", ".join(f"{n} {r}" for r, n in sorted(c.waiting_reasons.items()))
+        if c.next_change:
+            why += f" (next at {c.next_change[:16].replace('T', ' ')}Z)"
+        rows.append((c.ring, c.region, c.eligible, c.waiting, c.in_flight, c.succeeded, c.failed,
+                     c.reverted + c.revert_failed, c.timed_out, why or "-"))  # fmt: skip
+    render.table(
+        ["RING", "REGION", "ELIGIBLE", "WAITING", "IN FLIGHT", "OK", "FAILED", "REVERTED",
+         "TIMED OUT", "WAITING BECAUSE"], rows,
+    )  # fmt: skip
+
+
+@campaign_app.command("show")
+def show(
+    campaign_id: CampaignId,
+    data_dir: DataDirOption = DEFAULT_DATA_DIR,
+    controller: ControllerOption = None,
+    json_out: JsonOption = False,
+) -> None:
+    """Per ring x region: eligible, waiting (and why), in flight, succeeded,
+    failed, reverted, timed out."""
+    campaign = _action("get", campaign_id, data_dir, controller)
+    if json_out:
+        render.print_json(_doc(campaign))
+        return
+    _print_campaign(campaign)
+
+
+@campaign_app.command("rehearse")
+def rehearse(
+    file: Annotated[Path, typer.Argument(help="Campaign file (TOML), as `campaign create` takes.")],
+    failure_model: Annotated[
+        Path | None, typer.Option(help="Scenario-style [failures] file for the rehearsal.")
+    ] = None,
+    seed: Annotated[
+        int | None, typer.Option(help="Random seed (results are deterministic).")
+    ] = None,
+    json_out: JsonOption = False,
+    report: Annotated[Path | None, typer.Option(help="Write an HTML report here.")] = None,
+    data_dir: DataDirOption = DEFAULT_DATA_DIR,
+    controller: ControllerOption = None,
+) -> None:
+    """Rehearse a campaign on this controller's real fleet, in virtual time,
+    before running it: when each ring would finish, what would halt it.
+    Runs `fleetpatch-sim rehearse` (the simulator) with the same options."""
+    sim = Path(sys.executable).parent / "fleetpatch-sim"
+    argv = [str(sim), "rehearse", str(file), "--data-dir", str(data_dir)]
+    if controller:
+        argv += ["--controller", controller]
+    if failure_model:
+        argv += ["--failure-model", str(failure_model)]
+    if seed is not None:
+        argv += ["--seed", str(seed)]
+    if json_out:
+        argv.append("--json")
+    if report:
+        argv += ["--report", str(report)]
+    raise typer.Exit(subprocess.run(argv, check=False).returncode)
+
+
+@campaign_app.command("watch")
+def watch(
+    campaign_id: CampaignId,
+    interval: Annotated[float, typer.Option(help="Seconds between refreshes.")] = 2.0,
+    data_dir: DataDirOption = DEFAULT_DATA_DIR,
+    controller: ControllerOption = None,
+) -> None:
+    """Follow a campaign live until it completes or is aborted. A halted
+    campaign waits for a person, so watch keeps following it; Ctrl-C stops
+    watching, never the campaign."""
+    tty = sys.stdout.isatty()
+    last = ""
+    with client(data_dir, controller) as admin:
+        while True:
+            campaign = admin.campaign_action("get", campaign_id)
+            if tty:
+                print("\033[H\033[J", end="")
+                print(f"{datetime.now(UTC):%H:%M:%SZ}  (Ctrl-C to stop watching)")
+                _print_campaign(campaign)
+            else:
+                line = f"{campaign.state} {_totals(campaign)}"
+                if line != last:
+                    print(f"{datetime.now(UTC):%H:%M:%SZ} {line}", flush=True)
+                    last = line
+            if campaign.state in FINAL:
+                if not tty:
+                    _print_campaign(campaign)
+                return
+            time.sleep(interval)
+
+
+# -- audit -------------------------------------------------------------------------
+
+
+@audit_app.command("verify")
+def audit_verify(
+    data_dir: DataDirOption = DEFAULT_DATA_DIR, controller: ControllerOption = None
+) -> None:
+    """Walk the hash chain; name the first broken record and exit 1 if any."""
+    with client(data_dir, controller) as admin:
+        verdict = admin.verify_audit()
+    if verdict.ok:
+        print(f"audit trail intact: {verdict.records} record(s)")
+        return
+    raise AuditBroken(f"audit trail broken at record {verdict.first_broken_seq}: {verdict.problem}")
+
+
+class AuditBroken(FleetpatchError):
+    exit_code = 1
+
+
+@audit_app.command("export")
+def audit_export(
+    since: Annotated[
+        datetime | None, typer.Option(help="Only records at or after this time (UTC).")
+    ] = None,
+    data_dir: DataDirOption = DEFAULT_DATA_DIR,
+    controller: ControllerOption = None,
+    json_out: JsonOption = False,
+) -> None:
+    """Print the audit trail (oldest first)."""
+    stamp = None
+    if since is not None:
+        stamp = convert.timestamp(since if since.tzinfo else since.replace(tzinfo=UTC))
+    with client(data_dir, controller) as admin:
+        records = admin.export_audit(stamp)
+    if json_out:
+        render.print_json([convert.to_json(r) for r in records])
+        return
+    render.table(
+        ["SEQ", "AT", "ACTOR", "ACTION", "TARGET", "OUTCOME", "DETAIL"],
+        [(r.seq, f"{convert.from_timestamp(r.at):%Y-%m-%d %H:%M:%S}", r.actor, r.action,
+          r.target, r.outcome, r.detail) for r in records],
+    )  # fmt: skip
+
+
+__all__ = ["AdminClient", "audit_app", "campaign_app"]

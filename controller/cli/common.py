@@ -1,0 +1,39 @@
+"""Options every admin command shares, and the connection they open."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from controller.cli.admin_client import AdminClient
+from controller.datadir import DataDir
+
+DataDirOption = Annotated[
+    Path,
+    typer.Option(
+        "--data-dir",
+        envvar="FLEETPATCH_DATA_DIR",
+        help="Controller data dir (CA, keys, database, settings).",
+        show_default=True,
+    ),
+]
+ControllerOption = Annotated[
+    str | None,
+    typer.Option(
+        "--controller",
+        metavar="HOST:PORT",
+        help="Controller address; default: the one recorded in the data dir.",
+    ),
+]
+JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
+
+
+def _client(data_dir: Path, controller: str | None) -> AdminClient:
+    return AdminClient(DataDir(data_dir), controller)
+
+
+def client(data_dir: Path, controller: str | None) -> AdminClient:
+    """The admin connection for a data dir (address overridable)."""
+    return AdminClient(DataDir(data_dir), controller)

@@ -1,0 +1,348 @@
+"""`fleetpatch`: run the controller and administer the fleet.
+
+Exit codes: 0 success, 1 error, 2 bad usage or input, 3 controller
+unreachable, 4 refused, 5 not found, 6 conflicts with the current state.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import sys
+from datetime import UTC, datetime, timedelta
+from typing import Annotated
+
+import typer
+from fleetpatch import labels as labelspec
+from fleetpatch import render
+from fleetpatch.durations import format_duration, parse_duration
+from fleetpatch.v1 import admin_pb2
+
+from controller.api import convert
+from controller.cli.campaigns import audit_app, campaign_app
+from controller.cli.common import ControllerOption, DataDirOption, JsonOption, client
+from controller.cli.release import release_app
+from controller.datadir import DEFAULT_DATA_DIR, DEFAULT_PORT, DataDir
+from controller.errors import FleetpatchError, UsageError
+from controller.fleet.bootstrap import init_data_dir
+from controller.fleet.signing import rotate
+
+app = typer.Typer(
+    help="fleetpatch controller and admin CLI: campaigns that patch Linux fleets safely.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+controller_app = typer.Typer(help="Set up and run the controller.", no_args_is_help=True)
+token_app = typer.Typer(
+    help="Enrollment tokens: what an agent needs to join.", no_args_is_help=True
+)
+hosts_app = typer.Typer(help="Enrolled hosts: inventory, health, revocation.", no_args_is_help=True)
+app.add_typer(controller_app, name="controller")
+app.add_typer(token_app, name="token")
+app.add_typer(hosts_app, name="hosts")
+app.add_typer(campaign_app, name="campaign")
+app.add_typer(audit_app, name="audit")
+app.add_typer(release_app, name="release")
+
+# -- controller ------------------------------------------------------------------
+
+
+@controller_app.command("init")
+def controller_init(
+    data_dir: DataDirOption = DEFAULT_DATA_DIR,
+    hostname: Annotated[
+        str,
+        typer.Option(
+            help="Name (or address) agents use to reach the controller; "
+            "it goes into the server certificate."
+        ),
+    ] = "",
+    listen: Annotated[
+        str, typer.Option(help="Address the mutual-TLS listener binds.")
+    ] = f"0.0.0.0:{DEFAULT_PORT}",
+    checkin_interval: Annotated[
+        str, typer.Option(help="How often agents check in (e.g. 30s, 5m).")
+    ] = "5m",
+) -> None:
+    """Create a controller: CA, server and admin certificates, work-order
+    signing key, settings and database."""
+    try:
+        parse_duration(checkin_interval)
+    except ValueError as exc:
+        raise UsageError(f"--checkin-interval: {exc}") from None
+    made = init_data_dir(data_dir, hostname or socket.getfqdn(), listen, checkin_interval)
+    print(f"initialised {made.path}")
+    print(f"  CA certificate (give to agents with --ca-cert): {made.ca_cert}")
+    print(f"  settings: {made.config}")
+    print(f"next: fleetpatch controller serve --data-dir {made.path}")
+
+
+@controller_app.command("serve")
+def controller_serve(
+    data_dir: DataDirOption = DEFAULT_DATA_DIR,
+    listen: Annotated[
+        str | None,
+        typer.Option(metavar="HOST:PORT", help="Override [server] listen from the settings."),
+    ] = None,
+    enroll_listen: Annotated[
+        str | None,
+        typer.Option(metavar="HOST:PORT", help="Enrollment listener; default: the next port."),
+    ] = None,
+    log_level: Annotated[str, typer.Option(help="debug, info, warning or error.")] = "info",
+) -> None:
+    """Serve agents and admins until SIGTERM or Ctrl-C, then stop gracefully."""
+    from controller.api.server import serve
+
+    _setup_logging(log_level)
+    asyncio.run(serve(DataDir(data_dir), listen, enroll_listen))
+
+
+@controller_app.command("rotate-key")
+def controller_rotate_key(data_dir: DataDirOption = DEFAULT_DATA_DIR) -> None:
+    """Make a new work-order signing key, endorsed by the current one. Restart
+    `serve` to sign with it; agents learn it at their next check-in."""
+    old, new = rotate(DataDir(data_dir))
+    print(f"signing key {old} retired; new key {new}, endorsed by {old}")
+    print("restart `fleetpatch controller serve` to sign orders with it")
+
+
+def _setup_logging(level: str) -> None:
+    if level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
+        raise UsageError(f"--log-level {level!r} is not one of debug, info, warning, error")
+    logging.basicConfig(
+        level=level.upper(),
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+
+
+# -- tokens ----------------------------------------------------------------------
+
+
+@token_app.command("create")
+def token_create(
+    region: Annotated[str, typer.Option(help="Region of the hosts that enroll with it.")],
+    ring: Annotated[int, typer.Option(help="Ring (canary wave) of those hosts; 0 goes first.")],
+    uses: Annotated[int, typer.Option(help="How many hosts may enroll with it.")] = 1,
+    ttl: Annotated[str, typer.Option(help="How long it is valid (e.g. 30m, 1h, 7d).")] = "1h",
+    label: Annotated[
+        list[str] | None,
+        typer.Option(metavar="KEY=VALUE", help="Label for every host it enrolls (repeatable)."),
+    ] = None,
+    data_dir: DataDirOption = DEFAULT_DATA_DIR,
+    controller: ControllerOption = None,
+    json_out: JsonOption = False,
+) -> None:
+    """Make an enrollment token. The token is printed once, as the last line."""
+    try:
+        request = admin_pb2.CreateTokenRequest(
+            region=labelspec.check_region(region),
+            ring=labelspec.check_ring(ring),
+            uses=uses,
+            ttl=convert.duration(parse_duration(ttl)),
+            labels=labelspec.parse_labels(label or []),
+        )
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    with client(data_dir, controller) as admin:
+        made = admin.create_token(request)
+    if json_out:
+        render.print_json({**convert.to_json(made.token), "token": made.secret})
+        return
+    expires = convert.from_timestamp(made.token.expires_at)
+    print(
+        f"token {made.token.token_id}: region {region}, ring {ring}, "
+        f"{uses} use(s), expires {expires:%Y-%m-%d %H:%M:%SZ}",
+        file=sys.stderr,
+    )
+    print(made.secret)
+
+
+@token_app.command("list")
+def token_list(
+    data_dir: DataDirOption = DEFAULT_DATA_DIR,
+    controller: ControllerOption = None,
+    json_out: JsonOption = False,
+) -> None:
+    """List enrollment tokens (never their secrets)."""
+    with client(data_dir, controller) as admin:
+        found = admin.list_tokens()
+    if json_out:
+        render.print_json([convert.to_json(t) for t in found])
+        return
+    now = datetime.now(UTC)
+    render.table(
+        ["TOKEN", "REGION", "RING", "USES", "EXPIRES", "STATE"],
+        [
+            (
+                t.token_id,
+                t.region,
+                t.ring,
+                f"{t.uses}/{t.uses_allowed}",
+                f"{convert.from_timestamp(t.expires_at):%Y-%m-%d %H:%M}Z",
+                _token_state(t, now),
+            )
+            for t in found
+        ],
+    )
+
+
+def _token_state(token: admin_pb2.Token, now: datetime) -> str:
+    if token.revoked:
+        return "revoked"
+    if convert.from_timestamp(token.expires_at) <= now:
+        return "expired"
+    if token.uses >= token.uses_allowed:
+        return "used up"
+    return "usable"
+
+
+@token_app.command("revoke")
+def token_revoke(
+    token_id: Annotated[str, typer.Argument(help="Token id, as `token list` shows it.")],
+    data_dir: DataDirOption = DEFAULT_DATA_DIR,
+    controller: ControllerOption = None,
+) -> None:
+    """Revoke an enrollment token; hosts already enrolled with it stay."""
+    with client(data_dir, controller) as admin:
+        token = admin.revoke_token(token_id)
+    print(f"revoked token {token.token_id}")
+
+
+# -- hosts -----------------------------------------------------------------------
+
+
+@hosts_app.command("list")
+def hosts_list(
+    region: Annotated[str, typer.Option(help="Only this region.")] = "",
+    ring: Annotated[int | None, typer.Option(help="Only this ring.")] = None,
+    data_dir: DataDirOption = DEFAULT_DATA_DIR,
+    controller: ControllerOption = None,
+    json_out: JsonOption = False,
+) -> None:
+    """List enrolled hosts."""
+    with client(data_dir, controller) as admin:
+        found = list(admin.iter_hosts(region, ring))
+    if json_out:
+        render.print_json([convert.to_json(h) for h in found])
+        return
+    now = datetime.now(UTC)
+    render.table(
+        ["HOST", "HOSTNAME", "REGION", "RING", "OS", "KERNEL", "PKGS", "HEALTH", "LAST SEEN"],
+        [
+            (
+                h.host_id,
+                h.facts.hostname or "-",
+                h.region,
+                h.ring,
+                f"{h.facts.os_id} {h.facts.os_version}".strip() or "-",
+                h.facts.kernel or "-",
+                h.package_count,
+                _health(h),
+                _seen(h, now),
+            )
+            for h in found
+        ],
+    )
+    if not found:
+        print(
+            "no hosts enrolled" + (" matching the filter" if region or ring is not None else ""),
+            file=sys.stderr,
+        )
+
+
+def _health(host: admin_pb2.Host) -> str:
+    if host.status == admin_pb2.HOST_STATUS_REVOKED:
+        return "revoked"
+    if not host.health.checks:
+        return "unknown"
+    return "healthy" if host.health.healthy else "UNHEALTHY"
+
+
+def _seen(host: admin_pb2.Host, now: datetime) -> str:
+    return render.ago(
+        convert.from_timestamp(host.last_seen) if host.HasField("last_seen") else None, now
+    )
+
+
+@hosts_app.command("show")
+def hosts_show(
+    host_id: Annotated[str, typer.Argument(help="Host id, as `hosts list` shows it.")],
+    data_dir: DataDirOption = DEFAULT_DATA_DIR,
+    controller: ControllerOption = None,
+    json_out: JsonOption = False,
+) -> None:
+    """Show one host: facts, health, labels and its installed packages."""
+    with client(data_dir, controller) as admin:
+        got = admin.get_host(host_id)
+    if json_out:
+        render.print_json(
+            {
+                **convert.to_json(got.host),
+                "packages": [convert.to_json(p) for p in got.inventory.packages],
+            }
+        )
+        return
+    h, f, now = got.host, got.host.facts, datetime.now(UTC)
+    fields = [
+        ("host", h.host_id),
+        ("hostname", f.hostname),
+        ("status", admin_pb2.HostStatus.Name(h.status).removeprefix("HOST_STATUS_").lower()),
+        ("region / ring", f"{h.region} / {h.ring}"),
+        ("labels", ", ".join(f"{k}={v}" for k, v in sorted(h.labels.items())) or "-"),
+        (
+            "os",
+            f"{f.os_id} {f.os_version} ({f.os_codename})"
+            if f.os_codename
+            else f"{f.os_id} {f.os_version}",
+        ),
+        ("kernel", f"{f.kernel} {f.arch}"),
+        ("cpus / memory", f"{f.cpu_count} / {render.size(f.memory_bytes)}"),
+        ("disk /", f"{render.size(f.disk_free_bytes)} free of {render.size(f.disk_total_bytes)}"),
+        (
+            "uptime",
+            format_duration(timedelta(seconds=f.uptime_seconds)),
+        ),
+        ("boot id", f.boot_id),
+        ("timezone", f.timezone or "-"),
+        ("package manager", f.package_manager or "-"),
+        ("agent", f.agent_version or "-"),
+        ("enrolled", f"{convert.from_timestamp(h.enrolled_at):%Y-%m-%d %H:%M:%SZ}"),
+        ("last seen", _seen(h, now)),
+        ("check-ins", str(h.checkins)),
+        ("health", _health(h)),
+    ]
+    width = max(len(k) for k, _ in fields)
+    for key, value in fields:
+        print(f"{key.ljust(width)}  {value}")
+    for check in h.health.checks:
+        print(f"{''.ljust(width)}  {'ok  ' if check.ok else 'FAIL'} {check.name}: {check.detail}")
+    inventory = h.inventory_hash or "not yet received"
+    print(f"\npackages ({len(got.inventory.packages)}, inventory {inventory}):")
+    render.table(
+        ["NAME", "VERSION", "ARCH"],
+        [(p.name, p.version, p.arch) for p in got.inventory.packages],
+    )
+
+
+@hosts_app.command("revoke")
+def hosts_revoke(
+    host_id: Annotated[str, typer.Argument(help="Host id, as `hosts list` shows it.")],
+    data_dir: DataDirOption = DEFAULT_DATA_DIR,
+    controller: ControllerOption = None,
+) -> None:
+    """Revoke a host: its certificate is refused from now on."""
+    with client(data_dir, controller) as admin:
+        host = admin.revoke_host(host_id)
+    print(f"revoked host {host.host_id} ({host.facts.hostname or 'unknown hostname'})")
+
+
+def main() -> None:
+    """Console entry point: one clear line and an exit code for every error."""
+    try:
+        app()
+    except FleetpatchError as exc:
+        print(f"fleetpatch: error: {exc}", file=sys.stderr)
+        sys.exit(exc.exit_code)

@@ -1,0 +1,207 @@
+"""The fleet's certificate authority: server, admin and host certificates.
+
+Keys are ECDSA P-256: small, fast to verify on every handshake, and
+supported by every TLS stack an agent may link against. Host certificates
+name the host only in a URI subject alternative name
+(``spiffe://fleetpatch/host/<id>``); whatever subject or extensions a CSR
+asks for are ignored.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from fleetpatch.identity import Identity
+
+from controller.errors import UsageError
+
+CA_LIFETIME = timedelta(days=3650)
+SERVER_LIFETIME = timedelta(days=825)
+CLIENT_LIFETIME = timedelta(days=365)
+_BACKDATE = timedelta(minutes=5)  # tolerate clocks slightly behind ours
+
+
+@dataclass(frozen=True)
+class Issued:
+    key_pem: bytes
+    cert_pem: bytes
+
+
+def new_key() -> ec.EllipticCurvePrivateKey:
+    return ec.generate_private_key(ec.SECP256R1())
+
+
+def key_to_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
+    return key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+
+
+def _name(common_name: str) -> x509.Name:
+    return x509.Name(
+        [
+            x509.NameAttribute(NameOID.ORGANIZATION_NAME, "fleetpatch"),
+            x509.NameAttribute(NameOID.COMMON_NAME, common_name),
+        ]
+    )
+
+
+def _builder(subject: str, public_key: object, lifetime: timedelta) -> x509.CertificateBuilder:
+    now = datetime.now(UTC)
+    return (
+        x509.CertificateBuilder()
+        .subject_name(_name(subject))
+        .public_key(public_key)  # type: ignore[arg-type]
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - _BACKDATE)
+        .not_valid_after(now + lifetime)
+    )
+
+
+class CertificateAuthority:
+    """Signs certificates with the CA key made at `controller init`."""
+
+    def __init__(self, key: ec.EllipticCurvePrivateKey, cert: x509.Certificate) -> None:
+        self._key = key
+        self.cert = cert
+
+    @classmethod
+    def create(cls, name: str = "fleetpatch fleet CA") -> CertificateAuthority:
+        key = new_key()
+        subject = _name(name)
+        cert = (
+            _builder(name, key.public_key(), CA_LIFETIME)
+            .issuer_name(subject)
+            .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+            .add_extension(
+                x509.KeyUsage(
+                    digital_signature=True,
+                    content_commitment=False,
+                    key_encipherment=False,
+                    data_encipherment=False,
+                    key_agreement=False,
+                    key_cert_sign=True,
+                    crl_sign=True,
+                    encipher_only=False,
+                    decipher_only=False,
+                ),
+                critical=True,
+            )
+            .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), False)
+            .sign(key, hashes.SHA256())
+        )
+        return cls(key, cert)
+
+    @classmethod
+    def load(cls, key_pem: bytes, cert_pem: bytes) -> CertificateAuthority:
+        key = serialization.load_pem_private_key(key_pem, password=None)
+        if not isinstance(key, ec.EllipticCurvePrivateKey):
+            raise UsageError("the CA key is not an ECDSA key")
+        return cls(key, x509.load_pem_x509_certificate(cert_pem))
+
+    @property
+    def key_pem(self) -> bytes:
+        return key_to_pem(self._key)
+
+    @property
+    def cert_pem(self) -> bytes:
+        return self.cert.public_bytes(serialization.Encoding.PEM)
+
+    def _sign(
+        self,
+        builder: x509.CertificateBuilder,
+        public_key: object,
+        usage: x509.ObjectIdentifier,
+        san: list[x509.GeneralName],
+    ) -> x509.Certificate:
+        return (
+            builder.issuer_name(self.cert.subject)
+            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
+            .add_extension(x509.SubjectAlternativeName(san), critical=False)
+            .add_extension(
+                x509.AuthorityKeyIdentifier.from_issuer_public_key(self._key.public_key()), False
+            )
+            .add_extension(
+                x509.SubjectKeyIdentifier.from_public_key(public_key),  # type: ignore[arg-type]
+                False,
+            )
+            .sign(self._key, hashes.SHA256())
+        )
+
+    def issue_server(self, hostnames: list[str]) -> Issued:
+        """A server certificate for these names and addresses."""
+        key = new_key()
+        san: list[x509.GeneralName] = []
+        for name in hostnames:
+            try:
+                san.append(x509.IPAddress(ipaddress.ip_address(name)))
+            except ValueError:
+                san.append(x509.DNSName(name))
+        cert = self._sign(
+            _builder(hostnames[0], key.public_key(), SERVER_LIFETIME),
+            key.public_key(),
+            ExtendedKeyUsageOID.SERVER_AUTH,
+            san,
+        )
+        return Issued(key_to_pem(key), cert.public_bytes(serialization.Encoding.PEM))
+
+    def issue_client(self, identity: Identity, public_key: object) -> x509.Certificate:
+        """A client certificate naming ``identity``, for ``public_key``."""
+        return self._sign(
+            _builder(identity.name, public_key, CLIENT_LIFETIME),
+            public_key,
+            ExtendedKeyUsageOID.CLIENT_AUTH,
+            [x509.UniformResourceIdentifier(identity.uri)],
+        )
+
+    def issue_admin(self, name: str = "admin") -> Issued:
+        from fleetpatch.identity import Role
+
+        key = new_key()
+        cert = self.issue_client(Identity(Role.ADMIN, name), key.public_key())
+        return Issued(key_to_pem(key), cert.public_bytes(serialization.Encoding.PEM))
+
+    def sign_csr(self, csr_pem: bytes, identity: Identity) -> x509.Certificate:
+        """Issue a client certificate for the key in a CSR.
+
+        The CSR must carry a valid self-signature (proof that the requester
+        holds the key) and an acceptable key; its subject and extensions are
+        ignored. Raises UsageError otherwise.
+        """
+        try:
+            csr = x509.load_pem_x509_csr(csr_pem)
+        except ValueError:
+            raise UsageError("the certificate request is not a PEM CSR") from None
+        if not csr.is_signature_valid:
+            raise UsageError("the certificate request's signature is invalid")
+        public_key = csr.public_key()
+        if isinstance(public_key, ec.EllipticCurvePublicKey):
+            if public_key.curve.key_size < 256:
+                raise UsageError("the certificate request's EC key is too small")
+        elif isinstance(public_key, rsa.RSAPublicKey):
+            if public_key.key_size < 2048:
+                raise UsageError("the certificate request's RSA key is too small")
+        elif not isinstance(public_key, ed25519.Ed25519PublicKey):
+            raise UsageError("the certificate request's key type is not accepted")
+        return self.issue_client(identity, public_key)
+
+
+def server_names(hostname: str) -> list[str]:
+    """The names a server certificate for ``hostname`` covers.
+
+    A loopback name also covers the loopback addresses, so that
+    ``--controller 127.0.0.1:7443`` works with ``--hostname localhost``.
+    """
+    names = [hostname]
+    if hostname in ("localhost", "127.0.0.1", "::1"):
+        names += [n for n in ("localhost", "127.0.0.1", "::1") if n != hostname]
+    return names

@@ -1,0 +1,98 @@
+"""The campaign signing key: made at `controller init`, pinned by agents at
+enrollment, used to sign every work order."""
+
+from __future__ import annotations
+
+import json
+
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from fleetpatch.envelope import endorse, key_id, raw_public_key
+from fleetpatch.v1 import types_pb2
+
+from controller.datadir import DataDir
+from controller.errors import DataDirError
+
+
+def new_signing_key() -> Ed25519PrivateKey:
+    return Ed25519PrivateKey.generate()
+
+
+def signing_key_to_pem(key: Ed25519PrivateKey) -> bytes:
+    return key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+
+
+def load_signing_key(pem: bytes) -> Ed25519PrivateKey:
+    try:
+        key = serialization.load_pem_private_key(pem, password=None)
+    except ValueError:
+        raise DataDirError("the signing key is not a PEM private key") from None
+    if not isinstance(key, Ed25519PrivateKey):
+        raise DataDirError("the signing key is not an Ed25519 key")
+    return key
+
+
+def published_keys(key: Ed25519PrivateKey) -> list[types_pb2.SigningKey]:
+    """The public key agents pin at enrollment."""
+    public = raw_public_key(key.public_key())
+    return [types_pb2.SigningKey(key_id=key_id(public), public_key=public)]
+
+
+def rotations(data: bytes) -> list[types_pb2.SigningKey]:
+    """The endorsement chain from signing-keys.json, oldest first: each key
+    signed by the one before, so an agent that pinned any earlier key can
+    walk to the current one."""
+    try:
+        doc = json.loads(data)
+        return [
+            types_pb2.SigningKey(
+                key_id=k["key_id"],
+                public_key=bytes.fromhex(k["public_key"]),
+                endorsed_by_key_id=k["endorsed_by_key_id"],
+                endorsement=bytes.fromhex(k["endorsement"]),
+            )
+            for k in doc
+        ]
+    except (ValueError, KeyError, TypeError):
+        raise DataDirError("signing-keys.json is damaged") from None
+
+
+def rotation_chain(data_dir: DataDir) -> list[types_pb2.SigningKey]:
+    """The endorsement chain of this data dir; empty before any rotation."""
+    if not data_dir.signing_rotations.exists():
+        return []
+    return rotations(data_dir.read(data_dir.signing_rotations))
+
+
+def rotations_to_json(chain: list[types_pb2.SigningKey]) -> bytes:
+    doc = [
+        {
+            "key_id": k.key_id,
+            "public_key": k.public_key.hex(),
+            "endorsed_by_key_id": k.endorsed_by_key_id,
+            "endorsement": k.endorsement.hex(),
+        }
+        for k in chain
+    ]
+    return json.dumps(doc, indent=2).encode() + b"\n"
+
+
+def rotate(data_dir: DataDir) -> tuple[str, str]:
+    """Make a new signing key endorsed by the current one; the current one
+    is retired to signing.key.ID. Returns (old id, new id). The controller
+    signs with the new key from its next start; agents learn it at their
+    next check-in."""
+    data_dir.require_initialised()
+    old = load_signing_key(data_dir.read(data_dir.signing_key))
+    old_id = key_id(raw_public_key(old.public_key()))
+    chain = rotation_chain(data_dir)
+    new = new_signing_key()
+    announced = endorse(raw_public_key(new.public_key()), old)
+    data_dir.write_private(data_dir.path / f"signing.key.{old_id}", signing_key_to_pem(old))
+    data_dir.write_public(data_dir.signing_rotations, rotations_to_json([*chain, announced]))
+    data_dir.write_private(data_dir.signing_key, signing_key_to_pem(new))
+    return old_id, announced.key_id

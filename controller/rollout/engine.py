@@ -1,0 +1,585 @@
+"""Campaigns at run time: the imperative shell around the pure scheduler.
+
+At each check-in the engine asks `decide` whether this host's turn has
+come and, if so, signs and records its work order; progress reports update
+the assignments; a periodic tick times out silent orders, halts campaigns
+whose budgets are breached and completes finished ones (the rules are
+`campaigns.lifecycle`, shared with the simulator). Decisions and
+assignments are serialized by one lock, so two check-ins can never both
+take the last slot of a concurrency budget.
+
+Counts are kept, not recounted: each open campaign has a `LiveCount`, read
+from the store once when the engine starts or the campaign opens, then
+told of every check-in, enrollment, revocation, assignment, result and
+time-out. A check-in costs the same whether the fleet has a thousand hosts
+or a hundred thousand. `check_counts` compares them with a full recount.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import secrets
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from fleetpatch.debversion import debian_version
+from fleetpatch.v1 import types_pb2
+
+from controller.audit import AuditEntry
+from controller.campaigns import (
+    Assign,
+    CampaignError,
+    CampaignSpec,
+    CampaignState,
+    Decision,
+    HostFacts,
+    Tallies,
+    Wait,
+    decide,
+    parse_campaign,
+)
+from controller.campaigns.lifecycle import (
+    Halt,
+    accepted_on_resume,
+    order_timed_out,
+    revert_due,
+    verdict,
+)
+from controller.campaigns.live import PATCH, REVERT, Counted, LiveCount, Order
+from controller.campaigns.scheduler import DecisionKey, decision_key
+from controller.campaigns.windows import WindowCache
+from controller.errors import Conflict, NotFound, UsageError
+from controller.model import (
+    AgentRelease,
+    Assignment,
+    AssignmentStatus,
+    CampaignRecord,
+    Host,
+    HostStatus,
+)
+from controller.rollout import workorders
+from controller.rollout.tally import count, host_facts
+from controller.store.thread import StoreThread
+
+log = logging.getLogger(__name__)
+Clock = Callable[[], datetime]
+LIVE = (CampaignState.RUNNING.value,)
+OPEN = (CampaignState.RUNNING.value, CampaignState.PAUSED.value, CampaignState.HALTED.value)
+# A Wait answer holds until its `until` or until the counts change (the
+# scheduler's contract, property-tested); hosts that `decide` cannot tell
+# apart share it. Kept at most this long all the same, as a safety net.
+DECISION_MAX_AGE = 30.0  # seconds
+# How long the counts of a draft or approved campaign are kept for `campaign
+# show` before they are counted again (a finished one's are kept: its orders
+# no longer change).
+CLOSED_VIEW_MAX_AGE = 30.0  # seconds
+FINISHED = (CampaignState.COMPLETED.value, CampaignState.ABORTED.value)
+PATCHED = (AssignmentStatus.SUCCEEDED, AssignmentStatus.PENDING_REBOOT)
+
+
+@dataclass(frozen=True)
+class CellView:
+    """One ring x region row of `campaign show`."""
+
+    ring: int
+    region: str
+    counts: dict[str, int]
+    waiting_reasons: dict[str, int]
+    next_change: datetime | None
+
+
+class CampaignEngine:
+    def __init__(self, db: StoreThread, key: Ed25519PrivateKey, clock: Clock | None = None) -> None:
+        self._db = db
+        self._key = key
+        self._clock = clock or (lambda: datetime.now(UTC))
+        self._lock = asyncio.Lock()
+        self._specs: dict[str, CampaignSpec] = {}
+        self._live: list[CampaignRecord] = []
+        # Silence and report time-outs run from here at the earliest: while
+        # the controller was down, nobody could report to it.
+        self._watching_since = self._clock()
+        self._counts: dict[str, LiveCount] = {}  # the open campaigns'
+        self._closed: dict[str, tuple[tuple[str, datetime], float, Counted]] = {}
+        self._waits: dict[tuple[str, DecisionKey], tuple[int, float, Wait]] = {}
+        self._windows = WindowCache()
+        self._releases: dict[str, AgentRelease] = {}  # published versions never change
+        # Every order in flight, of any campaign, by host (one at most: a
+        # host with one gets no other): read at start, then kept.
+        self._in_flight: dict[str, Assignment] = {}
+
+    async def start(self) -> None:
+        in_flight = await self._db.call(lambda s: s.in_flight())
+        self._in_flight = {a.host_id: a for a in in_flight}
+        await self._refresh_live()
+
+    async def _refresh_live(self) -> None:
+        """Re-read the campaigns: which hand out work, which are counted."""
+        records = await self._db.call(lambda s: s.list_campaigns())
+        self._live = sorted(
+            (r for r in records if r.state in LIVE or _reverting(r)),
+            key=lambda r: r.approved_at or r.created_at,
+        )
+        counted = {r.campaign_id: r for r in records if r.state in OPEN or _reverting(r)}
+        for campaign_id in set(self._counts) - set(counted):
+            del self._counts[campaign_id]
+        missing = [r for r in counted.values() if r.campaign_id not in self._counts]
+        if missing:
+            self._counts.update(await self._build(missing))
+        for record in counted.values():
+            self._counts[record.campaign_id].set_state(
+                CampaignState(record.state), record.accepted_failures, record.accepted_silent
+            )
+
+    async def _build(self, records: Sequence[CampaignRecord]) -> dict[str, LiveCount]:
+        """Count these campaigns from the store: the one full read of the fleet."""
+        ids = [r.campaign_id for r in records]
+        hosts, orders = await self._db.call(
+            lambda s: (s.list_hosts(limit=10_000_000), {i: s.assignments(i) for i in ids})
+        )
+        active = [host_facts(h) for h in hosts if h.status is HostStatus.ACTIVE]
+        now = self._clock()
+        built = {}
+        for record in records:
+            built[record.campaign_id] = LiveCount.build(
+                self.spec(record), CampaignState(record.state), record.accepted_failures,
+                record.accepted_silent, active, [_order(a) for a in orders[record.campaign_id]],
+                self._watching_since, now,
+            )  # fmt: skip
+        return built
+
+    def spec(self, record: CampaignRecord) -> CampaignSpec:
+        spec = self._specs.get(record.campaign_id)
+        if spec is None:
+            spec = parse_campaign(record.spec, record.campaign_id)
+            self._specs[record.campaign_id] = spec
+        return spec
+
+    # -- admin -----------------------------------------------------------------
+
+    async def create(self, text: str, source: str, actor: str) -> CampaignRecord:
+        try:
+            spec = parse_campaign(text, source or "campaign")
+        except CampaignError as exc:
+            raise UsageError(str(exc)) from None
+        if spec.agent_update is not None:
+            await self._release(spec.agent_update.version)
+        now = self._clock()
+        record = CampaignRecord(
+            campaign_id="c-" + secrets.token_hex(6),
+            name=spec.name,
+            spec=text,
+            state=CampaignState.DRAFT.value,
+            created_at=now,
+            created_by=actor,
+            updated_at=now,
+        )
+        entry = AuditEntry(now, actor, "campaign.create", record.campaign_id, "draft", spec.name)
+        await self._db.call(lambda s: s.create_campaign(record, entry))
+        return record
+
+    async def _release(self, version: str) -> AgentRelease:
+        """A published agent release; NotFound naming how to publish it."""
+        found = self._releases.get(version)
+        if found is None:
+            found = await self._db.call(lambda s: s.get_release(version))
+            if found is None:
+                raise NotFound(
+                    f"agent release {version} is not published (fleetpatch release publish "
+                    f"fleetpatch-agent_{debian_version(version)}_<arch>.deb)"
+                )
+            self._releases[version] = found
+        return found
+
+    async def _transition(
+        self, campaign_id: str, expect: Sequence[str], actor: str, action: str, new: str,
+        detail: str = "", **changes: object,
+    ) -> CampaignRecord:  # fmt: skip
+        now = self._clock()
+        entry = AuditEntry(now, actor, action, campaign_id, new, detail)
+        async with self._lock:
+            record = await self._db.call(
+                lambda s: s.update_campaign(
+                    campaign_id, expect, entry, state=new, updated_at=now, **changes
+                )
+            )
+            await self._refresh_live()
+        log.info("campaign %s: %s by %s -> %s %s", campaign_id, action, actor, new, detail)
+        return record
+
+    async def approve(self, campaign_id: str, actor: str) -> CampaignRecord:
+        return await self._transition(
+            campaign_id, [CampaignState.DRAFT.value], actor, "campaign.approve",
+            CampaignState.RUNNING.value, approved_at=self._clock(),
+        )  # fmt: skip
+
+    async def pause(self, campaign_id: str, actor: str) -> CampaignRecord:
+        return await self._transition(
+            campaign_id, [CampaignState.RUNNING.value], actor, "campaign.pause",
+            CampaignState.PAUSED.value,
+        )  # fmt: skip
+
+    async def resume(self, campaign_id: str, actor: str) -> CampaignRecord:
+        """Resume a paused or halted campaign. Failures and silent hosts that
+        halted it are accepted: the budgets apply to what comes after."""
+        record = await self._db.call(lambda s: s.get_campaign(campaign_id))
+        changes: dict[str, object] = {}
+        detail = ""
+        if record.state == CampaignState.HALTED.value:
+            accepted = accepted_on_resume(self.spec(record), await self._tallies(record))
+            changes["accepted_failures"] = dict(accepted.failures)
+            changes["accepted_silent"] = dict(accepted.silent)
+            changes["halt_kind"], changes["halt_reason"] = "", ""
+            detail = f"accepting what halted it: {record.halt_reason}"
+        return await self._transition(
+            campaign_id, [CampaignState.PAUSED.value, CampaignState.HALTED.value], actor,
+            "campaign.resume", CampaignState.RUNNING.value, detail, **changes,
+        )  # fmt: skip
+
+    async def abort(self, campaign_id: str, actor: str, revert: bool) -> CampaignRecord:
+        if revert:
+            record = await self._db.call(lambda s: s.get_campaign(campaign_id))
+            if self.spec(record).agent_update is not None:
+                raise UsageError(
+                    f"campaign {campaign_id} updates the agent, which --revert cannot undo: abort "
+                    "it without --revert (hosts whose new agent fails its checks go back by "
+                    "themselves)"
+                )
+        return await self._transition(
+            campaign_id,
+            [CampaignState.DRAFT.value, *OPEN, CampaignState.APPROVED.value],
+            actor, "campaign.abort", CampaignState.ABORTED.value,
+            "and revert patched hosts" if revert else "", revert_requested=int(revert),
+        )  # fmt: skip
+
+    async def _counted(self, record: CampaignRecord) -> Counted:
+        return (await self._counted_all([record]))[record.campaign_id]
+
+    async def _counted_all(self, records: Sequence[CampaignRecord]) -> dict[str, Counted]:
+        """The campaigns' counts: kept ones for open campaigns; the others
+        are counted from the store, all in one read, and kept until they
+        change (a draft's for CLOSED_VIEW_MAX_AGE: hosts come and go)."""
+        found: dict[str, Counted] = {}
+        missing = []
+        now = time.monotonic()
+        for record in records:
+            live = self._counts.get(record.campaign_id)
+            cached = self._closed.get(record.campaign_id)
+            if live is not None:
+                found[record.campaign_id] = live.counted(self._clock())
+            elif (
+                cached is not None
+                and cached[0] == _version(record)
+                and (record.state in FINISHED or now - cached[1] < CLOSED_VIEW_MAX_AGE)
+            ):
+                found[record.campaign_id] = cached[2]
+            else:
+                missing.append(record)
+        if missing:
+            built = await self._build(missing)
+            for record in missing:
+                counted = built[record.campaign_id].counted(self._clock())
+                self._closed[record.campaign_id] = (_version(record), now, counted)
+                found[record.campaign_id] = counted
+        return found
+
+    async def _tallies(self, record: CampaignRecord) -> Tallies:
+        live = self._counts.get(record.campaign_id)
+        if live is not None:
+            return live.tallies(self._clock())
+        return (await self._counted(record)).tallies
+
+    async def view(self, campaign_id: str) -> tuple[CampaignRecord, list[CellView]]:
+        """The campaign and, per ring x region, its counts and why hosts wait."""
+        record = await self._db.call(lambda s: s.get_campaign(campaign_id))
+        return record, self._cells(record, await self._counted(record))
+
+    async def views(self) -> list[tuple[CampaignRecord, list[CellView]]]:
+        """`view` of every campaign (counting the fleet once at most)."""
+        records = await self._db.call(lambda s: s.list_campaigns())
+        counted = await self._counted_all(records)
+        return [(r, self._cells(r, counted[r.campaign_id])) for r in records]
+
+    def _cells(self, record: CampaignRecord, counted: Counted) -> list[CellView]:
+        spec = self.spec(record)
+        now = self._clock()
+        tallies = counted.tallies
+        reasons: dict[tuple[int, str], dict[str, int]] = {}
+        soonest: dict[tuple[int, str], datetime] = {}
+        for facts, cell, hosts in counted.waiting:
+            decision = decide(spec, facts, tallies, now, self._windows)
+            label = "ready" if isinstance(decision, Assign) else decision.reason.value
+            reasons.setdefault(cell, {})
+            reasons[cell][label] = reasons[cell].get(label, 0) + hosts
+            if isinstance(decision, Wait) and decision.until is not None:
+                soonest[cell] = min(soonest.get(cell, decision.until), decision.until)
+        cells = []
+        for (ring, region), tally in sorted(tallies.cells.items()):
+            counts = {
+                "eligible": tally.eligible, "waiting": tally.outstanding + tally.unreachable,
+                "in_flight": tally.in_flight, "succeeded": tally.succeeded, "failed": tally.failed,
+                "reverted": tally.reverted, "revert_failed": tally.revert_failed,
+                "timed_out": tally.timed_out, "unreachable": tally.unreachable,
+                "silent": tally.silent,
+            }  # fmt: skip
+            cells.append(
+                CellView(ring, region, counts, reasons.get((ring, region), {}),
+                         soonest.get((ring, region)))
+            )  # fmt: skip
+        return cells
+
+    # -- the check-in path -----------------------------------------------------
+
+    @property
+    def busy(self) -> bool:
+        """Whether any campaign is counted (else check-ins skip the engine)."""
+        return bool(self._counts)
+
+    def joined(self, host: Host) -> None:
+        """A host enrolled: the open campaigns that target it count it."""
+        now = self._clock()
+        for live in self._counts.values():
+            live.join(host_facts(host), now)
+
+    def left(self, host_id: str) -> None:
+        """A host was revoked: no campaign counts it any more."""
+        for live in self._counts.values():
+            live.leave(host_id)
+
+    async def order_for(
+        self, host: HostFacts, highest_sequence: int
+    ) -> types_pb2.SignedEnvelope | None:
+        """Count the host's check-in; the work order it should carry out
+        now, if any.
+
+        A host with an order in flight gets it again only if it never
+        received it (its highest accepted sequence is below the order's).
+        """
+        async with self._lock:
+            now = self._clock()
+            for live in self._counts.values():
+                live.seen(host, now)
+            if not self._live:
+                return None
+            current = self._in_flight.get(host.host_id)
+            if current is not None:
+                if highest_sequence < current.sequence:
+                    return types_pb2.SignedEnvelope.FromString(current.envelope)
+                return None
+            for record in self._live:
+                envelope = await self._consider(record, host, now)
+                if envelope is not None:
+                    return envelope
+        return None
+
+    async def _consider(
+        self, record: CampaignRecord, host: HostFacts, now: datetime
+    ) -> types_pb2.SignedEnvelope | None:
+        live = self._counts.get(record.campaign_id)
+        if live is None or host.host_id not in live.members:
+            return None  # not targeted (the members are the targeted, active hosts)
+        patch = live.status_of(host.host_id)
+        if record.state == CampaignState.ABORTED.value:
+            if patch is None or not revert_due(
+                patch.status in PATCHED, host.host_id in live.reverting
+            ):
+                return None
+            return await self._assign(record, host, REVERT, now, None, patch.order_id)
+        if patch is not None:
+            return None
+        decision = self._decide(record, live, host, now)
+        if not isinstance(decision, Assign):
+            return None
+        return await self._assign(record, host, PATCH, now, decision.window_closes_at, "")
+
+    def _decide(
+        self, record: CampaignRecord, live: LiveCount, facts: HostFacts, now: datetime
+    ) -> Decision:
+        """`decide`, answered from the last Wait of a host alike while it holds."""
+        key = (record.campaign_id, decision_key(facts))
+        cached = self._waits.get(key)
+        tallies = live.tallies(now)
+        if cached is not None:
+            version, asked, wait = cached
+            fresh = version == live.version and time.monotonic() - asked < DECISION_MAX_AGE
+            if fresh and (wait.until is None or now < wait.until):
+                return wait
+        decision = decide(self.spec(record), facts, tallies, now, self._windows)
+        if isinstance(decision, Wait):
+            self._waits[key] = (live.version, time.monotonic(), decision)
+        else:
+            self._waits.pop(key, None)
+        return decision
+
+    async def check_counts(self, campaign_id: str) -> list[str]:
+        """Differences between the kept counts of an open campaign and a full
+        recount from the store ([] when they agree): the consistency check."""
+        live = self._counts.get(campaign_id)
+        if live is None:
+            return []
+        record, hosts, assignments = await self._db.call(
+            lambda s: (
+                s.get_campaign(campaign_id), s.list_hosts(limit=10_000_000),
+                s.assignments(campaign_id),
+            )
+        )  # fmt: skip
+        now = self._clock()
+        kept = live.tallies(now)
+        full = count(self.spec(record), record, hosts, assignments, now, self._watching_since)
+        return _differences(kept, full.tallies)
+
+    async def _assign(
+        self, record: CampaignRecord, host: HostFacts, kind: str, now: datetime,
+        window_closes_at: datetime | None, reverts: str,
+    ) -> types_pb2.SignedEnvelope:  # fmt: skip
+        spec = self.spec(record)
+        sequence = await self._db.call(lambda s: s.next_sequence(host.host_id))
+        order_id = "o-" + secrets.token_hex(8)
+        action = kind
+        if kind == REVERT:
+            order = workorders.revert_order(
+                record.campaign_id, order_id, host.host_id, sequence, now, reverts
+            )
+        elif spec.agent_update is not None:
+            action = "agent-update"
+            order = workorders.agent_update_order(
+                spec, await self._release(spec.agent_update.version), record.campaign_id,
+                order_id, host.host_id, sequence, now, window_closes_at,
+            )  # fmt: skip
+        else:
+            order = workorders.patch_order(
+                spec, record.campaign_id, order_id, host.host_id, sequence, now, window_closes_at
+            )
+        envelope = workorders.sign(order, self._key)
+        assignment = Assignment(
+            order_id=order_id, campaign_id=record.campaign_id, host_id=host.host_id, kind=kind,
+            ring=host.ring, region=host.region, sequence=sequence,
+            envelope=envelope.SerializeToString(), status=AssignmentStatus.IN_FLIGHT,
+            assigned_at=now,
+        )  # fmt: skip
+        entry = AuditEntry(
+            now, "controller", f"order.assign.{action}", order_id, "assigned",
+            f"campaign {record.campaign_id} host {host.host_id} ring {host.ring} "
+            f"region {host.region} sequence {sequence}",
+        )  # fmt: skip
+        await self._db.call(lambda s: s.assign(assignment, entry))
+        self._in_flight[host.host_id] = assignment
+        self._counts[record.campaign_id].assigned(host.host_id, order_id, kind, host.ring, now)
+        log.info("campaign %s: %s order %s to host %s", record.campaign_id, action, order_id,
+                 host.host_id)  # fmt: skip
+        return envelope
+
+    # -- results and the periodic tick ----------------------------------------
+
+    async def on_results(
+        self, host_id: str, results: Sequence[tuple[str, str, str, str, datetime]]
+    ) -> None:
+        if not results:
+            return
+        applied = await self._db.call(lambda s: s.apply_results(host_id, results))
+        changed: dict[str, None] = {}
+        for change in applied:
+            current = self._in_flight.get(host_id)
+            if change.status is not None and current and current.order_id == change.order_id:
+                del self._in_flight[host_id]
+            live = self._counts.get(change.campaign_id)
+            if live is not None:
+                if change.status is None:
+                    live.reported(change.order_id, change.at)
+                else:
+                    live.finished(change.order_id, change.status, change.at)
+            changed[change.campaign_id] = None
+        for campaign_id in changed:
+            await self._evaluate(campaign_id)
+
+    async def tick(self) -> None:
+        """Time out silent orders, halt breached campaigns, complete finished ones."""
+        records = await self._db.call(lambda s: s.list_campaigns())
+        now = self._clock()
+        for record in records:
+            if record.state in OPEN:
+                await self._time_out_late(record, now)
+                await self._evaluate(record.campaign_id)
+
+    async def _time_out_late(self, record: CampaignRecord, now: datetime) -> None:
+        live = self._counts.get(record.campaign_id)
+        if live is None:
+            return
+        spec = self.spec(record)
+        late = [
+            order_id for order_id, flight in live.in_flight.items()
+            if order_timed_out(spec, flight.last_report_at, self._watching_since, now)
+        ]  # fmt: skip
+        if late:
+            timed_out = await self._db.call(lambda s: s.time_out(late, now))
+            for order_id in timed_out:
+                flight = live.in_flight.get(order_id)
+                if flight is not None:
+                    self._in_flight.pop(flight.host_id, None)
+                live.finished(order_id, AssignmentStatus.TIMED_OUT, now)
+            log.warning("campaign %s: %d order(s) timed out", record.campaign_id, len(timed_out))
+
+    async def _evaluate(self, campaign_id: str) -> None:
+        record = await self._db.call(lambda s: s.get_campaign(campaign_id))
+        if record.state != CampaignState.RUNNING.value:
+            return
+        outcome = verdict(self.spec(record), await self._tallies(record), self._clock())
+        try:
+            if isinstance(outcome, Halt):
+                halt = outcome.reason
+                await self._transition(
+                    campaign_id, [CampaignState.RUNNING.value], "controller", "campaign.halt",
+                    CampaignState.HALTED.value, halt.message,
+                    halt_kind=halt.kind.value, halt_reason=halt.message,
+                )  # fmt: skip
+            elif outcome is not None:
+                await self._transition(
+                    campaign_id, [CampaignState.RUNNING.value], "controller", "campaign.complete",
+                    CampaignState.COMPLETED.value,
+                )  # fmt: skip
+        except Conflict:
+            pass  # a person changed it meanwhile: theirs wins
+
+    async def run_ticks(self, interval: float, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            try:
+                await self.tick()
+            except Exception:
+                log.exception("campaign tick failed")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), interval)
+
+
+def _reverting(record: CampaignRecord) -> bool:
+    """Aborted with --revert: it still hands out reverts."""
+    return record.state == CampaignState.ABORTED.value and record.revert_requested
+
+
+def _order(a: Assignment) -> Order:
+    return Order(
+        a.order_id, a.host_id, a.kind, a.ring, a.status, a.last_report_at or a.assigned_at,
+        a.finished_at,
+    )  # fmt: skip
+
+
+def _differences(kept: Tallies, full: Tallies) -> list[str]:
+    found = [
+        f"ring {ring} region {region}: kept {kept.cell(ring, region)}, "
+        f"counted {full.cell(ring, region)}"
+        for ring, region in sorted(set(kept.cells) | set(full.cells))
+        if kept.cell(ring, region) != full.cell(ring, region)
+    ]
+    if dict(kept.ring_finished_at) != dict(full.ring_finished_at):
+        found.append(f"rings finished: kept {dict(kept.ring_finished_at)}, "
+                     f"counted {dict(full.ring_finished_at)}")  # fmt: skip
+    return found
+
+
+def _version(record: CampaignRecord) -> tuple[str, datetime]:
+    """Changes whenever the campaign does."""
+    return record.state, record.updated_at

@@ -1,0 +1,92 @@
+"""The store runs on one dedicated thread; the event loop never blocks on
+SQLite. Check-ins are group-committed: every check-in that arrives while a
+batch is being written joins the next batch, so a busy controller makes a
+few large transactions instead of thousands of small ones, and each agent
+is answered only once its check-in is durable."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import TypeVar
+
+from controller.model import CheckIn, CheckInOutcome
+from controller.store import Store
+
+log = logging.getLogger(__name__)
+_T = TypeVar("_T")
+
+
+class StoreThread:
+    def __init__(self, store: Store) -> None:
+        self._store = store
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="store")
+
+    async def call(self, fn: Callable[[Store], _T]) -> _T:
+        """Run ``fn(store)`` on the store thread."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, fn, self._store)
+
+    def close(self) -> None:
+        self._executor.submit(self._store.close).result()
+        self._executor.shutdown(wait=True)
+
+
+class CheckInBatcher:
+    def __init__(self, db: StoreThread, max_batch: int = 1000) -> None:
+        self._db = db
+        self._max_batch = max_batch
+        self._pending: list[tuple[CheckIn, asyncio.Future[CheckInOutcome]]] = []
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self.batches = 0
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="checkin-batcher")
+
+    async def submit(self, checkin: CheckIn) -> CheckInOutcome:
+        if self._task is None or self._task.done():
+            raise RuntimeError("the check-in writer is not running")
+        future: asyncio.Future[CheckInOutcome] = asyncio.get_running_loop().create_future()
+        self._pending.append((checkin, future))
+        self._wake.set()
+        return await future
+
+    async def _run(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            while self._pending:
+                batch = self._pending[: self._max_batch]
+                del self._pending[: self._max_batch]
+                await self._write(batch)
+
+    async def _write(self, batch: list[tuple[CheckIn, asyncio.Future[CheckInOutcome]]]) -> None:
+        checkins = [c for c, _ in batch]
+        try:
+            outcomes = await self._db.call(lambda s: s.record_checkins(checkins))
+        except Exception as exc:
+            log.exception("writing %d check-ins failed", len(batch))
+            for _, future in batch:
+                if not future.done():
+                    future.set_exception(exc)
+            return
+        self.batches += 1
+        for (_, future), outcome in zip(batch, outcomes, strict=True):
+            if not future.done():
+                future.set_result(outcome)
+
+    async def close(self) -> None:
+        """Write what is pending, then stop."""
+        if self._task is None:
+            return
+        while self._pending:
+            batch = self._pending[: self._max_batch]
+            del self._pending[: self._max_batch]
+            await self._write(batch)
+        self._task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._task
