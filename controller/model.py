@@ -8,6 +8,11 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
+from fleetpatch.orderspec import REFUSED, OrderState
+
+from controller.campaigns.gates import HaltKind
+from controller.campaigns.tallies import CampaignState
+
 JSON = Mapping[str, Any]
 
 
@@ -91,14 +96,22 @@ class AssignmentStatus(StrEnum):
 
 
 # The agent's final outcome -> the assignment's status.
-OUTCOME_STATUS = {
-    "SUCCEEDED": AssignmentStatus.SUCCEEDED,
-    "PENDING_REBOOT": AssignmentStatus.PENDING_REBOOT,
-    "FAILED": AssignmentStatus.FAILED,
-    "REFUSED": AssignmentStatus.FAILED,
-    "REVERTED": AssignmentStatus.REVERTED,
-    "REVERT_FAILED": AssignmentStatus.REVERT_FAILED,
+# The final step an agent reports, and what the assignment becomes.
+OUTCOME_STATUS: dict[str, AssignmentStatus] = {
+    OrderState.SUCCEEDED: AssignmentStatus.SUCCEEDED,
+    OrderState.PENDING_REBOOT: AssignmentStatus.PENDING_REBOOT,
+    OrderState.FAILED: AssignmentStatus.FAILED,
+    REFUSED: AssignmentStatus.FAILED,
+    OrderState.REVERTED: AssignmentStatus.REVERTED,
+    OrderState.REVERT_FAILED: AssignmentStatus.REVERT_FAILED,
 }
+
+
+class AssignmentKind(StrEnum):
+    """Stored in assignments.kind; values never change once released."""
+
+    PATCH = "patch"  # the campaign's own order (an agent update too)
+    REVERT = "revert"  # undoing a patch, for an aborted --revert campaign
 
 
 @dataclass(frozen=True)
@@ -106,12 +119,12 @@ class CampaignRecord:
     campaign_id: str
     name: str
     spec: str
-    state: str
+    state: CampaignState
     created_at: datetime
     created_by: str
     updated_at: datetime
     approved_at: datetime | None = None
-    halt_kind: str = ""
+    halt_kind: HaltKind | None = None
     halt_reason: str = ""
     accepted_failures: Mapping[int, int] = field(default_factory=dict)
     accepted_silent: Mapping[int, int] = field(default_factory=dict)
@@ -123,7 +136,7 @@ class Assignment:
     order_id: str
     campaign_id: str
     host_id: str
-    kind: str  # "patch" (the campaign's own order, an agent update too) or "revert"
+    kind: AssignmentKind
     ring: int
     region: str
     sequence: int

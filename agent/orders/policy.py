@@ -15,12 +15,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from fleetpatch.orderspec import AGENT_PACKAGE
+
 from agent.backends.base import Plan
 from agent.host.checks import Kind
 from agent.orders.workorder import Action, OrderRefused, Reboot, RefusalReason, WorkOrder
 
 #: The package an agent-update order installs.
-AGENT_PACKAGE = "fleetpatch-agent"
 
 
 @dataclass(frozen=True)

@@ -22,6 +22,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from fleetpatch.orderspec import REFUSED
 from fleetpatch.v1 import types_pb2
 
 from agent.backends.base import Busy, Change, PackageBackend, Plan, PlanError, Snapshot
@@ -136,7 +137,7 @@ class Runner:
             order_id, text = refused.order_id, f"{refused.reason}: {refused}"
             self._journal.refuse(
                 order_id, refused.reason.value, str(refused),
-                lambda key: convert.progress_report(key, order_id, "REFUSED", text, final=True),
+                lambda key: convert.progress_report(key, order_id, REFUSED, text, final=True),
             )  # fmt: skip
             raise
         self._journal.accept(

@@ -47,6 +47,7 @@ import fleetpatch
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from fleetpatch import releasefmt
 from fleetpatch.debversion import debian_version
+from fleetpatch.orderspec import AGENT_PACKAGE
 
 from agent.backends import subp
 from agent.backends.apt import deb_fields
@@ -56,7 +57,7 @@ from agent.host.checks import CheckSpec, Probes
 from agent.host.health import failing
 from agent.orders.journal import OrderRecord
 from agent.orders.outcome import Outcome
-from agent.orders.policy import AGENT_PACKAGE, Policy
+from agent.orders.policy import Policy
 from agent.orders.states import Event
 from agent.orders.workorder import AgentUpdate, WorkOrder
 

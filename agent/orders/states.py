@@ -29,22 +29,9 @@ from __future__ import annotations
 
 from enum import StrEnum
 
+from fleetpatch.orderspec import OrderState
 
-class State(StrEnum):
-    RECEIVED = "RECEIVED"
-    PRECHECK = "PRECHECK"
-    SNAPSHOT = "SNAPSHOT"
-    APPLY = "APPLY"
-    LIVEPATCH = "LIVEPATCH"
-    REBOOT = "REBOOT"
-    REBOOTED = "REBOOTED"
-    VERIFY = "VERIFY"
-    REVERT = "REVERT"
-    SUCCEEDED = "SUCCEEDED"
-    PENDING_REBOOT = "PENDING_REBOOT"
-    REVERTED = "REVERTED"
-    REVERT_FAILED = "REVERT_FAILED"
-    FAILED = "FAILED"
+State = OrderState  # the agent's name for it (fleetpatch.orderspec)
 
 
 class Event(StrEnum):

@@ -14,6 +14,7 @@ from enum import StrEnum
 
 from fleetpatch.debversion import debian_version
 from fleetpatch.envelope import WORK_ORDER_TYPE, EnvelopeError, open_envelope
+from fleetpatch.orderspec import LivepatchPolicy, RebootPolicy
 from fleetpatch.v1 import types_pb2
 from google.protobuf.message import DecodeError
 
@@ -46,16 +47,8 @@ class Action(StrEnum):
     AGENT_UPDATE = "agent-update"
 
 
-class Reboot(StrEnum):
-    NEVER = "never"
-    IF_REQUIRED = "if-required"
-    ALWAYS = "always"
-
-
-class Livepatch(StrEnum):
-    NEVER = "never"
-    PREFER = "prefer"
-    ONLY = "only"
+Reboot = RebootPolicy  # the agent's names for them (fleetpatch.orderspec)
+Livepatch = LivepatchPolicy
 
 
 _ACTIONS = {

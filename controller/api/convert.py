@@ -152,7 +152,7 @@ def campaign_to_pb(record: CampaignRecord, cells: Sequence[CellView]) -> admin_p
         created_at=timestamp(record.created_at),
         approved_at=timestamp(record.approved_at),
         updated_at=timestamp(record.updated_at),
-        halt_kind=record.halt_kind,
+        halt_kind=record.halt_kind or "",
         halt_reason=record.halt_reason,
         revert_requested=record.revert_requested,
     )

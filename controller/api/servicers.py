@@ -18,6 +18,7 @@ from cryptography.hazmat.primitives import serialization
 from fleetpatch import labels as labelspec
 from fleetpatch.identity import Identity, Role
 from fleetpatch.inventory import inventory_hash
+from fleetpatch.orderspec import REFUSED
 from fleetpatch.v1 import admin_pb2, admin_pb2_grpc, agent_pb2, agent_pb2_grpc, types_pb2
 
 from controller import audit
@@ -274,7 +275,7 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
         refusals = [
             AuditEntry(report.at, f"host:{host_id}", "order.refused", report.order_id or "-",
                        "refused", report.detail)
-            for report in reports if report.step == "REFUSED"
+            for report in reports if report.step == REFUSED
         ]  # fmt: skip
         if refusals and new:
             await self._db.call(lambda s: s.append_audits(refusals))

@@ -12,6 +12,8 @@ No I/O and no clock in any of them: the controller and the simulator pass
 ``now`` and the data.
 """
 
+from fleetpatch.orderspec import LivepatchPolicy, RebootPolicy
+
 from controller.campaigns.checks import CheckKind, VerifyCheck
 from controller.campaigns.errors import CampaignError
 from controller.campaigns.gates import (
@@ -44,10 +46,8 @@ from controller.campaigns.spec import (
     AgentUpdateSpec,
     CampaignSpec,
     Gate,
-    LivepatchPolicy,
     PackageTarget,
     PatchSpec,
-    RebootPolicy,
     RegionOrder,
     RingStage,
     RolloutSpec,

@@ -28,9 +28,9 @@ from controller.campaigns.lifecycle import host_silent, silent_after
 from controller.campaigns.scheduler import DecisionKey, HostFacts, decision_key, is_targeted
 from controller.campaigns.spec import CampaignSpec
 from controller.campaigns.tallies import CampaignState, Tallies
-from controller.model import AssignmentStatus
+from controller.model import AssignmentKind, AssignmentStatus
 
-PATCH, REVERT = "patch", "revert"
+PATCH, REVERT = AssignmentKind.PATCH, AssignmentKind.REVERT
 
 
 @dataclass(slots=True)
@@ -50,7 +50,7 @@ class InFlight:
     """An order of this campaign that has not finished."""
 
     host_id: str
-    kind: str  # PATCH or REVERT
+    kind: AssignmentKind
     ring: int
     last_report_at: datetime
 
@@ -61,7 +61,7 @@ class Order:
 
     order_id: str
     host_id: str
-    kind: str  # PATCH or REVERT
+    kind: AssignmentKind
     ring: int
     status: AssignmentStatus
     last_report_at: datetime  # or its assignment, when it has no report
@@ -171,7 +171,9 @@ class LiveCount:
         if member is not None:
             self._count(member, -1)
 
-    def assigned(self, host_id: str, order_id: str, kind: str, ring: int, now: datetime) -> None:
+    def assigned(
+        self, host_id: str, order_id: str, kind: AssignmentKind, ring: int, now: datetime
+    ) -> None:
         self.in_flight[order_id] = InFlight(host_id, kind, ring, now)
         if kind == REVERT:
             self.reverting.add(host_id)

@@ -35,6 +35,7 @@ from fractions import Fraction
 from fleetpatch.debversion import debian_version, version_key
 from fleetpatch.durations import format_duration
 from fleetpatch.labels import check_label, check_region, check_ring
+from fleetpatch.orderspec import LivepatchPolicy, RebootPolicy
 from fleetpatch.tomltable import Table, toml_type
 
 from controller.campaigns.checks import VerifyCheck, parse_check
@@ -59,20 +60,6 @@ DEFAULT_VERIFY_TIMEOUT = timedelta(minutes=5)  # the agent's own default
 DEFAULT_SILENT_AFTER = timedelta(minutes=30)
 REPORT_TIMEOUT_MARGIN = timedelta(minutes=30)  # default report_timeout: verify.timeout + this
 DEFAULT_ROLLBACK_AFTER = timedelta(minutes=10)  # agent updates: the watchdog's delay
-
-
-class RebootPolicy(StrEnum):
-    """Spelled as the agent spells it; values never change once released."""
-
-    NEVER = "never"
-    IF_REQUIRED = "if-required"
-    ALWAYS = "always"
-
-
-class LivepatchPolicy(StrEnum):
-    NEVER = "never"
-    PREFER = "prefer"
-    ONLY = "only"
 
 
 class RegionOrder(StrEnum):

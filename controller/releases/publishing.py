@@ -35,6 +35,7 @@ from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from fleetpatch.debversion import pep440_version
+from fleetpatch.orderspec import AGENT_PACKAGE
 
 from controller.audit import AuditEntry
 from controller.datadir import DataDir
@@ -50,7 +51,7 @@ log = logging.getLogger(__name__)
 MAX_SIZE = 256 * 1024 * 1024
 CHUNK = 1024 * 1024
 SIGNATURE_SIZE = 64
-_ARTIFACT = re.compile(r"^fleetpatch-agent_(?P<debian>[^_/\\\s]+)_(?P<arch>[a-z0-9]+)\.deb$")
+_ARTIFACT = re.compile(rf"^{AGENT_PACKAGE}_(?P<debian>[^_/\\\s]+)_(?P<arch>[a-z0-9]+)\.deb$")
 
 
 @dataclass(frozen=True)

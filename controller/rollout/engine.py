@@ -57,6 +57,7 @@ from controller.errors import Conflict, NotFound, UsageError
 from controller.model import (
     AgentRelease,
     Assignment,
+    AssignmentKind,
     AssignmentStatus,
     CampaignRecord,
     Host,
@@ -68,8 +69,8 @@ from controller.store.thread import StoreThread
 
 log = logging.getLogger(__name__)
 Clock = Callable[[], datetime]
-LIVE = (CampaignState.RUNNING.value,)
-OPEN = (CampaignState.RUNNING.value, CampaignState.PAUSED.value, CampaignState.HALTED.value)
+LIVE = (CampaignState.RUNNING,)
+OPEN = (CampaignState.RUNNING, CampaignState.PAUSED, CampaignState.HALTED)
 # A Wait answer holds until its `until` or until the counts change (the
 # scheduler's contract, property-tested); hosts that `decide` cannot tell
 # apart share it. Kept at most this long all the same, as a safety net.
@@ -78,7 +79,7 @@ DECISION_MAX_AGE = 30.0  # seconds
 # show` before they are counted again (a finished one's are kept: its orders
 # no longer change).
 CLOSED_VIEW_MAX_AGE = 30.0  # seconds
-FINISHED = (CampaignState.COMPLETED.value, CampaignState.ABORTED.value)
+FINISHED = (CampaignState.COMPLETED, CampaignState.ABORTED)
 PATCHED = (AssignmentStatus.SUCCEEDED, AssignmentStatus.PENDING_REBOOT)
 
 
@@ -174,7 +175,7 @@ class CampaignEngine:
             campaign_id="c-" + secrets.token_hex(6),
             name=spec.name,
             spec=text,
-            state=CampaignState.DRAFT.value,
+            state=CampaignState.DRAFT,
             created_at=now,
             created_by=actor,
             updated_at=now,
@@ -214,14 +215,14 @@ class CampaignEngine:
 
     async def approve(self, campaign_id: str, actor: str) -> CampaignRecord:
         return await self._transition(
-            campaign_id, [CampaignState.DRAFT.value], actor, "campaign.approve",
-            CampaignState.RUNNING.value, approved_at=self._clock(),
+            campaign_id, [CampaignState.DRAFT], actor, "campaign.approve",
+            CampaignState.RUNNING, approved_at=self._clock(),
         )  # fmt: skip
 
     async def pause(self, campaign_id: str, actor: str) -> CampaignRecord:
         return await self._transition(
-            campaign_id, [CampaignState.RUNNING.value], actor, "campaign.pause",
-            CampaignState.PAUSED.value,
+            campaign_id, [CampaignState.RUNNING], actor, "campaign.pause",
+            CampaignState.PAUSED,
         )  # fmt: skip
 
     async def resume(self, campaign_id: str, actor: str) -> CampaignRecord:
@@ -230,15 +231,15 @@ class CampaignEngine:
         record = await self._db.call(lambda s: s.get_campaign(campaign_id))
         changes: dict[str, object] = {}
         detail = ""
-        if record.state == CampaignState.HALTED.value:
+        if record.state == CampaignState.HALTED:
             accepted = accepted_on_resume(self.spec(record), await self._tallies(record))
             changes["accepted_failures"] = dict(accepted.failures)
             changes["accepted_silent"] = dict(accepted.silent)
-            changes["halt_kind"], changes["halt_reason"] = "", ""
+            changes["halt_kind"], changes["halt_reason"] = None, ""
             detail = f"accepting what halted it: {record.halt_reason}"
         return await self._transition(
-            campaign_id, [CampaignState.PAUSED.value, CampaignState.HALTED.value], actor,
-            "campaign.resume", CampaignState.RUNNING.value, detail, **changes,
+            campaign_id, [CampaignState.PAUSED, CampaignState.HALTED], actor,
+            "campaign.resume", CampaignState.RUNNING, detail, **changes,
         )  # fmt: skip
 
     async def abort(self, campaign_id: str, actor: str, revert: bool) -> CampaignRecord:
@@ -252,8 +253,8 @@ class CampaignEngine:
                 )
         return await self._transition(
             campaign_id,
-            [CampaignState.DRAFT.value, *OPEN, CampaignState.APPROVED.value],
-            actor, "campaign.abort", CampaignState.ABORTED.value,
+            [CampaignState.DRAFT, *OPEN, CampaignState.APPROVED],
+            actor, "campaign.abort", CampaignState.ABORTED,
             "and revert patched hosts" if revert else "", revert_requested=int(revert),
         )  # fmt: skip
 
@@ -384,7 +385,7 @@ class CampaignEngine:
         if live is None or host.host_id not in live.members:
             return None  # not targeted (the members are the targeted, active hosts)
         patch = live.status_of(host.host_id)
-        if record.state == CampaignState.ABORTED.value:
+        if record.state == CampaignState.ABORTED:
             if patch is None or not revert_due(
                 patch.status in PATCHED, host.host_id in live.reverting
             ):
@@ -434,13 +435,13 @@ class CampaignEngine:
         return _differences(kept, full.tallies)
 
     async def _assign(
-        self, record: CampaignRecord, host: HostFacts, kind: str, now: datetime,
+        self, record: CampaignRecord, host: HostFacts, kind: AssignmentKind, now: datetime,
         window_closes_at: datetime | None, reverts: str,
     ) -> types_pb2.SignedEnvelope:  # fmt: skip
         spec = self.spec(record)
         sequence = await self._db.call(lambda s: s.next_sequence(host.host_id))
         order_id = "o-" + secrets.token_hex(8)
-        action = kind
+        action = str(kind)
         if kind == REVERT:
             order = workorders.revert_order(
                 record.campaign_id, order_id, host.host_id, sequence, now, reverts
@@ -526,21 +527,21 @@ class CampaignEngine:
 
     async def _evaluate(self, campaign_id: str) -> None:
         record = await self._db.call(lambda s: s.get_campaign(campaign_id))
-        if record.state != CampaignState.RUNNING.value:
+        if record.state != CampaignState.RUNNING:
             return
         outcome = verdict(self.spec(record), await self._tallies(record), self._clock())
         try:
             if isinstance(outcome, Halt):
                 halt = outcome.reason
                 await self._transition(
-                    campaign_id, [CampaignState.RUNNING.value], "controller", "campaign.halt",
-                    CampaignState.HALTED.value, halt.message,
-                    halt_kind=halt.kind.value, halt_reason=halt.message,
+                    campaign_id, [CampaignState.RUNNING], "controller", "campaign.halt",
+                    CampaignState.HALTED, halt.message,
+                    halt_kind=halt.kind, halt_reason=halt.message,
                 )  # fmt: skip
             elif outcome is not None:
                 await self._transition(
-                    campaign_id, [CampaignState.RUNNING.value], "controller", "campaign.complete",
-                    CampaignState.COMPLETED.value,
+                    campaign_id, [CampaignState.RUNNING], "controller", "campaign.complete",
+                    CampaignState.COMPLETED,
                 )  # fmt: skip
         except Conflict:
             pass  # a person changed it meanwhile: theirs wins
@@ -557,7 +558,7 @@ class CampaignEngine:
 
 def _reverting(record: CampaignRecord) -> bool:
     """Aborted with --revert: it still hands out reverts."""
-    return record.state == CampaignState.ABORTED.value and record.revert_requested
+    return record.state == CampaignState.ABORTED and record.revert_requested
 
 
 def _order(a: Assignment) -> Order:

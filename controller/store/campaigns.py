@@ -11,11 +11,14 @@ from datetime import UTC, datetime
 from typing import Any
 
 from controller.audit import AuditEntry, AuditRecord
+from controller.campaigns.gates import HaltKind
+from controller.campaigns.tallies import CampaignState
 from controller.errors import Conflict, NotFound
 from controller.model import (
     OUTCOME_STATUS,
     Applied,
     Assignment,
+    AssignmentKind,
     AssignmentStatus,
     CampaignRecord,
 )
@@ -41,12 +44,12 @@ def _campaign(row: sqlite3.Row | tuple[Any, ...], names: list[str]) -> CampaignR
         campaign_id=r["campaign_id"],
         name=r["name"],
         spec=r["spec"],
-        state=r["state"],
+        state=CampaignState(r["state"]),
         created_at=datetime.fromtimestamp(r["created_at"], UTC),
         created_by=r["created_by"],
         updated_at=datetime.fromtimestamp(r["updated_at"], UTC),
         approved_at=_dt(r["approved_at"]),
-        halt_kind=r["halt_kind"],
+        halt_kind=HaltKind(r["halt_kind"]) if r["halt_kind"] else None,
         halt_reason=r["halt_reason"],
         accepted_failures={int(k): v for k, v in json.loads(r["accepted_failures"]).items()},
         accepted_silent={int(k): v for k, v in json.loads(r["accepted_silent"]).items()},
@@ -60,7 +63,7 @@ def _assignment(row: tuple[Any, ...], names: list[str]) -> Assignment:
         order_id=r["order_id"],
         campaign_id=r["campaign_id"],
         host_id=r["host_id"],
-        kind=r["kind"],
+        kind=AssignmentKind(r["kind"]),
         ring=r["ring"],
         region=r["region"],
         sequence=r["sequence"],
@@ -120,7 +123,8 @@ class CampaignStore:
             raise ValueError(f"unknown campaign columns {sorted(unknown)}")
         values = {
             k: json.dumps({str(r): n for r, n in v.items()}) if isinstance(v, Mapping)
-            else _ts(v) if isinstance(v, datetime) else v
+            else _ts(v) if isinstance(v, datetime) else "" if k == "halt_kind" and v is None
+            else v
             for k, v in changes.items()
         }  # fmt: skip
         states = list(expect_states)

@@ -130,8 +130,9 @@ class Driver:
         if record.state == CampaignState.COMPLETED.value:
             return True
         if record.state == CampaignState.HALTED.value:
-            if not self.halts or self.halts[-1] != (record.halt_kind, _ring(record.halt_reason)):
-                self.halts.append((record.halt_kind, _ring(record.halt_reason)))
+            halt = (str(record.halt_kind or ""), _ring(record.halt_reason))
+            if not self.halts or self.halts[-1] != halt:
+                self.halts.append(halt)
             # As the rehearsal: over once nothing is in flight any more.
             _, cells = await self.engine.view(self.campaign_id)
             return sum(cell.counts["in_flight"] for cell in cells) == 0

@@ -11,7 +11,14 @@ from hypothesis import strategies as st
 
 from controller.campaigns import CampaignState, parse_campaign
 from controller.campaigns.live import PATCH, REVERT, LiveCount, Order
-from controller.model import Assignment, AssignmentStatus, CampaignRecord, Host, HostStatus
+from controller.model import (
+    Assignment,
+    AssignmentKind,
+    AssignmentStatus,
+    CampaignRecord,
+    Host,
+    HostStatus,
+)
 from controller.rollout.tally import count, host_facts
 
 T0 = datetime(2026, 12, 1, 12, tzinfo=UTC)
@@ -41,9 +48,7 @@ class Fleet:
         self.orders: dict[str, Assignment] = {}
         self.now = T0
         self.watching_since = watching_since
-        self.record = CampaignRecord(
-            "c-1", "kept", "", CampaignState.RUNNING.value, T0, "admin:a", T0
-        )
+        self.record = CampaignRecord("c-1", "kept", "", CampaignState.RUNNING, T0, "admin:a", T0)
         self.live: LiveCount | None = None
 
     def start(self) -> None:
@@ -78,7 +83,7 @@ class Fleet:
         if self.live is not None:
             self.live.leave(host_id)
 
-    def assign(self, host_id: str, kind: str) -> None:
+    def assign(self, host_id: str, kind: AssignmentKind) -> None:
         host = self.hosts[host_id]
         mine = {a.kind for a in self.orders.values() if a.host_id == host_id}
         if kind in mine or (kind == REVERT and PATCH not in mine):
@@ -181,4 +186,4 @@ def _apply(fleet: Fleet, step: tuple[object, ...]) -> None:
         elif action == "revoke":
             fleet.revoke(host_id)
         elif action == "assign":
-            fleet.assign(host_id, str(args[1]))
+            fleet.assign(host_id, AssignmentKind(str(args[1])))

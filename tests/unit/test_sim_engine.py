@@ -13,7 +13,14 @@ from pathlib import Path
 import pytest
 
 from controller.campaigns import CampaignSpec, CampaignState, GateStatus, parse_campaign, scheduler
-from controller.model import Assignment, AssignmentStatus, CampaignRecord, Host, HostStatus
+from controller.model import (
+    Assignment,
+    AssignmentKind,
+    AssignmentStatus,
+    CampaignRecord,
+    Host,
+    HostStatus,
+)
 from controller.rollout.tally import count
 from simulator.engine import Settings, Simulation
 from simulator.failures import FailureModel, Odds, Outage, Rule, Selector, When
@@ -121,7 +128,8 @@ def _controller_rows(sim: Simulation, now: int) -> tuple[list[Host], list[Assign
             assignments.append(
                 Assignment(
                     order_id=f"o-{h.index}", campaign_id="c", host_id=h.facts.host_id,
-                    kind="patch", ring=h.ring, region=h.cell[1], sequence=1, envelope=b"",
+                    kind=AssignmentKind.PATCH, ring=h.ring, region=h.cell[1], sequence=1,
+                    envelope=b"",
                     status=h.ctl, assigned_at=sim.to_datetime(h.assigned_at),
                     last_report_at=sim.to_datetime(h.last_report_at),
                     finished_at=sim.to_datetime(h.finished_at) if final else None,
@@ -140,7 +148,7 @@ def test_the_counts_are_the_controllers_counts(stop_hours):
     now = sim.now
     mine = sim.counts.snapshot()
     record = CampaignRecord(
-        campaign_id="c", name=spec.name, spec="", state=mine.state.value, created_at=START,
+        campaign_id="c", name=spec.name, spec="", state=mine.state, created_at=START,
         created_by="t", updated_at=START, accepted_failures=mine.accepted_failures,
         accepted_silent=mine.accepted_silent,
     )  # fmt: skip

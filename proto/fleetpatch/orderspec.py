@@ -1,0 +1,56 @@
+"""The words of a work order that both ends speak: the step names an agent
+reports (and the controller counts), the refusal marker, the reboot and
+live-patch policies, and the agent's own package name. Defined once here;
+the agent's state machine and the controller's campaign files import them.
+Values are stored and sent, and never change once released."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class OrderState(StrEnum):
+    """The states of one work order on a host (agent.orders.states has the
+    transitions); reported as the step of a progress report."""
+
+    RECEIVED = "RECEIVED"
+    PRECHECK = "PRECHECK"
+    SNAPSHOT = "SNAPSHOT"
+    APPLY = "APPLY"
+    LIVEPATCH = "LIVEPATCH"
+    REBOOT = "REBOOT"
+    REBOOTED = "REBOOTED"
+    VERIFY = "VERIFY"
+    REVERT = "REVERT"
+    SUCCEEDED = "SUCCEEDED"
+    PENDING_REBOOT = "PENDING_REBOOT"
+    REVERTED = "REVERTED"
+    REVERT_FAILED = "REVERT_FAILED"
+    FAILED = "FAILED"
+
+
+# The step of the one report an agent sends for an order it refused to run
+# (bad signature, another host's, a replay, against local policy): final,
+# and counted as a failure.
+REFUSED = "REFUSED"
+
+
+class RebootPolicy(StrEnum):
+    """Whether an order may reboot the host (local policy may forbid it still)."""
+
+    NEVER = "never"
+    IF_REQUIRED = "if-required"
+    ALWAYS = "always"
+
+
+class LivepatchPolicy(StrEnum):
+    """Whether a live patch may stand in for a reboot."""
+
+    NEVER = "never"
+    PREFER = "prefer"
+    ONLY = "only"
+
+
+# The agent's package: what agent-update campaigns install, what a patch
+# never removes, and what a published release must be called.
+AGENT_PACKAGE = "fleetpatch-agent"
