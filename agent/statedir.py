@@ -10,23 +10,23 @@ STATE/journal.db          SQLite journal: check-ins, orders, reports
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import tomllib
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
 
 from cryptography import x509
 from fleetpatch.atomicfile import write_atomic
-from fleetpatch.durations import parse_duration
 from fleetpatch.identity import Identity, Role, identity_from_certificate
+from fleetpatch.tomltable import Table, TableError
 
 from agent.errors import ConfigError, NotEnrolled
-from agent.host.checks import CheckSpec, check_from_config
+from agent.host.checks import CheckSpec, check_from_table
 from agent.host.health import ResourceLimits
-from agent.orders.policy import Policy, policy_from_config
+from agent.orders.policy import Policy, policy_from_table
 
 DEFAULT_STATE_DIR = Path("/var/lib/fleetpatch/agent")
 
@@ -201,39 +201,17 @@ class StateDir:
         write_atomic(self.config_file, text.encode(), mode=0o644)
 
     def config(self) -> AgentConfig:
-        """Read agent.toml; raises ConfigError naming the bad field."""
+        """Read agent.toml; raises ConfigError naming the bad field. Read as
+        strictly as a campaign file (fleetpatch.tomltable): a misspelt key
+        is refused with the nearest known name, never silently ignored."""
         try:
             doc = tomllib.loads(self.read(self.config_file).decode())
         except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
             raise ConfigError(f"{self.config_file}: {exc}") from None
-        where = str(self.config_file)
-        _only(doc, {"agent", "controller", "health", "policy", "checks"}, where, "")
-        ctl = _section(doc, "controller", where)
-        _only(ctl, {"address", "enroll_address"}, where, "controller.")
-        health = _section(doc, "health", where)
-        _only(health, set(ResourceLimits.__dataclass_fields__), where, "health.")
-        address = ctl.get("address")
-        if not isinstance(address, str) or not address:
-            raise ConfigError(f"{where}: controller.address is missing")
-        limits: dict[str, float] = {}
-        for key, value in health.items():
-            if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
-                raise ConfigError(f"{where}: health.{key} must be a number >= 0")
-            limits[key] = float(value)
-        checks = doc.get("checks", [])
-        if not isinstance(checks, list):
-            raise ConfigError(f"{where}: checks must be an array of tables ([[checks]])")
         try:
-            policy = policy_from_config(_section(doc, "policy", where), where)
-            specs = tuple(check_from_config(c, where, f"checks[{i}]") for i, c in enumerate(checks))
-        except ValueError as exc:
+            return _read_config(Table(doc, "", str(self.config_file)))
+        except TableError as exc:
             raise ConfigError(str(exc)) from None
-        agent = _section(doc, "agent", where)
-        return AgentConfig(
-            address, str(ctl.get("enroll_address", "")), ResourceLimits(**limits), policy, specs,
-            _timing({k: v for k, v in agent.items() if k not in _REBOOT_KEYS}, where),
-            _reboot({k: v for k, v in agent.items() if k in _REBOOT_KEYS}, where),
-        )  # fmt: skip
 
     def trusted_signing_keys(self) -> dict[str, bytes]:
         doc = json.loads(self.read(self.trusted_keys))
@@ -244,47 +222,48 @@ class StateDir:
         write_atomic(self.trusted_keys, json.dumps(doc, indent=2).encode() + b"\n", mode=0o644)
 
 
-def _timing(table: dict[str, Any], where: str) -> Timing:
-    _only(table, set(Timing.__dataclass_fields__), where, "agent.")
-    values: dict[str, timedelta] = {}
-    for key, value in table.items():
-        try:
-            values[key] = parse_duration(str(value))
-        except ValueError as exc:
-            raise ConfigError(f"{where}: agent.{key}: {exc}") from None
-        if values[key] <= timedelta(0):
-            raise ConfigError(f"{where}: agent.{key} must be longer than 0s")
-    return Timing(**values)
+def _read_config(root: Table) -> AgentConfig:
+    ctl = root.table("controller")
+    address = ctl.require("address", str)
+    if not address:
+        raise ctl.error("address", "must not be empty")
+    enroll_address = ctl.get("enroll_address", str, "")
+    ctl.finish()
+    health = root.table("health")
+    limits = ResourceLimits(**{
+        key: _non_negative(health, key, default)
+        for key, default in dataclasses.asdict(ResourceLimits()).items()
+    })  # fmt: skip
+    health.finish()
+    policy = policy_from_table(root.table("policy"))
+    checks = tuple(check_from_table(t) for t in root.tables("checks"))
+    agent = root.table("agent")
+    timing = Timing(**{
+        key: agent.duration(key, default, positive=True)
+        for key, default in dataclasses.asdict(Timing()).items()
+    })  # fmt: skip
+    reboot = _reboot(agent)
+    agent.finish()
+    root.finish()
+    return AgentConfig(address, enroll_address, limits, policy, checks, timing, reboot)
 
 
-def _reboot(table: dict[str, Any], where: str) -> RebootSettings:
-    values: dict[str, Any] = {}
-    command = table.get("reboot_command")
-    if command is not None:
-        if (
-            not isinstance(command, list)
-            or not command
-            or not all(isinstance(a, str) and a for a in command)
-        ):
-            raise ConfigError(f"{where}: agent.reboot_command must be a list of strings")
-        values["command"] = tuple(command)
+def _non_negative(t: Table, key: str, default: float) -> float:
+    value = float(t.get(key, float, default))
+    if value < 0:
+        raise t.error(key, f"must be a number >= 0, not {value}")
+    return value
+
+
+def _reboot(t: Table) -> RebootSettings:
+    default = RebootSettings()
+    command = t.strings("reboot_command") if t.has("reboot_command") else default.command
+    if not command or not all(command):
+        raise t.error("reboot_command", "must be a non-empty array of strings (an argv)")
+    files = {}
     for key in ("boot_id_file", "kernel_release_file"):
-        if key in table:
-            value = table[key]
-            if not isinstance(value, str) or not value.startswith("/"):
-                raise ConfigError(f"{where}: agent.{key} must be an absolute path")
-            values[key] = Path(value)
-    return RebootSettings(**values)
-
-
-def _section(doc: dict[str, Any], name: str, where: str) -> dict[str, Any]:
-    section = doc.get(name, {})
-    if not isinstance(section, dict):
-        raise ConfigError(f"{where}: [{name}] must be a table")
-    return section
-
-
-def _only(table: dict[str, Any], keys: set[str], where: str, prefix: str) -> None:
-    unknown = sorted(set(table) - keys)
-    if unknown:
-        raise ConfigError(f"{where}: unknown key {prefix}{unknown[0]}")
+        value = t.get(key, str, str(getattr(default, key)))
+        if not value.startswith("/"):
+            raise t.error(key, f"must be an absolute path, not {value!r}")
+        files[key] = Path(value)
+    return RebootSettings(tuple(command), **files)

@@ -80,7 +80,12 @@ def check_from_config(table: Mapping[str, Any], source: str, path: str) -> Check
     checks. Raises TableError (a ValueError) naming the field."""
     if not isinstance(table, Mapping):
         raise TableError(path, "must be a table ([[checks]])", source)
-    check = parse_check(Table(dict(table), path, source))
+    return check_from_table(Table(dict(table), path, source))
+
+
+def check_from_table(t: Table) -> CheckSpec:
+    """A ``[[checks]]`` entry read from its table; raises TableError."""
+    check = parse_check(t)
     if check.kind is Kind.RESOURCE:
         limits = ResourceLimits(
             check.max_load_per_cpu, check.max_memory_used_ratio, check.max_disk_used_ratio

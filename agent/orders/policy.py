@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from fleetpatch.orderspec import AGENT_PACKAGE
+from fleetpatch.tomltable import Table
 
 from agent.backends.base import Plan
 from agent.host.checks import Kind
@@ -39,34 +40,42 @@ class Policy:
 
 
 def policy_from_config(table: Mapping[str, Any], where: str) -> Policy:
-    """``[policy]`` of agent.toml; raises ValueError naming the bad field."""
-    unknown = sorted(set(table) - set(Policy.__dataclass_fields__))
-    if unknown:
-        raise ValueError(f"{where}: unknown key policy.{unknown[0]}")
-    values: dict[str, Any] = {}
-    for key in ("allow_reboot", "allow_order_commands", "allow_agent_update",
-                "allow_agent_downgrade"):  # fmt: skip
-        if key in table:
-            if not isinstance(table[key], bool):
-                raise ValueError(f"{where}: policy.{key} must be true or false")
-            values[key] = table[key]
-    for key in ("never_touch", "allowed_sources"):
-        if key in table:
-            value = table[key]
-            if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
-                raise ValueError(f"{where}: policy.{key} must be a list of patterns")
-            values[key] = tuple(value)
-    if "max_packages" in table:
-        value = table["max_packages"]
-        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-            raise ValueError(f"{where}: policy.max_packages must be a whole number >= 1")
-        values["max_packages"] = value
-    if "release_key" in table:
-        value = table["release_key"]
-        if not isinstance(value, str) or not value.startswith("/"):
-            raise ValueError(f"{where}: policy.release_key must be an absolute path")
-        values["release_key"] = Path(value)
-    return Policy(**values)
+    """``[policy]`` of agent.toml (``where``); raises TableError (a
+    ValueError) naming the bad field."""
+    return policy_from_table(Table(dict(table), "policy", where))
+
+
+def policy_from_table(t: Table) -> Policy:
+    """``[policy]`` read from its table; raises TableError naming the field."""
+    default = Policy()
+
+    def flag(key: str) -> bool:
+        return bool(t.get(key, bool, getattr(default, key)))
+
+    def patterns(key: str) -> tuple[str, ...]:
+        values = t.strings(key) if t.has(key) else getattr(default, key)
+        if not all(values):
+            raise t.error(key, "must be an array of non-empty patterns")
+        return tuple(values)
+
+    max_packages = t.get("max_packages", int, default.max_packages)
+    if max_packages < 1:
+        raise t.error("max_packages", f"must be a whole number >= 1, not {max_packages}")
+    release_key = t.get("release_key", str, str(default.release_key))
+    if not release_key.startswith("/"):
+        raise t.error("release_key", f"must be an absolute path, not {release_key!r}")
+    policy = Policy(
+        allow_reboot=flag("allow_reboot"),
+        allow_order_commands=flag("allow_order_commands"),
+        never_touch=patterns("never_touch"),
+        allowed_sources=patterns("allowed_sources"),
+        max_packages=max_packages,
+        allow_agent_update=flag("allow_agent_update"),
+        allow_agent_downgrade=flag("allow_agent_downgrade"),
+        release_key=Path(release_key),
+    )
+    t.finish()
+    return policy
 
 
 def _matches(name: str, patterns: tuple[str, ...]) -> str | None:

@@ -148,7 +148,7 @@ def test_agent_with_a_broken_config(controller, tmp_path):
     config = state / "agent.toml"
     config.write_text(config.read_text() + "\n[extra]\n")
     _one_line(
-        cli("fleetpatch-agent", "run", "--once", "--state-dir", state), 2, "unknown key extra"
+        cli("fleetpatch-agent", "run", "--once", "--state-dir", state), 2, "extra: unknown table"
     )
 
 

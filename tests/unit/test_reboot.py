@@ -156,10 +156,10 @@ def test_reboot_settings_are_read_from_agent_toml(tmp_path):
 @pytest.mark.parametrize(
     ("extra", "message"),
     [
-        ('reboot_command = "systemctl reboot"', "agent.reboot_command must be a list"),
-        ("reboot_command = []", "agent.reboot_command must be a list"),
-        ('boot_id_file = "boot_id"', "agent.boot_id_file must be an absolute path"),
-        ("kernel_release_file = 7", "agent.kernel_release_file must be an absolute path"),
+        ('reboot_command = "systemctl reboot"', "agent.reboot_command: must be an array"),
+        ("reboot_command = []", "agent.reboot_command: must be a non-empty array"),
+        ('boot_id_file = "boot_id"', "agent.boot_id_file: must be an absolute path"),
+        ("kernel_release_file = 7", "agent.kernel_release_file: must be a string"),
     ],
 )
 def test_bad_reboot_settings_are_named(tmp_path, extra, message):

@@ -53,18 +53,22 @@ def test_config_health_values(tmp_path):
 @pytest.mark.parametrize(
     ("text", "message"),
     [
-        ('[controller]\naddress = "c:1"\n[extra]\n', "unknown key extra"),
-        ('[controller]\naddress = "c:1"\nport = 1\n', "unknown key controller.port"),
-        ('[controller]\naddress = "c:1"\n[health]\nmax_cpu = 1\n', "unknown key health.max_cpu"),
-        ("", "controller.address is missing"),
-        ("[controller]\n", "controller.address is missing"),
-        ('[controller]\naddress = ""\n', "controller.address is missing"),
-        ("[controller]\naddress = 7443\n", "controller.address is missing"),
-        ('controller = "c:1"\n', r"\[controller\] must be a table"),
+        ('[controller]\naddress = "c:1"\n[extra]\n', "extra: unknown table"),
+        ('[controller]\naddress = "c:1"\nport = 1\n', "controller.port: unknown key"),
+        ('[controller]\naddress = "c:1"\n[health]\nmax_cpu = 1\n', "health.max_cpu: unknown key"),
+        ("", "controller.address: is required"),
+        ("[controller]\n", "controller.address: is required"),
+        ('[controller]\naddress = ""\n', "controller.address: must not be empty"),
+        ("[controller]\naddress = 7443\n", "controller.address: must be a string"),
+        ('controller = "c:1"\n', "controller: must be a table"),
         ('[controller]\naddress = "c:1"\n[health]\nmax_load_per_cpu = -1\n', "health.max_load"),
         (
             '[controller]\naddress = "c:1"\n[health]\nmax_disk_used_ratio = "high"\n',
-            "health.max_disk_used_ratio must be a number >= 0",
+            "health.max_disk_used_ratio: must be a number, not a string",
+        ),
+        (
+            '[controller]\naddress = "c:1"\n[agent]\nretry_intreval = "1s"\n',
+            r"agent.retry_intreval: unknown key \(did you mean 'retry_interval'\?\)",
         ),
         ('[controller\naddress = "c:1"\n', "agent.toml"),
     ],
@@ -88,7 +92,7 @@ def test_config_not_utf8(tmp_path):
 
 def test_config_rejects_a_boolean_threshold(tmp_path):
     text = '[controller]\naddress = "c:1"\n[health]\nmax_load_per_cpu = true\n'
-    with pytest.raises(ConfigError, match=r"health\.max_load_per_cpu must be a number"):
+    with pytest.raises(ConfigError, match=r"health\.max_load_per_cpu: must be a number"):
         _state(tmp_path, text).config()
 
 
