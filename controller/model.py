@@ -175,3 +175,15 @@ class AgentRelease:
     published_by: str
     manifest: bytes
     signature: bytes
+
+
+@dataclass(frozen=True)
+class CellView:
+    """One ring x region row of `campaign show`: its counts, why its hosts
+    wait (reason -> hosts), and the soonest time a wait may end."""
+
+    ring: int
+    region: str
+    counts: dict[str, int]
+    waiting_reasons: dict[str, int]
+    next_change: datetime | None

@@ -5,12 +5,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from fleetpatch.v1 import admin_pb2, types_pb2
-
-if TYPE_CHECKING:
-    from controller.rollout.engine import CellView
 from google.protobuf import json_format
 from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.duration_pb2 import Duration
@@ -19,7 +16,15 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from controller.audit import AuditRecord
 from controller.fleet.tokens import Token
-from controller.model import AgentRelease, CampaignRecord, Host, HostStatus, Package, ProgressReport
+from controller.model import (
+    AgentRelease,
+    CampaignRecord,
+    CellView,
+    Host,
+    HostStatus,
+    Package,
+    ProgressReport,
+)
 
 _STATUS = {
     HostStatus.ACTIVE: admin_pb2.HOST_STATUS_ACTIVE,

@@ -7,7 +7,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import random
-import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime
 from functools import wraps
@@ -36,9 +35,9 @@ from controller.errors import (
     TokenRefused,
     UsageError,
 )
-from controller.fleet import tokens
+from controller.fleet import enrollment, tokens
 from controller.fleet.pki import CertificateAuthority
-from controller.model import CheckIn, Host, HostStatus
+from controller.model import CheckIn
 from controller.releases.publishing import Header, Releases
 from controller.rollout.engine import CampaignEngine
 from controller.rollout.tally import facts_of
@@ -167,50 +166,24 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
     async def Enroll(
         self, request: agent_pb2.EnrollRequest, context: Context
     ) -> agent_pb2.EnrollResponse:
-        now = datetime.now(UTC)
-        token_id, secret = tokens.parse(request.token)
-        token = tokens.check(await self._db.call(lambda s: s.get_token(token_id)), secret, now)
-        try:
-            host_labels = {
-                **token.labels,
-                **labelspec.parse_labels(f"{k}={v}" for k, v in sorted(request.labels.items())),
-            }
-        except ValueError as exc:
-            raise UsageError(str(exc)) from None
-        host_id = "h-" + secrets.token_hex(8)
-        cert = self._ca.sign_csr(request.csr_pem, Identity(Role.HOST, host_id))
-        host = Host(
-            host_id=host_id,
-            region=token.region,
-            ring=token.ring,
-            status=HostStatus.ACTIVE,
-            enrolled_at=now,
-            labels=host_labels,
-            facts=convert.to_json(request.facts),
-            certificate_serial=format(cert.serial_number, "x"),
-            certificate_expires_at=cert.not_valid_after_utc,
-        )
-        entry = AuditEntry(
-            now, f"host:{host_id}", "host.enroll", host_id, "ok",
-            f"token {token_id}, region {token.region}, ring {token.ring}",
+        enrolled = await enrollment.enroll(
+            self._db, self._ca, request.token, request.csr_pem, dict(request.labels),
+            convert.to_json(request.facts), datetime.now(UTC),
         )  # fmt: skip
-        await self._db.call(audited(lambda s: s.enroll_host(host, token_id, now), entry))
+        host, cert = enrolled.host, enrolled.certificate
         self._engine.joined(host)
         log.info(
             "enrolled host %s (%s) in %s ring %d with token %s",
-            host_id,
-            request.facts.hostname or "?",
-            token.region,
-            token.ring,
-            token_id,
-        )
+            host.host_id, request.facts.hostname or "?", host.region, host.ring,
+            enrolled.token_id,
+        )  # fmt: skip
         return agent_pb2.EnrollResponse(
-            host_id=host_id,
+            host_id=host.host_id,
             certificate_pem=cert.public_bytes(serialization.Encoding.PEM),
             ca_pem=self._ca.cert_pem,
             signing_keys=self._signing_keys,
-            region=token.region,
-            ring=token.ring,
+            region=host.region,
+            ring=host.ring,
         )
 
     @rpc

@@ -23,7 +23,6 @@ import logging
 import secrets
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -60,6 +59,7 @@ from controller.model import (
     AssignmentKind,
     AssignmentStatus,
     CampaignRecord,
+    CellView,
     Host,
     HostStatus,
 )
@@ -81,17 +81,6 @@ DECISION_MAX_AGE = 30.0  # seconds
 CLOSED_VIEW_MAX_AGE = 30.0  # seconds
 FINISHED = (CampaignState.COMPLETED, CampaignState.ABORTED)
 PATCHED = (AssignmentStatus.SUCCEEDED, AssignmentStatus.PENDING_REBOOT)
-
-
-@dataclass(frozen=True)
-class CellView:
-    """One ring x region row of `campaign show`."""
-
-    ring: int
-    region: str
-    counts: dict[str, int]
-    waiting_reasons: dict[str, int]
-    next_change: datetime | None
 
 
 class CampaignEngine:

@@ -1,0 +1,80 @@
+"""Enrolling a host: a token spent, a certificate issued, a host recorded.
+
+The servicer only converts the EnrollRequest to plain values and the
+result back; what enrollment means is here.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime
+
+from cryptography import x509
+from fleetpatch import labels as labelspec
+from fleetpatch.identity import Identity, Role
+
+from controller.audit import AuditEntry
+from controller.errors import UsageError
+from controller.fleet import tokens
+from controller.fleet.pki import CertificateAuthority
+from controller.model import JSON, Host, HostStatus
+from controller.store import Store
+from controller.store.thread import StoreThread
+
+
+@dataclass(frozen=True)
+class Enrolled:
+    host: Host
+    certificate: x509.Certificate
+    token_id: str
+
+
+async def enroll(
+    db: StoreThread,
+    ca: CertificateAuthority,
+    token_text: str,
+    csr_pem: bytes,
+    labels: Mapping[str, str],
+    facts: JSON,
+    now: datetime,
+) -> Enrolled:
+    """Spend a use of the token, sign the host's CSR with a new host id, and
+    record the host, then its audit entry (one store call).
+
+    Raises TokenRefused (unknown, expired, revoked, used up), UsageError (bad
+    labels, a CSR that is not one), as the servicer maps them."""
+    token_id, secret = tokens.parse(token_text)
+    token = tokens.check(await db.call(lambda s: s.get_token(token_id)), secret, now)
+    try:
+        host_labels = {
+            **token.labels,
+            **labelspec.parse_labels(f"{k}={v}" for k, v in sorted(labels.items())),
+        }
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    host_id = "h-" + secrets.token_hex(8)
+    cert = ca.sign_csr(csr_pem, Identity(Role.HOST, host_id))
+    host = Host(
+        host_id=host_id,
+        region=token.region,
+        ring=token.ring,
+        status=HostStatus.ACTIVE,
+        enrolled_at=now,
+        labels=host_labels,
+        facts=facts,
+        certificate_serial=format(cert.serial_number, "x"),
+        certificate_expires_at=cert.not_valid_after_utc,
+    )
+    entry = AuditEntry(
+        now, f"host:{host_id}", "host.enroll", host_id, "ok",
+        f"token {token_id}, region {token.region}, ring {token.ring}",
+    )  # fmt: skip
+
+    def record(store: Store) -> None:
+        store.enroll_host(host, token_id, now)
+        store.append_audit(entry)
+
+    await db.call(record)
+    return Enrolled(host, cert, token_id)
