@@ -187,3 +187,22 @@ class CellView:
     counts: dict[str, int]
     waiting_reasons: dict[str, int]
     next_change: datetime | None
+
+
+@dataclass(frozen=True)
+class CellHistory:
+    """What the finished patch orders of one ring x region did, over every
+    campaign: how they ended, and how long their steps took (seconds)."""
+
+    ring: int
+    region: str
+    hosts: int
+    orders: int
+    succeeded: int
+    failed: int
+    reverted: int
+    revert_failed: int
+    timed_out: int
+    apply_seconds: tuple[float, ...] = ()
+    verify_seconds: tuple[float, ...] = ()
+    reboot_seconds: tuple[float, ...] = ()

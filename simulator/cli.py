@@ -208,7 +208,9 @@ def rehearse(
         typer.Option(
             "--failure-model",
             metavar="FILE",
-            help="A TOML file with a failures table, as in a scenario; default: nothing fails.",
+            help="A TOML file with a failures table, as in a scenario; default: calibrated "
+            "from the fleet's own history (past campaigns' failure and revert rates per ring "
+            "and region, step durations), printed on stderr.",
         ),
     ] = None,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 1,
@@ -227,6 +229,7 @@ def rehearse(
     """Rehearse a campaign file on the controller's real fleet, before creating it."""
     from controller.campaigns import parse_campaign
 
+    from .calibrate import calibrate
     from .inventory import load_real_fleet
 
     try:
@@ -234,13 +237,20 @@ def rehearse(
     except OSError as exc:
         raise ScenarioError("", f"cannot read it: {exc.strerror}", str(campaign_file)) from None
     spec = parse_campaign(text, str(campaign_file))
-    model = _failure_model(failure_model)
     length = _duration("--duration", duration)
     reach = _duration("--horizon", horizon) if horizon is not None else length
     if reach < length:
         raise ScenarioError("--horizon", "must not be shorter than --duration")
     begin = _start(start)
     real = load_real_fleet(data_dir, controller, begin)
+    if failure_model is not None:
+        model = _failure_model(failure_model)
+        print(f"failure model: {failure_model} (given, not calibrated)", file=sys.stderr)
+    else:
+        calibrated = calibrate(real.history)
+        model = calibrated.model
+        for line in calibrated.lines:
+            print(line, file=sys.stderr)
     settings = Settings(
         name=f"rehearse {campaign_file.name} on {real.address}",
         start=begin,

@@ -17,8 +17,10 @@ from pathlib import Path
 
 from fleetpatch.v1 import admin_pb2
 
+from controller.api.convert import history_from_pb
 from controller.cli.admin_client import AdminClient
 from controller.datadir import DataDir
+from controller.model import CellHistory
 
 from .fleet import FleetHost
 
@@ -29,6 +31,7 @@ class RealFleet:
     checkin_interval: timedelta
     campaign_tick: timedelta
     address: str
+    history: tuple[CellHistory, ...] = ()  # what its past patch orders did
 
 
 def from_pb(
@@ -65,5 +68,8 @@ def load_real_fleet(data_dir: Path, address: str | None, start: datetime) -> Rea
     settings = directory.settings()
     with AdminClient(directory, address) as client:
         hosts = from_pb(client.iter_hosts(), start, settings.checkin_interval)
+        history = tuple(history_from_pb(cell) for cell in client.fleet_history())
         where = client.address
-    return RealFleet(tuple(hosts), settings.checkin_interval, settings.campaign_tick, where)
+    return RealFleet(
+        tuple(hosts), settings.checkin_interval, settings.campaign_tick, where, history
+    )

@@ -19,6 +19,7 @@ from controller.fleet.tokens import Token
 from controller.model import (
     AgentRelease,
     CampaignRecord,
+    CellHistory,
     CellView,
     Host,
     HostStatus,
@@ -192,3 +193,23 @@ def release_to_pb(release: AgentRelease) -> admin_pb2.AgentRelease:
         published_at=timestamp(release.published_at),
         published_by=release.published_by,
     )
+
+
+def history_to_pb(cell: CellHistory) -> admin_pb2.CellHistory:
+    return admin_pb2.CellHistory(
+        ring=cell.ring, region=cell.region, hosts=cell.hosts, orders=cell.orders,
+        succeeded=cell.succeeded, failed=cell.failed, reverted=cell.reverted,
+        revert_failed=cell.revert_failed, timed_out=cell.timed_out,
+        apply_seconds=cell.apply_seconds, verify_seconds=cell.verify_seconds,
+        reboot_seconds=cell.reboot_seconds,
+    )  # fmt: skip
+
+
+def history_from_pb(pb: admin_pb2.CellHistory) -> CellHistory:
+    return CellHistory(
+        ring=pb.ring, region=pb.region, hosts=pb.hosts, orders=pb.orders,
+        succeeded=pb.succeeded, failed=pb.failed, reverted=pb.reverted,
+        revert_failed=pb.revert_failed, timed_out=pb.timed_out,
+        apply_seconds=tuple(pb.apply_seconds), verify_seconds=tuple(pb.verify_seconds),
+        reboot_seconds=tuple(pb.reboot_seconds),
+    )  # fmt: skip

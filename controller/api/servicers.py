@@ -496,6 +496,14 @@ class AdminService(admin_pb2_grpc.AdminServiceServicer):
         )
 
     @rpc
+    async def GetFleetHistory(
+        self, request: admin_pb2.FleetHistoryRequest, context: Context
+    ) -> admin_pb2.FleetHistoryResponse:
+        self._admin(context)
+        cells = await self._db.call(lambda s: s.fleet_history())
+        return admin_pb2.FleetHistoryResponse(cells=[convert.history_to_pb(c) for c in cells])
+
+    @rpc
     async def ExportAudit(
         self, request: admin_pb2.ExportAuditRequest, context: Context
     ) -> admin_pb2.ExportAuditResponse:

@@ -150,6 +150,11 @@ class AdminClient:
             ).releases
         )
 
+    def fleet_history(self) -> list[admin_pb2.CellHistory]:
+        request = admin_pb2.FleetHistoryRequest()
+        reply = self._call(lambda: self._stub.GetFleetHistory(request, timeout=TIMEOUT_SECONDS))
+        return list(reply.cells)
+
     def verify_audit(self) -> admin_pb2.VerifyAuditResponse:
         request = admin_pb2.VerifyAuditRequest()
         return self._call(lambda: self._stub.VerifyAudit(request, timeout=TIMEOUT_SECONDS))

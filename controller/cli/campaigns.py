@@ -210,7 +210,11 @@ def show(
 def rehearse(
     file: Annotated[Path, typer.Argument(help="Campaign file (TOML), as `campaign create` takes.")],
     failure_model: Annotated[
-        Path | None, typer.Option(help="Scenario-style [failures] file for the rehearsal.")
+        Path | None,
+        typer.Option(
+            help="Scenario-style [failures] file for the rehearsal; default: calibrated from "
+            "the fleet's own history of past campaigns (printed on stderr)."
+        ),
     ] = None,
     seed: Annotated[
         int | None, typer.Option(help="Random seed (results are deterministic).")

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -21,6 +21,7 @@ from controller.model import (
     AssignmentKind,
     AssignmentStatus,
     CampaignRecord,
+    CellHistory,
 )
 from controller.store import audit
 
@@ -28,6 +29,32 @@ _CAMPAIGN_COLUMNS = {
     "state", "updated_at", "approved_at", "halt_kind", "halt_reason", "accepted_failures",
     "accepted_silent", "revert_requested",
 }  # fmt: skip
+
+
+# Step durations are read from the latest this many finished orders per cell.
+HISTORY_SAMPLES = 500
+
+
+def step_durations(
+    orders: Iterable[Sequence[tuple[str, float]]],
+) -> dict[str, tuple[float, ...]]:
+    """Seconds each order spent applying (APPLY to the next step), verifying
+    (VERIFY to the last step) and rebooting (REBOOT to REBOOTED), from its
+    reports as (step, at) in time order. An order that never took a step
+    adds nothing for it."""
+    out: dict[str, list[float]] = {"apply": [], "verify": [], "reboot": []}
+    for reports in orders:
+        seen = [step for step, _ in reports]
+        at = [when for _, when in reports]
+        for name, begin, end in (("apply", "APPLY", None), ("reboot", "REBOOT", "REBOOTED")):
+            if begin in seen:
+                i = seen.index(begin)
+                j = seen.index(end, i) if end in seen[i:] else i + 1 if end is None else -1
+                if 0 <= j < len(at) and j > i:
+                    out[name].append(at[j] - at[i])
+        if "VERIFY" in seen and seen[-1] != "VERIFY":
+            out["verify"].append(at[-1] - at[seen.index("VERIFY")])
+    return {name: tuple(values) for name, values in out.items()}
 
 
 def _ts(value: datetime | None) -> float | None:
@@ -145,6 +172,49 @@ class CampaignStore:
             )
             audit.append(conn, entry)
         return self.get_campaign(campaign_id)
+
+    def fleet_history(self, samples: int = HISTORY_SAMPLES) -> list[CellHistory]:
+        """Per ring x region, how the finished patch orders of every campaign
+        ended, and the step durations of the latest ``samples`` of them."""
+        finished = tuple(s.value for s in AssignmentStatus if s is not AssignmentStatus.IN_FLIGHT)
+        marks = ",".join("?" * len(finished))
+        counted = self._conn.execute(
+            f"SELECT ring, region, COUNT(DISTINCT host_id), COUNT(*), status"  # noqa: S608
+            f" FROM assignments WHERE kind = 'patch' AND status IN ({marks})"
+            " GROUP BY ring, region, status",
+            finished,
+        ).fetchall()
+        cells: dict[tuple[int, str], dict[str, Any]] = {}
+        hosts: dict[tuple[int, str], int] = {}
+        for ring, region, distinct, n, status in counted:
+            cell = cells.setdefault((ring, region), {})
+            cell[status] = n
+            hosts[(ring, region)] = hosts.get((ring, region), 0) + distinct
+        rows = self._conn.execute(
+            "SELECT a.ring, a.region, r.order_id, r.step, r.at FROM"
+            " (SELECT order_id, ring, region, ROW_NUMBER() OVER"
+            "   (PARTITION BY ring, region ORDER BY finished_at DESC) AS latest"
+            "  FROM assignments WHERE kind = 'patch' AND status != 'in_flight') AS a"
+            " JOIN progress_reports r ON r.order_id = a.order_id"
+            " WHERE a.latest <= ? ORDER BY a.ring, a.region, r.order_id, r.at",
+            (samples,),
+        ).fetchall()
+        steps: dict[tuple[int, str], dict[str, list[tuple[str, float]]]] = {}
+        for ring, region, order_id, step, at in rows:
+            steps.setdefault((ring, region), {}).setdefault(order_id, []).append((step, at))
+        out = []
+        for key in sorted(cells):
+            cell = cells[key]
+            durations = step_durations(steps.get(key, {}).values())
+            out.append(CellHistory(
+                ring=key[0], region=key[1], hosts=hosts[key], orders=sum(cell.values()),
+                succeeded=cell.get("succeeded", 0) + cell.get("pending_reboot", 0),
+                failed=cell.get("failed", 0), reverted=cell.get("reverted", 0),
+                revert_failed=cell.get("revert_failed", 0), timed_out=cell.get("timed_out", 0),
+                apply_seconds=durations["apply"], verify_seconds=durations["verify"],
+                reboot_seconds=durations["reboot"],
+            ))  # fmt: skip
+        return out
 
     def assignments(self, campaign_id: str) -> list[Assignment]:
         names, rows = self._select(

@@ -157,3 +157,20 @@ def test_rehearsal_and_real_run_agree(fleet, tmp_path, broken):
         assert finished == [0, 1, 2]
         assert untouched == []
         assert rehearsal["total"]["succeeded"] == len(agents)
+
+    # Afterwards, a rehearsal with no failure model given calibrates from
+    # what this campaign did, and says so.
+    again = cli(
+        "fleetpatch-sim", "rehearse", campaign, "--data-dir", ctl.data_dir, "--json",
+        "--quiet", "--duration", "1d",
+    )  # fmt: skip
+    assert again.returncode == 0, again.stderr
+    orders = sum(1 for a in agents if a.outcomes)
+    assert (
+        f"calibrated from the fleet's history: {orders} finished patch order(s) on {orders} host(s)"
+        in again.stderr
+    )
+    reverted = "reverted 0.0%" if not broken else f"reverted {1 / orders:.1%}"
+    assert f"fleet-wide: failed 0.0%, {reverted}" in again.stderr
+    assert "apply" in again.stderr
+    assert json.loads(again.stdout)["fleet"]["hosts"] == len(agents)

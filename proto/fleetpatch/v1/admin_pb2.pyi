@@ -1034,3 +1034,107 @@ class ExportAuditResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ExportAuditResponse: _TypeAlias = ExportAuditResponse  # noqa: Y015
+
+@_typing.final
+class FleetHistoryRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___FleetHistoryRequest: _TypeAlias = FleetHistoryRequest  # noqa: Y015
+
+@_typing.final
+class CellHistory(_message.Message):
+    """One ring x region: the finished patch orders of every campaign, how they
+    ended, and how long their steps took (seconds, from the hosts' reports).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RING_FIELD_NUMBER: _builtins.int
+    REGION_FIELD_NUMBER: _builtins.int
+    HOSTS_FIELD_NUMBER: _builtins.int
+    ORDERS_FIELD_NUMBER: _builtins.int
+    SUCCEEDED_FIELD_NUMBER: _builtins.int
+    FAILED_FIELD_NUMBER: _builtins.int
+    REVERTED_FIELD_NUMBER: _builtins.int
+    REVERT_FAILED_FIELD_NUMBER: _builtins.int
+    TIMED_OUT_FIELD_NUMBER: _builtins.int
+    APPLY_SECONDS_FIELD_NUMBER: _builtins.int
+    VERIFY_SECONDS_FIELD_NUMBER: _builtins.int
+    REBOOT_SECONDS_FIELD_NUMBER: _builtins.int
+    ring: _builtins.int
+    region: _builtins.str
+    hosts: _builtins.int
+    """distinct hosts with a finished patch order"""
+    orders: _builtins.int
+    """finished patch orders"""
+    succeeded: _builtins.int
+    """pending a reboot included"""
+    failed: _builtins.int
+    """failed before changing anything, refusals included"""
+    reverted: _builtins.int
+    revert_failed: _builtins.int
+    timed_out: _builtins.int
+    @_builtins.property
+    def apply_seconds(self) -> _containers.RepeatedScalarFieldContainer[_builtins.float]:
+        """APPLY to the next step"""
+
+    @_builtins.property
+    def verify_seconds(self) -> _containers.RepeatedScalarFieldContainer[_builtins.float]:
+        """VERIFY to the final step"""
+
+    @_builtins.property
+    def reboot_seconds(self) -> _containers.RepeatedScalarFieldContainer[_builtins.float]:
+        """REBOOT to REBOOTED"""
+
+    def __init__(
+        self,
+        *,
+        ring: _builtins.int = ...,
+        region: _builtins.str = ...,
+        hosts: _builtins.int = ...,
+        orders: _builtins.int = ...,
+        succeeded: _builtins.int = ...,
+        failed: _builtins.int = ...,
+        reverted: _builtins.int = ...,
+        revert_failed: _builtins.int = ...,
+        timed_out: _builtins.int = ...,
+        apply_seconds: _abc.Iterable[_builtins.float] | None = ...,
+        verify_seconds: _abc.Iterable[_builtins.float] | None = ...,
+        reboot_seconds: _abc.Iterable[_builtins.float] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["apply_seconds", b"apply_seconds", "failed", b"failed", "hosts", b"hosts", "orders", b"orders", "reboot_seconds", b"reboot_seconds", "region", b"region", "revert_failed", b"revert_failed", "reverted", b"reverted", "ring", b"ring", "succeeded", b"succeeded", "timed_out", b"timed_out", "verify_seconds", b"verify_seconds"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CellHistory: _TypeAlias = CellHistory  # noqa: Y015
+
+@_typing.final
+class FleetHistoryResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CELLS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def cells(self) -> _containers.RepeatedCompositeFieldContainer[Global___CellHistory]: ...
+    def __init__(
+        self,
+        *,
+        cells: _abc.Iterable[Global___CellHistory] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cells", b"cells"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___FleetHistoryResponse: _TypeAlias = FleetHistoryResponse  # noqa: Y015

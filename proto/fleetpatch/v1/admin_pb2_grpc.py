@@ -119,6 +119,11 @@ class AdminServiceStub:
                 request_serializer=fleetpatch_dot_v1_dot_admin__pb2.ExportAuditRequest.SerializeToString,
                 response_deserializer=fleetpatch_dot_v1_dot_admin__pb2.ExportAuditResponse.FromString,
                 _registered_method=True)
+        self.GetFleetHistory = channel.unary_unary(
+                '/fleetpatch.v1.AdminService/GetFleetHistory',
+                request_serializer=fleetpatch_dot_v1_dot_admin__pb2.FleetHistoryRequest.SerializeToString,
+                response_deserializer=fleetpatch_dot_v1_dot_admin__pb2.FleetHistoryResponse.FromString,
+                _registered_method=True)
 
 
 class AdminServiceServicer:
@@ -228,6 +233,14 @@ class AdminServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetFleetHistory(self, request, context):
+        """What the fleet's past patch orders did, per ring and region: what a
+        rehearsal calibrates its failure model from.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -315,6 +328,11 @@ def add_AdminServiceServicer_to_server(servicer, server):
                     servicer.ExportAudit,
                     request_deserializer=fleetpatch_dot_v1_dot_admin__pb2.ExportAuditRequest.FromString,
                     response_serializer=fleetpatch_dot_v1_dot_admin__pb2.ExportAuditResponse.SerializeToString,
+            ),
+            'GetFleetHistory': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetFleetHistory,
+                    request_deserializer=fleetpatch_dot_v1_dot_admin__pb2.FleetHistoryRequest.FromString,
+                    response_serializer=fleetpatch_dot_v1_dot_admin__pb2.FleetHistoryResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -776,6 +794,33 @@ class AdminService:
             '/fleetpatch.v1.AdminService/ExportAudit',
             fleetpatch_dot_v1_dot_admin__pb2.ExportAuditRequest.SerializeToString,
             fleetpatch_dot_v1_dot_admin__pb2.ExportAuditResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetFleetHistory(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fleetpatch.v1.AdminService/GetFleetHistory',
+            fleetpatch_dot_v1_dot_admin__pb2.FleetHistoryRequest.SerializeToString,
+            fleetpatch_dot_v1_dot_admin__pb2.FleetHistoryResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -53,6 +53,10 @@ class AdminServiceStub:
     ListAgentReleases: _grpc.UnaryUnaryMultiCallable[_admin_pb2.ListAgentReleasesRequest, _admin_pb2.ListAgentReleasesResponse]
     VerifyAudit: _grpc.UnaryUnaryMultiCallable[_admin_pb2.VerifyAuditRequest, _admin_pb2.VerifyAuditResponse]
     ExportAudit: _grpc.UnaryUnaryMultiCallable[_admin_pb2.ExportAuditRequest, _admin_pb2.ExportAuditResponse]
+    GetFleetHistory: _grpc.UnaryUnaryMultiCallable[_admin_pb2.FleetHistoryRequest, _admin_pb2.FleetHistoryResponse]
+    """What the fleet's past patch orders did, per ring and region: what a
+    rehearsal calibrates its failure model from.
+    """
 
 @_typing.type_check_only
 class AdminServiceAsyncStub(AdminServiceStub):
@@ -77,6 +81,10 @@ class AdminServiceAsyncStub(AdminServiceStub):
     ListAgentReleases: _aio.UnaryUnaryMultiCallable[_admin_pb2.ListAgentReleasesRequest, _admin_pb2.ListAgentReleasesResponse]  # type: ignore[assignment]
     VerifyAudit: _aio.UnaryUnaryMultiCallable[_admin_pb2.VerifyAuditRequest, _admin_pb2.VerifyAuditResponse]  # type: ignore[assignment]
     ExportAudit: _aio.UnaryUnaryMultiCallable[_admin_pb2.ExportAuditRequest, _admin_pb2.ExportAuditResponse]  # type: ignore[assignment]
+    GetFleetHistory: _aio.UnaryUnaryMultiCallable[_admin_pb2.FleetHistoryRequest, _admin_pb2.FleetHistoryResponse]  # type: ignore[assignment]
+    """What the fleet's past patch orders did, per ring and region: what a
+    rehearsal calibrates its failure model from.
+    """
 
 class AdminServiceServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -200,5 +208,15 @@ class AdminServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _admin_pb2.ExportAuditRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_admin_pb2.ExportAuditResponse, _abc.Awaitable[_admin_pb2.ExportAuditResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def GetFleetHistory(
+        self,
+        request: _admin_pb2.FleetHistoryRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.FleetHistoryResponse, _abc.Awaitable[_admin_pb2.FleetHistoryResponse]]:
+        """What the fleet's past patch orders did, per ring and region: what a
+        rehearsal calibrates its failure model from.
+        """
 
 def add_AdminServiceServicer_to_server(servicer: AdminServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
