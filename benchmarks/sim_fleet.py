@@ -24,17 +24,15 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import random
 import resource
 import sys
 import time
 from datetime import timedelta
 from pathlib import Path
 
-from simulator.engine import Settings, Simulation
 from simulator.expect import check
-from simulator.fleet import generate
 from simulator.outcome import Outcome
+from simulator.rehearsal import scenario_simulation
 from simulator.scenario import Scenario, load_scenario
 
 SCENARIO = Path(__file__).resolve().parents[1] / "examples" / "scenarios" / "fleet-100k.toml"
@@ -45,14 +43,7 @@ def rehearse(sc: Scenario, hosts: int, naive: bool = False) -> tuple[Outcome, fl
     """Run ``sc`` on ``hosts`` hosts; returns the outcome, wall and CPU seconds
     (fleet generation included: it is part of a rehearsal)."""
     wall, cpu = time.perf_counter(), time.process_time()
-    fleet_spec = dataclasses.replace(sc.fleet, hosts=hosts)
-    fleet = generate(fleet_spec, random.Random(sc.seed), sc.start)
-    settings = Settings(
-        name=sc.name, start=sc.start, duration=sc.duration, horizon=sc.horizon,
-        checkin_interval=fleet_spec.checkin_interval, campaign_tick=fleet_spec.campaign_tick,
-        seed=sc.seed, operator=sc.operator, every_check_in=naive,
-    )  # fmt: skip
-    outcome = Simulation(sc.campaign, fleet, sc.failures, settings).run()
+    outcome = scenario_simulation(sc, hosts=hosts, every_check_in=naive).run()
     return outcome, time.perf_counter() - wall, time.process_time() - cpu
 
 

@@ -12,10 +12,8 @@ controller unreachable, 4 refused. Progress goes to stderr on long runs.
 
 from __future__ import annotations
 
-import random
 import sys
 import time
-from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Annotated
@@ -118,26 +116,13 @@ def run(
     quiet: QuietOption = False,
 ) -> None:
     """Rehearse a scenario: a generated fleet, a campaign file and a failure model."""
-    from .fleet import generate
+    from .rehearsal import scenario_simulation
     from .scenario import load_scenario
 
     sc = load_scenario(scenario)
-    fleet_spec = sc.fleet if hosts is None else replace(sc.fleet, hosts=hosts)
-    seed = sc.seed if seed is None else seed
-    fleet = generate(fleet_spec, random.Random(seed), sc.start)
-    settings = Settings(
-        name=sc.name,
-        start=sc.start,
-        duration=sc.duration,
-        horizon=sc.horizon,
-        checkin_interval=fleet_spec.checkin_interval,
-        campaign_tick=fleet_spec.campaign_tick,
-        seed=seed,
-        operator=sc.operator,
-    )
     progress = ProgressLine(not quiet)
     try:
-        outcome = Simulation(sc.campaign, fleet, sc.failures, settings, progress).run()
+        outcome = scenario_simulation(sc, hosts=hosts, seed=seed, progress=progress).run()
     finally:
         progress.done()
     misses = check(sc.expect, outcome) if not sc.expect.empty else None

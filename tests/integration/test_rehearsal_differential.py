@@ -13,7 +13,6 @@ test over random small campaigns and failure mixes.
 
 from __future__ import annotations
 
-import dataclasses
 import random
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -27,6 +26,7 @@ from simulator.engine import Settings, Simulation
 from simulator.failures import ControllerMode, ControllerTrouble, FailureModel, Odds, When
 from simulator.fleet import FleetSpec, RegionSpec, generate
 from simulator.outcome import Outcome
+from simulator.rehearsal import scenario_simulation
 from simulator.scenario import Operator, Scenario, load_scenario
 from tests.support.enginedrive import Driven, drive
 
@@ -35,14 +35,7 @@ COUNTS = ("succeeded", "failed", "reverted", "revert_failed", "timed_out")
 
 
 def _simulation(sc: Scenario, hosts: int) -> Simulation:
-    sc = dataclasses.replace(sc, fleet=dataclasses.replace(sc.fleet, hosts=hosts))
-    settings = Settings(
-        name=sc.name, start=sc.start, duration=sc.duration, horizon=sc.horizon,
-        checkin_interval=sc.fleet.checkin_interval, campaign_tick=sc.fleet.campaign_tick,
-        seed=sc.seed, operator=Operator(), every_check_in=True,
-    )  # fmt: skip
-    fleet = generate(sc.fleet, random.Random(sc.seed), sc.start)
-    return Simulation(sc.campaign, fleet, sc.failures, settings)
+    return scenario_simulation(sc, hosts=hosts, operator=Operator(), every_check_in=True)
 
 
 def _rehearsed(outcome: Outcome) -> Driven:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import random
 from datetime import timedelta
 from functools import cache
 from pathlib import Path
@@ -11,10 +10,9 @@ from pathlib import Path
 import pytest
 
 from controller.campaigns import CampaignState, HaltKind
-from simulator.engine import Settings, Simulation
 from simulator.expect import Expectations, check
-from simulator.fleet import generate
 from simulator.outcome import Outcome
+from simulator.rehearsal import scenario_simulation
 from simulator.scenario import Scenario, load_scenario
 
 SCENARIOS = sorted((Path(__file__).resolve().parents[2] / "examples" / "scenarios").glob("*.toml"))
@@ -31,15 +29,8 @@ UNIT_TEST_HOSTS = 10_000
 @cache
 def rehearse(path: Path) -> tuple[Scenario, Outcome]:
     sc = load_scenario(path)
-    if sc.fleet.hosts > UNIT_TEST_HOSTS:
-        sc = dataclasses.replace(sc, fleet=dataclasses.replace(sc.fleet, hosts=UNIT_TEST_HOSTS))
-    settings = Settings(
-        name=sc.name, start=sc.start, duration=sc.duration, horizon=sc.horizon,
-        checkin_interval=sc.fleet.checkin_interval, campaign_tick=sc.fleet.campaign_tick,
-        seed=sc.seed, operator=sc.operator,
-    )  # fmt: skip
-    fleet = generate(sc.fleet, random.Random(sc.seed), sc.start)
-    return sc, Simulation(sc.campaign, fleet, sc.failures, settings).run()
+    hosts = min(sc.fleet.hosts, UNIT_TEST_HOSTS)
+    return sc, scenario_simulation(sc, hosts=hosts).run()
 
 
 def by_name(name: str) -> tuple[Scenario, Outcome]:
