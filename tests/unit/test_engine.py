@@ -1,0 +1,125 @@
+"""The campaign engine at run time, in-process over a real SQLite store and a
+fake clock: assignments, results, halts, resumes, time-outs, restarts and
+aborts, with no sleeps. (tests/integration/test_rehearsal_differential.py
+runs whole campaigns through it against the simulator.)"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import timedelta
+
+import pytest
+
+from controller.campaigns import CampaignState
+from tests.support.engine import Fleet, engine_fleet
+
+CAMPAIGN = """
+[campaign]
+name = "engine"
+
+[patch]
+packages = ["openssl"]
+
+[rollout]
+region_order = "parallel"
+silent_after = "20m"
+report_timeout = "45m"
+silent_threshold = 0
+rings = [
+  {{ ring = 0, concurrency = "100%", gate = {{ failure_budget = {budget} }} }},
+  {{ ring = 1, concurrency = "100%" }},
+]
+"""
+MIN = timedelta(minutes=1)
+
+
+@pytest.fixture
+def fleet(tmp_path) -> Iterator[Fleet]:
+    with engine_fleet(tmp_path) as fleet:
+        yield fleet
+
+
+def _campaign(fleet: Fleet, budget: int = 0) -> str:
+    record = fleet.run(fleet.live.create(CAMPAIGN.format(budget=budget), "e.toml", "admin:t"))
+    fleet.run(fleet.live.approve(record.campaign_id, "admin:t"))
+    return record.campaign_id
+
+
+def test_a_ring_opens_when_the_one_before_has_met_its_gate(fleet):
+    first, second = fleet.enroll((0, "eu"), (1, "eu"))
+    campaign = _campaign(fleet)
+    assert fleet.check_in(second) is None  # ring 1 waits for ring 0
+    order = fleet.check_in(first)
+    assert order is not None
+    fleet.report(first, order.order_id, "SUCCEEDED", final=True)
+    later = fleet.check_in(second)
+    assert later is not None
+    fleet.report(second, later.order_id, "SUCCEEDED", final=True)
+    assert fleet.show(campaign)["state"] == CampaignState.COMPLETED
+    assert fleet.run(fleet.live.check_counts(campaign)) == []
+
+
+def test_a_breached_budget_halts_and_a_resume_accepts_what_halted_it(fleet):
+    hosts = fleet.enroll((0, "eu"), (0, "eu"), (0, "eu"))
+    campaign = _campaign(fleet, budget=0)
+    orders = {h: fleet.check_in(h) for h in hosts}
+    first = hosts[0]
+    fleet.report(first, orders[first].order_id, "REVERTED", final=True)
+    shown = fleet.show(campaign)
+    assert shown["state"] == CampaignState.HALTED
+    assert shown["halt_kind"] == "failure_budget"
+    fleet.run(fleet.live.resume(campaign, "admin:t"))
+    second = hosts[1]
+    fleet.report(second, orders[second].order_id, "SUCCEEDED", final=True)
+    assert fleet.show(campaign)["state"] == CampaignState.RUNNING  # the accepted one is not counted
+    third = hosts[2]
+    fleet.report(third, orders[third].order_id, "FAILED", final=True)
+    assert fleet.show(campaign)["state"] == CampaignState.HALTED  # one more is over the budget
+
+
+def test_silence_and_time_outs_count_from_a_restart(fleet):
+    busy, idle = fleet.enroll((0, "eu"), (1, "eu"))  # idle: ring 1 waits for ring 0
+    campaign = _campaign(fleet, budget=5)
+    order = fleet.check_in(busy)
+    assert order is not None
+    fleet.check_in(idle)
+    fleet.clock.advance(2 * 60 * MIN)  # the controller is down two hours
+    fleet.restart()
+    fleet.tick()
+    shown = fleet.show(campaign)
+    assert shown["state"] == CampaignState.RUNNING
+    assert (shown["timed_out"], shown["silent"], shown["unreachable"]) == (0, 0, 0)
+    fleet.clock.advance(46 * MIN)  # past report_timeout and silent_after, from the restart
+    fleet.tick()
+    shown = fleet.show(campaign)
+    assert shown["timed_out"] == 1  # counted as a failure (budget 5: no halt)
+    assert shown["unreachable"] == 1  # the idle host never came back
+    assert shown["silent"] == 1  # nor did the busy one
+    assert fleet.run(fleet.live.check_counts(campaign)) == []
+
+
+def test_without_a_restart_an_outage_of_reports_times_orders_out(fleet):
+    (busy,) = fleet.enroll((0, "eu"))
+    campaign = _campaign(fleet, budget=0)
+    order = fleet.check_in(busy)
+    assert order is not None
+    fleet.clock.advance(46 * MIN)
+    fleet.tick()
+    shown = fleet.show(campaign)
+    assert shown["timed_out"] == 1
+    assert shown["state"] == CampaignState.HALTED
+
+
+def test_an_aborted_revert_campaign_reverts_each_patched_host_once(fleet):
+    patched, untouched = fleet.enroll((0, "eu"), (1, "eu"))
+    campaign = _campaign(fleet)
+    order = fleet.check_in(patched)
+    assert order is not None
+    fleet.report(patched, order.order_id, "SUCCEEDED", final=True)
+    fleet.run(fleet.live.abort(campaign, "admin:t", revert=True))
+    revert = fleet.check_in(patched)
+    assert revert is not None
+    assert revert.revert_order_id == order.order_id
+    assert fleet.check_in(untouched) is None  # never patched: nothing to revert
+    fleet.report(patched, revert.order_id, "SUCCEEDED", final=True)
+    assert fleet.check_in(patched) is None  # once
