@@ -6,6 +6,7 @@
     ├── TransientError           exit 3; worth retrying later
     │   └── ControllerUnavailable   network down, controller stopped, timeout
     ├── Refused                  exit 4; the controller refused us (token, revoked)
+    ├── Rejected                 exit 4; the controller called a request invalid
     └── CommandFailed            a subprocess failed; carries argv, code, output
 
 gRPC errors are translated in `client` and nowhere else.
@@ -37,6 +38,13 @@ class ControllerUnavailable(TransientError):
 
 
 class Refused(AgentError):
+    exit_code = 4
+
+
+class Rejected(AgentError):
+    """The controller answered that the request itself is invalid
+    (INVALID_ARGUMENT): sending it again cannot help."""
+
     exit_code = 4
 
 

@@ -12,7 +12,7 @@ from typing import TypeVar
 import grpc
 from fleetpatch.v1 import agent_pb2, agent_pb2_grpc
 
-from agent.errors import AgentError, ControllerUnavailable, Refused
+from agent.errors import AgentError, ControllerUnavailable, Refused, Rejected
 
 _T = TypeVar("_T")
 TIMEOUT_SECONDS = 30.0
@@ -35,6 +35,8 @@ def _call(address: str, fn: Callable[[], _T]) -> _T:
             ) from None
         if code in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED):
             raise Refused(f"the controller refused: {details}") from None
+        if code is grpc.StatusCode.INVALID_ARGUMENT:
+            raise Rejected(f"the controller rejected it as invalid: {details}") from None
         raise AgentError(f"the controller answered {code.name}: {details}") from None
 
 

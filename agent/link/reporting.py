@@ -3,6 +3,12 @@
 Reports wait in the journal; a controller that is down only delays them.
 The controller stores each idempotency key once, so sending one twice
 (after a crash between sending and recording the acknowledgement) is safe.
+
+A report the controller rejects as invalid can never be delivered: sent
+oldest first, it would hold back every report behind it for good. When a
+batch is rejected, its reports are sent one at a time; the one rejected on
+its own is dropped from the queue (the journal keeps it, and why) with a
+warning, and the rest go on.
 """
 
 from __future__ import annotations
@@ -11,7 +17,7 @@ import logging
 
 from fleetpatch.v1 import agent_pb2, types_pb2
 
-from agent.errors import AgentError
+from agent.errors import AgentError, Rejected
 from agent.link.client import ControllerClient
 from agent.orders.journal import Journal
 
@@ -30,6 +36,12 @@ def flush(journal: Journal, client: ControllerClient) -> int:
         )
         try:
             response = client.report_progress(request)
+        except Rejected:
+            delivered, stopped = _one_by_one(journal, client, pending)
+            sent += delivered
+            if stopped:
+                return sent
+            continue
         except AgentError as exc:
             log.info("%d progress report(s) stay queued: %s", len(pending), exc)
             return sent
@@ -40,3 +52,28 @@ def flush(journal: Journal, client: ControllerClient) -> int:
             log.warning("the controller acknowledged %d of %d reports", len(acked), len(pending))
             return sent
     return sent
+
+
+def _one_by_one(
+    journal: Journal, client: ControllerClient, pending: list[tuple[str, bytes]]
+) -> tuple[int, bool]:
+    """Send a rejected batch report by report, dropping those rejected alone.
+    Returns how many were acknowledged, and whether to stop (the controller
+    became unreachable or refused us: the rest stays queued)."""
+    sent = 0
+    for key, payload in pending:
+        request = agent_pb2.ReportProgressRequest(
+            reports=[types_pb2.ProgressReport.FromString(payload)]
+        )
+        try:
+            response = client.report_progress(request)
+        except Rejected as exc:
+            log.warning("progress report %s dropped from the queue: %s", key, exc)
+            journal.drop_report(key, str(exc))
+            continue
+        except AgentError as exc:
+            log.info("progress reports stay queued: %s", exc)
+            return sent, True
+        journal.ack_reports(list(response.acknowledged_keys))
+        sent += len(response.acknowledged_keys)
+    return sent, False

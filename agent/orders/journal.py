@@ -82,6 +82,13 @@ def _orders(db: Database) -> None:
     )
 
 
+@migrations(name="0003_dropped_reports")
+def _dropped(db: Database) -> None:
+    # A report the controller rejected as invalid is taken out of the queue
+    # (so it never blocks the reports behind it), with why, never deleted.
+    db.execute("ALTER TABLE reports ADD COLUMN dropped TEXT")
+
+
 @dataclass(frozen=True)
 class CheckInState:
     acked_inventory_hash: str
@@ -338,10 +345,26 @@ class Journal:
 
     def pending_reports(self, limit: int = 100) -> list[tuple[str, bytes]]:
         rows = self._conn.execute(
-            "SELECT key, payload FROM reports WHERE acked_at IS NULL ORDER BY rowid LIMIT ?",
+            "SELECT key, payload FROM reports WHERE acked_at IS NULL AND dropped IS NULL"
+            " ORDER BY rowid LIMIT ?",
             (limit,),
         ).fetchall()
         return [(r["key"], bytes(r["payload"])) for r in rows]
+
+    def drop_report(self, key: str, why: str) -> None:
+        """Take a report the controller rejects out of the queue, noting why."""
+        with self._db.atomic():
+            self._conn.execute(
+                "UPDATE reports SET dropped = ? WHERE key = ? AND acked_at IS NULL",
+                (f"{_now()} {why}", key),
+            )
+
+    def dropped_reports(self) -> list[tuple[str, str]]:
+        """(key, when and why) of every report dropped from the queue."""
+        rows = self._conn.execute(
+            "SELECT key, dropped FROM reports WHERE dropped IS NOT NULL ORDER BY rowid"
+        ).fetchall()
+        return [(r["key"], r["dropped"]) for r in rows]
 
     def ack_reports(self, keys: list[str]) -> None:
         now = _now()

@@ -5,6 +5,7 @@ status codes here and nowhere else."""
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import random
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -17,7 +18,7 @@ from cryptography.hazmat.primitives import serialization
 from fleetpatch import labels as labelspec
 from fleetpatch.identity import Identity, Role
 from fleetpatch.inventory import inventory_hash
-from fleetpatch.orderspec import REFUSED
+from fleetpatch.orderspec import REFUSED, UNREADABLE_ORDER
 from fleetpatch.v1 import admin_pb2, admin_pb2_grpc, agent_pb2, agent_pb2_grpc, types_pb2
 
 from controller import audit
@@ -37,7 +38,7 @@ from controller.errors import (
 )
 from controller.fleet import enrollment, tokens
 from controller.fleet.pki import CertificateAuthority
-from controller.model import CheckIn
+from controller.model import CheckIn, ProgressReport
 from controller.releases.publishing import Header, Releases
 from controller.rollout.engine import CampaignEngine
 from controller.rollout.tally import facts_of
@@ -100,6 +101,15 @@ def rpc_stream(
             await context.abort(status_for(exc), str(exc))
 
     return wrapper
+
+
+def _readable(report: ProgressReport) -> ProgressReport:
+    """A refusal of an order whose id could not be read (unparseable bytes,
+    an unknown key) is stored and audited all the same, under a placeholder
+    order id: refusing it would leave it at the head of the host's queue."""
+    if report.step == REFUSED and not report.order_id:
+        return dataclasses.replace(report, order_id=UNREADABLE_ORDER)
+    return report
 
 
 def audited(action: Callable[[Store], _Resp], entry: AuditEntry) -> Callable[[Store], _Resp]:
@@ -236,7 +246,7 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
         host_id = require(context, Role.HOST, self._revoked).name
         if len(request.reports) > MAX_REPORTS_PER_CALL:
             raise UsageError(f"at most {MAX_REPORTS_PER_CALL} reports per call")
-        reports = [convert.report_from_pb(host_id, r) for r in request.reports]
+        reports = [_readable(convert.report_from_pb(host_id, r)) for r in request.reports]
         for report in reports:
             if not report.idempotency_key or not report.order_id or not report.step:
                 raise UsageError("a progress report lacks its idempotency key, order or step")

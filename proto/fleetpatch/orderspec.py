@@ -33,6 +33,9 @@ class OrderState(StrEnum):
 # (bad signature, another host's, a replay, against local policy): final,
 # and counted as a failure.
 REFUSED = "REFUSED"
+# The order id a refusal is stored under when the order's own could not be
+# read (unparseable bytes, a signature by an unknown key).
+UNREADABLE_ORDER = "(unreadable)"
 
 
 class RebootPolicy(StrEnum):

@@ -11,8 +11,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from fleetpatch.orderspec import UNREADABLE_ORDER
+from fleetpatch.v1 import types_pb2
 
 from agent.orders.states import State
+from agent.orders.workorder import OrderRefused
 from tests.support.controller import BIN, Controller, cli
 from tests.support.fakes import FakeBackend, FakeProber
 from tests.support.inprocess import InProcessAgent
@@ -318,4 +321,36 @@ def test_hosts_with_an_outdated_agent_wait_until_it_is_updated(tmp_path):
     finally:
         for agent in agents:
             agent.close()
+        ctl.stop()
+
+
+def test_a_refused_unreadable_order_never_blocks_a_hosts_later_reports(tmp_path):
+    """Issue 12: an order refused before its id could be read used to queue
+    a report the controller rejected, and every later report of that host
+    stayed stuck behind it. Now the refusal is stored under a placeholder,
+    and the host's real order reports all the way to the campaign's end."""
+    ctl = Controller(tmp_path / "ctl")
+    ctl.init()
+    ctl.start()
+    try:
+        backend = FakeBackend({"fp-demo": "1.0"}, {"fp-demo": "1.1"})
+        agent = InProcessAgent(ctl, tmp_path / "a", "eu", 0, backend, FakeProber([True]))
+        forged = types_pb2.SignedEnvelope(payload=b"\xff not a work order", key_id="nobody")
+        with pytest.raises(OrderRefused):
+            agent.runner.receive(forged, agent.state.trusted_signing_keys(), agent.host_id)
+        assert agent.round() is None  # reports the refusal; nothing to run
+        assert agent.journal.pending_reports() == []  # delivered, not stuck
+        spec = tmp_path / "one.toml"
+        spec.write_text(CAMPAIGN.replace("concurrency = 2, ", "concurrency = 1, "))
+        campaign_id = ctl.admin("campaign", "create", spec).stdout.strip().splitlines()[-1]
+        ctl.admin("campaign", "approve", campaign_id)
+        assert agent.round() is State.SUCCEEDED
+        assert agent.journal.pending_reports() == []
+        assert _show(ctl, campaign_id)["state"] == "completed"
+        audit = ctl.admin_json("audit", "export")
+        assert isinstance(audit, list)
+        refused = [r for r in audit if r["action"] == "order.refused"]
+        assert [r["target"] for r in refused] == [UNREADABLE_ORDER]
+        agent.close()
+    finally:
         ctl.stop()
