@@ -273,7 +273,7 @@ def _durations(t: Table) -> StepDurations:
 
 def _span_of(t: Table, key: str) -> Span:
     spelled = t.require(key, str)
-    match = _RANGE.match(spelled)
+    match = _RANGE.fullmatch(spelled)
     parts = (match[1], match[2]) if match else (spelled, spelled)
     try:
         low, high = (parse_duration(p) for p in parts)

@@ -115,7 +115,7 @@ def parse_scenario(text: str, source: str, base: Path) -> Scenario:
 def _scenario(root: Table, source: str, base: Path) -> Scenario:
     head = root.table("scenario")
     name = head.require("name", str)
-    if not _NAME.match(name):
+    if not _NAME.fullmatch(name):
         raise head.error("name", f"{name!r} must be lowercase letters, digits and '-' (1-63)")
     campaign_path, campaign = _campaign(head, base)
     start = _start(head)
@@ -173,7 +173,7 @@ def share_of(t: Table, key: str, default: float, *, at_most_one: bool = False) -
     if value is None:
         return default
     if isinstance(value, str):
-        match = _SHARE.match(value.strip())
+        match = _SHARE.fullmatch(value.strip())
         if not match:
             raise t.error(key, f"{value!r} is neither a number nor a percentage such as '5%'")
         number = float(match[1]) / (100 if at_most_one else 1)
@@ -244,7 +244,7 @@ def _ring(t: Table) -> tuple[int, float]:
 
 def _os(t: Table) -> tuple[str, float]:
     os_id = t.require("id", str)
-    if not re.match(r"^[a-z0-9][a-z0-9._-]*$", os_id):
+    if not re.fullmatch(r"[a-z0-9][a-z0-9._-]*", os_id):
         raise t.error("id", f"{os_id!r} is not an os id (e.g. 'debian')")
     share = share_of(t, "share", 1.0)
     t.finish()

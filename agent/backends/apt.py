@@ -23,6 +23,8 @@ import shutil
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from fleetpatch.orderspec import MAX_PACKAGE_NAME, MAX_VERSION
+
 from agent.backends import subp
 from agent.backends.base import Busy, Change, Plan, PlanError, Saved, Snapshot, check_minimums
 from agent.backends.packages import is_installed
@@ -54,13 +56,13 @@ Runner = Callable[..., subp.Result]
 
 
 def check_name(name: str) -> str:
-    if not NAME.match(name):
+    if len(name) > MAX_PACKAGE_NAME or not NAME.fullmatch(name):
         raise PlanError(f"{name!r} is not a Debian package name")
     return name
 
 
 def check_version(version: str) -> str:
-    if not VERSION.match(version):
+    if len(version) > MAX_VERSION or not VERSION.fullmatch(version):
         raise PlanError(f"{version!r} is not a Debian version")
     return version
 

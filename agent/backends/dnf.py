@@ -27,6 +27,8 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from fleetpatch.orderspec import MAX_PACKAGE_NAME
+
 from agent.backends import subp
 from agent.backends.base import Busy, Change, Plan, PlanError, Saved, Snapshot, check_minimums
 from agent.boot.decide import Reason
@@ -48,7 +50,7 @@ ENV = {"LC_ALL": "C.UTF-8"}
 
 
 def check_name(name: str) -> str:
-    if not NAME.match(name):
+    if len(name) > MAX_PACKAGE_NAME or not NAME.fullmatch(name):
         raise PlanError(f"{name!r} is not an RPM package name")
     return name
 
@@ -71,7 +73,7 @@ def parse_transaction(output: str) -> list[Change]:
     for line in output.splitlines():
         if line.startswith("Transaction Summary"):
             break
-        if m := _SECTION.match(line):
+        if m := _SECTION.fullmatch(line):
             section, pending = m.group(1), list[str]()
             continue
         if not section or not line.startswith(" "):
@@ -214,7 +216,7 @@ class Dnf:
         changes = [Change(c.name, c.arch, old.get(c.name, ""), c.new, c.origin) if c.new else c
                    for c in changes]  # fmt: skip
         for target in targets:
-            if target.min_version and not EVR.match(target.min_version):
+            if target.min_version and not EVR.fullmatch(target.min_version):
                 raise PlanError(f"{target.min_version!r} is not an RPM version")
         check_minimums(targets, changes, self.versions, lambda a, b: self.compare(a, b) >= 0)
         return Plan(tuple(sorted(changes, key=lambda c: c.name)))
@@ -222,7 +224,7 @@ class Dnf:
     def compare(self, a: str, b: str) -> int:
         """rpm's own version comparison: -1, 0 or 1."""
         for v in (a, b):
-            if not EVR.match(v):
+            if not EVR.fullmatch(v):
                 raise PlanError(f"{v!r} is not an RPM version")
         done = self._run(
             ["rpm", "--eval", f'%{{lua: print(rpm.vercmp("{a}", "{b}"))}}'], env=ENV, timeout=30

@@ -59,7 +59,7 @@ def parse_grub_cfg(text: str) -> list[MenuEntry]:
     stack: list[tuple[str, str, str]] = []  # (kind, id, title) of open blocks
     image: dict[int, str] = {}
     for line in text.splitlines():
-        if m := _ENTRY.match(line):
+        if m := _ENTRY.fullmatch(line):
             kind, title, rest = m.group(1), m.group(3), m.group(4)
             found = _ID.search(rest)
             stack.append((kind, found.group(1) if found else title, title))

@@ -59,7 +59,7 @@ def parse_quota(value: object, minimum: int) -> Quota:
         if value < minimum:
             raise ValueError(f"must be at least {minimum}, not {value}")
         return count(value)
-    match = _PERCENT.match(value) if isinstance(value, str) else None
+    match = _PERCENT.fullmatch(value) if isinstance(value, str) else None
     if not match:
         shown = repr(value) if isinstance(value, str) else toml_type(value)
         example = "'10%'" if minimum else "'0%' or '5%'"

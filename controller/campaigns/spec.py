@@ -35,7 +35,7 @@ from fractions import Fraction
 from fleetpatch.debversion import debian_version, version_key
 from fleetpatch.durations import format_duration
 from fleetpatch.labels import check_label, check_region, check_ring
-from fleetpatch.orderspec import LivepatchPolicy, RebootPolicy
+from fleetpatch.orderspec import MAX_PACKAGE_NAME, MAX_VERSION, LivepatchPolicy, RebootPolicy
 from fleetpatch.tomltable import Table, toml_type
 
 from controller.campaigns.checks import VerifyCheck, parse_check
@@ -209,7 +209,7 @@ def _name(t: Table) -> str:
     name = t.maybe("name", str)
     if name is None:
         raise t.error("name", "is required (lowercase letters, digits and '-')")
-    if not _NAME.match(name):
+    if not _NAME.fullmatch(name):
         raise t.error("name", f"{name!r} must be lowercase letters, digits and '-' (1-63)")
     return name
 
@@ -256,7 +256,7 @@ def _patch(t: Table) -> PatchSpec:
         )
     exclude = t.strings("exclude")
     for index, pattern in enumerate(exclude):
-        if not _PATTERN.match(pattern):
+        if not _PATTERN.fullmatch(pattern):
             raise t.at(f"{t.field('exclude')}[{index}]", f"{pattern!r} is not a name or glob")
     reboot = t.choice("reboot", RebootPolicy, RebootPolicy.IF_REQUIRED)
     livepatch = t.choice("livepatch", LivepatchPolicy, LivepatchPolicy.NEVER)
@@ -293,10 +293,16 @@ def _package(t: Table, where: str, item: object) -> PackageTarget:
         raise t.at(where, f"must be a package name or a table, not {toml_type(item)}")
     entry = t.child(item, where)
     name = entry.require("name", str)
-    if not _PACKAGE.match(name):
+    if len(name) > MAX_PACKAGE_NAME:
+        raise entry.error("name", f"is {len(name)} characters long, at most {MAX_PACKAGE_NAME}")
+    if not _PACKAGE.fullmatch(name):
         raise entry.error("name", f"{name!r} is not a package name")
     version = entry.get("min_version", str, "")
-    if version and not _VERSION.match(version):
+    if len(version) > MAX_VERSION:
+        raise entry.error(
+            "min_version", f"is {len(version)} characters long, at most {MAX_VERSION}"
+        )
+    if version and not _VERSION.fullmatch(version):
         raise entry.error("min_version", f"{version!r} is not a package version")
     entry.finish()
     return PackageTarget(name, version)
@@ -338,7 +344,7 @@ def _targets(t: Table) -> TargetSpec:
     labels.finish()
     os_ids = t.strings("os")
     for index, os_id in enumerate(os_ids):
-        if not _OS_ID.match(os_id):
+        if not _OS_ID.fullmatch(os_id):
             raise t.at(f"{t.field('os')}[{index}]", f"{os_id!r} is not an os id (e.g. 'debian')")
     t.finish()
     return TargetSpec(frozenset(regions), tuple(selectors), frozenset(os_ids))

@@ -105,7 +105,7 @@ WindowState = WindowOpen | WindowClosed
 
 def parse_weekly(text: str) -> WeeklyWindow:
     """Parse ``Sat,Sun 02:00-05:00``; raises ValueError saying what is wrong."""
-    match = _SPEC.match(text)
+    match = _SPEC.fullmatch(text)
     if not match:
         raise ValueError(
             f"{text!r} is not a window (write DAYS HH:MM-HH:MM, e.g. 'Sat,Sun 02:00-05:00' "

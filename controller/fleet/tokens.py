@@ -59,7 +59,7 @@ def new_token(
 
 def parse(text: str) -> tuple[str, str]:
     """Split a token string into id and secret; raises TokenRefused."""
-    match = _TOKEN.match(text.strip())
+    match = _TOKEN.fullmatch(text.strip())
     if not match:
         raise TokenRefused("the enrollment token is malformed")
     return match.group(1), match.group(2)

@@ -27,7 +27,7 @@ class ArtifactStore:
 
     def path(self, sha256: str) -> Path:
         """Where the artifact with this digest (hex) lives."""
-        if not _HEX.match(sha256):
+        if not _HEX.fullmatch(sha256):
             raise ValueError(f"{sha256!r} is not a SHA-256 hex digest")
         return self.root / sha256
 

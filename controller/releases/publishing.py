@@ -77,7 +77,7 @@ class Checked:
 
 def version_of(artifact: str) -> str:
     """The PEP 440 version an agent package's file name carries."""
-    found = _ARTIFACT.match(artifact)
+    found = _ARTIFACT.fullmatch(artifact)
     if found is None:
         raise UsageError(
             f"{artifact!r} is not an agent package name "

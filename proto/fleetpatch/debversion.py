@@ -32,7 +32,7 @@ DEBIAN = re.compile(
 
 def debian_version(version: str) -> str:
     """The Debian version of a PEP 440 version; ValueError for other spellings."""
-    match = PEP440.match(version)
+    match = PEP440.fullmatch(version)
     if match is None:
         raise ValueError(
             f"version {version!r} is not a release, pre-, post- or dev-release "
@@ -52,7 +52,7 @@ def version_key(version: str) -> tuple[object, ...]:
     """A sort key ordering our PEP 440 versions as PEP 440 does (1.0.dev1 <
     1.0a1 < 1.0rc1 < 1.0 == 1.0.0 < 1.0.post1 < 1.0.1); ValueError for
     other spellings."""
-    match = PEP440.match(version)
+    match = PEP440.fullmatch(version)
     if match is None:
         raise ValueError(f"{version!r} is not a version (e.g. 1.2.0, 1.2.0rc1, 1.2.0.post1)")
     release = [int(part) for part in match["release"].split(".")]
@@ -73,7 +73,7 @@ def version_key(version: str) -> tuple[object, ...]:
 def pep440_version(debian: str) -> str:
     """The PEP 440 version a `debian_version` came from; ValueError for a
     Debian version it cannot have made."""
-    match = DEBIAN.match(debian)
+    match = DEBIAN.fullmatch(debian)
     if match is None:
         raise ValueError(f"{debian!r} is not the Debian version of a fleetpatch release")
     out = match["release"]

@@ -57,3 +57,9 @@ class LivepatchPolicy(StrEnum):
 # The agent's package: what agent-update campaigns install, what a patch
 # never removes, and what a published release must be called.
 AGENT_PACKAGE = "fleetpatch-agent"
+
+# Bounds on what a work order names: a campaign file, an agent's plan and
+# the controller's parsers all refuse longer ones (no distribution ships a
+# package name or version near these).
+MAX_PACKAGE_NAME = 200
+MAX_VERSION = 200

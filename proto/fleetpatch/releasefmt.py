@@ -30,7 +30,7 @@ def parse_manifest(text: str, where: str = MANIFEST) -> dict[str, str]:
         raise ValueError(f"{where} is not a SHA256SUMS file (it does not end with a newline)")
     entries: dict[str, str] = {}
     for number, line in enumerate(text[:-1].split("\n"), 1):
-        found = _LINE.match(line)
+        found = _LINE.fullmatch(line)
         if found is None or found[2] in entries:
             raise ValueError(f"{where} line {number} is not a SHA256SUMS line")
         entries[found[2]] = found[1]

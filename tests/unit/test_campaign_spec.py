@@ -181,6 +181,31 @@ ERRORS = [
         "is not a package name",
     ),
     (
+        # A trailing newline once slipped through a `^...$` pattern.
+        "package-name-newline",
+        MINIMAL.replace('["openssl"]', '["openssl\\n"]'),
+        "patch.packages[0].name",
+        "'openssl\\n' is not a package name",
+    ),
+    (
+        "package-name-long",
+        MINIMAL.replace('["openssl"]', f'["{"a" * 10_000}"]'),
+        "patch.packages[0].name",
+        "is 10000 characters long, at most 200",
+    ),
+    (
+        "package-version-newline",
+        MINIMAL.replace('["openssl"]', '[{ name = "openssl", min_version = "3.0\\n" }]'),
+        "patch.packages[0].min_version",
+        "'3.0\\n' is not a package version",
+    ),
+    (
+        "region-newline",
+        MINIMAL.replace('name = "minimal"', 'name = "m"') + '[targets]\nregions = ["eu\\n"]\n',
+        "targets.regions[0]",
+        "must be lowercase letters, digits and '-'",
+    ),
+    (
         "package-type",
         MINIMAL.replace('["openssl"]', "[3]"),
         "patch.packages[0]",
