@@ -129,7 +129,10 @@ def token_create(
     ttl: Annotated[str, typer.Option(help="How long it is valid (e.g. 30m, 1h, 7d).")] = "1h",
     label: Annotated[
         list[str] | None,
-        typer.Option(metavar="KEY=VALUE", help="Label for every host it enrolls (repeatable)."),
+        typer.Option(
+            metavar="KEY=VALUE",
+            help="Label for every host it enrolls (repeatable); a host cannot change it.",
+        ),
     ] = None,
     data_dir: DataDirOption = DEFAULT_DATA_DIR,
     controller: ControllerOption = None,

@@ -48,12 +48,13 @@ async def enroll(
     token_id, secret = tokens.parse(token_text)
     token = tokens.check(await db.call(lambda s: s.get_token(token_id)), secret, now)
     try:
-        host_labels = {
-            **token.labels,
-            **labelspec.parse_labels(f"{k}={v}" for k, v in sorted(labels.items())),
-        }
+        asked = labelspec.parse_labels(f"{k}={v}" for k, v in sorted(labels.items()))
     except ValueError as exc:
         raise UsageError(str(exc)) from None
+    # The token's labels are the operator's word: a host may add labels the
+    # token does not set, never change one it does (or it could move itself
+    # into or out of label-targeted campaigns).
+    host_labels = {**asked, **token.labels}
     host_id = "h-" + secrets.token_hex(8)
     cert = ca.sign_csr(csr_pem, Identity(Role.HOST, host_id))
     host = Host(

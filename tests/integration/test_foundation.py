@@ -385,3 +385,11 @@ def test_refused_rpc_is_a_clear_agent_error(controller, tmp_path):
     assert json.loads(controller.admin("hosts", "show", host_id, "--json").stdout)["status"] == (
         "HOST_STATUS_REVOKED"
     )
+
+
+def test_a_host_cannot_override_the_labels_its_token_assigns(controller, tmp_path):
+    token = controller.admin(
+        "token", "create", "--region", "eu-west", "--ring", "1", "--label", "env=prod",
+    ).stdout.strip().splitlines()[-1]  # fmt: skip
+    host_id = _enroll(controller, tmp_path / "a1", "env=dev", "role=web", token=token)
+    assert controller.host(host_id)["labels"] == {"env": "prod", "role": "web"}
