@@ -150,7 +150,12 @@ class DataDir:
         write_atomic(path, data, mode=0o600)
 
     def write_public(self, path: Path, data: bytes) -> None:
+        """Certificates and public keys: anyone may read them."""
         write_atomic(path, data, mode=0o644)
+
+    def write_group(self, path: Path, data: bytes) -> None:
+        """Settings and state an admin group may read, nobody else."""
+        write_atomic(path, data, mode=0o640)
 
     def settings(self) -> Settings:
         """Read controller.toml; raises UsageError naming the bad field."""
@@ -200,7 +205,7 @@ class DataDir:
 
     def write_endpoints(self, address: str, enroll_address: str) -> None:
         doc = {"address": address, "enroll_address": enroll_address, "pid": os.getpid()}
-        self.write_public(self.endpoints, json.dumps(doc).encode() + b"\n")
+        self.write_group(self.endpoints, json.dumps(doc).encode() + b"\n")
 
     def client_address(self) -> str:
         """Where the admin CLI should connect: the running server's address

@@ -46,5 +46,5 @@ def init_data_dir(path: Path, hostname: str, listen: str, interval: str = "5m") 
         listen=listen, advertise=join_address(hostname, port), interval=interval
     )
     # Written last: its presence is what marks the dir as initialised.
-    data_dir.write_public(data_dir.config, config.encode())
+    data_dir.write_group(data_dir.config, config.encode())
     return data_dir

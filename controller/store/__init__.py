@@ -12,6 +12,7 @@ last few, never corrupt the file.
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 import zlib
 from collections.abc import Iterator, Mapping, Sequence
@@ -58,7 +59,16 @@ class Store(CampaignStore, ReleaseStore):
 
     @classmethod
     def open(cls, path: Path) -> Store:
-        """Open (creating if needed) and migrate the database at ``path``."""
+        """Open (creating if needed, mode 0600 whatever the umask) and migrate
+        the database at ``path``. SQLite gives its WAL and shared-memory
+        files the database file's mode."""
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:
+            pass
+        else:
+            os.fchmod(fd, 0o600)
+            os.close(fd)
         conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         return cls._prepare(conn)
 

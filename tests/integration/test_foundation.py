@@ -393,3 +393,25 @@ def test_a_host_cannot_override_the_labels_its_token_assigns(controller, tmp_pat
     ).stdout.strip().splitlines()[-1]  # fmt: skip
     host_id = _enroll(controller, tmp_path / "a1", "env=dev", "role=web", token=token)
     assert controller.host(host_id)["labels"] == {"env": "prod", "role": "web"}
+
+
+def test_the_data_dir_modes_do_not_depend_on_the_umask(tmp_path):
+    """Keys, the database and its WAL 0600; settings and endpoints 0640;
+    certificates 0644; whatever the umask the controller runs under."""
+    ctl = Controller(tmp_path / "ctl")
+    old = os.umask(0o002)
+    try:
+        ctl.init()
+        ctl.start()
+        _enroll(ctl, tmp_path / "a1")  # writes to the database: WAL and shm exist
+    finally:
+        os.umask(old)
+    try:
+        modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in ctl.data_dir.iterdir()}
+    finally:
+        ctl.stop()
+    private = ("ca.key", "server.key", "admin.key", "signing.key", "controller.db")
+    assert {name: modes[name] for name in private} == dict.fromkeys(private, 0o600)
+    assert all(modes[n] == 0o600 for n in modes if n.startswith("controller.db-"))
+    assert (modes["controller.toml"], modes["endpoints.json"]) == (0o640, 0o640)
+    assert modes["ca.pem"] == 0o644
