@@ -63,6 +63,9 @@ def test_units_under_systemd(container):
     assert shown["ActiveState"] == "active"
     user = c.run(["ps", "-o", "user=", "-p", shown["MainPID"]]).stdout.strip()
     assert user == "fleetpatch"
+    # Enough files for a fleet's connections (issue 12: 1,024 was not).
+    limits = c.run(["cat", f"/proc/{shown['MainPID']}/limits"]).stdout
+    assert re.search(r"Max open files\s+65536\s+65536", limits), limits
     security = c.run(["systemd-analyze", "security", "--no-pager", CONTROLLER]).stdout
     found = re.search(r"Overall exposure level for \S+: ([0-9.]+) OK", security)
     assert found is not None, security
