@@ -15,6 +15,7 @@ from google.protobuf.message import Message
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from controller.audit import AuditRecord
+from controller.errors import UsageError
 from controller.fleet.tokens import Token
 from controller.model import (
     AgentRelease,
@@ -80,7 +81,11 @@ def timestamp(value: datetime | None) -> Timestamp | None:
 
 
 def from_timestamp(ts: Timestamp) -> datetime:
-    return ts.ToDatetime(tzinfo=UTC)
+    """A request's timestamp; UsageError when it is out of range."""
+    try:
+        return ts.ToDatetime(tzinfo=UTC)
+    except (ValueError, OverflowError) as exc:
+        raise UsageError(f"a timestamp is out of range: {exc}") from None
 
 
 def duration(value: timedelta) -> Duration:

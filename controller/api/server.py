@@ -18,9 +18,10 @@ from collections.abc import Callable
 
 import grpc
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
-from fleetpatch.v1 import admin_pb2_grpc, agent_pb2_grpc
+from fleetpatch.v1 import admin_pb2, agent_pb2
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
+from controller.api import lenient
 from controller.api.servicers import AdminService, AgentService, Revocations
 from controller.datadir import DataDir, join_address, split_address
 from controller.errors import UsageError
@@ -104,12 +105,15 @@ async def serve(
     await engine.start()
     releases = _releases(data_dir, db, release_key)
     server = grpc.aio.server(options=_OPTIONS)
-    agent_pb2_grpc.add_AgentServiceServicer_to_server(
-        AgentService(db, batcher, ca, signing, settings, revoked, engine, releases, chain), server
+    lenient.add_servicer(
+        server,
+        AgentService(db, batcher, ca, signing, settings, revoked, engine, releases, chain),
+        agent_pb2.DESCRIPTOR.services_by_name["AgentService"],
     )
-    admin_pb2_grpc.add_AdminServiceServicer_to_server(
-        AdminService(db, revoked, engine, releases), server
-    )
+    lenient.add_servicer(
+        server, AdminService(db, revoked, engine, releases),
+        admin_pb2.DESCRIPTOR.services_by_name["AdminService"],
+    )  # fmt: skip
     # grpc-stubs predates the asyncio health servicer that grpcio-health-checking ships.
     health_servicer = health.aio.HealthServicer()  # type: ignore[attr-defined]
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)

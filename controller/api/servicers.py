@@ -25,6 +25,7 @@ from controller import audit
 from controller.api import convert
 from controller.api.auth import peer_identity
 from controller.api.checkin import next_checkin
+from controller.api.lenient import Malformed
 from controller.audit import AuditEntry
 from controller.datadir import Settings
 from controller.errors import (
@@ -69,6 +70,12 @@ def status_for(error: FleetpatchError) -> grpc.StatusCode:
     return grpc.StatusCode.INTERNAL
 
 
+def _well_formed(request: object) -> None:
+    """Raise UsageError for a request whose bytes did not parse (lenient)."""
+    if isinstance(request, Malformed):
+        raise UsageError(request.problem)
+
+
 def rpc(
     method: Callable[[Any, _Req, Context], Awaitable[_Resp]],
 ) -> Callable[[Any, _Req, Context], Awaitable[_Resp]]:
@@ -77,6 +84,7 @@ def rpc(
     @wraps(method)
     async def wrapper(self: Any, request: _Req, context: Context) -> _Resp:
         try:
+            _well_formed(request)
             return await method(self, request, context)
         except FleetpatchError as exc:
             log.info("%s refused for %s: %s", method.__name__, context.peer(), exc)
@@ -94,6 +102,7 @@ def rpc_stream(
     @wraps(method)
     async def wrapper(self: Any, request: _Req, context: Context) -> AsyncIterator[_Resp]:
         try:
+            _well_formed(request)
             async for item in method(self, request, context):
                 yield item
         except FleetpatchError as exc:

@@ -23,7 +23,7 @@ from fleetpatch.v1 import admin_pb2, admin_pb2_grpc, agent_pb2, agent_pb2_grpc, 
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from agent.backends.packages import installed
-from agent.errors import Refused
+from agent.errors import AgentError, Refused
 from agent.link.checkin import CheckIns
 from agent.link.client import ControllerClient
 from agent.orders.journal import Journal
@@ -415,3 +415,41 @@ def test_the_data_dir_modes_do_not_depend_on_the_umask(tmp_path):
     assert all(modes[n] == 0o600 for n in modes if n.startswith("controller.db-"))
     assert (modes["controller.toml"], modes["endpoints.json"]) == (0o640, 0o640)
     assert modes["ca.pem"] == 0o644
+
+
+@pytest.mark.parametrize("method", ["CheckIn", "ReportProgress"])
+def test_garbage_request_bytes_are_invalid_argument_without_a_traceback(
+    controller, tmp_path, method
+):
+    host_id = _enroll(controller, tmp_path / "a1")
+    sd = StateDir(tmp_path / "a1")
+    creds = grpc.ssl_channel_credentials(
+        root_certificates=sd.read(sd.ca), private_key=sd.read(sd.key),
+        certificate_chain=sd.read(sd.cert),
+    )  # fmt: skip
+    with grpc.secure_channel(controller.address, creds) as channel:
+        raw = channel.unary_unary(
+            f"/fleetpatch.v1.AgentService/{method}",
+            None,
+            None,  # bytes as they are
+        )
+        for _ in range(3):
+            with pytest.raises(grpc.RpcError) as caught:
+                raw(b"\xff\xff\xff garbage", timeout=10)
+            assert caught.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+            assert "is not a valid" in (caught.value.details() or "")
+    assert host_id
+    assert "Traceback" not in controller.log.read_text()
+
+
+def test_an_out_of_range_timestamp_is_invalid_argument(controller, tmp_path):
+    _enroll(controller, tmp_path / "a1")
+    client = _client(controller, tmp_path / "a1")
+    report = types_pb2.ProgressReport(
+        idempotency_key="k", order_id="o-1", step="VERIFY", sequence=1
+    )
+    report.at.seconds = 10**15  # far past year 9999
+    with pytest.raises(AgentError, match="out of range"):
+        client.report_progress(agent_pb2.ReportProgressRequest(reports=[report]))
+    client.close()
+    assert "Traceback" not in controller.log.read_text()
