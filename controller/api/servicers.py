@@ -50,6 +50,10 @@ log = logging.getLogger(__name__)
 
 Context = grpc.aio.ServicerContext[Any, Any]
 MAX_REPORTS_PER_CALL = 500
+# A report's own text is the agent's to write, but not without bound: ids
+# and step names longer than this are refused, details are cut.
+MAX_REPORT_ID = 128
+MAX_REPORT_DETAIL = 2000
 _Req = TypeVar("_Req")
 _Resp = TypeVar("_Resp")
 
@@ -113,11 +117,19 @@ def rpc_stream(
 
 
 def _readable(report: ProgressReport) -> ProgressReport:
-    """A refusal of an order whose id could not be read (unparseable bytes,
-    an unknown key) is stored and audited all the same, under a placeholder
-    order id: refusing it would leave it at the head of the host's queue."""
+    """The report as it is stored. A refusal of an order whose id could not
+    be read (unparseable bytes, an unknown key) is stored and audited all
+    the same, under a placeholder order id: refusing it would leave it at
+    the head of the host's queue. Raises UsageError for ids and steps past
+    MAX_REPORT_ID; cuts the detail at MAX_REPORT_DETAIL."""
     if report.step == REFUSED and not report.order_id:
-        return dataclasses.replace(report, order_id=UNREADABLE_ORDER)
+        report = dataclasses.replace(report, order_id=UNREADABLE_ORDER)
+    for name in ("idempotency_key", "order_id", "step"):
+        if len(getattr(report, name)) > MAX_REPORT_ID:
+            raise UsageError(f"a progress report's {name} is longer than {MAX_REPORT_ID}")
+    if len(report.detail) > MAX_REPORT_DETAIL:
+        cut = report.detail[:MAX_REPORT_DETAIL]
+        report = dataclasses.replace(report, detail=f"{cut}... (cut at {MAX_REPORT_DETAIL})")
     return report
 
 
@@ -264,8 +276,11 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
             host_id,
             [(r.order_id, r.step, r.outcome if r.final else "", r.detail, r.at) for r in reports],
         )
+        # The controller's time is the record's time: an agent's clock (or a
+        # hostile agent) must not backdate the audit trail.
+        received = datetime.now(UTC)
         refusals = [
-            AuditEntry(report.at, f"host:{host_id}", "order.refused", report.order_id or "-",
+            AuditEntry(received, f"host:{host_id}", "order.refused", report.order_id or "-",
                        "refused", report.detail)
             for report in reports if report.step == REFUSED
         ]  # fmt: skip

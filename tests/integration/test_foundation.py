@@ -453,3 +453,23 @@ def test_an_out_of_range_timestamp_is_invalid_argument(controller, tmp_path):
         client.report_progress(agent_pb2.ReportProgressRequest(reports=[report]))
     client.close()
     assert "Traceback" not in controller.log.read_text()
+
+
+def test_a_host_cannot_backdate_or_flood_the_audit_trail_with_its_text(controller, tmp_path):
+    _enroll(controller, tmp_path / "a1")
+    client = _client(controller, tmp_path / "a1")
+    refusal = types_pb2.ProgressReport(
+        idempotency_key="k1", order_id="o-1", step="REFUSED", final=True, outcome="REFUSED",
+        detail="x" * 10_000, sequence=1,
+    )  # fmt: skip
+    refusal.at.FromDatetime(datetime(2000, 1, 1, tzinfo=UTC))
+    client.report_progress(agent_pb2.ReportProgressRequest(reports=[refusal]))
+    long_id = types_pb2.ProgressReport(idempotency_key="k2", order_id="o" * 500, step="VERIFY")
+    with pytest.raises(AgentError, match="longer than 128"):
+        client.report_progress(agent_pb2.ReportProgressRequest(reports=[long_id]))
+    client.close()
+    records = controller.admin_json("audit", "export")
+    assert isinstance(records, list)
+    (record,) = [r for r in records if r["action"] == "order.refused"]
+    assert datetime.fromisoformat(record["at"]).year > 2000  # the controller's time
+    assert len(record["detail"]) < 2100
