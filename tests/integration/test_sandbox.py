@@ -241,3 +241,18 @@ def test_private_network_has_only_loopback(host_sandbox, make_sandbox):
         "socket.create_connection(s.getsockname(), timeout=5).close(); print('lo up')\n"
     )
     assert isolated.run([sys.executable, "-I", "-c", own]).stdout.strip() == "lo up"
+
+
+def test_the_package_state_stays_as_the_run_began(host_sandbox):
+    """A package installed on the machine while the tests run must not change
+    what a sandbox's dpkg sees (it did: three apt tests failed that way)."""
+    probe = Path("/var/lib/dpkg/info/fp-sandbox-probe.list")
+    probe.write_text("/usr/share/fp-sandbox-probe\n")
+    try:
+        assert not host_sandbox.path(str(probe)).exists()
+        assert host_sandbox.run(["ls", "/var/lib/dpkg/info"]).stdout.count("fp-sandbox-probe") == 0
+    finally:
+        probe.unlink()
+    host_sandbox.run(["sh", "-c", "echo x > /var/lib/dpkg/info/fp-written.list"])
+    assert host_sandbox.upper_changes()["/var/lib/dpkg/info/fp-written.list"] == "written"
+    assert not Path("/var/lib/dpkg/info/fp-written.list").exists()

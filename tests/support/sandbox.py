@@ -60,9 +60,17 @@ Fallbacks and limits
   than those recreated above) are not visible in the sandbox, they show as
   their empty mount points. On a machine where /work or /home is a separate
   filesystem, bind it in with `bind()`.
-- The lower layer is live: what other processes change on the machine
-  while the sandbox runs may show through (overlayfs calls this undefined;
-  in practice reads see the new content).
+- The package managers' state is the same for the whole test run: a
+  snapshot of STABLE_DIRS (/var/lib/dpkg, /var/lib/apt but its lists,
+  /etc/apt, /var/lib/rpm, /var/lib/dnf) taken when the process starts its
+  first sandbox is the lower layer of an overlay of its own on each of
+  those directories, so a package installed on the machine meanwhile
+  changes no test's view of what is installed. (Not one more lower layer
+  of the root overlay: the kernel refuses lower layers that overlap, and
+  the snapshot lies under `/`.) `upper_changes` includes their changes.
+  The rest of the lower layer is live: what other processes change on the
+  machine while the sandbox runs may show through (overlayfs calls this
+  undefined; in practice reads see the new content).
 - `path()` resolves absolute symlinks against the machine's root, not the
   sandbox's: use it for regular files and directories.
 - This is test isolation, not a security boundary: processes run as real
@@ -71,6 +79,7 @@ Fallbacks and limits
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import functools
 import os
@@ -193,6 +202,7 @@ class HostSandbox:
         self.start_timeout = start_timeout
         self.upper_on_tmpfs = False
         self.volatile = False
+        self._stable: list[tuple[str, Path]] = []  # (directory, its upper layer)
         self._state: Path | None = None
         self._holder: subprocess.Popen[bytes] | None = None
         self._pid: int | None = None
@@ -431,6 +441,11 @@ class HostSandbox:
         are not part of it. Call while the sandbox runs."""
         changes: dict[str, ChangeKind] = {}
         self._walk_upper(self._upper_view(), "", include_dirs, changes)
+        for directory, upper in self._stable:
+            view = upper
+            if self.upper_on_tmpfs:
+                view = Path(f"/proc/{self.pid}/root") / str(upper)[1:]
+            self._walk_upper(view, directory, include_dirs, changes)
         return dict(sorted(changes.items()))
 
     def bind(self, source: str | Path, target: str, *, read_only: bool = True) -> None:
@@ -529,9 +544,31 @@ class HostSandbox:
                 )
                 if done.returncode == 0:
                     self.volatile = volatile
+                    self._mount_stable(base, volatile)
                     return
                 errors.append(f"[{options}] {done.stderr.strip()}")
         raise SandboxError("overlay mount of / refused: " + " | ".join(errors))
+
+    def _mount_stable(self, base: Path, volatile: bool) -> None:
+        """Over each of STABLE_DIRS, an overlay of its own whose lower layer
+        is the run's snapshot (`stable_base`), its upper beside the root's."""
+        snapshot = stable_base(self.base_dir)
+        self._stable.clear()
+        for index, directory in enumerate(STABLE_DIRS):
+            lower = snapshot / directory.lstrip("/")
+            if not lower.is_dir():
+                continue
+            upper, work = (
+                base / "stable" / str(index) / "upper",
+                base / "stable" / str(index) / "work",
+            )
+            self._ns_run(["mkdir", "-p", str(upper), str(work)])
+            options = f"lowerdir={lower},upperdir={upper},workdir={work}"
+            if volatile:
+                options += ",volatile"
+            target = f"{self.root}{directory}"
+            self._ns_run(["mount", "-t", "overlay", "-o", options, "fp-stable", target])
+            self._stable.append((directory, upper))
 
     def _mount_system(self) -> None:
         r = self.root
@@ -600,6 +637,33 @@ class HostSandbox:
         if target is None:
             return []
         return _processes_with(lambda pid: os.readlink(f"/proc/{pid}/ns/mnt") == target)
+
+
+# The package managers' state, the same for a test run (module docstring).
+STABLE_DIRS = ("/var/lib/dpkg", "/var/lib/apt", "/etc/apt", "/var/lib/rpm", "/var/lib/dnf")
+# Big, and every test brings its own sources: left empty in the snapshot.
+_STABLE_EMPTY = ("/var/lib/apt/lists",)
+
+
+@functools.cache
+def stable_base(base_dir: str | Path | None) -> Path:
+    """The snapshot of STABLE_DIRS, taken once per test process (the first
+    sandbox's start) and removed at exit."""
+    snapshot = Path(tempfile.mkdtemp(prefix="fp-base-", dir=base_dir))
+    atexit.register(shutil.rmtree, snapshot, ignore_errors=True)
+    for source in STABLE_DIRS:
+        if not Path(source).is_dir():
+            continue
+        target = snapshot / source.lstrip("/")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        subprocess.run(["cp", "-a", "--", source, str(target)], check=True,
+                       capture_output=True, timeout=300)  # fmt: skip
+    for emptied in _STABLE_EMPTY:
+        path = snapshot / emptied.lstrip("/")
+        if path.is_dir():
+            shutil.rmtree(path)
+            (path / "partial").mkdir(parents=True)
+    return snapshot
 
 
 def _sweep_stale(base: Path) -> None:
