@@ -4,7 +4,7 @@ from a state dir. The CLI is a thin shell over this."""
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from fleetpatch.v1 import types_pb2
@@ -13,17 +13,17 @@ from agent.backends.apt import Apt
 from agent.backends.base import PackageBackend
 from agent.backends.dnf import Dnf
 from agent.boot.decide import Reason
-from agent.boot.livepatch import CanonicalLivepatch, Kpatch
-from agent.boot.reboot import CommandRebooter, FileValue, Inhibitor
+from agent.boot.livepatch import CanonicalLivepatch, Kpatch, Provider
+from agent.boot.reboot import CommandRebooter, FileValue, Inhibitor, Rebooter
 from agent.errors import ConfigError
-from agent.host.checks import Prober
+from agent.host.checks import Prober, Probes
 from agent.host.facts import package_manager
 from agent.host.needs import RebootSignals
 from agent.link import reporting
 from agent.link.client import ControllerClient
 from agent.orders.journal import Journal
 from agent.orders.runner import Runner
-from agent.orders.selfupdate import HandOver, SystemdWatchdog
+from agent.orders.selfupdate import HandOver, SystemdWatchdog, Watchdog
 from agent.orders.states import State
 from agent.orders.workorder import OrderRefused
 from agent.statedir import AgentConfig, StateDir
@@ -42,6 +42,34 @@ def backend_for(manager: str, config: AgentConfig) -> PackageBackend:
     raise ConfigError(f"no package backend for {manager or 'this host'} (supported: apt, dnf)")
 
 
+def _real_signals(config: AgentConfig, backend: PackageBackend) -> Callable[[], list[Reason]]:
+    kernel = FileValue(config.reboot.kernel_release_file)
+    # A backend may know more about reboots (dnf needs-restarting).
+    extra: Callable[[], list[Reason]] | None = getattr(backend, "reboot_reasons", None)
+    return RebootSignals(kernel, extra=[extra] if extra is not None else []).collect
+
+
+def _real_rebooter(config: AgentConfig) -> Rebooter | None:
+    return CommandRebooter(config.reboot.command)
+
+
+@dataclass(frozen=True)
+class Machine:
+    """The parts of the agent that act on this machine beyond its state dir,
+    each made from the agent's config. The defaults are the real ones; a
+    test replaces what cannot run where it runs (a package manager it must
+    not touch, a real reboot) and keeps all the rest of the wiring."""
+
+    backend: Callable[[str, AgentConfig], PackageBackend] = backend_for
+    prober: Callable[[], Probes] = Prober
+    rebooter: Callable[[AgentConfig], Rebooter | None] = _real_rebooter
+    reboot_signals: Callable[[AgentConfig, PackageBackend], Callable[[], Sequence[Reason]]] = (
+        _real_signals
+    )
+    livepatch: Callable[[], Sequence[Provider]] = lambda: (Kpatch(), CanonicalLivepatch())
+    watchdog: Callable[[], Watchdog | None] = SystemdWatchdog
+
+
 @dataclass
 class Agent:
     state: StateDir
@@ -52,20 +80,13 @@ class Agent:
     client: ControllerClient | None = None
 
     @classmethod
-    def open(
-        cls,
-        state: StateDir,
-        online: bool = True,
-        backend_factory: Callable[[str, AgentConfig], PackageBackend] = backend_for,
-    ) -> Agent:
+    def open(cls, state: StateDir, online: bool = True, machine: Machine = Machine()) -> Agent:
+        """The agent of an enrolled state dir. Raises ConfigError (NotEnrolled)."""
         state.require_enrolled()
         config = state.config()
         journal = Journal.open(state.journal)
-        backend = backend_factory(package_manager(), config)
+        backend = machine.backend(package_manager(), config)
         kernel = FileValue(config.reboot.kernel_release_file)
-        # A backend may know more about reboots (dnf needs-restarting).
-        extra: Callable[[], list[Reason]] | None = getattr(backend, "reboot_reasons", None)
-        signals = RebootSignals(kernel, extra=[extra] if extra is not None else [])
         client = None
         if online:
             client = ControllerClient(
@@ -75,7 +96,7 @@ class Agent:
         runner = Runner(
             journal,
             backend,
-            Prober(),
+            machine.prober(),
             config.policy,
             config.checks,
             state.cache,
@@ -83,13 +104,13 @@ class Agent:
             retry_interval=config.timing.retry_interval.total_seconds(),
             boot_id=FileValue(config.reboot.boot_id_file),
             kernel=kernel,
-            reboot_signals=signals.collect,
-            livepatch=(Kpatch(), CanonicalLivepatch()),
-            rebooter=CommandRebooter(config.reboot.command),
+            reboot_signals=machine.reboot_signals(config, backend),
+            livepatch=machine.livepatch(),
+            rebooter=machine.rebooter(config),
             reboot_timeout=config.timing.reboot_timeout,
             fetch=client.fetch_artifact if client is not None else None,
             reach=client.reach if client is not None else None,
-            watchdog=SystemdWatchdog(),
+            watchdog=machine.watchdog(),
         )
         agent = cls(state, config, journal, runner, state.host_id(), client)
         runner.set_notify(agent.report)

@@ -1,7 +1,10 @@
-"""Agents driven in-process against a real controller over real mTLS: real
-enrollment, journal, runner, check-ins and reports; only the package
-manager and health checks are stand-ins (tests.support.fakes). Many of them
-fit in one test process, to run whole campaigns quickly."""
+"""Agents driven in-process against a real controller over real mTLS: the
+real `Agent` wiring (enrollment, agent.toml, journal, runner, check-ins and
+reports, exactly as `fleetpatch-agent run` builds them); only what must not
+act on the machine running the tests is replaced through `Machine`: the
+package manager and health checks (tests.support.fakes), and reboots (an
+in-process agent never reboots, and reads no reboot-required file of this
+machine). Many fit in one test process, to run whole campaigns quickly."""
 
 from __future__ import annotations
 
@@ -11,12 +14,10 @@ from pathlib import Path
 from agent.host import facts as hostfacts
 from agent.link import reporting
 from agent.link.checkin import CheckIns
-from agent.link.client import ControllerClient
 from agent.link.enrollment import enroll
 from agent.link.keys import learn as learn_keys
-from agent.orders.journal import Journal
-from agent.orders.runner import Runner
 from agent.orders.states import State
+from agent.service import Agent, Machine
 from agent.statedir import StateDir
 from tests.support.controller import Controller
 from tests.support.fakes import FakeBackend, FakeProber
@@ -46,16 +47,25 @@ class InProcessAgent:
         self.host_id = done.host_id
         self.region, self.ring = region, ring
         self.backend = backend
-        config = self.state.config()
-        self.journal = Journal.open(self.state.journal)
-        self.client = ControllerClient(
-            config.controller, self.state.read(self.state.ca), self.state.read(self.state.key),
-            self.state.read(self.state.cert),
-        )  # fmt: skip
-        self.runner = Runner(
-            self.journal, backend, prober, config.policy, [], self.state.cache,
-            retry_interval=0.05,
-        )  # fmt: skip
+        # Retries and verification attempts a second apart, not five.
+        text = self.state.config_file.read_text()
+        self.state.config_file.write_text(
+            text.replace('retry_interval = "5s"', 'retry_interval = "1s"')
+        )
+        machine = Machine(
+            backend=lambda manager, config: backend,
+            prober=lambda: prober,
+            rebooter=lambda config: None,
+            reboot_signals=lambda config, backend: list,
+            livepatch=tuple,
+            watchdog=lambda: None,
+        )
+        self.agent = Agent.open(self.state, machine=machine)
+        config = self.agent.config
+        self.journal = self.agent.journal
+        assert self.agent.client is not None
+        self.client = self.agent.client
+        self.runner = self.agent.runner
         self.agent_version = agent_version
         self.checkins = CheckIns(
             config, self.journal, self.client, collect_facts=self._facts,
@@ -96,5 +106,4 @@ class InProcessAgent:
         return final
 
     def close(self) -> None:
-        self.client.close()
-        self.journal.close()
+        self.agent.close()
