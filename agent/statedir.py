@@ -187,7 +187,14 @@ class StateDir:
             raise ConfigError(f"cannot read {path}: {exc.strerror}") from None
 
     def identity(self) -> Identity:
-        cert = x509.load_pem_x509_certificate(self.read(self.cert))
+        """This host's identity, from its certificate; ConfigError naming
+        the file when it is missing or is no certificate."""
+        try:
+            cert = x509.load_pem_x509_certificate(self.read(self.cert))
+        except ValueError:
+            raise ConfigError(
+                f"{self.cert} is not a PEM certificate (damaged? enroll this host again)"
+            ) from None
         identity = identity_from_certificate(cert)
         if identity is None or identity.role is not Role.HOST:
             raise ConfigError(f"{self.cert} names no host")
@@ -214,8 +221,18 @@ class StateDir:
             raise ConfigError(str(exc)) from None
 
     def trusted_signing_keys(self) -> dict[str, bytes]:
-        doc = json.loads(self.read(self.trusted_keys))
-        return {k: bytes.fromhex(v) for k, v in doc.items()}
+        """The signing keys orders may carry; ConfigError naming the file
+        when it is missing or damaged (no order is trusted then)."""
+        try:
+            doc = json.loads(self.read(self.trusted_keys))
+            if not isinstance(doc, dict):
+                raise TypeError("not an object")
+            return {str(k): bytes.fromhex(v) for k, v in doc.items()}
+        except (ValueError, TypeError, AttributeError):
+            raise ConfigError(
+                f"{self.trusted_keys} is damaged: it is not a JSON object of key ids to hex keys "
+                "(enroll this host again to restore it)"
+            ) from None
 
     def write_trusted_signing_keys(self, keys: dict[str, bytes]) -> None:
         doc = {k: v.hex() for k, v in sorted(keys.items())}

@@ -26,6 +26,8 @@ from typing import Any
 from sqlite_utils import Database
 from sqlite_utils.migrations import Migrations
 
+from agent.errors import ConfigError
+
 migrations = Migrations("fleetpatch.agent")
 
 
@@ -167,15 +169,20 @@ class Journal:
     @classmethod
     def open(cls, path: Path) -> Journal:
         """Open (creating, mode 0600) and migrate the journal."""
-        if not path.exists():
-            path.touch(mode=0o600)
-        conn = sqlite3.connect(path, isolation_level=None)
-        conn.row_factory = sqlite3.Row
-        conn.execute("PRAGMA journal_mode=WAL")
-        conn.execute("PRAGMA synchronous=FULL")  # the journal is the host's memory
-        conn.execute("PRAGMA busy_timeout=5000")
-        journal = cls(conn)
-        migrations.apply(journal._db)
+        try:
+            if not path.exists():
+                path.touch(mode=0o600)
+            conn = sqlite3.connect(path, isolation_level=None)
+            conn.row_factory = sqlite3.Row
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=FULL")  # the journal is the host's memory
+            conn.execute("PRAGMA busy_timeout=5000")
+            journal = cls(conn)
+            migrations.apply(journal._db)
+        except (sqlite3.DatabaseError, OSError) as exc:
+            # A damaged file, a read-only or full state dir: say which file
+            # and why, once, instead of a traceback.
+            raise ConfigError(f"cannot open the journal {path}: {exc}") from None
         return journal
 
     def close(self) -> None:

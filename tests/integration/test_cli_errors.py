@@ -171,3 +171,24 @@ def test_every_command_explains_itself(argv):
     assert result.returncode == 0
     assert "Usage:" in result.stdout
     assert len(result.stdout.splitlines()) > 3
+
+
+@pytest.mark.parametrize(
+    ("damaged", "content", "needle"),
+    [
+        ("journal.db", b"this is not a database, it was overwritten", "cannot open the journal"),
+        ("cert.pem", b"-----BEGIN CERTIFICATE-----\ngarbage\n", "is not a PEM certificate"),
+    ],
+)
+@pytest.mark.parametrize("command", [["status"], ["run", "--once"]])
+def test_agent_with_damaged_local_state_says_which_file(
+    controller, tmp_path, damaged, content, needle, command
+):
+    """Issue 12 item 6 (part): one line naming the file, exit 2, no traceback."""
+    state = tmp_path / "a"
+    assert controller.enroll(state, controller.token()).returncode == 0
+    assert cli("fleetpatch-agent", "run", "--once", "--state-dir", state).returncode == 0
+    (state / damaged).write_bytes(content)
+    for suffix in ("-wal", "-shm"):
+        (state / f"{damaged}{suffix}").unlink(missing_ok=True)
+    _one_line(cli("fleetpatch-agent", *command, "--state-dir", state), 2, needle, damaged)

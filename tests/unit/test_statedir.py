@@ -159,3 +159,16 @@ def test_trusted_signing_keys_round_trip(tmp_path):
     keys = {"b" * 16: bytes(range(32)), "a" * 16: bytes(32)}
     state.write_trusted_signing_keys(keys)
     assert state.trusted_signing_keys() == keys
+
+
+@pytest.mark.parametrize("content", [b"{not json", b"[1, 2]", b'{"k1": "not hex"}'])
+def test_damaged_trusted_keys_are_a_config_error_naming_the_file(tmp_path, content):
+    (tmp_path / "trusted_keys.json").write_bytes(content)
+    with pytest.raises(ConfigError, match=r"trusted_keys\.json is damaged"):
+        StateDir(tmp_path).trusted_signing_keys()
+
+
+def test_a_damaged_certificate_is_a_config_error_naming_the_file(tmp_path):
+    (tmp_path / "cert.pem").write_bytes(b"-----BEGIN CERTIFICATE-----\ngarbage\n")
+    with pytest.raises(ConfigError, match=r"cert\.pem is not a PEM certificate"):
+        StateDir(tmp_path).identity()
