@@ -57,6 +57,7 @@ from benchmarks.checkin_load import (
     PACKAGES,
     enroll_all,
     load,
+    serve,
     start_controller,
 )
 
@@ -122,28 +123,6 @@ def phase(name: str) -> Iterator[None]:
     say(f"    {name} ...")
     yield
     say(f"    {name}: {time.monotonic() - started:.1f}s")
-
-
-def serve(data: Path) -> subprocess.Popen[bytes]:
-    """Start `controller serve` on an initialised data dir (start_controller
-    also runs `controller init`, which an existing data dir refuses)."""
-    proc = subprocess.Popen(
-        [str(BIN / "fleetpatch"), "controller", "serve", "--data-dir", str(data),
-         "--log-level", "warning"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        try:
-            if json.loads((data / "endpoints.json").read_text())["pid"] == proc.pid:
-                return proc
-        except (OSError, ValueError, KeyError):
-            pass
-        if proc.poll() is not None:
-            break
-        time.sleep(0.05)
-    proc.kill()
-    raise SystemExit(f"the controller did not start again on {data}")
 
 
 def stop(proc: subprocess.Popen[bytes]) -> None:
@@ -298,7 +277,7 @@ def run(fleet: int, port: int, args: argparse.Namespace) -> Result:
         with phase(f"seed {max(fleet - args.hosts, 0):,} more hosts"):
             seed_hosts(data / "controller.db", max(fleet - args.hosts, 0))
         with phase("restart the controller"):
-            proc = serve(data)
+            proc = serve(data, timeout=120)
         try:
             with phase("idle check-ins"):
                 result.idle = measure(port, data, identities, args)

@@ -47,20 +47,27 @@ def start_controller(data: Path, port: int, max_batch: int) -> subprocess.Popen[
     )  # fmt: skip
     config = data / "controller.toml"
     config.write_text(config.read_text().replace("max_batch = 1000", f"max_batch = {max_batch}"))
+    return serve(data, timeout=20)
+
+
+def serve(data: Path, timeout: float) -> subprocess.Popen[bytes]:
+    """`controller serve` on an initialised data dir, once it listens (its
+    endpoints.json names this process); exits when it does not start."""
     proc = subprocess.Popen(
         [str(BIN / "fleetpatch"), "controller", "serve", "--data-dir", str(data),
          "--log-level", "warning"],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and proc.poll() is None:
         try:
             if json.loads((data / "endpoints.json").read_text())["pid"] == proc.pid:
                 return proc
         except (OSError, ValueError, KeyError):
-            time.sleep(0.05)
+            pass
+        time.sleep(0.05)
     proc.kill()
-    raise SystemExit("the controller did not start")
+    raise SystemExit(f"the controller did not start on {data}")
 
 
 def enroll_all(data: Path, port: int, hosts: int) -> list[tuple[bytes, bytes]]:
