@@ -5,7 +5,8 @@ with no sleeps and no gRPC."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Iterator
+import dataclasses
+from collections.abc import Awaitable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -15,8 +16,9 @@ from typing import TypeVar
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from fleetpatch.v1 import types_pb2
 
+from controller.campaigns import HostFacts
 from controller.fleet.tokens import new_token
-from controller.model import CheckIn, Host, HostStatus
+from controller.model import JSON, CheckIn, Host, HostStatus
 from controller.rollout.engine import CampaignEngine
 from controller.rollout.tally import host_facts
 from controller.store import Store
@@ -24,6 +26,52 @@ from controller.store.thread import StoreThread
 
 T = TypeVar("T")
 START = datetime(2026, 12, 5, 1, tzinfo=UTC)
+
+
+def host_row(
+    host_id: str,
+    region: str,
+    ring: int,
+    now: datetime,
+    *,
+    labels: Mapping[str, str] | None = None,
+    last_seen: datetime | None = None,
+    reported: Mapping[str, object] | None = None,
+) -> Host:
+    """A host as enrollment records it (a certificate serial and expiry)."""
+    return Host(
+        host_id, region, ring, HostStatus.ACTIVE, now, labels=dict(labels or {}),
+        last_seen=last_seen, facts=dict(reported or {}), certificate_serial=host_id,
+        certificate_expires_at=now + timedelta(days=90),
+    )  # fmt: skip
+
+
+async def enroll(db: StoreThread, hosts: Sequence[Host], now: datetime) -> None:
+    """Enroll ``hosts`` in the store with one token, as the Enroll RPC would."""
+    token, _ = new_token("x", 0, max(1, len(hosts)), timedelta(days=30), {}, now)
+
+    def store_them(store: Store) -> None:
+        store.create_token(token)
+        for host in hosts:
+            store.enroll_host(host, token.token_id, now)
+
+    await db.call(store_them)
+
+
+async def check_in(
+    db: StoreThread,
+    engine: CampaignEngine,
+    facts: HostFacts,
+    reported: JSON,
+    at: datetime,
+    highest_sequence: int,
+) -> types_pb2.WorkOrder | None:
+    """A check-in as the servicer handles it: persisted through the batch
+    path, then `order_for`; the work order it brings, if any."""
+    checkin = CheckIn(facts.host_id, at, reported, {}, "", None)
+    await db.call(lambda s: s.record_checkins([checkin]))
+    envelope = await engine.order_for(dataclasses.replace(facts, last_seen=at), highest_sequence)
+    return None if envelope is None else types_pb2.WorkOrder.FromString(envelope.payload)
 
 
 @dataclass
@@ -48,6 +96,7 @@ class Fleet:
     key: Ed25519PrivateKey = field(default_factory=Ed25519PrivateKey.generate)
     engine: CampaignEngine | None = None
     sequences: dict[str, int] = field(default_factory=dict)
+    hosts: dict[str, Host] = field(default_factory=dict)
 
     def run(self, awaitable: Awaitable[T]) -> T:
         return self.loop.run_until_complete(awaitable)
@@ -64,36 +113,26 @@ class Fleet:
         return self.engine
 
     def enroll(self, *cells: tuple[int, str]) -> list[str]:
-        token, _ = new_token("x", 0, len(cells), timedelta(days=1), {}, self.clock())
         hosts = [
-            Host(f"h-{len(self.sequences) + n:016x}", region, ring, HostStatus.ACTIVE,
-                 self.clock(), certificate_serial=str(n),
-                 certificate_expires_at=self.clock() + timedelta(days=90))
+            host_row(f"h-{len(self.hosts) + n:016x}", region, ring, self.clock())
             for n, (ring, region) in enumerate(cells)
-        ]  # fmt: skip
-
-        def enroll(store: Store) -> None:
-            store.create_token(token)
-            for host in hosts:
-                store.enroll_host(host, token.token_id, self.clock())
-
-        self.run(self.db.call(enroll))
+        ]
+        self.run(enroll(self.db, hosts, self.clock()))
         for host in hosts:
+            self.hosts[host.host_id] = host
             self.sequences[host.host_id] = 0
             self.live.joined(host)
         return [h.host_id for h in hosts]
 
     def check_in(self, host_id: str) -> types_pb2.WorkOrder | None:
         """The host checks in now; the order it is given, if any."""
-        at = self.clock()
-        checkin = CheckIn(host_id, at, {"os_id": "debian"}, {}, "", None)
-        self.run(self.db.call(lambda s: s.record_checkins([checkin])))
-        host = self.run(self.db.call(lambda s: s.get_host(host_id)))
-        envelope = self.run(self.live.order_for(host_facts(host), self.sequences[host_id]))
-        if envelope is None:
-            return None
-        order = types_pb2.WorkOrder.FromString(envelope.payload)
-        self.sequences[host_id] = order.sequence
+        reported = {"os_id": "debian"}
+        facts = host_facts(dataclasses.replace(self.hosts[host_id], facts=reported))
+        order = self.run(check_in(
+            self.db, self.live, facts, reported, self.clock(), self.sequences[host_id]
+        ))  # fmt: skip
+        if order is not None:
+            self.sequences[host_id] = order.sequence
         return order
 
     def report(self, host_id: str, order_id: str, step: str, final: bool = False) -> None:

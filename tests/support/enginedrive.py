@@ -26,18 +26,16 @@ from pathlib import Path
 from typing import Any, cast
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from fleetpatch.v1 import types_pb2
 
 from agent.orders.states import TERMINAL, Event, State, next_state
-from controller.campaigns import CampaignState
-from controller.fleet.tokens import new_token
-from controller.model import CheckIn, Host, HostStatus
+from controller.campaigns import CampaignState, HostFacts
 from controller.rollout.engine import CampaignEngine
 from controller.store import Store
 from controller.store.thread import StoreThread
 from simulator.agentmodel import Order
 from simulator.engine import CONTROLLER, OUTAGE, Simulation
 from simulator.hosts import SimHost
+from tests.support.engine import check_in, enroll, host_row
 
 CHECK_IN, STEP, TICK, RECONNECT, DOWN, UP, LOSE, REGAIN = range(8)
 
@@ -152,24 +150,16 @@ class Driver:
 
     async def _enroll(self) -> None:
         start = self.clock()
-        token, _ = new_token("x", 0, len(self.hosts), timedelta(days=30), {}, start)
         hosts = [
-            Host(h.sim.facts.host_id, h.sim.facts.region, h.sim.facts.ring, HostStatus.ACTIVE,
-                 start, labels=dict(h.sim.facts.labels),
-                 last_seen=None if h.sim.last_seen is None
-                 else self.time.to_datetime(h.sim.last_seen),
-                 certificate_serial=str(n), certificate_expires_at=start + timedelta(days=90),
-                 facts={"os_id": h.sim.facts.os_id, "timezone": h.sim.facts.timezone,
-                        "agent_version": h.sim.facts.agent_version})
-            for n, h in enumerate(self.hosts.values())
+            host_row(
+                h.sim.facts.host_id, h.sim.facts.region, h.sim.facts.ring, start,
+                labels=h.sim.facts.labels, reported=_reported(h.sim.facts),
+                last_seen=None if h.sim.last_seen is None
+                else self.time.to_datetime(h.sim.last_seen),
+            )
+            for h in self.hosts.values()
         ]  # fmt: skip
-
-        def enroll(store: Store) -> None:
-            store.create_token(token)
-            for host in hosts:
-                store.enroll_host(host, token.token_id, start)
-
-        await self.db.call(enroll)
+        await enroll(self.db, hosts, start)
 
     async def _start_engine(self) -> None:
         self.engine = CampaignEngine(self.db, self.key, clock=self.clock)
@@ -221,15 +211,9 @@ class Driver:
         assert self.engine is not None
         at = self.clock()
         facts = host.sim.facts
-        reported = {
-            "os_id": facts.os_id, "timezone": facts.timezone, "agent_version": facts.agent_version,
-        }  # fmt: skip
-        checkin = CheckIn(facts.host_id, at, reported, {}, "", None)
-        await self.db.call(lambda s: s.record_checkins([checkin]))
-        envelope = await self.engine.order_for(_with_seen(facts, at), host.sequence)
-        if envelope is None:
+        order = await check_in(self.db, self.engine, facts, _reported(facts), at, host.sequence)
+        if order is None:
             return
-        order = types_pb2.WorkOrder.FromString(envelope.payload)
         host.sequence = order.sequence
         host.order_id = order.order_id
         closes = (
@@ -285,10 +269,9 @@ class Driver:
             self._plan_check_in(host, self.now + self.interval)
 
 
-def _with_seen(facts: Any, at: datetime) -> Any:
-    from dataclasses import replace
-
-    return replace(facts, last_seen=at)
+def _reported(facts: HostFacts) -> dict[str, object]:
+    """What the host reports of itself, as the store keeps it."""
+    return {"os_id": facts.os_id, "timezone": facts.timezone, "agent_version": facts.agent_version}
 
 
 def _ring(reason: str) -> int:
