@@ -176,20 +176,20 @@ class CampaignStore:
     def fleet_history(self, samples: int = HISTORY_SAMPLES) -> list[CellHistory]:
         """Per ring x region, how the finished patch orders of every campaign
         ended, and the step durations of the latest ``samples`` of them."""
-        finished = tuple(s.value for s in AssignmentStatus if s is not AssignmentStatus.IN_FLIGHT)
-        marks = ",".join("?" * len(finished))
-        counted = self._conn.execute(
-            f"SELECT ring, region, COUNT(DISTINCT host_id), COUNT(*), status"  # noqa: S608
-            f" FROM assignments WHERE kind = 'patch' AND status IN ({marks})"
-            " GROUP BY ring, region, status",
-            finished,
-        ).fetchall()
-        cells: dict[tuple[int, str], dict[str, Any]] = {}
-        hosts: dict[tuple[int, str], int] = {}
-        for ring, region, distinct, n, status in counted:
-            cell = cells.setdefault((ring, region), {})
-            cell[status] = n
-            hosts[(ring, region)] = hosts.get((ring, region), 0) + distinct
+        cells: dict[tuple[int, str], dict[str, int]] = {}
+        for ring, region, status, n in self._conn.execute(
+            "SELECT ring, region, status, COUNT(*) FROM assignments"
+            " WHERE kind = 'patch' AND status != 'in_flight' GROUP BY ring, region, status"
+        ):
+            cells.setdefault((ring, region), {})[status] = n
+        # A host counts once per cell, whatever became of each of its orders.
+        hosts: dict[tuple[int, str], int] = {
+            (ring, region): n
+            for ring, region, n in self._conn.execute(
+                "SELECT ring, region, COUNT(DISTINCT host_id) FROM assignments"
+                " WHERE kind = 'patch' AND status != 'in_flight' GROUP BY ring, region"
+            )
+        }
         rows = self._conn.execute(
             "SELECT a.ring, a.region, r.order_id, r.step, r.at FROM"
             " (SELECT order_id, ring, region, ROW_NUMBER() OVER"

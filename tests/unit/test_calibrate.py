@@ -119,9 +119,17 @@ def test_the_store_gives_each_cells_history():
         results = [(order_id, step, step if step == final else "", "",
                     NOW + timedelta(seconds=at)) for step, at in steps]  # fmt: skip
         store.apply_results(host_id, results)
+    # A later campaign reverts the first host: two orders, still one host.
+    later = CampaignRecord("c-2", "c", "", CampaignState.RUNNING, NOW, "admin:a", NOW)
+    store.create_campaign(later, AuditEntry(NOW, "admin:a", "campaign.create", "c-2", "ok"))
+    first = f"h-{0:016x}"
+    again = Assignment("o-again", "c-2", first, AssignmentKind.PATCH, 0, "eu", 2, b"",
+                       AssignmentStatus.IN_FLIGHT, NOW)  # fmt: skip
+    store.assign(again, AuditEntry(NOW, "controller", "order.assign", "o-again", "assigned"))
+    store.apply_results(first, [("o-again", "REVERTED", "REVERTED", "", NOW)])
     (cell,) = store.fleet_history()
-    assert (cell.ring, cell.region, cell.hosts, cell.orders) == (0, "eu", 2, 2)
-    assert (cell.succeeded, cell.reverted, cell.failed, cell.timed_out) == (1, 1, 0, 0)
+    assert (cell.ring, cell.region, cell.hosts, cell.orders) == (0, "eu", 2, 3)
+    assert (cell.succeeded, cell.reverted, cell.failed, cell.timed_out) == (1, 2, 0, 0)
     assert sorted(cell.apply_seconds) == [10.0, 10.0]
     assert sorted(cell.verify_seconds) == [40.0, 100.0]
     store.close()
