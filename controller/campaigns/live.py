@@ -16,6 +16,7 @@ test drives both through the same changes and compares them.
 
 from __future__ import annotations
 
+import dataclasses
 import heapq
 import itertools
 from collections import Counter
@@ -157,13 +158,7 @@ class LiveCount:
             return
         if member is not None:
             self.leave(facts.host_id)  # what targets it or what decide reads changed
-        self.join(facts, now)
-        joined = self.members.get(facts.host_id)
-        if joined is not None and joined.last_seen != now:
-            self._count(joined, -1)
-            joined.last_seen, joined.silent = now, False
-            self._count(joined, +1)
-            self._queue(joined)
+        self.join(dataclasses.replace(facts, last_seen=now), now)
 
     def leave(self, host_id: str) -> None:
         """The host is no longer counted (revoked, or no longer targeted)."""
