@@ -31,11 +31,8 @@ def flush(journal: Journal, client: ControllerClient) -> int:
     reached or refuses."""
     sent = 0
     while pending := journal.pending_reports(BATCH):
-        request = agent_pb2.ReportProgressRequest(
-            reports=[types_pb2.ProgressReport.FromString(payload) for _, payload in pending]
-        )
         try:
-            response = client.report_progress(request)
+            acked = _send(journal, client, pending)
         except Rejected:
             delivered, stopped = _one_by_one(journal, client, pending)
             sent += delivered
@@ -45,13 +42,22 @@ def flush(journal: Journal, client: ControllerClient) -> int:
         except AgentError as exc:
             log.info("%d progress report(s) stay queued: %s", len(pending), exc)
             return sent
-        acked = list(response.acknowledged_keys)
-        journal.ack_reports(acked)
-        sent += len(acked)
-        if len(acked) < len(pending):
-            log.warning("the controller acknowledged %d of %d reports", len(acked), len(pending))
+        sent += acked
+        if acked < len(pending):
+            log.warning("the controller acknowledged %d of %d reports", acked, len(pending))
             return sent
     return sent
+
+
+def _send(journal: Journal, client: ControllerClient, pending: list[tuple[str, bytes]]) -> int:
+    """Send these queued reports in one call and mark what the controller
+    acknowledged; returns how many. Raises the client's AgentErrors."""
+    request = agent_pb2.ReportProgressRequest(
+        reports=[types_pb2.ProgressReport.FromString(payload) for _, payload in pending]
+    )
+    acked = list(client.report_progress(request).acknowledged_keys)
+    journal.ack_reports(acked)
+    return len(acked)
 
 
 def _one_by_one(
@@ -62,18 +68,12 @@ def _one_by_one(
     became unreachable or refused us: the rest stays queued)."""
     sent = 0
     for key, payload in pending:
-        request = agent_pb2.ReportProgressRequest(
-            reports=[types_pb2.ProgressReport.FromString(payload)]
-        )
         try:
-            response = client.report_progress(request)
+            sent += _send(journal, client, [(key, payload)])
         except Rejected as exc:
             log.warning("progress report %s dropped from the queue: %s", key, exc)
             journal.drop_report(key, str(exc))
-            continue
         except AgentError as exc:
             log.info("progress reports stay queued: %s", exc)
             return sent, True
-        journal.ack_reports(list(response.acknowledged_keys))
-        sent += len(response.acknowledged_keys)
     return sent, False
