@@ -118,6 +118,8 @@ class CampaignEngine:
         counted = {r.campaign_id: r for r in records if r.state in OPEN or _reverting(r)}
         for campaign_id in set(self._counts) - set(counted):
             del self._counts[campaign_id]
+        # Kept Wait answers of campaigns that no longer hand out work are dead weight.
+        self._waits = {key: wait for key, wait in self._waits.items() if key[0] in counted}
         missing = [r for r in counted.values() if r.campaign_id not in self._counts]
         if missing:
             self._counts.update(await self._build(missing))
