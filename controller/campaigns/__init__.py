@@ -12,9 +12,9 @@ No I/O and no clock in any of them: the controller and the simulator pass
 ``now`` and the data.
 """
 
+from fleetpatch.checkspec import CheckKind
 from fleetpatch.orderspec import LivepatchPolicy, RebootPolicy
 
-from controller.campaigns.checks import CheckKind, VerifyCheck
 from controller.campaigns.errors import CampaignError
 from controller.campaigns.gates import (
     GateStatus,
@@ -92,7 +92,6 @@ __all__ = [
     "SkipReason",
     "Tallies",
     "TargetSpec",
-    "VerifyCheck",
     "VerifySpec",
     "Wait",
     "WaitReason",

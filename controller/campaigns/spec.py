@@ -32,13 +32,13 @@ from datetime import UTC, date, datetime, timedelta
 from enum import StrEnum
 from fractions import Fraction
 
+from fleetpatch.checkspec import Check, parse_check
 from fleetpatch.debversion import debian_version, version_key
 from fleetpatch.durations import format_duration
 from fleetpatch.labels import check_label, check_region, check_ring
 from fleetpatch.orderspec import MAX_PACKAGE_NAME, MAX_VERSION, LivepatchPolicy, RebootPolicy
 from fleetpatch.tomltable import Table, toml_type
 
-from controller.campaigns.checks import VerifyCheck, parse_check
 from controller.campaigns.errors import CampaignError
 from controller.campaigns.quota import Quota, count, parse_quota, percent
 from controller.campaigns.windows import WeeklyWindow, load_zone, parse_weekly
@@ -95,7 +95,7 @@ class AgentUpdateSpec:
 @dataclass(frozen=True)
 class VerifySpec:
     timeout: timedelta  # how long the agent retries its checks after patching
-    checks: tuple[VerifyCheck, ...]
+    checks: tuple[Check, ...]
 
 
 @dataclass(frozen=True)

@@ -5,11 +5,12 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from fleetpatch.checkspec import Check
 from fleetpatch.envelope import WORK_ORDER_TYPE, seal
 from fleetpatch.v1 import types_pb2
 
 from controller.api import convert
-from controller.campaigns import CampaignSpec, CheckKind, LivepatchPolicy, RebootPolicy, VerifyCheck
+from controller.campaigns import CampaignSpec, CheckKind, LivepatchPolicy, RebootPolicy
 from controller.model import AgentRelease
 
 # An order without a window (an emergency, or a campaign with no windows)
@@ -28,7 +29,7 @@ _LIVEPATCH = {
 }
 
 
-def check_to_pb(check: VerifyCheck) -> types_pb2.HealthCheckSpec:
+def check_to_pb(check: Check) -> types_pb2.HealthCheckSpec:
     spec = types_pb2.HealthCheckSpec(name=check.name)
     if check.kind is CheckKind.SYSTEMD:
         spec.systemd.unit = check.unit
