@@ -4,6 +4,7 @@
     ├── UsageError                  exit 2; bad input on the command line or in a file
     │   └── DataDirError            the data dir is missing, not initialised, or unreadable
     ├── ControllerUnavailable       exit 3; transient: the controller cannot be reached
+    │   └── Overloaded              the controller sheds load: retry after a delay
     ├── Refused                     exit 4; authentication or permission refused
     │   └── TokenRefused            an enrollment token that is unknown, expired, used up, revoked
     ├── NotFound                    exit 5; no such host, token, campaign
@@ -31,6 +32,15 @@ class DataDirError(UsageError):
 
 class ControllerUnavailable(FleetpatchError):
     exit_code = 3
+
+
+class Overloaded(ControllerUnavailable):
+    """Too much at once, from one peer or from all (gRPC RESOURCE_EXHAUSTED);
+    ``retry_after``: seconds the caller should wait before trying again."""
+
+    def __init__(self, message: str, retry_after: float) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
 
 
 class Refused(FleetpatchError):

@@ -4,13 +4,15 @@ INVALID_ARGUMENT in one log line, like any other bad input.
 The generated ``add_*Servicer_to_server`` functions decode requests with
 ``FromString``; garbage bytes then raise inside gRPC, which answers UNKNOWN
 and logs a traceback per call: an easy way for any peer to fill the logs.
-Here each method's request is decoded leniently: bytes that do not parse
-become a `Malformed` value, and the servicer's `rpc` wrapper refuses it.
-(Client-streaming methods keep strict decoding: one is admin-only.)
+Here each method's request arrives as `Undecoded` bytes; the servicer's
+`rpc` wrapper decodes it (`decoded`) after admitting the caller, and bytes
+that do not parse are a UsageError like any other. (Client-streaming
+methods keep strict decoding: the one there is is admin-only.)
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from typing import Any
 
@@ -19,22 +21,43 @@ from google.protobuf.descriptor import ServiceDescriptor
 from google.protobuf.message import DecodeError, Message
 from google.protobuf.message_factory import GetMessageClass
 
+from controller.errors import UsageError
 
-class Malformed:
-    """A request whose bytes did not parse; ``problem`` says why."""
-
-    def __init__(self, problem: str) -> None:
-        self.problem = problem
+# Requests larger than this are decoded on a worker thread, so a big
+# inventory does not hold up every other call on the event loop.
+DECODE_INLINE_BYTES = 64 * 1024
 
 
-def _lenient(message: type[Message]) -> Callable[[bytes], Message | Malformed]:
-    def decode(data: bytes) -> Message | Malformed:
+class Undecoded:
+    """A request's bytes, decoded only once its caller has been admitted:
+    a peer refused for sending too much at once costs no parsing."""
+
+    def __init__(self, data: bytes, message: type[Message]) -> None:
+        self.data = data
+        self.message = message
+
+    def decode(self) -> Message:
+        """The request; raises UsageError for bytes that do not parse."""
         try:
-            return message.FromString(data)
+            return self.message.FromString(self.data)
         except DecodeError as exc:
-            return Malformed(f"the request is not a valid {message.DESCRIPTOR.name}: {exc}")
+            raise UsageError(
+                f"the request is not a valid {self.message.DESCRIPTOR.name}: {exc}"
+            ) from None
 
-    return decode
+
+async def decoded(request: object) -> Any:
+    """``request`` decoded (off the event loop when large); other values,
+    such as a stream of requests, as they are."""
+    if not isinstance(request, Undecoded):
+        return request
+    if len(request.data) <= DECODE_INLINE_BYTES:
+        return request.decode()
+    return await asyncio.to_thread(request.decode)
+
+
+def _deferred(message: type[Message]) -> Callable[[bytes], Undecoded]:
+    return lambda data: Undecoded(data, message)
 
 
 def add_servicer(server: grpc.aio.Server, servicer: Any, service: ServiceDescriptor) -> None:
@@ -52,7 +75,7 @@ def add_servicer(server: grpc.aio.Server, servicer: Any, service: ServiceDescrip
         else:
             make = (grpc.unary_stream_rpc_method_handler if method.server_streaming
                     else grpc.unary_unary_rpc_method_handler)  # fmt: skip
-            decode = _lenient(request)
+            decode = _deferred(request)
         handlers[method.name] = make(
             behaviour, request_deserializer=decode, response_serializer=serialize
         )

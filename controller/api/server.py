@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import resource
 import signal
 import socket
 from collections.abc import Callable
@@ -21,7 +22,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from fleetpatch.v1 import admin_pb2, agent_pb2
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from controller.api import lenient
+from controller.api import lenient, limits
 from controller.api.servicers import AdminService, AgentService, Revocations
 from controller.datadir import DataDir, join_address, split_address
 from controller.errors import UsageError
@@ -37,12 +38,48 @@ log = logging.getLogger(__name__)
 
 SERVICES = ("fleetpatch.v1.AgentService", "fleetpatch.v1.AdminService")
 SHUTDOWN_GRACE_SECONDS = 10.0
-_OPTIONS = [
-    ("grpc.max_receive_message_length", 32 * 1024 * 1024),
+# Open files kept back from the connection cap for the database, logs,
+# artifacts and the files a release upload writes.
+RESERVED_FILES = 256
+_OPTIONS: list[tuple[str, int]] = [
+    ("grpc.max_receive_message_length", limits.MAX_MESSAGE_BYTES),
+    # A peer that connects and never completes TLS is dropped after 10 s;
+    # a connection with no call for 10 minutes is closed (agents reconnect
+    # when they next check in, at no cost worth keeping a file open for).
+    ("grpc.server_handshake_timeout_ms", 10_000),
+    ("grpc.max_connection_idle_ms", 10 * 60_000),
+    # Keepalive both ways: we ping quiet peers, and a peer that pings us
+    # more often than every 30 s without calls is cut off after 2 strikes.
     ("grpc.keepalive_time_ms", 60_000),
+    ("grpc.keepalive_timeout_ms", 20_000),
     ("grpc.http2.min_ping_interval_without_data_ms", 30_000),
+    ("grpc.http2.max_ping_strikes", 2),
+    # Calls one connection may have open at once: an agent needs two.
+    ("grpc.max_concurrent_streams", 32),
     ("grpc.so_reuseport", 0),
 ]
+
+
+def raise_file_limit() -> int:
+    """Raise this process's open-file limit to its hard limit (systemd gives
+    services 1,024 soft, which a few hundred idle connections exhaust);
+    returns the limit now in force."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY:
+        hard = max(soft, 1 << 20)
+    if soft < hard:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            soft = hard
+    return soft
+
+
+def server_options(files: int) -> list[tuple[str, int]]:
+    """The gRPC server's options when it may hold ``files`` files open: the
+    connection cap keeps RESERVED_FILES back, so a flood of connections is
+    refused at accept rather than starving the database of descriptors."""
+    cap = max(64, files - RESERVED_FILES)
+    return [*_OPTIONS, ("grpc.max_allowed_incoming_connections", cap)]
 
 
 def _check_bindable(host: str, port: int) -> None:
@@ -104,19 +141,10 @@ async def serve(
     engine = CampaignEngine(db, signing_key)
     await engine.start()
     releases = _releases(data_dir, db, release_key)
-    server = grpc.aio.server(options=_OPTIONS)
-    lenient.add_servicer(
-        server,
-        AgentService(db, batcher, ca, signing, settings, revoked, engine, releases, chain),
-        agent_pb2.DESCRIPTOR.services_by_name["AgentService"],
-    )
-    lenient.add_servicer(
-        server, AdminService(db, revoked, engine, releases),
-        admin_pb2.DESCRIPTOR.services_by_name["AdminService"],
-    )  # fmt: skip
-    # grpc-stubs predates the asyncio health servicer that grpcio-health-checking ships.
-    health_servicer = health.aio.HealthServicer()  # type: ignore[attr-defined]
-    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    files = raise_file_limit()
+    server = grpc.aio.server(options=server_options(files))
+    agents = AgentService(db, batcher, ca, signing, settings, revoked, engine, releases, chain)
+    health_servicer = _register(server, agents, AdminService(db, revoked, engine, releases))
 
     try:
         bound, enroll_bound = _listen(server, ca, (server_key, server_cert), listen, enroll_listen)
@@ -136,7 +164,10 @@ async def serve(
     data_dir.write_endpoints(
         _advertised(bound, settings.advertise), _advertised(enroll_bound, settings.advertise)
     )
-    log.info("controller serving on %s (enrollment on %s)", bound, enroll_bound)
+    log.info(
+        "controller serving on %s (enrollment on %s; %d open files allowed)",
+        bound, enroll_bound, files,
+    )  # fmt: skip
     try:
         await stop.wait()
     finally:
@@ -148,6 +179,18 @@ async def serve(
         db.close()
         _handle_signals(loop, None)
         log.info("controller stopped")
+
+
+def _register(
+    server: grpc.aio.Server, agents: AgentService, admin: AdminService
+) -> health.aio.HealthServicer:  # type: ignore[name-defined]
+    """Add the services to ``server``; the health servicer, to set later."""
+    lenient.add_servicer(server, agents, agent_pb2.DESCRIPTOR.services_by_name["AgentService"])
+    lenient.add_servicer(server, admin, admin_pb2.DESCRIPTOR.services_by_name["AdminService"])
+    # grpc-stubs predates the asyncio health servicer that grpcio-health-checking ships.
+    health_servicer = health.aio.HealthServicer()  # type: ignore[attr-defined]
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    return health_servicer
 
 
 def _handle_signals(loop: asyncio.AbstractEventLoop, handler: Callable[[], None] | None) -> None:

@@ -4,11 +4,13 @@ status codes here and nowhere else."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import dataclasses
 import logging
 import random
 from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import AbstractContextManager, nullcontext
 from datetime import UTC, datetime
 from functools import wraps
 from typing import Any, TypeVar
@@ -22,10 +24,10 @@ from fleetpatch.orderspec import REFUSED, UNREADABLE_ORDER
 from fleetpatch.v1 import admin_pb2, admin_pb2_grpc, agent_pb2, agent_pb2_grpc, types_pb2
 
 from controller import audit
-from controller.api import convert
+from controller.api import convert, limits
 from controller.api.auth import peer_identity
 from controller.api.checkin import next_checkin
-from controller.api.lenient import Malformed
+from controller.api.lenient import decoded
 from controller.audit import AuditEntry
 from controller.datadir import Settings
 from controller.errors import (
@@ -33,13 +35,14 @@ from controller.errors import (
     Conflict,
     FleetpatchError,
     NotFound,
+    Overloaded,
     Refused,
     TokenRefused,
     UsageError,
 )
 from controller.fleet import enrollment, tokens
 from controller.fleet.pki import CertificateAuthority
-from controller.model import CheckIn, ProgressReport
+from controller.model import CheckIn, Package, ProgressReport
 from controller.releases.publishing import Header, Releases
 from controller.rollout.engine import CampaignEngine
 from controller.rollout.tally import facts_of
@@ -59,6 +62,7 @@ _Resp = TypeVar("_Resp")
 
 _STATUS_OF: list[tuple[type[FleetpatchError], grpc.StatusCode]] = [
     (TokenRefused, grpc.StatusCode.UNAUTHENTICATED),
+    (Overloaded, grpc.StatusCode.RESOURCE_EXHAUSTED),
     (Refused, grpc.StatusCode.PERMISSION_DENIED),
     (NotFound, grpc.StatusCode.NOT_FOUND),
     (UsageError, grpc.StatusCode.INVALID_ARGUMENT),
@@ -74,25 +78,34 @@ def status_for(error: FleetpatchError) -> grpc.StatusCode:
     return grpc.StatusCode.INTERNAL
 
 
-def _well_formed(request: object) -> None:
-    """Raise UsageError for a request whose bytes did not parse (lenient)."""
-    if isinstance(request, Malformed):
-        raise UsageError(request.problem)
+def _admission(servicer: object, method: str, context: Context) -> AbstractContextManager[None]:
+    """What the servicer admits this call under (`AgentService.admit`); none
+    for servicers that do not limit their callers."""
+    admit = getattr(servicer, "admit", None)
+    return nullcontext() if admit is None else admit(method, context)
+
+
+async def _refuse(method: str, context: Context, exc: FleetpatchError) -> None:
+    log.info("%s refused for %s: %s", method, context.peer(), exc)
+    if isinstance(exc, Overloaded):
+        delay_ms = str(max(1, round(exc.retry_after * 1000)))
+        context.set_trailing_metadata(((limits.RETRY_AFTER_KEY, delay_ms),))
+    await context.abort(status_for(exc), str(exc))
 
 
 def rpc(
     method: Callable[[Any, _Req, Context], Awaitable[_Resp]],
 ) -> Callable[[Any, _Req, Context], Awaitable[_Resp]]:
-    """Translate domain errors raised by a servicer method to gRPC status."""
+    """Admit the caller, decode its request, call the method; domain errors
+    become gRPC status (Overloaded with a retry delay in the trailers)."""
 
     @wraps(method)
     async def wrapper(self: Any, request: _Req, context: Context) -> _Resp:
         try:
-            _well_formed(request)
-            return await method(self, request, context)
+            with _admission(self, method.__name__, context):
+                return await method(self, await decoded(request), context)
         except FleetpatchError as exc:
-            log.info("%s refused for %s: %s", method.__name__, context.peer(), exc)
-            await context.abort(status_for(exc), str(exc))
+            await _refuse(method.__name__, context, exc)
             raise  # unreachable: abort raises
 
     return wrapper
@@ -106,12 +119,11 @@ def rpc_stream(
     @wraps(method)
     async def wrapper(self: Any, request: _Req, context: Context) -> AsyncIterator[_Resp]:
         try:
-            _well_formed(request)
-            async for item in method(self, request, context):
-                yield item
+            with _admission(self, method.__name__, context):
+                async for item in method(self, await decoded(request), context):
+                    yield item
         except FleetpatchError as exc:
-            log.info("%s refused for %s: %s", method.__name__, context.peer(), exc)
-            await context.abort(status_for(exc), str(exc))
+            await _refuse(method.__name__, context, exc)
 
     return wrapper
 
@@ -131,6 +143,28 @@ def _readable(report: ProgressReport) -> ProgressReport:
         cut = report.detail[:MAX_REPORT_DETAIL]
         report = dataclasses.replace(report, detail=f"{cut}... (cut at {MAX_REPORT_DETAIL})")
     return report
+
+
+async def _inventory(request: agent_pb2.CheckInRequest) -> list[Package]:
+    """The check-in's inventory, bounded and checked against its hash;
+    converted and hashed off the event loop when it is large."""
+    entries = len(request.inventory.packages)
+    if entries > limits.MAX_INVENTORY_ENTRIES:
+        raise UsageError(
+            f"the inventory lists {entries} packages; at most "
+            f"{limits.MAX_INVENTORY_ENTRIES} are taken"
+        )
+
+    def convert_and_check() -> list[Package]:
+        limits.check_strings(request.inventory, "inventory", limits.MAX_PACKAGE_FIELD)
+        packages = convert.packages_from_pb(request.inventory)
+        if inventory_hash(packages) != request.inventory_hash:
+            raise UsageError("the inventory does not match its hash")
+        return packages
+
+    if entries <= 1000:
+        return convert_and_check()
+    return await asyncio.to_thread(convert_and_check)
 
 
 def audited(action: Callable[[Store], _Resp], entry: AuditEntry) -> Callable[[Store], _Resp]:
@@ -181,6 +215,7 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
         releases: Releases,
         rotations: list[types_pb2.SigningKey] | None = None,
         rng: random.Random | None = None,
+        admission: limits.Admission | None = None,
     ) -> None:
         self._db = db
         self._releases = releases
@@ -192,6 +227,15 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
         self._engine = engine
         self._rotations = rotations or []
         self._rng = rng or random.Random()
+        self.admission = admission or limits.Admission()
+
+    def admit(self, method: str, context: Context) -> AbstractContextManager[None]:
+        """Calls are admitted per host (one of each kind at a time) and
+        within the controller's overall bound; enrollments by the latter
+        only, since they come before there is a host."""
+        if method == "Enroll":
+            return self.admission.admit(None, method)
+        return self.admission.admit(require(context, Role.HOST, self._revoked).name, method)
 
     @rpc
     async def Enroll(
@@ -222,11 +266,11 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
         self, request: agent_pb2.CheckInRequest, context: Context
     ) -> agent_pb2.CheckInResponse:
         host_id = require(context, Role.HOST, self._revoked).name
+        limits.check_strings(request.facts, "facts")
+        limits.check_strings(request.health, "health")
         packages = None
         if request.HasField("inventory"):
-            packages = convert.packages_from_pb(request.inventory)
-            if inventory_hash(packages) != request.inventory_hash:
-                raise UsageError("the inventory does not match its hash")
+            packages = await _inventory(request)
         reported = convert.to_json(request.facts)
         at = datetime.now(UTC)
         outcome = await self._batcher.submit(

@@ -27,6 +27,7 @@ PUBLISH_TIMEOUT_SECONDS = 900.0  # up to 256 MiB over a slow link
 _ERROR_OF: dict[grpc.StatusCode, type[FleetpatchError]] = {
     grpc.StatusCode.UNAVAILABLE: ControllerUnavailable,
     grpc.StatusCode.DEADLINE_EXCEEDED: ControllerUnavailable,
+    grpc.StatusCode.RESOURCE_EXHAUSTED: ControllerUnavailable,  # busy: worth retrying
     grpc.StatusCode.UNAUTHENTICATED: Refused,
     grpc.StatusCode.PERMISSION_DENIED: Refused,
     grpc.StatusCode.NOT_FOUND: NotFound,

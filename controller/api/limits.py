@@ -1,0 +1,114 @@
+"""What one peer, and all peers together, may ask of the controller.
+
+Every bound here is documented in README.md ("Limits"): a host that sends
+more gets a clear refusal, and no host can take the controller from the
+others.
+
+- Sizes: a request is at most MAX_MESSAGE_BYTES on the wire (gRPC refuses
+  larger ones before reading them), an inventory at most
+  MAX_INVENTORY_ENTRIES packages, and every string a host sends is bounded
+  (`check_strings`).
+- One call of each kind per host at a time (`Admission`): a second,
+  parallel one is answered RESOURCE_EXHAUSTED before its body is even
+  decoded, so six parallel 30 MB check-ins cost what one does.
+- All hosts together: at most `max_in_flight` heavy calls at once; beyond
+  it the controller sheds load (RESOURCE_EXHAUSTED with a retry delay in the
+  `fleetpatch-retry-after-ms` trailer) rather than queueing without end.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import random
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+from google.protobuf.descriptor import FieldDescriptor
+from google.protobuf.message import Message
+
+from controller.errors import Overloaded, UsageError
+
+MAX_MESSAGE_BYTES = 16 * 1024 * 1024
+# A large Debian or RHEL host has 3,000-6,000 packages; ten times the
+# largest we have seen still fits comfortably under MAX_MESSAGE_BYTES.
+MAX_INVENTORY_ENTRIES = 50_000
+MAX_PACKAGE_FIELD = 200  # a package name, version or architecture
+MAX_TEXT = 1024  # any other string a host reports (hostname, kernel, check names)
+MAX_DETAIL = 4096  # the free text of a health check result
+# Heavy calls (check-ins, reports, enrollments) being served at once, over
+# all hosts; a full fleet's check-ins are spread over the interval, so this
+# is only reached by a herd (a controller that comes back after an outage).
+DEFAULT_MAX_IN_FLIGHT = 256
+RETRY_AFTER_SECONDS = 5.0
+RETRY_AFTER_KEY = "fleetpatch-retry-after-ms"
+
+
+def check_strings(message: Message, what: str, limit: int = MAX_TEXT) -> None:
+    """Raise UsageError naming the first string field of ``message`` (and of
+    the messages in it) longer than ``limit``; fields named ``detail`` may
+    hold MAX_DETAIL."""
+    for fd, value in message.ListFields():
+        path = f"{what}.{fd.name}"
+        if fd.type == FieldDescriptor.TYPE_MESSAGE:
+            if fd.message_type is not None and fd.message_type.GetOptions().map_entry:
+                for key, item in value.items():
+                    _check_text(f"{path} key", key, limit)
+                    if isinstance(item, str):
+                        _check_text(f"{path}[{key[:40]}]", item, limit)
+            elif fd.is_repeated:
+                for item in value:
+                    check_strings(item, path, limit)
+            else:
+                check_strings(value, path, limit)
+        elif fd.type == FieldDescriptor.TYPE_STRING:
+            bound = MAX_DETAIL if fd.name == "detail" else limit
+            items = value if fd.is_repeated else (value,)
+            for item in items:
+                _check_text(path, item, bound)
+
+
+def _check_text(path: str, value: str, limit: int) -> None:
+    if len(value) > limit:
+        raise UsageError(f"{path} is {len(value)} characters long; at most {limit} are taken")
+
+
+@dataclass
+class Admission:
+    """Who may be served now: one call per (host, kind) at a time, and at
+    most ``max_in_flight`` heavy calls over all hosts."""
+
+    max_in_flight: int = DEFAULT_MAX_IN_FLIGHT
+    retry_after: float = RETRY_AFTER_SECONDS
+    rng: random.Random = field(default_factory=random.Random)
+
+    def __post_init__(self) -> None:
+        self._busy: set[tuple[str, str]] = set()
+        self.in_flight = 0
+        self.shed = 0  # calls refused for overall load, for metrics and tests
+
+    @contextlib.contextmanager
+    def admit(self, peer: str | None, kind: str) -> Iterator[None]:
+        """Serve one ``kind`` call of ``peer`` in the block; raises
+        Overloaded when that peer already has one in flight or the
+        controller is full. ``peer`` None: only the overall bound applies
+        (enrollments: many hosts may share an address behind NAT)."""
+        key = (peer or "", kind)
+        if peer is not None and key in self._busy:
+            raise Overloaded(
+                f"{peer} already has a {kind} call in flight; one at a time",
+                self.retry_after,
+            )
+        if self.in_flight >= self.max_in_flight:
+            self.shed += 1
+            # Spread the herd: a fixed delay would bring it back at once.
+            delay = self.retry_after * self.rng.uniform(1.0, 3.0)
+            raise Overloaded("the controller is busy; retry later", delay)
+        if peer is not None:
+            self._busy.add(key)
+        self.in_flight += 1
+        try:
+            yield
+        finally:
+            if peer is not None:
+                self._busy.discard(key)
+            self.in_flight -= 1

@@ -1,0 +1,79 @@
+"""The controller's admission bounds and string caps, without a network."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+from fleetpatch.v1 import agent_pb2, types_pb2
+
+from controller.api import limits
+from controller.errors import Overloaded, UsageError
+
+
+def test_one_call_of_each_kind_per_host_at_a_time():
+    admission = limits.Admission(rng=random.Random(1))
+    with admission.admit("h-1", "CheckIn"):
+        with (
+            pytest.raises(Overloaded, match="already has a CheckIn call") as caught,
+            admission.admit("h-1", "CheckIn"),
+        ):
+            pass
+        assert caught.value.retry_after == limits.RETRY_AFTER_SECONDS
+        with admission.admit("h-1", "ReportProgress"), admission.admit("h-2", "CheckIn"):
+            assert admission.in_flight == 3
+    with admission.admit("h-1", "CheckIn"):  # free again once the first ended
+        pass
+    assert admission.in_flight == 0
+
+
+def test_a_call_that_fails_gives_its_place_back():
+    admission = limits.Admission()
+    with pytest.raises(RuntimeError), admission.admit("h-1", "CheckIn"):
+        raise RuntimeError
+    with admission.admit("h-1", "CheckIn"):
+        assert admission.in_flight == 1
+
+
+def test_over_the_overall_bound_calls_are_shed_with_spread_retry_delays():
+    admission = limits.Admission(max_in_flight=2, rng=random.Random(7))
+    delays = []
+    with admission.admit("h-1", "CheckIn"), admission.admit(None, "Enroll"):
+        for i in range(50):
+            with (
+                pytest.raises(Overloaded, match="busy") as caught,
+                admission.admit(f"h-{i + 2}", "CheckIn"),
+            ):
+                pass
+            delays.append(caught.value.retry_after)
+    assert admission.shed == 50
+    assert min(delays) >= limits.RETRY_AFTER_SECONDS
+    assert max(delays) <= 3 * limits.RETRY_AFTER_SECONDS
+    assert len({round(d, 3) for d in delays}) > 40  # spread, not one instant
+
+
+def test_enrollments_are_not_limited_per_address():
+    admission = limits.Admission()
+    with admission.admit(None, "Enroll"), admission.admit(None, "Enroll"):
+        assert admission.in_flight == 2
+
+
+def test_strings_are_bounded_in_nested_repeated_and_map_fields():
+    ok = agent_pb2.CheckInRequest(
+        facts=types_pb2.HostFacts(hostname="h" * limits.MAX_TEXT),
+        health=types_pb2.HealthSummary(
+            checks=[types_pb2.CheckResult(name="disk", detail="d" * limits.MAX_DETAIL)]
+        ),
+    )
+    limits.check_strings(ok, "request")
+    long_name = agent_pb2.CheckInRequest()
+    long_name.CopyFrom(ok)
+    long_name.health.checks[0].name = "n" * (limits.MAX_TEXT + 1)
+    with pytest.raises(UsageError, match=r"request\.health\.checks\.name is 1025 characters"):
+        limits.check_strings(long_name, "request")
+    labels = agent_pb2.EnrollRequest(labels={"k" * 2000: "v"})
+    with pytest.raises(UsageError, match=r"request\.labels key is 2000"):
+        limits.check_strings(labels, "request")
+    values = agent_pb2.EnrollRequest(labels={"k": "v" * 2000})
+    with pytest.raises(UsageError, match=r"request\.labels\[k\] is 2000"):
+        limits.check_strings(values, "request")
