@@ -44,6 +44,10 @@ class Settings:
     # [releases] public_key: agent packages must be signed with this release
     # key to be published; None: any signed release is taken as it is.
     release_public_key: Path | None = None
+    # [enrollment] pending_timeout: how long a newly enrolled host may take
+    # to make its first mutual-TLS call before it is forgotten and its
+    # token use given back.
+    pending_timeout: timedelta = timedelta(hours=1)
 
 
 def default_enroll_address(address: str) -> str:
@@ -163,7 +167,7 @@ class DataDir:
             doc = tomllib.loads(self.read(self.config).decode())
         except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
             raise UsageError(f"{self.config}: {exc}") from None
-        unknown = set(doc) - {"server", "checkin", "campaigns", "releases"}
+        unknown = set(doc) - {"server", "checkin", "campaigns", "releases", "enrollment"}
         if unknown:
             raise UsageError(f"{self.config}: unknown table [{sorted(unknown)[0]}]")
         server = _table(doc, "server", {"listen", "enroll_listen", "advertise"}, self.config)
@@ -198,9 +202,16 @@ class DataDir:
         public_key = releases.get("public_key", "")
         if not isinstance(public_key, str):
             raise UsageError(f"{self.config}: releases.public_key must be a path (a string)")
+        enrollment = _table(doc, "enrollment", {"pending_timeout"}, self.config)
+        try:
+            pending = parse_duration(str(enrollment.get("pending_timeout", "1h")))
+        except ValueError as exc:
+            raise UsageError(f"{self.config}: enrollment.pending_timeout: {exc}") from None
+        if pending < timedelta(seconds=10):
+            raise UsageError(f"{self.config}: enrollment.pending_timeout must be at least 10s")
         return Settings(
             listen, enroll, advertise, interval, float(jitter), tick, max_batch,
-            self.path / public_key if public_key else None,
+            self.path / public_key if public_key else None, pending,
         )  # fmt: skip
 
     def write_endpoints(self, address: str, enroll_address: str) -> None:

@@ -19,6 +19,7 @@ JSON = Mapping[str, Any]
 class HostStatus(StrEnum):
     """Stored in hosts.status; values never change once released."""
 
+    PENDING = "pending"  # enrolled, not yet seen over mutual TLS
     ACTIVE = "active"
     REVOKED = "revoked"
 
@@ -81,6 +82,7 @@ class CheckInOutcome:
     region: str = ""
     ring: int = 0
     labels: Mapping[str, str] = field(default_factory=dict)
+    activated: bool = False  # this was the host's first check-in: it is active now
 
 
 class AssignmentStatus(StrEnum):

@@ -31,6 +31,7 @@ from controller.model import (
 _STATUS = {
     HostStatus.ACTIVE: admin_pb2.HOST_STATUS_ACTIVE,
     HostStatus.REVOKED: admin_pb2.HOST_STATUS_REVOKED,
+    HostStatus.PENDING: admin_pb2.HOST_STATUS_PENDING,
 }
 
 

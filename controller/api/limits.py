@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import random
+from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
@@ -112,3 +113,63 @@ class Admission:
             if peer is not None:
                 self._busy.discard(key)
             self.in_flight -= 1
+
+
+@dataclass
+class RefusalLimit:
+    """Refused attempts (enrollments with a bad token, say) per peer
+    address: at most ``limit`` in ``window`` seconds are answered and
+    audited; past that the peer is turned away unheard (RESOURCE_EXHAUSTED)
+    until the window has room, and the turned-away attempts are counted
+    into the next audited refusal. Memory is bounded by ``max_peers``."""
+
+    limit: int = 10
+    window: float = 60.0
+    max_peers: int = 10_000
+
+    def __post_init__(self) -> None:
+        self._refused: dict[str, deque[float]] = {}
+        self._turned_away: dict[str, int] = {}
+
+    def check(self, peer: str, now: float) -> None:
+        """Raise Overloaded when ``peer`` has used up its refusals."""
+        recent = self._recent(peer, now)
+        if recent is not None and len(recent) >= self.limit:
+            self._turned_away[peer] = self._turned_away.get(peer, 0) + 1
+            raise Overloaded(
+                f"too many refused attempts from {peer}; try again later",
+                recent[0] + self.window - now,
+            )
+
+    def refused(self, peer: str, now: float) -> int:
+        """Count a refusal of ``peer``; how many of its attempts were turned
+        away unheard since the last one counted."""
+        recent = self._recent(peer, now)
+        if recent is None:
+            if len(self._refused) >= self.max_peers:
+                self._forget(now)
+            recent = self._refused[peer] = deque()
+        recent.append(now)
+        return self._turned_away.pop(peer, 0)
+
+    def _recent(self, peer: str, now: float) -> deque[float] | None:
+        recent = self._refused.get(peer)
+        while recent and recent[0] <= now - self.window:
+            recent.popleft()
+        return recent
+
+    def _forget(self, now: float) -> None:
+        """Drop peers with nothing in the window; then the oldest ones."""
+        for peer in [p for p, r in self._refused.items() if not r or r[-1] <= now - self.window]:
+            del self._refused[peer]
+        while len(self._refused) >= self.max_peers:
+            del self._refused[next(iter(self._refused))]
+
+
+def peer_address(peer: str) -> str:
+    """The address part of a gRPC peer ("ipv4:10.0.0.5:51234" -> "10.0.0.5")."""
+    kind, _, rest = peer.partition(":")
+    if kind not in ("ipv4", "ipv6"):
+        return peer
+    address = rest.rsplit(":", 1)[0]
+    return address.removeprefix("[").removesuffix("]")

@@ -16,6 +16,8 @@ import resource
 import signal
 import socket
 from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from functools import partial
 
 import grpc
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
@@ -28,6 +30,7 @@ from controller.datadir import DataDir, join_address, split_address
 from controller.errors import UsageError
 from controller.fleet.pki import CertificateAuthority
 from controller.fleet.signing import load_signing_key, published_keys, rotation_chain
+from controller.model import Host
 from controller.releases.artifacts import ArtifactStore
 from controller.releases.publishing import Releases, load_release_key
 from controller.rollout.engine import CampaignEngine
@@ -128,8 +131,7 @@ async def serve(
         enroll_listen = _next_port(listen) if listen else settings.enroll_listen
     listen = listen or settings.listen
     ca = CertificateAuthority.load(data_dir.read(data_dir.ca_key), data_dir.read(data_dir.ca_cert))
-    server_key = data_dir.read(data_dir.server_key)
-    server_cert = data_dir.read(data_dir.server_cert)
+    pair = (data_dir.read(data_dir.server_key), data_dir.read(data_dir.server_cert))
     signing_key = load_signing_key(data_dir.read(data_dir.signing_key))
     signing, chain = published_keys(signing_key), rotation_chain(data_dir)
     release_key = load_release_key(data_dir, settings.release_public_key)
@@ -143,11 +145,14 @@ async def serve(
     releases = _releases(data_dir, db, release_key)
     files = raise_file_limit()
     server = grpc.aio.server(options=server_options(files))
-    agents = AgentService(db, batcher, ca, signing, settings, revoked, engine, releases, chain)
+    pending = await db.call(lambda s: s.pending_host_ids())
+    agents = AgentService(
+        db, batcher, ca, signing, settings, revoked, engine, releases, chain, pending=pending
+    )
     health_servicer = _register(server, agents, AdminService(db, revoked, engine, releases))
 
     try:
-        bound, enroll_bound = _listen(server, ca, (server_key, server_cert), listen, enroll_listen)
+        bound, enroll_bound = _listen(server, ca, pair, listen, enroll_listen)
     except BaseException:
         db.close()
         raise
@@ -158,7 +163,10 @@ async def serve(
 
     await server.start()
     batcher.start()
-    ticks = asyncio.create_task(engine.run_ticks(settings.campaign_tick.total_seconds(), stop))
+    background = asyncio.gather(
+        engine.run_ticks(settings.campaign_tick.total_seconds(), stop),
+        expire_pending(db, settings.pending_timeout, pending, stop),
+    )
     for name in ("", *SERVICES):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     data_dir.write_endpoints(
@@ -174,11 +182,37 @@ async def serve(
         log.info("shutting down: finishing in-flight calls (up to %.0fs)", SHUTDOWN_GRACE_SECONDS)
         await health_servicer.enter_graceful_shutdown()
         await server.stop(SHUTDOWN_GRACE_SECONDS)
-        await ticks
+        await background
         await batcher.close()
         db.close()
         _handle_signals(loop, None)
         log.info("controller stopped")
+
+
+async def expire_pending(
+    db: StoreThread, timeout: timedelta, pending: set[str], stop: asyncio.Event
+) -> None:
+    """Forget, now and then, hosts that enrolled but never made their first
+    mutual-TLS call within ``timeout``, giving their token uses back."""
+    every = min(60.0, timeout.total_seconds() / 4)  # at most a quarter late
+    while not stop.is_set():
+        try:
+            expired = await db.call(partial(_expire, timeout=timeout, now=datetime.now(UTC)))
+        except Exception:
+            log.exception("expiring pending hosts failed; trying again later")
+            expired = []
+        for host in expired:
+            pending.discard(host.host_id)
+            log.warning(
+                "host %s never checked in within %s of enrolling; forgotten, token use given back",
+                host.host_id, timeout,
+            )  # fmt: skip
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), every)
+
+
+def _expire(store: Store, timeout: timedelta, now: datetime) -> list[Host]:
+    return store.expire_pending_hosts(now - timeout, now)
 
 
 def _register(

@@ -9,6 +9,7 @@ import contextlib
 import dataclasses
 import logging
 import random
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractContextManager, nullcontext
 from datetime import UTC, datetime
@@ -216,6 +217,7 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
         rotations: list[types_pb2.SigningKey] | None = None,
         rng: random.Random | None = None,
         admission: limits.Admission | None = None,
+        pending: set[str] | None = None,
     ) -> None:
         self._db = db
         self._releases = releases
@@ -228,6 +230,9 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
         self._rotations = rotations or []
         self._rng = rng or random.Random()
         self.admission = admission or limits.Admission()
+        self.enroll_refusals = limits.RefusalLimit()
+        # Hosts enrolled that have not made a mutual-TLS call yet.
+        self._pending = pending if pending is not None else set()
 
     def admit(self, method: str, context: Context) -> AbstractContextManager[None]:
         """Calls are admitted per host (one of each kind at a time) and
@@ -241,12 +246,19 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
     async def Enroll(
         self, request: agent_pb2.EnrollRequest, context: Context
     ) -> agent_pb2.EnrollResponse:
-        enrolled = await enrollment.enroll(
-            self._db, self._ca, request.token, request.csr_pem, dict(request.labels),
-            convert.to_json(request.facts), datetime.now(UTC),
-        )  # fmt: skip
+        peer = limits.peer_address(context.peer())
+        self.enroll_refusals.check(peer, time.monotonic())
+        try:
+            limits.check_strings(request, "the enrollment request")
+            enrolled = await enrollment.enroll(
+                self._db, self._ca, request.token, request.csr_pem, dict(request.labels),
+                convert.to_json(request.facts), datetime.now(UTC),
+            )  # fmt: skip
+        except (TokenRefused, UsageError) as exc:
+            await self._refused_enrollment(peer, request.token, exc)
+            raise
         host, cert = enrolled.host, enrolled.certificate
-        self._engine.joined(host)
+        self._pending.add(host.host_id)
         log.info(
             "enrolled host %s (%s) in %s ring %d with token %s",
             host.host_id, request.facts.hostname or "?", host.region, host.ring,
@@ -260,6 +272,28 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
             region=host.region,
             ring=host.ring,
         )
+
+    async def _refused_enrollment(self, peer: str, token: str, error: FleetpatchError) -> None:
+        """Audit a refused enrollment: who tried, with which token, and why
+        (with the attempts turned away unheard since the last one)."""
+        turned_away = self.enroll_refusals.refused(peer, time.monotonic())
+        detail = str(error)[:MAX_REPORT_DETAIL]
+        if turned_away:
+            detail += f" ({turned_away} more attempt(s) turned away while refused too often)"
+        entry = AuditEntry(
+            datetime.now(UTC), f"peer:{peer}", "host.enroll", tokens.id_of(token), "refused",
+            detail,
+        )  # fmt: skip
+        await self._db.call(lambda s: s.append_audit(entry))
+
+    async def _activate(self, host_id: str) -> None:
+        """The first mutual-TLS call of a pending host: it proved that its
+        agent kept what enrollment gave it, and it counts from now on."""
+        host = await self._db.call(lambda s: s.activate_host(host_id))
+        self._pending.discard(host_id)
+        if host is not None:
+            self._engine.joined(host)
+            log.info("host %s is active (first mutual-TLS call)", host_id)
 
     @rpc
     async def CheckIn(
@@ -288,6 +322,10 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
             raise Refused(f"host {host_id} has been revoked")
         if not outcome.known:
             raise Refused(f"host {host_id} is not enrolled with this controller")
+        if outcome.activated:
+            self._pending.discard(host_id)
+            self._engine.joined(await self._db.call(lambda s: s.get_host(host_id)))
+            log.info("host %s is active (first check-in)", host_id)
         order = None
         if self._engine.busy:
             facts = facts_of(host_id, outcome.region, outcome.ring, outcome.labels, reported, at)
@@ -309,6 +347,8 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
         self, request: agent_pb2.ReportProgressRequest, context: Context
     ) -> agent_pb2.ReportProgressResponse:
         host_id = require(context, Role.HOST, self._revoked).name
+        if host_id in self._pending:
+            await self._activate(host_id)
         if len(request.reports) > MAX_REPORTS_PER_CALL:
             raise UsageError(f"at most {MAX_REPORTS_PER_CALL} reports per call")
         reports = [_readable(convert.report_from_pb(host_id, r)) for r in request.reports]

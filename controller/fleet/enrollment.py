@@ -61,7 +61,9 @@ async def enroll(
         host_id=host_id,
         region=token.region,
         ring=token.ring,
-        status=HostStatus.ACTIVE,
+        # Active at its first mutual-TLS call, which proves the agent kept
+        # its key and certificate; a host that never makes one expires.
+        status=HostStatus.PENDING,
         enrolled_at=now,
         labels=host_labels,
         facts=facts,

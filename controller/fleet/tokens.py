@@ -65,6 +65,13 @@ def parse(text: str) -> tuple[str, str]:
     return match.group(1), match.group(2)
 
 
+def id_of(text: str) -> str:
+    """The id of a token string, for the record (never the secret); "-" for
+    text that is not a token."""
+    match = _TOKEN.fullmatch(text.strip()[:200])
+    return match.group(1) if match else "-"
+
+
 def check(token: Token | None, secret: str, now: datetime) -> Token:
     """Return the token when it may enroll one more host now.
 

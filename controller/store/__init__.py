@@ -23,6 +23,7 @@ from typing import Any
 
 from sqlite_utils import Database
 
+from controller.audit import AuditEntry
 from controller.errors import NotFound, TokenRefused
 from controller.fleet.tokens import Token
 from controller.model import (
@@ -33,6 +34,7 @@ from controller.model import (
     Package,
     ProgressReport,
 )
+from controller.store import audit
 from controller.store.campaigns import CampaignStore
 from controller.store.migrations import migrations
 from controller.store.releases import ReleaseStore
@@ -210,6 +212,56 @@ class Store(CampaignStore, ReleaseStore):
                 raise NotFound(f"no host {host_id!r}")
         return self.get_host(host_id)
 
+    @staticmethod
+    def _activate(conn: sqlite3.Connection, host_id: str) -> bool:
+        return (
+            conn.execute(
+                "UPDATE hosts SET status = ? WHERE host_id = ? AND status = ?",
+                (HostStatus.ACTIVE.value, host_id, HostStatus.PENDING.value),
+            ).rowcount
+            == 1
+        )
+
+    def activate_host(self, host_id: str) -> Host | None:
+        """A pending host made its first mutual-TLS call: it is active now.
+        The host, when this call activated it; None when it was not pending."""
+        with self._transaction() as conn:
+            if not self._activate(conn, host_id):
+                return None
+        return self.get_host(host_id)
+
+    def pending_host_ids(self) -> set[str]:
+        cur = self._conn.execute(
+            "SELECT host_id FROM hosts WHERE status = ?", (HostStatus.PENDING.value,)
+        )
+        return {row[0] for row in cur}
+
+    def expire_pending_hosts(self, enrolled_before: datetime, now: datetime) -> list[Host]:
+        """Forget hosts enrolled before ``enrolled_before`` that never made a
+        mutual-TLS call (their agent failed to keep what it was given), each
+        giving its use of the token back, with an audit record; the hosts."""
+        with self._transaction() as conn:
+            rows = _rows(
+                conn.execute(
+                    "SELECT * FROM hosts WHERE status = ? AND enrolled_at < ?",
+                    (HostStatus.PENDING.value, _ts(enrolled_before)),
+                )
+            )
+            expired = [_host(r) for r in rows]
+            for row, host in zip(rows, expired, strict=True):
+                conn.execute("DELETE FROM hosts WHERE host_id = ? AND status = ?",
+                             (host.host_id, HostStatus.PENDING.value))  # fmt: skip
+                conn.execute(
+                    "UPDATE tokens SET uses = uses - 1 WHERE token_id = ? AND uses > 0",
+                    (row["token_id"],),
+                )
+                audit.append(conn, AuditEntry(
+                    now, "controller", "host.expire", host.host_id, "expired",
+                    f"enrolled {host.enrolled_at:%Y-%m-%d %H:%M:%SZ} with token "
+                    f"{row['token_id']} and never checked in; the token use is given back",
+                ))  # fmt: skip
+        return expired
+
     def revoked_host_ids(self) -> set[str]:
         cur = self._conn.execute(
             "SELECT host_id FROM hosts WHERE status = ?", (HostStatus.REVOKED.value,)
@@ -306,6 +358,10 @@ class Store(CampaignStore, ReleaseStore):
                         (checkin.host_id,),
                     ).fetchone()
                 )
+                activated = row is not None and row[0] == HostStatus.PENDING.value
+                if activated:
+                    self._activate(conn, checkin.host_id)
+                    row = (HostStatus.ACTIVE.value, *row[1:])
                 if row is None or row[0] != HostStatus.ACTIVE.value:
                     outcomes.append(CheckInOutcome(row is not None, row is not None, ""))
                     continue
@@ -337,7 +393,9 @@ class Store(CampaignStore, ReleaseStore):
                 )
                 seen[checkin.host_id] = (row[0], known_hash, row[2], row[3], row[4])
                 outcomes.append(
-                    CheckInOutcome(True, False, known_hash, row[2], row[3], json.loads(row[4]))
+                    CheckInOutcome(
+                        True, False, known_hash, row[2], row[3], json.loads(row[4]), activated
+                    )
                 )
             conn.executemany(
                 "UPDATE hosts SET last_seen = ?, facts = ?, health = ?, inventory_hash = ?,"

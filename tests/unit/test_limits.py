@@ -77,3 +77,36 @@ def test_strings_are_bounded_in_nested_repeated_and_map_fields():
     values = agent_pb2.EnrollRequest(labels={"k": "v" * 2000})
     with pytest.raises(UsageError, match=r"request\.labels\[k\] is 2000"):
         limits.check_strings(values, "request")
+
+
+def test_refusals_past_the_limit_turn_a_peer_away_until_the_window_has_room():
+    limit = limits.RefusalLimit(limit=3, window=60)
+    for t in (0, 1, 2):
+        limit.check("10.0.0.5", t)
+        assert limit.refused("10.0.0.5", t) == 0
+    for t in (3, 4):
+        with pytest.raises(Overloaded, match=r"too many refused attempts from 10\.0\.0\.5") as c:
+            limit.check("10.0.0.5", t)
+    assert c.value.retry_after == pytest.approx(56)  # the first refusal leaves the window at 60
+    limit.check("10.0.0.6", 4)  # another peer is unaffected
+    limit.check("10.0.0.5", 60.5)
+    assert limit.refused("10.0.0.5", 60.5) == 2  # the two turned away, counted once
+
+
+def test_the_refusal_limit_remembers_a_bounded_number_of_peers():
+    limit = limits.RefusalLimit(limit=1, window=60, max_peers=100)
+    for i in range(1000):
+        limit.refused(f"10.0.{i // 256}.{i % 256}", i / 1000)
+    assert len(limit._refused) <= 100
+
+
+@pytest.mark.parametrize(
+    ("peer", "address"),
+    [
+        ("ipv4:10.0.0.5:51234", "10.0.0.5"),
+        ("ipv6:[::1]:443", "::1"),
+        ("unix:/run/x", "unix:/run/x"),
+    ],
+)
+def test_peer_address(peer, address):
+    assert limits.peer_address(peer) == address

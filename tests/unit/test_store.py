@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import sqlite3
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -433,3 +434,48 @@ def test_reopening_a_file_keeps_everything(tmp_path: Path):
         assert reopened.get_inventory(host.host_id) == PACKAGES
     finally:
         reopened.close()
+
+
+def _pending(n: int, enrolled_at: datetime = NOW) -> Host:
+    return dataclasses.replace(_host(n), status=HostStatus.PENDING, enrolled_at=enrolled_at)
+
+
+def test_a_pending_host_is_active_from_its_first_check_in(store):
+    host = _pending(1)
+    _enrolled(store, host)
+    assert store.pending_host_ids() == {host.host_id}
+    [outcome] = store.record_checkins([_checkin(host.host_id, None)])
+    assert (outcome.known, outcome.revoked, outcome.activated) == (True, False, True)
+    [again] = store.record_checkins([_checkin(host.host_id, None)])
+    assert again.activated is False
+    assert store.get_host(host.host_id).status is HostStatus.ACTIVE
+    assert store.pending_host_ids() == set()
+
+
+def test_activate_host_happens_once(store):
+    host = _pending(1)
+    _enrolled(store, host)
+    activated = store.activate_host(host.host_id)
+    assert activated is not None
+    assert activated.status is HostStatus.ACTIVE
+    assert store.activate_host(host.host_id) is None
+
+
+def test_a_pending_host_that_never_arrives_expires_and_gives_its_token_use_back(store):
+    stale, fresh, active = _pending(1, NOW - timedelta(hours=2)), _pending(2), _host(3)
+    token = _token(uses=3)
+    store.create_token(token)
+    for host in (stale, fresh, active):
+        store.enroll_host(host, token.token_id, NOW)
+    expired = store.expire_pending_hosts(NOW - timedelta(hours=1), NOW)
+    assert [h.host_id for h in expired] == [stale.host_id]
+    with pytest.raises(NotFound):
+        store.get_host(stale.host_id)
+    assert {h.host_id for h in store.list_hosts()} == {fresh.host_id, active.host_id}
+    kept = store.get_token(token.token_id)
+    assert kept is not None
+    assert kept.uses == 2
+    [record] = [r for r in store.audit_records() if r.entry.action == "host.expire"]
+    assert (record.entry.target, record.entry.actor) == (stale.host_id, "controller")
+    assert token.token_id in record.entry.detail
+    assert store.expire_pending_hosts(NOW - timedelta(hours=1), NOW) == []

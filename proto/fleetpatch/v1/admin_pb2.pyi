@@ -33,12 +33,16 @@ class _HostStatusEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_HostStatus
     HOST_STATUS_UNSPECIFIED: _HostStatus.ValueType  # 0
     HOST_STATUS_ACTIVE: _HostStatus.ValueType  # 1
     HOST_STATUS_REVOKED: _HostStatus.ValueType  # 2
+    HOST_STATUS_PENDING: _HostStatus.ValueType  # 3
+    """enrolled; active at its first mutual-TLS call"""
 
 class HostStatus(_HostStatus, metaclass=_HostStatusEnumTypeWrapper): ...
 
 HOST_STATUS_UNSPECIFIED: HostStatus.ValueType  # 0
 HOST_STATUS_ACTIVE: HostStatus.ValueType  # 1
 HOST_STATUS_REVOKED: HostStatus.ValueType  # 2
+HOST_STATUS_PENDING: HostStatus.ValueType  # 3
+"""enrolled; active at its first mutual-TLS call"""
 Global___HostStatus: _TypeAlias = HostStatus  # noqa: Y015
 
 @_typing.final
