@@ -126,14 +126,16 @@ async def load(
     stop_at = time.monotonic() + seconds
 
     async def worker(offset: int) -> None:
+        # Each worker has hosts of its own: a host is served one check-in
+        # at a time, as a real agent makes them.
         nonlocal done
-        i = offset
+        mine, i = stubs[offset::concurrency], 0
         while time.monotonic() < stop_at:
             started = time.perf_counter()
-            await stubs[i % len(stubs)].CheckIn(steady, timeout=60)
+            await mine[i % len(mine)].CheckIn(steady, timeout=60)
             latencies.append(time.perf_counter() - started)
             done += 1
-            i += concurrency
+            i += 1
 
     await asyncio.gather(*(worker(k) for k in range(concurrency)))
     for channel in channels:

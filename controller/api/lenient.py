@@ -1,23 +1,28 @@
-"""Registering servicers so that a request that does not parse is answered
+"""Registering servicers so that a request is read only once its caller
+has been admitted, and a request that does not parse is answered
 INVALID_ARGUMENT in one log line, like any other bad input.
 
-The generated ``add_*Servicer_to_server`` functions decode requests with
-``FromString``; garbage bytes then raise inside gRPC, which answers UNKNOWN
-and logs a traceback per call: an easy way for any peer to fill the logs.
-Here each method's request arrives as `Undecoded` bytes; the servicer's
-`rpc` wrapper decodes it (`decoded`) after admitting the caller, and bytes
-that do not parse are a UsageError like any other. (Client-streaming
-methods keep strict decoding: the one there is is admin-only.)
+The generated ``add_*Servicer_to_server`` functions have gRPC read and
+decode each request before the servicer sees it: a host's six parallel
+30 MB check-ins are then all in memory before any can be refused, and
+garbage bytes raise inside gRPC, which answers UNKNOWN with a traceback
+per call. Here a method with a single request is registered as taking a
+stream (on the wire the two are the same), and the servicer gets the
+request as `Unread`: its `rpc` wrapper admits the caller, then `read`s the
+message (decoding it off the event loop when it is large). A refused call
+leaves its body unread beyond the transport's flow-control window.
+(Client-streaming methods are passed their stream as it is: the one there
+is is admin-only.)
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import grpc
-from google.protobuf.descriptor import ServiceDescriptor
+from google.protobuf.descriptor import MethodDescriptor, ServiceDescriptor
 from google.protobuf.message import DecodeError, Message
 from google.protobuf.message_factory import GetMessageClass
 
@@ -28,18 +33,26 @@ from controller.errors import UsageError
 DECODE_INLINE_BYTES = 64 * 1024
 
 
-class Undecoded:
-    """A request's bytes, decoded only once its caller has been admitted:
-    a peer refused for sending too much at once costs no parsing."""
+class Unread:
+    """A call's single request, not read from the connection yet."""
 
-    def __init__(self, data: bytes, message: type[Message]) -> None:
-        self.data = data
+    def __init__(self, messages: AsyncIterator[bytes], message: type[Message]) -> None:
+        self._messages = messages
         self.message = message
 
-    def decode(self) -> Message:
-        """The request; raises UsageError for bytes that do not parse."""
+    async def read(self) -> Message:
+        """Read and decode the request; raises UsageError for a call that
+        carries none or bytes that do not parse."""
+        data = await anext(aiter(self._messages), None)
+        if data is None:
+            raise UsageError(f"the call carries no {self.message.DESCRIPTOR.name}")
+        if len(data) <= DECODE_INLINE_BYTES:
+            return self.decode(data)
+        return await asyncio.to_thread(self.decode, data)
+
+    def decode(self, data: bytes) -> Message:
         try:
-            return self.message.FromString(self.data)
+            return self.message.FromString(data)
         except DecodeError as exc:
             raise UsageError(
                 f"the request is not a valid {self.message.DESCRIPTOR.name}: {exc}"
@@ -47,38 +60,50 @@ class Undecoded:
 
 
 async def decoded(request: object) -> Any:
-    """``request`` decoded (off the event loop when large); other values,
-    such as a stream of requests, as they are."""
-    if not isinstance(request, Undecoded):
-        return request
-    if len(request.data) <= DECODE_INLINE_BYTES:
-        return request.decode()
-    return await asyncio.to_thread(request.decode)
+    """The request of a call: an `Unread` one read now; a stream of
+    requests as it is."""
+    if isinstance(request, Unread):
+        return await request.read()
+    return request
 
 
-def _deferred(message: type[Message]) -> Callable[[bytes], Undecoded]:
-    return lambda data: Undecoded(data, message)
+def _unread(behaviour: Any, message: type[Message], server_streaming: bool) -> Callable[..., Any]:
+    """``behaviour`` (request, context), called with the request `Unread`.
+    gRPC tells coroutines from async generators by the function, hence two."""
+    if server_streaming:
+
+        async def stream(messages: AsyncIterator[bytes], context: Any) -> AsyncIterator[Any]:
+            async for item in behaviour(Unread(messages, message), context):
+                yield item
+
+        return stream
+
+    async def unary(messages: AsyncIterator[bytes], context: Any) -> Any:
+        return await behaviour(Unread(messages, message), context)
+
+    return unary
+
+
+def _handler(servicer: Any, method: MethodDescriptor) -> grpc.RpcMethodHandler[Any, Any]:
+    request = GetMessageClass(method.input_type)
+    serialize = GetMessageClass(method.output_type).SerializeToString
+    behaviour = getattr(servicer, method.name)
+    make = (grpc.stream_stream_rpc_method_handler if method.server_streaming
+            else grpc.stream_unary_rpc_method_handler)  # fmt: skip
+    if method.client_streaming:
+        return make(behaviour, request_deserializer=request.FromString,
+                    response_serializer=serialize)  # fmt: skip
+    return make(
+        _unread(behaviour, request, method.server_streaming),
+        request_deserializer=None,  # bytes, decoded by Unread
+        response_serializer=serialize,
+    )
 
 
 def add_servicer(server: grpc.aio.Server, servicer: Any, service: ServiceDescriptor) -> None:
-    """Register ``servicer``'s methods for ``service`` with lenient decoding."""
-    handlers = {}
-    for method in service.methods:
-        request = GetMessageClass(method.input_type)
-        response = GetMessageClass(method.output_type)
-        behaviour = getattr(servicer, method.name)
-        serialize = response.SerializeToString
-        if method.client_streaming:
-            make = (grpc.stream_stream_rpc_method_handler if method.server_streaming
-                    else grpc.stream_unary_rpc_method_handler)  # fmt: skip
-            decode: Callable[[bytes], Any] = request.FromString
-        else:
-            make = (grpc.unary_stream_rpc_method_handler if method.server_streaming
-                    else grpc.unary_unary_rpc_method_handler)  # fmt: skip
-            decode = _deferred(request)
-        handlers[method.name] = make(
-            behaviour, request_deserializer=decode, response_serializer=serialize
-        )
+    """Register ``servicer``'s methods for ``service``, each request read
+    only after admission (`Unread`)."""
+    handlers = {method.name: _handler(servicer, method) for method in service.methods}
     server.add_generic_rpc_handlers(
         (grpc.method_handlers_generic_handler(service.full_name, handlers),)
     )

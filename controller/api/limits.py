@@ -19,9 +19,10 @@ others.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import random
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 from google.protobuf.descriptor import FieldDescriptor
@@ -42,6 +43,27 @@ MAX_DETAIL = 4096  # the free text of a health check result
 DEFAULT_MAX_IN_FLIGHT = 256
 RETRY_AFTER_SECONDS = 5.0
 RETRY_AFTER_KEY = "fleetpatch-retry-after-ms"
+
+
+def _malloc_trim() -> Callable[[int], int] | None:
+    try:
+        trim: Callable[[int], int] = ctypes.CDLL("libc.so.6").malloc_trim
+        return trim
+    except (OSError, AttributeError):  # not glibc
+        return None
+
+
+_TRIM = _malloc_trim()
+# Inventories at least this large are followed by `release_memory`.
+LARGE_INVENTORY = 10_000
+
+
+def release_memory() -> None:
+    """Give freed heap back to the system (glibc keeps it otherwise): after
+    a large inventory the controller returns to its idle size rather than
+    keeping its peak for good. A few milliseconds; a no-op off glibc."""
+    if _TRIM is not None:
+        _TRIM(0)
 
 
 def check_strings(message: Message, what: str, limit: int = MAX_TEXT) -> None:

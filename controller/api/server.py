@@ -59,6 +59,7 @@ _OPTIONS: list[tuple[str, int]] = [
     ("grpc.http2.max_ping_strikes", 2),
     # Calls one connection may have open at once: an agent needs two.
     ("grpc.max_concurrent_streams", 32),
+    ("grpc.http2.bdp_probe", 0),
     ("grpc.so_reuseport", 0),
 ]
 

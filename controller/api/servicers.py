@@ -305,6 +305,9 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
         packages = None
         if request.HasField("inventory"):
             packages = await _inventory(request)
+            if len(packages) >= limits.LARGE_INVENTORY:
+                # Once this call and its request are gone, give their memory back.
+                asyncio.get_running_loop().call_later(1.0, limits.release_memory)
         reported = convert.to_json(request.facts)
         at = datetime.now(UTC)
         outcome = await self._batcher.submit(
