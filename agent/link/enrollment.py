@@ -12,7 +12,6 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
-from fleetpatch.atomicfile import write_atomic
 from fleetpatch.envelope import key_id
 from fleetpatch.identity import Role, identity_from_certificate
 from fleetpatch.v1 import agent_pb2
@@ -21,6 +20,7 @@ from agent.errors import AgentError, ConfigError
 from agent.host import facts as hostfacts
 from agent.link import convert
 from agent.link.client import enroll_call
+from agent.orders.journal import Journal
 from agent.statedir import StateDir
 
 log = logging.getLogger(__name__)
@@ -90,12 +90,13 @@ def enroll(
     if not signing:
         raise AgentError("the controller sent no work-order signing key; not enrolled")
 
-    write_atomic(state.key, key_pem, mode=0o600)
-    write_atomic(state.ca, ca_pem)
+    state.write(state.key, key_pem, mode=0o600)
+    state.write(state.ca, ca_pem, mode=0o644)
     state.write_trusted_signing_keys(signing)
     state.write_config(controller, enroll_address)
+    Journal.open(state.journal).close()
     # Written last: its presence is what marks the state dir as enrolled.
-    write_atomic(state.cert, cert.public_bytes(serialization.Encoding.PEM))
+    state.write(state.cert, cert.public_bytes(serialization.Encoding.PEM), mode=0o644)
     log.info("enrolled as %s in %s ring %d", response.host_id, response.region, response.ring)
     return Enrolled(response.host_id, response.region, response.ring)
 
