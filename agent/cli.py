@@ -77,10 +77,23 @@ def _setup_logging(verbose: bool) -> None:
 @app.command()
 def enroll(
     controller: Annotated[str, typer.Option(metavar="HOST:PORT", help="Controller address.")],
-    token: Annotated[str, typer.Option(help="Enrollment token from `fleetpatch token create`.")],
     ca_cert: Annotated[
         Path, typer.Option(help="The controller's CA certificate (ca.pem); pinned from now on.")
     ],
+    token: Annotated[
+        str | None,
+        typer.Option(
+            help="Enrollment token from `fleetpatch token create` (visible in the process "
+            "list: prefer --token-file)."
+        ),
+    ] = None,
+    token_file: Annotated[
+        str | None,
+        typer.Option(
+            metavar="PATH",
+            help="Read the enrollment token from this file, or from standard input with '-'.",
+        ),
+    ] = None,
     state_dir: StateDirOption = DEFAULT_STATE_DIR,
     label: Annotated[
         list[str] | None,
@@ -95,12 +108,49 @@ def enroll(
 ) -> None:
     """Join the fleet: make this host's key, get it certified, pin the CA and signing keys."""
     _require_root("enroll")
+    secret = _token(token, token_file)
     try:
         labels = labelspec.parse_labels(label or [])
     except ValueError as exc:
         raise ConfigError(f"--label: {exc}") from None
-    done = do_enroll(StateDir(state_dir), controller, token, ca_cert, labels, enroll_address)
+    done = do_enroll(StateDir(state_dir), controller, secret, ca_cert, labels, enroll_address)
     print(f"enrolled as {done.host_id} (region {done.region}, ring {done.ring})")
+    if done.unconfirmed:
+        print(
+            f"fleetpatch-agent: warning: enrolled, but the first call as this host failed "
+            f"({done.unconfirmed}); the service's first check-in will try again",
+            file=sys.stderr,
+        )
+
+
+STDIN = "-"
+
+
+def _token(token: str | None, token_file: str | None) -> str:
+    """The enrollment token from --token or --token-file (a path, or '-'
+    for standard input), surrounding whitespace stripped. Raises ConfigError."""
+    if (token is None) == (token_file is None):
+        raise ConfigError("give the enrollment token with one of --token and --token-file")
+    if token is not None:
+        where, text = "--token", token
+    elif token_file == STDIN:
+        where = "--token-file - (standard input)"
+        try:
+            text = sys.stdin.read()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"cannot read the token from standard input: {exc}") from None
+    else:
+        where = f"--token-file {token_file}"
+        try:
+            text = Path(str(token_file)).read_text()
+        except OSError as exc:
+            raise ConfigError(f"cannot read {where}: {exc.strerror}") from None
+        except UnicodeDecodeError:
+            raise ConfigError(f"{where} does not hold a token (not text)") from None
+    secret = text.strip()
+    if not secret:
+        raise ConfigError(f"{where} is empty: it should hold the enrollment token")
+    return secret
 
 
 def _require_root(command: str) -> None:
