@@ -90,6 +90,7 @@ class Agent:
     runner: Runner
     host_id: str
     client: ControllerClient | None = None
+    reports: reporting.Reports | None = None
 
     @classmethod
     def open(cls, state: StateDir, online: bool = True, machine: Machine = Machine()) -> Agent:
@@ -123,7 +124,8 @@ class Agent:
             reach=client.reach if client is not None else None,
             watchdog=machine.watchdog(),
         )
-        agent = cls(state, config, journal, runner, state.host_id(), client)
+        reports = reporting.Reports(journal, client) if client is not None else None
+        agent = cls(state, config, journal, runner, state.host_id(), client, reports)
         runner.set_notify(agent.report)
         return agent
 
@@ -162,6 +164,6 @@ class Agent:
         return final
 
     def report(self) -> int:
-        if self.client is None:
+        if self.reports is None:
             return 0
-        return reporting.flush(self.journal, self.client)
+        return self.reports.flush()

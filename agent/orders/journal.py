@@ -21,7 +21,7 @@ import os
 import sqlite3
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, TypeVar, cast
 
@@ -100,6 +100,15 @@ class CheckInState:
     last_attempt: datetime | None
     last_error: str
     next_checkin: datetime | None
+
+    @property
+    def interval(self) -> timedelta | None:
+        """The check-in interval the controller last announced (from the
+        last successful check-in to the next one it asked for)."""
+        if self.last_success is None or self.next_checkin is None:
+            return None
+        gap = self.next_checkin - self.last_success
+        return gap if gap > timedelta(0) else None
 
 
 def _dt(text: str | None) -> datetime | None:
