@@ -102,7 +102,9 @@ busy_timeout = "10m"
 # Pause between retries, and between health-check attempts while verifying.
 retry_interval = "5s"
 # While the controller cannot be reached, check-ins are retried with
-# exponential back-off and full jitter, never waiting longer than this.
+# exponential back-off and full jitter, never waiting longer than this nor
+# than the check-in interval the controller last announced. An overloaded
+# controller is left alone for as long as it asks (once to twice that).
 max_retry_delay = "5m"
 # How the agent reboots the host when an update needs it and the order and
 # [policy] allow it (inside the order's maintenance window only).
