@@ -1,14 +1,16 @@
 """`fleetpatch-agent`: the host agent.
 
-Exit codes: 0 success, 1 error, 2 bad usage, config or state dir,
-3 transient (controller unreachable; retry later), 4 refused by the
-controller (bad token, host revoked).
+Exit codes: 0 success, 1 error, 2 bad usage, config or state dir (a
+damaged, missing or unwritable state file: a person must act; the service
+is not restarted), 3 transient (controller unreachable or overloaded;
+retry later), 4 refused by the controller (bad token, host revoked).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 import signal
 import sys
 import threading
@@ -27,7 +29,7 @@ from google.protobuf import json_format
 from google.protobuf.message import DecodeError
 
 from agent.backends import packages
-from agent.errors import AgentError, ConfigError
+from agent.errors import STORAGE_ERRNOS, AgentError, ConfigError, StateDirError, storage_error
 from agent.host import facts as hostfacts
 from agent.host.checks import Prober
 from agent.host.health import ResourceLimits, resource_checks, summarize
@@ -37,12 +39,16 @@ from agent.link.keys import learn as learn_keys
 from agent.orders.journal import Journal
 from agent.orders.selfupdate import HandOver, release_key
 from agent.orders.states import State
-from agent.service import Agent
+from agent.service import Agent, check_state
 from agent.statedir import DEFAULT_STATE_DIR, StateDir
 
 app = typer.Typer(
     help="fleetpatch agent: enrolls this host, reports inventory and health, "
-    "applies signed work orders.",
+    "applies signed work orders.\n\n"
+    "Exit codes: 0 success; 1 error; 2 bad usage, settings or state dir (a damaged, "
+    "missing or unwritable state file, or not run as root: a person must act); "
+    "3 the controller cannot be reached or is overloaded (retry later); "
+    "4 refused by the controller (bad token, host revoked).",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
@@ -71,10 +77,23 @@ def _setup_logging(verbose: bool) -> None:
 @app.command()
 def enroll(
     controller: Annotated[str, typer.Option(metavar="HOST:PORT", help="Controller address.")],
-    token: Annotated[str, typer.Option(help="Enrollment token from `fleetpatch token create`.")],
     ca_cert: Annotated[
         Path, typer.Option(help="The controller's CA certificate (ca.pem); pinned from now on.")
     ],
+    token: Annotated[
+        str | None,
+        typer.Option(
+            help="Enrollment token from `fleetpatch token create` (visible in the process "
+            "list: prefer --token-file)."
+        ),
+    ] = None,
+    token_file: Annotated[
+        str | None,
+        typer.Option(
+            metavar="PATH",
+            help="Read the enrollment token from this file, or from standard input with '-'.",
+        ),
+    ] = None,
     state_dir: StateDirOption = DEFAULT_STATE_DIR,
     label: Annotated[
         list[str] | None,
@@ -88,12 +107,60 @@ def enroll(
     ] = None,
 ) -> None:
     """Join the fleet: make this host's key, get it certified, pin the CA and signing keys."""
+    _require_root("enroll")
+    secret = _token(token, token_file)
     try:
         labels = labelspec.parse_labels(label or [])
     except ValueError as exc:
         raise ConfigError(f"--label: {exc}") from None
-    done = do_enroll(StateDir(state_dir), controller, token, ca_cert, labels, enroll_address)
+    done = do_enroll(StateDir(state_dir), controller, secret, ca_cert, labels, enroll_address)
     print(f"enrolled as {done.host_id} (region {done.region}, ring {done.ring})")
+    if done.unconfirmed:
+        print(
+            f"fleetpatch-agent: warning: enrolled, but the first call as this host failed "
+            f"({done.unconfirmed}); the service's first check-in will try again",
+            file=sys.stderr,
+        )
+
+
+STDIN = "-"
+
+
+def _token(token: str | None, token_file: str | None) -> str:
+    """The enrollment token from --token or --token-file (a path, or '-'
+    for standard input), surrounding whitespace stripped. Raises ConfigError."""
+    if (token is None) == (token_file is None):
+        raise ConfigError("give the enrollment token with one of --token and --token-file")
+    if token is not None:
+        where, text = "--token", token
+    elif token_file == STDIN:
+        where = "--token-file - (standard input)"
+        try:
+            text = sys.stdin.read()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"cannot read the token from standard input: {exc}") from None
+    else:
+        where = f"--token-file {token_file}"
+        try:
+            text = Path(str(token_file)).read_text()
+        except OSError as exc:
+            raise ConfigError(f"cannot read {where}: {exc.strerror}") from None
+        except UnicodeDecodeError:
+            raise ConfigError(f"{where} does not hold a token (not text)") from None
+    secret = text.strip()
+    if not secret:
+        raise ConfigError(f"{where} is empty: it should hold the enrollment token")
+    return secret
+
+
+def _require_root(command: str) -> None:
+    """Commands that install packages or own the state dir need root: say
+    so in one line (exit 2) rather than failing later on a permission."""
+    if os.geteuid() != 0:
+        raise ConfigError(
+            f"`fleetpatch-agent {command}` must run as root: it changes packages and "
+            f"writes the agent's state dir (try: sudo fleetpatch-agent {command})"
+        )
 
 
 def _agent(state_dir: Path, online: bool = True) -> Agent:
@@ -111,6 +178,7 @@ def run(
     """Check in with the controller and carry out the work orders it hands
     out: once, or until SIGTERM (as the service does). Orders interrupted by
     a crash or reboot are finished first, offline if need be."""
+    _require_root("run")
     _setup_logging(verbose)
     agent = _agent(state_dir)
     assert agent.client is not None  # noqa: S101 - opened online
@@ -163,6 +231,7 @@ def apply(
     same checks as one received over the network. Exit 0 when it succeeded
     (or is applied and waits for a reboot the policy defers), 1 when it
     failed or was reverted, 4 when it was refused."""
+    _require_root("apply")
     _setup_logging(verbose)
     envelope = _read_envelope(order_file)
     agent = _agent(state_dir, online=not offline)
@@ -209,8 +278,8 @@ def status(
     """This host's enrollment, last check-in, the current work order and the
     history of past ones: each step, what changed, why a revert happened."""
     state = StateDir(state_dir)
-    state.require_enrolled()
-    journal = Journal.open(state.journal)
+    config, _ = check_state(state)
+    journal = Journal.open(state.journal, must_exist=True)
     try:
         checkin = journal.checkin_state()
         orders = journal.orders(limit)
@@ -219,7 +288,6 @@ def status(
         queued = len(journal.pending_reports(1000))
     finally:
         journal.close()
-    config = state.config()
     try:
         pinned: str | None = releasefmt.fingerprint(release_key(config.policy))
     except ValueError:
@@ -343,6 +411,16 @@ def main() -> None:
     except AgentError as exc:
         print(f"fleetpatch-agent: error: {exc}", file=sys.stderr)
         sys.exit(exc.exit_code)
+    except OSError as exc:
+        # A write outside the journal and the state files (which name
+        # their file themselves): a package cache, say. Only where the
+        # filesystem is the cause; anything else is a bug and shows its
+        # traceback.
+        if exc.errno not in STORAGE_ERRNOS or exc.filename is None:
+            raise
+        error = storage_error(Path(exc.filename), exc) or StateDirError(str(exc))
+        print(f"fleetpatch-agent: error: {error}", file=sys.stderr)
+        sys.exit(error.exit_code)
     except HandOver as exc:
         # Not an error: a new version of the agent is installed and carries
         # on (systemd starts it: the package's restart, or Restart=always).

@@ -2,9 +2,12 @@
 
     AgentError                   exit 1; the message is for a person
     ├── ConfigError              exit 2; bad flag, config file or state dir
-    │   └── NotEnrolled          the state dir holds no enrollment
+    │   ├── NotEnrolled          the state dir holds no enrollment
+    │   └── StateDirError        a state file is damaged, missing, or cannot
+    │                            be written (read-only, full, permissions)
     ├── TransientError           exit 3; worth retrying later
-    │   └── ControllerUnavailable   network down, controller stopped, timeout
+    │   ├── ControllerUnavailable   network down, controller stopped, timeout
+    │   └── Overloaded           the controller asked us to come back later
     ├── Refused                  exit 4; the controller refused us (token, revoked)
     ├── Rejected                 exit 4; the controller called a request invalid
     └── CommandFailed            a subprocess failed; carries argv, code, output
@@ -14,7 +17,11 @@ gRPC errors are translated in `client` and nowhere else.
 
 from __future__ import annotations
 
+import errno
+import os
+import sqlite3
 from collections.abc import Sequence
+from pathlib import Path
 
 
 class AgentError(Exception):
@@ -29,12 +36,26 @@ class NotEnrolled(ConfigError):
     pass
 
 
+class StateDirError(ConfigError):
+    """A file of the state dir cannot be used; the message names it and
+    says what to do. Restarting the agent cannot help (exit 2)."""
+
+
 class TransientError(AgentError):
     exit_code = 3
 
 
 class ControllerUnavailable(TransientError):
     pass
+
+
+class Overloaded(TransientError):
+    """The controller is overloaded (RESOURCE_EXHAUSTED). ``retry_after``:
+    the seconds it asked us to wait at least, None when it did not say."""
+
+    def __init__(self, message: str, retry_after: float | None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
 
 
 class Refused(AgentError):
@@ -64,3 +85,60 @@ class CommandFailed(AgentError):
         what = reason or f"exited with {returncode}"
         tail = stderr.strip().splitlines()[-1] if stderr.strip() else ""
         super().__init__(f"{self.argv[0]} {what}" + (f": {tail}" if tail else ""))
+
+
+# What a person does about a state dir that cannot be written, by errno.
+_ADVICE = {
+    errno.EROFS: "the state dir is on a read-only filesystem: remount it read-write",
+    errno.ENOSPC: "no space left on the state dir's filesystem: free some space",
+    errno.EDQUOT: "the disk quota of the state dir's filesystem is used up: free some space",
+    errno.EACCES: "permission denied: run as root, and check the state dir's owner and modes",
+    errno.EPERM: "not permitted: run as root, and check the file's attributes (lsattr)",
+    errno.EIO: "input/output error: check the disk (dmesg)",
+}
+# SQLite says the same in words.
+_SQLITE_ERRNO = {
+    "readonly database": errno.EROFS,
+    "database or disk is full": errno.ENOSPC,
+    "disk i/o error": errno.EIO,
+    "unable to open database file": errno.EACCES,
+}
+STORAGE_ERRNOS = frozenset(_ADVICE)
+
+
+def storage_error(path: Path, exc: OSError | sqlite3.Error) -> StateDirError | None:
+    """The one-line error for a state file that cannot be read or written
+    because of where it lives (read-only, full, permissions, I/O), naming
+    the file and what to do; None when ``exc`` is something else."""
+    if isinstance(exc, OSError):
+        code = exc.errno
+    else:
+        text = str(exc).lower()
+        code = next((c for words, c in _SQLITE_ERRNO.items() if words in text), None)
+    if code in (errno.EACCES, errno.EIO, errno.ENOSPC, errno.EROFS):
+        # SQLite says "unable to open" or "disk I/O error" for a read-only
+        # or full filesystem alike: ask the filesystem which it is.
+        code = _filesystem_errno(path.parent) or code
+    advice = _ADVICE.get(code) if code is not None else None
+    if advice is None:
+        return None
+    verb = "write" if code in (errno.EROFS, errno.ENOSPC, errno.EDQUOT) else "use"
+    return StateDirError(f"cannot {verb} {path}: {advice}")
+
+
+LOW_SPACE = 1 << 20  # bytes; less than this free is a full disk to SQLite
+
+
+def _filesystem_errno(directory: Path) -> int | None:
+    """EROFS when ``directory`` is on a read-only mount, ENOSPC when its
+    filesystem is (nearly) full for us, else None."""
+    try:
+        fs = os.statvfs(directory)
+    except OSError:
+        return None
+    if fs.f_flag & os.ST_RDONLY:
+        return errno.EROFS
+    blocks = fs.f_bfree if os.geteuid() == 0 else fs.f_bavail  # root may use reserved blocks
+    if blocks * fs.f_frsize < LOW_SPACE:
+        return errno.ENOSPC
+    return None

@@ -26,7 +26,7 @@ from agent.orders.runner import Runner
 from agent.orders.selfupdate import HandOver, SystemdWatchdog, Watchdog
 from agent.orders.states import State
 from agent.orders.workorder import OrderRefused
-from agent.statedir import AgentConfig, StateDir
+from agent.statedir import AgentConfig, Credentials, StateDir
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +70,18 @@ class Machine:
     watchdog: Callable[[], Watchdog | None] = SystemdWatchdog
 
 
+def check_state(state: StateDir) -> tuple[AgentConfig, Credentials]:
+    """Everything of an enrolled state dir outside the journal, checked
+    before any of it is used: settings, key and certificates, the pinned
+    signing keys. Raises ConfigError (NotEnrolled, StateDirError) naming
+    the file and what to do."""
+    state.require_enrolled()
+    config = state.config()
+    credentials = state.credentials()
+    state.trusted_signing_keys()
+    return config, credentials
+
+
 @dataclass
 class Agent:
     state: StateDir
@@ -78,21 +90,21 @@ class Agent:
     runner: Runner
     host_id: str
     client: ControllerClient | None = None
+    reports: reporting.Reports | None = None
 
     @classmethod
     def open(cls, state: StateDir, online: bool = True, machine: Machine = Machine()) -> Agent:
         """The agent of an enrolled state dir. Raises ConfigError (NotEnrolled)."""
-        state.require_enrolled()
-        config = state.config()
-        journal = Journal.open(state.journal)
+        config, credentials = check_state(state)
+        journal = Journal.open(state.journal, must_exist=True)
+        state.private_dir(state.cache)
         backend = machine.backend(package_manager(), config)
         kernel = FileValue(config.reboot.kernel_release_file)
         client = None
         if online:
             client = ControllerClient(
-                config.controller, state.read(state.ca), state.read(state.key),
-                state.read(state.cert),
-            )  # fmt: skip
+                config.controller, credentials.ca_pem, credentials.key_pem, credentials.cert_pem
+            )
         runner = Runner(
             journal,
             backend,
@@ -112,7 +124,8 @@ class Agent:
             reach=client.reach if client is not None else None,
             watchdog=machine.watchdog(),
         )
-        agent = cls(state, config, journal, runner, state.host_id(), client)
+        reports = reporting.Reports(journal, client) if client is not None else None
+        agent = cls(state, config, journal, runner, state.host_id(), client, reports)
         runner.set_notify(agent.report)
         return agent
 
@@ -151,6 +164,6 @@ class Agent:
         return final
 
     def report(self) -> int:
-        if self.client is None:
+        if self.reports is None:
             return 0
-        return reporting.flush(self.journal, self.client)
+        return self.reports.flush()

@@ -5,7 +5,12 @@ STATE/key.pem             the host's private key (0600; never leaves)
 STATE/cert.pem            the host's certificate, naming its host id
 STATE/ca.pem              the controller CA pinned at enrollment
 STATE/trusted_keys.json   work-order signing keys pinned at enrollment
-STATE/journal.db          SQLite journal: check-ins, orders, reports
+STATE/journal.db          SQLite journal: check-ins, orders, reports (0600)
+STATE/cache/              packages kept for reverts, agent updates (0700)
+
+Every file gets its mode explicitly, whatever the umask. A file that is
+missing, empty or damaged, or a state dir that cannot be written, is a
+StateDirError naming the file and what to do (exit 2), never a traceback.
 """
 
 from __future__ import annotations
@@ -19,16 +24,29 @@ from datetime import timedelta
 from pathlib import Path
 
 from cryptography import x509
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
+from cryptography.hazmat.primitives import serialization
 from fleetpatch.atomicfile import write_atomic
 from fleetpatch.identity import Identity, Role, identity_from_certificate
 from fleetpatch.tomltable import Table, TableError
 
-from agent.errors import ConfigError, NotEnrolled
+from agent.errors import ConfigError, NotEnrolled, StateDirError, storage_error
 from agent.host.checks import CheckSpec, check_from_table
 from agent.host.health import ResourceLimits
 from agent.orders.policy import Policy, policy_from_table
 
 DEFAULT_STATE_DIR = Path("/var/lib/fleetpatch/agent")
+RESTORE = "restore it from a backup, or enroll this host again into an empty state dir"
+
+
+@dataclass(frozen=True)
+class Credentials:
+    """What mutual TLS needs, each checked: the pinned CA, this host's key
+    and its certificate (issued by that CA, for that key)."""
+
+    ca_pem: bytes
+    key_pem: bytes
+    cert_pem: bytes
 
 
 @dataclass(frozen=True)
@@ -84,7 +102,9 @@ busy_timeout = "10m"
 # Pause between retries, and between health-check attempts while verifying.
 retry_interval = "5s"
 # While the controller cannot be reached, check-ins are retried with
-# exponential back-off and full jitter, never waiting longer than this.
+# exponential back-off and full jitter, never waiting longer than this nor
+# than the check-in interval the controller last announced. An overloaded
+# controller is left alone for as long as it asks (once to twice that).
 max_retry_delay = "5m"
 # How the agent reboots the host when an update needs it and the order and
 # [policy] allow it (inside the order's maintenance window only).
@@ -164,7 +184,23 @@ class StateDir:
             self.path.mkdir(mode=0o700, parents=True, exist_ok=True)
             os.chmod(self.path, 0o700)
         except OSError as exc:
-            raise ConfigError(f"cannot create state dir {self.path}: {exc.strerror}") from None
+            raise storage_error(self.path, exc) or ConfigError(
+                f"cannot create state dir {self.path}: {exc.strerror}"
+            ) from None
+
+    def private_dir(self, path: Path) -> Path:
+        """Make ``path`` (in the state dir) and its missing parents 0700,
+        whatever the umask; returns it. Raises StateDirError."""
+        try:
+            missing = [p for p in (path, *path.parents) if not p.exists()]
+            path.mkdir(mode=0o700, parents=True, exist_ok=True)
+            for made in missing:
+                os.chmod(made, 0o700)
+        except OSError as exc:
+            raise storage_error(path, exc) or StateDirError(
+                f"cannot create {path}: {exc.strerror}"
+            ) from None
+        return path
 
     def is_enrolled(self) -> bool:
         return self.cert.is_file()
@@ -174,27 +210,68 @@ class StateDir:
             raise NotEnrolled(
                 f"state dir {self.path} does not exist (enroll first: fleetpatch-agent enroll)"
             )
-        if not self.is_enrolled() or not self.config_file.is_file():
+        if not self.is_enrolled() and not self.config_file.is_file():
             raise NotEnrolled(
                 f"{self.path} holds no enrollment "
                 f"(run: fleetpatch-agent enroll --state-dir {self.path})"
             )
+        for part in (self.cert, self.config_file):
+            if not part.is_file():
+                raise StateDirError(f"{part} is missing ({RESTORE})")
 
     def read(self, path: Path) -> bytes:
+        """A state file's bytes; StateDirError naming it when it is missing,
+        empty or unreadable."""
         try:
-            return path.read_bytes()
+            data = path.read_bytes()
+        except FileNotFoundError:
+            raise StateDirError(f"{path} is missing ({RESTORE})") from None
         except OSError as exc:
-            raise ConfigError(f"cannot read {path}: {exc.strerror}") from None
+            raise storage_error(path, exc) or StateDirError(
+                f"cannot read {path}: {exc.strerror}"
+            ) from None
+        if not data.strip():
+            raise StateDirError(f"{path} is empty ({RESTORE})")
+        return data
+
+    def write(self, path: Path, data: bytes, mode: int) -> None:
+        """Replace a state file atomically with this mode; StateDirError
+        when the state dir cannot be written (the old file stays)."""
+        try:
+            write_atomic(path, data, mode=mode)
+        except OSError as exc:
+            raise storage_error(path, exc) or StateDirError(
+                f"cannot write {path}: {exc.strerror}"
+            ) from None
+
+    def credentials(self) -> Credentials:
+        """The CA, key and certificate, checked before any TLS library sees
+        them (grpc aborts the process on an empty key, and reports a bad
+        one as a network error). Raises StateDirError naming the file."""
+        ca_pem, key_pem, cert_pem = self.read(self.ca), self.read(self.key), self.read(self.cert)
+        ca = _certificate(self.ca, ca_pem)
+        cert = _certificate(self.cert, cert_pem)
+        try:
+            key = serialization.load_pem_private_key(key_pem, password=None)
+        except (ValueError, TypeError, UnsupportedAlgorithm):
+            raise StateDirError(
+                f"{self.key} is not a PEM private key (damaged? {RESTORE})"
+            ) from None
+        spki = (serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+        if key.public_key().public_bytes(*spki) != cert.public_key().public_bytes(*spki):
+            raise StateDirError(f"{self.key} is not the key of {self.cert} ({RESTORE})")
+        try:
+            cert.verify_directly_issued_by(ca)
+        except (ValueError, TypeError, InvalidSignature):
+            raise StateDirError(
+                f"{self.cert} was not issued by the CA pinned in {self.ca} ({RESTORE})"
+            ) from None
+        return Credentials(ca_pem, key_pem, cert_pem)
 
     def identity(self) -> Identity:
         """This host's identity, from its certificate; ConfigError naming
         the file when it is missing or is no certificate."""
-        try:
-            cert = x509.load_pem_x509_certificate(self.read(self.cert))
-        except ValueError:
-            raise ConfigError(
-                f"{self.cert} is not a PEM certificate (damaged? enroll this host again)"
-            ) from None
+        cert = _certificate(self.cert, self.read(self.cert))
         identity = identity_from_certificate(cert)
         if identity is None or identity.role is not Role.HOST:
             raise ConfigError(f"{self.cert} names no host")
@@ -205,7 +282,7 @@ class StateDir:
 
     def write_config(self, address: str, enroll_address: str) -> None:
         text = CONFIG_TEMPLATE.format(address=address, enroll_address=enroll_address)
-        write_atomic(self.config_file, text.encode(), mode=0o644)
+        self.write(self.config_file, text.encode(), mode=0o644)
 
     def config(self) -> AgentConfig:
         """Read agent.toml; raises ConfigError naming the bad field. Read as
@@ -225,18 +302,25 @@ class StateDir:
         when it is missing or damaged (no order is trusted then)."""
         try:
             doc = json.loads(self.read(self.trusted_keys))
-            if not isinstance(doc, dict):
-                raise TypeError("not an object")
+            if not isinstance(doc, dict) or not doc:
+                raise TypeError("not an object, or no key")
             return {str(k): bytes.fromhex(v) for k, v in doc.items()}
         except (ValueError, TypeError, AttributeError):
-            raise ConfigError(
+            raise StateDirError(
                 f"{self.trusted_keys} is damaged: it is not a JSON object of key ids to hex keys "
-                "(enroll this host again to restore it)"
+                f"({RESTORE})"
             ) from None
 
     def write_trusted_signing_keys(self, keys: dict[str, bytes]) -> None:
         doc = {k: v.hex() for k, v in sorted(keys.items())}
-        write_atomic(self.trusted_keys, json.dumps(doc, indent=2).encode() + b"\n", mode=0o644)
+        self.write(self.trusted_keys, json.dumps(doc, indent=2).encode() + b"\n", mode=0o644)
+
+
+def _certificate(path: Path, pem: bytes) -> x509.Certificate:
+    try:
+        return x509.load_pem_x509_certificate(pem)
+    except ValueError:
+        raise StateDirError(f"{path} is not a PEM certificate (damaged? {RESTORE})") from None
 
 
 def _read_config(root: Table) -> AgentConfig:

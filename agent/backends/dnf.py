@@ -232,7 +232,7 @@ class Dnf:
         return int(done.stdout.strip())
 
     def snapshot(self, plan: Plan, cache: Path) -> Snapshot:
-        cache.mkdir(parents=True, exist_ok=True)
+        cache.mkdir(mode=0o700, parents=True, exist_ok=True)
         saved = [self._keep(c, cache) for c in plan.changes if c.old]
         return Snapshot(tuple(saved), tuple(c.name for c in plan.changes if not c.old))
 

@@ -1,6 +1,13 @@
 """Check-ins: tell the controller who we are, what is installed and how we
 are, and learn when to come back. The full inventory travels only when its
-hash differs from the one the controller last acknowledged."""
+hash differs from the one the controller last acknowledged.
+
+When a check-in fails the loop backs off (exponential, full jitter), never
+longer than max_retry_delay nor than the check-in interval the controller
+last announced: a fleet that lost its controller comes back within one
+interval, spread over it. An overloaded controller (RESOURCE_EXHAUSTED
+with a retry delay) is left alone for once to twice the delay it asked
+for, instead; that is logged once per episode, not at every attempt."""
 
 from __future__ import annotations
 
@@ -15,12 +22,13 @@ from fleetpatch.inventory import inventory_hash
 from fleetpatch.v1 import agent_pb2, types_pb2
 
 from agent.backends import packages
-from agent.errors import CommandFailed, TransientError
+from agent.errors import CommandFailed, Overloaded, TransientError
 from agent.host import facts as hostfacts
 from agent.host.health import resource_checks, summarize
 from agent.link import convert
 from agent.link.backoff import backoff_delay
 from agent.link.client import ControllerClient
+from agent.link.reporting import overload_delay
 from agent.orders.journal import Journal
 from agent.statedir import AgentConfig
 
@@ -93,20 +101,36 @@ class CheckIns:
         """Check in until ``stop`` is set. Network and package-manager
         trouble is retried with backoff; a refusal (revoked, say) raises."""
         failures = 0
+        overloaded = False
+        interval = self._journal.checkin_state().interval
         while not stop.is_set():
             if self._between is not None:
                 self._between()
             try:
                 report = self.once()
+            except Overloaded as exc:
+                failures += 1
+                delay = overload_delay(exc.retry_after, self._rng) or self._backoff(
+                    failures, interval
+                )
+                self._journal.record_checkin_failure(str(exc))
+                if not overloaded:
+                    log.warning("check-in: %s; checking in again in %.0fs, and waiting as "
+                                "long as it asks while it stays so", exc, delay)  # fmt: skip
+                else:
+                    log.debug("check-in: still overloaded; again in %.0fs", delay)
+                overloaded = True
             except (TransientError, CommandFailed) as exc:
                 failures += 1
-                delay = backoff_delay(
-                    failures, self._rng, cap=self._config.timing.max_retry_delay.total_seconds()
-                )
+                delay = self._backoff(failures, interval)
                 self._journal.record_checkin_failure(str(exc))
                 log.warning("check-in failed (%s); retrying in %.0fs", exc, delay)
             else:
                 failures = 0
+                if overloaded:
+                    log.info("check-in: the controller takes check-ins again")
+                overloaded = False
+                interval = report.next_in
                 delay = report.next_in.total_seconds()
                 log.info(
                     "checked in (%s, %s); next in %.0fs",
@@ -118,3 +142,11 @@ class CheckIns:
                     self._on_order(report.work_order)
                     continue  # check in again at once: report the outcome, get the next
             stop.wait(delay)
+
+    def _backoff(self, failures: int, interval: timedelta | None) -> float:
+        """Retry delay after ``failures`` failed check-ins in a row: full
+        jitter, capped at max_retry_delay and at the last announced interval."""
+        cap = self._config.timing.max_retry_delay
+        if interval is not None:
+            cap = min(cap, max(interval, timedelta(seconds=1)))
+        return backoff_delay(failures, self._rng, cap=cap.total_seconds())

@@ -1,9 +1,21 @@
 """Enrollment: make a key that never leaves the host, ask the controller to
-certify it with a token, and pin what the controller answered."""
+certify it with a token, and pin what the controller answered.
+
+All or nothing on this side: the token is sent only once the state dir has
+taken the key and the journal (with room kept for the rest) and the
+controller's certificate verifies against the CA to pin; the state is
+staged and moved into place, the certificate last; a failure anywhere
+leaves the state dir as it was. A host killed mid-way (SIGKILL) can leave
+a hidden staging dir or state files without cert.pem: not enrolled, and
+the next `enroll` clears them."""
 
 from __future__ import annotations
 
 import logging
+import os
+import shutil
+import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -12,15 +24,15 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
-from fleetpatch.atomicfile import write_atomic
 from fleetpatch.envelope import key_id
 from fleetpatch.identity import Role, identity_from_certificate
 from fleetpatch.v1 import agent_pb2
 
-from agent.errors import AgentError, ConfigError
+from agent.errors import AgentError, ConfigError, StateDirError, storage_error
 from agent.host import facts as hostfacts
-from agent.link import convert
-from agent.link.client import enroll_call
+from agent.link import convert, tlsprobe
+from agent.link.client import ControllerClient, enroll_call
+from agent.orders.journal import Journal
 from agent.statedir import StateDir
 
 log = logging.getLogger(__name__)
@@ -31,6 +43,18 @@ class Enrolled:
     host_id: str
     region: str
     ring: int
+    # Why the first mutual-TLS call with the new identity failed, if it
+    # did: enrolled all the same (the service's first check-in confirms).
+    unconfirmed: str = ""
+
+
+EnrollCall = Callable[[str, bytes, agent_pb2.EnrollRequest], agent_pb2.EnrollResponse]
+ServerCheck = Callable[[str, bytes], None]
+STAGING_PREFIX = ".enroll-"
+# Room kept in the staging dir while the token is spent, freed for what
+# only the answer brings (certificate, signing keys, settings): a state dir
+# that had room for the key and the journal has room for the rest.
+RESERVE_BYTES = 256 * 1024
 
 
 def default_enroll_address(address: str) -> str:
@@ -47,8 +71,16 @@ def enroll(
     ca_cert: Path,
     labels: dict[str, str],
     enroll_address: str | None = None,
+    call: EnrollCall = enroll_call,
+    check_server: ServerCheck = tlsprobe.check_server,
 ) -> Enrolled:
-    """Enroll this host. Leaves the state dir as it was on any failure."""
+    """Enroll this host: all or nothing. Everything that can fail without
+    the controller is done before the token is sent (the state dir is
+    written, with room to spare; the controller's certificate verifies
+    against ``ca_cert``); the state is written into a staging directory
+    and moved into place, the certificate (which marks the state dir as
+    enrolled) last. On any failure the state dir is left as it was.
+    Raises ConfigError, ControllerUnavailable, Refused, AgentError."""
     if state.is_enrolled():
         raise ConfigError(
             f"{state.path} is already enrolled as {state.host_id()} "
@@ -63,11 +95,56 @@ def enroll(
     except ValueError:
         raise ConfigError(f"--ca-cert {ca_cert} is not a PEM certificate") from None
 
+    created = not state.path.exists()
     state.create()
+    _remove_stale_staging(state)
+    moved: list[Path] = []
+    try:
+        staging = StateDir(Path(_mkdtemp(state)))
+        try:
+            response = _enroll_staged(
+                state, staging, controller, enroll_address, token, ca, ca_pem, labels, call,
+                check_server, moved,
+            )  # fmt: skip
+        finally:
+            shutil.rmtree(staging.path, ignore_errors=True)
+    except BaseException:
+        for path in moved:
+            path.unlink(missing_ok=True)
+        if created:
+            shutil.rmtree(state.path, ignore_errors=True)
+        raise
+    log.info("enrolled as %s in %s ring %d", response.host_id, response.region, response.ring)
+    return Enrolled(
+        response.host_id, response.region, response.ring, unconfirmed=_confirm(state, controller)
+    )
+
+
+def _enroll_staged(
+    state: StateDir,
+    staging: StateDir,
+    controller: str,
+    enroll_address: str,
+    token: str,
+    ca: x509.Certificate,
+    ca_pem: bytes,
+    labels: dict[str, str],
+    call: EnrollCall,
+    check_server: ServerCheck,
+    moved: list[Path],
+) -> agent_pb2.EnrollResponse:
+    # What needs no controller first: proves the state dir takes writes.
     key = ec.generate_private_key(ec.SECP256R1())
     key_pem = key.private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
     )
+    staging.write(staging.key, key_pem, mode=0o600)
+    staging.write(staging.ca, ca_pem, mode=0o644)
+    Journal.open(staging.journal).close()
+    reserve = staging.path / "reserve"
+    staging.write(reserve, bytes(RESERVE_BYTES), mode=0o600)
+    check_server(enroll_address, ca_pem)
+
     csr = (
         x509.CertificateSigningRequestBuilder()
         .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "fleetpatch-agent")]))
@@ -79,7 +156,7 @@ def enroll(
         labels=labels,
         facts=convert.facts_to_pb(hostfacts.collect()),
     )
-    response = enroll_call(enroll_address, ca_pem, request)
+    response = call(enroll_address, ca_pem, request)
 
     cert = _check_certificate(response, ca, key)
     signing = {}
@@ -90,14 +167,68 @@ def enroll(
     if not signing:
         raise AgentError("the controller sent no work-order signing key; not enrolled")
 
-    write_atomic(state.key, key_pem, mode=0o600)
-    write_atomic(state.ca, ca_pem)
-    state.write_trusted_signing_keys(signing)
-    state.write_config(controller, enroll_address)
-    # Written last: its presence is what marks the state dir as enrolled.
-    write_atomic(state.cert, cert.public_bytes(serialization.Encoding.PEM))
-    log.info("enrolled as %s in %s ring %d", response.host_id, response.region, response.ring)
-    return Enrolled(response.host_id, response.region, response.ring)
+    reserve.unlink()
+    staging.write_trusted_signing_keys(signing)
+    staging.write_config(controller, enroll_address)
+    staging.write(staging.cert, cert.public_bytes(serialization.Encoding.PEM), mode=0o644)
+    # A journal left from an earlier identity goes, with its WAL: SQLite
+    # would replay an old WAL into the new journal.
+    for stale in (f"{state.journal}-wal", f"{state.journal}-shm"):
+        Path(stale).unlink(missing_ok=True)
+    # The certificate last: its presence is what marks the state dir enrolled.
+    for name in ("key.pem", "ca.pem", "journal.db", "trusted_keys.json", "agent.toml", "cert.pem"):
+        target = state.path / name
+        try:
+            os.replace(staging.path / name, target)
+        except OSError as exc:
+            raise storage_error(target, exc) or StateDirError(
+                f"cannot write {target}: {exc.strerror}"
+            ) from None
+        moved.append(target)
+    _fsync_dir(state.path)
+    return response
+
+
+def _mkdtemp(state: StateDir) -> str:
+    try:
+        return tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=state.path)  # mode 0700
+    except OSError as exc:
+        raise storage_error(state.path, exc) or StateDirError(
+            f"cannot write in {state.path}: {exc.strerror}"
+        ) from None
+
+
+def _remove_stale_staging(state: StateDir) -> None:
+    """Staging dirs an enrollment killed mid-way left behind."""
+    for stale in state.path.glob(f"{STAGING_PREFIX}*"):
+        shutil.rmtree(stale, ignore_errors=True)
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _confirm(state: StateDir, controller: str) -> str:
+    """One mutual-TLS call with the new identity (an empty report): proves
+    the key, certificate and pinned CA work together, and confirms the
+    host to the controller. Returns why it failed, "" when it did not."""
+    try:
+        credentials = state.credentials()
+        client = ControllerClient(
+            controller, credentials.ca_pem, credentials.key_pem, credentials.cert_pem
+        )
+        try:
+            client.reach()
+        finally:
+            client.close()
+    except AgentError as exc:
+        log.warning("enrolled, but the first call as this host failed: %s", exc)
+        return str(exc)
+    return ""
 
 
 def _check_certificate(

@@ -15,18 +15,20 @@ acknowledged. Released table, column and state names never change.
 
 from __future__ import annotations
 
+import functools
 import json
+import os
 import sqlite3
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar, cast
 
 from sqlite_utils import Database
 from sqlite_utils.migrations import Migrations
 
-from agent.errors import ConfigError
+from agent.errors import StateDirError, storage_error
 
 migrations = Migrations("fleetpatch.agent")
 
@@ -99,6 +101,15 @@ class CheckInState:
     last_error: str
     next_checkin: datetime | None
 
+    @property
+    def interval(self) -> timedelta | None:
+        """The check-in interval the controller last announced (from the
+        last successful check-in to the next one it asked for)."""
+        if self.last_success is None or self.next_checkin is None:
+            return None
+        gap = self.next_checkin - self.last_success
+        return gap if gap > timedelta(0) else None
+
 
 def _dt(text: str | None) -> datetime | None:
     return datetime.fromisoformat(text) if text else None
@@ -161,37 +172,82 @@ def _order(row: sqlite3.Row) -> OrderRecord:
     )
 
 
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+def _guarded(method: _F) -> _F:
+    """A journal call whose SQLite or file error becomes one StateDirError
+    naming the journal and what to do (read-only, full, damaged), instead
+    of a traceback. SQLite has rolled the transaction back by then: the
+    journal holds what it held before the call."""
+
+    @functools.wraps(method)
+    def call(self: Journal, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return method(self, *args, **kwargs)
+        except (sqlite3.IntegrityError, sqlite3.ProgrammingError):
+            raise  # our mistake, not the file's
+        except (sqlite3.DatabaseError, OSError) as exc:
+            raise _journal_error(self.path, exc) from None
+
+    return cast(_F, call)
+
+
+def _journal_error(path: Path, exc: sqlite3.DatabaseError | OSError) -> StateDirError:
+    known = storage_error(path, exc)
+    if known is not None:
+        return known
+    return StateDirError(
+        f"the journal {path} is damaged ({exc}): restore it from a backup, "
+        "or enroll this host again into an empty state dir"
+    )
+
+
 class Journal:
-    def __init__(self, conn: sqlite3.Connection) -> None:
+    def __init__(self, conn: sqlite3.Connection, path: Path) -> None:
         self._conn = conn
         self._db = Database(conn)
+        self.path = path
 
     @classmethod
-    def open(cls, path: Path) -> Journal:
-        """Open (creating, mode 0600) and migrate the journal."""
+    def open(cls, path: Path, must_exist: bool = False) -> Journal:
+        """Open and migrate the journal, creating it (mode 0600, and its
+        WAL and shared-memory files with it) unless ``must_exist``: the
+        journal of an enrolled host is made at enrollment, and one that
+        went missing or was truncated lost the host's history and the
+        sequence floor that refuses replayed orders. Raises StateDirError."""
+        what = "restore it from a backup, or enroll this host again into an empty state dir"
         try:
             if not path.exists():
-                path.touch(mode=0o600)
+                if must_exist:
+                    raise StateDirError(f"the journal {path} is missing ({what})")
+                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+                os.fchmod(fd, 0o600)  # whatever the umask; SQLite gives -wal, -shm the same
+                os.close(fd)
+            elif must_exist and path.stat().st_size == 0:
+                raise StateDirError(f"the journal {path} is empty ({what})")
             conn = sqlite3.connect(path, isolation_level=None)
             conn.row_factory = sqlite3.Row
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA synchronous=FULL")  # the journal is the host's memory
             conn.execute("PRAGMA busy_timeout=5000")
-            journal = cls(conn)
+            journal = cls(conn, path)
             migrations.apply(journal._db)
         except (sqlite3.DatabaseError, OSError) as exc:
             # A damaged file, a read-only or full state dir: say which file
             # and why, once, instead of a traceback.
-            raise ConfigError(f"cannot open the journal {path}: {exc}") from None
+            raise _journal_error(path, exc) from None
         return journal
 
     def close(self) -> None:
         self._conn.close()
 
+    @_guarded
     def _get(self, key: str) -> str | None:
         row = self._conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
         return None if row is None else str(row[0])
 
+    @_guarded
     def _set(self, **values: str) -> None:
         with self._db.atomic():
             self._conn.executemany(
@@ -200,6 +256,7 @@ class Journal:
                 values.items(),
             )
 
+    @_guarded
     def checkin_state(self) -> CheckInState:
         return CheckInState(
             acked_inventory_hash=self._get("acked_inventory_hash") or "",
@@ -221,6 +278,7 @@ class Journal:
             next_checkin=next_checkin.isoformat(),
         )
 
+    @_guarded
     def record_checkin_failure(self, error: str, now: datetime | None = None) -> None:
         self._set(
             last_checkin_attempt=(now or datetime.now(UTC)).isoformat(),
@@ -229,6 +287,7 @@ class Journal:
 
     # -- work orders ----------------------------------------------------------
 
+    @_guarded
     def highest_sequence(self) -> int:
         return int(self._get("highest_sequence") or 0)
 
@@ -294,16 +353,19 @@ class Journal:
             )
             self._step(order_id, state, detail, now, make_report)
 
+    @_guarded
     def entries(self, order_id: str, state: str) -> int:
         row = self._conn.execute(
             "SELECT count(*) FROM steps WHERE order_id = ? AND state = ?", (order_id, state)
         ).fetchone()
         return int(row[0])
 
+    @_guarded
     def order(self, order_id: str) -> OrderRecord | None:
         row = self._conn.execute("SELECT * FROM orders WHERE order_id = ?", (order_id,)).fetchone()
         return None if row is None else _order(row)
 
+    @_guarded
     def orders(self, limit: int = 20) -> list[OrderRecord]:
         """The newest orders first."""
         rows = self._conn.execute(
@@ -311,6 +373,7 @@ class Journal:
         ).fetchall()
         return [_order(r) for r in rows]
 
+    @_guarded
     def unfinished(self, terminal: frozenset[str]) -> list[OrderRecord]:
         marks = ",".join("?" * len(terminal))
         rows = self._conn.execute(
@@ -319,6 +382,7 @@ class Journal:
         ).fetchall()
         return [_order(r) for r in rows]
 
+    @_guarded
     def steps(self, order_id: str) -> list[Step]:
         rows = self._conn.execute(
             "SELECT * FROM steps WHERE order_id = ? ORDER BY id", (order_id,)
@@ -328,6 +392,7 @@ class Journal:
             for r in rows
         ]
 
+    @_guarded
     def refuse(self, order_id: str, reason: str, detail: str, make_report: MakeReport) -> None:
         now = _now()
         with self._db.atomic():
@@ -341,6 +406,7 @@ class Journal:
                 (key, order_id, make_report(key), now),
             )
 
+    @_guarded
     def refusals(self, limit: int = 20) -> list[Refusal]:
         rows = self._conn.execute(
             "SELECT * FROM refusals ORDER BY id DESC LIMIT ?", (limit,)
@@ -350,6 +416,7 @@ class Journal:
             for r in rows
         ]
 
+    @_guarded
     def pending_reports(self, limit: int = 100) -> list[tuple[str, bytes]]:
         rows = self._conn.execute(
             "SELECT key, payload FROM reports WHERE acked_at IS NULL AND dropped IS NULL"
@@ -358,6 +425,7 @@ class Journal:
         ).fetchall()
         return [(r["key"], bytes(r["payload"])) for r in rows]
 
+    @_guarded
     def drop_report(self, key: str, why: str) -> None:
         """Take a report the controller rejects out of the queue, noting why."""
         with self._db.atomic():
@@ -366,6 +434,7 @@ class Journal:
                 (f"{_now()} {why}", key),
             )
 
+    @_guarded
     def dropped_reports(self) -> list[tuple[str, str]]:
         """(key, when and why) of every report dropped from the queue."""
         rows = self._conn.execute(
@@ -373,6 +442,7 @@ class Journal:
         ).fetchall()
         return [(r["key"], r["dropped"]) for r in rows]
 
+    @_guarded
     def ack_reports(self, keys: list[str]) -> None:
         now = _now()
         with self._db.atomic():

@@ -144,7 +144,7 @@ class SystemdWatchdog:
         self._run(argv, timeout=60)
 
     def disarm(self, name: str, marker: Path) -> bool:
-        marker.parent.mkdir(parents=True, exist_ok=True)
+        marker.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         marker.touch()
         self._run(["systemctl", "stop", f"{name}.timer"], check=False, timeout=60)
         shown = self._show(name)
@@ -326,7 +326,7 @@ class UpdateSteps:
         ValueError saying what is wrong."""
         assert self._fetch is not None  # noqa: S101 - _cannot_update said so
         path = self._package(order)
-        path.parent.mkdir(parents=True, exist_ok=True)
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         if not (path.is_file() and sha256_file(path) == update.sha256.hex()):
             free = shutil.disk_usage(path.parent).free
             if free < SPACE_FACTOR * update.size:

@@ -2,11 +2,24 @@
 
 from __future__ import annotations
 
+import os
+import shutil
 import socket
+import stat
+import subprocess
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 
-from tests.support.controller import Controller, Result, cli
+from agent.orders.journal import Journal
+from tests.support import mounts
+from tests.support.controller import BIN, Controller, Result, cli, ok
 
 
 def _one_line(result: Result, code: int, *needles: str) -> None:
@@ -173,22 +186,197 @@ def test_every_command_explains_itself(argv):
     assert len(result.stdout.splitlines()) > 3
 
 
-@pytest.mark.parametrize(
-    ("damaged", "content", "needle"),
-    [
-        ("journal.db", b"this is not a database, it was overwritten", "cannot open the journal"),
-        ("cert.pem", b"-----BEGIN CERTIFICATE-----\ngarbage\n", "is not a PEM certificate"),
-    ],
-)
-@pytest.mark.parametrize("command", [["status"], ["run", "--once"]])
+# -- broken local state: one line naming the file, exit 2 ----------------------
+
+
+@pytest.fixture(scope="module")
+def pristine(tmp_path_factory) -> Iterator[tuple[Controller, Path]]:
+    """A real controller and a state dir enrolled with it that has checked
+    in once (its journal holds something); tests damage copies of it."""
+    root = tmp_path_factory.mktemp("pristine")
+    ctl = Controller(root / "ctl")
+    ctl.init()
+    ctl.start()
+    try:
+        state = root / "state"
+        ok(*_enroll_argv(ctl, state))
+        ok("fleetpatch-agent", "run", "--once", "--state-dir", state)
+        yield ctl, state
+    finally:
+        ctl.stop()
+
+
+def _enroll_argv(ctl: Controller, state: Path) -> list[str | Path]:
+    return ["fleetpatch-agent", "enroll", "--controller", ctl.address, "--token", ctl.token(),
+            "--ca-cert", ctl.data_dir / "ca.pem", "--state-dir", state]  # fmt: skip
+
+
+def _files(state: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(state)): p.read_bytes() for p in state.rglob("*") if p.is_file()}
+
+
+def _other_pem(kind: str) -> bytes:
+    """A well-formed key or certificate that is not this host's."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    if kind == "key":
+        return key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )  # fmt: skip
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "someone else")])
+    now = datetime.now(UTC)
+    cert = (
+        x509.CertificateBuilder().subject_name(name).issuer_name(name)
+        .public_key(key.public_key()).serial_number(1)
+        .not_valid_before(now).not_valid_after(now + timedelta(days=1))
+        .sign(key, hashes.SHA256())
+    )  # fmt: skip
+    return cert.public_bytes(serialization.Encoding.PEM)
+
+
+GARBLED_KEY = b"-----BEGIN PRIVATE KEY-----\nTUlJRXZ3SUJBREFO\n-----END PRIVATE KEY-----\n"
+GARBLED_CERT = b"-----BEGIN CERTIFICATE-----\ngarbage\n-----END CERTIFICATE-----\n"
+MISSING = None
+DAMAGE = [
+    ("key.pem", MISSING, "key.pem is missing"),
+    ("key.pem", b"", "key.pem is empty"),  # grpc aborted the process (SIGABRT)
+    ("key.pem", GARBLED_KEY, "key.pem is not a PEM private key"),  # was exit 3 "cannot reach"
+    ("key.pem", "other key", "key.pem is not the key of"),
+    ("cert.pem", MISSING, "cert.pem is missing"),
+    ("cert.pem", b"", "cert.pem is empty"),
+    ("cert.pem", GARBLED_CERT, "cert.pem is not a PEM certificate"),
+    ("ca.pem", MISSING, "ca.pem is missing"),
+    ("ca.pem", b"\n", "ca.pem is empty"),
+    ("ca.pem", b"not a certificate", "ca.pem is not a PEM certificate"),
+    ("ca.pem", "other cert", "cert.pem was not issued by the CA pinned in"),
+    ("trusted_keys.json", MISSING, "trusted_keys.json is missing"),
+    ("trusted_keys.json", b"", "trusted_keys.json is empty"),
+    ("trusted_keys.json", b"{}", "trusted_keys.json is damaged"),
+    ("trusted_keys.json", b'{"k": "not hex"}', "trusted_keys.json is damaged"),
+    ("journal.db", MISSING, "journal.db is missing"),
+    ("journal.db", b"", "journal.db is empty"),
+    ("journal.db", b"this is not a database, it was overwritten", "journal.db is damaged"),
+    ("agent.toml", MISSING, "agent.toml is missing"),
+    ("agent.toml", b"", "agent.toml is empty"),
+]
+ORDER = b'{"payload": "eA==", "signature": "eA==", "keyId": "k"}'
+COMMANDS = [["status"], ["run", "--once"], ["apply", "--offline", "ORDER"]]
+
+
+def _command(command: list[str], tmp_path: Path) -> list[str | Path]:
+    order = tmp_path / "order.json"
+    order.write_bytes(ORDER)
+    return [order if arg == "ORDER" else arg for arg in command]
+
+
+@pytest.mark.parametrize(("damaged", "content", "needle"), DAMAGE)
+@pytest.mark.parametrize("command", COMMANDS, ids=" ".join)
 def test_agent_with_damaged_local_state_says_which_file(
-    controller, tmp_path, damaged, content, needle, command
+    pristine, tmp_path, damaged, content, needle, command
 ):
-    """Issue 12 item 6 (part): one line naming the file, exit 2, no traceback."""
-    state = tmp_path / "a"
-    assert controller.enroll(state, controller.token()).returncode == 0
-    assert cli("fleetpatch-agent", "run", "--once", "--state-dir", state).returncode == 0
-    (state / damaged).write_bytes(content)
+    """One line naming the file and what to do, exit 2: no traceback, no
+    abort inside grpc, not a network error; and nothing written."""
+    _, source = pristine
+    state = tmp_path / "state"
+    shutil.copytree(source, state)
+    target = state / damaged
+    if content is MISSING:
+        target.unlink()
+    elif isinstance(content, str):
+        target.write_bytes(_other_pem(content.split()[-1]))
+    else:
+        target.write_bytes(content)
     for suffix in ("-wal", "-shm"):
         (state / f"{damaged}{suffix}").unlink(missing_ok=True)
-    _one_line(cli("fleetpatch-agent", *command, "--state-dir", state), 2, needle, damaged)
+    before = _files(state)
+    result = cli("fleetpatch-agent", *_command(command, tmp_path), "--state-dir", state)
+    _one_line(result, 2, needle, str(state / damaged))
+    if content is not MISSING and damaged != "agent.toml":
+        assert "enroll this host again" in result.stderr
+    assert _files(state) == before
+
+
+@pytest.mark.parametrize("command", COMMANDS, ids=" ".join)
+def test_agent_on_a_read_only_state_dir(pristine, tmp_path, command):
+    _, source = pristine
+    state = tmp_path / "state"
+    shutil.copytree(source, state)
+    before = _files(state)
+    with mounts.read_only(state):
+        result = cli("fleetpatch-agent", *_command(command, tmp_path), "--state-dir", state)
+    _one_line(result, 2, str(state / "journal.db"), "read-only filesystem: remount it read-write")
+    assert _files(state) == before
+
+
+@pytest.mark.parametrize("command", COMMANDS, ids=" ".join)
+def test_agent_on_a_full_state_dir(pristine, tmp_path, command):
+    _, source = pristine
+    with mounts.full_copy(source, tmp_path / "fs") as state:
+        before = _files(state)
+        result = cli("fleetpatch-agent", *_command(command, tmp_path), "--state-dir", state)
+        _one_line(result, 2, str(state), "no space left", "free some space")
+        after = _files(state)
+        # With room again, the journal opens and holds what it held:
+        # nothing half-written.
+        (tmp_path / "fs" / "filler").unlink()
+        journal = Journal.open(state / "journal.db", must_exist=True)
+        try:
+            assert journal.checkin_state().last_success is not None
+        finally:
+            journal.close()
+    assert {k: v for k, v in after.items() if not k.startswith("journal.db")} == {
+        k: v for k, v in before.items() if not k.startswith("journal.db")
+    }
+
+
+@pytest.mark.parametrize(
+    "command", [["run", "--once"], ["apply", "ORDER"], ["enroll", "--controller", "c:1",
+                "--token", "t", "--ca-cert", "ca.pem"]], ids=lambda c: c[0],
+)  # fmt: skip
+def test_agent_commands_that_need_root_say_so(tmp_path, command):
+    """As another user: one line, exit 2, before anything is read."""
+    if os.geteuid() != 0 or shutil.which("setpriv") is None:
+        pytest.skip("needs root and setpriv(1) to run the agent as another user")
+    nobody = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
+    done = subprocess.run(
+        [*nobody, str(BIN / "fleetpatch-agent"), *map(str, _command(command, tmp_path)),
+         "--state-dir", str(tmp_path / "state")],
+        capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL, check=False,
+    )  # fmt: skip
+    _one_line(Result(done.returncode, done.stdout, done.stderr), 2, "must run as root")
+    assert not (tmp_path / "state").exists()
+
+
+def test_agent_files_have_their_modes_whatever_the_umask(controller, tmp_path):
+    """umask 000: the state dir is 0700, the key and the journal (with its
+    WAL and shared memory) 0600, nothing is writable by others."""
+    state = tmp_path / "state"
+
+    def agent(*args: str | Path) -> None:
+        done = subprocess.run(
+            [str(BIN / "fleetpatch-agent"), *map(str, args)],
+            capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL,
+            umask=0, check=False,
+        )  # fmt: skip
+        assert done.returncode == 0, done.stderr
+
+    agent(*_enroll_argv(controller, state)[1:])
+    # An open connection keeps -wal and -shm (SQLite gives them the
+    # journal's mode); ours is opened with the same umask.
+    old = os.umask(0)
+    try:
+        journal = Journal.open(state / "journal.db", must_exist=True)
+    finally:
+        os.umask(old)
+    try:
+        agent("run", "--once", "--state-dir", state)
+        modes = {str(p.relative_to(state)): stat.S_IMODE(p.stat().st_mode)
+                 for p in [state, *state.rglob("*")]}  # fmt: skip
+    finally:
+        journal.close()
+    assert modes.pop(".") == 0o700
+    for private in ("key.pem", "journal.db", "journal.db-wal", "journal.db-shm"):
+        assert modes.pop(private) == 0o600, private
+    assert modes.pop("cache") == 0o700
+    for name, mode in modes.items():
+        assert mode in (0o644, 0o600), (name, oct(mode))

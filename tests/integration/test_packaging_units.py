@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pytest
 
+from agent.errors import ConfigError, Refused, TransientError
 from agent.statedir import DEFAULT_STATE_DIR, StateDir
 from controller.datadir import DEFAULT_DATA_DIR, DataDir
 from tests.support.packages import ROOT, SYSTEMD_DIR, build_script
@@ -158,8 +159,16 @@ def test_agent_unit_never_kills_a_package_transaction():
     assert timeout == "30min"
     assert found["Restart"] == ["always"]
     assert found["RestartSec"] == ["30s"]
-    assert found["RestartPreventExitStatus"] == ["4"]
     assert found["StartLimitIntervalSec"] == ["0"]
+
+
+def test_agent_unit_does_not_restart_on_what_a_person_must_fix():
+    """Restarting cannot fix a configuration or state error (exit 2) or a
+    refusal (exit 4); every other exit is restarted."""
+    (prevent,) = directives("fleetpatch-agent.service")["RestartPreventExitStatus"]
+    codes = {int(code) for code in prevent.split()}
+    assert codes == {ConfigError.exit_code, Refused.exit_code} == {2, 4}
+    assert TransientError.exit_code not in codes
 
 
 def test_agent_unit_uses_the_agents_default_state_dir_and_the_packaged_binary():

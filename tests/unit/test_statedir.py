@@ -8,7 +8,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from fleetpatch.identity import Identity, Role
 
-from agent.errors import ConfigError, NotEnrolled
+from agent.errors import ConfigError, NotEnrolled, StateDirError
 from agent.host.health import ResourceLimits
 from agent.statedir import AgentConfig, StateDir
 from controller.fleet.pki import CertificateAuthority, new_key
@@ -56,7 +56,7 @@ def test_config_health_values(tmp_path):
         ('[controller]\naddress = "c:1"\n[extra]\n', "extra: unknown table"),
         ('[controller]\naddress = "c:1"\nport = 1\n', "controller.port: unknown key"),
         ('[controller]\naddress = "c:1"\n[health]\nmax_cpu = 1\n', "health.max_cpu: unknown key"),
-        ("", "controller.address: is required"),
+        ("", "agent.toml is empty"),
         ("[controller]\n", "controller.address: is required"),
         ('[controller]\naddress = ""\n', "controller.address: must not be empty"),
         ("[controller]\naddress = 7443\n", "controller.address: must be a string"),
@@ -80,7 +80,7 @@ def test_config_rejects_naming_the_field(tmp_path, text, message):
 
 
 def test_config_missing_file(tmp_path):
-    with pytest.raises(ConfigError, match=r"cannot read .*agent\.toml: No such file"):
+    with pytest.raises(ConfigError, match=r"agent\.toml is missing \(restore it"):
         StateDir(tmp_path).config()
 
 
@@ -117,10 +117,17 @@ def test_require_enrolled_needs_the_config_too(tmp_path):
     state = StateDir(tmp_path)
     state.cert.write_text("")
     assert state.is_enrolled()
-    with pytest.raises(NotEnrolled, match="holds no enrollment"):
+    # Half an enrollment is a damaged state dir, named, not "not enrolled".
+    with pytest.raises(StateDirError, match=r"agent\.toml is missing"):
         state.require_enrolled()
     state.write_config("c:1", "c:2")
     state.require_enrolled()
+    state.cert.unlink()
+    with pytest.raises(StateDirError, match=r"cert\.pem is missing"):
+        state.require_enrolled()
+    state.config_file.unlink()
+    with pytest.raises(NotEnrolled, match="holds no enrollment"):
+        state.require_enrolled()
 
 
 def test_not_enrolled_is_a_config_error():
