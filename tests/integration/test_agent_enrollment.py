@@ -1,4 +1,4 @@
-"""Enrollment as the agent does it: all or nothing, over real TLS to a real controller.
+"""Enrollment is all or nothing on the agent's side, against a real
 controller over real TLS: nothing is sent before the state dir takes
 writes and the controller's certificate verifies against --ca-cert;
 nothing is left half-written when anything fails after the call; the new
