@@ -26,7 +26,7 @@ from controller.api.servicers import AdminService, AgentService, Revocations
 from controller.datadir import DataDir, join_address, split_address
 from controller.errors import UsageError
 from controller.fleet.pki import CertificateAuthority
-from controller.fleet.signing import load_signing_key, published_keys, rotation_chain
+from controller.fleet.signing import load_signing_keys
 from controller.releases.artifacts import ArtifactStore
 from controller.releases.publishing import Releases, load_release_key
 from controller.rollout.engine import CampaignEngine
@@ -93,21 +93,22 @@ async def serve(
     ca = CertificateAuthority.load(data_dir.read(data_dir.ca_key), data_dir.read(data_dir.ca_cert))
     server_key = data_dir.read(data_dir.server_key)
     server_cert = data_dir.read(data_dir.server_cert)
-    signing_key = load_signing_key(data_dir.read(data_dir.signing_key))
-    signing, chain = published_keys(signing_key), rotation_chain(data_dir)
+    keys = load_signing_keys(data_dir)
     release_key = load_release_key(data_dir, settings.release_public_key)
 
     store = Store.open(data_dir.database)
     db = StoreThread(store)
     revoked = Revocations(await db.call(lambda s: s.revoked_host_ids()))
     batcher = CheckInBatcher(db, settings.checkin_max_batch)
-    engine = CampaignEngine(db, signing_key)
+    engine = CampaignEngine(db, keys.key)
     await engine.start()
     releases = _releases(data_dir, db, release_key)
     server = grpc.aio.server(options=_OPTIONS)
     lenient.add_servicer(
         server,
-        AgentService(db, batcher, ca, signing, settings, revoked, engine, releases, chain),
+        AgentService(
+            db, batcher, ca, keys.published, settings, revoked, engine, releases, keys.chain
+        ),
         agent_pb2.DESCRIPTOR.services_by_name["AgentService"],
     )
     lenient.add_servicer(
