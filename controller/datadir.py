@@ -44,6 +44,9 @@ class Settings:
     # [releases] public_key: agent packages must be signed with this release
     # key to be published; None: any signed release is taken as it is.
     release_public_key: Path | None = None
+    # [audit] refusal_window: a host's refusals after its first are counted,
+    # and written as one record per window (controller/refusals.py).
+    refusal_window: timedelta = timedelta(minutes=10)
 
 
 def default_enroll_address(address: str) -> str:
@@ -163,7 +166,7 @@ class DataDir:
             doc = tomllib.loads(self.read(self.config).decode())
         except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
             raise UsageError(f"{self.config}: {exc}") from None
-        unknown = set(doc) - {"server", "checkin", "campaigns", "releases"}
+        unknown = set(doc) - {"server", "checkin", "campaigns", "releases", "audit"}
         if unknown:
             raise UsageError(f"{self.config}: unknown table [{sorted(unknown)[0]}]")
         server = _table(doc, "server", {"listen", "enroll_listen", "advertise"}, self.config)
@@ -198,9 +201,11 @@ class DataDir:
         public_key = releases.get("public_key", "")
         if not isinstance(public_key, str):
             raise UsageError(f"{self.config}: releases.public_key must be a path (a string)")
+        audit = _table(doc, "audit", {"refusal_window"}, self.config)
+        refusal_window = _duration(audit, "audit", "refusal_window", "10m", self.config)
         return Settings(
             listen, enroll, advertise, interval, float(jitter), tick, max_batch,
-            self.path / public_key if public_key else None,
+            self.path / public_key if public_key else None, refusal_window,
         )  # fmt: skip
 
     def write_endpoints(self, address: str, enroll_address: str) -> None:
@@ -226,6 +231,17 @@ def _address(table: dict[str, object], key: str, default: str, path: Path) -> st
             split_address(value)
         except UsageError as exc:
             raise UsageError(f"{path}: server.{key}: {exc}") from None
+    return value
+
+
+def _duration(table: dict[str, object], name: str, key: str, default: str, path: Path) -> timedelta:
+    """A duration of at least 1s from ``[name] key``; raises UsageError naming it."""
+    try:
+        value = parse_duration(str(table.get(key, default)))
+    except ValueError as exc:
+        raise UsageError(f"{path}: {name}.{key}: {exc}") from None
+    if value < timedelta(seconds=1):
+        raise UsageError(f"{path}: {name}.{key} must be at least 1s")
     return value
 
 
@@ -274,4 +290,10 @@ tick = "10s"
 # Unset: the controller takes any signed release as it is, and each host
 # still checks it against the release key pinned there.
 # public_key = "/etc/fleetpatch/release.pub"
+
+[audit]
+# A host's first refusal of an order is recorded at once; the ones after it
+# within this window are counted and written as one record when it ends, so
+# a host refusing thousands of orders cannot flood the audit trail.
+refusal_window = "10m"
 """

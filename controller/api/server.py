@@ -22,6 +22,7 @@ from fleetpatch.v1 import admin_pb2, agent_pb2
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from controller.api import lenient
+from controller.api.auditkeeping import AuditKeeper
 from controller.api.servicers import AdminService, AgentService, Revocations
 from controller.datadir import DataDir, join_address, split_address
 from controller.errors import UsageError
@@ -103,11 +104,21 @@ async def serve(
     engine = CampaignEngine(db, keys.key)
     await engine.start()
     releases = _releases(data_dir, db, release_key)
+    keeper = AuditKeeper.start(db, settings)
     server = grpc.aio.server(options=_OPTIONS)
     lenient.add_servicer(
         server,
         AgentService(
-            db, batcher, ca, keys.published, settings, revoked, engine, releases, keys.chain
+            db,
+            batcher,
+            ca,
+            keys.published,
+            settings,
+            revoked,
+            engine,
+            releases,
+            keys.chain,
+            refusals=keeper.refusals,
         ),
         agent_pb2.DESCRIPTOR.services_by_name["AgentService"],
     )
@@ -144,7 +155,8 @@ async def serve(
         log.info("shutting down: finishing in-flight calls (up to %.0fs)", SHUTDOWN_GRACE_SECONDS)
         await health_servicer.enter_graceful_shutdown()
         await server.stop(SHUTDOWN_GRACE_SECONDS)
-        await ticks
+        # After server.stop, so that no report can add a refusal count now.
+        await asyncio.gather(ticks, keeper.close())
         await batcher.close()
         db.close()
         _handle_signals(loop, None)

@@ -23,6 +23,7 @@ from fleetpatch.v1 import admin_pb2, admin_pb2_grpc, agent_pb2, agent_pb2_grpc, 
 
 from controller import audit
 from controller.api import convert
+from controller.api.auditkeeping import RefusalLog
 from controller.api.auth import peer_identity
 from controller.api.checkin import next_checkin
 from controller.api.lenient import Malformed
@@ -40,6 +41,7 @@ from controller.errors import (
 from controller.fleet import enrollment, tokens
 from controller.fleet.pki import CertificateAuthority
 from controller.model import CheckIn, ProgressReport
+from controller.refusals import RefusalCounter
 from controller.releases.publishing import Header, Releases
 from controller.rollout.engine import CampaignEngine
 from controller.rollout.tally import facts_of
@@ -181,6 +183,7 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
         releases: Releases,
         rotations: list[types_pb2.SigningKey] | None = None,
         rng: random.Random | None = None,
+        refusals: RefusalLog | None = None,
     ) -> None:
         self._db = db
         self._releases = releases
@@ -192,6 +195,7 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
         self._engine = engine
         self._rotations = rotations or []
         self._rng = rng or random.Random()
+        self._refusals = refusals or RefusalLog(db, RefusalCounter(settings.refusal_window))
 
     @rpc
     async def Enroll(
@@ -276,16 +280,13 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
             host_id,
             [(r.order_id, r.step, r.outcome if r.final else "", r.detail, r.at) for r in reports],
         )
-        # The controller's time is the record's time: an agent's clock (or a
-        # hostile agent) must not backdate the audit trail.
-        received = datetime.now(UTC)
-        refusals = [
-            AuditEntry(received, f"host:{host_id}", "order.refused", report.order_id or "-",
-                       "refused", report.detail)
-            for report in reports if report.step == REFUSED
-        ]  # fmt: skip
-        if refusals and new:
-            await self._db.call(lambda s: s.append_audits(refusals))
+        # Audited with the controller's time (an agent's clock, or a hostile
+        # agent, must not backdate the trail), and counted rather than
+        # recorded one by one (a refusing host must not flood it).
+        if new:
+            await self._refusals.refused(
+                host_id, [(r.order_id, r.detail) for r in reports if r.step == REFUSED]
+            )
         for report in reports:
             if report.final:
                 log.info("host %s: order %s finished %s: %s",
