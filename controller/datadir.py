@@ -47,6 +47,9 @@ class Settings:
     # [audit] refusal_window: a host's refusals after its first are counted,
     # and written as one record per window (controller/refusals.py).
     refusal_window: timedelta = timedelta(minutes=10)
+    # [audit] checkpoint_interval: how often a signed checkpoint of the trail
+    # goes to the controller's log (controller/checkpoint.py).
+    checkpoint_interval: timedelta = timedelta(hours=1)
 
 
 def default_enroll_address(address: str) -> str:
@@ -201,11 +204,12 @@ class DataDir:
         public_key = releases.get("public_key", "")
         if not isinstance(public_key, str):
             raise UsageError(f"{self.config}: releases.public_key must be a path (a string)")
-        audit = _table(doc, "audit", {"refusal_window"}, self.config)
+        audit = _table(doc, "audit", {"refusal_window", "checkpoint_interval"}, self.config)
         refusal_window = _duration(audit, "audit", "refusal_window", "10m", self.config)
+        checkpoints = _duration(audit, "audit", "checkpoint_interval", "1h", self.config)
         return Settings(
             listen, enroll, advertise, interval, float(jitter), tick, max_batch,
-            self.path / public_key if public_key else None, refusal_window,
+            self.path / public_key if public_key else None, refusal_window, checkpoints,
         )  # fmt: skip
 
     def write_endpoints(self, address: str, enroll_address: str) -> None:
@@ -296,4 +300,9 @@ tick = "10s"
 # within this window are counted and written as one record when it ends, so
 # a host refusing thousands of orders cannot flood the audit trail.
 refusal_window = "10m"
+# How often a checkpoint of the trail (its last record's sequence and hash,
+# the time, signed with the work-order key) is written to the controller's
+# log, at start and at shutdown too; `fleetpatch audit verify --checkpoint`
+# checks the trail against one, which catches a cut-off tail or a rewrite.
+checkpoint_interval = "1h"
 """

@@ -1,5 +1,7 @@
 """The audit trail's upkeep on the event loop: refusal counts written to
-the store as their windows end, and at shutdown."""
+the store as their windows end, and signed checkpoints written to the
+log (journald keeps it, outside the database) at start, every
+``audit.checkpoint_interval`` and at shutdown."""
 
 from __future__ import annotations
 
@@ -7,9 +9,10 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Callable, Sequence
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 from controller.audit import AuditEntry
+from controller.checkpoint import Checkpoint, Checkpoints
 from controller.datadir import Settings
 from controller.refusals import RefusalCounter
 from controller.store.thread import StoreThread
@@ -57,38 +60,65 @@ class RefusalLog:
             await self._db.call(lambda s: s.append_audits(entries))
 
 
+async def checkpoint(db: StoreThread, checkpoints: Checkpoints, now: datetime) -> Checkpoint:
+    """A signed checkpoint of the trail as it ends now."""
+    seq, digest = await db.call(lambda s: s.audit_head())
+    return checkpoints.sign(seq, digest, now)
+
+
 class AuditKeeper:
     """The periodic task: every FLUSH_SECONDS, write the refusal counts
-    whose window ended. ``close`` stops it and writes what is left."""
+    whose window ended; every checkpoint interval, log a checkpoint.
+    ``close`` stops it, writes what is left and logs a last checkpoint."""
 
-    def __init__(self, refusals: RefusalLog) -> None:
+    def __init__(
+        self,
+        db: StoreThread,
+        refusals: RefusalLog,
+        checkpoints: Checkpoints,
+        checkpoint_every: timedelta,
+        clock: Callable[[], datetime] = _now,
+    ) -> None:
         self.refusals = refusals
+        self.checkpoints = checkpoints
+        self._db = db
+        self._every = checkpoint_every
+        self._clock = clock
         self._stop = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
 
     @classmethod
-    def start(
-        cls, db: StoreThread, settings: Settings, clock: Callable[[], datetime] = _now
-    ) -> AuditKeeper:
-        keeper = cls(RefusalLog(db, RefusalCounter(settings.refusal_window), clock))
+    def start(cls, db: StoreThread, settings: Settings, checkpoints: Checkpoints) -> AuditKeeper:
+        refusals = RefusalLog(db, RefusalCounter(settings.refusal_window))
+        keeper = cls(db, refusals, checkpoints, settings.checkpoint_interval)
         keeper._task = asyncio.create_task(keeper._run(), name="audit-keeper")
         return keeper
 
     async def close(self) -> None:
-        """Stop; write every refusal count still held. Call once nothing
-        can report a refusal any more (after the server stopped)."""
+        """Stop; write every refusal count still held; log a checkpoint.
+        Call once nothing can report a refusal any more (after the server
+        stopped)."""
         self._stop.set()
         if self._task is not None:
             await self._task
         await self.refusals.drain()
+        await self._log_checkpoint()
+
+    async def _log_checkpoint(self) -> None:
+        signed = await checkpoint(self._db, self.checkpoints, self._clock())
+        # One line, so that `journalctl ... | grep` and `sed` recover the file.
+        log.info("audit checkpoint: %s", signed.to_json(indent=None))
 
     async def _run(self) -> None:
+        next_checkpoint = self._clock()
         while not self._stop.is_set():
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stop.wait(), FLUSH_SECONDS)
-            if self._stop.is_set():
-                return
             try:
+                if self._clock() >= next_checkpoint:
+                    next_checkpoint = self._clock() + self._every
+                    await self._log_checkpoint()
                 await self.refusals.flush_due()
             except Exception:  # a failed write is logged; the loop goes on
-                log.exception("writing refusal counts to the audit trail failed")
+                log.exception("audit upkeep failed")
+            wait = min(FLUSH_SECONDS, max((next_checkpoint - self._clock()).total_seconds(), 0))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), wait)

@@ -24,6 +24,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from controller.api import lenient
 from controller.api.auditkeeping import AuditKeeper
 from controller.api.servicers import AdminService, AgentService, Revocations
+from controller.checkpoint import Checkpoints
 from controller.datadir import DataDir, join_address, split_address
 from controller.errors import UsageError
 from controller.fleet.pki import CertificateAuthority
@@ -104,7 +105,7 @@ async def serve(
     engine = CampaignEngine(db, keys.key)
     await engine.start()
     releases = _releases(data_dir, db, release_key)
-    keeper = AuditKeeper.start(db, settings)
+    keeper = AuditKeeper.start(db, settings, Checkpoints(keys.key, keys.trusted))
     server = grpc.aio.server(options=_OPTIONS)
     lenient.add_servicer(
         server,
@@ -123,7 +124,7 @@ async def serve(
         agent_pb2.DESCRIPTOR.services_by_name["AgentService"],
     )
     lenient.add_servicer(
-        server, AdminService(db, revoked, engine, releases),
+        server, AdminService(db, revoked, engine, releases, keeper.checkpoints),
         admin_pb2.DESCRIPTOR.services_by_name["AdminService"],
     )  # fmt: skip
     # grpc-stubs predates the asyncio health servicer that grpcio-health-checking ships.

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import logging
 import random
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -21,13 +22,14 @@ from fleetpatch.inventory import inventory_hash
 from fleetpatch.orderspec import REFUSED, UNREADABLE_ORDER
 from fleetpatch.v1 import admin_pb2, admin_pb2_grpc, agent_pb2, agent_pb2_grpc, types_pb2
 
-from controller import audit
-from controller.api import convert
+from controller import audit, checkpoint
+from controller.api import auditkeeping, convert
 from controller.api.auditkeeping import RefusalLog
 from controller.api.auth import peer_identity
 from controller.api.checkin import next_checkin
 from controller.api.lenient import Malformed
 from controller.audit import AuditEntry
+from controller.checkpoint import Checkpoints
 from controller.datadir import Settings
 from controller.errors import (
     AlreadyExists,
@@ -56,6 +58,8 @@ MAX_REPORTS_PER_CALL = 500
 # and step names longer than this are refused, details are cut.
 MAX_REPORT_ID = 128
 MAX_REPORT_DETAIL = 2000
+# Audit records read per store call when walking or exporting the trail.
+AUDIT_PAGE = 2000
 _Req = TypeVar("_Req")
 _Resp = TypeVar("_Resp")
 
@@ -133,6 +137,14 @@ def _readable(report: ProgressReport) -> ProgressReport:
         cut = report.detail[:MAX_REPORT_DETAIL]
         report = dataclasses.replace(report, detail=f"{cut}... (cut at {MAX_REPORT_DETAIL})")
     return report
+
+
+def _walk_page(walk: audit.ChainWalk, after: int, store: Store) -> int | None:
+    """Feed ``walk`` the page after sequence ``after``; the last sequence
+    fed, or None at the end of the trail."""
+    page = store.audit_page(after, AUDIT_PAGE)
+    walk.feed(page)
+    return page[-1].seq if page else None
 
 
 def audited(action: Callable[[Store], _Resp], entry: AuditEntry) -> Callable[[Store], _Resp]:
@@ -313,12 +325,18 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
 
 class AdminService(admin_pb2_grpc.AdminServiceServicer):
     def __init__(
-        self, db: StoreThread, revoked: Revocations, engine: CampaignEngine, releases: Releases
+        self,
+        db: StoreThread,
+        revoked: Revocations,
+        engine: CampaignEngine,
+        releases: Releases,
+        checkpoints: Checkpoints,
     ) -> None:
         self._db = db
         self._revoked = revoked
         self._engine = engine
         self._releases = releases
+        self._checkpoints = checkpoints
 
     def _admin(self, context: Context) -> Identity:
         return require(context, Role.ADMIN, self._revoked)
@@ -522,13 +540,40 @@ class AdminService(admin_pb2_grpc.AdminServiceServicer):
         self, request: admin_pb2.VerifyAuditRequest, context: Context
     ) -> admin_pb2.VerifyAuditResponse:
         self._admin(context)
-        verdict = await self._db.call(lambda s: audit.verify(s.audit_records()))
+        held = None
+        if request.HasField("checkpoint"):
+            held = convert.checkpoint_from_pb(request.checkpoint)
+            self._checkpoints.check(held)  # before the long walk: a bad file fails fast
+        walk, after = audit.ChainWalk(), 0
+        while walk.ok:
+            # A page per store call: the walk holds one page, and check-ins
+            # are served between pages.
+            fed = await self._db.call(functools.partial(_walk_page, walk, after))
+            if fed is None:
+                break
+            after = fed
+        verdict = walk.verdict()
+        if verdict.ok and held is not None:
+            at_seq = await self._db.call(lambda s: s.audit_hash_at(held.seq))
+            problem = checkpoint.held(held, verdict.records, at_seq)
+            if problem:
+                first = held.seq if verdict.records >= held.seq else verdict.records + 1
+                verdict = audit.Verdict(False, verdict.records, first, problem)
         return admin_pb2.VerifyAuditResponse(
             ok=verdict.ok,
             records=verdict.records,
             first_broken_seq=verdict.first_broken or 0,
             problem=verdict.problem,
         )
+
+    @rpc
+    async def AuditCheckpoint(
+        self, request: admin_pb2.AuditCheckpointRequest, context: Context
+    ) -> admin_pb2.AuditCheckpointResponse:
+        admin = self._admin(context)
+        signed = await auditkeeping.checkpoint(self._db, self._checkpoints, datetime.now(UTC))
+        log.info("admin %s took an audit checkpoint: %s", admin.name, signed.to_json(indent=None))
+        return admin_pb2.AuditCheckpointResponse(checkpoint=convert.checkpoint_to_pb(signed))
 
     @rpc
     async def GetFleetHistory(

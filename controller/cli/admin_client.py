@@ -23,6 +23,8 @@ from controller.errors import (
 _T = TypeVar("_T")
 TIMEOUT_SECONDS = 15.0
 PUBLISH_TIMEOUT_SECONDS = 900.0  # up to 256 MiB over a slow link
+# Walking or exporting the whole audit trail: minutes at 10 million records.
+AUDIT_TIMEOUT_SECONDS = 3600.0
 
 _ERROR_OF: dict[grpc.StatusCode, type[FleetpatchError]] = {
     grpc.StatusCode.UNAVAILABLE: ControllerUnavailable,
@@ -155,9 +157,17 @@ class AdminClient:
         reply = self._call(lambda: self._stub.GetFleetHistory(request, timeout=TIMEOUT_SECONDS))
         return list(reply.cells)
 
-    def verify_audit(self) -> admin_pb2.VerifyAuditResponse:
-        request = admin_pb2.VerifyAuditRequest()
-        return self._call(lambda: self._stub.VerifyAudit(request, timeout=TIMEOUT_SECONDS))
+    def verify_audit(
+        self, checkpoint: admin_pb2.AuditCheckpoint | None = None
+    ) -> admin_pb2.VerifyAuditResponse:
+        request = admin_pb2.VerifyAuditRequest(checkpoint=checkpoint)
+        return self._call(lambda: self._stub.VerifyAudit(request, timeout=AUDIT_TIMEOUT_SECONDS))
+
+    def audit_checkpoint(self) -> admin_pb2.AuditCheckpoint:
+        request = admin_pb2.AuditCheckpointRequest()
+        return self._call(
+            lambda: self._stub.AuditCheckpoint(request, timeout=TIMEOUT_SECONDS)
+        ).checkpoint
 
     def export_audit(self, since: Timestamp | None) -> list[admin_pb2.AuditRecord]:
         request = admin_pb2.ExportAuditRequest(since=since)

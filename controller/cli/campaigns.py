@@ -16,6 +16,8 @@ from fleetpatch.v1 import admin_pb2
 
 from controller.api import convert
 from controller.campaigns import CampaignError, CampaignSpec, parse_campaign
+from controller.checkpoint import CheckpointError
+from controller.checkpoint import parse as parse_checkpoint
 from controller.cli.admin_client import AdminClient
 from controller.cli.common import ControllerOption, DataDirOption, JsonOption, client
 from controller.datadir import DEFAULT_DATA_DIR
@@ -278,15 +280,55 @@ def watch(
 
 @audit_app.command("verify")
 def audit_verify(
-    data_dir: DataDirOption = DEFAULT_DATA_DIR, controller: ControllerOption = None
+    checkpoint: Annotated[
+        Path | None,
+        typer.Option(
+            help="A file of `audit checkpoint`: also check its signature (this controller's "
+            "current or an earlier signing key) and that the trail still holds to it, which "
+            "finds a cut-off tail or a chain rewritten after an edit."
+        ),
+    ] = None,
+    data_dir: DataDirOption = DEFAULT_DATA_DIR,
+    controller: ControllerOption = None,
 ) -> None:
     """Walk the hash chain; name the first broken record and exit 1 if any."""
+    held = None
+    if checkpoint is not None:
+        try:
+            text = checkpoint.read_text()
+        except (OSError, UnicodeDecodeError) as exc:
+            why = getattr(exc, "strerror", None) or "not a text file"
+            raise UsageError(f"cannot read {checkpoint}: {why}") from None
+        try:
+            held = parse_checkpoint(text)
+        except CheckpointError as exc:
+            raise CheckpointError(f"{checkpoint}: {exc}") from None
     with client(data_dir, controller) as admin:
-        verdict = admin.verify_audit()
+        verdict = admin.verify_audit(None if held is None else convert.checkpoint_to_pb(held))
     if verdict.ok:
-        print(f"audit trail intact: {verdict.records} record(s)")
+        holds = "" if held is None else (
+            f"; it holds to the checkpoint of record {held.seq} "
+            f"({held.at:%Y-%m-%d %H:%M:%S}Z, key {held.key_id})"
+        )  # fmt: skip
+        print(f"audit trail intact: {verdict.records} record(s){holds}")
         return
     raise AuditBroken(f"audit trail broken at record {verdict.first_broken_seq}: {verdict.problem}")
+
+
+@audit_app.command("checkpoint")
+def audit_checkpoint(
+    data_dir: DataDirOption = DEFAULT_DATA_DIR, controller: ControllerOption = None
+) -> None:
+    """Print a signed checkpoint of the trail as it ends now (JSON, on
+    stdout: `> FILE` keeps it). Keep it away from the controller; `audit
+    verify --checkpoint FILE` checks the trail against it later."""
+    with client(data_dir, controller) as admin:
+        signed = convert.checkpoint_from_pb(admin.audit_checkpoint())
+    print(signed.to_json())
+    print(
+        f"checkpoint of record {signed.seq}, signed with key {signed.key_id}",
+        file=sys.stderr,
+    )
 
 
 class AuditBroken(FleetpatchError):

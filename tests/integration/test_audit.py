@@ -8,15 +8,23 @@ real admin CLI, and hosts enrolled with the real agent CLI.
 
 from __future__ import annotations
 
+import json
 import re
 import sqlite3
+from datetime import UTC, datetime
 from pathlib import Path
 
+from cryptography.hazmat.primitives import serialization
+from fleetpatch.envelope import key_id, raw_public_key
 from fleetpatch.v1 import agent_pb2, types_pb2
 
 from agent.link.client import ControllerClient
 from agent.statedir import StateDir
-from tests.support.controller import Controller
+from controller.audit import AuditEntry, record_hash
+from controller.checkpoint import Checkpoints
+from controller.datadir import DataDir
+from controller.fleet.signing import load_signing_keys
+from tests.support.controller import Controller, Result, cli
 
 
 def _enroll(ctl: Controller, state: Path) -> str:
@@ -88,3 +96,168 @@ def test_a_refusing_host_writes_a_count_not_a_record_each_and_shutdown_keeps_it(
     assert _represented(stopped[f"host:{quiet}"]) == 3
     controller.start()
     assert controller.admin("audit", "verify").stdout.startswith("audit trail intact")
+
+
+# -- signed checkpoints ---------------------------------------------------------
+
+
+def _records(ctl: Controller, n: int) -> None:
+    """``n`` audit records, each an admin action (an enrollment token made)."""
+    for _ in range(n):
+        ctl.token()
+
+
+def _checkpoint(ctl: Controller, path: Path) -> Path:
+    result = ctl.admin("audit", "checkpoint")
+    path.write_text(result.stdout)
+    return path
+
+
+def _verify(ctl: Controller, *args: str | Path) -> Result:
+    return cli("fleetpatch", "audit", "verify", "--data-dir", ctl.data_dir, *args)
+
+
+def _tamper(ctl: Controller, *statements: tuple[str, tuple[object, ...]]) -> None:
+    """Change the SQLite file behind the controller's back (stopped meanwhile)."""
+    assert ctl.stop() == 0
+    conn = sqlite3.connect(ctl.data_dir / "controller.db")
+    with conn:
+        for sql, args in statements:
+            conn.execute(sql, args)
+    conn.close()
+    ctl.start()
+
+
+def _broken(result: Result, *needles: str) -> None:
+    assert result.returncode == 1, (result.returncode, result.stdout, result.stderr)
+    (line,) = result.stderr.strip().splitlines()
+    assert "Traceback" not in result.stderr
+    for needle in needles:
+        assert needle in line, line
+
+
+def test_a_checkpoint_is_signed_json_on_stdout(controller, tmp_path):
+    _records(controller, 3)
+    path = _checkpoint(controller, tmp_path / "cp.json")
+    doc = json.loads(path.read_text())
+    assert doc["kind"] == "fleetpatch audit checkpoint"
+    assert doc["seq"] == 3
+    signing = (controller.data_dir / "signing.key").read_bytes()
+    key = serialization.load_pem_private_key(signing, None)
+    assert doc["key_id"] == key_id(raw_public_key(key.public_key()))  # type: ignore[arg-type]
+    result = _verify(controller, "--checkpoint", path)
+    assert result.returncode == 0, result.stderr
+    assert "intact: 3 record(s); it holds to the checkpoint of record 3" in result.stdout
+    _records(controller, 2)  # a trail that grew since still holds to it
+    assert _verify(controller, "--checkpoint", path).returncode == 0
+
+
+def test_a_cut_off_tail_passes_plain_verify_but_not_a_checkpoint(controller, tmp_path):
+    _records(controller, 6)
+    path = _checkpoint(controller, tmp_path / "cp.json")
+    _tamper(controller, ("DELETE FROM audit WHERE seq > ?", (3,)))
+    assert _verify(controller).stdout.startswith("audit trail intact: 3 record(s)")
+    _broken(_verify(controller, "--checkpoint", path), "ends at record 3", "vouches for 6",
+            "cut off")  # fmt: skip
+
+
+def test_a_rewritten_chain_passes_plain_verify_but_not_a_checkpoint(controller, tmp_path):
+    _records(controller, 5)
+    path = _checkpoint(controller, tmp_path / "cp.json")
+    # Edit record 2 and recompute every hash from it on, as someone with
+    # write access to the database (but not the signing key) could.
+    conn = sqlite3.connect(controller.data_dir / "controller.db")
+    rows = conn.execute(
+        "SELECT seq, at, actor, action, target, outcome, detail, prev_hash FROM audit ORDER BY seq"
+    ).fetchall()
+    conn.close()
+    edits, prev = [], rows[0][7]
+    for seq, at, stored_actor, action, target, outcome, detail, _ in rows:
+        actor = "admin:somebody-else" if seq == 2 else stored_actor
+        entry = AuditEntry(datetime.fromisoformat(at), actor, action, target, outcome, detail)
+        digest = record_hash(seq, entry, prev)
+        edits.append(("UPDATE audit SET actor = ?, prev_hash = ?, hash = ? WHERE seq = ?",
+                      (actor, prev, digest, seq)))  # fmt: skip
+        prev = digest
+    _tamper(controller, *edits)
+    assert _verify(controller).stdout.startswith("audit trail intact: 5 record(s)")
+    _broken(_verify(controller, "--checkpoint", path), "record 5", "rewritten")
+
+
+def test_a_checkpoint_signed_before_a_key_rotation_still_verifies(controller, tmp_path):
+    _records(controller, 2)
+    path = _checkpoint(controller, tmp_path / "cp.json")
+    before = json.loads(path.read_text())["key_id"]
+    assert controller.stop() == 0
+    controller.admin("controller", "rotate-key")
+    controller.start()
+    assert (
+        json.loads(_checkpoint(controller, tmp_path / "new.json").read_text())["key_id"] != before
+    )
+    result = _verify(controller, "--checkpoint", path)
+    assert result.returncode == 0, result.stderr
+
+
+def _one_line_usage(result: Result, *needles: str) -> None:
+    assert result.returncode == 2, (result.returncode, result.stderr)
+    (line,) = result.stderr.strip().splitlines()
+    assert "Traceback" not in result.stderr
+    for needle in needles:
+        assert needle in line, line
+
+
+def test_a_bad_checkpoint_file_is_one_line_and_exit_2(controller, tmp_path):
+    _records(controller, 2)
+    good = json.loads(_checkpoint(controller, tmp_path / "cp.json").read_text())
+    cases = {
+        "missing.json": None,
+        "garbage.json": "not json at all",
+        "other.json": json.dumps({"kind": "something else"}),
+        "lacking.json": json.dumps({"kind": good["kind"], "seq": 1}),
+        "unsigned.json": json.dumps({**good, "signature": ""}),
+        "altered.json": json.dumps({**good, "seq": good["seq"] - 1}),
+        "badsig.json": json.dumps({**good, "signature": "!!!"}),
+    }
+    expected = {
+        "missing.json": "cannot read",
+        "garbage.json": "not JSON",
+        "other.json": "not a checkpoint",
+        "lacking.json": "lacks",
+        "unsigned.json": "not signed",
+        "altered.json": "does not match",
+        "badsig.json": "not base64",
+    }
+    for name, text in cases.items():
+        if text is not None:
+            (tmp_path / name).write_text(text)
+        _one_line_usage(_verify(controller, "--checkpoint", tmp_path / name), expected[name])
+
+
+def test_a_checkpoint_of_another_controller_is_refused(controller, tmp_path):
+    _records(controller, 2)
+    other = Controller(tmp_path / "other")
+    other.init()
+    keys = load_signing_keys(DataDir(other.data_dir))
+    foreign = Checkpoints(keys.key, keys.trusted).sign(2, "0" * 64, datetime.now(UTC))
+    path = tmp_path / "foreign.json"
+    path.write_text(foreign.to_json())
+    _one_line_usage(_verify(controller, "--checkpoint", path), foreign.key_id, "another controller")
+
+
+def test_the_controller_logs_checkpoints_at_start_and_shutdown(tmp_path):
+    ctl = Controller(tmp_path / "ctl")
+    ctl.init()
+    ctl.start()
+    _records(ctl, 4)
+    assert ctl.stop() == 0
+    lines = [line for line in ctl.log.read_text().splitlines() if "audit checkpoint: " in line]
+    assert len(lines) == 2  # at start and at shutdown (the interval is an hour)
+    last = tmp_path / "from-the-log.json"
+    last.write_text(lines[-1].split("audit checkpoint: ", 1)[1])
+    assert json.loads(last.read_text())["seq"] == 4
+    ctl.start()
+    try:
+        result = _verify(ctl, "--checkpoint", last)
+        assert result.returncode == 0, result.stderr
+    finally:
+        ctl.stop()

@@ -148,8 +148,10 @@ jitter = 0
 
 
 def test_settings_audit_table(tmp_path):
-    settings = _datadir(tmp_path, "[audit]\nrefusal_window = '2h'\n").settings()
+    text = "[audit]\nrefusal_window = '2h'\ncheckpoint_interval = '15m'\n"
+    settings = _datadir(tmp_path, text).settings()
     assert settings.refusal_window == timedelta(hours=2)
+    assert settings.checkpoint_interval == timedelta(minutes=15)
 
 
 def test_settings_release_public_key_is_relative_to_the_data_dir(tmp_path):
@@ -183,6 +185,8 @@ def test_settings_interval_as_plain_seconds(tmp_path):
         ("[audit]\nrefusal_window = 'soon'\n", "audit.refusal_window: 'soon' is not a duration"),
         ("[audit]\nrefusal_window = '0s'\n", "audit.refusal_window must be at least 1s"),
         ("[audit]\nwindow = '1m'\n", "unknown key audit.window"),
+        ("[audit]\ncheckpoint_interval = 0\n", "audit.checkpoint_interval must be at least 1s"),
+        ("[audit]\ncheckpoint_interval = 'x'\n", "audit.checkpoint_interval: 'x' is not"),
         ("[checkin\n", "controller.toml"),  # not TOML at all
     ],
 )

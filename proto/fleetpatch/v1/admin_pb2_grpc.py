@@ -114,6 +114,11 @@ class AdminServiceStub:
                 request_serializer=fleetpatch_dot_v1_dot_admin__pb2.VerifyAuditRequest.SerializeToString,
                 response_deserializer=fleetpatch_dot_v1_dot_admin__pb2.VerifyAuditResponse.FromString,
                 _registered_method=True)
+        self.AuditCheckpoint = channel.unary_unary(
+                '/fleetpatch.v1.AdminService/AuditCheckpoint',
+                request_serializer=fleetpatch_dot_v1_dot_admin__pb2.AuditCheckpointRequest.SerializeToString,
+                response_deserializer=fleetpatch_dot_v1_dot_admin__pb2.AuditCheckpointResponse.FromString,
+                _registered_method=True)
         self.ExportAudit = channel.unary_unary(
                 '/fleetpatch.v1.AdminService/ExportAudit',
                 request_serializer=fleetpatch_dot_v1_dot_admin__pb2.ExportAuditRequest.SerializeToString,
@@ -227,6 +232,14 @@ class AdminServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def AuditCheckpoint(self, request, context):
+        """Where the trail ends now, signed with the work-order signing key; keep
+        it outside the controller and give it to VerifyAudit later.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def ExportAudit(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -323,6 +336,11 @@ def add_AdminServiceServicer_to_server(servicer, server):
                     servicer.VerifyAudit,
                     request_deserializer=fleetpatch_dot_v1_dot_admin__pb2.VerifyAuditRequest.FromString,
                     response_serializer=fleetpatch_dot_v1_dot_admin__pb2.VerifyAuditResponse.SerializeToString,
+            ),
+            'AuditCheckpoint': grpc.unary_unary_rpc_method_handler(
+                    servicer.AuditCheckpoint,
+                    request_deserializer=fleetpatch_dot_v1_dot_admin__pb2.AuditCheckpointRequest.FromString,
+                    response_serializer=fleetpatch_dot_v1_dot_admin__pb2.AuditCheckpointResponse.SerializeToString,
             ),
             'ExportAudit': grpc.unary_unary_rpc_method_handler(
                     servicer.ExportAudit,
@@ -767,6 +785,33 @@ class AdminService:
             '/fleetpatch.v1.AdminService/VerifyAudit',
             fleetpatch_dot_v1_dot_admin__pb2.VerifyAuditRequest.SerializeToString,
             fleetpatch_dot_v1_dot_admin__pb2.VerifyAuditResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AuditCheckpoint(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fleetpatch.v1.AdminService/AuditCheckpoint',
+            fleetpatch_dot_v1_dot_admin__pb2.AuditCheckpointRequest.SerializeToString,
+            fleetpatch_dot_v1_dot_admin__pb2.AuditCheckpointResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -52,6 +52,10 @@ class AdminServiceStub:
     """
     ListAgentReleases: _grpc.UnaryUnaryMultiCallable[_admin_pb2.ListAgentReleasesRequest, _admin_pb2.ListAgentReleasesResponse]
     VerifyAudit: _grpc.UnaryUnaryMultiCallable[_admin_pb2.VerifyAuditRequest, _admin_pb2.VerifyAuditResponse]
+    AuditCheckpoint: _grpc.UnaryUnaryMultiCallable[_admin_pb2.AuditCheckpointRequest, _admin_pb2.AuditCheckpointResponse]
+    """Where the trail ends now, signed with the work-order signing key; keep
+    it outside the controller and give it to VerifyAudit later.
+    """
     ExportAudit: _grpc.UnaryUnaryMultiCallable[_admin_pb2.ExportAuditRequest, _admin_pb2.ExportAuditResponse]
     GetFleetHistory: _grpc.UnaryUnaryMultiCallable[_admin_pb2.FleetHistoryRequest, _admin_pb2.FleetHistoryResponse]
     """What the fleet's past patch orders did, per ring and region: what a
@@ -80,6 +84,10 @@ class AdminServiceAsyncStub(AdminServiceStub):
     """
     ListAgentReleases: _aio.UnaryUnaryMultiCallable[_admin_pb2.ListAgentReleasesRequest, _admin_pb2.ListAgentReleasesResponse]  # type: ignore[assignment]
     VerifyAudit: _aio.UnaryUnaryMultiCallable[_admin_pb2.VerifyAuditRequest, _admin_pb2.VerifyAuditResponse]  # type: ignore[assignment]
+    AuditCheckpoint: _aio.UnaryUnaryMultiCallable[_admin_pb2.AuditCheckpointRequest, _admin_pb2.AuditCheckpointResponse]  # type: ignore[assignment]
+    """Where the trail ends now, signed with the work-order signing key; keep
+    it outside the controller and give it to VerifyAudit later.
+    """
     ExportAudit: _aio.UnaryUnaryMultiCallable[_admin_pb2.ExportAuditRequest, _admin_pb2.ExportAuditResponse]  # type: ignore[assignment]
     GetFleetHistory: _aio.UnaryUnaryMultiCallable[_admin_pb2.FleetHistoryRequest, _admin_pb2.FleetHistoryResponse]  # type: ignore[assignment]
     """What the fleet's past patch orders did, per ring and region: what a
@@ -201,6 +209,16 @@ class AdminServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _admin_pb2.VerifyAuditRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_admin_pb2.VerifyAuditResponse, _abc.Awaitable[_admin_pb2.VerifyAuditResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def AuditCheckpoint(
+        self,
+        request: _admin_pb2.AuditCheckpointRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.AuditCheckpointResponse, _abc.Awaitable[_admin_pb2.AuditCheckpointResponse]]:
+        """Where the trail ends now, signed with the work-order signing key; keep
+        it outside the controller and give it to VerifyAudit later.
+        """
 
     @_abc_1.abstractmethod
     def ExportAudit(
