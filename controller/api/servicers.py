@@ -60,6 +60,8 @@ MAX_REPORT_ID = 128
 MAX_REPORT_DETAIL = 2000
 # Audit records read per store call when walking or exporting the trail.
 AUDIT_PAGE = 2000
+# An export message stays well under gRPC's 4 MiB default receive limit.
+EXPORT_MESSAGE_BYTES = 1024 * 1024
 _Req = TypeVar("_Req")
 _Resp = TypeVar("_Resp")
 
@@ -145,6 +147,32 @@ def _walk_page(walk: audit.ChainWalk, after: int, store: Store) -> int | None:
     page = store.audit_page(after, AUDIT_PAGE)
     walk.feed(page)
     return page[-1].seq if page else None
+
+
+def _export_page(
+    after: int, since: datetime | None, store: Store
+) -> tuple[list[admin_pb2.ExportAuditResponse], int | None]:
+    """The page after sequence ``after`` (records at or after ``since``),
+    as messages of at most about EXPORT_MESSAGE_BYTES each; and the last
+    sequence read, None at the end of the trail."""
+    page = store.audit_page(after, AUDIT_PAGE)
+    messages: list[admin_pb2.ExportAuditResponse] = []
+    batch: list[admin_pb2.AuditRecord] = []
+    size = 0
+    for record in page:
+        if since is not None and record.entry.at < since:
+            continue
+        e = record.entry
+        batch.append(convert.audit_to_pb(record))
+        # An upper bound (4 bytes a character), without encoding anything.
+        size += 256 + 4 * (len(e.actor) + len(e.action) + len(e.target) + len(e.outcome)
+                           + len(e.detail))  # fmt: skip
+        if size >= EXPORT_MESSAGE_BYTES:
+            messages.append(admin_pb2.ExportAuditResponse(records=batch))
+            batch, size = [], 0
+    if batch:
+        messages.append(admin_pb2.ExportAuditResponse(records=batch))
+    return messages, (page[-1].seq if page else None)
 
 
 def audited(action: Callable[[Store], _Resp], entry: AuditEntry) -> Callable[[Store], _Resp]:
@@ -583,11 +611,16 @@ class AdminService(admin_pb2_grpc.AdminServiceServicer):
         cells = await self._db.call(lambda s: s.fleet_history())
         return admin_pb2.FleetHistoryResponse(cells=[convert.history_to_pb(c) for c in cells])
 
-    @rpc
+    @rpc_stream
     async def ExportAudit(
         self, request: admin_pb2.ExportAuditRequest, context: Context
-    ) -> admin_pb2.ExportAuditResponse:
+    ) -> AsyncIterator[admin_pb2.ExportAuditResponse]:
         self._admin(context)
         since = convert.from_timestamp(request.since) if request.HasField("since") else None
-        records = await self._db.call(lambda s: s.audit_records(since))
-        return admin_pb2.ExportAuditResponse(records=[convert.audit_to_pb(r) for r in records])
+        after: int | None = 0
+        while after is not None:
+            # Keyset pagination, one page per store call; the next page is
+            # read only once this one was handed to gRPC (flow control).
+            messages, after = await self._db.call(functools.partial(_export_page, after, since))
+            for message in messages:
+                yield message

@@ -63,11 +63,14 @@ class AdminClient:
         try:
             return fn()
         except grpc.RpcError as exc:
-            code: grpc.StatusCode = exc.code()
-            details: str = exc.details() or code.name
-            if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
-                details = f"cannot reach the controller at {self.address}: {details}"
-            raise _ERROR_OF.get(code, FleetpatchError)(details) from None
+            raise self._error(exc) from None
+
+    def _error(self, exc: grpc.RpcError) -> FleetpatchError:
+        code: grpc.StatusCode = exc.code()
+        details: str = exc.details() or code.name
+        if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+            details = f"cannot reach the controller at {self.address}: {details}"
+        return _ERROR_OF.get(code, FleetpatchError)(details)
 
     def create_token(self, request: admin_pb2.CreateTokenRequest) -> admin_pb2.CreateTokenResponse:
         return self._call(lambda: self._stub.CreateToken(request, timeout=TIMEOUT_SECONDS))
@@ -169,8 +172,13 @@ class AdminClient:
             lambda: self._stub.AuditCheckpoint(request, timeout=TIMEOUT_SECONDS)
         ).checkpoint
 
-    def export_audit(self, since: Timestamp | None) -> list[admin_pb2.AuditRecord]:
+    def export_audit(self, since: Timestamp | None) -> Iterator[admin_pb2.AuditRecord]:
+        """The trail, oldest first, as the controller streams it: a page at
+        a time in memory, however long the trail."""
         request = admin_pb2.ExportAuditRequest(since=since)
-        return list(
-            self._call(lambda: self._stub.ExportAudit(request, timeout=TIMEOUT_SECONDS)).records
-        )
+        stream = self._call(lambda: self._stub.ExportAudit(request, timeout=AUDIT_TIMEOUT_SECONDS))
+        try:
+            for page in stream:
+                yield from page.records
+        except grpc.RpcError as exc:
+            raise self._error(exc) from None

@@ -24,6 +24,7 @@ from controller.audit import AuditEntry, record_hash
 from controller.checkpoint import Checkpoints
 from controller.datadir import DataDir
 from controller.fleet.signing import load_signing_keys
+from controller.store import Store
 from tests.support.controller import Controller, Result, cli
 
 
@@ -261,3 +262,47 @@ def test_the_controller_logs_checkpoints_at_start_and_shutdown(tmp_path):
         assert result.returncode == 0, result.stderr
     finally:
         ctl.stop()
+
+
+# -- streaming export -------------------------------------------------------------
+
+
+def test_an_export_far_past_grpcs_message_limit_streams_in_order(controller, tmp_path):
+    """3,000 records of 2,000 three-byte characters each: 18 MB, which one
+    reply (4 MiB at most by default) could not carry."""
+    _records(controller, 1)
+    assert controller.stop() == 0
+    store = Store.open(controller.data_dir / "controller.db")
+    now = datetime.now(UTC)
+    store.append_audits(
+        AuditEntry(now, f"host:h-{i}", "order.refused", f"o-{i}", "refused", "€" * 2000)
+        for i in range(3000)
+    )
+    store.close()
+    controller.start()
+    result = cli("fleetpatch", "audit", "export", "--json", "--data-dir", controller.data_dir)
+    assert result.returncode == 0, result.stderr
+    records = json.loads(result.stdout)
+    assert [r["seq"] for r in records] == list(range(1, 3002))
+    assert records[-1]["detail"] == "€" * 2000
+    assert records[-1]["prev_hash"] == records[-2]["hash"]
+    text = cli("fleetpatch", "audit", "export", "--data-dir", controller.data_dir)
+    assert text.returncode == 0, text.stderr
+    lines = text.stdout.splitlines()
+    assert lines[0].split() == ["SEQ", "AT", "ACTOR", "ACTION", "TARGET", "OUTCOME", "DETAIL"]
+    assert len(lines) == 3002
+    assert lines[-1].split()[:2] == ["3001", now.strftime("%Y-%m-%d")]
+    assert controller.admin("audit", "verify").stdout.startswith("audit trail intact: 3001")
+
+
+def test_export_since_streams_only_the_later_records(controller, tmp_path):
+    _records(controller, 2)
+    assert controller.stop() == 0
+    store = Store.open(controller.data_dir / "controller.db")
+    later = datetime(2099, 1, 1, tzinfo=UTC)
+    store.append_audits(AuditEntry(later, "controller", "x.y", f"t-{i}", "ok") for i in range(2500))
+    store.close()
+    controller.start()
+    records = controller.admin_json("audit", "export", "--since", "2098-12-31T00:00:00")
+    assert isinstance(records, list)
+    assert [r["seq"] for r in records] == list(range(3, 2503))

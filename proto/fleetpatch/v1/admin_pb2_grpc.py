@@ -119,7 +119,7 @@ class AdminServiceStub:
                 request_serializer=fleetpatch_dot_v1_dot_admin__pb2.AuditCheckpointRequest.SerializeToString,
                 response_deserializer=fleetpatch_dot_v1_dot_admin__pb2.AuditCheckpointResponse.FromString,
                 _registered_method=True)
-        self.ExportAudit = channel.unary_unary(
+        self.ExportAudit = channel.unary_stream(
                 '/fleetpatch.v1.AdminService/ExportAudit',
                 request_serializer=fleetpatch_dot_v1_dot_admin__pb2.ExportAuditRequest.SerializeToString,
                 response_deserializer=fleetpatch_dot_v1_dot_admin__pb2.ExportAuditResponse.FromString,
@@ -241,7 +241,9 @@ class AdminServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ExportAudit(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Streams the trail oldest first, a page of records per message, read
+        from the store page by page: neither end holds the whole trail.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -342,7 +344,7 @@ def add_AdminServiceServicer_to_server(servicer, server):
                     request_deserializer=fleetpatch_dot_v1_dot_admin__pb2.AuditCheckpointRequest.FromString,
                     response_serializer=fleetpatch_dot_v1_dot_admin__pb2.AuditCheckpointResponse.SerializeToString,
             ),
-            'ExportAudit': grpc.unary_unary_rpc_method_handler(
+            'ExportAudit': grpc.unary_stream_rpc_method_handler(
                     servicer.ExportAudit,
                     request_deserializer=fleetpatch_dot_v1_dot_admin__pb2.ExportAuditRequest.FromString,
                     response_serializer=fleetpatch_dot_v1_dot_admin__pb2.ExportAuditResponse.SerializeToString,
@@ -833,7 +835,7 @@ class AdminService:
             wait_for_ready=None,
             timeout=None,
             metadata=None):
-        return grpc.experimental.unary_unary(
+        return grpc.experimental.unary_stream(
             request,
             target,
             '/fleetpatch.v1.AdminService/ExportAudit',

@@ -56,7 +56,10 @@ class AdminServiceStub:
     """Where the trail ends now, signed with the work-order signing key; keep
     it outside the controller and give it to VerifyAudit later.
     """
-    ExportAudit: _grpc.UnaryUnaryMultiCallable[_admin_pb2.ExportAuditRequest, _admin_pb2.ExportAuditResponse]
+    ExportAudit: _grpc.UnaryStreamMultiCallable[_admin_pb2.ExportAuditRequest, _admin_pb2.ExportAuditResponse]
+    """Streams the trail oldest first, a page of records per message, read
+    from the store page by page: neither end holds the whole trail.
+    """
     GetFleetHistory: _grpc.UnaryUnaryMultiCallable[_admin_pb2.FleetHistoryRequest, _admin_pb2.FleetHistoryResponse]
     """What the fleet's past patch orders did, per ring and region: what a
     rehearsal calibrates its failure model from.
@@ -88,7 +91,10 @@ class AdminServiceAsyncStub(AdminServiceStub):
     """Where the trail ends now, signed with the work-order signing key; keep
     it outside the controller and give it to VerifyAudit later.
     """
-    ExportAudit: _aio.UnaryUnaryMultiCallable[_admin_pb2.ExportAuditRequest, _admin_pb2.ExportAuditResponse]  # type: ignore[assignment]
+    ExportAudit: _aio.UnaryStreamMultiCallable[_admin_pb2.ExportAuditRequest, _admin_pb2.ExportAuditResponse]  # type: ignore[assignment]
+    """Streams the trail oldest first, a page of records per message, read
+    from the store page by page: neither end holds the whole trail.
+    """
     GetFleetHistory: _aio.UnaryUnaryMultiCallable[_admin_pb2.FleetHistoryRequest, _admin_pb2.FleetHistoryResponse]  # type: ignore[assignment]
     """What the fleet's past patch orders did, per ring and region: what a
     rehearsal calibrates its failure model from.
@@ -225,7 +231,10 @@ class AdminServiceServicer(metaclass=_abc_1.ABCMeta):
         self,
         request: _admin_pb2.ExportAuditRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_admin_pb2.ExportAuditResponse, _abc.Awaitable[_admin_pb2.ExportAuditResponse]]: ...
+    ) -> _typing.Union[_abc.Iterator[_admin_pb2.ExportAuditResponse], _abc.AsyncIterator[_admin_pb2.ExportAuditResponse]]:
+        """Streams the trail oldest first, a page of records per message, read
+        from the store page by page: neither end holds the whole trail.
+        """
 
     @_abc_1.abstractmethod
     def GetFleetHistory(
