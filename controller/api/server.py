@@ -109,20 +109,10 @@ async def serve(
     server = grpc.aio.server(options=_OPTIONS)
     lenient.add_servicer(
         server,
-        AgentService(
-            db,
-            batcher,
-            ca,
-            keys.published,
-            settings,
-            revoked,
-            engine,
-            releases,
-            keys.chain,
-            refusals=keeper.refusals,
-        ),
+        AgentService(db, batcher, ca, keys.published, settings, revoked, engine, releases,
+                     keys.chain, refusals=keeper.refusals),
         agent_pb2.DESCRIPTOR.services_by_name["AgentService"],
-    )
+    )  # fmt: skip
     lenient.add_servicer(
         server, AdminService(db, revoked, engine, releases, keeper.checkpoints),
         admin_pb2.DESCRIPTOR.services_by_name["AdminService"],
