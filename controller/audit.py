@@ -4,8 +4,9 @@ action, approval, assignment, result, refusal and halt.
 Each record's hash covers the previous record's hash and the record's own
 fields in a canonical form, so editing, deleting or reordering any record
 breaks the chain at that point, and `verify` names the first broken one.
-(Rewriting the whole chain from some point on needs write access to the
-database; export it regularly to somewhere else to catch that too.)
+Cutting records off the tail, or rewriting the whole chain from some
+point on, leaves a chain that verifies; a signed checkpoint kept outside
+the database (controller/checkpoint.py) catches both.
 """
 
 from __future__ import annotations
@@ -61,18 +62,42 @@ class Verdict:
     problem: str = ""
 
 
-def verify(records: Iterable[AuditRecord]) -> Verdict:
-    """Walk the chain in stored order; name the first record that breaks it."""
-    expected_prev, expected_seq, count = GENESIS, 1, 0
-    for record in records:
-        count += 1
-        if record.seq != expected_seq:
-            what = "missing" if record.seq > expected_seq else "out of order"
+class ChainWalk:
+    """`verify`, fed a page at a time, so that a long trail is never held
+    in memory at once."""
+
+    def __init__(self) -> None:
+        self._prev, self._seq, self._count = GENESIS, 1, 0
+        self._broken: Verdict | None = None
+
+    @property
+    def ok(self) -> bool:
+        """No broken link so far (feeding more after one changes nothing)."""
+        return self._broken is None
+
+    def feed(self, records: Iterable[AuditRecord]) -> None:
+        """The next records, in stored order."""
+        if self._broken is not None:
+            return
+        for record in records:
+            self._count += 1
+            self._broken = self._check(record)
+            if self._broken is not None:
+                return
+            self._prev, self._seq = record.hash, self._seq + 1
+
+    def verdict(self) -> Verdict:
+        return self._broken or Verdict(True, self._count)
+
+    def _check(self, record: AuditRecord) -> Verdict | None:
+        count = self._count
+        if record.seq != self._seq:
+            what = "missing" if record.seq > self._seq else "out of order"
             return Verdict(
                 False, count, record.seq,
-                f"record {record.seq} follows {expected_seq - 1}: record(s) {what}",
+                f"record {record.seq} follows {self._seq - 1}: record(s) {what}",
             )  # fmt: skip
-        if record.prev_hash != expected_prev:
+        if record.prev_hash != self._prev:
             return Verdict(
                 False, count, record.seq,
                 f"record {record.seq} does not link to record {record.seq - 1} "
@@ -80,5 +105,11 @@ def verify(records: Iterable[AuditRecord]) -> Verdict:
             )  # fmt: skip
         if record_hash(record.seq, record.entry, record.prev_hash) != record.hash:
             return Verdict(False, count, record.seq, f"record {record.seq} was edited")
-        expected_prev, expected_seq = record.hash, expected_seq + 1
-    return Verdict(True, count)
+        return None
+
+
+def verify(records: Iterable[AuditRecord]) -> Verdict:
+    """Walk the chain in stored order; name the first record that breaks it."""
+    walk = ChainWalk()
+    walk.feed(records)
+    return walk.verdict()

@@ -48,6 +48,12 @@ class Settings:
     # to make its first mutual-TLS call before it is forgotten and its
     # token use given back.
     pending_timeout: timedelta = timedelta(hours=1)
+    # [audit] refusal_window: a host's refusals after its first are counted,
+    # and written as one record per window (controller/refusals.py).
+    refusal_window: timedelta = timedelta(minutes=10)
+    # [audit] checkpoint_interval: how often a signed checkpoint of the trail
+    # goes to the controller's log (controller/checkpoint.py).
+    checkpoint_interval: timedelta = timedelta(hours=1)
 
 
 def default_enroll_address(address: str) -> str:
@@ -167,7 +173,7 @@ class DataDir:
             doc = tomllib.loads(self.read(self.config).decode())
         except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
             raise UsageError(f"{self.config}: {exc}") from None
-        unknown = set(doc) - {"server", "checkin", "campaigns", "releases", "enrollment"}
+        unknown = set(doc) - {"server", "checkin", "campaigns", "releases", "enrollment", "audit"}
         if unknown:
             raise UsageError(f"{self.config}: unknown table [{sorted(unknown)[0]}]")
         server = _table(doc, "server", {"listen", "enroll_listen", "advertise"}, self.config)
@@ -203,15 +209,13 @@ class DataDir:
         if not isinstance(public_key, str):
             raise UsageError(f"{self.config}: releases.public_key must be a path (a string)")
         enrollment = _table(doc, "enrollment", {"pending_timeout"}, self.config)
-        try:
-            pending = parse_duration(str(enrollment.get("pending_timeout", "1h")))
-        except ValueError as exc:
-            raise UsageError(f"{self.config}: enrollment.pending_timeout: {exc}") from None
-        if pending < timedelta(seconds=10):
-            raise UsageError(f"{self.config}: enrollment.pending_timeout must be at least 10s")
+        pending = _duration(enrollment, "enrollment", "pending_timeout", "1h", self.config)
+        audit = _table(doc, "audit", {"refusal_window", "checkpoint_interval"}, self.config)
+        refusal_window = _duration(audit, "audit", "refusal_window", "10m", self.config)
+        checkpoints = _duration(audit, "audit", "checkpoint_interval", "1h", self.config)
         return Settings(
             listen, enroll, advertise, interval, float(jitter), tick, max_batch,
-            self.path / public_key if public_key else None, pending,
+            self.path / public_key if public_key else None, pending, refusal_window, checkpoints,
         )  # fmt: skip
 
     def write_endpoints(self, address: str, enroll_address: str) -> None:
@@ -237,6 +241,17 @@ def _address(table: dict[str, object], key: str, default: str, path: Path) -> st
             split_address(value)
         except UsageError as exc:
             raise UsageError(f"{path}: server.{key}: {exc}") from None
+    return value
+
+
+def _duration(table: dict[str, object], name: str, key: str, default: str, path: Path) -> timedelta:
+    """A duration of at least 1s from ``[name] key``; raises UsageError naming it."""
+    try:
+        value = parse_duration(str(table.get(key, default)))
+    except ValueError as exc:
+        raise UsageError(f"{path}: {name}.{key}: {exc}") from None
+    if value < timedelta(seconds=1):
+        raise UsageError(f"{path}: {name}.{key} must be at least 1s")
     return value
 
 
@@ -285,4 +300,15 @@ tick = "10s"
 # Unset: the controller takes any signed release as it is, and each host
 # still checks it against the release key pinned there.
 # public_key = "/etc/fleetpatch/release.pub"
+
+[audit]
+# A host's first refusal of an order is recorded at once; the ones after it
+# within this window are counted and written as one record when it ends, so
+# a host refusing thousands of orders cannot flood the audit trail.
+refusal_window = "10m"
+# How often a checkpoint of the trail (its last record's sequence and hash,
+# the time, signed with the work-order key) is written to the controller's
+# log, at start and at shutdown too; `fleetpatch audit verify --checkpoint`
+# checks the trail against one, which catches a cut-off tail or a rewrite.
+checkpoint_interval = "1h"
 """

@@ -15,6 +15,7 @@ from google.protobuf.message import Message
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from controller.audit import AuditRecord
+from controller.checkpoint import Checkpoint
 from controller.errors import UsageError
 from controller.fleet.tokens import Token
 from controller.model import (
@@ -186,6 +187,21 @@ def audit_to_pb(record: AuditRecord) -> admin_pb2.AuditRecord:
     return admin_pb2.AuditRecord(
         seq=record.seq, at=timestamp(e.at), actor=e.actor, action=e.action, target=e.target,
         outcome=e.outcome, detail=e.detail, prev_hash=record.prev_hash, hash=record.hash,
+    )  # fmt: skip
+
+
+def checkpoint_to_pb(checkpoint: Checkpoint) -> admin_pb2.AuditCheckpoint:
+    return admin_pb2.AuditCheckpoint(
+        seq=checkpoint.seq, hash=checkpoint.hash, at=timestamp(checkpoint.at),
+        key_id=checkpoint.key_id, signature=checkpoint.signature,
+    )  # fmt: skip
+
+
+def checkpoint_from_pb(message: admin_pb2.AuditCheckpoint) -> Checkpoint:
+    """Raises UsageError for a time out of range."""
+    return Checkpoint(
+        message.seq, message.hash, from_timestamp(message.at), message.key_id,
+        bytes(message.signature),
     )  # fmt: skip
 
 

@@ -25,11 +25,13 @@ from fleetpatch.v1 import admin_pb2, agent_pb2
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from controller.api import lenient, limits
+from controller.api.auditkeeping import AuditKeeper
 from controller.api.servicers import AdminService, AgentService, Revocations
+from controller.checkpoint import Checkpoints
 from controller.datadir import DataDir, join_address, split_address
 from controller.errors import UsageError
 from controller.fleet.pki import CertificateAuthority
-from controller.fleet.signing import load_signing_key, published_keys, rotation_chain
+from controller.fleet.signing import load_signing_keys
 from controller.model import Host
 from controller.releases.artifacts import ArtifactStore
 from controller.releases.publishing import Releases, load_release_key
@@ -133,24 +135,26 @@ async def serve(
     listen = listen or settings.listen
     ca = CertificateAuthority.load(data_dir.read(data_dir.ca_key), data_dir.read(data_dir.ca_cert))
     pair = (data_dir.read(data_dir.server_key), data_dir.read(data_dir.server_cert))
-    signing_key = load_signing_key(data_dir.read(data_dir.signing_key))
-    signing, chain = published_keys(signing_key), rotation_chain(data_dir)
+    keys = load_signing_keys(data_dir)
     release_key = load_release_key(data_dir, settings.release_public_key)
 
     store = Store.open(data_dir.database)
     db = StoreThread(store)
     revoked = Revocations(await db.call(lambda s: s.revoked_host_ids()))
     batcher = CheckInBatcher(db, settings.checkin_max_batch)
-    engine = CampaignEngine(db, signing_key)
+    engine = CampaignEngine(db, keys.key)
     await engine.start()
     releases = _releases(data_dir, db, release_key)
+    keeper = AuditKeeper.start(db, settings, Checkpoints(keys.key, keys.trusted))
     files = raise_file_limit()
     server = grpc.aio.server(options=server_options(files))
     pending = await db.call(lambda s: s.pending_host_ids())
     agents = AgentService(
-        db, batcher, ca, signing, settings, revoked, engine, releases, chain, pending=pending
-    )
-    health_servicer = _register(server, agents, AdminService(db, revoked, engine, releases))
+        db, batcher, ca, keys.published, settings, revoked, engine, releases, keys.chain,
+        refusals=keeper.refusals, pending=pending,
+    )  # fmt: skip
+    admin = AdminService(db, revoked, engine, releases, keeper.checkpoints)
+    health_servicer = _register(server, agents, admin)
 
     try:
         bound, enroll_bound = _listen(server, ca, pair, listen, enroll_listen)
@@ -183,7 +187,8 @@ async def serve(
         log.info("shutting down: finishing in-flight calls (up to %.0fs)", SHUTDOWN_GRACE_SECONDS)
         await health_servicer.enter_graceful_shutdown()
         await server.stop(SHUTDOWN_GRACE_SECONDS)
-        await background
+        # After server.stop, so that no report can add a refusal count now.
+        await asyncio.gather(background, keeper.close())
         await batcher.close()
         db.close()
         _handle_signals(loop, None)

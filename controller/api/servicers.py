@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import functools
 import logging
 import random
 import time
@@ -24,12 +25,14 @@ from fleetpatch.inventory import inventory_hash
 from fleetpatch.orderspec import REFUSED, UNREADABLE_ORDER
 from fleetpatch.v1 import admin_pb2, admin_pb2_grpc, agent_pb2, agent_pb2_grpc, types_pb2
 
-from controller import audit
-from controller.api import convert, limits
+from controller import audit, checkpoint
+from controller.api import auditkeeping, convert, limits
+from controller.api.auditkeeping import RefusalLog
 from controller.api.auth import peer_identity
 from controller.api.checkin import next_checkin
 from controller.api.lenient import decoded
 from controller.audit import AuditEntry
+from controller.checkpoint import Checkpoints
 from controller.datadir import Settings
 from controller.errors import (
     AlreadyExists,
@@ -44,6 +47,7 @@ from controller.errors import (
 from controller.fleet import enrollment, tokens
 from controller.fleet.pki import CertificateAuthority
 from controller.model import CheckIn, Package, ProgressReport
+from controller.refusals import RefusalCounter
 from controller.releases.publishing import Header, Releases
 from controller.rollout.engine import CampaignEngine
 from controller.rollout.tally import facts_of
@@ -58,6 +62,10 @@ MAX_REPORTS_PER_CALL = 500
 # and step names longer than this are refused, details are cut.
 MAX_REPORT_ID = 128
 MAX_REPORT_DETAIL = 2000
+# Audit records read per store call when walking or exporting the trail.
+AUDIT_PAGE = 2000
+# An export message stays well under gRPC's 4 MiB default receive limit.
+EXPORT_MESSAGE_BYTES = 1024 * 1024
 _Req = TypeVar("_Req")
 _Resp = TypeVar("_Resp")
 
@@ -168,6 +176,40 @@ async def _inventory(request: agent_pb2.CheckInRequest) -> list[Package]:
     return await asyncio.to_thread(convert_and_check)
 
 
+def _walk_page(walk: audit.ChainWalk, after: int, store: Store) -> int | None:
+    """Feed ``walk`` the page after sequence ``after``; the last sequence
+    fed, or None at the end of the trail."""
+    page = store.audit_page(after, AUDIT_PAGE)
+    walk.feed(page)
+    return page[-1].seq if page else None
+
+
+def _export_page(
+    after: int, since: datetime | None, store: Store
+) -> tuple[list[admin_pb2.ExportAuditResponse], int | None]:
+    """The page after sequence ``after`` (records at or after ``since``),
+    as messages of at most about EXPORT_MESSAGE_BYTES each; and the last
+    sequence read, None at the end of the trail."""
+    page = store.audit_page(after, AUDIT_PAGE)
+    messages: list[admin_pb2.ExportAuditResponse] = []
+    batch: list[admin_pb2.AuditRecord] = []
+    size = 0
+    for record in page:
+        if since is not None and record.entry.at < since:
+            continue
+        e = record.entry
+        batch.append(convert.audit_to_pb(record))
+        # An upper bound (4 bytes a character), without encoding anything.
+        size += 256 + 4 * (len(e.actor) + len(e.action) + len(e.target) + len(e.outcome)
+                           + len(e.detail))  # fmt: skip
+        if size >= EXPORT_MESSAGE_BYTES:
+            messages.append(admin_pb2.ExportAuditResponse(records=batch))
+            batch, size = [], 0
+    if batch:
+        messages.append(admin_pb2.ExportAuditResponse(records=batch))
+    return messages, (page[-1].seq if page else None)
+
+
 def audited(action: Callable[[Store], _Resp], entry: AuditEntry) -> Callable[[Store], _Resp]:
     """``action``, then its audit record, on the store thread."""
 
@@ -218,6 +260,7 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
         rng: random.Random | None = None,
         admission: limits.Admission | None = None,
         pending: set[str] | None = None,
+        refusals: RefusalLog | None = None,
     ) -> None:
         self._db = db
         self._releases = releases
@@ -229,6 +272,7 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
         self._engine = engine
         self._rotations = rotations or []
         self._rng = rng or random.Random()
+        self._refusals = refusals or RefusalLog(db, RefusalCounter(settings.refusal_window))
         self.admission = admission or limits.Admission()
         self.enroll_refusals = limits.RefusalLimit()
         # Hosts enrolled that have not made a mutual-TLS call yet.
@@ -363,16 +407,13 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
             host_id,
             [(r.order_id, r.step, r.outcome if r.final else "", r.detail, r.at) for r in reports],
         )
-        # The controller's time is the record's time: an agent's clock (or a
-        # hostile agent) must not backdate the audit trail.
-        received = datetime.now(UTC)
-        refusals = [
-            AuditEntry(received, f"host:{host_id}", "order.refused", report.order_id or "-",
-                       "refused", report.detail)
-            for report in reports if report.step == REFUSED
-        ]  # fmt: skip
-        if refusals and new:
-            await self._db.call(lambda s: s.append_audits(refusals))
+        # Audited with the controller's time (an agent's clock, or a hostile
+        # agent, must not backdate the trail), and counted rather than
+        # recorded one by one (a refusing host must not flood it).
+        if new:
+            await self._refusals.refused(
+                host_id, [(r.order_id, r.detail) for r in reports if r.step == REFUSED]
+            )
         for report in reports:
             if report.final:
                 log.info("host %s: order %s finished %s: %s",
@@ -399,12 +440,18 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
 
 class AdminService(admin_pb2_grpc.AdminServiceServicer):
     def __init__(
-        self, db: StoreThread, revoked: Revocations, engine: CampaignEngine, releases: Releases
+        self,
+        db: StoreThread,
+        revoked: Revocations,
+        engine: CampaignEngine,
+        releases: Releases,
+        checkpoints: Checkpoints,
     ) -> None:
         self._db = db
         self._revoked = revoked
         self._engine = engine
         self._releases = releases
+        self._checkpoints = checkpoints
 
     def _admin(self, context: Context) -> Identity:
         return require(context, Role.ADMIN, self._revoked)
@@ -608,13 +655,40 @@ class AdminService(admin_pb2_grpc.AdminServiceServicer):
         self, request: admin_pb2.VerifyAuditRequest, context: Context
     ) -> admin_pb2.VerifyAuditResponse:
         self._admin(context)
-        verdict = await self._db.call(lambda s: audit.verify(s.audit_records()))
+        held = None
+        if request.HasField("checkpoint"):
+            held = convert.checkpoint_from_pb(request.checkpoint)
+            self._checkpoints.check(held)  # before the long walk: a bad file fails fast
+        walk, after = audit.ChainWalk(), 0
+        while walk.ok:
+            # A page per store call: the walk holds one page, and check-ins
+            # are served between pages.
+            fed = await self._db.call(functools.partial(_walk_page, walk, after))
+            if fed is None:
+                break
+            after = fed
+        verdict = walk.verdict()
+        if verdict.ok and held is not None:
+            at_seq = await self._db.call(lambda s: s.audit_hash_at(held.seq))
+            problem = checkpoint.held(held, verdict.records, at_seq)
+            if problem:
+                first = held.seq if verdict.records >= held.seq else verdict.records + 1
+                verdict = audit.Verdict(False, verdict.records, first, problem)
         return admin_pb2.VerifyAuditResponse(
             ok=verdict.ok,
             records=verdict.records,
             first_broken_seq=verdict.first_broken or 0,
             problem=verdict.problem,
         )
+
+    @rpc
+    async def AuditCheckpoint(
+        self, request: admin_pb2.AuditCheckpointRequest, context: Context
+    ) -> admin_pb2.AuditCheckpointResponse:
+        admin = self._admin(context)
+        signed = await auditkeeping.checkpoint(self._db, self._checkpoints, datetime.now(UTC))
+        log.info("admin %s took an audit checkpoint: %s", admin.name, signed.to_json(indent=None))
+        return admin_pb2.AuditCheckpointResponse(checkpoint=convert.checkpoint_to_pb(signed))
 
     @rpc
     async def GetFleetHistory(
@@ -624,11 +698,16 @@ class AdminService(admin_pb2_grpc.AdminServiceServicer):
         cells = await self._db.call(lambda s: s.fleet_history())
         return admin_pb2.FleetHistoryResponse(cells=[convert.history_to_pb(c) for c in cells])
 
-    @rpc
+    @rpc_stream
     async def ExportAudit(
         self, request: admin_pb2.ExportAuditRequest, context: Context
-    ) -> admin_pb2.ExportAuditResponse:
+    ) -> AsyncIterator[admin_pb2.ExportAuditResponse]:
         self._admin(context)
         since = convert.from_timestamp(request.since) if request.HasField("since") else None
-        records = await self._db.call(lambda s: s.audit_records(since))
-        return admin_pb2.ExportAuditResponse(records=[convert.audit_to_pb(r) for r in records])
+        after: int | None = 0
+        while after is not None:
+            # Keyset pagination, one page per store call; the next page is
+            # read only once this one was handed to gRPC (flow control).
+            messages, after = await self._db.call(functools.partial(_export_page, after, since))
+            for message in messages:
+                yield message

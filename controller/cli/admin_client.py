@@ -23,6 +23,8 @@ from controller.errors import (
 _T = TypeVar("_T")
 TIMEOUT_SECONDS = 15.0
 PUBLISH_TIMEOUT_SECONDS = 900.0  # up to 256 MiB over a slow link
+# Walking or exporting the whole audit trail: minutes at 10 million records.
+AUDIT_TIMEOUT_SECONDS = 3600.0
 
 _ERROR_OF: dict[grpc.StatusCode, type[FleetpatchError]] = {
     grpc.StatusCode.UNAVAILABLE: ControllerUnavailable,
@@ -62,11 +64,14 @@ class AdminClient:
         try:
             return fn()
         except grpc.RpcError as exc:
-            code: grpc.StatusCode = exc.code()
-            details: str = exc.details() or code.name
-            if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
-                details = f"cannot reach the controller at {self.address}: {details}"
-            raise _ERROR_OF.get(code, FleetpatchError)(details) from None
+            raise self._error(exc) from None
+
+    def _error(self, exc: grpc.RpcError) -> FleetpatchError:
+        code: grpc.StatusCode = exc.code()
+        details: str = exc.details() or code.name
+        if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+            details = f"cannot reach the controller at {self.address}: {details}"
+        return _ERROR_OF.get(code, FleetpatchError)(details)
 
     def create_token(self, request: admin_pb2.CreateTokenRequest) -> admin_pb2.CreateTokenResponse:
         return self._call(lambda: self._stub.CreateToken(request, timeout=TIMEOUT_SECONDS))
@@ -156,12 +161,25 @@ class AdminClient:
         reply = self._call(lambda: self._stub.GetFleetHistory(request, timeout=TIMEOUT_SECONDS))
         return list(reply.cells)
 
-    def verify_audit(self) -> admin_pb2.VerifyAuditResponse:
-        request = admin_pb2.VerifyAuditRequest()
-        return self._call(lambda: self._stub.VerifyAudit(request, timeout=TIMEOUT_SECONDS))
+    def verify_audit(
+        self, checkpoint: admin_pb2.AuditCheckpoint | None = None
+    ) -> admin_pb2.VerifyAuditResponse:
+        request = admin_pb2.VerifyAuditRequest(checkpoint=checkpoint)
+        return self._call(lambda: self._stub.VerifyAudit(request, timeout=AUDIT_TIMEOUT_SECONDS))
 
-    def export_audit(self, since: Timestamp | None) -> list[admin_pb2.AuditRecord]:
+    def audit_checkpoint(self) -> admin_pb2.AuditCheckpoint:
+        request = admin_pb2.AuditCheckpointRequest()
+        return self._call(
+            lambda: self._stub.AuditCheckpoint(request, timeout=TIMEOUT_SECONDS)
+        ).checkpoint
+
+    def export_audit(self, since: Timestamp | None) -> Iterator[admin_pb2.AuditRecord]:
+        """The trail, oldest first, as the controller streams it: a page at
+        a time in memory, however long the trail."""
         request = admin_pb2.ExportAuditRequest(since=since)
-        return list(
-            self._call(lambda: self._stub.ExportAudit(request, timeout=TIMEOUT_SECONDS)).records
-        )
+        stream = self._call(lambda: self._stub.ExportAudit(request, timeout=AUDIT_TIMEOUT_SECONDS))
+        try:
+            for page in stream:
+                yield from page.records
+        except grpc.RpcError as exc:
+            raise self._error(exc) from None

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import json
+import os
 import subprocess
 import sys
 import time
+from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, TextIO
 
 import typer
 from fleetpatch import render
@@ -16,6 +19,8 @@ from fleetpatch.v1 import admin_pb2
 
 from controller.api import convert
 from controller.campaigns import CampaignError, CampaignSpec, parse_campaign
+from controller.checkpoint import CheckpointError
+from controller.checkpoint import parse as parse_checkpoint
 from controller.cli.admin_client import AdminClient
 from controller.cli.common import ControllerOption, DataDirOption, JsonOption, client
 from controller.datadir import DEFAULT_DATA_DIR
@@ -278,15 +283,55 @@ def watch(
 
 @audit_app.command("verify")
 def audit_verify(
-    data_dir: DataDirOption = DEFAULT_DATA_DIR, controller: ControllerOption = None
+    checkpoint: Annotated[
+        Path | None,
+        typer.Option(
+            help="A file of `audit checkpoint`: also check its signature (this controller's "
+            "current or an earlier signing key) and that the trail still holds to it, which "
+            "finds a cut-off tail or a chain rewritten after an edit."
+        ),
+    ] = None,
+    data_dir: DataDirOption = DEFAULT_DATA_DIR,
+    controller: ControllerOption = None,
 ) -> None:
     """Walk the hash chain; name the first broken record and exit 1 if any."""
+    held = None
+    if checkpoint is not None:
+        try:
+            text = checkpoint.read_text()
+        except (OSError, UnicodeDecodeError) as exc:
+            why = getattr(exc, "strerror", None) or "not a text file"
+            raise UsageError(f"cannot read {checkpoint}: {why}") from None
+        try:
+            held = parse_checkpoint(text)
+        except CheckpointError as exc:
+            raise CheckpointError(f"{checkpoint}: {exc}") from None
     with client(data_dir, controller) as admin:
-        verdict = admin.verify_audit()
+        verdict = admin.verify_audit(None if held is None else convert.checkpoint_to_pb(held))
     if verdict.ok:
-        print(f"audit trail intact: {verdict.records} record(s)")
+        holds = "" if held is None else (
+            f"; it holds to the checkpoint of record {held.seq} "
+            f"({held.at:%Y-%m-%d %H:%M:%S}Z, key {held.key_id})"
+        )  # fmt: skip
+        print(f"audit trail intact: {verdict.records} record(s){holds}")
         return
     raise AuditBroken(f"audit trail broken at record {verdict.first_broken_seq}: {verdict.problem}")
+
+
+@audit_app.command("checkpoint")
+def audit_checkpoint(
+    data_dir: DataDirOption = DEFAULT_DATA_DIR, controller: ControllerOption = None
+) -> None:
+    """Print a signed checkpoint of the trail as it ends now (JSON, on
+    stdout: `> FILE` keeps it). Keep it away from the controller; `audit
+    verify --checkpoint FILE` checks the trail against it later."""
+    with client(data_dir, controller) as admin:
+        signed = convert.checkpoint_from_pb(admin.audit_checkpoint())
+    print(signed.to_json())
+    print(
+        f"checkpoint of record {signed.seq}, signed with key {signed.key_id}",
+        file=sys.stderr,
+    )
 
 
 class AuditBroken(FleetpatchError):
@@ -302,20 +347,65 @@ def audit_export(
     controller: ControllerOption = None,
     json_out: JsonOption = False,
 ) -> None:
-    """Print the audit trail (oldest first)."""
+    """Print the audit trail (oldest first), each record as it arrives: the
+    trail is streamed, never held whole, so this works on millions of
+    records. --json prints one JSON array."""
     stamp = None
     if since is not None:
         stamp = convert.timestamp(since if since.tzinfo else since.replace(tzinfo=UTC))
     with client(data_dir, controller) as admin:
         records = admin.export_audit(stamp)
-    if json_out:
-        render.print_json([convert.to_json(r) for r in records])
-        return
-    render.table(
-        ["SEQ", "AT", "ACTOR", "ACTION", "TARGET", "OUTCOME", "DETAIL"],
-        [(r.seq, f"{convert.from_timestamp(r.at):%Y-%m-%d %H:%M:%S}", r.actor, r.action,
-          r.target, r.outcome, r.detail) for r in records],
-    )  # fmt: skip
+        try:
+            if json_out:
+                _stream_json(records, sys.stdout)
+            else:
+                _stream_table(records, sys.stdout)
+        except BrokenPipeError:  # `| head`: the reader has all it wanted
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+
+
+# Streamed rows cannot be aligned on the widest value; these minimum widths
+# keep typical records in columns, and a longer value pushes the rest right.
+_WIDTHS = (6, 19, 20, 16, 20, 8)
+_HEADERS = ("SEQ", "AT", "ACTOR", "ACTION", "TARGET", "OUTCOME", "DETAIL")
+_FLUSH_EVERY = 1000
+
+
+def _stream_table(records: Iterable[admin_pb2.AuditRecord], out: TextIO) -> None:
+    def row(cells: Sequence[object]) -> str:
+        padded = [str(c).ljust(w) for c, w in zip(cells, _WIDTHS, strict=False)]
+        return "  ".join([*padded, str(cells[-1])]).rstrip() + "\n"
+
+    lines = [row(_HEADERS)]
+    for r in records:
+        at = r.at.ToDatetime().strftime("%Y-%m-%d %H:%M:%S")
+        lines.append(row((r.seq, at, r.actor, r.action, r.target, r.outcome, r.detail)))
+        if len(lines) >= _FLUSH_EVERY:
+            out.write("".join(lines))
+            lines = []
+    out.write("".join(lines))
+    out.flush()
+
+
+def _stream_json(records: Iterable[admin_pb2.AuditRecord], out: TextIO) -> None:
+    """The same bytes as `render.print_json` of the whole list would write,
+    one record at a time."""
+    parts, first = ["["], True
+    for r in records:
+        doc = {
+            "action": r.action, "actor": r.actor, "at": r.at.ToJsonString(), "detail": r.detail,
+            "hash": r.hash, "outcome": r.outcome, "prev_hash": r.prev_hash, "seq": r.seq,
+            "target": r.target,
+        }  # fmt: skip
+        text = json.dumps(doc, indent=2, sort_keys=True).replace("\n", "\n  ")
+        parts.append(("\n  " if first else ",\n  ") + text)
+        first = False
+        if len(parts) >= _FLUSH_EVERY:
+            out.write("".join(parts))
+            parts = []
+    parts.append("]\n" if first else "\n]\n")
+    out.write("".join(parts))
+    out.flush()
 
 
 __all__ = ["AdminClient", "audit_app", "campaign_app"]

@@ -4,6 +4,7 @@ enrollment, used to sign every work order."""
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -96,3 +97,28 @@ def rotate(data_dir: DataDir) -> tuple[str, str]:
     data_dir.write_public(data_dir.signing_rotations, rotations_to_json([*chain, announced]))
     data_dir.write_private(data_dir.signing_key, signing_key_to_pem(new))
     return old_id, announced.key_id
+
+
+@dataclass(frozen=True)
+class SigningKeys:
+    """What `serve` needs of the signing keys."""
+
+    key: Ed25519PrivateKey  # signs work orders and audit checkpoints
+    published: list[types_pb2.SigningKey]  # the current key, pinned at enrollment
+    chain: list[types_pb2.SigningKey]  # rotations, oldest first
+    # Every key this controller has signed with, by id: the current one, the
+    # rotated-in ones and the retired ones (signing.key.ID), as raw public keys.
+    trusted: dict[str, bytes]
+
+
+def load_signing_keys(data_dir: DataDir) -> SigningKeys:
+    """Raises DataDirError for a damaged key or rotation file."""
+    key = load_signing_key(data_dir.read(data_dir.signing_key))
+    chain = rotation_chain(data_dir)
+    trusted = {k.key_id: bytes(k.public_key) for k in chain}
+    for retired in sorted(data_dir.path.glob(f"{data_dir.signing_key.name}.*")):
+        public = raw_public_key(load_signing_key(data_dir.read(retired)).public_key())
+        trusted[key_id(public)] = public
+    published = published_keys(key)
+    trusted.update({k.key_id: bytes(k.public_key) for k in published})
+    return SigningKeys(key, published, chain, trusted)

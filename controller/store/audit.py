@@ -39,3 +39,33 @@ def records(conn: sqlite3.Connection, since: datetime | None = None) -> Iterator
         yield AuditRecord(
             seq, AuditEntry(when, actor, action, target, outcome, detail), prev_hash, digest
         )
+
+
+_COLUMNS = "seq, at, actor, action, target, outcome, detail, prev_hash, hash"
+
+
+def page(conn: sqlite3.Connection, after: int, limit: int) -> list[AuditRecord]:
+    """Up to ``limit`` records after sequence ``after``, in stored order
+    (keyset pagination: seq is the rowid, so this is an index range)."""
+    cur = conn.execute(
+        f"SELECT {_COLUMNS} FROM audit WHERE seq > ? ORDER BY seq LIMIT ?",  # noqa: S608 - fixed columns
+        (after, limit),
+    )
+    return [
+        AuditRecord(
+            seq, AuditEntry(datetime.fromisoformat(at), actor, action, target, outcome, detail),
+            prev_hash, digest,
+        )
+        for seq, at, actor, action, target, outcome, detail, prev_hash, digest in cur
+    ]  # fmt: skip
+
+
+def head(conn: sqlite3.Connection) -> tuple[int, str]:
+    """The last record's sequence and hash; (0, GENESIS) for an empty trail."""
+    last = conn.execute("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1").fetchone()
+    return (int(last[0]), str(last[1])) if last else (0, GENESIS)
+
+
+def hash_at(conn: sqlite3.Connection, seq: int) -> str | None:
+    row = conn.execute("SELECT hash FROM audit WHERE seq = ?", (seq,)).fetchone()
+    return None if row is None else str(row[0])

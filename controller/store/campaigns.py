@@ -341,3 +341,14 @@ class CampaignStore:
 
     def audit_records(self, since: datetime | None = None) -> list[AuditRecord]:
         return list(audit.records(self._conn, since))
+
+    def audit_page(self, after: int, limit: int) -> list[AuditRecord]:
+        """Records after sequence ``after``, at most ``limit``, oldest first."""
+        return audit.page(self._conn, after, limit)
+
+    def audit_head(self) -> tuple[int, str]:
+        """(last sequence, its hash); (0, GENESIS) when the trail is empty."""
+        return audit.head(self._conn)
+
+    def audit_hash_at(self, seq: int) -> str | None:
+        return audit.hash_at(self._conn, seq)

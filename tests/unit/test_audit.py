@@ -100,3 +100,22 @@ def test_appends_after_a_restart_continue_the_chain(db):
     assert [r.seq for r in records] == [1, 2, 3, 4, 5, 6, 7]
     assert records[-1].prev_hash == records[-2].hash
     assert verify(records).ok
+
+
+def test_the_chain_walked_a_page_at_a_time_finds_the_same_break(db):
+    from controller.audit import ChainWalk
+
+    _sql(db, "UPDATE audit SET outcome = 'refused' WHERE seq = 5")
+    store = Store.open(db)
+    try:
+        walk, after = ChainWalk(), 0
+        while page := store.audit_page(after, 2):
+            walk.feed(page)
+            after = page[-1].seq
+        assert walk.verdict() == verify(store.audit_records())
+        assert walk.verdict().first_broken == 5
+        assert not walk.ok
+        assert store.audit_head()[0] == 6
+        assert store.audit_hash_at(7) is None
+    finally:
+        store.close()

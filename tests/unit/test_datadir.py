@@ -147,6 +147,13 @@ jitter = 0
     )
 
 
+def test_settings_audit_table(tmp_path):
+    text = "[audit]\nrefusal_window = '2h'\ncheckpoint_interval = '15m'\n"
+    settings = _datadir(tmp_path, text).settings()
+    assert settings.refusal_window == timedelta(hours=2)
+    assert settings.checkpoint_interval == timedelta(minutes=15)
+
+
 def test_settings_release_public_key_is_relative_to_the_data_dir(tmp_path):
     relative = _datadir(tmp_path, "[releases]\npublic_key = 'keys/release.pub'\n").settings()
     assert relative.release_public_key == tmp_path / "keys" / "release.pub"
@@ -175,6 +182,11 @@ def test_settings_interval_as_plain_seconds(tmp_path):
         ("[checkin]\njitter = '0.2'\n", r"checkin.jitter must be a number in \[0, 1\)"),
         ("[releases]\npublic_key = 1\n", "releases.public_key must be a path"),
         ("[releases]\nkey = 'x'\n", "unknown key releases.key"),
+        ("[audit]\nrefusal_window = 'soon'\n", "audit.refusal_window: 'soon' is not a duration"),
+        ("[audit]\nrefusal_window = '0s'\n", "audit.refusal_window must be at least 1s"),
+        ("[audit]\nwindow = '1m'\n", "unknown key audit.window"),
+        ("[audit]\ncheckpoint_interval = 0\n", "audit.checkpoint_interval must be at least 1s"),
+        ("[audit]\ncheckpoint_interval = 'x'\n", "audit.checkpoint_interval: 'x' is not"),
         ("[checkin\n", "controller.toml"),  # not TOML at all
     ],
 )

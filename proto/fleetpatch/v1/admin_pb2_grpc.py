@@ -114,7 +114,12 @@ class AdminServiceStub:
                 request_serializer=fleetpatch_dot_v1_dot_admin__pb2.VerifyAuditRequest.SerializeToString,
                 response_deserializer=fleetpatch_dot_v1_dot_admin__pb2.VerifyAuditResponse.FromString,
                 _registered_method=True)
-        self.ExportAudit = channel.unary_unary(
+        self.AuditCheckpoint = channel.unary_unary(
+                '/fleetpatch.v1.AdminService/AuditCheckpoint',
+                request_serializer=fleetpatch_dot_v1_dot_admin__pb2.AuditCheckpointRequest.SerializeToString,
+                response_deserializer=fleetpatch_dot_v1_dot_admin__pb2.AuditCheckpointResponse.FromString,
+                _registered_method=True)
+        self.ExportAudit = channel.unary_stream(
                 '/fleetpatch.v1.AdminService/ExportAudit',
                 request_serializer=fleetpatch_dot_v1_dot_admin__pb2.ExportAuditRequest.SerializeToString,
                 response_deserializer=fleetpatch_dot_v1_dot_admin__pb2.ExportAuditResponse.FromString,
@@ -227,8 +232,18 @@ class AdminServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def AuditCheckpoint(self, request, context):
+        """Where the trail ends now, signed with the work-order signing key; keep
+        it outside the controller and give it to VerifyAudit later.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def ExportAudit(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Streams the trail oldest first, a page of records per message, read
+        from the store page by page: neither end holds the whole trail.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -324,7 +339,12 @@ def add_AdminServiceServicer_to_server(servicer, server):
                     request_deserializer=fleetpatch_dot_v1_dot_admin__pb2.VerifyAuditRequest.FromString,
                     response_serializer=fleetpatch_dot_v1_dot_admin__pb2.VerifyAuditResponse.SerializeToString,
             ),
-            'ExportAudit': grpc.unary_unary_rpc_method_handler(
+            'AuditCheckpoint': grpc.unary_unary_rpc_method_handler(
+                    servicer.AuditCheckpoint,
+                    request_deserializer=fleetpatch_dot_v1_dot_admin__pb2.AuditCheckpointRequest.FromString,
+                    response_serializer=fleetpatch_dot_v1_dot_admin__pb2.AuditCheckpointResponse.SerializeToString,
+            ),
+            'ExportAudit': grpc.unary_stream_rpc_method_handler(
                     servicer.ExportAudit,
                     request_deserializer=fleetpatch_dot_v1_dot_admin__pb2.ExportAuditRequest.FromString,
                     response_serializer=fleetpatch_dot_v1_dot_admin__pb2.ExportAuditResponse.SerializeToString,
@@ -778,7 +798,7 @@ class AdminService:
             _registered_method=True)
 
     @staticmethod
-    def ExportAudit(request,
+    def AuditCheckpoint(request,
             target,
             options=(),
             channel_credentials=None,
@@ -789,6 +809,33 @@ class AdminService:
             timeout=None,
             metadata=None):
         return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fleetpatch.v1.AdminService/AuditCheckpoint',
+            fleetpatch_dot_v1_dot_admin__pb2.AuditCheckpointRequest.SerializeToString,
+            fleetpatch_dot_v1_dot_admin__pb2.AuditCheckpointResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ExportAudit(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
             request,
             target,
             '/fleetpatch.v1.AdminService/ExportAudit',

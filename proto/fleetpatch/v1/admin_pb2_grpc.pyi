@@ -52,7 +52,14 @@ class AdminServiceStub:
     """
     ListAgentReleases: _grpc.UnaryUnaryMultiCallable[_admin_pb2.ListAgentReleasesRequest, _admin_pb2.ListAgentReleasesResponse]
     VerifyAudit: _grpc.UnaryUnaryMultiCallable[_admin_pb2.VerifyAuditRequest, _admin_pb2.VerifyAuditResponse]
-    ExportAudit: _grpc.UnaryUnaryMultiCallable[_admin_pb2.ExportAuditRequest, _admin_pb2.ExportAuditResponse]
+    AuditCheckpoint: _grpc.UnaryUnaryMultiCallable[_admin_pb2.AuditCheckpointRequest, _admin_pb2.AuditCheckpointResponse]
+    """Where the trail ends now, signed with the work-order signing key; keep
+    it outside the controller and give it to VerifyAudit later.
+    """
+    ExportAudit: _grpc.UnaryStreamMultiCallable[_admin_pb2.ExportAuditRequest, _admin_pb2.ExportAuditResponse]
+    """Streams the trail oldest first, a page of records per message, read
+    from the store page by page: neither end holds the whole trail.
+    """
     GetFleetHistory: _grpc.UnaryUnaryMultiCallable[_admin_pb2.FleetHistoryRequest, _admin_pb2.FleetHistoryResponse]
     """What the fleet's past patch orders did, per ring and region: what a
     rehearsal calibrates its failure model from.
@@ -80,7 +87,14 @@ class AdminServiceAsyncStub(AdminServiceStub):
     """
     ListAgentReleases: _aio.UnaryUnaryMultiCallable[_admin_pb2.ListAgentReleasesRequest, _admin_pb2.ListAgentReleasesResponse]  # type: ignore[assignment]
     VerifyAudit: _aio.UnaryUnaryMultiCallable[_admin_pb2.VerifyAuditRequest, _admin_pb2.VerifyAuditResponse]  # type: ignore[assignment]
-    ExportAudit: _aio.UnaryUnaryMultiCallable[_admin_pb2.ExportAuditRequest, _admin_pb2.ExportAuditResponse]  # type: ignore[assignment]
+    AuditCheckpoint: _aio.UnaryUnaryMultiCallable[_admin_pb2.AuditCheckpointRequest, _admin_pb2.AuditCheckpointResponse]  # type: ignore[assignment]
+    """Where the trail ends now, signed with the work-order signing key; keep
+    it outside the controller and give it to VerifyAudit later.
+    """
+    ExportAudit: _aio.UnaryStreamMultiCallable[_admin_pb2.ExportAuditRequest, _admin_pb2.ExportAuditResponse]  # type: ignore[assignment]
+    """Streams the trail oldest first, a page of records per message, read
+    from the store page by page: neither end holds the whole trail.
+    """
     GetFleetHistory: _aio.UnaryUnaryMultiCallable[_admin_pb2.FleetHistoryRequest, _admin_pb2.FleetHistoryResponse]  # type: ignore[assignment]
     """What the fleet's past patch orders did, per ring and region: what a
     rehearsal calibrates its failure model from.
@@ -203,11 +217,24 @@ class AdminServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_admin_pb2.VerifyAuditResponse, _abc.Awaitable[_admin_pb2.VerifyAuditResponse]]: ...
 
     @_abc_1.abstractmethod
+    def AuditCheckpoint(
+        self,
+        request: _admin_pb2.AuditCheckpointRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.AuditCheckpointResponse, _abc.Awaitable[_admin_pb2.AuditCheckpointResponse]]:
+        """Where the trail ends now, signed with the work-order signing key; keep
+        it outside the controller and give it to VerifyAudit later.
+        """
+
+    @_abc_1.abstractmethod
     def ExportAudit(
         self,
         request: _admin_pb2.ExportAuditRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_admin_pb2.ExportAuditResponse, _abc.Awaitable[_admin_pb2.ExportAuditResponse]]: ...
+    ) -> _typing.Union[_abc.Iterator[_admin_pb2.ExportAuditResponse], _abc.AsyncIterator[_admin_pb2.ExportAuditResponse]]:
+        """Streams the trail oldest first, a page of records per message, read
+        from the store page by page: neither end holds the whole trail.
+        """
 
     @_abc_1.abstractmethod
     def GetFleetHistory(
