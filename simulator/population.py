@@ -11,7 +11,8 @@ import random
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from agent.link.backoff import backoff_delay
+from agent.link.backoff import retry_delay
+from agent.statedir import Timing
 from controller.campaigns import CampaignSpec, HostFacts, is_targeted
 from controller.campaigns.counts import Cell
 from controller.campaigns.scheduler import DecisionKey, decision_key
@@ -37,6 +38,9 @@ class Population:
     fleet_size: int
 
 
+MAX_RETRY = Timing().max_retry_delay.total_seconds()  # the agent's default
+
+
 def populate(
     campaign: CampaignSpec,
     fleet: Sequence[FleetHost],
@@ -46,7 +50,8 @@ def populate(
 ) -> Population:
     """The run's hosts, in fleet order. Draws from ``rng`` in that order: each
     host's fate, its reconnect delay after an outage (the agent's own
-    backoff, at its cap), and its check-in phase within ``interval`` (µs)."""
+    backoff at its cap: the check-in interval, or max_retry_delay when
+    shorter), and its check-in phase within ``interval`` (µs)."""
     packages = frozenset(p.name for p in rehearsed_patch(campaign).packages)
     hosts: list[SimHost] = []
     rooms: dict[RoomKey, WaitingRoom] = {}
@@ -66,7 +71,7 @@ def populate(
             room = rooms[key] = WaitingRoom(key, interval)
         odds = failures.odds_for(fh.host_id, fh.ring, fh.region, fh.os_id, packages)
         fate = draw_fate(rng, odds, failures.durations)
-        reconnect = int(backoff_delay(64, rng) * US)
+        reconnect = int(retry_delay(64, rng, max_delay=MAX_RETRY, interval=interval / US) * US)
         host = SimHost(len(hosts), facts, room, fate, reconnect)
         host.anchor = int(rng.random() * interval) - interval  # its last check-in before the start
         hosts.append(host)

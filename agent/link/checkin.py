@@ -26,9 +26,8 @@ from agent.errors import CommandFailed, Overloaded, TransientError
 from agent.host import facts as hostfacts
 from agent.host.health import resource_checks, summarize
 from agent.link import convert
-from agent.link.backoff import backoff_delay
+from agent.link.backoff import retry_delay
 from agent.link.client import ControllerClient
-from agent.link.reporting import overload_delay
 from agent.orders.journal import Journal
 from agent.statedir import AgentConfig
 
@@ -110,9 +109,7 @@ class CheckIns:
                 report = self.once()
             except Overloaded as exc:
                 failures += 1
-                delay = overload_delay(exc.retry_after, self._rng) or self._backoff(
-                    failures, interval
-                )
+                delay = self._retry_delay(failures, interval, exc.retry_after)
                 self._journal.record_checkin_failure(str(exc))
                 if not overloaded:
                     log.warning("check-in: %s; checking in again in %.0fs, and waiting as "
@@ -122,7 +119,7 @@ class CheckIns:
                 overloaded = True
             except (TransientError, CommandFailed) as exc:
                 failures += 1
-                delay = self._backoff(failures, interval)
+                delay = self._retry_delay(failures, interval)
                 self._journal.record_checkin_failure(str(exc))
                 log.warning("check-in failed (%s); retrying in %.0fs", exc, delay)
             else:
@@ -143,10 +140,13 @@ class CheckIns:
                     continue  # check in again at once: report the outcome, get the next
             stop.wait(delay)
 
-    def _backoff(self, failures: int, interval: timedelta | None) -> float:
-        """Retry delay after ``failures`` failed check-ins in a row: full
-        jitter, capped at max_retry_delay and at the last announced interval."""
-        cap = self._config.timing.max_retry_delay
-        if interval is not None:
-            cap = min(cap, max(interval, timedelta(seconds=1)))
-        return backoff_delay(failures, self._rng, cap=cap.total_seconds())
+    def _retry_delay(
+        self, failures: int, interval: timedelta | None, retry_after: float | None = None
+    ) -> float:
+        return retry_delay(
+            failures,
+            self._rng,
+            max_delay=self._config.timing.max_retry_delay.total_seconds(),
+            interval=None if interval is None else interval.total_seconds(),
+            retry_after=retry_after,
+        )

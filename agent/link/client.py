@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import TypeVar
 
 import grpc
+from fleetpatch.overload import retry_after
 from fleetpatch.v1 import agent_pb2, agent_pb2_grpc
 
 from agent.errors import AgentError, ControllerUnavailable, Overloaded, Refused, Rejected
@@ -21,28 +22,6 @@ _OPTIONS = [
     ("grpc.keepalive_time_ms", 120_000),
     ("grpc.enable_retries", 0),  # the agent retries with its own backoff
 ]
-
-
-# The controller's answer to overload: RESOURCE_EXHAUSTED, and in the
-# trailing metadata how long to stay away (integer milliseconds).
-RETRY_AFTER_KEY = "fleetpatch-retry-after-ms"
-MAX_RETRY_AFTER_SECONDS = 3600.0  # a bogus hint must not park the fleet for days
-
-
-def retry_after(metadata: object) -> float | None:
-    """Seconds from the ``fleetpatch-retry-after-ms`` entry of gRPC
-    metadata; None when absent, not a non-negative integer, or unreadable.
-    Capped at an hour."""
-    try:
-        for key, value in metadata or ():  # type: ignore[attr-defined]
-            if key != RETRY_AFTER_KEY:
-                continue
-            text = value.decode() if isinstance(value, bytes) else str(value)
-            millis = int(text.strip())
-            return None if millis < 0 else min(millis / 1000, MAX_RETRY_AFTER_SECONDS)
-    except (TypeError, ValueError, UnicodeDecodeError):
-        return None
-    return None
 
 
 def _call(address: str, fn: Callable[[], _T]) -> _T:

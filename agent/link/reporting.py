@@ -25,6 +25,7 @@ from collections.abc import Callable
 from fleetpatch.v1 import agent_pb2, types_pb2
 
 from agent.errors import AgentError, Overloaded, Rejected
+from agent.link.backoff import overload_delay
 from agent.link.client import ControllerClient
 from agent.orders.journal import Journal
 
@@ -67,13 +68,6 @@ class Reports:
             return 0
         self._overloaded = False
         return sent
-
-
-def overload_delay(retry_after: float | None, rng: random.Random) -> float | None:
-    """How long to stay away from a controller that asked for
-    ``retry_after`` seconds: between once and twice that (never less), so
-    the hosts it turned away do not return together. None without a hint."""
-    return None if retry_after is None else retry_after * rng.uniform(1.0, 2.0)
 
 
 def flush(journal: Journal, client: ControllerClient) -> int:

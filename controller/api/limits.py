@@ -13,7 +13,7 @@ others.
   decoded, so six parallel 30 MB check-ins cost what one does.
 - All hosts together: at most `max_in_flight` heavy calls at once; beyond
   it the controller sheds load (RESOURCE_EXHAUSTED with a retry delay in the
-  `fleetpatch-retry-after-ms` trailer) rather than queueing without end.
+  `fleetpatch-retry-after-ms` trailer, `fleetpatch.overload`) rather than queueing without end.
 """
 
 from __future__ import annotations
@@ -42,7 +42,6 @@ MAX_DETAIL = 4096  # the free text of a health check result
 # is only reached by a herd (a controller that comes back after an outage).
 DEFAULT_MAX_IN_FLIGHT = 256
 RETRY_AFTER_SECONDS = 5.0
-RETRY_AFTER_KEY = "fleetpatch-retry-after-ms"
 
 
 def _malloc_trim() -> Callable[[int], int] | None:

@@ -23,6 +23,7 @@ from fleetpatch import labels as labelspec
 from fleetpatch.identity import Identity, Role
 from fleetpatch.inventory import inventory_hash
 from fleetpatch.orderspec import REFUSED, UNREADABLE_ORDER
+from fleetpatch.overload import retry_after_trailer
 from fleetpatch.v1 import admin_pb2, admin_pb2_grpc, agent_pb2, agent_pb2_grpc, types_pb2
 
 from controller import audit, checkpoint
@@ -97,8 +98,7 @@ def _admission(servicer: object, method: str, context: Context) -> AbstractConte
 async def _refuse(method: str, context: Context, exc: FleetpatchError) -> None:
     log.info("%s refused for %s: %s", method, context.peer(), exc)
     if isinstance(exc, Overloaded):
-        delay_ms = str(max(1, round(exc.retry_after * 1000)))
-        context.set_trailing_metadata(((limits.RETRY_AFTER_KEY, delay_ms),))
+        context.set_trailing_metadata(retry_after_trailer(exc.retry_after))
     await context.abort(status_for(exc), str(exc))
 
 

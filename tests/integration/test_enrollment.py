@@ -15,6 +15,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
+from fleetpatch.overload import RETRY_AFTER_KEY
 from fleetpatch.v1 import agent_pb2, agent_pb2_grpc, types_pb2
 
 from controller.api import limits
@@ -130,7 +131,7 @@ def test_refused_enrollments_are_audited_and_rate_limited_per_peer(controller):
     assert codes[: limits.RefusalLimit.limit] == [grpc.StatusCode.UNAUTHENTICATED] * 10
     assert codes[limits.RefusalLimit.limit :] == [grpc.StatusCode.RESOURCE_EXHAUSTED] * 3
     trailers: Sequence[tuple[str, object]] = errors[-1].trailing_metadata()  # type: ignore[assignment]
-    assert int(str(dict(trailers)[limits.RETRY_AFTER_KEY])) > 1000
+    assert int(str(dict(trailers)[RETRY_AFTER_KEY])) > 1000
     records = controller.admin_json("audit", "export")
     assert isinstance(records, list)
     refused = [r for r in records if r["action"] == "host.enroll" and r["outcome"] == "refused"]

@@ -13,6 +13,7 @@ from pathlib import Path
 import grpc
 import pytest
 from fleetpatch.inventory import inventory_hash
+from fleetpatch.overload import RETRY_AFTER_KEY
 from fleetpatch.v1 import agent_pb2, agent_pb2_grpc, types_pb2
 
 from agent.statedir import StateDir
@@ -57,7 +58,7 @@ def _code(call: Callable[[], object]) -> tuple[grpc.StatusCode, str]:
         call()
     except grpc.RpcError as exc:
         trailers: Sequence[tuple[str, object]] = exc.trailing_metadata() or ()  # type: ignore[assignment]
-        delay = next((str(v) for k, v in trailers if k == limits.RETRY_AFTER_KEY), "")
+        delay = next((str(v) for k, v in trailers if k == RETRY_AFTER_KEY), "")
         return exc.code(), delay
     return grpc.StatusCode.OK, ""
 

@@ -12,7 +12,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from agent.errors import ControllerUnavailable
-from agent.link.backoff import backoff_delay
+from agent.link.backoff import backoff_delay, retry_delay
 from agent.link.checkin import CheckIns
 from agent.orders.journal import Journal
 from agent.statedir import AgentConfig, Timing
@@ -119,3 +119,19 @@ def test_check_in_retries_back_off_up_to_max_retry_delay(tmp_path, cap, expected
     stop = _Stopper(5)
     _checkins(tmp_path, timedelta(seconds=cap)).run(stop)
     assert stop.waits == expected
+
+
+def test_retry_delay_does_as_an_overloaded_controller_asks():
+    rng = random.Random(3)
+    delays = [retry_delay(1, rng, max_delay=300, interval=60, retry_after=5) for _ in range(500)]
+    assert min(delays) >= 5
+    assert max(delays) <= 10
+
+
+@pytest.mark.parametrize(
+    ("max_delay", "interval", "ceiling"),
+    [(300, 60, 60), (300, None, 300), (30, 60, 30), (300, 0.2, 1.0)],
+    ids=["interval-caps", "interval-unknown", "max-delay-caps", "at-least-1s"],
+)
+def test_after_an_outage_the_backoff_stops_at_the_interval(max_delay, interval, ceiling):
+    assert retry_delay(40, Ceiling(), max_delay=max_delay, interval=interval) == ceiling

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import grpc
 import pytest
+from fleetpatch import overload
 from fleetpatch.v1 import agent_pb2, agent_pb2_grpc
 from google.protobuf.duration_pb2 import Duration
 
@@ -36,7 +37,7 @@ class _Busy(agent_pb2_grpc.AgentServiceServicer):
         self, request: agent_pb2.CheckInRequest, context: grpc.ServicerContext
     ) -> agent_pb2.CheckInResponse:
         if self.hint is not None:
-            context.set_trailing_metadata(((client_module.RETRY_AFTER_KEY, self.hint),))
+            context.set_trailing_metadata(((overload.RETRY_AFTER_KEY, self.hint),))
         context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, "too many check-ins")
         raise AssertionError("abort returns only by raising")
 
@@ -55,7 +56,7 @@ def busy_server() -> Iterator[tuple[_Busy, str]]:
 @pytest.mark.parametrize(
     ("hint", "expected"),
     [("1500", 1.5), ("0", 0.0), (None, None), ("soon", None), ("-5", None), ("", None),
-     (str(10**12), client_module.MAX_RETRY_AFTER_SECONDS)],
+     (str(10**12), overload.MAX_RETRY_AFTER_SECONDS)],
 )  # fmt: skip
 def test_resource_exhausted_is_overloaded_with_the_delay_asked(busy_server, hint, expected):
     servicer, address = busy_server
