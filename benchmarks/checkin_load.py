@@ -99,16 +99,20 @@ def enroll_all(data: Path, port: int, hosts: int) -> list[tuple[bytes, bytes]]:
     return identities
 
 
+def host_channel(port: int, ca: bytes, identity: tuple[bytes, bytes]) -> grpc.aio.Channel:
+    """An asyncio channel to the mutual-TLS port as the host ``identity`` (key, cert)."""
+    key, cert = identity
+    return grpc.aio.secure_channel(
+        f"127.0.0.1:{port}",
+        grpc.ssl_channel_credentials(ca, private_key=key, certificate_chain=cert),
+        options=[("grpc.max_send_message_length", 64 * 1024 * 1024)],
+    )
+
+
 async def load(
     port: int, ca: bytes, identities: list[tuple[bytes, bytes]], seconds: float, concurrency: int
 ) -> tuple[int, list[float]]:
-    channels = [
-        grpc.aio.secure_channel(
-            f"127.0.0.1:{port}",
-            grpc.ssl_channel_credentials(ca, private_key=key, certificate_chain=cert),
-        )
-        for key, cert in identities
-    ]
+    channels = [host_channel(port, ca, identity) for identity in identities]
     stubs = [agent_pb2_grpc.AgentServiceStub(c) for c in channels]
     digest = inventory_hash(PACKAGES)
     full = agent_pb2.CheckInRequest(

@@ -43,7 +43,7 @@ if not __package__:  # run as a file: make `benchmarks` importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from agent.link.backoff import retry_delay
 from agent.statedir import Timing
-from benchmarks.checkin_load import BIN, PACKAGES, enroll_all, serve
+from benchmarks.checkin_load import BIN, PACKAGES, enroll_all, host_channel, serve
 
 HERD_SECONDS = 10.0
 MAX_RETRY = Timing().max_retry_delay.total_seconds()
@@ -112,13 +112,7 @@ async def run_herd(
     port: int, ca: bytes, identities: list[tuple[bytes, bytes]], spread: float, interval: float
 ) -> Herd:
     rng = random.Random(7)
-    channels = [
-        grpc.aio.secure_channel(
-            f"127.0.0.1:{port}",
-            grpc.ssl_channel_credentials(ca, private_key=key, certificate_chain=cert),
-        )
-        for key, cert in identities
-    ]
+    channels = [host_channel(port, ca, identity) for identity in identities]
     stubs = [agent_pb2_grpc.AgentServiceStub(c) for c in channels]
     full, steady = requests()
     herd = Herd(restarted_at=time.monotonic())
@@ -148,13 +142,7 @@ async def first_contact(port: int, ca: bytes, identities: list[tuple[bytes, byte
     """Every host's first check-in (it activates the host), before the outage."""
     full, _ = requests()
     for start in range(0, len(identities), 200):
-        channels = [
-            grpc.aio.secure_channel(
-                f"127.0.0.1:{port}",
-                grpc.ssl_channel_credentials(ca, private_key=key, certificate_chain=cert),
-            )
-            for key, cert in identities[start : start + 200]
-        ]
+        channels = [host_channel(port, ca, i) for i in identities[start : start + 200]]
         await asyncio.gather(
             *(agent_pb2_grpc.AgentServiceStub(c).CheckIn(full, timeout=60) for c in channels)
         )

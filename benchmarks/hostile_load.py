@@ -49,7 +49,7 @@ from fleetpatch.v1 import agent_pb2, agent_pb2_grpc, types_pb2
 
 if not __package__:  # run as a file: make `benchmarks` importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks.checkin_load import PACKAGES, enroll_all, start_controller
+from benchmarks.checkin_load import PACKAGES, enroll_all, host_channel, start_controller
 
 MiB = 1024 * 1024
 GREEDY_PARALLEL = 6
@@ -137,15 +137,6 @@ class Outcome:
     after_rss: int = 0
 
 
-def _channel(port: int, ca: bytes, identity: tuple[bytes, bytes]) -> grpc.aio.Channel:
-    key, cert = identity
-    return grpc.aio.secure_channel(
-        f"127.0.0.1:{port}",
-        grpc.ssl_channel_credentials(ca, private_key=key, certificate_chain=cert),
-        options=[("grpc.max_send_message_length", 64 * MiB)],
-    )
-
-
 async def polite_and_greedy(
     port: int,
     ca: bytes,
@@ -159,7 +150,7 @@ async def polite_and_greedy(
     that size all along."""
     outcome = Outcome()
     greedy_identity, *polite = identities
-    channels = [_channel(port, ca, identity) for identity in polite]
+    channels = [host_channel(port, ca, identity) for identity in polite]
     stubs = [agent_pb2_grpc.AgentServiceStub(c) for c in channels]
     full, steady = _request(PACKAGES, True), _request(PACKAGES, False)
     await asyncio.gather(*(stub.CheckIn(full, timeout=60) for stub in stubs))  # first contact
@@ -210,7 +201,7 @@ def run_greedy(
     got: Counter[str] = Counter()
 
     async def send() -> None:
-        channel = _channel(port, ca, identity)
+        channel = host_channel(port, ca, identity)
         stub = agent_pb2_grpc.AgentServiceStub(channel)
 
         async def one() -> None:

@@ -6,6 +6,7 @@ has its own tests in a host sandbox."""
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -93,3 +94,20 @@ class FakeProber:
         ok = self.answers[min(self.calls, len(self.answers) - 1)]
         self.calls += 1
         return [CheckResult("service", "tcp", ok, "up" if ok else "connection refused")]
+
+
+class RecordingStop(threading.Event):
+    """A loop's stop event that records every wait instead of waiting, and
+    stops the loop after ``n`` of them."""
+
+    def __init__(self, n: int) -> None:
+        super().__init__()
+        self.waits: list[float] = []
+        self.n = n
+
+    def wait(self, timeout: float | None = None) -> bool:
+        assert timeout is not None
+        self.waits.append(timeout)
+        if len(self.waits) >= self.n:
+            self.set()
+        return self.is_set()

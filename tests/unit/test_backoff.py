@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import random
-import threading
 from datetime import timedelta
 from pathlib import Path
 
@@ -16,6 +15,7 @@ from agent.link.backoff import backoff_delay, retry_delay
 from agent.link.checkin import CheckIns
 from agent.orders.journal import Journal
 from agent.statedir import AgentConfig, Timing
+from tests.support.fakes import RecordingStop
 
 
 class Ceiling(random.Random):
@@ -87,22 +87,6 @@ class _Down:
         raise ControllerUnavailable("cannot reach the controller at c:1")
 
 
-class _Stopper(threading.Event):
-    """Records every wait instead of waiting; stops the loop after ``n``."""
-
-    def __init__(self, n: int) -> None:
-        super().__init__()
-        self.waits: list[float] = []
-        self.n = n
-
-    def wait(self, timeout: float | None = None) -> bool:
-        assert timeout is not None
-        self.waits.append(timeout)
-        if len(self.waits) >= self.n:
-            self.set()
-        return self.is_set()
-
-
 def _checkins(tmp_path: Path, max_retry_delay: timedelta) -> CheckIns:
     config = AgentConfig("c:1", "c:2", timing=Timing(max_retry_delay=max_retry_delay))
     return CheckIns(
@@ -116,7 +100,7 @@ def _checkins(tmp_path: Path, max_retry_delay: timedelta) -> CheckIns:
 
 @pytest.mark.parametrize(("cap", "expected"), [(3, [1, 2, 3, 3, 3]), (300, [1, 2, 4, 8, 16])])
 def test_check_in_retries_back_off_up_to_max_retry_delay(tmp_path, cap, expected):
-    stop = _Stopper(5)
+    stop = RecordingStop(5)
     _checkins(tmp_path, timedelta(seconds=cap)).run(stop)
     assert stop.waits == expected
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import logging
 import random
-import threading
 from collections.abc import Iterator
 from concurrent import futures
 from datetime import UTC, datetime, timedelta
@@ -25,6 +24,7 @@ from agent.link.checkin import CheckIns
 from agent.link.reporting import Reports
 from agent.orders.journal import Journal
 from agent.statedir import AgentConfig, Timing
+from tests.support.fakes import RecordingStop
 
 # -- the client: RESOURCE_EXHAUSTED becomes Overloaded with its delay -----------------
 
@@ -99,26 +99,12 @@ class _Script:
         return agent_pb2.CheckInResponse(next_checkin=Duration(seconds=answer))
 
 
-class _Stopper(threading.Event):
-    def __init__(self, n: int) -> None:
-        super().__init__()
-        self.waits: list[float] = []
-        self.n = n
-
-    def wait(self, timeout: float | None = None) -> bool:
-        assert timeout is not None
-        self.waits.append(timeout)
-        if len(self.waits) >= self.n:
-            self.set()
-        return self.is_set()
-
-
 def _run(
     tmp_path: Path, client: _Script, n: int, rng: random.Random, max_retry: int = 300,
     journal: Journal | None = None,
 ) -> list[float]:  # fmt: skip
     config = AgentConfig("c:1", "c:2", timing=Timing(max_retry_delay=timedelta(seconds=max_retry)))
-    stop = _Stopper(n)
+    stop = RecordingStop(n)
     CheckIns(
         config, journal or Journal.open(tmp_path / "journal.db"), client,  # type: ignore[arg-type]
         list_packages=lambda manager: [], rng=rng,
