@@ -6,6 +6,7 @@ has its own tests in a host sandbox."""
 
 from __future__ import annotations
 
+import random
 import threading
 from collections.abc import Sequence
 from pathlib import Path
@@ -111,3 +112,17 @@ class RecordingStop(threading.Event):
         if len(self.waits) >= self.n:
             self.set()
         return self.is_set()
+
+
+class Ceiling(random.Random):
+    """Always draws the top of the range, to read a ceiling exactly."""
+
+    def uniform(self, a: float, b: float) -> float:
+        return b
+
+
+class Floor(random.Random):
+    """Always draws the bottom of the range."""
+
+    def uniform(self, a: float, b: float) -> float:
+        return a

@@ -15,19 +15,7 @@ from agent.link.backoff import backoff_delay, retry_delay
 from agent.link.checkin import CheckIns
 from agent.orders.journal import Journal
 from agent.statedir import AgentConfig, Timing
-from tests.support.fakes import RecordingStop
-
-
-class Ceiling(random.Random):
-    """Always draws the top of the range, to read the ceiling exactly."""
-
-    def uniform(self, a: float, b: float) -> float:
-        return b
-
-
-class Floor(random.Random):
-    def uniform(self, a: float, b: float) -> float:
-        return a
+from tests.support.fakes import Ceiling, Floor, RecordingStop
 
 
 @pytest.mark.parametrize(

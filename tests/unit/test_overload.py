@@ -24,7 +24,7 @@ from agent.link.checkin import CheckIns
 from agent.link.reporting import Reports
 from agent.orders.journal import Journal
 from agent.statedir import AgentConfig, Timing
-from tests.support.fakes import RecordingStop
+from tests.support.fakes import Ceiling, Floor, RecordingStop
 
 # -- the client: RESOURCE_EXHAUSTED becomes Overloaded with its delay -----------------
 
@@ -70,16 +70,6 @@ def test_resource_exhausted_is_overloaded_with_the_delay_asked(busy_server, hint
 
 
 # -- the check-in loop ----------------------------------------------------------------
-
-
-class Ceiling(random.Random):
-    def uniform(self, a: float, b: float) -> float:
-        return b
-
-
-class Floor(random.Random):
-    def uniform(self, a: float, b: float) -> float:
-        return a
 
 
 class _Script:
