@@ -41,6 +41,8 @@ MAX_DETAIL = 4096  # the free text of a health check result
 # all hosts; a full fleet's check-ins are spread over the interval, so this
 # is only reached by a herd (a controller that comes back after an outage).
 DEFAULT_MAX_IN_FLIGHT = 256
+DEFAULT_MAX_DOWNLOADS = 64
+DOWNLOADS = frozenset({"FetchArtifact"})
 RETRY_AFTER_SECONDS = 5.0
 
 
@@ -96,17 +98,24 @@ def _check_text(path: str, value: str, limit: int) -> None:
 
 @dataclass
 class Admission:
-    """Who may be served now: one call per (host, kind) at a time, and at
-    most ``max_in_flight`` heavy calls over all hosts."""
+    """Who may be served now: one call per (host, kind) at a time; at most
+    ``max_in_flight`` heavy calls over all hosts, and apart from them at
+    most ``max_downloads`` artifact downloads (minutes long each, so they
+    must not take the room check-ins need)."""
 
     max_in_flight: int = DEFAULT_MAX_IN_FLIGHT
+    max_downloads: int = DEFAULT_MAX_DOWNLOADS
     retry_after: float = RETRY_AFTER_SECONDS
     rng: random.Random = field(default_factory=random.Random)
 
     def __post_init__(self) -> None:
         self._busy: set[tuple[str, str]] = set()
-        self.in_flight = 0
+        self._in: dict[bool, int] = {False: 0, True: 0}  # by "is a download"
         self.shed = 0  # calls refused for overall load, for metrics and tests
+
+    @property
+    def in_flight(self) -> int:
+        return sum(self._in.values())
 
     @contextlib.contextmanager
     def admit(self, peer: str | None, kind: str) -> Iterator[None]:
@@ -120,20 +129,21 @@ class Admission:
                 f"{peer} already has a {kind} call in flight; one at a time",
                 self.retry_after,
             )
-        if self.in_flight >= self.max_in_flight:
+        download = kind in DOWNLOADS
+        if self._in[download] >= (self.max_downloads if download else self.max_in_flight):
             self.shed += 1
             # Spread the herd: a fixed delay would bring it back at once.
             delay = self.retry_after * self.rng.uniform(1.0, 3.0)
             raise Overloaded("the controller is busy; retry later", delay)
         if peer is not None:
             self._busy.add(key)
-        self.in_flight += 1
+        self._in[download] += 1
         try:
             yield
         finally:
             if peer is not None:
                 self._busy.discard(key)
-            self.in_flight -= 1
+            self._in[download] -= 1
 
 
 @dataclass

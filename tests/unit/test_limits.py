@@ -110,3 +110,12 @@ def test_the_refusal_limit_remembers_a_bounded_number_of_peers():
 )
 def test_peer_address(peer, address):
     assert limits.peer_address(peer) == address
+
+
+def test_downloads_have_their_own_bound_and_leave_room_for_check_ins():
+    admission = limits.Admission(max_in_flight=2, max_downloads=1)
+    with admission.admit("h-1", "FetchArtifact"):
+        with pytest.raises(Overloaded, match="busy"), admission.admit("h-2", "FetchArtifact"):
+            pass
+        with admission.admit("h-2", "CheckIn"), admission.admit("h-3", "CheckIn"):
+            assert admission.in_flight == 3
