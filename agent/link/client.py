@@ -4,7 +4,10 @@ errors here and nowhere else."""
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
+import random
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
@@ -14,10 +17,14 @@ from fleetpatch.overload import retry_after
 from fleetpatch.v1 import agent_pb2, agent_pb2_grpc
 
 from agent.errors import AgentError, ControllerUnavailable, Overloaded, Refused, Rejected
+from agent.link.backoff import overload_delay
 
+log = logging.getLogger(__name__)
 _T = TypeVar("_T")
 TIMEOUT_SECONDS = 30.0
 FETCH_TIMEOUT_SECONDS = 600.0  # a whole agent package, on a slow link
+FETCH_PATIENCE_SECONDS = 900.0  # how long a busy controller is waited for
+DEFAULT_OVERLOAD_WAIT = 10.0  # when a busy controller does not say how long
 _OPTIONS = [
     ("grpc.keepalive_time_ms", 120_000),
     ("grpc.enable_retries", 0),  # the agent retries with its own backoff
@@ -44,6 +51,29 @@ def _call(address: str, fn: Callable[[], _T]) -> _T:
         if code is grpc.StatusCode.INVALID_ARGUMENT:
             raise Rejected(f"the controller rejected it as invalid: {details}") from None
         raise AgentError(f"the controller answered {code.name}: {details}") from None
+
+
+def patiently(
+    call: Callable[[], _T],
+    patience: float,
+    sleep: Callable[[float], object] = time.sleep,
+    rng: random.Random | None = None,
+    clock: Callable[[], float] = time.monotonic,
+) -> _T:
+    """``call()``, asked again while the controller answers Overloaded, each
+    time after the delay it asks for (`overload_delay`), for at most
+    ``patience`` seconds; then the last Overloaded is raised."""
+    rng = rng or random.Random()
+    deadline = clock() + patience
+    while True:
+        try:
+            return call()
+        except Overloaded as exc:
+            wait = overload_delay(exc.retry_after, rng) or DEFAULT_OVERLOAD_WAIT
+            if clock() + wait > deadline:
+                raise
+            log.info("%s; asking again in %.0fs", exc, wait)
+            sleep(wait)
 
 
 def enroll_call(
@@ -88,7 +118,12 @@ class ControllerClient:
     def fetch_artifact(self, sha256: bytes, dest: Path, max_size: int) -> None:
         """Stream the artifact with this digest into ``dest`` (created 0600),
         hashing as it comes; raises AgentError and removes ``dest`` when it is
-        larger than ``max_size`` or not what was asked for."""
+        larger than ``max_size`` or not what was asked for. A controller
+        serving as many downloads as it will is asked again, as it says, for
+        up to FETCH_PATIENCE_SECONDS: a busy moment must not fail an update."""
+        patiently(lambda: self._fetch_once(sha256, dest, max_size), FETCH_PATIENCE_SECONDS)
+
+    def _fetch_once(self, sha256: bytes, dest: Path, max_size: int) -> None:
 
         def fetch() -> None:
             digest, size = hashlib.sha256(), 0

@@ -201,3 +201,41 @@ def test_reports_without_overload_are_sent_every_time(tmp_path):
     assert reports.flush() == 0
     assert reports.flush() == 0
     assert client.calls == 2  # a controller that is down is simply tried again
+
+
+# -- downloads wait out a busy controller ------------------------------------------------
+
+
+class _Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+        self.slept: list[float] = []
+
+    def sleep(self, seconds: float) -> None:
+        self.slept.append(seconds)
+        self.now += seconds
+
+
+def test_a_download_asks_again_as_a_busy_controller_says():
+    clock = _Clock()
+    refusals = [Overloaded("busy", 30.0), Overloaded("busy", None)]
+
+    def fetch() -> str:
+        if refusals:
+            raise refusals.pop(0)
+        return "package"
+
+    got = client_module.patiently(fetch, 900, clock.sleep, Floor(), lambda: clock.now)
+    assert got == "package"
+    assert clock.slept == [30.0, client_module.DEFAULT_OVERLOAD_WAIT]
+
+
+def test_a_download_gives_up_when_the_wait_would_pass_its_patience():
+    clock = _Clock()
+
+    def fetch() -> str:
+        raise Overloaded("busy", 100.0)
+
+    with pytest.raises(Overloaded, match="busy"):
+        client_module.patiently(fetch, 250, clock.sleep, Floor(), lambda: clock.now)
+    assert clock.slept == [100.0, 100.0]  # a third wait would end past 250 s
