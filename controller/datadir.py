@@ -293,6 +293,13 @@ max_batch = 1000
 # budgets are breached, and completes finished ones.
 tick = "10s"
 
+[enrollment]
+# A newly enrolled host is pending until its first mutual-TLS call (the
+# agent's `enroll` makes one); one still pending after this long is
+# forgotten and gives its token use back, so an agent that failed after the
+# call leaves no orphan host.
+pending_timeout = "1h"
+
 [releases]
 # Optional: the release public key (the .pub of `fleetpatch release keygen`)
 # every agent package must be signed with to be published (`fleetpatch

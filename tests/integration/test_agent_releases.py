@@ -230,7 +230,10 @@ def test_the_controller_checks_what_the_cli_cannot_be_trusted_to(controller, key
 def test_a_configured_release_key_refuses_other_signers(controller, keys, tmp_path):
     controller.stop()
     config = controller.data_dir / "controller.toml"
-    config.write_text(config.read_text() + f'public_key = "{keys.with_suffix(".pub")}"\n')
+    text = config.read_text()
+    commented = '# public_key = "/etc/fleetpatch/release.pub"'
+    assert commented in text
+    config.write_text(text.replace(commented, f'public_key = "{keys.with_suffix(".pub")}"'))
     controller.start()
 
     wrong = _key(tmp_path / "wrong")

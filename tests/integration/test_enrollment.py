@@ -88,7 +88,9 @@ def test_a_host_that_never_arrives_expires_and_gives_its_token_use_back(tmp_path
     ctl = Controller(tmp_path / "ctl")
     ctl.init()
     config = ctl.data_dir / "controller.toml"
-    config.write_text(config.read_text() + '\n[enrollment]\npending_timeout = "10s"\n')
+    config.write_text(
+        config.read_text().replace('pending_timeout = "1h"', 'pending_timeout = "10s"')
+    )
     ctl.start()
     try:
         token = ctl.token(uses=2)
