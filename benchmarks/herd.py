@@ -181,6 +181,9 @@ def main() -> None:
     parser.add_argument("--hosts", type=int, default=2000)
     parser.add_argument("--interval", type=float, default=30.0, help="check-in interval, s")
     parser.add_argument("--outage", type=float, default=5.0, help="seconds the controller is down")
+    parser.add_argument(
+        "--herd", type=float, default=HERD_SECONDS, help="seconds over which the herd arrives"
+    )
     args = parser.parse_args()
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft < args.hosts * 2 + 256:
@@ -189,7 +192,7 @@ def main() -> None:
     rows = []
     for label, spread in (
         ("baseline: spread over the interval", args.interval),
-        (f"herd: all within {HERD_SECONDS:.0f}s", HERD_SECONDS),
+        (f"herd: all within {args.herd:g}s", args.herd),
     ):
         say(label)
         rows.append((label, trial(args, port, spread)))

@@ -16,7 +16,14 @@ import grpc
 from fleetpatch.overload import retry_after
 from fleetpatch.v1 import agent_pb2, agent_pb2_grpc
 
-from agent.errors import AgentError, ControllerUnavailable, Overloaded, Refused, Rejected
+from agent.errors import (
+    AgentError,
+    ControllerUnavailable,
+    Overloaded,
+    Refused,
+    Rejected,
+    TransientError,
+)
 from agent.link.backoff import overload_delay
 
 log = logging.getLogger(__name__)
@@ -29,6 +36,15 @@ _OPTIONS = [
     ("grpc.keepalive_time_ms", 120_000),
     ("grpc.enable_retries", 0),  # the agent retries with its own backoff
 ]
+
+
+# Answers of a controller in trouble that may pass (a call cut off while it
+# restarts or sheds a herd, a server error): retried with backoff, never a
+# reason for the service to stop.
+_PASSING = frozenset({
+    grpc.StatusCode.CANCELLED, grpc.StatusCode.ABORTED, grpc.StatusCode.INTERNAL,
+    grpc.StatusCode.UNKNOWN,
+})  # fmt: skip
 
 
 def _call(address: str, fn: Callable[[], _T]) -> _T:
@@ -50,6 +66,8 @@ def _call(address: str, fn: Callable[[], _T]) -> _T:
             ) from None
         if code is grpc.StatusCode.INVALID_ARGUMENT:
             raise Rejected(f"the controller rejected it as invalid: {details}") from None
+        if code in _PASSING:
+            raise TransientError(f"the controller answered {code.name}: {details}") from None
         raise AgentError(f"the controller answered {code.name}: {details}") from None
 
 

@@ -17,7 +17,7 @@ from fleetpatch import overload
 from fleetpatch.v1 import agent_pb2, agent_pb2_grpc
 from google.protobuf.duration_pb2 import Duration
 
-from agent.errors import ControllerUnavailable, Overloaded
+from agent.errors import AgentError, ControllerUnavailable, Overloaded, TransientError
 from agent.link import client as client_module
 from agent.link import convert
 from agent.link.checkin import CheckIns
@@ -239,3 +239,34 @@ def test_a_download_gives_up_when_the_wait_would_pass_its_patience():
     with pytest.raises(Overloaded, match="busy"):
         client_module.patiently(fetch, 250, clock.sleep, Floor(), lambda: clock.now)
     assert clock.slept == [100.0, 100.0]  # a third wait would end past 250 s
+
+
+class _Failing(agent_pb2_grpc.AgentServiceServicer):
+    def __init__(self, code: grpc.StatusCode) -> None:
+        self.code = code
+
+    def CheckIn(
+        self, request: agent_pb2.CheckInRequest, context: grpc.ServicerContext
+    ) -> agent_pb2.CheckInResponse:
+        context.abort(self.code, "cut off")
+        raise AssertionError("abort returns only by raising")
+
+
+@pytest.mark.parametrize(
+    ("code", "transient"),
+    [(grpc.StatusCode.CANCELLED, True), (grpc.StatusCode.INTERNAL, True),
+     (grpc.StatusCode.ABORTED, True), (grpc.StatusCode.UNIMPLEMENTED, False)],
+)  # fmt: skip
+def test_a_controller_in_passing_trouble_is_retried_not_fatal(code, transient):
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=1))
+    agent_pb2_grpc.add_AgentServiceServicer_to_server(_Failing(code), server)  # type: ignore[abstract]
+    address = f"127.0.0.1:{server.add_insecure_port('127.0.0.1:0')}"
+    server.start()
+    try:
+        with grpc.insecure_channel(address) as channel:
+            stub = agent_pb2_grpc.AgentServiceStub(channel)
+            with pytest.raises(AgentError, match=f"answered {code.name}: cut off") as raised:
+                client_module._call(address, lambda: stub.CheckIn(agent_pb2.CheckInRequest()))
+    finally:
+        server.stop(None)
+    assert isinstance(raised.value, TransientError) is transient
