@@ -7,7 +7,8 @@
     │                            be written (read-only, full, permissions)
     ├── TransientError           exit 3; worth retrying later
     │   ├── ControllerUnavailable   network down, controller stopped, timeout
-    │   └── Overloaded           the controller asked us to come back later
+    │   ├── Overloaded           the controller asked us to come back later
+    │   └── (plain)              the controller cut a call off or failed it (CANCELLED, INTERNAL, ...)
     ├── Refused                  exit 4; the controller refused us (token, revoked)
     ├── Rejected                 exit 4; the controller called a request invalid
     └── CommandFailed            a subprocess failed; carries argv, code, output
