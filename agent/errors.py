@@ -8,7 +8,7 @@
     ├── TransientError           exit 3; worth retrying later
     │   ├── ControllerUnavailable   network down, controller stopped, timeout
     │   ├── Overloaded           the controller asked us to come back later
-    │   └── (plain)              the controller cut a call off or failed it (CANCELLED, INTERNAL, ...)
+    │   └── (plain)              the controller cut a call off (CANCELLED, INTERNAL, ...)
     ├── Refused                  exit 4; the controller refused us (token, revoked)
     ├── Rejected                 exit 4; the controller called a request invalid
     └── CommandFailed            a subprocess failed; carries argv, code, output
