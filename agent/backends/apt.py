@@ -25,7 +25,7 @@ from pathlib import Path
 
 from fleetpatch.orderspec import MAX_PACKAGE_NAME, MAX_VERSION
 
-from agent.backends import subp
+from agent.backends import aptpolicy, subp
 from agent.backends.base import Busy, Change, Plan, PlanError, Saved, Snapshot, check_minimums
 from agent.backends.packages import is_installed
 from agent.errors import CommandFailed
@@ -126,8 +126,7 @@ class Apt:
             if t.min_version:
                 check_version(t.min_version)
         if all_security:
-            upgradable = parse_simulation(self._apt_get("upgrade", simulate=True).stdout)
-            names += [c.name for c in upgradable if "security" in c.origin.lower()]
+            names += self._security_fixes()
         names = sorted({n for n in names if not _excluded(n, exclude)})
         if not names:
             return Plan(())
@@ -145,6 +144,20 @@ class Apt:
             raise PlanError(f"the update would touch excluded package(s) {', '.join(touched)}")
         check_minimums(targets, changes, self.versions, lambda a, b: self.compare(a, "ge", b))
         return Plan(tuple(sorted(changes, key=lambda c: c.name)))
+
+    def _security_fixes(self) -> list[str]:
+        """Upgradable packages with a pending security fix: a security
+        source offers a newer version than the installed one (`aptpolicy`);
+        the plan takes apt's candidate, which contains it."""
+        upgradable = parse_simulation(self._apt_get("dist-upgrade", simulate=True).stdout)
+        names = sorted({c.name for c in upgradable if c.old})
+        if not names:
+            return []
+        files = aptpolicy.releases(self._policy())
+        return sorted(aptpolicy.with_security_fix(self._policy(*names), files, names))
+
+    def _policy(self, *names: str) -> str:
+        return self._checked(["apt-cache", "policy", *names], timeout=300).stdout
 
     def compare(self, a: str, op: str, b: str) -> bool:
         done = self._run(["dpkg", "--compare-versions", a, op, b], check=False, timeout=30)

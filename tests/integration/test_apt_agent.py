@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from tests.support.apthost import AGENT, STATE, AptHost, demo
-from tests.support.debrepo import dpkg_status
+from tests.support.debrepo import DebSpec, LocalAptRepo, add_repo, dpkg_status
 from tests.support.orders import sign, work_order
 from tests.support.sandbox import HostSandbox
 
@@ -190,3 +190,33 @@ def test_progress_reaches_the_controller_once(apt_host, deb_repo, controller):
         "SUCCEEDED",
     ]
     assert sum(r[1] for r in rows) == 1
+
+
+def test_all_security_updates_takes_a_fix_whose_candidate_comes_from_another_suite(
+    apt_host, deb_repo, tmp_path
+):
+    """fp-demo 1.0 installed; 1.1 in a security archive, 1.2 (which has the
+    fix too) in the main one: the host is exposed, and the plan takes apt's
+    candidate 1.2. fp-other has a newer version only in the main archive:
+    not a security update, left alone."""
+    security = LocalAptRepo(
+        tmp_path / "security", {"Suite": "bookworm-security", "Label": "Debian-Security"}
+    )
+    security.add(demo("1.1"))
+    other = DebSpec("fp-other", "1.0")
+    deb_repo.add(demo("1.0"), demo("1.2"), other, DebSpec("fp-other", "1.5"))
+    add_repo(apt_host.sandbox, security, "/srv/fp-security")
+    apt_host.sandbox.run(["apt-get", "update", "-q"])
+    apt_host.sandbox.run(["apt-get", "install", "-y", "-q", "fp-demo=1.0", "fp-other=1.0"])
+
+    order = apt_host.order(packages=())
+    order.patch.all_security_updates = True
+    done = apt_host.apply(order)
+    assert done.returncode == 0, done.stderr
+    final = _final(apt_host, order.order_id)
+    assert final["state"] == "SUCCEEDED"
+    assert [(c["name"], c["old"], c["new"]) for c in final["changes"]] == [
+        ("fp-demo", "1.0", "1.2")
+    ]
+    assert apt_host.installed() == ("ii", "1.2")
+    assert dpkg_status("fp-other", apt_host.sandbox) == ("ii", "1.0")

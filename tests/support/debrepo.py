@@ -172,8 +172,16 @@ class LocalAptRepo:
     apt's unprivileged `_apt` user can read it). Valid from the start: an
     empty repository has an empty index, so `apt-get update` succeeds."""
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, release: Mapping[str, str] | None = None) -> None:
+        """``release``: fields of its Release file besides the defaults
+        (Suite: bookworm-security and Label: Debian-Security make it look
+        like a security archive to apt)."""
         self.directory = directory
+        self.release = {
+            "Origin": "fleetpatch-tests",
+            "Label": "fleetpatch-tests",
+            **(release or {}),
+        }
         directory.mkdir(parents=True, exist_ok=True)
         directory.chmod(0o755)
         self.refresh()
@@ -205,12 +213,8 @@ class LocalAptRepo:
         index = {"Packages": scan.stdout, "Packages.gz": gzip.compress(scan.stdout, mtime=0)}
         for name, data in index.items():
             (self.directory / name).write_bytes(data)
-        release = [
-            "Origin: fleetpatch-tests",
-            "Label: fleetpatch-tests",
-            f"Date: {formatdate(usegmt=True)}",
-            "SHA256:",
-        ]
+        release = [f"{key}: {value}" for key, value in self.release.items()]
+        release += [f"Date: {formatdate(usegmt=True)}", "SHA256:"]
         release += [
             f" {hashlib.sha256(data).hexdigest()} {len(data)} {name}"
             for name, data in index.items()
