@@ -18,14 +18,16 @@ from __future__ import annotations
 import contextlib
 import fnmatch
 import logging
+import os
 import re
 import shutil
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from fleetpatch.orderspec import MAX_PACKAGE_NAME, MAX_VERSION
 
-from agent.backends import aptpolicy, subp
+from agent.backends import aptpolicy, repack, subp
 from agent.backends.base import Busy, Change, Plan, PlanError, Saved, Snapshot, check_minimums
 from agent.backends.packages import is_installed
 from agent.errors import CommandFailed
@@ -43,6 +45,9 @@ _LOCK = re.compile(
     r"|dpkg status database is locked)"
 )
 ARCHIVES = Path("/var/cache/apt/archives")
+# Packages snapshotted at once: dpkg-repack spends its time compressing and
+# writing, so a few per core keep both cores and the disk busy.
+SNAPSHOT_WORKERS = max(2, min(8, 2 * (os.cpu_count() or 1)))
 log = logging.getLogger(__name__)
 
 ENV = {
@@ -164,8 +169,14 @@ class Apt:
         return done.returncode == 0
 
     def snapshot(self, plan: Plan, cache: Path) -> Snapshot:
+        """A checked .deb of every version the plan replaces, several
+        packages at a time (dpkg-repack is slow and mostly waits on
+        compression and the disk); raises PlanError naming a package no
+        copy could be made of, before anything is changed."""
         cache.mkdir(mode=0o700, parents=True, exist_ok=True)
-        saved = [self._keep(c, cache) for c in plan.changes if c.old]
+        replaced = [c for c in plan.changes if c.old]
+        with ThreadPoolExecutor(max_workers=SNAPSHOT_WORKERS) as pool:
+            saved = list(pool.map(lambda c: self._keep(c, cache), replaced))
         return Snapshot(tuple(saved), tuple(c.name for c in plan.changes if not c.old))
 
     def _keep(self, change: Change, cache: Path) -> Saved:
@@ -189,16 +200,19 @@ class Apt:
         return Saved(change.name, arch, change.old, str(found[0]))
 
     def _fetch(self, change: Change, cache: Path) -> None:
-        attempts = (
-            ["apt-get", "-q", "download", f"{change.name}={change.old}"],
-            ["dpkg-repack", change.name],
-        )
-        for argv in attempts:
-            try:
-                self._run(argv, env=ENV, check=True, timeout=600, cwd=str(cache))
-                return
-            except CommandFailed:
-                continue
+        """Put a .deb of the installed version in ``cache``: from the
+        archive if it still has that version, else rebuilt from the host
+        (`repack`, then dpkg-repack for what it leaves). Whatever comes out
+        is checked by the caller."""
+        with contextlib.suppress(CommandFailed):
+            argv = ["apt-get", "-q", "download", f"{change.name}={change.old}"]
+            self._run(argv, env=ENV, check=True, timeout=600, cwd=str(cache))
+            return
+        if repack.repack(change.name, change.old, cache, self._run) is not None:
+            return
+        with contextlib.suppress(CommandFailed):
+            self._run(["dpkg-repack", change.name], env=ENV, check=True, timeout=1800,
+                      cwd=str(cache))  # fmt: skip
 
     def _is_deb(self, path: Path, name: str, version: str) -> bool:
         if not path.is_file():

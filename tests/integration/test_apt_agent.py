@@ -74,7 +74,9 @@ def test_a_broken_update_is_reverted_with_no_repository_holding_the_old_version(
 def test_no_revertable_copy_means_no_patch(apt_host, deb_repo, tmp_path):
     apt_host.install_from_file(demo("1.0"), tmp_path)
     deb_repo.add(demo("1.1"))
-    apt_host.sandbox.run(["rm", "/usr/bin/dpkg-repack"])  # only inside the sandbox
+    # No way to build a package here (only inside the sandbox): neither the
+    # agent's own repack nor dpkg-repack can work without dpkg-deb.
+    apt_host.sandbox.run(["rm", "/usr/bin/dpkg-repack", "/usr/bin/dpkg-deb"])
     order = apt_host.order()
     done = apt_host.apply(order)
     assert "work order finished: FAILED" in done.stdout
