@@ -45,7 +45,7 @@ versions = backend.versions(names)
 apt.SNAPSHOT_WORKERS = workers
 plan = Plan(tuple(Change(n, "", versions[n], versions[n]) for n in names))
 started = time.monotonic()
-snapshot = backend.snapshot(plan, Path(f"/root/cache-{workers}"))
+snapshot = backend.snapshot(plan, Path(f"/root/cache-{sys.argv[3]}-{workers}"))
 print(json.dumps({"seconds": time.monotonic() - started, "saved": len(snapshot.saved)}))
 """
 
