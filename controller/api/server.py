@@ -32,7 +32,7 @@ from controller.datadir import DataDir, join_address, split_address
 from controller.errors import UsageError
 from controller.fleet.pki import CertificateAuthority
 from controller.fleet.signing import load_signing_keys
-from controller.model import Host
+from controller.model import Host, HostStatus
 from controller.releases.artifacts import ArtifactStore
 from controller.releases.publishing import Releases, load_release_key
 from controller.rollout.engine import CampaignEngine
@@ -140,7 +140,7 @@ async def serve(
 
     store = Store.open(data_dir.database)
     db = StoreThread(store)
-    revoked = Revocations(await db.call(lambda s: s.revoked_host_ids()))
+    revoked = Revocations(await db.call(lambda s: s.host_ids(HostStatus.REVOKED)))
     batcher = CheckInBatcher(db, settings.checkin_max_batch)
     engine = CampaignEngine(db, keys.key)
     await engine.start()
@@ -148,7 +148,7 @@ async def serve(
     keeper = AuditKeeper.start(db, settings, Checkpoints(keys.key, keys.trusted))
     files = raise_file_limit()
     server = grpc.aio.server(options=server_options(files))
-    pending = await db.call(lambda s: s.pending_host_ids())
+    pending = await db.call(lambda s: s.host_ids(HostStatus.PENDING))
     agents = AgentService(
         db, batcher, ca, keys.published, settings, revoked, engine, releases, keys.chain,
         refusals=keeper.refusals, pending=pending,

@@ -230,12 +230,6 @@ class Store(CampaignStore, ReleaseStore):
                 return None
         return self.get_host(host_id)
 
-    def pending_host_ids(self) -> set[str]:
-        cur = self._conn.execute(
-            "SELECT host_id FROM hosts WHERE status = ?", (HostStatus.PENDING.value,)
-        )
-        return {row[0] for row in cur}
-
     def expire_pending_hosts(self, enrolled_before: datetime, now: datetime) -> list[Host]:
         """Forget hosts enrolled before ``enrolled_before`` that never made a
         mutual-TLS call (their agent failed to keep what it was given), each
@@ -262,10 +256,9 @@ class Store(CampaignStore, ReleaseStore):
                 ))  # fmt: skip
         return expired
 
-    def revoked_host_ids(self) -> set[str]:
-        cur = self._conn.execute(
-            "SELECT host_id FROM hosts WHERE status = ?", (HostStatus.REVOKED.value,)
-        )
+    def host_ids(self, status: HostStatus) -> set[str]:
+        """The ids of the hosts in ``status`` (revoked, pending...)."""
+        cur = self._conn.execute("SELECT host_id FROM hosts WHERE status = ?", (status.value,))
         return {row[0] for row in cur}
 
     def get_inventory(self, host_id: str) -> list[Package]:

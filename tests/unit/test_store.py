@@ -269,7 +269,7 @@ def test_revoke_host(store):
     revoked = store.revoke_host(host.host_id, NOW)
     assert revoked.status is HostStatus.REVOKED
     assert store.get_host(host.host_id).status is HostStatus.REVOKED
-    assert store.revoked_host_ids() == {host.host_id}
+    assert store.host_ids(HostStatus.REVOKED) == {host.host_id}
     assert store.revoke_host(host.host_id, NOW + timedelta(hours=1)).status is HostStatus.REVOKED
 
 
@@ -443,13 +443,13 @@ def _pending(n: int, enrolled_at: datetime = NOW) -> Host:
 def test_a_pending_host_is_active_from_its_first_check_in(store):
     host = _pending(1)
     _enrolled(store, host)
-    assert store.pending_host_ids() == {host.host_id}
+    assert store.host_ids(HostStatus.PENDING) == {host.host_id}
     [outcome] = store.record_checkins([_checkin(host.host_id, None)])
     assert (outcome.known, outcome.revoked, outcome.activated) == (True, False, True)
     [again] = store.record_checkins([_checkin(host.host_id, None)])
     assert again.activated is False
     assert store.get_host(host.host_id).status is HostStatus.ACTIVE
-    assert store.pending_host_ids() == set()
+    assert store.host_ids(HostStatus.PENDING) == set()
 
 
 def test_activate_host_happens_once(store):
