@@ -17,7 +17,6 @@ import signal
 import socket
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
-from functools import partial
 
 import grpc
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
@@ -32,7 +31,8 @@ from controller.datadir import DataDir, join_address, split_address
 from controller.errors import UsageError
 from controller.fleet.pki import CertificateAuthority
 from controller.fleet.signing import load_signing_keys
-from controller.model import Host, HostStatus
+from controller.model import HostStatus
+from controller.periodic import every
 from controller.releases.artifacts import ArtifactStore
 from controller.releases.publishing import Releases, load_release_key
 from controller.rollout.engine import CampaignEngine
@@ -200,25 +200,18 @@ async def expire_pending(
 ) -> None:
     """Forget, now and then, hosts that enrolled but never made their first
     mutual-TLS call within ``timeout``, giving their token uses back."""
-    every = min(60.0, timeout.total_seconds() / 4)  # at most a quarter late
-    while not stop.is_set():
-        try:
-            expired = await db.call(partial(_expire, timeout=timeout, now=datetime.now(UTC)))
-        except Exception:
-            log.exception("expiring pending hosts failed; trying again later")
-            expired = []
-        for host in expired:
+
+    async def expire() -> None:
+        now = datetime.now(UTC)
+        for host in await db.call(lambda s: s.expire_pending_hosts(now - timeout, now)):
             pending.discard(host.host_id)
             log.warning(
                 "host %s never checked in within %s of enrolling; forgotten, token use given back",
                 host.host_id, timeout,
             )  # fmt: skip
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), every)
 
-
-def _expire(store: Store, timeout: timedelta, now: datetime) -> list[Host]:
-    return store.expire_pending_hosts(now - timeout, now)
+    # At most a quarter of the timeout late.
+    await every(min(60.0, timeout.total_seconds() / 4), stop, expire, "expiring pending hosts")
 
 
 def _register(

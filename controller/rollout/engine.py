@@ -18,7 +18,6 @@ or a hundred thousand. `check_counts` compares them with a full recount.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import secrets
 import time
@@ -63,6 +62,7 @@ from controller.model import (
     Host,
     HostStatus,
 )
+from controller.periodic import every
 from controller.rollout import workorders
 from controller.rollout.tally import count, host_facts
 from controller.store.thread import StoreThread
@@ -538,13 +538,7 @@ class CampaignEngine:
             pass  # a person changed it meanwhile: theirs wins
 
     async def run_ticks(self, interval: float, stop: asyncio.Event) -> None:
-        while not stop.is_set():
-            try:
-                await self.tick()
-            except Exception:
-                log.exception("campaign tick failed")
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), interval)
+        await every(interval, stop, self.tick, "campaign tick")
 
 
 def _reverting(record: CampaignRecord) -> bool:

@@ -1,0 +1,25 @@
+"""Work the controller does now and then while it serves."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable
+
+log = logging.getLogger(__name__)
+
+
+async def every(
+    seconds: float, stop: asyncio.Event, step: Callable[[], Awaitable[object]], what: str
+) -> None:
+    """Run ``step`` at once, then every ``seconds``, until ``stop`` is set.
+    A step that fails is logged (``what`` failed) and the next one runs on
+    time: one bad round must not end the loop for good."""
+    while not stop.is_set():
+        try:
+            await step()
+        except Exception:
+            log.exception("%s failed; trying again in %.0fs", what, seconds)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), seconds)
