@@ -15,7 +15,7 @@ host once wrote 5,000 `order.refused` records in 4 s. So, per host:
 
 A host that never stops refusing writes two records per window, however
 fast it reports. The detail is the agent's text, already cut at
-servicers.MAX_REPORT_DETAIL, so a summary stays bounded too. Memory holds
+limits.MAX_REPORT_DETAIL, so a summary stays bounded too. Memory holds
 one entry per host that refused within the last window.
 
 Pure: the caller passes the time in and writes the entries it gets back.

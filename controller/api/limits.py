@@ -37,6 +37,12 @@ MAX_INVENTORY_ENTRIES = 50_000
 MAX_PACKAGE_FIELD = 200  # a package name, version or architecture
 MAX_TEXT = 1024  # any other string a host reports (hostname, kernel, check names)
 MAX_DETAIL = 4096  # the free text of a health check result
+# Progress reports: per call; ids and step names longer than MAX_REPORT_ID
+# are refused, a report's detail is cut at MAX_REPORT_DETAIL (and so is
+# any agent-supplied text that goes into the audit trail).
+MAX_REPORTS_PER_CALL = 500
+MAX_REPORT_ID = 128
+MAX_REPORT_DETAIL = 2000
 # Heavy calls (check-ins, reports, enrollments) being served at once, over
 # all hosts; a full fleet's check-ins are spread over the interval, so this
 # is only reached by a herd (a controller that comes back after an outage).

@@ -47,7 +47,7 @@ from controller.errors import (
 )
 from controller.fleet import enrollment, tokens
 from controller.fleet.pki import CertificateAuthority
-from controller.model import CheckIn, Package, ProgressReport
+from controller.model import CheckIn, Host, Package, ProgressReport
 from controller.refusals import RefusalCounter
 from controller.releases.publishing import Header, Releases
 from controller.rollout.engine import CampaignEngine
@@ -58,11 +58,6 @@ from controller.store.thread import CheckInBatcher, StoreThread
 log = logging.getLogger(__name__)
 
 Context = grpc.aio.ServicerContext[Any, Any]
-MAX_REPORTS_PER_CALL = 500
-# A report's own text is the agent's to write, but not without bound: ids
-# and step names longer than this are refused, details are cut.
-MAX_REPORT_ID = 128
-MAX_REPORT_DETAIL = 2000
 # Audit records read per store call when walking or exporting the trail.
 AUDIT_PAGE = 2000
 # An export message stays well under gRPC's 4 MiB default receive limit.
@@ -142,15 +137,15 @@ def _readable(report: ProgressReport) -> ProgressReport:
     be read (unparseable bytes, an unknown key) is stored and audited all
     the same, under a placeholder order id: refusing it would leave it at
     the head of the host's queue. Raises UsageError for ids and steps past
-    MAX_REPORT_ID; cuts the detail at MAX_REPORT_DETAIL."""
+    limits.MAX_REPORT_ID; cuts the detail at limits.MAX_REPORT_DETAIL."""
     if report.step == REFUSED and not report.order_id:
         report = dataclasses.replace(report, order_id=UNREADABLE_ORDER)
     for name in ("idempotency_key", "order_id", "step"):
-        if len(getattr(report, name)) > MAX_REPORT_ID:
-            raise UsageError(f"a progress report's {name} is longer than {MAX_REPORT_ID}")
-    if len(report.detail) > MAX_REPORT_DETAIL:
-        cut = report.detail[:MAX_REPORT_DETAIL]
-        report = dataclasses.replace(report, detail=f"{cut}... (cut at {MAX_REPORT_DETAIL})")
+        if len(getattr(report, name)) > limits.MAX_REPORT_ID:
+            raise UsageError(f"a progress report's {name} is longer than {limits.MAX_REPORT_ID}")
+    if len(report.detail) > limits.MAX_REPORT_DETAIL:
+        cut = report.detail[: limits.MAX_REPORT_DETAIL]
+        report = dataclasses.replace(report, detail=f"{cut}... (cut at {limits.MAX_REPORT_DETAIL})")
     return report
 
 
@@ -321,7 +316,7 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
         """Audit a refused enrollment: who tried, with which token, and why
         (with the attempts turned away unheard since the last one)."""
         turned_away = self.enroll_refusals.refused(peer, time.monotonic())
-        detail = str(error)[:MAX_REPORT_DETAIL]
+        detail = str(error)[: limits.MAX_REPORT_DETAIL]
         if turned_away:
             detail += f" ({turned_away} more attempt(s) turned away while refused too often)"
         entry = AuditEntry(
@@ -330,10 +325,12 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
         )  # fmt: skip
         await self._db.call(lambda s: s.append_audit(entry))
 
-    async def _activate(self, host_id: str) -> None:
+    async def _activated(self, host_id: str, activate: Callable[[Store], Host | None]) -> None:
         """The first mutual-TLS call of a pending host: it proved that its
-        agent kept what enrollment gave it, and it counts from now on."""
-        host = await self._db.call(lambda s: s.activate_host(host_id))
+        agent kept what enrollment gave it, and campaigns count it from now
+        on. ``activate``: the store call that made it active (or found it
+        was already), returning the host when it did."""
+        host = await self._db.call(activate)
         self._pending.discard(host_id)
         if host is not None:
             self._engine.joined(host)
@@ -369,10 +366,8 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
             raise Refused(f"host {host_id} has been revoked")
         if not outcome.known:
             raise Refused(f"host {host_id} is not enrolled with this controller")
-        if outcome.activated:
-            self._pending.discard(host_id)
-            self._engine.joined(await self._db.call(lambda s: s.get_host(host_id)))
-            log.info("host %s is active (first check-in)", host_id)
+        if outcome.activated:  # the check-in's own transaction made it active
+            await self._activated(host_id, lambda s: s.get_host(host_id))
         order = None
         if self._engine.busy:
             facts = facts_of(host_id, outcome.region, outcome.ring, outcome.labels, reported, at)
@@ -395,9 +390,9 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
     ) -> agent_pb2.ReportProgressResponse:
         host_id = require(context, Role.HOST, self._revoked).name
         if host_id in self._pending:
-            await self._activate(host_id)
-        if len(request.reports) > MAX_REPORTS_PER_CALL:
-            raise UsageError(f"at most {MAX_REPORTS_PER_CALL} reports per call")
+            await self._activated(host_id, lambda s: s.activate_host(host_id))
+        if len(request.reports) > limits.MAX_REPORTS_PER_CALL:
+            raise UsageError(f"at most {limits.MAX_REPORTS_PER_CALL} reports per call")
         reports = [_readable(convert.report_from_pb(host_id, r)) for r in request.reports]
         for report in reports:
             if not report.idempotency_key or not report.order_id or not report.step:
