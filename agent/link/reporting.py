@@ -70,19 +70,10 @@ class Reports:
         return sent
 
 
-def flush(journal: Journal, client: ControllerClient) -> int:
+def _flush(journal: Journal, client: ControllerClient) -> int:
     """Send every pending report; returns how many were acknowledged.
     Stops quietly (the reports stay queued) when the controller cannot be
-    reached, refuses or is overloaded."""
-    try:
-        return _flush(journal, client)
-    except Overloaded as exc:
-        log.info("progress reports stay queued: %s", exc)
-        return 0
-
-
-def _flush(journal: Journal, client: ControllerClient) -> int:
-    """As flush, but raises Overloaded."""
+    reached or refuses; raises Overloaded (for `Reports` to hold back)."""
     sent = 0
     while pending := journal.pending_reports(BATCH):
         try:

@@ -12,7 +12,6 @@ import dataclasses
 from pathlib import Path
 
 from agent.host import facts as hostfacts
-from agent.link import reporting
 from agent.link.checkin import CheckIns
 from agent.link.enrollment import enroll
 from agent.link.keys import learn as learn_keys
@@ -102,7 +101,7 @@ class InProcessAgent:
                 self._pending = order.order_id
             else:
                 final = self._run(order.order_id)
-        reporting.flush(self.journal, self.client)
+        self.agent.report()
         return final
 
     def close(self) -> None:

@@ -46,7 +46,7 @@ def test_a_rejected_report_is_dropped_and_the_rest_delivered(tmp_path):
     journal = Journal.open(tmp_path / "journal.db")
     keys = _queue(journal, ["o-1", "o-bad", "o-2", "o-3"])
     controller = Controller({"o-bad"})
-    assert reporting.flush(journal, controller) == 3  # type: ignore[arg-type]
+    assert reporting.Reports(journal, controller).flush() == 3  # type: ignore[arg-type]
     assert journal.pending_reports() == []
     dropped = journal.dropped_reports()
     assert [key for key, _ in dropped] == [keys[1]]
@@ -59,11 +59,11 @@ def test_reports_stay_queued_while_the_controller_is_down(tmp_path):
     _queue(journal, ["o-bad", "o-1"])
     controller = Controller({"o-bad"})
     controller.down = True
-    assert reporting.flush(journal, controller) == 0  # type: ignore[arg-type]
+    assert reporting.Reports(journal, controller).flush() == 0  # type: ignore[arg-type]
     assert len(journal.pending_reports()) == 2
     assert journal.dropped_reports() == []
     controller.down = False
-    assert reporting.flush(journal, controller) == 1  # type: ignore[arg-type]
+    assert reporting.Reports(journal, controller).flush() == 1  # type: ignore[arg-type]
     assert journal.pending_reports() == []
     assert len(journal.dropped_reports()) == 1
 
