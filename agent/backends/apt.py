@@ -45,8 +45,8 @@ _LOCK = re.compile(
     r"|dpkg status database is locked)"
 )
 ARCHIVES = Path("/var/cache/apt/archives")
-# Packages snapshotted at once: dpkg-repack spends its time compressing and
-# writing, so a few per core keep both cores and the disk busy.
+# Packages snapshotted at once: a rebuild spends its time in tar, gzip and
+# the disk, so a few per core keep both cores and the disk busy.
 SNAPSHOT_WORKERS = max(2, min(8, 2 * (os.cpu_count() or 1)))
 log = logging.getLogger(__name__)
 
@@ -170,8 +170,8 @@ class Apt:
 
     def snapshot(self, plan: Plan, cache: Path) -> Snapshot:
         """A checked .deb of every version the plan replaces, several
-        packages at a time (dpkg-repack is slow and mostly waits on
-        compression and the disk); raises PlanError naming a package no
+        packages at a time (a rebuild mostly waits on compression and the
+        disk); raises PlanError naming a package no
         copy could be made of, before anything is changed."""
         cache.mkdir(mode=0o700, parents=True, exist_ok=True)
         replaced = [c for c in plan.changes if c.old]
