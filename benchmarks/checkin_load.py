@@ -39,12 +39,17 @@ BIN = Path(sys.executable).parent
 PACKAGES = [(f"pkg{i}", f"1.{i}", "amd64") for i in range(300)]
 
 
-def start_controller(data: Path, port: int, max_batch: int) -> subprocess.Popen[bytes]:
+def init_controller(data: Path, port: int, interval: str = "5m") -> None:
+    """`controller init` of a data dir listening on loopback ``port``."""
     subprocess.run(
         [str(BIN / "fleetpatch"), "controller", "init", "--data-dir", str(data), "--hostname",
-         "localhost", "--listen", f"127.0.0.1:{port}", "--checkin-interval", "5m"],
+         "localhost", "--listen", f"127.0.0.1:{port}", "--checkin-interval", interval],
         check=True, capture_output=True,
     )  # fmt: skip
+
+
+def start_controller(data: Path, port: int, max_batch: int) -> subprocess.Popen[bytes]:
+    init_controller(data, port)
     config = data / "controller.toml"
     config.write_text(config.read_text().replace("max_batch = 1000", f"max_batch = {max_batch}"))
     return serve(data, timeout=20)

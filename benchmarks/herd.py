@@ -43,7 +43,7 @@ if not __package__:  # run as a file: make `benchmarks` importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from agent.link.backoff import retry_delay
 from agent.statedir import Timing
-from benchmarks.checkin_load import BIN, PACKAGES, enroll_all, host_channel, serve
+from benchmarks.checkin_load import PACKAGES, enroll_all, host_channel, init_controller, serve
 
 HERD_SECONDS = 10.0
 MAX_RETRY = Timing().max_retry_delay.total_seconds()
@@ -130,14 +130,6 @@ async def run_herd(
     return herd
 
 
-def init(data: Path, port: int, interval: float) -> None:
-    subprocess.run(
-        [str(BIN / "fleetpatch"), "controller", "init", "--data-dir", str(data), "--hostname",
-         "localhost", "--listen", f"127.0.0.1:{port}", "--checkin-interval", f"{interval:.0f}s"],
-        check=True, capture_output=True,
-    )  # fmt: skip
-
-
 async def first_contact(port: int, ca: bytes, identities: list[tuple[bytes, bytes]]) -> None:
     """Every host's first check-in (it activates the host), before the outage."""
     full, _ = requests()
@@ -158,7 +150,7 @@ def stop(proc: subprocess.Popen[bytes]) -> None:
 def trial(args: argparse.Namespace, port: int, spread: float) -> Herd:
     with tempfile.TemporaryDirectory(prefix="fleetpatch-bench-") as tmp:
         data = Path(tmp) / "ctl"
-        init(data, port, args.interval)
+        init_controller(data, port, f"{args.interval:.0f}s")
         proc = serve(data, timeout=30)
         try:
             say(f"  enrolling {args.hosts} hosts")
