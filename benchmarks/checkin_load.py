@@ -146,7 +146,7 @@ async def load(
             done += 1
             i += 1
 
-    await asyncio.gather(*(worker(k) for k in range(concurrency)))
+    await asyncio.gather(*(worker(k) for k in range(min(concurrency, len(stubs)))))
     for channel in channels:
         await channel.close(None)
     return done, latencies
