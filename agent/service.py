@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 from fleetpatch.v1 import types_pb2
 
@@ -19,6 +20,7 @@ from agent.errors import ConfigError
 from agent.host.checks import Prober, Probes
 from agent.host.facts import package_manager
 from agent.host.needs import RebootSignals
+from agent.host.restarts import Services, needrestart
 from agent.link import reporting
 from agent.link.client import ControllerClient
 from agent.orders.journal import Journal
@@ -49,6 +51,18 @@ def _real_signals(config: AgentConfig, backend: PackageBackend) -> Callable[[], 
     return RebootSignals(kernel, extra=[extra] if extra is not None else []).collect
 
 
+def _real_services(backend: PackageBackend) -> Services | None:
+    """The host's services, where systemd runs them (sd_booted: the
+    directory /run/systemd/system exists) and the backend lists package
+    files; the backend's own restart list (dnf needs-restarting) or else
+    needrestart's adds what a scan of /proc cannot see."""
+    files = getattr(backend, "files", None)
+    if files is None or not Path("/run/systemd/system").is_dir():
+        return None
+    tool = getattr(backend, "services_to_restart", None) or needrestart()
+    return Services(files, tool)
+
+
 def _real_rebooter(config: AgentConfig) -> Rebooter | None:
     return CommandRebooter(config.reboot.command)
 
@@ -68,6 +82,7 @@ class Machine:
     )
     livepatch: Callable[[], Sequence[Provider]] = lambda: (Kpatch(), CanonicalLivepatch())
     watchdog: Callable[[], Watchdog | None] = SystemdWatchdog
+    services: Callable[[PackageBackend], Services | None] = _real_services
 
 
 def check_state(state: StateDir) -> tuple[AgentConfig, Credentials]:
@@ -123,6 +138,7 @@ class Agent:
             fetch=client.fetch_artifact if client is not None else None,
             reach=client.reach if client is not None else None,
             watchdog=machine.watchdog(),
+            services=machine.services(backend),
         )
         reports = reporting.Reports(journal, client) if client is not None else None
         agent = cls(state, config, journal, runner, state.host_id(), client, reports)

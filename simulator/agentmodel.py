@@ -17,6 +17,7 @@ policies on the same seed break the same hosts. Each step mirrors what
                transaction failed; else what `decide` says after it: ok
                (nothing more, or a reboot left pending), livepatch, reboot
     LIVEPATCH  ok: the live patch is loaded
+    RESTART    ok at once (services restarted onto the update; not modelled apart)
     REBOOT     defer when the window closed before the reboot (pending);
                else ok after the reboot; into REVERT's reboot likewise
     REBOOTED   ok (reverting, when the reboot was the revert's)
@@ -161,6 +162,7 @@ class Agent:
             State.SNAPSHOT: lambda fate, order, now: (Event.OK, fate.snapshot),
             State.APPLY: self._apply,
             State.LIVEPATCH: lambda fate, order, now: (Event.OK, fate.live),
+            State.RESTART: lambda fate, order, now: (Event.OK, 0),
             State.REBOOT: self._reboot,
             State.REBOOTED: self._rebooted,
             State.VERIFY: self._verify,

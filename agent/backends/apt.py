@@ -300,6 +300,14 @@ class Apt:
             if before[name] != after[name]
         ]
 
+    def files(self, names: Sequence[str]) -> set[str]:
+        """The paths installed packages ``names`` own (`dpkg-query -L`;
+        names not installed add nothing)."""
+        if not names:
+            return set()
+        done = self._run(["dpkg-query", "-L", *names], check=False, timeout=120)
+        return {line for line in done.stdout.splitlines() if line.startswith("/")}
+
     def versions(self, names: Sequence[str]) -> dict[str, str]:
         if not names:
             return {}

@@ -11,6 +11,7 @@ acknowledged. Released table, column and state names never change.
     steps      every state entered, when, and why
     reports    progress reports, queued until the controller acknowledges them
     refusals   orders refused before they ran, and why
+    restarts   services an order restarted (the intent first, then the result)
 """
 
 from __future__ import annotations
@@ -93,6 +94,23 @@ def _dropped(db: Database) -> None:
     db.execute("ALTER TABLE reports ADD COLUMN dropped TEXT")
 
 
+@migrations(name="0004_restarts")
+def _restarts(db: Database) -> None:
+    # A restart is written before it is asked for and its result after: a
+    # crash between restarts leaves the journal saying which were begun.
+    db.execute(
+        """CREATE TABLE restarts (
+            id          INTEGER PRIMARY KEY AUTOINCREMENT,
+            order_id    TEXT NOT NULL REFERENCES orders (order_id),
+            phase       TEXT NOT NULL,
+            unit        TEXT NOT NULL,
+            begun_at    TEXT NOT NULL,
+            result      TEXT
+        )"""
+    )
+    db.execute("CREATE INDEX restarts_order ON restarts (order_id, phase)")
+
+
 @dataclass(frozen=True)
 class CheckInState:
     acked_inventory_hash: str
@@ -141,6 +159,13 @@ class Step:
     state: str
     entered_at: datetime
     detail: str
+
+
+@dataclass(frozen=True)
+class Restart:
+    unit: str
+    begun_at: datetime
+    result: str | None  # None: begun, and not known to have finished
 
 
 @dataclass(frozen=True)
@@ -450,3 +475,28 @@ class Journal:
                 "UPDATE reports SET acked_at = ? WHERE key = ? AND acked_at IS NULL",
                 [(now, k) for k in keys],
             )
+
+    @_guarded
+    def restart_begun(self, order_id: str, phase: str, unit: str) -> int:
+        """Record that ``unit`` is about to be restarted; returns the row id."""
+        with self._db.atomic():
+            cur = self._conn.execute(
+                "INSERT INTO restarts (order_id, phase, unit, begun_at) VALUES (?,?,?,?)",
+                (order_id, phase, unit, _now()),
+            )
+        return int(cur.lastrowid or 0)
+
+    @_guarded
+    def restart_done(self, row: int, result: str) -> None:
+        with self._db.atomic():
+            self._conn.execute("UPDATE restarts SET result = ? WHERE id = ?", (result, row))
+
+    @_guarded
+    def restarts(self, order_id: str, phase: str) -> list[Restart]:
+        rows = self._conn.execute(
+            "SELECT unit, begun_at, result FROM restarts WHERE order_id = ? AND phase = ?"
+            " ORDER BY id",
+            (order_id, phase),
+        ).fetchall()
+        return [Restart(r["unit"], datetime.fromisoformat(r["begun_at"]), r["result"])
+                for r in rows]  # fmt: skip

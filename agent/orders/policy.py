@@ -22,7 +22,40 @@ from agent.backends.base import Plan
 from agent.host.checks import Kind
 from agent.orders.workorder import Action, OrderRefused, Reboot, RefusalReason, WorkOrder
 
-#: The package an agent-update order installs.
+# Services an update never restarts unless the host's owner says otherwise:
+# restarting them ends logins or desktops (dbus, logind, gettys, user
+# managers, display managers), cuts the network the agent reports over, or
+# stops the VMs and containers they run. needrestart keeps much the same
+# list (its override_rc), for the same reasons.
+DEFAULT_NEVER_RESTART = (
+    "dbus.service",
+    "dbus-broker.service",
+    "systemd-logind.service",
+    "user@*.service",
+    "getty@*.service",
+    "serial-getty@*.service",
+    "console-getty.service",
+    "display-manager.service",
+    "gdm*.service",
+    "sddm.service",
+    "lightdm.service",
+    "NetworkManager*.service",
+    "networking.service",
+    "systemd-networkd.service",
+    "wpa_supplicant*.service",
+    "ModemManager.service",
+    "openvpn*.service",
+    "strongswan*.service",
+    "wg-quick@*.service",
+    "docker.service",
+    "containerd.service",
+    "libvirtd.service",
+    "virtlogd.service",
+    "virtlockd.service",
+    "lxcfs.service",
+    "emergency.service",
+    "rescue.service",
+)
 
 
 @dataclass(frozen=True)
@@ -32,6 +65,9 @@ class Policy:
     never_touch: tuple[str, ...] = ()
     allowed_sources: tuple[str, ...] = ()
     max_packages: int = 200
+    # Units (glob patterns) an update never restarts; processes in them that
+    # still run replaced code are reported "pending restart" instead.
+    never_restart: tuple[str, ...] = DEFAULT_NEVER_RESTART
     # Agent self-update: whether orders may update this agent, to which
     # versions, and the release key (pinned here, never sent) they must carry.
     allow_agent_update: bool = True
@@ -68,6 +104,7 @@ def policy_from_table(t: Table) -> Policy:
         allow_reboot=flag("allow_reboot"),
         allow_order_commands=flag("allow_order_commands"),
         never_touch=patterns("never_touch"),
+        never_restart=patterns("never_restart"),
         allowed_sources=patterns("allowed_sources"),
         max_packages=max_packages,
         allow_agent_update=flag("allow_agent_update"),
@@ -80,6 +117,12 @@ def policy_from_table(t: Table) -> Policy:
 
 def _matches(name: str, patterns: tuple[str, ...]) -> str | None:
     return next((p for p in patterns if fnmatch.fnmatchcase(name, p)), None)
+
+
+def restart_held(unit: str, policy: Policy) -> str | None:
+    """Why ``unit`` must not be restarted by an update, or None."""
+    pattern = _matches(unit, policy.never_restart)
+    return f"policy.never_restart {pattern!r}" if pattern else None
 
 
 def check_order(order: WorkOrder, policy: Policy) -> None:

@@ -36,11 +36,13 @@ from agent.errors import CommandFailed
 from agent.host.checks import CheckSpec, Probes
 from agent.host.health import CheckResult, failing
 from agent.host.needs import installed_kernels
+from agent.host.restarts import Services
 from agent.link import convert
 from agent.orders import faults
 from agent.orders.journal import Journal, OrderRecord
 from agent.orders.outcome import Outcome
 from agent.orders.policy import Policy, check_order, plan_violation
+from agent.orders.restartsteps import RestartSteps
 from agent.orders.selfupdate import Fetcher, Reach, UpdateSteps, Watchdog
 from agent.orders.states import MAX_ENTRIES, RESUME, TERMINAL, Event, Resume, State, next_state
 from agent.orders.workorder import Action, OrderRefused, WorkOrder, from_pb, verify
@@ -81,12 +83,15 @@ class Runner:
         reach: Reach | None = None,
         watchdog: Watchdog | None = None,
         running_version: str | None = None,
+        services: Services | None = None,
     ) -> None:
         """``boot_id``/``kernel``: this boot's id and the running kernel
         (default: read from /proc at each call); ``rebooter`` None means
         this runner never reboots the host (see the module docstring).
         ``fetch``, ``reach`` and ``watchdog`` are what agent-update orders
-        need (`selfupdate`); without them such orders fail in PRECHECK."""
+        need (`selfupdate`); without them such orders fail in PRECHECK.
+        ``services`` finds and restarts services running replaced code
+        (`restartsteps`); None: RESTART looks at nothing."""
         self._journal = journal
         self._backend = backend
         self._prober = prober
@@ -103,6 +108,7 @@ class Runner:
             kernel or FileValue(KERNEL_RELEASE_FILE), reboot_signals, kernels, livepatch,
             rebooter, bootloader, reboot_timeout,
         )  # fmt: skip
+        self._restarts = RestartSteps(journal, policy, services, clock)
         self._update = UpdateSteps(
             backend, prober, policy, cache, clock, sleep, retry_interval, self._checks,
             fetch=fetch, reach=reach, watchdog=watchdog, running_version=running_version,
@@ -275,6 +281,7 @@ class Runner:
             State.SNAPSHOT: self._snapshot,
             State.APPLY: self._apply,
             State.LIVEPATCH: self._boot.livepatch,
+            State.RESTART: self._restarts.restart,
             State.REBOOT: self._boot.reboot,
             State.REBOOTED: self._boot.rebooted,
             State.VERIFY: self._verify,
@@ -379,6 +386,7 @@ class Runner:
                 )
             if all(r.ok for r in results):
                 event, detail = self._boot.verified(record, "healthy after the update")
+                event, detail = self._restarts.verified(record, event, detail)
                 return Outcome(event, detail, checks=results)
             if self._clock() >= deadline:
                 return Outcome(
@@ -411,9 +419,10 @@ class Runner:
         ended, notes = self._boot.revert(order, record, f"packages reverted because {why}")
         if ended is not None:
             return Outcome(ended.event, ended.detail, {**ended.columns, **columns}, changes)
+        restarts = self._restarts.after_revert(order, record, [s.name for s in snapshot.saved])
         results = self._prober.run_all(self._checks(order))
         health = "healthy" if all(r.ok for r in results) else f"still unhealthy: {failing(results)}"
-        notes = f"; {notes}" if notes else ""
+        notes = "".join(f"; {note}" for note in (notes, restarts) if note)
         return Outcome(
             Event.OK, f"reverted because {why}{notes}; after revert the host is {health}",
             columns=columns, changes=changes, checks=results,

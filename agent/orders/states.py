@@ -3,11 +3,12 @@
 State and event names are stored in the journal and sent to the
 controller: once released they never change (add, never rename).
 
-    RECEIVED -> PRECHECK -> SNAPSHOT -> APPLY -> VERIFY -> SUCCEEDED | PENDING_REBOOT
-                                          |  \\-> LIVEPATCH -> VERIFY
-                                          |  \\-> REBOOT -> REBOOTED -> VERIFY
+    RECEIVED -> PRECHECK -> SNAPSHOT -> APPLY -> RESTART -> VERIFY -> SUCCEEDED
+                                          |  \\-> LIVEPATCH -> RESTART       | PENDING_REBOOT
+                                          |  \\-> REBOOT -> REBOOTED -> VERIFY | PENDING_RESTART
                                           \\-> REVERT (the transaction failed midway)
-    VERIFY, LIVEPATCH, REBOOT, REBOOTED -> REVERT -> REVERTED | REVERT_FAILED | PENDING_REBOOT
+    RESTART, VERIFY, LIVEPATCH, REBOOT, REBOOTED -> REVERT
+    REVERT -> REVERTED | REVERT_FAILED | PENDING_REBOOT
     REVERT -> REBOOT -> REBOOTED -> REVERT (back to the previous kernel, once)
     RECEIVED -> REVERT (a revert order: undo an earlier order from its snapshot)
     PRECHECK/SNAPSHOT -> FAILED (nothing changed: unhealthy host, policy, no revertable copy)
@@ -18,6 +19,12 @@ nothing more, a live patch, or a reboot. A reboot that may not happen now
 (order or local policy, a closed window) is not skipped silently: the
 order is verified and ends PENDING_REBOOT, a terminal state the controller
 sees (like SSM's InstalledPendingReboot).
+
+RESTART restarts the services that still run code the update replaced
+(`restartsteps`), so VERIFY judges the new code; a service that fails to
+start on it is reverted. Services it may not restart (the order says
+"report", local policy holds them) leave the order PENDING_RESTART once
+verified. After a reboot nothing old runs: REBOOTED goes straight to VERIFY.
 
 A reboot is journaled (REBOOT, with the boot id it leaves) before it is
 asked for. After a restart, an order found in REBOOT is resumed by its boot
@@ -45,11 +52,19 @@ class Event(StrEnum):
     REBOOT = "reboot"  # the host must reboot now (into the update, or back from it)
     DEFER = "defer"  # a reboot is owed but may not happen now: verify, end pending
     PENDING = "pending-reboot"  # verified, and a reboot is still owed
+    PENDING_RESTART = "pending-restart"  # verified; services still run replaced code
     REVERTING = "reverting"  # back from a reboot made for a revert: the revert goes on
 
 
 TERMINAL = frozenset(
-    {State.SUCCEEDED, State.PENDING_REBOOT, State.REVERTED, State.REVERT_FAILED, State.FAILED}
+    {
+        State.SUCCEEDED,
+        State.PENDING_REBOOT,
+        State.PENDING_RESTART,
+        State.REVERTED,
+        State.REVERT_FAILED,
+        State.FAILED,
+    }
 )
 
 TRANSITIONS: dict[tuple[State, Event], State] = {
@@ -64,7 +79,7 @@ TRANSITIONS: dict[tuple[State, Event], State] = {
     (State.SNAPSHOT, Event.OK): State.APPLY,
     (State.SNAPSHOT, Event.FAIL): State.FAILED,
     (State.SNAPSHOT, Event.LOOP): State.FAILED,
-    (State.APPLY, Event.OK): State.VERIFY,
+    (State.APPLY, Event.OK): State.RESTART,
     (State.APPLY, Event.FAIL): State.REVERT,
     (State.APPLY, Event.ABORT): State.FAILED,
     (State.APPLY, Event.LOOP): State.REVERT,
@@ -72,11 +87,15 @@ TRANSITIONS: dict[tuple[State, Event], State] = {
     (State.APPLY, Event.REBOOT): State.REBOOT,
     # The live patch did not take: reboot instead, or end pending if that
     # may not happen now. A half-applied patch is reverted.
-    (State.LIVEPATCH, Event.OK): State.VERIFY,
+    (State.LIVEPATCH, Event.OK): State.RESTART,
     (State.LIVEPATCH, Event.REBOOT): State.REBOOT,
-    (State.LIVEPATCH, Event.DEFER): State.VERIFY,
+    (State.LIVEPATCH, Event.DEFER): State.RESTART,
     (State.LIVEPATCH, Event.FAIL): State.REVERT,
     (State.LIVEPATCH, Event.LOOP): State.REVERT,
+    # A service that does not come back on the new code fails the update.
+    (State.RESTART, Event.OK): State.VERIFY,
+    (State.RESTART, Event.FAIL): State.REVERT,
+    (State.RESTART, Event.LOOP): State.REVERT,
     # OK: the boot id changed under the step itself (an in-process rebooter,
     # the simulator). A real reboot ends the process; resume goes on.
     (State.REBOOT, Event.OK): State.REBOOTED,
@@ -89,6 +108,7 @@ TRANSITIONS: dict[tuple[State, Event], State] = {
     (State.REBOOTED, Event.LOOP): State.REVERT,
     (State.VERIFY, Event.OK): State.SUCCEEDED,
     (State.VERIFY, Event.PENDING): State.PENDING_REBOOT,
+    (State.VERIFY, Event.PENDING_RESTART): State.PENDING_RESTART,
     (State.VERIFY, Event.FAIL): State.REVERT,
     (State.VERIFY, Event.LOOP): State.REVERT,
     (State.REVERT, Event.OK): State.REVERTED,
@@ -114,6 +134,7 @@ RESUME: dict[State, Resume] = {
     State.SNAPSHOT: Resume.RERUN,
     State.APPLY: Resume.RECOVER,
     State.LIVEPATCH: Resume.RERUN,  # loading a loaded patch is a no-op
+    State.RESTART: Resume.RERUN,  # restarted services no longer run old code
     State.REBOOT: Resume.BOOT,
     State.REBOOTED: Resume.RERUN,
     State.VERIFY: Resume.RERUN,

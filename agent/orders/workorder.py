@@ -14,7 +14,7 @@ from enum import StrEnum
 
 from fleetpatch.debversion import debian_version
 from fleetpatch.envelope import WORK_ORDER_TYPE, EnvelopeError, open_envelope
-from fleetpatch.orderspec import LivepatchPolicy, RebootPolicy
+from fleetpatch.orderspec import LivepatchPolicy, RebootPolicy, RestartPolicy
 from fleetpatch.v1 import types_pb2
 from google.protobuf.message import DecodeError
 
@@ -49,6 +49,7 @@ class Action(StrEnum):
 
 Reboot = RebootPolicy  # the agent's names for them (fleetpatch.orderspec)
 Livepatch = LivepatchPolicy
+Restart = RestartPolicy
 
 
 _ACTIONS = {
@@ -67,6 +68,12 @@ _LIVEPATCH = {
     types_pb2.LIVEPATCH_POLICY_NEVER: Livepatch.NEVER,
     types_pb2.LIVEPATCH_POLICY_PREFER: Livepatch.PREFER,
     types_pb2.LIVEPATCH_POLICY_ONLY: Livepatch.ONLY,
+}
+_RESTART = {
+    types_pb2.RESTART_POLICY_UNSPECIFIED: Restart.AUTO,
+    types_pb2.RESTART_POLICY_AUTO: Restart.AUTO,
+    types_pb2.RESTART_POLICY_REPORT: Restart.REPORT,
+    types_pb2.RESTART_POLICY_NEVER: Restart.NEVER,
 }
 DEFAULT_VERIFY_TIMEOUT = timedelta(minutes=5)
 DEFAULT_ROLLBACK_AFTER = timedelta(minutes=10)
@@ -110,6 +117,7 @@ class WorkOrder:
     exclude: tuple[str, ...] = ()
     reboot: Reboot = Reboot.IF_REQUIRED
     livepatch: Livepatch = Livepatch.NEVER
+    restart_services: Restart = Restart.AUTO
     checks: tuple[CheckSpec, ...] = field(default_factory=tuple)
     verify_timeout: timedelta = DEFAULT_VERIFY_TIMEOUT
     window_closes_at: datetime | None = None
@@ -210,6 +218,8 @@ def from_pb(pb: types_pb2.WorkOrder) -> WorkOrder:
         exclude=tuple(pb.patch.exclude),
         reboot=_REBOOT.get(pb.reboot, Reboot.IF_REQUIRED),
         livepatch=_LIVEPATCH.get(pb.livepatch, Livepatch.NEVER),
+        # An unknown value (a newer controller) restricts: report, never restart.
+        restart_services=_RESTART.get(pb.restart_services, Restart.REPORT),
         checks=checks,
         verify_timeout=(
             pb.verify_timeout.ToTimedelta()

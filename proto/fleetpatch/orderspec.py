@@ -18,12 +18,14 @@ class OrderState(StrEnum):
     SNAPSHOT = "SNAPSHOT"
     APPLY = "APPLY"
     LIVEPATCH = "LIVEPATCH"
+    RESTART = "RESTART"
     REBOOT = "REBOOT"
     REBOOTED = "REBOOTED"
     VERIFY = "VERIFY"
     REVERT = "REVERT"
     SUCCEEDED = "SUCCEEDED"
     PENDING_REBOOT = "PENDING_REBOOT"
+    PENDING_RESTART = "PENDING_RESTART"
     REVERTED = "REVERTED"
     REVERT_FAILED = "REVERT_FAILED"
     FAILED = "FAILED"
@@ -52,6 +54,15 @@ class LivepatchPolicy(StrEnum):
     NEVER = "never"
     PREFER = "prefer"
     ONLY = "only"
+
+
+class RestartPolicy(StrEnum):
+    """What the agent does about services still running code an update
+    replaced: restart them (auto), only report them, or not look at all."""
+
+    AUTO = "auto"
+    REPORT = "report"
+    NEVER = "never"
 
 
 # The agent's package: what agent-update campaigns install, what a patch

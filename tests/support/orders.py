@@ -37,6 +37,7 @@ def work_order(
     action: int = types_pb2.WORK_ORDER_ACTION_PATCH,
     reboot: int = types_pb2.REBOOT_POLICY_NEVER,
     window_closes_at: datetime | None = None,
+    restart_services: int = types_pb2.RESTART_POLICY_UNSPECIFIED,
 ) -> types_pb2.WorkOrder:
     now = now or datetime.now(UTC)
     verify = Duration()
@@ -55,6 +56,7 @@ def work_order(
         reboot=reboot,  # type: ignore[arg-type]
         checks=list(checks),
         verify_timeout=verify,
+        restart_services=restart_services,  # type: ignore[arg-type]
     )
     if window_closes_at is not None:
         order.window_closes_at.CopyFrom(_ts(window_closes_at))

@@ -126,7 +126,7 @@ def test_no_reboot_needed_no_reboot_asked(journal, key):
     assert run(runner, key, order) is State.SUCCEEDED
     assert machine.boots == 0
     assert states(journal, order) == [
-        "RECEIVED", "PRECHECK", "SNAPSHOT", "APPLY", "VERIFY", "SUCCEEDED"
+        "RECEIVED", "PRECHECK", "SNAPSHOT", "APPLY", "RESTART", "VERIFY", "SUCCEEDED"
     ]  # fmt: skip
 
 
@@ -224,7 +224,7 @@ def test_a_reboot_that_may_not_happen_ends_pending_after_verification(
     runner = boot_runner(journal, machine, policy=policy, rebooter=rebooter)
     order = order_for(reboot=reboot)
     assert run(runner, key, order) is State.PENDING_REBOOT
-    assert states(journal, order)[-3:] == ["APPLY", "VERIFY", "PENDING_REBOOT"]
+    assert states(journal, order)[-4:] == ["APPLY", "RESTART", "VERIFY", "PENDING_REBOOT"]
     assert machine.boots == 0
     assert why in detail(journal, order)
     assert "healthy after the update" in detail(journal, order)
@@ -254,7 +254,7 @@ def test_a_live_patch_stands_in_for_the_reboot(journal, key):
     order = order_for(livepatch=types_pb2.LIVEPATCH_POLICY_PREFER)
     runner = boot_runner(journal, machine, providers=[provider])
     assert run(runner, key, order) is State.SUCCEEDED
-    assert states(journal, order)[-4:] == ["APPLY", "LIVEPATCH", "VERIFY", "SUCCEEDED"]
+    assert states(journal, order)[-5:] == ["APPLY", "LIVEPATCH", "RESTART", "VERIFY", "SUCCEEDED"]
     assert machine.boots == 0
     final = detail(journal, order)
     assert "live patch kpatch kpatch_6_1_0_13_1" in final

@@ -74,7 +74,7 @@ def test_a_good_update_succeeds_and_every_step_is_journaled(journal, key):
     assert run_order(make_runner(journal, backend), key, order) is State.SUCCEEDED
     assert backend.installed["fp-demo"] == "1.1"
     assert states_of(journal, order.order_id) == [
-        "RECEIVED", "PRECHECK", "SNAPSHOT", "APPLY", "VERIFY", "SUCCEEDED",
+        "RECEIVED", "PRECHECK", "SNAPSHOT", "APPLY", "RESTART", "VERIFY", "SUCCEEDED",
     ]  # fmt: skip
     record = journal.order(order.order_id)
     assert record.changes == [
@@ -82,9 +82,9 @@ def test_a_good_update_succeeds_and_every_step_is_journaled(journal, key):
     ]
     reports = [types_pb2.ProgressReport.FromString(p) for _, p in journal.pending_reports()]
     assert [r.step for r in reports] == states_of(journal, order.order_id)
-    assert [r.final for r in reports] == [False] * 5 + [True]
+    assert [r.final for r in reports] == [False] * 6 + [True]
     assert reports[-1].outcome == "SUCCEEDED"
-    assert len({r.idempotency_key for r in reports}) == 6
+    assert len({r.idempotency_key for r in reports}) == 7
 
 
 def test_nothing_to_do_succeeds_without_touching_the_host(journal, key):
@@ -317,7 +317,7 @@ def test_resume_after_a_crash_in_apply_verifies_a_landed_update(journal, key):
     backend.installed["fp-demo"] = "1.1"  # dpkg finished before the crash
     assert make_runner(journal, backend).resume() == [(order.order_id, State.SUCCEEDED)]
     assert "recover" in backend.calls
-    assert "the update landed in full" in states_of_detail(journal, order.order_id, "VERIFY")
+    assert "the update landed in full" in states_of_detail(journal, order.order_id, "RESTART")
 
 
 def test_resume_after_a_crash_before_apply_ran_applies_again(journal, key):

@@ -182,7 +182,9 @@ def test_the_old_agent_installs_and_hands_over_and_the_new_one_finishes(env):
     )
     assert new.handover_due() is None
     steps = [s.state for s in env.journal.steps(order_id)]
-    assert steps == ["RECEIVED", "PRECHECK", "SNAPSHOT", "APPLY", "VERIFY", "VERIFY", "SUCCEEDED"]
+    assert steps == [
+        "RECEIVED", "PRECHECK", "SNAPSHOT", "APPLY", "RESTART", "VERIFY", "VERIFY", "SUCCEEDED",
+    ]  # fmt: skip
 
 
 def test_a_new_agent_that_never_took_over_is_restored_and_the_order_reverted(env):

@@ -19,12 +19,13 @@ ACTIVE = [s for s in State if s not in TERMINAL and s not in RESERVED]
 def test_stored_state_names_never_change():
     # These strings are in journals and databases in the field.
     assert [s.value for s in State] == [
-        "RECEIVED", "PRECHECK", "SNAPSHOT", "APPLY", "LIVEPATCH", "REBOOT", "REBOOTED",
-        "VERIFY", "REVERT", "SUCCEEDED", "PENDING_REBOOT", "REVERTED", "REVERT_FAILED", "FAILED",
+        "RECEIVED", "PRECHECK", "SNAPSHOT", "APPLY", "LIVEPATCH", "RESTART", "REBOOT", "REBOOTED",
+        "VERIFY", "REVERT", "SUCCEEDED", "PENDING_REBOOT", "PENDING_RESTART", "REVERTED",
+        "REVERT_FAILED", "FAILED",
     ]  # fmt: skip
     assert [e.value for e in Event] == [
         "ok", "fail", "abort", "nothing-to-do", "loop", "revert-ordered",
-        "livepatch", "reboot", "defer", "pending-reboot", "reverting",
+        "livepatch", "reboot", "defer", "pending-reboot", "pending-restart", "reverting",
     ]  # fmt: skip
 
 
@@ -54,7 +55,8 @@ def test_every_state_but_the_reserved_ones_is_reachable():
 
 
 def test_a_host_that_may_have_changed_always_goes_through_revert():
-    for state in (State.APPLY, State.LIVEPATCH, State.REBOOT, State.REBOOTED, State.VERIFY):
+    for state in (State.APPLY, State.LIVEPATCH, State.RESTART, State.REBOOT, State.REBOOTED,
+                  State.VERIFY):  # fmt: skip
         assert next_state(state, Event.FAIL) is State.REVERT
         assert next_state(state, Event.LOOP) is State.REVERT
     # Only a step that gave up before touching anything may end in FAILED.
@@ -77,11 +79,13 @@ def test_no_state_is_reserved_any_more():
     assert not RESERVED
 
 
-def test_the_decision_after_apply_leads_to_verify_livepatch_or_reboot():
-    assert next_state(State.APPLY, Event.OK) is State.VERIFY
+def test_the_decision_after_apply_leads_to_restarts_livepatch_or_reboot():
+    # Without a reboot, services running replaced code restart before VERIFY.
+    assert next_state(State.APPLY, Event.OK) is State.RESTART
     assert next_state(State.APPLY, Event.LIVEPATCH) is State.LIVEPATCH
     assert next_state(State.APPLY, Event.REBOOT) is State.REBOOT
-    assert next_state(State.LIVEPATCH, Event.OK) is State.VERIFY
+    assert next_state(State.LIVEPATCH, Event.OK) is State.RESTART
+    assert next_state(State.RESTART, Event.OK) is State.VERIFY
     assert next_state(State.LIVEPATCH, Event.REBOOT) is State.REBOOT
 
 
@@ -95,9 +99,15 @@ def test_a_reboot_comes_back_to_verify_or_reverts():
 def test_a_reboot_that_may_not_happen_now_ends_pending_after_verification():
     # Never silently: the update is verified, then the order says so.
     assert next_state(State.REBOOT, Event.DEFER) is State.VERIFY
-    assert next_state(State.LIVEPATCH, Event.DEFER) is State.VERIFY
+    assert next_state(State.LIVEPATCH, Event.DEFER) is State.RESTART
     assert next_state(State.VERIFY, Event.PENDING) is State.PENDING_REBOOT
     assert State.PENDING_REBOOT in TERMINAL
+
+
+def test_services_left_on_replaced_code_end_pending_restart_after_verification():
+    assert next_state(State.VERIFY, Event.PENDING_RESTART) is State.PENDING_RESTART
+    assert State.PENDING_RESTART in TERMINAL
+    assert RESUME[State.RESTART] is Resume.RERUN
 
 
 def test_a_kernel_revert_reboots_once_and_comes_back_to_revert():

@@ -530,6 +530,8 @@ class CampaignCell(_message.Message):
     SILENT_FIELD_NUMBER: _builtins.int
     WAITING_REASONS_FIELD_NUMBER: _builtins.int
     NEXT_CHANGE_FIELD_NUMBER: _builtins.int
+    PENDING_REBOOT_FIELD_NUMBER: _builtins.int
+    PENDING_RESTART_FIELD_NUMBER: _builtins.int
     ring: _builtins.int
     region: _builtins.str
     eligible: _builtins.int
@@ -545,6 +547,11 @@ class CampaignCell(_message.Message):
     silent: _builtins.int
     next_change: _builtins.str
     """the soonest time a waiting host may start, if known"""
+    pending_reboot: _builtins.int
+    """Of the succeeded: patched, but still owing a reboot, or restarts of
+    services that run the code the update replaced.
+    """
+    pending_restart: _builtins.int
     @_builtins.property
     def waiting_reasons(self) -> _containers.ScalarMap[_builtins.str, _builtins.int]:
         """reason -> hosts"""
@@ -566,10 +573,12 @@ class CampaignCell(_message.Message):
         silent: _builtins.int = ...,
         waiting_reasons: _abc.Mapping[_builtins.str, _builtins.int] | None = ...,
         next_change: _builtins.str = ...,
+        pending_reboot: _builtins.int = ...,
+        pending_restart: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["eligible", b"eligible", "failed", b"failed", "in_flight", b"in_flight", "next_change", b"next_change", "region", b"region", "revert_failed", b"revert_failed", "reverted", b"reverted", "ring", b"ring", "silent", b"silent", "succeeded", b"succeeded", "timed_out", b"timed_out", "unreachable", b"unreachable", "waiting", b"waiting", "waiting_reasons", b"waiting_reasons"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["eligible", b"eligible", "failed", b"failed", "in_flight", b"in_flight", "next_change", b"next_change", "pending_reboot", b"pending_reboot", "pending_restart", b"pending_restart", "region", b"region", "revert_failed", b"revert_failed", "reverted", b"reverted", "ring", b"ring", "silent", b"silent", "succeeded", b"succeeded", "timed_out", b"timed_out", "unreachable", b"unreachable", "waiting", b"waiting", "waiting_reasons", b"waiting_reasons"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -73,6 +73,33 @@ LIVEPATCH_POLICY_PREFER: LivepatchPolicy.ValueType  # 2
 LIVEPATCH_POLICY_ONLY: LivepatchPolicy.ValueType  # 3
 Global___LivepatchPolicy: _TypeAlias = LivepatchPolicy  # noqa: Y015
 
+class _RestartPolicy:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _RestartPolicyEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_RestartPolicy.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    RESTART_POLICY_UNSPECIFIED: _RestartPolicy.ValueType  # 0
+    """treated as AUTO"""
+    RESTART_POLICY_AUTO: _RestartPolicy.ValueType  # 1
+    """restart units running replaced code, then verify"""
+    RESTART_POLICY_REPORT: _RestartPolicy.ValueType  # 2
+    """only report them ("pending restart")"""
+    RESTART_POLICY_NEVER: _RestartPolicy.ValueType  # 3
+    """do not look"""
+
+class RestartPolicy(_RestartPolicy, metaclass=_RestartPolicyEnumTypeWrapper): ...
+
+RESTART_POLICY_UNSPECIFIED: RestartPolicy.ValueType  # 0
+"""treated as AUTO"""
+RESTART_POLICY_AUTO: RestartPolicy.ValueType  # 1
+"""restart units running replaced code, then verify"""
+RESTART_POLICY_REPORT: RestartPolicy.ValueType  # 2
+"""only report them ("pending restart")"""
+RESTART_POLICY_NEVER: RestartPolicy.ValueType  # 3
+"""do not look"""
+Global___RestartPolicy: _TypeAlias = RestartPolicy  # noqa: Y015
+
 class _WorkOrderAction:
     ValueType = _typing.NewType("ValueType", _builtins.int)
     V: _TypeAlias = ValueType  # noqa: Y015
@@ -658,6 +685,7 @@ class WorkOrder(_message.Message):
     WINDOW_CLOSES_AT_FIELD_NUMBER: _builtins.int
     REVERT_ORDER_ID_FIELD_NUMBER: _builtins.int
     AGENT_UPDATE_FIELD_NUMBER: _builtins.int
+    RESTART_SERVICES_FIELD_NUMBER: _builtins.int
     order_id: _builtins.str
     host_id: _builtins.str
     """the only host that may run it"""
@@ -669,6 +697,7 @@ class WorkOrder(_message.Message):
     livepatch: Global___LivepatchPolicy.ValueType
     revert_order_id: _builtins.str
     """for WORK_ORDER_ACTION_REVERT"""
+    restart_services: Global___RestartPolicy.ValueType
     @_builtins.property
     def issued_at(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
@@ -707,10 +736,11 @@ class WorkOrder(_message.Message):
         window_closes_at: _timestamp_pb2.Timestamp | None = ...,
         revert_order_id: _builtins.str = ...,
         agent_update: Global___AgentUpdate | None = ...,
+        restart_services: Global___RestartPolicy.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["agent_update", b"agent_update", "expires_at", b"expires_at", "issued_at", b"issued_at", "patch", b"patch", "verify_timeout", b"verify_timeout", "window_closes_at", b"window_closes_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "agent_update", b"agent_update", "campaign_id", b"campaign_id", "checks", b"checks", "expires_at", b"expires_at", "host_id", b"host_id", "issued_at", b"issued_at", "livepatch", b"livepatch", "order_id", b"order_id", "patch", b"patch", "reboot", b"reboot", "revert_order_id", b"revert_order_id", "sequence", b"sequence", "verify_timeout", b"verify_timeout", "window_closes_at", b"window_closes_at"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "agent_update", b"agent_update", "campaign_id", b"campaign_id", "checks", b"checks", "expires_at", b"expires_at", "host_id", b"host_id", "issued_at", b"issued_at", "livepatch", b"livepatch", "order_id", b"order_id", "patch", b"patch", "reboot", b"reboot", "restart_services", b"restart_services", "revert_order_id", b"revert_order_id", "sequence", b"sequence", "verify_timeout", b"verify_timeout", "window_closes_at", b"window_closes_at"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
