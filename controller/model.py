@@ -95,13 +95,21 @@ class AssignmentStatus(StrEnum):
     REVERT_FAILED = "revert_failed"
     TIMED_OUT = "timed_out"
     PENDING_REBOOT = "pending_reboot"
+    PENDING_RESTART = "pending_restart"
 
+
+# The statuses of a host that has the update installed (the campaign counts
+# them succeeded; a reboot or service restarts may still be owed).
+PATCHED = frozenset(
+    {AssignmentStatus.SUCCEEDED, AssignmentStatus.PENDING_REBOOT, AssignmentStatus.PENDING_RESTART}
+)
 
 # The agent's final outcome -> the assignment's status.
 # The final step an agent reports, and what the assignment becomes.
 OUTCOME_STATUS: dict[str, AssignmentStatus] = {
     OrderState.SUCCEEDED: AssignmentStatus.SUCCEEDED,
     OrderState.PENDING_REBOOT: AssignmentStatus.PENDING_REBOOT,
+    OrderState.PENDING_RESTART: AssignmentStatus.PENDING_RESTART,
     OrderState.FAILED: AssignmentStatus.FAILED,
     REFUSED: AssignmentStatus.FAILED,
     OrderState.REVERTED: AssignmentStatus.REVERTED,

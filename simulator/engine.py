@@ -65,7 +65,7 @@ from controller.campaigns.lifecycle import (
     verdict,
 )
 from controller.campaigns.windows import WindowCache
-from controller.model import OUTCOME_STATUS, AssignmentStatus
+from controller.model import OUTCOME_STATUS, PATCHED, AssignmentStatus
 
 from .agentmodel import Agent, Order, rehearsed_patch
 from .errors import ModelGap, SimError
@@ -541,7 +541,7 @@ class Simulation:
         self.rec.finished += 1
         host.ctl = status
         host.finished_at = at
-        if status in (AssignmentStatus.SUCCEEDED, AssignmentStatus.PENDING_REBOOT):
+        if status in PATCHED:
             self.rec.covered(host.cell, self.now)
         self._kick_after(host.ring)
 

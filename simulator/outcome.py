@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 from agent.orders.states import State
 from controller.campaigns import Assign, CampaignState, HaltReason, decide
 from controller.campaigns.counts import Cell
-from controller.model import AssignmentStatus
+from controller.model import PATCHED, AssignmentStatus
 
 from .hosts import SimHost
 
@@ -147,7 +147,7 @@ def _at(times: list[int], hosts: int, share: float) -> timedelta | None:
 
 def _row(ring: int, region: str, members: list[SimHost], times: list[int]) -> Row:
     status = Counter(h.ctl for h in members)
-    succeeded = status[AssignmentStatus.SUCCEEDED] + status[AssignmentStatus.PENDING_REBOOT]
+    succeeded = sum(status[s] for s in PATCHED)
     times = sorted(times)
     n = len(members)
     return Row(

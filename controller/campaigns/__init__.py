@@ -13,7 +13,7 @@ No I/O and no clock in any of them: the controller and the simulator pass
 """
 
 from fleetpatch.checkspec import CheckKind
-from fleetpatch.orderspec import LivepatchPolicy, RebootPolicy
+from fleetpatch.orderspec import LivepatchPolicy, RebootPolicy, RestartPolicy
 
 from controller.campaigns.errors import CampaignError
 from controller.campaigns.gates import (
@@ -86,6 +86,7 @@ __all__ = [
     "Quota",
     "RebootPolicy",
     "RegionOrder",
+    "RestartPolicy",
     "RingStage",
     "RolloutSpec",
     "Skip",

@@ -31,6 +31,7 @@ COUNTED: dict[AssignmentStatus, int] = {
     AssignmentStatus.IN_FLIGHT: INDEX["in_flight"],
     AssignmentStatus.SUCCEEDED: INDEX["succeeded"],
     AssignmentStatus.PENDING_REBOOT: INDEX["succeeded"],
+    AssignmentStatus.PENDING_RESTART: INDEX["succeeded"],
     AssignmentStatus.FAILED: INDEX["failed"],
     AssignmentStatus.REVERTED: INDEX["reverted"],
     AssignmentStatus.REVERT_FAILED: INDEX["revert_failed"],

@@ -6,7 +6,8 @@ be between 0 and 1``). Unknown keys and tables are errors everywhere: a typo
 must never leave a default in force silently. The tables:
 
     [campaign]          name, description, emergency, deadline
-    [patch]             packages, all_security_updates, exclude, reboot, livepatch
+    [patch]             packages, all_security_updates, exclude, reboot, livepatch,
+                        restart_services
     [agent_update]      version, rollback_after (instead of [patch]: a new agent)
     [verify]            timeout, [[verify.checks]]
     [targets]           regions, labels, os
@@ -36,7 +37,13 @@ from fleetpatch.checkspec import Check, parse_check
 from fleetpatch.debversion import debian_version, version_key
 from fleetpatch.durations import format_duration
 from fleetpatch.labels import check_label, check_region, check_ring
-from fleetpatch.orderspec import MAX_PACKAGE_NAME, MAX_VERSION, LivepatchPolicy, RebootPolicy
+from fleetpatch.orderspec import (
+    MAX_PACKAGE_NAME,
+    MAX_VERSION,
+    LivepatchPolicy,
+    RebootPolicy,
+    RestartPolicy,
+)
 from fleetpatch.tomltable import Table, toml_type
 
 from controller.campaigns.errors import CampaignError
@@ -80,6 +87,7 @@ class PatchSpec:
     exclude: tuple[str, ...]  # names or glob patterns never to touch
     reboot: RebootPolicy
     livepatch: LivepatchPolicy
+    restart_services: RestartPolicy = RestartPolicy.AUTO
 
 
 @dataclass(frozen=True)
@@ -262,8 +270,9 @@ def _patch(t: Table) -> PatchSpec:
     livepatch = t.choice("livepatch", LivepatchPolicy, LivepatchPolicy.NEVER)
     if livepatch is LivepatchPolicy.ONLY and reboot is RebootPolicy.ALWAYS:
         raise t.error("livepatch", "'only' (never reboot) contradicts reboot = 'always'")
+    restart = t.choice("restart_services", RestartPolicy, RestartPolicy.AUTO)
     t.finish()
-    return PatchSpec(tuple(packages), security, exclude, reboot, livepatch)
+    return PatchSpec(tuple(packages), security, exclude, reboot, livepatch, restart)
 
 
 def _agent_update(t: Table, verify_timeout: timedelta) -> AgentUpdateSpec:

@@ -187,12 +187,20 @@ def _print_campaign(campaign: admin_pb2.Campaign) -> None:
         why = ", ".join(f"{n} {r}" for r, n in sorted(c.waiting_reasons.items()))
         if c.next_change:
             why += f" (next at {c.next_change[:16].replace('T', ' ')}Z)"
-        rows.append((c.ring, c.region, c.eligible, c.waiting, c.in_flight, c.succeeded, c.failed,
-                     c.reverted + c.revert_failed, c.timed_out, why or "-"))  # fmt: skip
+        rows.append((c.ring, c.region, c.eligible, c.waiting, c.in_flight, c.succeeded,
+                     _owed(c), c.failed, c.reverted + c.revert_failed, c.timed_out,
+                     why or "-"))  # fmt: skip
     render.table(
-        ["RING", "REGION", "ELIGIBLE", "WAITING", "IN FLIGHT", "OK", "FAILED", "REVERTED",
-         "TIMED OUT", "WAITING BECAUSE"], rows,
+        ["RING", "REGION", "ELIGIBLE", "WAITING", "IN FLIGHT", "OK", "OF WHICH OWE", "FAILED",
+         "REVERTED", "TIMED OUT", "WAITING BECAUSE"], rows,
     )  # fmt: skip
+
+
+def _owed(cell: admin_pb2.CampaignCell) -> str:
+    """What patched hosts of a cell still owe: a reboot, service restarts."""
+    owed = [f"{n} {what}" for n, what in ((cell.pending_reboot, "reboot"),
+                                          (cell.pending_restart, "restart")) if n]  # fmt: skip
+    return ", ".join(owed) or "-"
 
 
 @campaign_app.command("show")
@@ -202,7 +210,8 @@ def show(
     controller: ControllerOption = None,
     json_out: JsonOption = False,
 ) -> None:
-    """Per ring x region: eligible, waiting (and why), in flight, succeeded,
+    """Per ring x region: eligible, waiting (and why), in flight, succeeded
+    (and of those, how many still owe a reboot or service restarts),
     failed, reverted, timed out."""
     campaign = _action("get", campaign_id, data_dir, controller)
     if json_out:

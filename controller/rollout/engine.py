@@ -53,6 +53,7 @@ from controller.campaigns.scheduler import DecisionKey, decision_key
 from controller.campaigns.windows import WindowCache
 from controller.errors import Conflict, NotFound, UsageError
 from controller.model import (
+    PATCHED,
     AgentRelease,
     Assignment,
     AssignmentKind,
@@ -80,7 +81,6 @@ DECISION_MAX_AGE = 30.0  # seconds
 # no longer change).
 CLOSED_VIEW_MAX_AGE = 30.0  # seconds
 FINISHED = (CampaignState.COMPLETED, CampaignState.ABORTED)
-PATCHED = (AssignmentStatus.SUCCEEDED, AssignmentStatus.PENDING_REBOOT)
 
 
 class CampaignEngine:
@@ -289,15 +289,22 @@ class CampaignEngine:
     async def view(self, campaign_id: str) -> tuple[CampaignRecord, list[CellView]]:
         """The campaign and, per ring x region, its counts and why hosts wait."""
         record = await self._db.call(lambda s: s.get_campaign(campaign_id))
-        return record, self._cells(record, await self._counted(record))
+        owed = await self._db.call(lambda s: s.owed(campaign_id))
+        return record, self._cells(record, await self._counted(record), owed)
 
     async def views(self) -> list[tuple[CampaignRecord, list[CellView]]]:
         """`view` of every campaign (counting the fleet once at most)."""
         records = await self._db.call(lambda s: s.list_campaigns())
         counted = await self._counted_all(records)
-        return [(r, self._cells(r, counted[r.campaign_id])) for r in records]
+        owed = await self._db.call(
+            lambda s: {r.campaign_id: s.owed(r.campaign_id) for r in records}
+        )
+        return [(r, self._cells(r, counted[r.campaign_id], owed[r.campaign_id])) for r in records]
 
-    def _cells(self, record: CampaignRecord, counted: Counted) -> list[CellView]:
+    def _cells(
+        self, record: CampaignRecord, counted: Counted,
+        owed: dict[tuple[int, str], dict[str, int]],
+    ) -> list[CellView]:  # fmt: skip
         spec = self.spec(record)
         now = self._clock()
         tallies = counted.tallies
@@ -318,6 +325,8 @@ class CampaignEngine:
                 "reverted": tally.reverted, "revert_failed": tally.revert_failed,
                 "timed_out": tally.timed_out, "unreachable": tally.unreachable,
                 "silent": tally.silent,
+                "pending_reboot": owed.get((ring, region), {}).get("pending_reboot", 0),
+                "pending_restart": owed.get((ring, region), {}).get("pending_restart", 0),
             }  # fmt: skip
             cells.append(
                 CellView(ring, region, counts, reasons.get((ring, region), {}),

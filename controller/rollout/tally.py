@@ -23,6 +23,7 @@ _COUNTED = {
     AssignmentStatus.IN_FLIGHT: "in_flight",
     AssignmentStatus.SUCCEEDED: "succeeded",
     AssignmentStatus.PENDING_REBOOT: "succeeded",  # patched as policy allows; reported apart
+    AssignmentStatus.PENDING_RESTART: "succeeded",
     AssignmentStatus.FAILED: "failed",
     AssignmentStatus.REVERTED: "reverted",
     AssignmentStatus.REVERT_FAILED: "revert_failed",

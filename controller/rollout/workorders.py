@@ -10,7 +10,13 @@ from fleetpatch.envelope import WORK_ORDER_TYPE, seal
 from fleetpatch.v1 import types_pb2
 
 from controller.api import convert
-from controller.campaigns import CampaignSpec, CheckKind, LivepatchPolicy, RebootPolicy
+from controller.campaigns import (
+    CampaignSpec,
+    CheckKind,
+    LivepatchPolicy,
+    RebootPolicy,
+    RestartPolicy,
+)
 from controller.model import AgentRelease
 
 # An order without a window (an emergency, or a campaign with no windows)
@@ -21,6 +27,11 @@ _REBOOT = {
     RebootPolicy.NEVER: types_pb2.REBOOT_POLICY_NEVER,
     RebootPolicy.IF_REQUIRED: types_pb2.REBOOT_POLICY_IF_REQUIRED,
     RebootPolicy.ALWAYS: types_pb2.REBOOT_POLICY_ALWAYS,
+}
+_RESTART = {
+    RestartPolicy.AUTO: types_pb2.RESTART_POLICY_AUTO,
+    RestartPolicy.REPORT: types_pb2.RESTART_POLICY_REPORT,
+    RestartPolicy.NEVER: types_pb2.RESTART_POLICY_NEVER,
 }
 _LIVEPATCH = {
     LivepatchPolicy.NEVER: types_pb2.LIVEPATCH_POLICY_NEVER,
@@ -116,6 +127,7 @@ def patch_order(
     )
     order.reboot = _REBOOT[spec.patch.reboot]
     order.livepatch = _LIVEPATCH[spec.patch.livepatch]
+    order.restart_services = _RESTART[spec.patch.restart_services]
     return order
 
 

@@ -208,7 +208,8 @@ class CampaignStore:
             durations = step_durations(steps.get(key, {}).values())
             out.append(CellHistory(
                 ring=key[0], region=key[1], hosts=hosts[key], orders=sum(cell.values()),
-                succeeded=cell.get("succeeded", 0) + cell.get("pending_reboot", 0),
+                succeeded=cell.get("succeeded", 0) + cell.get("pending_reboot", 0)
+                + cell.get("pending_restart", 0),
                 failed=cell.get("failed", 0), reverted=cell.get("reverted", 0),
                 revert_failed=cell.get("revert_failed", 0), timed_out=cell.get("timed_out", 0),
                 apply_seconds=durations["apply"], verify_seconds=durations["verify"],
@@ -221,6 +222,21 @@ class CampaignStore:
             "SELECT * FROM assignments WHERE campaign_id = ? ORDER BY assigned_at", (campaign_id,)
         )
         return [_assignment(r, names) for r in rows]
+
+    def owed(self, campaign_id: str) -> dict[tuple[int, str], dict[str, int]]:
+        """Per (ring, region): patched hosts still owing a reboot, or
+        restarts of services running replaced code (status -> hosts)."""
+        rows = self._conn.execute(
+            "SELECT ring, region, status, count(*) FROM assignments"
+            " WHERE campaign_id = ? AND kind = 'patch' AND status IN (?, ?)"
+            " GROUP BY ring, region, status",
+            (campaign_id, AssignmentStatus.PENDING_REBOOT.value,
+             AssignmentStatus.PENDING_RESTART.value),
+        ).fetchall()  # fmt: skip
+        owed: dict[tuple[int, str], dict[str, int]] = {}
+        for ring, region, status, n in rows:
+            owed.setdefault((ring, region), {})[status] = n
+        return owed
 
     def in_flight(self) -> list[Assignment]:
         """Every order in flight, of any campaign."""

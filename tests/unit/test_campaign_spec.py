@@ -15,6 +15,7 @@ from controller.campaigns import (
     LivepatchPolicy,
     RebootPolicy,
     RegionOrder,
+    RestartPolicy,
     parse_campaign,
 )
 from controller.campaigns.quota import count, percent
@@ -54,6 +55,7 @@ def test_example_parses_with_every_field() -> None:
     assert spec.patch.packages[0].min_version == "3.0.15-1~deb12u1"
     assert spec.patch.reboot is RebootPolicy.IF_REQUIRED
     assert spec.patch.livepatch is LivepatchPolicy.PREFER
+    assert spec.patch.restart_services is RestartPolicy.AUTO
     assert {c.kind for c in spec.verify.checks} == set(CheckKind)
     assert spec.verify.timeout == timedelta(minutes=10)
     assert dict(spec.targets.labels) == {"env": {"prod"}, "role": {"web", "edge"}}
@@ -234,6 +236,12 @@ ERRORS = [
         MINIMAL.replace('["openssl"]', '["openssl"]\nreboot = "sometimes"'),
         "patch.reboot",
         "is not one of 'never', 'if-required', 'always'",
+    ),
+    (
+        "restart-choice",
+        MINIMAL.replace('["openssl"]', '["openssl"]\nrestart_services = "always"'),
+        "patch.restart_services",
+        "is not one of 'auto', 'report', 'never'",
     ),
     (
         "livepatch-contradiction",

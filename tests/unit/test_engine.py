@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from datetime import timedelta
 
 import pytest
+from fleetpatch.v1 import types_pb2
 
 from controller.campaigns import CampaignState
 from tests.support.engine import Fleet, engine_fleet
@@ -123,3 +124,17 @@ def test_an_aborted_revert_campaign_reverts_each_patched_host_once(fleet):
     assert fleet.check_in(untouched) is None  # never patched: nothing to revert
     fleet.report(patched, revert.order_id, "SUCCEEDED", final=True)
     assert fleet.check_in(patched) is None  # once
+
+
+def test_hosts_owing_a_reboot_or_restarts_count_as_patched_and_show_apart(fleet):
+    hosts = fleet.enroll((0, "eu"), (0, "eu"), (0, "eu"))
+    campaign = _campaign(fleet)
+    for host, final in zip(hosts, ["SUCCEEDED", "PENDING_REBOOT", "PENDING_RESTART"], strict=True):
+        order = fleet.check_in(host)
+        assert order is not None
+        assert order.restart_services == types_pb2.RESTART_POLICY_AUTO  # the default
+        fleet.report(host, order.order_id, final, final=True)
+    assert fleet.show(campaign)["state"] == CampaignState.COMPLETED
+    _, cells = fleet.run(fleet.live.view(campaign))
+    assert [(c.counts["succeeded"], c.counts["pending_reboot"], c.counts["pending_restart"])
+            for c in cells] == [(3, 1, 1)]  # fmt: skip
