@@ -31,6 +31,7 @@ from agent.errors import CommandFailed
 log = logging.getLogger(__name__)
 Runner = Callable[..., subp.Result]
 DELETED = " (deleted)"
+MANAGER = "init.scope"  # PID 1's unit: restarted by re-executing it
 # A unit name as systemd writes it in a cgroup path (escaped, so no "/").
 _UNIT = re.compile(r"^[A-Za-z0-9:_.@\\-]+\.(service|scope)$")
 
@@ -118,6 +119,8 @@ def scan(
             command = (entry / "comm").read_text(errors="replace").strip()
         except OSError:
             continue
+        if int(entry.name) == 1 and scope == MANAGER:
+            unit = MANAGER  # systemd itself: re-executed rather than restarted
         found.append(Stale(int(entry.name), command, unit, scope, hits[0]))
     return found
 
@@ -171,7 +174,11 @@ class Services:
         """Processes running replaced files of ``packages``, and units the
         host's own tool says need a restart. The agent's own process is
         left out: agent updates hand over on their own."""
-        files = PathResolver().all(self._files(packages)) if packages else set()
+        try:
+            files = PathResolver().all(self._files(packages)) if packages else set()
+        except CommandFailed as exc:
+            log.warning("cannot list the files of %s: %s", ", ".join(packages), exc)
+            files = set()
         found = scan(files, self._proc, skip={os.getpid()}) if files else []
         if self._tool is not None:
             try:
@@ -184,7 +191,12 @@ class Services:
         return found
 
     def restart(self, unit: str) -> None:
-        self._run(["systemctl", "restart", "--", unit], timeout=300)
+        """Restart ``unit``; the service manager itself (PID 1, in
+        init.scope) re-executes instead, as systemd's own upgrades do."""
+        if unit == MANAGER:
+            self._run(["systemctl", "daemon-reexec"], timeout=300)
+        else:
+            self._run(["systemctl", "restart", "--", unit], timeout=300)
 
 
 def needrestart(run: Runner = subp.run) -> Callable[[], Sequence[str]] | None:

@@ -8,6 +8,8 @@ What may be restarted, in this order of precedence:
 - never the agent's own unit, nor the units agent updates use
   (``fleetpatch-agent*.service``): an agent update hands over by itself;
 - never a unit local policy holds (``policy.never_restart``);
+- the service manager itself (PID 1, unit ``init.scope``) is re-executed
+  (`systemctl daemon-reexec`), as systemd's own upgrades do;
 - only when the order says ``restart_services = "auto"`` (the default),
   and only while its maintenance window is open. ``"report"`` lists what
   runs old code without restarting; ``"never"`` does not look.
@@ -76,6 +78,10 @@ def _listed(items: Sequence[str]) -> str:
     return shown + (f" and {len(items) - SHOWN} more" if len(items) > SHOWN else "")
 
 
+class RestartFailed(Exception):
+    """A unit did not restart (on the update: the order reverts)."""
+
+
 class RestartSteps:
     """The restarts of one runner; ``services`` None means this agent has
     no service manager to ask (library use, the simulator): nothing is
@@ -112,7 +118,7 @@ class RestartSteps:
             not_now = ""
         try:
             doc = self._pass(order.order_id, APPLY, packages, not_now, stop_on_failure=True)
-        except CommandFailed as exc:
+        except RestartFailed as exc:
             return Outcome(Event.FAIL, f"a service did not restart on the update: {exc}")
         return Outcome(Event.OK, doc.summary(), columns={"snapshot": doc.into(record.snapshot)})
 
@@ -155,7 +161,7 @@ class RestartSteps:
         self, order_id: str, phase: str, packages: Sequence[str], not_now: str,
         *, stop_on_failure: bool,
     ) -> RestartDoc:  # fmt: skip
-        """Find, restart what may be, look again. Raises CommandFailed (with
+        """Find, restart what may be, look again. Raises RestartFailed (with
         ``stop_on_failure``) when a unit fails to restart."""
         services = self._services
         assert services is not None  # noqa: S101 - checked by the callers
@@ -183,7 +189,7 @@ class RestartSteps:
                 self._journal.restart_done(row, f"failed: {exc}")
                 log.error("order %s: restarting %s failed: %s", order_id, unit, exc)
                 if stop_on_failure:
-                    raise
+                    raise RestartFailed(f"{unit}: {exc}") from None
                 failed.append(unit)
                 pending[unit] = f"its restart failed: {exc}"
                 continue

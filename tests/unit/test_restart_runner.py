@@ -71,6 +71,8 @@ class FakeHost:
             self._write(pid, fresh=False)
 
     def run(self, argv: Sequence[str], **options: Any) -> subp.Result:
+        if list(argv) == ["systemctl", "daemon-reexec"]:
+            argv = ["systemctl", "restart", "--", "init.scope"]  # PID 1 re-executes itself
         assert list(argv[:3]) == ["systemctl", "restart", "--"], argv
         unit = argv[3]
         if unit == self.crash_on:
@@ -276,3 +278,21 @@ def test_without_a_service_manager_restart_looks_at_nothing(journal, host, key, 
     order_id, final = run(runner_for(journal, host, tmp_path, services=None), key)
     assert final is State.SUCCEEDED
     assert "no service manager" in detail(journal, order_id, "VERIFY")
+
+
+def test_the_service_manager_itself_is_re_executed(journal, host, key, tmp_path):
+    host.spawn(1, "systemd", "/init.scope", FILES["fp-demo"][1:])
+    order_id, final = run(runner_for(journal, host, tmp_path), key)
+    assert final is State.SUCCEEDED
+    assert host.restarts == ["fp-demo.service", "init.scope"]
+    held = Policy(never_restart=("init.scope",))
+    host.replace(FILES["fp-demo"])
+    journal2 = Journal.open(tmp_path / "journal2.db")
+    backend = ReplacingBackend(host)
+    backend.installed["fp-demo"] = "1.0"
+    order_id, final = run(runner_for(journal2, host, tmp_path, policy=held, backend=backend), key)
+    assert final is State.PENDING_RESTART
+    record = journal2.order(order_id)
+    assert record is not None
+    assert "init.scope (policy.never_restart 'init.scope')" in record.detail
+    journal2.close()
