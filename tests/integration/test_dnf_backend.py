@@ -17,6 +17,7 @@ from agent.backends.dnf import Dnf
 from agent.errors import CommandFailed
 from agent.orders.workorder import Target
 from tests.support.dnfrepo import (
+    Advisory,
     LocalRpmRepo,
     RpmSpec,
     build_rpm,
@@ -186,3 +187,36 @@ def test_needs_restarting_reports_core_packages_updated_since_boot(rpm_host, pac
     reasons = rpm_host.dnf.reboot_reasons()
     assert [(r.source, r.kernel) for r in reasons] == [("needs-restarting", kernel)]
     assert package in reasons[0].detail
+
+
+def test_a_security_fix_superseded_by_a_bugfix_update_is_still_planned(rpm_host):
+    """v1 installed, v2 fixes a vulnerability, v3 (newest) is a plain bugfix:
+    the host has a pending security fix, and the plan takes v3, which has it."""
+    rpm_host.repo.add(demo_rpm("1.0"), demo_rpm("2.0"), demo_rpm("3.0"))
+    rpm_host.repo.advise(
+        Advisory("FP-SA-1", "security", (demo_rpm("2.0"),), severity="Important"),
+        Advisory("FP-BA-2", "bugfix", (demo_rpm("3.0"),)),
+    )
+    rpm_host.dnf_cli("install", "fp-demo-1.0")
+    plan = rpm_host.dnf.plan([], True, [])
+    assert [(c.name, c.old, c.new) for c in plan.changes] == [("fp-demo", "1.0-1", "3.0-1")]
+    # Once the fix is installed, no security update is pending (v3 is a bugfix).
+    rpm_host.dnf_cli("install", "fp-demo-2.0")
+    assert rpm_host.dnf.plan([], True, []).empty
+
+
+def test_a_security_fix_no_longer_in_the_repository_is_still_planned(rpm_host):
+    """Repositories that keep only the newest build: the advisory names v2,
+    the repository has only v3 (which contains the fix)."""
+    rpm_host.repo.add(demo_rpm("1.0"), demo_rpm("3.0"))
+    rpm_host.repo.advise(Advisory("FP-SA-1", "security", (demo_rpm("2.0"),), severity="Low"))
+    rpm_host.dnf_cli("install", "fp-demo-1.0")
+    plan = rpm_host.dnf.plan([], True, [])
+    assert [(c.name, c.old, c.new) for c in plan.changes] == [("fp-demo", "1.0-1", "3.0-1")]
+
+
+def test_only_bugfix_updates_are_no_security_update(rpm_host):
+    rpm_host.repo.add(demo_rpm("1.0"), demo_rpm("3.0"))
+    rpm_host.repo.advise(Advisory("FP-BA-2", "bugfix", (demo_rpm("3.0"),)))
+    rpm_host.dnf_cli("install", "fp-demo-1.0")
+    assert rpm_host.dnf.plan([], True, []).empty
