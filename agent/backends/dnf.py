@@ -19,7 +19,9 @@
   left. Otherwise the revert refuses and says why. When the undo cannot be
   done (a replaced version no repository has any more), the kept files are
   installed back in one transaction instead.
-- `dnf needs-restarting -r` tells whether the host needs a reboot.
+- `dnf needs-restarting -r` tells whether the host needs a reboot,
+  `dnf needs-restarting -s` which systemd services still run replaced
+  code; `rpm -ql` which files the changed packages own.
 """
 
 from __future__ import annotations
@@ -54,6 +56,10 @@ _NO_MATCH = re.compile(
 )
 _SECTION = re.compile(r"^(Installing|Upgrading|Reinstalling|Downgrading|Removing)\b.*:$")
 _NOT_AVAILABLE = re.compile(r"^No package (\S+) available\.")
+_NOT_FILES = re.compile(r"^(?:package \S+ is not installed|\(contains no files\))$")
+# A systemd service unit name: systemd allows ASCII letters, digits and
+# ":-_.\\", and "@" for templates.
+_UNIT = re.compile(r"^[A-Za-z0-9:_.\\@-]+\.service$")
 QF = "%{NAME}\\t%{ARCH}\\t%|EPOCH?{%{EPOCH}:}:{}|%{VERSION}-%{RELEASE}\\n"
 ENV = {"LC_ALL": "C.UTF-8"}
 # dnf's package cache: with keepcache=1, every package it installed stays in
@@ -154,6 +160,18 @@ def plan_digest(saved: Iterable[tuple[str, str, str]], new: Iterable[str]) -> st
     plan (at apply) and from the snapshot (at revert)."""
     keys = sorted(f"{n}.{a}={v}" for n, a, v in saved) + sorted(f"{n}=new" for n in new)
     return hashlib.sha256("\n".join(keys).encode()).hexdigest()[:16]
+
+
+def parse_needs_restarting_services(output: str) -> list[str]:
+    """The systemd services `dnf needs-restarting -s` names, one per line,
+    sorted, each once; other lines (blank, messages, warnings) are not."""
+    return sorted({line.strip() for line in output.splitlines() if _UNIT.fullmatch(line.strip())})
+
+
+def parse_file_list(output: str) -> set[str]:
+    """The paths in `rpm -ql` output; "(contains no files)" and "package X
+    is not installed" lines are not paths."""
+    return {line for line in output.splitlines() if line.startswith("/")}
 
 
 def _vr(evr: str) -> str:
@@ -439,6 +457,30 @@ class Dnf:
         kernel = bool(pkgs) and all(KERNEL_PACKAGE.match(p) for p in pkgs)
         return [Reason("needs-restarting", f"updated since boot: {', '.join(pkgs) or '?'}",
                        kernel=kernel)]  # fmt: skip
+
+    def services_to_restart(self) -> list[str]:
+        """The systemd services running code that an update has replaced
+        since they started (`dnf needs-restarting -s`, dnf-plugins-core).
+        Raises CommandFailed when it cannot tell (plugin missing, no
+        systemd to ask, any error exit)."""
+        done = self._dnf("-q", "needs-restarting", "-s", timeout=300)
+        return parse_needs_restarting_services(done.stdout)
+
+    def files(self, names: Sequence[str]) -> set[str]:
+        """Every path the installed packages ``names`` own (`rpm -ql`);
+        a name not installed owns nothing. Raises CommandFailed when rpm
+        fails otherwise."""
+        if not names:
+            return set()
+        argv = ["rpm", "-ql", *names]
+        done = self._run(argv, env=ENV, check=False, timeout=120)
+        if done.returncode != 0:
+            problems = [line for line in f"{done.stdout}\n{done.stderr}".splitlines()
+                        if line.strip() and not line.startswith("/")
+                        and not _NOT_FILES.match(line)]  # fmt: skip
+            if problems or not done.stdout.strip():
+                raise CommandFailed(argv, done.returncode, done.stdout, done.stderr)
+        return parse_file_list(done.stdout)
 
 
 def _excluded(name: str, patterns: Sequence[str]) -> bool:

@@ -365,3 +365,31 @@ def test_only_bugfix_updates_are_no_security_update(rpm_host):
     rpm_host.repo.advise(Advisory("FP-BA-2", "bugfix", (demo_rpm("3.0"),)))
     rpm_host.dnf_cli("install", "fp-demo-1.0")
     assert rpm_host.dnf.plan([], True, []).empty
+
+
+def test_files_are_the_paths_the_installed_packages_own(rpm_host):
+    lib = RpmSpec("fp-lib", "1.0", files={"/usr/lib/fp-lib": "lib\n"})
+    rpm_host.repo.add(demo_rpm("1.0"), lib, RpmSpec("fp-empty", "1.0"))
+    rpm_host.dnf_cli("install", "fp-demo", "fp-lib", "fp-empty")
+    assert rpm_host.dnf.files(["fp-demo", "fp-lib"]) == {"/usr/bin/fp-demo", "/usr/lib/fp-lib"}
+    # A package that owns nothing or is not installed (one the update removed) adds nothing.
+    assert rpm_host.dnf.files(["fp-demo", "fp-empty", "fp-nothere"]) == {"/usr/bin/fp-demo"}
+    assert rpm_host.dnf.files([]) == set()
+
+
+def test_services_to_restart_runs_needs_restarting_and_fails_loudly_without_it(rpm_host):
+    """Only what the sandbox can show: real dnf accepts the command and
+    reports no service, and without dnf-plugins-core's needs-restarting it
+    is CommandFailed, not "nothing to restart". A service actually named
+    needs a host with systemd on the system bus, and dnf's needs-restarting
+    cannot see a stale process here anyway: it skips every mapping on a
+    device with major 0 (the sandbox's overlayfs) and dates processes
+    from /proc/1's mtime, which in a fresh PID namespace is the sandbox's
+    start, not the boot (tests/unit/test_dnf_restart.py covers the parsing)."""
+    rpm_host.repo.add(demo_rpm("1.0"))
+    rpm_host.dnf_cli("install", "fp-demo")
+    assert rpm_host.dnf.services_to_restart() == []
+    plugin = "/usr/lib/python3/dist-packages/dnf-plugins/needs_restarting.py"
+    rpm_host.sandbox.run(["rm", "-f", plugin])  # in the sandbox's overlay only
+    with pytest.raises(CommandFailed, match=r"dnf-command\(needs-restarting\)"):
+        rpm_host.dnf.services_to_restart()
