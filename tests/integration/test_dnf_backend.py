@@ -245,6 +245,28 @@ def test_a_version_gone_from_the_repository_is_kept_from_dnfs_cache(caching_rpm_
     assert "fleetpatch revert of" in rpm_host.sandbox.run(["dnf", "history", "info", "last"]).stdout
 
 
+def test_a_revert_from_kept_files_also_removes_what_the_update_added(caching_rpm_host):
+    rpm_host = caching_rpm_host
+    lib = RpmSpec("fp-lib", "2.0", files={"/usr/lib/fp-lib": "lib\n"})
+    demo12 = RpmSpec("fp-demo", "1.2", files=demo_rpm("1.2").files, requires=("fp-lib",))
+    rpm_host.repo.add(demo_rpm("1.0"))
+    rpm_host.dnf_cli("install", "fp-demo-1.0")
+    rpm_host.repo.remove("fp-demo-1.0-1.noarch.rpm")
+    rpm_host.repo.add(demo12, lib)
+    rpm_host.dnf.refresh()
+    plan = rpm_host.dnf.plan([Target("fp-demo")], False, [])
+    snapshot = rpm_host.dnf.snapshot(plan, rpm_host.cache / "o-10")
+    assert snapshot.new == ("fp-lib",)
+    rpm_host.dnf.apply(plan)
+    assert (rpm_host.version(), rpm_host.version("fp-lib")) == ("1.2-1", "2.0-1")
+    reverted = rpm_host.dnf.revert(snapshot)
+    assert (rpm_host.version(), rpm_host.version("fp-lib")) == ("1.0-1", None)
+    assert [(c.name, c.old, c.new) for c in reverted] == [
+        ("fp-demo", "1.2-1", "1.0-1"), ("fp-lib", "2.0-1", ""),
+    ]  # fmt: skip
+    assert not list((rpm_host.cache / "o-10").glob("*.dnf-shell"))
+
+
 def test_a_damaged_copy_in_dnfs_cache_is_not_kept(caching_rpm_host):
     rpm_host = caching_rpm_host
     blob = {"/usr/share/fp-demo/blob": os.urandom(100_000).hex() + "\n"}  # a payload to cut
