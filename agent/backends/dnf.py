@@ -5,24 +5,34 @@
   `dnf updateinfo list --security --updates`.
 - Another dnf holding the rpmdb lock is Busy (exit_on_lock: dnf's own
   wait has no timeout), retried by the runner.
-- Before anything changes, the version each upgrade replaces is fetched
-  into the agent's cache (`dnf download`): proof that a repository still
-  offers it, which `dnf history undo` needs, and a copy for a person.
+- Before anything changes, every version the plan replaces is kept in
+  the agent's cache: a copy from dnf's own package cache (keepcache) when
+  it verifies, else all missing ones fetched in one `dnf download`. Each
+  file is checked (rpm reads it, its digests hold, name, arch and
+  [epoch:]version-release are the installed ones); a package with no
+  checked copy fails the order before anything changed.
 - Applies install exactly the planned NEVRAs, in one transaction whose
   history comment names the plan ("fleetpatch apply DIGEST").
 - Reverts are `dnf history undo` of exactly that transaction, after
   checking that history was not changed behind the agent's back: no later
   transaction touched the same packages, and rpm still shows what ours
-  left. Otherwise the revert refuses and says why.
-- `dnf needs-restarting -r` tells whether the host needs a reboot.
+  left. Otherwise the revert refuses and says why. When the undo cannot be
+  done (a replaced version no repository has any more), the kept files are
+  installed back in one transaction instead.
+- `dnf needs-restarting -r` tells whether the host needs a reboot,
+  `dnf needs-restarting -s` which systemd services still run replaced
+  code; `rpm -ql` which files the changed packages own.
 """
 
 from __future__ import annotations
 
+import contextlib
 import fnmatch
+import glob
 import hashlib
 import logging
 import re
+import shutil
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,8 +55,17 @@ _NO_MATCH = re.compile(
     r"^(?:No match for argument: (\S+)|Package (\S+) available, but not installed)"
 )
 _SECTION = re.compile(r"^(Installing|Upgrading|Reinstalling|Downgrading|Removing)\b.*:$")
+_NOT_AVAILABLE = re.compile(r"^No package (\S+) available\.")
+_NOT_FILES = re.compile(r"^(?:package \S+ is not installed|\(contains no files\))$")
+# A systemd service unit name: systemd allows ASCII letters, digits and
+# ":-_.\\", and "@" for templates.
+_UNIT = re.compile(r"^[A-Za-z0-9:_.\\@-]+\.service$")
 QF = "%{NAME}\\t%{ARCH}\\t%|EPOCH?{%{EPOCH}:}:{}|%{VERSION}-%{RELEASE}\\n"
 ENV = {"LC_ALL": "C.UTF-8"}
+# dnf's package cache: with keepcache=1, every package it installed stays in
+# CACHEDIR/REPO-HASH/packages/, often the only copy of a version the
+# repositories have since dropped.
+DNF_CACHE = Path("/var/cache/dnf")
 
 
 def check_name(name: str) -> str:
@@ -143,6 +162,23 @@ def plan_digest(saved: Iterable[tuple[str, str, str]], new: Iterable[str]) -> st
     return hashlib.sha256("\n".join(keys).encode()).hexdigest()[:16]
 
 
+def parse_needs_restarting_services(output: str) -> list[str]:
+    """The systemd services `dnf needs-restarting -s` names, one per line,
+    sorted, each once; other lines (blank, messages, warnings) are not."""
+    return sorted({line.strip() for line in output.splitlines() if _UNIT.fullmatch(line.strip())})
+
+
+def parse_file_list(output: str) -> set[str]:
+    """The paths in `rpm -ql` output; "(contains no files)" and "package X
+    is not installed" lines are not paths."""
+    return {line for line in output.splitlines() if line.startswith("/")}
+
+
+def _vr(evr: str) -> str:
+    """version-release of [epoch:]version-release: how files are named."""
+    return evr.split(":", 1)[-1]
+
+
 def _last(text: str) -> str:
     lines = [line for line in text.strip().splitlines() if line.strip()]
     return lines[-1] if lines else "no output"
@@ -151,8 +187,9 @@ def _last(text: str) -> str:
 class Dnf:
     name = "dnf"
 
-    def __init__(self, run: Runner = subp.run) -> None:
+    def __init__(self, run: Runner = subp.run, dnf_cache: Path = DNF_CACHE) -> None:
         self._run = run
+        self._dnf_cache = dnf_cache
 
     def _dnf(self, *args: str, timeout: float = 1800, check: bool = True) -> subp.Result:
         argv = ["dnf", "--setopt=exit_on_lock=True", *args]
@@ -232,23 +269,83 @@ class Dnf:
         return int(done.stdout.strip())
 
     def snapshot(self, plan: Plan, cache: Path) -> Snapshot:
+        """A checked .rpm of every version the plan replaces; raises
+        PlanError naming each package no copy could be made of, before
+        anything is changed."""
         cache.mkdir(mode=0o700, parents=True, exist_ok=True)
-        saved = [self._keep(c, cache) for c in plan.changes if c.old]
+        replaced = [c for c in plan.changes if c.old]
+        kept = {c.name: p for c in replaced if (p := self._kept(c, cache)) is not None}
+        missing = [c for c in replaced if c.name not in kept]
+        reasons = self._download(missing, cache) if missing else {}
+        for change in missing:
+            if (path := self._checked_in(cache, change)) is not None:
+                kept[change.name] = path
+        failed = [c for c in replaced if c.name not in kept]
+        if failed:
+            raise PlanError("; ".join(
+                f"cannot keep a copy of {c.name} {c.old} for a revert: "
+                f"{reasons.get(c.name, 'dnf download gave no package that checks out')}"
+                for c in failed
+            ))  # fmt: skip
+        saved = [Saved(c.name, c.arch, c.old, str(kept[c.name])) for c in replaced]
         return Snapshot(tuple(saved), tuple(c.name for c in plan.changes if not c.old))
 
-    def _keep(self, change: Change, cache: Path) -> Saved:
-        evr = change.old.split(":", 1)[-1]
-        target = cache / f"{change.name}-{evr}.{change.arch}.rpm"
-        if not target.is_file():
-            spec = f"{change.name}-{change.old}.{change.arch}"
-            done = self._dnf("-q", "download", f"--destdir={cache}", spec, check=False,
-                             timeout=600)  # fmt: skip
-            if done.returncode != 0 or not target.is_file():
-                raise PlanError(
-                    f"cannot keep a copy of {change.name} {change.old} for a revert: "
-                    f"no repository offers it ({_last(done.stderr)})"
-                )
-        return Saved(change.name, change.arch, change.old, str(target))
+    def _kept(self, change: Change, cache: Path) -> Path | None:
+        """A checked copy already in ``cache`` (a rerun), else one copied
+        from dnf's package cache."""
+        if (path := self._checked_in(cache, change)) is not None:
+            return path
+        nvra = f"{change.name}-{_vr(change.old)}.{change.arch}.rpm"
+        for found in sorted(self._dnf_cache.glob(f"*/packages/{nvra}")):
+            target = cache / found.name
+            with contextlib.suppress(OSError):
+                shutil.copyfile(found, target)
+                if self._is_rpm(target, change):
+                    return target
+                target.unlink()
+        return None
+
+    def _download(self, changes: Sequence[Change], cache: Path) -> dict[str, str]:
+        """One `dnf download` of every version in ``changes`` into ``cache``
+        (strict off: a version no repository has does not stop the others).
+        Returns name -> why, for the versions dnf said it could not find;
+        what it did produce is checked by the caller."""
+        specs = {f"{c.name}-{c.old}.{c.arch}": c.name for c in changes}
+        done = self._dnf("-q", "--setopt=strict=False", "download", f"--destdir={cache}",
+                         *specs, check=False, timeout=600 + 60 * len(specs))  # fmt: skip
+        output = f"{done.stdout}\n{done.stderr}"
+        reasons = {}
+        for line in output.splitlines():
+            if (m := _NOT_AVAILABLE.match(line.strip())) and m.group(1) in specs:
+                reasons[specs[m.group(1)]] = "no repository offers it"
+        if done.returncode != 0:
+            for name in specs.values():
+                reasons.setdefault(name, f"dnf download failed: {_last(done.stderr)}")
+        return reasons
+
+    def _checked_in(self, cache: Path, change: Change) -> Path | None:
+        """A file in ``cache`` that is the installed version of the package."""
+        for path in sorted(cache.glob(f"{glob.escape(change.name)}-*.rpm")):
+            if self._is_rpm(path, change):
+                return path
+        return None
+
+    def _is_rpm(self, path: Path, change: Change) -> bool:
+        """Whether ``path`` is a readable, intact .rpm of exactly
+        ``change.name`` ``change.arch`` ``change.old``: rpm reads its header,
+        and its header and payload digests hold (a truncated download or
+        copy fails here, whatever its name says)."""
+        if not path.is_file():
+            return False
+        query = self._run(["rpm", "-qp", "--qf", QF, str(path)], env=ENV, check=False,
+                          timeout=60)  # fmt: skip
+        if query.returncode != 0 or query.stdout.split("\n", 1)[0].split("\t") != [
+            change.name, change.arch, change.old
+        ]:  # fmt: skip
+            return False
+        digests = self._run(["rpm", "-K", "--nosignature", str(path)], env=ENV, check=False,
+                            timeout=300)  # fmt: skip
+        return digests.returncode == 0
 
     def apply(self, plan: Plan) -> list[Change]:
         if plan.empty:
@@ -293,13 +390,37 @@ class Dnf:
                 reason=f"does not match the host: {'; '.join(drifted)} "
                 f"(changed outside dnf after transaction {info.tid})",
             )  # fmt: skip
-        self._dnf("-y", f"--comment=fleetpatch revert of {info.tid}", "history", "undo",
-                  str(info.tid))  # fmt: skip
+        try:
+            self._dnf("-y", f"--comment=fleetpatch revert of {info.tid}", "history", "undo",
+                      str(info.tid))  # fmt: skip
+        except CommandFailed as exc:
+            # Typically a replaced version the repositories no longer carry
+            # (the snapshot kept it from dnf's cache): install the kept files.
+            if not snapshot.saved or not all(Path(s.path).is_file() for s in snapshot.saved):
+                raise
+            log.info("dnf history undo %s failed (%s); installing the kept packages", info.tid,
+                     exc)  # fmt: skip
+            self._undo_from_files(snapshot, info.tid, before)
         after = self.versions(names)
         if not self._at_snapshot(snapshot, after):
             raise CommandFailed(["dnf", "history", "undo"], 0, "", "",
                                 reason=f"left {after} instead of the snapshot")  # fmt: skip
         return self._diff(before)
+
+    def _undo_from_files(self, snapshot: Snapshot, tid: int, now: dict[str, str]) -> None:
+        """One dnf transaction (a `dnf shell` script beside the kept files)
+        that installs the kept versions over the new ones, downgrading them,
+        and removes what the update newly installed."""
+        restore = [s.path for s in snapshot.saved if now.get(s.name) != s.version]
+        remove = [n for n in snapshot.new if now.get(n)]
+        lines = [f"install {' '.join(restore)}"] if restore else []
+        lines += [f"remove {' '.join(remove)}"] if remove else []
+        script = Path(snapshot.saved[0].path).parent / f"revert-of-{tid}.dnf-shell"
+        script.write_text("\n".join([*lines, "run", ""]))
+        try:
+            self._dnf("-y", f"--comment=fleetpatch revert of {tid}", "shell", str(script))
+        finally:
+            script.unlink(missing_ok=True)
 
     @staticmethod
     def _at_snapshot(snapshot: Snapshot, now: dict[str, str]) -> bool:
@@ -336,6 +457,30 @@ class Dnf:
         kernel = bool(pkgs) and all(KERNEL_PACKAGE.match(p) for p in pkgs)
         return [Reason("needs-restarting", f"updated since boot: {', '.join(pkgs) or '?'}",
                        kernel=kernel)]  # fmt: skip
+
+    def services_to_restart(self) -> list[str]:
+        """The systemd services running code that an update has replaced
+        since they started (`dnf needs-restarting -s`, dnf-plugins-core).
+        Raises CommandFailed when it cannot tell (plugin missing, no
+        systemd to ask, any error exit)."""
+        done = self._dnf("-q", "needs-restarting", "-s", timeout=300)
+        return parse_needs_restarting_services(done.stdout)
+
+    def files(self, names: Sequence[str]) -> set[str]:
+        """Every path the installed packages ``names`` own (`rpm -ql`);
+        a name not installed owns nothing. Raises CommandFailed when rpm
+        fails otherwise."""
+        if not names:
+            return set()
+        argv = ["rpm", "-ql", *names]
+        done = self._run(argv, env=ENV, check=False, timeout=120)
+        if done.returncode != 0:
+            problems = [line for line in f"{done.stdout}\n{done.stderr}".splitlines()
+                        if line.strip() and not line.startswith("/")
+                        and not _NOT_FILES.match(line)]  # fmt: skip
+            if problems or not done.stdout.strip():
+                raise CommandFailed(argv, done.returncode, done.stdout, done.stderr)
+        return parse_file_list(done.stdout)
 
 
 def _excluded(name: str, patterns: Sequence[str]) -> bool:

@@ -6,17 +6,25 @@ code runs here and its commands run inside the sandbox."""
 
 from __future__ import annotations
 
+import functools
+import http.server
+import os
 import subprocess
+import threading
 import time
+from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from agent.backends import subp
 from agent.backends.base import Busy, PlanError
 from agent.backends.dnf import Dnf
 from agent.errors import CommandFailed
 from agent.orders.workorder import Target
 from tests.support.dnfrepo import (
+    Advisory,
     LocalRpmRepo,
     RpmSpec,
     build_rpm,
@@ -34,7 +42,20 @@ pytestmark = pytest.mark.root
 class RpmHost:
     def __init__(self, sandbox: HostSandbox, repo: LocalRpmRepo, cache: Path) -> None:
         self.sandbox, self.repo, self.cache = sandbox, repo, cache
-        self.dnf = Dnf(run=sandbox_runner(sandbox))
+        self.commands: list[list[str]] = []
+        run = sandbox_runner(sandbox)
+
+        def recorded(argv: Sequence[str], **kwargs: Any) -> subp.Result:
+            self.commands.append([str(a) for a in argv])
+            return run(argv, **kwargs)
+
+        self.dnf = Dnf(run=recorded, dnf_cache=sandbox.path("/var/cache/dnf"))
+
+    def cached(self, filename: str) -> Path:
+        """The copy of ``filename`` in dnf's package cache (a machine path)."""
+        found = list(self.sandbox.path("/var/cache/dnf").glob(f"*/packages/{filename}"))
+        assert len(found) == 1, found
+        return found[0]
 
     def dnf_cli(self, *args: str) -> subprocess.CompletedProcess[str]:
         return self.sandbox.run(["dnf", "-y", *args], timeout=300)
@@ -61,6 +82,35 @@ def rpm_host(make_sandbox, tmp_path) -> RpmHost:
     cache.mkdir()
     sandbox.bind(cache, str(cache), read_only=False)  # same path inside and out
     return RpmHost(sandbox, repo, cache)
+
+
+class _Quiet(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+@pytest.fixture
+def caching_rpm_host(rpm_host) -> Iterator[RpmHost]:
+    """The repository served over HTTP on loopback, as a mirror is, and
+    dnf keeping every package it downloads (keepcache): dnf uses a file://
+    repository in place and caches nothing from it."""
+    handler = functools.partial(_Quiet, directory=str(rpm_host.repo.directory))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        port = server.server_address[1]
+        rpm_host.sandbox.path("/etc/yum.repos.d/fleetpatch.repo").write_text(
+            "[fleetpatch]\nname=fleetpatch test repository\n"
+            f"baseurl=http://127.0.0.1:{port}/\ngpgcheck=0\nmetadata_expire=0\n"
+        )
+        conf = rpm_host.sandbox.path("/etc/dnf/dnf.conf")
+        conf.write_text(conf.read_text() + "keepcache=True\n")
+        yield rpm_host
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=10)
 
 
 def test_plan_snapshot_apply_and_revert_with_dnf_history(rpm_host):
@@ -131,6 +181,124 @@ def test_no_repository_with_the_old_version_means_no_patch(rpm_host, tmp_path):
         rpm_host.dnf.snapshot(plan, rpm_host.cache / "o-3")
 
 
+def _rpm_of(host: RpmHost, path: str) -> str:
+    done = host.sandbox.run(["rpm", "-qp", "--qf", "%{NAME} %{EPOCH}:%{VERSION}-%{RELEASE}", path])
+    return done.stdout
+
+
+def test_a_package_with_an_epoch_is_kept_at_its_exact_version(rpm_host):
+    ep = [RpmSpec("fp-ep", v, epoch=2, files={"/usr/bin/fp-ep": f"#!/bin/sh\necho {v}\n"})
+          for v in ("1.0", "1.1")]  # fmt: skip
+    rpm_host.repo.add(*ep)
+    rpm_host.dnf_cli("install", "fp-ep-2:1.0")
+    plan = rpm_host.dnf.plan([Target("fp-ep")], False, [])
+    assert [(c.name, c.old, c.new) for c in plan.changes] == [("fp-ep", "2:1.0-1", "2:1.1-1")]
+    snapshot = rpm_host.dnf.snapshot(plan, rpm_host.cache / "o-ep")
+    assert [(s.name, s.version) for s in snapshot.saved] == [("fp-ep", "2:1.0-1")]
+    assert _rpm_of(rpm_host, snapshot.saved[0].path) == "fp-ep 2:1.0-1"
+    rpm_host.dnf.apply(plan)
+    rpm_host.dnf.revert(snapshot)
+    assert rpm_host.dnf.versions(["fp-ep"]) == {"fp-ep": "2:1.0-1"}
+
+
+def test_every_missing_version_is_fetched_in_one_dnf_download_and_checked(rpm_host):
+    lib = [RpmSpec("fp-lib", v, files={"/usr/lib/fp-lib": f"{v}\n"}) for v in ("1.0", "1.1")]
+    rpm_host.repo.add(demo_rpm("1.0"), demo_rpm("1.1"), *lib)
+    rpm_host.dnf_cli("install", "fp-demo-1.0", "fp-lib-1.0")
+    plan = rpm_host.dnf.plan([Target("fp-demo"), Target("fp-lib")], False, [])
+    cache = rpm_host.cache / "o-6"
+    cache.mkdir()
+    # Left in the order's cache under the right names: an empty file (a
+    # download cut short) and a real package of another version.
+    (cache / "fp-demo-1.0-1.noarch.rpm").write_bytes(b"")
+    other = rpm_host.repo.directory / "fp-lib-1.1-1.noarch.rpm"
+    (cache / "fp-lib-1.0-1.noarch.rpm").write_bytes(other.read_bytes())
+    rpm_host.commands.clear()
+    snapshot = rpm_host.dnf.snapshot(plan, cache)
+    downloads = [c for c in rpm_host.commands if "download" in c]
+    assert len(downloads) == 1, downloads
+    assert downloads[0][-2:] == ["fp-demo-1.0-1.noarch", "fp-lib-1.0-1.noarch"]
+    assert sorted(_rpm_of(rpm_host, s.path) for s in snapshot.saved) == [
+        "fp-demo (none):1.0-1", "fp-lib (none):1.0-1",
+    ]  # fmt: skip
+
+
+@pytest.mark.parametrize("epoch", [None, 3])
+def test_a_version_gone_from_the_repository_is_kept_from_dnfs_cache(caching_rpm_host, epoch):
+    rpm_host = caching_rpm_host
+    demo = [RpmSpec("fp-demo", v, epoch=epoch, files=demo_rpm(v).files) for v in ("1.0", "1.1")]
+    evr = f"{epoch}:1.0-1" if epoch else "1.0-1"
+    rpm_host.repo.add(demo[0])
+    rpm_host.dnf_cli("install", f"fp-demo-{evr}")  # dnf keeps the package it installed
+    rpm_host.repo.remove("fp-demo-1.0-1.noarch.rpm")
+    rpm_host.repo.add(demo[1])  # the repository now has only 1.1
+    rpm_host.dnf.refresh()
+    plan = rpm_host.dnf.plan([Target("fp-demo")], False, [])
+    rpm_host.commands.clear()
+    snapshot = rpm_host.dnf.snapshot(plan, rpm_host.cache / "o-7")
+    assert not [c for c in rpm_host.commands if "download" in c]
+    assert _rpm_of(rpm_host, snapshot.saved[0].path) == f"fp-demo {epoch or '(none)'}:1.0-1"
+    rpm_host.dnf.apply(plan)
+    assert rpm_host.version() == "1.1-1"
+    rpm_host.dnf.revert(snapshot)  # from the kept file: no repository has 1.0
+    assert rpm_host.dnf.versions(["fp-demo"]) == {"fp-demo": evr}
+    assert "fleetpatch revert of" in rpm_host.sandbox.run(["dnf", "history", "info", "last"]).stdout
+
+
+def test_a_revert_from_kept_files_also_removes_what_the_update_added(caching_rpm_host):
+    rpm_host = caching_rpm_host
+    lib = RpmSpec("fp-lib", "2.0", files={"/usr/lib/fp-lib": "lib\n"})
+    demo12 = RpmSpec("fp-demo", "1.2", files=demo_rpm("1.2").files, requires=("fp-lib",))
+    rpm_host.repo.add(demo_rpm("1.0"))
+    rpm_host.dnf_cli("install", "fp-demo-1.0")
+    rpm_host.repo.remove("fp-demo-1.0-1.noarch.rpm")
+    rpm_host.repo.add(demo12, lib)
+    rpm_host.dnf.refresh()
+    plan = rpm_host.dnf.plan([Target("fp-demo")], False, [])
+    snapshot = rpm_host.dnf.snapshot(plan, rpm_host.cache / "o-10")
+    assert snapshot.new == ("fp-lib",)
+    rpm_host.dnf.apply(plan)
+    assert (rpm_host.version(), rpm_host.version("fp-lib")) == ("1.2-1", "2.0-1")
+    reverted = rpm_host.dnf.revert(snapshot)
+    assert (rpm_host.version(), rpm_host.version("fp-lib")) == ("1.0-1", None)
+    assert [(c.name, c.old, c.new) for c in reverted] == [
+        ("fp-demo", "1.2-1", "1.0-1"), ("fp-lib", "2.0-1", ""),
+    ]  # fmt: skip
+    assert not list((rpm_host.cache / "o-10").glob("*.dnf-shell"))
+
+
+def test_a_damaged_copy_in_dnfs_cache_is_not_kept(caching_rpm_host):
+    rpm_host = caching_rpm_host
+    blob = {"/usr/share/fp-demo/blob": os.urandom(100_000).hex() + "\n"}  # a payload to cut
+    rpm_host.repo.add(RpmSpec("fp-demo", "1.0", files={**demo_rpm("1.0").files, **blob}))
+    rpm_host.dnf_cli("install", "fp-demo-1.0")
+    rpm_host.repo.remove("fp-demo-1.0-1.noarch.rpm")
+    rpm_host.repo.add(demo_rpm("1.1"))
+    cached = rpm_host.cached("fp-demo-1.0-1.noarch.rpm")
+    cached.write_bytes(cached.read_bytes()[:-1000])  # the payload cut short, the header intact
+    query = ["rpm", "-qp", "--qf", "%{NAME}", str(cached)]  # rpm still reads the header
+    assert subprocess.run(query, capture_output=True, text=True, check=True).stdout == "fp-demo"
+    rpm_host.dnf.refresh()
+    plan = rpm_host.dnf.plan([Target("fp-demo")], False, [])
+    with pytest.raises(PlanError, match=r"^cannot keep a copy of fp-demo 1\.0-1 for a revert: "
+                                        r"no repository offers it$"):  # fmt: skip
+        rpm_host.dnf.snapshot(plan, rpm_host.cache / "o-8")
+    assert rpm_host.version() == "1.0-1"
+
+
+def test_only_the_versions_no_repository_has_are_named(rpm_host, tmp_path):
+    lib = [RpmSpec("fp-lib", v, files={"/usr/lib/fp-lib": f"{v}\n"}) for v in ("1.0", "1.1")]
+    rpm_host.repo.add(demo_rpm("1.1"), *lib)
+    rpm_host.install_file(demo_rpm("0.9"), tmp_path)  # 0.9 exists nowhere but on the host
+    rpm_host.dnf_cli("install", "fp-lib-1.0")
+    plan = rpm_host.dnf.plan([Target("fp-demo"), Target("fp-lib")], False, [])
+    with pytest.raises(PlanError) as raised:
+        rpm_host.dnf.snapshot(plan, rpm_host.cache / "o-9")
+    assert str(raised.value) == (
+        "cannot keep a copy of fp-demo 0.9-1 for a revert: no repository offers it"
+    )
+
+
 def test_revert_refuses_when_history_changed_behind_its_back(rpm_host, tmp_path):
     rpm_host.repo.add(demo_rpm("1.0"), demo_rpm("1.1"))
     rpm_host.dnf_cli("install", "fp-demo-1.0")
@@ -186,3 +354,64 @@ def test_needs_restarting_reports_core_packages_updated_since_boot(rpm_host, pac
     reasons = rpm_host.dnf.reboot_reasons()
     assert [(r.source, r.kernel) for r in reasons] == [("needs-restarting", kernel)]
     assert package in reasons[0].detail
+
+
+def test_a_security_fix_superseded_by_a_bugfix_update_is_still_planned(rpm_host):
+    """v1 installed, v2 fixes a vulnerability, v3 (newest) is a plain bugfix:
+    the host has a pending security fix, and the plan takes v3, which has it."""
+    rpm_host.repo.add(demo_rpm("1.0"), demo_rpm("2.0"), demo_rpm("3.0"))
+    rpm_host.repo.advise(
+        Advisory("FP-SA-1", "security", (demo_rpm("2.0"),), severity="Important"),
+        Advisory("FP-BA-2", "bugfix", (demo_rpm("3.0"),)),
+    )
+    rpm_host.dnf_cli("install", "fp-demo-1.0")
+    plan = rpm_host.dnf.plan([], True, [])
+    assert [(c.name, c.old, c.new) for c in plan.changes] == [("fp-demo", "1.0-1", "3.0-1")]
+    # Once the fix is installed, no security update is pending (v3 is a bugfix).
+    rpm_host.dnf_cli("install", "fp-demo-2.0")
+    assert rpm_host.dnf.plan([], True, []).empty
+
+
+def test_a_security_fix_no_longer_in_the_repository_is_still_planned(rpm_host):
+    """Repositories that keep only the newest build: the advisory names v2,
+    the repository has only v3 (which contains the fix)."""
+    rpm_host.repo.add(demo_rpm("1.0"), demo_rpm("3.0"))
+    rpm_host.repo.advise(Advisory("FP-SA-1", "security", (demo_rpm("2.0"),), severity="Low"))
+    rpm_host.dnf_cli("install", "fp-demo-1.0")
+    plan = rpm_host.dnf.plan([], True, [])
+    assert [(c.name, c.old, c.new) for c in plan.changes] == [("fp-demo", "1.0-1", "3.0-1")]
+
+
+def test_only_bugfix_updates_are_no_security_update(rpm_host):
+    rpm_host.repo.add(demo_rpm("1.0"), demo_rpm("3.0"))
+    rpm_host.repo.advise(Advisory("FP-BA-2", "bugfix", (demo_rpm("3.0"),)))
+    rpm_host.dnf_cli("install", "fp-demo-1.0")
+    assert rpm_host.dnf.plan([], True, []).empty
+
+
+def test_files_are_the_paths_the_installed_packages_own(rpm_host):
+    lib = RpmSpec("fp-lib", "1.0", files={"/usr/lib/fp-lib": "lib\n"})
+    rpm_host.repo.add(demo_rpm("1.0"), lib, RpmSpec("fp-empty", "1.0"))
+    rpm_host.dnf_cli("install", "fp-demo", "fp-lib", "fp-empty")
+    assert rpm_host.dnf.files(["fp-demo", "fp-lib"]) == {"/usr/bin/fp-demo", "/usr/lib/fp-lib"}
+    # A package that owns nothing or is not installed (one the update removed) adds nothing.
+    assert rpm_host.dnf.files(["fp-demo", "fp-empty", "fp-nothere"]) == {"/usr/bin/fp-demo"}
+    assert rpm_host.dnf.files([]) == set()
+
+
+def test_services_to_restart_runs_needs_restarting_and_fails_loudly_without_it(rpm_host):
+    """Only what the sandbox can show: real dnf accepts the command and
+    reports no service, and without dnf-plugins-core's needs-restarting it
+    is CommandFailed, not "nothing to restart". A service actually named
+    needs a host with systemd on the system bus, and dnf's needs-restarting
+    cannot see a stale process here anyway: it skips every mapping on a
+    device with major 0 (the sandbox's overlayfs) and dates processes
+    from /proc/1's mtime, which in a fresh PID namespace is the sandbox's
+    start, not the boot (tests/unit/test_dnf_restart.py covers the parsing)."""
+    rpm_host.repo.add(demo_rpm("1.0"))
+    rpm_host.dnf_cli("install", "fp-demo")
+    assert rpm_host.dnf.services_to_restart() == []
+    plugin = "/usr/lib/python3/dist-packages/dnf-plugins/needs_restarting.py"
+    rpm_host.sandbox.run(["rm", "-f", plugin])  # in the sandbox's overlay only
+    with pytest.raises(CommandFailed, match=r"dnf-command\(needs-restarting\)"):
+        rpm_host.dnf.services_to_restart()

@@ -3,7 +3,9 @@ backend on this Debian machine.
 
 `build_rpm` turns an `RpmSpec` into a real package with `rpmbuild -bb`
 (noarch, no automatic dependencies: the sandbox's rpmdb holds only what the
-test installs). `LocalRpmRepo` is a directory indexed by `createrepo_c`.
+test installs). `LocalRpmRepo` is a directory indexed by `createrepo_c`;
+its `Advisory`s go into an updateinfo.xml added with `modifyrepo_c`, as a
+distribution publishes its errata.
 
 `make_rpm_host(sandbox, repo)` turns a `HostSandbox` into an RPM host as
 far as dnf and rpm can tell: the rpmdb in /var/lib/rpm (Debian's rpm keeps
@@ -32,7 +34,7 @@ from agent.errors import CommandFailed
 from tests.support.sandbox import HostSandbox
 
 REPO_MOUNT = "/srv/fleetpatch-rpm"
-TOOLS = ("rpmbuild", "createrepo_c", "dnf", "rpm")
+TOOLS = ("rpmbuild", "createrepo_c", "modifyrepo_c", "dnf", "rpm")
 
 
 @dataclass(frozen=True)
@@ -40,6 +42,7 @@ class RpmSpec:
     name: str
     version: str
     release: str = "1"
+    epoch: int | None = None
     files: dict[str, str] = field(default_factory=dict)  # path -> content (mode 0755)
     provides: tuple[str, ...] = ()
     requires: tuple[str, ...] = ()
@@ -54,8 +57,9 @@ class RpmSpec:
         tags = "".join(f"Provides: {p}\n" for p in self.provides)
         tags += "".join(f"Requires: {r}\n" for r in self.requires)
         files = "\n".join(self.files) if self.files else ""
+        epoch = "" if self.epoch is None else f"Epoch: {self.epoch}\n"
         return (
-            f"Name: {self.name}\nVersion: {self.version}\nRelease: {self.release}\n"
+            f"Name: {self.name}\n{epoch}Version: {self.version}\nRelease: {self.release}\n"
             f"Summary: fleetpatch test package\nLicense: MIT\nBuildArch: noarch\n"
             f"AutoReqProv: no\n{tags}\n%description\nfleetpatch test package\n\n"
             f"%install\n{install}\n\n%files\n{files}\n"
@@ -86,10 +90,44 @@ def build_rpm(spec: RpmSpec, out_dir: Path) -> Path:
     return target
 
 
+@dataclass(frozen=True)
+class Advisory:
+    """An erratum as updateinfo.xml states it: which package versions fix
+    something (type "security", "bugfix", "enhancement"...)."""
+
+    id: str
+    type: str
+    packages: tuple[RpmSpec, ...]
+    severity: str = ""
+
+    def xml(self) -> str:
+        pkgs = "".join(
+            f'<package name="{p.name}" epoch="{p.epoch or 0}" version="{p.version}" '
+            f'release="{p.release}" arch="noarch">'
+            f"<filename>{p.name}-{p.version}-{p.release}.noarch.rpm</filename></package>"
+            for p in self.packages
+        )
+        severity = f"<severity>{self.severity}</severity>" if self.severity else ""
+        return (
+            f'<update from="fleetpatch" status="stable" type="{self.type}" version="1">'
+            f"<id>{self.id}</id><title>{self.id}</title>{severity}"
+            '<issued date="2026-01-01 00:00:00"/><updated date="2026-01-01 00:00:00"/>'
+            f"<description>{self.id}</description>"
+            f'<pkglist><collection short="fp"><name>fp</name>{pkgs}</collection></pkglist>'
+            "</update>"
+        )
+
+
 class LocalRpmRepo:
     def __init__(self, directory: Path) -> None:
         self.directory = directory
+        self.advisories: list[Advisory] = []
         directory.mkdir(parents=True, exist_ok=True)
+        self.refresh()
+
+    def advise(self, *advisories: Advisory) -> None:
+        """Publish advisories (updateinfo) beside the packages."""
+        self.advisories += advisories
         self.refresh()
 
     def add(self, *specs: RpmSpec) -> list[Path]:
@@ -104,6 +142,15 @@ class LocalRpmRepo:
     def refresh(self) -> None:
         subprocess.run(["createrepo_c", "-q", "--update", str(self.directory)], check=True,
                        capture_output=True, timeout=120)  # fmt: skip
+        if not self.advisories:
+            return
+        with tempfile.TemporaryDirectory(prefix="fp-updateinfo-") as tmp:
+            xml = Path(tmp) / "updateinfo.xml"
+            body = "".join(a.xml() for a in self.advisories)
+            xml.write_text(f'<?xml version="1.0" encoding="UTF-8"?>\n<updates>{body}</updates>\n')
+            subprocess.run(["modifyrepo_c", "--mdtype=updateinfo", str(xml),
+                            str(self.directory / "repodata")], check=True,
+                           capture_output=True, timeout=120)  # fmt: skip
 
 
 def make_rpm_host(sandbox: HostSandbox, repo: LocalRpmRepo) -> None:
