@@ -21,7 +21,7 @@ pytestmark = pytest.mark.root
 
 GOOD = [
     f"{point}:{state}"
-    for state in ("RECEIVED", "PRECHECK", "SNAPSHOT", "APPLY", "VERIFY")
+    for state in ("RECEIVED", "PRECHECK", "SNAPSHOT", "APPLY", "RESTART", "VERIFY")
     for point in ("enter", "done")
 ] + ["enter:SUCCEEDED"]
 BROKEN = ["enter:REVERT", "done:REVERT", "enter:REVERTED"]

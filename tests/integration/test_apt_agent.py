@@ -43,7 +43,7 @@ def test_upgrade_succeeds_and_the_machine_is_untouched(apt_host, deb_repo):
     final = _final(apt_host, order.order_id)
     assert final["state"] == "SUCCEEDED"
     assert [s["state"] for s in final["steps"]] == [
-        "RECEIVED", "PRECHECK", "SNAPSHOT", "APPLY", "VERIFY", "SUCCEEDED",
+        "RECEIVED", "PRECHECK", "SNAPSHOT", "APPLY", "RESTART", "VERIFY", "SUCCEEDED",
     ]  # fmt: skip
     assert final["changes"] == [
         {"name": "fp-demo", "arch": "", "old": "1.0", "new": "1.1", "origin": ""}
@@ -188,6 +188,7 @@ def test_progress_reaches_the_controller_once(apt_host, deb_repo, controller):
         "PRECHECK",
         "SNAPSHOT",
         "APPLY",
+        "RESTART",
         "VERIFY",
         "SUCCEEDED",
     ]
