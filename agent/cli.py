@@ -229,8 +229,9 @@ def apply(
 ) -> None:
     """Carry out a signed work order from a file (air-gapped hosts), with the
     same checks as one received over the network. Exit 0 when it succeeded
-    (or is applied and waits for a reboot the policy defers), 1 when it
-    failed or was reverted, 4 when it was refused."""
+    (or is applied and waits for a reboot the policy defers, or for service
+    restarts it may not make), 1 when it failed or was reverted, 4 when it
+    was refused."""
     _require_root("apply")
     _setup_logging(verbose)
     envelope = _read_envelope(order_file)
@@ -243,7 +244,7 @@ def apply(
     if final is None:
         raise AgentRefusedOrder("the work order was refused (see `fleetpatch-agent status`)")
     print(f"work order finished: {final}")
-    if final not in (State.SUCCEEDED, State.PENDING_REBOOT):
+    if final not in (State.SUCCEEDED, State.PENDING_REBOOT, State.PENDING_RESTART):
         raise typer.Exit(1)
 
 
