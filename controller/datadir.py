@@ -54,6 +54,9 @@ class Settings:
     # [audit] checkpoint_interval: how often a signed checkpoint of the trail
     # goes to the controller's log (controller/checkpoint.py).
     checkpoint_interval: timedelta = timedelta(hours=1)
+    # [metrics] listen: HOST:PORT of the Prometheus metrics listener (plain
+    # HTTP, controller/metrics/listener.py); empty: no listener.
+    metrics_listen: str = ""
 
 
 def default_enroll_address(address: str) -> str:
@@ -173,7 +176,15 @@ class DataDir:
             doc = tomllib.loads(self.read(self.config).decode())
         except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
             raise UsageError(f"{self.config}: {exc}") from None
-        unknown = set(doc) - {"server", "checkin", "campaigns", "releases", "enrollment", "audit"}
+        unknown = set(doc) - {
+            "server",
+            "checkin",
+            "campaigns",
+            "releases",
+            "enrollment",
+            "audit",
+            "metrics",
+        }
         if unknown:
             raise UsageError(f"{self.config}: unknown table [{sorted(unknown)[0]}]")
         server = _table(doc, "server", {"listen", "enroll_listen", "advertise"}, self.config)
@@ -213,9 +224,12 @@ class DataDir:
         audit = _table(doc, "audit", {"refusal_window", "checkpoint_interval"}, self.config)
         refusal_window = _duration(audit, "audit", "refusal_window", "10m", self.config)
         checkpoints = _duration(audit, "audit", "checkpoint_interval", "1h", self.config)
+        metrics = _table(doc, "metrics", {"listen"}, self.config)
+        metrics_listen = _address(metrics, "listen", "", self.config, "metrics")
         return Settings(
             listen, enroll, advertise, interval, float(jitter), tick, max_batch,
             self.path / public_key if public_key else None, pending, refusal_window, checkpoints,
+            metrics_listen,
         )  # fmt: skip
 
     def write_endpoints(self, address: str, enroll_address: str) -> None:
@@ -232,15 +246,17 @@ class DataDir:
             return self.settings().advertise
 
 
-def _address(table: dict[str, object], key: str, default: str, path: Path) -> str:
+def _address(
+    table: dict[str, object], key: str, default: str, path: Path, name: str = "server"
+) -> str:
     value = table.get(key, default)
     if not isinstance(value, str):
-        raise UsageError(f"{path}: server.{key} must be a string HOST:PORT")
+        raise UsageError(f"{path}: {name}.{key} must be a string HOST:PORT")
     if value:
         try:
             split_address(value)
         except UsageError as exc:
-            raise UsageError(f"{path}: server.{key}: {exc}") from None
+            raise UsageError(f"{path}: {name}.{key}: {exc}") from None
     return value
 
 
@@ -318,4 +334,12 @@ refusal_window = "10m"
 # log, at start and at shutdown too; `fleetpatch audit verify --checkpoint`
 # checks the trail against one, which catches a cut-off tail or a rewrite.
 checkpoint_interval = "1h"
+
+[metrics]
+# Prometheus metrics (plain HTTP, GET /metrics) on a listener of their own;
+# empty: none. Keep it on loopback and let a local Prometheus or a proxy
+# that restricts who may scrape reach it (README, "Metrics"): the figures
+# describe the fleet and the listener has no authentication.
+listen = ""
+# listen = "127.0.0.1:9464"
 """

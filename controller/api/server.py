@@ -31,6 +31,10 @@ from controller.datadir import DataDir, join_address, split_address
 from controller.errors import UsageError
 from controller.fleet.pki import CertificateAuthority
 from controller.fleet.signing import load_signing_keys
+from controller.metrics import listener as metrics_listener
+from controller.metrics.collector import Snapshot, StateCollector
+from controller.metrics.instruments import Metrics
+from controller.metrics.presence import Presence
 from controller.model import HostStatus
 from controller.periodic import every
 from controller.releases.artifacts import ArtifactStore
@@ -120,7 +124,9 @@ def _bind(server: grpc.aio.Server, address: str, creds: grpc.ServerCredentials) 
     return join_address(host, port)
 
 
-async def serve(
+# The one place the parts are put together, in their start-up order: split,
+# that order would be spread over several functions.
+async def serve(  # noqa: PLR0915
     data_dir: DataDir,
     listen: str | None = None,
     enroll_listen: str | None = None,
@@ -141,8 +147,8 @@ async def serve(
     store = Store.open(data_dir.database)
     db = StoreThread(store)
     revoked = Revocations(await db.call(lambda s: s.host_ids(HostStatus.REVOKED)))
-    batcher = CheckInBatcher(db, settings.checkin_max_batch)
-    engine = CampaignEngine(db, keys.key)
+    engine = CampaignEngine(db, keys.key, metrics=Metrics(Presence(settings.checkin_interval)))
+    batcher = CheckInBatcher(db, settings.checkin_max_batch, engine.metrics)
     await engine.start()
     releases = _releases(data_dir, db, release_key)
     keeper = AuditKeeper.start(db, settings, Checkpoints(keys.key, keys.trusted))
@@ -158,6 +164,7 @@ async def serve(
 
     try:
         bound, enroll_bound = _listen(server, ca, pair, listen, enroll_listen)
+        scrapes = await _serve_metrics(settings.metrics_listen, engine, db)
     except BaseException:
         db.close()
         raise
@@ -170,7 +177,7 @@ async def serve(
     batcher.start()
     background = asyncio.gather(
         engine.run_ticks(settings.campaign_tick.total_seconds(), stop),
-        expire_pending(db, settings.pending_timeout, pending, stop),
+        expire_pending(db, settings.pending_timeout, pending, stop, engine.metrics.presence),
     )
     for name in ("", *SERVICES):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
@@ -188,7 +195,7 @@ async def serve(
         await health_servicer.enter_graceful_shutdown()
         await server.stop(SHUTDOWN_GRACE_SECONDS)
         # After server.stop, so that no report can add a refusal count now.
-        await asyncio.gather(background, keeper.close())
+        await asyncio.gather(background, keeper.close(), asyncio.to_thread(scrapes.close))
         await batcher.close()
         db.close()
         _handle_signals(loop, None)
@@ -196,7 +203,11 @@ async def serve(
 
 
 async def expire_pending(
-    db: StoreThread, timeout: timedelta, pending: set[str], stop: asyncio.Event
+    db: StoreThread,
+    timeout: timedelta,
+    pending: set[str],
+    stop: asyncio.Event,
+    presence: Presence | None = None,
 ) -> None:
     """Forget, now and then, hosts that enrolled but never made their first
     mutual-TLS call within ``timeout``, giving their token uses back."""
@@ -205,6 +216,8 @@ async def expire_pending(
         now = datetime.now(UTC)
         for host in await db.call(lambda s: s.expire_pending_hosts(now - timeout, now)):
             pending.discard(host.host_id)
+            if presence is not None:
+                presence.forgotten(host.host_id)
             log.warning(
                 "host %s never checked in within %s of enrolling; forgotten, token use given back",
                 host.host_id, timeout,
@@ -212,6 +225,39 @@ async def expire_pending(
 
     # At most a quarter of the timeout late.
     await every(min(60.0, timeout.total_seconds() / 4), stop, expire, "expiring pending hosts")
+
+
+# How long a scrape waits for the event loop to hand it the counts; a loop
+# that busy fails the scrape (Prometheus shows the target down) rather than
+# queue scrapes behind check-ins.
+SCRAPE_TIMEOUT = 5.0
+
+
+async def _serve_metrics(
+    address: str, engine: CampaignEngine, db: StoreThread
+) -> metrics_listener.MetricsListener:
+    """Start the metrics listener when configured (else one that serves
+    nothing); raises UsageError when its address cannot be bound. The
+    scrape thread reads the kept counts through the event loop, which
+    owns them."""
+    if not address:
+        return metrics_listener.MetricsListener("", None, None)
+    metrics = engine.metrics
+    # The one full read of the hosts for metrics; from here on they are kept.
+    metrics.presence.load(await db.call(lambda s: s.list_hosts(limit=10_000_000)))
+    loop = asyncio.get_running_loop()
+
+    async def snapshot() -> Snapshot:
+        campaigns, states = engine.figures()
+        return Snapshot(campaigns, states, metrics.presence.figures(datetime.now(UTC)))
+
+    def read() -> Snapshot:
+        return asyncio.run_coroutine_threadsafe(snapshot(), loop).result(SCRAPE_TIMEOUT)
+
+    metrics.registry.register(StateCollector(read))
+    bound = metrics_listener.listen(address, metrics.registry)
+    log.info("metrics on http://%s/metrics", bound.address)
+    return bound
 
 
 def _register(
