@@ -16,7 +16,9 @@ import resource
 import signal
 import socket
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import grpc
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
@@ -27,7 +29,7 @@ from controller.api import lenient, limits
 from controller.api.auditkeeping import AuditKeeper
 from controller.api.servicers import AdminService, AgentService, Revocations
 from controller.checkpoint import Checkpoints
-from controller.datadir import DataDir, join_address, split_address
+from controller.datadir import DataDir, Settings, join_address, split_address
 from controller.errors import UsageError
 from controller.fleet.pki import CertificateAuthority
 from controller.fleet.signing import load_signing_keys
@@ -36,6 +38,7 @@ from controller.metrics.collector import Snapshot, StateCollector
 from controller.metrics.instruments import Metrics
 from controller.metrics.presence import Presence
 from controller.model import HostStatus
+from controller.notify.webhooks import Deliveries, Webhook
 from controller.periodic import every
 from controller.releases.artifacts import ArtifactStore
 from controller.releases.publishing import Releases, load_release_key
@@ -164,7 +167,7 @@ async def serve(  # noqa: PLR0915
 
     try:
         bound, enroll_bound = _listen(server, ca, pair, listen, enroll_listen)
-        scrapes = await _serve_metrics(settings.metrics_listen, engine, db)
+        extras = await _extras(data_dir, settings, engine, db)
     except BaseException:
         db.close()
         raise
@@ -178,6 +181,7 @@ async def serve(  # noqa: PLR0915
     background = asyncio.gather(
         engine.run_ticks(settings.campaign_tick.total_seconds(), stop),
         expire_pending(db, settings.pending_timeout, pending, stop, engine.metrics.presence),
+        extras.deliveries.run(stop),
     )
     for name in ("", *SERVICES):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
@@ -195,7 +199,7 @@ async def serve(  # noqa: PLR0915
         await health_servicer.enter_graceful_shutdown()
         await server.stop(SHUTDOWN_GRACE_SECONDS)
         # After server.stop, so that no report can add a refusal count now.
-        await asyncio.gather(background, keeper.close(), asyncio.to_thread(scrapes.close))
+        await asyncio.gather(background, keeper.close(), asyncio.to_thread(extras.scrapes.close))
         await batcher.close()
         db.close()
         _handle_signals(loop, None)
@@ -231,6 +235,32 @@ async def expire_pending(
 # that busy fails the scrape (Prometheus shows the target down) rather than
 # queue scrapes behind check-ins.
 SCRAPE_TIMEOUT = 5.0
+
+
+@dataclass(frozen=True)
+class _Extras:
+    scrapes: metrics_listener.MetricsListener
+    deliveries: Deliveries
+
+
+async def _extras(
+    data_dir: DataDir, settings: Settings, engine: CampaignEngine, db: StoreThread
+) -> _Extras:
+    """What serves beside the gRPC listeners: the metrics listener and the
+    webhook deliveries (each idle unless configured). Raises UsageError,
+    before anything is served, for an address or a secret it cannot use."""
+    hooks = [
+        Webhook(hook.name, hook.url, _webhook_secret(data_dir, hook.secret_file))
+        for hook in settings.webhooks
+    ]
+    return _Extras(await _serve_metrics(settings.metrics_listen, engine, db), Deliveries(db, hooks))
+
+
+def _webhook_secret(data_dir: DataDir, path: Path) -> bytes:
+    secret = data_dir.read(path).strip()
+    if not secret:
+        raise UsageError(f"{path}: the webhook secret is empty")
+    return secret
 
 
 async def _serve_metrics(
