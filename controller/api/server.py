@@ -154,7 +154,7 @@ async def serve(  # noqa: PLR0915
     batcher = CheckInBatcher(db, settings.checkin_max_batch, engine.metrics)
     await engine.start()
     releases = _releases(data_dir, db, release_key)
-    keeper = AuditKeeper.start(db, settings, Checkpoints(keys.key, keys.trusted))
+    keeper = AuditKeeper.create(db, settings, Checkpoints(keys.key, keys.trusted))
     files = raise_file_limit()
     server = grpc.aio.server(options=server_options(files))
     pending = await db.call(lambda s: s.host_ids(HostStatus.PENDING))
@@ -168,6 +168,7 @@ async def serve(  # noqa: PLR0915
     try:
         bound, enroll_bound = _listen(server, ca, pair, listen, enroll_listen)
         extras = await _extras(data_dir, settings, engine, db)
+        keeper.begin()
     except BaseException:
         db.close()
         raise
