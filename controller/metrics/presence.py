@@ -6,7 +6,9 @@ reads counters rather than the fleet.
 Last check-ins are kept in buckets a quarter of an interval wide, so a host
 counts as reporting for between two and two and a quarter intervals after
 its last check-in: a scrape adds a handful of bucket counts whatever the
-size of the fleet. Not thread-safe: the controller's event loop calls it.
+size of the fleet. It keeps nothing until `load` (the metrics listener
+calls it), so a controller without metrics pays nothing for it. Not
+thread-safe: the controller's event loop calls it.
 """
 
 from __future__ import annotations
@@ -46,24 +48,33 @@ class Presence:
         self._cells: Counter[Cell] = Counter()
         self._buckets: Counter[int] = Counter()
         self._floor = _STALE  # buckets below it have been merged into _STALE
+        self._loaded = False
 
     def load(self, hosts: Iterable[Host]) -> None:
-        """The fleet as the store holds it at start (the one full read)."""
+        """The fleet as the store holds it at start (the one full read);
+        from here on every change is kept."""
+        self._loaded = True
         for host in hosts:
             self._add(host.host_id, host.ring, host.region, host.status)
             if host.status is HostStatus.ACTIVE and host.last_seen is not None:
                 self._bucket(self._hosts[host.host_id], host.last_seen)
 
     def enrolled(self, host_id: str, ring: int, region: str) -> None:
+        if not self._loaded:
+            return
         self._add(host_id, ring, region, HostStatus.PENDING)
 
     def activated(self, host_id: str, ring: int, region: str) -> None:
+        if not self._loaded:
+            return
         if host_id not in self._hosts:
             self._add(host_id, ring, region, HostStatus.ACTIVE)
         else:
             self._set(host_id, HostStatus.ACTIVE)
 
     def revoked(self, host_id: str) -> None:
+        if not self._loaded:
+            return
         self._set(host_id, HostStatus.REVOKED)
 
     def forgotten(self, host_id: str) -> None:
@@ -75,6 +86,8 @@ class Presence:
 
     def seen(self, host_id: str, ring: int, region: str, at: datetime) -> None:
         """An active host checked in at ``at``."""
+        if not self._loaded:
+            return
         entry = self._hosts.get(host_id)
         if entry is None:
             self._add(host_id, ring, region, HostStatus.ACTIVE)

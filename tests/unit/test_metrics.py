@@ -61,6 +61,8 @@ def test_presence_counts_hosts_by_ring_region_and_status_as_they_change():
 
 def test_presence_reporting_means_seen_within_two_intervals():
     p = Presence(timedelta(minutes=4))
+    p.seen("before-load", 0, "eu", T0)  # nothing is kept before load
+    p.load([])
     for i in range(10):
         p.seen(f"h{i}", 0, "eu", T0 - i * MIN)  # h0 now .. h9 nine minutes ago
     # Two intervals are 8 minutes; buckets are a minute wide: 8 or 9 counted.
