@@ -103,6 +103,9 @@ class Deliveries:
         self._clock = clock
         self._progress = {hook.name: _Progress() for hook in hooks}
         self._rings: dict[str, list[int]] = {}  # campaign -> its rings in rollout order
+        # (campaign, ring) -> its first patch order: once there, it never changes,
+        # so a trail of 100,000 assignments asks the store once per ring.
+        self._first: dict[tuple[str, int], str] = {}
 
     async def run(self, stop: asyncio.Event, interval: float = 1.0) -> None:
         if self._hooks:
@@ -169,7 +172,15 @@ class Deliveries:
                 return None
             return rings[rings.index(ring) - 1]
 
+        def first_order(campaign_id: str, ring: int) -> str | None:
+            found = self._first.get((campaign_id, ring))
+            if found is None:
+                found = store.first_order_of_ring(campaign_id, ring)
+                if found is not None:
+                    self._first[(campaign_id, ring)] = found
+            return found
+
         return [
-            (record.seq, events_of(record, store.first_order_of_ring, ring_before))
+            (record.seq, events_of(record, first_order, ring_before))
             for record in store.audit_after(after, PAGE)
         ]
