@@ -14,9 +14,11 @@ PROTOS := $(wildcard proto/fleetpatch/v1/*.proto)
 # (unshare), rpm, createrepo-c, dnf, dnf-plugins-core (the dnf backend, tested
 # against real dnf in a sandbox), systemd (systemd-analyze verify/security of the
 # unit files), systemd-container (systemd-nspawn boots the packaged services
-# under a real systemd), shellcheck (lints the maintainer scripts).
+# under a real systemd), shellcheck (lints the maintainer scripts), prometheus
+# (a real Prometheus scrapes a real controller in the tests; its promtool checks
+# and unit-tests the alert rules in packaging/prometheus).
 DEB_PACKAGES := dpkg-dev dpkg-repack iproute2 util-linux rpm createrepo-c dnf dnf-plugins-core \
-	systemd systemd-container shellcheck
+	systemd systemd-container shellcheck prometheus
 
 export PYTHONDONTWRITEBYTECODE := 1
 

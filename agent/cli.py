@@ -184,7 +184,7 @@ def run(
     assert agent.client is not None  # noqa: S101 - opened online
     checkins = CheckIns(
         agent.config, agent.journal, agent.client, on_order=agent.handle, between=agent.report,
-        on_keys=lambda keys: learn_keys(agent.state, keys),
+        on_keys=lambda keys: learn_keys(agent.state, keys), after=agent.write_metrics,
     )  # fmt: skip
     try:
         agent.resume()

@@ -29,6 +29,7 @@ from agent.orders.selfupdate import HandOver, SystemdWatchdog, Watchdog
 from agent.orders.states import State
 from agent.orders.workorder import OrderRefused
 from agent.statedir import AgentConfig, Credentials, StateDir
+from agent.textfile import Textfile
 
 log = logging.getLogger(__name__)
 
@@ -106,6 +107,7 @@ class Agent:
     host_id: str
     client: ControllerClient | None = None
     reports: reporting.Reports | None = None
+    textfile: Textfile | None = None
 
     @classmethod
     def open(cls, state: StateDir, online: bool = True, machine: Machine = Machine()) -> Agent:
@@ -141,7 +143,8 @@ class Agent:
             services=machine.services(backend),
         )
         reports = reporting.Reports(journal, client) if client is not None else None
-        agent = cls(state, config, journal, runner, state.host_id(), client, reports)
+        textfile = Textfile(config.textfile, journal) if config.textfile is not None else None
+        agent = cls(state, config, journal, runner, state.host_id(), client, reports, textfile)
         runner.set_notify(agent.report)
         return agent
 
@@ -180,6 +183,13 @@ class Agent:
         return final
 
     def report(self) -> int:
+        """Send the queued reports (called after every state entry), and
+        bring the metrics textfile up to date with the journal."""
+        self.write_metrics()
         if self.reports is None:
             return 0
         return self.reports.flush()
+
+    def write_metrics(self) -> None:
+        if self.textfile is not None:
+            self.textfile.write()

@@ -82,6 +82,9 @@ class AgentConfig:
     checks: tuple[CheckSpec, ...] = ()
     timing: Timing = field(default_factory=Timing)
     reboot: RebootSettings = field(default_factory=RebootSettings)
+    # [metrics] textfile: where the node_exporter textfile goes (agent/textfile.py);
+    # None: not written.
+    textfile: Path | None = None
 
 
 CONFIG_TEMPLATE = """\
@@ -135,6 +138,14 @@ max_packages = 200            # refuse a transaction touching more packages
 allow_agent_update = true
 allow_agent_downgrade = false
 release_key = "/etc/fleetpatch/release.pub"
+
+[metrics]
+# A node_exporter textfile (Prometheus format) with the last check-in, the
+# current order and step, a pending reboot and the last verification, written
+# atomically after every check-in and every step. Empty: none. Point it into
+# node_exporter's --collector.textfile.directory; the name must end in .prom.
+textfile = ""
+# textfile = "/var/lib/prometheus/node-exporter/fleetpatch.prom"
 
 # Health checks run before patching (the baseline) and after (verification),
 # besides those the work order names. Kinds: systemd, tcp, http, command,
@@ -345,8 +356,22 @@ def _read_config(root: Table) -> AgentConfig:
     })  # fmt: skip
     reboot = _reboot(agent)
     agent.finish()
+    textfile = _textfile(root.table("metrics"))
     root.finish()
-    return AgentConfig(address, enroll_address, limits, policy, checks, timing, reboot)
+    return AgentConfig(address, enroll_address, limits, policy, checks, timing, reboot, textfile)
+
+
+def _textfile(t: Table) -> Path | None:
+    value = t.get("textfile", str, "")
+    t.finish()
+    if not value:
+        return None
+    if not value.startswith("/") or not value.endswith(".prom"):
+        raise t.error(
+            "textfile", f"must be an absolute path ending in .prom (node_exporter reads only "
+            f"those), not {value!r}",
+        )  # fmt: skip
+    return Path(value)
 
 
 def _non_negative(t: Table, key: str, default: float) -> float:

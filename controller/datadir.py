@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import os
 import tomllib
+import urllib.parse
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -30,6 +31,19 @@ from controller.errors import DataDirError, UsageError
 
 DEFAULT_DATA_DIR = Path("/var/lib/fleetpatch/controller")
 DEFAULT_PORT = 7443
+# The tables of controller.toml ([[webhooks]] is an array of them).
+TABLES = {
+    "server", "checkin", "campaigns", "releases", "enrollment", "audit", "metrics", "webhooks",
+}  # fmt: skip
+
+
+@dataclass(frozen=True)
+class WebhookSetting:
+    """[[webhooks]]: where campaign events are POSTed (controller/notify)."""
+
+    name: str  # names its delivery cursor: renaming one starts it afresh
+    url: str
+    secret_file: Path  # the HMAC key; read by `serve`
 
 
 @dataclass(frozen=True)
@@ -54,6 +68,10 @@ class Settings:
     # [audit] checkpoint_interval: how often a signed checkpoint of the trail
     # goes to the controller's log (controller/checkpoint.py).
     checkpoint_interval: timedelta = timedelta(hours=1)
+    # [metrics] listen: HOST:PORT of the Prometheus metrics listener (plain
+    # HTTP, controller/metrics/listener.py); empty: no listener.
+    metrics_listen: str = ""
+    webhooks: tuple[WebhookSetting, ...] = ()
 
 
 def default_enroll_address(address: str) -> str:
@@ -173,7 +191,7 @@ class DataDir:
             doc = tomllib.loads(self.read(self.config).decode())
         except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
             raise UsageError(f"{self.config}: {exc}") from None
-        unknown = set(doc) - {"server", "checkin", "campaigns", "releases", "enrollment", "audit"}
+        unknown = set(doc) - TABLES
         if unknown:
             raise UsageError(f"{self.config}: unknown table [{sorted(unknown)[0]}]")
         server = _table(doc, "server", {"listen", "enroll_listen", "advertise"}, self.config)
@@ -213,9 +231,12 @@ class DataDir:
         audit = _table(doc, "audit", {"refusal_window", "checkpoint_interval"}, self.config)
         refusal_window = _duration(audit, "audit", "refusal_window", "10m", self.config)
         checkpoints = _duration(audit, "audit", "checkpoint_interval", "1h", self.config)
+        metrics = _table(doc, "metrics", {"listen"}, self.config)
+        metrics_listen = _address(metrics, "listen", "", self.config, "metrics")
         return Settings(
             listen, enroll, advertise, interval, float(jitter), tick, max_batch,
             self.path / public_key if public_key else None, pending, refusal_window, checkpoints,
+            metrics_listen, _webhooks(doc, self.path, self.config),
         )  # fmt: skip
 
     def write_endpoints(self, address: str, enroll_address: str) -> None:
@@ -232,16 +253,44 @@ class DataDir:
             return self.settings().advertise
 
 
-def _address(table: dict[str, object], key: str, default: str, path: Path) -> str:
+def _address(
+    table: dict[str, object], key: str, default: str, path: Path, name: str = "server"
+) -> str:
     value = table.get(key, default)
     if not isinstance(value, str):
-        raise UsageError(f"{path}: server.{key} must be a string HOST:PORT")
+        raise UsageError(f"{path}: {name}.{key} must be a string HOST:PORT")
     if value:
         try:
             split_address(value)
         except UsageError as exc:
-            raise UsageError(f"{path}: server.{key}: {exc}") from None
+            raise UsageError(f"{path}: {name}.{key}: {exc}") from None
     return value
+
+
+def _webhooks(doc: dict[str, object], root: Path, path: Path) -> tuple[WebhookSetting, ...]:
+    """[[webhooks]]: each a name, an http(s) URL and a secret file (relative
+    to the data dir unless absolute); raises UsageError naming the field."""
+    hooks = doc.get("webhooks", [])
+    if not isinstance(hooks, list) or not all(isinstance(h, dict) for h in hooks):
+        raise UsageError(f"{path}: webhooks must be an array of tables ([[webhooks]])")
+    found: list[WebhookSetting] = []
+    for i, hook in enumerate(hooks):
+        where = f"{path}: webhooks[{i}]"
+        unknown = set(hook) - {"name", "url", "secret_file"}
+        if unknown:
+            raise UsageError(f"{where}: unknown key {sorted(unknown)[0]}")
+        values = {key: hook.get(key) for key in ("name", "url", "secret_file")}
+        for key, value in values.items():
+            if not isinstance(value, str) or not value:
+                raise UsageError(f"{where}.{key} is required (a non-empty string)")
+        name, url, secret = str(values["name"]), str(values["url"]), str(values["secret_file"])
+        if any(h.name == name for h in found):
+            raise UsageError(f"{where}.name: {name!r} is used twice")
+        parts = urllib.parse.urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise UsageError(f"{where}.url: {url!r} is not an http:// or https:// URL")
+        found.append(WebhookSetting(name, url, root / secret))
+    return tuple(found)
 
 
 def _duration(table: dict[str, object], name: str, key: str, default: str, path: Path) -> timedelta:
@@ -318,4 +367,22 @@ refusal_window = "10m"
 # log, at start and at shutdown too; `fleetpatch audit verify --checkpoint`
 # checks the trail against one, which catches a cut-off tail or a rewrite.
 checkpoint_interval = "1h"
+
+[metrics]
+# Prometheus metrics (plain HTTP, GET /metrics) on a listener of their own;
+# empty: none. Keep it on loopback and let a local Prometheus or a proxy
+# that restricts who may scrape reach it (README, "Metrics"): the figures
+# describe the fleet and the listener has no authentication.
+listen = ""
+# listen = "127.0.0.1:9464"
+
+# Campaign events (approved, ring started and promoted, halted with the
+# reason, resumed, completed, aborted) POSTed as JSON to each webhook, signed
+# with HMAC-SHA256 of the body (X-Fleetpatch-Signature) using the key in
+# secret_file (relative to this directory unless absolute), at least once,
+# retried with backoff; receivers dedupe on X-Fleetpatch-Delivery.
+# [[webhooks]]
+# name = "chatops"
+# url = "https://hooks.example.com/fleetpatch"
+# secret_file = "webhook-chatops.key"
 """

@@ -411,6 +411,9 @@ def python_depends(python: Path) -> list[str]:
     return [f"python3 (>= {major}.{minor})", f"python3 (<< {major}.{minor + 1})"]
 
 
+MONITORING = PurePosixPath("/usr/share/fleetpatch")  # alert rules and dashboards
+
+
 def stage_package(build: Build, package: Package, stage: Path) -> None:
     """Put unit, links, conffile, docs and DEBIAN/ around the staged venv."""
     debian_src = PACKAGING / "debian" / package.short
@@ -426,6 +429,11 @@ def stage_package(build: Build, package: Package, stage: Path) -> None:
     doc = PurePosixPath("/usr/share/doc") / package.name
     put(doc / "copyright", (PACKAGING / "debian/copyright").read_bytes())
     put(doc / "README.md", (PACKAGING / "README.md").read_bytes())
+    if package.short == "controller":
+        # Monitoring to copy into Prometheus and Grafana (README "Metrics").
+        for source in (*sorted((PACKAGING / "prometheus").glob("*.yml")),
+                       *sorted((PACKAGING / "grafana").glob("*.json"))):  # fmt: skip
+            put(MONITORING / source.parent.name / source.name, source.read_bytes())
     (stage / "usr/bin").mkdir(parents=True, exist_ok=True)
     for command in package.commands:
         script = stage / str(package.venv).lstrip("/") / "bin" / command

@@ -55,7 +55,10 @@ class CheckIns:
         on_order: Callable[[types_pb2.SignedEnvelope], object] | None = None,
         between: Callable[[], object] | None = None,
         on_keys: Callable[[Sequence[types_pb2.SigningKey]], object] | None = None,
+        after: Callable[[], object] | None = None,
     ) -> None:
+        """``after``: called after every check-in attempt of `run`, once its
+        outcome is in the journal (the agent's metrics textfile)."""
         self._config = config
         self._journal = journal
         self._client = client
@@ -65,6 +68,7 @@ class CheckIns:
         self._on_order = on_order
         self._between = between
         self._on_keys = on_keys
+        self._after = after
 
     def once(self) -> CheckInReport:
         """One check-in. Raises TransientError (worth retrying), Refused."""
@@ -138,6 +142,9 @@ class CheckIns:
                 if report.work_order is not None and self._on_order is not None:
                     self._on_order(report.work_order)
                     continue  # check in again at once: report the outcome, get the next
+            finally:
+                if self._after is not None:
+                    self._after()  # the attempt's outcome is in the journal by now
             stop.wait(delay)
 
     def _retry_delay(

@@ -88,11 +88,17 @@ class AuditKeeper:
         self._task: asyncio.Task[None] | None = None
 
     @classmethod
-    def start(cls, db: StoreThread, settings: Settings, checkpoints: Checkpoints) -> AuditKeeper:
+    def create(cls, db: StoreThread, settings: Settings, checkpoints: Checkpoints) -> AuditKeeper:
+        """The keeper, not running yet (`begin`): the servicers need its
+        refusal log before the listeners are bound."""
         refusals = RefusalLog(db, RefusalCounter(settings.refusal_window))
-        keeper = cls(db, refusals, checkpoints, settings.checkpoint_interval)
-        keeper._task = asyncio.create_task(keeper._run(), name="audit-keeper")
-        return keeper
+        return cls(db, refusals, checkpoints, settings.checkpoint_interval)
+
+    def begin(self) -> None:
+        """Start the periodic task. Only once the controller is sure to
+        serve: a start-up that fails (a port in use) must leave one error
+        line, not a checkpoint logged beside it."""
+        self._task = asyncio.create_task(self._run(), name="audit-keeper")
 
     async def close(self) -> None:
         """Stop; write every refusal count still held; log a checkpoint.

@@ -16,7 +16,9 @@ import resource
 import signal
 import socket
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import grpc
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
@@ -27,11 +29,16 @@ from controller.api import lenient, limits
 from controller.api.auditkeeping import AuditKeeper
 from controller.api.servicers import AdminService, AgentService, Revocations
 from controller.checkpoint import Checkpoints
-from controller.datadir import DataDir, join_address, split_address
+from controller.datadir import DataDir, Settings, join_address, split_address
 from controller.errors import UsageError
 from controller.fleet.pki import CertificateAuthority
 from controller.fleet.signing import load_signing_keys
+from controller.metrics import listener as metrics_listener
+from controller.metrics.collector import Snapshot, StateCollector
+from controller.metrics.instruments import Metrics
+from controller.metrics.presence import Presence
 from controller.model import HostStatus
+from controller.notify.webhooks import Deliveries, Webhook
 from controller.periodic import every
 from controller.releases.artifacts import ArtifactStore
 from controller.releases.publishing import Releases, load_release_key
@@ -120,7 +127,9 @@ def _bind(server: grpc.aio.Server, address: str, creds: grpc.ServerCredentials) 
     return join_address(host, port)
 
 
-async def serve(
+# The one place the parts are put together, in their start-up order: split,
+# that order would be spread over several functions.
+async def serve(  # noqa: PLR0915
     data_dir: DataDir,
     listen: str | None = None,
     enroll_listen: str | None = None,
@@ -141,11 +150,11 @@ async def serve(
     store = Store.open(data_dir.database)
     db = StoreThread(store)
     revoked = Revocations(await db.call(lambda s: s.host_ids(HostStatus.REVOKED)))
-    batcher = CheckInBatcher(db, settings.checkin_max_batch)
-    engine = CampaignEngine(db, keys.key)
+    engine = CampaignEngine(db, keys.key, metrics=Metrics(Presence(settings.checkin_interval)))
+    batcher = CheckInBatcher(db, settings.checkin_max_batch, engine.metrics)
     await engine.start()
     releases = _releases(data_dir, db, release_key)
-    keeper = AuditKeeper.start(db, settings, Checkpoints(keys.key, keys.trusted))
+    keeper = AuditKeeper.create(db, settings, Checkpoints(keys.key, keys.trusted))
     files = raise_file_limit()
     server = grpc.aio.server(options=server_options(files))
     pending = await db.call(lambda s: s.host_ids(HostStatus.PENDING))
@@ -158,6 +167,8 @@ async def serve(
 
     try:
         bound, enroll_bound = _listen(server, ca, pair, listen, enroll_listen)
+        extras = await _extras(data_dir, settings, engine, db)
+        keeper.begin()
     except BaseException:
         db.close()
         raise
@@ -170,7 +181,8 @@ async def serve(
     batcher.start()
     background = asyncio.gather(
         engine.run_ticks(settings.campaign_tick.total_seconds(), stop),
-        expire_pending(db, settings.pending_timeout, pending, stop),
+        expire_pending(db, settings.pending_timeout, pending, stop, engine.metrics.presence),
+        extras.deliveries.run(stop),
     )
     for name in ("", *SERVICES):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
@@ -188,7 +200,7 @@ async def serve(
         await health_servicer.enter_graceful_shutdown()
         await server.stop(SHUTDOWN_GRACE_SECONDS)
         # After server.stop, so that no report can add a refusal count now.
-        await asyncio.gather(background, keeper.close())
+        await asyncio.gather(background, keeper.close(), asyncio.to_thread(extras.scrapes.close))
         await batcher.close()
         db.close()
         _handle_signals(loop, None)
@@ -196,7 +208,11 @@ async def serve(
 
 
 async def expire_pending(
-    db: StoreThread, timeout: timedelta, pending: set[str], stop: asyncio.Event
+    db: StoreThread,
+    timeout: timedelta,
+    pending: set[str],
+    stop: asyncio.Event,
+    presence: Presence | None = None,
 ) -> None:
     """Forget, now and then, hosts that enrolled but never made their first
     mutual-TLS call within ``timeout``, giving their token uses back."""
@@ -205,6 +221,8 @@ async def expire_pending(
         now = datetime.now(UTC)
         for host in await db.call(lambda s: s.expire_pending_hosts(now - timeout, now)):
             pending.discard(host.host_id)
+            if presence is not None:
+                presence.forgotten(host.host_id)
             log.warning(
                 "host %s never checked in within %s of enrolling; forgotten, token use given back",
                 host.host_id, timeout,
@@ -212,6 +230,65 @@ async def expire_pending(
 
     # At most a quarter of the timeout late.
     await every(min(60.0, timeout.total_seconds() / 4), stop, expire, "expiring pending hosts")
+
+
+# How long a scrape waits for the event loop to hand it the counts; a loop
+# that busy fails the scrape (Prometheus shows the target down) rather than
+# queue scrapes behind check-ins.
+SCRAPE_TIMEOUT = 5.0
+
+
+@dataclass(frozen=True)
+class _Extras:
+    scrapes: metrics_listener.MetricsListener
+    deliveries: Deliveries
+
+
+async def _extras(
+    data_dir: DataDir, settings: Settings, engine: CampaignEngine, db: StoreThread
+) -> _Extras:
+    """What serves beside the gRPC listeners: the metrics listener and the
+    webhook deliveries (each idle unless configured). Raises UsageError,
+    before anything is served, for an address or a secret it cannot use."""
+    hooks = [
+        Webhook(hook.name, hook.url, _webhook_secret(data_dir, hook.secret_file))
+        for hook in settings.webhooks
+    ]
+    return _Extras(await _serve_metrics(settings.metrics_listen, engine, db), Deliveries(db, hooks))
+
+
+def _webhook_secret(data_dir: DataDir, path: Path) -> bytes:
+    secret = data_dir.read(path).strip()
+    if not secret:
+        raise UsageError(f"{path}: the webhook secret is empty")
+    return secret
+
+
+async def _serve_metrics(
+    address: str, engine: CampaignEngine, db: StoreThread
+) -> metrics_listener.MetricsListener:
+    """Start the metrics listener when configured (else one that serves
+    nothing); raises UsageError when its address cannot be bound. The
+    scrape thread reads the kept counts through the event loop, which
+    owns them."""
+    if not address:
+        return metrics_listener.MetricsListener("", None, None)
+    metrics = engine.metrics
+    # The one full read of the hosts for metrics; from here on they are kept.
+    metrics.presence.load(await db.call(lambda s: s.list_hosts(limit=10_000_000)))
+    loop = asyncio.get_running_loop()
+
+    async def snapshot() -> Snapshot:
+        campaigns, states = engine.figures()
+        return Snapshot(campaigns, states, metrics.presence.figures(datetime.now(UTC)))
+
+    def read() -> Snapshot:
+        return asyncio.run_coroutine_threadsafe(snapshot(), loop).result(SCRAPE_TIMEOUT)
+
+    metrics.registry.register(StateCollector(read))
+    bound = metrics_listener.listen(address, metrics.registry)
+    log.info("metrics on http://%s/metrics", bound.address)
+    return bound
 
 
 def _register(

@@ -298,6 +298,7 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
             raise
         host, cert = enrolled.host, enrolled.certificate
         self._pending.add(host.host_id)
+        self._engine.metrics.presence.enrolled(host.host_id, host.ring, host.region)
         log.info(
             "enrolled host %s (%s) in %s ring %d with token %s",
             host.host_id, request.facts.hostname or "?", host.region, host.ring,
@@ -334,10 +335,20 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
         self._pending.discard(host_id)
         if host is not None:
             self._engine.joined(host)
+            self._engine.metrics.presence.activated(host.host_id, host.ring, host.region)
             log.info("host %s is active (first mutual-TLS call)", host_id)
 
     @rpc
     async def CheckIn(
+        self, request: agent_pb2.CheckInRequest, context: Context
+    ) -> agent_pb2.CheckInResponse:
+        started = time.perf_counter()
+        try:
+            return await self._check_in(request, context)
+        finally:
+            self._engine.metrics.checkin_seconds.observe(time.perf_counter() - started)
+
+    async def _check_in(
         self, request: agent_pb2.CheckInRequest, context: Context
     ) -> agent_pb2.CheckInResponse:
         host_id = require(context, Role.HOST, self._revoked).name
@@ -368,6 +379,7 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
             raise Refused(f"host {host_id} is not enrolled with this controller")
         if outcome.activated:  # the check-in's own transaction made it active
             await self._activated(host_id, lambda s: s.get_host(host_id))
+        self._engine.metrics.presence.seen(host_id, outcome.ring, outcome.region, at)
         order = None
         if self._engine.busy:
             facts = facts_of(host_id, outcome.region, outcome.ring, outcome.labels, reported, at)
@@ -542,6 +554,7 @@ class AdminService(admin_pb2_grpc.AdminServiceServicer):
         host = await self._db.call(audited(lambda s: s.revoke_host(request.host_id, now), entry))
         self._revoked.add(host.host_id)
         self._engine.left(host.host_id)
+        self._engine.metrics.presence.revoked(host.host_id)
         log.warning("admin %s revoked host %s", admin.name, host.host_id)
         return admin_pb2.RevokeHostResponse(host=convert.host_to_pb(host))
 

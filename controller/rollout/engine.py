@@ -21,8 +21,9 @@ import asyncio
 import logging
 import secrets
 import time
+from collections import Counter
 from collections.abc import Callable, Sequence
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from fleetpatch.debversion import debian_version
@@ -52,6 +53,9 @@ from controller.campaigns.live import PATCH, REVERT, Counted, LiveCount, Order
 from controller.campaigns.scheduler import DecisionKey, decision_key
 from controller.campaigns.windows import WindowCache
 from controller.errors import Conflict, NotFound, UsageError
+from controller.metrics.collector import CampaignFigures
+from controller.metrics.instruments import Metrics
+from controller.metrics.presence import Presence
 from controller.model import (
     PATCHED,
     AgentRelease,
@@ -84,10 +88,18 @@ FINISHED = (CampaignState.COMPLETED, CampaignState.ABORTED)
 
 
 class CampaignEngine:
-    def __init__(self, db: StoreThread, key: Ed25519PrivateKey, clock: Clock | None = None) -> None:
+    def __init__(
+        self,
+        db: StoreThread,
+        key: Ed25519PrivateKey,
+        clock: Clock | None = None,
+        metrics: Metrics | None = None,
+    ) -> None:
         self._db = db
         self._key = key
         self._clock = clock or (lambda: datetime.now(UTC))
+        self._metrics = metrics or Metrics(Presence(timedelta(minutes=5)))
+        self._states: Counter[CampaignState] = Counter()  # every campaign, by state
         self._lock = asyncio.Lock()
         self._specs: dict[str, CampaignSpec] = {}
         self._live: list[CampaignRecord] = []
@@ -111,6 +123,7 @@ class CampaignEngine:
     async def _refresh_live(self) -> None:
         """Re-read the campaigns: which hand out work, which are counted."""
         records = await self._db.call(lambda s: s.list_campaigns())
+        self._states = Counter(CampaignState(r.state) for r in records)
         self._live = sorted(
             (r for r in records if r.state in LIVE or _reverting(r)),
             key=lambda r: r.approved_at or r.created_at,
@@ -173,6 +186,7 @@ class CampaignEngine:
         )
         entry = AuditEntry(now, actor, "campaign.create", record.campaign_id, "draft", spec.name)
         await self._db.call(lambda s: s.create_campaign(record, entry))
+        self._states[CampaignState.DRAFT] += 1
         return record
 
     async def _release(self, version: str) -> AgentRelease:
@@ -334,7 +348,23 @@ class CampaignEngine:
             )  # fmt: skip
         return cells
 
+    def figures(self) -> tuple[tuple[CampaignFigures, ...], dict[CampaignState, int]]:
+        """The open campaigns' kept counts and every campaign's state, for a
+        metrics scrape: read from memory, never from the store. Call it on
+        the engine's event loop."""
+        now = self._clock()
+        open_ = tuple(
+            CampaignFigures(campaign_id, live.spec, live.tallies(now))
+            for campaign_id, live in sorted(self._counts.items())
+        )
+        return open_, dict(self._states)
+
     # -- the check-in path -----------------------------------------------------
+
+    @property
+    def metrics(self) -> Metrics:
+        """The controller's metrics, which the servicers add to as well."""
+        return self._metrics
 
     @property
     def busy(self) -> bool:
@@ -483,12 +513,20 @@ class CampaignEngine:
         if not results:
             return
         applied = await self._db.call(lambda s: s.apply_results(host_id, results))
+        in_flight = {change.order_id for change in applied}
+        for order_id, step, _, _, at in results:
+            if order_id in in_flight:
+                self._metrics.reported(order_id, step, at)
         changed: dict[str, None] = {}
         for change in applied:
             current = self._in_flight.get(host_id)
             if change.status is not None and current and current.order_id == change.order_id:
                 del self._in_flight[host_id]
             live = self._counts.get(change.campaign_id)
+            flight = live.in_flight.get(change.order_id) if live is not None else None
+            if change.status is not None:
+                kind = flight.kind if flight is not None else AssignmentKind.PATCH
+                self._metrics.finished(change.order_id, kind, change.status, change.at)
             if live is not None:
                 if change.status is None:
                     live.reported(change.order_id, change.at)
@@ -522,6 +560,7 @@ class CampaignEngine:
                 flight = live.in_flight.get(order_id)
                 if flight is not None:
                     self._in_flight.pop(flight.host_id, None)
+                    self._metrics.finished(order_id, flight.kind, AssignmentStatus.TIMED_OUT, now)
                 live.finished(order_id, AssignmentStatus.TIMED_OUT, now)
             log.warning("campaign %s: %d order(s) timed out", record.campaign_id, len(timed_out))
 
@@ -538,6 +577,7 @@ class CampaignEngine:
                     CampaignState.HALTED, halt.message,
                     halt_kind=halt.kind, halt_reason=halt.message,
                 )  # fmt: skip
+                self._metrics.halted(halt.kind)
             elif outcome is not None:
                 await self._transition(
                     campaign_id, [CampaignState.RUNNING], "controller", "campaign.complete",

@@ -149,3 +149,17 @@ def _agent_releases(db: Database) -> None:
         )"""
     )
     db.execute("CREATE INDEX agent_releases_sha256 ON agent_releases (sha256)")
+
+
+@migrations(name="0005_webhook_cursors")
+def _webhook_cursors(db: Database) -> None:
+    # Campaign events reach webhooks from the audit trail, which is written
+    # in the same transaction as the change it records: that is the outbox.
+    # A webhook's cursor is the last audit sequence it has been given.
+    db.execute(
+        """CREATE TABLE webhook_cursors (
+            name       TEXT PRIMARY KEY,
+            after_seq  INTEGER NOT NULL
+        )"""
+    )
+    db.execute("CREATE INDEX assignments_campaign_ring ON assignments (campaign_id, ring)")

@@ -9,10 +9,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
 
+from controller.metrics.instruments import Metrics
 from controller.model import CheckIn, CheckInOutcome
 from controller.store import Store
 
@@ -36,8 +38,11 @@ class StoreThread:
 
 
 class CheckInBatcher:
-    def __init__(self, db: StoreThread, max_batch: int = 1000) -> None:
+    def __init__(
+        self, db: StoreThread, max_batch: int = 1000, metrics: Metrics | None = None
+    ) -> None:
         self._db = db
+        self._metrics = metrics
         self._max_batch = max_batch
         self._pending: list[tuple[CheckIn, asyncio.Future[CheckInOutcome]]] = []
         self._wake = asyncio.Event()
@@ -66,6 +71,7 @@ class CheckInBatcher:
 
     async def _write(self, batch: list[tuple[CheckIn, asyncio.Future[CheckInOutcome]]]) -> None:
         checkins = [c for c, _ in batch]
+        started = time.perf_counter()
         try:
             outcomes = await self._db.call(lambda s: s.record_checkins(checkins))
         except Exception as exc:
@@ -75,6 +81,9 @@ class CheckInBatcher:
                     future.set_exception(exc)
             return
         self.batches += 1
+        if self._metrics is not None:
+            self._metrics.batch_size.observe(len(batch))
+            self._metrics.commit_seconds.observe(time.perf_counter() - started)
         for (_, future), outcome in zip(batch, outcomes, strict=True):
             if not future.done():
                 future.set_result(outcome)

@@ -25,6 +25,8 @@ from tests.support.packages import (
     session_debs_root,
     systemd_container_available,
 )
+from tests.support.prometheus import Prometheus
+from tests.support.prometheus import binary as prometheus_binary
 from tests.support.sandbox import HostSandbox, sandbox_available
 
 
@@ -102,3 +104,17 @@ def container(make_sandbox, tmp_path) -> Iterator[SystemdContainer]:
     booted = SystemdContainer(sandbox, tmp_path / "console.log")
     yield booted
     booted.stop()
+
+
+@pytest.fixture(scope="session")
+def prometheus(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Prometheus]:
+    """One real Prometheus for the whole session (tests point it at their
+    controller with `set_targets`), with the rules of packaging/prometheus."""
+    if prometheus_binary("prometheus") is None:
+        pytest.skip(
+            "prometheus is not installed (Debian package prometheus; make deps installs it)"
+        )
+    server = Prometheus(tmp_path_factory.mktemp("prometheus"))
+    server.start()
+    yield server
+    server.stop()

@@ -207,6 +207,12 @@ def test_packages_hold_unit_links_and_conffile(unpacked):
             assert str(link.readlink()) == f"/opt/fleetpatch/{short}/bin/{command}"
         assert (root / "DEBIAN/conffiles").read_text() == f"/etc/fleetpatch/{short}.env\n"
         assert (root / f"usr/share/doc/fleetpatch-{short}/copyright").is_file()
+    shared = unpacked["controller"] / "usr/share/fleetpatch"
+    assert sorted(str(p.relative_to(shared)) for p in shared.rglob("*") if p.is_file()) == [
+        "grafana/fleetpatch-debug.json", "grafana/fleetpatch-executive.json",
+        "grafana/fleetpatch-oncall.json", "prometheus/fleetpatch-rules.yml",
+    ]  # fmt: skip
+    assert not (unpacked["agent"] / "usr/share/fleetpatch").exists()
 
 
 def test_venvs_name_their_final_path_and_never_the_build_directory(unpacked):

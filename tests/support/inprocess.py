@@ -34,11 +34,12 @@ class InProcessAgent:
         labels: dict[str, str] | None = None,
         defer: bool = False,
         agent_version: str | None = None,
+        textfile: Path | None = None,
     ) -> None:
         """``defer``: carry out an order at the next round rather than at
         once, so that it stays in flight on the controller meanwhile.
         ``agent_version``: what the agent reports (default: this one's);
-        settable between rounds."""
+        settable between rounds. ``textfile``: agent.toml's [metrics] textfile."""
         token = controller.token(region=region, ring=ring, uses=1)
         self.state = StateDir(state_dir)
         done = enroll(self.state, controller.address, token, controller.data_dir / "ca.pem",
@@ -48,9 +49,10 @@ class InProcessAgent:
         self.backend = backend
         # Retries and verification attempts a second apart, not five.
         text = self.state.config_file.read_text()
-        self.state.config_file.write_text(
-            text.replace('retry_interval = "5s"', 'retry_interval = "1s"')
-        )
+        text = text.replace('retry_interval = "5s"', 'retry_interval = "1s"')
+        if textfile is not None:
+            text = text.replace('textfile = ""', f'textfile = "{textfile}"')
+        self.state.config_file.write_text(text)
         machine = Machine(
             backend=lambda manager, config: backend,
             prober=lambda: prober,

@@ -163,6 +163,18 @@ def test_settings_release_public_key_is_relative_to_the_data_dir(tmp_path):
     assert DataDir(tmp_path).artifacts == tmp_path / "artifacts"
 
 
+def test_settings_metrics_listener_is_off_unless_set(tmp_path):
+    assert _datadir(tmp_path, "").settings().metrics_listen == ""
+    text = CONFIG_TEMPLATE.format(listen="[::]:8443", advertise="ctl.example:8443", interval="30s")
+    assert _datadir(tmp_path, text).settings().metrics_listen == ""
+    on = _datadir(tmp_path, "[metrics]\nlisten = '127.0.0.1:9464'\n").settings()
+    assert on.metrics_listen == "127.0.0.1:9464"
+    with pytest.raises(UsageError, match=r"metrics\.listen: '9464' is not an address"):
+        _datadir(tmp_path, "[metrics]\nlisten = '9464'\n").settings()
+    with pytest.raises(UsageError, match=r"unknown key metrics\.port"):
+        _datadir(tmp_path, "[metrics]\nport = 9464\n").settings()
+
+
 def test_settings_interval_as_plain_seconds(tmp_path):
     settings = _datadir(tmp_path, "[checkin]\ninterval = 90\n").settings()
     assert settings.checkin_interval == timedelta(seconds=90)

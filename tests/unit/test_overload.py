@@ -24,6 +24,7 @@ from agent.link.checkin import CheckIns
 from agent.link.reporting import Reports
 from agent.orders.journal import Journal
 from agent.statedir import AgentConfig, Timing
+from agent.textfile import Textfile
 from tests.support.fakes import Ceiling, Floor, RecordingStop
 
 # -- the client: RESOURCE_EXHAUSTED becomes Overloaded with its delay -----------------
@@ -143,6 +144,27 @@ def test_the_interval_cap_survives_a_restart(tmp_path):
 def test_max_retry_delay_still_caps_a_long_interval(tmp_path):
     waits = _run(tmp_path, _Script(3600, DOWN), 8, Ceiling(), max_retry=30)
     assert waits == [3600, 1, 2, 4, 8, 16, 30, 30]
+
+
+def test_the_metrics_textfile_follows_every_check_in_attempt(tmp_path):
+    """``after`` runs once the attempt's outcome is journaled: the textfile
+    says failed after a failure and succeeded after a success."""
+    journal = Journal.open(tmp_path / "journal.db")
+    path = tmp_path / "fleetpatch.prom"
+    seen: list[str] = []
+
+    def after() -> None:
+        Textfile(path, journal).write()
+        line = next(x for x in path.read_text().splitlines()
+                    if x.startswith("fleetpatch_agent_last_checkin_success "))  # fmt: skip
+        seen.append(line.split()[1])
+
+    config = AgentConfig("c:1", "c:2")
+    CheckIns(
+        config, journal, _Script(DOWN, 20, DOWN), list_packages=lambda manager: [],  # type: ignore[arg-type]
+        rng=Floor(), after=after,
+    ).run(RecordingStop(3))  # fmt: skip
+    assert seen == ["0", "1", "0"]
 
 
 # -- reports --------------------------------------------------------------------------

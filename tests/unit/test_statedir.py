@@ -40,6 +40,14 @@ def test_config_minimal(tmp_path):
     assert config == AgentConfig("ctl:7443", "", ResourceLimits())
 
 
+def test_config_textfile_is_off_unless_set(tmp_path):
+    state = StateDir(tmp_path)
+    state.write_config("ctl.example:7443", "ctl.example:7444")
+    assert state.config().textfile is None
+    text = '[controller]\naddress = "c:1"\n[metrics]\ntextfile = "/run/n/fleetpatch.prom"\n'
+    assert _state(tmp_path, text).config().textfile == Path("/run/n/fleetpatch.prom")
+
+
 def test_config_health_values(tmp_path):
     text = (
         '[controller]\naddress = "ctl:7443"\n'
@@ -71,6 +79,15 @@ def test_config_health_values(tmp_path):
             r"agent.retry_intreval: unknown key \(did you mean 'retry_interval'\?\)",
         ),
         ('[controller\naddress = "c:1"\n', "agent.toml"),
+        (
+            '[controller]\naddress = "c:1"\n[metrics]\ntextfile = "fleetpatch.prom"\n',
+            "metrics.textfile: must be an absolute path ending in .prom",
+        ),
+        (
+            '[controller]\naddress = "c:1"\n[metrics]\ntextfile = "/var/lib/x/fleetpatch.txt"\n',
+            "metrics.textfile: must be an absolute path ending in .prom",
+        ),
+        ('[controller]\naddress = "c:1"\n[metrics]\nport = 9100\n', "metrics.port: unknown key"),
     ],
 )
 def test_config_rejects_naming_the_field(tmp_path, text, message):
