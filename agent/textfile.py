@@ -30,10 +30,12 @@ from agent.orders.journal import Journal, OrderRecord, Step
 log = logging.getLogger(__name__)
 
 _TERMINAL = {
-    OrderState.SUCCEEDED, OrderState.PENDING_REBOOT, OrderState.REVERTED,
-    OrderState.REVERT_FAILED, OrderState.FAILED,
+    OrderState.SUCCEEDED, OrderState.PENDING_REBOOT, OrderState.PENDING_RESTART,
+    OrderState.REVERTED, OrderState.REVERT_FAILED, OrderState.FAILED,
 }  # fmt: skip
-_VERIFIED = {OrderState.SUCCEEDED.value, OrderState.PENDING_REBOOT.value}
+_VERIFIED = {
+    OrderState.SUCCEEDED.value, OrderState.PENDING_REBOOT.value, OrderState.PENDING_RESTART.value,
+}  # fmt: skip
 # Orders looked at for the last verification: the newest may not have one
 # (refused, failed in precheck, nothing to do).
 _RECENT = 5
@@ -110,6 +112,12 @@ def render(journal: Journal) -> str:
     lines += _gauge(
         "fleetpatch_agent_pending_reboot",
         "1 when the newest order was verified with a reboot still owed.", float(pending),
+    )  # fmt: skip
+    restart = newest is not None and newest.state == OrderState.PENDING_RESTART.value
+    lines += _gauge(
+        "fleetpatch_agent_pending_restart",
+        "1 when the newest order was verified with services still running replaced code.",
+        float(restart),
     )  # fmt: skip
     verify = _last_verify(journal, orders)
     if verify is not None:

@@ -16,7 +16,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 
 from controller.campaigns.gates import HaltKind
 from controller.metrics.presence import Presence
-from controller.model import AssignmentKind, AssignmentStatus
+from controller.model import PATCHED, AssignmentKind, AssignmentStatus
 
 # Time from the agent's APPLY report to its verified final report (M6): the
 # seed's target is ten minutes; a reboot can take far longer.
@@ -24,7 +24,7 @@ VERIFY_BUCKETS = (10, 30, 60, 120, 300, 600, 900, 1800, 3600, 7200, 21600)
 BATCH_BUCKETS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000)
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 _APPLY = OrderState.APPLY.value
-_VERIFIED = (AssignmentStatus.SUCCEEDED, AssignmentStatus.PENDING_REBOOT)
+_VERIFIED = PATCHED
 
 
 class Metrics:

@@ -74,6 +74,14 @@ def test_the_current_order_and_step_and_the_last_verification(tmp_path):
     values = _values(render(journal))
     assert values["fleetpatch_agent_order_in_progress"][1] == 0
     assert values["fleetpatch_agent_pending_reboot"][1] == 1
+    assert values["fleetpatch_agent_pending_restart"][1] == 0
+    assert values["fleetpatch_agent_last_verify_success"][1] == 1
+    _order(journal, "o-3", 3, "PRECHECK", "SNAPSHOT", "APPLY", "RESTART", "VERIFY",
+           "PENDING_RESTART")  # fmt: skip
+    values = _values(render(journal))
+    assert values["fleetpatch_agent_order_in_progress"][1] == 0
+    assert values["fleetpatch_agent_pending_reboot"][1] == 0
+    assert values["fleetpatch_agent_pending_restart"][1] == 1
     assert values["fleetpatch_agent_last_verify_success"][1] == 1
 
 
