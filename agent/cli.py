@@ -36,6 +36,7 @@ from agent.host.health import ResourceLimits, resource_checks, summarize
 from agent.link.checkin import CheckIns
 from agent.link.enrollment import enroll as do_enroll
 from agent.link.keys import learn as learn_keys
+from agent.link.renewal import Renewal
 from agent.orders.journal import Journal
 from agent.orders.selfupdate import HandOver, release_key
 from agent.orders.states import State
@@ -185,6 +186,7 @@ def run(
     checkins = CheckIns(
         agent.config, agent.journal, agent.client, on_order=agent.handle, between=agent.report,
         on_keys=lambda keys: learn_keys(agent.state, keys), after=agent.write_metrics,
+        renewal=Renewal(agent.state, agent.client),
     )  # fmt: skip
     try:
         agent.resume()

@@ -3,6 +3,8 @@
 STATE/agent.toml          settings (written by enroll; yours to edit)
 STATE/key.pem             the host's private key (0600; never leaves)
 STATE/cert.pem            the host's certificate, naming its host id
+STATE/renewed/            a renewed key and certificate that worked, being
+                          moved into place (finished at the next start)
 STATE/ca.pem              the controller CA pinned at enrollment
 STATE/trusted_keys.json   work-order signing keys pinned at enrollment
 STATE/journal.db          SQLite journal: check-ins, orders, reports (0600)
@@ -190,6 +192,38 @@ class StateDir:
     def cache(self) -> Path:
         return self.path / "cache"
 
+    @property
+    def renewed(self) -> Path:
+        """A renewed key.pem and cert.pem, complete and proven to work, that
+        replace the current ones: its rename into place is what commits a
+        renewal, so a renewal killed after it is finished by the next
+        `finish_renewal`, one killed before it leaves the old identity."""
+        return self.path / "renewed"
+
+    def finish_renewal(self) -> bool:
+        """Move a committed renewal's key and certificate into place (each
+        rename atomic, so running again after a crash finishes the job);
+        True when there was one. Raises StateDirError."""
+        if not self.renewed.is_dir():
+            return False
+        for name in ("key.pem", "cert.pem"):
+            source, target = self.renewed / name, self.path / name
+            if source.exists():
+                try:
+                    os.replace(source, target)
+                except OSError as exc:
+                    raise storage_error(target, exc) or StateDirError(
+                        f"cannot write {target}: {exc.strerror}"
+                    ) from None
+        fsync_dir(self.path)
+        try:
+            self.renewed.rmdir()
+        except OSError as exc:
+            raise storage_error(self.renewed, exc) or StateDirError(
+                f"cannot remove {self.renewed}: {exc.strerror}"
+            ) from None
+        return True
+
     def create(self) -> None:
         try:
             self.path.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -258,7 +292,9 @@ class StateDir:
     def credentials(self) -> Credentials:
         """The CA, key and certificate, checked before any TLS library sees
         them (grpc aborts the process on an empty key, and reports a bad
-        one as a network error). Raises StateDirError naming the file."""
+        one as a network error). A renewal committed but not moved into
+        place yet is finished first. Raises StateDirError naming the file."""
+        self.finish_renewal()
         ca_pem, key_pem, cert_pem = self.read(self.ca), self.read(self.key), self.read(self.cert)
         ca = _certificate(self.ca, ca_pem)
         cert = _certificate(self.cert, cert_pem)
@@ -278,6 +314,10 @@ class StateDir:
                 f"{self.cert} was not issued by the CA pinned in {self.ca} ({RESTORE})"
             ) from None
         return Credentials(ca_pem, key_pem, cert_pem)
+
+    def certificate(self) -> x509.Certificate:
+        """This host's certificate; StateDirError naming the file."""
+        return _certificate(self.cert, self.read(self.cert))
 
     def identity(self) -> Identity:
         """This host's identity, from its certificate; ConfigError naming
@@ -325,6 +365,14 @@ class StateDir:
     def write_trusted_signing_keys(self, keys: dict[str, bytes]) -> None:
         doc = {k: v.hex() for k, v in sorted(keys.items())}
         self.write(self.trusted_keys, json.dumps(doc, indent=2).encode() + b"\n", mode=0o644)
+
+
+def fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _certificate(path: Path, pem: bytes) -> x509.Certificate:

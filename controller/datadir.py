@@ -34,6 +34,7 @@ DEFAULT_PORT = 7443
 # The tables of controller.toml ([[webhooks]] is an array of them).
 TABLES = {
     "server", "checkin", "campaigns", "releases", "enrollment", "audit", "metrics", "webhooks",
+    "certificates",
 }  # fmt: skip
 
 
@@ -72,6 +73,9 @@ class Settings:
     # HTTP, controller/metrics/listener.py); empty: no listener.
     metrics_listen: str = ""
     webhooks: tuple[WebhookSetting, ...] = ()
+    # [certificates] host_lifetime: how long a host certificate is valid;
+    # hosts renew theirs at two thirds of it (controller/fleet/renewal.py).
+    host_certificate_lifetime: timedelta = timedelta(days=90)
 
 
 def default_enroll_address(address: str) -> str:
@@ -233,10 +237,12 @@ class DataDir:
         checkpoints = _duration(audit, "audit", "checkpoint_interval", "1h", self.config)
         metrics = _table(doc, "metrics", {"listen"}, self.config)
         metrics_listen = _address(metrics, "listen", "", self.config, "metrics")
+        certificates = _table(doc, "certificates", {"host_lifetime"}, self.config)
+        host_lifetime = _duration(certificates, "certificates", "host_lifetime", "90d", self.config)
         return Settings(
             listen, enroll, advertise, interval, float(jitter), tick, max_batch,
             self.path / public_key if public_key else None, pending, refusal_window, checkpoints,
-            metrics_listen, _webhooks(doc, self.path, self.config),
+            metrics_listen, _webhooks(doc, self.path, self.config), host_lifetime,
         )  # fmt: skip
 
     def write_endpoints(self, address: str, enroll_address: str) -> None:
@@ -348,6 +354,14 @@ tick = "10s"
 # forgotten and gives its token use back, so an agent that failed after the
 # call leaves no orphan host.
 pending_timeout = "1h"
+
+[certificates]
+# How long a host certificate is valid. Agents renew theirs over mutual TLS
+# once two thirds of it have passed (60 days of 90), with a new key made on
+# the host; a host whose certificate has expired cannot renew and must be
+# enrolled again with a token. Restart `serve` after a change; certificates
+# already issued keep their lifetime until they are renewed.
+host_lifetime = "90d"
 
 [releases]
 # Optional: the release public key (the .pub of `fleetpatch release keygen`)

@@ -41,6 +41,9 @@ class Host:
     certificate_expires_at: datetime | None = None
     inventory_updates: int = 0
     checkins: int = 0
+    certificate_not_before: datetime | None = None
+    renewal_failures: int = 0  # certificate renewals failed in a row
+    renewal_error: str = ""
 
 
 Package = tuple[str, str, str]  # name, version, arch

@@ -28,6 +28,7 @@ from agent.host.health import resource_checks, summarize
 from agent.link import convert
 from agent.link.backoff import retry_delay
 from agent.link.client import ControllerClient
+from agent.link.renewal import Renewal
 from agent.orders.journal import Journal
 from agent.statedir import AgentConfig
 
@@ -56,6 +57,7 @@ class CheckIns:
         between: Callable[[], object] | None = None,
         on_keys: Callable[[Sequence[types_pb2.SigningKey]], object] | None = None,
         after: Callable[[], object] | None = None,
+        renewal: Renewal | None = None,
     ) -> None:
         """``after``: called after every check-in attempt of `run`, once its
         outcome is in the journal (the agent's metrics textfile)."""
@@ -69,9 +71,14 @@ class CheckIns:
         self._between = between
         self._on_keys = on_keys
         self._after = after
+        self._renewal = renewal
 
     def once(self) -> CheckInReport:
-        """One check-in. Raises TransientError (worth retrying), Refused."""
+        """One check-in, after renewing the host's certificate when it is
+        due. Raises TransientError (worth retrying), Refused (the
+        certificate expired: CertificateExpired)."""
+        if self._renewal is not None:
+            self._renewal.maybe_renew()
         facts = self._collect_facts()
         installed = self._list_packages(facts.package_manager)
         current = inventory_hash(installed)
@@ -82,6 +89,9 @@ class CheckIns:
             health=convert.health_to_pb(health),
             highest_sequence=self._journal.highest_sequence(),
         )
+        if self._renewal is not None and self._renewal.failures:
+            request.renewal_failures = self._renewal.failures
+            request.renewal_error = self._renewal.last_error[:2000]
         send_full = current != self._journal.checkin_state().acked_inventory_hash
         if send_full:
             request.inventory.CopyFrom(convert.inventory_to_pb(installed))

@@ -109,14 +109,31 @@ class ControllerClient:
 
     def __init__(self, address: str, ca_pem: bytes, key_pem: bytes, cert_pem: bytes) -> None:
         self.address = address
+        self._ca_pem = ca_pem
+        self._connect(key_pem, cert_pem)
+
+    def _connect(self, key_pem: bytes, cert_pem: bytes) -> None:
         creds = grpc.ssl_channel_credentials(
-            root_certificates=ca_pem, private_key=key_pem, certificate_chain=cert_pem
+            root_certificates=self._ca_pem, private_key=key_pem, certificate_chain=cert_pem
         )
-        self._channel = grpc.secure_channel(address, creds, options=_OPTIONS)
+        self._channel = grpc.secure_channel(self.address, creds, options=_OPTIONS)
         self._stub = agent_pb2_grpc.AgentServiceStub(self._channel)
 
     def close(self) -> None:
         self._channel.close()
+
+    def reload(self, key_pem: bytes, cert_pem: bytes) -> None:
+        """Call as the host with this key and certificate from now on (a
+        renewed certificate)."""
+        self._channel.close()
+        self._connect(key_pem, cert_pem)
+
+    def renew(self, csr_pem: bytes) -> bytes:
+        """A new certificate for the key of ``csr_pem``, asked for with the
+        current one; its PEM."""
+        request = agent_pb2.RenewRequest(csr_pem=csr_pem)
+        response = _call(self.address, lambda: self._stub.Renew(request, timeout=TIMEOUT_SECONDS))
+        return bytes(response.certificate_pem)
 
     def check_in(self, request: agent_pb2.CheckInRequest) -> agent_pb2.CheckInResponse:
         return _call(self.address, lambda: self._stub.CheckIn(request, timeout=TIMEOUT_SECONDS))

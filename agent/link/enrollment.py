@@ -17,6 +17,7 @@ import shutil
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 
 from cryptography import x509
@@ -81,7 +82,7 @@ def enroll(
     and moved into place, the certificate (which marks the state dir as
     enrolled) last. On any failure the state dir is left as it was.
     Raises ConfigError, ControllerUnavailable, Refused, AgentError."""
-    if state.is_enrolled():
+    if state.is_enrolled() and not _expired(state):
         raise ConfigError(
             f"{state.path} is already enrolled as {state.host_id()} "
             "(use another --state-dir, or remove this one to enroll again)"
@@ -187,6 +188,15 @@ def _enroll_staged(
         moved.append(target)
     _fsync_dir(state.path)
     return response
+
+
+def _expired(state: StateDir) -> bool:
+    """The enrolled identity's certificate has expired: it can never renew,
+    so enrolling again (a new host id) replaces it."""
+    if datetime.now(UTC) < state.certificate().not_valid_after_utc:
+        return False
+    log.info("the certificate of %s has expired; enrolling this host again", state.host_id())
+    return True
 
 
 def _mkdtemp(state: StateDir) -> str:

@@ -29,3 +29,14 @@ def peer_identity(context: grpc.aio.ServicerContext[object, object]) -> Identity
     if not certs:
         return None
     return _identity_of(bytes(certs[0]))
+
+
+def peer_certificate(context: grpc.aio.ServicerContext[object, object]) -> x509.Certificate | None:
+    """The caller's verified certificate, or None on the enrollment port."""
+    certs = list(context.auth_context().get("x509_pem_cert", ()))
+    if not certs:
+        return None
+    try:
+        return x509.load_pem_x509_certificate(bytes(certs[0]))
+    except ValueError:
+        return None

@@ -17,6 +17,8 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from controller.audit import AuditRecord
 from controller.checkpoint import Checkpoint
 from controller.errors import UsageError
+from controller.fleet.pki import renew_at
+from controller.fleet.renewal import FAILING_AFTER
 from controller.fleet.tokens import Token
 from controller.model import (
     AgentRelease,
@@ -125,7 +127,14 @@ def host_to_pb(host: Host) -> admin_pb2.Host:
         certificate_expires_at=timestamp(host.certificate_expires_at),
         inventory_updates=host.inventory_updates,
         checkins=host.checkins,
+        renewal_failures=host.renewal_failures,
+        renewal_error=host.renewal_error,
+        renewal_failing=host.renewal_failures >= FAILING_AFTER,
     )
+    if host.certificate_not_before is not None and host.certificate_expires_at is not None:
+        pb.certificate_renew_at.FromDatetime(
+            renew_at(host.certificate_not_before, host.certificate_expires_at)
+        )
     json_format.ParseDict(dict(host.facts), pb.facts, ignore_unknown_fields=True)
     json_format.ParseDict(dict(host.health), pb.health, ignore_unknown_fields=True)
     return pb

@@ -29,7 +29,7 @@ from fleetpatch.v1 import admin_pb2, admin_pb2_grpc, agent_pb2, agent_pb2_grpc, 
 from controller import audit, checkpoint
 from controller.api import auditkeeping, convert, limits
 from controller.api.auditkeeping import RefusalLog
-from controller.api.auth import peer_identity
+from controller.api.auth import peer_certificate, peer_identity
 from controller.api.checkin import next_checkin
 from controller.api.lenient import decoded
 from controller.audit import AuditEntry
@@ -45,7 +45,7 @@ from controller.errors import (
     TokenRefused,
     UsageError,
 )
-from controller.fleet import enrollment, tokens
+from controller.fleet import enrollment, renewal, tokens
 from controller.fleet.pki import CertificateAuthority
 from controller.model import CheckIn, Host, Package, ProgressReport
 from controller.refusals import RefusalCounter
@@ -256,8 +256,10 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
         admission: limits.Admission | None = None,
         pending: set[str] | None = None,
         refusals: RefusalLog | None = None,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
         self._db = db
+        self._clock = clock
         self._releases = releases
         self._batcher = batcher
         self._ca = ca
@@ -292,6 +294,7 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
             enrolled = await enrollment.enroll(
                 self._db, self._ca, request.token, request.csr_pem, dict(request.labels),
                 convert.to_json(request.facts), datetime.now(UTC),
+                self._settings.host_certificate_lifetime,
             )  # fmt: skip
         except (TokenRefused, UsageError) as exc:
             await self._refused_enrollment(peer, request.token, exc)
@@ -379,6 +382,8 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
             raise Refused(f"host {host_id} is not enrolled with this controller")
         if outcome.activated:  # the check-in's own transaction made it active
             await self._activated(host_id, lambda s: s.get_host(host_id))
+        if request.renewal_failures:  # rare: a store call only then
+            await self._renewal_failing(host_id, request)
         self._engine.metrics.presence.seen(host_id, outcome.ring, outcome.region, at)
         order = None
         if self._engine.busy:
@@ -394,6 +399,37 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
             ),
             known_inventory_hash=outcome.inventory_hash,
             inventory_required=outcome.inventory_hash != request.inventory_hash,
+        )
+
+    async def _renewal_failing(self, host_id: str, request: agent_pb2.CheckInRequest) -> None:
+        failures = request.renewal_failures
+        error = request.renewal_error[: limits.MAX_REPORT_DETAIL]
+        log.warning("host %s: certificate renewal failed %d time(s) in a row: %s",
+                    host_id, failures, error)  # fmt: skip
+        await self._db.call(lambda s: s.record_renewal_failure(host_id, failures, error))
+
+    @rpc
+    async def Renew(
+        self, request: agent_pb2.RenewRequest, context: Context
+    ) -> agent_pb2.RenewResponse:
+        """A new certificate for the calling host, for the key in its CSR;
+        the host id is the one of the certificate it calls with."""
+        host_id = require(context, Role.HOST, self._revoked).name
+        presented = peer_certificate(context)
+        if presented is None:  # require() has seen it: cannot happen
+            raise Refused("this call needs a client certificate (use the mutual-TLS port)")
+        if host_id in self._pending:
+            await self._activated(host_id, lambda s: s.activate_host(host_id))
+        renewed = await renewal.renew(
+            self._db, self._ca, host_id, presented, request.csr_pem,
+            self._settings.host_certificate_lifetime, self._clock(),
+        )  # fmt: skip
+        cert = renewed.certificate
+        log.info("host %s renewed its certificate %s: serial %x, valid until %s",
+                 host_id, renewed.previous_serial, cert.serial_number,
+                 f"{cert.not_valid_after_utc:%Y-%m-%d %H:%M:%SZ}")  # fmt: skip
+        return agent_pb2.RenewResponse(
+            certificate_pem=cert.public_bytes(serialization.Encoding.PEM)
         )
 
     @rpc

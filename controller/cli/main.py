@@ -233,7 +233,18 @@ def hosts_list(
         return
     now = datetime.now(UTC)
     render.table(
-        ["HOST", "HOSTNAME", "REGION", "RING", "OS", "KERNEL", "PKGS", "HEALTH", "LAST SEEN"],
+        [
+            "HOST",
+            "HOSTNAME",
+            "REGION",
+            "RING",
+            "OS",
+            "KERNEL",
+            "PKGS",
+            "HEALTH",
+            "LAST SEEN",
+            "CERTIFICATE",
+        ],
         [
             (
                 h.host_id,
@@ -245,6 +256,7 @@ def hosts_list(
                 h.package_count,
                 _health(h),
                 _seen(h, now),
+                _certificate(h, now),
             )
             for h in found
         ],
@@ -262,6 +274,24 @@ def _health(host: admin_pb2.Host) -> str:
     if not host.health.checks:
         return "unknown"
     return "healthy" if host.health.healthy else "UNHEALTHY"
+
+
+def _certificate(host: admin_pb2.Host, now: datetime) -> str:
+    """When the host's certificate expires, and whether its renewal is
+    failing (flagged in capitals), due or overdue."""
+    if not host.HasField("certificate_expires_at"):
+        return "-"
+    expires = convert.from_timestamp(host.certificate_expires_at)
+    text = f"expires {expires:%Y-%m-%d %H:%M}Z"
+    if expires <= now:
+        return f"EXPIRED {expires:%Y-%m-%d %H:%M}Z (enroll again)"
+    if host.renewal_failing:
+        return f"{text}, RENEWAL FAILING ({host.renewal_failures} in a row)"
+    if host.HasField("certificate_renew_at") and (
+        convert.from_timestamp(host.certificate_renew_at) <= now
+    ):
+        return f"{text}, renewal due"
+    return text
 
 
 def _seen(host: admin_pb2.Host, now: datetime) -> str:
@@ -316,6 +346,19 @@ def hosts_show(
         ("last seen", _seen(h, now)),
         ("check-ins", str(h.checkins)),
         ("health", _health(h)),
+        ("certificate", f"serial {h.certificate_serial or '-'}, {_certificate(h, now)}"),
+        (
+            "renews at",
+            f"{convert.from_timestamp(h.certificate_renew_at):%Y-%m-%d %H:%M:%SZ}"
+            if h.HasField("certificate_renew_at")
+            else "-",
+        ),
+        (
+            "renewal",
+            f"failed {h.renewal_failures} time(s) in a row: {h.renewal_error}"
+            if h.renewal_failures
+            else "ok",
+        ),
     ]
     width = max(len(k) for k, _ in fields)
     for key, value in fields:

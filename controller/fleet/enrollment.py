@@ -9,7 +9,7 @@ from __future__ import annotations
 import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from cryptography import x509
 from fleetpatch import labels as labelspec
@@ -18,7 +18,7 @@ from fleetpatch.identity import Identity, Role
 from controller.audit import AuditEntry
 from controller.errors import UsageError
 from controller.fleet import tokens
-from controller.fleet.pki import CertificateAuthority
+from controller.fleet.pki import HOST_LIFETIME, CertificateAuthority
 from controller.model import JSON, Host, HostStatus
 from controller.store import Store
 from controller.store.thread import StoreThread
@@ -39,6 +39,7 @@ async def enroll(
     labels: Mapping[str, str],
     facts: JSON,
     now: datetime,
+    lifetime: timedelta = HOST_LIFETIME,
 ) -> Enrolled:
     """Spend a use of the token, sign the host's CSR with a new host id, and
     record the host, then its audit entry (one store call).
@@ -56,7 +57,7 @@ async def enroll(
     # into or out of label-targeted campaigns).
     host_labels = {**asked, **token.labels}
     host_id = "h-" + secrets.token_hex(8)
-    cert = ca.sign_csr(csr_pem, Identity(Role.HOST, host_id))
+    cert = ca.sign_csr(csr_pem, Identity(Role.HOST, host_id), lifetime, now)
     host = Host(
         host_id=host_id,
         region=token.region,
@@ -69,6 +70,7 @@ async def enroll(
         facts=facts,
         certificate_serial=format(cert.serial_number, "x"),
         certificate_expires_at=cert.not_valid_after_utc,
+        certificate_not_before=cert.not_valid_before_utc,
     )
     entry = AuditEntry(
         now, f"host:{host_id}", "host.enroll", host_id, "ok",

@@ -23,7 +23,11 @@ from controller.errors import UsageError
 
 CA_LIFETIME = timedelta(days=3650)
 SERVER_LIFETIME = timedelta(days=825)
-CLIENT_LIFETIME = timedelta(days=365)
+CLIENT_LIFETIME = timedelta(days=365)  # admin certificates
+# Host certificates: the default of `certificates.host_lifetime`. Hosts renew
+# theirs at two thirds of its life (RENEW_AT), over mutual TLS.
+HOST_LIFETIME = timedelta(days=90)
+RENEW_AT = 2 / 3
 _BACKDATE = timedelta(minutes=5)  # tolerate clocks slightly behind ours
 
 
@@ -54,8 +58,16 @@ def _name(common_name: str) -> x509.Name:
     )
 
 
-def _builder(subject: str, public_key: object, lifetime: timedelta) -> x509.CertificateBuilder:
-    now = datetime.now(UTC)
+def renew_at(not_before: datetime, not_after: datetime) -> datetime:
+    """When a certificate valid from ``not_before`` to ``not_after`` is due
+    for renewal: once two thirds of its life have passed."""
+    return not_before + (not_after - not_before) * RENEW_AT
+
+
+def _builder(
+    subject: str, public_key: object, lifetime: timedelta, now: datetime | None = None
+) -> x509.CertificateBuilder:
+    now = now or datetime.now(UTC)
     return (
         x509.CertificateBuilder()
         .subject_name(_name(subject))
@@ -154,10 +166,17 @@ class CertificateAuthority:
         )
         return Issued(key_to_pem(key), cert.public_bytes(serialization.Encoding.PEM))
 
-    def issue_client(self, identity: Identity, public_key: object) -> x509.Certificate:
-        """A client certificate naming ``identity``, for ``public_key``."""
+    def issue_client(
+        self,
+        identity: Identity,
+        public_key: object,
+        lifetime: timedelta = CLIENT_LIFETIME,
+        now: datetime | None = None,
+    ) -> x509.Certificate:
+        """A client certificate naming ``identity``, for ``public_key``,
+        valid for ``lifetime`` from ``now``."""
         return self._sign(
-            _builder(identity.name, public_key, CLIENT_LIFETIME),
+            _builder(identity.name, public_key, lifetime, now),
             public_key,
             ExtendedKeyUsageOID.CLIENT_AUTH,
             [x509.UniformResourceIdentifier(identity.uri)],
@@ -170,7 +189,13 @@ class CertificateAuthority:
         cert = self.issue_client(Identity(Role.ADMIN, name), key.public_key())
         return Issued(key_to_pem(key), cert.public_bytes(serialization.Encoding.PEM))
 
-    def sign_csr(self, csr_pem: bytes, identity: Identity) -> x509.Certificate:
+    def sign_csr(
+        self,
+        csr_pem: bytes,
+        identity: Identity,
+        lifetime: timedelta = HOST_LIFETIME,
+        now: datetime | None = None,
+    ) -> x509.Certificate:
         """Issue a client certificate for the key in a CSR.
 
         The CSR must carry a valid self-signature (proof that the requester
@@ -192,7 +217,7 @@ class CertificateAuthority:
                 raise UsageError("the certificate request's RSA key is too small")
         elif not isinstance(public_key, ed25519.Ed25519PublicKey):
             raise UsageError("the certificate request's key type is not accepted")
-        return self.issue_client(identity, public_key)
+        return self.issue_client(identity, public_key, lifetime, now)
 
 
 def server_names(hostname: str) -> list[str]:

@@ -160,8 +160,8 @@ class Store(CampaignStore, ReleaseStore, WebhookStore):
                 raise TokenRefused(f"enrollment token {token_id} can no longer be used")
             conn.execute(
                 "INSERT INTO hosts (host_id, region, ring, labels, status, token_id,"
-                " enrolled_at, facts, cert_serial, cert_expires_at)"
-                " VALUES (?,?,?,?,?,?,?,?,?,?)",
+                " enrolled_at, facts, cert_serial, cert_expires_at, cert_not_before)"
+                " VALUES (?,?,?,?,?,?,?,?,?,?,?)",
                 (
                     host.host_id,
                     host.region,
@@ -173,6 +173,7 @@ class Store(CampaignStore, ReleaseStore, WebhookStore):
                     json.dumps(dict(host.facts)),
                     host.certificate_serial,
                     _ts(host.certificate_expires_at),
+                    _ts(host.certificate_not_before),
                 ),
             )
 
@@ -199,6 +200,43 @@ class Store(CampaignStore, ReleaseStore, WebhookStore):
             (*args, limit),
         )
         return [_host(r) for r in _rows(cur)]
+
+    def renew_host_certificate(
+        self,
+        host_id: str,
+        serial: str,
+        not_before: datetime,
+        expires_at: datetime,
+        entry: AuditEntry,
+    ) -> None:
+        """The host's new certificate, and its audit record, in one
+        transaction; its renewal failures are forgotten. Raises NotFound."""
+        with self._transaction() as conn:
+            if (
+                conn.execute(
+                    "UPDATE hosts SET cert_serial = ?, cert_not_before = ?, cert_expires_at = ?,"
+                    " renew_failures = 0, renew_error = '' WHERE host_id = ?",
+                    (serial, _ts(not_before), _ts(expires_at), host_id),
+                ).rowcount
+                == 0
+            ):
+                raise NotFound(f"no host {host_id!r}")
+            audit.append(conn, entry)
+
+    def record_renewal_failure(
+        self, host_id: str, failures: int | None, error: str, entry: AuditEntry | None = None
+    ) -> None:
+        """A failed renewal of the host's certificate: ``failures`` in a row
+        as its agent counts them, or None for one more (refused here); with
+        its audit record when there is one."""
+        count = "renew_failures + 1" if failures is None else "MAX(renew_failures, ?)"
+        with self._transaction() as conn:
+            conn.execute(
+                f"UPDATE hosts SET renew_failures = {count}, renew_error = ? WHERE host_id = ?",  # noqa: S608 - one of two constants
+                (error, host_id) if failures is None else (failures, error, host_id),
+            )
+            if entry is not None:
+                audit.append(conn, entry)
 
     def revoke_host(self, host_id: str, now: datetime) -> Host:
         with self._transaction() as conn:
@@ -438,4 +476,7 @@ def _host(row: Mapping[str, Any]) -> Host:
         certificate_expires_at=_dt(row["cert_expires_at"]),
         inventory_updates=row["inventory_updates"],
         checkins=row["checkins"],
+        certificate_not_before=_dt(row["cert_not_before"]),
+        renewal_failures=row["renew_failures"],
+        renewal_error=row["renew_error"],
     )

@@ -163,3 +163,16 @@ def _webhook_cursors(db: Database) -> None:
         )"""
     )
     db.execute("CREATE INDEX assignments_campaign_ring ON assignments (campaign_id, ring)")
+
+
+@migrations(name="0006_certificate_renewal")
+def _certificate_renewal(db: Database) -> None:
+    # Hosts renew their certificate at two thirds of its life: when it
+    # started is kept to say when that is. Certificates issued before this
+    # migration lasted 365 days.
+    db.execute("ALTER TABLE hosts ADD COLUMN cert_not_before REAL")
+    db.execute("UPDATE hosts SET cert_not_before = cert_expires_at - 365 * 86400")
+    # Renewals failed in a row (reported by the agent, or refused here) and
+    # the last reason; reset by a renewal.
+    db.execute("ALTER TABLE hosts ADD COLUMN renew_failures INTEGER NOT NULL DEFAULT 0")
+    db.execute("ALTER TABLE hosts ADD COLUMN renew_error TEXT NOT NULL DEFAULT ''")

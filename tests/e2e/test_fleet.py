@@ -173,6 +173,9 @@ class _Impostor(agent_pb2_grpc.AgentServiceServicer):
     def FetchArtifact(self, request, context):
         context.abort(grpc.StatusCode.NOT_FOUND, "an impostor serves no artifacts")
 
+    def Renew(self, request, context):
+        context.abort(grpc.StatusCode.UNIMPLEMENTED, "an impostor renews nothing")
+
     def ReportProgress(self, request, context):
         self.reports.append(request)
         return agent_pb2.ReportProgressResponse(

@@ -303,6 +303,10 @@ class Host(_message.Message):
     CERTIFICATE_EXPIRES_AT_FIELD_NUMBER: _builtins.int
     INVENTORY_UPDATES_FIELD_NUMBER: _builtins.int
     CHECKINS_FIELD_NUMBER: _builtins.int
+    CERTIFICATE_RENEW_AT_FIELD_NUMBER: _builtins.int
+    RENEWAL_FAILURES_FIELD_NUMBER: _builtins.int
+    RENEWAL_ERROR_FIELD_NUMBER: _builtins.int
+    RENEWAL_FAILING_FIELD_NUMBER: _builtins.int
     host_id: _builtins.str
     region: _builtins.str
     ring: _builtins.int
@@ -313,6 +317,12 @@ class Host(_message.Message):
     inventory_updates: _builtins.int
     """full inventories received so far"""
     checkins: _builtins.int
+    renewal_failures: _builtins.int
+    """renewals failed in a row (agent or controller side)"""
+    renewal_error: _builtins.str
+    """the last failure"""
+    renewal_failing: _builtins.bool
+    """renewal_failures reached the threshold: look at this host"""
     @_builtins.property
     def labels(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]: ...
     @_builtins.property
@@ -325,6 +335,12 @@ class Host(_message.Message):
     def last_seen(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
     def certificate_expires_at(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def certificate_renew_at(self) -> _timestamp_pb2.Timestamp:
+        """When the host's certificate passes two thirds of its life and the host
+        renews it.
+        """
+
     def __init__(
         self,
         *,
@@ -343,10 +359,14 @@ class Host(_message.Message):
         certificate_expires_at: _timestamp_pb2.Timestamp | None = ...,
         inventory_updates: _builtins.int = ...,
         checkins: _builtins.int = ...,
+        certificate_renew_at: _timestamp_pb2.Timestamp | None = ...,
+        renewal_failures: _builtins.int = ...,
+        renewal_error: _builtins.str = ...,
+        renewal_failing: _builtins.bool = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["certificate_expires_at", b"certificate_expires_at", "enrolled_at", b"enrolled_at", "facts", b"facts", "health", b"health", "last_seen", b"last_seen"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["certificate_expires_at", b"certificate_expires_at", "certificate_renew_at", b"certificate_renew_at", "enrolled_at", b"enrolled_at", "facts", b"facts", "health", b"health", "last_seen", b"last_seen"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["certificate_expires_at", b"certificate_expires_at", "certificate_serial", b"certificate_serial", "checkins", b"checkins", "enrolled_at", b"enrolled_at", "facts", b"facts", "health", b"health", "host_id", b"host_id", "inventory_hash", b"inventory_hash", "inventory_updates", b"inventory_updates", "labels", b"labels", "last_seen", b"last_seen", "package_count", b"package_count", "region", b"region", "ring", b"ring", "status", b"status"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["certificate_expires_at", b"certificate_expires_at", "certificate_renew_at", b"certificate_renew_at", "certificate_serial", b"certificate_serial", "checkins", b"checkins", "enrolled_at", b"enrolled_at", "facts", b"facts", "health", b"health", "host_id", b"host_id", "inventory_hash", b"inventory_hash", "inventory_updates", b"inventory_updates", "labels", b"labels", "last_seen", b"last_seen", "package_count", b"package_count", "region", b"region", "renewal_error", b"renewal_error", "renewal_failing", b"renewal_failing", "renewal_failures", b"renewal_failures", "ring", b"ring", "status", b"status"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

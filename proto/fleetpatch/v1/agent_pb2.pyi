@@ -124,6 +124,8 @@ class CheckInRequest(_message.Message):
     CURRENT_ORDER_ID_FIELD_NUMBER: _builtins.int
     CURRENT_STEP_FIELD_NUMBER: _builtins.int
     HIGHEST_SEQUENCE_FIELD_NUMBER: _builtins.int
+    RENEWAL_FAILURES_FIELD_NUMBER: _builtins.int
+    RENEWAL_ERROR_FIELD_NUMBER: _builtins.int
     inventory_hash: _builtins.str
     """hash of the host's current inventory"""
     current_order_id: _builtins.str
@@ -131,6 +133,10 @@ class CheckInRequest(_message.Message):
     current_step: _builtins.str
     highest_sequence: _builtins.int
     """highest order sequence ever accepted"""
+    renewal_failures: _builtins.int
+    """certificate renewals failed in a row (0: none)"""
+    renewal_error: _builtins.str
+    """why the last one failed"""
     @_builtins.property
     def facts(self) -> _types_pb2.HostFacts: ...
     @_builtins.property
@@ -149,10 +155,12 @@ class CheckInRequest(_message.Message):
         current_order_id: _builtins.str = ...,
         current_step: _builtins.str = ...,
         highest_sequence: _builtins.int = ...,
+        renewal_failures: _builtins.int = ...,
+        renewal_error: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["facts", b"facts", "health", b"health", "inventory", b"inventory"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["current_order_id", b"current_order_id", "current_step", b"current_step", "facts", b"facts", "health", b"health", "highest_sequence", b"highest_sequence", "inventory", b"inventory", "inventory_hash", b"inventory_hash"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["current_order_id", b"current_order_id", "current_step", b"current_step", "facts", b"facts", "health", b"health", "highest_sequence", b"highest_sequence", "inventory", b"inventory", "inventory_hash", b"inventory_hash", "renewal_error", b"renewal_error", "renewal_failures", b"renewal_failures"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -283,3 +291,43 @@ class ArtifactChunk(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ArtifactChunk: _TypeAlias = ArtifactChunk  # noqa: Y015
+
+@_typing.final
+class RenewRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CSR_PEM_FIELD_NUMBER: _builtins.int
+    csr_pem: _builtins.bytes
+    """PKCS#10 for the host's new key (made on the host)"""
+    def __init__(
+        self,
+        *,
+        csr_pem: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["csr_pem", b"csr_pem"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RenewRequest: _TypeAlias = RenewRequest  # noqa: Y015
+
+@_typing.final
+class RenewResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CERTIFICATE_PEM_FIELD_NUMBER: _builtins.int
+    certificate_pem: _builtins.bytes
+    """naming the same host id as the calling certificate"""
+    def __init__(
+        self,
+        *,
+        certificate_pem: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["certificate_pem", b"certificate_pem"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RenewResponse: _TypeAlias = RenewResponse  # noqa: Y015

@@ -54,6 +54,11 @@ class AgentServiceStub:
                 request_serializer=fleetpatch_dot_v1_dot_agent__pb2.FetchArtifactRequest.SerializeToString,
                 response_deserializer=fleetpatch_dot_v1_dot_agent__pb2.ArtifactChunk.FromString,
                 _registered_method=True)
+        self.Renew = channel.unary_unary(
+                '/fleetpatch.v1.AgentService/Renew',
+                request_serializer=fleetpatch_dot_v1_dot_agent__pb2.RenewRequest.SerializeToString,
+                response_deserializer=fleetpatch_dot_v1_dot_agent__pb2.RenewResponse.FromString,
+                _registered_method=True)
 
 
 class AgentServiceServicer:
@@ -84,6 +89,14 @@ class AgentServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Renew(self, request, context):
+        """A new certificate for this host (mutual TLS with its current one, which
+        must not have expired); the host id comes from that certificate.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AgentServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -106,6 +119,11 @@ def add_AgentServiceServicer_to_server(servicer, server):
                     servicer.FetchArtifact,
                     request_deserializer=fleetpatch_dot_v1_dot_agent__pb2.FetchArtifactRequest.FromString,
                     response_serializer=fleetpatch_dot_v1_dot_agent__pb2.ArtifactChunk.SerializeToString,
+            ),
+            'Renew': grpc.unary_unary_rpc_method_handler(
+                    servicer.Renew,
+                    request_deserializer=fleetpatch_dot_v1_dot_agent__pb2.RenewRequest.FromString,
+                    response_serializer=fleetpatch_dot_v1_dot_agent__pb2.RenewResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -216,6 +234,33 @@ class AgentService:
             '/fleetpatch.v1.AgentService/FetchArtifact',
             fleetpatch_dot_v1_dot_agent__pb2.FetchArtifactRequest.SerializeToString,
             fleetpatch_dot_v1_dot_agent__pb2.ArtifactChunk.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Renew(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fleetpatch.v1.AgentService/Renew',
+            fleetpatch_dot_v1_dot_agent__pb2.RenewRequest.SerializeToString,
+            fleetpatch_dot_v1_dot_agent__pb2.RenewResponse.FromString,
             options,
             channel_credentials,
             insecure,

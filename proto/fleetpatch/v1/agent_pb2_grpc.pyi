@@ -40,6 +40,10 @@ class AgentServiceStub:
     ReportProgress: _grpc.UnaryUnaryMultiCallable[_agent_pb2.ReportProgressRequest, _agent_pb2.ReportProgressResponse]
     FetchArtifact: _grpc.UnaryStreamMultiCallable[_agent_pb2.FetchArtifactRequest, _agent_pb2.ArtifactChunk]
     """A published artifact (an agent package), by its SHA-256, in chunks."""
+    Renew: _grpc.UnaryUnaryMultiCallable[_agent_pb2.RenewRequest, _agent_pb2.RenewResponse]
+    """A new certificate for this host (mutual TLS with its current one, which
+    must not have expired); the host id comes from that certificate.
+    """
 
 @_typing.type_check_only
 class AgentServiceAsyncStub(AgentServiceStub):
@@ -49,6 +53,10 @@ class AgentServiceAsyncStub(AgentServiceStub):
     ReportProgress: _aio.UnaryUnaryMultiCallable[_agent_pb2.ReportProgressRequest, _agent_pb2.ReportProgressResponse]  # type: ignore[assignment]
     FetchArtifact: _aio.UnaryStreamMultiCallable[_agent_pb2.FetchArtifactRequest, _agent_pb2.ArtifactChunk]  # type: ignore[assignment]
     """A published artifact (an agent package), by its SHA-256, in chunks."""
+    Renew: _aio.UnaryUnaryMultiCallable[_agent_pb2.RenewRequest, _agent_pb2.RenewResponse]  # type: ignore[assignment]
+    """A new certificate for this host (mutual TLS with its current one, which
+    must not have expired); the host id comes from that certificate.
+    """
 
 class AgentServiceServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -79,5 +87,15 @@ class AgentServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_agent_pb2.ArtifactChunk], _abc.AsyncIterator[_agent_pb2.ArtifactChunk]]:
         """A published artifact (an agent package), by its SHA-256, in chunks."""
+
+    @_abc_1.abstractmethod
+    def Renew(
+        self,
+        request: _agent_pb2.RenewRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_agent_pb2.RenewResponse, _abc.Awaitable[_agent_pb2.RenewResponse]]:
+        """A new certificate for this host (mutual TLS with its current one, which
+        must not have expired); the host id comes from that certificate.
+        """
 
 def add_AgentServiceServicer_to_server(servicer: AgentServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
