@@ -35,7 +35,7 @@ from agent.host.checks import Prober
 from agent.host.health import ResourceLimits, resource_checks, summarize
 from agent.link.checkin import CheckIns
 from agent.link.enrollment import enroll as do_enroll
-from agent.link.keys import learn as learn_keys
+from agent.link.keys import learn_announced
 from agent.link.renewal import Renewal
 from agent.orders.journal import Journal
 from agent.orders.selfupdate import HandOver, release_key
@@ -185,7 +185,7 @@ def run(
     assert agent.client is not None  # noqa: S101 - opened online
     checkins = CheckIns(
         agent.config, agent.journal, agent.client, on_order=agent.handle, between=agent.report,
-        on_keys=lambda keys: learn_keys(agent.state, keys), after=agent.write_metrics,
+        on_keys=lambda answer: learn_announced(agent.state, answer), after=agent.write_metrics,
         renewal=Renewal(agent.state, agent.client),
     )  # fmt: skip
     try:
@@ -244,7 +244,8 @@ def apply(
     finally:
         agent.close()
     if final is None:
-        raise AgentRefusedOrder("the work order was refused (see `fleetpatch-agent status`)")
+        raise AgentRefusedOrder(f"{agent.last_refusal or 'the work order was refused'} "
+                                "(see `fleetpatch-agent status`)")  # fmt: skip
     print(f"work order finished: {final}")
     if final not in (State.SUCCEEDED, State.PENDING_REBOOT, State.PENDING_RESTART):
         raise typer.Exit(1)

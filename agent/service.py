@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 
 from fleetpatch.v1 import types_pb2
@@ -95,6 +96,7 @@ def check_state(state: StateDir) -> tuple[AgentConfig, Credentials]:
     config = state.config()
     credentials = state.credentials()
     state.trusted_signing_keys()
+    state.key_status()
     return config, credentials
 
 
@@ -108,6 +110,7 @@ class Agent:
     client: ControllerClient | None = None
     reports: reporting.Reports | None = None
     textfile: Textfile | None = None
+    last_refusal: str = ""  # why `handle` last refused an order
 
     @classmethod
     def open(cls, state: StateDir, online: bool = True, machine: Machine = Machine()) -> Agent:
@@ -170,8 +173,10 @@ class Agent:
     def handle(self, envelope: types_pb2.SignedEnvelope) -> State | None:
         """Verify and carry out one order; None when it was refused."""
         try:
-            order = self.runner.receive(envelope, self.state.trusted_signing_keys(), self.host_id)
-        except OrderRefused:
+            keys, withdrawn = self.state.usable_signing_keys(datetime.now(UTC))
+            order = self.runner.receive(envelope, keys, self.host_id, withdrawn)
+        except OrderRefused as refused:
+            self.last_refusal = str(refused)
             self.report()
             return None
         self.report()

@@ -7,6 +7,7 @@ STATE/renewed/            a renewed key and certificate that worked, being
                           moved into place (finished at the next start)
 STATE/ca.pem              the controller CA pinned at enrollment
 STATE/trusted_keys.json   work-order signing keys pinned at enrollment
+STATE/key_status.json     which of them endorsed which, retired and revoked ones
 STATE/journal.db          SQLite journal: check-ins, orders, reports (0600)
 STATE/cache/              packages kept for reverts, agent updates (0700)
 
@@ -22,7 +23,7 @@ import json
 import os
 import tomllib
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 
 from cryptography import x509
@@ -160,6 +161,24 @@ textfile = ""
 """
 
 
+@dataclass
+class KeyStatus:
+    """key_status.json: which key endorsed each key the agent learned, when
+    each retired key stops being trusted, and the revoked keys (never
+    trusted again, whatever endorses them)."""
+
+    endorsed_by: dict[str, str] = field(default_factory=dict)
+    retire_at: dict[str, datetime] = field(default_factory=dict)
+    revoked: dict[str, datetime] = field(default_factory=dict)
+
+    def withdrawn(self, now: datetime) -> dict[str, str]:
+        """Key id -> why it may not sign (for a refusal's line)."""
+        why = {k: f"was retired at {t:%Y-%m-%d %H:%M:%SZ}" for k, t in self.retire_at.items()
+               if t <= now}  # fmt: skip
+        why.update({k: "was revoked" for k in self.revoked})
+        return why
+
+
 @dataclass(frozen=True)
 class StateDir:
     path: Path
@@ -183,6 +202,10 @@ class StateDir:
     @property
     def trusted_keys(self) -> Path:
         return self.path / "trusted_keys.json"
+
+    @property
+    def key_status_file(self) -> Path:
+        return self.path / "key_status.json"
 
     @property
     def journal(self) -> Path:
@@ -361,6 +384,40 @@ class StateDir:
                 f"{self.trusted_keys} is damaged: it is not a JSON object of key ids to hex keys "
                 f"({RESTORE})"
             ) from None
+
+    def key_status(self) -> KeyStatus:
+        """What the agent knows of its signing keys beyond the keys
+        themselves (none before the first rotation); StateDirError naming
+        the file when it is damaged."""
+        if not self.key_status_file.exists():
+            return KeyStatus()
+        try:
+            doc = json.loads(self.read(self.key_status_file))
+            return KeyStatus(
+                {str(k): str(v) for k, v in doc["endorsed_by"].items()},
+                {str(k): datetime.fromisoformat(v) for k, v in doc["retire_at"].items()},
+                {str(k): datetime.fromisoformat(v) for k, v in doc["revoked"].items()},
+            )
+        except (ValueError, TypeError, KeyError, AttributeError):
+            raise StateDirError(
+                f"{self.key_status_file} is damaged: it is not the JSON the agent writes "
+                f"({RESTORE})"
+            ) from None
+
+    def write_key_status(self, status: KeyStatus) -> None:
+        doc = {
+            "endorsed_by": dict(sorted(status.endorsed_by.items())),
+            "retire_at": {k: v.isoformat() for k, v in sorted(status.retire_at.items())},
+            "revoked": {k: v.isoformat() for k, v in sorted(status.revoked.items())},
+        }
+        self.write(self.key_status_file, json.dumps(doc, indent=2).encode() + b"\n", mode=0o644)
+
+    def usable_signing_keys(self, now: datetime) -> tuple[dict[str, bytes], dict[str, str]]:
+        """The signing keys an order may be signed with now, and why each
+        pinned key that may not is withdrawn (revoked, or retired)."""
+        keys, status = self.trusted_signing_keys(), self.key_status()
+        withdrawn = status.withdrawn(now)
+        return {k: v for k, v in keys.items() if k not in withdrawn}, withdrawn
 
     def write_trusted_signing_keys(self, keys: dict[str, bytes]) -> None:
         doc = {k: v.hex() for k, v in sorted(keys.items())}

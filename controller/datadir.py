@@ -7,6 +7,7 @@
     DIR/signing.key       Ed25519 key that signs work orders
     DIR/signing-keys.json rotations: each new key endorsed by the one before
     DIR/signing.key.ID    retired signing keys, kept for the record
+    DIR/signing-keys-status.json  when each key was first used; revoked keys
     DIR/controller.db     SQLite (WAL)
     DIR/endpoints.json    written by `serve`: the addresses it listens on
     DIR/artifacts/SHA256  published agent packages, named by their digest (0644)
@@ -34,7 +35,7 @@ DEFAULT_PORT = 7443
 # The tables of controller.toml ([[webhooks]] is an array of them).
 TABLES = {
     "server", "checkin", "campaigns", "releases", "enrollment", "audit", "metrics", "webhooks",
-    "certificates",
+    "certificates", "signing",
 }  # fmt: skip
 
 
@@ -76,6 +77,9 @@ class Settings:
     # [certificates] host_lifetime: how long a host certificate is valid;
     # hosts renew theirs at two thirds of it (controller/fleet/renewal.py).
     host_certificate_lifetime: timedelta = timedelta(days=90)
+    # [signing] old_key_grace: after a rotation, how long agents still take
+    # orders signed by the old key once the new one is in use.
+    old_key_grace: timedelta = timedelta(days=7)
 
 
 def default_enroll_address(address: str) -> str:
@@ -141,6 +145,10 @@ class DataDir:
     @property
     def signing_rotations(self) -> Path:
         return self.path / "signing-keys.json"
+
+    @property
+    def signing_status(self) -> Path:
+        return self.path / "signing-keys-status.json"
 
     @property
     def config(self) -> Path:
@@ -237,12 +245,11 @@ class DataDir:
         checkpoints = _duration(audit, "audit", "checkpoint_interval", "1h", self.config)
         metrics = _table(doc, "metrics", {"listen"}, self.config)
         metrics_listen = _address(metrics, "listen", "", self.config, "metrics")
-        certificates = _table(doc, "certificates", {"host_lifetime"}, self.config)
-        host_lifetime = _duration(certificates, "certificates", "host_lifetime", "90d", self.config)
+        host_lifetime, grace = _identities(doc, self.config)
         return Settings(
             listen, enroll, advertise, interval, float(jitter), tick, max_batch,
             self.path / public_key if public_key else None, pending, refusal_window, checkpoints,
-            metrics_listen, _webhooks(doc, self.path, self.config), host_lifetime,
+            metrics_listen, _webhooks(doc, self.path, self.config), host_lifetime, grace,
         )  # fmt: skip
 
     def write_endpoints(self, address: str, enroll_address: str) -> None:
@@ -297,6 +304,14 @@ def _webhooks(doc: dict[str, object], root: Path, path: Path) -> tuple[WebhookSe
             raise UsageError(f"{where}.url: {url!r} is not an http:// or https:// URL")
         found.append(WebhookSetting(name, url, root / secret))
     return tuple(found)
+
+
+def _identities(doc: dict[str, object], path: Path) -> tuple[timedelta, timedelta]:
+    """[certificates] host_lifetime and [signing] old_key_grace."""
+    certificates = _table(doc, "certificates", {"host_lifetime"}, path)
+    host_lifetime = _duration(certificates, "certificates", "host_lifetime", "90d", path)
+    signing = _table(doc, "signing", {"old_key_grace"}, path)
+    return host_lifetime, _duration(signing, "signing", "old_key_grace", "7d", path)
 
 
 def _duration(table: dict[str, object], name: str, key: str, default: str, path: Path) -> timedelta:
@@ -362,6 +377,13 @@ pending_timeout = "1h"
 # enrolled again with a token. Restart `serve` after a change; certificates
 # already issued keep their lifetime until they are renewed.
 host_lifetime = "90d"
+
+[signing]
+# After `fleetpatch controller rotate-key`, agents still take orders signed
+# by the old key for this long once the controller signs with the new one
+# (from its next start), then refuse them. `rotate-key --revoke-old` (a
+# leaked key) makes them refuse it at their next check-in, without grace.
+old_key_grace = "7d"
 
 [releases]
 # Optional: the release public key (the .pub of `fleetpatch release keygen`)

@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import random
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
@@ -55,7 +55,7 @@ class CheckIns:
         rng: random.Random | None = None,
         on_order: Callable[[types_pb2.SignedEnvelope], object] | None = None,
         between: Callable[[], object] | None = None,
-        on_keys: Callable[[Sequence[types_pb2.SigningKey]], object] | None = None,
+        on_keys: Callable[[agent_pb2.CheckInResponse], object] | None = None,
         after: Callable[[], object] | None = None,
         renewal: Renewal | None = None,
     ) -> None:
@@ -103,8 +103,8 @@ class CheckIns:
             request.inventory.CopyFrom(convert.inventory_to_pb(installed))
             send_full = True
             response = self._client.check_in(request)
-        if response.signing_keys and self._on_keys is not None:
-            self._on_keys(response.signing_keys)
+        if (response.signing_keys or response.withdrawn_keys) and self._on_keys is not None:
+            self._on_keys(response)
         next_in = response.next_checkin.ToTimedelta()
         self._journal.record_checkin(response.known_inventory_hash, datetime.now(UTC) + next_in)
         order = response.work_order if response.HasField("work_order") else None

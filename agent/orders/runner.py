@@ -126,17 +126,23 @@ class Runner:
     # -- receiving -------------------------------------------------------------
 
     def receive(
-        self, envelope: types_pb2.SignedEnvelope, trusted_keys: Mapping[str, bytes], host_id: str
+        self,
+        envelope: types_pb2.SignedEnvelope,
+        trusted_keys: Mapping[str, bytes],
+        host_id: str,
+        withdrawn: Mapping[str, str] | None = None,
     ) -> WorkOrder:
-        """Verify an order and journal it as RECEIVED.
+        """Verify an order and journal it as RECEIVED. ``withdrawn``: pinned
+        keys that may no longer sign, and why (for the refusal's line).
 
         Raises OrderRefused, after journaling and queueing the refusal for
         the controller; nothing on the host has changed.
         """
         try:
             order = verify(
-                envelope, trusted_keys, host_id, self._journal.highest_sequence(), self._clock()
-            )
+                envelope, trusted_keys, host_id, self._journal.highest_sequence(), self._clock(),
+                withdrawn,
+            )  # fmt: skip
             check_order(order, self._policy)
         except OrderRefused as refused:
             log.warning("%s", refused)

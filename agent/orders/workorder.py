@@ -137,13 +137,21 @@ def verify(
     host_id: str,
     highest_sequence: int,
     now: datetime,
+    withdrawn: Mapping[str, str] | None = None,
 ) -> WorkOrder:
     """Return the order in ``envelope`` if it may run here, now.
 
-    Raises OrderRefused when it is unsigned, signed by an unknown key,
-    tampered with, malformed, expired, addressed to another host, or not
-    newer than every order this host already accepted (replay, rollback).
+    Raises OrderRefused when it is unsigned, signed by an unknown key or
+    one withdrawn (``withdrawn``: key id -> why: revoked, retired), tampered
+    with, malformed, expired, addressed to another host, or not newer than
+    every order this host already accepted (replay, rollback).
     """
+    why = (withdrawn or {}).get(envelope.key_id)
+    if why is not None and envelope.key_id not in trusted_keys:
+        raise OrderRefused(
+            RefusalReason.UNKNOWN_KEY,
+            f"work order refused: signed by key {envelope.key_id}, which {why}",
+        )
     try:
         payload = open_envelope(envelope, WORK_ORDER_TYPE, trusted_keys)
     except EnvelopeError as exc:

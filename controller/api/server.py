@@ -32,7 +32,7 @@ from controller.checkpoint import Checkpoints
 from controller.datadir import DataDir, Settings, join_address, split_address
 from controller.errors import UsageError
 from controller.fleet.pki import CertificateAuthority
-from controller.fleet.signing import load_signing_keys
+from controller.fleet.signing import load_signing_keys, mark_in_use
 from controller.metrics import listener as metrics_listener
 from controller.metrics.collector import Snapshot, StateCollector
 from controller.metrics.instruments import Metrics
@@ -145,6 +145,9 @@ async def serve(  # noqa: PLR0915
     ca = CertificateAuthority.load(data_dir.read(data_dir.ca_key), data_dir.read(data_dir.ca_cert))
     pair = (data_dir.read(data_dir.server_key), data_dir.read(data_dir.server_cert))
     keys = load_signing_keys(data_dir)
+    # The old keys' grace runs from the first time the current one signs.
+    mark_in_use(data_dir, keys.current_id, datetime.now(UTC))
+    keys = load_signing_keys(data_dir)
     release_key = load_release_key(data_dir, settings.release_public_key)
 
     store = Store.open(data_dir.database)
@@ -160,7 +163,7 @@ async def serve(  # noqa: PLR0915
     pending = await db.call(lambda s: s.host_ids(HostStatus.PENDING))
     agents = AgentService(
         db, batcher, ca, keys.published, settings, revoked, engine, releases, keys.chain,
-        refusals=keeper.refusals, pending=pending,
+        keys.withdrawn(settings.old_key_grace), refusals=keeper.refusals, pending=pending,
     )  # fmt: skip
     admin = AdminService(db, revoked, engine, releases, keeper.checkpoints)
     health_servicer = _register(server, agents, admin)

@@ -252,6 +252,7 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
         engine: CampaignEngine,
         releases: Releases,
         rotations: list[types_pb2.SigningKey] | None = None,
+        withdrawn: list[types_pb2.WithdrawnKey] | None = None,
         rng: random.Random | None = None,
         admission: limits.Admission | None = None,
         pending: set[str] | None = None,
@@ -268,6 +269,8 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
         self._revoked = revoked
         self._engine = engine
         self._rotations = rotations or []
+        self._withdrawn = withdrawn or []
+        self._current_key_id = signing_keys[0].key_id if signing_keys else ""
         self._rng = rng or random.Random()
         self._refusals = refusals or RefusalLog(db, RefusalCounter(settings.refusal_window))
         self.admission = admission or limits.Admission()
@@ -392,6 +395,8 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
         return agent_pb2.CheckInResponse(
             work_order=order,
             signing_keys=self._rotations,
+            withdrawn_keys=self._withdrawn,
+            current_key_id=self._current_key_id,
             next_checkin=convert.duration(
                 next_checkin(
                     self._settings.checkin_interval, self._settings.checkin_jitter, self._rng

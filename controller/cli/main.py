@@ -100,11 +100,27 @@ def controller_serve(
 
 
 @controller_app.command("rotate-key")
-def controller_rotate_key(data_dir: DataDirOption = DEFAULT_DATA_DIR) -> None:
+def controller_rotate_key(
+    data_dir: DataDirOption = DEFAULT_DATA_DIR,
+    revoke_old: Annotated[
+        bool,
+        typer.Option(
+            "--revoke-old",
+            help="The current key leaked: agents refuse it, and any key it endorses but the "
+            "new one, from their next check-in, with no grace period.",
+        ),
+    ] = False,
+) -> None:
     """Make a new work-order signing key, endorsed by the current one. Restart
-    `serve` to sign with it; agents learn it at their next check-in."""
-    old, new = rotate(DataDir(data_dir))
-    print(f"signing key {old} retired; new key {new}, endorsed by {old}")
+    `serve` to sign with it; agents learn it at their next check-in, and stop
+    trusting the old key `signing.old_key_grace` after that restart."""
+    old, new = rotate(DataDir(data_dir), datetime.now(UTC), revoke_old)
+    if revoke_old:
+        print(f"signing key {old} revoked; new key {new}, endorsed by {old}")
+        print("agents refuse the revoked key from their next check-in")
+    else:
+        print(f"signing key {old} retired; new key {new}, endorsed by {old}")
+        print("agents stop trusting it signing.old_key_grace after the restart")
     print("restart `fleetpatch controller serve` to sign orders with it")
 
 

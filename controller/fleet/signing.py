@@ -4,7 +4,8 @@ enrollment, used to sign every work order."""
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -82,21 +83,85 @@ def rotations_to_json(chain: list[types_pb2.SigningKey]) -> bytes:
     return json.dumps(doc, indent=2).encode() + b"\n"
 
 
-def rotate(data_dir: DataDir) -> tuple[str, str]:
+@dataclass
+class KeyStatus:
+    """signing-keys-status.json: when each key was first used to sign (by
+    `serve`), and which keys were revoked (`rotate-key --revoke-old`)."""
+
+    in_use_since: dict[str, datetime] = field(default_factory=dict)
+    revoked: dict[str, datetime] = field(default_factory=dict)
+
+    @classmethod
+    def load(cls, data_dir: DataDir) -> KeyStatus:
+        path = data_dir.signing_status
+        if not path.exists():
+            return cls()
+        try:
+            doc = json.loads(data_dir.read(path))
+            return cls(
+                {k: datetime.fromisoformat(v) for k, v in doc["in_use_since"].items()},
+                {k: datetime.fromisoformat(v) for k, v in doc["revoked"].items()},
+            )
+        except (ValueError, KeyError, TypeError, AttributeError):
+            raise DataDirError(f"{path} is damaged") from None
+
+    def save(self, data_dir: DataDir) -> None:
+        doc = {
+            "in_use_since": {k: v.isoformat() for k, v in sorted(self.in_use_since.items())},
+            "revoked": {k: v.isoformat() for k, v in sorted(self.revoked.items())},
+        }
+        data_dir.write_public(data_dir.signing_status, json.dumps(doc, indent=2).encode() + b"\n")
+
+
+def rotate(data_dir: DataDir, now: datetime, revoke_old: bool = False) -> tuple[str, str]:
     """Make a new signing key endorsed by the current one; the current one
-    is retired to signing.key.ID. Returns (old id, new id). The controller
-    signs with the new key from its next start; agents learn it at their
-    next check-in."""
+    is retired to signing.key.ID (and, with ``revoke_old``, revoked: agents
+    refuse it, and every key it endorsed but this one, from their next
+    check-in). Returns (old id, new id). The controller signs with the new
+    key from its next start; agents learn it at their next check-in."""
     data_dir.require_initialised()
     old = load_signing_key(data_dir.read(data_dir.signing_key))
     old_id = key_id(raw_public_key(old.public_key()))
     chain = rotation_chain(data_dir)
+    status = KeyStatus.load(data_dir)
     new = new_signing_key()
     announced = endorse(raw_public_key(new.public_key()), old)
     data_dir.write_private(data_dir.path / f"signing.key.{old_id}", signing_key_to_pem(old))
     data_dir.write_public(data_dir.signing_rotations, rotations_to_json([*chain, announced]))
+    if revoke_old:
+        status.revoked[old_id] = now
+        status.save(data_dir)
     data_dir.write_private(data_dir.signing_key, signing_key_to_pem(new))
     return old_id, announced.key_id
+
+
+def mark_in_use(data_dir: DataDir, current_id: str, now: datetime) -> None:
+    """Record the first time `serve` signs with the current key: the old
+    keys' grace period runs from then."""
+    status = KeyStatus.load(data_dir)
+    if current_id not in status.in_use_since:
+        status.in_use_since[current_id] = now
+        status.save(data_dir)
+
+
+def withdrawn(
+    chain: list[types_pb2.SigningKey], status: KeyStatus, grace: timedelta
+) -> list[types_pb2.WithdrawnKey]:
+    """What agents are told of the keys before the current one: each
+    revoked one at once; each other one retired ``grace`` after its
+    successor was first used (not yet announced while it has not been)."""
+    found = []
+    for successor in chain:
+        new_id, old_id = successor.key_id, successor.endorsed_by_key_id
+        if old_id in status.revoked:
+            found.append(
+                types_pb2.WithdrawnKey(key_id=old_id, revoked=True, successor_key_id=new_id)
+            )
+        elif new_id in status.in_use_since:
+            out = types_pb2.WithdrawnKey(key_id=old_id, successor_key_id=new_id)
+            out.retire_at.FromDatetime(status.in_use_since[new_id] + grace)
+            found.append(out)
+    return found
 
 
 @dataclass(frozen=True)
@@ -107,18 +172,30 @@ class SigningKeys:
     published: list[types_pb2.SigningKey]  # the current key, pinned at enrollment
     chain: list[types_pb2.SigningKey]  # rotations, oldest first
     # Every key this controller has signed with, by id: the current one, the
-    # rotated-in ones and the retired ones (signing.key.ID), as raw public keys.
+    # rotated-in ones and the retired ones (signing.key.ID), as raw public
+    # keys; never a revoked one (a leaked key could sign anything).
     trusted: dict[str, bytes]
+    status: KeyStatus = field(default_factory=KeyStatus)
+
+    @property
+    def current_id(self) -> str:
+        return self.published[0].key_id
+
+    def withdrawn(self, grace: timedelta) -> list[types_pb2.WithdrawnKey]:
+        return withdrawn(self.chain, self.status, grace)
 
 
 def load_signing_keys(data_dir: DataDir) -> SigningKeys:
-    """Raises DataDirError for a damaged key or rotation file."""
+    """Raises DataDirError for a damaged key, rotation or status file."""
     key = load_signing_key(data_dir.read(data_dir.signing_key))
     chain = rotation_chain(data_dir)
+    status = KeyStatus.load(data_dir)
     trusted = {k.key_id: bytes(k.public_key) for k in chain}
     for retired in sorted(data_dir.path.glob(f"{data_dir.signing_key.name}.*")):
         public = raw_public_key(load_signing_key(data_dir.read(retired)).public_key())
         trusted[key_id(public)] = public
     published = published_keys(key)
     trusted.update({k.key_id: bytes(k.public_key) for k in published})
-    return SigningKeys(key, published, chain, trusted)
+    for revoked in status.revoked:
+        trusted.pop(revoked, None)
+    return SigningKeys(key, published, chain, trusted, status)

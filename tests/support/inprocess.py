@@ -14,7 +14,7 @@ from pathlib import Path
 from agent.host import facts as hostfacts
 from agent.link.checkin import CheckIns
 from agent.link.enrollment import enroll
-from agent.link.keys import learn as learn_keys
+from agent.link.keys import learn_announced
 from agent.orders.states import State
 from agent.service import Agent, Machine
 from agent.statedir import StateDir
@@ -71,7 +71,7 @@ class InProcessAgent:
         self.checkins = CheckIns(
             config, self.journal, self.client, collect_facts=self._facts,
             list_packages=lambda _: sorted((n, v, "all") for n, v in backend.installed.items()),
-            on_keys=lambda keys: learn_keys(self.state, keys),
+            on_keys=lambda answer: learn_announced(self.state, answer),
         )  # fmt: skip
         self.outcomes: list[State] = []
         self.defer = defer

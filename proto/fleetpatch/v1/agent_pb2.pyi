@@ -175,10 +175,14 @@ class CheckInResponse(_message.Message):
     INVENTORY_REQUIRED_FIELD_NUMBER: _builtins.int
     WORK_ORDER_FIELD_NUMBER: _builtins.int
     SIGNING_KEYS_FIELD_NUMBER: _builtins.int
+    WITHDRAWN_KEYS_FIELD_NUMBER: _builtins.int
+    CURRENT_KEY_ID_FIELD_NUMBER: _builtins.int
     known_inventory_hash: _builtins.str
     """what the controller holds now"""
     inventory_required: _builtins.bool
     """check in again at once, in full"""
+    current_key_id: _builtins.str
+    """the key orders are signed with now"""
     @_builtins.property
     def next_checkin(self) -> _duration_pb2.Duration:
         """server-chosen, jittered"""
@@ -191,6 +195,10 @@ class CheckInResponse(_message.Message):
     def signing_keys(self) -> _containers.RepeatedCompositeFieldContainer[_types_pb2.SigningKey]:
         """rotation announcements"""
 
+    @_builtins.property
+    def withdrawn_keys(self) -> _containers.RepeatedCompositeFieldContainer[_types_pb2.WithdrawnKey]:
+        """retired and revoked keys"""
+
     def __init__(
         self,
         *,
@@ -199,10 +207,12 @@ class CheckInResponse(_message.Message):
         inventory_required: _builtins.bool = ...,
         work_order: _types_pb2.SignedEnvelope | None = ...,
         signing_keys: _abc.Iterable[_types_pb2.SigningKey] | None = ...,
+        withdrawn_keys: _abc.Iterable[_types_pb2.WithdrawnKey] | None = ...,
+        current_key_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["next_checkin", b"next_checkin", "work_order", b"work_order"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["inventory_required", b"inventory_required", "known_inventory_hash", b"known_inventory_hash", "next_checkin", b"next_checkin", "signing_keys", b"signing_keys", "work_order", b"work_order"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["current_key_id", b"current_key_id", "inventory_required", b"inventory_required", "known_inventory_hash", b"known_inventory_hash", "next_checkin", b"next_checkin", "signing_keys", b"signing_keys", "withdrawn_keys", b"withdrawn_keys", "work_order", b"work_order"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -26,21 +26,21 @@ from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19\x66leetpatch/v1/types.proto\x12\rfleetpatch.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xdf\x02\n\tHostFacts\x12\x10\n\x08hostname\x18\x01 \x01(\t\x12\r\n\x05os_id\x18\x02 \x01(\t\x12\x12\n\nos_version\x18\x03 \x01(\t\x12\x13\n\x0bos_codename\x18\x04 \x01(\t\x12\x0f\n\x07os_like\x18\x05 \x01(\t\x12\x0e\n\x06kernel\x18\x06 \x01(\t\x12\x0c\n\x04\x61rch\x18\x07 \x01(\t\x12\x11\n\tcpu_count\x18\x08 \x01(\r\x12\x14\n\x0cmemory_bytes\x18\t \x01(\x04\x12\x18\n\x10\x64isk_total_bytes\x18\n \x01(\x04\x12\x17\n\x0f\x64isk_free_bytes\x18\x0b \x01(\x04\x12\x16\n\x0euptime_seconds\x18\x0c \x01(\x04\x12\x0f\n\x07\x62oot_id\x18\r \x01(\t\x12\x12\n\nmachine_id\x18\x0e \x01(\t\x12\x10\n\x08timezone\x18\x0f \x01(\t\x12\x17\n\x0fpackage_manager\x18\x10 \x01(\t\x12\x15\n\ragent_version\x18\x11 \x01(\t\"6\n\x07Package\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x0c\n\x04\x61rch\x18\x03 \x01(\t\"5\n\tInventory\x12(\n\x08packages\x18\x01 \x03(\x0b\x32\x16.fleetpatch.v1.Package\"E\n\x0b\x43heckResult\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12\n\n\x02ok\x18\x03 \x01(\x08\x12\x0e\n\x06\x64\x65tail\x18\x04 \x01(\t\"}\n\rHealthSummary\x12\x0f\n\x07healthy\x18\x01 \x01(\x08\x12*\n\x06\x63hecks\x18\x02 \x03(\x0b\x32\x1a.fleetpatch.v1.CheckResult\x12/\n\x0bobserved_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"a\n\nSigningKey\x12\x0e\n\x06key_id\x18\x01 \x01(\t\x12\x12\n\npublic_key\x18\x02 \x01(\x0c\x12\x1a\n\x12\x65ndorsed_by_key_id\x18\x03 \x01(\t\x12\x13\n\x0b\x65ndorsement\x18\x04 \x01(\x0c\"Z\n\x0eSignedEnvelope\x12\x0f\n\x07payload\x18\x01 \x01(\x0c\x12\x11\n\tsignature\x18\x02 \x01(\x0c\x12\x0e\n\x06key_id\x18\x03 \x01(\t\x12\x14\n\x0cpayload_type\x18\x04 \x01(\t\"2\n\rPackageTarget\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0bmin_version\x18\x02 \x01(\t\"j\n\tPatchSpec\x12.\n\x08packages\x18\x01 \x03(\x0b\x32\x1c.fleetpatch.v1.PackageTarget\x12\x1c\n\x14\x61ll_security_updates\x18\x02 \x01(\x08\x12\x0f\n\x07\x65xclude\x18\x03 \x03(\t\" \n\x10SystemdUnitCheck\x12\x0c\n\x04unit\x18\x01 \x01(\t\"&\n\x08TcpCheck\x12\x0c\n\x04host\x18\x01 \x01(\t\x12\x0c\n\x04port\x18\x02 \x01(\r\"/\n\tHttpCheck\x12\x0b\n\x03url\x18\x01 \x01(\t\x12\x15\n\rexpect_status\x18\x02 \x01(\r\"\x1c\n\x0c\x43ommandCheck\x12\x0c\n\x04\x61rgv\x18\x01 \x03(\t\"\x1c\n\x0cProcessCheck\x12\x0c\n\x04name\x18\x01 \x01(\t\"e\n\rResourceCheck\x12\x18\n\x10max_load_per_cpu\x18\x01 \x01(\x01\x12\x1d\n\x15max_memory_used_ratio\x18\x02 \x01(\x01\x12\x1b\n\x13max_disk_used_ratio\x18\x03 \x01(\x01\"\xc0\x02\n\x0fHealthCheckSpec\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x32\n\x07systemd\x18\x02 \x01(\x0b\x32\x1f.fleetpatch.v1.SystemdUnitCheckH\x00\x12&\n\x03tcp\x18\x03 \x01(\x0b\x32\x17.fleetpatch.v1.TcpCheckH\x00\x12(\n\x04http\x18\x04 \x01(\x0b\x32\x18.fleetpatch.v1.HttpCheckH\x00\x12.\n\x07\x63ommand\x18\x05 \x01(\x0b\x32\x1b.fleetpatch.v1.CommandCheckH\x00\x12.\n\x07process\x18\x06 \x01(\x0b\x32\x1b.fleetpatch.v1.ProcessCheckH\x00\x12\x30\n\x08resource\x18\x07 \x01(\x0b\x32\x1c.fleetpatch.v1.ResourceCheckH\x00\x42\x07\n\x05\x63heck\"\xb6\x01\n\x0b\x41gentUpdate\x12\x0f\n\x07version\x18\x01 \x01(\t\x12\x10\n\x08\x61rtifact\x18\x02 \x01(\t\x12\x0e\n\x06sha256\x18\x03 \x01(\x0c\x12\x19\n\x11release_signature\x18\x04 \x01(\x0c\x12\x18\n\x10release_manifest\x18\x05 \x01(\x0c\x12\x0c\n\x04size\x18\x06 \x01(\x04\x12\x31\n\x0erollback_after\x18\x07 \x01(\x0b\x32\x19.google.protobuf.Duration\"\x89\x05\n\tWorkOrder\x12\x10\n\x08order_id\x18\x01 \x01(\t\x12\x0f\n\x07host_id\x18\x02 \x01(\t\x12\x13\n\x0b\x63\x61mpaign_id\x18\x03 \x01(\t\x12\x10\n\x08sequence\x18\x04 \x01(\x04\x12-\n\tissued_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nexpires_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\x06\x61\x63tion\x18\x07 \x01(\x0e\x32\x1e.fleetpatch.v1.WorkOrderAction\x12\'\n\x05patch\x18\x08 \x01(\x0b\x32\x18.fleetpatch.v1.PatchSpec\x12+\n\x06reboot\x18\t \x01(\x0e\x32\x1b.fleetpatch.v1.RebootPolicy\x12\x31\n\tlivepatch\x18\n \x01(\x0e\x32\x1e.fleetpatch.v1.LivepatchPolicy\x12.\n\x06\x63hecks\x18\x0b \x03(\x0b\x32\x1e.fleetpatch.v1.HealthCheckSpec\x12\x31\n\x0everify_timeout\x18\x0c \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x34\n\x10window_closes_at\x18\r \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x17\n\x0frevert_order_id\x18\x0e \x01(\t\x12\x30\n\x0c\x61gent_update\x18\x0f \x01(\x0b\x32\x1a.fleetpatch.v1.AgentUpdate\x12\x36\n\x10restart_services\x18\x10 \x01(\x0e\x32\x1c.fleetpatch.v1.RestartPolicy\"G\n\rPackageChange\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x14\n\x0c\x66rom_version\x18\x02 \x01(\t\x12\x12\n\nto_version\x18\x03 \x01(\t\"\xa3\x02\n\x0eProgressReport\x12\x17\n\x0fidempotency_key\x18\x01 \x01(\t\x12\x10\n\x08order_id\x18\x02 \x01(\t\x12\x0c\n\x04step\x18\x03 \x01(\t\x12\r\n\x05\x66inal\x18\x04 \x01(\x08\x12\x0f\n\x07outcome\x18\x05 \x01(\t\x12\x0e\n\x06\x64\x65tail\x18\x06 \x01(\t\x12&\n\x02\x61t\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12-\n\x07\x63hanges\x18\x08 \x03(\x0b\x32\x1c.fleetpatch.v1.PackageChange\x12*\n\x06\x63hecks\x18\t \x03(\x0b\x32\x1a.fleetpatch.v1.CheckResult\x12\x10\n\x08sequence\x18\n \x01(\x04\x12\x13\n\x0b\x63\x61mpaign_id\x18\x0b \x01(\t*\x7f\n\x0cRebootPolicy\x12\x1d\n\x19REBOOT_POLICY_UNSPECIFIED\x10\x00\x12\x17\n\x13REBOOT_POLICY_NEVER\x10\x01\x12\x1d\n\x19REBOOT_POLICY_IF_REQUIRED\x10\x02\x12\x18\n\x14REBOOT_POLICY_ALWAYS\x10\x03*\x87\x01\n\x0fLivepatchPolicy\x12 \n\x1cLIVEPATCH_POLICY_UNSPECIFIED\x10\x00\x12\x1a\n\x16LIVEPATCH_POLICY_NEVER\x10\x01\x12\x1b\n\x17LIVEPATCH_POLICY_PREFER\x10\x02\x12\x19\n\x15LIVEPATCH_POLICY_ONLY\x10\x03*}\n\rRestartPolicy\x12\x1e\n\x1aRESTART_POLICY_UNSPECIFIED\x10\x00\x12\x17\n\x13RESTART_POLICY_AUTO\x10\x01\x12\x19\n\x15RESTART_POLICY_REPORT\x10\x02\x12\x18\n\x14RESTART_POLICY_NEVER\x10\x03*\x93\x01\n\x0fWorkOrderAction\x12!\n\x1dWORK_ORDER_ACTION_UNSPECIFIED\x10\x00\x12\x1b\n\x17WORK_ORDER_ACTION_PATCH\x10\x01\x12\x1c\n\x18WORK_ORDER_ACTION_REVERT\x10\x02\x12\"\n\x1eWORK_ORDER_ACTION_AGENT_UPDATE\x10\x03\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19\x66leetpatch/v1/types.proto\x12\rfleetpatch.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xdf\x02\n\tHostFacts\x12\x10\n\x08hostname\x18\x01 \x01(\t\x12\r\n\x05os_id\x18\x02 \x01(\t\x12\x12\n\nos_version\x18\x03 \x01(\t\x12\x13\n\x0bos_codename\x18\x04 \x01(\t\x12\x0f\n\x07os_like\x18\x05 \x01(\t\x12\x0e\n\x06kernel\x18\x06 \x01(\t\x12\x0c\n\x04\x61rch\x18\x07 \x01(\t\x12\x11\n\tcpu_count\x18\x08 \x01(\r\x12\x14\n\x0cmemory_bytes\x18\t \x01(\x04\x12\x18\n\x10\x64isk_total_bytes\x18\n \x01(\x04\x12\x17\n\x0f\x64isk_free_bytes\x18\x0b \x01(\x04\x12\x16\n\x0euptime_seconds\x18\x0c \x01(\x04\x12\x0f\n\x07\x62oot_id\x18\r \x01(\t\x12\x12\n\nmachine_id\x18\x0e \x01(\t\x12\x10\n\x08timezone\x18\x0f \x01(\t\x12\x17\n\x0fpackage_manager\x18\x10 \x01(\t\x12\x15\n\ragent_version\x18\x11 \x01(\t\"6\n\x07Package\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x0c\n\x04\x61rch\x18\x03 \x01(\t\"5\n\tInventory\x12(\n\x08packages\x18\x01 \x03(\x0b\x32\x16.fleetpatch.v1.Package\"E\n\x0b\x43heckResult\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12\n\n\x02ok\x18\x03 \x01(\x08\x12\x0e\n\x06\x64\x65tail\x18\x04 \x01(\t\"}\n\rHealthSummary\x12\x0f\n\x07healthy\x18\x01 \x01(\x08\x12*\n\x06\x63hecks\x18\x02 \x03(\x0b\x32\x1a.fleetpatch.v1.CheckResult\x12/\n\x0bobserved_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"a\n\nSigningKey\x12\x0e\n\x06key_id\x18\x01 \x01(\t\x12\x12\n\npublic_key\x18\x02 \x01(\x0c\x12\x1a\n\x12\x65ndorsed_by_key_id\x18\x03 \x01(\t\x12\x13\n\x0b\x65ndorsement\x18\x04 \x01(\x0c\"x\n\x0cWithdrawnKey\x12\x0e\n\x06key_id\x18\x01 \x01(\t\x12-\n\tretire_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0f\n\x07revoked\x18\x03 \x01(\x08\x12\x18\n\x10successor_key_id\x18\x04 \x01(\t\"Z\n\x0eSignedEnvelope\x12\x0f\n\x07payload\x18\x01 \x01(\x0c\x12\x11\n\tsignature\x18\x02 \x01(\x0c\x12\x0e\n\x06key_id\x18\x03 \x01(\t\x12\x14\n\x0cpayload_type\x18\x04 \x01(\t\"2\n\rPackageTarget\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0bmin_version\x18\x02 \x01(\t\"j\n\tPatchSpec\x12.\n\x08packages\x18\x01 \x03(\x0b\x32\x1c.fleetpatch.v1.PackageTarget\x12\x1c\n\x14\x61ll_security_updates\x18\x02 \x01(\x08\x12\x0f\n\x07\x65xclude\x18\x03 \x03(\t\" \n\x10SystemdUnitCheck\x12\x0c\n\x04unit\x18\x01 \x01(\t\"&\n\x08TcpCheck\x12\x0c\n\x04host\x18\x01 \x01(\t\x12\x0c\n\x04port\x18\x02 \x01(\r\"/\n\tHttpCheck\x12\x0b\n\x03url\x18\x01 \x01(\t\x12\x15\n\rexpect_status\x18\x02 \x01(\r\"\x1c\n\x0c\x43ommandCheck\x12\x0c\n\x04\x61rgv\x18\x01 \x03(\t\"\x1c\n\x0cProcessCheck\x12\x0c\n\x04name\x18\x01 \x01(\t\"e\n\rResourceCheck\x12\x18\n\x10max_load_per_cpu\x18\x01 \x01(\x01\x12\x1d\n\x15max_memory_used_ratio\x18\x02 \x01(\x01\x12\x1b\n\x13max_disk_used_ratio\x18\x03 \x01(\x01\"\xc0\x02\n\x0fHealthCheckSpec\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x32\n\x07systemd\x18\x02 \x01(\x0b\x32\x1f.fleetpatch.v1.SystemdUnitCheckH\x00\x12&\n\x03tcp\x18\x03 \x01(\x0b\x32\x17.fleetpatch.v1.TcpCheckH\x00\x12(\n\x04http\x18\x04 \x01(\x0b\x32\x18.fleetpatch.v1.HttpCheckH\x00\x12.\n\x07\x63ommand\x18\x05 \x01(\x0b\x32\x1b.fleetpatch.v1.CommandCheckH\x00\x12.\n\x07process\x18\x06 \x01(\x0b\x32\x1b.fleetpatch.v1.ProcessCheckH\x00\x12\x30\n\x08resource\x18\x07 \x01(\x0b\x32\x1c.fleetpatch.v1.ResourceCheckH\x00\x42\x07\n\x05\x63heck\"\xb6\x01\n\x0b\x41gentUpdate\x12\x0f\n\x07version\x18\x01 \x01(\t\x12\x10\n\x08\x61rtifact\x18\x02 \x01(\t\x12\x0e\n\x06sha256\x18\x03 \x01(\x0c\x12\x19\n\x11release_signature\x18\x04 \x01(\x0c\x12\x18\n\x10release_manifest\x18\x05 \x01(\x0c\x12\x0c\n\x04size\x18\x06 \x01(\x04\x12\x31\n\x0erollback_after\x18\x07 \x01(\x0b\x32\x19.google.protobuf.Duration\"\x89\x05\n\tWorkOrder\x12\x10\n\x08order_id\x18\x01 \x01(\t\x12\x0f\n\x07host_id\x18\x02 \x01(\t\x12\x13\n\x0b\x63\x61mpaign_id\x18\x03 \x01(\t\x12\x10\n\x08sequence\x18\x04 \x01(\x04\x12-\n\tissued_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nexpires_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\x06\x61\x63tion\x18\x07 \x01(\x0e\x32\x1e.fleetpatch.v1.WorkOrderAction\x12\'\n\x05patch\x18\x08 \x01(\x0b\x32\x18.fleetpatch.v1.PatchSpec\x12+\n\x06reboot\x18\t \x01(\x0e\x32\x1b.fleetpatch.v1.RebootPolicy\x12\x31\n\tlivepatch\x18\n \x01(\x0e\x32\x1e.fleetpatch.v1.LivepatchPolicy\x12.\n\x06\x63hecks\x18\x0b \x03(\x0b\x32\x1e.fleetpatch.v1.HealthCheckSpec\x12\x31\n\x0everify_timeout\x18\x0c \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x34\n\x10window_closes_at\x18\r \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x17\n\x0frevert_order_id\x18\x0e \x01(\t\x12\x30\n\x0c\x61gent_update\x18\x0f \x01(\x0b\x32\x1a.fleetpatch.v1.AgentUpdate\x12\x36\n\x10restart_services\x18\x10 \x01(\x0e\x32\x1c.fleetpatch.v1.RestartPolicy\"G\n\rPackageChange\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x14\n\x0c\x66rom_version\x18\x02 \x01(\t\x12\x12\n\nto_version\x18\x03 \x01(\t\"\xa3\x02\n\x0eProgressReport\x12\x17\n\x0fidempotency_key\x18\x01 \x01(\t\x12\x10\n\x08order_id\x18\x02 \x01(\t\x12\x0c\n\x04step\x18\x03 \x01(\t\x12\r\n\x05\x66inal\x18\x04 \x01(\x08\x12\x0f\n\x07outcome\x18\x05 \x01(\t\x12\x0e\n\x06\x64\x65tail\x18\x06 \x01(\t\x12&\n\x02\x61t\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12-\n\x07\x63hanges\x18\x08 \x03(\x0b\x32\x1c.fleetpatch.v1.PackageChange\x12*\n\x06\x63hecks\x18\t \x03(\x0b\x32\x1a.fleetpatch.v1.CheckResult\x12\x10\n\x08sequence\x18\n \x01(\x04\x12\x13\n\x0b\x63\x61mpaign_id\x18\x0b \x01(\t*\x7f\n\x0cRebootPolicy\x12\x1d\n\x19REBOOT_POLICY_UNSPECIFIED\x10\x00\x12\x17\n\x13REBOOT_POLICY_NEVER\x10\x01\x12\x1d\n\x19REBOOT_POLICY_IF_REQUIRED\x10\x02\x12\x18\n\x14REBOOT_POLICY_ALWAYS\x10\x03*\x87\x01\n\x0fLivepatchPolicy\x12 \n\x1cLIVEPATCH_POLICY_UNSPECIFIED\x10\x00\x12\x1a\n\x16LIVEPATCH_POLICY_NEVER\x10\x01\x12\x1b\n\x17LIVEPATCH_POLICY_PREFER\x10\x02\x12\x19\n\x15LIVEPATCH_POLICY_ONLY\x10\x03*}\n\rRestartPolicy\x12\x1e\n\x1aRESTART_POLICY_UNSPECIFIED\x10\x00\x12\x17\n\x13RESTART_POLICY_AUTO\x10\x01\x12\x19\n\x15RESTART_POLICY_REPORT\x10\x02\x12\x18\n\x14RESTART_POLICY_NEVER\x10\x03*\x93\x01\n\x0fWorkOrderAction\x12!\n\x1dWORK_ORDER_ACTION_UNSPECIFIED\x10\x00\x12\x1b\n\x17WORK_ORDER_ACTION_PATCH\x10\x01\x12\x1c\n\x18WORK_ORDER_ACTION_REVERT\x10\x02\x12\"\n\x1eWORK_ORDER_ACTION_AGENT_UPDATE\x10\x03\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'fleetpatch.v1.types_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_REBOOTPOLICY']._serialized_start=2936
-  _globals['_REBOOTPOLICY']._serialized_end=3063
-  _globals['_LIVEPATCHPOLICY']._serialized_start=3066
-  _globals['_LIVEPATCHPOLICY']._serialized_end=3201
-  _globals['_RESTARTPOLICY']._serialized_start=3203
-  _globals['_RESTARTPOLICY']._serialized_end=3328
-  _globals['_WORKORDERACTION']._serialized_start=3331
-  _globals['_WORKORDERACTION']._serialized_end=3478
+  _globals['_REBOOTPOLICY']._serialized_start=3058
+  _globals['_REBOOTPOLICY']._serialized_end=3185
+  _globals['_LIVEPATCHPOLICY']._serialized_start=3188
+  _globals['_LIVEPATCHPOLICY']._serialized_end=3323
+  _globals['_RESTARTPOLICY']._serialized_start=3325
+  _globals['_RESTARTPOLICY']._serialized_end=3450
+  _globals['_WORKORDERACTION']._serialized_start=3453
+  _globals['_WORKORDERACTION']._serialized_end=3600
   _globals['_HOSTFACTS']._serialized_start=110
   _globals['_HOSTFACTS']._serialized_end=461
   _globals['_PACKAGE']._serialized_start=463
@@ -53,32 +53,34 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_HEALTHSUMMARY']._serialized_end=770
   _globals['_SIGNINGKEY']._serialized_start=772
   _globals['_SIGNINGKEY']._serialized_end=869
-  _globals['_SIGNEDENVELOPE']._serialized_start=871
-  _globals['_SIGNEDENVELOPE']._serialized_end=961
-  _globals['_PACKAGETARGET']._serialized_start=963
-  _globals['_PACKAGETARGET']._serialized_end=1013
-  _globals['_PATCHSPEC']._serialized_start=1015
-  _globals['_PATCHSPEC']._serialized_end=1121
-  _globals['_SYSTEMDUNITCHECK']._serialized_start=1123
-  _globals['_SYSTEMDUNITCHECK']._serialized_end=1155
-  _globals['_TCPCHECK']._serialized_start=1157
-  _globals['_TCPCHECK']._serialized_end=1195
-  _globals['_HTTPCHECK']._serialized_start=1197
-  _globals['_HTTPCHECK']._serialized_end=1244
-  _globals['_COMMANDCHECK']._serialized_start=1246
-  _globals['_COMMANDCHECK']._serialized_end=1274
-  _globals['_PROCESSCHECK']._serialized_start=1276
-  _globals['_PROCESSCHECK']._serialized_end=1304
-  _globals['_RESOURCECHECK']._serialized_start=1306
-  _globals['_RESOURCECHECK']._serialized_end=1407
-  _globals['_HEALTHCHECKSPEC']._serialized_start=1410
-  _globals['_HEALTHCHECKSPEC']._serialized_end=1730
-  _globals['_AGENTUPDATE']._serialized_start=1733
-  _globals['_AGENTUPDATE']._serialized_end=1915
-  _globals['_WORKORDER']._serialized_start=1918
-  _globals['_WORKORDER']._serialized_end=2567
-  _globals['_PACKAGECHANGE']._serialized_start=2569
-  _globals['_PACKAGECHANGE']._serialized_end=2640
-  _globals['_PROGRESSREPORT']._serialized_start=2643
-  _globals['_PROGRESSREPORT']._serialized_end=2934
+  _globals['_WITHDRAWNKEY']._serialized_start=871
+  _globals['_WITHDRAWNKEY']._serialized_end=991
+  _globals['_SIGNEDENVELOPE']._serialized_start=993
+  _globals['_SIGNEDENVELOPE']._serialized_end=1083
+  _globals['_PACKAGETARGET']._serialized_start=1085
+  _globals['_PACKAGETARGET']._serialized_end=1135
+  _globals['_PATCHSPEC']._serialized_start=1137
+  _globals['_PATCHSPEC']._serialized_end=1243
+  _globals['_SYSTEMDUNITCHECK']._serialized_start=1245
+  _globals['_SYSTEMDUNITCHECK']._serialized_end=1277
+  _globals['_TCPCHECK']._serialized_start=1279
+  _globals['_TCPCHECK']._serialized_end=1317
+  _globals['_HTTPCHECK']._serialized_start=1319
+  _globals['_HTTPCHECK']._serialized_end=1366
+  _globals['_COMMANDCHECK']._serialized_start=1368
+  _globals['_COMMANDCHECK']._serialized_end=1396
+  _globals['_PROCESSCHECK']._serialized_start=1398
+  _globals['_PROCESSCHECK']._serialized_end=1426
+  _globals['_RESOURCECHECK']._serialized_start=1428
+  _globals['_RESOURCECHECK']._serialized_end=1529
+  _globals['_HEALTHCHECKSPEC']._serialized_start=1532
+  _globals['_HEALTHCHECKSPEC']._serialized_end=1852
+  _globals['_AGENTUPDATE']._serialized_start=1855
+  _globals['_AGENTUPDATE']._serialized_end=2037
+  _globals['_WORKORDER']._serialized_start=2040
+  _globals['_WORKORDER']._serialized_end=2689
+  _globals['_PACKAGECHANGE']._serialized_start=2691
+  _globals['_PACKAGECHANGE']._serialized_end=2762
+  _globals['_PROGRESSREPORT']._serialized_start=2765
+  _globals['_PROGRESSREPORT']._serialized_end=3056
 # @@protoc_insertion_point(module_scope)

@@ -345,6 +345,47 @@ class SigningKey(_message.Message):
 Global___SigningKey: _TypeAlias = SigningKey  # noqa: Y015
 
 @_typing.final
+class WithdrawnKey(_message.Message):
+    """A signing key the controller no longer signs with. Withdrawals only ever
+    take trust away, so the authenticated channel is enough to carry them.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    KEY_ID_FIELD_NUMBER: _builtins.int
+    RETIRE_AT_FIELD_NUMBER: _builtins.int
+    REVOKED_FIELD_NUMBER: _builtins.int
+    SUCCESSOR_KEY_ID_FIELD_NUMBER: _builtins.int
+    key_id: _builtins.str
+    revoked: _builtins.bool
+    """Revoked (a leaked key): refused at once, with every key it endorsed
+    but its successor, and never trusted again.
+    """
+    successor_key_id: _builtins.str
+    """the key that replaced it, which it endorsed"""
+    @_builtins.property
+    def retire_at(self) -> _timestamp_pb2.Timestamp:
+        """Retired after a rotation: agents stop trusting it at this instant (the
+        successor's first use plus the controller's grace period).
+        """
+
+    def __init__(
+        self,
+        *,
+        key_id: _builtins.str = ...,
+        retire_at: _timestamp_pb2.Timestamp | None = ...,
+        revoked: _builtins.bool = ...,
+        successor_key_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["retire_at", b"retire_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["key_id", b"key_id", "retire_at", b"retire_at", "revoked", b"revoked", "successor_key_id", b"successor_key_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WithdrawnKey: _TypeAlias = WithdrawnKey  # noqa: Y015
+
+@_typing.final
 class SignedEnvelope(_message.Message):
     """A signed message. The signature covers exactly `payload`, prefixed by a
     domain separator: Ed25519(key, "fleetpatch-envelope-v1\\n" + payload_type
