@@ -21,6 +21,7 @@ from typing import Annotated
 
 import fleetpatch
 import typer
+from cryptography import x509
 from fleetpatch import labels as labelspec
 from fleetpatch import releasefmt, render
 from fleetpatch.inventory import inventory_hash
@@ -36,7 +37,7 @@ from agent.host.health import ResourceLimits, resource_checks, summarize
 from agent.link.checkin import CheckIns
 from agent.link.enrollment import enroll as do_enroll
 from agent.link.keys import learn_announced
-from agent.link.renewal import Renewal
+from agent.link.renewal import Renewal, renew_at
 from agent.orders.journal import Journal
 from agent.orders.selfupdate import HandOver, release_key
 from agent.orders.states import State
@@ -273,6 +274,13 @@ def _read_envelope(path: Path) -> types_pb2.SignedEnvelope:
     return envelope
 
 
+def _certificate_line(cert: x509.Certificate, now: datetime) -> str:
+    expires = cert.not_valid_after_utc
+    if expires <= now:
+        return f"EXPIRED at {expires:%Y-%m-%d %H:%M:%SZ}: enroll this host again with a token"
+    return f"expires {expires:%Y-%m-%d %H:%M:%SZ}; renewed from {renew_at(cert):%Y-%m-%d %H:%M:%SZ}"
+
+
 @app.command()
 def status(
     state_dir: StateDirOption = DEFAULT_STATE_DIR,
@@ -296,8 +304,14 @@ def status(
         pinned: str | None = releasefmt.fingerprint(release_key(config.policy))
     except ValueError:
         pinned = None
+    cert = state.certificate()
     doc = {
         "host_id": state.host_id(),
+        "certificate": {
+            "serial": format(cert.serial_number, "x"),
+            "expires_at": cert.not_valid_after_utc.isoformat(),
+            "renew_at": renew_at(cert).isoformat(),
+        },
         "controller": config.controller,
         "agent_version": fleetpatch.__version__,
         "release_key": {"path": str(config.policy.release_key), "fingerprint": pinned},
@@ -333,6 +347,7 @@ def status(
         return
     now = datetime.now(UTC)
     print(f"host           {doc['host_id']}")
+    print(f"certificate    {_certificate_line(cert, now)}")
     print(f"controller     {config.controller}")
     print(f"agent          {fleetpatch.__version__}")
     print(f"release key    {pinned or 'none pinned'} ({config.policy.release_key})")

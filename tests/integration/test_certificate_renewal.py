@@ -95,7 +95,9 @@ def test_a_host_crossing_two_thirds_of_its_lifetime_renews(controller, tmp_path)
     assert state.key.stat().st_mode & 0o777 == 0o600
     assert not state.renewed.exists()
     assert list(state.path.glob(".renew-*")) == []
-    assert new_cert.not_valid_after_utc > old_cert.not_valid_after_utc
+    # Issued by the controller's own clock, for the whole lifetime again.
+    assert new_cert.not_valid_after_utc >= old_cert.not_valid_after_utc
+    assert new_cert.not_valid_after_utc - datetime.now(UTC) > timedelta(days=89)
 
     shown = controller.host(host_id)
     assert shown["certificate_serial"] == format(new_cert.serial_number, "x")
@@ -105,6 +107,8 @@ def test_a_host_crossing_two_thirds_of_its_lifetime_renews(controller, tmp_path)
     assert format(old_cert.serial_number, "x") in record["detail"]
     # The agent goes on as itself with the new key and certificate.
     ok("fleetpatch-agent", "run", "--once", "--state-dir", state.path)
+    status = ok("fleetpatch-agent", "status", "--state-dir", state.path).stdout
+    assert f"expires {new_cert.not_valid_after_utc:%Y-%m-%d %H:%M:%SZ}; renewed from" in status
     listing = controller.admin("hosts", "list").stdout
     assert f"expires {new_cert.not_valid_after_utc:%Y-%m-%d}" in listing
 
