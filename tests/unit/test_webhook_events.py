@@ -94,3 +94,16 @@ def test_webhooks_settings(tmp_path):
 def test_bad_webhooks_are_one_line_naming_the_field(tmp_path, text, message):
     with pytest.raises(UsageError, match=message):
         _settings(tmp_path, text)
+
+
+def test_a_receiver_that_cannot_be_reached_is_told_at_start_up():
+    import socket
+
+    from controller.api.server import reachable
+
+    with socket.socket() as listening:
+        listening.bind(("127.0.0.1", 0))
+        listening.listen()
+        port = listening.getsockname()[1]
+        assert reachable(f"http://127.0.0.1:{port}/hook") == ""
+    assert "refused" in reachable(f"http://127.0.0.1:{port}/hook").lower()
