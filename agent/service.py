@@ -7,7 +7,7 @@ import logging
 import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from fleetpatch.v1 import types_pb2
@@ -36,6 +36,7 @@ from agent.statedir import AgentConfig, Credentials, StateDir
 from agent.textfile import Textfile
 
 log = logging.getLogger(__name__)
+FIRST_SCAN_WITHIN = timedelta(minutes=10)
 
 
 def backend_for(manager: str, config: AgentConfig) -> PackageBackend:
@@ -211,8 +212,15 @@ class Agent:
     def scan_if_due(self) -> None:
         """`scan`, when the schedule says so; trouble is logged and retried
         at the next check-in (a held dpkg lock, say), never raised."""
-        due = self.journal.next_scan()
-        if due is not None and datetime.now(UTC) < due:
+        due, now = self.journal.next_scan(), datetime.now(UTC)
+        if due is None:
+            # A fleet whose agents all start at once (a rollout of the agent,
+            # a power cut) must not hit its mirrors at once: the first scan
+            # comes within the first tenth of the interval, at most 10 min.
+            first = min(self.config.timing.scan_interval / 10, FIRST_SCAN_WITHIN)
+            self.journal.set_next_scan(now + first * random.random())
+            return
+        if now < due:
             return
         try:
             found = self.scan()

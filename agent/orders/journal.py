@@ -330,6 +330,10 @@ class Journal:
         return _dt(self._get("next_scan"))
 
     @_guarded
+    def set_next_scan(self, at: datetime) -> None:
+        self._set(next_scan=at.isoformat())
+
+    @_guarded
     def acked_updates_hash(self) -> str:
         return self._get("acked_updates_hash") or ""
 

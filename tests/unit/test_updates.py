@@ -14,6 +14,8 @@ from agent.host import updates
 from agent.host.updates import Available, needs_reboot
 from agent.link import convert
 from agent.orders.journal import Journal
+from agent.service import Agent
+from agent.statedir import AgentConfig, Timing
 
 CHECK_UPDATE = """
 fp-demo.noarch                         3.0-1                          fleetpatch
@@ -98,5 +100,48 @@ def test_the_journal_keeps_the_last_scan_and_what_the_controller_holds(tmp_path)
         assert journal.next_scan() == at + timedelta(hours=6)
         journal.ack_updates("sha256:abc")
         assert journal.acked_updates_hash() == "sha256:abc"
+    finally:
+        journal.close()
+
+
+class Scanning:
+    """A package backend with updates to offer, recording what it is asked."""
+
+    name = "scanning"
+
+    def __init__(self) -> None:
+        self.calls: list[str] = []
+
+    def refresh(self) -> None:
+        self.calls.append("refresh")
+
+    def available(self) -> list[Available]:
+        self.calls.append("available")
+        return sample()
+
+
+def test_the_service_scans_first_within_a_tenth_of_the_interval_then_on_schedule(tmp_path):
+    journal = Journal.open(tmp_path / "journal.db")
+    backend = Scanning()
+    config = AgentConfig("c:1", "c:2", timing=Timing(scan_interval=timedelta(hours=6)))
+    agent = Agent(None, config, journal, None, "h-1", backend=backend)  # type: ignore[arg-type]
+    try:
+        started = datetime.now(UTC)
+        agent.scan_if_due()  # the first call only sets when: agents starting together spread
+        assert journal.scan() == ([], None)
+        first = journal.next_scan()
+        assert first is not None
+        assert started <= first <= started + timedelta(minutes=10, seconds=1)
+        journal.set_next_scan(started - timedelta(seconds=1))  # that time has come
+        agent.scan_if_due()
+        assert backend.calls == ["refresh", "available"]
+        kept, at = journal.scan()
+        assert updates.from_json(kept) == sample()
+        upcoming = journal.next_scan()
+        assert at is not None
+        assert upcoming is not None
+        assert timedelta(hours=5.4) <= upcoming - at <= timedelta(hours=6.6)
+        agent.scan_if_due()  # not due again yet
+        assert backend.calls == ["refresh", "available"]
     finally:
         journal.close()
