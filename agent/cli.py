@@ -384,12 +384,7 @@ def scan(state_dir: StateDirOption = DEFAULT_STATE_DIR, json_out: JsonOption = F
     if not found:
         print("no update available")
         return
-    render.table(
-        ["PACKAGE", "INSTALLED", "CANDIDATE", "FROM", "SECURITY", "REBOOT"],
-        [(u.name, u.installed, u.candidate, u.origin,
-          (u.severity or "yes") if u.security else "-", "yes" if u.reboot else "-")
-         for u in found],
-    )  # fmt: skip
+    render.updates_table(found)
     security = sum(1 for u in found if u.security)
     print(f"{len(found)} update(s) available, {security} with a security fix")
 

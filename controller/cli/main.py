@@ -357,12 +357,7 @@ def _print_updates(got: admin_pb2.GetHostResponse) -> None:
     print(f"\nupdates available ({len(found)}, {security} with a security fix, {reboot} needing "
           f"a reboot; scanned {at:%Y-%m-%d %H:%M}Z):")  # fmt: skip
     if found:
-        render.table(
-            ["PACKAGE", "INSTALLED", "CANDIDATE", "FROM", "SECURITY", "REBOOT"],
-            [(u.name, u.installed, u.candidate, u.origin,
-              (u.severity or "yes") if u.security else "-", "yes" if u.reboot else "-")
-             for u in found],
-        )  # fmt: skip
+        render.updates_table(found)
 
 
 @hosts_app.command("revoke")
