@@ -30,6 +30,7 @@ from google.protobuf import json_format
 from google.protobuf.message import DecodeError
 
 from agent.backends import packages
+from agent.backends.base import PlanError
 from agent.errors import STORAGE_ERRNOS, AgentError, ConfigError, StateDirError, storage_error
 from agent.host import facts as hostfacts
 from agent.host.checks import Prober
@@ -185,7 +186,7 @@ def run(
     agent = _agent(state_dir)
     assert agent.client is not None  # noqa: S101 - opened online
     checkins = CheckIns(
-        agent.config, agent.journal, agent.client, on_order=agent.handle, between=agent.report,
+        agent.config, agent.journal, agent.client, on_order=agent.handle, between=agent.between,
         on_keys=lambda answer: learn_announced(agent.state, answer), after=agent.write_metrics,
         renewal=Renewal(agent.state, agent.client),
     )  # fmt: skip
@@ -379,6 +380,31 @@ def status(
 
 def _iso(when: datetime | None) -> str | None:
     return when.isoformat() if when else None
+
+
+@app.command()
+def scan(state_dir: StateDirOption = DEFAULT_STATE_DIR, json_out: JsonOption = False) -> None:
+    """Refresh the package lists and list the updates available here, now
+    rather than at the next scheduled scan ([agent] scan_interval). Nothing
+    is installed; the list goes to the controller at the next check-in.
+    Exit 3 when the package manager is held by another process (retry)."""
+    _require_root("scan")
+    agent = _agent(state_dir, online=False)
+    try:
+        found = agent.scan()
+    except PlanError as exc:
+        raise ConfigError(str(exc)) from None
+    finally:
+        agent.close()
+    if json_out:
+        render.print_json([dataclasses.asdict(u) for u in found])
+        return
+    if not found:
+        print("no update available")
+        return
+    render.updates_table(found)
+    security = sum(1 for u in found if u.security)
+    print(f"{len(found)} update(s) available, {security} with a security fix")
 
 
 @app.command()
