@@ -21,8 +21,8 @@ from typing import Annotated
 
 import fleetpatch
 import typer
+from fleetpatch import cliapp, releasefmt, render
 from fleetpatch import labels as labelspec
-from fleetpatch import releasefmt, render
 from fleetpatch.inventory import inventory_hash
 from fleetpatch.v1 import types_pb2
 from google.protobuf import json_format
@@ -42,16 +42,13 @@ from agent.orders.states import State
 from agent.service import Agent, check_state
 from agent.statedir import DEFAULT_STATE_DIR, StateDir
 
-app = typer.Typer(
+app = cliapp.new_app(
     help="fleetpatch agent: enrolls this host, reports inventory and health, "
     "applies signed work orders.\n\n"
     "Exit codes: 0 success; 1 error; 2 bad usage, settings or state dir (a damaged, "
     "missing or unwritable state file, or not run as root: a person must act); "
     "3 the controller cannot be reached or is overloaded (retry later); "
     "4 refused by the controller (bad token, host revoked).",
-    no_args_is_help=True,
-    pretty_exceptions_enable=False,
-    add_completion=False,
 )
 
 StateDirOption = Annotated[
@@ -408,7 +405,7 @@ def check(state_dir: StateDirOption = DEFAULT_STATE_DIR, json_out: JsonOption = 
 def main() -> None:
     """Console entry point: one clear line and an exit code for every error."""
     try:
-        app()
+        cliapp.run(app)
     except AgentError as exc:
         print(f"fleetpatch-agent: error: {exc}", file=sys.stderr)
         sys.exit(exc.exit_code)

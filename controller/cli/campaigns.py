@@ -14,6 +14,7 @@ from typing import Annotated, TextIO
 
 import typer
 from fleetpatch import render
+from fleetpatch.cliapp import new_app
 from fleetpatch.durations import format_duration
 from fleetpatch.v1 import admin_pb2
 
@@ -26,10 +27,8 @@ from controller.cli.common import ControllerOption, DataDirOption, JsonOption, c
 from controller.datadir import DEFAULT_DATA_DIR
 from controller.errors import FleetpatchError, UsageError
 
-campaign_app = typer.Typer(
-    help="Patch campaigns: what to patch, where, and how fast.", no_args_is_help=True
-)
-audit_app = typer.Typer(help="The hash-chained audit trail.", no_args_is_help=True)
+campaign_app = new_app(help="Patch campaigns: what to patch, where, and how fast.")
+audit_app = new_app(help="The hash-chained audit trail.")
 
 FINAL = ("completed", "aborted")
 CampaignId = Annotated[str, typer.Argument(help="Campaign id, as `campaign list` shows it.")]

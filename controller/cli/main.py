@@ -16,6 +16,7 @@ from typing import Annotated
 import typer
 from fleetpatch import labels as labelspec
 from fleetpatch import render
+from fleetpatch.cliapp import new_app, run
 from fleetpatch.durations import format_duration, parse_duration
 from fleetpatch.v1 import admin_pb2
 
@@ -28,17 +29,10 @@ from controller.errors import FleetpatchError, UsageError
 from controller.fleet.bootstrap import init_data_dir
 from controller.fleet.signing import rotate
 
-app = typer.Typer(
-    help="fleetpatch controller and admin CLI: campaigns that patch Linux fleets safely.",
-    no_args_is_help=True,
-    pretty_exceptions_enable=False,
-    add_completion=False,
-)
-controller_app = typer.Typer(help="Set up and run the controller.", no_args_is_help=True)
-token_app = typer.Typer(
-    help="Enrollment tokens: what an agent needs to join.", no_args_is_help=True
-)
-hosts_app = typer.Typer(help="Enrolled hosts: inventory, health, revocation.", no_args_is_help=True)
+app = new_app(help="fleetpatch controller and admin CLI: campaigns that patch Linux fleets safely.")
+controller_app = new_app(help="Set up and run the controller.")
+token_app = new_app(help="Enrollment tokens: what an agent needs to join.")
+hosts_app = new_app(help="Enrolled hosts: inventory, health, revocation.")
 app.add_typer(controller_app, name="controller")
 app.add_typer(token_app, name="token")
 app.add_typer(hosts_app, name="hosts")
@@ -345,7 +339,7 @@ def hosts_revoke(
 def main() -> None:
     """Console entry point: one clear line and an exit code for every error."""
     try:
-        app()
+        run(app)
     except FleetpatchError as exc:
         print(f"fleetpatch: error: {exc}", file=sys.stderr)
         sys.exit(exc.exit_code)

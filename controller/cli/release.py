@@ -17,6 +17,7 @@ from typing import Annotated
 
 import typer
 from fleetpatch import render
+from fleetpatch.cliapp import new_app, run
 from fleetpatch.v1 import admin_pb2
 
 from controller.api import convert
@@ -31,12 +32,7 @@ from controller.releases.signed import (
     verify,
 )
 
-release_app = typer.Typer(
-    help="Signed releases: a release key, SHA256SUMS and its Ed25519 signature.",
-    no_args_is_help=True,
-    pretty_exceptions_enable=False,
-    add_completion=False,
-)
+release_app = new_app(help="Signed releases: a release key, SHA256SUMS and its Ed25519 signature.")
 
 
 @release_app.command("keygen")
@@ -171,7 +167,7 @@ def main() -> None:
     """`python -m controller.cli.release ...`, with `fleetpatch`'s error handling:
     one line and an exit code for every error."""
     try:
-        release_app(prog_name="fleetpatch release")
+        run(release_app, prog_name="fleetpatch release")
     except FleetpatchError as exc:
         print(f"fleetpatch: error: {exc}", file=sys.stderr)
         sys.exit(exc.exit_code)

@@ -380,3 +380,54 @@ def test_agent_files_have_their_modes_whatever_the_umask(controller, tmp_path):
     assert modes.pop("cache") == 0o700
     for name, mode in modes.items():
         assert mode in (0o644, 0o600), (name, oct(mode))
+
+
+# -- the command line itself: one line per usage error, help as written ---------
+
+
+@pytest.mark.parametrize(
+    ("argv", "needles"),
+    [
+        (["fleetpatch", "token", "create", "--region", "eu", "--ring", "abc"],
+         ["fleetpatch token create: error:", "'abc' is not a valid integer",
+          "--ring takes INTEGER", "Ring (canary wave)"]),
+        (["fleetpatch", "token", "create", "--ring", "1"],
+         ["missing option '--region'", "--region takes TEXT"]),
+        (["fleetpatch", "hosts", "list", "--bogus"], ["no such option '--bogus'"]),
+        (["fleetpatch", "hosts", "show"], ["missing argument 'HOST_ID'"]),
+        (["fleetpatch", "hosts", "nope"], ["no such command 'nope'"]),
+        (["fleetpatch", "campaign", "watch", "c-1", "--interval", "soon"],
+         ["--interval takes FLOAT"]),
+        (["fleetpatch-agent", "run", "--bogus"], ["fleetpatch-agent run: error:", "--bogus"]),
+        (["fleetpatch-sim", "rehearse", "--seed", "x"], ["--seed takes INTEGER"]),
+    ],
+)  # fmt: skip
+def test_a_usage_error_is_one_line_naming_the_option(argv, needles):
+    result = cli(*argv)
+    _one_line(result, 2, *needles)
+    assert not set(result.stderr) & set("╭╮╰╯│─"), result.stderr  # no Rich box
+    assert "Input should be" not in result.stderr  # no pydantic wording
+
+
+@pytest.mark.parametrize(
+    ("argv", "written"),
+    [
+        (["fleetpatch", "controller", "serve", "--help"], "Override [server] listen"),
+        (["fleetpatch", "campaign", "rehearse", "--help"], "Scenario-style [failures] file"),
+        (["fleetpatch-agent", "check", "--help"], "agent.toml [[checks]]"),
+    ],
+)
+def test_help_shows_brackets_as_written(argv, written):
+    result = cli(*argv)
+    assert result.returncode == 0, result.stderr
+    flat = " ".join(result.stdout.split())
+    assert written in flat, result.stdout
+    assert "<bool>" not in result.stdout
+    assert not set(result.stdout) & set("╭╮╰╯│"), result.stdout
+
+
+def test_a_bare_command_group_prints_its_help_and_exits_2():
+    result = cli("fleetpatch", "hosts")
+    assert result.returncode == 2
+    assert "Usage: fleetpatch hosts" in result.stderr
+    assert "revoke" in result.stderr
