@@ -3,7 +3,8 @@
 Exit codes: 0 success, 1 error, 2 bad usage, config or state dir (a
 damaged, missing or unwritable state file: a person must act; the service
 is not restarted), 3 transient (controller unreachable or overloaded;
-retry later), 4 refused by the controller (bad token, host revoked).
+retry later), 4 refused by the controller (bad token, host revoked), 7 TLS
+trust fails (wrong --ca-cert, or not the controller: a person must act).
 """
 
 from __future__ import annotations
@@ -48,7 +49,9 @@ app = cliapp.new_app(
     "Exit codes: 0 success; 1 error; 2 bad usage, settings or state dir (a damaged, "
     "missing or unwritable state file, or not run as root: a person must act); "
     "3 the controller cannot be reached or is overloaded (retry later); "
-    "4 refused by the controller (bad token, host revoked).",
+    "4 refused by the controller (bad token, host revoked); "
+    "7 TLS trust fails: the controller's certificate does not verify against --ca-cert "
+    "(a wrong file, or not the controller; a person must act).",
 )
 
 StateDirOption = Annotated[

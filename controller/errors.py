@@ -8,8 +8,11 @@
     ├── Refused                     exit 4; authentication or permission refused
     │   └── TokenRefused            an enrollment token that is unknown, expired, used up, revoked
     ├── NotFound                    exit 5; no such host, token, campaign
-    └── Conflict                    exit 6; the request contradicts the current state
-        └── AlreadyExists           something of that name exists and differs (gRPC ALREADY_EXISTS)
+    ├── Conflict                    exit 6; the request contradicts the current state
+    │   └── AlreadyExists           something of that name exists and differs (gRPC ALREADY_EXISTS)
+    └── TrustFailure                exit 7; TLS trust fails: the server's certificate does not
+                                    verify against our CA, or it refuses ours (configuration:
+                                    retrying cannot help)
 
 Lower-layer errors (grpc.RpcError, sqlite3.Error, OSError) are translated at
 exactly one boundary each: `admin_client` for the CLI, `servicers` for RPCs.
@@ -61,3 +64,11 @@ class Conflict(FleetpatchError):
 
 class AlreadyExists(Conflict):
     pass
+
+
+class TrustFailure(FleetpatchError):
+    """A configuration error, not an outage: the controller at the address
+    is not the one our CA vouches for, or it does not accept our
+    certificate. Its own exit code, so that automation stops retrying."""
+
+    exit_code = 7

@@ -431,3 +431,26 @@ def test_a_bare_command_group_prints_its_help_and_exits_2():
     assert result.returncode == 2
     assert "Usage: fleetpatch hosts" in result.stderr
     assert "revoke" in result.stderr
+
+
+# -- TLS trust: a configuration error (7), not an outage (3) ------------------------
+
+
+def test_a_controller_our_ca_does_not_vouch_for_is_a_trust_failure(controller, tmp_path):
+    other = Controller(tmp_path / "other")
+    other.init()  # another CA: its admin CLI pointed at our controller
+    result = cli("fleetpatch", "hosts", "list", "--data-dir", other.data_dir,
+                 "--controller", controller.address)  # fmt: skip
+    _one_line(result, 7, "TLS trust fails", "certificate our CA does not verify",
+              str(other.data_dir / "ca.pem"))  # fmt: skip
+
+
+def test_an_admin_certificate_the_controller_refuses_is_a_trust_failure(controller, tmp_path):
+    other = Controller(tmp_path / "other")
+    other.init()
+    mixed = tmp_path / "mixed"  # the right CA, an admin certificate of another CA
+    shutil.copytree(other.data_dir, mixed)
+    shutil.copy(controller.data_dir / "ca.pem", mixed / "ca.pem")
+    result = cli("fleetpatch", "token", "list", "--data-dir", mixed,
+                 "--controller", controller.address)  # fmt: skip
+    _one_line(result, 7, "TLS trust fails", "refuses our certificate")
