@@ -30,7 +30,14 @@ from google.protobuf import json_format
 from google.protobuf.message import DecodeError
 
 from agent.backends import packages
-from agent.errors import STORAGE_ERRNOS, AgentError, ConfigError, StateDirError, storage_error
+from agent.errors import (
+    EXIT_CODES,
+    STORAGE_ERRNOS,
+    AgentError,
+    ConfigError,
+    StateDirError,
+    storage_error,
+)
 from agent.host import facts as hostfacts
 from agent.host.checks import Prober
 from agent.host.health import ResourceLimits, resource_checks, summarize
@@ -45,13 +52,7 @@ from agent.statedir import DEFAULT_STATE_DIR, StateDir
 
 app = cliapp.new_app(
     help="fleetpatch agent: enrolls this host, reports inventory and health, "
-    "applies signed work orders.\n\n"
-    "Exit codes: 0 success; 1 error; 2 bad usage, settings or state dir (a damaged, "
-    "missing or unwritable state file, or not run as root: a person must act); "
-    "3 the controller cannot be reached or is overloaded (retry later); "
-    "4 refused by the controller (bad token, host revoked); "
-    "7 TLS trust fails: the controller's certificate does not verify against --ca-cert "
-    "(a wrong file, or not the controller; a person must act).",
+    "applies signed work orders.",
 )
 
 StateDirOption = Annotated[
@@ -408,7 +409,7 @@ def check(state_dir: StateDirOption = DEFAULT_STATE_DIR, json_out: JsonOption = 
 def main() -> None:
     """Console entry point: one clear line and an exit code for every error."""
     try:
-        cliapp.run(app)
+        cliapp.run(app, epilog=cliapp.exit_codes_epilog(EXIT_CODES))
     except AgentError as exc:
         print(f"fleetpatch-agent: error: {exc}", file=sys.stderr)
         sys.exit(exc.exit_code)

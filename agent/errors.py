@@ -27,6 +27,20 @@ import sqlite3
 from collections.abc import Sequence
 from pathlib import Path
 
+# The agent CLI's exit codes, as every command's --help ends with them.
+EXIT_CODES: tuple[tuple[int, str], ...] = (
+    (0, "success"),
+    (1, "error"),
+    (2, "bad usage, settings or state dir, or not run as root: a person must act"),
+    (3, "the controller cannot be reached or is overloaded: retry later"),
+    (4, "refused by the controller (bad token, host revoked)"),
+    (
+        7,
+        "TLS trust fails: the controller's certificate does not verify against "
+        "--ca-cert (configuration: do not retry)",
+    ),
+)
+
 
 class AgentError(Exception):
     exit_code = 1

@@ -20,6 +20,25 @@ exactly one boundary each: `admin_client` for the CLI, `servicers` for RPCs.
 
 from __future__ import annotations
 
+# The admin CLI's exit codes, as every command's --help ends with them and
+# the README's table lists them. A verb asked for a state that already holds
+# succeeds (pausing a paused campaign, revoking a revoked host or token); a
+# verb that cannot reach its state from the current one is a conflict (6).
+EXIT_CODES: tuple[tuple[int, str], ...] = (
+    (0, "success, also when what was asked already holds (pausing a paused campaign)"),
+    (1, "error"),
+    (2, "bad usage or input (an option, a campaign file, the data dir)"),
+    (3, "the controller cannot be reached or is busy: retry later"),
+    (4, "refused: authentication or permission"),
+    (5, "not found: no such host, token, campaign or release"),
+    (6, "conflicts with the current state (resuming a completed campaign)"),
+    (
+        7,
+        "TLS trust fails: wrong CA, or a certificate the controller refuses "
+        "(configuration: do not retry)",
+    ),
+)
+
 
 class FleetpatchError(Exception):
     exit_code = 1

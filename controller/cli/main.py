@@ -1,7 +1,7 @@
 """`fleetpatch`: run the controller and administer the fleet.
 
-Exit codes: 0 success, 1 error, 2 bad usage or input, 3 controller
-unreachable, 4 refused, 5 not found, 6 conflicts with the current state.
+Exit codes: controller.errors.EXIT_CODES (every command's --help ends with
+them).
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from typing import Annotated
 import typer
 from fleetpatch import labels as labelspec
 from fleetpatch import render
-from fleetpatch.cliapp import new_app, run
+from fleetpatch.cliapp import exit_codes_epilog, new_app, run
 from fleetpatch.durations import format_duration, parse_duration
 from fleetpatch.v1 import admin_pb2
 
@@ -25,7 +25,7 @@ from controller.cli.campaigns import audit_app, campaign_app
 from controller.cli.common import ControllerOption, DataDirOption, JsonOption, client
 from controller.cli.release import release_app
 from controller.datadir import DEFAULT_DATA_DIR, DEFAULT_PORT, DataDir
-from controller.errors import FleetpatchError, UsageError
+from controller.errors import EXIT_CODES, FleetpatchError, UsageError
 from controller.fleet.bootstrap import init_data_dir
 from controller.fleet.signing import rotate
 
@@ -339,7 +339,7 @@ def hosts_revoke(
 def main() -> None:
     """Console entry point: one clear line and an exit code for every error."""
     try:
-        run(app)
+        run(app, epilog=exit_codes_epilog(EXIT_CODES))
     except FleetpatchError as exc:
         print(f"fleetpatch: error: {exc}", file=sys.stderr)
         sys.exit(exc.exit_code)

@@ -17,13 +17,13 @@ from typing import Annotated
 
 import typer
 from fleetpatch import render
-from fleetpatch.cliapp import new_app, run
+from fleetpatch.cliapp import exit_codes_epilog, new_app, run
 from fleetpatch.v1 import admin_pb2
 
 from controller.api import convert
 from controller.cli.common import ControllerOption, DataDirOption, JsonOption, client
 from controller.datadir import DEFAULT_DATA_DIR
-from controller.errors import FleetpatchError, UsageError
+from controller.errors import EXIT_CODES, FleetpatchError, UsageError
 from controller.releases.signed import (
     CHUNK,
     keygen,
@@ -167,7 +167,7 @@ def main() -> None:
     """`python -m controller.cli.release ...`, with `fleetpatch`'s error handling:
     one line and an exit code for every error."""
     try:
-        run(release_app, prog_name="fleetpatch release")
+        run(release_app, "fleetpatch release", exit_codes_epilog(EXIT_CODES))
     except FleetpatchError as exc:
         print(f"fleetpatch: error: {exc}", file=sys.stderr)
         sys.exit(exc.exit_code)

@@ -141,10 +141,13 @@ class CampaignStore:
         campaign_id: str,
         expect_states: Iterable[str],
         entry: AuditEntry,
+        done_if: str | None = None,
         **changes: Any,
     ) -> CampaignRecord:
         """Change a campaign that is in one of ``expect_states`` (else
-        Conflict), and audit it, atomically."""
+        Conflict), and audit it, atomically. A campaign already in state
+        ``done_if`` is returned as it is, unchanged and unaudited: asking
+        twice for a state it is in succeeds (the CLI's contract)."""
         unknown = set(changes) - _CAMPAIGN_COLUMNS
         if unknown:
             raise ValueError(f"unknown campaign columns {sorted(unknown)}")
@@ -161,6 +164,8 @@ class CampaignStore:
             ).fetchone()
             if row is None:
                 raise NotFound(f"no campaign {campaign_id!r}")
+            if done_if is not None and row[0] == done_if:
+                return self.get_campaign(campaign_id)
             if row[0] not in states:
                 raise Conflict(
                     f"campaign {campaign_id} is {row[0]}; this needs it {' or '.join(states)}"

@@ -16,7 +16,7 @@ settings were tested with. Two of its defaults are unwanted here:
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable
+from collections.abc import Sequence
 from typing import Any
 
 import click
@@ -68,13 +68,33 @@ def _accepts(param: click.Parameter, ctx: click.Context | None) -> str:
     return f"{what}: {described}" if described else what
 
 
-def run(app: Callable[..., Any], prog_name: str | None = None) -> None:
-    """Run ``app`` (a typer app) as a console script. Usage errors become one
-    line on stderr and exit 2; a bare command prints its help, exit 2;
-    ``typer.Exit`` keeps its code. Errors of the program's own are for
-    the caller's ``except``."""
+def exit_codes_epilog(codes: Sequence[tuple[int, str]], title: str = "Exit codes") -> str:
+    """A table of exit codes for the end of ``--help``, kept as written
+    (click rewraps paragraphs unless they start with \\b)."""
+    return "\b\n" + f"{title}:\n" + "\n".join(f"  {code:<3} {what}" for code, what in codes)
+
+
+def with_epilog(command: click.Command, epilog: str) -> click.Command:
+    """``command`` and every command under it, each with ``epilog`` after
+    its own (the exit codes in every command's ``--help``)."""
+    command.epilog = f"{command.epilog}\n\n{epilog}" if command.epilog else epilog
+    if isinstance(command, click.Group):
+        for sub in command.commands.values():
+            with_epilog(sub, epilog)
+    return command
+
+
+def run(typer_app: typer.Typer, prog_name: str | None = None, epilog: str | None = None) -> None:
+    """Run a typer app as a console script. Usage errors become one line on
+    stderr and exit 2; a bare command prints its help, exit 2;
+    ``typer.Exit`` keeps its code. ``epilog`` (the exit codes) ends every
+    command's help. Errors of the program's own are for the caller's
+    ``except``."""
+    command = typer.main.get_command(typer_app)
+    if epilog is not None:
+        with_epilog(command, epilog)
     try:
-        code = app(standalone_mode=False, prog_name=prog_name)
+        code = command.main(standalone_mode=False, prog_name=prog_name)
     except click.exceptions.NoArgsIsHelpError as exc:
         if exc.ctx is not None:
             print(exc.ctx.get_help(), file=sys.stderr)

@@ -415,6 +415,10 @@ def test_a_usage_error_is_one_line_naming_the_option(argv, needles):
         (["fleetpatch", "controller", "serve", "--help"], "Override [server] listen"),
         (["fleetpatch", "campaign", "rehearse", "--help"], "Scenario-style [failures] file"),
         (["fleetpatch-agent", "check", "--help"], "agent.toml [[checks]]"),
+        (
+            ["fleetpatch", "campaign", "pause", "--help"],
+            "CAMPAIGN_ID Campaign id, as `campaign list` shows it.",
+        ),
     ],
 )
 def test_help_shows_brackets_as_written(argv, written):
@@ -454,3 +458,21 @@ def test_an_admin_certificate_the_controller_refuses_is_a_trust_failure(controll
     result = cli("fleetpatch", "token", "list", "--data-dir", mixed,
                  "--controller", controller.address)  # fmt: skip
     _one_line(result, 7, "TLS trust fails", "refuses our certificate")
+
+
+@pytest.mark.parametrize(
+    ("argv", "codes"),
+    [
+        (["fleetpatch", "campaign", "pause", "--help"], ["0 success", "6 conflicts", "7 TLS"]),
+        (["fleetpatch", "hosts", "revoke", "--help"], ["3 the controller cannot be reached"]),
+        (["fleetpatch", "release", "list", "--help"], ["5 not found"]),
+        (["fleetpatch-agent", "enroll", "--help"], ["7 TLS trust fails", "4 refused"]),
+    ],
+)
+def test_every_command_lists_its_exit_codes(argv, codes):
+    result = cli(*argv)
+    assert result.returncode == 0, result.stderr
+    flat = " ".join(result.stdout.split())
+    assert "Exit codes:" in flat
+    for code in codes:
+        assert code in flat, result.stdout

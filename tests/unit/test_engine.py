@@ -12,6 +12,7 @@ import pytest
 from fleetpatch.v1 import types_pb2
 
 from controller.campaigns import CampaignState
+from controller.errors import Conflict
 from tests.support.engine import Fleet, engine_fleet
 
 CAMPAIGN = """
@@ -138,3 +139,38 @@ def test_hosts_owing_a_reboot_or_restarts_count_as_patched_and_show_apart(fleet)
     _, cells = fleet.run(fleet.live.view(campaign))
     assert [(c.counts["succeeded"], c.counts["pending_reboot"], c.counts["pending_restart"])
             for c in cells] == [(3, 1, 1)]  # fmt: skip
+
+
+def _actions(fleet: Fleet, campaign_id: str) -> list[str]:
+    records = fleet.store.audit_records()
+    return [r.entry.action for r in records if r.entry.target == campaign_id]
+
+
+def test_asking_for_a_state_a_campaign_is_in_succeeds_unchanged_and_unaudited(fleet):
+    fleet.enroll((0, "eu"))
+    campaign = _campaign(fleet)
+    fleet.run(fleet.live.approve(campaign, "admin:t"))  # approved twice: still running
+    fleet.run(fleet.live.pause(campaign, "admin:t"))
+    assert fleet.run(fleet.live.pause(campaign, "admin:t")).state == CampaignState.PAUSED
+    fleet.run(fleet.live.resume(campaign, "admin:t"))
+    assert fleet.run(fleet.live.resume(campaign, "admin:t")).state == CampaignState.RUNNING
+    fleet.run(fleet.live.abort(campaign, "admin:t", revert=True))
+    again = fleet.run(fleet.live.abort(campaign, "admin:t", revert=True))
+    assert again.state == CampaignState.ABORTED
+    assert again.revert_requested
+    assert _actions(fleet, campaign) == [
+        "campaign.create", "campaign.approve", "campaign.pause", "campaign.resume",
+        "campaign.abort",
+    ]  # fmt: skip
+
+
+def test_a_state_a_verb_cannot_reach_from_here_is_a_conflict(fleet):
+    fleet.enroll((0, "eu"))
+    draft = fleet.run(fleet.live.create(CAMPAIGN.format(budget=0), "e.toml", "admin:t"))
+    with pytest.raises(Conflict, match="is draft"):
+        fleet.run(fleet.live.pause(draft.campaign_id, "admin:t"))
+    fleet.run(fleet.live.abort(draft.campaign_id, "admin:t", revert=False))
+    with pytest.raises(Conflict, match="is aborted"):
+        fleet.run(fleet.live.resume(draft.campaign_id, "admin:t"))
+    with pytest.raises(Conflict, match="aborted without --revert"):
+        fleet.run(fleet.live.abort(draft.campaign_id, "admin:t", revert=True))
