@@ -6,7 +6,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -14,8 +13,8 @@ from typing import Annotated, TextIO
 
 import typer
 from fleetpatch import render
-from fleetpatch.cliapp import new_app
-from fleetpatch.durations import format_duration
+from fleetpatch.cliapp import exit_codes_epilog, new_app
+from fleetpatch.durations import format_duration, parse_duration
 from fleetpatch.v1 import admin_pb2
 
 from controller.api import convert
@@ -24,13 +23,13 @@ from controller.checkpoint import CheckpointError
 from controller.checkpoint import parse as parse_checkpoint
 from controller.cli.admin_client import AdminClient
 from controller.cli.common import ControllerOption, DataDirOption, JsonOption, client
+from controller.cli.watching import WATCH_EXIT_CODES, Snapshot, Watch
 from controller.datadir import DEFAULT_DATA_DIR
 from controller.errors import FleetpatchError, UsageError
 
 campaign_app = new_app(help="Patch campaigns: what to patch, where, and how fast.")
 audit_app = new_app(help="The hash-chained audit trail.")
 
-FINAL = ("completed", "aborted")
 CampaignId = Annotated[str, typer.Argument(help="Campaign id, as `campaign list` shows it.")]
 COUNTS = ["eligible", "waiting", "in_flight", "succeeded", "failed", "reverted", "revert_failed",
           "timed_out"]  # fmt: skip
@@ -255,35 +254,62 @@ def rehearse(
     raise typer.Exit(subprocess.run(argv, check=False).returncode)
 
 
-@campaign_app.command("watch")
+@campaign_app.command("watch", epilog=exit_codes_epilog(WATCH_EXIT_CODES, "Exit codes of watch"))
 def watch(
     campaign_id: CampaignId,
-    interval: Annotated[float, typer.Option(help="Seconds between refreshes.")] = 2.0,
+    interval: Annotated[float, typer.Option(min=0.1, help="Seconds between refreshes.")] = 2.0,
+    through_halts: Annotated[
+        bool,
+        typer.Option(
+            "--through-halts",
+            help="Keep following a halted campaign (until a person resumes or aborts it) "
+            "instead of exiting 9.",
+        ),
+    ] = False,
+    reconnect_for: Annotated[
+        str,
+        typer.Option(
+            help="How long to keep reconnecting to a controller that went away (a restart) "
+            "before exiting 3 (e.g. 30s, 10m)."
+        ),
+    ] = "10m",
+    json_out: Annotated[
+        bool, typer.Option("--json", help="One JSON object per line, for each change.")
+    ] = False,
     data_dir: DataDirOption = DEFAULT_DATA_DIR,
     controller: ControllerOption = None,
 ) -> None:
-    """Follow a campaign live until it completes or is aborted. A halted
-    campaign waits for a person, so watch keeps following it; Ctrl-C stops
-    watching, never the campaign."""
-    tty = sys.stdout.isatty()
-    last = ""
+    """Follow a campaign live until it completes, is aborted or halts; exit 0
+    only when it completed. On a terminal: a refreshing view; otherwise one
+    plain line (or JSON object) per change. Ctrl-C stops watching, never the
+    campaign."""
+    try:
+        patience = parse_duration(reconnect_for).total_seconds()
+    except ValueError as exc:
+        raise UsageError(f"--reconnect-for: {exc}") from None
+    tty = sys.stdout.isatty() and not json_out
+
+    def show(campaign: admin_pb2.Campaign) -> None:
+        print("\033[H\033[J", end="")
+        print(f"{datetime.now(UTC):%H:%M:%SZ}  (Ctrl-C to stop watching)")
+        _print_campaign(campaign)
+
     with client(data_dir, controller) as admin:
-        while True:
-            campaign = admin.campaign_action("get", campaign_id)
-            if tty:
-                print("\033[H\033[J", end="")
-                print(f"{datetime.now(UTC):%H:%M:%SZ}  (Ctrl-C to stop watching)")
-                _print_campaign(campaign)
-            else:
-                line = f"{campaign.state} {_totals(campaign)}"
-                if line != last:
-                    print(f"{datetime.now(UTC):%H:%M:%SZ} {line}", flush=True)
-                    last = line
-            if campaign.state in FINAL:
-                if not tty:
-                    _print_campaign(campaign)
-                return
-            time.sleep(interval)
+        Watch(
+            fetch=lambda: admin.campaign_action("get", campaign_id),
+            snapshot=_snapshot, interval=interval, reconnect_for=patience,
+            through_halts=through_halts, json_out=json_out, show=show if tty else None,
+        ).run()  # fmt: skip
+
+
+def _snapshot(campaign: admin_pb2.Campaign) -> Snapshot:
+    return Snapshot(
+        campaign.campaign_id,
+        campaign.name,
+        campaign.state,
+        campaign.halt_reason or None,
+        _totals(campaign),
+    )
 
 
 # -- audit -------------------------------------------------------------------------
