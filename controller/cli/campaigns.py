@@ -21,6 +21,7 @@ from controller.api import convert
 from controller.campaigns import CampaignError, CampaignSpec, parse_campaign
 from controller.checkpoint import CheckpointError
 from controller.checkpoint import parse as parse_checkpoint
+from controller.cli import jsondoc
 from controller.cli.admin_client import AdminClient
 from controller.cli.common import ControllerOption, DataDirOption, JsonOption, client
 from controller.cli.watching import WATCH_EXIT_CODES, Snapshot, Watch
@@ -155,7 +156,7 @@ def list_(
 
 
 def _doc(campaign: admin_pb2.Campaign) -> dict[str, object]:
-    doc = convert.to_json(campaign)
+    doc = jsondoc.doc(campaign)
     doc.pop("spec", None)
     spec = _spec(campaign)
     doc["kind"] = spec.kind if spec is not None else "?"
@@ -426,12 +427,7 @@ def _stream_json(records: Iterable[admin_pb2.AuditRecord], out: TextIO) -> None:
     one record at a time."""
     parts, first = ["["], True
     for r in records:
-        doc = {
-            "action": r.action, "actor": r.actor, "at": r.at.ToJsonString(), "detail": r.detail,
-            "hash": r.hash, "outcome": r.outcome, "prev_hash": r.prev_hash, "seq": r.seq,
-            "target": r.target,
-        }  # fmt: skip
-        text = json.dumps(doc, indent=2, sort_keys=True).replace("\n", "\n  ")
+        text = json.dumps(jsondoc.doc(r), indent=2, sort_keys=True).replace("\n", "\n  ")
         parts.append(("\n  " if first else ",\n  ") + text)
         first = False
         if len(parts) >= _FLUSH_EVERY:

@@ -21,6 +21,7 @@ from fleetpatch.durations import format_duration, parse_duration
 from fleetpatch.v1 import admin_pb2
 
 from controller.api import convert
+from controller.cli import jsondoc
 from controller.cli.campaigns import audit_app, campaign_app
 from controller.cli.common import ControllerOption, DataDirOption, JsonOption, client
 from controller.cli.release import release_app
@@ -146,7 +147,7 @@ def token_create(
     with client(data_dir, controller) as admin:
         made = admin.create_token(request)
     if json_out:
-        render.print_json({**convert.to_json(made.token), "token": made.secret})
+        render.print_json({**jsondoc.doc(made.token), "token": made.secret})
         return
     expires = convert.from_timestamp(made.token.expires_at)
     print(
@@ -167,7 +168,7 @@ def token_list(
     with client(data_dir, controller) as admin:
         found = admin.list_tokens()
     if json_out:
-        render.print_json([convert.to_json(t) for t in found])
+        render.print_json([jsondoc.doc(t) for t in found])
         return
     now = datetime.now(UTC)
     render.table(
@@ -223,7 +224,7 @@ def hosts_list(
     with client(data_dir, controller) as admin:
         found = list(admin.iter_hosts(region, ring))
     if json_out:
-        render.print_json([convert.to_json(h) for h in found])
+        render.print_json([jsondoc.doc(h) for h in found])
         return
     now = datetime.now(UTC)
     render.table(
@@ -277,8 +278,8 @@ def hosts_show(
     if json_out:
         render.print_json(
             {
-                **convert.to_json(got.host),
-                "packages": [convert.to_json(p) for p in got.inventory.packages],
+                **jsondoc.doc(got.host),
+                "packages": [jsondoc.doc(p) for p in got.inventory.packages],
             }
         )
         return

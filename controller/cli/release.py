@@ -21,6 +21,7 @@ from fleetpatch.cliapp import exit_codes_epilog, new_app, run
 from fleetpatch.v1 import admin_pb2
 
 from controller.api import convert
+from controller.cli import jsondoc
 from controller.cli.common import ControllerOption, DataDirOption, JsonOption, client
 from controller.datadir import DEFAULT_DATA_DIR
 from controller.errors import EXIT_CODES, FleetpatchError, UsageError
@@ -131,9 +132,7 @@ def publish_command(
 
 def release_doc(published: admin_pb2.AgentRelease) -> dict[str, object]:
     """An agent release as JSON, its digest in hex (as sha256sum writes it)."""
-    doc = convert.to_json(published)
-    doc["sha256"] = published.sha256.hex()
-    return doc
+    return jsondoc.doc(published)
 
 
 @release_app.command("list")

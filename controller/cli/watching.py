@@ -24,6 +24,7 @@ from typing import TextIO
 
 from fleetpatch.v1 import admin_pb2
 
+from controller.cli.jsondoc import rfc3339
 from controller.errors import ControllerUnavailable, FleetpatchError
 
 WATCH_EXIT_CODES: tuple[tuple[int, str], ...] = (
@@ -65,11 +66,6 @@ class Snapshot:
             "at": rfc3339(at), "campaign_id": self.campaign_id, "name": self.name,
             "state": self.state, "halt_reason": self.halt_reason, "totals": self.totals,
         }  # fmt: skip
-
-
-def rfc3339(at: datetime) -> str:
-    """UTC, to the second or finer, with Z."""
-    return at.astimezone(UTC).isoformat().replace("+00:00", "Z")
 
 
 @dataclass

@@ -1,0 +1,149 @@
+"""Every `--json` output of the admin CLI, from a real controller (mutual
+TLS, SQLite) with a host, a finished campaign, a token, a release and an
+audit trail, held to its documented schema (controller/cli/schemas.py)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from controller.cli import schemas
+from controller.releases.signed import keygen, sign_artifacts
+from tests.support.controller import BIN, Controller
+from tests.support.fakes import FakeBackend, FakeProber
+from tests.support.inprocess import InProcessAgent
+from tests.support.waiting import scaled
+
+CAMPAIGN = """
+[campaign]
+name = "json-1"
+
+[patch]
+packages = [{ name = "fp-demo", min_version = "1.1" }]
+
+[verify]
+timeout = "1s"
+
+[rollout]
+rings = [{ ring = 0, concurrency = "100%" }]
+"""
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory) -> Iterator[tuple[Controller, str, str]]:
+    """(controller, host id, finished campaign id)."""
+    root = tmp_path_factory.mktemp("json")
+    ctl = Controller(root / "ctl")
+    ctl.init()
+    config = ctl.data_dir / "controller.toml"
+    config.write_text(config.read_text().replace('tick = "10s"', 'tick = "1s"'))
+    ctl.start()
+    backend = FakeBackend({"fp-demo": "1.0", "libc6": "2.36"}, {"fp-demo": "1.1"})
+    agent = InProcessAgent(ctl, root / "agent", "eu", 0, backend, FakeProber([True]))
+    try:
+        agent.round()
+        spec = root / "json.toml"
+        spec.write_text(CAMPAIGN)
+        campaign_id = ctl.admin("campaign", "create", spec).stdout.strip().splitlines()[-1]
+        ctl.admin("campaign", "approve", campaign_id)
+        for _ in range(30):
+            agent.round()
+            if _json(ctl, "campaign", "show", campaign_id)["state"] == "completed":
+                break
+        key = root / "keys" / "release.key"
+        key.parent.mkdir()
+        keygen(key)
+        deb = root / "dist" / "fleetpatch-agent_0.2.0_all.deb"
+        deb.parent.mkdir()
+        deb.write_bytes(os.urandom(1000))
+        sign_artifacts([deb], key)
+        ctl.admin("release", "publish", deb)
+        yield ctl, agent.host_id, campaign_id
+    finally:
+        agent.close()
+        ctl.stop()
+
+
+def _json(ctl: Controller, *argv: str) -> Any:
+    return json.loads(ctl.admin(*argv, "--json").stdout)
+
+
+def _holds(doc: object, schema: schemas.Schema) -> None:
+    problems = schemas.check(doc, schema)
+    assert not problems, "\n".join(problems)
+
+
+@pytest.mark.parametrize(
+    ("argv", "schema"),
+    [
+        (["token", "list"], schemas.array(schemas.TOKEN)),
+        (["hosts", "list"], schemas.array(schemas.HOST)),
+        (["hosts", "show", "{host}"], schemas.HOST_SHOWN),
+        (["campaign", "list"], schemas.array(schemas.CAMPAIGN)),
+        (["campaign", "show", "{campaign}"], schemas.CAMPAIGN),
+        (["release", "list"], schemas.array(schemas.RELEASE)),
+        (["audit", "export"], schemas.array(schemas.AUDIT_RECORD)),
+        (["token", "create", "--region", "eu", "--ring", "0"], schemas.TOKEN_CREATED),
+    ],
+)
+def test_every_json_output_holds_to_its_schema(world, argv, schema):
+    ctl, host_id, campaign_id = world
+    argv = [a.format(host=host_id, campaign=campaign_id) for a in argv]
+    doc = _json(ctl, *argv)
+    _holds(doc, schema)
+    if isinstance(doc, list):
+        assert doc, f"{argv} printed an empty list: the check would hold to nothing"
+
+
+def test_the_json_is_what_the_tables_say(world):
+    ctl, host_id, campaign_id = world
+    (host,) = _json(ctl, "hosts", "list")
+    assert host["status"] == "active"
+    assert host["host_id"] == host_id
+    assert host["last_seen"].endswith("Z")
+    shown = _json(ctl, "hosts", "show", host_id)
+    assert {k: v for k, v in shown.items() if k != "packages"} == host
+    campaign = _json(ctl, "campaign", "show", campaign_id)
+    assert campaign["state"] == "completed"
+    assert campaign["halt_reason"] is None
+    (listed,) = _json(ctl, "campaign", "list")
+    assert set(listed) == set(campaign)
+
+
+def test_watch_json_is_one_schema_object_per_line(world):
+    ctl, _, campaign_id = world
+    done = subprocess.run(
+        [str(BIN / "fleetpatch"), "campaign", "watch", campaign_id, "--json",
+         "--data-dir", str(ctl.data_dir)],
+        capture_output=True, text=True, timeout=scaled(60), check=False,
+        stdin=subprocess.DEVNULL,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert lines
+    for line in lines:
+        _holds(json.loads(line), schemas.WATCH_EVENT)
+
+
+def test_the_checker_finds_what_breaks_a_schema():
+    good = {"seq": 1, "at": "2026-12-01T12:00:00Z", "actor": "a", "action": "b", "target": None,
+            "outcome": "ok", "detail": None, "prev_hash": "p", "hash": "h"}  # fmt: skip
+    assert schemas.check(good, schemas.AUDIT_RECORD) == []
+    changes: list[tuple[dict[str, object], str]] = [
+        ({"at": "2026-12-01T12:00:00+00:00"}, "does not match"),
+        ({"detail": ""}, "empty string"),
+        ({"seq": "1"}, "is not integer"),
+        ({"extra": 1}, "not in the documented schema"),
+    ]
+    for change, needle in changes:
+        problems = schemas.check({**good, **change}, schemas.AUDIT_RECORD)
+        assert any(needle in p for p in problems), (change, problems)
+    missing = dict(good)
+    del missing["hash"]
+    assert schemas.check(missing, schemas.AUDIT_RECORD) == ["$: 'hash' missing"]
+    assert schemas.check([{"status": "HOST_STATUS_ACTIVE"}], schemas.array(schemas.HOST))
