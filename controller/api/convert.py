@@ -3,7 +3,7 @@ client touch protobuf classes; everything else speaks model dataclasses."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -110,7 +110,7 @@ def token_to_pb(token: Token) -> admin_pb2.Token:
     )
 
 
-def host_to_pb(host: Host) -> admin_pb2.Host:
+def host_to_pb(host: Host, owes: Iterable[str] = ()) -> admin_pb2.Host:
     pb = admin_pb2.Host(
         host_id=host.host_id,
         region=host.region,
@@ -125,6 +125,7 @@ def host_to_pb(host: Host) -> admin_pb2.Host:
         certificate_expires_at=timestamp(host.certificate_expires_at),
         inventory_updates=host.inventory_updates,
         checkins=host.checkins,
+        owes=list(owes),
     )
     json_format.ParseDict(dict(host.facts), pb.facts, ignore_unknown_fields=True)
     json_format.ParseDict(dict(host.health), pb.health, ignore_unknown_fields=True)

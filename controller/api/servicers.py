@@ -524,11 +524,11 @@ class AdminService(admin_pb2_grpc.AdminServiceServicer):
         self._admin(context)
         limit = min(request.page_size or 500, 5000)
         ring = request.ring if request.HasField("ring") else None
-        found = await self._db.call(
-            lambda s: s.list_hosts(request.region, ring, request.page_token, limit)
+        found, owes = await self._db.call(
+            lambda s: _with_owes(s, s.list_hosts(request.region, ring, request.page_token, limit))
         )
         return admin_pb2.ListHostsResponse(
-            hosts=[convert.host_to_pb(h) for h in found],
+            hosts=[convert.host_to_pb(h, owes.get(h.host_id, ())) for h in found],
             next_page_token=found[-1].host_id if len(found) == limit else "",
         )
 
@@ -537,11 +537,15 @@ class AdminService(admin_pb2_grpc.AdminServiceServicer):
         self, request: admin_pb2.GetHostRequest, context: Context
     ) -> admin_pb2.GetHostResponse:
         self._admin(context)
-        host, packages = await self._db.call(
-            lambda s: (s.get_host(request.host_id), s.get_inventory(request.host_id))
-        )
+        host, packages, owes = await self._db.call(
+            lambda s: (
+                s.get_host(request.host_id), s.get_inventory(request.host_id),
+                s.owed_by([request.host_id]),
+            )
+        )  # fmt: skip
         return admin_pb2.GetHostResponse(
-            host=convert.host_to_pb(host), inventory=convert.packages_to_pb(packages)
+            host=convert.host_to_pb(host, owes.get(host.host_id, ())),
+            inventory=convert.packages_to_pb(packages),
         )
 
     @rpc
@@ -719,3 +723,8 @@ class AdminService(admin_pb2_grpc.AdminServiceServicer):
             messages, after = await self._db.call(functools.partial(_export_page, after, since))
             for message in messages:
                 yield message
+
+
+def _with_owes(store: Store, hosts: list[Host]) -> tuple[list[Host], dict[str, list[str]]]:
+    """Hosts, with what each still owes after being patched (one query)."""
+    return hosts, store.owed_by([h.host_id for h in hosts])

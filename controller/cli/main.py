@@ -225,10 +225,22 @@ def hosts_list(
         found = list(admin.iter_hosts(region, ring))
     if json_out:
         render.print_json([jsondoc.doc(h) for h in found])
+        _warn_shared_machine_ids(found)
         return
     now = datetime.now(UTC)
     render.table(
-        ["HOST", "HOSTNAME", "REGION", "RING", "OS", "KERNEL", "PKGS", "HEALTH", "LAST SEEN"],
+        [
+            "HOST",
+            "HOSTNAME",
+            "REGION",
+            "RING",
+            "OS",
+            "KERNEL",
+            "PKGS",
+            "HEALTH",
+            "OWES",
+            "LAST SEEN",
+        ],
         [
             (
                 h.host_id,
@@ -239,16 +251,35 @@ def hosts_list(
                 h.facts.kernel or "-",
                 h.package_count,
                 _health(h),
+                ", ".join(h.owes) or "-",
                 _seen(h, now),
             )
             for h in found
         ],
     )
+    _warn_shared_machine_ids(found)
     if not found:
         print(
             "no hosts enrolled" + (" matching the filter" if region or ring is not None else ""),
             file=sys.stderr,
         )
+
+
+def _warn_shared_machine_ids(hosts: list[admin_pb2.Host]) -> None:
+    """On stderr: hosts (not revoked) that report the same machine-id,
+    typically cloned from one image without resetting /etc/machine-id."""
+    by_id: dict[str, list[str]] = {}
+    for h in hosts:
+        if h.facts.machine_id and h.status != admin_pb2.HOST_STATUS_REVOKED:
+            by_id.setdefault(h.facts.machine_id, []).append(h.host_id)
+    for machine_id, ids in sorted(by_id.items()):
+        if len(ids) > 1:
+            print(
+                f"fleetpatch: warning: {len(ids)} hosts share machine-id {machine_id}: "
+                f"{', '.join(ids)} (cloned from one image? give each its own "
+                "/etc/machine-id, or revoke the copies)",
+                file=sys.stderr,
+            )
 
 
 def _health(host: admin_pb2.Host) -> str:
@@ -311,6 +342,7 @@ def hosts_show(
         ("last seen", _seen(h, now)),
         ("check-ins", str(h.checkins)),
         ("health", _health(h)),
+        ("owes", ", ".join(h.owes) or "-"),
     ]
     width = max(len(k) for k, _ in fields)
     for key, value in fields:

@@ -75,6 +75,7 @@ HOST = obj(
     status=enum("active", "revoked", "pending"), facts=FACTS, health=HEALTH,
     enrolled_at=TIME, last_seen=NTIME, inventory_hash=NSTR, package_count=INT,
     certificate_serial=NSTR, certificate_expires_at=NTIME, inventory_updates=INT, checkins=INT,
+    owes=array(enum("reboot", "restart")),
 )  # fmt: skip
 PACKAGE = obj(name=STR, version=STR, arch=NSTR)
 HOST_SHOWN = {**HOST, "properties": {**HOST["properties"], "packages": array(PACKAGE)},

@@ -228,6 +228,20 @@ class CampaignStore:
         )
         return [_assignment(r, names) for r in rows]
 
+    def owed_by(self, host_ids: Sequence[str]) -> dict[str, list[str]]:
+        """What each of these hosts still owes after being patched, over all
+        campaigns: "reboot", "restart" (hosts owing nothing are left out)."""
+        words = {AssignmentStatus.PENDING_REBOOT.value: "reboot",
+                 AssignmentStatus.PENDING_RESTART.value: "restart"}  # fmt: skip
+        owes: dict[str, set[str]] = {}
+        for start in range(0, len(host_ids), 500):  # SQLite's bound-parameter limit
+            chunk = list(host_ids[start : start + 500])
+            marks = ", ".join("?" * len(chunk))
+            query = f"SELECT DISTINCT host_id, status FROM assignments WHERE status IN (?, ?) AND host_id IN ({marks})"  # noqa: S608, E501 - placeholders only
+            for host_id, status in self._conn.execute(query, (*words, *chunk)):
+                owes.setdefault(host_id, set()).add(words[status])
+        return {host_id: sorted(found) for host_id, found in owes.items()}
+
     def owed(self, campaign_id: str) -> dict[tuple[int, str], dict[str, int]]:
         """Per (ring, region): patched hosts still owing a reboot, or
         restarts of services running replaced code (status -> hosts)."""

@@ -147,3 +147,30 @@ def test_the_checker_finds_what_breaks_a_schema():
     del missing["hash"]
     assert schemas.check(missing, schemas.AUDIT_RECORD) == ["$: 'hash' missing"]
     assert schemas.check([{"status": "HOST_STATUS_ACTIVE"}], schemas.array(schemas.HOST))
+
+
+def test_hosts_list_warns_when_hosts_share_a_machine_id(tmp_path):
+    """In-process agents on one machine report its machine-id: clones."""
+    ctl = Controller(tmp_path / "ctl")
+    ctl.init()
+    ctl.start()
+    agents = []
+    try:
+        for n in range(2):
+            if n == 1:
+                assert "share machine-id" not in ctl.admin("hosts", "list").stderr  # one host
+            backend = FakeBackend({"libc6": "2.36"}, {})
+            agents.append(
+                InProcessAgent(ctl, tmp_path / f"a{n}", "eu", 0, backend, FakeProber([True]))
+            )
+        listed = ctl.admin("hosts", "list")
+        (warning,) = [line for line in listed.stderr.splitlines() if "warning" in line]
+        assert "2 hosts share machine-id" in warning
+        assert all(agent.host_id in warning for agent in agents)
+        assert "share machine-id" in ctl.admin("hosts", "list", "--json").stderr
+        ctl.admin("hosts", "revoke", agents[1].host_id)
+        assert "share machine-id" not in ctl.admin("hosts", "list").stderr
+    finally:
+        for agent in agents:
+            agent.close()
+        ctl.stop()

@@ -139,6 +139,8 @@ def test_hosts_owing_a_reboot_or_restarts_count_as_patched_and_show_apart(fleet)
     _, cells = fleet.run(fleet.live.view(campaign))
     assert [(c.counts["succeeded"], c.counts["pending_reboot"], c.counts["pending_restart"])
             for c in cells] == [(3, 1, 1)]  # fmt: skip
+    # `hosts list` shows what each host owes (and nothing for the one that owes nothing).
+    assert fleet.store.owed_by(hosts) == {hosts[1]: ["reboot"], hosts[2]: ["restart"]}
 
 
 def _actions(fleet: Fleet, campaign_id: str) -> list[str]:

@@ -303,6 +303,7 @@ class Host(_message.Message):
     CERTIFICATE_EXPIRES_AT_FIELD_NUMBER: _builtins.int
     INVENTORY_UPDATES_FIELD_NUMBER: _builtins.int
     CHECKINS_FIELD_NUMBER: _builtins.int
+    OWES_FIELD_NUMBER: _builtins.int
     host_id: _builtins.str
     region: _builtins.str
     ring: _builtins.int
@@ -325,6 +326,12 @@ class Host(_message.Message):
     def last_seen(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
     def certificate_expires_at(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def owes(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """What the host still owes after being patched, over all campaigns:
+        "reboot" (an order ended PENDING_REBOOT), "restart" (PENDING_RESTART).
+        """
+
     def __init__(
         self,
         *,
@@ -343,10 +350,11 @@ class Host(_message.Message):
         certificate_expires_at: _timestamp_pb2.Timestamp | None = ...,
         inventory_updates: _builtins.int = ...,
         checkins: _builtins.int = ...,
+        owes: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["certificate_expires_at", b"certificate_expires_at", "enrolled_at", b"enrolled_at", "facts", b"facts", "health", b"health", "last_seen", b"last_seen"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["certificate_expires_at", b"certificate_expires_at", "certificate_serial", b"certificate_serial", "checkins", b"checkins", "enrolled_at", b"enrolled_at", "facts", b"facts", "health", b"health", "host_id", b"host_id", "inventory_hash", b"inventory_hash", "inventory_updates", b"inventory_updates", "labels", b"labels", "last_seen", b"last_seen", "package_count", b"package_count", "region", b"region", "ring", b"ring", "status", b"status"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["certificate_expires_at", b"certificate_expires_at", "certificate_serial", b"certificate_serial", "checkins", b"checkins", "enrolled_at", b"enrolled_at", "facts", b"facts", "health", b"health", "host_id", b"host_id", "inventory_hash", b"inventory_hash", "inventory_updates", b"inventory_updates", "labels", b"labels", "last_seen", b"last_seen", "owes", b"owes", "package_count", b"package_count", "region", b"region", "ring", b"ring", "status", b"status"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
