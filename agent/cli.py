@@ -116,6 +116,13 @@ def enroll(
         raise ConfigError(f"--label: {exc}") from None
     done = do_enroll(StateDir(state_dir), controller, secret, ca_cert, labels, enroll_address)
     print(f"enrolled as {done.host_id} (region {done.region}, ring {done.ring})")
+    if done.same_machine_id:
+        print(
+            f"fleetpatch-agent: warning: {len(done.same_machine_id)} enrolled host(s) report "
+            f"this host's machine-id too: {', '.join(done.same_machine_id)} (cloned from one "
+            "image? give each host its own /etc/machine-id)",
+            file=sys.stderr,
+        )
     if done.unconfirmed:
         print(
             f"fleetpatch-agent: warning: enrolled, but the first call as this host failed "

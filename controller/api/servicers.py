@@ -297,6 +297,16 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
             await self._refused_enrollment(peer, request.token, exc)
             raise
         host, cert = enrolled.host, enrolled.certificate
+        machine_id = request.facts.machine_id
+        twins = [
+            h for h in await self._db.call(lambda s: s.hosts_with_machine_id(machine_id))
+            if h != host.host_id
+        ]  # fmt: skip
+        if twins:
+            log.warning(
+                "host %s reports machine-id %s, as %d other host(s) do: %s (cloned images?)",
+                host.host_id, machine_id, len(twins), ", ".join(twins),
+            )  # fmt: skip
         self._pending.add(host.host_id)
         self._engine.metrics.presence.enrolled(host.host_id, host.ring, host.region)
         log.info(
@@ -311,6 +321,7 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
             signing_keys=self._signing_keys,
             region=host.region,
             ring=host.ring,
+            same_machine_id=twins,
         )
 
     async def _refused_enrollment(self, peer: str, token: str, error: FleetpatchError) -> None:

@@ -200,6 +200,17 @@ class Store(CampaignStore, ReleaseStore, WebhookStore):
         )
         return [_host(r) for r in _rows(cur)]
 
+    def hosts_with_machine_id(self, machine_id: str) -> list[str]:
+        """Ids of the hosts, not revoked, whose facts report ``machine_id``."""
+        if not machine_id:
+            return []
+        cur = self._conn.execute(
+            "SELECT host_id FROM hosts WHERE json_extract(facts, '$.machine_id') = ?"
+            " AND status != ? ORDER BY host_id",
+            (machine_id, HostStatus.REVOKED.value),
+        )
+        return [row[0] for row in cur]
+
     def revoke_host(self, host_id: str, now: datetime) -> Host:
         with self._transaction() as conn:
             if (

@@ -168,7 +168,15 @@ def test_hosts_list_warns_when_hosts_share_a_machine_id(tmp_path):
         assert "2 hosts share machine-id" in warning
         assert all(agent.host_id in warning for agent in agents)
         assert "share machine-id" in ctl.admin("hosts", "list", "--json").stderr
+        # A third clone is told at enrollment, and enrolled all the same.
+        third = ctl.enroll(tmp_path / "c", ctl.token())
+        assert third.returncode == 0, third.stderr
+        assert "2 enrolled host(s) report this host's machine-id too" in third.stderr
+        assert all(agent.host_id in third.stderr for agent in agents)
+        assert "as 2 other host(s) do" in ctl.log.read_text()
         ctl.admin("hosts", "revoke", agents[1].host_id)
+        third_id = third.stdout.split()[2]
+        ctl.admin("hosts", "revoke", third_id)
         assert "share machine-id" not in ctl.admin("hosts", "list").stderr
     finally:
         for agent in agents:
