@@ -47,7 +47,7 @@ from controller.errors import (
 )
 from controller.fleet import enrollment, tokens
 from controller.fleet.pki import CertificateAuthority
-from controller.model import CheckIn, Host, Package, ProgressReport
+from controller.model import AssignmentStatus, CheckIn, Host, Package, ProgressReport
 from controller.refusals import RefusalCounter
 from controller.releases.publishing import Header, Releases
 from controller.rollout.engine import CampaignEngine
@@ -625,6 +625,25 @@ class AdminService(admin_pb2_grpc.AdminServiceServicer):
     ) -> admin_pb2.CampaignResponse:
         self._admin(context)
         return await self._campaign(request.campaign_id)
+
+    @rpc
+    async def ListCampaignHosts(
+        self, request: admin_pb2.ListCampaignHostsRequest, context: Context
+    ) -> admin_pb2.ListCampaignHostsResponse:
+        self._admin(context)
+        status = None
+        if request.status:
+            try:
+                status = AssignmentStatus(request.status)
+            except ValueError:
+                words = ", ".join(s.value for s in AssignmentStatus)
+                raise UsageError(f"no host state {request.status!r}: one of {words}") from None
+        found, hostnames, reports = await self._db.call(
+            lambda s: s.campaign_hosts(request.campaign_id, status)
+        )
+        return admin_pb2.ListCampaignHostsResponse(
+            hosts=convert.campaign_hosts_to_pb(found, hostnames, reports)
+        )
 
     @rpc
     async def ListCampaigns(

@@ -145,6 +145,13 @@ class AdminClient:
         }[action]
         return self._call(lambda: method(request, timeout=TIMEOUT_SECONDS)).campaign
 
+    def campaign_hosts(self, campaign_id: str, status: str = "") -> list[admin_pb2.CampaignHost]:
+        """The hosts a campaign assigned orders to (of one status, if given)."""
+        request = admin_pb2.ListCampaignHostsRequest(campaign_id=campaign_id, status=status)
+        return list(
+            self._call(lambda: self._stub.ListCampaignHosts(request, timeout=TIMEOUT_SECONDS)).hosts
+        )
+
     def list_campaigns(self) -> list[admin_pb2.Campaign]:
         request = admin_pb2.ListCampaignsRequest()
         return list(

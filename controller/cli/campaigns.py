@@ -202,21 +202,68 @@ def _owed(cell: admin_pb2.CampaignCell) -> str:
     return ", ".join(owed) or "-"
 
 
+HOST_STATES = ("in_flight", "succeeded", "failed", "reverted", "revert_failed", "timed_out",
+               "pending_reboot", "pending_restart")  # fmt: skip
+
+
 @campaign_app.command("show")
 def show(
     campaign_id: CampaignId,
+    hosts: Annotated[
+        bool,
+        typer.Option(
+            "--hosts",
+            help="List each host the campaign assigned an order to: its state, last step, "
+            "packages before and after, and why it failed or reverted.",
+        ),
+    ] = False,
+    state: Annotated[
+        str | None,
+        typer.Option(
+            metavar="STATE",
+            help=f"With --hosts: only hosts in this state ({', '.join(HOST_STATES)}).",
+        ),
+    ] = None,
     data_dir: DataDirOption = DEFAULT_DATA_DIR,
     controller: ControllerOption = None,
     json_out: JsonOption = False,
 ) -> None:
     """Per ring x region: eligible, waiting (and why), in flight, succeeded
     (and of those, how many still owe a reboot or service restarts),
-    failed, reverted, timed out."""
+    failed, reverted, timed out. With --hosts, host by host instead."""
+    if state is not None and not hosts:
+        raise UsageError("--state needs --hosts")
+    if state is not None and state not in HOST_STATES:
+        raise UsageError(f"--state {state!r} is not one of {', '.join(HOST_STATES)}")
+    if hosts:
+        with client(data_dir, controller) as admin:
+            found = admin.campaign_hosts(campaign_id, state or "")
+        _print_hosts(found, json_out, state)
+        return
     campaign = _action("get", campaign_id, data_dir, controller)
     if json_out:
         render.print_json(_doc(campaign))
         return
     _print_campaign(campaign)
+
+
+def _print_hosts(found: list[admin_pb2.CampaignHost], json_out: bool, state: str | None) -> None:
+    if json_out:
+        render.print_json([jsondoc.doc(h) for h in found])
+        return
+    render.table(
+        ["HOST", "HOSTNAME", "RING", "REGION", "KIND", "STATE", "STEP", "PACKAGES", "WHY"],
+        [
+            (h.host_id, h.hostname or "-", h.ring, h.region, h.kind, h.status, h.step or "-",
+             "; ".join(f"{c.name} {c.from_version or '(none)'} -> {c.to_version or '(removed)'}"
+                       for c in h.changes) or "-",
+             h.detail if h.status not in ("succeeded", "in_flight") and h.detail else "-")
+            for h in found
+        ],
+    )  # fmt: skip
+    if not found:
+        print("no host has been assigned an order" + (f" in state {state}" if state else ""),
+              file=sys.stderr)  # fmt: skip
 
 
 @campaign_app.command("rehearse")

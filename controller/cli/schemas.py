@@ -13,6 +13,7 @@ against a real controller and checks its output with `check`.
     fleetpatch hosts show --json        HOST_SHOWN (HOST and its packages)
     fleetpatch campaign list --json     array of CAMPAIGN
     fleetpatch campaign show --json     CAMPAIGN
+    fleetpatch campaign show --hosts --json   array of CAMPAIGN_HOST
     fleetpatch campaign watch --json    WATCH_EVENT, one per line
     fleetpatch release list --json      array of RELEASE
     fleetpatch audit export --json      array of AUDIT_RECORD
@@ -94,6 +95,13 @@ CAMPAIGN = obj(
     emergency=BOOL, revert_requested=BOOL, cells=array(CELL),
     agent_update={"anyOf": [{"type": "null"}, obj(version=STR, rollback_after=STR)]},
     totals=obj(**dict.fromkeys(COUNTS, INT)),
+)  # fmt: skip
+CHANGE = obj(name=STR, from_version=NSTR, to_version=NSTR)
+CAMPAIGN_HOST = obj(
+    host_id=STR, hostname=NSTR, ring=INT, region=STR, kind=enum("patch", "revert"),
+    status=enum("in_flight", "succeeded", "failed", "reverted", "revert_failed", "timed_out",
+                "pending_reboot", "pending_restart"),
+    step=NSTR, detail=NSTR, assigned_at=TIME, finished_at=NTIME, changes=array(CHANGE),
 )  # fmt: skip
 WATCH_EVENT = obj(
     at=TIME, campaign_id=STR, name=STR, state=enum(*CAMPAIGN_STATES), halt_reason=NSTR,

@@ -228,6 +228,28 @@ class CampaignStore:
         )
         return [_assignment(r, names) for r in rows]
 
+    def campaign_hosts(
+        self, campaign_id: str, status: AssignmentStatus | None = None
+    ) -> tuple[list[Assignment], dict[str, str], dict[str, list[bytes]]]:
+        """A campaign's assignments (optionally of one status), oldest
+        first; the hostname each host reported; and per order, the progress
+        reports it sent (their payloads, oldest first). NotFound for no
+        such campaign."""
+        self.get_campaign(campaign_id)
+        found = [a for a in self.assignments(campaign_id) if status is None or a.status == status]
+        hostnames: dict[str, str] = {}
+        reports: dict[str, list[bytes]] = {}
+        for start in range(0, len(found), 500):  # SQLite's bound-parameter limit
+            chunk = found[start : start + 500]
+            marks = ", ".join("?" * len(chunk))
+            hosts = f"SELECT host_id, json_extract(facts, '$.hostname') FROM hosts WHERE host_id IN ({marks})"  # noqa: S608, E501 - placeholders only
+            for host_id, hostname in self._conn.execute(hosts, [a.host_id for a in chunk]):
+                hostnames[host_id] = hostname or ""
+            payloads = f"SELECT order_id, payload FROM progress_reports WHERE order_id IN ({marks}) ORDER BY at"  # noqa: S608, E501 - placeholders only
+            for order_id, payload in self._conn.execute(payloads, [a.order_id for a in chunk]):
+                reports.setdefault(order_id, []).append(bytes(payload))
+        return found, hostnames, reports
+
     def owed_by(self, host_ids: Sequence[str]) -> dict[str, list[str]]:
         """What each of these hosts still owes after being patched, over all
         campaigns: "reboot", "restart" (hosts owing nothing are left out)."""

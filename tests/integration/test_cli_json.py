@@ -14,7 +14,7 @@ import pytest
 
 from controller.cli import schemas
 from controller.releases.signed import keygen, sign_artifacts
-from tests.support.controller import BIN, Controller
+from tests.support.controller import BIN, Controller, cli
 from tests.support.fakes import FakeBackend, FakeProber
 from tests.support.inprocess import InProcessAgent
 from tests.support.waiting import scaled
@@ -86,6 +86,7 @@ def _holds(doc: object, schema: schemas.Schema) -> None:
         (["hosts", "show", "{host}"], schemas.HOST_SHOWN),
         (["campaign", "list"], schemas.array(schemas.CAMPAIGN)),
         (["campaign", "show", "{campaign}"], schemas.CAMPAIGN),
+        (["campaign", "show", "{campaign}", "--hosts"], schemas.array(schemas.CAMPAIGN_HOST)),
         (["release", "list"], schemas.array(schemas.RELEASE)),
         (["audit", "export"], schemas.array(schemas.AUDIT_RECORD)),
         (["token", "create", "--region", "eu", "--ring", "0"], schemas.TOKEN_CREATED),
@@ -113,6 +114,24 @@ def test_the_json_is_what_the_tables_say(world):
     assert campaign["halt_reason"] is None
     (listed,) = _json(ctl, "campaign", "list")
     assert set(listed) == set(campaign)
+
+
+def test_campaign_show_hosts_says_what_each_host_did(world):
+    ctl, host_id, campaign_id = world
+    (host,) = _json(ctl, "campaign", "show", campaign_id, "--hosts")
+    assert host["host_id"] == host_id
+    assert host["status"] == "succeeded"
+    assert host["kind"] == "patch"
+    assert {"name": "fp-demo", "from_version": "1.0", "to_version": "1.1"} in host["changes"]
+    table = ctl.admin("campaign", "show", campaign_id, "--hosts").stdout
+    assert "fp-demo 1.0 -> 1.1" in table
+    assert host_id in table
+    assert _json(ctl, "campaign", "show", campaign_id, "--hosts", "--state", "failed") == []
+    bad = cli("fleetpatch", "campaign", "show", campaign_id, "--hosts", "--state", "broken",
+              "--data-dir", ctl.data_dir)  # fmt: skip
+    assert bad.returncode == 2
+    assert bad.stderr.count("\n") == 1
+    assert "--state 'broken' is not one of in_flight" in bad.stderr
 
 
 def test_watch_json_is_one_schema_object_per_line(world):

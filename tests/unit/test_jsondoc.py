@@ -49,3 +49,21 @@ def test_maps_and_repeated_fields_keep_their_shape():
     host = jsondoc.doc(admin_pb2.Host(labels={"role": "web"}))
     assert host["labels"] == {"role": "web"}
     assert host["health"]["checks"] == []
+
+
+def test_a_hosts_changes_are_its_versions_before_and_after_over_its_reports():
+    from controller.api.convert import merged_changes
+
+    def report(*changes: tuple[str, str, str]) -> bytes:
+        return types_pb2.ProgressReport(changes=[
+            types_pb2.PackageChange(name=n, from_version=f, to_version=t) for n, f, t in changes
+        ]).SerializeToString()  # fmt: skip
+
+    merged = merged_changes([
+        report(("openssl", "3.0.11", "3.0.13")),
+        b"\xff not a report",
+        report(("openssl", "3.0.13", "3.0.11"), ("libssl3", "", "3.0.11")),
+    ])  # fmt: skip
+    assert [(c.name, c.from_version, c.to_version) for c in merged] == [
+        ("libssl3", "", "3.0.11"), ("openssl", "3.0.11", "3.0.11"),
+    ]  # fmt: skip

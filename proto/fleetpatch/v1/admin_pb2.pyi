@@ -740,6 +740,109 @@ class CampaignResponse(_message.Message):
 Global___CampaignResponse: _TypeAlias = CampaignResponse  # noqa: Y015
 
 @_typing.final
+class ListCampaignHostsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CAMPAIGN_ID_FIELD_NUMBER: _builtins.int
+    STATUS_FIELD_NUMBER: _builtins.int
+    campaign_id: _builtins.str
+    status: _builtins.str
+    """empty: every status; else one assignment status (in_flight, ...)"""
+    def __init__(
+        self,
+        *,
+        campaign_id: _builtins.str = ...,
+        status: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["campaign_id", b"campaign_id", "status", b"status"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListCampaignHostsRequest: _TypeAlias = ListCampaignHostsRequest  # noqa: Y015
+
+@_typing.final
+class CampaignHost(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    HOST_ID_FIELD_NUMBER: _builtins.int
+    HOSTNAME_FIELD_NUMBER: _builtins.int
+    RING_FIELD_NUMBER: _builtins.int
+    REGION_FIELD_NUMBER: _builtins.int
+    KIND_FIELD_NUMBER: _builtins.int
+    STATUS_FIELD_NUMBER: _builtins.int
+    STEP_FIELD_NUMBER: _builtins.int
+    DETAIL_FIELD_NUMBER: _builtins.int
+    ASSIGNED_AT_FIELD_NUMBER: _builtins.int
+    FINISHED_AT_FIELD_NUMBER: _builtins.int
+    CHANGES_FIELD_NUMBER: _builtins.int
+    host_id: _builtins.str
+    hostname: _builtins.str
+    ring: _builtins.int
+    region: _builtins.str
+    kind: _builtins.str
+    """patch (the campaign's own order) or revert"""
+    status: _builtins.str
+    """in_flight, succeeded, failed, reverted, revert_failed,"""
+    step: _builtins.str
+    """timed_out, pending_reboot, pending_restart
+    the last step the host reported
+    """
+    detail: _builtins.str
+    """why it failed or reverted, as the host said"""
+    @_builtins.property
+    def assigned_at(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def finished_at(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def changes(self) -> _containers.RepeatedCompositeFieldContainer[_types_pb2.PackageChange]:
+        """each package's version before and after"""
+
+    def __init__(
+        self,
+        *,
+        host_id: _builtins.str = ...,
+        hostname: _builtins.str = ...,
+        ring: _builtins.int = ...,
+        region: _builtins.str = ...,
+        kind: _builtins.str = ...,
+        status: _builtins.str = ...,
+        step: _builtins.str = ...,
+        detail: _builtins.str = ...,
+        assigned_at: _timestamp_pb2.Timestamp | None = ...,
+        finished_at: _timestamp_pb2.Timestamp | None = ...,
+        changes: _abc.Iterable[_types_pb2.PackageChange] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["assigned_at", b"assigned_at", "finished_at", b"finished_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["assigned_at", b"assigned_at", "changes", b"changes", "detail", b"detail", "finished_at", b"finished_at", "host_id", b"host_id", "hostname", b"hostname", "kind", b"kind", "region", b"region", "ring", b"ring", "status", b"status", "step", b"step"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CampaignHost: _TypeAlias = CampaignHost  # noqa: Y015
+
+@_typing.final
+class ListCampaignHostsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    HOSTS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def hosts(self) -> _containers.RepeatedCompositeFieldContainer[Global___CampaignHost]: ...
+    def __init__(
+        self,
+        *,
+        hosts: _abc.Iterable[Global___CampaignHost] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["hosts", b"hosts"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListCampaignHostsResponse: _TypeAlias = ListCampaignHostsResponse  # noqa: Y015
+
+@_typing.final
 class ListCampaignsRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 

@@ -99,6 +99,11 @@ class AdminServiceStub:
                 request_serializer=fleetpatch_dot_v1_dot_admin__pb2.ListCampaignsRequest.SerializeToString,
                 response_deserializer=fleetpatch_dot_v1_dot_admin__pb2.ListCampaignsResponse.FromString,
                 _registered_method=True)
+        self.ListCampaignHosts = channel.unary_unary(
+                '/fleetpatch.v1.AdminService/ListCampaignHosts',
+                request_serializer=fleetpatch_dot_v1_dot_admin__pb2.ListCampaignHostsRequest.SerializeToString,
+                response_deserializer=fleetpatch_dot_v1_dot_admin__pb2.ListCampaignHostsResponse.FromString,
+                _registered_method=True)
         self.PublishAgentRelease = channel.stream_unary(
                 '/fleetpatch.v1.AdminService/PublishAgentRelease',
                 request_serializer=fleetpatch_dot_v1_dot_admin__pb2.PublishAgentReleaseRequest.SerializeToString,
@@ -208,6 +213,14 @@ class AdminServiceServicer:
 
     def ListCampaigns(self, request, context):
         """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListCampaignHosts(self, request, context):
+        """Each host a campaign has assigned an order to: its order's status and
+        last step, why it failed or reverted, and its packages before and after.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -323,6 +336,11 @@ def add_AdminServiceServicer_to_server(servicer, server):
                     servicer.ListCampaigns,
                     request_deserializer=fleetpatch_dot_v1_dot_admin__pb2.ListCampaignsRequest.FromString,
                     response_serializer=fleetpatch_dot_v1_dot_admin__pb2.ListCampaignsResponse.SerializeToString,
+            ),
+            'ListCampaignHosts': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListCampaignHosts,
+                    request_deserializer=fleetpatch_dot_v1_dot_admin__pb2.ListCampaignHostsRequest.FromString,
+                    response_serializer=fleetpatch_dot_v1_dot_admin__pb2.ListCampaignHostsResponse.SerializeToString,
             ),
             'PublishAgentRelease': grpc.stream_unary_rpc_method_handler(
                     servicer.PublishAgentRelease,
@@ -706,6 +724,33 @@ class AdminService:
             '/fleetpatch.v1.AdminService/ListCampaigns',
             fleetpatch_dot_v1_dot_admin__pb2.ListCampaignsRequest.SerializeToString,
             fleetpatch_dot_v1_dot_admin__pb2.ListCampaignsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListCampaignHosts(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fleetpatch.v1.AdminService/ListCampaignHosts',
+            fleetpatch_dot_v1_dot_admin__pb2.ListCampaignHostsRequest.SerializeToString,
+            fleetpatch_dot_v1_dot_admin__pb2.ListCampaignHostsResponse.FromString,
             options,
             channel_credentials,
             insecure,

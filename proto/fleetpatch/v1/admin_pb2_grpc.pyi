@@ -46,6 +46,10 @@ class AdminServiceStub:
     AbortCampaign: _grpc.UnaryUnaryMultiCallable[_admin_pb2.AbortCampaignRequest, _admin_pb2.CampaignResponse]
     GetCampaign: _grpc.UnaryUnaryMultiCallable[_admin_pb2.CampaignRequest, _admin_pb2.CampaignResponse]
     ListCampaigns: _grpc.UnaryUnaryMultiCallable[_admin_pb2.ListCampaignsRequest, _admin_pb2.ListCampaignsResponse]
+    ListCampaignHosts: _grpc.UnaryUnaryMultiCallable[_admin_pb2.ListCampaignHostsRequest, _admin_pb2.ListCampaignHostsResponse]
+    """Each host a campaign has assigned an order to: its order's status and
+    last step, why it failed or reverted, and its packages before and after.
+    """
     PublishAgentRelease: _grpc.StreamUnaryMultiCallable[_admin_pb2.PublishAgentReleaseRequest, _admin_pb2.PublishAgentReleaseResponse]
     """Agent packages that agent-update campaigns hand out (fleetpatch release
     publish): the first message is the header, the rest the .deb's bytes.
@@ -81,6 +85,10 @@ class AdminServiceAsyncStub(AdminServiceStub):
     AbortCampaign: _aio.UnaryUnaryMultiCallable[_admin_pb2.AbortCampaignRequest, _admin_pb2.CampaignResponse]  # type: ignore[assignment]
     GetCampaign: _aio.UnaryUnaryMultiCallable[_admin_pb2.CampaignRequest, _admin_pb2.CampaignResponse]  # type: ignore[assignment]
     ListCampaigns: _aio.UnaryUnaryMultiCallable[_admin_pb2.ListCampaignsRequest, _admin_pb2.ListCampaignsResponse]  # type: ignore[assignment]
+    ListCampaignHosts: _aio.UnaryUnaryMultiCallable[_admin_pb2.ListCampaignHostsRequest, _admin_pb2.ListCampaignHostsResponse]  # type: ignore[assignment]
+    """Each host a campaign has assigned an order to: its order's status and
+    last step, why it failed or reverted, and its packages before and after.
+    """
     PublishAgentRelease: _aio.StreamUnaryMultiCallable[_admin_pb2.PublishAgentReleaseRequest, _admin_pb2.PublishAgentReleaseResponse]  # type: ignore[assignment]
     """Agent packages that agent-update campaigns hand out (fleetpatch release
     publish): the first message is the header, the rest the .deb's bytes.
@@ -191,6 +199,16 @@ class AdminServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _admin_pb2.ListCampaignsRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_admin_pb2.ListCampaignsResponse, _abc.Awaitable[_admin_pb2.ListCampaignsResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def ListCampaignHosts(
+        self,
+        request: _admin_pb2.ListCampaignHostsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.ListCampaignHostsResponse, _abc.Awaitable[_admin_pb2.ListCampaignHostsResponse]]:
+        """Each host a campaign has assigned an order to: its order's status and
+        last step, why it failed or reverted, and its packages before and after.
+        """
 
     @_abc_1.abstractmethod
     def PublishAgentRelease(
