@@ -121,6 +121,9 @@ class AdminClient:
         request = admin_pb2.RevokeHostRequest(host_id=host_id)
         return self._call(lambda: self._stub.RevokeHost(request, timeout=TIMEOUT_SECONDS)).host
 
+    def relabel_host(self, request: admin_pb2.RelabelHostRequest) -> admin_pb2.Host:
+        return self._call(lambda: self._stub.RelabelHost(request, timeout=TIMEOUT_SECONDS)).host
+
     def create_campaign(self, spec: str, source: str) -> admin_pb2.Campaign:
         request = admin_pb2.CreateCampaignRequest(spec=spec, source=source)
         return self._call(

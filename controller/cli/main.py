@@ -369,6 +369,46 @@ def hosts_revoke(
     print(f"revoked host {host.host_id} ({host.facts.hostname or 'unknown hostname'})")
 
 
+@hosts_app.command("relabel")
+def hosts_relabel(
+    host_id: Annotated[str, typer.Argument(help="Host id, as `hosts list` shows it.")],
+    label: Annotated[
+        list[str] | None,
+        typer.Option(metavar="KEY=VALUE", help="Add or change a label (repeatable)."),
+    ] = None,
+    unlabel: Annotated[
+        list[str] | None, typer.Option(metavar="KEY", help="Remove a label (repeatable).")
+    ] = None,
+    ring: Annotated[int | None, typer.Option(help="Move the host to this ring.")] = None,
+    region: Annotated[str | None, typer.Option(help="Move the host to this region.")] = None,
+    data_dir: DataDirOption = DEFAULT_DATA_DIR,
+    controller: ControllerOption = None,
+    json_out: JsonOption = False,
+) -> None:
+    """Change a host's labels, ring or region after enrollment (audited).
+    Campaigns see the change at the host's next check-in: what targets it,
+    its ring's turn. An order it already has runs on unchanged."""
+    try:
+        request = admin_pb2.RelabelHostRequest(
+            host_id=host_id,
+            set_labels=labelspec.parse_labels(label or []),
+            remove_labels=unlabel or [],
+            region=None if region is None else labelspec.check_region(region),
+            ring=None if ring is None else labelspec.check_ring(ring),
+        )
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    if not (label or unlabel or ring is not None or region is not None):
+        raise UsageError("nothing to change: give --label, --unlabel, --ring or --region")
+    with client(data_dir, controller) as admin:
+        host = admin.relabel_host(request)
+    if json_out:
+        render.print_json(jsondoc.doc(host))
+        return
+    labels = ", ".join(f"{k}={v}" for k, v in sorted(host.labels.items())) or "no labels"
+    print(f"host {host.host_id}: region {host.region}, ring {host.ring}, {labels}")
+
+
 def main() -> None:
     """Console entry point: one clear line and an exit code for every error."""
     try:

@@ -24,7 +24,7 @@ from typing import Any
 from sqlite_utils import Database
 
 from controller.audit import AuditEntry
-from controller.errors import NotFound, TokenRefused
+from controller.errors import Conflict, NotFound, TokenRefused
 from controller.fleet.tokens import Token
 from controller.model import (
     CheckIn,
@@ -199,6 +199,21 @@ class Store(CampaignStore, ReleaseStore, WebhookStore):
             (*args, limit),
         )
         return [_host(r) for r in _rows(cur)]
+
+    def relabel_host(
+        self, host_id: str, labels: Mapping[str, str], region: str, ring: int
+    ) -> tuple[Host, Host]:
+        """Set a host's labels, region and ring; (before, after). Raises
+        NotFound, Conflict for a revoked host."""
+        with self._transaction():
+            before = self.get_host(host_id)
+            if before.status is HostStatus.REVOKED:
+                raise Conflict(f"host {host_id} is revoked")
+            self._conn.execute(
+                "UPDATE hosts SET labels = ?, region = ?, ring = ? WHERE host_id = ?",
+                (json.dumps(dict(labels), sort_keys=True), region, ring, host_id),
+            )
+            return before, self.get_host(host_id)
 
     def hosts_with_machine_id(self, machine_id: str) -> list[str]:
         """Ids of the hosts, not revoked, whose facts report ``machine_id``."""

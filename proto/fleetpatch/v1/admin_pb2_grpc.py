@@ -64,6 +64,11 @@ class AdminServiceStub:
                 request_serializer=fleetpatch_dot_v1_dot_admin__pb2.RevokeHostRequest.SerializeToString,
                 response_deserializer=fleetpatch_dot_v1_dot_admin__pb2.RevokeHostResponse.FromString,
                 _registered_method=True)
+        self.RelabelHost = channel.unary_unary(
+                '/fleetpatch.v1.AdminService/RelabelHost',
+                request_serializer=fleetpatch_dot_v1_dot_admin__pb2.RelabelHostRequest.SerializeToString,
+                response_deserializer=fleetpatch_dot_v1_dot_admin__pb2.RelabelHostResponse.FromString,
+                _registered_method=True)
         self.CreateCampaign = channel.unary_unary(
                 '/fleetpatch.v1.AdminService/CreateCampaign',
                 request_serializer=fleetpatch_dot_v1_dot_admin__pb2.CreateCampaignRequest.SerializeToString,
@@ -171,6 +176,14 @@ class AdminServiceServicer:
 
     def RevokeHost(self, request, context):
         """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RelabelHost(self, request, context):
+        """Change a host's labels, region or ring (audited); campaigns see it at
+        the host's next check-in.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -301,6 +314,11 @@ def add_AdminServiceServicer_to_server(servicer, server):
                     servicer.RevokeHost,
                     request_deserializer=fleetpatch_dot_v1_dot_admin__pb2.RevokeHostRequest.FromString,
                     response_serializer=fleetpatch_dot_v1_dot_admin__pb2.RevokeHostResponse.SerializeToString,
+            ),
+            'RelabelHost': grpc.unary_unary_rpc_method_handler(
+                    servicer.RelabelHost,
+                    request_deserializer=fleetpatch_dot_v1_dot_admin__pb2.RelabelHostRequest.FromString,
+                    response_serializer=fleetpatch_dot_v1_dot_admin__pb2.RelabelHostResponse.SerializeToString,
             ),
             'CreateCampaign': grpc.unary_unary_rpc_method_handler(
                     servicer.CreateCampaign,
@@ -535,6 +553,33 @@ class AdminService:
             '/fleetpatch.v1.AdminService/RevokeHost',
             fleetpatch_dot_v1_dot_admin__pb2.RevokeHostRequest.SerializeToString,
             fleetpatch_dot_v1_dot_admin__pb2.RevokeHostResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RelabelHost(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fleetpatch.v1.AdminService/RelabelHost',
+            fleetpatch_dot_v1_dot_admin__pb2.RelabelHostRequest.SerializeToString,
+            fleetpatch_dot_v1_dot_admin__pb2.RelabelHostResponse.FromString,
             options,
             channel_credentials,
             insecure,

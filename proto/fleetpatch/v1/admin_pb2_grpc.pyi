@@ -39,6 +39,10 @@ class AdminServiceStub:
     ListHosts: _grpc.UnaryUnaryMultiCallable[_admin_pb2.ListHostsRequest, _admin_pb2.ListHostsResponse]
     GetHost: _grpc.UnaryUnaryMultiCallable[_admin_pb2.GetHostRequest, _admin_pb2.GetHostResponse]
     RevokeHost: _grpc.UnaryUnaryMultiCallable[_admin_pb2.RevokeHostRequest, _admin_pb2.RevokeHostResponse]
+    RelabelHost: _grpc.UnaryUnaryMultiCallable[_admin_pb2.RelabelHostRequest, _admin_pb2.RelabelHostResponse]
+    """Change a host's labels, region or ring (audited); campaigns see it at
+    the host's next check-in.
+    """
     CreateCampaign: _grpc.UnaryUnaryMultiCallable[_admin_pb2.CreateCampaignRequest, _admin_pb2.CampaignResponse]
     ApproveCampaign: _grpc.UnaryUnaryMultiCallable[_admin_pb2.CampaignRequest, _admin_pb2.CampaignResponse]
     PauseCampaign: _grpc.UnaryUnaryMultiCallable[_admin_pb2.CampaignRequest, _admin_pb2.CampaignResponse]
@@ -78,6 +82,10 @@ class AdminServiceAsyncStub(AdminServiceStub):
     ListHosts: _aio.UnaryUnaryMultiCallable[_admin_pb2.ListHostsRequest, _admin_pb2.ListHostsResponse]  # type: ignore[assignment]
     GetHost: _aio.UnaryUnaryMultiCallable[_admin_pb2.GetHostRequest, _admin_pb2.GetHostResponse]  # type: ignore[assignment]
     RevokeHost: _aio.UnaryUnaryMultiCallable[_admin_pb2.RevokeHostRequest, _admin_pb2.RevokeHostResponse]  # type: ignore[assignment]
+    RelabelHost: _aio.UnaryUnaryMultiCallable[_admin_pb2.RelabelHostRequest, _admin_pb2.RelabelHostResponse]  # type: ignore[assignment]
+    """Change a host's labels, region or ring (audited); campaigns see it at
+    the host's next check-in.
+    """
     CreateCampaign: _aio.UnaryUnaryMultiCallable[_admin_pb2.CreateCampaignRequest, _admin_pb2.CampaignResponse]  # type: ignore[assignment]
     ApproveCampaign: _aio.UnaryUnaryMultiCallable[_admin_pb2.CampaignRequest, _admin_pb2.CampaignResponse]  # type: ignore[assignment]
     PauseCampaign: _aio.UnaryUnaryMultiCallable[_admin_pb2.CampaignRequest, _admin_pb2.CampaignResponse]  # type: ignore[assignment]
@@ -150,6 +158,16 @@ class AdminServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _admin_pb2.RevokeHostRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_admin_pb2.RevokeHostResponse, _abc.Awaitable[_admin_pb2.RevokeHostResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def RelabelHost(
+        self,
+        request: _admin_pb2.RelabelHostRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.RelabelHostResponse, _abc.Awaitable[_admin_pb2.RelabelHostResponse]]:
+        """Change a host's labels, region or ring (audited); campaigns see it at
+        the host's next check-in.
+        """
 
     @_abc_1.abstractmethod
     def CreateCampaign(
