@@ -11,6 +11,7 @@ against a real controller and checks its output with `check`.
     fleetpatch token list --json        array of TOKEN
     fleetpatch hosts list --json        array of HOST
     fleetpatch hosts show --json        HOST_SHOWN (HOST and its packages)
+    fleetpatch hosts relabel --json     HOST
     fleetpatch campaign list --json     array of CAMPAIGN
     fleetpatch campaign show --json     CAMPAIGN
     fleetpatch campaign show --hosts --json   array of CAMPAIGN_HOST

@@ -90,6 +90,7 @@ def _holds(doc: object, schema: schemas.Schema) -> None:
         (["release", "list"], schemas.array(schemas.RELEASE)),
         (["audit", "export"], schemas.array(schemas.AUDIT_RECORD)),
         (["token", "create", "--region", "eu", "--ring", "0"], schemas.TOKEN_CREATED),
+        (["hosts", "relabel", "{host}", "--label", "env=test"], schemas.HOST),
     ],
 )
 def test_every_json_output_holds_to_its_schema(world, argv, schema):
