@@ -583,6 +583,8 @@ class AdminService(admin_pb2_grpc.AdminServiceServicer):
         labels = {**before.labels, **wanted.set_labels}
         for key in wanted.remove_labels:
             labels.pop(key, None)
+        if len(labels) > labelspec.MAX_LABELS:
+            raise UsageError(f"at most {labelspec.MAX_LABELS} labels are allowed")
         region = wanted.region if wanted.region is not None else before.region
         ring = wanted.ring if wanted.ring is not None else before.ring
         detail = relabel_detail(before, labels, region, ring)
