@@ -11,7 +11,7 @@ import functools
 import logging
 import random
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractContextManager, nullcontext
 from datetime import UTC, datetime
 from functools import wraps
@@ -47,6 +47,7 @@ from controller.errors import (
 )
 from controller.fleet import enrollment, tokens
 from controller.fleet.pki import CertificateAuthority
+from controller.fleet.relabel import Relabel
 from controller.model import AssignmentStatus, CheckIn, Host, Package, ProgressReport
 from controller.refusals import RefusalCounter
 from controller.releases.publishing import Header, Releases
@@ -578,25 +579,18 @@ class AdminService(admin_pb2_grpc.AdminServiceServicer):
         self, request: admin_pb2.RelabelHostRequest, context: Context
     ) -> admin_pb2.RelabelHostResponse:
         admin = self._admin(context)
-        wanted = _relabeling(request)
-        before = await self._db.call(lambda s: s.get_host(request.host_id))
-        labels = {**before.labels, **wanted.set_labels}
-        for key in wanted.remove_labels:
-            labels.pop(key, None)
-        if len(labels) > labelspec.MAX_LABELS:
-            raise UsageError(f"at most {labelspec.MAX_LABELS} labels are allowed")
-        region = wanted.region if wanted.region is not None else before.region
-        ring = wanted.ring if wanted.ring is not None else before.ring
-        detail = relabel_detail(before, labels, region, ring)
-        if not detail:  # already so: nothing changes, nothing is audited
-            return admin_pb2.RelabelHostResponse(host=convert.host_to_pb(before))
-        entry = AuditEntry(datetime.now(UTC), f"admin:{admin.name}", "host.relabel",
-                           request.host_id, "ok", detail)  # fmt: skip
-        _, after = await self._db.call(
-            audited(lambda s: s.relabel_host(request.host_id, labels, region, ring), entry)
-        )
-        log.warning("admin %s relabelled host %s: %s", admin.name, after.host_id, detail)
-        return admin_pb2.RelabelHostResponse(host=convert.host_to_pb(after))
+        change = Relabel(
+            dict(request.set_labels), tuple(request.remove_labels),
+            request.region if request.HasField("region") else None,
+            request.ring if request.HasField("ring") else None,
+        ).checked()  # fmt: skip
+        host, detail = await self._db.call(
+            lambda s: s.relabel_host(request.host_id, change, f"admin:{admin.name}",
+                                     datetime.now(UTC))
+        )  # fmt: skip
+        if detail:
+            log.warning("admin %s relabelled host %s: %s", admin.name, host.host_id, detail)
+        return admin_pb2.RelabelHostResponse(host=convert.host_to_pb(host))
 
     # -- campaigns -------------------------------------------------------------
 
@@ -783,40 +777,3 @@ class AdminService(admin_pb2_grpc.AdminServiceServicer):
 def _with_owes(store: Store, hosts: list[Host]) -> tuple[list[Host], dict[str, list[str]]]:
     """Hosts, with what each still owes after being patched (one query)."""
     return hosts, store.owed_by([h.host_id for h in hosts])
-
-
-@dataclasses.dataclass(frozen=True)
-class Relabeling:
-    set_labels: dict[str, str]
-    remove_labels: tuple[str, ...]
-    region: str | None
-    ring: int | None
-
-
-def _relabeling(request: admin_pb2.RelabelHostRequest) -> Relabeling:
-    """The request's changes, checked as enrollment checks them; UsageError."""
-    try:
-        for key, value in request.set_labels.items():
-            labelspec.check_label(key, value)
-        region = labelspec.check_region(request.region) if request.HasField("region") else None
-        ring = labelspec.check_ring(request.ring) if request.HasField("ring") else None
-    except ValueError as exc:
-        raise UsageError(str(exc)) from None
-    both = set(request.set_labels) & set(request.remove_labels)
-    if both:
-        raise UsageError(f"label {sorted(both)[0]!r} is both set and removed")
-    return Relabeling(dict(request.set_labels), tuple(request.remove_labels), region, ring)
-
-
-def relabel_detail(before: Host, labels: Mapping[str, str], region: str, ring: int) -> str:
-    """What a relabelling changes, for the audit trail ("" when nothing)."""
-    changes = []
-    if ring != before.ring:
-        changes.append(f"ring {before.ring} -> {ring}")
-    if region != before.region:
-        changes.append(f"region {before.region} -> {region}")
-    for key in sorted(set(before.labels) | set(labels)):
-        old, new = before.labels.get(key), labels.get(key)
-        if old != new:
-            changes.append(f"label {key}: {old or '-'} -> {new or '-'}")
-    return "; ".join(changes)
