@@ -319,22 +319,27 @@ def status(
                 "sequence": o.sequence,
                 "state": o.state,
                 "detail": o.detail,
-                "received_at": o.received_at.isoformat(),
+                "received_at": render.rfc3339(o.received_at),
                 "changes": o.changes,
                 "steps": [
-                    {"state": st.state, "at": st.entered_at.isoformat(), "detail": st.detail}
+                    {"state": st.state, "at": render.rfc3339(st.entered_at), "detail": st.detail}
                     for st in steps[o.order_id]
                 ],
             }
             for o in orders
         ],
         "refusals": [
-            {"at": r.at.isoformat(), "order_id": r.order_id, "reason": r.reason, "detail": r.detail}
+            {
+                "at": render.rfc3339(r.at),
+                "order_id": r.order_id,
+                "reason": r.reason,
+                "detail": r.detail,
+            }
             for r in refusals
         ],
     }
     if json_out:
-        render.print_json(doc)
+        render.print_json(render.nulls(doc))
         return
     now = datetime.now(UTC)
     print(f"host           {doc['host_id']}")
@@ -368,7 +373,7 @@ def status(
 
 
 def _iso(when: datetime | None) -> str | None:
-    return when.isoformat() if when else None
+    return render.rfc3339(when)
 
 
 @app.command()
@@ -378,12 +383,12 @@ def inventory(json_out: JsonOption = False) -> None:
     installed = packages.installed(facts.package_manager)
     if json_out:
         render.print_json(
-            {
+            render.nulls({
                 "facts": dataclasses.asdict(facts),
                 "inventory_hash": inventory_hash(installed),
                 "packages": [{"name": n, "version": v, "arch": a} for n, v, a in installed],
-            }
-        )
+            })
+        )  # fmt: skip
         return
     for key, value in dataclasses.asdict(facts).items():
         print(f"{key:18} {value}")
@@ -401,11 +406,11 @@ def check(state_dir: StateDirOption = DEFAULT_STATE_DIR, json_out: JsonOption = 
     summary = summarize(results)
     if json_out:
         render.print_json(
-            {
+            render.nulls({
                 "healthy": summary.healthy,
                 "checks": [dataclasses.asdict(c) for c in summary.checks],
-            }
-        )
+            })
+        )  # fmt: skip
     else:
         for c in summary.checks:
             print(f"{'ok  ' if c.ok else 'FAIL'} {c.name}: {c.detail}")

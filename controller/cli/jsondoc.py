@@ -14,9 +14,10 @@ The rules (README, "JSON output"; `schemas` holds every document to them):
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
+from fleetpatch import render
 from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import Message
 from google.protobuf.timestamp_pb2 import Timestamp
@@ -81,5 +82,5 @@ def timestamp(value: Timestamp) -> str | None:
 
 
 def rfc3339(at: datetime) -> str:
-    """An aware datetime as RFC 3339 in UTC with Z."""
-    return at.astimezone(UTC).isoformat().replace("+00:00", "Z")
+    """An aware datetime as RFC 3339 in UTC with Z (`render.rfc3339`)."""
+    return str(render.rfc3339(at))

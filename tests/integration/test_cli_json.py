@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from agent import schemas as agent_schemas
 from controller.cli import schemas
 from controller.releases.signed import keygen, sign_artifacts
 from tests.support.controller import BIN, Controller, cli
@@ -100,6 +101,25 @@ def test_every_json_output_holds_to_its_schema(world, argv, schema):
     _holds(doc, schema)
     if isinstance(doc, list):
         assert doc, f"{argv} printed an empty list: the check would hold to nothing"
+
+
+@pytest.mark.parametrize(
+    ("argv", "schema"),
+    [
+        (["status", "--state-dir", "{state}"], agent_schemas.STATUS),
+        (["check", "--state-dir", "{state}"], agent_schemas.CHECK),
+        (["inventory"], agent_schemas.INVENTORY),
+    ],
+)
+def test_every_agent_json_output_holds_to_its_schema(world, argv, schema):
+    ctl, _, _ = world
+    state = ctl.data_dir.parent / "agent"
+    done = cli("fleetpatch-agent", *[a.format(state=state) for a in argv], "--json")
+    assert done.returncode == 0, done.stderr
+    doc = json.loads(done.stdout)
+    _holds(doc, schema)
+    if "orders" in doc:
+        assert doc["orders"], "the agent carried out an order: status lists it"
 
 
 def test_the_json_is_what_the_tables_say(world):
