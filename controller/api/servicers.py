@@ -589,6 +589,7 @@ class AdminService(admin_pb2_grpc.AdminServiceServicer):
                                      datetime.now(UTC))
         )  # fmt: skip
         if detail:
+            self._engine.metrics.presence.moved(host.host_id, host.ring, host.region)
             log.warning("admin %s relabelled host %s: %s", admin.name, host.host_id, detail)
         return admin_pb2.RelabelHostResponse(host=convert.host_to_pb(host))
 
