@@ -5,6 +5,7 @@ runs whole campaigns through it against the simulator.)"""
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator
 from datetime import timedelta
 
@@ -13,6 +14,7 @@ from fleetpatch.v1 import types_pb2
 
 from controller.campaigns import CampaignState
 from controller.errors import Conflict
+from controller.fleet.relabel import Relabel
 from tests.support.engine import Fleet, engine_fleet
 
 CAMPAIGN = """
@@ -176,3 +178,29 @@ def test_a_state_a_verb_cannot_reach_from_here_is_a_conflict(fleet):
         fleet.run(fleet.live.resume(draft.campaign_id, "admin:t"))
     with pytest.raises(Conflict, match="aborted without --revert"):
         fleet.run(fleet.live.abort(draft.campaign_id, "admin:t", revert=True))
+
+
+@pytest.mark.parametrize("final", ["SUCCEEDED", "FAILED"])
+@pytest.mark.parametrize("before_the_report", [True, False])
+def test_a_relabelled_host_moves_cells_and_the_kept_counts_agree_with_a_recount(
+    fleet, final, before_the_report
+):
+    """`hosts relabel` of a host with an order in flight, or already done:
+    its next check-in moves it; the counts stay what a full recount says."""
+    first, _ = fleet.enroll((0, "eu"), (0, "eu"))
+    campaign = _campaign(fleet, budget=5)
+    order = fleet.check_in(first)
+    assert order is not None
+    if not before_the_report:
+        fleet.report(first, order.order_id, final, final=True)
+    fleet.store.relabel_host(first, Relabel({}, ring=1, region="us"), "admin:t", fleet.clock())
+    fleet.hosts[first] = dataclasses.replace(fleet.hosts[first], ring=1, region="us")
+    fleet.check_in(first)  # as the servicer does: ring and region read from the store
+    if before_the_report:
+        fleet.report(first, order.order_id, final, final=True)
+    assert fleet.run(fleet.live.check_counts(campaign)) == []
+    shown = fleet.show(campaign)
+    assert shown["eligible"] == 2
+    assert shown["succeeded" if final == "SUCCEEDED" else "failed"] == 1
+    _, cells = fleet.run(fleet.live.view(campaign))
+    assert {(c.ring, c.region): c.counts["eligible"] for c in cells} == {(0, "eu"): 1, (1, "us"): 1}
