@@ -30,6 +30,7 @@ from google.protobuf import json_format
 from google.protobuf.message import DecodeError
 
 from agent.backends import packages
+from agent.backends.base import PlanError
 from agent.errors import (
     EXIT_CODES,
     STORAGE_ERRNOS,
@@ -191,7 +192,7 @@ def run(
     agent = _agent(state_dir)
     assert agent.client is not None  # noqa: S101 - opened online
     checkins = CheckIns(
-        agent.config, agent.journal, agent.client, on_order=agent.handle, between=agent.report,
+        agent.config, agent.journal, agent.client, on_order=agent.handle, between=agent.between,
         on_keys=lambda keys: learn_keys(agent.state, keys), after=agent.write_metrics,
     )  # fmt: skip
     try:
@@ -374,6 +375,31 @@ def status(
 
 def _iso(when: datetime | None) -> str | None:
     return render.rfc3339(when)
+
+
+@app.command()
+def scan(state_dir: StateDirOption = DEFAULT_STATE_DIR, json_out: JsonOption = False) -> None:
+    """Refresh the package lists and list the updates available here, now
+    rather than at the next scheduled scan ([agent] scan_interval). Nothing
+    is installed; the list goes to the controller at the next check-in.
+    Exit 3 when the package manager is held by another process (retry)."""
+    _require_root("scan")
+    agent = _agent(state_dir, online=False)
+    try:
+        found = agent.scan()
+    except PlanError as exc:
+        raise ConfigError(str(exc)) from None
+    finally:
+        agent.close()
+    if json_out:
+        render.print_json(render.nulls([dataclasses.asdict(u) for u in found]))
+        return
+    if not found:
+        print("no update available")
+        return
+    render.updates_table(found)
+    security = sum(1 for u in found if u.security)
+    print(f"{len(found)} update(s) available, {security} with a security fix")
 
 
 @app.command()

@@ -7,6 +7,7 @@ null for a missing value. Order states are the journal's stored names
     fleetpatch-agent status --json      STATUS
     fleetpatch-agent inventory --json   INVENTORY
     fleetpatch-agent check --json       CHECK
+    fleetpatch-agent scan --json        array of AVAILABLE
 
 `tests/integration/test_cli_json.py` holds a real agent's output to them.
 """
@@ -54,4 +55,8 @@ INVENTORY: Schema = obj(
 )  # fmt: skip
 CHECK: Schema = obj(
     healthy=BOOL, checks=array(obj(name=STR, kind=STR, ok=BOOL, detail=NSTR)),
+)  # fmt: skip
+AVAILABLE = obj(
+    name=STR, arch=NSTR, installed=NSTR, candidate=STR, origin=NSTR, security=BOOL,
+    severity=NSTR, advisory=NSTR, reboot=BOOL,
 )  # fmt: skip

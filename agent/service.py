@@ -4,23 +4,27 @@ from a state dir. The CLI is a thin shell over this."""
 from __future__ import annotations
 
 import logging
+import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from fleetpatch.v1 import types_pb2
 
 from agent.backends.apt import Apt
-from agent.backends.base import PackageBackend
+from agent.backends.base import Busy, PackageBackend, PlanError
 from agent.backends.dnf import Dnf
 from agent.boot.decide import Reason
 from agent.boot.livepatch import CanonicalLivepatch, Kpatch, Provider
 from agent.boot.reboot import CommandRebooter, FileValue, Inhibitor, Rebooter
-from agent.errors import ConfigError
+from agent.errors import CommandFailed, ConfigError
+from agent.host import updates
 from agent.host.checks import Prober, Probes
 from agent.host.facts import package_manager
 from agent.host.needs import RebootSignals
 from agent.host.restarts import Services, needrestart
+from agent.host.updates import Available
 from agent.link import reporting
 from agent.link.client import ControllerClient
 from agent.orders.journal import Journal
@@ -32,6 +36,7 @@ from agent.statedir import AgentConfig, Credentials, StateDir
 from agent.textfile import Textfile
 
 log = logging.getLogger(__name__)
+FIRST_SCAN_WITHIN = timedelta(minutes=10)
 
 
 def backend_for(manager: str, config: AgentConfig) -> PackageBackend:
@@ -108,6 +113,7 @@ class Agent:
     client: ControllerClient | None = None
     reports: reporting.Reports | None = None
     textfile: Textfile | None = None
+    backend: PackageBackend | None = None
 
     @classmethod
     def open(cls, state: StateDir, online: bool = True, machine: Machine = Machine()) -> Agent:
@@ -144,7 +150,8 @@ class Agent:
         )
         reports = reporting.Reports(journal, client) if client is not None else None
         textfile = Textfile(config.textfile, journal) if config.textfile is not None else None
-        agent = cls(state, config, journal, runner, state.host_id(), client, reports, textfile)
+        agent = cls(state, config, journal, runner, state.host_id(), client, reports, textfile,
+                    backend)  # fmt: skip
         runner.set_notify(agent.report)
         return agent
 
@@ -181,6 +188,53 @@ class Agent:
             self.report()
         self._hand_over_if_due()
         return final
+
+    def scan(self) -> list[Available]:
+        """Refresh the package lists and record the updates available here
+        (nothing is installed). Raises Busy (the package manager is held by
+        someone else), CommandFailed, or PlanError when the backend cannot
+        list updates."""
+        backend = self.backend
+        available = getattr(backend, "available", None)
+        if backend is None or available is None:
+            raise PlanError("this agent's package backend cannot list updates")
+        try:
+            backend.refresh()
+        except CommandFailed as exc:
+            log.warning("package lists not refreshed (%s); scanning with what is here", exc)
+        found: list[Available] = available()
+        now = datetime.now(UTC)
+        interval = self.config.timing.scan_interval
+        jitter = random.uniform(0.9, 1.1)
+        self.journal.record_scan(updates.to_json(found), now, now + interval * jitter)
+        return found
+
+    def scan_if_due(self) -> None:
+        """`scan`, when the schedule says so; trouble is logged and retried
+        at the next check-in (a held dpkg lock, say), never raised."""
+        due, now = self.journal.next_scan(), datetime.now(UTC)
+        if due is None:
+            # A fleet whose agents all start at once (a rollout of the agent,
+            # a power cut) must not hit its mirrors at once: the first scan
+            # comes within the first tenth of the interval, at most 10 min.
+            first = min(self.config.timing.scan_interval / 10, FIRST_SCAN_WITHIN)
+            self.journal.set_next_scan(now + first * random.random())
+            return
+        if now < due:
+            return
+        try:
+            found = self.scan()
+        except (Busy, CommandFailed, PlanError) as exc:
+            log.warning("scanning for available updates failed: %s", exc)
+            return
+        security = sum(1 for u in found if u.security)
+        log.info("%d update(s) available (%d security)", len(found), security)
+
+    def between(self) -> None:
+        """Before each check-in of the service: send what is queued, and
+        scan for available updates when that is due."""
+        self.report()
+        self.scan_if_due()
 
     def report(self) -> int:
         """Send the queued reports (called after every state entry), and

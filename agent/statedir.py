@@ -58,6 +58,7 @@ class Timing:
     retry_interval: timedelta = timedelta(seconds=5)
     reboot_timeout: timedelta = timedelta(minutes=10)
     max_retry_delay: timedelta = timedelta(minutes=5)
+    scan_interval: timedelta = timedelta(hours=6)
 
 
 @dataclass(frozen=True)
@@ -109,6 +110,10 @@ retry_interval = "5s"
 # than the check-in interval the controller last announced. An overloaded
 # controller is left alone for as long as it asks (once to twice that).
 max_retry_delay = "5m"
+# How often the agent refreshes the package lists and works out the updates
+# available here (reported at check-in; never installed by the scan), with
+# up to a tenth of it as jitter. `fleetpatch-agent scan` does it at once.
+scan_interval = "6h"
 # How the agent reboots the host when an update needs it and the order and
 # [policy] allow it (inside the order's maintenance window only).
 reboot_command = ["systemctl", "reboot"]

@@ -56,6 +56,9 @@ class CheckIn:
     health: JSON
     inventory_hash: str
     packages: Sequence[Package] | None  # None: only the hash was sent
+    updates_hash: str = ""  # of the updates available, as the agent last scanned them
+    updates: Sequence[tuple[object, ...]] | None = None  # rows of UPDATE_FIELDS; None: hash only
+    scanned_at: datetime | None = None
 
 
 @dataclass(frozen=True)
@@ -83,6 +86,7 @@ class CheckInOutcome:
     ring: int = 0
     labels: Mapping[str, str] = field(default_factory=dict)
     activated: bool = False  # this was the host's first check-in: it is active now
+    updates_hash: str = ""  # the available updates the controller holds afterwards
 
 
 class AssignmentStatus(StrEnum):

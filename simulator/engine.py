@@ -38,7 +38,7 @@ from __future__ import annotations
 
 import heapq
 import random
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import cast
@@ -64,6 +64,8 @@ from controller.campaigns.lifecycle import (
     silent_after,
     verdict,
 )
+from controller.campaigns.spec import Analysis
+from controller.campaigns.tallies import Reading
 from controller.campaigns.windows import WindowCache
 from controller.model import OUTCOME_STATUS, PATCHED, AssignmentStatus
 
@@ -74,15 +76,15 @@ from .fleet import FleetHost
 from .hosts import SimHost
 from .outcome import Outcome, Recorder, build_outcome
 from .population import populate
-from .scenario import Operator
+from .scenario import Operator, Series
 from .timeline import Timeline, micros
 from .waiting import MAX_HOSTS, WaitingRoom
 
 # Event kinds, in the order events of one instant are handled.
 (
-    CONTROLLER, OUTAGE, STEP, REPORT, RECONNECT, ROOM_WAKE, CHECK_IN, SILENCE, TIMEOUT, EVALUATE,
-    RESUME, SWEEP,
-) = range(12)  # fmt: skip
+    CONTROLLER, OUTAGE, STEP, REPORT, RECONNECT, ROOM_WAKE, CHECK_IN, SILENCE, TIMEOUT, ANALYSE,
+    EVALUATE, RESUME, SWEEP,
+) = range(13)  # fmt: skip
 # What an answer means for waking a host (and its room, when it was the probe).
 _DONE, _SLEEP, _BLOCKED, _STUCK, _GONE = range(5)
 
@@ -99,6 +101,9 @@ class Settings:
     campaign_tick: timedelta
     seed: int
     operator: Operator = field(default_factory=Operator)
+    # What each [[rollout.analysis]] reads over time (scenario [analysis]);
+    # one without a series is rehearsed as holding.
+    analysis: Mapping[str, Series] = field(default_factory=dict)
     # The naive baseline, for benchmarks: every host not yet assigned checks
     # in and asks `decide` at every check-in, as on a real controller.
     every_check_in: bool = False
@@ -224,6 +229,8 @@ class Simulation:
             self._push(begin, CONTROLLER, True)
             self._push(end, CONTROLLER, False)
         self._push(0, EVALUATE, None)
+        if self.spec.rollout.analysis:
+            self._push(0, ANALYSE, None)
         self._push(self._interval, SWEEP, None)
         if self.spec.deadline is not None:
             self._push(self.time.tick_at_or_after(self.time.at(self.spec.deadline)), EVALUATE, None)
@@ -283,6 +290,7 @@ class Simulation:
             CONTROLLER: self._on_controller,
             RESUME: self._on_resume,
             ROOM_WAKE: self._on_room_wake,
+            ANALYSE: self._on_analyse,
         }[kind](payload)
 
     def _on_report(self, payload: object) -> None:
@@ -292,6 +300,23 @@ class Simulation:
     def _on_evaluate(self, payload: object) -> None:
         if not self._ctl_down:
             self._evaluate()
+
+    def _on_analyse(self, payload: object) -> None:
+        """`CampaignEngine._analyse`: every analysis read at once, every
+        ``rollout.analysis_interval`` (while the controller is up)."""
+        self._push(self.now + micros(self.spec.rollout.analysis_interval), ANALYSE, None)
+        if not self._ctl_down and self.counts.state is CampaignState.RUNNING:
+            self._read_analyses()
+
+    def _read_analyses(self) -> None:
+        at = self.to_datetime(self.now)
+        for item in self.spec.rollout.analysis:
+            series = self.settings.analysis.get(item.name)
+            value = _value_at(series, at - self.settings.start) if series else _holding(item)
+            self.counts.read(item.name, Reading(value, at))
+        self._evaluate()
+        for room in self._rooms.values():
+            self._kick(room)
 
     def _on_sweep(self, payload: object) -> None:
         """Hosts waiting for the counts ask again at their check-ins anyway: a
@@ -587,7 +612,10 @@ class Simulation:
         accepted = accepted_on_resume(self.spec, self.counts.snapshot())
         self.counts.accepted_failures = dict(accepted.failures)
         self.counts.accepted_silent = dict(accepted.silent)
+        self.counts.forget_readings()  # as the engine does: asked afresh
         self.counts.set_state(CampaignState.RUNNING)
+        if self.spec.rollout.analysis:
+            self._read_analyses()
         self.rec.resumes.append(self.now)
         for room in self._rooms.values():
             self._kick(room)
@@ -680,3 +708,18 @@ class Simulation:
                     self._silence_from(host, host.last_seen)
                 self._regain(host)
             self._push(self.now, EVALUATE, None)  # the first tick after a start
+
+
+def _value_at(series: Series, offset: timedelta) -> float:
+    """The step series' value at ``offset`` (its first before it starts)."""
+    value = series[0][1]
+    for at, point in series:
+        if at > offset:
+            break
+        value = point
+    return value
+
+
+def _holding(analysis: Analysis) -> float:
+    """A value within the threshold, for an analysis the scenario gives no series."""
+    return analysis.max if analysis.max is not None else float(analysis.min or 0.0)

@@ -32,6 +32,6 @@ def scenario_simulation(
         name=sc.name, start=sc.start, duration=sc.duration, horizon=sc.horizon,
         checkin_interval=fleet_spec.checkin_interval, campaign_tick=fleet_spec.campaign_tick,
         seed=seed, operator=sc.operator if operator is None else operator,
-        every_check_in=every_check_in,
+        every_check_in=every_check_in, analysis=sc.analysis,
     )  # fmt: skip
     return Simulation(sc.campaign, fleet, sc.failures, settings, progress)

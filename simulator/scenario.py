@@ -32,6 +32,11 @@ every field):
                   (absent: nobody does, the rehearsal ends with the halt)
     resumes       default 1: at most this many times
 
+    [analysis]    NAME = [["0m", 0.01], ["3h", 0.2], ...]: the value the campaign's
+                  [[rollout.analysis]] NAME reads from each offset on (a step
+                  series; before its first point, its first value). An
+                  analysis with no series here is rehearsed as holding.
+
     [failures]    the failure model; see `failures`
     [expect]      the expected outcome, checked by `--check` and the tests; see `expect`
 
@@ -42,10 +47,12 @@ from __future__ import annotations
 
 import re
 import tomllib
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+from fleetpatch.durations import parse_duration
 from fleetpatch.labels import check_label, check_region
 from fleetpatch.tomltable import Table, toml_type
 
@@ -61,6 +68,7 @@ from .fleet import FleetSpec, RegionSpec
 _NAME = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
 _SHARE = re.compile(r"^(\d+(\.\d+)?)%$")
 MAX_HOSTS = 2_000_000
+Series = tuple[tuple[timedelta, float], ...]  # (offset from the start, value), growing
 
 
 @dataclass(frozen=True)
@@ -84,6 +92,7 @@ class Scenario:
     failures: FailureModel
     operator: Operator
     expect: Expectations
+    analysis: Mapping[str, Series]  # [[rollout.analysis]] name -> what it reads
 
 
 def load_scenario(path: Path) -> Scenario:
@@ -133,11 +142,41 @@ def _scenario(root: Table, source: str, base: Path) -> Scenario:
         raise ScenarioError(problem.split(":")[0], problem.split(": ", 1)[1], source)
     operator = _operator(root.table("operator"))
     expect = parse_expect(root.table("expect"))
+    analysis = _analysis(root.table("analysis"), campaign)
     root.finish()
     return Scenario(
         name, description, source, campaign_path, campaign, start, duration, horizon, seed,
-        fleet, failures, operator, expect,
+        fleet, failures, operator, expect, analysis,
     )  # fmt: skip
+
+
+def _analysis(t: Table, campaign: CampaignSpec) -> dict[str, Series]:
+    names = {a.name for a in campaign.rollout.analysis}
+    found: dict[str, Series] = {}
+    given = t.keys()
+    for name in given:
+        if name not in names:
+            raise t.error(name, f"the campaign has no [[rollout.analysis]] named {name!r}")
+        points: list[tuple[timedelta, float]] = []
+        for where, point in t.items(name, list):
+            at, value = point if len(point) == 2 else (None, None)
+            if (
+                not isinstance(at, str)
+                or isinstance(value, bool)
+                or not isinstance(value, int | float)
+            ):
+                raise t.at(where, 'must be ["OFFSET", VALUE], such as ["2h", 0.05]')
+            try:
+                offset = parse_duration(at)
+            except ValueError as exc:
+                raise t.at(where, str(exc)) from None
+            if points and offset <= points[-1][0]:
+                raise t.at(where, "offsets must grow from one point to the next")
+            points.append((offset, float(value)))
+        if not points:
+            raise t.error(name, "needs at least one point")
+        found[name] = tuple(points)
+    return found
 
 
 def _campaign(t: Table, base: Path) -> tuple[Path, CampaignSpec]:

@@ -31,6 +31,7 @@ from agent.backends import aptpolicy, repack, subp
 from agent.backends.base import Busy, Change, Plan, PlanError, Saved, Snapshot, check_minimums
 from agent.backends.packages import is_installed
 from agent.errors import CommandFailed
+from agent.host.updates import Available, needs_reboot
 from agent.orders.workorder import Target
 
 NAME = re.compile(r"^[a-z0-9][a-z0-9+.-]+$")
@@ -154,12 +155,26 @@ class Apt:
         """Upgradable packages with a pending security fix: a security
         source offers a newer version than the installed one (`aptpolicy`);
         the plan takes apt's candidate, which contains it."""
-        upgradable = parse_simulation(self._apt_get("dist-upgrade", simulate=True).stdout)
-        names = sorted({c.name for c in upgradable if c.old})
-        if not names:
+        return sorted(u.name for u in self.available() if u.security)
+
+    def available(self) -> list[Available]:
+        """Every upgrade apt would make now (a simulated dist-upgrade of the
+        lists as they are: the caller refreshes them), each with whether a
+        security source offers a fix for it. Changes nothing."""
+        upgradable = [
+            c for c in parse_simulation(self._apt_get("dist-upgrade", simulate=True).stdout)
+            if c.old and c.new
+        ]  # fmt: skip
+        if not upgradable:
             return []
+        names = sorted({c.name for c in upgradable})
         files = aptpolicy.releases(self._policy())
-        return sorted(aptpolicy.with_security_fix(self._policy(*names), files, names))
+        fixes = aptpolicy.with_security_fix(self._policy(*names), files, names)
+        return [
+            Available(c.name, c.arch, c.old, c.new, c.origin, c.name in fixes,
+                      reboot=needs_reboot(c.name))
+            for c in sorted(upgradable, key=lambda c: c.name)
+        ]  # fmt: skip
 
     def _policy(self, *names: str) -> str:
         return self._checked(["apt-cache", "policy", *names], timeout=300).stdout

@@ -44,6 +44,7 @@ from agent.backends.base import Busy, Change, Plan, PlanError, Saved, Snapshot, 
 from agent.boot.decide import Reason
 from agent.errors import CommandFailed
 from agent.host.needs import KERNEL_PACKAGE
+from agent.host.updates import Available, needs_reboot
 from agent.orders.workorder import Target
 
 log = logging.getLogger(__name__)
@@ -109,6 +110,53 @@ def parse_transaction(output: str) -> list[Change]:
         else:
             changes.append(Change(tokens[0], tokens[1], "", tokens[2], tokens[3]))
     return changes
+
+
+@dataclass(frozen=True)
+class Advised:
+    """One line of `dnf updateinfo list`: an advisory for a package version."""
+
+    id: str
+    security: bool
+    severity: str  # "Important" of "Important/Sec."; "" for other types
+    nevra: str
+
+
+SEVERITY_RANK = {"Critical": 4, "Important": 3, "Moderate": 2, "Low": 1}
+
+
+def parse_updateinfo(output: str) -> dict[str, list[Advised]]:
+    """Package name -> the advisories `dnf updateinfo list` names for it
+    ("ID TYPE NEVRA"; a security TYPE reads "Severity/Sec.")."""
+    found: dict[str, list[Advised]] = {}
+    for line in output.splitlines():
+        parts = line.split()
+        if len(parts) != 3:
+            continue
+        advisory, kind, nevra = parts
+        security = kind.endswith("/Sec.") or kind == "security"
+        severity = kind.removesuffix("/Sec.") if kind.endswith("/Sec.") else ""
+        try:
+            name = parse_nevra(nevra)[0]
+        except ValueError:
+            continue
+        found.setdefault(name, []).append(Advised(advisory, security, severity, nevra))
+    return found
+
+
+def parse_check_update(output: str) -> list[tuple[str, str, str, str]]:
+    """(name, arch, [epoch:]version-release, repository) of each update
+    `dnf check-update` lists; obsoletes after it are not updates."""
+    found = []
+    for line in output.splitlines():
+        if line.startswith("Obsoleting"):
+            break
+        parts = line.split()
+        if len(parts) != 3 or "." not in parts[0]:
+            continue
+        name, _, arch = parts[0].rpartition(".")
+        found.append((name, arch, parts[1], parts[2]))
+    return found
 
 
 def parse_history_ids(output: str) -> list[int]:
@@ -222,6 +270,34 @@ class Dnf:
                 except ValueError:
                     continue
         return names
+
+    def available(self) -> list[Available]:
+        """Every update dnf offers now (`check-update`, from the metadata as
+        it is: the caller refreshes it), with the advisories that apply
+        (`updateinfo list --updates`): a security one marks the update
+        security, with its severity. Changes nothing."""
+        done = self._dnf("-q", "check-update", check=False, timeout=600)
+        if done.returncode not in (0, 100):
+            raise CommandFailed(["dnf", "check-update"], done.returncode, done.stdout, done.stderr)
+        offered = parse_check_update(done.stdout)
+        if not offered:
+            return []
+        advised = parse_updateinfo(
+            self._dnf("-q", "updateinfo", "list", "--updates", timeout=600).stdout
+        )
+        installed = self.versions(sorted({name for name, _, _, _ in offered}))
+        found = []
+        for name, arch, version, repo in offered:
+            notes = advised.get(name, [])
+            security = [n for n in notes if n.security]
+            best = max(security, key=lambda n: SEVERITY_RANK.get(n.severity, 0), default=None)
+            chosen = best or (notes[0] if notes else None)
+            found.append(Available(
+                name, arch, installed.get(name, ""), version, repo, best is not None,
+                severity=best.severity if best else "", advisory=chosen.id if chosen else "",
+                reboot=needs_reboot(name),
+            ))  # fmt: skip
+        return sorted(found, key=lambda a: (a.name, a.arch))
 
     def plan(self, targets: Sequence[Target], all_security: bool, exclude: Sequence[str]) -> Plan:
         names = [check_name(t.name) for t in targets]

@@ -24,6 +24,7 @@ from fleetpatch.v1 import agent_pb2, types_pb2
 from agent.backends import packages
 from agent.errors import CommandFailed, Overloaded, TransientError
 from agent.host import facts as hostfacts
+from agent.host import updates
 from agent.host.health import resource_checks, summarize
 from agent.link import convert
 from agent.link.backoff import retry_delay
@@ -85,6 +86,7 @@ class CheckIns:
         send_full = current != self._journal.checkin_state().acked_inventory_hash
         if send_full:
             request.inventory.CopyFrom(convert.inventory_to_pb(installed))
+        self._add_updates(request)
         response = self._client.check_in(request)
         if response.inventory_required and not send_full:
             # The controller lost or never had our inventory (a restored
@@ -95,10 +97,22 @@ class CheckIns:
             response = self._client.check_in(request)
         if response.signing_keys and self._on_keys is not None:
             self._on_keys(response.signing_keys)
+        self._journal.ack_updates(response.known_updates_hash)
         next_in = response.next_checkin.ToTimedelta()
         self._journal.record_checkin(response.known_inventory_hash, datetime.now(UTC) + next_in)
         order = response.work_order if response.HasField("work_order") else None
         return CheckInReport(send_full, len(installed), health.healthy, next_in, order)
+
+    def _add_updates(self, request: agent_pb2.CheckInRequest) -> None:
+        """The last scan's hash, and the list itself when the controller does
+        not hold that one yet (nothing before the first scan)."""
+        scanned, at = self._journal.scan()
+        if at is None:
+            return
+        found = updates.from_json(scanned)
+        request.updates_hash = updates.digest(found)
+        if request.updates_hash != self._journal.acked_updates_hash():
+            request.updates.CopyFrom(convert.updates_to_pb(found, at))
 
     def run(self, stop: threading.Event) -> None:
         """Check in until ``stop`` is set. Network and package-manager

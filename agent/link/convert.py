@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Sequence
+from datetime import datetime
 
 from fleetpatch.v1 import types_pb2
 from google.protobuf.timestamp_pb2 import Timestamp
@@ -12,6 +13,7 @@ from agent.backends.base import Change
 from agent.backends.packages import Package
 from agent.host.facts import HostFacts
 from agent.host.health import CheckResult, HealthSummary
+from agent.host.updates import Available
 
 
 def facts_to_pb(facts: HostFacts) -> types_pb2.HostFacts:
@@ -21,6 +23,15 @@ def facts_to_pb(facts: HostFacts) -> types_pb2.HostFacts:
 def inventory_to_pb(packages: Sequence[Package]) -> types_pb2.Inventory:
     return types_pb2.Inventory(
         packages=[types_pb2.Package(name=n, version=v, arch=a) for n, v, a in packages]
+    )
+
+
+def updates_to_pb(found: Sequence[Available], scanned_at: datetime) -> types_pb2.AvailableUpdates:
+    at = Timestamp()
+    at.FromDatetime(scanned_at)
+    return types_pb2.AvailableUpdates(
+        updates=[types_pb2.AvailableUpdate(**dataclasses.asdict(u)) for u in found],
+        scanned_at=at,
     )
 
 

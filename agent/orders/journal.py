@@ -6,7 +6,8 @@ controller, in one transaction. After a crash the journal says where each
 order stood; the report queue says what the controller has not yet
 acknowledged. Released table, column and state names never change.
 
-    meta       check-in state, highest accepted order sequence
+    meta       check-in state, highest accepted order sequence, the last scan
+               of available updates (and the hash the controller holds of it)
     orders     one row per accepted order: its envelope, state, plan, snapshot
     steps      every state entered, when, and why
     reports    progress reports, queued until the controller acknowledges them
@@ -311,6 +312,34 @@ class Journal:
         )
 
     # -- work orders ----------------------------------------------------------
+
+    @_guarded
+    def record_scan(self, updates: Json, at: datetime, next_scan: datetime) -> None:
+        """The updates a scan found (JSON list), when, and when to scan next."""
+        self._set(updates=json.dumps(updates), updates_scanned_at=at.isoformat(),
+                  next_scan=next_scan.isoformat())  # fmt: skip
+
+    @_guarded
+    def scan(self) -> tuple[Json, datetime | None]:
+        """The last scan's updates (JSON list, [] when none yet) and its time."""
+        text = self._get("updates")
+        return (json.loads(text) if text else []), _dt(self._get("updates_scanned_at"))
+
+    @_guarded
+    def next_scan(self) -> datetime | None:
+        return _dt(self._get("next_scan"))
+
+    @_guarded
+    def set_next_scan(self, at: datetime) -> None:
+        self._set(next_scan=at.isoformat())
+
+    @_guarded
+    def acked_updates_hash(self) -> str:
+        return self._get("acked_updates_hash") or ""
+
+    @_guarded
+    def ack_updates(self, known_hash: str) -> None:
+        self._set(acked_updates_hash=known_hash)
 
     @_guarded
     def highest_sequence(self) -> int:

@@ -7,6 +7,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from fleetpatch.inventory import UPDATE_FIELDS
 from fleetpatch.v1 import admin_pb2, types_pb2
 from google.protobuf import json_format
 from google.protobuf.descriptor import FieldDescriptor
@@ -149,6 +150,19 @@ def report_from_pb(host_id: str, pb: types_pb2.ProgressReport) -> ProgressReport
 
 def packages_from_pb(inventory: types_pb2.Inventory) -> list[Package]:
     return [(p.name, p.version, p.arch) for p in inventory.packages]
+
+
+def updates_to_pb(
+    rows: Sequence[tuple[object, ...]], scanned_at: datetime | None
+) -> types_pb2.AvailableUpdates:
+    """Stored rows of UPDATE_FIELDS as the wire's AvailableUpdates."""
+    pb = types_pb2.AvailableUpdates(
+        updates=[types_pb2.AvailableUpdate(**dict(zip(UPDATE_FIELDS, row, strict=True)))  # type: ignore[arg-type]
+                 for row in rows]
+    )  # fmt: skip
+    if scanned_at is not None:
+        pb.scanned_at.FromDatetime(scanned_at)
+    return pb
 
 
 def packages_to_pb(packages: Sequence[Package]) -> types_pb2.Inventory:

@@ -15,6 +15,7 @@ import logging
 import resource
 import signal
 import socket
+import urllib.parse
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -254,7 +255,24 @@ async def _extras(
         Webhook(hook.name, hook.url, _webhook_secret(data_dir, hook.secret_file))
         for hook in settings.webhooks
     ]
+    for hook in hooks:
+        problem = await asyncio.to_thread(reachable, hook.url)
+        if problem:
+            log.warning("webhook %s: %s cannot be reached now (%s); its events wait in the "
+                        "outbox until it answers", hook.name, hook.url, problem)  # fmt: skip
     return _Extras(await _serve_metrics(settings.metrics_listen, engine, db), Deliveries(db, hooks))
+
+
+def reachable(url: str, timeout: float = 3.0) -> str:
+    """Why a TCP connection to ``url``'s host and port fails ("" when it
+    opens): told at start-up, so a mistyped receiver is seen at once."""
+    parts = urllib.parse.urlsplit(url)
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    try:
+        with socket.create_connection((parts.hostname or "", port), timeout=timeout):
+            return ""
+    except OSError as exc:
+        return exc.strerror or str(exc)
 
 
 def _webhook_secret(data_dir: DataDir, path: Path) -> bytes:

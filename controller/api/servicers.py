@@ -21,7 +21,7 @@ import grpc
 from cryptography.hazmat.primitives import serialization
 from fleetpatch import labels as labelspec
 from fleetpatch.identity import Identity, Role
-from fleetpatch.inventory import inventory_hash
+from fleetpatch.inventory import UPDATE_FIELDS, inventory_hash, updates_hash
 from fleetpatch.orderspec import REFUSED, UNREADABLE_ORDER
 from fleetpatch.overload import retry_after_trailer
 from fleetpatch.v1 import admin_pb2, admin_pb2_grpc, agent_pb2, agent_pb2_grpc, types_pb2
@@ -170,6 +170,21 @@ async def _inventory(request: agent_pb2.CheckInRequest) -> list[Package]:
     if entries <= 1000:
         return convert_and_check()
     return await asyncio.to_thread(convert_and_check)
+
+
+def _updates(request: agent_pb2.CheckInRequest) -> list[tuple[object, ...]]:
+    """The check-in's available updates (rows of UPDATE_FIELDS), bounded and
+    checked against their hash. Raises UsageError."""
+    entries = len(request.updates.updates)
+    if entries > limits.MAX_INVENTORY_ENTRIES:
+        raise UsageError(
+            f"the scan lists {entries} updates; at most {limits.MAX_INVENTORY_ENTRIES} are taken"
+        )
+    limits.check_strings(request.updates, "updates", limits.MAX_PACKAGE_FIELD)
+    rows = [tuple(getattr(u, f) for f in UPDATE_FIELDS) for u in request.updates.updates]
+    if updates_hash(rows) != request.updates_hash:
+        raise UsageError("the available updates do not match their hash")
+    return rows
 
 
 def _walk_page(walk: audit.ChainWalk, after: int, store: Store) -> int | None:
@@ -372,6 +387,11 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
             if len(packages) >= limits.LARGE_INVENTORY:
                 # Once this call and its request are gone, give their memory back.
                 asyncio.get_running_loop().call_later(1.0, limits.release_memory)
+        updates = _updates(request) if request.HasField("updates") else None
+        scanned_at = (
+            convert.from_timestamp(request.updates.scanned_at)
+            if updates is not None and request.updates.HasField("scanned_at") else None
+        )  # fmt: skip
         reported = convert.to_json(request.facts)
         at = datetime.now(UTC)
         outcome = await self._batcher.submit(
@@ -382,6 +402,9 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
                 health=convert.to_json(request.health),
                 inventory_hash=request.inventory_hash,
                 packages=packages,
+                updates_hash=request.updates_hash,
+                updates=updates,
+                scanned_at=scanned_at,
             )
         )
         if outcome.revoked:
@@ -406,6 +429,7 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
             ),
             known_inventory_hash=outcome.inventory_hash,
             inventory_required=outcome.inventory_hash != request.inventory_hash,
+            known_updates_hash=outcome.updates_hash,
         )
 
     @rpc
@@ -549,16 +573,19 @@ class AdminService(admin_pb2_grpc.AdminServiceServicer):
         self, request: admin_pb2.GetHostRequest, context: Context
     ) -> admin_pb2.GetHostResponse:
         self._admin(context)
-        host, packages, owes = await self._db.call(
+        host, packages, updates, owes = await self._db.call(
             lambda s: (
                 s.get_host(request.host_id), s.get_inventory(request.host_id),
-                s.owed_by([request.host_id]),
+                s.get_updates(request.host_id), s.owed_by([request.host_id]),
             )
         )  # fmt: skip
-        return admin_pb2.GetHostResponse(
+        response = admin_pb2.GetHostResponse(
             host=convert.host_to_pb(host, owes.get(host.host_id, ())),
             inventory=convert.packages_to_pb(packages),
         )
+        if updates is not None:
+            response.updates.CopyFrom(convert.updates_to_pb(*updates))
+        return response
 
     @rpc
     async def RevokeHost(

@@ -16,7 +16,7 @@ from collections.abc import Iterable
 from dataclasses import fields
 from datetime import datetime
 
-from controller.campaigns.tallies import CampaignState, CellTally, Tallies
+from controller.campaigns.tallies import CampaignState, CellTally, Reading, Tallies
 from controller.model import AssignmentStatus
 
 Cell = tuple[int, str]
@@ -54,6 +54,7 @@ class Counts:
         self.state = CampaignState.RUNNING
         self.accepted_failures: dict[int, int] = {}
         self.accepted_silent: dict[int, int] = {}
+        self.analysis: dict[str, Reading] = {}
         self.version = 0
         self._snapshot: Tallies | None = None
 
@@ -87,6 +88,18 @@ class Counts:
         if last is None or at > last:
             self._finished_at[ring] = at
             self._changed()
+
+    def read(self, name: str, reading: Reading) -> None:
+        """The latest reading of analysis ``name`` (every reading is news:
+        its time moves the bake on, as `gates` reads it)."""
+        self.analysis[name] = reading
+        self._changed()
+
+    def forget_readings(self) -> None:
+        """Readings from before a resume say nothing of now: guarded rings
+        wait for the next ones."""
+        self.analysis.clear()
+        self._changed()
 
     def set_state(self, state: CampaignState) -> None:
         self.state = state
@@ -126,6 +139,7 @@ class Counts:
             finished_at,
             dict(self.accepted_failures),
             dict(self.accepted_silent),
+            dict(self.analysis),
         )
         if _RING_SUMS_CACHED:
             # Tallies sums its cells per ring on first use, once per snapshot;

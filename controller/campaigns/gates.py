@@ -14,7 +14,7 @@ from enum import StrEnum
 from fractions import Fraction
 from typing import cast
 
-from controller.campaigns.spec import CampaignSpec, RegionOrder, RingStage
+from controller.campaigns.spec import Analysis, CampaignSpec, RegionOrder, RingStage
 from controller.campaigns.tallies import CellTally, Tallies
 
 
@@ -23,6 +23,7 @@ class HaltKind(StrEnum):
 
     FAILURE_BUDGET = "failure_budget"
     SILENT_HOSTS = "silent_hosts"
+    ANALYSIS = "analysis"  # a live metric of [[rollout.analysis]] breached its threshold
 
 
 @dataclass(frozen=True)
@@ -60,7 +61,7 @@ def evaluate_halt(campaign: CampaignSpec, tallies: Tallies) -> HaltReason | None
     kept = tallies.derived.get(key)
     if isinstance(kept, tuple) and kept[0] is campaign:
         return cast(HaltReason | None, kept[1])
-    answer = _first_halt(campaign, tallies)
+    answer = _first_halt(campaign, tallies) or _breached(campaign, tallies)
     tallies.derived[key] = (campaign, answer)  # holds campaign: its id stays its own
     return answer
 
@@ -95,6 +96,56 @@ def _first_halt(campaign: CampaignSpec, tallies: Tallies) -> HaltReason | None:
                 "its hosts",
             )
     return None
+
+
+def _guarding(campaign: CampaignSpec, tallies: Tallies, analysis: Analysis) -> int | None:
+    """The first ring ``analysis`` still guards: not started yet, or started
+    and not past its gate (running, or baking) when it was last read. None
+    once every ring it guards is past."""
+    now = max(r.at for r in tallies.analysis.values())
+    for stage in campaign.rollout.rings:
+        if stage.ring in analysis.rings and not (
+            tallies.ring(stage.ring).started and gate_status(campaign, tallies, stage, now).met
+        ):
+            return stage.ring
+    return None
+
+
+def _breached(campaign: CampaignSpec, tallies: Tallies) -> HaltReason | None:
+    """The first analysis whose latest reading breaks its threshold while it
+    still guards a ring."""
+    for analysis in campaign.rollout.analysis:
+        reading = tallies.analysis.get(analysis.name)
+        if reading is None or reading.value is None or analysis.holds(reading.value):
+            continue
+        ring = _guarding(campaign, tallies, analysis)
+        if ring is None:
+            continue
+        return HaltReason(
+            HaltKind.ANALYSIS, ring, 0, 0,
+            f"analysis {analysis.name}: {analysis.query} = {reading.value:g}, beyond its "
+            f"{analysis.threshold} (guarding ring {ring})",
+        )  # fmt: skip
+    return None
+
+
+def analysis_holds(campaign: CampaignSpec, tallies: Tallies, ring: int) -> GateStatus:
+    """Whether every analysis guarding ``ring`` read a value within its
+    threshold. No reading, or one with no value, holds the ring back."""
+    for analysis in campaign.rollout.analysis:
+        if ring not in analysis.rings:
+            continue
+        reading = tallies.analysis.get(analysis.name)
+        if reading is None:
+            return GateStatus(False, f"analysis {analysis.name}: not asked yet")
+        if reading.value is None:
+            return GateStatus(False, f"analysis {analysis.name}: no answer ({reading.detail})")
+        if not analysis.holds(reading.value):
+            return GateStatus(
+                False, f"analysis {analysis.name}: {reading.value:g}, beyond its "
+                f"{analysis.threshold}",
+            )  # fmt: skip
+    return OPEN
 
 
 def _breakdown(ring: CellTally, accepted: int) -> str:
@@ -183,7 +234,11 @@ def ring_open(campaign: CampaignSpec, tallies: Tallies, ring: int, now: datetime
     first = position
     while first > 0 and not tallies.ring(stages[first].ring).started:
         first -= 1
-    # Rings from the last started one up to ours must each have met their gate.
+    # Rings from the last started one up to ours must each have met their
+    # gate, and the analyses guarding ours must hold.
+    held = analysis_holds(campaign, tallies, ring)
+    if not held.met:
+        return GateStatus(False, f"ring {ring} waits: {held.detail}")
     for stage in stages[first:position]:
         status = gate_status(campaign, tallies, stage, now)
         if not status.met:

@@ -14,7 +14,8 @@ must never leave a default in force silently. The tables:
     [rollout]           region_order, concurrency, region_concurrency,
                         silent_after, silent_threshold, report_timeout,
                         min_agent_version,
-                        [rollout.gate] (defaults), [[rollout.rings]] (in order)
+                        [rollout.gate] (defaults), [[rollout.rings]] (in order),
+                        prometheus, analysis_interval, [[rollout.analysis]]
     [windows]           timezone, weekly, blackout, cutoff (absent: always open)
 
 A campaign has exactly one of [patch] and [agent_update]; everything else
@@ -32,6 +33,7 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from enum import StrEnum
 from fractions import Fraction
+from typing import Any
 
 from fleetpatch.checkspec import Check, parse_check
 from fleetpatch.debversion import debian_version, version_key
@@ -132,6 +134,32 @@ class RingStage:
     gate: Gate
 
 
+_ANALYSIS_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+
+
+@dataclass(frozen=True)
+class Analysis:
+    """A live metric that must hold before the rings it guards are promoted
+    and while they run and bake: ``query`` (PromQL, asked of the rollout's
+    Prometheus) must stay at or below ``max`` (or at or above ``min``); a
+    breach halts the campaign, no answer holds the promotion."""
+
+    name: str
+    query: str
+    max: float | None
+    min: float | None
+    rings: tuple[int, ...]  # the rings it guards
+
+    def holds(self, value: float) -> bool:
+        if self.max is not None and value > self.max:
+            return False
+        return self.min is None or value >= self.min
+
+    @property
+    def threshold(self) -> str:
+        return f"max {self.max:g}" if self.max is not None else f"min {self.min:g}"
+
+
 @dataclass(frozen=True)
 class RolloutSpec:
     rings: tuple[RingStage, ...]  # in the order they open
@@ -140,6 +168,9 @@ class RolloutSpec:
     silent_threshold: Quota  # of a ring's eligible hosts; exceeding it halts
     report_timeout: timedelta  # in flight without a report this long: timed out
     min_agent_version: str = ""  # hosts with an older agent wait (agent_outdated)
+    prometheus: str = ""  # the Prometheus the analyses ask (its base URL)
+    analysis: tuple[Analysis, ...] = ()
+    analysis_interval: timedelta = timedelta(seconds=30)  # how often each is asked
 
     @functools.cached_property
     def positions(self) -> dict[int, int]:
@@ -401,9 +432,41 @@ def _rollout(t: Table, verify_timeout: timedelta) -> RolloutSpec:
         silent_threshold=_quota(t, "silent_threshold", minimum=0) or DEFAULT_SILENT_THRESHOLD,
         report_timeout=report_timeout,
         min_agent_version=_min_agent_version(t),
+        **_analyses(t, [stage.ring for stage in stages]),
     )
     t.finish()
     return spec
+
+
+def _analyses(t: Table, rings: list[int]) -> dict[str, Any]:
+    """prometheus, analysis_interval and [[rollout.analysis]]."""
+    url = t.get("prometheus", str, "")
+    entries = t.tables("analysis")
+    if url and not re.fullmatch(r"https?://[^\s/]+(/\S*)?", url):
+        raise t.error("prometheus", f"must be an http:// or https:// URL, not {url!r}")
+    if entries and not url:
+        raise t.error("prometheus", "is required: [[rollout.analysis]] asks it its queries")
+    interval = t.duration("analysis_interval", timedelta(seconds=30), positive=True)
+    found: list[Analysis] = []
+    for entry in entries:
+        name = entry.require("name", str)
+        if not _ANALYSIS_NAME.fullmatch(name):
+            raise entry.error("name", f"{name!r}: use letters, digits, '-' and '_'")
+        if any(a.name == name for a in found):
+            raise entry.error("name", f"analysis {name!r} is listed twice")
+        query = entry.require("query", str).strip()
+        if not query:
+            raise entry.error("query", "is empty")
+        high, low = entry.maybe("max", float), entry.maybe("min", float)
+        if (high is None) == (low is None):
+            raise entry.error("max", "give exactly one of max and min (the threshold)")
+        guarded = [r for _, r in entry.items("rings", int)] or rings[1:] or rings
+        unknown = sorted(set(guarded) - set(rings))
+        if unknown:
+            raise entry.error("rings", f"ring(s) {unknown} are not in [[rollout.rings]]")
+        found.append(Analysis(name, query, high, low, tuple(sorted(set(guarded)))))
+        entry.finish()
+    return {"prometheus": url.rstrip("/"), "analysis": tuple(found), "analysis_interval": interval}
 
 
 def _min_agent_version(t: Table) -> str:

@@ -20,6 +20,11 @@ store) and the simulator (from its virtual fleet) must count the same way:
 
 So ``eligible = in_flight + finished + unassigned`` where ``finished`` is the
 sum of the five results.
+
+Beside the counts, ``analysis`` holds the latest reading of each of the
+campaign's live-metric analyses (`spec.Analysis`), by name: the controller
+asks Prometheus (`controller.rollout.analysis`), the simulator reads the
+scenario's series.
 """
 
 from __future__ import annotations
@@ -95,6 +100,17 @@ class CellTally:
 
 
 @dataclass(frozen=True)
+class Reading:
+    """The latest answer to one analysis: ``value`` None when there was no
+    usable answer (Prometheus unreachable, an error, no series), ``detail``
+    then says why."""
+
+    value: float | None
+    at: datetime
+    detail: str = ""
+
+
+@dataclass(frozen=True)
 class Tallies:
     """The campaign's state and counts, as the scheduler reads them.
 
@@ -111,6 +127,7 @@ class Tallies:
     ring_finished_at: Mapping[int, datetime] = field(default_factory=dict)
     accepted_failures: Mapping[int, int] = field(default_factory=dict)
     accepted_silent: Mapping[int, int] = field(default_factory=dict)
+    analysis: Mapping[str, Reading] = field(default_factory=dict)
 
     def cell(self, ring: int, region: str) -> CellTally:
         return self.cells.get((ring, region), _EMPTY)

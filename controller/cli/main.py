@@ -303,13 +303,15 @@ def hosts_show(
     controller: ControllerOption = None,
     json_out: JsonOption = False,
 ) -> None:
-    """Show one host: facts, health, labels and its installed packages."""
+    """Show one host: facts, health, labels, the updates available to it
+    (as its agent last scanned them) and its installed packages."""
     with client(data_dir, controller) as admin:
         got = admin.get_host(host_id)
     if json_out:
         render.print_json(
             {
                 **jsondoc.doc(got.host),
+                "updates": _updates_doc(got),
                 "packages": [jsondoc.doc(p) for p in got.inventory.packages],
             }
         )
@@ -349,12 +351,36 @@ def hosts_show(
         print(f"{key.ljust(width)}  {value}")
     for check in h.health.checks:
         print(f"{''.ljust(width)}  {'ok  ' if check.ok else 'FAIL'} {check.name}: {check.detail}")
+    _print_updates(got)
     inventory = h.inventory_hash or "not yet received"
     print(f"\npackages ({len(got.inventory.packages)}, inventory {inventory}):")
     render.table(
         ["NAME", "VERSION", "ARCH"],
         [(p.name, p.version, p.arch) for p in got.inventory.packages],
     )
+
+
+def _updates_doc(got: admin_pb2.GetHostResponse) -> dict[str, object] | None:
+    if not got.HasField("updates"):
+        return None
+    return {
+        "scanned_at": jsondoc.timestamp(got.updates.scanned_at),
+        "available": [jsondoc.doc(u) for u in got.updates.updates],
+    }
+
+
+def _print_updates(got: admin_pb2.GetHostResponse) -> None:
+    if not got.HasField("updates"):
+        print("\nupdates available: not reported yet (the agent scans every [agent] scan_interval)")
+        return
+    found = got.updates.updates
+    at = convert.from_timestamp(got.updates.scanned_at)
+    security = sum(1 for u in found if u.security)
+    reboot = sum(1 for u in found if u.reboot)
+    print(f"\nupdates available ({len(found)}, {security} with a security fix, {reboot} needing "
+          f"a reboot; scanned {at:%Y-%m-%d %H:%M}Z):")  # fmt: skip
+    if found:
+        render.updates_table(found)
 
 
 @hosts_app.command("revoke")

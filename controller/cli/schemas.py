@@ -9,7 +9,7 @@ against a real controller and checks its output with `check`.
     fleetpatch token create --json      TOKEN_CREATED
     fleetpatch token list --json        array of TOKEN
     fleetpatch hosts list --json        array of HOST
-    fleetpatch hosts show --json        HOST_SHOWN (HOST and its packages)
+    fleetpatch hosts show --json        HOST_SHOWN (HOST, its packages and updates available)
     fleetpatch hosts relabel --json     HOST
     fleetpatch campaign list --json     array of CAMPAIGN
     fleetpatch campaign show --json     CAMPAIGN
@@ -59,8 +59,17 @@ HOST = obj(
     owes=array(enum("reboot", "restart")),
 )  # fmt: skip
 PACKAGE = obj(name=STR, version=STR, arch=NSTR)
-HOST_SHOWN = {**HOST, "properties": {**HOST["properties"], "packages": array(PACKAGE)},
-              "required": sorted([*HOST["required"], "packages"])}  # fmt: skip
+AVAILABLE_UPDATE = obj(
+    name=STR, arch=NSTR, installed=NSTR, candidate=STR, origin=NSTR, security=BOOL,
+    severity=NSTR, advisory=NSTR, reboot=BOOL,
+)  # fmt: skip
+UPDATES = {"anyOf": [{"type": "null"},
+                     obj(scanned_at=NTIME, available=array(AVAILABLE_UPDATE))]}  # fmt: skip
+HOST_SHOWN = {
+    **HOST,
+    "properties": {**HOST["properties"], "packages": array(PACKAGE), "updates": UPDATES},
+    "required": sorted([*HOST["required"], "packages", "updates"]),
+}
 
 COUNTS = ("eligible", "waiting", "in_flight", "succeeded", "failed", "reverted",
           "revert_failed", "timed_out")  # fmt: skip

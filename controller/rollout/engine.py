@@ -68,7 +68,7 @@ from controller.model import (
     HostStatus,
 )
 from controller.periodic import every
-from controller.rollout import workorders
+from controller.rollout import analysis, workorders
 from controller.rollout.tally import count, host_facts
 from controller.store.thread import StoreThread
 
@@ -114,6 +114,7 @@ class CampaignEngine:
         # Every order in flight, of any campaign, by host (one at most: a
         # host with one gets no other): read at start, then kept.
         self._in_flight: dict[str, Assignment] = {}
+        self._analysed: dict[str, datetime] = {}  # campaign -> when its analyses were last asked
 
     async def start(self) -> None:
         in_flight = await self._db.call(lambda s: s.in_flight())
@@ -174,6 +175,10 @@ class CampaignEngine:
             raise UsageError(str(exc)) from None
         if spec.agent_update is not None:
             await self._release(spec.agent_update.version)
+        for item in spec.rollout.analysis:
+            problem = await asyncio.to_thread(analysis.check, spec.rollout.prometheus, item)
+            if problem is not None:
+                raise UsageError(f"rollout.analysis {item.name!r}: {problem}")
         now = self._clock()
         record = CampaignRecord(
             campaign_id="c-" + secrets.token_hex(6),
@@ -246,6 +251,10 @@ class CampaignEngine:
             changes["accepted_silent"] = dict(accepted.silent)
             changes["halt_kind"], changes["halt_reason"] = None, ""
             detail = f"accepting what halted it: {record.halt_reason}"
+        live = self._counts.get(campaign_id)
+        if live is not None:
+            live.counts.forget_readings()  # asked afresh at the next tick
+        self._analysed.pop(campaign_id, None)
         return await self._transition(
             campaign_id, [CampaignState.PAUSED, CampaignState.HALTED], actor,
             "campaign.resume", CampaignState.RUNNING, detail, idempotent=True, **changes,
@@ -553,7 +562,28 @@ class CampaignEngine:
         for record in records:
             if record.state in OPEN:
                 await self._time_out_late(record, now)
+                await self._analyse(record, now)
                 await self._evaluate(record.campaign_id)
+
+    async def _analyse(self, record: CampaignRecord, now: datetime) -> None:
+        """Ask a running campaign's analyses, when their interval is up."""
+        live = self._counts.get(record.campaign_id)
+        spec = self.spec(record)
+        if live is None or record.state != CampaignState.RUNNING or not spec.rollout.analysis:
+            return
+        last = self._analysed.get(record.campaign_id)
+        if last is not None and now - last < spec.rollout.analysis_interval:
+            return
+        self._analysed[record.campaign_id] = now
+        url = spec.rollout.prometheus
+        readings = await asyncio.gather(
+            *(asyncio.to_thread(analysis.read, url, item, now) for item in spec.rollout.analysis)
+        )
+        for item, reading in zip(spec.rollout.analysis, readings, strict=True):
+            if reading.value is None:
+                log.warning("campaign %s: analysis %s: %s", record.campaign_id, item.name,
+                            reading.detail)  # fmt: skip
+            live.counts.read(item.name, reading)
 
     async def _time_out_late(self, record: CampaignRecord, now: datetime) -> None:
         live = self._counts.get(record.campaign_id)

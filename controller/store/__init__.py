@@ -21,6 +21,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from fleetpatch.inventory import UPDATE_FIELDS
 from sqlite_utils import Database
 
 from controller.audit import AuditEntry
@@ -297,6 +298,32 @@ class Store(CampaignStore, ReleaseStore, WebhookStore):
         cur = self._conn.execute("SELECT host_id FROM hosts WHERE status = ?", (status.value,))
         return {row[0] for row in cur}
 
+    @staticmethod
+    def _store_updates(conn: sqlite3.Connection, checkin: CheckIn) -> None:
+        rows = list(checkin.updates or ())
+        index = {name: i for i, name in enumerate(UPDATE_FIELDS)}
+        conn.execute(
+            "INSERT INTO available_updates (host_id, hash, updates, scanned_at, total, security,"
+            " reboot) VALUES (?,?,?,?,?,?,?) ON CONFLICT (host_id) DO UPDATE SET"
+            " hash = excluded.hash, updates = excluded.updates, scanned_at = excluded.scanned_at,"
+            " total = excluded.total, security = excluded.security, reboot = excluded.reboot",
+            (checkin.host_id, checkin.updates_hash,
+             zlib.compress(json.dumps([list(r) for r in rows]).encode()),
+             _ts(checkin.scanned_at), len(rows),
+             sum(1 for r in rows if r[index["security"]]),
+             sum(1 for r in rows if r[index["reboot"]])),
+        )  # fmt: skip
+
+    def get_updates(self, host_id: str) -> tuple[list[tuple[object, ...]], datetime | None] | None:
+        """The updates the host's agent last reported available (rows of
+        UPDATE_FIELDS) and when it scanned; None before its first report."""
+        row = self._conn.execute(
+            "SELECT updates, scanned_at FROM available_updates WHERE host_id = ?", (host_id,)
+        ).fetchone()
+        if row is None:
+            return None
+        return [tuple(r) for r in json.loads(zlib.decompress(row[0]))], _dt(row[1])
+
     def get_inventory(self, host_id: str) -> list[Package]:
         row = self._conn.execute(
             "SELECT packages FROM inventories WHERE host_id = ?", (host_id,)
@@ -376,14 +403,14 @@ class Store(CampaignStore, ReleaseStore, WebhookStore):
         updates: list[tuple[Any, ...]] = []
         # A host may appear twice in one batch (a quick retry): later entries
         # must see what earlier ones wrote, which the deferred UPDATE has not.
-        seen: dict[str, tuple[str, str, str, int, str]] = {}
+        seen: dict[str, tuple[str, str, str, int, str, str]] = {}
         with self._transaction() as conn:
             for checkin in batch:
                 row = (
                     seen.get(checkin.host_id)
                     or conn.execute(
-                        "SELECT status, inventory_hash, region, ring, labels FROM hosts"
-                        " WHERE host_id = ?",
+                        "SELECT status, inventory_hash, region, ring, labels, updates_hash"
+                        " FROM hosts WHERE host_id = ?",
                         (checkin.host_id,),
                     ).fetchone()
                 )
@@ -409,6 +436,10 @@ class Store(CampaignStore, ReleaseStore, WebhookStore):
                         1,
                         len(checkin.packages),
                     )
+                known_updates = row[5]
+                if checkin.updates is not None:
+                    self._store_updates(conn, checkin)
+                    known_updates = checkin.updates_hash
                 updates.append(
                     (
                         _ts(checkin.at),
@@ -417,20 +448,28 @@ class Store(CampaignStore, ReleaseStore, WebhookStore):
                         known_hash,
                         count,
                         new_inventory,
+                        known_updates,
                         checkin.host_id,
                     )
                 )
-                seen[checkin.host_id] = (row[0], known_hash, row[2], row[3], row[4])
+                seen[checkin.host_id] = (row[0], known_hash, row[2], row[3], row[4], known_updates)
                 outcomes.append(
                     CheckInOutcome(
-                        True, False, known_hash, row[2], row[3], json.loads(row[4]), activated
+                        True,
+                        False,
+                        known_hash,
+                        row[2],
+                        row[3],
+                        json.loads(row[4]),
+                        activated,
+                        known_updates,
                     )
                 )
             conn.executemany(
                 "UPDATE hosts SET last_seen = ?, facts = ?, health = ?, inventory_hash = ?,"
                 " package_count = COALESCE(?, package_count),"
-                " inventory_updates = inventory_updates + ?, checkins = checkins + 1"
-                " WHERE host_id = ?",
+                " inventory_updates = inventory_updates + ?, updates_hash = ?,"
+                " checkins = checkins + 1 WHERE host_id = ?",
                 updates,
             )
         return outcomes

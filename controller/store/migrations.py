@@ -163,3 +163,21 @@ def _webhook_cursors(db: Database) -> None:
         )"""
     )
     db.execute("CREATE INDEX assignments_campaign_ring ON assignments (campaign_id, ring)")
+
+
+@migrations(name="0006_available_updates")
+def _available_updates(db: Database) -> None:
+    # What each host's agent last found it could install (its scan), kept
+    # whole as the inventory is, with the counts the views show.
+    db.execute("ALTER TABLE hosts ADD COLUMN updates_hash TEXT NOT NULL DEFAULT ''")
+    db.execute(
+        """CREATE TABLE available_updates (
+            host_id     TEXT PRIMARY KEY REFERENCES hosts (host_id),
+            hash        TEXT NOT NULL,
+            updates     BLOB NOT NULL,   -- zlib-compressed JSON rows of UPDATE_FIELDS
+            scanned_at  REAL,
+            total       INTEGER NOT NULL,
+            security    INTEGER NOT NULL,
+            reboot      INTEGER NOT NULL
+        )"""
+    )

@@ -6,14 +6,13 @@ import json
 import sys
 from collections.abc import Sequence
 from datetime import UTC, datetime
-from typing import Any, TextIO
+from typing import Any, Protocol, TextIO
 
 
 def table(
     headers: Sequence[str], rows: Sequence[Sequence[object]], out: TextIO | None = None
 ) -> None:
     """Print rows under headers, columns aligned, two spaces apart."""
-    out = out or sys.stdout
     out = out or sys.stdout
     cells = [[str(c) for c in row] for row in rows]
     widths = [len(h) for h in headers]
@@ -65,3 +64,40 @@ def nulls(doc: Any) -> Any:
     if isinstance(doc, list):
         return [nulls(v) for v in doc]
     return None if doc == "" else doc
+
+
+class AvailableUpdate(Protocol):
+    """An update as the agent's scan and the controller's wire both spell it."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def installed(self) -> str: ...
+
+    @property
+    def candidate(self) -> str: ...
+
+    @property
+    def origin(self) -> str: ...
+
+    @property
+    def security(self) -> bool: ...
+
+    @property
+    def severity(self) -> str: ...
+
+    @property
+    def reboot(self) -> bool: ...
+
+
+def updates_table(found: Sequence[AvailableUpdate], out: TextIO | None = None) -> None:
+    """The updates available to a host, one row each (`fleetpatch-agent
+    scan`, `fleetpatch hosts show`)."""
+    table(
+        ["PACKAGE", "INSTALLED", "CANDIDATE", "FROM", "SECURITY", "REBOOT"],
+        [(u.name, u.installed, u.candidate, u.origin,
+          (u.severity or "yes") if u.security else "-", "yes" if u.reboot else "-")
+         for u in found],
+        out,
+    )  # fmt: skip

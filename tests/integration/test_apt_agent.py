@@ -9,13 +9,16 @@ machine running the tests is never modified.
 
 from __future__ import annotations
 
+import json
 import re
 import sqlite3
 import subprocess
 from typing import Any
 
 import pytest
+from fleetpatch import jsonschema
 
+from agent import schemas as agent_schemas
 from tests.support.apthost import AGENT, STATE, AptHost, demo
 from tests.support.debrepo import DebSpec, LocalAptRepo, add_repo, dpkg_status
 from tests.support.orders import sign, work_order
@@ -223,3 +226,44 @@ def test_all_security_updates_takes_a_fix_whose_candidate_comes_from_another_sui
     ]
     assert apt_host.installed() == ("ii", "1.2")
     assert dpkg_status("fp-other", apt_host.sandbox) == ("ii", "1.0")
+
+
+def test_a_scan_reports_the_updates_available_and_which_fix_security_problems(
+    apt_host, deb_repo, tmp_path
+):
+    """A normal and a security suite: fp-demo's fix is in the security one
+    (its candidate, 1.2, in the main one), fp-other has a plain update. The
+    scan installs nothing; the next check-in takes the list to the
+    controller, whose `hosts show` has it."""
+    security = LocalAptRepo(
+        tmp_path / "security", {"Suite": "bookworm-security", "Label": "Debian-Security"}
+    )
+    security.add(demo("1.1"))
+    deb_repo.add(demo("1.0"), demo("1.2"), DebSpec("fp-other", "1.0"), DebSpec("fp-other", "1.5"))
+    add_repo(apt_host.sandbox, security, "/srv/fp-security")
+    apt_host.sandbox.run(["apt-get", "update", "-q"])
+    apt_host.sandbox.run(["apt-get", "install", "-y", "-q", "fp-demo=1.0", "fp-other=1.0"])
+
+    done = apt_host.sandbox.run([AGENT, "scan", "--json", "--state-dir", STATE], check=False)
+    assert done.returncode == 0, done.stderr
+    scanned = json.loads(done.stdout)
+    assert jsonschema.check(scanned, jsonschema.array(agent_schemas.AVAILABLE)) == []
+    found = {u["name"]: u for u in scanned}
+    assert {n: (u["installed"], u["candidate"], u["security"], u["reboot"])
+            for n, u in found.items() if n.startswith("fp-")} == {
+        "fp-demo": ("1.0", "1.2", True, False),
+        "fp-other": ("1.0", "1.5", False, False),
+    }  # fmt: skip
+    assert apt_host.installed() == ("ii", "1.0")  # the scan changed nothing
+    assert dpkg_status("fp-other", apt_host.sandbox) == ("ii", "1.0")
+
+    checked = apt_host.sandbox.run([AGENT, "run", "--once", "--state-dir", STATE], check=False)
+    assert checked.returncode == 0, checked.stderr
+    host = apt_host.controller.admin_json("hosts", "show", apt_host.host_id)
+    assert isinstance(host, dict)
+    reported = {u["name"]: u for u in host["updates"]["available"]}
+    assert reported["fp-demo"]["security"] is True
+    assert reported["fp-demo"]["candidate"] == "1.2"
+    assert reported["fp-other"]["security"] is False
+    shown = apt_host.controller.admin("hosts", "show", apt_host.host_id).stdout
+    assert "with a security fix" in shown

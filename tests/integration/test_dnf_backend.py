@@ -415,3 +415,25 @@ def test_services_to_restart_runs_needs_restarting_and_fails_loudly_without_it(r
     rpm_host.sandbox.run(["rm", "-f", plugin])  # in the sandbox's overlay only
     with pytest.raises(CommandFailed, match=r"dnf-command\(needs-restarting\)"):
         rpm_host.dnf.services_to_restart()
+
+
+def test_available_updates_carry_their_security_advisory_and_severity(rpm_host):
+    """v1 installed, v2 fixes a security problem (Important), v3 is a bugfix:
+    the update offered is v3, marked security because of v2's advisory.
+    fp-other has only a bugfix update. Nothing is installed by asking."""
+    rpm_host.repo.add(demo_rpm("1.0"), demo_rpm("2.0"), demo_rpm("3.0"),
+                      RpmSpec("fp-other", "1.0"), RpmSpec("fp-other", "1.1"))  # fmt: skip
+    rpm_host.repo.advise(
+        Advisory("FP-SA-1", "security", (demo_rpm("2.0"),), severity="Important"),
+        Advisory("FP-BA-2", "bugfix", (demo_rpm("3.0"),)),
+        Advisory("FP-BA-3", "bugfix", (RpmSpec("fp-other", "1.1"),)),
+    )
+    rpm_host.dnf_cli("install", "fp-demo-1.0", "fp-other-1.0")
+    found = {u.name: u for u in rpm_host.dnf.available()}
+    demo_update, other = found["fp-demo"], found["fp-other"]
+    assert (demo_update.installed, demo_update.candidate) == ("1.0-1", "3.0-1")
+    assert (demo_update.security, demo_update.severity, demo_update.advisory) == (
+        True, "Important", "FP-SA-1",
+    )  # fmt: skip
+    assert (other.security, other.severity, other.advisory) == (False, "", "FP-BA-3")
+    assert rpm_host.version() == "1.0-1"

@@ -70,7 +70,7 @@ def _checkin(
 def test_migrations_are_recorded_by_name(store):
     assert store.applied_migrations() == [
         "0001_initial", "0002_progress_reports", "0003_campaigns_and_audit",
-        "0004_agent_releases", "0005_webhook_cursors",
+        "0004_agent_releases", "0005_webhook_cursors", "0006_available_updates",
     ]  # fmt: skip
 
 
@@ -81,7 +81,7 @@ def test_reopening_does_not_reapply_migrations(tmp_path):
     try:
         assert store.applied_migrations() == [
         "0001_initial", "0002_progress_reports", "0003_campaigns_and_audit",
-        "0004_agent_releases", "0005_webhook_cursors",
+        "0004_agent_releases", "0005_webhook_cursors", "0006_available_updates",
     ]  # fmt: skip
     finally:
         store.close()

@@ -3,11 +3,13 @@
 
 from __future__ import annotations
 
+import socket
 from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 
+from controller.api.server import reachable
 from controller.audit import GENESIS, AuditEntry, AuditRecord
 from controller.datadir import DataDir, WebhookSetting
 from controller.errors import UsageError
@@ -94,3 +96,12 @@ def test_webhooks_settings(tmp_path):
 def test_bad_webhooks_are_one_line_naming_the_field(tmp_path, text, message):
     with pytest.raises(UsageError, match=message):
         _settings(tmp_path, text)
+
+
+def test_a_receiver_that_cannot_be_reached_is_told_at_start_up():
+    with socket.socket() as listening:
+        listening.bind(("127.0.0.1", 0))
+        listening.listen()
+        port = listening.getsockname()[1]
+        assert reachable(f"http://127.0.0.1:{port}/hook") == ""
+    assert "refused" in reachable(f"http://127.0.0.1:{port}/hook").lower()

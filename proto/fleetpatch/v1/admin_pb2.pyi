@@ -441,19 +441,25 @@ class GetHostResponse(_message.Message):
 
     HOST_FIELD_NUMBER: _builtins.int
     INVENTORY_FIELD_NUMBER: _builtins.int
+    UPDATES_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def host(self) -> Global___Host: ...
     @_builtins.property
     def inventory(self) -> _types_pb2.Inventory: ...
+    @_builtins.property
+    def updates(self) -> _types_pb2.AvailableUpdates:
+        """as the host's agent last scanned them; unset: never"""
+
     def __init__(
         self,
         *,
         host: Global___Host | None = ...,
         inventory: _types_pb2.Inventory | None = ...,
+        updates: _types_pb2.AvailableUpdates | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["host", b"host", "inventory", b"inventory"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["host", b"host", "inventory", b"inventory", "updates", b"updates"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["host", b"host", "inventory", b"inventory"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["host", b"host", "inventory", b"inventory", "updates", b"updates"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -132,6 +132,8 @@ class CheckInRequest(_message.Message):
     CURRENT_ORDER_ID_FIELD_NUMBER: _builtins.int
     CURRENT_STEP_FIELD_NUMBER: _builtins.int
     HIGHEST_SEQUENCE_FIELD_NUMBER: _builtins.int
+    UPDATES_HASH_FIELD_NUMBER: _builtins.int
+    UPDATES_FIELD_NUMBER: _builtins.int
     inventory_hash: _builtins.str
     """hash of the host's current inventory"""
     current_order_id: _builtins.str
@@ -139,6 +141,8 @@ class CheckInRequest(_message.Message):
     current_step: _builtins.str
     highest_sequence: _builtins.int
     """highest order sequence ever accepted"""
+    updates_hash: _builtins.str
+    """hash of the updates available, as last scanned"""
     @_builtins.property
     def facts(self) -> _types_pb2.HostFacts: ...
     @_builtins.property
@@ -147,6 +151,10 @@ class CheckInRequest(_message.Message):
 
     @_builtins.property
     def health(self) -> _types_pb2.HealthSummary: ...
+    @_builtins.property
+    def updates(self) -> _types_pb2.AvailableUpdates:
+        """set only when that hash changed"""
+
     def __init__(
         self,
         *,
@@ -157,10 +165,12 @@ class CheckInRequest(_message.Message):
         current_order_id: _builtins.str = ...,
         current_step: _builtins.str = ...,
         highest_sequence: _builtins.int = ...,
+        updates_hash: _builtins.str = ...,
+        updates: _types_pb2.AvailableUpdates | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["facts", b"facts", "health", b"health", "inventory", b"inventory"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["facts", b"facts", "health", b"health", "inventory", b"inventory", "updates", b"updates"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["current_order_id", b"current_order_id", "current_step", b"current_step", "facts", b"facts", "health", b"health", "highest_sequence", b"highest_sequence", "inventory", b"inventory", "inventory_hash", b"inventory_hash"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["current_order_id", b"current_order_id", "current_step", b"current_step", "facts", b"facts", "health", b"health", "highest_sequence", b"highest_sequence", "inventory", b"inventory", "inventory_hash", b"inventory_hash", "updates", b"updates", "updates_hash", b"updates_hash"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -175,10 +185,13 @@ class CheckInResponse(_message.Message):
     INVENTORY_REQUIRED_FIELD_NUMBER: _builtins.int
     WORK_ORDER_FIELD_NUMBER: _builtins.int
     SIGNING_KEYS_FIELD_NUMBER: _builtins.int
+    KNOWN_UPDATES_HASH_FIELD_NUMBER: _builtins.int
     known_inventory_hash: _builtins.str
     """what the controller holds now"""
     inventory_required: _builtins.bool
     """check in again at once, in full"""
+    known_updates_hash: _builtins.str
+    """the available updates the controller holds"""
     @_builtins.property
     def next_checkin(self) -> _duration_pb2.Duration:
         """server-chosen, jittered"""
@@ -199,10 +212,11 @@ class CheckInResponse(_message.Message):
         inventory_required: _builtins.bool = ...,
         work_order: _types_pb2.SignedEnvelope | None = ...,
         signing_keys: _abc.Iterable[_types_pb2.SigningKey] | None = ...,
+        known_updates_hash: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["next_checkin", b"next_checkin", "work_order", b"work_order"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["inventory_required", b"inventory_required", "known_inventory_hash", b"known_inventory_hash", "next_checkin", b"next_checkin", "signing_keys", b"signing_keys", "work_order", b"work_order"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["inventory_required", b"inventory_required", "known_inventory_hash", b"known_inventory_hash", "known_updates_hash", b"known_updates_hash", "next_checkin", b"next_checkin", "signing_keys", b"signing_keys", "work_order", b"work_order"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -833,3 +833,79 @@ class ProgressReport(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ProgressReport: _TypeAlias = ProgressReport  # noqa: Y015
+
+@_typing.final
+class AvailableUpdate(_message.Message):
+    """An update a host could install, as its agent's last scan found it."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    ARCH_FIELD_NUMBER: _builtins.int
+    INSTALLED_FIELD_NUMBER: _builtins.int
+    CANDIDATE_FIELD_NUMBER: _builtins.int
+    ORIGIN_FIELD_NUMBER: _builtins.int
+    SECURITY_FIELD_NUMBER: _builtins.int
+    SEVERITY_FIELD_NUMBER: _builtins.int
+    ADVISORY_FIELD_NUMBER: _builtins.int
+    REBOOT_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    arch: _builtins.str
+    installed: _builtins.str
+    """the version installed now"""
+    candidate: _builtins.str
+    """the version the package manager would install"""
+    origin: _builtins.str
+    """the archive or repository it comes from"""
+    security: _builtins.bool
+    """a security source or advisory fixes something in it"""
+    severity: _builtins.str
+    """the advisory's, where the source gives one"""
+    advisory: _builtins.str
+    """its id, where known"""
+    reboot: _builtins.bool
+    """installing it calls for a reboot (kernel, libc...)"""
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        arch: _builtins.str = ...,
+        installed: _builtins.str = ...,
+        candidate: _builtins.str = ...,
+        origin: _builtins.str = ...,
+        security: _builtins.bool = ...,
+        severity: _builtins.str = ...,
+        advisory: _builtins.str = ...,
+        reboot: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["advisory", b"advisory", "arch", b"arch", "candidate", b"candidate", "installed", b"installed", "name", b"name", "origin", b"origin", "reboot", b"reboot", "security", b"security", "severity", b"severity"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AvailableUpdate: _TypeAlias = AvailableUpdate  # noqa: Y015
+
+@_typing.final
+class AvailableUpdates(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    UPDATES_FIELD_NUMBER: _builtins.int
+    SCANNED_AT_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def updates(self) -> _containers.RepeatedCompositeFieldContainer[Global___AvailableUpdate]: ...
+    @_builtins.property
+    def scanned_at(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        updates: _abc.Iterable[Global___AvailableUpdate] | None = ...,
+        scanned_at: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["scanned_at", b"scanned_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["scanned_at", b"scanned_at", "updates", b"updates"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AvailableUpdates: _TypeAlias = AvailableUpdates  # noqa: Y015
