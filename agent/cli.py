@@ -3,7 +3,8 @@
 Exit codes: 0 success, 1 error, 2 bad usage, config or state dir (a
 damaged, missing or unwritable state file: a person must act; the service
 is not restarted), 3 transient (controller unreachable or overloaded;
-retry later), 4 refused by the controller (bad token, host revoked).
+retry later), 4 refused by the controller (bad token, host revoked), 7 TLS
+trust fails (wrong --ca-cert, or not the controller: a person must act).
 """
 
 from __future__ import annotations
@@ -22,8 +23,8 @@ from typing import Annotated
 import fleetpatch
 import typer
 from cryptography import x509
+from fleetpatch import cliapp, releasefmt, render
 from fleetpatch import labels as labelspec
-from fleetpatch import releasefmt, render
 from fleetpatch.inventory import inventory_hash
 from fleetpatch.v1 import types_pb2
 from google.protobuf import json_format
@@ -31,7 +32,14 @@ from google.protobuf.message import DecodeError
 
 from agent.backends import packages
 from agent.backends.base import PlanError
-from agent.errors import STORAGE_ERRNOS, AgentError, ConfigError, StateDirError, storage_error
+from agent.errors import (
+    EXIT_CODES,
+    STORAGE_ERRNOS,
+    AgentError,
+    ConfigError,
+    StateDirError,
+    storage_error,
+)
 from agent.host import facts as hostfacts
 from agent.host.checks import Prober
 from agent.host.health import ResourceLimits, resource_checks, summarize
@@ -45,16 +53,9 @@ from agent.orders.states import State
 from agent.service import Agent, check_state
 from agent.statedir import DEFAULT_STATE_DIR, StateDir
 
-app = typer.Typer(
+app = cliapp.new_app(
     help="fleetpatch agent: enrolls this host, reports inventory and health, "
-    "applies signed work orders.\n\n"
-    "Exit codes: 0 success; 1 error; 2 bad usage, settings or state dir (a damaged, "
-    "missing or unwritable state file, or not run as root: a person must act); "
-    "3 the controller cannot be reached or is overloaded (retry later); "
-    "4 refused by the controller (bad token, host revoked).",
-    no_args_is_help=True,
-    pretty_exceptions_enable=False,
-    add_completion=False,
+    "applies signed work orders.",
 )
 
 StateDirOption = Annotated[
@@ -118,6 +119,13 @@ def enroll(
         raise ConfigError(f"--label: {exc}") from None
     done = do_enroll(StateDir(state_dir), controller, secret, ca_cert, labels, enroll_address)
     print(f"enrolled as {done.host_id} (region {done.region}, ring {done.ring})")
+    if done.same_machine_id:
+        print(
+            f"fleetpatch-agent: warning: {len(done.same_machine_id)} enrolled host(s) report "
+            f"this host's machine-id too: {', '.join(done.same_machine_id)} (cloned from one "
+            "image? give each host its own /etc/machine-id)",
+            file=sys.stderr,
+        )
     if done.unconfirmed:
         print(
             f"fleetpatch-agent: warning: enrolled, but the first call as this host failed "
@@ -310,8 +318,8 @@ def status(
         "host_id": state.host_id(),
         "certificate": {
             "serial": format(cert.serial_number, "x"),
-            "expires_at": cert.not_valid_after_utc.isoformat(),
-            "renew_at": renew_at(cert).isoformat(),
+            "expires_at": _iso(cert.not_valid_after_utc),
+            "renew_at": _iso(renew_at(cert)),
         },
         "controller": config.controller,
         "agent_version": fleetpatch.__version__,
@@ -329,22 +337,27 @@ def status(
                 "sequence": o.sequence,
                 "state": o.state,
                 "detail": o.detail,
-                "received_at": o.received_at.isoformat(),
+                "received_at": render.rfc3339(o.received_at),
                 "changes": o.changes,
                 "steps": [
-                    {"state": st.state, "at": st.entered_at.isoformat(), "detail": st.detail}
+                    {"state": st.state, "at": render.rfc3339(st.entered_at), "detail": st.detail}
                     for st in steps[o.order_id]
                 ],
             }
             for o in orders
         ],
         "refusals": [
-            {"at": r.at.isoformat(), "order_id": r.order_id, "reason": r.reason, "detail": r.detail}
+            {
+                "at": render.rfc3339(r.at),
+                "order_id": r.order_id,
+                "reason": r.reason,
+                "detail": r.detail,
+            }
             for r in refusals
         ],
     }
     if json_out:
-        render.print_json(doc)
+        render.print_json(render.nulls(doc))
         return
     now = datetime.now(UTC)
     print(f"host           {doc['host_id']}")
@@ -379,7 +392,7 @@ def status(
 
 
 def _iso(when: datetime | None) -> str | None:
-    return when.isoformat() if when else None
+    return render.rfc3339(when)
 
 
 @app.command()
@@ -397,7 +410,7 @@ def scan(state_dir: StateDirOption = DEFAULT_STATE_DIR, json_out: JsonOption = F
     finally:
         agent.close()
     if json_out:
-        render.print_json([dataclasses.asdict(u) for u in found])
+        render.print_json(render.nulls([dataclasses.asdict(u) for u in found]))
         return
     if not found:
         print("no update available")
@@ -414,12 +427,12 @@ def inventory(json_out: JsonOption = False) -> None:
     installed = packages.installed(facts.package_manager)
     if json_out:
         render.print_json(
-            {
+            render.nulls({
                 "facts": dataclasses.asdict(facts),
                 "inventory_hash": inventory_hash(installed),
                 "packages": [{"name": n, "version": v, "arch": a} for n, v, a in installed],
-            }
-        )
+            })
+        )  # fmt: skip
         return
     for key, value in dataclasses.asdict(facts).items():
         print(f"{key:18} {value}")
@@ -437,11 +450,11 @@ def check(state_dir: StateDirOption = DEFAULT_STATE_DIR, json_out: JsonOption = 
     summary = summarize(results)
     if json_out:
         render.print_json(
-            {
+            render.nulls({
                 "healthy": summary.healthy,
                 "checks": [dataclasses.asdict(c) for c in summary.checks],
-            }
-        )
+            })
+        )  # fmt: skip
     else:
         for c in summary.checks:
             print(f"{'ok  ' if c.ok else 'FAIL'} {c.name}: {c.detail}")
@@ -452,7 +465,7 @@ def check(state_dir: StateDirOption = DEFAULT_STATE_DIR, json_out: JsonOption = 
 def main() -> None:
     """Console entry point: one clear line and an exit code for every error."""
     try:
-        app()
+        cliapp.run(app, epilog=cliapp.exit_codes_epilog(EXIT_CODES))
     except AgentError as exc:
         print(f"fleetpatch-agent: error: {exc}", file=sys.stderr)
         sys.exit(exc.exit_code)

@@ -3,8 +3,11 @@
     AgentError                   exit 1; the message is for a person
     ├── ConfigError              exit 2; bad flag, config file or state dir
     │   ├── NotEnrolled          the state dir holds no enrollment
-    │   └── StateDirError        a state file is damaged, missing, or cannot
-    │                            be written (read-only, full, permissions)
+    │   ├── StateDirError        a state file is damaged, missing, or cannot
+    │   │                        be written (read-only, full, permissions)
+    │   └── TrustError           exit 7; the controller's certificate does not
+    │                            verify against --ca-cert (a wrong file, or not
+    │                            the controller): configuration, never retried
     ├── TransientError           exit 3; worth retrying later
     │   ├── ControllerUnavailable   network down, controller stopped, timeout
     │   ├── Overloaded           the controller asked us to come back later
@@ -24,6 +27,20 @@ import sqlite3
 from collections.abc import Sequence
 from pathlib import Path
 
+# The agent CLI's exit codes, as every command's --help ends with them.
+EXIT_CODES: tuple[tuple[int, str], ...] = (
+    (0, "success"),
+    (1, "error"),
+    (2, "bad usage, settings or state dir, or not run as root: a person must act"),
+    (3, "the controller cannot be reached or is overloaded: retry later"),
+    (4, "refused by the controller (bad token, host revoked)"),
+    (
+        7,
+        "TLS trust fails: the controller's certificate does not verify against "
+        "--ca-cert (configuration: do not retry)",
+    ),
+)
+
 
 class AgentError(Exception):
     exit_code = 1
@@ -40,6 +57,14 @@ class NotEnrolled(ConfigError):
 class StateDirError(ConfigError):
     """A file of the state dir cannot be used; the message names it and
     says what to do. Restarting the agent cannot help (exit 2)."""
+
+
+class TrustError(ConfigError):
+    """TLS trust fails: a configuration error with an exit code of its own
+    (the admin CLI's TrustFailure has the same), so automation tells it
+    from an outage (3) and from a bad flag (2)."""
+
+    exit_code = 7
 
 
 class TransientError(AgentError):

@@ -8,14 +8,36 @@
     ├── Refused                     exit 4; authentication or permission refused
     │   └── TokenRefused            an enrollment token that is unknown, expired, used up, revoked
     ├── NotFound                    exit 5; no such host, token, campaign
-    └── Conflict                    exit 6; the request contradicts the current state
-        └── AlreadyExists           something of that name exists and differs (gRPC ALREADY_EXISTS)
+    ├── Conflict                    exit 6; the request contradicts the current state
+    │   └── AlreadyExists           something of that name exists and differs (gRPC ALREADY_EXISTS)
+    └── TrustFailure                exit 7; TLS trust fails: the server's certificate does not
+                                    verify against our CA, or it refuses ours (configuration:
+                                    retrying cannot help)
 
 Lower-layer errors (grpc.RpcError, sqlite3.Error, OSError) are translated at
 exactly one boundary each: `admin_client` for the CLI, `servicers` for RPCs.
 """
 
 from __future__ import annotations
+
+# The admin CLI's exit codes, as every command's --help ends with them and
+# the README's table lists them. A verb asked for a state that already holds
+# succeeds (pausing a paused campaign, revoking a revoked host or token); a
+# verb that cannot reach its state from the current one is a conflict (6).
+EXIT_CODES: tuple[tuple[int, str], ...] = (
+    (0, "success, also when what was asked already holds (pausing a paused campaign)"),
+    (1, "error"),
+    (2, "bad usage or input (an option, a campaign file, the data dir)"),
+    (3, "the controller cannot be reached or is busy: retry later"),
+    (4, "refused: authentication or permission"),
+    (5, "not found: no such host, token, campaign or release"),
+    (6, "conflicts with the current state (resuming a completed campaign)"),
+    (
+        7,
+        "TLS trust fails: wrong CA, or a certificate the controller refuses "
+        "(configuration: do not retry)",
+    ),
+)
 
 
 class FleetpatchError(Exception):
@@ -61,3 +83,11 @@ class Conflict(FleetpatchError):
 
 class AlreadyExists(Conflict):
     pass
+
+
+class TrustFailure(FleetpatchError):
+    """A configuration error, not an outage: the controller at the address
+    is not the one our CA vouches for, or it does not accept our
+    certificate. Its own exit code, so that automation stops retrying."""
+
+    exit_code = 7

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from fleetpatch import render
+from fleetpatch import cliapp, render
 from fleetpatch.atomicfile import write_atomic
 from fleetpatch.durations import parse_duration
 
@@ -31,12 +31,9 @@ from .outcome import Outcome
 from .report import print_text, span, to_json
 from .scenario import Operator
 
-app = typer.Typer(
+app = cliapp.new_app(
     help="Rehearse a patch campaign on a simulated fleet, in virtual time, with the "
-    "controller's real scheduler and the agent's real state machine.",
-    no_args_is_help=True,
-    pretty_exceptions_enable=False,
-    add_completion=False,
+    "controller's real scheduler and the agent's real state machine."
 )
 
 JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON instead of the table.")]
@@ -272,7 +269,7 @@ def main() -> None:
     from controller.errors import FleetpatchError
 
     try:
-        app()
+        cliapp.run(app)
     except SimError as exc:
         _fail(str(exc), exc.exit_code)
     except CampaignError as exc:

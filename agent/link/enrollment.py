@@ -47,6 +47,8 @@ class Enrolled:
     # Why the first mutual-TLS call with the new identity failed, if it
     # did: enrolled all the same (the service's first check-in confirms).
     unconfirmed: str = ""
+    # Hosts already enrolled that report this host's machine-id (clones).
+    same_machine_id: tuple[str, ...] = ()
 
 
 EnrollCall = Callable[[str, bytes, agent_pb2.EnrollRequest], agent_pb2.EnrollResponse]
@@ -117,7 +119,11 @@ def enroll(
         raise
     log.info("enrolled as %s in %s ring %d", response.host_id, response.region, response.ring)
     return Enrolled(
-        response.host_id, response.region, response.ring, unconfirmed=_confirm(state, controller)
+        response.host_id,
+        response.region,
+        response.ring,
+        unconfirmed=_confirm(state, controller),
+        same_machine_id=tuple(response.same_machine_id),
     )
 
 

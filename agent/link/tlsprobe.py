@@ -12,7 +12,7 @@ from __future__ import annotations
 import socket
 import ssl
 
-from agent.errors import AgentError, ConfigError, ControllerUnavailable
+from agent.errors import AgentError, ConfigError, ControllerUnavailable, TrustError
 
 TIMEOUT_SECONDS = 10.0
 
@@ -27,7 +27,7 @@ def split_address(address: str) -> tuple[str, int]:
 
 def check_server(address: str, ca_pem: bytes, timeout: float = TIMEOUT_SECONDS) -> None:
     """Complete a TLS handshake with ``address`` trusting only ``ca_pem``,
-    sending nothing. Raises ConfigError when the certificate does not
+    sending nothing. Raises TrustError when the certificate does not
     verify (wrong CA file, or not the controller), ControllerUnavailable
     when the address cannot be reached, AgentError for another TLS failure."""
     host, port = split_address(address)
@@ -44,7 +44,7 @@ def check_server(address: str, ca_pem: bytes, timeout: float = TIMEOUT_SECONDS) 
         ):
             pass
     except ssl.SSLCertVerificationError as exc:
-        raise ConfigError(
+        raise TrustError(
             f"the controller at {address} presents a certificate that --ca-cert does not "
             f"verify ({exc.verify_message}): wrong --ca-cert, or not your controller; "
             "no token was sent"

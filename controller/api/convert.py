@@ -3,7 +3,7 @@ client touch protobuf classes; everything else speaks model dataclasses."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -12,7 +12,7 @@ from fleetpatch.v1 import admin_pb2, types_pb2
 from google.protobuf import json_format
 from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.duration_pb2 import Duration
-from google.protobuf.message import Message
+from google.protobuf.message import DecodeError, Message
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from controller.audit import AuditRecord
@@ -23,6 +23,7 @@ from controller.fleet.renewal import FAILING_AFTER
 from controller.fleet.tokens import Token
 from controller.model import (
     AgentRelease,
+    Assignment,
     CampaignRecord,
     CellHistory,
     CellView,
@@ -113,7 +114,7 @@ def token_to_pb(token: Token) -> admin_pb2.Token:
     )
 
 
-def host_to_pb(host: Host) -> admin_pb2.Host:
+def host_to_pb(host: Host, owes: Iterable[str] = ()) -> admin_pb2.Host:
     pb = admin_pb2.Host(
         host_id=host.host_id,
         region=host.region,
@@ -131,6 +132,7 @@ def host_to_pb(host: Host) -> admin_pb2.Host:
         renewal_failures=host.renewal_failures,
         renewal_error=host.renewal_error,
         renewal_failing=host.renewal_failures >= FAILING_AFTER,
+        owes=list(owes),
     )
     if host.certificate_not_before is not None and host.certificate_expires_at is not None:
         pb.certificate_renew_at.FromDatetime(
@@ -258,3 +260,42 @@ def history_from_pb(pb: admin_pb2.CellHistory) -> CellHistory:
         apply_seconds=tuple(pb.apply_seconds), verify_seconds=tuple(pb.verify_seconds),
         reboot_seconds=tuple(pb.reboot_seconds),
     )  # fmt: skip
+
+
+def campaign_hosts_to_pb(
+    assignments: Sequence[Assignment], hostnames: Mapping[str, str],
+    reports: Mapping[str, Sequence[bytes]],
+) -> list[admin_pb2.CampaignHost]:  # fmt: skip
+    """`campaign show --hosts`: each assignment with the versions its
+    host's reports name, before and after."""
+    return [
+        admin_pb2.CampaignHost(
+            host_id=a.host_id, hostname=hostnames.get(a.host_id, ""), ring=a.ring,
+            region=a.region, kind=a.kind.value, status=a.status.value, step=a.step,
+            detail=a.detail, assigned_at=timestamp(a.assigned_at),
+            finished_at=timestamp(a.finished_at),
+            changes=merged_changes(reports.get(a.order_id, ())),
+        )
+        for a in assignments
+    ]  # fmt: skip
+
+
+def merged_changes(payloads: Iterable[bytes]) -> list[types_pb2.PackageChange]:
+    """Each package's version before (as first reported) and after (as
+    last reported) over one order's progress reports, by name. A report
+    that does not decode is skipped (it was stored as the agent sent it)."""
+    before: dict[str, str] = {}
+    after: dict[str, str] = {}
+    for payload in payloads:
+        report = types_pb2.ProgressReport()
+        try:
+            report.ParseFromString(payload)
+        except DecodeError:
+            continue
+        for change in report.changes:
+            before.setdefault(change.name, change.from_version)
+            after[change.name] = change.to_version
+    return [
+        types_pb2.PackageChange(name=name, from_version=before[name], to_version=after[name])
+        for name in sorted(after)
+    ]

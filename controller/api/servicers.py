@@ -47,7 +47,8 @@ from controller.errors import (
 )
 from controller.fleet import enrollment, renewal, tokens
 from controller.fleet.pki import CertificateAuthority
-from controller.model import CheckIn, Host, Package, ProgressReport
+from controller.fleet.relabel import Relabel
+from controller.model import AssignmentStatus, CheckIn, Host, Package, ProgressReport
 from controller.refusals import RefusalCounter
 from controller.releases.publishing import Header, Releases
 from controller.rollout.engine import CampaignEngine
@@ -318,6 +319,16 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
             await self._refused_enrollment(peer, request.token, exc)
             raise
         host, cert = enrolled.host, enrolled.certificate
+        machine_id = request.facts.machine_id
+        twins = [
+            h for h in await self._db.call(lambda s: s.hosts_with_machine_id(machine_id))
+            if h != host.host_id
+        ]  # fmt: skip
+        if twins:
+            log.warning(
+                "host %s reports machine-id %s, as %d other host(s) do: %s (cloned images?)",
+                host.host_id, machine_id, len(twins), ", ".join(twins),
+            )  # fmt: skip
         self._pending.add(host.host_id)
         self._engine.metrics.presence.enrolled(host.host_id, host.ring, host.region)
         log.info(
@@ -332,6 +343,7 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
             signing_keys=self._signing_keys,
             region=host.region,
             ring=host.ring,
+            same_machine_id=twins,
         )
 
     async def _refused_enrollment(self, peer: str, token: str, error: FleetpatchError) -> None:
@@ -589,11 +601,11 @@ class AdminService(admin_pb2_grpc.AdminServiceServicer):
         self._admin(context)
         limit = min(request.page_size or 500, 5000)
         ring = request.ring if request.HasField("ring") else None
-        found = await self._db.call(
-            lambda s: s.list_hosts(request.region, ring, request.page_token, limit)
+        found, owes = await self._db.call(
+            lambda s: _with_owes(s, s.list_hosts(request.region, ring, request.page_token, limit))
         )
         return admin_pb2.ListHostsResponse(
-            hosts=[convert.host_to_pb(h) for h in found],
+            hosts=[convert.host_to_pb(h, owes.get(h.host_id, ())) for h in found],
             next_page_token=found[-1].host_id if len(found) == limit else "",
         )
 
@@ -602,12 +614,15 @@ class AdminService(admin_pb2_grpc.AdminServiceServicer):
         self, request: admin_pb2.GetHostRequest, context: Context
     ) -> admin_pb2.GetHostResponse:
         self._admin(context)
-        host, packages, updates = await self._db.call(
-            lambda s: (s.get_host(request.host_id), s.get_inventory(request.host_id),
-                       s.get_updates(request.host_id))
+        host, packages, updates, owes = await self._db.call(
+            lambda s: (
+                s.get_host(request.host_id), s.get_inventory(request.host_id),
+                s.get_updates(request.host_id), s.owed_by([request.host_id]),
+            )
         )  # fmt: skip
         response = admin_pb2.GetHostResponse(
-            host=convert.host_to_pb(host), inventory=convert.packages_to_pb(packages)
+            host=convert.host_to_pb(host, owes.get(host.host_id, ())),
+            inventory=convert.packages_to_pb(packages),
         )
         if updates is not None:
             response.updates.CopyFrom(convert.updates_to_pb(*updates))
@@ -626,6 +641,25 @@ class AdminService(admin_pb2_grpc.AdminServiceServicer):
         self._engine.metrics.presence.revoked(host.host_id)
         log.warning("admin %s revoked host %s", admin.name, host.host_id)
         return admin_pb2.RevokeHostResponse(host=convert.host_to_pb(host))
+
+    @rpc
+    async def RelabelHost(
+        self, request: admin_pb2.RelabelHostRequest, context: Context
+    ) -> admin_pb2.RelabelHostResponse:
+        admin = self._admin(context)
+        change = Relabel(
+            dict(request.set_labels), tuple(request.remove_labels),
+            request.region if request.HasField("region") else None,
+            request.ring if request.HasField("ring") else None,
+        ).checked()  # fmt: skip
+        host, detail = await self._db.call(
+            lambda s: s.relabel_host(request.host_id, change, f"admin:{admin.name}",
+                                     datetime.now(UTC))
+        )  # fmt: skip
+        if detail:
+            self._engine.metrics.presence.moved(host.host_id, host.ring, host.region)
+            log.warning("admin %s relabelled host %s: %s", admin.name, host.host_id, detail)
+        return admin_pb2.RelabelHostResponse(host=convert.host_to_pb(host))
 
     # -- campaigns -------------------------------------------------------------
 
@@ -679,6 +713,25 @@ class AdminService(admin_pb2_grpc.AdminServiceServicer):
     ) -> admin_pb2.CampaignResponse:
         self._admin(context)
         return await self._campaign(request.campaign_id)
+
+    @rpc
+    async def ListCampaignHosts(
+        self, request: admin_pb2.ListCampaignHostsRequest, context: Context
+    ) -> admin_pb2.ListCampaignHostsResponse:
+        self._admin(context)
+        status = None
+        if request.status:
+            try:
+                status = AssignmentStatus(request.status)
+            except ValueError:
+                words = ", ".join(s.value for s in AssignmentStatus)
+                raise UsageError(f"no host state {request.status!r}: one of {words}") from None
+        found, hostnames, reports = await self._db.call(
+            lambda s: s.campaign_hosts(request.campaign_id, status)
+        )
+        return admin_pb2.ListCampaignHostsResponse(
+            hosts=convert.campaign_hosts_to_pb(found, hostnames, reports)
+        )
 
     @rpc
     async def ListCampaigns(
@@ -788,3 +841,8 @@ class AdminService(admin_pb2_grpc.AdminServiceServicer):
             messages, after = await self._db.call(functools.partial(_export_page, after, since))
             for message in messages:
                 yield message
+
+
+def _with_owes(store: Store, hosts: list[Host]) -> tuple[list[Host], dict[str, list[str]]]:
+    """Hosts, with what each still owes after being patched (one query)."""
+    return hosts, store.owed_by([h.host_id for h in hosts])

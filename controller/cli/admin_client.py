@@ -7,6 +7,7 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import TypeVar
 
 import grpc
+from fleetpatch.tlstrust import trust_problem
 from fleetpatch.v1 import admin_pb2, admin_pb2_grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 
@@ -17,6 +18,7 @@ from controller.errors import (
     FleetpatchError,
     NotFound,
     Refused,
+    TrustFailure,
     UsageError,
 )
 
@@ -43,6 +45,7 @@ class AdminClient:
     def __init__(self, data_dir: DataDir, address: str | None = None) -> None:
         data_dir.require_initialised()
         self.address = address or data_dir.client_address()
+        self._data_dir = data_dir
         creds = grpc.ssl_channel_credentials(
             root_certificates=data_dir.read(data_dir.ca_cert),
             private_key=data_dir.read(data_dir.admin_key),
@@ -69,9 +72,23 @@ class AdminClient:
     def _error(self, exc: grpc.RpcError) -> FleetpatchError:
         code: grpc.StatusCode = exc.code()
         details: str = exc.details() or code.name
+        if code is grpc.StatusCode.UNAVAILABLE:
+            problem = self._trust_problem()
+            if problem is not None:
+                return TrustFailure(f"TLS trust fails: {problem}")
         if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
             details = f"cannot reach the controller at {self.address}: {details}"
         return _ERROR_OF.get(code, FleetpatchError)(details)
+
+    def _trust_problem(self) -> str | None:
+        """Whether an UNAVAILABLE was a trust failure (grpc cannot tell)."""
+        data_dir = self._data_dir
+        problem = trust_problem(
+            self.address, data_dir.read(data_dir.ca_cert), data_dir.admin_cert, data_dir.admin_key
+        )
+        if problem is None:
+            return None
+        return f"{problem} (CA {data_dir.ca_cert}, admin certificate {data_dir.admin_cert})"
 
     def create_token(self, request: admin_pb2.CreateTokenRequest) -> admin_pb2.CreateTokenResponse:
         return self._call(lambda: self._stub.CreateToken(request, timeout=TIMEOUT_SECONDS))
@@ -104,6 +121,9 @@ class AdminClient:
         request = admin_pb2.RevokeHostRequest(host_id=host_id)
         return self._call(lambda: self._stub.RevokeHost(request, timeout=TIMEOUT_SECONDS)).host
 
+    def relabel_host(self, request: admin_pb2.RelabelHostRequest) -> admin_pb2.Host:
+        return self._call(lambda: self._stub.RelabelHost(request, timeout=TIMEOUT_SECONDS)).host
+
     def create_campaign(self, spec: str, source: str) -> admin_pb2.Campaign:
         request = admin_pb2.CreateCampaignRequest(spec=spec, source=source)
         return self._call(
@@ -127,6 +147,13 @@ class AdminClient:
             "get": self._stub.GetCampaign,
         }[action]
         return self._call(lambda: method(request, timeout=TIMEOUT_SECONDS)).campaign
+
+    def campaign_hosts(self, campaign_id: str, status: str = "") -> list[admin_pb2.CampaignHost]:
+        """The hosts a campaign assigned orders to (of one status, if given)."""
+        request = admin_pb2.ListCampaignHostsRequest(campaign_id=campaign_id, status=status)
+        return list(
+            self._call(lambda: self._stub.ListCampaignHosts(request, timeout=TIMEOUT_SECONDS)).hosts
+        )
 
     def list_campaigns(self) -> list[admin_pb2.Campaign]:
         request = admin_pb2.ListCampaignsRequest()

@@ -6,7 +6,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -14,24 +13,24 @@ from typing import Annotated, TextIO
 
 import typer
 from fleetpatch import render
-from fleetpatch.durations import format_duration
+from fleetpatch.cliapp import exit_codes_epilog, new_app
+from fleetpatch.durations import format_duration, parse_duration
 from fleetpatch.v1 import admin_pb2
 
 from controller.api import convert
 from controller.campaigns import CampaignError, CampaignSpec, parse_campaign
 from controller.checkpoint import CheckpointError
 from controller.checkpoint import parse as parse_checkpoint
+from controller.cli import jsondoc
 from controller.cli.admin_client import AdminClient
 from controller.cli.common import ControllerOption, DataDirOption, JsonOption, client
+from controller.cli.watching import WATCH_EXIT_CODES, Snapshot, Watch
 from controller.datadir import DEFAULT_DATA_DIR
 from controller.errors import FleetpatchError, UsageError
 
-campaign_app = typer.Typer(
-    help="Patch campaigns: what to patch, where, and how fast.", no_args_is_help=True
-)
-audit_app = typer.Typer(help="The hash-chained audit trail.", no_args_is_help=True)
+campaign_app = new_app(help="Patch campaigns: what to patch, where, and how fast.")
+audit_app = new_app(help="The hash-chained audit trail.")
 
-FINAL = ("completed", "aborted")
 CampaignId = Annotated[str, typer.Argument(help="Campaign id, as `campaign list` shows it.")]
 COUNTS = ["eligible", "waiting", "in_flight", "succeeded", "failed", "reverted", "revert_failed",
           "timed_out"]  # fmt: skip
@@ -157,7 +156,7 @@ def list_(
 
 
 def _doc(campaign: admin_pb2.Campaign) -> dict[str, object]:
-    doc = convert.to_json(campaign)
+    doc = jsondoc.doc(campaign)
     doc.pop("spec", None)
     spec = _spec(campaign)
     doc["kind"] = spec.kind if spec is not None else "?"
@@ -203,21 +202,68 @@ def _owed(cell: admin_pb2.CampaignCell) -> str:
     return ", ".join(owed) or "-"
 
 
+HOST_STATES = ("in_flight", "succeeded", "failed", "reverted", "revert_failed", "timed_out",
+               "pending_reboot", "pending_restart")  # fmt: skip
+
+
 @campaign_app.command("show")
 def show(
     campaign_id: CampaignId,
+    hosts: Annotated[
+        bool,
+        typer.Option(
+            "--hosts",
+            help="List each host the campaign assigned an order to: its state, last step, "
+            "packages before and after, and why it failed or reverted.",
+        ),
+    ] = False,
+    state: Annotated[
+        str | None,
+        typer.Option(
+            metavar="STATE",
+            help=f"With --hosts: only hosts in this state ({', '.join(HOST_STATES)}).",
+        ),
+    ] = None,
     data_dir: DataDirOption = DEFAULT_DATA_DIR,
     controller: ControllerOption = None,
     json_out: JsonOption = False,
 ) -> None:
     """Per ring x region: eligible, waiting (and why), in flight, succeeded
     (and of those, how many still owe a reboot or service restarts),
-    failed, reverted, timed out."""
+    failed, reverted, timed out. With --hosts, host by host instead."""
+    if state is not None and not hosts:
+        raise UsageError("--state needs --hosts")
+    if state is not None and state not in HOST_STATES:
+        raise UsageError(f"--state {state!r} is not one of {', '.join(HOST_STATES)}")
+    if hosts:
+        with client(data_dir, controller) as admin:
+            found = admin.campaign_hosts(campaign_id, state or "")
+        _print_hosts(found, json_out, state)
+        return
     campaign = _action("get", campaign_id, data_dir, controller)
     if json_out:
         render.print_json(_doc(campaign))
         return
     _print_campaign(campaign)
+
+
+def _print_hosts(found: list[admin_pb2.CampaignHost], json_out: bool, state: str | None) -> None:
+    if json_out:
+        render.print_json([jsondoc.doc(h) for h in found])
+        return
+    render.table(
+        ["HOST", "HOSTNAME", "RING", "REGION", "KIND", "STATE", "STEP", "PACKAGES", "WHY"],
+        [
+            (h.host_id, h.hostname or "-", h.ring, h.region, h.kind, h.status, h.step or "-",
+             "; ".join(f"{c.name} {c.from_version or '(none)'} -> {c.to_version or '(removed)'}"
+                       for c in h.changes) or "-",
+             h.detail if h.status not in ("succeeded", "in_flight") and h.detail else "-")
+            for h in found
+        ],
+    )  # fmt: skip
+    if not found:
+        print("no host has been assigned an order" + (f" in state {state}" if state else ""),
+              file=sys.stderr)  # fmt: skip
 
 
 @campaign_app.command("rehearse")
@@ -256,35 +302,62 @@ def rehearse(
     raise typer.Exit(subprocess.run(argv, check=False).returncode)
 
 
-@campaign_app.command("watch")
+@campaign_app.command("watch", epilog=exit_codes_epilog(WATCH_EXIT_CODES, "Exit codes of watch"))
 def watch(
     campaign_id: CampaignId,
-    interval: Annotated[float, typer.Option(help="Seconds between refreshes.")] = 2.0,
+    interval: Annotated[float, typer.Option(min=0.1, help="Seconds between refreshes.")] = 2.0,
+    through_halts: Annotated[
+        bool,
+        typer.Option(
+            "--through-halts",
+            help="Keep following a halted campaign (until a person resumes or aborts it) "
+            "instead of exiting 9.",
+        ),
+    ] = False,
+    reconnect_for: Annotated[
+        str,
+        typer.Option(
+            help="How long to keep reconnecting to a controller that went away (a restart) "
+            "before exiting 3 (e.g. 30s, 10m)."
+        ),
+    ] = "10m",
+    json_out: Annotated[
+        bool, typer.Option("--json", help="One JSON object per line, for each change.")
+    ] = False,
     data_dir: DataDirOption = DEFAULT_DATA_DIR,
     controller: ControllerOption = None,
 ) -> None:
-    """Follow a campaign live until it completes or is aborted. A halted
-    campaign waits for a person, so watch keeps following it; Ctrl-C stops
-    watching, never the campaign."""
-    tty = sys.stdout.isatty()
-    last = ""
+    """Follow a campaign live until it completes, is aborted or halts; exit 0
+    only when it completed. On a terminal: a refreshing view; otherwise one
+    plain line (or JSON object) per change. Ctrl-C stops watching, never the
+    campaign."""
+    try:
+        patience = parse_duration(reconnect_for).total_seconds()
+    except ValueError as exc:
+        raise UsageError(f"--reconnect-for: {exc}") from None
+    tty = sys.stdout.isatty() and not json_out
+
+    def show(campaign: admin_pb2.Campaign) -> None:
+        print("\033[H\033[J", end="")
+        print(f"{datetime.now(UTC):%H:%M:%SZ}  (Ctrl-C to stop watching)")
+        _print_campaign(campaign)
+
     with client(data_dir, controller) as admin:
-        while True:
-            campaign = admin.campaign_action("get", campaign_id)
-            if tty:
-                print("\033[H\033[J", end="")
-                print(f"{datetime.now(UTC):%H:%M:%SZ}  (Ctrl-C to stop watching)")
-                _print_campaign(campaign)
-            else:
-                line = f"{campaign.state} {_totals(campaign)}"
-                if line != last:
-                    print(f"{datetime.now(UTC):%H:%M:%SZ} {line}", flush=True)
-                    last = line
-            if campaign.state in FINAL:
-                if not tty:
-                    _print_campaign(campaign)
-                return
-            time.sleep(interval)
+        Watch(
+            fetch=lambda: admin.campaign_action("get", campaign_id),
+            snapshot=_snapshot, interval=interval, reconnect_for=patience,
+            through_halts=through_halts, json_out=json_out, show=show if tty else None,
+        ).run()  # fmt: skip
+
+
+def _snapshot(campaign: admin_pb2.Campaign) -> Snapshot:
+    return Snapshot(
+        campaign.campaign_id,
+        campaign.name,
+        campaign.state,
+        campaign.halt_reason or None,
+        _totals(campaign),
+    )
 
 
 # -- audit -------------------------------------------------------------------------
@@ -401,12 +474,7 @@ def _stream_json(records: Iterable[admin_pb2.AuditRecord], out: TextIO) -> None:
     one record at a time."""
     parts, first = ["["], True
     for r in records:
-        doc = {
-            "action": r.action, "actor": r.actor, "at": r.at.ToJsonString(), "detail": r.detail,
-            "hash": r.hash, "outcome": r.outcome, "prev_hash": r.prev_hash, "seq": r.seq,
-            "target": r.target,
-        }  # fmt: skip
-        text = json.dumps(doc, indent=2, sort_keys=True).replace("\n", "\n  ")
+        text = json.dumps(jsondoc.doc(r), indent=2, sort_keys=True).replace("\n", "\n  ")
         parts.append(("\n  " if first else ",\n  ") + text)
         first = False
         if len(parts) >= _FLUSH_EVERY:

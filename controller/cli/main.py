@@ -1,7 +1,7 @@
 """`fleetpatch`: run the controller and administer the fleet.
 
-Exit codes: 0 success, 1 error, 2 bad usage or input, 3 controller
-unreachable, 4 refused, 5 not found, 6 conflicts with the current state.
+Exit codes: controller.errors.EXIT_CODES (every command's --help ends with
+them).
 """
 
 from __future__ import annotations
@@ -16,29 +16,24 @@ from typing import Annotated
 import typer
 from fleetpatch import labels as labelspec
 from fleetpatch import render
+from fleetpatch.cliapp import exit_codes_epilog, new_app, run
 from fleetpatch.durations import format_duration, parse_duration
 from fleetpatch.v1 import admin_pb2
 
 from controller.api import convert
+from controller.cli import jsondoc
 from controller.cli.campaigns import audit_app, campaign_app
 from controller.cli.common import ControllerOption, DataDirOption, JsonOption, client
 from controller.cli.release import release_app
 from controller.datadir import DEFAULT_DATA_DIR, DEFAULT_PORT, DataDir
-from controller.errors import FleetpatchError, UsageError
+from controller.errors import EXIT_CODES, FleetpatchError, UsageError
 from controller.fleet.bootstrap import init_data_dir
 from controller.fleet.signing import rotate
 
-app = typer.Typer(
-    help="fleetpatch controller and admin CLI: campaigns that patch Linux fleets safely.",
-    no_args_is_help=True,
-    pretty_exceptions_enable=False,
-    add_completion=False,
-)
-controller_app = typer.Typer(help="Set up and run the controller.", no_args_is_help=True)
-token_app = typer.Typer(
-    help="Enrollment tokens: what an agent needs to join.", no_args_is_help=True
-)
-hosts_app = typer.Typer(help="Enrolled hosts: inventory, health, revocation.", no_args_is_help=True)
+app = new_app(help="fleetpatch controller and admin CLI: campaigns that patch Linux fleets safely.")
+controller_app = new_app(help="Set up and run the controller.")
+token_app = new_app(help="Enrollment tokens: what an agent needs to join.")
+hosts_app = new_app(help="Enrolled hosts: inventory, health, revocation.")
 app.add_typer(controller_app, name="controller")
 app.add_typer(token_app, name="token")
 app.add_typer(hosts_app, name="hosts")
@@ -168,7 +163,7 @@ def token_create(
     with client(data_dir, controller) as admin:
         made = admin.create_token(request)
     if json_out:
-        render.print_json({**convert.to_json(made.token), "token": made.secret})
+        render.print_json({**jsondoc.doc(made.token), "token": made.secret})
         return
     expires = convert.from_timestamp(made.token.expires_at)
     print(
@@ -189,7 +184,7 @@ def token_list(
     with client(data_dir, controller) as admin:
         found = admin.list_tokens()
     if json_out:
-        render.print_json([convert.to_json(t) for t in found])
+        render.print_json([jsondoc.doc(t) for t in found])
         return
     now = datetime.now(UTC)
     render.table(
@@ -245,7 +240,8 @@ def hosts_list(
     with client(data_dir, controller) as admin:
         found = list(admin.iter_hosts(region, ring))
     if json_out:
-        render.print_json([convert.to_json(h) for h in found])
+        render.print_json([jsondoc.doc(h) for h in found])
+        _warn_shared_machine_ids(found)
         return
     now = datetime.now(UTC)
     render.table(
@@ -258,6 +254,7 @@ def hosts_list(
             "KERNEL",
             "PKGS",
             "HEALTH",
+            "OWES",
             "LAST SEEN",
             "CERTIFICATE",
         ],
@@ -271,17 +268,36 @@ def hosts_list(
                 h.facts.kernel or "-",
                 h.package_count,
                 _health(h),
+                ", ".join(h.owes) or "-",
                 _seen(h, now),
                 _certificate(h, now),
             )
             for h in found
         ],
     )
+    _warn_shared_machine_ids(found)
     if not found:
         print(
             "no hosts enrolled" + (" matching the filter" if region or ring is not None else ""),
             file=sys.stderr,
         )
+
+
+def _warn_shared_machine_ids(hosts: list[admin_pb2.Host]) -> None:
+    """On stderr: hosts (not revoked) that report the same machine-id,
+    typically cloned from one image without resetting /etc/machine-id."""
+    by_id: dict[str, list[str]] = {}
+    for h in hosts:
+        if h.facts.machine_id and h.status != admin_pb2.HOST_STATUS_REVOKED:
+            by_id.setdefault(h.facts.machine_id, []).append(h.host_id)
+    for machine_id, ids in sorted(by_id.items()):
+        if len(ids) > 1:
+            print(
+                f"fleetpatch: warning: {len(ids)} hosts share machine-id {machine_id}: "
+                f"{', '.join(ids)} (cloned from one image? give each its own "
+                "/etc/machine-id, or revoke the copies)",
+                file=sys.stderr,
+            )
 
 
 def _health(host: admin_pb2.Host) -> str:
@@ -330,9 +346,9 @@ def hosts_show(
     if json_out:
         render.print_json(
             {
-                **convert.to_json(got.host),
+                **jsondoc.doc(got.host),
                 "updates": _updates_doc(got),
-                "packages": [convert.to_json(p) for p in got.inventory.packages],
+                "packages": [jsondoc.doc(p) for p in got.inventory.packages],
             }
         )
         return
@@ -377,6 +393,7 @@ def hosts_show(
             if h.renewal_failures
             else "ok",
         ),
+        ("owes", ", ".join(h.owes) or "-"),
     ]
     width = max(len(k) for k, _ in fields)
     for key, value in fields:
@@ -395,13 +412,9 @@ def hosts_show(
 def _updates_doc(got: admin_pb2.GetHostResponse) -> dict[str, object] | None:
     if not got.HasField("updates"):
         return None
-    scanned = (
-        f"{convert.from_timestamp(got.updates.scanned_at):%Y-%m-%dT%H:%M:%SZ}"
-        if got.updates.HasField("scanned_at") else None
-    )  # fmt: skip
     return {
-        "scanned_at": scanned,
-        "available": [convert.to_json(u) for u in got.updates.updates],
+        "scanned_at": jsondoc.timestamp(got.updates.scanned_at),
+        "available": [jsondoc.doc(u) for u in got.updates.updates],
     }
 
 
@@ -431,10 +444,50 @@ def hosts_revoke(
     print(f"revoked host {host.host_id} ({host.facts.hostname or 'unknown hostname'})")
 
 
+@hosts_app.command("relabel")
+def hosts_relabel(
+    host_id: Annotated[str, typer.Argument(help="Host id, as `hosts list` shows it.")],
+    label: Annotated[
+        list[str] | None,
+        typer.Option(metavar="KEY=VALUE", help="Add or change a label (repeatable)."),
+    ] = None,
+    unlabel: Annotated[
+        list[str] | None, typer.Option(metavar="KEY", help="Remove a label (repeatable).")
+    ] = None,
+    ring: Annotated[int | None, typer.Option(help="Move the host to this ring.")] = None,
+    region: Annotated[str | None, typer.Option(help="Move the host to this region.")] = None,
+    data_dir: DataDirOption = DEFAULT_DATA_DIR,
+    controller: ControllerOption = None,
+    json_out: JsonOption = False,
+) -> None:
+    """Change a host's labels, ring or region after enrollment (audited).
+    Campaigns see the change at the host's next check-in: what targets it,
+    its ring's turn. An order it already has runs on unchanged."""
+    try:
+        request = admin_pb2.RelabelHostRequest(
+            host_id=host_id,
+            set_labels=labelspec.parse_labels(label or []),
+            remove_labels=unlabel or [],
+            region=None if region is None else labelspec.check_region(region),
+            ring=None if ring is None else labelspec.check_ring(ring),
+        )
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    if not (label or unlabel or ring is not None or region is not None):
+        raise UsageError("nothing to change: give --label, --unlabel, --ring or --region")
+    with client(data_dir, controller) as admin:
+        host = admin.relabel_host(request)
+    if json_out:
+        render.print_json(jsondoc.doc(host))
+        return
+    labels = ", ".join(f"{k}={v}" for k, v in sorted(host.labels.items())) or "no labels"
+    print(f"host {host.host_id}: region {host.region}, ring {host.ring}, {labels}")
+
+
 def main() -> None:
     """Console entry point: one clear line and an exit code for every error."""
     try:
-        app()
+        run(app, epilog=exit_codes_epilog(EXIT_CODES))
     except FleetpatchError as exc:
         print(f"fleetpatch: error: {exc}", file=sys.stderr)
         sys.exit(exc.exit_code)

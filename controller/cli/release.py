@@ -17,12 +17,14 @@ from typing import Annotated
 
 import typer
 from fleetpatch import render
+from fleetpatch.cliapp import exit_codes_epilog, new_app, run
 from fleetpatch.v1 import admin_pb2
 
 from controller.api import convert
+from controller.cli import jsondoc
 from controller.cli.common import ControllerOption, DataDirOption, JsonOption, client
 from controller.datadir import DEFAULT_DATA_DIR
-from controller.errors import FleetpatchError, UsageError
+from controller.errors import EXIT_CODES, FleetpatchError, UsageError
 from controller.releases.signed import (
     CHUNK,
     keygen,
@@ -31,12 +33,7 @@ from controller.releases.signed import (
     verify,
 )
 
-release_app = typer.Typer(
-    help="Signed releases: a release key, SHA256SUMS and its Ed25519 signature.",
-    no_args_is_help=True,
-    pretty_exceptions_enable=False,
-    add_completion=False,
-)
+release_app = new_app(help="Signed releases: a release key, SHA256SUMS and its Ed25519 signature.")
 
 
 @release_app.command("keygen")
@@ -135,9 +132,7 @@ def publish_command(
 
 def release_doc(published: admin_pb2.AgentRelease) -> dict[str, object]:
     """An agent release as JSON, its digest in hex (as sha256sum writes it)."""
-    doc = convert.to_json(published)
-    doc["sha256"] = published.sha256.hex()
-    return doc
+    return jsondoc.doc(published)
 
 
 @release_app.command("list")
@@ -171,7 +166,7 @@ def main() -> None:
     """`python -m controller.cli.release ...`, with `fleetpatch`'s error handling:
     one line and an exit code for every error."""
     try:
-        release_app(prog_name="fleetpatch release")
+        run(release_app, "fleetpatch release", exit_codes_epilog(EXIT_CODES))
     except FleetpatchError as exc:
         print(f"fleetpatch: error: {exc}", file=sys.stderr)
         sys.exit(exc.exit_code)

@@ -77,6 +77,15 @@ class Presence:
             return
         self._set(host_id, HostStatus.REVOKED)
 
+    def moved(self, host_id: str, ring: int, region: str) -> None:
+        """A host relabelled to another ring or region: counted there."""
+        entry = self._hosts.get(host_id)
+        if not self._loaded or entry is None:
+            return
+        self._cells[(entry.ring, entry.region, entry.status)] -= 1
+        entry.ring, entry.region = ring, region
+        self._cells[(ring, region, entry.status)] += 1
+
     def forgotten(self, host_id: str) -> None:
         """A pending host that never came back, deleted from the store."""
         entry = self._hosts.pop(host_id, None)

@@ -209,14 +209,18 @@ class CampaignEngine:
 
     async def _transition(
         self, campaign_id: str, expect: Sequence[str], actor: str, action: str, new: str,
-        detail: str = "", **changes: object,
+        detail: str = "", *, idempotent: bool = False, **changes: object,
     ) -> CampaignRecord:  # fmt: skip
+        """Move a campaign from one of ``expect`` to ``new``, audited; Conflict
+        from any other state. ``idempotent``: a campaign already ``new``
+        is returned unchanged (a person's verb asked twice succeeds)."""
         now = self._clock()
         entry = AuditEntry(now, actor, action, campaign_id, new, detail)
+        done_if = new if idempotent else None
         async with self._lock:
             record = await self._db.call(
                 lambda s: s.update_campaign(
-                    campaign_id, expect, entry, state=new, updated_at=now, **changes
+                    campaign_id, expect, entry, done_if, state=new, updated_at=now, **changes
                 )
             )
             await self._refresh_live()
@@ -226,13 +230,13 @@ class CampaignEngine:
     async def approve(self, campaign_id: str, actor: str) -> CampaignRecord:
         return await self._transition(
             campaign_id, [CampaignState.DRAFT], actor, "campaign.approve",
-            CampaignState.RUNNING, approved_at=self._clock(),
+            CampaignState.RUNNING, idempotent=True, approved_at=self._clock(),
         )  # fmt: skip
 
     async def pause(self, campaign_id: str, actor: str) -> CampaignRecord:
         return await self._transition(
             campaign_id, [CampaignState.RUNNING], actor, "campaign.pause",
-            CampaignState.PAUSED,
+            CampaignState.PAUSED, idempotent=True,
         )  # fmt: skip
 
     async def resume(self, campaign_id: str, actor: str) -> CampaignRecord:
@@ -253,7 +257,7 @@ class CampaignEngine:
         self._analysed.pop(campaign_id, None)
         return await self._transition(
             campaign_id, [CampaignState.PAUSED, CampaignState.HALTED], actor,
-            "campaign.resume", CampaignState.RUNNING, detail, **changes,
+            "campaign.resume", CampaignState.RUNNING, detail, idempotent=True, **changes,
         )  # fmt: skip
 
     async def abort(self, campaign_id: str, actor: str, revert: bool) -> CampaignRecord:
@@ -265,11 +269,17 @@ class CampaignEngine:
                     "it without --revert (hosts whose new agent fails its checks go back by "
                     "themselves)"
                 )
+            if record.state == CampaignState.ABORTED and not record.revert_requested:
+                raise Conflict(
+                    f"campaign {campaign_id} was aborted without --revert; it cannot be "
+                    "reverted afterwards"
+                )
         return await self._transition(
             campaign_id,
             [CampaignState.DRAFT, *OPEN, CampaignState.APPROVED],
             actor, "campaign.abort", CampaignState.ABORTED,
-            "and revert patched hosts" if revert else "", revert_requested=int(revert),
+            "and revert patched hosts" if revert else "", idempotent=True,
+            revert_requested=int(revert),
         )  # fmt: skip
 
     async def _counted(self, record: CampaignRecord) -> Counted:

@@ -25,7 +25,8 @@ from fleetpatch.inventory import UPDATE_FIELDS
 from sqlite_utils import Database
 
 from controller.audit import AuditEntry
-from controller.errors import NotFound, TokenRefused
+from controller.errors import Conflict, NotFound, TokenRefused
+from controller.fleet.relabel import Relabel
 from controller.fleet.tokens import Token
 from controller.model import (
     CheckIn,
@@ -238,6 +239,40 @@ class Store(CampaignStore, ReleaseStore, WebhookStore):
             )
             if entry is not None:
                 audit.append(conn, entry)
+
+    def relabel_host(
+        self, host_id: str, change: Relabel, actor: str, now: datetime
+    ) -> tuple[Host, str]:
+        """Apply ``change`` to a host and audit it, atomically: (the host as
+        it is now, what changed). Nothing changed: nothing is written or
+        audited, and what changed is "". Raises NotFound, Conflict for a
+        revoked host, UsageError for too many labels."""
+        with self._transaction() as conn:
+            before = self.get_host(host_id)
+            if before.status is HostStatus.REVOKED:
+                raise Conflict(f"host {host_id} is revoked")
+            after = change.applied_to(before)
+            detail = after.changes_from(before)
+            if not detail:
+                return before, ""
+            conn.execute(
+                "UPDATE hosts SET labels = ?, region = ?, ring = ? WHERE host_id = ?",
+                (json.dumps(dict(after.labels), sort_keys=True), after.region, after.ring,
+                 host_id),
+            )  # fmt: skip
+            audit.append(conn, AuditEntry(now, actor, "host.relabel", host_id, "ok", detail))
+            return self.get_host(host_id), detail
+
+    def hosts_with_machine_id(self, machine_id: str) -> list[str]:
+        """Ids of the hosts, not revoked, whose facts report ``machine_id``."""
+        if not machine_id:
+            return []
+        cur = self._conn.execute(
+            "SELECT host_id FROM hosts WHERE json_extract(facts, '$.machine_id') = ?"
+            " AND status != ? ORDER BY host_id",
+            (machine_id, HostStatus.REVOKED.value),
+        )
+        return [row[0] for row in cur]
 
     def revoke_host(self, host_id: str, now: datetime) -> Host:
         with self._transaction() as conn:

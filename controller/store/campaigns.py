@@ -141,10 +141,13 @@ class CampaignStore:
         campaign_id: str,
         expect_states: Iterable[str],
         entry: AuditEntry,
+        done_if: str | None = None,
         **changes: Any,
     ) -> CampaignRecord:
         """Change a campaign that is in one of ``expect_states`` (else
-        Conflict), and audit it, atomically."""
+        Conflict), and audit it, atomically. A campaign already in state
+        ``done_if`` is returned as it is, unchanged and unaudited: asking
+        twice for a state it is in succeeds (the CLI's contract)."""
         unknown = set(changes) - _CAMPAIGN_COLUMNS
         if unknown:
             raise ValueError(f"unknown campaign columns {sorted(unknown)}")
@@ -161,6 +164,8 @@ class CampaignStore:
             ).fetchone()
             if row is None:
                 raise NotFound(f"no campaign {campaign_id!r}")
+            if done_if is not None and row[0] == done_if:
+                return self.get_campaign(campaign_id)
             if row[0] not in states:
                 raise Conflict(
                     f"campaign {campaign_id} is {row[0]}; this needs it {' or '.join(states)}"
@@ -222,6 +227,42 @@ class CampaignStore:
             "SELECT * FROM assignments WHERE campaign_id = ? ORDER BY assigned_at", (campaign_id,)
         )
         return [_assignment(r, names) for r in rows]
+
+    def campaign_hosts(
+        self, campaign_id: str, status: AssignmentStatus | None = None
+    ) -> tuple[list[Assignment], dict[str, str], dict[str, list[bytes]]]:
+        """A campaign's assignments (optionally of one status), oldest
+        first; the hostname each host reported; and per order, the progress
+        reports it sent (their payloads, oldest first). NotFound for no
+        such campaign."""
+        self.get_campaign(campaign_id)
+        found = [a for a in self.assignments(campaign_id) if status is None or a.status == status]
+        hostnames: dict[str, str] = {}
+        reports: dict[str, list[bytes]] = {}
+        for start in range(0, len(found), 500):  # SQLite's bound-parameter limit
+            chunk = found[start : start + 500]
+            marks = ", ".join("?" * len(chunk))
+            hosts = f"SELECT host_id, json_extract(facts, '$.hostname') FROM hosts WHERE host_id IN ({marks})"  # noqa: S608, E501 - placeholders only
+            for host_id, hostname in self._conn.execute(hosts, [a.host_id for a in chunk]):
+                hostnames[host_id] = hostname or ""
+            payloads = f"SELECT order_id, payload FROM progress_reports WHERE order_id IN ({marks}) ORDER BY at"  # noqa: S608, E501 - placeholders only
+            for order_id, payload in self._conn.execute(payloads, [a.order_id for a in chunk]):
+                reports.setdefault(order_id, []).append(bytes(payload))
+        return found, hostnames, reports
+
+    def owed_by(self, host_ids: Sequence[str]) -> dict[str, list[str]]:
+        """What each of these hosts still owes after being patched, over all
+        campaigns: "reboot", "restart" (hosts owing nothing are left out)."""
+        words = {AssignmentStatus.PENDING_REBOOT.value: "reboot",
+                 AssignmentStatus.PENDING_RESTART.value: "restart"}  # fmt: skip
+        owes: dict[str, set[str]] = {}
+        for start in range(0, len(host_ids), 500):  # SQLite's bound-parameter limit
+            chunk = list(host_ids[start : start + 500])
+            marks = ", ".join("?" * len(chunk))
+            query = f"SELECT DISTINCT host_id, status FROM assignments WHERE status IN (?, ?) AND host_id IN ({marks})"  # noqa: S608, E501 - placeholders only
+            for host_id, status in self._conn.execute(query, (*words, *chunk)):
+                owes.setdefault(host_id, set()).add(words[status])
+        return {host_id: sorted(found) for host_id, found in owes.items()}
 
     def owed(self, campaign_id: str) -> dict[tuple[int, str], dict[str, int]]:
         """Per (ring, region): patched hosts still owing a reboot, or

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import sys
 from collections.abc import Sequence
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, Protocol, TextIO
 
 
@@ -48,6 +48,22 @@ def print_json(doc: Any, out: TextIO | None = None) -> None:
     out = out or sys.stdout
     json.dump(doc, out, indent=2, sort_keys=True, default=str)
     out.write("\n")
+
+
+def rfc3339(at: datetime | None) -> str | None:
+    """An aware datetime as the CLIs' JSON writes times: RFC 3339 in UTC
+    with Z; None stays None (null)."""
+    return None if at is None else at.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
+def nulls(doc: Any) -> Any:
+    """``doc`` with every empty string as None: the CLIs' JSON writes a
+    missing value as null, never as ""."""
+    if isinstance(doc, dict):
+        return {k: nulls(v) for k, v in doc.items()}
+    if isinstance(doc, list):
+        return [nulls(v) for v in doc]
+    return None if doc == "" else doc
 
 
 class AvailableUpdate(Protocol):

@@ -68,7 +68,7 @@ def test_a_wrong_ca_cert_fails_before_the_token_is_sent(controller, tmp_path):
     token = controller.token(uses=1)
     state = tmp_path / "state"
     result = _enroll_cli(controller, state, "--token", token, ca=other.data_dir / "ca.pem")
-    _one_line(result, 2, controller.enroll_address, "--ca-cert does not verify",
+    _one_line(result, 7, controller.enroll_address, "--ca-cert does not verify",
               "no token was sent")  # fmt: skip
     assert _uses(controller) == 0
     assert _hosts(controller) == []

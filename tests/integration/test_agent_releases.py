@@ -147,7 +147,7 @@ def test_publish_list_republish_and_a_conflicting_package(controller, keys, tmp_
     assert listed["artifact"] == DEB
     assert listed["sha256"] == digest
     assert listed["size"] == len(data)
-    assert listed["key_fingerprint"] == ""  # no [releases] public_key on this controller
+    assert listed["key_fingerprint"] is None  # no [releases] public_key on this controller
     assert listed["published_by"] == "admin:admin"
     assert (controller.data_dir / "artifacts" / digest).read_bytes() == data
     assert VERSION in controller.admin("release", "list").stdout

@@ -16,7 +16,9 @@ import subprocess
 from typing import Any
 
 import pytest
+from fleetpatch import jsonschema
 
+from agent import schemas as agent_schemas
 from tests.support.apthost import AGENT, STATE, AptHost, demo
 from tests.support.debrepo import DebSpec, LocalAptRepo, add_repo, dpkg_status
 from tests.support.orders import sign, work_order
@@ -244,7 +246,9 @@ def test_a_scan_reports_the_updates_available_and_which_fix_security_problems(
 
     done = apt_host.sandbox.run([AGENT, "scan", "--json", "--state-dir", STATE], check=False)
     assert done.returncode == 0, done.stderr
-    found = {u["name"]: u for u in json.loads(done.stdout)}
+    scanned = json.loads(done.stdout)
+    assert jsonschema.check(scanned, jsonschema.array(agent_schemas.AVAILABLE)) == []
+    found = {u["name"]: u for u in scanned}
     assert {n: (u["installed"], u["candidate"], u["security"], u["reboot"])
             for n, u in found.items() if n.startswith("fp-")} == {
         "fp-demo": ("1.0", "1.2", True, False),

@@ -265,9 +265,9 @@ def test_watch_follows_a_campaign_until_it_completes(fleet, tmp_path):
         watcher.kill()
     assert watcher.returncode == 0, err
     lines = out.splitlines()
-    assert any("running" in line for line in lines)
-    assert "COMPLETED" in out
-    assert lines[-1].startswith("2 ")  # the final table's last row: ring 2
+    assert any(f"campaign {campaign_id} running:" in line for line in lines)
+    assert f"campaign {campaign_id} completed: eligible 12," in lines[-1]
+    assert not any(line.lstrip().startswith("RING") for line in lines)  # lines, no table
 
 
 AGENTS_FIRST = """

@@ -380,3 +380,99 @@ def test_agent_files_have_their_modes_whatever_the_umask(controller, tmp_path):
     assert modes.pop("cache") == 0o700
     for name, mode in modes.items():
         assert mode in (0o644, 0o600), (name, oct(mode))
+
+
+# -- the command line itself: one line per usage error, help as written ---------
+
+
+@pytest.mark.parametrize(
+    ("argv", "needles"),
+    [
+        (["fleetpatch", "token", "create", "--region", "eu", "--ring", "abc"],
+         ["fleetpatch token create: error:", "'abc' is not a valid integer",
+          "--ring takes INTEGER", "Ring (canary wave)"]),
+        (["fleetpatch", "token", "create", "--ring", "1"],
+         ["missing option '--region'", "--region takes TEXT"]),
+        (["fleetpatch", "hosts", "list", "--bogus"], ["no such option '--bogus'"]),
+        (["fleetpatch", "hosts", "show"], ["missing argument 'HOST_ID'"]),
+        (["fleetpatch", "hosts", "nope"], ["no such command 'nope'"]),
+        (["fleetpatch", "campaign", "watch", "c-1", "--interval", "soon"],
+         ["--interval takes FLOAT"]),
+        (["fleetpatch-agent", "run", "--bogus"], ["fleetpatch-agent run: error:", "--bogus"]),
+        (["fleetpatch-sim", "rehearse", "--seed", "x"], ["--seed takes INTEGER"]),
+    ],
+)  # fmt: skip
+def test_a_usage_error_is_one_line_naming_the_option(argv, needles):
+    result = cli(*argv)
+    _one_line(result, 2, *needles)
+    assert not set(result.stderr) & set("╭╮╰╯│─"), result.stderr  # no Rich box
+    assert "Input should be" not in result.stderr  # no pydantic wording
+
+
+@pytest.mark.parametrize(
+    ("argv", "written"),
+    [
+        (["fleetpatch", "controller", "serve", "--help"], "Override [server] listen"),
+        (["fleetpatch", "campaign", "rehearse", "--help"], "Scenario-style [failures] file"),
+        (["fleetpatch-agent", "check", "--help"], "agent.toml [[checks]]"),
+        (
+            ["fleetpatch", "campaign", "pause", "--help"],
+            "CAMPAIGN_ID Campaign id, as `campaign list` shows it.",
+        ),
+    ],
+)
+def test_help_shows_brackets_as_written(argv, written):
+    result = cli(*argv)
+    assert result.returncode == 0, result.stderr
+    flat = " ".join(result.stdout.split())
+    assert written in flat, result.stdout
+    assert "<bool>" not in result.stdout
+    assert not set(result.stdout) & set("╭╮╰╯│"), result.stdout
+
+
+def test_a_bare_command_group_prints_its_help_and_exits_2():
+    result = cli("fleetpatch", "hosts")
+    assert result.returncode == 2
+    assert "Usage: fleetpatch hosts" in result.stderr
+    assert "revoke" in result.stderr
+
+
+# -- TLS trust: a configuration error (7), not an outage (3) ------------------------
+
+
+def test_a_controller_our_ca_does_not_vouch_for_is_a_trust_failure(controller, tmp_path):
+    other = Controller(tmp_path / "other")
+    other.init()  # another CA: its admin CLI pointed at our controller
+    result = cli("fleetpatch", "hosts", "list", "--data-dir", other.data_dir,
+                 "--controller", controller.address)  # fmt: skip
+    _one_line(result, 7, "TLS trust fails", "certificate our CA does not verify",
+              str(other.data_dir / "ca.pem"))  # fmt: skip
+
+
+def test_an_admin_certificate_the_controller_refuses_is_a_trust_failure(controller, tmp_path):
+    other = Controller(tmp_path / "other")
+    other.init()
+    mixed = tmp_path / "mixed"  # the right CA, an admin certificate of another CA
+    shutil.copytree(other.data_dir, mixed)
+    shutil.copy(controller.data_dir / "ca.pem", mixed / "ca.pem")
+    result = cli("fleetpatch", "token", "list", "--data-dir", mixed,
+                 "--controller", controller.address)  # fmt: skip
+    _one_line(result, 7, "TLS trust fails", "refuses our certificate")
+
+
+@pytest.mark.parametrize(
+    ("argv", "codes"),
+    [
+        (["fleetpatch", "campaign", "pause", "--help"], ["0 success", "6 conflicts", "7 TLS"]),
+        (["fleetpatch", "hosts", "revoke", "--help"], ["3 the controller cannot be reached"]),
+        (["fleetpatch", "release", "list", "--help"], ["5 not found"]),
+        (["fleetpatch-agent", "enroll", "--help"], ["7 TLS trust fails", "4 refused"]),
+    ],
+)
+def test_every_command_lists_its_exit_codes(argv, codes):
+    result = cli(*argv)
+    assert result.returncode == 0, result.stderr
+    flat = " ".join(result.stdout.split())
+    assert "Exit codes:" in flat
+    for code in codes:
+        assert code in flat, result.stdout

@@ -79,9 +79,9 @@ def _uses(ctl: Controller, token: str) -> int:
 
 def test_a_host_is_pending_until_its_first_mutual_tls_call(controller):
     host = _enroll(controller, controller.token())
-    assert _status(controller, host.host_id) == "HOST_STATUS_PENDING"
+    assert _status(controller, host.host_id) == "pending"
     _check_in(controller, host)
-    assert _status(controller, host.host_id) == "HOST_STATUS_ACTIVE"
+    assert _status(controller, host.host_id) == "active"
 
 
 def test_a_host_that_never_arrives_expires_and_gives_its_token_use_back(tmp_path):

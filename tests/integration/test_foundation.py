@@ -224,7 +224,7 @@ def test_revoked_host_is_refused_even_after_a_controller_restart(controller, tmp
     controller.start()
     refused = cli("fleetpatch-agent", "run", "--state-dir", state, "--once")
     assert refused.returncode == 4
-    assert controller.host(host_id)["status"] == "HOST_STATUS_REVOKED"
+    assert controller.host(host_id)["status"] == "revoked"
     assert controller.host(host_id)["checkins"] == 1
 
 
@@ -383,7 +383,7 @@ def test_refused_rpc_is_a_clear_agent_error(controller, tmp_path):
     finally:
         client.close()
     assert json.loads(controller.admin("hosts", "show", host_id, "--json").stdout)["status"] == (
-        "HOST_STATUS_REVOKED"
+        "revoked"
     )
 
 

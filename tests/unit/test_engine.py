@@ -5,6 +5,7 @@ runs whole campaigns through it against the simulator.)"""
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator
 from datetime import timedelta
 
@@ -12,6 +13,8 @@ import pytest
 from fleetpatch.v1 import types_pb2
 
 from controller.campaigns import CampaignState
+from controller.errors import Conflict
+from controller.fleet.relabel import Relabel
 from tests.support.engine import Fleet, engine_fleet
 
 CAMPAIGN = """
@@ -138,3 +141,66 @@ def test_hosts_owing_a_reboot_or_restarts_count_as_patched_and_show_apart(fleet)
     _, cells = fleet.run(fleet.live.view(campaign))
     assert [(c.counts["succeeded"], c.counts["pending_reboot"], c.counts["pending_restart"])
             for c in cells] == [(3, 1, 1)]  # fmt: skip
+    # `hosts list` shows what each host owes (and nothing for the one that owes nothing).
+    assert fleet.store.owed_by(hosts) == {hosts[1]: ["reboot"], hosts[2]: ["restart"]}
+
+
+def _actions(fleet: Fleet, campaign_id: str) -> list[str]:
+    records = fleet.store.audit_records()
+    return [r.entry.action for r in records if r.entry.target == campaign_id]
+
+
+def test_asking_for_a_state_a_campaign_is_in_succeeds_unchanged_and_unaudited(fleet):
+    fleet.enroll((0, "eu"))
+    campaign = _campaign(fleet)
+    fleet.run(fleet.live.approve(campaign, "admin:t"))  # approved twice: still running
+    fleet.run(fleet.live.pause(campaign, "admin:t"))
+    assert fleet.run(fleet.live.pause(campaign, "admin:t")).state == CampaignState.PAUSED
+    fleet.run(fleet.live.resume(campaign, "admin:t"))
+    assert fleet.run(fleet.live.resume(campaign, "admin:t")).state == CampaignState.RUNNING
+    fleet.run(fleet.live.abort(campaign, "admin:t", revert=True))
+    again = fleet.run(fleet.live.abort(campaign, "admin:t", revert=True))
+    assert again.state == CampaignState.ABORTED
+    assert again.revert_requested
+    assert _actions(fleet, campaign) == [
+        "campaign.create", "campaign.approve", "campaign.pause", "campaign.resume",
+        "campaign.abort",
+    ]  # fmt: skip
+
+
+def test_a_state_a_verb_cannot_reach_from_here_is_a_conflict(fleet):
+    fleet.enroll((0, "eu"))
+    draft = fleet.run(fleet.live.create(CAMPAIGN.format(budget=0), "e.toml", "admin:t"))
+    with pytest.raises(Conflict, match="is draft"):
+        fleet.run(fleet.live.pause(draft.campaign_id, "admin:t"))
+    fleet.run(fleet.live.abort(draft.campaign_id, "admin:t", revert=False))
+    with pytest.raises(Conflict, match="is aborted"):
+        fleet.run(fleet.live.resume(draft.campaign_id, "admin:t"))
+    with pytest.raises(Conflict, match="aborted without --revert"):
+        fleet.run(fleet.live.abort(draft.campaign_id, "admin:t", revert=True))
+
+
+@pytest.mark.parametrize("final", ["SUCCEEDED", "FAILED"])
+@pytest.mark.parametrize("before_the_report", [True, False])
+def test_a_relabelled_host_moves_cells_and_the_kept_counts_agree_with_a_recount(
+    fleet, final, before_the_report
+):
+    """`hosts relabel` of a host with an order in flight, or already done:
+    its next check-in moves it; the counts stay what a full recount says."""
+    first, _ = fleet.enroll((0, "eu"), (0, "eu"))
+    campaign = _campaign(fleet, budget=5)
+    order = fleet.check_in(first)
+    assert order is not None
+    if not before_the_report:
+        fleet.report(first, order.order_id, final, final=True)
+    fleet.store.relabel_host(first, Relabel({}, ring=1, region="us"), "admin:t", fleet.clock())
+    fleet.hosts[first] = dataclasses.replace(fleet.hosts[first], ring=1, region="us")
+    fleet.check_in(first)  # as the servicer does: ring and region read from the store
+    if before_the_report:
+        fleet.report(first, order.order_id, final, final=True)
+    assert fleet.run(fleet.live.check_counts(campaign)) == []
+    shown = fleet.show(campaign)
+    assert shown["eligible"] == 2
+    assert shown["succeeded" if final == "SUCCEEDED" else "failed"] == 1
+    _, cells = fleet.run(fleet.live.view(campaign))
+    assert {(c.ring, c.region): c.counts["eligible"] for c in cells} == {(0, "eu"): 1, (1, "us"): 1}

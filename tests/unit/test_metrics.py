@@ -59,6 +59,16 @@ def test_presence_counts_hosts_by_ring_region_and_status_as_they_change():
     assert figures.reporting == 1  # h3 is active but never checked in
 
 
+def test_a_relabelled_host_is_counted_in_its_new_cell():
+    p = Presence(timedelta(minutes=5))
+    p.load([Host("h1", "eu", 0, HostStatus.ACTIVE, T0, last_seen=T0)])
+    p.moved("h1", 2, "us")
+    p.moved("h-unknown", 1, "eu")  # not in the fleet: nothing to move
+    figures = p.figures(T0)
+    assert figures.hosts == {(2, "us", HostStatus.ACTIVE): 1}
+    assert figures.reporting == 1
+
+
 def test_presence_reporting_means_seen_within_two_intervals():
     p = Presence(timedelta(minutes=4))
     p.seen("before-load", 0, "eu", T0)  # nothing is kept before load

@@ -118,3 +118,17 @@ def test_print_json_is_sorted_indented_and_handles_datetimes():
     assert text.index('"a"') < text.index('"b"')
     assert '\n  "a"' in text
     assert json.loads(text) == {"a": str(NOW), "b": 1}
+
+
+def test_json_times_are_rfc3339_with_z_and_missing_values_null():
+    from datetime import UTC, datetime, timedelta, timezone
+
+    from fleetpatch import render as r
+
+    at = datetime(2026, 12, 1, 13, 0, tzinfo=timezone(timedelta(hours=1)))
+    assert r.rfc3339(at) == "2026-12-01T12:00:00Z"
+    assert r.rfc3339(datetime(2026, 12, 1, tzinfo=UTC)) == "2026-12-01T00:00:00Z"
+    assert r.rfc3339(None) is None
+    assert r.nulls({"a": "", "b": [{"c": ""}, "x"], "d": 0, "e": False}) == {
+        "a": None, "b": [{"c": None}, "x"], "d": 0, "e": False,
+    }  # fmt: skip

@@ -307,6 +307,7 @@ class Host(_message.Message):
     RENEWAL_FAILURES_FIELD_NUMBER: _builtins.int
     RENEWAL_ERROR_FIELD_NUMBER: _builtins.int
     RENEWAL_FAILING_FIELD_NUMBER: _builtins.int
+    OWES_FIELD_NUMBER: _builtins.int
     host_id: _builtins.str
     region: _builtins.str
     ring: _builtins.int
@@ -341,6 +342,12 @@ class Host(_message.Message):
         renews it.
         """
 
+    @_builtins.property
+    def owes(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """What the host still owes after being patched, over all campaigns:
+        "reboot" (an order ended PENDING_REBOOT), "restart" (PENDING_RESTART).
+        """
+
     def __init__(
         self,
         *,
@@ -363,10 +370,11 @@ class Host(_message.Message):
         renewal_failures: _builtins.int = ...,
         renewal_error: _builtins.str = ...,
         renewal_failing: _builtins.bool = ...,
+        owes: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["certificate_expires_at", b"certificate_expires_at", "certificate_renew_at", b"certificate_renew_at", "enrolled_at", b"enrolled_at", "facts", b"facts", "health", b"health", "last_seen", b"last_seen"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["certificate_expires_at", b"certificate_expires_at", "certificate_renew_at", b"certificate_renew_at", "certificate_serial", b"certificate_serial", "checkins", b"checkins", "enrolled_at", b"enrolled_at", "facts", b"facts", "health", b"health", "host_id", b"host_id", "inventory_hash", b"inventory_hash", "inventory_updates", b"inventory_updates", "labels", b"labels", "last_seen", b"last_seen", "package_count", b"package_count", "region", b"region", "renewal_error", b"renewal_error", "renewal_failing", b"renewal_failing", "renewal_failures", b"renewal_failures", "ring", b"ring", "status", b"status"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["certificate_expires_at", b"certificate_expires_at", "certificate_renew_at", b"certificate_renew_at", "certificate_serial", b"certificate_serial", "checkins", b"checkins", "enrolled_at", b"enrolled_at", "facts", b"facts", "health", b"health", "host_id", b"host_id", "inventory_hash", b"inventory_hash", "inventory_updates", b"inventory_updates", "labels", b"labels", "last_seen", b"last_seen", "owes", b"owes", "package_count", b"package_count", "region", b"region", "renewal_error", b"renewal_error", "renewal_failing", b"renewal_failing", "renewal_failures", b"renewal_failures", "ring", b"ring", "status", b"status"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -495,6 +503,88 @@ class RevokeHostRequest(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___RevokeHostRequest: _TypeAlias = RevokeHostRequest  # noqa: Y015
+
+@_typing.final
+class RelabelHostRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class SetLabelsEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    HOST_ID_FIELD_NUMBER: _builtins.int
+    SET_LABELS_FIELD_NUMBER: _builtins.int
+    REMOVE_LABELS_FIELD_NUMBER: _builtins.int
+    REGION_FIELD_NUMBER: _builtins.int
+    RING_FIELD_NUMBER: _builtins.int
+    host_id: _builtins.str
+    region: _builtins.str
+    ring: _builtins.int
+    @_builtins.property
+    def set_labels(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
+        """added, or changed to this value"""
+
+    @_builtins.property
+    def remove_labels(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def __init__(
+        self,
+        *,
+        host_id: _builtins.str = ...,
+        set_labels: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        remove_labels: _abc.Iterable[_builtins.str] | None = ...,
+        region: _builtins.str | None = ...,
+        ring: _builtins.int | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_region", b"_region", "_ring", b"_ring", "region", b"region", "ring", b"ring"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_region", b"_region", "_ring", b"_ring", "host_id", b"host_id", "region", b"region", "remove_labels", b"remove_labels", "ring", b"ring", "set_labels", b"set_labels"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__region: _TypeAlias = _typing.Literal["region"]  # noqa: Y015
+    _WhichOneofArgType__region: _TypeAlias = _typing.Literal["_region", b"_region"]  # noqa: Y015
+    _WhichOneofReturnType__ring: _TypeAlias = _typing.Literal["ring"]  # noqa: Y015
+    _WhichOneofArgType__ring: _TypeAlias = _typing.Literal["_ring", b"_ring"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__region) -> _WhichOneofReturnType__region | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__ring) -> _WhichOneofReturnType__ring | None: ...
+
+Global___RelabelHostRequest: _TypeAlias = RelabelHostRequest  # noqa: Y015
+
+@_typing.final
+class RelabelHostResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    HOST_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def host(self) -> Global___Host: ...
+    def __init__(
+        self,
+        *,
+        host: Global___Host | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["host", b"host"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["host", b"host"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RelabelHostResponse: _TypeAlias = RelabelHostResponse  # noqa: Y015
 
 @_typing.final
 class RevokeHostResponse(_message.Message):
@@ -756,6 +846,109 @@ class CampaignResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___CampaignResponse: _TypeAlias = CampaignResponse  # noqa: Y015
+
+@_typing.final
+class ListCampaignHostsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CAMPAIGN_ID_FIELD_NUMBER: _builtins.int
+    STATUS_FIELD_NUMBER: _builtins.int
+    campaign_id: _builtins.str
+    status: _builtins.str
+    """empty: every status; else one assignment status (in_flight, ...)"""
+    def __init__(
+        self,
+        *,
+        campaign_id: _builtins.str = ...,
+        status: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["campaign_id", b"campaign_id", "status", b"status"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListCampaignHostsRequest: _TypeAlias = ListCampaignHostsRequest  # noqa: Y015
+
+@_typing.final
+class CampaignHost(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    HOST_ID_FIELD_NUMBER: _builtins.int
+    HOSTNAME_FIELD_NUMBER: _builtins.int
+    RING_FIELD_NUMBER: _builtins.int
+    REGION_FIELD_NUMBER: _builtins.int
+    KIND_FIELD_NUMBER: _builtins.int
+    STATUS_FIELD_NUMBER: _builtins.int
+    STEP_FIELD_NUMBER: _builtins.int
+    DETAIL_FIELD_NUMBER: _builtins.int
+    ASSIGNED_AT_FIELD_NUMBER: _builtins.int
+    FINISHED_AT_FIELD_NUMBER: _builtins.int
+    CHANGES_FIELD_NUMBER: _builtins.int
+    host_id: _builtins.str
+    hostname: _builtins.str
+    ring: _builtins.int
+    region: _builtins.str
+    kind: _builtins.str
+    """patch (the campaign's own order) or revert"""
+    status: _builtins.str
+    """in_flight, succeeded, failed, reverted, revert_failed,"""
+    step: _builtins.str
+    """timed_out, pending_reboot, pending_restart
+    the last step the host reported
+    """
+    detail: _builtins.str
+    """why it failed or reverted, as the host said"""
+    @_builtins.property
+    def assigned_at(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def finished_at(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def changes(self) -> _containers.RepeatedCompositeFieldContainer[_types_pb2.PackageChange]:
+        """each package's version before and after"""
+
+    def __init__(
+        self,
+        *,
+        host_id: _builtins.str = ...,
+        hostname: _builtins.str = ...,
+        ring: _builtins.int = ...,
+        region: _builtins.str = ...,
+        kind: _builtins.str = ...,
+        status: _builtins.str = ...,
+        step: _builtins.str = ...,
+        detail: _builtins.str = ...,
+        assigned_at: _timestamp_pb2.Timestamp | None = ...,
+        finished_at: _timestamp_pb2.Timestamp | None = ...,
+        changes: _abc.Iterable[_types_pb2.PackageChange] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["assigned_at", b"assigned_at", "finished_at", b"finished_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["assigned_at", b"assigned_at", "changes", b"changes", "detail", b"detail", "finished_at", b"finished_at", "host_id", b"host_id", "hostname", b"hostname", "kind", b"kind", "region", b"region", "ring", b"ring", "status", b"status", "step", b"step"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CampaignHost: _TypeAlias = CampaignHost  # noqa: Y015
+
+@_typing.final
+class ListCampaignHostsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    HOSTS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def hosts(self) -> _containers.RepeatedCompositeFieldContainer[Global___CampaignHost]: ...
+    def __init__(
+        self,
+        *,
+        hosts: _abc.Iterable[Global___CampaignHost] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["hosts", b"hosts"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListCampaignHostsResponse: _TypeAlias = ListCampaignHostsResponse  # noqa: Y015
 
 @_typing.final
 class ListCampaignsRequest(_message.Message):

@@ -64,6 +64,11 @@ class AdminServiceStub:
                 request_serializer=fleetpatch_dot_v1_dot_admin__pb2.RevokeHostRequest.SerializeToString,
                 response_deserializer=fleetpatch_dot_v1_dot_admin__pb2.RevokeHostResponse.FromString,
                 _registered_method=True)
+        self.RelabelHost = channel.unary_unary(
+                '/fleetpatch.v1.AdminService/RelabelHost',
+                request_serializer=fleetpatch_dot_v1_dot_admin__pb2.RelabelHostRequest.SerializeToString,
+                response_deserializer=fleetpatch_dot_v1_dot_admin__pb2.RelabelHostResponse.FromString,
+                _registered_method=True)
         self.CreateCampaign = channel.unary_unary(
                 '/fleetpatch.v1.AdminService/CreateCampaign',
                 request_serializer=fleetpatch_dot_v1_dot_admin__pb2.CreateCampaignRequest.SerializeToString,
@@ -98,6 +103,11 @@ class AdminServiceStub:
                 '/fleetpatch.v1.AdminService/ListCampaigns',
                 request_serializer=fleetpatch_dot_v1_dot_admin__pb2.ListCampaignsRequest.SerializeToString,
                 response_deserializer=fleetpatch_dot_v1_dot_admin__pb2.ListCampaignsResponse.FromString,
+                _registered_method=True)
+        self.ListCampaignHosts = channel.unary_unary(
+                '/fleetpatch.v1.AdminService/ListCampaignHosts',
+                request_serializer=fleetpatch_dot_v1_dot_admin__pb2.ListCampaignHostsRequest.SerializeToString,
+                response_deserializer=fleetpatch_dot_v1_dot_admin__pb2.ListCampaignHostsResponse.FromString,
                 _registered_method=True)
         self.PublishAgentRelease = channel.stream_unary(
                 '/fleetpatch.v1.AdminService/PublishAgentRelease',
@@ -170,6 +180,14 @@ class AdminServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RelabelHost(self, request, context):
+        """Change a host's labels, region or ring (audited); campaigns see it at
+        the host's next check-in.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def CreateCampaign(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -208,6 +226,14 @@ class AdminServiceServicer:
 
     def ListCampaigns(self, request, context):
         """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListCampaignHosts(self, request, context):
+        """Each host a campaign has assigned an order to: its order's status and
+        last step, why it failed or reverted, and its packages before and after.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -289,6 +315,11 @@ def add_AdminServiceServicer_to_server(servicer, server):
                     request_deserializer=fleetpatch_dot_v1_dot_admin__pb2.RevokeHostRequest.FromString,
                     response_serializer=fleetpatch_dot_v1_dot_admin__pb2.RevokeHostResponse.SerializeToString,
             ),
+            'RelabelHost': grpc.unary_unary_rpc_method_handler(
+                    servicer.RelabelHost,
+                    request_deserializer=fleetpatch_dot_v1_dot_admin__pb2.RelabelHostRequest.FromString,
+                    response_serializer=fleetpatch_dot_v1_dot_admin__pb2.RelabelHostResponse.SerializeToString,
+            ),
             'CreateCampaign': grpc.unary_unary_rpc_method_handler(
                     servicer.CreateCampaign,
                     request_deserializer=fleetpatch_dot_v1_dot_admin__pb2.CreateCampaignRequest.FromString,
@@ -323,6 +354,11 @@ def add_AdminServiceServicer_to_server(servicer, server):
                     servicer.ListCampaigns,
                     request_deserializer=fleetpatch_dot_v1_dot_admin__pb2.ListCampaignsRequest.FromString,
                     response_serializer=fleetpatch_dot_v1_dot_admin__pb2.ListCampaignsResponse.SerializeToString,
+            ),
+            'ListCampaignHosts': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListCampaignHosts,
+                    request_deserializer=fleetpatch_dot_v1_dot_admin__pb2.ListCampaignHostsRequest.FromString,
+                    response_serializer=fleetpatch_dot_v1_dot_admin__pb2.ListCampaignHostsResponse.SerializeToString,
             ),
             'PublishAgentRelease': grpc.stream_unary_rpc_method_handler(
                     servicer.PublishAgentRelease,
@@ -528,6 +564,33 @@ class AdminService:
             _registered_method=True)
 
     @staticmethod
+    def RelabelHost(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fleetpatch.v1.AdminService/RelabelHost',
+            fleetpatch_dot_v1_dot_admin__pb2.RelabelHostRequest.SerializeToString,
+            fleetpatch_dot_v1_dot_admin__pb2.RelabelHostResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
     def CreateCampaign(request,
             target,
             options=(),
@@ -706,6 +769,33 @@ class AdminService:
             '/fleetpatch.v1.AdminService/ListCampaigns',
             fleetpatch_dot_v1_dot_admin__pb2.ListCampaignsRequest.SerializeToString,
             fleetpatch_dot_v1_dot_admin__pb2.ListCampaignsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListCampaignHosts(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fleetpatch.v1.AdminService/ListCampaignHosts',
+            fleetpatch_dot_v1_dot_admin__pb2.ListCampaignHostsRequest.SerializeToString,
+            fleetpatch_dot_v1_dot_admin__pb2.ListCampaignHostsResponse.FromString,
             options,
             channel_credentials,
             insecure,

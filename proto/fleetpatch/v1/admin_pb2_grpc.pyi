@@ -39,6 +39,10 @@ class AdminServiceStub:
     ListHosts: _grpc.UnaryUnaryMultiCallable[_admin_pb2.ListHostsRequest, _admin_pb2.ListHostsResponse]
     GetHost: _grpc.UnaryUnaryMultiCallable[_admin_pb2.GetHostRequest, _admin_pb2.GetHostResponse]
     RevokeHost: _grpc.UnaryUnaryMultiCallable[_admin_pb2.RevokeHostRequest, _admin_pb2.RevokeHostResponse]
+    RelabelHost: _grpc.UnaryUnaryMultiCallable[_admin_pb2.RelabelHostRequest, _admin_pb2.RelabelHostResponse]
+    """Change a host's labels, region or ring (audited); campaigns see it at
+    the host's next check-in.
+    """
     CreateCampaign: _grpc.UnaryUnaryMultiCallable[_admin_pb2.CreateCampaignRequest, _admin_pb2.CampaignResponse]
     ApproveCampaign: _grpc.UnaryUnaryMultiCallable[_admin_pb2.CampaignRequest, _admin_pb2.CampaignResponse]
     PauseCampaign: _grpc.UnaryUnaryMultiCallable[_admin_pb2.CampaignRequest, _admin_pb2.CampaignResponse]
@@ -46,6 +50,10 @@ class AdminServiceStub:
     AbortCampaign: _grpc.UnaryUnaryMultiCallable[_admin_pb2.AbortCampaignRequest, _admin_pb2.CampaignResponse]
     GetCampaign: _grpc.UnaryUnaryMultiCallable[_admin_pb2.CampaignRequest, _admin_pb2.CampaignResponse]
     ListCampaigns: _grpc.UnaryUnaryMultiCallable[_admin_pb2.ListCampaignsRequest, _admin_pb2.ListCampaignsResponse]
+    ListCampaignHosts: _grpc.UnaryUnaryMultiCallable[_admin_pb2.ListCampaignHostsRequest, _admin_pb2.ListCampaignHostsResponse]
+    """Each host a campaign has assigned an order to: its order's status and
+    last step, why it failed or reverted, and its packages before and after.
+    """
     PublishAgentRelease: _grpc.StreamUnaryMultiCallable[_admin_pb2.PublishAgentReleaseRequest, _admin_pb2.PublishAgentReleaseResponse]
     """Agent packages that agent-update campaigns hand out (fleetpatch release
     publish): the first message is the header, the rest the .deb's bytes.
@@ -74,6 +82,10 @@ class AdminServiceAsyncStub(AdminServiceStub):
     ListHosts: _aio.UnaryUnaryMultiCallable[_admin_pb2.ListHostsRequest, _admin_pb2.ListHostsResponse]  # type: ignore[assignment]
     GetHost: _aio.UnaryUnaryMultiCallable[_admin_pb2.GetHostRequest, _admin_pb2.GetHostResponse]  # type: ignore[assignment]
     RevokeHost: _aio.UnaryUnaryMultiCallable[_admin_pb2.RevokeHostRequest, _admin_pb2.RevokeHostResponse]  # type: ignore[assignment]
+    RelabelHost: _aio.UnaryUnaryMultiCallable[_admin_pb2.RelabelHostRequest, _admin_pb2.RelabelHostResponse]  # type: ignore[assignment]
+    """Change a host's labels, region or ring (audited); campaigns see it at
+    the host's next check-in.
+    """
     CreateCampaign: _aio.UnaryUnaryMultiCallable[_admin_pb2.CreateCampaignRequest, _admin_pb2.CampaignResponse]  # type: ignore[assignment]
     ApproveCampaign: _aio.UnaryUnaryMultiCallable[_admin_pb2.CampaignRequest, _admin_pb2.CampaignResponse]  # type: ignore[assignment]
     PauseCampaign: _aio.UnaryUnaryMultiCallable[_admin_pb2.CampaignRequest, _admin_pb2.CampaignResponse]  # type: ignore[assignment]
@@ -81,6 +93,10 @@ class AdminServiceAsyncStub(AdminServiceStub):
     AbortCampaign: _aio.UnaryUnaryMultiCallable[_admin_pb2.AbortCampaignRequest, _admin_pb2.CampaignResponse]  # type: ignore[assignment]
     GetCampaign: _aio.UnaryUnaryMultiCallable[_admin_pb2.CampaignRequest, _admin_pb2.CampaignResponse]  # type: ignore[assignment]
     ListCampaigns: _aio.UnaryUnaryMultiCallable[_admin_pb2.ListCampaignsRequest, _admin_pb2.ListCampaignsResponse]  # type: ignore[assignment]
+    ListCampaignHosts: _aio.UnaryUnaryMultiCallable[_admin_pb2.ListCampaignHostsRequest, _admin_pb2.ListCampaignHostsResponse]  # type: ignore[assignment]
+    """Each host a campaign has assigned an order to: its order's status and
+    last step, why it failed or reverted, and its packages before and after.
+    """
     PublishAgentRelease: _aio.StreamUnaryMultiCallable[_admin_pb2.PublishAgentReleaseRequest, _admin_pb2.PublishAgentReleaseResponse]  # type: ignore[assignment]
     """Agent packages that agent-update campaigns hand out (fleetpatch release
     publish): the first message is the header, the rest the .deb's bytes.
@@ -144,6 +160,16 @@ class AdminServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_admin_pb2.RevokeHostResponse, _abc.Awaitable[_admin_pb2.RevokeHostResponse]]: ...
 
     @_abc_1.abstractmethod
+    def RelabelHost(
+        self,
+        request: _admin_pb2.RelabelHostRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.RelabelHostResponse, _abc.Awaitable[_admin_pb2.RelabelHostResponse]]:
+        """Change a host's labels, region or ring (audited); campaigns see it at
+        the host's next check-in.
+        """
+
+    @_abc_1.abstractmethod
     def CreateCampaign(
         self,
         request: _admin_pb2.CreateCampaignRequest,
@@ -191,6 +217,16 @@ class AdminServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _admin_pb2.ListCampaignsRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_admin_pb2.ListCampaignsResponse, _abc.Awaitable[_admin_pb2.ListCampaignsResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def ListCampaignHosts(
+        self,
+        request: _admin_pb2.ListCampaignHostsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.ListCampaignHostsResponse, _abc.Awaitable[_admin_pb2.ListCampaignHostsResponse]]:
+        """Each host a campaign has assigned an order to: its order's status and
+        last step, why it failed or reverted, and its packages before and after.
+        """
 
     @_abc_1.abstractmethod
     def PublishAgentRelease(

@@ -85,6 +85,7 @@ class EnrollResponse(_message.Message):
     SIGNING_KEYS_FIELD_NUMBER: _builtins.int
     REGION_FIELD_NUMBER: _builtins.int
     RING_FIELD_NUMBER: _builtins.int
+    SAME_MACHINE_ID_FIELD_NUMBER: _builtins.int
     host_id: _builtins.str
     certificate_pem: _builtins.bytes
     """client certificate naming host_id"""
@@ -95,6 +96,12 @@ class EnrollResponse(_message.Message):
     def signing_keys(self) -> _containers.RepeatedCompositeFieldContainer[_types_pb2.SigningKey]:
         """to pin for work orders"""
 
+    @_builtins.property
+    def same_machine_id(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Other hosts (not revoked) that reported the machine-id this host
+        reports: clones of one image, most likely. Enrolled all the same.
+        """
+
     def __init__(
         self,
         *,
@@ -104,10 +111,11 @@ class EnrollResponse(_message.Message):
         signing_keys: _abc.Iterable[_types_pb2.SigningKey] | None = ...,
         region: _builtins.str = ...,
         ring: _builtins.int = ...,
+        same_machine_id: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["ca_pem", b"ca_pem", "certificate_pem", b"certificate_pem", "host_id", b"host_id", "region", b"region", "ring", b"ring", "signing_keys", b"signing_keys"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["ca_pem", b"ca_pem", "certificate_pem", b"certificate_pem", "host_id", b"host_id", "region", b"region", "ring", b"ring", "same_machine_id", b"same_machine_id", "signing_keys", b"signing_keys"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
