@@ -112,7 +112,7 @@ def test_an_agent_killed_during_apply_and_restarted_ends_consistent(e2e: E2EFlee
     order = _orders(host)[0]
     assert order["state"] == "SUCCEEDED"
     assert any(
-        "resumed after a crash in APPLY: the update landed in full" in s["detail"]
+        "resumed after a crash in APPLY: the update landed in full" in (s["detail"] or "")
         for s in order["steps"]
     )
     assert host.installed() == "1.1"

@@ -49,7 +49,7 @@ def test_upgrade_succeeds_and_the_machine_is_untouched(apt_host, deb_repo):
         "RECEIVED", "PRECHECK", "SNAPSHOT", "APPLY", "RESTART", "VERIFY", "SUCCEEDED",
     ]  # fmt: skip
     assert final["changes"] == [
-        {"name": "fp-demo", "arch": "", "old": "1.0", "new": "1.1", "origin": ""}
+        {"name": "fp-demo", "arch": None, "old": "1.0", "new": "1.1", "origin": None}
     ]
     # The version it replaced is kept, so a revert would need no repository.
     kept = list(apt_host.sandbox.path(f"{STATE}/cache/{order.order_id}").glob("fp-demo_1.0_*.deb"))
