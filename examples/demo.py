@@ -63,7 +63,7 @@ def story(work: Path) -> None:
         order = broken.status()["orders"][0]
         print(f"\n{BROKEN}'s own journal (fleetpatch-agent status):")
         for step in order["steps"]:
-            print(f"  {step['state']:<10} {step['detail']}")
+            print(f"  {step['state']:<10} {step['detail'] or ''}".rstrip())
         print()
         say(fleet.controller.admin("audit", "verify").stdout.strip())
     finally:
