@@ -170,15 +170,23 @@ class Services:
         except OSError:
             return ""
 
-    def stale(self, packages: Sequence[str]) -> list[Stale]:
-        """Processes running replaced files of ``packages``, and units the
-        host's own tool says need a restart. The agent's own process is
-        left out: agent updates hand over on their own."""
+    def files_of(self, packages: Sequence[str]) -> set[str]:
+        """The real paths of the files ``packages`` own (none when the
+        package manager cannot list them: logged)."""
         try:
-            files = PathResolver().all(self._files(packages)) if packages else set()
+            return PathResolver().all(self._files(packages)) if packages else set()
         except CommandFailed as exc:
             log.warning("cannot list the files of %s: %s", ", ".join(packages), exc)
-            files = set()
+            return set()
+
+    def stale(self, packages: Sequence[str]) -> list[Stale]:
+        """`stale_in` the files of ``packages``."""
+        return self.stale_in(self.files_of(packages))
+
+    def stale_in(self, files: Collection[str]) -> list[Stale]:
+        """Processes running replaced ``files`` (`files_of`), and units the
+        host's own tool says need a restart. The agent's own process is
+        left out: agent updates hand over on their own."""
         found = scan(files, self._proc, skip={os.getpid()}) if files else []
         if self._tool is not None:
             try:

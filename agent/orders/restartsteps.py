@@ -168,7 +168,8 @@ class RestartSteps:
         earlier = self._journal.restarts(order_id, phase)
         attempts = Counter(r.unit for r in earlier)
         restarted = [r.unit for r in earlier if r.result == "restarted"]
-        stale = services.stale(packages)
+        files = services.files_of(packages)  # the same before and after the restarts
+        stale = services.stale_in(files)
         own = services.own_unit()
         pending: dict[str, str] = {}
         todo = []
@@ -197,7 +198,7 @@ class RestartSteps:
             restarted.append(unit)
             log.info("order %s: restarted %s (it ran replaced code)", order_id, unit)
         if todo:
-            stale = services.stale(packages)
+            stale = services.stale_in(files)
             for unit in sorted({s.unit for s in stale if s.unit} & set(todo) - set(failed)):
                 pending[unit] = "still runs replaced code after its restart"
         listed = [f"{unit} ({why})" for unit, why in sorted(pending.items())]
