@@ -80,6 +80,17 @@ def reboot_required_reasons(flag: Path) -> list[Reason]:
     return [Reason("reboot-required", f"{flag} names {', '.join(pkgs)}", kernel=kernel)]
 
 
+def needrestart_lines(output: str) -> list[tuple[str, str]]:
+    """(KEY, value) of each "NEEDRESTART-KEY: value" line of `needrestart -b`
+    (batch mode, apt-dater protocol), in order."""
+    found = []
+    for line in output.splitlines():
+        key, sep, value = line.partition(":")
+        if sep and key.startswith("NEEDRESTART-"):
+            found.append((key.removeprefix("NEEDRESTART-"), value.strip()))
+    return found
+
+
 def parse_needrestart(output: str) -> list[Reason]:
     """Reasons from `needrestart -b` (batch mode, apt-dater protocol).
 
@@ -88,10 +99,8 @@ def parse_needrestart(output: str) -> list[Reason]:
     Services to restart (NEEDRESTART-SVC) do not need a reboot.
     """
     fields: dict[str, str] = {}
-    for line in output.splitlines():
-        key, sep, value = line.partition(":")
-        if sep and key.startswith("NEEDRESTART-"):
-            fields.setdefault(key.removeprefix("NEEDRESTART-"), value.strip())
+    for key, value in needrestart_lines(output):
+        fields.setdefault(key, value)
     reasons = []
     if fields.get("KSTA") in ("2", "3"):
         what = "an ABI-compatible upgrade" if fields["KSTA"] == "2" else "a new version"

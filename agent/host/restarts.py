@@ -27,6 +27,7 @@ from pathlib import Path
 
 from agent.backends import subp
 from agent.errors import CommandFailed
+from agent.host.needs import needrestart_lines
 
 log = logging.getLogger(__name__)
 Runner = Callable[..., subp.Result]
@@ -135,13 +136,11 @@ def _exe(entry: Path) -> set[str]:
 
 def parse_needrestart_services(output: str) -> list[str]:
     """Units of "NEEDRESTART-SVC: UNIT" lines of `needrestart -b`."""
-    units = []
-    for line in output.splitlines():
-        key, sep, value = line.partition(":")
-        if sep and key.strip() == "NEEDRESTART-SVC" and value.strip():
-            unit = value.strip()
-            units.append(unit if "." in unit else f"{unit}.service")
-    return units
+    return [
+        unit if "." in unit else f"{unit}.service"
+        for key, unit in needrestart_lines(output)
+        if key == "SVC" and unit
+    ]
 
 
 class Services:
