@@ -62,6 +62,8 @@ class CheckIn:
     updates_hash: str = ""  # of the updates available, as the agent last scanned them
     updates: Sequence[tuple[object, ...]] | None = None  # rows of UPDATE_FIELDS; None: hash only
     scanned_at: datetime | None = None
+    # Binary name -> (source package, source version) where they differ.
+    sources: Mapping[str, tuple[str, str]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

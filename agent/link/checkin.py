@@ -52,7 +52,7 @@ class CheckIns:
         journal: Journal,
         client: ControllerClient,
         collect_facts: Callable[[], hostfacts.HostFacts] = hostfacts.collect,
-        list_packages: Callable[[str], list[packages.Package]] = packages.installed,
+        take_inventory: Callable[[str], packages.Inventory] = packages.take_inventory,
         rng: random.Random | None = None,
         on_order: Callable[[types_pb2.SignedEnvelope], object] | None = None,
         between: Callable[[], object] | None = None,
@@ -66,7 +66,7 @@ class CheckIns:
         self._journal = journal
         self._client = client
         self._collect_facts = collect_facts
-        self._list_packages = list_packages
+        self._take_inventory = take_inventory
         self._rng = rng or random.Random()
         self._on_order = on_order
         self._between = between
@@ -81,8 +81,9 @@ class CheckIns:
         if self._renewal is not None:
             self._renewal.maybe_renew()
         facts = self._collect_facts()
-        installed = self._list_packages(facts.package_manager)
-        current = inventory_hash(installed)
+        inventory = self._take_inventory(facts.package_manager)
+        installed = inventory.packages
+        current = inventory_hash(installed, inventory.sources)
         health = summarize(resource_checks(self._config.health))
         request = agent_pb2.CheckInRequest(
             facts=convert.facts_to_pb(facts),
@@ -95,14 +96,14 @@ class CheckIns:
             request.renewal_error = self._renewal.last_error[:2000]
         send_full = current != self._journal.checkin_state().acked_inventory_hash
         if send_full:
-            request.inventory.CopyFrom(convert.inventory_to_pb(installed))
+            request.inventory.CopyFrom(convert.inventory_to_pb(inventory))
         self._add_updates(request)
         response = self._client.check_in(request)
         if response.inventory_required and not send_full:
             # The controller lost or never had our inventory (a restored
             # database, say): send it in full at once.
             log.info("controller asked for the full inventory")
-            request.inventory.CopyFrom(convert.inventory_to_pb(installed))
+            request.inventory.CopyFrom(convert.inventory_to_pb(inventory))
             send_full = True
             response = self._client.check_in(request)
         if (response.signing_keys or response.withdrawn_keys) and self._on_keys is not None:

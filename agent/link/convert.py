@@ -10,7 +10,7 @@ from fleetpatch.v1 import types_pb2
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from agent.backends.base import Change
-from agent.backends.packages import Package
+from agent.backends.packages import Inventory
 from agent.host.facts import HostFacts
 from agent.host.health import CheckResult, HealthSummary
 from agent.host.updates import Available
@@ -20,10 +20,14 @@ def facts_to_pb(facts: HostFacts) -> types_pb2.HostFacts:
     return types_pb2.HostFacts(**dataclasses.asdict(facts))
 
 
-def inventory_to_pb(packages: Sequence[Package]) -> types_pb2.Inventory:
-    return types_pb2.Inventory(
-        packages=[types_pb2.Package(name=n, version=v, arch=a) for n, v, a in packages]
-    )
+def inventory_to_pb(inventory: Inventory) -> types_pb2.Inventory:
+    pb = types_pb2.Inventory()
+    for name, version, arch in inventory.packages:
+        source, source_version = inventory.sources.get(name, ("", ""))
+        pb.packages.add(
+            name=name, version=version, arch=arch, source=source, source_version=source_version
+        )
+    return pb
 
 
 def updates_to_pb(found: Sequence[Available], scanned_at: datetime) -> types_pb2.AvailableUpdates:

@@ -161,6 +161,16 @@ def packages_from_pb(inventory: types_pb2.Inventory) -> list[Package]:
     return [(p.name, p.version, p.arch) for p in inventory.packages]
 
 
+def sources_from_pb(inventory: types_pb2.Inventory) -> dict[str, tuple[str, str]]:
+    """Binary name -> (source, source version), for the packages that name
+    a source (an empty field means the same as the binary's)."""
+    return {
+        p.name: (p.source or p.name, p.source_version or p.version)
+        for p in inventory.packages
+        if p.source or p.source_version
+    }
+
+
 def updates_to_pb(
     rows: Sequence[tuple[object, ...]], scanned_at: datetime | None
 ) -> types_pb2.AvailableUpdates:

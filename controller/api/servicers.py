@@ -150,7 +150,9 @@ def _readable(report: ProgressReport) -> ProgressReport:
     return report
 
 
-async def _inventory(request: agent_pb2.CheckInRequest) -> list[Package]:
+async def _inventory(
+    request: agent_pb2.CheckInRequest,
+) -> tuple[list[Package], dict[str, tuple[str, str]]]:
     """The check-in's inventory, bounded and checked against its hash;
     converted and hashed off the event loop when it is large."""
     entries = len(request.inventory.packages)
@@ -160,12 +162,13 @@ async def _inventory(request: agent_pb2.CheckInRequest) -> list[Package]:
             f"{limits.MAX_INVENTORY_ENTRIES} are taken"
         )
 
-    def convert_and_check() -> list[Package]:
+    def convert_and_check() -> tuple[list[Package], dict[str, tuple[str, str]]]:
         limits.check_strings(request.inventory, "inventory", limits.MAX_PACKAGE_FIELD)
         packages = convert.packages_from_pb(request.inventory)
-        if inventory_hash(packages) != request.inventory_hash:
+        sources = convert.sources_from_pb(request.inventory)
+        if inventory_hash(packages, sources) != request.inventory_hash:
             raise UsageError("the inventory does not match its hash")
-        return packages
+        return packages, sources
 
     if entries <= 1000:
         return convert_and_check()
@@ -387,9 +390,10 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
         host_id = require(context, Role.HOST, self._revoked).name
         limits.check_strings(request.facts, "facts")
         limits.check_strings(request.health, "health")
-        packages = None
+        packages: list[Package] | None = None
+        sources: dict[str, tuple[str, str]] = {}
         if request.HasField("inventory"):
-            packages = await _inventory(request)
+            packages, sources = await _inventory(request)
             if len(packages) >= limits.LARGE_INVENTORY:
                 # Once this call and its request are gone, give their memory back.
                 asyncio.get_running_loop().call_later(1.0, limits.release_memory)
@@ -411,6 +415,7 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
                 updates_hash=request.updates_hash,
                 updates=updates,
                 scanned_at=scanned_at,
+                sources=sources,
             )
         )
         if outcome.revoked:

@@ -368,7 +368,7 @@ class Store(CampaignStore, ReleaseStore, WebhookStore):
         ).fetchone()
         if row is None:
             return []
-        return [(n, v, a) for n, v, a in json.loads(zlib.decompress(row[0]))]
+        return [(r[0], r[1], r[2]) for r in json.loads(zlib.decompress(row[0]))]
 
     # -- progress reports -----------------------------------------------------
 
@@ -461,7 +461,7 @@ class Store(CampaignStore, ReleaseStore, WebhookStore):
                     continue
                 known_hash, new_inventory, count = row[1], 0, None
                 if checkin.packages is not None:
-                    blob = zlib.compress(json.dumps([list(p) for p in checkin.packages]).encode())
+                    blob = inventory_blob(checkin.packages, checkin.sources)
                     conn.execute(
                         "INSERT INTO inventories (host_id, hash, packages, updated_at)"
                         " VALUES (?,?,?,?) ON CONFLICT (host_id) DO UPDATE SET"
@@ -511,6 +511,13 @@ class Store(CampaignStore, ReleaseStore, WebhookStore):
                 updates,
             )
         return outcomes
+
+
+def inventory_blob(packages: Sequence[Package], sources: Mapping[str, tuple[str, str]]) -> bytes:
+    """An inventory as stored: zlib(JSON rows), each ``[name, version, arch]``
+    and, where its source differs, ``source, source version`` after them."""
+    rows = [[*p, *sources[p[0]]] if p[0] in sources else list(p) for p in packages]
+    return zlib.compress(json.dumps(rows).encode())
 
 
 def _rows(cursor: sqlite3.Cursor) -> list[dict[str, Any]]:

@@ -4,14 +4,23 @@ when nothing changed and the controller can check a full inventory."""
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
+
+# Binary package name -> (source package, source version), for the packages
+# whose source differs from them in name or version.
+Sources = Mapping[str, tuple[str, str]]
 
 
-def inventory_hash(packages: Iterable[tuple[str, str, str]]) -> str:
-    """``sha256:<hex>`` over the sorted ``name, version, arch`` triples."""
+def inventory_hash(packages: Iterable[tuple[str, str, str]], sources: Sources | None = None) -> str:
+    """``sha256:<hex>`` over the sorted ``name, version, arch`` triples, each
+    followed by its source package and version where ``sources`` has one
+    (so an inventory without sources hashes as it always did)."""
     digest = hashlib.sha256()
+    sources = sources or {}
     for name, version, arch in sorted(packages):
-        digest.update(f"{name}\t{version}\t{arch}\n".encode())
+        source = sources.get(name)
+        tail = f"\t{source[0]}\t{source[1]}" if source else ""
+        digest.update(f"{name}\t{version}\t{arch}{tail}\n".encode())
     return "sha256:" + digest.hexdigest()
 
 

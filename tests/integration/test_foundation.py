@@ -22,7 +22,7 @@ from fleetpatch.identity import Identity, Role
 from fleetpatch.v1 import admin_pb2, admin_pb2_grpc, agent_pb2, agent_pb2_grpc, types_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from agent.backends.packages import installed
+from agent.backends.packages import Inventory, installed
 from agent.errors import AgentError, Refused
 from agent.link.checkin import CheckIns
 from agent.link.client import ControllerClient
@@ -244,7 +244,9 @@ def test_unchanged_inventory_is_not_sent_again(controller, tmp_path):
     journal = Journal.open(sd.journal)
     client = _client(controller, state)
     try:
-        checkins = CheckIns(sd.config(), journal, client, list_packages=lambda _: changed)
+        checkins = CheckIns(
+            sd.config(), journal, client, take_inventory=lambda _: Inventory(changed)
+        )
         assert checkins.once().inventory_sent
         assert not checkins.once().inventory_sent
     finally:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
+from agent.backends.packages import Inventory
 from agent.host import facts as hostfacts
 from agent.link.checkin import CheckIns
 from agent.link.enrollment import enroll
@@ -70,7 +71,9 @@ class InProcessAgent:
         self.agent_version = agent_version
         self.checkins = CheckIns(
             config, self.journal, self.client, collect_facts=self._facts,
-            list_packages=lambda _: sorted((n, v, "all") for n, v in backend.installed.items()),
+            take_inventory=lambda _: Inventory(
+                sorted((n, v, "all") for n, v in backend.installed.items())
+            ),
             on_keys=lambda answer: learn_announced(self.state, answer),
         )  # fmt: skip
         self.outcomes: list[State] = []

@@ -10,6 +10,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from agent.backends.packages import Inventory
 from agent.errors import ControllerUnavailable
 from agent.link.backoff import backoff_delay, retry_delay
 from agent.link.checkin import CheckIns
@@ -81,7 +82,7 @@ def _checkins(tmp_path: Path, max_retry_delay: timedelta) -> CheckIns:
         config,
         Journal.open(tmp_path / "journal.db"),
         _Down(),  # type: ignore[arg-type]
-        list_packages=lambda manager: [],
+        take_inventory=lambda manager: Inventory([]),
         rng=Ceiling(),
     )
 

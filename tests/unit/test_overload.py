@@ -17,6 +17,7 @@ from fleetpatch import overload
 from fleetpatch.v1 import agent_pb2, agent_pb2_grpc
 from google.protobuf.duration_pb2 import Duration
 
+from agent.backends.packages import Inventory
 from agent.errors import AgentError, ControllerUnavailable, Overloaded, TransientError
 from agent.link import client as client_module
 from agent.link import convert
@@ -98,7 +99,7 @@ def _run(
     stop = RecordingStop(n)
     CheckIns(
         config, journal or Journal.open(tmp_path / "journal.db"), client,  # type: ignore[arg-type]
-        list_packages=lambda manager: [], rng=rng,
+        take_inventory=lambda manager: Inventory([]), rng=rng,
     ).run(stop)  # fmt: skip
     return stop.waits
 
@@ -161,7 +162,7 @@ def test_the_metrics_textfile_follows_every_check_in_attempt(tmp_path):
 
     config = AgentConfig("c:1", "c:2")
     CheckIns(
-        config, journal, _Script(DOWN, 20, DOWN), list_packages=lambda manager: [],  # type: ignore[arg-type]
+        config, journal, _Script(DOWN, 20, DOWN), take_inventory=lambda manager: Inventory([]),  # type: ignore[arg-type]
         rng=Floor(), after=after,
     ).run(RecordingStop(3))  # fmt: skip
     assert seen == ["0", "1", "0"]

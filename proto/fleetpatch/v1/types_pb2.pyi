@@ -210,20 +210,30 @@ class Package(_message.Message):
     NAME_FIELD_NUMBER: _builtins.int
     VERSION_FIELD_NUMBER: _builtins.int
     ARCH_FIELD_NUMBER: _builtins.int
+    SOURCE_FIELD_NUMBER: _builtins.int
+    SOURCE_VERSION_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     version: _builtins.str
     """full version, epoch included where present"""
     arch: _builtins.str
+    source: _builtins.str
+    """The source package it was built from, where that differs: empty means
+    the same as name (and version). Debian's and Ubuntu's security feeds
+    name source packages (libssl3 is fixed by openssl's DSA).
+    """
+    source_version: _builtins.str
     def __init__(
         self,
         *,
         name: _builtins.str = ...,
         version: _builtins.str = ...,
         arch: _builtins.str = ...,
+        source: _builtins.str = ...,
+        source_version: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["arch", b"arch", "name", b"name", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["arch", b"arch", "name", b"name", "source", b"source", "source_version", b"source_version", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
