@@ -21,21 +21,23 @@ import json
 import os
 import tomllib
 import urllib.parse
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
 
 from fleetpatch.atomicfile import write_atomic
-from fleetpatch.durations import parse_duration
+from fleetpatch.durations import format_duration, parse_duration
 
 from controller.errors import DataDirError, UsageError
+from controller.vulns import DEFAULT_GRACE
 
 DEFAULT_DATA_DIR = Path("/var/lib/fleetpatch/controller")
 DEFAULT_PORT = 7443
 # The tables of controller.toml ([[webhooks]] is an array of them).
 TABLES = {
     "server", "checkin", "campaigns", "releases", "enrollment", "audit", "metrics", "webhooks",
-    "certificates", "signing",
+    "certificates", "signing", "vulns", "compliance",
 }  # fmt: skip
 
 
@@ -80,6 +82,12 @@ class Settings:
     # [signing] old_key_grace: after a rotation, how long agents still take
     # orders signed by the old key once the new one is in use.
     old_key_grace: timedelta = timedelta(days=7)
+    # [vulns] match_interval: how often hosts whose inventory or scan changed
+    # are matched against the imported feeds (at once after an import).
+    vuln_match_interval: timedelta = timedelta(minutes=1)
+    # [compliance] <severity>: how long a security fix may wait on a host
+    # before the host is out of policy (controller/vulns/policy.py).
+    compliance_grace: Mapping[str, timedelta] = field(default_factory=lambda: dict(DEFAULT_GRACE))
 
 
 def default_enroll_address(address: str) -> str:
@@ -246,10 +254,13 @@ class DataDir:
         metrics = _table(doc, "metrics", {"listen"}, self.config)
         metrics_listen = _address(metrics, "listen", "", self.config, "metrics")
         host_lifetime, grace = _identities(doc, self.config)
+        vulns = _table(doc, "vulns", {"match_interval"}, self.config)
         return Settings(
             listen, enroll, advertise, interval, float(jitter), tick, max_batch,
             self.path / public_key if public_key else None, pending, refusal_window, checkpoints,
             metrics_listen, _webhooks(doc, self.path, self.config), host_lifetime, grace,
+            _duration(vulns, "vulns", "match_interval", "1m", self.config),
+            _compliance(doc, self.config),
         )  # fmt: skip
 
     def write_endpoints(self, address: str, enroll_address: str) -> None:
@@ -312,6 +323,15 @@ def _identities(doc: dict[str, object], path: Path) -> tuple[timedelta, timedelt
     host_lifetime = _duration(certificates, "certificates", "host_lifetime", "90d", path)
     signing = _table(doc, "signing", {"old_key_grace"}, path)
     return host_lifetime, _duration(signing, "signing", "old_key_grace", "7d", path)
+
+
+def _compliance(doc: dict[str, object], path: Path) -> dict[str, timedelta]:
+    """[compliance]: the grace period of each severity."""
+    table = _table(doc, "compliance", set(DEFAULT_GRACE), path)
+    return {
+        severity: _duration(table, "compliance", severity, format_duration(default), path)
+        for severity, default in DEFAULT_GRACE.items()
+    }
 
 
 def _duration(table: dict[str, object], name: str, key: str, default: str, path: Path) -> timedelta:
@@ -411,6 +431,24 @@ checkpoint_interval = "1h"
 # describe the fleet and the listener has no authentication.
 listen = ""
 # listen = "127.0.0.1:9464"
+
+[vulns]
+# Hosts whose inventory or available updates changed are matched against
+# the imported vulnerability feeds (`fleetpatch vulns import`) this often;
+# every host is matched at once after an import.
+match_interval = "1m"
+
+[compliance]
+# How long a security fix may wait on a host, per severity, before the host
+# is out of policy (`fleetpatch compliance`). A vulnerability's age runs
+# from its disclosure when the feed dates it, else from when the fleet
+# first showed it.
+critical = "7d"
+high = "14d"
+medium = "30d"
+low = "30d"
+negligible = "30d"
+unknown = "30d"
 
 # Campaign events (approved, ring started and promoted, halted with the
 # reason, resumed, completed, aborted) POSTed as JSON to each webhook, signed

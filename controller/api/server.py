@@ -23,12 +23,13 @@ from pathlib import Path
 
 import grpc
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
-from fleetpatch.v1 import admin_pb2, agent_pb2
+from fleetpatch.v1 import admin_pb2, agent_pb2, vulns_pb2
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from controller.api import lenient, limits
 from controller.api.auditkeeping import AuditKeeper
 from controller.api.servicers import AdminService, AgentService, Revocations
+from controller.api.vulnservice import VulnService
 from controller.checkpoint import Checkpoints
 from controller.datadir import DataDir, Settings, join_address, split_address
 from controller.errors import UsageError
@@ -46,10 +47,11 @@ from controller.releases.publishing import Releases, load_release_key
 from controller.rollout.engine import CampaignEngine
 from controller.store import Store
 from controller.store.thread import CheckInBatcher, StoreThread
+from controller.vulns.match import Matcher
 
 log = logging.getLogger(__name__)
 
-SERVICES = ("fleetpatch.v1.AgentService", "fleetpatch.v1.AdminService")
+SERVICES = ("fleetpatch.v1.AgentService", "fleetpatch.v1.AdminService", "fleetpatch.v1.VulnService")
 SHUTDOWN_GRACE_SECONDS = 10.0
 # Open files kept back from the connection cap for the database, logs,
 # artifacts and the files a release upload writes.
@@ -167,7 +169,9 @@ async def serve(  # noqa: PLR0915
         keys.withdrawn(settings.old_key_grace), refusals=keeper.refusals, pending=pending,
     )  # fmt: skip
     admin = AdminService(db, revoked, engine, releases, keeper.checkpoints)
-    health_servicer = _register(server, agents, admin)
+    matcher = Matcher(db)
+    vulns = VulnService(db, engine, matcher, settings, admin._admin)
+    health_servicer = _register(server, agents, admin, vulns)
 
     try:
         bound, enroll_bound = _listen(server, ca, pair, listen, enroll_listen)
@@ -187,6 +191,7 @@ async def serve(  # noqa: PLR0915
         engine.run_ticks(settings.campaign_tick.total_seconds(), stop),
         expire_pending(db, settings.pending_timeout, pending, stop, engine.metrics.presence),
         extras.deliveries.run(stop),
+        match_vulns(matcher, settings.vuln_match_interval, stop),
     )
     for name in ("", *SERVICES):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
@@ -234,6 +239,24 @@ async def expire_pending(
 
     # At most a quarter of the timeout late.
     await every(min(60.0, timeout.total_seconds() / 4), stop, expire, "expiring pending hosts")
+
+
+async def match_vulns(matcher: Matcher, interval: timedelta, stop: asyncio.Event) -> None:
+    """Match hosts whose inventory or scan changed against the feeds every
+    ``interval``, and at once when an import wakes the matcher."""
+    while not stop.is_set():
+        try:
+            matched = await matcher.run_once()
+        except Exception:
+            log.exception("matching hosts against the vulnerability feeds failed; trying again")
+        else:
+            if matched:
+                log.info("matched %d hosts against the vulnerability feeds", matched)
+        waking = asyncio.ensure_future(matcher.wait(interval.total_seconds()))
+        stopping = asyncio.ensure_future(stop.wait())
+        await asyncio.wait({waking, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        for pending in (waking, stopping):
+            pending.cancel()
 
 
 # How long a scrape waits for the event loop to hand it the counts; a loop
@@ -313,11 +336,12 @@ async def _serve_metrics(
 
 
 def _register(
-    server: grpc.aio.Server, agents: AgentService, admin: AdminService
+    server: grpc.aio.Server, agents: AgentService, admin: AdminService, vulns: VulnService
 ) -> health.aio.HealthServicer:  # type: ignore[name-defined]
     """Add the services to ``server``; the health servicer, to set later."""
     lenient.add_servicer(server, agents, agent_pb2.DESCRIPTOR.services_by_name["AgentService"])
     lenient.add_servicer(server, admin, admin_pb2.DESCRIPTOR.services_by_name["AdminService"])
+    lenient.add_servicer(server, vulns, vulns_pb2.DESCRIPTOR.services_by_name["VulnService"])
     # grpc-stubs predates the asyncio health servicer that grpcio-health-checking ships.
     health_servicer = health.aio.HealthServicer()  # type: ignore[attr-defined]
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)

@@ -321,6 +321,8 @@ def targeting_mismatch(campaign: CampaignSpec, host: HostFacts) -> str:
     targets = campaign.targets
     if host.ring not in campaign.rollout.positions:
         return f"ring {host.ring} is not in the rollout"
+    if targets.hosts and host.host_id not in targets.hosts:
+        return "the host is not in [targets] hosts"
     if targets.regions and host.region not in targets.regions:
         return f"region {host.region!r} is not targeted"
     for key, values in targets.labels:

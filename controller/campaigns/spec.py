@@ -5,12 +5,12 @@
 be between 0 and 1``). Unknown keys and tables are errors everywhere: a typo
 must never leave a default in force silently. The tables:
 
-    [campaign]          name, description, emergency, deadline
+    [campaign]          name, description, emergency, deadline, fixes
     [patch]             packages, all_security_updates, exclude, reboot, livepatch,
                         restart_services
     [agent_update]      version, rollback_after (instead of [patch]: a new agent)
     [verify]            timeout, [[verify.checks]]
-    [targets]           regions, labels, os
+    [targets]           regions, labels, os, hosts
     [rollout]           region_order, concurrency, region_concurrency,
                         silent_after, silent_threshold, report_timeout,
                         min_agent_version,
@@ -38,6 +38,7 @@ from typing import Any
 from fleetpatch.checkspec import Check, parse_check
 from fleetpatch.debversion import debian_version, version_key
 from fleetpatch.durations import format_duration
+from fleetpatch.identity import HOST_ID
 from fleetpatch.labels import check_label, check_region, check_ring
 from fleetpatch.orderspec import (
     MAX_PACKAGE_NAME,
@@ -115,6 +116,7 @@ class TargetSpec:
     regions: frozenset[str]
     labels: tuple[tuple[str, frozenset[str]], ...]  # key -> any of these values
     os_ids: frozenset[str]
+    hosts: frozenset[str] = frozenset()  # host ids (`campaign plan` lists the exposed)
 
 
 @dataclass(frozen=True)
@@ -199,6 +201,9 @@ class CampaignSpec:
     windows: WindowPolicy | None  # None: always open
     source: str = ""
     agent_update: AgentUpdateSpec | None = None
+    # Vulnerability ids the campaign fixes (`campaign plan` fills it in):
+    # `vulns show` lists the campaign under each.
+    fixes: tuple[str, ...] = ()
 
     @property
     def kind(self) -> str:
@@ -232,6 +237,7 @@ def parse_campaign(text: str, source: str) -> CampaignSpec:
         rollout=_rollout(root.table("rollout"), verify.timeout),
         windows=_windows(windows) if root.has("windows") else None,
         source=source,
+        fixes=_fixes(head),
     )
     head.finish()
     root.finish()  # first: a misspelt [agent_update] is named, with its likely spelling
@@ -251,6 +257,14 @@ def _name(t: Table) -> str:
     if not _NAME.fullmatch(name):
         raise t.error("name", f"{name!r} must be lowercase letters, digits and '-' (1-63)")
     return name
+
+
+def _fixes(t: Table) -> tuple[str, ...]:
+    fixes = t.strings("fixes")
+    for index, vuln_id in enumerate(fixes):
+        if not vuln_id or len(vuln_id) > 128 or not vuln_id.isprintable() or " " in vuln_id:
+            raise t.at(f"{t.field('fixes')}[{index}]", f"{vuln_id!r} is not a vulnerability id")
+    return tuple(fixes)
 
 
 def _deadline(t: Table) -> datetime | None:
@@ -386,8 +400,12 @@ def _targets(t: Table) -> TargetSpec:
     for index, os_id in enumerate(os_ids):
         if not _OS_ID.fullmatch(os_id):
             raise t.at(f"{t.field('os')}[{index}]", f"{os_id!r} is not an os id (e.g. 'debian')")
+    hosts = t.strings("hosts")
+    for index, host_id in enumerate(hosts):
+        if not HOST_ID.fullmatch(host_id):
+            raise t.at(f"{t.field('hosts')}[{index}]", f"{host_id!r} is not a host id (h-...)")
     t.finish()
-    return TargetSpec(frozenset(regions), tuple(selectors), frozenset(os_ids))
+    return TargetSpec(frozenset(regions), tuple(selectors), frozenset(os_ids), frozenset(hosts))
 
 
 def _rollout(t: Table, verify_timeout: timedelta) -> RolloutSpec:

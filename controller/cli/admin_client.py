@@ -8,7 +8,7 @@ from typing import TypeVar
 
 import grpc
 from fleetpatch.tlstrust import trust_problem
-from fleetpatch.v1 import admin_pb2, admin_pb2_grpc
+from fleetpatch.v1 import admin_pb2, admin_pb2_grpc, vulns_pb2, vulns_pb2_grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from controller.datadir import DataDir
@@ -53,6 +53,7 @@ class AdminClient:
         )
         self._channel = grpc.secure_channel(self.address, creds)
         self._stub = admin_pb2_grpc.AdminServiceStub(self._channel)
+        self._vulns = vulns_pb2_grpc.VulnServiceStub(self._channel)
 
     def close(self) -> None:
         self._channel.close()
@@ -210,3 +211,28 @@ class AdminClient:
                 yield from page.records
         except grpc.RpcError as exc:
             raise self._error(exc) from None
+
+    # -- vulnerabilities -----------------------------------------------------------
+
+    def import_vulns(
+        self, batches: list[vulns_pb2.ImportVulnsRequest]
+    ) -> vulns_pb2.ImportVulnsResponse:
+        """Send a feed already read whole (the last batch commits)."""
+        return self._call(
+            lambda: self._vulns.ImportVulns(iter(batches), timeout=PUBLISH_TIMEOUT_SECONDS)
+        )
+
+    def list_vulns(self, request: vulns_pb2.ListVulnsRequest) -> vulns_pb2.ListVulnsResponse:
+        return self._call(lambda: self._vulns.ListVulns(request, timeout=TIMEOUT_SECONDS))
+
+    def get_vuln(self, vuln_id: str) -> vulns_pb2.GetVulnResponse:
+        request = vulns_pb2.GetVulnRequest(vuln_id=vuln_id)
+        return self._call(lambda: self._vulns.GetVuln(request, timeout=TIMEOUT_SECONDS))
+
+    def exposures(self, request: vulns_pb2.ListExposuresRequest) -> list[vulns_pb2.Exposure]:
+        reply = self._call(lambda: self._vulns.ListExposures(request, timeout=TIMEOUT_SECONDS))
+        return list(reply.exposures)
+
+    def compliance(self, by: str) -> vulns_pb2.ComplianceResponse:
+        request = vulns_pb2.ComplianceRequest(by=by)
+        return self._call(lambda: self._vulns.GetCompliance(request, timeout=TIMEOUT_SECONDS))

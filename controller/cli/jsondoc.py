@@ -9,6 +9,7 @@ The rules (README, "JSON output"; `schemas` holds every document to them):
   a second where the controller has them); a time not set is null;
 - a string that is empty (not set) is null; bytes are lower-case hex;
 - 64-bit integers are numbers (not the strings of protobuf's JSON mapping);
+- durations are whole seconds, a number (an age of 3 days is 259200);
 - maps are objects, repeated fields arrays (empty when empty).
 """
 
@@ -19,11 +20,16 @@ from typing import Any
 
 from fleetpatch import render
 from google.protobuf.descriptor import FieldDescriptor
+from google.protobuf.duration_pb2 import Duration
 from google.protobuf.message import Message
 from google.protobuf.timestamp_pb2 import Timestamp
 
 # String fields that carry a time (the controller's isoformat): as RFC 3339.
 _STRING_TIMES = frozenset({"next_change"})
+
+
+# Messages written as one value (a time, a number of seconds): null when unset.
+_SCALAR_MESSAGES = frozenset({Timestamp.DESCRIPTOR.full_name, Duration.DESCRIPTOR.full_name})
 
 
 def doc(message: Message) -> dict[str, Any]:
@@ -37,8 +43,8 @@ def doc(message: Message) -> dict[str, Any]:
         elif field.is_repeated:
             out[field.name] = [_value(field, v) for v in value]
         elif field.message_type is not None and not message.HasField(field.name):
-            is_time = field.message_type.full_name == Timestamp.DESCRIPTOR.full_name
-            out[field.name] = None if is_time else doc(value)
+            scalar = field.message_type.full_name in _SCALAR_MESSAGES
+            out[field.name] = None if scalar else doc(value)
         else:
             out[field.name] = _value(field, value)
     return out
@@ -48,6 +54,8 @@ def doc(message: Message) -> dict[str, Any]:
 def _value(field: Any, value: Any) -> Any:
     if isinstance(value, Timestamp):
         return timestamp(value)
+    if isinstance(value, Duration):
+        return int(value.ToTimedelta().total_seconds())
     if isinstance(value, Message):
         return doc(value)
     if field.type == FieldDescriptor.TYPE_ENUM:

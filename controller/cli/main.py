@@ -18,13 +18,15 @@ from fleetpatch import labels as labelspec
 from fleetpatch import render
 from fleetpatch.cliapp import exit_codes_epilog, new_app, run
 from fleetpatch.durations import format_duration, parse_duration
-from fleetpatch.v1 import admin_pb2
+from fleetpatch.v1 import admin_pb2, vulns_pb2
 
 from controller.api import convert
 from controller.cli import jsondoc
 from controller.cli.campaigns import audit_app, campaign_app
 from controller.cli.common import ControllerOption, DataDirOption, JsonOption, client
+from controller.cli.plan import plan
 from controller.cli.release import release_app
+from controller.cli.vulns import compliance, vulns_app
 from controller.datadir import DEFAULT_DATA_DIR, DEFAULT_PORT, DataDir
 from controller.errors import EXIT_CODES, FleetpatchError, UsageError
 from controller.fleet.bootstrap import init_data_dir
@@ -40,6 +42,9 @@ app.add_typer(hosts_app, name="hosts")
 app.add_typer(campaign_app, name="campaign")
 app.add_typer(audit_app, name="audit")
 app.add_typer(release_app, name="release")
+app.add_typer(vulns_app, name="vulns")
+app.command("compliance")(compliance)
+campaign_app.command("plan")(plan)
 
 # -- controller ------------------------------------------------------------------
 
@@ -340,14 +345,17 @@ def hosts_show(
     json_out: JsonOption = False,
 ) -> None:
     """Show one host: facts, health, labels, the updates available to it
-    (as its agent last scanned them) and its installed packages."""
+    (as its agent last scanned them), the vulnerabilities it is exposed to
+    and its installed packages."""
     with client(data_dir, controller) as admin:
         got = admin.get_host(host_id)
+        exposed = admin.exposures(vulns_pb2.ListExposuresRequest(host_id=host_id, open_only=True))
     if json_out:
         render.print_json(
             {
                 **jsondoc.doc(got.host),
                 "updates": _updates_doc(got),
+                "exposures": [jsondoc.doc(e) for e in exposed],
                 "packages": [jsondoc.doc(p) for p in got.inventory.packages],
             }
         )
@@ -401,12 +409,28 @@ def hosts_show(
     for check in h.health.checks:
         print(f"{''.ljust(width)}  {'ok  ' if check.ok else 'FAIL'} {check.name}: {check.detail}")
     _print_updates(got)
+    _print_exposures(exposed, now)
     inventory = h.inventory_hash or "not yet received"
     print(f"\npackages ({len(got.inventory.packages)}, inventory {inventory}):")
     render.table(
         ["NAME", "VERSION", "ARCH"],
         [(p.name, p.version, p.arch) for p in got.inventory.packages],
     )
+
+
+def _print_exposures(exposed: list[vulns_pb2.Exposure], now: datetime) -> None:
+    print(f"\nexposed to ({len({e.vuln_id for e in exposed})} vulnerabilities):")
+    if not exposed:
+        print("  nothing known (`fleetpatch vulns import` a feed to see)")
+        return
+    render.table(
+        ["VULNERABILITY", "SEVERITY", "PACKAGE", "INSTALLED", "FIXED IN", "OFFERED", "SINCE"],
+        [
+            (e.vuln_id, e.severity, e.package, e.installed, e.fixed or "no fix yet",
+             "yes" if e.available else "no", render.ago(convert.from_timestamp(e.first_seen), now))
+            for e in exposed
+        ],
+    )  # fmt: skip
 
 
 def _updates_doc(got: admin_pb2.GetHostResponse) -> dict[str, object] | None:

@@ -17,6 +17,10 @@ against a real controller and checks its output with `check`.
     fleetpatch campaign watch --json    WATCH_EVENT, one per line
     fleetpatch release list --json      array of RELEASE
     fleetpatch audit export --json      array of AUDIT_RECORD
+    fleetpatch vulns import --json      array of VULN_IMPORTED
+    fleetpatch vulns list --json        array of VULN_SUMMARY
+    fleetpatch vulns show --json        VULN_SHOWN
+    fleetpatch compliance --json        COMPLIANCE
 """
 
 from __future__ import annotations
@@ -59,18 +63,46 @@ HOST = obj(
     owes=array(enum("reboot", "restart")), certificate_renew_at=NTIME, renewal_failures=INT,
     renewal_error=NSTR, renewal_failing=BOOL,
 )  # fmt: skip
-PACKAGE = obj(name=STR, version=STR, arch=NSTR)
+PACKAGE = obj(name=STR, version=STR, arch=NSTR, source=NSTR, source_version=NSTR)
 AVAILABLE_UPDATE = obj(
     name=STR, arch=NSTR, installed=NSTR, candidate=STR, origin=NSTR, security=BOOL,
     severity=NSTR, advisory=NSTR, reboot=BOOL,
 )  # fmt: skip
 UPDATES = {"anyOf": [{"type": "null"},
                      obj(scanned_at=NTIME, available=array(AVAILABLE_UPDATE))]}  # fmt: skip
+SEVERITY = enum("critical", "high", "medium", "low", "negligible", "unknown")
+EXPOSURE = obj(
+    host_id=STR, vuln_id=STR, severity=SEVERITY, package=STR, installed=STR, fixed=NSTR,
+    available=BOOL, first_seen=TIME, fixed_at=NTIME, region=STR, ring=INT, os=NSTR,
+    published=NTIME, binaries=array(obj(name=STR, version=STR)),
+)  # fmt: skip
 HOST_SHOWN = {
     **HOST,
-    "properties": {**HOST["properties"], "packages": array(PACKAGE), "updates": UPDATES},
-    "required": sorted([*HOST["required"], "packages", "updates"]),
-}
+    "properties": {**HOST["properties"], "packages": array(PACKAGE), "updates": UPDATES,
+                   "exposures": array(EXPOSURE)},
+    "required": sorted([*HOST["required"], "packages", "updates", "exposures"]),
+}  # fmt: skip
+VULN_SUMMARY = obj(
+    vuln_id=STR, severity=SEVERITY, published=NTIME, hosts=INT, fixable=INT,
+    fixed_versions=array(STR), packages=array(STR), first_seen=NTIME,
+)  # fmt: skip
+VULNERABILITY = obj(
+    vuln_id=STR, severity=SEVERITY, summary=NSTR, published=NTIME, modified=NTIME,
+    aliases=array(STR), withdrawn=BOOL, source=NSTR,
+    affected=array(obj(release=STR, package=STR, introduced=NSTR, fixed=NSTR)),
+)  # fmt: skip
+VULN_SHOWN = obj(
+    vulns=array(VULNERABILITY), exposures=array(EXPOSURE),
+    campaigns=array(obj(campaign_id=STR, name=STR, state=STR)),
+)  # fmt: skip
+VULN_IMPORTED = obj(source=STR, records=INT, added=INT, removed=INT)
+COMPLIANCE = obj(
+    groups=array(obj(key=STR, hosts=INT, on_policy=INT, unassessed=INT)),
+    out_of_policy=array(obj(host_id=STR, group=STR, vuln_id=STR, severity=SEVERITY,
+                            package=STR, fixed=STR, age=INT, grace=INT)),
+    remediation=array(obj(severity=SEVERITY, count=INT, mean=INT, p90=INT)),
+    policy=array(obj(severity=SEVERITY, grace=INT)),
+)  # fmt: skip
 
 COUNTS = ("eligible", "waiting", "in_flight", "succeeded", "failed", "reverted",
           "revert_failed", "timed_out")  # fmt: skip

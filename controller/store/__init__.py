@@ -40,6 +40,7 @@ from controller.store import audit
 from controller.store.campaigns import CampaignStore
 from controller.store.migrations import migrations
 from controller.store.releases import ReleaseStore
+from controller.store.vulns import VulnStore
 from controller.store.webhooks import WebhookStore
 
 __all__ = ["Store"]
@@ -57,7 +58,7 @@ def _must_dt(value: float) -> datetime:
     return datetime.fromtimestamp(value, UTC)
 
 
-class Store(CampaignStore, ReleaseStore, WebhookStore):
+class Store(CampaignStore, ReleaseStore, WebhookStore, VulnStore):
     def __init__(self, conn: sqlite3.Connection) -> None:
         self._conn = conn
         self._db = Database(conn)

@@ -194,3 +194,68 @@ def _certificate_renewal(db: Database) -> None:
     # the last reason; reset by a renewal.
     db.execute("ALTER TABLE hosts ADD COLUMN renew_failures INTEGER NOT NULL DEFAULT 0")
     db.execute("ALTER TABLE hosts ADD COLUMN renew_error TEXT NOT NULL DEFAULT ''")
+
+
+@migrations(name="0009_vulnerabilities")
+def _vulnerabilities(db: Database) -> None:
+    # Imported feeds (controller/vulns/feeds.py): one row per source, the
+    # generation counting imports so hosts are matched again after each.
+    db.execute(
+        """CREATE TABLE vuln_sources (
+            source       TEXT PRIMARY KEY,
+            generation   INTEGER NOT NULL,
+            feed_date    REAL,
+            imported_at  REAL NOT NULL,
+            imported_by  TEXT NOT NULL,
+            records      INTEGER NOT NULL
+        )"""
+    )
+    db.execute(
+        """CREATE TABLE vulns (
+            vuln_id    TEXT PRIMARY KEY,
+            source     TEXT NOT NULL,
+            severity   TEXT NOT NULL,
+            summary    TEXT NOT NULL,
+            published  REAL,            -- disclosure, when the feed says
+            modified   REAL,
+            aliases    TEXT NOT NULL    -- JSON list: CVE ids of an advisory
+        )"""
+    )
+    db.execute("CREATE INDEX vulns_source ON vulns (source)")
+    db.execute(
+        """CREATE TABLE vuln_affected (
+            vuln_id     TEXT NOT NULL REFERENCES vulns (vuln_id) ON DELETE CASCADE,
+            release     TEXT NOT NULL,  -- debian:12, almalinux:9 (vulns/releases.py)
+            package     TEXT NOT NULL,  -- source package on dpkg releases, binary on rpm
+            introduced  TEXT NOT NULL,  -- '': from the first version
+            fixed       TEXT NOT NULL,  -- '': no fix yet
+            PRIMARY KEY (vuln_id, release, package, introduced)
+        )"""
+    )
+    db.execute("CREATE INDEX vuln_affected_release ON vuln_affected (release, package)")
+    db.execute(
+        """CREATE TABLE vuln_aliases (
+            alias    TEXT NOT NULL,
+            vuln_id  TEXT NOT NULL REFERENCES vulns (vuln_id) ON DELETE CASCADE,
+            PRIMARY KEY (alias, vuln_id)
+        )"""
+    )
+    # Per host, vulnerability and package: when it was first seen exposed
+    # and when the host's inventory first showed it fixed (NULL while open).
+    db.execute(
+        """CREATE TABLE exposures (
+            host_id     TEXT NOT NULL REFERENCES hosts (host_id),
+            vuln_id     TEXT NOT NULL,
+            package     TEXT NOT NULL,
+            installed   TEXT NOT NULL,
+            fixed       TEXT NOT NULL,
+            available   INTEGER NOT NULL,  -- the host's last scan offers the fix
+            first_seen  REAL NOT NULL,
+            fixed_at    REAL,
+            PRIMARY KEY (host_id, vuln_id, package)
+        )"""
+    )
+    db.execute("CREATE INDEX exposures_vuln ON exposures (vuln_id, fixed_at)")
+    # What each host was last matched against: its inventory and updates
+    # hashes and the feed generation; a host is matched again when it differs.
+    db.execute("ALTER TABLE hosts ADD COLUMN vulns_matched TEXT NOT NULL DEFAULT ''")

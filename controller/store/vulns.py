@@ -1,0 +1,465 @@
+"""Vulnerability feeds, and each host's exposure to them (issue 15).
+
+Tables (migration 0009): vuln_sources, vulns, vuln_affected, vuln_aliases,
+exposures, and hosts.vulns_matched. An import replaces or upserts in one
+transaction: a feed is taken whole or not at all."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import zlib
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from controller.vulns import SEVERITIES
+from controller.vulns.feeds import Vuln, most_severe
+
+
+def _ts(value: datetime | None) -> float | None:
+    return None if value is None else value.timestamp()
+
+
+def _dt(value: float | None) -> datetime | None:
+    return None if value is None else datetime.fromtimestamp(value, UTC)
+
+
+@dataclass(frozen=True)
+class ImportSummary:
+    source: str
+    records: int  # distinct vulnerabilities in the feed
+    added: int
+    removed: int  # withdrawn, or no longer in a full snapshot
+    generation: int
+
+
+@dataclass(frozen=True)
+class MatchInput:
+    """What matching a host needs, as stored."""
+
+    host_id: str
+    key: str  # what hosts.vulns_matched becomes once matched
+    facts: dict[str, Any]
+    packages: list[list[str]]  # inventory rows: name, version, arch[, source, source version]
+    updates: list[list[Any]]  # available update rows (UPDATE_FIELDS)
+
+
+@dataclass(frozen=True)
+class Found:
+    """One exposure a match found (controller/vulns/match.py)."""
+
+    vuln_id: str
+    package: str
+    installed: str
+    fixed: str
+    available: bool
+
+
+@dataclass(frozen=True)
+class VulnSummary:
+    vuln_id: str
+    severity: str
+    published: datetime | None
+    hosts: int  # exposed now
+    fixable: int  # of which the fix is offered to the host
+    fixed_versions: tuple[str, ...]
+    packages: tuple[str, ...]
+    first_seen: datetime | None  # on the fleet
+
+
+@dataclass(frozen=True)
+class ExposureRow:
+    host_id: str
+    vuln_id: str
+    severity: str
+    package: str
+    installed: str
+    fixed: str
+    available: bool
+    first_seen: datetime
+    fixed_at: datetime | None
+    published: datetime | None
+    region: str = ""
+    ring: int = 0
+    os: str = ""
+
+
+@dataclass(frozen=True)
+class VulnRecord:
+    vuln_id: str
+    source: str
+    severity: str
+    summary: str
+    published: datetime | None
+    modified: datetime | None
+    aliases: tuple[str, ...]
+    affected: tuple[tuple[str, str, str, str], ...]  # release, package, introduced, fixed
+
+
+@dataclass(frozen=True)
+class SourceRow:
+    source: str
+    generation: int
+    feed_date: datetime | None
+    imported_at: datetime
+    imported_by: str
+    records: int
+
+
+def merged(records: Iterable[Vuln]) -> dict[str, Vuln]:
+    """Records by id, those of one id (the tracker's, one per source
+    package) merged: the most severe severity, every affected range."""
+    found: dict[str, Vuln] = {}
+    for v in records:
+        old = found.get(v.vuln_id)
+        if old is None or old.withdrawn or v.withdrawn:
+            found[v.vuln_id] = v
+            continue
+        found[v.vuln_id] = Vuln(
+            v.vuln_id, most_severe(old.severity, v.severity), old.summary or v.summary,
+            old.published or v.published,
+            max(filter(None, (old.modified, v.modified)), default=None),
+            tuple(dict.fromkeys(old.aliases + v.aliases)),
+            tuple(dict.fromkeys(old.affected + v.affected)),
+        )  # fmt: skip
+    return found
+
+
+class VulnStore:
+    """Mixed into Store; ``_conn`` and ``_transaction`` come from there."""
+
+    _conn: sqlite3.Connection
+    _transaction: Callable[[], Any]
+
+    # -- feeds ---------------------------------------------------------------------
+
+    def import_vulns(
+        self,
+        source: str,
+        replace: bool,
+        feed_date: datetime | None,
+        records: Sequence[Vuln],
+        now: datetime,
+        actor: str,
+    ) -> ImportSummary:
+        """Take a feed's records in one transaction. ``replace``: they are
+        the whole of ``source`` (what it held before and no longer lists
+        goes); otherwise they are upserted by id and withdrawn ones removed."""
+        by_id = merged(records)
+        with self._transaction() as conn:
+            before = {
+                r[0] for r in conn.execute("SELECT vuln_id FROM vulns WHERE source = ?", (source,))
+            }
+            gone = {i for i, v in by_id.items() if v.withdrawn}
+            if replace:
+                gone |= before - set(by_id)
+            live = [v for v in by_id.values() if not v.withdrawn]
+            ids = [(i,) for i in sorted(gone | {v.vuln_id for v in live})]
+            conn.executemany("DELETE FROM vuln_affected WHERE vuln_id = ?", ids)
+            conn.executemany("DELETE FROM vuln_aliases WHERE vuln_id = ?", ids)
+            conn.executemany("DELETE FROM vulns WHERE vuln_id = ?", ids)
+            conn.executemany(
+                "DELETE FROM exposures WHERE vuln_id = ?", [(i,) for i in sorted(gone)]
+            )
+            conn.executemany(
+                "INSERT INTO vulns (vuln_id, source, severity, summary, published, modified,"
+                " aliases) VALUES (?,?,?,?,?,?,?)",
+                [(v.vuln_id, source, v.severity, v.summary, _ts(v.published), _ts(v.modified),
+                  json.dumps(list(v.aliases))) for v in live],
+            )  # fmt: skip
+            conn.executemany(
+                "INSERT INTO vuln_affected (vuln_id, release, package, introduced, fixed)"
+                " VALUES (?,?,?,?,?) ON CONFLICT DO NOTHING",
+                [(v.vuln_id, a.release, a.package, a.introduced, a.fixed)
+                 for v in live for a in v.affected],
+            )  # fmt: skip
+            conn.executemany(
+                "INSERT INTO vuln_aliases (alias, vuln_id) VALUES (?,?) ON CONFLICT DO NOTHING",
+                [(alias, v.vuln_id) for v in live for alias in v.aliases if alias != v.vuln_id],
+            )
+            generation = self.vuln_generation() + 1
+            count = conn.execute(
+                "SELECT COUNT(*) FROM vulns WHERE source = ?", (source,)
+            ).fetchone()[0]
+            conn.execute(
+                "INSERT INTO vuln_sources (source, generation, feed_date, imported_at, imported_by,"
+                " records) VALUES (?,?,?,?,?,?) ON CONFLICT (source) DO UPDATE SET"
+                " generation = excluded.generation, feed_date = excluded.feed_date,"
+                " imported_at = excluded.imported_at, imported_by = excluded.imported_by,"
+                " records = excluded.records",
+                (source, generation, _ts(feed_date), _ts(now), actor, count),
+            )  # fmt: skip
+        return ImportSummary(
+            source,
+            len(live),
+            len({v.vuln_id for v in live} - before),
+            len(gone & before),
+            generation,
+        )
+
+    def vuln_generation(self) -> int:
+        """Counts imports: hosts matched at an older one are matched again."""
+        row = self._conn.execute("SELECT MAX(generation) FROM vuln_sources").fetchone()
+        return int(row[0] or 0)
+
+    def vuln_sources(self) -> list[SourceRow]:
+        rows = self._conn.execute(
+            "SELECT source, generation, feed_date, imported_at, imported_by, records"
+            " FROM vuln_sources ORDER BY source"
+        ).fetchall()
+        return [
+            SourceRow(r[0], r[1], _dt(r[2]), _dt(r[3]) or datetime.now(UTC), r[4], r[5])
+            for r in rows
+        ]
+
+    def affected_releases(self) -> list[tuple[str, int]]:
+        """Each release some feed names, with how many ranges it has."""
+        return self._conn.execute(
+            "SELECT release, COUNT(*) FROM vuln_affected GROUP BY release ORDER BY release"
+        ).fetchall()
+
+    def affected_in(self, releases: Iterable[str]) -> list[tuple[str, str, str, str, str]]:
+        """(release, package, vuln_id, introduced, fixed) of ``releases``."""
+        found: list[tuple[str, str, str, str, str]] = []
+        for release in sorted(set(releases)):
+            found += self._conn.execute(
+                "SELECT release, package, vuln_id, introduced, fixed FROM vuln_affected"
+                " WHERE release = ?",
+                (release,),
+            ).fetchall()
+        return found
+
+    # -- matching ------------------------------------------------------------------
+
+    def hosts_to_match(self, generation: int, limit: int) -> list[MatchInput]:
+        """Active hosts whose inventory, updates or the feed changed since
+        they were last matched, at most ``limit``."""
+        rows = self._conn.execute(
+            "SELECT h.host_id, h.facts, h.inventory_hash || '|' || h.updates_hash || '|' || ?,"
+            " i.packages, u.updates FROM hosts h"
+            " LEFT JOIN inventories i ON i.host_id = h.host_id"
+            " LEFT JOIN available_updates u ON u.host_id = h.host_id"
+            " WHERE h.status = 'active'"
+            " AND h.vulns_matched != h.inventory_hash || '|' || h.updates_hash || '|' || ?"
+            " ORDER BY h.host_id LIMIT ?",
+            (str(generation), str(generation), limit),
+        ).fetchall()
+        return [
+            MatchInput(
+                r[0], r[2], json.loads(r[1]),
+                json.loads(zlib.decompress(r[3])) if r[3] is not None else [],
+                json.loads(zlib.decompress(r[4])) if r[4] is not None else [],
+            )
+            for r in rows
+        ]  # fmt: skip
+
+    def record_matches(
+        self, results: Sequence[tuple[str, str, Sequence[Found]]], now: datetime
+    ) -> int:
+        """Write each host's exposures (host id, match key, found): new ones
+        first seen now, those no longer found fixed now, ones found again
+        reopened. Returns how many were newly exposed."""
+        at = now.timestamp()
+        opened = 0
+        with self._transaction() as conn:
+            for host_id, key, found in results:
+                before = {
+                    (r[0], r[1]): r[2]
+                    for r in conn.execute(
+                        "SELECT vuln_id, package, fixed_at FROM exposures WHERE host_id = ?",
+                        (host_id,),
+                    )
+                }
+                fresh = [f for f in found if (f.vuln_id, f.package) not in before]
+                opened += len(fresh)
+                conn.executemany(
+                    "INSERT INTO exposures (host_id, vuln_id, package, installed, fixed, available,"
+                    " first_seen) VALUES (?,?,?,?,?,?,?)",
+                    [(host_id, f.vuln_id, f.package, f.installed, f.fixed, int(f.available), at)
+                     for f in fresh],
+                )  # fmt: skip
+                conn.executemany(
+                    "UPDATE exposures SET installed = ?, fixed = ?, available = ?, fixed_at = NULL"
+                    " WHERE host_id = ? AND vuln_id = ? AND package = ?",
+                    [(f.installed, f.fixed, int(f.available), host_id, f.vuln_id, f.package)
+                     for f in found if (f.vuln_id, f.package) in before],
+                )  # fmt: skip
+                still = {(f.vuln_id, f.package) for f in found}
+                conn.executemany(
+                    "UPDATE exposures SET fixed_at = ?, available = 0"
+                    " WHERE host_id = ? AND vuln_id = ? AND package = ?",
+                    [(at, host_id, v, p) for (v, p), fixed_at in before.items()
+                     if fixed_at is None and (v, p) not in still],
+                )  # fmt: skip
+                conn.execute("UPDATE hosts SET vulns_matched = ? WHERE host_id = ?", (key, host_id))
+        return opened
+
+    # -- views ---------------------------------------------------------------------
+
+    def list_vulns(
+        self, min_severity: str = "", region: str = "", ring: int | None = None
+    ) -> list[VulnSummary]:
+        """Vulnerabilities exposing at least one active host (in ``region``
+        and ``ring`` when given), most severe and widest first."""
+        where, args = _host_filter(region, ring)
+        if min_severity:
+            allowed = SEVERITIES[: SEVERITIES.index(min_severity) + 1]
+            where += f" AND v.severity IN ({','.join('?' * len(allowed))})"
+            args += list(allowed)
+        rows = self._conn.execute(
+            "SELECT e.vuln_id, v.severity, v.published, COUNT(DISTINCT e.host_id),"
+            " COUNT(DISTINCT CASE WHEN e.available = 1 THEN e.host_id END),"
+            " MIN(e.first_seen) FROM exposures e JOIN vulns v ON v.vuln_id = e.vuln_id"
+            " JOIN hosts h ON h.host_id = e.host_id"
+            f" WHERE e.fixed_at IS NULL AND h.status = 'active'{where}"
+            " GROUP BY e.vuln_id, v.severity, v.published",
+            args,
+        ).fetchall()
+        details: dict[str, tuple[set[str], set[str]]] = {}
+        hosts_where, hosts_args = _host_filter(region, ring)
+        for vuln_id, package, fixed in self._conn.execute(
+            "SELECT DISTINCT e.vuln_id, e.package, e.fixed FROM exposures e"
+            " JOIN hosts h ON h.host_id = e.host_id"
+            f" WHERE e.fixed_at IS NULL AND h.status = 'active'{hosts_where}",
+            hosts_args,
+        ):
+            packages, fixes = details.setdefault(vuln_id, (set(), set()))
+            packages.add(package)
+            if fixed:
+                fixes.add(fixed)
+        found = [
+            VulnSummary(
+                r[0], r[1], _dt(r[2]), r[3], r[4],
+                tuple(sorted(details.get(r[0], (set(), set()))[1])),
+                tuple(sorted(details.get(r[0], (set(), set()))[0])), _dt(r[5]),
+            )
+            for r in rows
+        ]  # fmt: skip
+        found.sort(key=lambda v: (SEVERITIES.index(v.severity), -v.hosts, v.vuln_id))
+        return found
+
+    def resolve_vuln(self, name: str) -> list[str]:
+        """The ids ``name`` names: itself when imported, and the advisories
+        that list it as an alias (a CVE fixed by a DSA)."""
+        found = self._conn.execute("SELECT vuln_id FROM vulns WHERE vuln_id = ?", (name,))
+        rows = self._conn.execute(
+            "SELECT vuln_id FROM vuln_aliases WHERE alias = ? ORDER BY vuln_id", (name,)
+        )
+        return list(dict.fromkeys(r[0] for r in [*found.fetchall(), *rows.fetchall()]))
+
+    def get_vuln(self, vuln_id: str) -> VulnRecord | None:
+        row = self._conn.execute(
+            "SELECT vuln_id, source, severity, summary, published, modified, aliases FROM vulns"
+            " WHERE vuln_id = ?",
+            (vuln_id,),
+        ).fetchone()
+        if row is None:
+            return None
+        affected = self._conn.execute(
+            "SELECT release, package, introduced, fixed FROM vuln_affected WHERE vuln_id = ?"
+            " ORDER BY release, package, introduced",
+            (vuln_id,),
+        ).fetchall()
+        return VulnRecord(
+            row[0], row[1], row[2], row[3], _dt(row[4]), _dt(row[5]), tuple(json.loads(row[6])),
+            tuple(tuple(a) for a in affected),
+        )  # fmt: skip
+
+    def exposures(
+        self,
+        vuln_ids: Sequence[str] = (),
+        host_id: str = "",
+        open_only: bool = False,
+        region: str = "",
+        ring: int | None = None,
+    ) -> list[ExposureRow]:
+        """Exposures of active hosts, open and fixed (``open_only``: open),
+        of ``vuln_ids`` or ``host_id`` when given."""
+        where, args = _host_filter(region, ring)
+        if vuln_ids:
+            where += f" AND e.vuln_id IN ({','.join('?' * len(vuln_ids))})"
+            args += list(vuln_ids)
+        if host_id:
+            where += " AND e.host_id = ?"
+            args.append(host_id)
+        if open_only:
+            where += " AND e.fixed_at IS NULL"
+        rows = self._conn.execute(
+            "SELECT e.host_id, e.vuln_id, v.severity, e.package, e.installed, e.fixed, e.available,"
+            " e.first_seen, e.fixed_at, v.published, h.region, h.ring, h.facts"
+            " FROM exposures e JOIN vulns v ON v.vuln_id = e.vuln_id"
+            " JOIN hosts h ON h.host_id = e.host_id"
+            f" WHERE h.status = 'active'{where}"
+            " ORDER BY e.host_id, e.vuln_id, e.package",
+            args,
+        ).fetchall()
+        return [
+            ExposureRow(
+                r[0], r[1], r[2], r[3], r[4], r[5], bool(r[6]), _dt(r[7]) or datetime.now(UTC),
+                _dt(r[8]), _dt(r[9]), r[10], r[11], _os(r[12]),
+            )
+            for r in rows
+        ]  # fmt: skip
+
+    def inventory_rows(self, host_ids: Sequence[str]) -> dict[str, list[list[str]]]:
+        """Stored inventory rows (name, version, arch[, source, source
+        version]) of ``host_ids``."""
+        found: dict[str, list[list[str]]] = {}
+        for host_id in host_ids:
+            row = self._conn.execute(
+                "SELECT packages FROM inventories WHERE host_id = ?", (host_id,)
+            ).fetchone()
+            found[host_id] = json.loads(zlib.decompress(row[0])) if row is not None else []
+        return found
+
+    def open_exposures_all(self) -> list[ExposureRow]:
+        """Every open exposure of active hosts (compliance)."""
+        return self.exposures(open_only=True)
+
+    def fleet_first_seen(self, vuln_ids: Sequence[str]) -> dict[str, datetime]:
+        """When each vulnerability was first seen on any host."""
+        if not vuln_ids:
+            return {}
+        rows = self._conn.execute(
+            "SELECT vuln_id, MIN(first_seen) FROM exposures"
+            f" WHERE vuln_id IN ({','.join('?' * len(vuln_ids))}) GROUP BY vuln_id",
+            list(vuln_ids),
+        ).fetchall()
+        return {r[0]: datetime.fromtimestamp(r[1], UTC) for r in rows}
+
+    def remediations(self) -> list[tuple[str, str, str, datetime, datetime]]:
+        """(host id, vuln id, severity, start, fixed) for every exposure a
+        host closed: start is the disclosure when the feed dates it, else
+        when the vulnerability was first seen on the fleet; fixed is when
+        the host's last exposed package was seen fixed."""
+        rows = self._conn.execute(
+            "SELECT e.host_id, e.vuln_id, v.severity, v.published, MAX(e.fixed_at),"
+            " SUM(CASE WHEN e.fixed_at IS NULL THEN 1 ELSE 0 END)"
+            " FROM exposures e JOIN vulns v ON v.vuln_id = e.vuln_id"
+            " JOIN hosts h ON h.host_id = e.host_id WHERE h.status = 'active'"
+            " GROUP BY e.host_id, e.vuln_id, v.severity, v.published"
+        ).fetchall()
+        closed = [r for r in rows if r[5] == 0 and r[4] is not None]
+        first = self.fleet_first_seen(sorted({r[1] for r in closed}))
+        return [
+            (r[0], r[1], r[2], _dt(r[3]) or first[r[1]], datetime.fromtimestamp(r[4], UTC))
+            for r in closed
+        ]
+
+
+def _host_filter(region: str, ring: int | None) -> tuple[str, list[Any]]:
+    where, args = "", list[Any]()
+    if region:
+        where += " AND h.region = ?"
+        args.append(region)
+    if ring is not None:
+        where += " AND h.ring = ?"
+        args.append(ring)
+    return where, args
+
+
+def _os(facts: str) -> str:
+    doc = json.loads(facts or "{}")
+    return f"{doc.get('os_id', '')} {doc.get('os_version', '')}".strip() or "unknown"
