@@ -187,7 +187,7 @@ class VulnService(vulns_pb2_grpc.VulnServiceServicer):
         def read(store: Store) -> policy.Report:
             open_rows = store.exposures(open_only=True)
             covered = {r[0] for r in store.affected_releases()}
-            first = store.fleet_first_seen(sorted({r.vuln_id for r in open_rows}))
+            first = store.fleet_first_seen()
             report = policy.compliance(
                 store.list_hosts(limit=10_000_000), open_rows, covered, first, grace,
                 datetime.now(UTC), request.by,
@@ -223,16 +223,8 @@ class VulnService(vulns_pb2_grpc.VulnServiceServicer):
 
 
 def _binaries(row: ExposureRow, inventory: Sequence[Sequence[str]]) -> list[tuple[str, str]]:
-    """The installed packages an exposure's package stands for: on dpkg
-    releases every binary built from that source, on rpm the package."""
-    found = []
-    for entry in inventory:
-        source = entry[3] if len(entry) >= 5 else entry[0]
-        if entry[0] == row.package or (
-            row.os.split()[:1] in (["debian"], ["ubuntu"]) and source == row.package
-        ):
-            found.append((entry[0], entry[1]))
-    return sorted(set(found))
+    family = "dpkg" if row.os.partition(" ")[0] in releases.DPKG_DISTROS else "rpm"
+    return releases.binaries_for(family, row.package, inventory)
 
 
 def _severity(name: str) -> str:

@@ -52,6 +52,7 @@ from fleetpatch.tomltable import Table, toml_type
 from controller.campaigns.errors import CampaignError
 from controller.campaigns.quota import Quota, count, parse_quota, percent
 from controller.campaigns.windows import WeeklyWindow, load_zone, parse_weekly
+from controller.vulns import SEVERITIES
 
 HOST_LOCAL = "host-local"
 _NAME = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
@@ -91,6 +92,18 @@ class PatchSpec:
     reboot: RebootPolicy
     livepatch: LivepatchPolicy
     restart_services: RestartPolicy = RestartPolicy.AUTO
+    baseline: Baseline | None = None
+
+
+@dataclass(frozen=True)
+class Baseline:
+    """A patch baseline (SSM's auto-approval rule): on each host, the fixes
+    of the vulnerabilities it is exposed to of at least this severity,
+    disclosed (or first seen) at least this long ago, resolved when the
+    host is assigned (controller/store/vulns.py baseline_packages)."""
+
+    min_severity: str
+    older_than: timedelta
 
 
 @dataclass(frozen=True)
@@ -303,9 +316,12 @@ def _patch(t: Table) -> PatchSpec:
             raise t.at(where, f"package {package.name!r} is listed twice")
         packages.append(package)
     security = t.get("all_security_updates", bool, False)
-    if not packages and not security:
+    baseline = _baseline(t.table("baseline")) if t.has("baseline") else None
+    if not packages and not security and baseline is None:
         raise t.error(
-            "packages", "names no package and all_security_updates is false: nothing to patch"
+            "packages",
+            "names no package, all_security_updates is false and there is no baseline: "
+            "nothing to patch",
         )
     exclude = t.strings("exclude")
     for index, pattern in enumerate(exclude):
@@ -317,7 +333,16 @@ def _patch(t: Table) -> PatchSpec:
         raise t.error("livepatch", "'only' (never reboot) contradicts reboot = 'always'")
     restart = t.choice("restart_services", RestartPolicy, RestartPolicy.AUTO)
     t.finish()
-    return PatchSpec(tuple(packages), security, exclude, reboot, livepatch, restart)
+    return PatchSpec(tuple(packages), security, exclude, reboot, livepatch, restart, baseline)
+
+
+def _baseline(t: Table) -> Baseline:
+    severity = t.require("min_severity", str)
+    if severity not in SEVERITIES:
+        raise t.error("min_severity", f"{severity!r}: one of {', '.join(SEVERITIES)}")
+    older_than = t.duration("older_than", timedelta(0))
+    t.finish()
+    return Baseline(severity, older_than)
 
 
 def _agent_update(t: Table, verify_timeout: timedelta) -> AgentUpdateSpec:

@@ -186,7 +186,7 @@ def _packages(
             family_of[binary.name] = family
             # A binary at the source's version (or a rebuild of it, +bN) will be
             # at the fixed version or above it once fixed.
-            if not re.fullmatch(re.escape(e.installed) + r"(\+b\d+)?", binary.version):
+            if not releases.follows_source(binary.version, e.installed):
                 exact[binary.name] = False
             held = minimum.get(binary.name)
             if held is None or versions.compare(family, e.fixed, held) > 0:

@@ -141,7 +141,8 @@ def list_(
 ) -> None:
     """Vulnerabilities that leave enrolled hosts exposed now, most severe
     and widest first: how many hosts, how many of them are offered the fix
-    by their repositories (FIXABLE), the fixed versions, the packages."""
+    by their repositories (FIXABLE), and the fixed versions and packages
+    the feeds name for the fleet's releases (`vulns show` has them per host)."""
     request = vulns_pb2.ListVulnsRequest(min_severity=check_severity(severity), region=region)
     if ring is not None:
         request.ring = ring

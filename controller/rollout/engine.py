@@ -502,9 +502,18 @@ class CampaignEngine:
                 order_id, host.host_id, sequence, now, window_closes_at,
             )  # fmt: skip
         else:
+            baseline = spec.patch.baseline if spec.patch is not None else None
+            resolved: list[tuple[str, str]] = []
+            if baseline is not None:
+                resolved = await self._db.call(
+                    lambda s: s.baseline_packages(
+                        host.host_id, baseline.min_severity, baseline.older_than, now
+                    )
+                )
             order = workorders.patch_order(
-                spec, record.campaign_id, order_id, host.host_id, sequence, now, window_closes_at
-            )
+                spec, record.campaign_id, order_id, host.host_id, sequence, now,
+                window_closes_at, resolved,
+            )  # fmt: skip
         envelope = workorders.sign(order, self._key)
         assignment = Assignment(
             order_id=order_id, campaign_id=record.campaign_id, host_id=host.host_id, kind=kind,

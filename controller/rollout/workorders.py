@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime, timedelta
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -14,6 +15,7 @@ from controller.campaigns import (
     CampaignSpec,
     CheckKind,
     LivepatchPolicy,
+    PackageTarget,
     RebootPolicy,
     RestartPolicy,
 )
@@ -108,7 +110,10 @@ def patch_order(
     sequence: int,
     now: datetime,
     window_closes_at: datetime | None,
+    baseline: Sequence[tuple[str, str]] = (),
 ) -> types_pb2.WorkOrder:
+    """``baseline``: (name, minimum version) the campaign's patch baseline
+    resolved for this host, added to the packages the campaign names."""
     if spec.patch is None:
         raise ValueError(f"campaign {campaign_id} has no [patch]")
     order = _order(
@@ -118,8 +123,8 @@ def patch_order(
     order.patch.CopyFrom(
         types_pb2.PatchSpec(
             packages=[
-                types_pb2.PackageTarget(name=p.name, min_version=p.min_version)
-                for p in spec.patch.packages
+                types_pb2.PackageTarget(name=name, min_version=minimum)
+                for name, minimum in _targets(spec.patch.packages, baseline)
             ],
             all_security_updates=spec.patch.all_security_updates,
             exclude=list(spec.patch.exclude),
@@ -129,6 +134,15 @@ def patch_order(
     order.livepatch = _LIVEPATCH[spec.patch.livepatch]
     order.restart_services = _RESTART[spec.patch.restart_services]
     return order
+
+
+def _targets(
+    named: Sequence[PackageTarget], baseline: Sequence[tuple[str, str]]
+) -> list[tuple[str, str]]:
+    """The campaign's packages, then the baseline's it does not name."""
+    found = [(p.name, p.min_version) for p in named]
+    listed = {p.name for p in named}
+    return found + [(name, minimum) for name, minimum in baseline if name not in listed]
 
 
 def agent_update_order(

@@ -252,10 +252,28 @@ def _vulnerabilities(db: Database) -> None:
             available   INTEGER NOT NULL,  -- the host's last scan offers the fix
             first_seen  REAL NOT NULL,
             fixed_at    REAL,
+            region      TEXT NOT NULL,     -- the host's when it was matched: its cell
+            ring        INTEGER NOT NULL,
             PRIMARY KEY (host_id, vuln_id, package)
         )"""
     )
-    db.execute("CREATE INDEX exposures_vuln ON exposures (vuln_id, fixed_at)")
+    # No index by vulnerability: a large fleet's first match writes millions
+    # of rows, and one in random key order would triple the time. The views
+    # by vulnerability read vuln_cells; `vulns show` scans.
+    # Open exposures counted per vulnerability and cell (region, ring): hosts
+    # exposed, of which the fix is offered to; kept by the matcher as it
+    # writes exposures, so `vulns list` reads counts, not every exposure.
+    db.execute(
+        """CREATE TABLE vuln_cells (
+            vuln_id     TEXT NOT NULL,
+            region      TEXT NOT NULL,
+            ring        INTEGER NOT NULL,
+            hosts       INTEGER NOT NULL,
+            fixable     INTEGER NOT NULL,
+            first_seen  REAL NOT NULL,
+            PRIMARY KEY (vuln_id, region, ring)
+        )"""
+    )
     # What each host was last matched against: its inventory and updates
     # hashes and the feed generation; a host is matched again when it differs.
     db.execute("ALTER TABLE hosts ADD COLUMN vulns_matched TEXT NOT NULL DEFAULT ''")

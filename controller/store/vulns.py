@@ -9,12 +9,13 @@ from __future__ import annotations
 import json
 import sqlite3
 import zlib
+from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
-from typing import Any
+from datetime import UTC, datetime, timedelta
+from typing import Any, NamedTuple
 
-from controller.vulns import SEVERITIES
+from controller.vulns import SEVERITIES, releases, versions
 from controller.vulns.feeds import Vuln, most_severe
 
 
@@ -44,17 +45,96 @@ class MatchInput:
     facts: dict[str, Any]
     packages: list[list[str]]  # inventory rows: name, version, arch[, source, source version]
     updates: list[list[Any]]  # available update rows (UPDATE_FIELDS)
+    region: str = ""
+    ring: int = 0
 
 
-@dataclass(frozen=True)
-class Found:
-    """One exposure a match found (controller/vulns/match.py)."""
+class Found(NamedTuple):
+    """One exposure a match found (controller/vulns/match.py); a tuple: a
+    large fleet's match makes millions of them."""
 
     vuln_id: str
     package: str
     installed: str
     fixed: str
     available: bool
+
+
+@dataclass(frozen=True)
+class StoredHost:
+    """A host to match as `hosts_to_match` reads it: the blobs still
+    compressed, decoded by the matcher off the store thread."""
+
+    host_id: str
+    key: str
+    facts: dict[str, Any]
+    packages_blob: bytes | None
+    updates_blob: bytes | None
+    region: str
+    ring: int
+
+    def decoded(self) -> MatchInput:
+        return MatchInput(
+            self.host_id, self.key, self.facts,
+            json.loads(zlib.decompress(self.packages_blob)) if self.packages_blob else [],
+            json.loads(zlib.decompress(self.updates_blob)) if self.updates_blob else [],
+            self.region, self.ring,
+        )  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Matched:
+    """A host's match: what record_matches writes."""
+
+    host_id: str
+    key: str
+    region: str
+    ring: int
+    found: Sequence[Found]
+
+
+class _Cells:
+    """Changes to vuln_cells, summed before they are written: per cell
+    (region, ring) and vulnerability, the hosts exposed and of those the
+    ones offered the fix. A host counts once per vulnerability. Counters:
+    a large match counts millions of these."""
+
+    def __init__(self) -> None:
+        self._hosts: dict[tuple[str, int], Counter[str]] = defaultdict(Counter)
+        self._fixable: dict[tuple[str, int], Counter[str]] = defaultdict(Counter)
+        self._first: dict[tuple[str, int], float] = {}
+
+    def add(self, cell: tuple[str, int], vulns: Iterable[str], fixable: Iterable[str],
+            at: float) -> None:  # fmt: skip
+        self._hosts[cell].update(vulns)
+        self._fixable[cell].update(fixable)
+        self._first[cell] = min(self._first.get(cell, at), at)
+
+    def remove(self, cell: tuple[str, int], vulns: Iterable[str], fixable: Iterable[str]) -> None:
+        self._hosts[cell].subtract(vulns)
+        self._fixable[cell].subtract(fixable)
+
+    def write(self, conn: sqlite3.Connection) -> None:
+        rows: list[tuple[str, str, int, int, int, float]] = []
+        for cell in sorted(set(self._hosts) | set(self._fixable)):
+            hosts, fixable = self._hosts[cell], self._fixable[cell]
+            at = self._first.get(cell, 0.0)
+            rows.extend(
+                (vuln_id, *cell, hosts[vuln_id], fixable[vuln_id], at)
+                for vuln_id in sorted(set(hosts) | set(fixable))
+                if hosts[vuln_id] or fixable[vuln_id]
+            )
+        conn.executemany(
+            "INSERT INTO vuln_cells (vuln_id, region, ring, hosts, fixable, first_seen)"
+            " VALUES (?,?,?,?,?,?) ON CONFLICT (vuln_id, region, ring) DO UPDATE SET"
+            " hosts = vuln_cells.hosts + excluded.hosts,"
+            " fixable = vuln_cells.fixable + excluded.fixable",
+            rows,
+        )
+        conn.executemany(
+            "DELETE FROM vuln_cells WHERE vuln_id = ? AND region = ? AND ring = ? AND hosts <= 0",
+            [r[:3] for r in rows if r[3] < 0],
+        )
 
 
 @dataclass(frozen=True)
@@ -160,8 +240,13 @@ class VulnStore:
             conn.executemany("DELETE FROM vuln_affected WHERE vuln_id = ?", ids)
             conn.executemany("DELETE FROM vuln_aliases WHERE vuln_id = ?", ids)
             conn.executemany("DELETE FROM vulns WHERE vuln_id = ?", ids)
+            if gone:  # one pass over the exposures, not one per vulnerability
+                conn.execute(
+                    "DELETE FROM exposures WHERE NOT EXISTS"
+                    " (SELECT 1 FROM vulns v WHERE v.vuln_id = exposures.vuln_id)"
+                )
             conn.executemany(
-                "DELETE FROM exposures WHERE vuln_id = ?", [(i,) for i in sorted(gone)]
+                "DELETE FROM vuln_cells WHERE vuln_id = ?", [(i,) for i in sorted(gone)]
             )
             conn.executemany(
                 "INSERT INTO vulns (vuln_id, source, severity, summary, published, modified,"
@@ -214,6 +299,13 @@ class VulnStore:
             for r in rows
         ]
 
+    def fleet_releases(self) -> set[str | None]:
+        """The releases active hosts run (None: one no feed covers)."""
+        return {
+            releases.host_release(json.loads(r[0]))
+            for r in self._conn.execute("SELECT facts FROM hosts WHERE status = 'active'")
+        }
+
     def affected_releases(self) -> list[tuple[str, int]]:
         """Each release some feed names, with how many ranges it has."""
         return self._conn.execute(
@@ -233,68 +325,102 @@ class VulnStore:
 
     # -- matching ------------------------------------------------------------------
 
-    def hosts_to_match(self, generation: int, limit: int) -> list[MatchInput]:
-        """Active hosts whose inventory, updates or the feed changed since
-        they were last matched, at most ``limit``."""
+    def hosts_to_match(self, generation: int, limit: int, after: str = "") -> list[StoredHost]:
+        """Active hosts whose inventory, updates, region, ring or the feeds
+        changed since they were last matched, by host id after ``after``,
+        at most ``limit``."""
+        key = (
+            "h.inventory_hash || '|' || h.updates_hash || '|' || ? || '|' || h.region"
+            " || '|' || CAST(h.ring AS TEXT)"
+        )
         rows = self._conn.execute(
-            "SELECT h.host_id, h.facts, h.inventory_hash || '|' || h.updates_hash || '|' || ?,"
-            " i.packages, u.updates FROM hosts h"
+            f"SELECT h.host_id, h.facts, {key}, i.packages, u.updates, h.region, h.ring"
+            " FROM hosts h"
             " LEFT JOIN inventories i ON i.host_id = h.host_id"
             " LEFT JOIN available_updates u ON u.host_id = h.host_id"
-            " WHERE h.status = 'active'"
-            " AND h.vulns_matched != h.inventory_hash || '|' || h.updates_hash || '|' || ?"
+            f" WHERE h.status = 'active' AND h.host_id > ? AND h.vulns_matched != {key}"
             " ORDER BY h.host_id LIMIT ?",
-            (str(generation), str(generation), limit),
+            (str(generation), after, str(generation), limit),
         ).fetchall()
-        return [
-            MatchInput(
-                r[0], r[2], json.loads(r[1]),
-                json.loads(zlib.decompress(r[3])) if r[3] is not None else [],
-                json.loads(zlib.decompress(r[4])) if r[4] is not None else [],
-            )
-            for r in rows
-        ]  # fmt: skip
+        return [StoredHost(r[0], r[2], json.loads(r[1]), r[3], r[4], r[5], r[6]) for r in rows]
 
-    def record_matches(
-        self, results: Sequence[tuple[str, str, Sequence[Found]]], now: datetime
-    ) -> int:
-        """Write each host's exposures (host id, match key, found): new ones
-        first seen now, those no longer found fixed now, ones found again
-        reopened. Returns how many were newly exposed."""
+    def record_matches(self, results: Sequence[Matched], now: datetime) -> int:
+        """Write each host's exposures: new ones first seen now, those no
+        longer found fixed now, ones found again reopened; and keep the
+        per-cell counts. Returns how many were newly exposed."""
         at = now.timestamp()
         opened = 0
         with self._transaction() as conn:
-            for host_id, key, found in results:
+            cells = _Cells()
+            for m in results:
                 before = {
-                    (r[0], r[1]): r[2]
+                    (r[0], r[1]): (r[2], r[3], (r[4], r[5]), r[6], r[7])
                     for r in conn.execute(
-                        "SELECT vuln_id, package, fixed_at FROM exposures WHERE host_id = ?",
-                        (host_id,),
+                        "SELECT vuln_id, package, fixed_at, available, region, ring, installed,"
+                        " fixed FROM exposures WHERE host_id = ?",
+                        (m.host_id,),
                     )
                 }
-                fresh = [f for f in found if (f.vuln_id, f.package) not in before]
+                open_before = [(k, v) for k, v in before.items() if v[0] is None]
+                if open_before:
+                    cell = open_before[0][1][2]
+                    cells.remove(cell, {k[0] for k, _ in open_before},
+                                 {k[0] for k, v in open_before if v[1]})  # fmt: skip
+                fresh = [f for f in m.found if (f.vuln_id, f.package) not in before]
                 opened += len(fresh)
                 conn.executemany(
                     "INSERT INTO exposures (host_id, vuln_id, package, installed, fixed, available,"
-                    " first_seen) VALUES (?,?,?,?,?,?,?)",
-                    [(host_id, f.vuln_id, f.package, f.installed, f.fixed, int(f.available), at)
-                     for f in fresh],
+                    " first_seen, region, ring) VALUES (?,?,?,?,?,?,?,?,?)",
+                    [(m.host_id, f.vuln_id, f.package, f.installed, f.fixed, int(f.available), at,
+                      m.region, m.ring) for f in fresh],
                 )  # fmt: skip
+                # Rows found again: written only where something changed.
+                cell = (m.region, m.ring)
                 conn.executemany(
-                    "UPDATE exposures SET installed = ?, fixed = ?, available = ?, fixed_at = NULL"
-                    " WHERE host_id = ? AND vuln_id = ? AND package = ?",
-                    [(f.installed, f.fixed, int(f.available), host_id, f.vuln_id, f.package)
-                     for f in found if (f.vuln_id, f.package) in before],
+                    "UPDATE exposures SET installed = ?, fixed = ?, available = ?, fixed_at = NULL,"
+                    " region = ?, ring = ? WHERE host_id = ? AND vuln_id = ? AND package = ?",
+                    [(f.installed, f.fixed, int(f.available), m.region, m.ring, m.host_id,
+                      f.vuln_id, f.package) for f in m.found
+                     if (held := before.get((f.vuln_id, f.package))) is not None
+                     and held != (None, int(f.available), cell, f.installed, f.fixed)],
                 )  # fmt: skip
-                still = {(f.vuln_id, f.package) for f in found}
+                still = {(f.vuln_id, f.package) for f in m.found}
                 conn.executemany(
                     "UPDATE exposures SET fixed_at = ?, available = 0"
                     " WHERE host_id = ? AND vuln_id = ? AND package = ?",
-                    [(at, host_id, v, p) for (v, p), fixed_at in before.items()
-                     if fixed_at is None and (v, p) not in still],
+                    [(at, m.host_id, v, p) for (v, p), held in open_before if (v, p) not in still],
                 )  # fmt: skip
-                conn.execute("UPDATE hosts SET vulns_matched = ? WHERE host_id = ?", (key, host_id))
+                cells.add((m.region, m.ring), {f.vuln_id for f in m.found},
+                          {f.vuln_id for f in m.found if f.available}, at)  # fmt: skip
+                conn.execute(
+                    "UPDATE hosts SET vulns_matched = ? WHERE host_id = ?", (m.key, m.host_id)
+                )
+            cells.write(conn)
         return opened
+
+    def forget_exposures(self) -> int:
+        """Drop the exposures of hosts no longer active (revoked, forgotten):
+        they leave the counts, and are not remediations. Returns how many
+        hosts."""
+        with self._transaction() as conn:
+            gone = [r[0] for r in conn.execute(
+                "SELECT host_id FROM hosts WHERE status != 'active' AND EXISTS"
+                " (SELECT 1 FROM exposures e WHERE e.host_id = hosts.host_id)"
+            )]  # fmt: skip
+            cells = _Cells()
+            for host_id in gone:
+                rows = conn.execute(
+                    "SELECT vuln_id, available, region, ring FROM exposures"
+                    " WHERE host_id = ? AND fixed_at IS NULL",
+                    (host_id,),
+                ).fetchall()
+                if rows:
+                    cells.remove((rows[0][2], rows[0][3]), {r[0] for r in rows},
+                                 {r[0] for r in rows if r[1]})  # fmt: skip
+                conn.execute("DELETE FROM exposures WHERE host_id = ?", (host_id,))
+                conn.execute("UPDATE hosts SET vulns_matched = '' WHERE host_id = ?", (host_id,))
+            cells.write(conn)
+        return len(gone)
 
     # -- views ---------------------------------------------------------------------
 
@@ -302,38 +428,42 @@ class VulnStore:
         self, min_severity: str = "", region: str = "", ring: int | None = None
     ) -> list[VulnSummary]:
         """Vulnerabilities exposing at least one active host (in ``region``
-        and ``ring`` when given), most severe and widest first."""
-        where, args = _host_filter(region, ring)
+        and ``ring`` when given), most severe and widest first. Reads the
+        per-cell counts the matcher keeps, never every exposure."""
+        where, args = "", list[Any]()
+        if region:
+            where += " AND c.region = ?"
+            args.append(region)
+        if ring is not None:
+            where += " AND c.ring = ?"
+            args.append(ring)
         if min_severity:
             allowed = SEVERITIES[: SEVERITIES.index(min_severity) + 1]
             where += f" AND v.severity IN ({','.join('?' * len(allowed))})"
             args += list(allowed)
         rows = self._conn.execute(
-            "SELECT e.vuln_id, v.severity, v.published, COUNT(DISTINCT e.host_id),"
-            " COUNT(DISTINCT CASE WHEN e.available = 1 THEN e.host_id END),"
-            " MIN(e.first_seen) FROM exposures e JOIN vulns v ON v.vuln_id = e.vuln_id"
-            " JOIN hosts h ON h.host_id = e.host_id"
-            f" WHERE e.fixed_at IS NULL AND h.status = 'active'{where}"
-            " GROUP BY e.vuln_id, v.severity, v.published",
+            "SELECT c.vuln_id, v.severity, v.published, SUM(c.hosts), SUM(c.fixable),"
+            " MIN(c.first_seen) FROM vuln_cells c JOIN vulns v ON v.vuln_id = c.vuln_id"
+            f" WHERE c.hosts > 0{where} GROUP BY c.vuln_id, v.severity, v.published",
             args,
         ).fetchall()
+        in_fleet = [r for r in self.fleet_releases() if r is not None]
         details: dict[str, tuple[set[str], set[str]]] = {}
-        hosts_where, hosts_args = _host_filter(region, ring)
         for vuln_id, package, fixed in self._conn.execute(
-            "SELECT DISTINCT e.vuln_id, e.package, e.fixed FROM exposures e"
-            " JOIN hosts h ON h.host_id = e.host_id"
-            f" WHERE e.fixed_at IS NULL AND h.status = 'active'{hosts_where}",
-            hosts_args,
+            "SELECT a.vuln_id, a.package, a.fixed FROM vuln_affected a"
+            " WHERE a.vuln_id IN (SELECT DISTINCT vuln_id FROM vuln_cells WHERE hosts > 0)"
+            f" AND a.release IN ({','.join('?' * len(in_fleet))})",
+            in_fleet,
         ):
             packages, fixes = details.setdefault(vuln_id, (set(), set()))
             packages.add(package)
             if fixed:
                 fixes.add(fixed)
+        empty: tuple[set[str], set[str]] = (set(), set())
         found = [
             VulnSummary(
-                r[0], r[1], _dt(r[2]), r[3], r[4],
-                tuple(sorted(details.get(r[0], (set(), set()))[1])),
-                tuple(sorted(details.get(r[0], (set(), set()))[0])), _dt(r[5]),
+                r[0], r[1], _dt(r[2]), r[3], r[4], tuple(sorted(details.get(r[0], empty)[1])),
+                tuple(sorted(details.get(r[0], empty)[0])), _dt(r[5]),
             )
             for r in rows
         ]  # fmt: skip
@@ -414,18 +544,39 @@ class VulnStore:
             found[host_id] = json.loads(zlib.decompress(row[0])) if row is not None else []
         return found
 
-    def open_exposures_all(self) -> list[ExposureRow]:
-        """Every open exposure of active hosts (compliance)."""
-        return self.exposures(open_only=True)
+    def baseline_packages(
+        self, host_id: str, min_severity: str, older_than: timedelta, now: datetime
+    ) -> list[tuple[str, str]]:
+        """A patch baseline resolved for one host: (package, minimum
+        version) of every installed package that fixes an open exposure of
+        ``min_severity`` or worse, disclosed (else first seen on the fleet)
+        at least ``older_than`` before ``now``. The minimum is the highest
+        fixed version, where the binary follows its source's versions."""
+        allowed = SEVERITIES[: SEVERITIES.index(min_severity) + 1]
+        rows = [
+            e for e in self.exposures(host_id=host_id, open_only=True)
+            if e.fixed and e.severity in allowed
+        ]  # fmt: skip
+        first = self.fleet_first_seen()
+        due = [e for e in rows if now - (e.published or first.get(e.vuln_id, now)) >= older_than]
+        inventory = self.inventory_rows([host_id])[host_id]
+        wanted: dict[str, str] = {}
+        for e in due:
+            family = "dpkg" if e.os.partition(" ")[0] in releases.DPKG_DISTROS else "rpm"
+            for name, version in releases.binaries_for(family, e.package, inventory):
+                minimum = e.fixed if releases.follows_source(version, e.installed) else ""
+                held = wanted.get(name)
+                if held is None or (
+                    minimum and (not held or versions.compare(family, minimum, held) > 0)
+                ):
+                    wanted[name] = minimum
+        return sorted(wanted.items())
 
-    def fleet_first_seen(self, vuln_ids: Sequence[str]) -> dict[str, datetime]:
-        """When each vulnerability was first seen on any host."""
-        if not vuln_ids:
-            return {}
+    def fleet_first_seen(self) -> dict[str, datetime]:
+        """When each vulnerability open on some host was first seen on the
+        fleet (since it was last closed everywhere), from the cell counts."""
         rows = self._conn.execute(
-            "SELECT vuln_id, MIN(first_seen) FROM exposures"
-            f" WHERE vuln_id IN ({','.join('?' * len(vuln_ids))}) GROUP BY vuln_id",
-            list(vuln_ids),
+            "SELECT vuln_id, MIN(first_seen) FROM vuln_cells WHERE hosts > 0 GROUP BY vuln_id"
         ).fetchall()
         return {r[0]: datetime.fromtimestamp(r[1], UTC) for r in rows}
 
@@ -436,17 +587,19 @@ class VulnStore:
         the host's last exposed package was seen fixed."""
         rows = self._conn.execute(
             "SELECT e.host_id, e.vuln_id, v.severity, v.published, MAX(e.fixed_at),"
-            " SUM(CASE WHEN e.fixed_at IS NULL THEN 1 ELSE 0 END)"
+            " SUM(CASE WHEN e.fixed_at IS NULL THEN 1 ELSE 0 END), MIN(e.first_seen)"
             " FROM exposures e JOIN vulns v ON v.vuln_id = e.vuln_id"
             " JOIN hosts h ON h.host_id = e.host_id WHERE h.status = 'active'"
             " GROUP BY e.host_id, e.vuln_id, v.severity, v.published"
         ).fetchall()
-        closed = [r for r in rows if r[5] == 0 and r[4] is not None]
-        first = self.fleet_first_seen(sorted({r[1] for r in closed}))
+        first: dict[str, float] = {}
+        for r in rows:
+            first[r[1]] = min(first.get(r[1], r[6]), r[6])
         return [
-            (r[0], r[1], r[2], _dt(r[3]) or first[r[1]], datetime.fromtimestamp(r[4], UTC))
-            for r in closed
-        ]
+            (r[0], r[1], r[2], _dt(r[3]) or datetime.fromtimestamp(first[r[1]], UTC),
+             datetime.fromtimestamp(r[4], UTC))
+            for r in rows if r[5] == 0 and r[4] is not None
+        ]  # fmt: skip
 
 
 def _host_filter(region: str, ring: int | None) -> tuple[str, list[Any]]:

@@ -5,7 +5,8 @@ for where the two agree."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import re
+from collections.abc import Mapping, Sequence
 
 # Debian's codenames, as the Security Tracker names releases.
 DEBIAN_CODENAMES = {
@@ -73,3 +74,24 @@ def tracker_release(codename: str) -> str | None:
     and codenames we do not know (no host runs them as a release)."""
     number = DEBIAN_CODENAMES.get(codename)
     return f"debian:{number}" if number else None
+
+
+def binaries_for(
+    family_name: str, package: str, rows: Sequence[Sequence[str]]
+) -> list[tuple[str, str]]:
+    """The installed packages (name, version) that feed package ``package``
+    stands for, from stored inventory rows (name, version, arch[, source,
+    source version]): on dpkg every binary built from that source, on rpm
+    the package itself."""
+    by_source = family_name == "dpkg"
+    return sorted({
+        (row[0], row[1]) for row in rows
+        if (row[3] if by_source and len(row) >= 5 else row[0]) == package
+    })  # fmt: skip
+
+
+def follows_source(binary_version: str, source_version: str) -> bool:
+    """Whether a binary's version is its source's (or a rebuild of it,
+    ``+bN``): once the source is fixed, the binary is at the fixed version
+    or above, so the fixed version can be asked of it as a minimum."""
+    return re.fullmatch(re.escape(source_version) + r"(\+b\d+)?", binary_version) is not None

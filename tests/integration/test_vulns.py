@@ -17,10 +17,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from fleetpatch.v1 import types_pb2
 
 from agent.backends.packages import Inventory
 from agent.host import facts as hostfacts
-from agent.link.checkin import CheckIns
+from agent.link.checkin import CheckInReport, CheckIns
 from agent.link.client import ControllerClient
 from agent.orders.journal import Journal
 from agent.statedir import StateDir
@@ -70,14 +71,14 @@ class Host:
         )  # fmt: skip
         self._ctl = ctl
 
-    def check_in(self, inventory: Inventory) -> None:
+    def check_in(self, inventory: Inventory) -> CheckInReport:
         sd = self.sd
         client = ControllerClient(
             self._ctl.address, sd.read(sd.ca), sd.read(sd.key), sd.read(sd.cert)
         )
         journal = Journal.open(sd.journal)
         try:
-            CheckIns(
+            return CheckIns(
                 sd.config(), journal, client, collect_facts=lambda: self.facts,
                 take_inventory=lambda _: inventory,
             ).once()  # fmt: skip
@@ -143,7 +144,8 @@ def test_import_then_see_who_is_exposed_and_out_of_policy(controller, fleet):
     assert listed["CVE-2010-4756"]["fixed_versions"] == []
     # rpm versions with epochs, binary package names, on AlmaLinux 9 only.
     assert listed["ALSA-2024:3501"]["hosts"] == 1
-    assert listed["ALSA-2024:3501"]["packages"] == ["openssl-libs"]
+    # The packages and fixed versions are the feed's, for the fleet's releases.
+    assert listed["ALSA-2024:3501"]["packages"] == ["openssl", "openssl-devel", "openssl-libs"]
     assert "RLSA-2024:0310" not in listed  # Rocky Linux 8: no such host
 
     shown = _show(controller, "CVE-2024-5535")
@@ -219,6 +221,44 @@ def test_plan_a_campaign_then_the_fix_closes_the_exposure(controller, fleet, tmp
     table = controller.admin("compliance", "--by", "ring").stdout
     assert "on policy: 2 of 3 assessed host(s) (66.7%)" in table
     assert "ALSA-2024:3501" in table
+
+
+BASELINE = """
+[campaign]
+name = "baseline-medium-30d"
+[patch]
+baseline = { min_severity = "medium", older_than = "30d" }
+[targets]
+os = ["almalinux", "debian"]
+[rollout]
+concurrency = 3
+[[rollout.rings]]
+ring = 1
+"""
+
+
+def test_a_patch_baseline_is_resolved_per_host_when_it_is_assigned(controller, fleet, tmp_path):
+    """SSM's auto-approval rule: every fix of severity medium or worse
+    disclosed at least 30 days ago. The AlmaLinux host gets its advisory's
+    packages at the fixing version; the Debian host's exposures are to
+    undated CVEs first seen just now, and the DSA of 2024: only the DSA's."""
+    controller.admin("vulns", "import", TRACKER, OSV)
+    _matched(controller, "ALSA-2024:3501", "DSA-5764-1")
+    spec = tmp_path / "baseline.toml"
+    spec.write_text(BASELINE)
+    campaign_id = controller.admin("campaign", "create", spec).stdout.strip()
+    controller.admin("campaign", "approve", campaign_id)
+
+    def packages(host: Host, inventory: Inventory) -> list[tuple[str, str]]:
+        report = wait_for("an order", lambda: host.check_in(inventory),
+                          lambda r: r.work_order is not None)  # fmt: skip
+        assert report.work_order is not None
+        order = types_pb2.WorkOrder.FromString(report.work_order.payload)
+        return [(p.name, p.min_version) for p in order.patch.packages]
+
+    assert packages(fleet["alma"], ALMA) == [("openssl-libs", "1:3.0.7-27.el9")]
+    # DSA-5764-1 has no severity (unknown, below medium): nothing for Debian.
+    assert packages(fleet["old"], _debian(OLD_SSL)) == []
 
 
 @pytest.mark.parametrize(

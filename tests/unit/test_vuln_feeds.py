@@ -1,0 +1,161 @@
+"""Reading vulnerability feeds (controller/vulns/feeds.py): the Debian
+Security Tracker's JSON and OSV records, from the fixture files in the real
+formats (tests/fixtures/vulns) and variations of them."""
+
+from __future__ import annotations
+
+import json
+import zipfile
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+from controller.vulns.feeds import OSV, TRACKER, Affected, FeedError, osv_record, read
+from controller.vulns.releases import host_release, osv_release, tracker_release
+
+FIXTURES = Path(__file__).parent.parent / "fixtures" / "vulns"
+
+
+def _by_id(path: Path) -> dict[str, object]:
+    return {v.vuln_id: v for v in read(path).records}
+
+
+def test_tracker_statuses():
+    feed = read(FIXTURES / "debian-tracker.json")
+    assert (feed.source, feed.replace) == (TRACKER, True)
+    found = {v.vuln_id: v for v in feed.records}
+    # Resolved: the fixed version, per release we know (sid is not one).
+    assert found["CVE-2024-5535"].affected == (
+        Affected("debian:12", "openssl", "", "3.0.15-1~deb12u1"),
+        Affected("debian:11", "openssl", "", "1.1.1w-0+deb11u2"),
+    )
+    # Open: no fix yet; unimportant is negligible.
+    assert found["CVE-2010-4756"].affected == (Affected("debian:12", "glibc", "", ""),)
+    assert found["CVE-2010-4756"].severity == "negligible"
+    assert found["CVE-2023-4911"].severity == "high"
+    # "0" (never affected) and undetermined entries name nothing to match.
+    assert "CVE-2018-25032" not in found
+    assert "CVE-2023-45853" not in found
+    # An end-of-life release is left out, the others kept.
+    assert found["CVE-2024-1086"].affected == (Affected("debian:12", "linux", "", "6.1.76-1"),)
+
+
+def test_osv_directory(tmp_path):
+    feed = read(FIXTURES / "osv")
+    assert (feed.source, feed.replace) == (OSV, False)
+    found = {v.vuln_id: v for v in feed.records}
+    assert feed.date == datetime(2024, 9, 4, 12, tzinfo=UTC)  # the newest record's
+    alsa = found["ALSA-2024:3501"]
+    assert alsa.severity == "medium"  # Moderate
+    assert alsa.aliases == ("CVE-2024-2511", "CVE-2023-5678")
+    assert alsa.published == datetime(2024, 6, 4, tzinfo=UTC)
+    assert Affected("almalinux:9", "openssl-libs", "", "1:3.0.7-27.el9") in alsa.affected
+    assert found["RLSA-2024:0310"].severity == "high"  # Important, per package
+    ubuntu = found["UBUNTU-CVE-2024-6387"]
+    assert ubuntu.severity == "high"
+    # The Pro (ESM) stream is not matched: ordinary hosts cannot install its fixes.
+    assert ubuntu.affected == (Affected("ubuntu:24.04", "openssh", "", "1:9.6p1-3ubuntu13.3"),)
+
+
+def test_osv_zip_and_list(tmp_path):
+    records = [json.loads(p.read_text()) for p in sorted((FIXTURES / "osv").glob("*.json"))]
+    archive = tmp_path / "all.zip"
+    with zipfile.ZipFile(archive, "w") as z:
+        for record in records:
+            z.writestr(f"{record['id'].replace(':', '-')}.json", json.dumps(record))
+    assert _by_id(archive).keys() == _by_id(FIXTURES / "osv").keys()
+    listed = tmp_path / "list.json"
+    listed.write_text(json.dumps(records))
+    assert _by_id(listed).keys() == _by_id(FIXTURES / "osv").keys()
+
+
+def test_osv_ranges():
+    record = {
+        "id": "X-1",
+        "affected": [{
+            "package": {"ecosystem": "Debian:12", "name": "foo"},
+            "ranges": [
+                {"type": "GIT", "events": [{"introduced": "abc"}, {"fixed": "def"}]},
+                {"type": "ECOSYSTEM", "events": [
+                    {"introduced": "1.0-1"}, {"fixed": "1.0-3"},
+                    {"introduced": "2.0-1"}, {"last_affected": "2.0-5"},
+                    {"introduced": "3.0-1"},
+                ]},
+            ],
+        }],
+    }  # fmt: skip
+    assert osv_record("x", record).affected == (
+        Affected("debian:12", "foo", "1.0-1", "1.0-3"),
+        Affected("debian:12", "foo", "3.0-1", ""),
+    )
+
+
+def test_withdrawn_records_say_so():
+    found = osv_record("x", {"id": "X-2", "withdrawn": "2024-01-01T00:00:00Z"})
+    assert found.withdrawn
+    assert found.affected == ()
+
+
+@pytest.mark.parametrize(
+    ("text", "reason"),
+    [
+        ('{"id": "X", "affected": [{"package": {"ecosystem": "npm", "name": "x"}}]}',
+         "ecosystem 'npm' is not one fleetpatch matches"),
+        ('{"id": "X", "affected": [{"package": {"ecosystem": "Debian:12"}}]}',
+         "an affected entry has no package name"),
+        ('{"id": "X", "affected": "all"}', "affected is not a list"),
+        ('{"id": "X", "published": "yesterday", "affected": []}', "is not an RFC 3339 time"),
+        ('{"id": "has space", "affected": []}', "is not a vulnerability id"),
+        ('["not a record"]', "not an OSV record"),
+        ("{\"openssl\": [1, 2]}", "not a Debian Security Tracker record"),
+        ('{"openssl": {"CVE-1": {"releases": {"bookworm": {"status": "resolved", '
+         '"fixed_version": "!!"}}}}}', "'!!' is not a dpkg version"),
+        ("hello", "not a vulnerability feed"),
+    ],
+)  # fmt: skip
+def test_bad_feeds_are_one_error_naming_the_file(tmp_path, text, reason):
+    path = tmp_path / "feed.json"
+    path.write_text(text)
+    with pytest.raises(FeedError) as caught:
+        list(read(path).records)
+    message = str(caught.value)
+    assert reason in message
+    assert message.startswith(str(path))
+    assert "\n" not in message
+
+
+def test_empty_directory_and_missing_file(tmp_path):
+    with pytest.raises(FeedError, match=r"no \.json files"):
+        list(read(tmp_path).records)
+    with pytest.raises(FeedError, match="No such file"):
+        list(read(tmp_path / "absent.json").records)
+
+
+def test_a_large_tracker_file_is_read_one_package_at_a_time(tmp_path):
+    """A tracker file of 20,000 packages reads as records, lazily: the
+    first comes before the file has been read whole."""
+    path = tmp_path / "big.json"
+    doc = {
+        f"pkg{i}": {f"CVE-2024-{i}": {"releases": {"bookworm": {
+            "status": "resolved", "fixed_version": f"1.{i}-1", "urgency": "medium"}}}}
+        for i in range(20000)
+    }  # fmt: skip
+    path.write_text(json.dumps(doc))
+    records = read(path).records
+    first = next(records)
+    assert first.vuln_id == "CVE-2024-0"
+    assert sum(1 for _ in records) == 19999
+
+
+def test_releases():
+    assert host_release({"os_id": "debian", "os_version": "12"}) == "debian:12"
+    assert host_release({"os_id": "ubuntu", "os_version": "24.04"}) == "ubuntu:24.04"
+    assert host_release({"os_id": "almalinux", "os_version": "9.4"}) == "almalinux:9"
+    assert host_release({"os_id": "rocky", "os_version": "8.10"}) == "rocky:8"
+    assert host_release({"os_id": "arch", "os_version": ""}) is None
+    assert osv_release("Rocky Linux:9") == "rocky:9"
+    assert osv_release("Ubuntu:22.04:LTS") == "ubuntu:22.04"
+    assert osv_release("Ubuntu:Pro:18.04:LTS") is None
+    assert tracker_release("bookworm") == "debian:12"
+    assert tracker_release("sid") is None
