@@ -195,6 +195,10 @@ def test_plan_a_campaign_then_the_fix_closes_the_exposure(controller, fleet, tmp
         {"name": "openssl", "min_version": FIXED_SSL},
     ]
     assert set(doc["campaign"]["fixes"]) == {"CVE-2024-5535", "DSA-5764-1"}
+    # Rehearsed on the real fleet: exactly the exposed host is targeted.
+    rehearsed = json.loads(controller.admin("campaign", "rehearse", plan, "--json").stdout)
+    assert rehearsed["fleet"] == {"hosts": 3, "targeted": 1}
+    assert rehearsed["outcome"]["state"] == "completed"
     created = controller.admin("campaign", "create", plan)
     assert "(1 host(s) targeted now)" in created.stderr
     campaign_id = created.stdout.strip()
