@@ -3,6 +3,7 @@
     fleetpatch-sim run SCENARIO.toml [--seed N] [--hosts N] [--json] [--report FILE.html] [--check]
     fleetpatch-sim rehearse CAMPAIGN.toml --data-dir DIR [--controller ADDR]
                    [--failure-model FILE] [--seed N] [--json] [--report FILE.html]
+    fleetpatch-sim load --data-dir DIR [--agents N] [--processes N] [--seconds S] [--bare] [--json]
 
 `rehearse` is what `fleetpatch campaign rehearse` runs: the fleet is the
 controller's real inventory. Exit codes: 0 done (and, with --check, the
@@ -12,6 +13,7 @@ controller unreachable, 4 refused. Progress goes to stderr on long runs.
 
 from __future__ import annotations
 
+import json
 import sys
 import time
 from datetime import UTC, datetime, timedelta
@@ -249,6 +251,116 @@ def rehearse(
     finally:
         progress.done()
     _emit(outcome, None, "", as_json, report)
+
+
+@app.command("load")
+def load(
+    data_dir: Annotated[
+        Path,
+        typer.Option(
+            "--data-dir",
+            envvar="FLEETPATCH_DATA_DIR",
+            help="Controller data dir: its CA, admin certificate (for the token) and addresses.",
+        ),
+    ] = Path("/var/lib/fleetpatch/controller"),
+    controller: Annotated[
+        str | None,
+        typer.Option(
+            "--controller",
+            metavar="HOST:PORT",
+            help="Mutual-TLS address; default: the one recorded in the data dir.",
+        ),
+    ] = None,
+    enroll: Annotated[
+        str | None,
+        typer.Option(
+            "--enroll",
+            metavar="HOST:PORT",
+            help="Enrollment address; default: the one recorded in the data dir.",
+        ),
+    ] = None,
+    agents: Annotated[int, typer.Option(min=1, help="Simulated agents, enrolled for real.")] = 1000,
+    processes: Annotated[int, typer.Option(min=1, help="Processes they are spread over.")] = 2,
+    seconds: Annotated[float, typer.Option(min=1, help="Measured seconds, after the ramp.")] = 30,
+    ramp: Annotated[
+        float, typer.Option(min=0, help="Seconds over which agents connect, with jitter.")
+    ] = 10,
+    interval: Annotated[
+        float,
+        typer.Option(
+            min=0,
+            help="Seconds between one agent's check-ins (with jitter); "
+            "0: back to back, for the most the controller serves.",
+        ),
+    ] = 0,
+    change_rate: Annotated[
+        float, typer.Option(min=0, max=1, help="Share of check-ins with a changed inventory.")
+    ] = 0.01,
+    failure_rate: Annotated[
+        float, typer.Option(min=0, max=1, help="Share of orders reported failed.")
+    ] = 0.02,
+    bare: Annotated[
+        bool,
+        typer.Option(
+            "--bare",
+            help="Then the same load on a bare grpc.aio server with the "
+            "same TLS and messages, for the ratio.",
+        ),
+    ] = False,
+    seed: Annotated[int, typer.Option(help="Random seed.")] = 1,
+    json_out: JsonOption = False,
+) -> None:
+    """Drive a real controller with many simulated agents over real gRPC
+    and mutual TLS: enrolled for real, spread over processes, connecting
+    gradually; steady check-ins with inventory changes now and then; orders
+    carried out with simulated outcomes and reported. Prints check-ins per
+    second, latency percentiles, errors and (when the controller runs
+    here) its CPU and memory; --bare adds the ratio to a bare server."""
+    from datetime import timedelta as _timedelta
+
+    from fleetpatch.v1 import admin_pb2
+    from google.protobuf.duration_pb2 import Duration
+
+    from controller.cli.admin_client import AdminClient
+    from controller.datadir import DataDir
+
+    from . import load as loadtool
+
+    directory = DataDir(data_dir)
+    with AdminClient(directory, controller) as admin:
+        ttl = Duration()
+        ttl.FromTimedelta(_timedelta(hours=2))
+        token = admin.create_token(admin_pb2.CreateTokenRequest(
+            region="load", ring=0, uses=agents, ttl=ttl, labels={"load": "sim"},
+        )).secret  # fmt: skip
+        address = admin.address
+    try:
+        recorded = json.loads(directory.endpoints.read_text())
+    except (OSError, ValueError):
+        recorded = {}
+    enroll_address = enroll or str(recorded.get("enroll_address", ""))
+    plan = loadtool.Plan(
+        address, enroll_address, directory.read(directory.ca_cert), agents, processes, seconds,
+        ramp, interval, 0.2, change_rate, failure_rate,
+    )  # fmt: skip
+    if not plan.enroll_address:
+        raise ScenarioError("--enroll", "no enrollment address recorded in the data dir; give one")
+    began = time.monotonic()
+    identities = loadtool.enroll_all(plan, token, seed)
+    print(f"enrolled {len(identities)} agents in {time.monotonic() - began:.0f}s", file=sys.stderr)
+    usage = loadtool.Usage(loadtool.pid_of(data_dir))
+    tallies = loadtool.run(plan, identities, address, seed)
+    results = [loadtool.merge(f"controller {address}", plan, tallies, usage.done())]
+    if bare:
+        proc, bare_address = loadtool.start_bare(data_dir)
+        try:
+            usage = loadtool.Usage(proc.pid)
+            tallies = loadtool.run(plan, identities, bare_address, seed)
+            results.append(loadtool.merge("bare grpc.aio, same TLS", plan, tallies, usage.done()))
+        finally:
+            proc.terminate()
+            proc.wait(timeout=30)
+    print(loadtool.as_json(results) if json_out else loadtool.table(results))
 
 
 def _start(spelled: str | None) -> datetime:

@@ -1,0 +1,418 @@
+"""`fleetpatch-sim load`: many simulated agents against a real controller,
+over real gRPC with mutual TLS, to measure what it serves (issue 17).
+
+The agents are enrolled for real (a key and a CSR each, a token made with
+the admin certificate of the data dir), spread over several processes, and
+connect gradually over the ramp with jitter, as a fleet coming up does.
+Each then checks in on its own schedule (``--interval`` with jitter; 0:
+back to back, to find the most the controller serves), hash-only as a
+steady fleet does, with a full inventory now and then (``--change-rate``);
+an order it is given is carried out in a simulated few seconds and
+reported, succeeded or (``--failure-rate``) failed.
+
+It prints check-ins per second, latency percentiles, errors by status and,
+when the controller runs on this machine, its CPU and memory. With
+``--bare`` the same agents, identities and messages then run against a bare
+grpc.aio server with the same TLS in the same run (simulator/bare.py), and
+the ratio is printed: what fleetpatch's own work costs."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import json
+import multiprocessing
+import os
+import random
+import subprocess
+import sys
+import time
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TypeVar
+
+import grpc
+import psutil
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+from fleetpatch.inventory import inventory_hash
+from fleetpatch.overload import retry_after
+from fleetpatch.v1 import agent_pb2, agent_pb2_grpc, types_pb2
+
+T = TypeVar("T")
+Identity = tuple[bytes, bytes]  # key PEM, certificate PEM
+SAMPLE = 50_000  # latencies kept per process (a uniform sample beyond)
+
+
+@dataclass(frozen=True)
+class Plan:
+    address: str  # the controller's mutual-TLS address
+    enroll_address: str
+    ca: bytes
+    agents: int = 1000
+    processes: int = 2
+    seconds: float = 30.0
+    ramp: float = 10.0
+    interval: float = 0.0  # between one agent's check-ins; 0: back to back
+    jitter: float = 0.2
+    change_rate: float = 0.01
+    failure_rate: float = 0.02
+    packages: int = 300
+
+
+@dataclass
+class Tally:
+    """One process's counts for one run; merged by `merge`."""
+
+    checkins: int = 0
+    inventories: int = 0
+    orders: int = 0
+    reports: int = 0
+    errors: Counter[str] = field(default_factory=Counter)
+    latencies: list[float] = field(default_factory=list)
+    seen: int = 0  # latencies seen, for the sample
+    seconds: float = 0.0  # of the measured window
+    shed: int = 0  # check-ins the controller shed with a retry delay (then waited out)
+    details: dict[str, str] = field(default_factory=dict)  # an example message per error
+
+    def failed(self, exc: grpc.aio.AioRpcError, measured: bool, rng: random.Random) -> float:
+        """Count a failed check-in; how long to wait before the next. Shed
+        with a retry delay: it is waited out, as an agent does."""
+        delay = retry_after(exc.trailing_metadata())
+        if exc.code() is grpc.StatusCode.RESOURCE_EXHAUSTED and delay is not None:
+            self.shed += measured
+            return delay
+        if measured:
+            self.errors[exc.code().name] += 1
+            self.details.setdefault(exc.code().name, str(exc.details())[:200])
+        return rng.uniform(0.5, 1.5)
+
+    def latency(self, took: float, rng: random.Random) -> None:
+        self.seen += 1
+        if len(self.latencies) < SAMPLE:
+            self.latencies.append(took)
+        elif (slot := rng.randrange(self.seen)) < SAMPLE:
+            self.latencies[slot] = took
+
+
+@dataclass(frozen=True)
+class Result:
+    target: str
+    agents: int
+    seconds: float
+    checkins_per_second: float
+    p50_ms: float
+    p90_ms: float
+    p99_ms: float
+    inventories: int
+    orders: int
+    reports: int
+    errors: dict[str, int]
+    shed: int = 0
+    error_examples: dict[str, str] = field(default_factory=dict)
+    controller_cpu_percent: float | None = None  # of one core, over the window
+    controller_rss_mib: float | None = None
+
+
+def merge(
+    target: str, plan: Plan, tallies: Sequence[Tally], usage: tuple[float, float] | None
+) -> Result:
+    """The processes' tallies as one result."""
+    latencies = sorted(t for tally in tallies for t in tally.latencies)
+    seconds = max((t.seconds for t in tallies), default=plan.seconds) or plan.seconds
+    checkins = sum(t.checkins for t in tallies)
+
+    def pct(q: float) -> float:
+        return (
+            latencies[min(len(latencies) - 1, int(q * len(latencies)))] * 1000 if latencies else 0.0
+        )
+
+    errors: Counter[str] = Counter()
+    examples: dict[str, str] = {}
+    for t in tallies:
+        errors.update(t.errors)
+        examples.update(t.details)
+    return Result(
+        target, plan.agents, round(seconds, 1), round(checkins / seconds, 1),
+        round(pct(0.5), 2), round(pct(0.9), 2), round(pct(0.99), 2),
+        sum(t.inventories for t in tallies), sum(t.orders for t in tallies),
+        sum(t.reports for t in tallies), {k: v for k, v in errors.items() if v},
+        sum(t.shed for t in tallies), examples,
+        *((None, None) if usage is None else (round(usage[0], 1), round(usage[1], 1))),
+    )  # fmt: skip
+
+
+# -- enrollment -----------------------------------------------------------------------
+
+
+def enroll(plan: Plan, token: str, count: int, seed: int) -> list[Identity]:
+    """Enroll ``count`` agents for real: a key each, a CSR, the Enroll RPC."""
+    creds = grpc.ssl_channel_credentials(root_certificates=plan.ca)
+    found: list[Identity] = []
+    with grpc.secure_channel(plan.enroll_address, creds) as channel:
+        stub = agent_pb2_grpc.AgentServiceStub(channel)
+        for n in range(count):
+            key = ec.generate_private_key(ec.SECP256R1())
+            csr = (
+                x509.CertificateSigningRequestBuilder()
+                .subject_name(
+                    x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, f"load-{seed}-{n}")])
+                )
+                .sign(key, hashes.SHA256())
+            )
+            request = agent_pb2.EnrollRequest(
+                token=token, csr_pem=csr.public_bytes(serialization.Encoding.PEM),
+                labels={"load": "sim"},
+            )  # fmt: skip
+            reply = _retrying(functools.partial(stub.Enroll, request, timeout=60))
+            key_pem = key.private_bytes(
+                serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                serialization.NoEncryption(),
+            )  # fmt: skip
+            found.append((key_pem, bytes(reply.certificate_pem)))
+    return found
+
+
+def _retrying(call: Callable[[], T]) -> T:
+    """A call retried while the controller sheds load (RESOURCE_EXHAUSTED)."""
+    for attempt in range(20):
+        try:
+            return call()
+        except grpc.RpcError as exc:
+            if exc.code() is not grpc.StatusCode.RESOURCE_EXHAUSTED or attempt == 19:
+                raise
+            time.sleep(0.2 * (attempt + 1))
+    raise AssertionError("unreachable")
+
+
+def _enroll_worker(plan: Plan, token: str, count: int, seed: int) -> list[Identity]:
+    return enroll(plan, token, count, seed)
+
+
+# -- load -----------------------------------------------------------------------------
+
+
+class _Agent:
+    """One simulated agent: its channel, inventory and pending reports."""
+
+    def __init__(
+        self, address: str, ca: bytes, identity: Identity, packages: int, rng: random.Random
+    ) -> None:
+        key, cert = identity
+        self.channel = grpc.aio.secure_channel(
+            address, grpc.ssl_channel_credentials(ca, private_key=key, certificate_chain=cert)
+        )
+        self.stub = agent_pb2_grpc.AgentServiceStub(self.channel)
+        self.packages = [(f"pkg{i}", f"1.{rng.randrange(9)}-1", "amd64") for i in range(packages)]
+        self.facts = types_pb2.HostFacts(
+            hostname=f"load-{rng.randrange(1 << 30)}", os_id="debian", os_version="12",
+            os_codename="bookworm", package_manager="apt", agent_version="0.1.0",
+        )  # fmt: skip
+        self.sent = ""  # the inventory hash the controller acknowledged
+        self.pending: list[tuple[float, types_pb2.ProgressReport]] = []  # (due, final report)
+        self.highest = 0  # the highest order sequence received, sent at each check-in
+
+    def request(self, change: bool, rng: random.Random) -> agent_pb2.CheckInRequest:
+        if change:
+            n = rng.randrange(len(self.packages))
+            name, version, arch = self.packages[n]
+            self.packages[n] = (name, version + "+1", arch)
+        digest = inventory_hash(self.packages)
+        request = agent_pb2.CheckInRequest(
+            facts=self.facts, inventory_hash=digest, highest_sequence=self.highest
+        )
+        if digest != self.sent:
+            request.inventory.packages.extend(
+                types_pb2.Package(name=n, version=v, arch=a) for n, v, a in self.packages
+            )
+        return request
+
+
+def finished(
+    envelope: types_pb2.SignedEnvelope, plan: Plan, rng: random.Random
+) -> tuple[int, tuple[float, types_pb2.ProgressReport]]:
+    """The order's sequence; when the simulated work on it ends, and
+    its final report."""
+    order = types_pb2.WorkOrder.FromString(envelope.payload)
+    outcome = "FAILED" if rng.random() < plan.failure_rate else "SUCCEEDED"
+    final = types_pb2.ProgressReport(
+        idempotency_key=f"{order.order_id}-{outcome}", order_id=order.order_id, step=outcome,
+        final=True, outcome=outcome, detail="simulated", sequence=order.sequence,
+        campaign_id=order.campaign_id,
+    )  # fmt: skip
+    return order.sequence, (time.monotonic() + rng.uniform(1.0, 5.0), final)
+
+
+async def _run_agents(plan: Plan, identities: Sequence[Identity], address: str, seed: int) -> Tally:
+    rng = random.Random(seed)
+    tally = Tally()
+    start = time.monotonic()
+    measure_from = start + plan.ramp
+    stop_at = measure_from + plan.seconds
+    agents = [_Agent(address, plan.ca, i, plan.packages, rng) for i in identities]
+
+    async def report(agent: _Agent) -> None:
+        """Send the reports that are due, between check-ins as an agent
+        does (the controller serves a host one call at a time)."""
+        due = [r for at, r in agent.pending if at <= time.monotonic()]
+        if not due:
+            return
+        for final in due:
+            final.at.GetCurrentTime()
+        try:
+            await agent.stub.ReportProgress(
+                agent_pb2.ReportProgressRequest(reports=due), timeout=60
+            )
+        except grpc.aio.AioRpcError as exc:
+            tally.errors[f"report {exc.code().name}"] += 1
+            return
+        tally.reports += len(due)
+        agent.pending = [(at, r) for at, r in agent.pending if r not in due]
+
+    async def one(agent: _Agent) -> None:
+        await asyncio.sleep(rng.uniform(0, plan.ramp))  # connect gradually, with jitter
+        while time.monotonic() < stop_at:
+            await report(agent)
+            request = agent.request(rng.random() < plan.change_rate and bool(agent.sent), rng)
+            began = time.perf_counter()
+            try:
+                answer = await agent.stub.CheckIn(request, timeout=60)
+            except grpc.aio.AioRpcError as exc:
+                await asyncio.sleep(tally.failed(exc, time.monotonic() >= measure_from, rng))
+                continue
+            took = time.perf_counter() - began
+            agent.sent = answer.known_inventory_hash
+            if time.monotonic() >= measure_from:
+                tally.checkins += 1
+                tally.inventories += request.HasField("inventory")
+                tally.latency(took, rng)
+            if answer.HasField("work_order"):
+                # Taken once: the next check-in says its sequence was received.
+                sequence, done = finished(answer.work_order, plan, rng)
+                if sequence > agent.highest:
+                    agent.highest = sequence
+                    tally.orders += 1
+                    agent.pending.append(done)
+            if plan.interval:
+                await asyncio.sleep(plan.interval * rng.uniform(1 - plan.jitter, 1 + plan.jitter))
+
+    await asyncio.gather(*(one(a) for a in agents))
+    tally.seconds = min(time.monotonic(), stop_at) - measure_from
+    for agent in agents:
+        await agent.channel.close(None)
+    return tally
+
+
+def _load_worker(plan: Plan, identities: Sequence[Identity], address: str, seed: int) -> Tally:
+    return asyncio.run(_run_agents(plan, identities, address, seed))
+
+
+def run(plan: Plan, identities: Sequence[Identity], address: str, seed: int) -> list[Tally]:
+    """The load over ``plan.processes`` processes, each with its share."""
+    shares = [identities[k :: plan.processes] for k in range(plan.processes)]
+    context = multiprocessing.get_context("spawn")
+    with context.Pool(plan.processes) as pool:
+        return pool.starmap(
+            _load_worker,
+            [(plan, share, address, seed + k) for k, share in enumerate(shares) if share],
+        )
+
+
+def enroll_all(plan: Plan, token: str, seed: int) -> list[Identity]:
+    counts = [plan.agents // plan.processes + (k < plan.agents % plan.processes)
+              for k in range(plan.processes)]  # fmt: skip
+    context = multiprocessing.get_context("spawn")
+    with context.Pool(plan.processes) as pool:
+        parts = pool.starmap(
+            _enroll_worker, [(plan, token, n, seed * 1000 + k) for k, n in enumerate(counts) if n]
+        )
+    return [i for part in parts for i in part]
+
+
+# -- the controller's resource use ------------------------------------------------------
+
+
+class Usage:
+    """CPU (percent of one core) and RSS of a local process over a window."""
+
+    def __init__(self, pid: int | None) -> None:
+        try:
+            self._proc = psutil.Process(pid) if pid else None
+        except psutil.Error:
+            self._proc = None
+        self._cpu = self._cpu_now()
+        self._at = time.monotonic()
+
+    def _cpu_now(self) -> float:
+        if self._proc is None:
+            return 0.0
+        times = self._proc.cpu_times()
+        return float(times.user + times.system)
+
+    def done(self) -> tuple[float, float] | None:
+        if self._proc is None:
+            return None
+        try:
+            spent = self._cpu_now() - self._cpu
+            rss = self._proc.memory_info().rss / 2**20
+        except psutil.Error:
+            return None
+        return 100 * spent / max(time.monotonic() - self._at, 1e-9), rss
+
+
+# -- the bare server --------------------------------------------------------------------
+
+
+def start_bare(data_dir: Path) -> tuple[subprocess.Popen[str], str]:
+    """simulator/bare.py on a free loopback port with the controller's TLS."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "simulator.bare", "--data-dir", str(data_dir)],
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+        cwd=str(Path(__file__).resolve().parents[1]),
+    )  # fmt: skip
+    line = proc.stdout.readline().strip() if proc.stdout is not None else ""
+    if not line:
+        proc.kill()
+        raise RuntimeError("the bare server did not start")
+    return proc, line
+
+
+def as_json(results: Sequence[Result]) -> str:
+    doc: dict[str, object] = {"runs": [asdict(r) for r in results]}
+    if len(results) == 2 and results[1].checkins_per_second:
+        doc["ratio"] = round(results[0].checkins_per_second / results[1].checkins_per_second, 3)
+    return json.dumps(doc, indent=2, sort_keys=True)
+
+
+def table(results: Sequence[Result]) -> str:
+    lines = [f"{'target':<34} {'agents':>7} {'check-ins/s':>12} {'p50 ms':>8} {'p90 ms':>8} "
+             f"{'p99 ms':>8} {'errors':>7} {'ctl CPU %':>10} {'ctl RSS MiB':>12}"]  # fmt: skip
+    for r in results:
+        cpu = "-" if r.controller_cpu_percent is None else f"{r.controller_cpu_percent:.0f}"
+        rss = "-" if r.controller_rss_mib is None else f"{r.controller_rss_mib:.0f}"
+        lines.append(
+            f"{r.target:<34} {r.agents:>7} {r.checkins_per_second:>12,.0f} {r.p50_ms:>8.1f} "
+            f"{r.p90_ms:>8.1f} {r.p99_ms:>8.1f} {sum(r.errors.values()):>7} {cpu:>10} {rss:>12}"
+        )
+    if len(results) == 2 and results[1].checkins_per_second:
+        ratio = results[0].checkins_per_second / results[1].checkins_per_second
+        lines.append(f"controller / bare server: {100 * ratio:.0f} %")
+    for r in results:
+        if r.shed:
+            lines.append(f"{r.target}: {r.shed} check-ins shed with a retry delay (waited out)")
+        for name, n in sorted(r.errors.items()):
+            lines.append(f"{r.target}: {n} x {name}: {r.error_examples.get(name, '')}")
+    return "\n".join(lines)
+
+
+def pid_of(data_dir: Path) -> int | None:
+    """The controller's pid when `serve` of this data dir runs here."""
+    try:
+        pid = int(json.loads((data_dir / "endpoints.json").read_text())["pid"])
+    except (OSError, ValueError, KeyError):
+        return None
+    return pid if psutil.pid_exists(pid) and pid != os.getpid() else None
