@@ -52,10 +52,12 @@ def test_load_measures_check_ins_and_carries_out_orders(controller, tmp_path):
     assert isinstance(hosts, list)
     assert len(hosts) == 24
     assert {h["labels"]["load"] for h in hosts} == {"sim"}
-    assert ctl["orders"] == 24
+    # Each order was taken once (hosts enrolled during the run join the
+    # campaign at its next tick: not every one may have had its turn).
     shown = controller.admin_json("campaign", "show", campaign_id)
     assert isinstance(shown, dict)
     totals = shown["totals"]
+    assert 0 < ctl["orders"] == totals["in_flight"] + totals["succeeded"] + totals["failed"]
     # Reports come 1-5 simulated seconds after the order: some may still be out.
     assert totals["succeeded"] + totals["failed"] == ctl["reports"]
     assert ctl["reports"] > 0
