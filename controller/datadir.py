@@ -3,7 +3,7 @@
     DIR/controller.toml   settings (documented in the file and the README)
     DIR/ca.pem ca.key     the fleet's certificate authority
     DIR/server.pem .key   the controller's TLS certificate
-    DIR/admin.pem .key    the admin CLI's client certificate
+    DIR/admin.pem .key    the first owner's admin certificate (`controller init`)
     DIR/signing.key       Ed25519 key that signs work orders
     DIR/signing-keys.json rotations: each new key endorsed by the one before
     DIR/signing.key.ID    retired signing keys, kept for the record
@@ -80,6 +80,12 @@ class Settings:
     # [signing] old_key_grace: after a rotation, how long agents still take
     # orders signed by the old key once the new one is in use.
     old_key_grace: timedelta = timedelta(days=7)
+    # [certificates] admin_lifetime: how long an admin certificate is valid;
+    # the admin CLI renews its own at two thirds of it.
+    admin_certificate_lifetime: timedelta = timedelta(days=365)
+    # [campaigns] require_second_approver: a campaign must be approved by
+    # an approver other than the admin who created it.
+    require_second_approver: bool = False
 
 
 def default_enroll_address(address: str) -> str:
@@ -224,13 +230,7 @@ class DataDir:
         jitter = checkin.get("jitter", 0.2)
         if isinstance(jitter, bool) or not isinstance(jitter, int | float) or not 0 <= jitter < 1:
             raise UsageError(f"{self.config}: checkin.jitter must be a number in [0, 1)")
-        campaigns = _table(doc, "campaigns", {"tick"}, self.config)
-        try:
-            tick = parse_duration(str(campaigns.get("tick", "10s")))
-        except ValueError as exc:
-            raise UsageError(f"{self.config}: campaigns.tick: {exc}") from None
-        if tick < timedelta(seconds=1):
-            raise UsageError(f"{self.config}: campaigns.tick must be at least 1s")
+        tick, second = _campaigns(doc, self.config)
         max_batch = checkin.get("max_batch", 1000)
         if isinstance(max_batch, bool) or not isinstance(max_batch, int) or max_batch < 1:
             raise UsageError(f"{self.config}: checkin.max_batch must be a whole number >= 1")
@@ -245,11 +245,12 @@ class DataDir:
         checkpoints = _duration(audit, "audit", "checkpoint_interval", "1h", self.config)
         metrics = _table(doc, "metrics", {"listen"}, self.config)
         metrics_listen = _address(metrics, "listen", "", self.config, "metrics")
-        host_lifetime, grace = _identities(doc, self.config)
+        host_lifetime, admin_lifetime, grace = _identities(doc, self.config)
         return Settings(
             listen, enroll, advertise, interval, float(jitter), tick, max_batch,
             self.path / public_key if public_key else None, pending, refusal_window, checkpoints,
             metrics_listen, _webhooks(doc, self.path, self.config), host_lifetime, grace,
+            admin_lifetime, second,
         )  # fmt: skip
 
     def write_endpoints(self, address: str, enroll_address: str) -> None:
@@ -306,12 +307,22 @@ def _webhooks(doc: dict[str, object], root: Path, path: Path) -> tuple[WebhookSe
     return tuple(found)
 
 
-def _identities(doc: dict[str, object], path: Path) -> tuple[timedelta, timedelta]:
-    """[certificates] host_lifetime and [signing] old_key_grace."""
-    certificates = _table(doc, "certificates", {"host_lifetime"}, path)
+def _campaigns(doc: dict[str, object], path: Path) -> tuple[timedelta, bool]:
+    """[campaigns] tick and require_second_approver."""
+    campaigns = _table(doc, "campaigns", {"tick", "require_second_approver"}, path)
+    second = campaigns.get("require_second_approver", False)
+    if not isinstance(second, bool):
+        raise UsageError(f"{path}: campaigns.require_second_approver must be true or false")
+    return _duration(campaigns, "campaigns", "tick", "10s", path), second
+
+
+def _identities(doc: dict[str, object], path: Path) -> tuple[timedelta, timedelta, timedelta]:
+    """[certificates] host_lifetime and admin_lifetime, [signing] old_key_grace."""
+    certificates = _table(doc, "certificates", {"host_lifetime", "admin_lifetime"}, path)
     host_lifetime = _duration(certificates, "certificates", "host_lifetime", "90d", path)
+    admin_lifetime = _duration(certificates, "certificates", "admin_lifetime", "365d", path)
     signing = _table(doc, "signing", {"old_key_grace"}, path)
-    return host_lifetime, _duration(signing, "signing", "old_key_grace", "7d", path)
+    return host_lifetime, admin_lifetime, _duration(signing, "signing", "old_key_grace", "7d", path)
 
 
 def _duration(table: dict[str, object], name: str, key: str, default: str, path: Path) -> timedelta:
@@ -362,6 +373,10 @@ max_batch = 1000
 # How often the controller times out silent orders, halts campaigns whose
 # budgets are breached, and completes finished ones.
 tick = "10s"
+# Two-person rule: a campaign must be approved by an approver (or owner)
+# other than the admin who created it; the creator's own approval is
+# refused. Off: any approver may approve, their own campaigns too.
+require_second_approver = false
 
 [enrollment]
 # A newly enrolled host is pending until its first mutual-TLS call (the
@@ -377,6 +392,11 @@ pending_timeout = "1h"
 # enrolled again with a token. Restart `serve` after a change; certificates
 # already issued keep their lifetime until they are renewed.
 host_lifetime = "90d"
+# How long an admin certificate (`fleetpatch admin add`, and the first
+# owner's from `controller init`) is valid. The admin CLI renews its own
+# once two thirds have passed, when it is used; an admin whose certificate
+# expired is added again by an owner (`admin revoke`, then `admin add`).
+admin_lifetime = "365d"
 
 [signing]
 # After `fleetpatch controller rotate-key`, agents still take orders signed

@@ -32,6 +32,7 @@ from controller.api.servicers import AdminService, AgentService, Revocations
 from controller.checkpoint import Checkpoints
 from controller.datadir import DataDir, Settings, join_address, split_address
 from controller.errors import UsageError
+from controller.fleet.bootstrap import register_owner
 from controller.fleet.pki import CertificateAuthority
 from controller.fleet.signing import load_signing_keys, mark_in_use
 from controller.metrics import listener as metrics_listener
@@ -128,6 +129,18 @@ def _bind(server: grpc.aio.Server, address: str, creds: grpc.ServerCredentials) 
     return join_address(host, port)
 
 
+async def _register_legacy_owner(data_dir: DataDir, db: StoreThread) -> None:
+    """A data dir made before admins had roles has one admin certificate
+    and no admins recorded: its admin becomes an owner, so that the
+    upgrade locks nobody out."""
+    if await db.call(lambda s: s.admin_count()) or not data_dir.admin_cert.is_file():
+        return
+    pem = data_dir.read(data_dir.admin_cert)
+    why = "upgrade: the data dir's admin.pem"
+    owner = await db.call(lambda s: register_owner(s, pem, datetime.now(UTC), why))
+    log.warning("no admins were recorded: %s (admin.pem) is now an owner", owner.name)
+
+
 # The one place the parts are put together, in their start-up order: split,
 # that order would be spread over several functions.
 async def serve(  # noqa: PLR0915
@@ -154,6 +167,7 @@ async def serve(  # noqa: PLR0915
     store = Store.open(data_dir.database)
     db = StoreThread(store)
     revoked = Revocations(await db.call(lambda s: s.host_ids(HostStatus.REVOKED)))
+    await _register_legacy_owner(data_dir, db)
     engine = CampaignEngine(db, keys.key, metrics=Metrics(Presence(settings.checkin_interval)))
     batcher = CheckInBatcher(db, settings.checkin_max_batch, engine.metrics)
     await engine.start()
@@ -166,7 +180,7 @@ async def serve(  # noqa: PLR0915
         db, batcher, ca, keys.published, settings, revoked, engine, releases, keys.chain,
         keys.withdrawn(settings.old_key_grace), refusals=keeper.refusals, pending=pending,
     )  # fmt: skip
-    admin = AdminService(db, revoked, engine, releases, keeper.checkpoints)
+    admin = AdminService(db, revoked, engine, releases, keeper.checkpoints, ca, settings)
     health_servicer = _register(server, agents, admin)
 
     try:

@@ -18,6 +18,7 @@ from functools import wraps
 from typing import Any, TypeVar
 
 import grpc
+from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from fleetpatch import labels as labelspec
 from fleetpatch.identity import Identity, Role
@@ -45,7 +46,8 @@ from controller.errors import (
     TokenRefused,
     UsageError,
 )
-from controller.fleet import enrollment, renewal, tokens
+from controller.fleet import admins, enrollment, renewal, tokens
+from controller.fleet.admins import AdminRecord, AdminStatus
 from controller.fleet.pki import CertificateAuthority
 from controller.fleet.relabel import Relabel
 from controller.model import AssignmentStatus, CheckIn, Host, Package, ProgressReport
@@ -54,6 +56,7 @@ from controller.releases.publishing import Header, Releases
 from controller.rollout.engine import CampaignEngine
 from controller.rollout.tally import facts_of
 from controller.store import Store
+from controller.store.admins import IssuedCertificate
 from controller.store.thread import CheckInBatcher, StoreThread
 
 log = logging.getLogger(__name__)
@@ -230,6 +233,13 @@ def audited(action: Callable[[Store], _Resp], entry: AuditEntry) -> Callable[[St
         return result
 
     return run
+
+
+def issued_certificate(cert: x509.Certificate) -> IssuedCertificate:
+    """How the store keeps a certificate issued to an admin."""
+    return IssuedCertificate(
+        format(cert.serial_number, "x"), cert.not_valid_before_utc, cert.not_valid_after_utc
+    )
 
 
 class Revocations:
@@ -530,21 +540,114 @@ class AdminService(admin_pb2_grpc.AdminServiceServicer):
         engine: CampaignEngine,
         releases: Releases,
         checkpoints: Checkpoints,
+        ca: CertificateAuthority,
+        settings: Settings,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
         self._db = db
         self._revoked = revoked
         self._engine = engine
         self._releases = releases
         self._checkpoints = checkpoints
+        self._ca = ca
+        self._settings = settings
+        self._clock = clock
 
-    def _admin(self, context: Context) -> Identity:
-        return require(context, Role.ADMIN, self._revoked)
+    async def _admin(self, context: Context, method: str) -> AdminRecord:
+        """The admin calling ``method``, by the certificate they call with;
+        Refused (audited) when it is not an admin certificate issued here
+        and current, or their role may not make this call."""
+        identity = require(context, Role.ADMIN, self._revoked)
+        presented = peer_certificate(context)
+        serial = "" if presented is None else format(presented.serial_number, "x")
+        found = await self._db.call(lambda s: s.admin_for_certificate(identity.name, serial))
+        try:
+            return admins.authorize(found, identity.name, method)
+        except Refused as exc:
+            entry = AuditEntry(
+                self._clock(), f"admin:{identity.name}", "admin.refused", method, "refused",
+                str(exc),
+            )  # fmt: skip
+            await self._db.call(lambda s: s.append_audit(entry))
+            raise
+
+    @rpc
+    async def AddAdmin(
+        self, request: admin_pb2.AddAdminRequest, context: Context
+    ) -> admin_pb2.AddAdminResponse:
+        owner = await self._admin(context, "AddAdmin")
+        name = admins.check_name(request.name)
+        role = admins.parse_role(request.role)
+        now = self._clock()
+        cert = self._ca.sign_csr(
+            request.csr_pem, Identity(Role.ADMIN, name), self._settings.admin_certificate_lifetime,
+            now,
+        )  # fmt: skip
+        issued = issued_certificate(cert)
+        record = AdminRecord(name, role, AdminStatus.ACTIVE, now, owner.actor)
+        entry = AuditEntry(
+            now, owner.actor, "admin.add", f"admin:{name}", "ok",
+            f"role {role}, certificate {issued.serial} valid until "
+            f"{issued.not_after:%Y-%m-%d %H:%M:%SZ}",
+        )  # fmt: skip
+        added = await self._db.call(lambda s: s.add_admin(record, issued, entry))
+        log.warning("admin %s added admin %s as %s", owner.name, name, role)
+        return admin_pb2.AddAdminResponse(
+            admin=convert.admin_to_pb(added),
+            certificate_pem=cert.public_bytes(serialization.Encoding.PEM),
+            ca_pem=self._ca.cert_pem,
+        )
+
+    @rpc
+    async def ListAdmins(
+        self, request: admin_pb2.ListAdminsRequest, context: Context
+    ) -> admin_pb2.ListAdminsResponse:
+        await self._admin(context, "ListAdmins")
+        found = await self._db.call(lambda s: s.list_admins())
+        return admin_pb2.ListAdminsResponse(admins=[convert.admin_to_pb(a) for a in found])
+
+    @rpc
+    async def RevokeAdmin(
+        self, request: admin_pb2.RevokeAdminRequest, context: Context
+    ) -> admin_pb2.RevokeAdminResponse:
+        owner = await self._admin(context, "RevokeAdmin")
+        name = request.name
+        now = self._clock()
+        entry = AuditEntry(now, owner.actor, "admin.revoke", f"admin:{name}", "ok")
+        revoked = await self._db.call(lambda s: s.revoke_admin(name, now, entry))
+        log.warning("admin %s revoked admin %s", owner.name, name)
+        return admin_pb2.RevokeAdminResponse(admin=convert.admin_to_pb(revoked))
+
+    @rpc
+    async def RenewAdmin(
+        self, request: admin_pb2.RenewAdminRequest, context: Context
+    ) -> admin_pb2.RenewAdminResponse:
+        admin = await self._admin(context, "RenewAdmin")
+        presented = peer_certificate(context)
+        previous = "" if presented is None else format(presented.serial_number, "x")
+        now = self._clock()
+        cert = self._ca.sign_csr(
+            request.csr_pem, Identity(Role.ADMIN, admin.name),
+            self._settings.admin_certificate_lifetime, now,
+        )  # fmt: skip
+        issued = issued_certificate(cert)
+        entry = AuditEntry(
+            now, admin.actor, "admin.renew", admin.actor, "ok",
+            f"certificate {previous} renewed as {issued.serial}, valid until "
+            f"{issued.not_after:%Y-%m-%d %H:%M:%SZ}",
+        )  # fmt: skip
+        await self._db.call(lambda s: s.renew_admin_certificate(admin.name, issued, entry))
+        log.info("admin %s renewed their certificate %s as %s", admin.name, previous,
+                 issued.serial)  # fmt: skip
+        return admin_pb2.RenewAdminResponse(
+            certificate_pem=cert.public_bytes(serialization.Encoding.PEM)
+        )
 
     @rpc
     async def CreateToken(
         self, request: admin_pb2.CreateTokenRequest, context: Context
     ) -> admin_pb2.CreateTokenResponse:
-        admin = self._admin(context)
+        admin = await self._admin(context, "CreateToken")
         try:
             labelspec.check_region(request.region)
             labelspec.check_ring(request.ring)
@@ -560,7 +663,7 @@ class AdminService(admin_pb2_grpc.AdminServiceServicer):
         except ValueError as exc:
             raise UsageError(str(exc)) from None
         entry = AuditEntry(
-            datetime.now(UTC), f"admin:{admin.name}", "token.create", token.token_id, "ok",
+            datetime.now(UTC), admin.actor, "token.create", token.token_id, "ok",
             f"region {token.region} ring {token.ring} uses {token.uses_allowed}",
         )  # fmt: skip
         await self._db.call(audited(lambda s: s.create_token(token), entry))
@@ -578,7 +681,7 @@ class AdminService(admin_pb2_grpc.AdminServiceServicer):
     async def ListTokens(
         self, request: admin_pb2.ListTokensRequest, context: Context
     ) -> admin_pb2.ListTokensResponse:
-        self._admin(context)
+        await self._admin(context, "ListTokens")
         found = await self._db.call(lambda s: s.list_tokens())
         return admin_pb2.ListTokensResponse(tokens=[convert.token_to_pb(t) for t in found])
 
@@ -586,10 +689,8 @@ class AdminService(admin_pb2_grpc.AdminServiceServicer):
     async def RevokeToken(
         self, request: admin_pb2.RevokeTokenRequest, context: Context
     ) -> admin_pb2.RevokeTokenResponse:
-        admin = self._admin(context)
-        entry = AuditEntry(
-            datetime.now(UTC), f"admin:{admin.name}", "token.revoke", request.token_id, "ok"
-        )
+        admin = await self._admin(context, "RevokeToken")
+        entry = AuditEntry(datetime.now(UTC), admin.actor, "token.revoke", request.token_id, "ok")
         token = await self._db.call(audited(lambda s: s.revoke_token(request.token_id), entry))
         log.info("admin %s revoked token %s", admin.name, token.token_id)
         return admin_pb2.RevokeTokenResponse(token=convert.token_to_pb(token))
@@ -598,7 +699,7 @@ class AdminService(admin_pb2_grpc.AdminServiceServicer):
     async def ListHosts(
         self, request: admin_pb2.ListHostsRequest, context: Context
     ) -> admin_pb2.ListHostsResponse:
-        self._admin(context)
+        await self._admin(context, "ListHosts")
         limit = min(request.page_size or 500, 5000)
         ring = request.ring if request.HasField("ring") else None
         found, owes = await self._db.call(
@@ -613,7 +714,7 @@ class AdminService(admin_pb2_grpc.AdminServiceServicer):
     async def GetHost(
         self, request: admin_pb2.GetHostRequest, context: Context
     ) -> admin_pb2.GetHostResponse:
-        self._admin(context)
+        await self._admin(context, "GetHost")
         host, packages, updates, owes = await self._db.call(
             lambda s: (
                 s.get_host(request.host_id), s.get_inventory(request.host_id),
@@ -632,9 +733,9 @@ class AdminService(admin_pb2_grpc.AdminServiceServicer):
     async def RevokeHost(
         self, request: admin_pb2.RevokeHostRequest, context: Context
     ) -> admin_pb2.RevokeHostResponse:
-        admin = self._admin(context)
+        admin = await self._admin(context, "RevokeHost")
         now = datetime.now(UTC)
-        entry = AuditEntry(now, f"admin:{admin.name}", "host.revoke", request.host_id, "ok")
+        entry = AuditEntry(now, admin.actor, "host.revoke", request.host_id, "ok")
         host = await self._db.call(audited(lambda s: s.revoke_host(request.host_id, now), entry))
         self._revoked.add(host.host_id)
         self._engine.left(host.host_id)
@@ -646,14 +747,14 @@ class AdminService(admin_pb2_grpc.AdminServiceServicer):
     async def RelabelHost(
         self, request: admin_pb2.RelabelHostRequest, context: Context
     ) -> admin_pb2.RelabelHostResponse:
-        admin = self._admin(context)
+        admin = await self._admin(context, "RelabelHost")
         change = Relabel(
             dict(request.set_labels), tuple(request.remove_labels),
             request.region if request.HasField("region") else None,
             request.ring if request.HasField("ring") else None,
         ).checked()  # fmt: skip
         host, detail = await self._db.call(
-            lambda s: s.relabel_host(request.host_id, change, f"admin:{admin.name}",
+            lambda s: s.relabel_host(request.host_id, change, admin.actor,
                                      datetime.now(UTC))
         )  # fmt: skip
         if detail:
@@ -671,54 +772,56 @@ class AdminService(admin_pb2_grpc.AdminServiceServicer):
     async def CreateCampaign(
         self, request: admin_pb2.CreateCampaignRequest, context: Context
     ) -> admin_pb2.CampaignResponse:
-        admin = self._admin(context)
-        record = await self._engine.create(request.spec, request.source, f"admin:{admin.name}")
+        admin = await self._admin(context, "CreateCampaign")
+        record = await self._engine.create(request.spec, request.source, admin.actor)
         return await self._campaign(record.campaign_id)
 
     @rpc
     async def ApproveCampaign(
         self, request: admin_pb2.CampaignRequest, context: Context
     ) -> admin_pb2.CampaignResponse:
-        admin = self._admin(context)
-        await self._engine.approve(request.campaign_id, f"admin:{admin.name}")
+        admin = await self._admin(context, "ApproveCampaign")
+        await self._engine.approve(
+            request.campaign_id, admin.actor, self._settings.require_second_approver
+        )
         return await self._campaign(request.campaign_id)
 
     @rpc
     async def PauseCampaign(
         self, request: admin_pb2.CampaignRequest, context: Context
     ) -> admin_pb2.CampaignResponse:
-        admin = self._admin(context)
-        await self._engine.pause(request.campaign_id, f"admin:{admin.name}")
+        admin = await self._admin(context, "PauseCampaign")
+        await self._engine.pause(request.campaign_id, admin.actor)
         return await self._campaign(request.campaign_id)
 
     @rpc
     async def ResumeCampaign(
         self, request: admin_pb2.CampaignRequest, context: Context
     ) -> admin_pb2.CampaignResponse:
-        admin = self._admin(context)
-        await self._engine.resume(request.campaign_id, f"admin:{admin.name}")
+        admin = await self._admin(context, "ResumeCampaign")
+        await self._engine.resume(request.campaign_id, admin.actor)
         return await self._campaign(request.campaign_id)
 
     @rpc
     async def AbortCampaign(
         self, request: admin_pb2.AbortCampaignRequest, context: Context
     ) -> admin_pb2.CampaignResponse:
-        admin = self._admin(context)
-        await self._engine.abort(request.campaign_id, f"admin:{admin.name}", request.revert)
+        admin = await self._admin(context, "AbortCampaign")
+        await self._engine.abort(request.campaign_id, admin.actor, request.revert)
         return await self._campaign(request.campaign_id)
 
     @rpc
     async def GetCampaign(
         self, request: admin_pb2.CampaignRequest, context: Context
     ) -> admin_pb2.CampaignResponse:
-        self._admin(context)
+        await self._admin(context, "GetCampaign")
         return await self._campaign(request.campaign_id)
 
     @rpc
     async def ListCampaignHosts(
         self, request: admin_pb2.ListCampaignHostsRequest, context: Context
     ) -> admin_pb2.ListCampaignHostsResponse:
-        self._admin(context)
+        await self._admin(context, "ListCampaignHosts")
         status = None
         if request.status:
             try:
@@ -737,7 +840,7 @@ class AdminService(admin_pb2_grpc.AdminServiceServicer):
     async def ListCampaigns(
         self, request: admin_pb2.ListCampaignsRequest, context: Context
     ) -> admin_pb2.ListCampaignsResponse:
-        self._admin(context)
+        await self._admin(context, "ListCampaigns")
         campaigns = [convert.campaign_to_pb(r, cells) for r, cells in await self._engine.views()]
         return admin_pb2.ListCampaignsResponse(campaigns=campaigns)
 
@@ -749,7 +852,7 @@ class AdminService(admin_pb2_grpc.AdminServiceServicer):
         request_iterator: AsyncIterator[admin_pb2.PublishAgentReleaseRequest],
         context: Context,
     ) -> admin_pb2.PublishAgentReleaseResponse:
-        admin = self._admin(context)
+        admin = await self._admin(context, "PublishAgentRelease")
         first = await anext(aiter(request_iterator), None)
         if first is None or first.WhichOneof("part") != "header":
             raise UsageError(
@@ -765,14 +868,14 @@ class AdminService(admin_pb2_grpc.AdminServiceServicer):
                     raise UsageError("only the first message may be a header; then data only")
                 yield message.data
 
-        published = await self._releases.publish(header, data(), f"admin:{admin.name}")
+        published = await self._releases.publish(header, data(), admin.actor)
         return admin_pb2.PublishAgentReleaseResponse(release=convert.release_to_pb(published))
 
     @rpc
     async def ListAgentReleases(
         self, request: admin_pb2.ListAgentReleasesRequest, context: Context
     ) -> admin_pb2.ListAgentReleasesResponse:
-        self._admin(context)
+        await self._admin(context, "ListAgentReleases")
         found = await self._releases.list()
         return admin_pb2.ListAgentReleasesResponse(
             releases=[convert.release_to_pb(r) for r in found]
@@ -784,7 +887,7 @@ class AdminService(admin_pb2_grpc.AdminServiceServicer):
     async def VerifyAudit(
         self, request: admin_pb2.VerifyAuditRequest, context: Context
     ) -> admin_pb2.VerifyAuditResponse:
-        self._admin(context)
+        await self._admin(context, "VerifyAudit")
         held = None
         if request.HasField("checkpoint"):
             held = convert.checkpoint_from_pb(request.checkpoint)
@@ -815,7 +918,7 @@ class AdminService(admin_pb2_grpc.AdminServiceServicer):
     async def AuditCheckpoint(
         self, request: admin_pb2.AuditCheckpointRequest, context: Context
     ) -> admin_pb2.AuditCheckpointResponse:
-        admin = self._admin(context)
+        admin = await self._admin(context, "AuditCheckpoint")
         signed = await auditkeeping.checkpoint(self._db, self._checkpoints, datetime.now(UTC))
         log.info("admin %s took an audit checkpoint: %s", admin.name, signed.to_json(indent=None))
         return admin_pb2.AuditCheckpointResponse(checkpoint=convert.checkpoint_to_pb(signed))
@@ -824,7 +927,7 @@ class AdminService(admin_pb2_grpc.AdminServiceServicer):
     async def GetFleetHistory(
         self, request: admin_pb2.FleetHistoryRequest, context: Context
     ) -> admin_pb2.FleetHistoryResponse:
-        self._admin(context)
+        await self._admin(context, "GetFleetHistory")
         cells = await self._db.call(lambda s: s.fleet_history())
         return admin_pb2.FleetHistoryResponse(cells=[convert.history_to_pb(c) for c in cells])
 
@@ -832,7 +935,7 @@ class AdminService(admin_pb2_grpc.AdminServiceServicer):
     async def ExportAudit(
         self, request: admin_pb2.ExportAuditRequest, context: Context
     ) -> AsyncIterator[admin_pb2.ExportAuditResponse]:
-        self._admin(context)
+        await self._admin(context, "ExportAudit")
         since = convert.from_timestamp(request.since) if request.HasField("since") else None
         after: int | None = 0
         while after is not None:

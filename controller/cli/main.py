@@ -22,6 +22,7 @@ from fleetpatch.v1 import admin_pb2
 
 from controller.api import convert
 from controller.cli import jsondoc
+from controller.cli.admins import admin_app
 from controller.cli.campaigns import audit_app, campaign_app
 from controller.cli.common import ControllerOption, DataDirOption, JsonOption, client
 from controller.cli.release import release_app
@@ -40,6 +41,7 @@ app.add_typer(hosts_app, name="hosts")
 app.add_typer(campaign_app, name="campaign")
 app.add_typer(audit_app, name="audit")
 app.add_typer(release_app, name="release")
+app.add_typer(admin_app, name="admin")
 
 # -- controller ------------------------------------------------------------------
 
@@ -60,15 +62,23 @@ def controller_init(
     checkin_interval: Annotated[
         str, typer.Option(help="How often agents check in (e.g. 30s, 5m).")
     ] = "5m",
+    owner: Annotated[
+        str,
+        typer.Option(
+            help="Name of the first admin, an owner (the person running this); their "
+            "certificate is the data dir's admin.pem."
+        ),
+    ] = "admin",
 ) -> None:
-    """Create a controller: CA, server and admin certificates, work-order
-    signing key, settings and database."""
+    """Create a controller: CA, server and first owner's certificates,
+    work-order signing key, settings and database."""
     try:
         parse_duration(checkin_interval)
     except ValueError as exc:
         raise UsageError(f"--checkin-interval: {exc}") from None
-    made = init_data_dir(data_dir, hostname or socket.getfqdn(), listen, checkin_interval)
+    made = init_data_dir(data_dir, hostname or socket.getfqdn(), listen, checkin_interval, owner)
     print(f"initialised {made.path}")
+    print(f"  first owner: {owner} (admin certificate {made.admin_cert})")
     print(f"  CA certificate (give to agents with --ca-cert): {made.ca_cert}")
     print(f"  settings: {made.config}")
     print(f"next: fleetpatch controller serve --data-dir {made.path}")

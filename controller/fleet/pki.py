@@ -49,6 +49,28 @@ def key_to_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
     )
 
 
+def make_csr(key: ec.EllipticCurvePrivateKey, common_name: str) -> bytes:
+    """A PEM certificate request for ``key`` (its subject is ignored by the
+    CA, which names the identity itself)."""
+    csr = (
+        x509.CertificateSigningRequestBuilder()
+        .subject_name(_name(common_name))
+        .sign(key, hashes.SHA256())
+    )
+    return csr.public_bytes(serialization.Encoding.PEM)
+
+
+def load_key(key_pem: bytes) -> ec.EllipticCurvePrivateKey:
+    """An ECDSA private key from PEM; raises UsageError for anything else."""
+    try:
+        key = serialization.load_pem_private_key(key_pem, password=None)
+    except (ValueError, TypeError):
+        raise UsageError("the key is not an unencrypted PEM private key") from None
+    if not isinstance(key, ec.EllipticCurvePrivateKey):
+        raise UsageError("the key is not an ECDSA key")
+    return key
+
+
 def _name(common_name: str) -> x509.Name:
     return x509.Name(
         [

@@ -37,6 +37,7 @@ from controller.model import (
     ProgressReport,
 )
 from controller.store import audit
+from controller.store.admins import AdminStore
 from controller.store.campaigns import CampaignStore
 from controller.store.migrations import migrations
 from controller.store.releases import ReleaseStore
@@ -57,7 +58,7 @@ def _must_dt(value: float) -> datetime:
     return datetime.fromtimestamp(value, UTC)
 
 
-class Store(CampaignStore, ReleaseStore, WebhookStore):
+class Store(AdminStore, CampaignStore, ReleaseStore, WebhookStore):
     def __init__(self, conn: sqlite3.Connection) -> None:
         self._conn = conn
         self._db = Database(conn)
