@@ -2,6 +2,9 @@
 
     DIR/controller.toml   settings (documented in the file and the README)
     DIR/ca.pem ca.key     the fleet's certificate authority
+    DIR/ca-next.pem .key  a CA rotation in progress: the new CA, and
+    DIR/ca-next-endorsement.pem  its certificate issued by the current one
+    DIR/ca-retired-SERIAL.pem .key  CAs retired by `rotate-ca --retire-old`
     DIR/server.pem .key   the controller's TLS certificate
     DIR/admin.pem .key    the first owner's admin certificate (`controller init`)
     DIR/signing.key       Ed25519 key that signs work orders
@@ -127,6 +130,23 @@ class DataDir:
     @property
     def ca_key(self) -> Path:
         return self.path / "ca.key"
+
+    @property
+    def ca_next_cert(self) -> Path:
+        """A CA rotation in progress: the new CA (`controller rotate-ca`)."""
+        return self.path / "ca-next.pem"
+
+    @property
+    def ca_next_key(self) -> Path:
+        return self.path / "ca-next.key"
+
+    @property
+    def ca_endorsement(self) -> Path:
+        """The new CA's certificate, issued by the current one."""
+        return self.path / "ca-next-endorsement.pem"
+
+    def ca_retired(self, serial: str, suffix: str) -> Path:
+        return self.path / f"ca-retired-{serial}.{suffix}"
 
     @property
     def server_cert(self) -> Path:

@@ -25,6 +25,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
+from fleetpatch import catrust
 from fleetpatch.envelope import key_id
 from fleetpatch.identity import Role, identity_from_certificate
 from fleetpatch.v1 import agent_pb2
@@ -84,12 +85,6 @@ def enroll(
     and moved into place, the certificate (which marks the state dir as
     enrolled) last. On any failure the state dir is left as it was.
     Raises ConfigError, ControllerUnavailable, Refused, AgentError."""
-    if state.is_enrolled() and not _expired(state):
-        raise ConfigError(
-            f"{state.path} is already enrolled as {state.host_id()} "
-            "(use another --state-dir, or remove this one to enroll again)"
-        )
-    enroll_address = enroll_address or default_enroll_address(controller)
     try:
         ca_pem = ca_cert.read_bytes()
         ca = x509.load_pem_x509_certificate(ca_pem)
@@ -97,6 +92,12 @@ def enroll(
         raise ConfigError(f"cannot read --ca-cert {ca_cert}: {exc.strerror}") from None
     except ValueError:
         raise ConfigError(f"--ca-cert {ca_cert} is not a PEM certificate") from None
+    if state.is_enrolled() and not _expired(state) and not _from_another_ca(state, ca):
+        raise ConfigError(
+            f"{state.path} is already enrolled as {state.host_id()} "
+            "(use another --state-dir, or remove this one to enroll again)"
+        )
+    enroll_address = enroll_address or default_enroll_address(controller)
 
     created = not state.path.exists()
     state.create()
@@ -202,6 +203,18 @@ def _expired(state: StateDir) -> bool:
     if datetime.now(UTC) < state.certificate().not_valid_after_utc:
         return False
     log.info("the certificate of %s has expired; enrolling this host again", state.host_id())
+    return True
+
+
+def _from_another_ca(state: StateDir, ca: x509.Certificate) -> bool:
+    """The enrolled identity's certificate is not from the CA enrolled with
+    now: the fleet's CA was rotated while this host was away (its old CA is
+    retired, so it cannot reach the controller), and enrolling again
+    replaces it."""
+    if catrust.issued_by_any(state.certificate(), [ca]):
+        return False
+    log.info("the certificate of %s is from another CA (a CA rotation); enrolling this "
+             "host again", state.host_id())  # fmt: skip
     return True
 
 

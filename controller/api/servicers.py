@@ -20,6 +20,7 @@ from typing import Any, TypeVar
 import grpc
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
+from fleetpatch import catrust
 from fleetpatch import labels as labelspec
 from fleetpatch.identity import Identity, Role
 from fleetpatch.inventory import UPDATE_FIELDS, inventory_hash, updates_hash
@@ -30,7 +31,7 @@ from fleetpatch.v1 import admin_pb2, admin_pb2_grpc, agent_pb2, agent_pb2_grpc, 
 from controller import audit, checkpoint
 from controller.api import auditkeeping, convert, limits
 from controller.api.auditkeeping import RefusalLog
-from controller.api.auth import peer_certificate, peer_identity
+from controller.api.auth import peer_certificate, peer_identity, peer_issuer
 from controller.api.checkin import next_checkin
 from controller.api.lenient import decoded
 from controller.audit import AuditEntry
@@ -48,6 +49,7 @@ from controller.errors import (
 )
 from controller.fleet import admins, enrollment, renewal, tokens
 from controller.fleet.admins import AdminRecord, AdminStatus
+from controller.fleet.carotation import Authorities
 from controller.fleet.pki import CertificateAuthority
 from controller.fleet.relabel import Relabel
 from controller.model import AssignmentStatus, CheckIn, Host, Package, ProgressReport
@@ -284,12 +286,17 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
         pending: set[str] | None = None,
         refusals: RefusalLog | None = None,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        authorities: Authorities | None = None,
     ) -> None:
         self._db = db
         self._clock = clock
         self._releases = releases
         self._batcher = batcher
-        self._ca = ca
+        self._ca = ca  # enrollments (and the server certificate's)
+        # A CA rotation: renewals come from the new CA, and agents are
+        # offered both CAs (fleetpatch.catrust).
+        self._authorities = authorities or Authorities(ca, ca, [ca.cert], [])
+        self._trust_hash = catrust.bundle_hash(self._authorities.trusted)
         self._signing_keys = signing_keys
         self._settings = settings
         self._revoked = revoked
@@ -438,6 +445,7 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
             facts = facts_of(host_id, outcome.region, outcome.ring, outcome.labels, reported, at)
             order = await self._engine.order_for(facts, request.highest_sequence)
         return agent_pb2.CheckInResponse(
+            ca_trust=self._trust(request.ca_trust_hash, context),
             work_order=order,
             signing_keys=self._rotations,
             withdrawn_keys=self._withdrawn,
@@ -450,6 +458,24 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
             known_inventory_hash=outcome.inventory_hash,
             inventory_required=outcome.inventory_hash != request.inventory_hash,
             known_updates_hash=outcome.updates_hash,
+        )
+
+    def _trust(self, reported: str, context: Context) -> agent_pb2.CaTrust | None:
+        """The CAs to offer a host that trusts those of digest ``reported``
+        (none from agents too old to say): when it trusts others, or during
+        a CA rotation while its certificate is from the old CA (then with
+        renew_now)."""
+        if not reported:
+            return None
+        found = self._authorities
+        renew_now = found.rotating and peer_issuer(context) != found.issuing.cert.subject
+        if reported == self._trust_hash and not renew_now:
+            return None
+        pem = serialization.Encoding.PEM
+        return agent_pb2.CaTrust(
+            ca_pem=[c.public_bytes(pem) for c in found.trusted],
+            endorsements_pem=[c.public_bytes(pem) for c in found.endorsements],
+            renew_now=renew_now,
         )
 
     async def _renewal_failing(self, host_id: str, request: agent_pb2.CheckInRequest) -> None:
@@ -472,7 +498,7 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
         if host_id in self._pending:
             await self._activated(host_id, lambda s: s.activate_host(host_id))
         renewed = await renewal.renew(
-            self._db, self._ca, host_id, presented, request.csr_pem,
+            self._db, self._authorities.issuing, host_id, presented, request.csr_pem,
             self._settings.host_certificate_lifetime, self._clock(),
         )  # fmt: skip
         cert = renewed.certificate
@@ -543,13 +569,16 @@ class AdminService(admin_pb2_grpc.AdminServiceServicer):
         ca: CertificateAuthority,
         settings: Settings,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        trusted_pem: bytes | None = None,
     ) -> None:
         self._db = db
         self._revoked = revoked
         self._engine = engine
         self._releases = releases
         self._checkpoints = checkpoints
-        self._ca = ca
+        self._ca = ca  # issues admin certificates (the new CA during a rotation)
+        # The CAs an admin CLI should trust (both during a CA rotation).
+        self._trusted_pem = trusted_pem or ca.cert_pem
         self._settings = settings
         self._clock = clock
 
@@ -595,7 +624,7 @@ class AdminService(admin_pb2_grpc.AdminServiceServicer):
         return admin_pb2.AddAdminResponse(
             admin=convert.admin_to_pb(added),
             certificate_pem=cert.public_bytes(serialization.Encoding.PEM),
-            ca_pem=self._ca.cert_pem,
+            ca_pem=self._trusted_pem,
         )
 
     @rpc
@@ -640,7 +669,7 @@ class AdminService(admin_pb2_grpc.AdminServiceServicer):
         log.info("admin %s renewed their certificate %s as %s", admin.name, previous,
                  issued.serial)  # fmt: skip
         return admin_pb2.RenewAdminResponse(
-            certificate_pem=cert.public_bytes(serialization.Encoding.PEM)
+            certificate_pem=cert.public_bytes(serialization.Encoding.PEM), ca_pem=self._trusted_pem
         )
 
     @rpc

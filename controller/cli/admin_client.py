@@ -225,9 +225,8 @@ class AdminClient:
         request = admin_pb2.RevokeAdminRequest(name=name)
         return self._call(lambda: self._stub.RevokeAdmin(request, timeout=TIMEOUT_SECONDS)).admin
 
-    def renew_admin(self, csr_pem: bytes) -> bytes:
-        """A new certificate for the calling admin, for the key in the CSR."""
+    def renew_admin(self, csr_pem: bytes) -> admin_pb2.RenewAdminResponse:
+        """A new certificate for the calling admin, for the key in the CSR,
+        and the CAs to trust."""
         request = admin_pb2.RenewAdminRequest(csr_pem=csr_pem)
-        return self._call(
-            lambda: self._stub.RenewAdmin(request, timeout=TIMEOUT_SECONDS)
-        ).certificate_pem
+        return self._call(lambda: self._stub.RenewAdmin(request, timeout=TIMEOUT_SECONDS))

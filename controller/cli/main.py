@@ -28,6 +28,7 @@ from controller.cli.common import ControllerOption, DataDirOption, JsonOption, c
 from controller.cli.release import release_app
 from controller.datadir import DEFAULT_DATA_DIR, DEFAULT_PORT, DataDir
 from controller.errors import EXIT_CODES, FleetpatchError, UsageError
+from controller.fleet import carotation
 from controller.fleet.bootstrap import init_data_dir
 from controller.fleet.signing import rotate
 
@@ -127,6 +128,41 @@ def controller_rotate_key(
         print(f"signing key {old} retired; new key {new}, endorsed by {old}")
         print("agents stop trusting it signing.old_key_grace after the restart")
     print("restart `fleetpatch controller serve` to sign orders with it")
+
+
+@controller_app.command("rotate-ca")
+def controller_rotate_ca(
+    data_dir: DataDirOption = DEFAULT_DATA_DIR,
+    retire_old: Annotated[
+        bool,
+        typer.Option(
+            "--retire-old",
+            help="End the rotation: the new CA becomes the only one trusted; hosts still on "
+            "the old one must enroll again.",
+        ),
+    ] = False,
+    force: Annotated[
+        bool,
+        typer.Option(help="With --retire-old: even while hosts still hold old certificates."),
+    ] = False,
+) -> None:
+    """Rotate the fleet CA without a flag day: make a new CA, endorsed by the
+    current one (restart `serve`: agents learn it at their next check-in and
+    renew onto it); later, --retire-old. Run with `serve` stopped."""
+    now = datetime.now(UTC)
+    if not retire_old:
+        new = carotation.rotate(DataDir(data_dir), now)
+        print(f"new CA {format(new.serial_number, 'x')} made, endorsed by the current one")
+        print("restart `fleetpatch controller serve`: agents trust both CAs and renew onto the")
+        print("new one at their next check-in; admins run `fleetpatch admin renew`; then")
+        print("`fleetpatch controller rotate-ca --retire-old`")
+        return
+    retired = carotation.retire(DataDir(data_dir), now, force)
+    print(f"CA {retired.old_serial} retired: {data_dir / 'ca.pem'} is the new CA")
+    if retired.stragglers:
+        print(f"{len(retired.stragglers)} host(s) left on the old CA must enroll again with it:",
+              " ".join(retired.stragglers))  # fmt: skip
+    print("restart `fleetpatch controller serve`; give the new ca.pem to new agents (--ca-cert)")
 
 
 def _setup_logging(level: str) -> None:

@@ -20,11 +20,18 @@ def renew(admin: AdminClient, data_dir: DataDir) -> x509.Certificate:
     one file that changes is replaced atomically); returns the new one."""
     key = load_key(data_dir.read(data_dir.admin_key))
     current = x509.load_pem_x509_certificate(data_dir.read(data_dir.admin_cert))
-    pem = admin.renew_admin(make_csr(key, current.subject.rfc4514_string()))
+    renewed = admin.renew_admin(make_csr(key, current.subject.rfc4514_string()))
+    pem = renewed.certificate_pem
     try:
         data_dir.write_public(data_dir.admin_cert, pem)
+        # A CA rotation: trust the new CA too (the controller's certificate
+        # moves to it when the old one is retired). Not in a controller's
+        # own data dir, whose ca.pem `rotate-ca` manages.
+        own = data_dir.ca_key.exists()
+        if renewed.ca_pem and not own and renewed.ca_pem != data_dir.read(data_dir.ca_cert):
+            data_dir.write_public(data_dir.ca_cert, renewed.ca_pem)
     except OSError as exc:
-        raise DataDirError(f"cannot write {data_dir.admin_cert}: {exc.strerror}") from None
+        raise DataDirError(f"cannot write in {data_dir.path}: {exc.strerror}") from None
     return x509.load_pem_x509_certificate(pem)
 
 

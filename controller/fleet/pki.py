@@ -141,6 +141,25 @@ class CertificateAuthority:
             raise UsageError("the CA key is not an ECDSA key")
         return cls(key, x509.load_pem_x509_certificate(cert_pem))
 
+    def endorse(self, other: x509.Certificate) -> x509.Certificate:
+        """An endorsement of CA certificate ``other`` by this CA: a CA
+        certificate for its subject and key, issued by this one (a
+        cross-certificate). Agents take a new CA only with one."""
+        return (
+            x509.CertificateBuilder()
+            .subject_name(other.subject)
+            .issuer_name(self.cert.subject)
+            .public_key(other.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(other.not_valid_before_utc)
+            .not_valid_after(min(other.not_valid_after_utc, self.cert.not_valid_after_utc))
+            .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+            .add_extension(
+                x509.AuthorityKeyIdentifier.from_issuer_public_key(self._key.public_key()), False
+            )
+            .sign(self._key, hashes.SHA256())
+        )
+
     @property
     def key_pem(self) -> bytes:
         return key_to_pem(self._key)

@@ -204,6 +204,15 @@ class Store(AdminStore, CampaignStore, ReleaseStore, WebhookStore):
         )
         return [_host(r) for r in _rows(cur)]
 
+    def hosts_certified_before(self, when: datetime) -> list[str]:
+        """Hosts, not revoked, whose certificate was issued before ``when``
+        (still on a CA being retired, when that is the rotation's time)."""
+        cur = self._conn.execute(
+            "SELECT host_id FROM hosts WHERE status != ? AND cert_not_before < ? ORDER BY host_id",
+            (HostStatus.REVOKED, when.timestamp()),
+        )
+        return [row[0] for row in cur.fetchall()]
+
     def renew_host_certificate(
         self,
         host_id: str,
