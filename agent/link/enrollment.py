@@ -21,7 +21,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
@@ -166,7 +165,8 @@ def _enroll_staged(
     )
     response = call(enroll_address, ca_pem, request)
 
-    cert = _check_certificate(response, ca, key)
+    cas = _trusted(response, ca)
+    cert = _check_certificate(response, cas, key)
     signing = {}
     for announced in response.signing_keys:
         if len(announced.public_key) != 32 or key_id(announced.public_key) != announced.key_id:
@@ -176,6 +176,8 @@ def _enroll_staged(
         raise AgentError("the controller sent no work-order signing key; not enrolled")
 
     reserve.unlink()
+    if len(cas) > 1:  # a CA rotation: pin the new CA too
+        staging.write(staging.ca, catrust.to_pem(cas), mode=0o644)
     staging.write_trusted_signing_keys(signing)
     staging.write_config(controller, enroll_address)
     staging.write(staging.cert, cert.public_bytes(serialization.Encoding.PEM), mode=0o644)
@@ -260,15 +262,34 @@ def _confirm(state: StateDir, controller: str) -> str:
     return ""
 
 
+def _trusted(response: agent_pb2.EnrollResponse, ca: x509.Certificate) -> list[x509.Certificate]:
+    """The CAs to pin: ``ca`` (--ca-cert), and during a CA rotation the new
+    CA the controller sends, which ``ca`` must have endorsed."""
+    if not response.ca_pem:
+        return [ca]
+    try:
+        offered = catrust.load_bundle(response.ca_pem)
+        endorsements = [x509.load_pem_x509_certificate(p) for p in response.ca_endorsements_pem]
+        own = x509.load_pem_x509_certificate(response.certificate_pem)
+        cas = catrust.accept([ca], offered, endorsements, own)
+    except ValueError as exc:  # TrustError too
+        raise AgentError(f"the controller's CA certificates are not trusted ({exc}); "
+                         "not enrolled") from None  # fmt: skip
+    return cas
+
+
 def _check_certificate(
-    response: agent_pb2.EnrollResponse, ca: x509.Certificate, key: ec.EllipticCurvePrivateKey
+    response: agent_pb2.EnrollResponse,
+    cas: list[x509.Certificate],
+    key: ec.EllipticCurvePrivateKey,
 ) -> x509.Certificate:
-    """The issued certificate must be for our key, signed by the pinned CA,
+    """The issued certificate must be for our key, signed by a pinned CA,
     and name the host id the controller announced."""
     try:
         cert = x509.load_pem_x509_certificate(response.certificate_pem)
-        cert.verify_directly_issued_by(ca)
-    except (ValueError, TypeError, InvalidSignature):
+    except ValueError:
+        cert = None
+    if cert is None or not catrust.issued_by_any(cert, cas):
         raise AgentError(
             "the controller's certificate for this host is not signed by the pinned CA; "
             "not enrolled"

@@ -292,9 +292,8 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
         self._clock = clock
         self._releases = releases
         self._batcher = batcher
-        self._ca = ca  # enrollments (and the server certificate's)
-        # A CA rotation: renewals come from the new CA, and agents are
-        # offered both CAs (fleetpatch.catrust).
+        # A CA rotation: enrollments and renewals come from the new CA, and
+        # agents are offered both CAs (fleetpatch.catrust).
         self._authorities = authorities or Authorities(ca, ca, [ca.cert], [])
         self._trust_hash = catrust.bundle_hash(self._authorities.trusted)
         self._signing_keys = signing_keys
@@ -328,7 +327,8 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
         try:
             limits.check_strings(request, "the enrollment request")
             enrolled = await enrollment.enroll(
-                self._db, self._ca, request.token, request.csr_pem, dict(request.labels),
+                self._db, self._authorities.issuing, request.token, request.csr_pem,
+                dict(request.labels),
                 convert.to_json(request.facts), datetime.now(UTC),
                 self._settings.host_certificate_lifetime,
             )  # fmt: skip
@@ -356,7 +356,10 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
         return agent_pb2.EnrollResponse(
             host_id=host.host_id,
             certificate_pem=cert.public_bytes(serialization.Encoding.PEM),
-            ca_pem=self._ca.cert_pem,
+            ca_pem=self._authorities.trusted_pem,
+            ca_endorsements_pem=[
+                c.public_bytes(serialization.Encoding.PEM) for c in self._authorities.endorsements
+            ],
             signing_keys=self._signing_keys,
             region=host.region,
             ring=host.ring,

@@ -6,9 +6,10 @@
    both, issues renewed host and admin certificates from the new one, and
    offers both CAs, with the endorsement, to every agent that checks in
    (fleetpatch.catrust says what an agent takes); an agent whose
-   certificate is from the old CA is asked to renew at once. Its server
-   certificate and new enrollments stay on the old CA, the one operators
-   hand out with `--ca-cert`, so nothing changes for them yet.
+   certificate is from the old CA is asked to renew at once. Enrollments
+   get a certificate from the new CA, with both CAs and the endorsement to
+   pin. The server certificate stays on the old CA, the one operators hand
+   out with `--ca-cert`, so nothing changes for them yet.
 2. `rotate-ca --retire-old` ends the transition: the new CA becomes ca.pem
    (the old one is kept as ca-retired-SERIAL.*), the server certificate
    and the data dir's admin certificate are issued again by it, and from
@@ -44,8 +45,8 @@ from controller.store.admins import IssuedCertificate
 class Authorities:
     """The CAs `serve` works with."""
 
-    current: CertificateAuthority  # ca.pem: the server certificate's, enrollments'
-    issuing: CertificateAuthority  # renewals' (the new CA during a rotation)
+    current: CertificateAuthority  # ca.pem: the server certificate's
+    issuing: CertificateAuthority  # new certificates' (the new CA during a rotation)
     trusted: list[x509.Certificate]  # client certificates from any of these
     endorsements: list[x509.Certificate]
 

@@ -1,12 +1,13 @@
 """CA rotation without a flag day, end to end: a real controller over real
-mutual TLS, two real agents (`fleetpatch-agent` processes). After
-`controller rotate-ca`, the agent that checks in learns the new CA
-(endorsed by the old one), trusts both and renews onto the new CA at
-once; an admin renews too. `rotate-ca --retire-old` refuses while a host
-is still on the old CA, then with --force the new CA is the only one: the
-agent that renewed goes on (and drops the old CA); the one that was
-offline throughout cannot reach the controller, and enrolls again with a
-token and the new ca.pem into the same state dir (the documented path)."""
+mutual TLS, real agents (`fleetpatch-agent` processes). After `controller
+rotate-ca`, the agent that checks in learns the new CA (endorsed by the
+old one), trusts both and renews onto the new CA at once; one that enrolls
+meanwhile starts on the new CA; an admin renews. `rotate-ca --retire-old`
+refuses while a host is still on the old CA, then with --force the new CA
+is the only one: the agents on it go on (and drop the old CA); the one
+that was offline throughout cannot reach the controller, and enrolls again
+with a token and the new ca.pem into the same state dir (the documented
+path)."""
 
 from __future__ import annotations
 
@@ -58,6 +59,14 @@ def test_ca_rotation_two_agents_one_offline(tmp_path: Path) -> None:  # noqa: PL
         assert [c.subject for c in _cas(online.ca)] == [old_ca.subject, new_ca.subject]
         assert online.certificate().issuer == new_ca.subject
         _run_once(online)  # and goes on with it
+        # A host enrolled meanwhile, with the old ca.pem operators hand out,
+        # gets a certificate from the new CA and pins both (the new one
+        # endorsed by the one it was given).
+        late = StateDir(tmp_path / "late")
+        assert ctl.enroll(late.path, ctl.token()).returncode == 0
+        assert late.certificate().issuer == new_ca.subject
+        assert [c.subject for c in _cas(late.ca)] == [old_ca.subject, new_ca.subject]
+        _run_once(late)
         assert offline.certificate().issuer == old_ca.subject  # offline throughout
         # An admin renews: a certificate from the new CA, and both CAs trusted.
         ok("fleetpatch", "admin", "renew", "--data-dir", alice)
@@ -94,6 +103,8 @@ def test_ca_rotation_two_agents_one_offline(tmp_path: Path) -> None:  # noqa: PL
         _run_once(online)
         assert [c.subject for c in _cas(online.ca)] == [new_ca.subject]
         _run_once(online)
+        _run_once(late)
+        assert [c.subject for c in _cas(late.ca)] == [new_ca.subject]
         # The admins too: the owner's certificate was issued again, alice's renewed.
         ctl.admin("hosts", "list")
         assert cli("fleetpatch", "hosts", "list", "--data-dir", alice).returncode == 0

@@ -86,10 +86,12 @@ class EnrollResponse(_message.Message):
     REGION_FIELD_NUMBER: _builtins.int
     RING_FIELD_NUMBER: _builtins.int
     SAME_MACHINE_ID_FIELD_NUMBER: _builtins.int
+    CA_ENDORSEMENTS_PEM_FIELD_NUMBER: _builtins.int
     host_id: _builtins.str
     certificate_pem: _builtins.bytes
     """client certificate naming host_id"""
     ca_pem: _builtins.bytes
+    """the CAs to pin (two during a CA rotation)"""
     region: _builtins.str
     ring: _builtins.int
     @_builtins.property
@@ -102,6 +104,12 @@ class EnrollResponse(_message.Message):
         reports: clones of one image, most likely. Enrolled all the same.
         """
 
+    @_builtins.property
+    def ca_endorsements_pem(self) -> _containers.RepeatedScalarFieldContainer[_builtins.bytes]:
+        """During a CA rotation: the new CA endorsed by the old one (see CaTrust);
+        the certificate is then issued by the new CA.
+        """
+
     def __init__(
         self,
         *,
@@ -112,10 +120,11 @@ class EnrollResponse(_message.Message):
         region: _builtins.str = ...,
         ring: _builtins.int = ...,
         same_machine_id: _abc.Iterable[_builtins.str] | None = ...,
+        ca_endorsements_pem: _abc.Iterable[_builtins.bytes] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["ca_pem", b"ca_pem", "certificate_pem", b"certificate_pem", "host_id", b"host_id", "region", b"region", "ring", b"ring", "same_machine_id", b"same_machine_id", "signing_keys", b"signing_keys"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["ca_endorsements_pem", b"ca_endorsements_pem", "ca_pem", b"ca_pem", "certificate_pem", b"certificate_pem", "host_id", b"host_id", "region", b"region", "ring", b"ring", "same_machine_id", b"same_machine_id", "signing_keys", b"signing_keys"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
