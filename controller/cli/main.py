@@ -143,7 +143,9 @@ def controller_rotate_ca(
     ] = False,
     force: Annotated[
         bool,
-        typer.Option(help="With --retire-old: even while hosts still hold old certificates."),
+        typer.Option(
+            "--force", help="With --retire-old: even while hosts still hold old certificates."
+        ),
     ] = False,
 ) -> None:
     """Rotate the fleet CA without a flag day: make a new CA, endorsed by the

@@ -119,6 +119,10 @@ def retire(data_dir: DataDir, now: datetime, force: bool = False) -> Retired:
         raise Conflict("no CA rotation in progress (start one with `controller rotate-ca`)")
     found = load(data_dir)
     old, new = found.current, found.issuing
+    if old.cert == new.cert:  # an interrupted retire had swapped them: finish it
+        for path in (data_dir.ca_endorsement, data_dir.ca_next_key, data_dir.ca_next_cert):
+            path.unlink(missing_ok=True)
+        return Retired("", [])
     store = Store.open(data_dir.database)
     try:
         stragglers = store.hosts_certified_before(new.cert.not_valid_before_utc)
@@ -140,6 +144,7 @@ def retire(data_dir: DataDir, now: datetime, force: bool = False) -> Retired:
         data_dir.write_public(data_dir.server_cert, issued.cert_pem)
         data_dir.write_private(data_dir.ca_key, new.key_pem)
         data_dir.write_public(data_dir.ca_cert, new.cert_pem)
+        # ca-next.pem last: while it is there, running this again finishes.
         for path in (data_dir.ca_endorsement, data_dir.ca_next_key, data_dir.ca_next_cert):
             os.unlink(path)
         entry = AuditEntry(
