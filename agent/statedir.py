@@ -27,8 +27,9 @@ from datetime import datetime, timedelta
 from pathlib import Path
 
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
+from fleetpatch import catrust
 from fleetpatch.atomicfile import write_atomic
 from fleetpatch.identity import Identity, Role, identity_from_certificate
 from fleetpatch.tomltable import Table, TableError
@@ -324,7 +325,7 @@ class StateDir:
         place yet is finished first. Raises StateDirError naming the file."""
         self.finish_renewal()
         ca_pem, key_pem, cert_pem = self.read(self.ca), self.read(self.key), self.read(self.cert)
-        ca = _certificate(self.ca, ca_pem)
+        cas = self.trusted_cas(ca_pem)
         cert = _certificate(self.cert, cert_pem)
         try:
             key = serialization.load_pem_private_key(key_pem, password=None)
@@ -335,13 +336,21 @@ class StateDir:
         spki = (serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
         if key.public_key().public_bytes(*spki) != cert.public_key().public_bytes(*spki):
             raise StateDirError(f"{self.key} is not the key of {self.cert} ({RESTORE})")
-        try:
-            cert.verify_directly_issued_by(ca)
-        except (ValueError, TypeError, InvalidSignature):
+        if not catrust.issued_by_any(cert, cas):
             raise StateDirError(
                 f"{self.cert} was not issued by the CA pinned in {self.ca} ({RESTORE})"
-            ) from None
+            )
         return Credentials(ca_pem, key_pem, cert_pem)
+
+    def trusted_cas(self, ca_pem: bytes | None = None) -> list[x509.Certificate]:
+        """The CA certificates pinned in ca.pem (two during a CA rotation);
+        StateDirError naming the file."""
+        try:
+            return catrust.load_bundle(self.read(self.ca) if ca_pem is None else ca_pem)
+        except ValueError:
+            raise StateDirError(
+                f"{self.ca} is not a PEM certificate (damaged? {RESTORE})"
+            ) from None
 
     def certificate(self) -> x509.Certificate:
         """This host's certificate; StateDirError naming the file."""

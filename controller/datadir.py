@@ -2,8 +2,11 @@
 
     DIR/controller.toml   settings (documented in the file and the README)
     DIR/ca.pem ca.key     the fleet's certificate authority
+    DIR/ca-next.pem .key  a CA rotation in progress: the new CA, and
+    DIR/ca-next-endorsement.pem  its certificate issued by the current one
+    DIR/ca-retired-SERIAL.pem .key  CAs retired by `rotate-ca --retire-old`
     DIR/server.pem .key   the controller's TLS certificate
-    DIR/admin.pem .key    the admin CLI's client certificate
+    DIR/admin.pem .key    the first owner's admin certificate (`controller init`)
     DIR/signing.key       Ed25519 key that signs work orders
     DIR/signing-keys.json rotations: each new key endorsed by the one before
     DIR/signing.key.ID    retired signing keys, kept for the record
@@ -88,6 +91,12 @@ class Settings:
     # [compliance] <severity>: how long a security fix may wait on a host
     # before the host is out of policy (controller/vulns/policy.py).
     compliance_grace: Mapping[str, timedelta] = field(default_factory=lambda: dict(DEFAULT_GRACE))
+    # [certificates] admin_lifetime: how long an admin certificate is valid;
+    # the admin CLI renews its own at two thirds of it.
+    admin_certificate_lifetime: timedelta = timedelta(days=365)
+    # [campaigns] require_second_approver: a campaign must be approved by
+    # an approver other than the admin who created it.
+    require_second_approver: bool = False
 
 
 def default_enroll_address(address: str) -> str:
@@ -129,6 +138,23 @@ class DataDir:
     @property
     def ca_key(self) -> Path:
         return self.path / "ca.key"
+
+    @property
+    def ca_next_cert(self) -> Path:
+        """A CA rotation in progress: the new CA (`controller rotate-ca`)."""
+        return self.path / "ca-next.pem"
+
+    @property
+    def ca_next_key(self) -> Path:
+        return self.path / "ca-next.key"
+
+    @property
+    def ca_endorsement(self) -> Path:
+        """The new CA's certificate, issued by the current one."""
+        return self.path / "ca-next-endorsement.pem"
+
+    def ca_retired(self, serial: str, suffix: str) -> Path:
+        return self.path / f"ca-retired-{serial}.{suffix}"
 
     @property
     def server_cert(self) -> Path:
@@ -232,13 +258,7 @@ class DataDir:
         jitter = checkin.get("jitter", 0.2)
         if isinstance(jitter, bool) or not isinstance(jitter, int | float) or not 0 <= jitter < 1:
             raise UsageError(f"{self.config}: checkin.jitter must be a number in [0, 1)")
-        campaigns = _table(doc, "campaigns", {"tick"}, self.config)
-        try:
-            tick = parse_duration(str(campaigns.get("tick", "10s")))
-        except ValueError as exc:
-            raise UsageError(f"{self.config}: campaigns.tick: {exc}") from None
-        if tick < timedelta(seconds=1):
-            raise UsageError(f"{self.config}: campaigns.tick must be at least 1s")
+        tick, second = _campaigns(doc, self.config)
         max_batch = checkin.get("max_batch", 1000)
         if isinstance(max_batch, bool) or not isinstance(max_batch, int) or max_batch < 1:
             raise UsageError(f"{self.config}: checkin.max_batch must be a whole number >= 1")
@@ -253,14 +273,15 @@ class DataDir:
         checkpoints = _duration(audit, "audit", "checkpoint_interval", "1h", self.config)
         metrics = _table(doc, "metrics", {"listen"}, self.config)
         metrics_listen = _address(metrics, "listen", "", self.config, "metrics")
-        host_lifetime, grace = _identities(doc, self.config)
+        host_lifetime, admin_lifetime, grace = _identities(doc, self.config)
         vulns = _table(doc, "vulns", {"match_interval"}, self.config)
         return Settings(
             listen, enroll, advertise, interval, float(jitter), tick, max_batch,
             self.path / public_key if public_key else None, pending, refusal_window, checkpoints,
             metrics_listen, _webhooks(doc, self.path, self.config), host_lifetime, grace,
-            _duration(vulns, "vulns", "match_interval", "1m", self.config),
-            _compliance(doc, self.config),
+            vuln_match_interval=_duration(vulns, "vulns", "match_interval", "1m", self.config),
+            compliance_grace=_compliance(doc, self.config),
+            admin_certificate_lifetime=admin_lifetime, require_second_approver=second,
         )  # fmt: skip
 
     def write_endpoints(self, address: str, enroll_address: str) -> None:
@@ -317,12 +338,22 @@ def _webhooks(doc: dict[str, object], root: Path, path: Path) -> tuple[WebhookSe
     return tuple(found)
 
 
-def _identities(doc: dict[str, object], path: Path) -> tuple[timedelta, timedelta]:
-    """[certificates] host_lifetime and [signing] old_key_grace."""
-    certificates = _table(doc, "certificates", {"host_lifetime"}, path)
+def _campaigns(doc: dict[str, object], path: Path) -> tuple[timedelta, bool]:
+    """[campaigns] tick and require_second_approver."""
+    campaigns = _table(doc, "campaigns", {"tick", "require_second_approver"}, path)
+    second = campaigns.get("require_second_approver", False)
+    if not isinstance(second, bool):
+        raise UsageError(f"{path}: campaigns.require_second_approver must be true or false")
+    return _duration(campaigns, "campaigns", "tick", "10s", path), second
+
+
+def _identities(doc: dict[str, object], path: Path) -> tuple[timedelta, timedelta, timedelta]:
+    """[certificates] host_lifetime and admin_lifetime, [signing] old_key_grace."""
+    certificates = _table(doc, "certificates", {"host_lifetime", "admin_lifetime"}, path)
     host_lifetime = _duration(certificates, "certificates", "host_lifetime", "90d", path)
+    admin_lifetime = _duration(certificates, "certificates", "admin_lifetime", "365d", path)
     signing = _table(doc, "signing", {"old_key_grace"}, path)
-    return host_lifetime, _duration(signing, "signing", "old_key_grace", "7d", path)
+    return host_lifetime, admin_lifetime, _duration(signing, "signing", "old_key_grace", "7d", path)
 
 
 def _compliance(doc: dict[str, object], path: Path) -> dict[str, timedelta]:
@@ -382,6 +413,10 @@ max_batch = 1000
 # How often the controller times out silent orders, halts campaigns whose
 # budgets are breached, and completes finished ones.
 tick = "10s"
+# Two-person rule: a campaign must be approved by an approver (or owner)
+# other than the admin who created it; the creator's own approval is
+# refused. Off: any approver may approve, their own campaigns too.
+require_second_approver = false
 
 [enrollment]
 # A newly enrolled host is pending until its first mutual-TLS call (the
@@ -397,6 +432,11 @@ pending_timeout = "1h"
 # enrolled again with a token. Restart `serve` after a change; certificates
 # already issued keep their lifetime until they are renewed.
 host_lifetime = "90d"
+# How long an admin certificate (`fleetpatch admin add`, and the first
+# owner's from `controller init`) is valid. The admin CLI renews its own
+# once two thirds have passed, when it is used; an admin whose certificate
+# expired is added again by an owner (`admin revoke`, then `admin add`).
+admin_lifetime = "365d"
 
 [signing]
 # After `fleetpatch controller rotate-key`, agents still take orders signed

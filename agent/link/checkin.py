@@ -91,6 +91,8 @@ class CheckIns:
             health=convert.health_to_pb(health),
             highest_sequence=self._journal.highest_sequence(),
         )
+        if self._renewal is not None:
+            request.ca_trust_hash = self._renewal.trust_hash()
         if self._renewal is not None and self._renewal.failures:
             request.renewal_failures = self._renewal.failures
             request.renewal_error = self._renewal.last_error[:2000]
@@ -108,6 +110,11 @@ class CheckIns:
             response = self._client.check_in(request)
         if (response.signing_keys or response.withdrawn_keys) and self._on_keys is not None:
             self._on_keys(response)
+        if response.HasField("ca_trust") and self._renewal is not None:
+            # A CA rotation: trust what the controller vouches for, and
+            # renew onto the new CA now rather than at two thirds.
+            self._renewal.trust(response.ca_trust)
+            self._renewal.maybe_renew()
         self._journal.ack_updates(response.known_updates_hash)
         next_in = response.next_checkin.ToTimedelta()
         self._journal.record_checkin(response.known_inventory_hash, datetime.now(UTC) + next_in)

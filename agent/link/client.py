@@ -112,7 +112,15 @@ class ControllerClient:
         self._ca_pem = ca_pem
         self._connect(key_pem, cert_pem)
 
+    def retrust(self, ca_pem: bytes) -> None:
+        """Verify the controller with these CA certificates from now on (a
+        CA rotation: the new CA is taken, or the old one dropped)."""
+        self._ca_pem = ca_pem
+        self._channel.close()
+        self._connect(self._key_pem, self._cert_pem)
+
     def _connect(self, key_pem: bytes, cert_pem: bytes) -> None:
+        self._key_pem, self._cert_pem = key_pem, cert_pem
         creds = grpc.ssl_channel_credentials(
             root_certificates=self._ca_pem, private_key=key_pem, certificate_chain=cert_pem
         )
@@ -136,7 +144,19 @@ class ControllerClient:
         return bytes(response.certificate_pem)
 
     def check_in(self, request: agent_pb2.CheckInRequest) -> agent_pb2.CheckInResponse:
-        return _call(self.address, lambda: self._stub.CheckIn(request, timeout=TIMEOUT_SECONDS))
+        try:
+            return _call(self.address, lambda: self._stub.CheckIn(request, timeout=TIMEOUT_SECONDS))
+        except ControllerUnavailable as exc:
+            if "CERTIFICATE_VERIFY_FAILED" not in str(exc):
+                raise
+            # Still retried (a middlebox may pass), but saying what a person
+            # must do when it does not: the fleet CA moved on without us.
+            raise ControllerUnavailable(
+                f"the controller at {self.address} presents a certificate that the CA(s) this "
+                "host pins (ca.pem) do not verify; if the fleet's CA was rotated while this "
+                "host was away, enroll it again with a token and the new ca.pem "
+                "(fleetpatch-agent enroll --ca-cert NEW_CA)"
+            ) from None
 
     def report_progress(
         self, request: agent_pb2.ReportProgressRequest

@@ -21,10 +21,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
+from fleetpatch import catrust
 from fleetpatch.envelope import key_id
 from fleetpatch.identity import Role, identity_from_certificate
 from fleetpatch.v1 import agent_pb2
@@ -84,12 +84,6 @@ def enroll(
     and moved into place, the certificate (which marks the state dir as
     enrolled) last. On any failure the state dir is left as it was.
     Raises ConfigError, ControllerUnavailable, Refused, AgentError."""
-    if state.is_enrolled() and not _expired(state):
-        raise ConfigError(
-            f"{state.path} is already enrolled as {state.host_id()} "
-            "(use another --state-dir, or remove this one to enroll again)"
-        )
-    enroll_address = enroll_address or default_enroll_address(controller)
     try:
         ca_pem = ca_cert.read_bytes()
         ca = x509.load_pem_x509_certificate(ca_pem)
@@ -97,6 +91,12 @@ def enroll(
         raise ConfigError(f"cannot read --ca-cert {ca_cert}: {exc.strerror}") from None
     except ValueError:
         raise ConfigError(f"--ca-cert {ca_cert} is not a PEM certificate") from None
+    if state.is_enrolled() and not _expired(state) and not _from_another_ca(state, ca):
+        raise ConfigError(
+            f"{state.path} is already enrolled as {state.host_id()} "
+            "(use another --state-dir, or remove this one to enroll again)"
+        )
+    enroll_address = enroll_address or default_enroll_address(controller)
 
     created = not state.path.exists()
     state.create()
@@ -165,7 +165,8 @@ def _enroll_staged(
     )
     response = call(enroll_address, ca_pem, request)
 
-    cert = _check_certificate(response, ca, key)
+    cas = _trusted(response, ca)
+    cert = _check_certificate(response, cas, key)
     signing = {}
     for announced in response.signing_keys:
         if len(announced.public_key) != 32 or key_id(announced.public_key) != announced.key_id:
@@ -175,6 +176,8 @@ def _enroll_staged(
         raise AgentError("the controller sent no work-order signing key; not enrolled")
 
     reserve.unlink()
+    if len(cas) > 1:  # a CA rotation: pin the new CA too
+        staging.write(staging.ca, catrust.to_pem(cas), mode=0o644)
     staging.write_trusted_signing_keys(signing)
     staging.write_config(controller, enroll_address)
     staging.write(staging.cert, cert.public_bytes(serialization.Encoding.PEM), mode=0o644)
@@ -202,6 +205,18 @@ def _expired(state: StateDir) -> bool:
     if datetime.now(UTC) < state.certificate().not_valid_after_utc:
         return False
     log.info("the certificate of %s has expired; enrolling this host again", state.host_id())
+    return True
+
+
+def _from_another_ca(state: StateDir, ca: x509.Certificate) -> bool:
+    """The enrolled identity's certificate is not from the CA enrolled with
+    now: the fleet's CA was rotated while this host was away (its old CA is
+    retired, so it cannot reach the controller), and enrolling again
+    replaces it."""
+    if catrust.issued_by_any(state.certificate(), [ca]):
+        return False
+    log.info("the certificate of %s is from another CA (a CA rotation); enrolling this "
+             "host again", state.host_id())  # fmt: skip
     return True
 
 
@@ -247,15 +262,34 @@ def _confirm(state: StateDir, controller: str) -> str:
     return ""
 
 
+def _trusted(response: agent_pb2.EnrollResponse, ca: x509.Certificate) -> list[x509.Certificate]:
+    """The CAs to pin: ``ca`` (--ca-cert), and during a CA rotation the new
+    CA the controller sends, which ``ca`` must have endorsed."""
+    if not response.ca_pem:
+        return [ca]
+    try:
+        offered = catrust.load_bundle(response.ca_pem)
+        endorsements = [x509.load_pem_x509_certificate(p) for p in response.ca_endorsements_pem]
+        own = x509.load_pem_x509_certificate(response.certificate_pem)
+        cas = catrust.accept([ca], offered, endorsements, own)
+    except ValueError as exc:  # TrustError too
+        raise AgentError(f"the controller's CA certificates are not trusted ({exc}); "
+                         "not enrolled") from None  # fmt: skip
+    return cas
+
+
 def _check_certificate(
-    response: agent_pb2.EnrollResponse, ca: x509.Certificate, key: ec.EllipticCurvePrivateKey
+    response: agent_pb2.EnrollResponse,
+    cas: list[x509.Certificate],
+    key: ec.EllipticCurvePrivateKey,
 ) -> x509.Certificate:
-    """The issued certificate must be for our key, signed by the pinned CA,
+    """The issued certificate must be for our key, signed by a pinned CA,
     and name the host id the controller announced."""
     try:
         cert = x509.load_pem_x509_certificate(response.certificate_pem)
-        cert.verify_directly_issued_by(ca)
-    except (ValueError, TypeError, InvalidSignature):
+    except ValueError:
+        cert = None
+    if cert is None or not catrust.issued_by_any(cert, cas):
         raise AgentError(
             "the controller's certificate for this host is not signed by the pinned CA; "
             "not enrolled"

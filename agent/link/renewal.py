@@ -28,11 +28,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
+from fleetpatch import catrust
 from fleetpatch.identity import identity_from_certificate
+from fleetpatch.v1 import agent_pb2
 
 from agent.errors import AgentError, Refused, StateDirError, TransientError, storage_error
 from agent.link.client import ControllerClient
@@ -81,6 +82,7 @@ class Renewal:
         self._connect = connect
         self.failures = 0  # in a row; sent with each check-in
         self.last_error = ""
+        self._renew_now = False  # asked by the controller (a CA rotation)
 
     def due(self) -> bool:
         """Raises CertificateExpired when it is too late."""
@@ -88,7 +90,42 @@ class Renewal:
         now = self._clock()
         if now >= cert.not_valid_after_utc:
             raise CertificateExpired(expired_message(self._state, cert))
-        return now >= renew_at(cert)
+        return self._renew_now or now >= renew_at(cert)
+
+    def trust_hash(self) -> str:
+        """The digest of the CAs this host trusts, sent with each check-in."""
+        return catrust.bundle_hash(self._state.trusted_cas())
+
+    def trust(self, offered: agent_pb2.CaTrust) -> bool:
+        """Take the CAs the controller vouches for (catrust.accept), pin them
+        in ca.pem and call with them; renew at once when asked (our
+        certificate is from a CA being retired). Whether the trust changed.
+        A refused offer is logged and changes nothing."""
+        try:
+            cas = catrust.accept(
+                self._state.trusted_cas(),
+                [x509.load_pem_x509_certificate(p) for p in offered.ca_pem],
+                [x509.load_pem_x509_certificate(p) for p in offered.endorsements_pem],
+                self._state.certificate(),
+            )
+        except ValueError as exc:  # TrustError too
+            log.warning("the controller's CA certificates were not taken: %s", exc)
+            return False
+        changed = catrust.bundle_hash(cas) != self.trust_hash()
+        if changed:
+            pem = catrust.to_pem(cas)
+            try:
+                self._state.write(self._state.ca, pem, mode=0o644)
+            except StateDirError as exc:  # offered again at the next check-in
+                log.warning("cannot pin the controller's CA certificates: %s", exc)
+                return False
+            self._client.retrust(pem)
+            log.info("trusting the CA(s) %s",
+                     "; ".join(c.subject.rfc4514_string() for c in cas))  # fmt: skip
+        if offered.renew_now and not self._renew_now:
+            log.info("the controller asks this host to renew onto its new CA")
+        self._renew_now = offered.renew_now
+        return changed
 
     def maybe_renew(self) -> bool:
         """Renew when due; True when it did. A failure is logged and counted
@@ -110,6 +147,7 @@ class Renewal:
                         "certificate: %s", self.failures, exc)  # fmt: skip
             return False
         self.failures, self.last_error = 0, ""
+        self._renew_now = False
         log.info("renewed this host's certificate: serial %s", serial)
         return True
 
@@ -119,7 +157,7 @@ def renew(state: StateDir, client: ControllerClient, connect: Connect = Controll
     Raises AgentError (TransientError: try again later)."""
     credentials = state.credentials()  # also finishes a committed renewal
     current = state.certificate()
-    ca = x509.load_pem_x509_certificate(credentials.ca_pem)
+    cas = state.trusted_cas(credentials.ca_pem)
     for stale in state.path.glob(f"{STAGING_PREFIX}*"):
         shutil.rmtree(stale, ignore_errors=True)
     try:
@@ -142,7 +180,7 @@ def renew(state: StateDir, client: ControllerClient, connect: Connect = Controll
             .sign(key, hashes.SHA256())
         )
         cert_pem = client.renew(csr.public_bytes(serialization.Encoding.PEM))
-        cert = _check(cert_pem, ca, key, current)
+        cert = _check(cert_pem, cas, key, current)
         state.write(staging / "cert.pem", cert_pem, mode=0o644)
         trial = connect(client.address, credentials.ca_pem, key_pem, cert_pem)
         try:
@@ -170,16 +208,18 @@ def renew(state: StateDir, client: ControllerClient, connect: Connect = Controll
 
 def _check(
     cert_pem: bytes,
-    ca: x509.Certificate,
+    cas: list[x509.Certificate],
     key: ec.EllipticCurvePrivateKey,
     current: x509.Certificate,
 ) -> x509.Certificate:
-    """The renewed certificate must be signed by the pinned CA, for the new
-    key, and name this host as the current one does."""
+    """The renewed certificate must be signed by a pinned CA (the new one
+    during a CA rotation), for the new key, and name this host as the
+    current one does."""
     try:
         cert = x509.load_pem_x509_certificate(cert_pem)
-        cert.verify_directly_issued_by(ca)
-    except (ValueError, TypeError, InvalidSignature):
+    except ValueError:
+        cert = None
+    if cert is None or not catrust.issued_by_any(cert, cas):
         raise AgentError(
             "the controller's renewed certificate is not signed by the pinned CA"
         ) from None

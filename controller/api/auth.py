@@ -40,3 +40,20 @@ def peer_certificate(context: grpc.aio.ServicerContext[object, object]) -> x509.
         return x509.load_pem_x509_certificate(bytes(certs[0]))
     except ValueError:
         return None
+
+
+@lru_cache(maxsize=65536)
+def _issuer_of(pem: bytes) -> x509.Name | None:
+    try:
+        return x509.load_pem_x509_certificate(pem).issuer
+    except ValueError:
+        return None
+
+
+def peer_issuer(context: grpc.aio.ServicerContext[object, object]) -> x509.Name | None:
+    """Who issued the caller's verified certificate (cached: a CA rotation
+    asks at every check-in)."""
+    certs = list(context.auth_context().get("x509_pem_cert", ()))
+    if not certs:
+        return None
+    return _issuer_of(bytes(certs[0]))

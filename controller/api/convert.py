@@ -18,6 +18,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from controller.audit import AuditRecord
 from controller.checkpoint import Checkpoint
 from controller.errors import UsageError
+from controller.fleet.admins import AdminRecord, AdminStatus
 from controller.fleet.pki import renew_at
 from controller.fleet.renewal import FAILING_AFTER
 from controller.fleet.tokens import Token
@@ -111,6 +112,19 @@ def token_to_pb(token: Token) -> admin_pb2.Token:
         created_at=timestamp(token.created_at),
         expires_at=timestamp(token.expires_at),
         revoked=token.revoked,
+    )
+
+
+def admin_to_pb(admin: AdminRecord) -> admin_pb2.Admin:
+    return admin_pb2.Admin(
+        name=admin.name,
+        role=admin.role,
+        revoked=admin.status is AdminStatus.REVOKED,
+        created_at=timestamp(admin.created_at),
+        created_by=admin.created_by,
+        revoked_at=timestamp(admin.revoked_at),
+        certificate_serial=admin.certificate_serial,
+        certificate_expires_at=timestamp(admin.certificate_expires_at),
     )
 
 

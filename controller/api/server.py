@@ -33,7 +33,8 @@ from controller.api.vulnservice import VulnService
 from controller.checkpoint import Checkpoints
 from controller.datadir import DataDir, Settings, join_address, split_address
 from controller.errors import UsageError
-from controller.fleet.pki import CertificateAuthority
+from controller.fleet import carotation
+from controller.fleet.bootstrap import register_owner
 from controller.fleet.signing import load_signing_keys, mark_in_use
 from controller.metrics import listener as metrics_listener
 from controller.metrics.collector import Snapshot, StateCollector
@@ -130,6 +131,18 @@ def _bind(server: grpc.aio.Server, address: str, creds: grpc.ServerCredentials) 
     return join_address(host, port)
 
 
+async def _register_legacy_owner(data_dir: DataDir, db: StoreThread) -> None:
+    """A data dir made before admins had roles has one admin certificate
+    and no admins recorded: its admin becomes an owner, so that the
+    upgrade locks nobody out."""
+    if await db.call(lambda s: s.admin_count()) or not data_dir.admin_cert.is_file():
+        return
+    pem = data_dir.read(data_dir.admin_cert)
+    why = "upgrade: the data dir's admin.pem"
+    owner = await db.call(lambda s: register_owner(s, pem, datetime.now(UTC), why))
+    log.warning("no admins were recorded: %s (admin.pem) is now an owner", owner.name)
+
+
 # The one place the parts are put together, in their start-up order: split,
 # that order would be spread over several functions.
 async def serve(  # noqa: PLR0915
@@ -145,7 +158,8 @@ async def serve(  # noqa: PLR0915
     if enroll_listen is None:
         enroll_listen = _next_port(listen) if listen else settings.enroll_listen
     listen = listen or settings.listen
-    ca = CertificateAuthority.load(data_dir.read(data_dir.ca_key), data_dir.read(data_dir.ca_cert))
+    authorities = carotation.load(data_dir)
+    ca = authorities.current
     pair = (data_dir.read(data_dir.server_key), data_dir.read(data_dir.server_cert))
     keys = load_signing_keys(data_dir)
     # The old keys' grace runs from the first time the current one signs.
@@ -156,6 +170,7 @@ async def serve(  # noqa: PLR0915
     store = Store.open(data_dir.database)
     db = StoreThread(store)
     revoked = Revocations(await db.call(lambda s: s.host_ids(HostStatus.REVOKED)))
+    await _register_legacy_owner(data_dir, db)
     engine = CampaignEngine(db, keys.key, metrics=Metrics(Presence(settings.checkin_interval)))
     batcher = CheckInBatcher(db, settings.checkin_max_batch, engine.metrics)
     await engine.start()
@@ -167,14 +182,21 @@ async def serve(  # noqa: PLR0915
     agents = AgentService(
         db, batcher, ca, keys.published, settings, revoked, engine, releases, keys.chain,
         keys.withdrawn(settings.old_key_grace), refusals=keeper.refusals, pending=pending,
+        authorities=authorities,
     )  # fmt: skip
-    admin = AdminService(db, revoked, engine, releases, keeper.checkpoints)
+    admin = AdminService(
+        db, revoked, engine, releases, keeper.checkpoints, authorities.issuing, settings,
+        trusted_pem=authorities.trusted_pem,
+    )  # fmt: skip
+    if authorities.rotating:
+        log.warning("CA rotation in progress: trusting %d CAs; renewals come from the new one "
+                    "(`rotate-ca --retire-old` ends it)", len(authorities.trusted))  # fmt: skip
     matcher = Matcher(db)
-    vulns = VulnService(db, engine, matcher, settings, admin._admin)
+    vulns = VulnService(db, engine, matcher, settings, admin.admin)
     health_servicer = _register(server, agents, admin, vulns)
 
     try:
-        bound, enroll_bound = _listen(server, ca, pair, listen, enroll_listen)
+        bound, enroll_bound = _listen(server, authorities.trusted_pem, pair, listen, enroll_listen)
         extras = await _extras(data_dir, settings, engine, db)
         keeper.begin()
     except BaseException:
@@ -371,14 +393,16 @@ def _next_port(address: str) -> str:
 
 def _listen(
     server: grpc.aio.Server,
-    ca: CertificateAuthority,
+    trusted_pem: bytes,
     pair: tuple[bytes, bytes],
     listen: str,
     enroll_listen: str,
 ) -> tuple[str, str]:
-    """Bind the mutual-TLS and the enrollment listeners; their addresses."""
+    """Bind the mutual-TLS and the enrollment listeners; their addresses.
+    Client certificates are verified against ``trusted_pem`` (the CA, or
+    both CAs during a rotation)."""
     mtls = grpc.ssl_server_credentials(
-        [pair], root_certificates=ca.cert_pem, require_client_auth=True
+        [pair], root_certificates=trusted_pem, require_client_auth=True
     )
     enroll = grpc.ssl_server_credentials([pair], root_certificates=None, require_client_auth=False)
     return _bind(server, listen, mtls), _bind(server, enroll_listen, enroll)

@@ -18,7 +18,9 @@ from functools import wraps
 from typing import Any, TypeVar
 
 import grpc
+from cryptography import x509
 from cryptography.hazmat.primitives import serialization
+from fleetpatch import catrust
 from fleetpatch import labels as labelspec
 from fleetpatch.identity import Identity, Role
 from fleetpatch.inventory import UPDATE_FIELDS, inventory_hash, updates_hash
@@ -29,7 +31,7 @@ from fleetpatch.v1 import admin_pb2, admin_pb2_grpc, agent_pb2, agent_pb2_grpc, 
 from controller import audit, checkpoint
 from controller.api import auditkeeping, convert, limits
 from controller.api.auditkeeping import RefusalLog
-from controller.api.auth import peer_certificate, peer_identity
+from controller.api.auth import peer_certificate, peer_identity, peer_issuer
 from controller.api.checkin import next_checkin
 from controller.api.lenient import decoded
 from controller.audit import AuditEntry
@@ -45,7 +47,9 @@ from controller.errors import (
     TokenRefused,
     UsageError,
 )
-from controller.fleet import enrollment, renewal, tokens
+from controller.fleet import admins, enrollment, renewal, tokens
+from controller.fleet.admins import AdminRecord, AdminStatus
+from controller.fleet.carotation import Authorities
 from controller.fleet.pki import CertificateAuthority
 from controller.fleet.relabel import Relabel
 from controller.model import AssignmentStatus, CheckIn, Host, Package, ProgressReport
@@ -54,6 +58,7 @@ from controller.releases.publishing import Header, Releases
 from controller.rollout.engine import CampaignEngine
 from controller.rollout.tally import facts_of
 from controller.store import Store
+from controller.store.admins import IssuedCertificate
 from controller.store.thread import CheckInBatcher, StoreThread
 
 log = logging.getLogger(__name__)
@@ -235,6 +240,13 @@ def audited(action: Callable[[Store], _Resp], entry: AuditEntry) -> Callable[[St
     return run
 
 
+def issued_certificate(cert: x509.Certificate) -> IssuedCertificate:
+    """How the store keeps a certificate issued to an admin."""
+    return IssuedCertificate(
+        format(cert.serial_number, "x"), cert.not_valid_before_utc, cert.not_valid_after_utc
+    )
+
+
 class Revocations:
     """Revoked host ids, kept in memory so every RPC can refuse them cheaply."""
 
@@ -277,12 +289,16 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
         pending: set[str] | None = None,
         refusals: RefusalLog | None = None,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        authorities: Authorities | None = None,
     ) -> None:
         self._db = db
         self._clock = clock
         self._releases = releases
         self._batcher = batcher
-        self._ca = ca
+        # A CA rotation: enrollments and renewals come from the new CA, and
+        # agents are offered both CAs (fleetpatch.catrust).
+        self._authorities = authorities or Authorities(ca, ca, [ca.cert], [])
+        self._trust_hash = catrust.bundle_hash(self._authorities.trusted)
         self._signing_keys = signing_keys
         self._settings = settings
         self._revoked = revoked
@@ -314,7 +330,8 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
         try:
             limits.check_strings(request, "the enrollment request")
             enrolled = await enrollment.enroll(
-                self._db, self._ca, request.token, request.csr_pem, dict(request.labels),
+                self._db, self._authorities.issuing, request.token, request.csr_pem,
+                dict(request.labels),
                 convert.to_json(request.facts), datetime.now(UTC),
                 self._settings.host_certificate_lifetime,
             )  # fmt: skip
@@ -342,7 +359,10 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
         return agent_pb2.EnrollResponse(
             host_id=host.host_id,
             certificate_pem=cert.public_bytes(serialization.Encoding.PEM),
-            ca_pem=self._ca.cert_pem,
+            ca_pem=self._authorities.trusted_pem,
+            ca_endorsements_pem=[
+                c.public_bytes(serialization.Encoding.PEM) for c in self._authorities.endorsements
+            ],
             signing_keys=self._signing_keys,
             region=host.region,
             ring=host.ring,
@@ -433,6 +453,7 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
             facts = facts_of(host_id, outcome.region, outcome.ring, outcome.labels, reported, at)
             order = await self._engine.order_for(facts, request.highest_sequence)
         return agent_pb2.CheckInResponse(
+            ca_trust=self._trust(request.ca_trust_hash, context),
             work_order=order,
             signing_keys=self._rotations,
             withdrawn_keys=self._withdrawn,
@@ -445,6 +466,24 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
             known_inventory_hash=outcome.inventory_hash,
             inventory_required=outcome.inventory_hash != request.inventory_hash,
             known_updates_hash=outcome.updates_hash,
+        )
+
+    def _trust(self, reported: str, context: Context) -> agent_pb2.CaTrust | None:
+        """The CAs to offer a host that trusts those of digest ``reported``
+        (none from agents too old to say): when it trusts others, or during
+        a CA rotation while its certificate is from the old CA (then with
+        renew_now)."""
+        if not reported:
+            return None
+        found = self._authorities
+        renew_now = found.rotating and peer_issuer(context) != found.issuing.cert.subject
+        if reported == self._trust_hash and not renew_now:
+            return None
+        pem = serialization.Encoding.PEM
+        return agent_pb2.CaTrust(
+            ca_pem=[c.public_bytes(pem) for c in found.trusted],
+            endorsements_pem=[c.public_bytes(pem) for c in found.endorsements],
+            renew_now=renew_now,
         )
 
     async def _renewal_failing(self, host_id: str, request: agent_pb2.CheckInRequest) -> None:
@@ -467,7 +506,7 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
         if host_id in self._pending:
             await self._activated(host_id, lambda s: s.activate_host(host_id))
         renewed = await renewal.renew(
-            self._db, self._ca, host_id, presented, request.csr_pem,
+            self._db, self._authorities.issuing, host_id, presented, request.csr_pem,
             self._settings.host_certificate_lifetime, self._clock(),
         )  # fmt: skip
         cert = renewed.certificate
@@ -535,21 +574,121 @@ class AdminService(admin_pb2_grpc.AdminServiceServicer):
         engine: CampaignEngine,
         releases: Releases,
         checkpoints: Checkpoints,
+        ca: CertificateAuthority,
+        settings: Settings,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        trusted_pem: bytes | None = None,
     ) -> None:
         self._db = db
         self._revoked = revoked
         self._engine = engine
         self._releases = releases
         self._checkpoints = checkpoints
+        self._ca = ca  # issues admin certificates (the new CA during a rotation)
+        # The CAs an admin CLI should trust (both during a CA rotation).
+        self._trusted_pem = trusted_pem or ca.cert_pem
+        self._settings = settings
+        self._clock = clock
 
-    def _admin(self, context: Context) -> Identity:
-        return require(context, Role.ADMIN, self._revoked)
+    async def admin(self, context: Context, method: str) -> AdminRecord:
+        """`_admin` for the services beside this one (VulnService)."""
+        return await self._admin(context, method)
+
+    async def _admin(self, context: Context, method: str) -> AdminRecord:
+        """The admin calling ``method``, by the certificate they call with;
+        Refused (audited) when it is not an admin certificate issued here
+        and current, or their role may not make this call."""
+        identity = require(context, Role.ADMIN, self._revoked)
+        presented = peer_certificate(context)
+        serial = "" if presented is None else format(presented.serial_number, "x")
+        found = await self._db.call(lambda s: s.admin_for_certificate(identity.name, serial))
+        try:
+            return admins.authorize(found, identity.name, method)
+        except Refused as exc:
+            entry = AuditEntry(
+                self._clock(), f"admin:{identity.name}", "admin.refused", method, "refused",
+                str(exc),
+            )  # fmt: skip
+            await self._db.call(lambda s: s.append_audit(entry))
+            raise
+
+    @rpc
+    async def AddAdmin(
+        self, request: admin_pb2.AddAdminRequest, context: Context
+    ) -> admin_pb2.AddAdminResponse:
+        owner = await self._admin(context, "AddAdmin")
+        name = admins.check_name(request.name)
+        role = admins.parse_role(request.role)
+        now = self._clock()
+        cert = self._ca.sign_csr(
+            request.csr_pem, Identity(Role.ADMIN, name), self._settings.admin_certificate_lifetime,
+            now,
+        )  # fmt: skip
+        issued = issued_certificate(cert)
+        record = AdminRecord(name, role, AdminStatus.ACTIVE, now, owner.actor)
+        entry = AuditEntry(
+            now, owner.actor, "admin.add", f"admin:{name}", "ok",
+            f"role {role}, certificate {issued.serial} valid until "
+            f"{issued.not_after:%Y-%m-%d %H:%M:%SZ}",
+        )  # fmt: skip
+        added = await self._db.call(lambda s: s.add_admin(record, issued, entry))
+        log.warning("admin %s added admin %s as %s", owner.name, name, role)
+        return admin_pb2.AddAdminResponse(
+            admin=convert.admin_to_pb(added),
+            certificate_pem=cert.public_bytes(serialization.Encoding.PEM),
+            ca_pem=self._trusted_pem,
+        )
+
+    @rpc
+    async def ListAdmins(
+        self, request: admin_pb2.ListAdminsRequest, context: Context
+    ) -> admin_pb2.ListAdminsResponse:
+        await self._admin(context, "ListAdmins")
+        found = await self._db.call(lambda s: s.list_admins())
+        return admin_pb2.ListAdminsResponse(admins=[convert.admin_to_pb(a) for a in found])
+
+    @rpc
+    async def RevokeAdmin(
+        self, request: admin_pb2.RevokeAdminRequest, context: Context
+    ) -> admin_pb2.RevokeAdminResponse:
+        owner = await self._admin(context, "RevokeAdmin")
+        name = request.name
+        now = self._clock()
+        entry = AuditEntry(now, owner.actor, "admin.revoke", f"admin:{name}", "ok")
+        revoked = await self._db.call(lambda s: s.revoke_admin(name, now, entry))
+        log.warning("admin %s revoked admin %s", owner.name, name)
+        return admin_pb2.RevokeAdminResponse(admin=convert.admin_to_pb(revoked))
+
+    @rpc
+    async def RenewAdmin(
+        self, request: admin_pb2.RenewAdminRequest, context: Context
+    ) -> admin_pb2.RenewAdminResponse:
+        admin = await self._admin(context, "RenewAdmin")
+        presented = peer_certificate(context)
+        previous = "" if presented is None else format(presented.serial_number, "x")
+        now = self._clock()
+        cert = self._ca.sign_csr(
+            request.csr_pem, Identity(Role.ADMIN, admin.name),
+            self._settings.admin_certificate_lifetime, now,
+        )  # fmt: skip
+        issued = issued_certificate(cert)
+        entry = AuditEntry(
+            now, admin.actor, "admin.renew", admin.actor, "ok",
+            f"certificate {previous} renewed as {issued.serial}, valid until "
+            f"{issued.not_after:%Y-%m-%d %H:%M:%SZ}",
+        )  # fmt: skip
+        await self._db.call(lambda s: s.renew_admin_certificate(admin.name, issued, entry))
+        log.info("admin %s renewed their certificate %s as %s", admin.name, previous,
+                 issued.serial)  # fmt: skip
+        return admin_pb2.RenewAdminResponse(
+            certificate_pem=cert.public_bytes(serialization.Encoding.PEM), ca_pem=self._trusted_pem
+        )
 
     @rpc
     async def CreateToken(
         self, request: admin_pb2.CreateTokenRequest, context: Context
     ) -> admin_pb2.CreateTokenResponse:
-        admin = self._admin(context)
+        admin = await self._admin(context, "CreateToken")
         try:
             labelspec.check_region(request.region)
             labelspec.check_ring(request.ring)
@@ -565,7 +704,7 @@ class AdminService(admin_pb2_grpc.AdminServiceServicer):
         except ValueError as exc:
             raise UsageError(str(exc)) from None
         entry = AuditEntry(
-            datetime.now(UTC), f"admin:{admin.name}", "token.create", token.token_id, "ok",
+            datetime.now(UTC), admin.actor, "token.create", token.token_id, "ok",
             f"region {token.region} ring {token.ring} uses {token.uses_allowed}",
         )  # fmt: skip
         await self._db.call(audited(lambda s: s.create_token(token), entry))
@@ -583,7 +722,7 @@ class AdminService(admin_pb2_grpc.AdminServiceServicer):
     async def ListTokens(
         self, request: admin_pb2.ListTokensRequest, context: Context
     ) -> admin_pb2.ListTokensResponse:
-        self._admin(context)
+        await self._admin(context, "ListTokens")
         found = await self._db.call(lambda s: s.list_tokens())
         return admin_pb2.ListTokensResponse(tokens=[convert.token_to_pb(t) for t in found])
 
@@ -591,10 +730,8 @@ class AdminService(admin_pb2_grpc.AdminServiceServicer):
     async def RevokeToken(
         self, request: admin_pb2.RevokeTokenRequest, context: Context
     ) -> admin_pb2.RevokeTokenResponse:
-        admin = self._admin(context)
-        entry = AuditEntry(
-            datetime.now(UTC), f"admin:{admin.name}", "token.revoke", request.token_id, "ok"
-        )
+        admin = await self._admin(context, "RevokeToken")
+        entry = AuditEntry(datetime.now(UTC), admin.actor, "token.revoke", request.token_id, "ok")
         token = await self._db.call(audited(lambda s: s.revoke_token(request.token_id), entry))
         log.info("admin %s revoked token %s", admin.name, token.token_id)
         return admin_pb2.RevokeTokenResponse(token=convert.token_to_pb(token))
@@ -603,7 +740,7 @@ class AdminService(admin_pb2_grpc.AdminServiceServicer):
     async def ListHosts(
         self, request: admin_pb2.ListHostsRequest, context: Context
     ) -> admin_pb2.ListHostsResponse:
-        self._admin(context)
+        await self._admin(context, "ListHosts")
         limit = min(request.page_size or 500, 5000)
         ring = request.ring if request.HasField("ring") else None
         found, owes = await self._db.call(
@@ -618,7 +755,7 @@ class AdminService(admin_pb2_grpc.AdminServiceServicer):
     async def GetHost(
         self, request: admin_pb2.GetHostRequest, context: Context
     ) -> admin_pb2.GetHostResponse:
-        self._admin(context)
+        await self._admin(context, "GetHost")
         host, packages, updates, owes = await self._db.call(
             lambda s: (
                 s.get_host(request.host_id), s.get_inventory(request.host_id),
@@ -637,9 +774,9 @@ class AdminService(admin_pb2_grpc.AdminServiceServicer):
     async def RevokeHost(
         self, request: admin_pb2.RevokeHostRequest, context: Context
     ) -> admin_pb2.RevokeHostResponse:
-        admin = self._admin(context)
+        admin = await self._admin(context, "RevokeHost")
         now = datetime.now(UTC)
-        entry = AuditEntry(now, f"admin:{admin.name}", "host.revoke", request.host_id, "ok")
+        entry = AuditEntry(now, admin.actor, "host.revoke", request.host_id, "ok")
         host = await self._db.call(audited(lambda s: s.revoke_host(request.host_id, now), entry))
         self._revoked.add(host.host_id)
         self._engine.left(host.host_id)
@@ -651,14 +788,14 @@ class AdminService(admin_pb2_grpc.AdminServiceServicer):
     async def RelabelHost(
         self, request: admin_pb2.RelabelHostRequest, context: Context
     ) -> admin_pb2.RelabelHostResponse:
-        admin = self._admin(context)
+        admin = await self._admin(context, "RelabelHost")
         change = Relabel(
             dict(request.set_labels), tuple(request.remove_labels),
             request.region if request.HasField("region") else None,
             request.ring if request.HasField("ring") else None,
         ).checked()  # fmt: skip
         host, detail = await self._db.call(
-            lambda s: s.relabel_host(request.host_id, change, f"admin:{admin.name}",
+            lambda s: s.relabel_host(request.host_id, change, admin.actor,
                                      datetime.now(UTC))
         )  # fmt: skip
         if detail:
@@ -676,54 +813,56 @@ class AdminService(admin_pb2_grpc.AdminServiceServicer):
     async def CreateCampaign(
         self, request: admin_pb2.CreateCampaignRequest, context: Context
     ) -> admin_pb2.CampaignResponse:
-        admin = self._admin(context)
-        record = await self._engine.create(request.spec, request.source, f"admin:{admin.name}")
+        admin = await self._admin(context, "CreateCampaign")
+        record = await self._engine.create(request.spec, request.source, admin.actor)
         return await self._campaign(record.campaign_id)
 
     @rpc
     async def ApproveCampaign(
         self, request: admin_pb2.CampaignRequest, context: Context
     ) -> admin_pb2.CampaignResponse:
-        admin = self._admin(context)
-        await self._engine.approve(request.campaign_id, f"admin:{admin.name}")
+        admin = await self._admin(context, "ApproveCampaign")
+        await self._engine.approve(
+            request.campaign_id, admin.actor, self._settings.require_second_approver
+        )
         return await self._campaign(request.campaign_id)
 
     @rpc
     async def PauseCampaign(
         self, request: admin_pb2.CampaignRequest, context: Context
     ) -> admin_pb2.CampaignResponse:
-        admin = self._admin(context)
-        await self._engine.pause(request.campaign_id, f"admin:{admin.name}")
+        admin = await self._admin(context, "PauseCampaign")
+        await self._engine.pause(request.campaign_id, admin.actor)
         return await self._campaign(request.campaign_id)
 
     @rpc
     async def ResumeCampaign(
         self, request: admin_pb2.CampaignRequest, context: Context
     ) -> admin_pb2.CampaignResponse:
-        admin = self._admin(context)
-        await self._engine.resume(request.campaign_id, f"admin:{admin.name}")
+        admin = await self._admin(context, "ResumeCampaign")
+        await self._engine.resume(request.campaign_id, admin.actor)
         return await self._campaign(request.campaign_id)
 
     @rpc
     async def AbortCampaign(
         self, request: admin_pb2.AbortCampaignRequest, context: Context
     ) -> admin_pb2.CampaignResponse:
-        admin = self._admin(context)
-        await self._engine.abort(request.campaign_id, f"admin:{admin.name}", request.revert)
+        admin = await self._admin(context, "AbortCampaign")
+        await self._engine.abort(request.campaign_id, admin.actor, request.revert)
         return await self._campaign(request.campaign_id)
 
     @rpc
     async def GetCampaign(
         self, request: admin_pb2.CampaignRequest, context: Context
     ) -> admin_pb2.CampaignResponse:
-        self._admin(context)
+        await self._admin(context, "GetCampaign")
         return await self._campaign(request.campaign_id)
 
     @rpc
     async def ListCampaignHosts(
         self, request: admin_pb2.ListCampaignHostsRequest, context: Context
     ) -> admin_pb2.ListCampaignHostsResponse:
-        self._admin(context)
+        await self._admin(context, "ListCampaignHosts")
         status = None
         if request.status:
             try:
@@ -742,7 +881,7 @@ class AdminService(admin_pb2_grpc.AdminServiceServicer):
     async def ListCampaigns(
         self, request: admin_pb2.ListCampaignsRequest, context: Context
     ) -> admin_pb2.ListCampaignsResponse:
-        self._admin(context)
+        await self._admin(context, "ListCampaigns")
         campaigns = [convert.campaign_to_pb(r, cells) for r, cells in await self._engine.views()]
         return admin_pb2.ListCampaignsResponse(campaigns=campaigns)
 
@@ -754,7 +893,7 @@ class AdminService(admin_pb2_grpc.AdminServiceServicer):
         request_iterator: AsyncIterator[admin_pb2.PublishAgentReleaseRequest],
         context: Context,
     ) -> admin_pb2.PublishAgentReleaseResponse:
-        admin = self._admin(context)
+        admin = await self._admin(context, "PublishAgentRelease")
         first = await anext(aiter(request_iterator), None)
         if first is None or first.WhichOneof("part") != "header":
             raise UsageError(
@@ -770,14 +909,14 @@ class AdminService(admin_pb2_grpc.AdminServiceServicer):
                     raise UsageError("only the first message may be a header; then data only")
                 yield message.data
 
-        published = await self._releases.publish(header, data(), f"admin:{admin.name}")
+        published = await self._releases.publish(header, data(), admin.actor)
         return admin_pb2.PublishAgentReleaseResponse(release=convert.release_to_pb(published))
 
     @rpc
     async def ListAgentReleases(
         self, request: admin_pb2.ListAgentReleasesRequest, context: Context
     ) -> admin_pb2.ListAgentReleasesResponse:
-        self._admin(context)
+        await self._admin(context, "ListAgentReleases")
         found = await self._releases.list()
         return admin_pb2.ListAgentReleasesResponse(
             releases=[convert.release_to_pb(r) for r in found]
@@ -789,7 +928,7 @@ class AdminService(admin_pb2_grpc.AdminServiceServicer):
     async def VerifyAudit(
         self, request: admin_pb2.VerifyAuditRequest, context: Context
     ) -> admin_pb2.VerifyAuditResponse:
-        self._admin(context)
+        await self._admin(context, "VerifyAudit")
         held = None
         if request.HasField("checkpoint"):
             held = convert.checkpoint_from_pb(request.checkpoint)
@@ -820,7 +959,7 @@ class AdminService(admin_pb2_grpc.AdminServiceServicer):
     async def AuditCheckpoint(
         self, request: admin_pb2.AuditCheckpointRequest, context: Context
     ) -> admin_pb2.AuditCheckpointResponse:
-        admin = self._admin(context)
+        admin = await self._admin(context, "AuditCheckpoint")
         signed = await auditkeeping.checkpoint(self._db, self._checkpoints, datetime.now(UTC))
         log.info("admin %s took an audit checkpoint: %s", admin.name, signed.to_json(indent=None))
         return admin_pb2.AuditCheckpointResponse(checkpoint=convert.checkpoint_to_pb(signed))
@@ -829,7 +968,7 @@ class AdminService(admin_pb2_grpc.AdminServiceServicer):
     async def GetFleetHistory(
         self, request: admin_pb2.FleetHistoryRequest, context: Context
     ) -> admin_pb2.FleetHistoryResponse:
-        self._admin(context)
+        await self._admin(context, "GetFleetHistory")
         cells = await self._db.call(lambda s: s.fleet_history())
         return admin_pb2.FleetHistoryResponse(cells=[convert.history_to_pb(c) for c in cells])
 
@@ -837,7 +976,7 @@ class AdminService(admin_pb2_grpc.AdminServiceServicer):
     async def ExportAudit(
         self, request: admin_pb2.ExportAuditRequest, context: Context
     ) -> AsyncIterator[admin_pb2.ExportAuditResponse]:
-        self._admin(context)
+        await self._admin(context, "ExportAudit")
         since = convert.from_timestamp(request.since) if request.HasField("since") else None
         after: int | None = 0
         while after is not None:

@@ -3,11 +3,10 @@ Admin certificates only, like AdminService."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from datetime import UTC, datetime
 
 import grpc
-from fleetpatch.identity import Identity
 from fleetpatch.v1 import vulns_pb2, vulns_pb2_grpc
 
 from controller.api import convert
@@ -17,6 +16,7 @@ from controller.campaigns.errors import CampaignError
 from controller.campaigns.spec import parse_campaign
 from controller.datadir import Settings
 from controller.errors import NotFound, UsageError
+from controller.fleet.admins import AdminRecord
 from controller.model import CampaignRecord
 from controller.rollout.engine import CampaignEngine
 from controller.store import Store
@@ -42,7 +42,7 @@ class VulnService(vulns_pb2_grpc.VulnServiceServicer):
         engine: CampaignEngine,
         matcher: Matcher,
         settings: Settings,
-        admin: Callable[[Context], Identity],
+        admin: Callable[[Context, str], Awaitable[AdminRecord]],
     ) -> None:
         self._db = db
         self._engine = engine
@@ -54,7 +54,7 @@ class VulnService(vulns_pb2_grpc.VulnServiceServicer):
     async def ImportVulns(
         self, request_iterator: AsyncIterator[vulns_pb2.ImportVulnsRequest], context: Context
     ) -> vulns_pb2.ImportVulnsResponse:
-        admin = self._admin(context)
+        admin = await self._admin(context, "ImportVulns")
         records: list[Vuln] = []
         source, replace, feed_date, committed = "", False, None, False
         async for message in request_iterator:
@@ -76,7 +76,7 @@ class VulnService(vulns_pb2_grpc.VulnServiceServicer):
         if source not in ("debian-tracker", "osv"):
             raise UsageError(f"unknown feed source {source!r} (debian-tracker, osv)")
         now = datetime.now(UTC)
-        actor = f"admin:{admin.name}"
+        actor = admin.actor
         summary = await self._db.call(
             lambda s: s.import_vulns(source, replace, feed_date, records, now, actor)
         )
@@ -94,7 +94,7 @@ class VulnService(vulns_pb2_grpc.VulnServiceServicer):
     async def ListVulns(
         self, request: vulns_pb2.ListVulnsRequest, context: Context
     ) -> vulns_pb2.ListVulnsResponse:
-        self._admin(context)
+        await self._admin(context, "ListVulns")
         severity = _severity(request.min_severity)
         ring = request.ring if request.HasField("ring") else None
         found, sources = await self._db.call(
@@ -119,7 +119,7 @@ class VulnService(vulns_pb2_grpc.VulnServiceServicer):
     async def GetVuln(
         self, request: vulns_pb2.GetVulnRequest, context: Context
     ) -> vulns_pb2.GetVulnResponse:
-        self._admin(context)
+        await self._admin(context, "GetVuln")
         name = request.vuln_id
 
         def read(store: Store) -> tuple[list[VulnRecord], list[ExposureRow]]:
@@ -147,7 +147,7 @@ class VulnService(vulns_pb2_grpc.VulnServiceServicer):
     async def ListExposures(
         self, request: vulns_pb2.ListExposuresRequest, context: Context
     ) -> vulns_pb2.ListExposuresResponse:
-        self._admin(context)
+        await self._admin(context, "ListExposures")
         severity = _severity(request.min_severity)
         ring = request.ring if request.HasField("ring") else None
         names = list(request.vuln_ids)
@@ -179,7 +179,7 @@ class VulnService(vulns_pb2_grpc.VulnServiceServicer):
     async def GetCompliance(
         self, request: vulns_pb2.ComplianceRequest, context: Context
     ) -> vulns_pb2.ComplianceResponse:
-        self._admin(context)
+        await self._admin(context, "GetCompliance")
         if request.by not in ("", *policy.GROUPINGS):
             raise UsageError(f"--by {request.by!r}: one of {', '.join(policy.GROUPINGS)}")
         grace = self._settings.compliance_grace

@@ -236,3 +236,23 @@ class AdminClient:
     def compliance(self, by: str) -> vulns_pb2.ComplianceResponse:
         request = vulns_pb2.ComplianceRequest(by=by)
         return self._call(lambda: self._vulns.GetCompliance(request, timeout=TIMEOUT_SECONDS))
+
+    def add_admin(self, name: str, role: str, csr_pem: bytes) -> admin_pb2.AddAdminResponse:
+        request = admin_pb2.AddAdminRequest(name=name, role=role, csr_pem=csr_pem)
+        return self._call(lambda: self._stub.AddAdmin(request, timeout=TIMEOUT_SECONDS))
+
+    def list_admins(self) -> list[admin_pb2.Admin]:
+        request = admin_pb2.ListAdminsRequest()
+        return list(
+            self._call(lambda: self._stub.ListAdmins(request, timeout=TIMEOUT_SECONDS)).admins
+        )
+
+    def revoke_admin(self, name: str) -> admin_pb2.Admin:
+        request = admin_pb2.RevokeAdminRequest(name=name)
+        return self._call(lambda: self._stub.RevokeAdmin(request, timeout=TIMEOUT_SECONDS)).admin
+
+    def renew_admin(self, csr_pem: bytes) -> admin_pb2.RenewAdminResponse:
+        """A new certificate for the calling admin, for the key in the CSR,
+        and the CAs to trust."""
+        request = admin_pb2.RenewAdminRequest(csr_pem=csr_pem)
+        return self._call(lambda: self._stub.RenewAdmin(request, timeout=TIMEOUT_SECONDS))

@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 
 from controller.cli.admin_client import AdminClient
+from controller.cli.renewing import renew_if_due
 from controller.datadir import DataDir
 
 DataDirOption = Annotated[
@@ -30,10 +31,9 @@ ControllerOption = Annotated[
 JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
 
 
-def _client(data_dir: Path, controller: str | None) -> AdminClient:
-    return AdminClient(DataDir(data_dir), controller)
-
-
 def client(data_dir: Path, controller: str | None) -> AdminClient:
-    """The admin connection for a data dir (address overridable)."""
-    return AdminClient(DataDir(data_dir), controller)
+    """The admin connection for a data dir (address overridable); the
+    admin certificate is renewed first when it is due."""
+    connection = AdminClient(DataDir(data_dir), controller)
+    renew_if_due(connection, DataDir(data_dir))
+    return connection

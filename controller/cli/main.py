@@ -22,6 +22,7 @@ from fleetpatch.v1 import admin_pb2, vulns_pb2
 
 from controller.api import convert
 from controller.cli import jsondoc
+from controller.cli.admins import admin_app
 from controller.cli.campaigns import audit_app, campaign_app
 from controller.cli.common import ControllerOption, DataDirOption, JsonOption, client
 from controller.cli.plan import plan
@@ -29,6 +30,7 @@ from controller.cli.release import release_app
 from controller.cli.vulns import compliance, vulns_app
 from controller.datadir import DEFAULT_DATA_DIR, DEFAULT_PORT, DataDir
 from controller.errors import EXIT_CODES, FleetpatchError, UsageError
+from controller.fleet import carotation
 from controller.fleet.bootstrap import init_data_dir
 from controller.fleet.signing import rotate
 
@@ -45,6 +47,7 @@ app.add_typer(release_app, name="release")
 app.add_typer(vulns_app, name="vulns")
 app.command("compliance")(compliance)
 campaign_app.command("plan")(plan)
+app.add_typer(admin_app, name="admin")
 
 # -- controller ------------------------------------------------------------------
 
@@ -65,15 +68,23 @@ def controller_init(
     checkin_interval: Annotated[
         str, typer.Option(help="How often agents check in (e.g. 30s, 5m).")
     ] = "5m",
+    owner: Annotated[
+        str,
+        typer.Option(
+            help="Name of the first admin, an owner (the person running this); their "
+            "certificate is the data dir's admin.pem."
+        ),
+    ] = "admin",
 ) -> None:
-    """Create a controller: CA, server and admin certificates, work-order
-    signing key, settings and database."""
+    """Create a controller: CA, server and first owner's certificates,
+    work-order signing key, settings and database."""
     try:
         parse_duration(checkin_interval)
     except ValueError as exc:
         raise UsageError(f"--checkin-interval: {exc}") from None
-    made = init_data_dir(data_dir, hostname or socket.getfqdn(), listen, checkin_interval)
+    made = init_data_dir(data_dir, hostname or socket.getfqdn(), listen, checkin_interval, owner)
     print(f"initialised {made.path}")
+    print(f"  first owner: {owner} (admin certificate {made.admin_cert})")
     print(f"  CA certificate (give to agents with --ca-cert): {made.ca_cert}")
     print(f"  settings: {made.config}")
     print(f"next: fleetpatch controller serve --data-dir {made.path}")
@@ -122,6 +133,43 @@ def controller_rotate_key(
         print(f"signing key {old} retired; new key {new}, endorsed by {old}")
         print("agents stop trusting it signing.old_key_grace after the restart")
     print("restart `fleetpatch controller serve` to sign orders with it")
+
+
+@controller_app.command("rotate-ca")
+def controller_rotate_ca(
+    data_dir: DataDirOption = DEFAULT_DATA_DIR,
+    retire_old: Annotated[
+        bool,
+        typer.Option(
+            "--retire-old",
+            help="End the rotation: the new CA becomes the only one trusted; hosts still on "
+            "the old one must enroll again.",
+        ),
+    ] = False,
+    force: Annotated[
+        bool,
+        typer.Option(
+            "--force", help="With --retire-old: even while hosts still hold old certificates."
+        ),
+    ] = False,
+) -> None:
+    """Rotate the fleet CA without a flag day: make a new CA, endorsed by the
+    current one (restart `serve`: agents learn it at their next check-in and
+    renew onto it); later, --retire-old. Run with `serve` stopped."""
+    now = datetime.now(UTC)
+    if not retire_old:
+        new = carotation.rotate(DataDir(data_dir), now)
+        print(f"new CA {format(new.serial_number, 'x')} made, endorsed by the current one")
+        print("restart `fleetpatch controller serve`: agents trust both CAs and renew onto the")
+        print("new one at their next check-in; admins run `fleetpatch admin renew`; then")
+        print("`fleetpatch controller rotate-ca --retire-old`")
+        return
+    retired = carotation.retire(DataDir(data_dir), now, force)
+    print(f"CA {retired.old_serial} retired: {data_dir / 'ca.pem'} is the new CA")
+    if retired.stragglers:
+        print(f"{len(retired.stragglers)} host(s) left on the old CA must enroll again with it:",
+              " ".join(retired.stragglers))  # fmt: skip
+    print("restart `fleetpatch controller serve`; give the new ca.pem to new agents (--ca-cert)")
 
 
 def _setup_logging(level: str) -> None:

@@ -21,6 +21,7 @@ against a real controller and checks its output with `check`.
     fleetpatch vulns list --json        array of VULN_SUMMARY
     fleetpatch vulns show --json        VULN_SHOWN
     fleetpatch compliance --json        COMPLIANCE
+    fleetpatch admin list --json        array of ADMIN
 """
 
 from __future__ import annotations
@@ -136,6 +137,11 @@ RELEASE = obj(
 AUDIT_RECORD = obj(
     seq=INT, at=TIME, actor=STR, action=STR, target=NSTR, outcome=NSTR, detail=NSTR,
     prev_hash=STR, hash=STR,
+)  # fmt: skip
+ADMIN = obj(
+    name=STR, role=enum("viewer", "operator", "approver", "owner"), revoked=BOOL,
+    created_at=TIME, created_by=STR, revoked_at=NTIME, certificate_serial=NSTR,
+    certificate_expires_at=NTIME,
 )  # fmt: skip
 
 __all__ = ["Schema", "array", "check"]

@@ -49,6 +49,28 @@ def key_to_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
     )
 
 
+def make_csr(key: ec.EllipticCurvePrivateKey, common_name: str) -> bytes:
+    """A PEM certificate request for ``key`` (its subject is ignored by the
+    CA, which names the identity itself)."""
+    csr = (
+        x509.CertificateSigningRequestBuilder()
+        .subject_name(_name(common_name))
+        .sign(key, hashes.SHA256())
+    )
+    return csr.public_bytes(serialization.Encoding.PEM)
+
+
+def load_key(key_pem: bytes) -> ec.EllipticCurvePrivateKey:
+    """An ECDSA private key from PEM; raises UsageError for anything else."""
+    try:
+        key = serialization.load_pem_private_key(key_pem, password=None)
+    except (ValueError, TypeError):
+        raise UsageError("the key is not an unencrypted PEM private key") from None
+    if not isinstance(key, ec.EllipticCurvePrivateKey):
+        raise UsageError("the key is not an ECDSA key")
+    return key
+
+
 def _name(common_name: str) -> x509.Name:
     return x509.Name(
         [
@@ -118,6 +140,25 @@ class CertificateAuthority:
         if not isinstance(key, ec.EllipticCurvePrivateKey):
             raise UsageError("the CA key is not an ECDSA key")
         return cls(key, x509.load_pem_x509_certificate(cert_pem))
+
+    def endorse(self, other: x509.Certificate) -> x509.Certificate:
+        """An endorsement of CA certificate ``other`` by this CA: a CA
+        certificate for its subject and key, issued by this one (a
+        cross-certificate). Agents take a new CA only with one."""
+        return (
+            x509.CertificateBuilder()
+            .subject_name(other.subject)
+            .issuer_name(self.cert.subject)
+            .public_key(other.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(other.not_valid_before_utc)
+            .not_valid_after(min(other.not_valid_after_utc, self.cert.not_valid_after_utc))
+            .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+            .add_extension(
+                x509.AuthorityKeyIdentifier.from_issuer_public_key(self._key.public_key()), False
+            )
+            .sign(self._key, hashes.SHA256())
+        )
 
     @property
     def key_pem(self) -> bytes:

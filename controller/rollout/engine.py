@@ -52,7 +52,7 @@ from controller.campaigns.lifecycle import (
 from controller.campaigns.live import PATCH, REVERT, Counted, LiveCount, Order
 from controller.campaigns.scheduler import DecisionKey, decision_key
 from controller.campaigns.windows import WindowCache
-from controller.errors import Conflict, NotFound, UsageError
+from controller.errors import Conflict, NotFound, Refused, UsageError
 from controller.metrics.collector import CampaignFigures
 from controller.metrics.instruments import Metrics
 from controller.metrics.presence import Presence
@@ -227,10 +227,30 @@ class CampaignEngine:
         log.info("campaign %s: %s by %s -> %s %s", campaign_id, action, actor, new, detail)
         return record
 
-    async def approve(self, campaign_id: str, actor: str) -> CampaignRecord:
+    async def approve(
+        self, campaign_id: str, actor: str, second_approver: bool = False
+    ) -> CampaignRecord:
+        """Approve a draft: it runs. ``second_approver`` (the two-person
+        rule, `campaigns.require_second_approver`): the admin who created it
+        may not approve it; that refusal is audited and raises Refused. The
+        record says who created what the approver approved, and an
+        emergency campaign (which ignores windows) says so."""
+        record = await self._db.call(lambda s: s.get_campaign(campaign_id))
+        if second_approver and record.state == CampaignState.DRAFT and record.created_by == actor:
+            reason = (
+                f"campaign {campaign_id} was created by {actor}; with "
+                "campaigns.require_second_approver another approver must approve it"
+            )
+            refused = AuditEntry(
+                self._clock(), actor, "campaign.approve", campaign_id, "refused", reason
+            )
+            await self._db.call(lambda s: s.append_audit(refused))
+            raise Refused(reason)
+        emergency = "emergency campaign " if self.spec(record).emergency else ""
+        detail = f"{emergency}approved by {actor}, created by {record.created_by}"
         return await self._transition(
             campaign_id, [CampaignState.DRAFT], actor, "campaign.approve",
-            CampaignState.RUNNING, idempotent=True, approved_at=self._clock(),
+            CampaignState.RUNNING, detail, idempotent=True, approved_at=self._clock(),
         )  # fmt: skip
 
     async def pause(self, campaign_id: str, actor: str) -> CampaignRecord:

@@ -37,6 +37,7 @@ from controller.model import (
     ProgressReport,
 )
 from controller.store import audit
+from controller.store.admins import AdminStore
 from controller.store.campaigns import CampaignStore
 from controller.store.migrations import migrations
 from controller.store.releases import ReleaseStore
@@ -58,7 +59,7 @@ def _must_dt(value: float) -> datetime:
     return datetime.fromtimestamp(value, UTC)
 
 
-class Store(CampaignStore, ReleaseStore, WebhookStore, VulnStore):
+class Store(AdminStore, CampaignStore, ReleaseStore, WebhookStore, VulnStore):
     def __init__(self, conn: sqlite3.Connection) -> None:
         self._conn = conn
         self._db = Database(conn)
@@ -203,6 +204,15 @@ class Store(CampaignStore, ReleaseStore, WebhookStore, VulnStore):
             (*args, limit),
         )
         return [_host(r) for r in _rows(cur)]
+
+    def hosts_certified_before(self, when: datetime) -> list[str]:
+        """Hosts, not revoked, whose certificate was issued before ``when``
+        (still on a CA being retired, when that is the rotation's time)."""
+        cur = self._conn.execute(
+            "SELECT host_id FROM hosts WHERE status != ? AND cert_not_before < ? ORDER BY host_id",
+            (HostStatus.REVOKED, when.timestamp()),
+        )
+        return [row[0] for row in cur.fetchall()]
 
     def renew_host_certificate(
         self,

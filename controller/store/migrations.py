@@ -196,6 +196,36 @@ def _certificate_renewal(db: Database) -> None:
     db.execute("ALTER TABLE hosts ADD COLUMN renew_error TEXT NOT NULL DEFAULT ''")
 
 
+@migrations(name="0008_admins")
+def _admins(db: Database) -> None:
+    # Admins are named people with a role (controller/fleet/admins.py). An
+    # admin's certificates are kept by serial: a call is admitted only with
+    # a certificate issued here and not revoked, so that revoking an admin
+    # takes effect at once and adding the name again later does not bring
+    # its old certificates back. Data dirs from before this migration get
+    # their admin.pem registered as an owner when `serve` starts.
+    db.execute(
+        """CREATE TABLE admins (
+            name        TEXT PRIMARY KEY,
+            role        TEXT NOT NULL,
+            status      TEXT NOT NULL,
+            created_at  REAL NOT NULL,
+            created_by  TEXT NOT NULL,
+            revoked_at  REAL
+        )"""
+    )
+    db.execute(
+        """CREATE TABLE admin_certificates (
+            serial      TEXT PRIMARY KEY,
+            name        TEXT NOT NULL REFERENCES admins (name),
+            not_before  REAL NOT NULL,
+            not_after   REAL NOT NULL,
+            revoked     INTEGER NOT NULL DEFAULT 0
+        )"""
+    )
+    db.execute("CREATE INDEX admin_certificates_name ON admin_certificates (name)")
+
+
 @migrations(name="0009_vulnerabilities")
 def _vulnerabilities(db: Database) -> None:
     # Imported feeds (controller/vulns/feeds.py): one row per source, the

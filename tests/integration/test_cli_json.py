@@ -64,6 +64,8 @@ def world(tmp_path_factory) -> Iterator[tuple[Controller, str, str]]:
         deb.write_bytes(os.urandom(1000))
         sign_artifacts([deb], key)
         ctl.admin("release", "publish", deb)
+        ctl.admin("admin", "add", "vic", "--role", "viewer", "--out", root / "vic")
+        ctl.admin("admin", "revoke", "vic")  # a revoked admin too, in admin list
         yield ctl, agent.host_id, campaign_id
     finally:
         agent.close()
@@ -90,6 +92,7 @@ def _holds(doc: object, schema: schemas.Schema) -> None:
         (["campaign", "show", "{campaign}", "--hosts"], schemas.array(schemas.CAMPAIGN_HOST)),
         (["release", "list"], schemas.array(schemas.RELEASE)),
         (["audit", "export"], schemas.array(schemas.AUDIT_RECORD)),
+        (["admin", "list"], schemas.array(schemas.ADMIN)),
         (["token", "create", "--region", "eu", "--ring", "0"], schemas.TOKEN_CREATED),
         (["hosts", "relabel", "{host}", "--label", "env=test"], schemas.HOST),
     ],

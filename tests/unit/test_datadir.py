@@ -119,6 +119,16 @@ def test_settings_defaults_for_an_empty_file(tmp_path):
     )
 
 
+def test_settings_identities_and_the_two_person_rule(tmp_path):
+    text = "[campaigns]\nrequire_second_approver = true\n[certificates]\nadmin_lifetime = '30d'\n"
+    settings = _datadir(tmp_path, text).settings()
+    assert settings.require_second_approver is True
+    assert settings.admin_certificate_lifetime == timedelta(days=30)
+    defaults = _datadir(tmp_path, "").settings()
+    assert defaults.require_second_approver is False
+    assert defaults.admin_certificate_lifetime == timedelta(days=365)
+
+
 def test_settings_from_the_template(tmp_path):
     text = CONFIG_TEMPLATE.format(listen="[::]:8443", advertise="ctl.example:8443", interval="30s")
     settings = _datadir(tmp_path, text).settings()
@@ -199,6 +209,11 @@ def test_settings_interval_as_plain_seconds(tmp_path):
         ("[audit]\nwindow = '1m'\n", "unknown key audit.window"),
         ("[audit]\ncheckpoint_interval = 0\n", "audit.checkpoint_interval must be at least 1s"),
         ("[audit]\ncheckpoint_interval = 'x'\n", "audit.checkpoint_interval: 'x' is not"),
+        (
+            "[campaigns]\nrequire_second_approver = 'yes'\n",
+            "campaigns.require_second_approver must be true or false",
+        ),
+        ("[certificates]\nadmin_lifetime = 'x'\n", "certificates.admin_lifetime: 'x' is not"),
         ("[checkin\n", "controller.toml"),  # not TOML at all
     ],
 )

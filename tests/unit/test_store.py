@@ -71,8 +71,7 @@ def test_migrations_are_recorded_by_name(store):
     assert store.applied_migrations() == [
         "0001_initial", "0002_progress_reports", "0003_campaigns_and_audit",
         "0004_agent_releases", "0005_webhook_cursors", "0006_available_updates",
-        "0007_certificate_renewal",
-        "0009_vulnerabilities",
+        "0007_certificate_renewal", "0008_admins", "0009_vulnerabilities",
     ]  # fmt: skip
 
 
@@ -84,8 +83,7 @@ def test_reopening_does_not_reapply_migrations(tmp_path):
         assert store.applied_migrations() == [
         "0001_initial", "0002_progress_reports", "0003_campaigns_and_audit",
         "0004_agent_releases", "0005_webhook_cursors", "0006_available_updates",
-        "0007_certificate_renewal",
-        "0009_vulnerabilities",
+        "0007_certificate_renewal", "0008_admins", "0009_vulnerabilities",
     ]  # fmt: skip
     finally:
         store.close()

@@ -139,6 +139,26 @@ class AdminServiceStub:
                 request_serializer=fleetpatch_dot_v1_dot_admin__pb2.FleetHistoryRequest.SerializeToString,
                 response_deserializer=fleetpatch_dot_v1_dot_admin__pb2.FleetHistoryResponse.FromString,
                 _registered_method=True)
+        self.AddAdmin = channel.unary_unary(
+                '/fleetpatch.v1.AdminService/AddAdmin',
+                request_serializer=fleetpatch_dot_v1_dot_admin__pb2.AddAdminRequest.SerializeToString,
+                response_deserializer=fleetpatch_dot_v1_dot_admin__pb2.AddAdminResponse.FromString,
+                _registered_method=True)
+        self.ListAdmins = channel.unary_unary(
+                '/fleetpatch.v1.AdminService/ListAdmins',
+                request_serializer=fleetpatch_dot_v1_dot_admin__pb2.ListAdminsRequest.SerializeToString,
+                response_deserializer=fleetpatch_dot_v1_dot_admin__pb2.ListAdminsResponse.FromString,
+                _registered_method=True)
+        self.RevokeAdmin = channel.unary_unary(
+                '/fleetpatch.v1.AdminService/RevokeAdmin',
+                request_serializer=fleetpatch_dot_v1_dot_admin__pb2.RevokeAdminRequest.SerializeToString,
+                response_deserializer=fleetpatch_dot_v1_dot_admin__pb2.RevokeAdminResponse.FromString,
+                _registered_method=True)
+        self.RenewAdmin = channel.unary_unary(
+                '/fleetpatch.v1.AdminService/RenewAdmin',
+                request_serializer=fleetpatch_dot_v1_dot_admin__pb2.RenewAdminRequest.SerializeToString,
+                response_deserializer=fleetpatch_dot_v1_dot_admin__pb2.RenewAdminResponse.FromString,
+                _registered_method=True)
 
 
 class AdminServiceServicer:
@@ -282,6 +302,33 @@ class AdminServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def AddAdmin(self, request, context):
+        """Admins are named people with a role; each has a certificate of their
+        own, for a key made where `admin add` runs (a CSR is sent). Owners
+        only, but RenewAdmin (any admin renews their own certificate).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListAdmins(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RevokeAdmin(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RenewAdmin(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -389,6 +436,26 @@ def add_AdminServiceServicer_to_server(servicer, server):
                     servicer.GetFleetHistory,
                     request_deserializer=fleetpatch_dot_v1_dot_admin__pb2.FleetHistoryRequest.FromString,
                     response_serializer=fleetpatch_dot_v1_dot_admin__pb2.FleetHistoryResponse.SerializeToString,
+            ),
+            'AddAdmin': grpc.unary_unary_rpc_method_handler(
+                    servicer.AddAdmin,
+                    request_deserializer=fleetpatch_dot_v1_dot_admin__pb2.AddAdminRequest.FromString,
+                    response_serializer=fleetpatch_dot_v1_dot_admin__pb2.AddAdminResponse.SerializeToString,
+            ),
+            'ListAdmins': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListAdmins,
+                    request_deserializer=fleetpatch_dot_v1_dot_admin__pb2.ListAdminsRequest.FromString,
+                    response_serializer=fleetpatch_dot_v1_dot_admin__pb2.ListAdminsResponse.SerializeToString,
+            ),
+            'RevokeAdmin': grpc.unary_unary_rpc_method_handler(
+                    servicer.RevokeAdmin,
+                    request_deserializer=fleetpatch_dot_v1_dot_admin__pb2.RevokeAdminRequest.FromString,
+                    response_serializer=fleetpatch_dot_v1_dot_admin__pb2.RevokeAdminResponse.SerializeToString,
+            ),
+            'RenewAdmin': grpc.unary_unary_rpc_method_handler(
+                    servicer.RenewAdmin,
+                    request_deserializer=fleetpatch_dot_v1_dot_admin__pb2.RenewAdminRequest.FromString,
+                    response_serializer=fleetpatch_dot_v1_dot_admin__pb2.RenewAdminResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -958,6 +1025,114 @@ class AdminService:
             '/fleetpatch.v1.AdminService/GetFleetHistory',
             fleetpatch_dot_v1_dot_admin__pb2.FleetHistoryRequest.SerializeToString,
             fleetpatch_dot_v1_dot_admin__pb2.FleetHistoryResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AddAdmin(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fleetpatch.v1.AdminService/AddAdmin',
+            fleetpatch_dot_v1_dot_admin__pb2.AddAdminRequest.SerializeToString,
+            fleetpatch_dot_v1_dot_admin__pb2.AddAdminResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListAdmins(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fleetpatch.v1.AdminService/ListAdmins',
+            fleetpatch_dot_v1_dot_admin__pb2.ListAdminsRequest.SerializeToString,
+            fleetpatch_dot_v1_dot_admin__pb2.ListAdminsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RevokeAdmin(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fleetpatch.v1.AdminService/RevokeAdmin',
+            fleetpatch_dot_v1_dot_admin__pb2.RevokeAdminRequest.SerializeToString,
+            fleetpatch_dot_v1_dot_admin__pb2.RevokeAdminResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RenewAdmin(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fleetpatch.v1.AdminService/RenewAdmin',
+            fleetpatch_dot_v1_dot_admin__pb2.RenewAdminRequest.SerializeToString,
+            fleetpatch_dot_v1_dot_admin__pb2.RenewAdminResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -72,6 +72,14 @@ class AdminServiceStub:
     """What the fleet's past patch orders did, per ring and region: what a
     rehearsal calibrates its failure model from.
     """
+    AddAdmin: _grpc.UnaryUnaryMultiCallable[_admin_pb2.AddAdminRequest, _admin_pb2.AddAdminResponse]
+    """Admins are named people with a role; each has a certificate of their
+    own, for a key made where `admin add` runs (a CSR is sent). Owners
+    only, but RenewAdmin (any admin renews their own certificate).
+    """
+    ListAdmins: _grpc.UnaryUnaryMultiCallable[_admin_pb2.ListAdminsRequest, _admin_pb2.ListAdminsResponse]
+    RevokeAdmin: _grpc.UnaryUnaryMultiCallable[_admin_pb2.RevokeAdminRequest, _admin_pb2.RevokeAdminResponse]
+    RenewAdmin: _grpc.UnaryUnaryMultiCallable[_admin_pb2.RenewAdminRequest, _admin_pb2.RenewAdminResponse]
 
 @_typing.type_check_only
 class AdminServiceAsyncStub(AdminServiceStub):
@@ -115,6 +123,14 @@ class AdminServiceAsyncStub(AdminServiceStub):
     """What the fleet's past patch orders did, per ring and region: what a
     rehearsal calibrates its failure model from.
     """
+    AddAdmin: _aio.UnaryUnaryMultiCallable[_admin_pb2.AddAdminRequest, _admin_pb2.AddAdminResponse]  # type: ignore[assignment]
+    """Admins are named people with a role; each has a certificate of their
+    own, for a key made where `admin add` runs (a CSR is sent). Owners
+    only, but RenewAdmin (any admin renews their own certificate).
+    """
+    ListAdmins: _aio.UnaryUnaryMultiCallable[_admin_pb2.ListAdminsRequest, _admin_pb2.ListAdminsResponse]  # type: ignore[assignment]
+    RevokeAdmin: _aio.UnaryUnaryMultiCallable[_admin_pb2.RevokeAdminRequest, _admin_pb2.RevokeAdminResponse]  # type: ignore[assignment]
+    RenewAdmin: _aio.UnaryUnaryMultiCallable[_admin_pb2.RenewAdminRequest, _admin_pb2.RenewAdminResponse]  # type: ignore[assignment]
 
 class AdminServiceServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -281,5 +297,37 @@ class AdminServiceServicer(metaclass=_abc_1.ABCMeta):
         """What the fleet's past patch orders did, per ring and region: what a
         rehearsal calibrates its failure model from.
         """
+
+    @_abc_1.abstractmethod
+    def AddAdmin(
+        self,
+        request: _admin_pb2.AddAdminRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.AddAdminResponse, _abc.Awaitable[_admin_pb2.AddAdminResponse]]:
+        """Admins are named people with a role; each has a certificate of their
+        own, for a key made where `admin add` runs (a CSR is sent). Owners
+        only, but RenewAdmin (any admin renews their own certificate).
+        """
+
+    @_abc_1.abstractmethod
+    def ListAdmins(
+        self,
+        request: _admin_pb2.ListAdminsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.ListAdminsResponse, _abc.Awaitable[_admin_pb2.ListAdminsResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def RevokeAdmin(
+        self,
+        request: _admin_pb2.RevokeAdminRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.RevokeAdminResponse, _abc.Awaitable[_admin_pb2.RevokeAdminResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def RenewAdmin(
+        self,
+        request: _admin_pb2.RenewAdminRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.RenewAdminResponse, _abc.Awaitable[_admin_pb2.RenewAdminResponse]]: ...
 
 def add_AdminServiceServicer_to_server(servicer: AdminServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

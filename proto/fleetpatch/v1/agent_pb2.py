@@ -26,7 +26,7 @@ from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb
 from fleetpatch.v1 import types_pb2 as fleetpatch_dot_v1_dot_types__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19\x66leetpatch/v1/agent.proto\x12\rfleetpatch.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x19\x66leetpatch/v1/types.proto\"\xc1\x01\n\rEnrollRequest\x12\r\n\x05token\x18\x01 \x01(\t\x12\x0f\n\x07\x63sr_pem\x18\x02 \x01(\x0c\x12\x38\n\x06labels\x18\x03 \x03(\x0b\x32(.fleetpatch.v1.EnrollRequest.LabelsEntry\x12\'\n\x05\x66\x61\x63ts\x18\x04 \x01(\x0b\x32\x18.fleetpatch.v1.HostFacts\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xb2\x01\n\x0e\x45nrollResponse\x12\x0f\n\x07host_id\x18\x01 \x01(\t\x12\x17\n\x0f\x63\x65rtificate_pem\x18\x02 \x01(\x0c\x12\x0e\n\x06\x63\x61_pem\x18\x03 \x01(\x0c\x12/\n\x0csigning_keys\x18\x04 \x03(\x0b\x32\x19.fleetpatch.v1.SigningKey\x12\x0e\n\x06region\x18\x05 \x01(\t\x12\x0c\n\x04ring\x18\x06 \x01(\x05\x12\x17\n\x0fsame_machine_id\x18\x07 \x03(\t\"\xef\x02\n\x0e\x43heckInRequest\x12\'\n\x05\x66\x61\x63ts\x18\x01 \x01(\x0b\x32\x18.fleetpatch.v1.HostFacts\x12\x16\n\x0einventory_hash\x18\x02 \x01(\t\x12+\n\tinventory\x18\x03 \x01(\x0b\x32\x18.fleetpatch.v1.Inventory\x12,\n\x06health\x18\x04 \x01(\x0b\x32\x1c.fleetpatch.v1.HealthSummary\x12\x18\n\x10\x63urrent_order_id\x18\x05 \x01(\t\x12\x14\n\x0c\x63urrent_step\x18\x06 \x01(\t\x12\x18\n\x10highest_sequence\x18\x07 \x01(\x04\x12\x14\n\x0cupdates_hash\x18\x08 \x01(\t\x12\x30\n\x07updates\x18\t \x01(\x0b\x32\x1f.fleetpatch.v1.AvailableUpdates\x12\x18\n\x10renewal_failures\x18\n \x01(\r\x12\x15\n\rrenewal_error\x18\x0b \x01(\t\"\xc9\x02\n\x0f\x43heckInResponse\x12/\n\x0cnext_checkin\x18\x01 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x1c\n\x14known_inventory_hash\x18\x02 \x01(\t\x12\x1a\n\x12inventory_required\x18\x03 \x01(\x08\x12\x31\n\nwork_order\x18\x04 \x01(\x0b\x32\x1d.fleetpatch.v1.SignedEnvelope\x12/\n\x0csigning_keys\x18\x05 \x03(\x0b\x32\x19.fleetpatch.v1.SigningKey\x12\x1a\n\x12known_updates_hash\x18\x06 \x01(\t\x12\x33\n\x0ewithdrawn_keys\x18\x07 \x03(\x0b\x32\x1b.fleetpatch.v1.WithdrawnKey\x12\x16\n\x0e\x63urrent_key_id\x18\x08 \x01(\t\"G\n\x15ReportProgressRequest\x12.\n\x07reports\x18\x01 \x03(\x0b\x32\x1d.fleetpatch.v1.ProgressReport\"3\n\x16ReportProgressResponse\x12\x19\n\x11\x61\x63knowledged_keys\x18\x01 \x03(\t\"&\n\x14\x46\x65tchArtifactRequest\x12\x0e\n\x06sha256\x18\x01 \x01(\x0c\"+\n\rArtifactChunk\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\x12\x0c\n\x04size\x18\x02 \x01(\x04\"\x1f\n\x0cRenewRequest\x12\x0f\n\x07\x63sr_pem\x18\x01 \x01(\x0c\"(\n\rRenewResponse\x12\x17\n\x0f\x63\x65rtificate_pem\x18\x01 \x01(\x0c\x32\x98\x03\n\x0c\x41gentService\x12\x45\n\x06\x45nroll\x12\x1c.fleetpatch.v1.EnrollRequest\x1a\x1d.fleetpatch.v1.EnrollResponse\x12H\n\x07\x43heckIn\x12\x1d.fleetpatch.v1.CheckInRequest\x1a\x1e.fleetpatch.v1.CheckInResponse\x12]\n\x0eReportProgress\x12$.fleetpatch.v1.ReportProgressRequest\x1a%.fleetpatch.v1.ReportProgressResponse\x12T\n\rFetchArtifact\x12#.fleetpatch.v1.FetchArtifactRequest\x1a\x1c.fleetpatch.v1.ArtifactChunk0\x01\x12\x42\n\x05Renew\x12\x1b.fleetpatch.v1.RenewRequest\x1a\x1c.fleetpatch.v1.RenewResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19\x66leetpatch/v1/agent.proto\x12\rfleetpatch.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x19\x66leetpatch/v1/types.proto\"\xc1\x01\n\rEnrollRequest\x12\r\n\x05token\x18\x01 \x01(\t\x12\x0f\n\x07\x63sr_pem\x18\x02 \x01(\x0c\x12\x38\n\x06labels\x18\x03 \x03(\x0b\x32(.fleetpatch.v1.EnrollRequest.LabelsEntry\x12\'\n\x05\x66\x61\x63ts\x18\x04 \x01(\x0b\x32\x18.fleetpatch.v1.HostFacts\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xcf\x01\n\x0e\x45nrollResponse\x12\x0f\n\x07host_id\x18\x01 \x01(\t\x12\x17\n\x0f\x63\x65rtificate_pem\x18\x02 \x01(\x0c\x12\x0e\n\x06\x63\x61_pem\x18\x03 \x01(\x0c\x12/\n\x0csigning_keys\x18\x04 \x03(\x0b\x32\x19.fleetpatch.v1.SigningKey\x12\x0e\n\x06region\x18\x05 \x01(\t\x12\x0c\n\x04ring\x18\x06 \x01(\x05\x12\x17\n\x0fsame_machine_id\x18\x07 \x03(\t\x12\x1b\n\x13\x63\x61_endorsements_pem\x18( \x03(\x0c\"\x86\x03\n\x0e\x43heckInRequest\x12\'\n\x05\x66\x61\x63ts\x18\x01 \x01(\x0b\x32\x18.fleetpatch.v1.HostFacts\x12\x16\n\x0einventory_hash\x18\x02 \x01(\t\x12+\n\tinventory\x18\x03 \x01(\x0b\x32\x18.fleetpatch.v1.Inventory\x12,\n\x06health\x18\x04 \x01(\x0b\x32\x1c.fleetpatch.v1.HealthSummary\x12\x18\n\x10\x63urrent_order_id\x18\x05 \x01(\t\x12\x14\n\x0c\x63urrent_step\x18\x06 \x01(\t\x12\x18\n\x10highest_sequence\x18\x07 \x01(\x04\x12\x14\n\x0cupdates_hash\x18\x08 \x01(\t\x12\x30\n\x07updates\x18\t \x01(\x0b\x32\x1f.fleetpatch.v1.AvailableUpdates\x12\x18\n\x10renewal_failures\x18\n \x01(\r\x12\x15\n\rrenewal_error\x18\x0b \x01(\t\x12\x15\n\rca_trust_hash\x18( \x01(\t\"\xf3\x02\n\x0f\x43heckInResponse\x12/\n\x0cnext_checkin\x18\x01 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x1c\n\x14known_inventory_hash\x18\x02 \x01(\t\x12\x1a\n\x12inventory_required\x18\x03 \x01(\x08\x12\x31\n\nwork_order\x18\x04 \x01(\x0b\x32\x1d.fleetpatch.v1.SignedEnvelope\x12/\n\x0csigning_keys\x18\x05 \x03(\x0b\x32\x19.fleetpatch.v1.SigningKey\x12\x1a\n\x12known_updates_hash\x18\x06 \x01(\t\x12\x33\n\x0ewithdrawn_keys\x18\x07 \x03(\x0b\x32\x1b.fleetpatch.v1.WithdrawnKey\x12\x16\n\x0e\x63urrent_key_id\x18\x08 \x01(\t\x12(\n\x08\x63\x61_trust\x18( \x01(\x0b\x32\x16.fleetpatch.v1.CaTrust\"F\n\x07\x43\x61Trust\x12\x0e\n\x06\x63\x61_pem\x18\x01 \x03(\x0c\x12\x18\n\x10\x65ndorsements_pem\x18\x02 \x03(\x0c\x12\x11\n\trenew_now\x18\x03 \x01(\x08\"G\n\x15ReportProgressRequest\x12.\n\x07reports\x18\x01 \x03(\x0b\x32\x1d.fleetpatch.v1.ProgressReport\"3\n\x16ReportProgressResponse\x12\x19\n\x11\x61\x63knowledged_keys\x18\x01 \x03(\t\"&\n\x14\x46\x65tchArtifactRequest\x12\x0e\n\x06sha256\x18\x01 \x01(\x0c\"+\n\rArtifactChunk\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\x12\x0c\n\x04size\x18\x02 \x01(\x04\"\x1f\n\x0cRenewRequest\x12\x0f\n\x07\x63sr_pem\x18\x01 \x01(\x0c\"(\n\rRenewResponse\x12\x17\n\x0f\x63\x65rtificate_pem\x18\x01 \x01(\x0c\x32\x98\x03\n\x0c\x41gentService\x12\x45\n\x06\x45nroll\x12\x1c.fleetpatch.v1.EnrollRequest\x1a\x1d.fleetpatch.v1.EnrollResponse\x12H\n\x07\x43heckIn\x12\x1d.fleetpatch.v1.CheckInRequest\x1a\x1e.fleetpatch.v1.CheckInResponse\x12]\n\x0eReportProgress\x12$.fleetpatch.v1.ReportProgressRequest\x1a%.fleetpatch.v1.ReportProgressResponse\x12T\n\rFetchArtifact\x12#.fleetpatch.v1.FetchArtifactRequest\x1a\x1c.fleetpatch.v1.ArtifactChunk0\x01\x12\x42\n\x05Renew\x12\x1b.fleetpatch.v1.RenewRequest\x1a\x1c.fleetpatch.v1.RenewResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -40,23 +40,25 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_ENROLLREQUEST_LABELSENTRY']._serialized_start=252
   _globals['_ENROLLREQUEST_LABELSENTRY']._serialized_end=297
   _globals['_ENROLLRESPONSE']._serialized_start=300
-  _globals['_ENROLLRESPONSE']._serialized_end=478
-  _globals['_CHECKINREQUEST']._serialized_start=481
-  _globals['_CHECKINREQUEST']._serialized_end=848
-  _globals['_CHECKINRESPONSE']._serialized_start=851
-  _globals['_CHECKINRESPONSE']._serialized_end=1180
-  _globals['_REPORTPROGRESSREQUEST']._serialized_start=1182
-  _globals['_REPORTPROGRESSREQUEST']._serialized_end=1253
-  _globals['_REPORTPROGRESSRESPONSE']._serialized_start=1255
-  _globals['_REPORTPROGRESSRESPONSE']._serialized_end=1306
-  _globals['_FETCHARTIFACTREQUEST']._serialized_start=1308
-  _globals['_FETCHARTIFACTREQUEST']._serialized_end=1346
-  _globals['_ARTIFACTCHUNK']._serialized_start=1348
-  _globals['_ARTIFACTCHUNK']._serialized_end=1391
-  _globals['_RENEWREQUEST']._serialized_start=1393
-  _globals['_RENEWREQUEST']._serialized_end=1424
-  _globals['_RENEWRESPONSE']._serialized_start=1426
-  _globals['_RENEWRESPONSE']._serialized_end=1466
-  _globals['_AGENTSERVICE']._serialized_start=1469
-  _globals['_AGENTSERVICE']._serialized_end=1877
+  _globals['_ENROLLRESPONSE']._serialized_end=507
+  _globals['_CHECKINREQUEST']._serialized_start=510
+  _globals['_CHECKINREQUEST']._serialized_end=900
+  _globals['_CHECKINRESPONSE']._serialized_start=903
+  _globals['_CHECKINRESPONSE']._serialized_end=1274
+  _globals['_CATRUST']._serialized_start=1276
+  _globals['_CATRUST']._serialized_end=1346
+  _globals['_REPORTPROGRESSREQUEST']._serialized_start=1348
+  _globals['_REPORTPROGRESSREQUEST']._serialized_end=1419
+  _globals['_REPORTPROGRESSRESPONSE']._serialized_start=1421
+  _globals['_REPORTPROGRESSRESPONSE']._serialized_end=1472
+  _globals['_FETCHARTIFACTREQUEST']._serialized_start=1474
+  _globals['_FETCHARTIFACTREQUEST']._serialized_end=1512
+  _globals['_ARTIFACTCHUNK']._serialized_start=1514
+  _globals['_ARTIFACTCHUNK']._serialized_end=1557
+  _globals['_RENEWREQUEST']._serialized_start=1559
+  _globals['_RENEWREQUEST']._serialized_end=1590
+  _globals['_RENEWRESPONSE']._serialized_start=1592
+  _globals['_RENEWRESPONSE']._serialized_end=1632
+  _globals['_AGENTSERVICE']._serialized_start=1635
+  _globals['_AGENTSERVICE']._serialized_end=2043
 # @@protoc_insertion_point(module_scope)

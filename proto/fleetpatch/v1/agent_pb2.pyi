@@ -86,10 +86,12 @@ class EnrollResponse(_message.Message):
     REGION_FIELD_NUMBER: _builtins.int
     RING_FIELD_NUMBER: _builtins.int
     SAME_MACHINE_ID_FIELD_NUMBER: _builtins.int
+    CA_ENDORSEMENTS_PEM_FIELD_NUMBER: _builtins.int
     host_id: _builtins.str
     certificate_pem: _builtins.bytes
     """client certificate naming host_id"""
     ca_pem: _builtins.bytes
+    """the CAs to pin (two during a CA rotation)"""
     region: _builtins.str
     ring: _builtins.int
     @_builtins.property
@@ -102,6 +104,12 @@ class EnrollResponse(_message.Message):
         reports: clones of one image, most likely. Enrolled all the same.
         """
 
+    @_builtins.property
+    def ca_endorsements_pem(self) -> _containers.RepeatedScalarFieldContainer[_builtins.bytes]:
+        """During a CA rotation: the new CA endorsed by the old one (see CaTrust);
+        the certificate is then issued by the new CA.
+        """
+
     def __init__(
         self,
         *,
@@ -112,10 +120,11 @@ class EnrollResponse(_message.Message):
         region: _builtins.str = ...,
         ring: _builtins.int = ...,
         same_machine_id: _abc.Iterable[_builtins.str] | None = ...,
+        ca_endorsements_pem: _abc.Iterable[_builtins.bytes] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["ca_pem", b"ca_pem", "certificate_pem", b"certificate_pem", "host_id", b"host_id", "region", b"region", "ring", b"ring", "same_machine_id", b"same_machine_id", "signing_keys", b"signing_keys"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["ca_endorsements_pem", b"ca_endorsements_pem", "ca_pem", b"ca_pem", "certificate_pem", b"certificate_pem", "host_id", b"host_id", "region", b"region", "ring", b"ring", "same_machine_id", b"same_machine_id", "signing_keys", b"signing_keys"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -136,6 +145,7 @@ class CheckInRequest(_message.Message):
     UPDATES_FIELD_NUMBER: _builtins.int
     RENEWAL_FAILURES_FIELD_NUMBER: _builtins.int
     RENEWAL_ERROR_FIELD_NUMBER: _builtins.int
+    CA_TRUST_HASH_FIELD_NUMBER: _builtins.int
     inventory_hash: _builtins.str
     """hash of the host's current inventory"""
     current_order_id: _builtins.str
@@ -149,6 +159,10 @@ class CheckInRequest(_message.Message):
     """certificate renewals failed in a row (0: none)"""
     renewal_error: _builtins.str
     """why the last one failed"""
+    ca_trust_hash: _builtins.str
+    """fleetpatch.catrust.bundle_hash of the CA certificates this host trusts;
+    the controller answers with CaTrust when it vouches for others.
+    """
     @_builtins.property
     def facts(self) -> _types_pb2.HostFacts: ...
     @_builtins.property
@@ -175,10 +189,11 @@ class CheckInRequest(_message.Message):
         updates: _types_pb2.AvailableUpdates | None = ...,
         renewal_failures: _builtins.int = ...,
         renewal_error: _builtins.str = ...,
+        ca_trust_hash: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["facts", b"facts", "health", b"health", "inventory", b"inventory", "updates", b"updates"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["current_order_id", b"current_order_id", "current_step", b"current_step", "facts", b"facts", "health", b"health", "highest_sequence", b"highest_sequence", "inventory", b"inventory", "inventory_hash", b"inventory_hash", "renewal_error", b"renewal_error", "renewal_failures", b"renewal_failures", "updates", b"updates", "updates_hash", b"updates_hash"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["ca_trust_hash", b"ca_trust_hash", "current_order_id", b"current_order_id", "current_step", b"current_step", "facts", b"facts", "health", b"health", "highest_sequence", b"highest_sequence", "inventory", b"inventory", "inventory_hash", b"inventory_hash", "renewal_error", b"renewal_error", "renewal_failures", b"renewal_failures", "updates", b"updates", "updates_hash", b"updates_hash"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -196,6 +211,7 @@ class CheckInResponse(_message.Message):
     KNOWN_UPDATES_HASH_FIELD_NUMBER: _builtins.int
     WITHDRAWN_KEYS_FIELD_NUMBER: _builtins.int
     CURRENT_KEY_ID_FIELD_NUMBER: _builtins.int
+    CA_TRUST_FIELD_NUMBER: _builtins.int
     known_inventory_hash: _builtins.str
     """what the controller holds now"""
     inventory_required: _builtins.bool
@@ -220,6 +236,10 @@ class CheckInResponse(_message.Message):
     def withdrawn_keys(self) -> _containers.RepeatedCompositeFieldContainer[_types_pb2.WithdrawnKey]:
         """retired and revoked keys"""
 
+    @_builtins.property
+    def ca_trust(self) -> Global___CaTrust:
+        """set when the host's trust differs (CA rotation)"""
+
     def __init__(
         self,
         *,
@@ -231,14 +251,49 @@ class CheckInResponse(_message.Message):
         known_updates_hash: _builtins.str = ...,
         withdrawn_keys: _abc.Iterable[_types_pb2.WithdrawnKey] | None = ...,
         current_key_id: _builtins.str = ...,
+        ca_trust: Global___CaTrust | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["next_checkin", b"next_checkin", "work_order", b"work_order"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["ca_trust", b"ca_trust", "next_checkin", b"next_checkin", "work_order", b"work_order"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["current_key_id", b"current_key_id", "inventory_required", b"inventory_required", "known_inventory_hash", b"known_inventory_hash", "known_updates_hash", b"known_updates_hash", "next_checkin", b"next_checkin", "signing_keys", b"signing_keys", "withdrawn_keys", b"withdrawn_keys", "work_order", b"work_order"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["ca_trust", b"ca_trust", "current_key_id", b"current_key_id", "inventory_required", b"inventory_required", "known_inventory_hash", b"known_inventory_hash", "known_updates_hash", b"known_updates_hash", "next_checkin", b"next_checkin", "signing_keys", b"signing_keys", "withdrawn_keys", b"withdrawn_keys", "work_order", b"work_order"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___CheckInResponse: _TypeAlias = CheckInResponse  # noqa: Y015
+
+@_typing.final
+class CaTrust(_message.Message):
+    """The CA certificates a host should trust from now on, during and after a
+    CA rotation (`fleetpatch controller rotate-ca`). A host takes a CA it does
+    not trust yet only with an endorsement: a certificate for the same
+    subject and key, issued by a CA the host trusts already.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CA_PEM_FIELD_NUMBER: _builtins.int
+    ENDORSEMENTS_PEM_FIELD_NUMBER: _builtins.int
+    RENEW_NOW_FIELD_NUMBER: _builtins.int
+    renew_now: _builtins.bool
+    """This host's certificate was issued by a CA being retired: renew now."""
+    @_builtins.property
+    def ca_pem(self) -> _containers.RepeatedScalarFieldContainer[_builtins.bytes]: ...
+    @_builtins.property
+    def endorsements_pem(self) -> _containers.RepeatedScalarFieldContainer[_builtins.bytes]: ...
+    def __init__(
+        self,
+        *,
+        ca_pem: _abc.Iterable[_builtins.bytes] | None = ...,
+        endorsements_pem: _abc.Iterable[_builtins.bytes] | None = ...,
+        renew_now: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["ca_pem", b"ca_pem", "endorsements_pem", b"endorsements_pem", "renew_now", b"renew_now"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CaTrust: _TypeAlias = CaTrust  # noqa: Y015
 
 @_typing.final
 class ReportProgressRequest(_message.Message):
