@@ -16,9 +16,10 @@ PROTOS := $(wildcard proto/fleetpatch/v1/*.proto)
 # unit files), systemd-container (systemd-nspawn boots the packaged services
 # under a real systemd), shellcheck (lints the maintainer scripts), prometheus
 # (a real Prometheus scrapes a real controller in the tests; its promtool checks
-# and unit-tests the alert rules in packaging/prometheus).
+# and unit-tests the alert rules in packaging/prometheus), lintian (the built
+# .debs are held lintian-clean but for packaging/debian/*/lintian-overrides).
 DEB_PACKAGES := dpkg-dev dpkg-repack iproute2 util-linux rpm createrepo-c dnf dnf-plugins-core \
-	systemd systemd-container shellcheck prometheus
+	systemd systemd-container shellcheck prometheus lintian
 
 export PYTHONDONTWRITEBYTECODE := 1
 
