@@ -70,11 +70,12 @@ proto: $(STAMP)
 demo: deps
 	$(PY) examples/demo.py
 
-# Debian packages of the agent and the controller into dist/ (packaging/README.md).
-# Signed when FLEETPATCH_RELEASE_KEY names a release private key (`fleetpatch release
-# keygen`). Keep that key outside the tree and never in dist/, which is what gets published.
+# Debian packages of the agent and the controller, and the agent's RPM (rpmbuild), into
+# dist/ (packaging/README.md). Signed when FLEETPATCH_RELEASE_KEY names a release private key
+# (`fleetpatch release keygen`). Keep that key outside the tree and never in dist/, which is
+# what gets published.
 packages: $(STAMP)
-	$(PY) packaging/build_debs.py --out dist $(if $(FLEETPATCH_RELEASE_KEY),--key "$(FLEETPATCH_RELEASE_KEY)")
+	$(PY) packaging/build_debs.py --out dist --rpm $(if $(FLEETPATCH_RELEASE_KEY),--key "$(FLEETPATCH_RELEASE_KEY)")
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache
