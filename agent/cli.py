@@ -43,7 +43,7 @@ from agent.orders.journal import Journal
 from agent.orders.selfupdate import release_key
 from agent.orders.states import State
 from agent.service import Agent, check_state
-from agent.statedir import DEFAULT_STATE_DIR, StateDir
+from agent.statedir import DEFAULT_STATE_DIR, StateDir, settings_for
 
 app = cliapp.new_app(
     help="fleetpatch agent: enrolls this host, reports inventory and health, "
@@ -105,7 +105,8 @@ def enroll(
         labels = labelspec.parse_labels(label or [])
     except ValueError as exc:
         raise ConfigError(f"--label: {exc}") from None
-    done = do_enroll(StateDir(state_dir), controller, secret, ca_cert, labels, enroll_address)
+    state = StateDir(state_dir, settings_for(state_dir))
+    done = do_enroll(state, controller, secret, ca_cert, labels, enroll_address)
     print(f"enrolled as {done.host_id} (region {done.region}, ring {done.ring})")
     if done.same_machine_id:
         print(
@@ -153,7 +154,7 @@ def _token(token: str | None, token_file: str | None) -> str:
 
 
 def _agent(state_dir: Path, online: bool = True) -> Agent:
-    return Agent.open(StateDir(state_dir), online=online)
+    return Agent.open(StateDir(state_dir, settings_for(state_dir)), online=online)
 
 
 @app.command()
@@ -242,7 +243,7 @@ def status(
 ) -> None:
     """This host's enrollment, last check-in, the current work order and the
     history of past ones: each step, what changed, why a revert happened."""
-    state = StateDir(state_dir)
+    state = StateDir(state_dir, settings_for(state_dir))
     config, _ = check_state(state)
     journal = Journal.open(state.journal, must_exist=True)
     try:
@@ -387,7 +388,7 @@ def inventory(json_out: JsonOption = False) -> None:
 def check(state_dir: StateDirOption = DEFAULT_STATE_DIR, json_out: JsonOption = False) -> None:
     """Run this host's health checks (resources and agent.toml [[checks]])
     once; exit 1 when any fails."""
-    state = StateDir(state_dir)
+    state = StateDir(state_dir, settings_for(state_dir))
     config = state.config() if state.config_file.is_file() else None
     limits = config.health if config else ResourceLimits()
     results = resource_checks(limits) + Prober().run_all(config.checks if config else ())

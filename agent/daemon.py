@@ -59,11 +59,11 @@ def run(state_dir: Path, once: bool = False, verbose: bool = False) -> None:
     from agent.link.keys import learn_announced
     from agent.link.renewal import Renewal
     from agent.service import Agent
-    from agent.statedir import StateDir
+    from agent.statedir import StateDir, settings_for
 
     require_root("run")
     setup_logging(verbose)
-    agent = Agent.open(StateDir(state_dir), online=True)
+    agent = Agent.open(StateDir(state_dir, settings_for(state_dir)), online=True)
     assert agent.client is not None  # noqa: S101 - opened online
     checkins = CheckIns(
         agent.config, agent.journal, agent.client, on_order=agent.handle, between=agent.between,

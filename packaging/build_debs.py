@@ -487,6 +487,11 @@ def stage_package(build: Build, package: Package, stage: Path) -> None:
 
     put(f"/lib/systemd/system/{package.unit}", (PACKAGING / "systemd" / package.unit).read_bytes())
     put(package.env_file, (debian_src / package.env_file.name).read_bytes())
+    conffiles = [str(package.env_file)]
+    settings = debian_src / f"{package.short}.toml"  # the administrator's settings
+    if settings.exists():
+        put(f"/etc/fleetpatch/{settings.name}", settings.read_bytes())
+        conffiles.append(f"/etc/fleetpatch/{settings.name}")
     doc = PurePosixPath("/usr/share/doc") / package.name
     put(doc / "copyright", (PACKAGING / "debian/copyright").read_bytes())
     put(doc / "README.md", (PACKAGING / "README.md").read_bytes())
@@ -513,8 +518,8 @@ def stage_package(build: Build, package: Package, stage: Path) -> None:
     control_dir.mkdir(mode=0o755)
     for name in ("postinst", "prerm", "postrm"):
         put(f"/DEBIAN/{name}", (debian_src / name).read_bytes(), 0o755)
-    put("/DEBIAN/conffiles", f"{package.env_file}\n".encode())
-    put("/DEBIAN/md5sums", _md5sums(stage, {str(package.env_file)}).encode())
+    put("/DEBIAN/conffiles", "".join(f"{c}\n" for c in conffiles).encode())
+    put("/DEBIAN/md5sums", _md5sums(stage, set(conffiles)).encode())
 
     depends = python_depends(build.python)
     floor = glibc_floor(stage / str(package.venv).lstrip("/"))

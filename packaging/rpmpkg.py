@@ -6,7 +6,8 @@ manual page); `build_rpm` lays that tree out as an RPM host expects it (the
 unit in /usr/lib/systemd/system, nothing of DEBIAN/ or lintian) and runs
 `rpmbuild -bb` (Debian's rpm package) on a spec written here:
 
-- the same layout and unit as the .deb; agent.env is %config(noreplace);
+- the same layout and unit as the .deb; agent.env and agent.toml (the
+  administrator's settings) are %config(noreplace);
   the state dir /var/lib/fleetpatch/agent (0700) is owned, so an erase keeps
   it when it holds an enrollment, as `apt remove` does;
 - no bytecode shipped: %posttrans compiles it with the package's own
@@ -122,6 +123,7 @@ fi
 /usr/lib/systemd/system/{UNIT}
 %dir /etc/fleetpatch
 %config(noreplace) /etc/fleetpatch/agent.env
+%config(noreplace) /etc/fleetpatch/agent.toml
 %dir /var/lib/fleetpatch
 %dir %attr(0700,root,root) {STATE}
 %doc /usr/share/doc/fleetpatch-agent

@@ -31,9 +31,9 @@ JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON instead of 
 
 
 def _client(data_dir: Path, controller: str | None) -> AdminClient:
-    return AdminClient(DataDir(data_dir), controller)
+    return AdminClient(DataDir.at(data_dir), controller)
 
 
 def client(data_dir: Path, controller: str | None) -> AdminClient:
     """The admin connection for a data dir (address overridable)."""
-    return AdminClient(DataDir(data_dir), controller)
+    return AdminClient(DataDir.at(data_dir), controller)

@@ -209,7 +209,9 @@ def test_packages_hold_unit_links_and_conffile(unpacked):
         for command in commands:
             link = root / "usr/bin" / command
             assert str(link.readlink()) == f"/opt/fleetpatch/{short}/bin/{command}"
-        assert (root / "DEBIAN/conffiles").read_text() == f"/etc/fleetpatch/{short}.env\n"
+        conffiles = (root / "DEBIAN/conffiles").read_text().splitlines()
+        # The environment file, and the administrator's settings.
+        assert conffiles == [f"/etc/fleetpatch/{short}.env", f"/etc/fleetpatch/{short}.toml"]
         assert (root / f"usr/share/doc/fleetpatch-{short}/copyright").is_file()
     shared = unpacked["controller"] / "usr/share/fleetpatch"
     assert sorted(str(p.relative_to(shared)) for p in shared.rglob("*") if p.is_file()) == [
@@ -408,15 +410,20 @@ def test_agent_package_install_upgrade_remove_purge(sandboxes, built, built_v2, 
     sandbox.path("/var/lib/fleetpatch/agent/agent.toml").write_text("# enrolled\n")
     env_file = sandbox.path("/etc/fleetpatch/agent.env")
     env_file.write_text(env_file.read_text() + "FLEETPATCH_AGENT_ARGS=--verbose\n")
+    settings = sandbox.path("/etc/fleetpatch/agent.toml")
+    settings.write_text(settings.read_text() + '\n[policy]\nnever_touch = ["postgresql-*"]\n')
 
     dpkg.install(built_v2.agent)
     assert dpkg.state("fleetpatch-agent") == ("ii", built_v2.deb_version)
     assert package_version(dpkg, "/opt/fleetpatch/agent") == built_v2.version
     assert sandbox.path("/var/lib/fleetpatch/agent/agent.toml").read_text() == "# enrolled\n"
     assert env_file.read_text().endswith("FLEETPATCH_AGENT_ARGS=--verbose\n")
-    # Every file as shipped, but the setting we changed.
+    assert settings.read_text().endswith('never_touch = ["postgresql-*"]\n')
+    # Every file as shipped, but the settings we changed.
     verify = sandbox.run(["dpkg", "--verify", "fleetpatch-agent"], check=False).stdout
-    assert verify == "??5?????? c /etc/fleetpatch/agent.env\n"
+    assert verify == (
+        "??5?????? c /etc/fleetpatch/agent.env\n??5?????? c /etc/fleetpatch/agent.toml\n"
+    )
     assert dpkg.readlink(f"{WANTS}/fleetpatch-agent.service") == unit
 
     dpkg.remove("fleetpatch-agent")

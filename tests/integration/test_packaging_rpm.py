@@ -91,7 +91,7 @@ def test_rpm_contents(rpms):
     ).stdout  # the unit is the .deb's, byte for byte
     assert (ROOT / "packaging/systemd/fleetpatch-agent.service").read_bytes() in unit
     config = subprocess.run([*query, "-c", str(rpm)], capture_output=True, text=True, check=True)
-    assert config.stdout.split() == ["/etc/fleetpatch/agent.env"]
+    assert config.stdout.split() == ["/etc/fleetpatch/agent.env", "/etc/fleetpatch/agent.toml"]
     requires = subprocess.run([*query, "-R", str(rpm)], capture_output=True, text=True, check=True)
     assert "python(abi) = 3.11" in requires.stdout.splitlines()
 
