@@ -16,9 +16,10 @@ PROTOS := $(wildcard proto/fleetpatch/v1/*.proto)
 # unit files), systemd-container (systemd-nspawn boots the packaged services
 # under a real systemd), shellcheck (lints the maintainer scripts), prometheus
 # (a real Prometheus scrapes a real controller in the tests; its promtool checks
-# and unit-tests the alert rules in packaging/prometheus).
+# and unit-tests the alert rules in packaging/prometheus), lintian (the built
+# .debs are held lintian-clean but for packaging/debian/*/lintian-overrides).
 DEB_PACKAGES := dpkg-dev dpkg-repack iproute2 util-linux rpm createrepo-c dnf dnf-plugins-core \
-	systemd systemd-container shellcheck prometheus
+	systemd systemd-container shellcheck prometheus lintian
 
 export PYTHONDONTWRITEBYTECODE := 1
 
@@ -69,11 +70,12 @@ proto: $(STAMP)
 demo: deps
 	$(PY) examples/demo.py
 
-# Debian packages of the agent and the controller into dist/ (packaging/README.md).
-# Signed when FLEETPATCH_RELEASE_KEY names a release private key (`fleetpatch release
-# keygen`). Keep that key outside the tree and never in dist/, which is what gets published.
+# Debian packages of the agent and the controller, and the agent's RPM (rpmbuild), into
+# dist/ (packaging/README.md). Signed when FLEETPATCH_RELEASE_KEY names a release private key
+# (`fleetpatch release keygen`). Keep that key outside the tree and never in dist/, which is
+# what gets published.
 packages: $(STAMP)
-	$(PY) packaging/build_debs.py --out dist $(if $(FLEETPATCH_RELEASE_KEY),--key "$(FLEETPATCH_RELEASE_KEY)")
+	$(PY) packaging/build_debs.py --out dist --rpm $(if $(FLEETPATCH_RELEASE_KEY),--key "$(FLEETPATCH_RELEASE_KEY)")
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache

@@ -11,13 +11,9 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import os
-import signal
 import sys
-import threading
 from datetime import UTC, datetime
 from pathlib import Path
-from types import FrameType
 from typing import Annotated
 
 import fleetpatch
@@ -30,28 +26,24 @@ from fleetpatch.v1 import types_pb2
 from google.protobuf import json_format
 from google.protobuf.message import DecodeError
 
+from agent import daemon
 from agent.backends import packages
 from agent.backends.base import PlanError
 from agent.errors import (
     EXIT_CODES,
-    STORAGE_ERRNOS,
     AgentError,
     ConfigError,
-    StateDirError,
-    storage_error,
 )
 from agent.host import facts as hostfacts
 from agent.host.checks import Prober
 from agent.host.health import ResourceLimits, resource_checks, summarize
-from agent.link.checkin import CheckIns
 from agent.link.enrollment import enroll as do_enroll
-from agent.link.keys import learn_announced
-from agent.link.renewal import Renewal, renew_at
+from agent.link.renewal import renew_at
 from agent.orders.journal import Journal
-from agent.orders.selfupdate import HandOver, release_key
+from agent.orders.selfupdate import release_key
 from agent.orders.states import State
 from agent.service import Agent, check_state
-from agent.statedir import DEFAULT_STATE_DIR, StateDir
+from agent.statedir import DEFAULT_STATE_DIR, StateDir, settings_for
 
 app = cliapp.new_app(
     help="fleetpatch agent: enrolls this host, reports inventory and health, "
@@ -70,12 +62,8 @@ JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON.")]
 log = logging.getLogger("agent")
 
 
-def _setup_logging(verbose: bool) -> None:
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO,
-        stream=sys.stderr,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+_setup_logging = daemon.setup_logging
+_require_root = daemon.require_root
 
 
 @app.command()
@@ -117,7 +105,8 @@ def enroll(
         labels = labelspec.parse_labels(label or [])
     except ValueError as exc:
         raise ConfigError(f"--label: {exc}") from None
-    done = do_enroll(StateDir(state_dir), controller, secret, ca_cert, labels, enroll_address)
+    state = StateDir(state_dir, settings_for(state_dir))
+    done = do_enroll(state, controller, secret, ca_cert, labels, enroll_address)
     print(f"enrolled as {done.host_id} (region {done.region}, ring {done.ring})")
     if done.same_machine_id:
         print(
@@ -164,18 +153,8 @@ def _token(token: str | None, token_file: str | None) -> str:
     return secret
 
 
-def _require_root(command: str) -> None:
-    """Commands that install packages or own the state dir need root: say
-    so in one line (exit 2) rather than failing later on a permission."""
-    if os.geteuid() != 0:
-        raise ConfigError(
-            f"`fleetpatch-agent {command}` must run as root: it changes packages and "
-            f"writes the agent's state dir (try: sudo fleetpatch-agent {command})"
-        )
-
-
 def _agent(state_dir: Path, online: bool = True) -> Agent:
-    return Agent.open(StateDir(state_dir), online=online)
+    return Agent.open(StateDir(state_dir, settings_for(state_dir)), online=online)
 
 
 @app.command()
@@ -189,43 +168,9 @@ def run(
     """Check in with the controller and carry out the work orders it hands
     out: once, or until SIGTERM (as the service does). Orders interrupted by
     a crash or reboot are finished first, offline if need be."""
-    _require_root("run")
-    _setup_logging(verbose)
-    agent = _agent(state_dir)
-    assert agent.client is not None  # noqa: S101 - opened online
-    checkins = CheckIns(
-        agent.config, agent.journal, agent.client, on_order=agent.handle, between=agent.between,
-        on_keys=lambda answer: learn_announced(agent.state, answer), after=agent.write_metrics,
-        renewal=Renewal(agent.state, agent.client),
-    )  # fmt: skip
-    try:
-        agent.resume()
-        if once:
-            report = checkins.once()
-            print(
-                f"checked in as {agent.host_id}: "
-                f"{'inventory sent' if report.inventory_sent else 'inventory unchanged'} "
-                f"({report.package_count} packages), "
-                f"{'healthy' if report.healthy else 'UNHEALTHY'}, "
-                f"next check-in in {report.next_in.total_seconds():.0f}s"
-            )
-            if report.work_order is not None:
-                final = agent.handle(report.work_order)
-                print(f"work order: {final or 'refused'}")
-            agent.report()
-            return
-        stop = threading.Event()
-
-        def on_signal(signum: int, _frame: FrameType | None) -> None:
-            log.info("received %s; stopping after the current step", signal.Signals(signum).name)
-            stop.set()
-
-        signal.signal(signal.SIGTERM, on_signal)
-        signal.signal(signal.SIGINT, on_signal)
-        log.info("agent %s running; controller %s", agent.host_id, agent.client.address)
-        checkins.run(stop)
-    finally:
-        agent.close()
+    # The service's own command line never reaches here (agent.daemon.main
+    # starts the daemon without this CLI); this is for the others.
+    daemon.run(state_dir, once=once, verbose=verbose)
 
 
 @app.command()
@@ -298,7 +243,7 @@ def status(
 ) -> None:
     """This host's enrollment, last check-in, the current work order and the
     history of past ones: each step, what changed, why a revert happened."""
-    state = StateDir(state_dir)
+    state = StateDir(state_dir, settings_for(state_dir))
     config, _ = check_state(state)
     journal = Journal.open(state.journal, must_exist=True)
     try:
@@ -443,7 +388,7 @@ def inventory(json_out: JsonOption = False) -> None:
 def check(state_dir: StateDirOption = DEFAULT_STATE_DIR, json_out: JsonOption = False) -> None:
     """Run this host's health checks (resources and agent.toml [[checks]])
     once; exit 1 when any fails."""
-    state = StateDir(state_dir)
+    state = StateDir(state_dir, settings_for(state_dir))
     config = state.config() if state.config_file.is_file() else None
     limits = config.health if config else ResourceLimits()
     results = resource_checks(limits) + Prober().run_all(config.checks if config else ())
@@ -463,24 +408,6 @@ def check(state_dir: StateDirOption = DEFAULT_STATE_DIR, json_out: JsonOption = 
 
 
 def main() -> None:
-    """Console entry point: one clear line and an exit code for every error."""
-    try:
-        cliapp.run(app, epilog=cliapp.exit_codes_epilog(EXIT_CODES))
-    except AgentError as exc:
-        print(f"fleetpatch-agent: error: {exc}", file=sys.stderr)
-        sys.exit(exc.exit_code)
-    except OSError as exc:
-        # A write outside the journal and the state files (which name
-        # their file themselves): a package cache, say. Only where the
-        # filesystem is the cause; anything else is a bug and shows its
-        # traceback.
-        if exc.errno not in STORAGE_ERRNOS or exc.filename is None:
-            raise
-        error = storage_error(Path(exc.filename), exc) or StateDirError(str(exc))
-        print(f"fleetpatch-agent: error: {error}", file=sys.stderr)
-        sys.exit(error.exit_code)
-    except HandOver as exc:
-        # Not an error: a new version of the agent is installed and carries
-        # on (systemd starts it: the package's restart, or Restart=always).
-        print(f"fleetpatch-agent: {exc}", file=sys.stderr)
-        sys.exit(0)
+    """The full CLI (every verb, --help): one clear line and an exit code for
+    every error. The console script enters at agent.daemon.main."""
+    daemon.exit_on_error(lambda: cliapp.run(app, epilog=cliapp.exit_codes_epilog(EXIT_CODES)))

@@ -22,9 +22,11 @@ import dataclasses
 import json
 import os
 import tomllib
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 from cryptography import x509
 from cryptography.exceptions import UnsupportedAlgorithm
@@ -33,6 +35,7 @@ from fleetpatch import catrust
 from fleetpatch.atomicfile import write_atomic
 from fleetpatch.identity import Identity, Role, identity_from_certificate
 from fleetpatch.tomltable import Table, TableError
+from fleetpatch.tomltable import overlay as overlay_toml
 
 from agent.errors import ConfigError, NotEnrolled, StateDirError, storage_error
 from agent.host.checks import CheckSpec, check_from_table
@@ -40,6 +43,13 @@ from agent.host.health import ResourceLimits
 from agent.orders.policy import Policy, policy_from_table
 
 DEFAULT_STATE_DIR = Path("/var/lib/fleetpatch/agent")
+#: The administrator's settings of a packaged agent (a conffile of the
+#: fleetpatch-agent package): keys set here override those of the state
+#: dir's agent.toml, table by table and key by key; [controller] stays the
+#: enrollment's. Read for the default state dir, or wherever SETTINGS_ENV
+#: points (`settings_for`).
+SETTINGS_FILE = Path("/etc/fleetpatch/agent.toml")
+SETTINGS_ENV = "FLEETPATCH_AGENT_SETTINGS"
 RESTORE = "restore it from a backup, or enroll this host again into an empty state dir"
 
 
@@ -185,9 +195,21 @@ class KeyStatus:
         return why
 
 
+def settings_for(state_dir: Path, environ: Mapping[str, str] | None = None) -> Path | None:
+    """The settings file that goes with state_dir: $FLEETPATCH_AGENT_SETTINGS
+    if set, else /etc/fleetpatch/agent.toml for the default state dir (the
+    packaged agent), else none (a state dir of its own, a test's)."""
+    named = (os.environ if environ is None else environ).get(SETTINGS_ENV, "")
+    if named:
+        return Path(named)
+    return SETTINGS_FILE if state_dir == DEFAULT_STATE_DIR else None
+
+
 @dataclass(frozen=True)
 class StateDir:
     path: Path
+    #: The administrator's settings over agent.toml (SETTINGS_FILE); None: none.
+    settings: Path | None = None
 
     @property
     def config_file(self) -> Path:
@@ -380,10 +402,34 @@ class StateDir:
             doc = tomllib.loads(self.read(self.config_file).decode())
         except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
             raise ConfigError(f"{self.config_file}: {exc}") from None
+        where = str(self.config_file)
+        overlay = self._settings()
+        if overlay:
+            assert self.settings is not None  # noqa: S101 - _settings read it
+            doc = overlay_toml(doc, overlay)
+            where = f"{self.config_file} with {self.settings}"
         try:
-            return _read_config(Table(doc, "", str(self.config_file)))
+            return _read_config(Table(doc, "", where))
         except TableError as exc:
             raise ConfigError(str(exc)) from None
+
+    def _settings(self) -> dict[str, Any]:
+        """The settings file's tables ({} when there is none); ConfigError
+        naming it when it cannot be read or sets [controller]."""
+        if self.settings is None or not self.settings.exists():
+            return {}
+        try:
+            doc = tomllib.loads(self.settings.read_text())
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"{self.settings}: {exc}") from None
+        except OSError as exc:
+            raise ConfigError(f"cannot read {self.settings}: {exc.strerror}") from None
+        if "controller" in doc:
+            raise ConfigError(
+                f"{self.settings}: [controller] belongs to the enrollment, in {self.config_file} "
+                "(written by `fleetpatch-agent enroll`); set the other tables here"
+            )
+        return doc
 
     def trusted_signing_keys(self) -> dict[str, bytes]:
         """The signing keys orders may carry; ConfigError naming the file

@@ -28,14 +28,34 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 from fleetpatch.atomicfile import write_atomic
 from fleetpatch.durations import format_duration, parse_duration
+from fleetpatch.tomltable import overlay
 
 from controller.errors import DataDirError, UsageError
 from controller.vulns import DEFAULT_GRACE
 
 DEFAULT_DATA_DIR = Path("/var/lib/fleetpatch/controller")
+#: The administrator's settings of a packaged controller (a conffile of the
+#: fleetpatch-controller package): keys set here override those of the data
+#: dir's controller.toml (written by `controller init`), table by table and
+#: key by key. Read for the default data dir, or wherever SETTINGS_ENV points.
+SETTINGS_FILE = Path("/etc/fleetpatch/controller.toml")
+SETTINGS_ENV = "FLEETPATCH_CONTROLLER_SETTINGS"
+
+
+def settings_for(data_dir: Path, environ: Mapping[str, str] | None = None) -> Path | None:
+    """The settings file that goes with data_dir: $FLEETPATCH_CONTROLLER_SETTINGS
+    if set, else /etc/fleetpatch/controller.toml for the default data dir
+    (the packaged controller), else none."""
+    named = (os.environ if environ is None else environ).get(SETTINGS_ENV, "")
+    if named:
+        return Path(named)
+    return SETTINGS_FILE if data_dir == DEFAULT_DATA_DIR else None
+
+
 DEFAULT_PORT = 7443
 # The tables of controller.toml ([[webhooks]] is an array of them).
 TABLES = {
@@ -130,6 +150,13 @@ def join_address(host: str, port: int) -> str:
 @dataclass(frozen=True)
 class DataDir:
     path: Path
+    #: The administrator's settings over controller.toml (SETTINGS_FILE).
+    settings_file: Path | None = None
+
+    @classmethod
+    def at(cls, path: Path) -> DataDir:
+        """The data dir at path, with the settings file that goes with it."""
+        return cls(path, settings_for(path))
 
     @property
     def ca_cert(self) -> Path:
@@ -231,56 +258,81 @@ class DataDir:
         """Settings and state an admin group may read, nobody else."""
         write_atomic(path, data, mode=0o640)
 
-    def settings(self) -> Settings:
-        """Read controller.toml; raises UsageError naming the bad field."""
+    def _document(self) -> tuple[dict[str, Any], Path | str]:
+        """controller.toml with the administrator's settings over it, and
+        what errors name: both files when the administrator's took part."""
         try:
             doc = tomllib.loads(self.read(self.config).decode())
         except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
             raise UsageError(f"{self.config}: {exc}") from None
+        admin = self._admin_settings()
+        if not admin:
+            return doc, self.config
+        return overlay(doc, admin), f"{self.config} with {self.settings_file}"
+
+    def _admin_settings(self) -> dict[str, Any]:
+        """The settings file's tables ({} when there is none); UsageError
+        naming it when it cannot be read or names an unknown table."""
+        if self.settings_file is None or not self.settings_file.exists():
+            return {}
+        try:
+            over = tomllib.loads(self.settings_file.read_text())
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+            raise UsageError(f"{self.settings_file}: {exc}") from None
+        except OSError as exc:
+            raise UsageError(f"cannot read {self.settings_file}: {exc.strerror}") from None
+        unknown = set(over) - TABLES
+        if unknown:
+            raise UsageError(f"{self.settings_file}: unknown table [{sorted(unknown)[0]}]")
+        return over
+
+    def settings(self) -> Settings:
+        """Read controller.toml; raises UsageError naming the bad field."""
+        doc, where = self._document()
         unknown = set(doc) - TABLES
         if unknown:
-            raise UsageError(f"{self.config}: unknown table [{sorted(unknown)[0]}]")
-        server = _table(doc, "server", {"listen", "enroll_listen", "advertise"}, self.config)
-        checkin = _table(doc, "checkin", {"interval", "jitter", "max_batch"}, self.config)
-        listen = _address(server, "listen", f"0.0.0.0:{DEFAULT_PORT}", self.config)
-        enroll = _address(server, "enroll_listen", "", self.config)
+            raise UsageError(f"{where}: unknown table [{sorted(unknown)[0]}]")
+        server = _table(doc, "server", {"listen", "enroll_listen", "advertise"}, where)
+        checkin = _table(doc, "checkin", {"interval", "jitter", "max_batch"}, where)
+        listen = _address(server, "listen", f"0.0.0.0:{DEFAULT_PORT}", where)
+        enroll = _address(server, "enroll_listen", "", where)
         try:
             enroll = enroll or default_enroll_address(listen)
         except UsageError as exc:
-            raise UsageError(f"{self.config}: server.listen: {exc}") from None
-        advertise = _address(server, "advertise", listen, self.config)
+            raise UsageError(f"{where}: server.listen: {exc}") from None
+        advertise = _address(server, "advertise", listen, where)
         try:
             interval = parse_duration(str(checkin.get("interval", "5m")))
         except ValueError as exc:
-            raise UsageError(f"{self.config}: checkin.interval: {exc}") from None
+            raise UsageError(f"{where}: checkin.interval: {exc}") from None
         if interval < timedelta(seconds=1):
-            raise UsageError(f"{self.config}: checkin.interval must be at least 1s")
+            raise UsageError(f"{where}: checkin.interval must be at least 1s")
         jitter = checkin.get("jitter", 0.2)
         if isinstance(jitter, bool) or not isinstance(jitter, int | float) or not 0 <= jitter < 1:
-            raise UsageError(f"{self.config}: checkin.jitter must be a number in [0, 1)")
-        tick, second = _campaigns(doc, self.config)
+            raise UsageError(f"{where}: checkin.jitter must be a number in [0, 1)")
+        tick, second = _campaigns(doc, where)
         max_batch = checkin.get("max_batch", 1000)
         if isinstance(max_batch, bool) or not isinstance(max_batch, int) or max_batch < 1:
-            raise UsageError(f"{self.config}: checkin.max_batch must be a whole number >= 1")
-        releases = _table(doc, "releases", {"public_key"}, self.config)
+            raise UsageError(f"{where}: checkin.max_batch must be a whole number >= 1")
+        releases = _table(doc, "releases", {"public_key"}, where)
         public_key = releases.get("public_key", "")
         if not isinstance(public_key, str):
-            raise UsageError(f"{self.config}: releases.public_key must be a path (a string)")
-        enrollment = _table(doc, "enrollment", {"pending_timeout"}, self.config)
-        pending = _duration(enrollment, "enrollment", "pending_timeout", "1h", self.config)
-        audit = _table(doc, "audit", {"refusal_window", "checkpoint_interval"}, self.config)
-        refusal_window = _duration(audit, "audit", "refusal_window", "10m", self.config)
-        checkpoints = _duration(audit, "audit", "checkpoint_interval", "1h", self.config)
-        metrics = _table(doc, "metrics", {"listen"}, self.config)
-        metrics_listen = _address(metrics, "listen", "", self.config, "metrics")
-        host_lifetime, admin_lifetime, grace = _identities(doc, self.config)
-        vulns = _table(doc, "vulns", {"match_interval"}, self.config)
+            raise UsageError(f"{where}: releases.public_key must be a path (a string)")
+        enrollment = _table(doc, "enrollment", {"pending_timeout"}, where)
+        pending = _duration(enrollment, "enrollment", "pending_timeout", "1h", where)
+        audit = _table(doc, "audit", {"refusal_window", "checkpoint_interval"}, where)
+        refusal_window = _duration(audit, "audit", "refusal_window", "10m", where)
+        checkpoints = _duration(audit, "audit", "checkpoint_interval", "1h", where)
+        metrics = _table(doc, "metrics", {"listen"}, where)
+        metrics_listen = _address(metrics, "listen", "", where, "metrics")
+        host_lifetime, admin_lifetime, grace = _identities(doc, where)
+        vulns = _table(doc, "vulns", {"match_interval"}, where)
         return Settings(
             listen, enroll, advertise, interval, float(jitter), tick, max_batch,
             self.path / public_key if public_key else None, pending, refusal_window, checkpoints,
-            metrics_listen, _webhooks(doc, self.path, self.config), host_lifetime, grace,
-            vuln_match_interval=_duration(vulns, "vulns", "match_interval", "1m", self.config),
-            compliance_grace=_compliance(doc, self.config),
+            metrics_listen, _webhooks(doc, self.path, where), host_lifetime, grace,
+            vuln_match_interval=_duration(vulns, "vulns", "match_interval", "1m", where),
+            compliance_grace=_compliance(doc, where),
             admin_certificate_lifetime=admin_lifetime, require_second_approver=second,
         )  # fmt: skip
 
@@ -299,7 +351,7 @@ class DataDir:
 
 
 def _address(
-    table: dict[str, object], key: str, default: str, path: Path, name: str = "server"
+    table: dict[str, object], key: str, default: str, path: Path | str, name: str = "server"
 ) -> str:
     value = table.get(key, default)
     if not isinstance(value, str):
@@ -312,7 +364,7 @@ def _address(
     return value
 
 
-def _webhooks(doc: dict[str, object], root: Path, path: Path) -> tuple[WebhookSetting, ...]:
+def _webhooks(doc: dict[str, object], root: Path, path: Path | str) -> tuple[WebhookSetting, ...]:
     """[[webhooks]]: each a name, an http(s) URL and a secret file (relative
     to the data dir unless absolute); raises UsageError naming the field."""
     hooks = doc.get("webhooks", [])
@@ -338,7 +390,7 @@ def _webhooks(doc: dict[str, object], root: Path, path: Path) -> tuple[WebhookSe
     return tuple(found)
 
 
-def _campaigns(doc: dict[str, object], path: Path) -> tuple[timedelta, bool]:
+def _campaigns(doc: dict[str, object], path: Path | str) -> tuple[timedelta, bool]:
     """[campaigns] tick and require_second_approver."""
     campaigns = _table(doc, "campaigns", {"tick", "require_second_approver"}, path)
     second = campaigns.get("require_second_approver", False)
@@ -347,7 +399,7 @@ def _campaigns(doc: dict[str, object], path: Path) -> tuple[timedelta, bool]:
     return _duration(campaigns, "campaigns", "tick", "10s", path), second
 
 
-def _identities(doc: dict[str, object], path: Path) -> tuple[timedelta, timedelta, timedelta]:
+def _identities(doc: dict[str, object], path: Path | str) -> tuple[timedelta, timedelta, timedelta]:
     """[certificates] host_lifetime and admin_lifetime, [signing] old_key_grace."""
     certificates = _table(doc, "certificates", {"host_lifetime", "admin_lifetime"}, path)
     host_lifetime = _duration(certificates, "certificates", "host_lifetime", "90d", path)
@@ -356,7 +408,7 @@ def _identities(doc: dict[str, object], path: Path) -> tuple[timedelta, timedelt
     return host_lifetime, admin_lifetime, _duration(signing, "signing", "old_key_grace", "7d", path)
 
 
-def _compliance(doc: dict[str, object], path: Path) -> dict[str, timedelta]:
+def _compliance(doc: dict[str, object], path: Path | str) -> dict[str, timedelta]:
     """[compliance]: the grace period of each severity."""
     table = _table(doc, "compliance", set(DEFAULT_GRACE), path)
     return {
@@ -365,7 +417,9 @@ def _compliance(doc: dict[str, object], path: Path) -> dict[str, timedelta]:
     }
 
 
-def _duration(table: dict[str, object], name: str, key: str, default: str, path: Path) -> timedelta:
+def _duration(
+    table: dict[str, object], name: str, key: str, default: str, path: Path | str
+) -> timedelta:
     """A duration of at least 1s from ``[name] key``; raises UsageError naming it."""
     try:
         value = parse_duration(str(table.get(key, default)))
@@ -376,7 +430,9 @@ def _duration(table: dict[str, object], name: str, key: str, default: str, path:
     return value
 
 
-def _table(doc: dict[str, object], name: str, keys: set[str], path: Path) -> dict[str, object]:
+def _table(
+    doc: dict[str, object], name: str, keys: set[str], path: Path | str
+) -> dict[str, object]:
     table = doc.get(name, {})
     if not isinstance(table, dict):
         raise UsageError(f"{path}: [{name}] must be a table")

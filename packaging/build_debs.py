@@ -7,11 +7,22 @@
 
 Each package is self-contained: a virtual environment of its own under
 /opt/fleetpatch/agent or /opt/fleetpatch/controller, made with the host's
-/usr/bin/python3 and holding fleetpatch and every Python dependency, so the
-host's Python packages are neither used nor touched. /usr/bin/fleetpatch-agent
-(or /usr/bin/fleetpatch, /usr/bin/fleetpatch-sim) is a symlink to the venv's
-console script; the systemd unit, the maintainer scripts (packaging/debian/)
-and an environment file under /etc/fleetpatch complete it.
+/usr/bin/python3, so the host's Python packages are neither used nor
+touched. /usr/bin/fleetpatch-agent (or /usr/bin/fleetpatch,
+/usr/bin/fleetpatch-sim) is a symlink to the venv's console script; the
+systemd unit, the maintainer scripts (packaging/debian/) and an environment
+file under /etc/fleetpatch complete it.
+
+Lean: each venv holds only what its code imports (packaging/venvprune.py):
+fleetpatch-agent the `agent` and `fleetpatch` import packages and the
+libraries they import, with what those require; fleetpatch-controller the
+controller, the admin CLI and the simulator (which runs the agent's code).
+No pip, no test or development tools, no activate scripts, no bytecode: the
+postinst compiles it with the package's interpreter and the prerm removes
+it. Shared objects are stripped. Each package has a changelog (Debian
+format, gzip -9n, packaging/debian/changelog), a machine-readable copyright,
+manual pages made from its CLIs' --help (packaging/manpage.py), and lintian
+overrides, each with its reason (packaging/debian/*/lintian-overrides).
 
 How the venv gets to its final path
 -----------------------------------
@@ -37,11 +48,11 @@ What else makes the rewrite safe: the venv is made `--without-pip` by the
 target interpreter and filled by the build environment's pip running
 *under* that interpreter (`pip --python`), so wheels are chosen for it;
 dependencies must be wheels (`--only-binary :all:`: nothing is compiled
-with the staging path baked in); bytecode is compiled after the rewrite
-with the final path as its file name (`compileall -s STAGE -p /`), so
-tracebacks name real files and the read-only /opt of the sandboxed
-controller never needs a __pycache__ write; pip's `direct_url.json`, which
-records the temporary wheel path, is dropped.
+with the staging path baked in); bytecode is never made in the staging
+tree (it is compiled on the host, at its final path, by the postinst, so
+the read-only /opt of the sandboxed controller never needs a __pycache__
+write); pip's `direct_url.json`, which records the temporary wheel path,
+is dropped.
 
 Versions and dependencies
 -------------------------
@@ -73,6 +84,7 @@ backend and the dependencies not already cached.
 from __future__ import annotations
 
 import argparse
+import gzip
 import hashlib
 import importlib.metadata
 import os
@@ -81,12 +93,18 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 import tomllib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
 
 from fleetpatch import debversion
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # its sibling modules, imported too
+import rpmpkg  # after the path above
+import venvprune
 
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGING = ROOT / "packaging"
@@ -128,6 +146,11 @@ class Package:
     description: str
     commands: tuple[str, ...]  # console scripts linked into /usr/bin
     depends: tuple[str, ...] = ()
+    #: fleetpatch's import packages this package carries: what it runs, and
+    #: what decides (by their imports) which libraries it carries.
+    modules: tuple[str, ...] = ("agent", "controller", "simulator", "fleetpatch")
+    #: CLI modules (import name: console script) whose --help makes a manual page.
+    manuals: tuple[tuple[str, str], ...] = ()
 
     @property
     def venv(self) -> PurePosixPath:
@@ -157,6 +180,8 @@ PACKAGES: dict[str, Package] = {
             ("fleetpatch-agent",),
             # dpkg-repack: the agent keeps a copy of every package it replaces.
             ("dpkg-repack",),
+            modules=("agent", "fleetpatch"),
+            manuals=(("agent.cli", "fleetpatch-agent"),),
         ),
         Package(
             "controller",
@@ -170,6 +195,7 @@ PACKAGES: dict[str, Package] = {
             "`fleetpatch-sim` fleet simulator.",
             ("fleetpatch", "fleetpatch-sim"),
             ("adduser",),
+            manuals=(("controller.cli.main", "fleetpatch"), ("simulator.cli", "fleetpatch-sim")),
         ),
     )
 }
@@ -337,7 +363,7 @@ def stage_venv(build: Build, package: Package, wheel: Path, stage: Path) -> None
         timeout=1200,
     )  # fmt: skip
     relocate(venv, package.venv)
-    run([staged_python, "-m", "compileall", "-q", "-j", "0", "-s", stage, "-p", "/", venv / "lib"])
+    lean_venv(build, package, venv)
     leaks = files_containing(stage, str(build.work).encode())
     if leaks:
         shown = ", ".join(str(p.relative_to(stage)) for p in leaks[:5])
@@ -345,6 +371,36 @@ def stage_venv(build: Build, package: Package, wheel: Path, stage: Path) -> None
             f"{package.name}: {len(leaks)} file(s) still name the build directory "
             f"{build.work} after relocation: {shown}"
         )
+
+
+def lean_venv(build: Build, package: Package, venv: Path) -> None:
+    """Keep in venv only what package's code imports (packaging/venvprune.py),
+    no activate scripts or foreign console scripts, stripped objects. No
+    bytecode: the postinst compiles it and the prerm removes it."""
+    sources = [build.work / "src" / SOURCE_OF[m] for m in package.modules]
+    (site,) = venv.glob("lib/python3*/site-packages")
+    dists = venvprune.installed(site)
+    keep = venvprune.needed(dists, venvprune.imported_names(sources), "fleetpatch")
+    removed = venvprune.prune(venv, "fleetpatch", set(package.modules), keep)
+    venvprune.drop_extras(venv, package.commands)
+    stripped = venvprune.strip_objects(venv)
+    venvprune.fix_modes(venv)
+    say(
+        f"{package.name}: {len(keep)} libraries kept ({', '.join(sorted(keep))}); "
+        f"{len(removed)} removed; {stripped} shared objects stripped"
+    )
+    stale = [p for p in venv.rglob("*") if p.name == "__pycache__" or p.suffix == ".pyc"]
+    if stale:
+        raise BuildError(f"{package.name}: bytecode in the venv: {stale[0]}")
+
+
+#: Where each import package's sources are in the copied tree.
+SOURCE_OF = {
+    "agent": "agent",
+    "controller": "controller",
+    "simulator": "simulator",
+    "fleetpatch": "proto/fleetpatch",
+}
 
 
 def relocate(venv: Path, final: PurePosixPath) -> None:
@@ -404,10 +460,15 @@ def glibc_floor(venv: Path) -> tuple[int, int] | None:
 # -- the package ---------------------------------------------------------------
 
 
+def python_minor(python: Path) -> tuple[int, int]:
+    """(major, minor) of the target interpreter."""
+    out = run([python, "-c", "import sys; print(*sys.version_info[:2])"]).split()
+    return int(out[0]), int(out[1])
+
+
 def python_depends(python: Path) -> list[str]:
     """python3 (>= X.Y), python3 (<< X.Y+1) for the target interpreter."""
-    out = run([python, "-c", "import sys; print(*sys.version_info[:2])"]).split()
-    major, minor = int(out[0]), int(out[1])
+    major, minor = python_minor(python)
     return [f"python3 (>= {major}.{minor})", f"python3 (<< {major}.{minor + 1})"]
 
 
@@ -426,9 +487,21 @@ def stage_package(build: Build, package: Package, stage: Path) -> None:
 
     put(f"/lib/systemd/system/{package.unit}", (PACKAGING / "systemd" / package.unit).read_bytes())
     put(package.env_file, (debian_src / package.env_file.name).read_bytes())
+    conffiles = [str(package.env_file)]
+    settings = debian_src / f"{package.short}.toml"  # the administrator's settings
+    if settings.exists():
+        put(f"/etc/fleetpatch/{settings.name}", settings.read_bytes())
+        conffiles.append(f"/etc/fleetpatch/{settings.name}")
     doc = PurePosixPath("/usr/share/doc") / package.name
     put(doc / "copyright", (PACKAGING / "debian/copyright").read_bytes())
     put(doc / "README.md", (PACKAGING / "README.md").read_bytes())
+    changelog, date = changelog_for(build.version)
+    put(doc / "changelog.gz", gzip_n(changelog.encode()))
+    overrides = debian_src / "lintian-overrides"
+    put(f"/usr/share/lintian/overrides/{package.name}", overrides.read_bytes())
+    for module, prog in package.manuals:
+        page = manual(build, package, stage, module, prog, date)
+        put(f"/usr/share/man/man1/{prog}.1.gz", gzip_n(page))
     if package.short == "controller":
         # Monitoring to copy into Prometheus and Grafana (README "Metrics").
         for source in (*sorted((PACKAGING / "prometheus").glob("*.yml")),
@@ -445,14 +518,16 @@ def stage_package(build: Build, package: Package, stage: Path) -> None:
     control_dir.mkdir(mode=0o755)
     for name in ("postinst", "prerm", "postrm"):
         put(f"/DEBIAN/{name}", (debian_src / name).read_bytes(), 0o755)
-    put("/DEBIAN/conffiles", f"{package.env_file}\n".encode())
-    put("/DEBIAN/md5sums", _md5sums(stage, {str(package.env_file)}).encode())
+    put("/DEBIAN/conffiles", "".join(f"{c}\n" for c in conffiles).encode())
+    put("/DEBIAN/md5sums", _md5sums(stage, set(conffiles)).encode())
 
     depends = python_depends(build.python)
     floor = glibc_floor(stage / str(package.venv).lstrip("/"))
     if floor is not None:
         depends.append(f"libc6 (>= {floor[0]}.{floor[1]})")
-    depends += ["init-system-helpers (>= 1.54~)", *package.depends]
+    # tzdata: zoneinfo's database (maintenance windows in named zones); the
+    # venv does not carry the tzdata wheel (packaging/venvprune.py).
+    depends += ["init-system-helpers (>= 1.54~)", "tzdata", *package.depends]
     fields = {
         "Package": package.name,
         "Version": debian_version(build.version),
@@ -468,6 +543,50 @@ def stage_package(build: Build, package: Package, stage: Path) -> None:
     lines.append(f"Description: {package.summary}")
     lines += [f" {line}" for line in package.description.splitlines()]
     put("/DEBIAN/control", ("\n".join(lines) + "\n").encode())
+
+
+def gzip_n(data: bytes) -> bytes:
+    """gzip -9n: best compression, no name or time stamp (reproducible)."""
+    return gzip.compress(data, compresslevel=9, mtime=0)
+
+
+def changelog_for(version: str) -> tuple[str, str]:
+    """packaging/debian/changelog for a build of `version`, and the date of
+    its newest entry for the manual pages (e.g. "2026-12-01"). A version the
+    changelog does not start with (a test's or a CI's --version build) gets
+    an entry of its own on top, so the package's changelog always names it."""
+    text = (PACKAGING / "debian/changelog").read_text()
+    deb = debian_version(version)
+    top = re.match(r"fleetpatch \(([^)]+)\)", text)
+    if top is None:
+        raise BuildError("packaging/debian/changelog does not start with a fleetpatch entry")
+    if top.group(1) != deb:
+        stamp = datetime.fromtimestamp(
+            int(os.environ.get("SOURCE_DATE_EPOCH", time.time())), UTC
+        ).strftime("%a, %d %b %Y %H:%M:%S +0000")
+        entry = (
+            f"fleetpatch ({deb}) unstable; urgency=medium\n\n"
+            f"  * Build of version {version} (build_debs.py --version).\n\n"
+            f" -- {MAINTAINER}  {stamp}\n\n"
+        )
+        text = entry + text
+    dates = re.findall(r"^ -- .+?  (.+)$", text, re.MULTILINE)
+    date = datetime.strptime(dates[0], "%a, %d %b %Y %H:%M:%S %z").strftime("%Y-%m-%d")
+    return text, date
+
+
+def manual(build: Build, package: Package, stage: Path, module: str, prog: str, date: str) -> bytes:
+    """The manual page of one CLI, from its --help as the package's own
+    interpreter prints it (packaging/manpage.py)."""
+    python = stage / str(package.venv).lstrip("/") / "bin/python"
+    summary = package.summary.split(" (")[0]
+    if prog == "fleetpatch-sim":
+        summary = "fleetpatch fleet simulator: rehearse campaigns in virtual time"
+    text = run(
+        [python, "-I", "-B", PACKAGING / "manpage.py", module, prog, build.version, date, summary],
+        env={"COLUMNS": "72"},  # inside man's 7-column indent at 80
+    )
+    return text.encode()
 
 
 def _md5sums(stage: Path, conffiles: set[str]) -> str:
@@ -501,6 +620,9 @@ def build_package(build: Build, package: Package, wheel: Path) -> Path:
     stage.mkdir(parents=True, mode=0o755)
     stage_venv(build, package, wheel, stage)
     stage_package(build, package, stage)
+    compiled = [p for p in stage.rglob("*") if p.name == "__pycache__" or p.suffix == ".pyc"]
+    if compiled:
+        raise BuildError(f"{package.name}: bytecode would be shipped: {compiled[0]}")
     deb = build.out / f"{package.name}_{debian_version(build.version)}_{build.arch}.deb"
     say(f"{package.name}: dpkg-deb ({build.compression}) -> {deb}")
     run(
@@ -510,9 +632,30 @@ def build_package(build: Build, package: Package, wheel: Path) -> Path:
     return deb
 
 
+def build_agent_rpm(build: Build) -> Path:
+    """fleetpatch-agent as an RPM, from the agent's staged tree (after
+    build_package staged it): packaging/rpmpkg.py."""
+    reason = rpmpkg.rpm_available()
+    if reason is not None:
+        raise BuildError(f"--rpm: {reason}")
+    agent = PACKAGES["agent"]
+    major, minor = python_minor(build.python)
+    say(f"{agent.name}: rpmbuild")
+    return rpmpkg.build_rpm(
+        stage=build.work / agent.short / "root",
+        out=build.out,
+        version=rpmpkg.rpm_version(debian_version(build.version)),
+        python_abi=f"{major}.{minor}",
+        summary=agent.summary,
+        description=agent.description,
+        run=lambda argv: run(argv, timeout=1200),
+    )
+
+
 def clean_out_dir(out: Path, packages: Sequence[Package]) -> None:
     """Remove older builds of these packages and a stale manifest."""
     stale = [p for pkg in packages for p in out.glob(f"{pkg.name}_*.deb")]
+    stale += [p for pkg in packages for p in out.glob(f"{pkg.name}-*.rpm")]
     stale += [out / "SHA256SUMS", out / "SHA256SUMS.sig"]
     for path in stale:
         if path.exists():
@@ -555,6 +698,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         type=Path,
         help="pip constraints for the dependencies (default: pin the running environment's)",
     )
+    parser.add_argument(
+        "--rpm",
+        action="store_true",
+        help="also build the agent as an RPM (rpmbuild, from Debian's rpm package)",
+    )
     return parser.parse_args(argv)
 
 
@@ -569,6 +717,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             compression=args.compression,
             constraints=args.constraints,
             key=args.key,
+            rpm=args.rpm,
         )
     except BuildError as exc:
         print(f"build_debs: error: {exc}", file=sys.stderr)
@@ -587,8 +736,12 @@ def build_debs(
     compression: str = "xz",
     constraints: Path | None = None,
     key: Path | None = None,
+    rpm: bool = False,
 ) -> list[Path]:
-    """Build `packages` into `out`; returns the .deb paths. Raises BuildError."""
+    """Build `packages` into `out` (and, with rpm, the agent's RPM); returns
+    the package paths. Raises BuildError."""
+    if rpm and PACKAGES["agent"] not in packages:
+        raise BuildError("--rpm builds the agent's RPM: it needs --package agent")
     version = version or project_version()
     debian_version(version)  # refuse an unpackageable version before any work
     if not python.is_file():
@@ -612,6 +765,8 @@ def build_debs(
         wheel = build_wheel(build)
         clean_out_dir(out, packages)
         built = [build_package(build, package, wheel) for package in packages]
+        if rpm:
+            built.append(build_agent_rpm(build))
     if signer is not None and key is not None:
         signer(built, key)
     return built

@@ -26,7 +26,7 @@ from fleetpatch.atomicfile import write_atomic
 from fleetpatch.durations import parse_duration
 
 from .engine import Progress, Settings, Simulation
-from .errors import ScenarioError, SimError
+from .errors import NothingToRehearse, ScenarioError, SimError
 from .expect import check
 from .failures import NO_FAILURES, FailureModel
 from .outcome import Outcome
@@ -211,7 +211,8 @@ def rehearse(
     quiet: QuietOption = False,
 ) -> None:
     """Rehearse a campaign file on the controller's real fleet, before creating it."""
-    from controller.campaigns import parse_campaign
+    from controller.campaigns import HostFacts, is_targeted, parse_campaign
+    from controller.campaigns.advice import advice
 
     from .calibrate import calibrate
     from .inventory import load_real_fleet
@@ -227,6 +228,21 @@ def rehearse(
         raise ScenarioError("--horizon", "must not be shorter than --duration")
     begin = _start(start)
     real = load_real_fleet(data_dir, controller, begin)
+    targeted = sum(
+        1
+        for h in real.hosts
+        if is_targeted(
+            spec, HostFacts(h.host_id, h.region, h.ring, h.labels, h.os_id, h.timezone,
+                            agent_version=h.agent_version),
+        )
+    )  # fmt: skip
+    for line in advice(spec, begin, targeted):
+        print(f"fleetpatch-sim: warning: {line}", file=sys.stderr)
+    if targeted == 0:
+        raise NothingToRehearse(
+            f"nothing to rehearse: {campaign_file} targets none of the {len(real.hosts)} "
+            "enrolled host(s)"
+        )
     if failure_model is not None:
         model = _failure_model(failure_model)
         print(f"failure model: {failure_model} (given, not calibrated)", file=sys.stderr)

@@ -36,5 +36,12 @@ class ScenarioError(SimError):
         super().__init__(f"{where}: {problem}" if where else problem)
 
 
+class NothingToRehearse(SimError):
+    """The campaign targets no host of the fleet: a rehearsal would report
+    100 % coverage of nothing."""
+
+    exit_code = 2
+
+
 class ModelGap(SimError):
     """The agent entered a state the simulator cannot drive."""

@@ -64,7 +64,7 @@ def from_pb(
 def load_real_fleet(data_dir: Path, address: str | None, start: datetime) -> RealFleet:
     """Read the inventory. Raises the admin client's errors (DataDirError,
     ControllerUnavailable, Refused, ...), each with its exit code."""
-    directory = DataDir(data_dir)
+    directory = DataDir.at(data_dir)
     settings = directory.settings()
     with AdminClient(directory, address) as client:
         hosts = from_pb(client.iter_hosts(), start, settings.checkin_interval)

@@ -27,21 +27,19 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, TypeVar, cast
 
-from sqlite_utils import Database
-from sqlite_utils.migrations import Migrations
-
 from agent.errors import StateDirError, storage_error
+from agent.orders.sqlschema import Migrations, atomic
 
 migrations = Migrations("fleetpatch.agent")
 
 
 @migrations(name="0001_meta")
-def _meta(db: Database) -> None:
+def _meta(db: sqlite3.Connection) -> None:
     db.execute("CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
 
 
 @migrations(name="0002_orders")
-def _orders(db: Database) -> None:
+def _orders(db: sqlite3.Connection) -> None:
     db.execute(
         """CREATE TABLE orders (
             order_id     TEXT PRIMARY KEY,
@@ -89,14 +87,14 @@ def _orders(db: Database) -> None:
 
 
 @migrations(name="0003_dropped_reports")
-def _dropped(db: Database) -> None:
+def _dropped(db: sqlite3.Connection) -> None:
     # A report the controller rejected as invalid is taken out of the queue
     # (so it never blocks the reports behind it), with why, never deleted.
     db.execute("ALTER TABLE reports ADD COLUMN dropped TEXT")
 
 
 @migrations(name="0004_restarts")
-def _restarts(db: Database) -> None:
+def _restarts(db: sqlite3.Connection) -> None:
     # A restart is written before it is asked for and its result after: a
     # crash between restarts leaves the journal saying which were begun.
     db.execute(
@@ -232,7 +230,6 @@ def _journal_error(path: Path, exc: sqlite3.DatabaseError | OSError) -> StateDir
 class Journal:
     def __init__(self, conn: sqlite3.Connection, path: Path) -> None:
         self._conn = conn
-        self._db = Database(conn)
         self.path = path
 
     @classmethod
@@ -258,7 +255,7 @@ class Journal:
             conn.execute("PRAGMA synchronous=FULL")  # the journal is the host's memory
             conn.execute("PRAGMA busy_timeout=5000")
             journal = cls(conn, path)
-            migrations.apply(journal._db)
+            migrations.apply(conn)
         except (sqlite3.DatabaseError, OSError) as exc:
             # A damaged file, a read-only or full state dir: say which file
             # and why, once, instead of a traceback.
@@ -275,7 +272,7 @@ class Journal:
 
     @_guarded
     def _set(self, **values: str) -> None:
-        with self._db.atomic():
+        with atomic(self._conn):
             self._conn.executemany(
                 "INSERT INTO meta (key, value) VALUES (?, ?)"
                 " ON CONFLICT (key) DO UPDATE SET value = excluded.value",
@@ -356,7 +353,7 @@ class Journal:
         """Record a verified order as RECEIVED and raise the sequence floor,
         atomically: a replay of it is refused from now on, crash or not."""
         now = _now()
-        with self._db.atomic():
+        with atomic(self._conn):
             if sequence <= self.highest_sequence():
                 raise ValueError(f"sequence {sequence} is not above the highest accepted")
             self._conn.execute(
@@ -399,7 +396,7 @@ class Journal:
         if set(columns) - allowed:
             raise ValueError(f"unknown order columns {sorted(set(columns) - allowed)}")
         sets = "".join(f", {name} = ?" for name in columns)
-        with self._db.atomic():
+        with atomic(self._conn):
             self._conn.execute(
                 f"UPDATE orders SET state = ?, detail = ?, updated_at = ?{sets}"  # noqa: S608
                 " WHERE order_id = ?",
@@ -449,7 +446,7 @@ class Journal:
     @_guarded
     def refuse(self, order_id: str, reason: str, detail: str, make_report: MakeReport) -> None:
         now = _now()
-        with self._db.atomic():
+        with atomic(self._conn):
             cur = self._conn.execute(
                 "INSERT INTO refusals (at, order_id, reason, detail) VALUES (?,?,?,?)",
                 (now, order_id, reason, detail),
@@ -482,7 +479,7 @@ class Journal:
     @_guarded
     def drop_report(self, key: str, why: str) -> None:
         """Take a report the controller rejects out of the queue, noting why."""
-        with self._db.atomic():
+        with atomic(self._conn):
             self._conn.execute(
                 "UPDATE reports SET dropped = ? WHERE key = ? AND acked_at IS NULL",
                 (f"{_now()} {why}", key),
@@ -499,7 +496,7 @@ class Journal:
     @_guarded
     def ack_reports(self, keys: list[str]) -> None:
         now = _now()
-        with self._db.atomic():
+        with atomic(self._conn):
             self._conn.executemany(
                 "UPDATE reports SET acked_at = ? WHERE key = ? AND acked_at IS NULL",
                 [(now, k) for k in keys],
@@ -508,7 +505,7 @@ class Journal:
     @_guarded
     def restart_begun(self, order_id: str, phase: str, unit: str) -> int:
         """Record that ``unit`` is about to be restarted; returns the row id."""
-        with self._db.atomic():
+        with atomic(self._conn):
             cur = self._conn.execute(
                 "INSERT INTO restarts (order_id, phase, unit, begun_at) VALUES (?,?,?,?)",
                 (order_id, phase, unit, _now()),
@@ -517,7 +514,7 @@ class Journal:
 
     @_guarded
     def restart_done(self, row: int, result: str) -> None:
-        with self._db.atomic():
+        with atomic(self._conn):
             self._conn.execute("UPDATE restarts SET result = ? WHERE id = ?", (result, row))
 
     @_guarded

@@ -38,6 +38,7 @@ import hashlib
 import logging
 import re
 import shutil
+import time
 from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -73,6 +74,8 @@ SPACE_FACTOR = 3
 #: How often, and how far apart, the watchdog tries its restore.
 RESTORE_ATTEMPTS = 10
 RESTORE_RETRY_SECONDS = 20
+#: How long disarming waits for a restore that is still running to finish.
+DPKG_WAIT_SECONDS = 300
 
 
 class HandOver(Exception):
@@ -113,9 +116,15 @@ class SystemdWatchdog:
     lock). RemainAfterExit keeps the service loaded after it ran, so
     `disarm` can tell whether it did."""
 
-    def __init__(self, run: Callable[..., subp.Result] = subp.run, dpkg: str = "/usr/bin/dpkg"):
+    def __init__(
+        self,
+        run: Callable[..., subp.Result] = subp.run,
+        dpkg: str = "/usr/bin/dpkg",
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
         self._run = run
         self._dpkg = dpkg
+        self._sleep = sleep
 
     def unavailable(self) -> str | None:
         if not Path("/run/systemd/system").is_dir():
@@ -149,8 +158,16 @@ class SystemdWatchdog:
         self._run(["systemctl", "stop", f"{name}.timer"], check=False, timeout=60)
         shown = self._show(name)
         started = shown.get("ExecMainStartTimestampMonotonic", "0") not in ("", "0")
-        if shown.get("ActiveState") != "activating":  # never stop a running dpkg
-            self._clear(name)
+        # A restore still running (dpkg, its maintainer scripts, then its
+        # triggers, man-db's among them: the restored agent can be started
+        # before dpkg is done) is waited for, never stopped halfway, then
+        # cleared; one still running after DPKG_WAIT_SECONDS is left alone.
+        for _ in range(DPKG_WAIT_SECONDS):
+            if shown.get("ActiveState") != "activating":
+                self._clear(name)
+                break
+            self._sleep(1.0)
+            shown = self._show(name)
         return not started
 
     def _show(self, name: str) -> dict[str, str]:

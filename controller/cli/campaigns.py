@@ -19,6 +19,7 @@ from fleetpatch.v1 import admin_pb2
 
 from controller.api import convert
 from controller.campaigns import CampaignError, CampaignSpec, parse_campaign
+from controller.campaigns.advice import advice
 from controller.checkpoint import CheckpointError
 from controller.checkpoint import parse as parse_checkpoint
 from controller.cli import jsondoc
@@ -77,6 +78,8 @@ def create(
         f"approve it with: fleetpatch campaign approve {campaign.campaign_id}",
         file=sys.stderr,
     )
+    for line in advice(spec, datetime.now(UTC), targeted):
+        print(f"fleetpatch: warning: {line}", file=sys.stderr)
     print(campaign.campaign_id)
 
 

@@ -34,6 +34,6 @@ JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON instead of 
 def client(data_dir: Path, controller: str | None) -> AdminClient:
     """The admin connection for a data dir (address overridable); the
     admin certificate is renewed first when it is due."""
-    connection = AdminClient(DataDir(data_dir), controller)
-    renew_if_due(connection, DataDir(data_dir))
+    connection = AdminClient(DataDir.at(data_dir), controller)
+    renew_if_due(connection, DataDir.at(data_dir))
     return connection

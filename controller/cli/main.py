@@ -107,7 +107,7 @@ def controller_serve(
     from controller.api.server import serve
 
     _setup_logging(log_level)
-    asyncio.run(serve(DataDir(data_dir), listen, enroll_listen))
+    asyncio.run(serve(DataDir.at(data_dir), listen, enroll_listen))
 
 
 @controller_app.command("rotate-key")
@@ -125,7 +125,7 @@ def controller_rotate_key(
     """Make a new work-order signing key, endorsed by the current one. Restart
     `serve` to sign with it; agents learn it at their next check-in, and stop
     trusting the old key `signing.old_key_grace` after that restart."""
-    old, new = rotate(DataDir(data_dir), datetime.now(UTC), revoke_old)
+    old, new = rotate(DataDir.at(data_dir), datetime.now(UTC), revoke_old)
     if revoke_old:
         print(f"signing key {old} revoked; new key {new}, endorsed by {old}")
         print("agents refuse the revoked key from their next check-in")

@@ -35,6 +35,21 @@ _TOML_TYPES: tuple[tuple[type, str], ...] = (
 )
 
 
+def overlay(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    """A TOML document with another's keys on top: a table's keys one by
+    one, anything else (a value, an array of tables) as a whole. How an
+    administrator's settings file in /etc/fleetpatch overrides the one a
+    command wrote into the state or data dir."""
+    merged = dict(base)
+    for key, value in over.items():
+        below = merged.get(key)
+        if isinstance(value, dict) and isinstance(below, dict):
+            merged[key] = {**below, **value}
+        else:
+            merged[key] = value
+    return merged
+
+
 def toml_type(value: object) -> str:
     """The TOML name of a parsed value's type (``an integer``, ``a table``)."""
     for kind, name in _TOML_TYPES:

@@ -10,10 +10,12 @@ and the enablement symlinks must still appear (deb-systemd-helper).
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import itertools
 import json
 import os
+import shutil
 import signal
 import subprocess
 import time
@@ -25,6 +27,7 @@ from controller.releases import signed as release
 from tests.support.controller import free_port
 from tests.support.packages import (
     DEB_MOUNT,
+    ROOT,
     SYSTEMD_DIR,
     BuiltDebs,
     Dpkg,
@@ -38,11 +41,12 @@ from tests.support.sandbox import HostSandbox, sandbox_available
 from tests.support.waiting import scaled
 
 WANTS = "/etc/systemd/system/multi-user.target.wants"
-#: What may differ from the machine after a purge: dpkg's own records, and
-#: the `fleetpatch` system user (kept on purge, as Debian packages do).
+#: What may differ from the machine after a purge: dpkg's own records, the
+#: `fleetpatch` system user (kept on purge, as Debian packages do), and
+#: man-db's index (its trigger re-indexes after our manual pages come and go).
 PURGE_LEFTOVERS = (
     "/var/lib/dpkg/", "/var/log/dpkg.log", "/etc/.pwd.lock", "/etc/passwd", "/etc/group",
-    "/etc/shadow", "/etc/gshadow",
+    "/etc/shadow", "/etc/gshadow", "/var/cache/man/",
 )  # fmt: skip
 
 
@@ -205,7 +209,9 @@ def test_packages_hold_unit_links_and_conffile(unpacked):
         for command in commands:
             link = root / "usr/bin" / command
             assert str(link.readlink()) == f"/opt/fleetpatch/{short}/bin/{command}"
-        assert (root / "DEBIAN/conffiles").read_text() == f"/etc/fleetpatch/{short}.env\n"
+        conffiles = (root / "DEBIAN/conffiles").read_text().splitlines()
+        # The environment file, and the administrator's settings.
+        assert conffiles == [f"/etc/fleetpatch/{short}.env", f"/etc/fleetpatch/{short}.toml"]
         assert (root / f"usr/share/doc/fleetpatch-{short}/copyright").is_file()
     shared = unpacked["controller"] / "usr/share/fleetpatch"
     assert sorted(str(p.relative_to(shared)) for p in shared.rglob("*") if p.is_file()) == [
@@ -228,8 +234,132 @@ def test_venvs_name_their_final_path_and_never_the_build_directory(unpacked):
         leaks = build_script().files_containing(root, b"fleetpatch-debs-")
         assert leaks == []
         assert list(venv.glob("lib/python3*/site-packages/*.dist-info/direct_url.json")) == []
-        compiled = list(venv.glob("lib/python3*/site-packages/agent/__pycache__/*.pyc"))
-        assert compiled, "bytecode is compiled at build time"
+        compiled = [p for p in root.rglob("*") if p.name == "__pycache__" or p.suffix == ".pyc"]
+        assert compiled == [], "bytecode is compiled at install, not shipped"
+
+
+def _site(root: Path, short: str) -> Path:
+    (site,) = (root / "opt/fleetpatch" / short).glob("lib/python3*/site-packages")
+    return site
+
+
+def _distributions(site: Path) -> set[str]:
+    return {p.name.split("-")[0].lower().replace("_", "-") for p in site.glob("*.dist-info")}
+
+
+def test_agent_package_carries_the_agent_and_only_what_it_imports(unpacked):
+    site = _site(unpacked["agent"], "agent")
+    assert (site / "agent/cli.py").is_file()
+    assert list(site.glob("fleetpatch/v1/*_pb2.py"))
+    for absent in ("controller", "simulator", "pip", "rich", "pygments", "prometheus_client",
+                   "grpc_health", "tzdata", "_pytest", "mypy", "ruff", "hypothesis"):  # fmt: skip
+        assert not (site / absent).exists(), absent
+    dists = _distributions(site)
+    assert {"grpcio", "protobuf", "cryptography", "psutil", "typer", "click"} <= dists
+    # The journal is stdlib sqlite3 (agent.orders.sqlschema): no sqlite-utils.
+    unwanted = {"pip", "rich", "pygments", "prometheus-client", "pytest", "tzdata", "sqlite-utils"}
+    assert not dists & unwanted
+    assert sorted(p.name for p in (unpacked["agent"] / "opt/fleetpatch/agent/bin").iterdir()) == [
+        "fleetpatch-agent", "python", "python3", "python3.11",
+    ]  # fmt: skip
+    # fleetpatch's own record names only what is there: a consistent install.
+    (record,) = site.glob("fleetpatch-*.dist-info/RECORD")
+    listed = [line.split(",")[0] for line in record.read_text().splitlines()]
+    assert not [p for p in listed if p.startswith(("controller/", "simulator/"))]
+    assert all((site / p).resolve().exists() for p in listed if not p.endswith("RECORD")), listed
+    controller_site = _site(unpacked["controller"], "controller")
+    for present in ("agent", "controller", "simulator", "prometheus_client"):
+        assert (controller_site / present).is_dir(), present
+    assert not (controller_site / "pip").exists()
+    assert not (controller_site / "rich").exists()
+
+
+def test_shared_objects_are_stripped(unpacked):
+    for short, root in unpacked.items():
+        objects = list(_site(root, short).rglob("*.so"))
+        assert objects
+        for obj in objects:
+            described = subprocess.run(
+                ["file", "-b", str(obj)], capture_output=True, text=True, check=True
+            ).stdout
+            assert ", stripped" in described, (obj, described)
+
+
+def test_changelog_copyright_and_manual_pages(built, unpacked):
+    for short, root in unpacked.items():
+        doc = root / f"usr/share/doc/fleetpatch-{short}"
+        gz = (doc / "changelog.gz").read_bytes()
+        assert gz[3] == 0, "gzip -n: no file name"
+        assert gz[4:8] == b"\0\0\0\0", "gzip -n: no time stamp"
+        parsed = subprocess.run(
+            ["dpkg-parsechangelog", "-l", "-", "-S", "Version"],
+            input=gzip.decompress(gz), capture_output=True, check=True,
+        ).stdout.decode().strip()  # fmt: skip
+        assert parsed == built.deb_version
+        assert (
+            (doc / "copyright")
+            .read_text()
+            .startswith(
+                "Format: https://www.debian.org/doc/packaging-manuals/copyright-format/1.0/"
+            )
+        )
+    pages = {
+        "agent": ["fleetpatch-agent"],
+        "controller": ["fleetpatch", "fleetpatch-sim"],
+    }
+    for short, progs in pages.items():
+        man1 = unpacked[short] / "usr/share/man/man1"
+        assert sorted(p.name for p in man1.iterdir()) == sorted(f"{p}.1.gz" for p in progs)
+        for prog in progs:
+            text = gzip.decompress((man1 / f"{prog}.1.gz").read_bytes()).decode()
+            assert text.startswith(f".TH {prog.upper()} 1 ")
+            assert "Usage: " + prog.replace("-", "\\-") in text
+            # man renders it without a warning (groff's -ww).
+            shown = subprocess.run(
+                ["man", "--warnings", "-l", "-"], input=text.encode(), capture_output=True,
+                env={**os.environ, "MANWIDTH": "80", "MAN_KEEP_STDERR": "1"}, check=False,
+            )  # fmt: skip
+            if shown.returncode == 0:
+                assert shown.stderr == b"", shown.stderr.decode()
+    agent_page = gzip.decompress(
+        (unpacked["agent"] / "usr/share/man/man1/fleetpatch-agent.1.gz").read_bytes()
+    ).decode()
+    for verb in ("ENROLL", "RUN", "STATUS", "INVENTORY", "CHECK", "APPLY"):
+        assert f"\n.SH {verb}\n" in agent_page, verb
+
+
+def _lintian() -> str:
+    found = shutil.which("lintian")
+    if found is None:
+        pytest.skip("lintian is not installed (Debian package lintian; make deps installs it)")
+    return found
+
+
+def test_lintian_is_clean_but_for_documented_overrides(built):
+    lintian = _lintian()
+    for deb in (built.agent, built.controller):
+        # The tests build with zstd (fast); lintian 2.116 (bookworm) does not
+        # know zstd members yet, which dpkg reads. `make packages` uses xz.
+        done = subprocess.run(
+            [lintian, "--tag-display-limit", "0", "--suppress-tags", "malformed-deb-archive",
+             str(deb)],
+            capture_output=True, text=True, timeout=600, check=False,
+        )  # fmt: skip
+        tags = [line for line in done.stdout.splitlines() if line[:2] in {"E:", "W:", "I:"}]
+        assert tags == [], "\n".join(tags)
+        assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_every_lintian_override_says_why():
+    for short in ("agent", "controller"):
+        lines = (ROOT / "packaging/debian" / short / "lintian-overrides").read_text().splitlines()
+        for number, line in enumerate(lines):
+            if line and not line.startswith("#"):
+                assert line.startswith(f"fleetpatch-{short}: "), line
+                assert lines[number - 1].startswith(("#", f"fleetpatch-{short}: ")), line
+                # The nearest comment block above it is the reason.
+                above = [x for x in lines[:number] if x.startswith("#")]
+                assert above, line
 
 
 # -- installed, upgraded, removed, purged ----------------------------------------------
@@ -239,6 +369,13 @@ def test_agent_package_install_upgrade_remove_purge(sandboxes, built, built_v2, 
     sandbox = dpkg.sandbox
     dpkg.install(built.agent)
     assert dpkg.state("fleetpatch-agent") == ("ii", built.deb_version)
+    compiled_at_install = _unowned(sandbox, "agent")
+    owned_modules = [
+        f for f in sandbox.run(["dpkg", "-L", "fleetpatch-agent"]).stdout.split()
+        if f.endswith(".py") and "/site-packages/" in f
+    ]  # fmt: skip
+    assert len(compiled_at_install) == len(owned_modules) > 100
+    assert all("/__pycache__/" in f and f.endswith(".cpython-311.pyc") for f in compiled_at_install)
 
     # Unit and enablement (deb-systemd-helper, systemd not running here).
     unit = "/lib/systemd/system/fleetpatch-agent.service"
@@ -264,26 +401,29 @@ def test_agent_package_install_upgrade_remove_purge(sandboxes, built, built_v2, 
     assert "dist-packages" not in path.stdout
     assert "/work/" not in path.stdout
     assert dpkg.mode_owner("/var/lib/fleetpatch/agent") == "700 root:root"
-    # Bytecode shipped complete and valid: running it (as root) wrote no .pyc
-    # of its own (a new one shows here, a rewritten one in dpkg --verify).
-    on_disk = sandbox.run(["find", "/opt/fleetpatch/agent", "-type", "f"]).stdout.split()
-    owned = set(sandbox.run(["dpkg", "-L", "fleetpatch-agent"]).stdout.split())
-    assert [f for f in on_disk if f not in owned] == []
+    # Bytecode compiled at install (postinst), for every module shipped, and
+    # nothing else unowned: running it (as root) wrote no .pyc of its own.
+    assert _unowned(sandbox, "agent") == compiled_at_install
     assert sandbox.run(["dpkg", "--verify", "fleetpatch-agent"]).stdout == ""
 
     # What an enrolled host has, and a local setting.
     sandbox.path("/var/lib/fleetpatch/agent/agent.toml").write_text("# enrolled\n")
     env_file = sandbox.path("/etc/fleetpatch/agent.env")
     env_file.write_text(env_file.read_text() + "FLEETPATCH_AGENT_ARGS=--verbose\n")
+    settings = sandbox.path("/etc/fleetpatch/agent.toml")
+    settings.write_text(settings.read_text() + '\n[policy]\nnever_touch = ["postgresql-*"]\n')
 
     dpkg.install(built_v2.agent)
     assert dpkg.state("fleetpatch-agent") == ("ii", built_v2.deb_version)
     assert package_version(dpkg, "/opt/fleetpatch/agent") == built_v2.version
     assert sandbox.path("/var/lib/fleetpatch/agent/agent.toml").read_text() == "# enrolled\n"
     assert env_file.read_text().endswith("FLEETPATCH_AGENT_ARGS=--verbose\n")
-    # Every file as shipped, but the setting we changed.
+    assert settings.read_text().endswith('never_touch = ["postgresql-*"]\n')
+    # Every file as shipped, but the settings we changed.
     verify = sandbox.run(["dpkg", "--verify", "fleetpatch-agent"], check=False).stdout
-    assert verify == "??5?????? c /etc/fleetpatch/agent.env\n"
+    assert verify == (
+        "??5?????? c /etc/fleetpatch/agent.env\n??5?????? c /etc/fleetpatch/agent.toml\n"
+    )
     assert dpkg.readlink(f"{WANTS}/fleetpatch-agent.service") == unit
 
     dpkg.remove("fleetpatch-agent")
@@ -348,6 +488,13 @@ def test_controller_package_install_upgrade_remove_purge(sandboxes, built, built
         assert not dpkg.exists(gone), gone
     assert sandbox.run(["getent", "passwd", "fleetpatch"]).returncode == 0, "user kept"
     assert_only_leftovers(sandbox)
+
+
+def _unowned(sandbox: HostSandbox, short: str) -> list[str]:
+    """Files under the package's venv that dpkg does not own, sorted."""
+    on_disk = sandbox.run(["find", f"/opt/fleetpatch/{short}", "-type", "f"]).stdout.split()
+    owned = set(sandbox.run(["dpkg", "-L", f"fleetpatch-{short}"]).stdout.split())
+    return sorted(f for f in on_disk if f not in owned)
 
 
 def _exec_start(sandbox: HostSandbox, unit: str) -> list[str]:

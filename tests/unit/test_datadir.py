@@ -311,3 +311,56 @@ def test_client_address_ignores_a_broken_endpoints_file(tmp_path):
     datadir = _datadir(tmp_path, "[server]\nadvertise = 'ctl.example:7443'\n")
     datadir.endpoints.write_text("{not json")
     assert datadir.client_address() == "ctl.example:7443"
+
+
+# -- the administrator's settings file (/etc/fleetpatch/controller.toml) -----------
+
+SHIPPED_SETTINGS = (
+    Path(__file__).resolve().parents[2] / "packaging/debian/controller/controller.toml"
+)
+
+
+def test_the_shipped_settings_file_sets_nothing_and_names_every_default(tmp_path):
+    import re
+    import tomllib
+
+    text = SHIPPED_SETTINGS.read_text()
+    assert tomllib.loads(text) == {}, "as shipped, every setting is commented out"
+    setting = re.compile(r"# (\[[a-z]+\]|[a-z_]+ = .*)$")
+    (tmp_path / "etc.toml").write_text(
+        "\n".join(line[2:] for line in text.splitlines() if setting.match(line))
+    )
+    template = CONFIG_TEMPLATE.format(
+        listen="0.0.0.0:7443", advertise="ctl.example.net:7443", interval="5m"
+    )
+    (tmp_path / "controller.toml").write_text(template)
+    assert DataDir(tmp_path, tmp_path / "etc.toml").settings() == DataDir(tmp_path).settings()
+
+
+def test_settings_file_overrides_init_key_by_key_and_errors_name_both(tmp_path):
+    template = CONFIG_TEMPLATE.format(listen="0.0.0.0:7443", advertise="ctl:7443", interval="5m")
+    (tmp_path / "controller.toml").write_text(template)
+    etc = tmp_path / "etc.toml"
+    data = DataDir(tmp_path, etc)
+    assert data.settings() == DataDir(tmp_path).settings(), "no file: init's settings"
+    etc.write_text('[checkin]\ninterval = "30s"\n')
+    settings = data.settings()
+    assert settings.checkin_interval == timedelta(seconds=30)
+    assert settings.checkin_jitter == 0.2, "init's other [checkin] keys stay"
+    assert settings.advertise == "ctl:7443"
+    etc.write_text('[checkin]\ninterval = "soon"\n')
+    with pytest.raises(UsageError, match=r"controller.toml with .*etc.toml: checkin.interval"):
+        data.settings()
+    etc.write_text("[servr]\n")
+    with pytest.raises(UsageError, match=r"etc.toml: unknown table \[servr\]"):
+        data.settings()
+
+
+def test_which_settings_file_goes_with_a_data_dir():
+    from controller.datadir import DEFAULT_DATA_DIR, SETTINGS_FILE, settings_for
+
+    assert settings_for(DEFAULT_DATA_DIR, {}) == SETTINGS_FILE
+    assert settings_for(Path("/srv/ctl"), {}) is None
+    named = {"FLEETPATCH_CONTROLLER_SETTINGS": "/srv/c.toml"}
+    assert settings_for(Path("/srv/ctl"), named) == Path("/srv/c.toml")
+    assert DataDir.at(DEFAULT_DATA_DIR).settings_file == SETTINGS_FILE

@@ -118,3 +118,66 @@ def test_two_journals_on_one_file_see_each_other(path):
     finally:
         writer.close()
         reader.close()
+
+
+def test_a_journal_sqlite_utils_migrated_opens_and_carries_on(path):
+    """Journals written by agents that migrated with sqlite-utils (before
+    issue 18 took it off the daemon's path) keep their history: the steps
+    they applied are not run again, the rest are, in the same table."""
+    import sqlite3
+
+    from sqlite_utils import Database
+    from sqlite_utils.migrations import Migrations as SqliteUtilsMigrations
+
+    from agent.orders import journal as journal_module
+
+    old = SqliteUtilsMigrations("fleetpatch.agent")
+    steps = journal_module.migrations._steps
+    for name, step in steps[:2]:  # an agent from before 0003 and 0004
+        old(name=name)(lambda db, step=step: step(db.conn))
+    conn = sqlite3.connect(path, isolation_level=None)
+    old.apply(Database(conn))
+    conn.execute("INSERT INTO meta (key, value) VALUES ('sequence_floor', '41')")
+    conn.close()
+
+    Journal.open(path, must_exist=True).close()
+
+    conn = sqlite3.connect(path)
+    rows = conn.execute("SELECT migration_set, name FROM _sqlite_migrations ORDER BY id").fetchall()
+    assert rows == [("fleetpatch.agent", name) for name, _ in steps]
+    assert conn.execute("SELECT value FROM meta").fetchall() == [("41",)]
+    columns = [r[1] for r in conn.execute("PRAGMA table_info(reports)")]
+    assert "dropped" in columns, "0003 applied once, on top"
+    conn.close()
+    # And what we write, sqlite-utils reads as applied: nothing pending.
+    assert [
+        m.name
+        for m in SqliteUtilsMigrations("fleetpatch.agent").applied(Database(sqlite3.connect(path)))
+    ] == [name for name, _ in steps]
+
+
+def test_a_failing_step_leaves_no_record_and_no_change(tmp_path):
+    import sqlite3
+
+    from agent.orders.sqlschema import Migrations
+
+    migrations = Migrations("t")
+
+    @migrations(name="0001")
+    def _one(db: sqlite3.Connection) -> None:
+        db.execute("CREATE TABLE a (x)")
+
+    @migrations(name="0002")
+    def _two(db: sqlite3.Connection) -> None:
+        db.execute("CREATE TABLE b (x)")
+        raise RuntimeError("boom")
+
+    conn = sqlite3.connect(tmp_path / "t.db", isolation_level=None)
+    with pytest.raises(RuntimeError, match="boom"):
+        migrations.apply(conn)
+    assert migrations.applied(conn) == ["0001"]
+    tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+    assert "a" in tables
+    assert "b" not in tables
+    with pytest.raises(ValueError, match="already registered"):
+        migrations(name="0001")(_one)

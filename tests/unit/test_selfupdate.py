@@ -27,7 +27,7 @@ from agent.errors import AgentError, ControllerUnavailable
 from agent.orders.journal import Journal
 from agent.orders.policy import Policy
 from agent.orders.runner import Runner
-from agent.orders.selfupdate import HandOver, SystemdWatchdog, unit_name
+from agent.orders.selfupdate import DPKG_WAIT_SECONDS, HandOver, SystemdWatchdog, unit_name
 from agent.orders.states import State, next_state
 from agent.orders.workorder import OrderRefused, RefusalReason
 from tests.support.fakes import FakeBackend, FakeProber
@@ -440,19 +440,28 @@ def test_the_watchdog_is_a_timer_that_reinstalls_the_kept_copy_unless_the_marker
     ]  # fmt: skip
 
 
+RUNNING = "ActiveState=activating\nExecMainStartTimestampMonotonic=123456\n"
+
+
 @pytest.mark.parametrize(
-    ("show", "never_ran", "cleared"),
+    ("shows", "never_ran", "cleared"),
     [
-        ("ActiveState=inactive\nExecMainStartTimestampMonotonic=0\n", True, True),
-        ("ActiveState=active\nExecMainStartTimestampMonotonic=123456\n", False, True),
-        # dpkg is running: it is never stopped halfway.
-        ("ActiveState=activating\nExecMainStartTimestampMonotonic=123456\n", False, False),
+        (["ActiveState=inactive\nExecMainStartTimestampMonotonic=0\n"], True, True),
+        (["ActiveState=active\nExecMainStartTimestampMonotonic=123456\n"], False, True),
+        # dpkg is running (its triggers, say): waited for, never stopped
+        # halfway, then cleared...
+        ([RUNNING, RUNNING, "ActiveState=active\nExecMainStartTimestampMonotonic=123456\n"],
+         False, True),
+        # ... unless it runs on past the wait: then left alone.
+        ([RUNNING] * (DPKG_WAIT_SECONDS + 1), False, False),
     ],
-)
-def test_disarm_tells_whether_the_restore_ran(tmp_path, show, never_ran, cleared):
-    run = Recorder([show])
+)  # fmt: skip
+def test_disarm_tells_whether_the_restore_ran(tmp_path, shows, never_ran, cleared):
+    run = Recorder(list(shows))
     marker = tmp_path / "o" / "taken-over"
-    assert SystemdWatchdog(run).disarm("fp-rb-1", marker) is never_ran
+    slept: list[float] = []
+    assert SystemdWatchdog(run, sleep=slept.append).disarm("fp-rb-1", marker) is never_ran
+    assert len(slept) == min(len(shows) - 1, DPKG_WAIT_SECONDS)
     assert marker.is_file(), "the marker comes first: a timer firing now finds it"
     assert run.argvs[0] == ["systemctl", "stop", "fp-rb-1.timer"]
     stopped_service = any("fp-rb-1.service" in a and a[1] == "stop" for a in run.argvs)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -196,3 +197,65 @@ def test_a_damaged_certificate_is_a_config_error_naming_the_file(tmp_path):
     (tmp_path / "cert.pem").write_bytes(b"-----BEGIN CERTIFICATE-----\ngarbage\n")
     with pytest.raises(ConfigError, match=r"cert\.pem is not a PEM certificate"):
         StateDir(tmp_path).identity()
+
+
+# -- the administrator's settings file (/etc/fleetpatch/agent.toml) ---------------
+
+SHIPPED_SETTINGS = Path(__file__).resolve().parents[2] / "packaging/debian/agent/agent.toml"
+
+
+def test_the_shipped_settings_file_sets_nothing_and_names_every_default(tmp_path):
+    import tomllib
+
+    text = SHIPPED_SETTINGS.read_text()
+    assert tomllib.loads(text) == {}, "as shipped, every setting is commented out"
+    # Its "# " lines, uncommented, are exactly the defaults enroll writes.
+    setting = re.compile(r"# (\[[a-z]+\]|[a-z_]+ = .*)$")
+    uncommented = "\n".join(line[2:] for line in text.splitlines() if setting.match(line))
+    settings = tmp_path / "agent.toml"
+    settings.write_text(uncommented)
+    enrolled = StateDir(tmp_path / "state", settings)
+    enrolled.path.mkdir()
+    enrolled.write_config("ctl.example:7443", "ctl.example:7444")
+    assert enrolled.config() == StateDir(enrolled.path).config()
+    assert "[agent]" in uncommented
+    assert "allow_agent_update = true" in uncommented
+
+
+def test_settings_override_the_enrollments_key_by_key(tmp_path):
+    state = StateDir(tmp_path / "state", tmp_path / "settings.toml")
+    state.path.mkdir()
+    state.write_config("ctl.example:7443", "ctl.example:7444")
+    assert state.config() == StateDir(state.path).config(), "no settings file: the state dir's"
+    (tmp_path / "settings.toml").write_text(
+        '[policy]\nnever_touch = ["postgresql-*"]\n[health]\nmax_load_per_cpu = 8.0\n'
+    )
+    config = state.config()
+    assert config.policy.never_touch == ("postgresql-*",)
+    assert config.policy.allow_reboot is True, "the state dir's other [policy] keys stay"
+    assert config.health == ResourceLimits(8.0, 0.97, 0.97)
+    assert config.controller == "ctl.example:7443"
+
+
+def test_settings_may_not_move_the_controller_and_are_read_strictly(tmp_path):
+    state = StateDir(tmp_path / "state", tmp_path / "settings.toml")
+    state.path.mkdir()
+    state.write_config("ctl.example:7443", "ctl.example:7444")
+    (tmp_path / "settings.toml").write_text('[controller]\naddress = "evil:7443"\n')
+    with pytest.raises(ConfigError, match=r"\[controller\] belongs to the enrollment"):
+        state.config()
+    (tmp_path / "settings.toml").write_text("[policy]\nnever_tuch = []\n")
+    with pytest.raises(ConfigError, match=r"settings.toml: policy.never_tuch"):
+        state.config()
+    (tmp_path / "settings.toml").write_text("[policy\n")
+    with pytest.raises(ConfigError, match=r"settings.toml: "):
+        state.config()
+
+
+def test_which_settings_file_goes_with_a_state_dir():
+    from agent.statedir import DEFAULT_STATE_DIR, SETTINGS_FILE, settings_for
+
+    assert settings_for(DEFAULT_STATE_DIR, {}) == SETTINGS_FILE
+    assert settings_for(Path("/srv/agent"), {}) is None
+    named = {"FLEETPATCH_AGENT_SETTINGS": "/srv/agent.toml"}
+    assert settings_for(Path("/srv/agent"), named) == Path("/srv/agent.toml")

@@ -1,0 +1,47 @@
+"""What to tell a person about a campaign before it runs: what is valid
+but almost certainly not meant (issue 18: a first campaign that "completed"
+with 0 hosts, and a rehearsal reporting 100 % coverage of nothing).
+
+Pure: the spec, the time, and how many hosts it targets. `fleetpatch
+campaign create` and `fleetpatch-sim rehearse` both say these, from here.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+
+from controller.campaigns.spec import CampaignSpec
+
+#: A local day is over everywhere on earth (UTC-12 to UTC+14) once this
+#: much time has passed since its UTC midnight.
+DAY_OVER_EVERYWHERE = timedelta(days=1, hours=12)
+
+
+def advice(spec: CampaignSpec, now: datetime, targeted: int) -> list[str]:
+    """Warnings, one line each (empty: nothing to say). `targeted`: how many
+    enrolled hosts the campaign targets now (`is_targeted`)."""
+    lines = []
+    if spec.deadline is not None and spec.deadline <= now:
+        lines.append(
+            f"the deadline {spec.deadline.strftime('%Y-%m-%dT%H:%M:%SZ')} is in the past: "
+            "no host will be assigned (change [campaign] deadline)"
+        )
+    if spec.windows is not None:
+        past = sorted(
+            day
+            for day in spec.windows.blackout
+            if datetime(day.year, day.month, day.day, tzinfo=now.tzinfo) + DAY_OVER_EVERYWHERE
+            <= now
+        )
+        if past:
+            shown = ", ".join(d.isoformat() for d in past[:3]) + (", ..." if len(past) > 3 else "")
+            lines.append(
+                f"{len(past)} blackout date(s) in the past, which block nothing: {shown} "
+                "(another year meant?)"
+            )
+    if targeted == 0:
+        lines.append(
+            "its targets match no enrolled host: it would complete with 0 hosts "
+            "(check [targets] and the rings of [rollout] against `fleetpatch hosts list`)"
+        )
+    return lines

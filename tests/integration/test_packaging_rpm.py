@@ -1,0 +1,154 @@
+"""The fleetpatch-agent RPM (packaging/rpmpkg.py, `build_debs.py --rpm`),
+installed, upgraded and erased for real with dnf in the RPM sandbox
+(tests.support.dnfrepo: a copy of this machine whose rpmdb and dnf
+repository are its own).
+
+The sandbox is this Debian machine underneath: /usr/bin/python3 (3.11) and
+systemd are there, but its rpmdb knows only what the test installs. A
+stand-in base package provides `python(abi) = 3.11`, `systemd` and
+/bin/sh, as an RPM distribution's python3, systemd and bash packages do, so
+dnf resolves the agent's real Requires rather than the test skipping them
+(--nodeps).
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.support.dnfrepo import (
+    LocalRpmRepo,
+    RpmSpec,
+    dnfrepo_available,
+    make_rpm_host,
+    rpm_version,
+)
+from tests.support.packages import (
+    BUILD_SCRIPT,
+    ROOT,
+    build_script,
+    next_version,
+    packaging_available,
+)
+from tests.support.sandbox import HostSandbox
+
+pytestmark = pytest.mark.root
+
+WANTS = "/etc/systemd/system/multi-user.target.wants/fleetpatch-agent.service"
+VENV = "/opt/fleetpatch/agent"
+
+
+def _build(out: Path, version: str | None) -> Path:
+    argv = [sys.executable, str(BUILD_SCRIPT), "--out", str(out), "--package", "agent",
+            "--rpm", "--compression", "zstd"]  # fmt: skip
+    if version is not None:
+        argv += ["--version", version]
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=900, cwd=ROOT, check=False)
+    assert done.returncode == 0, done.stderr[-5000:]
+    (rpm,) = [Path(line) for line in done.stdout.split() if line.endswith(".rpm")]
+    return rpm
+
+
+@pytest.fixture(scope="module")
+def rpms(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, str]:
+    """(v1 rpm, v2 rpm, v2's PEP 440 version)."""
+    for reason in (packaging_available(), dnfrepo_available()):
+        if reason is not None:
+            pytest.skip(reason)
+    v2 = next_version(build_script().project_version())
+    return (
+        _build(tmp_path_factory.mktemp("rpm-v1"), None),
+        _build(tmp_path_factory.mktemp("rpm-v2"), v2),
+        v2,
+    )
+
+
+def _unowned(sandbox: HostSandbox) -> list[str]:
+    on_disk = sandbox.run(["find", VENV, "-type", "f"]).stdout.split()
+    owned = set(sandbox.run(["rpm", "-ql", "fleetpatch-agent"]).stdout.split())
+    return sorted(f for f in on_disk if f not in owned)
+
+
+def test_rpm_contents(rpms):
+    rpm, _, _ = rpms
+    query = ["rpm", "-qp", "--dbpath", "/nonexistent"]
+    files = subprocess.run([*query, "-l", str(rpm)], capture_output=True, text=True,
+                           check=True).stdout.split()  # fmt: skip
+    assert [f for f in files if f.endswith(".pyc") or "__pycache__" in f] == []
+    assert not [f for f in files if "/site-packages/controller" in f or "/site-packages/pip/" in f]
+    for path in (
+        "/usr/bin/fleetpatch-agent",
+        "/usr/lib/systemd/system/fleetpatch-agent.service",
+        f"{VENV}/bin/fleetpatch-agent",
+        "/usr/share/man/man1/fleetpatch-agent.1.gz",
+    ):
+        assert path in files, path
+    unit = subprocess.run(
+        ["rpm2cpio", str(rpm)], capture_output=True, check=True
+    ).stdout  # the unit is the .deb's, byte for byte
+    assert (ROOT / "packaging/systemd/fleetpatch-agent.service").read_bytes() in unit
+    config = subprocess.run([*query, "-c", str(rpm)], capture_output=True, text=True, check=True)
+    assert config.stdout.split() == ["/etc/fleetpatch/agent.env", "/etc/fleetpatch/agent.toml"]
+    requires = subprocess.run([*query, "-R", str(rpm)], capture_output=True, text=True, check=True)
+    assert "python(abi) = 3.11" in requires.stdout.splitlines()
+
+
+def test_dnf_installs_upgrades_and_erases_the_agent(rpms, make_sandbox, tmp_path):
+    v1, v2, v2_version = rpms
+    repo = LocalRpmRepo(tmp_path / "repo")
+    sandbox = make_sandbox()
+    make_rpm_host(sandbox, repo)
+    repo.add(RpmSpec("fp-base", "1", provides=("python(abi) = 3.11", "systemd", "/bin/sh")))
+    (repo.directory / v1.name).write_bytes(v1.read_bytes())
+    repo.refresh()
+
+    def dnf(*args: str) -> None:
+        sandbox.run(["dnf", "-y", *args], timeout=600)
+
+    dnf("install", "fleetpatch-agent")
+    assert rpm_version(sandbox, "fleetpatch-agent") == "0.1.0-1"
+    assert "enroll" in sandbox.run(["fleetpatch-agent", "--help"]).stdout
+    assert sandbox.run(["stat", "-c", "%a %U", "/var/lib/fleetpatch/agent"]).stdout.split() == [
+        "700", "root",
+    ]  # fmt: skip
+    assert (
+        sandbox.run(["readlink", WANTS])
+        .stdout.strip()
+        .endswith("/systemd/system/fleetpatch-agent.service")
+    ), "enabled on install"
+    # Bytecode compiled at install for every module, nothing else unowned.
+    compiled = _unowned(sandbox)
+    assert len(compiled) > 100
+    assert all("/__pycache__/" in f and f.endswith(".pyc") for f in compiled)
+    assert sandbox.run(["rpm", "-V", "fleetpatch-agent"], check=False).stdout == ""
+
+    sandbox.path("/var/lib/fleetpatch/agent/agent.toml").write_text("# enrolled\n")
+    env = sandbox.path("/etc/fleetpatch/agent.env")
+    env.write_text(env.read_text() + "FLEETPATCH_AGENT_ARGS=--verbose\n")
+
+    (repo.directory / v2.name).write_bytes(v2.read_bytes())
+    repo.refresh()
+    dnf("upgrade", "fleetpatch-agent")
+    assert rpm_version(sandbox, "fleetpatch-agent") == f"{v2_version}-1"
+    version = sandbox.run(
+        [f"{VENV}/bin/python", "-c", "import fleetpatch; print(fleetpatch.__version__)"]
+    )
+    assert version.stdout.strip() == v2_version
+    assert sandbox.path("/var/lib/fleetpatch/agent/agent.toml").read_text() == "# enrolled\n"
+    assert env.read_text().endswith("FLEETPATCH_AGENT_ARGS=--verbose\n"), "noreplace"
+    assert not sandbox.path("/etc/fleetpatch/agent.env.rpmnew").exists()
+    changed = sandbox.run(["rpm", "-V", "fleetpatch-agent"], check=False).stdout.splitlines()
+    assert [line.split()[-1] for line in changed] == ["/etc/fleetpatch/agent.env"]
+    assert len(_unowned(sandbox)) == len(compiled), "no bytecode of the old version left"
+    assert sandbox.run(["test", "-e", WANTS], check=False).returncode == 0
+
+    dnf("remove", "fleetpatch-agent")
+    assert rpm_version(sandbox, "fleetpatch-agent") is None
+    for gone in ("/opt/fleetpatch", "/usr/bin/fleetpatch-agent", WANTS,
+                 "/usr/lib/systemd/system/fleetpatch-agent.service"):  # fmt: skip
+        assert sandbox.run(["test", "-e", gone], check=False).returncode != 0, gone
+    assert sandbox.path("/var/lib/fleetpatch/agent/agent.toml").is_file(), "enrollment kept"
+    assert sandbox.path("/etc/fleetpatch/agent.env.rpmsave").is_file(), "the changed setting kept"

@@ -1,0 +1,71 @@
+"""controller.campaigns.advice: what `campaign create` and `rehearse` warn
+about before a campaign runs."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from pathlib import Path
+
+from controller.campaigns import CampaignSpec, parse_campaign
+from controller.campaigns.advice import advice
+
+NOW = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "campaigns"
+
+BASE = """
+[campaign]
+name = "c"
+{head}
+[patch]
+packages = ["fp-demo"]
+[rollout]
+rings = [{{ ring = 0 }}]
+{windows}
+"""
+
+
+def spec(head: str = "", windows: str = "") -> CampaignSpec:
+    return parse_campaign(BASE.format(head=head, windows=windows), "c.toml")
+
+
+def test_a_campaign_for_now_on_a_targeted_fleet_gets_no_warning():
+    assert advice(spec('deadline = "2026-12-02T00:00:00Z"'), NOW, targeted=3) == []
+
+
+def test_a_deadline_in_the_past():
+    (line,) = advice(spec('deadline = "2025-02-15T00:00:00Z"'), NOW, targeted=3)
+    assert line.startswith("the deadline 2025-02-15T00:00:00Z is in the past")
+    (line,) = advice(spec('deadline = "2026-12-01T12:00:00Z"'), NOW, targeted=3)  # now: too late
+    assert "in the past" in line
+
+
+def test_blackout_dates_in_the_past_and_a_day_not_over_everywhere():
+    windows = (
+        '[windows]\ntimezone = "host-local"\nweekly = ["Sat,Sun 02:00-05:00"]\n'
+        "blackout = [2025-01-01, 2026-11-30, 2026-12-24]"
+    )
+    # 2026-11-30 goes on in UTC-12 until 2026-12-01 12:00 UTC: not over before.
+    earlier = datetime(2026, 12, 1, 11, 59, tzinfo=UTC)
+    (line,) = advice(spec(windows=windows), earlier, targeted=3)
+    assert line.startswith("1 blackout date(s) in the past, which block nothing: 2025-01-01 (")
+    (line,) = advice(spec(windows=windows), NOW, targeted=3)
+    assert "2 blackout date(s)" in line
+    assert "2025-01-01, 2026-11-30 (another year meant?)" in line
+
+
+def test_targets_matching_no_enrolled_host():
+    (line,) = advice(spec(), NOW, targeted=0)
+    assert line.startswith("its targets match no enrolled host: it would complete with 0 hosts")
+
+
+def test_the_shipped_example_warns_of_its_past_dates():
+    text = (EXAMPLES / "openssl.toml").read_text()
+    lines = advice(parse_campaign(text, "openssl.toml"), NOW, targeted=1)
+    assert [line.split(" ")[1] for line in lines] == ["deadline", "blackout"]
+
+
+def test_the_first_campaign_example_has_nothing_in_the_past():
+    first = parse_campaign((EXAMPLES / "first.toml").read_text(), "first.toml")
+    assert advice(first, NOW, targeted=1) == []
+    assert first.targets.regions == frozenset({"eu-west"})  # the README's tokens
+    assert 1 in first.rollout.positions  # the README's ring
