@@ -1,28 +1,23 @@
-"""All of the controller's SQL. Nothing else in the controller knows SQLite.
+"""All of the controller's SQL. Nothing else in the controller knows SQL.
+
+Two backends run the same statements (dialect.py): SQLite, embedded, the
+default (sqlite.py), and PostgreSQL for several controller replicas on one
+database (postgres.py), chosen by `[store] url` (``open_store``).
 
 The store is synchronous and not thread-safe: the server calls it from one
-dedicated thread (see ``server.StoreThread``). A PostgreSQL store for
-several controller replicas would implement the same methods.
-
-Durability: WAL with ``synchronous=NORMAL``. A crash of the controller
-process never loses a committed transaction; a power loss may lose the
-last few, never corrupt the file.
+dedicated thread (see ``thread.StoreThread``).
 """
 
 from __future__ import annotations
 
 import json
-import os
-import sqlite3
 import zlib
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from fleetpatch.inventory import UPDATE_FIELDS
-from sqlite_utils import Database
 
 from controller.audit import AuditEntry
 from controller.errors import Conflict, NotFound, TokenRefused
@@ -37,12 +32,14 @@ from controller.model import (
     ProgressReport,
 )
 from controller.store import audit
+from controller.store.backend import Backend
 from controller.store.campaigns import CampaignStore
-from controller.store.migrations import migrations
+from controller.store.dialect import Connection, Cursor
 from controller.store.releases import ReleaseStore
+from controller.store.sqlite import SqliteBackend
 from controller.store.webhooks import WebhookStore
 
-__all__ = ["Store"]
+__all__ = ["Store", "open_store"]
 
 
 def _ts(value: datetime | None) -> float | None:
@@ -57,50 +54,39 @@ def _must_dt(value: float) -> datetime:
     return datetime.fromtimestamp(value, UTC)
 
 
+def open_store(url: str, database: Path) -> Store:
+    """The store `[store] url` names: PostgreSQL for a postgresql:// URL,
+    else the SQLite file ``database``. Raises StoreUnavailable (one line)
+    when PostgreSQL cannot be reached."""
+    return Store.connect(url) if url else Store.open(database)
+
+
 class Store(CampaignStore, ReleaseStore, WebhookStore):
-    def __init__(self, conn: sqlite3.Connection) -> None:
-        self._conn = conn
-        self._db = Database(conn)
+    def __init__(self, backend: Backend) -> None:
+        super().__init__(backend)
 
     @classmethod
     def open(cls, path: Path) -> Store:
-        """Open (creating if needed, mode 0600 whatever the umask) and migrate
-        the database at ``path``. SQLite gives its WAL and shared-memory
-        files the database file's mode."""
-        try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        except FileExistsError:
-            pass
-        else:
-            os.fchmod(fd, 0o600)
-            os.close(fd)
-        conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-        return cls._prepare(conn)
+        """The SQLite database at ``path``, created (mode 0600) and migrated."""
+        return cls(SqliteBackend.open(path))
 
     @classmethod
     def memory(cls) -> Store:
-        return cls._prepare(sqlite3.connect(":memory:", isolation_level=None))
+        return cls(SqliteBackend.memory())
 
     @classmethod
-    def _prepare(cls, conn: sqlite3.Connection) -> Store:
-        conn.execute("PRAGMA journal_mode=WAL")
-        conn.execute("PRAGMA synchronous=NORMAL")
-        conn.execute("PRAGMA busy_timeout=5000")
-        conn.execute("PRAGMA foreign_keys=ON")
-        store = cls(conn)
-        migrations.apply(store._db)
-        return store
+    def connect(cls, url: str) -> Store:
+        """The PostgreSQL database at ``url`` (postgresql://...), migrated.
+        Raises StoreUnavailable when it cannot be reached."""
+        from controller.store.postgres import PostgresBackend  # psycopg only when asked for
+
+        return cls(PostgresBackend.connect(url))
 
     def close(self) -> None:
-        self._conn.close()
-
-    @contextmanager
-    def _transaction(self) -> Iterator[sqlite3.Connection]:
-        with self._db.atomic():
-            yield self._conn
+        self._backend.close()
 
     def applied_migrations(self) -> list[str]:
-        return [m.name for m in migrations.applied(self._db)]
+        return self._backend.applied_migrations()
 
     # -- tokens ---------------------------------------------------------------
 
@@ -190,13 +176,14 @@ class Store(CampaignStore, ReleaseStore, WebhookStore):
         self, region: str = "", ring: int | None = None, after: str = "", limit: int = 500
     ) -> list[Host]:
         """Hosts ordered by id, after the id ``after`` (keyset pagination)."""
-        where, args = ["host_id > ?"], [after]
+        where: list[str] = ["host_id > ?"]
+        args: list[object] = [after]
         if region:
             where.append("region = ?")
             args.append(region)
         if ring is not None:
             where.append("ring = ?")
-            args.append(str(ring))
+            args.append(ring)
         cur = self._conn.execute(
             f"SELECT * FROM hosts WHERE {' AND '.join(where)} ORDER BY host_id LIMIT ?",  # noqa: S608 - fixed fragments
             (*args, limit),
@@ -231,11 +218,14 @@ class Store(CampaignStore, ReleaseStore, WebhookStore):
         """A failed renewal of the host's certificate: ``failures`` in a row
         as its agent counts them, or None for one more (refused here); with
         its audit record when there is one."""
-        count = "renew_failures + 1" if failures is None else "MAX(renew_failures, ?)"
+        count = (
+            "renew_failures + 1" if failures is None
+            else "CASE WHEN renew_failures > ? THEN renew_failures ELSE ? END"
+        )  # fmt: skip
         with self._transaction() as conn:
             conn.execute(
                 f"UPDATE hosts SET renew_failures = {count}, renew_error = ? WHERE host_id = ?",  # noqa: S608 - one of two constants
-                (error, host_id) if failures is None else (failures, error, host_id),
+                (error, host_id) if failures is None else (failures, failures, error, host_id),
             )
             if entry is not None:
                 audit.append(conn, entry)
@@ -288,7 +278,7 @@ class Store(CampaignStore, ReleaseStore, WebhookStore):
         return self.get_host(host_id)
 
     @staticmethod
-    def _activate(conn: sqlite3.Connection, host_id: str) -> bool:
+    def _activate(conn: Connection, host_id: str) -> bool:
         return (
             conn.execute(
                 "UPDATE hosts SET status = ? WHERE host_id = ? AND status = ?",
@@ -337,7 +327,7 @@ class Store(CampaignStore, ReleaseStore, WebhookStore):
         return {row[0] for row in cur}
 
     @staticmethod
-    def _store_updates(conn: sqlite3.Connection, checkin: CheckIn) -> None:
+    def _store_updates(conn: Connection, checkin: CheckIn) -> None:
         rows = list(checkin.updates or ())
         index = {name: i for i, name in enumerate(UPDATE_FIELDS)}
         conn.execute(
@@ -376,8 +366,7 @@ class Store(CampaignStore, ReleaseStore, WebhookStore):
         """Store reports, each (host, idempotency key) once; returns how many
         were new. A report sent again is simply acknowledged again."""
         with self._transaction() as conn:
-            before = conn.total_changes
-            conn.executemany(
+            new = conn.executemany(
                 "INSERT OR IGNORE INTO progress_reports (idempotency_key, host_id, order_id,"
                 " step, final, outcome, detail, at, received_at, payload)"
                 " VALUES (?,?,?,?,?,?,?,?,?,?)",
@@ -396,14 +385,14 @@ class Store(CampaignStore, ReleaseStore, WebhookStore):
                     )
                     for r in reports
                 ],
-            )
-            new = conn.total_changes - before
+            ).rowcount
             # A host that reports is alive, even while it is too busy
             # patching to check in.
             hosts = {r.host_id for r in reports}
             conn.executemany(
-                "UPDATE hosts SET last_seen = MAX(COALESCE(last_seen, 0), ?) WHERE host_id = ?",
-                [(_ts(now), h) for h in hosts],
+                "UPDATE hosts SET last_seen = CASE WHEN last_seen > ? THEN last_seen ELSE ? END"
+                " WHERE host_id = ?",
+                [(_ts(now), _ts(now), h) for h in sorted(hosts)],
             )
             return new
 
@@ -513,7 +502,7 @@ class Store(CampaignStore, ReleaseStore, WebhookStore):
         return outcomes
 
 
-def _rows(cursor: sqlite3.Cursor) -> list[dict[str, Any]]:
+def _rows(cursor: Cursor) -> list[dict[str, Any]]:
     names = [d[0] for d in cursor.description]
     return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
 

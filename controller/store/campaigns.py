@@ -5,8 +5,7 @@ transaction."""
 from __future__ import annotations
 
 import json
-import sqlite3
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -24,6 +23,7 @@ from controller.model import (
     CellHistory,
 )
 from controller.store import audit
+from controller.store.backend import StoreBase
 
 _CAMPAIGN_COLUMNS = {
     "state", "updated_at", "approved_at", "halt_kind", "halt_reason", "accepted_failures",
@@ -65,7 +65,7 @@ def _dt(value: float | None) -> datetime | None:
     return None if value is None else datetime.fromtimestamp(value, UTC)
 
 
-def _campaign(row: sqlite3.Row | tuple[Any, ...], names: list[str]) -> CampaignRecord:
+def _campaign(row: tuple[Any, ...], names: list[str]) -> CampaignRecord:
     r = dict(zip(names, row, strict=True))
     return CampaignRecord(
         campaign_id=r["campaign_id"],
@@ -104,11 +104,8 @@ def _assignment(row: tuple[Any, ...], names: list[str]) -> Assignment:
     )
 
 
-class CampaignStore:
-    """Mixed into Store; ``_conn`` and ``_transaction`` come from there."""
-
-    _conn: sqlite3.Connection
-    _transaction: Callable[[], Any]
+class CampaignStore(StoreBase):
+    """A part of Store."""
 
     def _select(self, sql: str, args: Iterable[Any] = ()) -> tuple[list[str], list[Any]]:
         cur = self._conn.execute(sql, tuple(args))
@@ -325,7 +322,7 @@ class CampaignStore:
                         _ts(a.assigned_at),
                     ),
                 )  # fmt: skip
-            except sqlite3.IntegrityError:
+            except self._backend.integrity_errors:
                 raise Conflict(
                     f"host {a.host_id} already has a {a.kind} order of campaign {a.campaign_id}"
                 ) from None

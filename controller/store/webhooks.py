@@ -3,19 +3,13 @@ delivered (controller/notify). The audit trail is the outbox."""
 
 from __future__ import annotations
 
-import sqlite3
-from collections.abc import Callable
-from typing import Any
-
 from controller.audit import AuditRecord
 from controller.store import audit
+from controller.store.backend import StoreBase
 
 
-class WebhookStore:
-    """Mixed into Store; ``_conn`` and ``_transaction`` come from there."""
-
-    _conn: sqlite3.Connection
-    _transaction: Callable[[], Any]
+class WebhookStore(StoreBase):
+    """A part of Store."""
 
     def webhook_cursor(self, name: str) -> int:
         """The last audit sequence delivered to webhook ``name``; a webhook

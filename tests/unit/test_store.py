@@ -19,9 +19,14 @@ NOW = datetime(2025, 3, 1, 12, 0, tzinfo=UTC)
 PACKAGES: list[Package] = [("bash", "5.2-1", "amd64"), ("zlib1g", "1:1.3", "amd64")]
 
 
-@pytest.fixture
-def store() -> Iterator[Store]:
-    store = Store.memory()
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store(request: pytest.FixtureRequest) -> Iterator[Store]:
+    """The contract: every test taking ``store`` runs on both backends, on
+    a real SQLite (in memory) and a real PostgreSQL (emptied after each test)."""
+    if request.param == "sqlite":
+        store = Store.memory()
+    else:
+        store = Store.connect(request.getfixturevalue("postgres_emptied_url"))
     yield store
     store.close()
 
@@ -193,7 +198,7 @@ def test_enroll_is_atomic(store):
     token = _token(uses=5)
     store.create_token(token)
     store.enroll_host(_host(1), token.token_id, NOW)
-    with pytest.raises(sqlite3.IntegrityError):
+    with pytest.raises(store._backend.integrity_errors):
         store.enroll_host(_host(1), token.token_id, NOW)  # same host id again
     stored = store.get_token(token.token_id)
     assert stored is not None

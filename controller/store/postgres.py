@@ -1,0 +1,214 @@
+"""The PostgreSQL backend, for several controller replicas on one database
+(`[store] url = "postgresql://..."`): psycopg 3 over a psycopg_pool pool.
+
+The store thread holds one connection from the pool and runs the store's
+SQL on it, rewritten once per statement by dialect.to_postgres. A
+connection that fails (the server restarted, failed over, or the network
+dropped) is closed and given back, so the pool replaces it; the call that
+met the failure raises StoreUnavailable (agents are answered UNAVAILABLE
+with a retry delay), and the next call takes a fresh connection.
+
+Migrations are the same named functions SQLite runs (migrations.py), given
+a connection that rewrites their SQL; each runs in a transaction with its
+record in `fleetpatch_migrations`, under an advisory lock so that replicas
+starting together migrate once.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from typing import Any
+
+import psycopg
+from psycopg.adapt import Dumper
+from psycopg.conninfo import conninfo_to_dict
+from psycopg.pq import Format
+from psycopg_pool import ConnectionPool, PoolTimeout
+
+from controller.errors import StoreUnavailable
+from controller.store.dialect import Connection, Cursor, to_postgres
+from controller.store.migrations import MIGRATION_SET, registered
+
+log = logging.getLogger(__name__)
+
+# pg_advisory_xact_lock key while migrating: "fpmg".
+MIGRATION_LOCK = 0x66706D67
+# How long a call waits for a connection when the database is unreachable
+# before the caller is told it is unavailable (the pool keeps trying).
+CONNECTION_WAIT_SECONDS = 3.0
+RETRY_AFTER_SECONDS = 5.0
+
+
+def describe(url: str) -> str:
+    """``url`` for a person, without its password: "DB on HOST:PORT"."""
+    try:
+        params = conninfo_to_dict(url)
+    except psycopg.ProgrammingError:
+        return "(an unreadable PostgreSQL URL)"
+    host = str(params.get("host") or "localhost")
+    port = str(params.get("port") or "5432")
+    return f"database {params.get('dbname') or params.get('user') or '?'} on {host}:{port}"
+
+
+def _reason(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return lines[0] if lines else type(exc).__name__
+
+
+class _BoolAsInteger(Dumper):
+    """The store keeps flags in INTEGER columns (as SQLite does)."""
+
+    format = Format.TEXT
+    oid = psycopg.postgres.types["int8"].oid
+
+    def dump(self, obj: Any) -> bytes:
+        return b"1" if obj else b"0"
+
+
+def _configure(conn: psycopg.Connection[Any]) -> None:
+    conn.adapters.register_dumper(bool, _BoolAsInteger)
+
+
+class _Connection:
+    """A psycopg connection speaking the store's dialect (dialect.Connection)."""
+
+    __slots__ = ("_backend", "raw")
+
+    def __init__(self, raw: psycopg.Connection[Any], backend: PostgresBackend) -> None:
+        self.raw = raw
+        self._backend = backend
+
+    def execute(self, sql: str, parameters: Any = (), /) -> Cursor:
+        try:
+            return self.raw.execute(to_postgres(sql), parameters)
+        except psycopg.OperationalError as exc:
+            raise self._backend.lost(self.raw, exc) from None
+
+    def executemany(self, sql: str, parameters: Iterable[Any], /) -> Cursor:
+        cursor = self.raw.cursor()
+        try:
+            cursor.executemany(to_postgres(sql), parameters)
+        except psycopg.OperationalError as exc:
+            raise self._backend.lost(self.raw, exc) from None
+        return cursor
+
+
+class PostgresBackend:
+    integrity_errors: tuple[type[Exception], ...] = (psycopg.IntegrityError,)
+
+    def __init__(self, pool: ConnectionPool[Any], where: str) -> None:
+        self._pool = pool
+        self._where = where
+        self._held: _Connection | None = None
+
+    @classmethod
+    def connect(cls, url: str, max_connections: int = 4) -> PostgresBackend:
+        """Connect to the database at ``url`` and migrate it. Raises
+        StoreUnavailable, one line naming the database (never its password)
+        and why, when it cannot be reached or refuses us."""
+        where = describe(url)
+        try:
+            # One plain connection first: the pool would only say it timed
+            # out, where a person needs "connection refused" or "password
+            # authentication failed".
+            psycopg.connect(url, connect_timeout=10).close()
+        except psycopg.Error as exc:
+            raise StoreUnavailable(
+                f"cannot connect to PostgreSQL ({where}): {_reason(exc)}", RETRY_AFTER_SECONDS
+            ) from None
+        pool: ConnectionPool[Any] = ConnectionPool(
+            url, min_size=1, max_size=max_connections, open=False, configure=_configure,
+            kwargs={"autocommit": True}, timeout=CONNECTION_WAIT_SECONDS, name="fleetpatch",
+            reconnect_timeout=float("inf"),
+        )  # fmt: skip
+        try:
+            pool.open(wait=True, timeout=10)
+        except PoolTimeout:
+            pool.close()
+            raise StoreUnavailable(
+                f"cannot connect to PostgreSQL ({where}): no connection within 10s",
+                RETRY_AFTER_SECONDS,
+            ) from None
+        backend = cls(pool, where)
+        try:
+            backend.migrate()
+        except BaseException:
+            backend.close()
+            raise
+        return backend
+
+    def lost(self, raw: psycopg.Connection[Any], exc: BaseException) -> StoreUnavailable:
+        """``raw`` failed: give it back broken (the pool replaces it); the
+        error to raise."""
+        if self._held is not None and self._held.raw is raw:
+            self._held = None
+            log.warning("lost the connection to PostgreSQL (%s): %s", self._where, _reason(exc))
+            raw.close()
+            self._pool.putconn(raw)
+        return StoreUnavailable(
+            f"the database is unavailable ({_reason(exc)}); try again shortly",
+            RETRY_AFTER_SECONDS,
+        )
+
+    def connection(self) -> _Connection:
+        if self._held is None:
+            try:
+                raw = self._pool.getconn()
+            except PoolTimeout:
+                raise StoreUnavailable(
+                    f"cannot reach PostgreSQL ({self._where}); try again shortly",
+                    RETRY_AFTER_SECONDS,
+                ) from None
+            self._held = _Connection(raw, self)
+        return self._held
+
+    @contextmanager
+    def transaction(self) -> Iterator[Connection]:
+        conn = self.connection()
+        try:
+            with conn.raw.transaction():
+                yield conn
+        except psycopg.OperationalError as exc:
+            raise self.lost(conn.raw, exc) from None
+
+    # -- migrations -----------------------------------------------------------
+
+    def migrate(self) -> None:
+        """Apply the migrations this database lacks, each in a transaction
+        with its record; replicas starting together take turns."""
+        with self.transaction() as conn:
+            conn.execute("SELECT pg_advisory_xact_lock(?)", (MIGRATION_LOCK,))
+            conn.execute(
+                "CREATE TABLE IF NOT EXISTS fleetpatch_migrations ("
+                " id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,"
+                " migration_set TEXT NOT NULL, name TEXT NOT NULL, applied_at TEXT NOT NULL,"
+                " UNIQUE (migration_set, name))"
+            )
+        for migration in registered():
+            with self.transaction() as conn:
+                conn.execute("SELECT pg_advisory_xact_lock(?)", (MIGRATION_LOCK,))
+                if migration.name in self.applied_migrations():
+                    continue
+                log.info("applying migration %s (%s)", migration.name, self._where)
+                migration.fn(conn)
+                conn.execute(
+                    "INSERT INTO fleetpatch_migrations (migration_set, name, applied_at)"
+                    " VALUES (?, ?, ?)",
+                    (MIGRATION_SET, migration.name, datetime.now(UTC).isoformat()),
+                )
+
+    def applied_migrations(self) -> list[str]:
+        cur = self.connection().execute(
+            "SELECT name FROM fleetpatch_migrations WHERE migration_set = ? ORDER BY id",
+            (MIGRATION_SET,),
+        )
+        return [row[0] for row in cur]
+
+    def close(self) -> None:
+        if self._held is not None:
+            self._pool.putconn(self._held.raw)
+            self._held = None
+        self._pool.close()
