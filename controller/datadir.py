@@ -35,7 +35,7 @@ DEFAULT_PORT = 7443
 # The tables of controller.toml ([[webhooks]] is an array of them).
 TABLES = {
     "server", "checkin", "campaigns", "releases", "enrollment", "audit", "metrics", "webhooks",
-    "certificates", "signing",
+    "certificates", "signing", "store",
 }  # fmt: skip
 
 
@@ -80,6 +80,10 @@ class Settings:
     # [signing] old_key_grace: after a rotation, how long agents still take
     # orders signed by the old key once the new one is in use.
     old_key_grace: timedelta = timedelta(days=7)
+    # [store] url: "postgresql://..." keeps the controller's state in that
+    # PostgreSQL database (several replicas may share it); empty: the
+    # embedded SQLite file DIR/controller.db.
+    store_url: str = ""
 
 
 def default_enroll_address(address: str) -> str:
@@ -250,6 +254,7 @@ class DataDir:
             listen, enroll, advertise, interval, float(jitter), tick, max_batch,
             self.path / public_key if public_key else None, pending, refusal_window, checkpoints,
             metrics_listen, _webhooks(doc, self.path, self.config), host_lifetime, grace,
+            _store_url(doc, self.config),
         )  # fmt: skip
 
     def write_endpoints(self, address: str, enroll_address: str) -> None:
@@ -304,6 +309,19 @@ def _webhooks(doc: dict[str, object], root: Path, path: Path) -> tuple[WebhookSe
             raise UsageError(f"{where}.url: {url!r} is not an http:// or https:// URL")
         found.append(WebhookSetting(name, url, root / secret))
     return tuple(found)
+
+
+def _store_url(doc: dict[str, object], path: Path) -> str:
+    """[store] url: empty (SQLite) or a postgresql:// URL; raises UsageError."""
+    store = _table(doc, "store", {"url"}, path)
+    url = store.get("url", "")
+    if not isinstance(url, str):
+        raise UsageError(f"{path}: store.url must be a string")
+    if url and urllib.parse.urlsplit(url).scheme not in ("postgresql", "postgres"):
+        raise UsageError(
+            f"{path}: store.url must be a postgresql:// URL (empty: the embedded SQLite file)"
+        )
+    return url
 
 
 def _identities(doc: dict[str, object], path: Path) -> tuple[timedelta, timedelta]:
@@ -411,6 +429,15 @@ checkpoint_interval = "1h"
 # describe the fleet and the listener has no authentication.
 listen = ""
 # listen = "127.0.0.1:9464"
+
+[store]
+# Where the controller keeps its state. Empty: the SQLite file controller.db
+# in this directory (nothing to install; one controller). A PostgreSQL URL
+# lets several controller replicas share one database, for example
+# "postgresql://fleetpatch@db.example.com/fleetpatch?sslmode=verify-full"
+# (a password is better in ~/.pgpass or PGPASSFILE than here). Create the
+# database with LOCALE 'C' so that listings sort as they do on SQLite.
+url = ""
 
 # Campaign events (approved, ring started and promoted, halted with the
 # reason, resumed, completed, aborted) POSTed as JSON to each webhook, signed

@@ -44,7 +44,7 @@ from controller.periodic import every
 from controller.releases.artifacts import ArtifactStore
 from controller.releases.publishing import Releases, load_release_key
 from controller.rollout.engine import CampaignEngine
-from controller.store import Store
+from controller.store import open_store
 from controller.store.thread import CheckInBatcher, StoreThread
 
 log = logging.getLogger(__name__)
@@ -151,7 +151,7 @@ async def serve(  # noqa: PLR0915
     keys = load_signing_keys(data_dir)
     release_key = load_release_key(data_dir, settings.release_public_key)
 
-    store = Store.open(data_dir.database)
+    store = open_store(settings.store_url, data_dir.database)
     db = StoreThread(store)
     revoked = Revocations(await db.call(lambda s: s.host_ids(HostStatus.REVOKED)))
     engine = CampaignEngine(db, keys.key, metrics=Metrics(Presence(settings.checkin_interval)))

@@ -121,6 +121,9 @@ class PostgresBackend:
             ) from None
         pool: ConnectionPool[Any] = ConnectionPool(
             url, min_size=1, max_size=max_connections, open=False, configure=_configure,
+            # Checked when taken (rarely: the store thread keeps one), so a
+            # connection that died idle in the pool is replaced, not handed out.
+            check=ConnectionPool.check_connection,
             kwargs={"autocommit": True}, timeout=CONNECTION_WAIT_SECONDS, name="fleetpatch",
             reconnect_timeout=float("inf"),
         )  # fmt: skip

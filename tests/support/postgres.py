@@ -23,6 +23,7 @@ from pathlib import Path
 
 from tests.support.waiting import scaled
 
+KEEP = ("fleetpatch_migrations",)  # tables empty_tables leaves as they are
 RUN_AS = "nobody"  # under root: PostgreSQL will not run as root
 
 
@@ -122,7 +123,9 @@ class PostgresServer:
         self.execute(f'CREATE DATABASE "{name}" TEMPLATE "{template}"')
         return name
 
-    def empty_tables(self, database: str, keep: tuple[str, ...] = ("fleetpatch_migrations",)) -> None:
+    def empty_tables(
+        self, database: str, keep: tuple[str, ...] = ("fleetpatch_migrations",)
+    ) -> None:
         """Empty every table of ``database`` but ``keep``, in one statement."""
         import psycopg
 
