@@ -46,10 +46,28 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
             terminalreporter.write_line(f"  {line}")
 
 
+# The store the integration tests' controllers use when a test does not say:
+# "sqlite" (the default) or "postgresql" (a fresh database per test).
+STORE_ENV = "FLEETPATCH_TEST_STORE"
+STORES = ("sqlite", "postgresql")
+
+
 @pytest.fixture
-def controller(tmp_path: Path) -> Iterator[Controller]:
-    """A real controller on loopback (real TLS, real SQLite), stopped after."""
-    ctl = Controller(tmp_path / "ctl")
+def store_url(request: pytest.FixtureRequest) -> str:
+    """The [store] url for a test's controller: "" (SQLite in its data dir)
+    or a fresh PostgreSQL database's. A module runs on both with
+    ``pytestmark = pytest.mark.parametrize("store_url", STORES, indirect=True)``;
+    FLEETPATCH_TEST_STORE=postgresql runs the others on PostgreSQL."""
+    kind = getattr(request, "param", None) or os.environ.get(STORE_ENV, "sqlite")
+    if kind not in STORES:
+        raise ValueError(f"{STORE_ENV}={kind!r}: use one of {', '.join(STORES)}")
+    return str(request.getfixturevalue("postgres_url")) if kind == "postgresql" else ""
+
+
+@pytest.fixture
+def controller(tmp_path: Path, store_url: str) -> Iterator[Controller]:
+    """A real controller on loopback (real TLS, real SQLite or PostgreSQL), stopped after."""
+    ctl = Controller(tmp_path / "ctl", store_url=store_url)
     ctl.init()
     ctl.start()
     yield ctl

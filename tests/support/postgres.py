@@ -83,6 +83,7 @@ class PostgresServer:
             )
 
     def start(self) -> None:
+        """Make the cluster and start the server."""
         for path in (self.data, self.socket_dir):
             path.mkdir(mode=0o700)
             if self._user is not None:
@@ -93,6 +94,10 @@ class PostgresServer:
         # Locale C: text sorts by code point, as SQLite's does.
         self._run([str(self.bindir / "initdb"), "-D", str(self.data), "-U", "postgres",
                    "--auth=trust", "--locale=C", "--encoding=UTF8", "--no-sync"])  # fmt: skip
+        self.resume()
+
+    def resume(self) -> None:
+        """Start the server (again) on the cluster."""
         options = (
             f"-c listen_addresses='' -c unix_socket_directories='{self.socket_dir}'"
             " -c fsync=off -c synchronous_commit=off -c full_page_writes=off"
@@ -100,6 +105,10 @@ class PostgresServer:
         )
         self._run([str(self.bindir / "pg_ctl"), "-D", str(self.data), "-l", str(self.log),
                    "-o", options, "-w", "-t", str(int(scaled(60))), "start"])  # fmt: skip
+
+    def halt(self) -> None:
+        """Stop the server, keeping the cluster (a database outage)."""
+        self._run([str(self.bindir / "pg_ctl"), "-D", str(self.data), "-m", "fast", "-w", "stop"])
 
     def stop(self) -> None:
         with contextlib.suppress(RuntimeError, subprocess.TimeoutExpired):
