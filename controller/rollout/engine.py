@@ -115,6 +115,8 @@ class CampaignEngine:
         # host with one gets no other): read at start, then kept.
         self._in_flight: dict[str, Assignment] = {}
         self._analysed: dict[str, datetime] = {}  # campaign -> when its analyses were last asked
+        # Whether this replica runs the tick (Store.lead); None before the first ask.
+        self.leading: bool | None = None
 
     async def start(self) -> None:
         in_flight = await self._db.call(lambda s: s.in_flight())
@@ -627,7 +629,26 @@ class CampaignEngine:
             pass  # a person changed it meanwhile: theirs wins
 
     async def run_ticks(self, interval: float, stop: asyncio.Event) -> None:
-        await every(interval, stop, self.tick, "campaign tick")
+        """Tick every ``interval`` seconds while this replica leads (always
+        on SQLite; on PostgreSQL, one replica of those sharing the database)."""
+        await every(interval, stop, self.tick_if_leading, "campaign tick")
+
+    async def tick_if_leading(self) -> None:
+        leading = await self._db.call(lambda s: s.lead())
+        if leading != self.leading:
+            if leading:
+                log.info("leading: this controller runs the campaign tick")
+            else:
+                log.info("another controller replica runs the campaign tick")
+            if leading and self.leading is False:
+                # Taken over from another replica: count from the database
+                # as it is now, not from what this one saw before.
+                async with self._lock:
+                    self._counts.clear()
+                    await self.start()
+            self.leading = leading
+        if leading:
+            await self.tick()
 
 
 def _reverting(record: CampaignRecord) -> bool:

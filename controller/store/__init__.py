@@ -82,6 +82,12 @@ class Store(CampaignStore, ReleaseStore, WebhookStore):
 
         return cls(PostgresBackend.connect(url))
 
+    def lead(self) -> bool:
+        """Whether this controller is the replica that runs the campaign
+        tick (always, on SQLite); PostgreSQL: an advisory lock, handed to
+        another replica when this one dies."""
+        return self._backend.lead()
+
     def close(self) -> None:
         self._backend.close()
 
@@ -307,9 +313,12 @@ class Store(CampaignStore, ReleaseStore, WebhookStore):
                 )
             )
             expired = [_host(r) for r in rows]
+            gone: list[Host] = []
             for row, host in zip(rows, expired, strict=True):
-                conn.execute("DELETE FROM hosts WHERE host_id = ? AND status = ?",
-                             (host.host_id, HostStatus.PENDING.value))  # fmt: skip
+                if not conn.execute("DELETE FROM hosts WHERE host_id = ? AND status = ?",
+                                    (host.host_id, HostStatus.PENDING.value)).rowcount:  # fmt: skip
+                    continue  # another replica expired it, or it just arrived
+                gone.append(host)
                 conn.execute(
                     "UPDATE tokens SET uses = uses - 1 WHERE token_id = ? AND uses > 0",
                     (row["token_id"],),
@@ -319,7 +328,7 @@ class Store(CampaignStore, ReleaseStore, WebhookStore):
                     f"enrolled {host.enrolled_at:%Y-%m-%d %H:%M:%SZ} with token "
                     f"{row['token_id']} and never checked in; the token use is given back",
                 ))  # fmt: skip
-        return expired
+        return gone
 
     def host_ids(self, status: HostStatus) -> set[str]:
         """The ids of the hosts in ``status`` (revoked, pending...)."""
@@ -492,6 +501,9 @@ class Store(CampaignStore, ReleaseStore, WebhookStore):
                         known_updates,
                     )
                 )
+            # In host order: replicas updating the same hosts take their row
+            # locks in the same order, rather than deadlock.
+            updates.sort(key=lambda row: str(row[-1]))
             conn.executemany(
                 "UPDATE hosts SET last_seen = ?, facts = ?, health = ?, inventory_hash = ?,"
                 " package_count = COALESCE(?, package_count),"

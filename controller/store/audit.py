@@ -9,9 +9,15 @@ from datetime import datetime
 from controller.audit import GENESIS, AuditEntry, AuditRecord, chain
 from controller.store.dialect import Connection
 
+# pg_advisory_xact_lock key of the audit trail's head: "fpau".
+APPEND_LOCK = 0x66706175
+
 
 def append(conn: Connection, entry: AuditEntry) -> AuditRecord:
-    """Chain ``entry`` after the last record; call inside a transaction."""
+    """Chain ``entry`` after the last record; call inside a transaction.
+    Replicas sharing a database append one at a time: the lock, held to the
+    end of the transaction, makes the head read here the one it follows."""
+    conn.execute("SELECT pg_advisory_xact_lock(?)", (APPEND_LOCK,))
     last = conn.execute("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1").fetchone()
     seq, prev = (last[0] + 1, last[1]) if last else (1, GENESIS)
     record = chain(seq, entry, prev)

@@ -26,6 +26,11 @@ class Backend(Protocol):
 
     def applied_migrations(self) -> list[str]: ...
 
+    def lead(self) -> bool:
+        """Whether this process is (still, or now) the one replica that runs
+        the campaign tick; asked before each tick."""
+        ...
+
     def close(self) -> None: ...
 
 

@@ -168,10 +168,13 @@ class CampaignStore(StoreBase):
                     f"campaign {campaign_id} is {row[0]}; this needs it {' or '.join(states)}"
                 )
             sets = ", ".join(f"{k} = ?" for k in values)
-            conn.execute(
-                f"UPDATE campaigns SET {sets} WHERE campaign_id = ?",  # noqa: S608 - checked names
-                (*values.values(), campaign_id),
-            )
+            # Only from the state just read: a replica that changed it
+            # meanwhile wins, and this one is told so.
+            if not conn.execute(
+                f"UPDATE campaigns SET {sets} WHERE campaign_id = ? AND state = ?",  # noqa: S608 - checked names
+                (*values.values(), campaign_id, row[0]),
+            ).rowcount:
+                raise Conflict(f"campaign {campaign_id} changed meanwhile; look again")
             audit.append(conn, entry)
         return self.get_campaign(campaign_id)
 

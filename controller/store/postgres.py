@@ -36,6 +36,10 @@ log = logging.getLogger(__name__)
 
 # pg_advisory_xact_lock key while migrating: "fpmg".
 MIGRATION_LOCK = 0x66706D67
+# pg_try_advisory_lock key of the replica that runs the campaign tick: "fpld".
+# A session lock: held as long as the leader's connection lives, released by
+# PostgreSQL when it ends (the leader stopped, crashed or was cut off).
+LEADER_LOCK = 0x66706C64
 # How long a call waits for a connection when the database is unreachable
 # before the caller is told it is unavailable (the pool keeps trying).
 CONNECTION_WAIT_SECONDS = 3.0
@@ -72,6 +76,12 @@ def _configure(conn: psycopg.Connection[Any]) -> None:
     conn.adapters.register_dumper(bool, _BoolAsInteger)
 
 
+def _transient(exc: psycopg.OperationalError) -> bool:
+    """A deadlock or serialization failure between replicas (SQLSTATE class
+    40): the transaction is rolled back, the connection is fine."""
+    return (exc.sqlstate or "").startswith("40")
+
+
 class _Connection:
     """A psycopg connection speaking the store's dialect (dialect.Connection)."""
 
@@ -103,6 +113,7 @@ class PostgresBackend:
         self._pool = pool
         self._where = where
         self._held: _Connection | None = None
+        self._leader: psycopg.Connection[Any] | None = None
 
     @classmethod
     def connect(cls, url: str, max_connections: int = 4) -> PostgresBackend:
@@ -143,9 +154,16 @@ class PostgresBackend:
             raise
         return backend
 
-    def lost(self, raw: psycopg.Connection[Any], exc: BaseException) -> StoreUnavailable:
+    def lost(self, raw: psycopg.Connection[Any], exc: psycopg.OperationalError) -> StoreUnavailable:
         """``raw`` failed: give it back broken (the pool replaces it); the
-        error to raise."""
+        error to raise. A conflict with another replica (a deadlock, say)
+        only rolled its transaction back: the caller may simply retry."""
+        if _transient(exc) and not raw.broken:
+            log.info("database conflict with another replica: %s", _reason(exc))
+            return StoreUnavailable(
+                f"the database refused a conflicting change ({_reason(exc)}); try again",
+                RETRY_AFTER_SECONDS / 5,
+            )
         if self._held is not None and self._held.raw is raw:
             self._held = None
             log.warning("lost the connection to PostgreSQL (%s): %s", self._where, _reason(exc))
@@ -210,7 +228,45 @@ class PostgresBackend:
         )
         return [row[0] for row in cur]
 
+    # -- leadership ----------------------------------------------------------
+
+    def lead(self) -> bool:
+        """Whether this replica holds the leader lock, taking it when it is
+        free. The lock lives on a connection of its own, kept while leading:
+        when this process dies, PostgreSQL ends the session and the lock
+        passes to the next replica that asks."""
+        if self._leader is not None:
+            try:
+                self._leader.execute("SELECT 1")
+                return True
+            except psycopg.Error as exc:
+                log.warning("no longer leading: lost the leader's connection (%s)", _reason(exc))
+                self._drop_leader()
+        try:
+            raw = self._pool.getconn()
+        except PoolTimeout:
+            return False
+        try:
+            row = raw.execute("SELECT pg_try_advisory_lock(%s)", (LEADER_LOCK,)).fetchone()
+        except psycopg.Error as exc:
+            raw.close()
+            self._pool.putconn(raw)
+            log.warning("cannot ask for the leader lock: %s", _reason(exc))
+            return False
+        if row is None or not row[0]:
+            self._pool.putconn(raw)
+            return False
+        self._leader = raw
+        return True
+
+    def _drop_leader(self) -> None:
+        raw, self._leader = self._leader, None
+        if raw is not None:
+            raw.close()  # ends the session: the lock is released with it
+            self._pool.putconn(raw)
+
     def close(self) -> None:
+        self._drop_leader()
         if self._held is not None:
             self._pool.putconn(self._held.raw)
             self._held = None

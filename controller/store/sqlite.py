@@ -20,6 +20,10 @@ from controller.store.dialect import Connection
 from controller.store.migrations import migrations
 
 
+def _no_lock(key: int) -> None:
+    return None
+
+
 class SqliteBackend:
     integrity_errors: tuple[type[Exception], ...] = (sqlite3.IntegrityError,)
 
@@ -30,6 +34,10 @@ class SqliteBackend:
         conn.execute("PRAGMA synchronous=NORMAL")
         conn.execute("PRAGMA busy_timeout=5000")
         conn.execute("PRAGMA foreign_keys=ON")
+        # The store's SQL takes PostgreSQL's transaction-scoped advisory
+        # locks where replicas would race; SQLite lets one writer in at a
+        # time anyway, so here they are no-ops.
+        conn.create_function("pg_advisory_xact_lock", 1, _no_lock)
         migrations.apply(self._db)
 
     @classmethod
@@ -60,6 +68,10 @@ class SqliteBackend:
 
     def applied_migrations(self) -> list[str]:
         return [m.name for m in migrations.applied(self._db)]
+
+    def lead(self) -> bool:
+        """One process has the file: it always runs the campaign tick."""
+        return True
 
     def close(self) -> None:
         self._raw.close()

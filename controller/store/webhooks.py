@@ -22,8 +22,14 @@ class WebhookStore(StoreBase):
             if row is not None:
                 return int(row[0])
             seq, _ = audit.head(conn)
-            conn.execute("INSERT INTO webhook_cursors (name, after_seq) VALUES (?, ?)", (name, seq))
-            return seq
+            # Another replica may have started the same webhook meanwhile: its cursor stands.
+            conn.execute(
+                "INSERT OR IGNORE INTO webhook_cursors (name, after_seq) VALUES (?, ?)", (name, seq)
+            )
+            row = conn.execute(
+                "SELECT after_seq FROM webhook_cursors WHERE name = ?", (name,)
+            ).fetchone()
+            return int(row[0])
 
     def advance_webhook(self, name: str, after_seq: int) -> None:
         with self._transaction() as conn:

@@ -10,8 +10,19 @@ from datetime import UTC, datetime, timedelta
 import psycopg
 import pytest
 
-from controller.errors import StoreUnavailable
+from controller import audit
+from controller.audit import AuditEntry
+from controller.campaigns.tallies import CampaignState
+from controller.errors import Conflict, StoreUnavailable, TokenRefused
 from controller.fleet.tokens import new_token
+from controller.model import (
+    Assignment,
+    AssignmentKind,
+    AssignmentStatus,
+    CampaignRecord,
+    Host,
+    HostStatus,
+)
 from controller.store import Store
 from controller.store.dialect import to_postgres
 from controller.store.migrations import registered
@@ -156,3 +167,137 @@ def test_a_lost_connection_is_unavailable_once_then_replaced(postgres_emptied_ur
         assert store.revoke_token(token.token_id).revoked
     finally:
         store.close()
+
+
+# -- several replicas on one database --------------------------------------------
+
+
+def _leader_pid(store: Store) -> int:
+    leader = store._backend._leader  # type: ignore[attr-defined]
+    assert leader is not None
+    return int(leader.info.backend_pid)
+
+
+def test_one_replica_leads_and_another_takes_over_when_it_dies(postgres_emptied_url, postgres):
+    first, second = Store.connect(postgres_emptied_url), Store.connect(postgres_emptied_url)
+    try:
+        assert first.lead()
+        assert not second.lead()
+        assert first.lead()  # still
+        # The leader's session ends, as when its process is killed.
+        with psycopg.connect(postgres.url(), autocommit=True) as admin:
+            admin.execute("SELECT pg_terminate_backend(%s)", (_leader_pid(first),))
+        assert second.lead()
+        assert not first.lead()  # it notices, and the lock is taken
+        second.close()
+        assert first.lead()  # a replica stopping hands it on too
+    finally:
+        first.close()
+        second.close()
+
+
+def test_concurrent_replicas_extend_one_unbroken_audit_chain(postgres_emptied_url):
+    stores = [Store.connect(postgres_emptied_url) for _ in range(3)]
+    errors: list[BaseException] = []
+
+    def append(store: Store, n: int) -> None:
+        try:
+            for i in range(40):
+                store.append_audit(AuditEntry(NOW, f"replica-{n}", "x.y", str(i), "ok"))
+        except BaseException as exc:  # reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=append, args=(s, n)) for n, s in enumerate(stores)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    try:
+        assert errors == []
+        records = stores[0].audit_records()
+        assert [r.seq for r in records] == list(range(1, 121))
+        assert audit.verify(records).ok
+    finally:
+        for store in stores:
+            store.close()
+
+
+def test_concurrent_replicas_never_spend_a_token_use_twice(postgres_emptied_url):
+    stores = [Store.connect(postgres_emptied_url) for _ in range(3)]
+    token, _ = new_token("eu", 0, 5, timedelta(hours=1), {}, NOW)
+    stores[0].create_token(token)
+    enrolled: list[str] = []
+    refused: list[str] = []
+
+    def enroll(store: Store, n: int) -> None:
+        for i in range(4):
+            host = Host(
+                host_id=f"h-{n}-{i}", region="eu", ring=0, status=HostStatus.PENDING,
+                enrolled_at=NOW, certificate_serial=f"{n}{i}",
+                certificate_expires_at=NOW + timedelta(days=1),
+            )  # fmt: skip
+            try:
+                store.enroll_host(host, token.token_id, NOW)
+                enrolled.append(host.host_id)
+            except TokenRefused:
+                refused.append(host.host_id)
+
+    threads = [threading.Thread(target=enroll, args=(s, n)) for n, s in enumerate(stores)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    try:
+        assert (len(enrolled), len(refused)) == (5, 7)
+        stored = stores[0].get_token(token.token_id)
+        assert stored is not None
+        assert stored.uses == 5
+        assert sorted(h.host_id for h in stores[0].list_hosts()) == sorted(enrolled)
+    finally:
+        for store in stores:
+            store.close()
+
+
+def test_replicas_racing_to_assign_one_host_assign_it_once(postgres_emptied_url):
+    """Each replica decided, from what it knew, that the host's turn had
+    come (its sequence was 0): the database lets exactly one order in."""
+    stores = [Store.connect(postgres_emptied_url) for _ in range(4)]
+    first = stores[0]
+    token, _ = new_token("eu", 0, 1, timedelta(hours=1), {}, NOW)
+    first.create_token(token)
+    first.enroll_host(
+        Host("h-1", "eu", 0, HostStatus.ACTIVE, NOW, certificate_serial="1",
+             certificate_expires_at=NOW + timedelta(days=90)),
+        token.token_id, NOW,
+    )  # fmt: skip
+    for cid in ("c-1", "c-2"):
+        record = CampaignRecord(cid, cid, "", CampaignState.RUNNING, NOW, "admin:a", NOW)
+        first.create_campaign(record, AuditEntry(NOW, "admin:a", "campaign.create", cid, "ok"))
+    start = threading.Barrier(len(stores))
+    won: list[str] = []
+    lost: list[str] = []
+
+    def assign(store: Store, n: int) -> None:
+        order_id = f"o-{n}"
+        order = Assignment(order_id, f"c-{n % 2 + 1}", "h-1", AssignmentKind.PATCH, 0, "eu", 1,
+                           b"", AssignmentStatus.IN_FLIGHT, NOW)  # fmt: skip
+        start.wait()
+        try:
+            store.assign(order, AuditEntry(NOW, "controller", "order.assign", order_id, "ok"))
+            won.append(order_id)
+        except Conflict:
+            lost.append(order_id)
+
+    threads = [threading.Thread(target=assign, args=(s, n)) for n, s in enumerate(stores)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    try:
+        assert (len(won), len(lost)) == (1, 3)
+        assert [a.order_id for a in first.in_flight()] == won
+        assert first.next_sequence("h-1") == 2
+        assert audit.verify(first.audit_records()).ok
+    finally:
+        for store in stores:
+            store.close()
