@@ -607,6 +607,8 @@ class CampaignEngine:
             log.warning("campaign %s: %d order(s) timed out", record.campaign_id, len(timed_out))
 
     async def _evaluate(self, campaign_id: str) -> None:
+        if self.leading is False:
+            return  # halting and completing is the leading replica's
         record = await self._db.call(lambda s: s.get_campaign(campaign_id))
         if record.state != CampaignState.RUNNING:
             return
@@ -634,21 +636,29 @@ class CampaignEngine:
         await every(interval, stop, self.tick_if_leading, "campaign tick")
 
     async def tick_if_leading(self) -> None:
-        leading = await self._db.call(lambda s: s.lead())
+        leading, shared = await self._db.call(lambda s: (s.lead(), s.shared))
         if leading != self.leading:
             if leading:
                 log.info("leading: this controller runs the campaign tick")
             else:
                 log.info("another controller replica runs the campaign tick")
-            if leading and self.leading is False:
-                # Taken over from another replica: count from the database
-                # as it is now, not from what this one saw before.
-                async with self._lock:
-                    self._counts.clear()
-                    await self.start()
-            self.leading = leading
+        if shared and self.leading is not None:
+            # Other replicas assign, report and approve too, and tell only
+            # their own counts: count again from the database, so that a
+            # tick (and the next decisions here) see what they did.
+            await self.resync()
+        self.leading = leading
         if leading:
             await self.tick()
+
+    async def resync(self) -> None:
+        """Count the open campaigns again from the store: the full read
+        `start` makes, once per tick when replicas share the database
+        (issue 17: to become incremental, from the audit trail)."""
+        async with self._lock:
+            self._counts.clear()
+            self._waits.clear()  # kept against counts that are gone
+            await self.start()
 
 
 def _reverting(record: CampaignRecord) -> bool:

@@ -82,6 +82,11 @@ class Store(CampaignStore, ReleaseStore, WebhookStore):
 
         return cls(PostgresBackend.connect(url))
 
+    @property
+    def shared(self) -> bool:
+        """Whether other controller replicas may write to this database."""
+        return self._backend.shared
+
     def lead(self) -> bool:
         """Whether this controller is the replica that runs the campaign
         tick (always, on SQLite); PostgreSQL: an advisory lock, handed to

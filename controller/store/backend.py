@@ -13,6 +13,8 @@ from controller.store.dialect import Connection
 class Backend(Protocol):
     # Raised by a statement that breaks a constraint (UNIQUE, PRIMARY KEY).
     integrity_errors: tuple[type[Exception], ...]
+    # Whether other controller processes may write to the same database.
+    shared: bool
 
     def connection(self) -> Connection:
         """The connection to run a statement on (autocommit outside a

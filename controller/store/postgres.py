@@ -108,6 +108,7 @@ class _Connection:
 
 class PostgresBackend:
     integrity_errors: tuple[type[Exception], ...] = (psycopg.IntegrityError,)
+    shared = True
 
     def __init__(self, pool: ConnectionPool[Any], where: str) -> None:
         self._pool = pool

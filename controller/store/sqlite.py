@@ -26,6 +26,7 @@ def _no_lock(key: int) -> None:
 
 class SqliteBackend:
     integrity_errors: tuple[type[Exception], ...] = (sqlite3.IntegrityError,)
+    shared = False
 
     def __init__(self, conn: sqlite3.Connection) -> None:
         self._raw = conn
