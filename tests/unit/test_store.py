@@ -396,6 +396,19 @@ def test_a_batch_answers_each_checkin_in_order(store):
     assert [store.get_host(h.host_id).checkins for h in hosts] == [1, 0, 1]
 
 
+def test_a_batch_past_one_read_chunk_answers_every_host(store):
+    """Hosts are read 500 at a time: 1,202 check-ins (one host twice, one
+    unknown) span three reads, in an order unlike theirs."""
+    hosts = [_host(n) for n in range(1, 1201)]
+    _enrolled(store, *hosts)
+    ids = [h.host_id for h in reversed(hosts)]
+    batch = [_checkin(i, None) for i in [*ids[:700], "h-unknown", ids[0], *ids[700:]]]
+    outcomes = store.record_checkins(batch)
+    assert [o.known for o in outcomes] == [True] * 700 + [False] + [True] * 501
+    assert store.get_host(ids[0]).checkins == 2
+    assert {store.get_host(i).checkins for i in ids[1:]} == {1}
+
+
 def test_empty_batch(store):
     assert store.record_checkins([]) == []
 
