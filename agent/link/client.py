@@ -54,8 +54,9 @@ def _call(address: str, fn: Callable[[], _T]) -> _T:
         code: grpc.StatusCode = exc.code()
         details: str = exc.details() or code.name
         if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+            trailing = getattr(exc, "trailing_metadata", lambda: None)()
             raise ControllerUnavailable(
-                f"cannot reach the controller at {address}: {details}"
+                f"cannot reach the controller at {address}: {details}", retry_after(trailing)
             ) from None
         if code in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED):
             raise Refused(f"the controller refused: {details}") from None

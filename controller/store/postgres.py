@@ -262,9 +262,13 @@ class PostgresBackend:
 
     def _drop_leader(self) -> None:
         raw, self._leader = self._leader, None
-        if raw is not None:
-            raw.close()  # ends the session: the lock is released with it
-            self._pool.putconn(raw)
+        if raw is None:
+            return
+        try:
+            raw.execute("SELECT pg_advisory_unlock(%s)", (LEADER_LOCK,))
+        except psycopg.Error:
+            raw.close()  # ends the session, which releases the lock all the same
+        self._pool.putconn(raw)
 
     def close(self) -> None:
         self._drop_leader()

@@ -142,7 +142,7 @@ def _terminate_others(postgres: PostgresServer, database: str) -> int:
     """What a database restart or failover does to our connections."""
     with psycopg.connect(postgres.url(), autocommit=True) as admin:
         rows = admin.execute(
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+            "SELECT pg_terminate_backend(pid, 10000) FROM pg_stat_activity"
             " WHERE datname = %s AND pid <> pg_backend_pid()",
             (database,),
         ).fetchall()
@@ -186,7 +186,8 @@ def test_one_replica_leads_and_another_takes_over_when_it_dies(postgres_emptied_
         assert first.lead()  # still
         # The leader's session ends, as when its process is killed.
         with psycopg.connect(postgres.url(), autocommit=True) as admin:
-            admin.execute("SELECT pg_terminate_backend(%s)", (_leader_pid(first),))
+            # Waits for the session to end (and release its locks), up to 10 s.
+            admin.execute("SELECT pg_terminate_backend(%s, 10000)", (_leader_pid(first),))
         assert second.lead()
         assert not first.lead()  # it notices, and the lock is taken
         second.close()
