@@ -263,7 +263,8 @@ async def _extras(
         if problem:
             log.warning("webhook %s: %s cannot be reached now (%s); its events wait in the "
                         "outbox until it answers", hook.name, hook.url, problem)  # fmt: skip
-    return _Extras(await _serve_metrics(settings.metrics_listen, engine, db), Deliveries(db, hooks))
+    deliveries = Deliveries(db, hooks, leading=lambda: engine.leading is not False)
+    return _Extras(await _serve_metrics(settings.metrics_listen, engine, db), deliveries)
 
 
 def reachable(url: str, timeout: float = 3.0) -> str:
