@@ -7,6 +7,7 @@ import sqlite3
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -499,3 +500,56 @@ def test_a_pending_host_that_never_arrives_expires_and_gives_its_token_use_back(
     assert (record.entry.target, record.entry.actor) == (stale.host_id, "controller")
     assert token.token_id in record.entry.detail
     assert store.expire_pending_hosts(NOW - timedelta(hours=1), NOW) == []
+
+
+# -- a migration added later (what other branches' migrations go through) ---------
+
+
+def test_a_new_plain_sql_migration_applies_on_both_backends(tmp_path, request):
+    """A migration written as migrations.py's docstring says, registered
+    after a database was made, is applied once at the next open, on SQLite
+    and on PostgreSQL, and its table works the same on both."""
+    from controller.store.migrations import migrations, registered
+
+    path = tmp_path / "controller.db"
+    Store.open(path).close()  # both databases exist, migrated, before the new migration
+    urls = ["", request.getfixturevalue("postgres_url")]
+
+    @migrations(name="9999_test_widgets")
+    def _widgets(db: Any) -> None:
+        db.execute(
+            """CREATE TABLE widgets (
+                widget_id  INTEGER PRIMARY KEY,
+                name       TEXT NOT NULL UNIQUE,
+                weight     REAL NOT NULL,
+                blob       BLOB NOT NULL,
+                flag       INTEGER NOT NULL DEFAULT 0
+            )"""
+        )
+        db.execute("CREATE INDEX widgets_weight ON widgets (weight)")
+        db.execute("ALTER TABLE hosts ADD COLUMN widget_count INTEGER NOT NULL DEFAULT 0")
+
+    try:
+        for url in urls:
+            store = Store.connect(url) if url else Store.open(path)
+            try:
+                assert store.applied_migrations()[-2:] == [
+                    "0007_certificate_renewal", "9999_test_widgets",
+                ]  # fmt: skip
+                conn = store._conn
+                for name in ("a", "b", "a"):
+                    conn.execute(
+                        "INSERT OR IGNORE INTO widgets (name, weight, blob, flag) VALUES (?,?,?,?)",
+                        (name, 1.25e9 + 0.125, b"\x00\xff", True),
+                    )
+                rows = conn.execute(
+                    "SELECT widget_id, name, weight, blob, flag FROM widgets ORDER BY widget_id"
+                ).fetchall()
+                assert [(*r[:3], bytes(r[3]), r[4]) for r in rows] == [
+                    (1, "a", 1.25e9 + 0.125, b"\x00\xff", 1),
+                    (2, "b", 1.25e9 + 0.125, b"\x00\xff", 1),
+                ]
+            finally:
+                store.close()
+    finally:
+        migrations._migrations = [m for m in registered() if m.name != "9999_test_widgets"]
