@@ -597,7 +597,8 @@ class CampaignEngine:
             if order_timed_out(spec, flight.last_report_at, self._watching_since, now)
         ]  # fmt: skip
         if late:
-            timed_out = await self._db.call(lambda s: s.time_out(late, now))
+            seen = {order_id: live.in_flight[order_id].last_report_at for order_id in late}
+            timed_out = await self._db.call(lambda s: s.time_out(late, now, seen))
             for order_id in timed_out:
                 flight = live.in_flight.get(order_id)
                 if flight is not None:

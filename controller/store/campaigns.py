@@ -367,19 +367,32 @@ class CampaignStore(StoreBase):
                     )  # fmt: skip
         return changed
 
-    def time_out(self, order_ids: Iterable[str], now: datetime) -> list[str]:
+    def time_out(
+        self,
+        order_ids: Iterable[str],
+        now: datetime,
+        silent_since: Mapping[str, datetime] | None = None,
+    ) -> list[str]:
         """Mark in-flight orders as timed out (final for the budget); returns
-        those that were still in flight."""
+        those that were still in flight. ``silent_since``: per order, the
+        last report the caller knew of; an order that has reported since
+        (through another replica) is left in flight."""
         timed_out: list[str] = []
+        known = silent_since or {}
         with self._transaction() as conn:
             for order_id in order_ids:
+                seen = known.get(order_id)
+                # Stored times are float seconds; the caller's went through a
+                # datetime (microseconds): a millisecond of slack.
+                latest = float("inf") if seen is None else seen.timestamp() + 0.001
                 if conn.execute(
                     "UPDATE assignments SET status = ?, finished_at = ?, detail = ?"
-                    " WHERE order_id = ? AND status = ?",
+                    " WHERE order_id = ? AND status = ?"
+                    " AND COALESCE(last_report_at, assigned_at) <= ?",
                     (
                         AssignmentStatus.TIMED_OUT.value, _ts(now),
                         "no report within the campaign's report timeout", order_id,
-                        AssignmentStatus.IN_FLIGHT.value,
+                        AssignmentStatus.IN_FLIGHT.value, latest,
                     ),
                 ).rowcount:  # fmt: skip
                     timed_out.append(order_id)

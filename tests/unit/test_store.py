@@ -11,9 +11,21 @@ from typing import Any
 
 import pytest
 
+from controller.audit import AuditEntry
+from controller.campaigns.tallies import CampaignState
 from controller.errors import NotFound, TokenRefused
 from controller.fleet.tokens import Token, new_token
-from controller.model import CheckIn, CheckInOutcome, Host, HostStatus, Package
+from controller.model import (
+    Assignment,
+    AssignmentKind,
+    AssignmentStatus,
+    CampaignRecord,
+    CheckIn,
+    CheckInOutcome,
+    Host,
+    HostStatus,
+    Package,
+)
 from controller.store import Store
 
 NOW = datetime(2025, 3, 1, 12, 0, tzinfo=UTC)
@@ -553,3 +565,25 @@ def test_a_new_plain_sql_migration_applies_on_both_backends(tmp_path, request):
                 store.close()
     finally:
         migrations._migrations = [m for m in registered() if m.name != "9999_test_widgets"]
+
+
+def test_an_order_is_timed_out_only_if_it_is_as_silent_as_the_caller_saw(store):
+    """A replica's counts may miss a report that came through another
+    replica: the store times an order out only if no report came after the
+    last one the caller knew of."""
+    hosts = [_host(1), _host(2)]
+    _enrolled(store, *hosts)
+    record = CampaignRecord("c-1", "c", "", CampaignState.RUNNING, NOW, "admin:a", NOW)
+    store.create_campaign(record, AuditEntry(NOW, "admin:a", "campaign.create", "c-1", "ok"))
+    for order_id, host in zip(("o-1", "o-2"), hosts, strict=True):
+        order = Assignment(order_id, "c-1", host.host_id, AssignmentKind.PATCH, 0, "eu", 1, b"",
+                           AssignmentStatus.IN_FLIGHT, NOW)  # fmt: skip
+        store.assign(order, AuditEntry(NOW, "controller", "order.assign", order_id, "ok"))
+    later = NOW + timedelta(minutes=30)
+    store.apply_results(hosts[0].host_id, [("o-1", "APPLY", "", "", later)])  # another replica
+    late = NOW + timedelta(hours=2)
+    assert store.time_out(["o-1", "o-2"], late, {"o-1": NOW, "o-2": NOW}) == ["o-2"]
+    assert store.time_out(["o-1"], late, {"o-1": later}) == ["o-1"]
+    assert {a.order_id: a.status for a in store.assignments("c-1")} == {
+        "o-1": AssignmentStatus.TIMED_OUT, "o-2": AssignmentStatus.TIMED_OUT,
+    }  # fmt: skip
