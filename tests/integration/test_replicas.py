@@ -1,9 +1,10 @@
 """Two controller replicas on one PostgreSQL database (issue 17, part 2):
 the second set up from the first's data dir (the same CA, signing key and
-admin trust), one leading the campaign tick, a campaign running, the
-leader SIGKILLed mid-ring: the survivor takes the tick over, the campaign
-completes through it, no host is assigned twice and the audit chain
-verifies. Real processes, real gRPC with mutual TLS, real PostgreSQL."""
+admin trust), one leading the campaign tick, agents that list both, a
+campaign running, the leader SIGKILLed mid-ring: the agents fail over, the
+survivor takes the tick over, the campaign completes through it, no host is
+assigned twice and the audit chain verifies. Real processes, real gRPC with
+mutual TLS, real PostgreSQL."""
 
 from __future__ import annotations
 
@@ -70,16 +71,17 @@ def test_the_survivor_of_a_killed_leader_completes_the_campaign(replicas, tmp_pa
     first, second = replicas
     wait_for("the second replica to follow", second.log.read_text, lambda t: FOLLOWING in t,
              timeout=30)  # fmt: skip
-    # The agents use the second replica; the first, leading, takes the admin's verbs.
+    # The agents list both replicas, the first (leading) first.
     agents = [
         InProcessAgent(
-            second,
+            first,
             tmp_path / f"agent-{i}",
             "eu",
             ring,
             FakeBackend({"fp-demo": "1.0"}, {"fp-demo": "1.1"}),
             FakeProber([True]),
             defer=True,
+            address=f"{first.address},{second.address}",
         )
         for i, ring in enumerate((0, 0, 1, 1, 1, 1))
     ]
@@ -89,14 +91,13 @@ def test_the_survivor_of_a_killed_leader_completes_the_campaign(replicas, tmp_pa
         campaign_id = first.admin("campaign", "create", spec).stdout.strip().splitlines()[-1]
         first.admin("campaign", "approve", campaign_id)
 
-        # The second replica learns of the approval from the database (by its next tick).
         def ring_0_in_flight() -> bool:
             for agent in agents[:2]:
                 if agent._pending is None:
                     agent.round()
             return all(agent._pending for agent in agents[:2])
 
-        wait_for("ring 0 to be assigned through the second replica", ring_0_in_flight,
+        wait_for("ring 0 to be assigned", ring_0_in_flight,
                  timeout=30, interval=0.5)  # fmt: skip
         assert first.proc is not None
         first.proc.send_signal(signal.SIGKILL)  # mid-ring: ring 0's orders in flight
@@ -114,6 +115,7 @@ def test_the_survivor_of_a_killed_leader_completes_the_campaign(replicas, tmp_pa
 
         wait_for("the campaign to complete through the survivor", state,
                  lambda s: s == "completed", timeout=120, interval=0.2)  # fmt: skip
+        assert {agent.client.address for agent in agents} == {second.address}  # failed over
     finally:
         for agent in agents:
             agent.close()
