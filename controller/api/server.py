@@ -154,6 +154,7 @@ async def serve(  # noqa: PLR0915
     store = open_store(settings.store_url, data_dir.database)
     db = StoreThread(store)
     revoked = Revocations(await db.call(lambda s: s.host_ids(HostStatus.REVOKED)))
+    shared = await db.call(lambda s: s.shared)
     engine = CampaignEngine(db, keys.key, metrics=Metrics(Presence(settings.checkin_interval)))
     batcher = CheckInBatcher(db, settings.checkin_max_batch, engine.metrics)
     await engine.start()
@@ -187,7 +188,11 @@ async def serve(  # noqa: PLR0915
         engine.run_ticks(settings.campaign_tick.total_seconds(), stop),
         expire_pending(db, settings.pending_timeout, pending, stop, engine.metrics.presence),
         extras.deliveries.run(stop),
-    )
+        *(
+            [follow_revocations(db, revoked, settings.campaign_tick.total_seconds(), stop)]
+            if shared else []
+        ),
+    )  # fmt: skip
     for name in ("", *SERVICES):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     data_dir.write_endpoints(
@@ -234,6 +239,23 @@ async def expire_pending(
 
     # At most a quarter of the timeout late.
     await every(min(60.0, timeout.total_seconds() / 4), stop, expire, "expiring pending hosts")
+
+
+async def follow_revocations(
+    db: StoreThread, revoked: Revocations, interval: float, stop: asyncio.Event
+) -> None:
+    """Replicas sharing a database: learn, every ``interval`` seconds, the
+    hosts another replica revoked, so that none of their calls is served
+    here for longer than that. (The whole revoked set: a time cursor would
+    depend on the replicas' clocks agreeing.)"""
+
+    async def follow() -> None:
+        for host_id in sorted(await db.call(lambda s: s.host_ids(HostStatus.REVOKED))):
+            if host_id not in revoked:
+                log.info("host %s was revoked through another replica", host_id)
+                revoked.add(host_id)
+
+    await every(interval, stop, follow, "following revocations")
 
 
 # How long a scrape waits for the event loop to hand it the counts; a loop

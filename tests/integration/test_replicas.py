@@ -13,8 +13,11 @@ import signal
 from collections.abc import Iterator
 from pathlib import Path
 
+import grpc
 import pytest
+from fleetpatch.v1 import agent_pb2, agent_pb2_grpc
 
+from tests.integration.test_enrollment import Raw, _enroll
 from tests.support.controller import Controller, free_port
 from tests.support.fakes import FakeBackend, FakeProber
 from tests.support.inprocess import InProcessAgent
@@ -127,3 +130,31 @@ def test_the_survivor_of_a_killed_leader_completes_the_campaign(replicas, tmp_pa
     assert [len(a.outcomes) for a in agents] == [1] * len(agents)
     assert second.admin("audit", "verify").stdout.startswith("audit trail intact")
     assert "Traceback" not in second.log.read_text()
+
+
+def _report_via(ctl: Controller, host: Raw) -> grpc.StatusCode:
+    """An empty progress report as ``host`` through ``ctl``: its answer."""
+    creds = grpc.ssl_channel_credentials(
+        root_certificates=(ctl.data_dir / "ca.pem").read_bytes(),
+        private_key=host.key_pem,
+        certificate_chain=host.cert_pem,
+    )
+    with grpc.secure_channel(ctl.address, creds) as channel:
+        try:
+            agent_pb2_grpc.AgentServiceStub(channel).ReportProgress(
+                agent_pb2.ReportProgressRequest(), timeout=30
+            )
+        except grpc.RpcError as exc:
+            return exc.code()
+    return grpc.StatusCode.OK
+
+
+def test_a_host_revoked_through_one_replica_is_refused_by_the_other(replicas):
+    first, second = replicas
+    host = _enroll(first, first.token())
+    assert _report_via(second, host) is grpc.StatusCode.OK
+    first.admin("hosts", "revoke", host.host_id)
+    assert _report_via(first, host) is grpc.StatusCode.PERMISSION_DENIED
+    # The other replica learns it from the database within a tick (1 s here).
+    wait_for("the second replica to refuse the revoked host", lambda: _report_via(second, host),
+             lambda code: code is grpc.StatusCode.PERMISSION_DENIED, timeout=30)  # fmt: skip
