@@ -17,9 +17,12 @@ PROTOS := $(wildcard proto/fleetpatch/v1/*.proto)
 # under a real systemd), shellcheck (lints the maintainer scripts), prometheus
 # (a real Prometheus scrapes a real controller in the tests; its promtool checks
 # and unit-tests the alert rules in packaging/prometheus), lintian (the built
-# .debs are held lintian-clean but for packaging/debian/*/lintian-overrides).
+# .debs are held lintian-clean but for packaging/debian/*/lintian-overrides),
+# postgresql (the store's contract tests and the controller's integration
+# tests run against a real PostgreSQL cluster made in a temp dir; libpq5 is
+# what psycopg loads).
 DEB_PACKAGES := dpkg-dev dpkg-repack iproute2 util-linux rpm createrepo-c dnf dnf-plugins-core \
-	systemd systemd-container shellcheck prometheus lintian
+	systemd systemd-container shellcheck prometheus lintian postgresql libpq5
 
 export PYTHONDONTWRITEBYTECODE := 1
 

@@ -72,7 +72,13 @@ class TransientError(AgentError):
 
 
 class ControllerUnavailable(TransientError):
-    pass
+    """The controller cannot be reached, or it cannot reach its database
+    (UNAVAILABLE). ``retry_after``: the seconds it asked us to wait at
+    least, when it answered at all and said; None otherwise."""
+
+    def __init__(self, message: str, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
 
 
 class Overloaded(TransientError):

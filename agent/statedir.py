@@ -106,7 +106,8 @@ CONFIG_TEMPLATE = """\
 # fleetpatch agent settings, written by `fleetpatch-agent enroll`.
 
 [controller]
-# Mutual-TLS address of the controller (check-ins, reports).
+# Mutual-TLS address of the controller (check-ins, reports); controller
+# replicas sharing a database: several, comma-separated, tried in turn.
 address = "{address}"
 # Enrollment address; only used by `enroll`.
 enroll_address = "{enroll_address}"

@@ -8,6 +8,10 @@ same session: with group commit (the default) and with it off
 (checkin.max_batch = 1, one transaction per check-in) as the baseline.
 
     .venv/bin/python benchmarks/checkin_load.py [--hosts 400] [--seconds 10] [--concurrency 64]
+        [--store-url postgresql://...]
+
+``--store-url`` runs the controller on that PostgreSQL database ([store]
+url) instead of SQLite; both runs add their hosts to it.
 
 On a 2-core machine the load generator shares the cores with the
 controller, so the figures are a floor for a controller on its own box.
@@ -48,10 +52,15 @@ def init_controller(data: Path, port: int, interval: str = "5m") -> None:
     )  # fmt: skip
 
 
-def start_controller(data: Path, port: int, max_batch: int) -> subprocess.Popen[bytes]:
+def start_controller(
+    data: Path, port: int, max_batch: int, store_url: str = ""
+) -> subprocess.Popen[bytes]:
     init_controller(data, port)
     config = data / "controller.toml"
-    config.write_text(config.read_text().replace("max_batch = 1000", f"max_batch = {max_batch}"))
+    text = config.read_text().replace("max_batch = 1000", f"max_batch = {max_batch}")
+    if store_url:
+        text = text.replace('\nurl = ""\n', f"\nurl = {json.dumps(store_url)}\n", 1)
+    config.write_text(text)
     return serve(data, timeout=20)
 
 
@@ -156,7 +165,7 @@ def run(max_batch: int, args: argparse.Namespace) -> tuple[float, float, float]:
     with tempfile.TemporaryDirectory(prefix="fleetpatch-bench-") as tmp:
         data = Path(tmp) / "ctl"
         port = 20000 + os.getpid() % 20000 + max_batch % 7 * 2
-        proc = start_controller(data, port, max_batch)
+        proc = start_controller(data, port, max_batch, args.store_url)
         try:
             identities = enroll_all(data, port, args.hosts)
             done, lat = asyncio.run(
@@ -176,6 +185,7 @@ def main() -> None:
     parser.add_argument("--hosts", type=int, default=400)
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--concurrency", type=int, default=64)
+    parser.add_argument("--store-url", default="", help="a PostgreSQL URL ([store] url)")
     args = parser.parse_args()
     print(f"{args.hosts} hosts, {args.concurrency} concurrent check-ins, {args.seconds:.0f}s each",
           file=sys.stderr)  # fmt: skip

@@ -60,7 +60,7 @@ DEFAULT_PORT = 7443
 # The tables of controller.toml ([[webhooks]] is an array of them).
 TABLES = {
     "server", "checkin", "campaigns", "releases", "enrollment", "audit", "metrics", "webhooks",
-    "certificates", "signing", "vulns", "compliance",
+    "certificates", "signing", "vulns", "compliance", "store",
 }  # fmt: skip
 
 
@@ -117,6 +117,10 @@ class Settings:
     # [campaigns] require_second_approver: a campaign must be approved by
     # an approver other than the admin who created it.
     require_second_approver: bool = False
+    # [store] url: "postgresql://..." keeps the controller's state in that
+    # PostgreSQL database (several replicas may share it); empty: the
+    # embedded SQLite file DIR/controller.db.
+    store_url: str = ""
 
 
 def default_enroll_address(address: str) -> str:
@@ -334,6 +338,7 @@ class DataDir:
             vuln_match_interval=_duration(vulns, "vulns", "match_interval", "1m", where),
             compliance_grace=_compliance(doc, where),
             admin_certificate_lifetime=admin_lifetime, require_second_approver=second,
+            store_url=_store_url(doc, where),
         )  # fmt: skip
 
     def write_endpoints(self, address: str, enroll_address: str) -> None:
@@ -388,6 +393,19 @@ def _webhooks(doc: dict[str, object], root: Path, path: Path | str) -> tuple[Web
             raise UsageError(f"{where}.url: {url!r} is not an http:// or https:// URL")
         found.append(WebhookSetting(name, url, root / secret))
     return tuple(found)
+
+
+def _store_url(doc: dict[str, object], path: Path | str) -> str:
+    """[store] url: empty (SQLite) or a postgresql:// URL; raises UsageError."""
+    store = _table(doc, "store", {"url"}, path)
+    url = store.get("url", "")
+    if not isinstance(url, str):
+        raise UsageError(f"{path}: store.url must be a string")
+    if url and urllib.parse.urlsplit(url).scheme not in ("postgresql", "postgres"):
+        raise UsageError(
+            f"{path}: store.url must be a postgresql:// URL (empty: the embedded SQLite file)"
+        )
+    return url
 
 
 def _campaigns(doc: dict[str, object], path: Path | str) -> tuple[timedelta, bool]:
@@ -545,6 +563,15 @@ medium = "30d"
 low = "30d"
 negligible = "30d"
 unknown = "30d"
+
+[store]
+# Where the controller keeps its state. Empty: the SQLite file controller.db
+# in this directory (nothing to install; one controller). A PostgreSQL URL
+# lets several controller replicas share one database, for example
+# "postgresql://fleetpatch@db.example.com/fleetpatch?sslmode=verify-full"
+# (a password is better in ~/.pgpass or PGPASSFILE than here). Create the
+# database with LOCALE 'C' so that listings sort as they do on SQLite.
+url = ""
 
 # Campaign events (approved, ring started and promoted, halted with the
 # reason, resumed, completed, aborted) POSTed as JSON to each webhook, signed

@@ -4,7 +4,8 @@
     ├── UsageError                  exit 2; bad input on the command line or in a file
     │   └── DataDirError            the data dir is missing, not initialised, or unreadable
     ├── ControllerUnavailable       exit 3; transient: the controller cannot be reached
-    │   └── Overloaded              the controller sheds load: retry after a delay
+    │   ├── Overloaded              the controller sheds load: retry after a delay
+    │   └── StoreUnavailable        its database cannot be reached: retry after a delay
     ├── Refused                     exit 4; authentication or permission refused
     │   └── TokenRefused            an enrollment token that is unknown, expired, used up, revoked
     ├── NotFound                    exit 5; no such host, token, campaign
@@ -15,7 +16,8 @@
                                     retrying cannot help)
 
 Lower-layer errors (grpc.RpcError, sqlite3.Error, OSError) are translated at
-exactly one boundary each: `admin_client` for the CLI, `servicers` for RPCs.
+exactly one boundary each: `admin_client` for the CLI, `servicers` for RPCs;
+psycopg's connection errors in controller/store/postgres.py.
 """
 
 from __future__ import annotations
@@ -59,6 +61,15 @@ class ControllerUnavailable(FleetpatchError):
 class Overloaded(ControllerUnavailable):
     """Too much at once, from one peer or from all (gRPC RESOURCE_EXHAUSTED);
     ``retry_after``: seconds the caller should wait before trying again."""
+
+    def __init__(self, message: str, retry_after: float) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class StoreUnavailable(ControllerUnavailable):
+    """The controller's database cannot be reached (PostgreSQL down, failing
+    over, unreachable): gRPC UNAVAILABLE with ``retry_after`` seconds."""
 
     def __init__(self, message: str, retry_after: float) -> None:
         super().__init__(message)

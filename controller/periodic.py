@@ -7,6 +7,8 @@ import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 
+from controller.errors import ControllerUnavailable
+
 log = logging.getLogger(__name__)
 
 
@@ -19,6 +21,8 @@ async def every(
     while not stop.is_set():
         try:
             await step()
+        except ControllerUnavailable as exc:  # the database, say: one line, not a traceback
+            log.warning("%s failed: %s; trying again in %.0fs", what, exc, seconds)
         except Exception:
             log.exception("%s failed; trying again in %.0fs", what, seconds)
         with contextlib.suppress(TimeoutError):

@@ -194,7 +194,9 @@ PACKAGES: dict[str, Package] = {
             "/opt/fleetpatch/controller. Includes the `fleetpatch` admin CLI and the\n"
             "`fleetpatch-sim` fleet simulator.",
             ("fleetpatch", "fleetpatch-sim"),
-            ("adduser",),
+            # libpq5: the PostgreSQL client library psycopg loads when
+            # [store] url names PostgreSQL (Debian keeps it patched).
+            ("adduser", "libpq5"),
             manuals=(("controller.cli.main", "fleetpatch"), ("simulator.cli", "fleetpatch-sim")),
         ),
     )

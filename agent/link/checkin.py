@@ -22,7 +22,7 @@ from fleetpatch.inventory import inventory_hash
 from fleetpatch.v1 import agent_pb2, types_pb2
 
 from agent.backends import packages
-from agent.errors import CommandFailed, Overloaded, TransientError
+from agent.errors import CommandFailed, ControllerUnavailable, Overloaded, TransientError
 from agent.host import facts as hostfacts
 from agent.host import updates
 from agent.host.health import resource_checks, summarize
@@ -155,7 +155,9 @@ class CheckIns:
                 overloaded = True
             except (TransientError, CommandFailed) as exc:
                 failures += 1
-                delay = self._retry_delay(failures, interval)
+                # A controller whose database is down says when to come back.
+                asked = exc.retry_after if isinstance(exc, ControllerUnavailable) else None
+                delay = self._retry_delay(failures, interval, asked)
                 self._journal.record_checkin_failure(str(exc))
                 log.warning("check-in failed (%s); retrying in %.0fs", exc, delay)
             else:

@@ -3,6 +3,7 @@ errors here and nowhere else."""
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import os
@@ -54,8 +55,9 @@ def _call(address: str, fn: Callable[[], _T]) -> _T:
         code: grpc.StatusCode = exc.code()
         details: str = exc.details() or code.name
         if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+            trailing = getattr(exc, "trailing_metadata", lambda: None)()
             raise ControllerUnavailable(
-                f"cannot reach the controller at {address}: {details}"
+                f"cannot reach the controller at {address}: {details}", retry_after(trailing)
             ) from None
         if code in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED):
             raise Refused(f"the controller refused: {details}") from None
@@ -105,10 +107,16 @@ def enroll_call(
 
 
 class ControllerClient:
-    """Mutual-TLS calls as this host."""
+    """Mutual-TLS calls as this host.
+
+    ``address`` may list several controller replicas, comma-separated
+    ("ctl-a:7443,ctl-b:7443"; they share one database): calls go to one,
+    and to the next when it cannot be reached (not when it answers that its
+    database is down: the others share it)."""
 
     def __init__(self, address: str, ca_pem: bytes, key_pem: bytes, cert_pem: bytes) -> None:
-        self.address = address
+        self.addresses = [a.strip() for a in address.split(",") if a.strip()] or [address]
+        self.address = self.addresses[0]
         self._ca_pem = ca_pem
         self._connect(key_pem, cert_pem)
 
@@ -136,16 +144,33 @@ class ControllerClient:
         self._channel.close()
         self._connect(key_pem, cert_pem)
 
+    def _ask(self, call: Callable[[agent_pb2_grpc.AgentServiceStub], _T]) -> _T:
+        """``call(stub)`` on this replica, or on the next ones while the
+        ones asked cannot be reached; the last error when none can."""
+        for attempt in range(len(self.addresses)):
+            try:
+                return _call(self.address, functools.partial(call, self._stub))
+            except ControllerUnavailable as exc:
+                if exc.retry_after is not None or attempt == len(self.addresses) - 1:
+                    raise
+                following = self.addresses[(self.addresses.index(self.address) + 1)
+                                           % len(self.addresses)]  # fmt: skip
+                log.warning("%s; trying %s", exc, following)
+                self._channel.close()
+                self.address = following
+                self._connect(self._key_pem, self._cert_pem)
+        raise AssertionError("unreachable: the last attempt returns or raises")
+
     def renew(self, csr_pem: bytes) -> bytes:
         """A new certificate for the key of ``csr_pem``, asked for with the
         current one; its PEM."""
         request = agent_pb2.RenewRequest(csr_pem=csr_pem)
-        response = _call(self.address, lambda: self._stub.Renew(request, timeout=TIMEOUT_SECONDS))
+        response = self._ask(lambda stub: stub.Renew(request, timeout=TIMEOUT_SECONDS))
         return bytes(response.certificate_pem)
 
     def check_in(self, request: agent_pb2.CheckInRequest) -> agent_pb2.CheckInResponse:
         try:
-            return _call(self.address, lambda: self._stub.CheckIn(request, timeout=TIMEOUT_SECONDS))
+            return self._ask(lambda stub: stub.CheckIn(request, timeout=TIMEOUT_SECONDS))
         except ControllerUnavailable as exc:
             if "CERTIFICATE_VERIFY_FAILED" not in str(exc):
                 raise
@@ -161,9 +186,7 @@ class ControllerClient:
     def report_progress(
         self, request: agent_pb2.ReportProgressRequest
     ) -> agent_pb2.ReportProgressResponse:
-        return _call(
-            self.address, lambda: self._stub.ReportProgress(request, timeout=TIMEOUT_SECONDS)
-        )
+        return self._ask(lambda stub: stub.ReportProgress(request, timeout=TIMEOUT_SECONDS))
 
     def reach(self) -> None:
         """One authenticated round trip (an empty report): proves this agent

@@ -61,6 +61,8 @@ RESERVE_BYTES = 256 * 1024
 
 
 def default_enroll_address(address: str) -> str:
+    """The port after the (first) controller address's."""
+    address = address.split(",", 1)[0].strip()
     host, sep, port = address.rpartition(":")
     if not sep or not port.isdigit():
         raise ConfigError(f"--controller {address!r} is not HOST:PORT")

@@ -46,7 +46,7 @@ from controller.periodic import every
 from controller.releases.artifacts import ArtifactStore
 from controller.releases.publishing import Releases, load_release_key
 from controller.rollout.engine import CampaignEngine
-from controller.store import Store
+from controller.store import open_store
 from controller.store.thread import CheckInBatcher, StoreThread
 from controller.vulns.match import Matcher
 
@@ -167,10 +167,11 @@ async def serve(  # noqa: PLR0915
     keys = load_signing_keys(data_dir)
     release_key = load_release_key(data_dir, settings.release_public_key)
 
-    store = Store.open(data_dir.database)
+    store = open_store(settings.store_url, data_dir.database)
     db = StoreThread(store)
     revoked = Revocations(await db.call(lambda s: s.host_ids(HostStatus.REVOKED)))
     await _register_legacy_owner(data_dir, db)
+    shared = await db.call(lambda s: s.shared)
     engine = CampaignEngine(db, keys.key, metrics=Metrics(Presence(settings.checkin_interval)))
     batcher = CheckInBatcher(db, settings.checkin_max_batch, engine.metrics)
     await engine.start()
@@ -214,7 +215,11 @@ async def serve(  # noqa: PLR0915
         expire_pending(db, settings.pending_timeout, pending, stop, engine.metrics.presence),
         extras.deliveries.run(stop),
         match_vulns(matcher, settings.vuln_match_interval, stop),
-    )
+        *(
+            [follow_revocations(db, revoked, settings.campaign_tick.total_seconds(), stop)]
+            if shared else []
+        ),
+    )  # fmt: skip
     for name in ("", *SERVICES):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     data_dir.write_endpoints(
@@ -281,6 +286,23 @@ async def match_vulns(matcher: Matcher, interval: timedelta, stop: asyncio.Event
             pending.cancel()
 
 
+async def follow_revocations(
+    db: StoreThread, revoked: Revocations, interval: float, stop: asyncio.Event
+) -> None:
+    """Replicas sharing a database: learn, every ``interval`` seconds, the
+    hosts another replica revoked, so that none of their calls is served
+    here for longer than that. (The whole revoked set: a time cursor would
+    depend on the replicas' clocks agreeing.)"""
+
+    async def follow() -> None:
+        for host_id in sorted(await db.call(lambda s: s.host_ids(HostStatus.REVOKED))):
+            if host_id not in revoked:
+                log.info("host %s was revoked through another replica", host_id)
+                revoked.add(host_id)
+
+    await every(interval, stop, follow, "following revocations")
+
+
 # How long a scrape waits for the event loop to hand it the counts; a loop
 # that busy fails the scrape (Prometheus shows the target down) rather than
 # queue scrapes behind check-ins.
@@ -308,7 +330,8 @@ async def _extras(
         if problem:
             log.warning("webhook %s: %s cannot be reached now (%s); its events wait in the "
                         "outbox until it answers", hook.name, hook.url, problem)  # fmt: skip
-    return _Extras(await _serve_metrics(settings.metrics_listen, engine, db), Deliveries(db, hooks))
+    deliveries = Deliveries(db, hooks, leading=lambda: engine.leading is not False)
+    return _Extras(await _serve_metrics(settings.metrics_listen, engine, db), deliveries)
 
 
 def reachable(url: str, timeout: float = 3.0) -> str:

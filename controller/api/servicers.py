@@ -44,6 +44,7 @@ from controller.errors import (
     NotFound,
     Overloaded,
     Refused,
+    StoreUnavailable,
     TokenRefused,
     UsageError,
 )
@@ -74,6 +75,7 @@ _Resp = TypeVar("_Resp")
 _STATUS_OF: list[tuple[type[FleetpatchError], grpc.StatusCode]] = [
     (TokenRefused, grpc.StatusCode.UNAUTHENTICATED),
     (Overloaded, grpc.StatusCode.RESOURCE_EXHAUSTED),
+    (StoreUnavailable, grpc.StatusCode.UNAVAILABLE),
     (Refused, grpc.StatusCode.PERMISSION_DENIED),
     (NotFound, grpc.StatusCode.NOT_FOUND),
     (UsageError, grpc.StatusCode.INVALID_ARGUMENT),
@@ -98,7 +100,7 @@ def _admission(servicer: object, method: str, context: Context) -> AbstractConte
 
 async def _refuse(method: str, context: Context, exc: FleetpatchError) -> None:
     log.info("%s refused for %s: %s", method, context.peer(), exc)
-    if isinstance(exc, Overloaded):
+    if isinstance(exc, Overloaded | StoreUnavailable):
         context.set_trailing_metadata(retry_after_trailer(exc.retry_after))
     await context.abort(status_for(exc), str(exc))
 

@@ -96,8 +96,12 @@ class Deliveries:
         hooks: list[Webhook],
         send: Callable[[Webhook, Event], None] = post,
         clock: Callable[[], float] = time.monotonic,
+        leading: Callable[[], bool] = lambda: True,
     ) -> None:
+        """``leading``: whether this controller is the replica that delivers
+        (the one running the campaign tick, when replicas share a database)."""
         self._db = db
+        self._leading = leading
         self._hooks = hooks
         self._send = send
         self._clock = clock
@@ -113,6 +117,12 @@ class Deliveries:
 
     async def pump(self) -> int:
         """One pass over every webhook due; how many events were delivered."""
+        if not self._leading():
+            # Another replica delivers and moves the cursors: read them
+            # again when this one takes over.
+            for progress in self._progress.values():
+                progress.cursor = None
+            return 0
         delivered = 0
         for hook in self._hooks:
             progress = self._progress[hook.name]

@@ -115,6 +115,8 @@ class CampaignEngine:
         # host with one gets no other): read at start, then kept.
         self._in_flight: dict[str, Assignment] = {}
         self._analysed: dict[str, datetime] = {}  # campaign -> when its analyses were last asked
+        # Whether this replica runs the tick (Store.lead); None before the first ask.
+        self.leading: bool | None = None
 
     async def start(self) -> None:
         in_flight = await self._db.call(lambda s: s.in_flight())
@@ -624,7 +626,8 @@ class CampaignEngine:
             if order_timed_out(spec, flight.last_report_at, self._watching_since, now)
         ]  # fmt: skip
         if late:
-            timed_out = await self._db.call(lambda s: s.time_out(late, now))
+            seen = {order_id: live.in_flight[order_id].last_report_at for order_id in late}
+            timed_out = await self._db.call(lambda s: s.time_out(late, now, seen))
             for order_id in timed_out:
                 flight = live.in_flight.get(order_id)
                 if flight is not None:
@@ -634,6 +637,8 @@ class CampaignEngine:
             log.warning("campaign %s: %d order(s) timed out", record.campaign_id, len(timed_out))
 
     async def _evaluate(self, campaign_id: str) -> None:
+        if self.leading is False:
+            return  # halting and completing is the leading replica's
         record = await self._db.call(lambda s: s.get_campaign(campaign_id))
         if record.state != CampaignState.RUNNING:
             return
@@ -656,7 +661,34 @@ class CampaignEngine:
             pass  # a person changed it meanwhile: theirs wins
 
     async def run_ticks(self, interval: float, stop: asyncio.Event) -> None:
-        await every(interval, stop, self.tick, "campaign tick")
+        """Tick every ``interval`` seconds while this replica leads (always
+        on SQLite; on PostgreSQL, one replica of those sharing the database)."""
+        await every(interval, stop, self.tick_if_leading, "campaign tick")
+
+    async def tick_if_leading(self) -> None:
+        leading, shared = await self._db.call(lambda s: (s.lead(), s.shared))
+        if leading != self.leading:
+            if leading:
+                log.info("leading: this controller runs the campaign tick")
+            else:
+                log.info("another controller replica runs the campaign tick")
+        if shared and self.leading is not None:
+            # Other replicas assign, report and approve too, and tell only
+            # their own counts: count again from the database, so that a
+            # tick (and the next decisions here) see what they did.
+            await self.resync()
+        self.leading = leading
+        if leading:
+            await self.tick()
+
+    async def resync(self) -> None:
+        """Count the open campaigns again from the store: the full read
+        `start` makes, once per tick when replicas share the database
+        (issue 17: to become incremental, from the audit trail)."""
+        async with self._lock:
+            self._counts.clear()
+            self._waits.clear()  # kept against counts that are gone
+            await self.start()
 
 
 def _reverting(record: CampaignRecord) -> bool:

@@ -3,8 +3,6 @@ are). Every change is audited in its own transaction."""
 
 from __future__ import annotations
 
-import sqlite3
-from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -13,6 +11,8 @@ from controller.audit import AuditEntry
 from controller.errors import AlreadyExists, Conflict, NotFound
 from controller.fleet.admins import AdminRecord, AdminRole, AdminStatus
 from controller.store import audit
+from controller.store.backend import StoreBase
+from controller.store.dialect import Connection
 
 
 @dataclass(frozen=True)
@@ -51,11 +51,8 @@ def _admin(row: tuple[Any, ...]) -> AdminRecord:
     )
 
 
-class AdminStore:
+class AdminStore(StoreBase):
     """Mixed into Store; ``_conn`` and ``_transaction`` come from there."""
-
-    _conn: sqlite3.Connection
-    _transaction: Callable[[], Any]
 
     def add_admin(
         self, admin: AdminRecord, cert: IssuedCertificate, entry: AuditEntry
@@ -88,7 +85,7 @@ class AdminStore:
         return self._must_get_admin(admin.name)
 
     @staticmethod
-    def _insert_certificate(conn: sqlite3.Connection, name: str, cert: IssuedCertificate) -> None:
+    def _insert_certificate(conn: Connection, name: str, cert: IssuedCertificate) -> None:
         conn.execute(
             "INSERT INTO admin_certificates (serial, name, not_before, not_after, revoked)"
             " VALUES (?,?,?,?,0)",

@@ -3,15 +3,21 @@ records, so a change and its record exist together or not at all."""
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import Iterator
 from datetime import datetime
 
 from controller.audit import GENESIS, AuditEntry, AuditRecord, chain
+from controller.store.dialect import Connection
+
+# pg_advisory_xact_lock key of the audit trail's head: "fpau".
+APPEND_LOCK = 0x66706175
 
 
-def append(conn: sqlite3.Connection, entry: AuditEntry) -> AuditRecord:
-    """Chain ``entry`` after the last record; call inside a transaction."""
+def append(conn: Connection, entry: AuditEntry) -> AuditRecord:
+    """Chain ``entry`` after the last record; call inside a transaction.
+    Replicas sharing a database append one at a time: the lock, held to the
+    end of the transaction, makes the head read here the one it follows."""
+    conn.execute("SELECT pg_advisory_xact_lock(?)", (APPEND_LOCK,))
     last = conn.execute("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1").fetchone()
     seq, prev = (last[0] + 1, last[1]) if last else (1, GENESIS)
     record = chain(seq, entry, prev)
@@ -26,11 +32,12 @@ def append(conn: sqlite3.Connection, entry: AuditEntry) -> AuditRecord:
     return record
 
 
-def records(conn: sqlite3.Connection, since: datetime | None = None) -> Iterator[AuditRecord]:
-    """Every record in stored order (rowid order: what a reorder would change)."""
+def records(conn: Connection, since: datetime | None = None) -> Iterator[AuditRecord]:
+    """Every record in sequence order (on SQLite, seq is the rowid: the
+    stored order, which a reorder changes)."""
     cur = conn.execute(
         "SELECT seq, at, actor, action, target, outcome, detail, prev_hash, hash"
-        " FROM audit ORDER BY rowid"
+        " FROM audit ORDER BY seq"
     )
     for seq, at, actor, action, target, outcome, detail, prev_hash, digest in cur:
         when = datetime.fromisoformat(at)
@@ -44,7 +51,7 @@ def records(conn: sqlite3.Connection, since: datetime | None = None) -> Iterator
 _COLUMNS = "seq, at, actor, action, target, outcome, detail, prev_hash, hash"
 
 
-def page(conn: sqlite3.Connection, after: int, limit: int) -> list[AuditRecord]:
+def page(conn: Connection, after: int, limit: int) -> list[AuditRecord]:
     """Up to ``limit`` records after sequence ``after``, in stored order
     (keyset pagination: seq is the rowid, so this is an index range)."""
     cur = conn.execute(
@@ -60,12 +67,12 @@ def page(conn: sqlite3.Connection, after: int, limit: int) -> list[AuditRecord]:
     ]  # fmt: skip
 
 
-def head(conn: sqlite3.Connection) -> tuple[int, str]:
+def head(conn: Connection) -> tuple[int, str]:
     """The last record's sequence and hash; (0, GENESIS) for an empty trail."""
     last = conn.execute("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1").fetchone()
     return (int(last[0]), str(last[1])) if last else (0, GENESIS)
 
 
-def hash_at(conn: sqlite3.Connection, seq: int) -> str | None:
+def hash_at(conn: Connection, seq: int) -> str | None:
     row = conn.execute("SELECT hash FROM audit WHERE seq = ?", (seq,)).fetchone()
     return None if row is None else str(row[0])

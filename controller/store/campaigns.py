@@ -5,8 +5,7 @@ transaction."""
 from __future__ import annotations
 
 import json
-import sqlite3
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -24,6 +23,7 @@ from controller.model import (
     CellHistory,
 )
 from controller.store import audit
+from controller.store.backend import StoreBase
 
 _CAMPAIGN_COLUMNS = {
     "state", "updated_at", "approved_at", "halt_kind", "halt_reason", "accepted_failures",
@@ -65,7 +65,7 @@ def _dt(value: float | None) -> datetime | None:
     return None if value is None else datetime.fromtimestamp(value, UTC)
 
 
-def _campaign(row: sqlite3.Row | tuple[Any, ...], names: list[str]) -> CampaignRecord:
+def _campaign(row: tuple[Any, ...], names: list[str]) -> CampaignRecord:
     r = dict(zip(names, row, strict=True))
     return CampaignRecord(
         campaign_id=r["campaign_id"],
@@ -104,11 +104,8 @@ def _assignment(row: tuple[Any, ...], names: list[str]) -> Assignment:
     )
 
 
-class CampaignStore:
-    """Mixed into Store; ``_conn`` and ``_transaction`` come from there."""
-
-    _conn: sqlite3.Connection
-    _transaction: Callable[[], Any]
+class CampaignStore(StoreBase):
+    """A part of Store."""
 
     def _select(self, sql: str, args: Iterable[Any] = ()) -> tuple[list[str], list[Any]]:
         cur = self._conn.execute(sql, tuple(args))
@@ -171,10 +168,13 @@ class CampaignStore:
                     f"campaign {campaign_id} is {row[0]}; this needs it {' or '.join(states)}"
                 )
             sets = ", ".join(f"{k} = ?" for k in values)
-            conn.execute(
-                f"UPDATE campaigns SET {sets} WHERE campaign_id = ?",  # noqa: S608 - checked names
-                (*values.values(), campaign_id),
-            )
+            # Only from the state just read: a replica that changed it
+            # meanwhile wins, and this one is told so.
+            if not conn.execute(
+                f"UPDATE campaigns SET {sets} WHERE campaign_id = ? AND state = ?",  # noqa: S608 - checked names
+                (*values.values(), campaign_id, row[0]),
+            ).rowcount:
+                raise Conflict(f"campaign {campaign_id} changed meanwhile; look again")
             audit.append(conn, entry)
         return self.get_campaign(campaign_id)
 
@@ -325,7 +325,7 @@ class CampaignStore:
                         _ts(a.assigned_at),
                     ),
                 )  # fmt: skip
-            except sqlite3.IntegrityError:
+            except self._backend.integrity_errors:
                 raise Conflict(
                     f"host {a.host_id} already has a {a.kind} order of campaign {a.campaign_id}"
                 ) from None
@@ -367,19 +367,32 @@ class CampaignStore:
                     )  # fmt: skip
         return changed
 
-    def time_out(self, order_ids: Iterable[str], now: datetime) -> list[str]:
+    def time_out(
+        self,
+        order_ids: Iterable[str],
+        now: datetime,
+        silent_since: Mapping[str, datetime] | None = None,
+    ) -> list[str]:
         """Mark in-flight orders as timed out (final for the budget); returns
-        those that were still in flight."""
+        those that were still in flight. ``silent_since``: per order, the
+        last report the caller knew of; an order that has reported since
+        (through another replica) is left in flight."""
         timed_out: list[str] = []
+        known = silent_since or {}
         with self._transaction() as conn:
             for order_id in order_ids:
+                seen = known.get(order_id)
+                # Stored times are float seconds; the caller's went through a
+                # datetime (microseconds): a millisecond of slack.
+                latest = float("inf") if seen is None else seen.timestamp() + 0.001
                 if conn.execute(
                     "UPDATE assignments SET status = ?, finished_at = ?, detail = ?"
-                    " WHERE order_id = ? AND status = ?",
+                    " WHERE order_id = ? AND status = ?"
+                    " AND COALESCE(last_report_at, assigned_at) <= ?",
                     (
                         AssignmentStatus.TIMED_OUT.value, _ts(now),
                         "no report within the campaign's report timeout", order_id,
-                        AssignmentStatus.IN_FLIGHT.value,
+                        AssignmentStatus.IN_FLIGHT.value, latest,
                     ),
                 ).rowcount:  # fmt: skip
                     timed_out.append(order_id)

@@ -1,13 +1,48 @@
-"""Schema migrations, applied in order by sqlite-utils, each recorded with
-its name in the same transaction as its changes. Never edit a released
-migration: add a new one."""
+"""Schema migrations: one source for both backends. Each is a named
+function, applied once, in order, in a transaction together with its record
+(SQLite: sqlite-utils, table `_sqlite_migrations`; PostgreSQL:
+controller/store/postgres.py, table `fleetpatch_migrations`). Never edit a
+released migration: add a new one.
+
+Writing a migration that works on both:
+
+    @migrations(name="0010_what_it_adds")
+    def _what_it_adds(db: Database) -> None:
+        db.execute("CREATE TABLE things (thing_id TEXT PRIMARY KEY, at REAL NOT NULL)")
+        db.execute("CREATE INDEX things_at ON things (at)")
+
+- Only ``db.execute(sql)`` (with ``?`` parameters if any): on PostgreSQL
+  ``db`` is a connection, not a sqlite-utils Database, so no table API
+  (``db["t"].create``, ``.transform``, ``.insert``).
+- Plain SQL in SQLite's spelling, with the types INTEGER, REAL, TEXT and
+  BLOB: dialect.py rewrites them for PostgreSQL (BIGINT, DOUBLE PRECISION,
+  TEXT, BYTEA), ``?`` to ``%s``, ``INSERT OR IGNORE`` to ``ON CONFLICT DO
+  NOTHING``, ``INTEGER PRIMARY KEY`` to an identity column. Its docstring
+  lists what has no rewrite (two-argument MAX, INSERT OR REPLACE, PRAGMA,
+  date functions): do not use those.
+- ``ALTER TABLE t ADD COLUMN c ... DEFAULT ...`` and ``UPDATE`` work on both;
+  SQLite cannot drop or retype a column in place, so add a column instead.
+- Store times as REAL epoch seconds, flags as INTEGER 0/1, JSON as TEXT.
+- tests/unit/test_store.py runs every migration on both backends: a
+  migration that PostgreSQL rejects fails there.
+"""
 
 from __future__ import annotations
+
+from typing import Any
 
 from sqlite_utils import Database
 from sqlite_utils.migrations import Migrations
 
-migrations = Migrations("fleetpatch.controller")
+MIGRATION_SET = "fleetpatch.controller"
+migrations = Migrations(MIGRATION_SET)
+
+
+def registered() -> list[Any]:
+    """The migrations in order (each has ``name`` and ``fn(db)``): what the
+    PostgreSQL backend applies. sqlite-utils keeps them in ``_migrations``."""
+    return list(migrations._migrations)
+
 
 _STATEMENTS_0001 = [
     """CREATE TABLE tokens (

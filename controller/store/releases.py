@@ -5,8 +5,6 @@ once; the same artifact again is a no-op, another artifact a conflict."""
 from __future__ import annotations
 
 import dataclasses
-import sqlite3
-from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -14,6 +12,7 @@ from controller.audit import AuditEntry
 from controller.errors import AlreadyExists
 from controller.model import AgentRelease
 from controller.store import audit
+from controller.store.backend import StoreBase
 
 _COLUMNS = (
     "version, artifact, sha256, size, key_fingerprint, manifest, signature, published_at,"
@@ -45,11 +44,8 @@ def conflict(version: str, stored: str, offered: str) -> AlreadyExists:
     )
 
 
-class ReleaseStore:
-    """Mixed into Store; ``_conn`` and ``_transaction`` come from there."""
-
-    _conn: sqlite3.Connection
-    _transaction: Callable[[], Any]
+class ReleaseStore(StoreBase):
+    """A part of Store."""
 
     def publish_release(
         self, release: AgentRelease, entry: AuditEntry

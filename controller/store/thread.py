@@ -1,5 +1,5 @@
 """The store runs on one dedicated thread; the event loop never blocks on
-SQLite. Check-ins are group-committed: every check-in that arrives while a
+the database. Check-ins are group-committed: every check-in that arrives while a
 batch is being written joins the next batch, so a busy controller makes a
 few large transactions instead of thousands of small ones, and each agent
 is answered only once its check-in is durable."""
@@ -14,6 +14,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
 
+from controller.errors import StoreUnavailable
 from controller.metrics.instruments import Metrics
 from controller.model import CheckIn, CheckInOutcome
 from controller.store import Store
@@ -75,7 +76,10 @@ class CheckInBatcher:
         try:
             outcomes = await self._db.call(lambda s: s.record_checkins(checkins))
         except Exception as exc:
-            log.exception("writing %d check-ins failed", len(batch))
+            if isinstance(exc, StoreUnavailable):  # answered UNAVAILABLE: they retry
+                log.warning("writing %d check-ins failed: %s", len(batch), exc)
+            else:
+                log.exception("writing %d check-ins failed", len(batch))
             for _, future in batch:
                 if not future.done():
                     future.set_exception(exc)

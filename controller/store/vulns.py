@@ -7,14 +7,15 @@ transaction: a feed is taken whole or not at all."""
 from __future__ import annotations
 
 import json
-import sqlite3
 import zlib
 from collections import Counter, defaultdict
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, NamedTuple
 
+from controller.store.backend import StoreBase
+from controller.store.dialect import Connection
 from controller.vulns import SEVERITIES, releases, versions
 from controller.vulns.feeds import Vuln, most_severe
 
@@ -114,7 +115,7 @@ class _Cells:
         self._hosts[cell].subtract(vulns)
         self._fixable[cell].subtract(fixable)
 
-    def write(self, conn: sqlite3.Connection) -> None:
+    def write(self, conn: Connection) -> None:
         rows: list[tuple[str, str, int, int, int, float]] = []
         for cell in sorted(set(self._hosts) | set(self._fixable)):
             hosts, fixable = self._hosts[cell], self._fixable[cell]
@@ -207,11 +208,8 @@ def merged(records: Iterable[Vuln]) -> dict[str, Vuln]:
     return found
 
 
-class VulnStore:
+class VulnStore(StoreBase):
     """Mixed into Store; ``_conn`` and ``_transaction`` come from there."""
-
-    _conn: sqlite3.Connection
-    _transaction: Callable[[], Any]
 
     # -- feeds ---------------------------------------------------------------------
 
@@ -442,12 +440,13 @@ class VulnStore:
             where += f" AND v.severity IN ({','.join('?' * len(allowed))})"
             args += list(allowed)
         rows = self._conn.execute(
-            "SELECT c.vuln_id, v.severity, v.published, SUM(c.hosts), SUM(c.fixable),"
+            "SELECT c.vuln_id, v.severity, v.published, CAST(SUM(c.hosts) AS INTEGER),"
+            " CAST(SUM(c.fixable) AS INTEGER),"
             " MIN(c.first_seen) FROM vuln_cells c JOIN vulns v ON v.vuln_id = c.vuln_id"
             f" WHERE c.hosts > 0{where} GROUP BY c.vuln_id, v.severity, v.published",
             args,
         ).fetchall()
-        in_fleet = [r for r in self.fleet_releases() if r is not None]
+        in_fleet = [r for r in self.fleet_releases() if r is not None] or [""]
         details: dict[str, tuple[set[str], set[str]]] = {}
         for vuln_id, package, fixed in self._conn.execute(
             "SELECT a.vuln_id, a.package, a.fixed FROM vuln_affected a"
@@ -587,7 +586,8 @@ class VulnStore:
         the host's last exposed package was seen fixed."""
         rows = self._conn.execute(
             "SELECT e.host_id, e.vuln_id, v.severity, v.published, MAX(e.fixed_at),"
-            " SUM(CASE WHEN e.fixed_at IS NULL THEN 1 ELSE 0 END), MIN(e.first_seen)"
+            " CAST(SUM(CASE WHEN e.fixed_at IS NULL THEN 1 ELSE 0 END) AS INTEGER),"
+            " MIN(e.first_seen)"
             " FROM exposures e JOIN vulns v ON v.vuln_id = e.vuln_id"
             " JOIN hosts h ON h.host_id = e.host_id WHERE h.status = 'active'"
             " GROUP BY e.host_id, e.vuln_id, v.severity, v.published"

@@ -3,19 +3,13 @@ delivered (controller/notify). The audit trail is the outbox."""
 
 from __future__ import annotations
 
-import sqlite3
-from collections.abc import Callable
-from typing import Any
-
 from controller.audit import AuditRecord
 from controller.store import audit
+from controller.store.backend import StoreBase
 
 
-class WebhookStore:
-    """Mixed into Store; ``_conn`` and ``_transaction`` come from there."""
-
-    _conn: sqlite3.Connection
-    _transaction: Callable[[], Any]
+class WebhookStore(StoreBase):
+    """A part of Store."""
 
     def webhook_cursor(self, name: str) -> int:
         """The last audit sequence delivered to webhook ``name``; a webhook
@@ -28,8 +22,14 @@ class WebhookStore:
             if row is not None:
                 return int(row[0])
             seq, _ = audit.head(conn)
-            conn.execute("INSERT INTO webhook_cursors (name, after_seq) VALUES (?, ?)", (name, seq))
-            return seq
+            # Another replica may have started the same webhook meanwhile: its cursor stands.
+            conn.execute(
+                "INSERT OR IGNORE INTO webhook_cursors (name, after_seq) VALUES (?, ?)", (name, seq)
+            )
+            row = conn.execute(
+                "SELECT after_seq FROM webhook_cursors WHERE name = ?", (name,)
+            ).fetchone()
+            return int(row[0])
 
     def advance_webhook(self, name: str, after_seq: int) -> None:
         with self._transaction() as conn:

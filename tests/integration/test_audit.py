@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import json
 import re
-import sqlite3
 from datetime import UTC, datetime
 from pathlib import Path
 
+import pytest
 from cryptography.hazmat.primitives import serialization
 from fleetpatch.envelope import key_id, raw_public_key
 from fleetpatch.v1 import agent_pb2, types_pb2
@@ -24,8 +24,10 @@ from controller.audit import AuditEntry, record_hash
 from controller.checkpoint import Checkpoints
 from controller.datadir import DataDir
 from controller.fleet.signing import load_signing_keys
-from controller.store import Store
+from tests.conftest import STORES
 from tests.support.controller import Controller, Result, cli
+
+pytestmark = pytest.mark.parametrize("store_url", STORES, indirect=True)
 
 
 def _enroll(ctl: Controller, state: Path) -> str:
@@ -52,14 +54,11 @@ def _refuse(client: ControllerClient, prefix: str, count: int) -> None:
         client.report_progress(agent_pb2.ReportProgressRequest(reports=reports))
 
 
-def _refusal_records(db: Path) -> dict[str, list[str]]:
-    conn = sqlite3.connect(db)
-    try:
+def _refusal_records(ctl: Controller) -> dict[str, list[str]]:
+    with ctl.database() as conn:
         rows = conn.execute(
             "SELECT actor, detail FROM audit WHERE action = 'order.refused' ORDER BY seq"
         ).fetchall()
-    finally:
-        conn.close()
     out: dict[str, list[str]] = {}
     for actor, detail in rows:
         out.setdefault(actor, []).append(detail)
@@ -85,11 +84,11 @@ def test_a_refusing_host_writes_a_count_not_a_record_each_and_shutdown_keeps_it(
     first.close()
     second.close()
     # Only the first refusal of each host is in the trail while it runs ...
-    running = _refusal_records(controller.data_dir / "controller.db")
+    running = _refusal_records(controller)
     assert {a: len(d) for a, d in running.items()} == {f"host:{flooding}": 1, f"host:{quiet}": 1}
     # ... and the counts are written when it stops (SIGTERM, as systemd does).
     assert controller.stop() == 0
-    stopped = _refusal_records(controller.data_dir / "controller.db")
+    stopped = _refusal_records(controller)
     assert len(stopped[f"host:{flooding}"]) == 2
     assert _represented(stopped[f"host:{flooding}"]) == 1000
     assert stopped[f"host:{flooding}"][1].startswith("999 more refusal(s) since ")
@@ -123,13 +122,11 @@ def _verify(ctl: Controller, *args: str | Path) -> Result:
 
 
 def _tamper(ctl: Controller, *statements: tuple[str, tuple[object, ...]]) -> None:
-    """Change the SQLite file behind the controller's back (stopped meanwhile)."""
+    """Change the database behind the controller's back (stopped meanwhile)."""
     assert ctl.stop() == 0
-    conn = sqlite3.connect(ctl.data_dir / "controller.db")
-    with conn:
+    with ctl.database() as conn:
         for sql, args in statements:
             conn.execute(sql, args)
-    conn.close()
     ctl.start()
 
 
@@ -171,11 +168,11 @@ def test_a_rewritten_chain_passes_plain_verify_but_not_a_checkpoint(controller, 
     path = _checkpoint(controller, tmp_path / "cp.json")
     # Edit record 2 and recompute every hash from it on, as someone with
     # write access to the database (but not the signing key) could.
-    conn = sqlite3.connect(controller.data_dir / "controller.db")
-    rows = conn.execute(
-        "SELECT seq, at, actor, action, target, outcome, detail, prev_hash FROM audit ORDER BY seq"
-    ).fetchall()
-    conn.close()
+    with controller.database() as conn:
+        rows = conn.execute(
+            "SELECT seq, at, actor, action, target, outcome, detail, prev_hash FROM audit"
+            " ORDER BY seq"
+        ).fetchall()
     edits, prev = [], rows[0][7]
     for seq, at, stored_actor, action, target, outcome, detail, _ in rows:
         actor = "admin:somebody-else" if seq == 2 else stored_actor
@@ -240,7 +237,7 @@ def test_a_bad_checkpoint_file_is_one_line_and_exit_2(controller, tmp_path):
 
 def test_a_checkpoint_of_another_controller_is_refused(controller, tmp_path):
     _records(controller, 2)
-    other = Controller(tmp_path / "other")
+    other = Controller(tmp_path / "other")  # only its keys are needed: never started
     other.init()
     keys = load_signing_keys(DataDir(other.data_dir))
     foreign = Checkpoints(keys.key, keys.trusted).sign(2, "0" * 64, datetime.now(UTC))
@@ -249,8 +246,8 @@ def test_a_checkpoint_of_another_controller_is_refused(controller, tmp_path):
     _one_line_usage(_verify(controller, "--checkpoint", path), foreign.key_id, "another controller")
 
 
-def test_the_controller_logs_checkpoints_at_start_and_shutdown(tmp_path):
-    ctl = Controller(tmp_path / "ctl")
+def test_the_controller_logs_checkpoints_at_start_and_shutdown(tmp_path, store_url):
+    ctl = Controller(tmp_path / "ctl", store_url=store_url)
     ctl.init()
     ctl.start()
     _records(ctl, 4)
@@ -276,7 +273,7 @@ def test_an_export_far_past_grpcs_message_limit_streams_in_order(controller, tmp
     reply (4 MiB at most by default) could not carry."""
     _records(controller, 1)
     assert controller.stop() == 0
-    store = Store.open(controller.data_dir / "controller.db")
+    store = controller.open_store()
     now = datetime.now(UTC)
     store.append_audits(
         AuditEntry(now, f"host:h-{i}", "order.refused", f"o-{i}", "refused", "€" * 2000)
@@ -302,7 +299,7 @@ def test_an_export_far_past_grpcs_message_limit_streams_in_order(controller, tmp
 def test_export_since_streams_only_the_later_records(controller, tmp_path):
     _records(controller, 2)
     assert controller.stop() == 0
-    store = Store.open(controller.data_dir / "controller.db")
+    store = controller.open_store()
     later = datetime(2099, 1, 1, tzinfo=UTC)
     store.append_audits(AuditEntry(later, "controller", "x.y", f"t-{i}", "ok") for i in range(2500))
     store.close()

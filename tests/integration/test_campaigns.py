@@ -5,7 +5,6 @@ patched, the audit trail intact. Agents run in-process over real mTLS."""
 from __future__ import annotations
 
 import json
-import sqlite3
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,6 +15,7 @@ from fleetpatch.v1 import types_pb2
 
 from agent.orders.states import State
 from agent.orders.workorder import OrderRefused
+from tests.conftest import STORES
 from tests.support.controller import BIN, Controller, cli
 from tests.support.fakes import FakeBackend, FakeProber
 from tests.support.inprocess import InProcessAgent
@@ -47,9 +47,12 @@ LAYOUT = [  # (region, ring, healthy after the update)
 ]  # fmt: skip
 
 
+pytestmark = pytest.mark.parametrize("store_url", STORES, indirect=True)
+
+
 @pytest.fixture
-def fleet(tmp_path: Path) -> Iterator[tuple[Controller, list[InProcessAgent]]]:
-    ctl = Controller(tmp_path / "ctl")
+def fleet(tmp_path: Path, store_url: str) -> Iterator[tuple[Controller, list[InProcessAgent]]]:
+    ctl = Controller(tmp_path / "ctl", store_url=store_url)
     ctl.init()
     config = ctl.data_dir / "controller.toml"
     config.write_text(config.read_text().replace('tick = "10s"', 'tick = "1s"'))
@@ -160,17 +163,16 @@ def test_concurrency_limits_hosts_in_flight(fleet, tmp_path):
     )
     campaign_id = ctl.admin("campaign", "create", spec).stdout.strip().splitlines()[-1]
     ctl.admin("campaign", "approve", campaign_id)
-    db = ctl.data_dir / "controller.db"
     peak: dict[int, int] = {}
-    for _ in range(12):
-        for agent in agents:
-            agent.round()
-            conn = sqlite3.connect(db)
-            for ring, n in conn.execute(
-                "SELECT ring, count(*) FROM assignments WHERE status = 'in_flight' GROUP BY ring"
-            ):
-                peak[ring] = max(peak.get(ring, 0), n)
-            conn.close()
+    with ctl.database() as conn:
+        for _ in range(12):
+            for agent in agents:
+                agent.round()
+                for ring, n in conn.execute(
+                    "SELECT ring, count(*) FROM assignments WHERE status = 'in_flight'"
+                    " GROUP BY ring"
+                ):
+                    peak[ring] = max(peak.get(ring, 0), n)
     assert peak[0] == 2
     assert peak[1] == 2
     assert peak[2] == 3  # 50% of 6
@@ -229,14 +231,13 @@ def test_a_controller_restart_mid_campaign_loses_nothing_and_assigns_nobody_twic
     ctl.start()
     assert _rounds(agents, ctl, campaign_id, 12) == "completed"
 
-    conn = sqlite3.connect(ctl.data_dir / "controller.db")
-    per_host = conn.execute(
-        "SELECT host_id, count(*) FROM assignments WHERE kind = 'patch' GROUP BY host_id"
-    ).fetchall()
-    reports = conn.execute(
-        "SELECT count(*), count(DISTINCT idempotency_key) FROM progress_reports"
-    ).fetchone()
-    conn.close()
+    with ctl.database() as conn:
+        per_host = conn.execute(
+            "SELECT host_id, count(*) FROM assignments WHERE kind = 'patch' GROUP BY host_id"
+        ).fetchall()
+        reports = conn.execute(
+            "SELECT count(*), count(DISTINCT idempotency_key) FROM progress_reports"
+        ).fetchone()
     assert sorted(n for _, n in per_host) == [1] * len(agents)
     assert reports[0] == reports[1]
     assert all(len(a.outcomes) == 1 for a in agents)
@@ -286,10 +287,10 @@ rings = [{ ring = 0, concurrency = "100%" }]
 """
 
 
-def test_hosts_with_an_outdated_agent_wait_until_it_is_updated(tmp_path):
+def test_hosts_with_an_outdated_agent_wait_until_it_is_updated(tmp_path, store_url):
     """rollout.min_agent_version: the seed's "patch the agents first" (F3),
     with the host's version as its agent reports it at check-in."""
-    ctl = Controller(tmp_path / "ctl")
+    ctl = Controller(tmp_path / "ctl", store_url=store_url)
     ctl.init()
     ctl.start()
     agents = [
@@ -324,12 +325,12 @@ def test_hosts_with_an_outdated_agent_wait_until_it_is_updated(tmp_path):
         ctl.stop()
 
 
-def test_a_refused_unreadable_order_never_blocks_a_hosts_later_reports(tmp_path):
+def test_a_refused_unreadable_order_never_blocks_a_hosts_later_reports(tmp_path, store_url):
     """Issue 12: an order refused before its id could be read used to queue
     a report the controller rejected, and every later report of that host
     stayed stuck behind it. Now the refusal is stored under a placeholder,
     and the host's real order reports all the way to the campaign's end."""
-    ctl = Controller(tmp_path / "ctl")
+    ctl = Controller(tmp_path / "ctl", store_url=store_url)
     ctl.init()
     ctl.start()
     try:

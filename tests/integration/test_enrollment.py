@@ -19,8 +19,11 @@ from fleetpatch.overload import RETRY_AFTER_KEY
 from fleetpatch.v1 import agent_pb2, agent_pb2_grpc, types_pb2
 
 from controller.api import limits
+from tests.conftest import STORES
 from tests.support.controller import Controller
 from tests.support.waiting import scaled, wait_for
+
+pytestmark = pytest.mark.parametrize("store_url", STORES, indirect=True)
 
 
 @dataclass(frozen=True)
@@ -84,8 +87,8 @@ def test_a_host_is_pending_until_its_first_mutual_tls_call(controller):
     assert _status(controller, host.host_id) == "active"
 
 
-def test_a_host_that_never_arrives_expires_and_gives_its_token_use_back(tmp_path):
-    ctl = Controller(tmp_path / "ctl")
+def test_a_host_that_never_arrives_expires_and_gives_its_token_use_back(tmp_path, store_url):
+    ctl = Controller(tmp_path / "ctl", store_url=store_url)
     ctl.init()
     config = ctl.data_dir / "controller.toml"
     config.write_text(

@@ -2,7 +2,7 @@
 
 Everything runs as the user would run it: the console scripts of the
 project's venv, a controller listening on loopback with real TLS, a real
-SQLite file.
+SQLite file (or, given a store URL, a real PostgreSQL database).
 """
 
 from __future__ import annotations
@@ -14,9 +14,13 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from controller.store import Store
+from controller.store.dialect import Connection
 from tests.support.waiting import scaled
 
 BIN = Path(sys.executable).parent
@@ -73,9 +77,10 @@ def ok(*args: str | Path) -> Result:
 class Controller:
     """`fleetpatch controller serve` on loopback, with a data dir of its own."""
 
-    def __init__(self, data_dir: Path, port: int | None = None) -> None:
+    def __init__(self, data_dir: Path, port: int | None = None, store_url: str = "") -> None:
         self.data_dir = data_dir
         self.port = port or free_port()
+        self.store_url = store_url  # empty: SQLite in the data dir
         self.proc: subprocess.Popen[str] | None = None
         self.log = data_dir.parent / f"{data_dir.name}-serve.log"
 
@@ -92,6 +97,32 @@ class Controller:
             "fleetpatch", "controller", "init", "--data-dir", self.data_dir,
             "--hostname", "localhost", "--listen", self.address, "--checkin-interval", interval,
         )  # fmt: skip
+        if self.store_url:
+            config = self.data_dir / "controller.toml"
+            text = config.read_text()
+            assert '\nurl = ""\n' in text, "the template's [store] url moved"
+            config.write_text(
+                text.replace('\nurl = ""\n', f"\nurl = {json.dumps(self.store_url)}\n", 1)
+            )
+
+    @contextmanager
+    def database(self) -> Iterator[Connection]:
+        """A connection to the controller's database, whichever it is, behind
+        its back (SQL in the store's dialect, controller/store/dialect.py)."""
+        store = (
+            Store.connect(self.store_url) if self.store_url
+            else Store.open(self.data_dir / "controller.db")
+        )  # fmt: skip
+        try:
+            yield store._conn
+        finally:
+            store.close()
+
+    def open_store(self) -> Store:
+        """The controller's store, opened here (close it after)."""
+        if self.store_url:
+            return Store.connect(self.store_url)
+        return Store.open(self.data_dir / "controller.db")
 
     def start(self) -> None:
         with self.log.open("a") as log:

@@ -152,8 +152,9 @@ class Fleet:
 
 
 @contextmanager
-def engine_fleet(tmp_path: Path) -> Iterator[Fleet]:
-    store = Store.open(tmp_path / "controller.db")
+def engine_fleet(tmp_path: Path, url: str = "") -> Iterator[Fleet]:
+    """A fleet over SQLite in ``tmp_path``, or over the PostgreSQL at ``url``."""
+    store = Store.connect(url) if url else Store.open(tmp_path / "controller.db")
     db = StoreThread(store)
     loop = asyncio.new_event_loop()
     fleet = Fleet(store, db, loop)

@@ -36,11 +36,14 @@ class InProcessAgent:
         defer: bool = False,
         agent_version: str | None = None,
         textfile: Path | None = None,
+        address: str | None = None,
     ) -> None:
         """``defer``: carry out an order at the next round rather than at
         once, so that it stays in flight on the controller meanwhile.
         ``agent_version``: what the agent reports (default: this one's);
-        settable between rounds. ``textfile``: agent.toml's [metrics] textfile."""
+        settable between rounds. ``textfile``: agent.toml's [metrics] textfile.
+        ``address``: agent.toml's [controller] address after enrolling (the
+        controller's own by default; several, comma-separated, for replicas)."""
         token = controller.token(region=region, ring=ring, uses=1)
         self.state = StateDir(state_dir)
         done = enroll(self.state, controller.address, token, controller.data_dir / "ca.pem",
@@ -53,6 +56,8 @@ class InProcessAgent:
         text = text.replace('retry_interval = "5s"', 'retry_interval = "1s"')
         if textfile is not None:
             text = text.replace('textfile = ""', f'textfile = "{textfile}"')
+        if address is not None:
+            text = text.replace(f'address = "{controller.address}"', f'address = "{address}"')
         self.state.config_file.write_text(text)
         machine = Machine(
             backend=lambda manager, config: backend,

@@ -214,6 +214,9 @@ def test_settings_interval_as_plain_seconds(tmp_path):
             "campaigns.require_second_approver must be true or false",
         ),
         ("[certificates]\nadmin_lifetime = 'x'\n", "certificates.admin_lifetime: 'x' is not"),
+        ("[store]\nurl = 'sqlite:///x.db'\n", "store.url must be a postgresql:// URL"),
+        ("[store]\nurl = 5\n", "store.url must be a string"),
+        ("[store]\ndsn = 'x'\n", "unknown key store.dsn"),
         ("[checkin\n", "controller.toml"),  # not TOML at all
     ],
 )
@@ -221,6 +224,12 @@ def test_settings_rejects_naming_the_field(tmp_path, text, message):
     with pytest.raises(UsageError, match=message) as caught:
         _datadir(tmp_path, text).settings()
     assert str(tmp_path / "controller.toml") in str(caught.value)
+
+
+def test_settings_store_is_sqlite_unless_a_postgresql_url_is_set(tmp_path):
+    assert _datadir(tmp_path, "").settings().store_url == ""
+    url = "postgresql://fleetpatch@db.example.com/fleetpatch?sslmode=verify-full"
+    assert _datadir(tmp_path, f"[store]\nurl = '{url}'\n").settings().store_url == url
 
 
 def test_settings_rejects_a_bad_listen_address(tmp_path):

@@ -37,9 +37,11 @@ rings = [
 MIN = timedelta(minutes=1)
 
 
-@pytest.fixture
-def fleet(tmp_path) -> Iterator[Fleet]:
-    with engine_fleet(tmp_path) as fleet:
+@pytest.fixture(params=["sqlite", "postgresql"])
+def fleet(tmp_path, request) -> Iterator[Fleet]:
+    """The campaign engine over each store backend (the contract, end to end)."""
+    url = request.getfixturevalue("postgres_emptied_url") if request.param != "sqlite" else ""
+    with engine_fleet(tmp_path, url) as fleet:
         yield fleet
 
 

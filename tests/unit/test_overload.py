@@ -71,6 +71,32 @@ def test_resource_exhausted_is_overloaded_with_the_delay_asked(busy_server, hint
     assert raised.value.exit_code == 3
 
 
+class _NoDatabase(agent_pb2_grpc.AgentServiceServicer):
+    """A controller whose database is down, as its servicers answer."""
+
+    def CheckIn(
+        self, request: agent_pb2.CheckInRequest, context: grpc.ServicerContext
+    ) -> agent_pb2.CheckInResponse:
+        context.set_trailing_metadata(overload.retry_after_trailer(5.0))
+        context.abort(grpc.StatusCode.UNAVAILABLE, "the database is unavailable")
+        raise AssertionError("abort returns only by raising")
+
+
+def test_unavailable_with_a_delay_is_controller_unavailable_with_it():
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+    agent_pb2_grpc.add_AgentServiceServicer_to_server(_NoDatabase(), server)  # type: ignore[abstract]
+    address = f"127.0.0.1:{server.add_insecure_port('127.0.0.1:0')}"
+    server.start()
+    try:
+        with grpc.insecure_channel(address) as channel:
+            stub = agent_pb2_grpc.AgentServiceStub(channel)
+            with pytest.raises(ControllerUnavailable, match="database is unavailable") as raised:
+                client_module._call(address, lambda: stub.CheckIn(agent_pb2.CheckInRequest()))
+    finally:
+        server.stop(None)
+    assert raised.value.retry_after == 5.0
+
+
 # -- the check-in loop ----------------------------------------------------------------
 
 
@@ -112,6 +138,12 @@ DOWN = ControllerUnavailable("cannot reach the controller at c:1")
 def test_check_ins_wait_once_to_twice_the_delay_the_controller_asks(tmp_path, rng, wait):
     # Not the backoff (1, 2, 4 s): at least what was asked, however many attempts.
     assert _run(tmp_path, _Script(BUSY), 4, rng) == [wait] * 4
+
+
+def test_a_controller_without_its_database_is_asked_again_when_it_says(tmp_path):
+    no_db = ControllerUnavailable("cannot reach the controller at c:1: no db", retry_after=5.0)
+    assert _run(tmp_path, _Script(no_db), 3, Floor()) == [5.0] * 3
+    assert _run(tmp_path, _Script(DOWN), 3, Ceiling()) == [1, 2, 4]  # unreachable: backoff
 
 
 def test_overload_without_a_delay_backs_off_as_usual(tmp_path):

@@ -7,21 +7,39 @@ import sqlite3
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from controller.audit import AuditEntry
+from controller.campaigns.tallies import CampaignState
 from controller.errors import NotFound, TokenRefused
 from controller.fleet.tokens import Token, new_token
-from controller.model import CheckIn, CheckInOutcome, Host, HostStatus, Package
+from controller.model import (
+    Assignment,
+    AssignmentKind,
+    AssignmentStatus,
+    CampaignRecord,
+    CheckIn,
+    CheckInOutcome,
+    Host,
+    HostStatus,
+    Package,
+)
 from controller.store import Store
 
 NOW = datetime(2025, 3, 1, 12, 0, tzinfo=UTC)
 PACKAGES: list[Package] = [("bash", "5.2-1", "amd64"), ("zlib1g", "1:1.3", "amd64")]
 
 
-@pytest.fixture
-def store() -> Iterator[Store]:
-    store = Store.memory()
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store(request: pytest.FixtureRequest) -> Iterator[Store]:
+    """The contract: every test taking ``store`` runs on both backends, on
+    a real SQLite (in memory) and a real PostgreSQL (emptied after each test)."""
+    if request.param == "sqlite":
+        store = Store.memory()
+    else:
+        store = Store.connect(request.getfixturevalue("postgres_emptied_url"))
     yield store
     store.close()
 
@@ -193,7 +211,7 @@ def test_enroll_is_atomic(store):
     token = _token(uses=5)
     store.create_token(token)
     store.enroll_host(_host(1), token.token_id, NOW)
-    with pytest.raises(sqlite3.IntegrityError):
+    with pytest.raises(store._backend.integrity_errors):
         store.enroll_host(_host(1), token.token_id, NOW)  # same host id again
     stored = store.get_token(token.token_id)
     assert stored is not None
@@ -391,6 +409,19 @@ def test_a_batch_answers_each_checkin_in_order(store):
     assert [store.get_host(h.host_id).checkins for h in hosts] == [1, 0, 1]
 
 
+def test_a_batch_past_one_read_chunk_answers_every_host(store):
+    """Hosts are read 500 at a time: 1,202 check-ins (one host twice, one
+    unknown) span three reads, in an order unlike theirs."""
+    hosts = [_host(n) for n in range(1, 1201)]
+    _enrolled(store, *hosts)
+    ids = [h.host_id for h in reversed(hosts)]
+    batch = [_checkin(i, None) for i in [*ids[:700], "h-unknown", ids[0], *ids[700:]]]
+    outcomes = store.record_checkins(batch)
+    assert [o.known for o in outcomes] == [True] * 700 + [False] + [True] * 501
+    assert store.get_host(ids[0]).checkins == 2
+    assert {store.get_host(i).checkins for i in ids[1:]} == {1}
+
+
 def test_empty_batch(store):
     assert store.record_checkins([]) == []
 
@@ -481,3 +512,78 @@ def test_a_pending_host_that_never_arrives_expires_and_gives_its_token_use_back(
     assert (record.entry.target, record.entry.actor) == (stale.host_id, "controller")
     assert token.token_id in record.entry.detail
     assert store.expire_pending_hosts(NOW - timedelta(hours=1), NOW) == []
+
+
+# -- a migration added later (what other branches' migrations go through) ---------
+
+
+def test_a_new_plain_sql_migration_applies_on_both_backends(tmp_path, request):
+    """A migration written as migrations.py's docstring says, registered
+    after a database was made, is applied once at the next open, on SQLite
+    and on PostgreSQL, and its table works the same on both."""
+    from controller.store.migrations import migrations, registered
+
+    path = tmp_path / "controller.db"
+    Store.open(path).close()  # both databases exist, migrated, before the new migration
+    urls = ["", request.getfixturevalue("postgres_url")]
+
+    @migrations(name="9999_test_widgets")
+    def _widgets(db: Any) -> None:
+        db.execute(
+            """CREATE TABLE widgets (
+                widget_id  INTEGER PRIMARY KEY,
+                name       TEXT NOT NULL UNIQUE,
+                weight     REAL NOT NULL,
+                blob       BLOB NOT NULL,
+                flag       INTEGER NOT NULL DEFAULT 0
+            )"""
+        )
+        db.execute("CREATE INDEX widgets_weight ON widgets (weight)")
+        db.execute("ALTER TABLE hosts ADD COLUMN widget_count INTEGER NOT NULL DEFAULT 0")
+
+    try:
+        for url in urls:
+            store = Store.connect(url) if url else Store.open(path)
+            try:
+                assert store.applied_migrations()[-2:] == [
+                    "0009_vulnerabilities", "9999_test_widgets",
+                ]  # fmt: skip
+                conn = store._conn
+                for name in ("a", "b", "a"):
+                    conn.execute(
+                        "INSERT OR IGNORE INTO widgets (name, weight, blob, flag) VALUES (?,?,?,?)",
+                        (name, 1.25e9 + 0.125, b"\x00\xff", True),
+                    )
+                rows = conn.execute(
+                    "SELECT widget_id, name, weight, blob, flag FROM widgets ORDER BY widget_id"
+                ).fetchall()
+                assert [(*r[:3], bytes(r[3]), r[4]) for r in rows] == [
+                    (1, "a", 1.25e9 + 0.125, b"\x00\xff", 1),
+                    (2, "b", 1.25e9 + 0.125, b"\x00\xff", 1),
+                ]
+            finally:
+                store.close()
+    finally:
+        migrations._migrations = [m for m in registered() if m.name != "9999_test_widgets"]
+
+
+def test_an_order_is_timed_out_only_if_it_is_as_silent_as_the_caller_saw(store):
+    """A replica's counts may miss a report that came through another
+    replica: the store times an order out only if no report came after the
+    last one the caller knew of."""
+    hosts = [_host(1), _host(2)]
+    _enrolled(store, *hosts)
+    record = CampaignRecord("c-1", "c", "", CampaignState.RUNNING, NOW, "admin:a", NOW)
+    store.create_campaign(record, AuditEntry(NOW, "admin:a", "campaign.create", "c-1", "ok"))
+    for order_id, host in zip(("o-1", "o-2"), hosts, strict=True):
+        order = Assignment(order_id, "c-1", host.host_id, AssignmentKind.PATCH, 0, "eu", 1, b"",
+                           AssignmentStatus.IN_FLIGHT, NOW)  # fmt: skip
+        store.assign(order, AuditEntry(NOW, "controller", "order.assign", order_id, "ok"))
+    later = NOW + timedelta(minutes=30)
+    store.apply_results(hosts[0].host_id, [("o-1", "APPLY", "", "", later)])  # another replica
+    late = NOW + timedelta(hours=2)
+    assert store.time_out(["o-1", "o-2"], late, {"o-1": NOW, "o-2": NOW}) == ["o-2"]
+    assert store.time_out(["o-1"], late, {"o-1": later}) == ["o-1"]
+    assert {a.order_id: a.status for a in store.assignments("c-1")} == {
+        "o-1": AssignmentStatus.TIMED_OUT, "o-2": AssignmentStatus.TIMED_OUT,
+    }  # fmt: skip

@@ -75,9 +75,14 @@ def test_a_fix_offered_by_the_hosts_scan_is_fixable():
     assert not hit.available
 
 
-@pytest.fixture
-def store(tmp_path: Path) -> Iterator[Store]:
-    store = Store.open(tmp_path / "controller.db")  # a file: the matcher reads it from a thread
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
+    """A real store on both backends: a SQLite file (the matcher reads it
+    from a thread), a PostgreSQL database emptied after the test."""
+    if request.param == "sqlite":
+        store = Store.open(tmp_path / "controller.db")
+    else:
+        store = Store.connect(request.getfixturevalue("postgres_emptied_url"))
     token, _ = new_token("eu", 0, 10, timedelta(hours=1), {}, NOW)
     store.create_token(token)
     for n, (facts, ring) in enumerate([(DEBIAN, 0), (DEBIAN, 1), (ALMA, 1)]):

@@ -1,0 +1,278 @@
+"""The PostgreSQL backend, for several controller replicas on one database
+(`[store] url = "postgresql://..."`): psycopg 3 over a psycopg_pool pool.
+
+The store thread holds one connection from the pool and runs the store's
+SQL on it, rewritten once per statement by dialect.to_postgres. A
+connection that fails (the server restarted, failed over, or the network
+dropped) is closed and given back, so the pool replaces it; the call that
+met the failure raises StoreUnavailable (agents are answered UNAVAILABLE
+with a retry delay), and the next call takes a fresh connection.
+
+Migrations are the same named functions SQLite runs (migrations.py), given
+a connection that rewrites their SQL; each runs in a transaction with its
+record in `fleetpatch_migrations`, under an advisory lock so that replicas
+starting together migrate once.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from typing import Any
+
+import psycopg
+from psycopg.adapt import Dumper
+from psycopg.conninfo import conninfo_to_dict
+from psycopg.pq import Format
+from psycopg_pool import ConnectionPool, PoolTimeout
+
+from controller.errors import StoreUnavailable
+from controller.store.dialect import Connection, Cursor, to_postgres
+from controller.store.migrations import MIGRATION_SET, registered
+
+log = logging.getLogger(__name__)
+
+# pg_advisory_xact_lock key while migrating: "fpmg".
+MIGRATION_LOCK = 0x66706D67
+# pg_try_advisory_lock key of the replica that runs the campaign tick: "fpld".
+# A session lock: held as long as the leader's connection lives, released by
+# PostgreSQL when it ends (the leader stopped, crashed or was cut off).
+LEADER_LOCK = 0x66706C64
+# How long a call waits for a connection when the database is unreachable
+# before the caller is told it is unavailable (the pool keeps trying).
+CONNECTION_WAIT_SECONDS = 3.0
+RETRY_AFTER_SECONDS = 5.0
+
+
+def describe(url: str) -> str:
+    """``url`` for a person, without its password: "DB on HOST:PORT"."""
+    try:
+        params = conninfo_to_dict(url)
+    except psycopg.ProgrammingError:
+        return "(an unreadable PostgreSQL URL)"
+    host = str(params.get("host") or "localhost")
+    port = str(params.get("port") or "5432")
+    return f"database {params.get('dbname') or params.get('user') or '?'} on {host}:{port}"
+
+
+def _reason(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return lines[0] if lines else type(exc).__name__
+
+
+class _BoolAsInteger(Dumper):
+    """The store keeps flags in INTEGER columns (as SQLite does)."""
+
+    format = Format.TEXT
+    oid = psycopg.postgres.types["int8"].oid
+
+    def dump(self, obj: Any) -> bytes:
+        return b"1" if obj else b"0"
+
+
+def _configure(conn: psycopg.Connection[Any]) -> None:
+    conn.adapters.register_dumper(bool, _BoolAsInteger)
+
+
+def _transient(exc: psycopg.OperationalError) -> bool:
+    """A deadlock or serialization failure between replicas (SQLSTATE class
+    40): the transaction is rolled back, the connection is fine."""
+    return (exc.sqlstate or "").startswith("40")
+
+
+class _Connection:
+    """A psycopg connection speaking the store's dialect (dialect.Connection)."""
+
+    __slots__ = ("_backend", "raw")
+
+    def __init__(self, raw: psycopg.Connection[Any], backend: PostgresBackend) -> None:
+        self.raw = raw
+        self._backend = backend
+
+    def execute(self, sql: str, parameters: Any = (), /) -> Cursor:
+        try:
+            return self.raw.execute(to_postgres(sql), parameters)
+        except psycopg.OperationalError as exc:
+            raise self._backend.lost(self.raw, exc) from None
+
+    def executemany(self, sql: str, parameters: Iterable[Any], /) -> Cursor:
+        cursor = self.raw.cursor()
+        try:
+            cursor.executemany(to_postgres(sql), parameters)
+        except psycopg.OperationalError as exc:
+            raise self._backend.lost(self.raw, exc) from None
+        return cursor
+
+
+class PostgresBackend:
+    integrity_errors: tuple[type[Exception], ...] = (psycopg.IntegrityError,)
+    shared = True
+
+    def __init__(self, pool: ConnectionPool[Any], where: str) -> None:
+        self._pool = pool
+        self._where = where
+        self._held: _Connection | None = None
+        self._leader: psycopg.Connection[Any] | None = None
+
+    @classmethod
+    def connect(cls, url: str, max_connections: int = 4) -> PostgresBackend:
+        """Connect to the database at ``url`` and migrate it. Raises
+        StoreUnavailable, one line naming the database (never its password)
+        and why, when it cannot be reached or refuses us."""
+        where = describe(url)
+        try:
+            # One plain connection first: the pool would only say it timed
+            # out, where a person needs "connection refused" or "password
+            # authentication failed".
+            psycopg.connect(url, connect_timeout=10).close()
+        except psycopg.Error as exc:
+            raise StoreUnavailable(
+                f"cannot connect to PostgreSQL ({where}): {_reason(exc)}", RETRY_AFTER_SECONDS
+            ) from None
+        pool: ConnectionPool[Any] = ConnectionPool(
+            url, min_size=1, max_size=max_connections, open=False, configure=_configure,
+            # Checked when taken (rarely: the store thread keeps one), so a
+            # connection that died idle in the pool is replaced, not handed out.
+            check=ConnectionPool.check_connection,
+            kwargs={"autocommit": True}, timeout=CONNECTION_WAIT_SECONDS, name="fleetpatch",
+            reconnect_timeout=float("inf"),
+        )  # fmt: skip
+        try:
+            pool.open(wait=True, timeout=10)
+        except PoolTimeout:
+            pool.close()
+            raise StoreUnavailable(
+                f"cannot connect to PostgreSQL ({where}): no connection within 10s",
+                RETRY_AFTER_SECONDS,
+            ) from None
+        backend = cls(pool, where)
+        try:
+            backend.migrate()
+        except BaseException:
+            backend.close()
+            raise
+        return backend
+
+    def lost(self, raw: psycopg.Connection[Any], exc: psycopg.OperationalError) -> StoreUnavailable:
+        """``raw`` failed: give it back broken (the pool replaces it); the
+        error to raise. A conflict with another replica (a deadlock, say)
+        only rolled its transaction back: the caller may simply retry."""
+        if _transient(exc) and not raw.broken:
+            log.info("database conflict with another replica: %s", _reason(exc))
+            return StoreUnavailable(
+                f"the database refused a conflicting change ({_reason(exc)}); try again",
+                RETRY_AFTER_SECONDS / 5,
+            )
+        if self._held is not None and self._held.raw is raw:
+            self._held = None
+            log.warning("lost the connection to PostgreSQL (%s): %s", self._where, _reason(exc))
+            raw.close()
+            self._pool.putconn(raw)
+        return StoreUnavailable(
+            f"the database is unavailable ({_reason(exc)}); try again shortly",
+            RETRY_AFTER_SECONDS,
+        )
+
+    def connection(self) -> _Connection:
+        if self._held is None:
+            try:
+                raw = self._pool.getconn()
+            except PoolTimeout:
+                raise StoreUnavailable(
+                    f"cannot reach PostgreSQL ({self._where}); try again shortly",
+                    RETRY_AFTER_SECONDS,
+                ) from None
+            self._held = _Connection(raw, self)
+        return self._held
+
+    @contextmanager
+    def transaction(self) -> Iterator[Connection]:
+        conn = self.connection()
+        try:
+            with conn.raw.transaction():
+                yield conn
+        except psycopg.OperationalError as exc:
+            raise self.lost(conn.raw, exc) from None
+
+    # -- migrations -----------------------------------------------------------
+
+    def migrate(self) -> None:
+        """Apply the migrations this database lacks, each in a transaction
+        with its record; replicas starting together take turns."""
+        with self.transaction() as conn:
+            conn.execute("SELECT pg_advisory_xact_lock(?)", (MIGRATION_LOCK,))
+            conn.execute(
+                "CREATE TABLE IF NOT EXISTS fleetpatch_migrations ("
+                " id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,"
+                " migration_set TEXT NOT NULL, name TEXT NOT NULL, applied_at TEXT NOT NULL,"
+                " UNIQUE (migration_set, name))"
+            )
+        for migration in registered():
+            with self.transaction() as conn:
+                conn.execute("SELECT pg_advisory_xact_lock(?)", (MIGRATION_LOCK,))
+                if migration.name in self.applied_migrations():
+                    continue
+                log.info("applying migration %s (%s)", migration.name, self._where)
+                migration.fn(conn)
+                conn.execute(
+                    "INSERT INTO fleetpatch_migrations (migration_set, name, applied_at)"
+                    " VALUES (?, ?, ?)",
+                    (MIGRATION_SET, migration.name, datetime.now(UTC).isoformat()),
+                )
+
+    def applied_migrations(self) -> list[str]:
+        cur = self.connection().execute(
+            "SELECT name FROM fleetpatch_migrations WHERE migration_set = ? ORDER BY id",
+            (MIGRATION_SET,),
+        )
+        return [row[0] for row in cur]
+
+    # -- leadership ----------------------------------------------------------
+
+    def lead(self) -> bool:
+        """Whether this replica holds the leader lock, taking it when it is
+        free. The lock lives on a connection of its own, kept while leading:
+        when this process dies, PostgreSQL ends the session and the lock
+        passes to the next replica that asks."""
+        if self._leader is not None:
+            try:
+                self._leader.execute("SELECT 1")
+                return True
+            except psycopg.Error as exc:
+                log.warning("no longer leading: lost the leader's connection (%s)", _reason(exc))
+                self._drop_leader()
+        try:
+            raw = self._pool.getconn()
+        except PoolTimeout:
+            return False
+        try:
+            row = raw.execute("SELECT pg_try_advisory_lock(%s)", (LEADER_LOCK,)).fetchone()
+        except psycopg.Error as exc:
+            raw.close()
+            self._pool.putconn(raw)
+            log.warning("cannot ask for the leader lock: %s", _reason(exc))
+            return False
+        if row is None or not row[0]:
+            self._pool.putconn(raw)
+            return False
+        self._leader = raw
+        return True
+
+    def _drop_leader(self) -> None:
+        raw, self._leader = self._leader, None
+        if raw is None:
+            return
+        try:
+            raw.execute("SELECT pg_advisory_unlock(%s)", (LEADER_LOCK,))
+        except psycopg.Error:
+            raw.close()  # ends the session, which releases the lock all the same
+        self._pool.putconn(raw)
+
+    def close(self) -> None:
+        self._drop_leader()
+        if self._held is not None:
+            self._pool.putconn(self._held.raw)
+            self._held = None
+        self._pool.close()

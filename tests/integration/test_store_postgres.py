@@ -1,0 +1,82 @@
+"""A controller on PostgreSQL whose database is out of reach: at start-up
+one clear line and exit 3; at run time agents are answered UNAVAILABLE with
+a retry delay (never an internal error), and served again once it is back,
+with nothing acknowledged lost. Real server, real gRPC with mutual TLS."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import grpc
+import pytest
+from fleetpatch.overload import RETRY_AFTER_KEY
+from fleetpatch.v1 import agent_pb2, agent_pb2_grpc, types_pb2
+
+from tests.integration.test_enrollment import Raw, _enroll
+from tests.support.controller import Controller, cli
+from tests.support.postgres import PostgresServer, missing_reason, running
+
+
+@pytest.fixture
+def own_postgres() -> Iterator[PostgresServer]:
+    """A server of this test's own, which it may stop and start."""
+    reason = missing_reason()
+    if reason is not None:
+        pytest.skip(reason)
+    with running() as server:
+        yield server
+
+
+def _check_in(ctl: Controller, host: Raw, hostname: str) -> None:
+    creds = grpc.ssl_channel_credentials(
+        root_certificates=(ctl.data_dir / "ca.pem").read_bytes(),
+        private_key=host.key_pem,
+        certificate_chain=host.cert_pem,
+    )
+    with grpc.secure_channel(ctl.address, creds) as channel:
+        agent_pb2_grpc.AgentServiceStub(channel).CheckIn(
+            agent_pb2.CheckInRequest(facts=types_pb2.HostFacts(hostname=hostname)), timeout=30
+        )
+
+
+def test_an_unreachable_database_stops_serve_with_one_line(tmp_path: Path, postgres):
+    url = f"postgresql://fleet:s3cret@/fleetpatch?host={tmp_path}/nowhere"
+    ctl = Controller(tmp_path / "ctl", store_url=url)
+    ctl.init()
+    result = cli("fleetpatch", "controller", "serve", "--data-dir", ctl.data_dir,
+                 "--listen", ctl.address, timeout=60)  # fmt: skip
+    assert result.returncode == 3, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert "cannot connect to PostgreSQL (database fleetpatch on " in lines[0]
+    assert "s3cret" not in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_a_database_outage_is_unavailable_with_a_retry_delay_then_served(
+    tmp_path: Path, own_postgres: PostgresServer
+):
+    ctl = Controller(tmp_path / "ctl", store_url=own_postgres.url(own_postgres.create_database()))
+    ctl.init()
+    ctl.start()
+    try:
+        host = _enroll(ctl, ctl.token())
+        _check_in(ctl, host, "before")
+        own_postgres.halt()
+        with pytest.raises(grpc.RpcError) as caught:
+            _check_in(ctl, host, "during")
+        assert caught.value.code() is grpc.StatusCode.UNAVAILABLE, caught.value.details()
+        metadata: Sequence[tuple[str, str]] = caught.value.trailing_metadata()  # type: ignore[assignment]
+        trailers = dict(metadata)
+        assert float(trailers[RETRY_AFTER_KEY]) > 0
+        own_postgres.resume()
+        _check_in(ctl, host, "after")
+        shown = ctl.host(host.host_id)
+        assert shown["status"] == "active"
+        assert shown["checkins"] == 2  # before and after: the refused one is not counted
+        assert ctl.proc is not None
+        assert ctl.proc.poll() is None  # it served on through the outage
+    finally:
+        ctl.stop()
+    assert "Traceback" not in ctl.log.read_text()
