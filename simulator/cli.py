@@ -44,6 +44,19 @@ ReportOption = Annotated[
     typer.Option("--report", metavar="FILE.html", help="Also write a self-contained HTML report."),
 ]
 QuietOption = Annotated[bool, typer.Option("--quiet", "-q", help="No progress on stderr.")]
+DEFAULT_DATA_DIR = Path("/var/lib/fleetpatch/controller")
+DataDirOption = Annotated[
+    Path,
+    typer.Option(
+        "--data-dir", envvar="FLEETPATCH_DATA_DIR",
+        help="Controller data dir (admin credentials, CA, settings, addresses).",
+    ),
+]  # fmt: skip
+ControllerOption = Annotated[
+    str | None,
+    typer.Option("--controller", metavar="HOST:PORT",
+                 help="Controller address; default: the one recorded in the data dir."),
+]  # fmt: skip
 
 
 class ProgressLine:
@@ -171,22 +184,8 @@ def rehearse(
     campaign_file: Annotated[
         Path, typer.Argument(metavar="CAMPAIGN.toml", help="The campaign file you would create.")
     ],
-    data_dir: Annotated[
-        Path,
-        typer.Option(
-            "--data-dir",
-            envvar="FLEETPATCH_DATA_DIR",
-            help="Controller data dir (admin credentials, settings).",
-        ),
-    ] = Path("/var/lib/fleetpatch/controller"),
-    controller: Annotated[
-        str | None,
-        typer.Option(
-            "--controller",
-            metavar="HOST:PORT",
-            help="Controller address; default: the one recorded in the data dir.",
-        ),
-    ] = None,
+    data_dir: DataDirOption = DEFAULT_DATA_DIR,
+    controller: ControllerOption = None,
     failure_model: Annotated[
         Path | None,
         typer.Option(
@@ -271,22 +270,8 @@ def rehearse(
 
 @app.command("load")
 def load(
-    data_dir: Annotated[
-        Path,
-        typer.Option(
-            "--data-dir",
-            envvar="FLEETPATCH_DATA_DIR",
-            help="Controller data dir: its CA, admin certificate (for the token) and addresses.",
-        ),
-    ] = Path("/var/lib/fleetpatch/controller"),
-    controller: Annotated[
-        str | None,
-        typer.Option(
-            "--controller",
-            metavar="HOST:PORT",
-            help="Mutual-TLS address; default: the one recorded in the data dir.",
-        ),
-    ] = None,
+    data_dir: DataDirOption = DEFAULT_DATA_DIR,
+    controller: ControllerOption = None,
     enroll: Annotated[
         str | None,
         typer.Option(

@@ -428,13 +428,7 @@ class VulnStore(StoreBase):
         """Vulnerabilities exposing at least one active host (in ``region``
         and ``ring`` when given), most severe and widest first. Reads the
         per-cell counts the matcher keeps, never every exposure."""
-        where, args = "", list[Any]()
-        if region:
-            where += " AND c.region = ?"
-            args.append(region)
-        if ring is not None:
-            where += " AND c.ring = ?"
-            args.append(ring)
+        where, args = _host_filter(region, ring, "c")
         if min_severity:
             allowed = SEVERITIES[: SEVERITIES.index(min_severity) + 1]
             where += f" AND v.severity IN ({','.join('?' * len(allowed))})"
@@ -602,13 +596,15 @@ class VulnStore(StoreBase):
         ]  # fmt: skip
 
 
-def _host_filter(region: str, ring: int | None) -> tuple[str, list[Any]]:
+def _host_filter(region: str, ring: int | None, table: str = "h") -> tuple[str, list[Any]]:
+    """SQL fragments (and their arguments) keeping ``region`` and ``ring``
+    when given, on the columns of ``table`` (a fixed alias)."""
     where, args = "", list[Any]()
     if region:
-        where += " AND h.region = ?"
+        where += f" AND {table}.region = ?"
         args.append(region)
     if ring is not None:
-        where += " AND h.ring = ?"
+        where += f" AND {table}.ring = ?"
         args.append(ring)
     return where, args
 
