@@ -180,8 +180,20 @@ def test_import_then_see_who_is_exposed_and_out_of_policy(controller, fleet):
     assert by_os["debian 12"] == {"key": "debian 12", "hosts": 2, "on_policy": 1, "unassessed": 0}
 
 
+def _match_often(ctl: Controller) -> None:
+    """vulns.match_interval of 1s (default 1m): a changed inventory is
+    matched within seconds. Restarts the controller."""
+    config = ctl.data_dir / "controller.toml"
+    text = config.read_text()
+    assert 'match_interval = "1m"' in text
+    ctl.stop()
+    config.write_text(text.replace('match_interval = "1m"', 'match_interval = "1s"'))
+    ctl.start()
+
+
 def test_plan_a_campaign_then_the_fix_closes_the_exposure(controller, fleet, tmp_path):
     old = fleet["old"].host_id
+    _match_often(controller)
     controller.admin("vulns", "import", TRACKER, OSV)
     _matched(controller, "CVE-2024-5535")
 
@@ -195,10 +207,6 @@ def test_plan_a_campaign_then_the_fix_closes_the_exposure(controller, fleet, tmp
         {"name": "openssl", "min_version": FIXED_SSL},
     ]
     assert set(doc["campaign"]["fixes"]) == {"CVE-2024-5535", "DSA-5764-1"}
-    # Rehearsed on the real fleet: exactly the exposed host is targeted.
-    rehearsed = json.loads(controller.admin("campaign", "rehearse", plan, "--json").stdout)
-    assert rehearsed["fleet"] == {"hosts": 3, "targeted": 1}
-    assert rehearsed["outcome"]["state"] == "completed"
     created = controller.admin("campaign", "create", plan)
     assert "(1 host(s) targeted now)" in created.stderr
     campaign_id = created.stdout.strip()
@@ -265,25 +273,25 @@ def test_a_patch_baseline_is_resolved_per_host_when_it_is_assigned(controller, f
     assert packages(fleet["old"], _debian(OLD_SSL)) == []
 
 
-@pytest.mark.parametrize(
-    ("feed", "reason"),
-    [
-        ("pypi.json", "ecosystem 'PyPI' is not one fleetpatch matches"),
-        ("truncated.json", "not valid JSON: parse error: premature EOF"),
-        ("badversion.json", "'not a version!' is not a dpkg version"),
-    ],
-)
-def test_a_bad_feed_is_one_line_and_changes_nothing(controller, feed, reason):
+BAD_FEEDS = [
+    ("pypi.json", "ecosystem 'PyPI' is not one fleetpatch matches"),
+    ("truncated.json", "not valid JSON: parse error: premature EOF"),
+    ("badversion.json", "'not a version!' is not a dpkg version"),
+]
+
+
+def test_a_bad_feed_is_one_line_and_changes_nothing(controller):
     controller.admin("vulns", "import", OSV)
     before = controller.admin_json("vulns", "list")
-    done = cli("fleetpatch", "vulns", "import", FIXTURES / "vulns-bad" / feed,
-               "--data-dir", controller.data_dir)  # fmt: skip
-    assert done.returncode == 2, done
-    assert done.stdout == ""
-    assert len(done.stderr.strip().splitlines()) == 1, done.stderr
-    assert reason in done.stderr
-    assert "nothing was imported" in done.stderr
-    assert controller.admin_json("vulns", "list") == before
+    for feed, reason in BAD_FEEDS:
+        done = cli("fleetpatch", "vulns", "import", FIXTURES / "vulns-bad" / feed,
+                   "--data-dir", controller.data_dir)  # fmt: skip
+        assert done.returncode == 2, done
+        assert done.stdout == ""
+        assert len(done.stderr.strip().splitlines()) == 1, done.stderr
+        assert reason in done.stderr
+        assert "nothing was imported" in done.stderr
+        assert controller.admin_json("vulns", "list") == before
 
 
 def test_unknown_ids_are_not_found(controller):

@@ -16,6 +16,7 @@ from fleetpatch.inventory import inventory_hash
 from fleetpatch.v1 import vulns_pb2
 
 from controller.campaigns import CampaignError, parse_campaign
+from controller.campaigns.scheduler import HostFacts, targeting_mismatch
 from controller.cli.plan import render_plan
 from controller.fleet.relabel import Relabel
 from controller.fleet.tokens import new_token
@@ -281,3 +282,17 @@ def test_targets_hosts_must_be_host_ids():
     text = '[campaign]\nname = "b"\n[patch]\npackages = ["x"]\n[targets]\nhosts = ["web1"]\n'
     with pytest.raises(CampaignError, match=r"'web1' is not a host id"):
         parse_campaign(text + "[[rollout.rings]]\nring = 0\n", "b.toml")
+
+
+def test_targets_hosts_narrow_a_campaign_in_the_one_scheduler():
+    """The controller and the simulator (`campaign rehearse`) decide with
+    the same scheduler: a planned campaign targets exactly its hosts."""
+    text = (
+        '[campaign]\nname = "b"\n[patch]\npackages = ["x"]\n'
+        '[targets]\nhosts = ["h-0000000000000001"]\n[[rollout.rings]]\nring = 0\n'
+    )
+    spec = parse_campaign(text, "b.toml")
+    listed = HostFacts("h-0000000000000001", "eu", 0, {}, "debian")
+    other = HostFacts("h-0000000000000002", "eu", 0, {}, "debian")
+    assert targeting_mismatch(spec, listed) == ""
+    assert targeting_mismatch(spec, other) == "the host is not in [targets] hosts"
