@@ -203,6 +203,10 @@ def session_release_key() -> Path:
 # -- a booted systemd ------------------------------------------------------------------
 
 
+# Units of the machine a test container does without (see SystemdContainer).
+MASKED_IN_CONTAINERS = ("postgresql.service", "postgresql@.service", "prometheus.service")
+
+
 class SystemdContainer:
     """systemd booted as PID 1 of a container (systemd-nspawn --boot) whose
     root is a HostSandbox's copy-on-write root: the units run under a real
@@ -227,6 +231,14 @@ class SystemdContainer:
         # tmpfs there, in the sandbox's mount namespace only, keeps them off
         # the machine's /run.
         commands.append(["mount", "-t", "tmpfs", "-o", "mode=0755", "fp-nspawn-run", "/run"])
+        # The machine's own servers that `make deps` installs for other tests
+        # (PostgreSQL, Prometheus) are enabled there: masked in the copy,
+        # the container boots only what its test is about, and sooner.
+        units = Path(f"{sandbox.root}/etc/systemd/system")
+        commands += [
+            ["ln", "-sfn", "/dev/null", str(units / unit)]
+            for unit in MASKED_IN_CONTAINERS
+        ]
         for command in commands:
             subprocess.run([*enter, *command], check=True, capture_output=True, timeout=60)
         with log.open("wb") as out:
