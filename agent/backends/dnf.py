@@ -435,17 +435,24 @@ class Dnf:
         versions (the caller has checked policy) is a `dnf downgrade`, which
         `dnf install` of an older file refuses to do."""
         fields = [rpm_fields(p, self._run) for p in paths]
-        names = [f.get("NAME", "") for f in fields]
-        before = self.versions(names)
+        unreadable = [str(p) for p, f in zip(paths, fields, strict=True) if not f]
+        if unreadable:
+            raise CommandFailed(["rpm", "-qp"], None, "", "",
+                                reason=f"cannot read {', '.join(unreadable)}")  # fmt: skip
+        before = self.versions([f["NAME"] for f in fields])
         older = any(
-            before.get(f.get("NAME", "")) and rpm_vercmp(
-                f"{f.get('VERSION')}-{f.get('RELEASE')}", _vr(before[f.get("NAME", "")]),
-                self._run,
-            ) < 0
+            before[f["NAME"]]
+            and rpm_vercmp(f"{f['VERSION']}-{f['RELEASE']}", _vr(before[f["NAME"]]), self._run) < 0
             for f in fields
-        )  # fmt: skip
+        )
+        # Named as `apply` names its transactions, so that a revert finds
+        # it (`_ours`) and undoes it like any other.
+        digest = plan_digest(
+            [(f["NAME"], f["ARCH"], before[f["NAME"]]) for f in fields if before[f["NAME"]]],
+            [f["NAME"] for f in fields if not before[f["NAME"]]],
+        )
         verb = "downgrade" if older else "install"
-        self._dnf("-y", "--comment=fleetpatch agent update", verb, *[str(p) for p in paths])
+        self._dnf("-y", f"--comment=fleetpatch apply {digest}", verb, *[str(p) for p in paths])
         return self._diff(before)
 
     def _ours(self, snapshot: Snapshot, names: list[str]) -> HistoryInfo:
