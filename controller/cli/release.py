@@ -86,7 +86,7 @@ def verify_command(
 
 @release_app.command("publish")
 def publish_command(
-    deb: Annotated[
+    package: Annotated[
         Path,
         typer.Argument(
             help="The agent package (fleetpatch-agent_<version>_<arch>.deb for apt hosts, "
@@ -114,15 +114,15 @@ def publish_command(
     """
     from controller.releases.publishing import version_of
 
-    version_of(deb.name)  # a wrong name fails here, before any bytes travel
-    ready = prepare_publish(deb, public_key)
+    version_of(package.name)  # a wrong name fails here, before any bytes travel
+    ready = prepare_publish(package, public_key)
     header = admin_pb2.PublishAgentReleaseHeader(
-        artifact=deb.name, manifest=ready.manifest, signature=ready.signature, size=ready.size
+        artifact=package.name, manifest=ready.manifest, signature=ready.signature, size=ready.size
     )
     try:
-        handle = deb.open("rb")
+        handle = package.open("rb")
     except OSError as exc:
-        raise UsageError(f"cannot read {deb}: {exc.strerror}") from None
+        raise UsageError(f"cannot read {package}: {exc.strerror}") from None
     with handle, client(data_dir, controller) as admin:
         published = admin.publish_release(header, iter(lambda: handle.read(CHUNK), b""))
     print(f"published agent release {published.version}: {published.artifact}, "
