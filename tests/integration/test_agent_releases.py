@@ -388,7 +388,9 @@ def test_each_host_is_handed_the_package_of_its_own_family(controller, keys, tmp
     try:
         spec = tmp_path / "agent-update.toml"
         spec.write_text(CAMPAIGN.format(version=VERSION))
-        campaign_id = controller.admin("campaign", "create", spec).stdout.strip().splitlines()[-1]
+        created = controller.admin("campaign", "create", spec)
+        assert "no .rpm package published: dnf hosts wait until it is" in created.stderr
+        campaign_id = created.stdout.strip().splitlines()[-1]
         controller.admin("campaign", "approve", campaign_id)
 
         apt = _order(hosts["apt"], "apt")
