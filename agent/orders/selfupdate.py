@@ -54,7 +54,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import logging
-import os
 import re
 import shutil
 import time
@@ -67,6 +66,7 @@ import fleetpatch
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from fleetpatch import releasefmt
 from fleetpatch.agentrelease import Family, family_of
+from fleetpatch.atomicfile import write_atomic
 from fleetpatch.orderspec import AGENT_PACKAGE
 
 from agent.backends import subp
@@ -480,11 +480,7 @@ class UpdateSteps:
         source = self._package(order)
         try:
             kept.mkdir(mode=0o700, parents=True, exist_ok=True)
-            staged = kept / f".{source.name}.tmp"
-            shutil.copyfile(source, staged)
-            with staged.open("rb") as handle:
-                os.fsync(handle.fileno())
-            os.replace(staged, kept / source.name)
+            write_atomic(kept / source.name, source.read_bytes(), 0o600)
             for other in kept.iterdir():
                 if other.name != source.name:
                     other.unlink()
