@@ -15,8 +15,11 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from agent.backends import subp
 from agent.backends.base import Change, Plan, PlanError, Saved, Snapshot
-from agent.backends.dnf import Dnf, rpm_fields
+from agent.backends.dnf import Dnf, plan_digest, rpm_fields
+from agent.backends.subp import Result
+from agent.errors import CommandFailed
 from agent.orders.journal import Journal
 from agent.orders.policy import Policy
 from agent.orders.selfupdate import KEPT_DIR, HandOver, SystemdWatchdog, unit_name
@@ -278,3 +281,52 @@ def test_the_watchdog_restores_an_rpm_with_rpm_u_oldpackage(tmp_path):
     assert armed[armed.index("--") + 1 :] == [
         "/usr/bin/rpm", "-U", "--oldpackage", "--replacepkgs", str(kept),
     ]  # fmt: skip
+
+
+class RpmHostRunner:
+    """rpm reading files and comparing versions for real; the rpmdb (rpm -q)
+    and dnf itself in memory, recording what dnf is asked."""
+
+    def __init__(self, installed: str) -> None:
+        self.installed = installed
+        self.dnf: list[list[str]] = []
+
+    def __call__(self, argv, **kw) -> Result:
+        argv = [str(a) for a in argv]
+        if argv[0] == "dnf":
+            self.dnf.append(argv)
+            path = argv[-1]
+            fields = rpm_fields(Path(path))
+            self.installed = f"{fields['VERSION']}-{fields['RELEASE']}"
+            return Result(argv, 0, "Complete!\n", "")
+        if argv[:2] == ["rpm", "-q"]:
+            return Result(argv, 0, f"{AGENT}\tnoarch\t{self.installed}\n", "")
+        return subp.run(argv, **kw)
+
+
+@pytest.mark.parametrize(
+    ("installed", "new", "verb"),
+    [("0.1.0-1", "0.2.0", "install"), ("0.3.0-1", "0.2.0", "downgrade"),
+     ("0.2.0^post1-1", "0.2.0", "downgrade"), ("0.2.0~rc1-1", "0.2.0", "install")],
+)  # fmt: skip
+def test_dnf_installs_an_agent_file_in_one_transaction_a_revert_recognises(
+    tmp_path, installed, new, verb
+):
+    rpm = agent_rpm(tmp_path, new)
+    run = RpmHostRunner(installed)
+    changes = Dnf(run=run).install_files([rpm])
+    (argv,) = run.dnf
+    assert argv[-2:] == [verb, str(rpm)]
+    # Named as apply names a plan: the snapshot of this change finds it.
+    saved = [(AGENT, "noarch", installed)]
+    assert f"--comment=fleetpatch apply {plan_digest(saved, [])}" in argv
+    assert [(c.name, c.old, c.new) for c in changes] == [(AGENT, installed, f"{new}-1")]
+
+
+def test_dnf_refuses_to_install_a_file_rpm_cannot_read(tmp_path):
+    junk = tmp_path / "fleetpatch-agent-0.2.0-1.noarch.rpm"
+    junk.write_bytes(b"junk")
+    run = RpmHostRunner("0.1.0-1")
+    with pytest.raises(CommandFailed, match="cannot read"):
+        Dnf(run=run).install_files([junk])
+    assert run.dnf == []
