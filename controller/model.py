@@ -8,6 +8,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
+from fleetpatch.agentrelease import Family
 from fleetpatch.orderspec import REFUSED, OrderState
 
 from controller.campaigns.gates import HaltKind
@@ -186,7 +187,7 @@ class AgentRelease:
     pinned release key."""
 
     version: str  # PEP 440
-    artifact: str  # fleetpatch-agent_<debian version>_<arch>.deb
+    artifact: str  # fleetpatch-agent_<debian version>_<arch>.deb or -<rpm version>-1.<arch>.rpm
     sha256: str  # hex, of the artifact
     size: int
     key_fingerprint: str  # the release key it was checked against; "" when none
@@ -194,6 +195,7 @@ class AgentRelease:
     published_by: str
     manifest: bytes
     signature: bytes
+    family: Family = Family.DEB  # which hosts it is for: one package per version and family
 
 
 @dataclass(frozen=True)

@@ -646,7 +646,7 @@ def build_agent_rpm(build: Build) -> Path:
     return rpmpkg.build_rpm(
         stage=build.work / agent.short / "root",
         out=build.out,
-        version=rpmpkg.rpm_version(debian_version(build.version)),
+        version=debversion.rpm_version(debian_version(build.version)),
         python_abi=f"{major}.{minor}",
         summary=agent.summary,
         description=agent.description,

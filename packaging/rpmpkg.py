@@ -40,12 +40,6 @@ UNIT = "fleetpatch-agent.service"
 MARK = "/var/lib/rpm-state/fleetpatch-agent/upgrading"
 
 
-def rpm_version(debian_version: str) -> str:
-    """The RPM version of a Debian one (which build_debs made from PEP 440):
-    `~` sorts before a release in both; rpm's post-release mark is `^`."""
-    return debian_version.replace("+", "^")
-
-
 def spec_text(
     *, version: str, release: str, python_abi: str, summary: str, description: str, tree: Path
 ) -> str:

@@ -336,13 +336,7 @@ class Dnf:
 
     def compare(self, a: str, b: str) -> int:
         """rpm's own version comparison: -1, 0 or 1."""
-        for v in (a, b):
-            if not EVR.fullmatch(v):
-                raise PlanError(f"{v!r} is not an RPM version")
-        done = self._run(
-            ["rpm", "--eval", f'%{{lua: print(rpm.vercmp("{a}", "{b}"))}}'], env=ENV, timeout=30
-        )
-        return int(done.stdout.strip())
+        return rpm_vercmp(a, b, self._run)
 
     def snapshot(self, plan: Plan, cache: Path) -> Snapshot:
         """A checked .rpm of every version the plan replaces; raises
@@ -433,6 +427,32 @@ class Dnf:
         )
         specs = [f"{c.name}-{c.new}.{c.arch}" for c in plan.changes if c.new]
         self._dnf("-y", f"--comment=fleetpatch apply {digest}", "install", *specs)
+        return self._diff(before)
+
+    def install_files(self, paths: Sequence[Path]) -> list[Change]:
+        """Install .rpm files (an agent update), their dependencies from the
+        repositories, in one dnf transaction; older than the installed
+        versions (the caller has checked policy) is a `dnf downgrade`, which
+        `dnf install` of an older file refuses to do."""
+        fields = [rpm_fields(p, self._run) for p in paths]
+        unreadable = [str(p) for p, f in zip(paths, fields, strict=True) if not f]
+        if unreadable:
+            raise CommandFailed(["rpm", "-qp"], None, "", "",
+                                reason=f"cannot read {', '.join(unreadable)}")  # fmt: skip
+        before = self.versions([f["NAME"] for f in fields])
+        older = any(
+            before[f["NAME"]]
+            and rpm_vercmp(f"{f['VERSION']}-{f['RELEASE']}", _vr(before[f["NAME"]]), self._run) < 0
+            for f in fields
+        )
+        # Named as `apply` names its transactions, so that a revert finds
+        # it (`_ours`) and undoes it like any other.
+        digest = plan_digest(
+            [(f["NAME"], f["ARCH"], before[f["NAME"]]) for f in fields if before[f["NAME"]]],
+            [f["NAME"] for f in fields if not before[f["NAME"]]],
+        )
+        verb = "downgrade" if older else "install"
+        self._dnf("-y", f"--comment=fleetpatch apply {digest}", verb, *[str(p) for p in paths])
         return self._diff(before)
 
     def _ours(self, snapshot: Snapshot, names: list[str]) -> HistoryInfo:
@@ -557,6 +577,31 @@ class Dnf:
             if problems or not done.stdout.strip():
                 raise CommandFailed(argv, done.returncode, done.stdout, done.stderr)
         return parse_file_list(done.stdout)
+
+
+def rpm_vercmp(a: str, b: str, run: Runner = subp.run) -> int:
+    """rpm's own comparison of two [epoch:]version[-release]: -1, 0 or 1.
+    Raises PlanError for a string that is no RPM version."""
+    for v in (a, b):
+        if not EVR.fullmatch(v):
+            raise PlanError(f"{v!r} is not an RPM version")
+    done = run(["rpm", "--eval", f'%{{lua: print(rpm.vercmp("{a}", "{b}"))}}'], env=ENV, timeout=30)
+    return int(done.stdout.strip())
+
+
+def rpm_fields(path: Path, run: Runner = subp.run) -> dict[str, str]:
+    """NAME, VERSION, RELEASE, EPOCH ("" for none) and ARCH of an .rpm
+    file whose header and payload digests hold; empty when rpm cannot read
+    it or it is damaged (a truncated copy, bytes that are no package)."""
+    qf = "%{NAME}\\t%{VERSION}\\t%{RELEASE}\\t%|EPOCH?{%{EPOCH}}:{}|\\t%{ARCH}\\n"
+    query = run(["rpm", "-qp", "--qf", qf, str(path)], env=ENV, check=False, timeout=60)
+    parts = query.stdout.split("\n", 1)[0].split("\t")
+    if query.returncode != 0 or len(parts) != 5:
+        return {}
+    digests = run(["rpm", "-K", "--nosignature", str(path)], env=ENV, check=False, timeout=300)
+    if digests.returncode != 0:
+        return {}
+    return dict(zip(("NAME", "VERSION", "RELEASE", "EPOCH", "ARCH"), parts, strict=True))
 
 
 def _excluded(name: str, patterns: Sequence[str]) -> bool:

@@ -4,13 +4,19 @@ to it, and get the old one back when the new one does not take over.
 An agent-update order runs through the same states as a patch order; only
 the steps below differ (`Runner` dispatches to them):
 
-PRECHECK  the package must come from a release signed by the key pinned on
-          this host (policy.release_key; the controller never sends a key):
-          the manifest's signature, the order's digest against the signed
-          manifest, then the fetched bytes against that digest, then the
-          .deb's own Package and Version fields. No downgrade unless policy
-          allows it. The host must be healthy, as for any patch.
-SNAPSHOT  (the runner's own) a .deb of the running version is kept.
+PRECHECK  the package must be of this host's family (a .deb for apt, an
+          .rpm for dnf: never the other) and come from a release signed by
+          the key pinned on this host (policy.release_key; the controller
+          never sends a key): the manifest's signature, the order's digest
+          against the signed manifest, then the fetched bytes against that
+          digest, then the package's own fields (.deb: Package and Version;
+          .rpm: `rpm -qp` Name, Version and no Epoch, its digests intact).
+          No downgrade, by the family's own ordering (dpkg
+          --compare-versions, rpm's vercmp), unless policy allows it. The
+          host must be healthy, as for any patch.
+SNAPSHOT  (the runner's own) a package of the running version is kept: the
+          backend looks first in the order's cache, where PRECHECK put the
+          package the last self-update installed (`_keep_installed`).
 APPLY     arms the watchdog, then installs the package. Its postinst asks
           systemd to restart the agent (without waiting): the running,
           old process gets SIGTERM, finishes this step, enters VERIFY and
@@ -18,22 +24,34 @@ APPLY     arms the watchdog, then installs the package. Its postinst asks
 VERIFY    in the new process: it must be the version ordered, reach the
           controller over mutual TLS with this host's key, and pass its
           health checks within verify_timeout. Then it disarms the
-          watchdog and succeeds. Failing that, REVERT reinstalls the kept
-          .deb (and the old process, restarted, has nothing left to do).
+          watchdog, keeps the package it came from for the next update's
+          rollback, and succeeds. Failing that, REVERT reinstalls the kept
+          package (and the old process, restarted, has nothing left to do).
 REVERT    (the runner's own) plus disarming the watchdog.
 
 The watchdog is what makes this safe when the new version cannot even
 start: before anything is installed, a transient systemd timer is armed
-(`SystemdWatchdog`) that, after rollback_after, reinstalls the kept .deb
-with dpkg, outside the agent and its cgroup. The reinstalled old agent
+(`SystemdWatchdog`) that, after rollback_after, reinstalls the kept
+package (`dpkg -i`; `rpm -U --oldpackage --replacepkgs`), outside the
+agent and its cgroup. The reinstalled old agent
 resumes the order in VERIFY, finds itself running instead of the new
 version, and ends the order REVERTED. A new agent that took over writes a
 marker the watchdog's unit is conditioned on, then stops the timer, so a
 watchdog firing at the last moment is either harmless or seen.
+
+Why the agent keeps the package it installed: dpkg-repack rebuilds a .deb
+from an installed package, and RPM has nothing equivalent; an agent
+installed from a file (or by an earlier self-update) is in no repository
+and no dnf cache. The signed, checked package of the version running is
+therefore kept under CACHE/agent-installed/ when it takes over; a dnf host
+whose first agent came from a repository still has `dnf download`, and one
+with no copy at all fails SNAPSHOT, before anything changed (an operator can
+put the installed .rpm in that directory).
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import re
@@ -47,12 +65,14 @@ from typing import Protocol
 import fleetpatch
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from fleetpatch import releasefmt
-from fleetpatch.debversion import debian_version
+from fleetpatch.agentrelease import Family, family_of
+from fleetpatch.atomicfile import write_atomic
 from fleetpatch.orderspec import AGENT_PACKAGE
 
 from agent.backends import subp
 from agent.backends.apt import deb_fields
-from agent.backends.base import Busy, Change, PackageBackend, Plan, Snapshot
+from agent.backends.base import Busy, Change, PackageBackend, Plan, PlanError, Snapshot
+from agent.backends.dnf import rpm_fields, rpm_vercmp
 from agent.errors import AgentError, CommandFailed
 from agent.host.checks import CheckSpec, Probes
 from agent.host.health import failing
@@ -74,6 +94,8 @@ SPACE_FACTOR = 3
 #: How often, and how far apart, the watchdog tries its restore.
 RESTORE_ATTEMPTS = 10
 RESTORE_RETRY_SECONDS = 20
+#: Under the cache: the package of the agent a self-update last installed.
+KEPT_DIR = "agent-installed"
 #: How long disarming waits for a restore that is still running to finish.
 DPKG_WAIT_SECONDS = 300
 
@@ -112,18 +134,21 @@ def unit_name(order_id: str) -> str:
 
 class SystemdWatchdog:
     """A transient timer (`systemd-run --on-active`) whose oneshot service
-    runs `dpkg -i` of the kept package, retried on failure (a held dpkg
-    lock). RemainAfterExit keeps the service loaded after it ran, so
-    `disarm` can tell whether it did."""
+    reinstalls the kept package (`restore_argv`: dpkg -i, or rpm -U
+    --oldpackage), retried on failure (a held dpkg lock). RemainAfterExit
+    keeps the service loaded after it ran, so `disarm` can tell whether it
+    did."""
 
     def __init__(
         self,
         run: Callable[..., subp.Result] = subp.run,
         dpkg: str = "/usr/bin/dpkg",
         sleep: Callable[[float], None] = time.sleep,
+        rpm: str = "/usr/bin/rpm",
     ) -> None:
         self._run = run
         self._dpkg = dpkg
+        self._rpm = rpm
         self._sleep = sleep
 
     def unavailable(self) -> str | None:
@@ -148,9 +173,18 @@ class SystemdWatchdog:
             "--property=Restart=on-failure", f"--property=RestartSec={RESTORE_RETRY_SECONDS}s",
             "--property=StartLimitIntervalSec=1h",
             f"--property=StartLimitBurst={RESTORE_ATTEMPTS}",
-            "--", self._dpkg, "--force-confdef", "--force-confold", "--install", str(restore),
+            "--", *self.restore_argv(restore),
         ]  # fmt: skip
         self._run(argv, timeout=60)
+
+    def restore_argv(self, restore: Path) -> list[str]:
+        """What reinstalls the kept package, whatever is installed now: dpkg
+        for a .deb; for an .rpm, `rpm -U --oldpackage --replacepkgs`, which
+        takes it over a newer version or the same one (rpm waits for the
+        rpmdb lock itself; dnf would also reach for repositories)."""
+        if family_of(restore.name) is Family.RPM:
+            return [self._rpm, "-U", "--oldpackage", "--replacepkgs", str(restore)]
+        return [self._dpkg, "--force-confdef", "--force-confold", "--install", str(restore)]
 
     def disarm(self, name: str, marker: Path) -> bool:
         marker.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -187,7 +221,7 @@ class SystemdWatchdog:
 
 
 class LocalInstall(Protocol):
-    """What a backend needs to install a package file (apt has it)."""
+    """What a backend needs to install a package file (apt and dnf have it)."""
 
     def install_files(self, paths: Sequence[Path]) -> list[Change]: ...
 
@@ -268,8 +302,28 @@ class UpdateSteps:
         assert order.agent_update is not None  # noqa: S101 - an agent-update order
         return self._dir(order) / "release" / order.agent_update.artifact
 
+    def _kept_dir(self) -> Path:
+        """Where the agent package last installed by a self-update is kept:
+        the copy to roll back to at the next one (see `_keep_installed`)."""
+        return self._cache / KEPT_DIR
+
+    def _family(self) -> Family | None:
+        """The package family this host's backend installs."""
+        return Family.of_manager(getattr(self._backend, "name", ""))
+
     def _installed(self) -> str:
-        return self._backend.versions([AGENT_PACKAGE]).get(AGENT_PACKAGE, "")
+        """The installed agent package's version field: the Debian Version,
+        or the RPM Version (without epoch and release, which our packages
+        do not vary: the order names the version)."""
+        found = self._backend.versions([AGENT_PACKAGE]).get(AGENT_PACKAGE, "")
+        if self._family() is Family.RPM and found:
+            found = found.split(":", 1)[-1].rsplit("-", 1)[0]
+        return found
+
+    def _target(self, update: AgentUpdate) -> str:
+        """The version field of the package the order installs, in the
+        family of its artifact."""
+        return (family_of(update.artifact) or Family.DEB).package_version(update.version)
 
     # -- steps -----------------------------------------------------------------
 
@@ -277,9 +331,13 @@ class UpdateSteps:
         update = order.agent_update
         assert update is not None  # noqa: S101 - from_pb sets it for this action
         installed = self._installed()
-        if installed and installed == update.debian_version:
+        target = self._target(update)
+        wrong = self._wrong_family(update)
+        if not wrong and installed and installed == target:
             return Outcome(Event.NOTHING_TO_DO, f"{AGENT_PACKAGE} {installed} is already installed")
-        problem = self._cannot_update(installed) or self._downgrade_refused(update, installed)
+        problem = (
+            wrong or self._cannot_update(installed) or self._downgrade_refused(update, installed)
+        )
         if problem:
             return Outcome(Event.FAIL, problem)
         try:
@@ -298,17 +356,31 @@ class UpdateSteps:
             arch = self._fetch_checked(order, update)
         except ValueError as exc:
             return Outcome(Event.FAIL, str(exc), checks=baseline)
-        change = Change(
-            AGENT_PACKAGE, arch, installed, update.debian_version, f"release {update.artifact}"
-        )
+        self._seed_kept(order)
+        old = self._backend.versions([AGENT_PACKAGE]).get(AGENT_PACKAGE, "")  # as the backend says
+        new = target if self._family() is Family.DEB else f"{target}-{self._release(order)}"
+        change = Change(AGENT_PACKAGE, arch, old, new, f"release {update.artifact}")
         return Outcome(
             Event.OK,
-            f"plan: {AGENT_PACKAGE} {installed} -> {update.debian_version}, signed by release "
+            f"plan: {AGENT_PACKAGE} {installed} -> {target}, signed by release "
             f"key {releasefmt.fingerprint(key)}",
             columns={"plan": Plan((change,)).to_json()},
             checks=baseline,
             changes=(change,),
         )
+
+    def _wrong_family(self, update: AgentUpdate) -> str | None:
+        """Why the order's package is not for this host (a .deb on a dnf
+        host, an .rpm on an apt host), or None."""
+        mine, theirs = self._family(), family_of(update.artifact)
+        if mine is None or theirs is None or mine is not theirs:
+            manager = getattr(self._backend, "name", "") or "an unknown package manager"
+            return (
+                f"refused: {update.artifact} is {'an' if theirs is Family.RPM else 'a'} "
+                f".{theirs or '?'} package and this host installs "
+                f"{f'.{mine}' if mine else 'no agent'} packages ({manager})"
+            )
+        return None
 
     def _cannot_update(self, installed: str) -> str | None:
         why: str | None
@@ -317,7 +389,7 @@ class UpdateSteps:
         elif self._watchdog is None:
             why = "there is no rollback watchdog"
         elif not hasattr(self._backend, "install_files"):
-            why = f"the {getattr(self._backend, 'name', '')} backend installs no .deb files"
+            why = f"the {getattr(self._backend, 'name', '')} backend installs no package files"
         elif not installed:
             why = (
                 f"this agent is not installed from the {AGENT_PACKAGE} package; "
@@ -328,9 +400,16 @@ class UpdateSteps:
         return f"cannot update the agent here: {why}" if why else None
 
     def _downgrade_refused(self, update: AgentUpdate, installed: str) -> str | None:
-        target = update.debian_version
-        older = self._run(["dpkg", "--compare-versions", target, "lt", installed], check=False)
-        if older.returncode == 0 and not self._policy.allow_agent_downgrade:
+        target = self._target(update)
+        if self._family() is Family.RPM:
+            try:
+                is_older = rpm_vercmp(target, installed, self._run) < 0
+            except PlanError as exc:
+                return f"cannot compare {target} with the installed {installed}: {exc}"
+        else:
+            older = self._run(["dpkg", "--compare-versions", target, "lt", installed], check=False)
+            is_older = older.returncode == 0
+        if is_older and not self._policy.allow_agent_downgrade:
             return (
                 f"refused by local policy: {target} is older than the installed {installed} "
                 "and policy.allow_agent_downgrade is false"
@@ -355,16 +434,59 @@ class UpdateSteps:
                 self._fetch(update.sha256, path, update.size)
             except AgentError as exc:
                 raise ValueError(f"cannot fetch {update.artifact}: {exc}") from None
-        fields = deb_fields(path, self._run)
-        wanted = {"Package": AGENT_PACKAGE, "Version": update.debian_version}
-        wrong = {k: fields.get(k, "") for k, v in wanted.items() if fields.get(k) != v}
+        target = self._target(update)
+        if self._family() is Family.RPM:
+            got = rpm_fields(path, self._run)
+            fields = {"Name": got.get("NAME", ""), "Version": got.get("VERSION", ""),
+                      "Epoch": got.get("EPOCH", "")}  # fmt: skip
+            wanted = {"Name": AGENT_PACKAGE, "Version": target, "Epoch": ""}
+            arch = got.get("ARCH", "")
+        else:
+            fields = deb_fields(path, self._run)
+            wanted = {"Package": AGENT_PACKAGE, "Version": target}
+            arch = fields.get("Architecture", "")
+        wrong = {k: fields.get(k, "") for k, v in wanted.items() if fields.get(k, "") != v}
         if wrong:
             path.unlink(missing_ok=True)
+            said = f"it says {wrong}" if any(fields.values()) else "it is no readable package"
             raise ValueError(
-                f"refused: {update.artifact} is signed but is not {AGENT_PACKAGE} "
-                f"{update.debian_version} (it says {wrong})"
+                f"refused: {update.artifact} is signed but is not {AGENT_PACKAGE} {target} ({said})"
             )
-        return fields.get("Architecture", "")
+        return arch
+
+    def _release(self, order: WorkOrder) -> str:
+        """The RPM Release of the order's fetched, checked package."""
+        return rpm_fields(self._package(order), self._run).get("RELEASE", "")
+
+    def _seed_kept(self, order: WorkOrder) -> None:
+        """Put the kept copy of the running agent's package beside the
+        order's snapshot, where the backend looks first for a copy of the
+        installed version (it checks the copy itself: name, version, arch,
+        digests). Without one, the backend finds its own (apt archive,
+        download, repack; dnf cache or download) or SNAPSHOT fails."""
+        for kept in sorted(self._kept_dir().glob(f"{AGENT_PACKAGE}*")):
+            target = self._dir(order) / kept.name
+            if not target.exists():
+                with contextlib.suppress(OSError):
+                    shutil.copyfile(kept, target)
+
+    def _keep_installed(self, order: WorkOrder) -> None:
+        """The new version took over: keep its package (signed and checked
+        at PRECHECK) as the copy the next self-update rolls back to. dnf has
+        no dpkg-repack; an agent installed from a file is in no repository
+        or cache: keeping the installed file is what makes a rollback
+        possible there."""
+        kept = self._kept_dir()
+        source = self._package(order)
+        try:
+            kept.mkdir(mode=0o700, parents=True, exist_ok=True)
+            write_atomic(kept / source.name, source.read_bytes(), 0o600)
+            for other in kept.iterdir():
+                if other.name != source.name:
+                    other.unlink()
+        except OSError as exc:
+            log.warning("order %s: cannot keep %s for the next rollback: %s", order.order_id,
+                        source.name, exc)  # fmt: skip
 
     def apply(self, order: WorkOrder, record: OrderRecord) -> Outcome:
         update = order.agent_update
@@ -393,7 +515,7 @@ class UpdateSteps:
             return Outcome(Event.FAIL, f"installing {update.artifact} failed: {exc}")
         return Outcome(
             Event.OK,
-            f"installed {AGENT_PACKAGE} {update.debian_version}; the rollback watchdog "
+            f"installed {AGENT_PACKAGE} {self._target(update)}; the rollback watchdog "
             f"restores {kept[0].version} unless it takes over within "
             f"{update.rollback_after.total_seconds():.0f}s",
             {"changes": [vars(c) for c in changes]},
@@ -405,14 +527,14 @@ class UpdateSteps:
         assert update is not None  # noqa: S101
         if self.running_version != update.version:
             installed = self._installed()
-            if installed == update.debian_version:
+            if installed == self._target(update):
                 raise HandOver(
                     f"{AGENT_PACKAGE} {installed} is installed; this agent "
                     f"({self.running_version}) exits so that it takes over"
                 )
             return Outcome(
                 Event.FAIL,
-                f"{AGENT_PACKAGE} {update.debian_version} did not take over; "
+                f"{AGENT_PACKAGE} {self._target(update)} did not take over; "
                 f"{installed or 'nothing'} is installed (the rollback watchdog restored it)",
             )
         deadline = self._clock() + order.verify_timeout
@@ -438,6 +560,7 @@ class UpdateSteps:
                 "the rollback watchdog fired before this agent took over; the restored "
                 "agent finishes the order"
             )
+        self._keep_installed(order)
         return Outcome(
             Event.OK,
             f"running {AGENT_PACKAGE} {update.version}: reached the controller, healthy",
@@ -462,7 +585,7 @@ class UpdateSteps:
         version than the one running), or None."""
         installed = self._installed()
         try:
-            running = debian_version(self.running_version)
+            running = (self._family() or Family.DEB).package_version(self.running_version)
         except ValueError:
             return None  # a development build: nothing to hand over to
         if installed and installed != running:

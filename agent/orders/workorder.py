@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 
+from fleetpatch.agentrelease import family_of
 from fleetpatch.debversion import debian_version
 from fleetpatch.envelope import WORK_ORDER_TYPE, EnvelopeError, open_envelope
 from fleetpatch.orderspec import LivepatchPolicy, RebootPolicy, RestartPolicy
@@ -91,16 +92,12 @@ class AgentUpdate:
     the release key pinned on this host (`selfupdate`) before it is used."""
 
     version: str  # PEP 440
-    artifact: str  # the .deb's file name in the release
+    artifact: str  # the package's file name in the release: a .deb or an .rpm
     sha256: bytes
     release_signature: bytes
     release_manifest: bytes
     size: int
     rollback_after: timedelta = DEFAULT_ROLLBACK_AFTER
-
-    @property
-    def debian_version(self) -> str:
-        return debian_version(self.version)
 
 
 @dataclass(frozen=True)
@@ -252,8 +249,8 @@ def _agent_update(pb: types_pb2.WorkOrder) -> AgentUpdate:
     except ValueError as exc:
         raise malformed(f"names no version we package ({exc})") from None
     name = update.artifact
-    if not name.endswith(".deb") or "/" in name or name.startswith("."):
-        raise malformed(f"names no .deb file ({name!r})")
+    if family_of(name) is None or "/" in name or name.startswith("."):
+        raise malformed(f"names no .deb or .rpm file ({name!r})")
     if len(update.sha256) != 32 or len(update.release_signature) != 64:
         raise malformed("lacks a SHA-256 digest or an Ed25519 release signature")
     if not update.release_manifest or update.size <= 0:

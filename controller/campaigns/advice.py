@@ -8,7 +8,10 @@ campaign create` and `fleetpatch-sim rehearse` both say these, from here.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from datetime import datetime, timedelta
+
+from fleetpatch.agentrelease import Family
 
 from controller.campaigns.spec import CampaignSpec
 
@@ -45,3 +48,27 @@ def advice(spec: CampaignSpec, now: datetime, targeted: int) -> list[str]:
             "(check [targets] and the rings of [rollout] against `fleetpatch hosts list`)"
         )
     return lines
+
+
+def release_advice(spec: CampaignSpec, published: Iterable[str]) -> list[str]:
+    """Warnings about an agent-update campaign's release: a package family
+    with no package published (``published``: the artifact names of the
+    version's packages), whose hosts will wait for one."""
+    if spec.agent_update is None:
+        return []
+    version = spec.agent_update.version
+    have = {name.rsplit(".", 1)[-1] for name in published}
+    managers = {Family.DEB: "apt", Family.RPM: "dnf"}
+    return [
+        f"agent release {version} has no .{family} package published: {managers[family]} hosts "
+        f"wait until it is (fleetpatch release publish "
+        f"{_example(family, version)})"
+        for family in Family
+        if str(family) not in have
+    ]
+
+
+def _example(family: Family, version: str) -> str:
+    if family is Family.DEB:
+        return f"fleetpatch-agent_{family.package_version(version)}_<arch>.deb"
+    return f"fleetpatch-agent-{family.package_version(version)}-1.<arch>.rpm"

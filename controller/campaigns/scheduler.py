@@ -102,6 +102,7 @@ class HostFacts:
     timezone: str = ""  # IANA name reported by the host; for host-local windows
     last_seen: datetime | None = None  # for `is_silent`; decide does not read it
     agent_version: str = ""  # as the host's agent reports it; for rollout.min_agent_version
+    package_manager: str = ""  # apt, dnf: which agent package it takes; decide does not read it
 
 
 # Everything of HostFacts that `decide` reads: hosts alike in all of it get

@@ -19,7 +19,7 @@ from fleetpatch.v1 import admin_pb2
 
 from controller.api import convert
 from controller.campaigns import CampaignError, CampaignSpec, parse_campaign
-from controller.campaigns.advice import advice
+from controller.campaigns.advice import advice, release_advice
 from controller.checkpoint import CheckpointError
 from controller.checkpoint import parse as parse_checkpoint
 from controller.cli import jsondoc
@@ -72,13 +72,17 @@ def create(
         raise UsageError(str(exc)) from None
     with client(data_dir, controller) as admin:
         campaign = admin.create_campaign(text, str(file))
+        released: list[str] = []
+        if spec.agent_update is not None:
+            version = spec.agent_update.version
+            released = [r.artifact for r in admin.list_releases() if r.version == version]
     targeted = _totals(campaign)["eligible"]
     print(
         f"campaign {spec.name!r} stored as a draft ({targeted} host(s) targeted now); "
         f"approve it with: fleetpatch campaign approve {campaign.campaign_id}",
         file=sys.stderr,
     )
-    for line in advice(spec, datetime.now(UTC), targeted):
+    for line in advice(spec, datetime.now(UTC), targeted) + release_advice(spec, released):
         print(f"fleetpatch: warning: {line}", file=sys.stderr)
     print(campaign.campaign_id)
 

@@ -5,7 +5,7 @@ and checks are controller.releases.signed's; this is the CLI over them.
     fleetpatch release keygen KEY [--public-key PUB]
     fleetpatch release sign ARTIFACT... --key KEY
     fleetpatch release verify DIR|ARTIFACT --public-key PUB
-    fleetpatch release publish DEB [--public-key PUB]
+    fleetpatch release publish PACKAGE [--public-key PUB]
     fleetpatch release list [--json]
 """
 
@@ -86,10 +86,11 @@ def verify_command(
 
 @release_app.command("publish")
 def publish_command(
-    deb: Annotated[
+    package: Annotated[
         Path,
         typer.Argument(
-            help="The agent package (fleetpatch-agent_<version>_<arch>.deb), with the "
+            help="The agent package (fleetpatch-agent_<version>_<arch>.deb for apt hosts, "
+            "fleetpatch-agent-<version>-<release>.<arch>.rpm for dnf hosts), with the "
             "release's SHA256SUMS and SHA256SUMS.sig beside it."
         ),
     ],
@@ -104,20 +105,24 @@ def publish_command(
 
     The package must match its line of SHA256SUMS (checked here, and again
     by the controller on the bytes it receives); with --public-key the
-    signature is checked here too. Publishing a version again with the same
-    package changes nothing; with another package it is refused (exit 6).
+    signature is checked here too. Publish each family's package of a
+    version (the .deb and the .rpm of one signed release): an agent-update
+    campaign hands each host the package of its package manager, and hosts
+    of a family with none published wait. Publishing a version's package
+    again with the same file changes nothing; with another one it is
+    refused (exit 6).
     """
     from controller.releases.publishing import version_of
 
-    version_of(deb.name)  # a wrong name fails here, before any bytes travel
-    ready = prepare_publish(deb, public_key)
+    version_of(package.name)  # a wrong name fails here, before any bytes travel
+    ready = prepare_publish(package, public_key)
     header = admin_pb2.PublishAgentReleaseHeader(
-        artifact=deb.name, manifest=ready.manifest, signature=ready.signature, size=ready.size
+        artifact=package.name, manifest=ready.manifest, signature=ready.signature, size=ready.size
     )
     try:
-        handle = deb.open("rb")
+        handle = package.open("rb")
     except OSError as exc:
-        raise UsageError(f"cannot read {deb}: {exc.strerror}") from None
+        raise UsageError(f"cannot read {package}: {exc.strerror}") from None
     with handle, client(data_dir, controller) as admin:
         published = admin.publish_release(header, iter(lambda: handle.read(CHUNK), b""))
     print(f"published agent release {published.version}: {published.artifact}, "
@@ -159,7 +164,7 @@ def list_command(
         ],
     )  # fmt: skip
     if not found:
-        print("no agent releases published (fleetpatch release publish DEB)", file=sys.stderr)
+        print("no agent releases published (fleetpatch release publish PACKAGE)", file=sys.stderr)
 
 
 def main() -> None:

@@ -1,21 +1,24 @@
 """Agent releases on the controller: publishing a signed agent package, and
 handing its bytes to hosts.
 
-    fleetpatch release publish DEB   AdminService.PublishAgentRelease -> Releases.publish
+    fleetpatch release publish PKG   AdminService.PublishAgentRelease -> Releases.publish
     fleetpatch release list          AdminService.ListAgentReleases   -> Releases.list
     an agent-update order's package  AgentService.FetchArtifact       -> Releases.find, read
 
 A release is published from the header (the package's file name, the
 release's SHA256SUMS and SHA256SUMS.sig, the size) and the package's bytes.
-It is refused (UsageError) unless the name is
-``fleetpatch-agent_<debian version>_<arch>.deb`` with a version we package,
-the manifest lists it, and the bytes received are exactly as many as
-announced (at most MAX_SIZE) with the digest the manifest gives. With
-``[releases] public_key`` set, the manifest must be signed by that key
-(else Refused). The bytes stream to a temp file while they are hashed; only
-a checked package becomes an artifact (controller.artifacts). A version is
+It is refused (UsageError) unless the name is an agent package's
+(fleetpatch.agentrelease: ``fleetpatch-agent_<debian version>_<arch>.deb``
+for apt hosts, ``fleetpatch-agent-<rpm version>-<release>.<arch>.rpm`` for
+dnf hosts) with a version we package, the manifest lists it, and the
+bytes received are exactly as many as announced (at most MAX_SIZE) with
+the digest the manifest gives. With ``[releases] public_key`` set, the
+manifest must be signed by that key (else Refused). The bytes stream to a
+temp file while they are hashed; only a checked package becomes an
+artifact (controller.artifacts). A version's package of each family is
 published once: again with the same package is a no-op, with another one
-AlreadyExists.
+AlreadyExists. One release (one signed SHA256SUMS listing both) is
+published as two packages, one call each.
 
 The controller checking the signature is a convenience (an operator's
 mistake is caught at publish time, not on every host); what protects hosts
@@ -27,15 +30,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import re
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
-from fleetpatch.debversion import pep440_version
-from fleetpatch.orderspec import AGENT_PACKAGE
+from fleetpatch.agentrelease import Family, parse_artifact
 
 from controller.audit import AuditEntry
 from controller.datadir import DataDir
@@ -51,7 +52,6 @@ log = logging.getLogger(__name__)
 MAX_SIZE = 256 * 1024 * 1024
 CHUNK = 1024 * 1024
 SIGNATURE_SIZE = 64
-_ARTIFACT = re.compile(rf"^{AGENT_PACKAGE}_(?P<debian>[^_/\\\s]+)_(?P<arch>[a-z0-9]+)\.deb$")
 
 
 @dataclass(frozen=True)
@@ -66,33 +66,30 @@ class Header:
 
 @dataclass(frozen=True)
 class Checked:
-    """A header that passed: the release's version, the digest its manifest
-    gives the package (hex), and the key that signed it ("" when none was
-    asked for)."""
+    """A header that passed: the release's version, the package's family,
+    the digest its manifest gives the package (hex), and the key that
+    signed it ("" when none was asked for)."""
 
     version: str
     sha256: str
     fingerprint: str
+    family: Family = Family.DEB
 
 
-def version_of(artifact: str) -> str:
-    """The PEP 440 version an agent package's file name carries."""
-    found = _ARTIFACT.fullmatch(artifact)
-    if found is None:
-        raise UsageError(
-            f"{artifact!r} is not an agent package name "
-            "(fleetpatch-agent_<debian version>_<arch>.deb)"
-        )
+def version_of(artifact: str) -> tuple[str, Family]:
+    """The PEP 440 version an agent package's file name carries, and its
+    family; UsageError for any other name."""
     try:
-        return pep440_version(found["debian"])
+        found = parse_artifact(artifact)
     except ValueError as exc:
-        raise UsageError(f"{artifact}: {exc}") from None
+        raise UsageError(str(exc)) from None
+    return found.version, found.family
 
 
 def check_header(header: Header, key: Ed25519PublicKey | None) -> Checked:
     """Everything about a release that can be checked before its bytes;
     raises UsageError, or Refused for a signature ``key`` did not make."""
-    version = version_of(header.artifact)
+    version, family = version_of(header.artifact)
     if header.size <= 0:
         raise UsageError(f"{header.artifact}: the package is empty")
     if header.size > MAX_SIZE:
@@ -121,7 +118,7 @@ def check_header(header: Header, key: Ed25519PublicKey | None) -> Checked:
         raise UsageError(str(exc)) from None
     if header.artifact not in entries:
         raise UsageError(f"the release's {release.MANIFEST} has no line for {header.artifact}")
-    return Checked(version, entries[header.artifact], fingerprint)
+    return Checked(version, entries[header.artifact], fingerprint, family)
 
 
 def load_release_key(data_dir: DataDir, path: Path | None) -> Ed25519PublicKey | None:
@@ -152,9 +149,9 @@ class Releases:
         self, header: Header, chunks: AsyncIterator[bytes], actor: str
     ) -> AgentRelease:
         checked = check_header(header, self._key)
-        known = await self._db.call(lambda s: s.get_release(checked.version))
+        known = await self._db.call(lambda s: s.get_release(checked.version, checked.family))
         if known is not None and known.sha256 != checked.sha256:
-            raise conflict(checked.version, known.sha256, checked.sha256)  # before the bytes
+            raise conflict(checked.version, checked.family, known.sha256, checked.sha256)
         upload = await asyncio.to_thread(self._artifacts.upload)
         try:
             async for data in chunks:
@@ -179,6 +176,7 @@ class Releases:
         now = self._clock()
         published = AgentRelease(
             version=checked.version,
+            family=checked.family,
             artifact=header.artifact,
             sha256=checked.sha256,
             size=header.size,

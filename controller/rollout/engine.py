@@ -26,7 +26,8 @@ from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from fleetpatch.debversion import debian_version
+from fleetpatch.agentrelease import Family
+from fleetpatch.debversion import debian_version, rpm_version
 from fleetpatch.v1 import types_pb2
 
 from controller.audit import AuditEntry
@@ -110,7 +111,9 @@ class CampaignEngine:
         self._closed: dict[str, tuple[tuple[str, datetime], float, Counted]] = {}
         self._waits: dict[tuple[str, DecisionKey], tuple[int, float, Wait]] = {}
         self._windows = WindowCache()
-        self._releases: dict[str, AgentRelease] = {}  # published versions never change
+        # Published packages never change (a version may gain a family).
+        self._releases: dict[tuple[str, Family], AgentRelease] = {}
+        self._no_package: set[tuple[str, str]] = set()  # (campaign, manager) already logged
         # Every order in flight, of any campaign, by host (one at most: a
         # host with one gets no other): read at start, then kept.
         self._in_flight: dict[str, Assignment] = {}
@@ -176,7 +179,7 @@ class CampaignEngine:
         except CampaignError as exc:
             raise UsageError(str(exc)) from None
         if spec.agent_update is not None:
-            await self._release(spec.agent_update.version)
+            await self._published(spec.agent_update.version)
         for item in spec.rollout.analysis:
             problem = await asyncio.to_thread(analysis.check, spec.rollout.prometheus, item)
             if problem is not None:
@@ -196,17 +199,42 @@ class CampaignEngine:
         self._states[CampaignState.DRAFT] += 1
         return record
 
-    async def _release(self, version: str) -> AgentRelease:
-        """A published agent release; NotFound naming how to publish it."""
-        found = self._releases.get(version)
-        if found is None:
-            found = await self._db.call(lambda s: s.get_release(version))
-            if found is None:
-                raise NotFound(
-                    f"agent release {version} is not published (fleetpatch release publish "
-                    f"fleetpatch-agent_{debian_version(version)}_<arch>.deb)"
-                )
-            self._releases[version] = found
+    async def _published(self, version: str) -> list[AgentRelease]:
+        """The published packages of an agent release (at least one);
+        NotFound naming how to publish them."""
+        found = await self._db.call(lambda s: s.releases_of(version))
+        if not found:
+            debian = debian_version(version)
+            raise NotFound(
+                f"agent release {version} is not published (fleetpatch release publish "
+                f"fleetpatch-agent_{debian}_<arch>.deb, and for dnf hosts "
+                f"fleetpatch-agent-{rpm_version(debian)}-1.<arch>.rpm)"
+            )
+        return found
+
+    async def _release(self, record: CampaignRecord, host: HostFacts) -> AgentRelease | None:
+        """The package of the campaign's agent release for the host's family
+        (its package manager); None for a patch campaign, and when none is
+        published: the host
+        waits (logged once per campaign and package manager) rather than be
+        handed another family's package, which its agent would refuse."""
+        spec = self.spec(record)
+        if spec.agent_update is None:
+            return None  # a patch campaign: no package
+        version = spec.agent_update.version
+        family = Family.of_manager(host.package_manager)
+        found = self._releases.get((version, family)) if family is not None else None
+        if found is None and family is not None:
+            found = await self._db.call(lambda s: s.get_release(version, family))
+            if found is not None:
+                self._releases[version, family] = found
+        if found is None and (record.campaign_id, host.package_manager) not in self._no_package:
+            self._no_package.add((record.campaign_id, host.package_manager))
+            log.warning(
+                "campaign %s: no package of agent release %s for %s hosts (%s first): they "
+                "wait until one is published", record.campaign_id, version,
+                host.package_manager or "unknown package manager", host.host_id,
+            )  # fmt: skip
         return found
 
     async def _transition(
@@ -465,9 +493,13 @@ class CampaignEngine:
         if patch is not None:
             return None
         decision = self._decide(record, live, host, now)
-        if not isinstance(decision, Assign):
+        updates_agent = self.spec(record).agent_update is not None
+        release = await self._release(record, host) if isinstance(decision, Assign) else None
+        if not isinstance(decision, Assign) or (updates_agent and release is None):
             return None
-        return await self._assign(record, host, PATCH, now, decision.window_closes_at, "")
+        return await self._assign(
+            record, host, PATCH, now, decision.window_closes_at, "", release=release
+        )
 
     def _decide(
         self, record: CampaignRecord, live: LiveCount, facts: HostFacts, now: datetime
@@ -507,7 +539,7 @@ class CampaignEngine:
 
     async def _assign(
         self, record: CampaignRecord, host: HostFacts, kind: AssignmentKind, now: datetime,
-        window_closes_at: datetime | None, reverts: str,
+        window_closes_at: datetime | None, reverts: str, release: AgentRelease | None = None,
     ) -> types_pb2.SignedEnvelope:  # fmt: skip
         spec = self.spec(record)
         sequence = await self._db.call(lambda s: s.next_sequence(host.host_id))
@@ -519,9 +551,11 @@ class CampaignEngine:
             )
         elif spec.agent_update is not None:
             action = "agent-update"
+            if release is None:
+                raise ValueError(f"campaign {record.campaign_id}: no agent package for this host")
             order = workorders.agent_update_order(
-                spec, await self._release(spec.agent_update.version), record.campaign_id,
-                order_id, host.host_id, sequence, now, window_closes_at,
+                spec, release, record.campaign_id, order_id, host.host_id, sequence, now,
+                window_closes_at, Family.of_manager(host.package_manager),
             )  # fmt: skip
         else:
             baseline = spec.patch.baseline if spec.patch is not None else None

@@ -55,6 +55,7 @@ def facts_of(
         timezone=str(reported.get("timezone", "")),
         last_seen=last_seen,
         agent_version=str(reported.get("agent_version", "")),
+        package_manager=str(reported.get("package_manager", "")),
     )
 
 

@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from datetime import datetime, timedelta
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from fleetpatch.agentrelease import Family
 from fleetpatch.checkspec import Check
 from fleetpatch.envelope import WORK_ORDER_TYPE, seal
 from fleetpatch.v1 import types_pb2
@@ -154,14 +155,19 @@ def agent_update_order(
     sequence: int,
     now: datetime,
     window_closes_at: datetime | None,
+    family: Family | None = Family.DEB,
 ) -> types_pb2.WorkOrder:
-    """Install a published agent release. The host checks the package
-    against its own pinned release key: the order carries the release's
-    signed manifest and signature as published, never a key. An agent
-    update never reboots the host."""
+    """Install a published agent release's package of the host's
+    ``family``. The host checks the package against its own pinned release
+    key: the order carries the release's signed manifest and signature as
+    published, never a key. An agent update never reboots the host."""
     update = spec.agent_update
     if update is None or update.version != release.version:
         raise ValueError(f"campaign {campaign_id} does not update the agent to {release.version}")
+    if family is None or release.family is not family:
+        raise ValueError(
+            f"{release.artifact} is not for a host that installs .{family or '?'} packages"
+        )
     order = _order(
         spec, types_pb2.WORK_ORDER_ACTION_AGENT_UPDATE, campaign_id, order_id, host_id, sequence,
         now, window_closes_at,

@@ -342,3 +342,34 @@ def _vulnerabilities(db: Database) -> None:
     # What each host was last matched against: its inventory and updates
     # hashes and the feed generation; a host is matched again when it differs.
     db.execute("ALTER TABLE hosts ADD COLUMN vulns_matched TEXT NOT NULL DEFAULT ''")
+
+
+@migrations(name="0010_agent_release_families")
+def _agent_release_families(db: Database) -> None:
+    # One agent version is released as a .deb and an .rpm (one signed
+    # SHA256SUMS lists both): a published package is a version and a package
+    # family. SQLite cannot change a primary key in place, so the rows move
+    # to a table keyed by both; every earlier release was a .deb.
+    db.execute(
+        """CREATE TABLE agent_release_packages (
+            version          TEXT NOT NULL,      -- PEP 440
+            family           TEXT NOT NULL,      -- deb | rpm (fleetpatch.agentrelease.Family)
+            artifact         TEXT NOT NULL,      -- the package's file name in the release
+            sha256           TEXT NOT NULL,      -- hex; the file is DATA_DIR/artifacts/<sha256>
+            size             INTEGER NOT NULL,
+            key_fingerprint  TEXT NOT NULL,      -- the release key it was checked against, or ''
+            manifest         BLOB NOT NULL,      -- SHA256SUMS, byte for byte as signed
+            signature        BLOB NOT NULL,      -- SHA256SUMS.sig
+            published_at     REAL NOT NULL,
+            published_by     TEXT NOT NULL,
+            PRIMARY KEY (version, family)
+        )"""
+    )
+    db.execute(
+        "INSERT INTO agent_release_packages (version, family, artifact, sha256, size,"
+        " key_fingerprint, manifest, signature, published_at, published_by)"
+        " SELECT version, 'deb', artifact, sha256, size, key_fingerprint, manifest, signature,"
+        " published_at, published_by FROM agent_releases"
+    )
+    db.execute("DROP TABLE agent_releases")
+    db.execute("CREATE INDEX agent_release_packages_sha256 ON agent_release_packages (sha256)")

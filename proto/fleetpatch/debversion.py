@@ -10,6 +10,10 @@ Debian exactly as in PEP 440:
     1.2.0 -> 1.2.0; 1.2.0rc1 -> 1.2.0~rc1; 1.2.0.dev3 -> 1.2.0~~dev3
     (before every pre-release); 1.2.0rc1.dev3 -> 1.2.0~rc1~dev3;
     1.2.0.post1 -> 1.2.0+post1; 1.2.0.post1.dev2 -> 1.2.0+post1~dev2.
+
+The RPM's Version is the Debian one with rpm's post-release mark, `^`, for
+`+` (`rpm_version`): `~` sorts before a release in both, and rpm sorts
+`^` after the release it follows and before the next one, as Debian `+`.
 """
 
 from __future__ import annotations
@@ -86,3 +90,19 @@ def pep440_version(debian: str) -> str:
     if debian_version(out) != debian:  # e.g. "~dev" where "~~dev" belongs
         raise ValueError(f"{debian!r} is not the Debian version of a fleetpatch release")
     return out
+
+
+def rpm_version(debian: str) -> str:
+    """The RPM Version of a package whose Debian version is ``debian``."""
+    return debian.replace("+", "^")
+
+
+def pep440_of_rpm(version: str) -> str:
+    """The PEP 440 version an RPM Version (`rpm_version`) came from;
+    ValueError for one it cannot have made."""
+    if "+" in version:
+        raise ValueError(f"{version!r} is not the RPM version of a fleetpatch release")
+    try:
+        return pep440_version(version.replace("^", "+"))
+    except ValueError:
+        raise ValueError(f"{version!r} is not the RPM version of a fleetpatch release") from None

@@ -24,6 +24,7 @@ from tests.support.controller import Controller, Result, cli
 MiB = 1024 * 1024
 VERSION = "0.2.0"
 DEB = "fleetpatch-agent_0.2.0_all.deb"
+RPM = "fleetpatch-agent-0.2.0-1.x86_64.rpm"
 
 CAMPAIGN = """
 [campaign]
@@ -115,8 +116,10 @@ class Host:
         request = agent_pb2.FetchArtifactRequest(sha256=sha256)
         return list(self.stub.FetchArtifact(request, timeout=30))
 
-    def check_in(self) -> agent_pb2.CheckInResponse:
-        facts = types_pb2.HostFacts(hostname="h1", os_id="debian", timezone="UTC")
+    def check_in(self, package_manager: str = "apt") -> agent_pb2.CheckInResponse:
+        facts = types_pb2.HostFacts(
+            hostname="h1", os_id="debian", timezone="UTC", package_manager=package_manager
+        )
         response: agent_pb2.CheckInResponse = self.stub.CheckIn(
             agent_pb2.CheckInRequest(facts=facts), timeout=30
         )
@@ -358,3 +361,62 @@ def test_an_agent_update_campaign_hands_out_the_published_release(controller, ke
             "--data-dir", controller.data_dir),
         2, "--revert cannot undo",
     )  # fmt: skip
+
+
+def _order(host: Host, package_manager: str) -> types_pb2.WorkOrder | None:
+    response = host.check_in(package_manager)
+    if not response.HasField("work_order"):
+        return None
+    return types_pb2.WorkOrder.FromString(
+        open_envelope(response.work_order, WORK_ORDER_TYPE, host.state.trusted_signing_keys())
+    )
+
+
+def test_each_host_is_handed_the_package_of_its_own_family(controller, keys, tmp_path):
+    """One signed release lists a .deb and an .rpm; each is published. An
+    apt host is handed the .deb, a dnf host the .rpm, a host of neither
+    family nothing; a family published later reaches its hosts then."""
+    dist = tmp_path / "dist"
+    dist.mkdir()
+    deb_data, rpm_data = os.urandom(40_000), os.urandom(30_000)
+    (dist / DEB).write_bytes(deb_data)
+    (dist / RPM).write_bytes(rpm_data)
+    sign_artifacts([dist / DEB, dist / RPM], keys)
+    assert _publish(controller, dist / DEB).returncode == 0
+
+    hosts = {name: Host(controller, tmp_path / name) for name in ("apt", "dnf", "zypper")}
+    try:
+        spec = tmp_path / "agent-update.toml"
+        spec.write_text(CAMPAIGN.format(version=VERSION))
+        created = controller.admin("campaign", "create", spec)
+        assert "no .rpm package published: dnf hosts wait until it is" in created.stderr
+        campaign_id = created.stdout.strip().splitlines()[-1]
+        controller.admin("campaign", "approve", campaign_id)
+
+        apt = _order(hosts["apt"], "apt")
+        assert apt is not None
+        assert apt.agent_update.artifact == DEB
+        assert apt.agent_update.sha256 == hashlib.sha256(deb_data).digest()
+        assert _order(hosts["dnf"], "dnf") is None, "no .rpm published yet: it waits"
+        assert _order(hosts["zypper"], "zypper") is None
+
+        published = _publish(controller, dist / RPM)
+        assert published.returncode == 0, published.stderr
+        assert f"published agent release {VERSION}: {RPM}" in published.stdout
+        dnf = _order(hosts["dnf"], "dnf")
+        assert dnf is not None
+        update = dnf.agent_update
+        assert (update.version, update.artifact, update.size) == (VERSION, RPM, len(rpm_data))
+        assert update.sha256 == hashlib.sha256(rpm_data).digest()
+        assert update.release_manifest == (dist / "SHA256SUMS").read_bytes()
+        assert b"".join(c.data for c in hosts["dnf"].fetch(update.sha256)) == rpm_data
+        assert _order(hosts["zypper"], "zypper") is None
+
+        listed = {(r["version"], r["artifact"]) for r in _releases(controller)}
+        assert listed == {(VERSION, DEB), (VERSION, RPM)}
+        # Each family's package is published once.
+        other = _release(tmp_path / "other", keys, b"another rpm", RPM)
+        _one_line(_publish(controller, other), 6, "the .rpm package of agent release 0.2.0")
+    finally:
+        for h in hosts.values():
+            h.channel.close()

@@ -18,13 +18,17 @@ import sys
 from pathlib import Path
 
 import pytest
+from fleetpatch.agentrelease import Family, parse_artifact
 
+from agent.backends.dnf import Dnf, rpm_fields
+from agent.orders.selfupdate import SystemdWatchdog
 from tests.support.dnfrepo import (
     LocalRpmRepo,
     RpmSpec,
     dnfrepo_available,
     make_rpm_host,
     rpm_version,
+    sandbox_runner,
 )
 from tests.support.packages import (
     BUILD_SCRIPT,
@@ -152,3 +156,59 @@ def test_dnf_installs_upgrades_and_erases_the_agent(rpms, make_sandbox, tmp_path
         assert sandbox.run(["test", "-e", gone], check=False).returncode != 0, gone
     assert sandbox.path("/var/lib/fleetpatch/agent/agent.toml").is_file(), "enrollment kept"
     assert sandbox.path("/etc/fleetpatch/agent.env.rpmsave").is_file(), "the changed setting kept"
+
+
+def test_the_agent_rpm_self_update_checks_install_and_rollback_with_real_rpm(
+    rpms, make_sandbox, tmp_path
+):
+    """What an agent self-update does with the real agent RPMs on a dnf
+    host: the file name and header checks, the install of a local file with
+    the dnf backend (its scriptlets run), the watchdog's restore (rpm -U
+    --oldpackage) over the newer version, and a downgrade the backend asks
+    dnf for."""
+    v1, v2, v2_version = rpms
+    repo = LocalRpmRepo(tmp_path / "repo")
+    sandbox = make_sandbox()
+    make_rpm_host(sandbox, repo)
+    repo.add(RpmSpec("fp-base", "1", provides=("python(abi) = 3.11", "systemd", "/bin/sh")))
+    sandbox.run(["dnf", "-y", "install", "fp-base"], timeout=600)
+    for rpm in (v1, v2):
+        sandbox.path(f"/root/{rpm.name}").write_bytes(rpm.read_bytes())
+    old, new = Path(f"/root/{v1.name}"), Path(f"/root/{v2.name}")
+    sandbox.run(["rpm", "-U", str(old)], timeout=600)  # installed by hand, from a file
+    run = sandbox_runner(sandbox)
+    backend = Dnf(run=run)
+
+    # The controller's reading of the name, the agent's of the header.
+    assert parse_artifact(v2.name).version == v2_version
+    assert parse_artifact(v2.name).family is Family.RPM
+    fields = rpm_fields(new, run)
+    assert fields["NAME"] == "fleetpatch-agent"
+    assert fields["VERSION"] == Family.RPM.package_version(v2_version)
+    assert fields["EPOCH"] == ""
+
+    def running() -> str:
+        argv = [f"{VENV}/bin/python", "-c", "import fleetpatch; print(fleetpatch.__version__)"]
+        return str(sandbox.run(argv).stdout).strip()
+
+    compiled = len(_unowned(sandbox))
+    changes = backend.install_files([new])
+    assert [(c.name, c.old, c.new) for c in changes] == [
+        ("fleetpatch-agent", "0.1.0-1", f"{fields['VERSION']}-1")
+    ]
+    assert running() == v2_version
+
+    # The watchdog's restore, as its systemd unit runs it.
+    restore = SystemdWatchdog(rpm="rpm").restore_argv(old)
+    sandbox.run(restore, timeout=600)
+    assert rpm_version(sandbox, "fleetpatch-agent") == "0.1.0-1"
+    assert running() == "0.1.0"
+    assert sandbox.run(["rpm", "-V", "fleetpatch-agent"], check=False).stdout == ""
+    assert len(_unowned(sandbox)) == compiled, "no bytecode of the newer version left"
+
+    # Up again, then down with dnf (policy allowing a downgrade).
+    backend.install_files([new])
+    assert running() == v2_version
+    changes = backend.install_files([old])
+    assert [(c.old, c.new) for c in changes] == [(f"{fields['VERSION']}-1", "0.1.0-1")]
+    assert running() == "0.1.0"

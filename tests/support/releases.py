@@ -1,8 +1,10 @@
 """Signed agent releases and agent-update orders for tests.
 
-`signed_release` signs .deb files with `fleetpatch release sign`'s own code
-(controller.releases.signed); `agent_update_order` builds the order a controller
-hands out for one of them, from the files as released.
+`agent_deb` and `agent_rpm` make small stand-in agent packages (real
+files that dpkg-deb or rpm read); `signed_release` signs packages with
+`fleetpatch release sign`'s own code (controller.releases.signed);
+`agent_update_order` builds the order a controller hands out for one of
+them, from the files as released.
 """
 
 from __future__ import annotations
@@ -12,12 +14,13 @@ from datetime import timedelta
 from pathlib import Path
 
 from fleetpatch import releasefmt
-from fleetpatch.debversion import pep440_version
+from fleetpatch.agentrelease import Family
 from fleetpatch.v1 import types_pb2
 from google.protobuf.duration_pb2 import Duration
 
 from controller.releases.signed import keygen, sign_artifacts
 from tests.support.debrepo import DebFile, DebSpec, build_deb
+from tests.support.dnfrepo import RpmSpec, build_rpm
 from tests.support.orders import work_order
 
 
@@ -40,6 +43,12 @@ def agent_deb(out: Path, debian_version: str, name: str = "fleetpatch-agent") ->
     return build_deb(spec, out)
 
 
+def agent_rpm(out: Path, rpm_version: str, name: str = "fleetpatch-agent") -> Path:
+    """The .rpm stand-in (noarch, release 1): NAME-VERSION-1.noarch.rpm."""
+    files = {"/opt/fleetpatch-test/VERSION": f"{rpm_version}\n"}
+    return build_rpm(RpmSpec(name, rpm_version, files=files), out)
+
+
 def signed_release(debs: list[Path], key: Path) -> Path:
     """Sign the debs (one directory); returns that directory."""
     sign_artifacts(debs, key)
@@ -56,9 +65,9 @@ def agent_update_order(
     verify_timeout: timedelta = timedelta(seconds=30),
     order_id: str | None = None,
 ) -> types_pb2.WorkOrder:
-    """The agent-update order for a released .deb (SHA256SUMS beside it)."""
+    """The agent-update order for a released .deb or .rpm (SHA256SUMS
+    beside it); ``version`` (PEP 440) defaults to what the file name says."""
     release = deb.parent
-    debian_version = deb.name.split("_")[1]
     order = work_order(
         host_id,
         sequence,
@@ -71,7 +80,7 @@ def agent_update_order(
     rollback.FromTimedelta(rollback_after)
     order.agent_update.CopyFrom(
         types_pb2.AgentUpdate(
-            version=version or pep440_version(debian_version),
+            version=version or _version(deb.name),
             artifact=deb.name,
             sha256=hashlib.sha256(deb.read_bytes()).digest(),
             release_signature=(release / releasefmt.SIGNATURE).read_bytes(),
@@ -81,3 +90,11 @@ def agent_update_order(
         )
     )
     return order
+
+
+def _version(name: str) -> str:
+    """The PEP 440 version a package's file name carries, whatever the
+    package is called (a test of refusals signs other packages too)."""
+    if name.endswith(".rpm"):
+        return Family.RPM.pep440(name.rsplit("-", 2)[1])
+    return Family.DEB.pep440(name.split("_")[1])

@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from fleetpatch.agentrelease import Family
 
 from controller import audit
 from controller.errors import AlreadyExists, FleetpatchError, NotFound, Refused, UsageError
@@ -97,10 +98,13 @@ def publish(r: Releases, made: Made, data: bytes | None = None) -> object:
         ("fleetpatch-agent_1.2.0~rc1_arm64.deb", "1.2.0rc1"),
         ("fleetpatch-agent_1.2.0+post1_all.deb", "1.2.0.post1"),
         ("fleetpatch-agent_1.2.0~~dev3_amd64.deb", "1.2.0.dev3"),
+        ("fleetpatch-agent-0.2.0-1.x86_64.rpm", "0.2.0"),
+        ("fleetpatch-agent-1.2.0^post1-1.aarch64.rpm", "1.2.0.post1"),
     ],
 )
 def test_version_comes_from_the_package_name(artifact: str, version: str) -> None:
-    assert version_of(artifact) == version
+    family = Family.RPM if artifact.endswith(".rpm") else Family.DEB
+    assert version_of(artifact) == (version, family)
 
 
 @pytest.mark.parametrize(
@@ -108,6 +112,7 @@ def test_version_comes_from_the_package_name(artifact: str, version: str) -> Non
     [
         ("fleetpatch-controller_0.2.0_amd64.deb", "is not an agent package name"),
         ("fleetpatch-agent_0.2.0_amd64.rpm", "is not an agent package name"),
+        ("fleetpatch-agent-0.2.0+post1-1.x86_64.rpm", "is not the RPM version of a fleetpatch"),
         ("fleetpatch-agent_0.2.0.deb", "is not an agent package name"),
         ("../fleetpatch-agent_0.2.0_amd64.deb", "is not an agent package name"),
         ("fleetpatch-agent_0.2.0~dev1_amd64.deb", "is not the Debian version of a fleetpatch"),

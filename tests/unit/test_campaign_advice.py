@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from controller.campaigns import CampaignSpec, parse_campaign
-from controller.campaigns.advice import advice
+from controller.campaigns.advice import advice, release_advice
 
 NOW = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "campaigns"
@@ -69,3 +69,27 @@ def test_the_first_campaign_example_has_nothing_in_the_past():
     assert advice(first, NOW, targeted=1) == []
     assert first.targets.regions == frozenset({"eu-west"})  # the README's tokens
     assert 1 in first.rollout.positions  # the README's ring
+
+
+AGENT_UPDATE = """
+[campaign]
+name = "u"
+[agent_update]
+version = "0.2.0.post1"
+[rollout]
+rings = [{ ring = 0 }]
+"""
+
+
+def test_an_agent_release_missing_a_family_says_whose_hosts_wait():
+    update = parse_campaign(AGENT_UPDATE, "u.toml")
+    both = ["fleetpatch-agent_0.2.0+post1_amd64.deb", "fleetpatch-agent-0.2.0^post1-1.x86_64.rpm"]
+    assert release_advice(update, both) == []
+    assert release_advice(update, both[:1]) == [
+        "agent release 0.2.0.post1 has no .rpm package published: dnf hosts wait until it is "
+        "(fleetpatch release publish fleetpatch-agent-0.2.0^post1-1.<arch>.rpm)"
+    ]
+    (only,) = release_advice(update, both[1:])
+    assert "no .deb package published: apt hosts wait" in only
+    assert "fleetpatch-agent_0.2.0+post1_<arch>.deb" in only
+    assert release_advice(spec(), []) == [], "a patch campaign has no release"

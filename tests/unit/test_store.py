@@ -90,6 +90,7 @@ def test_migrations_are_recorded_by_name(store):
         "0001_initial", "0002_progress_reports", "0003_campaigns_and_audit",
         "0004_agent_releases", "0005_webhook_cursors", "0006_available_updates",
         "0007_certificate_renewal", "0008_admins", "0009_vulnerabilities",
+        "0010_agent_release_families",
     ]  # fmt: skip
 
 
@@ -102,9 +103,31 @@ def test_reopening_does_not_reapply_migrations(tmp_path):
         "0001_initial", "0002_progress_reports", "0003_campaigns_and_audit",
         "0004_agent_releases", "0005_webhook_cursors", "0006_available_updates",
         "0007_certificate_renewal", "0008_admins", "0009_vulnerabilities",
+        "0010_agent_release_families",
     ]  # fmt: skip
     finally:
         store.close()
+
+
+def test_releases_published_before_families_became_deb_packages():
+    """0010 moves every release row to agent_release_packages, as a .deb."""
+    from sqlite_utils import Database
+
+    from controller.store.migrations import registered
+
+    db = Database(memory=True)
+    steps = registered()
+    names = [m.name for m in steps]
+    for step in steps[: names.index("0010_agent_release_families")]:
+        step.fn(db)
+    db.execute(
+        "INSERT INTO agent_releases VALUES (?,?,?,?,?,?,?,?,?)",
+        ("0.2.0", "fleetpatch-agent_0.2.0_amd64.deb", "ab" * 32, 10, "", b"m", b"s", 1.0, "ann"),
+    )
+    steps[names.index("0010_agent_release_families")].fn(db)
+    moved = db.execute("SELECT version, family, artifact FROM agent_release_packages")
+    assert moved.fetchall() == [("0.2.0", "deb", "fleetpatch-agent_0.2.0_amd64.deb")]
+    assert "agent_releases" not in db.table_names()
 
 
 def test_file_database_uses_wal(tmp_path):
@@ -546,7 +569,7 @@ def test_a_new_plain_sql_migration_applies_on_both_backends(tmp_path, request):
             store = Store.connect(url) if url else Store.open(path)
             try:
                 assert store.applied_migrations()[-2:] == [
-                    "0009_vulnerabilities", "9999_test_widgets",
+                    "0010_agent_release_families", "9999_test_widgets",
                 ]  # fmt: skip
                 conn = store._conn
                 for name in ("a", "b", "a"):

@@ -3,11 +3,13 @@ field, for patch and agent-update campaigns."""
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 from datetime import UTC, datetime, timedelta
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from fleetpatch.agentrelease import Family
 from fleetpatch.envelope import WORK_ORDER_TYPE, key_id, open_envelope, raw_public_key
 from fleetpatch.v1 import types_pb2
 
@@ -104,6 +106,18 @@ def test_agent_update_order_is_refused_for_another_release_or_a_patch_campaign()
         workorders.patch_order(
             parse_campaign(UPDATE + COMMON, "u"), "c-1", "o-1", "h-1", 1, NOW, None
         )
+
+
+def test_an_agent_update_order_carries_only_the_package_of_the_hosts_family() -> None:
+    spec = parse_campaign(UPDATE + COMMON, "u.toml")
+    rpm = dataclasses.replace(
+        RELEASE, artifact="fleetpatch-agent-0.2.0-1.x86_64.rpm", family=Family.RPM
+    )
+    order = workorders.agent_update_order(spec, rpm, "c-1", "o-1", "h-1", 4, NOW, None, Family.RPM)
+    assert order.agent_update.artifact == "fleetpatch-agent-0.2.0-1.x86_64.rpm"
+    for release, family in ((rpm, Family.DEB), (RELEASE, Family.RPM), (RELEASE, None)):
+        with pytest.raises(ValueError, match="is not for a host that installs"):
+            workorders.agent_update_order(spec, release, "c-1", "o-1", "h-1", 4, NOW, None, family)
 
 
 def test_patch_order_fields_share_the_common_part() -> None:

@@ -1003,6 +1003,7 @@ class AgentRelease(_message.Message):
     artifact: _builtins.str
     """file name: fleetpatch-agent_<debian version>_<arch>.deb"""
     sha256: _builtins.bytes
+    """or fleetpatch-agent-<rpm version>-<release>.<arch>.rpm"""
     size: _builtins.int
     key_fingerprint: _builtins.str
     """the release key it was checked against, if any"""
@@ -1037,7 +1038,7 @@ class PublishAgentReleaseHeader(_message.Message):
     SIGNATURE_FIELD_NUMBER: _builtins.int
     SIZE_FIELD_NUMBER: _builtins.int
     artifact: _builtins.str
-    """the .deb's file name, as in the manifest"""
+    """the package's file name, as in the manifest"""
     manifest: _builtins.bytes
     """SHA256SUMS of the release"""
     signature: _builtins.bytes

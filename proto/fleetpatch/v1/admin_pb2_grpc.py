@@ -260,7 +260,7 @@ class AdminServiceServicer:
 
     def PublishAgentRelease(self, request_iterator, context):
         """Agent packages that agent-update campaigns hand out (fleetpatch release
-        publish): the first message is the header, the rest the .deb's bytes.
+        publish): the first message is the header, the rest the package's bytes.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -56,7 +56,7 @@ class AdminServiceStub:
     """
     PublishAgentRelease: _grpc.StreamUnaryMultiCallable[_admin_pb2.PublishAgentReleaseRequest, _admin_pb2.PublishAgentReleaseResponse]
     """Agent packages that agent-update campaigns hand out (fleetpatch release
-    publish): the first message is the header, the rest the .deb's bytes.
+    publish): the first message is the header, the rest the package's bytes.
     """
     ListAgentReleases: _grpc.UnaryUnaryMultiCallable[_admin_pb2.ListAgentReleasesRequest, _admin_pb2.ListAgentReleasesResponse]
     VerifyAudit: _grpc.UnaryUnaryMultiCallable[_admin_pb2.VerifyAuditRequest, _admin_pb2.VerifyAuditResponse]
@@ -107,7 +107,7 @@ class AdminServiceAsyncStub(AdminServiceStub):
     """
     PublishAgentRelease: _aio.StreamUnaryMultiCallable[_admin_pb2.PublishAgentReleaseRequest, _admin_pb2.PublishAgentReleaseResponse]  # type: ignore[assignment]
     """Agent packages that agent-update campaigns hand out (fleetpatch release
-    publish): the first message is the header, the rest the .deb's bytes.
+    publish): the first message is the header, the rest the package's bytes.
     """
     ListAgentReleases: _aio.UnaryUnaryMultiCallable[_admin_pb2.ListAgentReleasesRequest, _admin_pb2.ListAgentReleasesResponse]  # type: ignore[assignment]
     VerifyAudit: _aio.UnaryUnaryMultiCallable[_admin_pb2.VerifyAuditRequest, _admin_pb2.VerifyAuditResponse]  # type: ignore[assignment]
@@ -251,7 +251,7 @@ class AdminServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_admin_pb2.PublishAgentReleaseResponse, _abc.Awaitable[_admin_pb2.PublishAgentReleaseResponse]]:
         """Agent packages that agent-update campaigns hand out (fleetpatch release
-        publish): the first message is the header, the rest the .deb's bytes.
+        publish): the first message is the header, the rest the package's bytes.
         """
 
     @_abc_1.abstractmethod

@@ -681,15 +681,17 @@ class AgentUpdate(_message.Message):
     version: _builtins.str
     """PEP 440, as fleetpatch.__version__ reports it"""
     artifact: _builtins.str
-    """the .deb's file name in the release"""
+    """the package's file name in the release: a .deb for"""
     sha256: _builtins.bytes
-    """of the .deb: what FetchArtifact is asked for"""
+    """apt hosts, an .rpm for dnf hosts (never the other)
+    of the package: what FetchArtifact is asked for
+    """
     release_signature: _builtins.bytes
     """Ed25519 by the release key over release_manifest"""
     release_manifest: _builtins.bytes
     """the release's SHA256SUMS, byte for byte as signed"""
     size: _builtins.int
-    """of the .deb, to check free space before fetching"""
+    """of the package, to check free space before fetching"""
     @_builtins.property
     def rollback_after(self) -> _duration_pb2.Duration:
         """How long the new agent has to start, check in and pass its checks
