@@ -236,8 +236,7 @@ class SystemdContainer:
         # the container boots only what its test is about, and sooner.
         units = Path(f"{sandbox.root}/etc/systemd/system")
         commands += [
-            ["ln", "-sfn", "/dev/null", str(units / unit)]
-            for unit in MASKED_IN_CONTAINERS
+            ["ln", "-sfn", "/dev/null", str(units / unit)] for unit in MASKED_IN_CONTAINERS
         ]
         for command in commands:
             subprocess.run([*enter, *command], check=True, capture_output=True, timeout=60)
