@@ -62,7 +62,7 @@ unit: $(STAMP)
 	$(VENV)/bin/pytest tests/unit -q
 
 test: deps lint typecheck
-	FLEETPATCH_STRICT_SKIPS=1 $(VENV)/bin/pytest -q
+	FLEETPATCH_STRICT_SKIPS=1 $(VENV)/bin/pytest -q --durations=15
 
 # Regenerate the wire code from proto/; a test fails when it is stale.
 proto: $(STAMP)
