@@ -300,6 +300,14 @@ def load(
     failure_rate: Annotated[
         float, typer.Option(min=0, max=1, help="Share of orders reported failed.")
     ] = 0.02,
+    concurrency: Annotated[
+        int,
+        typer.Option(
+            min=0,
+            help="Check-ins in flight per process at most (with --interval 0, "
+            "a steady load for throughput); 0: every agent asks at once, a herd.",
+        ),
+    ] = 64,
     bare: Annotated[
         bool,
         typer.Option(
@@ -342,7 +350,7 @@ def load(
     enroll_address = enroll or str(recorded.get("enroll_address", ""))
     plan = loadtool.Plan(
         address, enroll_address, directory.read(directory.ca_cert), agents, processes, seconds,
-        ramp, interval, 0.2, change_rate, failure_rate,
+        ramp, interval, 0.2, change_rate, failure_rate, concurrency=concurrency,
     )  # fmt: skip
     if not plan.enroll_address:
         raise ScenarioError("--enroll", "no enrollment address recorded in the data dir; give one")

@@ -19,6 +19,7 @@ the ratio is printed: what fleetpatch's own work costs."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import json
 import multiprocessing
@@ -62,6 +63,7 @@ class Plan:
     change_rate: float = 0.01
     failure_rate: float = 0.02
     packages: int = 300
+    concurrency: int = 0  # check-ins in flight per process at most; 0: no bound
 
 
 @dataclass
@@ -273,14 +275,21 @@ async def _run_agents(plan: Plan, identities: Sequence[Identity], address: str, 
         tally.reports += len(due)
         agent.pending = [(at, r) for at, r in agent.pending if r not in due]
 
+    # Bounded, the load is a steady number of calls in flight (a measure of
+    # throughput); unbounded, every agent is always asking (a herd).
+    slots: contextlib.AbstractAsyncContextManager[object] = (
+        asyncio.Semaphore(plan.concurrency) if plan.concurrency else contextlib.nullcontext()
+    )
+
     async def one(agent: _Agent) -> None:
         await asyncio.sleep(rng.uniform(0, plan.ramp))  # connect gradually, with jitter
         while time.monotonic() < stop_at:
             await report(agent)
             request = agent.request(rng.random() < plan.change_rate and bool(agent.sent), rng)
-            began = time.perf_counter()
             try:
-                answer = await agent.stub.CheckIn(request, timeout=60)
+                async with slots:
+                    began = time.perf_counter()
+                    answer = await agent.stub.CheckIn(request, timeout=60)
             except grpc.aio.AioRpcError as exc:
                 await asyncio.sleep(tally.failed(exc, time.monotonic() >= measure_from, rng))
                 continue
