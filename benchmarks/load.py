@@ -9,7 +9,7 @@ against the bare server. On this 2-core machine the load generator shares
 the cores with the server it measures: the figures are per machine, a
 floor for a controller on a box of its own.
 
-    .venv/bin/python -m benchmarks.load [--agents 2000] [--processes 2] [--seconds 20]
+    .venv/bin/python -m benchmarks.load [--agents 1000] [--processes 2] [--seconds 20]
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from tests.support.controller import free_port
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--agents", type=int, default=2000)
+    parser.add_argument("--agents", type=int, default=1000)
     parser.add_argument("--processes", type=int, default=2)
     parser.add_argument("--seconds", type=float, default=20)
     parser.add_argument("--ramp", type=float, default=10)
