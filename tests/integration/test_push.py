@@ -18,6 +18,7 @@ import pytest
 from agent.link.checkin import CheckIns
 from agent.link.watch import Watcher
 from agent.orders.states import State
+from tests.integration.test_replicas import replica_of
 from tests.support.controller import Controller
 from tests.support.fakes import FakeBackend, FakeProber
 from tests.support.inprocess import InProcessAgent
@@ -58,13 +59,14 @@ class Daemon:
     of its own, which opens the agent (its journal belongs to that thread,
     as the service's belongs to its main thread)."""
 
-    def __init__(self, ctl: Controller, state_dir: Path, ring: int) -> None:
+    def __init__(self, ctl: Controller, state_dir: Path, ring: int, address: str = "") -> None:
         self.ring = ring
         self.backend = FakeBackend({"fp-demo": "1.0"}, {"fp-demo": "1.1"})
         self.stop, self.wake = threading.Event(), threading.Event()
         self.checked_in = threading.Event()
         self.outcomes: list[State | None] = []
-        self.agent = InProcessAgent(ctl, state_dir, "eu", ring, self.backend, FakeProber([True]))
+        self.agent = InProcessAgent(ctl, state_dir, "eu", ring, self.backend, FakeProber([True]),
+                                    address=address or None)  # fmt: skip
         self.host_id = self.agent.host_id
         self.agent.close()  # opened again on the daemon's thread
         self.watcher: Watcher | None = None
@@ -108,6 +110,15 @@ def wait_until(what: str, check: object, timeout: float) -> float:
     raise AssertionError(f"{what}: not within {timeout:.0f}s")
 
 
+def _started(daemons: list[Daemon]) -> None:
+    for daemon in daemons:
+        daemon.start()
+    for daemon in daemons:
+        wait_until("the agent checked in and opened its stream",
+                   lambda d=daemon: d.checked_in.is_set() and d.watcher is not None
+                   and d.watcher.connected.is_set(), 30)  # fmt: skip
+
+
 @pytest.fixture
 def fleet(tmp_path: Path) -> Iterator[tuple[Controller, list[Daemon]]]:
     ctl = Controller(tmp_path / "ctl")
@@ -119,12 +130,7 @@ def fleet(tmp_path: Path) -> Iterator[tuple[Controller, list[Daemon]]]:
     try:
         for i, ring in enumerate((0, 0, 1)):
             daemons.append(Daemon(ctl, tmp_path / f"a{i}", ring))
-        for daemon in daemons:
-            daemon.start()
-        for daemon in daemons:
-            wait_until("the agent checked in and opened its stream",
-                       lambda d=daemon: d.checked_in.is_set() and d.watcher is not None
-                       and d.watcher.connected.is_set(), 30)  # fmt: skip
+        _started(daemons)
         yield ctl, daemons
     finally:
         for daemon in daemons:
@@ -197,3 +203,30 @@ def test_a_revoked_hosts_stream_is_closed(fleet):
     time.sleep(4)
     assert watcher.opened == opened
     assert not watcher.connected.is_set()
+
+
+def test_an_approval_on_one_replica_nudges_the_agents_of_another(tmp_path, postgres_url):
+    first = Controller(tmp_path / "a", store_url=postgres_url)
+    first.init(interval="10m")
+    config = first.data_dir / "controller.toml"
+    config.write_text(config.read_text().replace('tick = "10s"', 'tick = "1s"'))
+    second = replica_of(first, tmp_path / "b")
+    first.start()
+    second.start()
+    daemons: list[Daemon] = []
+    try:
+        # Both hosts watch the second replica only.
+        daemons = [Daemon(first, tmp_path / f"a{i}", 0, second.address) for i in range(2)]
+        _started(daemons)
+        urgent = _campaign(first, tmp_path, EMERGENCY)
+        first.admin("campaign", "approve", urgent)  # through the first replica
+        # The second one notices at its next tick (1 s) and nudges its streams.
+        took = wait_until("both hosts patched", lambda: all(d.outcomes for d in daemons), 20)
+        assert took < 15, took
+        assert all(d.outcomes == [State.SUCCEEDED] for d in daemons)
+        assert "nudged 2 connected host(s)" in second.log.read_text()
+    finally:
+        for daemon in daemons:
+            daemon.close()
+        second.stop()
+        first.stop()
