@@ -119,3 +119,26 @@ def test_close_all_ends_every_stream():
         assert len(watchers) == 0
 
     asyncio.run(scenario())
+
+
+def test_a_key_revoked_just_before_the_start_greets_streams_for_an_interval():
+    from datetime import UTC, datetime, timedelta
+
+    from controller.api.server import key_revoked_greeting
+
+    started = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
+    interval = timedelta(minutes=5)
+    now = [started]
+    watchers = Watchers()
+    greeting = key_revoked_greeting(
+        [started - timedelta(minutes=2)], interval, watchers, started, lambda: now[0]
+    )
+    assert greeting() == Nudge("key-revoked", MIN_SPREAD_MS)
+    now[0] = started + interval + timedelta(seconds=1)
+    assert greeting() is None  # every host has checked in since
+    # A revocation older than an interval before the start: hosts knew already.
+    old = key_revoked_greeting(
+        [started - timedelta(hours=1)], interval, watchers, started, lambda: started
+    )
+    assert old() is None
+    assert key_revoked_greeting([], interval, watchers, started, lambda: started)() is None
