@@ -8,8 +8,10 @@ load --push` against real controllers over real mutual TLS:
    the connection the agent keeps anyway.
 2. Approval to check-in: in the second run, an emergency campaign for all
    of them is approved; each agent is nudged and checks in (within the
-   spread the controller asks for): p50/p99/max from the approval to each
-   nudged check-in's answer, and how many of the N checked in.
+   spread the controller asks for): p50/p99 from the approval to each
+   nudge's arrival, and to each nudged check-in's answer (which carries
+   the order: signed and recorded by the controller), and how many of the
+   N checked in.
 3. Check-in throughput with N idle streams open vs none: busy agents
    checking in back to back, alone, then beside the N idle agents with
    their streams open, on one fresh controller.
@@ -181,6 +183,7 @@ def main() -> None:
         plain, _, plain_run = idle_rss(tmp, args.streams, args.ramp, push=False)
         pushed, approved, push_run = idle_rss(tmp, args.streams, args.ramp, push=True)
         nudged = sorted(t - approved for t in push_run["nudged_checkins"])
+        arrived = sorted(t - approved for t in push_run["nudges_received"])
         alone, beside = throughput(tmp, args.streams, args.busy, args.seconds, args.ramp)
     doc = {
         "streams": args.streams,
@@ -190,6 +193,8 @@ def main() -> None:
         "kib_per_stream": round((pushed - plain) * 1024 / args.streams, 1),
         "nudges": push_run["nudges"],
         "nudged_checkins": len(nudged),
+        "approval_to_nudge_p50_s": round(pct(arrived, 0.5), 2),
+        "approval_to_nudge_p99_s": round(pct(arrived, 0.99), 2),
         "approval_to_checkin_p50_s": round(pct(nudged, 0.5), 2),
         "approval_to_checkin_p99_s": round(pct(nudged, 0.99), 2),
         "approval_to_checkin_max_s": round(nudged[-1], 2) if nudged else None,

@@ -83,6 +83,7 @@ class Tally:
     streams: int = 0  # Watch streams the controller opened (--push)
     nudges: int = 0  # nudges received
     nudged: list[float] = field(default_factory=list)  # wall-clock ends of nudged check-ins
+    nudge_times: list[float] = field(default_factory=list)  # wall-clock arrivals of nudges
 
     def failed(self, exc: grpc.aio.AioRpcError, measured: bool, rng: random.Random) -> float:
         """Count a failed check-in; how long to wait before the next. Shed
@@ -126,6 +127,7 @@ class Result:
     # --push: when each nudged check-in was answered (seconds since the
     # epoch, this machine's clock), for the time from approval to check-in.
     nudged_checkins: list[float] = field(default_factory=list)
+    nudges_received: list[float] = field(default_factory=list)  # when each nudge arrived
 
 
 def merge(
@@ -156,6 +158,7 @@ def merge(
         controller_rss_mib=None if usage is None else round(usage[1], 1),
         streams=sum(t.streams for t in tallies), nudges=sum(t.nudges for t in tallies),
         nudged_checkins=sorted(t for tally in tallies for t in tally.nudged),
+        nudges_received=sorted(t for tally in tallies for t in tally.nudge_times),
     )  # fmt: skip
 
 
@@ -273,6 +276,7 @@ async def _watch(agent: _Agent, tally: Tally, rng: random.Random, stop_at: float
             tally.streams += 1
             async for nudge in call:
                 tally.nudges += 1
+                tally.nudge_times.append(time.time())
                 await asyncio.sleep(rng.uniform(0, max(1.0, nudge.spread_ms / 1000)))
                 agent.nudged = True
                 agent.wake.set()
