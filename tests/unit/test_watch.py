@@ -1,94 +1,113 @@
-"""The agent's side of push (agent.link.watch): nudged check-ins are rate
-limited and spread, whatever the controller asks."""
+"""`campaign watch`'s loop with a fake controller, clock and sleep: the exit
+it makes for each way a campaign ends, a line per change, and reconnecting
+with backoff for as long as it was told to."""
 
 from __future__ import annotations
 
+import io
+import json
 import random
-import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
+from datetime import UTC, datetime
 
-from fleetpatch.v1 import agent_pb2
+import pytest
+from fleetpatch.v1 import admin_pb2
 
-from agent.errors import ControllerUnavailable
-from agent.link.watch import MAX_SPREAD_SECONDS, NudgeLimit, Watcher, nudge_delay
+from controller.cli.watching import CampaignAborted, CampaignHalted, Snapshot, Watch
+from controller.errors import ControllerUnavailable
 
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
+DOWN = object()
 
 
-def test_a_burst_is_allowed_then_one_per_interval():
-    clock = Clock()
-    limit = NudgeLimit(burst=3, every=60.0, clock=clock)
-    assert [limit.allow() for _ in range(5)] == [True, True, True, False, False]
-    assert limit.dropped == 2
-    clock.now += 30
-    assert not limit.allow()
-    clock.now += 30
-    assert limit.allow()
-    assert not limit.allow()
+class Script:
+    """Answers in turn: a state (a campaign in it) or DOWN (unreachable)."""
+
+    def __init__(self, *answers: object) -> None:
+        self.answers: Iterator[object] = iter(answers)
+        self.clock = 0.0
+        self.slept: list[float] = []
+
+    def fetch(self) -> admin_pb2.Campaign:
+        answer = next(self.answers)
+        if answer is DOWN:
+            raise ControllerUnavailable("cannot reach the controller at h:1: down")
+        assert isinstance(answer, str)
+        halt = "ring 0 failed" if answer == "halted" else ""
+        return admin_pb2.Campaign(campaign_id="c-1", name="n", state=answer, halt_reason=halt)
+
+    def sleep(self, seconds: float) -> None:
+        self.slept.append(seconds)
+        self.clock += seconds
 
 
-def test_a_hostile_controller_cannot_make_the_host_spin():
-    clock = Clock()
-    limit = NudgeLimit(burst=3, every=60.0, clock=clock)
-    allowed = 0
-    for _ in range(3600 * 10):  # ten nudges a second for an hour
-        clock.now += 0.1
-        allowed += limit.allow()
-    assert allowed <= 3 + 60  # the burst, then one a minute
-
-
-def test_the_tokens_never_exceed_the_burst_after_a_long_quiet():
-    clock = Clock()
-    limit = NudgeLimit(burst=2, every=10.0, clock=clock)
-    clock.now += 10_000
-    assert [limit.allow() for _ in range(3)] == [True, True, False]
-
-
-def test_the_delay_is_within_the_spread_asked_and_clamped():
-    rng = random.Random(7)
-    for _ in range(200):
-        assert 0 <= nudge_delay(agent_pb2.Nudge(spread_ms=3000), rng) <= 3.0
-        assert 0 <= nudge_delay(agent_pb2.Nudge(spread_ms=0), rng) <= 1.0
-        assert nudge_delay(agent_pb2.Nudge(spread_ms=4_000_000_000), rng) <= MAX_SPREAD_SECONDS
-
-
-class FakeClient:
-    """Streams handed out one after the other; then the controller is gone."""
-
-    def __init__(self, streams: list[list[agent_pb2.Nudge | None]], stop: threading.Event) -> None:
-        self._streams = streams
-        self._stop = stop
-        self.opened = 0
-
-    def watch(self) -> tuple[Iterator[agent_pb2.Nudge | None], Callable[[], None]]:
-        self.opened += 1
-        if not self._streams:
-            self._stop.set()
-            raise ControllerUnavailable("gone")
-        return iter(self._streams.pop(0)), lambda: None
-
-
-def test_the_watcher_wakes_the_loop_within_the_limit_and_reconnects():
-    stop, wake = threading.Event(), threading.Event()
-    nudge = agent_pb2.Nudge(reason="campaign", spread_ms=1)
-    client = FakeClient([[None, nudge, nudge], [None, nudge]], stop)
-    clock = Clock()
-    watcher = Watcher(
-        client, wake, stop, NudgeLimit(burst=1, every=3600, clock=clock),  # type: ignore[arg-type]
-        rng=random.Random(1), clock=clock,
+def _watch(script: Script, **options: object) -> tuple[Watch, io.StringIO, io.StringIO]:
+    out, err = io.StringIO(), io.StringIO()
+    options = {"reconnect_for": 60.0, **options}
+    watch = Watch(
+        fetch=script.fetch,
+        snapshot=lambda c: Snapshot(c.campaign_id, c.name, c.state, c.halt_reason or None,
+                                    {"eligible": 2}),
+        interval=2.0, out=out, err=err,
+        now=lambda: datetime(2026, 12, 1, 12, 0, tzinfo=UTC),
+        monotonic=lambda: script.clock, sleep=script.sleep, rng=random.Random(1),
+        **options,  # type: ignore[arg-type]
     )  # fmt: skip
-    # Zero delays: the clamped spread is at least a second, so patch the rng.
-    watcher._rng = random.Random(1)
-    watcher._rng.uniform = lambda a, b: 0.0  # type: ignore[method-assign]
-    watcher.run()
-    assert client.opened == 3  # two streams, then the failed reconnect
-    assert watcher.opened == 2
-    assert watcher.nudges == 3
-    assert watcher.limit.dropped == 2  # one allowed in the hour
-    assert wake.is_set()
+    return watch, out, err
+
+
+def test_completed_returns_after_one_line_per_change():
+    script = Script("running", "running", "running", "completed")
+    watch, out, _ = _watch(script)
+    watch.run()
+    assert out.getvalue().splitlines() == [
+        "2026-12-01T12:00:00Z campaign c-1 running: eligible 2",
+        "2026-12-01T12:00:00Z campaign c-1 completed: eligible 2",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("state", "error", "code"), [("aborted", CampaignAborted, 8), ("halted", CampaignHalted, 9)]
+)
+def test_aborted_and_halted_end_the_watch_with_their_own_codes(state, error, code):
+    watch, _, _ = _watch(Script("running", state))
+    with pytest.raises(error) as caught:
+        watch.run()
+    assert caught.value.exit_code == code
+
+
+def test_through_halts_follows_a_halted_campaign_until_it_completes():
+    watch, out, _ = _watch(Script("halted", "halted", "running", "completed"), through_halts=True)
+    watch.run()
+    assert [line.split()[3].rstrip(":") for line in out.getvalue().splitlines()] == [
+        "halted", "running", "completed"
+    ]  # fmt: skip
+
+
+def test_json_is_one_object_per_line():
+    watch, out, _ = _watch(Script("running", "completed"), json_out=True)
+    watch.run()
+    docs = [json.loads(line) for line in out.getvalue().splitlines()]
+    assert [d["state"] for d in docs] == ["running", "completed"]
+    assert docs[0] == {
+        "at": "2026-12-01T12:00:00Z", "campaign_id": "c-1", "name": "n", "state": "running",
+        "halt_reason": None, "totals": {"eligible": 2},
+    }  # fmt: skip
+
+
+def test_a_controller_restart_is_followed_with_backoff():
+    script = Script("running", DOWN, DOWN, DOWN, "running", "completed")
+    watch, out, err = _watch(script)
+    watch.run()
+    assert len(out.getvalue().splitlines()) == 2  # the outage is no change of the campaign
+    assert err.getvalue().count("reconnecting in") == 3
+    assert "reconnected after 3 attempt(s)" in err.getvalue()
+    backoffs = script.slept[1:4]
+    assert all(0 <= s <= 30 for s in backoffs)
+
+
+def test_a_controller_gone_longer_than_reconnect_for_exits_unavailable():
+    script = Script("running", *([DOWN] * 1000))
+    watch, _, _ = _watch(script, reconnect_for=20.0)
+    with pytest.raises(ControllerUnavailable, match="gave up after 20s"):
+        watch.run()
+    assert script.clock == pytest.approx(22.0)  # one interval, then exactly 20s of retrying
