@@ -58,6 +58,7 @@ def run(state_dir: Path, once: bool = False, verbose: bool = False) -> None:
     from agent.link.checkin import CheckIns
     from agent.link.keys import learn_announced
     from agent.link.renewal import Renewal
+    from agent.link.watch import Watcher
     from agent.service import Agent
     from agent.statedir import StateDir, settings_for
 
@@ -86,16 +87,25 @@ def run(state_dir: Path, once: bool = False, verbose: bool = False) -> None:
                 print(f"work order: {final or 'refused'}")
             agent.report()
             return
-        stop = threading.Event()
+        stop, wake = threading.Event(), threading.Event()
+        watcher = Watcher(agent.client, wake, stop)
 
         def on_signal(signum: int, _frame: FrameType | None) -> None:
             log.info("received %s; stopping after the current step", signal.Signals(signum).name)
             stop.set()
+            wake.set()
+            watcher.close()
 
         signal.signal(signal.SIGTERM, on_signal)
         signal.signal(signal.SIGINT, on_signal)
         log.info("agent %s running; controller %s", agent.host_id, agent.client.address)
-        checkins.run(stop)
+        # Push: nudges bring check-ins forward; polling stays the fallback.
+        watcher.start()
+        try:
+            checkins.run(stop, wake)
+        finally:
+            stop.set()
+            watcher.close()
     finally:
         agent.close()
 

@@ -3,7 +3,8 @@
     fleetpatch-sim run SCENARIO.toml [--seed N] [--hosts N] [--json] [--report FILE.html] [--check]
     fleetpatch-sim rehearse CAMPAIGN.toml --data-dir DIR [--controller ADDR]
                    [--failure-model FILE] [--seed N] [--json] [--report FILE.html]
-    fleetpatch-sim load --data-dir DIR [--agents N] [--processes N] [--seconds S] [--bare] [--json]
+    fleetpatch-sim load --data-dir DIR [--agents N] [--processes N] [--seconds S] [--bare] [--push]
+                        [--json]
 
 `rehearse` is what `fleetpatch campaign rehearse` runs: the fleet is the
 controller's real inventory. Exit codes: 0 done (and, with --check, the
@@ -316,6 +317,14 @@ def load(
             "same TLS and messages, for the ratio.",
         ),
     ] = False,
+    push: Annotated[
+        bool,
+        typer.Option(
+            "--push",
+            help="Each agent also keeps a Watch stream open and checks in when nudged "
+            "(within the spread asked for); prints streams, nudges and nudged check-ins.",
+        ),
+    ] = False,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 1,
     json_out: JsonOption = False,
 ) -> None:
@@ -350,7 +359,7 @@ def load(
     enroll_address = enroll or str(recorded.get("enroll_address", ""))
     plan = loadtool.Plan(
         address, enroll_address, directory.read(directory.ca_cert), agents, processes, seconds,
-        ramp, interval, 0.2, change_rate, failure_rate, concurrency=concurrency,
+        ramp, interval, 0.2, change_rate, failure_rate, concurrency=concurrency, push=push,
     )  # fmt: skip
     if not plan.enroll_address:
         raise ScenarioError("--enroll", "no enrollment address recorded in the data dir; give one")

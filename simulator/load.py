@@ -64,6 +64,7 @@ class Plan:
     failure_rate: float = 0.02
     packages: int = 300
     concurrency: int = 0  # check-ins in flight per process at most; 0: no bound
+    push: bool = False  # each agent keeps a Watch stream open and checks in when nudged
 
 
 @dataclass
@@ -80,6 +81,10 @@ class Tally:
     seconds: float = 0.0  # of the measured window
     shed: int = 0  # check-ins the controller shed with a retry delay (then waited out)
     details: dict[str, str] = field(default_factory=dict)  # an example message per error
+    streams: int = 0  # Watch streams the controller opened (--push)
+    nudges: int = 0  # nudges received
+    nudged: list[float] = field(default_factory=list)  # wall-clock ends of nudged check-ins
+    nudge_times: list[float] = field(default_factory=list)  # wall-clock arrivals of nudges
 
     def failed(self, exc: grpc.aio.AioRpcError, measured: bool, rng: random.Random) -> float:
         """Count a failed check-in; how long to wait before the next. Shed
@@ -118,6 +123,12 @@ class Result:
     error_examples: dict[str, str] = field(default_factory=dict)
     controller_cpu_percent: float | None = None  # of one core, over the window
     controller_rss_mib: float | None = None
+    streams: int = 0  # --push: Watch streams opened
+    nudges: int = 0
+    # --push: when each nudged check-in was answered (seconds since the
+    # epoch, this machine's clock), for the time from approval to check-in.
+    nudged_checkins: list[float] = field(default_factory=list)
+    nudges_received: list[float] = field(default_factory=list)  # when each nudge arrived
 
 
 def merge(
@@ -144,7 +155,11 @@ def merge(
         sum(t.inventories for t in tallies), sum(t.orders for t in tallies),
         sum(t.reports for t in tallies), {k: v for k, v in errors.items() if v},
         sum(t.shed for t in tallies), examples,
-        *((None, None) if usage is None else (round(usage[0], 1), round(usage[1], 1))),
+        controller_cpu_percent=None if usage is None else round(usage[0], 1),
+        controller_rss_mib=None if usage is None else round(usage[1], 1),
+        streams=sum(t.streams for t in tallies), nudges=sum(t.nudges for t in tallies),
+        nudged_checkins=sorted(t for tally in tallies for t in tally.nudged),
+        nudges_received=sorted(t for tally in tallies for t in tally.nudge_times),
     )  # fmt: skip
 
 
@@ -217,6 +232,8 @@ class _Agent:
         self.sent = ""  # the inventory hash the controller acknowledged
         self.pending: list[tuple[float, types_pb2.ProgressReport]] = []  # (due, final report)
         self.highest = 0  # the highest order sequence received, sent at each check-in
+        self.wake = asyncio.Event()  # set by a nudge (--push)
+        self.nudged = False  # the next check-in answers a nudge
 
     def request(self, change: bool, rng: random.Random) -> agent_pb2.CheckInRequest:
         if change:
@@ -249,6 +266,52 @@ def finished(
     return order.sequence, (time.monotonic() + rng.uniform(1.0, 5.0), final)
 
 
+async def _watch(agent: _Agent, tally: Tally, rng: random.Random, stop_at: float) -> None:
+    """Keep the agent's Watch stream open (on its one connection) until
+    ``stop_at``; a nudge wakes its check-in after a jittered delay within
+    the spread asked for, as the agent does."""
+    while time.monotonic() < stop_at:
+        call = agent.stub.Watch(agent_pb2.WatchRequest())
+        try:
+            await call.initial_metadata()
+            tally.streams += 1
+            async for nudge in call:
+                tally.nudges += 1
+                tally.nudge_times.append(time.time())
+                await asyncio.sleep(rng.uniform(0, max(1.0, nudge.spread_ms / 1000)))
+                agent.nudged = True
+                agent.wake.set()
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() is grpc.StatusCode.CANCELLED:
+                return
+            tally.errors[f"watch {exc.code().name}"] += 1
+        await asyncio.sleep(rng.uniform(1.0, 5.0))
+
+
+async def _pause(agent: _Agent, seconds: float) -> None:
+    """Sleep until the agent's next check-in is due, or a nudge comes."""
+    agent.wake.clear()
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(agent.wake.wait(), seconds)
+
+
+async def _report(agent: _Agent, tally: Tally) -> None:
+    """Send the reports that are due, between check-ins as an agent
+    does (the controller serves a host one call at a time)."""
+    due = [r for at, r in agent.pending if at <= time.monotonic()]
+    if not due:
+        return
+    for final in due:
+        final.at.GetCurrentTime()
+    try:
+        await agent.stub.ReportProgress(agent_pb2.ReportProgressRequest(reports=due), timeout=60)
+    except grpc.aio.AioRpcError as exc:
+        tally.errors[f"report {exc.code().name}"] += 1
+        return
+    tally.reports += len(due)
+    agent.pending = [(at, r) for at, r in agent.pending if r not in due]
+
+
 async def _run_agents(plan: Plan, identities: Sequence[Identity], address: str, seed: int) -> Tally:
     rng = random.Random(seed)
     tally = Tally()
@@ -256,24 +319,6 @@ async def _run_agents(plan: Plan, identities: Sequence[Identity], address: str, 
     measure_from = start + plan.ramp
     stop_at = measure_from + plan.seconds
     agents = [_Agent(address, plan.ca, i, plan.packages, rng) for i in identities]
-
-    async def report(agent: _Agent) -> None:
-        """Send the reports that are due, between check-ins as an agent
-        does (the controller serves a host one call at a time)."""
-        due = [r for at, r in agent.pending if at <= time.monotonic()]
-        if not due:
-            return
-        for final in due:
-            final.at.GetCurrentTime()
-        try:
-            await agent.stub.ReportProgress(
-                agent_pb2.ReportProgressRequest(reports=due), timeout=60
-            )
-        except grpc.aio.AioRpcError as exc:
-            tally.errors[f"report {exc.code().name}"] += 1
-            return
-        tally.reports += len(due)
-        agent.pending = [(at, r) for at, r in agent.pending if r not in due]
 
     # Bounded, the load is a steady number of calls in flight (a measure of
     # throughput); unbounded, every agent is always asking (a herd).
@@ -283,8 +328,9 @@ async def _run_agents(plan: Plan, identities: Sequence[Identity], address: str, 
 
     async def one(agent: _Agent) -> None:
         await asyncio.sleep(rng.uniform(0, plan.ramp))  # connect gradually, with jitter
+        watching = None
         while time.monotonic() < stop_at:
-            await report(agent)
+            await _report(agent, tally)
             request = agent.request(rng.random() < plan.change_rate and bool(agent.sent), rng)
             try:
                 async with slots:
@@ -295,6 +341,11 @@ async def _run_agents(plan: Plan, identities: Sequence[Identity], address: str, 
                 continue
             took = time.perf_counter() - began
             agent.sent = answer.known_inventory_hash
+            if plan.push and watching is None:  # after the first check-in, as the agent
+                watching = asyncio.ensure_future(_watch(agent, tally, rng, stop_at))
+            if agent.nudged:
+                agent.nudged = False
+                tally.nudged.append(time.time())
             if time.monotonic() >= measure_from:
                 tally.checkins += 1
                 tally.inventories += request.HasField("inventory")
@@ -307,7 +358,10 @@ async def _run_agents(plan: Plan, identities: Sequence[Identity], address: str, 
                     tally.orders += 1
                     agent.pending.append(done)
             if plan.interval:
-                await asyncio.sleep(plan.interval * rng.uniform(1 - plan.jitter, 1 + plan.jitter))
+                due = plan.interval * rng.uniform(1 - plan.jitter, 1 + plan.jitter)
+                await _pause(agent, min(due, max(0.0, stop_at - time.monotonic())))
+        if watching is not None:
+            watching.cancel()
 
     await asyncio.gather(*(one(a) for a in agents))
     tally.seconds = min(time.monotonic(), stop_at) - measure_from
@@ -411,6 +465,9 @@ def table(results: Sequence[Result]) -> str:
         ratio = results[0].checkins_per_second / results[1].checkins_per_second
         lines.append(f"controller / bare server: {100 * ratio:.0f} %")
     for r in results:
+        if r.streams or r.nudges:
+            lines.append(f"{r.target}: {r.streams} Watch streams opened, {r.nudges} nudges, "
+                         f"{len(r.nudged_checkins)} nudged check-ins")  # fmt: skip
         if r.shed:
             lines.append(f"{r.target}: {r.shed} check-ins shed with a retry delay (waited out)")
         for name, n in sorted(r.errors.items()):

@@ -132,13 +132,18 @@ class CheckIns:
         if request.updates_hash != self._journal.acked_updates_hash():
             request.updates.CopyFrom(convert.updates_to_pb(found, at))
 
-    def run(self, stop: threading.Event) -> None:
+    def run(self, stop: threading.Event, wake: threading.Event | None = None) -> None:
         """Check in until ``stop`` is set. Network and package-manager
-        trouble is retried with backoff; a refusal (revoked, say) raises."""
+        trouble is retried with backoff; a refusal (revoked, say) raises.
+        ``wake`` (set with ``stop`` too) brings the next check-in forward:
+        a nudge from the controller (agent.link.watch)."""
         failures = 0
         overloaded = False
         interval = self._journal.checkin_state().interval
+        sleeper = stop if wake is None else wake
         while not stop.is_set():
+            if wake is not None:
+                wake.clear()  # this check-in answers any nudge so far
             if self._between is not None:
                 self._between()
             try:
@@ -179,7 +184,7 @@ class CheckIns:
             finally:
                 if self._after is not None:
                     self._after()  # the attempt's outcome is in the journal by now
-            stop.wait(delay)
+            sleeper.wait(delay)
 
     def _retry_delay(
         self, failures: int, interval: timedelta | None, retry_after: float | None = None

@@ -9,12 +9,13 @@ import logging
 import os
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TypeVar
 
 import grpc
 from fleetpatch.overload import retry_after
+from fleetpatch.push import WATCH_OPEN
 from fleetpatch.v1 import agent_pb2, agent_pb2_grpc
 
 from agent.errors import (
@@ -182,6 +183,27 @@ class ControllerClient:
                 "host was away, enroll it again with a token and the new ca.pem "
                 "(fleetpatch-agent enroll --ca-cert NEW_CA)"
             ) from None
+
+    def watch(self) -> tuple[Iterator[agent_pb2.Nudge | None], Callable[[], None]]:
+        """Open this host's Watch stream on the replica in use: its nudges
+        as they come (the iterator raises agent errors like every call, and
+        yields None once, when the controller has opened the stream) and a
+        function that cancels it from another thread."""
+        call = self._stub.Watch(agent_pb2.WatchRequest())
+        address = self.address
+        stream: Iterator[agent_pb2.Nudge] = iter(call)
+
+        def nudges() -> Iterator[agent_pb2.Nudge | None]:
+            headers = _call(address, call.initial_metadata) or ()
+            if any(key == WATCH_OPEN for key, _ in headers):
+                yield None
+            while True:
+                nudge = _call(address, lambda: next(stream, None))
+                if nudge is None:
+                    return
+                yield nudge
+
+        return nudges(), call.cancel
 
     def report_progress(
         self, request: agent_pb2.ReportProgressRequest

@@ -16,7 +16,7 @@ import resource
 import signal
 import socket
 import urllib.parse
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -28,6 +28,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from controller.api import lenient, limits
 from controller.api.auditkeeping import AuditKeeper
+from controller.api.push import Nudge, Watchers
 from controller.api.servicers import AdminService, AgentService, Revocations
 from controller.api.vulnservice import VulnService
 from controller.checkpoint import Checkpoints
@@ -169,10 +170,14 @@ async def serve(  # noqa: PLR0915
 
     store = open_store(settings.store_url, data_dir.database)
     db = StoreThread(store)
-    revoked = Revocations(await db.call(lambda s: s.host_ids(HostStatus.REVOKED)))
+    watchers = Watchers()
+    revoked = Revocations(
+        await db.call(lambda s: s.host_ids(HostStatus.REVOKED)), on_revoke=watchers.close
+    )
     await _register_legacy_owner(data_dir, db)
     shared = await db.call(lambda s: s.shared)
     engine = CampaignEngine(db, keys.key, metrics=Metrics(Presence(settings.checkin_interval)))
+    engine.on_nudge = watchers.nudge
     batcher = CheckInBatcher(db, settings.checkin_max_batch, engine.metrics)
     await engine.start()
     releases = _releases(data_dir, db, release_key)
@@ -183,7 +188,9 @@ async def serve(  # noqa: PLR0915
     agents = AgentService(
         db, batcher, ca, keys.published, settings, revoked, engine, releases, keys.chain,
         keys.withdrawn(settings.old_key_grace), refusals=keeper.refusals, pending=pending,
-        authorities=authorities,
+        authorities=authorities, watchers=watchers,
+        greeting=key_revoked_greeting(keys.status.revoked.values(), settings.checkin_interval,
+                                      watchers, datetime.now(UTC)),
     )  # fmt: skip
     admin = AdminService(
         db, revoked, engine, releases, keeper.checkpoints, authorities.issuing, settings,
@@ -234,6 +241,7 @@ async def serve(  # noqa: PLR0915
     finally:
         log.info("shutting down: finishing in-flight calls (up to %.0fs)", SHUTDOWN_GRACE_SECONDS)
         await health_servicer.enter_graceful_shutdown()
+        watchers.close_all()  # idle streams would hold the grace period up
         await server.stop(SHUTDOWN_GRACE_SECONDS)
         # After server.stop, so that no report can add a refusal count now.
         await asyncio.gather(background, keeper.close(), asyncio.to_thread(extras.scrapes.close))
@@ -241,6 +249,30 @@ async def serve(  # noqa: PLR0915
         db.close()
         _handle_signals(loop, None)
         log.info("controller stopped")
+
+
+def key_revoked_greeting(
+    revocations: Iterable[datetime],
+    interval: timedelta,
+    watchers: Watchers,
+    started: datetime,
+    clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+) -> Callable[[], Nudge | None]:
+    """What a Watch stream opens with. A signing key revoked less than a
+    check-in interval before this start (`rotate-key --revoke-old` takes
+    effect at a restart) must reach the hosts before their next check-in:
+    streams opened within an interval of the start are nudged at once,
+    spread as a nudge of every connected host would be."""
+    newest = max(revocations, default=None)
+    if newest is None or newest < started - interval:
+        return lambda: None
+
+    def greeting() -> Nudge | None:
+        if clock() - started > interval:
+            return None
+        return Nudge("key-revoked", watchers.spread(len(watchers) + 1))
+
+    return greeting
 
 
 async def expire_pending(

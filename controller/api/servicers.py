@@ -26,6 +26,7 @@ from fleetpatch.identity import Identity, Role
 from fleetpatch.inventory import UPDATE_FIELDS, inventory_hash, updates_hash
 from fleetpatch.orderspec import REFUSED, UNREADABLE_ORDER
 from fleetpatch.overload import retry_after_trailer
+from fleetpatch.push import WATCH_OPEN
 from fleetpatch.v1 import admin_pb2, admin_pb2_grpc, agent_pb2, agent_pb2_grpc, types_pb2
 
 from controller import audit, checkpoint
@@ -34,6 +35,7 @@ from controller.api.auditkeeping import RefusalLog
 from controller.api.auth import peer_certificate, peer_identity, peer_issuer
 from controller.api.checkin import next_checkin
 from controller.api.lenient import decoded
+from controller.api.push import Nudge, Watchers
 from controller.audit import AuditEntry
 from controller.checkpoint import Checkpoints
 from controller.datadir import Settings
@@ -250,13 +252,18 @@ def issued_certificate(cert: x509.Certificate) -> IssuedCertificate:
 
 
 class Revocations:
-    """Revoked host ids, kept in memory so every RPC can refuse them cheaply."""
+    """Revoked host ids, kept in memory so every RPC can refuse them cheaply.
+    ``on_revoke`` is told of each host revoked from now on (its Watch stream
+    is closed)."""
 
-    def __init__(self, revoked: set[str]) -> None:
+    def __init__(self, revoked: set[str], on_revoke: Callable[[str], object] | None = None) -> None:
         self._revoked = revoked
+        self.on_revoke = on_revoke
 
     def add(self, host_id: str) -> None:
         self._revoked.add(host_id)
+        if self.on_revoke is not None:
+            self.on_revoke(host_id)
 
     def __contains__(self, host_id: str) -> bool:
         return host_id in self._revoked
@@ -292,10 +299,16 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
         refusals: RefusalLog | None = None,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         authorities: Authorities | None = None,
+        watchers: Watchers | None = None,
+        greeting: Callable[[], Nudge | None] = lambda: None,
     ) -> None:
         self._db = db
         self._clock = clock
         self._releases = releases
+        # Push: the connected hosts' Watch streams; ``greeting`` is the
+        # nudge a stream opens with, if any (a signing key just revoked).
+        self.watchers = watchers if watchers is not None else Watchers()
+        self._greeting = greeting
         self._batcher = batcher
         # A CA rotation: enrollments and renewals come from the new CA, and
         # agents are offered both CAs (fleetpatch.catrust).
@@ -552,6 +565,28 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
         return agent_pb2.ReportProgressResponse(
             acknowledged_keys=[r.idempotency_key for r in reports]
         )
+
+    async def Watch(
+        self, request: agent_pb2.WatchRequest, context: Context
+    ) -> AsyncIterator[agent_pb2.Nudge]:
+        """The host's nudges, until it is revoked or watches again. Not
+        admitted like the other calls: a stream is idle nearly always, and
+        must not take the room of check-ins."""
+        try:
+            host_id = require(context, Role.HOST, self._revoked).name
+            await decoded(request)
+        except FleetpatchError as exc:
+            await _refuse("Watch", context, exc)
+            return
+        stream = self.watchers.open(host_id, self._greeting())
+        try:
+            # Headers at once: the agent knows its stream is open (and
+            # registered here) before the first nudge.
+            await context.send_initial_metadata(((WATCH_OPEN, "1"),))
+            async for nudge in self.watchers.follow(stream):
+                yield agent_pb2.Nudge(reason=nudge.reason, spread_ms=nudge.spread_ms)
+        finally:
+            self.watchers.release(host_id, stream)
 
     @rpc_stream
     async def FetchArtifact(

@@ -120,6 +120,11 @@ class CampaignEngine:
         self._analysed: dict[str, datetime] = {}  # campaign -> when its analyses were last asked
         # Whether this replica runs the tick (Store.lead); None before the first ask.
         self.leading: bool | None = None
+        # Push (controller.api.push): told which hosts to nudge, and why,
+        # when an emergency campaign starts running or a revert is ordered,
+        # here or (noticed at the next re-read) on another replica.
+        self.on_nudge: Callable[[list[str], str], object] | None = None
+        self._urgent_seen: set[tuple[str, str, datetime]] = set()
 
     async def start(self) -> None:
         in_flight = await self._db.call(lambda s: s.in_flight())
@@ -146,6 +151,35 @@ class CampaignEngine:
             self._counts[record.campaign_id].set_state(
                 CampaignState(record.state), record.accepted_failures, record.accepted_silent
             )
+        self._nudge_urgent()
+
+    def _nudge_urgent(self) -> None:
+        """Nudge the hosts that urgent work newly waits for: the targeted
+        hosts not assigned yet of an emergency campaign just approved or
+        resumed; the patched hosts of a campaign just aborted with
+        --revert. Each (campaign, state, change) once per replica."""
+        for record in self._live:
+            live = self._counts.get(record.campaign_id)
+            if live is None:
+                continue
+            if _reverting(record):
+                reason = "revert"
+            elif record.state == CampaignState.RUNNING and self.spec(record).emergency:
+                reason = "campaign"
+            else:
+                continue
+            key = (record.campaign_id, str(record.state), record.updated_at)
+            if key in self._urgent_seen:
+                continue
+            self._urgent_seen.add(key)
+            if self.on_nudge is None:
+                continue
+            reverting = reason == "revert"
+            ready = set() if reverting else self._ready(record, live)
+            hosts = urgent_hosts(live, reverting, ready)
+            log.info("campaign %s: urgent (%s): %d host(s) to nudge", record.campaign_id,
+                     reason, len(hosts))  # fmt: skip
+            self.on_nudge(hosts, reason)
 
     async def _build(self, records: Sequence[CampaignRecord]) -> dict[str, LiveCount]:
         """Count these campaigns from the store: the one full read of the fleet."""
@@ -501,6 +535,18 @@ class CampaignEngine:
             record, host, PATCH, now, decision.window_closes_at, "", release=release
         )
 
+    def _ready(self, record: CampaignRecord, live: LiveCount) -> set[DecisionKey]:
+        """The groups of hosts not assigned yet whose turn has come now (one
+        `decide` per group, not per host): a ring that has not opened yet
+        is not nudged."""
+        now = self._clock()
+        tallies = live.tallies(now)
+        spec = self.spec(record)
+        return {
+            decision_key(facts) for facts, _, _ in live.waiting()
+            if isinstance(decide(spec, facts, tallies, now, self._windows), Assign)
+        }  # fmt: skip
+
     def _decide(
         self, record: CampaignRecord, live: LiveCount, facts: HostFacts, now: datetime
     ) -> Decision:
@@ -723,6 +769,21 @@ class CampaignEngine:
             self._counts.clear()
             self._waits.clear()  # kept against counts that are gone
             await self.start()
+
+
+def urgent_hosts(live: LiveCount, reverting: bool, ready: set[DecisionKey]) -> list[str]:
+    """The hosts of a campaign that urgent work waits for: with
+    ``reverting``, the patched ones not sent a revert yet; otherwise the
+    targeted ones not assigned yet whose group is ``ready``."""
+    if reverting:
+        return [
+            host_id for host_id, patch in live.patches.items()
+            if patch.status in PATCHED and host_id not in live.reverting
+        ]  # fmt: skip
+    return [
+        host_id for host_id, member in live.members.items()
+        if member.key in ready and live.status_of(host_id) is None
+    ]  # fmt: skip
 
 
 def _reverting(record: CampaignRecord) -> bool:

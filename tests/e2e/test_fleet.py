@@ -176,6 +176,9 @@ class _Impostor(agent_pb2_grpc.AgentServiceServicer):
     def Renew(self, request, context):
         context.abort(grpc.StatusCode.UNIMPLEMENTED, "an impostor renews nothing")
 
+    def Watch(self, request, context):
+        context.abort(grpc.StatusCode.UNIMPLEMENTED, "an impostor pushes nothing")
+
     def ReportProgress(self, request, context):
         self.reports.append(request)
         return agent_pb2.ReportProgressResponse(

@@ -59,6 +59,23 @@ class InProcessAgent:
         if address is not None:
             text = text.replace(f'address = "{controller.address}"', f'address = "{address}"')
         self.state.config_file.write_text(text)
+        self._open(backend, prober, agent_version, defer)
+
+    @classmethod
+    def reopen(cls, state_dir: Path, backend: FakeBackend, prober: FakeProber) -> InProcessAgent:
+        """The agent of a state dir enrolled before (by another instance,
+        closed since): as a service restarted, or on another thread."""
+        agent = cls.__new__(cls)
+        agent.state = StateDir(state_dir)
+        agent.host_id = agent.state.host_id()
+        agent.region, agent.ring = "", -1  # the controller's to say
+        agent.backend = backend
+        agent._open(backend, prober, None, False)
+        return agent
+
+    def _open(
+        self, backend: FakeBackend, prober: FakeProber, agent_version: str | None, defer: bool
+    ) -> None:
         machine = Machine(
             backend=lambda manager, config: backend,
             prober=lambda: prober,

@@ -110,6 +110,10 @@ DEFAULT_ENV: dict[str, str] = {
     "LC_ALL": "C.UTF-8",
     "DEBIAN_FRONTEND": "noninteractive",
     "TERM": "dumb",
+    # The project's own code runs in the sandbox from the checkout: bytecode
+    # it compiled would land in the copy's checkout, and read as a change
+    # the agent made to its host.
+    "PYTHONDONTWRITEBYTECODE": "1",
 }
 
 #: Programs the sandbox needs on the machine (util-linux and coreutils).

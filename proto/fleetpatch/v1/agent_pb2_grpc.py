@@ -59,6 +59,11 @@ class AgentServiceStub:
                 request_serializer=fleetpatch_dot_v1_dot_agent__pb2.RenewRequest.SerializeToString,
                 response_deserializer=fleetpatch_dot_v1_dot_agent__pb2.RenewResponse.FromString,
                 _registered_method=True)
+        self.Watch = channel.unary_stream(
+                '/fleetpatch.v1.AgentService/Watch',
+                request_serializer=fleetpatch_dot_v1_dot_agent__pb2.WatchRequest.SerializeToString,
+                response_deserializer=fleetpatch_dot_v1_dot_agent__pb2.Nudge.FromString,
+                _registered_method=True)
 
 
 class AgentServiceServicer:
@@ -97,6 +102,17 @@ class AgentServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Watch(self, request, context):
+        """One long-lived stream per connected host, on which the controller asks
+        it to check in now (urgent work: an emergency campaign, a revert, a
+        revoked signing key). A nudge carries nothing the host must trust:
+        orders still come only in check-in answers, signed. The host id comes
+        from the client certificate; a revoked host's stream is closed.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AgentServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -124,6 +140,11 @@ def add_AgentServiceServicer_to_server(servicer, server):
                     servicer.Renew,
                     request_deserializer=fleetpatch_dot_v1_dot_agent__pb2.RenewRequest.FromString,
                     response_serializer=fleetpatch_dot_v1_dot_agent__pb2.RenewResponse.SerializeToString,
+            ),
+            'Watch': grpc.unary_stream_rpc_method_handler(
+                    servicer.Watch,
+                    request_deserializer=fleetpatch_dot_v1_dot_agent__pb2.WatchRequest.FromString,
+                    response_serializer=fleetpatch_dot_v1_dot_agent__pb2.Nudge.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -261,6 +282,33 @@ class AgentService:
             '/fleetpatch.v1.AgentService/Renew',
             fleetpatch_dot_v1_dot_agent__pb2.RenewRequest.SerializeToString,
             fleetpatch_dot_v1_dot_agent__pb2.RenewResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Watch(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/fleetpatch.v1.AgentService/Watch',
+            fleetpatch_dot_v1_dot_agent__pb2.WatchRequest.SerializeToString,
+            fleetpatch_dot_v1_dot_agent__pb2.Nudge.FromString,
             options,
             channel_credentials,
             insecure,

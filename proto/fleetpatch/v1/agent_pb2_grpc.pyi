@@ -44,6 +44,13 @@ class AgentServiceStub:
     """A new certificate for this host (mutual TLS with its current one, which
     must not have expired); the host id comes from that certificate.
     """
+    Watch: _grpc.UnaryStreamMultiCallable[_agent_pb2.WatchRequest, _agent_pb2.Nudge]
+    """One long-lived stream per connected host, on which the controller asks
+    it to check in now (urgent work: an emergency campaign, a revert, a
+    revoked signing key). A nudge carries nothing the host must trust:
+    orders still come only in check-in answers, signed. The host id comes
+    from the client certificate; a revoked host's stream is closed.
+    """
 
 @_typing.type_check_only
 class AgentServiceAsyncStub(AgentServiceStub):
@@ -56,6 +63,13 @@ class AgentServiceAsyncStub(AgentServiceStub):
     Renew: _aio.UnaryUnaryMultiCallable[_agent_pb2.RenewRequest, _agent_pb2.RenewResponse]  # type: ignore[assignment]
     """A new certificate for this host (mutual TLS with its current one, which
     must not have expired); the host id comes from that certificate.
+    """
+    Watch: _aio.UnaryStreamMultiCallable[_agent_pb2.WatchRequest, _agent_pb2.Nudge]  # type: ignore[assignment]
+    """One long-lived stream per connected host, on which the controller asks
+    it to check in now (urgent work: an emergency campaign, a revert, a
+    revoked signing key). A nudge carries nothing the host must trust:
+    orders still come only in check-in answers, signed. The host id comes
+    from the client certificate; a revoked host's stream is closed.
     """
 
 class AgentServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -96,6 +110,19 @@ class AgentServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_agent_pb2.RenewResponse, _abc.Awaitable[_agent_pb2.RenewResponse]]:
         """A new certificate for this host (mutual TLS with its current one, which
         must not have expired); the host id comes from that certificate.
+        """
+
+    @_abc_1.abstractmethod
+    def Watch(
+        self,
+        request: _agent_pb2.WatchRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_agent_pb2.Nudge], _abc.AsyncIterator[_agent_pb2.Nudge]]:
+        """One long-lived stream per connected host, on which the controller asks
+        it to check in now (urgent work: an emergency campaign, a revert, a
+        revoked signing key). A nudge carries nothing the host must trust:
+        orders still come only in check-in answers, signed. The host id comes
+        from the client certificate; a revoked host's stream is closed.
         """
 
 def add_AgentServiceServicer_to_server(servicer: AgentServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -1,0 +1,148 @@
+"""Push: the agent's Watch stream, on which the controller nudges it to
+check in now (urgent work). A nudge is only a wake-up call: the check-in it
+brings on is the usual one, and orders come only in its answer, signed. So
+a hostile or broken controller can at most bring check-ins forward, and
+not often: nudged check-ins are rate-limited (`NudgeLimit`) and spread
+(`nudge_delay`). The stream runs on a thread of its own beside the check-in
+loop, reconnecting with backoff; it only sets an event the loop waits on,
+so the crash-safe handling of orders (the loop's thread) is untouched."""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from fleetpatch.v1 import agent_pb2
+
+from agent.errors import AgentError
+from agent.link.backoff import backoff_delay
+from agent.link.client import ControllerClient
+
+log = logging.getLogger(__name__)
+
+# How long a nudged check-in may be put off at most (the controller asks
+# for a spread; a larger one is cut to this), and at least (a second).
+MAX_SPREAD_SECONDS = 60.0
+MIN_SPREAD_SECONDS = 1.0
+# Reconnecting a stream that broke: full-jitter backoff up to this.
+MAX_RECONNECT_SECONDS = 120.0
+# A stream that stayed open this long was healthy: its end starts the
+# backoff afresh.
+HEALTHY_SECONDS = 60.0
+
+
+@dataclass
+class NudgeLimit:
+    """A token bucket: at most ``burst`` nudged check-ins at once, then one
+    per ``every`` seconds. Nudges beyond it are dropped (the regular
+    check-in still comes), so a controller cannot make the host spin."""
+
+    burst: int = 3
+    every: float = 60.0
+    clock: Callable[[], float] = time.monotonic
+    _tokens: float = field(init=False)
+    _at: float = field(init=False)
+    dropped: int = field(default=0, init=False)
+
+    def __post_init__(self) -> None:
+        self._tokens = float(self.burst)
+        self._at = self.clock()
+
+    def allow(self) -> bool:
+        """Take a token for one nudged check-in; False when there is none."""
+        now = self.clock()
+        self._tokens = min(float(self.burst), self._tokens + max(0.0, now - self._at) / self.every)
+        self._at = now
+        if self._tokens >= 1.0:
+            self._tokens -= 1.0
+            return True
+        self.dropped += 1
+        return False
+
+
+def nudge_delay(nudge: agent_pb2.Nudge, rng: random.Random) -> float:
+    """Seconds to wait before a nudged check-in: uniform within the spread
+    the controller asked for, clamped to [MIN_SPREAD_SECONDS,
+    MAX_SPREAD_SECONDS]."""
+    spread = min(MAX_SPREAD_SECONDS, max(MIN_SPREAD_SECONDS, nudge.spread_ms / 1000))
+    return rng.uniform(0.0, spread)
+
+
+class Watcher:
+    """Keeps the Watch stream open and, on each nudge the limit allows,
+    sets ``wake`` (after the jittered delay) for the check-in loop."""
+
+    def __init__(
+        self,
+        client: ControllerClient,
+        wake: threading.Event,
+        stop: threading.Event,
+        limit: NudgeLimit | None = None,
+        rng: random.Random | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._client = client
+        self._wake = wake
+        self._stop = stop
+        self.limit = limit or NudgeLimit()
+        self._rng = rng or random.Random()
+        self._clock = clock
+        self._cancel: Callable[[], None] | None = None
+        self._thread: threading.Thread | None = None
+        self.nudges = 0  # received, for tests
+        self.opened = 0  # streams the controller opened, for tests
+        self.connected = threading.Event()  # set while a stream is open
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self.run, name="watch", daemon=True)
+        self._thread.start()
+
+    def close(self) -> None:
+        """Cancel the stream (from any thread); `run` returns once ``stop`` is set."""
+        cancel = self._cancel
+        if cancel is not None:
+            cancel()
+
+    def run(self) -> None:
+        failures = 0
+        while not self._stop.is_set():
+            opened = self._clock()
+            try:
+                self._follow()
+                why = "the controller ended the stream"
+            except AgentError as exc:
+                why = str(exc)
+            if self._stop.is_set():
+                return
+            failures = 1 if self._clock() - opened >= HEALTHY_SECONDS else failures + 1
+            delay = backoff_delay(failures, self._rng, cap=MAX_RECONNECT_SECONDS)
+            log.debug("watch: %s; reconnecting in %.0fs", why, delay)
+            self._stop.wait(delay)
+
+    def _follow(self) -> None:
+        nudges, self._cancel = self._client.watch()
+        try:
+            for nudge in nudges:
+                if nudge is None:
+                    self.opened += 1
+                    self.connected.set()
+                    log.debug("watch: stream open; the controller may nudge us")
+                    continue
+                self.nudges += 1
+                if not self.limit.allow():
+                    log.warning("nudged to check in (%s) too often; ignored (%d so far)",
+                                nudge.reason[:40], self.limit.dropped)  # fmt: skip
+                    continue
+                delay = nudge_delay(nudge, self._rng)
+                log.info("nudged to check in (%s); checking in within %.1fs",
+                         nudge.reason[:40], delay)  # fmt: skip
+                if self._stop.wait(delay):
+                    return
+                self._wake.set()
+        finally:
+            self.connected.clear()
+            self._cancel = None

@@ -1,0 +1,214 @@
+"""Push for urgent work (issue 17 part 3), measured with `fleetpatch-sim
+load --push` against real controllers over real mutual TLS:
+
+1. Idle memory per stream: a fresh controller with N simulated agents
+   connected and idle (one check-in each, next one 10 minutes away), then a
+   fresh one with the same N agents that also keep a Watch stream open.
+   (RSS with streams - RSS without) / N is what a stream costs on top of
+   the connection the agent keeps anyway.
+2. Approval to check-in: in the second run, an emergency campaign for all
+   of them is approved; each agent is nudged and checks in (within the
+   spread the controller asks for): p50/p99 from the approval to each
+   nudge's arrival, and to each nudged check-in's answer (which carries
+   the order: signed and recorded by the controller), and how many of the
+   N checked in.
+3. Check-in throughput with N idle streams open vs none: busy agents
+   checking in back to back, alone, then beside the N idle agents with
+   their streams open, on one fresh controller.
+
+On this shared 2-core machine the load generator shares the cores with the
+controller; the figures are for this machine.
+
+    .venv/bin/python -m benchmarks.push [--streams 3000] [--busy 200] [--json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import psutil
+
+if not __package__:  # run as a file: make `benchmarks` importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks.checkin_load import BIN, init_controller, serve
+from tests.support.controller import free_port
+
+EMERGENCY = """
+[campaign]
+name = "push-benchmark"
+emergency = true
+
+[patch]
+packages = [{ name = "pkg1", min_version = "9" }]
+
+[rollout]
+rings = [{ ring = 0, concurrency = "100%" }]
+"""
+
+
+class Load:
+    """`fleetpatch-sim load` in the background; knows when its agents are
+    enrolled (they then connect over the ramp)."""
+
+    def __init__(self, data: Path, agents: int, *options: str) -> None:
+        self.proc = subprocess.Popen(
+            [str(BIN / "fleetpatch-sim"), "load", "--data-dir", str(data),
+             "--agents", str(agents), "--json", "--concurrency", "0", *options],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        self.enrolled = threading.Event()
+        self.stderr: list[str] = []
+        threading.Thread(target=self._follow, daemon=True).start()
+
+    def _follow(self) -> None:
+        assert self.proc.stderr is not None
+        for line in self.proc.stderr:
+            self.stderr.append(line)
+            if line.startswith("enrolled "):
+                self.enrolled.set()
+
+    def wait_enrolled(self, timeout: float = 600) -> None:
+        if not self.enrolled.wait(timeout):
+            raise SystemExit(f"the load did not enroll its agents:\n{''.join(self.stderr)}")
+
+    def result(self) -> dict[str, object]:
+        out, _ = self.proc.communicate(timeout=900)
+        if self.proc.returncode != 0:
+            raise SystemExit(f"the load failed:\n{''.join(self.stderr)}")
+        run: dict[str, object] = json.loads(out)["runs"][0]
+        return run
+
+
+def rss_mib(pid: int, samples: int = 5) -> float:
+    """The median of a few RSS samples a second apart."""
+    found = []
+    for _ in range(samples):
+        found.append(psutil.Process(pid).memory_info().rss / 2**20)
+        time.sleep(1)
+    return sorted(found)[len(found) // 2]
+
+
+def controller(tmp: Path, name: str) -> tuple[Path, subprocess.Popen[bytes]]:
+    data = tmp / name
+    init_controller(data, free_port(), interval="10m")
+    return data, serve(data, timeout=30)
+
+
+def stop(proc: subprocess.Popen[bytes]) -> None:
+    proc.send_signal(signal.SIGTERM)
+    proc.wait(timeout=60)
+
+
+def idle_rss(tmp: Path, streams: int, ramp: float, push: bool) -> tuple[float, float, dict]:  # type: ignore[type-arg]
+    """RSS of a fresh controller with ``streams`` idle agents connected
+    (with their Watch streams when ``push``); with push, also approve an
+    emergency campaign and time it. Returns (RSS MiB, approval wall time, load result)."""
+    data, proc = controller(tmp, f"ctl-{'push' if push else 'plain'}")
+    try:
+        before = psutil.Process(proc.pid).memory_info().rss / 2**20
+        settle = ramp + 15
+        load = Load(data, streams, "--interval", "600", "--ramp", str(ramp), "--seconds",
+                    str(settle + 30), *(["--push"] if push else []))  # fmt: skip
+        load.wait_enrolled()
+        time.sleep(settle)
+        rss = rss_mib(proc.pid)
+        approved = 0.0
+        if push:
+            spec = tmp / "emergency.toml"
+            spec.write_text(EMERGENCY)
+            created = subprocess.run(
+                [str(BIN / "fleetpatch"), "campaign", "create", str(spec), "--data-dir", str(data)],
+                check=True, capture_output=True, text=True,
+            )  # fmt: skip
+            campaign_id = created.stdout.strip().splitlines()[-1]
+            approved = time.time()  # before the CLI starts: a conservative start
+            subprocess.run(
+                [str(BIN / "fleetpatch"), "campaign", "approve", campaign_id, "--data-dir",
+                 str(data)],
+                check=True, capture_output=True,
+            )  # fmt: skip
+        result = load.result()
+        result["rss_before_mib"] = round(before, 1)
+        return rss, approved, result
+    finally:
+        stop(proc)
+
+
+def throughput(
+    tmp: Path, streams: int, busy: int, seconds: float, ramp: float
+) -> tuple[float, float]:
+    """Check-ins/s of ``busy`` back-to-back agents on one fresh controller,
+    alone and then beside ``streams`` idle agents with streams open."""
+    data, proc = controller(tmp, "ctl-throughput")
+    try:
+        options = ("--interval", "0", "--seconds", str(seconds), "--ramp", "3")
+        alone = float(Load(data, busy, *options).result()["checkins_per_second"])  # type: ignore[arg-type]
+        idle = Load(data, streams, "--interval", "600", "--push", "--ramp", str(ramp),
+                    "--seconds", str(ramp + seconds + 120))  # fmt: skip
+        idle.wait_enrolled()
+        time.sleep(ramp + 10)
+        beside = float(Load(data, busy, *options).result()["checkins_per_second"])  # type: ignore[arg-type]
+        idle.proc.terminate()
+        idle.proc.wait(timeout=60)
+        return alone, beside
+    finally:
+        stop(proc)
+
+
+def pct(values: list[float], q: float) -> float:
+    return values[min(len(values) - 1, int(q * len(values)))] if values else float("nan")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--streams", type=int, default=3000)
+    parser.add_argument("--busy", type=int, default=200, help="back-to-back agents for part 3")
+    parser.add_argument("--seconds", type=float, default=20)
+    parser.add_argument("--ramp", type=float, default=30)
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args()
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    with tempfile.TemporaryDirectory(prefix="fleetpatch-push-") as name:
+        tmp = Path(name)
+        plain, _, plain_run = idle_rss(tmp, args.streams, args.ramp, push=False)
+        pushed, approved, push_run = idle_rss(tmp, args.streams, args.ramp, push=True)
+        nudged = sorted(t - approved for t in push_run["nudged_checkins"])
+        arrived = sorted(t - approved for t in push_run["nudges_received"])
+        alone, beside = throughput(tmp, args.streams, args.busy, args.seconds, args.ramp)
+    doc = {
+        "streams": args.streams,
+        "streams_opened": push_run["streams"],
+        "rss_mib_connected_no_streams": plain,
+        "rss_mib_connected_with_streams": pushed,
+        "kib_per_stream": round((pushed - plain) * 1024 / args.streams, 1),
+        "nudges": push_run["nudges"],
+        "nudged_checkins": len(nudged),
+        "approval_to_nudge_p50_s": round(pct(arrived, 0.5), 2),
+        "approval_to_nudge_p99_s": round(pct(arrived, 0.99), 2),
+        "approval_to_checkin_p50_s": round(pct(nudged, 0.5), 2),
+        "approval_to_checkin_p99_s": round(pct(nudged, 0.99), 2),
+        "approval_to_checkin_max_s": round(nudged[-1], 2) if nudged else None,
+        "busy_checkins_per_s_alone": alone,
+        "busy_checkins_per_s_beside_idle_streams": beside,
+        "throughput_ratio": round(beside / alone, 3) if alone else None,
+        "errors": {"plain": plain_run["errors"], "push": push_run["errors"]},
+    }
+    if args.json:
+        print(json.dumps(doc, indent=2))
+        return
+    for key, value in doc.items():
+        print(f"{key:<42} {value}")
+
+
+if __name__ == "__main__":
+    main()
