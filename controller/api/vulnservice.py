@@ -223,8 +223,7 @@ class VulnService(vulns_pb2_grpc.VulnServiceServicer):
 
 
 def _binaries(row: ExposureRow, inventory: Sequence[Sequence[str]]) -> list[tuple[str, str]]:
-    family = "dpkg" if row.os.partition(" ")[0] in releases.DPKG_DISTROS else "rpm"
-    return releases.binaries_for(family, row.package, inventory)
+    return releases.binaries_for(releases.os_family(row.os), row.package, inventory)
 
 
 def _severity(name: str) -> str:

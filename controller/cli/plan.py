@@ -180,7 +180,7 @@ def _packages(
     on_hosts: dict[str, set[str]] = defaultdict(set)
     exact: dict[str, bool] = defaultdict(lambda: True)
     for e in exposures:
-        family = "dpkg" if e.os.partition(" ")[0] in releases.DPKG_DISTROS else "rpm"
+        family = releases.os_family(e.os)
         for binary in e.binaries or [vulns_pb2.BinaryPackage(name=e.package, version=e.installed)]:
             on_hosts[binary.name].add(e.host_id)
             family_of[binary.name] = family

@@ -555,7 +555,7 @@ class VulnStore(StoreBase):
         inventory = self.inventory_rows([host_id])[host_id]
         wanted: dict[str, str] = {}
         for e in due:
-            family = "dpkg" if e.os.partition(" ")[0] in releases.DPKG_DISTROS else "rpm"
+            family = releases.os_family(e.os)
             for name, version in releases.binaries_for(family, e.package, inventory):
                 minimum = e.fixed if releases.follows_source(version, e.installed) else ""
                 held = wanted.get(name)

@@ -34,6 +34,11 @@ def family(release: str) -> str:
     return "dpkg" if release.partition(":")[0] in DPKG_DISTROS else "rpm"
 
 
+def os_family(os: str) -> str:
+    """`family` of a host as its exposures name its os ("debian 12")."""
+    return family(os.partition(" ")[0])
+
+
 def host_release(facts: Mapping[str, object]) -> str | None:
     """The release of a host from its facts (os_id, os_version); None for
     a distribution no feed covers."""
