@@ -22,7 +22,7 @@ from controller.rollout.engine import CampaignEngine
 from controller.store import Store
 from controller.store.thread import StoreThread
 from controller.store.vulns import ExposureRow, VulnRecord
-from controller.vulns import SEVERITIES, policy, releases, versions
+from controller.vulns import SEVERITIES, check_severity, policy, releases, versions
 from controller.vulns.feeds import MAX_ID, MAX_SUMMARY, Affected, Vuln
 from controller.vulns.match import Matcher
 
@@ -95,7 +95,7 @@ class VulnService(vulns_pb2_grpc.VulnServiceServicer):
         self, request: vulns_pb2.ListVulnsRequest, context: Context
     ) -> vulns_pb2.ListVulnsResponse:
         await self._admin(context, "ListVulns")
-        severity = _severity(request.min_severity)
+        severity = check_severity(request.min_severity)
         ring = request.ring if request.HasField("ring") else None
         found, sources = await self._db.call(
             lambda s: (s.list_vulns(severity, request.region, ring), s.vuln_sources())
@@ -148,7 +148,7 @@ class VulnService(vulns_pb2_grpc.VulnServiceServicer):
         self, request: vulns_pb2.ListExposuresRequest, context: Context
     ) -> vulns_pb2.ListExposuresResponse:
         await self._admin(context, "ListExposures")
-        severity = _severity(request.min_severity)
+        severity = check_severity(request.min_severity)
         ring = request.ring if request.HasField("ring") else None
         names = list(request.vuln_ids)
 
@@ -224,12 +224,6 @@ class VulnService(vulns_pb2_grpc.VulnServiceServicer):
 
 def _binaries(row: ExposureRow, inventory: Sequence[Sequence[str]]) -> list[tuple[str, str]]:
     return releases.binaries_for(releases.os_family(row.os), row.package, inventory)
-
-
-def _severity(name: str) -> str:
-    if name and name not in SEVERITIES:
-        raise UsageError(f"severity {name!r}: one of {', '.join(SEVERITIES)}")
-    return name
 
 
 def _fixes(record: CampaignRecord, names: set[str], packages: set[str]) -> bool:

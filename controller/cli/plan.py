@@ -22,10 +22,10 @@ from fleetpatch.v1 import vulns_pb2
 
 from controller.campaigns import CampaignError, parse_campaign
 from controller.cli.common import ControllerOption, DataDirOption, client
-from controller.cli.vulns import SeverityOption, check_severity
+from controller.cli.vulns import SeverityOption
 from controller.datadir import DEFAULT_DATA_DIR
 from controller.errors import UsageError
-from controller.vulns import releases, versions
+from controller.vulns import check_severity, releases, versions
 
 # Tables a template may give; the rest is what the plan is about.
 TEMPLATE_TABLES = ("verify", "rollout", "windows")
@@ -65,7 +65,7 @@ def plan(
     ids = list(cve or [])
     if bool(ids) == bool(severity):
         raise UsageError("give --cve ID (one or more) or --severity SEVERITY, not both")
-    check_severity(severity)
+    check_severity(severity, "--severity")
     tables = _template(template) if template is not None else {}
     request = vulns_pb2.ListExposuresRequest(
         vuln_ids=ids, open_only=True, min_severity=severity, region=region, with_binaries=True

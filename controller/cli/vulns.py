@@ -21,7 +21,7 @@ from controller.cli import jsondoc
 from controller.cli.common import ControllerOption, DataDirOption, JsonOption, client
 from controller.datadir import DEFAULT_DATA_DIR
 from controller.errors import UsageError
-from controller.vulns import SEVERITIES
+from controller.vulns import SEVERITIES, check_severity
 from controller.vulns.feeds import Feed, FeedError, Vuln, read
 
 vulns_app = new_app(
@@ -36,12 +36,6 @@ SeverityOption = Annotated[
         help=f"Only this severity and worse ({', '.join(SEVERITIES)}).",
     ),
 ]  # fmt: skip
-
-
-def check_severity(severity: str) -> str:
-    if severity and severity not in SEVERITIES:
-        raise UsageError(f"--severity {severity!r}: one of {', '.join(SEVERITIES)}")
-    return severity
 
 
 @vulns_app.command("import")
@@ -143,7 +137,9 @@ def list_(
     and widest first: how many hosts, how many of them are offered the fix
     by their repositories (FIXABLE), and the fixed versions and packages
     the feeds name for the fleet's releases (`vulns show` has them per host)."""
-    request = vulns_pb2.ListVulnsRequest(min_severity=check_severity(severity), region=region)
+    request = vulns_pb2.ListVulnsRequest(
+        min_severity=check_severity(severity, "--severity"), region=region
+    )
     if ring is not None:
         request.ring = ring
     with client(data_dir, controller) as admin:

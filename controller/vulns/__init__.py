@@ -11,6 +11,8 @@ exposed, and how fast the fleet closes the gap (issue 15).
 
 from datetime import timedelta
 
+from controller.errors import UsageError
+
 # Most severe first. Feeds' own words are mapped onto these (feeds.severity).
 SEVERITIES = ("critical", "high", "medium", "low", "negligible", "unknown")
 
@@ -24,3 +26,11 @@ DEFAULT_GRACE = {
     "negligible": timedelta(days=30),
     "unknown": timedelta(days=30),
 }
+
+
+def check_severity(severity: str, what: str = "severity") -> str:
+    """``severity`` itself when it is one of SEVERITIES or empty (none
+    asked); raises UsageError naming ``what`` (the option or field)."""
+    if severity and severity not in SEVERITIES:
+        raise UsageError(f"{what} {severity!r}: one of {', '.join(SEVERITIES)}")
+    return severity
