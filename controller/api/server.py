@@ -245,6 +245,7 @@ async def serve(  # noqa: PLR0915
         await server.stop(SHUTDOWN_GRACE_SECONDS)
         # After server.stop, so that no report can add a refusal count now.
         await asyncio.gather(background, keeper.close(), asyncio.to_thread(extras.scrapes.close))
+        await engine.close()
         await batcher.close()
         db.close()
         _handle_signals(loop, None)

@@ -177,6 +177,22 @@ class LiveCount:
         self.patches[host_id] = PatchOrder(order_id, AssignmentStatus.IN_FLIGHT)
         self._recount(member)
 
+    def unassigned(
+        self, host_id: str, order_id: str, kind: AssignmentKind, was_reverting: bool
+    ) -> None:
+        """Undo `assigned` for an order that could not be recorded."""
+        self.in_flight.pop(order_id, None)
+        if kind == REVERT:
+            if not was_reverting:
+                self.reverting.discard(host_id)
+            return
+        patch = self.patches.get(host_id)
+        if patch is None or patch.order_id != order_id:
+            return
+        member = self._uncount(host_id)
+        del self.patches[host_id]
+        self._recount(member)
+
     def reported(self, order_id: str, at: datetime) -> None:
         """A report (not final) for an order in flight."""
         flight = self.in_flight.get(order_id)

@@ -4,9 +4,14 @@ At each check-in the engine asks `decide` whether this host's turn has
 come and, if so, signs and records its work order; progress reports update
 the assignments; a periodic tick times out silent orders, halts campaigns
 whose budgets are breached and completes finished ones (the rules are
-`campaigns.lifecycle`, shared with the simulator). Decisions and
-assignments are serialized by one lock, so two check-ins can never both
-take the last slot of a concurrency budget.
+`campaigns.lifecycle`, shared with the simulator). Decisions are
+serialized by one lock, and an order is counted as assigned before the
+lock is let go, so two check-ins can never both take the last slot of a
+concurrency budget. Recording it (the host's next sequence, the signed
+order, its audit record) happens after, group-committed with the orders
+of other check-ins: an emergency campaign approved for ten thousand hosts
+costs a few transactions, not ten thousand in a row. An order the store
+refuses (another replica was first) is uncounted again and not handed out.
 
 Counts are kept, not recounted: each open campaign has a `LiveCount`, read
 from the store once when the engine starts or the campaign opens, then
@@ -23,6 +28,7 @@ import secrets
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -71,7 +77,8 @@ from controller.model import (
 from controller.periodic import every
 from controller.rollout import analysis, workorders
 from controller.rollout.tally import count, host_facts
-from controller.store.thread import StoreThread
+from controller.store.campaigns import Sealing
+from controller.store.thread import GroupCommit, StoreThread
 
 log = logging.getLogger(__name__)
 Clock = Callable[[], datetime]
@@ -117,6 +124,12 @@ class CampaignEngine:
         # Every order in flight, of any campaign, by host (one at most: a
         # host with one gets no other): read at start, then kept.
         self._in_flight: dict[str, Assignment] = {}
+        # Orders decided and counted, being recorded (group-committed).
+        self._writer: GroupCommit[Sealing, Assignment | None] = GroupCommit(
+            db, lambda s, pending: s.assign_many(pending), "assignment writer"
+        )
+        self._recording: set[str] = set()  # their hosts
+        self._writes: set[asyncio.Future[Assignment | None]] = set()
         self._analysed: dict[str, datetime] = {}  # campaign -> when its analyses were last asked
         # Whether this replica runs the tick (Store.lead); None before the first ask.
         self.leading: bool | None = None
@@ -127,9 +140,21 @@ class CampaignEngine:
         self._urgent_seen: set[tuple[str, str, datetime]] = set()
 
     async def start(self) -> None:
+        if not self._writer.running:
+            self._writer.start()
         in_flight = await self._db.call(lambda s: s.in_flight())
         self._in_flight = {a.host_id: a for a in in_flight}
         await self._refresh_live()
+
+    async def close(self) -> None:
+        """Record the orders reserved so far, then stop the writer."""
+        await self._writer.close()
+
+    async def _recorded_all(self) -> None:
+        """Wait until every reserved order is recorded or given up (before
+        counting again from the store, so that none is counted twice or lost)."""
+        if self._writes:
+            await asyncio.wait(list(self._writes))
 
     async def _refresh_live(self) -> None:
         """Re-read the campaigns: which hand out work, which are counted."""
@@ -493,12 +518,16 @@ class CampaignEngine:
 
         A host with an order in flight gets it again only if it never
         received it (its highest accepted sequence is below the order's).
+        The decision is made under the engine's lock; the order is recorded
+        after it, group-committed with those of other check-ins (counted as
+        assigned meanwhile, so no budget is taken twice), and handed out only
+        once it is durable.
         """
         async with self._lock:
             now = self._clock()
             for live in self._counts.values():
                 live.seen(host, now)
-            if not self._live:
+            if not self._live or host.host_id in self._recording:
                 return None
             current = self._in_flight.get(host.host_id)
             if current is not None:
@@ -506,14 +535,19 @@ class CampaignEngine:
                     return types_pb2.SignedEnvelope.FromString(current.envelope)
                 return None
             for record in self._live:
-                envelope = await self._consider(record, host, now)
-                if envelope is not None:
-                    return envelope
-        return None
+                reserved = await self._consider(record, host, now)
+                if reserved is not None:
+                    break
+            else:
+                return None
+        assignment = await self._record(reserved)
+        return None if assignment is None else types_pb2.SignedEnvelope.FromString(
+            assignment.envelope
+        )  # fmt: skip
 
     async def _consider(
         self, record: CampaignRecord, host: HostFacts, now: datetime
-    ) -> types_pb2.SignedEnvelope | None:
+    ) -> Reserved | None:
         live = self._counts.get(record.campaign_id)
         if live is None or host.host_id not in live.members:
             return None  # not targeted (the members are the targeted, active hosts)
@@ -523,7 +557,7 @@ class CampaignEngine:
                 patch.status in PATCHED, host.host_id in live.reverting
             ):
                 return None
-            return await self._assign(record, host, REVERT, now, None, patch.order_id)
+            return await self._reserve(record, host, REVERT, now, None, patch.order_id)
         if patch is not None:
             return None
         decision = self._decide(record, live, host, now)
@@ -531,7 +565,7 @@ class CampaignEngine:
         release = await self._release(record, host) if isinstance(decision, Assign) else None
         if not isinstance(decision, Assign) or (updates_agent and release is None):
             return None
-        return await self._assign(
+        return await self._reserve(
             record, host, PATCH, now, decision.window_closes_at, "", release=release
         )
 
@@ -583,26 +617,37 @@ class CampaignEngine:
         full = count(self.spec(record), record, hosts, assignments, now, self._watching_since)
         return _differences(kept, full.tallies)
 
-    async def _assign(
+    async def _reserve(
         self, record: CampaignRecord, host: HostFacts, kind: AssignmentKind, now: datetime,
         window_closes_at: datetime | None, reverts: str, release: AgentRelease | None = None,
-    ) -> types_pb2.SignedEnvelope:  # fmt: skip
+    ) -> Reserved:  # fmt: skip
+        """Count an order for the host as assigned (under the lock), to be
+        recorded by `_record`; what it will say, but for the host's order
+        sequence, which the store gives when it records it."""
         spec = self.spec(record)
-        sequence = await self._db.call(lambda s: s.next_sequence(host.host_id))
         order_id = "o-" + secrets.token_hex(8)
         action = str(kind)
+        make: Callable[[int], types_pb2.WorkOrder]
         if kind == REVERT:
-            order = workorders.revert_order(
-                record.campaign_id, order_id, host.host_id, sequence, now, reverts
-            )
+
+            def make(sequence: int) -> types_pb2.WorkOrder:
+                return workorders.revert_order(
+                    record.campaign_id, order_id, host.host_id, sequence, now, reverts
+                )
+
         elif spec.agent_update is not None:
             action = "agent-update"
             if release is None:
                 raise ValueError(f"campaign {record.campaign_id}: no agent package for this host")
-            order = workorders.agent_update_order(
-                spec, release, record.campaign_id, order_id, host.host_id, sequence, now,
-                window_closes_at, Family.of_manager(host.package_manager),
-            )  # fmt: skip
+            family = Family.of_manager(host.package_manager)
+            update = release
+
+            def make(sequence: int) -> types_pb2.WorkOrder:
+                return workorders.agent_update_order(
+                    spec, update, record.campaign_id, order_id, host.host_id, sequence, now,
+                    window_closes_at, family,
+                )  # fmt: skip
+
         else:
             baseline = spec.patch.baseline if spec.patch is not None else None
             resolved: list[tuple[str, str]] = []
@@ -612,28 +657,64 @@ class CampaignEngine:
                         host.host_id, baseline.min_severity, baseline.older_than, now
                     )
                 )
-            order = workorders.patch_order(
-                spec, record.campaign_id, order_id, host.host_id, sequence, now,
-                window_closes_at, resolved,
+
+            def make(sequence: int) -> types_pb2.WorkOrder:
+                return workorders.patch_order(
+                    spec, record.campaign_id, order_id, host.host_id, sequence, now,
+                    window_closes_at, resolved,
+                )  # fmt: skip
+
+        key = self._key
+
+        def seal(sequence: int) -> tuple[Assignment, AuditEntry]:
+            """The signed order with the host's next sequence (on the store
+            thread, inside the transaction that records it)."""
+            envelope = workorders.sign(make(sequence), key)
+            assignment = Assignment(
+                order_id=order_id, campaign_id=record.campaign_id, host_id=host.host_id,
+                kind=kind, ring=host.ring, region=host.region, sequence=sequence,
+                envelope=envelope.SerializeToString(), status=AssignmentStatus.IN_FLIGHT,
+                assigned_at=now,
             )  # fmt: skip
-        envelope = workorders.sign(order, self._key)
-        assignment = Assignment(
-            order_id=order_id, campaign_id=record.campaign_id, host_id=host.host_id, kind=kind,
-            ring=host.ring, region=host.region, sequence=sequence,
-            envelope=envelope.SerializeToString(), status=AssignmentStatus.IN_FLIGHT,
-            assigned_at=now,
-        )  # fmt: skip
-        entry = AuditEntry(
-            now, "controller", f"order.assign.{action}", order_id, "assigned",
-            f"campaign {record.campaign_id} host {host.host_id} ring {host.ring} "
-            f"region {host.region} sequence {sequence}",
-        )  # fmt: skip
-        await self._db.call(lambda s: s.assign(assignment, entry))
-        self._in_flight[host.host_id] = assignment
-        self._counts[record.campaign_id].assigned(host.host_id, order_id, kind, host.ring, now)
-        log.info("campaign %s: %s order %s to host %s", record.campaign_id, action, order_id,
-                 host.host_id)  # fmt: skip
-        return envelope
+            entry = AuditEntry(
+                now, "controller", f"order.assign.{action}", order_id, "assigned",
+                f"campaign {record.campaign_id} host {host.host_id} ring {host.ring} "
+                f"region {host.region} sequence {sequence}",
+            )  # fmt: skip
+            return assignment, entry
+
+        live = self._counts[record.campaign_id]
+        was_reverting = host.host_id in live.reverting
+        live.assigned(host.host_id, order_id, kind, host.ring, now)
+        self._recording.add(host.host_id)
+        return Reserved(record.campaign_id, host.host_id, order_id, kind, action, live,
+                        was_reverting, seal)  # fmt: skip
+
+    async def _record(self, reserved: Reserved) -> Assignment | None:
+        """Record a reserved order (group-committed with others); None when
+        the store refused it (another replica was first). What is kept here
+        follows the store whatever happens to the caller meanwhile."""
+        written = self._writer.enqueue((reserved.host_id, reserved.seal))
+        written.add_done_callback(lambda done: self._recorded(reserved, done))
+        self._writes.add(written)
+        return await asyncio.shield(written)
+
+    def _recorded(self, reserved: Reserved, done: asyncio.Future[Assignment | None]) -> None:
+        self._writes.discard(done)
+        self._recording.discard(reserved.host_id)
+        failed = done.cancelled() or done.exception() is not None
+        assignment = None if failed else done.result()
+        if assignment is None:
+            reserved.live.unassigned(
+                reserved.host_id, reserved.order_id, reserved.kind, reserved.was_reverting
+            )
+            if not failed:
+                log.info("campaign %s: host %s was assigned meanwhile by another replica",
+                         reserved.campaign_id, reserved.host_id)  # fmt: skip
+            return
+        self._in_flight[reserved.host_id] = assignment
+        log.info("campaign %s: %s order %s to host %s", reserved.campaign_id, reserved.action,
+                 reserved.order_id, reserved.host_id)  # fmt: skip
 
     # -- results and the periodic tick ----------------------------------------
 
@@ -766,9 +847,24 @@ class CampaignEngine:
         `start` makes, once per tick when replicas share the database
         (issue 17: to become incremental, from the audit trail)."""
         async with self._lock:
+            await self._recorded_all()
             self._counts.clear()
             self._waits.clear()  # kept against counts that are gone
             await self.start()
+
+
+@dataclass(frozen=True)
+class Reserved:
+    """An order decided and counted, not recorded yet."""
+
+    campaign_id: str
+    host_id: str
+    order_id: str
+    kind: AssignmentKind
+    action: str  # for the log: patch, revert, agent-update
+    live: LiveCount  # the counts that took it
+    was_reverting: bool  # the host had been sent a revert before
+    seal: Callable[[int], tuple[Assignment, AuditEntry]]
 
 
 def urgent_hosts(live: LiveCount, reverting: bool, ready: set[DecisionKey]) -> list[str]:

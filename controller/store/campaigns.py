@@ -5,7 +5,7 @@ transaction."""
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -24,6 +24,11 @@ from controller.model import (
 )
 from controller.store import audit
 from controller.store.backend import StoreBase
+from controller.store.dialect import Connection
+
+# A work order waiting for its host's sequence: (host id, seal), where
+# seal(sequence) gives the signed assignment and its audit entry.
+Sealing = tuple[str, Callable[[int], tuple[Assignment, AuditEntry]]]
 
 _CAMPAIGN_COLUMNS = {
     "state", "updated_at", "approved_at", "halt_kind", "halt_reason", "accepted_failures",
@@ -306,30 +311,47 @@ class CampaignStore(StoreBase):
         sequence (which must still be one below the order's) and the audit.
         Raises Conflict when the host already has this campaign's order of
         this kind, or its sequence moved: a host is never assigned twice."""
-        a = assignment
         with self._transaction() as conn:
-            bumped = conn.execute(
-                "UPDATE hosts SET order_sequence = ? WHERE host_id = ? AND order_sequence = ?",
-                (a.sequence, a.host_id, a.sequence - 1),
-            ).rowcount
-            if bumped != 1:
-                raise Conflict(f"host {a.host_id}'s order sequence moved; not assigning")
-            try:
-                conn.execute(
-                    "INSERT INTO assignments (order_id, campaign_id, host_id, kind, ring, region,"
-                    " sequence, envelope, status, assigned_at, last_report_at)"
-                    " VALUES (?,?,?,?,?,?,?,?,?,?,?)",
-                    (
-                        a.order_id, a.campaign_id, a.host_id, a.kind, a.ring, a.region,
-                        a.sequence, a.envelope, a.status.value, _ts(a.assigned_at),
-                        _ts(a.assigned_at),
-                    ),
-                )  # fmt: skip
-            except self._backend.integrity_errors:
-                raise Conflict(
-                    f"host {a.host_id} already has a {a.kind} order of campaign {a.campaign_id}"
-                ) from None
+            refused = _insert_assignment(conn, assignment, self._backend.integrity_errors)
+            if refused:
+                raise Conflict(refused)
             audit.append(conn, entry)
+
+    def assign_many(self, pending: Sequence[Sealing]) -> list[Assignment | None]:
+        """Record many work orders in one transaction (group commit), each
+        sealed here with the host's next order sequence: ``seal(sequence)``
+        gives the signed assignment and its audit entry. An order that
+        cannot be recorded (the host's sequence moved or it already has the
+        campaign's order of this kind: another replica was first) is None
+        in the answer, and the others are recorded all the same."""
+        recorded: list[Assignment | None] = []
+        hosts = sorted({host_id for host_id, _ in pending})  # one lock order for replicas
+        with self._transaction() as conn:
+            sequences: dict[str, int] = {}
+            for start in range(0, len(hosts), 500):
+                chunk = hosts[start : start + 500]
+                marks = ", ".join("?" * len(chunk))
+                query = f"SELECT host_id, order_sequence FROM hosts WHERE host_id IN ({marks})"  # noqa: S608 - placeholders only
+                sequences.update((host_id, int(seq)) for host_id, seq in conn.execute(query, chunk))
+            for host_id, seal in pending:
+                if host_id not in sequences:
+                    recorded.append(None)  # gone from the store: nothing to assign
+                    continue
+                assignment, entry = seal(sequences[host_id] + 1)
+                try:
+                    with self._transaction() as nested:  # a savepoint: one refusal undoes one
+                        refused = _insert_assignment(
+                            nested, assignment, self._backend.integrity_errors
+                        )
+                        if refused:
+                            raise Conflict(refused)
+                except Conflict:
+                    recorded.append(None)
+                    continue
+                audit.append(conn, entry)
+                sequences[host_id] = assignment.sequence
+                recorded.append(assignment)
+        return recorded
 
     def apply_results(
         self, host_id: str, results: Iterable[tuple[str, str, str, str, datetime]]
@@ -422,3 +444,30 @@ class CampaignStore(StoreBase):
 
     def audit_hash_at(self, seq: int) -> str | None:
         return audit.hash_at(self._conn, seq)
+
+
+def _insert_assignment(
+    conn: Connection, a: Assignment, integrity_errors: tuple[type[Exception], ...]
+) -> str:
+    """Insert ``a`` and move its host's order sequence to it; why not ("")
+    when the sequence moved or the host has the campaign's order of this
+    kind already. Inside a transaction that the caller undoes on refusal."""
+    bumped = conn.execute(
+        "UPDATE hosts SET order_sequence = ? WHERE host_id = ? AND order_sequence = ?",
+        (a.sequence, a.host_id, a.sequence - 1),
+    ).rowcount
+    if bumped != 1:
+        return f"host {a.host_id}'s order sequence moved; not assigning"
+    try:
+        conn.execute(
+            "INSERT INTO assignments (order_id, campaign_id, host_id, kind, ring, region,"
+            " sequence, envelope, status, assigned_at, last_report_at)"
+            " VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+            (
+                a.order_id, a.campaign_id, a.host_id, a.kind, a.ring, a.region, a.sequence,
+                a.envelope, a.status.value, _ts(a.assigned_at), _ts(a.assigned_at),
+            ),
+        )  # fmt: skip
+    except integrity_errors:
+        return f"host {a.host_id} already has a {a.kind} order of campaign {a.campaign_id}"
+    return ""

@@ -10,9 +10,9 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import TypeVar
+from typing import Generic, TypeVar
 
 from controller.errors import StoreUnavailable
 from controller.metrics.instruments import Metrics
@@ -21,6 +21,8 @@ from controller.store import Store
 
 log = logging.getLogger(__name__)
 _T = TypeVar("_T")
+_In = TypeVar("_In")
+_Out = TypeVar("_Out")
 
 
 class StoreThread:
@@ -38,28 +40,48 @@ class StoreThread:
         self._executor.shutdown(wait=True)
 
 
-class CheckInBatcher:
+class GroupCommit(Generic[_In, _Out]):
+    """Items submitted while a batch is being written join the next batch:
+    one transaction (``write(store, items)``, answering each item in order)
+    for however many arrive, each caller answered once its item is durable.
+    A failed write fails every caller of its batch."""
+
     def __init__(
-        self, db: StoreThread, max_batch: int = 1000, metrics: Metrics | None = None
+        self,
+        db: StoreThread,
+        write: Callable[[Store, list[_In]], Sequence[_Out]],
+        name: str,
+        max_batch: int = 1000,
+        metrics: Metrics | None = None,
     ) -> None:
         self._db = db
+        self._write_batch = write
+        self._name = name
         self._metrics = metrics
         self._max_batch = max_batch
-        self._pending: list[tuple[CheckIn, asyncio.Future[CheckInOutcome]]] = []
+        self._pending: list[tuple[_In, asyncio.Future[_Out]]] = []
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self.batches = 0
 
     def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name="checkin-batcher")
+        self._task = asyncio.create_task(self._run(), name=self._name)
 
-    async def submit(self, checkin: CheckIn) -> CheckInOutcome:
-        if self._task is None or self._task.done():
-            raise RuntimeError("the check-in writer is not running")
-        future: asyncio.Future[CheckInOutcome] = asyncio.get_running_loop().create_future()
-        self._pending.append((checkin, future))
+    @property
+    def running(self) -> bool:
+        return self._task is not None and not self._task.done()
+
+    def enqueue(self, item: _In) -> asyncio.Future[_Out]:
+        """Add ``item`` to the next batch; its answer, once written."""
+        if not self.running:
+            raise RuntimeError(f"the {self._name} is not running")
+        future: asyncio.Future[_Out] = asyncio.get_running_loop().create_future()
+        self._pending.append((item, future))
         self._wake.set()
-        return await future
+        return future
+
+    async def submit(self, item: _In) -> _Out:
+        return await self.enqueue(item)
 
     async def _run(self) -> None:
         while True:
@@ -70,16 +92,16 @@ class CheckInBatcher:
                 del self._pending[: self._max_batch]
                 await self._write(batch)
 
-    async def _write(self, batch: list[tuple[CheckIn, asyncio.Future[CheckInOutcome]]]) -> None:
-        checkins = [c for c, _ in batch]
+    async def _write(self, batch: list[tuple[_In, asyncio.Future[_Out]]]) -> None:
+        items = [item for item, _ in batch]
         started = time.perf_counter()
         try:
-            outcomes = await self._db.call(lambda s: s.record_checkins(checkins))
+            outcomes = await self._db.call(lambda s: self._write_batch(s, items))
         except Exception as exc:
             if isinstance(exc, StoreUnavailable):  # answered UNAVAILABLE: they retry
-                log.warning("writing %d check-ins failed: %s", len(batch), exc)
+                log.warning("%s: writing %d failed: %s", self._name, len(batch), exc)
             else:
-                log.exception("writing %d check-ins failed", len(batch))
+                log.exception("%s: writing %d failed", self._name, len(batch))
             for _, future in batch:
                 if not future.done():
                     future.set_exception(exc)
@@ -103,3 +125,14 @@ class CheckInBatcher:
         self._task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await self._task
+
+
+class CheckInBatcher(GroupCommit[CheckIn, CheckInOutcome]):
+    """Check-ins, group-committed (`Store.record_checkins`)."""
+
+    def __init__(
+        self, db: StoreThread, max_batch: int = 1000, metrics: Metrics | None = None
+    ) -> None:
+        super().__init__(
+            db, lambda s, batch: s.record_checkins(batch), "check-in writer", max_batch, metrics
+        )

@@ -103,6 +103,8 @@ class Fleet:
 
     def restart(self) -> CampaignEngine:
         """A new engine over the same store, as a controller restart makes."""
+        if self.engine is not None:
+            self.run(self.engine.close())
         self.engine = CampaignEngine(self.db, self.key, clock=self.clock)
         self.run(self.engine.start())
         return self.engine
@@ -162,6 +164,7 @@ def engine_fleet(tmp_path: Path, url: str = "") -> Iterator[Fleet]:
     try:
         yield fleet
     finally:
+        fleet.run(fleet.live.close())
         db.close()
         store.close()
         loop.close()

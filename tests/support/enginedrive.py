@@ -142,6 +142,7 @@ class Driver:
         rings: dict[int, Counter[str]] = {}
         for cell in cells:
             rings.setdefault(cell.ring, Counter()).update(cell.counts)
+        await self.engine.close()
         self.db.close()
         self.store.close()
         return Driven(record.state, {r: dict(c) for r, c in rings.items()}, self.halts)
@@ -162,6 +163,8 @@ class Driver:
         await enroll(self.db, hosts, start)
 
     async def _start_engine(self) -> None:
+        if self.engine is not None:
+            await self.engine.close()
         self.engine = CampaignEngine(self.db, self.key, clock=self.clock)
         await self.engine.start()
 

@@ -5,6 +5,7 @@ runs whole campaigns through it against the simulator.)"""
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 from collections.abc import Iterator
 from datetime import timedelta
@@ -12,10 +13,13 @@ from datetime import timedelta
 import pytest
 from fleetpatch.v1 import types_pb2
 
+from controller import audit
 from controller.campaigns import CampaignState
 from controller.errors import Conflict
 from controller.fleet.relabel import Relabel
-from tests.support.engine import Fleet, engine_fleet
+from controller.rollout.engine import CampaignEngine
+from controller.rollout.tally import host_facts
+from tests.support.engine import Fleet, check_in, engine_fleet
 
 CAMPAIGN = """
 [campaign]
@@ -206,3 +210,86 @@ def test_a_relabelled_host_moves_cells_and_the_kept_counts_agree_with_a_recount(
     assert shown["succeeded" if final == "SUCCEEDED" else "failed"] == 1
     _, cells = fleet.run(fleet.live.view(campaign))
     assert {(c.ring, c.region): c.counts["eligible"] for c in cells} == {(0, "eu"): 1, (1, "us"): 1}
+
+
+BUDGETED = """
+[campaign]
+name = "budgeted"
+
+[patch]
+packages = ["openssl"]
+
+[rollout]
+rings = [{ ring = 0, concurrency = 4 }]
+"""
+
+
+def test_orders_of_concurrent_check_ins_are_recorded_together_within_the_budget(fleet, monkeypatch):
+    """Twenty hosts check in at once: the four the ring's concurrency allows
+    get an order, recorded in fewer transactions than orders (group commit),
+    each with the host's next sequence, audited, and counted once."""
+    hosts = fleet.enroll(*[(0, "eu")] * 20)
+    record = fleet.run(fleet.live.create(BUDGETED, "b.toml", "admin:t"))
+    fleet.run(fleet.live.approve(record.campaign_id, "admin:t"))
+    batches: list[int] = []
+    assign_many = fleet.store.assign_many
+
+    def counted(pending):
+        batches.append(len(pending))
+        return assign_many(pending)
+
+    monkeypatch.setattr(fleet.store, "assign_many", counted)
+
+    async def all_at_once():
+        reported = {"os_id": "debian"}
+        return await asyncio.gather(*[
+            check_in(fleet.db, fleet.live, host_facts(dataclasses.replace(
+                fleet.hosts[h], facts=reported)), reported, fleet.clock(), 0)
+            for h in hosts
+        ])  # fmt: skip
+
+    orders = [o for o in fleet.run(all_at_once()) if o is not None]
+    assert len(orders) == 4
+    assert sum(batches) == 4
+    assert len(batches) < 4, batches
+    assert {o.sequence for o in orders} == {1}
+    stored = fleet.store.assignments(record.campaign_id)
+    assert sorted(a.order_id for a in stored) == sorted(o.order_id for o in orders)
+    assert fleet.show(record.campaign_id)["in_flight"] == 4
+    assert fleet.run(fleet.live.check_counts(record.campaign_id)) == []
+    assigned = [r for r in fleet.store.audit_records() if r.entry.action == "order.assign.patch"]
+    assert len(assigned) == 4
+    assert audit.verify(fleet.store.audit_records()).ok
+
+
+def test_an_order_another_replica_recorded_first_is_not_handed_out_and_not_counted(fleet):
+    """Two replicas over one store, each with its own counts: the host's
+    check-in at the second, which has not counted the first's order yet, is
+    refused by the store. It gets nothing, its counts are as before, and
+    after a re-read they agree with the store."""
+    (host,) = fleet.enroll((0, "eu"))
+    record = fleet.run(fleet.live.create(BUDGETED, "b.toml", "admin:t"))
+    fleet.run(fleet.live.approve(record.campaign_id, "admin:t"))
+    first = fleet.live
+    second = CampaignEngine(fleet.db, fleet.key, clock=fleet.clock)
+    fleet.run(second.start())
+    try:
+        order = fleet.check_in(host)  # through the first replica
+        assert order is not None
+        reported = {"os_id": "debian"}
+        facts = host_facts(dataclasses.replace(fleet.hosts[host], facts=reported))
+        fleet.engine = second
+        before = fleet.show(record.campaign_id)
+        assert before["in_flight"] == 0  # it has not seen the first's order
+        assert fleet.run(
+            check_in(fleet.db, second, facts, reported, fleet.clock(), 0)
+        ) is None  # fmt: skip
+        assert fleet.show(record.campaign_id) == before
+        assert [a.order_id for a in fleet.store.assignments(record.campaign_id)] == [order.order_id]
+        fleet.run(second.resync())
+        assert fleet.show(record.campaign_id)["in_flight"] == 1
+        assert fleet.run(second.check_counts(record.campaign_id)) == []
+        assert audit.verify(fleet.store.audit_records()).ok
+    finally:
+        fleet.engine = first
+        fleet.run(second.close())

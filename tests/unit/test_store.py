@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from controller.audit import AuditEntry
+from controller.audit import AuditEntry, verify
 from controller.campaigns.tallies import CampaignState
 from controller.errors import NotFound, TokenRefused
 from controller.fleet.tokens import Token, new_token
@@ -610,3 +610,34 @@ def test_an_order_is_timed_out_only_if_it_is_as_silent_as_the_caller_saw(store):
     assert {a.order_id: a.status for a in store.assignments("c-1")} == {
         "o-1": AssignmentStatus.TIMED_OUT, "o-2": AssignmentStatus.TIMED_OUT,
     }  # fmt: skip
+
+
+def test_orders_recorded_together_take_each_host_s_next_sequence_and_refuse_one_alone(store):
+    """`assign_many`: each order sealed with its host's next sequence, one
+    transaction; an order the store refuses (the host has the campaign's
+    patch already: another replica was first) is None and the rest stand."""
+    hosts = [_host(1), _host(2), _host(3)]
+    _enrolled(store, *hosts)
+    record = CampaignRecord("c-1", "c", "", CampaignState.RUNNING, NOW, "admin:a", NOW)
+    store.create_campaign(record, AuditEntry(NOW, "admin:a", "campaign.create", "c-1", "ok"))
+    first = Assignment("o-0", "c-1", hosts[1].host_id, AssignmentKind.PATCH, 0, "eu", 1, b"",
+                       AssignmentStatus.IN_FLIGHT, NOW)  # fmt: skip
+    store.assign(first, AuditEntry(NOW, "controller", "order.assign", "o-0", "ok"))
+
+    def sealing(n: int, host: Host):
+        def seal(sequence: int) -> tuple[Assignment, AuditEntry]:
+            order = Assignment(f"o-{n}", "c-1", host.host_id, AssignmentKind.PATCH, 0, "eu",
+                               sequence, f"signed {sequence}".encode(),
+                               AssignmentStatus.IN_FLIGHT, NOW)  # fmt: skip
+            return order, AuditEntry(NOW, "controller", "order.assign", f"o-{n}", "ok")
+
+        return host.host_id, seal
+
+    recorded = store.assign_many([sealing(n, host) for n, host in enumerate(hosts, 1)])
+    assert [a and (a.order_id, a.sequence) for a in recorded] == [("o-1", 1), None, ("o-3", 1)]
+    assert sorted(a.order_id for a in store.assignments("c-1")) == ["o-0", "o-1", "o-3"]
+    assert store.next_sequence(hosts[0].host_id) == 2
+    assert store.next_sequence(hosts[1].host_id) == 2  # its refused order took nothing
+    assigned = [r.entry.target for r in store.audit_records() if r.entry.action == "order.assign"]
+    assert assigned == ["o-0", "o-1", "o-3"]
+    assert verify(store.audit_records()).ok
