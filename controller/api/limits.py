@@ -13,7 +13,12 @@ others.
   decoded, so six parallel 30 MB check-ins cost what one does.
 - All hosts together: at most `max_in_flight` heavy calls at once; beyond
   it the controller sheds load (RESOURCE_EXHAUSTED with a retry delay in the
-  `fleetpatch-retry-after-ms` trailer, `fleetpatch.overload`) rather than queueing without end.
+  `fleetpatch-retry-after-ms` trailer, `fleetpatch.overload`) rather than
+  queueing without end. The delay is a slot (`Capacity`): the shed callers
+  are told to come back one after another at the rate the controller has
+  been seen to serve when busy, so a burst (a herd after an outage, or the
+  hosts an emergency campaign nudged) is served at full speed and in about
+  the time it takes, rather than all at once again or all long after.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import random
+import time
 from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -50,6 +56,12 @@ DEFAULT_MAX_IN_FLIGHT = 256
 DEFAULT_MAX_DOWNLOADS = 64
 DOWNLOADS = frozenset({"FetchArtifact"})
 RETRY_AFTER_SECONDS = 5.0
+# Heavy calls a second the controller is assumed to finish when busy, until
+# it has been seen busy (then measured, `Capacity`); the shed callers' slots
+# are at most MAX_SLOT_SECONDS away (past that, they are shed again then).
+DEFAULT_CAPACITY = 1000.0
+MIN_CAPACITY = 50.0
+MAX_SLOT_SECONDS = 120.0
 
 
 def _malloc_trim() -> Callable[[int], int] | None:
@@ -103,6 +115,47 @@ def _check_text(path: str, value: str, limit: int) -> None:
 
 
 @dataclass
+class Capacity:
+    """How many heavy calls a second this controller finishes while busy,
+    and when to ask a shed caller to come back.
+
+    The rate is measured only between calls that finish while the
+    controller is busy (half its room or more in use), over a second of
+    such time at least, and kept as a moving average: an idle hour does not
+    make it look slow. `slot` hands out return times one after another at
+    that rate, after the calls in flight now: N callers shed at once come
+    back over N / rate seconds, as soon as they can be served."""
+
+    per_second: float = DEFAULT_CAPACITY
+    clock: Callable[[], float] = time.monotonic
+
+    def __post_init__(self) -> None:
+        self._last_busy: float | None = None
+        self._busy_time = 0.0
+        self._busy_done = 0
+        self._next_slot = 0.0
+
+    def finished(self, busy: bool) -> None:
+        """A call finished; ``busy``: with half the room or more in use."""
+        now = self.clock()
+        if busy and self._last_busy is not None:
+            self._busy_time += now - self._last_busy
+            self._busy_done += 1
+            if self._busy_time >= 1.0:
+                measured = self._busy_done / self._busy_time
+                self.per_second = max(MIN_CAPACITY, 0.5 * self.per_second + 0.5 * measured)
+                self._busy_time, self._busy_done = 0.0, 0
+        self._last_busy = now if busy else None
+
+    def slot(self, in_flight: int) -> float:
+        """Seconds until a caller shed now should come back."""
+        now = self.clock()
+        at = max(self._next_slot, now + in_flight / self.per_second)
+        self._next_slot = at + 1 / self.per_second
+        return min(max(at - now, 0.1), MAX_SLOT_SECONDS)
+
+
+@dataclass
 class Admission:
     """Who may be served now: one call per (host, kind) at a time; at most
     ``max_in_flight`` heavy calls over all hosts, and apart from them at
@@ -113,6 +166,7 @@ class Admission:
     max_downloads: int = DEFAULT_MAX_DOWNLOADS
     retry_after: float = RETRY_AFTER_SECONDS
     rng: random.Random = field(default_factory=random.Random)
+    capacity: Capacity = field(default_factory=Capacity)
 
     def __post_init__(self) -> None:
         self._busy: set[tuple[str, str]] = set()
@@ -138,8 +192,10 @@ class Admission:
         download = kind in DOWNLOADS
         if self._in[download] >= (self.max_downloads if download else self.max_in_flight):
             self.shed += 1
-            # Spread the herd: a fixed delay would bring it back at once.
-            delay = self.retry_after * self.rng.uniform(1.0, 3.0)
+            if download:  # minutes long each: no rate to slot them by
+                delay = self.retry_after * self.rng.uniform(1.0, 3.0)
+            else:  # a slot of its own, after those shed before it
+                delay = self.capacity.slot(self._in[False]) * self.rng.uniform(1.0, 1.1)
             raise Overloaded("the controller is busy; retry later", delay)
         if peer is not None:
             self._busy.add(key)
@@ -149,6 +205,8 @@ class Admission:
         finally:
             if peer is not None:
                 self._busy.discard(key)
+            if not download:
+                self.capacity.finished(self._in[False] * 2 >= self.max_in_flight)
             self._in[download] -= 1
 
 

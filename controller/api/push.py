@@ -18,12 +18,14 @@ import logging
 from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass
 
+from controller.api.limits import Capacity
+
 log = logging.getLogger(__name__)
 
-# The check-ins per second a nudge of many hosts is spread over: 10,000
-# hosts nudged at once are asked to come within 5 s rather than in the
-# same instant (the controller serves 1,500-3,000 check-ins/s on 2 cores).
-DEFAULT_NUDGE_RATE = 2000.0
+# Hosts nudged at once are asked to spread their check-ins over the time
+# the controller takes to serve them (its measured `Capacity`: 10,000 hosts
+# at 2,000 check-ins/s within 5 s) rather than come in the same instant;
+# never over less than this.
 MIN_SPREAD_MS = 1000
 
 
@@ -52,9 +54,9 @@ class _Stream:
 class Watchers:
     """The open Watch streams, by host id. Call on the event loop."""
 
-    def __init__(self, rate: float = DEFAULT_NUDGE_RATE) -> None:
+    def __init__(self, capacity: Capacity | None = None) -> None:
         self._streams: dict[str, _Stream] = {}
-        self._rate = rate
+        self._capacity = capacity or Capacity()
         self.nudged = 0  # nudges handed to streams, for tests and metrics
 
     def __len__(self) -> int:
@@ -106,8 +108,8 @@ class Watchers:
 
     def nudge(self, host_ids: Iterable[str] | None, reason: str) -> int:
         """Ask these hosts (None: every connected one) to check in now; how
-        many were connected here. The check-ins are spread over what the
-        controller serves at ``rate`` per second, never less than a second."""
+        many were connected here. The check-ins are spread over the time the
+        controller takes to serve them (`Capacity`), never under a second."""
         streams = (
             list(self._streams.values())
             if host_ids is None
@@ -126,7 +128,7 @@ class Watchers:
 
     def spread(self, hosts: int) -> int:
         """Milliseconds to spread the check-ins of ``hosts`` nudged hosts over."""
-        return max(MIN_SPREAD_MS, int(1000 * hosts / self._rate))
+        return max(MIN_SPREAD_MS, int(1000 * hosts / self._capacity.per_second))
 
     def close(self, host_id: str) -> None:
         """End ``host_id``'s stream (it was revoked)."""

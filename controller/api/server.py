@@ -170,7 +170,8 @@ async def serve(  # noqa: PLR0915
 
     store = open_store(settings.store_url, data_dir.database)
     db = StoreThread(store)
-    watchers = Watchers()
+    admission = limits.Admission()
+    watchers = Watchers(admission.capacity)  # nudges spread over what is served
     revoked = Revocations(
         await db.call(lambda s: s.host_ids(HostStatus.REVOKED)), on_revoke=watchers.close
     )
@@ -188,7 +189,7 @@ async def serve(  # noqa: PLR0915
     agents = AgentService(
         db, batcher, ca, keys.published, settings, revoked, engine, releases, keys.chain,
         keys.withdrawn(settings.old_key_grace), refusals=keeper.refusals, pending=pending,
-        authorities=authorities, watchers=watchers,
+        authorities=authorities, watchers=watchers, admission=admission,
         greeting=key_revoked_greeting(keys.status.revoked.values(), settings.checkin_interval,
                                       watchers, datetime.now(UTC)),
     )  # fmt: skip

@@ -35,8 +35,22 @@ def test_a_call_that_fails_gives_its_place_back():
         assert admission.in_flight == 1
 
 
-def test_over_the_overall_bound_calls_are_shed_with_spread_retry_delays():
-    admission = limits.Admission(max_in_flight=2, rng=random.Random(7))
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_over_the_overall_bound_calls_are_shed_with_slots_one_after_another():
+    """Fifty callers shed at once are told to come back one after another at
+    the rate the controller serves (assumed until measured), after the
+    calls in flight now: all within 50 / rate seconds, none at the same
+    instant."""
+    clock = FakeClock()
+    capacity = limits.Capacity(per_second=10.0, clock=clock)
+    admission = limits.Admission(max_in_flight=2, rng=random.Random(7), capacity=capacity)
     delays = []
     with admission.admit("h-1", "CheckIn"), admission.admit(None, "Enroll"):
         for i in range(50):
@@ -47,9 +61,44 @@ def test_over_the_overall_bound_calls_are_shed_with_spread_retry_delays():
                 pass
             delays.append(caught.value.retry_after)
     assert admission.shed == 50
-    assert min(delays) >= limits.RETRY_AFTER_SECONDS
-    assert max(delays) <= 3 * limits.RETRY_AFTER_SECONDS
-    assert len({round(d, 3) for d in delays}) > 40  # spread, not one instant
+    assert min(delays) >= 2 / 10  # after the two in flight (the enrollment counts)
+    assert max(delays) <= (2 + 50) / 10 * 1.1
+    assert sum(delays[25:]) > 2 * sum(delays[:25])  # the later ones, later
+    assert len({round(d, 4) for d in delays}) == 50  # spread, not one instant
+
+
+def test_the_rate_slots_follow_is_measured_while_busy_and_kept_while_idle():
+    clock = FakeClock()
+    capacity = limits.Capacity(per_second=1000.0, clock=clock)
+    for _ in range(10 * 200):  # ten busy seconds serving 200 calls a second
+        capacity.finished(busy=True)
+        clock.now += 1 / 200
+    assert capacity.per_second == pytest.approx(200, rel=0.05)
+    for _ in range(30):  # thirty idle seconds, a call each
+        clock.now += 1
+        capacity.finished(busy=False)
+    capacity.finished(busy=True)  # a busy moment after the idle ones: no rate yet
+    clock.now += 5
+    capacity.finished(busy=False)
+    assert capacity.per_second == pytest.approx(200, rel=0.05)
+    rate = capacity.per_second
+    assert capacity.slot(in_flight=100) == pytest.approx(100 / rate)  # those in flight first
+    assert capacity.slot(in_flight=100) == pytest.approx(101 / rate)
+    clock.now += 1000  # a herd far larger than the rate: never parked for long
+    for _ in range(100_000):
+        last = capacity.slot(in_flight=0)
+    assert last == limits.MAX_SLOT_SECONDS
+
+
+def test_downloads_shed_keep_the_fixed_spread_delay():
+    admission = limits.Admission(max_downloads=1, rng=random.Random(3))
+    with (
+        admission.admit("h-1", "FetchArtifact"),
+        pytest.raises(Overloaded, match="busy") as caught,
+        admission.admit("h-2", "FetchArtifact"),
+    ):
+        pass
+    assert limits.RETRY_AFTER_SECONDS <= caught.value.retry_after <= 3 * limits.RETRY_AFTER_SECONDS
 
 
 def test_enrollments_are_not_limited_per_address():

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 
+from controller.api.limits import Capacity
 from controller.api.push import MIN_SPREAD_MS, Nudge, Watchers
 
 
@@ -57,7 +58,7 @@ def test_nudges_while_a_stream_is_busy_are_kept_and_coalesced():
 
 def test_a_large_nudge_is_spread_over_what_the_controller_serves():
     async def scenario() -> None:
-        watchers = Watchers(rate=100.0)
+        watchers = Watchers(Capacity(per_second=100.0))
         streams = [_open(watchers, f"h-{i}") for i in range(300)]
         waiting = [asyncio.ensure_future(_next(s)) for s in streams]
         await asyncio.sleep(0)
