@@ -53,12 +53,81 @@ _INT64 = {
 def to_json(message: Message) -> dict[str, Any]:
     """A message as JSON a person (or jq) can use: every field present,
     zero values included, and 64-bit integers as numbers rather than the
-    strings the protobuf JSON mapping uses."""
-    doc = json_format.MessageToDict(
-        message, preserving_proto_field_name=True, always_print_fields_with_no_presence=True
-    )
-    _int64_as_numbers(message, doc)
+    strings the protobuf JSON mapping uses.
+
+    Read at every check-in (facts and health), so messages made only of
+    scalars, enums, repeated fields, such messages and timestamps are
+    converted here from their set fields, over a template of the zero
+    values (a tenth of the time); others go through `json_format`. A unit
+    test holds both to the same output."""
+    fields = _plain_fields(message.DESCRIPTOR)
+    if fields is None:
+        doc = json_format.MessageToDict(
+            message, preserving_proto_field_name=True, always_print_fields_with_no_presence=True
+        )
+        _int64_as_numbers(message, doc)
+        return doc
+    doc = {name: [] if value == [] else value for name, value in fields.items()}  # own lists
+    for field, value in message.ListFields():
+        if field.is_repeated:
+            doc[field.name] = [_plain_value(field, item) for item in value]
+        else:
+            doc[field.name] = _plain_value(field, value)
     return doc
+
+
+_TEMPLATES: dict[str, dict[str, Any] | None] = {}
+_PLAIN_SCALARS = {
+    FieldDescriptor.TYPE_STRING, FieldDescriptor.TYPE_BOOL, FieldDescriptor.TYPE_ENUM,
+    FieldDescriptor.TYPE_INT32, FieldDescriptor.TYPE_UINT32, FieldDescriptor.TYPE_SINT32,
+    FieldDescriptor.TYPE_FIXED32, FieldDescriptor.TYPE_SFIXED32, *_INT64,
+}  # fmt: skip
+
+
+def _plain_fields(descriptor: Any) -> dict[str, Any] | None:
+    """The zero-value template of a message `to_json` converts itself
+    (None: one for json_format: maps, oneofs, floats, bytes, optional
+    scalars, well-known types other than Timestamp)."""
+    name = descriptor.full_name
+    if name in _TEMPLATES:
+        return _TEMPLATES[name]
+    _TEMPLATES[name] = None  # a message that contains itself stays with json_format
+    template: dict[str, Any] | None = {}
+    for field in descriptor.fields:
+        if field.containing_oneof is not None or template is None:
+            template = None
+        elif field.message_type is not None:
+            nested = field.message_type
+            if nested.GetOptions().map_entry:
+                template = None
+            elif nested.full_name == "google.protobuf.Timestamp" or (
+                _plain_fields(nested) is not None
+            ):
+                if field.is_repeated:
+                    template[field.name] = []
+            else:
+                template = None
+        elif field.type not in _PLAIN_SCALARS or field.has_presence:
+            template = None
+        elif field.is_repeated:
+            template[field.name] = []
+        elif field.type == FieldDescriptor.TYPE_ENUM:
+            template[field.name] = field.enum_type.values[0].name
+        else:
+            template[field.name] = field.default_value
+    _TEMPLATES[name] = template
+    return template
+
+
+def _plain_value(field: Any, value: Any) -> Any:
+    if field.type == FieldDescriptor.TYPE_ENUM:
+        known = field.enum_type.values_by_number.get(value)
+        return value if known is None else known.name
+    if field.message_type is None:
+        return value
+    if field.message_type.full_name == "google.protobuf.Timestamp":
+        return value.ToJsonString()
+    return to_json(value)
 
 
 def _int64_as_numbers(message: Message, doc: dict[str, Any]) -> None:
