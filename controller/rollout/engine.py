@@ -93,6 +93,13 @@ DECISION_MAX_AGE = 30.0  # seconds
 # no longer change).
 CLOSED_VIEW_MAX_AGE = 30.0  # seconds
 FINISHED = (CampaignState.COMPLETED, CampaignState.ABORTED)
+# A replica catching up (`resync`) reads the check-ins since its last read
+# less this much (replicas' clocks differ; reading one twice is harmless),
+# and counts everything again from the store past this many audit records,
+# or after a change it does not follow record by record (a relabel).
+SEEN_OVERLAP = timedelta(seconds=60)
+CATCH_UP_MAX = 50_000
+_HOST_UNCOUNTED = ("host.enroll", "host.expire", "host.renew")  # pending hosts, certificates
 
 
 class CampaignEngine:
@@ -138,13 +145,17 @@ class CampaignEngine:
         # here or (noticed at the next re-read) on another replica.
         self.on_nudge: Callable[[list[str], str], object] | None = None
         self._urgent_seen: set[tuple[str, str, datetime]] = set()
+        # Where the last read from the store left off: (audit head, check-ins since).
+        self._synced: tuple[int, datetime] | None = None
 
     async def start(self) -> None:
         if not self._writer.running:
             self._writer.start()
-        in_flight = await self._db.call(lambda s: s.in_flight())
+        since = self._clock() - SEEN_OVERLAP
+        head, in_flight = await self._db.call(lambda s: (s.audit_head()[0], s.in_flight()))
         self._in_flight = {a.host_id: a for a in in_flight}
         await self._refresh_live()
+        self._synced = (head, since)
 
     async def close(self) -> None:
         """Record the orders reserved so far, then stop the writer."""
@@ -843,14 +854,79 @@ class CampaignEngine:
             await self.tick()
 
     async def resync(self) -> None:
-        """Count the open campaigns again from the store: the full read
-        `start` makes, once per tick when replicas share the database
-        (issue 17: to become incremental, from the audit trail)."""
+        """Catch up with what other replicas did (once per tick when
+        replicas share the database): their orders, results and time-outs
+        from the audit trail after the last record read, their hosts'
+        check-ins since the last read. Costs what changed, not the fleet;
+        counts everything again (the full read `start` makes) when too much
+        changed to follow or something it does not follow record by record."""
         async with self._lock:
             await self._recorded_all()
+            if self._synced is not None and await self._catch_up(*self._synced):
+                await self._refresh_live()
+                return
             self._counts.clear()
             self._waits.clear()  # kept against counts that are gone
             await self.start()
+
+    async def _catch_up(self, head: int, since: datetime) -> bool:
+        """Apply the changes after audit record ``head`` and the check-ins
+        after ``since``; False (nothing applied) when a full count is due."""
+        now = self._clock()
+        records, seen = await self._db.call(
+            lambda s: (s.audit_page(head, CATCH_UP_MAX + 1), s.hosts_seen_since(since))
+        )
+        if len(records) > CATCH_UP_MAX:
+            return False
+        actions = [r.entry.action for r in records]
+        if any(a.startswith("host.") and a != "host.revoke" and not a.startswith(_HOST_UNCOUNTED)
+               for a in actions):  # fmt: skip
+            return False
+        assigned = [r.entry.target for r in records if r.entry.action.startswith("order.assign.")]
+        orders = {a.order_id: a for a in await self._db.call(
+            lambda s: s.assignments_by_id(assigned))} if assigned else {}  # fmt: skip
+        for record in records:
+            entry = record.entry
+            if entry.action.startswith("order.assign.") and entry.target in orders:
+                self._caught_assigned(orders[entry.target])
+            elif entry.action in ("order.result", "order.timeout"):
+                self._caught_finished(entry.target, AssignmentStatus(entry.outcome), entry.at)
+            elif entry.action == "host.revoke":
+                self._in_flight.pop(entry.target, None)
+                self.left(entry.target)
+        for host in seen:
+            facts = host_facts(host)
+            for live in self._counts.values():
+                live.seen(facts, host.last_seen or now)
+        self._synced = (records[-1].seq if records else head, now - SEEN_OVERLAP)
+        return True
+
+    def _caught_assigned(self, order: Assignment) -> None:
+        """An order recorded through any replica (this one's are known)."""
+        live = self._counts.get(order.campaign_id)
+        if live is None or order.order_id in live.in_flight:
+            return  # not counted here, or known
+        if (
+            (order.host_id in live.reverting)
+            if order.kind == REVERT
+            else (order.host_id in live.patches)
+        ):
+            return  # known, and finished since
+        live.assigned(order.host_id, order.order_id, order.kind, order.ring, order.assigned_at)
+        current = self._in_flight.get(order.host_id)
+        if current is None or current.sequence < order.sequence:
+            self._in_flight[order.host_id] = order  # handed out again if the host never got it
+
+    def _caught_finished(self, order_id: str, status: AssignmentStatus, at: datetime) -> None:
+        """An order's final status, recorded through any replica."""
+        for live in self._counts.values():
+            flight = live.in_flight.get(order_id)
+            if flight is None:
+                continue  # known already (or not counted here)
+            current = self._in_flight.get(flight.host_id)
+            if current is not None and current.order_id == order_id:
+                del self._in_flight[flight.host_id]
+            live.finished(order_id, status, at)
 
 
 @dataclass(frozen=True)

@@ -203,6 +203,15 @@ class Store(AdminStore, CampaignStore, ReleaseStore, WebhookStore, VulnStore):
         )
         return [_host(r) for r in _rows(cur)]
 
+    def hosts_seen_since(self, since: datetime) -> list[Host]:
+        """Active hosts that checked in after ``since`` (through any
+        replica): what a replica catching up reads instead of the fleet."""
+        cur = self._conn.execute(
+            "SELECT * FROM hosts WHERE status = ? AND last_seen > ?",
+            (HostStatus.ACTIVE.value, _ts(since)),
+        )
+        return [_host(r) for r in _rows(cur)]
+
     def hosts_certified_before(self, when: datetime) -> list[str]:
         """Hosts, not revoked, whose certificate was issued before ``when``
         (still on a CA being retired, when that is the rotation's time)."""

@@ -233,6 +233,19 @@ class CampaignStore(StoreBase):
         )
         return [_assignment(r, names) for r in rows]
 
+    def assignments_by_id(self, order_ids: Sequence[str]) -> list[Assignment]:
+        """These orders, those that exist (in no particular order)."""
+        found: list[Assignment] = []
+        for start in range(0, len(order_ids), 500):
+            chunk = order_ids[start : start + 500]
+            marks = ", ".join("?" * len(chunk))
+            names, rows = self._select(
+                f"SELECT * FROM assignments WHERE order_id IN ({marks})",  # noqa: S608 - placeholders only
+                chunk,
+            )
+            found.extend(_assignment(r, names) for r in rows)
+        return found
+
     def campaign_hosts(
         self, campaign_id: str, status: AssignmentStatus | None = None
     ) -> tuple[list[Assignment], dict[str, str], dict[str, list[bytes]]]:

@@ -14,6 +14,7 @@ import pytest
 from fleetpatch.v1 import types_pb2
 
 from controller import audit
+from controller.audit import AuditEntry
 from controller.campaigns import CampaignState
 from controller.errors import Conflict
 from controller.fleet.relabel import Relabel
@@ -292,4 +293,87 @@ def test_an_order_another_replica_recorded_first_is_not_handed_out_and_not_count
         assert audit.verify(fleet.store.audit_records()).ok
     finally:
         fleet.engine = first
+        fleet.run(second.close())
+
+
+OPEN = """
+[campaign]
+name = "replicated"
+
+[patch]
+packages = ["openssl"]
+
+[rollout]
+silent_after = "20m"
+report_timeout = "45m"
+rings = [{ ring = 0, concurrency = "100%" }]
+"""
+
+
+def test_replicas_catch_up_from_the_audit_trail_and_agree_with_a_recount(fleet, monkeypatch):
+    """Two replicas over one store, hosts checking in, reporting and being
+    revoked through either: after each one's `resync`, its kept counts are
+    what a full recount gives (silence included), read from what changed
+    (no read of the fleet); a relabel, not followed record by record,
+    makes it count again from the store."""
+    hosts = fleet.enroll(*[(0, "eu")] * 6)
+    record = fleet.run(fleet.live.create(OPEN, "o.toml", "admin:t"))
+    fleet.run(fleet.live.approve(record.campaign_id, "admin:t"))
+    first = fleet.live
+    second = CampaignEngine(fleet.db, fleet.key, clock=fleet.clock)
+    fleet.run(second.start())
+    fleet.run(first.resync())  # the first counts from its own read, too
+    reads: list[str] = []  # the fleet read by a resync (not by the recount that checks it)
+    resyncing = [False]
+    list_hosts = fleet.store.list_hosts
+
+    def counted(*args, **kwargs):
+        if resyncing[0]:
+            reads.append("fleet")
+        return list_hosts(*args, **kwargs)
+
+    monkeypatch.setattr(fleet.store, "list_hosts", counted)
+
+    def through(engine: CampaignEngine) -> None:
+        fleet.engine = engine
+
+    def agreed() -> None:
+        for engine in (first, second):
+            resyncing[0] = True
+            fleet.run(engine.resync())
+            resyncing[0] = False
+            assert fleet.run(engine.check_counts(record.campaign_id)) == []
+
+    try:
+        through(first)
+        a = fleet.check_in(hosts[0])
+        through(second)
+        b = fleet.check_in(hosts[1])
+        assert a is not None
+        assert b is not None
+        agreed()
+        fleet.report(hosts[1], b.order_id, "SUCCEEDED", final=True)  # at the second
+        through(first)
+        fleet.report(hosts[0], a.order_id, "FAILED", final=True)
+        agreed()
+        fleet.clock.advance(timedelta(minutes=15))
+        through(second)
+        for host in hosts[2:5]:  # seen only by the second; the rest go silent
+            fleet.check_in(host)
+        fleet.clock.advance(timedelta(minutes=10))
+        fleet.check_in(hosts[2])
+        agreed()
+        fleet.store.revoke_host(hosts[3], fleet.clock())
+        fleet.store.append_audit(
+            AuditEntry(fleet.clock(), "admin:t", "host.revoke", hosts[3], "ok")
+        )
+        agreed()
+        assert reads == []  # every resync so far caught up from what changed
+        fleet.store.relabel_host(hosts[4], Relabel({}, region="us"), "admin:t", fleet.clock())
+        agreed()
+        assert reads  # counted again from the store
+        shown = [fleet.show(record.campaign_id) for fleet.engine in (first, second)]
+        assert shown[0] == shown[1]
+    finally:
+        through(first)
         fleet.run(second.close())
