@@ -373,6 +373,32 @@ def _order(host: Host, package_manager: str) -> types_pb2.WorkOrder | None:
     )
 
 
+def _shows_hosts_waiting_for_an_rpm(controller: Controller, campaign_id: str) -> None:
+    """`campaign show` names the dnf host waiting for an .rpm, and the host
+    of no family, rather than count them ready."""
+    shown = controller.admin("campaign", "show", campaign_id).stdout
+    assert (
+        f"waiting: 1 dnf host(s): no rpm release of {VERSION} published "
+        f"(fleetpatch release publish fleetpatch-agent-{VERSION}-1.<arch>.rpm)"
+    ) in shown
+    assert "waiting: 1 host(s) of no package family the agent is packaged for" in shown
+    assert "1 no_rpm_release" in shown
+    doc = controller.admin_json("campaign", "show", campaign_id)
+    assert not schemas.check(doc, schemas.CAMPAIGN)
+    assert doc["agent_update"]["no_release"] == {"none": 1, "rpm": 1}
+    assert sum(c["waiting_reasons"].get("no_rpm_release", 0) for c in doc["cells"]) == 1
+
+
+def _lists_both_families(controller: Controller) -> None:
+    releases = _releases(controller)
+    assert not schemas.check(releases, schemas.array(schemas.RELEASE))
+    listed = {(r["version"], r["family"], r["artifact"]) for r in releases}
+    assert listed == {(VERSION, "deb", DEB), (VERSION, "rpm", RPM)}
+    table = controller.admin("release", "list").stdout.splitlines()
+    assert table[0].split()[:3] == ["VERSION", "FAMILY", "ARTIFACT"]
+    assert sorted(line.split()[1] for line in table[1:]) == ["deb", "rpm"]
+
+
 def test_each_host_is_handed_the_package_of_its_own_family(controller, keys, tmp_path):
     """One signed release lists a .deb and an .rpm; each is published. An
     apt host is handed the .deb, a dnf host the .rpm, a host of neither
@@ -400,18 +426,7 @@ def test_each_host_is_handed_the_package_of_its_own_family(controller, keys, tmp
         assert apt.agent_update.sha256 == hashlib.sha256(deb_data).digest()
         assert _order(hosts["dnf"], "dnf") is None, "no .rpm published yet: it waits"
         assert _order(hosts["zypper"], "zypper") is None
-        # ... and `campaign show` says so, rather than count them ready.
-        shown = controller.admin("campaign", "show", campaign_id).stdout
-        assert (
-            f"waiting: 1 dnf host(s): no rpm release of {VERSION} published "
-            f"(fleetpatch release publish fleetpatch-agent-{VERSION}-1.<arch>.rpm)"
-        ) in shown
-        assert "waiting: 1 host(s) of no package family the agent is packaged for" in shown
-        assert "1 no_rpm_release" in shown
-        doc = controller.admin_json("campaign", "show", campaign_id)
-        assert not schemas.check(doc, schemas.CAMPAIGN)
-        assert doc["agent_update"]["no_release"] == {"none": 1, "rpm": 1}
-        assert sum(c["waiting_reasons"].get("no_rpm_release", 0) for c in doc["cells"]) == 1
+        _shows_hosts_waiting_for_an_rpm(controller, campaign_id)
 
         published = _publish(controller, dist / RPM)
         assert published.returncode == 0, published.stderr
@@ -428,13 +443,7 @@ def test_each_host_is_handed_the_package_of_its_own_family(controller, keys, tmp
         assert doc["agent_update"]["no_release"] == {"none": 1}
         assert "no rpm release" not in controller.admin("campaign", "show", campaign_id).stdout
 
-        releases = _releases(controller)
-        assert not schemas.check(releases, schemas.array(schemas.RELEASE))
-        listed = {(r["version"], r["family"], r["artifact"]) for r in releases}
-        assert listed == {(VERSION, "deb", DEB), (VERSION, "rpm", RPM)}
-        table = controller.admin("release", "list").stdout.splitlines()
-        assert table[0].split()[:3] == ["VERSION", "FAMILY", "ARTIFACT"]
-        assert sorted(line.split()[1] for line in table[1:]) == ["deb", "rpm"]
+        _lists_both_families(controller)
         # Each family's package is published once.
         other = _release(tmp_path / "other", keys, b"another rpm", RPM)
         _one_line(_publish(controller, other), 6, "the .rpm package of agent release 0.2.0")
