@@ -10,6 +10,7 @@ import hashlib
 import os
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -383,7 +384,7 @@ def _shows_hosts_waiting_for_an_rpm(controller: Controller, campaign_id: str) ->
     ) in shown
     assert "waiting: 1 host(s) of no package family the agent is packaged for" in shown
     assert "1 no_rpm_release" in shown
-    doc = controller.admin_json("campaign", "show", campaign_id)
+    doc: Any = controller.admin_json("campaign", "show", campaign_id)
     assert not schemas.check(doc, schemas.CAMPAIGN)
     assert doc["agent_update"]["no_release"] == {"none": 1, "rpm": 1}
     assert sum(c["waiting_reasons"].get("no_rpm_release", 0) for c in doc["cells"]) == 1
