@@ -80,3 +80,30 @@ def test_os_release_fields_are_unquoted(tmp_path):
     assert fields["VARIANT"] == "Server"
     assert "BROKEN LINE" not in fields
     assert os_release(tmp_path / "nothing") == {}
+
+
+def test_inventory_reports_the_package_manager_the_settings_name(tmp_path, monkeypatch):
+    import json
+
+    from typer.testing import CliRunner
+
+    from agent import cli
+    from agent.backends import packages
+    from agent.statedir import StateDir
+
+    state = StateDir(tmp_path / "state")
+    state.create()
+    state.write_config("ctl.example:7443", "ctl.example:7444")
+    text = state.config_file.read_text().replace('package_manager = ""', 'package_manager = "dnf"')
+    state.config_file.write_text(text)
+    asked: list[str] = []
+
+    def installed(manager: str) -> list[packages.Package]:
+        asked.append(manager)
+        return []
+
+    monkeypatch.setattr(packages, "installed", installed)
+    done = CliRunner().invoke(cli.app, ["inventory", "--state-dir", str(state.path), "--json"])
+    assert done.exit_code == 0, done.output
+    assert json.loads(done.output)["facts"]["package_manager"] == "dnf"
+    assert asked == ["dnf"]
