@@ -315,7 +315,7 @@ def test_an_agent_update_campaign_hands_out_the_published_release(controller, ke
     shown = controller.admin_json("campaign", "show", campaign_id)
     assert isinstance(shown, dict)
     assert shown["kind"] == f"agent-update {VERSION}"
-    assert shown["agent_update"] == {"version": VERSION, "rollback_after": "3m"}
+    assert shown["agent_update"] == {"version": VERSION, "rollback_after": "3m", "no_release": {}}
     controller.admin("campaign", "approve", campaign_id)
 
     envelope = host.check_in().work_order

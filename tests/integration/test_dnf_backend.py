@@ -174,8 +174,10 @@ def test_plans_that_cannot_be_made_change_nothing(rpm_host):
     assert rpm_host.version() == "1.0-1"
 
 
-def test_no_repository_with_the_old_version_means_no_patch(rpm_host, tmp_path):
+def test_no_copy_of_the_old_version_means_no_patch(rpm_host, tmp_path):
     rpm_host.install_file(demo_rpm("0.9"), tmp_path)  # 0.9 exists nowhere but on the host
+    # ... and cannot be rebuilt: its file is no longer what rpm installed.
+    rpm_host.sandbox.run(["sh", "-c", "rm /usr/bin/fp-demo && mkdir /usr/bin/fp-demo"])
     rpm_host.repo.add(demo_rpm("1.1"))
     plan = rpm_host.dnf.plan([Target("fp-demo")], False, [])
     with pytest.raises(PlanError, match=r"cannot keep a copy of fp-demo 0\.9-1"):
@@ -304,30 +306,34 @@ def test_only_the_versions_no_repository_has_are_named(rpm_host, tmp_path):
     )
 
 
-def test_a_version_no_repository_has_is_rebuilt_and_reverted_to(rpm_host, tmp_path):
+@pytest.mark.parametrize("epoch", [None, 3])
+def test_a_version_no_repository_has_is_rebuilt_and_reverted_to(rpm_host, tmp_path, epoch):
     """Installed from a file: no repository or cache has 0.9. The copy is
     rebuilt from its installed files and rpm's header (its provides kept,
     its files as they are now), checks out, and is what the revert installs
     when `dnf history undo` cannot find 0.9."""
-    spec = RpmSpec("fp-demo", "0.9", files={"/usr/bin/fp-demo": "#!/bin/sh\necho 0.9\n"},
-                   provides=("fp-demo-api = 2",))  # fmt: skip
+    spec = RpmSpec("fp-demo", "0.9", epoch=epoch, provides=("fp-demo-api = 2",),
+                   files={"/usr/bin/fp-demo": "#!/bin/sh\necho 0.9\n"})  # fmt: skip
+    evr = f"{epoch}:0.9-1" if epoch else "0.9-1"
     rpm_host.install_file(spec, tmp_path)
     rpm_host.sandbox.run(["sh", "-c", "echo local change >> /usr/bin/fp-demo"])
-    rpm_host.repo.add(demo_rpm("1.1"))
+    rpm_host.repo.add(RpmSpec("fp-demo", "1.1", epoch=epoch, files=demo_rpm("1.1").files))
     backend = rpm_host.dnf
     backend.refresh()
     plan = backend.plan([Target("fp-demo")], False, [])
     snapshot = backend.snapshot(plan, rpm_host.cache / "o-20")
+    assert [(s.name, s.version) for s in snapshot.saved] == [("fp-demo", evr)]
     kept = Path(snapshot.saved[0].path)
     assert kept.name == "fp-demo-0.9-1.noarch.rpm"
-    query = ["rpm", "-qp", "--qf", "%{NAME} %{VERSION}-%{RELEASE} [%{PROVIDES} ]", str(kept)]
+    query = ["rpm", "-qp", "--qf", "%{NAME} %{EPOCHNUM}:%{VERSION}-%{RELEASE} [%{PROVIDES} ]",
+             str(kept)]  # fmt: skip
     assert subprocess.run(query, capture_output=True, text=True, check=True).stdout == (
-        "fp-demo 0.9-1 fp-demo fp-demo-api "
+        f"fp-demo {epoch or 0}:0.9-1 fp-demo fp-demo-api "
     )
     backend.apply(plan)
     assert rpm_host.version() == "1.1-1"
     reverted = backend.revert(snapshot)
-    assert [(c.name, c.old, c.new) for c in reverted] == [("fp-demo", "1.1-1", "0.9-1")]
+    assert [(c.name, c.new) for c in reverted] == [("fp-demo", evr)]
     script = rpm_host.sandbox.run(["cat", "/usr/bin/fp-demo"]).stdout
     assert script == "#!/bin/sh\necho 0.9\nlocal change\n", "the files as they were"
     verified = rpm_host.sandbox.run(["rpm", "-V", "fp-demo"], check=False)
