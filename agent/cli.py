@@ -366,9 +366,11 @@ def scan(state_dir: StateDirOption = DEFAULT_STATE_DIR, json_out: JsonOption = F
 
 
 @app.command()
-def inventory(json_out: JsonOption = False) -> None:
+def inventory(state_dir: StateDirOption = DEFAULT_STATE_DIR, json_out: JsonOption = False) -> None:
     """Print what this host would report: facts and installed packages."""
-    facts = hostfacts.collect()
+    state = StateDir(state_dir, settings_for(state_dir))
+    setting = state.config().package_manager if state.config_file.is_file() else ""
+    facts = hostfacts.collect(setting)
     installed = packages.installed(facts.package_manager)
     if json_out:
         render.print_json(

@@ -123,7 +123,7 @@ class Agent:
         config, credentials = check_state(state)
         journal = Journal.open(state.journal, must_exist=True)
         state.private_dir(state.cache)
-        backend = machine.backend(package_manager(), config)
+        backend = machine.backend(package_manager(config.package_manager), config)
         kernel = FileValue(config.reboot.kernel_release_file)
         client = None
         if online:

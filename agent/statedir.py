@@ -51,6 +51,9 @@ DEFAULT_STATE_DIR = Path("/var/lib/fleetpatch/agent")
 SETTINGS_FILE = Path("/etc/fleetpatch/agent.toml")
 SETTINGS_ENV = "FLEETPATCH_AGENT_SETTINGS"
 RESTORE = "restore it from a backup, or enroll this host again into an empty state dir"
+#: What `[agent] package_manager` may name: the package managers the agent
+#: has a backend for ("": tell from the host, agent.host.facts.package_manager).
+PACKAGE_MANAGERS = ("apt", "dnf")
 
 
 @dataclass(frozen=True)
@@ -100,6 +103,9 @@ class AgentConfig:
     # [metrics] textfile: where the node_exporter textfile goes (agent/textfile.py);
     # None: not written.
     textfile: Path | None = None
+    # [agent] package_manager: "apt" or "dnf" over what the host's
+    # os-release says (agent.host.facts.package_manager); "": detect.
+    package_manager: str = ""
 
 
 CONFIG_TEMPLATE = """\
@@ -139,6 +145,9 @@ reboot_timeout = "10m"
 # a restart is how the agent knows the host rebooted).
 # boot_id_file = "/proc/sys/kernel/random/boot_id"
 # kernel_release_file = "/proc/sys/kernel/osrelease"
+# Which package manager patches this host: "apt" or "dnf"; "" tells it from
+# /etc/os-release (ID, ID_LIKE), whatever other tools are installed.
+package_manager = ""
 
 [health]
 # Resource checks reported with every check-in; 0 switches one off.
@@ -521,10 +530,19 @@ def _read_config(root: Table) -> AgentConfig:
         for key, default in dataclasses.asdict(Timing()).items()
     })  # fmt: skip
     reboot = _reboot(agent)
+    manager = agent.get("package_manager", str, "")
+    if manager and manager not in PACKAGE_MANAGERS:
+        raise agent.error(
+            "package_manager",
+            f"must be one of {', '.join(PACKAGE_MANAGERS)}, or \"\" to tell from the host's "
+            f"/etc/os-release, not {manager!r}",
+        )  # fmt: skip
     agent.finish()
     textfile = _textfile(root.table("metrics"))
     root.finish()
-    return AgentConfig(address, enroll_address, limits, policy, checks, timing, reboot, textfile)
+    return AgentConfig(
+        address, enroll_address, limits, policy, checks, timing, reboot, textfile, manager
+    )
 
 
 def _textfile(t: Table) -> Path | None:

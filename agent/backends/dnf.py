@@ -7,7 +7,9 @@
   wait has no timeout), retried by the runner.
 - Before anything changes, every version the plan replaces is kept in
   the agent's cache: a copy from dnf's own package cache (keepcache) when
-  it verifies, else all missing ones fetched in one `dnf download`. Each
+  it verifies, else all missing ones fetched in one `dnf download`, else
+  (a version no repository has: installed from a file) rebuilt from the
+  installed files and rpm's header (`rpmrepack`). Each
   file is checked (rpm reads it, its digests hold, name, arch and
   [epoch:]version-release are the installed ones); a package with no
   checked copy fails the order before anything changed.
@@ -39,7 +41,7 @@ from pathlib import Path
 
 from fleetpatch.orderspec import MAX_PACKAGE_NAME
 
-from agent.backends import subp
+from agent.backends import rpmrepack, subp
 from agent.backends.base import Busy, Change, Plan, PlanError, Saved, Snapshot, check_minimums
 from agent.boot.decide import Reason
 from agent.errors import CommandFailed
@@ -235,9 +237,14 @@ def _last(text: str) -> str:
 class Dnf:
     name = "dnf"
 
-    def __init__(self, run: Runner = subp.run, dnf_cache: Path = DNF_CACHE) -> None:
+    def __init__(
+        self, run: Runner = subp.run, dnf_cache: Path = DNF_CACHE, root: Path = Path("/")
+    ) -> None:
+        """``root``: where the host's files are read (a rebuilt copy of an
+        installed package); a test's sandbox, whose commands ``run`` runs."""
         self._run = run
         self._dnf_cache = dnf_cache
+        self._root = root
 
     def _dnf(self, *args: str, timeout: float = 1800, check: bool = True) -> subp.Result:
         argv = ["dnf", "--setopt=exit_on_lock=True", *args]
@@ -350,11 +357,15 @@ class Dnf:
         for change in missing:
             if (path := self._checked_in(cache, change)) is not None:
                 kept[change.name] = path
+            elif (path := self._rebuilt(change, cache)) is not None:
+                kept[change.name] = path
+                log.info("kept %s %s rebuilt from its installed files", change.name, change.old)
         failed = [c for c in replaced if c.name not in kept]
         if failed:
             raise PlanError("; ".join(
                 f"cannot keep a copy of {c.name} {c.old} for a revert: "
-                f"{reasons.get(c.name, 'dnf download gave no package that checks out')}"
+                f"{reasons.get(c.name, 'dnf download gave no package that checks out')}, "
+                "and it cannot be rebuilt from its installed files"
                 for c in failed
             ))  # fmt: skip
         saved = [Saved(c.name, c.arch, c.old, str(kept[c.name])) for c in replaced]
@@ -373,6 +384,19 @@ class Dnf:
                 if self._is_rpm(target, change):
                     return target
                 target.unlink()
+        return None
+
+    def _rebuilt(self, change: Change, cache: Path) -> Path | None:
+        """A copy rebuilt from the installed files and rpm's header of the
+        package (`rpmrepack`: no repository or cache has the version, as
+        for an agent installed from a file), checked like any other."""
+        path = rpmrepack.repack(change.name, change.arch, change.old, cache, self._run, self._root)
+        if path is None:
+            return None
+        if self._is_rpm(path, change):
+            return path
+        log.warning("a rebuilt %s does not check out; not kept", path.name)
+        path.unlink(missing_ok=True)
         return None
 
     def _download(self, changes: Sequence[Change], cache: Path) -> dict[str, str]:

@@ -62,15 +62,66 @@ def local_timezone() -> str:
     return target.split(marker, 1)[1] if marker in target else ""
 
 
-def package_manager() -> str:
-    if shutil.which("dpkg-query"):
+#: os-release ID and ID_LIKE words -> the package manager of that family.
+FAMILIES = {
+    "debian": "apt", "ubuntu": "apt",
+    "rhel": "dnf", "fedora": "dnf", "centos": "dnf", "almalinux": "dnf", "rocky": "dnf",
+}  # fmt: skip
+#: Where os-release(5) is, in the order it is read.
+OS_RELEASE = ("etc/os-release", "usr/lib/os-release")
+#: Where the fallback looks for dpkg-query and rpm under another root.
+_BIN_DIRS = ("usr/local/sbin", "usr/local/bin", "usr/sbin", "usr/bin", "sbin", "bin")
+
+
+def os_release(root: Path = Path("/")) -> dict[str, str]:
+    """The fields of the host's os-release(5) ({} when there is none):
+    KEY=value lines, the value unquoted."""
+    for name in OS_RELEASE:
+        try:
+            text = (root / name).read_text(errors="replace")
+        except OSError:
+            continue
+        fields = {}
+        for line in text.splitlines():
+            key, sep, value = line.strip().partition("=")
+            if sep and key and not key.startswith("#"):
+                value = value.strip()
+                if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
+                    value = value[1:-1]
+                fields[key] = value
+        return fields
+    return {}
+
+
+def package_manager(setting: str = "", root: Path = Path("/")) -> str:
+    """The host's package manager: ``setting`` when given (agent.toml
+    `[agent] package_manager`); else the family os-release names, by its
+    ID then each ID_LIKE word (Debian, Ubuntu: apt; RHEL, Fedora, CentOS,
+    AlmaLinux, Rocky: dnf), whatever other tools are installed (a dnf host
+    with dpkg's tools, a Debian host with rpm); only with no os-release, or
+    one naming no family we know, the tool found (dpkg-query, then rpm).
+    "" when none."""
+    if setting:
+        return setting
+    fields = os_release(root)
+    words = [fields.get("ID", ""), *fields.get("ID_LIKE", "").split()]
+    for word in words:
+        if word.lower() in FAMILIES:
+            return FAMILIES[word.lower()]
+    if _which("dpkg-query", root):
         return "apt"
-    if shutil.which("rpm"):
+    if _which("rpm", root):
         return "dnf"
     return ""
 
 
-def collect() -> HostFacts:
+def _which(tool: str, root: Path) -> bool:
+    if root == Path("/"):
+        return shutil.which(tool) is not None
+    return shutil.which(tool, path=os.pathsep.join(str(root / d) for d in _BIN_DIRS)) is not None
+
+
+def collect(package_manager_setting: str = "") -> HostFacts:
     uname = platform.uname()
     disk = psutil.disk_usage("/")
     return HostFacts(
@@ -89,5 +140,5 @@ def collect() -> HostFacts:
         boot_id=boot_id(),
         machine_id=_read("/etc/machine-id"),
         timezone=local_timezone(),
-        package_manager=package_manager(),
+        package_manager=package_manager(package_manager_setting),
     )

@@ -51,7 +51,7 @@ class CheckIns:
         config: AgentConfig,
         journal: Journal,
         client: ControllerClient,
-        collect_facts: Callable[[], hostfacts.HostFacts] = hostfacts.collect,
+        collect_facts: Callable[[], hostfacts.HostFacts] | None = None,
         take_inventory: Callable[[str], packages.Inventory] = packages.take_inventory,
         rng: random.Random | None = None,
         on_order: Callable[[types_pb2.SignedEnvelope], object] | None = None,
@@ -65,7 +65,8 @@ class CheckIns:
         self._config = config
         self._journal = journal
         self._client = client
-        self._collect_facts = collect_facts
+        # The facts name the package manager agent.toml sets, if it does.
+        self._collect_facts = collect_facts or (lambda: hostfacts.collect(config.package_manager))
         self._take_inventory = take_inventory
         self._rng = rng or random.Random()
         self._on_order = on_order

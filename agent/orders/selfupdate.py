@@ -39,14 +39,19 @@ version, and ends the order REVERTED. A new agent that took over writes a
 marker the watchdog's unit is conditioned on, then stops the timer, so a
 watchdog firing at the last moment is either harmless or seen.
 
-Why the agent keeps the package it installed: dpkg-repack rebuilds a .deb
-from an installed package, and RPM has nothing equivalent; an agent
-installed from a file (or by an earlier self-update) is in no repository
-and no dnf cache. The signed, checked package of the version running is
-therefore kept under CACHE/agent-installed/ when it takes over; a dnf host
-whose first agent came from a repository still has `dnf download`, and one
-with no copy at all fails SNAPSHOT, before anything changed (an operator can
-put the installed .rpm in that directory).
+Why the agent keeps the package it installed: an agent installed from a
+file (or by an earlier self-update) is in no repository and no dnf cache.
+The signed, checked package of the version running is therefore kept under
+CACHE/agent-installed/ when it takes over, and is what the next update
+rolls back to: the very bytes of the release. Before the first self-update
+there is none (`dnf install ./fleetpatch-agent-...rpm` keeps no copy of
+the file): the dnf backend then looks in dnf's cache, then `dnf download`
+(an agent from a repository), then rebuilds the package from its installed
+files and rpm's header of it (agent.backends.rpmrepack, as the apt backend
+rebuilds a .deb; rpmbuild is not needed), checked like any other copy. A
+package that cannot be rebuilt (a file replaced by something of another
+type) fails SNAPSHOT, before anything changed; an operator can put the
+installed .rpm in CACHE/agent-installed/.
 """
 
 from __future__ import annotations

@@ -332,6 +332,7 @@ def release_to_pb(release: AgentRelease) -> admin_pb2.AgentRelease:
         key_fingerprint=release.key_fingerprint,
         published_at=timestamp(release.published_at),
         published_by=release.published_by,
+        family=str(release.family),
     )
 
 

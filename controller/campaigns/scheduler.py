@@ -107,13 +107,16 @@ class HostFacts:
 
 # Everything of HostFacts that `decide` reads: hosts alike in all of it get
 # the same answer at the same instant with the same tallies.
-DecisionKey = tuple[int, str, str, str, tuple[tuple[str, str], ...], str]
+DecisionKey = tuple[int, str, str, str, tuple[tuple[str, str], ...], str, str]
 
 
 def decision_key(host: HostFacts) -> DecisionKey:
-    """What `decide` reads of ``host`` (so hosts can be grouped by it)."""
+    """What `decide` reads of ``host`` (so hosts can be grouped by it), and
+    its package manager: an agent-update campaign hands each family its own
+    package, and `campaign show` tells the families that have none apart."""
     labels = tuple(sorted(host.labels.items()))
-    return (host.ring, host.region, host.timezone, host.os_id, labels, host.agent_version)
+    return (host.ring, host.region, host.timezone, host.os_id, labels, host.agent_version,
+            host.package_manager)  # fmt: skip
 
 
 class WaitReason(StrEnum):

@@ -13,6 +13,7 @@ from typing import Annotated, TextIO
 
 import typer
 from fleetpatch import render
+from fleetpatch.agentrelease import Family
 from fleetpatch.cliapp import exit_codes_epilog, new_app
 from fleetpatch.durations import format_duration, parse_duration
 from fleetpatch.v1 import admin_pb2
@@ -171,10 +172,49 @@ def _doc(campaign: admin_pb2.Campaign) -> dict[str, object]:
     doc["agent_update"] = (
         None if update is None
         else {"version": update.version,
-              "rollback_after": format_duration(update.rollback_after)}
+              "rollback_after": format_duration(update.rollback_after),
+              "no_release": _no_release(campaign)}
     )  # fmt: skip
     doc["totals"] = _totals(campaign)
     return doc
+
+
+#: waiting_reasons of an agent-update campaign's hosts that wait for a
+#: package: their family has none of the release published, or they are of
+#: no family the agent is packaged for (controller.rollout.engine._cells).
+NO_RELEASE = {"no_deb_release": "deb", "no_rpm_release": "rpm", "no_package_family": "none"}
+
+
+def _no_release(campaign: admin_pb2.Campaign) -> dict[str, int]:
+    """Package family ("none": neither) -> hosts waiting for want of a
+    published package of it; families with none waiting are left out."""
+    found: dict[str, int] = {}
+    for cell in campaign.cells:
+        for reason, hosts in cell.waiting_reasons.items():
+            if reason in NO_RELEASE and hosts:
+                found[NO_RELEASE[reason]] = found.get(NO_RELEASE[reason], 0) + hosts
+    return dict(sorted(found.items()))
+
+
+def _no_release_lines(campaign: admin_pb2.Campaign, version: str) -> list[str]:
+    """`campaign show`'s lines for hosts that wait for a package that is
+    not published (they would otherwise wait silently)."""
+    lines = []
+    for family, hosts in _no_release(campaign).items():
+        if family == "none":
+            lines.append(f"waiting: {hosts} host(s) of no package family the agent is packaged "
+                         "for (neither apt nor dnf): this campaign cannot update them")  # fmt: skip
+            continue
+        manager = "apt" if family == "deb" else "dnf"
+        try:
+            packaged = Family(family).package_version(version)
+        except ValueError:
+            packaged = "<version>"
+        example = (f"fleetpatch-agent_{packaged}_<arch>.deb" if family == "deb"
+                   else f"fleetpatch-agent-{packaged}-1.<arch>.rpm")  # fmt: skip
+        lines.append(f"waiting: {hosts} {manager} host(s): no {family} release of {version} "
+                     f"published (fleetpatch release publish {example})")  # fmt: skip
+    return lines
 
 
 def _print_campaign(campaign: admin_pb2.Campaign) -> None:
@@ -184,6 +224,9 @@ def _print_campaign(campaign: admin_pb2.Campaign) -> None:
     if spec is not None and spec.agent_update is not None:
         kind += f" (rollback after {format_duration(spec.agent_update.rollback_after)})"
     print(f"  kind: {kind}")
+    if spec is not None and spec.agent_update is not None:
+        for line in _no_release_lines(campaign, spec.agent_update.version):
+            print(f"  {line}")
     if campaign.halt_reason:
         print(f"  halted: {campaign.halt_reason}")
     if campaign.revert_requested:

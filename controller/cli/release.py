@@ -153,10 +153,10 @@ def list_command(
         render.print_json([release_doc(r) for r in found])
         return
     render.table(
-        ["VERSION", "ARTIFACT", "SIZE", "SHA256", "RELEASE KEY", "PUBLISHED", "BY"],
+        ["VERSION", "FAMILY", "ARTIFACT", "SIZE", "SHA256", "RELEASE KEY", "PUBLISHED", "BY"],
         [
             (
-                r.version, r.artifact, render.size(r.size), r.sha256.hex()[:16],
+                r.version, r.family or "-", r.artifact, render.size(r.size), r.sha256.hex()[:16],
                 r.key_fingerprint or "-",
                 f"{convert.from_timestamp(r.published_at):%Y-%m-%d %H:%M}Z", r.published_by,
             )

@@ -116,7 +116,10 @@ CAMPAIGN = obj(
     campaign_id=STR, name=STR, state=enum(*CAMPAIGN_STATES), kind=STR, created_by=STR,
     created_at=TIME, approved_at=NTIME, updated_at=TIME, halt_kind=NSTR, halt_reason=NSTR,
     emergency=BOOL, revert_requested=BOOL, cells=array(CELL),
-    agent_update={"anyOf": [{"type": "null"}, obj(version=STR, rollback_after=STR)]},
+    agent_update={"anyOf": [
+        {"type": "null"},
+        obj(version=STR, rollback_after=STR, no_release=mapping(INT)),
+    ]},
     totals=obj(**dict.fromkeys(COUNTS, INT)),
 )  # fmt: skip
 CHANGE = obj(name=STR, from_version=NSTR, to_version=NSTR)
@@ -133,6 +136,7 @@ WATCH_EVENT = obj(
 RELEASE = obj(
     version=STR, artifact=STR, sha256={"type": "string", "pattern": "^[0-9a-f]{64}$"},
     size=INT, key_fingerprint=NSTR, published_at=TIME, published_by=STR,
+    family=enum("deb", "rpm"),
 )  # fmt: skip
 AUDIT_RECORD = obj(
     seq=INT, at=TIME, actor=STR, action=STR, target=NSTR, outcome=NSTR, detail=NSTR,

@@ -443,7 +443,8 @@ class CampaignEngine:
         """The campaign and, per ring x region, its counts and why hosts wait."""
         record = await self._db.call(lambda s: s.get_campaign(campaign_id))
         owed = await self._db.call(lambda s: s.owed(campaign_id))
-        return record, self._cells(record, await self._counted(record), owed)
+        releases = await self._db.call(lambda s: s.list_releases())
+        return record, self._cells(record, await self._counted(record), owed, releases)
 
     async def views(self) -> list[tuple[CampaignRecord, list[CellView]]]:
         """`view` of every campaign (counting the fleet once at most)."""
@@ -452,20 +453,37 @@ class CampaignEngine:
         owed = await self._db.call(
             lambda s: {r.campaign_id: s.owed(r.campaign_id) for r in records}
         )
-        return [(r, self._cells(r, counted[r.campaign_id], owed[r.campaign_id])) for r in records]
+        releases = await self._db.call(lambda s: s.list_releases())
+        return [
+            (r, self._cells(r, counted[r.campaign_id], owed[r.campaign_id], releases))
+            for r in records
+        ]
 
     def _cells(
         self, record: CampaignRecord, counted: Counted,
-        owed: dict[tuple[int, str], dict[str, int]],
+        owed: dict[tuple[int, str], dict[str, int]], releases: Sequence[AgentRelease] = (),
     ) -> list[CellView]:  # fmt: skip
+        """Counts per cell and why its waiting hosts wait. In an agent-update
+        campaign, a host whose turn has come but whose package family has
+        no package of the release published waits for one (`_release`):
+        ``no_rpm_release`` (``no_deb_release``), or ``no_package_family``
+        for a host of neither family, rather than "ready"."""
         spec = self.spec(record)
         now = self._clock()
         tallies = counted.tallies
         reasons: dict[tuple[int, str], dict[str, int]] = {}
         soonest: dict[tuple[int, str], datetime] = {}
+        version = spec.agent_update.version if spec.agent_update is not None else None
+        published = {r.family for r in releases if r.version == version}
         for facts, cell, hosts in counted.waiting:
             decision = decide(spec, facts, tallies, now, self._windows)
             label = "ready" if isinstance(decision, Assign) else decision.reason.value
+            if label == "ready" and version is not None:
+                family = Family.of_manager(facts.package_manager)
+                if family is None:
+                    label = "no_package_family"
+                elif family not in published:
+                    label = f"no_{family}_release"
             reasons.setdefault(cell, {})
             reasons[cell][label] = reasons[cell].get(label, 0) + hosts
             if isinstance(decision, Wait) and decision.until is not None:

@@ -10,6 +10,7 @@ import hashlib
 import os
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -18,6 +19,7 @@ from fleetpatch.v1 import admin_pb2, admin_pb2_grpc, agent_pb2, agent_pb2_grpc, 
 
 from agent.link.enrollment import enroll
 from agent.statedir import StateDir
+from controller.cli import schemas
 from controller.releases.signed import keygen, sign_artifacts
 from tests.support.controller import Controller, Result, cli
 
@@ -313,7 +315,7 @@ def test_an_agent_update_campaign_hands_out_the_published_release(controller, ke
     shown = controller.admin_json("campaign", "show", campaign_id)
     assert isinstance(shown, dict)
     assert shown["kind"] == f"agent-update {VERSION}"
-    assert shown["agent_update"] == {"version": VERSION, "rollback_after": "3m"}
+    assert shown["agent_update"] == {"version": VERSION, "rollback_after": "3m", "no_release": {}}
     controller.admin("campaign", "approve", campaign_id)
 
     envelope = host.check_in().work_order
@@ -372,6 +374,32 @@ def _order(host: Host, package_manager: str) -> types_pb2.WorkOrder | None:
     )
 
 
+def _shows_hosts_waiting_for_an_rpm(controller: Controller, campaign_id: str) -> None:
+    """`campaign show` names the dnf host waiting for an .rpm, and the host
+    of no family, rather than count them ready."""
+    shown = controller.admin("campaign", "show", campaign_id).stdout
+    assert (
+        f"waiting: 1 dnf host(s): no rpm release of {VERSION} published "
+        f"(fleetpatch release publish fleetpatch-agent-{VERSION}-1.<arch>.rpm)"
+    ) in shown
+    assert "waiting: 1 host(s) of no package family the agent is packaged for" in shown
+    assert "1 no_rpm_release" in shown
+    doc: Any = controller.admin_json("campaign", "show", campaign_id)
+    assert not schemas.check(doc, schemas.CAMPAIGN)
+    assert doc["agent_update"]["no_release"] == {"none": 1, "rpm": 1}
+    assert sum(c["waiting_reasons"].get("no_rpm_release", 0) for c in doc["cells"]) == 1
+
+
+def _lists_both_families(controller: Controller) -> None:
+    releases = _releases(controller)
+    assert not schemas.check(releases, schemas.array(schemas.RELEASE))
+    listed = {(r["version"], r["family"], r["artifact"]) for r in releases}
+    assert listed == {(VERSION, "deb", DEB), (VERSION, "rpm", RPM)}
+    table = controller.admin("release", "list").stdout.splitlines()
+    assert table[0].split()[:3] == ["VERSION", "FAMILY", "ARTIFACT"]
+    assert sorted(line.split()[1] for line in table[1:]) == ["deb", "rpm"]
+
+
 def test_each_host_is_handed_the_package_of_its_own_family(controller, keys, tmp_path):
     """One signed release lists a .deb and an .rpm; each is published. An
     apt host is handed the .deb, a dnf host the .rpm, a host of neither
@@ -399,6 +427,7 @@ def test_each_host_is_handed_the_package_of_its_own_family(controller, keys, tmp
         assert apt.agent_update.sha256 == hashlib.sha256(deb_data).digest()
         assert _order(hosts["dnf"], "dnf") is None, "no .rpm published yet: it waits"
         assert _order(hosts["zypper"], "zypper") is None
+        _shows_hosts_waiting_for_an_rpm(controller, campaign_id)
 
         published = _publish(controller, dist / RPM)
         assert published.returncode == 0, published.stderr
@@ -411,9 +440,11 @@ def test_each_host_is_handed_the_package_of_its_own_family(controller, keys, tmp
         assert update.release_manifest == (dist / "SHA256SUMS").read_bytes()
         assert b"".join(c.data for c in hosts["dnf"].fetch(update.sha256)) == rpm_data
         assert _order(hosts["zypper"], "zypper") is None
+        doc = controller.admin_json("campaign", "show", campaign_id)
+        assert doc["agent_update"]["no_release"] == {"none": 1}
+        assert "no rpm release" not in controller.admin("campaign", "show", campaign_id).stdout
 
-        listed = {(r["version"], r["artifact"]) for r in _releases(controller)}
-        assert listed == {(VERSION, DEB), (VERSION, RPM)}
+        _lists_both_families(controller)
         # Each family's package is published once.
         other = _release(tmp_path / "other", keys, b"another rpm", RPM)
         _one_line(_publish(controller, other), 6, "the .rpm package of agent release 0.2.0")

@@ -49,7 +49,8 @@ class RpmHost:
             self.commands.append([str(a) for a in argv])
             return run(argv, **kwargs)
 
-        self.dnf = Dnf(run=recorded, dnf_cache=sandbox.path("/var/cache/dnf"))
+        self.dnf = Dnf(run=recorded, dnf_cache=sandbox.path("/var/cache/dnf"),
+                       root=sandbox.path("/"))  # fmt: skip
 
     def cached(self, filename: str) -> Path:
         """The copy of ``filename`` in dnf's package cache (a machine path)."""
@@ -173,8 +174,10 @@ def test_plans_that_cannot_be_made_change_nothing(rpm_host):
     assert rpm_host.version() == "1.0-1"
 
 
-def test_no_repository_with_the_old_version_means_no_patch(rpm_host, tmp_path):
+def test_no_copy_of_the_old_version_means_no_patch(rpm_host, tmp_path):
     rpm_host.install_file(demo_rpm("0.9"), tmp_path)  # 0.9 exists nowhere but on the host
+    # ... and cannot be rebuilt: its file is no longer what rpm installed.
+    rpm_host.sandbox.run(["sh", "-c", "rm /usr/bin/fp-demo && mkdir /usr/bin/fp-demo"])
     rpm_host.repo.add(demo_rpm("1.1"))
     plan = rpm_host.dnf.plan([Target("fp-demo")], False, [])
     with pytest.raises(PlanError, match=r"cannot keep a copy of fp-demo 0\.9-1"):
@@ -267,7 +270,7 @@ def test_a_revert_from_kept_files_also_removes_what_the_update_added(caching_rpm
     assert not list((rpm_host.cache / "o-10").glob("*.dnf-shell"))
 
 
-def test_a_damaged_copy_in_dnfs_cache_is_not_kept(caching_rpm_host):
+def test_a_damaged_copy_in_dnfs_cache_is_not_kept_a_rebuilt_one_is(caching_rpm_host):
     rpm_host = caching_rpm_host
     blob = {"/usr/share/fp-demo/blob": os.urandom(100_000).hex() + "\n"}  # a payload to cut
     rpm_host.repo.add(RpmSpec("fp-demo", "1.0", files={**demo_rpm("1.0").files, **blob}))
@@ -280,9 +283,10 @@ def test_a_damaged_copy_in_dnfs_cache_is_not_kept(caching_rpm_host):
     assert subprocess.run(query, capture_output=True, text=True, check=True).stdout == "fp-demo"
     rpm_host.dnf.refresh()
     plan = rpm_host.dnf.plan([Target("fp-demo")], False, [])
-    with pytest.raises(PlanError, match=r"^cannot keep a copy of fp-demo 1\.0-1 for a revert: "
-                                        r"no repository offers it$"):  # fmt: skip
-        rpm_host.dnf.snapshot(plan, rpm_host.cache / "o-8")
+    snapshot = rpm_host.dnf.snapshot(plan, rpm_host.cache / "o-8")
+    kept = Path(snapshot.saved[0].path)
+    assert kept.read_bytes() != cached.read_bytes(), "rebuilt from the installed files"
+    subprocess.run(["rpm", "-K", str(kept)], capture_output=True, check=True)
     assert rpm_host.version() == "1.0-1"
 
 
@@ -291,12 +295,49 @@ def test_only_the_versions_no_repository_has_are_named(rpm_host, tmp_path):
     rpm_host.repo.add(demo_rpm("1.1"), *lib)
     rpm_host.install_file(demo_rpm("0.9"), tmp_path)  # 0.9 exists nowhere but on the host
     rpm_host.dnf_cli("install", "fp-lib-1.0")
+    # ... and cannot be rebuilt: its file is no longer what rpm installed.
+    rpm_host.sandbox.run(["sh", "-c", "rm /usr/bin/fp-demo && mkdir /usr/bin/fp-demo"])
     plan = rpm_host.dnf.plan([Target("fp-demo"), Target("fp-lib")], False, [])
     with pytest.raises(PlanError) as raised:
         rpm_host.dnf.snapshot(plan, rpm_host.cache / "o-9")
     assert str(raised.value) == (
-        "cannot keep a copy of fp-demo 0.9-1 for a revert: no repository offers it"
+        "cannot keep a copy of fp-demo 0.9-1 for a revert: no repository offers it, "
+        "and it cannot be rebuilt from its installed files"
     )
+
+
+@pytest.mark.parametrize("epoch", [None, 3])
+def test_a_version_no_repository_has_is_rebuilt_and_reverted_to(rpm_host, tmp_path, epoch):
+    """Installed from a file: no repository or cache has 0.9. The copy is
+    rebuilt from its installed files and rpm's header (its provides kept,
+    its files as they are now), checks out, and is what the revert installs
+    when `dnf history undo` cannot find 0.9."""
+    spec = RpmSpec("fp-demo", "0.9", epoch=epoch, provides=("fp-demo-api = 2",),
+                   files={"/usr/bin/fp-demo": "#!/bin/sh\necho 0.9\n"})  # fmt: skip
+    evr = f"{epoch}:0.9-1" if epoch else "0.9-1"
+    rpm_host.install_file(spec, tmp_path)
+    rpm_host.sandbox.run(["sh", "-c", "echo local change >> /usr/bin/fp-demo"])
+    rpm_host.repo.add(RpmSpec("fp-demo", "1.1", epoch=epoch, files=demo_rpm("1.1").files))
+    backend = rpm_host.dnf
+    backend.refresh()
+    plan = backend.plan([Target("fp-demo")], False, [])
+    snapshot = backend.snapshot(plan, rpm_host.cache / "o-20")
+    assert [(s.name, s.version) for s in snapshot.saved] == [("fp-demo", evr)]
+    kept = Path(snapshot.saved[0].path)
+    assert kept.name == "fp-demo-0.9-1.noarch.rpm"
+    query = ["rpm", "-qp", "--qf", "%{NAME} %{EPOCHNUM}:%{VERSION}-%{RELEASE} [%{PROVIDES} ]",
+             str(kept)]  # fmt: skip
+    assert subprocess.run(query, capture_output=True, text=True, check=True).stdout == (
+        f"fp-demo {epoch or 0}:0.9-1 fp-demo fp-demo-api "
+    )
+    backend.apply(plan)
+    assert rpm_host.version() == "1.1-1"
+    reverted = backend.revert(snapshot)
+    assert [(c.name, c.new) for c in reverted] == [("fp-demo", evr)]
+    script = rpm_host.sandbox.run(["cat", "/usr/bin/fp-demo"]).stdout
+    assert script == "#!/bin/sh\necho 0.9\nlocal change\n", "the files as they were"
+    verified = rpm_host.sandbox.run(["rpm", "-V", "fp-demo"], check=False)
+    assert verified.returncode == 0, verified.stdout
 
 
 def test_revert_refuses_when_history_changed_behind_its_back(rpm_host, tmp_path):

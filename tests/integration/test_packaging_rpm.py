@@ -15,11 +15,14 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 from fleetpatch.agentrelease import Family, parse_artifact
 
+from agent.backends.base import Change, Plan
 from agent.backends.dnf import Dnf, rpm_fields
 from agent.orders.selfupdate import SystemdWatchdog
 from tests.support.dnfrepo import (
@@ -212,3 +215,56 @@ def test_the_agent_rpm_self_update_checks_install_and_rollback_with_real_rpm(
     changes = backend.install_files([old])
     assert [(c.old, c.new) for c in changes] == [(f"{fields['VERSION']}-1", "0.1.0-1")]
     assert running() == "0.1.0"
+
+
+def _described(run: Callable[..., Any], rpm: Path) -> dict[str, str]:
+    """What an agent RPM says of itself that a rebuilt copy must keep."""
+    files = "[%{FILENAMES} %{FILEMODES:perms} %{FILEUSERNAME} %{FILEGROUPNAME} %{FILEFLAGS}\n]"
+    queries = {"scripts": ["--scripts"], "requires": ["--requires"],
+               "provides": ["--provides"], "files": ["--qf", files],
+               "nevra": ["--qf", "%{NAME} %{EPOCHNUM} %{VERSION}-%{RELEASE} %{ARCH}"]}  # fmt: skip
+    return {key: run(["rpm", "-qp", *argv, str(rpm)]).stdout for key, argv in queries.items()}
+
+
+def test_an_agent_installed_from_a_file_is_rebuilt_and_restored_from_its_files(
+    rpms, make_sandbox, tmp_path
+):
+    """The first self-update of an agent installed with `rpm -U FILE` has no
+    repository, cache or kept copy: the dnf backend rebuilds the installed
+    agent from its files (agent.backends.rpmrepack). The rebuilt package
+    says what the original says (scriptlets, dependencies, files with their
+    modes, owners and flags), its digests hold, and the watchdog's restore
+    with it over the newer version brings the old agent back, rpm -V clean."""
+    v1, v2, v2_version = rpms
+    repo = LocalRpmRepo(tmp_path / "repo")
+    sandbox = make_sandbox()
+    make_rpm_host(sandbox, repo)
+    repo.add(RpmSpec("fp-base", "1", provides=("python(abi) = 3.11", "systemd", "/bin/sh")))
+    sandbox.run(["dnf", "-y", "install", "fp-base"], timeout=600)
+    for rpm in (v1, v2):
+        sandbox.path(f"/root/{rpm.name}").write_bytes(rpm.read_bytes())
+    sandbox.run(["rpm", "-U", f"/root/{v1.name}"], timeout=600)  # by hand, from a file
+    run = sandbox_runner(sandbox)
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    sandbox.bind(cache, str(cache), read_only=False)
+    backend = Dnf(run=run, root=sandbox.path("/"))
+    fields = rpm_fields(Path(f"/root/{v1.name}"), run)
+    change = Change("fleetpatch-agent", fields["ARCH"], "0.1.0-1", "")
+
+    snapshot = backend.snapshot(Plan((change,)), cache / "o-1")
+    rebuilt = Path(snapshot.saved[0].path)
+    assert rebuilt.name == v1.name
+    assert rebuilt.read_bytes() != v1.read_bytes(), "rebuilt, not found somewhere"
+    assert "digests OK" in run(["rpm", "-K", "--nosignature", str(rebuilt)]).stdout
+    assert _described(run, rebuilt) == _described(run, Path(f"/root/{v1.name}"))
+
+    compiled = len(_unowned(sandbox))
+    backend.install_files([Path(f"/root/{v2.name}")])
+    assert rpm_version(sandbox, "fleetpatch-agent") == f"{Family.RPM.package_version(v2_version)}-1"
+    sandbox.run(SystemdWatchdog(rpm="rpm").restore_argv(rebuilt), timeout=600)
+    assert rpm_version(sandbox, "fleetpatch-agent") == "0.1.0-1"
+    argv = [f"{VENV}/bin/python", "-c", "import fleetpatch; print(fleetpatch.__version__)"]
+    assert sandbox.run(argv).stdout.strip() == "0.1.0"
+    assert sandbox.run(["rpm", "-V", "fleetpatch-agent"], check=False).stdout == ""
+    assert len(_unowned(sandbox)) == compiled, "its %posttrans compiled the restored version"

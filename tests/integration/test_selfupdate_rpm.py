@@ -157,11 +157,35 @@ def test_the_watchdog_restores_the_kept_rpm_when_the_new_agent_never_starts(host
     assert not (host.cache / KEPT_DIR / rpm2.name).exists()
 
 
-def test_without_a_kept_copy_an_agent_from_a_file_is_not_touched(host):
+def test_the_first_update_of_an_agent_from_a_file_rolls_back_to_a_rebuilt_copy(host):
+    """Nothing kept, no repository, no cache: the copy to roll back to is
+    rebuilt from the installed files (agent.backends.rpmrepack), and the
+    watchdog's restore installs it with rpm."""
+    rpm2 = host.release("0.2.0")
+    order_id = host.order(host.runner("0.1.0"), rpm2)
+    with pytest.raises(HandOver):
+        host.runner("0.1.0").run(order_id)
+    assert host.installed() == "0.2.0-1"
+    restore = host.watchdog.armed[unit_name(order_id)][0]
+    assert restore.name == "fleetpatch-agent-0.1.0-1.noarch.rpm"
+    argv = SystemdWatchdog(rpm=shutil.which("rpm") or "rpm").restore_argv(restore)
+    host.rpm_host.sandbox.run(argv)  # the timer fires: the new agent never started
+    assert host.installed() == "0.1.0-1"
+    assert host.rpm_host.sandbox.run(["cat", "/opt/fleetpatch-test/VERSION"]).stdout == "0.1.0\n"
+    verified = host.rpm_host.sandbox.run(["rpm", "-V", AGENT], check=False)
+    assert verified.returncode == 0, verified.stdout
+    assert host.runner("0.1.0").resume() == [(order_id, State.REVERTED)]
+
+
+def test_without_any_copy_an_agent_from_a_file_is_not_touched(host):
+    # Its installed file is no longer what rpm installed: no rebuild either.
+    host.rpm_host.sandbox.run(["sh", "-c", "rm /opt/fleetpatch-test/VERSION && "
+                               "mkdir /opt/fleetpatch-test/VERSION"])  # fmt: skip
     rpm2 = host.release("0.2.0")
     order_id = host.order(host.runner("0.1.0"), rpm2)
     assert host.runner("0.1.0").run(order_id) == State.FAILED
     assert "no revertable copy" in host.detail(order_id)
     assert "no repository offers it" in host.detail(order_id)
+    assert "cannot be rebuilt from its installed files" in host.detail(order_id)
     assert host.installed() == "0.1.0-1"
     assert host.watchdog.armed == {}

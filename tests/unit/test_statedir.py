@@ -41,6 +41,14 @@ def test_config_minimal(tmp_path):
     assert config == AgentConfig("ctl:7443", "", ResourceLimits())
 
 
+def test_config_package_manager_is_detected_unless_set(tmp_path):
+    state = StateDir(tmp_path)
+    state.write_config("ctl.example:7443", "ctl.example:7444")
+    assert state.config().package_manager == ""
+    text = '[controller]\naddress = "c:1"\n[agent]\npackage_manager = "dnf"\n'
+    assert _state(tmp_path, text).config().package_manager == "dnf"
+
+
 def test_config_textfile_is_off_unless_set(tmp_path):
     state = StateDir(tmp_path)
     state.write_config("ctl.example:7443", "ctl.example:7444")
@@ -89,6 +97,10 @@ def test_config_health_values(tmp_path):
             "metrics.textfile: must be an absolute path ending in .prom",
         ),
         ('[controller]\naddress = "c:1"\n[metrics]\nport = 9100\n', "metrics.port: unknown key"),
+        (
+            '[controller]\naddress = "c:1"\n[agent]\npackage_manager = "yum"\n',
+            r"agent.package_manager: must be one of apt, dnf, or \"\" to tell from",
+        ),
     ],
 )
 def test_config_rejects_naming_the_field(tmp_path, text, message):

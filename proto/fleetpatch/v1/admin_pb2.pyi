@@ -998,6 +998,7 @@ class AgentRelease(_message.Message):
     KEY_FINGERPRINT_FIELD_NUMBER: _builtins.int
     PUBLISHED_AT_FIELD_NUMBER: _builtins.int
     PUBLISHED_BY_FIELD_NUMBER: _builtins.int
+    FAMILY_FIELD_NUMBER: _builtins.int
     version: _builtins.str
     """PEP 440"""
     artifact: _builtins.str
@@ -1008,6 +1009,8 @@ class AgentRelease(_message.Message):
     key_fingerprint: _builtins.str
     """the release key it was checked against, if any"""
     published_by: _builtins.str
+    family: _builtins.str
+    """deb (apt hosts) or rpm (dnf hosts)"""
     @_builtins.property
     def published_at(self) -> _timestamp_pb2.Timestamp: ...
     def __init__(
@@ -1020,10 +1023,11 @@ class AgentRelease(_message.Message):
         key_fingerprint: _builtins.str = ...,
         published_at: _timestamp_pb2.Timestamp | None = ...,
         published_by: _builtins.str = ...,
+        family: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["published_at", b"published_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["artifact", b"artifact", "key_fingerprint", b"key_fingerprint", "published_at", b"published_at", "published_by", b"published_by", "sha256", b"sha256", "size", b"size", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["artifact", b"artifact", "family", b"family", "key_fingerprint", b"key_fingerprint", "published_at", b"published_at", "published_by", b"published_by", "sha256", b"sha256", "size", b"size", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
