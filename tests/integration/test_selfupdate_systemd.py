@@ -146,21 +146,7 @@ def _install_and_enroll(c: SystemdContainer, v1: BuiltDebs) -> None:
     c.run(["dpkg", "-i", inside(v1.agent), inside(v1.controller)])
     c.run(["install", "-m", "0644", inside(v1.public_key), "/etc/fleetpatch/release.pub"])
 
-    port = free_port()
-    c.run(["runuser", "-u", "fleetpatch", "--", "fleetpatch", "controller", "init",
-           "--hostname", "localhost", "--listen", f"127.0.0.1:{port}",
-           "--checkin-interval", "2s"])  # fmt: skip
-    config = "/var/lib/fleetpatch/controller/controller.toml"
-    c.run(["sed", "-i", 's/^tick = .*/tick = "1s"/', config])
-    c.run(["systemctl", "start", CONTROLLER])
-    serving = ["fleetpatch", "hosts", "list"]
-    wait_until("the controller serves", lambda: c.run(serving, check=False).returncode == 0)
-    token = c.run(["fleetpatch", "token", "create", "--region", "eu-west", "--ring", "0"])
-    c.run(["fleetpatch-agent", "enroll", "--controller", f"127.0.0.1:{port}",
-           "--token", token.stdout.strip().splitlines()[-1],
-           "--ca-cert", "/var/lib/fleetpatch/controller/ca.pem"])  # fmt: skip
-    c.run(["systemctl", "start", AGENT])
-    wait_until("the agent checks in", lambda: c.reported_agent_version() == v1.version)
+    serve_and_enroll(c, v1.version)
     status = json.loads(c.run(["fleetpatch-agent", "status", "--json"]).stdout)
     pinned = release.fingerprint(release.load_public_key(v1.public_key))
     assert status["release_key"] == {"path": "/etc/fleetpatch/release.pub", "fingerprint": pinned}
@@ -210,3 +196,24 @@ def test_agents_update_themselves_and_a_release_that_cannot_start_is_rolled_back
     assert shown["state"] == "halted", "a reverted canary halts the rollout"
     wait_until("the spent watchdog is cleared", lambda: _watchdogs(c) == "", timeout=30)
     assert c.run(["fleetpatch", "audit", "verify"]).stdout.startswith("audit trail intact")
+
+
+def serve_and_enroll(c: SystemdContainer, version: str) -> None:
+    """Start the installed controller (ticking every second, hosts checking
+    in every 2 s), enroll the installed agent and start it; until it has
+    checked in with ``version``."""
+    port = free_port()
+    c.run(["runuser", "-u", "fleetpatch", "--", "fleetpatch", "controller", "init",
+           "--hostname", "localhost", "--listen", f"127.0.0.1:{port}",
+           "--checkin-interval", "2s"])  # fmt: skip
+    config = "/var/lib/fleetpatch/controller/controller.toml"
+    c.run(["sed", "-i", 's/^tick = .*/tick = "1s"/', config])
+    c.run(["systemctl", "start", CONTROLLER])
+    serving = ["fleetpatch", "hosts", "list"]
+    wait_until("the controller serves", lambda: c.run(serving, check=False).returncode == 0)
+    token = c.run(["fleetpatch", "token", "create", "--region", "eu-west", "--ring", "0"])
+    c.run(["fleetpatch-agent", "enroll", "--controller", f"127.0.0.1:{port}",
+           "--token", token.stdout.strip().splitlines()[-1],
+           "--ca-cert", "/var/lib/fleetpatch/controller/ca.pem"])  # fmt: skip
+    c.run(["systemctl", "start", AGENT])
+    wait_until("the agent checks in", lambda: c.reported_agent_version() == version)

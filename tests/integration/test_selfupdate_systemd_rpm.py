@@ -34,12 +34,11 @@ from fleetpatch.agentrelease import Family
 from tests.integration.test_selfupdate_systemd import (
     AGENT,
     CAMPAIGN,
-    CONTROLLER,
     _count,
     _last_order,
     _watchdogs,
+    serve_and_enroll,
 )
-from tests.support.controller import free_port
 from tests.support.dnfrepo import LocalRpmRepo, RpmSpec, dnfrepo_available, make_rpm_host
 from tests.support.packages import (
     BUILD_SCRIPT,
@@ -142,21 +141,7 @@ def _install_and_enroll(c: SystemdContainer, debs: BuiltDebs, rpm1: Path, v1: st
     c.run(["rpm", "-U", inside(rpm1)], timeout=600)  # by hand, from a file
     c.run(["install", "-m", "0644", inside(debs.public_key), "/etc/fleetpatch/release.pub"])
     _settings(c, SETTINGS + CHECK.format(version=v1))
-    port = free_port()
-    c.run(["runuser", "-u", "fleetpatch", "--", "fleetpatch", "controller", "init",
-           "--hostname", "localhost", "--listen", f"127.0.0.1:{port}",
-           "--checkin-interval", "2s"])  # fmt: skip
-    config = "/var/lib/fleetpatch/controller/controller.toml"
-    c.run(["sed", "-i", 's/^tick = .*/tick = "1s"/', config])
-    c.run(["systemctl", "start", CONTROLLER])
-    serving = ["fleetpatch", "hosts", "list"]
-    wait_until("the controller serves", lambda: c.run(serving, check=False).returncode == 0)
-    token = c.run(["fleetpatch", "token", "create", "--region", "eu-west", "--ring", "0"])
-    c.run(["fleetpatch-agent", "enroll", "--controller", f"127.0.0.1:{port}",
-           "--token", token.stdout.strip().splitlines()[-1],
-           "--ca-cert", "/var/lib/fleetpatch/controller/ca.pem"])  # fmt: skip
-    c.run(["systemctl", "start", AGENT])
-    wait_until("the agent checks in", lambda: c.reported_agent_version() == v1)
+    serve_and_enroll(c, v1)
 
 
 def test_an_rpm_agent_from_a_file_rolls_back_to_a_rebuilt_copy_then_updates(rpm_container):
