@@ -59,12 +59,15 @@ def run(state_dir: Path, once: bool = False, verbose: bool = False) -> None:
     from agent.link.keys import learn_announced
     from agent.link.renewal import Renewal
     from agent.link.watch import Watcher
+    from agent.preflight import in_child
     from agent.service import Agent
     from agent.statedir import StateDir, settings_for
 
     require_root("run")
     setup_logging(verbose)
-    agent = Agent.open(StateDir(state_dir, settings_for(state_dir)), online=True)
+    # The state dir's key and certificates are checked in a child process,
+    # which loads cryptography so that the daemon need not (agent.preflight).
+    agent = Agent.open(StateDir(state_dir, settings_for(state_dir)), online=True, check=in_child)
     assert agent.client is not None  # noqa: S101 - opened online
     checkins = CheckIns(
         agent.config, agent.journal, agent.client, on_order=agent.handle, between=agent.between,
