@@ -15,8 +15,6 @@ whoever runs the host) and the work order (owned by the campaign). Kinds:
 from __future__ import annotations
 
 import socket
-import urllib.error
-import urllib.request
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -154,6 +152,11 @@ class Prober:
             return False, f"{spec.host}:{spec.port}: {exc.strerror or exc}"
 
     def _http(self, spec: CheckSpec) -> tuple[bool, str]:
+        # Here, not at module level: urllib.request brings http.client and
+        # the email package, which the idle daemon has no use for (issue 18).
+        import urllib.error
+        import urllib.request
+
         request = urllib.request.Request(spec.url, method="GET")  # noqa: S310 - scheme checked
         try:
             with urllib.request.urlopen(request, timeout=self._timeout) as response:  # noqa: S310

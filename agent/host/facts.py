@@ -4,7 +4,6 @@ this boot. Cheap to gather; sent at every check-in."""
 from __future__ import annotations
 
 import os
-import platform
 import shutil
 import socket
 import time
@@ -71,7 +70,7 @@ def package_manager() -> str:
 
 
 def collect() -> HostFacts:
-    uname = platform.uname()
+    uname = os.uname()  # platform.uname's, without loading the platform module
     disk = psutil.disk_usage("/")
     return HostFacts(
         hostname=socket.gethostname(),

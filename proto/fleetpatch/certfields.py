@@ -77,9 +77,12 @@ def _time(der: bytes, at: int) -> tuple[datetime, int]:
         text = f"{1900 + year if year >= 50 else 2000 + year}{text[2:]}"
     elif not (tag == _GENERALIZED_TIME and len(text) == 15 and text.endswith("Z")):
         raise ValueError(f"not an X.509 time: {text!r}")
-    if not text[:-1].isdigit():
+    if not (text[:-1].isascii() and text[:-1].isdigit()):
         raise ValueError(f"not an X.509 time: {text!r}")
-    return datetime.strptime(text, "%Y%m%d%H%M%SZ").replace(tzinfo=UTC), end
+    fields = (text[0:4], text[4:6], text[6:8], text[8:10], text[10:12], text[12:14])
+    year, month, day, hour, minute, second = (int(f) for f in fields)
+    # datetime checks the ranges (ValueError); strptime would load _strptime.
+    return datetime(year, month, day, hour, minute, second, tzinfo=UTC), end
 
 
 def validity(der: bytes) -> tuple[datetime, datetime]:

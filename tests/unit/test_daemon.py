@@ -99,10 +99,14 @@ def test_the_daemon_path_loads_no_cli_framework(tmp_path):
 
 HOST_ID = "h-0123456789abcdef"
 #: Loaded only when an order, a new signing key or CA, or a renewal comes
-#: (about 10 MiB of the 40 the daemon may take: issue 18).
+#: (cryptography: about 10 MiB of the 40 the daemon may take, issue 18), an
+#: HTTP health check runs (urllib.request, with http.client and email: over
+#: 1 MiB), or a settings file is refused (difflib); not at all (platform,
+#: _strptime, secrets).
 NOT_WHILE_IDLE = (
     "cryptography", "fleetpatch.catrust", "fleetpatch.envelope", "fleetpatch.identity",
-    "fleetpatch.releasefmt",
+    "fleetpatch.releasefmt", "urllib.request", "http.client", "email", "difflib", "platform",
+    "_strptime", "secrets",
 )  # fmt: skip
 
 
