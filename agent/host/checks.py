@@ -19,7 +19,6 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-import psutil
 from fleetpatch.checkspec import CheckKind, parse_check
 from fleetpatch.tomltable import Table, TableError
 from fleetpatch.v1 import types_pb2
@@ -180,6 +179,8 @@ class Prober:
         return done.returncode == 0, f"{spec.argv[0]} exited {done.returncode} {tail[0]}".rstrip()
 
     def _process(self, spec: CheckSpec) -> tuple[bool, str]:
+        import psutil  # here: the idle daemon does without it (agent.host.sysinfo)
+
         for proc in psutil.process_iter(["name"]):
             if proc.info.get("name") == spec.process:
                 return True, f"process {spec.process} runs (pid {proc.pid})"

@@ -11,8 +11,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import distro
-import psutil
 from fleetpatch import __version__
+
+from agent.host import sysinfo
 
 
 @dataclass(frozen=True)
@@ -71,7 +72,7 @@ def package_manager() -> str:
 
 def collect() -> HostFacts:
     uname = os.uname()  # platform.uname's, without loading the platform module
-    disk = psutil.disk_usage("/")
+    disk = sysinfo.disk_usage("/")
     return HostFacts(
         hostname=socket.gethostname(),
         os_id=distro.id(),
@@ -80,11 +81,11 @@ def collect() -> HostFacts:
         os_like=distro.like(),
         kernel=uname.release,
         arch=uname.machine,
-        cpu_count=psutil.cpu_count() or 1,
-        memory_bytes=psutil.virtual_memory().total,
+        cpu_count=sysinfo.cpu_count(),
+        memory_bytes=sysinfo.memory().total,
         disk_total_bytes=disk.total,
         disk_free_bytes=disk.free,
-        uptime_seconds=max(0, int(time.time() - psutil.boot_time())),
+        uptime_seconds=max(0, int(time.time() - sysinfo.boot_time())),
         boot_id=boot_id(),
         machine_id=_read("/etc/machine-id"),
         timezone=local_timezone(),

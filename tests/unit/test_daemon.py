@@ -101,12 +101,13 @@ HOST_ID = "h-0123456789abcdef"
 #: Loaded only when an order, a new signing key or CA, or a renewal comes
 #: (cryptography: about 10 MiB of the 40 the daemon may take, issue 18), an
 #: HTTP health check runs (urllib.request, with http.client and email: over
-#: 1 MiB), or a settings file is refused (difflib); not at all (platform,
-#: _strptime, secrets).
+#: 1 MiB), a `process` health check runs (psutil: 0.9 MiB, agent.host.sysinfo
+#: reads the rest), or a settings file is refused (difflib); not at all
+#: (platform, _strptime, secrets).
 NOT_WHILE_IDLE = (
     "cryptography", "fleetpatch.catrust", "fleetpatch.envelope", "fleetpatch.identity",
-    "fleetpatch.releasefmt", "urllib.request", "http.client", "email", "difflib", "platform",
-    "_strptime", "secrets",
+    "fleetpatch.releasefmt", "urllib.request", "http.client", "email", "psutil", "difflib",
+    "platform", "_strptime", "secrets",
 )  # fmt: skip
 
 
