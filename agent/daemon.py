@@ -8,6 +8,12 @@ and starts the daemon without importing agent.cli; anything else (--help, a
 typo, another verb) goes to the full CLI, which parses and words errors as
 before. tests/unit/test_daemon.py holds this parser to the CLI's `run`
 options, so the two cannot drift.
+
+Nor does the idle daemon load cryptography (about 12 MiB): it checks its
+key and certificates at start-up in a short-lived child (agent.preflight),
+and imports cryptography only when an order, a new key or CA, or a
+certificate renewal needs it. tests/unit/test_daemon.py fails when its
+start-up and check-ins load that, or the other modules kept out, again.
 """
 
 from __future__ import annotations
