@@ -42,7 +42,8 @@ from agent.link.renewal import renew_at
 from agent.orders.journal import Journal
 from agent.orders.selfupdate import release_key
 from agent.orders.states import State
-from agent.service import Agent, check_state
+from agent.preflight import check_state
+from agent.service import Agent
 from agent.statedir import DEFAULT_STATE_DIR, StateDir, settings_for
 
 app = cliapp.new_app(

@@ -8,6 +8,12 @@ and starts the daemon without importing agent.cli; anything else (--help, a
 typo, another verb) goes to the full CLI, which parses and words errors as
 before. tests/unit/test_daemon.py holds this parser to the CLI's `run`
 options, so the two cannot drift.
+
+Nor does the idle daemon load cryptography (about 12 MiB): it checks its
+key and certificates at start-up in a short-lived child (agent.preflight),
+and imports cryptography only when an order, a new key or CA, or a
+certificate renewal needs it. tests/unit/test_daemon.py fails when its
+start-up and check-ins load that, or the other modules kept out, again.
 """
 
 from __future__ import annotations
@@ -59,12 +65,15 @@ def run(state_dir: Path, once: bool = False, verbose: bool = False) -> None:
     from agent.link.keys import learn_announced
     from agent.link.renewal import Renewal
     from agent.link.watch import Watcher
+    from agent.preflight import in_child
     from agent.service import Agent
     from agent.statedir import StateDir, settings_for
 
     require_root("run")
     setup_logging(verbose)
-    agent = Agent.open(StateDir(state_dir, settings_for(state_dir)), online=True)
+    # The state dir's key and certificates are checked in a child process,
+    # which loads cryptography so that the daemon need not (agent.preflight).
+    agent = Agent.open(StateDir(state_dir, settings_for(state_dir)), online=True, check=in_child)
     assert agent.client is not None  # noqa: S101 - opened online
     checkins = CheckIns(
         agent.config, agent.journal, agent.client, on_order=agent.handle, between=agent.between,

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from fleetpatch.v1 import types_pb2
 
+from agent import preflight
 from agent.backends.apt import Apt
 from agent.backends.base import Busy, PackageBackend, PlanError
 from agent.backends.dnf import Dnf
@@ -32,7 +33,7 @@ from agent.orders.runner import Runner
 from agent.orders.selfupdate import HandOver, SystemdWatchdog, Watchdog
 from agent.orders.states import State
 from agent.orders.workorder import OrderRefused
-from agent.statedir import AgentConfig, Credentials, StateDir
+from agent.statedir import AgentConfig, StateDir
 from agent.textfile import Textfile
 
 log = logging.getLogger(__name__)
@@ -91,19 +92,6 @@ class Machine:
     services: Callable[[PackageBackend], Services | None] = _real_services
 
 
-def check_state(state: StateDir) -> tuple[AgentConfig, Credentials]:
-    """Everything of an enrolled state dir outside the journal, checked
-    before any of it is used: settings, key and certificates, the pinned
-    signing keys. Raises ConfigError (NotEnrolled, StateDirError) naming
-    the file and what to do."""
-    state.require_enrolled()
-    config = state.config()
-    credentials = state.credentials()
-    state.trusted_signing_keys()
-    state.key_status()
-    return config, credentials
-
-
 @dataclass
 class Agent:
     state: StateDir
@@ -118,9 +106,18 @@ class Agent:
     last_refusal: str = ""  # why `handle` last refused an order
 
     @classmethod
-    def open(cls, state: StateDir, online: bool = True, machine: Machine = Machine()) -> Agent:
-        """The agent of an enrolled state dir. Raises ConfigError (NotEnrolled)."""
-        config, credentials = check_state(state)
+    def open(
+        cls,
+        state: StateDir,
+        online: bool = True,
+        machine: Machine = Machine(),
+        check: Callable[[StateDir], preflight.Checked] = preflight.in_process,
+    ) -> Agent:
+        """The agent of an enrolled state dir, checked by ``check`` (the
+        daemon's: in a child, `preflight.in_child`). Raises ConfigError
+        (NotEnrolled)."""
+        checked = check(state)
+        config, credentials = checked.config, checked.credentials
         journal = Journal.open(state.journal, must_exist=True)
         state.private_dir(state.cache)
         backend = machine.backend(package_manager(config.package_manager), config)
@@ -152,7 +149,7 @@ class Agent:
         )
         reports = reporting.Reports(journal, client) if client is not None else None
         textfile = Textfile(config.textfile, journal) if config.textfile is not None else None
-        agent = cls(state, config, journal, runner, state.host_id(), client, reports, textfile,
+        agent = cls(state, config, journal, runner, checked.host_id, client, reports, textfile,
                     backend)  # fmt: skip
         runner.set_notify(agent.report)
         return agent

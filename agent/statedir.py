@@ -26,14 +26,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from cryptography import x509
-from cryptography.exceptions import UnsupportedAlgorithm
-from cryptography.hazmat.primitives import serialization
-from fleetpatch import catrust
+from fleetpatch import certfields
 from fleetpatch.atomicfile import write_atomic
-from fleetpatch.identity import Identity, Role, identity_from_certificate
 from fleetpatch.tomltable import Table, TableError
 from fleetpatch.tomltable import overlay as overlay_toml
 
@@ -41,6 +37,13 @@ from agent.errors import ConfigError, NotEnrolled, StateDirError, storage_error
 from agent.host.checks import CheckSpec, check_from_table
 from agent.host.health import ResourceLimits
 from agent.orders.policy import Policy, policy_from_table
+
+if TYPE_CHECKING:
+    # cryptography is imported where a key or certificate is judged, never
+    # at module level: the daemon keeps its memory for nothing otherwise
+    # (certfields; tests/unit/test_daemon.py holds it to that).
+    from cryptography import x509
+    from fleetpatch.identity import Identity
 
 DEFAULT_STATE_DIR = Path("/var/lib/fleetpatch/agent")
 #: The administrator's settings of a packaged agent (a conffile of the
@@ -355,6 +358,10 @@ class StateDir:
         them (grpc aborts the process on an empty key, and reports a bad
         one as a network error). A renewal committed but not moved into
         place yet is finished first. Raises StateDirError naming the file."""
+        from cryptography.exceptions import UnsupportedAlgorithm
+        from cryptography.hazmat.primitives import serialization
+        from fleetpatch import catrust
+
         self.finish_renewal()
         ca_pem, key_pem, cert_pem = self.read(self.ca), self.read(self.key), self.read(self.cert)
         cas = self.trusted_cas(ca_pem)
@@ -377,8 +384,21 @@ class StateDir:
     def trusted_cas(self, ca_pem: bytes | None = None) -> list[x509.Certificate]:
         """The CA certificates pinned in ca.pem (two during a CA rotation);
         StateDirError naming the file."""
+        from fleetpatch import catrust
+
         try:
             return catrust.load_bundle(self.read(self.ca) if ca_pem is None else ca_pem)
+        except ValueError:
+            raise StateDirError(
+                f"{self.ca} is not a PEM certificate (damaged? {RESTORE})"
+            ) from None
+
+    def trust_hash(self) -> str:
+        """The digest of the CA certificates pinned in ca.pem
+        (`catrust.bundle_hash`), read without cryptography; StateDirError
+        naming the file."""
+        try:
+            return certfields.bundle_hash(certfields.pem_certificates(self.read(self.ca)))
         except ValueError:
             raise StateDirError(
                 f"{self.ca} is not a PEM certificate (damaged? {RESTORE})"
@@ -388,9 +408,22 @@ class StateDir:
         """This host's certificate; StateDirError naming the file."""
         return _certificate(self.cert, self.read(self.cert))
 
+    def validity(self) -> tuple[datetime, datetime]:
+        """When this host's certificate starts and stops being valid (UTC),
+        read without cryptography; StateDirError naming the file."""
+        try:
+            first = certfields.pem_certificates(self.read(self.cert))[0]
+            return certfields.validity(first)
+        except ValueError:
+            raise StateDirError(
+                f"{self.cert} is not a PEM certificate (damaged? {RESTORE})"
+            ) from None
+
     def identity(self) -> Identity:
         """This host's identity, from its certificate; ConfigError naming
         the file when it is missing or is no certificate."""
+        from fleetpatch.identity import Role, identity_from_certificate
+
         cert = _certificate(self.cert, self.read(self.cert))
         identity = identity_from_certificate(cert)
         if identity is None or identity.role is not Role.HOST:
@@ -503,6 +536,8 @@ def fsync_dir(path: Path) -> None:
 
 
 def _certificate(path: Path, pem: bytes) -> x509.Certificate:
+    from cryptography import x509
+
     try:
         return x509.load_pem_x509_certificate(pem)
     except ValueError:

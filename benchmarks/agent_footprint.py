@@ -18,6 +18,11 @@ are printed as one JSON object per agent command line given):
     .venv/bin/python benchmarks/agent_footprint.py [--interval 5] [--checkins 12]
         [--agent fleetpatch-agent] [--baseline-agent OTHER_COMMAND]
 
+With --floor it also measures the least any agent on grpcio can take here:
+a bare client (`--bare-client`: this script, as the agent command) that
+enrolls like the agent, then only opens the same mutual-TLS channel, keeps
+a Watch stream and sends an empty check-in at each interval.
+
 With --apply it measures the agent while it applies a real patch instead:
 the `make demo` setup with one host (a sandboxed copy of this machine, so
 nothing here is changed; root and namespaces needed), a campaign from
@@ -254,7 +259,45 @@ def measure_apply() -> dict[str, object]:
             fleet.close()
 
 
+def bare_client(argv: list[str]) -> int:
+    """The --floor agent: `enroll` and the rest are the real agent's; `run
+    --state-dir DIR` only keeps the channel, a Watch stream and empty
+    check-ins (the figures' floor, not an agent)."""
+    if argv[:1] != ["run"]:
+        from agent.daemon import main as agent_main
+
+        sys.argv = ["fleetpatch-agent", *argv]
+        agent_main()
+        return 0
+    import threading
+
+    import grpc
+    from fleetpatch.v1 import agent_pb2, agent_pb2_grpc
+
+    state = Path(argv[argv.index("--state-dir") + 1])
+    config = (state / "agent.toml").read_text()
+    address = config.split('address = "', 1)[1].split('"', 1)[0]
+    files = [(state / name).read_bytes() for name in ("ca.pem", "key.pem", "cert.pem")]
+    channel = grpc.secure_channel(address, grpc.ssl_channel_credentials(*files))
+    stub = agent_pb2_grpc.AgentServiceStub(channel)
+
+    def watch() -> None:
+        for _ in stub.Watch(agent_pb2.WatchRequest()):
+            pass
+
+    threading.Thread(target=watch, daemon=True).start()
+    while True:
+        try:
+            answer = stub.CheckIn(agent_pb2.CheckInRequest(), timeout=30)
+        except grpc.RpcError as exc:
+            say(f"bare client: {exc}")
+            answer = agent_pb2.CheckInResponse()
+        time.sleep(answer.next_checkin.seconds or 5)
+
+
 def main() -> int:
+    if sys.argv[1:2] == ["--bare-client"]:
+        return bare_client(sys.argv[2:])
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--interval", type=int, default=5, help="check-in interval, seconds")
     parser.add_argument("--checkins", type=int, default=12, help="check-ins to measure over")
@@ -263,6 +306,9 @@ def main() -> int:
     )
     parser.add_argument(
         "--baseline-agent", help="a second agent command measured first, in the same run"
+    )
+    parser.add_argument(
+        "--floor", action="store_true", help="also measure a bare grpcio client (see above)"
     )
     parser.add_argument(
         "--apply", action="store_true", help="measure a patch being applied instead (sandboxed)"
@@ -275,6 +321,8 @@ def main() -> int:
         print(json.dumps(measure_apply()), flush=True)
         return 0
     agents = [args.baseline_agent, args.agent] if args.baseline_agent else [args.agent]
+    if args.floor:
+        agents.append(f"{sys.executable} {Path(__file__).resolve()} --bare-client")
     for agent in agents:
         argv = shlex.split(agent) if " " in agent else command(agent)
         say(f"measuring {' '.join(argv)}: {args.checkins} check-ins every {args.interval}s")

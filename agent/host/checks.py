@@ -15,13 +15,10 @@ whoever runs the host) and the work order (owned by the campaign). Kinds:
 from __future__ import annotations
 
 import socket
-import urllib.error
-import urllib.request
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-import psutil
 from fleetpatch.checkspec import CheckKind, parse_check
 from fleetpatch.tomltable import Table, TableError
 from fleetpatch.v1 import types_pb2
@@ -154,6 +151,11 @@ class Prober:
             return False, f"{spec.host}:{spec.port}: {exc.strerror or exc}"
 
     def _http(self, spec: CheckSpec) -> tuple[bool, str]:
+        # Here, not at module level: urllib.request brings http.client and
+        # the email package, which the idle daemon has no use for (issue 18).
+        import urllib.error
+        import urllib.request
+
         request = urllib.request.Request(spec.url, method="GET")  # noqa: S310 - scheme checked
         try:
             with urllib.request.urlopen(request, timeout=self._timeout) as response:  # noqa: S310
@@ -177,6 +179,8 @@ class Prober:
         return done.returncode == 0, f"{spec.argv[0]} exited {done.returncode} {tail[0]}".rstrip()
 
     def _process(self, spec: CheckSpec) -> tuple[bool, str]:
+        import psutil  # here: the idle daemon does without it (agent.host.sysinfo)
+
         for proc in psutil.process_iter(["name"]):
             if proc.info.get("name") == spec.process:
                 return True, f"process {spec.process} runs (pid {proc.pid})"

@@ -4,7 +4,6 @@ this boot. Cheap to gather; sent at every check-in."""
 from __future__ import annotations
 
 import os
-import platform
 import shutil
 import socket
 import time
@@ -12,8 +11,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import distro
-import psutil
 from fleetpatch import __version__
+
+from agent.host import sysinfo
 
 
 @dataclass(frozen=True)
@@ -122,8 +122,8 @@ def _which(tool: str, root: Path) -> bool:
 
 
 def collect(package_manager_setting: str = "") -> HostFacts:
-    uname = platform.uname()
-    disk = psutil.disk_usage("/")
+    uname = os.uname()  # platform.uname's, without loading the platform module
+    disk = sysinfo.disk_usage("/")
     return HostFacts(
         hostname=socket.gethostname(),
         os_id=distro.id(),
@@ -132,11 +132,11 @@ def collect(package_manager_setting: str = "") -> HostFacts:
         os_like=distro.like(),
         kernel=uname.release,
         arch=uname.machine,
-        cpu_count=psutil.cpu_count() or 1,
-        memory_bytes=psutil.virtual_memory().total,
+        cpu_count=sysinfo.cpu_count(),
+        memory_bytes=sysinfo.memory().total,
         disk_total_bytes=disk.total,
         disk_free_bytes=disk.free,
-        uptime_seconds=max(0, int(time.time() - psutil.boot_time())),
+        uptime_seconds=max(0, int(time.time() - sysinfo.boot_time())),
         boot_id=boot_id(),
         machine_id=_read("/etc/machine-id"),
         timezone=local_timezone(),

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-import psutil
+from agent.host import sysinfo
 
 
 @dataclass(frozen=True)
@@ -43,7 +43,7 @@ def failing(results: Sequence[CheckResult]) -> str:
 def resource_checks(limits: ResourceLimits) -> list[CheckResult]:
     results = []
     if limits.max_load_per_cpu:
-        per_cpu = psutil.getloadavg()[0] / (psutil.cpu_count() or 1)
+        per_cpu = sysinfo.load_average() / sysinfo.cpu_count()
         results.append(
             CheckResult(
                 "load",
@@ -53,7 +53,7 @@ def resource_checks(limits: ResourceLimits) -> list[CheckResult]:
             )
         )
     if limits.max_memory_used_ratio:
-        memory = psutil.virtual_memory()
+        memory = sysinfo.memory()
         used = 1 - memory.available / memory.total
         results.append(
             CheckResult(
@@ -64,7 +64,7 @@ def resource_checks(limits: ResourceLimits) -> list[CheckResult]:
             )
         )
     if limits.max_disk_used_ratio:
-        disk = psutil.disk_usage("/")
+        disk = sysinfo.disk_usage("/")
         used = disk.used / disk.total if disk.total else 0.0
         results.append(
             CheckResult(

@@ -25,7 +25,6 @@ import logging
 from collections.abc import Sequence
 from datetime import UTC, datetime
 
-from fleetpatch.envelope import EnvelopeError, accept_endorsed
 from fleetpatch.v1 import agent_pb2, types_pb2
 
 from agent.statedir import KeyStatus, StateDir
@@ -42,6 +41,8 @@ def learn(
 ) -> list[str]:
     """Pin the announced keys whose endorsement verifies against a key
     still trusted, then apply the withdrawals; returns the ids learned."""
+    from fleetpatch.envelope import EnvelopeError, accept_endorsed  # cryptography: when needed
+
     now = now or datetime.now(UTC)
     trusted, status = state.trusted_signing_keys(), state.key_status()
     gone = status.withdrawn(now)

@@ -26,18 +26,20 @@ import tempfile
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
-from fleetpatch import catrust
-from fleetpatch.identity import identity_from_certificate
 from fleetpatch.v1 import agent_pb2
 
 from agent.errors import AgentError, Refused, StateDirError, TransientError, storage_error
 from agent.link.client import ControllerClient
 from agent.statedir import StateDir, fsync_dir
+
+if TYPE_CHECKING:
+    # Imported where a certificate is judged or made (`trust`, `renew`):
+    # the daemon's check-ins read its dates and the CAs' digest without it
+    # (fleetpatch.certfields).
+    from cryptography import x509
+    from cryptography.hazmat.primitives.asymmetric import ec
 
 log = logging.getLogger(__name__)
 
@@ -52,14 +54,18 @@ class CertificateExpired(Refused):
 
 
 def renew_at(cert: x509.Certificate) -> datetime:
-    start, end = cert.not_valid_before_utc, cert.not_valid_after_utc
+    return renewal_time(cert.not_valid_before_utc, cert.not_valid_after_utc)
+
+
+def renewal_time(start: datetime, end: datetime) -> datetime:
+    """When a certificate valid from ``start`` to ``end`` is renewed."""
     return start + (end - start) * RENEW_AT
 
 
-def expired_message(state: StateDir, cert: x509.Certificate) -> str:
+def expired_message(state: StateDir, not_after: datetime) -> str:
     return (
         f"this host's certificate ({state.cert}) expired at "
-        f"{cert.not_valid_after_utc:%Y-%m-%d %H:%M:%SZ} and cannot be renewed: enroll this "
+        f"{not_after:%Y-%m-%d %H:%M:%SZ} and cannot be renewed: enroll this "
         f"host again with a token (fleetpatch-agent enroll --state-dir {state.path} "
         "--controller ADDR --token-file FILE --ca-cert ca.pem)"
     )
@@ -86,21 +92,24 @@ class Renewal:
 
     def due(self) -> bool:
         """Raises CertificateExpired when it is too late."""
-        cert = self._state.certificate()
+        start, end = self._state.validity()
         now = self._clock()
-        if now >= cert.not_valid_after_utc:
-            raise CertificateExpired(expired_message(self._state, cert))
-        return self._renew_now or now >= renew_at(cert)
+        if now >= end:
+            raise CertificateExpired(expired_message(self._state, end))
+        return self._renew_now or now >= renewal_time(start, end)
 
     def trust_hash(self) -> str:
         """The digest of the CAs this host trusts, sent with each check-in."""
-        return catrust.bundle_hash(self._state.trusted_cas())
+        return self._state.trust_hash()
 
     def trust(self, offered: agent_pb2.CaTrust) -> bool:
         """Take the CAs the controller vouches for (catrust.accept), pin them
         in ca.pem and call with them; renew at once when asked (our
         certificate is from a CA being retired). Whether the trust changed.
         A refused offer is logged and changes nothing."""
+        from cryptography import x509
+        from fleetpatch import catrust
+
         try:
             cas = catrust.accept(
                 self._state.trusted_cas(),
@@ -155,6 +164,11 @@ class Renewal:
 def renew(state: StateDir, client: ControllerClient, connect: Connect = ControllerClient) -> str:
     """Renew now: all or nothing (see the module). Returns the new serial.
     Raises AgentError (TransientError: try again later)."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
     credentials = state.credentials()  # also finishes a committed renewal
     current = state.certificate()
     cas = state.trusted_cas(credentials.ca_pem)
@@ -215,6 +229,11 @@ def _check(
     """The renewed certificate must be signed by a pinned CA (the new one
     during a CA rotation), for the new key, and name this host as the
     current one does."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
+    from fleetpatch import catrust
+    from fleetpatch.identity import identity_from_certificate
+
     try:
         cert = x509.load_pem_x509_certificate(cert_pem)
     except ValueError:

@@ -65,11 +65,9 @@ import time
 from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import fleetpatch
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
-from fleetpatch import releasefmt
 from fleetpatch.agentrelease import Family, family_of
 from fleetpatch.atomicfile import write_atomic
 from fleetpatch.orderspec import AGENT_PACKAGE
@@ -86,6 +84,11 @@ from agent.orders.outcome import Outcome
 from agent.orders.policy import Policy
 from agent.orders.states import Event
 from agent.orders.workorder import AgentUpdate, WorkOrder
+
+if TYPE_CHECKING:
+    # releasefmt (and cryptography) are imported where a release is checked:
+    # the idle daemon does without them.
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 log = logging.getLogger(__name__)
 
@@ -233,6 +236,8 @@ class LocalInstall(Protocol):
 
 def release_key(policy: Policy) -> Ed25519PublicKey:
     """The pinned release key; ValueError naming the file otherwise."""
+    from fleetpatch import releasefmt
+
     try:
         pem = policy.release_key.read_bytes()
     except OSError as exc:
@@ -245,6 +250,8 @@ def release_key(policy: Policy) -> Ed25519PublicKey:
 def signed_digest(update: AgentUpdate, key: Ed25519PublicKey) -> str:
     """The digest the release key signed for the order's artifact, checked
     against the order's own; ValueError otherwise."""
+    from fleetpatch import releasefmt
+
     digest = releasefmt.signed_digest(
         update.release_manifest, update.release_signature, key, update.artifact
     )
@@ -345,6 +352,8 @@ class UpdateSteps:
         )
         if problem:
             return Outcome(Event.FAIL, problem)
+        from fleetpatch import releasefmt
+
         try:
             key = release_key(self._policy)
             signed_digest(update, key)

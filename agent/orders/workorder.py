@@ -14,7 +14,6 @@ from enum import StrEnum
 
 from fleetpatch.agentrelease import family_of
 from fleetpatch.debversion import debian_version
-from fleetpatch.envelope import WORK_ORDER_TYPE, EnvelopeError, open_envelope
 from fleetpatch.orderspec import LivepatchPolicy, RebootPolicy, RestartPolicy
 from fleetpatch.v1 import types_pb2
 from google.protobuf.message import DecodeError
@@ -143,6 +142,10 @@ def verify(
     with, malformed, expired, addressed to another host, or not newer than
     every order this host already accepted (replay, rollback).
     """
+    # Here, not at module level: the daemon loads cryptography (about 10 MiB
+    # it would keep) only once an order comes.
+    from fleetpatch.envelope import WORK_ORDER_TYPE, EnvelopeError, open_envelope
+
     why = (withdrawn or {}).get(envelope.key_id)
     if why is not None and envelope.key_id not in trusted_keys:
         raise OrderRefused(

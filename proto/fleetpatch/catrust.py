@@ -15,12 +15,13 @@ it offers, agents to decide what they take.
 
 from __future__ import annotations
 
-import hashlib
 import re
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
+
+from fleetpatch import certfields
 
 _PEM = re.compile(rb"-----BEGIN CERTIFICATE-----.+?-----END CERTIFICATE-----\s*", re.DOTALL)
 _SPKI = (serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
@@ -44,9 +45,9 @@ def to_pem(certs: list[x509.Certificate]) -> bytes:
 
 
 def bundle_hash(certs: list[x509.Certificate]) -> str:
-    """A digest of a set of CA certificates, whatever their order."""
-    ders = sorted(c.public_bytes(serialization.Encoding.DER) for c in certs)
-    return hashlib.sha256(b"".join(hashlib.sha256(d).digest() for d in ders)).hexdigest()
+    """A digest of a set of CA certificates, whatever their order (the
+    agent computes it from ca.pem without cryptography: certfields)."""
+    return certfields.bundle_hash(c.public_bytes(serialization.Encoding.DER) for c in certs)
 
 
 def issued_by_any(cert: x509.Certificate, cas: list[x509.Certificate]) -> bool:

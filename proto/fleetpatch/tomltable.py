@@ -11,7 +11,6 @@ the agent's agent.toml are read with it, so both speak the same way.
 
 from __future__ import annotations
 
-import difflib
 from datetime import date, datetime, time, timedelta
 from enum import StrEnum
 from typing import Any, TypeVar
@@ -212,6 +211,8 @@ class Table:
             if key in self._read:
                 continue
             what = "table" if isinstance(self._data[key], dict) else "key"
+            import difflib  # only to word an error: not loaded for every read
+
             close = difflib.get_close_matches(key, sorted(self._read), n=1)
             hint = f" (did you mean {close[0]!r}?)" if close else ""
             known = ", ".join(sorted(self._read)) or "none"

@@ -341,6 +341,32 @@ def test_agent_loop_survives_a_controller_that_is_down(tmp_path):
     assert "Traceback" not in err
 
 
+def test_the_running_daemon_checks_in_without_cryptography(controller, tmp_path):
+    """`fleetpatch-agent run` checks its key and certificates in a child
+    (agent.preflight) and checks in without the cryptography package: the
+    library, about 10 MiB it would keep for months, is not even mapped in
+    the daemon (issue 18: at most 40 MiB idle)."""
+    state = tmp_path / "a1"
+    host_id = _enroll(controller, state)
+    before = _checkins(controller, host_id)
+    agent = subprocess.Popen(
+        [str(BIN / "fleetpatch-agent"), "run", "--state-dir", str(state)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        wait_for(
+            "the agent checks in", lambda: _checkins(controller, host_id), lambda n: n > before
+        )
+        maps = Path(f"/proc/{agent.pid}/maps").read_text()
+    finally:
+        agent.terminate()
+        _, err = agent.communicate(timeout=scaled(30))
+    assert agent.returncode == 0, err
+    assert "checked in" in err
+    assert "/cryptography/" not in maps
+    assert "/grpc/" in maps  # the right process
+
+
 def _checkins(ctl: Controller, host_id: str) -> int:
     count = ctl.host(host_id)["checkins"]
     assert isinstance(count, int)

@@ -1,8 +1,11 @@
 """agent.daemon: the service's `run` command line starts the daemon without
-the CLI framework, and means what the full CLI's `run` means."""
+the CLI framework, and means what the full CLI's `run` means; the daemon
+checks its state dir in a child (agent.preflight) and, idle, does without
+cryptography."""
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -10,9 +13,16 @@ from pathlib import Path
 import click
 import pytest
 import typer
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from fleetpatch import envelope
+from fleetpatch.identity import Identity, Role
 
-from agent import cli, daemon
-from agent.statedir import DEFAULT_STATE_DIR
+from agent import cli, daemon, preflight
+from agent.errors import AgentError, ConfigError, NotEnrolled, StateDirError
+from agent.orders.journal import Journal
+from agent.statedir import DEFAULT_STATE_DIR, StateDir
+from controller.fleet.pki import CertificateAuthority, key_to_pem, new_key
 
 ENV = {"FLEETPATCH_AGENT_STATE_DIR": "/srv/agent"}
 
@@ -83,3 +93,138 @@ def test_the_daemon_path_loads_no_cli_framework(tmp_path):
     assert done.stdout.strip() == "2 [] False", done.stderr
     assert done.stderr.strip().startswith("fleetpatch-agent: error: ")
     assert len(done.stderr.strip().splitlines()) == 1, done.stderr
+
+
+# -- what the idle daemon loads ---------------------------------------------------
+
+HOST_ID = "h-0123456789abcdef"
+#: Loaded only when an order, a new signing key or CA, or a renewal comes
+#: (cryptography: about 10 MiB of the 40 the daemon may take, issue 18), an
+#: HTTP health check runs (urllib.request, with http.client and email: over
+#: 1 MiB), a `process` health check runs (psutil: 0.9 MiB, agent.host.sysinfo
+#: reads the rest), or a settings file is refused (difflib); not at all
+#: (platform, _strptime, secrets).
+NOT_WHILE_IDLE = (
+    "cryptography", "fleetpatch.catrust", "fleetpatch.envelope", "fleetpatch.identity",
+    "fleetpatch.releasefmt", "urllib.request", "http.client", "email", "psutil", "difflib",
+    "platform", "_strptime", "secrets",
+)  # fmt: skip
+
+
+def _enrolled(path: Path, ca: CertificateAuthority | None = None) -> StateDir:
+    """A state dir as `fleetpatch-agent enroll` leaves it."""
+    ca = ca or CertificateAuthority.create()
+    key = new_key()
+    state = StateDir(path)
+    state.create()
+    state.write_config("localhost:1", "localhost:2")
+    state.write(state.ca, ca.cert_pem, mode=0o644)
+    state.write(state.key, key_to_pem(key), mode=0o600)
+    cert = ca.issue_client(Identity(Role.HOST, HOST_ID), key.public_key())
+    state.write(state.cert, cert.public_bytes(serialization.Encoding.PEM), mode=0o644)
+    signing = Ed25519PrivateKey.generate().public_key().public_bytes_raw()
+    state.write_trusted_signing_keys({envelope.key_id(signing): signing})
+    Journal.open(state.journal).close()
+    return state
+
+
+def test_the_daemons_check_in_child_checks_what_the_cli_checks(tmp_path):
+    state = _enrolled(tmp_path / "state")
+    assert preflight.in_child(state) == preflight.in_process(state)
+    assert preflight.in_child(state).host_id == HOST_ID
+
+
+@pytest.mark.parametrize(
+    ("damage", "error"),
+    [
+        (lambda s: s.key.write_bytes(b"junk\n"), StateDirError),
+        (lambda s: s.key.write_bytes(key_to_pem(new_key())), StateDirError),
+        (lambda s: s.cert.unlink(), StateDirError),
+        (lambda s: s.config_file.write_text("[controler]\n"), ConfigError),
+        (lambda s: s.trusted_keys.write_text("[]"), StateDirError),
+        (lambda s: [p.unlink() for p in s.path.iterdir() if p.is_file()], NotEnrolled),
+    ],
+)
+def test_the_daemons_check_fails_as_the_clis_does(tmp_path, damage, error):
+    state = _enrolled(tmp_path / "state")
+    damage(state)
+    with pytest.raises(error) as in_process:
+        preflight.in_process(state)
+    with pytest.raises(error) as in_child:
+        preflight.in_child(state)
+    assert type(in_child.value) is type(in_process.value)
+    assert str(in_child.value) == str(in_process.value)
+    assert in_child.value.exit_code == in_process.value.exit_code
+
+
+@pytest.mark.parametrize(("child", "code"), [("false", 1), ("echo", 0)])
+def test_a_check_that_crashes_stops_the_daemon_saying_so(tmp_path, monkeypatch, child, code):
+    """A child that fails without its answer (a bug: a traceback), or
+    answers something else, stops the daemon: nothing unchecked is used."""
+    state = _enrolled(tmp_path / "state")
+    monkeypatch.setattr(sys, "executable", shutil.which(child))
+    with pytest.raises(AgentError, match=rf"checking the state dir .* failed \(exit {code};"):
+        preflight.in_child(state)
+
+
+IDLE = """
+import sys
+from datetime import timedelta
+from pathlib import Path
+
+from fleetpatch.v1 import agent_pb2
+
+from agent import daemon  # the console script's module
+from agent.backends.packages import Inventory
+from agent.link.checkin import CheckIns
+from agent.link.keys import learn_announced
+from agent.link.renewal import Renewal
+from agent.link.watch import Watcher
+from agent.preflight import in_child
+from agent.service import Agent
+from agent.statedir import StateDir
+
+
+class Controller:
+    address = "localhost:1"
+
+    def check_in(self, request):
+        assert request.ca_trust_hash and request.facts.hostname
+        answer = agent_pb2.CheckInResponse(known_inventory_hash=request.inventory_hash)
+        answer.next_checkin.FromTimedelta(timedelta(minutes=5))
+        return answer
+
+    def report_progress(self, request):
+        return agent_pb2.ReportProgressResponse()
+
+
+state = StateDir(Path(sys.argv[1]))
+agent = Agent.open(state, online=True, check=in_child)  # as daemon.run does
+client = Controller()
+checkins = CheckIns(
+    agent.config, agent.journal, client, take_inventory=lambda manager: Inventory([]),
+    between=agent.between, on_keys=lambda answer: learn_announced(state, answer),
+    after=agent.write_metrics, renewal=Renewal(state, client),
+)
+agent.resume()
+for _ in range(2):
+    agent.between()
+    report = checkins.once()
+    agent.write_metrics()
+assert report.next_in == timedelta(minutes=5), report
+print(" ".join(sorted(m for m in sys.modules if m.startswith(tuple(sys.argv[2:])))))
+"""
+
+
+def test_the_idle_daemon_loads_no_cryptography(tmp_path):
+    """The daemon's start-up and check-ins, as `daemon.run` wires them (the
+    controller faked): nothing that only an order, a renewal or a new key
+    needs is loaded. Fails when a module of that path imports one of them
+    at module level again."""
+    state = _enrolled(tmp_path / "state")
+    done = subprocess.run(
+        [sys.executable, "-c", IDLE, str(state.path), *NOT_WHILE_IDLE],
+        capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == ""
