@@ -94,9 +94,14 @@ class Tally:
             self.shed += measured
             return delay
         if measured:
-            self.errors[exc.code().name] += 1
-            self.details.setdefault(exc.code().name, str(exc.details())[:200])
+            self.error(exc)
         return rng.uniform(0.5, 1.5)
+
+    def error(self, exc: grpc.aio.AioRpcError, call: str = "") -> None:
+        """Count an error under its cause, with an example of its message."""
+        name = f"{call} {cause(exc)}".strip()
+        self.errors[name] += 1
+        self.details.setdefault(name, str(exc.details())[:200])
 
     def latency(self, took: float, rng: random.Random) -> None:
         self.seen += 1
@@ -104,6 +109,32 @@ class Tally:
             self.latencies.append(took)
         elif (slot := rng.randrange(self.seen)) < SAMPLE:
             self.latencies[slot] = took
+
+
+CALL_TIMEOUT = 60.0  # the generator's deadline for a check-in or a report
+LOCAL_CANCEL = "Locally cancelled"  # grpc.aio's details when this side cancels
+
+
+def cause(exc: grpc.aio.AioRpcError) -> str:
+    """The status code of a failed call and who ended it, as counted: a
+    CANCELLED the server sent (its gRPC core cancels calls that wait past
+    its backlog of calls not yet taken up: `grpc.server.max_pending_requests`)
+    is not one this generator made, nor a deadline of its own."""
+    code = exc.code()
+    details = str(exc.details() or "")
+    if code is grpc.StatusCode.CANCELLED:
+        return (
+            "CANCELLED (by this generator)"
+            if details.startswith(LOCAL_CANCEL)
+            else "CANCELLED (by the server)"
+        )
+    if code is grpc.StatusCode.DEADLINE_EXCEEDED:
+        return f"DEADLINE_EXCEEDED (the generator's {CALL_TIMEOUT:.0f} s deadline)"
+    if code is grpc.StatusCode.UNAVAILABLE:
+        return "UNAVAILABLE (connection failed or lost)"
+    if code is grpc.StatusCode.RESOURCE_EXHAUSTED:
+        return "RESOURCE_EXHAUSTED (shed without a retry delay)"
+    return str(code.name)
 
 
 @dataclass(frozen=True)
@@ -284,7 +315,7 @@ async def _watch(agent: _Agent, tally: Tally, rng: random.Random, stop_at: float
         except grpc.aio.AioRpcError as exc:
             if exc.code() is grpc.StatusCode.CANCELLED:
                 return
-            tally.errors[f"watch {exc.code().name}"] += 1
+            tally.error(exc, "watch")
         await asyncio.sleep(rng.uniform(1.0, 5.0))
 
 
@@ -304,9 +335,10 @@ async def _report(agent: _Agent, tally: Tally) -> None:
     for final in due:
         final.at.GetCurrentTime()
     try:
-        await agent.stub.ReportProgress(agent_pb2.ReportProgressRequest(reports=due), timeout=60)
+        reports = agent_pb2.ReportProgressRequest(reports=due)
+        await agent.stub.ReportProgress(reports, timeout=CALL_TIMEOUT)
     except grpc.aio.AioRpcError as exc:
-        tally.errors[f"report {exc.code().name}"] += 1
+        tally.error(exc, "report")
         return
     tally.reports += len(due)
     agent.pending = [(at, r) for at, r in agent.pending if r not in due]
@@ -335,7 +367,7 @@ async def _run_agents(plan: Plan, identities: Sequence[Identity], address: str, 
             try:
                 async with slots:
                     began = time.perf_counter()
-                    answer = await agent.stub.CheckIn(request, timeout=60)
+                    answer = await agent.stub.CheckIn(request, timeout=CALL_TIMEOUT)
             except grpc.aio.AioRpcError as exc:
                 await asyncio.sleep(tally.failed(exc, time.monotonic() >= measure_from, rng))
                 continue
