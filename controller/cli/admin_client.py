@@ -80,19 +80,33 @@ def wait_connected(channel: grpc.Channel, timeout: float) -> bool:
 
 
 def why_unreachable(address: str, timeout: float = 3.0) -> str:
-    """A few words on why nothing answers at ``address`` (for the error)."""
+    """A few words on why nothing answers at ``address`` (for the error),
+    naming the addresses a name resolved to."""
     split = split_address(address)
     if split is None:
         return "not HOST:PORT"
+    host, port = split
     try:
-        with socket.create_connection(split, timeout=timeout):
-            return "it accepts connections but no TLS connection completed in time"
+        found = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
     except socket.gaierror as exc:
-        return f"cannot resolve {split[0]}: {exc.strerror}"
-    except TimeoutError:
-        return f"no answer within {timeout:.0f}s"
-    except OSError as exc:
-        return exc.strerror or str(exc)
+        return f"cannot resolve {host}: {exc.strerror}"
+    tried: list[str] = []
+    reason = "no address"
+    for family, kind, proto, _, sockaddr in found:
+        ip = str(sockaddr[0])
+        tried.append(f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}")
+        try:
+            with socket.socket(family, kind, proto) as sock:
+                sock.settimeout(timeout)
+                sock.connect(sockaddr)
+            return f"{tried[-1]} accepts connections but no TLS connection completed in time"
+        except TimeoutError:
+            reason = f"no answer within {timeout:.0f}s"
+        except OSError as exc:
+            reason = exc.strerror or str(exc)
+    if tried == [address]:
+        return reason
+    return f"{reason} ({', '.join(tried)})"
 
 
 class AdminClient:
