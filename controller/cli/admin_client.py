@@ -60,9 +60,10 @@ _ERROR_OF: dict[grpc.StatusCode, type[FleetpatchError]] = {
 }
 
 
-def wait_connected(channel: grpc.Channel, timeout: float) -> bool:
+def wait_connected(channel: grpc.Channel, timeout: float) -> bool | None:
     """Whether ``channel`` completes a connection (READY) within
-    ``timeout``; False as soon as an attempt fails (TRANSIENT_FAILURE)."""
+    ``timeout``: True; False as soon as an attempt fails
+    (TRANSIENT_FAILURE); None when neither happened in time."""
     settled = threading.Event()
     seen: list[grpc.ChannelConnectivity] = []
 
@@ -76,7 +77,9 @@ def wait_connected(channel: grpc.Channel, timeout: float) -> bool:
         settled.wait(timeout)
     finally:
         channel.unsubscribe(follow)
-    return bool(seen) and seen[0] is grpc.ChannelConnectivity.READY
+    if not seen:
+        return None
+    return seen[0] is grpc.ChannelConnectivity.READY
 
 
 def why_unreachable(address: str, timeout: float = 3.0) -> str:
@@ -112,7 +115,10 @@ def why_unreachable(address: str, timeout: float = 3.0) -> str:
 class AdminClient:
     def __init__(self, data_dir: DataDir, address: str | None = None) -> None:
         data_dir.require_initialised()
-        self.addresses = split_addresses(address) if address else data_dir.client_addresses()
+        try:
+            self.addresses = split_addresses(address) if address else data_dir.client_addresses()
+        except UsageError as exc:
+            raise UsageError(f"--controller: {exc}" if address else str(exc)) from None
         self.address = self.addresses[0]
         self._data_dir = data_dir
         self._creds = grpc.ssl_channel_credentials(
@@ -158,7 +164,8 @@ class AdminClient:
         for step in range(len(self.addresses)):
             address = self.addresses[(start + step) % len(self.addresses)]
             channel = grpc.secure_channel(address, self._creds)
-            if wait_connected(channel, CONNECT_TIMEOUT_SECONDS):
+            connected = wait_connected(channel, CONNECT_TIMEOUT_SECONDS)
+            if connected:
                 if failed:
                     print(f"warning: {'; '.join(failed)}; using {address}", file=sys.stderr)
                 self.address, self._channel = address, channel
@@ -168,10 +175,14 @@ class AdminClient:
                 )
                 return
             channel.close()
-            problem = self._trust_problem(address)
-            if problem is not None:
-                raise TrustFailure(f"TLS trust fails: {problem}")
-            failed.append(f"cannot reach the controller at {address}: {why_unreachable(address)}")
+            if connected is None:  # silence (a host down, a firewall): no probe would answer
+                why = f"no connection within {CONNECT_TIMEOUT_SECONDS:.0f}s"
+            else:
+                problem = self._trust_problem(address)
+                if problem is not None:
+                    raise TrustFailure(f"TLS trust fails: {problem}")
+                why = why_unreachable(address)
+            failed.append(f"cannot reach the controller at {address}: {why}")
         raise ControllerUnavailable("; ".join(failed))
 
     def _next(self) -> None:
