@@ -102,7 +102,7 @@ def why_unreachable(address: str, timeout: float = 3.0) -> str:
             with socket.socket(family, kind, proto) as sock:
                 sock.settimeout(timeout)
                 sock.connect(sockaddr)
-            return f"{tried[-1]} accepts connections but no TLS connection completed in time"
+            return f"{tried[-1]} accepts TCP connections, but no gRPC connection over TLS was made"
         except TimeoutError:
             reason = f"no answer within {timeout:.0f}s"
         except OSError as exc:
