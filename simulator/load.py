@@ -10,8 +10,11 @@ steady fleet does, with a full inventory now and then (``--change-rate``);
 an order it is given is carried out in a simulated few seconds and
 reported, succeeded or (``--failure-rate``) failed.
 
-It prints check-ins per second, latency percentiles, errors by status and,
-when the controller runs on this machine, its CPU and memory. With
+It prints check-ins per second, latency percentiles, errors by cause (the
+status code and who ended the call) and, when the controller runs on this
+machine, its CPU and memory, and its CPU seconds per 1,000 check-ins
+(every process listening on the controller addresses: several replicas
+comma-separated in ``--controller`` share the agents). With
 ``--bare`` the same agents, identities and messages then run against a bare
 grpc.aio server with the same TLS in the same run (simulator/bare.py), and
 the ratio is printed: what fleetpatch's own work costs."""
