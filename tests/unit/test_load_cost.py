@@ -28,12 +28,12 @@ def test_cpu_per_thousand_check_ins_and_the_ratio_to_bare():
 
 def test_usage_counts_this_process_cpu_from_proc():
     usage = Usage([os.getpid()])
-    end = time.process_time() + 0.05
+    end = time.process_time() + 0.2  # /proc counts in clock ticks (10 ms)
     while time.process_time() < end:
         pass
     measured = usage.done()
     assert measured is not None
-    assert measured.cpu_seconds >= 0.04
+    assert measured.cpu_seconds >= 0.1
     assert Usage(None).done() is None
 
 
