@@ -60,7 +60,7 @@ DEFAULT_PORT = 7443
 # The tables of controller.toml ([[webhooks]] is an array of them).
 TABLES = {
     "server", "checkin", "campaigns", "releases", "enrollment", "audit", "metrics", "webhooks",
-    "certificates", "signing", "vulns", "compliance", "store",
+    "certificates", "signing", "vulns", "compliance", "store", "cli",
 }  # fmt: skip
 
 
@@ -121,6 +121,21 @@ class Settings:
     # PostgreSQL database (several replicas may share it); empty: the
     # embedded SQLite file DIR/controller.db.
     store_url: str = ""
+    # [cli] controllers: the replicas the admin CLI asks, in order (it moves
+    # to the next when one cannot be reached); empty: the running server's
+    # address (endpoints.json), else server.advertise.
+    cli_controllers: tuple[str, ...] = ()
+
+
+def split_addresses(spelled: str) -> list[str]:
+    """ "a:7443,b:7443" -> ["a:7443", "b:7443"], each checked; raises
+    UsageError naming the one that is not HOST:PORT."""
+    found = [a.strip() for a in spelled.split(",") if a.strip()]
+    if not found:
+        raise UsageError(f"{spelled!r} names no address (use HOST:PORT[,HOST:PORT...])")
+    for address in found:
+        split_address(address)
+    return found
 
 
 def default_enroll_address(address: str) -> str:
@@ -338,7 +353,7 @@ class DataDir:
             vuln_match_interval=_duration(vulns, "vulns", "match_interval", "1m", where),
             compliance_grace=_compliance(doc, where),
             admin_certificate_lifetime=admin_lifetime, require_second_approver=second,
-            store_url=_store_url(doc, where),
+            store_url=_store_url(doc, where), cli_controllers=_cli_controllers(doc, where),
         )  # fmt: skip
 
     def write_endpoints(self, address: str, enroll_address: str) -> None:
@@ -353,6 +368,11 @@ class DataDir:
             return str(doc["address"])
         except (OSError, ValueError, KeyError):
             return self.settings().advertise
+
+    def client_addresses(self) -> list[str]:
+        """The replicas the admin CLI asks, in order: `[cli] controllers`
+        when set, else `client_address()` alone."""
+        return list(self.settings().cli_controllers) or [self.client_address()]
 
 
 def _address(
@@ -406,6 +426,20 @@ def _store_url(doc: dict[str, object], path: Path | str) -> str:
             f"{path}: store.url must be a postgresql:// URL (empty: the embedded SQLite file)"
         )
     return url
+
+
+def _cli_controllers(doc: dict[str, object], path: Path | str) -> tuple[str, ...]:
+    """[cli] controllers: an array of HOST:PORT; raises UsageError."""
+    cli = _table(doc, "cli", {"controllers"}, path)
+    value = cli.get("controllers", [])
+    if not isinstance(value, list) or not all(isinstance(a, str) and a for a in value):
+        raise UsageError(f"{path}: cli.controllers must be an array of HOST:PORT strings")
+    for address in value:
+        try:
+            split_address(address)
+        except UsageError as exc:
+            raise UsageError(f"{path}: cli.controllers: {exc}") from None
+    return tuple(value)
 
 
 def _campaigns(doc: dict[str, object], path: Path | str) -> tuple[timedelta, bool]:

@@ -21,6 +21,8 @@ import grpc
 from fleetpatch.v1 import agent_pb2, agent_pb2_grpc
 from google.protobuf.duration_pb2 import Duration
 
+from controller.api.limits import PENDING_OPTIONS
+
 
 class Bare(agent_pb2_grpc.AgentServiceServicer):
     async def CheckIn(
@@ -41,7 +43,9 @@ class Bare(agent_pb2_grpc.AgentServiceServicer):
 
 
 async def serve(data_dir: Path, listen: str) -> None:
-    server = grpc.aio.server()
+    # The controller's backlog of calls not yet taken up, so that a herd
+    # meets the same gRPC core on both.
+    server = grpc.aio.server(options=list(PENDING_OPTIONS))
     agent_pb2_grpc.add_AgentServiceServicer_to_server(Bare(), server)  # type: ignore[abstract]
     creds = grpc.ssl_server_credentials(
         [((data_dir / "server.key").read_bytes(), (data_dir / "server.pem").read_bytes())],

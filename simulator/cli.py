@@ -325,6 +325,15 @@ def load(
             "(within the spread asked for); prints streams, nudges and nudged check-ins.",
         ),
     ] = False,
+    database_pid: Annotated[
+        int | None,
+        typer.Option(
+            "--database-pid",
+            metavar="PID",
+            help="A database server on this machine (PostgreSQL's postmaster): its CPU, "
+            "its backends' included, is also counted per 1,000 check-ins.",
+        ),
+    ] = None,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 1,
     json_out: JsonOption = False,
 ) -> None:
@@ -351,7 +360,8 @@ def load(
         token = admin.create_token(admin_pb2.CreateTokenRequest(
             region="load", ring=0, uses=agents, ttl=ttl, labels={"load": "sim"},
         )).secret  # fmt: skip
-        address = admin.address
+        # Several replicas named: the agents are spread over them all.
+        address = ",".join(admin.addresses) if len(admin.addresses) > 1 else admin.address
     try:
         recorded = json.loads(directory.endpoints.read_text())
     except (OSError, ValueError):
@@ -366,9 +376,12 @@ def load(
     began = time.monotonic()
     identities = loadtool.enroll_all(plan, token, seed)
     print(f"enrolled {len(identities)} agents in {time.monotonic() - began:.0f}s", file=sys.stderr)
-    usage = loadtool.Usage(loadtool.pid_of(data_dir))
+    pids = loadtool.listening(address.split(",")) or loadtool.pid_of(data_dir)
+    usage, database = loadtool.Usage(pids), loadtool.Usage(database_pid)
     tallies = loadtool.run(plan, identities, address, seed)
-    results = [loadtool.merge(f"controller {address}", plan, tallies, usage.done())]
+    results = [
+        loadtool.merge(f"controller {address}", plan, tallies, usage.done(), database.done())
+    ]
     if bare:
         proc, bare_address = loadtool.start_bare(data_dir)
         try:

@@ -10,8 +10,11 @@ steady fleet does, with a full inventory now and then (``--change-rate``);
 an order it is given is carried out in a simulated few seconds and
 reported, succeeded or (``--failure-rate``) failed.
 
-It prints check-ins per second, latency percentiles, errors by status and,
-when the controller runs on this machine, its CPU and memory. With
+It prints check-ins per second, latency percentiles, errors by cause (the
+status code and who ended the call) and, when the controller runs on this
+machine, its CPU and memory, and its CPU seconds per 1,000 check-ins
+(every process listening on the controller addresses: several replicas
+comma-separated in ``--controller`` share the agents). With
 ``--bare`` the same agents, identities and messages then run against a bare
 grpc.aio server with the same TLS in the same run (simulator/bare.py), and
 the ratio is printed: what fleetpatch's own work costs."""
@@ -72,6 +75,7 @@ class Tally:
     """One process's counts for one run; merged by `merge`."""
 
     checkins: int = 0
+    total: int = 0  # check-ins answered from the start, ramp included (for CPU per check-in)
     inventories: int = 0
     orders: int = 0
     reports: int = 0
@@ -94,9 +98,14 @@ class Tally:
             self.shed += measured
             return delay
         if measured:
-            self.errors[exc.code().name] += 1
-            self.details.setdefault(exc.code().name, str(exc.details())[:200])
+            self.error(exc)
         return rng.uniform(0.5, 1.5)
+
+    def error(self, exc: grpc.aio.AioRpcError, call: str = "") -> None:
+        """Count an error under its cause, with an example of its message."""
+        name = f"{call} {cause(exc)}".strip()
+        self.errors[name] += 1
+        self.details.setdefault(name, str(exc.details())[:200])
 
     def latency(self, took: float, rng: random.Random) -> None:
         self.seen += 1
@@ -104,6 +113,32 @@ class Tally:
             self.latencies.append(took)
         elif (slot := rng.randrange(self.seen)) < SAMPLE:
             self.latencies[slot] = took
+
+
+CALL_TIMEOUT = 60.0  # the generator's deadline for a check-in or a report
+LOCAL_CANCEL = "Locally cancelled"  # grpc.aio's details when this side cancels
+
+
+def cause(exc: grpc.aio.AioRpcError) -> str:
+    """The status code of a failed call and who ended it, as counted: a
+    CANCELLED the server sent (its gRPC core cancels calls that wait past
+    its backlog of calls not yet taken up: `grpc.server.max_pending_requests`)
+    is not one this generator made, nor a deadline of its own."""
+    code = exc.code()
+    details = str(exc.details() or "")
+    if code is grpc.StatusCode.CANCELLED:
+        return (
+            "CANCELLED (by this generator)"
+            if details.startswith(LOCAL_CANCEL)
+            else "CANCELLED (by the server)"
+        )
+    if code is grpc.StatusCode.DEADLINE_EXCEEDED:
+        return f"DEADLINE_EXCEEDED (the generator's {CALL_TIMEOUT:.0f} s deadline)"
+    if code is grpc.StatusCode.UNAVAILABLE:
+        return "UNAVAILABLE (connection failed or lost)"
+    if code is grpc.StatusCode.RESOURCE_EXHAUSTED:
+        return "RESOURCE_EXHAUSTED (shed without a retry delay)"
+    return str(code.name)
 
 
 @dataclass(frozen=True)
@@ -129,10 +164,22 @@ class Result:
     # epoch, this machine's clock), for the time from approval to check-in.
     nudged_checkins: list[float] = field(default_factory=list)
     nudges_received: list[float] = field(default_factory=list)  # when each nudge arrived
+    # Check-ins answered over the whole run (ramp included), and the CPU
+    # seconds the server's processes (all replicas) and, when given, the
+    # database server's spent over the same run: the cost per 1,000.
+    checkins_total: int = 0
+    controller_cpu_seconds: float | None = None
+    cpu_seconds_per_1000: float | None = None
+    database_cpu_seconds_per_1000: float | None = None
+    processes: int = 1  # server processes measured (replicas)
 
 
 def merge(
-    target: str, plan: Plan, tallies: Sequence[Tally], usage: tuple[float, float] | None
+    target: str,
+    plan: Plan,
+    tallies: Sequence[Tally],
+    usage: Measured | None,
+    database: Measured | None = None,
 ) -> Result:
     """The processes' tallies as one result."""
     latencies = sorted(t for tally in tallies for t in tally.latencies)
@@ -143,6 +190,13 @@ def merge(
         return (
             latencies[min(len(latencies) - 1, int(q * len(latencies)))] * 1000 if latencies else 0.0
         )
+
+    total = sum(t.total for t in tallies)
+
+    def per_1000(measured: Measured | None) -> float | None:
+        if measured is None or not total:
+            return None
+        return round(1000 * measured.cpu_seconds / total, 3)
 
     errors: Counter[str] = Counter()
     examples: dict[str, str] = {}
@@ -155,11 +209,15 @@ def merge(
         sum(t.inventories for t in tallies), sum(t.orders for t in tallies),
         sum(t.reports for t in tallies), {k: v for k, v in errors.items() if v},
         sum(t.shed for t in tallies), examples,
-        controller_cpu_percent=None if usage is None else round(usage[0], 1),
-        controller_rss_mib=None if usage is None else round(usage[1], 1),
+        controller_cpu_percent=None if usage is None else round(usage.cpu_percent, 1),
+        controller_rss_mib=None if usage is None else round(usage.rss_mib, 1),
         streams=sum(t.streams for t in tallies), nudges=sum(t.nudges for t in tallies),
         nudged_checkins=sorted(t for tally in tallies for t in tally.nudged),
         nudges_received=sorted(t for tally in tallies for t in tally.nudge_times),
+        checkins_total=total,
+        controller_cpu_seconds=None if usage is None else round(usage.cpu_seconds, 2),
+        cpu_seconds_per_1000=per_1000(usage), database_cpu_seconds_per_1000=per_1000(database),
+        processes=1 if usage is None else usage.processes,
     )  # fmt: skip
 
 
@@ -284,7 +342,7 @@ async def _watch(agent: _Agent, tally: Tally, rng: random.Random, stop_at: float
         except grpc.aio.AioRpcError as exc:
             if exc.code() is grpc.StatusCode.CANCELLED:
                 return
-            tally.errors[f"watch {exc.code().name}"] += 1
+            tally.error(exc, "watch")
         await asyncio.sleep(rng.uniform(1.0, 5.0))
 
 
@@ -304,9 +362,10 @@ async def _report(agent: _Agent, tally: Tally) -> None:
     for final in due:
         final.at.GetCurrentTime()
     try:
-        await agent.stub.ReportProgress(agent_pb2.ReportProgressRequest(reports=due), timeout=60)
+        reports = agent_pb2.ReportProgressRequest(reports=due)
+        await agent.stub.ReportProgress(reports, timeout=CALL_TIMEOUT)
     except grpc.aio.AioRpcError as exc:
-        tally.errors[f"report {exc.code().name}"] += 1
+        tally.error(exc, "report")
         return
     tally.reports += len(due)
     agent.pending = [(at, r) for at, r in agent.pending if r not in due]
@@ -318,7 +377,12 @@ async def _run_agents(plan: Plan, identities: Sequence[Identity], address: str, 
     start = time.monotonic()
     measure_from = start + plan.ramp
     stop_at = measure_from + plan.seconds
-    agents = [_Agent(address, plan.ca, i, plan.packages, rng) for i in identities]
+    # Several replicas (comma-separated): the agents are spread over them.
+    addresses = [a for a in address.split(",") if a]
+    agents = [
+        _Agent(addresses[n % len(addresses)], plan.ca, i, plan.packages, rng)
+        for n, i in enumerate(identities)
+    ]
 
     # Bounded, the load is a steady number of calls in flight (a measure of
     # throughput); unbounded, every agent is always asking (a herd).
@@ -335,11 +399,12 @@ async def _run_agents(plan: Plan, identities: Sequence[Identity], address: str, 
             try:
                 async with slots:
                     began = time.perf_counter()
-                    answer = await agent.stub.CheckIn(request, timeout=60)
+                    answer = await agent.stub.CheckIn(request, timeout=CALL_TIMEOUT)
             except grpc.aio.AioRpcError as exc:
                 await asyncio.sleep(tally.failed(exc, time.monotonic() >= measure_from, rng))
                 continue
             took = time.perf_counter() - began
+            tally.total += 1
             agent.sent = answer.known_inventory_hash
             if plan.push and watching is None:  # after the first check-in, as the agent
                 watching = asyncio.ensure_future(_watch(agent, tally, rng, stop_at))
@@ -399,32 +464,72 @@ def enroll_all(plan: Plan, token: str, seed: int) -> list[Identity]:
 # -- the controller's resource use ------------------------------------------------------
 
 
-class Usage:
-    """CPU (percent of one core) and RSS of a local process over a window."""
+@dataclass(frozen=True)
+class Measured:
+    """What `Usage` saw of a set of local processes over a window."""
 
-    def __init__(self, pid: int | None) -> None:
-        try:
-            self._proc = psutil.Process(pid) if pid else None
-        except psutil.Error:
-            self._proc = None
+    cpu_seconds: float  # user + system, from /proc, children included
+    cpu_percent: float  # of one core
+    rss_mib: float
+    processes: int
+
+
+class Usage:
+    """CPU and RSS of local processes (each with its children: PostgreSQL's
+    backends are its postmaster's) over a window, from /proc."""
+
+    def __init__(self, pids: int | Sequence[int] | None) -> None:
+        wanted = [pids] if isinstance(pids, int) else list(pids or [])
+        self._procs: list[psutil.Process] = []
+        for pid in wanted:
+            with contextlib.suppress(psutil.Error):
+                self._procs.append(psutil.Process(pid))
         self._cpu = self._cpu_now()
         self._at = time.monotonic()
 
-    def _cpu_now(self) -> float:
-        if self._proc is None:
-            return 0.0
-        times = self._proc.cpu_times()
-        return float(times.user + times.system)
+    def _tree(self) -> list[psutil.Process]:
+        found = []
+        for proc in self._procs:
+            with contextlib.suppress(psutil.Error):
+                found.extend([proc, *proc.children(recursive=True)])
+        return found
 
-    def done(self) -> tuple[float, float] | None:
-        if self._proc is None:
+    def _cpu_now(self) -> dict[int, float]:
+        spent = {}
+        for proc in self._tree():
+            with contextlib.suppress(psutil.Error):
+                times = proc.cpu_times()
+                spent[proc.pid] = float(times.user + times.system)
+        return spent
+
+    def done(self) -> Measured | None:
+        if not self._procs:
             return None
-        try:
-            spent = self._cpu_now() - self._cpu
-            rss = self._proc.memory_info().rss / 2**20
-        except psutil.Error:
-            return None
-        return 100 * spent / max(time.monotonic() - self._at, 1e-9), rss
+        now = self._cpu_now()
+        # A process that came during the window counts from zero; one that
+        # went before its end is lost (the figure is then a floor).
+        spent = sum(cpu - self._cpu.get(pid, 0.0) for pid, cpu in now.items())
+        rss = 0.0
+        for proc in self._procs:
+            with contextlib.suppress(psutil.Error):
+                rss += proc.memory_info().rss / 2**20
+        seconds = max(time.monotonic() - self._at, 1e-9)
+        return Measured(spent, 100 * spent / seconds, rss, len(self._procs))
+
+
+def listening(addresses: Sequence[str]) -> list[int]:
+    """The local processes listening on these HOST:PORT addresses (the
+    controller replicas started here); [] when it cannot be told."""
+    ports = {int(a.rpartition(":")[2]) for a in addresses if a.rpartition(":")[2].isdigit()}
+    try:
+        connections = psutil.net_connections(kind="tcp")
+    except psutil.Error:
+        return []
+    return sorted({
+        c.pid for c in connections
+        if c.status == psutil.CONN_LISTEN and c.pid and c.laddr and c.laddr.port in ports
+        and c.pid != os.getpid()
+    })  # fmt: skip
 
 
 # -- the bare server --------------------------------------------------------------------
@@ -448,22 +553,37 @@ def as_json(results: Sequence[Result]) -> str:
     doc: dict[str, object] = {"runs": [asdict(r) for r in results]}
     if len(results) == 2 and results[1].checkins_per_second:
         doc["ratio"] = round(results[0].checkins_per_second / results[1].checkins_per_second, 3)
+        ours, bare = results[0].cpu_seconds_per_1000, results[1].cpu_seconds_per_1000
+        if ours and bare:
+            doc["cpu_ratio"] = round(ours / bare, 3)
     return json.dumps(doc, indent=2, sort_keys=True)
 
 
 def table(results: Sequence[Result]) -> str:
     lines = [f"{'target':<34} {'agents':>7} {'check-ins/s':>12} {'p50 ms':>8} {'p90 ms':>8} "
-             f"{'p99 ms':>8} {'errors':>7} {'ctl CPU %':>10} {'ctl RSS MiB':>12}"]  # fmt: skip
+             f"{'p99 ms':>8} {'errors':>7} {'ctl CPU %':>10} {'ctl RSS MiB':>12} "
+             f"{'CPU s/1k':>9} {'db s/1k':>8}"]  # fmt: skip
     for r in results:
         cpu = "-" if r.controller_cpu_percent is None else f"{r.controller_cpu_percent:.0f}"
         rss = "-" if r.controller_rss_mib is None else f"{r.controller_rss_mib:.0f}"
+        per = "-" if r.cpu_seconds_per_1000 is None else f"{r.cpu_seconds_per_1000:.3f}"
+        db = "-" if r.database_cpu_seconds_per_1000 is None else (
+            f"{r.database_cpu_seconds_per_1000:.3f}"
+        )  # fmt: skip
         lines.append(
             f"{r.target:<34} {r.agents:>7} {r.checkins_per_second:>12,.0f} {r.p50_ms:>8.1f} "
-            f"{r.p90_ms:>8.1f} {r.p99_ms:>8.1f} {sum(r.errors.values()):>7} {cpu:>10} {rss:>12}"
+            f"{r.p90_ms:>8.1f} {r.p99_ms:>8.1f} {sum(r.errors.values()):>7} {cpu:>10} {rss:>12} "
+            f"{per:>9} {db:>8}"
         )
     if len(results) == 2 and results[1].checkins_per_second:
         ratio = results[0].checkins_per_second / results[1].checkins_per_second
         lines.append(f"controller / bare server: {100 * ratio:.0f} %")
+        ours, bare = results[0].cpu_seconds_per_1000, results[1].cpu_seconds_per_1000
+        if ours and bare:
+            lines.append(
+                f"CPU per 1,000 check-ins: controller {ours:.3f} s ({results[0].processes} "
+                f"process(es)), bare {bare:.3f} s: {ours / bare:.2f}x"
+            )
     for r in results:
         if r.streams or r.nudges:
             lines.append(f"{r.target}: {r.streams} Watch streams opened, {r.nudges} nudges, "

@@ -62,6 +62,19 @@ RETRY_AFTER_SECONDS = 5.0
 DEFAULT_CAPACITY = 1000.0
 MIN_CAPACITY = 50.0
 MAX_SLOT_SECONDS = 120.0
+# Calls that gRPC core has received but the server has not yet taken up
+# (its event loop busy with others): past the first, core cancels new ones
+# at random, past the second all of them, and the agent sees CANCELLED
+# without the controller having seen the call. gRPC's defaults (1,000 and
+# 3,000) cut a herd of a few thousand hosts before `Admission` could shed
+# it with a retry delay; these leave the shedding to `Admission` up to a
+# herd of this size, and still bound what waits unseen.
+MAX_PENDING_CALLS = 10_000
+MAX_PENDING_CALLS_HARD = 20_000
+PENDING_OPTIONS: tuple[tuple[str, int], ...] = (
+    ("grpc.server.max_pending_requests", MAX_PENDING_CALLS),
+    ("grpc.server.max_pending_requests_hard_limit", MAX_PENDING_CALLS_HARD),
+)
 
 
 def _malloc_trim() -> Callable[[int], int] | None:

@@ -75,6 +75,7 @@ _OPTIONS: list[tuple[str, int]] = [
     ("grpc.max_concurrent_streams", 32),
     ("grpc.http2.bdp_probe", 0),
     ("grpc.so_reuseport", 0),
+    *limits.PENDING_OPTIONS,
 ]
 
 

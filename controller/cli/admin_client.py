@@ -1,17 +1,33 @@
 """The admin CLI's connection to the controller (mutual TLS with the admin
-certificate from the data dir). gRPC errors become CLI errors here."""
+certificate from the data dir). gRPC errors become CLI errors here.
+
+Several replicas may be named (`--controller a:7443,b:7443`, `[cli]
+controllers`): the client connects to the first that completes a
+connection (TLS handshake included) and moves to the next when one cannot
+be reached. What it sends is retried on another replica only when that is
+harmless: a read, or a verb that asking twice leaves as asking once
+(approve, pause, resume, abort, revoke, relabel: see "Asking twice" in the
+README). A call that creates something (a token, a campaign, an admin, a
+release, an import, a renewed certificate) goes to another replica only
+when no connection could be made, so it was certainly not sent; cut off
+after it was sent, it is reported as unreachable with a word to check
+before asking again. A TLS trust failure is a configuration error (exit
+7) on any replica: it stops there, with no failover."""
 
 from __future__ import annotations
 
+import socket
+import sys
+import threading
 from collections.abc import Callable, Iterable, Iterator
 from typing import TypeVar
 
 import grpc
-from fleetpatch.tlstrust import trust_problem
+from fleetpatch.tlstrust import split_address, trust_problem
 from fleetpatch.v1 import admin_pb2, admin_pb2_grpc, vulns_pb2, vulns_pb2_grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from controller.datadir import DataDir
+from controller.datadir import DataDir, split_addresses
 from controller.errors import (
     Conflict,
     ControllerUnavailable,
@@ -24,6 +40,9 @@ from controller.errors import (
 
 _T = TypeVar("_T")
 TIMEOUT_SECONDS = 15.0
+# How long a replica has to complete a connection (TCP and TLS) before the
+# next one is tried.
+CONNECT_TIMEOUT_SECONDS = 10.0
 PUBLISH_TIMEOUT_SECONDS = 900.0  # up to 256 MiB over a slow link
 # Walking or exporting the whole audit trail: minutes at 10 million records.
 AUDIT_TIMEOUT_SECONDS = 3600.0
@@ -41,22 +60,92 @@ _ERROR_OF: dict[grpc.StatusCode, type[FleetpatchError]] = {
 }
 
 
+def wait_connected(channel: grpc.Channel, timeout: float) -> bool | None:
+    """Whether ``channel`` completes a connection (READY) within
+    ``timeout``: True; False as soon as an attempt fails
+    (TRANSIENT_FAILURE); None when neither happened in time."""
+    settled = threading.Event()
+    seen: list[grpc.ChannelConnectivity] = []
+
+    def follow(state: grpc.ChannelConnectivity) -> None:
+        if state in (grpc.ChannelConnectivity.READY, grpc.ChannelConnectivity.TRANSIENT_FAILURE):
+            seen.append(state)
+            settled.set()
+
+    channel.subscribe(follow, try_to_connect=True)
+    try:
+        settled.wait(timeout)
+    finally:
+        channel.unsubscribe(follow)
+    if not seen:
+        return None
+    return seen[0] is grpc.ChannelConnectivity.READY
+
+
+def why_unreachable(address: str, timeout: float = 3.0) -> str:
+    """A few words on why nothing answers at ``address`` (for the error),
+    naming the addresses a name resolved to."""
+    split = split_address(address)
+    if split is None:
+        return "not HOST:PORT"
+    host, port = split
+    try:
+        found = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except socket.gaierror as exc:
+        return f"cannot resolve {host}: {exc.strerror}"
+    tried: list[str] = []
+    reason = "no address"
+    for family, kind, proto, _, sockaddr in found:
+        ip = str(sockaddr[0])
+        tried.append(f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}")
+        try:
+            with socket.socket(family, kind, proto) as sock:
+                sock.settimeout(timeout)
+                sock.connect(sockaddr)
+            return f"{tried[-1]} accepts TCP connections, but no gRPC connection over TLS was made"
+        except TimeoutError:
+            reason = f"no answer within {timeout:.0f}s"
+        except OSError as exc:
+            reason = exc.strerror or str(exc)
+    if tried == [address]:
+        return reason
+    return f"{reason} ({', '.join(tried)})"
+
+
 class AdminClient:
     def __init__(self, data_dir: DataDir, address: str | None = None) -> None:
         data_dir.require_initialised()
-        self.address = address or data_dir.client_address()
+        try:
+            self.addresses = split_addresses(address) if address else data_dir.client_addresses()
+        except UsageError as exc:
+            raise UsageError(f"--controller: {exc}" if address else str(exc)) from None
+        self.address = self.addresses[0]
         self._data_dir = data_dir
-        creds = grpc.ssl_channel_credentials(
+        self._creds = grpc.ssl_channel_credentials(
             root_certificates=data_dir.read(data_dir.ca_cert),
             private_key=data_dir.read(data_dir.admin_key),
             certificate_chain=data_dir.read(data_dir.admin_cert),
         )
-        self._channel = grpc.secure_channel(self.address, creds)
-        self._stub = admin_pb2_grpc.AdminServiceStub(self._channel)
-        self._vulns = vulns_pb2_grpc.VulnServiceStub(self._channel)
+        self._channel: grpc.Channel | None = None
+        self._stubs: tuple[admin_pb2_grpc.AdminServiceStub, vulns_pb2_grpc.VulnServiceStub] | None
+        self._stubs = None
+
+    @property
+    def _stub(self) -> admin_pb2_grpc.AdminServiceStub:
+        if self._stubs is None:
+            raise AssertionError("a call before _connect()")
+        return self._stubs[0]
+
+    @property
+    def _vulns(self) -> vulns_pb2_grpc.VulnServiceStub:
+        if self._stubs is None:
+            raise AssertionError("a call before _connect()")
+        return self._stubs[1]
 
     def close(self) -> None:
-        self._channel.close()
+        if self._channel is not None:
+            self._channel.close()
+            self._channel, self._stubs = None, None
 
     def __enter__(self) -> AdminClient:
         return self
@@ -64,51 +153,120 @@ class AdminClient:
     def __exit__(self, *_: object) -> None:
         self.close()
 
-    def _call(self, fn: Callable[[], _T]) -> _T:
+    def _connect(self) -> None:
+        """A connection to the replica in use or, when it cannot be made,
+        to the next ones in turn; raises TrustFailure at the first replica
+        that fails on trust, ControllerUnavailable when none answers."""
+        if self._channel is not None:
+            return
+        start = self.addresses.index(self.address)
+        failed: list[str] = []
+        for step in range(len(self.addresses)):
+            address = self.addresses[(start + step) % len(self.addresses)]
+            channel = grpc.secure_channel(address, self._creds)
+            connected = wait_connected(channel, CONNECT_TIMEOUT_SECONDS)
+            if connected:
+                if failed:
+                    print(f"warning: {'; '.join(failed)}; using {address}", file=sys.stderr)
+                self.address, self._channel = address, channel
+                self._stubs = (
+                    admin_pb2_grpc.AdminServiceStub(channel),
+                    vulns_pb2_grpc.VulnServiceStub(channel),
+                )
+                return
+            channel.close()
+            if connected is None:  # silence (a host down, a firewall): no probe would answer
+                why = f"no connection within {CONNECT_TIMEOUT_SECONDS:.0f}s"
+            else:
+                problem = self._trust_problem(address)
+                if problem is not None:
+                    raise TrustFailure(f"TLS trust fails: {problem}")
+                why = why_unreachable(address)
+            failed.append(f"cannot reach the controller at {address}: {why}")
+        raise ControllerUnavailable("; ".join(failed))
+
+    def _next(self) -> None:
+        """Drop the connection; the next call starts at the next replica."""
+        self.close()
+        self.address = self.addresses[(self.addresses.index(self.address) + 1)
+                                      % len(self.addresses)]  # fmt: skip
+
+    def _ask(self, fn: Callable[[], _T]) -> _T:
+        """``fn()``, safe to send twice (a read, or a verb whose second
+        asking changes nothing): on a replica that cannot be reached, asked
+        again of the next, each replica once."""
+        for attempt in range(len(self.addresses)):
+            self._connect()
+            try:
+                return fn()
+            except grpc.RpcError as exc:
+                error = self._error(exc)
+                if (
+                    exc.code() is not grpc.StatusCode.UNAVAILABLE
+                    or isinstance(error, TrustFailure)
+                    or attempt == len(self.addresses) - 1
+                ):
+                    raise error from None
+                was = self.address
+                self._next()
+                print(f"warning: {error}; asking {self.address} instead of {was}", file=sys.stderr)
+        raise AssertionError("unreachable: the last attempt returns or raises")
+
+    def _send(self, fn: Callable[[], _T]) -> _T:
+        """``fn()``, which must not be applied twice: another replica is
+        tried only when none could be connected to (so nothing was sent)."""
+        self._connect()
         try:
             return fn()
         except grpc.RpcError as exc:
-            raise self._error(exc) from None
+            error = self._error(exc)
+            if exc.code() is grpc.StatusCode.UNAVAILABLE and not isinstance(error, TrustFailure):
+                self.close()
+                raise ControllerUnavailable(
+                    f"{error} (the request may have reached it before the connection was "
+                    "lost: check whether it was done before asking again)"
+                ) from None
+            raise error from None
 
     def _error(self, exc: grpc.RpcError) -> FleetpatchError:
         code: grpc.StatusCode = exc.code()
         details: str = exc.details() or code.name
         if code is grpc.StatusCode.UNAVAILABLE:
-            problem = self._trust_problem()
+            problem = self._trust_problem(self.address)
             if problem is not None:
                 return TrustFailure(f"TLS trust fails: {problem}")
         if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
             details = f"cannot reach the controller at {self.address}: {details}"
         return _ERROR_OF.get(code, FleetpatchError)(details)
 
-    def _trust_problem(self) -> str | None:
+    def _trust_problem(self, address: str) -> str | None:
         """Whether an UNAVAILABLE was a trust failure (grpc cannot tell)."""
         data_dir = self._data_dir
         problem = trust_problem(
-            self.address, data_dir.read(data_dir.ca_cert), data_dir.admin_cert, data_dir.admin_key
+            address, data_dir.read(data_dir.ca_cert), data_dir.admin_cert, data_dir.admin_key
         )
         if problem is None:
             return None
         return f"{problem} (CA {data_dir.ca_cert}, admin certificate {data_dir.admin_cert})"
 
     def create_token(self, request: admin_pb2.CreateTokenRequest) -> admin_pb2.CreateTokenResponse:
-        return self._call(lambda: self._stub.CreateToken(request, timeout=TIMEOUT_SECONDS))
+        return self._send(lambda: self._stub.CreateToken(request, timeout=TIMEOUT_SECONDS))
 
     def list_tokens(self) -> list[admin_pb2.Token]:
-        response = self._call(
+        response = self._ask(
             lambda: self._stub.ListTokens(admin_pb2.ListTokensRequest(), timeout=TIMEOUT_SECONDS)
         )
         return list(response.tokens)
 
     def revoke_token(self, token_id: str) -> admin_pb2.Token:
         request = admin_pb2.RevokeTokenRequest(token_id=token_id)
-        return self._call(lambda: self._stub.RevokeToken(request, timeout=TIMEOUT_SECONDS)).token
+        return self._ask(lambda: self._stub.RevokeToken(request, timeout=TIMEOUT_SECONDS)).token
 
     def iter_hosts(self, region: str = "", ring: int | None = None) -> Iterator[admin_pb2.Host]:
         """Every matching host, fetched page by page."""
         request = admin_pb2.ListHostsRequest(region=region, ring=ring, page_size=1000)
         while True:
-            page = self._call(lambda: self._stub.ListHosts(request, timeout=TIMEOUT_SECONDS))
+            page = self._ask(lambda: self._stub.ListHosts(request, timeout=TIMEOUT_SECONDS))
             yield from page.hosts
             if not page.next_page_token:
                 return
@@ -116,18 +274,18 @@ class AdminClient:
 
     def get_host(self, host_id: str) -> admin_pb2.GetHostResponse:
         request = admin_pb2.GetHostRequest(host_id=host_id)
-        return self._call(lambda: self._stub.GetHost(request, timeout=TIMEOUT_SECONDS))
+        return self._ask(lambda: self._stub.GetHost(request, timeout=TIMEOUT_SECONDS))
 
     def revoke_host(self, host_id: str) -> admin_pb2.Host:
         request = admin_pb2.RevokeHostRequest(host_id=host_id)
-        return self._call(lambda: self._stub.RevokeHost(request, timeout=TIMEOUT_SECONDS)).host
+        return self._ask(lambda: self._stub.RevokeHost(request, timeout=TIMEOUT_SECONDS)).host
 
     def relabel_host(self, request: admin_pb2.RelabelHostRequest) -> admin_pb2.Host:
-        return self._call(lambda: self._stub.RelabelHost(request, timeout=TIMEOUT_SECONDS)).host
+        return self._ask(lambda: self._stub.RelabelHost(request, timeout=TIMEOUT_SECONDS)).host
 
     def create_campaign(self, spec: str, source: str) -> admin_pb2.Campaign:
         request = admin_pb2.CreateCampaignRequest(spec=spec, source=source)
-        return self._call(
+        return self._send(
             lambda: self._stub.CreateCampaign(request, timeout=TIMEOUT_SECONDS)
         ).campaign
 
@@ -137,29 +295,32 @@ class AdminClient:
         """approve, pause, resume, abort or get one campaign."""
         if action == "abort":
             abort = admin_pb2.AbortCampaignRequest(campaign_id=campaign_id, revert=revert)
-            return self._call(
+            return self._ask(
                 lambda: self._stub.AbortCampaign(abort, timeout=TIMEOUT_SECONDS)
             ).campaign
         request = admin_pb2.CampaignRequest(campaign_id=campaign_id)
         method = {
-            "approve": self._stub.ApproveCampaign,
-            "pause": self._stub.PauseCampaign,
-            "resume": self._stub.ResumeCampaign,
-            "get": self._stub.GetCampaign,
+            "approve": "ApproveCampaign",
+            "pause": "PauseCampaign",
+            "resume": "ResumeCampaign",
+            "get": "GetCampaign",
         }[action]
-        return self._call(lambda: method(request, timeout=TIMEOUT_SECONDS)).campaign
+        reply: admin_pb2.CampaignResponse = self._ask(
+            lambda: getattr(self._stub, method)(request, timeout=TIMEOUT_SECONDS)
+        )
+        return reply.campaign
 
     def campaign_hosts(self, campaign_id: str, status: str = "") -> list[admin_pb2.CampaignHost]:
         """The hosts a campaign assigned orders to (of one status, if given)."""
         request = admin_pb2.ListCampaignHostsRequest(campaign_id=campaign_id, status=status)
         return list(
-            self._call(lambda: self._stub.ListCampaignHosts(request, timeout=TIMEOUT_SECONDS)).hosts
+            self._ask(lambda: self._stub.ListCampaignHosts(request, timeout=TIMEOUT_SECONDS)).hosts
         )
 
     def list_campaigns(self) -> list[admin_pb2.Campaign]:
         request = admin_pb2.ListCampaignsRequest()
         return list(
-            self._call(lambda: self._stub.ListCampaigns(request, timeout=TIMEOUT_SECONDS)).campaigns
+            self._ask(lambda: self._stub.ListCampaigns(request, timeout=TIMEOUT_SECONDS)).campaigns
         )
 
     def publish_release(
@@ -172,32 +333,32 @@ class AdminClient:
             for chunk in chunks:
                 yield admin_pb2.PublishAgentReleaseRequest(data=chunk)
 
-        return self._call(
+        return self._send(
             lambda: self._stub.PublishAgentRelease(requests(), timeout=PUBLISH_TIMEOUT_SECONDS)
         ).release
 
     def list_releases(self) -> list[admin_pb2.AgentRelease]:
         request = admin_pb2.ListAgentReleasesRequest()
         return list(
-            self._call(
+            self._ask(
                 lambda: self._stub.ListAgentReleases(request, timeout=TIMEOUT_SECONDS)
             ).releases
         )
 
     def fleet_history(self) -> list[admin_pb2.CellHistory]:
         request = admin_pb2.FleetHistoryRequest()
-        reply = self._call(lambda: self._stub.GetFleetHistory(request, timeout=TIMEOUT_SECONDS))
+        reply = self._ask(lambda: self._stub.GetFleetHistory(request, timeout=TIMEOUT_SECONDS))
         return list(reply.cells)
 
     def verify_audit(
         self, checkpoint: admin_pb2.AuditCheckpoint | None = None
     ) -> admin_pb2.VerifyAuditResponse:
         request = admin_pb2.VerifyAuditRequest(checkpoint=checkpoint)
-        return self._call(lambda: self._stub.VerifyAudit(request, timeout=AUDIT_TIMEOUT_SECONDS))
+        return self._ask(lambda: self._stub.VerifyAudit(request, timeout=AUDIT_TIMEOUT_SECONDS))
 
     def audit_checkpoint(self) -> admin_pb2.AuditCheckpoint:
         request = admin_pb2.AuditCheckpointRequest()
-        return self._call(
+        return self._ask(
             lambda: self._stub.AuditCheckpoint(request, timeout=TIMEOUT_SECONDS)
         ).checkpoint
 
@@ -205,7 +366,16 @@ class AdminClient:
         """The trail, oldest first, as the controller streams it: a page at
         a time in memory, however long the trail."""
         request = admin_pb2.ExportAuditRequest(since=since)
-        stream = self._call(lambda: self._stub.ExportAudit(request, timeout=AUDIT_TIMEOUT_SECONDS))
+
+        def opened() -> tuple[Iterator[admin_pb2.ExportAuditResponse], list[admin_pb2.AuditRecord]]:
+            # The first page is asked for with the call: until it comes,
+            # another replica may be asked instead.
+            stream = iter(self._stub.ExportAudit(request, timeout=AUDIT_TIMEOUT_SECONDS))
+            first = next(stream, None)
+            return stream, [] if first is None else list(first.records)
+
+        stream, first = self._ask(opened)
+        yield from first
         try:
             for page in stream:
                 yield from page.records
@@ -218,41 +388,41 @@ class AdminClient:
         self, batches: list[vulns_pb2.ImportVulnsRequest]
     ) -> vulns_pb2.ImportVulnsResponse:
         """Send a feed already read whole (the last batch commits)."""
-        return self._call(
+        return self._send(
             lambda: self._vulns.ImportVulns(iter(batches), timeout=PUBLISH_TIMEOUT_SECONDS)
         )
 
     def list_vulns(self, request: vulns_pb2.ListVulnsRequest) -> vulns_pb2.ListVulnsResponse:
-        return self._call(lambda: self._vulns.ListVulns(request, timeout=TIMEOUT_SECONDS))
+        return self._ask(lambda: self._vulns.ListVulns(request, timeout=TIMEOUT_SECONDS))
 
     def get_vuln(self, vuln_id: str) -> vulns_pb2.GetVulnResponse:
         request = vulns_pb2.GetVulnRequest(vuln_id=vuln_id)
-        return self._call(lambda: self._vulns.GetVuln(request, timeout=TIMEOUT_SECONDS))
+        return self._ask(lambda: self._vulns.GetVuln(request, timeout=TIMEOUT_SECONDS))
 
     def exposures(self, request: vulns_pb2.ListExposuresRequest) -> list[vulns_pb2.Exposure]:
-        reply = self._call(lambda: self._vulns.ListExposures(request, timeout=TIMEOUT_SECONDS))
+        reply = self._ask(lambda: self._vulns.ListExposures(request, timeout=TIMEOUT_SECONDS))
         return list(reply.exposures)
 
     def compliance(self, by: str) -> vulns_pb2.ComplianceResponse:
         request = vulns_pb2.ComplianceRequest(by=by)
-        return self._call(lambda: self._vulns.GetCompliance(request, timeout=TIMEOUT_SECONDS))
+        return self._ask(lambda: self._vulns.GetCompliance(request, timeout=TIMEOUT_SECONDS))
 
     def add_admin(self, name: str, role: str, csr_pem: bytes) -> admin_pb2.AddAdminResponse:
         request = admin_pb2.AddAdminRequest(name=name, role=role, csr_pem=csr_pem)
-        return self._call(lambda: self._stub.AddAdmin(request, timeout=TIMEOUT_SECONDS))
+        return self._send(lambda: self._stub.AddAdmin(request, timeout=TIMEOUT_SECONDS))
 
     def list_admins(self) -> list[admin_pb2.Admin]:
         request = admin_pb2.ListAdminsRequest()
         return list(
-            self._call(lambda: self._stub.ListAdmins(request, timeout=TIMEOUT_SECONDS)).admins
+            self._ask(lambda: self._stub.ListAdmins(request, timeout=TIMEOUT_SECONDS)).admins
         )
 
     def revoke_admin(self, name: str) -> admin_pb2.Admin:
         request = admin_pb2.RevokeAdminRequest(name=name)
-        return self._call(lambda: self._stub.RevokeAdmin(request, timeout=TIMEOUT_SECONDS)).admin
+        return self._ask(lambda: self._stub.RevokeAdmin(request, timeout=TIMEOUT_SECONDS)).admin
 
     def renew_admin(self, csr_pem: bytes) -> admin_pb2.RenewAdminResponse:
         """A new certificate for the calling admin, for the key in the CSR,
         and the CAs to trust."""
         request = admin_pb2.RenewAdminRequest(csr_pem=csr_pem)
-        return self._call(lambda: self._stub.RenewAdmin(request, timeout=TIMEOUT_SECONDS))
+        return self._send(lambda: self._stub.RenewAdmin(request, timeout=TIMEOUT_SECONDS))

@@ -10,6 +10,7 @@ leaves it; with ``--csr`` it is made elsewhere (by the person, with
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from typing import Annotated
@@ -81,11 +82,15 @@ def admin_add(
     with client(data_dir, controller) as admin:
         added = admin.add_admin(name, role, csr_pem)
         address = admin.address
+        replicas = admin.addresses
     if key is not None:
         target.write_private(target.admin_key, key_to_pem(key))
     target.write_public(target.admin_cert, added.certificate_pem)
     target.write_public(target.ca_cert, added.ca_pem)
-    target.write_group(target.config, f'[server]\nadvertise = "{address}"\n'.encode())
+    config = f'[server]\nadvertise = "{address}"\n'
+    if len(replicas) > 1:  # the new admin asks the same replicas
+        config += f"\n[cli]\ncontrollers = {json.dumps(replicas)}\n"
+    target.write_group(target.config, config.encode())
     expires = convert.from_timestamp(added.admin.certificate_expires_at)
     print(f"admin {name} added as {role}; certificate valid until {expires:%Y-%m-%d %H:%M}Z")
     if key is None:

@@ -24,8 +24,11 @@ ControllerOption = Annotated[
     str | None,
     typer.Option(
         "--controller",
-        metavar="HOST:PORT",
-        help="Controller address; default: the one recorded in the data dir.",
+        envvar="FLEETPATCH_CONTROLLER",
+        metavar="HOST:PORT[,HOST:PORT...]",
+        help="Controller address, or several replicas' comma-separated (the next is "
+        "asked when one cannot be reached); default: [cli] controllers in the "
+        "settings, else the address recorded in the data dir.",
     ),
 ]
 JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]

@@ -8,6 +8,7 @@ mutual TLS, real PostgreSQL."""
 
 from __future__ import annotations
 
+import json
 import shutil
 import signal
 from collections.abc import Iterator
@@ -18,7 +19,7 @@ import pytest
 from fleetpatch.v1 import agent_pb2, agent_pb2_grpc
 
 from tests.integration.test_enrollment import Raw, _enroll
-from tests.support.controller import Controller, free_port
+from tests.support.controller import Controller, cli, free_port
 from tests.support.fakes import FakeBackend, FakeProber
 from tests.support.inprocess import InProcessAgent
 from tests.support.waiting import wait_for
@@ -158,3 +159,71 @@ def test_a_host_revoked_through_one_replica_is_refused_by_the_other(replicas):
     # The other replica learns it from the database within a tick (1 s here).
     wait_for("the second replica to refuse the revoked host", lambda: _report_via(second, host),
              lambda code: code is grpc.StatusCode.PERMISSION_DENIED, timeout=30)  # fmt: skip
+
+
+def test_the_admin_cli_fails_over_to_the_replica_that_answers(replicas, tmp_path):
+    """The admin CLI given both replicas, the first stopped: reads, a
+    write that creates (certainly not sent to the stopped one: no
+    connection) and an idempotent verb all go to the second; the list can
+    come from the data dir's [cli] controllers too. Both stopped: exit 3
+    naming both. A replica of another CA first in the list: exit 7, no
+    failover."""
+    first, second = replicas
+    both = f"{first.address},{second.address}"
+    spec = tmp_path / "c.toml"
+    spec.write_text(CAMPAIGN)
+    ask = first.admin("hosts", "list", "--controller", both)
+    assert "warning" not in ask.stderr, "the first answers: no failover"
+    first.stop()
+
+    listed = first.admin("token", "list", "--controller", both, "--json")
+    assert f"cannot reach the controller at {first.address}" in listed.stderr
+    assert f"using {second.address}" in listed.stderr
+    assert isinstance(json.loads(listed.stdout), list)
+    made = first.admin("token", "create", "--region", "eu", "--ring", "0", "--controller", both)
+    assert made.stdout.strip()
+    campaign_id = first.admin("campaign", "create", spec, "--controller", both).stdout.split()[-1]
+    first.admin("campaign", "approve", campaign_id, "--controller", both)
+    tokens = first.admin_json("token", "list", "--controller", both)
+    assert isinstance(tokens, list)
+    token_id = tokens[0]["token_id"]
+    first.admin("token", "revoke", token_id, "--controller", both)
+    shown = second.admin_json("campaign", "show", campaign_id)
+    assert isinstance(shown, dict)
+    assert shown["state"] in ("running", "completed")
+    with second.database() as conn:
+        audited = conn.execute(
+            "SELECT action, target FROM audit WHERE action IN ('campaign.approve', 'token.revoke')"
+        ).fetchall()
+    # Each asked once, done once: the stopped replica was never sent them.
+    assert sorted(tuple(row) for row in audited) == [
+        ("campaign.approve", campaign_id),
+        ("token.revoke", token_id),
+    ]
+
+    # The list in the data dir's settings, as an admin's workstation keeps it.
+    config = first.data_dir / "controller.toml"
+    config.write_text(config.read_text() + f'\n[cli]\ncontrollers = ["{first.address}", '
+                                           f'"{second.address}"]\n')  # fmt: skip
+    assert first.admin("hosts", "list").returncode == 0
+
+    # A controller our CA does not vouch for, first in the list: a
+    # configuration error, not a reason to try the next.
+    stranger = Controller(tmp_path / "stranger")
+    stranger.init()
+    stranger.start()
+    try:
+        trust = cli("fleetpatch", "hosts", "list", "--data-dir", first.data_dir,
+                    "--controller", f"{stranger.address},{second.address}")  # fmt: skip
+    finally:
+        stranger.stop()
+    assert trust.returncode == 7, trust.stderr
+    assert "TLS trust fails" in trust.stderr
+    assert "Traceback" not in trust.stderr
+
+    second.stop()
+    down = cli("fleetpatch", "hosts", "list", "--data-dir", first.data_dir, "--controller", both)
+    assert down.returncode == 3, down.stderr
+    assert first.address in down.stderr
+    assert second.address in down.stderr
+    assert len(down.stderr.strip().splitlines()) == 1

@@ -1,0 +1,130 @@
+"""The admin CLI's replicas: the list, from `--controller` or `[cli]
+controllers`; a read or an idempotent verb asked of the next replica when
+one cannot be reached; a call that creates something never sent twice."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import grpc
+import pytest
+
+from controller.cli.admin_client import AdminClient
+from controller.datadir import DataDir, split_addresses
+from controller.errors import ControllerUnavailable, NotFound, UsageError
+
+
+def test_addresses_are_split_and_checked():
+    assert split_addresses("a:7443, b:7443,") == ["a:7443", "b:7443"]
+    assert split_addresses("[::1]:7443") == ["[::1]:7443"]
+    with pytest.raises(UsageError, match="'b' is not an address"):
+        split_addresses("a:7443,b")
+    with pytest.raises(UsageError, match="names no address"):
+        split_addresses(" , ")
+
+
+def _datadir(tmp_path: Path, text: str) -> DataDir:
+    (tmp_path / "controller.toml").write_text(text)
+    return DataDir(tmp_path)
+
+
+def test_the_settings_list_comes_before_the_running_server(tmp_path):
+    data = _datadir(tmp_path, "[server]\nadvertise = 'ctl.example:7443'\n")
+    assert data.client_addresses() == ["ctl.example:7443"]
+    data.write_endpoints("127.0.0.1:40001", "127.0.0.1:40002")
+    assert data.client_addresses() == ["127.0.0.1:40001"]
+    (tmp_path / "controller.toml").write_text("[cli]\ncontrollers = ['a:7443', 'b:7443']\n")
+    assert data.client_addresses() == ["a:7443", "b:7443"]
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("[cli]\ncontrollers = 'a:7443'\n", "cli.controllers must be an array"),
+        ("[cli]\ncontrollers = ['a']\n", "cli.controllers: 'a' is not an address"),
+        ("[cli]\ncontroller = ['a:1']\n", "unknown key cli.controller"),
+    ],
+)
+def test_a_bad_list_is_one_line_naming_the_key(tmp_path, text, message):
+    with pytest.raises(UsageError, match=message):
+        _datadir(tmp_path, text).settings()
+
+
+class _Failed(grpc.RpcError):
+    def __init__(self, code: grpc.StatusCode) -> None:
+        self._code = code
+
+    def code(self) -> grpc.StatusCode:
+        return self._code
+
+    def details(self) -> str:
+        return "Socket closed"
+
+
+class _Channel:
+    def close(self) -> None:
+        pass
+
+
+def _client(monkeypatch: pytest.MonkeyPatch, addresses: list[str]) -> tuple[AdminClient, list[str]]:
+    """An AdminClient whose connections always succeed (recorded), with
+    no trust problem anywhere: what is tested is what it asks again."""
+    admin = object.__new__(AdminClient)
+    admin.addresses, admin.address = addresses, addresses[0]
+    admin._channel, admin._stubs = None, None
+    connected: list[str] = []
+
+    def connect() -> None:
+        if admin._channel is None:
+            connected.append(admin.address)
+            admin._channel = _Channel()  # type: ignore[assignment]
+
+    monkeypatch.setattr(admin, "_connect", connect)
+    monkeypatch.setattr(admin, "_trust_problem", lambda address: None)
+    return admin, connected
+
+
+def _answers(*outcomes: object):
+    calls: list[int] = []
+
+    def call() -> object:
+        calls.append(1)
+        outcome = outcomes[len(calls) - 1]
+        if isinstance(outcome, grpc.StatusCode):
+            raise _Failed(outcome)
+        return outcome
+
+    return call, calls
+
+
+def test_a_read_goes_to_the_next_replica_when_one_is_unreachable(monkeypatch):
+    admin, connected = _client(monkeypatch, ["a:1", "b:1", "c:1"])
+    call, _calls = _answers(grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.UNAVAILABLE, "listed")
+    assert admin._ask(call) == "listed"
+    assert connected == ["a:1", "b:1", "c:1"]
+    assert admin.address == "c:1"
+
+
+def test_each_replica_is_asked_once_then_unreachable(monkeypatch):
+    admin, _connected = _client(monkeypatch, ["a:1", "b:1"])
+    call, calls = _answers(grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.UNAVAILABLE)
+    with pytest.raises(ControllerUnavailable, match="b:1"):
+        admin._ask(call)
+    assert len(calls) == 2
+
+
+def test_an_answer_is_not_a_reason_to_ask_another(monkeypatch):
+    admin, connected = _client(monkeypatch, ["a:1", "b:1"])
+    call, _calls = _answers(grpc.StatusCode.NOT_FOUND, "never")
+    with pytest.raises(NotFound):
+        admin._ask(call)
+    assert connected == ["a:1"]
+
+
+def test_what_creates_is_not_sent_again_once_it_may_have_arrived(monkeypatch):
+    admin, connected = _client(monkeypatch, ["a:1", "b:1"])
+    call, calls = _answers(grpc.StatusCode.UNAVAILABLE, "created twice")
+    with pytest.raises(ControllerUnavailable, match="may have reached it"):
+        admin._send(call)
+    assert len(calls) == 1
+    assert connected == ["a:1"]
