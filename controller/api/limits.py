@@ -59,7 +59,7 @@ RETRY_AFTER_SECONDS = 5.0
 # Heavy calls a second the controller is assumed to finish when busy, until
 # it has been seen busy (then measured, `Capacity`); the shed callers' slots
 # are at most MAX_SLOT_SECONDS away (past that, they are shed again then).
-DEFAULT_CAPACITY = 1000.0
+DEFAULT_CAPACITY = 2000.0
 MIN_CAPACITY = 50.0
 MAX_SLOT_SECONDS = 120.0
 # Calls that gRPC core has received but the server has not yet taken up
