@@ -73,6 +73,23 @@ def rpms(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, str]:
     )
 
 
+def _installed_from_a_file(
+    make_sandbox: Callable[[], HostSandbox], tmp_path: Path, v1: Path, v2: Path
+) -> HostSandbox:
+    """A dnf host with what the agent needs, both agent RPMs copied to
+    /root, and the first installed by hand (`rpm -U FILE`: no repository
+    knows it)."""
+    repo = LocalRpmRepo(tmp_path / "repo")
+    sandbox = make_sandbox()
+    make_rpm_host(sandbox, repo)
+    repo.add(RpmSpec("fp-base", "1", provides=("python(abi) = 3.11", "systemd", "/bin/sh")))
+    sandbox.run(["dnf", "-y", "install", "fp-base"], timeout=600)
+    for rpm in (v1, v2):
+        sandbox.path(f"/root/{rpm.name}").write_bytes(rpm.read_bytes())
+    sandbox.run(["rpm", "-U", f"/root/{v1.name}"], timeout=600)
+    return sandbox
+
+
 def _unowned(sandbox: HostSandbox) -> list[str]:
     on_disk = sandbox.run(["find", VENV, "-type", "f"]).stdout.split()
     owned = set(sandbox.run(["rpm", "-ql", "fleetpatch-agent"]).stdout.split())
@@ -170,15 +187,8 @@ def test_the_agent_rpm_self_update_checks_install_and_rollback_with_real_rpm(
     --oldpackage) over the newer version, and a downgrade the backend asks
     dnf for."""
     v1, v2, v2_version = rpms
-    repo = LocalRpmRepo(tmp_path / "repo")
-    sandbox = make_sandbox()
-    make_rpm_host(sandbox, repo)
-    repo.add(RpmSpec("fp-base", "1", provides=("python(abi) = 3.11", "systemd", "/bin/sh")))
-    sandbox.run(["dnf", "-y", "install", "fp-base"], timeout=600)
-    for rpm in (v1, v2):
-        sandbox.path(f"/root/{rpm.name}").write_bytes(rpm.read_bytes())
+    sandbox = _installed_from_a_file(make_sandbox, tmp_path, v1, v2)
     old, new = Path(f"/root/{v1.name}"), Path(f"/root/{v2.name}")
-    sandbox.run(["rpm", "-U", str(old)], timeout=600)  # installed by hand, from a file
     run = sandbox_runner(sandbox)
     backend = Dnf(run=run)
 
@@ -236,14 +246,7 @@ def test_an_agent_installed_from_a_file_is_rebuilt_and_restored_from_its_files(
     modes, owners and flags), its digests hold, and the watchdog's restore
     with it over the newer version brings the old agent back, rpm -V clean."""
     v1, v2, v2_version = rpms
-    repo = LocalRpmRepo(tmp_path / "repo")
-    sandbox = make_sandbox()
-    make_rpm_host(sandbox, repo)
-    repo.add(RpmSpec("fp-base", "1", provides=("python(abi) = 3.11", "systemd", "/bin/sh")))
-    sandbox.run(["dnf", "-y", "install", "fp-base"], timeout=600)
-    for rpm in (v1, v2):
-        sandbox.path(f"/root/{rpm.name}").write_bytes(rpm.read_bytes())
-    sandbox.run(["rpm", "-U", f"/root/{v1.name}"], timeout=600)  # by hand, from a file
+    sandbox = _installed_from_a_file(make_sandbox, tmp_path, v1, v2)
     run = sandbox_runner(sandbox)
     cache = tmp_path / "cache"
     cache.mkdir()
