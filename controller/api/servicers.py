@@ -769,7 +769,7 @@ class AdminService(admin_pb2_grpc.AdminServiceServicer):
     ) -> admin_pb2.RevokeTokenResponse:
         admin = await self._admin(context, "RevokeToken")
         entry = AuditEntry(datetime.now(UTC), admin.actor, "token.revoke", request.token_id, "ok")
-        token = await self._db.call(audited(lambda s: s.revoke_token(request.token_id), entry))
+        token = await self._db.call(lambda s: s.revoke_token(request.token_id, entry))
         log.info("admin %s revoked token %s", admin.name, token.token_id)
         return admin_pb2.RevokeTokenResponse(token=convert.token_to_pb(token))
 
@@ -814,7 +814,7 @@ class AdminService(admin_pb2_grpc.AdminServiceServicer):
         admin = await self._admin(context, "RevokeHost")
         now = datetime.now(UTC)
         entry = AuditEntry(now, admin.actor, "host.revoke", request.host_id, "ok")
-        host = await self._db.call(audited(lambda s: s.revoke_host(request.host_id, now), entry))
+        host = await self._db.call(lambda s: s.revoke_host(request.host_id, now, entry))
         self._revoked.add(host.host_id)
         self._engine.left(host.host_id)
         self._engine.metrics.presence.revoked(host.host_id)

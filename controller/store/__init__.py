@@ -130,13 +130,18 @@ class Store(AdminStore, CampaignStore, ReleaseStore, WebhookStore, VulnStore):
         cur = self._conn.execute("SELECT * FROM tokens ORDER BY created_at, token_id")
         return [_token(r) for r in _rows(cur)]
 
-    def revoke_token(self, token_id: str) -> Token:
+    def revoke_token(self, token_id: str, entry: AuditEntry | None = None) -> Token:
+        """Revoke a token, with ``entry`` audited in the same transaction;
+        a token revoked already is left as it is, and nothing is audited."""
         with self._transaction() as conn:
-            if (
-                conn.execute(
-                    "UPDATE tokens SET revoked = 1 WHERE token_id = ?", (token_id,)
-                ).rowcount
-                == 0
+            if conn.execute(
+                "UPDATE tokens SET revoked = 1 WHERE token_id = ? AND revoked = 0", (token_id,)
+            ).rowcount:
+                if entry is not None:
+                    audit.append(conn, entry)
+            elif (
+                conn.execute("SELECT 1 FROM tokens WHERE token_id = ?", (token_id,)).fetchone()
+                is None
             ):
                 raise NotFound(f"no enrollment token {token_id!r}")
         token = self.get_token(token_id)
@@ -295,15 +300,19 @@ class Store(AdminStore, CampaignStore, ReleaseStore, WebhookStore, VulnStore):
         )
         return [row[0] for row in cur]
 
-    def revoke_host(self, host_id: str, now: datetime) -> Host:
+    def revoke_host(self, host_id: str, now: datetime, entry: AuditEntry | None = None) -> Host:
+        """Revoke a host, with ``entry`` audited in the same transaction; a
+        host revoked already is left as it is, and nothing is audited."""
         with self._transaction() as conn:
-            if (
-                conn.execute(
-                    "UPDATE hosts SET status = ?, revoked_at = COALESCE(revoked_at, ?)"
-                    " WHERE host_id = ?",
-                    (HostStatus.REVOKED.value, _ts(now), host_id),
-                ).rowcount
-                == 0
+            if conn.execute(
+                "UPDATE hosts SET status = ?, revoked_at = COALESCE(revoked_at, ?)"
+                " WHERE host_id = ? AND status != ?",
+                (HostStatus.REVOKED.value, _ts(now), host_id, HostStatus.REVOKED.value),
+            ).rowcount:
+                if entry is not None:
+                    audit.append(conn, entry)
+            elif (
+                conn.execute("SELECT 1 FROM hosts WHERE host_id = ?", (host_id,)).fetchone() is None
             ):
                 raise NotFound(f"no host {host_id!r}")
         return self.get_host(host_id)

@@ -641,3 +641,23 @@ def test_orders_recorded_together_take_each_host_s_next_sequence_and_refuse_one_
     assigned = [r.entry.target for r in store.audit_records() if r.entry.action == "order.assign"]
     assert assigned == ["o-0", "o-1", "o-3"]
     assert verify(store.audit_records()).ok
+
+
+def test_revoking_twice_changes_and_audits_once(store):
+    """Asking twice for a state that holds succeeds and records nothing
+    (the command-line contract): a token, a host."""
+    token = _enrolled(store, _host(1))
+    entry = AuditEntry(NOW, "admin:a", "token.revoke", token.token_id, "ok")
+    assert store.revoke_token(token.token_id, entry).revoked
+    assert store.revoke_token(token.token_id, entry).revoked
+    host_entry = AuditEntry(NOW, "admin:a", "host.revoke", _host(1).host_id, "ok")
+    assert store.revoke_host(_host(1).host_id, NOW, host_entry).status is HostStatus.REVOKED
+    again = store.revoke_host(_host(1).host_id, NOW + timedelta(hours=1), host_entry)
+    assert again.status is HostStatus.REVOKED
+    actions = [r.entry.action for r in store.audit_records()]
+    assert actions.count("token.revoke") == 1
+    assert actions.count("host.revoke") == 1
+    with pytest.raises(NotFound):
+        store.revoke_token("t-nope", entry)
+    with pytest.raises(NotFound):
+        store.revoke_host("h-nope", NOW, host_entry)
