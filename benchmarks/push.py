@@ -14,7 +14,10 @@ load --push` against real controllers over real mutual TLS:
    N checked in.
 3. Check-in throughput with N idle streams open vs none: busy agents
    checking in back to back, alone, then beside the N idle agents with
-   their streams open, on one fresh controller.
+   their streams open, on one fresh controller; and the controller's CPU
+   seconds per 1,000 of those check-ins in each run (a cost of the idle
+   streams on the controller shows there; the generator's processes
+   holding the idle agents take their share of the cores apart from it).
 
 On this shared 2-core machine the load generator shares the cores with the
 controller; the figures are for this machine.
@@ -145,23 +148,32 @@ def idle_rss(tmp: Path, streams: int, ramp: float, push: bool) -> tuple[float, f
 
 def throughput(
     tmp: Path, streams: int, busy: int, seconds: float, ramp: float
-) -> tuple[float, float]:
-    """Check-ins/s of ``busy`` back-to-back agents on one fresh controller,
-    alone and then beside ``streams`` idle agents with streams open."""
+) -> tuple[dict[str, object], dict[str, object]]:
+    """The runs of ``busy`` back-to-back agents on one fresh controller,
+    alone and then beside ``streams`` idle agents with streams open: their
+    check-ins/s and the controller's CPU seconds per 1,000 of them (what
+    tells a cost of the streams on the controller from the generator's
+    share of the cores)."""
     data, proc = controller(tmp, "ctl-throughput")
     try:
         options = ("--interval", "0", "--seconds", str(seconds), "--ramp", "3")
-        alone = float(Load(data, busy, *options).result()["checkins_per_second"])  # type: ignore[arg-type]
+        alone = Load(data, busy, *options).result()
         idle = Load(data, streams, "--interval", "600", "--push", "--ramp", str(ramp),
                     "--seconds", str(ramp + seconds + 120))  # fmt: skip
         idle.wait_enrolled()
         time.sleep(ramp + 10)
-        beside = float(Load(data, busy, *options).result()["checkins_per_second"])  # type: ignore[arg-type]
+        beside = Load(data, busy, *options).result()
         idle.proc.terminate()
         idle.proc.wait(timeout=60)
         return alone, beside
     finally:
         stop(proc)
+
+
+def _ratio(part: object, whole: object) -> float | None:
+    if not isinstance(part, int | float) or not isinstance(whole, int | float) or not whole:
+        return None
+    return round(part / whole, 3)
 
 
 def pct(values: list[float], q: float) -> float:
@@ -198,9 +210,11 @@ def main() -> None:
         "approval_to_checkin_p50_s": round(pct(nudged, 0.5), 2),
         "approval_to_checkin_p99_s": round(pct(nudged, 0.99), 2),
         "approval_to_checkin_max_s": round(nudged[-1], 2) if nudged else None,
-        "busy_checkins_per_s_alone": alone,
-        "busy_checkins_per_s_beside_idle_streams": beside,
-        "throughput_ratio": round(beside / alone, 3) if alone else None,
+        "busy_checkins_per_s_alone": alone["checkins_per_second"],
+        "busy_checkins_per_s_beside_idle_streams": beside["checkins_per_second"],
+        "throughput_ratio": _ratio(beside["checkins_per_second"], alone["checkins_per_second"]),
+        "controller_cpu_s_per_1000_alone": alone["cpu_seconds_per_1000"],
+        "controller_cpu_s_per_1000_beside_idle_streams": beside["cpu_seconds_per_1000"],
         "errors": {"plain": plain_run["errors"], "push": push_run["errors"]},
     }
     if args.json:
