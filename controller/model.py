@@ -47,6 +47,20 @@ class Host:
     renewal_error: str = ""
 
 
+@dataclass(frozen=True)
+class HostPlace:
+    """The part of an active host's row that campaign counts read: where it
+    was enrolled, what it reports of itself and when it was last seen (not
+    its health or certificate; the engine reads the fleet this way)."""
+
+    host_id: str
+    region: str
+    ring: int
+    labels: Mapping[str, str]
+    facts: JSON  # HostFacts as JSON
+    last_seen: datetime | None
+
+
 Package = tuple[str, str, str]  # name, version, arch
 
 

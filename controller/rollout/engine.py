@@ -72,7 +72,6 @@ from controller.model import (
     CampaignRecord,
     CellView,
     Host,
-    HostStatus,
 )
 from controller.periodic import every
 from controller.rollout import analysis, workorders
@@ -221,9 +220,9 @@ class CampaignEngine:
         """Count these campaigns from the store: the one full read of the fleet."""
         ids = [r.campaign_id for r in records]
         hosts, orders = await self._db.call(
-            lambda s: (s.list_hosts(limit=10_000_000), {i: s.assignments(i) for i in ids})
+            lambda s: (s.active_places(), {i: s.assignments(i) for i in ids})
         )
-        active = [host_facts(h) for h in hosts if h.status is HostStatus.ACTIVE]
+        active = [host_facts(h) for h in hosts]
         now = self._clock()
         built = {}
         for record in records:
@@ -892,7 +891,7 @@ class CampaignEngine:
         after ``since``; False (nothing applied) when a full count is due."""
         now = self._clock()
         records, seen = await self._db.call(
-            lambda s: (s.audit_page(head, CATCH_UP_MAX + 1), s.hosts_seen_since(since))
+            lambda s: (s.audit_page(head, CATCH_UP_MAX + 1), s.active_places(seen_since=since))
         )
         if len(records) > CATCH_UP_MAX:
             return False

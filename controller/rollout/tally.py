@@ -17,7 +17,14 @@ from controller.campaigns import (
     is_targeted,
 )
 from controller.campaigns.lifecycle import host_silent
-from controller.model import Assignment, AssignmentStatus, CampaignRecord, Host, HostStatus
+from controller.model import (
+    Assignment,
+    AssignmentStatus,
+    CampaignRecord,
+    Host,
+    HostPlace,
+    HostStatus,
+)
 
 _COUNTED = {
     AssignmentStatus.IN_FLIGHT: "in_flight",
@@ -31,7 +38,7 @@ _COUNTED = {
 }
 
 
-def host_facts(host: Host) -> HostFacts:
+def host_facts(host: Host | HostPlace) -> HostFacts:
     """What the campaign rules know of a host, from its row."""
     return facts_of(host.host_id, host.region, host.ring, host.labels, host.facts, host.last_seen)
 

@@ -27,6 +27,7 @@ from controller.model import (
     CheckIn,
     CheckInOutcome,
     Host,
+    HostPlace,
     HostStatus,
     Package,
     ProgressReport,
@@ -35,7 +36,7 @@ from controller.store import audit
 from controller.store.admins import AdminStore
 from controller.store.backend import Backend
 from controller.store.campaigns import CampaignStore
-from controller.store.dialect import Connection, Cursor
+from controller.store.dialect import Connection, Cursor, select_in
 from controller.store.releases import ReleaseStore
 from controller.store.sqlite import SqliteBackend
 from controller.store.vulns import VulnStore
@@ -208,14 +209,20 @@ class Store(AdminStore, CampaignStore, ReleaseStore, WebhookStore, VulnStore):
         )
         return [_host(r) for r in _rows(cur)]
 
-    def hosts_seen_since(self, since: datetime) -> list[Host]:
-        """Active hosts that checked in after ``since`` (through any
-        replica): what a replica catching up reads instead of the fleet."""
-        cur = self._conn.execute(
-            "SELECT * FROM hosts WHERE status = ? AND last_seen > ?",
-            (HostStatus.ACTIVE.value, _ts(since)),
-        )
-        return [_host(r) for r in _rows(cur)]
+    def active_places(self, seen_since: datetime | None = None) -> list[HostPlace]:
+        """Where each active host is and what it reports (what campaign
+        counts read of the fleet), or only of those that checked in after
+        ``seen_since`` (through any replica): what a replica catching up
+        reads instead of the fleet."""
+        query = "SELECT host_id, region, ring, labels, facts, last_seen FROM hosts WHERE status = ?"
+        args: tuple[Any, ...] = (HostStatus.ACTIVE.value,)
+        if seen_since is not None:
+            query += " AND last_seen > ?"
+            args += (_ts(seen_since),)
+        return [
+            HostPlace(host_id, region, ring, json.loads(labels), json.loads(facts), _dt(seen))
+            for host_id, region, ring, labels, facts, seen in self._conn.execute(query, args)
+        ]
 
     def hosts_certified_before(self, when: datetime) -> list[str]:
         """Hosts, not revoked, whose certificate was issued before ``when``
@@ -464,18 +471,9 @@ class Store(AdminStore, CampaignStore, ReleaseStore, WebhookStore, VulnStore):
 
     @staticmethod
     def _checkin_rows(conn: Connection, host_ids: set[str]) -> dict[str, tuple[Any, ...]]:
-        """What a check-in needs of each host, read a chunk at a time: one
-        round trip per 500 hosts, not one per host (on PostgreSQL, a batch of
-        1,000 took 136 ms with one per host, 90 ms so)."""
-        ids = sorted(host_ids)
-        found: dict[str, tuple[Any, ...]] = {}
-        for start in range(0, len(ids), 500):  # SQLite's bound-parameter limit
-            chunk = ids[start : start + 500]
-            marks = ", ".join("?" * len(chunk))
-            query = f"SELECT host_id, status, inventory_hash, region, ring, labels, updates_hash FROM hosts WHERE host_id IN ({marks})"  # noqa: S608, E501 - placeholders only
-            for host_id, *row in conn.execute(query, chunk):
-                found[host_id] = tuple(row)
-        return found
+        """What a check-in needs of each host, read a chunk at a time."""
+        query = "SELECT host_id, status, inventory_hash, region, ring, labels, updates_hash FROM hosts WHERE host_id IN ({keys})"  # noqa: E501
+        return {host_id: tuple(row) for host_id, *row in select_in(conn, query, sorted(host_ids))}
 
     def record_checkins(self, batch: Sequence[CheckIn]) -> list[CheckInOutcome]:
         """Persist a batch of check-ins in one transaction (group commit).

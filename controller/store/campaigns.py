@@ -24,7 +24,7 @@ from controller.model import (
 )
 from controller.store import audit
 from controller.store.backend import StoreBase
-from controller.store.dialect import Connection
+from controller.store.dialect import Connection, select_in
 
 # A work order waiting for its host's sequence: (host id, seal), where
 # seal(sequence) gives the signed assignment and its audit entry.
@@ -107,6 +107,15 @@ def _assignment(row: tuple[Any, ...], names: list[str]) -> Assignment:
         last_report_at=_dt(r["last_report_at"]),
         finished_at=_dt(r["finished_at"]),
     )
+
+
+_ASSIGNMENT_COLUMNS = [
+    "order_id", "campaign_id", "host_id", "kind", "ring", "region", "sequence", "envelope",
+    "status", "assigned_at", "step", "detail", "last_report_at", "finished_at",
+]  # fmt: skip
+_ASSIGNMENTS_BY_ID = (
+    f"SELECT {', '.join(_ASSIGNMENT_COLUMNS)} FROM assignments WHERE order_id IN ({{keys}})"  # noqa: S608 - fixed names
+)
 
 
 class CampaignStore(StoreBase):
@@ -235,16 +244,8 @@ class CampaignStore(StoreBase):
 
     def assignments_by_id(self, order_ids: Sequence[str]) -> list[Assignment]:
         """These orders, those that exist (in no particular order)."""
-        found: list[Assignment] = []
-        for start in range(0, len(order_ids), 500):
-            chunk = order_ids[start : start + 500]
-            marks = ", ".join("?" * len(chunk))
-            names, rows = self._select(
-                f"SELECT * FROM assignments WHERE order_id IN ({marks})",  # noqa: S608 - placeholders only
-                chunk,
-            )
-            found.extend(_assignment(r, names) for r in rows)
-        return found
+        rows = select_in(self._conn, _ASSIGNMENTS_BY_ID, order_ids)
+        return [_assignment(r, _ASSIGNMENT_COLUMNS) for r in rows]
 
     def campaign_hosts(
         self, campaign_id: str, status: AssignmentStatus | None = None
@@ -257,15 +258,16 @@ class CampaignStore(StoreBase):
         found = [a for a in self.assignments(campaign_id) if status is None or a.status == status]
         hostnames: dict[str, str] = {}
         reports: dict[str, list[bytes]] = {}
-        for start in range(0, len(found), 500):  # SQLite's bound-parameter limit
-            chunk = found[start : start + 500]
-            marks = ", ".join("?" * len(chunk))
-            hosts = f"SELECT host_id, json_extract(facts, '$.hostname') FROM hosts WHERE host_id IN ({marks})"  # noqa: S608, E501 - placeholders only
-            for host_id, hostname in self._conn.execute(hosts, [a.host_id for a in chunk]):
-                hostnames[host_id] = hostname or ""
-            payloads = f"SELECT order_id, payload FROM progress_reports WHERE order_id IN ({marks}) ORDER BY at"  # noqa: S608, E501 - placeholders only
-            for order_id, payload in self._conn.execute(payloads, [a.order_id for a in chunk]):
-                reports.setdefault(order_id, []).append(bytes(payload))
+        hosts = (
+            "SELECT host_id, json_extract(facts, '$.hostname') FROM hosts WHERE host_id IN ({keys})"
+        )
+        for host_id, hostname in select_in(self._conn, hosts, [a.host_id for a in found]):
+            hostnames[host_id] = hostname or ""
+        payloads = (
+            "SELECT order_id, payload FROM progress_reports WHERE order_id IN ({keys}) ORDER BY at"
+        )
+        for order_id, payload in select_in(self._conn, payloads, [a.order_id for a in found]):
+            reports.setdefault(order_id, []).append(bytes(payload))
         return found, hostnames, reports
 
     def owed_by(self, host_ids: Sequence[str]) -> dict[str, list[str]]:
@@ -274,12 +276,9 @@ class CampaignStore(StoreBase):
         words = {AssignmentStatus.PENDING_REBOOT.value: "reboot",
                  AssignmentStatus.PENDING_RESTART.value: "restart"}  # fmt: skip
         owes: dict[str, set[str]] = {}
-        for start in range(0, len(host_ids), 500):  # SQLite's bound-parameter limit
-            chunk = list(host_ids[start : start + 500])
-            marks = ", ".join("?" * len(chunk))
-            query = f"SELECT DISTINCT host_id, status FROM assignments WHERE status IN (?, ?) AND host_id IN ({marks})"  # noqa: S608, E501 - placeholders only
-            for host_id, status in self._conn.execute(query, (*words, *chunk)):
-                owes.setdefault(host_id, set()).add(words[status])
+        query = "SELECT DISTINCT host_id, status FROM assignments WHERE status IN (?, ?) AND host_id IN ({keys})"  # noqa: E501
+        for host_id, status in select_in(self._conn, query, host_ids, before=tuple(words)):
+            owes.setdefault(host_id, set()).add(words[status])
         return {host_id: sorted(found) for host_id, found in owes.items()}
 
     def owed(self, campaign_id: str) -> dict[tuple[int, str], dict[str, int]]:
@@ -340,12 +339,8 @@ class CampaignStore(StoreBase):
         recorded: list[Assignment | None] = []
         hosts = sorted({host_id for host_id, _ in pending})  # one lock order for replicas
         with self._transaction() as conn:
-            sequences: dict[str, int] = {}
-            for start in range(0, len(hosts), 500):
-                chunk = hosts[start : start + 500]
-                marks = ", ".join("?" * len(chunk))
-                query = f"SELECT host_id, order_sequence FROM hosts WHERE host_id IN ({marks})"  # noqa: S608 - placeholders only
-                sequences.update((host_id, int(seq)) for host_id, seq in conn.execute(query, chunk))
+            query = "SELECT host_id, order_sequence FROM hosts WHERE host_id IN ({keys})"
+            sequences = {host_id: int(seq) for host_id, seq in select_in(conn, query, hosts)}
             for host_id, seal in pending:
                 if host_id not in sequences:
                     recorded.append(None)  # gone from the store: nothing to assign

@@ -314,13 +314,13 @@ class FleetReads:
 
 def _fleet_reads(fleet: Fleet, monkeypatch) -> FleetReads:
     reads = FleetReads(fleet)
-    list_hosts = fleet.store.list_hosts
+    active_places = fleet.store.active_places
 
-    def counted(*args, **kwargs):
-        reads.count += reads.watching
-        return list_hosts(*args, **kwargs)
+    def counted(seen_since=None):
+        reads.count += reads.watching and seen_since is None  # the whole fleet
+        return active_places(seen_since)
 
-    monkeypatch.setattr(fleet.store, "list_hosts", counted)
+    monkeypatch.setattr(fleet.store, "active_places", counted)
     return reads
 
 

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from fleetpatch.orderspec import OrderState
 
 from controller.audit import AuditEntry, verify
 from controller.campaigns.tallies import CampaignState
@@ -23,6 +24,7 @@ from controller.model import (
     CheckIn,
     CheckInOutcome,
     Host,
+    HostPlace,
     HostStatus,
     Package,
 )
@@ -661,3 +663,51 @@ def test_revoking_twice_changes_and_audits_once(store):
         store.revoke_token("t-nope", entry)
     with pytest.raises(NotFound):
         store.revoke_host("h-nope", NOW, host_entry)
+
+
+def test_active_places_are_the_active_hosts_and_those_seen_since(store):
+    """What campaign counts read of the fleet: active hosts only (not a
+    pending or a revoked one), their place and reported facts; with
+    ``seen_since``, only those that checked in after it."""
+    hosts = [_host(n, region="us" if n == 2 else "eu", ring=n % 2) for n in range(1, 5)]
+    _enrolled(store, *hosts)
+    store.record_checkins([_checkin(h.host_id, None, at=NOW) for h in hosts[:3]])
+    store.record_checkins([_checkin(hosts[1].host_id, None, at=NOW + timedelta(minutes=5))])
+    store.revoke_host(hosts[2].host_id, NOW, AuditEntry(NOW, "admin:a", "host.revoke", "x", "ok"))
+    places = sorted(store.active_places(), key=lambda p: p.host_id)
+    got = {p.host_id: p for p in places}
+    assert set(got) == {hosts[0].host_id, hosts[1].host_id, hosts[3].host_id}
+    seen = store.get_host(hosts[1].host_id)
+    assert got[hosts[1].host_id] == HostPlace(
+        seen.host_id, "us", 0, {"role": "web"}, dict(seen.facts), NOW + timedelta(minutes=5)
+    )
+    since = store.active_places(seen_since=NOW + timedelta(minutes=1))
+    assert [p.host_id for p in since] == [hosts[1].host_id]
+
+
+def test_reads_by_many_keys_span_chunks(store):
+    """Orders recorded together for 1,100 hosts (three chunks of keys) and
+    read back by id, and what each host owes, come back complete."""
+    hosts = [_host(n) for n in range(1, 1101)]
+    _enrolled(store, *hosts)
+    record = CampaignRecord("c-1", "c", "", CampaignState.RUNNING, NOW, "admin:a", NOW)
+    store.create_campaign(record, AuditEntry(NOW, "admin:a", "campaign.create", "c-1", "ok"))
+
+    def sealing(host: Host):
+        def seal(sequence: int) -> tuple[Assignment, AuditEntry]:
+            order = Assignment(f"o-{host.host_id}", "c-1", host.host_id, AssignmentKind.PATCH, 0,
+                               "eu", sequence, b"", AssignmentStatus.IN_FLIGHT, NOW)  # fmt: skip
+            return order, AuditEntry(NOW, "controller", "order.assign", order.order_id, "ok")
+
+        return host.host_id, seal
+
+    recorded = store.assign_many([sealing(h) for h in hosts])
+    assert all(a is not None and a.sequence == 1 for a in recorded)
+    ids = [f"o-{h.host_id}" for h in hosts]
+    assert sorted(a.order_id for a in store.assignments_by_id([*ids, "o-none"])) == sorted(ids)
+    rebooting = [h.host_id for h in hosts[::3]]
+    for host_id in rebooting:
+        store.apply_results(
+            host_id, [(f"o-{host_id}", "REBOOT", OrderState.PENDING_REBOOT, "", NOW)]
+        )
+    assert store.owed_by([h.host_id for h in hosts]) == {h: ["reboot"] for h in rebooting}
