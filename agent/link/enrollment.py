@@ -152,6 +152,10 @@ def _enroll_staged(
     Journal.open(staging.journal).close()
     reserve = staging.path / "reserve"
     staging.write(reserve, bytes(RESERVE_BYTES), mode=0o600)
+    # The settings are read as the daemon will read them, so a mistake in
+    # them costs no token; the facts sent name the package manager they set.
+    staging.write_config(controller, enroll_address)
+    config = StateDir(staging.path, state.settings).config()
     check_server(enroll_address, ca_pem)
 
     csr = (
@@ -163,7 +167,7 @@ def _enroll_staged(
         token=token,
         csr_pem=csr.public_bytes(serialization.Encoding.PEM),
         labels=labels,
-        facts=convert.facts_to_pb(hostfacts.collect()),
+        facts=convert.facts_to_pb(hostfacts.collect(config.package_manager)),
     )
     response = call(enroll_address, ca_pem, request)
 
@@ -181,7 +185,6 @@ def _enroll_staged(
     if len(cas) > 1:  # a CA rotation: pin the new CA too
         staging.write(staging.ca, catrust.to_pem(cas), mode=0o644)
     staging.write_trusted_signing_keys(signing)
-    staging.write_config(controller, enroll_address)
     staging.write(staging.cert, cert.public_bytes(serialization.Encoding.PEM), mode=0o644)
     # A journal left from an earlier identity goes, with its WAL: SQLite
     # would replay an old WAL into the new journal.

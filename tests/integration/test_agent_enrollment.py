@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 from fleetpatch.v1 import agent_pb2
 
-from agent.errors import AgentError
+from agent.errors import AgentError, ConfigError
 from agent.link.client import enroll_call
 from agent.link.enrollment import Enrolled, enroll
 from agent.statedir import StateDir
@@ -229,3 +229,31 @@ def test_token_mistakes(controller, tmp_path, args, stdin, needle):
     argv = [files.get(a, a) for a in args]
     _one_line(_enroll_cli(controller, tmp_path / "state", *argv, stdin=stdin), 2, needle)
     assert not (tmp_path / "state").exists()
+
+
+def test_the_settings_are_read_before_the_token_is_sent_and_name_the_package_manager(
+    controller, tmp_path
+):
+    """The administrator's settings file is read as the daemon reads it:
+    a mistake in it is one line and spends no token; the package manager
+    it sets is the one the enrollment reports (before the first check-in)."""
+    settings = tmp_path / "settings.toml"
+    settings.write_text('[agent]\npackage_manager = "zypper"\n')
+    state = StateDir(tmp_path / "bad", settings)
+    with pytest.raises(ConfigError, match="package_manager"):
+        enroll(state, controller.address, controller.token(), controller.data_dir / "ca.pem", {})
+    assert _uses(controller) == 0
+    assert not state.path.exists()
+
+    sent: list[agent_pb2.EnrollRequest] = []
+
+    def recorded(address: str, ca_pem: bytes, request: agent_pb2.EnrollRequest) -> Any:
+        sent.append(request)
+        return enroll_call(address, ca_pem, request)
+
+    settings.write_text('[agent]\npackage_manager = "dnf"\n')  # on this Debian host
+    state = StateDir(tmp_path / "good", settings)
+    enroll(state, controller.address, controller.token(), controller.data_dir / "ca.pem", {},
+           call=recorded)  # fmt: skip
+    assert [r.facts.package_manager for r in sent] == ["dnf"]
+    assert state.config().package_manager == "dnf"
