@@ -121,7 +121,7 @@ def run(state_dir: Path, once: bool = False, verbose: bool = False) -> None:
 
 def exit_on_error(call: Callable[[], None]) -> None:
     """Run a command: one clear line and an exit code for every error."""
-    from agent.orders.selfupdate import HandOver
+    from agent.orders.handover import HandOver
 
     try:
         call()

@@ -21,8 +21,12 @@ from fleetpatch.identity import Identity, Role
 from agent import cli, daemon, preflight
 from agent.errors import AgentError, ConfigError, NotEnrolled, StateDirError
 from agent.orders.journal import Journal
+from agent.orders.states import TERMINAL, State
+from agent.service import Agent, Machine
 from agent.statedir import DEFAULT_STATE_DIR, StateDir
 from controller.fleet.pki import CertificateAuthority, key_to_pem, new_key
+from tests.support.fakes import FakeBackend, FakeProber
+from tests.support.orders import sign, trusted, work_order
 
 ENV = {"FLEETPATCH_AGENT_STATE_DIR": "/srv/agent"}
 
@@ -108,6 +112,11 @@ NOT_WHILE_IDLE = (
     "cryptography", "fleetpatch.catrust", "fleetpatch.envelope", "fleetpatch.identity",
     "fleetpatch.releasefmt", "urllib.request", "http.client", "email", "psutil", "difflib",
     "platform", "_strptime", "secrets",
+    # The order runner and its steps: made when an order comes or one was
+    # interrupted (Agent.runner); and dnf's backend on an apt host (this one).
+    "agent.orders.runner", "agent.orders.selfupdate", "agent.orders.restartsteps",
+    "agent.boot.bootsteps", "agent.boot.bootloader", "agent.boot.livepatch",
+    "agent.host.restarts", "agent.backends.dnf", "agent.backends.rpmrepack", "xml",
 )  # fmt: skip
 
 
@@ -228,3 +237,43 @@ def test_the_idle_daemon_loads_no_cryptography(tmp_path):
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == ""
+
+
+def _offline(state: StateDir, backend: FakeBackend) -> Agent:
+    """The agent of ``state`` as the daemon opens it, its machine faked."""
+    machine = Machine(
+        backend=lambda manager, config: backend, prober=FakeProber, rebooter=lambda config: None,
+        reboot_signals=lambda config, backend: list, livepatch=tuple, watchdog=lambda: None,
+        services=lambda backend: None,
+    )  # fmt: skip
+    return Agent.open(state, online=False, machine=machine)
+
+
+def test_an_order_a_crash_interrupted_is_still_finished_at_start_up(tmp_path):
+    """The runner is made only when needed (the idle daemon does without
+    it), and an order left unfinished in the journal is such a need: the
+    start-up's resume makes it and finishes the order, as before."""
+    state = _enrolled(tmp_path / "state")
+    key = Ed25519PrivateKey.generate()
+    state.write_trusted_signing_keys(trusted(key))
+    backend = FakeBackend({"fp-demo": "1.0"}, {"fp-demo": "1.1"})
+    crashed = _offline(state, backend)
+    order = crashed.runner.receive(sign(work_order(HOST_ID, 1), key), trusted(key), HOST_ID)
+    crashed.close()  # journaled RECEIVED, then gone before running it
+
+    restarted = _offline(state, backend)
+    restarted.resume()
+    record = restarted.journal.order(order.order_id)
+    restarted.close()
+    assert record is not None
+    assert record.state == State.SUCCEEDED
+    assert backend.installed == {"fp-demo": "1.1"}
+
+
+def test_with_nothing_interrupted_start_up_makes_no_runner(tmp_path):
+    state = _enrolled(tmp_path / "state")
+    agent = _offline(state, FakeBackend({"fp-demo": "1.0"}, {}))
+    agent.resume()
+    assert agent._runner is None
+    assert agent.journal.unfinished(frozenset(TERMINAL)) == []
+    agent.close()
