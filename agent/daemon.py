@@ -12,8 +12,10 @@ options, so the two cannot drift.
 Nor does the idle daemon load cryptography (about 12 MiB): it checks its
 key and certificates at start-up in a short-lived child (agent.preflight),
 and imports cryptography only when an order, a new key or CA, or a
-certificate renewal needs it. tests/unit/test_daemon.py fails when its
-start-up and check-ins load that, or the other modules kept out, again.
+certificate renewal needs it. Nor Python's ssl (`import_grpc_without_ssl`),
+nor the order runner until an order needs it (`service.Agent.runner`).
+tests/unit/test_daemon.py fails when its start-up and check-ins load any
+of these, or the other modules kept out, again.
 """
 
 from __future__ import annotations
@@ -57,10 +59,30 @@ def require_root(command: str) -> None:
         )
 
 
+def import_grpc_without_ssl() -> None:
+    """Import grpcio without Python's ssl module (the daemon's start-up).
+
+    grpcio's core imports asyncio (for grpc.aio, which the agent does not
+    use), and asyncio imports ssl when it can: Python's _ssl and OpenSSL's
+    libssl, set up for nothing, about 1 MiB of the idle daemon; grpcio does
+    its TLS with its own BoringSSL. asyncio does without ssl when ssl cannot
+    be imported (its own `try: import ssl`), so ssl is hidden while grpcio
+    is imported, then shown again: what imports ssl later (an https health
+    check's urllib.request) gets it as ever."""
+    if "asyncio" in sys.modules or "ssl" in sys.modules:
+        return  # too late to gain anything, or ssl is in use already
+    sys.modules["ssl"] = None  # type: ignore[assignment]  # `import ssl` raises ImportError
+    try:
+        import grpc  # noqa: F401
+    finally:
+        del sys.modules["ssl"]
+
+
 def run(state_dir: Path, once: bool = False, verbose: bool = False) -> None:
     """Check in and carry out work orders, once or until SIGTERM; orders
     interrupted by a crash or reboot are finished first. Raises AgentError
     (and HandOver when a new version of the agent takes over)."""
+    import_grpc_without_ssl()
     from agent.link.checkin import CheckIns
     from agent.link.keys import learn_announced
     from agent.link.renewal import Renewal

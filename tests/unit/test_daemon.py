@@ -117,6 +117,7 @@ NOT_WHILE_IDLE = (
     "agent.orders.runner", "agent.orders.selfupdate", "agent.orders.restartsteps",
     "agent.boot.bootsteps", "agent.boot.bootloader", "agent.boot.livepatch",
     "agent.host.restarts", "agent.backends.dnf", "agent.backends.rpmrepack", "xml",
+    "ssl", "_ssl",  # daemon.import_grpc_without_ssl
 )  # fmt: skip
 
 
@@ -184,6 +185,8 @@ from pathlib import Path
 from fleetpatch.v1 import agent_pb2
 
 from agent import daemon  # the console script's module
+
+daemon.import_grpc_without_ssl()  # as daemon.run does first
 from agent.backends.packages import Inventory
 from agent.link.checkin import CheckIns
 from agent.link.keys import learn_announced
@@ -277,3 +280,23 @@ def test_with_nothing_interrupted_start_up_makes_no_runner(tmp_path):
     assert agent._runner is None
     assert agent.journal.unfinished(frozenset(TERMINAL)) == []
     agent.close()
+
+
+def test_grpc_is_imported_without_ssl_which_stays_importable():
+    """asyncio (which grpcio imports) goes without ssl in the daemon; what
+    imports ssl later gets it: an https health check's urllib.request."""
+    script = (
+        "import sys\n"
+        "from agent import daemon\n"
+        "daemon.import_grpc_without_ssl()\n"
+        "import asyncio.base_events, grpc\n"
+        "assert 'ssl' not in sys.modules and '_ssl' not in sys.modules\n"
+        "assert asyncio.base_events.ssl is None\n"
+        "import ssl, urllib.request\n"
+        "assert ssl.create_default_context().verify_mode == ssl.CERT_REQUIRED\n"
+        "assert hasattr(urllib.request, 'HTTPSHandler')\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert done.returncode == 0, done.stderr
