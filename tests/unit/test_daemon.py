@@ -5,6 +5,7 @@ cryptography."""
 
 from __future__ import annotations
 
+import hashlib
 import shutil
 import subprocess
 import sys
@@ -117,7 +118,7 @@ NOT_WHILE_IDLE = (
     "agent.orders.runner", "agent.orders.selfupdate", "agent.orders.restartsteps",
     "agent.boot.bootsteps", "agent.boot.bootloader", "agent.boot.livepatch",
     "agent.host.restarts", "agent.backends.dnf", "agent.backends.rpmrepack", "xml",
-    "ssl", "_ssl",  # daemon.import_grpc_without_ssl
+    "ssl", "_ssl", "_hashlib", "hmac",  # daemon.import_without_openssl
 )  # fmt: skip
 
 
@@ -182,11 +183,11 @@ import sys
 from datetime import timedelta
 from pathlib import Path
 
-from fleetpatch.v1 import agent_pb2
-
 from agent import daemon  # the console script's module
 
-daemon.import_grpc_without_ssl()  # as daemon.run does first
+daemon.import_without_openssl()  # as daemon.main does first for `run`
+
+from fleetpatch.v1 import agent_pb2
 from agent.backends.packages import Inventory
 from agent.link.checkin import CheckIns
 from agent.link.keys import learn_announced
@@ -282,16 +283,21 @@ def test_with_nothing_interrupted_start_up_makes_no_runner(tmp_path):
     agent.close()
 
 
-def test_grpc_is_imported_without_ssl_which_stays_importable():
-    """asyncio (which grpcio imports) goes without ssl in the daemon; what
+def test_the_daemon_goes_without_openssl_which_stays_importable():
+    """asyncio (which grpcio imports) goes without ssl in the daemon, and
+    hashlib without OpenSSL's digests (Python's own give the same); what
     imports ssl later gets it: an https health check's urllib.request."""
     script = (
         "import sys\n"
         "from agent import daemon\n"
-        "daemon.import_grpc_without_ssl()\n"
-        "import asyncio.base_events, grpc\n"
-        "assert 'ssl' not in sys.modules and '_ssl' not in sys.modules\n"
+        "assert 'hashlib' not in sys.modules\n"
+        "daemon.import_without_openssl()\n"
+        "import asyncio.base_events, grpc, hashlib\n"
+        "assert not {'ssl', '_ssl', '_hashlib'} & set(sys.modules)\n"
         "assert asyncio.base_events.ssl is None\n"
+        "sha = hashlib.sha256(b'fleetpatch').hexdigest()\n"
+        f"assert sha == '{hashlib.sha256(b'fleetpatch').hexdigest()}', sha\n"
+        "assert hashlib.md5(b'', usedforsecurity=False).hexdigest().startswith('d41d8cd9')\n"
         "import ssl, urllib.request\n"
         "assert ssl.create_default_context().verify_mode == ssl.CERT_REQUIRED\n"
         "assert hasattr(urllib.request, 'HTTPSHandler')\n"
