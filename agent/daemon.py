@@ -71,11 +71,15 @@ def import_without_openssl() -> None:
     30 MB package). Both do without by their own `try: import`, so ssl and
     _hashlib are hidden while grpcio and hashlib are imported, then shown
     again: what imports ssl later (an https health check's urllib.request)
-    gets it, with OpenSSL, as ever. Too late once they are imported."""
+    gets it, with OpenSSL, as ever. Too late once they are imported.
+
+    hashlib keeps OpenSSL where Python has no digests of its own: Fedora's
+    and RHEL's Python (the RPM's interpreter) has only blake2 built in, its
+    other digests come from OpenSSL alone (FIPS)."""
     hide = []
     if "asyncio" not in sys.modules and "ssl" not in sys.modules:
         hide.append("ssl")
-    if "hashlib" not in sys.modules and "_hashlib" not in sys.modules:
+    if "hashlib" not in sys.modules and "_hashlib" not in sys.modules and _builtin_digests():
         hide.append("_hashlib")
     for name in hide:
         sys.modules[name] = None  # type: ignore[assignment]  # `import` raises ImportError
@@ -86,6 +90,23 @@ def import_without_openssl() -> None:
     finally:
         for name in hide:
             del sys.modules[name]
+
+
+#: The modules of Python's own digests, every one that hashlib sets up at
+#: import (3.12 merged _sha256 and _sha512 into _sha2).
+BUILTIN_DIGESTS = (
+    ("_md5", "_sha1", "_sha256", "_sha512", "_blake2", "_sha3")
+    if sys.version_info < (3, 12)
+    else ("_md5", "_sha1", "_sha2", "_blake2", "_sha3")
+)
+
+
+def _builtin_digests(modules: Sequence[str] = BUILTIN_DIGESTS) -> bool:
+    """Whether this Python has every digest of its own, so that hashlib
+    without OpenSSL lacks none (and logs no error for one it lacks)."""
+    from importlib.util import find_spec
+
+    return all(find_spec(name) is not None for name in modules)
 
 
 def run(state_dir: Path, once: bool = False, verbose: bool = False) -> None:

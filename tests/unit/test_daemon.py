@@ -306,3 +306,24 @@ def test_the_daemon_goes_without_openssl_which_stays_importable():
         [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=False
     )
     assert done.returncode == 0, done.stderr
+
+
+def test_without_pythons_own_digests_hashlib_keeps_openssl():
+    """Fedora's and RHEL's Python has only blake2 built in: there, hashlib
+    must keep OpenSSL, or it would have no SHA-256 (ssl is hidden still)."""
+    script = (
+        "import sys\n"
+        "from agent import daemon\n"
+        "assert daemon._builtin_digests()\n"
+        "assert not daemon._builtin_digests(('_blake2', '_no_such_digest'))\n"
+        "daemon._builtin_digests = lambda: False  # as on Fedora and RHEL\n"
+        "daemon.import_without_openssl()\n"
+        "import hashlib\n"
+        "assert '_hashlib' in sys.modules and 'ssl' not in sys.modules\n"
+        "assert hashlib.sha256(b'').hexdigest().startswith('e3b0c442')\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stderr == ""
