@@ -6,35 +6,39 @@ from __future__ import annotations
 import logging
 import random
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+import fleetpatch
 from fleetpatch.v1 import types_pb2
 
 from agent import preflight
-from agent.backends.apt import Apt
 from agent.backends.base import Busy, PackageBackend, PlanError
-from agent.backends.dnf import Dnf
-from agent.boot.decide import Reason
-from agent.boot.livepatch import CanonicalLivepatch, Kpatch, Provider
-from agent.boot.reboot import CommandRebooter, FileValue, Inhibitor, Rebooter
+from agent.boot.reboot import FileValue, Inhibitor
 from agent.errors import CommandFailed, ConfigError
 from agent.host import updates
-from agent.host.checks import Prober, Probes
 from agent.host.facts import package_manager
-from agent.host.needs import RebootSignals
-from agent.host.restarts import Services, needrestart
 from agent.host.updates import Available
 from agent.link import reporting
 from agent.link.client import ControllerClient
+from agent.orders.handover import HandOver, handover_due
 from agent.orders.journal import Journal
-from agent.orders.runner import Runner
-from agent.orders.selfupdate import HandOver, SystemdWatchdog, Watchdog
-from agent.orders.states import State
-from agent.orders.workorder import OrderRefused
+from agent.orders.states import TERMINAL, State
 from agent.statedir import AgentConfig, StateDir
 from agent.textfile import Textfile
+
+if TYPE_CHECKING:
+    # What only carrying out an order needs: loaded when a runner is made
+    # (an order came, or one was interrupted), not by the idle daemon.
+    from agent.boot.decide import Reason
+    from agent.boot.livepatch import Provider
+    from agent.boot.reboot import Rebooter
+    from agent.host.checks import Probes
+    from agent.host.restarts import Services
+    from agent.orders.runner import Runner
+    from agent.orders.selfupdate import Watchdog
 
 log = logging.getLogger(__name__)
 FIRST_SCAN_WITHIN = timedelta(minutes=10)
@@ -45,13 +49,19 @@ def backend_for(manager: str, config: AgentConfig) -> PackageBackend:
     commands run under a shutdown inhibitor lock. Raises ConfigError."""
     run = Inhibitor(why="fleetpatch is installing updates")
     if manager == "apt":
+        from agent.backends.apt import Apt
+
         return Apt(run=run, lock_timeout=int(config.timing.lock_timeout.total_seconds()))
     if manager == "dnf":
+        from agent.backends.dnf import Dnf
+
         return Dnf(run=run)
     raise ConfigError(f"no package backend for {manager or 'this host'} (supported: apt, dnf)")
 
 
 def _real_signals(config: AgentConfig, backend: PackageBackend) -> Callable[[], list[Reason]]:
+    from agent.host.needs import RebootSignals
+
     kernel = FileValue(config.reboot.kernel_release_file)
     # A backend may know more about reboots (dnf needs-restarting).
     extra: Callable[[], list[Reason]] | None = getattr(backend, "reboot_reasons", None)
@@ -63,6 +73,8 @@ def _real_services(backend: PackageBackend) -> Services | None:
     directory /run/systemd/system exists) and the backend lists package
     files; the backend's own restart list (dnf needs-restarting) or else
     needrestart's adds what a scan of /proc cannot see."""
+    from agent.host.restarts import Services, needrestart
+
     files = getattr(backend, "files", None)
     if files is None or not Path("/run/systemd/system").is_dir():
         return None
@@ -71,7 +83,27 @@ def _real_services(backend: PackageBackend) -> Services | None:
 
 
 def _real_rebooter(config: AgentConfig) -> Rebooter | None:
+    from agent.boot.reboot import CommandRebooter
+
     return CommandRebooter(config.reboot.command)
+
+
+def _real_prober() -> Probes:
+    from agent.host.checks import Prober
+
+    return Prober()
+
+
+def _real_livepatch() -> Sequence[Provider]:
+    from agent.boot.livepatch import CanonicalLivepatch, Kpatch
+
+    return (Kpatch(), CanonicalLivepatch())
+
+
+def _real_watchdog() -> Watchdog | None:
+    from agent.orders.selfupdate import SystemdWatchdog
+
+    return SystemdWatchdog()
 
 
 @dataclass(frozen=True)
@@ -79,31 +111,46 @@ class Machine:
     """The parts of the agent that act on this machine beyond its state dir,
     each made from the agent's config. The defaults are the real ones; a
     test replaces what cannot run where it runs (a package manager it must
-    not touch, a real reboot) and keeps all the rest of the wiring."""
+    not touch, a real reboot) and keeps all the rest of the wiring. All but
+    the backend are made only with the order runner (`Agent.runner`)."""
 
     backend: Callable[[str, AgentConfig], PackageBackend] = backend_for
-    prober: Callable[[], Probes] = Prober
+    prober: Callable[[], Probes] = _real_prober
     rebooter: Callable[[AgentConfig], Rebooter | None] = _real_rebooter
     reboot_signals: Callable[[AgentConfig, PackageBackend], Callable[[], Sequence[Reason]]] = (
         _real_signals
     )
-    livepatch: Callable[[], Sequence[Provider]] = lambda: (Kpatch(), CanonicalLivepatch())
-    watchdog: Callable[[], Watchdog | None] = SystemdWatchdog
+    livepatch: Callable[[], Sequence[Provider]] = _real_livepatch
+    watchdog: Callable[[], Watchdog | None] = _real_watchdog
     services: Callable[[PackageBackend], Services | None] = _real_services
 
 
 @dataclass
 class Agent:
+    """The agent of a state dir. Its order runner (`runner`) is made, and
+    the modules that carry out orders loaded, only when it is first needed:
+    an order came, or the journal holds one a crash or reboot interrupted
+    (`resume`). The idle daemon does without them (issue 18: memory)."""
+
     state: StateDir
     config: AgentConfig
     journal: Journal
-    runner: Runner
+    make_runner: Callable[[], Runner]
     host_id: str
     client: ControllerClient | None = None
     reports: reporting.Reports | None = None
     textfile: Textfile | None = None
     backend: PackageBackend | None = None
     last_refusal: str = ""  # why `handle` last refused an order
+    _runner: Runner | None = field(default=None, init=False, repr=False)
+
+    @property
+    def runner(self) -> Runner:
+        """The order runner, made at the first call."""
+        if self._runner is None:
+            self._runner = self.make_runner()
+            self._runner.set_notify(self.report)
+        return self._runner
 
     @classmethod
     def open(
@@ -121,38 +168,40 @@ class Agent:
         journal = Journal.open(state.journal, must_exist=True)
         state.private_dir(state.cache)
         backend = machine.backend(package_manager(config.package_manager), config)
-        kernel = FileValue(config.reboot.kernel_release_file)
         client = None
         if online:
             client = ControllerClient(
                 config.controller, credentials.ca_pem, credentials.key_pem, credentials.cert_pem
             )
-        runner = Runner(
-            journal,
-            backend,
-            machine.prober(),
-            config.policy,
-            config.checks,
-            state.cache,
-            busy_timeout=config.timing.busy_timeout,
-            retry_interval=config.timing.retry_interval.total_seconds(),
-            boot_id=FileValue(config.reboot.boot_id_file),
-            kernel=kernel,
-            reboot_signals=machine.reboot_signals(config, backend),
-            livepatch=machine.livepatch(),
-            rebooter=machine.rebooter(config),
-            reboot_timeout=config.timing.reboot_timeout,
-            fetch=client.fetch_artifact if client is not None else None,
-            reach=client.reach if client is not None else None,
-            watchdog=machine.watchdog(),
-            services=machine.services(backend),
-        )
+
+        def make_runner() -> Runner:
+            from agent.orders.runner import Runner
+
+            return Runner(
+                journal,
+                backend,
+                machine.prober(),
+                config.policy,
+                config.checks,
+                state.cache,
+                busy_timeout=config.timing.busy_timeout,
+                retry_interval=config.timing.retry_interval.total_seconds(),
+                boot_id=FileValue(config.reboot.boot_id_file),
+                kernel=FileValue(config.reboot.kernel_release_file),
+                reboot_signals=machine.reboot_signals(config, backend),
+                livepatch=machine.livepatch(),
+                rebooter=machine.rebooter(config),
+                reboot_timeout=config.timing.reboot_timeout,
+                fetch=client.fetch_artifact if client is not None else None,
+                reach=client.reach if client is not None else None,
+                watchdog=machine.watchdog(),
+                services=machine.services(backend),
+            )
+
         reports = reporting.Reports(journal, client) if client is not None else None
         textfile = Textfile(config.textfile, journal) if config.textfile is not None else None
-        agent = cls(state, config, journal, runner, checked.host_id, client, reports, textfile,
-                    backend)  # fmt: skip
-        runner.set_notify(agent.report)
-        return agent
+        return cls(state, config, journal, make_runner, checked.host_id, client, reports,
+                   textfile, backend)  # fmt: skip
 
     def close(self) -> None:
         if self.client is not None:
@@ -160,8 +209,12 @@ class Agent:
         self.journal.close()
 
     def resume(self) -> None:
-        for order_id, final in self.runner.resume():
-            log.info("order %s finished after resuming: %s", order_id, final)
+        """Finish the orders a crash or reboot interrupted (the runner is
+        made only when the journal holds one), report, and hand over when
+        another version of the agent is installed."""
+        if self.journal.has_unfinished(frozenset(TERMINAL)):
+            for order_id, final in self.runner.resume():
+                log.info("order %s finished after resuming: %s", order_id, final)
         self.report()
         self._hand_over_if_due()
 
@@ -169,12 +222,17 @@ class Agent:
         """Exit (HandOver) when another version of the agent is installed
         than the one running: after an agent update reverted by this
         process, say, when systemd did not restart it."""
-        due = self.runner.handover_due()
+        if self.backend is None:
+            return
+        # The runner's own check (`UpdateSteps.handover_due`), without a runner.
+        due = handover_due(self.backend, fleetpatch.__version__)
         if due is not None:
             raise HandOver(due)
 
     def handle(self, envelope: types_pb2.SignedEnvelope) -> State | None:
         """Verify and carry out one order; None when it was refused."""
+        from agent.orders.workorder import OrderRefused
+
         try:
             keys, withdrawn = self.state.usable_signing_keys(datetime.now(UTC))
             order = self.runner.receive(envelope, keys, self.host_id, withdrawn)

@@ -21,7 +21,9 @@ are printed as one JSON object per agent command line given):
 With --floor it also measures the least any agent on grpcio can take here:
 a bare client (`--bare-client`: this script, as the agent command) that
 enrolls like the agent, then only opens the same mutual-TLS channel, keeps
-a Watch stream and sends an empty check-in at each interval.
+a Watch stream and sends an empty check-in at each interval; then the same
+bare client going without OpenSSL as the daemon does
+(`agent.daemon.import_without_openssl`).
 
 With --apply it measures the agent while it applies a real patch instead:
 the `make demo` setup with one host (a sandboxed copy of this machine, so
@@ -262,7 +264,18 @@ def measure_apply() -> dict[str, object]:
 def bare_client(argv: list[str]) -> int:
     """The --floor agent: `enroll` and the rest are the real agent's; `run
     --state-dir DIR` only keeps the channel, a Watch stream and empty
-    check-ins (the figures' floor, not an agent)."""
+    check-ins (the figures' floor, not an agent); with --without-openssl
+    first, it imports grpc and hashlib as the daemon does."""
+    if argv[:1] == ["--without-openssl"]:
+        # What agent.daemon.import_without_openssl does, without importing
+        # the agent's modules (agent.daemon brings sqlite3).
+        sys.modules["ssl"] = sys.modules["_hashlib"] = None  # type: ignore[assignment]
+        import hashlib  # noqa: F401
+
+        import grpc
+
+        del sys.modules["ssl"], sys.modules["_hashlib"]
+        argv = argv[1:]
     if argv[:1] != ["run"]:
         from agent.daemon import main as agent_main
 
@@ -322,7 +335,8 @@ def main() -> int:
         return 0
     agents = [args.baseline_agent, args.agent] if args.baseline_agent else [args.agent]
     if args.floor:
-        agents.append(f"{sys.executable} {Path(__file__).resolve()} --bare-client")
+        bare = f"{sys.executable} {Path(__file__).resolve()} --bare-client"
+        agents += [bare, f"{bare} --without-openssl"]
     for agent in agents:
         argv = shlex.split(agent) if " " in agent else command(agent)
         say(f"measuring {' '.join(argv)}: {args.checkins} check-ins every {args.interval}s")

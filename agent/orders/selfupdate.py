@@ -79,6 +79,7 @@ from agent.backends.dnf import rpm_fields, rpm_vercmp
 from agent.errors import AgentError, CommandFailed
 from agent.host.checks import CheckSpec, Probes
 from agent.host.health import failing
+from agent.orders.handover import HandOver, family, handover_due, installed_version
 from agent.orders.journal import OrderRecord
 from agent.orders.outcome import Outcome
 from agent.orders.policy import Policy
@@ -106,15 +107,6 @@ RESTORE_RETRY_SECONDS = 20
 KEPT_DIR = "agent-installed"
 #: How long disarming waits for a restore that is still running to finish.
 DPKG_WAIT_SECONDS = 300
-
-
-class HandOver(Exception):
-    """This process must exit so that the agent now installed takes over.
-
-    Raised by VERIFY in the old process once the new version is installed;
-    the CLI exits cleanly and systemd starts the new version (the postinst's
-    restart, or Restart=always).
-    """
 
 
 class Watchdog(Protocol):
@@ -321,16 +313,10 @@ class UpdateSteps:
 
     def _family(self) -> Family | None:
         """The package family this host's backend installs."""
-        return Family.of_manager(getattr(self._backend, "name", ""))
+        return family(self._backend)
 
     def _installed(self) -> str:
-        """The installed agent package's version field: the Debian Version,
-        or the RPM Version (without epoch and release, which our packages
-        do not vary: the order names the version)."""
-        found = self._backend.versions([AGENT_PACKAGE]).get(AGENT_PACKAGE, "")
-        if self._family() is Family.RPM and found:
-            found = found.split(":", 1)[-1].rsplit("-", 1)[0]
-        return found
+        return installed_version(self._backend)
 
     def _target(self, update: AgentUpdate) -> str:
         """The version field of the package the order installs, in the
@@ -597,11 +583,4 @@ class UpdateSteps:
     def handover_due(self) -> str | None:
         """Why this process must exit now (the installed agent is another
         version than the one running), or None."""
-        installed = self._installed()
-        try:
-            running = (self._family() or Family.DEB).package_version(self.running_version)
-        except ValueError:
-            return None  # a development build: nothing to hand over to
-        if installed and installed != running:
-            return f"{AGENT_PACKAGE} {installed} is installed; this agent ({running}) exits"
-        return None
+        return handover_due(self._backend, self.running_version)

@@ -22,10 +22,11 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from agent.errors import ControllerUnavailable
+from agent.orders.handover import HandOver
 from agent.orders.journal import Journal
 from agent.orders.policy import Policy
 from agent.orders.runner import Runner
-from agent.orders.selfupdate import KEPT_DIR, HandOver, SystemdWatchdog, unit_name
+from agent.orders.selfupdate import KEPT_DIR, SystemdWatchdog, unit_name
 from agent.orders.states import State
 from tests.integration.test_dnf_backend import RpmHost, rpm_host  # noqa: F401 - the fixture
 from tests.support.dnfrepo import RpmSpec

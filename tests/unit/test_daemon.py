@@ -5,6 +5,7 @@ cryptography."""
 
 from __future__ import annotations
 
+import hashlib
 import shutil
 import subprocess
 import sys
@@ -21,8 +22,12 @@ from fleetpatch.identity import Identity, Role
 from agent import cli, daemon, preflight
 from agent.errors import AgentError, ConfigError, NotEnrolled, StateDirError
 from agent.orders.journal import Journal
+from agent.orders.states import TERMINAL, State
+from agent.service import Agent, Machine
 from agent.statedir import DEFAULT_STATE_DIR, StateDir
 from controller.fleet.pki import CertificateAuthority, key_to_pem, new_key
+from tests.support.fakes import FakeBackend, FakeProber
+from tests.support.orders import sign, trusted, work_order
 
 ENV = {"FLEETPATCH_AGENT_STATE_DIR": "/srv/agent"}
 
@@ -108,6 +113,12 @@ NOT_WHILE_IDLE = (
     "cryptography", "fleetpatch.catrust", "fleetpatch.envelope", "fleetpatch.identity",
     "fleetpatch.releasefmt", "urllib.request", "http.client", "email", "psutil", "difflib",
     "platform", "_strptime", "secrets",
+    # The order runner and its steps: made when an order comes or one was
+    # interrupted (Agent.runner); and dnf's backend on an apt host (this one).
+    "agent.orders.runner", "agent.orders.selfupdate", "agent.orders.restartsteps",
+    "agent.boot.bootsteps", "agent.boot.bootloader", "agent.boot.livepatch",
+    "agent.host.restarts", "agent.backends.dnf", "agent.backends.rpmrepack", "xml",
+    "ssl", "_ssl", "_hashlib", "hmac",  # daemon.import_without_openssl
 )  # fmt: skip
 
 
@@ -172,9 +183,11 @@ import sys
 from datetime import timedelta
 from pathlib import Path
 
-from fleetpatch.v1 import agent_pb2
-
 from agent import daemon  # the console script's module
+
+daemon.import_without_openssl()  # as daemon.main does first for `run`
+
+from fleetpatch.v1 import agent_pb2
 from agent.backends.packages import Inventory
 from agent.link.checkin import CheckIns
 from agent.link.keys import learn_announced
@@ -228,3 +241,89 @@ def test_the_idle_daemon_loads_no_cryptography(tmp_path):
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == ""
+
+
+def _offline(state: StateDir, backend: FakeBackend) -> Agent:
+    """The agent of ``state`` as the daemon opens it, its machine faked."""
+    machine = Machine(
+        backend=lambda manager, config: backend, prober=FakeProber, rebooter=lambda config: None,
+        reboot_signals=lambda config, backend: list, livepatch=tuple, watchdog=lambda: None,
+        services=lambda backend: None,
+    )  # fmt: skip
+    return Agent.open(state, online=False, machine=machine)
+
+
+def test_an_order_a_crash_interrupted_is_still_finished_at_start_up(tmp_path):
+    """The runner is made only when needed (the idle daemon does without
+    it), and an order left unfinished in the journal is such a need: the
+    start-up's resume makes it and finishes the order, as before."""
+    state = _enrolled(tmp_path / "state")
+    key = Ed25519PrivateKey.generate()
+    state.write_trusted_signing_keys(trusted(key))
+    backend = FakeBackend({"fp-demo": "1.0"}, {"fp-demo": "1.1"})
+    crashed = _offline(state, backend)
+    order = crashed.runner.receive(sign(work_order(HOST_ID, 1), key), trusted(key), HOST_ID)
+    crashed.close()  # journaled RECEIVED, then gone before running it
+
+    restarted = _offline(state, backend)
+    restarted.resume()
+    record = restarted.journal.order(order.order_id)
+    restarted.close()
+    assert record is not None
+    assert record.state == State.SUCCEEDED
+    assert backend.installed == {"fp-demo": "1.1"}
+
+
+def test_with_nothing_interrupted_start_up_makes_no_runner(tmp_path):
+    state = _enrolled(tmp_path / "state")
+    agent = _offline(state, FakeBackend({"fp-demo": "1.0"}, {}))
+    agent.resume()
+    assert agent._runner is None
+    assert agent.journal.unfinished(frozenset(TERMINAL)) == []
+    agent.close()
+
+
+def test_the_daemon_goes_without_openssl_which_stays_importable():
+    """asyncio (which grpcio imports) goes without ssl in the daemon, and
+    hashlib without OpenSSL's digests (Python's own give the same); what
+    imports ssl later gets it: an https health check's urllib.request."""
+    script = (
+        "import sys\n"
+        "from agent import daemon\n"
+        "assert 'hashlib' not in sys.modules\n"
+        "daemon.import_without_openssl()\n"
+        "import asyncio.base_events, grpc, hashlib\n"
+        "assert not {'ssl', '_ssl', '_hashlib'} & set(sys.modules)\n"
+        "assert asyncio.base_events.ssl is None\n"
+        "sha = hashlib.sha256(b'fleetpatch').hexdigest()\n"
+        f"assert sha == '{hashlib.sha256(b'fleetpatch').hexdigest()}', sha\n"
+        "assert hashlib.md5(b'', usedforsecurity=False).hexdigest().startswith('d41d8cd9')\n"
+        "import ssl, urllib.request\n"
+        "assert ssl.create_default_context().verify_mode == ssl.CERT_REQUIRED\n"
+        "assert hasattr(urllib.request, 'HTTPSHandler')\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert done.returncode == 0, done.stderr
+
+
+def test_without_pythons_own_digests_hashlib_keeps_openssl():
+    """Fedora's and RHEL's Python has only blake2 built in: there, hashlib
+    must keep OpenSSL, or it would have no SHA-256 (ssl is hidden still)."""
+    script = (
+        "import sys\n"
+        "from agent import daemon\n"
+        "assert daemon._builtin_digests()\n"
+        "assert not daemon._builtin_digests(('_blake2', '_no_such_digest'))\n"
+        "daemon._builtin_digests = lambda: False  # as on Fedora and RHEL\n"
+        "daemon.import_without_openssl()\n"
+        "import hashlib\n"
+        "assert '_hashlib' in sys.modules and 'ssl' not in sys.modules\n"
+        "assert hashlib.sha256(b'').hexdigest().startswith('e3b0c442')\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stderr == ""

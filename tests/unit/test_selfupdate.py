@@ -24,10 +24,11 @@ from agent.backends.apt import deb_fields
 from agent.backends.base import Change, Plan, Saved, Snapshot
 from agent.backends.subp import Result
 from agent.errors import AgentError, ControllerUnavailable
+from agent.orders.handover import HandOver
 from agent.orders.journal import Journal
 from agent.orders.policy import Policy
 from agent.orders.runner import Runner
-from agent.orders.selfupdate import DPKG_WAIT_SECONDS, HandOver, SystemdWatchdog, unit_name
+from agent.orders.selfupdate import DPKG_WAIT_SECONDS, SystemdWatchdog, unit_name
 from agent.orders.states import State, next_state
 from agent.orders.workorder import OrderRefused, RefusalReason
 from tests.support.fakes import FakeBackend, FakeProber

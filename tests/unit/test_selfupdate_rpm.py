@@ -20,9 +20,10 @@ from agent.backends.base import Change, Plan, PlanError, Saved, Snapshot
 from agent.backends.dnf import Dnf, plan_digest, rpm_fields
 from agent.backends.subp import Result
 from agent.errors import CommandFailed
+from agent.orders.handover import HandOver
 from agent.orders.journal import Journal
 from agent.orders.policy import Policy
-from agent.orders.selfupdate import KEPT_DIR, HandOver, SystemdWatchdog, unit_name
+from agent.orders.selfupdate import KEPT_DIR, SystemdWatchdog, unit_name
 from agent.orders.states import State
 from tests.support.fakes import FakeBackend
 from tests.support.releases import (
