@@ -53,6 +53,13 @@ def _relabels(ctl: Controller) -> list[dict[str, object]]:
 
 def test_a_relabelled_host_is_targeted_at_its_next_check_in(world, tmp_path):
     ctl, agent = world
+    # A web host the campaign waits for (it never checks in here): without
+    # one, the campaign targets no host and completes at its first tick,
+    # before the relabel when the machine is slow.
+    backend = FakeBackend({"fp-demo": "1.0"}, {"fp-demo": "1.1"})
+    waited_for = InProcessAgent(ctl, tmp_path / "web", "us", 2, backend, FakeProber([True]),
+                                labels={"role": "web"})  # fmt: skip
+    waited_for.close()
     spec = tmp_path / "web.toml"
     spec.write_text(CAMPAIGN)
     campaign_id = ctl.admin("campaign", "create", spec).stdout.strip().splitlines()[-1]
