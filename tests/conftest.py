@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,6 +20,31 @@ from tests.support.postgres import PostgresServer, missing_reason, running
 STRICT_SKIPS_ENV = "FLEETPATCH_STRICT_SKIPS"
 
 _SKIPPED: list[str] = []  # "nodeid: reason" of every skip this session
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    _share_bytecode()
+
+
+def _share_bytecode() -> None:
+    """Let the Python processes the tests start (the CLIs, controllers,
+    agents on this machine: hundreds of them) keep their bytecode in one
+    directory of this session's, outside the tree, instead of compiling
+    every module they import from source at every start.
+
+    `make test` exports PYTHONDONTWRITEBYTECODE so that no __pycache__ lands
+    in the checkout; with PYTHONPYCACHEPREFIX none does either, and the
+    first process to import a module writes it there for the others.
+    Commands in sandboxes and package builds do not inherit this
+    environment (they start from their own), so what they do is unchanged.
+    Left alone when the caller chose a prefix."""
+    if os.environ.get("PYTHONPYCACHEPREFIX"):
+        return
+    prefix = Path(tempfile.mkdtemp(prefix="fleetpatch-test-pyc-"))
+    prefix.chmod(0o755)  # readable by the tests' processes that are not root
+    atexit.register(shutil.rmtree, prefix, ignore_errors=True)
+    os.environ["PYTHONPYCACHEPREFIX"] = str(prefix)
+    os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
 
 
 def pytest_runtest_logreport(report: pytest.TestReport) -> None:

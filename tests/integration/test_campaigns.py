@@ -18,7 +18,7 @@ from agent.orders.workorder import OrderRefused
 from tests.conftest import STORES
 from tests.support.controller import BIN, Controller, cli
 from tests.support.fakes import FakeBackend, FakeProber
-from tests.support.inprocess import InProcessAgent
+from tests.support.inprocess import InProcessAgent, tokens_for
 
 CAMPAIGN = """
 [campaign]
@@ -59,12 +59,14 @@ def fleet(tmp_path: Path, store_url: str) -> Iterator[tuple[Controller, list[InP
     ctl.start()
     agents = []
     try:
+        tokens = tokens_for(ctl, [(region, ring) for region, ring, _ in LAYOUT])
         for i, (region, ring, healthy) in enumerate(LAYOUT):
             backend = FakeBackend({"fp-demo": "1.0", "libc6": "2.36"}, {"fp-demo": "1.1"})
             prober = FakeProber([True] if healthy else [True, False])
             agents.append(
-                InProcessAgent(ctl, tmp_path / f"agent-{i}", region, ring, backend, prober)
-            )
+                InProcessAgent(ctl, tmp_path / f"agent-{i}", region, ring, backend, prober,
+                               token=tokens[region, ring])
+            )  # fmt: skip
         yield ctl, agents
     finally:
         for agent in agents:

@@ -14,7 +14,6 @@ dnf resolves the agent's real Requires rather than the test skipping them
 from __future__ import annotations
 
 import subprocess
-import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -34,8 +33,8 @@ from tests.support.dnfrepo import (
     sandbox_runner,
 )
 from tests.support.packages import (
-    BUILD_SCRIPT,
     ROOT,
+    agent_rpm,
     build_script,
     next_version,
     packaging_available,
@@ -48,29 +47,16 @@ WANTS = "/etc/systemd/system/multi-user.target.wants/fleetpatch-agent.service"
 VENV = "/opt/fleetpatch/agent"
 
 
-def _build(out: Path, version: str | None) -> Path:
-    argv = [sys.executable, str(BUILD_SCRIPT), "--out", str(out), "--package", "agent",
-            "--rpm", "--compression", "zstd"]  # fmt: skip
-    if version is not None:
-        argv += ["--version", version]
-    done = subprocess.run(argv, capture_output=True, text=True, timeout=900, cwd=ROOT, check=False)
-    assert done.returncode == 0, done.stderr[-5000:]
-    (rpm,) = [Path(line) for line in done.stdout.split() if line.endswith(".rpm")]
-    return rpm
-
-
 @pytest.fixture(scope="module")
-def rpms(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, str]:
-    """(v1 rpm, v2 rpm, v2's PEP 440 version)."""
+def rpms() -> tuple[Path, Path, str]:
+    """(v1 rpm, v2 rpm, v2's PEP 440 version): the session's builds, which
+    test_selfupdate_systemd_rpm.py installs too (signed; the tests here use
+    the .rpm files only)."""
     for reason in (packaging_available(), dnfrepo_available()):
         if reason is not None:
             pytest.skip(reason)
     v2 = next_version(build_script().project_version())
-    return (
-        _build(tmp_path_factory.mktemp("rpm-v1"), None),
-        _build(tmp_path_factory.mktemp("rpm-v2"), v2),
-        v2,
-    )
+    return agent_rpm(), agent_rpm(v2), v2
 
 
 def _installed_from_a_file(

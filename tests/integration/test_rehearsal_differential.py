@@ -29,6 +29,7 @@ from simulator.outcome import Outcome
 from simulator.rehearsal import scenario_simulation
 from simulator.scenario import Operator, Scenario, load_scenario
 from tests.support.enginedrive import Driven, drive
+from tests.support.ramdir import ram_dir
 
 SCENARIOS = Path(__file__).resolve().parents[2] / "examples" / "scenarios"
 COUNTS = ("succeeded", "failed", "reverted", "revert_failed", "timed_out")
@@ -64,7 +65,8 @@ def _real(driven: Driven) -> Driven:
 def test_the_rehearsal_and_the_real_engine_agree(scenario, hosts, tmp_path):
     sc = load_scenario(SCENARIOS / f"{scenario}.toml")
     rehearsed = _rehearsed(_simulation(sc, hosts).run())
-    real = _real(drive(_simulation(sc, hosts), sc.campaign_path.read_text(), tmp_path))
+    with ram_dir(tmp_path) as data:
+        real = _real(drive(_simulation(sc, hosts), sc.campaign_path.read_text(), data))
     assert real == rehearsed
 
 
@@ -141,5 +143,6 @@ def test_random_campaigns_and_failure_mixes_agree(
         return Simulation(spec, fleet, failures, settings)
 
     rehearsed = _rehearsed(simulation().run())
-    real = _real(drive(simulation(), text, tmp_path_factory.mktemp("ctl")))
+    with ram_dir(tmp_path_factory.mktemp("ctl")) as data:
+        real = _real(drive(simulation(), text, data))
     assert real == rehearsed

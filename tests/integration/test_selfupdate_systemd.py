@@ -132,6 +132,12 @@ def _watchdogs(c: SystemdContainer) -> str:
     return listed.stdout.strip()
 
 
+def _restores(c: SystemdContainer) -> str:
+    """What the watchdog's restores logged (nothing before the first)."""
+    argv = ["journalctl", "--no-pager", "-o", "cat", "-u", "fleetpatch-agent-rollback-*"]
+    return c.run(argv, check=False).stdout
+
+
 def _last_order(c: SystemdContainer) -> dict[str, object]:
     status = json.loads(c.run(["fleetpatch-agent", "status", "--json"]).stdout)
     order: dict[str, object] = status["orders"][0]
@@ -181,12 +187,17 @@ def test_agents_update_themselves_and_a_release_that_cannot_start_is_rolled_back
     second = _campaign(c, "agents-broken", v3, rollback_after="40s")
     wait_until("the broken release is installed",
                lambda: _installed(c) == debian_version(v3), timeout=120)  # fmt: skip
+    # Held until the watchdog's first restore has met it (at most 10 minutes),
+    # then let go, as dpkg lets go when it is done: the restore is retried.
     c.run(["systemd-run", "--unit=fp-test-dpkg-lock", "--", "/usr/bin/python3", "-c",
-           LOCK_HOLDER, "/var/lib/dpkg/lock-frontend", "60"])  # fmt: skip
+           LOCK_HOLDER, "/var/lib/dpkg/lock-frontend", "600"])  # fmt: skip
+    wait_until("the watchdog's restore meets the lock",
+               lambda: "frontend lock" in _restores(c), timeout=300)  # fmt: skip
+    c.run(["systemctl", "stop", "fp-test-dpkg-lock"])
     wait_until("the broken update is reverted", lambda: _count(c, second, "reverted") == 1,
                timeout=300)  # fmt: skip
-    restores = c.run(["journalctl", "--no-pager", "-o", "cat", "-u", "fleetpatch-agent-rollback-*"])
-    assert "frontend lock" in restores.stdout, f"the first restore met the lock:{restores.stdout}"
+    restores = _restores(c)
+    assert "frontend lock" in restores, f"the first restore met the lock:{restores}"
     assert _installed(c) == v2.deb_version
     wait_until("the restored agent checks in", lambda: c.reported_agent_version() == v2.version)
     order = _last_order(c)

@@ -23,8 +23,6 @@ in /etc/fleetpatch/agent.toml).
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import uuid
 from pathlib import Path
 
@@ -41,18 +39,16 @@ from tests.integration.test_selfupdate_systemd import (
 )
 from tests.support.dnfrepo import LocalRpmRepo, RpmSpec, dnfrepo_available, make_rpm_host
 from tests.support.packages import (
-    BUILD_SCRIPT,
     DEB_MOUNT,
-    ROOT,
     BuiltDebs,
     SystemdContainer,
+    agent_rpm,
     build_script,
     built_debs,
     inside,
     next_version,
     packaging_available,
     session_debs_root,
-    session_release_key,
     systemd_container_available,
 )
 from tests.support.sandbox import HostSandbox
@@ -74,24 +70,6 @@ kind = "command"
 argv = ["/opt/fleetpatch/agent/bin/python", "-c", \
 "import fleetpatch, sys; sys.exit(fleetpatch.__version__ != '{version}')"]
 """
-
-
-def agent_rpm(version: str | None = None) -> Path:
-    """The agent RPM at ``version`` (default: the project's), built once per
-    session and signed with the session's release key."""
-    name = version or build_script().project_version()
-    out = session_debs_root() / f"rpm-{name}"
-    found = sorted(out.glob("fleetpatch-agent-*.rpm"))
-    if found:
-        return found[0]
-    argv = [sys.executable, str(BUILD_SCRIPT), "--out", str(out), "--package", "agent", "--rpm",
-            "--compression", "zstd", "--key", str(session_release_key())]  # fmt: skip
-    if version is not None:
-        argv += ["--version", version]
-    done = subprocess.run(argv, capture_output=True, text=True, timeout=900, cwd=ROOT, check=False)
-    assert done.returncode == 0, done.stderr[-5000:]
-    (rpm,) = [Path(line) for line in done.stdout.split() if line.endswith(".rpm")]
-    return rpm
 
 
 @pytest.fixture

@@ -20,7 +20,7 @@ import pytest
 from agent.orders.states import State
 from tests.support.controller import Controller, cli
 from tests.support.fakes import FakeBackend, FakeProber
-from tests.support.inprocess import InProcessAgent
+from tests.support.inprocess import InProcessAgent, tokens_for
 
 # Ring 1 takes all its hosts at once, so which rings finish does not hang on
 # the order in which hosts happen to check in (a real one and a simulated one
@@ -66,13 +66,14 @@ def fleet(
     ctl.start()
     agents = []
     try:
+        tokens = tokens_for(ctl, LAYOUT)
         for i, (region, ring) in enumerate(LAYOUT):
             backend = FakeBackend({"fp-demo": "1.0"}, {"fp-demo": "1.1"})
             # healthy before the update; the broken one not after it
             prober = FakeProber([True, False] if broken and i == BROKEN else [True])
             agents.append(
                 InProcessAgent(ctl, tmp_path / f"agent-{i}", region, ring, backend, prober,
-                               defer=True)
+                               defer=True, token=tokens[region, ring])
             )  # fmt: skip
         for agent in agents:
             agent.round()  # seen by the controller: online for the rehearsal

@@ -9,6 +9,8 @@ machine). Many fit in one test process, to run whole campaigns quickly."""
 from __future__ import annotations
 
 import dataclasses
+from collections import Counter
+from collections.abc import Iterable
 from pathlib import Path
 
 from agent.backends.packages import Inventory
@@ -21,6 +23,18 @@ from agent.service import Agent, Machine
 from agent.statedir import StateDir
 from tests.support.controller import Controller
 from tests.support.fakes import FakeBackend, FakeProber
+
+
+def tokens_for(
+    controller: Controller, cells: Iterable[tuple[str, int]]
+) -> dict[tuple[str, int], str]:
+    """One enrollment token per (region, ring) of ``cells``, with a use for
+    each time the cell is named: for a fixture enrolling many agents, one
+    `fleetpatch token create` per cell rather than per agent."""
+    return {
+        (region, ring): controller.token(region=region, ring=ring, uses=uses)
+        for (region, ring), uses in Counter(cells).items()
+    }
 
 
 class InProcessAgent:
@@ -37,14 +51,18 @@ class InProcessAgent:
         agent_version: str | None = None,
         textfile: Path | None = None,
         address: str | None = None,
+        token: str | None = None,
     ) -> None:
         """``defer``: carry out an order at the next round rather than at
         once, so that it stays in flight on the controller meanwhile.
         ``agent_version``: what the agent reports (default: this one's);
         settable between rounds. ``textfile``: agent.toml's [metrics] textfile.
         ``address``: agent.toml's [controller] address after enrolling (the
-        controller's own by default; several, comma-separated, for replicas)."""
-        token = controller.token(region=region, ring=ring, uses=1)
+        controller's own by default; several, comma-separated, for replicas).
+        ``token``: an enrollment token for ``region`` and ``ring`` with a use
+        left (`tokens_for`); by default one is made for this agent alone."""
+        if token is None:
+            token = controller.token(region=region, ring=ring, uses=1)
         self.state = StateDir(state_dir)
         done = enroll(self.state, controller.address, token, controller.data_dir / "ca.pem",
                       labels or {})  # fmt: skip

@@ -4,7 +4,8 @@
 packages` does (the project venv's python, a subprocess), with zstd
 compression: about 50 times faster than the release default (xz) and read
 by the same dpkg. `built_debs(version)` caches that per test session, so
-each version is built once whichever test module asks first.
+each version is built once whichever test module asks first; `agent_rpm(version)`
+does the same for the agent's RPM.
 
 `build_script()` imports packaging/build_debs.py as a module (it is a script,
 not a package) for tests of its pure parts (versions).
@@ -198,6 +199,26 @@ def session_release_key() -> Path:
     key = session_debs_root() / "release.key"
     keygen(key)
     return key
+
+
+def agent_rpm(version: str | None = None) -> Path:
+    """The agent RPM at ``version`` (default: the project's), built once per
+    session, whichever test module asks first, and signed with the
+    session's release key (SHA256SUMS and its signature beside it: the
+    .rpm itself is what an unsigned build makes)."""
+    name = version or build_script().project_version()
+    out = session_debs_root() / f"rpm-{name}"
+    found = sorted(out.glob("fleetpatch-agent-*.rpm"))
+    if found:
+        return found[0]
+    argv = [sys.executable, str(BUILD_SCRIPT), "--out", str(out), "--package", "agent", "--rpm",
+            "--compression", "zstd", "--key", str(session_release_key())]  # fmt: skip
+    if version is not None:
+        argv += ["--version", version]
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=900, cwd=ROOT, check=False)
+    assert done.returncode == 0, done.stderr[-5000:]
+    (rpm,) = [Path(line) for line in done.stdout.split() if line.endswith(".rpm")]
+    return rpm
 
 
 # -- a booted systemd ------------------------------------------------------------------
