@@ -227,6 +227,7 @@ async def serve(  # noqa: PLR0915
         expire_pending(db, settings.pending_timeout, pending, stop, engine.metrics.presence),
         extras.deliveries.run(stop),
         match_vulns(matcher, settings.vuln_match_interval, stop),
+        gcpolicy.refreeze_every(gcpolicy.REFREEZE_SECONDS, stop),
         *(
             [follow_revocations(db, revoked, settings.campaign_tick.total_seconds(), stop)]
             if shared else []

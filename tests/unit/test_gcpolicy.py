@@ -1,9 +1,11 @@
 """The controller's garbage-collector settings (controller.gcpolicy): made
-once started, and the garbage they let wait stays bounded. Each case runs
-in a child process: the collector's state is the whole process's."""
+once started, what is alive frozen again now and then, and the garbage
+they let wait stays bounded. Cases that change the collector run in a
+child process: its state is the whole process's."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import subprocess
 import sys
@@ -32,6 +34,44 @@ def test_tune_freezes_what_is_alive_and_sets_the_thresholds():
     assert tuple(found["thresholds"]) == gcpolicy.THRESHOLDS
     assert found["frozen"] > 10_000  # modules, classes, functions
     assert found["left"] < 100  # the collector no longer traverses them
+
+
+def test_refreeze_frees_frozen_cycles_and_freezes_what_came_since():
+    found = _child(
+        "import gc, json, weakref\n"
+        "from controller import gcpolicy\n"
+        "gcpolicy.tune()\n"
+        "class Call: pass\n"
+        "call = Call(); call.me = call\n"  # a stream opened after start-up, in a cycle
+        "before = any(o is call for o in gc.get_objects())\n"  # traversed by collections
+        "gcpolicy.refreeze()\n"
+        "after = any(o is call for o in gc.get_objects())\n"
+        "ended = weakref.ref(call); del call\n"  # the call ends: frozen cyclic garbage
+        "gc.collect()\n"
+        "waits = ended() is not None\n"
+        "gcpolicy.refreeze()\n"
+        "print(json.dumps({'before': before, 'after': after,\n"
+        "                  'waits': waits, 'freed': ended() is None}))\n"
+    )
+    assert found["before"] is True
+    assert found["after"] is False  # frozen: collections pass it by
+    assert found["waits"] is True  # a full collection does not see frozen objects
+    assert found["freed"] is True  # the next refreeze collects them
+
+
+def test_refreeze_every_runs_until_stopped(monkeypatch):
+    calls: list[float] = []
+    monkeypatch.setattr(gcpolicy, "refreeze", lambda: calls.append(0.0))
+
+    async def scenario() -> None:
+        stop = asyncio.Event()
+        running = asyncio.ensure_future(gcpolicy.refreeze_every(0.01, stop))
+        await asyncio.sleep(0.2)
+        stop.set()
+        await asyncio.wait_for(running, 1.0)
+
+    asyncio.run(scenario())
+    assert 3 <= len(calls) <= 25
 
 
 # Calls in flight hold objects (in reference cycles, as tasks and frames
