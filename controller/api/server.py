@@ -26,6 +26,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from fleetpatch.v1 import admin_pb2, agent_pb2, vulns_pb2
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
+from controller import gcpolicy
 from controller.api import lenient, limits
 from controller.api.auditkeeping import AuditKeeper
 from controller.api.push import Nudge, Watchers
@@ -217,6 +218,8 @@ async def serve(  # noqa: PLR0915
     loop = asyncio.get_running_loop()
     _handle_signals(loop, stop.set)
 
+    # Started: what is alive now lives as long as the process (gcpolicy).
+    gcpolicy.tune()
     await server.start()
     batcher.start()
     background = asyncio.gather(
@@ -224,6 +227,7 @@ async def serve(  # noqa: PLR0915
         expire_pending(db, settings.pending_timeout, pending, stop, engine.metrics.presence),
         extras.deliveries.run(stop),
         match_vulns(matcher, settings.vuln_match_interval, stop),
+        gcpolicy.refreeze_every(gcpolicy.REFREEZE_SECONDS, stop),
         *(
             [follow_revocations(db, revoked, settings.campaign_tick.total_seconds(), stop)]
             if shared else []
