@@ -28,7 +28,9 @@ controller; the figures are for this machine.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import os
 import resource
 import signal
 import subprocess
@@ -67,6 +69,7 @@ class Load:
             [str(BIN / "fleetpatch-sim"), "load", "--data-dir", str(data),
              "--agents", str(agents), "--json", "--concurrency", "0", *options],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            start_new_session=True,  # its worker processes go with it (`stop`)
         )  # fmt: skip
         self.enrolled = threading.Event()
         self.stderr: list[str] = []
@@ -82,6 +85,21 @@ class Load:
     def wait_enrolled(self, timeout: float = 600) -> None:
         if not self.enrolled.wait(timeout):
             raise SystemExit(f"the load did not enroll its agents:\n{''.join(self.stderr)}")
+
+    def stop(self) -> None:
+        """End the load and its worker processes (a SIGTERM to the load
+        alone leaves its workers running out their time, loading the next
+        run's cores)."""
+        if self.proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(timeout=30)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, signal.SIGKILL)  # workers left behind
 
     def result(self) -> dict[str, object]:
         out, _ = self.proc.communicate(timeout=900)
@@ -121,25 +139,29 @@ def idle_rss(tmp: Path, streams: int, ramp: float, push: bool) -> tuple[float, f
         settle = ramp + 15
         load = Load(data, streams, "--interval", "600", "--ramp", str(ramp), "--seconds",
                     str(settle + 30), *(["--push"] if push else []))  # fmt: skip
-        load.wait_enrolled()
-        time.sleep(settle)
-        rss = rss_mib(proc.pid)
-        approved = 0.0
-        if push:
-            spec = tmp / "emergency.toml"
-            spec.write_text(EMERGENCY)
-            created = subprocess.run(
-                [str(BIN / "fleetpatch"), "campaign", "create", str(spec), "--data-dir", str(data)],
-                check=True, capture_output=True, text=True,
-            )  # fmt: skip
-            campaign_id = created.stdout.strip().splitlines()[-1]
-            approved = time.time()  # before the CLI starts: a conservative start
-            subprocess.run(
-                [str(BIN / "fleetpatch"), "campaign", "approve", campaign_id, "--data-dir",
-                 str(data)],
-                check=True, capture_output=True,
-            )  # fmt: skip
-        result = load.result()
+        try:
+            load.wait_enrolled()
+            time.sleep(settle)
+            rss = rss_mib(proc.pid)
+            approved = 0.0
+            if push:
+                spec = tmp / "emergency.toml"
+                spec.write_text(EMERGENCY)
+                created = subprocess.run(
+                    [str(BIN / "fleetpatch"), "campaign", "create", str(spec), "--data-dir",
+                     str(data)],
+                    check=True, capture_output=True, text=True,
+                )  # fmt: skip
+                campaign_id = created.stdout.strip().splitlines()[-1]
+                approved = time.time()  # before the CLI starts: a conservative start
+                subprocess.run(
+                    [str(BIN / "fleetpatch"), "campaign", "approve", campaign_id, "--data-dir",
+                     str(data)],
+                    check=True, capture_output=True,
+                )  # fmt: skip
+            result = load.result()
+        finally:
+            load.stop()
         result["rss_before_mib"] = round(before, 1)
         return rss, approved, result
     finally:
@@ -162,9 +184,10 @@ def throughput(
                     "--seconds", str(ramp + seconds + 120))  # fmt: skip
         idle.wait_enrolled()
         time.sleep(ramp + 10)
-        beside = Load(data, busy, *options).result()
-        idle.proc.terminate()
-        idle.proc.wait(timeout=60)
+        try:
+            beside = Load(data, busy, *options).result()
+        finally:
+            idle.stop()
         return alone, beside
     finally:
         stop(proc)
