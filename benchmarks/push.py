@@ -28,9 +28,7 @@ controller; the figures are for this machine.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
-import os
 import resource
 import signal
 import subprocess
@@ -46,6 +44,7 @@ if not __package__:  # run as a file: make `benchmarks` importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.checkin_load import BIN, init_controller, serve
 from tests.support.controller import free_port
+from tests.support.waiting import stop_group
 
 EMERGENCY = """
 [campaign]
@@ -90,16 +89,7 @@ class Load:
         """End the load and its worker processes (a SIGTERM to the load
         alone leaves its workers running out their time, loading the next
         run's cores)."""
-        if self.proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(timeout=30)
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.proc.pid, signal.SIGKILL)  # workers left behind
+        stop_group(self.proc)
 
     def result(self) -> dict[str, object]:
         out, _ = self.proc.communicate(timeout=900)

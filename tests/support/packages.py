@@ -22,7 +22,6 @@ import json
 import os
 import re
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -34,7 +33,7 @@ from pathlib import Path
 from types import ModuleType
 
 from tests.support.sandbox import DEFAULT_ENV, HostSandbox
-from tests.support.waiting import scaled
+from tests.support.waiting import scaled, stop_group
 
 ROOT = Path(__file__).resolve().parents[2]
 BUILD_SCRIPT = ROOT / "packaging" / "build_debs.py"
@@ -362,13 +361,7 @@ class SystemdContainer:
 
     def stop(self) -> None:
         """Power the container off (SIGTERM to nspawn), kill it if it hangs."""
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(timeout=30)
+        stop_group(self.proc)
 
 
 def _descendants(pid: int) -> list[int]:

@@ -15,7 +15,10 @@ with an exact value: a poll through a slow call can step over the value
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
+import subprocess
 import time
 from collections.abc import Callable
 from typing import TypeVar
@@ -71,3 +74,19 @@ def wait_until(what: str, check: Callable[[], bool], timeout: float = 60) -> Non
     """Poll ``check`` until it is true; fail naming ``what`` after the
     (scaled) ``timeout``."""
     wait_for(what, check, timeout=timeout, interval=0.3)
+
+
+def stop_group(proc: subprocess.Popen[str] | subprocess.Popen[bytes], timeout: float = 30) -> None:
+    """End ``proc``, started with ``start_new_session=True``, with every
+    process of its group: SIGTERM, then SIGKILL after ``timeout``; and
+    SIGKILL to any of its group left behind (workers outlive their parent)."""
+    if proc.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=timeout)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)

@@ -302,9 +302,7 @@ def test_the_daemon_goes_without_openssl_which_stays_importable():
         "assert ssl.create_default_context().verify_mode == ssl.CERT_REQUIRED\n"
         "assert hasattr(urllib.request, 'HTTPSHandler')\n"
     )
-    done = subprocess.run(
-        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=False
-    )
+    done = _python(script)
     assert done.returncode == 0, done.stderr
 
 
@@ -322,8 +320,13 @@ def test_without_pythons_own_digests_hashlib_keeps_openssl():
         "assert '_hashlib' in sys.modules and 'ssl' not in sys.modules\n"
         "assert hashlib.sha256(b'').hexdigest().startswith('e3b0c442')\n"
     )
-    done = subprocess.run(
-        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=False
-    )
+    done = _python(script)
     assert done.returncode == 0, done.stderr
     assert done.stderr == ""
+
+
+def _python(script: str) -> subprocess.CompletedProcess[str]:
+    """``script`` run by a fresh interpreter (a daemon's start-up of its own)."""
+    return subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=False
+    )
