@@ -212,7 +212,7 @@ class Agent:
         """Finish the orders a crash or reboot interrupted (the runner is
         made only when the journal holds one), report, and hand over when
         another version of the agent is installed."""
-        if self.journal.has_unfinished(frozenset(TERMINAL)):
+        if self.journal.unfinished(frozenset(TERMINAL)):
             for order_id, final in self.runner.resume():
                 log.info("order %s finished after resuming: %s", order_id, final)
         self.report()

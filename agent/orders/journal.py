@@ -434,17 +434,6 @@ class Journal:
         return [_order(r) for r in rows]
 
     @_guarded
-    def has_unfinished(self, terminal: frozenset[str]) -> bool:
-        """Whether any order is in none of the ``terminal`` states (one a
-        crash or a reboot interrupted), without reading it."""
-        marks = ",".join("?" * len(terminal))
-        row = self._conn.execute(
-            f"SELECT 1 FROM orders WHERE state NOT IN ({marks}) LIMIT 1",  # noqa: S608
-            tuple(terminal),
-        ).fetchone()
-        return row is not None
-
-    @_guarded
     def steps(self, order_id: str) -> list[Step]:
         rows = self._conn.execute(
             "SELECT * FROM steps WHERE order_id = ? ORDER BY id", (order_id,)
