@@ -37,6 +37,8 @@ import asyncio
 import contextlib
 import gc
 
+from controller.periodic import every
+
 # Collections of the middle generation before a full one (CPython: 10).
 FULL_AFTER = 100
 THRESHOLDS = (700, 10, FULL_AFTER)
@@ -60,9 +62,12 @@ def refreeze() -> None:
 
 
 async def refreeze_every(seconds: float, stop: asyncio.Event) -> None:
-    """`refreeze` every ``seconds`` until ``stop`` is set."""
-    while not stop.is_set():
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), seconds)
-        if not stop.is_set():
-            refreeze()
+    """`refreeze` every ``seconds`` until ``stop`` is set (the first after
+    ``seconds``: `tune` froze at start-up)."""
+
+    async def step() -> None:
+        refreeze()
+
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(stop.wait(), seconds)
+    await every(seconds, stop, step, "refreezing the garbage collector")
