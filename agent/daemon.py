@@ -12,7 +12,7 @@ options, so the two cannot drift.
 Nor does the idle daemon load cryptography (about 12 MiB): it checks its
 key and certificates at start-up in a short-lived child (agent.preflight),
 and imports cryptography only when an order, a new key or CA, or a
-certificate renewal needs it. Nor OpenSSL (`import_without_openssl`), nor
+certificate renewal needs it. Nor OpenSSL or grpc.aio (`lean_imports`), nor
 the order runner until an order needs it (`service.Agent.runner`).
 tests/unit/test_daemon.py fails when its start-up and check-ins load any
 of these, or the other modules kept out, again.
@@ -28,7 +28,7 @@ import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from types import FrameType
+from types import FrameType, ModuleType
 
 from agent.errors import STORAGE_ERRNOS, AgentError, ConfigError, StateDirError, storage_error
 
@@ -58,24 +58,29 @@ def require_root(command: str) -> None:
         )
 
 
-def import_without_openssl() -> None:
-    """Import grpcio and hashlib without OpenSSL (the daemon's start-up,
-    before anything imports them).
+def lean_imports() -> None:
+    """Import grpcio and hashlib as the daemon needs them: without OpenSSL
+    and without grpc.aio (the daemon's start-up, before anything imports
+    them; too late once they are imported).
 
-    Neither needs it here, and it costs the idle daemon about 4.5 MiB
-    (libcrypto, libssl, _ssl, _hashlib and OpenSSL's set-up): grpcio does
-    its TLS with its own BoringSSL, but imports asyncio (for grpc.aio,
-    unused here), which imports ssl when it can; hashlib takes OpenSSL's
-    digests when it can, else Python's own (the same digests; SHA-256 about
-    half as fast here, 137 against 308 MB/s, a tenth of a second more for a
-    30 MB package). Both do without by their own `try: import`, so ssl and
-    _hashlib are hidden while grpcio and hashlib are imported, then shown
-    again: what imports ssl later (an https health check's urllib.request)
-    gets it, with OpenSSL, as ever. Too late once they are imported.
+    OpenSSL costs the idle daemon about 4.5 MiB (libcrypto, libssl, _ssl,
+    _hashlib and OpenSSL's set-up) and neither needs it here: grpcio does
+    its TLS with its own BoringSSL, but imports asyncio, which imports ssl
+    when it can; hashlib takes OpenSSL's digests when it can, else Python's
+    own (the same digests; SHA-256 about half as fast here, 137 against 308
+    MB/s, a tenth of a second more for a 30 MB package). Both do without by
+    their own `try: import`, so ssl and _hashlib are hidden while grpcio and
+    hashlib are imported, then shown again: what imports ssl later (an https
+    health check's urllib.request) gets it, with OpenSSL, as ever.
 
     hashlib keeps OpenSSL where Python has no digests of its own: Fedora's
     and RHEL's Python (the RPM's interpreter) has only blake2 built in, its
-    other digests come from OpenSSL alone (FIPS)."""
+    other digests come from OpenSSL alone (FIPS).
+
+    grpc.aio, grpcio's asyncio API, costs about 1 MiB of Python objects and
+    the agent uses the threaded one: grpc's `__init__` ends by importing
+    it, so an empty stand-in takes its place for that import, and is gone
+    after; a later `import grpc.aio` imports the real one."""
     hide = []
     if "asyncio" not in sys.modules and "ssl" not in sys.modules:
         hide.append("ssl")
@@ -83,6 +88,9 @@ def import_without_openssl() -> None:
         hide.append("_hashlib")
     for name in hide:
         sys.modules[name] = None  # type: ignore[assignment]  # `import` raises ImportError
+    stand_in = None if "grpc" in sys.modules else ModuleType("grpc.aio")
+    if stand_in is not None:
+        sys.modules["grpc.aio"] = stand_in
     try:
         import hashlib  # noqa: F401
 
@@ -90,6 +98,12 @@ def import_without_openssl() -> None:
     finally:
         for name in hide:
             del sys.modules[name]
+        if stand_in is not None:
+            if sys.modules.get("grpc.aio") is stand_in:
+                del sys.modules["grpc.aio"]
+            grpc_module = sys.modules.get("grpc")
+            if grpc_module is not None and getattr(grpc_module, "aio", None) is stand_in:
+                del grpc_module.aio
 
 
 #: The modules of Python's own digests, every one that hashlib sets up at
@@ -207,11 +221,22 @@ class RunArgs:
 def parse_run(argv: Sequence[str], environ: dict[str, str] | None = None) -> RunArgs | None:
     """The arguments of a plain `run` command line (as the unit runs it),
     or None for anything else: the full CLI parses that (and explains it)."""
-    if not argv or argv[0] != "run":
+    words = _run_words(argv)
+    if words is None:
         return None
     from agent.statedir import DEFAULT_STATE_DIR
 
+    state_dir, seen = words
     env = os.environ if environ is None else environ
+    chosen = state_dir or env.get(STATE_DIR_ENV) or str(DEFAULT_STATE_DIR)
+    return RunArgs(Path(chosen), once=seen.get("once", False), verbose=seen.get("verbose", False))
+
+
+def _run_words(argv: Sequence[str]) -> tuple[str | None, dict[str, bool]] | None:
+    """The state dir given (or None) and the flags of a plain `run`
+    command line, or None for anything else; imports nothing."""
+    if not argv or argv[0] != "run":
+        return None
     state_dir: str | None = None
     seen: dict[str, bool] = {}
     rest = list(argv[1:])
@@ -227,14 +252,33 @@ def parse_run(argv: Sequence[str], environ: dict[str, str] | None = None) -> Run
             return None
     if state_dir == "" or (state_dir is not None and state_dir.startswith("-")):
         return None  # the full CLI says what is wrong with it
-    chosen = state_dir or env.get(STATE_DIR_ENV) or str(DEFAULT_STATE_DIR)
-    return RunArgs(Path(chosen), once=seen.get("once", False), verbose=seen.get("verbose", False))
+    return state_dir, seen
+
+
+def run_optimized() -> None:
+    """Start the daemon again, with the same command line, under `python
+    -OO`, unless it runs so already (the daemon's start-up, first).
+
+    A daemon that lives for months needs neither docstrings nor asserts:
+    without them the idle agent holds about 0.8 MiB less (the docstrings of
+    grpcio, asyncio, protobuf and its own; benchmarks/agent_footprint.py).
+    The same process (exec keeps its pid, so systemd sees no change); the
+    children it starts are plain Python again, and the packages compile the
+    -OO bytecode at install, as they do the plain one. Where exec fails,
+    the daemon runs as it was started."""
+    if sys.flags.optimize >= 2 or not sys.executable or not sys.orig_argv:
+        return
+    try:
+        os.execv(sys.executable, [sys.executable, "-OO", *sys.orig_argv[1:]])  # noqa: S606 - argv
+    except OSError:
+        return
 
 
 def main() -> None:
     """Console entry point of `fleetpatch-agent`."""
-    if sys.argv[1:2] == ["run"]:
-        import_without_openssl()  # first: the daemon's modules import hashlib
+    if _run_words(sys.argv[1:]) is not None:
+        run_optimized()
+        lean_imports()  # first: the daemon's modules import hashlib
     args = parse_run(sys.argv[1:])
     if args is None:
         from agent.cli import main as cli_main

@@ -79,8 +79,9 @@ fi
 
 %posttrans
 # Bytecode is not shipped: compiled here, for the interpreter that runs it,
-# once the old version's files are gone.
-/opt/fleetpatch/agent/bin/python -m compileall -q -j 0 /opt/fleetpatch/agent/lib >/dev/null
+# once the old version's files are gone; plain, and -OO for the daemon.
+PYTHON=/opt/fleetpatch/agent/bin/python
+$PYTHON -m compileall -q -j 0 -o 0 -o 2 /opt/fleetpatch/agent/lib >/dev/null
 if [ -d /run/systemd/system ]; then
 	systemctl daemon-reload >/dev/null 2>&1 || :
 	if [ -e {MARK} ]; then

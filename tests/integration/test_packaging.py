@@ -374,8 +374,10 @@ def test_agent_package_install_upgrade_remove_purge(sandboxes, built, built_v2, 
         f for f in sandbox.run(["dpkg", "-L", "fleetpatch-agent"]).stdout.split()
         if f.endswith(".py") and "/site-packages/" in f
     ]  # fmt: skip
-    assert len(compiled_at_install) == len(owned_modules) > 100
-    assert all("/__pycache__/" in f and f.endswith(".cpython-311.pyc") for f in compiled_at_install)
+    # Twice: plain, and -OO for the daemon (agent.daemon.run_optimized).
+    assert len(compiled_at_install) == 2 * len(owned_modules) > 200
+    assert all("/__pycache__/" in f for f in compiled_at_install)
+    assert {f.rsplit(".cpython-311", 1)[1] for f in compiled_at_install} == {".pyc", ".opt-2.pyc"}
 
     # Unit and enablement (deb-systemd-helper, systemd not running here).
     unit = "/lib/systemd/system/fleetpatch-agent.service"
@@ -550,14 +552,16 @@ def test_packaged_agent_enrolls_with_packaged_controller(sandboxes, built, dpkg,
 
 
 def _signal_inside(sandbox: HostSandbox, program: bytes, sig: int) -> None:
-    """Signal the sandbox process whose argv[1] (the script run by python)
-    ends with program: the service's main process, not nsenter."""
+    """Signal the sandbox process whose script (python's first argument
+    after its options: the daemon runs under -OO) ends with program: the
+    service's main process, not nsenter."""
     for pid in sandbox.pids():
         try:
             argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
         except OSError:
             continue
-        if len(argv) > 1 and argv[1].endswith(b"/bin/" + program):
+        script = next((word for word in argv[1:] if not word.startswith(b"-")), b"")
+        if script.endswith(b"/bin/" + program):
             os.kill(pid, sig)
             return
     raise AssertionError(f"no {program!r} process in the sandbox")

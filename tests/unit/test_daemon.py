@@ -6,6 +6,7 @@ cryptography."""
 from __future__ import annotations
 
 import hashlib
+import os
 import shutil
 import subprocess
 import sys
@@ -90,12 +91,13 @@ def test_the_daemon_path_loads_no_cli_framework(tmp_path):
         "try:\n    daemon.main()\nexcept SystemExit as exc:\n    code = exc.code\n"
         "heavy = sorted(m for m in sys.modules if m.split('.')[0] in "
         "('typer', 'click', 'rich', 'sqlite_utils', 'dateutil', 'agent.cli'))\n"
-        "print(code, heavy, 'agent.cli' in sys.modules)\n"
+        "print(code, heavy, 'agent.cli' in sys.modules, sys.flags.optimize)\n"
     )
     done = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False
     )
-    assert done.stdout.strip() == "2 [] False", done.stderr
+    # ... and it ran under -OO (daemon.run_optimized started it again so).
+    assert done.stdout.strip() == "2 [] False 2", done.stderr
     assert done.stderr.strip().startswith("fleetpatch-agent: error: ")
     assert len(done.stderr.strip().splitlines()) == 1, done.stderr
 
@@ -118,7 +120,7 @@ NOT_WHILE_IDLE = (
     "agent.orders.runner", "agent.orders.selfupdate", "agent.orders.restartsteps",
     "agent.boot.bootsteps", "agent.boot.bootloader", "agent.boot.livepatch",
     "agent.host.restarts", "agent.backends.dnf", "agent.backends.rpmrepack", "xml",
-    "ssl", "_ssl", "_hashlib", "hmac",  # daemon.import_without_openssl
+    "ssl", "_ssl", "_hashlib", "hmac", "grpc.aio",  # daemon.lean_imports
 )  # fmt: skip
 
 
@@ -185,7 +187,7 @@ from pathlib import Path
 
 from agent import daemon  # the console script's module
 
-daemon.import_without_openssl()  # as daemon.main does first for `run`
+daemon.lean_imports()  # as daemon.main does first for `run`
 
 from fleetpatch.v1 import agent_pb2
 from agent.backends.packages import Inventory
@@ -283,15 +285,16 @@ def test_with_nothing_interrupted_start_up_makes_no_runner(tmp_path):
     agent.close()
 
 
-def test_the_daemon_goes_without_openssl_which_stays_importable():
+def test_the_daemon_goes_without_openssl_or_grpc_aio_which_stay_importable():
     """asyncio (which grpcio imports) goes without ssl in the daemon, and
     hashlib without OpenSSL's digests (Python's own give the same); what
-    imports ssl later gets it: an https health check's urllib.request."""
+    imports ssl later gets it: an https health check's urllib.request. And
+    grpcio goes without its asyncio API, which a later import gets."""
     script = (
         "import sys\n"
         "from agent import daemon\n"
         "assert 'hashlib' not in sys.modules\n"
-        "daemon.import_without_openssl()\n"
+        "daemon.lean_imports()\n"
         "import asyncio.base_events, grpc, hashlib\n"
         "assert not {'ssl', '_ssl', '_hashlib'} & set(sys.modules)\n"
         "assert asyncio.base_events.ssl is None\n"
@@ -301,6 +304,12 @@ def test_the_daemon_goes_without_openssl_which_stays_importable():
         "import ssl, urllib.request\n"
         "assert ssl.create_default_context().verify_mode == ssl.CERT_REQUIRED\n"
         "assert hasattr(urllib.request, 'HTTPSHandler')\n"
+        # Nor grpc.aio, which a later import gets whole.
+        "assert 'grpc.aio' not in sys.modules and not hasattr(grpc, 'aio')\n"
+        "grpc.insecure_channel('localhost:1').close()\n"
+        "import grpc.aio\n"
+        "from grpc import aio\n"
+        "assert aio is grpc.aio and aio.insecure_channel and aio.Metadata\n"
     )
     done = _python(script)
     assert done.returncode == 0, done.stderr
@@ -315,7 +324,7 @@ def test_without_pythons_own_digests_hashlib_keeps_openssl():
         "assert daemon._builtin_digests()\n"
         "assert not daemon._builtin_digests(('_blake2', '_no_such_digest'))\n"
         "daemon._builtin_digests = lambda: False  # as on Fedora and RHEL\n"
-        "daemon.import_without_openssl()\n"
+        "daemon.lean_imports()\n"
         "import hashlib\n"
         "assert '_hashlib' in sys.modules and 'ssl' not in sys.modules\n"
         "assert hashlib.sha256(b'').hexdigest().startswith('e3b0c442')\n"
@@ -323,6 +332,18 @@ def test_without_pythons_own_digests_hashlib_keeps_openssl():
     done = _python(script)
     assert done.returncode == 0, done.stderr
     assert done.stderr == ""
+
+
+def test_where_exec_fails_the_daemon_runs_as_started(monkeypatch):
+    tried = []
+
+    def execv(path: str, argv: list[str]) -> None:
+        tried.append(argv)
+        raise PermissionError(13, "Permission denied", path)
+
+    monkeypatch.setattr(os, "execv", execv)
+    daemon.run_optimized()  # returns: this interpreter runs on, unoptimized
+    assert tried == [[sys.executable, "-OO", *sys.orig_argv[1:]]]
 
 
 def _python(script: str) -> subprocess.CompletedProcess[str]:
