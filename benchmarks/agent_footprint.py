@@ -22,8 +22,8 @@ With --floor it also measures the least any agent on grpcio can take here:
 a bare client (`--bare-client`: this script, as the agent command) that
 enrolls like the agent, then only opens the same mutual-TLS channel, keeps
 a Watch stream and sends an empty check-in at each interval; then the same
-bare client going without OpenSSL as the daemon does
-(`agent.daemon.lean_imports`).
+bare client with the daemon's lean imports, no OpenSSL and no grpc.aio
+(`agent.daemon.lean_imports`; `--bare-client --lean`).
 
 With --apply it measures the agent while it applies a real patch instead:
 the `make demo` setup with one host (a sandboxed copy of this machine, so
