@@ -216,6 +216,8 @@ def _sample(
     at_production = per_checkin / PRODUCTION_INTERVAL * 100
     return {
         "agent": " ".join(agent),
+        # agent.daemon.run_optimized: where the interpreter allows it
+        "under_python_OO": b"-OO" in Path(f"/proc/{proc.pid}/cmdline").read_bytes().split(b"\0"),
         "rss_mib_after_first_checkins": round(settled["rss_mib"], 1),
         "rss_mib_idle": round(idle["rss_mib"], 1),
         "unique_mib_idle": round(idle["unique_mib"], 1),

@@ -79,7 +79,9 @@ fi
 
 %posttrans
 # Bytecode is not shipped: compiled here, for the interpreter that runs it,
-# once the old version's files are gone; plain, and -OO for the daemon.
+# once the old version's files are gone; plain, and -OO for the daemon,
+# which runs under -OO where the host's Python has the standard library's
+# -OO bytecode too (agent.daemon.run_optimized).
 PYTHON=/opt/fleetpatch/agent/bin/python
 $PYTHON -m compileall -q -j 0 -o 0 -o 2 /opt/fleetpatch/agent/lib >/dev/null
 if [ -d /run/systemd/system ]; then

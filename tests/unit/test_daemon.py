@@ -96,8 +96,10 @@ def test_the_daemon_path_loads_no_cli_framework(tmp_path):
     done = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False
     )
-    # ... and it ran under -OO (daemon.run_optimized started it again so).
-    assert done.stdout.strip() == "2 [] False 2", done.stderr
+    # ... and it ran under -OO (daemon.run_optimized started it again so),
+    # where this Python's standard library has the bytecode for it.
+    optimize = 2 if daemon.stdlib_has_optimized_bytecode() else 0
+    assert done.stdout.strip() == f"2 [] False {optimize}", done.stderr
     assert done.stderr.strip().startswith("fleetpatch-agent: error: ")
     assert len(done.stderr.strip().splitlines()) == 1, done.stderr
 
@@ -342,8 +344,26 @@ def test_where_exec_fails_the_daemon_runs_as_started(monkeypatch):
         raise PermissionError(13, "Permission denied", path)
 
     monkeypatch.setattr(os, "execv", execv)
+    monkeypatch.setattr(daemon, "stdlib_has_optimized_bytecode", lambda: True)
     daemon.run_optimized()  # returns: this interpreter runs on, unoptimized
     assert tried == [[sys.executable, "-OO", *sys.orig_argv[1:]]]
+
+
+def test_without_the_standard_librarys_optimized_bytecode_the_daemon_runs_as_started(
+    monkeypatch, tmp_path
+):
+    """Debian's Python ships plain bytecode only: -OO would compile the
+    standard library at every start (or write into /usr/lib as root)."""
+    monkeypatch.setattr(os, "execv", lambda path, argv: pytest.fail(f"exec {argv}"))
+    cache = tmp_path / "asyncio" / "__pycache__"
+    cache.mkdir(parents=True)
+    (cache / f"base_events.{sys.implementation.cache_tag}.pyc").touch()
+    assert not daemon.stdlib_has_optimized_bytecode(str(tmp_path))
+    (cache / f"base_events.{sys.implementation.cache_tag}.opt-2.pyc").touch()
+    assert daemon.stdlib_has_optimized_bytecode(str(tmp_path))
+
+    monkeypatch.setattr(daemon, "stdlib_has_optimized_bytecode", lambda: False)
+    daemon.run_optimized()  # no exec
 
 
 def _python(script: str) -> subprocess.CompletedProcess[str]:
