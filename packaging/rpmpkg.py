@@ -84,6 +84,11 @@ fi
 # -OO bytecode too (agent.daemon.run_optimized).
 PYTHON=/opt/fleetpatch/agent/bin/python
 $PYTHON -m compileall -q -j 0 -o 0 -o 2 /opt/fleetpatch/agent/lib >/dev/null
+# The shared objects just written, out of the page cache (the .deb's
+# postinst says why: the agent that starts next maps less of them).
+find /opt/fleetpatch/agent/lib -type f -name '*.so*' -exec sync {{}} + || :
+find /opt/fleetpatch/agent/lib -type f -name '*.so*' \\
+	-exec dd if={{}} iflag=nocache count=0 status=none \\; || :
 if [ -d /run/systemd/system ]; then
 	systemctl daemon-reload >/dev/null 2>&1 || :
 	if [ -e {MARK} ]; then
