@@ -30,8 +30,6 @@ from controller.cli.release import release_app
 from controller.cli.vulns import compliance, vulns_app
 from controller.datadir import DEFAULT_DATA_DIR, DEFAULT_PORT, DataDir
 from controller.errors import EXIT_CODES, FleetpatchError, UsageError
-from controller.fleet import carotation
-from controller.fleet.bootstrap import init_data_dir
 from controller.fleet.signing import rotate
 
 app = new_app(help="fleetpatch controller and admin CLI: campaigns that patch Linux fleets safely.")
@@ -78,6 +76,8 @@ def controller_init(
 ) -> None:
     """Create a controller: CA, server and first owner's certificates,
     work-order signing key, settings and database."""
+    from controller.fleet.bootstrap import init_data_dir  # the store: slow to import
+
     try:
         parse_duration(checkin_interval)
     except ValueError as exc:
@@ -156,6 +156,8 @@ def controller_rotate_ca(
     """Rotate the fleet CA without a flag day: make a new CA, endorsed by the
     current one (restart `serve`: agents learn it at their next check-in and
     renew onto it); later, --retire-old. Run with `serve` stopped."""
+    from controller.fleet import carotation  # the store: slow to import
+
     now = datetime.now(UTC)
     if not retire_old:
         new = carotation.rotate(DataDir(data_dir), now)

@@ -25,7 +25,7 @@ from controller.cli.common import ControllerOption, DataDirOption, client
 from controller.cli.vulns import SeverityOption
 from controller.datadir import DEFAULT_DATA_DIR
 from controller.errors import UsageError
-from controller.vulns import check_severity, releases, versions
+from controller.vulns import check_severity, releases
 
 # Tables a template may give; the rest is what the plan is about.
 TEMPLATE_TABLES = ("verify", "rollout", "windows")
@@ -175,6 +175,8 @@ def _packages(
     fixed version as its minimum where every targeted host has it at a
     version that follows its source's (else the newest, no minimum: the
     agent refuses a minimum for a package a host does not have)."""
+    from controller.vulns import versions  # slow to import (univers): only here
+
     minimum: dict[str, str] = {}
     family_of: dict[str, str] = {}
     on_hosts: dict[str, set[str]] = defaultdict(set)

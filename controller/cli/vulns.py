@@ -7,7 +7,7 @@ import sys
 from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from fleetpatch import render
@@ -22,7 +22,9 @@ from controller.cli.common import ControllerOption, DataDirOption, JsonOption, c
 from controller.datadir import DEFAULT_DATA_DIR
 from controller.errors import UsageError
 from controller.vulns import SEVERITIES, check_severity
-from controller.vulns.feeds import Feed, FeedError, Vuln, read
+
+if TYPE_CHECKING:
+    from controller.vulns.feeds import Feed, Vuln
 
 vulns_app = new_app(
     help="Vulnerability feeds (Debian Security Tracker, OSV) and the hosts they leave exposed."
@@ -74,6 +76,10 @@ def import_(
 def _read(path: Path) -> tuple[Feed, list[Vuln]]:
     """The feed's records, read whole (progress on a terminal); raises
     UsageError for a feed that does not read."""
+    # Here, not at the top: the feeds' version schemes (univers) are slow to
+    # import, and every other `fleetpatch` command would pay for them.
+    from controller.vulns.feeds import FeedError, read
+
     try:
         feed = read(path)
         records = []

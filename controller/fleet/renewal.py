@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import TYPE_CHECKING
 
 from cryptography import x509
 from fleetpatch.identity import Identity, Role
@@ -18,7 +19,9 @@ from fleetpatch.identity import Identity, Role
 from controller.audit import AuditEntry
 from controller.errors import Refused, UsageError
 from controller.fleet.pki import CertificateAuthority
-from controller.store.thread import StoreThread
+
+if TYPE_CHECKING:
+    from controller.store.thread import StoreThread
 
 # Renewals failed in a row after which `hosts list` flags the host.
 FAILING_AFTER = 3

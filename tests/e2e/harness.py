@@ -151,7 +151,7 @@ class E2EFleet:
     def __init__(self, work: Path, checkin: str = "2s") -> None:
         self.work = work
         self.controller = Controller(work / "controller")
-        self.controller.init(interval=checkin)
+        self.controller.init(interval=checkin, console=True)
         config = self.controller.data_dir / "controller.toml"
         config.write_text(
             config.read_text()
