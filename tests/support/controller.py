@@ -128,8 +128,9 @@ class Controller:
         """`fleetpatch controller init` into the data dir: a CA, keys and a
         database of this controller's own. By default the console script's
         entry point runs in this process (`in_process`): the same command
-        line and code, without the ~2 s of imports a new interpreter pays,
-        which some 160 controllers a session would pay each. ``console``:
+        line and code, without the imports a new interpreter pays (about
+        0.6 s quiet, 1 s with the suite's load), which some 160 controllers
+        a session would pay each. ``console``:
         the console script in a process of its own, as a user runs it (the
         e2e fleet's controller is made so)."""
         argv = (

@@ -15,6 +15,7 @@ from agent.backends.base import Busy, Change, Plan, PlanError, Saved, Snapshot
 from agent.errors import CommandFailed
 from agent.host.checks import CheckSpec
 from agent.host.health import CheckResult
+from agent.host.updates import Available
 from agent.orders.workorder import Target
 
 
@@ -25,7 +26,9 @@ class FakeBackend:
 
     def __init__(self, installed: dict[str, str], available: dict[str, str]) -> None:
         self.installed = dict(installed)
-        self.available = dict(available)
+        # The versions it could upgrade to (what `available()` lists): named
+        # apart from that method, which the agent's update scan calls.
+        self.candidates = dict(available)
         self.calls: list[str] = []
         self.busy_for = 0  # how many calls answer Busy first
         self.fail_apply = False
@@ -42,13 +45,22 @@ class FakeBackend:
     def refresh(self) -> None:
         self.calls.append("refresh")
 
+    def available(self) -> list[Available]:
+        """The upgrades it could make, as the real backends list them."""
+        self.calls.append("available")
+        return [
+            Available(name, "all", self.installed[name], new, "local", security=False)
+            for name, new in sorted(self.candidates.items())
+            if name in self.installed and new != self.installed[name]
+        ]
+
     def plan(self, targets: Sequence[Target], all_security: bool, exclude: Sequence[str]) -> Plan:
         self.calls.append("plan")
         changes = []
         for t in targets:
             if t.name not in self.installed:
                 raise PlanError(f"{t.name} is not installed")
-            new = self.available.get(t.name, self.installed[t.name])
+            new = self.candidates.get(t.name, self.installed[t.name])
             if new != self.installed[t.name]:
                 changes.append(Change(t.name, "all", self.installed[t.name], new, "local"))
         return Plan(tuple(changes))

@@ -16,6 +16,7 @@ from agent.link import convert
 from agent.orders.journal import Journal
 from agent.service import Agent
 from agent.statedir import AgentConfig, Timing
+from tests.support.fakes import FakeBackend
 
 CHECK_UPDATE = """
 fp-demo.noarch                         3.0-1                          fleetpatch
@@ -143,5 +144,21 @@ def test_the_service_scans_first_within_a_tenth_of_the_interval_then_on_schedule
         assert timedelta(hours=5.4) <= upcoming - at <= timedelta(hours=6.6)
         agent.scan_if_due()  # not due again yet
         assert backend.calls == ["refresh", "available"]
+    finally:
+        journal.close()
+
+
+def test_the_tests_fake_package_manager_can_be_scanned(tmp_path):
+    """The in-process agents of the integration tests run on FakeBackend,
+    and their first scan comes at a random time: it must work like the real
+    backends' (it once raised TypeError and killed the check-in thread)."""
+    journal = Journal.open(tmp_path / "journal.db")
+    backend = FakeBackend({"fp-demo": "1.0", "curl": "7.88"}, {"fp-demo": "1.1", "zsh": "5.9"})
+    agent = Agent(None, AgentConfig("c:1", "c:2"), journal, None, "h-1", backend=backend)  # type: ignore[arg-type]
+    try:
+        (found,) = agent.scan()
+        assert (found.name, found.installed, found.candidate) == ("fp-demo", "1.0", "1.1")
+        assert backend.calls == ["refresh", "available"]
+        assert [u.name for u in updates.from_json(journal.scan()[0])] == ["fp-demo"]
     finally:
         journal.close()
