@@ -23,7 +23,7 @@ a bare client (`--bare-client`: this script, as the agent command) that
 enrolls like the agent, then only opens the same mutual-TLS channel, keeps
 a Watch stream and sends an empty check-in at each interval; then the same
 bare client with the daemon's lean imports, no OpenSSL and no grpc.aio
-(`agent.daemon.lean_imports`; `--bare-client --lean`).
+(`agent.leanimports.lean_imports`; `--bare-client --lean`).
 
 With --apply it measures the agent while it applies a real patch instead:
 the `make demo` setup with one host (a sandboxed copy of this machine, so
@@ -49,7 +49,6 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from types import ModuleType
 
 IDLE_RSS_BUDGET_MIB = 40.0
 APPLY_RSS_BUDGET_MIB = 120.0
@@ -131,20 +130,19 @@ def cpu_seconds(pid: int) -> float:
     return (int(after[11]) + int(after[12])) / ticks  # utime, stime
 
 
-def evict_libraries(agent: list[str]) -> int:
+def evict_libraries(agent: list[str]) -> None:
     """Put the shared objects of the agent's venv (and this script's) out
     of the page cache: every agent starts from the state after a boot or
     after the package's install, whose postinst does the same. Else the
     figure depends on when the venv was made: a library pip wrote minutes
     ago sits in the cache in large folios that the kernel maps whole
     (grpcio's: 14.8 MiB resident instead of 12.3). Clean pages only, and
-    only of files no process maps. Returns how many files."""
+    only of files no process maps."""
     roots = {Path(sys.prefix)}
     for word in agent:
         path = Path(word)
         if path.is_absolute() and path.is_file():
             roots.update(parent for parent in path.parents if (parent / "pyvenv.cfg").is_file())
-    count = 0
     for root in roots:
         for library in root.glob("lib/python3*/site-packages/**/*.so*"):
             if not library.is_file():
@@ -153,10 +151,8 @@ def evict_libraries(agent: list[str]) -> int:
             try:
                 os.fsync(fd)
                 os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-                count += 1
             finally:
                 os.close(fd)
-    return count
 
 
 def measure(agent: list[str], interval: int, checkins: int) -> dict[str, object]:
@@ -308,17 +304,9 @@ def bare_client(argv: list[str]) -> int:
     check-ins (the figures' floor, not an agent); with --lean
     first, it imports grpc and hashlib as the daemon does."""
     if argv[:1] == ["--lean"]:
-        # What agent.daemon.lean_imports does, without importing the
-        # agent's modules (agent.daemon brings sqlite3).
-        sys.modules["ssl"] = sys.modules["_hashlib"] = None  # type: ignore[assignment]
-        sys.modules["grpc.aio"] = stand_in = ModuleType("grpc.aio")
-        import hashlib  # noqa: F401
+        from agent.leanimports import lean_imports  # the daemon's, and nothing else of the agent
 
-        import grpc
-
-        del sys.modules["ssl"], sys.modules["_hashlib"], sys.modules["grpc.aio"]
-        if getattr(grpc, "aio", None) is stand_in:
-            del grpc.aio
+        lean_imports()
         argv = argv[1:]
     if argv[:1] != ["run"]:
         from agent.daemon import main as agent_main

@@ -122,7 +122,7 @@ NOT_WHILE_IDLE = (
     "agent.orders.runner", "agent.orders.selfupdate", "agent.orders.restartsteps",
     "agent.boot.bootsteps", "agent.boot.bootloader", "agent.boot.livepatch",
     "agent.host.restarts", "agent.backends.dnf", "agent.backends.rpmrepack", "xml",
-    "ssl", "_ssl", "_hashlib", "hmac", "grpc.aio",  # daemon.lean_imports
+    "ssl", "_ssl", "_hashlib", "hmac", "grpc.aio",  # leanimports.lean_imports
 )  # fmt: skip
 
 
@@ -322,11 +322,11 @@ def test_without_pythons_own_digests_hashlib_keeps_openssl():
     must keep OpenSSL, or it would have no SHA-256 (ssl is hidden still)."""
     script = (
         "import sys\n"
-        "from agent import daemon\n"
-        "assert daemon._builtin_digests()\n"
-        "assert not daemon._builtin_digests(('_blake2', '_no_such_digest'))\n"
-        "daemon._builtin_digests = lambda: False  # as on Fedora and RHEL\n"
-        "daemon.lean_imports()\n"
+        "from agent import leanimports\n"
+        "assert leanimports.builtin_digests()\n"
+        "assert not leanimports.builtin_digests(('_blake2', '_no_such_digest'))\n"
+        "leanimports.builtin_digests = lambda: False  # as on Fedora and RHEL\n"
+        "leanimports.lean_imports()\n"
         "import hashlib\n"
         "assert '_hashlib' in sys.modules and 'ssl' not in sys.modules\n"
         "assert hashlib.sha256(b'').hexdigest().startswith('e3b0c442')\n"
