@@ -39,6 +39,7 @@ class Unread:
     def __init__(self, messages: AsyncIterator[bytes], message: type[Message]) -> None:
         self._messages = messages
         self.message = message
+        self.size = 0  # bytes on the wire, once read
 
     async def read(self) -> Message:
         """Read and decode the request; raises UsageError for a call that
@@ -46,6 +47,7 @@ class Unread:
         data = await anext(aiter(self._messages), None)
         if data is None:
             raise UsageError(f"the call carries no {self.message.DESCRIPTOR.name}")
+        self.size = len(data)
         if len(data) <= DECODE_INLINE_BYTES:
             return self.decode(data)
         return await asyncio.to_thread(self.decode, data)

@@ -34,7 +34,7 @@ from controller.api import auditkeeping, convert, limits
 from controller.api.auditkeeping import RefusalLog
 from controller.api.auth import peer_certificate, peer_identity, peer_issuer
 from controller.api.checkin import next_checkin
-from controller.api.lenient import decoded
+from controller.api.lenient import Unread, decoded
 from controller.api.push import Nudge, Watchers
 from controller.audit import AuditEntry
 from controller.checkpoint import Checkpoints
@@ -93,7 +93,9 @@ def status_for(error: FleetpatchError) -> grpc.StatusCode:
     return grpc.StatusCode.INTERNAL
 
 
-def _admission(servicer: object, method: str, context: Context) -> AbstractContextManager[None]:
+def _admission(
+    servicer: object, method: str, context: Context
+) -> AbstractContextManager[limits.Served | None]:
     """What the servicer admits this call under (`AgentService.admit`); none
     for servicers that do not limit their callers."""
     admit = getattr(servicer, "admit", None)
@@ -116,8 +118,11 @@ def rpc(
     @wraps(method)
     async def wrapper(self: Any, request: _Req, context: Context) -> _Resp:
         try:
-            with _admission(self, method.__name__, context):
-                return await method(self, await decoded(request), context)
+            with _admission(self, method.__name__, context) as served:
+                message = await decoded(request)
+                if served is not None and isinstance(request, Unread):
+                    served.units = limits.call_units(request.size)
+                return await method(self, message, context)
         except FleetpatchError as exc:
             await _refuse(method.__name__, context, exc)
             raise  # unreachable: abort raises
@@ -328,7 +333,7 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
         # Hosts enrolled that have not made a mutual-TLS call yet.
         self._pending = pending if pending is not None else set()
 
-    def admit(self, method: str, context: Context) -> AbstractContextManager[None]:
+    def admit(self, method: str, context: Context) -> AbstractContextManager[limits.Served]:
         """Calls are admitted per host (one of each kind at a time) and
         within the controller's overall bound; enrollments by the latter
         only, since they come before there is a host."""

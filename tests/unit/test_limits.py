@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
 import random
+from collections.abc import AsyncIterator
+from contextlib import AbstractContextManager
+from typing import Any, cast
 
 import pytest
 from fleetpatch.v1 import agent_pb2, types_pb2
 
 from controller.api import limits
+from controller.api.lenient import Unread
+from controller.api.servicers import rpc
 from controller.errors import Overloaded, UsageError
 
 
@@ -88,6 +94,80 @@ def test_the_rate_slots_follow_is_measured_while_busy_and_kept_while_idle():
     for _ in range(100_000):
         last = capacity.slot(in_flight=0)
     assert last == limits.MAX_SLOT_SECONDS
+
+
+def test_the_rate_counts_each_call_for_what_it_cost():
+    """Busy seconds of hosts sending inventories (three light calls' worth
+    each) measure the same capacity, in light calls, as busy seconds of
+    light calls: a herd of inventories does not make the controller look
+    three times slower to the nudged hosts that follow."""
+    clock = FakeClock()
+    heavy = limits.Capacity(per_second=1000.0, clock=clock)
+    for _ in range(10 * 100):  # 100 calls a second, each costing 3 light ones
+        heavy.finished(busy=True, units=3.0)
+        clock.now += 1 / 100
+    light = limits.Capacity(per_second=1000.0, clock=clock)
+    for _ in range(10 * 300):
+        light.finished(busy=True)
+        clock.now += 1 / 300
+    assert heavy.per_second == pytest.approx(300, rel=0.05)
+    assert light.per_second == pytest.approx(heavy.per_second, rel=0.05)
+
+
+async def _messages(data: bytes) -> AsyncIterator[bytes]:
+    yield data
+
+
+class _Servicer:
+    """The least a servicer has for `rpc`: its admission, and one method."""
+
+    def __init__(self, admission: limits.Admission) -> None:
+        self.admission = admission
+        self.units: list[float] = []
+
+    def admit(self, method: str, context: object) -> AbstractContextManager[limits.Served]:
+        return self.admission.admit("h-1", method)
+
+    @rpc
+    async def CheckIn(self, request: agent_pb2.CheckInRequest, context: object) -> str:
+        return request.inventory_hash
+
+
+class _Measured(limits.Capacity):
+    """A Capacity that keeps what each finished call was counted for."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self.counted: list[float] = []
+
+    def finished(self, busy: bool, units: float = 1.0) -> None:
+        self.counted.append(units)
+        super().finished(busy, units)
+
+
+def test_a_call_is_counted_for_the_bytes_of_its_request():
+    capacity = _Measured()
+    servicer = _Servicer(limits.Admission(capacity=capacity))
+    light = agent_pb2.CheckInRequest(inventory_hash="a" * 64).SerializeToString()
+    inventory = agent_pb2.CheckInRequest(inventory_hash="b" * 64)
+    inventory.inventory.packages.extend(
+        types_pb2.Package(name=f"pkg{i}", version="1.0-1", arch="amd64") for i in range(300)
+    )
+    heavy = inventory.SerializeToString()
+
+    async def call(data: bytes) -> str:
+        unread: Any = Unread(_messages(data), agent_pb2.CheckInRequest)  # as gRPC calls it
+        served: str = await servicer.CheckIn(unread, cast(Any, None))
+        return served
+
+    assert asyncio.run(call(light)) == "a" * 64
+    assert asyncio.run(call(heavy)) == "b" * 64
+    assert capacity.counted == [
+        pytest.approx(limits.call_units(len(light))),
+        pytest.approx(limits.call_units(len(heavy))),
+    ]
+    assert capacity.counted[0] < 1.1  # a hash-only check-in is one light call
+    assert 2.5 < capacity.counted[1] < 4  # 300 packages: measured at 3.3-3.6
 
 
 def test_downloads_shed_keep_the_fixed_spread_delay():
