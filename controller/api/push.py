@@ -9,24 +9,57 @@ and one pending future while idle (measured in benchmarks/push.py).
 Replicas sharing a database each nudge their own streams: the one where an
 admin approves nudges at once, the others when their campaign tick re-reads
 the campaigns (`CampaignEngine` notices what is new and calls `nudge`).
+
+Many hosts nudged at once are paced (`Pacer`): nudged in turn, a window of
+them at a time, a new one as a nudged host's check-in is served, so that
+they come in as fast as the controller serves them and no faster (a host
+shed for load costs the controller nearly what one served does, and comes
+back later). The window follows the controller's load rather than an
+assumed rate: gRPC holds calls the event loop has not taken up yet where
+the controller's own counts cannot see them, but a check-in not served is
+a host still in the window.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Iterable
+import time
+from collections import deque
+from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass
 
-from controller.api.limits import Capacity
+from controller.api.limits import DEFAULT_CAPACITY, Admission, Capacity
 
 log = logging.getLogger(__name__)
 
-# Hosts nudged at once are asked to spread their check-ins over the time
-# the controller takes to serve them (its measured `Capacity`: 10,000 hosts
-# at 2,000 check-ins/s within 5 s) rather than come in the same instant;
-# never over less than this.
+# A nudged host puts its check-in off by up to this (the agent's least
+# spread: the nudges of one pacing step come in over a second, not at once).
 MIN_SPREAD_MS = 1000
+# The pacer. Nudged hosts whose check-in has not been served yet are "in
+# the window"; every PACE_STEP seconds, and whenever one is served, the
+# window is topped up from the hosts waiting. A host not served within
+# PACE_FORGET seconds of its nudge (it did not come: the agent's own limit
+# on nudged check-ins, a stream that broke) leaves the window. Every
+# PACE_ADJUST seconds the window shrinks by PACE_DOWN if the controller
+# was loaded meanwhile (it shed a call, or had PACE_TARGET of its room for
+# calls in use on average) and grows by PACE_UP if it was full and the
+# controller was not. It starts as a second of nudges at the rate
+# `Capacity` measured (in light calls) over NUDGED_UNITS: a nudged
+# check-in carries a newly signed and recorded order, and its host comes in
+# alone rather than among a steady stream of others; measured here, it
+# costs the controller about what two or three light calls served back to
+# back do. Hosts put a nudged check-in off by up to a second (the agent's
+# least spread), so a window holds about a second's worth.
+NUDGED_UNITS = 3.0
+PACE_STEP = 0.1
+PACE_ADJUST = 0.5
+PACE_FORGET = 5.0
+PACE_UP = 1.25
+PACE_DOWN = 0.7
+PACE_TARGET = 0.5
+MIN_WINDOW = 16
+MAX_WINDOW = 100_000
 
 
 @dataclass(frozen=True)
@@ -51,12 +84,93 @@ class _Stream:
             self.waiter.set_result(None)
 
 
+class Pacer:
+    """How many more hosts to nudge now: a window of hosts nudged whose
+    check-in has not been served yet (`sent`, `served`), sized to the
+    controller's load (`step`). Call on the event loop."""
+
+    def __init__(self, admission: Admission, clock: Callable[[], float] = time.monotonic) -> None:
+        self._admission = admission
+        self._clock = clock
+        self._in: dict[str, float] = {}  # host id: when it was nudged
+        self._order: deque[tuple[float, str]] = deque()  # the same, oldest first
+        self.window = self._start_window()
+        self._window_start: float | None = None
+        self._shed = self._steps = self._load = self._full = 0
+
+    def _start_window(self) -> float:
+        measured = min(self._admission.capacity.per_second, DEFAULT_CAPACITY)
+        return max(float(MIN_WINDOW), measured / NUDGED_UNITS * MIN_SPREAD_MS / 1000)
+
+    def __len__(self) -> int:
+        """Hosts in the window."""
+        return len(self._in)
+
+    def reset(self) -> None:
+        """Nudging starts afresh (nothing waited for a while)."""
+        self.window = self._start_window()
+        self._window_start = None
+
+    def sent(self, host_id: str) -> None:
+        now = self._clock()
+        self._in[host_id] = now
+        self._order.append((now, host_id))
+
+    def served(self, host_id: str) -> bool:
+        """A check-in of ``host_id`` was served; whether it was in the window."""
+        return self._in.pop(host_id, None) is not None
+
+    def room(self) -> int:
+        """How many more hosts may be nudged now."""
+        return max(0, int(self.window) - len(self._in))
+
+    def step(self) -> int:
+        """Forget hosts that did not come, adjust the window to the load;
+        how many more hosts may be nudged now."""
+        now = self._clock()
+        while self._order and now - self._order[0][0] >= PACE_FORGET:
+            at, host_id = self._order.popleft()
+            if self._in.get(host_id) == at:
+                del self._in[host_id]
+        if self._window_start is None:
+            self._begin(now)
+        else:
+            self._watch(now, self._window_start)
+        return self.room()
+
+    def _begin(self, now: float) -> None:
+        self._window_start, self._shed = now, self._admission.shed
+        self._steps = self._load = self._full = 0
+
+    def _watch(self, now: float, since: float) -> None:
+        self._steps += 1
+        self._load += self._admission.in_flight
+        self._full += len(self._in) >= int(self.window)
+        if now - since < PACE_ADJUST - PACE_STEP / 2:
+            return
+        shed = self._admission.shed > self._shed
+        loaded = self._load / self._steps >= self._admission.max_in_flight * PACE_TARGET
+        if shed or loaded:
+            self.window = max(float(MIN_WINDOW), self.window * PACE_DOWN)
+        elif self._full * 2 >= self._steps:
+            self.window = min(float(MAX_WINDOW), self.window * PACE_UP)
+        self._begin(now)
+
+
 class Watchers:
     """The open Watch streams, by host id. Call on the event loop."""
 
-    def __init__(self, capacity: Capacity | None = None) -> None:
+    def __init__(
+        self, admission: Admission | None = None, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         self._streams: dict[str, _Stream] = {}
-        self._capacity = capacity or Capacity()
+        self._admission = admission or Admission()
+        self._capacity: Capacity = self._admission.capacity
+        self.pacer = Pacer(self._admission, clock)
+        # Hosts waiting for their nudge, in turn, and the reason of each.
+        self._waiting: deque[str] = deque()
+        self._reasons: dict[str, str] = {}
+        self._pacing: asyncio.Task[None] | None = None
         self.nudged = 0  # nudges handed to streams, for tests and metrics
 
     def __len__(self) -> int:
@@ -108,23 +222,60 @@ class Watchers:
 
     def nudge(self, host_ids: Iterable[str] | None, reason: str) -> int:
         """Ask these hosts (None: every connected one) to check in now; how
-        many were connected here. The check-ins are spread over the time the
-        controller takes to serve them (`Capacity`), never under a second."""
-        streams = (
-            list(self._streams.values())
+        many were connected here. They are nudged in turn, paced to what the
+        controller serves (`Pacer`): a step's worth at once, the rest by a
+        task on the event loop. A host waiting already takes the newer reason."""
+        hosts = (
+            list(self._streams)
             if host_ids is None
-            else [s for s in map(self._streams.get, host_ids) if s is not None]
+            else [h for h in dict.fromkeys(host_ids) if h in self._streams]
         )
-        if not streams:
+        if not hosts:
             return 0
-        nudge = Nudge(reason, self.spread(len(streams)))
-        for stream in streams:
-            stream.pending = nudge
+        if not self._reasons:
+            self.pacer.reset()
+        for host_id in hosts:
+            if host_id not in self._reasons:
+                self._waiting.append(host_id)
+            self._reasons[host_id] = reason
+        self._send(self.pacer.step())
+        if self._reasons and (self._pacing is None or self._pacing.done()):
+            self._pacing = asyncio.get_running_loop().create_task(self._pace(), name="nudges")
+        log.info("nudging %d connected host(s) to check in (%s), %d waiting, %d at a time "
+                 "to start", len(hosts), reason, len(self._reasons), self.pacer.window)  # fmt: skip
+        return len(hosts)
+
+    def served(self, host_id: str) -> None:
+        """A check-in of ``host_id`` was served: the next waiting host, if
+        this one was nudged, may be."""
+        if self.pacer.served(host_id) and self._reasons:
+            self._send(self.pacer.room())
+
+    @property
+    def waiting(self) -> int:
+        """Hosts nudged but not sent their nudge yet."""
+        return len(self._reasons)
+
+    async def _pace(self) -> None:
+        while self._reasons:
+            await asyncio.sleep(PACE_STEP)
+            self._send(self.pacer.step())
+        log.info("nudges sent; the window ended at %d", self.pacer.window)
+
+    def _send(self, count: int) -> None:
+        """Nudge the next ``count`` waiting hosts still connected."""
+        sent = 0
+        while sent < count and self._waiting:
+            host_id = self._waiting.popleft()
+            reason = self._reasons.pop(host_id, None)
+            stream = self._streams.get(host_id)
+            if reason is None or stream is None:
+                continue  # gone meanwhile
+            stream.pending = Nudge(reason, MIN_SPREAD_MS)
             stream.wake()
-        self.nudged += len(streams)
-        log.info("nudged %d connected host(s) to check in (%s, within %.1fs)",
-                 len(streams), reason, nudge.spread_ms / 1000)  # fmt: skip
-        return len(streams)
+            self.pacer.sent(host_id)
+            sent += 1
+        self.nudged += sent
 
     def spread(self, hosts: int) -> int:
         """Milliseconds to spread the check-ins of ``hosts`` nudged hosts over."""
@@ -139,5 +290,9 @@ class Watchers:
 
     def close_all(self) -> None:
         """End every stream (the controller shuts down)."""
+        self._waiting.clear()
+        self._reasons.clear()
+        if self._pacing is not None:
+            self._pacing.cancel()
         for host_id in list(self._streams):
             self.close(host_id)

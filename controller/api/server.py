@@ -173,7 +173,7 @@ async def serve(  # noqa: PLR0915
     store = open_store(settings.store_url, data_dir.database)
     db = StoreThread(store)
     admission = limits.Admission()
-    watchers = Watchers(admission.capacity)  # nudges spread over what is served
+    watchers = Watchers(admission)  # nudges paced to what is served
     revoked = Revocations(
         await db.call(lambda s: s.host_ids(HostStatus.REVOKED)), on_revoke=watchers.close
     )

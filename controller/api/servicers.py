@@ -472,6 +472,7 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
         if self._engine.busy:
             facts = facts_of(host_id, outcome.region, outcome.ring, outcome.labels, reported, at)
             order = await self._engine.order_for(facts, request.highest_sequence)
+        self.watchers.served(host_id)  # a nudged host's turn is over
         return agent_pb2.CheckInResponse(
             ca_trust=self._trust(request.ca_trust_hash, context),
             work_order=order,

@@ -224,7 +224,7 @@ def test_an_approval_on_one_replica_nudges_the_agents_of_another(tmp_path, postg
         took = wait_until("both hosts patched", lambda: all(d.outcomes for d in daemons), 20)
         assert took < 15, took
         assert all(d.outcomes == [State.SUCCEEDED] for d in daemons)
-        assert "nudged 2 connected host(s)" in second.log.read_text()
+        assert "nudging 2 connected host(s)" in second.log.read_text()
     finally:
         for daemon in daemons:
             daemon.close()

@@ -5,8 +5,24 @@ from __future__ import annotations
 import asyncio
 import contextlib
 
-from controller.api.limits import Capacity
-from controller.api.push import MIN_SPREAD_MS, Nudge, Watchers
+import pytest
+
+from controller.api.limits import Admission, Capacity
+from controller.api.push import (
+    MAX_WINDOW,
+    MIN_SPREAD_MS,
+    MIN_WINDOW,
+    NUDGED_UNITS,
+    PACE_ADJUST,
+    PACE_DOWN,
+    PACE_FORGET,
+    PACE_STEP,
+    PACE_UP,
+    Nudge,
+    Pacer,
+    Watchers,
+)
+from controller.errors import Overloaded
 
 
 def _open(watchers: Watchers, host_id: str, first: Nudge | None = None) -> object:
@@ -56,17 +72,129 @@ def test_nudges_while_a_stream_is_busy_are_kept_and_coalesced():
     asyncio.run(scenario())
 
 
-def test_a_large_nudge_is_spread_over_what_the_controller_serves():
+def test_a_large_nudge_is_paced_a_window_at_a_time():
+    """300 hosts nudged, with a measured capacity of 120 nudged check-ins a
+    second: a second's worth (120) at once, then a new one as each nudged
+    host's check-in is served; each once, each asked for the least spread."""
+
     async def scenario() -> None:
-        watchers = Watchers(Capacity(per_second=100.0))
-        streams = [_open(watchers, f"h-{i}") for i in range(300)]
-        waiting = [asyncio.ensure_future(_next(s)) for s in streams]
+        admission = Admission(capacity=Capacity(per_second=120 * NUDGED_UNITS))
+        watchers = Watchers(admission)
+        streams = {f"h-{i}": _open(watchers, f"h-{i}") for i in range(300)}
         await asyncio.sleep(0)
         assert watchers.nudge(None, "campaign") == 300
-        got = await asyncio.gather(*waiting)
-        assert {n.spread_ms for n in got if n is not None} == {3000}  # 300 hosts at 100/s
+        assert watchers.pacer.window == 120
+        assert watchers.nudged == 120
+        assert watchers.waiting == 180
+        got = []
+        for host_id, stream in streams.items():  # each checks in when nudged
+            got.append(await _next(stream, timeout=5))
+            watchers.served(host_id)
+            assert len(watchers.pacer) <= 120
+        assert got == [Nudge("campaign", MIN_SPREAD_MS)] * 300
+        assert watchers.nudged == 300
+        assert watchers.waiting == 0
+        assert len(watchers.pacer) == 0
 
     asyncio.run(scenario())
+
+
+def test_hosts_waiting_for_their_nudge_keep_their_turn_and_take_the_newer_reason():
+    async def scenario() -> None:
+        watchers = Watchers(Admission(capacity=Capacity(per_second=20 * NUDGED_UNITS)))
+        streams = {f"h-{i}": _open(watchers, f"h-{i}") for i in range(30)}  # a window of 20
+        await asyncio.sleep(0)
+        watchers.nudge(None, "campaign")
+        assert watchers.nudged == 20
+        watchers.close("h-27")  # gone before its turn: skipped
+        watchers.nudge(["h-29", "h-28", "h-2"], "revert")  # h-28, h-29 waiting: the newer reason
+        campaign, revert = Nudge("campaign", MIN_SPREAD_MS), Nudge("revert", MIN_SPREAD_MS)
+        got = {}
+        for host_id, stream in streams.items():
+            if host_id != "h-27":
+                got[host_id] = await _next(stream, timeout=5)
+                watchers.served(host_id)
+        assert got == {
+            **{f"h-{i}": campaign for i in range(27)}, "h-28": revert, "h-29": revert,
+        }  # fmt: skip
+        assert await _next(streams["h-2"], timeout=5) == revert  # nudged already: again
+        assert watchers.nudged == 30
+        assert watchers.waiting == 0
+
+    asyncio.run(scenario())
+
+
+class _Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def _steps(pacer: Pacer, clock: _Clock, seconds: float, fill: bool = False) -> None:
+    """Step the pacer for ``seconds``; ``fill``: nudging all it allows each step."""
+    for _ in range(round(seconds / PACE_STEP)):
+        clock.now += PACE_STEP
+        pacer.step()
+        if fill:
+            _fill(pacer, f"at-{clock.now}")
+
+
+def _fill(pacer: Pacer, prefix: str = "n") -> None:
+    for n in range(pacer.room()):
+        pacer.sent(f"{prefix}-{n}")
+
+
+def test_the_window_follows_the_controller_s_load():
+    """The window starts as a second's worth of nudged check-ins at the
+    measured capacity; it shrinks when the controller was loaded (half its
+    room for calls in use on average, or a call shed), grows when it was
+    full and the controller was not, and holds when it was not full.
+    Hosts leave it when served, or when they did not come."""
+    clock = _Clock()
+    admission = Admission(max_in_flight=100, capacity=Capacity(per_second=400 * NUDGED_UNITS))
+    pacer = Pacer(admission, clock)
+    assert pacer.window == 400
+    assert pacer.step() == 400
+    pacer.sent("h-a")
+    pacer.sent("h-b")
+    assert pacer.room() == 398
+    assert pacer.served("h-a")
+    assert not pacer.served("h-a")  # once
+    assert not pacer.served("h-z")  # never nudged
+    assert pacer.room() == 399
+    _fill(pacer)
+    _steps(pacer, clock, PACE_ADJUST)  # full, unloaded: grows
+    assert pacer.window == pytest.approx(400 * PACE_UP)
+    assert pacer.room() == 100
+    _steps(pacer, clock, PACE_ADJUST)  # not full: holds
+    assert pacer.window == pytest.approx(400 * PACE_UP)
+    with contextlib.ExitStack() as calls:
+        for n in range(60):  # loaded
+            calls.enter_context(admission.admit(f"h-{n}", "CheckIn"))
+        _steps(pacer, clock, PACE_ADJUST)
+        assert pacer.window == pytest.approx(400 * PACE_UP * PACE_DOWN)
+        assert pacer.room() == 0
+    with contextlib.ExitStack() as calls:  # one call shed
+        for n in range(100):
+            calls.enter_context(admission.admit(f"h-{n}", "CheckIn"))
+        with contextlib.suppress(Overloaded), admission.admit("h-over", "CheckIn"):
+            pass
+    _steps(pacer, clock, PACE_ADJUST)
+    assert pacer.window == pytest.approx(400 * PACE_UP * PACE_DOWN**2)
+    _steps(pacer, clock, PACE_FORGET)  # nobody came: forgotten
+    assert len(pacer) == 0
+    _steps(pacer, clock, 100 * PACE_ADJUST, fill=True)
+    assert pacer.window == MAX_WINDOW
+    with contextlib.ExitStack() as calls:
+        for n in range(60):
+            calls.enter_context(admission.admit(f"h-{n}", "CheckIn"))
+        for _ in range(100):
+            _steps(pacer, clock, PACE_ADJUST)
+    assert pacer.window == MIN_WINDOW
+    pacer.reset()
+    assert pacer.window == 400
 
 
 def test_closing_a_host_ends_its_stream_and_forgets_it():
