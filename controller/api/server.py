@@ -39,7 +39,7 @@ from controller.fleet import carotation
 from controller.fleet.bootstrap import register_owner
 from controller.fleet.signing import load_signing_keys, mark_in_use
 from controller.metrics import listener as metrics_listener
-from controller.metrics.collector import Snapshot, StateCollector
+from controller.metrics.collector import LoadFigures, Snapshot, StateCollector
 from controller.metrics.instruments import Metrics
 from controller.metrics.presence import Presence
 from controller.model import HostStatus
@@ -208,7 +208,7 @@ async def serve(  # noqa: PLR0915
 
     try:
         bound, enroll_bound = _listen(server, authorities.trusted_pem, pair, listen, enroll_listen)
-        extras = await _extras(data_dir, settings, engine, db)
+        extras = await _extras(data_dir, settings, engine, db, admission, watchers)
         keeper.begin()
     except BaseException:
         db.close()
@@ -355,8 +355,9 @@ class _Extras:
 
 
 async def _extras(
-    data_dir: DataDir, settings: Settings, engine: CampaignEngine, db: StoreThread
-) -> _Extras:
+    data_dir: DataDir, settings: Settings, engine: CampaignEngine, db: StoreThread,
+    admission: limits.Admission, watchers: Watchers,
+) -> _Extras:  # fmt: skip
     """What serves beside the gRPC listeners: the metrics listener and the
     webhook deliveries (each idle unless configured). Raises UsageError,
     before anything is served, for an address or a secret it cannot use."""
@@ -370,7 +371,8 @@ async def _extras(
             log.warning("webhook %s: %s cannot be reached now (%s); its events wait in the "
                         "outbox until it answers", hook.name, hook.url, problem)  # fmt: skip
     deliveries = Deliveries(db, hooks, leading=lambda: engine.leading is not False)
-    return _Extras(await _serve_metrics(settings.metrics_listen, engine, db), deliveries)
+    scrapes = await _serve_metrics(settings.metrics_listen, engine, db, admission, watchers)
+    return _Extras(scrapes, deliveries)
 
 
 def reachable(url: str, timeout: float = 3.0) -> str:
@@ -392,9 +394,18 @@ def _webhook_secret(data_dir: DataDir, path: Path) -> bytes:
     return secret
 
 
+def load_figures(admission: limits.Admission, watchers: Watchers) -> LoadFigures:
+    """The load and push figures of a scrape (on the event loop)."""
+    return LoadFigures(
+        admission.shed, admission.capacity.per_second, len(watchers), watchers.nudged,
+        watchers.waiting,
+    )  # fmt: skip
+
+
 async def _serve_metrics(
-    address: str, engine: CampaignEngine, db: StoreThread
-) -> metrics_listener.MetricsListener:
+    address: str, engine: CampaignEngine, db: StoreThread, admission: limits.Admission,
+    watchers: Watchers,
+) -> metrics_listener.MetricsListener:  # fmt: skip
     """Start the metrics listener when configured (else one that serves
     nothing); raises UsageError when its address cannot be bound. The
     scrape thread reads the kept counts through the event loop, which
@@ -408,7 +419,8 @@ async def _serve_metrics(
 
     async def snapshot() -> Snapshot:
         campaigns, states = engine.figures()
-        return Snapshot(campaigns, states, metrics.presence.figures(datetime.now(UTC)))
+        presence = metrics.presence.figures(datetime.now(UTC))
+        return Snapshot(campaigns, states, presence, load_figures(admission, watchers))
 
     def read() -> Snapshot:
         return asyncio.run_coroutine_threadsafe(snapshot(), loop).result(SCRAPE_TIMEOUT)

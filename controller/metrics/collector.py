@@ -18,7 +18,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from controller.campaigns import CampaignSpec, CampaignState, CellTally, Tallies
@@ -39,10 +39,22 @@ class CampaignFigures:
 
 
 @dataclass(frozen=True)
+class LoadFigures:
+    """The controller's load and push (controller.api.limits, .push)."""
+
+    shed: int  # calls refused for overall load, since the start
+    capacity: float  # light calls a second it serves while busy, as measured
+    streams: int  # open Watch streams (connected hosts)
+    nudges: int  # nudges sent, since the start
+    waiting: int  # hosts nudged, waiting for their turn (the pace)
+
+
+@dataclass(frozen=True)
 class Snapshot:
     campaigns: tuple[CampaignFigures, ...]  # the open campaigns
     states: Mapping[CampaignState, int]  # every campaign, by state
     presence: PresenceFigures
+    load: LoadFigures | None = None
 
 
 class StateCollector(Collector):
@@ -60,6 +72,8 @@ class StateCollector(Collector):
         snap = self._read()
         yield from _campaign_families(snap)
         yield from _host_families(snap.presence)
+        if snap.load is not None:
+            yield from _load_families(snap.load)
 
 
 def _campaign_families(snap: Snapshot) -> Iterator[Metric]:
@@ -146,4 +160,25 @@ def _host_families(presence: PresenceFigures) -> Iterator[Metric]:
         "Active hosts that checked in within two check-in intervals (M8: divide by "
         "fleetpatch_hosts_active).",
         presence.reporting,
+    )
+
+
+def _load_families(load: LoadFigures) -> Iterator[Metric]:
+    yield CounterMetricFamily(
+        "fleetpatch_calls_shed", "Calls refused for overall load, with a retry delay.", load.shed
+    )
+    yield GaugeMetricFamily(
+        "fleetpatch_capacity_light_calls_per_second",
+        "Light calls (a check-in without inventory) a second the controller was measured to "
+        "serve while busy; shed callers' slots and the nudges' first window follow it.",
+        load.capacity,
+    )
+    yield GaugeMetricFamily(
+        "fleetpatch_watch_streams", "Open Watch streams: hosts that push reaches.", load.streams
+    )
+    yield CounterMetricFamily("fleetpatch_nudges", "Nudges sent to Watch streams.", load.nudges)
+    yield GaugeMetricFamily(
+        "fleetpatch_nudges_waiting",
+        "Hosts nudged that wait for their turn (nudges are paced to what the controller serves).",
+        load.waiting,
     )

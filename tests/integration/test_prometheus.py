@@ -153,6 +153,10 @@ def test_prometheus_sees_the_success_rate_the_rollback_and_the_halt(scraped):
     # Check-ins and the store's batches were measured.
     assert (prom.value("fleetpatch_checkin_duration_seconds_count") or 0) >= len(LAYOUT)
     assert (prom.value("fleetpatch_store_checkin_batch_size_sum") or 0) >= len(LAYOUT)
+    # Load and push: nothing shed in so small a fleet, no nudge left waiting.
+    prom.wait_for("fleetpatch_calls_shed_total", 0)
+    prom.wait_for("fleetpatch_nudges_waiting", 0)
+    assert (prom.value("fleetpatch_capacity_light_calls_per_second") or 0) > 0
     # Never a host id in a label.
     series = prom.api("series", **{"match[]": '{job="fleetpatch-controller"}'})
     assert not [s for s in series if any(v.startswith("h-") for v in s.values())]

@@ -3,6 +3,8 @@ from a campaign's kept counts, the event instruments, and the listener."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import socket
 import urllib.request
 from datetime import UTC, datetime, timedelta
@@ -11,9 +13,12 @@ import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
+from controller.api.limits import Admission, Capacity
+from controller.api.push import NUDGED_UNITS, Watchers
+from controller.api.server import load_figures
 from controller.campaigns import CampaignState, HostFacts, parse_campaign
 from controller.campaigns.live import LiveCount
-from controller.errors import UsageError
+from controller.errors import Overloaded, UsageError
 from controller.metrics import listener
 from controller.metrics.collector import CampaignFigures, Snapshot, StateCollector
 from controller.metrics.instruments import Metrics
@@ -171,6 +176,37 @@ def test_ratios_are_absent_until_a_host_finished():
     assert "fleetpatch_campaign_hosts" in names
     assert "fleetpatch_campaign_success_ratio" not in names
     assert "fleetpatch_campaign_canary_failure_ratio" not in names
+
+
+def test_the_load_and_push_figures_are_read_from_admission_and_the_streams():
+    """Calls shed, the measured capacity, open streams, nudges sent and
+    hosts waiting for theirs, as a scrape reads them from a live controller's
+    `Admission` and `Watchers`."""
+
+    async def scenario() -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+        admission = Admission(max_in_flight=1, capacity=Capacity(per_second=20 * NUDGED_UNITS))
+        watchers = Watchers(admission)
+        for n in range(30):  # a window of 20 of them
+            watchers.open(f"h-{n}")
+        watchers.nudge(None, "campaign")
+        with (
+            admission.admit("h-0", "CheckIn"),
+            contextlib.suppress(Overloaded),
+            admission.admit("h-1", "CheckIn"),  # over the room of one: shed
+        ):
+            pass
+        snap = Snapshot((), {}, PresenceFigures({}, 0, 0), load_figures(admission, watchers))
+        registry = CollectorRegistry()
+        registry.register(StateCollector(lambda: snap))
+        watchers.close_all()
+        return _samples(registry)
+
+    got = asyncio.run(scenario())
+    assert got[("fleetpatch_calls_shed_total", ())] == 1
+    assert got[("fleetpatch_capacity_light_calls_per_second", ())] == 20 * NUDGED_UNITS
+    assert got[("fleetpatch_watch_streams", ())] == 30
+    assert got[("fleetpatch_nudges_total", ())] == 20
+    assert got[("fleetpatch_nudges_waiting", ())] == 10
 
 
 # -- instruments ------------------------------------------------------------------
