@@ -7,8 +7,9 @@ load --push` against real controllers over real mutual TLS:
    (RSS with streams - RSS without) / N is what a stream costs on top of
    the connection the agent keeps anyway.
 2. Approval to check-in: in the second run, an emergency campaign for all
-   of them is approved; each agent is nudged and checks in (within the
-   spread the controller asks for): p50/p99 from the approval to each
+   of them is approved; each agent is nudged (in turn: the controller
+   paces its nudges to what it serves) and checks in within the spread
+   asked for: p50/p99 from the approval to each
    nudge's arrival, and to each nudged check-in's answer (which carries
    the order: signed and recorded by the controller), and how many of the
    N checked in.
