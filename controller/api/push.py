@@ -29,7 +29,7 @@ from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass
 
-from controller.api.limits import DEFAULT_CAPACITY, Admission, Capacity
+from controller.api.limits import DEFAULT_CAPACITY, Admission
 
 log = logging.getLogger(__name__)
 
@@ -160,13 +160,10 @@ class Pacer:
 class Watchers:
     """The open Watch streams, by host id. Call on the event loop."""
 
-    def __init__(
-        self, admission: Admission | None = None, clock: Callable[[], float] = time.monotonic
-    ) -> None:
+    def __init__(self, admission: Admission | None = None) -> None:
         self._streams: dict[str, _Stream] = {}
         self._admission = admission or Admission()
-        self._capacity: Capacity = self._admission.capacity
-        self.pacer = Pacer(self._admission, clock)
+        self.pacer = Pacer(self._admission)
         # Hosts waiting for their nudge, in turn, and the reason of each.
         self._waiting: deque[str] = deque()
         self._reasons: dict[str, str] = {}
@@ -279,7 +276,7 @@ class Watchers:
 
     def spread(self, hosts: int) -> int:
         """Milliseconds to spread the check-ins of ``hosts`` nudged hosts over."""
-        return max(MIN_SPREAD_MS, int(1000 * hosts / self._capacity.per_second))
+        return max(MIN_SPREAD_MS, int(1000 * hosts / self._admission.capacity.per_second))
 
     def close(self, host_id: str) -> None:
         """End ``host_id``'s stream (it was revoked)."""
