@@ -461,7 +461,27 @@ def test_same_host_twice_in_one_batch(store):
         ]
     )
     assert [o.inventory_hash for o in outcomes] == ["sha256:new", "sha256:new"]
-    assert store.get_host(host.host_id).inventory_hash == "sha256:new"
+    stored = store.get_host(host.host_id)
+    assert stored.inventory_hash == "sha256:new"
+    # Both counted, the later one's time, the earlier one's inventory kept.
+    assert (stored.checkins, stored.inventory_updates, stored.package_count) == (
+        2,
+        1,
+        len(PACKAGES),
+    )
+    assert stored.last_seen == NOW + timedelta(seconds=1)
+
+
+def test_same_host_thrice_in_one_batch_keeps_the_last_facts(store):
+    host = _host(1)
+    _enrolled(store, host)
+    checkins = [
+        dataclasses.replace(_checkin(host.host_id, None), facts={"n": n}, health={"up": n})
+        for n in range(3)
+    ]
+    store.record_checkins(checkins)
+    stored = store.get_host(host.host_id)
+    assert (stored.checkins, stored.facts, stored.health) == (3, {"n": 2}, {"up": 2})
 
 
 # -- durability -----------------------------------------------------------------
