@@ -34,6 +34,9 @@ def new_app(help: str, epilog: str | None = None, **options: Any) -> typer.Typer
         pretty_exceptions_enable=False,
         add_completion=False,
         rich_markup_mode=None,
+        # click 8.4 suggests the nearest command itself: typer's suggestion
+        # on top said "Did you mean 'hosts'?" twice.
+        suggest_commands=not hasattr(click.exceptions, "NoSuchCommand"),
         **options,
     )
 

@@ -410,6 +410,20 @@ def test_a_usage_error_is_one_line_naming_the_option(argv, needles):
 
 
 @pytest.mark.parametrize(
+    ("argv", "typo", "nearest"),
+    [
+        (["fleetpatch", "host", "list"], "host", "hosts"),
+        (["fleetpatch", "hosts", "lst"], "lst", "list"),
+        (["fleetpatch-agent", "stats"], "stats", "status"),
+    ],
+)
+def test_a_mistyped_command_is_answered_with_the_nearest_once(argv, typo, nearest):
+    result = cli(*argv)
+    _one_line(result, 2, f"no such command '{typo}'", f"Did you mean '{nearest}'")
+    assert result.stderr.lower().count("did you mean") == 1, result.stderr
+
+
+@pytest.mark.parametrize(
     ("argv", "written"),
     [
         (["fleetpatch", "controller", "serve", "--help"], "Override [server] listen"),
