@@ -4,12 +4,15 @@ one cannot be reached; a call that creates something never sent twice."""
 
 from __future__ import annotations
 
+import socket
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import grpc
 import pytest
 
-from controller.cli.admin_client import AdminClient
+from controller.cli.admin_client import AdminClient, _wait_subscribed, wait_connected
 from controller.datadir import DataDir, split_addresses
 from controller.errors import ControllerUnavailable, NotFound, UsageError
 
@@ -128,3 +131,54 @@ def test_what_creates_is_not_sent_again_once_it_may_have_arrived(monkeypatch):
         admin._send(call)
     assert len(calls) == 1
     assert connected == ["a:1"]
+
+
+# -- waiting for a connection -------------------------------------------------------
+
+
+@pytest.fixture
+def listening() -> Iterator[str]:
+    """A real gRPC server (no services: a connection is all that is asked)."""
+    server = grpc.server(ThreadPoolExecutor(max_workers=1))
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    yield f"127.0.0.1:{port}"
+    server.stop(None)
+
+
+@pytest.fixture
+def refusing() -> str:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    return f"127.0.0.1:{port}"  # closed: connections are refused
+
+
+@pytest.fixture
+def silent() -> Iterator[str]:
+    """Accepts TCP connections and never says a word of HTTP/2."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen(8)
+        yield f"127.0.0.1:{sock.getsockname()[1]}"
+
+
+WAYS = [wait_connected, _wait_subscribed]  # on grpc's core channel; grpc's subscribe()
+
+
+@pytest.mark.parametrize("wait", WAYS)
+def test_a_listening_server_is_connected(listening, wait):
+    with grpc.insecure_channel(listening) as channel:
+        assert wait(channel, 10) is True
+
+
+@pytest.mark.parametrize("wait", WAYS)
+def test_a_refused_connection_fails_at_once(refusing, wait):
+    with grpc.insecure_channel(refusing) as channel:
+        assert wait(channel, 10) is False
+
+
+@pytest.mark.parametrize("wait", WAYS)
+def test_silence_is_neither(silent, wait):
+    with grpc.insecure_channel(silent) as channel:
+        assert wait(channel, 0.5) is None
