@@ -176,11 +176,10 @@ class Watchers:
     def __contains__(self, host_id: str) -> bool:
         return host_id in self._streams
 
-    def open(self, host_id: str, first: Nudge | None = None) -> _Stream:
-        """Register a stream for ``host_id`` (ending its older one, if any),
-        with ``first`` to send at once; `follow` it, then `release` it."""
+    def open(self, host_id: str) -> _Stream:
+        """Register a stream for ``host_id`` (ending its older one, if any);
+        `follow` it, then `release` it."""
         stream = _Stream()
-        stream.pending = first
         older = self._streams.get(host_id)
         if older is not None:
             older.closed = True
@@ -208,20 +207,12 @@ class Watchers:
         if self._streams.get(host_id) is stream:
             del self._streams[host_id]
 
-    async def watch(self, host_id: str, first: Nudge | None = None) -> AsyncIterator[Nudge]:
-        """`open`, `follow` and `release` in one."""
-        stream = self.open(host_id, first)
-        try:
-            async for nudge in self.follow(stream):
-                yield nudge
-        finally:
-            self.release(host_id, stream)
-
-    def nudge(self, host_ids: Iterable[str] | None, reason: str) -> int:
+    def nudge(self, host_ids: Iterable[str] | None, reason: str, quiet: bool = False) -> int:
         """Ask these hosts (None: every connected one) to check in now; how
         many were connected here. They are nudged in turn, paced to what the
         controller serves (`Pacer`): a step's worth at once, the rest by a
-        task on the event loop. A host waiting already takes the newer reason."""
+        task on the event loop. A host waiting already takes the newer reason.
+        ``quiet``: logged at debug level (one host's stream as it opens)."""
         hosts = (
             list(self._streams)
             if host_ids is None
@@ -238,8 +229,9 @@ class Watchers:
         self._send(self.pacer.step())
         if self._reasons and (self._pacing is None or self._pacing.done()):
             self._pacing = asyncio.get_running_loop().create_task(self._pace(), name="nudges")
-        log.info("nudging %d connected host(s) to check in (%s), %d waiting, %d at a time "
-                 "to start", len(hosts), reason, len(self._reasons), self.pacer.window)  # fmt: skip
+        log.log(logging.DEBUG if quiet else logging.INFO,
+                "nudging %d connected host(s) to check in (%s), %d waiting, %d at a time "
+                "to start", len(hosts), reason, len(self._reasons), self.pacer.window)  # fmt: skip
         return len(hosts)
 
     def served(self, host_id: str) -> None:
@@ -273,10 +265,6 @@ class Watchers:
             self.pacer.sent(host_id)
             sent += 1
         self.nudged += sent
-
-    def spread(self, hosts: int) -> int:
-        """Milliseconds to spread the check-ins of ``hosts`` nudged hosts over."""
-        return max(MIN_SPREAD_MS, int(1000 * hosts / self._admission.capacity.per_second))
 
     def close(self, host_id: str) -> None:
         """End ``host_id``'s stream (it was revoked)."""

@@ -29,7 +29,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from controller import gcpolicy
 from controller.api import lenient, limits
 from controller.api.auditkeeping import AuditKeeper
-from controller.api.push import Nudge, Watchers
+from controller.api.push import Watchers
 from controller.api.servicers import AdminService, AgentService, Revocations
 from controller.api.vulnservice import VulnService
 from controller.checkpoint import Checkpoints
@@ -193,7 +193,7 @@ async def serve(  # noqa: PLR0915
         keys.withdrawn(settings.old_key_grace), refusals=keeper.refusals, pending=pending,
         authorities=authorities, watchers=watchers, admission=admission,
         greeting=key_revoked_greeting(keys.status.revoked.values(), settings.checkin_interval,
-                                      watchers, datetime.now(UTC)),
+                                      datetime.now(UTC)),
     )  # fmt: skip
     admin = AdminService(
         db, revoked, engine, releases, keeper.checkpoints, authorities.issuing, settings,
@@ -261,23 +261,22 @@ async def serve(  # noqa: PLR0915
 def key_revoked_greeting(
     revocations: Iterable[datetime],
     interval: timedelta,
-    watchers: Watchers,
     started: datetime,
     clock: Callable[[], datetime] = lambda: datetime.now(UTC),
-) -> Callable[[], Nudge | None]:
-    """What a Watch stream opens with. A signing key revoked less than a
-    check-in interval before this start (`rotate-key --revoke-old` takes
-    effect at a restart) must reach the hosts before their next check-in:
-    streams opened within an interval of the start are nudged at once,
-    spread as a nudge of every connected host would be."""
+) -> Callable[[], str | None]:
+    """Why a Watch stream is nudged as it opens, if it is. A signing key
+    revoked less than a check-in interval before this start (`rotate-key
+    --revoke-old` takes effect at a restart) must reach the hosts before
+    their next check-in: streams opened within an interval of the start are
+    nudged, paced with every other nudge (`Watchers.nudge`)."""
     newest = max(revocations, default=None)
     if newest is None or newest < started - interval:
         return lambda: None
 
-    def greeting() -> Nudge | None:
+    def greeting() -> str | None:
         if clock() - started > interval:
             return None
-        return Nudge("key-revoked", watchers.spread(len(watchers) + 1))
+        return "key-revoked"
 
     return greeting
 

@@ -35,7 +35,7 @@ from controller.api.auditkeeping import RefusalLog
 from controller.api.auth import peer_certificate, peer_identity, peer_issuer
 from controller.api.checkin import next_checkin
 from controller.api.lenient import Unread, decoded
-from controller.api.push import Nudge, Watchers
+from controller.api.push import Watchers
 from controller.audit import AuditEntry
 from controller.checkpoint import Checkpoints
 from controller.datadir import Settings
@@ -305,13 +305,13 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         authorities: Authorities | None = None,
         watchers: Watchers | None = None,
-        greeting: Callable[[], Nudge | None] = lambda: None,
+        greeting: Callable[[], str | None] = lambda: None,
     ) -> None:
         self._db = db
         self._clock = clock
         self._releases = releases
-        # Push: the connected hosts' Watch streams; ``greeting`` is the
-        # nudge a stream opens with, if any (a signing key just revoked).
+        # Push: the connected hosts' Watch streams; ``greeting`` says why a
+        # stream is nudged as it opens, if it is (a signing key just revoked).
         self.watchers = watchers if watchers is not None else Watchers()
         self._greeting = greeting
         self._batcher = batcher
@@ -584,11 +584,14 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
         except FleetpatchError as exc:
             await _refuse("Watch", context, exc)
             return
-        stream = self.watchers.open(host_id, self._greeting())
+        stream = self.watchers.open(host_id)
         try:
             # Headers at once: the agent knows its stream is open (and
             # registered here) before the first nudge.
             await context.send_initial_metadata(((WATCH_OPEN, "1"),))
+            reason = self._greeting()
+            if reason is not None:  # paced as any nudge: a restart reconnects them all
+                self.watchers.nudge([host_id], reason, quiet=True)
             async for nudge in self.watchers.follow(stream):
                 yield agent_pb2.Nudge(reason=nudge.reason, spread_ms=nudge.spread_ms)
         finally:

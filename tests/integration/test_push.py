@@ -205,6 +205,29 @@ def test_a_revoked_hosts_stream_is_closed(fleet):
     assert not watcher.connected.is_set()
 
 
+def test_a_key_revoked_at_a_restart_reaches_the_connected_agents_within_seconds(fleet):
+    """`rotate-key --revoke-old` takes effect at a restart: each agent's
+    stream, opened again, is nudged (paced with every other nudge), and the
+    agent checks in to learn of it, its next check-in ten minutes away."""
+    ctl, daemons = fleet
+    nudged = [d.watcher.nudges if d.watcher is not None else 0 for d in daemons]
+    assert ctl.stop() == 0
+    out = ctl.admin("controller", "rotate-key", "--revoke-old").stdout
+    assert "revoked" in out, out
+    for daemon in daemons:
+        daemon.checked_in.clear()
+    ctl.start()
+    took = wait_until(
+        "every agent nudged and checked in",
+        lambda: all(
+            d.watcher is not None and d.watcher.nudges > n and d.checked_in.is_set()
+            for d, n in zip(daemons, nudged, strict=True)
+        ),
+        30,
+    )
+    print(f"restart to every agent checked in: {took:.1f}s")
+
+
 def test_an_approval_on_one_replica_nudges_the_agents_of_another(tmp_path, postgres_url):
     first = Controller(tmp_path / "a", store_url=postgres_url)
     first.init(interval="10m")

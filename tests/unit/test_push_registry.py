@@ -25,9 +25,9 @@ from controller.api.push import (
 from controller.errors import Overloaded
 
 
-def _open(watchers: Watchers, host_id: str, first: Nudge | None = None) -> object:
+def _open(watchers: Watchers, host_id: str) -> object:
     """A stream registered at once (as the servicer does before its headers)."""
-    return watchers.follow(watchers.open(host_id, first))
+    return watchers.follow(watchers.open(host_id))
 
 
 async def _next(stream: object, timeout: float = 1.0) -> Nudge | None:
@@ -228,15 +228,6 @@ def test_a_second_stream_of_a_host_replaces_the_first():
     asyncio.run(scenario())
 
 
-def test_a_stream_opens_with_its_greeting():
-    async def scenario() -> None:
-        watchers = Watchers()
-        stream = _open(watchers, "h-a", Nudge("key-revoked", 2000))
-        assert await _next(stream) == Nudge("key-revoked", 2000)
-
-    asyncio.run(scenario())
-
-
 def test_close_all_ends_every_stream():
     async def scenario() -> None:
         watchers = Watchers()
@@ -258,16 +249,13 @@ def test_a_key_revoked_just_before_the_start_greets_streams_for_an_interval():
     started = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
     interval = timedelta(minutes=5)
     now = [started]
-    watchers = Watchers()
     greeting = key_revoked_greeting(
-        [started - timedelta(minutes=2)], interval, watchers, started, lambda: now[0]
+        [started - timedelta(minutes=2)], interval, started, lambda: now[0]
     )
-    assert greeting() == Nudge("key-revoked", MIN_SPREAD_MS)
+    assert greeting() == "key-revoked"
     now[0] = started + interval + timedelta(seconds=1)
     assert greeting() is None  # every host has checked in since
     # A revocation older than an interval before the start: hosts knew already.
-    old = key_revoked_greeting(
-        [started - timedelta(hours=1)], interval, watchers, started, lambda: started
-    )
+    old = key_revoked_greeting([started - timedelta(hours=1)], interval, started, lambda: started)
     assert old() is None
-    assert key_revoked_greeting([], interval, watchers, started, lambda: started)() is None
+    assert key_revoked_greeting([], interval, started, lambda: started)() is None
