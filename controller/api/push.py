@@ -106,6 +106,12 @@ class Pacer:
         """Hosts in the window."""
         return len(self._in)
 
+    def idle(self) -> bool:
+        """Whether no nudged host is awaited (those that did not come
+        within PACE_FORGET are forgotten)."""
+        self._forget(self._clock())
+        return not self._in
+
     def reset(self) -> None:
         """Nudging starts afresh (nothing waited for a while)."""
         self.window = self._start_window()
@@ -128,15 +134,18 @@ class Pacer:
         """Forget hosts that did not come, adjust the window to the load;
         how many more hosts may be nudged now."""
         now = self._clock()
-        while self._order and now - self._order[0][0] >= PACE_FORGET:
-            at, host_id = self._order.popleft()
-            if self._in.get(host_id) == at:
-                del self._in[host_id]
+        self._forget(now)
         if self._window_start is None:
             self._begin(now)
         else:
             self._watch(now, self._window_start)
         return self.room()
+
+    def _forget(self, now: float) -> None:
+        while self._order and now - self._order[0][0] >= PACE_FORGET:
+            at, host_id = self._order.popleft()
+            if self._in.get(host_id) == at:
+                del self._in[host_id]
 
     def _begin(self, now: float) -> None:
         self._window_start, self._shed = now, self._admission.shed
@@ -220,7 +229,7 @@ class Watchers:
         )
         if not hosts:
             return 0
-        if not self._reasons:
+        if not self._reasons and self.pacer.idle():  # a new push, not more of one going on
             self.pacer.reset()
         for host_id in hosts:
             if host_id not in self._reasons:

@@ -78,11 +78,11 @@ def wait_connected(channel: grpc.Channel, timeout: float) -> bool | None:
     deadline = time.time() + timeout
     state = _CONNECTIVITY[core.check_connectivity_state(True)]
     while state not in _SETTLED:
-        remaining = deadline - time.time()
-        if remaining <= 0:
+        if time.time() >= deadline:
             return None
-        core.watch_connectivity_state(_CORE_STATE[state], time.time() + remaining)
-        state = _CONNECTIVITY[core.check_connectivity_state(False)]
+        core.watch_connectivity_state(_CORE_STATE[state], deadline)
+        # Connecting again should it have gone back to IDLE meanwhile.
+        state = _CONNECTIVITY[core.check_connectivity_state(True)]
     return state is grpc.ChannelConnectivity.READY
 
 

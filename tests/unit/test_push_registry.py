@@ -197,6 +197,39 @@ def test_the_window_follows_the_controller_s_load():
     assert pacer.window == 400
 
 
+def test_a_nudge_while_nudged_hosts_are_awaited_keeps_the_window():
+    """Streams opening one by one after a restart are each nudged (a key
+    revoked): the window they share is the one the load has set, not
+    started afresh at every nudge; once none is awaited, it is."""
+
+    async def scenario() -> None:
+        clock = _Clock()
+        admission = Admission(max_in_flight=100, capacity=Capacity(per_second=400 * NUDGED_UNITS))
+        watchers = Watchers(admission)
+        watchers.pacer = Pacer(admission, clock)
+        streams = [_open(watchers, f"h-{n}") for n in range(3)]
+        watchers.nudge(["h-0"], "key-revoked")
+        watchers.pacer.window = MIN_WINDOW  # as if the load had shrunk it
+        watchers.nudge(["h-1"], "key-revoked")  # h-0 not served yet
+        assert watchers.pacer.window == MIN_WINDOW
+        watchers.served("h-0")
+        watchers.served("h-1")
+        watchers.nudge(["h-2"], "key-revoked")  # none awaited: a new push
+        assert watchers.pacer.window == 400
+        watchers.pacer.window = MIN_WINDOW
+        clock.now += PACE_FORGET  # h-2 never came: forgotten
+        watchers.nudge(["h-0"], "revert")
+        assert watchers.pacer.window == 400
+        assert [await _next(s) for s in streams] == [
+            Nudge("revert", MIN_SPREAD_MS),  # the newer, unread yet
+            Nudge("key-revoked", MIN_SPREAD_MS),
+            Nudge("key-revoked", MIN_SPREAD_MS),
+        ]
+        watchers.close_all()
+
+    asyncio.run(scenario())
+
+
 def test_closing_a_host_ends_its_stream_and_forgets_it():
     async def scenario() -> None:
         watchers = Watchers()
