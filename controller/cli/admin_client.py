@@ -76,14 +76,14 @@ def wait_connected(channel: grpc.Channel, timeout: float) -> bool | None:
     ):  # another grpcio's insides: the public way, slower to close
         return _wait_subscribed(channel, timeout)
     deadline = time.time() + timeout
-    state = _CONNECTIVITY[core.check_connectivity_state(True)]
-    while state not in _SETTLED:
+    number = core.check_connectivity_state(True)
+    while _CONNECTIVITY[number] not in _SETTLED:
         if time.time() >= deadline:
             return None
-        core.watch_connectivity_state(_CORE_STATE[state], deadline)
+        core.watch_connectivity_state(number, deadline)
         # Connecting again should it have gone back to IDLE meanwhile.
-        state = _CONNECTIVITY[core.check_connectivity_state(True)]
-    return state is grpc.ChannelConnectivity.READY
+        number = core.check_connectivity_state(True)
+    return _CONNECTIVITY[number] is grpc.ChannelConnectivity.READY
 
 
 _SETTLED = (
@@ -93,7 +93,6 @@ _SETTLED = (
 )
 # The core's state numbers, as the public enum's values carry them: (2, "ready").
 _CONNECTIVITY = {state.value[0]: state for state in grpc.ChannelConnectivity}
-_CORE_STATE = {state: number for number, state in _CONNECTIVITY.items()}
 
 
 def _wait_subscribed(channel: grpc.Channel, timeout: float) -> bool | None:
