@@ -4,20 +4,18 @@ client touch protobuf classes; everything else speaks model dataclasses."""
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 
 from fleetpatch.inventory import UPDATE_FIELDS
 from fleetpatch.v1 import admin_pb2, types_pb2
 from google.protobuf import json_format
 from google.protobuf.descriptor import FieldDescriptor
-from google.protobuf.duration_pb2 import Duration
 from google.protobuf.message import DecodeError, Message
-from google.protobuf.timestamp_pb2 import Timestamp
 
+from controller.api.times import from_timestamp, timestamp
 from controller.audit import AuditRecord
 from controller.checkpoint import Checkpoint
-from controller.errors import UsageError
 from controller.fleet.admins import AdminRecord, AdminStatus
 from controller.fleet.pki import renew_at
 from controller.fleet.renewal import FAILING_AFTER
@@ -146,28 +144,6 @@ def _int64_as_numbers(message: Message, doc: dict[str, Any]) -> None:
                     _int64_as_numbers(item, sub)
             else:
                 _int64_as_numbers(nested, doc[field.name])
-
-
-def timestamp(value: datetime | None) -> Timestamp | None:
-    if value is None:
-        return None
-    ts = Timestamp()
-    ts.FromDatetime(value)
-    return ts
-
-
-def from_timestamp(ts: Timestamp) -> datetime:
-    """A request's timestamp; UsageError when it is out of range."""
-    try:
-        return ts.ToDatetime(tzinfo=UTC)
-    except (ValueError, OverflowError) as exc:
-        raise UsageError(f"a timestamp is out of range: {exc}") from None
-
-
-def duration(value: timedelta) -> Duration:
-    d = Duration()
-    d.FromTimedelta(value)
-    return d
 
 
 def token_to_pb(token: Token) -> admin_pb2.Token:

@@ -30,7 +30,7 @@ from fleetpatch.push import WATCH_OPEN
 from fleetpatch.v1 import admin_pb2, admin_pb2_grpc, agent_pb2, agent_pb2_grpc, types_pb2
 
 from controller import audit, checkpoint
-from controller.api import auditkeeping, convert, limits
+from controller.api import auditkeeping, convert, limits, times
 from controller.api.auditkeeping import RefusalLog
 from controller.api.auth import peer_certificate, peer_identity, peer_issuer
 from controller.api.checkin import next_checkin
@@ -439,7 +439,7 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
                 asyncio.get_running_loop().call_later(1.0, limits.release_memory)
         updates = _updates(request) if request.HasField("updates") else None
         scanned_at = (
-            convert.from_timestamp(request.updates.scanned_at)
+            times.from_timestamp(request.updates.scanned_at)
             if updates is not None and request.updates.HasField("scanned_at") else None
         )  # fmt: skip
         reported = convert.to_json(request.facts)
@@ -479,7 +479,7 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
             signing_keys=self._rotations,
             withdrawn_keys=self._withdrawn,
             current_key_id=self._current_key_id,
-            next_checkin=convert.duration(
+            next_checkin=times.duration(
                 next_checkin(
                     self._settings.checkin_interval, self._settings.checkin_jitter, self._rng
                 )
@@ -1023,7 +1023,7 @@ class AdminService(admin_pb2_grpc.AdminServiceServicer):
         self, request: admin_pb2.ExportAuditRequest, context: Context
     ) -> AsyncIterator[admin_pb2.ExportAuditResponse]:
         await self._admin(context, "ExportAudit")
-        since = convert.from_timestamp(request.since) if request.HasField("since") else None
+        since = times.from_timestamp(request.since) if request.HasField("since") else None
         after: int | None = 0
         while after is not None:
             # Keyset pagination, one page per store call; the next page is

@@ -9,7 +9,7 @@ from datetime import UTC, datetime
 import grpc
 from fleetpatch.v1 import vulns_pb2, vulns_pb2_grpc
 
-from controller.api import convert
+from controller.api import times
 from controller.api.servicers import audited, rpc
 from controller.audit import AuditEntry
 from controller.campaigns.errors import CampaignError
@@ -70,7 +70,7 @@ class VulnService(vulns_pb2_grpc.VulnServiceServicer):
             if message.commit:
                 committed = True
                 if message.HasField("feed_date"):
-                    feed_date = convert.from_timestamp(message.feed_date)
+                    feed_date = times.from_timestamp(message.feed_date)
         if not committed:
             raise UsageError("the import ended without its commit message; nothing was changed")
         if source not in ("debian-tracker", "osv"):
@@ -103,14 +103,14 @@ class VulnService(vulns_pb2_grpc.VulnServiceServicer):
         response = vulns_pb2.ListVulnsResponse()
         for v in found:
             response.vulns.add(
-                vuln_id=v.vuln_id, severity=v.severity, published=convert.timestamp(v.published),
+                vuln_id=v.vuln_id, severity=v.severity, published=times.timestamp(v.published),
                 hosts=v.hosts, fixable=v.fixable, fixed_versions=v.fixed_versions,
-                packages=v.packages, first_seen=convert.timestamp(v.first_seen),
+                packages=v.packages, first_seen=times.timestamp(v.first_seen),
             )  # fmt: skip
         for src in sources:
             response.sources.add(
-                source=src.source, feed_date=convert.timestamp(src.feed_date),
-                imported_at=convert.timestamp(src.imported_at), imported_by=src.imported_by,
+                source=src.source, feed_date=times.timestamp(src.feed_date),
+                imported_at=times.timestamp(src.imported_at), imported_by=src.imported_by,
                 records=src.records,
             )  # fmt: skip
         return response
@@ -205,19 +205,19 @@ class VulnService(vulns_pb2_grpc.VulnServiceServicer):
                 for g in report.groups
             ],
             policy=[
-                vulns_pb2.GraceOf(severity=k, grace=convert.duration(v)) for k, v in grace.items()
+                vulns_pb2.GraceOf(severity=k, grace=times.duration(v)) for k, v in grace.items()
             ],
         )
         for b in report.breaches:
             response.out_of_policy.add(
                 host_id=b.host_id, group=b.group, vuln_id=b.vuln_id, severity=b.severity,
-                package=b.package, fixed=b.fixed, age=convert.duration(b.age),
-                grace=convert.duration(b.grace),
+                package=b.package, fixed=b.fixed, age=times.duration(b.age),
+                grace=times.duration(b.grace),
             )  # fmt: skip
         for r in report.remediation:
             response.remediation.add(
-                severity=r.severity, count=r.count, mean=convert.duration(r.mean),
-                p90=convert.duration(r.p90),
+                severity=r.severity, count=r.count, mean=times.duration(r.mean),
+                p90=times.duration(r.p90),
             )  # fmt: skip
         return response
 
@@ -260,8 +260,8 @@ def _vuln(pb: vulns_pb2.Vulnerability) -> Vuln:
         affected.append(Affected(a.release, a.package, a.introduced, a.fixed))
     return Vuln(
         pb.vuln_id, pb.severity or "unknown", pb.summary[:MAX_SUMMARY],
-        convert.from_timestamp(pb.published) if pb.HasField("published") else None,
-        convert.from_timestamp(pb.modified) if pb.HasField("modified") else None,
+        times.from_timestamp(pb.published) if pb.HasField("published") else None,
+        times.from_timestamp(pb.modified) if pb.HasField("modified") else None,
         tuple(a[:MAX_ID] for a in pb.aliases), tuple(affected), pb.withdrawn,
     )  # fmt: skip
 
@@ -269,7 +269,7 @@ def _vuln(pb: vulns_pb2.Vulnerability) -> Vuln:
 def _vuln_pb(r: VulnRecord) -> vulns_pb2.Vulnerability:
     return vulns_pb2.Vulnerability(
         vuln_id=r.vuln_id, severity=r.severity, summary=r.summary,
-        published=convert.timestamp(r.published), modified=convert.timestamp(r.modified),
+        published=times.timestamp(r.published), modified=times.timestamp(r.modified),
         aliases=r.aliases, source=r.source,
         affected=[
             vulns_pb2.AffectedRange(release=a[0], package=a[1], introduced=a[2], fixed=a[3])
@@ -282,6 +282,6 @@ def _exposure_pb(e: ExposureRow) -> vulns_pb2.Exposure:
     return vulns_pb2.Exposure(
         host_id=e.host_id, vuln_id=e.vuln_id, severity=e.severity, package=e.package,
         installed=e.installed, fixed=e.fixed, available=e.available,
-        first_seen=convert.timestamp(e.first_seen), fixed_at=convert.timestamp(e.fixed_at),
-        region=e.region, ring=e.ring, os=e.os, published=convert.timestamp(e.published),
+        first_seen=times.timestamp(e.first_seen), fixed_at=times.timestamp(e.fixed_at),
+        region=e.region, ring=e.ring, os=e.os, published=times.timestamp(e.published),
     )  # fmt: skip

@@ -19,7 +19,7 @@ import typer
 from fleetpatch import render
 from fleetpatch.cliapp import new_app
 
-from controller.api import convert
+from controller.api import times
 from controller.cli import jsondoc
 from controller.cli.admin_client import AdminClient
 from controller.cli.common import ControllerOption, DataDirOption, JsonOption, client
@@ -91,7 +91,7 @@ def admin_add(
     if len(replicas) > 1:  # the new admin asks the same replicas
         config += f"\n[cli]\ncontrollers = {json.dumps(replicas)}\n"
     target.write_group(target.config, config.encode())
-    expires = convert.from_timestamp(added.admin.certificate_expires_at)
+    expires = times.from_timestamp(added.admin.certificate_expires_at)
     print(f"admin {name} added as {role}; certificate valid until {expires:%Y-%m-%d %H:%M}Z")
     if key is None:
         print(f"put the key the request was made with in {target.admin_key} (mode 0600)")
@@ -117,7 +117,7 @@ def admin_list(
                 a.name,
                 a.role,
                 "revoked" if a.revoked else "active",
-                f"{convert.from_timestamp(a.certificate_expires_at):%Y-%m-%d %H:%M}Z"
+                f"{times.from_timestamp(a.certificate_expires_at):%Y-%m-%d %H:%M}Z"
                 if a.HasField("certificate_expires_at") and not a.revoked else "-",
                 a.created_by,
             )

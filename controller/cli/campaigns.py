@@ -9,7 +9,7 @@ import sys
 from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated, TextIO
+from typing import TYPE_CHECKING, Annotated, TextIO
 
 import typer
 from fleetpatch import render
@@ -18,17 +18,20 @@ from fleetpatch.cliapp import exit_codes_epilog, new_app
 from fleetpatch.durations import format_duration, parse_duration
 from fleetpatch.v1 import admin_pb2
 
-from controller.api import convert
-from controller.campaigns import CampaignError, CampaignSpec, parse_campaign
-from controller.campaigns.advice import advice, release_advice
-from controller.checkpoint import CheckpointError
-from controller.checkpoint import parse as parse_checkpoint
+from controller.api import times
 from controller.cli import jsondoc
 from controller.cli.admin_client import AdminClient
 from controller.cli.common import ControllerOption, DataDirOption, JsonOption, client
 from controller.cli.watching import WATCH_EXIT_CODES, Snapshot, Watch
 from controller.datadir import DEFAULT_DATA_DIR
 from controller.errors import FleetpatchError, UsageError
+
+if TYPE_CHECKING:
+    from controller.campaigns import CampaignSpec
+
+# The campaign rules, the audit checkpoint and protobuf conversion of the
+# model are imported by the commands that use them: every other command
+# starts without them.
 
 campaign_app = new_app(help="Patch campaigns: what to patch, where, and how fast.")
 audit_app = new_app(help="The hash-chained audit trail.")
@@ -43,6 +46,8 @@ def _totals(campaign: admin_pb2.Campaign) -> dict[str, int]:
 
 
 def _spec(campaign: admin_pb2.Campaign) -> CampaignSpec | None:
+    from controller.campaigns import CampaignError, parse_campaign
+
     try:
         return parse_campaign(campaign.spec, campaign.campaign_id)
     except CampaignError:
@@ -63,6 +68,9 @@ def create(
 ) -> None:
     """Validate a campaign file and store it as a draft; prints its id last.
     Nothing is assigned before `campaign approve`."""
+    from controller.campaigns import CampaignError, parse_campaign
+    from controller.campaigns.advice import advice, release_advice
+
     try:
         text = file.read_text()
     except (OSError, UnicodeDecodeError) as exc:
@@ -427,6 +435,10 @@ def audit_verify(
     controller: ControllerOption = None,
 ) -> None:
     """Walk the hash chain; name the first broken record and exit 1 if any."""
+    from controller.api import convert
+    from controller.checkpoint import CheckpointError
+    from controller.checkpoint import parse as parse_checkpoint
+
     held = None
     if checkpoint is not None:
         try:
@@ -457,6 +469,8 @@ def audit_checkpoint(
     """Print a signed checkpoint of the trail as it ends now (JSON, on
     stdout: `> FILE` keeps it). Keep it away from the controller; `audit
     verify --checkpoint FILE` checks the trail against it later."""
+    from controller.api import convert
+
     with client(data_dir, controller) as admin:
         signed = convert.checkpoint_from_pb(admin.audit_checkpoint())
     print(signed.to_json())
@@ -484,7 +498,7 @@ def audit_export(
     records. --json prints one JSON array."""
     stamp = None
     if since is not None:
-        stamp = convert.timestamp(since if since.tzinfo else since.replace(tzinfo=UTC))
+        stamp = times.timestamp(since if since.tzinfo else since.replace(tzinfo=UTC))
     with client(data_dir, controller) as admin:
         records = admin.export_audit(stamp)
         try:

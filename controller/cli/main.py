@@ -20,7 +20,7 @@ from fleetpatch.cliapp import exit_codes_epilog, new_app, run
 from fleetpatch.durations import format_duration, parse_duration
 from fleetpatch.v1 import admin_pb2, vulns_pb2
 
-from controller.api import convert
+from controller.api import times
 from controller.cli import jsondoc
 from controller.cli.admins import admin_app
 from controller.cli.campaigns import audit_app, campaign_app
@@ -210,7 +210,7 @@ def token_create(
             region=labelspec.check_region(region),
             ring=labelspec.check_ring(ring),
             uses=uses,
-            ttl=convert.duration(parse_duration(ttl)),
+            ttl=times.duration(parse_duration(ttl)),
             labels=labelspec.parse_labels(label or []),
         )
     except ValueError as exc:
@@ -220,7 +220,7 @@ def token_create(
     if json_out:
         render.print_json({**jsondoc.doc(made.token), "token": made.secret})
         return
-    expires = convert.from_timestamp(made.token.expires_at)
+    expires = times.from_timestamp(made.token.expires_at)
     print(
         f"token {made.token.token_id}: region {region}, ring {ring}, "
         f"{uses} use(s), expires {expires:%Y-%m-%d %H:%M:%SZ}",
@@ -250,7 +250,7 @@ def token_list(
                 t.region,
                 t.ring,
                 f"{t.uses}/{t.uses_allowed}",
-                f"{convert.from_timestamp(t.expires_at):%Y-%m-%d %H:%M}Z",
+                f"{times.from_timestamp(t.expires_at):%Y-%m-%d %H:%M}Z",
                 _token_state(t, now),
             )
             for t in found
@@ -261,7 +261,7 @@ def token_list(
 def _token_state(token: admin_pb2.Token, now: datetime) -> str:
     if token.revoked:
         return "revoked"
-    if convert.from_timestamp(token.expires_at) <= now:
+    if times.from_timestamp(token.expires_at) <= now:
         return "expired"
     if token.uses >= token.uses_allowed:
         return "used up"
@@ -368,14 +368,14 @@ def _certificate(host: admin_pb2.Host, now: datetime) -> str:
     failing (flagged in capitals), due or overdue."""
     if not host.HasField("certificate_expires_at"):
         return "-"
-    expires = convert.from_timestamp(host.certificate_expires_at)
+    expires = times.from_timestamp(host.certificate_expires_at)
     text = f"expires {expires:%Y-%m-%d %H:%M}Z"
     if expires <= now:
         return f"EXPIRED {expires:%Y-%m-%d %H:%M}Z (enroll again)"
     if host.renewal_failing:
         return f"{text}, RENEWAL FAILING ({host.renewal_failures} in a row)"
     if host.HasField("certificate_renew_at") and (
-        convert.from_timestamp(host.certificate_renew_at) <= now
+        times.from_timestamp(host.certificate_renew_at) <= now
     ):
         return f"{text}, renewal due"
     return text
@@ -383,7 +383,7 @@ def _certificate(host: admin_pb2.Host, now: datetime) -> str:
 
 def _seen(host: admin_pb2.Host, now: datetime) -> str:
     return render.ago(
-        convert.from_timestamp(host.last_seen) if host.HasField("last_seen") else None, now
+        times.from_timestamp(host.last_seen) if host.HasField("last_seen") else None, now
     )
 
 
@@ -434,14 +434,14 @@ def hosts_show(
         ("timezone", f.timezone or "-"),
         ("package manager", f.package_manager or "-"),
         ("agent", f.agent_version or "-"),
-        ("enrolled", f"{convert.from_timestamp(h.enrolled_at):%Y-%m-%d %H:%M:%SZ}"),
+        ("enrolled", f"{times.from_timestamp(h.enrolled_at):%Y-%m-%d %H:%M:%SZ}"),
         ("last seen", _seen(h, now)),
         ("check-ins", str(h.checkins)),
         ("health", _health(h)),
         ("certificate", f"serial {h.certificate_serial or '-'}, {_certificate(h, now)}"),
         (
             "renews at",
-            f"{convert.from_timestamp(h.certificate_renew_at):%Y-%m-%d %H:%M:%SZ}"
+            f"{times.from_timestamp(h.certificate_renew_at):%Y-%m-%d %H:%M:%SZ}"
             if h.HasField("certificate_renew_at")
             else "-",
         ),
@@ -477,7 +477,7 @@ def _print_exposures(exposed: list[vulns_pb2.Exposure], now: datetime) -> None:
         ["VULNERABILITY", "SEVERITY", "PACKAGE", "INSTALLED", "FIXED IN", "OFFERED", "SINCE"],
         [
             (e.vuln_id, e.severity, e.package, e.installed, e.fixed or "no fix yet",
-             "yes" if e.available else "no", render.ago(convert.from_timestamp(e.first_seen), now))
+             "yes" if e.available else "no", render.ago(times.from_timestamp(e.first_seen), now))
             for e in exposed
         ],
     )  # fmt: skip
@@ -497,7 +497,7 @@ def _print_updates(got: admin_pb2.GetHostResponse) -> None:
         print("\nupdates available: not reported yet (the agent scans every [agent] scan_interval)")
         return
     found = got.updates.updates
-    at = convert.from_timestamp(got.updates.scanned_at)
+    at = times.from_timestamp(got.updates.scanned_at)
     security = sum(1 for u in found if u.security)
     reboot = sum(1 for u in found if u.reboot)
     print(f"\nupdates available ({len(found)}, {security} with a security fix, {reboot} needing "

@@ -20,7 +20,6 @@ from fleetpatch import render
 from fleetpatch.atomicfile import write_atomic
 from fleetpatch.v1 import vulns_pb2
 
-from controller.campaigns import CampaignError, parse_campaign
 from controller.cli.common import ControllerOption, DataDirOption, client
 from controller.cli.vulns import SeverityOption
 from controller.datadir import DEFAULT_DATA_DIR
@@ -62,6 +61,8 @@ def plan(
     vulnerabilities (--cve) or to every vulnerability of a severity and
     worse (--severity) that has a fix, each package at the version that
     fixes it. Review the file, then `campaign rehearse` and `create` it."""
+    from controller.campaigns import parse_campaign  # here: other commands start without it
+
     ids = list(cve or [])
     if bool(ids) == bool(severity):
         raise UsageError("give --cve ID (one or more) or --severity SEVERITY, not both")
@@ -94,6 +95,8 @@ def plan(
 def _template(path: Path) -> dict[str, Any]:
     """The [verify], [rollout] and [windows] of a campaign file, which must
     itself be valid."""
+    from controller.campaigns import CampaignError, parse_campaign
+
     try:
         text = path.read_text()
     except OSError as exc:

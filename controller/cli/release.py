@@ -20,7 +20,7 @@ from fleetpatch import render
 from fleetpatch.cliapp import exit_codes_epilog, new_app, run
 from fleetpatch.v1 import admin_pb2
 
-from controller.api import convert
+from controller.api import times
 from controller.cli import jsondoc
 from controller.cli.common import ControllerOption, DataDirOption, JsonOption, client
 from controller.datadir import DEFAULT_DATA_DIR
@@ -158,7 +158,7 @@ def list_command(
             (
                 r.version, r.family or "-", r.artifact, render.size(r.size), r.sha256.hex()[:16],
                 r.key_fingerprint or "-",
-                f"{convert.from_timestamp(r.published_at):%Y-%m-%d %H:%M}Z", r.published_by,
+                f"{times.from_timestamp(r.published_at):%Y-%m-%d %H:%M}Z", r.published_by,
             )
             for r in found
         ],

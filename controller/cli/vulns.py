@@ -16,7 +16,7 @@ from fleetpatch.durations import format_duration
 from fleetpatch.v1 import vulns_pb2
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from controller.api import convert
+from controller.api import times
 from controller.cli import jsondoc
 from controller.cli.common import ControllerOption, DataDirOption, JsonOption, client
 from controller.datadir import DEFAULT_DATA_DIR
@@ -172,7 +172,7 @@ def list_(
         dated = jsondoc.timestamp(src.feed_date) or "undated"
         print(
             f"feed {src.source}: {src.records} records of {dated}, imported "
-            f"{render.ago(convert.from_timestamp(src.imported_at), now)} by {src.imported_by}",
+            f"{render.ago(times.from_timestamp(src.imported_at), now)} by {src.imported_by}",
             file=sys.stderr,
         )
 
@@ -185,9 +185,9 @@ def _versions(found: Sequence[str]) -> str:
 
 def _since(v: vulns_pb2.VulnSummary, now: datetime) -> str:
     if v.HasField("published"):
-        return f"published {convert.from_timestamp(v.published):%Y-%m-%d}"
+        return f"published {times.from_timestamp(v.published):%Y-%m-%d}"
     if v.HasField("first_seen"):
-        return f"seen {render.ago(convert.from_timestamp(v.first_seen), now)}"
+        return f"seen {render.ago(times.from_timestamp(v.first_seen), now)}"
     return "-"
 
 
@@ -214,7 +214,7 @@ def show(
         if v.aliases:
             print(f"  aliases    {', '.join(v.aliases)}")
         if v.HasField("published"):
-            print(f"  published  {convert.from_timestamp(v.published):%Y-%m-%d}")
+            print(f"  published  {times.from_timestamp(v.published):%Y-%m-%d}")
         if v.summary:
             print(f"  summary    {v.summary}")
         for a in v.affected:
@@ -231,7 +231,7 @@ def show(
                 (
                     e.host_id, e.region, e.ring, e.package, e.installed, e.fixed or "no fix yet",
                     "yes" if e.available else "no",
-                    render.ago(convert.from_timestamp(e.first_seen), now),
+                    render.ago(times.from_timestamp(e.first_seen), now),
                 )
                 for e in open_
             ],
@@ -242,7 +242,7 @@ def show(
             ["HOST", "PACKAGE", "WAS", "FIXED"],
             [
                 (e.host_id, e.package, e.installed,
-                 render.ago(convert.from_timestamp(e.fixed_at), now))
+                 render.ago(times.from_timestamp(e.fixed_at), now))
                 for e in fixed
             ],
         )  # fmt: skip

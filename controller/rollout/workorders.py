@@ -11,7 +11,7 @@ from fleetpatch.checkspec import Check
 from fleetpatch.envelope import WORK_ORDER_TYPE, seal
 from fleetpatch.v1 import types_pb2
 
-from controller.api import convert
+from controller.api import times
 from controller.campaigns import (
     CampaignSpec,
     CheckKind,
@@ -92,11 +92,11 @@ def _order(
         host_id=host_id,
         campaign_id=campaign_id,
         sequence=sequence,
-        issued_at=convert.timestamp(now),
-        expires_at=convert.timestamp(expiry(spec, now, window_closes_at)),
+        issued_at=times.timestamp(now),
+        expires_at=times.timestamp(expiry(spec, now, window_closes_at)),
         action=action,
         checks=[check_to_pb(c) for c in spec.verify.checks],
-        verify_timeout=convert.duration(spec.verify.timeout),
+        verify_timeout=times.duration(spec.verify.timeout),
     )
     if window_closes_at is not None and not spec.emergency:
         order.window_closes_at.FromDatetime(window_closes_at)
@@ -181,7 +181,7 @@ def agent_update_order(
             release_signature=release.signature,
             release_manifest=release.manifest,
             size=release.size,
-            rollback_after=convert.duration(update.rollback_after),
+            rollback_after=times.duration(update.rollback_after),
         )
     )
     return order
@@ -196,12 +196,12 @@ def revert_order(
         host_id=host_id,
         campaign_id=campaign_id,
         sequence=sequence,
-        issued_at=convert.timestamp(now),
-        expires_at=convert.timestamp(now + ORDER_TTL),
+        issued_at=times.timestamp(now),
+        expires_at=times.timestamp(now + ORDER_TTL),
         action=types_pb2.WORK_ORDER_ACTION_REVERT,
         revert_order_id=reverts,
         reboot=types_pb2.REBOOT_POLICY_NEVER,
-        verify_timeout=convert.duration(timedelta(minutes=5)),
+        verify_timeout=times.duration(timedelta(minutes=5)),
     )
 
 

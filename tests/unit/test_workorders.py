@@ -13,7 +13,7 @@ from fleetpatch.agentrelease import Family
 from fleetpatch.envelope import WORK_ORDER_TYPE, key_id, open_envelope, raw_public_key
 from fleetpatch.v1 import types_pb2
 
-from controller.api import convert
+from controller.api import times
 from controller.campaigns import parse_campaign
 from controller.model import AgentRelease
 from controller.rollout import workorders
@@ -63,14 +63,14 @@ def test_agent_update_order_fields() -> None:
         host_id="h-1",
         campaign_id="c-1",
         sequence=4,
-        issued_at=convert.timestamp(NOW),
-        expires_at=convert.timestamp(CLOSES),
+        issued_at=times.timestamp(NOW),
+        expires_at=times.timestamp(CLOSES),
         action=types_pb2.WORK_ORDER_ACTION_AGENT_UPDATE,
         reboot=types_pb2.REBOOT_POLICY_NEVER,
         checks=[types_pb2.HealthCheckSpec(name="ssh", tcp=types_pb2.TcpCheck(host="127.0.0.1",
                                                                             port=22))],
-        verify_timeout=convert.duration(timedelta(minutes=2)),
-        window_closes_at=convert.timestamp(CLOSES),
+        verify_timeout=times.duration(timedelta(minutes=2)),
+        window_closes_at=times.timestamp(CLOSES),
         agent_update=types_pb2.AgentUpdate(
             version="0.2.0",
             artifact="fleetpatch-agent_0.2.0_amd64.deb",
@@ -78,7 +78,7 @@ def test_agent_update_order_fields() -> None:
             release_signature=b"s" * 64,
             release_manifest=MANIFEST,
             size=len(DATA),
-            rollback_after=convert.duration(timedelta(minutes=7)),
+            rollback_after=times.duration(timedelta(minutes=7)),
         ),
     )  # fmt: skip
     assert order == expected
@@ -89,10 +89,10 @@ def test_agent_update_order_fields() -> None:
 def test_agent_update_order_without_a_window_expires_like_a_patch_order() -> None:
     order = _update_order(closes=None)
     assert not order.HasField("window_closes_at")
-    assert convert.from_timestamp(order.expires_at) == NOW + workorders.ORDER_TTL
+    assert times.from_timestamp(order.expires_at) == NOW + workorders.ORDER_TTL
     deadline = NOW + timedelta(minutes=20)
     text = UPDATE.replace('name = "u"', f'name = "u"\ndeadline = "{deadline.isoformat()}"')
-    assert convert.from_timestamp(_update_order(text + COMMON).expires_at) == deadline
+    assert times.from_timestamp(_update_order(text + COMMON).expires_at) == deadline
     emergency = _update_order(UPDATE.replace('name = "u"', 'name = "u"\nemergency = true') + COMMON)
     assert not emergency.HasField("window_closes_at")
 
