@@ -16,6 +16,8 @@ before asking again. A TLS trust failure is a configuration error (exit
 
 from __future__ import annotations
 
+import contextlib
+import signal
 import socket
 import sys
 import threading
@@ -66,24 +68,55 @@ def wait_connected(channel: grpc.Channel, timeout: float) -> bool | None:
     ``timeout``: True; False as soon as an attempt fails
     (TRANSIENT_FAILURE); None when neither happened in time.
 
-    Watched as grpc's own ``subscribe`` does, on its core channel, but each
-    watch lasting until the deadline: ``subscribe`` keeps a watch of 0.2 s
-    open after the last callback is gone, and ``close`` then waits it out,
-    0.2 s of every admin command (half of a quick one's time)."""
+    Watched as grpc's own ``subscribe`` does, on its core channel, but
+    each watch returning before the next starts: ``subscribe`` keeps a watch
+    of 0.2 s open after the last callback is gone, and ``close`` then waits
+    it out, 0.2 s of every admin command (half of a quick one's time).
+
+    Ctrl-C is held back while a watch runs, and acted on as it returns
+    (within `WATCH_SLICE_SECONDS`): raised from inside the watch, it would
+    leave the watch due for ever, and the channel's ``close`` waits for
+    every due watch, so the CLI would hang instead of stopping."""
     core: Any = getattr(channel, "_channel", None)
     if not (
         hasattr(core, "check_connectivity_state") and hasattr(core, "watch_connectivity_state")
     ):  # another grpcio's insides: the public way, slower to close
         return _wait_subscribed(channel, timeout)
     deadline = time.time() + timeout
-    number = core.check_connectivity_state(True)
-    while _CONNECTIVITY[number] not in _SETTLED:
-        if time.time() >= deadline:
-            return None
-        core.watch_connectivity_state(number, deadline)
-        # Connecting again should it have gone back to IDLE meanwhile.
+    with _interrupts_held() as interrupted:
         number = core.check_connectivity_state(True)
+        while _CONNECTIVITY[number] not in _SETTLED and not interrupted():
+            now = time.time()
+            if now >= deadline:
+                return None
+            core.watch_connectivity_state(number, min(deadline, now + WATCH_SLICE_SECONDS))
+            # Connecting again should it have gone back to IDLE meanwhile.
+            number = core.check_connectivity_state(True)
     return _CONNECTIVITY[number] is grpc.ChannelConnectivity.READY
+
+
+WATCH_SLICE_SECONDS = 0.1
+
+
+@contextlib.contextmanager
+def _interrupts_held() -> Iterator[Callable[[], bool]]:
+    """Within: SIGINT is noted, not raised (``interrupted()`` says whether
+    one came); on leaving, KeyboardInterrupt is raised if one did. Only the
+    main thread can hold it, and only Python's own handler is replaced."""
+    held: list[int] = []
+    if (
+        threading.current_thread() is not threading.main_thread()
+        or signal.getsignal(signal.SIGINT) is not signal.default_int_handler
+    ):
+        yield lambda: False
+        return
+    signal.signal(signal.SIGINT, lambda signum, _frame: held.append(signum))
+    try:
+        yield lambda: bool(held)
+    finally:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    if held:
+        raise KeyboardInterrupt
 
 
 _SETTLED = (

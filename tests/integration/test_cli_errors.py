@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import socket
 import stat
 import subprocess
@@ -20,6 +21,7 @@ from cryptography.x509.oid import NameOID
 from agent.orders.journal import Journal
 from tests.support import mounts
 from tests.support.controller import BIN, Controller, Result, cli, ok
+from tests.support.waiting import scaled
 
 
 def _one_line(result: Result, code: int, *needles: str) -> None:
@@ -59,6 +61,32 @@ def test_admin_command_with_the_controller_down(initialised):
         cli("fleetpatch", "hosts", "list", "--data-dir", initialised.data_dir),
         3, "cannot reach the controller", initialised.address,
     )  # fmt: skip
+
+
+def test_ctrl_c_while_the_controller_is_silent_stops_the_command_at_once(initialised):
+    """A controller that takes connections and never answers: Ctrl-C stops
+    a command that waits to connect, without a traceback and well before
+    its 10 s connect deadline (it once left grpc waiting for ever)."""
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(8)
+        listener.settimeout(scaled(60))
+        address = f"127.0.0.1:{listener.getsockname()[1]}"
+        argv = [BIN / "fleetpatch", "hosts", "list", "--data-dir", initialised.data_dir,
+                "--controller", address]  # fmt: skip
+        with subprocess.Popen(
+            argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            text=True,
+        ) as command:  # fmt: skip
+            try:
+                connection, _ = listener.accept()  # it is connecting now
+                with connection:
+                    command.send_signal(signal.SIGINT)
+                    _, stderr = command.communicate(timeout=5)
+            finally:
+                command.kill()
+    assert command.returncode == 130, stderr
+    assert "Traceback" not in stderr
 
 
 def test_init_refuses_to_replace_a_ca(initialised):
