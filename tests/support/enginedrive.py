@@ -99,8 +99,7 @@ class Driver:
         self.heap: list[tuple[int, int, int, object]] = []
         self.seq = 0
         self.key = Ed25519PrivateKey.generate()
-        self.store = Store.open(data / "controller.db")
-        self.db = InlineStore(self.store)
+        self.db = InlineStore(Store.open(data / "controller.db"))
         self.engine: CampaignEngine | None = None
         self.ctl_up = True
         self.halts: list[tuple[str, int]] = []
