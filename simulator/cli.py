@@ -342,7 +342,8 @@ def load(
     gradually; steady check-ins with inventory changes now and then; orders
     carried out with simulated outcomes and reported. Prints check-ins per
     second, latency percentiles, errors and (when the controller runs
-    here) its CPU and memory; --bare adds the ratio to a bare server."""
+    here) its CPU and memory; --bare adds the ratio to a bare server.
+    Ctrl-C stops the run and prints the figures until then (exit 130)."""
     from datetime import timedelta as _timedelta
 
     from fleetpatch.v1 import admin_pb2
@@ -378,20 +379,23 @@ def load(
     print(f"enrolled {len(identities)} agents in {time.monotonic() - began:.0f}s", file=sys.stderr)
     pids = loadtool.listening(address.split(",")) or loadtool.pid_of(data_dir)
     usage, database = loadtool.Usage(pids), loadtool.Usage(database_pid)
-    tallies = loadtool.run(plan, identities, address, seed)
-    results = [
-        loadtool.merge(f"controller {address}", plan, tallies, usage.done(), database.done())
-    ]
-    if bare:
+    # Ctrl-C stops the run: the figures until then are printed, exit 130.
+    tallies, interrupted = loadtool.run(plan, identities, address, seed)
+    results = [loadtool.merge(f"controller {address}", plan, tallies, usage.done(),
+                              database.done(), interrupted)]  # fmt: skip
+    if bare and not interrupted:
         proc, bare_address = loadtool.start_bare(data_dir)
         try:
             usage = loadtool.Usage(proc.pid)
-            tallies = loadtool.run(plan, identities, bare_address, seed)
-            results.append(loadtool.merge("bare grpc.aio, same TLS", plan, tallies, usage.done()))
+            tallies, interrupted = loadtool.run(plan, identities, bare_address, seed)
+            results.append(loadtool.merge("bare grpc.aio, same TLS", plan, tallies, usage.done(),
+                                          interrupted=interrupted))  # fmt: skip
         finally:
             proc.terminate()
             proc.wait(timeout=30)
     print(loadtool.as_json(results) if json_out else loadtool.table(results))
+    if interrupted:
+        raise typer.Exit(130)
 
 
 def _start(spelled: str | None) -> datetime:

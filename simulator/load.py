@@ -26,8 +26,10 @@ import contextlib
 import functools
 import json
 import multiprocessing
+import multiprocessing.synchronize
 import os
 import random
+import signal
 import subprocess
 import sys
 import time
@@ -48,6 +50,7 @@ from fleetpatch.overload import retry_after
 from fleetpatch.v1 import agent_pb2, agent_pb2_grpc, types_pb2
 
 T = TypeVar("T")
+Stop = multiprocessing.synchronize.Event  # set by the parent: the workers stop and report
 Identity = tuple[bytes, bytes]  # key PEM, certificate PEM
 SAMPLE = 50_000  # latencies kept per process (a uniform sample beyond)
 
@@ -172,6 +175,7 @@ class Result:
     cpu_seconds_per_1000: float | None = None
     database_cpu_seconds_per_1000: float | None = None
     processes: int = 1  # server processes measured (replicas)
+    interrupted: bool = False  # stopped by Ctrl-C: the figures of the window until then
 
 
 def merge(
@@ -180,10 +184,12 @@ def merge(
     tallies: Sequence[Tally],
     usage: Measured | None,
     database: Measured | None = None,
+    interrupted: bool = False,
 ) -> Result:
     """The processes' tallies as one result."""
     latencies = sorted(t for tally in tallies for t in tally.latencies)
-    seconds = max((t.seconds for t in tallies), default=plan.seconds) or plan.seconds
+    # Interrupted during the ramp, nothing was measured: no rate, not a made-up one.
+    seconds = max(max((t.seconds for t in tallies), default=0.0), 0.0)
     checkins = sum(t.checkins for t in tallies)
 
     def pct(q: float) -> float:
@@ -204,7 +210,7 @@ def merge(
         errors.update(t.errors)
         examples.update(t.details)
     return Result(
-        target, plan.agents, round(seconds, 1), round(checkins / seconds, 1),
+        target, plan.agents, round(seconds, 1), round(checkins / seconds, 1) if seconds else 0.0,
         round(pct(0.5), 2), round(pct(0.9), 2), round(pct(0.99), 2),
         sum(t.inventories for t in tallies), sum(t.orders for t in tallies),
         sum(t.reports for t in tallies), {k: v for k, v in errors.items() if v},
@@ -217,7 +223,7 @@ def merge(
         checkins_total=total,
         controller_cpu_seconds=None if usage is None else round(usage.cpu_seconds, 2),
         cpu_seconds_per_1000=per_1000(usage), database_cpu_seconds_per_1000=per_1000(database),
-        processes=1 if usage is None else usage.processes,
+        processes=1 if usage is None else usage.processes, interrupted=interrupted,
     )  # fmt: skip
 
 
@@ -308,6 +314,17 @@ class _Agent:
             )
         return request
 
+    def take(
+        self, envelope: types_pb2.SignedEnvelope, plan: Plan, tally: Tally, rng: random.Random
+    ) -> None:
+        """An order given: taken once (the next check-in says its sequence
+        was received), its final report sent when its simulated work ends."""
+        sequence, done = finished(envelope, plan, rng)
+        if sequence > self.highest:
+            self.highest = sequence
+            tally.orders += 1
+            self.pending.append(done)
+
 
 def finished(
     envelope: types_pb2.SignedEnvelope, plan: Plan, rng: random.Random
@@ -371,7 +388,12 @@ async def _report(agent: _Agent, tally: Tally) -> None:
     agent.pending = [(at, r) for at, r in agent.pending if r not in due]
 
 
-async def _run_agents(plan: Plan, identities: Sequence[Identity], address: str, seed: int) -> Tally:
+async def _run_agents(
+    plan: Plan, identities: Sequence[Identity], address: str, seed: int, stop: Stop | None = None
+) -> Tally:
+    """One process's agents for the whole run, or until ``stop`` is set:
+    then their calls are cancelled and what was counted until then is
+    returned."""
     rng = random.Random(seed)
     tally = Tally()
     start = time.monotonic()
@@ -392,69 +414,106 @@ async def _run_agents(plan: Plan, identities: Sequence[Identity], address: str, 
 
     async def one(agent: _Agent) -> None:
         await asyncio.sleep(rng.uniform(0, plan.ramp))  # connect gradually, with jitter
-        watching = None
-        while time.monotonic() < stop_at:
-            await _report(agent, tally)
-            request = agent.request(rng.random() < plan.change_rate and bool(agent.sent), rng)
-            try:
-                async with slots:
-                    began = time.perf_counter()
-                    answer = await agent.stub.CheckIn(request, timeout=CALL_TIMEOUT)
-            except grpc.aio.AioRpcError as exc:
-                await asyncio.sleep(tally.failed(exc, time.monotonic() >= measure_from, rng))
-                continue
-            took = time.perf_counter() - began
-            tally.total += 1
-            agent.sent = answer.known_inventory_hash
-            if plan.push and watching is None:  # after the first check-in, as the agent
-                watching = asyncio.ensure_future(_watch(agent, tally, rng, stop_at))
-            if agent.nudged:
-                agent.nudged = False
-                tally.nudged.append(time.time())
-            if time.monotonic() >= measure_from:
-                tally.checkins += 1
-                tally.inventories += request.HasField("inventory")
-                tally.latency(took, rng)
-            if answer.HasField("work_order"):
-                # Taken once: the next check-in says its sequence was received.
-                sequence, done = finished(answer.work_order, plan, rng)
-                if sequence > agent.highest:
-                    agent.highest = sequence
-                    tally.orders += 1
-                    agent.pending.append(done)
-            if plan.interval:
-                due = plan.interval * rng.uniform(1 - plan.jitter, 1 + plan.jitter)
-                await _pause(agent, min(due, max(0.0, stop_at - time.monotonic())))
-        if watching is not None:
-            watching.cancel()
+        watching: asyncio.Future[None] | None = None
+        try:
+            while time.monotonic() < stop_at:
+                await _report(agent, tally)
+                request = agent.request(rng.random() < plan.change_rate and bool(agent.sent), rng)
+                try:
+                    async with slots:
+                        began = time.perf_counter()
+                        answer = await agent.stub.CheckIn(request, timeout=CALL_TIMEOUT)
+                except grpc.aio.AioRpcError as exc:
+                    await asyncio.sleep(tally.failed(exc, time.monotonic() >= measure_from, rng))
+                    continue
+                took = time.perf_counter() - began
+                tally.total += 1
+                agent.sent = answer.known_inventory_hash
+                if plan.push and watching is None:  # after the first check-in, as the agent
+                    watching = asyncio.ensure_future(_watch(agent, tally, rng, stop_at))
+                if agent.nudged:
+                    agent.nudged = False
+                    tally.nudged.append(time.time())
+                if time.monotonic() >= measure_from:
+                    tally.checkins += 1
+                    tally.inventories += request.HasField("inventory")
+                    tally.latency(took, rng)
+                if answer.HasField("work_order"):
+                    agent.take(answer.work_order, plan, tally, rng)
+                if plan.interval:
+                    due = plan.interval * rng.uniform(1 - plan.jitter, 1 + plan.jitter)
+                    await _pause(agent, min(due, max(0.0, stop_at - time.monotonic())))
+        finally:
+            if watching is not None:
+                watching.cancel()
 
-    await asyncio.gather(*(one(a) for a in agents))
+    await _all_of([asyncio.ensure_future(one(a)) for a in agents], stop)
     tally.seconds = min(time.monotonic(), stop_at) - measure_from
     for agent in agents:
         await agent.channel.close(None)
     return tally
 
 
+STOP_POLL_SECONDS = 0.1  # how soon a worker sees the parent's stop
+
+
+async def _all_of(agents: Sequence[asyncio.Future[None]], stop: Stop | None) -> None:
+    """Wait for every agent, or cancel them all once ``stop`` is set. An
+    agent's own failure is the run's."""
+    pending = set(agents)
+    while pending and not (stop is not None and stop.is_set()):
+        _, pending = await asyncio.wait(pending, timeout=STOP_POLL_SECONDS)
+    for agent in pending:
+        agent.cancel()
+    await asyncio.wait(agents)
+    for agent in agents:
+        if not agent.cancelled():
+            agent.result()
+
+
+_worker_stop: list[Stop] = []  # in a worker: the parent's stop, from _worker_started
+
+
+def _worker_started(stop: Stop) -> None:
+    """A worker leaves Ctrl-C (which a terminal sends to the whole process
+    group) to the parent, which stops it through ``stop``: its figures are
+    then returned rather than lost with a traceback."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _worker_stop[:] = [stop]
+
+
 def _load_worker(plan: Plan, identities: Sequence[Identity], address: str, seed: int) -> Tally:
-    return asyncio.run(_run_agents(plan, identities, address, seed))
+    stop = _worker_stop[0] if _worker_stop else None
+    return asyncio.run(_run_agents(plan, identities, address, seed, stop))
 
 
-def run(plan: Plan, identities: Sequence[Identity], address: str, seed: int) -> list[Tally]:
-    """The load over ``plan.processes`` processes, each with its share."""
+def run(
+    plan: Plan, identities: Sequence[Identity], address: str, seed: int
+) -> tuple[list[Tally], bool]:
+    """The load over ``plan.processes`` processes, each with its share, and
+    whether Ctrl-C cut it short: then the processes are stopped and their
+    figures until then returned. A second Ctrl-C abandons them."""
     shares = [identities[k :: plan.processes] for k in range(plan.processes)]
     context = multiprocessing.get_context("spawn")
-    with context.Pool(plan.processes) as pool:
-        return pool.starmap(
+    stop = context.Event()
+    with context.Pool(plan.processes, _worker_started, (stop,)) as pool:
+        pending = pool.starmap_async(
             _load_worker,
             [(plan, share, address, seed + k) for k, share in enumerate(shares) if share],
         )
+        try:
+            return pending.get(), False
+        except KeyboardInterrupt:
+            stop.set()
+        return pending.get(), True
 
 
 def enroll_all(plan: Plan, token: str, seed: int) -> list[Identity]:
     counts = [plan.agents // plan.processes + (k < plan.agents % plan.processes)
               for k in range(plan.processes)]  # fmt: skip
     context = multiprocessing.get_context("spawn")
-    with context.Pool(plan.processes) as pool:
+    # Ctrl-C is the parent's alone: the workers are ended with the pool.
+    with context.Pool(plan.processes, _worker_started, (context.Event(),)) as pool:
         parts = pool.starmap(
             _enroll_worker, [(plan, token, n, seed * 1000 + k) for k, n in enumerate(counts) if n]
         )
@@ -541,6 +600,7 @@ def start_bare(data_dir: Path) -> tuple[subprocess.Popen[str], str]:
         [sys.executable, "-m", "simulator.bare", "--data-dir", str(data_dir)],
         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
         cwd=str(Path(__file__).resolve().parents[1]),
+        process_group=0,  # a terminal's Ctrl-C stops the load, which then ends this server
     )  # fmt: skip
     line = proc.stdout.readline().strip() if proc.stdout is not None else ""
     if not line:
@@ -585,6 +645,8 @@ def table(results: Sequence[Result]) -> str:
                 f"process(es)), bare {bare:.3f} s: {ours / bare:.2f}x"
             )
     for r in results:
+        if r.interrupted:
+            lines.append(f"{r.target}: interrupted by Ctrl-C after {r.seconds:.0f} s measured")
         if r.streams or r.nudges:
             lines.append(f"{r.target}: {r.streams} Watch streams opened, {r.nudges} nudges, "
                          f"{len(r.nudged_checkins)} nudged check-ins")  # fmt: skip

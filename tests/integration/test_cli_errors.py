@@ -10,7 +10,6 @@ import stat
 import subprocess
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -24,7 +23,7 @@ from agent.orders.journal import Journal
 from controller.cli.admin_client import CONNECT_TIMEOUT_SECONDS
 from tests.support import mounts
 from tests.support.controller import BIN, Controller, Result, cli, ok
-from tests.support.waiting import scaled
+from tests.support.waiting import scaled, sigint_not_ignored
 
 
 def _one_line(result: Result, code: int, *needles: str) -> None:
@@ -77,7 +76,7 @@ def test_ctrl_c_while_the_controller_is_silent_stops_the_command_at_once(initial
         address = f"127.0.0.1:{listener.getsockname()[1]}"
         argv = [BIN / "fleetpatch", "hosts", "list", "--data-dir", initialised.data_dir,
                 "--controller", address]  # fmt: skip
-        with _sigint_not_ignored(), subprocess.Popen(
+        with sigint_not_ignored(), subprocess.Popen(
             argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
             text=True,
         ) as command:  # fmt: skip
@@ -93,18 +92,6 @@ def test_ctrl_c_while_the_controller_is_silent_stops_the_command_at_once(initial
     assert command.returncode == 130, stderr
     assert "Traceback" not in stderr
     assert took < CONNECT_TIMEOUT_SECONDS / 2  # at once, not at the connect deadline
-
-
-@contextmanager
-def _sigint_not_ignored() -> Iterator[None]:
-    """Children started within take SIGINT as a terminal's Ctrl-C, even when
-    this process ignores it (a shell's background job does), since exec
-    resets a handled signal to its default and keeps an ignored one."""
-    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, previous)
 
 
 def test_init_refuses_to_replace_a_ca(initialised):

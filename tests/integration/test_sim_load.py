@@ -6,10 +6,14 @@ server for the ratio."""
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
 
-from tests.support.controller import cli
+from tests.support.controller import BIN, cli
 from tests.support.fakes import FakeBackend, FakeProber
 from tests.support.inprocess import InProcessAgent
+from tests.support.waiting import scaled, sigint_not_ignored, stop_group, wait_until
 
 CAMPAIGN = """
 [campaign]
@@ -72,3 +76,39 @@ def test_load_measures_check_ins_and_carries_out_orders(controller, tmp_path):
     # Reports come 1-5 simulated seconds after the order: some may still be out.
     assert totals["succeeded"] + totals["failed"] == ctl["reports"]
     assert ctl["reports"] > 0
+
+
+def test_ctrl_c_stops_the_load_and_prints_the_figures_until_then(controller):
+    agents = 6
+    argv = [BIN / "fleetpatch-sim", "load", "--data-dir", controller.data_dir,
+            "--agents", str(agents), "--processes", "2", "--seconds", "3600", "--ramp", "0",
+            "--bare", "--json"]  # fmt: skip
+
+    def checked_in() -> bool:  # every agent's first check-in (its inventory) was answered
+        with controller.database() as db:
+            row = db.execute(
+                "SELECT count(*) FROM hosts WHERE region = 'load' AND inventory_hash != ''"
+            ).fetchone()
+        return bool(row[0] == agents)
+
+    # A session of its own, so that SIGINT goes to its whole process group
+    # (the load's worker processes included), as a terminal's Ctrl-C does.
+    with sigint_not_ignored(), subprocess.Popen(
+        argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True, start_new_session=True,
+    ) as load:  # fmt: skip
+        try:
+            wait_until("the simulated agents check in", checked_in, timeout=120)
+            os.killpg(load.pid, signal.SIGINT)
+            stdout, stderr = load.communicate(timeout=scaled(60))
+        finally:
+            stop_group(load)
+    assert load.returncode == 130, stderr
+    assert "Traceback" not in stderr
+    # The controller's figures until Ctrl-C, and no bare run after it.
+    (run,) = json.loads(stdout)["runs"]
+    assert run["interrupted"] is True
+    assert 0 < run["seconds"] < 3600
+    assert run["checkins_per_second"] > 0
+    assert run["checkins_total"] >= agents
+    assert run["errors"] == {}  # the calls it cancelled to stop are not the controller's errors

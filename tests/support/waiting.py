@@ -20,7 +20,7 @@ import os
 import signal
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import TypeVar
 
 T = TypeVar("T")
@@ -90,3 +90,15 @@ def stop_group(proc: subprocess.Popen[str] | subprocess.Popen[bytes], timeout: f
             proc.wait(timeout=timeout)
     with contextlib.suppress(ProcessLookupError):
         os.killpg(proc.pid, signal.SIGKILL)
+
+
+@contextlib.contextmanager
+def sigint_not_ignored() -> Iterator[None]:
+    """Children started within take SIGINT as a terminal's Ctrl-C, even when
+    this process ignores it (a shell's background job does), since exec
+    resets a handled signal to its default and keeps an ignored one."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)

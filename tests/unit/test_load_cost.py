@@ -13,7 +13,10 @@ from simulator.load import Measured, Plan, Tally, Usage, as_json, listening, mer
 
 def test_cpu_per_thousand_check_ins_and_the_ratio_to_bare():
     plan = Plan("a:1,b:1", "a:2", b"")
-    tallies = [Tally(checkins=800, total=1500), Tally(checkins=700, total=1500)]
+    tallies = [
+        Tally(checkins=800, total=1500, seconds=30),
+        Tally(checkins=700, total=1500, seconds=30),
+    ]
     ours = merge(
         "controller", plan, tallies, Measured(6.0, 50.0, 300.0, 2), Measured(1.5, 10, 1, 1)
     )
@@ -24,6 +27,16 @@ def test_cpu_per_thousand_check_ins_and_the_ratio_to_bare():
     assert ours.processes == 2
     assert '"cpu_ratio": 4.0' in as_json([ours, bare])
     assert "controller 2.000 s (2 process(es)), bare 0.500 s: 4.00x" in table([ours, bare])
+    assert ours.checkins_per_second == 50.0
+
+
+def test_a_run_interrupted_during_the_ramp_measured_nothing():
+    # The workers' windows had not begun (negative seconds): no rate is made up.
+    plan = Plan("a:1", "a:2", b"", seconds=30)
+    tallies = [Tally(total=40, seconds=-3.5), Tally(total=38, seconds=-3.4)]
+    result = merge("controller", plan, tallies, None, interrupted=True)
+    assert (result.seconds, result.checkins_per_second, result.checkins_total) == (0, 0, 78)
+    assert "controller: interrupted by Ctrl-C after 0 s measured" in table([result])
 
 
 def test_usage_counts_this_process_cpu_from_proc():
