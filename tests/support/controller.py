@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import itertools
 import json
 import os
 import signal
@@ -31,18 +32,50 @@ BIN = Path(sys.executable).parent
 
 def free_port() -> int:
     """A port nobody listens on now, with the next one free too (for the
-    enrollment listener)."""
-    for _ in range(50):
-        with socket.socket() as first:
-            first.bind(("127.0.0.1", 0))
-            port = int(first.getsockname()[1])
-            with socket.socket() as second:
-                try:
-                    second.bind(("127.0.0.1", port + 1))
-                except OSError:
-                    continue
+    enrollment listener), from this test process's own block (`_port_block`)."""
+    block = _port_block()
+    for _ in range(len(block)):
+        port = block[next(_turn) % len(block)]
+        if _bindable(port) and _bindable(port + 1):
+            return port
+    for _ in range(50):  # no block here: one the kernel picks
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = int(probe.getsockname()[1])
+        if port < 65535 and _bindable(port + 1):
             return port
     raise RuntimeError("no pair of free ports on loopback")
+
+
+def _port_block() -> range:
+    """Ports outside the kernel's ephemeral range, where no outgoing
+    connection's source port can land between the pick and the server's
+    bind (as a port the kernel picks, bound and closed, could), split
+    between the pytest-xdist workers, so that two never pick the same.
+    Empty where that range leaves no room."""
+    try:
+        low, high = map(int, Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split())
+    except (OSError, ValueError):
+        low, high = 32768, 60999  # Linux's defaults
+    first, end = (10_000, low) if low >= 12_000 else (high + 1, 65_535)
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    worker = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw") or 0)
+    size = max(end - first, 0) // max(workers, 1)
+    return range(first + worker * size, first + (worker + 1) * size - 1, 2)
+
+
+# Where in its block this process picks next: a start of its own, so that
+# a session after another does not go over the same ports first.
+_turn = itertools.count(os.getpid())
+
+
+def _bindable(port: int) -> bool:
+    with socket.socket() as probe:
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
 
 
 @dataclass
