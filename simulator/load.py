@@ -465,7 +465,8 @@ async def _all_of(agents: Sequence[asyncio.Future[None]], stop: Stop | None) -> 
         _, pending = await asyncio.wait(pending, timeout=STOP_POLL_SECONDS)
     for agent in pending:
         agent.cancel()
-    await asyncio.wait(agents)
+    if pending:
+        await asyncio.wait(pending)
     for agent in agents:
         if not agent.cancelled():
             agent.result()
