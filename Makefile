@@ -61,8 +61,16 @@ typecheck: $(STAMP)
 unit: $(STAMP)
 	$(VENV)/bin/pytest tests/unit -q
 
+# pytest-xdist workers for `make test`. The suite waits on processes, servers,
+# sandboxes and containers more than it computes: two workers on a 2-core
+# machine took it from 25 to 14 minutes (same day, same machine). Each test file runs whole on one
+# worker (--dist loadfile): a module's fixtures are made once. Each worker
+# has its own block of ports (tests/support/controller.py). `make test
+# TEST_WORKERS=auto` takes one per core; 0 runs the tests in one process.
+TEST_WORKERS ?= 2
+
 test: deps lint typecheck
-	FLEETPATCH_STRICT_SKIPS=1 $(VENV)/bin/pytest -q --durations=15
+	FLEETPATCH_STRICT_SKIPS=1 $(VENV)/bin/pytest -q --durations=15 -n $(TEST_WORKERS) --dist loadfile
 
 # Regenerate the wire code from proto/; a test fails when it is stale.
 proto: $(STAMP)
