@@ -20,7 +20,7 @@ async def _forever() -> None:
 def test_the_parent_stop_cancels_every_agent():
     stop = multiprocessing.get_context("spawn").Event()
 
-    async def run() -> list[asyncio.Future[None]]:
+    async def run() -> list[asyncio.Task[None]]:
         agents = [asyncio.ensure_future(_forever()) for _ in range(3)]
         asyncio.get_running_loop().call_later(0.2, stop.set)
         await _all_of(agents, stop)
