@@ -459,10 +459,14 @@ STOP_POLL_SECONDS = 0.1  # how soon a worker sees the parent's stop
 
 async def _all_of(agents: Sequence[asyncio.Future[None]], stop: Stop | None) -> None:
     """Wait for every agent, or cancel them all once ``stop`` is set. An
-    agent's own failure is the run's."""
+    agent's own failure is the run's, at once."""
     pending = set(agents)
     while pending and not (stop is not None and stop.is_set()):
-        _, pending = await asyncio.wait(pending, timeout=STOP_POLL_SECONDS)
+        done, pending = await asyncio.wait(
+            pending, timeout=STOP_POLL_SECONDS, return_when=asyncio.FIRST_EXCEPTION
+        )
+        if any(not agent.cancelled() and agent.exception() for agent in done):
+            break
     for agent in pending:
         agent.cancel()
     if pending:

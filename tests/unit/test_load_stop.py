@@ -30,15 +30,24 @@ def test_the_parent_stop_cancels_every_agent():
     assert all(agent.cancelled() for agent in agents)
 
 
-def test_without_a_stop_every_agent_runs_to_its_end_and_a_failure_is_the_run_s():
+def test_without_a_stop_every_agent_runs_to_its_end():
+    async def run() -> list[asyncio.Task[None]]:
+        agents = [asyncio.ensure_future(asyncio.sleep(0.05 * n)) for n in range(3)]
+        await _all_of(agents, None)
+        return agents
+
+    agents = asyncio.run(asyncio.wait_for(run(), 30))
+    assert all(agent.done() and not agent.cancelled() for agent in agents)
+    asyncio.run(_all_of([], None))  # a process with no agents has nothing to wait for
+
+
+def test_an_agent_failure_ends_the_others_at_once():
     async def fails() -> None:
         await asyncio.sleep(0.05)
         raise RuntimeError("an agent's own bug")
 
     async def run() -> None:
-        done = asyncio.ensure_future(asyncio.sleep(0.01))
-        await _all_of([done, asyncio.ensure_future(fails())], None)
+        await _all_of([asyncio.ensure_future(_forever()), asyncio.ensure_future(fails())], None)
 
     with pytest.raises(RuntimeError, match="own bug"):
-        asyncio.run(run())
-    asyncio.run(_all_of([], None))  # a process with no agents has nothing to wait for
+        asyncio.run(asyncio.wait_for(run(), 30))  # not the hour the other agent would take
