@@ -109,7 +109,15 @@ def release_memory() -> None:
 def check_strings(message: Message, what: str, limit: int = MAX_TEXT) -> None:
     """Raise UsageError naming the first string field of ``message`` (and of
     the messages in it) longer than ``limit``; fields named ``detail`` may
-    hold MAX_DETAIL."""
+    hold MAX_DETAIL.
+
+    A message no larger on the wire than ``limit`` bytes holds no longer
+    string (a character takes a byte at least), so it is passed without a
+    look at its fields: the facts of a check-in, and each package of an
+    inventory, are passed so (an inventory of 300 packages took a
+    millisecond field by field)."""
+    if message.ByteSize() <= limit:
+        return
     for fd, value in message.ListFields():
         path = f"{what}.{fd.name}"
         if fd.type == FieldDescriptor.TYPE_MESSAGE:
@@ -120,7 +128,8 @@ def check_strings(message: Message, what: str, limit: int = MAX_TEXT) -> None:
                         _check_text(f"{path}[{key[:40]}]", item, limit)
             elif fd.is_repeated:
                 for item in value:
-                    check_strings(item, path, limit)
+                    if item.ByteSize() > limit:
+                        check_strings(item, path, limit)
             else:
                 check_strings(value, path, limit)
         elif fd.type == FieldDescriptor.TYPE_STRING:

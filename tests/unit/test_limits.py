@@ -208,6 +208,20 @@ def test_strings_are_bounded_in_nested_repeated_and_map_fields():
         limits.check_strings(values, "request")
 
 
+def test_strings_are_bounded_in_characters_whatever_the_size_shortcut_passes():
+    # Each package is well under the limit in bytes but one, deep in the
+    # list: it is named. Characters are counted, not bytes: 200 two-byte
+    # characters are within a 200-character limit.
+    inventory = types_pb2.Inventory(
+        packages=[types_pb2.Package(name=f"p{i}", version="1.0", arch="amd64") for i in range(300)]
+    )
+    inventory.packages[0].source = "é" * limits.MAX_PACKAGE_FIELD
+    limits.check_strings(inventory, "inventory", limits.MAX_PACKAGE_FIELD)
+    inventory.packages[299].version = "9" * (limits.MAX_PACKAGE_FIELD + 1)
+    with pytest.raises(UsageError, match=r"inventory\.packages\.version is 201 characters"):
+        limits.check_strings(inventory, "inventory", limits.MAX_PACKAGE_FIELD)
+
+
 def test_refusals_past_the_limit_turn_a_peer_away_until_the_window_has_room():
     limit = limits.RefusalLimit(limit=3, window=60)
     for t in (0, 1, 2):
