@@ -15,13 +15,14 @@ def inventory_hash(packages: Iterable[tuple[str, str, str]], sources: Sources | 
     """``sha256:<hex>`` over the sorted ``name, version, arch`` triples, each
     followed by its source package and version where ``sources`` has one
     (so an inventory without sources hashes as it always did)."""
-    digest = hashlib.sha256()
     sources = sources or {}
-    for name, version, arch in sorted(packages):
-        source = sources.get(name)
-        tail = f"\t{source[0]}\t{source[1]}" if source else ""
-        digest.update(f"{name}\t{version}\t{arch}{tail}\n".encode())
-    return "sha256:" + digest.hexdigest()
+    lines = [
+        f"{name}\t{version}\t{arch}\t{source[0]}\t{source[1]}\n"
+        if (source := sources.get(name)) else f"{name}\t{version}\t{arch}\n"
+        for name, version, arch in sorted(packages)
+    ]  # fmt: skip
+    # Hashed at once: a third of the time of one update per line.
+    return "sha256:" + hashlib.sha256("".join(lines).encode()).hexdigest()
 
 
 # The fields of one available update, in the order `updates_hash` reads them

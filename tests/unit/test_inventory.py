@@ -75,3 +75,12 @@ def test_shape(packages):
     assert value.startswith("sha256:")
     assert len(value) == len("sha256:") + 64
     int(value.removeprefix("sha256:"), 16)
+
+
+def test_sources_pinned_after_the_packages_they_build():
+    """Pinned as the format above: a package whose source differs carries
+    its source and source version after its own fields."""
+    sources = {"zlib1g": ("zlib", "1:1.3")}
+    lines = "bash\t5.2-1\tamd64\ntzdata\t2024a\tall\nzlib1g\t1:1.3\tamd64\tzlib\t1:1.3\n"
+    expected = "sha256:" + hashlib.sha256(lines.encode()).hexdigest()
+    assert inventory_hash(PACKAGES, sources) == expected
