@@ -26,40 +26,35 @@ def _doubling(tmp_path: Path, linger: float) -> tuple[GroupCommit[int, int], lis
                        linger=linger), written  # fmt: skip
 
 
-async def _staggered(commit: GroupCommit[int, int], items: range) -> list[int]:
-    """Submit ``items`` one event-loop turn apart."""
+def _staggered(tmp_path: Path, linger: float) -> tuple[list[int], list[list[int]]]:
+    """Items 0-4 submitted one event-loop turn apart: their answers, and
+    the batches written."""
 
-    async def one(n: int) -> int:
-        for _ in range(n):
-            await asyncio.sleep(0)
-        return await commit.submit(n)
-
-    return await asyncio.gather(*(one(n) for n in items))
-
-
-def test_without_a_linger_the_first_item_is_written_alone(tmp_path: Path) -> None:
     async def main() -> tuple[list[int], list[list[int]]]:
-        commit, written = _doubling(tmp_path, linger=0.0)
+        commit, written = _doubling(tmp_path, linger)
         commit.start()
-        answers = await _staggered(commit, range(5))
+
+        async def one(n: int) -> int:
+            for _ in range(n):
+                await asyncio.sleep(0)
+            return await commit.submit(n)
+
+        answers = await asyncio.gather(*(one(n) for n in range(5)))
         await commit.close()
         return answers, written
 
-    answers, written = asyncio.run(main())
+    return asyncio.run(main())
+
+
+def test_without_a_linger_the_first_item_is_written_alone(tmp_path: Path) -> None:
+    answers, written = _staggered(tmp_path, linger=0.0)
     assert answers == [0, 2, 4, 6, 8]
     assert written[0] == [0]  # nothing waited for it
     assert sorted(n for batch in written for n in batch) == [0, 1, 2, 3, 4]
 
 
 def test_a_lingering_small_batch_takes_in_what_arrives_meanwhile(tmp_path: Path) -> None:
-    async def main() -> tuple[list[int], list[list[int]]]:
-        commit, written = _doubling(tmp_path, linger=0.5)
-        commit.start()
-        answers = await _staggered(commit, range(5))
-        await commit.close()
-        return answers, written
-
-    answers, written = asyncio.run(main())
+    answers, written = _staggered(tmp_path, linger=0.5)
     assert answers == [0, 2, 4, 6, 8]
     assert written == [[0, 1, 2, 3, 4]]  # one transaction, in order of arrival
 
