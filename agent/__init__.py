@@ -1,1 +1,9 @@
 """The fleetpatch host agent."""
+
+
+def main() -> None:
+    """The `fleetpatch-agent` console script: agent.daemon, with Ctrl-C
+    while it loads one line (fleetpatch.launch)."""
+    from fleetpatch.launch import launch
+
+    launch("agent.daemon")

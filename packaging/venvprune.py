@@ -159,7 +159,7 @@ def prune(venv: Path, own: str, keep_modules: set[str], keep_dists: set[str]) ->
     rows = list(csv.reader(io.StringIO(record.read_text())))
     kept_rows = []
     scripts = _entry_points(ours.info)
-    kept_scripts = {s for s, target in scripts.items() if target.split(".")[0] in keep_modules}
+    kept_scripts = {s for s, target in scripts.items() if _top_module(target) in keep_modules}
     for row in rows:
         path = row[0]
         script = path.rsplit("/", 1)[-1] if path.startswith("../../../bin/") else None
@@ -175,6 +175,12 @@ def prune(venv: Path, own: str, keep_modules: set[str], keep_dists: set[str]) ->
     _rewrite_entry_points(ours.info, kept_scripts)
     _remove_empty_dirs(site)
     return removed
+
+
+def _top_module(target: str) -> str:
+    """The import package an entry point's ``module:function`` is in
+    ("agent:main" and "controller.cli:main" alike)."""
+    return target.partition(":")[0].split(".")[0]
 
 
 def _entry_points(info: Path) -> dict[str, str]:

@@ -41,3 +41,11 @@ Modules, one job each:
 
 Nothing imports the simulator; it imports `agent` and `controller`.
 """
+
+
+def main() -> None:
+    """The `fleetpatch-sim` console script: simulator.cli, with Ctrl-C
+    while it loads one line (fleetpatch.launch)."""
+    from fleetpatch.launch import launch
+
+    launch("simulator.cli")

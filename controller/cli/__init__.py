@@ -8,3 +8,11 @@ import os
 # failed TLS handshake on stderr in a line of its own; the CLI says what went
 # wrong in one line itself (TrustFailure). Errors of the core still show.
 os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
+
+
+def main() -> None:
+    """The `fleetpatch` console script: controller.cli.main, with Ctrl-C
+    while it loads one line (fleetpatch.launch)."""
+    from fleetpatch.launch import launch
+
+    launch("controller.cli.main")

@@ -8,6 +8,7 @@ import signal
 import socket
 import stat
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -92,6 +93,29 @@ def test_ctrl_c_while_the_controller_is_silent_stops_the_command_at_once(initial
     assert command.returncode == 130, stderr
     assert "Traceback" not in stderr
     assert took < CONNECT_TIMEOUT_SECONDS / 2  # at once, not at the connect deadline
+
+
+def test_ctrl_c_while_a_program_loads_is_one_line_not_a_traceback(tmp_path):
+    """A real SIGINT while `fleetpatch.launch` imports a program (here one
+    whose import waits): one line, exit 130. Every console script starts
+    so (tests/unit/test_launch.py)."""
+    (tmp_path / "slow_program.py").write_text(
+        "import sys, time\nprint('importing', flush=True)\ntime.sleep(60)\ndef main(): pass\n"
+    )
+    env = {**os.environ, "PYTHONPATH": f"{tmp_path}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    argv = [sys.executable, "-c", "from fleetpatch.launch import launch; launch('slow_program')"]
+    with sigint_not_ignored(), subprocess.Popen(
+        argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True, env=env,
+    ) as command:  # fmt: skip
+        try:
+            assert command.stdout is not None
+            assert command.stdout.readline() == "importing\n"
+            command.send_signal(signal.SIGINT)
+            _, stderr = command.communicate(timeout=scaled(30))
+        finally:
+            command.kill()
+    assert (command.returncode, stderr) == (130, "aborted\n")
 
 
 def test_init_refuses_to_replace_a_ca(initialised):
