@@ -43,7 +43,7 @@ Nothing imports the simulator; it imports `agent` and `controller`.
 """
 
 
-def main() -> None:
+def console() -> None:
     """The `fleetpatch-sim` console script: simulator.cli, with Ctrl-C
     while it loads one line (fleetpatch.launch)."""
     from fleetpatch.launch import launch

@@ -10,9 +10,11 @@ import os
 os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
 
 
-def main() -> None:
+def console() -> None:
     """The `fleetpatch` console script: controller.cli.main, with Ctrl-C
-    while it loads one line (fleetpatch.launch)."""
+    while it loads one line (fleetpatch.launch). Not named ``main``: the
+    submodule of that name, once imported, is that attribute of this
+    package."""
     from fleetpatch.launch import launch
 
     launch("controller.cli.main")
