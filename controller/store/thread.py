@@ -24,16 +24,6 @@ _T = TypeVar("_T")
 _In = TypeVar("_In")
 _Out = TypeVar("_Out")
 
-# A batch of check-ins smaller than LINGER_BELOW waits LINGER_SECONDS for more items to
-# join it before it is written (as Kafka's linger.ms). Each transaction has
-# a fixed cost, and more of it under load: the store thread gives up the
-# GIL around every statement and waits to take it back from a busy event
-# loop. Under `fleetpatch-sim load` batches were about 4 check-ins; with
-# the wait, the controller served 5 % more check-ins for 3-6 % less CPU
-# each, in the same runs, at the price of 2 ms on a quiet controller.
-LINGER_BELOW = 32
-LINGER_SECONDS = 0.002
-
 
 class StoreThread:
     def __init__(self, store: Store) -> None:
@@ -54,8 +44,7 @@ class GroupCommit(Generic[_In, _Out]):
     """Items submitted while a batch is being written join the next batch:
     one transaction (``write(store, items)``, answering each item in order)
     for however many arrive, each caller answered once its item is durable.
-    A failed write fails every caller of its batch. With ``linger``, a
-    small batch first waits that many seconds for company (LINGER_BELOW)."""
+    A failed write fails every caller of its batch."""
 
     def __init__(
         self,
@@ -64,10 +53,8 @@ class GroupCommit(Generic[_In, _Out]):
         name: str,
         max_batch: int = 1000,
         metrics: Metrics | None = None,
-        linger: float = 0.0,
     ) -> None:
         self._db = db
-        self._linger = linger
         self._write_batch = write
         self._name = name
         self._metrics = metrics
@@ -99,8 +86,6 @@ class GroupCommit(Generic[_In, _Out]):
     async def _run(self) -> None:
         while True:
             await self._wake.wait()
-            if self._linger and len(self._pending) < LINGER_BELOW:
-                await asyncio.sleep(self._linger)
             self._wake.clear()
             while self._pending:
                 batch = self._pending[: self._max_batch]
@@ -143,17 +128,11 @@ class GroupCommit(Generic[_In, _Out]):
 
 
 class CheckInBatcher(GroupCommit[CheckIn, CheckInOutcome]):
-    """Check-ins, group-committed (`Store.record_checkins`), a small batch
-    lingering for company (LINGER_SECONDS)."""
+    """Check-ins, group-committed (`Store.record_checkins`)."""
 
     def __init__(
-        self,
-        db: StoreThread,
-        max_batch: int = 1000,
-        metrics: Metrics | None = None,
-        linger: float = LINGER_SECONDS,
+        self, db: StoreThread, max_batch: int = 1000, metrics: Metrics | None = None
     ) -> None:
         super().__init__(
-            db, lambda s, batch: s.record_checkins(batch), "check-in writer", max_batch, metrics,
-            linger,
-        )  # fmt: skip
+            db, lambda s, batch: s.record_checkins(batch), "check-in writer", max_batch, metrics
+        )

@@ -1,76 +1,60 @@
-"""GroupCommit: what arrives while a batch is written joins the next one;
-with a linger, a small batch waits for company first."""
+"""GroupCommit: what arrives while a batch is being written joins the next
+one; each caller gets its own item's answer, and a failed write fails
+every caller of its batch."""
 
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
 
 from controller.store import Store
-from controller.store.thread import LINGER_BELOW, GroupCommit, StoreThread
+from controller.store.thread import GroupCommit, StoreThread
 
 
-def _doubling(tmp_path: Path, linger: float) -> tuple[GroupCommit[int, int], list[list[int]]]:
-    """A GroupCommit over a real store thread whose write answers each item
-    doubled and records the batches it was given."""
+def _run(tmp_path: Path, fail: bool = False) -> tuple[list[object], list[list[int]]]:
+    """Item 0, then items 1-4 submitted while 0's batch is being written
+    (its write waits until they are queued): the answers (each item
+    doubled, or the exception), and the batches written."""
     written: list[list[int]] = []
+    queued = threading.Event()
 
     def write(store: Store, items: Sequence[int]) -> list[int]:
         written.append(list(items))
+        queued.wait(timeout=30)  # the first batch is still being written
+        if fail and items[0] != 0:
+            raise OSError("disk full")
         return [2 * n for n in items]
 
-    return GroupCommit(StoreThread(Store.open(tmp_path / "c.db")), write, "test writer",
-                       linger=linger), written  # fmt: skip
-
-
-def _staggered(tmp_path: Path, linger: float) -> tuple[list[int], list[list[int]]]:
-    """Items 0-4 submitted one event-loop turn apart: their answers, and
-    the batches written."""
-
-    async def main() -> tuple[list[int], list[list[int]]]:
-        commit, written = _doubling(tmp_path, linger)
+    async def main() -> list[object]:
+        commit = GroupCommit(StoreThread(Store.open(tmp_path / "c.db")), write, "test writer")
         commit.start()
-
-        async def one(n: int) -> int:
-            for _ in range(n):
-                await asyncio.sleep(0)
-            return await commit.submit(n)
-
-        answers = await asyncio.gather(*(one(n) for n in range(5)))
+        first = asyncio.ensure_future(commit.submit(0))
+        while not written:  # its write has begun
+            await asyncio.sleep(0.01)
+        rest = [asyncio.ensure_future(commit.submit(n)) for n in range(1, 5)]
+        queued.set()
+        answers: list[object] = list(await asyncio.gather(first, *rest, return_exceptions=True))
         await commit.close()
-        return answers, written
+        return answers
 
-    return asyncio.run(main())
+    return asyncio.run(main()), written
 
 
-def test_without_a_linger_the_first_item_is_written_alone(tmp_path: Path) -> None:
-    answers, written = _staggered(tmp_path, linger=0.0)
+@pytest.mark.timeout(60)
+def test_what_arrives_during_a_write_is_the_next_batch(tmp_path: Path) -> None:
+    answers, written = _run(tmp_path)
     assert answers == [0, 2, 4, 6, 8]
-    assert written[0] == [0]  # nothing waited for it
-    assert sorted(n for batch in written for n in batch) == [0, 1, 2, 3, 4]
+    assert written == [[0], [1, 2, 3, 4]]  # two transactions, not five
 
 
-def test_a_lingering_small_batch_takes_in_what_arrives_meanwhile(tmp_path: Path) -> None:
-    answers, written = _staggered(tmp_path, linger=0.5)
-    assert answers == [0, 2, 4, 6, 8]
-    assert written == [[0, 1, 2, 3, 4]]  # one transaction, in order of arrival
-
-
-@pytest.mark.timeout(30)
-def test_a_full_batch_does_not_linger(tmp_path: Path) -> None:
-    async def main() -> tuple[float, list[list[int]]]:
-        commit, written = _doubling(tmp_path, linger=60.0)
-        commit.start()
-        loop = asyncio.get_running_loop()
-        began = loop.time()
-        await asyncio.gather(*(commit.submit(n) for n in range(LINGER_BELOW)))
-        took = loop.time() - began
-        await commit.close()
-        return took, written
-
-    took, written = asyncio.run(main())
-    assert written == [list(range(LINGER_BELOW))]
-    assert took < 30  # not the minute a small batch would wait
+@pytest.mark.timeout(60)
+def test_a_failed_write_fails_every_caller_of_its_batch_alone(tmp_path: Path) -> None:
+    answers, written = _run(tmp_path, fail=True)
+    assert answers[0] == 0
+    assert [str(a) for a in answers[1:]] == ["disk full"] * 4
+    assert all(isinstance(a, OSError) for a in answers[1:])
+    assert written == [[0], [1, 2, 3, 4]]
