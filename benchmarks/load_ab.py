@@ -1,0 +1,219 @@
+"""Which of several controller revisions serves more check-ins, measured
+in alternated rounds against the same simulated fleet: the same agents,
+enrolled once, identities and messages, each revision in turn on one data
+dir (and, with --bare, the bare grpc.aio server of `fleetpatch-sim load
+--bare`). On a shared 2-core machine one run's figure moves by 10-20 %
+from minute to minute; alternating the revisions within one run, several
+rounds, is what tells a 5 % change from the machine's drift.
+
+    .venv/bin/python -m benchmarks.load_ab [--rev REV]... [--bare] [--rounds 3]
+        [--seconds 15] [--ramp 5] [--agents 1000] [--processes 2] [--concurrency 64]
+
+Each --rev is a git revision of this repository, checked out in a
+temporary worktree, or "." for the working tree as it is (the default:
+HEAD against "."). The revisions share one SQLite data dir, initialised
+and migrated by the working tree: they must read the same schema. The
+load is `fleetpatch-sim load`'s (simulator/load.py, from the working tree):
+back-to-back check-ins, a full inventory in 1 % of them, orders carried
+out. Printed: each round's check-ins per second and the server's CPU
+seconds (user + system, from /proc) per 1,000 check-ins, then each
+variant's mean against the first's.
+
+Exit codes: 0 done, 1 a server or the load failed, 2 bad options.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+
+if not __package__:  # run as a file: make `benchmarks` importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from fleetpatch.v1 import admin_pb2
+from google.protobuf.duration_pb2 import Duration
+
+from benchmarks.checkin_load import BIN, init_controller, serve
+from controller.cli.admin_client import AdminClient
+from controller.datadir import DataDir
+from simulator import load
+from tests.support.controller import free_port
+
+ROOT = Path(__file__).resolve().parents[1]
+BARE = "bare"
+# Starts `controller serve` through controller.cli.main.main, which every
+# revision has (the console script's entry point moved over time).
+SERVE = "import sys; from controller.cli.main import main; sys.argv[0] = 'fleetpatch'; main()"
+
+
+@dataclass
+class Variant:
+    name: str  # the --rev as given, or "bare"
+    tree: Path | None  # source tree; None: the bare server
+    rounds: list[tuple[float, float | None]]  # (check-ins/s, CPU s per 1,000)
+
+
+@contextlib.contextmanager
+def trees(revs: list[str], tmp: Path) -> Iterator[list[Path]]:
+    """A source tree per revision: the working tree for ".", else a
+    temporary worktree, removed afterwards."""
+    made: list[Path] = []
+    try:
+        paths = []
+        for n, rev in enumerate(revs):
+            if rev == ".":
+                paths.append(ROOT)
+                continue
+            path = tmp / f"rev-{n}"
+            added = subprocess.run(
+                ["git", "-C", str(ROOT), "worktree", "add", "--quiet", "--detach", str(path), rev],
+                capture_output=True, text=True, check=False,
+            )  # fmt: skip
+            if added.returncode:
+                print(f"benchmarks.load_ab: --rev {rev}: {added.stderr.strip()}", file=sys.stderr)
+                raise SystemExit(2)
+            made.append(path)
+            paths.append(path)
+        yield paths
+    finally:
+        for path in made:
+            subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(path)],
+                           check=False)  # fmt: skip
+
+
+def start(tree: Path, data: Path) -> tuple[subprocess.Popen[bytes], str]:
+    """`controller serve` of ``data`` with the code of ``tree``."""
+    env = {**os.environ, "PYTHONPATH": f"{tree}{os.pathsep}{tree / 'proto'}"}
+    proc = subprocess.Popen(
+        [str(BIN / "python"), "-c", SERVE, "controller", "serve", "--data-dir", str(data),
+         "--log-level", "warning"],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, process_group=0,
+    )  # fmt: skip
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and proc.poll() is None:
+        with contextlib.suppress(OSError, ValueError, KeyError):
+            recorded = json.loads((data / "endpoints.json").read_text())
+            if recorded["pid"] == proc.pid:
+                return proc, str(recorded["address"])
+        time.sleep(0.05)
+    proc.kill()
+    raise SystemExit(f"benchmarks.load_ab: the controller of {tree} did not start")
+
+
+def stop(proc: subprocess.Popen[bytes] | subprocess.Popen[str]) -> None:
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+def enrolled(data: Path, args: argparse.Namespace) -> tuple[load.Plan, list[load.Identity]]:
+    """Initialise the data dir with the working tree and enroll the agents."""
+    init_controller(data, free_port())
+    first = serve(data, timeout=60)
+    try:
+        directory = DataDir(data)
+        with AdminClient(directory, None) as admin:
+            ttl = Duration()
+            ttl.FromTimedelta(timedelta(hours=2))
+            token = admin.create_token(admin_pb2.CreateTokenRequest(
+                region="load", ring=0, uses=args.agents, ttl=ttl, labels={"load": "sim"},
+            )).secret  # fmt: skip
+            address = admin.address
+        recorded = json.loads(directory.endpoints.read_text())
+        plan = load.Plan(
+            address, recorded["enroll_address"], directory.read(directory.ca_cert),
+            args.agents, args.processes, args.seconds, args.ramp, concurrency=args.concurrency,
+        )  # fmt: skip
+        return plan, load.enroll_all(plan, token, seed=1)
+    finally:
+        stop(first)
+
+
+def one_round(
+    n: int, variants: list[Variant], data: Path, plan: load.Plan, identities: list[load.Identity]
+) -> tuple[int, bool]:
+    """Each variant in turn under the load; errors counted, and whether
+    Ctrl-C cut the round short."""
+    errors = 0
+    for variant in variants:
+        proc: subprocess.Popen[bytes] | subprocess.Popen[str]
+        proc, target = load.start_bare(data) if variant.tree is None else start(variant.tree, data)
+        try:
+            usage = load.Usage(proc.pid)
+            tallies, interrupted = load.run(plan, identities, target, seed=1)
+            result = load.merge(variant.name, plan, tallies, usage.done(), None, interrupted)
+        finally:
+            stop(proc)
+        errors += sum(result.errors.values())
+        variant.rounds.append((result.checkins_per_second, result.cpu_seconds_per_1000))
+        cpu = "-" if result.cpu_seconds_per_1000 is None else f"{result.cpu_seconds_per_1000:.3f}"
+        print(f"round {n}  {variant.name:>12}  {result.checkins_per_second:8,.0f}/s  CPU {cpu} s/1k"
+              f"  p99 {result.p99_ms:6.1f} ms  errors {sum(result.errors.values())}",
+              flush=True)  # fmt: skip
+        if interrupted:  # Ctrl-C: the figures until then
+            return errors, True
+    return errors, False
+
+
+def summary(variants: list[Variant]) -> None:
+    base = statistics.mean(rate for rate, _ in variants[0].rounds)
+    print(f"{'variant':>12}  {'check-ins/s':>12}  {'of ' + variants[0].name:>12}  CPU s/1k")
+    for variant in variants:
+        rate = statistics.mean(r for r, _ in variant.rounds)
+        cpus = [c for _, c in variant.rounds if c is not None]
+        cpu = f"{statistics.mean(cpus):.3f}" if cpus else "-"
+        print(f"{variant.name:>12}  {rate:12,.0f}  {100 * rate / base:11.0f} %  {cpu:>8}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0],
+        epilog="Exit codes: 0 done, 1 a server or the load failed, 2 bad options.",
+    )
+    parser.add_argument("--rev", action="append", help='a git revision, or "." (repeatable)')
+    parser.add_argument("--bare", action="store_true", help="the bare grpc.aio server too")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--seconds", type=float, default=15)
+    parser.add_argument("--ramp", type=float, default=5)
+    parser.add_argument("--agents", type=int, default=1000)
+    parser.add_argument("--processes", type=int, default=2)
+    parser.add_argument("--concurrency", type=int, default=64)
+    args = parser.parse_args()
+    revs = args.rev or ["HEAD", "."]
+    if args.rounds < 1 or args.seconds < 1 or args.agents < 1 or args.processes < 1:
+        parser.error("--rounds, --seconds, --agents and --processes must be >= 1")
+    errors = 0
+    with (
+        tempfile.TemporaryDirectory(prefix="fleetpatch-ab-") as name,
+        trees(revs, Path(name)) as paths,
+    ):
+        data = Path(name) / "ctl"
+        plan, identities = enrolled(data, args)
+        variants = [Variant(rev, path, []) for rev, path in zip(revs, paths, strict=True)]
+        if args.bare:
+            variants.append(Variant(BARE, None, []))
+        for n in range(1, args.rounds + 1):
+            failed, interrupted = one_round(n, variants, data, plan, identities)
+            errors += failed
+            if interrupted:
+                break
+    summary([v for v in variants if v.rounds])
+    sys.exit(1 if errors or interrupted else 0)
+
+
+if __name__ == "__main__":
+    main()
