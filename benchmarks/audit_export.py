@@ -40,8 +40,8 @@ from pathlib import Path
 
 if not __package__:  # run as a file: make `benchmarks` importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks.campaign_load import phase, say, stop
-from benchmarks.checkin_load import BIN, serve
+from benchmarks.campaign_load import phase, say
+from benchmarks.checkin_load import BIN, serve, stop
 from controller.audit import GENESIS, AuditEntry, record_hash
 
 CHUNK = 100_000

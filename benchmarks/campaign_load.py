@@ -35,7 +35,6 @@ import asyncio
 import json
 import os
 import secrets
-import signal
 import sqlite3
 import statistics
 import subprocess
@@ -59,6 +58,7 @@ from benchmarks.checkin_load import (
     load,
     serve,
     start_controller,
+    stop,
 )
 
 # The real identities are enrolled in ("eu", ring 0) by enroll_all; the
@@ -123,15 +123,6 @@ def phase(name: str) -> Iterator[None]:
     say(f"    {name} ...")
     yield
     say(f"    {name}: {time.monotonic() - started:.1f}s")
-
-
-def stop(proc: subprocess.Popen[bytes]) -> None:
-    proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(timeout=60)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
 
 
 def seed_hosts(db_path: Path, extra: int) -> None:

@@ -84,6 +84,16 @@ def serve(data: Path, timeout: float) -> subprocess.Popen[bytes]:
     raise SystemExit(f"the controller did not start on {data}")
 
 
+def stop(proc: subprocess.Popen[bytes] | subprocess.Popen[str]) -> None:
+    """SIGTERM, as systemd stops the service; killed when it takes a minute."""
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
 def enroll_all(data: Path, port: int, hosts: int) -> list[tuple[bytes, bytes]]:
     token = subprocess.run(
         [str(BIN / "fleetpatch"), "token", "create", "--data-dir", str(data), "--region", "eu",

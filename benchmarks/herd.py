@@ -24,9 +24,7 @@ import asyncio
 import os
 import random
 import resource
-import signal
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -43,7 +41,7 @@ if not __package__:  # run as a file: make `benchmarks` importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from agent.link.backoff import retry_delay
 from agent.statedir import Timing
-from benchmarks.checkin_load import PACKAGES, enroll_all, host_channel, init_controller, serve
+from benchmarks.checkin_load import PACKAGES, enroll_all, host_channel, init_controller, serve, stop
 
 HERD_SECONDS = 10.0
 MAX_RETRY = Timing().max_retry_delay.total_seconds()
@@ -140,11 +138,6 @@ async def first_contact(port: int, ca: bytes, identities: list[tuple[bytes, byte
         )
         for channel in channels:
             await channel.close(None)
-
-
-def stop(proc: subprocess.Popen[bytes]) -> None:
-    proc.send_signal(signal.SIGTERM)
-    proc.wait(timeout=60)
 
 
 def trial(args: argparse.Namespace, port: int, spread: float) -> Herd:

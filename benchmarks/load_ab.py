@@ -28,7 +28,6 @@ import argparse
 import contextlib
 import json
 import os
-import signal
 import statistics
 import subprocess
 import sys
@@ -44,7 +43,7 @@ if not __package__:  # run as a file: make `benchmarks` importable
 from fleetpatch.v1 import admin_pb2
 from google.protobuf.duration_pb2 import Duration
 
-from benchmarks.checkin_load import BIN, init_controller, serve
+from benchmarks.checkin_load import BIN, init_controller, serve, stop
 from controller.cli.admin_client import AdminClient
 from controller.datadir import DataDir
 from simulator import load
@@ -109,15 +108,6 @@ def start(tree: Path, data: Path) -> tuple[subprocess.Popen[bytes], str]:
         time.sleep(0.05)
     proc.kill()
     raise SystemExit(f"benchmarks.load_ab: the controller of {tree} did not start")
-
-
-def stop(proc: subprocess.Popen[bytes] | subprocess.Popen[str]) -> None:
-    proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(timeout=60)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
 
 
 def enrolled(data: Path, args: argparse.Namespace) -> tuple[load.Plan, list[load.Identity]]:

@@ -44,8 +44,8 @@ from pathlib import Path
 
 if not __package__:  # run as a file: make `benchmarks` importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks.campaign_load import CAMPAIGN, fleetpatch, phase, say, seed_hosts, stop
-from benchmarks.checkin_load import PACKAGES, enroll_all, load, serve, start_controller
+from benchmarks.campaign_load import CAMPAIGN, fleetpatch, phase, say, seed_hosts
+from benchmarks.checkin_load import PACKAGES, enroll_all, load, serve, start_controller, stop
 from controller.campaigns import parse_campaign
 from controller.rollout.tally import count
 from controller.store import Store

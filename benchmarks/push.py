@@ -31,7 +31,6 @@ from __future__ import annotations
 import argparse
 import json
 import resource
-import signal
 import subprocess
 import sys
 import tempfile
@@ -43,7 +42,7 @@ import psutil
 
 if not __package__:  # run as a file: make `benchmarks` importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks.checkin_load import BIN, init_controller, serve
+from benchmarks.checkin_load import BIN, init_controller, serve, stop
 from tests.support.controller import free_port
 from tests.support.waiting import stop_group
 
@@ -113,11 +112,6 @@ def controller(tmp: Path, name: str) -> tuple[Path, subprocess.Popen[bytes]]:
     data = tmp / name
     init_controller(data, free_port(), interval="10m")
     return data, serve(data, timeout=30)
-
-
-def stop(proc: subprocess.Popen[bytes]) -> None:
-    proc.send_signal(signal.SIGTERM)
-    proc.wait(timeout=60)
 
 
 def idle_rss(tmp: Path, streams: int, ramp: float, push: bool) -> tuple[float, float, dict]:  # type: ignore[type-arg]
