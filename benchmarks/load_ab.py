@@ -4,7 +4,9 @@ enrolled once, identities and messages, each revision in turn on one data
 dir (and, with --bare, the bare grpc.aio server of `fleetpatch-sim load
 --bare`). On a shared 2-core machine one run's figure moves by 10-20 %
 from minute to minute; alternating the revisions within one run, several
-rounds, is what tells a 5 % change from the machine's drift.
+rounds, is what tells a 5 % change from the machine's drift. Every other
+round runs them in reverse order (A B, B A, A B...), so that none is
+always first after the enrollment or always after the same one.
 
     .venv/bin/python -m benchmarks.load_ab [--rev REV]... [--bare] [--rounds 3]
         [--seconds 15] [--ramp 5] [--agents 1000] [--processes 2] [--concurrency 64]
@@ -136,10 +138,10 @@ def enrolled(data: Path, args: argparse.Namespace) -> tuple[load.Plan, list[load
 def one_round(
     n: int, variants: list[Variant], data: Path, plan: load.Plan, identities: list[load.Identity]
 ) -> tuple[int, bool]:
-    """Each variant in turn under the load; errors counted, and whether
-    Ctrl-C cut the round short."""
+    """Each variant in turn under the load (in reverse order in even
+    rounds); errors counted, and whether Ctrl-C cut the round short."""
     errors = 0
-    for variant in variants:
+    for variant in variants if n % 2 else variants[::-1]:
         proc: subprocess.Popen[bytes] | subprocess.Popen[str]
         proc, target = load.start_bare(data) if variant.tree is None else start(variant.tree, data)
         try:
