@@ -39,6 +39,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 if not __package__:  # run as a file: make `benchmarks` importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -93,13 +94,25 @@ def trees(revs: list[str], tmp: Path) -> Iterator[list[Path]]:
                            check=False)  # fmt: skip
 
 
+def python_in(tree: Path, code: str, *args: str) -> dict[str, Any]:
+    """Popen arguments that run ``code`` with the modules of ``tree``.
+    `python -c` puts the current directory first on sys.path, ahead of
+    PYTHONPATH: started from the working tree, every revision would import
+    the working tree's code. -P (Python 3.11) leaves it out, and the tree
+    is also the current directory, so either way its modules come first."""
+    return {
+        "args": [str(BIN / "python"), "-P", "-c", code, *args],
+        "env": {**os.environ, "PYTHONPATH": f"{tree}{os.pathsep}{tree / 'proto'}"},
+        "cwd": tree,
+    }
+
+
 def start(tree: Path, data: Path) -> tuple[subprocess.Popen[bytes], str]:
     """`controller serve` of ``data`` with the code of ``tree``."""
-    env = {**os.environ, "PYTHONPATH": f"{tree}{os.pathsep}{tree / 'proto'}"}
     proc = subprocess.Popen(
-        [str(BIN / "python"), "-c", SERVE, "controller", "serve", "--data-dir", str(data),
-         "--log-level", "warning"],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, process_group=0,
+        **python_in(tree, SERVE, "controller", "serve", "--data-dir", str(data),
+                    "--log-level", "warning"),
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, process_group=0,
     )  # fmt: skip
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline and proc.poll() is None:
