@@ -10,6 +10,7 @@ always first after the enrollment or always after the same one.
 
     .venv/bin/python -m benchmarks.load_ab [--rev REV]... [--bare] [--rounds 3]
         [--seconds 15] [--ramp 5] [--agents 1000] [--processes 2] [--concurrency 64]
+        [--threads]
 
 Each --rev is a git revision of this repository, checked out in a
 temporary worktree, or "." for the working tree as it is (the default:
@@ -19,7 +20,9 @@ load is `fleetpatch-sim load`'s (simulator/load.py, from the working tree):
 back-to-back check-ins, a full inventory in 1 % of them, orders carried
 out. Printed: each round's check-ins per second and the server's CPU
 seconds (user + system, from /proc) per 1,000 check-ins, then each
-variant's mean against the first's.
+variant's mean against the first's. With --threads, also that CPU per
+check-in split by the server's threads (/proc/PID/task): the event loop's
+("main"), the controller's store thread ("store"), gRPC's own.
 
 Exit codes: 0 done, 1 a server or the load failed, 2 bad options.
 """
@@ -148,19 +151,54 @@ def enrolled(data: Path, args: argparse.Namespace) -> tuple[load.Plan, list[load
         stop(first)
 
 
+def thread_cpu(pid: int) -> dict[str, float]:
+    """CPU seconds (user + system) that ``pid``'s live threads have spent,
+    summed by name: "main" for its first thread, else the name the OS
+    knows (gRPC's event_engine, the controller's store, "python" for
+    Python threads that have none). A thread that ends is no longer
+    listed: short-lived ones are not counted."""
+    spent: dict[str, float] = {}
+    tick = os.sysconf("SC_CLK_TCK")
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        with contextlib.suppress(OSError):
+            stat = Path(f"/proc/{pid}/task/{tid}/stat").read_text()
+            name = "main" if tid == str(pid) else stat[stat.index("(") + 1 : stat.rindex(")")]
+            fields = stat[stat.rindex(")") + 2 :].split()
+            spent[name] = spent.get(name, 0.0) + (int(fields[11]) + int(fields[12])) / tick
+    return spent
+
+
+def per_checkin(before: dict[str, float], after: dict[str, float], cpu_per_1000: float) -> str:
+    """Each thread's share of the process's CPU as milliseconds per check-in
+    (of ``cpu_per_1000`` CPU seconds per 1,000), the largest first."""
+    spent = {name: after[name] - before.get(name, 0.0) for name in after}
+    total = sum(spent.values()) or 1.0
+    shares = sorted(spent.items(), key=lambda item: -item[1])
+    return ", ".join(
+        f"{name} {cpu_per_1000 * used / total:.3f}" for name, used in shares if used > 0
+    )
+
+
 def one_round(
-    n: int, variants: list[Variant], data: Path, plan: load.Plan, identities: list[load.Identity]
+    n: int,
+    variants: list[Variant],
+    data: Path,
+    plan: load.Plan,
+    identities: list[load.Identity],
+    threads: bool = False,
 ) -> tuple[int, bool]:
     """Each variant in turn under the load (in reverse order in even
-    rounds); errors counted, and whether Ctrl-C cut the round short."""
+    rounds); errors counted, and whether Ctrl-C cut the round short.
+    ``threads``: each server thread's CPU per check-in printed too."""
     errors = 0
     for variant in variants if n % 2 else variants[::-1]:
         proc: subprocess.Popen[bytes] | subprocess.Popen[str]
         proc, target = load.start_bare(data) if variant.tree is None else start(variant.tree, data)
         try:
-            usage = load.Usage(proc.pid)
+            usage, before = load.Usage(proc.pid), thread_cpu(proc.pid) if threads else {}
             tallies, interrupted = load.run(plan, identities, target, seed=1)
             result = load.merge(variant.name, plan, tallies, usage.done(), None, interrupted)
+            after = thread_cpu(proc.pid) if threads else {}
         finally:
             stop(proc)
         errors += sum(result.errors.values())
@@ -169,6 +207,9 @@ def one_round(
         print(f"round {n}  {variant.name:>12}  {result.checkins_per_second:8,.0f}/s  CPU {cpu} s/1k"
               f"  p99 {result.p99_ms:6.1f} ms  errors {sum(result.errors.values())}",
               flush=True)  # fmt: skip
+        if threads and result.cpu_seconds_per_1000:
+            split = per_checkin(before, after, result.cpu_seconds_per_1000)
+            print(f"  threads, ms of CPU per check-in: {split}", flush=True)
         if interrupted:  # Ctrl-C: the figures until then
             return errors, True
     return errors, False
@@ -197,6 +238,11 @@ def main() -> None:
     parser.add_argument("--agents", type=int, default=1000)
     parser.add_argument("--processes", type=int, default=2)
     parser.add_argument("--concurrency", type=int, default=64)
+    parser.add_argument(
+        "--threads",
+        action="store_true",
+        help="also each server thread's CPU per check-in (main, store, gRPC's)",
+    )
     args = parser.parse_args()
     revs = args.rev or ["HEAD", "."]
     if args.rounds < 1 or args.seconds < 1 or args.agents < 1 or args.processes < 1:
@@ -212,7 +258,7 @@ def main() -> None:
         if args.bare:
             variants.append(Variant(BARE, None, []))
         for n in range(1, args.rounds + 1):
-            failed, interrupted = one_round(n, variants, data, plan, identities)
+            failed, interrupted = one_round(n, variants, data, plan, identities, args.threads)
             errors += failed
             if interrupted:
                 break

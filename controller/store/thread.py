@@ -9,9 +9,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Generic, TypeVar
 
 from controller.errors import StoreUnavailable
@@ -25,10 +27,20 @@ _In = TypeVar("_In")
 _Out = TypeVar("_Out")
 
 
+def name_os_thread(name: str) -> None:
+    """Name the calling thread for the OS too (`top -H`, `ps -L`,
+    /proc/PID/task/TID/comm; at most 15 characters), where it can be."""
+    with contextlib.suppress(OSError):
+        Path(f"/proc/self/task/{threading.get_native_id()}/comm").write_text(name[:15])
+
+
 class StoreThread:
     def __init__(self, store: Store) -> None:
         self._store = store
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="store")
+        self._executor = ThreadPoolExecutor(
+            max_workers=1, thread_name_prefix="store", initializer=name_os_thread,
+            initargs=("store",),
+        )  # fmt: skip
 
     async def call(self, fn: Callable[[Store], _T]) -> _T:
         """Run ``fn(store)`` on the store thread."""

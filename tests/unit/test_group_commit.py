@@ -58,3 +58,20 @@ def test_a_failed_write_fails_every_caller_of_its_batch_alone(tmp_path: Path) ->
     assert [str(a) for a in answers[1:]] == ["disk full"] * 4
     assert all(isinstance(a, OSError) for a in answers[1:])
     assert written == [[0], [1, 2, 3, 4]]
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="needs Linux /proc")
+def test_the_store_thread_is_named_for_the_os_so_top_and_ps_tell_it_apart(
+    tmp_path: Path,
+) -> None:
+    def own_name(store: Store) -> str:
+        return Path(f"/proc/self/task/{threading.get_native_id()}/comm").read_text().strip()
+
+    async def main() -> str:
+        db = StoreThread(Store.open(tmp_path / "c.db"))
+        try:
+            return await db.call(own_name)
+        finally:
+            db.close()
+
+    assert asyncio.run(main()) == "store"

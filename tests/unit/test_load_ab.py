@@ -3,8 +3,11 @@ starts anything."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -53,3 +56,31 @@ def test_a_revision_runs_its_own_code_not_the_working_trees(tmp_path: Path) -> N
         str(tmp_path / "controller" / "__init__.py"),
         str(tmp_path / "proto" / "fleetpatch" / "__init__.py"),
     ]
+
+
+def test_thread_cpu_is_split_by_thread_and_shown_per_check_in() -> None:
+    from benchmarks.load_ab import per_checkin, thread_cpu
+
+    spun, done = threading.Event(), threading.Event()
+
+    def spin() -> None:
+        deadline = time.thread_time() + 0.3
+        while time.thread_time() < deadline:
+            pass
+        spun.set()
+        done.wait(timeout=30)  # alive: an ended thread leaves /proc/PID/task
+
+    before = thread_cpu(os.getpid())
+    worker = threading.Thread(target=spin)
+    worker.start()
+    assert spun.wait(timeout=30)
+    after = thread_cpu(os.getpid())
+    done.set()
+    worker.join()
+    assert set(before) <= set(after)
+    assert "main" in after
+    grown = {name: after[name] - before.get(name, 0.0) for name in after}
+    assert sum(grown.values()) >= 0.25  # the worker's CPU is counted, under its name
+    # Shares of the process's CPU per check-in, the largest first.
+    shown = per_checkin({"main": 1.0}, {"main": 4.0, "store": 1.0}, 0.8)
+    assert shown == "main 0.600, store 0.200"
