@@ -15,7 +15,9 @@ always first after the enrollment or always after the same one.
 Each --rev is a git revision of this repository, checked out in a
 temporary worktree, or "." for the working tree as it is (the default:
 HEAD against "."). The revisions share one SQLite data dir, initialised
-and migrated by the working tree: they must read the same schema. The
+and migrated by the working tree: they must read the same schema. Its
+controller.toml keeps only the addresses and check-in timing, so each
+revision runs with its own defaults. The
 load is `fleetpatch-sim load`'s (simulator/load.py, from the working tree):
 back-to-back check-ins, a full inventory in 1 % of them, orders carried
 out. Printed: each round's check-ins per second and the server's CPU
@@ -38,6 +40,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import tomllib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import timedelta
@@ -112,11 +115,13 @@ def python_in(tree: Path, code: str, *args: str) -> dict[str, Any]:
 
 def start(tree: Path, data: Path) -> tuple[subprocess.Popen[bytes], str]:
     """`controller serve` of ``data`` with the code of ``tree``."""
-    proc = subprocess.Popen(
-        **python_in(tree, SERVE, "controller", "serve", "--data-dir", str(data),
-                    "--log-level", "warning"),
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, process_group=0,
-    )  # fmt: skip
+    log = data.parent / f"serve-{tree.name}.log"
+    with log.open("ab") as stderr:
+        proc = subprocess.Popen(
+            **python_in(tree, SERVE, "controller", "serve", "--data-dir", str(data),
+                        "--log-level", "warning"),
+            stdout=subprocess.DEVNULL, stderr=stderr, process_group=0,
+        )  # fmt: skip
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline and proc.poll() is None:
         with contextlib.suppress(OSError, ValueError, KeyError):
@@ -125,12 +130,36 @@ def start(tree: Path, data: Path) -> tuple[subprocess.Popen[bytes], str]:
                 return proc, str(recorded["address"])
         time.sleep(0.05)
     proc.kill()
-    raise SystemExit(f"benchmarks.load_ab: the controller of {tree} did not start")
+    said = log.read_text(errors="replace").strip().splitlines()
+    raise SystemExit(
+        f"benchmarks.load_ab: the controller of {tree} did not start"
+        + (f": {said[-1]}" if said else "")
+    )
+
+
+def own_defaults(data: Path) -> None:
+    """Cut controller.toml down to the addresses and check-in timing, so
+    that each revision runs with its own defaults for the rest: a setting
+    the working tree's template adds is an unknown key to an older one."""
+    config = data / "controller.toml"
+    doc = tomllib.loads(config.read_text())
+    kept = [
+        ("server", doc["server"]),
+        ("checkin", {k: doc["checkin"][k] for k in ("interval", "jitter")}),
+    ]
+    config.write_text(
+        "".join(
+            f"[{table}]\n"
+            + "".join(f"{key} = {json.dumps(value)}\n" for key, value in values.items())
+            for table, values in kept
+        )
+    )
 
 
 def enrolled(data: Path, args: argparse.Namespace) -> tuple[load.Plan, list[load.Identity]]:
     """Initialise the data dir with the working tree and enroll the agents."""
     init_controller(data, free_port())
+    own_defaults(data)
     first = serve(data, timeout=60)
     try:
         directory = DataDir(data)
