@@ -125,6 +125,14 @@ class Settings:
     # to the next when one cannot be reached); empty: the running server's
     # address (endpoints.json), else server.advertise.
     cli_controllers: tuple[str, ...] = ()
+    # [checkin] write_behind: a check-in that brings nothing new (the same
+    # inventory and updates, an active host) is answered at once and its
+    # last_seen, facts and health written within this long
+    # (controller/store/heartbeats.py); zero: every check-in is written first.
+    checkin_write_behind: timedelta = timedelta(seconds=1)
+    # [checkin] held_hosts: at most this many hosts' placements kept in
+    # memory for that (about 0.45 KB each); the others are written first.
+    checkin_held_hosts: int = 500_000
 
 
 def split_addresses(spelled: str) -> list[str]:
@@ -312,7 +320,9 @@ class DataDir:
         if unknown:
             raise UsageError(f"{where}: unknown table [{sorted(unknown)[0]}]")
         server = _table(doc, "server", {"listen", "enroll_listen", "advertise"}, where)
-        checkin = _table(doc, "checkin", {"interval", "jitter", "max_batch"}, where)
+        checkin = _table(
+            doc, "checkin", {"interval", "jitter", "max_batch", "write_behind", "held_hosts"}, where
+        )
         listen = _address(server, "listen", f"0.0.0.0:{DEFAULT_PORT}", where)
         enroll = _address(server, "enroll_listen", "", where)
         try:
@@ -354,6 +364,8 @@ class DataDir:
             compliance_grace=_compliance(doc, where),
             admin_certificate_lifetime=admin_lifetime, require_second_approver=second,
             store_url=_store_url(doc, where), cli_controllers=_cli_controllers(doc, where),
+            checkin_write_behind=_write_behind(checkin, where),
+            checkin_held_hosts=_whole(checkin, "checkin", "held_hosts", 500_000, where),
         )  # fmt: skip
 
     def write_endpoints(self, address: str, enroll_address: str) -> None:
@@ -482,6 +494,25 @@ def _duration(
     return value
 
 
+def _write_behind(checkin: dict[str, object], path: Path | str) -> timedelta:
+    """[checkin] write_behind: "0s" (off) up to "60s"; raises UsageError."""
+    try:
+        value = parse_duration(str(checkin.get("write_behind", "1s")))
+    except ValueError as exc:
+        raise UsageError(f"{path}: checkin.write_behind: {exc}") from None
+    if value > timedelta(seconds=60):
+        raise UsageError(f"{path}: checkin.write_behind must be at most 60s (0s: off)")
+    return value
+
+
+def _whole(table: dict[str, object], name: str, key: str, default: int, path: Path | str) -> int:
+    """A whole number >= 0 from ``[name] key``; raises UsageError naming it."""
+    value = table.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise UsageError(f"{path}: {name}.{key} must be a whole number >= 0")
+    return value
+
+
 def _table(
     doc: dict[str, object], name: str, keys: set[str], path: Path | str
 ) -> dict[str, object]:
@@ -516,6 +547,19 @@ jitter = 0.2
 # Check-ins arriving while a batch is being written join the next one (group
 # commit); at most this many per transaction.
 max_batch = 1000
+# A check-in that brings nothing new (no inventory or scan, the hashes the
+# controller holds, a host active and unchanged since its last check-in
+# that was written) is answered at once, and its last_seen, facts and
+# health are written within this long, many in one transaction. Anything
+# else is written before it is answered. Nothing a host relies on is ever
+# written behind: at worst a controller that dies loses this long of
+# last_seen, which hosts send again at their next check-in. "0s": every
+# check-in is written before it is answered.
+write_behind = "1s"
+# How many hosts that is done for: what each host's answer needs is held in
+# memory, about 0.45 KB per host (225 MB for 500,000); hosts beyond it are
+# written first.
+held_hosts = 500000
 
 [campaigns]
 # How often the controller times out silent orders, halts campaigns whose

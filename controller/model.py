@@ -96,7 +96,7 @@ class ProgressReport:
     payload: bytes
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class CheckInOutcome:
     known: bool  # the host is enrolled
     revoked: bool
@@ -107,6 +107,22 @@ class CheckInOutcome:
     labels: Mapping[str, str] = field(default_factory=dict)
     activated: bool = False  # this was the host's first check-in: it is active now
     updates_hash: str = ""  # the available updates the controller holds afterwards
+    # The hosts' placement generation, read before this host's row
+    # (controller/store/heartbeats.py): what was read holds while it is current.
+    generation: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Heartbeat:
+    """What a check-in that brought nothing new leaves to write: when the
+    host was seen, its facts and health, and how many check-ins that was
+    (several, when a host checked in again before they were written)."""
+
+    host_id: str
+    at: datetime
+    facts: JSON | None  # None: a newer check-in of the host writes them
+    health: JSON | None
+    count: int = 1
 
 
 class AssignmentStatus(StrEnum):

@@ -49,6 +49,7 @@ from controller.releases.artifacts import ArtifactStore
 from controller.releases.publishing import Releases, load_release_key
 from controller.rollout.engine import CampaignEngine
 from controller.store import open_store
+from controller.store.heartbeats import Heartbeats
 from controller.store.thread import CheckInBatcher, StoreThread
 from controller.vulns.match import Matcher
 
@@ -182,6 +183,11 @@ async def serve(  # noqa: PLR0915
     engine = CampaignEngine(db, keys.key, metrics=Metrics(Presence(settings.checkin_interval)))
     engine.on_nudge = watchers.nudge
     batcher = CheckInBatcher(db, settings.checkin_max_batch, engine.metrics)
+    behind = settings.checkin_write_behind.total_seconds()
+    heartbeats = (
+        Heartbeats(db, behind, max_hosts=settings.checkin_held_hosts, metrics=engine.metrics)
+        if behind and settings.checkin_held_hosts else None
+    )  # fmt: skip
     await engine.start()
     releases = _releases(data_dir, db, release_key)
     keeper = AuditKeeper.create(db, settings, Checkpoints(keys.key, keys.trusted))
@@ -194,10 +200,11 @@ async def serve(  # noqa: PLR0915
         authorities=authorities, watchers=watchers, admission=admission,
         greeting=key_revoked_greeting(keys.status.revoked.values(), settings.checkin_interval,
                                       datetime.now(UTC)),
+        heartbeats=heartbeats,
     )  # fmt: skip
     admin = AdminService(
         db, revoked, engine, releases, keeper.checkpoints, authorities.issuing, settings,
-        trusted_pem=authorities.trusted_pem,
+        trusted_pem=authorities.trusted_pem, heartbeats=heartbeats,
     )  # fmt: skip
     if authorities.rotating:
         log.warning("CA rotation in progress: trusting %d CAs; renewals come from the new one "
@@ -222,6 +229,8 @@ async def serve(  # noqa: PLR0915
     gcpolicy.tune()
     await server.start()
     batcher.start()
+    if heartbeats is not None:
+        heartbeats.start()
     background = asyncio.gather(
         engine.run_ticks(settings.campaign_tick.total_seconds(), stop),
         expire_pending(db, settings.pending_timeout, pending, stop, engine.metrics.presence),
@@ -253,6 +262,8 @@ async def serve(  # noqa: PLR0915
         await asyncio.gather(background, keeper.close(), asyncio.to_thread(extras.scrapes.close))
         await engine.close()
         await batcher.close()
+        if heartbeats is not None:
+            await heartbeats.close()
         db.close()
         _handle_signals(loop, None)
         log.info("controller stopped")

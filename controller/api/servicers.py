@@ -55,16 +55,25 @@ from controller.fleet.admins import AdminRecord, AdminStatus
 from controller.fleet.carotation import Authorities
 from controller.fleet.pki import CertificateAuthority
 from controller.fleet.relabel import Relabel
-from controller.model import AssignmentStatus, CheckIn, Host, Package, ProgressReport
+from controller.model import (
+    AssignmentStatus,
+    CheckIn,
+    CheckInOutcome,
+    Host,
+    Package,
+    ProgressReport,
+)
 from controller.refusals import RefusalCounter
 from controller.releases.publishing import Header, Releases
 from controller.rollout.engine import CampaignEngine
 from controller.rollout.tally import facts_of
 from controller.store import Store
 from controller.store.admins import IssuedCertificate
+from controller.store.heartbeats import Heartbeats
 from controller.store.thread import CheckInBatcher, StoreThread
 
 log = logging.getLogger(__name__)
+StoredCheckIn = CheckIn  # in AgentService, CheckIn names the RPC
 
 Context = grpc.aio.ServicerContext[Any, Any]
 # Audit records read per store call when walking or exporting the trail.
@@ -306,10 +315,14 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
         authorities: Authorities | None = None,
         watchers: Watchers | None = None,
         greeting: Callable[[], str | None] = lambda: None,
+        heartbeats: Heartbeats | None = None,
     ) -> None:
         self._db = db
         self._clock = clock
         self._releases = releases
+        # Check-ins that bring nothing new: answered from memory, written
+        # behind (controller/store/heartbeats.py); None: each written first.
+        self._heartbeats = heartbeats
         # Push: the connected hosts' Watch streams; ``greeting`` says why a
         # stream is nudged as it opens, if it is (a signing key just revoked).
         self.watchers = watchers if watchers is not None else Watchers()
@@ -443,28 +456,29 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
             if updates is not None and request.updates.HasField("scanned_at") else None
         )  # fmt: skip
         reported = convert.to_json(request.facts)
+        health = convert.to_json(request.health)
         at = datetime.now(UTC)
-        outcome = await self._batcher.submit(
-            CheckIn(
-                host_id=host_id,
-                at=at,
-                facts=reported,
-                health=convert.to_json(request.health),
-                inventory_hash=request.inventory_hash,
-                packages=packages,
-                updates_hash=request.updates_hash,
-                updates=updates,
-                scanned_at=scanned_at,
-                sources=sources,
+        beats = self._heartbeats
+        outcome = None
+        if beats is not None and packages is None and updates is None:
+            outcome = beats.answer(host_id, request.inventory_hash, request.updates_hash)
+            if outcome is not None:  # nothing new: answered now, written behind
+                beats.accept(host_id, at, reported, health)
+        if outcome is None:
+            outcome = await self._written(
+                CheckIn(
+                    host_id=host_id,
+                    at=at,
+                    facts=reported,
+                    health=health,
+                    inventory_hash=request.inventory_hash,
+                    packages=packages,
+                    updates_hash=request.updates_hash,
+                    updates=updates,
+                    scanned_at=scanned_at,
+                    sources=sources,
+                )
             )
-        )
-        if outcome.revoked:
-            self._revoked.add(host_id)
-            raise Refused(f"host {host_id} has been revoked")
-        if not outcome.known:
-            raise Refused(f"host {host_id} is not enrolled with this controller")
-        if outcome.activated:  # the check-in's own transaction made it active
-            await self._activated(host_id, lambda s: s.get_host(host_id))
         if request.renewal_failures:  # rare: a store call only then
             await self._renewal_failing(host_id, request)
         self._engine.metrics.presence.seen(host_id, outcome.ring, outcome.region, at)
@@ -488,6 +502,24 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
             inventory_required=outcome.inventory_hash != request.inventory_hash,
             known_updates_hash=outcome.updates_hash,
         )
+
+    async def _written(self, checkin: StoredCheckIn) -> CheckInOutcome:
+        """``checkin`` written before it is answered: what the store holds
+        of its host afterwards; Refused when the host may not check in."""
+        host_id, beats = checkin.host_id, self._heartbeats
+        if beats is not None:
+            beats.superseded(host_id)
+        outcome = await self._batcher.submit(checkin)
+        if beats is not None:
+            beats.learn(host_id, outcome)
+        if outcome.revoked:
+            self._revoked.add(host_id)
+            raise Refused(f"host {host_id} has been revoked")
+        if not outcome.known:
+            raise Refused(f"host {host_id} is not enrolled with this controller")
+        if outcome.activated:  # the check-in's own transaction made it active
+            await self._activated(host_id, lambda s: s.get_host(host_id))
+        return outcome
 
     def _trust(self, reported: str, context: Context) -> agent_pb2.CaTrust | None:
         """The CAs to offer a host that trusts those of digest ``reported``
@@ -624,9 +656,13 @@ class AdminService(admin_pb2_grpc.AdminServiceServicer):
         settings: Settings,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         trusted_pem: bytes | None = None,
+        heartbeats: Heartbeats | None = None,
     ) -> None:
         self._db = db
         self._revoked = revoked
+        # Check-ins answered from memory read the change of a host's
+        # placement before the admin who made it is answered.
+        self._heartbeats = heartbeats
         self._engine = engine
         self._releases = releases
         self._checkpoints = checkpoints
@@ -845,6 +881,8 @@ class AdminService(admin_pb2_grpc.AdminServiceServicer):
                                      datetime.now(UTC))
         )  # fmt: skip
         if detail:
+            if self._heartbeats is not None:
+                await self._heartbeats.sync()
             self._engine.metrics.presence.moved(host.host_id, host.ring, host.region)
             log.warning("admin %s relabelled host %s: %s", admin.name, host.host_id, detail)
         return admin_pb2.RelabelHostResponse(host=convert.host_to_pb(host))

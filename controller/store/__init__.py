@@ -26,6 +26,7 @@ from controller.fleet.tokens import Token
 from controller.model import (
     CheckIn,
     CheckInOutcome,
+    Heartbeat,
     Host,
     HostPlace,
     HostStatus,
@@ -488,6 +489,9 @@ class Store(AdminStore, CampaignStore, ReleaseStore, WebhookStore, VulnStore):
         # must see what earlier ones wrote, which the deferred UPDATE has not.
         seen: dict[str, tuple[str, str, str, int, str, str]] = {}
         with self._transaction() as conn:
+            # Before the rows: a placement changed after this read makes
+            # what the rows said stale (controller/store/heartbeats.py).
+            generation = self._hosts_generation(conn)
             known = self._checkin_rows(conn, {checkin.host_id for checkin in batch})
             for checkin in batch:
                 row: tuple[Any, ...] | None = seen.get(checkin.host_id) or known.get(
@@ -542,6 +546,7 @@ class Store(AdminStore, CampaignStore, ReleaseStore, WebhookStore, VulnStore):
                         json.loads(row[4]),
                         activated,
                         known_updates,
+                        generation,
                     )
                 )
             # In host order: replicas updating the same hosts take their row
@@ -555,6 +560,44 @@ class Store(AdminStore, CampaignStore, ReleaseStore, WebhookStore, VulnStore):
                 updates,
             )
         return outcomes
+
+    @staticmethod
+    def _hosts_generation(conn: Connection) -> int:
+        row = conn.execute("SELECT generation FROM generations WHERE name = 'hosts'").fetchone()
+        return 0 if row is None else int(row[0])  # no row: never changed
+
+    def hosts_generation(self) -> int:
+        """How many times the placement (status, region, ring, labels) of an
+        active host has changed, by any replica: migration 0011's trigger."""
+        return self._hosts_generation(self._conn)
+
+    def record_heartbeats(self, beats: Sequence[Heartbeat]) -> int:
+        """Write check-ins that brought nothing new, answered before this
+        (controller/store/heartbeats.py), in one transaction: each host's
+        check-in count, last_seen (never moved back) and facts and health.
+        A host no longer active is left as it is. Returns the hosts'
+        placement generation, read in the same transaction."""
+        with self._transaction() as conn:
+            rows = [
+                (
+                    b.count, _ts(b.at), _ts(b.at), _json_or_none(b.facts), _json_or_none(b.health),
+                    b.host_id, HostStatus.ACTIVE.value,
+                )
+                for b in beats
+            ]  # fmt: skip
+            rows.sort(key=lambda row: str(row[-2]))  # in host order, as record_checkins
+            conn.executemany(
+                "UPDATE hosts SET checkins = checkins + ?,"
+                " last_seen = CASE WHEN last_seen > ? THEN last_seen ELSE ? END,"
+                " facts = COALESCE(?, facts), health = COALESCE(?, health)"
+                " WHERE host_id = ? AND status = ?",
+                rows,
+            )
+            return self._hosts_generation(conn)
+
+
+def _json_or_none(value: Mapping[str, Any] | None) -> str | None:
+    return None if value is None else json.dumps(dict(value))
 
 
 def inventory_blob(packages: Sequence[Package], sources: Mapping[str, tuple[str, str]]) -> bytes:

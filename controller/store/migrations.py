@@ -373,3 +373,53 @@ def _agent_release_families(db: Database) -> None:
     )
     db.execute("DROP TABLE agent_releases")
     db.execute("CREATE INDEX agent_release_packages_sha256 ON agent_release_packages (sha256)")
+
+
+# A host's placement is what a check-in's answer depends on: its status,
+# region, ring and labels. The generation counts the changes to the
+# placement of active hosts, whatever statement or replica makes them (a
+# trigger, so no code path can forget it): a controller that answers
+# check-ins from memory (controller/store/heartbeats.py) trusts what it
+# holds only while the generation it read with it is still the current one.
+# A pending host becoming active changes nothing held: only active hosts
+# are held.
+_PLACEMENT_CHANGED = (
+    "OLD.status = 'active' AND (NEW.status IS DISTINCT FROM OLD.status"
+    " OR NEW.region IS DISTINCT FROM OLD.region OR NEW.ring IS DISTINCT FROM OLD.ring"
+    " OR NEW.labels IS DISTINCT FROM OLD.labels)"
+)
+# An upsert: a generations table emptied by hand starts again from no row (0).
+_BUMP = (
+    "INSERT INTO generations (name, generation) VALUES ('hosts', 1)"
+    " ON CONFLICT (name) DO UPDATE SET generation = generations.generation + 1"
+)
+
+
+@migrations(name="0011_host_placement_generation")
+def _host_placement_generation(db: Database) -> None:
+    db.execute("CREATE TABLE generations (name TEXT PRIMARY KEY, generation INTEGER NOT NULL)")
+    if isinstance(db, Database):  # SQLite: a trigger's body is its statements
+        changed = _PLACEMENT_CHANGED.replace("IS DISTINCT FROM", "IS NOT")
+        db.execute(
+            "CREATE TRIGGER hosts_placement_changed AFTER UPDATE OF status, region, ring, labels"
+            f" ON hosts WHEN {changed} BEGIN {_BUMP}; END"
+        )
+        db.execute(
+            f"CREATE TRIGGER hosts_removed AFTER DELETE ON hosts"
+            f" WHEN OLD.status = 'active' BEGIN {_BUMP}; END"
+        )
+        return
+    # PostgreSQL: a trigger runs a function.
+    db.execute(
+        "CREATE FUNCTION fleetpatch_hosts_changed() RETURNS trigger LANGUAGE plpgsql"
+        f" AS $$ BEGIN {_BUMP}; RETURN NULL; END $$"
+    )
+    db.execute(
+        "CREATE TRIGGER hosts_placement_changed AFTER UPDATE OF status, region, ring, labels"
+        f" ON hosts FOR EACH ROW WHEN ({_PLACEMENT_CHANGED})"
+        " EXECUTE FUNCTION fleetpatch_hosts_changed()"
+    )
+    db.execute(
+        "CREATE TRIGGER hosts_removed AFTER DELETE ON hosts FOR EACH ROW"
+        " WHEN (OLD.status = 'active') EXECUTE FUNCTION fleetpatch_hosts_changed()"
+    )

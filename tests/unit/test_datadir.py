@@ -217,6 +217,13 @@ def test_settings_interval_as_plain_seconds(tmp_path):
         ("[store]\nurl = 'sqlite:///x.db'\n", "store.url must be a postgresql:// URL"),
         ("[store]\nurl = 5\n", "store.url must be a string"),
         ("[store]\ndsn = 'x'\n", "unknown key store.dsn"),
+        (
+            "[checkin]\nwrite_behind = '2m'\n",
+            r"checkin.write_behind must be at most 60s \(0s: off\)",
+        ),
+        ("[checkin]\nwrite_behind = 'x'\n", "checkin.write_behind: 'x' is not a duration"),
+        ("[checkin]\nheld_hosts = -1\n", "checkin.held_hosts must be a whole number >= 0"),
+        ("[checkin]\nheld_hosts = true\n", "checkin.held_hosts must be a whole number >= 0"),
         ("[checkin\n", "controller.toml"),  # not TOML at all
     ],
 )
@@ -230,6 +237,15 @@ def test_settings_store_is_sqlite_unless_a_postgresql_url_is_set(tmp_path):
     assert _datadir(tmp_path, "").settings().store_url == ""
     url = "postgresql://fleetpatch@db.example.com/fleetpatch?sslmode=verify-full"
     assert _datadir(tmp_path, f"[store]\nurl = '{url}'\n").settings().store_url == url
+
+
+def test_settings_write_behind_on_by_default_and_zero_turns_it_off(tmp_path):
+    defaults = _datadir(tmp_path, "").settings()
+    assert (defaults.checkin_write_behind, defaults.checkin_held_hosts) == (
+        timedelta(seconds=1), 500_000,
+    )  # fmt: skip
+    off = _datadir(tmp_path, "[checkin]\nwrite_behind = '0s'\nheld_hosts = 10\n").settings()
+    assert (off.checkin_write_behind, off.checkin_held_hosts) == (timedelta(0), 10)
 
 
 def test_settings_rejects_a_bad_listen_address(tmp_path):

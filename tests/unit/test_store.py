@@ -15,6 +15,7 @@ from fleetpatch.orderspec import OrderState
 from controller.audit import AuditEntry, verify
 from controller.campaigns.tallies import CampaignState
 from controller.errors import NotFound, TokenRefused
+from controller.fleet.relabel import Relabel
 from controller.fleet.tokens import Token, new_token
 from controller.model import (
     Assignment,
@@ -23,6 +24,7 @@ from controller.model import (
     CampaignRecord,
     CheckIn,
     CheckInOutcome,
+    Heartbeat,
     Host,
     HostPlace,
     HostStatus,
@@ -92,7 +94,7 @@ def test_migrations_are_recorded_by_name(store):
         "0001_initial", "0002_progress_reports", "0003_campaigns_and_audit",
         "0004_agent_releases", "0005_webhook_cursors", "0006_available_updates",
         "0007_certificate_renewal", "0008_admins", "0009_vulnerabilities",
-        "0010_agent_release_families",
+        "0010_agent_release_families", "0011_host_placement_generation",
     ]  # fmt: skip
 
 
@@ -105,7 +107,7 @@ def test_reopening_does_not_reapply_migrations(tmp_path):
         "0001_initial", "0002_progress_reports", "0003_campaigns_and_audit",
         "0004_agent_releases", "0005_webhook_cursors", "0006_available_updates",
         "0007_certificate_renewal", "0008_admins", "0009_vulnerabilities",
-        "0010_agent_release_families",
+        "0010_agent_release_families", "0011_host_placement_generation",
     ]  # fmt: skip
     finally:
         store.close()
@@ -387,6 +389,70 @@ def test_first_checkin_without_inventory_reports_no_hash(store):
     ]
 
 
+# -- the placement generation and check-ins written behind ------------------------
+
+
+def test_the_placement_generation_counts_what_changes_an_active_hosts_answer(store):
+    """Status, region, ring or labels of an active host, by any statement:
+    a store method or SQL of its own (another replica's, a future path)."""
+    active, pending = _host(1), dataclasses.replace(_host(2), status=HostStatus.PENDING)
+    _enrolled(store, active, pending)
+    before = store.hosts_generation()
+    store.record_checkins([_checkin(active.host_id, PACKAGES, "sha256:one")])
+    store.activate_host(pending.host_id)  # held hosts are active ones: nothing held changed
+    store.relabel_host(active.host_id, Relabel({"role": "web"}), "admin:a", NOW)  # no change
+    assert store.hosts_generation() == before
+    store.relabel_host(active.host_id, Relabel({}, ring=3), "admin:a", NOW)
+    assert store.hosts_generation() == before + 1
+    with store._transaction() as conn:
+        conn.execute("UPDATE hosts SET labels = '{}' WHERE host_id = ?", (active.host_id,))
+    assert store.hosts_generation() == before + 2
+    store.revoke_host(active.host_id, NOW)
+    assert store.hosts_generation() == before + 3
+    with store._transaction() as conn:  # a revoked host is not held: no change
+        conn.execute("UPDATE hosts SET region = 'us' WHERE host_id = ?", (active.host_id,))
+        conn.execute("DELETE FROM inventories WHERE host_id = ?", (active.host_id,))
+        conn.execute("DELETE FROM hosts WHERE host_id = ?", (active.host_id,))
+    assert store.hosts_generation() == before + 3
+    with store._transaction() as conn:
+        conn.execute("DELETE FROM hosts WHERE host_id = ?", (pending.host_id,))  # active now
+    assert store.hosts_generation() == before + 4
+
+
+def test_a_checkin_outcome_carries_the_generation_read_with_it(store):
+    host = _host(1)
+    _enrolled(store, host)
+    store.relabel_host(host.host_id, Relabel({}, region="us"), "admin:a", NOW)
+    [outcome] = store.record_checkins([_checkin(host.host_id, None)])
+    assert outcome.generation == store.hosts_generation() == 1
+    assert outcome.region == "us"
+
+
+def test_heartbeats_written_behind_never_move_last_seen_back(store):
+    host, revoked = _host(1), _host(2)
+    _enrolled(store, host, revoked)
+    store.revoke_host(revoked.host_id, NOW)
+    store.record_checkins([_checkin(host.host_id, PACKAGES, "sha256:one", NOW)])
+    later = NOW + timedelta(minutes=10)
+    generation = store.record_heartbeats([
+        Heartbeat(host.host_id, later, {"uptime": 600}, {"healthy": False}, count=3),
+        Heartbeat(revoked.host_id, later, {"uptime": 600}, {"healthy": True}),
+    ])  # fmt: skip
+    assert generation == store.hosts_generation()
+    stored = store.get_host(host.host_id)
+    assert (stored.last_seen, stored.facts, stored.health, stored.checkins) == (
+        later, {"uptime": 600}, {"healthy": False}, 4,
+    )  # fmt: skip
+    assert stored.inventory_hash == "sha256:one"  # never touched from here
+    # An older one (it waited while the store was down) and one whose facts
+    # a newer check-in wrote: counted, nothing else.
+    store.record_heartbeats([Heartbeat(host.host_id, NOW + timedelta(minutes=7), None, None)])
+    stored = store.get_host(host.host_id)
+    assert (stored.last_seen, stored.facts, stored.checkins) == (later, {"uptime": 600}, 5)
+    gone = store.get_host(revoked.host_id)
+    assert (gone.last_seen, gone.checkins) == (None, 0)
+
+
 def test_new_inventory_replaces_the_old(store):
     host = _host(1)
     _enrolled(store, host)
@@ -425,11 +491,13 @@ def test_a_batch_answers_each_checkin_in_order(store):
             _checkin(hosts[2].host_id, None),
         ]
     )
-    assert outcomes == [
-        CheckInOutcome(True, False, "sha256:a", "eu", 0, {"role": "web"}),
+    assert outcomes == [  # the revocation was a placement change: generation 1
+        CheckInOutcome(True, False, "sha256:a", "eu", 0, {"role": "web"}, generation=1),
         CheckInOutcome(False, False, ""),
         CheckInOutcome(True, True, ""),
-        CheckInOutcome(True, False, "", hosts[2].region, hosts[2].ring, {"role": "web"}),
+        CheckInOutcome(
+            True, False, "", hosts[2].region, hosts[2].ring, {"role": "web"}, generation=1
+        ),
     ]
     assert [store.get_host(h.host_id).checkins for h in hosts] == [1, 0, 1]
 
@@ -591,7 +659,7 @@ def test_a_new_plain_sql_migration_applies_on_both_backends(tmp_path, request):
             store = Store.connect(url) if url else Store.open(path)
             try:
                 assert store.applied_migrations()[-2:] == [
-                    "0010_agent_release_families", "9999_test_widgets",
+                    "0011_host_placement_generation", "9999_test_widgets",
                 ]  # fmt: skip
                 conn = store._conn
                 for name in ("a", "b", "a"):

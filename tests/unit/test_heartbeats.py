@@ -1,0 +1,276 @@
+"""controller.store.heartbeats: check-ins that bring nothing new, answered
+from memory only while what is held is current, and written behind."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sqlite3
+import time
+import tracemalloc
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import TypeVar
+
+import pytest
+
+from controller.errors import StoreUnavailable
+from controller.fleet.relabel import Relabel
+from controller.fleet.tokens import new_token
+from controller.model import CheckIn, CheckInOutcome, Host, HostStatus
+from controller.store import Store
+from controller.store.heartbeats import Heartbeats
+from controller.store.thread import StoreThread
+
+NOW = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
+INVENTORY, UPDATES = "sha256:inv", "sha256:upd"
+T = TypeVar("T")
+
+
+class FailingStoreThread(StoreThread):
+    """The real store thread, whose store can be made unreachable."""
+
+    down = False
+
+    async def call(self, fn: Callable[[Store], T]) -> T:
+        if self.down:
+            raise StoreUnavailable("the database is unreachable", retry_after=1.0)
+        return await super().call(fn)
+
+
+@dataclass
+class World:
+    path: Path
+    db: FailingStoreThread
+    hosts: list[str]
+
+    async def check_in(self, host_id: str, at: datetime = NOW) -> CheckInOutcome:
+        """A check-in written through the store, as the servicer does it,
+        carrying an inventory and a scan: the controller holds their hashes."""
+        checkin = CheckIn(
+            host_id, at, {"uptime": 1}, {"ok": True}, INVENTORY, [("bash", "5.2", "amd64")],
+            UPDATES, [], at,
+        )  # fmt: skip
+        [outcome] = await self.db.call(lambda s: s.record_checkins([checkin]))
+        return outcome
+
+    def other_writer(self) -> Store:
+        """The same database opened again: another replica, or any SQL."""
+        return Store.open(self.path)
+
+    def stored(self, host_id: str) -> Host:
+        store = self.other_writer()
+        try:
+            return store.get_host(host_id)
+        finally:
+            store.close()
+
+
+@pytest.fixture
+def world(tmp_path: Path) -> Iterator[World]:
+    path = tmp_path / "controller.db"
+    store = Store.open(path)
+    token, _ = new_token("eu", 0, 10, timedelta(days=1), {}, NOW)
+    store.create_token(token)
+    hosts = [f"h-{n:016x}" for n in range(3)]
+    for host_id in hosts:
+        host = Host(
+            host_id, "eu", 0, HostStatus.ACTIVE, NOW, {"role": "web"},
+            certificate_serial=host_id, certificate_expires_at=NOW + timedelta(days=90),
+        )  # fmt: skip
+        store.enroll_host(host, token.token_id, NOW)
+    db = FailingStoreThread(store)
+    yield World(path, db, hosts)
+    db.close()
+
+
+def run(coro: Callable[[], object]) -> object:
+    return asyncio.run(asyncio.wait_for(coro(), 60))  # type: ignore[arg-type]
+
+
+def test_only_a_check_in_with_the_held_hashes_is_answered_from_memory(world: World) -> None:
+    async def main() -> None:
+        beats = Heartbeats(world.db)
+        host = world.hosts[0]
+        outcome = await world.check_in(host)
+        beats.learn(host, outcome)
+        assert beats.answer(host, INVENTORY, UPDATES) is None  # no generation read yet
+        await beats.sync()
+        assert beats.answer(host, INVENTORY, UPDATES) == outcome
+        assert beats.answer(host, "sha256:changed", UPDATES) is None
+        assert beats.answer(host, INVENTORY, "sha256:rescanned") is None
+        assert beats.answer(world.hosts[1], INVENTORY, UPDATES) is None  # never written through
+
+    run(main)
+
+
+def test_a_change_by_another_writer_is_seen_at_the_next_read(world: World) -> None:
+    async def main() -> None:
+        beats = Heartbeats(world.db)
+        host, other = world.hosts[0], world.hosts[1]
+        for h in (host, other):
+            beats.learn(h, await world.check_in(h))
+        await beats.sync()
+        assert beats.answer(host, INVENTORY, UPDATES) is not None
+        replica = world.other_writer()
+        replica.relabel_host(host, Relabel({}, ring=2), "admin:a", NOW)
+        replica.close()
+        await beats.sync()
+        # Every host goes through the store again (one counter for all).
+        assert beats.answer(host, INVENTORY, UPDATES) is None
+        assert beats.answer(other, INVENTORY, UPDATES) is None
+        outcome = await world.check_in(host)
+        assert outcome.ring == 2
+        beats.learn(host, outcome)
+        assert beats.answer(host, INVENTORY, UPDATES) == outcome
+
+    run(main)
+
+
+def test_what_was_read_before_a_change_is_never_held_as_current(world: World) -> None:
+    """A check-in read its row, then a change landed and was seen, then the
+    check-in's answer came back: what it read is stale and stays unused."""
+
+    async def main() -> None:
+        beats = Heartbeats(world.db)
+        host = world.hosts[0]
+        stale = await world.check_in(host)
+        replica = world.other_writer()
+        replica.revoke_host(host, NOW)
+        replica.close()
+        await beats.sync()
+        beats.learn(host, stale)
+        assert beats.answer(host, INVENTORY, UPDATES) is None
+
+    run(main)
+
+
+def test_check_ins_answered_are_written_behind_newest_facts_counted_all(world: World) -> None:
+    async def main() -> None:
+        beats = Heartbeats(world.db)
+        host = world.hosts[0]
+        beats.learn(host, await world.check_in(host))
+        await beats.sync()
+        for minute in (5, 10):
+            beats.accept(host, NOW + timedelta(minutes=minute), {"uptime": minute}, {"ok": False})
+        assert world.stored(host).checkins == 1  # nothing written yet
+        await beats.flush()
+        stored = world.stored(host)
+        assert (stored.checkins, stored.last_seen, stored.facts, stored.health) == (
+            3, NOW + timedelta(minutes=10), {"uptime": 10}, {"ok": False},
+        )  # fmt: skip
+        assert (beats.answered, beats.written) == (2, 1)
+
+    run(main)
+
+
+def test_a_check_in_written_through_meanwhile_keeps_its_newer_facts(world: World) -> None:
+    async def main() -> None:
+        beats = Heartbeats(world.db)
+        host = world.hosts[0]
+        beats.learn(host, await world.check_in(host))
+        await beats.sync()
+        beats.accept(host, NOW + timedelta(minutes=5), {"uptime": 5}, {"ok": True})
+        beats.superseded(host)  # the next one carries an inventory, say
+        beats.learn(host, await world.check_in(host, NOW + timedelta(minutes=6)))
+        await beats.flush()
+        stored = world.stored(host)
+        assert stored.facts == {"uptime": 1}  # the newer check-in's
+        assert stored.last_seen == NOW + timedelta(minutes=6)
+        assert stored.checkins == 3
+
+    run(main)
+
+
+def test_while_the_store_fails_nothing_is_answered_from_memory_or_lost(world: World) -> None:
+    async def main() -> None:
+        beats = Heartbeats(world.db)
+        host = world.hosts[0]
+        beats.learn(host, await world.check_in(host))
+        await beats.sync()
+        beats.accept(host, NOW + timedelta(minutes=5), {"uptime": 5}, {"ok": True})
+        world.db.down = True
+        await beats.flush()
+        assert beats.answer(host, INVENTORY, UPDATES) is None  # through the store: UNAVAILABLE
+        world.db.down = False
+        await beats.flush()
+        stored = world.stored(host)
+        assert (stored.checkins, stored.facts) == (2, {"uptime": 5})
+        assert beats.answer(host, INVENTORY, UPDATES) is not None
+
+    run(main)
+
+
+def test_the_writer_writes_within_its_interval_and_close_writes_the_rest(world: World) -> None:
+    async def main() -> None:
+        beats = Heartbeats(world.db, interval=0.05, poll=0.02)
+        host, other = world.hosts[0], world.hosts[1]
+        for h in (host, other):
+            beats.learn(h, await world.check_in(h))
+        beats.start()
+        deadline = time.monotonic() + 30
+        while beats.answer(host, INVENTORY, UPDATES) is None:  # its first read
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.01)
+        beats.accept(host, NOW + timedelta(minutes=5), {"uptime": 5}, {"ok": True})
+        while world.stored(host).checkins != 2:
+            assert time.monotonic() < deadline, "not written within 30 s"
+            await asyncio.sleep(0.02)
+        beats.accept(other, NOW + timedelta(minutes=5), {"uptime": 7}, {"ok": True})
+        await beats.close()
+        assert world.stored(other).facts == {"uptime": 7}
+        assert beats.answer(host, INVENTORY, UPDATES) is None  # closed: nothing answered
+
+    run(main)
+
+
+def test_at_most_max_hosts_are_held(world: World) -> None:
+    async def main() -> None:
+        beats = Heartbeats(world.db, max_hosts=2)
+        for h in world.hosts:
+            beats.learn(h, await world.check_in(h))
+        await beats.sync()
+        answered = [beats.answer(h, INVENTORY, UPDATES) is not None for h in world.hosts]
+        assert answered == [True, True, False]
+
+    run(main)
+
+
+def test_a_held_host_costs_less_than_half_a_kilobyte(tmp_path: Path) -> None:
+    """What the [checkin] held_hosts docs promise, with hashes and labels
+    as a store read gives them (new strings and a new dict per host)."""
+    db = StoreThread(Store.open(tmp_path / "c.db"))
+    beats = Heartbeats(db)
+    count = 20_000
+    labels = json.dumps({"role": "web", "site": "fra1"})
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for n in range(count):
+            outcome = CheckInOutcome(
+                True, False, f"sha256:{n:064x}", "eu-central", 1, json.loads(labels), False,
+                f"sha256:{n + 1:064x}", 7,
+            )  # fmt: skip
+            beats.learn(f"h-{n:016x}", outcome)
+        per_host = (tracemalloc.get_traced_memory()[0] - before) / count
+    finally:
+        tracemalloc.stop()
+        db.close()
+    assert 100 < per_host < 500, per_host
+    print(f"{per_host:.0f} bytes per held host")
+
+
+def test_the_generation_table_emptied_by_hand_counts_again_from_zero(world: World) -> None:
+    conn = sqlite3.connect(world.path)
+    conn.execute("DELETE FROM generations")
+    conn.commit()
+    conn.close()
+    store = world.other_writer()
+    try:
+        assert store.hosts_generation() == 0
+        store.relabel_host(world.hosts[0], Relabel({}, ring=4), "admin:a", NOW)
+        assert store.hosts_generation() == 1
+    finally:
+        store.close()
