@@ -8,6 +8,7 @@ call arriving there carries no identity and only Enroll is served.
 
 from __future__ import annotations
 
+from contextvars import ContextVar
 from functools import lru_cache
 
 import grpc
@@ -23,12 +24,22 @@ def _identity_of(pem: bytes) -> Identity | None:
         return None
 
 
+# The last caller this task asked about, and its identity: a call's
+# admission and its method both ask, in the same task (a context variable
+# is the task's own), and reading the auth context copies every property
+# of the TLS session, the certificate's PEM included, each time.
+_asked: ContextVar[tuple[object, Identity | None] | None] = ContextVar("_asked", default=None)
+
+
 def peer_identity(context: grpc.aio.ServicerContext[object, object]) -> Identity | None:
     """The verified identity of the caller, or None on the enrollment port."""
+    asked = _asked.get()
+    if asked is not None and asked[0] is context:
+        return asked[1]
     certs = list(context.auth_context().get("x509_pem_cert", ()))
-    if not certs:
-        return None
-    return _identity_of(bytes(certs[0]))
+    identity = _identity_of(bytes(certs[0])) if certs else None
+    _asked.set((context, identity))
+    return identity
 
 
 def peer_certificate(context: grpc.aio.ServicerContext[object, object]) -> x509.Certificate | None:

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, datetime, timedelta
 
 import pytest
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.x509.oid import NameOID
 from fleetpatch.identity import HOST_ID, Identity, Role, identity_from_certificate
 
+from controller.api.auth import peer_identity
 from controller.fleet.pki import CertificateAuthority, new_key, server_names
 
 HOST = "h-0123456789abcdef"
@@ -110,3 +112,43 @@ def test_host_id_pattern():
 
 def test_uri_with_trailing_newline_names_none():
     assert identity_from_certificate(_cert_with_uris(f"spiffe://fleetpatch/host/{HOST}\n")) is None
+
+
+class _Context:
+    """What controller.api.auth reads of a gRPC servicer context."""
+
+    def __init__(self, pem: bytes | None) -> None:
+        self.pem = pem
+        self.reads = 0
+
+    def auth_context(self) -> dict[str, list[bytes]]:
+        self.reads += 1
+        return {"x509_pem_cert": [self.pem]} if self.pem is not None else {}
+
+
+def test_a_calls_identity_is_read_once_and_never_given_to_another_call(ca):
+    """The admission and the method of one call ask in one task: one read.
+    Another call (another context, or another task) gets its own."""
+
+    def pem(host: str) -> bytes:
+        cert = ca.issue_client(Identity(Role.HOST, host), new_key().public_key())
+        return bytes(cert.public_bytes(serialization.Encoding.PEM))
+
+    first, second, plain = _Context(pem(HOST)), _Context(pem("h-" + "f" * 16)), _Context(None)
+
+    async def call(context: _Context) -> list[Identity | None]:
+        asked = [peer_identity(context), peer_identity(context)]  # type: ignore[arg-type]
+        await asyncio.sleep(0)  # other calls run meanwhile
+        return [*asked, peer_identity(context)]  # type: ignore[arg-type]
+
+    async def main() -> list[list[Identity | None]]:
+        return list(await asyncio.gather(call(first), call(second), call(plain)))
+
+    one, two, none = asyncio.run(main())
+    assert one == [Identity(Role.HOST, HOST)] * 3
+    assert two == [Identity(Role.HOST, "h-" + "f" * 16)] * 3
+    assert none == [None] * 3
+    assert (first.reads, second.reads, plain.reads) == (1, 1, 1)
+    # In one task, a second call's context is read, not answered from the first's.
+    assert peer_identity(first) == Identity(Role.HOST, HOST)  # type: ignore[arg-type]
+    assert peer_identity(second) == Identity(Role.HOST, "h-" + "f" * 16)  # type: ignore[arg-type]
