@@ -29,9 +29,11 @@ How it stays right:
   health, and how many check-ins that was, in one transaction. A host
   whose check-in goes through the store while one is waiting here
   (``superseded``) keeps only the count: the store has newer facts.
-- **When the store fails**, what was taken is kept for the next try, and
-  nothing is answered from memory until a write or read succeeds again:
-  check-ins go through the store, which answers UNAVAILABLE while it is down.
+- **When the store fails or hangs**, nothing is answered from memory once
+  a read or write of it has failed, or once none that succeeded started
+  within the last ``fresh_for`` seconds (1 s): check-ins go through the
+  store, which answers UNAVAILABLE while it is down. The check-ins answered
+  before the outage was seen are kept, and written once it is back.
 - **If the controller dies**, at most ``interval`` of last_seen, facts and
   health is lost, which every host sends again at its next check-in: no
   order, report or inventory is ever written behind. ``close`` writes what
@@ -74,6 +76,7 @@ class Heartbeats:
         max_hosts: int = MAX_HOSTS,
         flush_at: int = FLUSH_AT,
         metrics: Metrics | None = None,
+        fresh_for: float = 1.0,
     ) -> None:
         self._db = db
         self._metrics = metrics
@@ -84,8 +87,12 @@ class Heartbeats:
         self._held: dict[str, CheckInOutcome] = {}
         self._labels: dict[frozenset[tuple[str, str]], Mapping[str, str]] = {}
         self._waiting: dict[str, Heartbeat] = {}
-        self._generation = -1  # none read yet: nothing is trusted
-        self._trusted = False
+        self._generation = -1  # none read yet
+        # What is held is used until then: a read of the generation, started
+        # at most ``fresh_for`` seconds before, succeeded. A store that hangs
+        # (a partition, a stopped server) is no longer trusted after that.
+        self._fresh_for = max(fresh_for, 2 * self._poll)
+        self._fresh_until = 0.0
         self._full = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self.answered = 0  # check-ins answered from memory
@@ -96,7 +103,7 @@ class Heartbeats:
     def answer(self, host_id: str, inventory_hash: str, updates_hash: str) -> CheckInOutcome | None:
         """What a check-in with these hashes and nothing else is answered
         with, when it can be answered from memory; None: through the store."""
-        if not self._trusted:
+        if time.monotonic() > self._fresh_until:
             return None
         held = self._held.get(host_id)
         if (
@@ -147,27 +154,33 @@ class Heartbeats:
     def _current(self, generation: int) -> None:
         self._generation = max(self._generation, generation)
 
+    def _read(self, generation: int, started: float) -> None:
+        """The generation was read by a call started at ``started``."""
+        self._current(generation)
+        self._fresh_until = max(self._fresh_until, started + self._fresh_for)
+
     def _distrust(self, what: str, exc: Exception) -> None:
-        if self._trusted:
+        if self._fresh_until:
             log.warning("check-ins go through the store until it answers again: %s failed: %s",
                         what, exc)  # fmt: skip
-        self._trusted = False
+        self._fresh_until = 0.0
 
     async def sync(self) -> None:
         """Read the generation now (after a change made on this replica)."""
+        started = time.monotonic()
         try:
             generation = await self._db.call(lambda s: s.hosts_generation())
         except Exception as exc:
             self._distrust("reading the hosts' generation", exc)
             return
-        self._current(generation)
-        self._trusted = True
+        self._read(generation, started)
 
     async def flush(self) -> None:
         """Write what is waiting now (the writer does every ``interval``)."""
         batch, self._waiting = self._waiting, {}
         if not batch:
             return
+        started = time.monotonic()
         try:
             generation = await self._db.call(lambda s: s.record_heartbeats(list(batch.values())))
         except Exception as exc:
@@ -182,8 +195,7 @@ class Heartbeats:
             self._distrust(f"writing {len(batch)} check-ins behind", exc)
             return
         self.written += len(batch)
-        self._current(generation)
-        self._trusted = True
+        self._read(generation, started)
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="heartbeat writer")
@@ -211,6 +223,6 @@ class Heartbeats:
                 await self._task
         count = len(self._waiting)
         await self.flush()
-        self._trusted = False  # answered from memory no more
+        self._fresh_until = 0.0  # answered from memory no more
         if self._waiting:
             log.error("%d check-ins answered could not be written at shutdown", count)

@@ -203,6 +203,24 @@ def test_while_the_store_fails_nothing_is_answered_from_memory_or_lost(world: Wo
     run(main)
 
 
+def test_a_store_that_hangs_is_trusted_no_longer_than_fresh_for(world: World) -> None:
+    """No read fails, none succeeds either (a stopped server, a partition):
+    what is held goes unused once the last good read is that old."""
+
+    async def main() -> None:
+        beats = Heartbeats(world.db, poll=0.01, fresh_for=0.2)
+        host = world.hosts[0]
+        beats.learn(host, await world.check_in(host))
+        await beats.sync()
+        assert beats.answer(host, INVENTORY, UPDATES) is not None
+        await asyncio.sleep(0.3)  # no read since
+        assert beats.answer(host, INVENTORY, UPDATES) is None
+        await beats.sync()
+        assert beats.answer(host, INVENTORY, UPDATES) is not None
+
+    run(main)
+
+
 def test_the_writer_writes_within_its_interval_and_close_writes_the_rest(world: World) -> None:
     async def main() -> None:
         beats = Heartbeats(world.db, interval=0.05, poll=0.02)
