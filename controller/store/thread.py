@@ -2,7 +2,8 @@
 the database. Check-ins are group-committed: every check-in that arrives while a
 batch is being written joins the next batch, so a busy controller makes a
 few large transactions instead of thousands of small ones, and each agent
-is answered only once its check-in is durable."""
+is answered only once its check-in is durable (but for the check-ins that
+bring nothing new: controller/store/heartbeats.py)."""
 
 from __future__ import annotations
 
