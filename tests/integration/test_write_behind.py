@@ -44,6 +44,20 @@ def _written_behind(metrics: str) -> float:
     return float(found.group(1))
 
 
+def _until_answered_from_memory(agent: InProcessAgent, metrics: str) -> int:
+    """Check in (the first with inventory and scan, written through) until
+    one is answered from memory, once the controller has read the placement
+    generation (within a quarter of a second of starting): how many rounds."""
+    deadline = time.monotonic() + scaled(30)
+    agent.round()
+    rounds = 1
+    while _written_behind(metrics) == 0:
+        assert time.monotonic() < deadline, "no check-in was answered from memory"
+        agent.round()
+        rounds += 1
+    return rounds
+
+
 def _host(ctl: Controller, host_id: str) -> Host:
     """The host as the database holds it (read beside the running controller)."""
     store = open_store("", DataDir(ctl.data_dir).database)
@@ -78,15 +92,9 @@ def _world(
 def test_nothing_new_is_answered_at_once_and_written_within_the_interval(tmp_path, agents):
     ctl, agent, metrics = _world(tmp_path, "1s", agents)
     try:
-        agent.round()  # the first: inventory and scan, written before the answer
-        assert _written_behind(metrics) == 0
+        rounds = _until_answered_from_memory(agent, metrics)
+        assert _written_behind(metrics) == 1  # the last round alone
         deadline = time.monotonic() + scaled(30)
-        # Answered from memory once the controller has read the placement
-        # generation (within a quarter of a second of starting).
-        while _written_behind(metrics) == 0:
-            assert time.monotonic() < deadline, "no check-in was answered from memory"
-            agent.round()
-        rounds = 1 + int(_written_behind(metrics))
         while _host(ctl, agent.host_id).checkins < rounds:
             assert time.monotonic() < deadline, "the check-ins were not written behind"
             time.sleep(0.1)
@@ -101,11 +109,7 @@ def test_a_placement_changed_by_another_writer_is_honoured_at_the_next_check_in(
     store's answer carries ring 5; campaigns target it there."""
     ctl, agent, metrics = _world(tmp_path, "1s", agents)
     try:
-        agent.round()
-        deadline = time.monotonic() + scaled(30)
-        while _written_behind(metrics) == 0:
-            assert time.monotonic() < deadline, "no check-in was answered from memory"
-            agent.round()
+        _until_answered_from_memory(agent, metrics)
         store = open_store("", DataDir(ctl.data_dir).database)
         try:
             store.relabel_host(
@@ -130,13 +134,10 @@ def test_what_waits_at_shutdown_is_written_before_the_controller_exits(tmp_path,
     ctl, agent, metrics = _world(tmp_path, "60s", agents)
     stopped = False
     try:
-        agent.round()
-        deadline = time.monotonic() + scaled(30)
-        while _written_behind(metrics) == 0:
-            assert time.monotonic() < deadline, "no check-in was answered from memory"
-            agent.round()
-        rounds = 1 + int(_written_behind(metrics))
-        assert _host(ctl, agent.host_id).checkins == 1  # a minute to wait, but:
+        rounds = _until_answered_from_memory(agent, metrics)
+        # Those written through are in; the one answered from memory would
+        # wait a minute, but:
+        assert _host(ctl, agent.host_id).checkins == rounds - 1
         ctl.stop()
         stopped = True
         assert _host(ctl, agent.host_id).checkins == rounds

@@ -86,6 +86,15 @@ def world(tmp_path: Path) -> Iterator[World]:
     db.close()
 
 
+async def _held(world: World) -> tuple[Heartbeats, str]:
+    """Heartbeats holding the first host, written through once, and read."""
+    beats = Heartbeats(world.db)
+    host = world.hosts[0]
+    beats.learn(host, await world.check_in(host))
+    await beats.sync()
+    return beats, host
+
+
 def run(coro: Callable[[], object]) -> object:
     return asyncio.run(asyncio.wait_for(coro(), 60))  # type: ignore[arg-type]
 
@@ -149,10 +158,7 @@ def test_what_was_read_before_a_change_is_never_held_as_current(world: World) ->
 
 def test_check_ins_answered_are_written_behind_newest_facts_counted_all(world: World) -> None:
     async def main() -> None:
-        beats = Heartbeats(world.db)
-        host = world.hosts[0]
-        beats.learn(host, await world.check_in(host))
-        await beats.sync()
+        beats, host = await _held(world)
         for minute in (5, 10):
             beats.accept(host, NOW + timedelta(minutes=minute), {"uptime": minute}, {"ok": False})
         assert world.stored(host).checkins == 1  # nothing written yet
@@ -168,10 +174,7 @@ def test_check_ins_answered_are_written_behind_newest_facts_counted_all(world: W
 
 def test_a_check_in_written_through_meanwhile_keeps_its_newer_facts(world: World) -> None:
     async def main() -> None:
-        beats = Heartbeats(world.db)
-        host = world.hosts[0]
-        beats.learn(host, await world.check_in(host))
-        await beats.sync()
+        beats, host = await _held(world)
         beats.accept(host, NOW + timedelta(minutes=5), {"uptime": 5}, {"ok": True})
         beats.superseded(host)  # the next one carries an inventory, say
         beats.learn(host, await world.check_in(host, NOW + timedelta(minutes=6)))
@@ -186,10 +189,7 @@ def test_a_check_in_written_through_meanwhile_keeps_its_newer_facts(world: World
 
 def test_while_the_store_fails_nothing_is_answered_from_memory_or_lost(world: World) -> None:
     async def main() -> None:
-        beats = Heartbeats(world.db)
-        host = world.hosts[0]
-        beats.learn(host, await world.check_in(host))
-        await beats.sync()
+        beats, host = await _held(world)
         beats.accept(host, NOW + timedelta(minutes=5), {"uptime": 5}, {"ok": True})
         world.db.down = True
         await beats.flush()
