@@ -188,6 +188,14 @@ async def serve(  # noqa: PLR0915
         Heartbeats(db, behind, max_hosts=settings.checkin_held_hosts, metrics=engine.metrics)
         if behind and settings.checkin_held_hosts else None
     )  # fmt: skip
+    if heartbeats is not None:
+        held = heartbeats
+
+        def revoked_now(host_id: str) -> None:
+            watchers.close(host_id)
+            held.forget(host_id)
+
+        revoked.on_revoke = revoked_now
     await engine.start()
     releases = _releases(data_dir, db, release_key)
     keeper = AuditKeeper.create(db, settings, Checkpoints(keys.key, keys.trusted))

@@ -497,10 +497,14 @@ class Store(AdminStore, CampaignStore, ReleaseStore, WebhookStore, VulnStore):
                 row: tuple[Any, ...] | None = seen.get(checkin.host_id) or known.get(
                     checkin.host_id
                 )
-                activated = row is not None and row[0] == HostStatus.PENDING.value
-                if row is not None and activated:
-                    self._activate(conn, checkin.host_id)
-                    row = (HostStatus.ACTIVE.value, *row[1:])
+                if row is not None and row[0] == HostStatus.PENDING.value:
+                    # Its first check-in. Read the row again once it is
+                    # active: on PostgreSQL another replica may have
+                    # relabelled, revoked or activated it since the read above.
+                    activated = self._activate(conn, checkin.host_id)
+                    row = self._checkin_rows(conn, {checkin.host_id}).get(checkin.host_id)
+                else:
+                    activated = False
                 if row is None or row[0] != HostStatus.ACTIVE.value:
                     outcomes.append(CheckInOutcome(row is not None, row is not None, ""))
                     continue
@@ -525,6 +529,7 @@ class Store(AdminStore, CampaignStore, ReleaseStore, WebhookStore, VulnStore):
                     known_updates = checkin.updates_hash
                 updates.append(
                     (
+                        _ts(checkin.at),
                         _ts(checkin.at),
                         json.dumps(dict(checkin.facts)),
                         json.dumps(dict(checkin.health)),
@@ -553,7 +558,8 @@ class Store(AdminStore, CampaignStore, ReleaseStore, WebhookStore, VulnStore):
             # locks in the same order, rather than deadlock.
             updates.sort(key=lambda row: str(row[-1]))
             conn.executemany(
-                "UPDATE hosts SET last_seen = ?, facts = ?, health = ?, inventory_hash = ?,"
+                "UPDATE hosts SET last_seen = CASE WHEN last_seen > ? THEN last_seen ELSE ? END,"
+                " facts = ?, health = ?, inventory_hash = ?,"
                 " package_count = COALESCE(?, package_count),"
                 " inventory_updates = inventory_updates + ?, updates_hash = ?,"
                 " checkins = checkins + 1 WHERE host_id = ?",

@@ -12,7 +12,9 @@ How it stays right:
 - **What is held.** For each active host whose last check-in was written
   through (``learn``), what its answer needs: the inventory and updates
   hashes the controller holds, region, ring and labels, and the *placement
-  generation* read in the same transaction before the host's row.
+  generation* read in the same transaction before the host's row. At most
+  ``max_hosts``: the host learnt longest ago makes room, so hosts gone from
+  the fleet leave in time; a host revoked here is dropped at once.
 - **When it is used.** A check-in is answered from what is held
   (``answer``) only when it carries no inventory and no scan, its two
   hashes are the held ones, and the held generation is the current one.
@@ -21,14 +23,16 @@ How it stays right:
 - **The generation** counts changes to the status, region, ring or labels
   of active hosts, made by any statement on any replica (a trigger,
   migration 0011). It is read with every write behind and at least every
-  ``poll`` seconds: another replica's change is seen within ``poll``. On
+  ``poll`` seconds: another replica's change is seen within ``poll``. A
+  count that goes back (its table emptied by hand) drops all that is held. On
   this replica an admin change reads it again (``sync``) before it is
   answered; a revocation also takes effect at once through the revoked set.
 - **What is written behind**, every ``interval`` (or sooner, when many are
   waiting): each host's last_seen (never moved back), its newest facts and
   health, and how many check-ins that was, in one transaction. A host
-  whose check-in goes through the store while one is waiting here
-  (``superseded``) keeps only the count: the store has newer facts.
+  whose check-in goes through the store while one is waiting here or
+  being written (``superseded``) keeps only the count: the store has newer
+  facts, even if that write fails and is tried again.
 - **When the store fails or hangs**, nothing is answered from memory once
   a read or write of it has failed, or once none that succeeded started
   within the last ``fresh_for`` seconds (1 s): check-ins go through the
@@ -87,6 +91,10 @@ class Heartbeats:
         self._held: dict[str, CheckInOutcome] = {}
         self._labels: dict[frozenset[tuple[str, str]], Mapping[str, str]] = {}
         self._waiting: dict[str, Heartbeat] = {}
+        # The batch being written, and its hosts that a check-in written
+        # through has superseded meanwhile (should the write fail).
+        self._writing: dict[str, Heartbeat] = {}
+        self._superseded: set[str] = set()
         self._generation = -1  # none read yet
         # What is held is used until then: a read of the generation, started
         # at most ``fresh_for`` seconds before, succeeded. A store that hangs
@@ -94,6 +102,7 @@ class Heartbeats:
         self._fresh_for = max(fresh_for, 2 * self._poll)
         self._fresh_until = 0.0
         self._full = asyncio.Event()
+        self._stopping = False
         self._task: asyncio.Task[None] | None = None
         self.answered = 0  # check-ins answered from memory
         self.written = 0  # heartbeats written behind
@@ -132,14 +141,23 @@ class Heartbeats:
         before = self._waiting.get(host_id)
         if before is not None and before.facts is not None:
             self._waiting[host_id] = dataclasses.replace(before, facts=None, health=None)
+        if host_id in self._writing:
+            self._superseded.add(host_id)
+
+    def forget(self, host_id: str) -> None:
+        """``host_id`` was revoked: hold nothing of it."""
+        self._held.pop(host_id, None)
 
     def learn(self, host_id: str, outcome: CheckInOutcome) -> None:
-        """A check-in written through: hold what it read (an active host)."""
-        if not outcome.known or outcome.revoked:
-            self._held.pop(host_id, None)
+        """A check-in written through: hold what it read (an active host).
+        Held hosts are kept in the order they were last learnt; when there
+        are ``max_hosts``, the one learnt longest ago makes room (a host
+        gone from the fleet is learnt no more, and goes in time)."""
+        self._held.pop(host_id, None)
+        if not outcome.known or outcome.revoked or self._max_hosts <= 0:
             return
-        if len(self._held) >= self._max_hosts and host_id not in self._held:
-            return
+        while len(self._held) >= self._max_hosts:
+            del self._held[next(iter(self._held))]
         # Hosts share their labels and region where they are equal, as most are.
         if len(self._labels) > self._max_hosts:  # as many sets as hosts: sharing none
             self._labels.clear()
@@ -147,16 +165,15 @@ class Heartbeats:
         self._held[host_id] = dataclasses.replace(
             outcome, activated=False, labels=labels, region=sys.intern(outcome.region)
         )
-        self._current(outcome.generation)
 
     # -- the generation and the writes ------------------------------------------
 
-    def _current(self, generation: int) -> None:
-        self._generation = max(self._generation, generation)
-
     def _read(self, generation: int, started: float) -> None:
-        """The generation was read by a call started at ``started``."""
-        self._current(generation)
+        """The generation was read by a call started at ``started`` (the
+        store thread runs calls in order, so reads arrive in order too)."""
+        if generation < self._generation:  # the count started again: trust nothing held
+            self._held.clear()
+        self._generation = generation
         self._fresh_until = max(self._fresh_until, started + self._fresh_for)
 
     def _distrust(self, what: str, exc: Exception) -> None:
@@ -181,10 +198,15 @@ class Heartbeats:
         if not batch:
             return
         started = time.monotonic()
+        self._writing, self._superseded = batch, set()
         try:
             generation = await self._db.call(lambda s: s.record_heartbeats(list(batch.values())))
         except Exception as exc:
-            for host_id, older in batch.items():
+            for host_id, taken in batch.items():
+                older = (
+                    dataclasses.replace(taken, facts=None, health=None)
+                    if host_id in self._superseded else taken
+                )  # fmt: skip
                 newer = self._waiting.get(host_id)
                 self._waiting[host_id] = (
                     older if newer is None
@@ -194,6 +216,8 @@ class Heartbeats:
                 log.exception("writing %d check-ins behind failed", len(batch))
             self._distrust(f"writing {len(batch)} check-ins behind", exc)
             return
+        finally:
+            self._writing, self._superseded = {}, set()
         self.written += len(batch)
         self._read(generation, started)
 
@@ -202,10 +226,12 @@ class Heartbeats:
 
     async def _run(self) -> None:
         last_write = time.monotonic()
-        while True:
+        while not self._stopping:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._full.wait(), self._poll)
             self._full.clear()
+            if self._stopping:
+                return
             now = time.monotonic()
             if self._waiting and (
                 now - last_write >= self._interval or len(self._waiting) >= self._flush_at
@@ -216,11 +242,12 @@ class Heartbeats:
                 await self.sync()
 
     async def close(self) -> None:
-        """Stop, and write what is waiting."""
+        """Stop (a write in progress ends first, never cut off), and write
+        what is waiting."""
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            self._stopping = True
+            self._full.set()
+            await self._task
         count = len(self._waiting)
         await self.flush()
         self._fresh_until = 0.0  # answered from memory no more

@@ -381,12 +381,15 @@ def _agent_release_families(db: Database) -> None:
 # trigger, so no code path can forget it): a controller that answers
 # check-ins from memory (controller/store/heartbeats.py) trusts what it
 # holds only while the generation it read with it is still the current one.
-# A pending host becoming active changes nothing held: only active hosts
-# are held.
+# A pending host becoming active is not counted (every host does it once),
+# nor an expired pending host deleted; any other change is, whatever the
+# host's status (a check-in that activates a host reads its row again after
+# the activation, so a pending host's change is not missed either way).
 _PLACEMENT_CHANGED = (
-    "OLD.status = 'active' AND (NEW.status IS DISTINCT FROM OLD.status"
+    "(NEW.status IS DISTINCT FROM OLD.status"
+    " AND NOT (OLD.status = 'pending' AND NEW.status = 'active'))"
     " OR NEW.region IS DISTINCT FROM OLD.region OR NEW.ring IS DISTINCT FROM OLD.ring"
-    " OR NEW.labels IS DISTINCT FROM OLD.labels)"
+    " OR NEW.labels IS DISTINCT FROM OLD.labels"
 )
 # An upsert: a generations table emptied by hand starts again from no row (0).
 _BUMP = (
@@ -405,8 +408,8 @@ def _host_placement_generation(db: Database) -> None:
             f" ON hosts WHEN {changed} BEGIN {_BUMP}; END"
         )
         db.execute(
-            f"CREATE TRIGGER hosts_removed AFTER DELETE ON hosts"
-            f" WHEN OLD.status = 'active' BEGIN {_BUMP}; END"
+            "CREATE TRIGGER hosts_removed AFTER DELETE ON hosts"
+            f" WHEN OLD.status <> 'pending' BEGIN {_BUMP}; END"
         )
         return
     # PostgreSQL: a trigger runs a function.
@@ -421,5 +424,5 @@ def _host_placement_generation(db: Database) -> None:
     )
     db.execute(
         "CREATE TRIGGER hosts_removed AFTER DELETE ON hosts FOR EACH ROW"
-        " WHEN (OLD.status = 'active') EXECUTE FUNCTION fleetpatch_hosts_changed()"
+        " WHEN (OLD.status <> 'pending') EXECUTE FUNCTION fleetpatch_hosts_changed()"
     )

@@ -409,14 +409,18 @@ def test_the_placement_generation_counts_what_changes_an_active_hosts_answer(sto
     assert store.hosts_generation() == before + 2
     store.revoke_host(active.host_id, NOW)
     assert store.hosts_generation() == before + 3
-    with store._transaction() as conn:  # a revoked host is not held: no change
+    with store._transaction() as conn:  # whatever the host's status
         conn.execute("UPDATE hosts SET region = 'us' WHERE host_id = ?", (active.host_id,))
+    assert store.hosts_generation() == before + 4
+    with store._transaction() as conn:
         conn.execute("DELETE FROM inventories WHERE host_id = ?", (active.host_id,))
         conn.execute("DELETE FROM hosts WHERE host_id = ?", (active.host_id,))
-    assert store.hosts_generation() == before + 3
-    with store._transaction() as conn:
-        conn.execute("DELETE FROM hosts WHERE host_id = ?", (pending.host_id,))  # active now
-    assert store.hosts_generation() == before + 4
+    assert store.hosts_generation() == before + 5
+    expired = dataclasses.replace(_host(3), status=HostStatus.PENDING)
+    _enrolled(store, expired)
+    with store._transaction() as conn:  # a pending host forgotten: nothing held changed
+        conn.execute("DELETE FROM hosts WHERE host_id = ?", (expired.host_id,))
+    assert store.hosts_generation() == before + 5
 
 
 def test_a_checkin_outcome_carries_the_generation_read_with_it(store):

@@ -20,6 +20,8 @@ from controller.model import (
     AssignmentKind,
     AssignmentStatus,
     CampaignRecord,
+    CheckIn,
+    CheckInOutcome,
     Host,
     HostStatus,
 )
@@ -302,3 +304,57 @@ def test_replicas_racing_to_assign_one_host_assign_it_once(postgres_emptied_url)
     finally:
         for store in stores:
             store.close()
+
+
+@pytest.mark.parametrize("change", ["relabel", "revoke"])
+def test_a_first_check_in_racing_another_replicas_change_answers_with_the_change(
+    postgres_emptied_url: str, change: str
+) -> None:
+    """Replica A reads a pending host's row for its first check-in; replica
+    B changes the row and commits while A waits on its lock. A's answer,
+    which a controller holds in memory (controller/store/heartbeats.py),
+    must be the row as B left it, not as A first read it."""
+    a = Store.connect(postgres_emptied_url)
+    token, _ = new_token("eu", 0, 10, timedelta(days=1), {}, NOW)
+    a.create_token(token)
+    host_id = "h-0000000000000001"
+    pending = Host(
+        host_id, "eu", 0, HostStatus.PENDING, NOW, {"role": "web"},
+        certificate_serial="1", certificate_expires_at=NOW + timedelta(days=90),
+    )  # fmt: skip
+    a.enroll_host(pending, token.token_id, NOW)
+    b = psycopg.connect(postgres_emptied_url)
+    try:
+        if change == "relabel":
+            b.execute("UPDATE hosts SET region = 'us', ring = 3, labels = '{\"role\": \"db\"}'"
+                      " WHERE host_id = %s", (host_id,))  # fmt: skip
+        else:
+            b.execute("UPDATE hosts SET status = 'revoked' WHERE host_id = %s", (host_id,))
+        answered: list[CheckInOutcome] = []
+        checkin = CheckIn(host_id, NOW, {}, {}, "sha256:i", [("bash", "5.2", "amd64")])
+        first = threading.Thread(target=lambda: answered.extend(a.record_checkins([checkin])))
+        first.start()
+        with psycopg.connect(postgres_emptied_url, autocommit=True) as watch:
+            for _ in range(600):  # A waits on B's row lock
+                waiting = watch.execute(
+                    "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
+                ).fetchone()
+                if waiting and waiting[0]:
+                    break
+                threading.Event().wait(0.05)
+            else:
+                pytest.fail("the first check-in never waited on the other replica's lock")
+        b.commit()
+        first.join(timeout=60)
+    finally:
+        b.close()
+    [outcome] = answered
+    stored = a.get_host(host_id)
+    a.close()
+    if change == "relabel":
+        assert (outcome.region, outcome.ring, dict(outcome.labels)) == ("us", 3, {"role": "db"})
+        assert stored.status is HostStatus.ACTIVE
+    else:
+        assert outcome.revoked
+        assert not outcome.activated
+        assert stored.status is HostStatus.REVOKED
