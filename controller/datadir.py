@@ -340,9 +340,7 @@ class DataDir:
         if isinstance(jitter, bool) or not isinstance(jitter, int | float) or not 0 <= jitter < 1:
             raise UsageError(f"{where}: checkin.jitter must be a number in [0, 1)")
         tick, second = _campaigns(doc, where)
-        max_batch = checkin.get("max_batch", 1000)
-        if isinstance(max_batch, bool) or not isinstance(max_batch, int) or max_batch < 1:
-            raise UsageError(f"{where}: checkin.max_batch must be a whole number >= 1")
+        max_batch = _whole(checkin, "checkin", "max_batch", 1000, where, least=1)
         releases = _table(doc, "releases", {"public_key"}, where)
         public_key = releases.get("public_key", "")
         if not isinstance(public_key, str):
@@ -505,11 +503,13 @@ def _write_behind(checkin: dict[str, object], path: Path | str) -> timedelta:
     return value
 
 
-def _whole(table: dict[str, object], name: str, key: str, default: int, path: Path | str) -> int:
-    """A whole number >= 0 from ``[name] key``; raises UsageError naming it."""
+def _whole(
+    table: dict[str, object], name: str, key: str, default: int, path: Path | str, least: int = 0
+) -> int:
+    """A whole number >= ``least`` from ``[name] key``; raises UsageError naming it."""
     value = table.get(key, default)
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise UsageError(f"{path}: {name}.{key} must be a whole number >= 0")
+    if isinstance(value, bool) or not isinstance(value, int) or value < least:
+        raise UsageError(f"{path}: {name}.{key} must be a whole number >= {least}")
     return value
 
 

@@ -573,8 +573,9 @@ class Store(AdminStore, CampaignStore, ReleaseStore, WebhookStore, VulnStore):
         return 0 if row is None else int(row[0])  # no row: never changed
 
     def hosts_generation(self) -> int:
-        """How many times the placement (status, region, ring, labels) of an
-        active host has changed, by any replica: migration 0011's trigger."""
+        """How many times a host's placement (status, region, ring, labels)
+        has changed, by any replica, a pending host's activation and expiry
+        aside: migration 0011's triggers."""
         return self._hosts_generation(self._conn)
 
     def record_heartbeats(self, beats: Sequence[Heartbeat]) -> int:

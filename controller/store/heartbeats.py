@@ -20,13 +20,14 @@ How it stays right:
   hashes are the held ones, and the held generation is the current one.
   Anything else goes through the store, durable before the answer, as
   before; so does every check-in while the store is failing.
-- **The generation** counts changes to the status, region, ring or labels
-  of active hosts, made by any statement on any replica (a trigger,
-  migration 0011). It is read with every write behind and at least every
-  ``poll`` seconds: another replica's change is seen within ``poll``. A
-  count that goes back (its table emptied by hand) drops all that is held. On
-  this replica an admin change reads it again (``sync``) before it is
-  answered; a revocation also takes effect at once through the revoked set.
+- **The generation** counts changes to a host's status, region, ring or
+  labels (a pending host's activation and expiry aside), made by any
+  statement on any replica (a trigger, migration 0011). It is read with
+  every write behind and at least every ``poll`` seconds: another
+  replica's change is seen within ``poll``. A count that goes back (its
+  table emptied by hand) drops all that is held. On this replica an admin
+  change reads it again (``sync``) before it is answered; a revocation
+  also takes effect at once through the revoked set.
 - **What is written behind**, every ``interval`` (or sooner, when many are
   waiting): each host's last_seen (never moved back), its newest facts and
   health, and how many check-ins that was, in one transaction. A host

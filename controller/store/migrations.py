@@ -376,9 +376,9 @@ def _agent_release_families(db: Database) -> None:
 
 
 # A host's placement is what a check-in's answer depends on: its status,
-# region, ring and labels. The generation counts the changes to the
-# placement of active hosts, whatever statement or replica makes them (a
-# trigger, so no code path can forget it): a controller that answers
+# region, ring and labels. The generation counts the changes to hosts'
+# placements, whatever statement or replica makes them (a trigger, so no
+# code path can forget it): a controller that answers
 # check-ins from memory (controller/store/heartbeats.py) trusts what it
 # holds only while the generation it read with it is still the current one.
 # A pending host becoming active is not counted (every host does it once),
