@@ -10,14 +10,17 @@ always first after the enrollment or always after the same one.
 
     .venv/bin/python -m benchmarks.load_ab [--rev REV]... [--bare] [--rounds 3]
         [--seconds 15] [--ramp 5] [--agents 1000] [--processes 2] [--concurrency 64]
-        [--threads]
+        [--threads] [--store sqlite|postgresql]
 
 Each --rev is a git revision of this repository, checked out in a
 temporary worktree, or "." for the working tree as it is (the default:
-HEAD against "."). The revisions share one SQLite data dir, initialised
-and migrated by the working tree: they must read the same schema. Its
-controller.toml keeps only the addresses and check-in timing, so each
-revision runs with its own defaults. The
+HEAD against "."). The revisions share one data dir, initialised and
+migrated by the working tree: they must read the same schema. Its
+controller.toml keeps only the addresses, the check-in timing and the
+store's URL, so each revision runs with its own defaults. With --store
+postgresql that store is a throwaway PostgreSQL cluster started here
+(durable, as benchmarks.load's), and each round also prints the
+PostgreSQL server's CPU per 1,000 check-ins (its backends included). The
 load is `fleetpatch-sim load`'s (simulator/load.py, from the working tree):
 back-to-back check-ins, a full inventory in 1 % of them, orders carried
 out. Printed: each round's check-ins per second and the server's CPU
@@ -53,6 +56,7 @@ from fleetpatch.v1 import admin_pb2
 from google.protobuf.duration_pb2 import Duration
 
 from benchmarks.checkin_load import BIN, init_controller, serve, stop
+from benchmarks.load import database, set_store
 from controller.cli.admin_client import AdminClient
 from controller.datadir import DataDir
 from simulator import load
@@ -138,15 +142,18 @@ def start(tree: Path, data: Path) -> tuple[subprocess.Popen[bytes], str]:
 
 
 def own_defaults(data: Path) -> None:
-    """Cut controller.toml down to the addresses and check-in timing, so
-    that each revision runs with its own defaults for the rest: a setting
-    the working tree's template adds is an unknown key to an older one."""
+    """Cut controller.toml down to the addresses, check-in timing and the
+    store's URL, so that each revision runs with its own defaults for the
+    rest: a setting the working tree's template adds is an unknown key to
+    an older one."""
     config = data / "controller.toml"
     doc = tomllib.loads(config.read_text())
     kept = [
         ("server", doc["server"]),
         ("checkin", {k: doc["checkin"][k] for k in ("interval", "jitter")}),
     ]
+    if doc["store"]["url"]:
+        kept.append(("store", {"url": doc["store"]["url"]}))
     config.write_text(
         "".join(
             f"[{table}]\n"
@@ -156,9 +163,14 @@ def own_defaults(data: Path) -> None:
     )
 
 
-def enrolled(data: Path, args: argparse.Namespace) -> tuple[load.Plan, list[load.Identity]]:
-    """Initialise the data dir with the working tree and enroll the agents."""
+def enrolled(
+    data: Path, args: argparse.Namespace, url: str = ""
+) -> tuple[load.Plan, list[load.Identity]]:
+    """Initialise the data dir with the working tree (its store at ``url``,
+    "" for SQLite) and enroll the agents."""
     init_controller(data, free_port())
+    if url:
+        set_store(data, url)
     own_defaults(data)
     first = serve(data, timeout=60)
     try:
@@ -215,27 +227,33 @@ def one_round(
     plan: load.Plan,
     identities: list[load.Identity],
     threads: bool = False,
+    db_pid: int | None = None,
 ) -> tuple[int, bool]:
     """Each variant in turn under the load (in reverse order in even
     rounds); errors counted, and whether Ctrl-C cut the round short.
-    ``threads``: each server thread's CPU per check-in printed too."""
+    ``threads``: each server thread's CPU per check-in printed too;
+    ``db_pid``: the PostgreSQL server's, whose CPU is printed apart."""
     errors = 0
     for variant in variants if n % 2 else variants[::-1]:
         proc: subprocess.Popen[bytes] | subprocess.Popen[str]
         proc, target = load.start_bare(data) if variant.tree is None else start(variant.tree, data)
         try:
             usage, before = load.Usage(proc.pid), thread_cpu(proc.pid) if threads else {}
+            db = load.Usage(db_pid) if db_pid is not None and variant.tree is not None else None
             tallies, interrupted = load.run(plan, identities, target, seed=1)
-            result = load.merge(variant.name, plan, tallies, usage.done(), None, interrupted)
+            measured = None if db is None else db.done()
+            result = load.merge(variant.name, plan, tallies, usage.done(), measured, interrupted)
             after = thread_cpu(proc.pid) if threads else {}
         finally:
             stop(proc)
         errors += sum(result.errors.values())
         variant.rounds.append((result.checkins_per_second, result.cpu_seconds_per_1000))
         cpu = "-" if result.cpu_seconds_per_1000 is None else f"{result.cpu_seconds_per_1000:.3f}"
-        print(f"round {n}  {variant.name:>12}  {result.checkins_per_second:8,.0f}/s  CPU {cpu} s/1k"
-              f"  p99 {result.p99_ms:6.1f} ms  errors {sum(result.errors.values())}",
-              flush=True)  # fmt: skip
+        spent = result.database_cpu_seconds_per_1000
+        db_cpu = "" if spent is None else f" + db {spent:.3f}"
+        print(f"round {n}  {variant.name:>12}  {result.checkins_per_second:8,.0f}/s"
+              f"  CPU {cpu}{db_cpu} s/1k  p99 {result.p99_ms:6.1f} ms"
+              f"  errors {sum(result.errors.values())}", flush=True)  # fmt: skip
         if threads and result.cpu_seconds_per_1000:
             split = per_checkin(before, after, result.cpu_seconds_per_1000)
             print(f"  threads, ms of CPU per check-in: {split}", flush=True)
@@ -272,6 +290,12 @@ def main() -> None:
         action="store_true",
         help="also each server thread's CPU per check-in (main, store, gRPC's)",
     )
+    parser.add_argument(
+        "--store",
+        choices=("sqlite", "postgresql"),
+        default="sqlite",
+        help="the controllers' store: SQLite, or a PostgreSQL cluster started here",
+    )
     args = parser.parse_args()
     revs = args.rev or ["HEAD", "."]
     if args.rounds < 1 or args.seconds < 1 or args.agents < 1 or args.processes < 1:
@@ -280,14 +304,17 @@ def main() -> None:
     with (
         tempfile.TemporaryDirectory(prefix="fleetpatch-ab-") as name,
         trees(revs, Path(name)) as paths,
+        database(args.store) as (url, db_pid),
     ):
         data = Path(name) / "ctl"
-        plan, identities = enrolled(data, args)
+        plan, identities = enrolled(data, args, url)
         variants = [Variant(rev, path, []) for rev, path in zip(revs, paths, strict=True)]
         if args.bare:
             variants.append(Variant(BARE, None, []))
         for n in range(1, args.rounds + 1):
-            failed, interrupted = one_round(n, variants, data, plan, identities, args.threads)
+            failed, interrupted = one_round(
+                n, variants, data, plan, identities, args.threads, db_pid
+            )
             errors += failed
             if interrupted:
                 break

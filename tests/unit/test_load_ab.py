@@ -84,3 +84,32 @@ def test_thread_cpu_is_split_by_thread_and_shown_per_check_in() -> None:
     # Shares of the process's CPU per check-in, the largest first.
     shown = per_checkin({"main": 1.0}, {"main": 4.0, "store": 1.0}, 0.8)
     assert shown == "main 0.600, store 0.200"
+
+
+def test_each_revision_keeps_the_store_url_and_its_own_defaults_for_the_rest(
+    tmp_path: Path,
+) -> None:
+    # --store postgresql: every revision must run on the cluster the
+    # agents were enrolled in, and nothing else of the working tree's
+    # template may reach an older revision (an unknown key to it).
+    import tomllib
+
+    from benchmarks.checkin_load import init_controller
+    from benchmarks.load import set_store
+    from benchmarks.load_ab import own_defaults
+    from controller.datadir import DataDir
+
+    url = "postgresql:///fleetpatch?host=/tmp/fp-pg-x"
+    init_controller(tmp_path, 5999)
+    set_store(tmp_path, url)
+    own_defaults(tmp_path)
+    kept = tomllib.loads((tmp_path / "controller.toml").read_text())
+    assert kept["store"] == {"url": url}
+    assert set(kept) == {"server", "checkin", "store"}
+    assert set(kept["checkin"]) == {"interval", "jitter"}
+    assert DataDir(tmp_path).settings().store_url == url
+
+    sqlite = tmp_path / "sqlite"
+    init_controller(sqlite, 5998)
+    own_defaults(sqlite)
+    assert "store" not in tomllib.loads((sqlite / "controller.toml").read_text())
