@@ -20,9 +20,11 @@ PROTOS := $(wildcard proto/fleetpatch/v1/*.proto)
 # .debs are held lintian-clean but for packaging/debian/*/lintian-overrides),
 # postgresql (the store's contract tests and the controller's integration
 # tests run against a real PostgreSQL cluster made in a temp dir; libpq5 is
-# what psycopg loads).
+# what psycopg loads), gcc, libpq-dev and python3-dev (to compile psycopg's C
+# implementation, pyproject.toml's `c` extra, against that libpq5).
 DEB_PACKAGES := dpkg-dev dpkg-repack iproute2 util-linux rpm createrepo-c dnf dnf-plugins-core \
-	systemd systemd-container shellcheck prometheus lintian postgresql libpq5
+	systemd systemd-container shellcheck prometheus lintian postgresql libpq5 \
+	gcc libpq-dev python3-dev
 
 export PYTHONDONTWRITEBYTECODE := 1
 
@@ -30,10 +32,15 @@ export PYTHONDONTWRITEBYTECODE := 1
 
 all: test
 
-$(STAMP): pyproject.toml
+# The Debian packages first (order only): the `c` extra compiles against
+# libpq-dev. Where it cannot be built (not root, no compiler), psycopg runs
+# its pure-Python implementation, slower but the same to the tests.
+$(STAMP): pyproject.toml | debian-deps
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[dev]'
+	$(PY) -m pip install --quiet -e '.[dev,c]' || { \
+	  echo "psycopg's C implementation could not be built: the PostgreSQL store runs on the pure-Python one"; \
+	  $(PY) -m pip install --quiet -e '.[dev]'; }
 	touch $@
 
 deps: $(STAMP) debian-deps

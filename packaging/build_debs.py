@@ -96,7 +96,7 @@ import tempfile
 import time
 import tomllib
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
 
@@ -214,6 +214,7 @@ class Build:
     compression: str
     constraints: Path
     arch: str  # dpkg's name for this machine's architecture
+    extras: tuple[str, ...] = ()  # fleetpatch's extras installed (`built_here`)
 
 
 # -- versions ------------------------------------------------------------------
@@ -309,6 +310,47 @@ def build_wheel(build: Build) -> Path:
     return found[0]
 
 
+#: Distributions that publish no wheel, built here when the running
+#: environment has them (so the package ships what the tests ran
+#: against), and the fleetpatch extra that installs each.
+BUILT_HERE: Mapping[str, str] = {
+    # psycopg's C implementation, linked to Debian's libpq5 (a Depends).
+    "psycopg-c": "c",
+}
+
+
+def built_here(build: Build) -> tuple[str, ...]:
+    """Build the wheels of `BUILT_HERE` pinned in build.constraints into
+    build.work/wheels, by the target interpreter (its headers and build
+    configuration: another Python's would leave its own library path in
+    the objects' RUNPATH), with Debian's hardening flags (dpkg-buildflags)
+    and never from pip's cache (built without them); returns the extras
+    that install them."""
+    pinned = {}
+    for line in build.constraints.read_text().splitlines():
+        name, pin, version = line.partition("==")
+        if pin:
+            pinned[venvprune.canonical(name.strip())] = version.strip()
+    flags = {
+        name: run(["dpkg-buildflags", "--get", name]).strip()
+        for name in ("CFLAGS", "CPPFLAGS", "LDFLAGS")
+    }
+    extras = []
+    for dist, extra in BUILT_HERE.items():
+        version = pinned.get(dist)
+        if version is None:
+            continue
+        say(f"building the {dist} {version} wheel (it publishes none)")
+        run(
+            [sys.executable, "-m", "pip", "--python", build.python, "wheel", "--no-deps",
+             "--no-cache-dir", "--no-binary", dist, "--wheel-dir", build.work / "wheels",
+             f"{dist}=={version}"],
+            env=flags, timeout=1200,
+        )  # fmt: skip
+        extras.append(extra)
+    return tuple(extras)
+
+
 def _set_version(src: Path, version: str) -> None:
     pyproject = src / "pyproject.toml"
     text, count = re.subn(
@@ -356,11 +398,12 @@ def stage_venv(build: Build, package: Package, wheel: Path, stage: Path) -> None
     say(f"{package.name}: venv {package.venv} with {build.python}")
     run([build.python, "-m", "venv", "--without-pip", venv])
     staged_python = venv / "bin/python"
+    wanted = f"{wheel}[{','.join(build.extras)}]" if build.extras else str(wheel)
     run(
         [
             sys.executable, "-m", "pip", "--python", staged_python, "install",
             "--no-compile", "--only-binary", ":all:", "--no-warn-script-location",
-            "--constraint", build.constraints, wheel,
+            "--constraint", build.constraints, "--find-links", build.work / "wheels", wanted,
         ],
         timeout=1200,
     )  # fmt: skip
@@ -765,6 +808,7 @@ def build_debs(
             arch=run(["dpkg", "--print-architecture"]).strip(),
         )
         wheel = build_wheel(build)
+        build = replace(build, extras=built_here(build))
         clean_out_dir(out, packages)
         built = [build_package(build, package, wheel) for package in packages]
         if rpm:

@@ -9,7 +9,8 @@ code instead:
    package imports (an AST scan, so imports inside functions count too).
 2. `needed(site, names)`: the installed distributions providing those
    names, and the distributions they require (as installed: pip already
-   evaluated the markers), minus `DROPPED` (each with its reason).
+   evaluated the markers) or load by name when installed (`LOADED`),
+   minus `DROPPED` (each with its reason).
 3. `prune(venv, keep_modules, needed)`: every other distribution is removed
    file by file from its RECORD, and so are fleetpatch's own import
    packages that this package does not carry (the agent carries `agent`
@@ -48,6 +49,16 @@ DROPPED: Mapping[str, str] = {
     # python-dateutil requires tzdata (the IANA database as a wheel) for
     # hosts without one; the packages depend on Debian's tzdata instead.
     "tzdata": "the package depends on Debian's tzdata, which zoneinfo reads first",
+}
+
+
+#: Distributions a kept one loads by name at run time when they are
+#: installed: no import statement names them, and a requirement of an
+#: extra is not followed (which extras pip installed is not recorded).
+LOADED: Mapping[str, tuple[str, ...]] = {
+    # psycopg's C implementation (pyproject.toml's `c` extra), which psycopg
+    # imports in psycopg.pq when it is there.
+    "psycopg": ("psycopg-c",),
 }
 
 
@@ -112,8 +123,9 @@ def installed(site: Path) -> dict[str, Dist]:
 
 
 def needed(dists: Mapping[str, Dist], names: set[str], own: str) -> set[str]:
-    """Distributions providing `names`, with what they require, transitively
-    (only what is installed: pip evaluated the markers), minus DROPPED.
+    """Distributions providing `names`, with what they require or load
+    (`LOADED`), transitively (only what is installed: pip evaluated the
+    markers), minus DROPPED.
     `own` (fleetpatch) is left out: its requirements are the whole
     distribution's, and what its code imports is what counts."""
     providers = {d.name for d in dists.values() if d.top_level & names and d.name != own}
@@ -124,6 +136,7 @@ def needed(dists: Mapping[str, Dist], names: set[str], own: str) -> set[str]:
             continue
         keep.add(name)
         todo.extend(dists[name].requires)
+        todo.extend(LOADED.get(name, ()))
     return keep
 
 

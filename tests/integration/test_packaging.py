@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import importlib.util
 import itertools
 import json
 import os
@@ -273,6 +274,26 @@ def test_agent_package_carries_the_agent_and_only_what_it_imports(unpacked):
         assert (controller_site / present).is_dir(), present
     assert not (controller_site / "pip").exists()
     assert not (controller_site / "rich").exists()
+
+
+def test_controller_carries_psycopgs_c_implementation_built_for_debians_libpq(unpacked):
+    # pyproject.toml's `c` extra: compiled by the build (it publishes no
+    # wheel) against the system's libpq5, which Debian keeps patched, and
+    # by the target Python, so no build machine's library path is left in
+    # it. psycopg loads it by name, so the venv pruning must know to keep it.
+    if importlib.util.find_spec("psycopg_c") is None:
+        pytest.skip("this environment has no psycopg-c to ship (make deps builds it as root)")
+    site = _site(unpacked["controller"], "controller")
+    assert "psycopg-c" in _distributions(site)
+    dynamic = {
+        obj.name: subprocess.run(["readelf", "-d", str(obj)], capture_output=True, text=True,
+                                 check=True).stdout
+        for obj in (site / "psycopg_c").rglob("*.so")
+    }  # fmt: skip
+    assert dynamic
+    assert not [name for name, d in dynamic.items() if "RUNPATH" in d or "RPATH" in d], dynamic
+    assert any("[libpq.so.5]" in d for d in dynamic.values())
+    assert not (_site(unpacked["agent"], "agent") / "psycopg_c").exists()
 
 
 def test_shared_objects_are_stripped(unpacked):

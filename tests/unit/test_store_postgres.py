@@ -4,6 +4,7 @@ store's contract, on both backends, is test_store.py.)"""
 
 from __future__ import annotations
 
+import subprocess
 import threading
 from datetime import UTC, datetime, timedelta
 
@@ -358,3 +359,20 @@ def test_a_first_check_in_racing_another_replicas_change_answers_with_the_change
         assert outcome.revoked
         assert not outcome.activated
         assert stored.status is HostStatus.REVOKED
+
+
+def test_psycopg_runs_its_c_implementation_on_debians_libpq() -> None:
+    # pyproject.toml's `c` extra, which make deps builds: about a quarter
+    # more check-ins a second on PostgreSQL (benchmarks/load_ab.py --store
+    # postgresql). Built against the system's libpq5, not a bundled copy:
+    # Debian's security updates of libpq apply to it.
+    if psycopg.pq.__impl__ != "c":
+        pytest.skip(
+            f"psycopg runs its {psycopg.pq.__impl__} implementation: psycopg-c is not "
+            "installed (make deps builds it as root: gcc, libpq-dev, python3-dev)"
+        )
+    shown = subprocess.run(["dpkg-query", "-W", "-f=${Version}", "libpq5"], capture_output=True,
+                           text=True, check=True).stdout  # fmt: skip
+    major, minor = (int(part) for part in shown.split("-")[0].split(".")[:2])
+    assert psycopg.pq.version() == major * 10_000 + minor  # the library loaded now
+    assert psycopg.pq.__build_version__ == psycopg.pq.version()  # and the one built against
