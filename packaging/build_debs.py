@@ -77,8 +77,11 @@ output directory first, so that it holds one consistent release.
 
 Needs: dpkg-deb (dpkg), the target /usr/bin/python3 (its venv module is in
 the standard library; without pip in the venv, python3-venv is not needed),
-and pip in the running interpreter. Network: PyPI only (pip), for the build
-backend and the dependencies not already cached.
+and pip in the running interpreter; where the running environment has
+psycopg-c (`BUILT_HERE`: it publishes no wheel, so it is compiled here, in
+pip's own build directory, never the staging tree), gcc, libpq-dev,
+python3-dev and dpkg-buildflags (dpkg-dev). Network: PyPI only (pip), for
+the build backend and the dependencies not already cached.
 """
 
 from __future__ import annotations
