@@ -25,7 +25,8 @@ load is `fleetpatch-sim load`'s (simulator/load.py, from the working tree):
 back-to-back check-ins, a full inventory in 1 % of them, orders carried
 out. Printed: each round's check-ins per second and the server's CPU
 seconds (user + system, from /proc) per 1,000 check-ins, then each
-variant's mean against the first's. With --threads, also that CPU per
+variant's mean against the first's, and with --bare each one's rate
+against the bare server's, overall and by round. With --threads, also that CPU per
 check-in split by the server's threads (/proc/PID/task): the event loop's
 ("main"), the controller's store thread ("store"), gRPC's own.
 
@@ -263,6 +264,9 @@ def one_round(
 
 
 def summary(variants: list[Variant]) -> None:
+    """Each variant's mean rate and CPU, against the first's; with the bare
+    server among them, each one's rate against it too, overall and by
+    round (the goal of issue 17 part 5 is that ratio)."""
     base = statistics.mean(rate for rate, _ in variants[0].rounds)
     print(f"{'variant':>12}  {'check-ins/s':>12}  {'of ' + variants[0].name:>12}  CPU s/1k")
     for variant in variants:
@@ -270,6 +274,21 @@ def summary(variants: list[Variant]) -> None:
         cpus = [c for _, c in variant.rounds if c is not None]
         cpu = f"{statistics.mean(cpus):.3f}" if cpus else "-"
         print(f"{variant.name:>12}  {rate:12,.0f}  {100 * rate / base:11.0f} %  {cpu:>8}")
+    bare = next((v for v in variants if v.tree is None), None)
+    if bare is None:
+        return
+    bare_rate = statistics.mean(r for r, _ in bare.rounds)
+    for variant in variants:
+        if variant is bare:
+            continue
+        rate = statistics.mean(r for r, _ in variant.rounds)
+        rounds = ", ".join(
+            f"{100 * ours / theirs:.0f}"
+            for (ours, _), (theirs, _) in zip(variant.rounds, bare.rounds, strict=False)
+            if theirs
+        )
+        print(f"{variant.name:>12}  {100 * rate / bare_rate:.0f} % of the bare server"
+              f" ({rounds} % by round)")  # fmt: skip
 
 
 def main() -> None:

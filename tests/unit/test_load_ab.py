@@ -113,3 +113,20 @@ def test_each_revision_keeps_the_store_url_and_its_own_defaults_for_the_rest(
     init_controller(sqlite, 5998)
     own_defaults(sqlite)
     assert "store" not in tomllib.loads((sqlite / "controller.toml").read_text())
+
+
+def test_the_summary_gives_each_controller_against_the_bare_server_by_round(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from benchmarks.load_ab import Variant, summary
+
+    ours = Variant(".", ROOT, [(1500.0, 0.70), (1700.0, 0.60)])
+    bare = Variant("bare", None, [(2000.0, 0.45), (2000.0, 0.44)])
+    summary([ours, bare])
+    printed = capsys.readouterr().out.splitlines()
+    assert printed[-1].split() == [".", "80", "%", "of", "the", "bare", "server", "(75,", "85",
+                                   "%", "by", "round)"]  # fmt: skip
+    assert "125 %" in printed[2]  # the bare server against the first variant, as before
+
+    summary([ours])  # no bare server: no such line
+    assert "bare server" not in capsys.readouterr().out
