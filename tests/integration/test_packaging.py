@@ -525,6 +525,10 @@ def test_controller_package_install_upgrade_remove_purge(sandboxes, built, built
 
     assert "controller" in sandbox.run(["fleetpatch", "--help"]).stdout
     assert "run" in sandbox.run(["fleetpatch-sim", "--help"]).stdout
+    if importlib.util.find_spec("psycopg_c") is not None:  # shipped: it loads on the host's libpq5
+        loaded = sandbox.run(["/opt/fleetpatch/controller/bin/python", "-B", "-c",
+                              "import psycopg; print(psycopg.pq.__impl__)"]).stdout  # fmt: skip
+        assert loaded.split() == ["c"]
     sandbox.run(["fleetpatch", "controller", "init", "--data-dir", "/tmp/ctl", "--hostname", "t"])
     assert sandbox.path("/tmp/ctl/controller.toml").is_file()
     # The documented first step: init as the service user, in the default dir.
