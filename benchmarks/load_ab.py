@@ -26,9 +26,10 @@ back-to-back check-ins, a full inventory in 1 % of them, orders carried
 out. Printed: each round's check-ins per second and the server's CPU
 seconds (user + system, from /proc) per 1,000 check-ins, then each
 variant's mean against the first's, and with --bare each one's rate
-against the bare server's, overall and by round. With --threads, also that CPU per
-check-in split by the server's threads (/proc/PID/task): the event loop's
-("main"), the controller's store thread ("store"), gRPC's own.
+against the bare server's, overall and by round. With --threads, also
+that CPU per check-in split by the server's threads (/proc/PID/task):
+the event loop's ("main"), the controller's store thread ("store"),
+gRPC's own.
 
 Exit codes: 0 done, 1 a server or the load failed, 2 bad options.
 """
