@@ -362,7 +362,8 @@ class DataDir:
             compliance_grace=_compliance(doc, where),
             admin_certificate_lifetime=admin_lifetime, require_second_approver=second,
             store_url=_store_url(doc, where), cli_controllers=_cli_controllers(doc, where),
-            checkin_write_behind=_write_behind(checkin, where),
+            checkin_write_behind=_duration(checkin, "checkin", "write_behind", "1s", where,
+                                           most="60s", zero="off"),
             checkin_held_hosts=_whole(checkin, "checkin", "held_hosts", 500_000, where),
         )  # fmt: skip
 
@@ -480,26 +481,27 @@ def _compliance(doc: dict[str, object], path: Path | str) -> dict[str, timedelta
 
 
 def _duration(
-    table: dict[str, object], name: str, key: str, default: str, path: Path | str
+    table: dict[str, object],
+    name: str,
+    key: str,
+    default: str,
+    path: Path | str,
+    *,
+    most: str = "",
+    zero: str = "",
 ) -> timedelta:
-    """A duration of at least 1s from ``[name] key``; raises UsageError naming it."""
+    """A duration from ``[name] key``: at least 1s, or 0s too where ``zero``
+    says what 0s means; at most ``most`` when given. Raises UsageError
+    naming it."""
     try:
         value = parse_duration(str(table.get(key, default)))
     except ValueError as exc:
         raise UsageError(f"{path}: {name}.{key}: {exc}") from None
-    if value < timedelta(seconds=1):
+    if value < (timedelta(0) if zero else timedelta(seconds=1)):
         raise UsageError(f"{path}: {name}.{key} must be at least 1s")
-    return value
-
-
-def _write_behind(checkin: dict[str, object], path: Path | str) -> timedelta:
-    """[checkin] write_behind: "0s" (off) up to "60s"; raises UsageError."""
-    try:
-        value = parse_duration(str(checkin.get("write_behind", "1s")))
-    except ValueError as exc:
-        raise UsageError(f"{path}: checkin.write_behind: {exc}") from None
-    if value > timedelta(seconds=60):
-        raise UsageError(f"{path}: checkin.write_behind must be at most 60s (0s: off)")
+    if most and value > parse_duration(most):
+        meaning = f" (0s: {zero})" if zero else ""
+        raise UsageError(f"{path}: {name}.{key} must be at most {most}{meaning}")
     return value
 
 
