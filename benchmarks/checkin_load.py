@@ -52,15 +52,23 @@ def init_controller(data: Path, port: int, interval: str = "5m") -> None:
     )  # fmt: skip
 
 
+def set_store(data: Path, url: str) -> None:
+    """Point the controller.toml of ``data`` at the store ``url``."""
+    config = data / "controller.toml"
+    text = config.read_text()
+    if '\nurl = ""\n' not in text:
+        raise SystemExit("benchmarks: the controller.toml template's [store] url moved")
+    config.write_text(text.replace('\nurl = ""\n', f"\nurl = {json.dumps(url)}\n", 1))
+
+
 def start_controller(
     data: Path, port: int, max_batch: int, store_url: str = ""
 ) -> subprocess.Popen[bytes]:
     init_controller(data, port)
     config = data / "controller.toml"
-    text = config.read_text().replace("max_batch = 1000", f"max_batch = {max_batch}")
+    config.write_text(config.read_text().replace("max_batch = 1000", f"max_batch = {max_batch}"))
     if store_url:
-        text = text.replace('\nurl = ""\n', f"\nurl = {json.dumps(store_url)}\n", 1)
-    config.write_text(text)
+        set_store(data, store_url)
     return serve(data, timeout=20)
 
 

@@ -40,7 +40,7 @@ from pathlib import Path
 
 if not __package__:  # run as a file: make `benchmarks` importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks.checkin_load import BIN, init_controller, serve
+from benchmarks.checkin_load import BIN, init_controller, serve, set_store
 from tests.support.controller import free_port
 from tests.support.postgres import PostgresServer, missing_reason
 
@@ -77,14 +77,6 @@ def database(store: str) -> Iterator[tuple[str, int | None]]:
         yield server.url("fleetpatch"), server.postmaster_pid()
     finally:
         server.stop()
-
-
-def set_store(data: Path, url: str) -> None:
-    config = data / "controller.toml"
-    text = config.read_text()
-    if '\nurl = ""\n' not in text:
-        raise SystemExit("benchmarks.load: the controller.toml template's [store] url moved")
-    config.write_text(text.replace('\nurl = ""\n', f"\nurl = {json.dumps(url)}\n", 1))
 
 
 def replica(first: Path, data: Path, port: int) -> None:

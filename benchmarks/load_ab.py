@@ -57,8 +57,8 @@ if not __package__:  # run as a file: make `benchmarks` importable
 from fleetpatch.v1 import admin_pb2
 from google.protobuf.duration_pb2 import Duration
 
-from benchmarks.checkin_load import BIN, init_controller, serve, stop
-from benchmarks.load import database, set_store
+from benchmarks.checkin_load import BIN, init_controller, serve, set_store, stop
+from benchmarks.load import database
 from controller.cli.admin_client import AdminClient
 from controller.datadir import DataDir
 from simulator import load

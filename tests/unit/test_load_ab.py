@@ -94,8 +94,7 @@ def test_each_revision_keeps_the_store_url_and_its_own_defaults_for_the_rest(
     # template may reach an older revision (an unknown key to it).
     import tomllib
 
-    from benchmarks.checkin_load import init_controller
-    from benchmarks.load import set_store
+    from benchmarks.checkin_load import init_controller, set_store
     from benchmarks.load_ab import own_defaults
     from controller.datadir import DataDir
 
