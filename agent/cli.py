@@ -69,7 +69,14 @@ _require_root = daemon.require_root
 
 @app.command()
 def enroll(
-    controller: Annotated[str, typer.Option(metavar="HOST:PORT", help="Controller address.")],
+    controller: Annotated[
+        str,
+        typer.Option(
+            metavar="HOST:PORT[,HOST:PORT...]",
+            help="The controller's mutual-TLS address; several replicas comma-separated "
+            "(the first is enrolled with, the others are moved to when it cannot be reached).",
+        ),
+    ],
     ca_cert: Annotated[
         Path, typer.Option(help="The controller's CA certificate (ca.pem); pinned from now on.")
     ],

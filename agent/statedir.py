@@ -28,7 +28,8 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from fleetpatch import certfields
+from fleetpatch import addresses, certfields
+from fleetpatch.addresses import AddressError
 from fleetpatch.atomicfile import write_atomic
 from fleetpatch.tomltable import Table, TableError
 from fleetpatch.tomltable import overlay as overlay_toml
@@ -546,10 +547,16 @@ def _certificate(path: Path, pem: bytes) -> x509.Certificate:
 
 def _read_config(root: Table) -> AgentConfig:
     ctl = root.table("controller")
-    address = ctl.require("address", str)
-    if not address:
-        raise ctl.error("address", "must not be empty")
+    try:
+        address = ",".join(addresses.split_addresses(ctl.require("address", str)))
+    except AddressError as exc:
+        raise ctl.error("address", str(exc)) from None
     enroll_address = ctl.get("enroll_address", str, "")
+    try:
+        if enroll_address:
+            addresses.split_address(enroll_address)
+    except AddressError as exc:
+        raise ctl.error("enroll_address", str(exc)) from None
     ctl.finish()
     health = root.table("health")
     limits = ResourceLimits(**{

@@ -30,6 +30,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+from fleetpatch import addresses
 from fleetpatch.atomicfile import write_atomic
 from fleetpatch.durations import format_duration, parse_duration
 from fleetpatch.tomltable import overlay
@@ -136,42 +137,32 @@ class Settings:
 
 
 def split_addresses(spelled: str) -> list[str]:
-    """ "a:7443,b:7443" -> ["a:7443", "b:7443"], each checked; raises
-    UsageError naming the one that is not HOST:PORT."""
-    found = [a.strip() for a in spelled.split(",") if a.strip()]
-    if not found:
-        raise UsageError(f"{spelled!r} names no address (use HOST:PORT[,HOST:PORT...])")
-    for address in found:
-        split_address(address)
-    return found
+    """ "a:7443,b:7443" -> ["a:7443", "b:7443"], each checked as an address
+    to call; raises UsageError naming the one that is not HOST:PORT."""
+    try:
+        return addresses.split_addresses(spelled)
+    except addresses.AddressError as exc:
+        raise UsageError(str(exc)) from None
 
 
 def default_enroll_address(address: str) -> str:
     """The enrollment listener sits on the port after the mTLS one."""
-    host, port = split_address(address)
-    if port == 65535:
-        raise UsageError(f"{address!r} leaves no port above it for enrollment; set enroll_listen")
-    return join_address(host, port + 1 if port else 0)
+    try:
+        return addresses.port_after(address, listening=True)
+    except addresses.AddressError as exc:
+        raise UsageError(f"{exc}; set enroll_listen") from None
 
 
-def split_address(address: str) -> tuple[str, int]:
-    """Split ``host:port`` (``[v6]:port`` for IPv6); raises UsageError."""
-    host, sep, port = address.rpartition(":")
-    bracketed = host.startswith("[") and host.endswith("]") and len(host) > 2
-    if (
-        not sep
-        or not host
-        or not port.isascii()
-        or not port.isdigit()
-        or int(port) > 65535
-        or (":" in host and not bracketed)
-    ):
-        raise UsageError(f"{address!r} is not an address (use HOST:PORT)")
-    return host[1:-1] if bracketed else host, int(port)
+def split_address(address: str, *, listening: bool = True) -> tuple[str, int]:
+    """Split ``host:port`` (``[v6]:port`` for IPv6; port 0 only where
+    ``listening``); raises UsageError."""
+    try:
+        return addresses.split_address(address, listening=listening)
+    except addresses.AddressError as exc:
+        raise UsageError(str(exc)) from None
 
 
-def join_address(host: str, port: int) -> str:
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+join_address = addresses.join_address
 
 
 @dataclass(frozen=True)
@@ -375,10 +366,13 @@ class DataDir:
         """Where the admin CLI should connect: the running server's address
         when it wrote one, else the advertised address from the config."""
         try:
-            doc = json.loads(self.endpoints.read_text())
-            return str(doc["address"])
-        except (OSError, ValueError, KeyError):
-            return self.settings().advertise
+            address = json.loads(self.endpoints.read_text())["address"]
+            if isinstance(address, str):
+                split_address(address, listening=False)
+                return address
+        except (OSError, ValueError, KeyError, TypeError, UsageError):
+            pass
+        return self.settings().advertise  # none written, or a damaged one
 
     def client_addresses(self) -> list[str]:
         """The replicas the admin CLI asks, in order: `[cli] controllers`
@@ -447,10 +441,10 @@ def _cli_controllers(doc: dict[str, object], path: Path | str) -> tuple[str, ...
         raise UsageError(f"{path}: cli.controllers must be an array of HOST:PORT strings")
     for address in value:
         try:
-            split_address(address)
+            split_address(address, listening=False)
         except UsageError as exc:
             raise UsageError(f"{path}: cli.controllers: {exc}") from None
-    return tuple(value)
+    return tuple(dict.fromkeys(value))
 
 
 def _campaigns(doc: dict[str, object], path: Path | str) -> tuple[timedelta, bool]:

@@ -14,12 +14,14 @@ from pathlib import Path
 from typing import TypeVar
 
 import grpc
+from fleetpatch.addresses import AddressError, split_addresses
 from fleetpatch.overload import retry_after
 from fleetpatch.push import WATCH_OPEN
 from fleetpatch.v1 import agent_pb2, agent_pb2_grpc
 
 from agent.errors import (
     AgentError,
+    ConfigError,
     ControllerUnavailable,
     Overloaded,
     Refused,
@@ -116,7 +118,10 @@ class ControllerClient:
     database is down: the others share it)."""
 
     def __init__(self, address: str, ca_pem: bytes, key_pem: bytes, cert_pem: bytes) -> None:
-        self.addresses = [a.strip() for a in address.split(",") if a.strip()] or [address]
+        try:
+            self.addresses = split_addresses(address)
+        except AddressError as exc:
+            raise ConfigError(f"controller address: {exc}") from None
         self.address = self.addresses[0]
         self._ca_pem = ca_pem
         self._connect(key_pem, cert_pem)

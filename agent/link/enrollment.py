@@ -24,7 +24,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
-from fleetpatch import catrust
+from fleetpatch import addresses, catrust
+from fleetpatch.addresses import AddressError
 from fleetpatch.envelope import key_id
 from fleetpatch.identity import Role, identity_from_certificate
 from fleetpatch.v1 import agent_pb2
@@ -60,15 +61,6 @@ STAGING_PREFIX = ".enroll-"
 RESERVE_BYTES = 256 * 1024
 
 
-def default_enroll_address(address: str) -> str:
-    """The port after the (first) controller address's."""
-    address = address.split(",", 1)[0].strip()
-    host, sep, port = address.rpartition(":")
-    if not sep or not port.isdigit():
-        raise ConfigError(f"--controller {address!r} is not HOST:PORT")
-    return f"{host}:{int(port) + 1}"
-
-
 def enroll(
     state: StateDir,
     controller: str,
@@ -98,7 +90,7 @@ def enroll(
             f"{state.path} is already enrolled as {state.host_id()} "
             "(use another --state-dir, or remove this one to enroll again)"
         )
-    enroll_address = enroll_address or default_enroll_address(controller)
+    controller, enroll_address = _addresses(controller, enroll_address)
 
     created = not state.path.exists()
     state.create()
@@ -127,6 +119,25 @@ def enroll(
         unconfirmed=_confirm(state, controller),
         same_machine_id=tuple(response.same_machine_id),
     )
+
+
+def _addresses(controller: str, enroll_address: str | None) -> tuple[str, str]:
+    """``--controller`` and ``--enroll-address`` checked (the latter by
+    default the port after the first controller's): a typo costs no token."""
+    try:
+        controllers = addresses.split_addresses(controller)
+    except AddressError as exc:
+        raise ConfigError(f"--controller: {exc}") from None
+    if not enroll_address:
+        try:
+            return ",".join(controllers), addresses.port_after(controllers[0])
+        except AddressError as exc:
+            raise ConfigError(f"--controller: {exc} (give --enroll-address)") from None
+    try:
+        addresses.split_address(enroll_address)
+    except AddressError as exc:
+        raise ConfigError(f"--enroll-address: {exc}") from None
+    return ",".join(controllers), enroll_address
 
 
 def _enroll_staged(

@@ -12,17 +12,11 @@ from __future__ import annotations
 import socket
 import ssl
 
+from fleetpatch.addresses import AddressError, split_address
+
 from agent.errors import AgentError, ConfigError, ControllerUnavailable, TrustError
 
 TIMEOUT_SECONDS = 10.0
-
-
-def split_address(address: str) -> tuple[str, int]:
-    """HOST:PORT (or [IPv6]:PORT) -> (host, port); ConfigError if not."""
-    host, sep, port = address.rpartition(":")
-    if not sep or not host or not port.isdigit():
-        raise ConfigError(f"{address!r} is not HOST:PORT")
-    return host.removeprefix("[").removesuffix("]"), int(port)
 
 
 def check_server(address: str, ca_pem: bytes, timeout: float = TIMEOUT_SECONDS) -> None:
@@ -30,7 +24,10 @@ def check_server(address: str, ca_pem: bytes, timeout: float = TIMEOUT_SECONDS) 
     sending nothing. Raises TrustError when the certificate does not
     verify (wrong CA file, or not the controller), ControllerUnavailable
     when the address cannot be reached, AgentError for another TLS failure."""
-    host, port = split_address(address)
+    try:
+        host, port = split_address(address)
+    except AddressError as exc:
+        raise ConfigError(str(exc)) from None
     try:
         context = ssl.create_default_context(cadata=ca_pem.decode("ascii", "replace"))
     except (ssl.SSLError, ValueError):

@@ -26,7 +26,8 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import Any, TypeVar
 
 import grpc
-from fleetpatch.tlstrust import split_address, trust_problem
+from fleetpatch.addresses import AddressError, split_address
+from fleetpatch.tlstrust import trust_problem
 from fleetpatch.v1 import admin_pb2, admin_pb2_grpc, vulns_pb2, vulns_pb2_grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 
@@ -150,10 +151,10 @@ def _wait_subscribed(channel: grpc.Channel, timeout: float) -> bool | None:
 def why_unreachable(address: str, timeout: float = 3.0) -> str:
     """A few words on why nothing answers at ``address`` (for the error),
     naming the addresses a name resolved to."""
-    split = split_address(address)
-    if split is None:
+    try:
+        host, port = split_address(address)
+    except AddressError:
         return "not HOST:PORT"
-    host, port = split
     try:
         found = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
     except socket.gaierror as exc:

@@ -14,18 +14,12 @@ import socket
 import ssl
 from pathlib import Path
 
+from fleetpatch.addresses import AddressError, split_address
+
 TIMEOUT_SECONDS = 5.0
 # Alerts a TLS server sends when it refuses the client's certificate.
 _REFUSED_ALERTS = ("CERTIFICATE_REQUIRED", "BAD_CERTIFICATE", "UNKNOWN_CA",
                    "CERTIFICATE_UNKNOWN", "ACCESS_DENIED", "DECRYPT_ERROR")  # fmt: skip
-
-
-def split_address(address: str) -> tuple[str, int] | None:
-    """HOST:PORT (or [IPv6]:PORT) -> (host, port); None if not that."""
-    host, sep, port = address.rpartition(":")
-    if not sep or not host or not port.isdigit():
-        return None
-    return host.removeprefix("[").removesuffix("]"), int(port)
 
 
 def trust_problem(
@@ -40,8 +34,9 @@ def trust_problem(
     a sentence naming the side at fault, or None when the handshake
     succeeds or fails for another reason (nothing listens, a timeout).
     Raises nothing."""
-    split = split_address(address)
-    if split is None:
+    try:
+        host, port = split_address(address)
+    except AddressError:
         return None
     try:
         context = ssl.create_default_context(cadata=ca_pem.decode("ascii", "replace"))
@@ -52,7 +47,7 @@ def trust_problem(
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     context.set_alpn_protocols(["h2"])  # as grpc offers
     try:
-        closed = _closed_after_handshake(context, *split, timeout)
+        closed = _closed_after_handshake(context, host, port, timeout)
     except OSError as exc:  # ssl.SSLError is one
         return _explain(exc, address)
     if closed and cert_file is not None:

@@ -205,11 +205,25 @@ def test_agent_enroll_with_bad_input(controller, tmp_path):
             "--label", "Role=web"),
         2, "label key 'Role'",
     )  # fmt: skip
-    _one_line(
-        cli("fleetpatch-agent", "enroll", "--controller", "nowhere", "--token", token,
-            "--ca-cert", controller.data_dir / "ca.pem", "--state-dir", tmp_path / "b"),
-        2, "is not HOST:PORT",
-    )  # fmt: skip
+    # Addresses gRPC would dial as something else (443 for no port, 34463
+    # for 99999, a name to resolve for bare IPv6): a bad flag, no token spent.
+    for flags, needle in (
+        (["--controller", "nowhere"], "--controller: 'nowhere' is not an address"),
+        (["--controller", "127.0.0.1:99999"], "'127.0.0.1:99999' is not an address"),
+        (["--controller", "::1:7443"], "'::1:7443' is not an address"),
+        (["--controller", f"{controller.address},127.0.0.1:0"], "'127.0.0.1:0' is not an"),
+        (["--controller", "127.0.0.1:65535"], "no port above it"),  # to enroll on
+        (
+            ["--controller", controller.address, "--enroll-address", "127.0.0.1"],
+            "--enroll-address: '127.0.0.1' is not an address",
+        ),
+    ):
+        _one_line(
+            cli("fleetpatch-agent", "enroll", *flags, "--token", token,
+                "--ca-cert", controller.data_dir / "ca.pem", "--state-dir", tmp_path / "b"),
+            2, needle,
+        )  # fmt: skip
+    assert not (tmp_path / "b").exists()
 
 
 def test_agent_with_a_broken_config(controller, tmp_path):

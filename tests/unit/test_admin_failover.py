@@ -24,6 +24,10 @@ def test_addresses_are_split_and_checked():
         split_addresses("a:7443,b")
     with pytest.raises(UsageError, match="names no address"):
         split_addresses(" , ")
+    # Addresses to call: port 0 (any free one) is only for listening.
+    with pytest.raises(UsageError, match=r"'a:0' is not an address \(use HOST:PORT, port 1"):
+        split_addresses("a:0")
+    assert split_addresses("a:7443,b:7443,a:7443") == ["a:7443", "b:7443"]
 
 
 def _datadir(tmp_path: Path, text: str) -> DataDir:
@@ -38,6 +42,15 @@ def test_the_settings_list_comes_before_the_running_server(tmp_path):
     assert data.client_addresses() == ["127.0.0.1:40001"]
     (tmp_path / "controller.toml").write_text("[cli]\ncontrollers = ['a:7443', 'b:7443']\n")
     assert data.client_addresses() == ["a:7443", "b:7443"]
+    (tmp_path / "controller.toml").write_text("[cli]\ncontrollers = ['a:7443', 'a:7443']\n")
+    assert data.client_addresses() == ["a:7443"]
+
+
+def test_an_endpoints_file_that_names_no_address_is_passed_over(tmp_path):
+    data = _datadir(tmp_path, "[server]\nadvertise = 'ctl.example:7443'\n")
+    for doc in ('{"address": 5}', '{"address": "nowhere"}', '{"address": null}', "[]"):
+        data.endpoints.write_text(doc)
+        assert data.client_addresses() == ["ctl.example:7443"]
 
 
 @pytest.mark.parametrize(
@@ -45,6 +58,8 @@ def test_the_settings_list_comes_before_the_running_server(tmp_path):
     [
         ("[cli]\ncontrollers = 'a:7443'\n", "cli.controllers must be an array"),
         ("[cli]\ncontrollers = ['a']\n", "cli.controllers: 'a' is not an address"),
+        ("[cli]\ncontrollers = [' a:7443']\n", "cli.controllers: ' a:7443' is not an address"),
+        ("[cli]\ncontrollers = ['a:0']\n", "cli.controllers: 'a:0' is not an address"),
         ("[cli]\ncontroller = ['a:1']\n", "unknown key cli.controller"),
     ],
 )

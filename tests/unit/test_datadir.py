@@ -42,7 +42,21 @@ def test_split_address(address, host, port):
 
 @pytest.mark.parametrize(
     "address",
-    ["", "localhost", "localhost:", ":7443", "host:port", "host:65536", "host:-1", "[::1]"],
+    [
+        "",
+        "localhost",
+        "localhost:",
+        ":7443",
+        "host:port",
+        "host:65536",
+        "host:-1",
+        "[::1]",
+        "[]:7443",
+        " localhost:7443",
+        "local host:7443",
+        "a,b:7443",
+        "host:\uff17443",
+    ],
 )
 def test_split_address_rejects(address):
     with pytest.raises(UsageError, match=r"is not an address \(use HOST:PORT\)") as caught:

@@ -75,7 +75,19 @@ def test_config_health_values(tmp_path):
         ('[controller]\naddress = "c:1"\n[health]\nmax_cpu = 1\n', "health.max_cpu: unknown key"),
         ("", "agent.toml is empty"),
         ("[controller]\n", "controller.address: is required"),
-        ('[controller]\naddress = ""\n', "controller.address: must not be empty"),
+        ('[controller]\naddress = ""\n', "controller.address: '' names no address"),
+        # gRPC would dial 34463 (99999 mod 65536), or 443 for no port: a typo
+        # must be a bad setting, not a controller that cannot be reached.
+        ('[controller]\naddress = "c:99999"\n', "controller.address: 'c:99999' is not an"),
+        ('[controller]\naddress = "c"\n', "controller.address: 'c' is not an address"),
+        ('[controller]\naddress = "c:0"\n', r"'c:0' is not an address \(use HOST:PORT, port 1"),
+        ('[controller]\naddress = "::1:7443"\n', "controller.address: '::1:7443' is not an"),
+        ('[controller]\naddress = "a:1,b"\n', "controller.address: 'b' is not an address"),
+        ('[controller]\naddress = " c :1"\n', "controller.address: 'c :1' is not an address"),
+        (
+            '[controller]\naddress = "c:1"\nenroll_address = "c:65536"\n',
+            "controller.enroll_address: 'c:65536' is not an address",
+        ),
         ("[controller]\naddress = 7443\n", "controller.address: must be a string"),
         ('controller = "c:1"\n', "controller: must be a table"),
         ('[controller]\naddress = "c:1"\n[health]\nmax_load_per_cpu = -1\n', "health.max_load"),
