@@ -35,6 +35,7 @@ from fleetpatch.atomicfile import write_atomic
 from fleetpatch.durations import format_duration, parse_duration
 from fleetpatch.tomltable import overlay
 
+from controller import pgurl
 from controller.errors import DataDirError, UsageError
 from controller.vulns import DEFAULT_GRACE
 
@@ -413,8 +414,12 @@ def _webhooks(doc: dict[str, object], root: Path, path: Path | str) -> tuple[Web
         name, url, secret = str(values["name"]), str(values["url"]), str(values["secret_file"])
         if any(h.name == name for h in found):
             raise UsageError(f"{where}.name: {name!r} is used twice")
-        parts = urllib.parse.urlsplit(url)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
+        try:
+            parts = urllib.parse.urlsplit(url)
+            usable = parts.scheme in ("http", "https") and bool(parts.hostname)
+        except ValueError:  # unbalanced [ ] around an IPv6 host
+            usable = False
+        if not usable:
             raise UsageError(f"{where}.url: {url!r} is not an http:// or https:// URL")
         found.append(WebhookSetting(name, url, root / secret))
     return tuple(found)
@@ -426,10 +431,9 @@ def _store_url(doc: dict[str, object], path: Path | str) -> str:
     url = store.get("url", "")
     if not isinstance(url, str):
         raise UsageError(f"{path}: store.url must be a string")
-    if url and urllib.parse.urlsplit(url).scheme not in ("postgresql", "postgres"):
-        raise UsageError(
-            f"{path}: store.url must be a postgresql:// URL (empty: the embedded SQLite file)"
-        )
+    wrong = pgurl.problem(url) if url else None
+    if wrong is not None:
+        raise UsageError(f"{path}: store.url {wrong}")
     return url
 
 

@@ -34,7 +34,7 @@ from controller.api.servicers import AdminService, AgentService, Revocations
 from controller.api.vulnservice import VulnService
 from controller.checkpoint import Checkpoints
 from controller.datadir import DataDir, Settings, join_address, split_address
-from controller.errors import UsageError
+from controller.errors import ControllerUnavailable, UsageError
 from controller.fleet import carotation
 from controller.fleet.bootstrap import register_owner
 from controller.fleet.signing import load_signing_keys, mark_in_use
@@ -331,6 +331,9 @@ async def match_vulns(matcher: Matcher, interval: timedelta, stop: asyncio.Event
     while not stop.is_set():
         try:
             matched = await matcher.run_once()
+        except ControllerUnavailable as exc:  # the database, say: one line, not a traceback
+            log.warning("matching hosts against the vulnerability feeds failed: %s; trying again",
+                        exc)  # fmt: skip
         except Exception:
             log.exception("matching hosts against the vulnerability feeds failed; trying again")
         else:

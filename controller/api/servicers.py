@@ -63,6 +63,7 @@ from controller.model import (
     Package,
     ProgressReport,
 )
+from controller.quietlog import Quiet
 from controller.refusals import RefusalCounter
 from controller.releases.publishing import Header, Releases
 from controller.rollout.engine import CampaignEngine
@@ -73,6 +74,7 @@ from controller.store.heartbeats import Heartbeats
 from controller.store.thread import CheckInBatcher, StoreThread
 
 log = logging.getLogger(__name__)
+_quiet = Quiet(log, logging.INFO)
 StoredCheckIn = CheckIn  # in AgentService, CheckIn names the RPC
 
 Context = grpc.aio.ServicerContext[Any, Any]
@@ -112,9 +114,13 @@ def _admission(
 
 
 async def _refuse(method: str, context: Context, exc: FleetpatchError) -> None:
-    log.info("%s refused for %s: %s", method, context.peer(), exc)
     if isinstance(exc, Overloaded | StoreUnavailable):
+        # The whole fleet meets these at once: a line per interval.
+        _quiet.say(f"{method} {type(exc).__name__}", "%s refused for %s: %s", method,
+                   context.peer(), exc)  # fmt: skip
         context.set_trailing_metadata(retry_after_trailer(exc.retry_after))
+    else:
+        log.info("%s refused for %s: %s", method, context.peer(), exc)
     await context.abort(status_for(exc), str(exc))
 
 

@@ -59,7 +59,7 @@ from controller.campaigns.lifecycle import (
 from controller.campaigns.live import PATCH, REVERT, Counted, LiveCount, Order
 from controller.campaigns.scheduler import DecisionKey, decision_key
 from controller.campaigns.windows import WindowCache
-from controller.errors import Conflict, NotFound, Refused, UsageError
+from controller.errors import Conflict, ControllerUnavailable, NotFound, Refused, UsageError
 from controller.metrics.collector import CampaignFigures
 from controller.metrics.instruments import Metrics
 from controller.metrics.presence import Presence
@@ -855,18 +855,27 @@ class CampaignEngine:
         await every(interval, stop, self.tick_if_leading, "campaign tick")
 
     async def tick_if_leading(self) -> None:
-        leading, shared = await self._db.call(lambda s: (s.lead(), s.shared))
+        try:
+            leading, shared = await self._db.call(lambda s: (s.lead(), s.shared))
+        except ControllerUnavailable:
+            # Who leads cannot be told: not this one, until it can be again
+            # (the lock went with the connection, if it was held here).
+            if self.leading:
+                log.warning("not running the campaign tick while the database cannot be reached")
+            self.leading = False
+            raise
+        counted = self.leading is not None
         if leading != self.leading:
             if leading:
                 log.info("leading: this controller runs the campaign tick")
             else:
                 log.info("another controller replica runs the campaign tick")
-        if shared and self.leading is not None:
+        self.leading = leading
+        if shared and counted:
             # Other replicas assign, report and approve too, and tell only
             # their own counts: count again from the database, so that a
             # tick (and the next decisions here) see what they did.
             await self.resync()
-        self.leading = leading
         if leading:
             await self.tick()
 

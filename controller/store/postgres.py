@@ -17,6 +17,7 @@ starting together migrate once.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -28,7 +29,9 @@ from psycopg.conninfo import conninfo_to_dict
 from psycopg.pq import Format
 from psycopg_pool import ConnectionPool, PoolTimeout
 
-from controller.errors import StoreUnavailable
+from controller import pgurl
+from controller.errors import StoreUnavailable, UsageError
+from controller.quietlog import MAX_KEYS
 from controller.store.dialect import Connection, Cursor, to_postgres
 from controller.store.migrations import MIGRATION_SET, registered
 
@@ -41,25 +44,80 @@ MIGRATION_LOCK = 0x66706D67
 # PostgreSQL when it ends (the leader stopped, crashed or was cut off).
 LEADER_LOCK = 0x66706C64
 # How long a call waits for a connection when the database is unreachable
-# before the caller is told it is unavailable (the pool keeps trying).
+# before the caller is told it is unavailable (the pool keeps trying)...
 CONNECTION_WAIT_SECONDS = 3.0
+# ... and once it is known to be down: the store thread runs one call at a
+# time, and a queue of 3 s waits would hold every answer up for minutes.
+DOWN_WAIT_SECONDS = 0.1
 RETRY_AFTER_SECONDS = 5.0
+# The pool's attempt to reconnect gives up after this long, and the next
+# call starts another, its back-off (1, 2, 4 s) from the start: a database
+# back after an outage of any length is found within seconds (psycopg_pool
+# doubles the delay for as long as an attempt lasts).
+RECONNECT_SECONDS = 10.0
+# psycopg_pool's warnings while the database is down: one line per attempt
+# and connection. The same line is passed on once per this many seconds.
+POOL_LOG_SECONDS = 60.0
+
+# What says the server is no longer one to use: the connection is given up
+# (the pool makes another) and the call is answered unavailable. Besides
+# lost connections, a standby, or a primary just demoted in a failover,
+# refuses writes (SQLSTATE 25006): a connection to the new primary may be
+# one reconnection away.
+_GONE = (psycopg.OperationalError, psycopg.errors.ReadOnlySqlTransaction)
 
 
 def describe(url: str) -> str:
-    """``url`` for a person, without its password: "DB on HOST:PORT"."""
+    """``url`` for a person, without its password: "database DB on
+    HOST:PORT[,HOST:PORT...]"."""
     try:
-        params = conninfo_to_dict(url)
+        params = {} if pgurl.problem(url) else conninfo_to_dict(url)
     except psycopg.ProgrammingError:
-        return "(an unreadable PostgreSQL URL)"
-    host = str(params.get("host") or "localhost")
-    port = str(params.get("port") or "5432")
-    return f"database {params.get('dbname') or params.get('user') or '?'} on {host}:{port}"
+        params = {}
+    if not params and url.rstrip("/") not in ("postgresql:", "postgres:"):
+        return "an unreadable PostgreSQL URL"
+    hosts = str(params.get("host") or params.get("hostaddr") or "").split(",")
+    ports = str(params.get("port") or "").split(",")
+    places = []
+    for i, host in enumerate(hosts):  # libpq: one port for all hosts, or one each
+        port = (ports[i] if len(ports) == len(hosts) else ports[0]) or "5432"
+        if not host or host.startswith("/"):
+            places.append(f"the local socket{' in ' + host if host else ''} (port {port})")
+        else:
+            places.append(f"[{host}]:{port}" if ":" in host else f"{host}:{port}")
+    name = params.get("dbname") or params.get("user") or "?"
+    return f"database {name} on {','.join(places)}"
 
 
-def _reason(exc: BaseException) -> str:
+def _reason(exc: BaseException, url: str = "") -> str:
+    """The first line of libpq's words, without the password of ``url``."""
     lines = str(exc).strip().splitlines()
-    return lines[0] if lines else type(exc).__name__
+    return pgurl.scrub(lines[0], url) if lines else type(exc).__name__
+
+
+class _OncePer(logging.Filter):
+    """Passes a record unless the same message was passed less than
+    ``seconds`` ago."""
+
+    def __init__(self, seconds: float) -> None:
+        super().__init__()
+        self._seconds = seconds
+        self._passed: dict[str, float] = {}
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message, now = record.getMessage(), time.monotonic()
+        if now - self._passed.get(message, -self._seconds) < self._seconds:
+            return False
+        if len(self._passed) >= MAX_KEYS:
+            self._passed.clear()
+        self._passed[message] = now
+        return True
+
+
+def _quieten_the_pool() -> None:
+    pool = logging.getLogger("psycopg.pool")
+    if not any(isinstance(f, _OncePer) for f in pool.filters):
+        pool.addFilter(_OncePer(POOL_LOG_SECONDS))
 
 
 class _BoolAsInteger(Dumper):
@@ -94,14 +152,14 @@ class _Connection:
     def execute(self, sql: str, parameters: Any = (), /) -> Cursor:
         try:
             return self.raw.execute(to_postgres(sql), parameters)
-        except psycopg.OperationalError as exc:
+        except _GONE as exc:
             raise self._backend.lost(self.raw, exc) from None
 
     def executemany(self, sql: str, parameters: Iterable[Any], /) -> Cursor:
         cursor = self.raw.cursor()
         try:
             cursor.executemany(to_postgres(sql), parameters)
-        except psycopg.OperationalError as exc:
+        except _GONE as exc:
             raise self._backend.lost(self.raw, exc) from None
         return cursor
 
@@ -115,30 +173,45 @@ class PostgresBackend:
         self._where = where
         self._held: _Connection | None = None
         self._leader: psycopg.Connection[Any] | None = None
+        # Since when the database is known to be down (monotonic); None: up.
+        self._down_since: float | None = None
 
     @classmethod
     def connect(cls, url: str, max_connections: int = 4) -> PostgresBackend:
         """Connect to the database at ``url`` and migrate it. Raises
         StoreUnavailable, one line naming the database (never its password)
-        and why, when it cannot be reached or refuses us."""
+        and why, when it cannot be reached or refuses us; UsageError for a
+        URL libpq cannot read or a user that may not create the tables."""
+        wrong = pgurl.problem(url)
+        if wrong is not None:
+            raise UsageError(f"store.url {wrong}")
         where = describe(url)
         try:
             # One plain connection first: the pool would only say it timed
             # out, where a person needs "connection refused" or "password
             # authentication failed".
-            psycopg.connect(url, connect_timeout=10).close()
+            timeout: dict[str, Any] = {"connect_timeout": 10}
+            if "connect_timeout" in conninfo_to_dict(url):
+                timeout = {}  # the URL's own
+            first = psycopg.connect(url, **timeout)
+        except psycopg.ProgrammingError as exc:  # an unknown parameter, a bad value
+            raise UsageError(f"store.url: {_reason(exc, url)}") from None
         except psycopg.Error as exc:
             raise StoreUnavailable(
-                f"cannot connect to PostgreSQL ({where}): {_reason(exc)}", RETRY_AFTER_SECONDS
+                f"cannot connect to PostgreSQL ({where}): {_reason(exc, url)}",
+                RETRY_AFTER_SECONDS,
             ) from None
+        else:
+            first.close()
         pool: ConnectionPool[Any] = ConnectionPool(
             url, min_size=1, max_size=max_connections, open=False, configure=_configure,
             # Checked when taken (rarely: the store thread keeps one), so a
             # connection that died idle in the pool is replaced, not handed out.
             check=ConnectionPool.check_connection,
             kwargs={"autocommit": True}, timeout=CONNECTION_WAIT_SECONDS, name="fleetpatch",
-            reconnect_timeout=float("inf"),
+            reconnect_timeout=RECONNECT_SECONDS,
         )  # fmt: skip
+        _quieten_the_pool()
         try:
             pool.open(wait=True, timeout=10)
         except PoolTimeout:
@@ -150,42 +223,74 @@ class PostgresBackend:
         backend = cls(pool, where)
         try:
             backend.migrate()
+        except psycopg.errors.InsufficientPrivilege as exc:
+            backend.close()
+            raise UsageError(
+                f"PostgreSQL ({where}) does not let this user create the store's tables "
+                f"({_reason(exc, url)}): make it the database's owner (README: several "
+                "controller replicas)"
+            ) from None
+        except (StoreUnavailable, psycopg.Error) as exc:
+            backend.close()
+            raise StoreUnavailable(
+                f"cannot use PostgreSQL ({where}): {_reason(exc, url)}", RETRY_AFTER_SECONDS
+            ) from None
         except BaseException:
             backend.close()
             raise
         return backend
 
-    def lost(self, raw: psycopg.Connection[Any], exc: psycopg.OperationalError) -> StoreUnavailable:
+    def lost(self, raw: psycopg.Connection[Any], exc: psycopg.Error) -> StoreUnavailable:
         """``raw`` failed: give it back broken (the pool replaces it); the
         error to raise. A conflict with another replica (a deadlock, say)
         only rolled its transaction back: the caller may simply retry."""
-        if _transient(exc) and not raw.broken:
+        if isinstance(exc, psycopg.OperationalError) and _transient(exc) and not raw.broken:
             log.info("database conflict with another replica: %s", _reason(exc))
             return StoreUnavailable(
                 f"the database refused a conflicting change ({_reason(exc)}); try again",
                 RETRY_AFTER_SECONDS / 5,
             )
+        standby = isinstance(exc, psycopg.errors.ReadOnlySqlTransaction)
         if self._held is not None and self._held.raw is raw:
             self._held = None
-            log.warning("lost the connection to PostgreSQL (%s): %s", self._where, _reason(exc))
+            if standby:
+                log.warning("PostgreSQL (%s) refuses writes, a standby: %s; connecting again "
+                            "(with several hosts in store.url, add target_session_attrs="
+                            "read-write)", self._where, _reason(exc))  # fmt: skip
+            else:
+                log.warning("lost the connection to PostgreSQL (%s): %s", self._where,
+                            _reason(exc))  # fmt: skip
             raw.close()
             self._pool.putconn(raw)
+        what = "a standby, it refuses writes" if standby else _reason(exc)
         return StoreUnavailable(
-            f"the database is unavailable ({_reason(exc)}); try again shortly",
-            RETRY_AFTER_SECONDS,
+            f"the database is unavailable ({what}); try again shortly", RETRY_AFTER_SECONDS
         )
 
     def connection(self) -> _Connection:
         if self._held is None:
-            try:
-                raw = self._pool.getconn()
-            except PoolTimeout:
-                raise StoreUnavailable(
-                    f"cannot reach PostgreSQL ({self._where}); try again shortly",
-                    RETRY_AFTER_SECONDS,
-                ) from None
-            self._held = _Connection(raw, self)
+            self._held = _Connection(self._take(), self)
         return self._held
+
+    def _take(self) -> psycopg.Connection[Any]:
+        """A connection from the pool, waited for briefly once the database
+        is known to be down; StoreUnavailable when none comes."""
+        down = self._down_since
+        try:
+            raw: psycopg.Connection[Any] = self._pool.getconn(
+                DOWN_WAIT_SECONDS if down else CONNECTION_WAIT_SECONDS
+            )
+        except PoolTimeout:
+            self._down_since = down or time.monotonic()
+            raise StoreUnavailable(
+                f"cannot reach PostgreSQL ({self._where}); try again shortly",
+                RETRY_AFTER_SECONDS,
+            ) from None
+        if down is not None:
+            self._down_since = None
+            log.warning("PostgreSQL (%s) answers again, after %.0fs", self._where,
+                        time.monotonic() - down)  # fmt: skip
+        return raw
 
     @contextmanager
     def transaction(self) -> Iterator[Connection]:
@@ -193,7 +298,7 @@ class PostgresBackend:
         try:
             with conn.raw.transaction():
                 yield conn
-        except psycopg.OperationalError as exc:
+        except _GONE as exc:
             raise self.lost(conn.raw, exc) from None
 
     # -- migrations -----------------------------------------------------------
@@ -235,7 +340,8 @@ class PostgresBackend:
         """Whether this replica holds the leader lock, taking it when it is
         free. The lock lives on a connection of its own, kept while leading:
         when this process dies, PostgreSQL ends the session and the lock
-        passes to the next replica that asks."""
+        passes to the next replica that asks. StoreUnavailable when the
+        database cannot be asked (not "another replica leads")."""
         if self._leader is not None:
             try:
                 self._leader.execute("SELECT 1")
@@ -243,17 +349,16 @@ class PostgresBackend:
             except psycopg.Error as exc:
                 log.warning("no longer leading: lost the leader's connection (%s)", _reason(exc))
                 self._drop_leader()
-        try:
-            raw = self._pool.getconn()
-        except PoolTimeout:
-            return False
+        raw = self._take()
         try:
             row = raw.execute("SELECT pg_try_advisory_lock(%s)", (LEADER_LOCK,)).fetchone()
         except psycopg.Error as exc:
             raw.close()
             self._pool.putconn(raw)
-            log.warning("cannot ask for the leader lock: %s", _reason(exc))
-            return False
+            raise StoreUnavailable(
+                f"cannot ask PostgreSQL ({self._where}) for the leader lock: {_reason(exc)}",
+                RETRY_AFTER_SECONDS,
+            ) from None
         if row is None or not row[0]:
             self._pool.putconn(raw)
             return False

@@ -20,9 +20,12 @@ from typing import Generic, TypeVar
 from controller.errors import StoreUnavailable
 from controller.metrics.instruments import Metrics
 from controller.model import CheckIn, CheckInOutcome
+from controller.quietlog import Quiet
 from controller.store import Store
 
 log = logging.getLogger(__name__)
+# While the database is down, every batch fails: one line per interval.
+_quiet = Quiet(log)
 _T = TypeVar("_T")
 _In = TypeVar("_In")
 _Out = TypeVar("_Out")
@@ -112,7 +115,7 @@ class GroupCommit(Generic[_In, _Out]):
             outcomes = await self._db.call(lambda s: self._write_batch(s, items))
         except Exception as exc:
             if isinstance(exc, StoreUnavailable):  # answered UNAVAILABLE: they retry
-                log.warning("%s: writing %d failed: %s", self._name, len(batch), exc)
+                _quiet.say(self._name, "%s: writing %d failed: %s", self._name, len(batch), exc)
             else:
                 log.exception("%s: writing %d failed", self._name, len(batch))
             for _, future in batch:

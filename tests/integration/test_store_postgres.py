@@ -19,6 +19,8 @@ from tests.support.controller import Controller, cli
 from tests.support.postgres import PostgresServer, missing_reason, running
 from tests.support.waiting import scaled
 
+OUTAGE_SECONDS = 40.0
+
 
 @pytest.fixture
 def own_postgres() -> Iterator[PostgresServer]:
@@ -40,6 +42,35 @@ def _check_in(ctl: Controller, host: Raw, hostname: str) -> None:
         agent_pb2_grpc.AgentServiceStub(channel).CheckIn(
             agent_pb2.CheckInRequest(facts=types_pb2.HostFacts(hostname=hostname)), timeout=30
         )
+
+
+def _refused_until(ctl: Controller, host: Raw, until: float) -> list[float]:
+    """Check in every half second until ``until`` (monotonic), each call
+    refused UNAVAILABLE: how long each refusal took."""
+    took: list[float] = []
+    while time.monotonic() < until:
+        started = time.monotonic()
+        with pytest.raises(grpc.RpcError) as refused:
+            _check_in(ctl, host, "during")
+        assert refused.value.code() is grpc.StatusCode.UNAVAILABLE, refused.value.details()
+        took.append(time.monotonic() - started)
+        time.sleep(0.5)
+    return took
+
+
+def _served_again(ctl: Controller, host: Raw) -> float:
+    """Check in every half second until one is served (refusals meanwhile
+    must be UNAVAILABLE): how long that took."""
+    started = time.monotonic()
+    for _ in range(int(scaled(60) / 0.5)):
+        try:
+            _check_in(ctl, host, "after")
+            return time.monotonic() - started
+        except grpc.RpcError as exc:
+            if exc.code() is not grpc.StatusCode.UNAVAILABLE:
+                raise
+        time.sleep(0.5)
+    raise AssertionError("not served again within a minute")
 
 
 def test_an_unreachable_database_stops_serve_with_one_line(tmp_path: Path, postgres):
@@ -66,6 +97,7 @@ def test_a_database_outage_is_unavailable_with_a_retry_delay_then_served(
         host = _enroll(ctl, ctl.token())
         _check_in(ctl, host, "before")
         own_postgres.halt()
+        halted = time.monotonic()
         # A check-in that brings nothing new may still be answered from
         # memory until the controller sees the outage (within a second,
         # controller/store/heartbeats.py); it is kept and written later.
@@ -82,10 +114,19 @@ def test_a_database_outage_is_unavailable_with_a_retry_delay_then_served(
         metadata: Sequence[tuple[str, str]] = caught.trailing_metadata()  # type: ignore[assignment]
         trailers = dict(metadata)
         assert float(trailers[RETRY_AFTER_KEY]) > 0
+        # A longer outage: once it is seen, calls are refused at once (the
+        # store thread runs one call at a time: 3 s waits would queue up),
+        # and the pool keeps trying with a back-off that starts again, so
+        # the database is found soon after it is back, however long it was
+        # gone (psycopg_pool's own back-off doubles for as long as it lasts:
+        # 40 s down, it would next try at 63 s).
+        refusals = _refused_until(ctl, host, halted + OUTAGE_SECONDS)
+        assert max(refusals) < 1.0, refusals
         own_postgres.resume()
-        _check_in(ctl, host, "after")
+        assert _served_again(ctl, host) < scaled(10)
         # Nothing acknowledged is lost: before, those answered during the
         # outage, after (the refused one is not counted), once written behind.
+        deadline = time.monotonic() + scaled(30)
         while (shown := ctl.host(host.host_id))["checkins"] != 2 + answered:
             assert time.monotonic() < deadline, f"{shown['checkins']} of {2 + answered} written"
             time.sleep(0.2)
@@ -94,4 +135,8 @@ def test_a_database_outage_is_unavailable_with_a_retry_delay_then_served(
         assert ctl.proc.poll() is None  # it served on through the outage
     finally:
         ctl.stop()
-    assert "Traceback" not in ctl.log.read_text()
+    log = ctl.log.read_text()
+    assert "Traceback" not in log
+    assert "answers again" in log
+    # The pool's line for each failed attempt is passed on once a minute.
+    assert log.count("error connecting in 'fleetpatch'") <= 4, log

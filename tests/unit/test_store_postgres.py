@@ -14,7 +14,7 @@ import pytest
 from controller import audit
 from controller.audit import AuditEntry
 from controller.campaigns.tallies import CampaignState
-from controller.errors import Conflict, StoreUnavailable, TokenRefused
+from controller.errors import Conflict, StoreUnavailable, TokenRefused, UsageError
 from controller.fleet.tokens import new_token
 from controller.model import (
     Assignment,
@@ -29,6 +29,7 @@ from controller.model import (
 from controller.store import Store
 from controller.store.dialect import to_postgres
 from controller.store.migrations import registered
+from controller.store.postgres import describe
 from tests.support.postgres import PostgresServer
 
 NOW = datetime(2025, 3, 1, 12, 0, tzinfo=UTC)
@@ -170,6 +171,102 @@ def test_a_lost_connection_is_unavailable_once_then_replaced(postgres_emptied_ur
         assert store.revoke_token(token.token_id).revoked
     finally:
         store.close()
+
+
+def _eventually(call, tries: int = 3):
+    """``call()``, again after StoreUnavailable: the first call after the
+    server ended our sessions meets the lost connection."""
+    for _ in range(tries - 1):
+        try:
+            return call()
+        except StoreUnavailable:
+            pass
+    return call()
+
+
+def test_a_standby_that_refuses_writes_is_unavailable_until_a_writable_server_answers(
+    postgres_url: str, postgres
+):
+    """A failover: the connections now reach a server that answers reads and
+    refuses writes (SQLSTATE 25006, as a standby or a demoted primary). The
+    writer is answered unavailable, never given psycopg's error, and the
+    connection is given up, so that the next one reaches the new primary."""
+    database = postgres_url.split("/")[3].split("?", maxsplit=1)[0]
+    store = Store.connect(postgres_url)
+    try:
+        token, _ = new_token("eu", 0, 1, timedelta(hours=1), {}, NOW)
+        store.create_token(token)
+        postgres.execute(f'ALTER DATABASE "{database}" SET default_transaction_read_only = on')
+        _terminate_others(postgres, database)
+        assert _eventually(store.list_tokens) == [token]  # reads are served
+        second, _ = new_token("eu", 0, 1, timedelta(hours=1), {}, NOW)
+        with pytest.raises(StoreUnavailable, match="a standby, it refuses writes"):
+            store.create_token(second)
+        postgres.execute(f'ALTER DATABASE "{database}" RESET default_transaction_read_only')
+        _terminate_others(postgres, database)  # the pool's read-only sessions
+        _eventually(lambda: store.create_token(second))
+        assert {t.token_id for t in store.list_tokens()} == {token.token_id, second.token_id}
+    finally:
+        store.close()
+
+
+def test_a_read_only_server_at_start_is_one_line(postgres: PostgresServer):
+    database = postgres.create_database()
+    try:
+        postgres.execute(f'ALTER DATABASE "{database}" SET default_transaction_read_only = on')
+        with pytest.raises(StoreUnavailable, match="cannot use PostgreSQL") as caught:
+            Store.connect(postgres.url(database))
+        assert "a standby" in str(caught.value)
+        assert "\n" not in str(caught.value)
+    finally:
+        postgres.drop_database(database)
+
+
+def test_a_user_that_may_not_create_the_tables_is_told_to_own_the_database(
+    postgres: PostgresServer,
+):
+    database = postgres.create_database()  # owned by postgres: PUBLIC may not create
+    postgres.execute("DROP ROLE IF EXISTS limited")
+    postgres.execute("CREATE ROLE limited LOGIN")
+    try:
+        url = postgres.url(database).replace("postgres@", "limited@", 1)
+        with pytest.raises(UsageError, match="does not let this user create") as caught:
+            Store.connect(url)
+        assert "permission denied" in str(caught.value)
+        assert "owner" in str(caught.value)
+    finally:
+        postgres.drop_database(database)
+        postgres.execute("DROP ROLE limited")
+
+
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [
+        ("postgresql://fp:hun@ter-s3cret@db/fp", "store.url holds an '@' in the user"),
+        ("postgresql://fp:s3cret@db/fp?foo=1", 'store.url: invalid URI query parameter: "foo"'),
+        ("postgresql://fp:s3cret@db:0/fp", "store.url names a port that is not"),
+    ],
+)
+def test_a_url_libpq_would_misread_is_a_bad_setting_before_any_connection(url, message):
+    with pytest.raises(UsageError) as caught:
+        Store.connect(url)
+    assert message in str(caught.value)
+    assert "s3cret" not in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("url", "where"),
+    [
+        ("postgresql://fp:pw@a:5432,b:5433/fp", "database fp on a:5432,b:5433"),
+        ("postgresql://fp@[::1]/fp", "database fp on [::1]:5432"),
+        ("postgresql://fp@a,b:6000/fp", "database fp on a:5432,b:6000"),  # a port each
+        ("postgresql:///fp?host=/run/pg", "database fp on the local socket in /run/pg (port 5432)"),
+        ("postgresql://", "database ? on the local socket (port 5432)"),
+        ("postgresql://fp:hun@ter@db/fp", "an unreadable PostgreSQL URL"),
+    ],
+)
+def test_the_database_is_described_without_the_password(url, where):
+    assert describe(url) == where
 
 
 # -- several replicas on one database --------------------------------------------

@@ -83,6 +83,8 @@ def test_webhooks_settings(tmp_path):
     [
         ('[[webhooks]]\nname = "a"\nurl = "ftp://h/x"\nsecret_file = "k"\n',
          r"webhooks\[0\]\.url: 'ftp://h/x' is not an http:// or https:// URL"),
+        ('[[webhooks]]\nname = "a"\nurl = "http://[::1/x"\nsecret_file = "k"\n',
+         r"webhooks\[0\]\.url: 'http://\[::1/x' is not an http:// or https:// URL"),
         ('[[webhooks]]\nname = "a"\nurl = "https://h/x"\n',
          r"webhooks\[0\]\.secret_file is required"),
         ('[[webhooks]]\nname = "a"\nurl = "https://h/x"\nsecret_file = "k"\nevents = []\n',

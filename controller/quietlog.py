@@ -1,0 +1,51 @@
+"""Log lines a whole fleet would repeat at once.
+
+While the database is down, every call of every host is refused, and
+each refusal would be a line: 100,000 hosts make the log useless and
+fill the disk. Such lines are said at once, then at most once per
+interval for the same key, with how many were not said in between.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+
+INTERVAL_SECONDS = 30.0
+# Keys held at most (one per method, per writer, per message: a few);
+# past it, the oldest are forgotten.
+MAX_KEYS = 256
+
+
+class Quiet:
+    """``say(key, message, *args)``: logged unless a line of ``key`` was
+    logged less than ``seconds`` ago (then counted, and the count added to
+    the next line of ``key`` that is logged)."""
+
+    def __init__(
+        self,
+        logger: logging.Logger,
+        level: int = logging.WARNING,
+        seconds: float = INTERVAL_SECONDS,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._logger = logger
+        self._level = level
+        self._seconds = seconds
+        self._clock = clock
+        self._said: dict[str, tuple[float, int]] = {}  # key -> (when said, held since)
+
+    def say(self, key: str, message: str, *args: object) -> None:
+        now = self._clock()
+        said = self._said.get(key)
+        if said is not None and now - said[0] < self._seconds:
+            self._said[key] = (said[0], said[1] + 1)
+            return
+        if said is not None and said[1]:
+            message += f" ({said[1]} more like it in the last {now - said[0]:.0f}s)"
+        self._said.pop(key, None)
+        if len(self._said) >= MAX_KEYS:
+            del self._said[next(iter(self._said))]
+        self._said[key] = (now, 0)
+        self._logger.log(self._level, message, *args)

@@ -1,0 +1,48 @@
+"""controller.quietlog: a line the whole fleet repeats at once is said
+once per interval, with how many were held back."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+
+from controller.quietlog import MAX_KEYS, Quiet
+
+
+@pytest.fixture
+def clock() -> list[float]:
+    return [1000.0]
+
+
+def _quiet(clock: list[float]) -> Quiet:
+    return Quiet(logging.getLogger("test.quiet"), seconds=30, clock=lambda: clock[0])
+
+
+def test_said_once_per_interval_then_with_the_count_held_back(caplog, clock):
+    quiet = _quiet(clock)
+    with caplog.at_level(logging.WARNING, "test.quiet"):
+        for i in range(100):
+            quiet.say("CheckIn", "CheckIn refused for %s: down", f"peer{i}")
+        clock[0] += 31
+        quiet.say("CheckIn", "CheckIn refused for %s: down", "peer100")
+    assert [r.getMessage() for r in caplog.records] == [
+        "CheckIn refused for peer0: down",
+        "CheckIn refused for peer100: down (99 more like it in the last 31s)",
+    ]
+
+
+def test_each_key_has_its_own_interval(caplog, clock):
+    quiet = _quiet(clock)
+    with caplog.at_level(logging.WARNING, "test.quiet"):
+        quiet.say("CheckIn", "a")
+        quiet.say("ReportProgress", "b")
+        quiet.say("CheckIn", "c")
+    assert [r.getMessage() for r in caplog.records] == ["a", "b"]
+
+
+def test_it_holds_a_bounded_number_of_keys(clock):
+    quiet = _quiet(clock)
+    for i in range(MAX_KEYS * 3):
+        quiet.say(f"key{i}", "x")
+    assert len(quiet._said) <= MAX_KEYS
