@@ -15,6 +15,8 @@ settings were tested with. Two of its defaults are unwanted here:
 
 from __future__ import annotations
 
+import functools
+import math
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -23,6 +25,7 @@ import click
 import typer
 
 USAGE_EXIT = 2
+INTERRUPTED_EXIT = 130  # 128 + SIGINT, as a shell reports it
 
 
 def new_app(help: str, epilog: str | None = None, **options: Any) -> typer.Typer:
@@ -87,6 +90,59 @@ def with_epilog(command: click.Command, epilog: str) -> click.Command:
     return command
 
 
+class Interrupted(Exception):
+    """Ctrl-C within a command."""
+
+
+@functools.cache
+def _finite_kind(kind: type[click.types.FloatParamType]) -> type[click.types.FloatParamType]:
+    """``kind`` (click's float, or float range), refusing nan and inf:
+    click's range checks let nan through (every comparison with it is
+    false), and a `--seconds nan` would measure nothing and exit 0. A
+    subclass, so that help still shows the range."""
+
+    class Finite(kind):  # type: ignore[valid-type, misc]
+        def convert(
+            self, value: Any, param: click.Parameter | None, ctx: click.Context | None
+        ) -> Any:
+            number = super().convert(value, param, ctx)
+            if not math.isfinite(number):
+                self.fail(f"{value!r} is not a finite number", param, ctx)
+            return number
+
+    return Finite
+
+
+def _finite(command: click.Command) -> None:
+    """Every float option of ``command`` (and its subcommands) finite."""
+    for sub in getattr(command, "commands", {}).values():
+        _finite(sub)
+    for param in command.params:
+        if isinstance(param.type, click.types.FloatParamType):
+            param.type.__class__ = _finite_kind(type(param.type))
+
+
+def _interruptible(command: click.Command) -> None:
+    """Have Ctrl-C within ``command`` (and its subcommands) raise
+    `Interrupted`: typer turns a KeyboardInterrupt into a silent exit 130,
+    where the contract is one line, `aborted`."""
+    for sub in getattr(command, "commands", {}).values():
+        _interruptible(sub)
+    callback = command.callback
+    if callback is None or getattr(callback, "interruptible", False):
+        return
+
+    @functools.wraps(callback)
+    def interruptible(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return callback(*args, **kwargs)
+        except KeyboardInterrupt:
+            raise Interrupted from None
+
+    interruptible.interruptible = True  # type: ignore[attr-defined]
+    command.callback = interruptible
+
+
 def run(typer_app: typer.Typer, prog_name: str | None = None, epilog: str | None = None) -> None:
     """Run a typer app as a console script. Usage errors become one line on
     stderr and exit 2; a bare command prints its help, exit 2;
@@ -96,8 +152,13 @@ def run(typer_app: typer.Typer, prog_name: str | None = None, epilog: str | None
     command = typer.main.get_command(typer_app)
     if epilog is not None:
         with_epilog(command, epilog)
+    _interruptible(command)
+    _finite(command)
     try:
         code = command.main(standalone_mode=False, prog_name=prog_name)
+    except Interrupted:
+        print("aborted", file=sys.stderr)
+        sys.exit(INTERRUPTED_EXIT)
     except click.exceptions.NoArgsIsHelpError as exc:
         if exc.ctx is not None:
             print(exc.ctx.get_help(), file=sys.stderr)
