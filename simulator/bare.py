@@ -4,15 +4,18 @@ certificates required and checked against its CA) and the same messages,
 answering at once and storing nothing. The load tool's ratio to it is what
 fleetpatch's own work costs.
 
-    python -m simulator.bare --data-dir DIR [--listen 127.0.0.1:0]
+    python -m simulator.bare --data-dir DIR [--listen 127.0.0.1:0] [--until-stdin-closes]
 
-Prints the address it listens on, then serves until SIGTERM.
+Prints the address it listens on, then serves until SIGTERM (or, with
+--until-stdin-closes, until its standard input closes: `load` starts it
+so, and a load killed outright leaves no server behind).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import signal
 import sys
 from pathlib import Path
@@ -42,7 +45,7 @@ class Bare(agent_pb2_grpc.AgentServiceServicer):
         )
 
 
-async def serve(data_dir: Path, listen: str) -> None:
+async def serve(data_dir: Path, listen: str, until_stdin_closes: bool = False) -> None:
     # The controller's backlog of calls not yet taken up, so that a herd
     # meets the same gRPC core on both.
     server = grpc.aio.server(options=list(PENDING_OPTIONS))
@@ -56,7 +59,17 @@ async def serve(data_dir: Path, listen: str) -> None:
     await server.start()
     print(f"{listen.rpartition(':')[0]}:{port}", flush=True)
     stop = asyncio.Event()
-    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
+    if until_stdin_closes:
+        stdin = sys.stdin.fileno()
+
+        def closed() -> None:
+            if not os.read(stdin, 4096):
+                loop.remove_reader(stdin)
+                stop.set()
+
+        loop.add_reader(stdin, closed)
     await stop.wait()
     await server.stop(1)
 
@@ -65,9 +78,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data-dir", type=Path, required=True)
     parser.add_argument("--listen", default="127.0.0.1:0")
+    parser.add_argument("--until-stdin-closes", action="store_true")
     args = parser.parse_args()
     try:
-        asyncio.run(serve(args.data_dir, args.listen))
+        asyncio.run(serve(args.data_dir, args.listen, args.until_stdin_closes))
     except OSError as exc:
         print(f"bare server: {exc}", file=sys.stderr)
         sys.exit(1)

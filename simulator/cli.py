@@ -14,15 +14,18 @@ controller unreachable, 4 refused. Progress goes to stderr on long runs.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import signal
 import sys
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from fleetpatch import cliapp, render
+from fleetpatch.addresses import AddressError, port_after, split_address
 from fleetpatch.atomicfile import write_atomic
 from fleetpatch.durations import parse_duration
 
@@ -33,6 +36,11 @@ from .failures import NO_FAILURES, FailureModel
 from .outcome import Outcome
 from .report import print_text, span, to_json
 from .scenario import Operator
+
+if TYPE_CHECKING:
+    from controller.datadir import DataDir
+
+    from . import load as loadtool
 
 app = cliapp.new_app(
     help="Rehearse a patch campaign on a simulated fleet, in virtual time, with the "
@@ -269,6 +277,13 @@ def rehearse(
     _emit(outcome, None, "", as_json, report)
 
 
+# `load`'s bounds: a token's uses are a 32-bit count, a simulated agent's
+# certificate name (load-SEED...-N) at most 64 characters.
+MAX_AGENTS = 1_000_000
+MAX_PROCESSES = 256
+MAX_SEED = 10**9
+
+
 @app.command("load")
 def load(
     data_dir: DataDirOption = DEFAULT_DATA_DIR,
@@ -281,8 +296,15 @@ def load(
             help="Enrollment address; default: the one recorded in the data dir.",
         ),
     ] = None,
-    agents: Annotated[int, typer.Option(min=1, help="Simulated agents, enrolled for real.")] = 1000,
-    processes: Annotated[int, typer.Option(min=1, help="Processes they are spread over.")] = 2,
+    agents: Annotated[
+        int, typer.Option(min=1, max=MAX_AGENTS, help="Simulated agents, enrolled for real.")
+    ] = 1000,
+    processes: Annotated[
+        int,
+        typer.Option(
+            min=1, max=MAX_PROCESSES, help="Processes they are spread over (at most one each)."
+        ),
+    ] = 2,
     seconds: Annotated[float, typer.Option(min=1, help="Measured seconds, after the ramp.")] = 30,
     ramp: Annotated[
         float, typer.Option(min=0, help="Seconds over which agents connect, with jitter.")
@@ -330,11 +352,12 @@ def load(
         typer.Option(
             "--database-pid",
             metavar="PID",
+            min=1,
             help="A database server on this machine (PostgreSQL's postmaster): its CPU, "
             "its backends' included, is also counted per 1,000 check-ins.",
         ),
     ] = None,
-    seed: Annotated[int, typer.Option(help="Random seed.")] = 1,
+    seed: Annotated[int, typer.Option(min=0, max=MAX_SEED, help="Random seed.")] = 1,
     json_out: JsonOption = False,
 ) -> None:
     """Drive a real controller with many simulated agents over real gRPC
@@ -346,36 +369,50 @@ def load(
     Ctrl-C stops the run and prints the figures until then (exit 130)."""
     from datetime import timedelta as _timedelta
 
+    import psutil
     from fleetpatch.v1 import admin_pb2
     from google.protobuf.duration_pb2 import Duration
 
     from controller.cli.admin_client import AdminClient
     from controller.datadir import DataDir
+    from controller.errors import FleetpatchError
 
     from . import load as loadtool
 
+    if enroll is not None:
+        try:
+            split_address(enroll)
+        except AddressError as exc:
+            raise ScenarioError("--enroll", str(exc)) from None
+    if database_pid is not None and not psutil.pid_exists(database_pid):
+        raise ScenarioError("--database-pid", f"no process {database_pid} on this machine")
     directory = DataDir(data_dir)
+    # SIGTERM (a timeout, a service manager) stops the run as Ctrl-C does:
+    # the figures until then are printed, and what was started is stopped.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     with AdminClient(directory, controller) as admin:
         ttl = Duration()
         ttl.FromTimedelta(_timedelta(hours=2))
-        token = admin.create_token(admin_pb2.CreateTokenRequest(
+        made = admin.create_token(admin_pb2.CreateTokenRequest(
             region="load", ring=0, uses=agents, ttl=ttl, labels={"load": "sim"},
-        )).secret  # fmt: skip
-        # Several replicas named: the agents are spread over them all.
+        ))  # fmt: skip
+        # Several replicas named: the agents are spread over them all. They
+        # enroll through the one the token was made on (reached, then).
         address = ",".join(admin.addresses) if len(admin.addresses) > 1 else admin.address
-    try:
-        recorded = json.loads(directory.endpoints.read_text())
-    except (OSError, ValueError):
-        recorded = {}
-    enroll_address = enroll or str(recorded.get("enroll_address", ""))
-    plan = loadtool.Plan(
-        address, enroll_address, directory.read(directory.ca_cert), agents, processes, seconds,
-        ramp, interval, 0.2, change_rate, failure_rate, concurrency=concurrency, push=push,
-    )  # fmt: skip
-    if not plan.enroll_address:
-        raise ScenarioError("--enroll", "no enrollment address recorded in the data dir; give one")
-    began = time.monotonic()
-    identities = loadtool.enroll_all(plan, token, seed)
+        enroll_address = enroll or _enroll_address(directory, admin.address)
+        plan = loadtool.Plan(
+            address, enroll_address, directory.read(directory.ca_cert), agents,
+            min(processes, agents), seconds, ramp, interval, 0.2, change_rate, failure_rate,
+            concurrency=concurrency, push=push,
+        )  # fmt: skip
+        began = time.monotonic()
+        try:
+            identities = loadtool.enroll_all(plan, made.secret, seed)
+        except BaseException:
+            # Not left for anyone to enroll with for two hours.
+            with contextlib.suppress(FleetpatchError):
+                admin.revoke_token(made.token.token_id)
+            raise
     print(f"enrolled {len(identities)} agents in {time.monotonic() - began:.0f}s", file=sys.stderr)
     pids = loadtool.listening(address.split(",")) or loadtool.pid_of(data_dir)
     usage, database = loadtool.Usage(pids), loadtool.Usage(database_pid)
@@ -384,18 +421,52 @@ def load(
     results = [loadtool.merge(f"controller {address}", plan, tallies, usage.done(),
                               database.done(), interrupted)]  # fmt: skip
     if bare and not interrupted:
-        proc, bare_address = loadtool.start_bare(data_dir)
-        try:
-            usage = loadtool.Usage(proc.pid)
-            tallies, interrupted = loadtool.run(plan, identities, bare_address, seed)
-            results.append(loadtool.merge("bare grpc.aio, same TLS", plan, tallies, usage.done(),
-                                          interrupted=interrupted))  # fmt: skip
-        finally:
-            proc.terminate()
-            proc.wait(timeout=30)
+        interrupted = _bare_run(data_dir, plan, identities, seed, results)
     print(loadtool.as_json(results) if json_out else loadtool.table(results))
     if interrupted:
         raise typer.Exit(130)
+
+
+def _bare_run(
+    data_dir: Path,
+    plan: loadtool.Plan,
+    identities: list[loadtool.Identity],
+    seed: int,
+    results: list[loadtool.Result],
+) -> bool:
+    """The same load on a bare grpc.aio server, its result added to
+    ``results``; whether it was interrupted."""
+    from . import load as loadtool
+
+    try:
+        proc, bare_address = loadtool.start_bare(data_dir)
+    except KeyboardInterrupt:  # stopped while it started: the figures so far
+        return True
+    try:
+        usage = loadtool.Usage(proc.pid)
+        tallies, interrupted = loadtool.run(plan, identities, bare_address, seed)
+        results.append(loadtool.merge("bare grpc.aio, same TLS", plan, tallies, usage.done(),
+                                      interrupted=interrupted))  # fmt: skip
+        return interrupted
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+def _enroll_address(directory: DataDir, address: str) -> str:
+    """Where the agents enroll: the enrollment address the controller at
+    ``address`` recorded when it is the one in ``directory``, else the
+    port after ``address`` (a controller's default)."""
+    try:
+        recorded = json.loads(directory.endpoints.read_text())
+        if recorded["address"] == address and isinstance(recorded["enroll_address"], str):
+            return recorded["enroll_address"]
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    try:
+        return port_after(address)
+    except AddressError as exc:
+        raise ScenarioError("--enroll", f"{exc}: give the enrollment address") from None
 
 
 def _start(spelled: str | None) -> datetime:

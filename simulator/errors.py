@@ -3,6 +3,8 @@
     SimError                  exit 1; the message is for a person
     ├── ScenarioError         exit 2; a scenario or failure-model file is invalid:
     │                         names the file, the field and what is wrong
+    ├── LoadFailed            `load` cannot go on: the controller refused or could
+    │                         not be reached (exit 3 or 4, as the admin CLI's)
     └── ModelGap              exit 1; the agent's state machine has a state the
                               simulator has no model for (add one, see agentmodel)
 
@@ -34,6 +36,19 @@ class ScenarioError(SimError):
         self.source = source
         where = ": ".join(part for part in (source, field) if part)
         super().__init__(f"{where}: {problem}" if where else problem)
+
+
+class LoadFailed(SimError):
+    """`load` cannot go on (enrolling its agents failed, say). Raised in a
+    worker process and passed to the parent: it pickles as its message and
+    exit code."""
+
+    def __init__(self, message: str, exit_code: int = 1) -> None:
+        super().__init__(message, exit_code)
+        self.exit_code = exit_code
+
+    def __str__(self) -> str:
+        return str(self.args[0])
 
 
 class NothingToRehearse(SimError):

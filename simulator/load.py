@@ -23,9 +23,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import functools
 import json
 import multiprocessing
+import multiprocessing.pool
 import multiprocessing.synchronize
 import os
 import random
@@ -34,7 +36,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TypeVar
@@ -48,6 +50,8 @@ from cryptography.x509.oid import NameOID
 from fleetpatch.inventory import inventory_hash
 from fleetpatch.overload import retry_after
 from fleetpatch.v1 import agent_pb2, agent_pb2_grpc, types_pb2
+
+from simulator.errors import LoadFailed
 
 T = TypeVar("T")
 Stop = multiprocessing.synchronize.Event  # set by the parent: the workers stop and report
@@ -230,8 +234,30 @@ def merge(
 # -- enrollment -----------------------------------------------------------------------
 
 
+# Exit codes of a failed enrollment, as the admin CLI's for the same status.
+_EXIT_OF = {
+    grpc.StatusCode.UNAVAILABLE: 3, grpc.StatusCode.DEADLINE_EXCEEDED: 3,
+    grpc.StatusCode.RESOURCE_EXHAUSTED: 3, grpc.StatusCode.UNAUTHENTICATED: 4,
+    grpc.StatusCode.PERMISSION_DENIED: 4, grpc.StatusCode.INVALID_ARGUMENT: 2,
+}  # fmt: skip
+
+
 def enroll(plan: Plan, token: str, count: int, seed: int) -> list[Identity]:
-    """Enroll ``count`` agents for real: a key each, a CSR, the Enroll RPC."""
+    """Enroll ``count`` agents for real: a key each, a CSR, the Enroll RPC.
+    Raises LoadFailed (one line, picklable: this runs in a worker) when the
+    controller refuses or cannot be reached."""
+    try:
+        return _enroll(plan, token, count, seed)
+    except grpc.RpcError as exc:
+        code: grpc.StatusCode = exc.code()
+        details = " ".join(str(exc.details() or code.name).split())[:300]
+        raise LoadFailed(
+            f"enrolling simulated agents at {plan.enroll_address} failed: {code.name}: {details}",
+            _EXIT_OF.get(code, 1),
+        ) from None
+
+
+def _enroll(plan: Plan, token: str, count: int, seed: int) -> list[Identity]:
     creds = grpc.ssl_channel_credentials(root_certificates=plan.ca)
     found: list[Identity] = []
     with grpc.secure_channel(plan.enroll_address, creds) as channel:
@@ -281,13 +307,18 @@ class _Agent:
     """One simulated agent: its channel, inventory and pending reports."""
 
     def __init__(
-        self, address: str, ca: bytes, identity: Identity, packages: int, rng: random.Random
+        self,
+        addresses: Sequence[str],
+        ca: bytes,
+        identity: Identity,
+        packages: int,
+        rng: random.Random,
     ) -> None:
         key, cert = identity
-        self.channel = grpc.aio.secure_channel(
-            address, grpc.ssl_channel_credentials(ca, private_key=key, certificate_chain=cert)
-        )
-        self.stub = agent_pb2_grpc.AgentServiceStub(self.channel)
+        self.addresses = list(addresses)  # replicas, this agent's first one first
+        self._creds = grpc.ssl_channel_credentials(ca, private_key=key, certificate_chain=cert)
+        self.retired: list[grpc.aio.Channel] = []  # closed at the end (a Watch may use one)
+        self._connect()
         self.packages = [(f"pkg{i}", f"1.{rng.randrange(9)}-1", "amd64") for i in range(packages)]
         self.facts = types_pb2.HostFacts(
             hostname=f"load-{rng.randrange(1 << 30)}", os_id="debian", os_version="12",
@@ -298,6 +329,17 @@ class _Agent:
         self.highest = 0  # the highest order sequence received, sent at each check-in
         self.wake = asyncio.Event()  # set by a nudge (--push)
         self.nudged = False  # the next check-in answers a nudge
+
+    def _connect(self) -> None:
+        self.channel = grpc.aio.secure_channel(self.addresses[0], self._creds)
+        self.stub = agent_pb2_grpc.AgentServiceStub(self.channel)
+
+    def fail_over(self) -> None:
+        """The replica cannot be reached: the next one, as an agent does."""
+        if len(self.addresses) > 1:
+            self.addresses.append(self.addresses.pop(0))
+            self.retired.append(self.channel)
+            self._connect()
 
     def request(self, change: bool, rng: random.Random) -> agent_pb2.CheckInRequest:
         if change:
@@ -388,6 +430,12 @@ async def _report(agent: _Agent, tally: Tally) -> None:
     agent.pending = [(at, r) for at, r in agent.pending if r not in due]
 
 
+def _from(addresses: Sequence[str], n: int) -> list[str]:
+    """``addresses`` starting from the ``n``-th (round the list)."""
+    k = n % len(addresses)
+    return [*addresses[k:], *addresses[:k]]
+
+
 async def _run_agents(
     plan: Plan, identities: Sequence[Identity], address: str, seed: int, stop: Stop | None = None
 ) -> Tally:
@@ -399,11 +447,12 @@ async def _run_agents(
     start = time.monotonic()
     measure_from = start + plan.ramp
     stop_at = measure_from + plan.seconds
-    # Several replicas (comma-separated): the agents are spread over them.
+    # Several replicas (comma-separated): the agents are spread over them,
+    # each moving to the next when its own cannot be reached.
     addresses = [a for a in address.split(",") if a]
     agents = [
-        _Agent(addresses[n % len(addresses)], plan.ca, i, plan.packages, rng)
-        for n, i in enumerate(identities)
+        _Agent(_from(addresses, n), plan.ca, identity, plan.packages, rng)
+        for n, identity in enumerate(identities)
     ]
 
     # Bounded, the load is a steady number of calls in flight (a measure of
@@ -424,7 +473,13 @@ async def _run_agents(
                         began = time.perf_counter()
                         answer = await agent.stub.CheckIn(request, timeout=CALL_TIMEOUT)
                 except grpc.aio.AioRpcError as exc:
+                    unreachable = (
+                        exc.code() is grpc.StatusCode.UNAVAILABLE
+                        and retry_after(exc.trailing_metadata()) is None
+                    )  # not a replica saying its database is down: the others share it
                     await asyncio.sleep(tally.failed(exc, time.monotonic() >= measure_from, rng))
+                    if unreachable:
+                        agent.fail_over()
                     continue
                 took = time.perf_counter() - began
                 tally.total += 1
@@ -450,7 +505,8 @@ async def _run_agents(
     await _all_of([asyncio.ensure_future(one(a)) for a in agents], stop)
     tally.seconds = min(time.monotonic(), stop_at) - measure_from
     for agent in agents:
-        await agent.channel.close(None)
+        for channel in (agent.channel, *agent.retired):
+            await channel.close(None)
     return tally
 
 
@@ -479,11 +535,47 @@ async def _all_of(agents: Sequence[asyncio.Future[None]], stop: Stop | None) -> 
 _worker_stop: list[Stop] = []  # in a worker: the parent's stop, from _worker_started
 
 
-def _worker_started(stop: Stop) -> None:
-    """A worker leaves Ctrl-C (which a terminal sends to the whole process
-    group) to the parent, which stops it through ``stop``: its figures are
-    then returned rather than lost with a traceback."""
+# After the parent told its workers to stop: how long their figures may take
+# (they stop within a tenth of a second; one killed by a service manager
+# never answers, and the pool would wait for its figures for ever).
+STOP_WAIT_SECONDS = 15.0
+# A second Ctrl-C or SIGTERM within this long of the first is the same one
+# sent twice (`timeout` signals the command, then its process group), not a
+# second one, which abandons the figures.
+SAME_SIGNAL_SECONDS = 1.0
+_PR_SET_PDEATHSIG = 1  # prctl(2)
+
+
+@contextlib.contextmanager
+def _children_ignore_ctrl_c() -> Iterator[None]:
+    """Processes started within ignore SIGINT from their first instruction
+    (an ignored signal stays ignored across exec, and Python then installs
+    no handler of its own): a worker still importing when Ctrl-C comes
+    would otherwise print a traceback. The parent ignores it for as long as
+    the processes take to start (milliseconds)."""
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def _worker_started(stop: Stop, parent: int) -> None:
+    """A worker leaves what is sent to the parent's process group (a
+    terminal's Ctrl-C, `timeout`'s SIGTERM) to the parent, which stops it
+    through ``stop``: its figures are then returned, where a worker killed
+    mid-run would leave the pool waiting for them for ever. Out of that
+    group, it ends with its parent however the parent ends (SIGKILL
+    included): an orphan could wait for ever on a lock its dead sibling
+    held, holding the parent's stdout open."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    os.setpgrp()
+    with contextlib.suppress(OSError, AttributeError):  # Linux only
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
+            raise OSError(ctypes.get_errno(), "prctl")
+    if os.getppid() != parent:  # it died before that was set
+        os._exit(0)
     _worker_stop[:] = [stop]
 
 
@@ -496,12 +588,14 @@ def run(
     plan: Plan, identities: Sequence[Identity], address: str, seed: int
 ) -> tuple[list[Tally], bool]:
     """The load over ``plan.processes`` processes, each with its share, and
-    whether Ctrl-C cut it short: then the processes are stopped and their
-    figures until then returned. A second Ctrl-C abandons them."""
+    whether Ctrl-C (or SIGTERM) cut it short: then the processes are
+    stopped and their figures until then returned."""
     shares = [identities[k :: plan.processes] for k in range(plan.processes)]
     context = multiprocessing.get_context("spawn")
-    stop = context.Event()
-    with context.Pool(plan.processes, _worker_started, (stop,)) as pool:
+    with _children_ignore_ctrl_c():
+        stop = context.Event()
+        pool = context.Pool(plan.processes, _worker_started, (stop, os.getpid()))
+    with pool:
         pending = pool.starmap_async(
             _load_worker,
             [(plan, share, address, seed + k) for k, share in enumerate(shares) if share],
@@ -510,7 +604,26 @@ def run(
             return pending.get(), False
         except KeyboardInterrupt:
             stop.set()
-        return pending.get(), True
+        return _stopped(pending), True
+
+
+def _stopped(pending: multiprocessing.pool.ApplyResult[list[Tally]]) -> list[Tally]:
+    """The figures of workers told to stop. A second Ctrl-C abandons them
+    (the pool then ends its workers); so do workers that do not answer
+    within STOP_WAIT_SECONDS."""
+    since = time.monotonic()
+    while True:
+        try:
+            return pending.get(timeout=STOP_WAIT_SECONDS)
+        except KeyboardInterrupt:
+            if time.monotonic() - since > SAME_SIGNAL_SECONDS:
+                raise
+        except multiprocessing.TimeoutError:
+            raise LoadFailed(
+                f"stopped; the load's processes did not hand their figures back within "
+                f"{STOP_WAIT_SECONDS:.0f}s",
+                130,
+            ) from None
 
 
 def enroll_all(plan: Plan, token: str, seed: int) -> list[Identity]:
@@ -518,7 +631,9 @@ def enroll_all(plan: Plan, token: str, seed: int) -> list[Identity]:
               for k in range(plan.processes)]  # fmt: skip
     context = multiprocessing.get_context("spawn")
     # Ctrl-C is the parent's alone: the workers are ended with the pool.
-    with context.Pool(plan.processes, _worker_started, (context.Event(),)) as pool:
+    with _children_ignore_ctrl_c():
+        pool = context.Pool(plan.processes, _worker_started, (context.Event(), os.getpid()))
+    with pool:
         parts = pool.starmap(
             _enroll_worker, [(plan, token, n, seed * 1000 + k) for k, n in enumerate(counts) if n]
         )
@@ -602,12 +717,19 @@ def listening(addresses: Sequence[str]) -> list[int]:
 def start_bare(data_dir: Path) -> tuple[subprocess.Popen[str], str]:
     """simulator/bare.py on a free loopback port with the controller's TLS."""
     proc = subprocess.Popen(
-        [sys.executable, "-m", "simulator.bare", "--data-dir", str(data_dir)],
+        [sys.executable, "-m", "simulator.bare", "--data-dir", str(data_dir),
+         "--until-stdin-closes"],
+        stdin=subprocess.PIPE,  # closed when this process ends, however it ends
         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
         cwd=str(Path(__file__).resolve().parents[1]),
         process_group=0,  # a terminal's Ctrl-C stops the load, which then ends this server
     )  # fmt: skip
-    line = proc.stdout.readline().strip() if proc.stdout is not None else ""
+    try:
+        line = proc.stdout.readline().strip() if proc.stdout is not None else ""
+    except BaseException:  # Ctrl-C while it starts: not left running
+        proc.kill()
+        proc.wait()
+        raise
     if not line:
         proc.kill()
         raise RuntimeError("the bare server did not start")
@@ -651,7 +773,7 @@ def table(results: Sequence[Result]) -> str:
             )
     for r in results:
         if r.interrupted:
-            lines.append(f"{r.target}: interrupted by Ctrl-C after {r.seconds:.0f} s measured")
+            lines.append(f"{r.target}: interrupted after {r.seconds:.0f} s measured")
         if r.streams or r.nudges:
             lines.append(f"{r.target}: {r.streams} Watch streams opened, {r.nudges} nudges, "
                          f"{len(r.nudged_checkins)} nudged check-ins")  # fmt: skip

@@ -10,6 +10,9 @@ import os
 import signal
 import subprocess
 
+import psutil
+import pytest
+
 from tests.support.controller import BIN, cli
 from tests.support.fakes import FakeBackend, FakeProber
 from tests.support.inprocess import InProcessAgent
@@ -78,7 +81,11 @@ def test_load_measures_check_ins_and_carries_out_orders(controller, tmp_path):
     assert ctl["reports"] > 0
 
 
-def test_ctrl_c_stops_the_load_and_prints_the_figures_until_then(controller):
+@pytest.mark.parametrize(
+    "stopping",
+    [signal.SIGINT, signal.SIGTERM],  # a terminal's Ctrl-C; `timeout`'s or a service manager's
+)
+def test_ctrl_c_stops_the_load_and_prints_the_figures_until_then(controller, stopping):
     agents = 6
     argv = [BIN / "fleetpatch-sim", "load", "--data-dir", controller.data_dir,
             "--agents", str(agents), "--processes", "2", "--seconds", "3600", "--ramp", "0",
@@ -99,7 +106,7 @@ def test_ctrl_c_stops_the_load_and_prints_the_figures_until_then(controller):
     ) as load:  # fmt: skip
         try:
             wait_until("the simulated agents check in", checked_in, timeout=120)
-            os.killpg(load.pid, signal.SIGINT)
+            os.killpg(load.pid, stopping)
             stdout, stderr = load.communicate(timeout=scaled(60))
         finally:
             stop_group(load)
@@ -112,3 +119,79 @@ def test_ctrl_c_stops_the_load_and_prints_the_figures_until_then(controller):
     assert run["checkins_per_second"] > 0
     assert run["checkins_total"] >= agents
     assert run["errors"] == {}  # the calls it cancelled to stop are not the controller's errors
+
+
+def test_agents_given_several_controllers_move_past_one_that_is_down(controller):
+    """Each agent starts on its own replica of those named, as a fleet
+    spreads, and moves to the next when its own cannot be reached: one
+    failed call each at most, not half the fleet failing all along."""
+    agents = 6
+    done = cli(
+        "fleetpatch-sim", "load", "--data-dir", controller.data_dir,
+        "--controller", f"127.0.0.1:1,{controller.address}", "--agents", str(agents),
+        "--processes", "1", "--seconds", "3", "--ramp", "0", "--json",
+        timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert "cannot reach the controller at 127.0.0.1:1" in done.stderr  # the admin CLI's warning
+    (run,) = json.loads(done.stdout)["runs"]
+    assert sum(run["errors"].values()) <= agents, run["errors"]
+    assert run["checkins_total"] > agents
+
+
+def test_an_enrollment_that_fails_is_one_line_and_leaves_no_usable_token(controller):
+    done = cli(
+        "fleetpatch-sim", "load", "--data-dir", controller.data_dir, "--enroll", "127.0.0.1:1",
+        "--agents", "4", "--processes", "2", "--seconds", "2", "--ramp", "0",
+        timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 3, done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1, done.stderr
+    assert "enrolling simulated agents at 127.0.0.1:1 failed: UNAVAILABLE" in lines[0]
+    tokens = controller.admin_json("token", "list")
+    assert isinstance(tokens, list)
+    (made,) = [t for t in tokens if t["region"] == "load"]
+    assert made["revoked"] is True, made
+
+
+@pytest.mark.parametrize(
+    ("flags", "needle"),
+    [
+        (["--enroll", "garbage"], "--enroll: 'garbage' is not an address"),
+        (["--enroll", "127.0.0.1:99999"], "--enroll: '127.0.0.1:99999' is not an address"),
+        (["--database-pid", "999999999"], "--database-pid: no process 999999999"),
+        (["--seconds", "nan"], "'nan' is not a finite number"),
+    ],
+)
+def test_bad_options_are_one_line_before_anything_is_made(controller, flags, needle):
+    done = cli("fleetpatch-sim", "load", "--data-dir", controller.data_dir, *flags, timeout=120)
+    assert done.returncode == 2, done.stderr
+    assert needle in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1, done.stderr
+    assert controller.admin_json("token", "list") == []  # no token made for nothing
+
+
+def test_a_load_killed_outright_leaves_no_process_behind(controller):
+    """SIGKILL gives the load no chance to stop its workers (in process
+    groups of their own) or its bare server: they end with it."""
+    argv = [BIN / "fleetpatch-sim", "load", "--data-dir", controller.data_dir,
+            "--agents", "4", "--processes", "2", "--seconds", "3600", "--ramp", "0"]  # fmt: skip
+    with subprocess.Popen(
+        argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True, start_new_session=True,
+    ) as load:  # fmt: skip
+        try:
+            parent = psutil.Process(load.pid)
+            wait_until(
+                "the load's workers run",
+                lambda: sum("spawn_main" in " ".join(c.cmdline()) for c in parent.children()) == 2,
+                timeout=120,
+            )
+            workers = [c for c in parent.children() if "spawn_main" in " ".join(c.cmdline())]
+            load.kill()
+            load.communicate(timeout=scaled(30))  # every holder of its pipes is gone
+        finally:
+            stop_group(load)
+    _, alive = psutil.wait_procs(workers, timeout=scaled(10))
+    assert not alive, alive

@@ -53,7 +53,9 @@ def test_a_float_option_refuses_what_is_not_a_finite_number(monkeypatch, capsys,
 
 def test_a_float_option_keeps_its_range_and_takes_numbers(monkeypatch, capsys):
     assert _run(monkeypatch, capsys, "wait", "--seconds", "2.5", "--share", "-1") == (
-        0, "2.5 -1.0\n", ""
+        0,
+        "2.5 -1.0\n",
+        "",
     )
     code, _, err = _run(monkeypatch, capsys, "wait", "--seconds", "0.5")
     assert code == 2
