@@ -248,6 +248,8 @@ class DataDir:
 
     def require_initialised(self) -> None:
         """Raise DataDirError unless `controller init` has run here."""
+        if self.path.exists() and not self.path.is_dir():
+            raise DataDirError(f"data dir {self.path} is not a directory (pass --data-dir)")
         if not self.path.is_dir():
             raise DataDirError(
                 f"data dir {self.path} does not exist "

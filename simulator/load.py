@@ -747,7 +747,8 @@ def as_json(results: Sequence[Result]) -> str:
 
 
 def table(results: Sequence[Result]) -> str:
-    lines = [f"{'target':<34} {'agents':>7} {'check-ins/s':>12} {'p50 ms':>8} {'p90 ms':>8} "
+    wide = max([34, *(len(r.target) for r in results)])  # several replicas make a long one
+    lines = [f"{'target':<{wide}} {'agents':>7} {'check-ins/s':>12} {'p50 ms':>8} {'p90 ms':>8} "
              f"{'p99 ms':>8} {'errors':>7} {'ctl CPU %':>10} {'ctl RSS MiB':>12} "
              f"{'CPU s/1k':>9} {'db s/1k':>8}"]  # fmt: skip
     for r in results:
@@ -758,7 +759,7 @@ def table(results: Sequence[Result]) -> str:
             f"{r.database_cpu_seconds_per_1000:.3f}"
         )  # fmt: skip
         lines.append(
-            f"{r.target:<34} {r.agents:>7} {r.checkins_per_second:>12,.0f} {r.p50_ms:>8.1f} "
+            f"{r.target:<{wide}} {r.agents:>7} {r.checkins_per_second:>12,.0f} {r.p50_ms:>8.1f} "
             f"{r.p90_ms:>8.1f} {r.p99_ms:>8.1f} {sum(r.errors.values()):>7} {cpu:>10} {rss:>12} "
             f"{per:>9} {db:>8}"
         )

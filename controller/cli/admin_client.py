@@ -26,6 +26,8 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import Any, TypeVar
 
 import grpc
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 from fleetpatch.addresses import AddressError, split_address
 from fleetpatch.tlstrust import trust_problem
 from fleetpatch.v1 import admin_pb2, admin_pb2_grpc, vulns_pb2, vulns_pb2_grpc
@@ -35,6 +37,7 @@ from controller.datadir import DataDir, split_addresses
 from controller.errors import (
     Conflict,
     ControllerUnavailable,
+    DataDirError,
     FleetpatchError,
     NotFound,
     Refused,
@@ -178,6 +181,25 @@ def why_unreachable(address: str, timeout: float = 3.0) -> str:
     return f"{reason} ({', '.join(tried)})"
 
 
+def _credentials(data_dir: DataDir) -> tuple[bytes, bytes, bytes]:
+    """The CA, the admin's key and certificate, each checked as PEM first:
+    gRPC's core would print its own lines about a damaged one, then fail
+    the call as if the controller were at fault. Raises DataDirError."""
+    ca, key, cert = (data_dir.read(p) for p in (data_dir.ca_cert, data_dir.admin_key,
+                                                data_dir.admin_cert))  # fmt: skip
+    for path, data, kind in ((data_dir.ca_cert, ca, "certificate"),
+                             (data_dir.admin_cert, cert, "certificate"),
+                             (data_dir.admin_key, key, "private key")):  # fmt: skip
+        try:
+            if kind == "certificate":
+                x509.load_pem_x509_certificates(data)
+            else:
+                serialization.load_pem_private_key(data, password=None)
+        except (ValueError, TypeError):
+            raise DataDirError(f"{path} is not a PEM {kind} (damaged?)") from None
+    return ca, key, cert
+
+
 class AdminClient:
     def __init__(self, data_dir: DataDir, address: str | None = None) -> None:
         data_dir.require_initialised()
@@ -187,11 +209,7 @@ class AdminClient:
             raise UsageError(f"--controller: {exc}" if address else str(exc)) from None
         self.address = self.addresses[0]
         self._data_dir = data_dir
-        self._creds = grpc.ssl_channel_credentials(
-            root_certificates=data_dir.read(data_dir.ca_cert),
-            private_key=data_dir.read(data_dir.admin_key),
-            certificate_chain=data_dir.read(data_dir.admin_cert),
-        )
+        self._creds = grpc.ssl_channel_credentials(*_credentials(data_dir))
         self._channel: grpc.Channel | None = None
         self._stubs: tuple[admin_pb2_grpc.AdminServiceStub, vulns_pb2_grpc.VulnServiceStub] | None
         self._stubs = None

@@ -26,6 +26,9 @@ from tests.support import mounts
 from tests.support.controller import BIN, Controller, Result, cli, ok
 from tests.support.waiting import scaled, sigint_not_ignored
 
+GARBLED_KEY = b"-----BEGIN PRIVATE KEY-----\nTUlJRXZ3SUJBREFO\n-----END PRIVATE KEY-----\n"
+GARBLED_CERT = b"-----BEGIN CERTIFICATE-----\ngarbage\n-----END CERTIFICATE-----\n"
+
 
 def _one_line(result: Result, code: int, *needles: str) -> None:
     assert result.returncode == code, (result.returncode, result.stderr)
@@ -57,6 +60,28 @@ def test_admin_command_with_an_uninitialised_data_dir(tmp_path):
 def test_data_dir_comes_from_the_environment(tmp_path):
     result = cli("fleetpatch", "hosts", "list", env={"FLEETPATCH_DATA_DIR": str(tmp_path / "x")})
     _one_line(result, 2, str(tmp_path / "x"))
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "needle"),
+    [
+        ("admin.pem", b"garbage\n", "admin.pem is not a PEM certificate"),
+        ("ca.pem", GARBLED_CERT, "ca.pem is not a PEM certificate"),
+        ("admin.key", GARBLED_KEY, "admin.key is not a PEM private key"),
+    ],
+)
+def test_admin_command_with_damaged_credentials_says_which_file(initialised, name, content,
+                                                                needle):  # fmt: skip
+    # gRPC's core printed its own lines first, then the call failed as a
+    # trust failure (exit 7), blaming the controller.
+    (initialised.data_dir / name).write_bytes(content)
+    _one_line(cli("fleetpatch", "token", "list", "--data-dir", initialised.data_dir), 2, needle)
+
+
+def test_admin_command_with_a_data_dir_that_is_a_file(tmp_path):
+    (tmp_path / "file").write_text("")
+    _one_line(cli("fleetpatch", "token", "list", "--data-dir", tmp_path / "file"), 2,
+              "is not a directory")  # fmt: skip
 
 
 def test_admin_command_with_the_controller_down(initialised):
@@ -304,8 +329,6 @@ def _other_pem(kind: str) -> bytes:
     return cert.public_bytes(serialization.Encoding.PEM)
 
 
-GARBLED_KEY = b"-----BEGIN PRIVATE KEY-----\nTUlJRXZ3SUJBREFO\n-----END PRIVATE KEY-----\n"
-GARBLED_CERT = b"-----BEGIN CERTIFICATE-----\ngarbage\n-----END CERTIFICATE-----\n"
 MISSING = None
 DAMAGE = [
     ("key.pem", MISSING, "key.pem is missing"),

@@ -320,7 +320,7 @@ def test_require_initialised_passes(tmp_path):
 def test_require_initialised_on_a_file(tmp_path):
     path = tmp_path / "file"
     path.write_text("")
-    with pytest.raises(DataDirError, match="does not exist"):
+    with pytest.raises(DataDirError, match="is not a directory"):
         DataDir(path).require_initialised()
 
 
