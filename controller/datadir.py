@@ -365,17 +365,25 @@ class DataDir:
         doc = {"address": address, "enroll_address": enroll_address, "pid": os.getpid()}
         self.write_group(self.endpoints, json.dumps(doc).encode() + b"\n")
 
+    def recorded_endpoints(self) -> tuple[str, str] | None:
+        """The addresses the running server wrote (`write_endpoints`): its
+        mutual-TLS one and its enrollment one ("" if missing); None when
+        none was written, or a damaged one."""
+        try:
+            doc = json.loads(self.endpoints.read_text())
+            address, enroll = doc["address"], doc.get("enroll_address")
+            if isinstance(address, str):
+                split_address(address, listening=False)
+                return address, enroll if isinstance(enroll, str) else ""
+        except (OSError, ValueError, KeyError, TypeError, UsageError):
+            pass
+        return None
+
     def client_address(self) -> str:
         """Where the admin CLI should connect: the running server's address
         when it wrote one, else the advertised address from the config."""
-        try:
-            address = json.loads(self.endpoints.read_text())["address"]
-            if isinstance(address, str):
-                split_address(address, listening=False)
-                return address
-        except (OSError, ValueError, KeyError, TypeError, UsageError):
-            pass
-        return self.settings().advertise  # none written, or a damaged one
+        recorded = self.recorded_endpoints()
+        return recorded[0] if recorded is not None else self.settings().advertise
 
     def client_addresses(self) -> list[str]:
         """The replicas the admin CLI asks, in order: `[cli] controllers`

@@ -18,7 +18,38 @@ INTERVAL_SECONDS = 30.0
 MAX_KEYS = 256
 
 
-class Quiet:
+class Throttle:
+    """Per key: whether a line may be said now (none of the key was said
+    less than ``seconds`` ago), counting those held back meanwhile."""
+
+    def __init__(
+        self, seconds: float = INTERVAL_SECONDS, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self._seconds = seconds
+        self._clock = clock
+        self._said: dict[str, tuple[float, int]] = {}  # key -> (when said, held since)
+
+    def passes(self, key: str) -> str | None:
+        """None: held back (and counted); else what to add to the line: how
+        many were held back since the last one ("" for none)."""
+        now = self._clock()
+        said = self._said.get(key)
+        if said is not None and now - said[0] < self._seconds:
+            self._said[key] = (said[0], said[1] + 1)
+            return None
+        held = (
+            f" ({said[1]} more like it in the last {now - said[0]:.0f}s)"
+            if said and said[1]
+            else ""
+        )
+        self._said.pop(key, None)
+        if len(self._said) >= MAX_KEYS:
+            del self._said[next(iter(self._said))]
+        self._said[key] = (now, 0)
+        return held
+
+
+class Quiet(Throttle):
     """``say(key, message, *args)``: logged unless a line of ``key`` was
     logged less than ``seconds`` ago (then counted, and the count added to
     the next line of ``key`` that is logged)."""
@@ -30,22 +61,23 @@ class Quiet:
         seconds: float = INTERVAL_SECONDS,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        super().__init__(seconds, clock)
         self._logger = logger
         self._level = level
-        self._seconds = seconds
-        self._clock = clock
-        self._said: dict[str, tuple[float, int]] = {}  # key -> (when said, held since)
 
     def say(self, key: str, message: str, *args: object) -> None:
-        now = self._clock()
-        said = self._said.get(key)
-        if said is not None and now - said[0] < self._seconds:
-            self._said[key] = (said[0], said[1] + 1)
-            return
-        if said is not None and said[1]:
-            message += f" ({said[1]} more like it in the last {now - said[0]:.0f}s)"
-        self._said.pop(key, None)
-        if len(self._said) >= MAX_KEYS:
-            del self._said[next(iter(self._said))]
-        self._said[key] = (now, 0)
-        self._logger.log(self._level, message, *args)
+        held = self.passes(key)
+        if held is not None:
+            self._logger.log(self._level, message + held, *args)
+
+
+class OncePer(logging.Filter):
+    """A logging filter for another library's logger: a record passes
+    unless the same message passed less than ``seconds`` ago."""
+
+    def __init__(self, seconds: float = INTERVAL_SECONDS) -> None:
+        super().__init__()
+        self._throttle = Throttle(seconds)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return self._throttle.passes(record.getMessage()) is not None

@@ -15,7 +15,6 @@ controller unreachable, 4 refused. Progress goes to stderr on long runs.
 from __future__ import annotations
 
 import contextlib
-import json
 import signal
 import sys
 import time
@@ -457,12 +456,9 @@ def _enroll_address(directory: DataDir, address: str) -> str:
     """Where the agents enroll: the enrollment address the controller at
     ``address`` recorded when it is the one in ``directory``, else the
     port after ``address`` (a controller's default)."""
-    try:
-        recorded = json.loads(directory.endpoints.read_text())
-        if recorded["address"] == address and isinstance(recorded["enroll_address"], str):
-            return recorded["enroll_address"]
-    except (OSError, ValueError, KeyError, TypeError):
-        pass
+    recorded = directory.recorded_endpoints()
+    if recorded is not None and recorded[0] == address and recorded[1]:
+        return recorded[1]
     try:
         return port_after(address)
     except AddressError as exc:

@@ -234,14 +234,6 @@ def merge(
 # -- enrollment -----------------------------------------------------------------------
 
 
-# Exit codes of a failed enrollment, as the admin CLI's for the same status.
-_EXIT_OF = {
-    grpc.StatusCode.UNAVAILABLE: 3, grpc.StatusCode.DEADLINE_EXCEEDED: 3,
-    grpc.StatusCode.RESOURCE_EXHAUSTED: 3, grpc.StatusCode.UNAUTHENTICATED: 4,
-    grpc.StatusCode.PERMISSION_DENIED: 4, grpc.StatusCode.INVALID_ARGUMENT: 2,
-}  # fmt: skip
-
-
 def enroll(plan: Plan, token: str, count: int, seed: int) -> list[Identity]:
     """Enroll ``count`` agents for real: a key each, a CSR, the Enroll RPC.
     Raises LoadFailed (one line, picklable: this runs in a worker) when the
@@ -249,11 +241,13 @@ def enroll(plan: Plan, token: str, count: int, seed: int) -> list[Identity]:
     try:
         return _enroll(plan, token, count, seed)
     except grpc.RpcError as exc:
+        from controller.cli.admin_client import exit_code_for  # only when it failed
+
         code: grpc.StatusCode = exc.code()
         details = " ".join(str(exc.details() or code.name).split())[:300]
         raise LoadFailed(
             f"enrolling simulated agents at {plan.enroll_address} failed: {code.name}: {details}",
-            _EXIT_OF.get(code, 1),
+            exit_code_for(code),
         ) from None
 
 

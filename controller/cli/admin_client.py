@@ -67,6 +67,11 @@ _ERROR_OF: dict[grpc.StatusCode, type[FleetpatchError]] = {
 }
 
 
+def exit_code_for(code: grpc.StatusCode) -> int:
+    """The admin CLI's exit code for a call that ended with ``code``."""
+    return _ERROR_OF.get(code, FleetpatchError).exit_code
+
+
 def wait_connected(channel: grpc.Channel, timeout: float) -> bool | None:
     """Whether ``channel`` completes a connection (READY) within
     ``timeout``: True; False as soon as an attempt fails
@@ -187,16 +192,15 @@ def _credentials(data_dir: DataDir) -> tuple[bytes, bytes, bytes]:
     the call as if the controller were at fault. Raises DataDirError."""
     ca, key, cert = (data_dir.read(p) for p in (data_dir.ca_cert, data_dir.admin_key,
                                                 data_dir.admin_cert))  # fmt: skip
-    for path, data, kind in ((data_dir.ca_cert, ca, "certificate"),
-                             (data_dir.admin_cert, cert, "certificate"),
-                             (data_dir.admin_key, key, "private key")):  # fmt: skip
+    for path, pem in ((data_dir.ca_cert, ca), (data_dir.admin_cert, cert)):
         try:
-            if kind == "certificate":
-                x509.load_pem_x509_certificates(data)
-            else:
-                serialization.load_pem_private_key(data, password=None)
-        except (ValueError, TypeError):
-            raise DataDirError(f"{path} is not a PEM {kind} (damaged?)") from None
+            x509.load_pem_x509_certificates(pem)
+        except ValueError:
+            raise DataDirError(f"{path} is not a PEM certificate (damaged?)") from None
+    try:
+        serialization.load_pem_private_key(key, password=None)
+    except (ValueError, TypeError):
+        raise DataDirError(f"{data_dir.admin_key} is not a PEM private key (damaged?)") from None
     return ca, key, cert
 
 

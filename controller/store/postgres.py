@@ -31,7 +31,7 @@ from psycopg_pool import ConnectionPool, PoolTimeout
 
 from controller import pgurl
 from controller.errors import StoreUnavailable, UsageError
-from controller.quietlog import MAX_KEYS
+from controller.quietlog import OncePer
 from controller.store.dialect import Connection, Cursor, to_postgres
 from controller.store.migrations import MIGRATION_SET, registered
 
@@ -71,10 +71,10 @@ def describe(url: str) -> str:
     """``url`` for a person, without its password: "database DB on
     HOST:PORT[,HOST:PORT...]"."""
     try:
-        params = {} if pgurl.problem(url) else conninfo_to_dict(url)
+        params = None if pgurl.problem(url) else conninfo_to_dict(url)
     except psycopg.ProgrammingError:
-        params = {}
-    if not params and url.rstrip("/") not in ("postgresql:", "postgres:"):
+        params = None
+    if params is None:
         return "an unreadable PostgreSQL URL"
     hosts = str(params.get("host") or params.get("hostaddr") or "").split(",")
     ports = str(params.get("port") or "").split(",")
@@ -95,29 +95,10 @@ def _reason(exc: BaseException, url: str = "") -> str:
     return pgurl.scrub(lines[0], url) if lines else type(exc).__name__
 
 
-class _OncePer(logging.Filter):
-    """Passes a record unless the same message was passed less than
-    ``seconds`` ago."""
-
-    def __init__(self, seconds: float) -> None:
-        super().__init__()
-        self._seconds = seconds
-        self._passed: dict[str, float] = {}
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        message, now = record.getMessage(), time.monotonic()
-        if now - self._passed.get(message, -self._seconds) < self._seconds:
-            return False
-        if len(self._passed) >= MAX_KEYS:
-            self._passed.clear()
-        self._passed[message] = now
-        return True
-
-
 def _quieten_the_pool() -> None:
     pool = logging.getLogger("psycopg.pool")
-    if not any(isinstance(f, _OncePer) for f in pool.filters):
-        pool.addFilter(_OncePer(POOL_LOG_SECONDS))
+    if not any(isinstance(f, OncePer) for f in pool.filters):
+        pool.addFilter(OncePer(POOL_LOG_SECONDS))
 
 
 class _BoolAsInteger(Dumper):

@@ -7,7 +7,7 @@ import logging
 
 import pytest
 
-from controller.quietlog import MAX_KEYS, Quiet
+from controller.quietlog import MAX_KEYS, OncePer, Quiet
 
 
 @pytest.fixture
@@ -46,3 +46,20 @@ def test_it_holds_a_bounded_number_of_keys(clock):
     for i in range(MAX_KEYS * 3):
         quiet.say(f"key{i}", "x")
     assert len(quiet._said) <= MAX_KEYS
+
+
+def test_the_filter_passes_each_message_once_per_interval(caplog):
+    logger = logging.getLogger("test.quiet.filter")
+    once = OncePer(seconds=60)
+    logger.addFilter(once)
+    try:
+        with caplog.at_level(logging.WARNING, "test.quiet.filter"):
+            for _ in range(3):
+                logger.warning("error connecting: %s", "refused")
+                logger.warning("giving up after %d s", 10)
+    finally:
+        logger.removeFilter(once)
+    assert [r.getMessage() for r in caplog.records] == [
+        "error connecting: refused",
+        "giving up after 10 s",
+    ]
