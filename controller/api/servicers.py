@@ -824,11 +824,19 @@ class AdminService(admin_pb2_grpc.AdminServiceServicer):
         log.info("admin %s revoked token %s", admin.name, token.token_id)
         return admin_pb2.RevokeTokenResponse(token=convert.token_to_pb(token))
 
+    async def _written_behind(self) -> None:
+        """Write the check-ins this replica answered from memory and holds
+        (controller/store/heartbeats.py), so that a host read now shows
+        what its last check-in said."""
+        if self._heartbeats is not None:
+            await self._heartbeats.flush()
+
     @rpc
     async def ListHosts(
         self, request: admin_pb2.ListHostsRequest, context: Context
     ) -> admin_pb2.ListHostsResponse:
         await self._admin(context, "ListHosts")
+        await self._written_behind()
         limit = min(request.page_size or 500, 5000)
         ring = request.ring if request.HasField("ring") else None
         found, owes = await self._db.call(
@@ -844,6 +852,7 @@ class AdminService(admin_pb2_grpc.AdminServiceServicer):
         self, request: admin_pb2.GetHostRequest, context: Context
     ) -> admin_pb2.GetHostResponse:
         await self._admin(context, "GetHost")
+        await self._written_behind()
         host, packages, updates, owes = await self._db.call(
             lambda s: (
                 s.get_host(request.host_id), s.get_inventory(request.host_id),

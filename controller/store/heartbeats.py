@@ -39,6 +39,9 @@ How it stays right:
   within the last ``fresh_for`` seconds (1 s): check-ins go through the
   store, which answers UNAVAILABLE while it is down. The check-ins answered
   before the outage was seen are kept, and written once it is back.
+- **Read by an admin** (a host, or a listing of them, on this replica):
+  what is waiting is written first, so that it shows what the hosts'
+  last check-ins said. Another replica's is seen within its ``interval``.
 - **If the controller dies**, at most ``interval`` of last_seen, facts and
   health is lost, which every host sends again at its next check-in: no
   order, report or inventory is ever written behind. ``close`` writes what
@@ -103,6 +106,7 @@ class Heartbeats:
         self._fresh_for = max(fresh_for, 2 * self._poll)
         self._fresh_until = 0.0
         self._full = asyncio.Event()
+        self._flushing = asyncio.Lock()  # the writer's and an admin read's, in turn
         self._stopping = False
         self._task: asyncio.Task[None] | None = None
         self.answered = 0  # check-ins answered from memory
@@ -194,7 +198,12 @@ class Heartbeats:
         self._read(generation, started)
 
     async def flush(self) -> None:
-        """Write what is waiting now (the writer does every ``interval``)."""
+        """Write what is waiting now (the writer does every ``interval``;
+        an admin reading hosts, before it reads)."""
+        async with self._flushing:
+            await self._flush()
+
+    async def _flush(self) -> None:
         batch, self._waiting = self._waiting, {}
         if not batch:
             return

@@ -144,3 +144,21 @@ def test_what_waits_at_shutdown_is_written_before_the_controller_exits(tmp_path,
     finally:
         if not stopped:
             ctl.stop()
+
+
+def test_an_admin_reading_hosts_sees_every_check_in_answered(tmp_path, agents):
+    """`hosts show` and `hosts list` on the replica that answered: what it
+    holds to write behind is written first, not up to a minute later."""
+    ctl, agent, metrics = _world(tmp_path, "60s", agents)
+    try:
+        rounds = _until_answered_from_memory(agent, metrics)
+        assert _host(ctl, agent.host_id).checkins == rounds - 1  # one still waits
+        assert ctl.host(agent.host_id)["checkins"] == rounds
+        agent.round()  # answered from memory again; now `hosts list` reads
+        assert _written_behind(metrics) == 2
+        listed = ctl.admin_json("hosts", "list")
+        assert isinstance(listed, list)
+        assert [h["checkins"] for h in listed if h["host_id"] == agent.host_id] == [rounds + 1]
+        assert _host(ctl, agent.host_id).checkins == rounds + 1
+    finally:
+        ctl.stop()

@@ -325,6 +325,37 @@ def test_a_failed_write_never_puts_back_facts_a_newer_check_in_wrote(tmp_path: P
     run(main)
 
 
+def test_a_flush_asked_during_a_write_waits_for_it(tmp_path: Path) -> None:
+    """An admin's read flushes while the writer's write is in progress (and
+    fails): the second flush waits, so the first still knows which of its
+    hosts a newer check-in superseded."""
+
+    async def main() -> None:
+        world = _world(tmp_path, _FailingWrites)
+        beats, host = await _held(world)
+        other = world.hosts[1]
+        beats.learn(other, await world.check_in(other))
+        beats.accept(host, NOW + timedelta(minutes=1), {"uptime": 60}, {"ok": True})
+        world.db.fail_write = True  # type: ignore[attr-defined]
+        writer = asyncio.ensure_future(beats.flush())
+        await asyncio.sleep(0.02)  # the write is in progress
+        beats.accept(other, NOW + timedelta(minutes=1), {"uptime": 61}, {"ok": True})
+        admin = asyncio.ensure_future(beats.flush())
+        await asyncio.sleep(0.02)
+        beats.superseded(host)
+        beats.learn(host, await world.check_in(host, NOW + timedelta(minutes=2)))
+        await writer  # failed: kept for the next try, without its stale facts
+        await admin
+        assert world.stored(other).facts == {"uptime": 61}
+        await beats.flush()
+        stored = world.stored(host)
+        assert stored.facts == {"uptime": 1}  # the newer check-in's
+        assert (stored.last_seen, stored.checkins) == (NOW + timedelta(minutes=2), 3)
+        world.db.close()
+
+    run(main)
+
+
 def test_close_lets_a_write_in_progress_end_and_writes_the_rest(tmp_path: Path) -> None:
     async def main() -> None:
         world = _world(tmp_path, _FailingWrites)
