@@ -11,6 +11,15 @@ stream (on the wire the two are the same), and the servicer gets the
 request as `Unread`: its `rpc` wrapper admits the caller, then `read`s the
 message (decoding it off the event loop when it is large). A refused call
 leaves its body unread beyond the transport's flow-control window.
+
+The message is read with the call context's own `read`, not by iterating
+the request stream gRPC passes: that stream is an async generator, and one
+left after its first message (as a single request leaves it) is finalized
+by the event loop: a thread-safe callback (a write to the loop's wake-up
+socket) and a task to close it, for every call, and the call's state kept
+for the garbage collector until then. Measured: the controller's
+collector took about a quarter of the time it took with them, and gRPC's
+server about 10 us less CPU a call (README, "Performance").
 (Client-streaming methods are passed their stream as it is: the one there
 is is admin-only.)
 """
@@ -36,16 +45,16 @@ DECODE_INLINE_BYTES = 64 * 1024
 class Unread:
     """A call's single request, not read from the connection yet."""
 
-    def __init__(self, messages: AsyncIterator[bytes], message: type[Message]) -> None:
-        self._messages = messages
+    def __init__(self, context: grpc.aio.ServicerContext[Any, Any], message: type[Message]) -> None:
+        self._context = context  # the call's: its read() takes the next message
         self.message = message
         self.size = 0  # bytes on the wire, once read
 
     async def read(self) -> Message:
         """Read and decode the request; raises UsageError for a call that
         carries none or bytes that do not parse."""
-        data = await anext(aiter(self._messages), None)
-        if data is None:
+        data = await self._context.read()  # bytes (no deserializer), or EOF
+        if not isinstance(data, bytes):
             raise UsageError(f"the call carries no {self.message.DESCRIPTOR.name}")
         self.size = len(data)
         if len(data) <= DECODE_INLINE_BYTES:
@@ -70,18 +79,20 @@ async def decoded(request: object) -> Any:
 
 
 def _unread(behaviour: Any, message: type[Message], server_streaming: bool) -> Callable[..., Any]:
-    """``behaviour`` (request, context), called with the request `Unread`.
-    gRPC tells coroutines from async generators by the function, hence two."""
+    """``behaviour`` (request, context), called with the request `Unread`
+    (read through the context; the request stream gRPC passes is left
+    alone). gRPC tells coroutines from async generators by the function,
+    hence two."""
     if server_streaming:
 
-        async def stream(messages: AsyncIterator[bytes], context: Any) -> AsyncIterator[Any]:
-            async for item in behaviour(Unread(messages, message), context):
+        async def stream(_messages: AsyncIterator[bytes], context: Any) -> AsyncIterator[Any]:
+            async for item in behaviour(Unread(context, message), context):
                 yield item
 
         return stream
 
-    async def unary(messages: AsyncIterator[bytes], context: Any) -> Any:
-        return await behaviour(Unread(messages, message), context)
+    async def unary(_messages: AsyncIterator[bytes], context: Any) -> Any:
+        return await behaviour(Unread(context, message), context)
 
     return unary
 

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import random
-from collections.abc import AsyncIterator
 from contextlib import AbstractContextManager
 from typing import Any, cast
 
+import grpc
 import pytest
 from fleetpatch.v1 import agent_pb2, types_pb2
 
@@ -114,8 +114,15 @@ def test_the_rate_counts_each_call_for_what_it_cost():
     assert light.per_second == pytest.approx(heavy.per_second, rel=0.05)
 
 
-async def _messages(data: bytes) -> AsyncIterator[bytes]:
-    yield data
+class _Context:
+    """The part of a call's context `Unread` uses: ``read``, as gRPC's
+    (the request's bytes, then EOF)."""
+
+    def __init__(self, data: bytes) -> None:
+        self._data: list[bytes] = [data]
+
+    async def read(self) -> object:
+        return self._data.pop() if self._data else cast(Any, grpc.aio).EOF
 
 
 class _Servicer:
@@ -156,7 +163,7 @@ def test_a_call_is_counted_for_the_bytes_of_its_request():
     heavy = inventory.SerializeToString()
 
     async def call(data: bytes) -> str:
-        unread: Any = Unread(_messages(data), agent_pb2.CheckInRequest)  # as gRPC calls it
+        unread: Any = Unread(cast(Any, _Context(data)), agent_pb2.CheckInRequest)
         served: str = await servicer.CheckIn(unread, cast(Any, None))
         return served
 
