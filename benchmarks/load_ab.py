@@ -184,9 +184,11 @@ def enrolled(
                 region="load", ring=0, uses=args.agents, ttl=ttl, labels={"load": "sim"},
             )).secret  # fmt: skip
             address = admin.address
-        recorded = json.loads(directory.endpoints.read_text())
+        recorded = directory.recorded_endpoints()
+        if recorded is None or not recorded[1]:
+            raise SystemExit(f"benchmarks.load_ab: {directory.endpoints} names no enrollment port")
         plan = load.Plan(
-            address, recorded["enroll_address"], directory.read(directory.ca_cert),
+            address, recorded[1], directory.read(directory.ca_cert),
             args.agents, args.processes, args.seconds, args.ramp, concurrency=args.concurrency,
         )  # fmt: skip
         return plan, load.enroll_all(plan, token, seed=1)
