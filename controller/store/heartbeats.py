@@ -199,7 +199,12 @@ class Heartbeats:
 
     async def flush(self) -> None:
         """Write what is waiting now (the writer does every ``interval``;
-        an admin reading hosts, before it reads)."""
+        an admin reading hosts, before it reads). A caller cancelled
+        meanwhile (an admin call whose client gave up) does not cancel the
+        write: what it took is out of memory until written or put back."""
+        await asyncio.shield(self._flush_in_turn())
+
+    async def _flush_in_turn(self) -> None:
         async with self._flushing:
             await self._flush()
 

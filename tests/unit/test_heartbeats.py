@@ -356,6 +356,29 @@ def test_a_flush_asked_during_a_write_waits_for_it(tmp_path: Path) -> None:
     run(main)
 
 
+def test_a_flush_whose_caller_is_cancelled_still_writes(world: World) -> None:
+    """An admin call flushes, and its client gives up while the write
+    waits behind other store calls: the check-ins it took are written all
+    the same, not lost with the cancelled call."""
+
+    async def main() -> None:
+        beats, host = await _held(world)
+        beats.accept(host, NOW + timedelta(minutes=1), {"uptime": 60}, {"ok": True})
+        busy = asyncio.ensure_future(world.db.call(lambda s: time.sleep(0.2)))
+        await asyncio.sleep(0.02)  # the store thread is busy
+        admin = asyncio.ensure_future(beats.flush())
+        await asyncio.sleep(0.02)  # the write waits behind it
+        admin.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await admin
+        await busy
+        await beats.flush()  # in turn: after the cancelled caller's write
+        stored = world.stored(host)
+        assert (stored.facts, stored.checkins) == ({"uptime": 60}, 2)
+
+    run(main)
+
+
 def test_close_lets_a_write_in_progress_end_and_writes_the_rest(tmp_path: Path) -> None:
     async def main() -> None:
         world = _world(tmp_path, _FailingWrites)
