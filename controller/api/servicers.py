@@ -33,7 +33,7 @@ from controller import audit, checkpoint
 from controller.api import auditkeeping, convert, limits, times
 from controller.api.auditkeeping import RefusalLog
 from controller.api.auth import peer_certificate, peer_identity, peer_issuer
-from controller.api.checkin import next_checkin
+from controller.api.checkin import Pace
 from controller.api.lenient import Unread, decoded
 from controller.api.push import Watchers
 from controller.audit import AuditEntry
@@ -342,10 +342,16 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
         self._settings = settings
         self._revoked = revoked
         self._engine = engine
-        self._rotations = rotations or []
-        self._withdrawn = withdrawn or []
-        self._current_key_id = signing_keys[0].key_id if signing_keys else ""
+        # What every check-in's answer says of the keys; fields left empty
+        # are not passed (an empty list given costs a third of the answer).
+        keys: dict[str, Any] = {
+            "signing_keys": rotations,
+            "withdrawn_keys": withdrawn,
+            "current_key_id": signing_keys[0].key_id if signing_keys else "",
+        }
+        self._keys = {name: value for name, value in keys.items() if value}
         self._rng = rng or random.Random()
+        self._pace = Pace(settings.checkin_interval, settings.checkin_jitter, self._rng)
         self._refusals = refusals or RefusalLog(db, RefusalCounter(settings.refusal_window))
         self.admission = admission or limits.Admission()
         self.enroll_refusals = limits.RefusalLimit()
@@ -496,14 +502,8 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
         return agent_pb2.CheckInResponse(
             ca_trust=self._trust(request.ca_trust_hash, context),
             work_order=order,
-            signing_keys=self._rotations,
-            withdrawn_keys=self._withdrawn,
-            current_key_id=self._current_key_id,
-            next_checkin=times.duration(
-                next_checkin(
-                    self._settings.checkin_interval, self._settings.checkin_jitter, self._rng
-                )
-            ),
+            **self._keys,
+            next_checkin=self._pace.next(),
             known_inventory_hash=outcome.inventory_hash,
             inventory_required=outcome.inventory_hash != request.inventory_hash,
             known_updates_hash=outcome.updates_hash,
