@@ -185,7 +185,7 @@ async def serve(  # noqa: PLR0915
     batcher = CheckInBatcher(db, settings.checkin_max_batch, engine.metrics)
     behind = settings.checkin_write_behind.total_seconds()
     heartbeats = (
-        Heartbeats(db, behind, max_hosts=settings.checkin_held_hosts, metrics=engine.metrics)
+        Heartbeats(db, behind, max_hosts=settings.checkin_held_hosts)
         if behind and settings.checkin_held_hosts else None
     )  # fmt: skip
     if heartbeats is not None:
@@ -223,7 +223,7 @@ async def serve(  # noqa: PLR0915
 
     try:
         bound, enroll_bound = _listen(server, authorities.trusted_pem, pair, listen, enroll_listen)
-        extras = await _extras(data_dir, settings, engine, db, admission, watchers)
+        extras = await _extras(data_dir, settings, engine, db, admission, watchers, heartbeats)
         keeper.begin()
     except BaseException:
         db.close()
@@ -377,7 +377,7 @@ class _Extras:
 
 async def _extras(
     data_dir: DataDir, settings: Settings, engine: CampaignEngine, db: StoreThread,
-    admission: limits.Admission, watchers: Watchers,
+    admission: limits.Admission, watchers: Watchers, heartbeats: Heartbeats | None,
 ) -> _Extras:  # fmt: skip
     """What serves beside the gRPC listeners: the metrics listener and the
     webhook deliveries (each idle unless configured). Raises UsageError,
@@ -392,7 +392,9 @@ async def _extras(
             log.warning("webhook %s: %s cannot be reached now (%s); its events wait in the "
                         "outbox until it answers", hook.name, hook.url, problem)  # fmt: skip
     deliveries = Deliveries(db, hooks, leading=lambda: engine.leading is not False)
-    scrapes = await _serve_metrics(settings.metrics_listen, engine, db, admission, watchers)
+    scrapes = await _serve_metrics(
+        settings.metrics_listen, engine, db, admission, watchers, heartbeats
+    )
     return _Extras(scrapes, deliveries)
 
 
@@ -415,17 +417,19 @@ def _webhook_secret(data_dir: DataDir, path: Path) -> bytes:
     return secret
 
 
-def load_figures(admission: limits.Admission, watchers: Watchers) -> LoadFigures:
+def load_figures(
+    admission: limits.Admission, watchers: Watchers, heartbeats: Heartbeats | None = None
+) -> LoadFigures:
     """The load and push figures of a scrape (on the event loop)."""
     return LoadFigures(
         admission.shed, admission.capacity.per_second, len(watchers), watchers.nudged,
-        watchers.waiting,
+        watchers.waiting, 0 if heartbeats is None else heartbeats.answered,
     )  # fmt: skip
 
 
 async def _serve_metrics(
     address: str, engine: CampaignEngine, db: StoreThread, admission: limits.Admission,
-    watchers: Watchers,
+    watchers: Watchers, heartbeats: Heartbeats | None,
 ) -> metrics_listener.MetricsListener:  # fmt: skip
     """Start the metrics listener when configured (else one that serves
     nothing); raises UsageError when its address cannot be bound. The
@@ -441,7 +445,7 @@ async def _serve_metrics(
     async def snapshot() -> Snapshot:
         campaigns, states = engine.figures()
         presence = metrics.presence.figures(datetime.now(UTC))
-        return Snapshot(campaigns, states, presence, load_figures(admission, watchers))
+        return Snapshot(campaigns, states, presence, load_figures(admission, watchers, heartbeats))
 
     def read() -> Snapshot:
         return asyncio.run_coroutine_threadsafe(snapshot(), loop).result(SCRAPE_TIMEOUT)

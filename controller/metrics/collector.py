@@ -47,6 +47,9 @@ class LoadFigures:
     streams: int  # open Watch streams (connected hosts)
     nudges: int  # nudges sent, since the start
     waiting: int  # hosts nudged, waiting for their turn (the pace)
+    # Check-ins answered from memory and written behind, since the start
+    # (counted by controller.store.heartbeats, read here: none per call).
+    written_behind: int = 0
 
 
 @dataclass(frozen=True)
@@ -181,4 +184,10 @@ def _load_families(load: LoadFigures) -> Iterator[Metric]:
         "fleetpatch_nudges_waiting",
         "Hosts nudged that wait for their turn (nudges are paced to what the controller serves).",
         load.waiting,
+    )
+    yield CounterMetricFamily(
+        "fleetpatch_checkins_written_behind",
+        "Check-ins that brought nothing new, answered at once and written behind"
+        " ([checkin] write_behind).",
+        load.written_behind,
     )

@@ -49,12 +49,6 @@ class Metrics:
             "Time to write one batch of check-ins to the store.",
             buckets=LATENCY_BUCKETS, registry=r,
         )  # fmt: skip
-        self.written_behind = Counter(
-            "fleetpatch_checkins_written_behind",
-            "Check-ins that brought nothing new, answered at once and written behind"
-            " ([checkin] write_behind).",
-            registry=r,
-        )
         self.halts = Counter(
             "fleetpatch_campaign_halts",
             "Campaigns halted by the controller, by what breached.",

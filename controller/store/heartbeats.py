@@ -60,7 +60,6 @@ from collections.abc import Mapping
 from datetime import datetime
 
 from controller.errors import StoreUnavailable
-from controller.metrics.instruments import Metrics
 from controller.model import JSON, CheckInOutcome, Heartbeat
 from controller.store.thread import StoreThread
 
@@ -83,11 +82,9 @@ class Heartbeats:
         poll: float = 0.25,
         max_hosts: int = MAX_HOSTS,
         flush_at: int = FLUSH_AT,
-        metrics: Metrics | None = None,
         fresh_for: float = 1.0,
     ) -> None:
         self._db = db
-        self._metrics = metrics
         self._interval = interval
         self._poll = min(poll, interval)
         self._max_hosts = max_hosts
@@ -134,9 +131,7 @@ class Heartbeats:
         before = self._waiting.get(host_id)
         count = 1 if before is None else before.count + 1
         self._waiting[host_id] = Heartbeat(host_id, at, facts, health, count)
-        self.answered += 1
-        if self._metrics is not None:
-            self._metrics.written_behind.inc()
+        self.answered += 1  # fleetpatch_checkins_written_behind, read when scraped
         if len(self._waiting) >= self._flush_at:
             self._full.set()
 

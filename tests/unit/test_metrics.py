@@ -8,6 +8,7 @@ import contextlib
 import socket
 import urllib.request
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
@@ -24,6 +25,9 @@ from controller.metrics.collector import CampaignFigures, Snapshot, StateCollect
 from controller.metrics.instruments import Metrics
 from controller.metrics.presence import Presence, PresenceFigures
 from controller.model import AssignmentKind, AssignmentStatus, Host, HostStatus
+from controller.store import Store
+from controller.store.heartbeats import Heartbeats
+from controller.store.thread import StoreThread
 
 T0 = datetime(2026, 6, 1, 12, 0, tzinfo=UTC)
 MIN = timedelta(minutes=1)
@@ -178,10 +182,10 @@ def test_ratios_are_absent_until_a_host_finished():
     assert "fleetpatch_campaign_canary_failure_ratio" not in names
 
 
-def test_the_load_and_push_figures_are_read_from_admission_and_the_streams():
-    """Calls shed, the measured capacity, open streams, nudges sent and
-    hosts waiting for theirs, as a scrape reads them from a live controller's
-    `Admission` and `Watchers`."""
+def test_the_load_and_push_figures_are_read_from_admission_and_the_streams(tmp_path: Path):
+    """Calls shed, the measured capacity, open streams, nudges sent, hosts
+    waiting for theirs and check-ins written behind, as a scrape reads them
+    from a live controller's `Admission`, `Watchers` and `Heartbeats`."""
 
     async def scenario() -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
         admission = Admission(max_in_flight=1, capacity=Capacity(per_second=20 * NUDGED_UNITS))
@@ -195,18 +199,26 @@ def test_the_load_and_push_figures_are_read_from_admission_and_the_streams():
             admission.admit("h-1", "CheckIn"),  # over the room of one: shed
         ):
             pass
-        snap = Snapshot((), {}, PresenceFigures({}, 0, 0), load_figures(admission, watchers))
+        beats = Heartbeats(db)  # not flushed: counted as answered
+        for n in range(3):
+            beats.accept(f"h-{n}", datetime.now(UTC), {}, {})
+        snap = Snapshot((), {}, PresenceFigures({}, 0, 0), load_figures(admission, watchers, beats))
         registry = CollectorRegistry()
         registry.register(StateCollector(lambda: snap))
         watchers.close_all()
         return _samples(registry)
 
-    got = asyncio.run(scenario())
+    db = StoreThread(Store.open(tmp_path / "controller.db"))
+    try:
+        got = asyncio.run(scenario())
+    finally:
+        db.close()
     assert got[("fleetpatch_calls_shed_total", ())] == 1
     assert got[("fleetpatch_capacity_light_calls_per_second", ())] == 20 * NUDGED_UNITS
     assert got[("fleetpatch_watch_streams", ())] == 30
     assert got[("fleetpatch_nudges_total", ())] == 20
     assert got[("fleetpatch_nudges_waiting", ())] == 10
+    assert got[("fleetpatch_checkins_written_behind_total", ())] == 3
 
 
 # -- instruments ------------------------------------------------------------------
