@@ -27,7 +27,7 @@ from fleetpatch.v1 import admin_pb2, agent_pb2, vulns_pb2
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from controller import gcpolicy
-from controller.api import lenient, limits
+from controller.api import convert, lenient, limits
 from controller.api.auditkeeping import AuditKeeper
 from controller.api.push import Watchers
 from controller.api.servicers import AdminService, AgentService, Revocations
@@ -185,7 +185,7 @@ async def serve(  # noqa: PLR0915
     batcher = CheckInBatcher(db, settings.checkin_max_batch, engine.metrics)
     behind = settings.checkin_write_behind.total_seconds()
     heartbeats = (
-        Heartbeats(db, behind, max_hosts=settings.checkin_held_hosts)
+        Heartbeats(db, behind, max_hosts=settings.checkin_held_hosts, as_json=convert.to_json)
         if behind and settings.checkin_held_hosts else None
     )  # fmt: skip
     if heartbeats is not None:

@@ -467,22 +467,22 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
             times.from_timestamp(request.updates.scanned_at)
             if updates is not None and request.updates.HasField("scanned_at") else None
         )  # fmt: skip
-        reported = convert.to_json(request.facts)
-        health = convert.to_json(request.health)
         at = datetime.now(UTC)
         beats = self._heartbeats
         outcome = None
+        reported = None  # the facts as JSON, once made
         if beats is not None and packages is None and updates is None:
             outcome = beats.answer(host_id, request.inventory_hash, request.updates_hash)
-            if outcome is not None:  # nothing new: answered now, written behind
-                beats.accept(host_id, at, reported, health)
+            if outcome is not None:  # nothing new: answered now, written behind (made JSON then)
+                beats.accept(host_id, at, request.facts, request.health)
         if outcome is None:
+            reported = convert.to_json(request.facts)
             outcome = await self._written(
                 CheckIn(
                     host_id=host_id,
                     at=at,
                     facts=reported,
-                    health=health,
+                    health=convert.to_json(request.health),
                     inventory_hash=request.inventory_hash,
                     packages=packages,
                     updates_hash=request.updates_hash,
@@ -496,6 +496,8 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
         self._engine.metrics.presence.seen(host_id, outcome.ring, outcome.region, at)
         order = None
         if self._engine.busy:
+            if reported is None:
+                reported = convert.to_json(request.facts)
             facts = facts_of(host_id, outcome.region, outcome.ring, outcome.labels, reported, at)
             order = await self._engine.order_for(facts, request.highest_sequence)
         self.watchers.served(host_id)  # a nudged host's turn is over

@@ -30,7 +30,10 @@ How it stays right:
   also takes effect at once through the revoked set.
 - **What is written behind**, every ``interval`` (or sooner, when many are
   waiting): each host's last_seen (never moved back), its newest facts and
-  health, and how many check-ins that was, in one transaction. A host
+  health, and how many check-ins that was, in one transaction. Facts and
+  health are kept as the agent sent them and made JSON (``as_json``) on
+  the store thread as the batch is written: one pass over many hosts, off
+  the event loop, and none for a check-in a newer one replaced. A host
   whose check-in goes through the store while one is waiting here or
   being written (``superseded``) keeps only the count: the store has newer
   facts, even if that write fails and is tried again.
@@ -56,8 +59,9 @@ import dataclasses
 import logging
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import datetime
+from typing import Any
 
 from controller.errors import StoreUnavailable
 from controller.model import JSON, CheckInOutcome, Heartbeat
@@ -69,6 +73,21 @@ log = logging.getLogger(__name__)
 MAX_HOSTS = 500_000
 # Written at once, without waiting for the interval, when this many wait.
 FLUSH_AT = 5000
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class _Answered:
+    """A host's check-ins answered and not written yet: the newest one's
+    time, facts and health as sent (JSON once written), and how many."""
+
+    at: datetime
+    facts: object | None  # None: a newer check-in of the host writes them
+    health: object | None
+    count: int
+
+
+def _as_is(said: Any) -> JSON:
+    return dict(said)
 
 
 class Heartbeats:
@@ -83,7 +102,10 @@ class Heartbeats:
         max_hosts: int = MAX_HOSTS,
         flush_at: int = FLUSH_AT,
         fresh_for: float = 1.0,
+        as_json: Callable[[Any], JSON] = _as_is,
     ) -> None:
+        """``as_json``: what a check-in's facts or health are stored as
+        (the agents' messages: controller.api.convert.to_json)."""
         self._db = db
         self._interval = interval
         self._poll = min(poll, interval)
@@ -91,10 +113,11 @@ class Heartbeats:
         self._flush_at = flush_at
         self._held: dict[str, CheckInOutcome] = {}
         self._labels: dict[frozenset[tuple[str, str]], Mapping[str, str]] = {}
-        self._waiting: dict[str, Heartbeat] = {}
+        self._as_json = as_json
+        self._waiting: dict[str, _Answered] = {}
         # The batch being written, and its hosts that a check-in written
         # through has superseded meanwhile (should the write fail).
-        self._writing: dict[str, Heartbeat] = {}
+        self._writing: dict[str, _Answered] = {}
         self._superseded: set[str] = set()
         self._generation = -1  # none read yet
         # What is held is used until then: a read of the generation, started
@@ -126,11 +149,12 @@ class Heartbeats:
             return None
         return held
 
-    def accept(self, host_id: str, at: datetime, facts: JSON, health: JSON) -> None:
-        """A check-in answered from memory: write it behind."""
+    def accept(self, host_id: str, at: datetime, facts: object, health: object) -> None:
+        """A check-in answered from memory: write it behind (its facts and
+        health as sent, made JSON by ``as_json`` when written)."""
         before = self._waiting.get(host_id)
         count = 1 if before is None else before.count + 1
-        self._waiting[host_id] = Heartbeat(host_id, at, facts, health, count)
+        self._waiting[host_id] = _Answered(at, facts, health, count)
         self.answered += 1  # fleetpatch_checkins_written_behind, read when scraped
         if len(self._waiting) >= self._flush_at:
             self._full.set()
@@ -210,7 +234,8 @@ class Heartbeats:
         started = time.monotonic()
         self._writing, self._superseded = batch, set()
         try:
-            generation = await self._db.call(lambda s: s.record_heartbeats(list(batch.values())))
+            # On the store thread: the batch made JSON, then written.
+            generation = await self._db.call(lambda s: s.record_heartbeats(self._stored(batch)))
         except Exception as exc:
             for host_id, taken in batch.items():
                 older = (
@@ -230,6 +255,14 @@ class Heartbeats:
             self._writing, self._superseded = {}, set()
         self.written += len(batch)
         self._read(generation, started)
+
+    def _stored(self, batch: Mapping[str, _Answered]) -> list[Heartbeat]:
+        as_json = self._as_json
+        return [
+            Heartbeat(host_id, said.at, None, None, said.count) if said.facts is None
+            else Heartbeat(host_id, said.at, as_json(said.facts), as_json(said.health), said.count)
+            for host_id, said in batch.items()
+        ]  # fmt: skip
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="heartbeat writer")

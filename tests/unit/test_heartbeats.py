@@ -6,16 +6,20 @@ from __future__ import annotations
 import asyncio
 import json
 import sqlite3
+import threading
 import time
 import tracemalloc
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import pytest
+from fleetpatch.v1 import types_pb2
+from google.protobuf.message import Message
 
+from controller.api import convert
 from controller.errors import StoreUnavailable
 from controller.fleet.relabel import Relabel
 from controller.fleet.tokens import new_token
@@ -172,6 +176,38 @@ def test_check_ins_answered_are_written_behind_newest_facts_counted_all(world: W
             3, NOW + timedelta(minutes=10), {"uptime": 10}, {"ok": False},
         )  # fmt: skip
         assert (beats.answered, beats.written) == (2, 1)
+
+    run(main)
+
+
+def test_facts_are_made_json_as_they_are_written_on_the_store_thread_newest_only(
+    world: World,
+) -> None:
+    """The check-in path only keeps the agent's messages; the store thread
+    converts them as it writes, and not those a newer check-in replaced."""
+    made: list[str] = []  # the thread each conversion ran on
+
+    def as_json(said: Message) -> dict[str, Any]:
+        made.append(threading.current_thread().name)
+        return convert.to_json(said)
+
+    async def main() -> None:
+        beats = Heartbeats(world.db, as_json=as_json)
+        host = world.hosts[0]
+        beats.learn(host, await world.check_in(host))
+        await beats.sync()
+        for minute in (1, 2):
+            facts = types_pb2.HostFacts(hostname="web-1", uptime_seconds=60 * minute)
+            beats.accept(host, NOW + timedelta(minutes=minute), facts,
+                         types_pb2.HealthSummary(healthy=minute == 2))  # fmt: skip
+        assert made == []
+        await beats.flush()
+        stored = world.stored(host)
+        assert (stored.facts["hostname"], stored.facts["uptime_seconds"]) == ("web-1", 120)
+        assert stored.health["healthy"] is True
+        assert stored.checkins == 3
+        assert len(made) == 2  # the newer check-in's facts and health
+        assert threading.current_thread().name not in made
 
     run(main)
 
