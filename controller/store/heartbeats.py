@@ -4,7 +4,7 @@ Most check-ins of a settled fleet only say "still here": the inventory and
 available updates the controller holds already, and new facts (uptime, free
 disk) and health. Writing each one before answering it costs a share of a
 transaction and two thread hand-offs, a third of the controller's CPU per
-check-in as measured (README, "Scaling"). Fleet's "async host processing"
+check-in as measured (README, "Performance"). Fleet's "async host processing"
 makes the same trade for the same reason.
 
 How it stays right:
