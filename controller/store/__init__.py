@@ -583,30 +583,24 @@ class Store(AdminStore, CampaignStore, ReleaseStore, WebhookStore, VulnStore):
         (controller/store/heartbeats.py), in one transaction: each host's
         check-in count, last_seen (never moved back) and facts and health.
         A host no longer active is left as it is. Returns the hosts'
-        placement generation, read in the same transaction.
-
-        The rows are staged, then written by one UPDATE ... FROM (SQLite
-        3.33 or later): on PostgreSQL half the controller's CPU a row that
-        a statement per row took, JSON included (README, "Performance"); on
-        SQLite the same."""
+        placement generation, read in the same transaction."""
         with self._transaction() as conn:
-            rows = (
-                (b.host_id, b.count, _ts(b.at), _json_or_none(b.facts), _json_or_none(b.health))
-                for b in sorted(beats, key=lambda b: b.host_id)  # in host order, as record_checkins
-            )
-            self._backend.stage(conn, "staged_heartbeats", _HEARTBEAT_COLUMNS, rows)
-            conn.execute(
-                "UPDATE hosts SET checkins = hosts.checkins + b.checkins, last_seen ="
-                " CASE WHEN hosts.last_seen > b.seen THEN hosts.last_seen ELSE b.seen END,"
-                " facts = COALESCE(b.facts, hosts.facts), health = COALESCE(b.health, hosts.health)"
-                " FROM staged_heartbeats AS b WHERE hosts.host_id = b.host_id AND hosts.status = ?",
-                (HostStatus.ACTIVE.value,),
+            rows = [
+                (
+                    b.count, _ts(b.at), _ts(b.at), _json_or_none(b.facts), _json_or_none(b.health),
+                    b.host_id, HostStatus.ACTIVE.value,
+                )
+                for b in beats
+            ]  # fmt: skip
+            rows.sort(key=lambda row: str(row[-2]))  # in host order, as record_checkins
+            conn.executemany(
+                "UPDATE hosts SET checkins = checkins + ?,"
+                " last_seen = CASE WHEN last_seen > ? THEN last_seen ELSE ? END,"
+                " facts = COALESCE(?, facts), health = COALESCE(?, health)"
+                " WHERE host_id = ? AND status = ?",
+                rows,
             )
             return self._hosts_generation(conn)
-
-
-# The rows record_heartbeats stages, then writes in one statement.
-_HEARTBEAT_COLUMNS = ("host_id TEXT", "checkins INTEGER", "seen REAL", "facts TEXT", "health TEXT")
 
 
 def _json_or_none(value: Mapping[str, Any] | None) -> str | None:

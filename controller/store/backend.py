@@ -4,9 +4,8 @@ the SQL itself is shared (dialect.py)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
 from contextlib import AbstractContextManager
-from typing import Any, Protocol
+from typing import Protocol
 
 from controller.store.dialect import Connection
 
@@ -25,18 +24,6 @@ class Backend(Protocol):
     def transaction(self) -> AbstractContextManager[Connection]:
         """Statements inside commit together or not at all (nested: a
         savepoint). Raises StoreUnavailable when the database is lost."""
-        ...
-
-    def stage(
-        self, conn: Connection, table: str, columns: Sequence[str], rows: Iterable[Sequence[Any]]
-    ) -> None:
-        """Fill the temporary table ``table`` (``columns``: its columns'
-        definitions, in the store's dialect) with ``rows``, for the
-        transaction ``conn`` is in; made on first use, empty again in the
-        next transaction. Many rows go in as fast as the database takes
-        them (SQLite: executemany; PostgreSQL: COPY), then one statement
-        works on them all. Raises StoreUnavailable when the database is
-        lost."""
         ...
 
     def applied_migrations(self) -> list[str]: ...

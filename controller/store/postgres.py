@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any
@@ -272,25 +272,6 @@ class PostgresBackend:
             log.warning("PostgreSQL (%s) answers again, after %.0fs", self._where,
                         time.monotonic() - down)  # fmt: skip
         return raw
-
-    def stage(
-        self, conn: Connection, table: str, columns: Sequence[str], rows: Iterable[Sequence[Any]]
-    ) -> None:
-        """By COPY: 2.6 us of this process's CPU a row, where executemany's
-        pipeline took 12-18 (a heartbeat row, its JSON aside). Emptied at
-        commit, which truncates: deleted rows would stay in a temporary
-        table, which autovacuum never visits."""
-        if not isinstance(conn, _Connection):
-            raise TypeError(f"not a connection of this backend: {conn!r}")
-        conn.execute(
-            f"CREATE TEMP TABLE IF NOT EXISTS {table} ({', '.join(columns)}) ON COMMIT DELETE ROWS"
-        )
-        try:
-            with conn.raw.cursor().copy(f"COPY {table} FROM STDIN") as copy:
-                for row in rows:
-                    copy.write_row(row)
-        except _GONE as exc:
-            raise self.lost(conn.raw, exc) from None
 
     @contextmanager
     def transaction(self) -> Iterator[Connection]:

@@ -10,10 +10,9 @@ from __future__ import annotations
 
 import os
 import sqlite3
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
 
 from sqlite_utils import Database
 
@@ -98,14 +97,6 @@ class SqliteBackend:
             conn.execute(f"RELEASE SAVEPOINT {name}")
         finally:
             self._depth -= 1
-
-    def stage(
-        self, conn: Connection, table: str, columns: Sequence[str], rows: Iterable[Sequence[Any]]
-    ) -> None:
-        conn.execute(f"CREATE TEMP TABLE IF NOT EXISTS {table} ({', '.join(columns)})")
-        conn.execute(f"DELETE FROM {table}")  # noqa: S608 - the store's own name
-        marks = ", ".join("?" * len(columns))
-        conn.executemany(f"INSERT INTO {table} VALUES ({marks})", rows)  # noqa: S608 - same
 
     def applied_migrations(self) -> list[str]:
         return [m.name for m in migrations.applied(self._db)]
