@@ -16,6 +16,7 @@ from google.protobuf.message import DecodeError, Message
 from controller.api.times import from_timestamp, timestamp
 from controller.audit import AuditRecord
 from controller.checkpoint import Checkpoint
+from controller.errors import UsageError
 from controller.fleet.admins import AdminRecord, AdminStatus
 from controller.fleet.pki import renew_at
 from controller.fleet.renewal import FAILING_AFTER
@@ -124,7 +125,10 @@ def _plain_value(field: Any, value: Any) -> Any:
     if field.message_type is None:
         return value
     if field.message_type.full_name == "google.protobuf.Timestamp":
-        return value.ToJsonString()
+        try:
+            return value.ToJsonString()
+        except ValueError as exc:  # out of range: bad input, not a fault
+            raise UsageError(f"{field.name}: {exc}") from None
     return to_json(value)
 
 

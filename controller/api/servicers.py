@@ -455,6 +455,8 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
         host_id = require(context, Role.HOST, self._revoked).name
         limits.check_strings(request.facts, "facts")
         limits.check_strings(request.health, "health")
+        if request.health.HasField("observed_at"):  # kept to be made JSON later (Heartbeats)
+            times.check_timestamp(request.health.observed_at)
         packages: list[Package] | None = None
         sources: dict[str, tuple[str, str]] = {}
         if request.HasField("inventory"):

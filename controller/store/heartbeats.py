@@ -87,6 +87,7 @@ class _Answered:
 
 
 def _as_is(said: Any) -> JSON:
+    """The default ``as_json``: facts and health given as mappings."""
     return dict(said)
 
 
@@ -257,12 +258,21 @@ class Heartbeats:
         self._read(generation, started)
 
     def _stored(self, batch: Mapping[str, _Answered]) -> list[Heartbeat]:
-        as_json = self._as_json
-        return [
-            Heartbeat(host_id, said.at, None, None, said.count) if said.facts is None
-            else Heartbeat(host_id, said.at, as_json(said.facts), as_json(said.health), said.count)
-            for host_id, said in batch.items()
-        ]  # fmt: skip
+        """The batch as written (on the store thread). A host whose facts or
+        health cannot be made JSON has its check-ins counted and its time
+        written, and keeps the facts stored before: one host's bad input
+        never holds up the others' writes."""
+        return [self._heartbeat(host_id, said) for host_id, said in batch.items()]
+
+    def _heartbeat(self, host_id: str, said: _Answered) -> Heartbeat:
+        if said.facts is None:
+            return Heartbeat(host_id, said.at, None, None, said.count)
+        try:
+            facts, health = self._as_json(said.facts), self._as_json(said.health)
+        except Exception as exc:  # the check-in path checks what it knows to fail
+            log.warning("host %s: its facts or health are not stored: %s", host_id, exc)
+            return Heartbeat(host_id, said.at, None, None, said.count)
+        return Heartbeat(host_id, said.at, facts, health, said.count)
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="heartbeat writer")

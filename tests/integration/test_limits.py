@@ -124,6 +124,26 @@ def test_oversized_check_ins_are_invalid_argument(controller, tmp_path, request_
     assert "Traceback" not in controller.log.read_text()
 
 
+@pytest.mark.parametrize(("seconds", "nanos"), [(253_402_300_800, 0), (0, -5), (2**62, 0)])
+def test_a_health_time_out_of_range_is_invalid_argument(controller, tmp_path, seconds, nanos):
+    """Also once the host's check-ins are answered from memory: their
+    health is made JSON later, on the store thread, and a time without a
+    JSON form must not get that far."""
+    _enroll(controller, tmp_path / "a")
+    first = _checkin([("bash", "5.2", "amd64")])
+    with _channel(controller, tmp_path / "a") as channel:
+        stub = agent_pb2_grpc.AgentServiceStub(channel)
+        stub.CheckIn(first, timeout=10)  # written through; the next ones bring nothing new
+        again = agent_pb2.CheckInRequest(facts=first.facts, inventory_hash=first.inventory_hash)
+        stub.CheckIn(again, timeout=10)
+        again.health.observed_at.seconds, again.health.observed_at.nanos = seconds, nanos
+        with pytest.raises(grpc.RpcError) as caught:
+            stub.CheckIn(again, timeout=10)
+    assert caught.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+    assert "a timestamp is out of range" in (caught.value.details() or "")
+    assert "Traceback" not in controller.log.read_text()
+
+
 def test_a_message_over_the_size_cap_is_refused_before_it_is_read(controller, tmp_path):
     _enroll(controller, tmp_path / "a")
     huge = _checkin([("bash", "5.2", "amd64")], hostname="h" * (limits.MAX_MESSAGE_BYTES + 1))

@@ -70,9 +70,10 @@ def test_uses_the_rng_it_is_given():
     assert next_checkin(timedelta(minutes=5), 0.2, random.Random(10)) != a[0]
 
 
-def test_the_duration_is_valid_and_exact_to_the_nanosecond():
-    pace = Pace(timedelta(minutes=5), 0.2, random.Random(5))
+def test_the_duration_is_valid_and_the_spread_value_to_the_nanosecond():
+    pace, same = Pace(timedelta(minutes=5), 0.2, random.Random(5)), random.Random(5)
     for _ in range(1000):
         got = pace.next()
+        wanted = 300 + same.uniform(-60, 60)
         assert 0 <= got.nanos < 1_000_000_000
-        assert 240 <= got.seconds + got.nanos / 1e9 <= 360
+        assert abs(wanted - (got.seconds + got.nanos / 1e9)) < 1e-9

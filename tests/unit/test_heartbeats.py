@@ -212,6 +212,30 @@ def test_facts_are_made_json_as_they_are_written_on_the_store_thread_newest_only
     run(main)
 
 
+def test_facts_that_cannot_be_made_json_hold_up_no_other_host(world: World) -> None:
+    """Whatever the check-in path let through that fails as the batch is
+    made JSON costs that host its facts and health, never the batch."""
+
+    async def main() -> None:
+        beats = Heartbeats(world.db, as_json=convert.to_json)
+        good, bad = world.hosts[:2]
+        for host in (good, bad):
+            beats.learn(host, await world.check_in(host))
+        await beats.sync()
+        unconvertible = types_pb2.HealthSummary()
+        unconvertible.observed_at.nanos = -5  # no JSON form
+        at = NOW + timedelta(minutes=5)
+        beats.accept(good, at, types_pb2.HostFacts(hostname="good"), types_pb2.HealthSummary())
+        beats.accept(bad, at, types_pb2.HostFacts(hostname="bad"), unconvertible)
+        await beats.flush()
+        assert beats.written == 2
+        assert world.stored(good).facts["hostname"] == "good"
+        stored = world.stored(bad)
+        assert (stored.facts, stored.last_seen, stored.checkins) == ({"uptime": 1}, at, 2)
+
+    run(main)
+
+
 def test_a_check_in_written_through_meanwhile_keeps_its_newer_facts(world: World) -> None:
     async def main() -> None:
         beats, host = await _held(world)
