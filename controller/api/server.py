@@ -418,7 +418,7 @@ def _webhook_secret(data_dir: DataDir, path: Path) -> bytes:
 
 
 def load_figures(
-    admission: limits.Admission, watchers: Watchers, heartbeats: Heartbeats | None = None
+    admission: limits.Admission, watchers: Watchers, heartbeats: Heartbeats | None
 ) -> LoadFigures:
     """The load and push figures of a scrape (on the event loop)."""
     return LoadFigures(
