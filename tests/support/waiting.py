@@ -64,8 +64,9 @@ def wait_for(
         if done(value):
             return value
         if time.monotonic() > deadline:
+            said = f"\n{explain()}" if explain is not None else ""
             raise AssertionError(
-                f"timed out after {limit:.0f}s waiting until {what}; last: {value!r}"
+                f"timed out after {limit:.0f}s waiting until {what}; last: {value!r}{said}"
             )
         time.sleep(interval)
 
