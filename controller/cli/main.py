@@ -54,12 +54,15 @@ app.add_typer(admin_app, name="admin")
 def controller_init(
     data_dir: DataDirOption = DEFAULT_DATA_DIR,
     hostname: Annotated[
-        str,
+        list[str] | None,
         typer.Option(
             help="Name (or address) agents use to reach the controller; "
-            "it goes into the server certificate."
+            "it goes into the server certificate. Repeat it (or separate with commas) "
+            "for a certificate that covers several names, e.g. a name all replicas "
+            "answer to and this replica's own; the first is the advertised one. "
+            "Default: this machine's FQDN."
         ),
-    ] = "",
+    ] = None,
     listen: Annotated[
         str, typer.Option(help="Address the mutual-TLS listener binds.")
     ] = f"0.0.0.0:{DEFAULT_PORT}",
@@ -82,7 +85,8 @@ def controller_init(
         parse_duration(checkin_interval)
     except ValueError as exc:
         raise UsageError(f"--checkin-interval: {exc}") from None
-    made = init_data_dir(data_dir, hostname or socket.getfqdn(), listen, checkin_interval, owner)
+    names = [name.strip() for given in hostname or () for name in given.split(",")]
+    made = init_data_dir(data_dir, names or [socket.getfqdn()], listen, checkin_interval, owner)
     print(f"initialised {made.path}")
     print(f"  first owner: {owner} (admin certificate {made.admin_cert})")
     print(f"  CA certificate (give to agents with --ca-cert): {made.ca_cert}")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -26,11 +27,18 @@ from controller.store.admins import IssuedCertificate
 
 
 def init_data_dir(
-    path: Path, hostname: str, listen: str, interval: str = "5m", owner: str = "admin"
+    path: Path,
+    hostname: str | Sequence[str],
+    listen: str,
+    interval: str = "5m",
+    owner: str = "admin",
 ) -> DataDir:
     """Create the CA, server and admin certificates, the signing key, the
     settings and the database; ``owner`` names the first admin (an owner),
-    whose certificate is the data dir's admin.pem. Refuses to overwrite an initialised dir: the
+    whose certificate is the data dir's admin.pem. ``hostname`` may be
+    several names: the server certificate covers them all (replicas
+    answering to a shared name and to names of their own), and the first
+    is the advertised one. Refuses to overwrite an initialised dir: the
     CA in it is what every enrolled agent trusts."""
     data_dir = DataDir(path)
     if data_dir.config.exists() or data_dir.ca_key.exists():
@@ -38,8 +46,12 @@ def init_data_dir(
             f"{path} is already initialised; refusing to replace its CA "
             "(every enrolled agent trusts it)"
         )
-    if not hostname or any(c.isspace() for c in hostname):
-        raise UsageError(f"--hostname {hostname!r} is not a host name")
+    hostnames = [hostname] if isinstance(hostname, str) else list(hostname)
+    if not hostnames:
+        raise UsageError("--hostname: at least one name is needed")
+    for name in hostnames:
+        if not name or any(c.isspace() or c in ",/@" for c in name):
+            raise UsageError(f"--hostname {name!r} is not a host name")
     _, port = split_address(listen)
     check_name(owner)
     try:
@@ -49,7 +61,7 @@ def init_data_dir(
         raise DataDirError(f"cannot create {path}: {exc.strerror}") from None
 
     ca = CertificateAuthority.create()
-    server = ca.issue_server(server_names(hostname))
+    server = ca.issue_server(server_names(*hostnames))
     admin = ca.issue_admin(owner)
     data_dir.write_private(data_dir.ca_key, ca.key_pem)
     data_dir.write_public(data_dir.ca_cert, ca.cert_pem)
@@ -64,7 +76,7 @@ def init_data_dir(
     finally:
         store.close()
     config = CONFIG_TEMPLATE.format(
-        listen=listen, advertise=join_address(hostname, port), interval=interval
+        listen=listen, advertise=join_address(hostnames[0], port), interval=interval
     )
     # Written last: its presence is what marks the dir as initialised.
     data_dir.write_group(data_dir.config, config.encode())

@@ -261,13 +261,19 @@ class CertificateAuthority:
         return self.issue_client(identity, public_key, lifetime, now)
 
 
-def server_names(hostname: str) -> list[str]:
-    """The names a server certificate for ``hostname`` covers.
+def server_names(*hostnames: str) -> list[str]:
+    """The names a server certificate for ``hostnames`` covers, each once,
+    in the order given.
 
     A loopback name also covers the loopback addresses, so that
     ``--controller 127.0.0.1:7443`` works with ``--hostname localhost``.
     """
-    names = [hostname]
-    if hostname in ("localhost", "127.0.0.1", "::1"):
-        names += [n for n in ("localhost", "127.0.0.1", "::1") if n != hostname]
-    return names
+    names: list[str] = []
+    for hostname in hostnames:
+        names.append(hostname)
+        if hostname in _LOOPBACK:
+            names += [n for n in _LOOPBACK if n != hostname]
+    return list(dict.fromkeys(names))
+
+
+_LOOPBACK = ("localhost", "127.0.0.1", "::1")

@@ -152,6 +152,27 @@ def test_init_refuses_to_replace_a_ca(initialised):
     assert (initialised.data_dir / "ca.key").read_bytes() == before
 
 
+def test_init_takes_several_host_names_for_the_server_certificate(tmp_path):
+    """Repeated and comma-separated: all in the certificate, the first
+    advertised. One that is not a name: one line, exit 2, nothing made."""
+    data_dir = tmp_path / "ctl"
+    ok("fleetpatch", "controller", "init", "--data-dir", data_dir, "--listen", "0.0.0.0:7443",
+       "--hostname", "ctl.example.com", "--hostname", "ctl-a.example.com,10.0.0.5")  # fmt: skip
+    cert = x509.load_pem_x509_certificate((data_dir / "server.pem").read_bytes())
+    san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert san.get_values_for_type(x509.DNSName) == ["ctl.example.com", "ctl-a.example.com"]
+    assert [str(a) for a in san.get_values_for_type(x509.IPAddress)] == ["10.0.0.5"]
+    assert 'advertise = "ctl.example.com:7443"' in (data_dir / "controller.toml").read_text()
+
+    for bad in ("ctl.example.com,", "ctl example.com", "user@ctl.example.com"):
+        other = tmp_path / "other"
+        _one_line(
+            cli("fleetpatch", "controller", "init", "--data-dir", other, "--hostname", bad),
+            2, "--hostname", "is not a host name",
+        )  # fmt: skip
+        assert not other.exists()
+
+
 def test_serve_on_a_port_in_use(initialised):
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))

@@ -154,6 +154,15 @@ def test_server_names(hostname, names):
     assert server_names(hostname) == names
 
 
+def test_server_names_of_several_cover_each_once_in_order():
+    assert server_names("ctl.example.com", "ctl-a.example.com", "10.0.0.5") == [
+        "ctl.example.com", "ctl-a.example.com", "10.0.0.5",
+    ]  # fmt: skip
+    assert server_names("ctl.example.com", "localhost", "127.0.0.1") == [
+        "ctl.example.com", "localhost", "127.0.0.1", "::1",
+    ]  # fmt: skip
+
+
 def test_server_cert_covers_loopback_names(ca):
     issued = ca.issue_server(server_names("localhost"))
     cert = x509.load_pem_x509_certificate(issued.cert_pem)
