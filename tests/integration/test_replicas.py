@@ -11,15 +11,18 @@ from __future__ import annotations
 import json
 import shutil
 import signal
+import socket
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
+import psutil
 import pytest
 from fleetpatch.v1 import agent_pb2, agent_pb2_grpc
 
 from tests.integration.test_enrollment import Raw, _enroll
-from tests.support.controller import Controller, cli, free_port
+from tests.support.controller import BIN, Controller, cli, free_port
 from tests.support.fakes import FakeBackend, FakeProber
 from tests.support.inprocess import InProcessAgent
 from tests.support.waiting import wait_for
@@ -44,13 +47,15 @@ LEADING = "leading: this controller runs the campaign tick"
 FOLLOWING = "another controller replica runs the campaign tick"
 
 
-def replica_of(first: Controller, data_dir: Path) -> Controller:
+def replica_of(
+    first: Controller, data_dir: Path, host: str = "127.0.0.1", port: int | None = None
+) -> Controller:
     """A second replica, as the README says to make one: the first's data
     dir copied (keys, CA, settings with the shared [store] url), without its
     SQLite file and its endpoints, listening on an address of its own."""
     shutil.copytree(first.data_dir, data_dir,
                     ignore=shutil.ignore_patterns("controller.db*", "endpoints.json"))  # fmt: skip
-    return Controller(data_dir, port=free_port(), store_url=first.store_url)
+    return Controller(data_dir, port=port or free_port(), store_url=first.store_url, host=host)
 
 
 @pytest.fixture
@@ -227,3 +232,106 @@ def test_the_admin_cli_fails_over_to_the_replica_that_answers(replicas, tmp_path
     assert first.address in down.stderr
     assert second.address in down.stderr
     assert len(down.stderr.strip().splitlines()) == 1
+
+
+# One name with two address records, as a DNS name for the replicas would
+# have: given to a host as its only controller address, through the host's
+# own /etc/hosts (the sandbox's), which the resolver gRPC uses reads.
+NAME = "ctl.fleet.test"
+ADDRESSES = ("127.0.0.2", "127.0.0.3")  # loopback: all of 127/8 is
+AGENT = str(BIN / "fleetpatch-agent")
+STATE = "/var/lib/fleetpatch/agent"
+
+
+def _free_on_all(addresses: tuple[str, ...]) -> int:
+    """A port that, with the next (enrollment), nobody listens on at any of
+    ``addresses``."""
+    for _ in range(100):
+        port = free_port()
+        try:
+            for address in addresses:
+                for p in (port, port + 1):
+                    with socket.socket() as probe:
+                        probe.bind((address, p))
+        except OSError:
+            continue
+        return port
+    raise AssertionError(f"no port free on all of {addresses}")
+
+
+def _connected_to(port: int) -> set[str]:
+    """The addresses among ADDRESSES that a connection to ``port`` is
+    established with (the agent's: the replicas dial only PostgreSQL)."""
+    found = {
+        c.raddr.ip.removeprefix("::ffff:")  # gRPC's sockets are IPv6, v4-mapped
+        for c in psutil.net_connections(kind="tcp")
+        if c.raddr and c.raddr.port == port and c.status == psutil.CONN_ESTABLISHED
+    }
+    return found & set(ADDRESSES)
+
+
+def test_an_agent_given_one_name_of_two_replicas_moves_to_the_survivor(
+    tmp_path, postgres_url, host_sandbox
+):
+    """The real agent in a host sandbox, its controller address a name
+    with an address record for each replica: it checks in through one;
+    that one SIGKILLed, its check-ins go on through the other, on the
+    name alone (gRPC tries the name's next address), without a restart."""
+    port = _free_on_all(ADDRESSES)
+    first = Controller(tmp_path / "a", port=port, store_url=postgres_url, host=ADDRESSES[0])
+    first.init(interval="2s", hostname=",".join((NAME, *ADDRESSES)))
+    config = first.data_dir / "controller.toml"
+    config.write_text(config.read_text().replace('tick = "10s"', 'tick = "1s"'))
+    second = replica_of(first, tmp_path / "b", host=ADDRESSES[1], port=port)
+    replicas = {ADDRESSES[0]: first, ADDRESSES[1]: second}
+    first.start()
+    second.start()
+    log = (tmp_path / "agent.log").open("ab")
+    try:
+        sandbox = host_sandbox
+        sandbox.path("/etc/hosts").write_text(
+            "127.0.0.1 localhost\n" + "".join(f"{a} {NAME}\n" for a in ADDRESSES)
+        )
+        sandbox.path("/root/ca.pem").write_bytes((first.data_dir / "ca.pem").read_bytes())
+        sandbox.run([
+            AGENT, "enroll", "--controller", f"{NAME}:{port}", "--token", first.token(),
+            "--ca-cert", "/root/ca.pem", "--state-dir", STATE,
+        ])  # fmt: skip
+        agent_toml = sandbox.path(f"{STATE}/agent.toml")
+        assert f'address = "{NAME}:{port}"' in agent_toml.read_text()
+        agent_toml.write_text(
+            agent_toml.read_text().replace('retry_interval = "5s"', 'retry_interval = "1s"')
+        )
+        status = sandbox.run([AGENT, "status", "--json", "--state-dir", STATE])
+        host_id = json.loads(status.stdout)["host_id"]
+        sandbox.spawn([AGENT, "run", "--state-dir", STATE], stdout=log, stderr=subprocess.STDOUT)
+
+        (used,) = wait_for("the agent to connect through the name", lambda: _connected_to(port),
+                           lambda found: len(found) == 1, timeout=60)  # fmt: skip
+        victim = replicas[used]
+        survivor = next(r for r in replicas.values() if r is not victim)
+
+        def counted() -> int:
+            store = survivor.open_store()
+            try:
+                return int(store.get_host(host_id).checkins)
+            finally:
+                store.close()
+
+        before = wait_for("check-ins to be recorded", counted, lambda n: n >= 2, timeout=60)
+        assert victim.proc is not None
+        victim.proc.send_signal(signal.SIGKILL)
+        victim.proc.wait()
+        victim.proc = None
+
+        wait_for("the agent to connect to the survivor", lambda: _connected_to(port),
+                 lambda found: found == {survivor.listen_host}, timeout=60)  # fmt: skip
+        wait_for("check-ins through the survivor", counted,
+                         lambda n: n >= before + 3, timeout=60)  # fmt: skip
+    finally:
+        log.close()
+        for replica in replicas.values():
+            replica.stop()
+    agent_log = (tmp_path / "agent.log").read_text(errors="replace")
+    assert "Traceback" not in agent_log
+    assert "Traceback" not in survivor.log.read_text()

@@ -142,8 +142,11 @@ def in_process(*args: str | Path) -> Result:
 class Controller:
     """`fleetpatch controller serve` on loopback, with a data dir of its own."""
 
-    def __init__(self, data_dir: Path, port: int | None = None, store_url: str = "") -> None:
+    def __init__(
+        self, data_dir: Path, port: int | None = None, store_url: str = "", host: str = "127.0.0.1"
+    ) -> None:
         self.data_dir = data_dir
+        self.listen_host = host  # the loopback address it listens on (all of 127/8 is loopback)
         self.port = port or free_port()
         self.store_url = store_url  # empty: SQLite in the data dir
         self.proc: subprocess.Popen[str] | None = None
@@ -151,13 +154,15 @@ class Controller:
 
     @property
     def address(self) -> str:
-        return f"127.0.0.1:{self.port}"
+        return f"{self.listen_host}:{self.port}"
 
     @property
     def enroll_address(self) -> str:
-        return f"127.0.0.1:{self.port + 1}"
+        return f"{self.listen_host}:{self.port + 1}"
 
-    def init(self, interval: str = "30s", *, console: bool = False) -> None:
+    def init(
+        self, interval: str = "30s", *, console: bool = False, hostname: str = "localhost"
+    ) -> None:
         """`fleetpatch controller init` into the data dir: a CA, keys and a
         database of this controller's own. By default the console script's
         entry point runs in this process (`in_process`): the same command
@@ -165,10 +170,11 @@ class Controller:
         0.6 s quiet, 1 s with the suite's load), which some 160 controllers
         a session would pay each. ``console``:
         the console script in a process of its own, as a user runs it (the
-        e2e fleet's controller is made so)."""
+        e2e fleet's controller is made so). ``hostname``: the names its server
+        certificate covers (`init --hostname`, comma-separated)."""
         argv = (
             "fleetpatch", "controller", "init", "--data-dir", self.data_dir,
-            "--hostname", "localhost", "--listen", self.address, "--checkin-interval", interval,
+            "--hostname", hostname, "--listen", self.address, "--checkin-interval", interval,
         )  # fmt: skip
         if console:
             ok(*argv)
