@@ -327,7 +327,7 @@ def test_an_agent_given_one_name_of_two_replicas_moves_to_the_survivor(
         wait_for("the agent to connect to the survivor", lambda: _connected_to(port),
                  lambda found: found == {survivor.listen_host}, timeout=60)  # fmt: skip
         wait_for("check-ins through the survivor", counted,
-                         lambda n: n >= before + 3, timeout=60)  # fmt: skip
+                 lambda n: n >= before + 3, timeout=60)  # fmt: skip
     finally:
         log.close()
         for replica in replicas.values():
