@@ -619,10 +619,16 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
     ) -> AsyncIterator[agent_pb2.Nudge]:
         """The host's nudges, until it is revoked or watches again. Not
         admitted like the other calls: a stream is idle nearly always, and
-        must not take the room of check-ins."""
+        must not take the room of check-ins.
+
+        The stream is registered as soon as the caller is known, with no
+        wait in between, so that a host has one however many calls it
+        opens (each ends the one before) and a revocation after `require`
+        still closes it. The request (a WatchRequest, which carries
+        nothing) is not read: a call whose request never came would wait
+        here unregistered, held by nothing, as many as a host opened."""
         try:
             host_id = require(context, Role.HOST, self._revoked).name
-            await decoded(request)
         except FleetpatchError as exc:
             await _refuse("Watch", context, exc)
             return

@@ -13,15 +13,20 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import grpc
 import pytest
+from fleetpatch.push import WATCH_OPEN
+from fleetpatch.v1 import agent_pb2
 
 from agent.link.checkin import CheckIns
 from agent.link.watch import Watcher
 from agent.orders.states import State
+from tests.integration.test_enrollment import _enroll
 from tests.integration.test_replicas import replica_of
 from tests.support.controller import Controller
 from tests.support.fakes import FakeBackend, FakeProber
 from tests.support.inprocess import InProcessAgent
+from tests.support.waiting import scaled
 
 EMERGENCY = """
 [campaign]
@@ -203,6 +208,60 @@ def test_a_revoked_hosts_stream_is_closed(fleet):
     time.sleep(4)
     assert watcher.opened == opened
     assert not watcher.connected.is_set()
+
+
+def test_watch_calls_whose_request_never_comes_hold_one_stream_per_host(tmp_path):
+    """A host opening Watch calls and never sending their request (a
+    hostile or broken one): each call is registered at once, so each ends
+    the one before and the controller holds one; a revocation meanwhile
+    closes the one it holds."""
+    ctl = Controller(tmp_path / "ctl")
+    ctl.init()
+    ctl.start()
+    try:
+        host = _enroll(ctl, ctl.token())
+        creds = grpc.ssl_channel_credentials(
+            root_certificates=(ctl.data_dir / "ca.pem").read_bytes(),
+            private_key=host.key_pem,
+            certificate_chain=host.cert_pem,
+        )
+        release = threading.Event()
+
+        def never() -> Iterator[agent_pb2.WatchRequest]:
+            release.wait()  # the request is never sent while the test runs
+            yield from ()
+
+        service = agent_pb2.DESCRIPTOR.services_by_name["AgentService"].full_name
+        with grpc.secure_channel(ctl.address, creds) as channel:
+            watch = channel.stream_stream(
+                f"/{service}/Watch",
+                request_serializer=agent_pb2.WatchRequest.SerializeToString,
+                response_deserializer=agent_pb2.Nudge.FromString,
+            )
+            calls = []
+            try:
+                for _ in range(20):
+                    call = watch(never(), timeout=scaled(60))
+                    assert (WATCH_OPEN, "1") in (call.initial_metadata() or ()), call.code()
+                    calls.append(call)
+                wait_until("each call to end the one before",
+                           lambda: not any(c.is_active() for c in calls[:-1]), 10)  # fmt: skip
+                assert {c.code() for c in calls[:-1]} == {grpc.StatusCode.OK}
+                assert calls[-1].is_active()
+                ctl.admin("hosts", "revoke", host.host_id)
+                wait_until(
+                    "the revoked host's stream to end", lambda: not calls[-1].is_active(), 10
+                )
+                assert calls[-1].code() is grpc.StatusCode.OK
+                refused = watch(never(), timeout=scaled(60))
+                assert refused.code() is grpc.StatusCode.PERMISSION_DENIED
+            finally:
+                release.set()
+                for call in calls:
+                    call.cancel()
+    finally:
+        ctl.stop()
+    assert "Traceback" not in ctl.log.read_text()
 
 
 def test_a_key_revoked_at_a_restart_reaches_the_connected_agents_within_seconds(fleet):
