@@ -194,8 +194,11 @@ class ControllerClient:
         as they come (the iterator raises agent errors like every call, and
         yields None once, when the controller has opened the stream) and a
         function that cancels it from another thread."""
-        call = self._stub.Watch(agent_pb2.WatchRequest())
         address = self.address
+        try:
+            call = self._stub.Watch(agent_pb2.WatchRequest())
+        except ValueError as exc:  # the channel closed by the loop's thread (failover, renewal)
+            raise ControllerUnavailable(f"cannot watch on {address}: {exc}") from None
         stream: Iterator[agent_pb2.Nudge] = iter(call)
 
         def nudges() -> Iterator[agent_pb2.Nudge | None]:

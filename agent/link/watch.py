@@ -54,14 +54,28 @@ class NudgeLimit:
 
     def allow(self) -> bool:
         """Take a token for one nudged check-in; False when there is none."""
-        now = self.clock()
-        self._tokens = min(float(self.burst), self._tokens + max(0.0, now - self._at) / self.every)
-        self._at = now
-        if self._tokens >= 1.0:
-            self._tokens -= 1.0
+        self._refill()
+        if self._tokens >= 1.0 - 1e-9:  # `due` seconds later, rounding aside
+            self._tokens = max(0.0, self._tokens - 1.0)
             return True
         self.dropped += 1
         return False
+
+    def due(self) -> float:
+        """Seconds until a token is there (0 when one is)."""
+        self._refill()
+        return max(0.0, (1.0 - self._tokens) * self.every)
+
+    def _refill(self) -> None:
+        now = self.clock()
+        self._tokens = min(float(self.burst), self._tokens + max(0.0, now - self._at) / self.every)
+        self._at = now
+
+
+def _printable(reason: str) -> str:
+    """A nudge's reason as logged: the controller's words, so no more than
+    40 characters and nothing that could start a line of its own."""
+    return "".join(c if c.isprintable() else "?" for c in reason[:40])
 
 
 def nudge_delay(nudge: agent_pb2.Nudge, rng: random.Random) -> float:
@@ -84,10 +98,12 @@ class Watcher:
         limit: NudgeLimit | None = None,
         rng: random.Random | None = None,
         clock: Callable[[], float] = time.monotonic,
+        wait: Callable[[float], bool] | None = None,
     ) -> None:
         self._client = client
         self._wake = wake
         self._stop = stop
+        self._wait = wait or stop.wait  # sleeps; True once stop is set
         self.limit = limit or NudgeLimit()
         self._rng = rng or random.Random()
         self._clock = clock
@@ -116,12 +132,16 @@ class Watcher:
                 why = "the controller ended the stream"
             except AgentError as exc:
                 why = str(exc)
+            except Exception as exc:  # push must outlive a surprise; polling goes on
+                why = f"{type(exc).__name__}: {exc}"
+                log.warning("watch: the stream failed unexpectedly (%s); reconnecting", why)
             if self._stop.is_set():
                 return
             failures = 1 if self._clock() - opened >= HEALTHY_SECONDS else failures + 1
             delay = backoff_delay(failures, self._rng, cap=MAX_RECONNECT_SECONDS)
             log.debug("watch: %s; reconnecting in %.0fs", why, delay)
-            self._stop.wait(delay)
+            if self._wait(delay):
+                return
 
     def _follow(self) -> None:
         nudges, self._cancel = self._client.watch()
@@ -133,14 +153,22 @@ class Watcher:
                     log.debug("watch: stream open; the controller may nudge us")
                     continue
                 self.nudges += 1
+                reason = _printable(nudge.reason)
                 if not self.limit.allow():
-                    log.warning("nudged to check in (%s) too often; ignored (%d so far)",
-                                nudge.reason[:40], self.limit.dropped)  # fmt: skip
+                    # Nothing more is read until a token is due: gRPC's flow
+                    # control then holds the controller back, and a flood
+                    # costs a line a minute, not a line (and a turn) a nudge.
+                    due = self.limit.due()
+                    log.warning("nudged to check in (%s) too often; ignored (%d so far), the "
+                                "next nudge read in %.0fs", reason, self.limit.dropped,
+                                due)  # fmt: skip
+                    if self._wait(due):
+                        return
                     continue
                 delay = nudge_delay(nudge, self._rng)
                 log.info("nudged to check in (%s); checking in within %.1fs",
-                         nudge.reason[:40], delay)  # fmt: skip
-                if self._stop.wait(delay):
+                         reason, delay)  # fmt: skip
+                if self._wait(delay):
                     return
                 self._wake.set()
         finally:
