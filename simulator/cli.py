@@ -29,7 +29,7 @@ from fleetpatch.atomicfile import write_atomic
 from fleetpatch.durations import parse_duration
 
 from .engine import Progress, Settings, Simulation
-from .errors import NothingToRehearse, ScenarioError, SimError
+from .errors import LoadFailed, NothingToRehearse, ScenarioError, SimError
 from .expect import check
 from .failures import NO_FAILURES, FailureModel
 from .outcome import Outcome
@@ -420,7 +420,11 @@ def load(
     results = [loadtool.merge(f"controller {address}", plan, tallies, usage.done(),
                               database.done(), interrupted)]  # fmt: skip
     if bare and not interrupted:
-        interrupted = _bare_run(data_dir, plan, identities, seed, results)
+        try:
+            interrupted = _bare_run(data_dir, plan, identities, seed, results)
+        except LoadFailed:  # the controller's figures are measured already: not lost
+            print(loadtool.as_json(results) if json_out else loadtool.table(results))
+            raise
     print(loadtool.as_json(results) if json_out else loadtool.table(results))
     if interrupted:
         raise typer.Exit(130)

@@ -34,6 +34,7 @@ import random
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
@@ -676,7 +677,10 @@ class Usage:
         return spent
 
     def done(self) -> Measured | None:
-        if not self._procs:
+        """What the processes used since this was made; None when there are
+        none, or none is alive any more (a controller killed mid-run: its
+        use is not known, and 0 would read as a figure)."""
+        if not any(_alive(proc) for proc in self._procs):
             return None
         now = self._cpu_now()
         # A process that came during the window counts from zero; one that
@@ -688,6 +692,13 @@ class Usage:
                 rss += proc.memory_info().rss / 2**20
         seconds = max(time.monotonic() - self._at, 1e-9)
         return Measured(spent, 100 * spent / seconds, rss, len(self._procs))
+
+
+def _alive(proc: psutil.Process) -> bool:
+    try:
+        return proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
 
 
 def listening(addresses: Sequence[str]) -> list[int]:
@@ -709,24 +720,30 @@ def listening(addresses: Sequence[str]) -> list[int]:
 
 
 def start_bare(data_dir: Path) -> tuple[subprocess.Popen[str], str]:
-    """simulator/bare.py on a free loopback port with the controller's TLS."""
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "simulator.bare", "--data-dir", str(data_dir),
-         "--until-stdin-closes"],
-        stdin=subprocess.PIPE,  # closed when this process ends, however it ends
-        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
-        cwd=str(Path(__file__).resolve().parents[1]),
-        process_group=0,  # a terminal's Ctrl-C stops the load, which then ends this server
-    )  # fmt: skip
-    try:
-        line = proc.stdout.readline().strip() if proc.stdout is not None else ""
-    except BaseException:  # Ctrl-C while it starts: not left running
-        proc.kill()
-        proc.wait()
-        raise
-    if not line:
-        proc.kill()
-        raise RuntimeError("the bare server did not start")
+    """simulator/bare.py on a free loopback port with the controller's TLS.
+    Raises LoadFailed, with the server's own last word, when it does not
+    start (a data dir without the server's key, say)."""
+    with tempfile.TemporaryFile("w+") as said:  # a file: a pipe unread would fill
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "simulator.bare", "--data-dir", str(data_dir),
+             "--until-stdin-closes"],
+            stdin=subprocess.PIPE,  # closed when this process ends, however it ends
+            stdout=subprocess.PIPE, stderr=said, text=True,
+            cwd=str(Path(__file__).resolve().parents[1]),
+            process_group=0,  # a terminal's Ctrl-C stops the load, which then ends this server
+        )  # fmt: skip
+        try:
+            line = proc.stdout.readline().strip() if proc.stdout is not None else ""
+        except BaseException:  # Ctrl-C while it starts: not left running
+            proc.kill()
+            proc.wait()
+            raise
+        if not line:
+            proc.kill()
+            proc.wait()
+            said.seek(0)
+            words = [text.strip() for text in said.read().splitlines() if text.strip()]
+            raise LoadFailed(f"--bare: the bare server did not start: {(words or ['?'])[-1]}")
     return proc, line
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 
@@ -153,6 +154,29 @@ def test_an_enrollment_that_fails_is_one_line_and_leaves_no_usable_token(control
     assert isinstance(tokens, list)
     (made,) = [t for t in tokens if t["region"] == "load"]
     assert made["revoked"] is True, made
+
+
+def test_a_bare_server_that_cannot_start_is_one_line_after_the_figures(controller, tmp_path):
+    """--bare from an admin's copy of the data dir, which has no server key:
+    the controller's figures, measured already, are printed; then one line
+    with the bare server's own reason, exit 1."""
+    admin_dir = tmp_path / "admin-only"
+    admin_dir.mkdir(mode=0o700)
+    for name in ("controller.toml", "ca.pem", "admin.pem", "admin.key", "endpoints.json"):
+        shutil.copy2(controller.data_dir / name, admin_dir / name)
+    done = cli(
+        "fleetpatch-sim", "load", "--data-dir", admin_dir, "--agents", "4", "--processes", "1",
+        "--seconds", "2", "--ramp", "0", "--bare", "--json",
+        timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 1, done.stderr
+    (run,) = json.loads(done.stdout)["runs"]
+    assert run["checkins_total"] > 0
+    errors = [line for line in done.stderr.splitlines() if not line.startswith("enrolled ")]
+    assert len(errors) == 1, done.stderr
+    assert "--bare: the bare server did not start" in errors[0]
+    assert "server.key" in errors[0]
+    assert "Traceback" not in done.stderr
 
 
 @pytest.mark.parametrize(

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import os
 import socket
+import subprocess
+import sys
 import time
 
 from simulator.load import Measured, Plan, Tally, Usage, as_json, listening, merge, table
@@ -48,6 +50,18 @@ def test_usage_counts_this_process_cpu_from_proc():
     assert measured is not None
     assert measured.cpu_seconds >= 0.1
     assert Usage(None).done() is None
+
+
+def test_usage_of_a_process_gone_before_the_end_is_not_known():
+    """A controller killed mid-run: no figure, rather than a 0 that reads
+    as one (the table shows "-")."""
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        usage = Usage([child.pid])
+    finally:
+        child.kill()
+        child.wait()
+    assert usage.done() is None
 
 
 def test_the_listening_process_is_found_by_its_port():
