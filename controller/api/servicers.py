@@ -75,6 +75,7 @@ from controller.store.thread import CheckInBatcher, StoreThread
 
 log = logging.getLogger(__name__)
 _quiet = Quiet(log, logging.INFO)
+_quiet_hosts = Quiet(log, logging.INFO)  # keyed by host: kept apart from the fleet-wide keys
 StoredCheckIn = CheckIn  # in AgentService, CheckIn names the RPC
 
 Context = grpc.aio.ServicerContext[Any, Any]
@@ -120,7 +121,16 @@ async def _refuse(method: str, context: Context, exc: FleetpatchError) -> None:
                    context.peer(), exc)  # fmt: skip
         context.set_trailing_metadata(retry_after_trailer(exc.retry_after))
     else:
-        log.info("%s refused for %s: %s", method, context.peer(), exc)
+        identity = peer_identity(context)
+        if identity is not None and identity.role is Role.ADMIN:
+            log.info("%s refused for %s: %s", method, context.peer(), exc)
+        else:
+            # A host (or, on the enrollment port, an address) asking again
+            # and again, as a revoked or broken agent does: a line per
+            # interval for each, with how many were not logged.
+            who = identity.name if identity is not None else context.peer().rpartition(":")[0]
+            _quiet_hosts.say(f"{method} {type(exc).__name__} {who}", "%s refused for %s: %s",
+                       method, context.peer(), exc)  # fmt: skip
     await context.abort(status_for(exc), str(exc))
 
 

@@ -3,6 +3,7 @@ bounds, tried against a real controller over real mutual TLS."""
 
 from __future__ import annotations
 
+import functools
 import resource
 import socket
 import time
@@ -122,6 +123,24 @@ def test_oversized_check_ins_are_invalid_argument(controller, tmp_path, request_
     assert caught.value.code() is grpc.StatusCode.INVALID_ARGUMENT
     assert complaint in (caught.value.details() or "")
     assert "Traceback" not in controller.log.read_text()
+
+
+def test_a_revoked_host_asking_again_and_again_is_a_log_line_per_interval(controller, tmp_path):
+    """Refused every time, but logged once per 30 s for that host (a
+    revoked or broken agent retrying, or a hostile one, cannot fill the
+    disk); another host's refusal still has its own line."""
+    hosts = [_enroll(controller, tmp_path / name) for name in ("a", "b")]
+    for host_id in hosts:
+        controller.admin("hosts", "revoke", host_id)
+    for name in ("a", "b"):
+        with _channel(controller, tmp_path / name) as channel:
+            stub = agent_pb2_grpc.AgentServiceStub(channel)
+            ask = functools.partial(stub.CheckIn, _checkin([]), timeout=60)
+            codes = {_code(ask)[0] for _ in range(20)}
+            assert codes == {grpc.StatusCode.PERMISSION_DENIED}
+    lines = [line for line in controller.log.read_text().splitlines() if "refused for" in line]
+    assert [hosts[0] in line for line in lines].count(True) == 1, lines
+    assert [hosts[1] in line for line in lines].count(True) == 1, lines
 
 
 @pytest.mark.parametrize(("seconds", "nanos"), [(253_402_300_800, 0), (0, -5), (2**62, 0)])
