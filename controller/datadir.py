@@ -123,6 +123,11 @@ class Settings:
     # PostgreSQL database (several replicas may share it); empty: the
     # embedded SQLite file DIR/controller.db.
     store_url: str = ""
+    # [store] timeout: how long one call to a PostgreSQL database may take
+    # (a frozen server, a network cut off without a reset, a lock held)
+    # before its callers are answered UNAVAILABLE; while it still hangs,
+    # the next calls are answered so at once. Unused on SQLite.
+    store_timeout: timedelta = timedelta(seconds=20)
     # [cli] controllers: the replicas the admin CLI asks, in order (it moves
     # to the next when one cannot be reached); empty: the running server's
     # address (endpoints.json), else server.advertise.
@@ -355,7 +360,8 @@ class DataDir:
             vuln_match_interval=_duration(vulns, "vulns", "match_interval", "1m", where),
             compliance_grace=_compliance(doc, where),
             admin_certificate_lifetime=admin_lifetime, require_second_approver=second,
-            store_url=_store_url(doc, where), cli_controllers=_cli_controllers(doc, where),
+            store_url=_store_url(doc, where), store_timeout=_store_timeout(doc, where),
+            cli_controllers=_cli_controllers(doc, where),
             checkin_write_behind=_duration(checkin, "checkin", "write_behind", "1s", where,
                                            most="60s", zero="off"),
             checkin_held_hosts=_whole(checkin, "checkin", "held_hosts", 500_000, where),
@@ -435,9 +441,15 @@ def _webhooks(doc: dict[str, object], root: Path, path: Path | str) -> tuple[Web
     return tuple(found)
 
 
+def _store_timeout(doc: dict[str, object], path: Path | str) -> timedelta:
+    """[store] timeout: 1s to 10m; raises UsageError."""
+    store = _table(doc, "store", {"url", "timeout"}, path)
+    return _duration(store, "store", "timeout", "20s", path, most="10m")
+
+
 def _store_url(doc: dict[str, object], path: Path | str) -> str:
     """[store] url: empty (SQLite) or a postgresql:// URL; raises UsageError."""
-    store = _table(doc, "store", {"url"}, path)
+    store = _table(doc, "store", {"url", "timeout"}, path)
     url = store.get("url", "")
     if not isinstance(url, str):
         raise UsageError(f"{path}: store.url must be a string")
@@ -660,6 +672,12 @@ unknown = "30d"
 # (a password is better in ~/.pgpass or PGPASSFILE than here). Create the
 # database with LOCALE 'C' so that listings sort as they do on SQLite.
 url = ""
+# PostgreSQL only: how long one database call may take (a frozen server, a
+# network cut off without a reset, a lock held) before the calls waiting
+# for it are answered UNAVAILABLE with a retry delay; while it still hangs,
+# the next are answered so at once (and the admin CLI asks another
+# replica). 1s to 10m.
+timeout = "20s"
 
 # Campaign events (approved, ring started and promoted, halted with the
 # reason, resumed, completed, aborted) POSTed as JSON to each webhook, signed

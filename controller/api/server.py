@@ -171,8 +171,10 @@ async def serve(  # noqa: PLR0915
     keys = load_signing_keys(data_dir)
     release_key = load_release_key(data_dir, settings.release_public_key)
 
-    store = open_store(settings.store_url, data_dir.database)
-    db = StoreThread(store)
+    timeout = settings.store_timeout.total_seconds()
+    store = open_store(settings.store_url, data_dir.database, timeout)
+    # A database over the network can hang; a local SQLite file does not.
+    db = StoreThread(store, timeout if store.shared else None)
     admission = limits.Admission()
     watchers = Watchers(admission)  # nudges paced to what is served
     revoked = Revocations(

@@ -46,6 +46,10 @@ from controller.errors import (
 )
 
 _T = TypeVar("_T")
+# What a read is asked again of the next replica for: a replica that
+# cannot be reached (or whose database cannot), or that does not answer in
+# time (one cut off from the database while the others are not).
+_ASK_ANOTHER = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED})
 TIMEOUT_SECONDS = 15.0
 # How long a replica has to complete a connection (TCP and TLS) before the
 # next one is tried.
@@ -281,7 +285,8 @@ class AdminClient:
 
     def _ask(self, fn: Callable[[], _T]) -> _T:
         """``fn()``, safe to send twice (a read, or a verb whose second
-        asking changes nothing): on a replica that cannot be reached, asked
+        asking changes nothing): on a replica that cannot be reached, or
+        does not answer in time (one cut off from the database), asked
         again of the next, each replica once."""
         for attempt in range(len(self.addresses)):
             self._connect()
@@ -290,7 +295,7 @@ class AdminClient:
             except grpc.RpcError as exc:
                 error = self._error(exc)
                 if (
-                    exc.code() is not grpc.StatusCode.UNAVAILABLE
+                    exc.code() not in _ASK_ANOTHER
                     or isinstance(error, TrustFailure)
                     or attempt == len(self.addresses) - 1
                 ):

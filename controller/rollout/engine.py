@@ -76,6 +76,7 @@ from controller.model import (
 from controller.periodic import every
 from controller.rollout import analysis, workorders
 from controller.rollout.tally import count, host_facts
+from controller.store.backend import LEADER_LEASE_SECONDS
 from controller.store.campaigns import Sealing
 from controller.store.thread import GroupCommit, StoreThread
 
@@ -98,6 +99,9 @@ FINISHED = (CampaignState.COMPLETED, CampaignState.ABORTED)
 # or after a change it does not follow record by record (a relabel).
 SEEN_OVERLAP = timedelta(seconds=60)
 CATCH_UP_MAX = 50_000
+# The least lease of a leader replica (three ticks otherwise): a loaded
+# machine's late tick must not hand the lead around.
+MIN_LEADER_LEASE_SECONDS = 10.0
 _HOST_UNCOUNTED = ("host.enroll", "host.expire", "host.renew")  # pending hosts, certificates
 
 
@@ -139,6 +143,7 @@ class CampaignEngine:
         self._analysed: dict[str, datetime] = {}  # campaign -> when its analyses were last asked
         # Whether this replica runs the tick (Store.lead); None before the first ask.
         self.leading: bool | None = None
+        self._lease = LEADER_LEASE_SECONDS  # three ticks, once run_ticks knows the tick
         # Push (controller.api.push): told which hosts to nudge, and why,
         # when an emergency campaign starts running or a revert is ordered,
         # here or (noticed at the next re-read) on another replica.
@@ -852,11 +857,14 @@ class CampaignEngine:
     async def run_ticks(self, interval: float, stop: asyncio.Event) -> None:
         """Tick every ``interval`` seconds while this replica leads (always
         on SQLite; on PostgreSQL, one replica of those sharing the database)."""
+        # A leader not heard from for three ticks loses the lead (PostgreSQL).
+        self._lease = max(3 * interval, MIN_LEADER_LEASE_SECONDS)
         await every(interval, stop, self.tick_if_leading, "campaign tick")
 
     async def tick_if_leading(self) -> None:
+        lease = self._lease
         try:
-            leading, shared = await self._db.call(lambda s: (s.lead(), s.shared))
+            leading, shared = await self._db.call(lambda s: (s.lead(lease), s.shared))
         except ControllerUnavailable:
             # Who leads cannot be told: not this one, until it can be again
             # (the lock went with the connection, if it was held here).

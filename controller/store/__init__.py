@@ -35,7 +35,7 @@ from controller.model import (
 )
 from controller.store import audit
 from controller.store.admins import AdminStore
-from controller.store.backend import Backend
+from controller.store.backend import LEADER_LEASE_SECONDS, Backend
 from controller.store.campaigns import CampaignStore
 from controller.store.dialect import Connection, Cursor, select_in
 from controller.store.releases import ReleaseStore
@@ -58,11 +58,11 @@ def _must_dt(value: float) -> datetime:
     return datetime.fromtimestamp(value, UTC)
 
 
-def open_store(url: str, database: Path) -> Store:
-    """The store `[store] url` names: PostgreSQL for a postgresql:// URL,
-    else the SQLite file ``database``. Raises StoreUnavailable (one line)
-    when PostgreSQL cannot be reached."""
-    return Store.connect(url) if url else Store.open(database)
+def open_store(url: str, database: Path, timeout: float | None = None) -> Store:
+    """The store `[store] url` names: PostgreSQL for a postgresql:// URL
+    (``timeout``: `Store.connect`), else the SQLite file ``database``.
+    Raises StoreUnavailable (one line) when PostgreSQL cannot be reached."""
+    return Store.connect(url, timeout) if url else Store.open(database)
 
 
 class Store(AdminStore, CampaignStore, ReleaseStore, WebhookStore, VulnStore):
@@ -79,23 +79,26 @@ class Store(AdminStore, CampaignStore, ReleaseStore, WebhookStore, VulnStore):
         return cls(SqliteBackend.memory())
 
     @classmethod
-    def connect(cls, url: str) -> Store:
-        """The PostgreSQL database at ``url`` (postgresql://...), migrated.
-        Raises StoreUnavailable when it cannot be reached."""
+    def connect(cls, url: str, timeout: float | None = None) -> Store:
+        """The PostgreSQL database at ``url`` (postgresql://...), migrated;
+        ``timeout``: how long data sent on a connection may go unanswered
+        before the connection is given up ([store] timeout). Raises
+        StoreUnavailable when it cannot be reached."""
         from controller.store.postgres import PostgresBackend  # psycopg only when asked for
 
-        return cls(PostgresBackend.connect(url))
+        return cls(PostgresBackend.connect(url, timeout=timeout))
 
     @property
     def shared(self) -> bool:
         """Whether other controller replicas may write to this database."""
         return self._backend.shared
 
-    def lead(self) -> bool:
+    def lead(self, lease: float = LEADER_LEASE_SECONDS) -> bool:
         """Whether this controller is the replica that runs the campaign
         tick (always, on SQLite); PostgreSQL: an advisory lock, handed to
-        another replica when this one dies."""
-        return self._backend.lead()
+        another replica when this one dies, or is not heard from for
+        ``lease`` seconds (ask more often)."""
+        return self._backend.lead(lease)
 
     def close(self) -> None:
         self._backend.close()

@@ -9,6 +9,10 @@ from typing import Protocol
 
 from controller.store.dialect import Connection
 
+# How long a leader not heard from keeps the lead, by default (the engine
+# passes three ticks).
+LEADER_LEASE_SECONDS = 30.0
+
 
 class Backend(Protocol):
     # Raised by a statement that breaks a constraint (UNIQUE, PRIMARY KEY).
@@ -28,9 +32,10 @@ class Backend(Protocol):
 
     def applied_migrations(self) -> list[str]: ...
 
-    def lead(self) -> bool:
+    def lead(self, lease: float = LEADER_LEASE_SECONDS) -> bool:
         """Whether this process is (still, or now) the one replica that runs
-        the campaign tick; asked before each tick."""
+        the campaign tick; asked before each tick, more often than
+        ``lease``: a leader not heard from for that long loses the lead."""
         ...
 
     def close(self) -> None: ...

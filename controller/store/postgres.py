@@ -32,6 +32,7 @@ from psycopg_pool import ConnectionPool, PoolTimeout
 from controller import pgurl
 from controller.errors import StoreUnavailable, UsageError
 from controller.quietlog import OncePer
+from controller.store.backend import LEADER_LEASE_SECONDS
 from controller.store.dialect import Connection, Cursor, to_postgres
 from controller.store.migrations import MIGRATION_SET, registered
 
@@ -158,23 +159,41 @@ class PostgresBackend:
         self._down_since: float | None = None
 
     @classmethod
-    def connect(cls, url: str, max_connections: int = 4) -> PostgresBackend:
+    def connect(
+        cls, url: str, max_connections: int = 4, timeout: float | None = None
+    ) -> PostgresBackend:
         """Connect to the database at ``url`` and migrate it. Raises
         StoreUnavailable, one line naming the database (never its password)
         and why, when it cannot be reached or refuses us; UsageError for a
-        URL libpq cannot read or a user that may not create the tables."""
+        URL libpq cannot read or a user that may not create the tables.
+        ``timeout``: how long data sent may go unacknowledged before libpq
+        gives a connection up (tcp_user_timeout)."""
         wrong = pgurl.problem(url)
         if wrong is not None:
             raise UsageError(f"store.url {wrong}")
         where = describe(url)
         try:
+            given = conninfo_to_dict(url)
+        except psycopg.ProgrammingError as exc:  # an unknown parameter, a bad value
+            raise UsageError(f"store.url: {_reason(exc, url)}") from None
+        # What libpq does not do by default and a connection that can hang
+        # needs, unless the URL says otherwise: connecting is bounded, an
+        # idle connection to a host gone silent is found by keepalives, and
+        # a busy one by tcp_user_timeout (a partition: the kernel would
+        # retransmit for some 15 minutes). Not a frozen server, which the
+        # kernel still acknowledges for: the store thread's own timeout.
+        wanted: dict[str, Any] = {
+            "connect_timeout": 10, "keepalives": 1, "keepalives_idle": 10,
+            "keepalives_interval": 5, "keepalives_count": 3,
+        }  # fmt: skip
+        if timeout is not None:
+            wanted["tcp_user_timeout"] = int(timeout * 1000)
+        libpq = {key: value for key, value in wanted.items() if key not in given}
+        try:
             # One plain connection first: the pool would only say it timed
             # out, where a person needs "connection refused" or "password
             # authentication failed".
-            timeout: dict[str, Any] = {"connect_timeout": 10}
-            if "connect_timeout" in conninfo_to_dict(url):
-                timeout = {}  # the URL's own
-            first = psycopg.connect(url, **timeout)
+            first = psycopg.connect(url, **libpq)
         except psycopg.ProgrammingError as exc:  # an unknown parameter, a bad value
             raise UsageError(f"store.url: {_reason(exc, url)}") from None
         except psycopg.Error as exc:
@@ -189,7 +208,8 @@ class PostgresBackend:
             # Checked when taken (rarely: the store thread keeps one), so a
             # connection that died idle in the pool is replaced, not handed out.
             check=ConnectionPool.check_connection,
-            kwargs={"autocommit": True}, timeout=CONNECTION_WAIT_SECONDS, name="fleetpatch",
+            kwargs={"autocommit": True, **libpq}, timeout=CONNECTION_WAIT_SECONDS,
+            name="fleetpatch",
             reconnect_timeout=RECONNECT_SECONDS,
         )  # fmt: skip
         _quieten_the_pool()
@@ -317,12 +337,16 @@ class PostgresBackend:
 
     # -- leadership ----------------------------------------------------------
 
-    def lead(self) -> bool:
+    def lead(self, lease: float = LEADER_LEASE_SECONDS) -> bool:
         """Whether this replica holds the leader lock, taking it when it is
         free. The lock lives on a connection of its own, kept while leading:
         when this process dies, PostgreSQL ends the session and the lock
-        passes to the next replica that asks. StoreUnavailable when the
-        database cannot be asked (not "another replica leads")."""
+        passes to the next replica that asks. A leader cut off from the
+        database, or frozen, leaves a session that looks alive to the
+        server (TCP keepalives take hours by default), so the session is
+        told to end itself after ``lease`` seconds without a word
+        (idle_session_timeout; asking here is the word). StoreUnavailable
+        when the database cannot be asked (not "another replica leads")."""
         if self._leader is not None:
             try:
                 self._leader.execute("SELECT 1")
@@ -343,6 +367,21 @@ class PostgresBackend:
         if row is None or not row[0]:
             self._pool.putconn(raw)
             return False
+        try:
+            raw.execute(
+                "SELECT set_config('idle_session_timeout', %s, false)", (f"{int(lease * 1000)}",)
+            )
+        except psycopg.errors.UndefinedObject:  # PostgreSQL before 14: the keepalives only
+            log.warning("PostgreSQL (%s) has no idle_session_timeout (before 14): a leader cut "
+                        "off from it keeps the lead until TCP keepalives end its session",
+                        self._where)  # fmt: skip
+        except psycopg.Error as exc:
+            raw.close()
+            self._pool.putconn(raw)
+            raise StoreUnavailable(
+                f"cannot set up the leader's session on PostgreSQL ({self._where}): {_reason(exc)}",
+                RETRY_AFTER_SECONDS,
+            ) from None
         self._leader = raw
         return True
 

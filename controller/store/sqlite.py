@@ -16,6 +16,7 @@ from pathlib import Path
 
 from sqlite_utils import Database
 
+from controller.store.backend import LEADER_LEASE_SECONDS
 from controller.store.dialect import Connection
 from controller.store.migrations import migrations
 
@@ -101,7 +102,7 @@ class SqliteBackend:
     def applied_migrations(self) -> list[str]:
         return [m.name for m in migrations.applied(self._db)]
 
-    def lead(self) -> bool:
+    def lead(self, lease: float = LEADER_LEASE_SECONDS) -> bool:
         """One process has the file: it always runs the campaign tick."""
         return True
 

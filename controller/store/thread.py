@@ -24,6 +24,8 @@ from controller.quietlog import Quiet
 from controller.store import Store
 
 log = logging.getLogger(__name__)
+# The retry delay asked of callers while the database hangs.
+RETRY_AFTER_SECONDS = 5.0
 # While the database is down, every batch fails: one line per interval.
 _quiet = Quiet(log)
 _T = TypeVar("_T")
@@ -39,8 +41,22 @@ def name_os_thread(name: str) -> None:
 
 
 class StoreThread:
-    def __init__(self, store: Store) -> None:
+    """Runs the store's calls, one at a time, on a thread of its own.
+
+    ``timeout`` (PostgreSQL): a database that hangs (a frozen server, a
+    network cut off without a reset, a lock held) must not hold every
+    caller for as long as it lasts. A call not done within ``timeout``
+    raises StoreUnavailable to its caller (one still queued is not run);
+    while the call the thread runs has taken longer than that, the next
+    calls raise it at once, until the database answers (or the connection
+    fails, tcp_user_timeout, and is replaced). None (SQLite): calls take
+    as long as they take."""
+
+    def __init__(self, store: Store, timeout: float | None = None) -> None:
         self._store = store
+        self._timeout = timeout
+        self._running_since: float | None = None  # when the call running now began
+        self._stuck_since: float | None = None  # a call outlived the timeout (set: said so)
         self._executor = ThreadPoolExecutor(
             max_workers=1, thread_name_prefix="store", initializer=name_os_thread,
             initargs=("store",),
@@ -49,7 +65,40 @@ class StoreThread:
     async def call(self, fn: Callable[[Store], _T]) -> _T:
         """Run ``fn(store)`` on the store thread."""
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, fn, self._store)
+        if self._timeout is None:
+            return await loop.run_in_executor(self._executor, fn, self._store)
+        running = self._running_since
+        if running is not None and time.monotonic() - running >= self._timeout:
+            raise self._hanging(time.monotonic() - running)
+        try:
+            return await asyncio.wait_for(
+                loop.run_in_executor(self._executor, self._timed, fn), self._timeout
+            )
+        except TimeoutError:
+            running = self._running_since
+            waited = self._timeout if running is None else time.monotonic() - running
+            raise self._hanging(waited) from None
+
+    def _timed(self, fn: Callable[[Store], _T]) -> _T:
+        self._running_since = time.monotonic()
+        try:
+            return fn(self._store)
+        finally:
+            self._running_since = None
+            stuck, self._stuck_since = self._stuck_since, None
+            if stuck is not None:
+                log.warning("the database answers again, after %.0fs", time.monotonic() - stuck)
+
+    def _hanging(self, waited: float) -> StoreUnavailable:
+        if self._stuck_since is None:
+            self._stuck_since = time.monotonic() - waited
+            log.warning("the database has not answered a call for %.0fs (a server frozen, a "
+                        "network cut off, a lock held?); calls are answered UNAVAILABLE until "
+                        "it does", waited)  # fmt: skip
+        return StoreUnavailable(
+            f"the database has not answered for {waited:.0f}s; try again shortly",
+            RETRY_AFTER_SECONDS,
+        )
 
     def close(self) -> None:
         self._executor.submit(self._store.close).result()

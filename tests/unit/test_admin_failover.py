@@ -123,6 +123,16 @@ def test_a_read_goes_to_the_next_replica_when_one_is_unreachable(monkeypatch):
     assert admin.address == "c:1"
 
 
+def test_a_read_goes_to_the_next_replica_when_one_does_not_answer_in_time(monkeypatch):
+    """A replica cut off from the database while the others are not: its
+    read runs out of time (the store's own timeout may be longer than the
+    CLI's); the next replica is asked."""
+    admin, connected = _client(monkeypatch, ["a:1", "b:1"])
+    call, _calls = _answers(grpc.StatusCode.DEADLINE_EXCEEDED, "listed")
+    assert admin._ask(call) == "listed"
+    assert connected == ["a:1", "b:1"]
+
+
 def test_each_replica_is_asked_once_then_unreachable(monkeypatch):
     admin, _connected = _client(monkeypatch, ["a:1", "b:1"])
     call, calls = _answers(grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.UNAVAILABLE)
