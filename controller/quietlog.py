@@ -9,6 +9,7 @@ interval for the same key, with how many were not said in between.
 from __future__ import annotations
 
 import logging
+import re
 import time
 from collections.abc import Callable
 
@@ -71,13 +72,19 @@ class Quiet(Throttle):
             self._logger.log(self._level, message + held, *args)
 
 
+# An object's address in its repr (psycopg's "<psycopg.Connection [BAD] at
+# 0x7f...>"): a message that differs by it only is the same message.
+_ADDRESS = re.compile(r" at 0x[0-9a-f]+")
+
+
 class OncePer(logging.Filter):
     """A logging filter for another library's logger: a record passes
-    unless the same message passed less than ``seconds`` ago."""
+    unless the same message (object addresses aside) passed less than
+    ``seconds`` ago."""
 
     def __init__(self, seconds: float = INTERVAL_SECONDS) -> None:
         super().__init__()
         self._throttle = Throttle(seconds)
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return self._throttle.passes(record.getMessage()) is not None
+        return self._throttle.passes(_ADDRESS.sub("", record.getMessage())) is not None

@@ -529,7 +529,12 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
         host_id, beats = checkin.host_id, self._heartbeats
         if beats is not None:
             beats.superseded(host_id)
-        outcome = await self._batcher.submit(checkin)
+        try:
+            outcome = await self._batcher.submit(checkin)
+        except Exception as exc:
+            if beats is not None:  # a store that reads but does not write is not trusted
+                beats.write_failed(exc)
+            raise
         if beats is not None:
             beats.learn(host_id, outcome)
         if outcome.revoked:

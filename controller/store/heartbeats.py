@@ -40,8 +40,12 @@ How it stays right:
 - **When the store fails or hangs**, nothing is answered from memory once
   a read or write of it has failed, or once none that succeeded started
   within the last ``fresh_for`` seconds (1 s): check-ins go through the
-  store, which answers UNAVAILABLE while it is down. The check-ins answered
-  before the outage was seen are kept, and written once it is back.
+  store, which answers UNAVAILABLE while it is down. After a failed write
+  (behind, or of a check-in written through), reads that succeed do not
+  make memory trusted again, only a write that does: a database that
+  reads but refuses writes (a standby, a primary just demoted) is down.
+  The check-ins answered before the outage was seen are kept, and written
+  once it is back.
 - **Read by an admin** (a host, or a listing of them, on this replica):
   what is waiting is written first, so that it shows what the hosts'
   last check-ins said. Another replica's is seen within its ``interval``.
@@ -126,6 +130,7 @@ class Heartbeats:
         # (a partition, a stopped server) is no longer trusted after that.
         self._fresh_for = max(fresh_for, 2 * self._poll)
         self._fresh_until = 0.0
+        self._unwritten = False  # the last write behind failed (reads then trust nothing)
         self._full = asyncio.Event()
         self._flushing = asyncio.Lock()  # the writer's and an admin read's, in turn
         self._stopping = False
@@ -179,6 +184,7 @@ class Heartbeats:
         are ``max_hosts``, the one learnt longest ago makes room (a host
         gone from the fleet is learnt no more, and goes in time)."""
         self._held.pop(host_id, None)
+        self._unwritten = False  # it was written: the store takes writes
         if not outcome.known or outcome.revoked or self._max_hosts <= 0:
             return
         while len(self._held) >= self._max_hosts:
@@ -199,7 +205,14 @@ class Heartbeats:
         if generation < self._generation:  # the count started again: trust nothing held
             self._held.clear()
         self._generation = generation
-        self._fresh_until = max(self._fresh_until, started + self._fresh_for)
+        if not self._unwritten:  # a store that reads but does not write is not trusted
+            self._fresh_until = max(self._fresh_until, started + self._fresh_for)
+
+    def write_failed(self, exc: Exception) -> None:
+        """A check-in written through failed: nothing is answered from
+        memory until a write succeeds (that one's `learn`, or a flush)."""
+        self._unwritten = True
+        self._distrust("writing a check-in", exc)
 
     def _distrust(self, what: str, exc: Exception) -> None:
         if self._fresh_until:
@@ -251,10 +264,15 @@ class Heartbeats:
             if not isinstance(exc, StoreUnavailable):
                 log.exception("writing %d check-ins behind failed", len(batch))
             self._distrust(f"writing {len(batch)} check-ins behind", exc)
+            # Until a write succeeds, reads do not make what is held trusted
+            # again: a database that refuses writes (a standby, a primary
+            # just demoted) still answers them.
+            self._unwritten = True
             return
         finally:
             self._writing, self._superseded = {}, set()
         self.written += len(batch)
+        self._unwritten = False
         self._read(generation, started)
 
     def _stored(self, batch: Mapping[str, _Answered]) -> list[Heartbeat]:

@@ -31,12 +31,13 @@ from psycopg_pool import ConnectionPool, PoolTimeout
 
 from controller import pgurl
 from controller.errors import StoreUnavailable, UsageError
-from controller.quietlog import OncePer
+from controller.quietlog import OncePer, Quiet
 from controller.store.backend import LEADER_LEASE_SECONDS
 from controller.store.dialect import Connection, Cursor, to_postgres
 from controller.store.migrations import MIGRATION_SET, registered
 
 log = logging.getLogger(__name__)
+_quiet = Quiet(log)
 
 # pg_advisory_xact_lock key while migrating: "fpmg".
 MIGRATION_LOCK = 0x66706D67
@@ -254,13 +255,16 @@ class PostgresBackend:
         standby = isinstance(exc, psycopg.errors.ReadOnlySqlTransaction)
         if self._held is not None and self._held.raw is raw:
             self._held = None
+            # Once per interval: a standby refuses every call, each on a
+            # connection made again for it.
             if standby:
-                log.warning("PostgreSQL (%s) refuses writes, a standby: %s; connecting again "
-                            "(with several hosts in store.url, add target_session_attrs="
-                            "read-write)", self._where, _reason(exc))  # fmt: skip
+                _quiet.say("standby", "PostgreSQL (%s) refuses writes, a standby: %s; "
+                           "connecting again (with several hosts in store.url, add "
+                           "target_session_attrs=read-write)", self._where,
+                           _reason(exc))  # fmt: skip
             else:
-                log.warning("lost the connection to PostgreSQL (%s): %s", self._where,
-                            _reason(exc))  # fmt: skip
+                _quiet.say("lost", "lost the connection to PostgreSQL (%s): %s", self._where,
+                           _reason(exc))  # fmt: skip
             raw.close()
             self._pool.putconn(raw)
         what = "a standby, it refuses writes" if standby else _reason(exc)

@@ -140,3 +140,59 @@ def test_a_database_outage_is_unavailable_with_a_retry_delay_then_served(
     assert "answers again" in log
     # The pool's line for each failed attempt is passed on once a minute.
     assert log.count("error connecting in 'fleetpatch'") <= 4, log
+
+
+def test_a_database_that_refuses_writes_answers_nothing_from_memory_and_says_so_once(
+    tmp_path: Path, postgres: PostgresServer, postgres_url: str
+):
+    """The database turned read-only under the controller (as a standby is,
+    or a primary just demoted): once a write behind has failed, no
+    check-in is answered from memory (reads still succeed, and must not
+    make it trusted again) until writes do; the lines that each refused
+    call would repeat are said once; nothing acknowledged is lost."""
+    database = postgres_url.partition("@/")[2].partition("?")[0]
+    ctl = Controller(tmp_path / "ctl", store_url=postgres_url)
+    ctl.init()
+    ctl.start()
+
+    def reconnect_all() -> None:  # new sessions take the database's setting
+        postgres.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"  # noqa: S608 - a test's own name
+            f" WHERE datname = '{database}' AND pid <> pg_backend_pid()"
+        )
+
+    try:
+        host = _enroll(ctl, ctl.token())
+        _check_in(ctl, host, "before")
+        _check_in(ctl, host, "before")
+        postgres.execute(f"ALTER DATABASE {database} SET default_transaction_read_only = on")
+        reconnect_all()
+        answered, outcomes, until = 2, [], time.monotonic() + scaled(8)
+        while time.monotonic() < until:
+            try:
+                _check_in(ctl, host, "during")
+                outcomes.append("ok")
+                answered += 1
+            except grpc.RpcError as exc:
+                outcomes.append("refused" if exc.code() is grpc.StatusCode.UNAVAILABLE
+                                else f"{exc.code().name}: {exc.details()}")  # fmt: skip
+            time.sleep(0.1)
+        assert set(outcomes) <= {"ok", "refused"}, outcomes
+        assert "refused" in outcomes
+        first = outcomes.index("refused")
+        assert "ok" not in outcomes[first:], outcomes  # never trusted again while read-only
+        postgres.execute(f"ALTER DATABASE {database} RESET default_transaction_read_only")
+        reconnect_all()
+        _served_again(ctl, host)
+        answered += 1
+        deadline = time.monotonic() + scaled(30)
+        while (written := int(str(ctl.host(host.host_id)["checkins"]))) < answered:
+            assert time.monotonic() < deadline, f"{written} of {answered} written"
+            time.sleep(0.2)
+    finally:
+        postgres.execute(f"ALTER DATABASE {database} RESET default_transaction_read_only")
+        ctl.stop()
+    log = ctl.log.read_text()
+    assert "Traceback" not in log
+    assert log.count("refuses writes, a standby") <= 1, log
+    assert log.count("discarding closed connection") <= 1, log

@@ -267,6 +267,36 @@ def test_while_the_store_fails_nothing_is_answered_from_memory_or_lost(world: Wo
     run(main)
 
 
+def test_a_store_that_reads_but_refuses_writes_is_not_trusted_until_a_write_succeeds(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A standby, or a primary just demoted: the generation is read as
+    ever, but what is answered from memory could not be written. Nothing
+    is answered from memory again until a write behind succeeds."""
+
+    async def main() -> None:
+        beats, host = await _held(world)
+        store = world.db._store
+        writes = store.record_heartbeats
+
+        def refused(batch: object) -> int:
+            raise StoreUnavailable("a standby, it refuses writes", retry_after=1.0)
+
+        beats.accept(host, NOW + timedelta(minutes=5), {"uptime": 5}, {"ok": True})
+        monkeypatch.setattr(store, "record_heartbeats", refused)
+        await beats.flush()
+        await beats.sync()  # reads succeed
+        assert beats.answer(host, INVENTORY, UPDATES) is None  # through the store: UNAVAILABLE
+        monkeypatch.setattr(store, "record_heartbeats", writes)
+        await beats.sync()
+        assert beats.answer(host, INVENTORY, UPDATES) is None  # not until a write succeeds
+        await beats.flush()
+        assert world.stored(host).checkins == 2
+        assert beats.answer(host, INVENTORY, UPDATES) is not None
+
+    run(main)
+
+
 def test_a_store_that_hangs_is_trusted_no_longer_than_fresh_for(world: World) -> None:
     """No read fails, none succeeds either (a stopped server, a partition):
     what is held goes unused once the last good read is that old."""

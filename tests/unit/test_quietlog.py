@@ -63,3 +63,20 @@ def test_the_filter_passes_each_message_once_per_interval(caplog):
         "error connecting: refused",
         "giving up after 10 s",
     ]
+
+
+def test_the_filter_takes_messages_that_differ_by_an_address_as_one(caplog):
+    """psycopg.pool names each connection it discards by its repr: a line
+    per connection would pass it every time."""
+    logger = logging.getLogger("test.quiet.address")
+    once = OncePer(seconds=60)
+    logger.addFilter(once)
+    try:
+        with caplog.at_level(logging.WARNING, "test.quiet.address"):
+            for address in ("0x7f3a01", "0x7f3a02", "0x7f3b99"):
+                logger.warning("discarding closed connection: <Connection [BAD] at %s>", address)
+    finally:
+        logger.removeFilter(once)
+    assert [r.getMessage() for r in caplog.records] == [
+        "discarding closed connection: <Connection [BAD] at 0x7f3a01>"
+    ]
