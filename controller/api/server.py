@@ -268,15 +268,38 @@ async def serve(  # noqa: PLR0915
         await health_servicer.enter_graceful_shutdown()
         watchers.close_all()  # idle streams would hold the grace period up
         await server.stop(SHUTDOWN_GRACE_SECONDS)
-        # After server.stop, so that no report can add a refusal count now.
-        await asyncio.gather(background, keeper.close(), asyncio.to_thread(extras.scrapes.close))
-        await engine.close()
-        await batcher.close()
-        if heartbeats is not None:
-            await heartbeats.close()
+        # Each step on its own: one that fails (the database down, say)
+        # must not skip the next, which may write what was acknowledged or
+        # say that it could not. After server.stop, so that no report can
+        # add a refusal count now.
+        ended = await asyncio.gather(
+            background, keeper.close(), asyncio.to_thread(extras.scrapes.close),
+            return_exceptions=True,
+        )  # fmt: skip
+        for what, outcome in zip(
+            ("background tasks", "audit keeping", "scrapes"), ended, strict=True
+        ):
+            _failed_to_stop(what, outcome)
+        for what, step in (
+            ("the campaign engine", engine.close),
+            ("the check-in writer", batcher.close),
+            *([("the check-ins written behind", heartbeats.close)] if heartbeats else []),
+        ):
+            try:
+                await step()
+            except Exception as exc:
+                _failed_to_stop(what, exc)
         db.close()
         _handle_signals(loop, None)
         log.info("controller stopped")
+
+
+def _failed_to_stop(what: str, outcome: object) -> None:
+    """Say how ``what`` failed while the controller stopped, if it did."""
+    if isinstance(outcome, ControllerUnavailable):  # the database is down: expected, one line
+        log.warning("stopping %s: %s", what, outcome)
+    elif isinstance(outcome, Exception):
+        log.error("stopping %s failed", what, exc_info=outcome)
 
 
 def key_revoked_greeting(

@@ -196,3 +196,26 @@ def test_a_database_that_refuses_writes_answers_nothing_from_memory_and_says_so_
     assert "Traceback" not in log
     assert log.count("refuses writes, a standby") <= 1, log
     assert log.count("discarding closed connection") <= 1, log
+
+
+def test_stopping_while_the_database_is_down_runs_every_shutdown_step(
+    tmp_path: Path, own_postgres: PostgresServer
+):
+    """SIGTERM during an outage: the audit checkpoint cannot be written, and
+    that is one warning; the steps after it still run (the check-ins
+    answered from memory are tried, and said to be lost if they are), and
+    the controller ends as stopped, exit 0."""
+    ctl = Controller(tmp_path / "ctl", store_url=own_postgres.url(own_postgres.create_database()))
+    ctl.init()
+    ctl.start()
+    host = _enroll(ctl, ctl.token())
+    _check_in(ctl, host, "before")
+    own_postgres.halt()
+    try:
+        assert ctl.stop() == 0
+    finally:
+        own_postgres.resume()
+    log = ctl.log.read_text()
+    assert "Traceback" not in log
+    assert "stopping audit keeping: " in log
+    assert log.rstrip().endswith("controller stopped"), log[-2000:]
