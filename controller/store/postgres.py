@@ -103,6 +103,13 @@ def _quieten_the_pool() -> None:
         pool.addFilter(OncePer(POOL_LOG_SECONDS))
 
 
+class _Mute(logging.Filter):
+    """Passes nothing (psycopg.pool's lines while `connect` migrates)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return False
+
+
 class _BoolAsInteger(Dumper):
     """The store keeps flags in INTEGER columns (as SQLite does)."""
 
@@ -156,6 +163,7 @@ class PostgresBackend:
         self._where = where
         self._held: _Connection | None = None
         self._leader: psycopg.Connection[Any] | None = None
+        self._starting = False  # connect() migrating: its failure is said by the caller
         # Since when the database is known to be down (monotonic); None: up.
         self._down_since: float | None = None
 
@@ -223,6 +231,12 @@ class PostgresBackend:
                 RETRY_AFTER_SECONDS,
             ) from None
         backend = cls(pool, where)
+        # Until it is up, a failure is the one line the caller says: the
+        # warnings of a connection lost (or of the pool discarding it) would
+        # only repeat it.
+        backend._starting = True
+        mute = _Mute()
+        logging.getLogger("psycopg.pool").addFilter(mute)
         try:
             backend.migrate()
         except psycopg.errors.InsufficientPrivilege as exc:
@@ -240,6 +254,9 @@ class PostgresBackend:
         except BaseException:
             backend.close()
             raise
+        finally:
+            backend._starting = False
+            logging.getLogger("psycopg.pool").removeFilter(mute)
         return backend
 
     def lost(self, raw: psycopg.Connection[Any], exc: psycopg.Error) -> StoreUnavailable:
@@ -257,7 +274,9 @@ class PostgresBackend:
             self._held = None
             # Once per interval: a standby refuses every call, each on a
             # connection made again for it.
-            if standby:
+            if self._starting:
+                pass
+            elif standby:
                 _quiet.say("standby", "PostgreSQL (%s) refuses writes, a standby: %s; "
                            "connecting again (with several hosts in store.url, add "
                            "target_session_attrs=read-write)", self._where,

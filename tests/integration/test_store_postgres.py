@@ -87,6 +87,20 @@ def test_an_unreachable_database_stops_serve_with_one_line(tmp_path: Path, postg
     assert "Traceback" not in result.stderr
 
 
+def test_a_database_that_refuses_writes_at_start_is_one_line(tmp_path: Path, postgres_url: str):
+    """A standby (here a session made read-only) cannot be migrated: one
+    line naming why, exit 3; not the warnings of each connection lost."""
+    url = f"{postgres_url}&options=-c%20default_transaction_read_only%3Don"
+    ctl = Controller(tmp_path / "ctl", store_url=url)
+    ctl.init()
+    result = cli("fleetpatch", "controller", "serve", "--data-dir", ctl.data_dir,
+                 "--listen", ctl.address, timeout=60)  # fmt: skip
+    assert result.returncode == 3, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert "read-only transaction" in lines[0] or "refuses writes" in lines[0], lines[0]
+
+
 def test_a_database_outage_is_unavailable_with_a_retry_delay_then_served(
     tmp_path: Path, own_postgres: PostgresServer
 ):
