@@ -15,11 +15,13 @@ import logging
 import resource
 import signal
 import socket
+import threading
 import urllib.parse
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import TypeVar
 
 import grpc
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
@@ -53,6 +55,7 @@ from controller.store.heartbeats import Heartbeats
 from controller.store.thread import CheckInBatcher, StoreThread
 from controller.vulns.match import Matcher
 
+_T = TypeVar("_T")
 log = logging.getLogger(__name__)
 
 SERVICES = ("fleetpatch.v1.AgentService", "fleetpatch.v1.AdminService", "fleetpatch.v1.VulnService")
@@ -172,7 +175,11 @@ async def serve(  # noqa: PLR0915
     release_key = load_release_key(data_dir, settings.release_public_key)
 
     timeout = settings.store_timeout.total_seconds()
-    store = open_store(settings.store_url, data_dir.database, timeout)
+    # Off the event loop: Ctrl-C while PostgreSQL is slow to answer stops
+    # serve at once, instead of after libpq's connect_timeout.
+    store = await _in_daemon_thread(
+        lambda: open_store(settings.store_url, data_dir.database, timeout)
+    )
     # A database over the network can hang; a local SQLite file does not.
     db = StoreThread(store, timeout if store.shared else None)
     admission = limits.Admission()
@@ -292,6 +299,33 @@ async def serve(  # noqa: PLR0915
         db.close()
         _handle_signals(loop, None)
         log.info("controller stopped")
+
+
+async def _in_daemon_thread(fn: Callable[[], _T]) -> _T:
+    """``fn()`` on a thread of its own that does not keep the process alive:
+    a caller cancelled (Ctrl-C) returns at once and the process may end
+    while ``fn`` still waits (asyncio.to_thread's threads are waited for)."""
+    loop = asyncio.get_running_loop()
+    future: asyncio.Future[_T] = loop.create_future()
+
+    def settle(result: _T | None, error: BaseException | None) -> None:
+        if future.done():  # cancelled meanwhile
+            return
+        if error is not None:
+            future.set_exception(error)
+        else:
+            future.set_result(result)  # type: ignore[arg-type]
+
+    def run() -> None:
+        try:
+            result, error = fn(), None
+        except BaseException as exc:  # handed to the caller, whatever it is
+            result, error = None, exc
+        with contextlib.suppress(RuntimeError):  # the loop closed: nobody is waiting
+            loop.call_soon_threadsafe(settle, result, error)
+
+    threading.Thread(target=run, name="connect", daemon=True).start()
+    return await future
 
 
 def _failed_to_stop(what: str, outcome: object) -> None:

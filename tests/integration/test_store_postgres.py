@@ -5,6 +5,9 @@ again once it is back, with nothing acknowledged lost. Real server, real gRPC wi
 
 from __future__ import annotations
 
+import signal
+import socket
+import subprocess
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -15,9 +18,9 @@ from fleetpatch.overload import RETRY_AFTER_KEY
 from fleetpatch.v1 import agent_pb2, agent_pb2_grpc, types_pb2
 
 from tests.integration.test_enrollment import Raw, _enroll
-from tests.support.controller import Controller, cli
+from tests.support.controller import BIN, Controller, cli
 from tests.support.postgres import PostgresServer, missing_reason, running
-from tests.support.waiting import scaled
+from tests.support.waiting import scaled, sigint_not_ignored
 
 OUTAGE_SECONDS = 40.0
 
@@ -85,6 +88,34 @@ def test_an_unreachable_database_stops_serve_with_one_line(tmp_path: Path, postg
     assert "cannot connect to PostgreSQL (database fleetpatch on " in lines[0]
     assert "s3cret" not in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_ctrl_c_while_the_database_is_slow_to_answer_stops_serve_at_once(tmp_path: Path):
+    """A server that takes the connection and says nothing: serve waits
+    for libpq's connect_timeout (10 s), but Ctrl-C ends it meanwhile, as
+    anywhere else: "aborted", exit 130."""
+    with socket.create_server(("127.0.0.1", 0)) as silent:
+        port = silent.getsockname()[1]
+        ctl = Controller(tmp_path / "ctl", store_url=f"postgresql://fleet@127.0.0.1:{port}/fp")
+        ctl.init()
+        argv = [BIN / "fleetpatch", "controller", "serve", "--data-dir", ctl.data_dir,
+                "--listen", ctl.address]  # fmt: skip
+        with sigint_not_ignored(), subprocess.Popen(
+            argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            text=True,
+        ) as serve:  # fmt: skip
+            try:
+                silent.settimeout(scaled(30))
+                accepted, _ = silent.accept()  # it is connecting now
+                serve.send_signal(signal.SIGINT)
+                sent = time.monotonic()
+                _, stderr = serve.communicate(timeout=scaled(30))
+                took = time.monotonic() - sent
+                accepted.close()
+            finally:
+                serve.kill()
+    assert (serve.returncode, stderr) == (130, "aborted\n")
+    assert took < 5, took
 
 
 def test_a_database_that_refuses_writes_at_start_is_one_line(tmp_path: Path, postgres_url: str):
