@@ -29,6 +29,7 @@ import grpc
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from fleetpatch.addresses import AddressError, split_address
+from fleetpatch.overload import RETRY_AFTER_KEY
 from fleetpatch.tlstrust import trust_problem
 from fleetpatch.v1 import admin_pb2, admin_pb2_grpc, vulns_pb2, vulns_pb2_grpc
 from google.protobuf.timestamp_pb2 import Timestamp
@@ -46,6 +47,15 @@ from controller.errors import (
 )
 
 _T = TypeVar("_T")
+
+
+def _answered(exc: grpc.RpcError) -> bool:
+    """Whether the controller itself refused the call (it says when to ask
+    again), rather than the call not reaching it."""
+    trailers = getattr(exc, "trailing_metadata", lambda: None)() or ()
+    return any(key == RETRY_AFTER_KEY for key, _ in trailers)
+
+
 # What a read is asked again of the next replica for: a replica that
 # cannot be reached (or whose database cannot), or that does not answer in
 # time (one cut off from the database while the others are not).
@@ -328,7 +338,10 @@ class AdminClient:
             problem = self._trust_problem(self.address)
             if problem is not None:
                 return TrustFailure(f"TLS trust fails: {problem}")
-        if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+        if code is grpc.StatusCode.UNAVAILABLE and _answered(exc):
+            # It answered, with a retry delay: its database is out of reach.
+            details = f"the controller at {self.address} cannot serve it now: {details}"
+        elif code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
             details = f"cannot reach the controller at {self.address}: {details}"
         return _ERROR_OF.get(code, FleetpatchError)(details)
 

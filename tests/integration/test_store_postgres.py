@@ -98,8 +98,8 @@ def test_ctrl_c_while_the_database_is_slow_to_answer_stops_serve_at_once(tmp_pat
         port = silent.getsockname()[1]
         ctl = Controller(tmp_path / "ctl", store_url=f"postgresql://fleet@127.0.0.1:{port}/fp")
         ctl.init()
-        argv = [BIN / "fleetpatch", "controller", "serve", "--data-dir", ctl.data_dir,
-                "--listen", ctl.address]  # fmt: skip
+        argv = [str(BIN / "fleetpatch"), "controller", "serve", "--data-dir",
+                str(ctl.data_dir), "--listen", ctl.address]  # fmt: skip
         with sigint_not_ignored(), subprocess.Popen(
             argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
             text=True,

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import grpc
 import pytest
+from fleetpatch.overload import RETRY_AFTER_KEY
 
 from controller.cli.admin_client import AdminClient, _wait_subscribed, wait_connected
 from controller.datadir import DataDir, split_addresses
@@ -131,6 +132,28 @@ def test_a_read_goes_to_the_next_replica_when_one_does_not_answer_in_time(monkey
     call, _calls = _answers(grpc.StatusCode.DEADLINE_EXCEEDED, "listed")
     assert admin._ask(call) == "listed"
     assert connected == ["a:1", "b:1"]
+
+
+class _Answered(_Failed):
+    """UNAVAILABLE from the controller itself: it asks to be asked later."""
+
+    def trailing_metadata(self) -> tuple[tuple[str, str], ...]:  # type: ignore[override]
+        return ((RETRY_AFTER_KEY, "5"),)
+
+    def details(self) -> str:
+        return "the database is unavailable; try again shortly"
+
+
+def test_a_controller_whose_database_is_down_is_not_said_unreachable(monkeypatch):
+    admin, _connected = _client(monkeypatch, ["a:1"])
+    said = admin._error(_Answered(grpc.StatusCode.UNAVAILABLE))
+    assert str(said) == (
+        "the controller at a:1 cannot serve it now: the database is unavailable; try again shortly"
+    )
+    assert isinstance(said, ControllerUnavailable)
+    assert str(admin._error(_Failed(grpc.StatusCode.UNAVAILABLE))) == (
+        "cannot reach the controller at a:1: Socket closed"
+    )
 
 
 def test_each_replica_is_asked_once_then_unreachable(monkeypatch):
