@@ -381,12 +381,7 @@ class PostgresBackend:
         try:
             row = raw.execute("SELECT pg_try_advisory_lock(%s)", (LEADER_LOCK,)).fetchone()
         except psycopg.Error as exc:
-            raw.close()
-            self._pool.putconn(raw)
-            raise StoreUnavailable(
-                f"cannot ask PostgreSQL ({self._where}) for the leader lock: {_reason(exc)}",
-                RETRY_AFTER_SECONDS,
-            ) from None
+            raise self._given_up(raw, "ask for the leader lock", exc) from None
         if row is None or not row[0]:
             self._pool.putconn(raw)
             return False
@@ -399,14 +394,20 @@ class PostgresBackend:
                         "off from it keeps the lead until TCP keepalives end its session",
                         self._where)  # fmt: skip
         except psycopg.Error as exc:
-            raw.close()
-            self._pool.putconn(raw)
-            raise StoreUnavailable(
-                f"cannot set up the leader's session on PostgreSQL ({self._where}): {_reason(exc)}",
-                RETRY_AFTER_SECONDS,
-            ) from None
+            raise self._given_up(raw, "set up the leader's session", exc) from None
         self._leader = raw
         return True
+
+    def _given_up(
+        self, raw: psycopg.Connection[Any], what: str, exc: psycopg.Error
+    ) -> StoreUnavailable:
+        """``raw`` closed and given back (the pool makes another); the error
+        saying what could not be done on PostgreSQL, to raise."""
+        raw.close()
+        self._pool.putconn(raw)
+        return StoreUnavailable(
+            f"cannot {what} on PostgreSQL ({self._where}): {_reason(exc)}", RETRY_AFTER_SECONDS
+        )
 
     def _drop_leader(self) -> None:
         raw, self._leader = self._leader, None
