@@ -8,8 +8,12 @@ import logging
 from collections.abc import Awaitable, Callable
 
 from controller.errors import ControllerUnavailable
+from controller.quietlog import Quiet
 
 log = logging.getLogger(__name__)
+# While the database is out of reach every task fails every round: a line
+# per task per interval, with how many were not said.
+_quiet = Quiet(log)
 
 
 async def every(
@@ -22,7 +26,7 @@ async def every(
         try:
             await step()
         except ControllerUnavailable as exc:  # the database, say: one line, not a traceback
-            log.warning("%s failed: %s; trying again in %.0fs", what, exc, seconds)
+            _quiet.say(what, "%s failed: %s; trying again in %.0fs", what, exc, seconds)
         except Exception:
             log.exception("%s failed; trying again in %.0fs", what, seconds)
         with contextlib.suppress(TimeoutError):
