@@ -353,6 +353,7 @@ class DataDir:
         metrics_listen = _address(metrics, "listen", "", where, "metrics")
         host_lifetime, admin_lifetime, grace = _identities(doc, where)
         vulns = _table(doc, "vulns", {"match_interval"}, where)
+        store = _table(doc, "store", {"url", "timeout"}, where)
         return Settings(
             listen, enroll, advertise, interval, float(jitter), tick, max_batch,
             self.path / public_key if public_key else None, pending, refusal_window, checkpoints,
@@ -360,7 +361,8 @@ class DataDir:
             vuln_match_interval=_duration(vulns, "vulns", "match_interval", "1m", where),
             compliance_grace=_compliance(doc, where),
             admin_certificate_lifetime=admin_lifetime, require_second_approver=second,
-            store_url=_store_url(doc, where), store_timeout=_store_timeout(doc, where),
+            store_url=_store_url(store, where),
+            store_timeout=_duration(store, "store", "timeout", "20s", where, most="10m"),
             cli_controllers=_cli_controllers(doc, where),
             checkin_write_behind=_duration(checkin, "checkin", "write_behind", "1s", where,
                                            most="60s", zero="off"),
@@ -441,15 +443,8 @@ def _webhooks(doc: dict[str, object], root: Path, path: Path | str) -> tuple[Web
     return tuple(found)
 
 
-def _store_timeout(doc: dict[str, object], path: Path | str) -> timedelta:
-    """[store] timeout: 1s to 10m; raises UsageError."""
-    store = _table(doc, "store", {"url", "timeout"}, path)
-    return _duration(store, "store", "timeout", "20s", path, most="10m")
-
-
-def _store_url(doc: dict[str, object], path: Path | str) -> str:
+def _store_url(store: dict[str, object], path: Path | str) -> str:
     """[store] url: empty (SQLite) or a postgresql:// URL; raises UsageError."""
-    store = _table(doc, "store", {"url", "timeout"}, path)
     url = store.get("url", "")
     if not isinstance(url, str):
         raise UsageError(f"{path}: store.url must be a string")
