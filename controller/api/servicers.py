@@ -130,7 +130,7 @@ async def _refuse(method: str, context: Context, exc: FleetpatchError) -> None:
             # interval for each, with how many were not logged.
             who = identity.name if identity is not None else context.peer().rpartition(":")[0]
             _quiet_hosts.say(f"{method} {type(exc).__name__} {who}", "%s refused for %s: %s",
-                       method, context.peer(), exc)  # fmt: skip
+                             method, context.peer(), exc)  # fmt: skip
     await context.abort(status_for(exc), str(exc))
 
 

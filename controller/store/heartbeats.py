@@ -208,11 +208,14 @@ class Heartbeats:
         if not self._unwritten:  # a store that reads but does not write is not trusted
             self._fresh_until = max(self._fresh_until, started + self._fresh_for)
 
-    def write_failed(self, exc: Exception) -> None:
-        """A check-in written through failed: nothing is answered from
-        memory until a write succeeds (that one's `learn`, or a flush)."""
+    def write_failed(self, exc: Exception, what: str = "writing a check-in") -> None:
+        """A write failed (a check-in written through, or ``what``): nothing
+        is answered from memory until a write succeeds (a check-in's
+        `learn`, or a flush). Reads that succeed meanwhile do not count: a
+        database that refuses writes (a standby, a primary just demoted)
+        still answers them."""
         self._unwritten = True
-        self._distrust("writing a check-in", exc)
+        self._distrust(what, exc)
 
     def _distrust(self, what: str, exc: Exception) -> None:
         if self._fresh_until:
@@ -263,11 +266,7 @@ class Heartbeats:
                 )  # fmt: skip
             if not isinstance(exc, StoreUnavailable):
                 log.exception("writing %d check-ins behind failed", len(batch))
-            self._distrust(f"writing {len(batch)} check-ins behind", exc)
-            # Until a write succeeds, reads do not make what is held trusted
-            # again: a database that refuses writes (a standby, a primary
-            # just demoted) still answers them.
-            self._unwritten = True
+            self.write_failed(exc, f"writing {len(batch)} check-ins behind")
             return
         finally:
             self._writing, self._superseded = {}, set()

@@ -273,17 +273,17 @@ class PostgresBackend:
         if self._held is not None and self._held.raw is raw:
             self._held = None
             # Once per interval: a standby refuses every call, each on a
-            # connection made again for it.
-            if self._starting:
-                pass
-            elif standby:
-                _quiet.say("standby", "PostgreSQL (%s) refuses writes, a standby: %s; "
-                           "connecting again (with several hosts in store.url, add "
-                           "target_session_attrs=read-write)", self._where,
-                           _reason(exc))  # fmt: skip
-            else:
-                _quiet.say("lost", "lost the connection to PostgreSQL (%s): %s", self._where,
-                           _reason(exc))  # fmt: skip
+            # connection made again for it. Not while connect() migrates:
+            # its caller says the failure, in one line.
+            if not self._starting:
+                if standby:
+                    _quiet.say("standby", "PostgreSQL (%s) refuses writes, a standby: %s; "
+                               "connecting again (with several hosts in store.url, add "
+                               "target_session_attrs=read-write)", self._where,
+                               _reason(exc))  # fmt: skip
+                else:
+                    _quiet.say("lost", "lost the connection to PostgreSQL (%s): %s",
+                               self._where, _reason(exc))  # fmt: skip
             raw.close()
             self._pool.putconn(raw)
         what = "a standby, it refuses writes" if standby else _reason(exc)
