@@ -17,9 +17,10 @@ import grpc
 import pytest
 from fleetpatch.inventory import inventory_hash
 from fleetpatch.overload import RETRY_AFTER_KEY
-from fleetpatch.v1 import agent_pb2, agent_pb2_grpc, types_pb2
+from fleetpatch.v1 import agent_pb2_grpc
 
 from tests.integration.test_enrollment import Raw, _enroll
+from tests.integration.test_limits import _checkin
 from tests.integration.test_replicas import FOLLOWING, LEADING, replica_of
 from tests.support.controller import Controller
 from tests.support.postgres import PostgresServer
@@ -55,14 +56,7 @@ def _controller(data_dir: Path, url: str) -> Controller:
 def _check_in(ctl: Controller, host: Raw, version: str) -> tuple[grpc.StatusCode, float, str]:
     """A check-in that must be written before it is answered (a new
     inventory): its code, how long it took, the retry delay asked."""
-    packages = [("pkg", version, "amd64")]
-    request = agent_pb2.CheckInRequest(
-        facts=types_pb2.HostFacts(hostname="h"),
-        inventory_hash=inventory_hash(packages),
-        inventory=types_pb2.Inventory(
-            packages=[types_pb2.Package(name=n, version=v, arch=a) for n, v, a in packages]
-        ),
-    )
+    request = _checkin([("pkg", version, "amd64")])
     creds = grpc.ssl_channel_credentials(
         root_certificates=(ctl.data_dir / "ca.pem").read_bytes(),
         private_key=host.key_pem,
