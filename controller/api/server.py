@@ -36,8 +36,8 @@ from controller.api.servicers import AdminService, AgentService, Revocations
 from controller.api.vulnservice import VulnService
 from controller.checkpoint import Checkpoints
 from controller.datadir import DataDir, Settings, join_address, split_address
-from controller.errors import ControllerUnavailable, UsageError
-from controller.fleet import carotation
+from controller.errors import ControllerUnavailable, DataDirError, UsageError
+from controller.fleet import carotation, lineage
 from controller.fleet.bootstrap import register_owner
 from controller.fleet.signing import load_signing_keys, mark_in_use
 from controller.metrics import listener as metrics_listener
@@ -47,6 +47,7 @@ from controller.metrics.presence import Presence
 from controller.model import HostStatus
 from controller.notify.webhooks import Deliveries, Webhook
 from controller.periodic import every
+from controller.quietlog import Quiet
 from controller.releases.artifacts import ArtifactStore
 from controller.releases.publishing import Releases, load_release_key
 from controller.rollout.engine import CampaignEngine
@@ -60,6 +61,8 @@ log = logging.getLogger(__name__)
 
 SERVICES = ("fleetpatch.v1.AgentService", "fleetpatch.v1.AdminService", "fleetpatch.v1.VulnService")
 SHUTDOWN_GRACE_SECONDS = 10.0
+# A replica left behind by another's key or CA rotation says so this often.
+LINEAGE_WARNING_SECONDS = 600.0
 # Open files kept back from the connection cap for the database, logs,
 # artifacts and the files a release upload writes.
 RESERVED_FILES = 256
@@ -169,9 +172,6 @@ async def serve(  # noqa: PLR0915
     ca = authorities.current
     pair = (data_dir.read(data_dir.server_key), data_dir.read(data_dir.server_cert))
     keys = load_signing_keys(data_dir)
-    # The old keys' grace runs from the first time the current one signs.
-    mark_in_use(data_dir, keys.current_id, datetime.now(UTC))
-    keys = load_signing_keys(data_dir)
     release_key = load_release_key(data_dir, settings.release_public_key)
 
     timeout = settings.store_timeout.total_seconds()
@@ -182,6 +182,15 @@ async def serve(  # noqa: PLR0915
     )
     # A database over the network can hang; a local SQLite file does not.
     db = StoreThread(store, timeout if store.shared else None)
+    ours = lineage.of_data_dir(data_dir, authorities.trusted, keys.known_ids, keys.current_id)
+    try:  # a replica whose CA or keys are not the fleet's must not serve it
+        await db.call(lambda s: lineage.adopt(s, ours))
+    except BaseException:
+        db.close()
+        raise
+    # The old keys' grace runs from the first time the current one signs.
+    mark_in_use(data_dir, keys.current_id, datetime.now(UTC))
+    keys = load_signing_keys(data_dir)
     admission = limits.Admission()
     watchers = Watchers(admission)  # nudges paced to what is served
     revoked = Revocations(
@@ -255,7 +264,8 @@ async def serve(  # noqa: PLR0915
         match_vulns(matcher, settings.vuln_match_interval, stop),
         gcpolicy.refreeze_every(gcpolicy.REFREEZE_SECONDS, stop),
         *(
-            [follow_revocations(db, revoked, settings.campaign_tick.total_seconds(), stop)]
+            [follow_revocations(db, revoked, settings.campaign_tick.total_seconds(), stop),
+             follow_lineage(db, ours, settings.campaign_tick.total_seconds(), stop)]
             if shared else []
         ),
     )  # fmt: skip
@@ -420,6 +430,26 @@ async def follow_revocations(
                 revoked.add(host_id)
 
     await every(interval, stop, follow, "following revocations")
+
+
+async def follow_lineage(
+    db: StoreThread, ours: lineage.Lineage, interval: float, stop: asyncio.Event
+) -> None:
+    """Replicas sharing a database: say, every ``interval`` seconds and at
+    most every LINEAGE_WARNING_SECONDS, while another replica serves the
+    fleet with a CA or signing key rotated on from this one's (started after
+    a `rotate-key` or `rotate-ca` on its copy)."""
+    quiet = Quiet(log, seconds=LINEAGE_WARNING_SECONDS)
+
+    async def follow() -> None:
+        recorded = await db.call(lambda s: s.recorded_lineage())
+        try:
+            lineage.reconcile(recorded, ours)
+        except DataDirError as exc:
+            quiet.say("lineage", "%s, then restart this replica (it serves with the keys it "
+                      "started with until then)", exc)  # fmt: skip
+
+    await every(interval, stop, follow, "following the fleet's keys")
 
 
 # How long a scrape waits for the event loop to hand it the counts; a loop

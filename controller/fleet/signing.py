@@ -181,6 +181,12 @@ class SigningKeys:
     def current_id(self) -> str:
         return self.published[0].key_id
 
+    @property
+    def known_ids(self) -> set[str]:
+        """Every key this data dir has held, revoked ones included."""
+        chain = {k.key_id for k in self.chain} | {k.endorsed_by_key_id for k in self.chain}
+        return (chain - {""}) | set(self.trusted) | set(self.status.revoked) | {self.current_id}
+
     def withdrawn(self, grace: timedelta) -> list[types_pb2.WithdrawnKey]:
         return withdrawn(self.chain, self.status, grace)
 

@@ -38,6 +38,7 @@ from controller.store.admins import AdminStore
 from controller.store.backend import LEADER_LEASE_SECONDS, Backend
 from controller.store.campaigns import CampaignStore
 from controller.store.dialect import Connection, Cursor, select_in
+from controller.store.lineage import LineageStore
 from controller.store.releases import ReleaseStore
 from controller.store.sqlite import SqliteBackend
 from controller.store.vulns import VulnStore
@@ -65,7 +66,7 @@ def open_store(url: str, database: Path, timeout: float | None = None) -> Store:
     return Store.connect(url, timeout) if url else Store.open(database)
 
 
-class Store(AdminStore, CampaignStore, ReleaseStore, WebhookStore, VulnStore):
+class Store(AdminStore, CampaignStore, LineageStore, ReleaseStore, WebhookStore, VulnStore):
     def __init__(self, backend: Backend) -> None:
         super().__init__(backend)
 

@@ -426,3 +426,13 @@ def _host_placement_generation(db: Database) -> None:
         "CREATE TRIGGER hosts_removed AFTER DELETE ON hosts FOR EACH ROW"
         " WHEN (OLD.status <> 'pending') EXECUTE FUNCTION fleetpatch_hosts_changed()"
     )
+
+
+# The CAs and signing keys of the data dirs that serve this database
+# (controller/fleet/lineage.py): one row, JSON lists of marks.
+@migrations(name="0012_fleet_lineage")
+def _fleet_lineage(db: Database) -> None:
+    db.execute(
+        "CREATE TABLE fleet_lineage (name TEXT PRIMARY KEY, in_use TEXT NOT NULL,"
+        " known TEXT NOT NULL)"
+    )

@@ -21,8 +21,9 @@ import psutil
 import pytest
 from fleetpatch.v1 import agent_pb2, agent_pb2_grpc
 
+from tests.integration.test_cli_errors import _one_line
 from tests.integration.test_enrollment import Raw, _enroll
-from tests.support.controller import BIN, Controller, cli, free_port
+from tests.support.controller import BIN, Controller, cli, free_port, ok
 from tests.support.fakes import FakeBackend, FakeProber
 from tests.support.inprocess import InProcessAgent
 from tests.support.waiting import wait_for
@@ -153,6 +154,37 @@ def _report_via(ctl: Controller, host: Raw) -> grpc.StatusCode:
         except grpc.RpcError as exc:
             return exc.code()
     return grpc.StatusCode.OK
+
+
+def test_a_replica_whose_keys_are_not_the_fleets_does_not_serve_it(replicas, tmp_path):
+    """A replica made by an `init` of its own, or left with a copy from
+    before another replica's rotate-key, would sign orders the agents
+    refuse: serve refuses it in one line, exit 2; one running meanwhile is
+    told within a tick. Copied again, it serves."""
+    first, stale = replicas
+    first.stop()
+    ca = first.log.read_text().split("this data dir's CA ")[1].split(",")[0]
+    own = Controller(tmp_path / "own", store_url=first.store_url)
+    own.init()
+    _one_line(own.serve_to_exit(), 2, "this data dir is not the fleet's",
+              "not a `controller init` of its own")  # fmt: skip
+
+    rotated = ok("fleetpatch", "controller", "rotate-key", "--data-dir", first.data_dir)
+    old, new = rotated.stdout.split()[2], rotated.stdout.split()[6].rstrip(",")
+    first.start()
+    moved = f"signing key {new} (rotated from CA {ca}, signing key {old}): restart the other"
+    assert moved in first.log.read_text()
+    behind = f"it has CA {ca}, signing key {old}, the fleet has CA {ca}, signing key {new}"
+    told = f"{behind} (another replica ran rotate-key"
+    wait_for("the replica left behind to say so", stale.log.read_text, lambda t: told in t,
+             timeout=30)  # fmt: skip
+    assert "then restart this replica" in stale.log.read_text()
+    assert stale.stop() == 0
+    _one_line(stale.serve_to_exit(), 2, f"this data dir is older than the fleet's: {behind}")
+    again = replica_of(first, tmp_path / "again")
+    again.start()
+    assert again.stop() == 0
+    first.stop()
 
 
 def test_a_host_revoked_through_one_replica_is_refused_by_the_other(replicas):

@@ -18,7 +18,7 @@ from fleetpatch.overload import RETRY_AFTER_KEY
 from fleetpatch.v1 import agent_pb2, agent_pb2_grpc, types_pb2
 
 from tests.integration.test_enrollment import Raw, _enroll
-from tests.support.controller import BIN, Controller, cli
+from tests.support.controller import BIN, Controller
 from tests.support.postgres import PostgresServer, missing_reason, running
 from tests.support.waiting import scaled, sigint_not_ignored
 
@@ -81,8 +81,7 @@ def _serve_fails(tmp_path: Path, url: str) -> str:
     returned."""
     ctl = Controller(tmp_path / "ctl", store_url=url)
     ctl.init()
-    result = cli("fleetpatch", "controller", "serve", "--data-dir", ctl.data_dir,
-                 "--listen", ctl.address, timeout=60)  # fmt: skip
+    result = ctl.serve_to_exit()
     assert result.returncode == 3, result.stderr
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1, result.stderr

@@ -230,6 +230,11 @@ class Controller:
             time.sleep(0.05)
         raise AssertionError(f"controller did not start:\n{self.log.read_text()}")
 
+    def serve_to_exit(self, timeout: float = 60) -> Result:
+        """`serve` expected to stop by itself (a refusal at start)."""
+        return cli("fleetpatch", "controller", "serve", "--data-dir", self.data_dir,
+                   "--listen", self.address, timeout=timeout)  # fmt: skip
+
     def stop(self) -> int:
         """SIGTERM, as systemd would; returns the exit code."""
         if self.proc is None:

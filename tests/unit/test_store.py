@@ -15,6 +15,7 @@ from fleetpatch.orderspec import OrderState
 from controller.audit import AuditEntry, verify
 from controller.campaigns.tallies import CampaignState
 from controller.errors import NotFound, TokenRefused
+from controller.fleet.lineage import Lineage
 from controller.fleet.relabel import Relabel
 from controller.fleet.tokens import Token, new_token
 from controller.model import (
@@ -88,14 +89,16 @@ def _checkin(
 
 # -- schema ---------------------------------------------------------------------
 
+MIGRATIONS = [
+    "0001_initial", "0002_progress_reports", "0003_campaigns_and_audit",
+    "0004_agent_releases", "0005_webhook_cursors", "0006_available_updates",
+    "0007_certificate_renewal", "0008_admins", "0009_vulnerabilities",
+    "0010_agent_release_families", "0011_host_placement_generation", "0012_fleet_lineage",
+]  # fmt: skip
+
 
 def test_migrations_are_recorded_by_name(store):
-    assert store.applied_migrations() == [
-        "0001_initial", "0002_progress_reports", "0003_campaigns_and_audit",
-        "0004_agent_releases", "0005_webhook_cursors", "0006_available_updates",
-        "0007_certificate_renewal", "0008_admins", "0009_vulnerabilities",
-        "0010_agent_release_families", "0011_host_placement_generation",
-    ]  # fmt: skip
+    assert store.applied_migrations() == MIGRATIONS
 
 
 def test_reopening_does_not_reapply_migrations(tmp_path):
@@ -103,12 +106,7 @@ def test_reopening_does_not_reapply_migrations(tmp_path):
     Store.open(path).close()
     store = Store.open(path)
     try:
-        assert store.applied_migrations() == [
-        "0001_initial", "0002_progress_reports", "0003_campaigns_and_audit",
-        "0004_agent_releases", "0005_webhook_cursors", "0006_available_updates",
-        "0007_certificate_renewal", "0008_admins", "0009_vulnerabilities",
-        "0010_agent_release_families", "0011_host_placement_generation",
-    ]  # fmt: skip
+        assert store.applied_migrations() == MIGRATIONS
     finally:
         store.close()
 
@@ -662,9 +660,7 @@ def test_a_new_plain_sql_migration_applies_on_both_backends(tmp_path, request):
         for url in urls:
             store = Store.connect(url) if url else Store.open(path)
             try:
-                assert store.applied_migrations()[-2:] == [
-                    "0011_host_placement_generation", "9999_test_widgets",
-                ]  # fmt: skip
+                assert store.applied_migrations() == [*MIGRATIONS, "9999_test_widgets"]
                 conn = store._conn
                 for name in ("a", "b", "a"):
                     conn.execute(
@@ -803,3 +799,20 @@ def test_reads_by_many_keys_span_chunks(store):
             host_id, [(f"o-{host_id}", "REBOOT", OrderState.PENDING_REBOOT, "", NOW)]
         )
     assert store.owed_by([h.host_id for h in hosts]) == {h: ["reboot"] for h in rebooting}
+
+
+def test_the_fleet_lineage_is_recorded_once_and_replaced_only_where_read(store):
+    """Compare-and-set: two replicas starting at once, each having read the
+    same (or no) lineage, cannot both record theirs."""
+    first = Lineage.of(["ca:aa", "key:k1"], [])
+    other = Lineage.of(["ca:bb", "key:k9"], [])
+    assert store.recorded_lineage() is None
+    assert store.record_lineage(first, None)
+    assert not store.record_lineage(other, None)
+    assert store.recorded_lineage() == first
+
+    rotated = Lineage.of(["ca:aa", "key:k2"], ["key:k1"])
+    assert not store.record_lineage(rotated, other)
+    assert store.record_lineage(rotated, first)
+    assert not store.record_lineage(other, first)
+    assert store.recorded_lineage() == rotated
