@@ -25,14 +25,23 @@ Writing a migration that works on both:
 - Store times as REAL epoch seconds, flags as INTEGER 0/1, JSON as TEXT.
 - tests/unit/test_store.py runs every migration on both backends: a
   migration that PostgreSQL rejects fails there.
+- Replicas are upgraded one at a time, the older ones serving on the
+  migrated database meanwhile (an older one refuses to start on it:
+  ``refuse_newer``): leave what the version before reads and writes
+  working. Add; drop a table or column a release later, once no version
+  in use needs it.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
+from fleetpatch import __version__
 from sqlite_utils import Database
 from sqlite_utils.migrations import Migrations
+
+from controller.errors import UsageError
 
 MIGRATION_SET = "fleetpatch.controller"
 migrations = Migrations(MIGRATION_SET)
@@ -42,6 +51,21 @@ def registered() -> list[Any]:
     """The migrations in order (each has ``name`` and ``fn(db)``): what the
     PostgreSQL backend applies. sqlite-utils keeps them in ``_migrations``."""
     return list(migrations._migrations)
+
+
+def refuse_newer(applied: Iterable[str]) -> None:
+    """Raise UsageError when the database has migrations this version does
+    not know: a newer fleetpatch migrated it (another replica upgraded
+    first, or this package was downgraded), and this code may not read or
+    write what that one made of it."""
+    known = {migration.name for migration in registered()}
+    unknown = [name for name in applied if name not in known]
+    if unknown:
+        raise UsageError(
+            f"the database was migrated by a newer fleetpatch than this one ({__version__}): "
+            f"{', '.join(unknown)} unknown here; upgrade this controller (replicas: every one, "
+            "before an older one starts again)"
+        )
 
 
 _STATEMENTS_0001 = [

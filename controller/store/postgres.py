@@ -34,7 +34,7 @@ from controller.errors import StoreUnavailable, UsageError
 from controller.quietlog import OncePer, Quiet
 from controller.store.backend import LEADER_LEASE_SECONDS
 from controller.store.dialect import Connection, Cursor, to_postgres
-from controller.store.migrations import MIGRATION_SET, registered
+from controller.store.migrations import MIGRATION_SET, refuse_newer, registered
 
 log = logging.getLogger(__name__)
 _quiet = Quiet(log)
@@ -338,6 +338,7 @@ class PostgresBackend:
                 " migration_set TEXT NOT NULL, name TEXT NOT NULL, applied_at TEXT NOT NULL,"
                 " UNIQUE (migration_set, name))"
             )
+            refuse_newer(self.applied_migrations())
         for migration in registered():
             with self.transaction() as conn:
                 conn.execute("SELECT pg_advisory_xact_lock(?)", (MIGRATION_LOCK,))

@@ -16,9 +16,10 @@ from pathlib import Path
 
 from sqlite_utils import Database
 
+from controller.errors import UsageError
 from controller.store.backend import LEADER_LEASE_SECONDS
 from controller.store.dialect import Connection
-from controller.store.migrations import migrations
+from controller.store.migrations import migrations, refuse_newer
 
 
 def _no_lock(key: int) -> None:
@@ -41,6 +42,11 @@ class SqliteBackend:
         # locks where replicas would race; SQLite lets one writer in at a
         # time anyway, so here they are no-ops.
         conn.create_function("pg_advisory_xact_lock", 1, _no_lock)
+        try:
+            refuse_newer(migration.name for migration in migrations.applied(self._db))
+        except UsageError:
+            conn.close()
+            raise
         migrations.apply(self._db)
 
     @classmethod

@@ -192,6 +192,16 @@ def test_serve_with_a_broken_settings_file(initialised):
     _one_line(result, 2, "unknown key checkin.jiter")
 
 
+def test_serve_on_a_database_a_newer_version_migrated(initialised):
+    with initialised.database() as conn:
+        conn.execute(
+            "INSERT INTO _sqlite_migrations (migration_set, name, applied_at)"
+            " VALUES ('fleetpatch.controller', '0999_from_the_future', '2027-01-01')"
+        )
+    _one_line(initialised.serve_to_exit(), 2, "migrated by a newer fleetpatch",
+              "0999_from_the_future unknown here; upgrade this controller")  # fmt: skip
+
+
 @pytest.mark.parametrize(
     ("args", "needle"),
     [

@@ -10,11 +10,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from fleetpatch import __version__
 from fleetpatch.orderspec import OrderState
 
 from controller.audit import AuditEntry, verify
 from controller.campaigns.tallies import CampaignState
-from controller.errors import NotFound, TokenRefused
+from controller.errors import NotFound, TokenRefused, UsageError
 from controller.fleet.lineage import Lineage
 from controller.fleet.relabel import Relabel
 from controller.fleet.tokens import Token, new_token
@@ -816,3 +817,29 @@ def test_the_fleet_lineage_is_recorded_once_and_replaced_only_where_read(store):
     assert store.record_lineage(rotated, first)
     assert not store.record_lineage(other, first)
     assert store.recorded_lineage() == rotated
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_a_database_a_newer_version_migrated_is_refused_untouched(tmp_path, request, backend):
+    """A replica upgraded first migrated the database (or this package was
+    downgraded): this version refuses it rather than run on a schema it
+    does not know."""
+    if backend == "sqlite":
+        path = tmp_path / "controller.db"
+        table, again = "_sqlite_migrations", lambda: Store.open(path)
+    else:
+        url = request.getfixturevalue("postgres_url")
+        table, again = "fleetpatch_migrations", lambda: Store.connect(url)
+    store = again()
+    store._conn.execute(
+        f"INSERT INTO {table} (migration_set, name, applied_at) VALUES (?, ?, ?)",  # noqa: S608
+        ("fleetpatch.controller", "0999_from_the_future", "2027-01-01T00:00:00+00:00"),
+    )
+    store.close()
+    with pytest.raises(UsageError) as refused:
+        again()
+    assert str(refused.value) == (
+        f"the database was migrated by a newer fleetpatch than this one ({__version__}): "
+        "0999_from_the_future unknown here; upgrade this controller (replicas: every one, "
+        "before an older one starts again)"
+    )
