@@ -71,7 +71,7 @@ _GONE = (psycopg.OperationalError, psycopg.errors.ReadOnlySqlTransaction)
 
 def describe(url: str) -> str:
     """``url`` for a person, without its password: "database DB on
-    HOST:PORT[,HOST:PORT...]"."""
+    HOST:PORT[, HOST:PORT...]"."""
     try:
         params = None if pgurl.problem(url) else conninfo_to_dict(url)
     except psycopg.ProgrammingError:
@@ -88,7 +88,7 @@ def describe(url: str) -> str:
         else:
             places.append(f"[{host}]:{port}" if ":" in host else f"{host}:{port}")
     name = params.get("dbname") or params.get("user") or "?"
-    return f"database {name} on {','.join(places)}"
+    return f"database {name} on {', '.join(places)}"
 
 
 def _reason(exc: BaseException, url: str = "") -> str:
@@ -371,21 +371,30 @@ class PostgresBackend:
         told to end itself after ``lease`` seconds without a word
         (idle_session_timeout; asking here is the word). StoreUnavailable
         when the database cannot be asked (not "another replica leads")."""
+        lost = ""  # why the leader's connection was given up, if it just was
         if self._leader is not None:
             try:
                 self._leader.execute("SELECT 1")
                 return True
             except psycopg.Error as exc:
-                log.warning("no longer leading: lost the leader's connection (%s)", _reason(exc))
+                lost = _reason(exc)
                 self._drop_leader()
-        raw = self._take()
+        leading = False
         try:
-            row = raw.execute("SELECT pg_try_advisory_lock(%s)", (LEADER_LOCK,)).fetchone()
-        except psycopg.Error as exc:
-            raise self._given_up(raw, "ask for the leader lock", exc) from None
-        if row is None or not row[0]:
+            raw = self._take()
+            try:
+                row = raw.execute("SELECT pg_try_advisory_lock(%s)", (LEADER_LOCK,)).fetchone()
+            except psycopg.Error as exc:
+                raise self._given_up(raw, "ask for the leader lock", exc) from None
+            leading = row is not None and bool(row[0])
+        finally:
+            if lost and not leading:
+                log.warning("no longer leading: lost the leader's connection (%s)", lost)
+        if not leading:
             self._pool.putconn(raw)
             return False
+        if lost:  # a new primary (a failover), or only the session ended: first again
+            log.warning("lost the leader's connection (%s); leading again on a new one", lost)
         try:
             raw.execute(
                 "SELECT set_config('idle_session_timeout', %s, false)", (f"{int(lease * 1000)}",)

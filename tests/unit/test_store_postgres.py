@@ -4,6 +4,7 @@ store's contract, on both backends, is test_store.py.)"""
 
 from __future__ import annotations
 
+import logging
 import subprocess
 import threading
 from datetime import UTC, datetime, timedelta
@@ -257,9 +258,14 @@ def test_a_url_libpq_would_misread_is_a_bad_setting_before_any_connection(url, m
 @pytest.mark.parametrize(
     ("url", "where"),
     [
-        ("postgresql://fp:pw@a:5432,b:5433/fp", "database fp on a:5432,b:5433"),
+        ("postgresql://fp:pw@a:5432,b:5433/fp", "database fp on a:5432, b:5433"),
         ("postgresql://fp@[::1]/fp", "database fp on [::1]:5432"),
-        ("postgresql://fp@a,b:6000/fp", "database fp on a:5432,b:6000"),  # a port each
+        ("postgresql://fp@a,b:6000/fp", "database fp on a:5432, b:6000"),  # a port each
+        (
+            "postgresql:///fp?host=/run/a,/run/b",
+            "database fp on the local socket in /run/a (port 5432), the local socket in /run/b "
+            "(port 5432)",
+        ),
         ("postgresql:///fp?host=/run/pg", "database fp on the local socket in /run/pg (port 5432)"),
         ("postgresql://", "database ? on the local socket (port 5432)"),
         ("postgresql://fp:hun@ter@db/fp", "an unreadable PostgreSQL URL"),
@@ -295,6 +301,28 @@ def test_one_replica_leads_and_another_takes_over_when_it_dies(postgres_emptied_
     finally:
         first.close()
         second.close()
+
+
+def test_a_leader_whose_session_ends_leads_again_on_a_new_one_and_says_so(
+    postgres_emptied_url, postgres, caplog
+):  # fmt: skip
+    """No other replica asked meanwhile (one controller; or a failover of
+    the database, whose sessions are all new): it is the leader again, and
+    the log must not leave "no longer leading" as the last word."""
+    store = Store.connect(postgres_emptied_url)
+    try:
+        assert store.lead()
+        old = _leader_pid(store)
+        with psycopg.connect(postgres.url(), autocommit=True) as admin:
+            admin.execute("SELECT pg_terminate_backend(%s, 10000)", (old,))
+        with caplog.at_level(logging.WARNING, "controller.store.postgres"):
+            assert store.lead()
+        assert _leader_pid(store) != old
+        (said,) = [r.getMessage() for r in caplog.records if "lead" in r.getMessage()]
+        assert said.startswith("lost the leader's connection (")
+        assert said.endswith("); leading again on a new one")
+    finally:
+        store.close()
 
 
 def test_concurrent_replicas_extend_one_unbroken_audit_chain(postgres_emptied_url):
