@@ -18,13 +18,15 @@ import pwd
 import shutil
 import subprocess
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from tests.support.waiting import scaled
 
 KEEP = ("fleetpatch_migrations",)  # tables empty_tables leaves as they are
 RUN_AS = "nobody"  # under root: PostgreSQL will not run as root
+# Durability traded for speed: the cluster is thrown away.
+FAST = ("fsync=off", "synchronous_commit=off", "full_page_writes=off")
 
 
 def binaries() -> Path | None:
@@ -51,7 +53,8 @@ class PostgresServer:
     """One cluster; ``url(db)`` for a database in it, ``create_database``
     for a fresh one (optionally a copy of a template)."""
 
-    def __init__(self) -> None:
+    def __init__(self, settings: Sequence[str] = FAST) -> None:
+        self.settings = tuple(settings)  # -c NAME=VALUE, each start
         bindir = binaries()
         if bindir is None:
             raise RuntimeError("PostgreSQL is not installed")
@@ -82,8 +85,7 @@ class PostgresServer:
                 f"{argv[0]} exited {done.returncode}: {done.stderr.strip()}\n{log}".strip()
             )
 
-    def start(self) -> None:
-        """Make the cluster and start the server."""
+    def _make_dirs(self) -> None:
         for path in (self.data, self.socket_dir):
             path.mkdir(mode=0o700)
             if self._user is not None:
@@ -91,6 +93,10 @@ class PostgresServer:
         self.log.touch()
         if self._user is not None:
             os.chown(self.log, self._user.pw_uid, self._user.pw_gid)
+
+    def start(self) -> None:
+        """Make the cluster and start the server."""
+        self._make_dirs()
         # Locale C: text sorts by code point, as SQLite's does.
         self._run([str(self.bindir / "initdb"), "-D", str(self.data), "-U", "postgres",
                    "--auth=trust", "--locale=C", "--encoding=UTF8", "--no-sync"])  # fmt: skip
@@ -100,11 +106,28 @@ class PostgresServer:
         """Start the server (again) on the cluster."""
         options = (
             f"-c listen_addresses='' -c unix_socket_directories='{self.socket_dir}'"
-            " -c fsync=off -c synchronous_commit=off -c full_page_writes=off"
-            " -c max_connections=200"
+            f" -c max_connections=200 {' '.join(f'-c {s}' for s in self.settings)}"
         )
         self._run([str(self.bindir / "pg_ctl"), "-D", str(self.data), "-l", str(self.log),
                    "-o", options, "-w", "-t", str(int(scaled(60))), "start"])  # fmt: skip
+
+    def standby(self, settings: Sequence[str] = FAST) -> PostgresServer:
+        """A streaming standby of this server (pg_basebackup), started."""
+        standby = PostgresServer(settings)
+        standby._make_dirs()
+        standby._run([str(self.bindir / "pg_basebackup"), "-D", str(standby.data), "-R",
+                      "-X", "stream", "-d", f"host={self.socket_dir} user=postgres"])  # fmt: skip
+        standby.resume()
+        return standby
+
+    def promote(self) -> None:
+        """A standby made the primary (what a failover manager does)."""
+        self._run([str(self.bindir / "pg_ctl"), "-D", str(self.data), "-w", "promote"])
+
+    def crash(self) -> None:
+        """Stop at once, without a checkpoint, as a machine lost would."""
+        self._run([str(self.bindir / "pg_ctl"), "-D", str(self.data), "-m", "immediate",
+                   "-w", "stop"])  # fmt: skip
 
     def halt(self) -> None:
         """Stop the server, keeping the cluster (a database outage)."""
@@ -112,8 +135,7 @@ class PostgresServer:
 
     def stop(self) -> None:
         with contextlib.suppress(RuntimeError, subprocess.TimeoutExpired):
-            self._run([str(self.bindir / "pg_ctl"), "-D", str(self.data), "-m", "immediate",
-                       "-w", "stop"])  # fmt: skip
+            self.crash()
         shutil.rmtree(self.root, ignore_errors=True)
 
     def url(self, database: str = "postgres") -> str:
