@@ -16,10 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.test_replicas import CAMPAIGN, LEADING
+from tests.integration.test_replicas import LEADING, PatchRun
 from tests.support.controller import Controller
-from tests.support.fakes import FakeBackend, FakeProber
-from tests.support.inprocess import InProcessAgent
 from tests.support.postgres import FAST, PostgresServer, missing_reason
 from tests.support.waiting import wait_for
 
@@ -62,61 +60,24 @@ def test_a_campaign_completes_across_a_failover_of_the_database(pair, tmp_path: 
     config = ctl.data_dir / "controller.toml"
     config.write_text(config.read_text().replace('tick = "10s"', 'tick = "1s"'))
     ctl.start()
-    agents = [
-        InProcessAgent(
-            ctl,
-            tmp_path / f"agent-{i}",
-            "eu",
-            ring,
-            FakeBackend({"fp-demo": "1.0"}, {"fp-demo": "1.1"}),
-            FakeProber([True]),
-            defer=True,
-        )
-        for i, ring in enumerate((0, 0, 1, 1, 1, 1))
-    ]
+    run = PatchRun(ctl, tmp_path)
     try:
-        spec = tmp_path / "c.toml"
-        spec.write_text(CAMPAIGN)
-        campaign_id = ctl.admin("campaign", "create", spec).stdout.strip().splitlines()[-1]
-        ctl.admin("campaign", "approve", campaign_id)
-
-        def ring_0_in_flight() -> bool:
-            for agent in agents[:2]:
-                if agent._pending is None:
-                    agent.round()
-            return all(agent._pending for agent in agents[:2])
-
-        wait_for("ring 0 to be assigned", ring_0_in_flight, timeout=30, interval=0.5)
+        run.approve(ctl)
         before = _audit(ctl)
         primary.crash()  # ring 0's orders delivered, not carried out yet
         standby.promote()
-
-        def state() -> str:
-            for agent in agents:
-                agent.round()
-            doc = ctl.admin_json("campaign", "show", campaign_id)
-            assert isinstance(doc, dict)
-            return str(doc["state"])
-
-        wait_for("the campaign to complete on the new primary", state,
-                 lambda s: s == "completed", timeout=120, interval=0.2)  # fmt: skip
+        run.complete_through(ctl, "the campaign to complete on the new primary")
         # The tick (time-outs, halts) runs again, on the new primary: the
         # lock taken again at once, or after a tick that could not ask.
         wait_for("the controller to lead again", ctl.log.read_text,
                  lambda t: "leading again on a new one" in t or t.count(LEADING) == 2,
                  timeout=60)  # fmt: skip
     finally:
-        for agent in agents:
-            agent.close()
+        run.close()
         ctl.stop()
     assert len(before) >= 4  # enrollments, the campaign made and approved, orders
     assert _audit(ctl)[: len(before)] == before
-    with ctl.database() as conn:
-        per_host = conn.execute(
-            "SELECT host_id, count(*) FROM assignments WHERE kind = 'patch' GROUP BY host_id"
-        ).fetchall()
-    assert sorted(n for _, n in per_host) == [1] * len(agents)
-    assert [len(a.outcomes) for a in agents] == [1] * len(agents)
+    run.assert_each_host_patched_once(ctl)
     ctl.start()
     try:
         assert ctl.admin("audit", "verify").stdout.startswith("audit trail intact")

@@ -77,64 +77,89 @@ def replicas(tmp_path: Path, postgres_url: str) -> Iterator[tuple[Controller, Co
         first.stop()
 
 
+class PatchRun:
+    """Six agents (two in ring 0, four in ring 1) with fp-demo 1.0 to
+    update, enrolled through ``ctl``; each carries an order out the round
+    after it comes, so that it stays in flight meanwhile. ``address``: the
+    agents' controller address(es), ``ctl``'s by default."""
+
+    def __init__(self, ctl: Controller, tmp_path: Path, address: str | None = None) -> None:
+        self.tmp_path = tmp_path
+        self.agents = [
+            InProcessAgent(
+                ctl,
+                tmp_path / f"agent-{i}",
+                "eu",
+                ring,
+                FakeBackend({"fp-demo": "1.0"}, {"fp-demo": "1.1"}),
+                FakeProber([True]),
+                defer=True,
+                address=address,
+            )
+            for i, ring in enumerate((0, 0, 1, 1, 1, 1))
+        ]
+        self.campaign_id = ""
+
+    def approve(self, ctl: Controller) -> None:
+        """CAMPAIGN created and approved through ``ctl``; then ring 0's two
+        orders delivered, not carried out yet."""
+        spec = self.tmp_path / "c.toml"
+        spec.write_text(CAMPAIGN)
+        self.campaign_id = ctl.admin("campaign", "create", spec).stdout.strip().splitlines()[-1]
+        ctl.admin("campaign", "approve", self.campaign_id)
+
+        def ring_0_in_flight() -> bool:
+            for agent in self.agents[:2]:
+                if agent._pending is None:
+                    agent.round()
+            return all(agent._pending for agent in self.agents[:2])
+
+        wait_for("ring 0 to be assigned", ring_0_in_flight, timeout=30, interval=0.5)
+
+    def complete_through(self, ctl: Controller, what: str) -> None:
+        """Agent rounds until the campaign, as ``ctl`` shows it, completes."""
+
+        def state() -> str:
+            for agent in self.agents:
+                agent.round()
+            doc = ctl.admin_json("campaign", "show", self.campaign_id)
+            assert isinstance(doc, dict)
+            return str(doc["state"])
+
+        wait_for(what, state, lambda s: s == "completed", timeout=120, interval=0.2)
+
+    def assert_each_host_patched_once(self, ctl: Controller) -> None:
+        with ctl.database() as conn:
+            per_host = conn.execute(
+                "SELECT host_id, count(*) FROM assignments WHERE kind = 'patch' GROUP BY host_id"
+            ).fetchall()
+        assert sorted(n for _, n in per_host) == [1] * len(self.agents)
+        assert [len(a.outcomes) for a in self.agents] == [1] * len(self.agents)
+
+    def close(self) -> None:
+        for agent in self.agents:
+            agent.close()
+
+
 def test_the_survivor_of_a_killed_leader_completes_the_campaign(replicas, tmp_path):
     first, second = replicas
     wait_for("the second replica to follow", second.log.read_text, lambda t: FOLLOWING in t,
              timeout=30)  # fmt: skip
     # The agents list both replicas, the first (leading) first.
-    agents = [
-        InProcessAgent(
-            first,
-            tmp_path / f"agent-{i}",
-            "eu",
-            ring,
-            FakeBackend({"fp-demo": "1.0"}, {"fp-demo": "1.1"}),
-            FakeProber([True]),
-            defer=True,
-            address=f"{first.address},{second.address}",
-        )
-        for i, ring in enumerate((0, 0, 1, 1, 1, 1))
-    ]
+    run = PatchRun(first, tmp_path, address=f"{first.address},{second.address}")
     try:
-        spec = tmp_path / "c.toml"
-        spec.write_text(CAMPAIGN)
-        campaign_id = first.admin("campaign", "create", spec).stdout.strip().splitlines()[-1]
-        first.admin("campaign", "approve", campaign_id)
-
-        def ring_0_in_flight() -> bool:
-            for agent in agents[:2]:
-                if agent._pending is None:
-                    agent.round()
-            return all(agent._pending for agent in agents[:2])
-
-        wait_for("ring 0 to be assigned", ring_0_in_flight,
-                 timeout=30, interval=0.5)  # fmt: skip
+        run.approve(first)
         assert first.proc is not None
         first.proc.send_signal(signal.SIGKILL)  # mid-ring: ring 0's orders in flight
         first.proc.wait()
         first.proc = None
         wait_for("the survivor to lead", second.log.read_text, lambda t: LEADING in t,
                  timeout=60)  # fmt: skip
-
-        def state() -> str:
-            for agent in agents:
-                agent.round()
-            doc = second.admin_json("campaign", "show", campaign_id)
-            assert isinstance(doc, dict)
-            return str(doc["state"])
-
-        wait_for("the campaign to complete through the survivor", state,
-                 lambda s: s == "completed", timeout=120, interval=0.2)  # fmt: skip
-        assert {agent.client.address for agent in agents} == {second.address}  # failed over
+        run.complete_through(second, "the campaign to complete through the survivor")
+        assert {agent.client.address for agent in run.agents} == {second.address}  # failed over
     finally:
-        for agent in agents:
-            agent.close()
-    with second.database() as conn:
-        per_host = conn.execute(
-            "SELECT host_id, count(*) FROM assignments WHERE kind = 'patch' GROUP BY host_id"
-        ).fetchall()
-    assert sorted(n for _, n in per_host) == [1] * len(agents)
-    assert [len(a.outcomes) for a in agents] == [1] * len(agents)
+        run.close()
+    run.assert_each_host_patched_once(second)
     assert second.admin("audit", "verify").stdout.startswith("audit trail intact")
     assert "Traceback" not in second.log.read_text()
 
