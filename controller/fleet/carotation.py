@@ -37,7 +37,7 @@ from controller.datadir import DataDir
 from controller.errors import Conflict, DataDirError
 from controller.fleet.admins import CONTROLLER_ACTOR, AdminStatus
 from controller.fleet.pki import CertificateAuthority
-from controller.store import Store
+from controller.store import Store, open_store
 from controller.store.admins import IssuedCertificate
 
 
@@ -83,25 +83,32 @@ def rotate(data_dir: DataDir, now: datetime) -> x509.Certificate:
             "`fleetpatch controller rotate-ca --retire-old`"
         )
     current = load(data_dir).current
-    new = CertificateAuthority.create(f"fleetpatch fleet CA {now:%Y-%m-%d %H%M%S}")
-    endorsement = current.endorse(new.cert)
-    data_dir.write_private(data_dir.ca_next_key, new.key_pem)
-    data_dir.write_public(data_dir.ca_endorsement, endorsement.public_bytes(
-        serialization.Encoding.PEM))  # fmt: skip
-    # Written last: its presence is what marks a rotation in progress.
-    data_dir.write_public(data_dir.ca_next_cert, new.cert_pem)
-    old_serial, new_serial = (format(c.serial_number, "x") for c in (current.cert, new.cert))
-    entry = AuditEntry(
-        now, CONTROLLER_ACTOR, "ca.rotate", new_serial, "ok",
-        f"new CA {new_serial}, endorsed by CA {old_serial}; both trusted until "
-        "`rotate-ca --retire-old`",
-    )  # fmt: skip
-    store = Store.open(data_dir.database)
+    store = _fleet_store(data_dir)  # first: a database out of reach changes nothing
     try:
+        new = CertificateAuthority.create(f"fleetpatch fleet CA {now:%Y-%m-%d %H%M%S}")
+        endorsement = current.endorse(new.cert)
+        data_dir.write_private(data_dir.ca_next_key, new.key_pem)
+        data_dir.write_public(data_dir.ca_endorsement, endorsement.public_bytes(
+            serialization.Encoding.PEM))  # fmt: skip
+        # Written last: its presence is what marks a rotation in progress.
+        data_dir.write_public(data_dir.ca_next_cert, new.cert_pem)
+        old_serial, new_serial = (format(c.serial_number, "x") for c in (current.cert, new.cert))
+        entry = AuditEntry(
+            now, CONTROLLER_ACTOR, "ca.rotate", new_serial, "ok",
+            f"new CA {new_serial}, endorsed by CA {old_serial}; both trusted until "
+            "`rotate-ca --retire-old`",
+        )  # fmt: skip
         store.append_audit(entry)
     finally:
         store.close()
     return new.cert
+
+
+def _fleet_store(data_dir: DataDir) -> Store:
+    """The store `serve` uses: `[store] url`'s, else the data dir's SQLite
+    file (the one `init` made, which PostgreSQL replicas no longer read)."""
+    settings = data_dir.settings()
+    return open_store(settings.store_url, data_dir.database, settings.store_timeout.total_seconds())
 
 
 @dataclass(frozen=True)
@@ -123,7 +130,7 @@ def retire(data_dir: DataDir, now: datetime, force: bool = False) -> Retired:
         for path in (data_dir.ca_endorsement, data_dir.ca_next_key, data_dir.ca_next_cert):
             path.unlink(missing_ok=True)
         return Retired("", [])
-    store = Store.open(data_dir.database)
+    store = _fleet_store(data_dir)
     try:
         stragglers = store.hosts_certified_before(new.cert.not_valid_before_utc)
         if stragglers and not force:

@@ -7,17 +7,22 @@ refuses while a host is still on the old CA, then with --force the new CA
 is the only one: the agents on it go on (and drop the old CA); the one
 that was offline throughout cannot reach the controller, and enrolls again
 with a token and the new ca.pem into the same state dir (the documented
-path)."""
+path). On SQLite and on PostgreSQL: the rotation's commands work on the
+store `[store] url` names, as serve does."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 from cryptography import x509
 from fleetpatch import catrust
 
 from agent.statedir import StateDir
+from tests.conftest import STORES
 from tests.support.controller import Controller, cli, ok
+
+pytestmark = pytest.mark.parametrize("store_url", STORES, indirect=True)
 
 
 def _cas(path: Path) -> list[x509.Certificate]:
@@ -28,8 +33,8 @@ def _run_once(state: StateDir) -> None:
     ok("fleetpatch-agent", "run", "--once", "--state-dir", state.path)
 
 
-def test_ca_rotation_two_agents_one_offline(tmp_path: Path) -> None:  # noqa: PLR0915 - one story
-    ctl = Controller(tmp_path / "ctl")
+def test_ca_rotation_two_agents_one_offline(tmp_path: Path, store_url: str) -> None:  # noqa: PLR0915
+    ctl = Controller(tmp_path / "ctl", store_url=store_url)
     ctl.init()
     ctl.start()
     try:

@@ -18,7 +18,7 @@ from fleetpatch.overload import RETRY_AFTER_KEY
 from fleetpatch.v1 import agent_pb2, agent_pb2_grpc, types_pb2
 
 from tests.integration.test_enrollment import Raw, _enroll
-from tests.support.controller import BIN, Controller
+from tests.support.controller import BIN, Controller, cli
 from tests.support.postgres import PostgresServer, missing_reason, running
 from tests.support.waiting import scaled, sigint_not_ignored
 
@@ -93,6 +93,19 @@ def test_an_unreachable_database_stops_serve_with_one_line(tmp_path: Path, postg
     line = _serve_fails(tmp_path, f"postgresql://fleet:s3cret@/fleetpatch?host={tmp_path}/nowhere")
     assert "cannot connect to PostgreSQL (database fleetpatch on " in line
     assert "s3cret" not in line
+
+
+def test_rotate_ca_with_the_database_out_of_reach_changes_nothing(tmp_path: Path, postgres):
+    """The rotation's commands use the fleet's store (`[store] url`), as
+    serve does: out of reach, one line, exit 3, and no rotation begun."""
+    ctl = Controller(tmp_path / "ctl", store_url=f"postgresql://fleet@/fp?host={tmp_path}/none")
+    ctl.init()
+    before = sorted(p.name for p in ctl.data_dir.iterdir())
+    result = cli("fleetpatch", "controller", "rotate-ca", "--data-dir", ctl.data_dir)
+    assert result.returncode == 3, result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert "cannot connect to PostgreSQL (database fp on " in result.stderr
+    assert sorted(p.name for p in ctl.data_dir.iterdir()) == before
 
 
 def test_ctrl_c_while_the_database_is_slow_to_answer_stops_serve_at_once(tmp_path: Path):
