@@ -128,7 +128,7 @@ def adopt(store: Store, ours: Lineage) -> Lineage:
             return fleet
         if store.record_lineage(fleet, recorded):
             if recorded is None:
-                log.info("this data dir's %s recorded as the fleet's", describe(ours.current))
+                log.debug("this data dir's %s recorded as the fleet's", describe(ours.current))
             elif recorded.current != fleet.current and store.shared:
                 log.warning(
                     "the fleet now has this data dir's %s (rotated from %s): restart the "

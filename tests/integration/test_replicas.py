@@ -19,8 +19,10 @@ from pathlib import Path
 import grpc
 import psutil
 import pytest
+from cryptography import x509
 from fleetpatch.v1 import agent_pb2, agent_pb2_grpc
 
+from controller.fleet.lineage import ca_mark
 from tests.integration.test_cli_errors import _one_line
 from tests.integration.test_enrollment import Raw, _enroll
 from tests.support.controller import BIN, Controller, cli, free_port, ok
@@ -188,7 +190,7 @@ def test_a_replica_whose_keys_are_not_the_fleets_does_not_serve_it(replicas, tmp
     told within a tick. Copied again, it serves."""
     first, stale = replicas
     first.stop()
-    ca = first.log.read_text().split("this data dir's CA ")[1].split(",")[0]
+    ca = ca_mark(x509.load_pem_x509_certificate((first.data_dir / "ca.pem").read_bytes()))[3:19]
     own = Controller(tmp_path / "own", store_url=first.store_url)
     own.init()
     _one_line(own.serve_to_exit(), 2, "this data dir is not the fleet's",

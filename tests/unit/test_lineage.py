@@ -134,7 +134,7 @@ def test_adopt_records_the_first_and_each_rotation_and_refuses_the_stale(first, 
     stale = _copy(first, tmp_path / "b")
     store = Store.memory()
     try:
-        with caplog.at_level(logging.INFO, "controller.fleet.lineage"):
+        with caplog.at_level(logging.DEBUG, "controller.fleet.lineage"):
             assert lineage.adopt(store, _lineage(first)) == store.recorded_lineage()
             signing.rotate(first, NOW)
             rotated = lineage.adopt(store, _lineage(first))
