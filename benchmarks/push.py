@@ -12,7 +12,9 @@ load --push` against real controllers over real mutual TLS:
    asked for: p50/p99 from the approval to each
    nudge's arrival, and to each nudged check-in's answer (which carries
    the order: signed and recorded by the controller), and how many of the
-   N checked in.
+   N checked in. Timed from the start of the admin CLI that approves
+   (conservative: its own start-up is in it), and from the approval the
+   controller recorded (its audit record: what push itself takes).
 3. Check-in throughput with N idle streams open vs none: busy agents
    checking in back to back, alone, then beside the N idle agents with
    their streams open, on one fresh controller; and the controller's CPU
@@ -36,6 +38,7 @@ import sys
 import tempfile
 import threading
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 
 import psutil
@@ -145,12 +148,30 @@ def idle_rss(tmp: Path, streams: int, ramp: float, push: bool) -> tuple[float, f
                     check=True, capture_output=True,
                 )  # fmt: skip
             result = load.result()
+            if push:
+                result["approved_by_controller"] = approval_recorded(data, approved)
         finally:
             load.stop()
         result["rss_before_mib"] = round(before, 1)
         return rss, approved, result
     finally:
         stop(proc)
+
+
+def approval_recorded(data: Path, since: float) -> float:
+    """When the controller approved the campaign (its audit record), as a
+    Unix time: the start of what push itself takes, past the admin CLI's
+    own start-up."""
+    start = datetime.fromtimestamp(since - 5, UTC).strftime("%Y-%m-%dT%H:%M:%S")
+    exported = subprocess.run(
+        [str(BIN / "fleetpatch"), "audit", "export", "--json", "--since", start, "--data-dir",
+         str(data)],
+        check=True, capture_output=True, text=True,
+    )  # fmt: skip
+    for record in json.loads(exported.stdout):
+        if record["action"] == "campaign.approve" and record["outcome"] != "refused":
+            return datetime.fromisoformat(record["at"]).timestamp()
+    raise SystemExit("the controller's audit trail has no approval of the campaign")
 
 
 def throughput(
@@ -202,7 +223,9 @@ def main() -> None:
         tmp = Path(name)
         plain, _, plain_run = idle_rss(tmp, args.streams, args.ramp, push=False)
         pushed, approved, push_run = idle_rss(tmp, args.streams, args.ramp, push=True)
+        recorded = float(push_run["approved_by_controller"])
         nudged = sorted(t - approved for t in push_run["nudged_checkins"])
+        served = sorted(t - recorded for t in push_run["nudged_checkins"])
         arrived = sorted(t - approved for t in push_run["nudges_received"])
         alone, beside = throughput(tmp, args.streams, args.busy, args.seconds, args.ramp)
     doc = {
@@ -218,6 +241,9 @@ def main() -> None:
         "approval_to_checkin_p50_s": round(pct(nudged, 0.5), 2),
         "approval_to_checkin_p99_s": round(pct(nudged, 0.99), 2),
         "approval_to_checkin_max_s": round(nudged[-1], 2) if nudged else None,
+        "admin_cli_to_approval_s": round(recorded - approved, 2),
+        "recorded_approval_to_checkin_p50_s": round(pct(served, 0.5), 2),
+        "recorded_approval_to_checkin_p99_s": round(pct(served, 0.99), 2),
         "busy_checkins_per_s_alone": alone["checkins_per_second"],
         "busy_checkins_per_s_beside_idle_streams": beside["checkins_per_second"],
         "throughput_ratio": _ratio(beside["checkins_per_second"], alone["checkins_per_second"]),

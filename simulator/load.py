@@ -52,6 +52,7 @@ from fleetpatch.inventory import inventory_hash
 from fleetpatch.overload import retry_after
 from fleetpatch.v1 import agent_pb2, agent_pb2_grpc, types_pb2
 
+from agent.link.watch import nudge_delay
 from simulator.errors import LoadFailed
 
 T = TypeVar("T")
@@ -381,7 +382,7 @@ def finished(
 async def _watch(agent: _Agent, tally: Tally, rng: random.Random, stop_at: float) -> None:
     """Keep the agent's Watch stream open (on its one connection) until
     ``stop_at``; a nudge wakes its check-in after a jittered delay within
-    the spread asked for, as the agent does."""
+    the spread asked for, the agent's (`nudge_delay`)."""
     while time.monotonic() < stop_at:
         call = agent.stub.Watch(agent_pb2.WatchRequest())
         try:
@@ -390,7 +391,7 @@ async def _watch(agent: _Agent, tally: Tally, rng: random.Random, stop_at: float
             async for nudge in call:
                 tally.nudges += 1
                 tally.nudge_times.append(time.time())
-                await asyncio.sleep(rng.uniform(0, max(1.0, nudge.spread_ms / 1000)))
+                await asyncio.sleep(nudge_delay(nudge, rng))
                 agent.nudged = True
                 agent.wake.set()
         except grpc.aio.AioRpcError as exc:

@@ -24,10 +24,11 @@ from agent.link.client import ControllerClient
 
 log = logging.getLogger(__name__)
 
-# How long a nudged check-in may be put off at most (the controller asks
-# for a spread; a larger one is cut to this), and at least (a second).
+# How long a nudged check-in may be put off at most: the controller asks
+# for a spread (the time it needs to serve the hosts it nudged together); a
+# larger one is cut to this. A small one is taken as asked: how often a
+# controller may bring check-ins forward is `NudgeLimit`'s to cap.
 MAX_SPREAD_SECONDS = 60.0
-MIN_SPREAD_SECONDS = 1.0
 # Reconnecting a stream that broke: full-jitter backoff up to this.
 MAX_RECONNECT_SECONDS = 120.0
 # A stream that stayed open this long was healthy: its end starts the
@@ -80,10 +81,8 @@ def _printable(reason: str) -> str:
 
 def nudge_delay(nudge: agent_pb2.Nudge, rng: random.Random) -> float:
     """Seconds to wait before a nudged check-in: uniform within the spread
-    the controller asked for, clamped to [MIN_SPREAD_SECONDS,
-    MAX_SPREAD_SECONDS]."""
-    spread = min(MAX_SPREAD_SECONDS, max(MIN_SPREAD_SECONDS, nudge.spread_ms / 1000))
-    return rng.uniform(0.0, spread)
+    the controller asked for, at most MAX_SPREAD_SECONDS."""
+    return rng.uniform(0.0, min(MAX_SPREAD_SECONDS, nudge.spread_ms / 1000))
 
 
 class Watcher:

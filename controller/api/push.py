@@ -33,9 +33,12 @@ from controller.api.limits import DEFAULT_CAPACITY, Admission
 
 log = logging.getLogger(__name__)
 
-# A nudged host puts its check-in off by up to this (the agent's least
-# spread: the nudges of one pacing step come in over a second, not at once).
-MIN_SPREAD_MS = 1000
+# Nudged hosts are asked to spread their check-ins over the time the
+# controller needs to serve them and those nudged before them, at the rate
+# it was measured to serve (`Pacer.spread_ms`), so that they come in as it
+# can take them: a few hosts check in at once, a full window over at most
+# this.
+MAX_SPREAD_MS = 1000
 # The pacer. Nudged hosts whose check-in has not been served yet are "in
 # the window"; every PACE_STEP seconds, and whenever one is served, the
 # window is topped up from the hosts waiting. A host not served within
@@ -49,8 +52,8 @@ MIN_SPREAD_MS = 1000
 # check-in carries a newly signed and recorded order, and its host comes in
 # alone rather than among a steady stream of others; measured here, it
 # costs the controller about what two or three light calls served back to
-# back do. Hosts put a nudged check-in off by up to a second (the agent's
-# least spread), so a window holds about a second's worth.
+# back do. The hosts of a full window are asked to spread their check-ins
+# over MAX_SPREAD_MS, so it holds about that much of the controller's work.
 NUDGED_UNITS = 3.0
 PACE_STEP = 0.1
 PACE_ADJUST = 0.5
@@ -100,7 +103,16 @@ class Pacer:
 
     def _start_window(self) -> float:
         measured = min(self._admission.capacity.per_second, DEFAULT_CAPACITY)
-        return max(float(MIN_WINDOW), measured / NUDGED_UNITS * MIN_SPREAD_MS / 1000)
+        return max(float(MIN_WINDOW), measured / NUDGED_UNITS * MAX_SPREAD_MS / 1000)
+
+    def spread_ms(self, hosts: int) -> int:
+        """Over how long ``hosts`` about to be nudged should spread their
+        check-ins: the time the controller needs to serve them and the
+        hosts in the window before them, at the rate it was measured to
+        serve (nudged check-ins a second), at most MAX_SPREAD_MS. A host
+        that came sooner would only wait its turn, in a longer queue."""
+        per_second = max(self._admission.capacity.per_second, 1.0) / NUDGED_UNITS
+        return min(MAX_SPREAD_MS, round((len(self._in) + hosts) / per_second * 1000))
 
     def __len__(self) -> int:
         """Hosts in the window."""
@@ -261,19 +273,22 @@ class Watchers:
         log.info("nudges sent; the window ended at %d", self.pacer.window)
 
     def _send(self, count: int) -> None:
-        """Nudge the next ``count`` waiting hosts still connected."""
-        sent = 0
-        while sent < count and self._waiting:
+        """Nudge the next ``count`` waiting hosts still connected, asking
+        them to spread their check-ins over the time it takes to serve them
+        (and those nudged before them)."""
+        batch: list[tuple[str, str, _Stream]] = []
+        while len(batch) < count and self._waiting:
             host_id = self._waiting.popleft()
             reason = self._reasons.pop(host_id, None)
             stream = self._streams.get(host_id)
-            if reason is None or stream is None:
-                continue  # gone meanwhile
-            stream.pending = Nudge(reason, MIN_SPREAD_MS)
+            if reason is not None and stream is not None:  # else gone meanwhile
+                batch.append((host_id, reason, stream))
+        spread_ms = self.pacer.spread_ms(len(batch))
+        for host_id, reason, stream in batch:
+            stream.pending = Nudge(reason, spread_ms)
             stream.wake()
             self.pacer.sent(host_id)
-            sent += 1
-        self.nudged += sent
+        self.nudged += len(batch)
 
     def close(self, host_id: str) -> None:
         """End ``host_id``'s stream (it was revoked)."""

@@ -9,8 +9,8 @@ import pytest
 
 from controller.api.limits import Admission, Capacity
 from controller.api.push import (
+    MAX_SPREAD_MS,
     MAX_WINDOW,
-    MIN_SPREAD_MS,
     MIN_WINDOW,
     NUDGED_UNITS,
     PACE_ADJUST,
@@ -37,16 +37,22 @@ async def _next(stream: object, timeout: float = 1.0) -> Nudge | None:
     return None
 
 
+async def _reason(stream: object, timeout: float = 1.0) -> str | None:
+    """The reason of the next nudge, None when the stream ended."""
+    nudge = await _next(stream, timeout)
+    return None if nudge is None else nudge.reason
+
+
 def test_a_nudge_reaches_only_the_hosts_named():
     async def scenario() -> None:
         watchers = Watchers()
         a, b = _open(watchers, "h-a"), _open(watchers, "h-b")
-        waiting_a = asyncio.ensure_future(_next(a))
+        waiting_a = asyncio.ensure_future(_reason(a))
         waiting_b = asyncio.ensure_future(_next(b, timeout=0.2))
         await asyncio.sleep(0)  # both registered
         assert len(watchers) == 2
         assert watchers.nudge(["h-a", "h-unknown"], "campaign") == 1
-        assert await waiting_a == Nudge("campaign", MIN_SPREAD_MS)
+        assert await waiting_a == "campaign"
         try:
             await waiting_b
             raise AssertionError("h-b was not nudged")
@@ -67,7 +73,7 @@ def test_nudges_while_a_stream_is_busy_are_kept_and_coalesced():
         # Not waiting now: two nudges meanwhile come as the last one.
         watchers.nudge(None, "campaign")
         watchers.nudge(None, "revert")
-        assert await _next(stream) == Nudge("revert", MIN_SPREAD_MS)
+        assert await _reason(stream) == "revert"
 
     asyncio.run(scenario())
 
@@ -75,7 +81,8 @@ def test_nudges_while_a_stream_is_busy_are_kept_and_coalesced():
 def test_a_large_nudge_is_paced_a_window_at_a_time():
     """300 hosts nudged, with a measured capacity of 120 nudged check-ins a
     second: a second's worth (120) at once, then a new one as each nudged
-    host's check-in is served; each once, each asked for the least spread."""
+    host's check-in is served; each once, each asked to spread its check-in
+    over the second the controller needs for the window."""
 
     async def scenario() -> None:
         admission = Admission(capacity=Capacity(per_second=120 * NUDGED_UNITS))
@@ -91,7 +98,7 @@ def test_a_large_nudge_is_paced_a_window_at_a_time():
             got.append(await _next(stream, timeout=5))
             watchers.served(host_id)
             assert len(watchers.pacer) <= 120
-        assert got == [Nudge("campaign", MIN_SPREAD_MS)] * 300
+        assert got == [Nudge("campaign", MAX_SPREAD_MS)] * 300
         assert watchers.nudged == 300
         assert watchers.waiting == 0
         assert len(watchers.pacer) == 0
@@ -108,16 +115,16 @@ def test_hosts_waiting_for_their_nudge_keep_their_turn_and_take_the_newer_reason
         assert watchers.nudged == 20
         watchers.close("h-27")  # gone before its turn: skipped
         watchers.nudge(["h-29", "h-28", "h-2"], "revert")  # h-28, h-29 waiting: the newer reason
-        campaign, revert = Nudge("campaign", MIN_SPREAD_MS), Nudge("revert", MIN_SPREAD_MS)
+        campaign, revert = "campaign", "revert"
         got = {}
         for host_id, stream in streams.items():
             if host_id != "h-27":
-                got[host_id] = await _next(stream, timeout=5)
+                got[host_id] = await _reason(stream, timeout=5)
                 watchers.served(host_id)
         assert got == {
             **{f"h-{i}": campaign for i in range(27)}, "h-28": revert, "h-29": revert,
         }  # fmt: skip
-        assert await _next(streams["h-2"], timeout=5) == revert  # nudged already: again
+        assert await _reason(streams["h-2"], timeout=5) == revert  # nudged already: again
         assert watchers.nudged == 30
         assert watchers.waiting == 0
 
@@ -197,6 +204,40 @@ def test_the_window_follows_the_controller_s_load():
     assert pacer.window == 400
 
 
+def test_nudged_hosts_spread_their_check_ins_over_the_time_to_serve_them():
+    """At 400 nudged check-ins a second measured: 100 hosts over a quarter
+    of a second, one host at once, a window or more over MAX_SPREAD_MS;
+    hosts nudged while others are awaited over the time to serve them all
+    (they would only wait their turn, in a longer queue)."""
+    pacer = Pacer(Admission(capacity=Capacity(per_second=400 * NUDGED_UNITS)))
+    assert pacer.spread_ms(100) == 250
+    assert pacer.spread_ms(1) <= 3
+    assert pacer.spread_ms(400) == MAX_SPREAD_MS
+    assert pacer.spread_ms(40_000) == MAX_SPREAD_MS
+    for n in range(100):
+        pacer.sent(f"h-{n}")
+    assert pacer.spread_ms(20) == 300
+    for n in range(100):
+        pacer.served(f"h-{n}")
+    assert pacer.spread_ms(20) == 50
+    slow = Pacer(Admission(capacity=Capacity(per_second=20 * NUDGED_UNITS)))
+    assert slow.spread_ms(10) == 500
+
+
+def test_a_small_push_is_asked_to_come_in_the_time_it_takes_not_a_window_s():
+    """30 hosts at 120 nudged check-ins a second: a quarter of a second."""
+
+    async def scenario() -> None:
+        watchers = Watchers(Admission(capacity=Capacity(per_second=120 * NUDGED_UNITS)))
+        streams = [_open(watchers, f"h-{i}") for i in range(30)]
+        await asyncio.sleep(0)
+        assert watchers.nudge(None, "campaign") == 30
+        assert [await _next(s) for s in streams] == [Nudge("campaign", 250)] * 30
+        watchers.close_all()
+
+    asyncio.run(scenario())
+
+
 def test_a_nudge_while_nudged_hosts_are_awaited_keeps_the_window():
     """Streams opening one by one after a restart are each nudged (a key
     revoked): the window they share is the one the load has set, not
@@ -220,10 +261,10 @@ def test_a_nudge_while_nudged_hosts_are_awaited_keeps_the_window():
         clock.now += PACE_FORGET  # h-2 never came: forgotten
         watchers.nudge(["h-0"], "revert")
         assert watchers.pacer.window == 400
-        assert [await _next(s) for s in streams] == [
-            Nudge("revert", MIN_SPREAD_MS),  # the newer, unread yet
-            Nudge("key-revoked", MIN_SPREAD_MS),
-            Nudge("key-revoked", MIN_SPREAD_MS),
+        assert [await _reason(s) for s in streams] == [
+            "revert",  # the newer, unread yet
+            "key-revoked",
+            "key-revoked",
         ]
         watchers.close_all()
 
@@ -251,12 +292,12 @@ def test_a_second_stream_of_a_host_replaces_the_first():
         old_waiting = asyncio.ensure_future(_next(old))
         await asyncio.sleep(0)
         new = _open(watchers, "h-a")
-        new_waiting = asyncio.ensure_future(_next(new))
+        new_waiting = asyncio.ensure_future(_reason(new))
         await asyncio.sleep(0)
         assert await old_waiting is None  # the older one ended
         assert len(watchers) == 1  # its end did not forget the newer one
         watchers.nudge(["h-a"], "revert")
-        assert await new_waiting == Nudge("revert", MIN_SPREAD_MS)
+        assert await new_waiting == "revert"
 
     asyncio.run(scenario())
 
