@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.controller import Controller
+from tests.support.packages import BUILDS_ENV
 from tests.support.postgres import PostgresServer, missing_reason, running
 
 # `make test` sets this: run as root (as CI is), every suite can run here, so
@@ -24,6 +25,20 @@ _SKIPPED: list[str] = []  # "nodeid: reason" of every skip this session
 
 def pytest_configure(config: pytest.Config) -> None:
     _share_bytecode()
+    _share_builds()
+
+
+def _share_builds() -> None:
+    """One directory for this session's package builds, made here, in the
+    process that starts pytest-xdist's workers (they inherit its
+    environment): each version of the packages is then built once for the
+    whole run (tests/support/packages.py takes turns on it), not once per
+    worker, minutes each. Removed when this process exits."""
+    if os.environ.get(BUILDS_ENV):
+        return  # a worker: its controlling process made it
+    root = Path(tempfile.mkdtemp(prefix="fleetpatch-test-debs-"))
+    atexit.register(shutil.rmtree, root, ignore_errors=True)
+    os.environ[BUILDS_ENV] = str(root)
 
 
 def _share_bytecode() -> None:

@@ -5,7 +5,10 @@ packages` does (the project venv's python, a subprocess), with zstd
 compression: about 50 times faster than the release default (xz) and read
 by the same dpkg. `built_debs(version)` caches that per test session, so
 each version is built once whichever test module asks first; `agent_rpm(version)`
-does the same for the agent's RPM.
+does the same for the agent's RPM. Under pytest-xdist the workers share one
+directory for the session (tests/conftest.py names it in BUILDS_ENV) and
+take turns on each build (a file lock): a version is built once for the
+run, not once per worker.
 
 `build_script()` imports packaging/build_debs.py as a module (it is a script,
 not a package) for tests of its pure parts (versions).
@@ -17,6 +20,8 @@ not a package) for tests of its pure parts (versions).
 from __future__ import annotations
 
 import atexit
+import contextlib
+import fcntl
 import importlib.util
 import json
 import os
@@ -26,7 +31,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -169,24 +174,57 @@ class Dpkg:
 
 # -- one build per test session --------------------------------------------------------
 
+# The directory the session's builds go to, shared by its pytest-xdist
+# workers (set by tests/conftest.py in the controlling process, which
+# removes it at the end); without it, one of this process's own.
+BUILDS_ENV = "FLEETPATCH_TEST_BUILDS"
+
 _BUILT: dict[str, BuiltDebs] = {}
 
 
 @cache
 def session_debs_root() -> Path:
-    """A directory for this test process's builds, removed when it exits."""
+    """The directory of this test session's builds."""
+    shared = os.environ.get(BUILDS_ENV)
+    if shared:
+        return Path(shared)
     root = Path(tempfile.mkdtemp(prefix="fleetpatch-test-debs-"))
     atexit.register(shutil.rmtree, root, ignore_errors=True)
     return root
 
 
+def _done(name: str) -> Path:
+    """What build ``name`` made, written once it is complete: beside its
+    directory, whose files a release check wants all signed."""
+    return session_debs_root() / f".{name}.built.json"
+
+
+@contextlib.contextmanager
+def _one_at_a_time(name: str) -> Iterator[None]:
+    """Hold the session's lock on ``name``: the other workers wait for
+    what this one is building."""
+    with open(session_debs_root() / f".{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
+
+
 def built_debs(version: str | None = None) -> BuiltDebs:
     """Both packages at `version` (default: the project's), built and signed
-    once per test session whichever test module asks first. Directory names
-    under session_debs_root() are the versions."""
+    once per test session whichever test module, on whichever worker, asks
+    first. Directory names under session_debs_root() are the versions."""
     name = version or build_script().project_version()
     if name not in _BUILT:
-        _BUILT[name] = build_debs(session_debs_root() / name, version, session_release_key())
+        done = _done(name)
+        with _one_at_a_time(name):
+            if not done.is_file():
+                built = build_debs(session_debs_root() / name, version, session_release_key())
+                done.write_text(json.dumps({k: str(v) for k, v in vars(built).items()}))
+        record = json.loads(done.read_text())
+        _BUILT[name] = BuiltDebs(
+            version=record["version"], deb_version=record["deb_version"],
+            agent=Path(record["agent"]), controller=Path(record["controller"]),
+            public_key=Path(record["public_key"]),
+        )  # fmt: skip
     return _BUILT[name]
 
 
@@ -196,7 +234,9 @@ def session_release_key() -> Path:
     from controller.releases.signed import keygen
 
     key = session_debs_root() / "release.key"
-    keygen(key)
+    with _one_at_a_time("release-key"):
+        if not key.with_suffix(".pub").is_file():
+            keygen(key)
     return key
 
 
@@ -207,17 +247,21 @@ def agent_rpm(version: str | None = None) -> Path:
     .rpm itself is what an unsigned build makes)."""
     name = version or build_script().project_version()
     out = session_debs_root() / f"rpm-{name}"
-    found = sorted(out.glob("fleetpatch-agent-*.rpm"))
-    if found:
-        return found[0]
-    argv = [sys.executable, str(BUILD_SCRIPT), "--out", str(out), "--package", "agent", "--rpm",
-            "--compression", "zstd", "--key", str(session_release_key())]  # fmt: skip
-    if version is not None:
-        argv += ["--version", version]
-    done = subprocess.run(argv, capture_output=True, text=True, timeout=900, cwd=ROOT, check=False)
-    assert done.returncode == 0, done.stderr[-5000:]
-    (rpm,) = [Path(line) for line in done.stdout.split() if line.endswith(".rpm")]
-    return rpm
+    done = _done(f"rpm-{name}")
+    with _one_at_a_time(f"rpm-{name}"):
+        if done.is_file():
+            return Path(json.loads(done.read_text())["rpm"])
+        argv = [sys.executable, str(BUILD_SCRIPT), "--out", str(out), "--package", "agent",
+                "--rpm", "--compression", "zstd", "--key", str(session_release_key())]  # fmt: skip
+        if version is not None:
+            argv += ["--version", version]
+        ran = subprocess.run(
+            argv, capture_output=True, text=True, timeout=900, cwd=ROOT, check=False
+        )
+        assert ran.returncode == 0, ran.stderr[-5000:]
+        (rpm,) = [Path(line) for line in ran.stdout.split() if line.endswith(".rpm")]
+        done.write_text(json.dumps({"rpm": str(rpm)}))
+        return rpm
 
 
 # -- a booted systemd ------------------------------------------------------------------
