@@ -29,7 +29,7 @@ from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass
 
-from controller.api.limits import DEFAULT_CAPACITY, Admission
+from controller.api.limits import DEFAULT_CAPACITY, ORDER_UNITS, Admission
 
 log = logging.getLogger(__name__)
 
@@ -49,12 +49,11 @@ MAX_SPREAD_MS = 1000
 # calls in use on average) and grows by PACE_UP if it was full and the
 # controller was not. It starts as a second of nudges at the rate
 # `Capacity` measured (in light calls) over NUDGED_UNITS: a nudged
-# check-in carries a newly signed and recorded order, and its host comes in
-# alone rather than among a steady stream of others; measured here, it
-# costs the controller about what two or three light calls served back to
-# back do. The hosts of a full window are asked to spread their check-ins
-# over MAX_SPREAD_MS, so it holds about that much of the controller's work.
-NUDGED_UNITS = 3.0
+# check-in carries a newly signed and recorded order (ORDER_UNITS more
+# than a light call, and counted so when it is served). The hosts of a
+# full window are asked to spread their check-ins over MAX_SPREAD_MS, so it
+# holds about that much of the controller's work.
+NUDGED_UNITS = 1.0 + ORDER_UNITS
 PACE_STEP = 0.1
 PACE_ADJUST = 0.5
 PACE_FORGET = 5.0

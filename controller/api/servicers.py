@@ -512,6 +512,8 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
                 reported = convert.to_json(request.facts)
             facts = facts_of(host_id, outcome.region, outcome.ring, outcome.labels, reported, at)
             order = await self._engine.order_for(facts, request.highest_sequence)
+            if order is not None:
+                limits.charge(limits.ORDER_UNITS)  # what the order cost, for `Capacity`
         self.watchers.served(host_id)  # a nudged host's turn is over
         return agent_pb2.CheckInResponse(
             ca_trust=self._trust(request.ca_trust_hash, context),

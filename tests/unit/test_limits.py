@@ -177,6 +177,44 @@ def test_a_call_is_counted_for_the_bytes_of_its_request():
     assert 2.5 < capacity.counted[1] < 4  # 300 packages: measured at 3.3-3.6
 
 
+class _Ordering(_Servicer):
+    """A servicer whose check-ins asking for one are answered with an order
+    (charged for it, as AgentService's are)."""
+
+    @rpc
+    async def CheckIn(self, request: agent_pb2.CheckInRequest, context: object) -> str:
+        await asyncio.sleep(0)  # the order is recorded off the event loop
+        if request.inventory_hash == "order":
+            limits.charge(limits.ORDER_UNITS)
+        return request.inventory_hash
+
+
+def test_a_check_in_answered_with_an_order_is_counted_for_the_order_too():
+    """A nudged host's check-in is small, but its answer carries a newly
+    signed and recorded order: counted as one, the rate measured during an
+    emergency was a third of the light-call rate, and the next push started
+    at a third of the pace. Concurrent calls are each charged their own."""
+    capacity = _Measured()
+    servicer = _Ordering(limits.Admission(capacity=capacity))
+
+    async def calls() -> list[str]:
+        def unread(inventory_hash: str) -> Any:
+            data = agent_pb2.CheckInRequest(inventory_hash=inventory_hash).SerializeToString()
+            return Unread(cast(Any, _Context(data)), agent_pb2.CheckInRequest)
+
+        one = servicer.CheckIn(unread("order"), cast(Any, None))
+        other = _Ordering(limits.Admission(capacity=capacity))
+        two = other.CheckIn(unread("none"), cast(Any, None))
+        return list(await asyncio.gather(one, two))
+
+    assert asyncio.run(calls()) == ["order", "none"]
+    assert sorted(capacity.counted) == [
+        pytest.approx(1.0, abs=0.1),
+        pytest.approx(1.0 + limits.ORDER_UNITS, abs=0.1),
+    ]
+    limits.charge(5.0)  # outside a call: nothing to charge, no error
+
+
 def test_downloads_shed_keep_the_fixed_spread_delay():
     admission = limits.Admission(max_downloads=1, rng=random.Random(3))
     with (
