@@ -93,6 +93,7 @@ class Tally:
     seen: int = 0  # latencies seen, for the sample
     seconds: float = 0.0  # of the measured window
     shed: int = 0  # check-ins the controller shed with a retry delay (then waited out)
+    reports_shed: int = 0  # report calls shed with a retry delay (sent again later)
     details: dict[str, str] = field(default_factory=dict)  # an example message per error
     streams: int = 0  # Watch streams the controller opened (--push)
     nudges: int = 0  # nudges received
@@ -165,6 +166,7 @@ class Result:
     errors: dict[str, int]
     shed: int = 0
     error_examples: dict[str, str] = field(default_factory=dict)
+    reports_shed: int = 0  # report calls shed with a retry delay (sent again later)
     controller_cpu_percent: float | None = None  # of one core, over the window
     controller_rss_mib: float | None = None
     streams: int = 0  # --push: Watch streams opened
@@ -220,7 +222,7 @@ def merge(
         round(pct(0.5), 2), round(pct(0.9), 2), round(pct(0.99), 2),
         sum(t.inventories for t in tallies), sum(t.orders for t in tallies),
         sum(t.reports for t in tallies), {k: v for k, v in errors.items() if v},
-        sum(t.shed for t in tallies), examples,
+        sum(t.shed for t in tallies), examples, sum(t.reports_shed for t in tallies),
         controller_cpu_percent=None if usage is None else round(usage.cpu_percent, 1),
         controller_rss_mib=None if usage is None else round(usage.rss_mib, 1),
         streams=sum(t.streams for t in tallies), nudges=sum(t.nudges for t in tallies),
@@ -420,7 +422,11 @@ async def _report(agent: _Agent, tally: Tally) -> None:
         reports = agent_pb2.ReportProgressRequest(reports=due)
         await agent.stub.ReportProgress(reports, timeout=CALL_TIMEOUT)
     except grpc.aio.AioRpcError as exc:
-        tally.error(exc, "report")
+        shed = exc.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
+        if shed and retry_after(exc.trailing_metadata()) is not None:
+            tally.reports_shed += 1  # kept, sent again after the next check-in, as an agent does
+        else:
+            tally.error(exc, "report")
         return
     tally.reports += len(due)
     agent.pending = [(at, r) for at, r in agent.pending if r not in due]
@@ -792,6 +798,9 @@ def table(results: Sequence[Result]) -> str:
                          f"{len(r.nudged_checkins)} nudged check-ins")  # fmt: skip
         if r.shed:
             lines.append(f"{r.target}: {r.shed} check-ins shed with a retry delay (waited out)")
+        if r.reports_shed:
+            lines.append(f"{r.target}: {r.reports_shed} report calls shed with a retry delay "
+                         "(sent again later)")  # fmt: skip
         for name, n in sorted(r.errors.items()):
             lines.append(f"{r.target}: {n} x {name}: {r.error_examples.get(name, '')}")
     return "\n".join(lines)

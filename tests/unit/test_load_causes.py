@@ -5,16 +5,27 @@ refusals."""
 
 from __future__ import annotations
 
+import asyncio
+import time
+from types import SimpleNamespace
+from typing import Any, cast
+
 import grpc
 import pytest
+from fleetpatch.overload import retry_after_trailer
+from fleetpatch.v1 import types_pb2
 
 from controller.api import limits
 from controller.api.server import server_options
-from simulator.load import Tally, cause
+from simulator.load import Tally, _report, cause
 
 
-def _error(code: grpc.StatusCode, details: str) -> grpc.aio.AioRpcError:
-    return grpc.aio.AioRpcError(code, grpc.aio.Metadata(), grpc.aio.Metadata(), details, None)
+def _error(
+    code: grpc.StatusCode, details: str, trailer: tuple[tuple[str, str], ...] = ()
+) -> grpc.aio.AioRpcError:
+    return grpc.aio.AioRpcError(
+        code, grpc.aio.Metadata(), grpc.aio.Metadata(*trailer), details, None
+    )
 
 
 @pytest.mark.parametrize(
@@ -46,3 +57,30 @@ def test_the_controller_keeps_a_herd_sized_backlog_of_calls_not_yet_taken_up():
     options = dict(server_options(100_000))
     assert options["grpc.server.max_pending_requests"] == limits.MAX_PENDING_CALLS >= 10_000
     assert options["grpc.server.max_pending_requests_hard_limit"] == limits.MAX_PENDING_CALLS_HARD
+
+
+@pytest.mark.parametrize(
+    ("trailer", "shed", "errors"),
+    [
+        (retry_after_trailer(2.0), 1, {}),
+        ((), 0, {"report RESOURCE_EXHAUSTED (shed without a retry delay)": 1}),
+    ],
+)
+def test_a_report_shed_with_a_retry_delay_is_kept_for_later_not_an_error(trailer, shed, errors):
+    """A loaded controller sheds report calls as it sheds check-ins: with a
+    retry delay, which is load handled as designed, not an error; the
+    reports are kept and sent again, as an agent does."""
+
+    async def refused(request: object, timeout: float) -> None:
+        raise _error(grpc.StatusCode.RESOURCE_EXHAUSTED, "busy", trailer)
+
+    report = types_pb2.ProgressReport(order_id="o-1", step="SUCCEEDED")
+    agent = SimpleNamespace(
+        pending=[(time.monotonic() - 1, report)], stub=SimpleNamespace(ReportProgress=refused)
+    )
+    tally = Tally()
+    asyncio.run(_report(cast(Any, agent), tally))
+    assert tally.reports_shed == shed
+    assert tally.errors == errors
+    assert len(agent.pending) == 1  # kept, to be sent again
+    assert tally.reports == 0
