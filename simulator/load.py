@@ -103,8 +103,8 @@ class Tally:
     def failed(self, exc: grpc.aio.AioRpcError, measured: bool, rng: random.Random) -> float:
         """Count a failed check-in; how long to wait before the next. Shed
         with a retry delay: it is waited out, as an agent does."""
-        delay = retry_after(exc.trailing_metadata())
-        if exc.code() is grpc.StatusCode.RESOURCE_EXHAUSTED and delay is not None:
+        delay = shed_delay(exc)
+        if delay is not None:
             self.shed += measured
             return delay
         if measured:
@@ -123,6 +123,14 @@ class Tally:
             self.latencies.append(took)
         elif (slot := rng.randrange(self.seen)) < SAMPLE:
             self.latencies[slot] = took
+
+
+def shed_delay(exc: grpc.aio.AioRpcError) -> float | None:
+    """The retry delay of a call the controller shed for load
+    (RESOURCE_EXHAUSTED with one); None for any other failure."""
+    if exc.code() is not grpc.StatusCode.RESOURCE_EXHAUSTED:
+        return None
+    return retry_after(exc.trailing_metadata())
 
 
 CALL_TIMEOUT = 60.0  # the generator's deadline for a check-in or a report
@@ -422,8 +430,7 @@ async def _report(agent: _Agent, tally: Tally) -> None:
         reports = agent_pb2.ReportProgressRequest(reports=due)
         await agent.stub.ReportProgress(reports, timeout=CALL_TIMEOUT)
     except grpc.aio.AioRpcError as exc:
-        shed = exc.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
-        if shed and retry_after(exc.trailing_metadata()) is not None:
+        if shed_delay(exc) is not None:
             tally.reports_shed += 1  # kept, sent again after the next check-in, as an agent does
         else:
             tally.error(exc, "report")
