@@ -166,6 +166,7 @@ class Served:
     enters one, and this takes half the time (README, "Performance")."""
 
     __slots__ = ("_admission", "_download", "_kind", "_peer", "_token", "units")
+    _token: Token[Served | None]  # set on entering: `charge` finds the call by it
 
     def __init__(self, admission: Admission, peer: str | None, kind: str) -> None:
         self.units = 1.0
@@ -173,7 +174,6 @@ class Served:
         self._peer = peer
         self._kind = kind
         self._download = kind in DOWNLOADS
-        self._token: Token[Served | None] | None = None
 
     def __enter__(self) -> Served:
         self._admission._take(self._peer, self._kind, self._download)
@@ -181,8 +181,7 @@ class Served:
         return self
 
     def __exit__(self, *_: object) -> None:
-        if self._token is not None:
-            _SERVED.reset(self._token)
+        _SERVED.reset(self._token)
         self._admission._give_back(self._peer, self._kind, self._download, self.units)
 
 
