@@ -47,7 +47,6 @@ from controller.metrics.presence import Presence
 from controller.model import HostStatus
 from controller.notify.webhooks import Deliveries, Webhook
 from controller.periodic import every
-from controller.quietlog import Quiet
 from controller.releases.artifacts import ArtifactStore
 from controller.releases.publishing import Releases, load_release_key
 from controller.rollout.engine import CampaignEngine
@@ -61,8 +60,6 @@ log = logging.getLogger(__name__)
 
 SERVICES = ("fleetpatch.v1.AgentService", "fleetpatch.v1.AdminService", "fleetpatch.v1.VulnService")
 SHUTDOWN_GRACE_SECONDS = 10.0
-# A replica left behind by another's key or CA rotation says so this often.
-LINEAGE_WARNING_SECONDS = 600.0
 # Open files kept back from the connection cap for the database, logs,
 # artifacts and the files a release upload writes.
 RESERVED_FILES = 256
@@ -248,6 +245,7 @@ async def serve(  # noqa: PLR0915
         raise
 
     stop = stop or asyncio.Event()
+    left_behind: list[DataDirError] = []  # why this replica stopped by itself
     loop = asyncio.get_running_loop()
     _handle_signals(loop, stop.set)
 
@@ -265,7 +263,7 @@ async def serve(  # noqa: PLR0915
         gcpolicy.refreeze_every(gcpolicy.REFREEZE_SECONDS, stop),
         *(
             [follow_revocations(db, revoked, settings.campaign_tick.total_seconds(), stop),
-             follow_lineage(db, ours, settings.campaign_tick.total_seconds(), stop)]
+             follow_lineage(db, ours, settings.campaign_tick.total_seconds(), stop, left_behind)]
             if shared else []
         ),
     )  # fmt: skip
@@ -309,6 +307,8 @@ async def serve(  # noqa: PLR0915
         db.close()
         _handle_signals(loop, None)
         log.info("controller stopped")
+    if left_behind:
+        raise left_behind[0]
 
 
 async def _in_daemon_thread(fn: Callable[[], _T]) -> _T:
@@ -433,21 +433,26 @@ async def follow_revocations(
 
 
 async def follow_lineage(
-    db: StoreThread, ours: lineage.Lineage, interval: float, stop: asyncio.Event
-) -> None:
-    """Replicas sharing a database: say, every ``interval`` seconds and at
-    most every LINEAGE_WARNING_SECONDS, while another replica serves the
-    fleet with a CA or signing key rotated on from this one's (started after
-    a `rotate-key` or `rotate-ca` on its copy)."""
-    quiet = Quiet(log, seconds=LINEAGE_WARNING_SECONDS)
+    db: StoreThread, ours: lineage.Lineage, interval: float, stop: asyncio.Event,
+    left_behind: list[DataDirError],
+) -> None:  # fmt: skip
+    """Replicas sharing a database: every ``interval`` seconds, whether
+    another replica now serves the fleet with a CA or signing key rotated
+    on from this one's (started after a `rotate-key` or `rotate-ca` on its
+    copy). Then this one stops, as it would refuse to start: it would sign
+    orders with a key the fleet retired (refused by the agents once its
+    grace ends, at once when revoked) and renew certificates from a CA the
+    fleet is leaving. Its agents fail over to the replicas listed beside
+    it. Why is put in ``left_behind`` and ``stop`` is set."""
 
     async def follow() -> None:
         recorded = await db.call(lambda s: s.recorded_lineage())
         try:
             lineage.reconcile(recorded, ours)
         except DataDirError as exc:
-            quiet.say("lineage", "%s, then restart this replica (it serves with the keys it "
-                      "started with until then)", exc)  # fmt: skip
+            log.error("%s; this replica stops serving", exc)
+            left_behind.append(exc)
+            stop.set()
 
     await every(interval, stop, follow, "following the fleet's keys")
 

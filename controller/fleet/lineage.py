@@ -131,8 +131,8 @@ def adopt(store: Store, ours: Lineage) -> Lineage:
                 log.debug("this data dir's %s recorded as the fleet's", describe(ours.current))
             elif recorded.current != fleet.current and store.shared:
                 log.warning(
-                    "the fleet now has this data dir's %s (rotated from %s): restart the "
-                    "other replicas with a copy of this data dir",
+                    "the fleet now has this data dir's %s (rotated from %s): the other "
+                    "replicas stop within a tick; start each on a copy of this data dir",
                     describe(fleet.current), describe(recorded.current),
                 )  # fmt: skip
             return fleet

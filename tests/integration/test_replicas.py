@@ -22,6 +22,7 @@ import pytest
 from cryptography import x509
 from fleetpatch.v1 import agent_pb2, agent_pb2_grpc
 
+from agent.errors import TransientError
 from controller.fleet.lineage import ca_mark
 from tests.integration.test_cli_errors import _one_line
 from tests.integration.test_enrollment import Raw, _enroll
@@ -186,27 +187,57 @@ def _report_via(ctl: Controller, host: Raw) -> grpc.StatusCode:
 def test_a_replica_whose_keys_are_not_the_fleets_does_not_serve_it(replicas, tmp_path):
     """A replica made by an `init` of its own, or left with a copy from
     before another replica's rotate-key, would sign orders the agents
-    refuse: serve refuses it in one line, exit 2; one running meanwhile is
-    told within a tick. Copied again, it serves."""
+    refuse: serve refuses it in one line, exit 2; one running meanwhile
+    stops within a tick with that line, and its agents move to the other
+    replica. Copied again, it serves."""
     first, stale = replicas
-    first.stop()
-    ca = ca_mark(x509.load_pem_x509_certificate((first.data_dir / "ca.pem").read_bytes()))[3:19]
-    own = Controller(tmp_path / "own", store_url=first.store_url)
-    own.init()
-    _one_line(own.serve_to_exit(), 2, "this data dir is not the fleet's",
-              "not a `controller init` of its own")  # fmt: skip
+    # An agent listing both replicas, the one to be left behind first.
+    both = f"{stale.address},{first.address}"
+    agent = InProcessAgent(
+        first, tmp_path / "agent", "eu", 1, FakeBackend({}, {}), FakeProber([True]), address=both
+    )
+    try:
+        agent.round()
+        assert agent.client.address == stale.address
+        first.stop()
+        ca = ca_mark(x509.load_pem_x509_certificate((first.data_dir / "ca.pem").read_bytes()))
+        ca = ca[3:19]
+        own = Controller(tmp_path / "own", store_url=first.store_url)
+        own.init()
+        _one_line(own.serve_to_exit(), 2, "this data dir is not the fleet's",
+                  "not a `controller init` of its own")  # fmt: skip
 
-    rotated = ok("fleetpatch", "controller", "rotate-key", "--data-dir", first.data_dir)
-    old, new = rotated.stdout.split()[2], rotated.stdout.split()[6].rstrip(",")
-    first.start()
-    moved = f"signing key {new} (rotated from CA {ca}, signing key {old}): restart the other"
-    assert moved in first.log.read_text()
-    behind = f"it has CA {ca}, signing key {old}, the fleet has CA {ca}, signing key {new}"
-    told = f"{behind} (another replica ran rotate-key"
-    wait_for("the replica left behind to say so", stale.log.read_text, lambda t: told in t,
-             timeout=30)  # fmt: skip
-    assert "then restart this replica" in stale.log.read_text()
-    assert stale.stop() == 0
+        rotated = ok("fleetpatch", "controller", "rotate-key", "--data-dir", first.data_dir)
+        old, new = rotated.stdout.split()[2], rotated.stdout.split()[6].rstrip(",")
+        first.start()
+        moved = f"signing key {new} (rotated from CA {ca}, signing key {old}): the other replicas"
+        assert moved in first.log.read_text()
+        behind = f"it has CA {ca}, signing key {old}, the fleet has CA {ca}, signing key {new}"
+        assert stale.proc is not None
+        assert stale.proc.wait(timeout=30) == 2  # a tick is 1 s here
+        stale.proc = None
+        said = stale.log.read_text()
+        assert f"{behind} (another replica ran rotate-key" in said
+        assert "this replica stops serving" in said
+        last = said.strip().splitlines()[-1]  # the exit's one line
+        assert last == (
+            f"fleetpatch: error: this data dir is older than the fleet's: {behind} (another "
+            "replica ran rotate-key or rotate-ca); copy the data dir again from that replica"
+        )
+        assert "Traceback" not in said
+
+        def checks_in() -> bool:
+            try:
+                agent.round()
+            except TransientError:
+                return False
+            return True
+
+        wait_for("the agent to check in through the other replica", checks_in, timeout=30)
+        assert agent.client.address == first.address
+        assert new in agent.state.trusted_signing_keys()  # from the replica that rotated
+    finally:
+        agent.close()
     _one_line(stale.serve_to_exit(), 2, f"this data dir is older than the fleet's: {behind}")
     again = replica_of(first, tmp_path / "again")
     again.start()
