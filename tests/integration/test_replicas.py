@@ -245,6 +245,25 @@ def test_a_replica_whose_keys_are_not_the_fleets_does_not_serve_it(replicas, tmp
     first.stop()
 
 
+def test_a_replica_left_behind_by_a_ca_rotation_stops(replicas):
+    """The same for `rotate-ca` on another replica: one left running would
+    renew host certificates from the CA the fleet is leaving and never
+    offer the new one, so it stops within a tick, exit 2."""
+    first, stale = replicas
+    first.stop()
+    ok("fleetpatch", "controller", "rotate-ca", "--data-dir", first.data_dir)
+    first.start()
+    assert stale.proc is not None
+    assert stale.proc.wait(timeout=30) == 2
+    stale.proc = None
+    last = stale.log.read_text().strip().splitlines()[-1]
+    assert last.startswith("fleetpatch: error: this data dir is older than the fleet's: it has CA ")
+    assert "another replica ran rotate-key or rotate-ca" in last
+    assert first.proc is not None
+    assert first.proc.poll() is None  # the rotated one serves on
+    assert first.admin("hosts", "list").returncode == 0
+
+
 def test_a_host_revoked_through_one_replica_is_refused_by_the_other(replicas):
     first, second = replicas
     host = _enroll(first, first.token())
