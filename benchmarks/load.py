@@ -113,7 +113,9 @@ def main() -> None:
     )
     parser.add_argument("--json", action="store_true", help="the load tool's JSON")
     args = parser.parse_args()  # fmt: skip
-    if args.replicas < 1 or (args.replicas > 1 and args.store != "postgresql"):
+    if args.replicas < 1:
+        parser.error("--replicas must be >= 1")
+    if args.replicas > 1 and args.store != "postgresql":
         parser.error("--replicas N > 1 needs --store postgresql (replicas share one database)")
     if args.agents < 1 or args.processes < 1 or args.seconds < 1 or args.concurrency < 0:
         parser.error("--agents, --processes and --seconds must be >= 1, --concurrency >= 0")

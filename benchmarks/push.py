@@ -23,9 +23,13 @@ load --push` against real controllers over real mutual TLS:
    holding the idle agents take their share of the cores apart from it).
 
 On this shared 2-core machine the load generator shares the cores with the
-controller; the figures are for this machine.
+controller; the figures are for this machine. Each step says on stderr
+when it starts (the whole takes a few minutes for 3,000 streams, 15-20
+for 10,000).
 
     .venv/bin/python -m benchmarks.push [--streams 3000] [--busy 200] [--json]
+
+Exit codes: 0 done, 1 the load tool or a controller failed, 2 bad options.
 """
 
 from __future__ import annotations
@@ -85,8 +89,20 @@ class Load:
                 self.enrolled.set()
 
     def wait_enrolled(self, timeout: float = 600) -> None:
-        if not self.enrolled.wait(timeout):
-            raise SystemExit(f"the load did not enroll its agents:\n{''.join(self.stderr)}")
+        """Until the agents are enrolled; SystemExit (the load's own words)
+        at once when it ended before, after ``timeout`` when it hangs."""
+        deadline = time.monotonic() + timeout
+        while not self.enrolled.wait(0.2):
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                self.proc.wait()
+                raise SystemExit(f"the load did not enroll its agents: {self._said()}")
+
+    def _said(self) -> str:
+        """The load's last words (its error line), once its stderr is read."""
+        self.proc.wait()
+        time.sleep(0.1)  # the reader thread takes the last lines
+        lines = [line.strip() for line in self.stderr if line.strip()]
+        return lines[-1] if lines else f"exit {self.proc.returncode}"
 
     def stop(self) -> None:
         """End the load and its worker processes (a SIGTERM to the load
@@ -97,9 +113,24 @@ class Load:
     def result(self) -> dict[str, object]:
         out, _ = self.proc.communicate(timeout=900)
         if self.proc.returncode != 0:
-            raise SystemExit(f"the load failed:\n{''.join(self.stderr)}")
+            raise SystemExit(f"the load failed: {self._said()}")
         run: dict[str, object] = json.loads(out)["runs"][0]
         return run
+
+
+def fleetpatch(*args: str | Path) -> str:
+    """The admin CLI's output; SystemExit with its error line when it fails."""
+    done = subprocess.run([str(BIN / "fleetpatch"), *map(str, args)], capture_output=True,
+                          text=True, check=False)  # fmt: skip
+    if done.returncode != 0:
+        said = done.stderr.strip().splitlines()
+        raise SystemExit(f"fleetpatch {args[0]} {args[1]}: {said[-1] if said else done.returncode}")
+    return done.stdout
+
+
+def say(what: str) -> None:
+    """Progress, on stderr (the figures go to stdout)."""
+    print(f"push benchmark: {what}", file=sys.stderr, flush=True)
 
 
 def rss_mib(pid: int, samples: int = 5) -> float:
@@ -122,6 +153,8 @@ def idle_rss(tmp: Path, streams: int, ramp: float, push: bool) -> tuple[float, f
     (with their Watch streams when ``push``); with push, also approve an
     emergency campaign and time it. Returns (RSS MiB, approval wall time, load result)."""
     data, proc = controller(tmp, f"ctl-{'push' if push else 'plain'}")
+    say(f"{streams} idle agents connecting over {ramp:g} s, {'with' if push else 'without'} "
+        "a Watch stream each, to a fresh controller")  # fmt: skip
     try:
         before = psutil.Process(proc.pid).memory_info().rss / 2**20
         settle = ramp + 15
@@ -135,18 +168,11 @@ def idle_rss(tmp: Path, streams: int, ramp: float, push: bool) -> tuple[float, f
             if push:
                 spec = tmp / "emergency.toml"
                 spec.write_text(EMERGENCY)
-                created = subprocess.run(
-                    [str(BIN / "fleetpatch"), "campaign", "create", str(spec), "--data-dir",
-                     str(data)],
-                    check=True, capture_output=True, text=True,
-                )  # fmt: skip
-                campaign_id = created.stdout.strip().splitlines()[-1]
+                created = fleetpatch("campaign", "create", spec, "--data-dir", data)
+                campaign_id = created.strip().splitlines()[-1]
+                say(f"approving an emergency campaign for the {streams} agents")
                 approved = time.time()  # before the CLI starts: a conservative start
-                subprocess.run(
-                    [str(BIN / "fleetpatch"), "campaign", "approve", campaign_id, "--data-dir",
-                     str(data)],
-                    check=True, capture_output=True,
-                )  # fmt: skip
+                fleetpatch("campaign", "approve", campaign_id, "--data-dir", data)
             result = load.result()
             if push:
                 result["approved_by_controller"] = approval_recorded(data, approved)
@@ -163,12 +189,8 @@ def approval_recorded(data: Path, since: float) -> float:
     Unix time: the start of what push itself takes, past the admin CLI's
     own start-up."""
     start = datetime.fromtimestamp(since - 5, UTC).strftime("%Y-%m-%dT%H:%M:%S")
-    exported = subprocess.run(
-        [str(BIN / "fleetpatch"), "audit", "export", "--json", "--since", start, "--data-dir",
-         str(data)],
-        check=True, capture_output=True, text=True,
-    )  # fmt: skip
-    for record in json.loads(exported.stdout):
+    exported = fleetpatch("audit", "export", "--json", "--since", start, "--data-dir", data)
+    for record in json.loads(exported):
         if record["action"] == "campaign.approve" and record["outcome"] != "refused":
             return datetime.fromisoformat(record["at"]).timestamp()
     raise SystemExit("the controller's audit trail has no approval of the campaign")
@@ -185,7 +207,9 @@ def throughput(
     data, proc = controller(tmp, "ctl-throughput")
     try:
         options = ("--interval", "0", "--seconds", str(seconds), "--ramp", "3")
+        say(f"{busy} agents checking in back to back for {seconds:g} s, alone")
         alone = Load(data, busy, *options).result()
+        say(f"the same beside {streams} idle agents with their streams open")
         idle = Load(data, streams, "--interval", "600", "--push", "--ramp", str(ramp),
                     "--seconds", str(ramp + seconds + 120))  # fmt: skip
         idle.wait_enrolled()
@@ -210,13 +234,20 @@ def pct(values: list[float], q: float) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--streams", type=int, default=3000)
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0],
+        epilog="Exit codes: 0 done, 1 the load tool or a controller failed, 2 bad options.",
+    )
+    parser.add_argument("--streams", type=int, default=3000, help="idle agents with streams")
     parser.add_argument("--busy", type=int, default=200, help="back-to-back agents for part 3")
-    parser.add_argument("--seconds", type=float, default=20)
-    parser.add_argument("--ramp", type=float, default=30)
+    parser.add_argument("--seconds", type=float, default=20, help="measured seconds of part 3")
+    parser.add_argument(
+        "--ramp", type=float, default=30, help="seconds the idle agents connect over"
+    )
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
+    if args.streams < 1 or args.busy < 1 or not args.seconds >= 1 or not args.ramp >= 0:
+        parser.error("--streams, --busy and --seconds must be >= 1, --ramp >= 0")
     _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     with tempfile.TemporaryDirectory(prefix="fleetpatch-push-") as name:
