@@ -50,6 +50,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from benchmarks.options import at_least
+
 IDLE_RSS_BUDGET_MIB = 40.0
 APPLY_RSS_BUDGET_MIB = 120.0
 CPU_BUDGET_PERCENT = 0.1
@@ -347,8 +349,12 @@ def main() -> int:
     if sys.argv[1:2] == ["--bare-client"]:
         return bare_client(sys.argv[2:])
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--interval", type=int, default=5, help="check-in interval, seconds")
-    parser.add_argument("--checkins", type=int, default=12, help="check-ins to measure over")
+    parser.add_argument(
+        "--interval", type=at_least(1), default=5, help="check-in interval, seconds"
+    )
+    parser.add_argument(
+        "--checkins", type=at_least(1), default=12, help="check-ins to measure over"
+    )
     parser.add_argument(
         "--agent", default="fleetpatch-agent", help="the agent command (default: the venv's)"
     )

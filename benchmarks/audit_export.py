@@ -42,6 +42,7 @@ if not __package__:  # run as a file: make `benchmarks` importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.campaign_load import phase, say
 from benchmarks.checkin_load import BIN, serve, stop
+from benchmarks.options import at_least
 from controller.audit import GENESIS, AuditEntry, record_hash
 
 CHUNK = 100_000
@@ -174,10 +175,10 @@ def report(steps: list[Step]) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--records", type=int, default=10_000_000,
+    parser.add_argument("--records", type=at_least(1), default=10_000_000,
                         help="audit records in the trail (default 10,000,000)")  # fmt: skip
     parser.add_argument("--json", action="store_true", help="time `audit export --json` too")
-    parser.add_argument("--port", type=int, default=20000 + os.getpid() % 20000)
+    parser.add_argument("--port", type=at_least(1, 65535), default=20000 + os.getpid() % 20000)
     args = parser.parse_args()
     if args.records < 1:
         parser.error("--records must be at least 1")

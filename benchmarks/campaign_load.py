@@ -60,6 +60,7 @@ from benchmarks.checkin_load import (
     start_controller,
     stop,
 )
+from benchmarks.options import at_least, seconds
 
 # The real identities are enrolled in ("eu", ring 0) by enroll_all; the
 # seeded hosts are spread over these regions and rings, ring 0 (canaries)
@@ -312,9 +313,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--fleet", default="1000,10000,100000",
                         help="comma-separated fleet sizes (default 1000,10000,100000)")  # fmt: skip
-    parser.add_argument("--hosts", type=int, default=1000, help="real identities checking in")
-    parser.add_argument("--seconds", type=float, default=10.0)
-    parser.add_argument("--concurrency", type=int, default=64)
+    parser.add_argument(
+        "--hosts", type=at_least(1), default=1000, help="real identities checking in"
+    )
+    parser.add_argument("--seconds", type=seconds(), default=10.0)
+    parser.add_argument("--concurrency", type=at_least(1), default=64)
     args = parser.parse_args()
     try:
         fleets = [int(f.replace("_", "")) for f in args.fleet.split(",") if f.strip()]

@@ -39,6 +39,8 @@ from cryptography.x509.oid import NameOID
 from fleetpatch.inventory import inventory_hash
 from fleetpatch.v1 import agent_pb2, agent_pb2_grpc, types_pb2
 
+from benchmarks.options import at_least, seconds
+
 BIN = Path(sys.executable).parent
 PACKAGES = [(f"pkg{i}", f"1.{i}", "amd64") for i in range(300)]
 
@@ -200,9 +202,9 @@ def run(max_batch: int, args: argparse.Namespace) -> tuple[float, float, float]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--hosts", type=int, default=400)
-    parser.add_argument("--seconds", type=float, default=10.0)
-    parser.add_argument("--concurrency", type=int, default=64)
+    parser.add_argument("--hosts", type=at_least(1), default=400)
+    parser.add_argument("--seconds", type=seconds(), default=10.0)
+    parser.add_argument("--concurrency", type=at_least(1), default=64)
     parser.add_argument("--store-url", default="", help="a PostgreSQL URL ([store] url)")
     args = parser.parse_args()
     print(f"{args.hosts} hosts, {args.concurrency} concurrent check-ins, {args.seconds:.0f}s each",

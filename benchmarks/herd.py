@@ -42,6 +42,7 @@ if not __package__:  # run as a file: make `benchmarks` importable
 from agent.link.backoff import retry_delay
 from agent.statedir import Timing
 from benchmarks.checkin_load import PACKAGES, enroll_all, host_channel, init_controller, serve, stop
+from benchmarks.options import at_least, seconds
 
 HERD_SECONDS = 10.0
 MAX_RETRY = Timing().max_retry_delay.total_seconds()
@@ -163,11 +164,13 @@ def trial(args: argparse.Namespace, port: int, spread: float) -> Herd:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--hosts", type=int, default=2000)
-    parser.add_argument("--interval", type=float, default=30.0, help="check-in interval, s")
-    parser.add_argument("--outage", type=float, default=5.0, help="seconds the controller is down")
+    parser.add_argument("--hosts", type=at_least(1), default=2000)
+    parser.add_argument("--interval", type=seconds(), default=30.0, help="check-in interval, s")
     parser.add_argument(
-        "--herd", type=float, default=HERD_SECONDS, help="seconds over which the herd arrives"
+        "--outage", type=seconds(above=False), default=5.0, help="seconds the controller is down"
+    )
+    parser.add_argument(
+        "--herd", type=seconds(), default=HERD_SECONDS, help="seconds over which the herd arrives"
     )
     args = parser.parse_args()
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)

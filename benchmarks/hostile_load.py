@@ -50,6 +50,7 @@ from fleetpatch.v1 import agent_pb2, agent_pb2_grpc, types_pb2
 if not __package__:  # run as a file: make `benchmarks` importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.checkin_load import PACKAGES, enroll_all, host_channel, start_controller
+from benchmarks.options import at_least, seconds
 
 MiB = 1024 * 1024
 GREEDY_PARALLEL = 6
@@ -288,9 +289,9 @@ def experiment_idle(args: argparse.Namespace, port: int) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--hosts", type=int, default=200)
-    parser.add_argument("--seconds", type=float, default=15.0)
-    parser.add_argument("--idle", type=int, default=2000)
+    parser.add_argument("--hosts", type=at_least(1), default=200)
+    parser.add_argument("--seconds", type=seconds(), default=15.0)
+    parser.add_argument("--idle", type=at_least(1), default=2000)
     args = parser.parse_args()
     port = 20000 + os.getpid() % 20000
     experiment_greedy(args, port)

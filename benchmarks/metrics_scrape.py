@@ -46,6 +46,7 @@ if not __package__:  # run as a file: make `benchmarks` importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.campaign_load import CAMPAIGN, fleetpatch, phase, say, seed_hosts
 from benchmarks.checkin_load import PACKAGES, enroll_all, load, serve, start_controller, stop
+from benchmarks.options import at_least, seconds
 from controller.campaigns import parse_campaign
 from controller.rollout.tally import count
 from controller.store import Store
@@ -108,13 +109,15 @@ def checkins(port: int, data: Path, identities: list[tuple[bytes, bytes]],
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--fleet", type=int, default=100_000)
-    parser.add_argument("--campaigns", type=int, default=20)
-    parser.add_argument("--hosts", type=int, default=200, help="real identities checking in")
-    parser.add_argument("--scrapes", type=int, default=50)
-    parser.add_argument("--seconds", type=float, default=10.0)
-    parser.add_argument("--interval", type=float, default=1.0, help="seconds between scrapes")
-    parser.add_argument("--concurrency", type=int, default=32)
+    parser.add_argument("--fleet", type=at_least(1), default=100_000)
+    parser.add_argument("--campaigns", type=at_least(1), default=20)
+    parser.add_argument(
+        "--hosts", type=at_least(1), default=200, help="real identities checking in"
+    )
+    parser.add_argument("--scrapes", type=at_least(1), default=50)
+    parser.add_argument("--seconds", type=seconds(), default=10.0)
+    parser.add_argument("--interval", type=seconds(), default=1.0, help="seconds between scrapes")
+    parser.add_argument("--concurrency", type=at_least(1), default=32)
     args = parser.parse_args()
     port = 20000 + os.getpid() % 20000
     metrics_port = port + 7

@@ -30,6 +30,7 @@ import time
 from datetime import timedelta
 from pathlib import Path
 
+from benchmarks.options import at_least
 from simulator.expect import check
 from simulator.outcome import Outcome
 from simulator.rehearsal import scenario_simulation
@@ -49,8 +50,8 @@ def rehearse(sc: Scenario, hosts: int, naive: bool = False) -> tuple[Outcome, fl
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--hosts", type=int, default=100_000)
-    parser.add_argument("--baseline-hosts", type=int, default=1_000)
+    parser.add_argument("--hosts", type=at_least(1), default=100_000)
+    parser.add_argument("--baseline-hosts", type=at_least(1), default=1_000)
     parser.add_argument("--json", action="store_true", help="print the figures as JSON")
     args = parser.parse_args()
     sc = load_scenario(SCENARIO)

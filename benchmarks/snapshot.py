@@ -28,6 +28,7 @@ from pathlib import Path
 if not __package__:  # run as a file: make the project importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from agent.backends.apt import SNAPSHOT_WORKERS
+from benchmarks.options import at_least
 from tests.support.sandbox import HostSandbox
 
 # Run inside the sandbox by the project's own interpreter: snapshot the
@@ -66,7 +67,7 @@ def installed(count: int) -> list[str]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--packages", type=int, default=90)
+    parser.add_argument("--packages", type=at_least(1), default=90)
     parser.add_argument(
         "--no-dpkg-repack", dest="dpkg_repack", action="store_false",
         help="skip the (slow) baseline of dpkg-repack for every package",

@@ -43,6 +43,7 @@ if not __package__:  # run as a file: make the project importable
 
 from fleetpatch.inventory import inventory_hash
 
+from benchmarks.options import at_least
 from controller.fleet.tokens import new_token
 from controller.model import CheckIn, Host, HostStatus
 from controller.store import Store
@@ -118,9 +119,9 @@ def timed(label: str, fn: Callable[[], T]) -> tuple[T, float]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--hosts", type=int, default=10000)
-    parser.add_argument("--packages", type=int, default=700)
-    parser.add_argument("--records", type=int, default=100000)
+    parser.add_argument("--hosts", type=at_least(1), default=10000)
+    parser.add_argument("--packages", type=at_least(1), default=700)
+    parser.add_argument("--records", type=at_least(1), default=100000)
     args = parser.parse_args()
     rng = random.Random(15)
     with tempfile.TemporaryDirectory() as tmp:
