@@ -49,6 +49,8 @@ import psutil
 
 if not __package__:  # run as a file: make `benchmarks` importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks import options
+from benchmarks.campaign_load import fleetpatch, say
 from benchmarks.checkin_load import BIN, init_controller, serve, stop
 from tests.support.controller import free_port
 from tests.support.waiting import stop_group
@@ -79,7 +81,8 @@ class Load:
         )  # fmt: skip
         self.enrolled = threading.Event()
         self.stderr: list[str] = []
-        threading.Thread(target=self._follow, daemon=True).start()
+        self._reader = threading.Thread(target=self._follow, daemon=True)
+        self._reader.start()
 
     def _follow(self) -> None:
         assert self.proc.stderr is not None
@@ -94,13 +97,12 @@ class Load:
         deadline = time.monotonic() + timeout
         while not self.enrolled.wait(0.2):
             if self.proc.poll() is not None or time.monotonic() > deadline:
-                self.proc.wait()
                 raise SystemExit(f"the load did not enroll its agents: {self._said()}")
 
     def _said(self) -> str:
         """The load's last words (its error line), once its stderr is read."""
         self.proc.wait()
-        time.sleep(0.1)  # the reader thread takes the last lines
+        self._reader.join(timeout=5)  # it ends at the end of the load's stderr
         lines = [line.strip() for line in self.stderr if line.strip()]
         return lines[-1] if lines else f"exit {self.proc.returncode}"
 
@@ -116,21 +118,6 @@ class Load:
             raise SystemExit(f"the load failed: {self._said()}")
         run: dict[str, object] = json.loads(out)["runs"][0]
         return run
-
-
-def fleetpatch(*args: str | Path) -> str:
-    """The admin CLI's output; SystemExit with its error line when it fails."""
-    done = subprocess.run([str(BIN / "fleetpatch"), *map(str, args)], capture_output=True,
-                          text=True, check=False)  # fmt: skip
-    if done.returncode != 0:
-        said = done.stderr.strip().splitlines()
-        raise SystemExit(f"fleetpatch {args[0]} {args[1]}: {said[-1] if said else done.returncode}")
-    return done.stdout
-
-
-def say(what: str) -> None:
-    """Progress, on stderr (the figures go to stdout)."""
-    print(f"push benchmark: {what}", file=sys.stderr, flush=True)
 
 
 def rss_mib(pid: int, samples: int = 5) -> float:
@@ -168,11 +155,11 @@ def idle_rss(tmp: Path, streams: int, ramp: float, push: bool) -> tuple[float, f
             if push:
                 spec = tmp / "emergency.toml"
                 spec.write_text(EMERGENCY)
-                created = fleetpatch("campaign", "create", spec, "--data-dir", data)
+                created = fleetpatch("campaign", "create", str(spec), "--data-dir", str(data))
                 campaign_id = created.strip().splitlines()[-1]
                 say(f"approving an emergency campaign for the {streams} agents")
                 approved = time.time()  # before the CLI starts: a conservative start
-                fleetpatch("campaign", "approve", campaign_id, "--data-dir", data)
+                fleetpatch("campaign", "approve", campaign_id, "--data-dir", str(data))
             result = load.result()
             if push:
                 result["approved_by_controller"] = approval_recorded(data, approved)
@@ -189,7 +176,7 @@ def approval_recorded(data: Path, since: float) -> float:
     Unix time: the start of what push itself takes, past the admin CLI's
     own start-up."""
     start = datetime.fromtimestamp(since - 5, UTC).strftime("%Y-%m-%dT%H:%M:%S")
-    exported = fleetpatch("audit", "export", "--json", "--since", start, "--data-dir", data)
+    exported = fleetpatch("audit", "export", "--json", "--since", start, "--data-dir", str(data))
     for record in json.loads(exported):
         if record["action"] == "campaign.approve" and record["outcome"] != "refused":
             return datetime.fromisoformat(record["at"]).timestamp()
@@ -238,16 +225,26 @@ def main() -> None:
         description=__doc__.split("\n\n")[0],
         epilog="Exit codes: 0 done, 1 the load tool or a controller failed, 2 bad options.",
     )
-    parser.add_argument("--streams", type=int, default=3000, help="idle agents with streams")
-    parser.add_argument("--busy", type=int, default=200, help="back-to-back agents for part 3")
-    parser.add_argument("--seconds", type=float, default=20, help="measured seconds of part 3")
     parser.add_argument(
-        "--ramp", type=float, default=30, help="seconds the idle agents connect over"
+        "--streams", type=options.at_least(1), default=3000, help="idle agents with streams"
+    )
+    parser.add_argument(
+        "--busy", type=options.at_least(1), default=200, help="back-to-back agents for part 3"
+    )
+    parser.add_argument(  # the load tool measures for a second at least
+        "--seconds",
+        type=options.seconds(1, above=False),
+        default=20,
+        help="measured seconds of part 3",
+    )
+    parser.add_argument(
+        "--ramp",
+        type=options.seconds(above=False),
+        default=30,
+        help="seconds the idle agents connect over",
     )
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
-    if args.streams < 1 or args.busy < 1 or not args.seconds >= 1 or not args.ramp >= 0:
-        parser.error("--streams, --busy and --seconds must be >= 1, --ramp >= 0")
     _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     with tempfile.TemporaryDirectory(prefix="fleetpatch-push-") as name:
