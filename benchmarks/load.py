@@ -40,7 +40,9 @@ from pathlib import Path
 
 if not __package__:  # run as a file: make `benchmarks` importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks import options
 from benchmarks.checkin_load import BIN, init_controller, serve, set_store
+from simulator.cli import MAX_AGENTS, MAX_PROCESSES
 from tests.support.controller import free_port
 from tests.support.postgres import PostgresServer, missing_reason
 
@@ -94,31 +96,27 @@ def main() -> None:
         description=__doc__.split("\n\n")[0],
         epilog="Exit codes: 0 done, 1 the load tool or a server failed, 2 bad options.",
     )
-    parser.add_argument("--agents", type=int, default=1000)
-    parser.add_argument("--processes", type=int, default=2)
-    parser.add_argument("--seconds", type=float, default=20)
-    parser.add_argument("--ramp", type=float, default=10)
+    parser.add_argument("--agents", type=options.at_least(1, MAX_AGENTS), default=1000)
+    parser.add_argument("--processes", type=options.at_least(1, MAX_PROCESSES), default=2)
+    parser.add_argument("--seconds", type=options.seconds(1, above=False), default=20)
+    parser.add_argument("--ramp", type=options.seconds(above=False), default=10)
     parser.add_argument(
         "--concurrency",
-        type=int,
+        type=options.at_least(0),
         default=64,
         help="check-ins in flight per load process; 0: no bound (a herd)",
     )
     parser.add_argument("--store", choices=("sqlite", "postgresql"), default="sqlite")
     parser.add_argument(
         "--replicas",
-        type=int,
+        type=options.at_least(1),
         default=1,
         help="controller replicas on one database (--store postgresql)",
     )
     parser.add_argument("--json", action="store_true", help="the load tool's JSON")
     args = parser.parse_args()  # fmt: skip
-    if args.replicas < 1:
-        parser.error("--replicas must be >= 1")
     if args.replicas > 1 and args.store != "postgresql":
         parser.error("--replicas N > 1 needs --store postgresql (replicas share one database)")
-    if args.agents < 1 or args.processes < 1 or args.seconds < 1 or args.concurrency < 0:
-        parser.error("--agents, --processes and --seconds must be >= 1, --concurrency >= 0")
     with tempfile.TemporaryDirectory(prefix="fleetpatch-load-") as tmp, database(args.store) as db:
         url, db_pid = db
         first = Path(tmp) / "ctl-1"

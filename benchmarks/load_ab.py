@@ -57,11 +57,13 @@ if not __package__:  # run as a file: make `benchmarks` importable
 from fleetpatch.v1 import admin_pb2
 from google.protobuf.duration_pb2 import Duration
 
+from benchmarks import options
 from benchmarks.checkin_load import BIN, init_controller, serve, set_store, stop
 from benchmarks.load import database
 from controller.cli.admin_client import AdminClient
 from controller.datadir import DataDir
 from simulator import load
+from simulator.cli import MAX_AGENTS, MAX_PROCESSES
 from tests.support.controller import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -301,12 +303,12 @@ def main() -> None:
     )
     parser.add_argument("--rev", action="append", help='a git revision, or "." (repeatable)')
     parser.add_argument("--bare", action="store_true", help="the bare grpc.aio server too")
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--seconds", type=float, default=15)
-    parser.add_argument("--ramp", type=float, default=5)
-    parser.add_argument("--agents", type=int, default=1000)
-    parser.add_argument("--processes", type=int, default=2)
-    parser.add_argument("--concurrency", type=int, default=64)
+    parser.add_argument("--rounds", type=options.at_least(1), default=3)
+    parser.add_argument("--seconds", type=options.seconds(1, above=False), default=15)
+    parser.add_argument("--ramp", type=options.seconds(above=False), default=5)
+    parser.add_argument("--agents", type=options.at_least(1, MAX_AGENTS), default=1000)
+    parser.add_argument("--processes", type=options.at_least(1, MAX_PROCESSES), default=2)
+    parser.add_argument("--concurrency", type=options.at_least(0), default=64)
     parser.add_argument(
         "--threads",
         action="store_true",
@@ -320,8 +322,6 @@ def main() -> None:
     )
     args = parser.parse_args()
     revs = args.rev or ["HEAD", "."]
-    if args.rounds < 1 or args.seconds < 1 or args.agents < 1 or args.processes < 1:
-        parser.error("--rounds, --seconds, --agents and --processes must be >= 1")
     errors = 0
     with (
         tempfile.TemporaryDirectory(prefix="fleetpatch-ab-") as name,

@@ -25,15 +25,27 @@ def _load_ab(*args: str) -> subprocess.CompletedProcess[str]:
     [
         (
             ["--rev", "no-such-revision-here"],
-            "--rev no-such-revision-here: fatal: invalid reference",
+            "benchmarks.load_ab: --rev no-such-revision-here:"
+            " fatal: invalid reference: no-such-revision-here",
         ),
-        (["--rounds", "0"], "--rounds, --seconds, --agents and --processes must be >= 1"),
+        (
+            ["--rounds", "0"],
+            "load_ab.py: error: argument --rounds: 0 is not a whole number of at least 1",
+        ),
+        (
+            ["--seconds", "nan"],
+            "load_ab.py: error: argument --seconds: nan is not a number of seconds of at least 1",
+        ),
+        (
+            ["--concurrency", "-5"],
+            "load_ab.py: error: argument --concurrency: -5 is not a whole number of at least 0",
+        ),
     ],
 )
 def test_bad_options_are_one_line_and_exit_2(args: list[str], said: str) -> None:
     done = _load_ab(*args)
     assert done.returncode == 2, done.stderr
-    assert said in done.stderr.strip().splitlines()[-1]  # one line (after argparse's usage)
+    assert done.stderr.strip().splitlines()[-1] == said  # one line (after argparse's usage)
     assert "Traceback" not in done.stderr
     listed = subprocess.run(["git", "-C", str(ROOT), "worktree", "list"], capture_output=True,
                             text=True, check=True).stdout  # fmt: skip

@@ -15,14 +15,36 @@ ROOT = Path(__file__).resolve().parents[2]
 @pytest.mark.parametrize(
     ("args", "said"),
     [
-        (["--replicas", "0"], "--replicas must be >= 1"),
-        (["--replicas", "2"], "--replicas N > 1 needs --store postgresql"),
-        (["--agents", "0"], "--agents, --processes and --seconds must be >= 1"),
+        (
+            ["--replicas", "0"],
+            "load.py: error: argument --replicas: 0 is not a whole number of at least 1",
+        ),
+        (
+            ["--replicas", "2"],
+            "load.py: error: --replicas N > 1 needs --store postgresql"
+            " (replicas share one database)",
+        ),
+        (
+            ["--agents", "0"],
+            "load.py: error: argument --agents: 0 is not a whole number from 1 to 1000000",
+        ),
+        (
+            ["--processes", "257"],
+            "load.py: error: argument --processes: 257 is not a whole number from 1 to 256",
+        ),
+        (
+            ["--ramp", "-1"],
+            "load.py: error: argument --ramp: -1 is not a number of seconds of at least 0",
+        ),
+        (
+            ["--concurrency", "-1"],
+            "load.py: error: argument --concurrency: -1 is not a whole number of at least 0",
+        ),
     ],
 )
 def test_bad_options_are_one_line_and_exit_2(args: list[str], said: str) -> None:
     done = subprocess.run([sys.executable, "-m", "benchmarks.load", *args], cwd=ROOT,
                           capture_output=True, text=True, timeout=60, check=False)  # fmt: skip
     assert done.returncode == 2, done.stderr
-    assert said in done.stderr.strip().splitlines()[-1]  # one line after argparse's usage
+    assert done.stderr.strip().splitlines()[-1] == said  # one line after argparse's usage
     assert "Traceback" not in done.stderr
