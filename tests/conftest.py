@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import atexit
 import os
-import shutil
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,6 +11,7 @@ import pytest
 from tests.support.controller import Controller
 from tests.support.packages import BUILDS_ENV
 from tests.support.postgres import PostgresServer, missing_reason, running
+from tests.support.scratch import until_exit
 
 # `make test` sets this: run as root (as CI is), every suite can run here, so
 # a skip means a suite silently did not (a sandbox that would not start, a
@@ -36,8 +34,7 @@ def _share_builds() -> None:
     worker, minutes each. Removed when this process exits."""
     if os.environ.get(BUILDS_ENV):
         return  # a worker: its controlling process made it
-    root = Path(tempfile.mkdtemp(prefix="fleetpatch-test-debs-"))
-    atexit.register(shutil.rmtree, root, ignore_errors=True)
+    root = until_exit("fleetpatch-test-debs-")
     os.environ[BUILDS_ENV] = str(root)
 
 
@@ -55,9 +52,8 @@ def _share_bytecode() -> None:
     Left alone when the caller chose a prefix."""
     if os.environ.get("PYTHONPYCACHEPREFIX"):
         return
-    prefix = Path(tempfile.mkdtemp(prefix="fleetpatch-test-pyc-"))
+    prefix = until_exit("fleetpatch-test-pyc-")
     prefix.chmod(0o755)  # readable by the tests' processes that are not root
-    atexit.register(shutil.rmtree, prefix, ignore_errors=True)
     os.environ["PYTHONPYCACHEPREFIX"] = str(prefix)
     os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
 

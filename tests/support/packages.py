@@ -19,7 +19,6 @@ not a package) for tests of its pure parts (versions).
 
 from __future__ import annotations
 
-import atexit
 import contextlib
 import fcntl
 import importlib.util
@@ -29,7 +28,6 @@ import re
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -38,6 +36,7 @@ from pathlib import Path
 from types import ModuleType
 
 from tests.support.sandbox import DEFAULT_ENV, HostSandbox
+from tests.support.scratch import until_exit
 from tests.support.waiting import scaled, stop_group
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -188,9 +187,7 @@ def session_debs_root() -> Path:
     shared = os.environ.get(BUILDS_ENV)
     if shared:
         return Path(shared)
-    root = Path(tempfile.mkdtemp(prefix="fleetpatch-test-debs-"))
-    atexit.register(shutil.rmtree, root, ignore_errors=True)
-    return root
+    return until_exit("fleetpatch-test-debs-")
 
 
 def _done(name: str) -> Path:

@@ -79,7 +79,6 @@ Fallbacks and limits
 
 from __future__ import annotations
 
-import atexit
 import contextlib
 import functools
 import os
@@ -96,6 +95,7 @@ from pathlib import Path, PurePosixPath
 from types import TracebackType
 from typing import IO, Any, Literal
 
+from tests.support.scratch import until_exit
 from tests.support.waiting import scaled
 
 INIT_SCRIPT = Path(__file__).with_name("_sandbox_init.py")
@@ -653,8 +653,7 @@ _STABLE_EMPTY = ("/var/lib/apt/lists",)
 def stable_base(base_dir: str | Path | None) -> Path:
     """The snapshot of STABLE_DIRS, taken once per test process (the first
     sandbox's start) and removed at exit."""
-    snapshot = Path(tempfile.mkdtemp(prefix="fp-base-", dir=base_dir))
-    atexit.register(shutil.rmtree, snapshot, ignore_errors=True)
+    snapshot = until_exit("fp-base-", base_dir)
     for source in STABLE_DIRS:
         if not Path(source).is_dir():
             continue
