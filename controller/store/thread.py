@@ -75,8 +75,13 @@ class StoreThread:
                 loop.run_in_executor(self._executor, self._timed, fn), self._timeout
             )
         except TimeoutError:
+            # This call waited the whole timeout, queued or running; the one
+            # running now may have begun just before (the one ahead of it was
+            # slow), but the database has not answered this one for as long.
             running = self._running_since
-            waited = self._timeout if running is None else time.monotonic() - running
+            waited = self._timeout
+            if running is not None:
+                waited = max(waited, time.monotonic() - running)
             raise self._hanging(waited) from None
 
     def _timed(self, fn: Callable[[Store], _T]) -> _T:

@@ -1,0 +1,62 @@
+"""The store thread's timeout (PostgreSQL): a call not answered within it
+is refused with StoreUnavailable, and what is said counts the time the
+call waited, queued behind a slow one included."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import time
+from collections.abc import Callable
+from typing import cast
+
+import pytest
+
+from controller.errors import StoreUnavailable
+from controller.store import Store
+from controller.store.thread import StoreThread
+
+
+class _Nothing:
+    """A store that is never called but closed (the calls below sleep)."""
+
+    def close(self) -> None:
+        pass
+
+
+def _slow(seconds: float) -> Callable[[Store], float]:
+    def call(store: Store) -> float:
+        time.sleep(seconds)
+        return seconds
+
+    return call
+
+
+@pytest.mark.timeout(60)
+def test_a_call_queued_behind_a_slow_one_says_how_long_it_waited(caplog):
+    """The first call takes 1.2 s, under the 2 s timeout; the second, queued
+    behind it, has waited its whole 2 s when it times out, 0.8 s into its
+    own run. It used to be said that the database had not answered "for
+    1s" (the time since the running call began)."""
+    thread = StoreThread(cast(Store, _Nothing()), timeout=2.0)
+
+    async def calls() -> list[float | BaseException]:
+        first = asyncio.ensure_future(thread.call(_slow(1.2)))
+        await asyncio.sleep(0)  # the first is running before the second is queued
+        second = asyncio.ensure_future(thread.call(_slow(2.0)))
+        done = await asyncio.gather(first, second, return_exceptions=True)
+        return [*done, await thread.call(_slow(0))]  # queued behind the second's run
+
+    with caplog.at_level(logging.WARNING, logger="controller.store.thread"):
+        first, second, third = asyncio.run(calls())
+    thread.close()
+    assert (first, third) == (1.2, 0)
+    assert isinstance(second, StoreUnavailable)
+    assert str(second) == "the database has not answered for 2s; try again shortly"
+    said = [r.getMessage() for r in caplog.records]
+    assert said[0].startswith("the database has not answered a call for 2s "), said
+    again = re.fullmatch(r"the database answers again, after (\d+)s", said[1])
+    assert again is not None, said
+    assert int(again.group(1)) >= 2, said  # when the second's run ended
+    assert len(said) == 2, said
