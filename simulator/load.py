@@ -52,6 +52,7 @@ from fleetpatch.inventory import inventory_hash
 from fleetpatch.overload import retry_after
 from fleetpatch.v1 import agent_pb2, agent_pb2_grpc, types_pb2
 
+from agent.link.backoff import overload_delay
 from agent.link.watch import nudge_delay
 from simulator.errors import LoadFailed
 
@@ -102,14 +103,18 @@ class Tally:
 
     def failed(self, exc: grpc.aio.AioRpcError, measured: bool, rng: random.Random) -> float:
         """Count a failed check-in; how long to wait before the next. Shed
-        with a retry delay: it is waited out, as an agent does."""
+        with a retry delay: it is waited out, as an agent does. Answered
+        UNAVAILABLE with a retry delay (the controller's database is down):
+        an error, waited out as an agent does (between once and twice the
+        delay), not retried at once as a lost connection is."""
         delay = shed_delay(exc)
         if delay is not None:
             self.shed += measured
             return delay
         if measured:
             self.error(exc)
-        return rng.uniform(0.5, 1.5)
+        asked = overload_delay(unavailable_delay(exc), rng)
+        return asked if asked is not None else rng.uniform(0.5, 1.5)
 
     def error(self, exc: grpc.aio.AioRpcError, call: str = "") -> None:
         """Count an error under its cause, with an example of its message."""
@@ -129,6 +134,15 @@ def shed_delay(exc: grpc.aio.AioRpcError) -> float | None:
     """The retry delay of a call the controller shed for load
     (RESOURCE_EXHAUSTED with one); None for any other failure."""
     if exc.code() is not grpc.StatusCode.RESOURCE_EXHAUSTED:
+        return None
+    return retry_after(exc.trailing_metadata())
+
+
+def unavailable_delay(exc: grpc.aio.AioRpcError) -> float | None:
+    """The retry delay of a call the controller answered UNAVAILABLE (its
+    database cannot be reached); None for any other failure, a connection
+    that failed or was lost among them."""
+    if exc.code() is not grpc.StatusCode.UNAVAILABLE:
         return None
     return retry_after(exc.trailing_metadata())
 
@@ -153,6 +167,8 @@ def cause(exc: grpc.aio.AioRpcError) -> str:
     if code is grpc.StatusCode.DEADLINE_EXCEEDED:
         return f"DEADLINE_EXCEEDED (the generator's {CALL_TIMEOUT:.0f} s deadline)"
     if code is grpc.StatusCode.UNAVAILABLE:
+        if unavailable_delay(exc) is not None:
+            return "UNAVAILABLE (the database down: answered with a retry delay, waited out)"
         return "UNAVAILABLE (connection failed or lost)"
     if code is grpc.StatusCode.RESOURCE_EXHAUSTED:
         return "RESOURCE_EXHAUSTED (shed without a retry delay)"
@@ -483,8 +499,7 @@ async def _run_agents(
                         answer = await agent.stub.CheckIn(request, timeout=CALL_TIMEOUT)
                 except grpc.aio.AioRpcError as exc:
                     unreachable = (
-                        exc.code() is grpc.StatusCode.UNAVAILABLE
-                        and retry_after(exc.trailing_metadata()) is None
+                        exc.code() is grpc.StatusCode.UNAVAILABLE and unavailable_delay(exc) is None
                     )  # not a replica saying its database is down: the others share it
                     await asyncio.sleep(tally.failed(exc, time.monotonic() >= measure_from, rng))
                     if unreachable:

@@ -6,6 +6,7 @@ refusals."""
 from __future__ import annotations
 
 import asyncio
+import random
 import time
 from types import SimpleNamespace
 from typing import Any, cast
@@ -42,6 +43,27 @@ def _error(
 )  # fmt: skip
 def test_each_failure_is_named_by_its_cause(code, details, expected):
     assert cause(_error(code, details)) == expected
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_a_controller_whose_database_is_down_is_waited_out_as_an_agent_does(seed):
+    """UNAVAILABLE with a retry delay is the controller's own answer while
+    its database is down, not a lost connection: counted under that cause,
+    and the next check-in waits between once and twice the delay, as the
+    agent's does (agent.link.backoff.overload_delay), instead of coming
+    back within a second and a half."""
+    rng = random.Random(seed)
+    tally = Tally()
+    down = _error(grpc.StatusCode.UNAVAILABLE, "the database is unavailable; try again shortly",
+                  retry_after_trailer(5.0))  # fmt: skip
+    assert 5.0 <= tally.failed(down, True, rng) <= 10.0
+    lost = _error(grpc.StatusCode.UNAVAILABLE, "Socket closed")
+    assert 0.5 <= tally.failed(lost, True, rng) <= 1.5
+    assert tally.errors == {
+        "UNAVAILABLE (the database down: answered with a retry delay, waited out)": 1,
+        "UNAVAILABLE (connection failed or lost)": 1,
+    }
+    assert tally.shed == 0
 
 
 def test_the_tally_keeps_an_example_per_cause_and_call():
