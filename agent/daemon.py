@@ -30,6 +30,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
 
+from fleetpatch import logline
+
 from agent.errors import STORAGE_ERRNOS, AgentError, ConfigError, StateDirError, storage_error
 from agent.leanimports import lean_imports
 
@@ -42,11 +44,7 @@ FLAGS = {"--once": "once", "--verbose": "verbose", "-v": "verbose"}
 
 
 def setup_logging(verbose: bool) -> None:
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO,
-        stream=sys.stderr,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    logline.setup(logging.DEBUG if verbose else logging.INFO)
 
 
 def require_root(command: str) -> None:

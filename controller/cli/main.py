@@ -7,7 +7,6 @@ them).
 from __future__ import annotations
 
 import asyncio
-import logging
 import socket
 import sys
 from datetime import UTC, datetime, timedelta
@@ -15,7 +14,7 @@ from typing import Annotated
 
 import typer
 from fleetpatch import labels as labelspec
-from fleetpatch import render
+from fleetpatch import logline, render
 from fleetpatch.cliapp import exit_codes_epilog, new_app, run
 from fleetpatch.durations import format_duration, parse_duration
 from fleetpatch.v1 import admin_pb2, vulns_pb2
@@ -181,11 +180,7 @@ def controller_rotate_ca(
 def _setup_logging(level: str) -> None:
     if level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
         raise UsageError(f"--log-level {level!r} is not one of debug, info, warning, error")
-    logging.basicConfig(
-        level=level.upper(),
-        stream=sys.stderr,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    logline.setup(level.upper())
 
 
 # -- tokens ----------------------------------------------------------------------

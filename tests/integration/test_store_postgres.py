@@ -194,6 +194,8 @@ def test_a_database_outage_is_unavailable_with_a_retry_delay_then_served(
     log = ctl.log.read_text()
     assert "Traceback" not in log
     assert "answers again" in log
+    # One record, one line: libpq's errors hold line breaks of their own.
+    assert not [line for line in log.splitlines() if line[:1].isspace()], log
     # The pool's line for each failed attempt is passed on once a minute.
     assert log.count("error connecting in 'fleetpatch'") <= 4, log
 

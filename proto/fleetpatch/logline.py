@@ -1,0 +1,45 @@
+"""How the agent and the controller write their logs: one record, one line.
+
+A service's standard error goes to the journal line by line. A message
+holding a line break would become entries of their own, without time,
+level or source, which a log shipper reading line by line misreads: libpq's
+errors hold one (`connection to server on socket ... failed: No such file
+or directory` then `Is the server running locally ...?`), and so may a
+peer's words quoted in a message, which could then forge a line of their
+own. A message's line breaks, and the blanks around them, are folded into
+one space. A traceback (``exc_info``) is left as Python writes it: one is
+logged only for a bug.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import re
+import sys
+
+FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+_BREAKS = re.compile(r"[ \t]*[\r\n\v\f\x1c-\x1e\x85\u2028\u2029][\s]*")
+
+
+def one_line(text: str) -> str:
+    """``text`` with its line breaks (and the blanks around them) one space."""
+    return _BREAKS.sub(" ", text).strip() if _BREAKS.search(text) else text
+
+
+class OneLineFormatter(logging.Formatter):
+    """A formatter whose messages are one line each."""
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        folded = one_line(record.message)
+        if folded is not record.message:
+            record = copy.copy(record)  # other handlers see the record as it was
+            record.message = folded
+        return super().formatMessage(record)
+
+
+def setup(level: int | str) -> None:
+    """Log records of ``level`` and above to standard error, one line each."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(OneLineFormatter(FORMAT))
+    logging.basicConfig(level=level, handlers=[handler])
