@@ -86,13 +86,22 @@ class StoreThread:
 
     def _timed(self, fn: Callable[[Store], _T]) -> _T:
         self._running_since = time.monotonic()
+        failed: Exception | None = None
         try:
             return fn(self._store)
+        except Exception as exc:
+            failed = exc
+            raise
         finally:
             self._running_since = None
             stuck, self._stuck_since = self._stuck_since, None
             if stuck is not None:
-                log.warning("the database answers again, after %.0fs", time.monotonic() - stuck)
+                took = time.monotonic() - stuck
+                if failed is None:
+                    log.warning("the database answers again, after %.0fs", took)
+                else:  # e.g. a connection the pool could not make in time: still down
+                    log.warning("the database call that hung failed after %.0fs (%s); calls go "
+                                "to the database again", took, failed)  # fmt: skip
 
     def _hanging(self, waited: float) -> StoreUnavailable:
         if self._stuck_since is None:

@@ -60,3 +60,33 @@ def test_a_call_queued_behind_a_slow_one_says_how_long_it_waited(caplog):
     assert again is not None, said
     assert int(again.group(1)) >= 2, said  # when the second's run ended
     assert len(said) == 2, said
+
+
+@pytest.mark.timeout(60)
+def test_a_hung_call_that_ends_in_failure_is_not_said_to_be_an_answer(caplog):
+    """A call that outlives the timeout and then fails (the pool could not
+    make a connection in time: the database is still down) ends the hang
+    for the callers, but is not said to be the database answering again."""
+    thread = StoreThread(cast(Store, _Nothing()), timeout=1.0)
+
+    def unreachable(store: Store) -> None:
+        time.sleep(1.5)
+        raise StoreUnavailable("cannot reach PostgreSQL; try again shortly", 5.0)
+
+    async def calls() -> float:
+        with pytest.raises(StoreUnavailable, match="has not answered for 1s"):
+            await thread.call(unreachable)
+        await asyncio.sleep(1.0)  # it has failed meanwhile: calls are run again
+        return await thread.call(_slow(0))
+
+    with caplog.at_level(logging.WARNING, logger="controller.store.thread"):
+        assert asyncio.run(calls()) == 0
+    thread.close()
+    said = [r.getMessage() for r in caplog.records]
+    assert said[0].startswith("the database has not answered a call for 1s "), said
+    assert re.fullmatch(
+        r"the database call that hung failed after \ds \(cannot reach PostgreSQL; try again "
+        r"shortly\); calls go to the database again",
+        said[1],
+    ), said
+    assert len(said) == 2, said
