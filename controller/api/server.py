@@ -37,7 +37,7 @@ from controller.api.vulnservice import VulnService
 from controller.checkpoint import Checkpoints
 from controller.datadir import DataDir, Settings, join_address, split_address
 from controller.errors import ControllerUnavailable, DataDirError, UsageError
-from controller.fleet import carotation, lineage
+from controller.fleet import carotation, lineage, servercert
 from controller.fleet.bootstrap import register_owner
 from controller.fleet.signing import load_signing_keys, mark_in_use
 from controller.metrics import listener as metrics_listener
@@ -60,6 +60,7 @@ log = logging.getLogger(__name__)
 
 SERVICES = ("fleetpatch.v1.AgentService", "fleetpatch.v1.AdminService", "fleetpatch.v1.VulnService")
 SHUTDOWN_GRACE_SECONDS = 10.0
+CERTIFICATE_CHECK_SECONDS = 86_400.0  # what ends soon is said once a day
 # Open files kept back from the connection cap for the database, logs,
 # artifacts and the files a release upload writes.
 RESERVED_FILES = 256
@@ -168,6 +169,8 @@ async def serve(  # noqa: PLR0915
     authorities = carotation.load(data_dir)
     ca = authorities.current
     pair = (data_dir.read(data_dir.server_key), data_dir.read(data_dir.server_cert))
+    certificates = servercert.ends(data_dir)
+    servercert.check_not_ended(certificates, datetime.now(UTC))
     keys = load_signing_keys(data_dir)
     release_key = load_release_key(data_dir, settings.release_public_key)
 
@@ -197,6 +200,8 @@ async def serve(  # noqa: PLR0915
     shared = await db.call(lambda s: s.shared)
     engine = CampaignEngine(db, keys.key, metrics=Metrics(Presence(settings.checkin_interval)))
     engine.on_nudge = watchers.nudge
+    engine.metrics.certificate_ends.labels("server").set(certificates.server.timestamp())
+    engine.metrics.certificate_ends.labels("ca").set(certificates.ca.timestamp())
     batcher = CheckInBatcher(db, settings.checkin_max_batch, engine.metrics)
     behind = settings.checkin_write_behind.total_seconds()
     heartbeats = (
@@ -261,6 +266,7 @@ async def serve(  # noqa: PLR0915
         extras.deliveries.run(stop),
         match_vulns(matcher, settings.vuln_match_interval, stop),
         gcpolicy.refreeze_every(gcpolicy.REFREEZE_SECONDS, stop),
+        warn_of_ends(certificates, stop),
         *(
             [follow_revocations(db, revoked, settings.campaign_tick.total_seconds(), stop),
              follow_lineage(db, ours, settings.campaign_tick.total_seconds(), stop, left_behind)]
@@ -367,6 +373,18 @@ def key_revoked_greeting(
         return "key-revoked"
 
     return greeting
+
+
+async def warn_of_ends(certificates: servercert.Ends, stop: asyncio.Event) -> None:
+    """Say at start, and every day, what of the server certificate and the
+    CA ends soon (the ones loaded: a certificate issued since is used from
+    the next start)."""
+
+    async def check() -> None:
+        for line in certificates.warnings(datetime.now(UTC)):
+            log.warning("%s", line)
+
+    await every(CERTIFICATE_CHECK_SECONDS, stop, check, "checking the certificates' ends")
 
 
 async def expire_pending(

@@ -177,6 +177,33 @@ def controller_rotate_ca(
     print("restart `fleetpatch controller serve`; give the new ca.pem to new agents (--ca-cert)")
 
 
+@controller_app.command("renew-server-cert")
+def controller_renew_server_cert(
+    data_dir: DataDirOption = DEFAULT_DATA_DIR,
+    hostname: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="Name (or address) the new certificate covers; repeat it (or separate with "
+            "commas). Default: the names of the current one. A replica added later gives "
+            "the name all replicas answer to and its own; the advertised address "
+            "(server.advertise) must be among them."
+        ),
+    ] = None,
+) -> None:
+    """Issue this controller's TLS server certificate again, with a new key,
+    from the CA agents trust: before the current one ends (825 days; `serve`
+    warns 30 days ahead), or for other names. Restart `serve` to use it;
+    agents and admins need nothing new."""
+    from controller.fleet import servercert
+
+    names = [name.strip() for given in hostname or () for name in given.split(",")]
+    issued = servercert.renew(DataDir.at(data_dir), names or None)
+    print(f"issued {data_dir / 'server.pem'} (serial {issued.serial_number:x}) for "
+          f"{', '.join(servercert.names_of(issued))}: valid until "
+          f"{issued.not_valid_after_utc:%Y-%m-%d %H:%M}Z")  # fmt: skip
+    print("restart `fleetpatch controller serve` to use it")
+
+
 def _setup_logging(level: str) -> None:
     if level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
         raise UsageError(f"--log-level {level!r} is not one of debug, info, warning, error")

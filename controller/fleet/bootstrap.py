@@ -12,7 +12,7 @@ from fleetpatch.identity import Role, identity_from_certificate
 
 from controller.audit import AuditEntry
 from controller.datadir import CONFIG_TEMPLATE, DataDir, join_address, split_address
-from controller.errors import DataDirError, UsageError
+from controller.errors import DataDirError
 from controller.fleet.admins import (
     CONTROLLER_ACTOR,
     AdminRecord,
@@ -20,7 +20,7 @@ from controller.fleet.admins import (
     AdminStatus,
     check_name,
 )
-from controller.fleet.pki import CertificateAuthority, server_names
+from controller.fleet.pki import CertificateAuthority, check_hostnames, server_names
 from controller.fleet.signing import new_signing_key, signing_key_to_pem
 from controller.store import Store
 from controller.store.admins import IssuedCertificate
@@ -47,11 +47,7 @@ def init_data_dir(
             "(every enrolled agent trusts it)"
         )
     hostnames = [hostname] if isinstance(hostname, str) else list(hostname)
-    if not hostnames:
-        raise UsageError("--hostname: at least one name is needed")
-    for name in hostnames:
-        if not name or any(c.isspace() or c in ",/@" for c in name):
-            raise UsageError(f"--hostname {name!r} is not a host name")
+    check_hostnames(hostnames)
     _, port = split_address(listen)
     check_name(owner)
     try:

@@ -10,6 +10,7 @@ asks for are ignored.
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
@@ -259,6 +260,15 @@ class CertificateAuthority:
         elif not isinstance(public_key, ed25519.Ed25519PublicKey):
             raise UsageError("the certificate request's key type is not accepted")
         return self.issue_client(identity, public_key, lifetime, now)
+
+
+def check_hostnames(hostnames: Sequence[str]) -> None:
+    """Names a server certificate may be issued for; raises UsageError."""
+    if not hostnames:
+        raise UsageError("--hostname: at least one name is needed")
+    for name in hostnames:
+        if not name or any(c.isspace() or c in ",/@" for c in name):
+            raise UsageError(f"--hostname {name!r} is not a host name")
 
 
 def server_names(*hostnames: str) -> list[str]:

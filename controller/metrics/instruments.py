@@ -12,7 +12,7 @@ from __future__ import annotations
 from datetime import datetime
 
 from fleetpatch.orderspec import OrderState
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from controller.campaigns.gates import HaltKind
 from controller.metrics.presence import Presence
@@ -71,6 +71,12 @@ class Metrics:
             buckets=VERIFY_BUCKETS, registry=r,
         )  # fmt: skip
         self._applied_at: dict[str, datetime] = {}  # order id -> its APPLY report's time
+        self.certificate_ends = Gauge(
+            "fleetpatch_certificate_not_after_timestamp_seconds",
+            "When the certificate this controller serves with (server) and the fleet CA "
+            "agents trust (ca) end, as Unix time.",
+            ["certificate"], registry=r,
+        )  # fmt: skip
 
     def halted(self, kind: str) -> None:
         self.halts.labels(kind).inc()
