@@ -69,6 +69,42 @@ POOL_LOG_SECONDS = 60.0
 _GONE = (psycopg.OperationalError, psycopg.errors.ReadOnlySqlTransaction)
 
 
+def _try_first(url: str, libpq: dict[str, Any], where: str) -> None:
+    """One plain connection, before the pool: the pool would only say it
+    timed out, where a person needs "connection refused" or "password
+    authentication failed"; and the database's encoding checked."""
+    try:
+        first = psycopg.connect(url, **libpq)
+    except psycopg.ProgrammingError as exc:  # an unknown parameter, a bad value
+        raise UsageError(f"store.url: {_reason(exc, url)}") from None
+    except psycopg.Error as exc:
+        raise StoreUnavailable(
+            f"cannot connect to PostgreSQL ({where}): {_reason(exc, url)}", RETRY_AFTER_SECONDS
+        ) from None
+    try:
+        _require_utf8(first, where)
+    finally:
+        first.close()
+
+
+def _require_utf8(conn: psycopg.Connection[Any], where: str) -> None:
+    """A database that cannot hold any text a host or an admin sends is
+    refused at start (UsageError): one in SQL_ASCII hands text back as
+    bytes, one in LATIN1 refuses a hostname in another script, and a batch
+    of check-ins holding one would fail for every host in it."""
+    server = conn.info.parameter_status("server_encoding") or "unknown"
+    client = conn.info.parameter_status("client_encoding") or "unknown"
+    if server != "UTF8":
+        raise UsageError(
+            f"PostgreSQL ({where}) stores text as {server}; the store needs UTF8: create the "
+            "database with ENCODING 'UTF8' (README: several controller replicas)"
+        )
+    if client != "UTF8":
+        raise UsageError(
+            f"store.url sets client_encoding {client}; the store needs UTF8 (leave it out)"
+        )
+
+
 def describe(url: str) -> str:
     """``url`` for a person, without its password: "database DB on
     HOST:PORT[, HOST:PORT...]"."""
@@ -191,27 +227,15 @@ class PostgresBackend:
         # a busy one by tcp_user_timeout (a partition: the kernel would
         # retransmit for some 15 minutes). Not a frozen server, which the
         # kernel still acknowledges for: the store thread's own timeout.
+        # Text goes both ways as UTF-8, whatever PGCLIENTENCODING says.
         wanted: dict[str, Any] = {
             "connect_timeout": 10, "keepalives": 1, "keepalives_idle": 10,
-            "keepalives_interval": 5, "keepalives_count": 3,
+            "keepalives_interval": 5, "keepalives_count": 3, "client_encoding": "UTF8",
         }  # fmt: skip
         if timeout is not None:
             wanted["tcp_user_timeout"] = int(timeout * 1000)
         libpq = {key: value for key, value in wanted.items() if key not in given}
-        try:
-            # One plain connection first: the pool would only say it timed
-            # out, where a person needs "connection refused" or "password
-            # authentication failed".
-            first = psycopg.connect(url, **libpq)
-        except psycopg.ProgrammingError as exc:  # an unknown parameter, a bad value
-            raise UsageError(f"store.url: {_reason(exc, url)}") from None
-        except psycopg.Error as exc:
-            raise StoreUnavailable(
-                f"cannot connect to PostgreSQL ({where}): {_reason(exc, url)}",
-                RETRY_AFTER_SECONDS,
-            ) from None
-        else:
-            first.close()
+        _try_first(url, libpq, where)
         pool: ConnectionPool[Any] = ConnectionPool(
             url, min_size=1, max_size=max_connections, open=False, configure=_configure,
             # Checked when taken (rarely: the store thread keeps one), so a

@@ -5,6 +5,7 @@ store's contract, on both backends, is test_store.py.)"""
 from __future__ import annotations
 
 import logging
+import os
 import subprocess
 import threading
 from datetime import UTC, datetime, timedelta
@@ -141,6 +142,46 @@ def test_an_unreachable_database_is_one_line_without_the_password(postgres: Post
 def test_a_database_that_does_not_exist_is_named(postgres: PostgresServer):
     with pytest.raises(StoreUnavailable, match='database "no_such_db" does not exist'):
         Store.connect(postgres.url("no_such_db"))
+
+
+@pytest.mark.parametrize("encoding", ["SQL_ASCII", "LATIN1"])
+def test_a_database_that_cannot_hold_any_text_is_refused_at_start(
+    postgres: PostgresServer, encoding: str
+):
+    """SQL_ASCII hands text back as bytes (serve died on its admins' roles
+    with a traceback); LATIN1 refuses a hostname in another script, and a
+    batch of check-ins holding one would fail for every host in it. Refused
+    in one line, before anything is created in it."""
+    name = f"enc_{encoding.lower()}_{os.getpid()}"
+    postgres.execute(f"CREATE DATABASE {name} TEMPLATE template0 ENCODING '{encoding}' LOCALE 'C'")
+    try:
+        url = postgres.url(name)
+        with pytest.raises(UsageError) as refused:
+            Store.connect(url)
+        assert str(refused.value) == (
+            f"PostgreSQL ({describe(url)}) stores text as {encoding}; the store needs UTF8: "
+            "create the database with ENCODING 'UTF8' (README: several controller replicas)"
+        )
+        with psycopg.connect(url) as conn:
+            tables = conn.execute("SELECT count(*) FROM pg_tables WHERE schemaname = 'public'")
+            assert tables.fetchone() == (0,)
+    finally:
+        postgres.drop_database(name)
+
+
+def test_text_is_utf8_whatever_the_environment_or_url_says(
+    postgres_url: str, monkeypatch: pytest.MonkeyPatch
+):
+    monkeypatch.setenv("PGCLIENTENCODING", "LATIN1")  # libpq would take it as the default
+    store = Store.connect(postgres_url)
+    try:
+        token, _ = new_token("東京", 0, 1, timedelta(hours=1), {"site": "Zürich-Ørsted"}, NOW)
+        store.create_token(token)
+        assert store.list_tokens() == [token]
+    finally:
+        store.close()
+    with pytest.raises(UsageError, match=r"^store\.url sets client_encoding LATIN1; the store"):
+        Store.connect(f"{postgres_url}&client_encoding=LATIN1")
 
 
 def _terminate_others(postgres: PostgresServer, database: str) -> int:
