@@ -35,6 +35,7 @@ from google.protobuf.descriptor import MethodDescriptor, ServiceDescriptor
 from google.protobuf.message import DecodeError, Message
 from google.protobuf.message_factory import GetMessageClass
 
+from controller.api import limits
 from controller.errors import UsageError
 
 # Requests larger than this are decoded on a worker thread, so a big
@@ -63,11 +64,14 @@ class Unread:
 
     def decode(self, data: bytes) -> Message:
         try:
-            return self.message.FromString(data)
+            decoded = self.message.FromString(data)
         except DecodeError as exc:
             raise UsageError(
                 f"the request is not a valid {self.message.DESCRIPTOR.name}: {exc}"
             ) from None
+        if b"\x00" in data:  # a NUL in a string, or only an empty field or a zero
+            limits.scrub_nul(decoded, self.message.DESCRIPTOR.name)
+        return decoded
 
 
 async def decoded(request: object) -> Any:
@@ -104,13 +108,32 @@ def _handler(servicer: Any, method: MethodDescriptor) -> grpc.RpcMethodHandler[A
     make = (grpc.stream_stream_rpc_method_handler if method.server_streaming
             else grpc.stream_unary_rpc_method_handler)  # fmt: skip
     if method.client_streaming:
-        return make(behaviour, request_deserializer=request.FromString,
+        return make(_scrubbed(behaviour, method.server_streaming),
+                    request_deserializer=request.FromString,
                     response_serializer=serialize)  # fmt: skip
     return make(
         _unread(behaviour, request, method.server_streaming),
         request_deserializer=None,  # bytes, decoded by Unread
         response_serializer=serialize,
     )
+
+
+def _scrubbed(behaviour: Any, server_streaming: bool) -> Callable[..., Any]:
+    """``behaviour`` (requests, context) with each request of the stream
+    passed through `limits.scrub_nul` as the servicer takes it (a refusal
+    then ends the call as the servicer's own errors do)."""
+    if server_streaming:
+        raise NotImplementedError("no method streams both ways")
+
+    async def scrubbing(messages: AsyncIterator[Message]) -> AsyncIterator[Message]:
+        async for message in messages:
+            limits.scrub_nul(message, message.DESCRIPTOR.name)
+            yield message
+
+    async def unary(messages: AsyncIterator[Message], context: Any) -> Any:
+        return await behaviour(scrubbing(messages), context)
+
+    return unary
 
 
 def add_servicer(server: grpc.aio.Server, servicer: Any, service: ServiceDescriptor) -> None:

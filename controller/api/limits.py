@@ -8,6 +8,10 @@ others.
   larger ones before reading them), an inventory at most
   MAX_INVENTORY_ENTRIES packages, and every string a host sends is bounded
   (`check_strings`).
+- Characters: no text a peer sends may hold a NUL (`scrub_nul`): neither
+  store would keep it alike (PostgreSQL refuses it in text, and its JSON
+  type any document that escapes it, so one host's hostname could break
+  every enrollment's query). Free text for a person shows it as U+FFFD.
 - One call of each kind per host at a time (`Admission`): a second,
   parallel one is answered RESOURCE_EXHAUSTED before its body is even
   decoded, so six parallel 30 MB check-ins cost what one does.
@@ -32,6 +36,7 @@ from collections import deque
 from collections.abc import Callable
 from contextvars import ContextVar, Token
 from dataclasses import dataclass, field
+from typing import Any
 
 from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import Message
@@ -145,6 +150,62 @@ def check_strings(message: Message, what: str, limit: int = MAX_TEXT) -> None:
             items = value if fd.is_repeated else (value,)
             for item in items:
                 _check_text(path, item, bound)
+
+
+# Free text for a person (a check's output, why a step or a renewal failed,
+# an advisory's summary): a command's output may hold a NUL, shown as
+# U+FFFD rather than refused. Any other string holding one is refused.
+FREE_TEXT = frozenset({"detail", "renewal_error", "summary"})
+_NUL = "\x00"
+
+
+def scrub_nul(message: Message, what: str) -> None:
+    """Replace the NUL characters of ``message``'s free text (FREE_TEXT
+    fields, at any depth) with U+FFFD; raise UsageError naming the first
+    other string (a field, a map key or value) that holds one. Called only
+    for a request whose bytes hold a zero byte, as rare as it is cheap to
+    look for."""
+    for fd, value in message.ListFields():
+        path = f"{what}.{fd.name}"
+        if fd.type == FieldDescriptor.TYPE_STRING:
+            _scrub_strings(message, fd, path)
+        elif fd.type != FieldDescriptor.TYPE_MESSAGE:
+            continue
+        elif fd.message_type is not None and fd.message_type.GetOptions().map_entry:
+            _scrub_map(value, path)
+        elif fd.is_repeated:
+            for item in value:
+                scrub_nul(item, path)
+        else:
+            scrub_nul(value, path)
+
+
+def _scrub_strings(message: Message, fd: FieldDescriptor, path: str) -> None:
+    value = getattr(message, fd.name)
+    for index, item in enumerate(value if fd.is_repeated else [value]):
+        if _NUL not in item:
+            continue
+        if fd.name not in FREE_TEXT:
+            raise _holds_nul(path)
+        if fd.is_repeated:
+            value[index] = item.replace(_NUL, "\ufffd")
+        else:
+            setattr(message, fd.name, item.replace(_NUL, "\ufffd"))
+
+
+def _scrub_map(entries: Any, path: str) -> None:
+    for key in list(entries):
+        if _NUL in key:
+            raise _holds_nul(f"{path} key")
+        item = entries[key]
+        if isinstance(item, Message):
+            scrub_nul(item, f"{path}[{key[:40]}]")
+        elif isinstance(item, str) and _NUL in item:
+            raise _holds_nul(f"{path}[{key[:40]}]")
+
+
+def _holds_nul(path: str) -> UsageError:
+    return UsageError(f"{path} holds a NUL character (U+0000), which no text here may")
 
 
 def _check_text(path: str, value: str, limit: int) -> None:

@@ -395,10 +395,15 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
             raise
         host, cert = enrolled.host, enrolled.certificate
         machine_id = request.facts.machine_id
-        twins = [
-            h for h in await self._db.call(lambda s: s.hosts_with_machine_id(machine_id))
-            if h != host.host_id
-        ]  # fmt: skip
+        try:
+            twins = [
+                h for h in await self._db.call(lambda s: s.hosts_with_machine_id(machine_id))
+                if h != host.host_id
+            ]  # fmt: skip
+        except Exception as exc:  # the host is enrolled: an error now would have it enroll again
+            log.warning("host %s enrolled, but looking for other hosts with its machine-id "
+                        "failed: %s", host.host_id, exc)  # fmt: skip
+            twins = []
         if twins:
             log.warning(
                 "host %s reports machine-id %s, as %d other host(s) do: %s (cloned images?)",

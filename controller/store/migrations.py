@@ -460,3 +460,17 @@ def _fleet_lineage(db: Database) -> None:
         "CREATE TABLE fleet_lineage (name TEXT PRIMARY KEY, in_use TEXT NOT NULL,"
         " known TEXT NOT NULL)"
     )
+
+
+# Facts stored before a NUL in a host's text was refused (controller/api/
+# limits.py, `scrub_nul`) may hold one, escaped in their JSON: PostgreSQL's
+# JSON type refuses such a document, so a query that read every host's facts
+# as JSON (the machine-id twins of each enrollment) failed for all hosts.
+# Shown as U+FFFD, as free text is.
+@migrations(name="0013_facts_without_nul")
+def _facts_without_nul(db: Database) -> None:
+    nul, shown = "\\u0000", "\\ufffd"  # as JSON escapes them
+    db.execute(
+        "UPDATE hosts SET facts = replace(facts, ?, ?) WHERE replace(facts, ?, ?) <> facts",
+        (nul, shown, nul, shown),
+    )

@@ -20,6 +20,7 @@ from fleetpatch.v1 import agent_pb2, agent_pb2_grpc, types_pb2
 from agent.statedir import StateDir
 from controller.api import limits
 from controller.datadir import split_address
+from tests.conftest import STORES
 from tests.support.controller import Controller
 from tests.support.waiting import scaled, wait_for
 
@@ -225,3 +226,37 @@ def test_idle_connections_are_dropped_and_do_not_lock_anyone_out(service_like_co
     finally:
         for conn in idle:
             conn.close()
+
+
+@pytest.mark.parametrize("store_url", STORES, indirect=True)
+def test_a_host_sending_nul_characters_stops_nobody(controller, tmp_path):
+    """On PostgreSQL, a hostname holding a NUL was kept as JSON that its
+    JSON type refuses: every later enrollment failed (the machine-id twin
+    lookup reads every host's facts), after its token use was spent; a
+    renewal error holding one was an internal error. Now: a name or id
+    holding one is refused, INVALID_ARGUMENT, on both stores; free text
+    shows it as U+FFFD; the others enroll and check in."""
+    hostile = _enroll(controller, tmp_path / "hostile")
+    with _channel(controller, tmp_path / "hostile") as channel:
+        stub = agent_pb2_grpc.AgentServiceStub(channel)
+        with pytest.raises(grpc.RpcError) as refused:
+            stub.CheckIn(_checkin([], hostname="evil\x00", machine_id="m-1"), timeout=60)
+        assert refused.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+        assert refused.value.details() == (
+            "CheckInRequest.facts.hostname holds a NUL character (U+0000), which no text here may"
+        )
+        stub.CheckIn(agent_pb2.CheckInRequest(
+            facts=types_pb2.HostFacts(hostname="evil", machine_id="m-1"),
+            health=types_pb2.HealthSummary(checks=[
+                types_pb2.CheckResult(name="app", kind="command", detail="out\x00put")]),
+            renewal_failures=1, renewal_error="tls\x00"), timeout=60)  # fmt: skip
+    shown = controller.host(hostile)
+    assert "out\ufffdput" in str(shown), shown
+    assert shown["renewal_error"] == "tls\ufffd"
+    # Another host enrolls (its machine-id looked up among every host's
+    # facts) and checks in.
+    other = _enroll(controller, tmp_path / "other")
+    with _channel(controller, tmp_path / "other") as channel:
+        agent_pb2_grpc.AgentServiceStub(channel).CheckIn(_checkin([], machine_id="m-2"), timeout=60)
+    assert controller.host(other)["status"] == "active"
+    assert "Traceback" not in controller.log.read_text()

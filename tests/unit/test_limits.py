@@ -307,3 +307,77 @@ def test_downloads_have_their_own_bound_and_leave_room_for_check_ins():
             pass
         with admission.admit("h-2", "CheckIn"), admission.admit("h-3", "CheckIn"):
             assert admission.in_flight == 3
+
+
+# -- NUL characters -----------------------------------------------------------------
+
+
+def _decoded(message: Any) -> Any:
+    """``message`` as the controller reads it (`Unread`), from its bytes."""
+    data = message.SerializeToString()
+
+    async def read() -> Any:
+        return await Unread(cast(Any, _Context(data)), type(message)).read()
+
+    return asyncio.run(read())
+
+
+@pytest.mark.parametrize(
+    ("request_", "path"),
+    [
+        (agent_pb2.CheckInRequest(facts=types_pb2.HostFacts(hostname="web\x00")),
+         "CheckInRequest.facts.hostname"),
+        (agent_pb2.CheckInRequest(facts=types_pb2.HostFacts(machine_id="\x00")),
+         "CheckInRequest.facts.machine_id"),
+        (agent_pb2.CheckInRequest(inventory=types_pb2.Inventory(packages=[
+            types_pb2.Package(name="ok", version="1"),
+            types_pb2.Package(name="x", version="1\x00")])),
+         "CheckInRequest.inventory.packages.version"),
+        (agent_pb2.CheckInRequest(health=types_pb2.HealthSummary(checks=[
+            types_pb2.CheckResult(name="disk\x00", detail="fine")])),
+         "CheckInRequest.health.checks.name"),
+        (agent_pb2.CheckInRequest(current_step="APPLY\x00"), "CheckInRequest.current_step"),
+        (agent_pb2.EnrollRequest(token="t", labels={"team": "a\x00"}),
+         "EnrollRequest.labels[team]"),
+        (agent_pb2.EnrollRequest(token="t", labels={"te\x00am": "a"}), "EnrollRequest.labels key"),
+    ],
+)  # fmt: skip
+def test_a_nul_in_a_name_or_an_id_is_refused_naming_the_field(request_, path):
+    """Neither store keeps a NUL alike: PostgreSQL refuses it in text, and
+    its JSON type any document that escapes it (one host's hostname broke
+    every enrollment's machine-id lookup)."""
+    with pytest.raises(UsageError) as refused:
+        _decoded(request_)
+    assert str(refused.value) == f"{path} holds a NUL character (U+0000), which no text here may"
+
+
+def test_a_nul_in_free_text_is_shown_as_a_replacement_character():
+    """A check's output, or why a renewal failed, may hold a NUL from a
+    command: a host is not refused for it."""
+    sent = agent_pb2.CheckInRequest(
+        facts=types_pb2.HostFacts(hostname="web-1", cpu_count=0),
+        health=types_pb2.HealthSummary(checks=[
+            types_pb2.CheckResult(name="app", detail="out: \x00\x01 ok"),
+            types_pb2.CheckResult(name="disk", detail="fine"),
+        ]),
+        renewal_error="tls: \x00",
+    )  # fmt: skip
+    got = _decoded(sent)
+    assert [c.detail for c in got.health.checks] == ["out: \ufffd\x01 ok", "fine"]
+    assert got.renewal_error == "tls: \ufffd"
+    assert got.facts.hostname == "web-1"
+    report = agent_pb2.ReportProgressRequest(reports=[types_pb2.ProgressReport(
+        order_id="o-1", step="FAILED", detail="dpkg: \x00", checks=[
+            types_pb2.CheckResult(name="c", detail="\x00")])])  # fmt: skip
+    scrubbed = _decoded(report).reports[0]
+    assert (scrubbed.detail, scrubbed.checks[0].detail) == ("dpkg: \ufffd", "\ufffd")
+
+
+def test_zero_bytes_that_are_not_text_pass_untouched():
+    """A zero byte in a request's bytes is also an empty message present,
+    or a packed zero: looked into, and passed as it came."""
+    sent = agent_pb2.CheckInRequest(
+        facts=types_pb2.HostFacts(hostname="web-1"), inventory=types_pb2.Inventory()
+    )
+    assert b"\x00" in sent.SerializeToString()
+    assert _decoded(sent) == sent

@@ -95,6 +95,7 @@ MIGRATIONS = [
     "0004_agent_releases", "0005_webhook_cursors", "0006_available_updates",
     "0007_certificate_renewal", "0008_admins", "0009_vulnerabilities",
     "0010_agent_release_families", "0011_host_placement_generation", "0012_fleet_lineage",
+    "0013_facts_without_nul",
 ]  # fmt: skip
 
 

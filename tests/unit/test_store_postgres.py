@@ -542,3 +542,32 @@ def test_psycopg_runs_its_c_implementation_on_debians_libpq() -> None:
     major, minor = (int(part) for part in shown.split("-")[0].split(".")[:2])
     assert psycopg.pq.version() == major * 10_000 + minor  # the library loaded now
     assert psycopg.pq.__build_version__ == psycopg.pq.version()  # and the one built against
+
+
+def test_facts_kept_with_a_nul_before_it_was_refused_are_mended(postgres_emptied_url):
+    """Facts stored before a NUL in a host's text was refused hold it as a
+    JSON escape, which PostgreSQL's JSON type refuses: the machine-id
+    lookup over every host's facts failed. Migration 0013 shows it as
+    U+FFFD, and leaves the other hosts' facts as they were."""
+    from controller.store.migrations import _facts_without_nul
+
+    store = Store.connect(postgres_emptied_url)
+    try:
+        token, _ = new_token("eu", 0, 2, timedelta(hours=1), {}, NOW)
+        store.create_token(token)
+        for host_id, facts in (("h-1", {"hostname": "evil\x00", "machine_id": "m-1"}),
+                               ("h-2", {"hostname": "web", "machine_id": "m-2"})):  # fmt: skip
+            store.enroll_host(
+                Host(host_id, "eu", 0, HostStatus.ACTIVE, NOW, facts=facts,
+                     certificate_serial=host_id, certificate_expires_at=NOW + timedelta(days=90)),
+                token.token_id, NOW,
+            )  # fmt: skip
+        with pytest.raises(psycopg.errors.UntranslatableCharacter):
+            store.hosts_with_machine_id("m-2")
+        with store._transaction() as conn:  # as `migrate` runs it
+            _facts_without_nul(conn)  # type: ignore[arg-type]
+        assert store.hosts_with_machine_id("m-2") == ["h-2"]
+        assert store.get_host("h-1").facts["hostname"] == "evil\ufffd"
+        assert store.get_host("h-2").facts == {"hostname": "web", "machine_id": "m-2"}
+    finally:
+        store.close()
