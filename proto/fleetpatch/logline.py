@@ -7,8 +7,10 @@ errors hold one (`connection to server on socket ... failed: No such file
 or directory` then `Is the server running locally ...?`), and so may a
 peer's words quoted in a message, which could then forge a line of their
 own. A message's line breaks, and the blanks around them, are folded into
-one space. A traceback (``exc_info``) is left as Python writes it: one is
-logged only for a bug.
+one space. Other control characters (a NUL, a terminal's escape sequences,
+which journalctl would show as "[blob data]" and a terminal would obey)
+are written as ``\\xNN``; a tab stays. A traceback (``exc_info``) is left
+as Python writes it: one is logged only for a bug.
 """
 
 from __future__ import annotations
@@ -20,11 +22,17 @@ import sys
 
 FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 _BREAKS = re.compile(r"[ \t]*[\r\n\v\f\x1c-\x1e\x85\u2028\u2029][\s]*")
+_CONTROL = re.compile(r"[\x00-\x08\x0e-\x1b\x1f\x7f-\x84\x86-\x9f]")
+_UNSAFE = re.compile(f"{_BREAKS.pattern}|{_CONTROL.pattern}")
 
 
 def one_line(text: str) -> str:
-    """``text`` with its line breaks (and the blanks around them) one space."""
-    return _BREAKS.sub(" ", text).strip() if _BREAKS.search(text) else text
+    """``text`` with its line breaks (and the blanks around them) one space,
+    and its other control characters but tabs escaped (``\\x1b``)."""
+    if not _UNSAFE.search(text):
+        return text
+    folded = _BREAKS.sub(" ", text).strip()
+    return _CONTROL.sub(lambda found: f"\\x{ord(found.group()):02x}", folded)
 
 
 class OneLineFormatter(logging.Formatter):

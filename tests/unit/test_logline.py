@@ -29,9 +29,13 @@ RECORD = re.compile(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} (INFO|WARNING|ERROR) 
         ("a \n\n  b", "a b"),
         ("a\u2028b\x85c\vd\fe", "a b c d e"),
         ("tabs\tinside stay", "tabs\tinside stay"),
+        ("host evil\x00", "host evil\\x00"),
+        ("\x1b[2J\x1b[31mred\x7f\x9b", "\\x1b[2J\\x1b[31mred\\x7f\\x9b"),
+        ("a\x00\nb", "a\\x00 b"),
+        ("caf\u00e9 \u6771\u4eac", "caf\u00e9 \u6771\u4eac"),
     ],
 )
-def test_line_breaks_are_folded_into_one_space(text, expected):
+def test_line_breaks_are_folded_and_control_characters_escaped(text, expected):
     assert one_line(text) == expected
 
 
