@@ -84,7 +84,7 @@ def controller_init(
         parse_duration(checkin_interval)
     except ValueError as exc:
         raise UsageError(f"--checkin-interval: {exc}") from None
-    names = [name.strip() for given in hostname or () for name in given.split(",")]
+    names = _names(hostname)
     made = init_data_dir(data_dir, names or [socket.getfqdn()], listen, checkin_interval, owner)
     print(f"initialised {made.path}")
     print(f"  first owner: {owner} (admin certificate {made.admin_cert})")
@@ -196,12 +196,17 @@ def controller_renew_server_cert(
     agents and admins need nothing new."""
     from controller.fleet import servercert
 
-    names = [name.strip() for given in hostname or () for name in given.split(",")]
+    names = _names(hostname)
     issued = servercert.renew(DataDir.at(data_dir), names or None)
     print(f"issued {data_dir / 'server.pem'} (serial {issued.serial_number:x}) for "
           f"{', '.join(servercert.names_of(issued))}: valid until "
           f"{issued.not_valid_after_utc:%Y-%m-%d %H:%M}Z")  # fmt: skip
     print("restart `fleetpatch controller serve` to use it")
+
+
+def _names(hostname: list[str] | None) -> list[str]:
+    """--hostname's names: the option repeated, or commas within one."""
+    return [name.strip() for given in hostname or () for name in given.split(",")]
 
 
 def _setup_logging(level: str) -> None:
