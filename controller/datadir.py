@@ -274,15 +274,29 @@ class DataDir:
             raise DataDirError(f"cannot read {path}: {exc.strerror}") from None
 
     def write_private(self, path: Path, data: bytes) -> None:
-        write_atomic(path, data, mode=0o600)
+        write_atomic(path, data, mode=0o600, owner=self._owner())
 
     def write_public(self, path: Path, data: bytes) -> None:
         """Certificates and public keys: anyone may read them."""
-        write_atomic(path, data, mode=0o644)
+        write_atomic(path, data, mode=0o644, owner=self._owner())
 
     def write_group(self, path: Path, data: bytes) -> None:
         """Settings and state an admin group may read, nobody else."""
-        write_atomic(path, data, mode=0o640)
+        write_atomic(path, data, mode=0o640, owner=self._owner())
+
+    def _owner(self) -> tuple[int, int] | None:
+        """Whom a file written here is given to: the data dir's owner, when
+        this process is root and the dir is someone else's (the packaged
+        service's user). A command run as root (`rotate-key`, the admin
+        CLI renewing admin.pem) must not leave a key the service cannot
+        read. None: the file stays the writer's."""
+        if os.geteuid() != 0:
+            return None
+        try:
+            found = self.path.stat()
+        except OSError:
+            return None
+        return None if found.st_uid == 0 else (found.st_uid, found.st_gid)
 
     def _document(self) -> tuple[dict[str, Any], Path | str]:
         """controller.toml with the administrator's settings over it, and

@@ -7,19 +7,26 @@ answering to an address of its own gets a certificate for it."""
 from __future__ import annotations
 
 import ipaddress
+import os
 import re
 import shutil
+import subprocess
+import tempfile
 import urllib.request
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from tests.integration.test_cli_errors import _one_line
-from tests.support.controller import Controller, cli, free_port, ok
+from tests.support.controller import BIN, Controller, cli, free_port, ok
+from tests.support.waiting import wait_for
+
+NOBODY = 65534
 
 
 def _server_cert_ending(data_dir: Path, not_after: datetime) -> None:
@@ -142,3 +149,47 @@ def test_a_replica_answering_to_an_address_of_its_own_gets_a_certificate_for_it(
         assert listed.stdout.strip() == "[]"
     finally:
         assert second.stop() == 0
+
+
+def test_run_as_root_on_the_services_data_dir_it_leaves_files_the_service_reads():
+    """The packaged controller runs as its own user, whose data dir it is;
+    an operator runs `renew-server-cert` (or `rotate-key`) as root. The
+    new key used to be root's, 0600: the service could not read it and
+    would not start. Files written in a data dir someone else owns are
+    now given to that owner; `serve` as that user starts."""
+    if os.geteuid() != 0 or shutil.which("setpriv") is None:
+        pytest.skip("needs root and setpriv(1) to run the controller as another user")
+    # Not under pytest's own temp dir: root's, which nobody else may enter.
+    parent = Path(tempfile.mkdtemp(prefix="fp-owned-"))
+    parent.chmod(0o755)
+    try:
+        _served_by_its_owner(Controller(parent / "ctl"))
+    finally:
+        shutil.rmtree(parent, ignore_errors=True)
+
+
+def _served_by_its_owner(ctl: Controller) -> None:
+    ctl.init()
+    for path in (ctl.data_dir, *ctl.data_dir.iterdir()):
+        os.chown(path, NOBODY, NOBODY)
+    ok("fleetpatch", "controller", "renew-server-cert", "--data-dir", ctl.data_dir)
+    ok("fleetpatch", "controller", "rotate-key", "--data-dir", ctl.data_dir)
+    for name in ("server.key", "server.pem", "signing.key"):
+        found = (ctl.data_dir / name).stat()
+        assert (found.st_uid, found.st_gid) == (NOBODY, NOBODY), name
+    assert (ctl.data_dir / "server.key").stat().st_mode & 0o777 == 0o600
+    as_nobody = ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups"]
+    with subprocess.Popen(
+        [*as_nobody, str(BIN / "fleetpatch"), "controller", "serve", "--data-dir",
+         str(ctl.data_dir), "--listen", ctl.address],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    ) as serving:  # fmt: skip
+        try:
+            wait_for("the controller, as the data dir's owner, to serve",
+                     lambda: (ctl.data_dir / "endpoints.json").exists() or serving.poll(),
+                     timeout=60)  # fmt: skip
+            assert serving.poll() is None, serving.stderr.read() if serving.stderr else ""
+            ctl.admin("hosts", "list")
+        finally:
+            serving.terminate()
+            serving.wait(timeout=30)
