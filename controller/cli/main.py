@@ -195,11 +195,12 @@ def controller_renew_server_cert(
     warns 30 days ahead), or for other names. Restart `serve` to use it;
     agents and admins need nothing new."""
     from controller.fleet import servercert
+    from controller.fleet.pki import names_of
 
     names = _names(hostname)
     issued = servercert.renew(DataDir.at(data_dir), names or None)
     print(f"issued {data_dir / 'server.pem'} (serial {issued.serial_number:x}) for "
-          f"{', '.join(servercert.names_of(issued))}: valid until "
+          f"{', '.join(names_of(issued))}: valid until "
           f"{issued.not_valid_after_utc:%Y-%m-%d %H:%M}Z")  # fmt: skip
     print("restart `fleetpatch controller serve` to use it")
 

@@ -36,7 +36,7 @@ from controller.audit import AuditEntry
 from controller.datadir import DataDir
 from controller.errors import Conflict, DataDirError
 from controller.fleet.admins import CONTROLLER_ACTOR, AdminStatus
-from controller.fleet.pki import CertificateAuthority
+from controller.fleet.pki import CertificateAuthority, names_of
 from controller.store import Store, open_store
 from controller.store.admins import IssuedCertificate
 
@@ -143,9 +143,7 @@ def retire(data_dir: DataDir, now: datetime, force: bool = False) -> Retired:
         data_dir.write_private(data_dir.ca_retired(old_serial, "key"), old.key_pem)
         data_dir.write_public(data_dir.ca_retired(old_serial, "pem"), old.cert_pem)
         server = x509.load_pem_x509_certificate(data_dir.read(data_dir.server_cert))
-        names = server.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-        hostnames = [str(n.value) for n in names]
-        issued = new.issue_server(hostnames)
+        issued = new.issue_server(names_of(server))
         _reissue_owner(data_dir, store, new, now)
         data_dir.write_private(data_dir.server_key, issued.key_pem)
         data_dir.write_public(data_dir.server_cert, issued.cert_pem)

@@ -271,6 +271,15 @@ def check_hostnames(hostnames: Sequence[str]) -> None:
             raise UsageError(f"--hostname {name!r} is not a host name")
 
 
+def names_of(cert: x509.Certificate) -> list[str]:
+    """The DNS names and addresses a server certificate covers, in order."""
+    try:
+        names = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        return []
+    return [str(name.value) for name in names]
+
+
 def server_names(*hostnames: str) -> list[str]:
     """The names a server certificate for ``hostnames`` covers, each once,
     in the order given.

@@ -28,22 +28,13 @@ from cryptography import x509
 from controller.datadir import DataDir, split_address
 from controller.errors import DataDirError, UsageError
 from controller.fleet import carotation
-from controller.fleet.pki import check_hostnames, server_names
+from controller.fleet.pki import check_hostnames, names_of, server_names
 
 # How long before its end `serve` says a certificate must be replaced: the
 # server certificate is issued again in a moment; a CA rotation waits for
 # every host to check in and renew, which takes longer.
 SERVER_WARNING = timedelta(days=30)
 CA_WARNING = timedelta(days=180)
-
-
-def names_of(cert: x509.Certificate) -> list[str]:
-    """The DNS names and addresses a server certificate covers, in order."""
-    try:
-        names = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-    except x509.ExtensionNotFound:
-        return []
-    return [str(name.value) for name in names]
 
 
 @dataclass(frozen=True)

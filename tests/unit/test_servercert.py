@@ -17,6 +17,7 @@ from controller.datadir import DataDir
 from controller.errors import DataDirError, UsageError
 from controller.fleet import carotation, servercert
 from controller.fleet.bootstrap import init_data_dir
+from controller.fleet.pki import names_of
 
 NOW = datetime(2027, 1, 1, tzinfo=UTC)
 
@@ -42,7 +43,7 @@ def test_renewed_for_the_same_names_with_a_new_key(data_dir: DataDir) -> None:
     old_key = data_dir.server_key.read_bytes()
     issued = servercert.renew(data_dir)
     assert issued == _cert(data_dir)
-    assert servercert.names_of(issued) == ["ctl.example.net", "10.0.0.5"]
+    assert names_of(issued) == ["ctl.example.net", "10.0.0.5"]
     assert issued.serial_number != before.serial_number
     assert data_dir.server_key.read_bytes() != old_key
     assert data_dir.server_key.stat().st_mode & 0o777 == 0o600
@@ -56,7 +57,7 @@ def test_renewed_for_the_same_names_with_a_new_key(data_dir: DataDir) -> None:
 
 def test_renewed_for_other_names_that_keep_the_advertised_one(data_dir: DataDir) -> None:
     issued = servercert.renew(data_dir, ["ctl.example.net", "ctl-b.example.net", "10.0.0.6"])
-    assert servercert.names_of(issued) == ["ctl.example.net", "ctl-b.example.net", "10.0.0.6"]
+    assert names_of(issued) == ["ctl.example.net", "ctl-b.example.net", "10.0.0.6"]
 
 
 @pytest.mark.parametrize(
@@ -81,7 +82,7 @@ def test_an_advertised_address_is_matched_however_it_is_spelled(tmp_path: Path) 
     init_data_dir(tmp_path / "v6", ["2001:db8::7"], "[2001:db8::7]:7443")
     data_dir = DataDir(tmp_path / "v6")
     issued = servercert.renew(data_dir, ["2001:0db8:0:0::7", "ctl.example.net"])
-    assert servercert.names_of(issued) == ["2001:db8::7", "ctl.example.net"]
+    assert names_of(issued) == ["2001:db8::7", "ctl.example.net"]
 
 
 def test_during_a_ca_rotation_it_is_issued_by_the_ca_agents_pinned(data_dir: DataDir) -> None:
