@@ -5,16 +5,11 @@ of 0 ended in a traceback, a negative duration in a run without end)."""
 from __future__ import annotations
 
 import argparse
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
 from benchmarks.options import at_least, seconds
-
-ROOT = Path(__file__).resolve().parents[2]
-
+from tests.support.benchruns import run_benchmark
 
 WHOLE, SECONDS = "is not a whole number", "is not a number of seconds"
 
@@ -38,8 +33,7 @@ WHOLE, SECONDS = "is not a whole number", "is not a number of seconds"
 def test_out_of_range_is_one_line_and_exit_2(
     module: str, option: str, value: str, said: str
 ) -> None:
-    done = subprocess.run([sys.executable, "-m", f"benchmarks.{module}", option, value], cwd=ROOT,
-                          capture_output=True, text=True, timeout=60, check=False)  # fmt: skip
+    done = run_benchmark(module, option, value)
     assert done.returncode == 2, done.stderr
     shown = repr(value) if said == WHOLE and not value.lstrip("-").isdigit() else value
     last = done.stderr.strip().splitlines()[-1]  # one line after argparse's usage

@@ -5,19 +5,17 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
+from tests.support.benchruns import ROOT, run_benchmark
 
 
 def _load_ab(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "benchmarks.load_ab", *args], cwd=ROOT,
-                          capture_output=True, text=True, timeout=120, check=False)  # fmt: skip
+    return run_benchmark("load_ab", *args, timeout=120)
 
 
 @pytest.mark.parametrize(

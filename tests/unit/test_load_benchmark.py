@@ -3,13 +3,9 @@ starts a controller, and says which rule was broken."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
+from tests.support.benchruns import run_benchmark
 
 
 @pytest.mark.parametrize(
@@ -43,8 +39,7 @@ ROOT = Path(__file__).resolve().parents[2]
     ],
 )
 def test_bad_options_are_one_line_and_exit_2(args: list[str], said: str) -> None:
-    done = subprocess.run([sys.executable, "-m", "benchmarks.load", *args], cwd=ROOT,
-                          capture_output=True, text=True, timeout=60, check=False)  # fmt: skip
+    done = run_benchmark("load", *args)
     assert done.returncode == 2, done.stderr
     assert done.stderr.strip().splitlines()[-1] == said  # one line after argparse's usage
     assert "Traceback" not in done.stderr

@@ -4,16 +4,13 @@ the load's own error line (it waited ten minutes for them before)."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
 from benchmarks.push import Load
-
-ROOT = Path(__file__).resolve().parents[2]
+from tests.support.benchruns import run_benchmark
 
 
 @pytest.mark.parametrize(
@@ -26,8 +23,7 @@ ROOT = Path(__file__).resolve().parents[2]
     ],
 )
 def test_bad_options_are_one_line_and_exit_2(args: list[str], said: str) -> None:
-    done = subprocess.run([sys.executable, "-m", "benchmarks.push", *args], cwd=ROOT,
-                          capture_output=True, text=True, timeout=60, check=False)  # fmt: skip
+    done = run_benchmark("push", *args)
     assert done.returncode == 2, done.stderr
     last = done.stderr.strip().splitlines()[-1]  # one line after argparse's usage
     assert last.endswith(said)
