@@ -171,13 +171,28 @@ class CertificateAuthority:
 
     def _sign(
         self,
-        builder: x509.CertificateBuilder,
+        subject: str,
         public_key: object,
+        lifetime: timedelta,
+        now: datetime | None,
         usage: x509.ObjectIdentifier,
         san: list[x509.GeneralName],
     ) -> x509.Certificate:
+        """A certificate for ``public_key``, valid for ``lifetime`` from
+        ``now`` but never past this CA's own end: a certificate cannot be
+        trusted longer than its issuer, and one that said otherwise would
+        hide the real end from the operator, the metrics and the agents'
+        renewal."""
+        now = now or datetime.now(UTC)
+        ca_end = self.cert.not_valid_after_utc
+        if ca_end <= now:
+            raise UsageError(
+                f"the fleet CA ended on {ca_end:%Y-%m-%d %H:%M} UTC, so it issues nothing:"
+                " start a new fleet CA (fleetpatch controller rotate-ca)"
+            )
         return (
-            builder.issuer_name(self.cert.subject)
+            _builder(subject, public_key, min(lifetime, ca_end - now), now)
+            .issuer_name(self.cert.subject)
             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
             .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
             .add_extension(x509.SubjectAlternativeName(san), critical=False)
@@ -201,8 +216,10 @@ class CertificateAuthority:
             except ValueError:
                 san.append(x509.DNSName(name))
         cert = self._sign(
-            _builder(hostnames[0], key.public_key(), SERVER_LIFETIME),
+            hostnames[0],
             key.public_key(),
+            SERVER_LIFETIME,
+            None,
             ExtendedKeyUsageOID.SERVER_AUTH,
             san,
         )
@@ -218,8 +235,10 @@ class CertificateAuthority:
         """A client certificate naming ``identity``, for ``public_key``,
         valid for ``lifetime`` from ``now``."""
         return self._sign(
-            _builder(identity.name, public_key, lifetime, now),
+            identity.name,
             public_key,
+            lifetime,
+            now,
             ExtendedKeyUsageOID.CLIENT_AUTH,
             [x509.UniformResourceIdentifier(identity.uri)],
         )

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from cryptography import x509
@@ -215,6 +215,52 @@ def test_client_cert_lifetime(ca):
     assert cert.not_valid_before_utc <= now  # backdated for slow clocks
     lifetime = cert.not_valid_after_utc - now
     assert CLIENT_LIFETIME - lifetime < CLIENT_LIFETIME / 365
+
+
+def _ca_ending_at(end: datetime) -> CertificateAuthority:
+    """A fleet CA like `controller init` makes, whose certificate ends at ``end``."""
+    made = CertificateAuthority.create()
+    key = serialization.load_pem_private_key(made.key_pem, password=None)
+    assert isinstance(key, ec.EllipticCurvePrivateKey)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(made.cert.subject)
+        .issuer_name(made.cert.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(made.cert.not_valid_before_utc)
+        .not_valid_after(end)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    return CertificateAuthority(key, cert)
+
+
+def test_no_certificate_outlives_the_ca_that_issued_it():
+    ca_end = datetime.now(UTC).replace(microsecond=0) + timedelta(days=30)
+    ending = _ca_ending_at(ca_end)
+    server = x509.load_pem_x509_certificate(ending.issue_server(["localhost"]).cert_pem)
+    admin = x509.load_pem_x509_certificate(ending.issue_admin("ops").cert_pem)
+    host = ending.sign_csr(_csr(), HOST, timedelta(days=90))
+    for cert in (server, admin, host):
+        assert cert.not_valid_after_utc == ca_end
+        cert.verify_directly_issued_by(ending.cert)
+    # A lifetime within the CA's is kept as asked.
+    short = ending.sign_csr(_csr(), HOST, timedelta(days=7))
+    assert short.not_valid_after_utc - short.not_valid_before_utc < timedelta(days=8)
+
+
+def test_a_ca_that_has_ended_issues_nothing():
+    ended = _ca_ending_at(datetime.now(UTC) - timedelta(minutes=1))
+    for issue in (
+        lambda: ended.issue_server(["localhost"]),
+        lambda: ended.issue_admin("ops"),
+        lambda: ended.sign_csr(_csr(), HOST),
+    ):
+        with pytest.raises(
+            UsageError, match=r"^the fleet CA ended on .* UTC, so it issues nothing: .*rotate-ca"
+        ):
+            issue()
 
 
 def test_client_cert_does_not_chain_to_another_ca(ca):
