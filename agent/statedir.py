@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import tomllib
 from collections.abc import Mapping
@@ -290,8 +291,14 @@ class StateDir:
         return True
 
     def create(self) -> None:
+        """Make the state dir 0700, and its missing parents 0755 whatever
+        the umask: a parent others could write would let them put another
+        state dir, and another agent.toml, in its place."""
         try:
-            self.path.mkdir(mode=0o700, parents=True, exist_ok=True)
+            for parent in reversed([p for p in self.path.parents if not p.exists()]):
+                parent.mkdir(mode=0o755, exist_ok=True)
+                os.chmod(parent, 0o755)  # noqa: S103 - a parent others may read, not write
+            self.path.mkdir(mode=0o700, exist_ok=True)
             os.chmod(self.path, 0o700)
         except OSError as exc:
             raise storage_error(self.path, exc) or ConfigError(
@@ -499,8 +506,8 @@ class StateDir:
             doc = json.loads(self.read(self.key_status_file))
             return KeyStatus(
                 {str(k): str(v) for k, v in doc["endorsed_by"].items()},
-                {str(k): datetime.fromisoformat(v) for k, v in doc["retire_at"].items()},
-                {str(k): datetime.fromisoformat(v) for k, v in doc["revoked"].items()},
+                {str(k): _aware(v) for k, v in doc["retire_at"].items()},
+                {str(k): _aware(v) for k, v in doc["revoked"].items()},
             )
         except (ValueError, TypeError, KeyError, AttributeError):
             raise StateDirError(
@@ -534,6 +541,16 @@ def fsync_dir(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def _aware(text: str) -> datetime:
+    """A time the agent wrote (ISO 8601, with its offset); ValueError for
+    anything else, a time without an offset included: it could not be
+    compared with the clock's."""
+    when = datetime.fromisoformat(text)
+    if when.utcoffset() is None:
+        raise ValueError(f"{text!r} has no UTC offset")
+    return when
 
 
 def _certificate(path: Path, pem: bytes) -> x509.Certificate:
@@ -602,8 +619,8 @@ def _textfile(t: Table) -> Path | None:
 
 def _non_negative(t: Table, key: str, default: float) -> float:
     value = float(t.get(key, float, default))
-    if value < 0:
-        raise t.error(key, f"must be a number >= 0, not {value}")
+    if not math.isfinite(value) or value < 0:  # nan: every comparison false, a limit never hit
+        raise t.error(key, f"must be a finite number >= 0, not {value}")
     return value
 
 

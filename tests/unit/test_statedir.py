@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import re
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -11,7 +13,7 @@ from fleetpatch.identity import Identity, Role
 
 from agent.errors import ConfigError, NotEnrolled, StateDirError
 from agent.host.health import ResourceLimits
-from agent.statedir import AgentConfig, StateDir
+from agent.statedir import AgentConfig, KeyStatus, StateDir
 from controller.fleet.pki import CertificateAuthority, new_key
 
 HOST = "h-0123456789abcdef"
@@ -91,6 +93,15 @@ def test_config_health_values(tmp_path):
         ("[controller]\naddress = 7443\n", "controller.address: must be a string"),
         ('controller = "c:1"\n', "controller: must be a table"),
         ('[controller]\naddress = "c:1"\n[health]\nmax_load_per_cpu = -1\n', "health.max_load"),
+        # nan compares false with everything: a limit that would never be hit.
+        (
+            '[controller]\naddress = "c:1"\n[health]\nmax_load_per_cpu = nan\n',
+            "health.max_load_per_cpu: must be a finite number >= 0, not nan",
+        ),
+        (
+            '[controller]\naddress = "c:1"\n[health]\nmax_memory_used_ratio = inf\n',
+            "health.max_memory_used_ratio: must be a finite number >= 0, not inf",
+        ),
         (
             '[controller]\naddress = "c:1"\n[health]\nmax_disk_used_ratio = "high"\n',
             "health.max_disk_used_ratio: must be a number, not a string",
@@ -182,6 +193,19 @@ def test_create_makes_a_private_dir(tmp_path):
     state.create()
     assert state.path.is_dir()
     assert state.path.stat().st_mode & 0o777 == 0o700
+
+
+def test_create_makes_parents_only_their_owner_may_write_whatever_the_umask(tmp_path):
+    state = StateDir(tmp_path / "a" / "b" / "state")
+    old = os.umask(0)
+    try:
+        state.create()
+    finally:
+        os.umask(old)
+    assert state.path.stat().st_mode & 0o777 == 0o700
+    for parent in (tmp_path / "a", tmp_path / "a" / "b"):
+        assert parent.stat().st_mode & 0o777 == 0o755
+    assert tmp_path.stat().st_mode & 0o777 == 0o700  # what existed is left as it was
 
 
 # -- identity and trust ---------------------------------------------------------
@@ -283,3 +307,38 @@ def test_which_settings_file_goes_with_a_state_dir():
     assert settings_for(Path("/srv/agent"), {}) is None
     named = {"FLEETPATCH_AGENT_SETTINGS": "/srv/agent.toml"}
     assert settings_for(Path("/srv/agent"), named) == Path("/srv/agent.toml")
+
+
+# -- key status -----------------------------------------------------------------
+
+
+def test_key_status_round_trips_and_withdraws_a_retired_key(tmp_path):
+    state = StateDir(tmp_path)
+    at = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
+    state.write_key_status(KeyStatus({"new": "old"}, {"old": at}, {"bad": at}))
+    read = state.key_status()
+    assert read == KeyStatus({"new": "old"}, {"old": at}, {"bad": at})
+    assert read.withdrawn(at + timedelta(seconds=1)) == {
+        "old": "was retired at 2026-01-02 03:04:05Z",
+        "bad": "was revoked",
+    }
+
+
+@pytest.mark.parametrize(
+    "doc",
+    [
+        # A time without an offset cannot be compared with the clock's: it
+        # would fail at the first order, not here.
+        '{"endorsed_by": {}, "retire_at": {"a": "2020-01-01T00:00:00"}, "revoked": {}}',
+        '{"endorsed_by": {}, "retire_at": {}, "revoked": {"a": "2020-01-01"}}',
+        '{"endorsed_by": {}, "retire_at": {"a": "soon"}, "revoked": {}}',
+        '{"endorsed_by": [], "retire_at": {}, "revoked": {}}',
+        '{"retire_at": {}, "revoked": {}}',
+        "[]",
+    ],
+)
+def test_a_damaged_key_status_is_a_state_dir_error_naming_the_file(tmp_path, doc):
+    state = StateDir(tmp_path)
+    state.key_status_file.write_text(doc)
+    with pytest.raises(StateDirError, match=r"key_status\.json is damaged"):
+        state.key_status()
