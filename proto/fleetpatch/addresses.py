@@ -11,6 +11,8 @@ Errors are `AddressError` (a ValueError); each end words its own line.
 
 from __future__ import annotations
 
+import ipaddress
+
 # Not in a host name, nor an IP literal (a zone id, "%eth0", is).
 _NOT_IN_A_HOST = frozenset("[]/,@\"'\\")
 
@@ -32,10 +34,28 @@ def split_address(address: str, *, listening: bool = False) -> tuple[str, int]:
         or not (port.isascii() and port.isdigit() and lowest <= int(port) <= 65535)
         or any(c.isspace() or c in _NOT_IN_A_HOST for c in name)
         or (":" in name and not bracketed)
+        or not _host(name, bracketed)
     ):
         ports = "" if listening else ", port 1-65535"
         raise AddressError(f"{address!r} is not an address (use HOST:PORT{ports})")
     return name, int(port)
+
+
+def _host(name: str, bracketed: bool) -> bool:
+    """Whether ``name`` is an IPv6 address (in brackets), or an IPv4
+    address or a host name that resolvers take: labels of 1 to 63
+    characters (an internationalised one as its IDNA form), 253 in all."""
+    if bracketed:
+        try:
+            ipaddress.IPv6Address(name)
+        except ValueError:
+            return False
+        return True
+    try:
+        encoded = name.encode("idna")  # UnicodeError: an empty or long label
+    except UnicodeError:
+        return False
+    return len(encoded.rstrip(b".")) <= 253
 
 
 def join_address(host: str, port: int) -> str:

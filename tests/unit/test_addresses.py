@@ -22,6 +22,9 @@ from hypothesis import strategies as st
         ("h:65535", "h", 65535),
         ("[::1]:7443", "::1", 7443),
         ("[fe80::1%eth0]:80", "fe80::1%eth0", 80),
+        ("b\u00fccher.example:7443", "b\u00fccher.example", 7443),  # resolved as xn--bcher-kva
+        ("ctl.example.com.:7443", "ctl.example.com.", 7443),
+        (f"{'a' * 63}.example:1", f"{'a' * 63}.example", 1),
     ],
 )
 def test_an_address_to_call(address, host, port):
@@ -46,6 +49,15 @@ def test_an_address_to_call(address, host, port):
         'h"x:7443',
         "h:+7443",
         "h:\uff17443",  # a digit, but not an ASCII one
+        # What no resolver takes, where the first connection would fail
+        # with a UnicodeError (an empty label, one over 63 characters, a
+        # name over 253) instead of a bad setting now:
+        "a..b:7443",
+        ".a:7443",
+        f"{'a' * 64}.example:7443",
+        f"{'a.' * 127}a:7443",
+        "[not-v6]:7443",
+        "[1.2.3.4]:7443",
     ],
 )
 def test_not_an_address_to_call(address):
