@@ -73,7 +73,13 @@ def run(state_dir: Path, once: bool = False, verbose: bool = False) -> None:
     setup_logging(verbose)
     # The state dir's key and certificates are checked in a child process,
     # which loads cryptography so that the daemon need not (agent.preflight).
-    agent = Agent.open(StateDir(state_dir, settings_for(state_dir)), online=True, check=in_child)
+    state = StateDir(state_dir, settings_for(state_dir))
+    state.require_enrolled()
+    # Held until the process ends. The service waits for an enroll or an
+    # apply at work here (it must not end for it: exit 2 is not restarted);
+    # a --once run by hand beside the service is refused.
+    state.hold(wait=not once)
+    agent = Agent.open(state, online=True, check=in_child)
     assert agent.client is not None  # noqa: S101 - opened online
     checkins = CheckIns(
         agent.config, agent.journal, agent.client, on_order=agent.handle, between=agent.between,

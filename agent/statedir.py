@@ -19,9 +19,12 @@ StateDirError naming the file and what to do (exit 2), never a traceback.
 from __future__ import annotations
 
 import dataclasses
+import fcntl
 import json
+import logging
 import math
 import os
+import re
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -46,6 +49,8 @@ if TYPE_CHECKING:
     # (certfields; tests/unit/test_daemon.py holds it to that).
     from cryptography import x509
     from fleetpatch.identity import Identity
+
+log = logging.getLogger(__name__)
 
 DEFAULT_STATE_DIR = Path("/var/lib/fleetpatch/agent")
 #: The administrator's settings of a packaged agent (a conffile of the
@@ -113,16 +118,19 @@ class AgentConfig:
     package_manager: str = ""
 
 
-CONFIG_TEMPLATE = """\
-# fleetpatch agent settings, written by `fleetpatch-agent enroll`.
-
+CONTROLLER_TEMPLATE = """\
 [controller]
 # Mutual-TLS address of the controller (check-ins, reports); controller
 # replicas sharing a database: several, comma-separated, tried in turn.
 address = "{address}"
 # Enrollment address; only used by `enroll`.
 enroll_address = "{enroll_address}"
+"""
 
+CONFIG_TEMPLATE = """\
+# fleetpatch agent settings, written by `fleetpatch-agent enroll`.
+
+{controller}
 [agent]
 # How long apt waits for the dpkg lock before the step reports "busy".
 lock_timeout = "60s"
@@ -441,9 +449,49 @@ class StateDir:
     def host_id(self) -> str:
         return self.identity().name
 
-    def write_config(self, address: str, enroll_address: str) -> None:
-        text = CONFIG_TEMPLATE.format(address=address, enroll_address=enroll_address)
+    def write_config(self, address: str, enroll_address: str, keep: Path | None = None) -> None:
+        """Write agent.toml for the controller at ``address``: the defaults,
+        or the settings of ``keep`` (an agent.toml a host enrolls again
+        over) with only its [controller] table replaced, comments and all,
+        so that enrolling again never loosens the local policy."""
+        controller = CONTROLLER_TEMPLATE.format(address=address, enroll_address=enroll_address)
+        if keep is None or not keep.exists():
+            text = CONFIG_TEMPLATE.format(controller=controller)
+        else:
+            try:
+                kept = self.read(keep).decode()
+            except UnicodeDecodeError:
+                kept = "\0"  # refused below, as a file that does not parse
+            text = _with_controller(kept, controller, keep)
         self.write(self.config_file, text.encode(), mode=0o644)
+
+    def hold(self, wait: bool = False) -> int:
+        """Hold the state dir for this process: one `run`, `enroll` or
+        `apply` at a time, so that two never carry out orders, write the
+        journal or enroll over each other. Released when the returned
+        descriptor is closed, and at the latest when the process ends
+        (a kill included). ``wait``: until the holder lets go (the
+        service, started while an `apply` runs); otherwise StateDirError
+        at once."""
+        try:
+            fd = os.open(self.path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        except OSError as exc:
+            raise storage_error(self.path, exc) or StateDirError(
+                f"cannot open state dir {self.path}: {exc.strerror}"
+            ) from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            if not wait:
+                os.close(fd)
+                raise StateDirError(
+                    f"{self.path} is in use by another fleetpatch-agent (the service, or an "
+                    "enroll or apply): let it finish, or stop the service first "
+                    "(systemctl stop fleetpatch-agent)"
+                ) from None
+            log.warning("%s is in use by another fleetpatch-agent; waiting for it", self.path)
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        return fd
 
     def config(self) -> AgentConfig:
         """Read agent.toml; raises ConfigError naming the bad field. Read as
@@ -541,6 +589,42 @@ def fsync_dir(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+_HEADER = re.compile(r"^[ \t]*\[\[?[ \t]*([^\]\[#]+?)[ \t]*\]\]?[ \t]*(#.*)?$")
+
+
+def _with_controller(kept: str, controller: str, where: Path) -> str:
+    """``kept`` (an agent.toml) with its [controller] table replaced by
+    ``controller``, everything else as it was. Checked by reading the
+    result back: anything else is refused (ConfigError) before a token is
+    spent, never written with settings lost."""
+    try:
+        before = tomllib.loads(kept)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(
+            f"{where} does not parse ({exc}), so enrolling again cannot keep its settings: "
+            "mend it, or remove it for the defaults"
+        ) from None
+    lines = kept.splitlines(keepends=True)
+    headers = {i: found.group(1) for i, line in enumerate(lines) if (found := _HEADER.match(line))}
+    ours = [i for i, name in headers.items() if name == "controller"]
+    if ours:
+        start = ours[0]
+        end = next((i for i in headers if i > start), len(lines))
+        text = "".join([*lines[:start], controller, "\n" if end < len(lines) else "", *lines[end:]])
+    else:
+        text = kept + ("" if not kept or kept.endswith("\n") else "\n") + "\n" + controller
+    wanted = {**before, "controller": tomllib.loads(controller)["controller"]}
+    try:
+        if tomllib.loads(text) == wanted:
+            return text
+    except tomllib.TOMLDecodeError:
+        pass
+    raise ConfigError(
+        f"enrolling again cannot rewrite [controller] in {where} (it is not one [controller] "
+        "table): mend it, or remove the file for the defaults"
+    )
 
 
 def _aware(text: str) -> datetime:

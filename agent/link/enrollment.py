@@ -80,37 +80,42 @@ def enroll(
     Raises ConfigError, ControllerUnavailable, Refused, AgentError."""
     try:
         ca_pem = ca_cert.read_bytes()
-        ca = x509.load_pem_x509_certificate(ca_pem)
+        # Every certificate in the file: the TLS check and the pin use
+        # them all, so trust is judged by the same ones throughout.
+        cas = catrust.load_bundle(ca_pem)
     except OSError as exc:
         raise ConfigError(f"cannot read --ca-cert {ca_cert}: {exc.strerror}") from None
     except ValueError:
         raise ConfigError(f"--ca-cert {ca_cert} is not a PEM certificate") from None
-    if state.is_enrolled() and not _expired(state) and not _from_another_ca(state, ca):
-        raise ConfigError(
-            f"{state.path} is already enrolled as {state.host_id()} "
-            "(use another --state-dir, or remove this one to enroll again)"
-        )
     controller, enroll_address = _addresses(controller, enroll_address)
 
     created = not state.path.exists()
+    if state.is_enrolled() and not _expired(state) and not _from_another_ca(state, cas):
+        raise _already_enrolled(state)
     state.create()
-    _remove_stale_staging(state)
-    moved: list[Path] = []
+    held = state.hold()  # before anything is removed: another enroll may be at work here
     try:
-        staging = StateDir(Path(_mkdtemp(state)))
+        if state.is_enrolled() and not _expired(state) and not _from_another_ca(state, cas):
+            raise _already_enrolled(state)  # by an enroll that finished while we waited
+        _remove_stale_staging(state)
+        moved: list[Path] = []
         try:
-            response = _enroll_staged(
-                state, staging, controller, enroll_address, token, ca, ca_pem, labels, call,
-                check_server, moved,
-            )  # fmt: skip
-        finally:
-            shutil.rmtree(staging.path, ignore_errors=True)
-    except BaseException:
-        for path in moved:
-            path.unlink(missing_ok=True)
-        if created:
-            shutil.rmtree(state.path, ignore_errors=True)
-        raise
+            staging = StateDir(Path(_mkdtemp(state)))
+            try:
+                response = _enroll_staged(
+                    state, staging, controller, enroll_address, token, cas, ca_pem, labels,
+                    call, check_server, moved,
+                )  # fmt: skip
+            finally:
+                shutil.rmtree(staging.path, ignore_errors=True)
+        except BaseException:
+            for path in moved:
+                path.unlink(missing_ok=True)
+            if created:
+                shutil.rmtree(state.path, ignore_errors=True)
+            raise
+    finally:
+        os.close(held)
     log.info("enrolled as %s in %s ring %d", response.host_id, response.region, response.ring)
     return Enrolled(
         response.host_id,
@@ -118,6 +123,13 @@ def enroll(
         response.ring,
         unconfirmed=_confirm(state, controller),
         same_machine_id=tuple(response.same_machine_id),
+    )
+
+
+def _already_enrolled(state: StateDir) -> ConfigError:
+    return ConfigError(
+        f"{state.path} is already enrolled as {state.host_id()} "
+        "(use another --state-dir, or remove this one to enroll again)"
     )
 
 
@@ -146,7 +158,7 @@ def _enroll_staged(
     controller: str,
     enroll_address: str,
     token: str,
-    ca: x509.Certificate,
+    given: list[x509.Certificate],
     ca_pem: bytes,
     labels: dict[str, str],
     call: EnrollCall,
@@ -165,7 +177,7 @@ def _enroll_staged(
     staging.write(reserve, bytes(RESERVE_BYTES), mode=0o600)
     # The settings are read as the daemon will read them, so a mistake in
     # them costs no token; the facts sent name the package manager they set.
-    staging.write_config(controller, enroll_address)
+    staging.write_config(controller, enroll_address, keep=state.config_file)
     config = StateDir(staging.path, state.settings).config()
     check_server(enroll_address, ca_pem)
 
@@ -182,7 +194,7 @@ def _enroll_staged(
     )
     response = call(enroll_address, ca_pem, request)
 
-    cas = _trusted(response, ca)
+    cas = _trusted(response, given)
     cert = _check_certificate(response, cas, key)
     signing = {}
     for announced in response.signing_keys:
@@ -193,8 +205,9 @@ def _enroll_staged(
         raise AgentError("the controller sent no work-order signing key; not enrolled")
 
     reserve.unlink()
-    if len(cas) > 1:  # a CA rotation: pin the new CA too
-        staging.write(staging.ca, catrust.to_pem(cas), mode=0o644)
+    # What is trusted from now on: the CAs of --ca-cert, or during a CA
+    # rotation those the controller offered that they endorse.
+    staging.write(staging.ca, catrust.to_pem(cas), mode=0o644)
     staging.write_trusted_signing_keys(signing)
     staging.write(staging.cert, cert.public_bytes(serialization.Encoding.PEM), mode=0o644)
     # A journal left from an earlier identity goes, with its WAL: SQLite
@@ -224,12 +237,12 @@ def _expired(state: StateDir) -> bool:
     return True
 
 
-def _from_another_ca(state: StateDir, ca: x509.Certificate) -> bool:
+def _from_another_ca(state: StateDir, cas: list[x509.Certificate]) -> bool:
     """The enrolled identity's certificate is not from the CA enrolled with
     now: the fleet's CA was rotated while this host was away (its old CA is
     retired, so it cannot reach the controller), and enrolling again
     replaces it."""
-    if catrust.issued_by_any(state.certificate(), [ca]):
+    if catrust.issued_by_any(state.certificate(), cas):
         return False
     log.info("the certificate of %s is from another CA (a CA rotation); enrolling this "
              "host again", state.host_id())  # fmt: skip
@@ -278,16 +291,18 @@ def _confirm(state: StateDir, controller: str) -> str:
     return ""
 
 
-def _trusted(response: agent_pb2.EnrollResponse, ca: x509.Certificate) -> list[x509.Certificate]:
-    """The CAs to pin: ``ca`` (--ca-cert), and during a CA rotation the new
-    CA the controller sends, which ``ca`` must have endorsed."""
+def _trusted(
+    response: agent_pb2.EnrollResponse, given: list[x509.Certificate]
+) -> list[x509.Certificate]:
+    """The CAs to pin: those ``given`` (--ca-cert), or those the controller
+    offers, each one of them or endorsed by one (a CA rotation)."""
     if not response.ca_pem:
-        return [ca]
+        return given
     try:
         offered = catrust.load_bundle(response.ca_pem)
         endorsements = [x509.load_pem_x509_certificate(p) for p in response.ca_endorsements_pem]
         own = x509.load_pem_x509_certificate(response.certificate_pem)
-        cas = catrust.accept([ca], offered, endorsements, own)
+        cas = catrust.accept(given, offered, endorsements, own)
     except ValueError as exc:  # TrustError too
         raise AgentError(f"the controller's CA certificates are not trusted ({exc}); "
                          "not enrolled") from None  # fmt: skip

@@ -7,6 +7,7 @@ standard input."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -257,3 +258,73 @@ def test_the_settings_are_read_before_the_token_is_sent_and_name_the_package_man
            call=recorded)  # fmt: skip
     assert [r.facts.package_manager for r in sent] == ["dnf"]
     assert state.config().package_manager == "dnf"
+
+
+# -- enrolling again, and one enrollment at a time ------------------------------------
+
+
+def test_enrolling_again_keeps_the_hosts_own_settings(controller, tmp_path):
+    """A host enrolled again (its certificate lost, expired, or from a CA
+    since rotated) keeps the policy set on it: only [controller] is new."""
+    state = StateDir(tmp_path / "state")
+    _in_process(controller, state.path, controller.token())
+    text = state.config_file.read_text()
+    text = text.replace("allow_reboot = true", "allow_reboot = false  # set on this host")
+    text = text.replace("never_touch = []", 'never_touch = ["openssl*", "linux-image*"]')
+    text = text.replace(controller.address, "moved.example:7443")
+    state.config_file.write_text(text)
+    state.cert.unlink()  # not enrolled any more: enroll again
+    result = _enroll_cli(controller, state.path, "--token", controller.token())
+    assert result.returncode == 0, result.stderr
+    after = state.config_file.read_text()
+    assert "allow_reboot = false  # set on this host" in after
+    config = state.config()
+    assert not config.policy.allow_reboot
+    assert config.policy.never_touch == ("openssl*", "linux-image*")
+    assert config.controller == controller.address
+
+
+def test_a_ca_bundle_is_judged_whole_and_only_the_fleets_ca_is_pinned(controller, tmp_path):
+    other = Controller(tmp_path / "other")
+    other.init()  # another CA
+    ours, theirs = (
+        (controller.data_dir / "ca.pem").read_bytes(),
+        (other.data_dir / "ca.pem").read_bytes(),
+    )
+    for name, bundle in (("theirs-first", theirs + ours), ("ours-first", ours + theirs)):
+        (tmp_path / name).write_bytes(bundle)
+        state = tmp_path / f"state-{name}"
+        result = _enroll_cli(controller, state, "--token", controller.token(), ca=tmp_path / name)
+        assert result.returncode == 0, (name, result.stderr)
+        assert (state / "ca.pem").read_bytes() == ours, name
+        StateDir(state).credentials()
+
+
+def test_a_state_dir_another_agent_holds_is_refused_before_the_token_is_sent(controller, tmp_path):
+    state = StateDir(tmp_path / "state")
+    state.create()
+    held = state.hold()  # as a running enroll, apply or service would
+    try:
+        token = controller.token(uses=1)
+        result = _enroll_cli(controller, state.path, "--token", token)
+        _one_line(result, 2, str(state.path), "in use by another fleetpatch-agent")
+        assert _uses(controller) == 0
+        assert list(state.path.iterdir()) == []
+    finally:
+        os.close(held)
+    assert _enroll_cli(controller, state.path, "--token", token).returncode == 0
+
+
+def test_a_run_by_hand_beside_the_service_is_refused(controller, tmp_path):
+    state = StateDir(tmp_path / "state")
+    _in_process(controller, state.path, controller.token())
+    held = state.hold()  # the service, at work
+    try:
+        done = subprocess.run(
+            [str(BIN / "fleetpatch-agent"), "run", "--once", "--state-dir", str(state.path)],
+            capture_output=True, text=True, timeout=scaled(120), check=False,
+        )  # fmt: skip
+    finally:
+        os.close(held)
+    _one_line(Result(done.returncode, done.stdout, done.stderr), 2, "in use by another")
+    assert done.stdout == ""

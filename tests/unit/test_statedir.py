@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import threading
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -342,3 +343,99 @@ def test_a_damaged_key_status_is_a_state_dir_error_naming_the_file(tmp_path, doc
     state.key_status_file.write_text(doc)
     with pytest.raises(StateDirError, match=r"key_status\.json is damaged"):
         state.key_status()
+
+
+# -- enrolling again over an agent.toml -------------------------------------------
+
+
+def _edited(state: StateDir) -> str:
+    """agent.toml as enroll wrote it, with its policy tightened by hand."""
+    state.write_config("old:7443", "old:7444")
+    text = state.config_file.read_text()
+    text = text.replace("allow_reboot = true", "allow_reboot = false  # ours: never")
+    text = text.replace("never_touch = []", 'never_touch = ["openssl*"]')
+    state.config_file.write_text(text)
+    return text
+
+
+def test_enrolling_again_keeps_every_setting_but_the_controller(tmp_path):
+    old = StateDir(tmp_path / "old")
+    old.create()
+    kept = _edited(old)
+    new = StateDir(tmp_path / "new")
+    new.create()
+    new.write_config("new:7443", "new:7444", keep=old.config_file)
+    text = new.config_file.read_text()
+    assert "allow_reboot = false  # ours: never" in text  # comments and all
+    assert text.replace('"new:744', '"old:744') == kept
+    config = new.config()
+    assert config.controller == "new:7443"
+    assert config.policy == old.config().policy
+    assert not config.policy.allow_reboot
+
+
+@pytest.mark.parametrize(
+    "kept",
+    [
+        "[policy]\nallow_reboot = false\n",  # no [controller]: added
+        "# only a comment",
+        '[policy]\nallow_reboot = false\n[controller]\naddress = "old:1"\n',  # last
+    ],
+)
+def test_enrolling_again_over_other_layouts(tmp_path, kept):
+    old = tmp_path / "agent.toml"
+    old.write_text(kept)
+    state = StateDir(tmp_path / "new")
+    state.create()
+    state.write_config("new:7443", "new:7444", keep=old)
+    config = state.config()
+    assert (config.controller, config.enroll_address) == ("new:7443", "new:7444")
+    assert config.policy.allow_reboot == ("allow_reboot = false" not in kept)
+
+
+@pytest.mark.parametrize(
+    ("kept", "message"),
+    [
+        ('controller = { address = "old:1" }\n', "cannot rewrite \\[controller\\]"),
+        ('controller.address = "old:1"\n[policy]\n', "cannot rewrite \\[controller\\]"),
+        ("[policy\n", "does not parse"),
+        ("allow_reboot = \xff\n", "does not parse"),
+    ],
+)
+def test_enrolling_again_over_what_cannot_be_kept_is_refused(tmp_path, kept, message):
+    old = tmp_path / "agent.toml"
+    old.write_bytes(kept.encode("latin-1"))
+    state = StateDir(tmp_path / "new")
+    state.create()
+    with pytest.raises(ConfigError, match=message):
+        state.write_config("new:7443", "new:7444", keep=old)
+    assert not state.config_file.exists()
+    assert old.read_bytes() == kept.encode("latin-1")
+
+
+# -- one agent at a time --------------------------------------------------------
+
+
+def test_a_state_dir_is_held_by_one_process_at_a_time(tmp_path):
+    state = StateDir(tmp_path)
+    held = state.hold()
+    with pytest.raises(StateDirError, match="is in use by another fleetpatch-agent"):
+        state.hold()
+    os.close(held)
+    os.close(state.hold())
+
+
+def test_the_service_waits_for_the_holder(tmp_path):
+    state = StateDir(tmp_path)
+    held = state.hold()
+    got: list[int] = []
+    waiter = threading.Thread(target=lambda: got.append(state.hold(wait=True)))
+    waiter.start()
+    waiter.join(0.3)
+    assert waiter.is_alive()
+    assert got == []
+    os.close(held)
+    waiter.join(10)
+    assert not waiter.is_alive()
+    assert len(got) == 1
+    os.close(got[0])
