@@ -14,12 +14,13 @@ whoever runs the host) and the work order (owned by the campaign). Kinds:
 
 from __future__ import annotations
 
+import logging
 import socket
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from fleetpatch.checkspec import CheckKind, parse_check
+from fleetpatch.checkspec import Check, CheckKind, field_problem, parse_check
 from fleetpatch.tomltable import Table, TableError
 from fleetpatch.v1 import types_pb2
 
@@ -28,6 +29,8 @@ from agent.errors import CommandFailed
 from agent.host.health import CheckResult, ResourceLimits, resource_checks
 
 Kind = CheckKind  # the agent's short name for it
+
+_log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -46,28 +49,36 @@ class CheckSpec:
 
 
 def check_from_pb(pb: types_pb2.HealthCheckSpec) -> CheckSpec:
-    """A check named by a work order; raises ValueError when incomplete."""
+    """A check named by a work order, held to the values agent.toml may
+    hold (fleetpatch.checkspec.field_problem); raises ValueError when it
+    is incomplete or a value could never work, naming the field."""
+    check = _check_of_pb(pb)
+    if found := field_problem(check):
+        field, problem = found
+        raise ValueError(f"health check {check.name!r}: {field}: {problem}")
+    return _spec(check, from_order=True)
+
+
+def _check_of_pb(pb: types_pb2.HealthCheckSpec) -> Check:
     which = pb.WhichOneof("check")
     name = pb.name or which or "unnamed"
     if which == "systemd" and pb.systemd.unit:
-        return CheckSpec(name, Kind.SYSTEMD, unit=pb.systemd.unit, from_order=True)
+        return Check(name, Kind.SYSTEMD, unit=pb.systemd.unit)
     if which == "tcp" and 0 < pb.tcp.port < 65536:
-        return CheckSpec(
-            name, Kind.TCP, host=pb.tcp.host or "127.0.0.1", port=pb.tcp.port, from_order=True
-        )
+        return Check(name, Kind.TCP, host=pb.tcp.host or "127.0.0.1", port=pb.tcp.port)
     if which == "http" and pb.http.url.startswith(("http://", "https://")):
-        return CheckSpec(
-            name, Kind.HTTP, url=pb.http.url, expect_status=pb.http.expect_status or 200,
-            from_order=True,
-        )  # fmt: skip
+        return Check(name, Kind.HTTP, url=pb.http.url, expect_status=pb.http.expect_status)
     if which == "command" and pb.command.argv:
-        return CheckSpec(name, Kind.COMMAND, argv=tuple(pb.command.argv), from_order=True)
+        return Check(name, Kind.COMMAND, argv=tuple(pb.command.argv))
     if which == "process" and pb.process.name:
-        return CheckSpec(name, Kind.PROCESS, process=pb.process.name, from_order=True)
+        return Check(name, Kind.PROCESS, process=pb.process.name)
     if which == "resource":
         r = pb.resource
-        limits = ResourceLimits(r.max_load_per_cpu, r.max_memory_used_ratio, r.max_disk_used_ratio)
-        return CheckSpec(name, Kind.RESOURCE, limits=limits, from_order=True)
+        return Check(
+            name, Kind.RESOURCE, max_load_per_cpu=r.max_load_per_cpu,
+            max_memory_used_ratio=r.max_memory_used_ratio,
+            max_disk_used_ratio=r.max_disk_used_ratio,
+        )  # fmt: skip
     raise ValueError(f"health check {name!r} is incomplete or of an unknown kind")
 
 
@@ -82,16 +93,19 @@ def check_from_config(table: Mapping[str, Any], source: str, path: str) -> Check
 
 def check_from_table(t: Table) -> CheckSpec:
     """A ``[[checks]]`` entry read from its table; raises TableError."""
-    check = parse_check(t)
+    return _spec(parse_check(t))
+
+
+def _spec(check: Check, from_order: bool = False) -> CheckSpec:
     if check.kind is Kind.RESOURCE:
         limits = ResourceLimits(
             check.max_load_per_cpu, check.max_memory_used_ratio, check.max_disk_used_ratio
         )
-        return CheckSpec(check.name, check.kind, limits=limits)
+        return CheckSpec(check.name, check.kind, limits=limits, from_order=from_order)
     return CheckSpec(
         check.name, check.kind, unit=check.unit, host=check.host or "127.0.0.1",
         port=check.port, url=check.url, expect_status=check.expect_status or 200,
-        argv=check.argv, process=check.process,
+        argv=check.argv, process=check.process, from_order=from_order,
     )  # fmt: skip
 
 
@@ -118,6 +132,17 @@ class Prober:
         return results
 
     def run(self, spec: CheckSpec) -> list[CheckResult]:
+        """The results of one check; a probe that raises (a value validation
+        did not foresee) is a failed result saying so, never an exception."""
+        try:
+            return self._probe(spec)
+        except Exception as exc:  # the contract: probes never raise
+            _log.debug("health check %s: probe raised", spec.name, exc_info=True)
+            why = " ".join(str(exc).split()) or "no detail"
+            detail = f"probe failed ({type(exc).__name__}): {why}"
+            return [CheckResult(spec.name, str(spec.kind), False, detail)]
+
+    def _probe(self, spec: CheckSpec) -> list[CheckResult]:
         if spec.kind is Kind.RESOURCE:
             return [
                 CheckResult(f"{spec.name}.{r.name}", r.kind, r.ok, r.detail)
@@ -136,7 +161,7 @@ class Prober:
     def _systemd(self, spec: CheckSpec) -> tuple[bool, str]:
         try:
             done = self._run(
-                ["systemctl", "is-active", spec.unit], check=False, timeout=self._timeout
+                ["systemctl", "is-active", "--", spec.unit], check=False, timeout=self._timeout
             )
         except CommandFailed as exc:
             return False, f"cannot ask systemd: {exc}"

@@ -9,10 +9,19 @@ both ends accept exactly the same checks.
     command   argv                    an argv exits 0 (never a shell)
     process   process                 a process with that name runs
     resource  max_load_per_cpu, max_memory_used_ratio, max_disk_used_ratio
+
+A value no probe could use (a host name that cannot resolve, a URL urllib
+cannot split, a NUL in an argv) is refused here, naming the field
+(`field_problem`), rather than left to make a probe crash.
 """
 
 from __future__ import annotations
 
+import ipaddress
+import math
+import re
+import urllib.parse
+from collections.abc import Iterator
 from dataclasses import dataclass
 from enum import StrEnum
 
@@ -85,14 +94,135 @@ def parse_check(t: Table) -> Check:
         if t.has(key):
             raise t.error(key, f"does not apply to a {kind} check")
     check = _READERS[kind](t, name)
+    if found := field_problem(check):
+        raise t.error(*found)
     t.finish()
     return check
 
 
+def field_problem(check: Check) -> tuple[str, str] | None:
+    """The first field of ``check`` (``host``, ``argv[1]``) whose value no
+    probe could use, and why; None when every value could work. The readers
+    here apply it, and so does the agent to the checks of a work order:
+    a value that would only make a probe crash is refused where it is read."""
+    return next(((field, why) for field, why in _problems(check) if why), None)
+
+
+def _problems(check: Check) -> Iterator[tuple[str, str]]:
+    if check.kind is CheckKind.SYSTEMD:
+        yield "unit", _unit_problem(check.unit)
+    elif check.kind is CheckKind.TCP:
+        yield "host", _host_problem(check.host)
+    elif check.kind is CheckKind.HTTP:
+        yield "url", _url_problem(check.url)
+    elif check.kind is CheckKind.PROCESS:
+        yield "process", _control_problem(check.process)
+    elif check.kind is CheckKind.COMMAND:
+        for index, arg in enumerate(check.argv):
+            # Only the program is a path; a tab or newline in an argument may be meant.
+            why = _control_problem(arg) if index == 0 else _nul_problem(arg)
+            yield f"argv[{index}]", why
+    elif check.kind is CheckKind.RESOURCE:
+        yield "max_load_per_cpu", _load_problem(check.max_load_per_cpu)
+        yield "max_memory_used_ratio", _ratio_problem(check.max_memory_used_ratio)
+        yield "max_disk_used_ratio", _ratio_problem(check.max_disk_used_ratio)
+
+
+def _load_problem(value: float) -> str:
+    # nan compares false with everything: a limit never reached, a gate off.
+    return (
+        "" if math.isfinite(value) and value >= 0 else f"must be a finite number >= 0, not {value}"
+    )
+
+
+def _ratio_problem(value: float) -> str:
+    return "" if 0 <= value <= 1 else f"must be between 0 and 1, not {value}"
+
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+_HOST = re.compile(rb"[A-Za-z0-9_.-]+")
+
+
+def _nul_problem(value: str) -> str:
+    return f"{value!r} contains a NUL character" if "\0" in value else ""
+
+
+def _control_problem(value: str) -> str:
+    return f"{value!r} contains a control character" if _CONTROL.search(value) else ""
+
+
+def _unit_problem(unit: str) -> str:
+    if not unit or _CONTROL.search(unit) or any(c.isspace() or c == "/" for c in unit):
+        return f"{unit!r} is not a systemd unit name"
+    return ""
+
+
+def _host_problem(host: str) -> str:
+    if why := _not_a_host(host):
+        return f"{host!r} is not a host name or IP address ({why})"
+    return ""
+
+
+def _not_a_host(host: str) -> str:
+    """Why resolving could never take ``host``: not an IP address, nor a
+    name of 1-63 character labels, 253 in all, IDNA-encodable; "" if it could."""
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        pass
+    else:
+        return ""
+    labels = host.removesuffix(".").split(".")
+    why = ""
+    if not all(labels):
+        why = "a label is empty"
+    elif any(len(label) > 63 for label in labels):
+        why = "a label is longer than 63 characters"
+    elif (encoded := _idna(host)) is None:
+        why = "it cannot be IDNA-encoded"
+    elif len(encoded.removesuffix(b".")) > 253:
+        why = "it is longer than 253 characters"
+    elif not _HOST.fullmatch(encoded):
+        why = "only letters, digits, '-', '_' and '.' may appear in it"
+    return why
+
+
+def _idna(host: str) -> bytes | None:
+    try:
+        return host.encode("idna")
+    except UnicodeError:
+        return None
+
+
+def _url_problem(url: str) -> str:
+    """Why urllib could never fetch ``url``: scheme, host and port, in ASCII."""
+    if not url.startswith(("http://", "https://")):
+        return f"{url!r} must start with http:// or https://"
+    if _CONTROL.search(url) or " " in url:
+        return f"{url!r} must not contain spaces or control characters"
+    try:
+        parts = urllib.parse.urlsplit(url)
+        port = parts.port  # raises for a port out of range or not a number
+    except ValueError as exc:
+        return f"{url!r} is not a URL ({exc})"
+    host = parts.hostname or ""
+    if not host:
+        why = "names no host"
+    elif not_a_host := _not_a_host(host):
+        why = f"names {host!r}, not a host name or IP address ({not_a_host})"
+    elif "@" in parts.netloc:
+        why = "must not carry a user name or password"
+    elif port == 0:
+        why = "names port 0 (use 1-65535)"
+    elif not (parts.path + parts.query).isascii():
+        why = "must be ASCII after the host (percent-encode the rest)"
+    else:
+        return ""
+    return f"{url!r} {why}"
+
+
 def _systemd(t: Table, name: str) -> Check:
     unit = t.require("unit", str)
-    if not unit or any(c.isspace() or c == "/" for c in unit):
-        raise t.error("unit", f"{unit!r} is not a systemd unit name")
     return Check(name, CheckKind.SYSTEMD, unit=unit)
 
 
@@ -108,8 +238,6 @@ def _tcp(t: Table, name: str) -> Check:
 
 def _http(t: Table, name: str) -> Check:
     url = t.require("url", str)
-    if not url.startswith(("http://", "https://")):
-        raise t.error("url", f"{url!r} must start with http:// or https://")
     status = t.get("expect_status", int, 200)
     if not 100 <= status <= 599:
         raise t.error("expect_status", f"{status} is not an HTTP status (100-599)")
@@ -132,8 +260,8 @@ def _process(t: Table, name: str) -> Check:
 
 def _resource(t: Table, name: str) -> Check:
     load = float(t.get("max_load_per_cpu", float, 0.0))
-    if load < 0:
-        raise t.error("max_load_per_cpu", "must not be negative")
+    if why := _load_problem(load):
+        raise t.error("max_load_per_cpu", why)
     memory, disk = (_ratio(t, key) for key in ("max_memory_used_ratio", "max_disk_used_ratio"))
     if not (load or memory or disk):
         raise t.error("", "a resource check needs at least one threshold above 0")
@@ -148,8 +276,8 @@ def _resource(t: Table, name: str) -> Check:
 
 def _ratio(t: Table, key: str) -> float:
     value = float(t.get(key, float, 0.0))
-    if not 0 <= value <= 1:
-        raise t.error(key, f"must be between 0 and 1, not {value}")
+    if why := _ratio_problem(value):
+        raise t.error(key, why)
     return value
 
 

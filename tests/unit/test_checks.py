@@ -1,12 +1,16 @@
-"""Health checks against real sockets, a real HTTP server and processes."""
+"""Health checks against real sockets, a real HTTP server and processes,
+and the values they are refused before any probe runs."""
 
 from __future__ import annotations
 
+import dataclasses
 import http.server
 import os
 import re
 import socket
 import threading
+from datetime import UTC, datetime
+from typing import Any
 
 import psutil
 import pytest
@@ -15,7 +19,9 @@ from fleetpatch.v1 import types_pb2
 from agent.backends import subp
 from agent.host.checks import CheckSpec, Kind, Prober, check_from_config, check_from_pb
 from agent.host.health import ResourceLimits
+from agent.orders.workorder import OrderRefused, RefusalReason, from_pb
 from controller.campaigns import parse_campaign
+from tests.support.orders import work_order
 
 
 @pytest.fixture
@@ -104,7 +110,7 @@ def test_systemd_check_speaks_systemctl_is_active():
     assert good.ok
     assert not bad.ok
     assert bad.detail == "unit bad.service is failed"
-    assert seen[0] == ["systemctl", "is-active", "good.service"]
+    assert seen[0] == ["systemctl", "is-active", "--", "good.service"]
 
 
 def test_resource_check_expands_to_one_result_per_resource():
@@ -173,3 +179,159 @@ def test_host_check_config_good():
         {"name": "web", "kind": "http", "url": "http://x/", "expect_status": 204}, "w", "c"
     )
     assert spec == CheckSpec("web", Kind.HTTP, url="http://x/", expect_status=204)
+
+
+# -- values no probe could use: refused where they are read, never a crash -------
+
+# (the check's fields, the field an error must name, what it must say)
+HOSTILE: list[tuple[dict[str, Any], str, str]] = [
+    ({"kind": "tcp", "port": 1, "host": "a" * 100}, "host", "a label is longer than 63 characters"),
+    ({"kind": "tcp", "port": 1, "host": "a..b"}, "host", "(a label is empty)"),
+    ({"kind": "tcp", "port": 1, "host": ".".join(["a" * 63] * 5)}, "host",
+     "longer than 253 characters"),
+    ({"kind": "tcp", "port": 1, "host": "a\0b"}, "host", "'a\\x00b' is not a host name"),
+    ({"kind": "tcp", "port": 1, "host": "[::1]"}, "host", "only letters, digits"),
+    ({"kind": "http", "url": "http://[::1"}, "url", "is not a URL (Invalid IPv6 URL)"),
+    ({"kind": "http", "url": "http://local host/"}, "url", "must not contain spaces or control"),
+    ({"kind": "http", "url": "http://127.0.0.1/a\tb"}, "url", "must not contain spaces or control"),
+    ({"kind": "http", "url": "http://127.0.0.1:99999/"}, "url", "Port out of range 0-65535"),
+    ({"kind": "http", "url": "http://127.0.0.1:x/"}, "url", "Port could not be cast"),
+    ({"kind": "http", "url": "http://127.0.0.1:0/"}, "url", "names port 0"),
+    ({"kind": "http", "url": "http://a..b/"}, "url", "names 'a..b', not a host name or IP"),
+    ({"kind": "http", "url": "http:///healthz"}, "url", "names no host"),
+    ({"kind": "http", "url": "http://u:pw@127.0.0.1/"}, "url", "must not carry a user name"),
+    ({"kind": "http", "url": "http://127.0.0.1/\u00fc"}, "url", "must be ASCII after the host"),
+    ({"kind": "command", "argv": ["/bin/true\0x"]}, "argv[0]",
+     "'/bin/true\\x00x' contains a control character"),
+    ({"kind": "command", "argv": ["sh", "-c", "true\0"]}, "argv[2]",
+     "'true\\x00' contains a NUL character"),
+    ({"kind": "systemd", "unit": "a\0b"}, "unit", "'a\\x00b' is not a systemd unit name"),
+    ({"kind": "process", "process": "a\0b"}, "process", "contains a control character"),
+]  # fmt: skip
+HOSTILE_IDS = [f"{fields['kind']}-{n}" for n, (fields, _, _) in enumerate(HOSTILE)]
+
+
+def _order_check(fields: dict[str, Any]) -> types_pb2.HealthCheckSpec:
+    """The same check as a work order carries it."""
+    kind = fields["kind"]
+    spec = types_pb2.HealthCheckSpec(name="x")
+    if kind == "tcp":
+        spec.tcp.CopyFrom(types_pb2.TcpCheck(host=fields.get("host", ""), port=fields["port"]))
+    elif kind == "http":
+        spec.http.url = fields["url"]
+    elif kind == "command":
+        spec.command.argv.extend(fields["argv"])
+    elif kind == "systemd":
+        spec.systemd.unit = fields["unit"]
+    else:
+        spec.process.name = fields["process"]
+    return spec
+
+
+def _spec(fields: dict[str, Any]) -> CheckSpec:
+    """The check built directly, as if validation had let it through."""
+    kind = Kind(fields["kind"])
+    values = {key: value for key, value in fields.items() if key != "kind"}
+    if "argv" in values:
+        values["argv"] = tuple(values["argv"])
+    return CheckSpec("x", kind, **values)
+
+
+@pytest.mark.parametrize(("fields", "field", "problem"), HOSTILE, ids=HOSTILE_IDS)
+def test_agent_toml_refuses_a_value_no_probe_could_use(fields, field, problem):
+    with pytest.raises(ValueError, match=re.escape(problem)) as caught:
+        check_from_config({"name": "x", **fields}, "agent.toml", "checks[0]")
+    message = str(caught.value)
+    assert message.startswith(f"agent.toml: checks[0].{field}: "), message
+    assert "\n" not in message
+
+
+@pytest.mark.parametrize(("fields", "field", "problem"), HOSTILE, ids=HOSTILE_IDS)
+def test_a_work_order_carrying_such_a_check_is_refused(fields, field, problem):
+    with pytest.raises(ValueError, match=re.escape(problem)) as caught:
+        check_from_pb(_order_check(fields))
+    assert str(caught.value).startswith(f"health check 'x': {field}: ")
+    order = work_order("h-1", 1, now=datetime.now(UTC), checks=[_order_check(fields)])
+    with pytest.raises(OrderRefused, match=re.escape(f"health check 'x': {field}: ")) as refused:
+        from_pb(order)
+    assert refused.value.reason is RefusalReason.MALFORMED
+
+
+@pytest.mark.parametrize(("fields", "field", "problem"), HOSTILE, ids=HOSTILE_IDS)
+def test_probes_never_raise_even_on_values_validation_refuses(fields, field, problem):
+    (result,) = Prober(timeout=2).run(_spec(fields))
+    assert not result.ok
+    assert result.kind == fields["kind"]
+    assert "\n" not in result.detail
+
+
+def test_a_probe_that_raises_is_a_failed_result_of_one_line():
+    def broken(argv, **kwargs):
+        raise RuntimeError("first line\nsecond line")
+
+    (result,) = Prober(run=broken).run(CheckSpec("c", Kind.COMMAND, argv=("true",)))
+    assert (result.name, result.kind, result.ok) == ("c", "command", False)
+    assert result.detail == "probe failed (RuntimeError): first line second line"
+
+
+def test_an_interrupt_during_a_probe_is_not_swallowed():
+    def interrupted(argv, **kwargs):
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        Prober(run=interrupted).run(CheckSpec("c", Kind.COMMAND, argv=("true",)))
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {"kind": "tcp", "port": 1, "host": "::1"},
+        {"kind": "tcp", "port": 1, "host": "fe80::1%eth0"},
+        {"kind": "tcp", "port": 1, "host": "10.0.0.1"},
+        {"kind": "tcp", "port": 1, "host": "db_1.internal."},
+        {"kind": "tcp", "port": 1, "host": "b\u00fccher.example"},
+        {"kind": "tcp", "port": 1, "host": ".".join(["a" * 63] * 3) + "." + "a" * 61},
+        {"kind": "http", "url": "http://[::1]:8080/healthz?full=1"},
+        {"kind": "http", "url": "https://b\u00fccher.example/%C3%BC"},
+        {"kind": "command", "argv": ["sh", "-c", "printf 'a\tb\n'"]},
+        {"kind": "systemd", "unit": "-.mount"},
+        {"kind": "systemd", "unit": "getty@tty1.service"},
+        {"kind": "process", "process": "nginx: worker"},
+    ],
+    ids=lambda fields: f"{fields['kind']}-{next(v for k, v in fields.items() if k != 'kind')}",
+)
+def test_values_that_could_work_are_accepted_from_both_sources(fields):
+    from_file = check_from_config({"name": "x", **fields}, "agent.toml", "checks[0]")
+    from_order = check_from_pb(_order_check(fields))
+    assert from_order == dataclasses.replace(from_file, from_order=True)
+
+
+def test_a_campaign_refuses_what_a_host_would_refuse():
+    with pytest.raises(ValueError, match=re.escape("verify.checks[0].host: 'a..b' is not")):
+        parse_campaign(
+            '[campaign]\nname = "c"\n[patch]\npackages = ["openssl"]\n'
+            "[rollout]\nrings = [{ ring = 0 }]\n"
+            '[[verify.checks]]\nname = "db"\nkind = "tcp"\nhost = "a..b"\nport = 5432\n',
+            "c.toml",
+        )
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "problem"),
+    [
+        # nan compares false with everything: a limit never reached, a gate off.
+        ("max_load_per_cpu", float("nan"), "must be a finite number >= 0, not nan"),
+        ("max_load_per_cpu", float("inf"), "must be a finite number >= 0, not inf"),
+        ("max_load_per_cpu", -1.0, "must be a finite number >= 0, not -1.0"),
+        ("max_memory_used_ratio", float("nan"), "must be between 0 and 1, not nan"),
+        ("max_disk_used_ratio", 2.0, "must be between 0 and 1, not 2.0"),
+    ],
+)
+def test_a_resource_limit_that_could_never_be_hit_is_refused_from_a_file_and_an_order(
+    key, value, problem
+):
+    with pytest.raises(ValueError, match=re.escape(f"checks[0].{key}: {problem}")):
+        check_from_config({"name": "r", "kind": "resource", key: value}, "agent.toml", "checks[0]")
+    order = types_pb2.HealthCheckSpec(name="r", resource=types_pb2.ResourceCheck(**{key: value}))
+    with pytest.raises(ValueError, match=re.escape(f"health check 'r': {key}: {problem}")):
+        check_from_pb(order)
