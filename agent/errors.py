@@ -11,6 +11,11 @@
     ├── TransientError           exit 3; worth retrying later
     │   ├── ControllerUnavailable   network down, controller stopped, timeout
     │   ├── Overloaded           the controller asked us to come back later
+    │   ├── TooLarge             exit 4; a request or answer passed gRPC's size
+    │   │                        limit on one side (RESOURCE_EXHAUSTED, but not
+    │   │                        overload): a person must look; the service
+    │   │                        keeps trying, with back-off, in case the
+    │   │                        controller is mended
     │   └── (plain)              the controller cut a call off (CANCELLED, INTERNAL, ...)
     ├── Refused                  exit 4; the controller refused us (token, revoked)
     ├── Rejected                 exit 4; the controller called a request invalid
@@ -33,7 +38,11 @@ EXIT_CODES: tuple[tuple[int, str], ...] = (
     (1, "error"),
     (2, "bad usage, settings or state dir, or not run as root: a person must act"),
     (3, "the controller cannot be reached or is overloaded: retry later"),
-    (4, "refused by the controller (bad token, host revoked)"),
+    (
+        4,
+        "refused by the controller (bad token, host revoked), or a message larger than "
+        "the controller or this agent accepts (do not retry)",
+    ),
     (
         7,
         "TLS trust fails: the controller's certificate does not verify against "
@@ -97,6 +106,19 @@ class Refused(AgentError):
 class Rejected(AgentError):
     """The controller answered that the request itself is invalid
     (INVALID_ARGUMENT): sending it again cannot help."""
+
+    exit_code = 4
+
+
+class TooLarge(TransientError):
+    """A message larger than gRPC's size limit of the side that refused it:
+    this agent's request (the controller's limit) or the controller's
+    answer (this agent's). Not overload, though gRPC says
+    RESOURCE_EXHAUSTED. A command run by hand exits 4 (asking again at once
+    cannot help); the service treats it as trouble to retry with back-off,
+    never as a reason to stop: a controller bug that sent every host an
+    answer too large must not leave a fleet of stopped agents once it is
+    mended."""
 
     exit_code = 4
 

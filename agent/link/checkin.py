@@ -7,7 +7,12 @@ longer than max_retry_delay nor than the check-in interval the controller
 last announced: a fleet that lost its controller comes back within one
 interval, spread over it. An overloaded controller (RESOURCE_EXHAUSTED
 with a retry delay) is left alone for once to twice the delay it asked
-for, instead; that is logged once per episode, not at every attempt."""
+for, instead; that is logged once per episode, not at every attempt.
+
+The interval the controller announces is taken within MIN_INTERVAL and
+MAX_INTERVAL: a broken or hostile controller can neither make the host
+check in (and list its packages) in a tight loop nor send it away for
+years, nor crash it with a Duration no datetime can hold."""
 
 from __future__ import annotations
 
@@ -20,6 +25,7 @@ from datetime import UTC, datetime, timedelta
 
 from fleetpatch.inventory import inventory_hash
 from fleetpatch.v1 import agent_pb2, types_pb2
+from google.protobuf.duration_pb2 import Duration
 
 from agent.backends import packages
 from agent.errors import CommandFailed, ControllerUnavailable, Overloaded, TransientError
@@ -34,6 +40,36 @@ from agent.orders.journal import Journal
 from agent.statedir import AgentConfig
 
 log = logging.getLogger(__name__)
+
+# The check-in intervals the agent takes from the controller; one outside
+# is taken as the nearest bound. The floor is the controller's own
+# (`checkin.interval` is at least 1s, and its answers never under a
+# second: controller.api.checkin.Pace); the ceiling keeps a host that a
+# controller sent away coming back daily.
+MIN_INTERVAL = timedelta(seconds=1)
+MAX_INTERVAL = timedelta(days=1)
+
+
+def announced_interval(duration: Duration) -> tuple[timedelta, bool]:
+    """The wait before the next check-in that a controller's ``next_checkin``
+    comes to, within MIN_INTERVAL and MAX_INTERVAL, and whether it was
+    outside them. Never raises, whatever the Duration holds (protobuf's
+    ToTimedelta overflows on some, and the largest valid one overflows the
+    datetime it is added to)."""
+    seconds = duration.seconds + duration.nanos / 1e9
+    if seconds < MIN_INTERVAL.total_seconds():
+        return MIN_INTERVAL, True
+    if seconds > MAX_INTERVAL.total_seconds():
+        return MAX_INTERVAL, True
+    # As ToTimedelta does it (to the microsecond, toward zero), within range.
+    return timedelta(seconds=duration.seconds, microseconds=int(duration.nanos / 1000)), False
+
+
+def _spelled(duration: Duration) -> str:
+    """A Duration as a log line shows it: ``300s``, ``0.500s``."""
+    if duration.nanos == 0:
+        return f"{duration.seconds}s"
+    return f"{duration.seconds + duration.nanos / 1e9:.3f}s"
 
 
 @dataclass(frozen=True)
@@ -74,6 +110,7 @@ class CheckIns:
         self._on_keys = on_keys
         self._after = after
         self._renewal = renewal
+        self._out_of_range = False  # the last announced interval was: warned once
 
     def once(self) -> CheckInReport:
         """One check-in, after renewing the host's certificate when it is
@@ -117,10 +154,25 @@ class CheckIns:
             self._renewal.trust(response.ca_trust)
             self._renewal.maybe_renew()
         self._journal.ack_updates(response.known_updates_hash)
-        next_in = response.next_checkin.ToTimedelta()
+        next_in = self._next_in(response.next_checkin)
         self._journal.record_checkin(response.known_inventory_hash, datetime.now(UTC) + next_in)
         order = response.work_order if response.HasField("work_order") else None
         return CheckInReport(send_full, len(installed), health.healthy, next_in, order)
+
+    def _next_in(self, announced: Duration) -> timedelta:
+        """`announced_interval`, with a warning when the controller's value
+        is out of range: once until it is in range again, not at every
+        check-in."""
+        next_in, clamped = announced_interval(announced)
+        if clamped and not self._out_of_range:
+            log.warning("check-in: the controller announced the next check-in in %s, not "
+                        "within %.0fs to %.0fs; using %.0fs until it announces one within",
+                        _spelled(announced), MIN_INTERVAL.total_seconds(),
+                        MAX_INTERVAL.total_seconds(), next_in.total_seconds())  # fmt: skip
+        elif not clamped and self._out_of_range:
+            log.info("check-in: the controller's check-in interval is within range again")
+        self._out_of_range = clamped
+        return next_in
 
     def _add_updates(self, request: agent_pb2.CheckInRequest) -> None:
         """The last scan's hash, and the list itself when the controller does

@@ -8,6 +8,7 @@ import hashlib
 import logging
 import os
 import random
+import re
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -15,6 +16,7 @@ from typing import TypeVar
 
 import grpc
 from fleetpatch.addresses import AddressError, split_addresses
+from fleetpatch.logline import quoted
 from fleetpatch.overload import retry_after
 from fleetpatch.push import WATCH_OPEN
 from fleetpatch.v1 import agent_pb2, agent_pb2_grpc
@@ -26,6 +28,7 @@ from agent.errors import (
     Overloaded,
     Refused,
     Rejected,
+    TooLarge,
     TransientError,
 )
 from agent.link.backoff import overload_delay
@@ -51,12 +54,44 @@ _PASSING = frozenset({
 })  # fmt: skip
 
 
+# gRPC's own words when a message passes a side's size limit ("CLIENT:" or
+# "SERVER:" says whose, "Received"/"Sent" which way): RESOURCE_EXHAUSTED,
+# like an overloaded controller's answer, but sending again cannot help.
+_SIZE_LIMIT = re.compile(
+    r"(?:(CLIENT|SERVER): )?(Received|Sent) message larger than max "
+    r"\((\d{1,20}) vs\. (\d{1,20})\)"
+)
+
+
+def _too_large(address: str, details: str) -> TooLarge | None:
+    """The error for a message larger than gRPC's size limit on either side,
+    from the status's ``details``; None when they say something else."""
+    found = _SIZE_LIMIT.search(details)
+    if found is None:
+        return None
+    side, way, size, limit = found.groups()
+    sizes = f"({size} bytes, at most {limit})"
+    if (side, way) == ("CLIENT", "Received"):
+        what = f"the answer of the controller at {address} is larger than this agent accepts"
+    elif (side, way) == ("SERVER", "Sent"):
+        what = f"the controller at {address} cannot send its answer: larger than it may send"
+    elif (side, way) == ("SERVER", "Received"):
+        what = f"this agent's request is larger than the controller at {address} accepts"
+    elif (side, way) == ("CLIENT", "Sent"):
+        what = "this agent's request is larger than this agent may send"
+    else:  # a gRPC that does not say whose limit it was
+        what = f"a message to or from the controller at {address} is larger than gRPC accepts"
+    return TooLarge(f"{what} {sizes}")
+
+
 def _call(address: str, fn: Callable[[], _T]) -> _T:
     try:
         return fn()
     except grpc.RpcError as exc:
         code: grpc.StatusCode = exc.code()
-        details: str = exc.details() or code.name
+        # The controller's words (or gRPC's): one line, cut short, before
+        # they go into a message that is printed, journaled and logged.
+        details = quoted(exc.details() or code.name)
         if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
             trailing = getattr(exc, "trailing_metadata", lambda: None)()
             raise ControllerUnavailable(
@@ -65,6 +100,9 @@ def _call(address: str, fn: Callable[[], _T]) -> _T:
         if code in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED):
             raise Refused(f"the controller refused: {details}") from None
         if code is grpc.StatusCode.RESOURCE_EXHAUSTED:
+            too_large = _too_large(address, details)
+            if too_large is not None:
+                raise too_large from None
             trailing = getattr(exc, "trailing_metadata", lambda: None)()
             raise Overloaded(
                 f"the controller at {address} is overloaded: {details}", retry_after(trailing)

@@ -70,7 +70,12 @@ def learn(
         elif w.revoked:
             changed |= _revoke(status, w.key_id, w.successor_key_id, now)
         elif w.HasField("retire_at") and current_key_id in usable:
-            at = w.retire_at.ToDatetime(tzinfo=UTC)
+            try:
+                at = w.retire_at.ToDatetime(tzinfo=UTC)
+            except (ValueError, OverflowError):  # outside 0001-9999: no time at all
+                log.warning("ignoring a withdrawal of %s: its retire_at (%ds) is not a valid "
+                            "time", w.key_id, w.retire_at.seconds)  # fmt: skip
+                continue
             if at < status.retire_at.get(w.key_id, datetime.max.replace(tzinfo=UTC)):
                 status.retire_at[w.key_id] = at
                 changed = True

@@ -10,7 +10,9 @@ own. A message's line breaks, and the blanks around them, are folded into
 one space. Other control characters (a NUL, a terminal's escape sequences,
 which journalctl would show as "[blob data]" and a terminal would obey)
 are written as ``\\xNN``; a tab stays. A traceback (``exc_info``) is left
-as Python writes it: one is logged only for a bug.
+as Python writes it: one is logged only for a bug. A peer's words are
+also cut short (`quoted`), before they go into an error message that is
+shown, stored and logged.
 """
 
 from __future__ import annotations
@@ -33,6 +35,25 @@ def one_line(text: str) -> str:
         return text
     folded = _BREAKS.sub(" ", text).strip()
     return _CONTROL.sub(lambda found: f"\\x{ord(found.group()):02x}", folded)
+
+
+# A peer's words quoted in a message (a gRPC status's details, say): at most
+# this many characters, so that a peer cannot fill the journal with one.
+QUOTE_LIMIT = 500
+_PARTIAL_ESCAPE = re.compile(r"\\(x[0-9a-f]?)?$")
+
+
+def quoted(text: str, limit: int = QUOTE_LIMIT) -> str:
+    """A peer's ``text`` as `one_line` writes it, cut to at most ``limit``
+    characters (more than 3) ending in "..." when longer, never within an
+    escape: for words quoted in an error message, before it is shown,
+    stored or logged."""
+    head = text[: 8 * limit]  # folding may shorten it; no need to fold megabytes
+    folded = one_line(head)
+    if len(folded) <= limit and len(head) == len(text):
+        return folded
+    cut = _PARTIAL_ESCAPE.sub("", folded[: limit - 3]).rstrip()
+    return cut + "..."
 
 
 class OneLineFormatter(logging.Formatter):

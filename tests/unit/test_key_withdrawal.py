@@ -53,3 +53,18 @@ def test_the_key_orders_are_signed_with_is_never_withdrawn(tmp_path):
     revoke = types_pb2.WithdrawnKey(key_id=_id(key), revoked=True)
     learn(state, [], [revoke, _retired(key, "", NOW)], _id(key), NOW)
     assert list(state.usable_signing_keys(NOW + timedelta(days=1))[0]) == [_id(key)]
+
+
+def test_a_retirement_at_no_valid_time_is_ignored_not_a_crash(tmp_path):
+    """A controller's retire_at outside protobuf's 0001-9999 made the
+    check-in loop, and the daemon, die on ToDatetime."""
+    old, new = Ed25519PrivateKey.generate(), Ed25519PrivateKey.generate()
+    state = _state(tmp_path, old)
+    announced = [endorse(raw_public_key(new.public_key()), old)]
+    for seconds in (10**12, -(10**12)):
+        withdrawal = types_pb2.WithdrawnKey(key_id=_id(old), successor_key_id=_id(new))
+        withdrawal.retire_at.seconds = seconds
+        assert learn(state, announced, [withdrawal], _id(new), NOW) in ([_id(new)], [])
+        assert set(state.usable_signing_keys(NOW + timedelta(days=3650))[0]) == {
+            _id(old), _id(new),
+        }  # fmt: skip

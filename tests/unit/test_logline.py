@@ -10,7 +10,7 @@ import subprocess
 import sys
 
 import pytest
-from fleetpatch.logline import FORMAT, OneLineFormatter, one_line
+from fleetpatch.logline import FORMAT, QUOTE_LIMIT, OneLineFormatter, one_line, quoted
 
 RECORD = re.compile(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} (INFO|WARNING|ERROR) [\w.]+: ")
 
@@ -75,3 +75,46 @@ def test_the_agent_and_the_controller_log_so(setup):
     (line,) = done.stderr.splitlines()
     assert RECORD.match(line), line
     assert line.endswith("WARNING x.y: one two three")
+
+
+# -- a peer's words quoted in a message: one line, and cut short -----------------------
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["plain", "a\nforged: line\x1b[2J", "x" * QUOTE_LIMIT, "\x1b" * (QUOTE_LIMIT // 4)],
+)
+def test_quoted_text_within_the_limit_is_one_line_as_written(text):
+    assert quoted(text) == one_line(text)
+    assert len(quoted(text)) <= QUOTE_LIMIT
+
+
+def test_quoted_text_beyond_the_limit_is_cut_with_an_ellipsis():
+    assert quoted("x" * (QUOTE_LIMIT + 1)) == "x" * (QUOTE_LIMIT - 3) + "..."
+    assert quoted("abcdefghij", 8) == "abcde..."
+    assert quoted("abcd efghij", 8) == "abcd..."  # no blank before the ellipsis
+
+
+@pytest.mark.parametrize("cut", range(1, 5))
+def test_quoted_text_is_never_cut_within_an_escape(cut):
+    """\\x1b is four characters: the cut falls ``cut`` characters into it,
+    and it stays whole (the fourth) or goes whole."""
+    text = "a" * (16 - 3 - cut) + "\x1b" + "b" * 20
+    said = quoted(text, 16)
+    assert len(said) <= 16
+    assert said == "a" * (16 - 3 - cut) + ("\\x1b" if cut == 4 else "") + "..."
+
+
+def test_megabytes_are_cut_without_folding_them_all():
+    text = "start " + "\r\n\x00" * (4 * 1024 * 1024)
+    said = quoted(text)
+    assert said.startswith("start \\x00 \\x00")
+    assert said.endswith("...")
+    assert len(said) <= QUOTE_LIMIT
+    assert "\n" not in said
+    assert "\x00" not in said
+
+
+def test_folding_that_shortens_a_long_text_keeps_what_fits():
+    text = "a" + "\n" * (QUOTE_LIMIT * 2) + "b"  # 1002 characters, folded: "a b"
+    assert quoted(text) == "a b"
