@@ -17,8 +17,9 @@ starting together migrate once.
 from __future__ import annotations
 
 import logging
+import re
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any
@@ -69,6 +70,13 @@ POOL_LOG_SECONDS = 60.0
 _GONE = (psycopg.OperationalError, psycopg.errors.ReadOnlySqlTransaction)
 
 
+# libpq's words for a URL it read but cannot use (a port of 99999, an
+# sslmode or target_session_attrs it does not know, a service file entry
+# that is not there): said before any server is asked.
+_BAD = "connection is bad: "
+_MISREAD = re.compile(rf"^(?:{_BAD})?(?:invalid |definition of service )")
+
+
 def _try_first(url: str, libpq: dict[str, Any], where: str) -> None:
     """One plain connection, before the pool: the pool would only say it
     timed out, where a person needs "connection refused" or "password
@@ -77,6 +85,13 @@ def _try_first(url: str, libpq: dict[str, Any], where: str) -> None:
         first = psycopg.connect(url, **libpq)
     except psycopg.ProgrammingError as exc:  # an unknown parameter, a bad value
         raise UsageError(f"store.url: {_reason(exc, url)}") from None
+    except psycopg.OperationalError as exc:
+        reason = _reason(exc, url)
+        if _MISREAD.match(reason):  # never went to a server: restarting cannot help
+            raise UsageError(f"store.url: {reason.removeprefix(_BAD)}") from None
+        raise StoreUnavailable(
+            f"cannot connect to PostgreSQL ({where}): {reason}", RETRY_AFTER_SECONDS
+        ) from None
     except psycopg.Error as exc:
         raise StoreUnavailable(
             f"cannot connect to PostgreSQL ({where}): {_reason(exc, url)}", RETRY_AFTER_SECONDS
@@ -156,14 +171,46 @@ class _BoolAsInteger(Dumper):
         return b"1" if obj else b"0"
 
 
-def _configure(conn: psycopg.Connection[Any]) -> None:
-    conn.adapters.register_dumper(bool, _BoolAsInteger)
+def _configurer(bound: float) -> Callable[[psycopg.Connection[Any]], None]:
+    """Each new connection's set-up: flags kept as integers, and its waits
+    bounded by ``bound`` seconds (the store timeout), unless the URL, the
+    role or the database bounds them already:
+
+    - idle_in_transaction_session_timeout: a replica frozen or cut off in
+      the middle of a transaction holds its locks (the audit chain's
+      among them) until its session ends; every other replica's calls
+      would wait on them for as long, and the fleet with them. The server
+      now ends such a session, and the transaction, which was never
+      acknowledged to anyone, is rolled back.
+    - lock_timeout: a call waiting on a lock (a table locked by hand,
+      another replica's long migration) gives up, and is answered
+      UNAVAILABLE, instead of keeping the store thread for as long."""
+    value = f"{int(bound * 1000)}"
+
+    def configure(conn: psycopg.Connection[Any]) -> None:
+        conn.adapters.register_dumper(bool, _BoolAsInteger)
+        row = conn.execute(
+            "SELECT current_setting('idle_in_transaction_session_timeout'),"
+            " current_setting('lock_timeout')"
+        ).fetchone()
+        for name, now in zip(_BOUNDED, row or ("", ""), strict=True):
+            if now in ("0", "0ms"):
+                conn.execute("SELECT set_config(%s, %s, false)", (name, value))
+
+    return configure
+
+
+_BOUNDED = ("idle_in_transaction_session_timeout", "lock_timeout")
+DEFAULT_BOUND_SECONDS = 20.0
 
 
 def _transient(exc: psycopg.OperationalError) -> bool:
     """A deadlock or serialization failure between replicas (SQLSTATE class
-    40): the transaction is rolled back, the connection is fine."""
-    return (exc.sqlstate or "").startswith("40")
+    40), a lock waited on past lock_timeout (55P03) or a statement
+    cancelled (57014: statement_timeout): the transaction is rolled back,
+    the connection is fine."""
+    state = exc.sqlstate or ""
+    return state.startswith("40") or state in ("55P03", "57014")
 
 
 class _Connection:
@@ -180,6 +227,10 @@ class _Connection:
             return self.raw.execute(to_postgres(sql), parameters)
         except _GONE as exc:
             raise self._backend.lost(self.raw, exc) from None
+        except _THE_STORES:
+            raise
+        except psycopg.Error as exc:
+            raise self._backend.refused(exc) from None
 
     def executemany(self, sql: str, parameters: Iterable[Any], /) -> Cursor:
         cursor = self.raw.cursor()
@@ -187,7 +238,15 @@ class _Connection:
             cursor.executemany(to_postgres(sql), parameters)
         except _GONE as exc:
             raise self._backend.lost(self.raw, exc) from None
+        except _THE_STORES:
+            raise
+        except psycopg.Error as exc:
+            raise self._backend.refused(exc) from None
         return cursor
+
+
+# Errors the store's own code handles (a conflict on a unique key).
+_THE_STORES = (psycopg.IntegrityError,)
 
 
 class PostgresBackend:
@@ -237,7 +296,8 @@ class PostgresBackend:
         libpq = {key: value for key, value in wanted.items() if key not in given}
         _try_first(url, libpq, where)
         pool: ConnectionPool[Any] = ConnectionPool(
-            url, min_size=1, max_size=max_connections, open=False, configure=_configure,
+            url, min_size=1, max_size=max_connections, open=False,
+            configure=_configurer(timeout or DEFAULT_BOUND_SECONDS),
             # Checked when taken (rarely: the store thread keeps one), so a
             # connection that died idle in the pool is replaced, not handed out.
             check=ConnectionPool.check_connection,
@@ -269,6 +329,17 @@ class PostgresBackend:
                 f"PostgreSQL ({where}) does not let this user create the store's tables "
                 f"({_reason(exc, url)}): make it the database's owner (README: several "
                 "controller replicas)"
+            ) from None
+        except psycopg.DatabaseError as exc:
+            backend.close()
+            if isinstance(exc, _GONE):
+                raise StoreUnavailable(
+                    f"cannot use PostgreSQL ({where}): {_reason(exc, url)}", RETRY_AFTER_SECONDS
+                ) from None
+            raise UsageError(
+                f"PostgreSQL ({where}) holds what the store cannot use ({_reason(exc, url)}): "
+                "give the store a database of its own, created empty, owned by its user "
+                "(README: several controller replicas)"
             ) from None
         except (StoreUnavailable, psycopg.Error) as exc:
             backend.close()
@@ -313,6 +384,23 @@ class PostgresBackend:
         what = "a standby, it refuses writes" if standby else _reason(exc)
         return StoreUnavailable(
             f"the database is unavailable ({what}); try again shortly", RETRY_AFTER_SECONDS
+        )
+
+    def refused(self, exc: psycopg.Error) -> Exception:
+        """The error to raise for ``exc``, which the database answered for a
+        reason of its own (a grant taken away, a table changed by hand): an
+        agent or admin is answered UNAVAILABLE with a retry delay, as in an
+        outage, never an internal error with a traceback; said in the log
+        once per interval. While `connect` migrates, ``exc`` itself: its
+        caller says it in one line."""
+        if self._starting:
+            return exc
+        _quiet.say("refused", "PostgreSQL (%s) refuses the store's SQL: %s (%s); was a table "
+                   "or a grant changed by hand?", self._where, _reason(exc),
+                   type(exc).__name__)  # fmt: skip
+        return StoreUnavailable(
+            f"the database refused the call ({_reason(exc)}); try again shortly",
+            RETRY_AFTER_SECONDS,
         )
 
     def connection(self) -> _Connection:

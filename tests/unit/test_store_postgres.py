@@ -8,6 +8,7 @@ import logging
 import os
 import subprocess
 import threading
+import time
 from datetime import UTC, datetime, timedelta
 
 import psycopg
@@ -28,7 +29,9 @@ from controller.model import (
     Host,
     HostStatus,
 )
+from controller.quietlog import Quiet
 from controller.store import Store
+from controller.store import postgres as postgres_store
 from controller.store.dialect import to_postgres
 from controller.store.migrations import registered
 from controller.store.postgres import describe
@@ -562,7 +565,8 @@ def test_facts_kept_with_a_nul_before_it_was_refused_are_mended(postgres_emptied
                      certificate_serial=host_id, certificate_expires_at=NOW + timedelta(days=90)),
                 token.token_id, NOW,
             )  # fmt: skip
-        with pytest.raises(psycopg.errors.UntranslatableCharacter):
+        # What the database refuses is answered UNAVAILABLE, not an internal error.
+        with pytest.raises(StoreUnavailable, match="unsupported Unicode escape sequence"):
             store.hosts_with_machine_id("m-2")
         with store._transaction() as conn:  # as `migrate` runs it
             _facts_without_nul(conn)  # type: ignore[arg-type]
@@ -571,3 +575,103 @@ def test_facts_kept_with_a_nul_before_it_was_refused_are_mended(postgres_emptied
         assert store.get_host("h-2").facts == {"hostname": "web", "machine_id": "m-2"}
     finally:
         store.close()
+
+
+# -- what the database refuses, and what it waits on -----------------------------------
+
+
+def test_a_table_changed_by_hand_is_unavailable_not_an_internal_error(
+    postgres_emptied_url: str, caplog, monkeypatch
+):
+    """Any error of the database's own (a table renamed, a grant taken
+    away) is answered UNAVAILABLE with a retry delay, as an outage is,
+    never psycopg's error (gRPC UNKNOWN, a traceback); logged in one line;
+    the connection is kept."""
+    monkeypatch.setattr(postgres_store, "_quiet", Quiet(postgres_store.log))  # said afresh
+    store = Store.connect(postgres_emptied_url)
+    try:
+        token, _ = new_token("eu", 0, 1, timedelta(hours=1), {}, NOW)
+        store.create_token(token)
+        with psycopg.connect(postgres_emptied_url, autocommit=True) as admin:
+            admin.execute("ALTER TABLE tokens RENAME TO tokens_by_hand")
+            try:
+                with caplog.at_level(logging.WARNING), pytest.raises(StoreUnavailable) as caught:
+                    store.list_tokens()
+            finally:
+                admin.execute("ALTER TABLE tokens_by_hand RENAME TO tokens")
+        assert str(caught.value).startswith(
+            'the database refused the call (relation "tokens" does not exist'
+        )
+        assert caught.value.retry_after > 0
+        said = [
+            r.getMessage() for r in caplog.records if "refuses the store's SQL" in r.getMessage()
+        ]
+        assert len(said) == 1
+        assert "UndefinedTable" in said[0]
+        assert store.list_tokens() == [token]
+    finally:
+        store.close()
+
+
+def test_every_connection_bounds_its_lock_waits_and_idle_transactions(postgres_emptied_url: str):
+    """A replica frozen mid-transaction holds its locks until its session
+    ends: the server ends it after the store timeout. A call waiting on a
+    lock gives up after as long, answered UNAVAILABLE, the connection kept."""
+    store = Store.connect(postgres_emptied_url, timeout=1.0)
+    try:
+        conn = store._backend.connection().raw  # type: ignore[attr-defined]
+        row = conn.execute(
+            "SELECT current_setting('idle_in_transaction_session_timeout'),"
+            " current_setting('lock_timeout')"
+        ).fetchone()
+        assert row == ("1s", "1s")
+        with psycopg.connect(postgres_emptied_url) as holder:
+            holder.execute("LOCK TABLE tokens IN ACCESS EXCLUSIVE MODE")
+            with pytest.raises(StoreUnavailable, match="lock timeout"):
+                store.list_tokens()
+            holder.rollback()
+        assert store.list_tokens() == []
+        # Another replica frozen in the middle of a transaction, holding a
+        # lock: the server ends its session, and the lock goes with it.
+        frozen = Store.connect(postgres_emptied_url, timeout=1.0)
+        try:
+            raw = frozen._backend.connection().raw  # type: ignore[attr-defined]
+            raw.execute("BEGIN")
+            raw.execute("LOCK TABLE tokens IN ACCESS EXCLUSIVE MODE")
+            time.sleep(1.5)  # frozen
+            assert store.list_tokens() == []
+        finally:
+            frozen.close()
+    finally:
+        store.close()
+
+
+@pytest.mark.parametrize(
+    ("query", "said"),
+    [
+        ("port=99999", 'invalid port number: "99999"'),
+        ("sslmode=bogus", 'invalid sslmode value: "bogus"'),
+        ("target_session_attrs=bogus", 'invalid target_session_attrs value: "bogus"'),
+        ("service=no_such_service", 'definition of service "no_such_service" not found'),
+    ],
+)
+def test_a_url_libpq_cannot_use_is_a_bad_setting_not_an_outage(
+    postgres: PostgresServer, query: str, said: str
+):
+    with pytest.raises(UsageError) as caught:
+        Store.connect(f"{postgres.url()}&{query}")
+    assert str(caught.value) == f"store.url: {said}"
+
+
+def test_a_database_holding_other_tables_of_the_same_names_is_a_bad_setting(
+    postgres: PostgresServer,
+):
+    database = postgres.create_database()
+    try:
+        postgres.execute("CREATE TABLE tokens (something_else TEXT)", database=database)
+        with pytest.raises(UsageError, match="holds what the store cannot use") as caught:
+            Store.connect(postgres.url(database))
+        assert "a database of its own" in str(caught.value)
+        assert "\n" not in str(caught.value)
+    finally:
+        postgres.drop_database(database)
