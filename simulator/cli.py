@@ -161,11 +161,10 @@ def _failure_model(path: Path | None) -> FailureModel:
     from controller.campaigns.errors import CampaignError
 
     from .failures import parse_failures
+    from .scenario import read_file
 
     try:
-        doc = tomllib.loads(path.read_text())
-    except OSError as exc:
-        raise ScenarioError("", f"cannot read it: {exc.strerror}", str(path)) from None
+        doc = tomllib.loads(read_file(path))
     except tomllib.TOMLDecodeError as exc:
         raise ScenarioError("", f"not valid TOML: {exc}", str(path)) from None
     try:
@@ -223,12 +222,9 @@ def rehearse(
 
     from .calibrate import calibrate
     from .inventory import load_real_fleet
+    from .scenario import read_file
 
-    try:
-        text = campaign_file.read_text()
-    except OSError as exc:
-        raise ScenarioError("", f"cannot read it: {exc.strerror}", str(campaign_file)) from None
-    spec = parse_campaign(text, str(campaign_file))
+    spec = parse_campaign(read_file(campaign_file), str(campaign_file))
     length = _duration("--duration", duration)
     reach = _duration("--horizon", horizon) if horizon is not None else length
     if reach < length:
@@ -470,6 +466,8 @@ def _enroll_address(directory: DataDir, address: str) -> str:
 
 
 def _start(spelled: str | None) -> datetime:
+    from controller.api.times import OUT_OF_RANGE, in_range
+
     if spelled is None:
         return datetime.now(UTC).replace(second=0, microsecond=0)
     try:
@@ -478,6 +476,8 @@ def _start(spelled: str | None) -> datetime:
         raise ScenarioError("--start", f"{spelled!r} is not an ISO 8601 date-time") from None
     if value.tzinfo is None:
         raise ScenarioError("--start", "must include a UTC offset (e.g. 2026-12-05T00:00:00Z)")
+    if not in_range(value):
+        raise ScenarioError("--start", f"{value.isoformat()} {OUT_OF_RANGE}")
     return value.astimezone(UTC)
 
 

@@ -56,6 +56,7 @@ from fleetpatch.durations import parse_duration
 from fleetpatch.labels import check_label, check_region
 from fleetpatch.tomltable import Table, toml_type
 
+from controller.api.times import OUT_OF_RANGE, in_range
 from controller.campaigns import CampaignSpec, parse_campaign
 from controller.campaigns.errors import CampaignError
 from controller.campaigns.windows import load_zone
@@ -100,11 +101,19 @@ def load_scenario(path: Path) -> Scenario:
 
     Raises ScenarioError (this file), CampaignError (the campaign file).
     """
+    return parse_scenario(read_file(path), str(path), path.parent)
+
+
+def read_file(path: Path) -> str:
+    """The text of a file the simulator is given (a scenario, a campaign,
+    a failure model); ScenarioError naming it when it cannot be read or is
+    not UTF-8 text, as `fleetpatch campaign create` says for its file."""
     try:
-        text = path.read_text()
+        return path.read_text()
     except OSError as exc:
-        raise ScenarioError("", f"cannot read it: {exc.strerror}", str(path)) from None
-    return parse_scenario(text, str(path), path.parent)
+        raise ScenarioError("", f"cannot read it: {exc.strerror or exc}", str(path)) from None
+    except UnicodeDecodeError:
+        raise ScenarioError("", "cannot read it: not a text file (UTF-8)", str(path)) from None
 
 
 def parse_scenario(text: str, source: str, base: Path) -> Scenario:
@@ -186,6 +195,8 @@ def _campaign(t: Table, base: Path) -> tuple[Path, CampaignSpec]:
         text = path.read_text()
     except OSError as exc:
         raise t.error("campaign", f"cannot read {path}: {exc.strerror}") from None
+    except UnicodeDecodeError:
+        raise t.error("campaign", f"cannot read {path}: not a text file (UTF-8)") from None
     return path, parse_campaign(text, str(path))
 
 
@@ -202,6 +213,8 @@ def _start(t: Table) -> datetime:
         raise t.error("start", f"must be a date-time, not {toml_type(value)}")
     if value.tzinfo is None:
         raise t.error("start", "must include a UTC offset (e.g. 2026-12-05T00:00:00Z)")
+    if not in_range(value):
+        raise t.error("start", f"{value.isoformat()} {OUT_OF_RANGE}")
     return value.astimezone(UTC)
 
 

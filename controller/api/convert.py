@@ -13,9 +13,9 @@ from google.protobuf import json_format
 from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import DecodeError, Message
 
-from controller.api.times import from_timestamp, timestamp
+from controller.api.times import OUT_OF_RANGE, from_timestamp, in_range, timestamp
 from controller.audit import AuditRecord
-from controller.checkpoint import Checkpoint
+from controller.checkpoint import Checkpoint, CheckpointError
 from controller.errors import UsageError
 from controller.fleet.admins import AdminRecord, AdminStatus
 from controller.fleet.pki import renew_at
@@ -288,7 +288,18 @@ def audit_to_pb(record: AuditRecord) -> admin_pb2.AuditRecord:
     )  # fmt: skip
 
 
+_MAX_UINT64 = 2**64 - 1
+
+
 def checkpoint_to_pb(checkpoint: Checkpoint) -> admin_pb2.AuditCheckpoint:
+    """Raises CheckpointError for a seq or a time the message cannot hold
+    (a checkpoint file read by `audit verify --checkpoint` says anything)."""
+    if not 0 <= checkpoint.seq <= _MAX_UINT64:
+        raise CheckpointError(
+            f"the checkpoint's seq {checkpoint.seq} is out of range (0 to {_MAX_UINT64})"
+        )
+    if not in_range(checkpoint.at):
+        raise CheckpointError(f"the checkpoint's time {checkpoint.at.isoformat()} {OUT_OF_RANGE}")
     return admin_pb2.AuditCheckpoint(
         seq=checkpoint.seq, hash=checkpoint.hash, at=timestamp(checkpoint.at),
         key_id=checkpoint.key_id, signature=checkpoint.signature,

@@ -38,12 +38,28 @@ from contextvars import ContextVar, Token
 from dataclasses import dataclass, field
 from typing import Any
 
+from fleetpatch.logline import quoted
 from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import Message
 
 from controller.errors import Overloaded, UsageError
 
 MAX_MESSAGE_BYTES = 16 * 1024 * 1024
+# The largest answer the controller builds for an admin: a host with its
+# inventory and its available updates, each from a check-in of up to
+# MAX_MESSAGE_BYTES, or a page of hosts with their health checks. The admin
+# CLI takes answers this large (gRPC's default, 4 MiB, refused a host's
+# large inventory that the controller had taken).
+MAX_ANSWER_BYTES = 4 * MAX_MESSAGE_BYTES
+# No id the controller makes (host, token, campaign, order), nor an admin's
+# name or a vulnerability's id, is longer; a request naming a longer one
+# names nothing, and its words are not worth quoting whole.
+MAX_ID = 128
+# A peer's id quoted in an answer (`quoted_id`), and the whole message of a
+# refusal (`status_text`), which gRPC sends in a header (a 20 KB one, over
+# its 16 KiB limit, reached the CLI as "Stream removed": retry later).
+QUOTED_ID = 100
+MAX_STATUS_TEXT = 1000
 # A large Debian or RHEL host has 3,000-6,000 packages; ten times the
 # largest we have seen still fits comfortably under MAX_MESSAGE_BYTES.
 MAX_INVENTORY_ENTRIES = 50_000
@@ -56,6 +72,15 @@ MAX_DETAIL = 4096  # the free text of a health check result
 MAX_REPORTS_PER_CALL = 500
 MAX_REPORT_ID = 128
 MAX_REPORT_DETAIL = 2000
+# A campaign file (`campaign create`, CreateCampaign): its text is stored
+# and sent back whole in every answer about the campaign (`campaign show`,
+# `campaign list`), so it is bounded in bytes (UTF-8, comments included)
+# far below what an admin client takes (MAX_ANSWER_BYTES; an older one,
+# gRPC's default 4 MiB); a plan naming 40,000 hosts (`campaign plan`, 26
+# bytes a host) fits. Its free text (the description, an analysis's
+# PromQL query) is bounded apart, as MAX_CAMPAIGN_TEXT characters.
+MAX_CAMPAIGN_BYTES = 1024 * 1024
+MAX_CAMPAIGN_TEXT = 4096
 # Heavy calls (check-ins, reports, enrollments) being served at once, over
 # all hosts; a full fleet's check-ins are spread over the interval, so this
 # is only reached by a herd (a controller that comes back after an outage).
@@ -211,6 +236,20 @@ def _holds_nul(path: str) -> UsageError:
 def _check_text(path: str, value: str, limit: int) -> None:
     if len(value) > limit:
         raise UsageError(f"{path} is {len(value)} characters long; at most {limit} are taken")
+
+
+def quoted_id(value: str) -> str:
+    """A peer's ``value`` (an id, a name) as a message quotes it: one line,
+    at most QUOTED_ID characters, in quotes."""
+    return repr(quoted(value, QUOTED_ID))
+
+
+def status_text(message: str) -> str:
+    """``message`` as a refusal's status and its log line carry it: one
+    line, at most MAX_STATUS_TEXT characters (a quarter of that when any is
+    not ASCII: gRPC sends each byte of those as three), so that no peer's
+    words quoted in it can make it too long for gRPC to deliver."""
+    return quoted(message, MAX_STATUS_TEXT if message.isascii() else MAX_STATUS_TEXT // 4)
 
 
 def call_units(request_bytes: int) -> float:

@@ -4,12 +4,29 @@ so that a command starts without importing the campaign engine."""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 
 from google.protobuf.duration_pb2 import Duration
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from controller.errors import UsageError
+
+# The times the controller takes from a file (a campaign's deadline and
+# blackout days, an advisory's dates, an audit checkpoint's time): years
+# EARLIEST_YEAR to LATEST_YEAR, as written. Protobuf's Timestamp and
+# Python's datetime end at 9999-12-31 (and begin at year 1); a time at
+# either edge overflows as soon as it is moved to UTC (up to a day) or has
+# a grace period or a day and a half added, so these leave room for that.
+EARLIEST_YEAR, LATEST_YEAR = 1970, 9000
+OUT_OF_RANGE = f"is out of range (years {EARLIEST_YEAR} to {LATEST_YEAR})"
+
+
+def in_range(value: date) -> bool:
+    """Whether ``value`` (a date, or a date-time at any offset) is in the
+    years this controller takes (EARLIEST_YEAR to LATEST_YEAR, as written):
+    then it, its UTC form, and either moved by years stay representable.
+    Callers refuse one that is not, with OUT_OF_RANGE."""
+    return EARLIEST_YEAR <= value.year <= LATEST_YEAR
 
 
 def timestamp(value: datetime | None) -> Timestamp | None:

@@ -230,7 +230,7 @@ def _fixes(record: CampaignRecord, names: set[str], packages: set[str]) -> bool:
     """Whether a patch campaign names the vulnerability (its ``fixes``) or
     one of the packages it affects."""
     try:
-        spec = parse_campaign(record.spec, record.campaign_id)
+        spec = parse_campaign(record.spec, record.campaign_id, bounded=False)
     except CampaignError:
         return False
     if spec.patch is None:

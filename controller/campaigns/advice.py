@@ -9,7 +9,7 @@ campaign create` and `fleetpatch-sim rehearse` both say these, from here.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from datetime import datetime, timedelta
+from datetime import date, datetime, timedelta
 
 from fleetpatch.agentrelease import Family
 
@@ -30,12 +30,7 @@ def advice(spec: CampaignSpec, now: datetime, targeted: int) -> list[str]:
             "no host will be assigned (change [campaign] deadline)"
         )
     if spec.windows is not None:
-        past = sorted(
-            day
-            for day in spec.windows.blackout
-            if datetime(day.year, day.month, day.day, tzinfo=now.tzinfo) + DAY_OVER_EVERYWHERE
-            <= now
-        )
+        past = sorted(day for day in spec.windows.blackout if _over_everywhere(day, now))
         if past:
             shown = ", ".join(d.isoformat() for d in past[:3]) + (", ..." if len(past) > 3 else "")
             lines.append(
@@ -48,6 +43,19 @@ def advice(spec: CampaignSpec, now: datetime, targeted: int) -> list[str]:
             "(check [targets] and the rings of [rollout] against `fleetpatch hosts list`)"
         )
     return lines
+
+
+def _over_everywhere(day: date, now: datetime) -> bool:
+    """Whether the local ``day`` is over everywhere on earth at ``now``.
+    Advice is said after a campaign is stored, so it must not fail: a day
+    at the calendar's end (which the parser refuses, but a campaign stored
+    before it did may hold) is simply not over."""
+    try:
+        return (
+            datetime(day.year, day.month, day.day, tzinfo=now.tzinfo) + DAY_OVER_EVERYWHERE <= now
+        )
+    except OverflowError:
+        return False
 
 
 def release_advice(spec: CampaignSpec, published: Iterable[str]) -> list[str]:

@@ -27,8 +27,10 @@ rollout fields mean when the scheduler applies them is in `scheduler`.
 from __future__ import annotations
 
 import functools
+import math
 import re
 import tomllib
+from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from enum import StrEnum
@@ -49,6 +51,8 @@ from fleetpatch.orderspec import (
 )
 from fleetpatch.tomltable import Table, toml_type
 
+from controller.api.limits import MAX_CAMPAIGN_BYTES, MAX_CAMPAIGN_TEXT, MAX_TEXT
+from controller.api.times import OUT_OF_RANGE, in_range
 from controller.campaigns.errors import CampaignError
 from controller.campaigns.quota import Quota, count, parse_quota, percent
 from controller.campaigns.windows import WeeklyWindow, load_zone, parse_weekly
@@ -226,8 +230,33 @@ class CampaignSpec:
         return "patch"
 
 
-def parse_campaign(text: str, source: str) -> CampaignSpec:
-    """Parse a campaign file; raises CampaignError naming ``source`` and the field."""
+# Whether the sizes and lengths of a file are checked (parse_campaign's
+# ``bounded``): read by `_bound`, deep in the readers.
+_BOUNDED: ContextVar[bool] = ContextVar("campaign_bounds", default=True)
+
+
+def parse_campaign(text: str, source: str, *, bounded: bool = True) -> CampaignSpec:
+    """Parse a campaign file; raises CampaignError naming ``source`` and the field.
+
+    The controller parses what CreateCampaign sends with this too, so a
+    file refused here is refused there, whoever the client.
+    ``bounded=False``: a campaign the controller stored already, read
+    again; the limits on sizes and lengths, there to refuse new input, are
+    not applied, so that one added since never makes a stored campaign
+    unreadable (and the campaign tick with it)."""
+    token = _BOUNDED.set(bounded)
+    try:
+        return _parse_campaign(text, source)
+    finally:
+        _BOUNDED.reset(token)
+
+
+def _parse_campaign(text: str, source: str) -> CampaignSpec:
+    size = len(text.encode("utf-8", "surrogatepass"))
+    if size > MAX_CAMPAIGN_BYTES and _BOUNDED.get():
+        raise CampaignError(
+            "", f"is {size} bytes long; a campaign file is at most {MAX_CAMPAIGN_BYTES}", source
+        )
     try:
         doc = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
@@ -240,7 +269,7 @@ def parse_campaign(text: str, source: str) -> CampaignSpec:
     kinds = [name for name in ("patch", "agent_update") if root.has(name)]
     spec = CampaignSpec(
         name=_name(head),
-        description=head.get("description", str, ""),
+        description=_text(head, "description", MAX_CAMPAIGN_TEXT),
         emergency=head.get("emergency", bool, False),
         deadline=_deadline(head),
         patch=_patch(patch) if kinds == ["patch"] else None,
@@ -267,14 +296,39 @@ def _name(t: Table) -> str:
     name = t.maybe("name", str)
     if name is None:
         raise t.error("name", "is required (lowercase letters, digits and '-')")
+    _bound(t, t.field("name"), name, 63)
     if not _NAME.fullmatch(name):
         raise t.error("name", f"{name!r} must be lowercase letters, digits and '-' (1-63)")
     return name
 
 
+def _text(t: Table, key: str, limit: int) -> str:
+    """The string ``key`` ("" when absent), at most ``limit`` characters."""
+    value = t.get(key, str, "")
+    _bound(t, t.field(key), value, limit)
+    return value
+
+
+def _bound(t: Table, where: str, value: str, limit: int) -> None:
+    """Refuse ``value`` (at ``where``) when longer than ``limit``: before
+    any message quotes it."""
+    if len(value) > limit and _BOUNDED.get():
+        raise t.at(where, f"is {len(value)} characters long, at most {limit}")
+
+
+def _finite(t: Table, key: str) -> float | None:
+    """The number ``key`` when present; nan and inf are refused, since every
+    comparison with nan is false (a gate that never trips)."""
+    value = t.maybe(key, float)
+    if value is not None and not math.isfinite(value):
+        raise t.error(key, f"must be a finite number, not {value}")
+    return value
+
+
 def _fixes(t: Table) -> tuple[str, ...]:
     fixes = t.strings("fixes")
     for index, vuln_id in enumerate(fixes):
+        _bound(t, f"{t.field('fixes')}[{index}]", vuln_id, 128)
         if not vuln_id or len(vuln_id) > 128 or not vuln_id.isprintable() or " " in vuln_id:
             raise t.at(f"{t.field('fixes')}[{index}]", f"{vuln_id!r} is not a vulnerability id")
     return tuple(fixes)
@@ -285,16 +339,19 @@ def _deadline(t: Table) -> datetime | None:
     if value is None:
         return None
     if isinstance(value, str):
+        spelled = value
         try:
-            value = datetime.fromisoformat(value)
+            value = datetime.fromisoformat(spelled)
         except ValueError:
-            raise t.error("deadline", f"{value!r} is not a date-time") from None
+            raise t.error("deadline", f"{spelled[:64]!r} is not a date-time") from None
     if not isinstance(value, datetime):
         raise t.error("deadline", f"must be a date-time, not {toml_type(value)}")
     if value.tzinfo is None:
         raise t.error(
             "deadline", "must include a UTC offset (e.g. 2025-02-01T00:00:00Z or ...+01:00)"
         )
+    if not in_range(value):
+        raise t.error("deadline", f"{value.isoformat()} {OUT_OF_RANGE}")
     return value.astimezone(UTC)
 
 
@@ -325,6 +382,7 @@ def _patch(t: Table) -> PatchSpec:
         )
     exclude = t.strings("exclude")
     for index, pattern in enumerate(exclude):
+        _bound(t, f"{t.field('exclude')}[{index}]", pattern, MAX_PACKAGE_NAME)
         if not _PATTERN.fullmatch(pattern):
             raise t.at(f"{t.field('exclude')}[{index}]", f"{pattern!r} is not a name or glob")
     reboot = t.choice("reboot", RebootPolicy, RebootPolicy.IF_REQUIRED)
@@ -347,6 +405,7 @@ def _baseline(t: Table) -> Baseline:
 
 def _agent_update(t: Table, verify_timeout: timedelta) -> AgentUpdateSpec:
     version = t.require("version", str)
+    _bound(t, t.field("version"), version, MAX_VERSION)
     try:
         debian_version(version)
     except ValueError as exc:
@@ -400,13 +459,31 @@ def _verify(t: Table) -> VerifySpec:
 def _targets(t: Table) -> TargetSpec:
     regions = t.strings("regions")
     for index, region in enumerate(regions):
+        _bound(t, f"{t.field('regions')}[{index}]", region, 63)
         try:
             check_region(region)
         except ValueError as exc:
             raise t.at(f"{t.field('regions')}[{index}]", str(exc)) from None
-    labels = t.table("labels")
+    selectors = _labels(t.table("labels"))
+    os_ids = t.strings("os")
+    for index, os_id in enumerate(os_ids):
+        _bound(t, f"{t.field('os')}[{index}]", os_id, MAX_TEXT)
+        if not _OS_ID.fullmatch(os_id):
+            raise t.at(f"{t.field('os')}[{index}]", f"{os_id!r} is not an os id (e.g. 'debian')")
+    hosts = t.strings("hosts")
+    for index, host_id in enumerate(hosts):
+        _bound(t, f"{t.field('hosts')}[{index}]", host_id, 64)
+        if not HOST_ID.fullmatch(host_id):
+            raise t.at(f"{t.field('hosts')}[{index}]", f"{host_id!r} is not a host id (h-...)")
+    t.finish()
+    return TargetSpec(frozenset(regions), selectors, frozenset(os_ids), frozenset(hosts))
+
+
+def _labels(labels: Table) -> tuple[tuple[str, frozenset[str]], ...]:
     selectors: list[tuple[str, frozenset[str]]] = []
     for key in sorted(labels.keys()):
+        if len(key) > 63:
+            raise labels.error("", f"a label key is {len(key)} characters long, at most 63")
         value = labels.maybe(key, object)
         if isinstance(value, str):
             values: tuple[str, ...] = (value,)
@@ -416,21 +493,13 @@ def _targets(t: Table) -> TargetSpec:
             raise labels.error(key, "must be a value or a non-empty array of values")
         try:
             for one in values:
+                _bound(labels, labels.field(key), one, 63)
                 check_label(key, one)
         except ValueError as exc:
             raise labels.error(key, str(exc)) from None
         selectors.append((key, frozenset(values)))
     labels.finish()
-    os_ids = t.strings("os")
-    for index, os_id in enumerate(os_ids):
-        if not _OS_ID.fullmatch(os_id):
-            raise t.at(f"{t.field('os')}[{index}]", f"{os_id!r} is not an os id (e.g. 'debian')")
-    hosts = t.strings("hosts")
-    for index, host_id in enumerate(hosts):
-        if not HOST_ID.fullmatch(host_id):
-            raise t.at(f"{t.field('hosts')}[{index}]", f"{host_id!r} is not a host id (h-...)")
-    t.finish()
-    return TargetSpec(frozenset(regions), tuple(selectors), frozenset(os_ids), frozenset(hosts))
+    return tuple(selectors)
 
 
 def _rollout(t: Table, verify_timeout: timedelta) -> RolloutSpec:
@@ -483,7 +552,7 @@ def _rollout(t: Table, verify_timeout: timedelta) -> RolloutSpec:
 
 def _analyses(t: Table, rings: list[int]) -> dict[str, Any]:
     """prometheus, analysis_interval and [[rollout.analysis]]."""
-    url = t.get("prometheus", str, "")
+    url = _text(t, "prometheus", MAX_TEXT)
     entries = t.tables("analysis")
     if url and not re.fullmatch(r"https?://[^\s/]+(/\S*)?", url):
         raise t.error("prometheus", f"must be an http:// or https:// URL, not {url!r}")
@@ -493,14 +562,16 @@ def _analyses(t: Table, rings: list[int]) -> dict[str, Any]:
     found: list[Analysis] = []
     for entry in entries:
         name = entry.require("name", str)
+        _bound(entry, entry.field("name"), name, 64)
         if not _ANALYSIS_NAME.fullmatch(name):
             raise entry.error("name", f"{name!r}: use letters, digits, '-' and '_'")
         if any(a.name == name for a in found):
             raise entry.error("name", f"analysis {name!r} is listed twice")
         query = entry.require("query", str).strip()
+        _bound(entry, entry.field("query"), query, MAX_CAMPAIGN_TEXT)
         if not query:
             raise entry.error("query", "is empty")
-        high, low = entry.maybe("max", float), entry.maybe("min", float)
+        high, low = _finite(entry, "max"), _finite(entry, "min")
         if (high is None) == (low is None):
             raise entry.error("max", "give exactly one of max and min (the threshold)")
         guarded = [r for _, r in entry.items("rings", int)] or rings[1:] or rings
@@ -513,7 +584,7 @@ def _analyses(t: Table, rings: list[int]) -> dict[str, Any]:
 
 
 def _min_agent_version(t: Table) -> str:
-    value = t.get("min_agent_version", str, "")
+    value = _text(t, "min_agent_version", MAX_VERSION)
     if not value:
         return ""
     try:
@@ -526,7 +597,7 @@ def _min_agent_version(t: Table) -> str:
 def _gate(t: Table, default: Gate | None) -> Gate:
     base = default or Gate(DEFAULT_GATE_MIN_SUCCESS, timedelta(0), DEFAULT_FAILURE_BUDGET)
     min_success = base.min_success
-    value = t.maybe("min_success", float)
+    value = _finite(t, "min_success")
     if value is not None:
         if not 0 <= value <= 1:
             raise t.error("min_success", f"must be between 0 and 1, not {value}")
@@ -542,6 +613,7 @@ def _gate(t: Table, default: Gate | None) -> Gate:
 
 def _windows(t: Table) -> WindowPolicy:
     timezone = t.require("timezone", str)
+    _bound(t, t.field("timezone"), timezone, MAX_TEXT)
     if timezone != HOST_LOCAL and load_zone(timezone) is None:
         raise t.error(
             "timezone",
@@ -550,6 +622,7 @@ def _windows(t: Table) -> WindowPolicy:
         )
     weekly: list[WeeklyWindow] = []
     for where, spelled in t.items("weekly", str):
+        _bound(t, where, spelled, MAX_TEXT)
         try:
             weekly.append(parse_weekly(spelled))
         except ValueError as exc:
@@ -571,10 +644,13 @@ def _windows(t: Table) -> WindowPolicy:
 
 def _date(t: Table, where: str, value: object) -> date:
     if isinstance(value, str):
+        spelled = value
         try:
-            return date.fromisoformat(value)
+            value = date.fromisoformat(spelled)
         except ValueError:
-            raise t.at(where, f"{value!r} is not a date (write 2025-12-24)") from None
-    if isinstance(value, date) and not isinstance(value, datetime):
-        return value
-    raise t.at(where, f"must be a date such as 2025-12-24, not {toml_type(value)}")
+            raise t.at(where, f"{spelled[:40]!r} is not a date (write 2025-12-24)") from None
+    if not isinstance(value, date) or isinstance(value, datetime):
+        raise t.at(where, f"must be a date such as 2025-12-24, not {toml_type(value)}")
+    if not in_range(value):
+        raise t.at(where, f"{value.isoformat()} {OUT_OF_RANGE}")
+    return value

@@ -176,7 +176,7 @@ class Deliveries:
                     record = store.get_campaign(campaign_id)
                 except NotFound:
                     return None
-                spec = parse_campaign(record.spec, campaign_id)
+                spec = parse_campaign(record.spec, campaign_id, bounded=False)
                 rings = self._rings[campaign_id] = [stage.ring for stage in spec.rollout.rings]
             if ring not in rings or rings.index(ring) == 0:
                 return None

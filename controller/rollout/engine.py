@@ -241,7 +241,7 @@ class CampaignEngine:
     def spec(self, record: CampaignRecord) -> CampaignSpec:
         spec = self._specs.get(record.campaign_id)
         if spec is None:
-            spec = parse_campaign(record.spec, record.campaign_id)
+            spec = parse_campaign(record.spec, record.campaign_id, bounded=False)
             self._specs[record.campaign_id] = spec
         return spec
 

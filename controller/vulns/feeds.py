@@ -16,7 +16,11 @@ Two formats, told apart by their content:
   withdrawn one is removed.
 
 Anything else, or a record that does not read, raises FeedError naming the
-file and what is wrong: an import takes a feed whole or not at all.
+file and what is wrong: an import takes a feed whole or not at all. That
+includes a file nested deeper than MAX_DEPTH (the streaming reader's
+memory grows with the square of the depth, and a recursive one runs out of
+stack), and a date that is not an RFC 3339 time in the years the
+controller keeps (`controller.api.times.in_range`).
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ from __future__ import annotations
 import json
 import os
 import zipfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -32,6 +36,7 @@ from typing import Any
 
 import ijson
 
+from controller.api.times import in_range
 from controller.vulns import SEVERITIES, releases, versions
 
 SEVERITY_WORDS = {
@@ -49,6 +54,13 @@ TRACKER = "debian-tracker"
 OSV = "osv"
 MAX_ID = 128
 MAX_SUMMARY = 500
+# Arrays and objects inside one another: both formats need 6 or 7 levels.
+MAX_DEPTH = 64
+_TOO_DEEP = f"not valid JSON: nested more than {MAX_DEPTH} levels deep"
+# ijson parses a buffer's worth before it hands out the events: a buffer of
+# nothing but brackets costs the square of its size before `_bounded` sees
+# them (64 KiB, its default, took seconds), a small one a few ms more a MB.
+_BUFFER = 8192
 
 
 class FeedError(ValueError):
@@ -140,7 +152,7 @@ def _looks_like_osv(path: Path) -> bool:
     try:
         with path.open("rb") as stream:
             keys = set()
-            for prefix, event, value in ijson.parse(stream):
+            for prefix, event, value in _bounded(path, ijson.parse(stream, buf_size=_BUFFER)):
                 if prefix == "" and event == "map_key":
                     keys.add(value)
                     if len(keys) > 64:
@@ -153,10 +165,25 @@ def _looks_like_osv(path: Path) -> bool:
 # -- Debian Security Tracker -------------------------------------------------------
 
 
+def _bounded(path: Path, events: Iterable[tuple[str, str, Any]]) -> Iterator[tuple[str, str, Any]]:
+    """ijson's events, with FeedError past MAX_DEPTH: before ijson's own
+    bookkeeping (a prefix per level, each longer) takes the machine's memory."""
+    depth = 0
+    for prefix, event, value in events:
+        if event in ("start_map", "start_array"):
+            depth += 1
+            if depth > MAX_DEPTH:
+                raise FeedError(f"{path}: {_TOO_DEEP}")
+        elif event in ("end_map", "end_array"):
+            depth -= 1
+        yield prefix, event, value
+
+
 def _tracker(path: Path) -> Iterator[Vuln]:
     try:
         with path.open("rb") as stream:
-            for package, cves in ijson.kvitems(stream, "", use_float=True):
+            events = _bounded(path, ijson.parse(stream, use_float=True, buf_size=_BUFFER))
+            for package, cves in ijson.kvitems(events, ""):
                 yield from _tracker_package(path, package, cves)
     except ijson.JSONError as exc:
         reason = " ".join(str(exc).split()).replace(" (right here) ------^", "")
@@ -241,11 +268,16 @@ def _json(where: str, data: bytes) -> object:
         return json.loads(data)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise FeedError(f"{where}: not valid JSON: {exc}") from None
+    except RecursionError:
+        raise FeedError(f"{where}: {_TOO_DEEP}") from None
 
 
 def _osv_doc(where: str, doc: object, feed: Feed) -> Iterator[Vuln]:
     for record in doc if isinstance(doc, list) else [doc]:
-        vuln = osv_record(where, record)
+        try:
+            vuln = osv_record(where, record)
+        except RecursionError:  # a value quoted in a message, nested just short of json's limit
+            raise FeedError(f"{where}: {_TOO_DEEP}") from None
         if vuln.modified is not None:
             feed.dates.append(vuln.modified)
         yield vuln
@@ -259,7 +291,8 @@ def osv_record(where: str, record: object) -> Vuln:
     _check_id(where, vuln_id)
     where = f"{where}: {vuln_id}"
     modified = _time(where, record, "modified")
-    if record.get("withdrawn"):
+    published = _time(where, record, "published")
+    if _time(where, record, "withdrawn") is not None:
         return Vuln(vuln_id, modified=modified, withdrawn=True)
     affected: list[Affected] = []
     words: list[str] = []
@@ -287,7 +320,7 @@ def osv_record(where: str, record: object) -> Vuln:
         vuln_id,
         most_severe(*(severity(w) for w in words)),
         summary[:MAX_SUMMARY] if isinstance(summary, str) else "",
-        _time(where, record, "published"),
+        published,
         modified,
         tuple(dict.fromkeys(str(a)[:MAX_ID] for a in aliases if isinstance(a, str))),
         tuple(dict.fromkeys(affected)),
@@ -339,13 +372,23 @@ def _list(where: str, record: Mapping[str, Any], key: str) -> list[Any]:
 
 
 def _time(where: str, record: Mapping[str, Any], key: str) -> datetime | None:
+    """The time ``key`` of an OSV record (None: absent, null or empty, or
+    a time outside the years the controller keeps: a placeholder such as
+    Go's zero time, 0001-01-01, or one no clock will reach, which would
+    overflow what is computed from it); FeedError for anything else that
+    is not an RFC 3339 time (a withdrawn that says "garbage" or true is a
+    malformed record, not a withdrawal)."""
     value = record.get(key)
-    if value in (None, ""):
+    if value is None or value == "":
         return None
+    if not isinstance(value, str):
+        raise FeedError(f"{where}: {key} is not an RFC 3339 time (a string expected)")
     try:
-        parsed = datetime.fromisoformat(str(value).replace("Z", "+00:00"))
+        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
     except ValueError:
-        raise FeedError(f"{where}: {key} {value!r} is not an RFC 3339 time") from None
+        raise FeedError(f"{where}: {key} {value[:64]!r} is not an RFC 3339 time") from None
+    if not in_range(parsed):
+        return None
     return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
 
 

@@ -93,3 +93,21 @@ def test_an_agent_release_missing_a_family_says_whose_hosts_wait():
     assert "no .deb package published: apt hosts wait" in only
     assert "fleetpatch-agent_0.2.0+post1_<arch>.deb" in only
     assert release_advice(spec(), []) == [], "a patch campaign has no release"
+
+
+def test_advice_never_fails_on_a_blackout_day_at_the_calendar_s_end():
+    """The parser refuses such a day now; a campaign stored before it did
+    is still advised on (after it is stored: advice must not fail)."""
+    from dataclasses import replace
+    from datetime import date
+
+    windowed = spec(windows='[windows]\ntimezone = "UTC"\nweekly = ["Sat 02:00-05:00"]')
+    assert windowed.windows is not None
+    edge = replace(
+        windowed,
+        windows=replace(
+            windowed.windows, blackout=frozenset({date(9999, 12, 31), date(2020, 1, 1)})
+        ),
+    )
+    (line,) = advice(edge, NOW, targeted=3)
+    assert line.startswith("1 blackout date(s) in the past")

@@ -652,3 +652,147 @@ def test_agent_update_mistakes_name_their_field(
     assert words in err.problem
     assert more in err.problem
     assert str(err).startswith(f"test.toml: {field}: " if field else "test.toml: ")
+
+
+# -- bad input at the edges: sizes, non-finite numbers, the calendar's ends ------------
+
+
+def test_a_file_over_the_size_limit_is_refused_before_it_is_read() -> None:
+    from controller.api.limits import MAX_CAMPAIGN_BYTES
+
+    text = MINIMAL + "# " + "x" * MAX_CAMPAIGN_BYTES + "\n"
+    error = error_of(text)
+    assert str(error).startswith("test.toml: is ")
+    assert f"a campaign file is at most {MAX_CAMPAIGN_BYTES}" in str(error)
+
+
+@pytest.mark.parametrize(
+    ("table", "key", "limit"),
+    [
+        ("campaign", "description", 4096),
+        ("rollout", "prometheus", 1024),
+        ("rollout", "min_agent_version", 200),
+    ],
+)
+def test_free_text_is_bounded(table: str, key: str, limit: int) -> None:
+    text = MINIMAL.replace("[[rollout.rings]]", "[rollout]\n[[rollout.rings]]")
+    text = text.replace(f"[{table}]\n", f'[{table}]\n{key} = "{"x" * 50_000}"\n', 1)
+    error = error_of(text)
+    assert error.field == f"{table}.{key}"
+    assert error.problem == f"is 50000 characters long, at most {limit}"
+
+
+def test_long_strings_are_refused_before_a_message_quotes_them() -> None:
+    long = "x" * 100_000
+    cases = {
+        f'query = "{long}"': "rollout.analysis[0].query",
+        f'name = "{long}"': "rollout.analysis[0].name",
+    }
+    for line, field in cases.items():
+        key = line.split(" ")[0]
+        analysis = {"name": 'name = "a"', "query": 'query = "up"'}
+        analysis[key] = line
+        error = error_of(
+            MINIMAL
+            + '[rollout]\nprometheus = "http://p:9090"\n[[rollout.analysis]]\n'
+            + "\n".join(analysis.values())
+            + "\nmax = 1\n"
+        )
+        assert error.field == field
+        assert "characters long, at most" in error.problem
+    for text, field in [
+        (MINIMAL.replace('name = "minimal"', f'name = "{long}"'), "campaign.name"),
+        (MINIMAL + f'[targets]\nregions = ["{long}"]\n', "targets.regions[0]"),
+        (MINIMAL + f'[targets]\nos = ["{long}"]\n', "targets.os[0]"),
+        (MINIMAL + f'[targets]\nhosts = ["{long}"]\n', "targets.hosts[0]"),
+        (MINIMAL + f'[targets.labels]\nrole = "{long}"\n', "targets.labels.role"),
+        (MINIMAL + f'[targets.labels]\n{long} = "web"\n', "targets.labels"),
+        (MINIMAL.replace('name = "minimal"', f'name = "m"\nfixes = ["{long}"]'),
+         "campaign.fixes[0]"),
+        (MINIMAL.replace('packages = ["openssl"]', f'packages = ["openssl"]\nexclude = ["{long}"]'),
+         "patch.exclude[0]"),
+        (MINIMAL + f'[windows]\ntimezone = "{long}"\nweekly = ["Sat 02:00-05:00"]\n',
+         "windows.timezone"),
+        (MINIMAL + f'[windows]\ntimezone = "UTC"\nweekly = ["{long}"]\n', "windows.weekly[0]"),
+    ]:  # fmt: skip
+        error = error_of(text)
+        assert error.field == field, text[:80]
+        assert len(str(error)) < 200
+
+
+def test_a_time_zone_name_too_long_for_a_path_is_unknown_not_an_oserror() -> None:
+    error = error_of(
+        MINIMAL + f'[windows]\ntimezone = "{"a" * 300}"\nweekly = ["Sat 02:00-05:00"]\n'
+    )
+    assert error.field == "windows.timezone"
+    error = error_of(
+        MINIMAL + f'[windows]\ntimezone = "Europe/{"a" * 300}"\nweekly = ["Sat 02:00-05:00"]\n'
+    )
+    assert "characters long" in error.problem or "unknown time zone" in error.problem
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "-inf", "+nan"])
+@pytest.mark.parametrize("key", ["max", "min"])
+def test_analysis_thresholds_must_be_finite(key: str, value: str) -> None:
+    error = error_of(
+        MINIMAL
+        + '[rollout]\nprometheus = "http://p:9090"\n[[rollout.analysis]]\nname = "a"\n'
+        + f'query = "up"\n{key} = {value}\n'
+    )
+    assert error.field == f"rollout.analysis[0].{key}"
+    assert error.problem.startswith("must be a finite number, not ")
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "-inf"])
+def test_min_success_must_be_finite(value: str) -> None:
+    error = error_of(MINIMAL.replace("ring = 0", f"ring = 0\ngate.min_success = {value}"))
+    assert error.field == "rollout.rings[0].gate.min_success"
+    assert error.problem.startswith("must be a finite number, not ")
+
+
+@pytest.mark.parametrize(
+    "deadline",
+    [
+        '"9999-12-31T23:59:59-23:59"',
+        "9999-12-31T23:59:59-23:59",
+        '"0001-01-01T00:00:00+01:00"',
+        '"9001-01-01T00:00:00Z"',
+        '"1969-12-31T23:59:59Z"',
+    ],
+)
+def test_a_deadline_outside_the_supported_years_is_refused(deadline: str) -> None:
+    error = error_of(MINIMAL.replace('name = "minimal"', f'name = "m"\ndeadline = {deadline}'))
+    assert error.field == "campaign.deadline"
+    assert error.problem.endswith("is out of range (years 1970 to 9000)")
+
+
+def test_deadlines_at_the_supported_ends_are_taken() -> None:
+    for deadline, utc in [
+        ("9000-12-31T23:59:59-23:59", datetime(9001, 1, 1, 23, 58, 59, tzinfo=UTC)),
+        ("1970-01-01T00:00:00+14:00", datetime(1969, 12, 31, 10, 0, tzinfo=UTC)),
+    ]:
+        spec = parse(MINIMAL.replace('name = "minimal"', f'name = "m"\ndeadline = "{deadline}"'))
+        assert spec.deadline == utc
+
+
+@pytest.mark.parametrize("day", ["9999-12-31", '"9999-12-31"', "0001-01-01", "9001-01-01"])
+def test_a_blackout_day_outside_the_supported_years_is_refused(day: str) -> None:
+    error = error_of(
+        MINIMAL + f'[windows]\ntimezone = "UTC"\nweekly = ["Sat 02:00-05:00"]\nblackout = [{day}]\n'
+    )
+    assert error.field == "windows.blackout[0]"
+    assert error.problem.endswith("is out of range (years 1970 to 9000)")
+
+
+def test_a_campaign_stored_before_a_limit_was_added_still_reads() -> None:
+    """The engine, webhooks and `campaign list` read stored campaigns again
+    (bounded=False): a size limit added since must not make one unreadable,
+    and the campaign tick with it."""
+    text = MINIMAL.replace('name = "minimal"', f'name = "minimal"\ndescription = "{"x" * 50_000}"')
+    text += "# " + "y" * (2 * 1024 * 1024) + "\n"
+    with pytest.raises(CampaignError):
+        parse(text)
+    stored = parse_campaign(text, "c-1", bounded=False)
+    assert len(stored.description) == 50_000
+    with pytest.raises(CampaignError):  # the bounds are back for the next file
+        parse(text)

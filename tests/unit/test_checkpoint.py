@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
@@ -122,3 +123,26 @@ def test_held():
     assert "ends at record 4" in held(cp, 4, None)
     assert "rewritten" in held(cp, 5, "cd" * 32)
     assert held(Checkpoint(0, "0" * 64, T0, "k"), 0, None) == ""  # an empty trail's
+
+
+@pytest.mark.parametrize(
+    ("seq", "at", "problem"),
+    [
+        (2**64, "2026-01-01T00:00:00Z", "the checkpoint's seq 18446744073709551616 is out of"),
+        (10**30, "2026-01-01T00:00:00+00:00", "is out of range (0 to 18446744073709551615)"),
+        (1, "9999-12-31T23:59:59-23:59", "the checkpoint's time 9999-12-31T23:59:59-23:59 is out"),
+        (1, "0001-01-01T00:00:00+01:00", "is out of range (years 1970 to 9000)"),
+    ],
+)  # fmt: skip
+def test_a_checkpoint_file_the_message_cannot_hold_is_refused_before_it_is_sent(seq, at, problem):
+    """`audit verify --checkpoint` parses the file, then converts it for
+    the controller: that conversion refuses what protobuf cannot hold
+    (ValueError, OverflowError before) with one line."""
+    from controller.api.convert import checkpoint_to_pb
+
+    text = json.dumps(
+        {"kind": "fleetpatch audit checkpoint", "seq": seq, "hash": "ab", "at": at,
+         "key_id": "k", "signature": ""}
+    )  # fmt: skip
+    with pytest.raises(CheckpointError, match=re.escape(problem)):
+        checkpoint_to_pb(parse(text))

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
+
+import pytest
 
 from tests.support.controller import cli
 
@@ -77,3 +80,62 @@ def test_help_describes_both_commands():
     for option in ("--data-dir", "--controller", "--failure-model", "--seed", "--json",
                    "--report"):  # fmt: skip
         assert option in rehearse
+
+
+NOT_UTF8 = [b"\xff\xfe\x00\x01garbage\x80\x81", "name = 'x'\n".encode("utf-16")]
+
+
+def test_files_that_are_not_utf8_are_one_line_and_exit_two(tmp_path):
+    """As `fleetpatch campaign create` does: never a UnicodeDecodeError."""
+    for index, data in enumerate(NOT_UTF8):
+        bad = tmp_path / f"bad{index}.toml"
+        bad.write_bytes(data)
+        for args in (("run", bad), ("rehearse", bad, "--data-dir", tmp_path / "no")):
+            result = cli("fleetpatch-sim", *args)
+            assert result.returncode == 2, (args, result.stderr)
+            assert result.stderr.strip() == (
+                f"fleetpatch-sim: error: {bad}: cannot read it: not a text file (UTF-8)"
+            )
+
+
+def test_a_failure_model_or_a_scenario_s_campaign_that_is_not_utf8_is_a_scenario_error(tmp_path):
+    from simulator.cli import _failure_model
+    from simulator.errors import ScenarioError
+    from simulator.scenario import load_scenario
+
+    bad = tmp_path / "bad.toml"
+    bad.write_bytes(NOT_UTF8[0])
+    with pytest.raises(ScenarioError, match="not a text file"):
+        _failure_model(bad)
+    scenario = tmp_path / "s.toml"
+    scenario.write_text(
+        (SCENARIOS / "region-partition.toml")
+        .read_text()
+        .replace('"campaigns/partition.toml"', '"bad.toml"')
+    )
+    assert '"bad.toml"' in scenario.read_text()
+    with pytest.raises(ScenarioError) as caught:
+        load_scenario(scenario)
+    assert str(caught.value).endswith(
+        f"scenario.campaign: cannot read {bad}: not a text file (UTF-8)"
+    )
+
+
+def test_start_times_outside_the_supported_years_are_refused(tmp_path):
+    scenario = tmp_path / "s.toml"
+    text = (SCENARIOS / "region-partition.toml").read_text()
+    campaign = str(SCENARIOS / "campaigns" / "partition.toml")
+    text = text.replace('"campaigns/partition.toml"', f'"{campaign}"')
+    scenario.write_text(re.sub(r"start = .*", 'start = "9999-12-31T23:59:59-23:59"', text, count=1))
+    result = cli("fleetpatch-sim", "run", scenario)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.strip().endswith(
+        "scenario.start: 9999-12-31T23:59:59-23:59 is out of range (years 1970 to 9000)"
+    )
+    result = cli("fleetpatch-sim", "rehearse", campaign, "--start", "0001-01-01T00:00:00+01:00",
+                 "--data-dir", tmp_path / "no")  # fmt: skip
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.strip() == (
+        "fleetpatch-sim: error: --start: 0001-01-01T00:00:00+01:00 is out of range "
+        "(years 1970 to 9000)"
+    )

@@ -159,3 +159,70 @@ def test_releases():
     assert osv_release("Ubuntu:Pro:18.04:LTS") is None
     assert tracker_release("bookworm") == "debian:12"
     assert tracker_release("sid") is None
+
+
+DEEP = "[" * 100_000 + "]" * 100_000
+
+
+@pytest.mark.parametrize(
+    ("name", "text"),
+    [
+        ("list.json", DEEP),  # an OSV list file: json.loads
+        ("record.json", '{"id": "X", "affected": ' + DEEP + "}"),  # one OSV record
+        ("tracker.json", '{"openssl": {"CVE-1": {"releases": ' + DEEP + "}}}"),  # ijson
+        ("late.json", "{" + ", ".join(f'"p{i}": {{}}' for i in range(100))
+         + ', "openssl": ' + DEEP + "}"),  # past the keys OSV is told apart by
+        ("dict.json", '{"a": ' * 100_000 + "1" + "}" * 100_000),
+    ],
+)  # fmt: skip
+def test_a_feed_nested_too_deeply_is_malformed_not_a_crash(tmp_path, name, text):
+    """Neither a RecursionError (json) nor memory growing with the square
+    of the depth (ijson's prefixes: 23 GB for this one): one line."""
+    path = tmp_path / name
+    path.write_text(text)
+    with pytest.raises(FeedError) as caught:
+        list(read(path).records)
+    assert str(caught.value) == f"{path}: not valid JSON: nested more than 64 levels deep"
+
+
+def test_a_deep_file_in_a_directory_or_zip_is_named(tmp_path):
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "a.json").write_text(DEEP)
+    with pytest.raises(FeedError, match=r"d/a\.json: not valid JSON: nested more than 64"):
+        list(read(tmp_path / "d").records)
+    with zipfile.ZipFile(tmp_path / "all.zip", "w") as archive:
+        archive.writestr("x/a.json", DEEP)
+    with pytest.raises(FeedError, match=r"all\.zip:x/a\.json: not valid JSON: nested more"):
+        list(read(tmp_path / "all.zip").records)
+
+
+@pytest.mark.parametrize("value", ['"garbage"', "true", "1", '"2024-13-01T00:00:00Z"', "[]"])
+def test_a_withdrawn_that_is_not_a_time_is_malformed_not_a_withdrawal(value):
+    record = json.loads('{"id": "X-3", "withdrawn": ' + value + ', "affected": []}')
+    with pytest.raises(FeedError, match=r"^x: X-3: withdrawn .*is not an RFC 3339 time"):
+        osv_record("x", record)
+
+
+def test_an_absent_or_empty_withdrawn_is_not_a_withdrawal():
+    for record in ({"id": "X"}, {"id": "X", "withdrawn": None}, {"id": "X", "withdrawn": ""}):
+        assert not osv_record("x", record).withdrawn
+
+
+@pytest.mark.parametrize("key", ["published", "modified", "withdrawn"])
+@pytest.mark.parametrize(
+    "value",
+    ["9999-12-31T23:59:59-23:59", "0001-01-01T00:00:00+01:00", "0001-01-01T00:00:00Z",
+     "9001-01-01T00:00:00Z", "1969-12-31T23:59:59Z"],
+)  # fmt: skip
+def test_osv_times_outside_the_supported_years_are_taken_as_unset(key, value):
+    """Go's zero time is a placeholder some feeds write; a whole import
+    must not fail for it, nor anything overflow on a year like 9999."""
+    vuln = osv_record("x", {"id": "X-4", key: value, "affected": []})
+    assert not vuln.withdrawn
+    assert (vuln.published, vuln.modified) == (None, None)
+
+
+@pytest.mark.parametrize("key", ["published", "modified"])
+def test_osv_times_that_are_not_strings_are_malformed(key):
+    with pytest.raises(FeedError, match=rf"^x: X-5: {key} is not an RFC 3339 time"):
+        osv_record("x", {"id": "X-5", key: 20240101, "affected": []})
