@@ -115,23 +115,34 @@ def _admission(
 
 
 async def _refuse(method: str, context: Context, exc: FleetpatchError) -> None:
+    # What the peer sent may be quoted in it (an id it asked for): bounded,
+    # for the status's header and for the log.
+    text = limits.status_text(str(exc))
     if isinstance(exc, Overloaded | StoreUnavailable):
         # The whole fleet meets these at once: a line per interval.
         _quiet.say(f"{method} {type(exc).__name__}", "%s refused for %s: %s", method,
-                   context.peer(), exc)  # fmt: skip
+                   context.peer(), text)  # fmt: skip
         context.set_trailing_metadata(retry_after_trailer(exc.retry_after))
     else:
         identity = peer_identity(context)
         if identity is not None and identity.role is Role.ADMIN:
-            log.info("%s refused for %s: %s", method, context.peer(), exc)
+            log.info("%s refused for %s: %s", method, context.peer(), text)
         else:
             # A host (or, on the enrollment port, an address) asking again
             # and again, as a revoked or broken agent does: a line per
             # interval for each, with how many were not logged.
             who = identity.name if identity is not None else context.peer().rpartition(":")[0]
             _quiet_hosts.say(f"{method} {type(exc).__name__} {who}", "%s refused for %s: %s",
-                             method, context.peer(), exc)  # fmt: skip
-    await context.abort(status_for(exc), str(exc))
+                             method, context.peer(), text)  # fmt: skip
+    await context.abort(status_for(exc), text)
+
+
+def _named(value: str, what: str) -> str:
+    """``value``, the id of a ``what`` that a request names; NotFound,
+    quoting only its start, when it is longer than any (limits.MAX_ID)."""
+    if len(value) > limits.MAX_ID:
+        raise NotFound(f"no {what} {limits.quoted_id(value)}")
+    return value
 
 
 def rpc(
@@ -772,7 +783,7 @@ class AdminService(admin_pb2_grpc.AdminServiceServicer):
         self, request: admin_pb2.RevokeAdminRequest, context: Context
     ) -> admin_pb2.RevokeAdminResponse:
         owner = await self._admin(context, "RevokeAdmin")
-        name = request.name
+        name = _named(request.name, "admin")
         now = self._clock()
         entry = AuditEntry(now, owner.actor, "admin.revoke", f"admin:{name}", "ok")
         revoked = await self._db.call(lambda s: s.revoke_admin(name, now, entry))
@@ -851,6 +862,7 @@ class AdminService(admin_pb2_grpc.AdminServiceServicer):
         self, request: admin_pb2.RevokeTokenRequest, context: Context
     ) -> admin_pb2.RevokeTokenResponse:
         admin = await self._admin(context, "RevokeToken")
+        _named(request.token_id, "enrollment token")
         entry = AuditEntry(datetime.now(UTC), admin.actor, "token.revoke", request.token_id, "ok")
         token = await self._db.call(lambda s: s.revoke_token(request.token_id, entry))
         log.info("admin %s revoked token %s", admin.name, token.token_id)
@@ -884,6 +896,7 @@ class AdminService(admin_pb2_grpc.AdminServiceServicer):
         self, request: admin_pb2.GetHostRequest, context: Context
     ) -> admin_pb2.GetHostResponse:
         await self._admin(context, "GetHost")
+        _named(request.host_id, "host")
         await self._written_behind()
         host, packages, updates, owes = await self._db.call(
             lambda s: (
@@ -904,6 +917,7 @@ class AdminService(admin_pb2_grpc.AdminServiceServicer):
         self, request: admin_pb2.RevokeHostRequest, context: Context
     ) -> admin_pb2.RevokeHostResponse:
         admin = await self._admin(context, "RevokeHost")
+        _named(request.host_id, "host")
         now = datetime.now(UTC)
         entry = AuditEntry(now, admin.actor, "host.revoke", request.host_id, "ok")
         host = await self._db.call(lambda s: s.revoke_host(request.host_id, now, entry))
@@ -918,6 +932,7 @@ class AdminService(admin_pb2_grpc.AdminServiceServicer):
         self, request: admin_pb2.RelabelHostRequest, context: Context
     ) -> admin_pb2.RelabelHostResponse:
         admin = await self._admin(context, "RelabelHost")
+        _named(request.host_id, "host")
         change = Relabel(
             dict(request.set_labels), tuple(request.remove_labels),
             request.region if request.HasField("region") else None,
@@ -953,6 +968,7 @@ class AdminService(admin_pb2_grpc.AdminServiceServicer):
         self, request: admin_pb2.CampaignRequest, context: Context
     ) -> admin_pb2.CampaignResponse:
         admin = await self._admin(context, "ApproveCampaign")
+        _named(request.campaign_id, "campaign")
         await self._engine.approve(
             request.campaign_id, admin.actor, self._settings.require_second_approver
         )
@@ -963,6 +979,7 @@ class AdminService(admin_pb2_grpc.AdminServiceServicer):
         self, request: admin_pb2.CampaignRequest, context: Context
     ) -> admin_pb2.CampaignResponse:
         admin = await self._admin(context, "PauseCampaign")
+        _named(request.campaign_id, "campaign")
         await self._engine.pause(request.campaign_id, admin.actor)
         return await self._campaign(request.campaign_id)
 
@@ -971,6 +988,7 @@ class AdminService(admin_pb2_grpc.AdminServiceServicer):
         self, request: admin_pb2.CampaignRequest, context: Context
     ) -> admin_pb2.CampaignResponse:
         admin = await self._admin(context, "ResumeCampaign")
+        _named(request.campaign_id, "campaign")
         await self._engine.resume(request.campaign_id, admin.actor)
         return await self._campaign(request.campaign_id)
 
@@ -979,6 +997,7 @@ class AdminService(admin_pb2_grpc.AdminServiceServicer):
         self, request: admin_pb2.AbortCampaignRequest, context: Context
     ) -> admin_pb2.CampaignResponse:
         admin = await self._admin(context, "AbortCampaign")
+        _named(request.campaign_id, "campaign")
         await self._engine.abort(request.campaign_id, admin.actor, request.revert)
         return await self._campaign(request.campaign_id)
 
@@ -987,6 +1006,7 @@ class AdminService(admin_pb2_grpc.AdminServiceServicer):
         self, request: admin_pb2.CampaignRequest, context: Context
     ) -> admin_pb2.CampaignResponse:
         await self._admin(context, "GetCampaign")
+        _named(request.campaign_id, "campaign")
         return await self._campaign(request.campaign_id)
 
     @rpc
@@ -994,13 +1014,16 @@ class AdminService(admin_pb2_grpc.AdminServiceServicer):
         self, request: admin_pb2.ListCampaignHostsRequest, context: Context
     ) -> admin_pb2.ListCampaignHostsResponse:
         await self._admin(context, "ListCampaignHosts")
+        _named(request.campaign_id, "campaign")
         status = None
         if request.status:
             try:
                 status = AssignmentStatus(request.status)
             except ValueError:
                 words = ", ".join(s.value for s in AssignmentStatus)
-                raise UsageError(f"no host state {request.status!r}: one of {words}") from None
+                raise UsageError(
+                    f"no host state {limits.quoted_id(request.status)}: one of {words}"
+                ) from None
         found, hostnames, reports = await self._db.call(
             lambda s: s.campaign_hosts(request.campaign_id, status)
         )

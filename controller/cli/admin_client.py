@@ -17,23 +17,28 @@ before asking again. A TLS trust failure is a configuration error (exit
 from __future__ import annotations
 
 import contextlib
+import re
 import signal
 import socket
 import sys
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
 from typing import Any, TypeVar
 
 import grpc
 from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from fleetpatch.addresses import AddressError, split_address
+from fleetpatch.labels import check_ring
 from fleetpatch.overload import RETRY_AFTER_KEY
 from fleetpatch.tlstrust import trust_problem
 from fleetpatch.v1 import admin_pb2, admin_pb2_grpc, vulns_pb2, vulns_pb2_grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from controller.api.limits import MAX_ANSWER_BYTES, MAX_ID, MAX_MESSAGE_BYTES, quoted_id
 from controller.datadir import DataDir, split_addresses
 from controller.errors import (
     Conflict,
@@ -79,6 +84,51 @@ _ERROR_OF: dict[grpc.StatusCode, type[FleetpatchError]] = {
     grpc.StatusCode.FAILED_PRECONDITION: Conflict,
     grpc.StatusCode.ALREADY_EXISTS: Conflict,
 }
+
+
+# What the channel takes and sends: any answer the controller builds, and
+# requests no larger than it accepts (a larger one is refused here, before
+# it is sent, rather than by the controller after).
+_OPTIONS = (
+    ("grpc.max_receive_message_length", MAX_ANSWER_BYTES),
+    ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+)
+# gRPC's own words when a message passes a side's size limit ("CLIENT:" or
+# "SERVER:" says whose, "Received"/"Sent" which way): RESOURCE_EXHAUSTED,
+# as the answer of a busy controller is, but asking again cannot help.
+_SIZE_LIMIT = re.compile(
+    r"(?:(CLIENT|SERVER): )?(Received|Sent) message larger than max "
+    r"\((\d{1,20}) vs\. (\d{1,20})\)"
+)
+
+
+def too_large(details: str) -> FleetpatchError | None:
+    """The error for a message over gRPC's size limit on either side, from
+    a RESOURCE_EXHAUSTED status's ``details``: a request too large is bad
+    input (exit 2), an answer too large an error (exit 1); None when the
+    details say something else (a busy controller)."""
+    found = _SIZE_LIMIT.search(details)
+    if found is None:
+        return None
+    side, way, size, limit = found.groups()
+    sizes = f"({size} bytes, at most {limit})"
+    if (side, way) in (("CLIENT", "Sent"), ("SERVER", "Received"), (None, "Sent")):
+        return UsageError(f"the request is larger than the controller takes {sizes}")
+    if side == "SERVER":
+        return FleetpatchError(f"the controller's answer is larger than it may send {sizes}")
+    return FleetpatchError(f"the controller's answer is larger than this CLI takes {sizes}")
+
+
+def check_id(value: str, what: str) -> str:
+    """``value``, the id (or name) of a ``what`` given on the command line;
+    UsageError when it is longer than any can be (it would be sent, and
+    quoted back, for nothing)."""
+    if len(value) > MAX_ID:
+        raise UsageError(
+            f"{what} {quoted_id(value)} is {len(value)} characters long: no {what} is longer "
+            f"than {MAX_ID}"
+        )
+    return value
 
 
 def exit_code_for(code: grpc.StatusCode) -> int:
@@ -201,21 +251,32 @@ def why_unreachable(address: str, timeout: float = 3.0) -> str:
 
 
 def _credentials(data_dir: DataDir) -> tuple[bytes, bytes, bytes]:
-    """The CA, the admin's key and certificate, each checked as PEM first:
-    gRPC's core would print its own lines about a damaged one, then fail
-    the call as if the controller were at fault. Raises DataDirError."""
+    """The CA, the admin's key and certificate, each checked as PEM first,
+    and the key as the certificate's: gRPC's core would print its own lines
+    about a damaged one ("Invalid private key", six times), then fail the
+    call as if the controller were at fault. Raises DataDirError."""
     ca, key, cert = (data_dir.read(p) for p in (data_dir.ca_cert, data_dir.admin_key,
                                                 data_dir.admin_cert))  # fmt: skip
-    for path, pem in ((data_dir.ca_cert, ca), (data_dir.admin_cert, cert)):
-        try:
-            x509.load_pem_x509_certificates(pem)
-        except ValueError:
-            raise DataDirError(f"{path} is not a PEM certificate (damaged?)") from None
+    _certificates(data_dir.ca_cert, ca)
+    admin = _certificates(data_dir.admin_cert, cert)[0]
     try:
-        serialization.load_pem_private_key(key, password=None)
-    except (ValueError, TypeError):
+        private = serialization.load_pem_private_key(key, password=None)
+    except (ValueError, TypeError, UnsupportedAlgorithm):
         raise DataDirError(f"{data_dir.admin_key} is not a PEM private key (damaged?)") from None
+    spki = (serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    if private.public_key().public_bytes(*spki) != admin.public_key().public_bytes(*spki):
+        raise DataDirError(
+            f"the data dir's admin key {data_dir.admin_key} does not belong to its "
+            f"certificate {data_dir.admin_cert} (put back the key made with it, or restore both)"
+        )
     return ca, key, cert
+
+
+def _certificates(path: Path, pem: bytes) -> list[x509.Certificate]:
+    try:
+        return x509.load_pem_x509_certificates(pem)
+    except ValueError:
+        raise DataDirError(f"{path} is not a PEM certificate (damaged?)") from None
 
 
 class AdminClient:
@@ -265,7 +326,7 @@ class AdminClient:
         failed: list[str] = []
         for step in range(len(self.addresses)):
             address = self.addresses[(start + step) % len(self.addresses)]
-            channel = grpc.secure_channel(address, self._creds)
+            channel = grpc.secure_channel(address, self._creds, options=_OPTIONS)
             connected = wait_connected(channel, CONNECT_TIMEOUT_SECONDS)
             if connected:
                 if failed:
@@ -338,6 +399,10 @@ class AdminClient:
             problem = self._trust_problem(self.address)
             if problem is not None:
                 return TrustFailure(f"TLS trust fails: {problem}")
+        if code is grpc.StatusCode.RESOURCE_EXHAUSTED and not _answered(exc):
+            error = too_large(details)
+            if error is not None:
+                return error
         if code is grpc.StatusCode.UNAVAILABLE and _answered(exc):
             # It answered, with a retry delay: its database is out of reach.
             details = f"the controller at {self.address} cannot serve it now: {details}"
@@ -365,11 +430,17 @@ class AdminClient:
         return list(response.tokens)
 
     def revoke_token(self, token_id: str) -> admin_pb2.Token:
-        request = admin_pb2.RevokeTokenRequest(token_id=token_id)
+        request = admin_pb2.RevokeTokenRequest(token_id=check_id(token_id, "token id"))
         return self._ask(lambda: self._stub.RevokeToken(request, timeout=TIMEOUT_SECONDS)).token
 
     def iter_hosts(self, region: str = "", ring: int | None = None) -> Iterator[admin_pb2.Host]:
-        """Every matching host, fetched page by page."""
+        """Every matching host, fetched page by page. UsageError for a ring
+        no host can be in."""
+        if ring is not None:
+            try:
+                check_ring(ring)
+            except ValueError as exc:
+                raise UsageError(f"--ring: {exc}") from None
         request = admin_pb2.ListHostsRequest(region=region, ring=ring, page_size=1000)
         while True:
             page = self._ask(lambda: self._stub.ListHosts(request, timeout=TIMEOUT_SECONDS))
@@ -379,14 +450,15 @@ class AdminClient:
             request.page_token = page.next_page_token
 
     def get_host(self, host_id: str) -> admin_pb2.GetHostResponse:
-        request = admin_pb2.GetHostRequest(host_id=host_id)
+        request = admin_pb2.GetHostRequest(host_id=check_id(host_id, "host id"))
         return self._ask(lambda: self._stub.GetHost(request, timeout=TIMEOUT_SECONDS))
 
     def revoke_host(self, host_id: str) -> admin_pb2.Host:
-        request = admin_pb2.RevokeHostRequest(host_id=host_id)
+        request = admin_pb2.RevokeHostRequest(host_id=check_id(host_id, "host id"))
         return self._ask(lambda: self._stub.RevokeHost(request, timeout=TIMEOUT_SECONDS)).host
 
     def relabel_host(self, request: admin_pb2.RelabelHostRequest) -> admin_pb2.Host:
+        check_id(request.host_id, "host id")
         return self._ask(lambda: self._stub.RelabelHost(request, timeout=TIMEOUT_SECONDS)).host
 
     def create_campaign(self, spec: str, source: str) -> admin_pb2.Campaign:
@@ -399,6 +471,7 @@ class AdminClient:
         self, action: str, campaign_id: str, revert: bool = False
     ) -> admin_pb2.Campaign:
         """approve, pause, resume, abort or get one campaign."""
+        check_id(campaign_id, "campaign id")
         if action == "abort":
             abort = admin_pb2.AbortCampaignRequest(campaign_id=campaign_id, revert=revert)
             return self._ask(
@@ -418,6 +491,7 @@ class AdminClient:
 
     def campaign_hosts(self, campaign_id: str, status: str = "") -> list[admin_pb2.CampaignHost]:
         """The hosts a campaign assigned orders to (of one status, if given)."""
+        check_id(campaign_id, "campaign id")
         request = admin_pb2.ListCampaignHostsRequest(campaign_id=campaign_id, status=status)
         return list(
             self._ask(lambda: self._stub.ListCampaignHosts(request, timeout=TIMEOUT_SECONDS)).hosts
@@ -502,7 +576,7 @@ class AdminClient:
         return self._ask(lambda: self._vulns.ListVulns(request, timeout=TIMEOUT_SECONDS))
 
     def get_vuln(self, vuln_id: str) -> vulns_pb2.GetVulnResponse:
-        request = vulns_pb2.GetVulnRequest(vuln_id=vuln_id)
+        request = vulns_pb2.GetVulnRequest(vuln_id=check_id(vuln_id, "vulnerability id"))
         return self._ask(lambda: self._vulns.GetVuln(request, timeout=TIMEOUT_SECONDS))
 
     def exposures(self, request: vulns_pb2.ListExposuresRequest) -> list[vulns_pb2.Exposure]:
@@ -524,7 +598,7 @@ class AdminClient:
         )
 
     def revoke_admin(self, name: str) -> admin_pb2.Admin:
-        request = admin_pb2.RevokeAdminRequest(name=name)
+        request = admin_pb2.RevokeAdminRequest(name=check_id(name, "admin name"))
         return self._ask(lambda: self._stub.RevokeAdmin(request, timeout=TIMEOUT_SECONDS)).admin
 
     def renew_admin(self, csr_pem: bytes) -> admin_pb2.RenewAdminResponse:

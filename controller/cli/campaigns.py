@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from collections.abc import Iterable, Sequence
@@ -49,7 +48,7 @@ def _spec(campaign: admin_pb2.Campaign) -> CampaignSpec | None:
     from controller.campaigns import CampaignError, parse_campaign
 
     try:
-        return parse_campaign(campaign.spec, campaign.campaign_id)
+        return parse_campaign(campaign.spec, campaign.campaign_id, bounded=False)
     except CampaignError:
         return None  # stored by a controller whose rules differ from this CLI's
 
@@ -501,13 +500,12 @@ def audit_export(
         stamp = times.timestamp(since if since.tzinfo else since.replace(tzinfo=UTC))
     with client(data_dir, controller) as admin:
         records = admin.export_audit(stamp)
-        try:
-            if json_out:
-                _stream_json(records, sys.stdout)
-            else:
-                _stream_table(records, sys.stdout)
-        except BrokenPipeError:  # `| head`: the reader has all it wanted
-            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        # `| head` (the reader has all it wanted) ends it quietly, exit 0,
+        # as every command: fleetpatch.cliapp.run.
+        if json_out:
+            _stream_json(records, sys.stdout)
+        else:
+            _stream_table(records, sys.stdout)
 
 
 # Streamed rows cannot be aligned on the widest value; these minimum widths

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from fleetpatch.labels import MAX_RING
 
 from controller.cli.admin_client import AdminClient
 from controller.cli.renewing import renew_if_due
@@ -32,6 +33,11 @@ ControllerOption = Annotated[
     ),
 ]
 JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
+# A ring to filter by: refused here, naming the option, when no host can be
+# in it (the request's int32 refused 2**31 as "Value out of range").
+RingFilterOption = Annotated[
+    int | None, typer.Option("--ring", min=0, max=MAX_RING, help="Only hosts of this ring.")
+]
 
 
 def client(data_dir: Path, controller: str | None) -> AdminClient:

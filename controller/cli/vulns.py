@@ -18,7 +18,13 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from controller.api import times
 from controller.cli import jsondoc
-from controller.cli.common import ControllerOption, DataDirOption, JsonOption, client
+from controller.cli.common import (
+    ControllerOption,
+    DataDirOption,
+    JsonOption,
+    RingFilterOption,
+    client,
+)
 from controller.datadir import DEFAULT_DATA_DIR
 from controller.errors import UsageError
 from controller.vulns import SEVERITIES, check_severity
@@ -134,7 +140,7 @@ def _vuln_pb(v: Vuln) -> vulns_pb2.Vulnerability:
 def list_(
     severity: SeverityOption = "",
     region: Annotated[str, typer.Option(help="Only hosts of this region.")] = "",
-    ring: Annotated[int | None, typer.Option(help="Only hosts of this ring.")] = None,
+    ring: RingFilterOption = None,
     data_dir: DataDirOption = DEFAULT_DATA_DIR,
     controller: ControllerOption = None,
     json_out: JsonOption = False,

@@ -11,21 +11,34 @@ settings were tested with. Two of its defaults are unwanted here:
 - Usage errors drawn as multi-line Rich boxes: `run` parses with click's
   standalone mode off and says each usage error in one line, naming the
   option and what it accepts, exit 2.
+
+Output that cannot be written is said by `run` too, the same for every
+command (`--help` included): a reader that stops reading (`| head`, `|
+true`) is the reader's choice, so the command ends quietly with exit 0, as
+if it had written all (click's own answer, a silent exit 1, looked like a
+failure); a full disk or an I/O error is one line, `cannot write the
+output: No space left on device`, exit 1; a closed standard output is one
+line too, exit 1, when something is written to it.
 """
 
 from __future__ import annotations
 
+import errno
 import functools
 import math
+import os
 import sys
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Iterable, Sequence
+from typing import Any, TextIO, cast
 
 import click
 import typer
 
 USAGE_EXIT = 2
 INTERRUPTED_EXIT = 130  # 128 + SIGINT, as a shell reports it
+OUTPUT_EXIT = 1  # the output cannot be written: a full disk, an I/O error
+# The reader stopped reading (`| head`): what was written is what it wanted.
+READER_GONE_EXIT = 0
 
 
 def new_app(help: str, epilog: str | None = None, **options: Any) -> typer.Typer:
@@ -143,33 +156,196 @@ def _interruptible(command: click.Command) -> None:
     command.callback = interruptible
 
 
+class OutputFailed(Exception):
+    """Standard output cannot be written; ``errno`` says why (EPIPE: the
+    reader stopped reading). Not an OSError: click takes a broken pipe for
+    a silent exit 1, and a command's own handling of its files must not
+    take it either."""
+
+    def __init__(self, code: int, strerror: str) -> None:
+        super().__init__(strerror)
+        self.errno = code
+        self.strerror = strerror
+
+
+def _failed(exc: OSError) -> OutputFailed:
+    code = exc.errno or errno.EIO
+    return OutputFailed(code, exc.strerror or os.strerror(code))
+
+
+class _Guarded:
+    """Standard output as a command writes it: the stream it is, its write
+    errors raised as OutputFailed, whoever writes (print, click, json)."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self._stream = stream
+
+    def write(self, text: str) -> int:
+        try:
+            return self._stream.write(text)
+        except OSError as exc:
+            raise _failed(exc) from None
+
+    def writelines(self, lines: Iterable[str]) -> None:
+        try:
+            self._stream.writelines(lines)
+        except OSError as exc:
+            raise _failed(exc) from None
+
+    def flush(self) -> None:
+        try:
+            self._stream.flush()
+        except OSError as exc:
+            raise _failed(exc) from None
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._stream, name)
+
+
+class _AfterOutput:
+    """Standard error, which writes out what standard output holds before
+    each message: a failure to write the output comes out before anything
+    the command says after it (`audit checkpoint > /dev/full` printed "checkpoint of
+    record 7" first), and the two keep their order in a file."""
+
+    def __init__(self, stream: TextIO, output: TextIO) -> None:
+        self._stream = stream
+        self._output = output
+
+    def write(self, text: str) -> int:
+        self._output.flush()
+        return self._stream.write(text)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._stream, name)
+
+
+class _Closed:
+    """Standard output when the command was started without one (`>&-`):
+    what is written to it fails; a command that writes nothing there runs."""
+
+    encoding = "utf-8"
+    errors = "strict"
+
+    def write(self, text: str) -> int:
+        raise OutputFailed(errno.EBADF, "standard output is closed")
+
+    def writelines(self, lines: Iterable[str]) -> None:
+        self.write("")
+
+    def flush(self) -> None:
+        pass
+
+    def isatty(self) -> bool:
+        return False
+
+
+def _hold_fd(fd: int) -> None:
+    """``fd`` on /dev/null if it is closed, so that no file or socket opened
+    later becomes it (where a child process or a library writing to
+    standard output would write)."""
+    try:
+        os.fstat(fd)
+    except OSError:
+        opened = os.open(os.devnull, os.O_WRONLY)
+        if opened != fd:
+            os.dup2(opened, fd)
+            os.close(opened)
+
+
+def _discard(stream: TextIO | None) -> None:
+    """What ``stream`` still holds goes to /dev/null, as will anything
+    written to it later: flushed at exit, it would fail again, in Python's
+    "Exception ignored" lines."""
+    if stream is None:
+        return
+    try:
+        fd = stream.fileno()
+    except (OSError, ValueError):  # not a file (a test's StringIO)
+        return
+    null = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(null, fd)
+    finally:
+        os.close(null)
+
+
+def _settle(stream: TextIO | None) -> None:
+    """Write out what ``stream`` holds now, on the way out of an error of
+    the program's own: the caller says that error; output that cannot be
+    written now is discarded without a word more."""
+    if stream is None:
+        return
+    try:
+        stream.flush()
+    except OSError:
+        _discard(stream)
+
+
+def _output_failed(exc: OutputFailed, stream: TextIO | None, prog_name: str | None) -> int:
+    """The exit code when standard output fails: the reader gone (EPIPE)
+    is its choice, exit 0 without a word; anything else is one line."""
+    _discard(stream)
+    if exc.errno == errno.EPIPE:
+        return READER_GONE_EXIT
+    prog = prog_name or os.path.basename(sys.argv[0])
+    print(f"{prog}: error: cannot write the output: {exc.strerror}", file=sys.stderr)
+    return OUTPUT_EXIT
+
+
 def run(typer_app: typer.Typer, prog_name: str | None = None, epilog: str | None = None) -> None:
     """Run a typer app as a console script. Usage errors become one line on
     stderr and exit 2; a bare command prints its help, exit 2;
     ``typer.Exit`` keeps its code. ``epilog`` (the exit codes) ends every
-    command's help. Errors of the program's own are for the caller's
-    ``except``."""
+    command's help. Standard output that cannot be written: exit 0 when the
+    reader stopped reading, else one line and exit 1. Errors of the
+    program's own are for the caller's ``except``."""
     command = typer.main.get_command(typer_app)
     if epilog is not None:
         with_epilog(command, epilog)
     _interruptible(command)
     _finite(command)
+    stdout: TextIO | None = sys.stdout
+    if stdout is None:
+        _hold_fd(1)
+    stderr: TextIO | None = sys.stderr
+    output = cast(TextIO, _Closed() if stdout is None else _Guarded(stdout))
+    sys.stdout = output
+    if stderr is not None:
+        sys.stderr = cast(TextIO, _AfterOutput(stderr, output))
+    try:
+        code = _main(command, prog_name)
+        output.flush()  # here, where a failure is said; not at exit
+    except OutputFailed as exc:
+        sys.stdout, sys.stderr = cast(TextIO, stdout), cast(TextIO, stderr)
+        code = _output_failed(exc, stdout, prog_name)
+    except BaseException:
+        _settle(stdout)
+        raise
+    finally:
+        sys.stdout, sys.stderr = cast(TextIO, stdout), cast(TextIO, stderr)
+    sys.exit(code)
+
+
+def _main(command: click.Command, prog_name: str | None) -> int:
+    """Parse and run; the exit code of what went as it should, or wrong in
+    a way the framework says (a usage error, Ctrl-C)."""
     try:
         code = command.main(standalone_mode=False, prog_name=prog_name)
     except Interrupted:
         print("aborted", file=sys.stderr)
-        sys.exit(INTERRUPTED_EXIT)
+        return INTERRUPTED_EXIT
     except click.exceptions.NoArgsIsHelpError as exc:
         if exc.ctx is not None:
             print(exc.ctx.get_help(), file=sys.stderr)
-        sys.exit(USAGE_EXIT)
+        return USAGE_EXIT
     except click.UsageError as exc:
         print(usage_line(exc), file=sys.stderr)
-        sys.exit(USAGE_EXIT)
+        return USAGE_EXIT
     except click.Abort:
         print("aborted", file=sys.stderr)
-        sys.exit(130)
+        return INTERRUPTED_EXIT
     except click.ClickException as exc:  # click's own non-usage errors (FileError)
         print(" ".join(exc.format_message().split()), file=sys.stderr)
-        sys.exit(exc.exit_code)
-    sys.exit(code if isinstance(code, int) else 0)
+        return exc.exit_code
+    return code if isinstance(code, int) else 0
