@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
+import re
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
@@ -19,7 +21,7 @@ from typing import Annotated
 import fleetpatch
 import typer
 from cryptography import x509
-from fleetpatch import cliapp, releasefmt, render
+from fleetpatch import cliapp, regularfile, releasefmt, render
 from fleetpatch import labels as labelspec
 from fleetpatch.inventory import inventory_hash
 from fleetpatch.v1 import types_pb2
@@ -33,6 +35,8 @@ from agent.errors import (
     EXIT_CODES,
     AgentError,
     ConfigError,
+    StateDirError,
+    storage_error,
 )
 from agent.host import facts as hostfacts
 from agent.host.checks import Prober
@@ -44,7 +48,14 @@ from agent.orders.selfupdate import release_key
 from agent.orders.states import State
 from agent.preflight import check_state
 from agent.service import Agent
-from agent.statedir import DEFAULT_STATE_DIR, StateDir, settings_for
+from agent.statedir import (
+    DEFAULT_STATE_DIR,
+    RESTORE,
+    SETTINGS_ENV,
+    AgentConfig,
+    StateDir,
+    settings_for,
+)
 
 app = cliapp.new_app(
     help="fleetpatch agent: enrolls this host, reports inventory and health, "
@@ -132,11 +143,26 @@ def enroll(
 
 
 STDIN = "-"
+#: The longest token the controller takes: controller.api.limits.MAX_TEXT,
+#: its bound on every string of the enrollment request (the agent does not
+#: import the controller). Its tokens (controller.fleet.tokens) are far
+#: shorter: ``fpt_<id>_<secret>``.
+MAX_TOKEN_CHARS = 1024
+#: What every token the controller makes starts with and is made of
+#: (controller.fleet.tokens: hex id, URL-safe base64 secret).
+TOKEN_PREFIX = "fpt_"  # noqa: S105 - a prefix, not a secret
+_TOKEN_CHARS = re.compile(r"[A-Za-z0-9_-]*")
+# Read of a token file or standard input: a token, its newline, and room
+# for surrounding whitespace; a file longer than this holds no token.
+_TOKEN_READ = 64 * 1024
 
 
 def _token(token: str | None, token_file: str | None) -> str:
     """The enrollment token from --token or --token-file (a path, or '-'
-    for standard input), surrounding whitespace stripped. Raises ConfigError."""
+    for standard input), surrounding whitespace stripped, and checked as
+    far as every token the controller accepts goes (its prefix, alphabet
+    and length), so that nothing is written or sent for one it would
+    refuse. Raises ConfigError."""
     if (token is None) == (token_file is None):
         raise ConfigError("give the enrollment token with one of --token and --token-file")
     if token is not None:
@@ -144,20 +170,35 @@ def _token(token: str | None, token_file: str | None) -> str:
     elif token_file == STDIN:
         where = "--token-file - (standard input)"
         try:
-            text = sys.stdin.read()
+            text = sys.stdin.read(_TOKEN_READ + 1)
         except (OSError, UnicodeDecodeError) as exc:
             raise ConfigError(f"cannot read the token from standard input: {exc}") from None
     else:
         where = f"--token-file {token_file}"
         try:
-            text = Path(str(token_file)).read_text()
+            # A FIFO is fine here (`--token-file <(vault read ...)`): it is
+            # read as a stream, never more than a token's worth.
+            with open(str(token_file), "rb") as stream:
+                text = stream.read(_TOKEN_READ + 1).decode()
         except OSError as exc:
             raise ConfigError(f"cannot read {where}: {exc.strerror}") from None
         except UnicodeDecodeError:
             raise ConfigError(f"{where} does not hold a token (not text)") from None
     secret = text.strip()
-    if not secret:
+    if not secret and len(text) <= _TOKEN_READ:
         raise ConfigError(f"{where} is empty: it should hold the enrollment token")
+    if len(text) > _TOKEN_READ or len(secret) > MAX_TOKEN_CHARS:
+        size = f"over {_TOKEN_READ}" if len(text) > _TOKEN_READ else str(len(secret))
+        raise ConfigError(
+            f"{where} does not hold an enrollment token: {size} characters, where a token has "
+            f"at most {MAX_TOKEN_CHARS} (give the token `fleetpatch token create` printed)"
+        )
+    if not secret.startswith(TOKEN_PREFIX) or not _TOKEN_CHARS.fullmatch(secret):
+        raise ConfigError(
+            f"{where} does not hold an enrollment token: a token starts with {TOKEN_PREFIX!r} "
+            "and has only letters, digits, '_' and '-' (give the token `fleetpatch token "
+            "create` printed)"
+        )
     return secret
 
 
@@ -200,7 +241,17 @@ def apply(
     _require_root("apply")
     _setup_logging(verbose)
     envelope = _read_envelope(order_file)
-    agent = _agent(state_dir, online=not offline)
+    state = StateDir(state_dir, settings_for(state_dir))
+    state.require_enrolled()
+    held = state.hold()  # never beside the service, or another apply, at work here
+    try:
+        _apply(state, envelope, offline)
+    finally:
+        os.close(held)
+
+
+def _apply(state: StateDir, envelope: types_pb2.SignedEnvelope, offline: bool) -> None:
+    agent = Agent.open(state, online=not offline)
     try:
         agent.resume()
         final = agent.handle(envelope)
@@ -247,11 +298,15 @@ def _certificate_line(cert: x509.Certificate, now: datetime) -> str:
 def status(
     state_dir: StateDirOption = DEFAULT_STATE_DIR,
     json_out: JsonOption = False,
-    limit: Annotated[int, typer.Option(help="How many past orders to show.")] = 10,
+    limit: Annotated[
+        int,
+        typer.Option(min=0, max=MAX_LIMIT, help="How many past orders (and refusals) to show."),
+    ] = 10,
 ) -> None:
     """This host's enrollment, last check-in, the current work order and the
     history of past ones: each step, what changed, why a revert happened."""
     state = StateDir(state_dir, settings_for(state_dir))
+    _regular_files(state)
     config, _ = check_state(state)
     journal = Journal.open(state.journal, must_exist=True)
     try:
@@ -348,6 +403,55 @@ def _iso(when: datetime | None) -> str | None:
     return render.rfc3339(when)
 
 
+#: The most past orders `status --limit` shows (SQLite takes no more than
+#: 2**63-1, and a person reads far fewer).
+MAX_LIMIT = 100_000
+
+
+def _regular_files(state: StateDir) -> dict[Path, bool]:
+    """Whether each settings and state file of ``state`` that is read as a
+    whole (agent.toml, cert.pem, the settings file) is there, refusing,
+    before anything reads them, one that exists but is not a regular file
+    (a directory, a FIFO that would block its reader, a symlink to
+    /dev/null): StateDirError, or ConfigError for the settings file,
+    saying what it is. A missing one is left to the reader, which says
+    "missing". Raises StateDirError when one cannot be looked at."""
+    found = {}
+    for path in (state.config_file, state.cert, state.settings):
+        if path is None:
+            continue
+        try:
+            found[path] = regularfile.exists(path)
+        except regularfile.NotRegularFile as exc:
+            if path == state.settings:
+                raise ConfigError(
+                    f"{path} is not a regular file (it is {exc.kind}; the agent's settings "
+                    f"must be a TOML file: make it one, or name another with {SETTINGS_ENV})"
+                ) from None
+            raise StateDirError(
+                f"{path} is not a regular file (it is {exc.kind}; {RESTORE})"
+            ) from None
+        except OSError as exc:
+            raise storage_error(path, exc) or StateDirError(
+                f"cannot use {path}: {exc.strerror}"
+            ) from None
+    return found
+
+
+def _local_config(state: StateDir) -> AgentConfig | None:
+    """agent.toml (with the settings file over it) for the commands that
+    also run on a host not enrolled (`check`, `inventory`): None when the
+    state dir holds neither agent.toml nor an enrollment; ConfigError
+    (StateDirError) when agent.toml is not usable, or an enrolled state
+    dir lost it: never the defaults in its place, silently."""
+    found = _regular_files(state)
+    if found[state.config_file]:
+        return state.config()
+    if found[state.cert]:
+        raise StateDirError(f"{state.config_file} is missing ({RESTORE})")
+    return None
+
+
 @app.command()
 def scan(state_dir: StateDirOption = DEFAULT_STATE_DIR, json_out: JsonOption = False) -> None:
     """Refresh the package lists and list the updates available here, now
@@ -376,8 +480,8 @@ def scan(state_dir: StateDirOption = DEFAULT_STATE_DIR, json_out: JsonOption = F
 @app.command()
 def inventory(state_dir: StateDirOption = DEFAULT_STATE_DIR, json_out: JsonOption = False) -> None:
     """Print what this host would report: facts and installed packages."""
-    state = StateDir(state_dir, settings_for(state_dir))
-    setting = state.config().package_manager if state.config_file.is_file() else ""
+    config = _local_config(StateDir(state_dir, settings_for(state_dir)))
+    setting = config.package_manager if config is not None else ""
     facts = hostfacts.collect(setting)
     installed = packages.installed(facts.package_manager)
     if json_out:
@@ -398,8 +502,7 @@ def inventory(state_dir: StateDirOption = DEFAULT_STATE_DIR, json_out: JsonOptio
 def check(state_dir: StateDirOption = DEFAULT_STATE_DIR, json_out: JsonOption = False) -> None:
     """Run this host's health checks (resources and agent.toml [[checks]])
     once; exit 1 when any fails."""
-    state = StateDir(state_dir, settings_for(state_dir))
-    config = state.config() if state.config_file.is_file() else None
+    config = _local_config(StateDir(state_dir, settings_for(state_dir)))
     limits = config.health if config else ResourceLimits()
     results = resource_checks(limits) + Prober().run_all(config.checks if config else ())
     summary = summarize(results)

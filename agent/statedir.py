@@ -32,7 +32,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from fleetpatch import addresses, certfields
+from fleetpatch import addresses, certfields, regularfile
 from fleetpatch.addresses import AddressError
 from fleetpatch.atomicfile import write_atomic
 from fleetpatch.tomltable import Table, TableError
@@ -335,22 +335,34 @@ class StateDir:
             raise NotEnrolled(
                 f"state dir {self.path} does not exist (enroll first: fleetpatch-agent enroll)"
             )
-        if not self.is_enrolled() and not self.config_file.is_file():
+        if not os.path.lexists(self.cert) and not os.path.lexists(self.config_file):
             raise NotEnrolled(
                 f"{self.path} holds no enrollment "
                 f"(run: fleetpatch-agent enroll --state-dir {self.path})"
             )
         for part in (self.cert, self.config_file):
-            if not part.is_file():
+            try:
+                present = regularfile.exists(part)
+            except regularfile.NotRegularFile as exc:
+                raise StateDirError(
+                    f"{part} is not a regular file (it is {exc.kind}; {RESTORE})"
+                ) from None
+            except OSError as exc:
+                raise StateDirError(f"cannot read {part}: {exc.strerror}") from None
+            if not present:
                 raise StateDirError(f"{part} is missing ({RESTORE})")
 
     def read(self, path: Path) -> bytes:
         """A state file's bytes; StateDirError naming it when it is missing,
         empty or unreadable."""
         try:
-            data = path.read_bytes()
+            data = regularfile.read(path)  # never waits on a FIFO put in its place
         except FileNotFoundError:
             raise StateDirError(f"{path} is missing ({RESTORE})") from None
+        except regularfile.NotRegularFile as exc:
+            raise StateDirError(
+                f"{path} is not a regular file (it is {exc.kind}; {RESTORE})"
+            ) from None
         except OSError as exc:
             raise storage_error(path, exc) or StateDirError(
                 f"cannot read {path}: {exc.strerror}"
@@ -515,10 +527,17 @@ class StateDir:
     def _settings(self) -> dict[str, Any]:
         """The settings file's tables ({} when there is none); ConfigError
         naming it when it cannot be read or sets [controller]."""
-        if self.settings is None or not self.settings.exists():
+        if self.settings is None:
             return {}
         try:
-            doc = tomllib.loads(self.settings.read_text())
+            doc = tomllib.loads(regularfile.read_text(self.settings))
+        except FileNotFoundError:
+            return {}
+        except regularfile.NotRegularFile as exc:
+            raise ConfigError(
+                f"{self.settings} is not a regular file (it is {exc.kind}; the agent's settings "
+                f"must be a TOML file: make it one, or name another with {SETTINGS_ENV})"
+            ) from None
         except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
             raise ConfigError(f"{self.settings}: {exc}") from None
         except OSError as exc:

@@ -13,13 +13,23 @@ acknowledged. Released table, column and state names never change.
     reports    progress reports, queued until the controller acknowledges them
     refusals   orders refused before they ran, and why
     restarts   services an order restarted (the intent first, then the result)
+
+Every value read back is checked to be what the agent writes there (a time
+with its offset, JSON of the shape its readers take, a known state, a
+sequence): one that is not (edited by hand, written by another program) is
+a StateDirError naming the journal, the table and column or meta key, the
+value and what it should be (exit 2), never a traceback further on. Only
+the schedule the agent recomputes itself is taken as unset instead
+(`Journal._schedule`).
 """
 
 from __future__ import annotations
 
 import functools
 import json
+import logging
 import os
+import re
 import sqlite3
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -29,8 +39,11 @@ from typing import Any, TypeVar, cast
 
 from agent.errors import StateDirError, storage_error
 from agent.orders.sqlschema import Migrations, atomic
+from agent.orders.states import State
 
 migrations = Migrations("fleetpatch.agent")
+log = logging.getLogger(__name__)
+RESTORE = "restore it from a backup, or enroll this host again into an empty state dir"
 
 
 @migrations(name="0001_meta")
@@ -128,8 +141,120 @@ class CheckInState:
         return gap if gap > timedelta(0) else None
 
 
-def _dt(text: str | None) -> datetime | None:
-    return datetime.fromisoformat(text) if text else None
+class _Undecodable(Exception):
+    """A journal value that is not what the agent writes there (edited by
+    hand, or by another program): `_guarded` makes it one StateDirError
+    naming the journal, where the value is, and what it should be."""
+
+    def __init__(self, where: str, value: object, expected: str) -> None:
+        super().__init__(where, value, expected)
+        self.where, self.value, self.expected = where, value, expected
+
+    def describe(self) -> str:
+        """``meta.next_scan holds 'zzz', not a time``"""
+        return f"{self.where} holds {_shown(self.value)}, not {self.expected}"
+
+
+def _shown(value: object) -> str:
+    if isinstance(value, bytes | memoryview):
+        return f"a BLOB of {len(value)} bytes"
+    if isinstance(value, str) and len(value) > 60:
+        return repr(value[:60]) + "..."
+    return repr(value)
+
+
+def _text(where: str, value: object) -> str:
+    if not isinstance(value, str):
+        raise _Undecodable(where, value, "text")
+    return value
+
+
+def _blob(where: str, value: object) -> bytes:
+    if not isinstance(value, bytes | memoryview):
+        raise _Undecodable(where, value, "a BLOB")
+    return bytes(value)
+
+
+def _dt(where: str, text: object) -> datetime | None:
+    """A time the agent wrote (ISO 8601 with its UTC offset); None for none."""
+    if text is None or text == "":
+        return None
+    return _time(where, text)
+
+
+def _time(where: str, text: object) -> datetime:
+    if not isinstance(text, str):
+        raise _Undecodable(where, text, "a time")
+    try:
+        at = datetime.fromisoformat(text)
+    except ValueError:
+        raise _Undecodable(where, text, "a time") from None
+    if at.tzinfo is None:  # compared with aware times: a TypeError later
+        raise _Undecodable(where, text, "a time with its UTC offset")
+    return at
+
+
+_SEQUENCE = re.compile(r"[0-9]{1,18}")  # below 2**63: SQLite's INTEGER takes it back
+
+
+def _sequence(where: str, value: object) -> int:
+    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 2**63:
+        return value
+    if isinstance(value, str) and _SEQUENCE.fullmatch(value):
+        return int(value)
+    raise _Undecodable(where, value, "an order sequence (an integer >= 0)")
+
+
+_STATES = frozenset(s.value for s in State)
+
+
+def _state(where: str, value: object) -> str:
+    if not isinstance(value, str) or value not in _STATES:
+        raise _Undecodable(where, value, "a work-order state")
+    return value
+
+
+#: agent.backends.base.Change's fields: a package change in a plan or a result.
+CHANGE_KEYS = frozenset({"name", "arch", "old", "new"})
+CHANGE_OPTIONAL = frozenset({"origin"})
+#: agent.host.updates.Available's fields without a default: an update a scan found.
+UPDATE_KEYS = frozenset({"name", "arch", "installed", "candidate", "origin", "security"})
+
+
+def _json(where: str, text: object, expected: str, shape: Callable[[Json], bool]) -> Json:
+    """JSON the agent wrote, of the ``shape`` its readers take."""
+    if not isinstance(text, str):
+        raise _Undecodable(where, text, expected)
+    try:
+        doc = json.loads(text)
+    except (ValueError, RecursionError):
+        raise _Undecodable(where, text, expected) from None
+    if not shape(doc):
+        raise _Undecodable(where, text, expected)
+    return doc
+
+
+def _changes(doc: Json) -> bool:
+    return isinstance(doc, list) and all(
+        isinstance(c, dict)
+        and CHANGE_KEYS <= c.keys() <= CHANGE_KEYS | CHANGE_OPTIONAL
+        and all(isinstance(v, str) for v in c.values())
+        for c in doc
+    )
+
+
+def _updates(doc: Json) -> bool:
+    return isinstance(doc, list) and all(
+        isinstance(u, dict) and u.keys() >= UPDATE_KEYS for u in doc
+    )
+
+
+def _list(doc: Json) -> bool:
+    return isinstance(doc, list)
+
+
+def _object(doc: Json) -> bool:
+    return isinstance(doc, dict)
 
 
 Json = Any
@@ -180,19 +305,26 @@ def _now() -> str:
 
 
 def _order(row: sqlite3.Row) -> OrderRecord:
+    """An orders row, each column checked; raises _Undecodable."""
+    order_id = _text("orders.order_id", row["order_id"])
+    where = f"order {order_id[:80]!r}: orders."
+    changes = "a JSON list of package changes"
+    plan, snapshot = row["plan"], row["snapshot"]
     return OrderRecord(
-        order_id=row["order_id"],
-        sequence=row["sequence"],
-        campaign_id=row["campaign_id"],
-        envelope=bytes(row["envelope"]),
-        state=row["state"],
-        received_at=datetime.fromisoformat(row["received_at"]),
-        updated_at=datetime.fromisoformat(row["updated_at"]),
-        detail=row["detail"],
-        plan=json.loads(row["plan"]) if row["plan"] else None,
-        snapshot=json.loads(row["snapshot"]) if row["snapshot"] else None,
-        changes=json.loads(row["changes"]),
-        checks=json.loads(row["checks"]),
+        order_id=order_id,
+        sequence=_sequence(where + "sequence", row["sequence"]),
+        campaign_id=_text(where + "campaign_id", row["campaign_id"]),
+        envelope=_blob(where + "envelope", row["envelope"]),
+        state=_state(where + "state", row["state"]),
+        received_at=_time(where + "received_at", row["received_at"]),
+        updated_at=_time(where + "updated_at", row["updated_at"]),
+        detail=_text(where + "detail", row["detail"]),
+        plan=_json(where + "plan", plan, changes, _changes) if plan else None,
+        snapshot=_json(where + "snapshot", snapshot, "a JSON object", _object)
+        if snapshot
+        else None,
+        changes=_json(where + "changes", row["changes"], changes, _changes),
+        checks=_json(where + "checks", row["checks"], "a JSON list", _list),
     )
 
 
@@ -200,10 +332,12 @@ _F = TypeVar("_F", bound=Callable[..., Any])
 
 
 def _guarded(method: _F) -> _F:
-    """A journal call whose SQLite or file error becomes one StateDirError
-    naming the journal and what to do (read-only, full, damaged), instead
-    of a traceback. SQLite has rolled the transaction back by then: the
-    journal holds what it held before the call."""
+    """A journal call whose SQLite or file error, or a value it reads that
+    does not decode (a time, JSON, a state, a sequence: `_Undecodable`),
+    becomes one StateDirError naming the journal and what to do (read-only,
+    full, damaged), instead of a traceback. SQLite has rolled the
+    transaction back by then: the journal holds what it held before the
+    call."""
 
     @functools.wraps(method)
     def call(self: Journal, *args: Any, **kwargs: Any) -> Any:
@@ -213,6 +347,10 @@ def _guarded(method: _F) -> _F:
             raise  # our mistake, not the file's
         except (sqlite3.DatabaseError, OSError) as exc:
             raise _journal_error(self.path, exc) from None
+        except _Undecodable as exc:
+            raise StateDirError(
+                f"the journal {self.path} is damaged: {exc.describe()} ({RESTORE})"
+            ) from None
 
     return cast(_F, call)
 
@@ -221,10 +359,7 @@ def _journal_error(path: Path, exc: sqlite3.DatabaseError | OSError) -> StateDir
     known = storage_error(path, exc)
     if known is not None:
         return known
-    return StateDirError(
-        f"the journal {path} is damaged ({exc}): restore it from a backup, "
-        "or enroll this host again into an empty state dir"
-    )
+    return StateDirError(f"the journal {path} is damaged ({exc}): {RESTORE}")
 
 
 class Journal:
@@ -239,7 +374,7 @@ class Journal:
         journal of an enrolled host is made at enrollment, and one that
         went missing or was truncated lost the host's history and the
         sequence floor that refuses replayed orders. Raises StateDirError."""
-        what = "restore it from a backup, or enroll this host again into an empty state dir"
+        what = RESTORE
         try:
             if not path.exists():
                 if must_exist:
@@ -268,7 +403,28 @@ class Journal:
     @_guarded
     def _get(self, key: str) -> str | None:
         row = self._conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
-        return None if row is None else str(row[0])
+        return None if row is None else _text(f"meta.{key}", row[0])
+
+    def _schedule(self, key: str) -> datetime | None:
+        """A time the agent schedules for itself (``next_scan``, and the
+        ``next_checkin`` the controller last announced), None when unset.
+
+        Unlike every other value of the journal, one that does not decode is
+        taken as unset, with a warning, rather than stopping the agent with
+        a StateDirError: nothing depends on its history, and the agent
+        writes it again on its own (`Agent.scan_if_due` schedules a scan
+        when none is; every successful check-in records the next one), so
+        the damage heals itself. The record of what happened (check-in
+        times, scans, orders, the sequence floor) is never guessed at."""
+        text = self._get(key)
+        try:
+            return _dt(f"meta.{key}", text)
+        except _Undecodable as exc:
+            log.warning(
+                "the journal %s is damaged: %s; taken as unset (the agent sets it again)",
+                self.path, exc.describe(),
+            )  # fmt: skip
+            return None
 
     @_guarded
     def _set(self, **values: str) -> None:
@@ -283,10 +439,10 @@ class Journal:
     def checkin_state(self) -> CheckInState:
         return CheckInState(
             acked_inventory_hash=self._get("acked_inventory_hash") or "",
-            last_success=_dt(self._get("last_checkin_success")),
-            last_attempt=_dt(self._get("last_checkin_attempt")),
+            last_success=_dt("meta.last_checkin_success", self._get("last_checkin_success")),
+            last_attempt=_dt("meta.last_checkin_attempt", self._get("last_checkin_attempt")),
             last_error=self._get("last_checkin_error") or "",
-            next_checkin=_dt(self._get("next_checkin")),
+            next_checkin=self._schedule("next_checkin"),
         )
 
     def record_checkin(
@@ -320,11 +476,13 @@ class Journal:
     def scan(self) -> tuple[Json, datetime | None]:
         """The last scan's updates (JSON list, [] when none yet) and its time."""
         text = self._get("updates")
-        return (json.loads(text) if text else []), _dt(self._get("updates_scanned_at"))
+        found = _json("meta.updates", text, "a JSON list of updates", _updates) if text else []
+        return found, _dt("meta.updates_scanned_at", self._get("updates_scanned_at"))
 
     @_guarded
     def next_scan(self) -> datetime | None:
-        return _dt(self._get("next_scan"))
+        """When the next scan is due; None when unset, or damaged (`_schedule`)."""
+        return self._schedule("next_scan")
 
     @_guarded
     def set_next_scan(self, at: datetime) -> None:
@@ -340,7 +498,7 @@ class Journal:
 
     @_guarded
     def highest_sequence(self) -> int:
-        return int(self._get("highest_sequence") or 0)
+        return _sequence("meta.highest_sequence", self._get("highest_sequence") or "0")
 
     def accept(
         self,
@@ -438,10 +596,7 @@ class Journal:
         rows = self._conn.execute(
             "SELECT * FROM steps WHERE order_id = ? ORDER BY id", (order_id,)
         ).fetchall()
-        return [
-            Step(r["order_id"], r["state"], datetime.fromisoformat(r["entered_at"]), r["detail"])
-            for r in rows
-        ]
+        return [_step(r) for r in rows]
 
     @_guarded
     def refuse(self, order_id: str, reason: str, detail: str, make_report: MakeReport) -> None:
@@ -462,10 +617,7 @@ class Journal:
         rows = self._conn.execute(
             "SELECT * FROM refusals ORDER BY id DESC LIMIT ?", (limit,)
         ).fetchall()
-        return [
-            Refusal(datetime.fromisoformat(r["at"]), r["order_id"], r["reason"], r["detail"])
-            for r in rows
-        ]
+        return [_refusal(r) for r in rows]
 
     @_guarded
     def pending_reports(self, limit: int = 100) -> list[tuple[str, bytes]]:
@@ -474,7 +626,7 @@ class Journal:
             " ORDER BY rowid LIMIT ?",
             (limit,),
         ).fetchall()
-        return [(r["key"], bytes(r["payload"])) for r in rows]
+        return [_queued(r) for r in rows]
 
     @_guarded
     def drop_report(self, key: str, why: str) -> None:
@@ -491,7 +643,8 @@ class Journal:
         rows = self._conn.execute(
             "SELECT key, dropped FROM reports WHERE dropped IS NOT NULL ORDER BY rowid"
         ).fetchall()
-        return [(r["key"], r["dropped"]) for r in rows]
+        return [(_text("reports.key", r["key"]), _text("reports.dropped", r["dropped"]))
+                for r in rows]  # fmt: skip
 
     @_guarded
     def ack_reports(self, keys: list[str]) -> None:
@@ -524,5 +677,37 @@ class Journal:
             " ORDER BY id",
             (order_id, phase),
         ).fetchall()
-        return [Restart(r["unit"], datetime.fromisoformat(r["begun_at"]), r["result"])
-                for r in rows]  # fmt: skip
+        return [_restart(r) for r in rows]
+
+
+def _step(r: sqlite3.Row) -> Step:
+    where = f"order {r['order_id']!r}: steps."
+    return Step(
+        _text("steps.order_id", r["order_id"]),
+        _state(where + "state", r["state"]),
+        _time(where + "entered_at", r["entered_at"]),
+        _text(where + "detail", r["detail"]),
+    )
+
+
+def _queued(r: sqlite3.Row) -> tuple[str, bytes]:
+    key = _text("reports.key", r["key"])
+    return key, _blob(f"report {key[:80]!r}: reports.payload", r["payload"])
+
+
+def _refusal(r: sqlite3.Row) -> Refusal:
+    return Refusal(
+        _time("refusals.at", r["at"]),
+        _text("refusals.order_id", r["order_id"]),
+        _text("refusals.reason", r["reason"]),
+        _text("refusals.detail", r["detail"]),
+    )
+
+
+def _restart(r: sqlite3.Row) -> Restart:
+    result = r["result"]
+    return Restart(
+        _text("restarts.unit", r["unit"]),
+        _time("restarts.begun_at", r["begun_at"]),
+        None if result is None else _text("restarts.result", result),
+    )

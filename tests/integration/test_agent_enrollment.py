@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from fleetpatch.v1 import agent_pb2
+from fleetpatch.v1 import agent_pb2, types_pb2
 
 from agent.errors import AgentError, ConfigError
 from agent.link.client import enroll_call
@@ -328,3 +328,21 @@ def test_a_run_by_hand_beside_the_service_is_refused(controller, tmp_path):
         os.close(held)
     _one_line(Result(done.returncode, done.stdout, done.stderr), 2, "in use by another")
     assert done.stdout == ""
+
+
+def test_an_apply_beside_the_service_is_refused_before_the_order_is_looked_at(controller, tmp_path):
+    state = StateDir(tmp_path / "state")
+    _in_process(controller, state.path, controller.token())
+    order = tmp_path / "order.bin"
+    # Unsigned: it would be refused (exit 4) if the held state dir were not first.
+    order.write_bytes(types_pb2.SignedEnvelope(payload=b"an order").SerializeToString())
+    held = state.hold()
+    try:
+        done = subprocess.run(
+            [str(BIN / "fleetpatch-agent"), "apply", "--offline", "--state-dir", str(state.path),
+             str(order)],
+            capture_output=True, text=True, timeout=scaled(120), check=False,
+        )  # fmt: skip
+    finally:
+        os.close(held)
+    _one_line(Result(done.returncode, done.stdout, done.stderr), 2, "in use by another")

@@ -251,8 +251,14 @@ def test_agent_enroll_with_bad_input(controller, tmp_path):
         cli(*base, "--token", token, "--ca-cert", controller.data_dir / "controller.toml"),
         2, "is not a PEM certificate",
     )  # fmt: skip
+    # Not a token at all: refused here, nothing sent (agent.cli._token).
     _one_line(
         cli(*base, "--token", "not-a-token", "--ca-cert", controller.data_dir / "ca.pem"),
+        2, "--token does not hold an enrollment token: a token starts with 'fpt_'",
+    )  # fmt: skip
+    # Shaped like one, and not one: the controller refuses it.
+    _one_line(
+        cli(*base, "--token", "fpt_not-a-token", "--ca-cert", controller.data_dir / "ca.pem"),
         4, "malformed",
     )  # fmt: skip
     _one_line(

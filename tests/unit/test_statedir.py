@@ -439,3 +439,30 @@ def test_the_service_waits_for_the_holder(tmp_path):
     assert not waiter.is_alive()
     assert len(got) == 1
     os.close(got[0])
+
+
+# -- files that are not regular files ----------------------------------------------
+
+
+def test_a_settings_file_that_is_a_fifo_is_refused_not_waited_on(tmp_path):
+    fifo = tmp_path / "settings.toml"
+    os.mkfifo(fifo)
+    state = StateDir(tmp_path / "state", fifo)
+    state.create()
+    state.write_config("c:1", "c:2")
+    with pytest.raises(ConfigError, match=r"settings\.toml is not a regular file \(it is a FIFO"):
+        state.config()  # before: blocked for ever in open()
+
+
+def test_an_agent_toml_that_is_a_directory_is_not_called_missing(tmp_path):
+    state = StateDir(tmp_path)
+    state.cert.write_text("x")
+    state.config_file.mkdir()
+    with pytest.raises(
+        StateDirError, match=r"agent\.toml is not a regular file \(it is a directory"
+    ):
+        state.require_enrolled()
+    with pytest.raises(
+        StateDirError, match=r"agent\.toml is not a regular file \(it is a directory"
+    ):
+        state.config()
