@@ -164,9 +164,12 @@ class Table:
     def strings(self, key: str) -> tuple[str, ...]:
         """The array of strings ``key`` (absent: empty); duplicates are errors."""
         out: list[str] = []
+        seen: set[str] = set()  # a plan names tens of thousands of hosts: no list scan each
         for where, value in self.items(key, str):
-            if value in out:
-                raise self.at(where, f"{value!r} is listed twice")
+            if value in seen:
+                shown = value if len(value) <= 64 else value[:61] + "..."
+                raise self.at(where, f"{shown!r} is listed twice")
+            seen.add(value)
             out.append(value)
         return tuple(out)
 
