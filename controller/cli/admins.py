@@ -10,8 +10,12 @@ leaves it; with ``--csr`` it is made elsewhere (by the person, with
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import stat
+import tempfile
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Annotated
 
@@ -25,7 +29,7 @@ from controller.cli.admin_client import AdminClient
 from controller.cli.common import ControllerOption, DataDirOption, JsonOption, client
 from controller.cli.renewing import renew
 from controller.datadir import DEFAULT_DATA_DIR, DataDir
-from controller.errors import DataDirError, UsageError
+from controller.errors import DataDirError, FleetpatchError, UsageError
 from controller.fleet.admins import AdminRole, check_name, parse_role
 from controller.fleet.pki import key_to_pem, make_csr, new_key
 
@@ -34,18 +38,69 @@ admin_app = new_app(help="Admins: named people with a role (viewer, operator, ap
 ROLES = ", ".join(r.value for r in AdminRole)
 
 
-def _credentials_dir(out: Path) -> DataDir:
-    """The directory ``admin add`` writes to: new, or without credentials."""
-    target = DataDir(out)
-    taken = [p.name for p in (target.admin_key, target.admin_cert) if p.exists()]
-    if taken:
-        raise UsageError(f"{out} already holds {', '.join(taken)}; choose another --out")
-    try:
-        out.mkdir(mode=0o700, parents=True, exist_ok=True)
-        os.chmod(out, 0o700)
-    except OSError as exc:
-        raise DataDirError(f"cannot create {out}: {exc.strerror}") from None
-    return target
+class _Credentials:
+    """Where `admin add` writes an admin's credentials (--out), all of them
+    or none: `claim` checks, before the controller is asked, that the dir
+    can take every file (creating it, and its missing parents, only if
+    missing); `write` writes them; `release` removes what this command
+    made there, when it fails."""
+
+    def __init__(self, target: DataDir, made: list[Path], mode: int | None) -> None:
+        self.target = target
+        self._made = made  # the dirs this command created, deepest first
+        self._mode = mode  # of the dir, when it was there before (it becomes 0700)
+        self._written: list[Path] = []
+
+    @classmethod
+    def claim(cls, out: Path) -> _Credentials:
+        """Raises UsageError (DataDirError) naming --out and what is wrong."""
+        target = DataDir(out)
+        if out.exists() and not out.is_dir():
+            raise DataDirError(f"--out {out} is not a directory")
+        taken = [p.name for p in cls._files(target) if p.exists() or p.is_symlink()]
+        if taken:
+            raise UsageError(f"--out {out} already holds {', '.join(taken)}; choose another --out")
+        mode = stat.S_IMODE(out.stat().st_mode) if out.is_dir() else None
+        made = cls(target, [p for p in (out, *out.parents) if not p.exists()], mode)
+        try:
+            out.mkdir(mode=0o700, parents=True, exist_ok=True)
+            os.chmod(out, 0o700)
+            fd, probe = tempfile.mkstemp(dir=out, prefix=".admin-add-", suffix=".tmp")
+            os.close(fd)
+            os.unlink(probe)
+        except OSError as exc:
+            made.release()
+            raise DataDirError(f"--out {out}: cannot write there: {exc.strerror}") from None
+        return made
+
+    @staticmethod
+    def _files(target: DataDir) -> tuple[Path, ...]:
+        return (target.admin_key, target.admin_cert, target.ca_cert, target.config)
+
+    def write(self, files: Sequence[tuple[Callable[[Path, bytes], None], Path, bytes]]) -> None:
+        """Each (writer, path, data); on failure what was written is removed,
+        and the error raised."""
+        try:
+            for writer, path, data in files:
+                writer(path, data)
+                self._written.append(path)
+        except BaseException:
+            self.release()
+            raise
+
+    def release(self) -> None:
+        """Remove the files written, and the dirs made (when empty)."""
+        for path in self._written:
+            with contextlib.suppress(OSError):
+                path.unlink()
+        for made in self._made:
+            try:
+                made.rmdir()
+            except OSError:
+                break
+        if self._mode is not None:
+            with contextlib.suppress(OSError):
+                os.chmod(self.target.path, self._mode)
 
 
 @admin_app.command("add")
@@ -69,7 +124,6 @@ def admin_add(
     """Add an admin (owners only) and issue their personal certificate."""
     check_name(name)
     parse_role(role)
-    target = _credentials_dir(out or Path(f"fleetpatch-admin-{name}"))
     key = None
     if csr is None:
         key = new_key()
@@ -79,18 +133,35 @@ def admin_add(
             csr_pem = csr.read_bytes()
         except OSError as exc:
             raise UsageError(f"cannot read {csr}: {exc.strerror}") from None
-    with client(data_dir, controller) as admin:
-        added = admin.add_admin(name, role, csr_pem)
-        address = admin.address
-        replicas = admin.addresses
-    if key is not None:
-        target.write_private(target.admin_key, key_to_pem(key))
-    target.write_public(target.admin_cert, added.certificate_pem)
-    target.write_public(target.ca_cert, added.ca_pem)
+    out = out or Path(f"fleetpatch-admin-{name}")
+    credentials = _Credentials.claim(out)
+    target = credentials.target
+    try:
+        with client(data_dir, controller) as admin:
+            added = admin.add_admin(name, role, csr_pem)
+            address = admin.address
+            replicas = admin.addresses
+    except BaseException:
+        credentials.release()
+        raise
     config = f'[server]\nadvertise = "{address}"\n'
     if len(replicas) > 1:  # the new admin asks the same replicas
         config += f"\n[cli]\ncontrollers = {json.dumps(replicas)}\n"
-    target.write_group(target.config, config.encode())
+    files = [
+        (target.write_public, target.admin_cert, added.certificate_pem),
+        (target.write_public, target.ca_cert, added.ca_pem),
+        (target.write_group, target.config, config.encode()),
+    ]
+    if key is not None:
+        files.insert(0, (target.write_private, target.admin_key, key_to_pem(key)))
+    try:
+        credentials.write(files)
+    except OSError as exc:
+        raise FleetpatchError(
+            f"admin {name} was added, but their credentials could not be written to {out} "
+            f"({exc.strerror or exc}; nothing was left there): run `fleetpatch admin revoke "
+            f"{name}`, then add them again"
+        ) from None
     expires = times.from_timestamp(added.admin.certificate_expires_at)
     print(f"admin {name} added as {role}; certificate valid until {expires:%Y-%m-%d %H:%M}Z")
     if key is None:

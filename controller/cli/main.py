@@ -59,6 +59,7 @@ def controller_init(
             "it goes into the server certificate. Repeat it (or separate with commas) "
             "for a certificate that covers several names, e.g. a name all replicas "
             "answer to and this replica's own; the first is the advertised one. "
+            "An internationalised name in its A-label (xn--) form. "
             "Default: this machine's FQDN."
         ),
     ] = None,
@@ -84,8 +85,8 @@ def controller_init(
         parse_duration(checkin_interval)
     except ValueError as exc:
         raise UsageError(f"--checkin-interval: {exc}") from None
-    names = _names(hostname)
-    made = init_data_dir(data_dir, names or [socket.getfqdn()], listen, checkin_interval, owner)
+    names = _names(hostname) or [_own_name()]
+    made = init_data_dir(data_dir, names, listen, checkin_interval, owner)
     print(f"initialised {made.path}")
     print(f"  first owner: {owner} (admin certificate {made.admin_cert})")
     print(f"  CA certificate (give to agents with --ca-cert): {made.ca_cert}")
@@ -184,7 +185,8 @@ def controller_renew_server_cert(
         list[str] | None,
         typer.Option(
             help="Name (or address) the new certificate covers; repeat it (or separate with "
-            "commas). Default: the names of the current one. A replica added later gives "
+            "commas); an internationalised name in its A-label (xn--) form. "
+            "Default: the names of the current one. A replica added later gives "
             "the name all replicas answer to and its own; the advertised address "
             "(server.advertise) must be among them."
         ),
@@ -205,6 +207,17 @@ def controller_renew_server_cert(
     print("restart `fleetpatch controller serve` to use it")
 
 
+def _own_name() -> str:
+    """This machine's FQDN, init's default --hostname, if it is a host name."""
+    from controller.fleet.pki import check_hostnames
+
+    name = socket.getfqdn()
+    try:
+        return check_hostnames([name])[0]
+    except UsageError as exc:
+        raise UsageError(f"{exc} (this machine's name, the default): pass --hostname") from None
+
+
 def _names(hostname: list[str] | None) -> list[str]:
     """--hostname's names: the option repeated, or commas within one."""
     return [name.strip() for given in hostname or () for name in given.split(",")]
@@ -223,7 +236,9 @@ def _setup_logging(level: str) -> None:
 def token_create(
     region: Annotated[str, typer.Option(help="Region of the hosts that enroll with it.")],
     ring: Annotated[int, typer.Option(help="Ring (canary wave) of those hosts; 0 goes first.")],
-    uses: Annotated[int, typer.Option(help="How many hosts may enroll with it.")] = 1,
+    uses: Annotated[
+        int, typer.Option(min=0, max=2**32 - 1, help="How many hosts may enroll with it.")
+    ] = 1,
     ttl: Annotated[str, typer.Option(help="How long it is valid (e.g. 30m, 1h, 7d).")] = "1h",
     label: Annotated[
         list[str] | None,

@@ -5,6 +5,7 @@ fix them. It is written for a person to review, then goes through
 
 from __future__ import annotations
 
+import os
 import re
 import sys
 import tomllib
@@ -61,12 +62,16 @@ def plan(
     vulnerabilities (--cve) or to every vulnerability of a severity and
     worse (--severity) that has a fix, each package at the version that
     fixes it. Review the file, then `campaign rehearse` and `create` it."""
-    from controller.campaigns import parse_campaign  # here: other commands start without it
+    from controller.campaigns import CampaignError, parse_campaign  # slow: only here
 
     ids = list(cve or [])
     if bool(ids) == bool(severity):
         raise UsageError("give --cve ID (one or more) or --severity SEVERITY, not both")
     check_severity(severity, "--severity")
+    if name:
+        _check_name(name)
+    if out is not None:
+        _check_out(out)
     tables = _template(template) if template is not None else {}
     request = vulns_pb2.ListExposuresRequest(
         vuln_ids=ids, open_only=True, min_severity=severity, region=region, with_binaries=True
@@ -82,14 +87,44 @@ def plan(
             + (f" ({', '.join(unfixed)} have no fix yet)" if unfixed else "")
         )
     text = render_plan(fixable, ids, severity, region, name, tables, unfixed)
-    parse_campaign(text, "the planned campaign")  # what create would take, or a bug here
+    try:
+        parse_campaign(text, "the planned campaign")  # what create would take
+    except CampaignError as exc:  # a bug here: still one line
+        raise UsageError(f"{exc} (not written)") from None
     if out is None:
         sys.stdout.write(text)
         return
-    write_atomic(out, text.encode(), 0o644)
+    try:
+        write_atomic(out, text.encode(), 0o644)
+    except OSError as exc:
+        raise UsageError(f"--out {out}: cannot write it: {exc.strerror or exc}") from None
     hosts = len({e.host_id for e in fixable})
     print(f"wrote {out}: {hosts} host(s); review it, then: fleetpatch campaign rehearse {out}",
           file=sys.stderr)  # fmt: skip
+
+
+def _check_name(name: str) -> None:
+    """--name, by the rule of a campaign file's name (parse_campaign's own:
+    a file naming only the campaign is refused for its name first, if at
+    all). Raises UsageError."""
+    from controller.campaigns import CampaignError, parse_campaign
+
+    try:
+        parse_campaign(tomli_w.dumps({"campaign": {"name": name}}), "--name")
+    except CampaignError as exc:
+        if exc.field == "campaign.name":
+            raise UsageError(f"--name {exc.problem}") from None
+
+
+def _check_out(out: Path) -> None:
+    """--out names a file that can be written (before the controller is
+    asked); raises UsageError naming it."""
+    if out.is_dir():
+        raise UsageError(f"--out {out} is a directory; name a file in it")
+    if not out.parent.is_dir():
+        raise UsageError(f"--out {out}: there is no directory {out.parent}")
+    if not os.access(out.parent, os.W_OK | os.X_OK):
+        raise UsageError(f"--out {out}: cannot write in {out.parent}")
 
 
 def _template(path: Path) -> dict[str, Any]:

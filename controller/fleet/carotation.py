@@ -26,8 +26,10 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from datetime import datetime
+from pathlib import Path
 
 from cryptography import x509
+from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from fleetpatch import catrust
 from fleetpatch.identity import Role, identity_from_certificate
@@ -60,17 +62,43 @@ class Authorities:
 
 
 def load(data_dir: DataDir) -> Authorities:
-    """The data dir's CAs; DataDirError when a file is unreadable."""
-    current = CertificateAuthority.load(
-        data_dir.read(data_dir.ca_key), data_dir.read(data_dir.ca_cert)
-    )
+    """The data dir's CAs; DataDirError naming the file when one is
+    unreadable or damaged, a CA key is not its certificate's, or the
+    endorsement of a rotation's new CA is not of it by the current one."""
+    current = _authority(data_dir, data_dir.ca_key, data_dir.ca_cert)
     if not data_dir.ca_next_cert.is_file():
         return Authorities(current, current, [current.cert], [])
-    issuing = CertificateAuthority.load(
-        data_dir.read(data_dir.ca_next_key), data_dir.read(data_dir.ca_next_cert)
-    )
-    endorsement = x509.load_pem_x509_certificate(data_dir.read(data_dir.ca_endorsement))
+    issuing = _authority(data_dir, data_dir.ca_next_key, data_dir.ca_next_cert)
+    path = data_dir.ca_endorsement
+    try:
+        endorsement = x509.load_pem_x509_certificate(data_dir.read(path))
+    except ValueError:
+        raise DataDirError(f"{path} is not a PEM certificate (damaged? {_RESTORE})") from None
+    # Equal: an interrupted retire had made the new CA ca.pem (retire finishes it).
+    if current.cert != issuing.cert and not _endorses(endorsement, current.cert, issuing.cert):
+        raise DataDirError(
+            f"{path} is not the endorsement of {data_dir.ca_next_cert.name} by "
+            f"{data_dir.ca_cert.name} (replaced? restore the CA files from one backup)"
+        )
     return Authorities(current, issuing, [current.cert, issuing.cert], [endorsement])
+
+
+_RESTORE = "restore it from a backup of the data dir"
+
+
+def _authority(data_dir: DataDir, key: Path, cert: Path) -> CertificateAuthority:
+    return CertificateAuthority.load(data_dir.read(key), data_dir.read(cert), key, cert)
+
+
+def _endorses(endorsement: x509.Certificate, by: x509.Certificate, of: x509.Certificate) -> bool:
+    """Whether ``endorsement`` is CA ``by``'s certificate for CA ``of``'s
+    key (what `rotate` makes, and what agents check)."""
+    same_key = endorsement.public_key() == of.public_key()
+    try:
+        endorsement.verify_directly_issued_by(by)
+    except (ValueError, TypeError, InvalidSignature):
+        return False
+    return same_key and endorsement.subject == of.subject
 
 
 def rotate(data_dir: DataDir, now: datetime) -> x509.Certificate:
@@ -121,6 +149,8 @@ def retire(data_dir: DataDir, now: datetime, force: bool = False) -> Retired:
     """Step 2: the new CA becomes the only one. Raises Conflict when no
     rotation is in progress, or (unless ``force``) when hosts still hold a
     certificate from the old CA, naming how many."""
+    from controller.fleet import servercert  # it imports this module
+
     data_dir.require_initialised()
     if not data_dir.ca_next_cert.exists():
         raise Conflict("no CA rotation in progress (start one with `controller rotate-ca`)")
@@ -140,9 +170,9 @@ def retire(data_dir: DataDir, now: datetime, force: bool = False) -> Retired:
                 "pass --force: they will have to enroll again with the new ca.pem"
             )
         old_serial = format(old.cert.serial_number, "x")
+        server = servercert.read_certificate(data_dir, data_dir.server_cert)
         data_dir.write_private(data_dir.ca_retired(old_serial, "key"), old.key_pem)
         data_dir.write_public(data_dir.ca_retired(old_serial, "pem"), old.cert_pem)
-        server = x509.load_pem_x509_certificate(data_dir.read(data_dir.server_cert))
         issued = new.issue_server(names_of(server))
         _reissue_owner(data_dir, store, new, now)
         data_dir.write_private(data_dir.server_key, issued.key_pem)

@@ -10,17 +10,20 @@ asks for are ignored.
 from __future__ import annotations
 
 import ipaddress
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
+from cryptography.hazmat.primitives.asymmetric.types import CertificatePublicKeyTypes
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from fleetpatch.identity import Identity
 
-from controller.errors import UsageError
+from controller.errors import DataDirError, UsageError
 
 CA_LIFETIME = timedelta(days=3650)
 SERVER_LIFETIME = timedelta(days=825)
@@ -30,6 +33,7 @@ CLIENT_LIFETIME = timedelta(days=365)  # admin certificates
 HOST_LIFETIME = timedelta(days=90)
 RENEW_AT = 2 / 3
 _BACKDATE = timedelta(minutes=5)  # tolerate clocks slightly behind ours
+_MAX_COMMON_NAME = 64  # characters (RFC 5280, ub-common-name)
 
 
 @dataclass(frozen=True)
@@ -70,6 +74,13 @@ def load_key(key_pem: bytes) -> ec.EllipticCurvePrivateKey:
     if not isinstance(key, ec.EllipticCurvePrivateKey):
         raise UsageError("the key is not an ECDSA key")
     return key
+
+
+def _spki(public_key: CertificatePublicKeyTypes) -> bytes:
+    """A public key as DER SubjectPublicKeyInfo, to compare two keys."""
+    return public_key.public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
 
 
 def _name(common_name: str) -> x509.Name:
@@ -136,11 +147,40 @@ class CertificateAuthority:
         return cls(key, cert)
 
     @classmethod
-    def load(cls, key_pem: bytes, cert_pem: bytes) -> CertificateAuthority:
-        key = serialization.load_pem_private_key(key_pem, password=None)
+    def load(
+        cls,
+        key_pem: bytes,
+        cert_pem: bytes,
+        key_file: Path | str = "the CA key",
+        cert_file: Path | str = "the CA certificate",
+    ) -> CertificateAuthority:
+        """The CA of a key and its certificate, as `create` made them.
+        Raises DataDirError naming ``key_file`` or ``cert_file`` (what the
+        message calls them: their paths) when one is damaged, the key is not
+        ECDSA, or the key is not the certificate's: a CA that signed with
+        another key than its certificate's would issue certificates nobody
+        can verify against it."""
+        restore = "restore it from a backup of the data dir"
+        try:
+            cert = x509.load_pem_x509_certificate(cert_pem)
+        except ValueError:
+            raise DataDirError(
+                f"{cert_file} is not a PEM certificate (damaged? {restore})"
+            ) from None
+        try:
+            key = serialization.load_pem_private_key(key_pem, password=None)
+        except (ValueError, TypeError):
+            raise DataDirError(
+                f"{key_file} is not an unencrypted PEM private key (damaged? {restore})"
+            ) from None
         if not isinstance(key, ec.EllipticCurvePrivateKey):
-            raise UsageError("the CA key is not an ECDSA key")
-        return cls(key, x509.load_pem_x509_certificate(cert_pem))
+            raise DataDirError(f"{key_file} is not an ECDSA key ({restore})")
+        if _spki(key.public_key()) != _spki(cert.public_key()):
+            raise DataDirError(
+                f"{key_file} is not the key of {cert_file} (one was replaced? restore both "
+                "from the same backup of the data dir)"
+            )
+        return cls(key, cert)
 
     def endorse(self, other: x509.Certificate) -> x509.Certificate:
         """An endorsement of CA certificate ``other`` by this CA: a CA
@@ -215,8 +255,11 @@ class CertificateAuthority:
                 san.append(x509.IPAddress(ipaddress.ip_address(name)))
             except ValueError:
                 san.append(x509.DNSName(name))
+        # The subject's common name holds 64 characters, a DNS name 253;
+        # clients go by the alternative names only.
+        subject = hostnames[0] if len(hostnames[0]) <= _MAX_COMMON_NAME else "fleetpatch controller"
         cert = self._sign(
-            hostnames[0],
+            subject,
             key.public_key(),
             SERVER_LIFETIME,
             None,
@@ -281,13 +324,70 @@ class CertificateAuthority:
         return self.issue_client(identity, public_key, lifetime, now)
 
 
-def check_hostnames(hostnames: Sequence[str]) -> None:
-    """Names a server certificate may be issued for; raises UsageError."""
+def check_hostnames(hostnames: Sequence[str]) -> list[str]:
+    """The names a server certificate may be issued for, as it will hold
+    them: IP addresses, and DNS host names (labels of 1 to 63 letters,
+    digits and '-', not at either end; 253 characters in all; one trailing
+    dot is dropped). No wildcards. An internationalised name is refused,
+    with its A-label (xn--) form to give instead: a certificate holds only
+    that, and Python's IDNA 2003 codec does not always spell it as DNS
+    (IDNA 2008) does. Raises UsageError naming the first bad one."""
     if not hostnames:
         raise UsageError("--hostname: at least one name is needed")
-    for name in hostnames:
-        if not name or any(c.isspace() or c in ",/@" for c in name):
-            raise UsageError(f"--hostname {name!r} is not a host name")
+    return [_check_hostname(name) for name in hostnames]
+
+
+# '_' as well: not in a host name by RFC 1123, but in names people use
+# (a container's, a service's) and taken by TLS clients; refusing it here
+# would refuse to renew a certificate issued for one before.
+_LABEL = re.compile(r"[A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?")
+
+
+def _check_hostname(name: str) -> str:
+    shown = repr(name) if len(name) <= 80 else f"{name[:60]!r}..."
+    wrong = f"--hostname {shown} is not a host name"
+    try:
+        address = ipaddress.ip_address(name)
+    except ValueError:
+        pass
+    else:
+        if isinstance(address, ipaddress.IPv6Address) and address.scope_id:
+            raise UsageError(
+                f"--hostname {shown}: a certificate holds no zone (%...) of an address"
+            )
+        return name
+    if not name.isascii():
+        raise UsageError(f"{wrong}: give an internationalised name in its A-label form, "
+                         f"as DNS holds it{_a_label_hint(name)}")  # fmt: skip
+    dns = name.removesuffix(".")
+    if not dns:
+        raise UsageError(wrong)
+    if len(dns) > 253:
+        raise UsageError(f"{wrong}: it is {len(dns)} characters long, at most 253")
+    labels = dns.split(".")
+    for label in labels:
+        if not label:
+            raise UsageError(f"{wrong}: it has an empty label (two dots, or a leading one)")
+        if len(label) > 63:
+            raise UsageError(f"{wrong}: its label {label[:20]}... is {len(label)} characters"
+                             " long, at most 63")  # fmt: skip
+        if not _LABEL.fullmatch(label):
+            raise UsageError(f"{wrong}: each label is letters, digits, '_' and '-', not "
+                             "starting or ending with '-' (no '*' or spaces)")  # fmt: skip
+    if labels[-1].isdigit():
+        raise UsageError(f"{wrong}, nor an IP address")
+    return dns
+
+
+def _a_label_hint(name: str) -> str:
+    """' (xn--...; probably A-LABEL)', the A-label of ``name`` by Python's
+    idna codec when that spells the same name back, else ' (xn--...)'."""
+    try:
+        a_label = name.encode("idna").decode("ascii")
+        same = a_label.encode("ascii").decode("idna") == name.removesuffix(".").lower()
+    except UnicodeError:
+        same = False
+    return f" (xn--...; probably {a_label.removesuffix('.')})" if same else " (xn--...)"
 
 
 def names_of(cert: x509.Certificate) -> list[str]:

@@ -65,8 +65,8 @@ class Ends:
 def ends(data_dir: DataDir) -> Ends:
     """When the server certificate and the CA end; DataDirError when one
     cannot be read."""
-    server = _certificate(data_dir, data_dir.server_cert)
-    ca = _certificate(data_dir, data_dir.ca_cert)
+    server = read_certificate(data_dir, data_dir.server_cert)
+    ca = read_certificate(data_dir, data_dir.ca_cert)
     return Ends(server.not_valid_after_utc, ca.not_valid_after_utc)
 
 
@@ -88,12 +88,11 @@ def renew(data_dir: DataDir, hostnames: Sequence[str] | None = None) -> x509.Cer
     new certificate; `serve` uses it from its next start."""
     data_dir.require_initialised()
     names = list(hostnames) if hostnames else names_of(
-        _certificate(data_dir, data_dir.server_cert)
+        read_certificate(data_dir, data_dir.server_cert)
     )  # fmt: skip
     if not names:
         raise DataDirError(f"{data_dir.server_cert} names no host; pass --hostname")
-    check_hostnames(names)
-    covered = server_names(*names)
+    covered = server_names(*check_hostnames(names))
     advertised, _ = split_address(data_dir.settings().advertise)
     if not _covers(covered, advertised):
         raise UsageError(
@@ -126,11 +125,16 @@ def _covers(names: Sequence[str], host: str) -> bool:
     return False
 
 
-def _certificate(data_dir: DataDir, path: Path) -> x509.Certificate:
+def read_certificate(data_dir: DataDir, path: Path) -> x509.Certificate:
+    """The certificate in ``path`` (server.pem, ca.pem); DataDirError
+    naming it, and what to do, when it is unreadable or damaged."""
     try:
         return x509.load_pem_x509_certificate(data_dir.read(path))
     except ValueError:
-        raise DataDirError(f"{path} is not a PEM certificate") from None
+        todo = "restore it from a backup of the data dir"
+        if path == data_dir.server_cert:
+            todo += ", or issue a new one: fleetpatch controller renew-server-cert --hostname NAME"
+        raise DataDirError(f"{path} is not a PEM certificate (damaged? {todo})") from None
 
 
 def _ends(at: datetime, now: datetime) -> str:

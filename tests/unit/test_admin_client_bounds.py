@@ -5,6 +5,7 @@ And the controller's side: a peer's words quoted short (`limits`)."""
 
 from __future__ import annotations
 
+import subprocess
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
@@ -122,3 +123,20 @@ def test_a_refusals_text_stays_small_enough_for_grpc_to_deliver():
     wide = limits.status_text("no vulnerability named '" + "\U0001f600" * 20000 + "'")
     assert len(wide.encode()) <= limits.MAX_STATUS_TEXT
     assert "\n" not in limits.status_text("line one\nline two")
+
+
+@pytest.mark.parametrize("uses", ["-1", "4294967296"])
+def test_token_uses_outside_the_field_are_one_line_naming_the_option(tmp_path, uses):
+    """Before: protobuf's own words, 'Value out of range: -1'."""
+    from tests.support.controller import BIN
+
+    done = subprocess.run(
+        [str(BIN / "fleetpatch"), "token", "create", "--region", "eu", "--ring", "0",
+         "--uses", uses, "--data-dir", str(tmp_path)],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert done.returncode == 2
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1, done.stderr
+    assert "'--uses'" in lines[0]
+    assert "0<=x<=4294967295" in lines[0]

@@ -96,9 +96,13 @@ def test_during_a_ca_rotation_it_is_issued_by_the_ca_agents_pinned(data_dir: Dat
 
 def test_a_damaged_certificate_is_one_line(data_dir: DataDir) -> None:
     data_dir.server_cert.write_text("not a certificate\n")
-    with pytest.raises(DataDirError, match=r"server.pem is not a PEM certificate$"):
+    said = (
+        r"server\.pem is not a PEM certificate \(damaged\? restore it from a backup of the data "
+        r"dir, or issue a new one: fleetpatch controller renew-server-cert --hostname NAME\)$"
+    )
+    with pytest.raises(DataDirError, match=said):
         servercert.renew(data_dir)
-    with pytest.raises(DataDirError, match=r"server.pem is not a PEM certificate$"):
+    with pytest.raises(DataDirError, match=said):
         servercert.ends(data_dir)
 
 
