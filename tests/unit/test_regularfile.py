@@ -4,7 +4,10 @@ a regular file, and a FIFO in its place never blocks the reader."""
 from __future__ import annotations
 
 import os
+import shutil
 import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -89,10 +92,27 @@ def test_a_fifo_put_there_after_the_look_is_refused_too(tmp_path, monkeypatch):
 
 
 def test_an_unreadable_file_is_an_os_error(tmp_path):
-    if os.geteuid() == 0:
-        pytest.skip("root reads anything")
+    """Run as a user the file is not readable for: as root (CI), the check
+    runs in a child as nobody, since root reads anything."""
+    tmp_path.chmod(0o755)
     path = tmp_path / "key.pem"
     path.write_text("secret")
     path.chmod(0)
-    with pytest.raises(PermissionError):
-        regularfile.read(path)
+    if os.geteuid() != 0:
+        with pytest.raises(PermissionError):
+            regularfile.read(path)
+        return
+    if shutil.which("setpriv") is None:
+        pytest.skip("setpriv (util-linux) is needed to read as nobody")
+    probe = (
+        "import sys; from pathlib import Path; from fleetpatch import regularfile\n"
+        "try:\n    regularfile.read(Path(sys.argv[1]))\n"
+        "except PermissionError:\n    sys.exit(0)\nsys.exit(1)\n"
+    )
+    proto = Path(regularfile.__file__).resolve().parents[1]
+    done = subprocess.run(
+        ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", sys.executable,
+         "-c", probe, str(path)],
+        env={"PYTHONPATH": str(proto)}, capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
