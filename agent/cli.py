@@ -21,7 +21,7 @@ from typing import Annotated
 import fleetpatch
 import typer
 from cryptography import x509
-from fleetpatch import cliapp, regularfile, releasefmt, render
+from fleetpatch import cliapp, releasefmt, render
 from fleetpatch import labels as labelspec
 from fleetpatch.inventory import inventory_hash
 from fleetpatch.v1 import types_pb2
@@ -36,7 +36,6 @@ from agent.errors import (
     AgentError,
     ConfigError,
     StateDirError,
-    storage_error,
 )
 from agent.host import facts as hostfacts
 from agent.host.checks import Prober
@@ -51,7 +50,6 @@ from agent.service import Agent
 from agent.statedir import (
     DEFAULT_STATE_DIR,
     RESTORE,
-    SETTINGS_ENV,
     AgentConfig,
     StateDir,
     settings_for,
@@ -409,33 +407,11 @@ MAX_LIMIT = 100_000
 
 
 def _regular_files(state: StateDir) -> dict[Path, bool]:
-    """Whether each settings and state file of ``state`` that is read as a
-    whole (agent.toml, cert.pem, the settings file) is there, refusing,
-    before anything reads them, one that exists but is not a regular file
-    (a directory, a FIFO that would block its reader, a symlink to
-    /dev/null): StateDirError, or ConfigError for the settings file,
-    saying what it is. A missing one is left to the reader, which says
-    "missing". Raises StateDirError when one cannot be looked at."""
-    found = {}
-    for path in (state.config_file, state.cert, state.settings):
-        if path is None:
-            continue
-        try:
-            found[path] = regularfile.exists(path)
-        except regularfile.NotRegularFile as exc:
-            if path == state.settings:
-                raise ConfigError(
-                    f"{path} is not a regular file (it is {exc.kind}; the agent's settings "
-                    f"must be a TOML file: make it one, or name another with {SETTINGS_ENV})"
-                ) from None
-            raise StateDirError(
-                f"{path} is not a regular file (it is {exc.kind}; {RESTORE})"
-            ) from None
-        except OSError as exc:
-            raise storage_error(path, exc) or StateDirError(
-                f"cannot use {path}: {exc.strerror}"
-            ) from None
-    return found
+    """Whether each file of ``state`` read whole (agent.toml, cert.pem, the
+    settings file) is there, before anything reads them: one that exists
+    but is not a regular file is refused (`StateDir.present`); a missing
+    one is left to the reader, which says "missing"."""
+    return {p: state.present(p) for p in (state.config_file, state.cert, state.settings) if p}
 
 
 def _local_config(state: StateDir) -> AgentConfig | None:

@@ -341,16 +341,28 @@ class StateDir:
                 f"(run: fleetpatch-agent enroll --state-dir {self.path})"
             )
         for part in (self.cert, self.config_file):
-            try:
-                present = regularfile.exists(part)
-            except regularfile.NotRegularFile as exc:
-                raise StateDirError(
-                    f"{part} is not a regular file (it is {exc.kind}; {RESTORE})"
-                ) from None
-            except OSError as exc:
-                raise StateDirError(f"cannot read {part}: {exc.strerror}") from None
-            if not present:
+            if not self.present(part):
                 raise StateDirError(f"{part} is missing ({RESTORE})")
+
+    def present(self, path: Path) -> bool:
+        """Whether a file read whole (agent.toml, cert.pem, the settings
+        file) is there. One that exists but is not a regular file (a
+        directory, a FIFO that would block its reader, a symlink to
+        /dev/null) is refused, saying what it is: ConfigError for the
+        settings file, StateDirError for the state dir's; so is one that
+        cannot be looked at."""
+        try:
+            return regularfile.exists(path)
+        except regularfile.NotRegularFile as exc:
+            if path == self.settings:
+                raise ConfigError(_not_settings(path, exc.kind)) from None
+            raise StateDirError(
+                f"{path} is not a regular file (it is {exc.kind}; {RESTORE})"
+            ) from None
+        except OSError as exc:
+            raise storage_error(path, exc) or StateDirError(
+                f"cannot use {path}: {exc.strerror}"
+            ) from None
 
     def read(self, path: Path) -> bytes:
         """A state file's bytes; StateDirError naming it when it is missing,
@@ -534,10 +546,7 @@ class StateDir:
         except FileNotFoundError:
             return {}
         except regularfile.NotRegularFile as exc:
-            raise ConfigError(
-                f"{self.settings} is not a regular file (it is {exc.kind}; the agent's settings "
-                f"must be a TOML file: make it one, or name another with {SETTINGS_ENV})"
-            ) from None
+            raise ConfigError(_not_settings(self.settings, exc.kind)) from None
         except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
             raise ConfigError(f"{self.settings}: {exc}") from None
         except OSError as exc:
@@ -643,6 +652,13 @@ def _with_controller(kept: str, controller: str, where: Path) -> str:
     raise ConfigError(
         f"enrolling again cannot rewrite [controller] in {where} (it is not one [controller] "
         "table): mend it, or remove the file for the defaults"
+    )
+
+
+def _not_settings(path: Path, kind: str) -> str:
+    return (
+        f"{path} is not a regular file (it is {kind}; the agent's settings must be a TOML "
+        f"file: make it one, or name another with {SETTINGS_ENV})"
     )
 
 
