@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from pathlib import Path
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -28,13 +29,18 @@ def signing_key_to_pem(key: Ed25519PrivateKey) -> bytes:
     )
 
 
-def load_signing_key(pem: bytes) -> Ed25519PrivateKey:
+def load_signing_key(pem: bytes, path: Path | str = "the signing key") -> Ed25519PrivateKey:
+    """The work-order signing key in ``pem``; DataDirError naming ``path``
+    (the file it was read from) when it is damaged or not Ed25519."""
+    restore = "restore it from a backup of the data dir"
     try:
         key = serialization.load_pem_private_key(pem, password=None)
-    except ValueError:
-        raise DataDirError("the signing key is not a PEM private key") from None
+    except (ValueError, TypeError):  # TypeError: one with a password
+        raise DataDirError(
+            f"{path} is not an unencrypted PEM private key (damaged? {restore})"
+        ) from None
     if not isinstance(key, Ed25519PrivateKey):
-        raise DataDirError("the signing key is not an Ed25519 key")
+        raise DataDirError(f"{path} is not an Ed25519 key ({restore})")
     return key
 
 
@@ -120,7 +126,7 @@ def rotate(data_dir: DataDir, now: datetime, revoke_old: bool = False) -> tuple[
     check-in). Returns (old id, new id). The controller signs with the new
     key from its next start; agents learn it at their next check-in."""
     data_dir.require_initialised()
-    old = load_signing_key(data_dir.read(data_dir.signing_key))
+    old = load_signing_key(data_dir.read(data_dir.signing_key), data_dir.signing_key)
     old_id = key_id(raw_public_key(old.public_key()))
     chain = rotation_chain(data_dir)
     status = KeyStatus.load(data_dir)
@@ -193,12 +199,12 @@ class SigningKeys:
 
 def load_signing_keys(data_dir: DataDir) -> SigningKeys:
     """Raises DataDirError for a damaged key, rotation or status file."""
-    key = load_signing_key(data_dir.read(data_dir.signing_key))
+    key = load_signing_key(data_dir.read(data_dir.signing_key), data_dir.signing_key)
     chain = rotation_chain(data_dir)
     status = KeyStatus.load(data_dir)
     trusted = {k.key_id: bytes(k.public_key) for k in chain}
     for retired in sorted(data_dir.path.glob(f"{data_dir.signing_key.name}.*")):
-        public = raw_public_key(load_signing_key(data_dir.read(retired)).public_key())
+        public = raw_public_key(load_signing_key(data_dir.read(retired), retired).public_key())
         trusted[key_id(public)] = public
     published = published_keys(key)
     trusted.update({k.key_id: bytes(k.public_key) for k in published})

@@ -141,3 +141,14 @@ def test_retire_with_a_damaged_server_certificate_changes_nothing(data_dir: Data
     after = {p.name: p.read_bytes() for p in data_dir.path.iterdir() if p.suffix != ".db"}
     assert after.keys() == before.keys()  # no ca-retired-* left behind
     assert after == before
+
+
+def test_a_damaged_signing_key_is_named_too(data_dir: DataDir) -> None:
+    from controller.fleet.signing import load_signing_keys
+
+    _truncate(data_dir.signing_key)
+    with pytest.raises(DataDirError) as refused:
+        load_signing_keys(data_dir)
+    assert str(refused.value) == (
+        f"{data_dir.signing_key} is not an unencrypted PEM private key (damaged? {RESTORE})"
+    )
