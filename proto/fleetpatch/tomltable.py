@@ -216,6 +216,8 @@ class Table:
             what = "table" if isinstance(self._data[key], dict) else "key"
             import difflib  # only to word an error: not loaded for every read
 
+            if len(key) > 64:  # a key of a megabyte is not quoted whole, nor matched
+                raise self.error(key[:61] + "...", f"unknown {what}")
             close = difflib.get_close_matches(key, sorted(self._read), n=1)
             hint = f" (did you mean {close[0]!r}?)" if close else ""
             known = ", ".join(sorted(self._read)) or "none"

@@ -809,3 +809,9 @@ def test_a_plan_naming_tens_of_thousands_of_hosts_reads_in_linear_time() -> None
     error = error_of(MINIMAL + f'[targets]\nregions = ["{long}", "{long}"]\n')
     assert "listed twice" in error.problem
     assert len(error.problem) < 100
+
+
+def test_an_unknown_key_of_a_megabyte_is_named_short() -> None:
+    error = error_of(MINIMAL.replace("[patch]\n", f"[patch]\n{'k' * 500_000} = 1\n"))
+    assert error.field == "patch." + "k" * 61 + "..."
+    assert error.problem == "unknown key"
