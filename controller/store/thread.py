@@ -10,12 +10,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import queue
 import threading
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Executor, Future
+from concurrent.futures import TimeoutError as FutureTimeout
 from pathlib import Path
-from typing import Generic, TypeVar
+from typing import Generic, ParamSpec, TypeVar
 
 from controller.errors import StoreUnavailable
 from controller.metrics.instruments import Metrics
@@ -29,6 +31,7 @@ RETRY_AFTER_SECONDS = 5.0
 # While the database is down, every batch fails: one line per interval.
 _quiet = Quiet(log)
 _T = TypeVar("_T")
+_P = ParamSpec("_P")
 _In = TypeVar("_In")
 _Out = TypeVar("_Out")
 
@@ -57,10 +60,7 @@ class StoreThread:
         self._timeout = timeout
         self._running_since: float | None = None  # when the call running now began
         self._stuck_since: float | None = None  # a call outlived the timeout (set: said so)
-        self._executor = ThreadPoolExecutor(
-            max_workers=1, thread_name_prefix="store", initializer=name_os_thread,
-            initargs=("store",),
-        )  # fmt: skip
+        self._executor = _DaemonThread("store")
 
     async def call(self, fn: Callable[[Store], _T]) -> _T:
         """Run ``fn(store)`` on the store thread."""
@@ -115,8 +115,57 @@ class StoreThread:
         )
 
     def close(self) -> None:
-        self._executor.submit(self._store.close).result()
+        """Close the store on its thread, once the call running there ends.
+        With a timeout (PostgreSQL), a call that still hangs is waited on
+        no longer than that: the process may end without it, and the
+        server rolls back what it was doing, which nobody was told of."""
+        closing = self._executor.submit(self._store.close)
+        try:
+            closing.result(timeout=self._timeout)
+        except FutureTimeout:
+            log.warning("a database call still hangs after %.0fs more; stopping without "
+                        "waiting for it", self._timeout)  # fmt: skip
+            self._executor.shutdown(wait=False)
+            return
         self._executor.shutdown(wait=True)
+
+
+class _DaemonThread(Executor):
+    """One thread that runs what is submitted, in order, as a one-worker
+    ThreadPoolExecutor does, but as a daemon thread: ThreadPoolExecutor's
+    workers are joined when the interpreter exits, so a call hung on a
+    frozen database would keep a stopped controller from ending."""
+
+    def __init__(self, name: str) -> None:
+        self._queue: queue.SimpleQueue[Callable[[], None] | None] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._work, name=name, daemon=True)
+        self._thread.start()
+
+    def submit(self, fn: Callable[_P, _T], /, *args: _P.args, **kwargs: _P.kwargs) -> Future[_T]:
+        future: Future[_T] = Future()
+
+        def run() -> None:
+            if not future.set_running_or_notify_cancel():
+                return  # cancelled while queued (its caller gave up): not run
+            try:
+                result = fn(*args, **kwargs)
+            except BaseException as exc:
+                future.set_exception(exc)
+            else:
+                future.set_result(result)
+
+        self._queue.put(run)
+        return future
+
+    def _work(self) -> None:
+        name_os_thread(self._thread.name)
+        while (job := self._queue.get()) is not None:
+            job()
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        self._queue.put(None)
+        if wait:
+            self._thread.join()
 
 
 class GroupCommit(Generic[_In, _Out]):

@@ -7,6 +7,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from typing import cast
@@ -90,3 +92,47 @@ def test_a_hung_call_that_ends_in_failure_is_not_said_to_be_an_answer(caplog):
         said[1],
     ), said
     assert len(said) == 2, said
+
+
+@pytest.mark.timeout(60)
+def test_a_call_still_hung_at_close_is_not_waited_on_past_the_timeout(caplog):
+    thread = StoreThread(cast(Store, _Nothing()), timeout=0.5)
+
+    async def hang() -> None:
+        with pytest.raises(StoreUnavailable):
+            await thread.call(_slow(30))  # a frozen database
+
+    asyncio.run(hang())
+    started = time.monotonic()
+    with caplog.at_level(logging.WARNING, logger="controller.store.thread"):
+        thread.close()
+    assert time.monotonic() - started < 5
+    assert any("still hangs" in r.getMessage() for r in caplog.records)
+
+
+@pytest.mark.timeout(60)
+def test_a_process_whose_store_call_hangs_still_ends_once_closed():
+    """The store's thread is a daemon: a stopped controller ends even while
+    a call hangs on a frozen database (ThreadPoolExecutor's worker was
+    joined at exit, so the process waited for the database)."""
+    program = (
+        "import asyncio, time\n"
+        "from controller.store.thread import StoreThread\n"
+        "class Nothing:\n"
+        "    def close(self): pass\n"
+        "thread = StoreThread(Nothing(), timeout=0.3)\n"
+        "async def main():\n"
+        "    try:\n"
+        "        await thread.call(lambda store: time.sleep(3600))\n"
+        "    except Exception as exc:\n"
+        "        print(type(exc).__name__)\n"
+        "asyncio.run(main())\n"
+        "thread.close()\n"
+    )
+    started = time.monotonic()
+    done = subprocess.run(
+        [sys.executable, "-c", program], capture_output=True, text=True, timeout=30, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "StoreUnavailable"
+    assert time.monotonic() - started < 20
