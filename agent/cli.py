@@ -24,6 +24,7 @@ from cryptography import x509
 from fleetpatch import cliapp, releasefmt, render
 from fleetpatch import labels as labelspec
 from fleetpatch.inventory import inventory_hash
+from fleetpatch.logline import quoted
 from fleetpatch.v1 import types_pb2
 from google.protobuf import json_format
 from google.protobuf.message import DecodeError
@@ -373,9 +374,11 @@ def status(
     print(f"release key    {pinned or 'none pinned'} ({config.policy.release_key})")
     print(f"last check-in  {render.ago(checkin.last_success, now)}")
     if checkin.last_error:
-        print(f"last error     {checkin.last_error} ({render.ago(checkin.last_attempt, now)})")
+        # One line even as an older agent journaled it (the controller's words, raw).
+        print(f"last error     {quoted(checkin.last_error)} "
+              f"({render.ago(checkin.last_attempt, now)})")  # fmt: skip
     if checkin.next_checkin:
-        print(f"next check-in  {checkin.next_checkin:%Y-%m-%d %H:%M:%SZ}")
+        print(f"next check-in  {checkin.next_checkin.astimezone(UTC):%Y-%m-%d %H:%M:%SZ}")
     if queued:
         print(f"reports queued {queued} (not yet acknowledged by the controller)")
     for o in orders:

@@ -619,7 +619,7 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-_HEADER = re.compile(r"^[ \t]*\[\[?[ \t]*([^\]\[#]+?)[ \t]*\]\]?[ \t]*(#.*)?$")
+_HEADER = re.compile(r"^[ \t]*\[\[?[ \t]*([^\]\[#]+?)[ \t]*\]\]?[ \t]*(#.*)?\r?$")
 
 
 def _with_controller(kept: str, controller: str, where: Path) -> str:
@@ -636,7 +636,7 @@ def _with_controller(kept: str, controller: str, where: Path) -> str:
         ) from None
     lines = kept.splitlines(keepends=True)
     headers = {i: found.group(1) for i, line in enumerate(lines) if (found := _HEADER.match(line))}
-    ours = [i for i, name in headers.items() if name == "controller"]
+    ours = [i for i, name in headers.items() if name.strip("\"'") == "controller"]
     if ours:
         start = ours[0]
         end = next((i for i in headers if i > start), len(lines))

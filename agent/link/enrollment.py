@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import stat
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -24,7 +25,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
-from fleetpatch import addresses, catrust
+from fleetpatch import addresses, catrust, regularfile
 from fleetpatch.addresses import AddressError
 from fleetpatch.envelope import key_id
 from fleetpatch.identity import Role, identity_from_certificate
@@ -165,6 +166,7 @@ def _enroll_staged(
     check_server: ServerCheck,
     moved: list[Path],
 ) -> agent_pb2.EnrollResponse:
+    _check_targets(state)
     # What needs no controller first: proves the state dir takes writes.
     key = ec.generate_private_key(ec.SECP256R1())
     key_pem = key.private_bytes(
@@ -210,22 +212,72 @@ def _enroll_staged(
     staging.write(staging.ca, catrust.to_pem(cas), mode=0o644)
     staging.write_trusted_signing_keys(signing)
     staging.write(staging.cert, cert.public_bytes(serialization.Encoding.PEM), mode=0o644)
-    # A journal left from an earlier identity goes, with its WAL: SQLite
-    # would replay an old WAL into the new journal.
-    for stale in (f"{state.journal}-wal", f"{state.journal}-shm"):
-        Path(stale).unlink(missing_ok=True)
-    # The certificate last: its presence is what marks the state dir enrolled.
-    for name in ("key.pem", "ca.pem", "journal.db", "trusted_keys.json", "agent.toml", "cert.pem"):
-        target = state.path / name
-        try:
-            os.replace(staging.path / name, target)
-        except OSError as exc:
-            raise storage_error(target, exc) or StateDirError(
-                f"cannot write {target}: {exc.strerror}"
-            ) from None
-        moved.append(target)
+    _move_in(state, staging, moved)
     _fsync_dir(state.path)
     return response
+
+
+# What enrolling puts in the state dir, the certificate last: its presence
+# is what marks the state dir enrolled.
+_STATE_FILES = ("key.pem", "ca.pem", "journal.db", "trusted_keys.json", "agent.toml", "cert.pem")
+# A journal left from an earlier identity goes with its WAL: SQLite would
+# replay an old WAL into the new journal.
+_STALE = ("journal.db-wal", "journal.db-shm")
+
+
+def _check_targets(state: StateDir) -> None:
+    """Each file enrolling replaces is absent or a regular file: anything
+    else (a directory, a symlink) would fail the move after the token is
+    spent, or be replaced where the person meant it to stay. StateDirError
+    before the token is sent."""
+    for name in (*_STATE_FILES, *_STALE):
+        target = state.path / name
+        try:
+            mode = os.lstat(target).st_mode
+        except FileNotFoundError:
+            continue
+        except OSError as exc:
+            raise storage_error(target, exc) or StateDirError(
+                f"cannot use {target}: {exc.strerror}"
+            ) from None
+        if not stat.S_ISREG(mode):
+            what = "a symbolic link" if stat.S_ISLNK(mode) else regularfile.kind(mode)
+            raise StateDirError(
+                f"{target} is {what}, where enrolling writes a file: move it away (for "
+                "settings of your own, edit the file itself or /etc/fleetpatch/agent.toml), "
+                "then enroll again; no token was sent"
+            )
+
+
+def _move_in(state: StateDir, staging: StateDir, moved: list[Path]) -> None:
+    """The staged files into the state dir, the files they replace (and a
+    journal's WAL) kept in the staging dir meanwhile: a move that fails
+    puts every one of them back, so a failed enrollment leaves the state
+    dir as it was."""
+    previous = staging.path / "previous"
+    previous.mkdir(mode=0o700)
+    started: list[str] = []
+    try:
+        for name in (*_STALE, *_STATE_FILES):
+            target = state.path / name
+            started.append(name)
+            if os.path.lexists(target):
+                os.replace(target, previous / name)
+            if name in _STATE_FILES:
+                os.replace(staging.path / name, target)
+    except BaseException as exc:
+        for name in reversed(started):
+            target, kept = state.path / name, previous / name
+            if os.path.lexists(kept):
+                os.replace(kept, target)
+            elif name in _STATE_FILES:
+                target.unlink(missing_ok=True)
+        if isinstance(exc, OSError):
+            raise storage_error(state.path, exc) or StateDirError(
+                f"cannot write in {state.path}: {exc.strerror}"
+            ) from None
+        raise
+    moved.extend(state.path / name for name in _STATE_FILES)
 
 
 def _expired(state: StateDir) -> bool:

@@ -191,6 +191,10 @@ def _time(where: str, text: object) -> datetime:
         raise _Undecodable(where, text, "a time") from None
     if at.tzinfo is None:  # compared with aware times: a TypeError later
         raise _Undecodable(where, text, "a time with its UTC offset")
+    try:
+        at.astimezone(UTC)  # 9999-12-31T23:59:59-14:00 has no UTC form: shown, it would fail
+    except OverflowError:
+        raise _Undecodable(where, text, "a time") from None
     return at
 
 

@@ -52,6 +52,14 @@ def _host(name: str, bracketed: bool) -> bool:
             return False
         return True
     try:
+        ipaddress.IPv4Address(name)
+    except ValueError:
+        pass
+    else:
+        return True
+    if name.rstrip(".").rpartition(".")[2].isdigit():  # "1.2.3", "999999": shorthand IPv4
+        return False
+    try:
         encoded = name.encode("idna")  # UnicodeError: an empty or long label
     except UnicodeError:
         return False

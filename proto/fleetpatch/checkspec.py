@@ -115,9 +115,15 @@ def _problems(check: Check) -> Iterator[tuple[str, str]]:
         yield "host", _host_problem(check.host)
     elif check.kind is CheckKind.HTTP:
         yield "url", _url_problem(check.url)
+        status = check.expect_status
+        yield "expect_status", "" if not status or 100 <= status <= 599 else (
+            f"{status} is not an HTTP status (100-599)"
+        )  # fmt: skip
     elif check.kind is CheckKind.PROCESS:
+        yield "process", "must not be blank" if not check.process.strip() else ""
         yield "process", _control_problem(check.process)
     elif check.kind is CheckKind.COMMAND:
+        yield "argv[0]", "" if check.argv and check.argv[0] else "names no program"
         for index, arg in enumerate(check.argv):
             # Only the program is a path; a tab or newline in an argument may be meant.
             why = _control_problem(arg) if index == 0 else _nul_problem(arg)
@@ -178,6 +184,8 @@ def _not_a_host(host: str) -> str:
         why = "a label is empty"
     elif any(len(label) > 63 for label in labels):
         why = "a label is longer than 63 characters"
+    elif labels[-1].isdigit():  # "1.2.3" or "999999": libc reads shorthand IPv4, elsewhere
+        why = "it is neither a dotted-quad IPv4 address nor a name"
     elif (encoded := _idna(host)) is None:
         why = "it cannot be IDNA-encoded"
     elif len(encoded.removesuffix(b".")) > 253:
@@ -185,6 +193,14 @@ def _not_a_host(host: str) -> str:
     elif not _HOST.fullmatch(encoded):
         why = "only letters, digits, '-', '_' and '.' may appear in it"
     return why
+
+
+def _ipv6(host: str) -> bool:
+    try:
+        ipaddress.IPv6Address(host)
+    except ValueError:
+        return False
+    return True
 
 
 def _idna(host: str) -> bytes | None:
@@ -206,8 +222,11 @@ def _url_problem(url: str) -> str:
     except ValueError as exc:
         return f"{url!r} is not a URL ({exc})"
     host = parts.hostname or ""
+    bracketed = parts.netloc.rpartition("@")[2].startswith("[")
     if not host:
         why = "names no host"
+    elif bracketed and not _ipv6(host):
+        why = f"names [{host}], which is not an IPv6 address"
     elif not_a_host := _not_a_host(host):
         why = f"names {host!r}, not a host name or IP address ({not_a_host})"
     elif "@" in parts.netloc:

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 from fleetpatch.v1 import agent_pb2, types_pb2
 
-from agent.errors import AgentError, ConfigError
+from agent.errors import AgentError, ConfigError, StateDirError
 from agent.link.client import enroll_call
 from agent.link.enrollment import Enrolled, enroll
 from agent.statedir import StateDir
@@ -346,3 +346,47 @@ def test_an_apply_beside_the_service_is_refused_before_the_order_is_looked_at(co
     finally:
         os.close(held)
     _one_line(Result(done.returncode, done.stdout, done.stderr), 2, "in use by another")
+
+
+@pytest.mark.parametrize("odd", ["directory", "dangling symlink"])
+def test_enrolling_again_over_a_state_file_that_is_not_a_file_spends_no_token(
+    controller, tmp_path, odd
+):
+    """cert.pem a directory: the move failed after the token was spent, and
+    the rollback removed the host's agent.toml and keys. agent.toml a
+    dangling symlink: the defaults were written in its place, exit 0."""
+    state = StateDir(tmp_path / "state")
+    _in_process(controller, state.path, controller.token())
+    state.cert.unlink()
+    odd_path = state.cert if odd == "directory" else state.config_file
+    if odd == "directory":
+        odd_path.mkdir()
+    else:
+        odd_path.unlink()
+        odd_path.symlink_to(tmp_path / "nowhere.toml")
+    before = sorted(p.name for p in state.path.iterdir())
+    token = controller.token(uses=1)
+    result = _enroll_cli(controller, state.path, "--token", token)
+    _one_line(result, 2, str(odd_path), "no token was sent")
+    assert len(_hosts(controller)) == 1  # the first enrollment's only
+    assert sorted(p.name for p in state.path.iterdir()) == before
+
+
+def test_a_move_that_fails_puts_back_what_it_replaced(tmp_path):
+    from agent.link.enrollment import _move_in
+
+    state, staging = StateDir(tmp_path / "state"), StateDir(tmp_path / "staging")
+    state.create()
+    staging.create()
+    names = ("key.pem", "ca.pem", "journal.db", "journal.db-wal", "agent.toml", "cert.pem")
+    for name in names:
+        (state.path / name).write_text(f"old {name}")
+    for name in ("key.pem", "ca.pem", "journal.db", "agent.toml", "cert.pem"):
+        (staging.path / name).write_text(f"new {name}")  # trusted_keys.json missing: fails
+    moved: list[Path] = []
+    with pytest.raises(StateDirError):
+        _move_in(state, staging, moved)
+    assert moved == []
+    assert {p.name: p.read_text() for p in state.path.iterdir()} == {
+        name: f"old {name}" for name in names
+    }

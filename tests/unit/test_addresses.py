@@ -58,6 +58,8 @@ def test_an_address_to_call(address, host, port):
         f"{'a.' * 127}a:7443",
         "[not-v6]:7443",
         "[1.2.3.4]:7443",
+        "1.2.3:7443",  # libc reads shorthand IPv4: 1.2.0.3
+        "999999:7443",  # 0.15.66.63
     ],
 )
 def test_not_an_address_to_call(address):

@@ -191,6 +191,7 @@ HOSTILE: list[tuple[dict[str, Any], str, str]] = [
      "longer than 253 characters"),
     ({"kind": "tcp", "port": 1, "host": "a\0b"}, "host", "'a\\x00b' is not a host name"),
     ({"kind": "tcp", "port": 1, "host": "[::1]"}, "host", "only letters, digits"),
+
     ({"kind": "http", "url": "http://[::1"}, "url", "is not a URL (Invalid IPv6 URL)"),
     ({"kind": "http", "url": "http://local host/"}, "url", "must not contain spaces or control"),
     ({"kind": "http", "url": "http://127.0.0.1/a\tb"}, "url", "must not contain spaces or control"),
@@ -209,6 +210,16 @@ HOSTILE: list[tuple[dict[str, Any], str, str]] = [
     ({"kind": "process", "process": "a\0b"}, "process", "contains a control character"),
 ]  # fmt: skip
 HOSTILE_IDS = [f"{fields['kind']}-{n}" for n, (fields, _, _) in enumerate(HOSTILE)]
+# Refused too, though a probe may "work": another host than the one meant.
+ELSEWHERE: list[tuple[dict[str, Any], str, str]] = [
+    # libc reads these as shorthand IPv4 (1.2.0.3, 0.15.66.63).
+    ({"kind": "tcp", "port": 1, "host": "1.2.3"}, "host", "neither a dotted-quad IPv4"),
+    ({"kind": "tcp", "port": 1, "host": "999999"}, "host", "neither a dotted-quad IPv4"),
+    ({"kind": "http", "url": "http://1.2.3:9/"}, "url", "neither a dotted-quad IPv4"),
+    ({"kind": "http", "url": "http://[v1.x]/"}, "url", "names [v1.x], which is not an IPv6"),
+]
+REFUSED = HOSTILE + ELSEWHERE
+REFUSED_IDS = HOSTILE_IDS + [f"{f['kind']}-elsewhere-{n}" for n, (f, _, _) in enumerate(ELSEWHERE)]
 
 
 def _order_check(fields: dict[str, Any]) -> types_pb2.HealthCheckSpec:
@@ -237,7 +248,7 @@ def _spec(fields: dict[str, Any]) -> CheckSpec:
     return CheckSpec("x", kind, **values)
 
 
-@pytest.mark.parametrize(("fields", "field", "problem"), HOSTILE, ids=HOSTILE_IDS)
+@pytest.mark.parametrize(("fields", "field", "problem"), REFUSED, ids=REFUSED_IDS)
 def test_agent_toml_refuses_a_value_no_probe_could_use(fields, field, problem):
     with pytest.raises(ValueError, match=re.escape(problem)) as caught:
         check_from_config({"name": "x", **fields}, "agent.toml", "checks[0]")
@@ -246,7 +257,7 @@ def test_agent_toml_refuses_a_value_no_probe_could_use(fields, field, problem):
     assert "\n" not in message
 
 
-@pytest.mark.parametrize(("fields", "field", "problem"), HOSTILE, ids=HOSTILE_IDS)
+@pytest.mark.parametrize(("fields", "field", "problem"), REFUSED, ids=REFUSED_IDS)
 def test_a_work_order_carrying_such_a_check_is_refused(fields, field, problem):
     with pytest.raises(ValueError, match=re.escape(problem)) as caught:
         check_from_pb(_order_check(fields))
@@ -335,3 +346,22 @@ def test_a_resource_limit_that_could_never_be_hit_is_refused_from_a_file_and_an_
     order = types_pb2.HealthCheckSpec(name="r", resource=types_pb2.ResourceCheck(**{key: value}))
     with pytest.raises(ValueError, match=re.escape(f"health check 'r': {key}: {problem}")):
         check_from_pb(order)
+
+
+@pytest.mark.parametrize(
+    ("spec", "field", "problem"),
+    [
+        (types_pb2.HealthCheckSpec(name="x", command=types_pb2.CommandCheck(argv=[""])),
+         "argv[0]", "names no program"),
+        (types_pb2.HealthCheckSpec(name="x", process=types_pb2.ProcessCheck(name=" ")),
+         "process", "must not be blank"),
+        (types_pb2.HealthCheckSpec(
+            name="x", http=types_pb2.HttpCheck(url="http://127.0.0.1/", expect_status=1000)),
+         "expect_status", "1000 is not an HTTP status (100-599)"),
+    ],
+)  # fmt: skip
+def test_an_order_is_held_to_what_agent_toml_may_hold(spec, field, problem):
+    """A check that could never pass, in an order, would fail verification
+    and revert the update for nothing; agent.toml refuses the same."""
+    with pytest.raises(ValueError, match=re.escape(f"health check 'x': {field}: {problem}")):
+        check_from_pb(spec)

@@ -70,6 +70,11 @@ def _damaged(path: Path, where: str, shown: str, expected: str) -> str:
         # A time without its offset would fail later, compared with an aware one.
         ("last_checkin_success", "2025-03-01T12:00:00", Journal.checkin_state,
          "'2025-03-01T12:00:00'", "a time with its UTC offset"),
+        # A time that parses but has no UTC form: shown, it would overflow.
+        ("last_checkin_success", "9999-12-31T23:59:59-14:00", Journal.checkin_state,
+         "'9999-12-31T23:59:59-14:00'", "a time"),
+        ("last_checkin_attempt", "0001-01-01T00:00:00+14:00", Journal.checkin_state,
+         "'0001-01-01T00:00:00+14:00'", "a time"),
         ("updates", "{not json", Journal.scan, "'{not json'", "a JSON list of updates"),
         ("updates", '{"name": "bash"}', Journal.scan, "'{\"name\": \"bash\"}'",
          "a JSON list of updates"),

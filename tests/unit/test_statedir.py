@@ -380,6 +380,8 @@ def test_enrolling_again_keeps_every_setting_but_the_controller(tmp_path):
         "[policy]\nallow_reboot = false\n",  # no [controller]: added
         "# only a comment",
         '[policy]\nallow_reboot = false\n[controller]\naddress = "old:1"\n',  # last
+        '[controller]\r\naddress = "old:1"\r\n[policy]\r\nallow_reboot = false\r\n',  # CRLF
+        '["controller"]\naddress = "old:1"\n[policy]\nallow_reboot = false\n',  # quoted
     ],
 )
 def test_enrolling_again_over_other_layouts(tmp_path, kept):
