@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import errno
 import functools
+import io
 import math
 import os
 import sys
@@ -173,6 +174,11 @@ def _failed(exc: OSError) -> OutputFailed:
     return OutputFailed(code, exc.strerror or os.strerror(code))
 
 
+# Characters a piece of output may hold: at 4 bytes a character (UTF-8's
+# most), still within the buffer.
+_PIECE = io.DEFAULT_BUFFER_SIZE // 4
+
+
 class _Guarded:
     """Standard output as a command writes it: the stream it is, its write
     errors raised as OutputFailed, whoever writes (print, click, json)."""
@@ -181,16 +187,25 @@ class _Guarded:
         self._stream = stream
 
     def write(self, text: str) -> int:
+        # In pieces the buffer takes whole: CPython's BufferedWriter hands a
+        # write larger than its buffer to the file directly, and when the
+        # file takes part of it and then refuses the rest (a disk that
+        # fills up) it returns the short count, which TextIOWrapper
+        # ignores: the rest is lost without an error (18,447 bytes to a 16
+        # KiB tmpfs: 16,384 written, exit 0). Through the buffer, a flush
+        # that cannot finish raises ENOSPC.
         try:
-            return self._stream.write(text)
+            if len(text) <= _PIECE:  # b"" too: click probes for a binary stream so
+                return self._stream.write(text)
+            for start in range(0, len(text), _PIECE):
+                self._stream.write(text[start : start + _PIECE])
         except OSError as exc:
             raise _failed(exc) from None
+        return len(text)
 
     def writelines(self, lines: Iterable[str]) -> None:
-        try:
-            self._stream.writelines(lines)
-        except OSError as exc:
-            raise _failed(exc) from None
+        for line in lines:
+            self.write(line)
 
     def flush(self) -> None:
         try:

@@ -24,6 +24,7 @@ from controller.cli.admin_client import _credentials
 from controller.datadir import DataDir
 from controller.fleet.tokens import new_token
 from controller.store import inventory_blob
+from tests.support import mounts
 from tests.support.controller import BIN, Controller, Result, cli
 from tests.support.engine import host_row
 from tests.support.waiting import scaled
@@ -216,3 +217,34 @@ def test_the_cli_reads_a_host_larger_than_grpcs_default_limit(controller):
                  controller.data_dir)  # fmt: skip
     assert result.returncode == 0, result.stderr
     assert len(json.loads(result.stdout)["packages"]) == 50_000
+
+
+def test_a_large_write_to_a_disk_that_fills_up_is_said_not_cut_short(tmp_path):
+    """One write larger than Python's buffer, to a disk with less room:
+    the file takes part of it, and BufferedWriter dropped the rest without
+    an error (audit export to a full disk: a cut export, exit 0)."""
+    program = (
+        "import os, sys, typer\n"
+        "from fleetpatch import cliapp\n"
+        "app = typer.Typer()\n"
+        "@app.command()\n"
+        "def main() -> None:\n"
+        "    sys.stdout.write('x' * int(os.environ['SIZE']))  # one write, the last\n"
+        "cliapp.run(app, 'big')\n"
+    )
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with mounts.full_copy(empty, tmp_path / "fs", size="64k") as disk:
+        (tmp_path / "fs" / "filler").unlink()  # room for part of the output
+        room = os.statvfs(disk).f_bavail * os.statvfs(disk).f_frsize
+        # More than the room by less than a buffer: the rest was what got lost.
+        size = room + 2000
+        with open(disk / "out", "wb") as out:
+            done = subprocess.run(
+                [str(BIN / "python"), "-c", program], stdout=out, stderr=subprocess.PIPE,
+                env={**os.environ, "SIZE": str(size)}, text=True, timeout=scaled(60),
+                check=False,
+            )  # fmt: skip
+        written = (disk / "out").stat().st_size
+    assert written < size
+    assert (done.returncode, done.stderr) == (1, f"big: error: {FULL}\n")
