@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import re
+import stat
 import sys
 import tomllib
 from collections import defaultdict
@@ -121,6 +122,18 @@ def _check_out(out: Path) -> None:
     asked); raises UsageError naming it."""
     if out.is_dir():
         raise UsageError(f"--out {out} is a directory; name a file in it")
+    try:
+        mode = os.lstat(out).st_mode
+    except (FileNotFoundError, NotADirectoryError):  # the parent is checked below
+        mode = stat.S_IFREG
+    except OSError as exc:
+        raise UsageError(f"--out {out}: {exc.strerror}") from None
+    if not stat.S_ISREG(mode):
+        # Written atomically, by a rename over it: a device (/dev/full) or
+        # a symlink (/dev/stdout) would be replaced by the file, as root.
+        what = "a symbolic link" if stat.S_ISLNK(mode) else "not a regular file"
+        raise UsageError(f"--out {out} is {what}; name a regular file (or leave --out out "
+                         "for standard output)")  # fmt: skip
     if not out.parent.is_dir():
         raise UsageError(f"--out {out}: there is no directory {out.parent}")
     if not os.access(out.parent, os.W_OK | os.X_OK):

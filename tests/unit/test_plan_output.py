@@ -4,6 +4,8 @@ and nothing is left half-written."""
 
 from __future__ import annotations
 
+import os
+import stat
 import tomllib
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -96,3 +98,23 @@ def test_a_file_that_cannot_be_written_is_one_line(tmp_path: Path, controller: _
         _plan(tmp_path, out=Path("/proc/fleetpatch-plan.toml"))
     assert str(refused.value).startswith("--out /proc/fleetpatch-plan.toml: cannot write it: ")
     assert "\n" not in str(refused.value)
+
+
+@pytest.mark.parametrize("kind", ["fifo", "symlink", "dangling symlink"])
+def test_out_that_is_not_a_regular_file_is_never_renamed_over(
+    tmp_path: Path, controller: _Controller, kind: str
+) -> None:
+    """Written atomically, by a rename over the path: as root, --out
+    /dev/full or /dev/stdout replaced the device or the link by a file."""
+    out = tmp_path / "out.toml"
+    target = tmp_path / "target.toml"
+    if kind == "fifo":
+        os.mkfifo(out)
+    else:
+        if kind == "symlink":
+            target.write_text("kept")
+        out.symlink_to(target)
+    with pytest.raises(UsageError, match=r"^--out .* is (a symbolic link|not a regular file); "):
+        _plan(tmp_path, out=out)
+    assert controller.asked == 0
+    assert out.is_symlink() or stat.S_ISFIFO(os.lstat(out).st_mode)
