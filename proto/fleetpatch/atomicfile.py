@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import errno
 import os
+import stat
 import tempfile
 from pathlib import Path
+
+from fleetpatch.regularfile import kind
 
 
 def write_atomic(
@@ -13,8 +17,19 @@ def write_atomic(
     """Replace ``path`` with ``data``: temp file, fsync, rename, fsync the dir.
 
     The file is created with ``mode`` from the start (a private key is never
-    readable by others, not even for an instant).
+    readable by others, not even for an instant). ``path`` (a symlink
+    followed) must be absent or a regular file: a device, a FIFO or a
+    socket is never renamed over (``--out /dev/full`` as root would have
+    left a file where the device was); OSError (EINVAL) instead.
     """
+    try:
+        found = os.stat(path).st_mode
+    except (FileNotFoundError, NotADirectoryError):
+        found = stat.S_IFREG
+    if not stat.S_ISREG(found) and not stat.S_ISDIR(found):  # a directory: rename says so
+        raise OSError(
+            errno.EINVAL, f"it is {kind(found)}, not a regular file: not replaced", str(path)
+        )
     directory = path.parent
     fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{path.name}.", suffix=".tmp")
     try:
