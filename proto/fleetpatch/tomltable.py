@@ -75,6 +75,22 @@ def _is(value: object, kind: type) -> bool:
     return isinstance(value, kind)
 
 
+_SHOWN = 64  # characters of a value a message quotes
+
+
+def _shown(value: str) -> str:
+    return repr(value if len(value) <= _SHOWN else value[: _SHOWN - 3] + "...")
+
+
+def _as_float(value: Any) -> Any:
+    """``value`` (an int or a float) as a float; None for an integer no
+    float holds (TOML integers have no bound: 1 followed by 400 zeros)."""
+    try:
+        return float(value)
+    except OverflowError:
+        return None
+
+
 class TableError(ValueError):
     """A value of a TOML document is missing, of the wrong type or breaks a rule.
 
@@ -106,7 +122,11 @@ class Table:
         self._read: set[str] = set()
 
     def field(self, key: str) -> str:
-        """The dotted path of ``key`` in this table."""
+        """The dotted path of ``key`` in this table; a key that is not
+        printable (a line break, a terminal's escape) quoted as Python
+        would, so that a message stays one line and shows what is there."""
+        if not key.isprintable():
+            key = repr(key)
         return f"{self._path}.{key}" if self._path else key
 
     def error(self, key: str, problem: str) -> TableError:
@@ -135,7 +155,9 @@ class Table:
         value = self._data[key]
         if not _is(value, kind):
             raise self.error(key, f"must be {_type_name(kind)}, not {toml_type(value)}")
-        out: T = value
+        if kind is float and (number := _as_float(value)) is None:
+            raise self.error(key, f"is {len(str(value))} digits long: too large a number")
+        out: T = number if kind is float else value
         return out
 
     def get(self, key: str, kind: type[T], default: T) -> T:
@@ -158,7 +180,9 @@ class Table:
             where = f"{self.field(key)}[{index}]"
             if not _is(value, kind):
                 raise self.at(where, f"must be {_type_name(kind)}, not {toml_type(value)}")
-            out.append((where, value))
+            if kind is float and (number := _as_float(value)) is None:
+                raise self.at(where, f"is {len(str(value))} digits long: too large a number")
+            out.append((where, number if kind is float else value))
         return out
 
     def strings(self, key: str) -> tuple[str, ...]:
@@ -167,8 +191,7 @@ class Table:
         seen: set[str] = set()  # a plan names tens of thousands of hosts: no list scan each
         for where, value in self.items(key, str):
             if value in seen:
-                shown = value if len(value) <= 64 else value[:61] + "..."
-                raise self.at(where, f"{shown!r} is listed twice")
+                raise self.at(where, f"{_shown(value)} is listed twice")
             seen.add(value)
             out.append(value)
         return tuple(out)
@@ -191,6 +214,8 @@ class Table:
             return default
         if not isinstance(spelled, str):
             raise self.error(key, f"must be a duration such as '30m', not {toml_type(spelled)}")
+        if len(spelled) > _SHOWN:  # no duration is that long; its words would quote it
+            raise self.error(key, f"{_shown(spelled)} is not a duration such as '30m'")
         try:
             value = parse_duration(spelled)
         except ValueError as exc:
@@ -206,7 +231,7 @@ class Table:
             return kind(spelled)
         except ValueError:
             allowed = ", ".join(repr(k.value) for k in kind)
-            raise self.error(key, f"{spelled!r} is not one of {allowed}") from None
+            raise self.error(key, f"{_shown(spelled)} is not one of {allowed}") from None
 
     def finish(self) -> None:
         """Reject every key of this table that no reader asked for."""

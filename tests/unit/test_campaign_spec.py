@@ -815,3 +815,30 @@ def test_an_unknown_key_of_a_megabyte_is_named_short() -> None:
     error = error_of(MINIMAL.replace("[patch]\n", f"[patch]\n{'k' * 500_000} = 1\n"))
     assert error.field == "patch." + "k" * 61 + "..."
     assert error.problem == "unknown key"
+
+
+@pytest.mark.parametrize(
+    ("line", "field", "problem"),
+    [
+        # TOML integers have no bound; no float holds this one.
+        ("min_success = 1" + "0" * 400, "rollout.gate.min_success", "too large a number"),
+        ('"a\\nb\\u001b[31m" = 1', "rollout.gate.'a\\nb\\x1b[31m'", "unknown key"),
+    ],
+)
+def test_a_gate_value_or_key_no_message_could_hold_is_one_line(line, field, problem) -> None:
+    text = MINIMAL.replace("[[rollout.rings]]", f"[rollout.gate]\n{line}\n[[rollout.rings]]")
+    error = error_of(text)
+    assert error.field == field
+    assert problem in error.problem
+    assert "\n" not in str(error)
+
+
+def test_an_enum_or_duration_of_a_megabyte_is_quoted_short() -> None:
+    for line, field in (('reboot = "', "patch.reboot"), ('timeout = "', "verify.timeout")):
+        table = field.split(".")[0]
+        text = MINIMAL.replace(f"[{table}]\n", "") + f'[{table}]\n{line}{"x" * 200_000}"\n'
+        if table == "patch":
+            text = MINIMAL.replace("[patch]\n", f'[patch]\n{line}{"x" * 200_000}"\n')
+        error = error_of(text)
+        assert error.field == field
+        assert len(str(error)) < 300
