@@ -612,3 +612,11 @@ def main() -> None:
     except FleetpatchError as exc:
         print(f"fleetpatch: error: {exc}", file=sys.stderr)
         sys.exit(exc.exit_code)
+    except OSError as exc:
+        if exc.filename is None:  # not a file of the data dir's: a bug, with its traceback
+            raise
+        # A file a command writes or reads where the system refuses (a
+        # read-only or full data dir, permissions) and nothing named it
+        # before: the same line as a damaged data dir, exit 2.
+        print(f"fleetpatch: error: cannot use {exc.filename}: {exc.strerror}", file=sys.stderr)
+        sys.exit(2)

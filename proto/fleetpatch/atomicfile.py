@@ -31,7 +31,10 @@ def write_atomic(
             errno.EINVAL, f"it is {kind(found)}, not a regular file: not replaced", str(path)
         )
     directory = path.parent
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as exc:  # named for the file meant, not the temporary one
+        raise OSError(exc.errno, exc.strerror, str(path)) from None
     try:
         os.fchmod(fd, mode)
         if owner is not None:  # (uid, gid), before the file takes its name

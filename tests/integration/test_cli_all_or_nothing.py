@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.support import mounts
 from tests.support.controller import Controller, Result, cli, ok
 
 
@@ -128,3 +129,16 @@ def test_a_refused_admin_add_leaves_no_out_dir(controller, tmp_path):
         out = tmp_path / "made" / "here"
         _one_line(cli("fleetpatch", "admin", "add", *args, "--out", out), code)
         assert not (tmp_path / "made").exists(), args
+
+
+@pytest.mark.parametrize("command", ["renew-server-cert", "rotate-key"])
+def test_a_read_only_data_dir_is_one_line_naming_the_file(initialised: Controller, command):
+    """Was an OSError traceback from the temporary file's creation."""
+    data_dir = initialised.data_dir
+    before = {p.name: p.read_bytes() for p in data_dir.iterdir() if p.is_file()}
+    with mounts.read_only(data_dir):
+        result = cli("fleetpatch", "controller", command, "--data-dir", data_dir)
+    line = _one_line(result, 2, "Read-only file system")
+    assert line.startswith(f"fleetpatch: error: cannot use {data_dir}/")
+    assert ".tmp" not in line
+    assert {p.name: p.read_bytes() for p in data_dir.iterdir() if p.is_file()} == before

@@ -45,3 +45,10 @@ def test_a_link_to_a_file_or_to_nothing_is_replaced_as_before(tmp_path: Path) ->
         assert not (tmp_path / name).is_symlink()
         assert (tmp_path / name).read_bytes() == b"new"
     assert (tmp_path / "target").read_text() == "kept"
+
+
+def test_a_directory_that_takes_no_file_is_named_by_the_file_meant(tmp_path: Path) -> None:
+    missing = tmp_path / "gone" / "server.key"
+    with pytest.raises(FileNotFoundError) as refused:
+        write_atomic(missing, b"key")
+    assert refused.value.filename == str(missing)
