@@ -48,7 +48,7 @@ class _Credentials:
     def __init__(self, target: DataDir, made: list[Path], mode: int | None) -> None:
         self.target = target
         self._made = made  # the dirs this command created, deepest first
-        self._mode = mode  # of the dir, when it was there before (it becomes 0700)
+        self._mode = mode  # of the dir, when it was there before (left as it is)
         self._written: list[Path] = []
 
     @classmethod
@@ -64,7 +64,10 @@ class _Credentials:
         made = cls(target, [p for p in (out, *out.parents) if not p.exists()], mode)
         try:
             out.mkdir(mode=0o700, parents=True, exist_ok=True)
-            os.chmod(out, 0o700)
+            if (
+                mode is None
+            ):  # made here: 0700 whatever the umask; one of the person's is left as it is
+                os.chmod(out, 0o700)
             fd, probe = tempfile.mkstemp(dir=out, prefix=".admin-add-", suffix=".tmp")
             os.close(fd)
             os.unlink(probe)

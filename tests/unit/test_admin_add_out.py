@@ -131,3 +131,13 @@ def test_a_write_that_fails_after_the_add_says_what_to_do(tmp_path: Path, monkey
         "add them again"
     )
     assert not out.exists()
+
+
+def test_an_existing_out_keeps_its_mode(tmp_path: Path, monkeypatch) -> None:
+    """`--out ""` (the current directory) or a home made 0700 by `admin add`."""
+    out = tmp_path / "home"
+    out.mkdir(mode=0o755)
+    out.chmod(0o755)
+    _add(tmp_path, _Controller(), out, monkeypatch)
+    assert out.stat().st_mode & 0o777 == 0o755
+    assert (out / "admin.key").stat().st_mode & 0o777 == 0o600
