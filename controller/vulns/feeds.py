@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import zipfile
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -371,6 +372,11 @@ def _list(where: str, record: Mapping[str, Any], key: str) -> list[Any]:
     return value
 
 
+# RFC 3339's date-time: a full date and time, seconds' fraction optional,
+# and an offset (Z, in either case, or +hh:mm).
+_RFC3339 = re.compile(r"\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(\.\d{1,9})?([Zz]|[+-]\d{2}:\d{2})")
+
+
 def _time(where: str, record: Mapping[str, Any], key: str) -> datetime | None:
     """The time ``key`` of an OSV record (None: absent, null or empty, or
     a time outside the years the controller keeps: a placeholder such as
@@ -384,7 +390,9 @@ def _time(where: str, record: Mapping[str, Any], key: str) -> datetime | None:
     if not isinstance(value, str):
         raise FeedError(f"{where}: {key} is not an RFC 3339 time (a string expected)")
     try:
-        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+        if not _RFC3339.fullmatch(value):  # fromisoformat takes '2024-01-01', '2024-W01-1'...
+            raise ValueError(value)
+        parsed = datetime.fromisoformat(re.sub("[Zz]$", "+00:00", value).replace("t", "T"))
     except ValueError:
         raise FeedError(f"{where}: {key} {value[:64]!r} is not an RFC 3339 time") from None
     if not in_range(parsed):

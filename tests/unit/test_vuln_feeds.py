@@ -226,3 +226,22 @@ def test_osv_times_outside_the_supported_years_are_taken_as_unset(key, value):
 def test_osv_times_that_are_not_strings_are_malformed(key):
     with pytest.raises(FeedError, match=rf"^x: X-5: {key} is not an RFC 3339 time"):
         osv_record("x", {"id": "X-5", key: 20240101, "affected": []})
+
+
+@pytest.mark.parametrize(
+    "value",
+    ["2024-01-01", "20240101T000000", "2024-W01-1", "2024-01-01 00:00:00", "2024-01-01T00:00"],
+)
+def test_osv_times_that_are_not_rfc_3339_are_malformed(value):
+    """fromisoformat takes all of these; OSV's times are RFC 3339, with an offset."""
+    with pytest.raises(FeedError, match="is not an RFC 3339 time"):
+        osv_record("x", {"id": "X-6", "modified": value, "affected": []})
+
+
+@pytest.mark.parametrize(
+    "value",
+    ["2024-01-01T00:00:00z", "2024-01-01t00:00:00Z", "2024-01-01 00:00:00+02:00",
+     "2024-01-01T00:00:00.123456789Z"],
+)  # fmt: skip
+def test_rfc_3339_times_in_their_other_spellings_are_read(value):
+    assert osv_record("x", {"id": "X-7", "modified": value, "affected": []}).modified is not None
