@@ -15,6 +15,7 @@ from google.protobuf.message import DecodeError, Message
 
 from controller.api.times import OUT_OF_RANGE, from_timestamp, in_range, timestamp
 from controller.audit import AuditRecord
+from controller.campaigns.spec import CampaignSpec
 from controller.checkpoint import Checkpoint, CheckpointError
 from controller.errors import UsageError
 from controller.fleet.admins import AdminRecord, AdminStatus
@@ -253,12 +254,20 @@ def packages_to_pb(packages: Sequence[Package]) -> types_pb2.Inventory:
     )
 
 
-def campaign_to_pb(record: CampaignRecord, cells: Sequence[CellView]) -> admin_pb2.Campaign:
+def campaign_to_pb(
+    record: CampaignRecord,
+    cells: Sequence[CellView],
+    spec: CampaignSpec | None = None,
+    with_text: bool = True,
+) -> admin_pb2.Campaign:
+    """A campaign as admins see it; ``spec`` (its file, read) for what a
+    listing shows without the file (``with_text=False``: a campaign file
+    may be a megabyte, and a list of them would pass any limit)."""
     pb = admin_pb2.Campaign(
         campaign_id=record.campaign_id,
         name=record.name,
         state=record.state,
-        spec=record.spec,
+        spec=record.spec if with_text else "",
         created_by=record.created_by,
         created_at=timestamp(record.created_at),
         approved_at=timestamp(record.approved_at),
@@ -267,6 +276,11 @@ def campaign_to_pb(record: CampaignRecord, cells: Sequence[CellView]) -> admin_p
         halt_reason=record.halt_reason,
         revert_requested=record.revert_requested,
     )
+    if spec is not None:
+        pb.kind = spec.kind
+        if spec.agent_update is not None:
+            pb.agent_update_version = spec.agent_update.version
+            pb.agent_update_rollback_after.FromTimedelta(spec.agent_update.rollback_after)
     for cell in cells:
         pb.cells.append(
             admin_pb2.CampaignCell(

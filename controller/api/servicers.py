@@ -953,7 +953,9 @@ class AdminService(admin_pb2_grpc.AdminServiceServicer):
 
     async def _campaign(self, campaign_id: str) -> admin_pb2.CampaignResponse:
         record, cells = await self._engine.view(campaign_id)
-        return admin_pb2.CampaignResponse(campaign=convert.campaign_to_pb(record, cells))
+        return admin_pb2.CampaignResponse(
+            campaign=convert.campaign_to_pb(record, cells, self._engine.readable_spec(record))
+        )
 
     @rpc
     async def CreateCampaign(
@@ -1036,7 +1038,11 @@ class AdminService(admin_pb2_grpc.AdminServiceServicer):
         self, request: admin_pb2.ListCampaignsRequest, context: Context
     ) -> admin_pb2.ListCampaignsResponse:
         await self._admin(context, "ListCampaigns")
-        campaigns = [convert.campaign_to_pb(r, cells) for r, cells in await self._engine.views()]
+        # Without each file: a list of megabyte plans would pass any limit.
+        campaigns = [
+            convert.campaign_to_pb(r, cells, self._engine.readable_spec(r), with_text=False)
+            for r, cells in await self._engine.views()
+        ]
         return admin_pb2.ListCampaignsResponse(campaigns=campaigns)
 
     # -- agent releases ----------------------------------------------------------

@@ -54,7 +54,10 @@ def _spec(campaign: admin_pb2.Campaign) -> CampaignSpec | None:
 
 
 def _kind(campaign: admin_pb2.Campaign) -> str:
-    """ "patch" or "agent-update 0.2.0", from the campaign file it was created with."""
+    """ "patch" or "agent-update 0.2.0": as the controller read the campaign
+    file, or (an older controller) from the file itself."""
+    if campaign.kind:
+        return campaign.kind
     spec = _spec(campaign)
     return spec.kind if spec is not None else "?"
 
@@ -172,14 +175,18 @@ def list_(
 
 def _doc(campaign: admin_pb2.Campaign) -> dict[str, object]:
     doc = jsondoc.doc(campaign)
-    doc.pop("spec", None)
-    spec = _spec(campaign)
-    doc["kind"] = spec.kind if spec is not None else "?"
-    update = spec.agent_update if spec is not None else None
+    for told in ("spec", "agent_update_version", "agent_update_rollback_after"):
+        doc.pop(told, None)
+    doc["kind"] = _kind(campaign)
+    version, rollback_after = campaign.agent_update_version, None
+    if campaign.HasField("agent_update_rollback_after"):
+        rollback_after = campaign.agent_update_rollback_after.ToTimedelta()
+    elif not campaign.kind and (spec := _spec(campaign)) is not None and spec.agent_update:
+        version, rollback_after = spec.agent_update.version, spec.agent_update.rollback_after
     doc["agent_update"] = (
-        None if update is None
-        else {"version": update.version,
-              "rollback_after": format_duration(update.rollback_after),
+        None if not version or rollback_after is None
+        else {"version": version,
+              "rollback_after": format_duration(rollback_after),
               "no_release": _no_release(campaign)}
     )  # fmt: skip
     doc["totals"] = _totals(campaign)

@@ -245,6 +245,14 @@ class CampaignEngine:
             self._specs[record.campaign_id] = spec
         return spec
 
+    def readable_spec(self, record: CampaignRecord) -> CampaignSpec | None:
+        """`spec`, or None when the stored file no longer reads (for what a
+        listing shows: it must not fail for one campaign)."""
+        try:
+            return self.spec(record)
+        except CampaignError:
+            return None
+
     # -- admin -----------------------------------------------------------------
 
     async def create(self, text: str, source: str, actor: str) -> CampaignRecord:

@@ -316,6 +316,10 @@ def test_an_agent_update_campaign_hands_out_the_published_release(controller, ke
     assert isinstance(shown, dict)
     assert shown["kind"] == f"agent-update {VERSION}"
     assert shown["agent_update"] == {"version": VERSION, "rollback_after": "3m", "no_release": {}}
+    # The list says the same without carrying the file (a list of megabyte
+    # plans passed any answer limit).
+    (listed,) = controller.admin_json("campaign", "list")
+    assert (listed["kind"], listed["agent_update"]) == (shown["kind"], shown["agent_update"])
     controller.admin("campaign", "approve", campaign_id)
 
     envelope = host.check_in().work_order

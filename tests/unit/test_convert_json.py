@@ -70,3 +70,25 @@ def test_a_converted_document_owns_its_lists():
     first = convert.to_json(types_pb2.HealthSummary())
     first["checks"].append({"name": "added"})
     assert convert.to_json(types_pb2.HealthSummary())["checks"] == []
+
+
+def test_a_listed_campaign_carries_what_its_file_says_but_not_the_file() -> None:
+    from datetime import UTC, datetime, timedelta
+
+    from controller.campaigns import parse_campaign
+    from controller.campaigns.tallies import CampaignState
+    from controller.model import CampaignRecord
+
+    text = (
+        '[campaign]\nname = "up"\n[agent_update]\nversion = "0.2.0"\nrollback_after = "7m"\n'
+        "[[rollout.rings]]\nring = 0\n"
+    )
+    now = datetime(2026, 1, 1, tzinfo=UTC)
+    record = CampaignRecord("c-1", "up", text, CampaignState.DRAFT, now, "admin:a", now)
+    spec = parse_campaign(text, "c-1")
+    listed = convert.campaign_to_pb(record, [], spec, with_text=False)
+    assert listed.spec == ""
+    assert (listed.kind, listed.agent_update_version) == ("agent-update 0.2.0", "0.2.0")
+    assert listed.agent_update_rollback_after.ToTimedelta() == timedelta(minutes=7)
+    shown = convert.campaign_to_pb(record, [], spec)
+    assert shown.spec == text

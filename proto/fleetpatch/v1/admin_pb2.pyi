@@ -717,17 +717,26 @@ class Campaign(_message.Message):
     EMERGENCY_FIELD_NUMBER: _builtins.int
     CELLS_FIELD_NUMBER: _builtins.int
     REVERT_REQUESTED_FIELD_NUMBER: _builtins.int
+    KIND_FIELD_NUMBER: _builtins.int
+    AGENT_UPDATE_VERSION_FIELD_NUMBER: _builtins.int
+    AGENT_UPDATE_ROLLBACK_AFTER_FIELD_NUMBER: _builtins.int
     campaign_id: _builtins.str
     name: _builtins.str
     state: _builtins.str
     """draft, approved, running, paused, halted, completed, aborted"""
     spec: _builtins.str
-    """the campaign file as given"""
+    """the campaign file as given; empty in ListCampaigns (`campaign show` has it)"""
     created_by: _builtins.str
     halt_kind: _builtins.str
     halt_reason: _builtins.str
     emergency: _builtins.bool
     revert_requested: _builtins.bool
+    kind: _builtins.str
+    """What the file says, for listings that carry no file (ListCampaigns):
+    "patch", "agent-update 0.2.0"
+    """
+    agent_update_version: _builtins.str
+    """"" for a patch campaign"""
     @_builtins.property
     def created_at(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
@@ -736,6 +745,8 @@ class Campaign(_message.Message):
     def updated_at(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
     def cells(self) -> _containers.RepeatedCompositeFieldContainer[Global___CampaignCell]: ...
+    @_builtins.property
+    def agent_update_rollback_after(self) -> _duration_pb2.Duration: ...
     def __init__(
         self,
         *,
@@ -752,10 +763,13 @@ class Campaign(_message.Message):
         emergency: _builtins.bool = ...,
         cells: _abc.Iterable[Global___CampaignCell] | None = ...,
         revert_requested: _builtins.bool = ...,
+        kind: _builtins.str = ...,
+        agent_update_version: _builtins.str = ...,
+        agent_update_rollback_after: _duration_pb2.Duration | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["approved_at", b"approved_at", "created_at", b"created_at", "updated_at", b"updated_at"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["agent_update_rollback_after", b"agent_update_rollback_after", "approved_at", b"approved_at", "created_at", b"created_at", "updated_at", b"updated_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["approved_at", b"approved_at", "campaign_id", b"campaign_id", "cells", b"cells", "created_at", b"created_at", "created_by", b"created_by", "emergency", b"emergency", "halt_kind", b"halt_kind", "halt_reason", b"halt_reason", "name", b"name", "revert_requested", b"revert_requested", "spec", b"spec", "state", b"state", "updated_at", b"updated_at"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_update_rollback_after", b"agent_update_rollback_after", "agent_update_version", b"agent_update_version", "approved_at", b"approved_at", "campaign_id", b"campaign_id", "cells", b"cells", "created_at", b"created_at", "created_by", b"created_by", "emergency", b"emergency", "halt_kind", b"halt_kind", "halt_reason", b"halt_reason", "kind", b"kind", "name", b"name", "revert_requested", b"revert_requested", "spec", b"spec", "state", b"state", "updated_at", b"updated_at"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
