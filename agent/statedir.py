@@ -412,8 +412,7 @@ class StateDir:
             raise StateDirError(
                 f"{self.key} is not a PEM private key (damaged? {RESTORE})"
             ) from None
-        spki = (serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
-        if key.public_key().public_bytes(*spki) != cert.public_key().public_bytes(*spki):
+        if not catrust.same_key(key.public_key(), cert.public_key()):
             raise StateDirError(f"{self.key} is not the key of {self.cert} ({RESTORE})")
         if not catrust.issued_by_any(cert, cas):
             raise StateDirError(

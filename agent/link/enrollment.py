@@ -377,15 +377,9 @@ def _check_certificate(
             "the controller's certificate for this host is not signed by the pinned CA; "
             "not enrolled"
         ) from None
-    ours = key.public_key().public_bytes(
-        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
-    )
-    theirs = cert.public_key().public_bytes(
-        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
-    )
     identity = identity_from_certificate(cert)
     if (
-        ours != theirs
+        not catrust.same_key(key.public_key(), cert.public_key())
         or identity is None
         or identity.role is not Role.HOST
         or (identity.name != response.host_id)

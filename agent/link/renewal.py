@@ -230,7 +230,6 @@ def _check(
     during a CA rotation), for the new key, and name this host as the
     current one does."""
     from cryptography import x509
-    from cryptography.hazmat.primitives import serialization
     from fleetpatch import catrust
     from fleetpatch.identity import identity_from_certificate
 
@@ -242,8 +241,7 @@ def _check(
         raise AgentError(
             "the controller's renewed certificate is not signed by the pinned CA"
         ) from None
-    spki = (serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
-    if cert.public_key().public_bytes(*spki) != key.public_key().public_bytes(*spki):
+    if not catrust.same_key(cert.public_key(), key.public_key()):
         raise AgentError("the controller's renewed certificate is not for this host's new key")
     if identity_from_certificate(cert) != identity_from_certificate(current):
         raise AgentError("the controller's renewed certificate names another host")

@@ -31,6 +31,7 @@ import grpc
 from cryptography import x509
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
+from fleetpatch import catrust
 from fleetpatch.addresses import AddressError, split_address
 from fleetpatch.labels import check_ring
 from fleetpatch.overload import RETRY_AFTER_KEY
@@ -263,8 +264,7 @@ def _credentials(data_dir: DataDir) -> tuple[bytes, bytes, bytes]:
         private = serialization.load_pem_private_key(key, password=None)
     except (ValueError, TypeError, UnsupportedAlgorithm):
         raise DataDirError(f"{data_dir.admin_key} is not a PEM private key (damaged?)") from None
-    spki = (serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
-    if private.public_key().public_bytes(*spki) != admin.public_key().public_bytes(*spki):
+    if not catrust.same_key(private.public_key(), admin.public_key()):
         raise DataDirError(
             f"the data dir's admin key {data_dir.admin_key} does not belong to its "
             f"certificate {data_dir.admin_cert} (put back the key made with it, or restore both)"

@@ -19,8 +19,8 @@ from pathlib import Path
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
-from cryptography.hazmat.primitives.asymmetric.types import CertificatePublicKeyTypes
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from fleetpatch.catrust import same_key
 from fleetpatch.identity import Identity
 
 from controller.errors import DataDirError, UsageError
@@ -74,13 +74,6 @@ def load_key(key_pem: bytes) -> ec.EllipticCurvePrivateKey:
     if not isinstance(key, ec.EllipticCurvePrivateKey):
         raise UsageError("the key is not an ECDSA key")
     return key
-
-
-def _spki(public_key: CertificatePublicKeyTypes) -> bytes:
-    """A public key as DER SubjectPublicKeyInfo, to compare two keys."""
-    return public_key.public_bytes(
-        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
-    )
 
 
 def _name(common_name: str) -> x509.Name:
@@ -175,7 +168,7 @@ class CertificateAuthority:
             ) from None
         if not isinstance(key, ec.EllipticCurvePrivateKey):
             raise DataDirError(f"{key_file} is not an ECDSA key ({restore})")
-        if _spki(key.public_key()) != _spki(cert.public_key()):
+        if not same_key(key.public_key(), cert.public_key()):
             raise DataDirError(
                 f"{key_file} is not the key of {cert_file} (one was replaced? restore both "
                 "from the same backup of the data dir)"

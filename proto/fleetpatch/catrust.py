@@ -20,6 +20,7 @@ import re
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.types import PublicKeyTypes
 
 from fleetpatch import certfields
 
@@ -61,10 +62,15 @@ def issued_by_any(cert: x509.Certificate, cas: list[x509.Certificate]) -> bool:
     return False
 
 
+def same_key(one: PublicKeyTypes, other: PublicKeyTypes) -> bool:
+    """Whether two public keys (a certificate's, a private key's) are one:
+    a key beside a certificate that is not its own, a certificate issued
+    for another key, an endorsement of another CA."""
+    return one.public_bytes(*_SPKI) == other.public_bytes(*_SPKI)
+
+
 def _endorses(endorsement: x509.Certificate, ca: x509.Certificate) -> bool:
-    return endorsement.subject == ca.subject and endorsement.public_key().public_bytes(
-        *_SPKI
-    ) == ca.public_key().public_bytes(*_SPKI)
+    return endorsement.subject == ca.subject and same_key(endorsement.public_key(), ca.public_key())
 
 
 def accept(
