@@ -12,6 +12,7 @@ Errors are `AddressError` (a ValueError); each end words its own line.
 from __future__ import annotations
 
 import ipaddress
+import re
 
 # Not in a host name, nor an IP literal (a zone id, "%eth0", is).
 _NOT_IN_A_HOST = frozenset("[]/,@\"'\\")
@@ -43,27 +44,57 @@ def split_address(address: str, *, listening: bool = False) -> tuple[str, int]:
 
 def _host(name: str, bracketed: bool) -> bool:
     """Whether ``name`` is an IPv6 address (in brackets), or an IPv4
-    address or a host name that resolvers take: labels of 1 to 63
-    characters (an internationalised one as its IDNA form), 253 in all."""
-    if bracketed:
-        try:
-            ipaddress.IPv6Address(name)
-        except ValueError:
-            return False
-        return True
+    address or a host name that resolvers take (`host_problem`)."""
+    return is_ipv6(name) if bracketed else not host_problem(name)
+
+
+def is_ipv6(host: str) -> bool:
     try:
-        ipaddress.IPv4Address(name)
+        ipaddress.IPv6Address(host)
+    except ValueError:
+        return False
+    return True
+
+
+# What a host name holds, as its IDNA form: letters, digits, '-', '_', '.'.
+_NAME_CHARACTERS = re.compile(rb"[A-Za-z0-9_.-]+")
+
+
+def host_problem(host: str, *, characters: bool = False) -> str:
+    """Why no resolver would take ``host``, "" when one could: an IP
+    address, or a name of labels of 1 to 63 characters (an
+    internationalised one as its IDNA form), 253 in all, whose last label
+    is not all digits (libc reads "1.2.3" and "999999" as shorthand IPv4,
+    another host than meant). ``characters``: the name must also hold only
+    letters, digits, '-', '_' and '.'."""
+    try:
+        ipaddress.ip_address(host)
     except ValueError:
         pass
     else:
-        return True
-    if name.rstrip(".").rpartition(".")[2].isdigit():  # "1.2.3", "999999": shorthand IPv4
-        return False
+        return ""
+    labels = host.removesuffix(".").split(".")
+    why = ""
+    if not all(labels):
+        why = "a label is empty"
+    elif any(len(label) > 63 for label in labels):
+        why = "a label is longer than 63 characters"
+    elif labels[-1].isdigit():
+        why = "it is neither a dotted-quad IPv4 address nor a name"
+    elif (encoded := _idna(host)) is None:
+        why = "it cannot be IDNA-encoded"
+    elif len(encoded.removesuffix(b".")) > 253:
+        why = "it is longer than 253 characters"
+    elif characters and not _NAME_CHARACTERS.fullmatch(encoded):
+        why = "only letters, digits, '-', '_' and '.' may appear in it"
+    return why
+
+
+def _idna(host: str) -> bytes | None:
     try:
-        encoded = name.encode("idna")  # UnicodeError: an empty or long label
+        return host.encode("idna")
     except UnicodeError:
-        return False
-    return len(encoded.rstrip(b".")) <= 253
+        return None
 
 
 def join_address(host: str, port: int) -> str:

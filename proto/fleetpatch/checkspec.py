@@ -17,7 +17,6 @@ cannot split, a NUL in an argv) is refused here, naming the field
 
 from __future__ import annotations
 
-import ipaddress
 import math
 import re
 import urllib.parse
@@ -25,6 +24,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from enum import StrEnum
 
+from .addresses import host_problem, is_ipv6
 from .tomltable import Table
 
 
@@ -146,7 +146,6 @@ def _ratio_problem(value: float) -> str:
 
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
-_HOST = re.compile(rb"[A-Za-z0-9_.-]+")
 
 
 def _nul_problem(value: str) -> str:
@@ -170,44 +169,8 @@ def _host_problem(host: str) -> str:
 
 
 def _not_a_host(host: str) -> str:
-    """Why resolving could never take ``host``: not an IP address, nor a
-    name of 1-63 character labels, 253 in all, IDNA-encodable; "" if it could."""
-    try:
-        ipaddress.ip_address(host)
-    except ValueError:
-        pass
-    else:
-        return ""
-    labels = host.removesuffix(".").split(".")
-    why = ""
-    if not all(labels):
-        why = "a label is empty"
-    elif any(len(label) > 63 for label in labels):
-        why = "a label is longer than 63 characters"
-    elif labels[-1].isdigit():  # "1.2.3" or "999999": libc reads shorthand IPv4, elsewhere
-        why = "it is neither a dotted-quad IPv4 address nor a name"
-    elif (encoded := _idna(host)) is None:
-        why = "it cannot be IDNA-encoded"
-    elif len(encoded.removesuffix(b".")) > 253:
-        why = "it is longer than 253 characters"
-    elif not _HOST.fullmatch(encoded):
-        why = "only letters, digits, '-', '_' and '.' may appear in it"
-    return why
-
-
-def _ipv6(host: str) -> bool:
-    try:
-        ipaddress.IPv6Address(host)
-    except ValueError:
-        return False
-    return True
-
-
-def _idna(host: str) -> bytes | None:
-    try:
-        return host.encode("idna")
-    except UnicodeError:
-        return None
+    """Why resolving could never take ``host`` ("" if it could)."""
+    return host_problem(host, characters=True)
 
 
 def _url_problem(url: str) -> str:
@@ -225,7 +188,7 @@ def _url_problem(url: str) -> str:
     bracketed = parts.netloc.rpartition("@")[2].startswith("[")
     if not host:
         why = "names no host"
-    elif bracketed and not _ipv6(host):
+    elif bracketed and not is_ipv6(host):
         why = f"names [{host}], which is not an IPv6 address"
     elif not_a_host := _not_a_host(host):
         why = f"names {host!r}, not a host name or IP address ({not_a_host})"
