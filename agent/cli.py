@@ -34,6 +34,7 @@ from agent.backends import packages
 from agent.backends.base import PlanError
 from agent.errors import (
     EXIT_CODES,
+    RESTORE,
     AgentError,
     ConfigError,
     StateDirError,
@@ -50,7 +51,6 @@ from agent.preflight import check_state
 from agent.service import Agent
 from agent.statedir import (
     DEFAULT_STATE_DIR,
-    RESTORE,
     AgentConfig,
     StateDir,
     settings_for,

@@ -63,6 +63,10 @@ class NotEnrolled(ConfigError):
     pass
 
 
+#: What a StateDirError about a damaged state file (the journal's too) says to do.
+RESTORE = "restore it from a backup, or enroll this host again into an empty state dir"
+
+
 class StateDirError(ConfigError):
     """A file of the state dir cannot be used; the message names it and
     says what to do. Restarting the agent cannot help (exit 2)."""

@@ -38,7 +38,7 @@ from fleetpatch.atomicfile import write_atomic
 from fleetpatch.tomltable import Table, TableError
 from fleetpatch.tomltable import overlay as overlay_toml
 
-from agent.errors import ConfigError, NotEnrolled, StateDirError, storage_error
+from agent.errors import RESTORE, ConfigError, NotEnrolled, StateDirError, storage_error
 from agent.host.checks import CheckSpec, check_from_table
 from agent.host.health import ResourceLimits
 from agent.orders.policy import Policy, policy_from_table
@@ -60,7 +60,6 @@ DEFAULT_STATE_DIR = Path("/var/lib/fleetpatch/agent")
 #: points (`settings_for`).
 SETTINGS_FILE = Path("/etc/fleetpatch/agent.toml")
 SETTINGS_ENV = "FLEETPATCH_AGENT_SETTINGS"
-RESTORE = "restore it from a backup, or enroll this host again into an empty state dir"
 #: What `[agent] package_manager` may name: the package managers the agent
 #: has a backend for ("": tell from the host, agent.host.facts.package_manager).
 PACKAGE_MANAGERS = ("apt", "dnf")

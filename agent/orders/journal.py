@@ -37,13 +37,12 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, TypeVar, cast
 
-from agent.errors import StateDirError, storage_error
+from agent.errors import RESTORE, StateDirError, storage_error
 from agent.orders.sqlschema import Migrations, atomic
 from agent.orders.states import State
 
 migrations = Migrations("fleetpatch.agent")
 log = logging.getLogger(__name__)
-RESTORE = "restore it from a backup, or enroll this host again into an empty state dir"
 
 
 @migrations(name="0001_meta")
